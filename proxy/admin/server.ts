@@ -1,0 +1,65 @@
+// The admin listener: a small route table that feature modules add to (health, readiness,
+// metrics, decisions, revocations, ...). Kept apart from the traffic listener so that it
+// can bind to loopback while traffic binds to the pod IP.
+
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+
+export type AdminHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
+
+interface Route { readonly method: string; readonly path: string | RegExp; readonly handler: AdminHandler }
+
+export class AdminRoutes {
+  readonly #routes: Route[] = [];
+
+  /** Add a route; a RegExp path matches the whole pathname. Later routes cannot shadow earlier ones. */
+  add(method: string, path: string | RegExp, handler: AdminHandler): void {
+    this.#routes.push({ method, path, handler });
+  }
+
+  find(method: string, pathname: string): { handler?: AdminHandler; allowed: string[] } {
+    const allowed: string[] = [];
+    for (const r of this.#routes) {
+      const hit = typeof r.path === 'string' ? r.path === pathname : r.path.test(pathname);
+      if (!hit) continue;
+      if (r.method === method || (method === 'HEAD' && r.method === 'GET')) return { handler: r.handler, allowed };
+      allowed.push(r.method);
+    }
+    return { allowed };
+  }
+
+  json(res: ServerResponse, status: number, body: unknown): void {
+    const text = JSON.stringify(body, null, 2) + '\n';
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+    res.end(text);
+  }
+
+  problem(res: ServerResponse, status: number, title: string, detail: string): void {
+    const text = JSON.stringify({ type: 'about:blank', title, status, detail });
+    res.writeHead(status, { 'content-type': 'application/problem+json', 'content-length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+}
+
+export function createAdminServer(routes: AdminRoutes): Server {
+  return createServer({ maxHeaderSize: 16 * 1024 }, async (req, res) => {
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://admin.invalid');
+    } catch {
+      routes.problem(res, 400, 'Bad Request', 'unparsable request-target');
+      return;
+    }
+    const { handler, allowed } = routes.find(req.method ?? 'GET', url.pathname);
+    if (!handler) {
+      if (allowed.length) { res.setHeader('allow', allowed.join(', ')); routes.problem(res, 405, 'Method Not Allowed', `use ${allowed.join(', ')}`); }
+      else routes.problem(res, 404, 'Not Found', `no admin endpoint ${url.pathname}`);
+      return;
+    }
+    try {
+      await handler(req, res, url);
+    } catch (err) {
+      if (!res.headersSent) routes.problem(res, 500, 'Internal Server Error', (err as Error).message);
+      else res.destroy();
+    }
+  });
+}

@@ -1,0 +1,31 @@
+// First check: the request-target must be origin-form and canonical, and the request must
+// carry at most one Authorization and one Host header. Node keeps only the first of two
+// Authorization headers in req.headers, so duplicates are counted on the raw headers.
+// Runs even in audit mode: a request we cannot read the same way as the upstream is never
+// forwarded.
+
+import type { Check } from '../pipeline/types.ts';
+import { canonicalTarget } from '../pipeline/canonical.ts';
+
+export function canonicalPath(): Check {
+  return {
+    name: 'canonical-path',
+    always: true,
+    run(ctx) {
+      const raw = ctx.req.rawHeaders;
+      let authorization = 0;
+      let host = 0;
+      for (let i = 0; i < raw.length; i += 2) {
+        const name = raw[i]!;
+        if (name.length === 13 && name.toLowerCase() === 'authorization') authorization++;
+        else if (name.length === 4 && name.toLowerCase() === 'host') host++;
+      }
+      if (authorization > 1) return { reason: 'malformed-request', detail: 'more than one Authorization header' };
+      if (host > 1) return { reason: 'malformed-request', detail: 'more than one Host header' };
+      const target = canonicalTarget(ctx.req.url);
+      if (!target) return { reason: 'malformed-request', detail: 'the request-target is not origin-form and canonical' };
+      ctx.target = target;
+      return undefined;
+    },
+  };
+}

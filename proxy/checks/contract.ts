@@ -1,0 +1,44 @@
+// The contract version the caller was built against (token claim, else header) must be a
+// published version, not below contract.minimum and not below the version in which the
+// operation last changed incompatibly.
+
+import type { Check, Denial } from '../pipeline/types.ts';
+import type { Rules } from '../rules/types.ts';
+import { blocks } from './staleness.ts';
+
+export function contract(rules: Rules): Check {
+  const { claim, header } = rules.contract.declared;
+  const headerName = header.toLowerCase();
+  const { rank, current, minimum } = rules.contract;
+  const minimumRank = rank.get(minimum)!;
+  return {
+    name: 'contract',
+    run(ctx) {
+      const op = ctx.operation!;
+      const fromClaim = ctx.credential?.claims[claim];
+      const fromHeader = ctx.req.headers[headerName];
+      const declared = fromClaim !== undefined ? fromClaim : fromHeader;
+      if (declared === undefined) {
+        if (ctx.consumer?.kind === 'automation') {
+          return { reason: 'contract-version-required', detail: `declare the contract version in the ${claim} claim or the ${header} header`, currentContract: current };
+        }
+        return undefined;
+      }
+      if (typeof declared !== 'string' || !rank.has(declared)) {
+        return { reason: 'unknown-contract-version', detail: `the declared contract version is not one of: ${rules.contract.versions.join(', ')}`, currentContract: current };
+      }
+      ctx.declaredContract = declared;
+      const declaredRank = rank.get(declared)!;
+      let stale: Denial | undefined;
+      if (op.changedIn !== undefined && declaredRank < rank.get(op.changedIn)!) {
+        stale = { reason: 'stale-contract', detail: `${op.id} changed in contract ${op.changedIn}, after the declared ${declared}`, declaredContract: declared, currentContract: current, changedIn: op.changedIn };
+      } else if (declaredRank < minimumRank) {
+        stale = { reason: 'stale-contract', detail: `contract ${declared} is older than the minimum ${minimum}`, declaredContract: declared, currentContract: current };
+      }
+      if (!stale) return undefined;
+      if (blocks(rules, op, ctx.consumer)) return stale;
+      ctx.warnings.push(stale);
+      return undefined;
+    },
+  };
+}

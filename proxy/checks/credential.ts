@@ -1,0 +1,53 @@
+// The caller's identity: a bearer token from the Authorization header only (never the
+// query string), verified against its issuer, within the lifetime allowed for its kind.
+// Public operations need no credential. The token is read here and nowhere else.
+
+import type { Check, RequestContext } from '../pipeline/types.ts';
+import type { Rules } from '../rules/types.ts';
+import type { Identity } from '../identity/verify.ts';
+import { resolveConsumer } from './consumers.ts';
+
+function bearer(ctx: RequestContext): string | undefined | null {
+  const header = ctx.req.headers.authorization;
+  if (header === undefined) return undefined;
+  // RFC 9110: the scheme is case-insensitive; one or more spaces before the token.
+  const m = /^bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header);
+  return m ? m[1]! : null;
+}
+
+export function credential(rules: Rules, identity: Identity): Check {
+  const skew = rules.identity.clockSkewMs;
+  return {
+    name: 'credential',
+    async run(ctx) {
+      if (ctx.operation?.public) return undefined;
+      const token = bearer(ctx);
+      if (token === undefined) return { reason: 'missing-credential', detail: 'send a bearer token in the Authorization header' };
+      if (token === null) {
+        const scheme = ctx.req.headers.authorization!.split(' ', 1)[0]!.toLowerCase();
+        return scheme === 'bearer'
+          ? { reason: 'invalid-credential', detail: 'malformed bearer token' }
+          : { reason: 'missing-credential', detail: 'only the Bearer scheme is accepted' };
+      }
+      const verified = await identity.verify(token, ctx.now);
+      if ('reason' in verified) return verified;
+      ctx.credential = verified;
+      const consumer = resolveConsumer(rules, verified.subject);
+      ctx.consumer = consumer;
+
+      const max = rules.identity.maxTokenLifetimeMs[consumer.kind];
+      const iat = verified.issuedAtMs;
+      if (consumer.kind === 'automation' && iat === undefined) {
+        return { reason: 'credential-lifetime-exceeded', detail: 'automated consumers must present a token with iat' };
+      }
+      if (iat !== undefined && iat > ctx.now + skew) return { reason: 'invalid-credential', detail: 'token issued in the future' };
+      if (iat !== undefined && verified.expiresAtMs - iat > max) {
+        return { reason: 'credential-lifetime-exceeded', detail: `token lifetime exceeds ${max / 1000}s for ${consumer.kind}` };
+      }
+      if (verified.expiresAtMs - ctx.now > max + skew) {
+        return { reason: 'credential-lifetime-exceeded', detail: `token remains valid longer than ${max / 1000}s for ${consumer.kind}` };
+      }
+      return undefined;
+    },
+  };
+}

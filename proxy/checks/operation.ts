@@ -1,0 +1,68 @@
+// Maps method and canonical path to an operation of the contract. Unknown operations are
+// denied: a stale automation calling a path the contract no longer has is the very case
+// driftguard exists for. Literal segments win over variables at every level; the query
+// string never takes part.
+
+import type { Check } from '../pipeline/types.ts';
+import type { Operation, Rules } from '../rules/types.ts';
+import { parseTemplate } from '../rules/templates.ts';
+
+interface Node {
+  readonly literals: Map<string, Node>;
+  variable?: Node;
+  operation?: Operation;
+}
+
+const node = (): Node => ({ literals: new Map() });
+
+export function buildMatcher(operations: readonly Operation[]): (method: string, segments: readonly string[]) => Operation | undefined {
+  const roots = new Map<string, Node>();
+  for (const op of operations) {
+    const template = parseTemplate(op.path);
+    if (typeof template === 'string') throw new TypeError(`operation ${op.id}: ${template}`); // the loader already refused it
+    let at = roots.get(op.method) ?? node();
+    roots.set(op.method, at);
+    for (const s of template.segments) {
+      if ('literal' in s) {
+        let next = at.literals.get(s.literal);
+        if (!next) at.literals.set(s.literal, (next = node()));
+        at = next;
+      } else {
+        at = at.variable ??= node();
+      }
+    }
+    at.operation = op;
+  }
+
+  function walk(at: Node, segments: readonly string[], i: number): Operation | undefined {
+    if (i === segments.length) return at.operation;
+    const literal = at.literals.get(segments[i]!);
+    if (literal) {
+      const found = walk(literal, segments, i + 1);
+      if (found) return found;
+    }
+    return at.variable ? walk(at.variable, segments, i + 1) : undefined;
+  }
+
+  return (method, segments) => {
+    const root = roots.get(method);
+    const found = root ? walk(root, segments, 0) : undefined;
+    if (found || method !== 'HEAD') return found;
+    // HEAD is a GET without a body: without an operation of its own it needs the GET's permission.
+    const get = roots.get('GET');
+    return get ? walk(get, segments, 0) : undefined;
+  };
+}
+
+export function operationLookup(rules: Rules): Check {
+  const match = buildMatcher(rules.contract.operations);
+  return {
+    name: 'operation',
+    run(ctx) {
+      const op = match(ctx.req.method ?? '', ctx.target!.segments);
+      if (!op) return { reason: 'unknown-operation', detail: `${ctx.req.method} ${ctx.target!.path} is not an operation of contract ${rules.contract.current}` };
+      ctx.operation = op;
+      return undefined;
+    },
+  };
+}

@@ -1,0 +1,155 @@
+#!/usr/bin/env node
+// driftguard's command line: run, check, demo, token, inject. Exit codes: 0 ok,
+// 1 invalid rules or failed start, 2 usage error.
+
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { loadRules, RulesError } from './rules/load.ts';
+import { readPrivateJwk, mint } from './identity/mint.ts';
+import { parseDuration } from './rules/durations.ts';
+
+const USAGE: Record<string, string> = {
+  main: `driftguard — the enforcement sidecar for APIs consumed by machines
+
+Usage: driftguard <command> [options]
+
+Commands:
+  run     --config FILE     run the sidecar with a rules file
+  check   FILE              validate a rules file (exit 0, or 1 with every problem)
+  demo                      run the embedded default (rules/demo.yaml) with a demo API
+  token   --key FILE ...    mint a signed test token for trying rules by hand
+  inject  --tls-cert ...    serve the Kubernetes sidecar-injection webhook
+
+Run 'driftguard <command> --help' for a command's options.`,
+  run: `Usage: driftguard run --config FILE [--listen HOST:PORT] [--upstream URL] [--admin HOST:PORT] [--grace DURATION]
+
+Runs the sidecar. --listen, --upstream and --admin (or DRIFTGUARD_LISTEN, DRIFTGUARD_UPSTREAM,
+DRIFTGUARD_ADMIN) override proxy.listen, proxy.upstream and proxy.admin from the rules file.
+The rules are reloaded on SIGHUP, on POST /reload to the admin listener, and when the file
+(or the Kubernetes ConfigMap symlink it is mounted through) changes; an invalid file keeps
+the last good rules. SIGTERM stops accepting, lets in-flight requests finish within --grace
+(default 20s, or DRIFTGUARD_GRACE), flushes telemetry and exits 0.
+Exit: 1 when the rules are invalid or a listener cannot start.`,
+  check: `Usage: driftguard check FILE
+
+Validates FILE against rules/schema.json and the cross-field rules. Prints every problem as
+FILE:LINE:COLUMN: FIELD: MESSAGE. Exit 0 when valid, 1 otherwise.`,
+  demo: `Usage: driftguard demo
+
+Starts a demo API and a JWKS on loopback, then driftguard with rules/demo.yaml in front of
+them, and prints curl lines (with freshly minted tokens) for an allow, a warn and each deny.`,
+  token: `Usage: driftguard token --key FILE --sub SUBJECT [--iss ISSUER] [--aud AUDIENCE]
+                        [--scope 'a b'] [--contract VERSION] [--ttl 15m] [--claim name=value]...
+
+Mints a JWT signed with the private JWK in FILE (the demo writes one to .demo/signing-key.json).
+--iss and --aud default to the demo's issuer and audience. Prints the token on stdout.`,
+};
+
+function usageError(message: string, command: string): number {
+  process.stderr.write(`driftguard: ${message}\n\n${USAGE[command] ?? USAGE.main}\n`);
+  return 2;
+}
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+function parse(argv: string[], options: ParseArgsConfig['options'], allowPositionals = false): { values: Values; positionals: string[] } {
+  const { values, positionals } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals, strict: true });
+  return { values: values as Values, positionals };
+}
+
+function reportRulesError(err: unknown): number {
+  if (err instanceof RulesError) {
+    process.stderr.write(`driftguard: invalid rules\n${err.message}\n`);
+    return 1;
+  }
+  throw err;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(USAGE.main + '\n');
+    return command ? 0 : 2;
+  }
+  try {
+    switch (command) {
+      case 'check': {
+        const { values, positionals } = parse(rest, {}, true);
+        if (values.help) { process.stdout.write(USAGE.check + '\n'); return 0; }
+        if (positionals.length !== 1) return usageError('check takes exactly one FILE', 'check');
+        try {
+          const rules = loadRules(positionals[0]!);
+          process.stdout.write(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract ${rules.contract.current})\n`);
+          return 0;
+        } catch (err) { return reportRulesError(err); }
+      }
+      case 'run': {
+        const { values } = parse(rest, {
+          config: { type: 'string', short: 'c' }, listen: { type: 'string' }, upstream: { type: 'string' }, admin: { type: 'string' }, grace: { type: 'string' },
+        });
+        if (values.help) { process.stdout.write(USAGE.run + '\n'); return 0; }
+        if (!values.config) return usageError('run needs --config FILE', 'run');
+        const { run } = await import('./run.ts');
+        const overrides = {
+          listen: (values.listen as string | undefined) ?? process.env.DRIFTGUARD_LISTEN,
+          upstream: (values.upstream as string | undefined) ?? process.env.DRIFTGUARD_UPSTREAM,
+          admin: (values.admin as string | undefined) ?? process.env.DRIFTGUARD_ADMIN,
+        };
+        const graceText = (values.grace as string | undefined) ?? process.env.DRIFTGUARD_GRACE ?? '20s';
+        let graceMs: number;
+        try { graceMs = parseDuration(graceText); } catch (err) { return usageError((err as Error).message, 'run'); }
+        try { return await run(values.config as string, overrides, { graceMs }); } catch (err) { return reportRulesError(err); }
+      }
+      case 'demo': {
+        const { values } = parse(rest, {});
+        if (values.help) { process.stdout.write(USAGE.demo + '\n'); return 0; }
+        const { demo } = await import('./run.ts');
+        try { return await demo(); } catch (err) { return reportRulesError(err); }
+      }
+      case 'token': {
+        const { values } = parse(rest, {
+          key: { type: 'string' }, sub: { type: 'string' }, iss: { type: 'string' }, aud: { type: 'string' },
+          scope: { type: 'string' }, contract: { type: 'string' }, ttl: { type: 'string' }, claim: { type: 'string', multiple: true },
+        });
+        if (values.help) { process.stdout.write(USAGE.token + '\n'); return 0; }
+        if (!values.key || !values.sub) return usageError('token needs --key FILE and --sub SUBJECT', 'token');
+        let lifetimeSeconds: number;
+        try { lifetimeSeconds = Math.round(parseDuration((values.ttl as string | undefined) ?? '15m') / 1000); } catch (err) { return usageError((err as Error).message, 'token'); }
+        const claims: Record<string, unknown> = {};
+        for (const c of (values.claim as string[] | undefined) ?? []) {
+          const eq = c.indexOf('=');
+          if (eq < 1) return usageError(`--claim ${c}: use name=value`, 'token');
+          const v = c.slice(eq + 1);
+          try { claims[c.slice(0, eq)] = JSON.parse(v); } catch { claims[c.slice(0, eq)] = v; }
+        }
+        let key;
+        try { key = readPrivateJwk(values.key as string); } catch (err) { process.stderr.write(`driftguard: ${(err as Error).message}\n`); return 1; }
+        const token = await mint({
+          key, subject: values.sub as string,
+          issuer: (values.iss as string | undefined) ?? 'https://issuer.demo.local',
+          audience: (values.aud as string | undefined) ?? 'driftguard-demo',
+          scopes: ((values.scope as string | undefined) ?? '').split(' ').filter(Boolean),
+          ...(values.contract ? { contract: values.contract as string } : {}),
+          lifetimeSeconds, claims,
+        });
+        process.stdout.write(token + '\n');
+        return 0;
+      }
+      case 'inject': {
+        // Loaded by path so the sidecar itself never pulls in the webhook's code.
+        const path = './inject/cli.ts';
+        const mod = (await import(path)) as { main(argv: string[]): Promise<number> };
+        return await mod.main(rest);
+      }
+      default:
+        return usageError(`unknown command "${command}"`, 'main');
+    }
+  } catch (err) {
+    if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) return usageError((err as Error).message, command);
+    throw err;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { if (code !== -1) process.exitCode = code; },
+  (err: Error) => { process.stderr.write(`driftguard: ${err.stack ?? err.message}\n`); process.exitCode = 1; },
+);

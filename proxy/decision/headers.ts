@@ -1,0 +1,27 @@
+// Headers that tell an automated consumer about the contract, on every answer for the
+// operation, allowed or denied: Deprecation (RFC 9745), Sunset (RFC 8594), Link, and
+// the warn header naming the decision's warnings.
+
+import type { Operation } from '../rules/types.ts';
+import type { Decision } from '../pipeline/types.ts';
+
+export const WARNING_HEADER = 'driftguard-warning';
+
+export function contractHeaders(op: Operation | undefined, decision: Decision, into: Record<string, string | string[]>): void {
+  const d = op?.deprecated;
+  if (d) {
+    into['deprecation'] = `@${Math.floor(d.sinceMs / 1000)}`;
+    if (d.sunsetMs !== undefined) into['sunset'] = new Date(d.sunsetMs).toUTCString();
+    const links: string[] = [];
+    if (d.link) {
+      links.push(`<${d.link}>; rel="deprecation"; type="text/html"`);
+      if (d.sunsetMs !== undefined) links.push(`<${d.link}>; rel="sunset"; type="text/html"`);
+    }
+    if (links.length) into['link'] = links.join(', ');
+  }
+  if (decision.decision === 'warn' || (decision.decision === 'deny' && !decision.enforced)) {
+    // One header, the decision's reason first, then any other warnings, comma-separated.
+    const codes = decision.decision === 'warn' ? decision.warnings : [decision.reason, ...decision.warnings];
+    into[WARNING_HEADER] = codes.join(', ');
+  }
+}

@@ -1,0 +1,71 @@
+// Writes a denial as application/problem+json (RFC 9457). The body's `code` is the reason
+// code; `type` and `status` come from the one reason table. Nothing from the request's
+// credential is ever echoed.
+
+import type { ServerResponse } from 'node:http';
+import { reasonInfo, problemType, type ReasonCode } from './reasons.ts';
+import type { DecisionDetails } from '../pipeline/types.ts';
+
+export interface Problem extends DecisionDetails {
+  readonly reason: ReasonCode;
+  readonly detail: string;
+  readonly operation?: string;
+  readonly traceId?: string;
+  /** Whether the request carried a token (for WWW-Authenticate's error="invalid_token"). */
+  readonly tokenPresent?: boolean;
+}
+
+const REALM = 'realm="driftguard"';
+
+function wwwAuthenticate(p: Problem): string | undefined {
+  switch (p.reason) {
+    case 'missing-credential': return `Bearer ${REALM}`;
+    case 'insufficient-scope':
+      return `Bearer ${REALM}, error="insufficient_scope", scope="${(p.requiredScopes ?? []).join(' ')}"`;
+    default: {
+      if (reasonInfo(p.reason).status !== 401) return undefined;
+      // error_description is a quoted-string: keep it to characters that need no escaping.
+      const description = p.detail.replace(/[^\x20-\x7e]|["\\]/g, '');
+      return p.tokenPresent === false ? `Bearer ${REALM}` : `Bearer ${REALM}, error="invalid_token", error_description="${description}"`;
+    }
+  }
+}
+
+export function problemBody(p: Problem): Record<string, unknown> {
+  const info = reasonInfo(p.reason);
+  const body: Record<string, unknown> = {
+    type: problemType(p.reason),
+    title: info.title,
+    status: info.status,
+    detail: p.detail,
+    code: p.reason,
+  };
+  if (p.operation !== undefined) body.operation = p.operation;
+  if (p.declaredContract !== undefined) body.declaredContract = p.declaredContract;
+  if (p.currentContract !== undefined) body.currentContract = p.currentContract;
+  if (p.changedIn !== undefined) body.changedIn = p.changedIn;
+  if (p.replacement !== undefined) body.replacement = p.replacement;
+  if (p.sunset !== undefined) body.sunset = p.sunset;
+  if (p.requiredScopes !== undefined) body.requiredScopes = p.requiredScopes;
+  if (p.retryAfter !== undefined) body.retryAfter = p.retryAfter;
+  if (p.traceId !== undefined) body.traceId = p.traceId;
+  return body;
+}
+
+/** Send the problem; `headers` are added (contract headers, trace headers). */
+export function sendProblem(res: ServerResponse, p: Problem, headers: Record<string, string | string[]> = {}): void {
+  const body = JSON.stringify(problemBody(p));
+  const status = reasonInfo(p.reason).status;
+  const out: Record<string, string | string[] | number> = {
+    ...headers,
+    'content-type': 'application/problem+json',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+  };
+  const auth = wwwAuthenticate(p);
+  if (auth) out['www-authenticate'] = auth;
+  if (p.retryAfter !== undefined) out['retry-after'] = String(p.retryAfter);
+  if (res.headersSent) { res.destroy(); return; }
+  res.writeHead(status, out);
+  res.end(body);
+}

@@ -1,0 +1,130 @@
+// `driftguard demo`: the embedded default. Generates a signing key (kept in .demo/ so that
+// `driftguard token` can mint more by hand), serves its JWKS and a small payments API on
+// loopback, starts driftguard with rules/demo.yaml, and prints curl lines with freshly
+// minted tokens that show an allow, a warn and each kind of deny.
+
+import { createServer, type Server } from 'node:http';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { generateKeyPair, exportJWK, type JWK } from 'jose';
+import { loadRules } from '../rules/load.ts';
+import { mint } from '../identity/mint.ts';
+import { parseAddress } from '../rules/load.ts';
+import type { Rules } from '../rules/types.ts';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const DEMO_RULES = join(ROOT, 'rules', 'demo.yaml');
+
+export async function demoKey(dir: string): Promise<{ privateJwk: JWK; publicJwk: JWK; file: string }> {
+  const file = join(dir, 'signing-key.json');
+  if (existsSync(file)) {
+    const privateJwk = JSON.parse(readFileSync(file, 'utf8')) as JWK;
+    const { d: _d, ...publicJwk } = privateJwk;
+    return { privateJwk, publicJwk, file };
+  }
+  mkdirSync(dir, { recursive: true });
+  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const kid = `demo-${Date.now().toString(36)}`;
+  const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: 'ES256', use: 'sig' };
+  const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' };
+  writeFileSync(file, JSON.stringify(privateJwk, null, 2) + '\n', { mode: 0o600 });
+  return { privateJwk, publicJwk, file };
+}
+
+function listen(server: Server, address: string): Promise<void> {
+  const a = parseAddress(address)!;
+  return new Promise((resolve, reject) => { server.once('error', reject); server.listen(a.port, a.host, () => resolve()); });
+}
+
+/** The demo API: answers every request with what it received (driftguard's headers included). */
+export function demoApi(): Server {
+  return createServer((req, res) => {
+    let size = 0;
+    req.on('data', (c: Buffer) => { size += c.length; });
+    req.on('end', () => {
+      const body = JSON.stringify({
+        ok: true, method: req.method, path: req.url, bodyBytes: size,
+        operation: req.headers['driftguard-operation'] ?? null,
+        consumer: req.headers['driftguard-consumer'] ?? null,
+        contract: req.headers['driftguard-contract'] ?? null,
+      }) + '\n';
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+    });
+  });
+}
+
+export function jwksServer(publicJwk: JWK): Server {
+  const body = JSON.stringify({ keys: [publicJwk] });
+  return createServer((req, res) => {
+    if (req.url !== '/.well-known/jwks.json') { res.writeHead(404).end(); return; }
+    res.writeHead(200, { 'content-type': 'application/jwk-set+json', 'cache-control': 'max-age=300' });
+    res.end(body);
+  });
+}
+
+export interface Example {
+  readonly title: string;
+  readonly expect: number;
+  readonly code: string;
+  readonly curl: string;
+}
+
+/** The curl lines the demo prints; the test runs each and checks status and code. */
+export async function examples(rules: Rules, key: JWK, now = Date.now()): Promise<Example[]> {
+  const base = `http://${rules.proxy.listen}`;
+  const iss = rules.identity.issuers[0]!;
+  const aud = iss.audiences[0]!;
+  const agent = 'spiffe://demo.local/ns/billing/sa/invoice-agent';
+  const bot = 'spiffe://demo.local/ns/ops/sa/cleanup-bot';
+  const t = (subject: string, scopes: string[], contract: string | undefined, lifetimeSeconds = 900) =>
+    mint({ key, issuer: iss.issuer, audience: aud, subject, scopes, ...(contract ? { contract } : {}), lifetimeSeconds, now });
+  const auth = (token: string) => `-H 'Authorization: Bearer ${token}'`;
+  const all = ['accounts.read', 'accounts.admin', 'orders.read', 'payments.read', 'payments.write'];
+  const curl = (args: string) => `curl -s -i ${args}`;
+  return [
+    { title: 'allow: an automation on the current contract reads an account', expect: 200, code: 'allowed', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/accounts/42`) },
+    { title: 'warn: a deprecated, low-sensitivity operation is forwarded with Deprecation, Sunset and Link headers', expect: 200, code: 'deprecated-operation', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/orders`) },
+    { title: 'warn: a stale contract on a low-sensitivity operation is forwarded and flagged', expect: 200, code: 'stale-contract', curl: curl(`-X POST ${auth(await t(agent, all, '2026-06'))} ${base}/orders/search`) },
+    { title: 'deny: a stale contract on a critical operation (payments changed in 2026-09)', expect: 409, code: 'stale-contract', curl: curl(`-X POST ${auth(await t(agent, all, '2026-06'))} ${base}/payments`) },
+    { title: 'deny: an automation deletes through the deprecated endpoint', expect: 403, code: 'deprecated-operation', curl: curl(`-X DELETE ${auth(await t(bot, all, '2026-09'))} ${base}/accounts/42`) },
+    { title: 'deny: an operation the contract does not have', expect: 403, code: 'unknown-operation', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/admin/users`) },
+    { title: 'deny: an operation past its sunset (for everybody)', expect: 410, code: 'operation-sunset', curl: curl(`${base}/reports/legacy`) },
+    { title: 'deny: no credential', expect: 401, code: 'missing-credential', curl: curl(`${base}/accounts/42`) },
+    { title: 'deny: a token that is not a valid signed JWT', expect: 401, code: 'invalid-credential', curl: curl(`-H 'Authorization: Bearer not.a.token' ${base}/accounts/42`) },
+    { title: 'deny: a long-lived token for an automation (24h > 1h)', expect: 401, code: 'credential-lifetime-exceeded', curl: curl(`${auth(await t(agent, all, '2026-09', 86_400))} ${base}/accounts/42`) },
+    { title: 'deny: a caller the registry does not know', expect: 403, code: 'unknown-consumer', curl: curl(`${auth(await t('spiffe://demo.local/ns/x/sa/stranger', all, '2026-09'))} ${base}/accounts/42`) },
+    { title: 'deny: a token without the operation\'s scope', expect: 403, code: 'insufficient-scope', curl: curl(`-X POST ${auth(await t(agent, ['accounts.read'], '2026-09'))} ${base}/payments`) },
+    { title: 'deny: an operation outside the consumer\'s declared operations', expect: 403, code: 'undeclared-operation', curl: curl(`-X POST ${auth(await t(bot, all, '2026-09'))} ${base}/payments`) },
+    { title: 'deny: an automation that declares no contract version', expect: 400, code: 'contract-version-required', curl: curl(`${auth(await t(agent, all, undefined))} ${base}/accounts/42`) },
+    { title: 'deny: a contract version the API never published', expect: 400, code: 'unknown-contract-version', curl: curl(`${auth(await t(agent, all, undefined))} -H 'Contract-Version: 1999-01' ${base}/accounts/42`) },
+    { title: 'deny: a non-canonical path (dot segments)', expect: 400, code: 'malformed-request', curl: curl(`--path-as-is ${auth(await t(agent, all, '2026-09'))} ${base}/accounts/../admin`) },
+  ];
+}
+
+export async function runDemo(start: (rules: Rules) => Promise<{ close(): Promise<void> }>, out: (line: string) => void = console.log): Promise<() => Promise<void>> {
+  const rules = loadRules(DEMO_RULES);
+  const { privateJwk, publicJwk, file } = await demoKey(join(ROOT, '.demo'));
+  const url = new URL((rules.identity.issuers[0]!.jwks as { url: string }).url);
+  const jwks = jwksServer(publicJwk);
+  const api = demoApi();
+  await listen(jwks, `${url.hostname}:${url.port}`);
+  await listen(api, new URL(rules.proxy.upstream).host);
+  const dg = await start(rules);
+  out(`driftguard demo: listening on http://${rules.proxy.listen} in front of the demo API at ${rules.proxy.upstream}`);
+  out(`admin: http://${rules.proxy.admin}/readyz   rules: ${DEMO_RULES}   signing key: ${file}`);
+  out('');
+  for (const e of await examples(rules, privateJwk)) {
+    out(`# ${e.title}  -> expect ${e.expect} ${e.code}`);
+    out(e.curl);
+    out('');
+  }
+  out(`More tokens: npx driftguard token --key ${file} --sub spiffe://demo.local/ns/billing/sa/invoice-agent --scope 'accounts.read payments.write' --contract 2026-09 --ttl 15m`);
+  out('Press Ctrl-C to stop.');
+  return async () => {
+    await dg.close();
+    await new Promise((r) => jwks.close(r));
+    await new Promise((r) => api.close(r));
+  };
+}

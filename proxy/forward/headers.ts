@@ -1,0 +1,56 @@
+// Which headers cross driftguard. Hop-by-hop headers (RFC 9110 §7.6.1), every header the
+// Connection header names, method-override headers (a stale client must not turn an
+// allowed POST into a DELETE behind our back), and anything claiming to come from
+// driftguard are dropped; X-Forwarded-* are rewritten.
+
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer',
+  'upgrade', 'expect', 'proxy-authorization', 'proxy-authenticate',
+]);
+const METHOD_OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-override']);
+const REWRITTEN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
+
+function connectionNamed(value: string | string[] | undefined): Set<string> | undefined {
+  if (value === undefined) return undefined;
+  const names = new Set<string>();
+  for (const v of Array.isArray(value) ? value : [value]) for (const n of v.split(',')) { const t = n.trim().toLowerCase(); if (t) names.add(t); }
+  return names;
+}
+
+/**
+ * Request headers for the upstream as a flat [name, value, ...] list (duplicates kept, in
+ * order), plus driftguard's own. `raw` is req.rawHeaders.
+ */
+export function upstreamRequestHeaders(raw: readonly string[], connection: string | string[] | undefined, remoteAddress: string | undefined, own: Record<string, string>): string[] {
+  const named = connectionNamed(connection);
+  const out: string[] = [];
+  let forwardedFor: string | undefined;
+  let host: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (lower === 'host') { host = raw[i + 1]!; out.push(name, raw[i + 1]!); continue; }
+    if (lower === 'x-forwarded-for') { forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]; continue; }
+    if (HOP_BY_HOP.has(lower) || METHOD_OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || named?.has(lower)) continue;
+    out.push(name, raw[i + 1]!);
+  }
+  const client = remoteAddress ?? 'unknown';
+  out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client);
+  out.push('x-forwarded-proto', 'http');
+  if (host !== undefined) out.push('x-forwarded-host', host);
+  for (const [name, value] of Object.entries(own)) out.push(name, value);
+  return out;
+}
+
+/** Response headers for the client: upstream's minus hop-by-hop and Connection-named ones. */
+export function clientResponseHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+  const named = connectionNamed(headers['connection']);
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    out[lower] = value;
+  }
+  return out;
+}

@@ -1,0 +1,175 @@
+// Signing keys of one issuer. jose's createRemoteJWKSet refetches inline on a stale cache
+// and drops its keys after a failed refetch; a sidecar needs the opposite: keys fetched
+// before it reports ready, refreshed in the background, the last good keys kept through a
+// failed refresh, and an unknown kid costing at most one refetch per cooldown.
+
+import { readFileSync } from 'node:fs';
+import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
+import { Agent, request } from 'undici';
+
+/** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
+export class IdentityUnavailableError extends Error {
+  readonly code = 'ERR_IDENTITY_UNAVAILABLE';
+  constructor(message: string) { super(message); this.name = 'IdentityUnavailableError'; }
+}
+
+export interface KeySetStatus {
+  readonly source: string;
+  readonly ready: boolean;
+  readonly lastSuccessMs?: number;
+  readonly lastError?: string;
+  readonly refreshes: number;
+  readonly failures: number;
+}
+
+export interface KeySet {
+  /** Resolves once keys are loaded (or rejects after the first failed fetch; refresh continues). */
+  start(): Promise<void>;
+  readonly ready: boolean;
+  readonly getKey: JWTVerifyGetKey;
+  status(): KeySetStatus;
+  close(): void;
+}
+
+const MAX_JWKS_BYTES = 1 << 20;
+
+function parseJwks(text: string, from: string): JSONWebKeySet {
+  const data = JSON.parse(text) as JSONWebKeySet;
+  if (!data || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
+  return data;
+}
+
+/** Keys from a file read at start-up (and re-read on reload, which builds a new KeySet). */
+export function fileKeySet(file: string): KeySet {
+  const jwks = parseJwks(readFileSync(file, 'utf8'), file);
+  const local = createLocalJWKSet(jwks);
+  return {
+    start: async () => {},
+    ready: true,
+    getKey: local,
+    status: () => ({ source: file, ready: true, lastSuccessMs: Date.now(), refreshes: 1, failures: 0 }),
+    close: () => {},
+  };
+}
+
+export interface RemoteKeySetOptions {
+  readonly url: string;
+  readonly refreshMs: number;
+  readonly cooldownMs: number;
+  readonly timeoutMs: number;
+  /** PEM of the CA to trust for https (e.g. the cluster CA); default: the system's. */
+  readonly ca?: string | (() => string);
+  /** Extra request headers, computed on every fetch (e.g. a rotating bearer token). */
+  readonly headers?: () => Record<string, string>;
+  readonly now?: () => number;
+}
+
+export class RemoteKeySet implements KeySet {
+  readonly #options: RemoteKeySetOptions;
+  readonly #now: () => number;
+  #local?: JWTVerifyGetKey;
+  #inflight?: Promise<boolean>;
+  #lastAttemptMs = -Infinity;
+  #lastSuccessMs?: number;
+  #lastError?: string;
+  #lastFetchFailed = false;
+  #refreshes = 0;
+  #failures = 0;
+  #timer?: NodeJS.Timeout;
+  #agent?: Agent;
+
+  constructor(options: RemoteKeySetOptions) {
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+    this.getKey = this.getKey.bind(this);
+  }
+
+  get ready(): boolean { return this.#local !== undefined; }
+
+  async start(): Promise<void> {
+    this.#timer ??= setInterval(() => { void this.refresh(); }, this.#options.refreshMs).unref();
+    if (!(await this.refresh())) throw new IdentityUnavailableError(`JWKS ${this.#options.url}: ${this.#lastError}`);
+  }
+
+  /** Fetch the keys now (joining a fetch already under way). true when keys were replaced. */
+  refresh(): Promise<boolean> {
+    this.#inflight ??= this.#fetch().finally(() => { this.#inflight = undefined; });
+    return this.#inflight;
+  }
+
+  async #fetch(): Promise<boolean> {
+    this.#lastAttemptMs = this.#now();
+    try {
+      const ca = typeof this.#options.ca === 'function' ? this.#options.ca() : this.#options.ca;
+      if (ca !== undefined) {
+        // A new agent per fetch when the CA can change (the kubelet rotates it); fetches are rare.
+        await this.#agent?.close();
+        this.#agent = new Agent({ connect: { ca } });
+      }
+      const res = await request(this.#options.url, {
+        method: 'GET',
+        headers: { accept: 'application/jwk-set+json, application/json', ...this.#options.headers?.() },
+        headersTimeout: this.#options.timeoutMs,
+        bodyTimeout: this.#options.timeoutMs,
+        signal: AbortSignal.timeout(this.#options.timeoutMs),
+        ...(this.#agent ? { dispatcher: this.#agent } : {}),
+      });
+      if (res.statusCode !== 200) {
+        await res.body.dump();
+        throw new Error(`HTTP ${res.statusCode}`);
+      }
+      const length = Number(res.headers['content-length'] ?? 0);
+      if (length > MAX_JWKS_BYTES) { await res.body.dump(); throw new Error('JWKS larger than 1 MiB'); }
+      const text = await res.body.text();
+      if (text.length > MAX_JWKS_BYTES) throw new Error('JWKS larger than 1 MiB');
+      this.#local = createLocalJWKSet(parseJwks(text, this.#options.url));
+      this.#lastSuccessMs = this.#now();
+      this.#lastFetchFailed = false;
+      this.#lastError = undefined;
+      this.#refreshes++;
+      return true;
+    } catch (err) {
+      // Whatever went wrong (jose and fetch both throw plain TypeErrors), keep the last good keys.
+      this.#failures++;
+      this.#lastFetchFailed = true;
+      this.#lastError = describe(err);
+      return false;
+    }
+  }
+
+  async getKey(...args: Parameters<JWTVerifyGetKey>): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
+    const coolingDown = this.#now() - this.#lastAttemptMs < this.#options.cooldownMs;
+    if (!this.#local) {
+      if (!coolingDown) await this.refresh();
+      if (!this.#local) throw new IdentityUnavailableError(`no keys from ${this.#options.url} yet`);
+    }
+    try {
+      return await this.#local(...args);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw err;
+      // An unknown kid: maybe the issuer rotated. One refetch per cooldown, whatever the flood.
+      if (!coolingDown) await this.refresh();
+      else if (this.#inflight) await this.#inflight;
+      if (this.#lastFetchFailed) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#options.url}: ${this.#lastError}`);
+      return await this.#local(...args);
+    }
+  }
+
+  status(): KeySetStatus {
+    return {
+      source: this.#options.url, ready: this.ready, refreshes: this.#refreshes, failures: this.#failures,
+      ...(this.#lastSuccessMs !== undefined ? { lastSuccessMs: this.#lastSuccessMs } : {}),
+      ...(this.#lastError !== undefined ? { lastError: this.#lastError } : {}),
+    };
+  }
+
+  close(): void {
+    clearInterval(this.#timer);
+    void this.#agent?.close();
+  }
+}
+
+function describe(err: unknown): string {
+  const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } };
+  return [e.code, e.message, e.cause?.code ?? e.cause?.message].filter(Boolean).join(': ') || String(err);
+}

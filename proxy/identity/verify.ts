@@ -1,0 +1,154 @@
+// Verifies a bearer token against the issuer it names, with every jose default that is
+// unsafe for a sidecar pinned: algorithms per issuer, exp required, iss/aud/typ checked.
+// Verified tokens are cached by their hash (never kept in memory as text), so a repeated
+// token costs a hash and a map lookup instead of a signature check.
+
+import { createHash } from 'node:crypto';
+import { jwtVerify, decodeJwt, decodeProtectedHeader, type JWTPayload } from 'jose';
+import { LRUCache } from 'lru-cache';
+import type { IdentityRules, IssuerRules } from '../rules/types.ts';
+import type { Credential } from '../pipeline/types.ts';
+import { IdentityUnavailableError, fileKeySet, RemoteKeySet, type KeySet } from './jwks.ts';
+
+export type VerifyFailure =
+  | { readonly reason: 'invalid-credential'; readonly detail: string }
+  | { readonly reason: 'identity-unavailable'; readonly detail: string };
+
+/** Larger tokens are refused outright: no identity provider issues a 16 KiB JWT. */
+const MAX_TOKEN_BYTES = 16 * 1024;
+
+interface Issuer {
+  readonly rules: IssuerRules;
+  readonly keys: KeySet;
+}
+
+export interface IdentityOptions {
+  /** Key sets by issuer, to reuse across reloads; missing ones are created. */
+  readonly keySets?: ReadonlyMap<string, KeySet>;
+  readonly onCache?: (hit: boolean) => void;
+}
+
+export class Identity {
+  readonly #rules: IdentityRules;
+  readonly #issuers = new Map<string, Issuer>();
+  readonly #cache?: LRUCache<string, Credential>;
+  readonly #onCache?: (hit: boolean) => void;
+
+  constructor(rules: IdentityRules, options: IdentityOptions = {}) {
+    this.#rules = rules;
+    this.#onCache = options.onCache;
+    for (const iss of rules.issuers) {
+      const keys = options.keySets?.get(keySetKey(iss)) ?? (iss.jwks.kind === 'file'
+        ? fileKeySet(iss.jwks.file)
+        : new RemoteKeySet({ url: iss.jwks.url, refreshMs: iss.jwks.refreshMs, cooldownMs: iss.jwks.cooldownMs, timeoutMs: iss.jwks.timeoutMs }));
+      this.#issuers.set(iss.issuer, { rules: iss, keys });
+    }
+    if (rules.cache.maxEntries > 0) this.#cache = new LRUCache({ max: rules.cache.maxEntries });
+  }
+
+  /** Fetch every remote key set once. Rejects when one cannot be fetched (refresh goes on). */
+  async start(): Promise<void> {
+    await Promise.all([...this.#issuers.values()].map((i) => i.keys.start()));
+  }
+
+  get ready(): boolean {
+    for (const i of this.#issuers.values()) if (!i.keys.ready) return false;
+    return true;
+  }
+
+  keySets(): Map<string, KeySet> {
+    return new Map([...this.#issuers.values()].map((i) => [keySetKey(i.rules), i.keys]));
+  }
+
+  close(): void {
+    for (const i of this.#issuers.values()) i.keys.close();
+  }
+
+  /** Verify `token` at time `now`; a Credential, or why not. Never throws. */
+  async verify(token: string, now: number): Promise<Credential | VerifyFailure> {
+    try {
+      if (token.length > MAX_TOKEN_BYTES) return { reason: 'invalid-credential', detail: 'token too large' };
+      const cacheable = this.#cache !== undefined && token.length <= this.#rules.cache.maxTokenBytes;
+      const key = cacheable ? createHash('sha256').update(token).digest('base64') : '';
+      if (cacheable) {
+        const hit = this.#cache!.get(key);
+        this.#onCache?.(hit !== undefined);
+        if (hit) {
+          if (hit.expiresAtMs + this.#rules.clockSkewMs <= now) {
+            this.#cache!.delete(key);
+            return { reason: 'invalid-credential', detail: 'token expired' };
+          }
+          return hit;
+        }
+      }
+      const credential = await this.#verify(token, now);
+      if ('reason' in credential) return credential;
+      if (cacheable) {
+        const ttl = credential.expiresAtMs + this.#rules.clockSkewMs - now;
+        if (ttl > 0) this.#cache!.set(key, { ...credential, cached: true }, { ttl, start: now });
+      }
+      return credential;
+    } catch (err) {
+      // Fail closed whatever the error's type: jose signals some problems with plain TypeErrors.
+      if (err instanceof IdentityUnavailableError) return { reason: 'identity-unavailable', detail: 'signing keys unavailable' };
+      return { reason: 'invalid-credential', detail: describeJoseError(err) };
+    }
+  }
+
+  async #verify(token: string, now: number): Promise<Credential | VerifyFailure> {
+    // Read the unverified iss only to pick the issuer's keys and settings; jwtVerify checks it again.
+    const unverified = decodeJwt(token);
+    const header = decodeProtectedHeader(token);
+    const issuer = typeof unverified.iss === 'string' ? this.#issuers.get(unverified.iss) : undefined;
+    if (!issuer) return { reason: 'invalid-credential', detail: 'untrusted issuer' };
+    const { payload } = await jwtVerify(token, issuer.keys.getKey, {
+      issuer: issuer.rules.issuer,
+      audience: issuer.rules.audiences as string[],
+      algorithms: issuer.rules.algorithms as string[],
+      ...(issuer.rules.typ ? { typ: issuer.rules.typ } : {}),
+      clockTolerance: Math.floor(this.#rules.clockSkewMs / 1000),
+      requiredClaims: ['exp', 'sub'],
+      currentDate: new Date(now),
+    });
+    if (typeof payload.sub !== 'string' || payload.sub.length === 0) return { reason: 'invalid-credential', detail: 'sub must be a non-empty string' };
+    return {
+      issuer: issuer.rules.issuer,
+      subject: payload.sub,
+      ...(typeof payload.jti === 'string' ? { jti: payload.jti } : {}),
+      scopes: scopesOf(payload),
+      ...(typeof payload.iat === 'number' ? { issuedAtMs: payload.iat * 1000 } : {}),
+      expiresAtMs: payload.exp! * 1000,
+      claims: Object.freeze(payload),
+      cached: false,
+      ...(typeof header.kid === 'string' ? { kid: header.kid } : {}),
+    };
+  }
+}
+
+export function keySetKey(iss: IssuerRules): string {
+  return JSON.stringify([iss.issuer, iss.jwks]);
+}
+
+/** RFC 9068 `scope` (space-separated), or an `scp` array where the issuer uses one. */
+function scopesOf(payload: JWTPayload): ReadonlySet<string> {
+  if (typeof payload.scope === 'string') return new Set(payload.scope.split(' ').filter(Boolean));
+  const scp = payload.scp;
+  if (Array.isArray(scp)) return new Set(scp.filter((s): s is string => typeof s === 'string'));
+  if (typeof scp === 'string') return new Set(scp.split(' ').filter(Boolean));
+  return new Set();
+}
+
+/** A short reason for the caller that never repeats the token. */
+function describeJoseError(err: unknown): string {
+  const e = err as { code?: string; claim?: string; reason?: string };
+  switch (e.code) {
+    case 'ERR_JWT_EXPIRED': return 'token expired';
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED': return `claim ${e.claim ?? ''} failed: ${e.reason ?? 'invalid'}`.replace('  ', ' ');
+    case 'ERR_JOSE_ALG_NOT_ALLOWED': return 'signature algorithm not allowed';
+    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED': return 'signature verification failed';
+    case 'ERR_JWKS_NO_MATCHING_KEY': return 'no key matches the token\'s kid and algorithm';
+    case 'ERR_JWT_INVALID': case 'ERR_JWS_INVALID': return 'malformed token';
+    case 'ERR_JOSE_NOT_SUPPORTED': return 'unsupported token';
+    default: return 'token rejected';
+  }
+}

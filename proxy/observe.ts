@@ -1,0 +1,54 @@
+// How telemetry sees a request without the pipeline knowing about spans, metrics or logs:
+// the server begins one Observation per request and reports to it at fixed points.
+// Observations must never throw into the request path; the server guards them anyway.
+
+import type { Decision, RequestContext } from './pipeline/types.ts';
+import type { ForwardOutcome } from './forward/forward.ts';
+
+export interface Observation {
+  /** Trace id of this request, for problem bodies; undefined when tracing is off. */
+  readonly traceId?: string;
+  /** Add headers for the upstream request (traceparent, tracestate). */
+  upstreamHeaders(into: Record<string, string>): void;
+  /** Add headers for the client's response (traceresponse). */
+  responseHeaders(into: Record<string, string | string[]>): void;
+  /** The decision is made (before the response or forwarding). */
+  decided(decision: Decision): void;
+  /** Forwarding starts now. */
+  forwarding(): void;
+  /** Forwarding ended. */
+  forwarded(outcome: ForwardOutcome): void;
+  /** The response is finished (or the connection closed); `status` is what the client got. */
+  end(status: number): void;
+}
+
+export interface Observer {
+  begin(ctx: RequestContext): Observation;
+}
+
+const NOOP: Observation = {
+  upstreamHeaders() {}, responseHeaders() {}, decided() {}, forwarding() {}, forwarded() {}, end() {},
+};
+
+export const noopObserver: Observer = { begin: () => NOOP };
+
+/** One observer made of several: each sees every call; the first one's trace id wins. */
+export function composeObservers(observers: readonly Observer[]): Observer {
+  if (observers.length === 0) return noopObserver;
+  if (observers.length === 1) return observers[0]!;
+  return {
+    begin(ctx) {
+      const all = observers.map((o) => o.begin(ctx));
+      const traceId = all.find((o) => o.traceId !== undefined)?.traceId;
+      return {
+        ...(traceId !== undefined ? { traceId } : {}),
+        upstreamHeaders(into) { for (const o of all) o.upstreamHeaders(into); },
+        responseHeaders(into) { for (const o of all) o.responseHeaders(into); },
+        decided(d) { for (const o of all) o.decided(d); },
+        forwarding() { for (const o of all) o.forwarding(); },
+        forwarded(outcome) { for (const o of all) o.forwarded(outcome); },
+        end(status) { for (const o of all) o.end(status); },
+      };
+    },
+  };
+}

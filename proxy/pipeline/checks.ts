@@ -1,0 +1,38 @@
+// The ordered list of checks every request goes through. Order matters and is the spec:
+// cheap, credential-free checks first (a malformed or unknown request costs no signature
+// check), identity before anything that depends on who is calling, contract and
+// deprecation last because they decide between deny and warn by the caller's kind.
+// Forwarding is not a check: it is the terminal stage (proxy/forward), run only when the
+// decision lets the request through.
+
+import type { Check } from './types.ts';
+import type { Rules } from '../rules/types.ts';
+import type { Identity } from '../identity/verify.ts';
+import { canonicalPath } from '../checks/canonical-path.ts';
+import { operationLookup } from '../checks/operation.ts';
+import { sunset } from '../checks/sunset.ts';
+import { credential } from '../checks/credential.ts';
+import { consumer } from '../checks/consumer.ts';
+import { scopes } from '../checks/scopes.ts';
+import { declaredOperations } from '../checks/declared-operations.ts';
+import { contract } from '../checks/contract.ts';
+import { deprecation } from '../checks/deprecation.ts';
+
+/** What checks need beyond the rules. Feature modules add their long-lived state here. */
+export interface CheckDeps {
+  readonly identity: Identity;
+}
+
+export function checks(rules: Rules, deps: CheckDeps): readonly Check[] {
+  return Object.freeze([
+    canonicalPath(),                      // must be first: every later check reads ctx.target
+    operationLookup(rules),               // unknown-operation, before any credential work
+    sunset(),                             // gone for everybody, credential or not
+    credential(rules, deps.identity),     // verified identity, lifetime by consumer kind
+    consumer(rules),                      // registered (or unknown consumers allowed)
+    scopes(),                             // token scopes cover the operation
+    declaredOperations(),                 // within the consumer's declared operations
+    contract(rules),                      // declared contract version vs minimum and changedIn
+    deprecation(rules),                   // deprecated operation: deny or warn by sensitivity
+  ]);
+}

@@ -1,0 +1,106 @@
+// What flows through the pipeline: one RequestContext per request, checks that read it
+// and either continue (return undefined) or end it with a Denial, and the Decision the
+// pipeline makes of that.
+
+import type { IncomingMessage } from 'node:http';
+import type { ReasonCode } from '../decision/reasons.ts';
+import type { Operation, ConsumerKind, Rules } from '../rules/types.ts';
+import type { Target } from './canonical.ts';
+
+/** The verified credential of the caller. Never holds the token itself. */
+export interface Credential {
+  readonly issuer: string;
+  readonly subject: string;
+  readonly jti?: string;
+  readonly scopes: ReadonlySet<string>;
+  readonly issuedAtMs?: number;
+  readonly expiresAtMs: number;
+  readonly claims: Readonly<Record<string, unknown>>;
+  /** true when the signature check was skipped because the token was in the verified-token cache. */
+  readonly cached: boolean;
+  /** Key id the token was signed with, where the header names one. */
+  readonly kid?: string;
+}
+
+export interface Consumer {
+  readonly subject: string;
+  readonly kind: ConsumerKind;
+  readonly owner?: string;
+  /** false when the registry does not know the subject (kind is then consumers.defaultKind). */
+  readonly registered: boolean;
+  readonly operations?: ReadonlySet<string>;
+}
+
+/** Extension members of a problem body, and what spans and logs record. */
+export interface DecisionDetails {
+  declaredContract?: string;
+  currentContract?: string;
+  changedIn?: string;
+  replacement?: string;
+  sunset?: string;
+  /** For insufficient-scope: the scopes the operation needs. */
+  requiredScopes?: readonly string[];
+  /** For 429 and friends: seconds. */
+  retryAfter?: number;
+}
+
+export interface Denial extends DecisionDetails {
+  readonly reason: ReasonCode;
+  readonly detail: string;
+}
+
+export interface Warning extends DecisionDetails {
+  readonly reason: ReasonCode;
+  readonly detail: string;
+}
+
+export type CheckOutcome = 'continue' | 'warn' | 'deny' | 'would-deny';
+
+export interface CheckRecord {
+  readonly check: string;
+  readonly outcome: CheckOutcome;
+  readonly reason?: ReasonCode;
+}
+
+export interface RequestContext {
+  readonly req: IncomingMessage;
+  readonly rules: Rules;
+  /** Epoch milliseconds at which the request arrived: every time check uses this one clock reading. */
+  readonly now: number;
+  target?: Target;
+  operation?: Operation;
+  /** The Authorization header's bearer token; only the credential check reads it. */
+  token?: string;
+  credential?: Credential;
+  consumer?: Consumer;
+  declaredContract?: string;
+  readonly warnings: Warning[];
+  /** Each check that ran, in order, and its outcome (becomes span events). */
+  readonly checks: CheckRecord[];
+  /** Response headers every answer gets (Deprecation, Sunset, Link, ...). */
+  readonly responseHeaders: Record<string, string>;
+  /** Free slots for feature modules (telemetry, lifecycle) keyed by their name. */
+  readonly extra: Record<string, unknown>;
+}
+
+export type CheckResult = Denial | undefined;
+
+/** A check: validated once from the rules, then called per request. It never writes the response. */
+export interface Check {
+  readonly name: string;
+  /** Checks marked `always` enforce even in audit mode (a malformed request is never forwarded). */
+  readonly always?: boolean;
+  run(ctx: RequestContext): CheckResult | Promise<CheckResult>;
+}
+
+export type DecisionKind = 'allow' | 'warn' | 'deny';
+
+export interface Decision extends DecisionDetails {
+  readonly decision: DecisionKind;
+  readonly reason: ReasonCode;
+  readonly detail: string;
+  /** false for an audit-mode would-deny: the request was forwarded. */
+  readonly enforced: boolean;
+  /** Every warning's reason, in order (the first is `reason` when the decision is warn). */
+  readonly warnings: readonly ReasonCode[];
+}

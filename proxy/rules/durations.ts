@@ -1,0 +1,25 @@
+// Durations and times as written in the rules file. The schema already checked the
+// shape; these turn the text into milliseconds.
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+const SHORT = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+const ISO = /^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$/;
+
+/** Milliseconds of `15m`, `30s`, `500ms`, `2d`, `PT15M`; throws a TypeError on anything else. */
+export function parseDuration(text: string): number {
+  const short = SHORT.exec(text);
+  if (short) return Math.round(Number(short[1]) * UNIT_MS[short[2]!]!);
+  const iso = ISO.exec(text);
+  if (iso && text !== 'P' && !text.endsWith('T')) {
+    const [, d, h, m, s] = iso;
+    return Math.round(Number(d ?? 0) * 86_400_000 + Number(h ?? 0) * 3_600_000 + Number(m ?? 0) * 60_000 + Number(s ?? 0) * 1000);
+  }
+  throw new TypeError(`not a duration: ${JSON.stringify(text)} (use 500ms, 30s, 15m, 1h, 2d or ISO 8601 like PT15M)`);
+}
+
+/** Epoch milliseconds of an ISO 8601 date (midnight UTC) or date-time with offset. */
+export function parseTime(text: string): number {
+  const value = /^\d{4}-\d{2}-\d{2}$/.test(text) ? Date.parse(text + 'T00:00:00Z') : Date.parse(text);
+  if (!Number.isFinite(value)) throw new TypeError(`not an ISO 8601 time: ${JSON.stringify(text)}`);
+  return value;
+}

@@ -1,0 +1,316 @@
+// Reads, validates and freezes a rules file. Every problem is reported with the file,
+// line, column and field it concerns, all at once, so one edit-run cycle fixes them all.
+// A RulesError stops start-up (or a reload); it is never a request-time denial.
+
+import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { resolve, dirname } from 'node:path';
+import { parseDocument, LineCounter, isMap, isSeq, type Document, type Node } from 'yaml';
+import { Ajv, type ErrorObject } from 'ajv';
+import schema from '../../rules/schema.json' with { type: 'json' };
+import { parseDuration, parseTime } from './durations.ts';
+import { parseTemplate } from './templates.ts';
+import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity } from './types.ts';
+
+export interface RulesProblem {
+  readonly file: string;
+  readonly line: number;
+  readonly column: number;
+  /** Dotted path of the field, e.g. contract.operations[3].method */
+  readonly field: string;
+  readonly message: string;
+}
+
+export class RulesError extends Error {
+  readonly code = 'ERR_RULES_INVALID';
+  readonly problems: readonly RulesProblem[];
+  constructor(problems: readonly RulesProblem[]) {
+    super(problems.map(formatProblem).join('\n'));
+    this.name = 'RulesError';
+    this.problems = problems;
+  }
+}
+
+export function formatProblem(p: RulesProblem): string {
+  return `${p.file}:${p.line}:${p.column}: ${p.field || '(top level)'}: ${p.message}`;
+}
+
+export interface Overrides {
+  readonly listen?: string;
+  readonly upstream?: string;
+  readonly admin?: string;
+}
+
+type Path = (string | number)[];
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, allowUnionTypes: true });
+// "format: uri" is only documentation for editors; no ajv-formats dependency needed.
+ajv.addFormat('uri', /^[a-z][a-z0-9+.-]*:\S+$/i);
+const validateSchema = ajv.compile(schema);
+
+/** Field name as a platform engineer reads it: contract.operations[3].method */
+export function fieldName(path: Path): string {
+  let out = '';
+  for (const part of path) out += typeof part === 'number' ? `[${part}]` : (out ? '.' : '') + part;
+  return out;
+}
+
+class Locator {
+  readonly file: string;
+  readonly doc: Document;
+  readonly lines: LineCounter;
+  constructor(file: string, doc: Document, lines: LineCounter) {
+    this.file = file; this.doc = doc; this.lines = lines;
+  }
+  /** Position of the deepest node that exists along `path` (the key, where the path ends on one). */
+  problem(path: Path, message: string): RulesProblem {
+    let offset = 0;
+    let node: unknown = this.doc.contents;
+    for (const part of path) {
+      if (isMap(node)) {
+        const pair = node.items.find((item) => (item.key as { value?: unknown } | null)?.value === part);
+        if (!pair) break;
+        offset = (pair.key as Node).range?.[0] ?? offset;
+        node = pair.value;
+        continue;
+      }
+      if (isSeq(node) && typeof part === 'number' && node.items[part]) {
+        node = node.items[part];
+        offset = (node as Node).range?.[0] ?? offset;
+        continue;
+      }
+      break;
+    }
+    const pos = this.lines.linePos(offset);
+    return { file: this.file, line: pos.line, column: pos.col, field: fieldName(path), message };
+  }
+}
+
+function pointerToPath(pointer: string): Path {
+  if (!pointer) return [];
+  return pointer.slice(1).split('/').map((raw) => {
+    const part = raw.replace(/~1/g, '/').replace(/~0/g, '~');
+    return /^\d+$/.test(part) ? Number(part) : part;
+  });
+}
+
+function schemaProblems(errors: ErrorObject[], at: Locator): RulesProblem[] {
+  // A oneOf failure (jwks) explains itself better than its branches' errors.
+  const oneOfPaths = errors.filter((e) => e.keyword === 'oneOf').map((e) => e.instancePath);
+  const out: RulesProblem[] = [];
+  const seen = new Set<string>();
+  for (const e of errors) {
+    if (e.keyword === 'if') continue;
+    if (e.keyword !== 'oneOf' && oneOfPaths.some((p) => e.instancePath === p || e.instancePath.startsWith(p + '/'))) continue;
+    const path = pointerToPath(e.instancePath);
+    let message: string;
+    if (e.keyword === 'required') {
+      const missing = (e.params as { missingProperty: string }).missingProperty;
+      const p = at.problem(path, `missing required field "${missing}"`);
+      push({ ...p, field: fieldName([...path, missing]) });
+      continue;
+    } else if (e.keyword === 'additionalProperties') {
+      const extra = (e.params as { additionalProperty: string }).additionalProperty;
+      push(at.problem([...path, extra], `unknown field "${extra}"`));
+      continue;
+    } else if (e.keyword === 'enum') {
+      message = `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
+    } else if (e.keyword === 'oneOf') {
+      message = 'must be exactly one of { file: PATH } or { url: URL, refresh?, cooldown?, timeout? }';
+    } else if (e.keyword === 'pattern' && (e.parentSchema as { description?: string })?.description) {
+      message = `${JSON.stringify(valueAt(at, path))} is not valid: ${(e.parentSchema as { description: string }).description}`;
+    } else {
+      message = e.message ?? 'is invalid';
+    }
+    push(at.problem(path, message));
+  }
+  return out;
+
+  function push(p: RulesProblem) {
+    const key = `${p.field}|${p.message}`;
+    if (!seen.has(key)) { seen.add(key); out.push(p); }
+  }
+}
+
+function valueAt(at: Locator, path: Path): unknown {
+  const node = at.doc.getIn(path, false);
+  return node;
+}
+
+/** Load, validate and freeze the rules in `file`. Throws RulesError with every problem found. */
+export function loadRules(file: string, overrides: Overrides = {}): Rules {
+  const source = resolve(file);
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(source);
+  } catch (err) {
+    throw new RulesError([{ file: source, line: 0, column: 0, field: '', message: `cannot read the rules file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]);
+  }
+  return parseRules(bytes.toString('utf8'), source, overrides, bytes);
+}
+
+export function parseRules(text: string, source: string, overrides: Overrides = {}, bytes: Buffer = Buffer.from(text)): Rules {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const at = new Locator(source, doc, lines);
+  if (doc.errors.length > 0) {
+    throw new RulesError(doc.errors.map((e) => {
+      const pos = lines.linePos(e.pos[0]);
+      return { file: source, line: pos.line, column: pos.col, field: '', message: `YAML: ${e.message.split('\n')[0]}` };
+    }));
+  }
+  const data = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown> | null;
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+    throw new RulesError([{ file: source, line: 1, column: 1, field: '', message: 'the rules file must be a YAML mapping' }]);
+  }
+  for (const [key, value] of Object.entries(overrides)) {
+    if (value !== undefined) ((data.proxy ??= {}) as Record<string, unknown>)[key] = value;
+  }
+  if (!validateSchema(data)) throw new RulesError(schemaProblems(validateSchema.errors ?? [], at));
+  return build(data as unknown as RawRules, source, bytes, at);
+}
+
+// ---- the shape the schema guarantees (defaults applied) ----
+interface RawRules {
+  proxy: { listen: string; upstream: string; admin: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string }; connections: number };
+  identity: {
+    issuers: { issuer: string; audiences: string[]; algorithms: string[]; typ?: string; jwks: { file?: string; url?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
+    clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number };
+  };
+  consumers: { unknown: 'deny' | 'allow'; defaultKind: ConsumerKind; registry: { subject: string; kind: ConsumerKind; owner?: string; operations?: string[] }[] };
+  contract: {
+    versions: string[]; minimum?: string; declared: { claim: string; header: string }; blockAt: Sensitivity;
+    operations: { id: string; method: string; path: string; scopes: string[]; sensitivity: Sensitivity; changedIn?: string; public: boolean; deprecated?: { since: string; sunset?: string; replacement?: string; link?: string } }[];
+  };
+}
+
+function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules {
+  const problems: RulesProblem[] = [];
+  const fail = (path: Path, message: string) => problems.push(at.problem(path, message));
+  const duration = (path: Path, text: string) => {
+    try { return parseDuration(text); } catch (err) { fail(path, (err as Error).message); return 0; }
+  };
+  const time = (path: Path, text: string) => {
+    try { return parseTime(text); } catch (err) { fail(path, (err as Error).message); return 0; }
+  };
+  const base = dirname(source);
+
+  // proxy
+  for (const key of ['listen', 'admin'] as const) {
+    if (!parseAddress(raw.proxy[key])) fail(['proxy', key], `"${raw.proxy[key]}" is not host:port`);
+  }
+  try {
+    const u = new URL(raw.proxy.upstream);
+    if (u.pathname !== '/' || u.search || u.hash || u.username) fail(['proxy', 'upstream'], 'must be an origin only (scheme, host, port), without path, query or credentials');
+  } catch { fail(['proxy', 'upstream'], `"${raw.proxy.upstream}" is not a URL`); }
+
+  // identity
+  const issuers: IssuerRules[] = [];
+  const issuerNames = new Set<string>();
+  raw.identity.issuers.forEach((iss, i) => {
+    if (issuerNames.has(iss.issuer)) fail(['identity', 'issuers', i, 'issuer'], `issuer "${iss.issuer}" is listed twice`);
+    issuerNames.add(iss.issuer);
+    const j = iss.jwks;
+    const jwks = j.file !== undefined
+      ? { kind: 'file' as const, file: resolve(base, j.file) }
+      : {
+          kind: 'url' as const, url: j.url!,
+          refreshMs: duration(['identity', 'issuers', i, 'jwks', 'refresh'], j.refresh ?? '5m'),
+          cooldownMs: duration(['identity', 'issuers', i, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
+          timeoutMs: duration(['identity', 'issuers', i, 'jwks', 'timeout'], j.timeout ?? '5s'),
+        };
+    issuers.push(Object.freeze({ issuer: iss.issuer, audiences: Object.freeze([...iss.audiences]), algorithms: Object.freeze([...iss.algorithms]), ...(iss.typ ? { typ: iss.typ } : {}), jwks: Object.freeze(jwks) }));
+  });
+
+  // contract
+  const versions = raw.contract.versions;
+  const rank = new Map(versions.map((v, i) => [v, i]));
+  const minimum = raw.contract.minimum ?? versions[0]!;
+  if (!rank.has(minimum)) fail(['contract', 'minimum'], `"${minimum}" is not one of contract.versions`);
+  const ids = new Set<string>();
+  const routes = new Map<string, number>();
+  const operations: Operation[] = [];
+  raw.contract.operations.forEach((op, i) => {
+    const here: Path = ['contract', 'operations', i];
+    if (ids.has(op.id)) fail([...here, 'id'], `operation id "${op.id}" is used twice`);
+    ids.add(op.id);
+    const template = parseTemplate(op.path);
+    if (typeof template === 'string') fail([...here, 'path'], template);
+    else {
+      const key = `${op.method} ${template.shape}`;
+      const other = routes.get(key);
+      if (other !== undefined) fail([...here, 'path'], `${op.method} ${op.path} matches the same requests as contract.operations[${other}]`);
+      routes.set(key, i);
+    }
+    if (op.changedIn !== undefined && !rank.has(op.changedIn)) fail([...here, 'changedIn'], `"${op.changedIn}" is not one of contract.versions`);
+    let deprecated: Operation['deprecated'];
+    if (op.deprecated) {
+      const d = op.deprecated;
+      const sinceMs = time([...here, 'deprecated', 'since'], d.since);
+      const sunsetMs = d.sunset !== undefined ? time([...here, 'deprecated', 'sunset'], d.sunset) : undefined;
+      if (sunsetMs !== undefined && sunsetMs < sinceMs) fail([...here, 'deprecated', 'sunset'], 'sunset is before since');
+      deprecated = Object.freeze({ sinceMs, ...(sunsetMs !== undefined ? { sunsetMs } : {}), ...(d.replacement ? { replacement: d.replacement } : {}), ...(d.link ? { link: d.link } : {}) });
+    }
+    operations.push(Object.freeze({
+      id: op.id, method: op.method, path: op.path, scopes: Object.freeze([...op.scopes]), sensitivity: op.sensitivity,
+      ...(op.changedIn !== undefined ? { changedIn: op.changedIn } : {}), public: op.public, ...(deprecated ? { deprecated } : {}),
+    }));
+  });
+  raw.contract.operations.forEach((op, i) => {
+    const r = op.deprecated?.replacement;
+    if (r !== undefined && !ids.has(r)) fail(['contract', 'operations', i, 'deprecated', 'replacement'], `"${r}" is not an operation id`);
+    if (r === op.id) fail(['contract', 'operations', i, 'deprecated', 'replacement'], 'an operation cannot replace itself');
+  });
+
+  // consumers
+  const registry = new Map<string, ConsumerRules>();
+  raw.consumers.registry.forEach((c, i) => {
+    if (registry.has(c.subject)) fail(['consumers', 'registry', i, 'subject'], `subject "${c.subject}" is listed twice`);
+    c.operations?.forEach((id, k) => { if (!ids.has(id)) fail(['consumers', 'registry', i, 'operations', k], `"${id}" is not an operation id`); });
+    registry.set(c.subject, Object.freeze({ subject: c.subject, kind: c.kind, ...(c.owner ? { owner: c.owner } : {}), ...(c.operations ? { operations: new Set(c.operations) } : {}) }));
+  });
+
+  const rules: Rules = {
+    source,
+    hash: createHash('sha256').update(bytes).digest('hex').slice(0, 16),
+    proxy: Object.freeze({
+      listen: raw.proxy.listen, upstream: raw.proxy.upstream.replace(/\/$/, ''), admin: raw.proxy.admin, mode: raw.proxy.mode,
+      timeouts: Object.freeze({ connectMs: duration(['proxy', 'timeouts', 'connect'], raw.proxy.timeouts.connect), responseMs: duration(['proxy', 'timeouts', 'response'], raw.proxy.timeouts.response) }),
+      connections: raw.proxy.connections,
+    }),
+    identity: Object.freeze({
+      issuers: Object.freeze(issuers),
+      clockSkewMs: duration(['identity', 'clockSkew'], raw.identity.clockSkew),
+      maxTokenLifetimeMs: Object.freeze({
+        automation: duration(['identity', 'maxTokenLifetime', 'automation'], raw.identity.maxTokenLifetime.automation),
+        human: duration(['identity', 'maxTokenLifetime', 'human'], raw.identity.maxTokenLifetime.human),
+      }),
+      cache: Object.freeze({ ...raw.identity.cache }),
+    }),
+    consumers: Object.freeze({ unknown: raw.consumers.unknown, defaultKind: raw.consumers.defaultKind, registry }),
+    contract: Object.freeze({
+      versions: Object.freeze([...versions]), rank, current: versions[versions.length - 1]!, minimum,
+      declared: Object.freeze({ ...raw.contract.declared }), blockAt: raw.contract.blockAt, operations: Object.freeze(operations),
+    }),
+    raw: deepFreeze(raw as unknown as Record<string, unknown>),
+  };
+  if (problems.length > 0) throw new RulesError(problems);
+  return Object.freeze(rules);
+}
+
+/** host:port, [v6]:port or :port */
+export function parseAddress(text: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

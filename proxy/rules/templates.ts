@@ -1,0 +1,36 @@
+// Operation path templates: literal segments and {variables}. A literal segment must be
+// in the canonical form that the canonical-path check lets through, or it could never match.
+
+import { isCanonicalSegment } from '../pipeline/canonical.ts';
+
+export type Segment = { readonly literal: string } | { readonly variable: string };
+
+export interface Template {
+  readonly segments: readonly Segment[];
+  /** The template with variable names erased: two templates with one shape match the same requests. */
+  readonly shape: string;
+}
+
+/** Parse a template, or return a message saying what is wrong with it. */
+export function parseTemplate(path: string): Template | string {
+  if (path === '/') return { segments: [], shape: '/' };
+  if (!path.startsWith('/')) return 'a path template starts with /';
+  const parts = path.slice(1).split('/');
+  const segments: Segment[] = [];
+  const names = new Set<string>();
+  for (const part of parts) {
+    const variable = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(part);
+    if (variable) {
+      if (names.has(variable[1]!)) return `variable {${variable[1]}} appears twice`;
+      names.add(variable[1]!);
+      segments.push({ variable: variable[1]! });
+    } else if (part.includes('{') || part.includes('}')) {
+      return `"${part}": a variable must be a whole segment, like {id}`;
+    } else if (!isCanonicalSegment(part)) {
+      return `"${part}" is not a canonical path segment (empty, dot segment, ';', encoded '/' or '\\', or a character that must be percent-encoded)`;
+    } else {
+      segments.push({ literal: part });
+    }
+  }
+  return { segments, shape: '/' + segments.map((s) => ('literal' in s ? s.literal : '{}')).join('/') };
+}

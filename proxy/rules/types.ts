@@ -1,0 +1,91 @@
+// The rules after validation: every default applied, every duration in milliseconds,
+// every time in epoch milliseconds, every reference resolved. Frozen once built.
+
+export type Mode = 'enforce' | 'audit';
+export type ConsumerKind = 'automation' | 'human';
+export type Sensitivity = 'low' | 'medium' | 'high' | 'critical';
+
+export const SENSITIVITY_RANK: Readonly<Record<Sensitivity, number>> = { low: 0, medium: 1, high: 2, critical: 3 };
+
+export interface ProxyRules {
+  readonly listen: string;
+  readonly upstream: string;
+  readonly admin: string;
+  readonly mode: Mode;
+  readonly timeouts: { readonly connectMs: number; readonly responseMs: number };
+  readonly connections: number;
+}
+
+export type JwksSource =
+  | { readonly kind: 'file'; readonly file: string }
+  | { readonly kind: 'url'; readonly url: string; readonly refreshMs: number; readonly cooldownMs: number; readonly timeoutMs: number };
+
+export interface IssuerRules {
+  readonly issuer: string;
+  readonly audiences: readonly string[];
+  readonly algorithms: readonly string[];
+  readonly typ?: string;
+  readonly jwks: JwksSource;
+}
+
+export interface IdentityRules {
+  readonly issuers: readonly IssuerRules[];
+  readonly clockSkewMs: number;
+  readonly maxTokenLifetimeMs: Readonly<Record<ConsumerKind, number>>;
+  readonly cache: { readonly maxEntries: number; readonly maxTokenBytes: number };
+}
+
+export interface ConsumerRules {
+  readonly subject: string;
+  readonly kind: ConsumerKind;
+  readonly owner?: string;
+  readonly operations?: ReadonlySet<string>;
+}
+
+export interface ConsumersRules {
+  readonly unknown: 'deny' | 'allow';
+  readonly defaultKind: ConsumerKind;
+  readonly registry: ReadonlyMap<string, ConsumerRules>;
+}
+
+export interface Deprecation {
+  readonly sinceMs: number;
+  readonly sunsetMs?: number;
+  readonly replacement?: string;
+  readonly link?: string;
+}
+
+export interface Operation {
+  readonly id: string;
+  readonly method: string;
+  readonly path: string;
+  readonly scopes: readonly string[];
+  readonly sensitivity: Sensitivity;
+  readonly changedIn?: string;
+  readonly public: boolean;
+  readonly deprecated?: Deprecation;
+}
+
+export interface ContractRules {
+  readonly versions: readonly string[];
+  /** Index in `versions` of each version, for ordering. */
+  readonly rank: ReadonlyMap<string, number>;
+  readonly current: string;
+  readonly minimum: string;
+  readonly declared: { readonly claim: string; readonly header: string };
+  readonly blockAt: Sensitivity;
+  readonly operations: readonly Operation[];
+}
+
+export interface Rules {
+  /** Absolute path of the file the rules came from (for messages and reload). */
+  readonly source: string;
+  /** sha256 of the file's bytes, first 16 hex characters: names the rules in force. */
+  readonly hash: string;
+  readonly proxy: ProxyRules;
+  readonly identity: IdentityRules;
+  readonly consumers: ConsumersRules;
+  readonly contract: ContractRules;
+  /** The validated document with defaults applied, for feature modules that read their own slice. */
+  readonly raw: Readonly<Record<string, unknown>>;
+}

@@ -1,0 +1,236 @@
+// Wires one driftguard: the traffic listener runs every request through the ordered checks
+// and, when the decision lets it through, the terminal forwarding stage; the admin listener
+// answers health and operator endpoints. Rules, identity and checks form one Generation that
+// a reload replaces atomically: a request uses the generation it started with.
+
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Rules } from './rules/types.ts';
+import { parseAddress } from './rules/load.ts';
+import type { RequestContext, Decision } from './pipeline/types.ts';
+import { checks, type CheckDeps } from './pipeline/checks.ts';
+import { decider, type Decide } from './pipeline/decide.ts';
+import { Identity } from './identity/verify.ts';
+import { Forwarder } from './forward/forward.ts';
+import { sendProblem } from './decision/problem.ts';
+import { contractHeaders } from './decision/headers.ts';
+import { reasonInfo } from './decision/reasons.ts';
+import { noopObserver, type Observer, type Observation } from './observe.ts';
+import { AdminRoutes, createAdminServer } from './admin/server.ts';
+import type { ReloadStatus } from './reload.ts';
+
+export interface Generation {
+  readonly rules: Rules;
+  readonly identity: Identity;
+  readonly decide: Decide;
+  readonly forwarder: Forwarder;
+}
+
+export interface DriftguardOptions {
+  /** Clock in epoch ms; tests freeze it. */
+  readonly now?: () => number;
+  readonly observer?: Observer;
+  /** Long-lived state of feature modules' checks (kept across reloads). */
+  readonly deps?: Partial<CheckDeps>;
+  readonly log?: (line: Record<string, unknown>) => void;
+}
+
+export interface Driftguard {
+  readonly traffic: Server;
+  readonly admin: Server;
+  readonly routes: AdminRoutes;
+  /** The rules in force. */
+  readonly generation: Generation;
+  /** Resolves once both listeners listen (keys may still be loading: see ready). */
+  readonly listening: Promise<void>;
+  readonly ready: boolean;
+  /** Why not ready, for /readyz. */
+  readonly notReady: string[];
+  /** Build a generation from new rules and swap it in; throws (and changes nothing) on failure. */
+  swap(rules: Rules): Promise<void>;
+  /** Reload results, shown by /readyz (set by the reloader). */
+  reloadStatus?: ReloadStatus;
+  /** Requests being handled now. */
+  readonly inFlight: number;
+  /** Stop accepting, let in-flight requests finish within graceMs, then close everything. */
+  drain(graceMs: number): Promise<void>;
+  /** Close at once (tests). */
+  close(): Promise<void>;
+}
+
+export function buildGeneration(rules: Rules, previous?: Generation, extra: Partial<CheckDeps> = {}): Generation {
+  const identity = new Identity(rules.identity, previous ? { keySets: previous.identity.keySets() } : {});
+  const deps: CheckDeps = { ...extra, identity };
+  const forwarder = previous && previous.rules.proxy.upstream === rules.proxy.upstream
+    && JSON.stringify(previous.rules.proxy) === JSON.stringify(rules.proxy)
+    ? previous.forwarder : new Forwarder(rules.proxy);
+  return { rules, identity, decide: decider(checks(rules, deps), rules.proxy.mode), forwarder };
+}
+
+export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): Driftguard {
+  const now = options.now ?? Date.now;
+  const observer = options.observer ?? noopObserver;
+  const log = options.log ?? ((line) => process.stderr.write(JSON.stringify(line) + '\n'));
+  let generation = buildGeneration(rules, undefined, options.deps);
+  const sockets = new Set<Socket>();
+  let inFlight = 0;
+  let draining = false;
+  let idle: (() => void) | undefined;
+
+  generation.identity.start().catch((err: Error) => {
+    log({ level: 'warn', msg: 'signing keys not loaded yet; retrying in the background', error: err.message });
+  });
+
+  const traffic = createServer({ maxHeaderSize: 16 * 1024, requestTimeout: 0, keepAliveTimeout: 5_000 }, (req, res) => {
+    void handle(generation, req, res);
+  });
+  traffic.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
+  traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // Node refused to parse the request (header overflow, bad framing): answer in kind if we can.
+    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) { socket.destroy(); return; }
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+    const body = JSON.stringify({ type: 'https://driftguard.io/problems/malformed-request', title: 'Malformed request', status, detail: 'the request could not be parsed', code: 'malformed-request' });
+    socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  });
+
+  async function handle(g: Generation, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const ctx: RequestContext = {
+      req, rules: g.rules, now: now(), warnings: [], checks: [], responseHeaders: {}, extra: {},
+    };
+    let observation: Observation = noopObserver.begin(ctx);
+    try { observation = observer.begin(ctx); } catch { /* telemetry never fails a request */ }
+    let status = 0;
+    inFlight++;
+    // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
+    if (draining) res.setHeader('connection', 'close');
+    res.once('close', () => {
+      inFlight--;
+      if (inFlight === 0) idle?.();
+      try { observation.end(status || res.statusCode); } catch { /* ignore */ }
+    });
+    let decision: Decision;
+    try {
+      decision = await g.decide(ctx);
+    } catch {
+      decision = { decision: 'deny', reason: 'internal-error', detail: 'decision failed', enforced: true, warnings: [] };
+    }
+    try { observation.decided(decision); } catch { /* ignore */ }
+    const headers: Record<string, string | string[]> = {};
+    try {
+      contractHeaders(ctx.operation, decision, headers);
+      observation.responseHeaders(headers);
+    } catch { /* headers are best effort; the decision stands */ }
+
+    if (decision.decision === 'deny' && decision.enforced) {
+      status = reasonInfo(decision.reason).status;
+      drain(req);
+      sendProblem(res, {
+        ...decision,
+        ...(ctx.operation ? { operation: ctx.operation.id } : {}),
+        ...(observation.traceId ? { traceId: observation.traceId } : {}),
+        tokenPresent: req.headers.authorization !== undefined,
+      }, headers);
+      return;
+    }
+
+    const own: Record<string, string> = {};
+    if (ctx.consumer) {
+      own['driftguard-consumer'] = ctx.consumer.subject;
+      own['driftguard-consumer-kind'] = ctx.consumer.kind;
+    }
+    if (ctx.declaredContract) own['driftguard-contract'] = ctx.declaredContract;
+    if (ctx.operation) own['driftguard-operation'] = ctx.operation.id;
+    own['driftguard-decision'] = decision.enforced ? decision.decision : 'would-deny';
+    try { observation.upstreamHeaders(own); } catch { /* ignore */ }
+    try { observation.forwarding(); } catch { /* ignore */ }
+    const outcome = await g.forwarder.forward(req, res, ctx.target?.path + (ctx.target?.query ?? ''), own, headers);
+    try { observation.forwarded(outcome); } catch { /* ignore */ }
+    if (outcome.failure) {
+      status = reasonInfo(outcome.failure).status;
+      sendProblem(res, {
+        reason: outcome.failure,
+        detail: outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time' : 'the upstream could not be reached',
+        ...(ctx.operation ? { operation: ctx.operation.id } : {}),
+        ...(observation.traceId ? { traceId: observation.traceId } : {}),
+      }, headers);
+    } else if (outcome.status) {
+      status = outcome.status;
+    }
+  }
+
+  const routes = new AdminRoutes();
+  const notReady = (): string[] => {
+    const why: string[] = [];
+    if (draining) why.push('shutting down');
+    if (!generation.identity.ready) why.push('signing keys not fetched yet');
+    return why;
+  };
+  routes.add('GET', '/healthz', (_req, res) => routes.json(res, 200, { status: 'alive' }));
+  routes.add('GET', '/readyz', (_req, res) => {
+    const why = notReady();
+    routes.json(res, why.length ? 503 : 200, {
+      status: why.length ? 'not ready' : 'ready', rules: generation.rules.hash, reasons: why,
+      ...(self.reloadStatus ? { reload: self.reloadStatus } : {}),
+    });
+  });
+  const admin = createAdminServer(routes);
+
+  const listen = (server: Server, address: string) => new Promise<void>((resolve, reject) => {
+    const a = parseAddress(address)!;
+    server.once('error', reject);
+    server.listen(a.port, a.host, () => { server.off('error', reject); resolve(); });
+  });
+  const listening = Promise.all([listen(traffic, rules.proxy.listen), listen(admin, rules.proxy.admin)]).then(() => {});
+
+  const self: Driftguard = {
+    traffic, admin, routes, listening,
+    get inFlight() { return inFlight; },
+    get generation() { return generation; },
+    get ready() { return notReady().length === 0; },
+    get notReady() { return notReady(); },
+    async swap(next: Rules) {
+      const old = generation;
+      const g = buildGeneration(next, old, options.deps);
+      const shared = new Set(old.identity.keySets().values());
+      try {
+        await g.identity.start();
+      } catch (err) {
+        for (const k of g.identity.keySets().values()) if (!shared.has(k)) k.close();
+        if (g.forwarder !== old.forwarder) void g.forwarder.close();
+        throw err;
+      }
+      const kept = new Set(g.identity.keySets().values());
+      for (const k of shared) if (!kept.has(k)) k.close();
+      generation = g;
+      if (old.forwarder !== g.forwarder) setTimeout(() => { void old.forwarder.close(); }, 30_000).unref();
+    },
+    async drain(graceMs: number) {
+      draining = true;
+      const closed = new Promise<void>((resolve) => traffic.close(() => resolve()));
+      traffic.closeIdleConnections();
+      if (inFlight > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, graceMs);
+          idle = () => { clearTimeout(timer); resolve(); };
+        });
+      }
+      for (const s of sockets) s.destroy();
+      await closed;
+      await self.close();
+    },
+    async close() {
+      draining = true;
+      if (traffic.listening) await new Promise<void>((resolve) => { traffic.close(() => resolve()); traffic.closeIdleConnections(); });
+      if (admin.listening) await new Promise<void>((resolve) => { admin.close(() => resolve()); admin.closeAllConnections(); });
+      for (const s of sockets) s.destroy();
+      generation.identity.close();
+      await generation.forwarder.close();
+    },
+  };
+  return self;
+}
+
+/** Read and discard what is left of a denied request's body, so keep-alive survives. */
+function drain(req: IncomingMessage): void {
+  if (!req.complete) req.resume();
+}

@@ -1,0 +1,301 @@
+// The injector driven the way the API server drives it: AdmissionReview JSON POSTed
+// over HTTPS on loopback; the returned JSONPatch applied to the pod; the result
+// validated against the Kubernetes schemas plus explicit assertions on each field
+// that matters (the schemas accept misspelled fields).
+
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { selfSignedCertificate } from '../support/tls.ts';
+import { validateObject } from '../support/k8s.ts';
+import { startInjectorServer, type InjectorServer, type LogRecord, MAX_BODY_BYTES } from '../../proxy/inject/server.ts';
+import { buildConfig } from '../../proxy/inject/config.ts';
+import { httpsRequest, appPod, admissionReview, decodePatch, patched, type Pod } from './support.ts';
+
+const tls = selfSignedCertificate();
+const dir = mkdtempSync(join(tmpdir(), 'driftguard-inject-'));
+writeFileSync(join(dir, 'tls.crt'), tls.cert);
+writeFileSync(join(dir, 'tls.key'), tls.key);
+
+const IMAGE = 'ghcr.io/driftguard/driftguard:0.1.0';
+
+async function start(nativeSidecar: boolean, logs: LogRecord[] = []): Promise<InjectorServer> {
+  const injector = await startInjectorServer({
+    config: buildConfig({ image: IMAGE, nativeSidecar }),
+    tlsCertFile: join(dir, 'tls.crt'),
+    tlsKeyFile: join(dir, 'tls.key'),
+    host: '127.0.0.1',
+    port: 0,
+    certCheckIntervalMs: 0,
+    log: (r) => logs.push(r),
+  });
+  t.teardown(() => injector.close());
+  return injector;
+}
+
+const native = await start(true);
+const regular = await start(false);
+
+interface Review { apiVersion: string; kind: string; response: { uid: string; allowed: boolean; patch?: string; patchType?: string; status?: { code: number; message: string }; warnings?: string[] } }
+
+async function review(server: InjectorServer, pod: unknown, request: Record<string, unknown> = {}): Promise<{ sent: ReturnType<typeof admissionReview>; got: Review }> {
+  const sent = admissionReview(pod, request);
+  const res = await httpsRequest(server.address.port, tls.cert, { body: JSON.stringify(sent) });
+  t.equal(res.status, 200, 'an AdmissionReview is answered with 200');
+  t.match(res.headers['content-type'], /^application\/json/);
+  const got = JSON.parse(res.text) as Review;
+  t.equal(got.apiVersion, 'admission.k8s.io/v1');
+  t.equal(got.kind, 'AdmissionReview');
+  t.equal(got.response.uid, (sent.request as { uid: string }).uid, 'response.uid echoes request.uid');
+  return { sent, got };
+}
+
+function sidecarOf(pod: Pod): Record<string, any> {
+  const all = [...(pod.spec.initContainers ?? []), ...pod.spec.containers];
+  const found = all.filter((c: { name: string }) => c.name === 'driftguard');
+  if (found.length !== 1) throw new Error(`expected one driftguard container, found ${found.length}`);
+  return found[0];
+}
+
+function envOf(container: Record<string, any>): Record<string, string> {
+  return Object.fromEntries((container.env as { name: string; value?: string }[]).filter((e) => e.value !== undefined).map((e) => [e.name, e.value as string]));
+}
+
+function assertHardenedSidecar(tt: typeof t, pod: Pod, expect: { listen: number; upstream: number; rules: string }): void {
+  const c = sidecarOf(pod);
+  tt.equal(c.image, IMAGE);
+  tt.same(c.command, ['node', '/app/proxy/cli.ts', 'run', '--config', '/etc/driftguard/rules/rules.yaml']);
+  const env = envOf(c);
+  tt.equal(env.DRIFTGUARD_LISTEN, `0.0.0.0:${expect.listen}`);
+  tt.equal(env.DRIFTGUARD_UPSTREAM, `http://127.0.0.1:${expect.upstream}`);
+  tt.equal(env.DRIFTGUARD_ADMIN, '0.0.0.0:15021');
+  tt.match(env.NODE_OPTIONS, /--max-old-space-size=\d+/);
+  tt.same(c.ports.map((p: { containerPort: number }) => p.containerPort).sort(), [expect.listen, 15021].sort());
+  tt.same(c.startupProbe.httpGet, { path: '/readyz', port: 15021, scheme: 'HTTP' });
+  tt.same(c.readinessProbe.httpGet, { path: '/readyz', port: 15021, scheme: 'HTTP' });
+  tt.same(c.livenessProbe.httpGet, { path: '/healthz', port: 15021, scheme: 'HTTP' });
+  tt.equal(c.resources.limits.memory, '128Mi');
+  tt.ok(c.resources.requests.cpu && c.resources.requests.memory, 'cpu and memory requests');
+  tt.equal(c.securityContext.runAsNonRoot, true);
+  tt.equal(c.securityContext.readOnlyRootFilesystem, true);
+  tt.equal(c.securityContext.allowPrivilegeEscalation, false);
+  tt.same(c.securityContext.capabilities, { drop: ['ALL'] });
+  tt.ok(c.securityContext.runAsUser > 0, 'a non-zero UID');
+  const rulesMount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/etc/driftguard/rules');
+  tt.ok(rulesMount, 'rules mounted at /etc/driftguard/rules');
+  tt.equal(rulesMount.subPath, undefined, 'a directory mount, never subPath (updates must arrive)');
+  tt.equal(rulesMount.readOnly, true);
+  tt.ok(c.volumeMounts.some((m: { mountPath: string }) => m.mountPath === '/tmp'), 'a writable /tmp');
+  const rulesVolume = pod.spec.volumes.find((v: { name: string }) => v.name === rulesMount.name);
+  tt.equal(rulesVolume.configMap.name, expect.rules);
+  const tmpVolume = pod.spec.volumes.find((v: { name: string }) => v.name === c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/tmp').name);
+  tt.ok(tmpVolume.emptyDir, '/tmp is an emptyDir');
+}
+
+t.test('native sidecar: an opted-in pod gets driftguard as the first init container', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { initContainers: [{ name: 'migrate', image: 'registry.example.com/orders-migrate:1.4.2' }] } });
+  const { got } = await review(native, pod);
+  t.equal(got.response.allowed, true);
+  t.equal(got.response.patchType, 'JSONPatch');
+  const out = patched(pod, got.response);
+  validateObject(out);
+  t.equal(out.spec.initContainers.length, 2);
+  t.equal(out.spec.initContainers[0].name, 'driftguard', 'first, so later init containers and the app wait for it');
+  t.equal(out.spec.initContainers[0].restartPolicy, 'Always', 'native sidecar');
+  t.equal(out.spec.initContainers[1].name, 'migrate');
+  t.same(out.spec.containers, pod.spec.containers, 'app containers untouched');
+  t.equal(out.metadata.annotations?.['driftguard.io/status'], 'injected-native');
+  assertHardenedSidecar(t, out, { listen: 15080, upstream: 8080, rules: 'driftguard-rules' });
+});
+
+t.test('native sidecar: a pod without initContainers, volumes or annotations', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+  t.equal(pod.spec.initContainers, undefined);
+  t.equal(pod.spec.volumes, undefined);
+  const { got } = await review(native, pod);
+  const out = patched(pod, got.response);
+  validateObject(out);
+  t.equal(out.spec.initContainers.length, 1);
+  t.equal(out.spec.volumes.length, 2);
+  assertHardenedSidecar(t, out, { listen: 15080, upstream: 8080, rules: 'driftguard-rules' });
+});
+
+t.test('regular container on clusters without native sidecars', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { volumes: [{ name: 'cache', emptyDir: {} }] } });
+  const { got } = await review(regular, pod);
+  t.equal(got.response.allowed, true);
+  const out = patched(pod, got.response);
+  validateObject(out);
+  t.equal(out.spec.initContainers, undefined, 'no init container');
+  t.same(out.spec.containers.map((c: { name: string }) => c.name), ['app', 'driftguard'], 'appended after the app');
+  t.equal(out.spec.containers[1].restartPolicy, undefined, 'no restartPolicy on a regular container');
+  t.same(out.spec.volumes.map((v: { name: string }) => v.name), ['cache', 'driftguard-rules', 'driftguard-tmp'], 'existing volumes kept');
+  t.equal(out.metadata.annotations?.['kubectl.kubernetes.io/default-container'], 'app', 'kubectl logs/exec keep landing in the app');
+  t.equal(out.metadata.annotations?.['driftguard.io/status'], 'injected');
+  assertHardenedSidecar(t, out, { listen: 15080, upstream: 8080, rules: 'driftguard-rules' });
+});
+
+t.test('a Job pod on a cluster without native sidecars is injected with a warning', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { restartPolicy: 'Never' } });
+  const { got } = await review(regular, pod);
+  t.equal(got.response.allowed, true);
+  t.match(got.response.warnings?.join('\n'), /Job/);
+});
+
+t.test('annotations choose the rules ConfigMap and the ports', async (t) => {
+  const pod = appPod({
+    labels: { 'driftguard.io/inject': 'true' },
+    annotations: { 'driftguard.io/rules': 'orders-rules', 'driftguard.io/listen-port': '9000', 'driftguard.io/upstream-port': '3000', 'example.com/owner': 'team-a' },
+    spec: { containers: [{ name: 'app', image: 'registry.example.com/orders-api:1.4.2', ports: [{ containerPort: 3000 }] }] },
+  });
+  const { got } = await review(native, pod);
+  const out = patched(pod, got.response);
+  validateObject(out);
+  t.equal(out.metadata.annotations?.['example.com/owner'], 'team-a', 'existing annotations kept');
+  t.ok(decodePatch(got.response).some((op) => op.path === '/metadata/annotations/driftguard.io~1status'), 'keys with / are escaped as ~1 in the pointer');
+  assertHardenedSidecar(t, out, { listen: 9000, upstream: 3000, rules: 'orders-rules' });
+  t.equal(got.response.warnings, undefined, 'no warning when the app declares the upstream port');
+});
+
+t.test('a pod in an opted-in namespace without its own label is injected', async (t) => {
+  // The namespace case is selected by the webhook's namespaceSelector; the pod has no label.
+  const pod = appPod();
+  const { got } = await review(native, pod);
+  t.equal(got.response.allowed, true);
+  const out = patched(pod, got.response);
+  t.equal(sidecarOf(out).name, 'driftguard');
+});
+
+t.test('opt-out: driftguard.io/inject: "false" on the pod wins', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'false' } });
+  for (const server of [native, regular]) {
+    const { got } = await review(server, pod);
+    t.equal(got.response.allowed, true, 'the pod is admitted');
+    t.equal(got.response.patch, undefined, 'without a patch');
+    t.equal(got.response.patchType, undefined);
+  }
+});
+
+t.test('idempotent: an injected pod is left alone on reinvocation', async (t) => {
+  for (const server of [native, regular]) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+    const first = patched(pod, (await review(server, pod)).got.response);
+    const { got } = await review(server, first);
+    t.equal(got.response.allowed, true);
+    t.equal(got.response.patch, undefined, 'no second patch');
+    // A pod template copied from a running pod carries the container but maybe not the annotation.
+    const copied = structuredClone(first);
+    delete copied.metadata.annotations?.['driftguard.io/status'];
+    const again = await review(server, copied);
+    t.equal(again.got.response.patch, undefined, 'a pod that already has the container is left alone');
+  }
+});
+
+t.test('hostNetwork pods are not injected, with a warning', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { hostNetwork: true } });
+  const { got } = await review(native, pod);
+  t.equal(got.response.allowed, true);
+  t.equal(got.response.patch, undefined);
+  t.match(got.response.warnings?.[0], /hostNetwork/);
+});
+
+t.test('requests that are not a pod CREATE are admitted unchanged', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+  const update = await review(native, pod, { operation: 'UPDATE', oldObject: pod });
+  t.equal(update.got.response.allowed, true);
+  t.equal(update.got.response.patch, undefined);
+  const deployment = await review(native, { apiVersion: 'apps/v1', kind: 'Deployment' }, { kind: { group: 'apps', version: 'v1', kind: 'Deployment' } });
+  t.equal(deployment.got.response.allowed, true);
+  t.equal(deployment.got.response.patch, undefined);
+});
+
+t.test('an opted-in pod that cannot get a working sidecar is refused with a clear message', async (t) => {
+  const cases: [string, Pod | unknown, RegExp][] = [
+    ['listen port not a number', appPod({ annotations: { 'driftguard.io/listen-port': 'http' } }), /driftguard\.io\/listen-port.*not a port/],
+    ['upstream port out of range', appPod({ annotations: { 'driftguard.io/upstream-port': '70000' } }), /driftguard\.io\/upstream-port.*not a port/],
+    ['listen equals upstream', appPod({ annotations: { 'driftguard.io/listen-port': '8080' } }), /forward to itself/],
+    ['listen port used by the app', appPod({ annotations: { 'driftguard.io/listen-port': '9090', 'driftguard.io/upstream-port': '8080' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 9090 }, { containerPort: 8080 }] }] } }), /9090 is already used by container "app"/],
+    ['admin port used by the app', appPod({ spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 15021 }, { containerPort: 8080 }] }] } }), /admin port 15021/],
+    ['bad ConfigMap name', appPod({ annotations: { 'driftguard.io/rules': 'Orders_Rules' } }), /driftguard\.io\/rules.*not a ConfigMap name/],
+    ['no containers', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'x' }, spec: { containers: [] } }, /spec\.containers/],
+    ['no spec', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'x' } }, /no spec/],
+    ['object is a string', 'a pod', /request\.object/],
+    ['labels not an object', { apiVersion: 'v1', kind: 'Pod', metadata: { labels: ['x'] }, spec: { containers: [{ name: 'a', image: 'b' }] } }, /labels/],
+  ];
+  for (const [name, pod, message] of cases) {
+    const { got } = await review(native, pod);
+    t.equal(got.response.allowed, false, `${name}: refused`);
+    t.equal(got.response.status?.code, 400, `${name}: status code`);
+    t.match(got.response.status?.message, message, `${name}: message names the cause`);
+    t.equal(got.response.patch, undefined, `${name}: no patch`);
+  }
+});
+
+t.test('malformed input gets a clear error response, never a crash', async (t) => {
+  const logs: LogRecord[] = [];
+  const server = await start(true, logs);
+  const port = server.address.port;
+  const post = (body: string | Buffer, headers?: Record<string, string>) => httpsRequest(port, tls.cert, { body, headers });
+
+  const notJson = await post('{"apiVersion": "admission.k8s.io/v1", ');
+  t.equal(notJson.status, 400);
+  t.match(notJson.text, /not valid JSON/);
+
+  for (const [body, message] of [
+    ['[]', /JSON object/],
+    ['null', /JSON object/],
+    ['{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}', /admission\.k8s\.io\/v1/],
+    ['{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}', /no request/],
+    ['{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":42}}', /uid/],
+  ] as const) {
+    const res = await post(body);
+    t.equal(res.status, 400, `${body}: 400`);
+    t.match(res.text, message, `${body}: says why`);
+  }
+
+  const wrongType = await post('{}', { 'content-type': 'text/plain' });
+  t.equal(wrongType.status, 415);
+  const get = await httpsRequest(port, tls.cert, { method: 'GET' });
+  t.equal(get.status, 405);
+  t.equal(get.headers.allow, 'POST');
+  const elsewhere = await httpsRequest(port, tls.cert, { path: '/other', body: '{}' });
+  t.equal(elsewhere.status, 404);
+  const huge = await post(Buffer.alloc(MAX_BODY_BYTES + 1, 0x20));
+  t.equal(huge.status, 413, 'an oversized body is refused');
+
+  // Still serving after all of that.
+  const health = await httpsRequest(port, tls.cert, { method: 'GET', path: '/healthz' });
+  t.equal(health.status, 200);
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+  const ok = await httpsRequest(port, tls.cert, { body: JSON.stringify(admissionReview(pod)) });
+  t.equal(ok.status, 200);
+  t.equal(JSON.parse(ok.text).response.allowed, true);
+  t.ok(logs.some((l) => l.msg === 'malformed AdmissionReview'), 'malformed reviews are logged');
+  t.ok(logs.some((l) => l.msg === 'admission review' && l.outcome === 'injected' && l.namespace === 'shop'), 'injections are logged with the namespace');
+});
+
+t.test('a rotated certificate is picked up without a restart', async (t) => {
+  const rotDir = mkdtempSync(join(tmpdir(), 'driftguard-inject-rot-'));
+  const first = selfSignedCertificate();
+  writeFileSync(join(rotDir, 'tls.crt'), first.cert);
+  writeFileSync(join(rotDir, 'tls.key'), first.key);
+  const server = await startInjectorServer({
+    config: buildConfig({ image: IMAGE }), tlsCertFile: join(rotDir, 'tls.crt'), tlsKeyFile: join(rotDir, 'tls.key'),
+    host: '127.0.0.1', port: 0, certCheckIntervalMs: 20, log: () => {},
+  });
+  t.teardown(() => server.close());
+  const before = await httpsRequest(server.address.port, first.cert, { method: 'GET', path: '/healthz' });
+  t.equal(before.status, 200);
+  const second = selfSignedCertificate();
+  writeFileSync(join(rotDir, 'tls.key'), second.key);
+  writeFileSync(join(rotDir, 'tls.crt'), second.cert);
+  let after;
+  for (let i = 0; i < 100; i++) {
+    after = await httpsRequest(server.address.port, second.cert, { method: 'GET', path: '/healthz' }).catch(() => undefined);
+    if (after) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  t.equal(after?.status, 200, 'the new certificate is served');
+  t.not(after?.fingerprint, before.fingerprint);
+});
