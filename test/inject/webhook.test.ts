@@ -3,7 +3,7 @@
 // validated against the Kubernetes schemas plus explicit assertions on each field
 // that matters (the schemas accept misspelled fields).
 
-import t from 'tap';
+import t, { type Test as Tap } from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,7 +39,7 @@ const regular = await start(false);
 
 interface Review { apiVersion: string; kind: string; response: { uid: string; allowed: boolean; patch?: string; patchType?: string; status?: { code: number; message: string }; warnings?: string[] } }
 
-async function review(server: InjectorServer, pod: unknown, request: Record<string, unknown> = {}): Promise<{ sent: ReturnType<typeof admissionReview>; got: Review }> {
+async function review(t: Tap, server: InjectorServer, pod: unknown, request: Record<string, unknown> = {}): Promise<{ sent: ReturnType<typeof admissionReview>; got: Review }> {
   const sent = admissionReview(pod, request);
   const res = await httpsRequest(server.address.port, tls.cert, { body: JSON.stringify(sent) });
   t.equal(res.status, 200, 'an AdmissionReview is answered with 200');
@@ -62,7 +62,7 @@ function envOf(container: Record<string, any>): Record<string, string> {
   return Object.fromEntries((container.env as { name: string; value?: string }[]).filter((e) => e.value !== undefined).map((e) => [e.name, e.value as string]));
 }
 
-function assertHardenedSidecar(tt: typeof t, pod: Pod, expect: { listen: number; upstream: number; rules: string }): void {
+function assertHardenedSidecar(tt: Tap, pod: Pod, expect: { listen: number; upstream: number; rules: string }): void {
   const c = sidecarOf(pod);
   tt.equal(c.image, IMAGE);
   tt.same(c.command, ['node', '/app/proxy/cli.ts', 'run', '--config', '/etc/driftguard/rules/rules.yaml']);
@@ -95,7 +95,7 @@ function assertHardenedSidecar(tt: typeof t, pod: Pod, expect: { listen: number;
 
 t.test('native sidecar: an opted-in pod gets driftguard as the first init container', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { initContainers: [{ name: 'migrate', image: 'registry.example.com/orders-migrate:1.4.2' }] } });
-  const { got } = await review(native, pod);
+  const { got } = await review(t, native, pod);
   t.equal(got.response.allowed, true);
   t.equal(got.response.patchType, 'JSONPatch');
   const out = patched(pod, got.response);
@@ -113,7 +113,7 @@ t.test('native sidecar: a pod without initContainers, volumes or annotations', a
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
   t.equal(pod.spec.initContainers, undefined);
   t.equal(pod.spec.volumes, undefined);
-  const { got } = await review(native, pod);
+  const { got } = await review(t, native, pod);
   const out = patched(pod, got.response);
   validateObject(out);
   t.equal(out.spec.initContainers.length, 1);
@@ -123,7 +123,7 @@ t.test('native sidecar: a pod without initContainers, volumes or annotations', a
 
 t.test('regular container on clusters without native sidecars', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { volumes: [{ name: 'cache', emptyDir: {} }] } });
-  const { got } = await review(regular, pod);
+  const { got } = await review(t, regular, pod);
   t.equal(got.response.allowed, true);
   const out = patched(pod, got.response);
   validateObject(out);
@@ -138,7 +138,7 @@ t.test('regular container on clusters without native sidecars', async (t) => {
 
 t.test('a Job pod on a cluster without native sidecars is injected with a warning', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { restartPolicy: 'Never' } });
-  const { got } = await review(regular, pod);
+  const { got } = await review(t, regular, pod);
   t.equal(got.response.allowed, true);
   t.match(got.response.warnings?.join('\n'), /Job/);
 });
@@ -149,7 +149,7 @@ t.test('annotations choose the rules ConfigMap and the ports', async (t) => {
     annotations: { 'driftguard.io/rules': 'orders-rules', 'driftguard.io/listen-port': '9000', 'driftguard.io/upstream-port': '3000', 'example.com/owner': 'team-a' },
     spec: { containers: [{ name: 'app', image: 'registry.example.com/orders-api:1.4.2', ports: [{ containerPort: 3000 }] }] },
   });
-  const { got } = await review(native, pod);
+  const { got } = await review(t, native, pod);
   const out = patched(pod, got.response);
   validateObject(out);
   t.equal(out.metadata.annotations?.['example.com/owner'], 'team-a', 'existing annotations kept');
@@ -161,7 +161,7 @@ t.test('annotations choose the rules ConfigMap and the ports', async (t) => {
 t.test('a pod in an opted-in namespace without its own label is injected', async (t) => {
   // The namespace case is selected by the webhook's namespaceSelector; the pod has no label.
   const pod = appPod();
-  const { got } = await review(native, pod);
+  const { got } = await review(t, native, pod);
   t.equal(got.response.allowed, true);
   const out = patched(pod, got.response);
   t.equal(sidecarOf(out).name, 'driftguard');
@@ -170,7 +170,7 @@ t.test('a pod in an opted-in namespace without its own label is injected', async
 t.test('opt-out: driftguard.io/inject: "false" on the pod wins', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'false' } });
   for (const server of [native, regular]) {
-    const { got } = await review(server, pod);
+    const { got } = await review(t, server, pod);
     t.equal(got.response.allowed, true, 'the pod is admitted');
     t.equal(got.response.patch, undefined, 'without a patch');
     t.equal(got.response.patchType, undefined);
@@ -180,21 +180,21 @@ t.test('opt-out: driftguard.io/inject: "false" on the pod wins', async (t) => {
 t.test('idempotent: an injected pod is left alone on reinvocation', async (t) => {
   for (const server of [native, regular]) {
     const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
-    const first = patched(pod, (await review(server, pod)).got.response);
-    const { got } = await review(server, first);
+    const first = patched(pod, (await review(t, server, pod)).got.response);
+    const { got } = await review(t, server, first);
     t.equal(got.response.allowed, true);
     t.equal(got.response.patch, undefined, 'no second patch');
     // A pod template copied from a running pod carries the container but maybe not the annotation.
     const copied = structuredClone(first);
     delete copied.metadata.annotations?.['driftguard.io/status'];
-    const again = await review(server, copied);
+    const again = await review(t, server, copied);
     t.equal(again.got.response.patch, undefined, 'a pod that already has the container is left alone');
   }
 });
 
 t.test('hostNetwork pods are not injected, with a warning', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { hostNetwork: true } });
-  const { got } = await review(native, pod);
+  const { got } = await review(t, native, pod);
   t.equal(got.response.allowed, true);
   t.equal(got.response.patch, undefined);
   t.match(got.response.warnings?.[0], /hostNetwork/);
@@ -202,10 +202,10 @@ t.test('hostNetwork pods are not injected, with a warning', async (t) => {
 
 t.test('requests that are not a pod CREATE are admitted unchanged', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
-  const update = await review(native, pod, { operation: 'UPDATE', oldObject: pod });
+  const update = await review(t, native, pod, { operation: 'UPDATE', oldObject: pod });
   t.equal(update.got.response.allowed, true);
   t.equal(update.got.response.patch, undefined);
-  const deployment = await review(native, { apiVersion: 'apps/v1', kind: 'Deployment' }, { kind: { group: 'apps', version: 'v1', kind: 'Deployment' } });
+  const deployment = await review(t, native, { apiVersion: 'apps/v1', kind: 'Deployment' }, { kind: { group: 'apps', version: 'v1', kind: 'Deployment' } });
   t.equal(deployment.got.response.allowed, true);
   t.equal(deployment.got.response.patch, undefined);
 });
@@ -224,7 +224,7 @@ t.test('an opted-in pod that cannot get a working sidecar is refused with a clea
     ['labels not an object', { apiVersion: 'v1', kind: 'Pod', metadata: { labels: ['x'] }, spec: { containers: [{ name: 'a', image: 'b' }] } }, /labels/],
   ];
   for (const [name, pod, message] of cases) {
-    const { got } = await review(native, pod);
+    const { got } = await review(t, native, pod);
     t.equal(got.response.allowed, false, `${name}: refused`);
     t.equal(got.response.status?.code, 400, `${name}: status code`);
     t.match(got.response.status?.message, message, `${name}: message names the cause`);

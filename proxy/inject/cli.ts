@@ -1,0 +1,114 @@
+// `driftguard inject`: serves the mutating admission webhook over TLS.
+// main() takes the arguments after the subcommand and resolves with the exit code
+// once the server has stopped (SIGTERM or SIGINT: stop accepting, finish in-flight
+// reviews, exit 0). Configuration errors exit 2 with a message, before listening.
+
+import { parseArgs } from 'node:util';
+import { buildConfig, readConfigFile, InjectorConfigError } from './config.ts';
+import { startInjectorServer } from './server.ts';
+
+export const USAGE = `Usage: driftguard inject --tls-cert FILE --tls-key FILE [options]
+
+Serves the driftguard mutating admission webhook (POST /mutate) over HTTPS. Pods that
+opt in (label driftguard.io/inject: "true" on the pod or its namespace; "false" on the
+pod opts out) get the driftguard sidecar with the rules ConfigMap mounted.
+
+Options:
+  --tls-cert FILE          PEM certificate (chain) of the webhook (required)
+  --tls-key FILE           PEM private key of the webhook (required)
+  --listen ADDR            host:port to listen on (default 0.0.0.0:9443)
+  --config FILE            injector configuration, YAML (keys below)
+  --image IMAGE            sidecar image (config: image; required from file or flag)
+  --native-sidecar BOOL    true: native sidecar (Kubernetes >= 1.29), false: regular
+                           container (config: nativeSidecar, default false)
+  --rules-configmap NAME   default rules ConfigMap (config: rulesConfigMap,
+                           default driftguard-rules)
+  -h, --help               show this help
+
+Configuration file keys (defaults): image, imagePullPolicy (IfNotPresent),
+nativeSidecar (false), rulesConfigMap (driftguard-rules), rulesFile (rules.yaml),
+listenPort (15080), upstreamPort (8080), adminPort (15021), runAsUser (65532),
+nodeOptions (--max-old-space-size=96), resources.requests (cpu 50m, memory 64Mi),
+resources.limits (memory 128Mi), tmpSizeLimit (16Mi). Flags override the file.
+
+Pod annotations: driftguard.io/rules (ConfigMap name), driftguard.io/listen-port,
+driftguard.io/upstream-port.
+`;
+
+export function parseListen(text: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):([0-9]{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const err = (msg: string) => { process.stderr.write(`driftguard inject: ${msg}\n`); return 2; };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'listen': { type: 'string', default: '0.0.0.0:9443' },
+        'config': { type: 'string' },
+        'image': { type: 'string' },
+        'native-sidecar': { type: 'string' },
+        'rules-configmap': { type: 'string' },
+        'help': { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (e) {
+    return err(`${(e as Error).message}\n\n${USAGE}`);
+  }
+  if (values.help) { process.stdout.write(USAGE); return 0; }
+  const certFile = values['tls-cert'] as string | undefined;
+  const keyFile = values['tls-key'] as string | undefined;
+  if (!certFile || !keyFile) return err('--tls-cert and --tls-key are required (see --help)');
+  const listen = parseListen(values.listen as string);
+  if (!listen) return err(`--listen ${JSON.stringify(values.listen)} is not host:port`);
+
+  let config;
+  try {
+    const input: Record<string, unknown> = values.config ? readConfigFile(values.config as string) : {};
+    if (values.image !== undefined) input.image = values.image;
+    if (values['rules-configmap'] !== undefined) input.rulesConfigMap = values['rules-configmap'];
+    const native = values['native-sidecar'];
+    if (native !== undefined) {
+      if (native !== 'true' && native !== 'false') return err(`--native-sidecar must be true or false, got ${JSON.stringify(native)}`);
+      input.nativeSidecar = native === 'true';
+    }
+    config = buildConfig(input, (values.config as string | undefined) ?? 'flags');
+  } catch (e) {
+    if (e instanceof InjectorConfigError) return err(e.message);
+    throw e;
+  }
+
+  let injector;
+  try {
+    injector = await startInjectorServer({ config, tlsCertFile: certFile, tlsKeyFile: keyFile, host: listen.host, port: listen.port });
+  } catch (e) {
+    return err(`cannot start: ${(e as Error).message}`);
+  }
+  const { address, port } = injector.address;
+  process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'injector listening', address, port, nativeSidecar: config.nativeSidecar, image: config.image })}\n`);
+
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      process.off('SIGTERM', stop); process.off('SIGINT', stop);
+      process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'injector stopping', signal })}\n`);
+      injector.close().then(resolve, resolve);
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  return 0;
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
+}

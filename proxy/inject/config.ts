@@ -1,0 +1,150 @@
+// The injector's own configuration: what sidecar it adds to an opted-in pod.
+// One JSON Schema is the single source of every default; a config file (YAML or JSON,
+// rendered by the Helm chart) and command-line flags are merged, validated once at
+// start-up, and frozen. A bad config is an InjectorConfigError that stops start-up.
+
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { Ajv } from 'ajv';
+
+/** Where the sidecar finds its rules: the ConfigMap is mounted here as a directory. */
+export const RULES_DIR = '/etc/driftguard/rules';
+
+export interface ResourceList {
+  readonly cpu?: string;
+  readonly memory?: string;
+  readonly 'ephemeral-storage'?: string;
+}
+
+export interface InjectorConfig {
+  /** Image of the sidecar (the driftguard image). */
+  readonly image: string;
+  readonly imagePullPolicy: 'Always' | 'IfNotPresent' | 'Never';
+  /** true: native sidecar (initContainers[] with restartPolicy: Always, Kubernetes >= 1.29); false: a regular container. */
+  readonly nativeSidecar: boolean;
+  /** ConfigMap holding the rules when the pod has no driftguard.io/rules annotation. */
+  readonly rulesConfigMap: string;
+  /** Key of the rules file inside the ConfigMap. */
+  readonly rulesFile: string;
+  /** Traffic port of the sidecar when the pod has no driftguard.io/listen-port annotation. */
+  readonly listenPort: number;
+  /** Port of the app (on 127.0.0.1) when the pod has no driftguard.io/upstream-port annotation. */
+  readonly upstreamPort: number;
+  /** Admin listener of the sidecar (/healthz, /readyz). */
+  readonly adminPort: number;
+  /** UID and GID the sidecar runs as (non-root; the image's user). */
+  readonly runAsUser: number;
+  /** NODE_OPTIONS of the sidecar: keeps the V8 heap inside the memory limit. */
+  readonly nodeOptions: string;
+  readonly resources: { readonly requests: ResourceList; readonly limits: ResourceList };
+  /** Size limit of the emptyDir mounted at /tmp (the root filesystem is read-only). */
+  readonly tmpSizeLimit: string;
+}
+
+export class InjectorConfigError extends Error {
+  readonly code = 'ERR_INJECTOR_CONFIG';
+  constructor(message: string) {
+    super(message);
+    this.name = 'InjectorConfigError';
+  }
+}
+
+const port = { type: 'integer', minimum: 1, maximum: 65535 } as const;
+const quantity = { type: 'string', pattern: '^[0-9]+(\\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$' } as const;
+const resourceList = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { 'cpu': quantity, 'memory': quantity, 'ephemeral-storage': quantity },
+} as const;
+
+export const configSchema = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  title: 'driftguard injector configuration',
+  type: 'object',
+  additionalProperties: false,
+  required: ['image'],
+  properties: {
+    image: { type: 'string', minLength: 1, description: 'Image of the sidecar.' },
+    imagePullPolicy: { enum: ['Always', 'IfNotPresent', 'Never'], default: 'IfNotPresent' },
+    nativeSidecar: { type: 'boolean', default: false, description: 'Inject a native sidecar (Kubernetes >= 1.29).' },
+    rulesConfigMap: {
+      type: 'string', default: 'driftguard-rules', maxLength: 253,
+      pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$',
+      description: 'Default rules ConfigMap (overridden per pod by the driftguard.io/rules annotation).',
+    },
+    rulesFile: { type: 'string', default: 'rules.yaml', pattern: '^[-._a-zA-Z0-9]+$', description: 'Key of the rules file in the ConfigMap.' },
+    listenPort: { ...port, default: 15080 },
+    upstreamPort: { ...port, default: 8080 },
+    adminPort: { ...port, default: 15021 },
+    runAsUser: { type: 'integer', minimum: 1, default: 65532 },
+    nodeOptions: { type: 'string', default: '--max-old-space-size=96' },
+    resources: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        requests: { ...resourceList, default: { cpu: '50m', memory: '64Mi' } },
+        limits: { ...resourceList, default: { memory: '128Mi' } },
+      },
+    },
+    tmpSizeLimit: { ...quantity, default: '16Mi' },
+  },
+} as const;
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+const validate = ajv.compile(configSchema);
+
+/** Validates a plain object (file contents merged with flags), applies defaults, freezes. */
+export function buildConfig(input: unknown, source = 'injector config'): InjectorConfig {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw new InjectorConfigError(`${source}: must be a mapping`);
+  }
+  const copy = structuredClone(input) as Record<string, unknown>;
+  if (!validate(copy)) {
+    const lines = (validate.errors ?? []).map((e) => {
+      const field = e.instancePath.replace(/^\//, '').replaceAll('/', '.') || '(top level)';
+      const extra = e.keyword === 'additionalProperties' ? ` (${String(e.params.additionalProperty)})` : '';
+      const allowed = e.keyword === 'enum' ? ` (${(e.params.allowedValues as unknown[]).join(', ')})` : '';
+      return `${source}: ${field}: ${e.message ?? 'invalid'}${extra}${allowed}`;
+    });
+    throw new InjectorConfigError(lines.join('\n'));
+  }
+  const cfg = copy as unknown as InjectorConfig;
+  const ports = [['listenPort', cfg.listenPort], ['upstreamPort', cfg.upstreamPort], ['adminPort', cfg.adminPort]] as const;
+  for (let i = 0; i < ports.length; i++) {
+    for (let j = i + 1; j < ports.length; j++) {
+      if (ports[i][1] === ports[j][1]) {
+        throw new InjectorConfigError(`${source}: ${ports[i][0]} and ${ports[j][0]} are both ${ports[i][1]}`);
+      }
+    }
+  }
+  return deepFreeze(cfg);
+}
+
+/** Reads a YAML (or JSON) config file; an empty file is an empty mapping. */
+export function readConfigFile(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new InjectorConfigError(`${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  let value: unknown;
+  try {
+    value = parseYaml(text) ?? {};
+  } catch (err) {
+    throw new InjectorConfigError(`${file}: not valid YAML: ${(err as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new InjectorConfigError(`${file}: must be a mapping`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

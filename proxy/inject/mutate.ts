@@ -1,0 +1,220 @@
+// The admission decision, as a pure function: an AdmissionReview (parsed JSON) in,
+// an AdmissionReview response with a base64 JSONPatch out. No I/O, no clock, no
+// globals, so it is tested directly and the HTTPS server stays a thin shell.
+//
+// Outcomes:
+//   malformed  the body is not an AdmissionReview we can answer (no request.uid):
+//              the server replies HTTP 400 with the message.
+//   rejected   an opted-in pod cannot get a working sidecar (bad annotation, port clash,
+//              no containers): allowed: false with a status message naming the cause.
+//   skipped    nothing to do (opted out, already injected, host network, not a pod
+//              CREATE): allowed: true without a patch.
+//   injected   allowed: true with the JSONPatch that adds the sidecar.
+
+import type { InjectorConfig } from './config.ts';
+import { sidecarContainer, sidecarVolumes, SIDECAR_NAME, RULES_VOLUME, TMP_VOLUME, type SidecarSettings } from './sidecar.ts';
+
+export const LABEL_INJECT = 'driftguard.io/inject';
+export const ANNOTATION_RULES = 'driftguard.io/rules';
+export const ANNOTATION_LISTEN_PORT = 'driftguard.io/listen-port';
+export const ANNOTATION_UPSTREAM_PORT = 'driftguard.io/upstream-port';
+export const ANNOTATION_STATUS = 'driftguard.io/status';
+const ANNOTATION_DEFAULT_CONTAINER = 'kubectl.kubernetes.io/default-container';
+
+export type Outcome = 'malformed' | 'rejected' | 'skipped' | 'injected';
+
+export interface JsonPatchOp {
+  readonly op: 'add' | 'replace' | 'remove' | 'test';
+  readonly path: string;
+  readonly value?: unknown;
+}
+
+export interface AdmissionResponse {
+  readonly uid: string;
+  readonly allowed: boolean;
+  readonly patchType?: 'JSONPatch';
+  /** base64 of the JSON-encoded JsonPatchOp[] */
+  readonly patch?: string;
+  readonly status?: { readonly code: number; readonly message: string };
+  readonly warnings?: readonly string[];
+}
+
+export interface AdmissionReviewOut {
+  readonly apiVersion: 'admission.k8s.io/v1';
+  readonly kind: 'AdmissionReview';
+  readonly response: AdmissionResponse;
+}
+
+export type MutationResult =
+  | { readonly outcome: 'malformed'; readonly message: string }
+  | {
+    readonly outcome: Exclude<Outcome, 'malformed'>;
+    /** Why (skipped, rejected) or what (injected): for the log line. */
+    readonly reason: string;
+    readonly review: AdmissionReviewOut;
+    /** The patch operations, undecoded (injected only). */
+    readonly patch?: readonly JsonPatchOp[];
+    readonly namespace?: string;
+    readonly pod?: string;
+  };
+
+type Obj = Record<string, unknown>;
+
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** RFC 6901: '~' and '/' in a key are escaped in a JSON Pointer. */
+export function pointerEscape(key: string): string {
+  return key.replaceAll('~', '~0').replaceAll('/', '~1');
+}
+
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
+export function mutate(body: unknown, config: InjectorConfig): MutationResult {
+  if (!isObj(body)) return { outcome: 'malformed', message: 'the body must be a JSON object (an AdmissionReview)' };
+  if (body.apiVersion !== 'admission.k8s.io/v1' || body.kind !== 'AdmissionReview') {
+    return {
+      outcome: 'malformed',
+      message: `expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got ${JSON.stringify(body.apiVersion)} and ${JSON.stringify(body.kind)}`,
+    };
+  }
+  const request = body.request;
+  if (!isObj(request)) return { outcome: 'malformed', message: 'AdmissionReview has no request object' };
+  const uid = request.uid;
+  if (typeof uid !== 'string' || uid === '') return { outcome: 'malformed', message: 'AdmissionReview request.uid must be a non-empty string' };
+
+  const namespace = typeof request.namespace === 'string' ? request.namespace : undefined;
+  const answer = (outcome: 'rejected' | 'skipped' | 'injected', reason: string, response: Omit<AdmissionResponse, 'uid'>, pod?: string, patch?: readonly JsonPatchOp[]): MutationResult => ({
+    outcome, reason, namespace, pod, patch,
+    review: { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response: { uid, ...response } },
+  });
+  const reject = (message: string, pod?: string) =>
+    answer('rejected', message, { allowed: false, status: { code: 400, message: `driftguard injector: ${message}` } }, pod);
+
+  // The webhook is registered for pod CREATE only; anything else is not ours to judge.
+  const kind = request.kind;
+  const isPodCreate = isObj(kind) && kind.group === '' && kind.kind === 'Pod' && request.operation === 'CREATE' && !request.subResource;
+  if (!isPodCreate) return answer('skipped', 'not a pod CREATE', { allowed: true });
+
+  const pod = request.object;
+  if (!isObj(pod)) return reject('request.object must be a Pod object');
+  const metadata = pod.metadata === undefined ? {} : pod.metadata;
+  if (!isObj(metadata)) return reject('pod metadata must be an object');
+  const podName = typeof metadata.name === 'string' && metadata.name ? metadata.name
+    : typeof metadata.generateName === 'string' ? `${metadata.generateName}*` : undefined;
+  const labels = metadata.labels === undefined ? {} : metadata.labels;
+  const annotations = metadata.annotations === undefined ? {} : metadata.annotations;
+  if (!isObj(labels) || !isObj(annotations)) return reject('pod labels and annotations must be objects', podName);
+  const spec = pod.spec;
+  if (!isObj(spec)) return reject('pod has no spec', podName);
+  const containers = spec.containers;
+  if (!Array.isArray(containers) || containers.length === 0 || !containers.every(isObj)) {
+    return reject('pod spec.containers must be a non-empty list of containers', podName);
+  }
+  const initContainers = spec.initContainers ?? [];
+  const volumes = spec.volumes ?? [];
+  if (!Array.isArray(initContainers) || !initContainers.every(isObj)) return reject('pod spec.initContainers must be a list of containers', podName);
+  if (!Array.isArray(volumes) || !volumes.every(isObj)) return reject('pod spec.volumes must be a list of volumes', podName);
+
+  // Opt-in is decided by the webhook's selectors (pod label, or namespace label);
+  // the pod's own "false" always wins, even in an opted-in namespace.
+  const warnings: string[] = [];
+  const injectLabel = labels[LABEL_INJECT];
+  if (injectLabel === 'false') return answer('skipped', 'pod opted out', { allowed: true }, podName);
+  if (injectLabel !== undefined && injectLabel !== 'true') {
+    warnings.push(`label ${LABEL_INJECT}=${JSON.stringify(injectLabel)} is neither "true" nor "false"; injecting because the namespace opted in`);
+  }
+
+  // Idempotent: a pod that already has the sidecar (reinvocation, a re-applied
+  // manifest that carries it) is left exactly as it is.
+  if ([...containers, ...initContainers].some((c) => c.name === SIDECAR_NAME) || annotations[ANNOTATION_STATUS] !== undefined) {
+    return answer('skipped', 'already injected', { allowed: true }, podName);
+  }
+  if (spec.hostNetwork === true) {
+    return answer('skipped', 'host network', { allowed: true, warnings: ['driftguard sidecar not injected: pods with hostNetwork are not supported'] }, podName);
+  }
+
+  // Per-pod settings from annotations, each validated with a message naming it.
+  const settingsOrError = readSettings(annotations, config);
+  if (typeof settingsOrError === 'string') return reject(settingsOrError, podName);
+  const settings = settingsOrError;
+
+  // The sidecar shares the pod's network namespace: its ports must be free.
+  const taken = new Map<number, string>();
+  for (const c of [...containers, ...initContainers]) {
+    for (const p of Array.isArray(c.ports) ? c.ports : []) {
+      if (isObj(p) && typeof p.containerPort === 'number') taken.set(p.containerPort, String(c.name));
+    }
+  }
+  for (const [what, port] of [['listen port', settings.listenPort], ['admin port', config.adminPort]] as const) {
+    const owner = taken.get(port);
+    if (owner !== undefined) {
+      return reject(`the driftguard ${what} ${port} is already used by container ${JSON.stringify(owner)}; set ${ANNOTATION_LISTEN_PORT} to a free port`, podName);
+    }
+  }
+  if (taken.size > 0 && !taken.has(settings.upstreamPort)) {
+    warnings.push(`no container declares port ${settings.upstreamPort}, where driftguard forwards traffic; set ${ANNOTATION_UPSTREAM_PORT} to the app's port`);
+  }
+  const volumeNames = new Set(volumes.map((v) => v.name));
+  for (const name of [RULES_VOLUME, TMP_VOLUME]) {
+    if (volumeNames.has(name)) return reject(`the pod already has a volume named ${name}`, podName);
+  }
+  if (!config.nativeSidecar && (spec.restartPolicy === 'Never' || spec.restartPolicy === 'OnFailure')) {
+    warnings.push('driftguard runs as a regular container on this cluster: a pod that is meant to complete (a Job) will keep running until driftguard is stopped');
+  }
+
+  const patch: JsonPatchOp[] = [];
+  if (pod.metadata === undefined) patch.push({ op: 'add', path: '/metadata', value: {} });
+  const status = config.nativeSidecar ? 'injected-native' : 'injected';
+  const newAnnotations: Obj = { [ANNOTATION_STATUS]: status };
+  // kubectl logs/exec should keep landing in the app, not in the sidecar.
+  if (!config.nativeSidecar && annotations[ANNOTATION_DEFAULT_CONTAINER] === undefined && typeof containers[0].name === 'string') {
+    newAnnotations[ANNOTATION_DEFAULT_CONTAINER] = containers[0].name;
+  }
+  if (metadata.annotations === undefined) {
+    patch.push({ op: 'add', path: '/metadata/annotations', value: newAnnotations });
+  } else {
+    for (const [k, v] of Object.entries(newAnnotations)) patch.push({ op: 'add', path: `/metadata/annotations/${pointerEscape(k)}`, value: v });
+  }
+  const container = sidecarContainer(config, settings);
+  if (config.nativeSidecar) {
+    // First, so that later init containers and the app start once driftguard is ready.
+    if (spec.initContainers === undefined) patch.push({ op: 'add', path: '/spec/initContainers', value: [container] });
+    else patch.push({ op: 'add', path: '/spec/initContainers/0', value: container });
+  } else {
+    patch.push({ op: 'add', path: '/spec/containers/-', value: container });
+  }
+  const newVolumes = sidecarVolumes(config, settings);
+  if (spec.volumes === undefined) patch.push({ op: 'add', path: '/spec/volumes', value: newVolumes });
+  else for (const v of newVolumes) patch.push({ op: 'add', path: '/spec/volumes/-', value: v });
+
+  const response: Omit<AdmissionResponse, 'uid'> = {
+    allowed: true,
+    patchType: 'JSONPatch',
+    patch: Buffer.from(JSON.stringify(patch)).toString('base64'),
+    ...(warnings.length ? { warnings } : {}),
+  };
+  return answer('injected', `${status} rules=${settings.rulesConfigMap} listen=${settings.listenPort} upstream=${settings.upstreamPort}`, response, podName, patch);
+}
+
+function readSettings(annotations: Obj, config: InjectorConfig): SidecarSettings | string {
+  const rules = annotations[ANNOTATION_RULES] ?? config.rulesConfigMap;
+  if (typeof rules !== 'string' || rules.length > 253 || !DNS_SUBDOMAIN.test(rules)) {
+    return `annotation ${ANNOTATION_RULES}=${JSON.stringify(rules)} is not a ConfigMap name (lowercase letters, digits, '-' and '.')`;
+  }
+  const listenPort = readPort(annotations, ANNOTATION_LISTEN_PORT, config.listenPort);
+  if (typeof listenPort === 'string') return listenPort;
+  const upstreamPort = readPort(annotations, ANNOTATION_UPSTREAM_PORT, config.upstreamPort);
+  if (typeof upstreamPort === 'string') return upstreamPort;
+  if (listenPort === upstreamPort) return `${ANNOTATION_LISTEN_PORT} and ${ANNOTATION_UPSTREAM_PORT} are both ${listenPort}: driftguard would forward to itself`;
+  if (listenPort === config.adminPort) return `${ANNOTATION_LISTEN_PORT} ${listenPort} is driftguard's admin port`;
+  if (upstreamPort === config.adminPort) return `${ANNOTATION_UPSTREAM_PORT} ${upstreamPort} is driftguard's admin port`;
+  return { rulesConfigMap: rules, listenPort, upstreamPort };
+}
+
+function readPort(annotations: Obj, name: string, fallback: number): number | string {
+  const raw = annotations[name];
+  if (raw === undefined) return fallback;
+  const port = typeof raw === 'string' && /^[0-9]{1,5}$/.test(raw) ? Number(raw) : NaN;
+  if (!(port >= 1 && port <= 65535)) return `annotation ${name}=${JSON.stringify(raw)} is not a port number (1-65535)`;
+  return port;
+}

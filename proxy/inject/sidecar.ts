@@ -1,0 +1,77 @@
+// What the injector adds to a pod: the driftguard container and its two volumes.
+// The container follows the sidecar contract of the core (proxy/cli.ts `run`):
+// rules file under RULES_DIR, DRIFTGUARD_LISTEN / DRIFTGUARD_UPSTREAM / DRIFTGUARD_ADMIN,
+// /healthz (alive) and /readyz (rules loaded, keys fetched) on the admin port.
+
+import { RULES_DIR, type InjectorConfig } from './config.ts';
+
+export const SIDECAR_NAME = 'driftguard';
+export const RULES_VOLUME = 'driftguard-rules';
+export const TMP_VOLUME = 'driftguard-tmp';
+
+export interface SidecarSettings {
+  readonly rulesConfigMap: string;
+  readonly listenPort: number;
+  readonly upstreamPort: number;
+}
+
+/** The container object, in the shape of a Kubernetes core/v1 Container. */
+export function sidecarContainer(config: InjectorConfig, settings: SidecarSettings): Record<string, unknown> {
+  const container: Record<string, unknown> = {
+    name: SIDECAR_NAME,
+    image: config.image,
+    imagePullPolicy: config.imagePullPolicy,
+    command: ['node', '/app/proxy/cli.ts', 'run', '--config', `${RULES_DIR}/${config.rulesFile}`],
+    env: [
+      { name: 'DRIFTGUARD_LISTEN', value: `0.0.0.0:${settings.listenPort}` },
+      // The app is reached over the pod's loopback: it shares the network namespace.
+      { name: 'DRIFTGUARD_UPSTREAM', value: `http://127.0.0.1:${settings.upstreamPort}` },
+      // The kubelet probes the admin listener from outside the container, so not loopback.
+      { name: 'DRIFTGUARD_ADMIN', value: `0.0.0.0:${config.adminPort}` },
+      { name: 'NODE_OPTIONS', value: config.nodeOptions },
+      { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+      // Read by the OpenTelemetry SDK's environment resource detector.
+      { name: 'OTEL_RESOURCE_ATTRIBUTES', value: 'k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)' },
+    ],
+    ports: [
+      { name: 'driftguard', containerPort: settings.listenPort, protocol: 'TCP' },
+      { name: 'dg-admin', containerPort: config.adminPort, protocol: 'TCP' },
+    ],
+    // Startup: up to 2 minutes to load the rules and fetch the issuers' keys. For a
+    // native sidecar this also holds back the app containers until driftguard is ready.
+    startupProbe: probe('/readyz', config.adminPort, { periodSeconds: 1, failureThreshold: 120, timeoutSeconds: 1 }),
+    readinessProbe: probe('/readyz', config.adminPort, { periodSeconds: 5, failureThreshold: 3, timeoutSeconds: 2 }),
+    livenessProbe: probe('/healthz', config.adminPort, { periodSeconds: 10, failureThreshold: 3, timeoutSeconds: 2 }),
+    resources: structuredClone(config.resources),
+    securityContext: {
+      runAsNonRoot: true,
+      runAsUser: config.runAsUser,
+      runAsGroup: config.runAsUser,
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      privileged: false,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+    volumeMounts: [
+      // A directory mount, never subPath: the kubelet then swaps in ConfigMap updates.
+      { name: RULES_VOLUME, mountPath: RULES_DIR, readOnly: true },
+      { name: TMP_VOLUME, mountPath: '/tmp' },
+    ],
+    terminationMessagePolicy: 'FallbackToLogsOnError',
+  };
+  if (config.nativeSidecar) container.restartPolicy = 'Always';
+  return container;
+}
+
+export function sidecarVolumes(config: InjectorConfig, settings: SidecarSettings): Record<string, unknown>[] {
+  return [
+    { name: RULES_VOLUME, configMap: { name: settings.rulesConfigMap, optional: false } },
+    { name: TMP_VOLUME, emptyDir: { sizeLimit: config.tmpSizeLimit } },
+  ];
+}
+
+function probe(path: string, port: number, timing: Record<string, number>): Record<string, unknown> {
+  return { httpGet: { path, port, scheme: 'HTTP' }, ...timing };
+}

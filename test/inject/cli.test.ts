@@ -1,0 +1,82 @@
+// `driftguard inject` as a process: flags and config file, a review over HTTPS,
+// SIGTERM → exit 0; configuration errors exit 2 before listening.
+
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { once } from 'node:events';
+import { selfSignedCertificate } from '../support/tls.ts';
+import { httpsRequest, appPod, admissionReview, patched } from './support.ts';
+import { validateObject } from '../support/k8s.ts';
+
+const CLI = new URL('../../proxy/inject/cli.ts', import.meta.url).pathname;
+const tls = selfSignedCertificate();
+const dir = mkdtempSync(join(tmpdir(), 'driftguard-inject-cli-'));
+const cert = join(dir, 'tls.crt');
+const key = join(dir, 'tls.key');
+writeFileSync(cert, tls.cert);
+writeFileSync(key, tls.key);
+
+function run(args: string[]) {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => { stdout += c; });
+  child.stderr.on('data', (c: Buffer) => { stderr += c; });
+  const exited = once(child, 'exit').then(([code]) => ({ code: code as number | null, stdout, stderr }));
+  return { child, exited, stdout: () => stdout };
+}
+
+t.test('serves reviews with the config file and flags, exits 0 on SIGTERM', async (t) => {
+  const config = join(dir, 'injector.yaml');
+  writeFileSync(config, 'image: registry.example.com/driftguard:9.9.9\nnativeSidecar: false\nrulesConfigMap: shop-rules\n');
+  const proc = run(['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--config', config, '--native-sidecar', 'true']);
+  let port = 0;
+  for (let i = 0; i < 200 && !port; i++) {
+    const line = proc.stdout().split('\n').find((l) => l.includes('injector listening'));
+    if (line) port = JSON.parse(line).port;
+    else await new Promise((r) => setTimeout(r, 25));
+  }
+  t.ok(port > 0, 'logs the bound port');
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+  const res = await httpsRequest(port, tls.cert, { body: JSON.stringify(admissionReview(pod)) });
+  t.equal(res.status, 200);
+  const out = patched(pod, JSON.parse(res.text).response);
+  validateObject(out);
+  t.equal(out.spec.initContainers[0].restartPolicy, 'Always', '--native-sidecar true overrides the file');
+  t.equal(out.spec.initContainers[0].image, 'registry.example.com/driftguard:9.9.9', 'image from the file');
+  t.equal(out.spec.volumes.find((v: { name: string }) => v.name === 'driftguard-rules').configMap.name, 'shop-rules', 'default rules ConfigMap from the file');
+  proc.child.kill('SIGTERM');
+  const { code, stdout } = await proc.exited;
+  t.equal(code, 0, 'exit 0 after SIGTERM');
+  t.match(stdout, /injector stopping/);
+});
+
+t.test('--help', async (t) => {
+  const { code, stdout } = await run(['--help']).exited;
+  t.equal(code, 0);
+  t.match(stdout, /--tls-cert FILE/);
+  t.match(stdout, /driftguard\.io\/inject/);
+});
+
+t.test('configuration errors exit 2 with a message', async (t) => {
+  const badConfig = join(dir, 'bad.yaml');
+  writeFileSync(badConfig, 'image: x\nimagePullPolicy: Sometimes\nlistenPort: 0\ncolour: blue\n');
+  const cases: [string[], RegExp][] = [
+    [['--listen', '127.0.0.1:0', '--image', 'x'], /--tls-cert and --tls-key are required/],
+    [['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0'], /image/],
+    [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--listen', 'nowhere'], /--listen/],
+    [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--native-sidecar', 'maybe'], /--native-sidecar must be true or false/],
+    [['--tls-cert', cert, '--tls-key', key, '--config', badConfig], /^(?=[\s\S]*imagePullPolicy: must be equal to one of)(?=[\s\S]*listenPort: must be >= 1)(?=[\s\S]*additional properties \(colour\))/],
+    [['--tls-cert', cert, '--tls-key', key, '--config', join(dir, 'missing.yaml')], /missing\.yaml: cannot read \(ENOENT\)/],
+    [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', key, '--image', 'x', '--listen', '127.0.0.1:0'], /cannot start/],
+    [['--bogus'], /Unknown option/],
+  ];
+  for (const [args, message] of cases) {
+    const { code, stderr } = await run(args).exited;
+    t.equal(code, 2, `${args.join(' ')}: exit 2`);
+    t.match(stderr, message, `${args.join(' ')}: message`);
+  }
+});
