@@ -42,14 +42,18 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
   return out;
 }
 
-/** Response headers for the client: upstream's minus hop-by-hop and Connection-named ones. */
+/**
+ * Response headers for the client: upstream's minus hop-by-hop and Connection-named ones, and
+ * minus any `driftguard-` header: the client must be able to trust that driftguard wrote those
+ * (an upstream echoing request headers back must not forge or hide a warning).
+ */
 export function clientResponseHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
   const named = connectionNamed(headers['connection']);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined) continue;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || named?.has(lower) || lower.startsWith('driftguard-')) continue;
     out[lower] = value;
   }
   return out;

@@ -1,0 +1,194 @@
+// Warn decisions, the human/automation split, blockAt, audit mode, and the headers that
+// cross driftguard in both directions.
+
+import t from 'tap';
+import { raw, get } from '../support/raw.ts';
+import { world, AGENT, HUMAN } from './world.ts';
+
+t.test('warn: a deprecated low-sensitivity operation is forwarded and flagged', async (t) => {
+  const w = await world(t);
+  const a = await w.call('GET', '/search', { token: await w.tok() });
+  t.equal(a.status, 200);
+  t.equal(a.headers.get('driftguard-warning'), 'deprecated-operation');
+  t.equal(a.headers.get('deprecation'), '@1767225600');
+  t.notOk(a.headers.get('sunset'), 'no sunset set, no Sunset header');
+  t.notOk(a.headers.get('link'), 'no link set, no Link header');
+  t.equal(a.headers.get('x-upstream'), 'yes', 'the upstream\'s own headers come through');
+  t.equal(w.up.seen.length, 1);
+  t.equal(w.up.seen[0]!.headers['driftguard-decision'], 'warn');
+});
+
+t.test('warn: a stale contract on a low-sensitivity operation is forwarded and flagged', async (t) => {
+  const w = await world(t);
+  const a = await w.call('GET', '/items', { token: await w.tok({ contract: '2026-06' }) });
+  t.equal(a.status, 200);
+  t.equal(a.headers.get('driftguard-warning'), 'stale-contract');
+  t.equal(w.up.seen[0]!.headers['driftguard-contract'], '2026-06');
+});
+
+t.test('humans are warned, never blocked, by staleness and deprecation', async (t) => {
+  const w = await world(t);
+  const stale = await w.call('POST', '/payments', { token: await w.tok({ sub: HUMAN, contract: '2026-06' }), body: '{}' });
+  t.equal(stale.status, 200, 'a critical operation with a stale contract');
+  t.equal(stale.headers.get('driftguard-warning'), 'stale-contract');
+  const deprecated = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
+  t.equal(deprecated.status, 200, 'a deprecated high-sensitivity operation');
+  t.equal(deprecated.headers.get('driftguard-warning'), 'deprecated-operation');
+  t.equal(deprecated.headers.get('deprecation'), '@1767225600');
+  t.equal(deprecated.headers.get('sunset'), new Date('2099-01-01T00:00:00Z').toUTCString());
+  const link = deprecated.headers.get('link') ?? '';
+  t.match(link, /rel="deprecation"/);
+  t.match(link, /rel="sunset"/);
+  const both = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN, contract: '2026-01' }) });
+  t.equal(both.status, 200);
+  t.equal(both.headers.get('driftguard-warning'), 'stale-contract, deprecated-operation', 'every warning, in check order');
+  t.equal(w.up.seen.length, 3);
+  t.equal(w.up.seen[0]!.headers['driftguard-consumer-kind'], 'human');
+});
+
+t.test('automation is blocked from blockAt up and warned below it', async (t) => {
+  // createItem is medium: below the minimum contract it is warned with blockAt high...
+  const high = await world(t);
+  const warned = await high.call('POST', '/items', { token: await high.tok({ contract: '2026-01' }), body: '{}' });
+  t.equal(warned.status, 200);
+  t.equal(warned.headers.get('driftguard-warning'), 'stale-contract');
+  // ...and denied with blockAt medium.
+  const medium = await world(t, (r) => { r.contract.blockAt = 'medium'; });
+  const denied = await medium.call('POST', '/items', { token: await medium.tok({ contract: '2026-01' }), body: '{}' });
+  t.equal(denied.status, 409);
+  t.equal(denied.json.code, 'stale-contract');
+  t.equal(medium.up.seen.length, 0);
+  // blockAt critical: a high-sensitivity deprecated operation is only warned.
+  const critical = await world(t, (r) => { r.contract.blockAt = 'critical'; });
+  const del = await critical.call('DELETE', '/items/1', { token: await critical.tok() });
+  t.equal(del.status, 200);
+  t.equal(del.headers.get('driftguard-warning'), 'deprecated-operation');
+});
+
+t.test('an unregistered caller gets consumers.defaultKind, and human callers are not blocked', async (t) => {
+  const w = await world(t, (r) => { r.consumers.unknown = 'allow'; r.consumers.defaultKind = 'human'; });
+  const a = await w.call('POST', '/payments', { token: await w.tok({ sub: 'client-x', contract: '2026-06' }), body: '{}' });
+  t.equal(a.status, 200);
+  t.equal(a.headers.get('driftguard-warning'), 'stale-contract');
+  t.equal(w.up.seen[0]!.headers['driftguard-consumer'], 'client-x');
+  t.equal(w.up.seen[0]!.headers['driftguard-consumer-kind'], 'human');
+  const safe = await world(t, (r) => { r.consumers.unknown = 'allow'; });
+  const b = await safe.call('POST', '/payments', { token: await safe.tok({ sub: 'client-x', contract: '2026-06' }), body: '{}' });
+  t.equal(b.status, 409, 'the default kind is automation: the safe side');
+});
+
+t.test('audit mode forwards would-denies with the warning header, except malformed requests', async (t) => {
+  const w = await world(t, (r) => { r.proxy.mode = 'audit'; });
+  const cases: [string, string, string | undefined, string][] = [
+    ['GET', '/admin', await w.tok(), 'unknown-operation'],
+    ['GET', '/items/1', undefined, 'missing-credential'],
+    ['GET', '/items/1', 'garbage', 'invalid-credential'],
+    ['POST', '/payments', await w.tok({ contract: '2026-06' }), 'stale-contract'],
+    ['DELETE', '/items/1', await w.tok(), 'deprecated-operation'],
+    ['GET', '/legacy', undefined, 'operation-sunset'],
+  ];
+  for (const [method, path, tok, code] of cases) {
+    const before = w.up.seen.length;
+    const a = await w.call(method, path, { ...(tok !== undefined ? { token: tok } : {}), ...(method !== 'GET' && method !== 'DELETE' ? { body: '{}' } : {}) });
+    t.equal(a.status, 200, `${code}: forwarded`);
+    t.match(a.headers.get('driftguard-warning') ?? '', new RegExp(`^${code}`), `${code}: named in the warning header`);
+    t.equal(w.up.seen.length, before + 1, `${code}: the upstream saw it`);
+    t.equal(w.up.seen.at(-1)!.headers['driftguard-decision'], 'would-deny');
+  }
+  const bad = await raw(w.port, get('/items/%2e%2e/admin', [`Authorization: Bearer ${await w.tok()}`]));
+  t.equal(bad.status, 400, 'malformed-request is enforced in audit mode');
+  t.equal(bad.json().code, 'malformed-request');
+  t.equal(w.up.seen.length, cases.length);
+});
+
+t.test('the upstream gets driftguard\'s headers, never the client\'s spoofed ones', async (t) => {
+  const w = await world(t);
+  const spoof = {
+    'driftguard-consumer': 'spiffe://evil/admin', 'Driftguard-Consumer-Kind': 'human', 'DRIFTGUARD-CONTRACT': '2026-09',
+    'driftguard-decision': 'allow', 'driftguard-operation': 'pay', 'driftguard-anything': 'x',
+  };
+  await w.call('GET', '/items/1', { token: await w.tok({ contract: '2026-06' }), headers: spoof });
+  const seen = w.up.seen[0]!;
+  t.equal(seen.headers['driftguard-consumer'], AGENT);
+  t.equal(seen.headers['driftguard-consumer-kind'], 'automation');
+  t.equal(seen.headers['driftguard-contract'], '2026-06');
+  t.equal(seen.headers['driftguard-operation'], 'getItem');
+  t.notOk('driftguard-anything' in seen.headers);
+  const names = seen.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+  t.equal(names.filter((n) => n === 'driftguard-consumer').length, 1, 'exactly one, ours');
+  // A public operation without a credential: no consumer at all, and nothing spoofed.
+  await w.call('GET', '/status', { headers: spoof });
+  const pub = w.up.seen[1]!;
+  t.notOk('driftguard-consumer' in pub.headers);
+  t.notOk('driftguard-consumer-kind' in pub.headers);
+  t.notOk('driftguard-contract' in pub.headers);
+  t.equal(pub.headers['driftguard-operation'], 'status');
+  // Spoofed over a raw socket too, in odd spellings and twice.
+  const r = await raw(w.port, get('/status', ['DrIfTgUaRd-Consumer: a', 'driftguard-consumer: b']));
+  t.equal(r.status, 200);
+  t.notOk('driftguard-consumer' in w.up.seen[2]!.headers);
+});
+
+t.test('hop-by-hop, Connection-named and method-override headers never reach the upstream', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  const head = [
+    `Authorization: Bearer ${tok}`, 'Connection: keep-alive, X-Secret-Hop', 'X-Secret-Hop: 1', 'Keep-Alive: timeout=5',
+    'TE: trailers', 'Proxy-Authorization: Basic eDp5', 'X-Forwarded-For: 10.0.0.1', 'X-Forwarded-Host: evil', 'Forwarded: for=1.2.3.4',
+  ];
+  const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\n${head.join('\r\n')}\r\n\r\n`);
+  t.equal(a.status, 200);
+  const h = w.up.seen[0]!.headers;
+  for (const n of ['x-secret-hop', 'keep-alive', 'te', 'proxy-authorization', 'forwarded']) t.notOk(n in h, `${n} removed`);
+  t.equal(h['x-forwarded-for'], '10.0.0.1, 127.0.0.1', 'the client address appended');
+  t.equal(h['x-forwarded-host'], 'api.test');
+  t.equal(h['x-forwarded-proto'], 'http');
+  t.equal(h['authorization'], `Bearer ${tok}`, 'the credential itself is the upstream\'s to see');
+
+  // Method overrides: a GET the agent may do cannot become a DELETE behind driftguard's back.
+  for (const name of ['X-HTTP-Method-Override', 'X-HTTP-Method', 'X-Method-Override', 'x-http-method-override']) {
+    const before = w.up.seen.length;
+    const r = await w.call('GET', '/items/1', { token: tok, headers: { [name]: 'DELETE' } });
+    t.equal(r.status, 200, `${name}: the operation is still getItem`);
+    t.notOk(r.headers.get('driftguard-warning'), 'not treated as the deprecated DELETE');
+    const seen = w.up.seen[before]!;
+    t.equal(seen.method, 'GET');
+    t.notOk(Object.keys(seen.headers).some((k) => k.includes('method')), `${name} removed`);
+  }
+  // And the other way round: a POST with an override naming an allowed method is still the POST.
+  const denied = await w.call('POST', '/items/1/archive', { token: await w.tok({ contract: '2026-01' }), headers: { 'X-HTTP-Method-Override': 'GET' }, body: '{}' });
+  t.equal(denied.status, 409);
+});
+
+t.test('hop-by-hop and Connection-named headers are removed from the upstream\'s response', async (t) => {
+  const w = await world(t);
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { connection: 'x-internal', 'x-internal': 'secret', 'keep-alive': 'timeout=1', 'driftguard-warning': 'forged', 'content-type': 'text/plain' });
+    res.end('ok');
+  };
+  const a = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(a.status, 200);
+  t.notOk(a.headers.get('x-internal'));
+  t.notOk(a.headers.get('driftguard-warning'), 'the upstream cannot forge driftguard\'s warning');
+  t.equal(a.text, 'ok');
+});
+
+t.test('the query string is forwarded untouched and never takes part in matching', async (t) => {
+  const w = await world(t);
+  const a = await w.call('GET', '/items/1?path=/admin&x=%2F..', { token: await w.tok() });
+  t.equal(a.status, 200);
+  t.equal(w.up.seen[0]!.url, '/items/1?path=/admin&x=%2F..');
+  const b = await w.call('GET', '/admin?/items/1', { token: await w.tok() });
+  t.equal(b.status, 403);
+  t.equal(b.json.code, 'unknown-operation');
+});
+
+t.test('HEAD needs the GET\'s permission', async (t) => {
+  const w = await world(t);
+  const a = await fetch(`${w.dg.url}/items/1`, { method: 'HEAD', headers: { authorization: `Bearer ${await w.tok()}` } });
+  t.equal(a.status, 200);
+  const b = await fetch(`${w.dg.url}/items/1`, { method: 'HEAD', headers: { authorization: `Bearer ${await w.tok({ scope: 'other' })}` } });
+  t.equal(b.status, 403);
+  t.equal(w.up.seen.length, 1);
+});

@@ -1,0 +1,206 @@
+// One test per reason code of the core: status, problem body, extension members,
+// WWW-Authenticate where it applies, and that a denied call never reaches the upstream.
+
+import t from 'tap';
+import { raw, get } from '../support/raw.ts';
+import { world, assertDenied, AGENT, BOT, HUMAN } from './world.ts';
+
+t.test('malformed-request: a dot segment is refused before anything else', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  const a = await raw(w.port, get('/items/../items/1', [`Authorization: Bearer ${tok}`]));
+  t.equal(a.status, 400);
+  t.equal(a.headers['content-type'], 'application/problem+json');
+  t.equal(a.json().code, 'malformed-request');
+  t.equal(a.json().type, 'https://driftguard.io/problems/malformed-request');
+  t.equal(w.up.seen.length, 0);
+});
+
+t.test('unknown-operation: a path the contract does not have, and a known path with another method', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  assertDenied(t, w, await w.call('GET', '/admin/users', { token: tok }), 403, 'unknown-operation');
+  assertDenied(t, w, await w.call('PATCH', '/items/1', { token: tok }), 403, 'unknown-operation');
+  // A variable is exactly one non-empty segment; matching is case-sensitive.
+  assertDenied(t, w, await w.call('GET', '/items/1/2', { token: tok }), 403, 'unknown-operation');
+  assertDenied(t, w, await w.call('GET', '/Items/1', { token: tok }), 403, 'unknown-operation');
+});
+
+t.test('operation-sunset: 410 for everybody, with or without a credential', async (t) => {
+  const w = await world(t, (r) => { r.contract.operations.find((o: any) => o.id === 'legacy').deprecated.replacement = 'getItem'; });
+  const anonymous = await w.call('GET', '/legacy');
+  assertDenied(t, w, anonymous, 410, 'operation-sunset');
+  t.equal(anonymous.json.operation, 'legacy');
+  t.equal(anonymous.json.sunset, '2025-06-01T00:00:00.000Z');
+  t.equal(anonymous.json.replacement, 'getItem');
+  t.equal(anonymous.headers.get('sunset'), new Date('2025-06-01T00:00:00Z').toUTCString());
+  t.equal(anonymous.headers.get('deprecation'), '@1735689600');
+  const human = await w.call('GET', '/legacy', { token: await w.tok({ sub: HUMAN }) });
+  assertDenied(t, w, human, 410, 'operation-sunset');
+});
+
+t.test('missing-credential: no Authorization, another scheme, or a token in the query string', async (t) => {
+  const w = await world(t);
+  for (const [path, headers] of [
+    ['/items/1', {}],
+    ['/items/1', { authorization: 'Basic YWxpY2U6c2VjcmV0' }],
+    [`/items/1?access_token=${await w.tok()}`, {}],
+  ] as const) {
+    const a = await w.call('GET', path, { headers });
+    assertDenied(t, w, a, 401, 'missing-credential');
+    t.equal(a.json.operation, 'getItem');
+    t.match(a.headers.get('www-authenticate'), /^Bearer realm="driftguard"$/, 'a challenge without error: no token was presented');
+  }
+});
+
+t.test('invalid-credential: a token that is not a signed JWT', async (t) => {
+  const w = await world(t);
+  const a = await w.call('GET', '/items/1', { token: 'not.a.token' });
+  assertDenied(t, w, a, 401, 'invalid-credential');
+  t.match(a.headers.get('www-authenticate'), /^Bearer realm="driftguard", error="invalid_token"/);
+  const expired = await w.call('GET', '/items/1', { token: await w.tok({ now: Date.now() - 3_600_000, ttl: 60 }) });
+  assertDenied(t, w, expired, 401, 'invalid-credential');
+  t.match(expired.headers.get('www-authenticate'), /error="invalid_token"/);
+});
+
+t.test('credential-lifetime-exceeded: a long-lived automation token, or one without iat', async (t) => {
+  const w = await world(t);
+  for (const tok of [await w.tok({ ttl: 2 * 3600 }), await w.tok({ omit: ['iat'] })]) {
+    const a = await w.call('GET', '/items/1', { token: tok });
+    assertDenied(t, w, a, 401, 'credential-lifetime-exceeded');
+    t.match(a.headers.get('www-authenticate'), /error="invalid_token"/);
+  }
+  // A token issued long ago but still valid for longer than the limit: exp - now counts too.
+  const a = await w.call('GET', '/items/1', { token: await w.tok({ omit: ['iat'], sub: HUMAN, ttl: 13 * 3600 }) });
+  assertDenied(t, w, a, 401, 'credential-lifetime-exceeded');
+  // The same 2h token is fine for a human (12h limit).
+  const ok = await w.call('GET', '/items/1', { token: await w.tok({ sub: HUMAN, ttl: 2 * 3600 }) });
+  t.equal(ok.status, 200);
+});
+
+t.test('identity-unavailable: the issuer\'s keys cannot be fetched', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1ms'; }, { waitReady: false });
+  w.jwks.down = true;
+  // Whether or not the first fetch got through, a key id never seen needs a refetch, which fails.
+  const a = await w.call('GET', '/items/1', { token: await w.tok({ header: { kid: 'never-seen' } }) });
+  assertDenied(t, w, a, 503, 'identity-unavailable');
+  t.notOk(a.headers.get('www-authenticate'), 'not a credential problem: no challenge');
+});
+
+t.test('unknown-consumer: a verified subject the registry does not know', async (t) => {
+  const w = await world(t);
+  const a = await w.call('GET', '/items/1', { token: await w.tok({ sub: 'spiffe://test.local/ns/x/sa/stranger' }) });
+  assertDenied(t, w, a, 403, 'unknown-consumer');
+  t.equal(a.json.operation, 'getItem');
+});
+
+t.test('insufficient-scope: the token lacks a scope the operation needs', async (t) => {
+  const w = await world(t);
+  const a = await w.call('POST', '/items', { token: await w.tok({ scope: 'items.read' }), body: '{}' });
+  assertDenied(t, w, a, 403, 'insufficient-scope');
+  t.equal(a.headers.get('www-authenticate'), 'Bearer realm="driftguard", error="insufficient_scope", scope="items.write"');
+  // scp arrays count as scopes too
+  const b = await w.call('POST', '/items', { token: await w.tok({ scope: undefined, claims: { scp: ['items.read'] } }), body: '{}' });
+  assertDenied(t, w, b, 403, 'insufficient-scope');
+  const ok = await w.call('POST', '/items', { token: await w.tok({ scope: undefined, claims: { scp: ['items.write'] } }), body: '{}' });
+  t.equal(ok.status, 200, 'an scp array with the scope is enough');
+});
+
+t.test('undeclared-operation: outside the consumer\'s declared operations', async (t) => {
+  const w = await world(t);
+  const a = await w.call('POST', '/items', { token: await w.tok({ sub: BOT }), body: '{}' });
+  assertDenied(t, w, a, 403, 'undeclared-operation');
+  t.equal(a.json.operation, 'createItem');
+  const ok = await w.call('GET', '/items/1', { token: await w.tok({ sub: BOT }) });
+  t.equal(ok.status, 200, 'a declared operation is allowed');
+});
+
+t.test('contract-version-required: an automation that declares no contract version', async (t) => {
+  const w = await world(t);
+  const a = await w.call('GET', '/items/1', { token: await w.tok({ contract: undefined }) });
+  assertDenied(t, w, a, 400, 'contract-version-required');
+  t.equal(a.json.currentContract, '2026-09');
+  const human = await w.call('GET', '/items/1', { token: await w.tok({ sub: HUMAN, contract: undefined }) });
+  t.equal(human.status, 200, 'a human need not declare one');
+});
+
+t.test('unknown-contract-version: a version the API never published, by claim or header', async (t) => {
+  const w = await world(t);
+  const a = await w.call('GET', '/items/1', { token: await w.tok({ contract: '1999-01' }) });
+  assertDenied(t, w, a, 400, 'unknown-contract-version');
+  t.equal(a.json.currentContract, '2026-09');
+  const b = await w.call('GET', '/items/1', { token: await w.tok({ contract: undefined }), headers: { 'contract-version': '1999-01' } });
+  assertDenied(t, w, b, 400, 'unknown-contract-version');
+  const c = await w.call('GET', '/items/1', { token: await w.tok({ contract: undefined, claims: { contract_version: 202609 } }) });
+  assertDenied(t, w, c, 400, 'unknown-contract-version');
+});
+
+t.test('stale-contract: below the operation\'s changedIn, or below the minimum, from blockAt up', async (t) => {
+  const w = await world(t);
+  const a = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-06' }), body: '{}' });
+  assertDenied(t, w, a, 409, 'stale-contract');
+  t.equal(a.json.operation, 'pay');
+  t.equal(a.json.declaredContract, '2026-06');
+  t.equal(a.json.currentContract, '2026-09');
+  t.equal(a.json.changedIn, '2026-09');
+  // Below contract.minimum (2026-06) on a high-sensitivity operation
+  const b = await w.call('POST', '/items/1/archive', { token: await w.tok({ contract: '2026-01' }), body: '{}' });
+  assertDenied(t, w, b, 409, 'stale-contract');
+  t.equal(b.json.declaredContract, '2026-01');
+  t.notOk('changedIn' in b.json);
+  // The claim wins over the header
+  const c = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-06' }), headers: { 'contract-version': '2026-09' }, body: '{}' });
+  assertDenied(t, w, c, 409, 'stale-contract');
+});
+
+t.test('deprecated-operation: an automation on a deprecated, high-sensitivity operation', async (t) => {
+  const w = await world(t);
+  const a = await w.call('DELETE', '/items/1', { token: await w.tok() });
+  assertDenied(t, w, a, 403, 'deprecated-operation');
+  t.equal(a.json.operation, 'deleteItem');
+  t.equal(a.json.replacement, 'archiveItem');
+  t.equal(a.json.sunset, '2099-01-01T00:00:00.000Z');
+  t.equal(a.json.currentContract, '2026-09');
+  t.equal(a.json.declaredContract, '2026-09');
+  t.equal(a.headers.get('deprecation'), '@1767225600');
+  t.equal(a.headers.get('sunset'), new Date('2099-01-01T00:00:00Z').toUTCString());
+  t.match(a.headers.get('link'), /<https:\/\/api\.test\.local\/changes>; rel="deprecation"/);
+  t.match(a.headers.get('link'), /<https:\/\/api\.test\.local\/changes>; rel="sunset"/);
+});
+
+t.test('upstream-unavailable: the upstream refuses connections', async (t) => {
+  const w = await world(t);
+  await w.up.close();
+  const a = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(a.status, 502);
+  t.equal(a.headers.get('content-type'), 'application/problem+json');
+  t.equal(a.json.code, 'upstream-unavailable');
+  t.equal(a.json.operation, 'getItem');
+});
+
+t.test('upstream-unavailable: the upstream drops the connection without answering', async (t) => {
+  const w = await world(t);
+  w.up.handler = (req) => { req.socket.destroy(); };
+  const a = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(a.status, 502);
+  t.equal(a.json.code, 'upstream-unavailable');
+});
+
+t.test('upstream-timeout: the upstream accepts and never answers', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '300ms'; });
+  w.up.handler = () => { /* hang */ };
+  const a = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(a.status, 504);
+  t.equal(a.headers.get('content-type'), 'application/problem+json');
+  t.equal(a.json.code, 'upstream-timeout');
+  t.equal(w.up.seen.length, 1);
+});
+
+t.test('the agent\'s allowed call reaches the upstream once', async (t) => {
+  const w = await world(t);
+  const a = await w.call('GET', '/items/1', { token: await w.tok({ sub: AGENT }) });
+  t.equal(a.status, 200);
+  t.notOk(a.headers.get('driftguard-warning'), 'no warning on an allow');
+  t.notOk(a.headers.get('deprecation'));
+  t.equal(w.up.seen.length, 1);
+});
