@@ -9,9 +9,18 @@ import { dirname } from 'node:path';
 import { loadRules, RulesError, type Overrides } from './rules/load.ts';
 import type { Driftguard } from './server.ts';
 
+/**
+ * What the reloader has done, shown in /readyz's body. One object, updated in place, so that
+ * telemetry can read it at collection time: `succeeded` and `failed` only ever grow (counters);
+ * `lastError` is set while the file on disk is not the rules in force because it was rejected.
+ */
 export interface ReloadStatus {
+  /** Reloads that swapped new rules in. */
   succeeded: number;
+  /** Reloads rejected (the last good rules stayed in force). */
   failed: number;
+  /** Outcome of the last reload that found a change or an error. */
+  lastResult?: 'succeeded' | 'failed';
   lastError?: string;
   lastErrorAt?: string;
   lastReloadAt?: string;
@@ -32,20 +41,26 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     try {
       const next = loadRules(file, overrides);
       if (next.hash === dg.generation.rules.hash && JSON.stringify(next.proxy) === JSON.stringify(dg.generation.rules.proxy)) {
+        // The file is valid and already in force (e.g. a rejected edit was rolled back).
+        if (status.lastError !== undefined) { delete status.lastError; status.lastResult = 'succeeded'; }
         return { changed: false, hash: next.hash };
       }
-      if (next.proxy.listen !== dg.generation.rules.proxy.listen || next.proxy.admin !== dg.generation.rules.proxy.admin) {
-        throw new Error('proxy.listen and proxy.admin cannot change without a restart');
+      for (const field of ['listen', 'admin'] as const) {
+        if (next.proxy[field] !== dg.generation.rules.proxy[field]) {
+          throw new Error(`proxy.${field}: cannot change without a restart (in force: ${dg.generation.rules.proxy[field]}, file: ${next.proxy[field]})`);
+        }
       }
       const from = dg.generation.rules.hash;
       await dg.swap(next);
       status.succeeded++;
+      status.lastResult = 'succeeded';
       status.lastReloadAt = new Date().toISOString();
       delete status.lastError;
       log({ level: 'info', msg: 'rules reloaded', trigger, from, to: next.hash });
       return { changed: true, hash: next.hash };
     } catch (err) {
       status.failed++;
+      status.lastResult = 'failed';
       status.lastError = err instanceof RulesError ? err.message : `${file}: ${(err as Error).message}`;
       status.lastErrorAt = new Date().toISOString();
       log({ level: 'error', msg: 'rules reload rejected; the last good rules stay in force', trigger, rules: dg.generation.rules.hash, error: status.lastError });

@@ -9,6 +9,13 @@ import { startDriftguard, type Driftguard } from './server.ts';
 import { reloader, type Reloader } from './reload.ts';
 import { runDemo } from './demo/demo.ts';
 import { features } from './features.ts';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+function bound(server: Server): string {
+  const a = server.address() as AddressInfo;
+  return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+}
 
 export interface RunOptions {
   readonly graceMs: number;
@@ -21,34 +28,64 @@ function logLine(line: Record<string, unknown>): void {
 export async function start(rules: Rules, file: string | undefined, overrides: Overrides): Promise<{ dg: Driftguard; reload?: Reloader; shutdown(graceMs: number): Promise<void> }> {
   const wired = await features(rules, logLine);
   const dg = startDriftguard(rules, { observer: wired.observer, deps: wired.deps, log: logLine });
-  wired.attach(dg);
-  await dg.listening;
+  // The reloader exists before features attach, so that telemetry finds dg.reloadStatus there.
   const reload = file ? reloader(file, overrides, dg, logLine) : undefined;
   if (reload) {
+    dg.reloadStatus = reload.status;
     dg.routes.add('POST', '/reload', async (_req, res) => {
       const r = await reload.reload('POST /reload');
       dg.routes.json(res, r.error ? 422 : 200, r);
     });
-    dg.reloadStatus = reload.status;
+  }
+  wired.attach(dg);
+  try {
+    await dg.listening;
+  } catch (err) {
+    reload?.close();
+    await dg.close().catch(() => {});
+    throw err;
   }
   return {
     dg, ...(reload ? { reload } : {}),
     async shutdown(graceMs: number) {
       reload?.close();
       await dg.drain(graceMs);
+      // Telemetry last: the drained requests' spans and metrics are in what it flushes.
       await wired.shutdown();
     },
   };
 }
 
-function untilSignal(handlers: { term: () => Promise<void>; hup?: () => void }): Promise<number> {
+/** Time allowed after the grace period for closing connections and flushing telemetry. */
+const FLUSH_MS = 5_000;
+
+function untilSignal(handlers: { term: () => Promise<void>; hup?: () => void; deadlineMs: number }): Promise<number> {
   return new Promise((resolve) => {
     let stopping = false;
+    const done = (code: number) => {
+      resolve(code);
+      // A handle someone forgot to close must not keep a stopped sidecar alive: exit anyway
+      // once the event loop has had a moment (unref: a clean loop exits before this fires).
+      setTimeout(() => process.exit(code), 1_000).unref();
+    };
     const stop = (signal: string) => {
-      if (stopping) return;
+      if (stopping) {
+        // A second signal (Ctrl-C twice) means now.
+        logLine({ level: 'warn', msg: 'second signal; exiting without waiting', signal });
+        process.exit(1);
+      }
       stopping = true;
-      logLine({ level: 'info', msg: 'stopping', signal });
-      handlers.term().then(() => resolve(0), (err: Error) => { logLine({ level: 'error', msg: 'shutdown failed', error: err.message }); resolve(1); });
+      logLine({ level: 'info', msg: 'stopping', signal, graceMs: handlers.deadlineMs - FLUSH_MS });
+      // Shutdown itself must not hang past the grace period plus the flush allowance.
+      const deadline = setTimeout(() => {
+        logLine({ level: 'error', msg: 'shutdown did not finish in time; exiting', deadlineMs: handlers.deadlineMs });
+        process.exit(1);
+      }, handlers.deadlineMs);
+      deadline.unref();
+      handlers.term().then(
+        () => { clearTimeout(deadline); logLine({ level: 'info', msg: 'stopped' }); done(0); },
+        (err: Error) => { clearTimeout(deadline); logLine({ level: 'error', msg: 'shutdown failed', error: err.message }); done(1); },
+      );
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
@@ -59,10 +96,12 @@ function untilSignal(handlers: { term: () => Promise<void>; hup?: () => void }):
 export async function run(file: string, overrides: Overrides, options: RunOptions): Promise<number> {
   const rules = loadRules(file, overrides);
   const s = await start(rules, file, overrides);
-  logLine({ level: 'info', msg: 'driftguard listening', listen: rules.proxy.listen, admin: rules.proxy.admin, upstream: rules.proxy.upstream, mode: rules.proxy.mode, rules: rules.hash });
+  // The bound addresses, not the configured ones: with port 0 this is the only way to learn them.
+  logLine({ level: 'info', msg: 'driftguard listening', listen: bound(s.dg.traffic), admin: bound(s.dg.admin), upstream: rules.proxy.upstream, mode: rules.proxy.mode, rules: rules.hash });
   return untilSignal({
     term: () => s.shutdown(options.graceMs),
     hup: () => { void s.reload?.reload('SIGHUP'); },
+    deadlineMs: options.graceMs + FLUSH_MS,
   });
 }
 
@@ -74,5 +113,5 @@ export async function demo(): Promise<number> {
     return { close: () => s.shutdown(2_000) };
   });
   void shutdown;
-  return untilSignal({ term: stop });
+  return untilSignal({ term: stop, deadlineMs: 2_000 + FLUSH_MS });
 }

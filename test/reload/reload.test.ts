@@ -1,0 +1,170 @@
+// Rules hot reload, in process: a real driftguard, a real upstream and JWKS on loopback, the
+// rules file rewritten on disk and picked up by the directory watcher.
+
+import t, { type Test } from 'tap';
+import { writeFileSync, readFileSync } from 'node:fs';
+import { stringify } from 'yaml';
+import { testKey, jwks, token } from '../support/keys.ts';
+import { upstream, jwksServer } from '../support/servers.ts';
+import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
+import { reloader, type Reloader } from '../../proxy/reload.ts';
+
+async function until(what: string, cond: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+async function setup(t: Test) {
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const rules = baseRules(up.origin, keys.url);
+  const dg = await startTest(rules);
+  const logs: Record<string, unknown>[] = [];
+  const reload: Reloader = reloader(dg.file, {}, dg.dg, (l) => logs.push(l));
+  dg.dg.reloadStatus = reload.status;
+  t.teardown(async () => { reload.close(); await dg.close(); await up.close(); await keys.close(); });
+  const tok = await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  return { key, up, keys, rules, dg, reload, logs, tok };
+}
+
+/** Rules with one more public operation, GET /probe<n>: a change visible from outside. */
+function withProbe(rules: Record<string, any>, n: number): Record<string, any> {
+  const next = structuredClone(rules);
+  next.contract.operations.push({ id: `probe${n}`, method: 'GET', path: `/probe${n}`, sensitivity: 'low', public: true });
+  return next;
+}
+
+t.test('a valid change takes effect under load without failing a single request', async (t) => {
+  const { rules, dg, reload, tok, logs } = await setup(t);
+  const before = await fetch(`${dg.url}/probe4`);
+  await before.text();
+  t.not(before.status, 200, 'GET /probe4 is not an operation yet');
+
+  let writing = true;
+  const failures: string[] = [];
+  let requests = 0;
+  // Bounded load: 8 concurrent callers, each at most 2000 requests, until the writer is done.
+  const worker = async (i: number) => {
+    for (let n = 0; n < 2000 && writing; n++) {
+      const path = i % 2 === 0 ? '/items/7' : '/status';
+      try {
+        const res = await fetch(`${dg.url}${path}`, { headers: { authorization: `Bearer ${tok}` } });
+        await res.text();
+        if (res.status !== 200) failures.push(`${path}: ${res.status}`);
+      } catch (err) {
+        failures.push(`${path}: ${(err as Error).message}`);
+      }
+      requests++;
+    }
+  };
+  const workers = Array.from({ length: 8 }, (_, i) => worker(i));
+  for (let n = 1; n <= 4; n++) {
+    const succeeded = reload.status.succeeded;
+    // Written in place, as an editor or `kubectl cp` would: the watcher must pick it up.
+    writeFileSync(dg.file, stringify(withProbe(rules, n)));
+    await until(`reload ${n}`, () => reload.status.succeeded > succeeded);
+  }
+  writing = false;
+  await Promise.all(workers);
+
+  t.same(failures, [], 'no request failed while the rules changed');
+  t.ok(requests > 50, `requests ran during the reloads (${requests})`);
+  t.ok(reload.status.succeeded >= 4, 'every change was applied');
+  t.equal(reload.status.lastResult, 'succeeded');
+  const after = await fetch(`${dg.url}/probe4`);
+  await after.text();
+  t.equal(after.status, 200, 'the new operation is served');
+  t.ok(logs.some((l) => l.msg === 'rules reloaded' && l.trigger === 'file change'));
+});
+
+t.test('an invalid change is rejected, the old rules keep serving, /readyz reports it', async (t) => {
+  const { rules, dg, reload, tok, logs } = await setup(t);
+  const original = readFileSync(dg.file, 'utf8');
+  const hash = dg.dg.generation.rules.hash;
+
+  // Valid YAML, one valid new operation, one invalid field: nothing of it may apply.
+  const bad = withProbe(rules, 1);
+  bad.contract.operations[1].method = 'FETCH';
+  writeFileSync(dg.file, stringify(bad));
+  await until('the rejection', () => reload.status.failed === 1);
+
+  t.equal(dg.dg.generation.rules.hash, hash, 'the rules in force did not change');
+  const probe = await fetch(`${dg.url}/probe1`);
+  await probe.text();
+  t.not(probe.status, 200, 'the valid half of the invalid file was not applied');
+  const item = await fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${tok}` } });
+  await item.text();
+  t.equal(item.status, 200, 'the old rules keep serving');
+
+  const ready = await fetch(`${dg.admin}/readyz`);
+  const body = await ready.json() as any;
+  t.equal(ready.status, 200, 'still ready: the last good rules are in force');
+  t.equal(body.rules, hash);
+  t.equal(body.reload.failed, 1);
+  t.equal(body.reload.lastResult, 'failed');
+  t.match(body.reload.lastError, `${dg.file}:`, 'the error names the file');
+  t.match(body.reload.lastError, /contract\.operations\[1\]\.method/, 'and the field');
+  t.ok(logs.some((l) => l.level === 'error' && String(l.error).includes('contract.operations[1].method')), 'and is logged');
+
+  // A cross-field error (found after the schema passed) is rejected the same way.
+  const duplicate = withProbe(rules, 2);
+  duplicate.contract.operations.push({ ...duplicate.contract.operations.at(-1), path: '/probe2b' });
+  writeFileSync(dg.file, stringify(duplicate));
+  await until('the second rejection', () => reload.status.failed === 2);
+  t.match(reload.status.lastError, /operation id "probe2" is used twice/);
+  t.equal(dg.dg.generation.rules.hash, hash);
+
+  // Rolled back to the rules in force: nothing to swap, and the error is no longer current.
+  writeFileSync(dg.file, original);
+  const r = await reload.reload('test');
+  t.same(r, { changed: false, hash });
+  const again = await (await fetch(`${dg.admin}/readyz`)).json() as any;
+  t.notOk('lastError' in again.reload, 'a rolled-back file clears the error');
+  t.equal(again.reload.failed, 2, 'the counters keep the history');
+});
+
+t.test('a change to the listeners is refused: they cannot move without a restart', async (t) => {
+  const { rules, dg, reload } = await setup(t);
+  const hash = dg.dg.generation.rules.hash;
+  const next = structuredClone(rules);
+  next.proxy.listen = '127.0.0.1:1';
+  writeFileSync(dg.file, stringify(next));
+  const r = await reload.reload('test');
+  t.equal(r.changed, false);
+  t.match(r.error, /proxy\.listen: cannot change without a restart/);
+  t.equal(dg.dg.generation.rules.hash, hash);
+});
+
+t.test('a new issuer whose keys cannot be fetched is refused; the old rules keep serving', async (t) => {
+  const { rules, dg, reload, tok } = await setup(t);
+  const hash = dg.dg.generation.rules.hash;
+  const down = await jwksServer({ keys: [] });
+  down.down = true;
+  t.teardown(() => down.close());
+  const next = structuredClone(rules);
+  next.identity.issuers.push({ ...next.identity.issuers[0], issuer: 'https://other.test.local', jwks: { url: down.url, timeout: '1s' } });
+  writeFileSync(dg.file, stringify(next));
+  const r = await reload.reload('test');
+  t.equal(r.changed, false);
+  t.match(r.error, /HTTP 503/);
+  t.equal(dg.dg.generation.rules.hash, hash);
+  const item = await fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${tok}` } });
+  await item.text();
+  t.equal(item.status, 200);
+  t.ok(dg.dg.ready, 'still ready');
+});
+
+t.test('an unchanged issuer\'s failing refresh does not block an unrelated change', async (t) => {
+  const { rules, dg, reload, keys } = await setup(t);
+  keys.down = true;
+  const fetches = keys.fetches;
+  writeFileSync(dg.file, stringify(withProbe(rules, 1)));
+  const r = await reload.reload('test');
+  t.equal(r.changed, true, r.error ?? 'reloaded');
+  t.equal(keys.fetches, fetches, 'the shared key set was not refetched by the reload');
+  t.ok(dg.dg.ready, 'the kept keys keep driftguard ready');
+});
