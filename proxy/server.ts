@@ -73,6 +73,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const log = options.log ?? ((line) => process.stderr.write(JSON.stringify(line) + '\n'));
   let generation = buildGeneration(rules, undefined, options.deps);
   const sockets = new Set<Socket>();
+  /** Responses not yet finished: drain marks those not yet started to close their connection. */
+  const responses = new Set<ServerResponse>();
   let inFlight = 0;
   let draining = false;
   let idle: (() => void) | undefined;
@@ -101,10 +103,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation = observer.begin(ctx); } catch { /* telemetry never fails a request */ }
     let status = 0;
     inFlight++;
+    responses.add(res);
     // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
     if (draining) res.setHeader('connection', 'close');
     res.once('close', () => {
       inFlight--;
+      responses.delete(res);
       if (inFlight === 0) idle?.();
       try { observation.end(status || res.statusCode); } catch { /* ignore */ }
     });
@@ -193,7 +197,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const g = buildGeneration(next, old, options.deps);
       const shared = new Set(old.identity.keySets().values());
       try {
-        await g.identity.start();
+        // Only new key sets must load before the swap: a shared one already serves the old
+        // generation, and a failed refetch of it (keys kept) must not block an unrelated change.
+        await Promise.all([...g.identity.keySets().values()].filter((k) => !shared.has(k)).map((k) => k.start()));
       } catch (err) {
         for (const k of g.identity.keySets().values()) if (!shared.has(k)) k.close();
         if (g.forwarder !== old.forwarder) void g.forwarder.close();
@@ -206,15 +212,25 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     },
     async drain(graceMs: number) {
       draining = true;
+      // Stop accepting (new connections are refused) and close connections idle between requests.
       const closed = new Promise<void>((resolve) => traffic.close(() => resolve()));
       traffic.closeIdleConnections();
+      // Answers in flight that have not started yet close their connection once sent.
+      for (const r of responses) if (!r.headersSent) r.setHeader('connection', 'close');
       if (inFlight > 0) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, graceMs);
           idle = () => { clearTimeout(timer); resolve(); };
         });
       }
-      for (const s of sockets) s.destroy();
+      if (inFlight > 0) {
+        // Past the grace period: cut what is still running (the client sees a reset connection).
+        log({ level: 'warn', msg: 'grace period over; cutting requests still in flight', inFlight, graceMs });
+        for (const s of sockets) s.destroy();
+      } else {
+        // Every answer is complete; end (not destroy) so that bytes still buffered are flushed.
+        for (const s of sockets) { s.end(); setTimeout(() => s.destroy(), 1_000).unref(); }
+      }
       await closed;
       await self.close();
     },
