@@ -7,8 +7,6 @@
 // (path parameters: Tomcat and Spring strip them, so /admin;x=1 can reach /admin).
 const PCHAR = new Uint8Array(128);
 for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&\'()*+,=:@') PCHAR[c.charCodeAt(0)] = 1;
-const UNRESERVED = new Uint8Array(128);
-for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~') UNRESERVED[c.charCodeAt(0)] = 1;
 
 function hex(code: number): number {
   if (code >= 48 && code <= 57) return code - 48;
@@ -17,37 +15,58 @@ function hex(code: number): number {
   return -1;
 }
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A hex digit in the one spelling RFC 3986 §6.2.2.1 calls canonical: 0-9, A-F. */
+function upperHex(code: number): number {
+  if (code >= 48 && code <= 57) return code - 48;
+  if (code >= 65 && code <= 70) return code - 55;
+  return -1;
+}
+
 /**
  * Is `segment` (one path segment, without slashes) canonical?
- * Refused: empty, `.` or `..` in any spelling, `;`, `\`, control and non-ASCII characters,
- * malformed `%`, percent-encoded `/` `\` `%XX` (double encoding), controls and unreserved
- * characters (which have a plain spelling, so the encoded one is a second form).
+ * Refused: empty, `.` or `..` in any spelling, `;` and `#` in any spelling, `\`, control and
+ * raw non-ASCII characters, malformed `%`, lowercase hex in `%xx` (a second spelling of the
+ * same byte), percent-encoded `/` `\` `%XX` (double encoding) and controls, percent-encoded
+ * characters that are allowed as they are (unreserved, sub-delims, `:`, `@`: frameworks decode
+ * them, so `/a%3Ab` would match a variable here and the literal `/a:b` upstream), and
+ * percent-encoded bytes that are not UTF-8 (overlong `%C0%AE` is a dot to lenient decoders).
  */
 export function isCanonicalSegment(segment: string): boolean {
   if (segment.length === 0) return false;
   let decodedDots = 0;
   let decodedLength = 0;
+  let nonAscii: number[] | undefined;
   for (let i = 0; i < segment.length; i++) {
     const c = segment.charCodeAt(i);
     if (c === 37 /* % */) {
-      const hi = hex(segment.charCodeAt(i + 1));
-      const lo = hex(segment.charCodeAt(i + 2));
+      const hi = upperHex(segment.charCodeAt(i + 1));
+      const lo = upperHex(segment.charCodeAt(i + 2));
       if (hi < 0 || lo < 0) return false;
       const byte = hi * 16 + lo;
-      if (byte < 0x20 || byte === 0x7f || byte === 0x2f || byte === 0x5c) return false;
+      if (byte < 0x20 || byte === 0x7f || byte === 0x2f || byte === 0x5c || byte === 0x3b || byte === 0x23) return false;
       if (byte === 0x25 && hex(segment.charCodeAt(i + 3)) >= 0 && hex(segment.charCodeAt(i + 4)) >= 0) return false;
-      if (byte < 0x80 && UNRESERVED[byte]) return false;
+      if (byte < 0x80 && PCHAR[byte]) return false;
+      if (byte >= 0x80) (nonAscii ??= []).push(byte);
+      else if (nonAscii) { if (!utf8(nonAscii)) return false; nonAscii = undefined; }
       i += 2;
       decodedLength++;
       continue;
     }
+    if (nonAscii) { if (!utf8(nonAscii)) return false; nonAscii = undefined; }
     if (c >= 128 || !PCHAR[c]) return false;
     if (c === 46 /* . */) decodedDots++;
     decodedLength++;
   }
-  // Encoded dots were already refused (unreserved), so only plain `.` and `..` are left.
+  if (nonAscii && !utf8(nonAscii)) return false;
+  // Encoded dots were already refused (they have a plain spelling), so only plain `.` and `..` are left.
   if (decodedDots === decodedLength && decodedLength <= 2) return false;
   return true;
+}
+
+function utf8(bytes: number[]): boolean {
+  try { UTF8.decode(new Uint8Array(bytes)); return true; } catch { return false; }
 }
 
 export interface Target {

@@ -1,0 +1,126 @@
+// Bypass attempts on the request-target and the request head, sent byte for byte over a raw
+// socket (fetch would normalise them away). Every one must be a 400 malformed-request that
+// the upstream never sees, whatever the caller's credential is worth.
+
+import t from 'tap';
+import { raw, get } from '../support/raw.ts';
+import { world } from './world.ts';
+
+// Each category in its plain and its percent-encoded spellings (upper and lower case hex).
+const REFUSED: Record<string, string[]> = {
+  'dot segments': [
+    '/items/./1', '/items/../items/1', '/items/1/.', '/items/1/..', '/./items/1', '/../items/1',
+    '/items/%2e/1', '/items/%2E/1', '/items/%2E%2e/items/1', '/items/.%2e/1', '/items/%2e./1', '/items/1/%2e%2e',
+    '/items/%c0%ae%c0%ae/1', '/items/%C0%AE%C0%AE/1', // overlong UTF-8 dots
+  ],
+  'encoded slash and backslash': [
+    '/items%2F1', '/items%2f1', '/items/1%2Fblob', '/items/1%2fblob', '/items%5C1', '/items%5c1', '/items/1%5Cblob',
+  ],
+  'raw backslash': ['/items\\1', '/items/1\\', '/\\items/1', '/items/1\\..\\..\\admin'],
+  'NUL and control characters': [
+    '/items/1%00', '/items/%00', '/items/1%00.json', '/items/1%0A', '/items/1%0a', '/items/1%0D', '/items/1%0d',
+    '/items/1%09', '/items/1%7F', '/items/1%7f', '/items/1%1B', '/items/1\x01', '/items/1\x7f', '/items/1\x00',
+  ],
+  'path parameters': ['/items/1;x=1', '/items;/1', '/items;jsessionid=1/1', '/items/1%3Bx=1', '/items/1%3bx=1', '/items%3B/1'],
+  'fragments': ['/items/1#x', '/items/1#/../../admin', '/items/1%23x', '/items/1?q=1#x'],
+  'empty segments': ['//items/1', '/items//1', '/items/1/', '/items/1//', '///items/1'],
+  'double encoding': ['/items/%252e%252e/admin', '/items/1%252F', '/items/1%252f', '/items/%255C1', '/items/1%2541', '/items/1%25ab'],
+  'invalid percent-encoding': ['/items/%zz', '/items/1%', '/items/1%2', '/items/1%g0', '/items/%%30', '/items/1%2G'],
+  'non-ASCII': ['/items/caf\u00e9', '/items/\u0430dmin', '/items/caf%c3%a9', '/items/%C3', '/items/%FF', '/items/%ED%A0%80'],
+  'second spellings of allowed characters': ['/items/%31', '/items/a%3Ab', '/items/a%40b', '/items/%41', '/items/a%2Bb', '/items/a%7E'],
+};
+
+function bytes(target: string, headers: string[] = [], method = 'GET'): Buffer {
+  // latin1 for controls, UTF-8 for the non-ASCII cases: both kinds of raw byte must be refused.
+  const head = get('PLACEHOLDER', headers, method);
+  const [before, after] = head.split('PLACEHOLDER') as [string, string];
+  return Buffer.concat([Buffer.from(before, 'latin1'), Buffer.from(target, /[^\x00-\xff]/.test(target) || /\u00e9/.test(target) ? 'utf8' : 'latin1'), Buffer.from(after, 'latin1')]);
+}
+
+t.test('every non-canonical request-target is refused with 400 malformed-request', async (t) => {
+  const w = await world(t);
+  const auth = `Authorization: Bearer ${await w.tok()}`;
+  for (const [category, targets] of Object.entries(REFUSED)) {
+    for (const target of targets) {
+      const a = await raw(w.port, bytes(target, [auth]));
+      const name = `${category}: ${JSON.stringify(target)}`;
+      t.equal(a.status, 400, name);
+      t.equal(a.headers['content-type'], 'application/problem+json', `${name}: problem+json`);
+      t.equal(a.json().code, 'malformed-request', `${name}: code`);
+    }
+  }
+  t.equal(w.up.seen.length, 0, 'the upstream saw none of them');
+});
+
+t.test('non-canonical targets are refused in audit mode too, and on public operations', async (t) => {
+  const w = await world(t, (r) => { r.proxy.mode = 'audit'; });
+  for (const target of ['/status/.', '/status%2F', '/status;x', '//status', '/status/%2e%2e', '/status\\']) {
+    const a = await raw(w.port, bytes(target));
+    t.equal(a.status, 400, target);
+  }
+  t.equal(w.up.seen.length, 0);
+});
+
+t.test('canonical spellings of unusual characters pass and are forwarded exactly as sent', async (t) => {
+  const w = await world(t);
+  const auth = `Authorization: Bearer ${await w.tok()}`;
+  const fine = ['/items/caf%C3%A9', '/items/a%20b', '/items/a:b@c', '/items/a!$&\'()*+,=b', '/items/%25zz', '/items/%F0%9F%98%80', '/items/v1.2', '/items/...'];
+  for (const target of fine) {
+    const before = w.up.seen.length;
+    const a = await raw(w.port, bytes(target, [auth]));
+    t.equal(a.status, 200, target);
+    t.equal(w.up.seen[before]?.url, target, `${target}: forwarded unchanged`);
+  }
+});
+
+t.test('request-targets that are not origin-form are refused', async (t) => {
+  const w = await world(t);
+  const auth = `Authorization: Bearer ${await w.tok()}`;
+  const heads = [
+    `GET http://other/x HTTP/1.1\r\nHost: other\r\n${auth}\r\nConnection: close\r\n\r\n`,
+    `GET http://127.0.0.1:${w.port}/items/1 HTTP/1.1\r\nHost: 127.0.0.1\r\n${auth}\r\nConnection: close\r\n\r\n`,
+    `GET https://other/items/1 HTTP/1.1\r\nHost: other\r\n${auth}\r\nConnection: close\r\n\r\n`,
+    `OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\n${auth}\r\nConnection: close\r\n\r\n`,
+    `GET * HTTP/1.1\r\nHost: 127.0.0.1\r\n${auth}\r\nConnection: close\r\n\r\n`,
+    `GET items/1 HTTP/1.1\r\nHost: 127.0.0.1\r\n${auth}\r\nConnection: close\r\n\r\n`,
+  ];
+  for (const head of heads) {
+    const a = await raw(w.port, head);
+    t.equal(a.status, 400, head.split('\r\n')[0]!);
+    t.equal(a.json().code, 'malformed-request');
+  }
+  t.equal(w.up.seen.length, 0);
+});
+
+t.test('two Authorization headers or two Host headers: 400', async (t) => {
+  const w = await world(t);
+  const good = await w.tok();
+  const other = await w.tok({ sub: 'spiffe://test.local/ns/x/sa/stranger' });
+  const cases = [
+    get('/items/1', [`Authorization: Bearer ${good}`, `Authorization: Bearer ${other}`]),
+    get('/items/1', [`Authorization: Bearer ${other}`, `authorization: Bearer ${good}`]),
+    get('/items/1', [`Authorization: Bearer ${good}`, 'AUTHORIZATION: Basic eDp5']),
+    `GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nAuthorization: Bearer ${good}\r\nConnection: close\r\n\r\n`,
+    `GET /status HTTP/1.1\r\nhost: a\r\nHOST: b\r\nConnection: close\r\n\r\n`,
+  ];
+  for (const head of cases) {
+    const a = await raw(w.port, head);
+    t.equal(a.status, 400);
+    t.equal(a.json().code, 'malformed-request');
+  }
+  t.equal(w.up.seen.length, 0);
+});
+
+t.test('a body on a denied request does not smuggle a second request to the upstream', async (t) => {
+  const w = await world(t);
+  const smuggled = `GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`;
+  const head = `POST /items/../status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${smuggled.length}\r\nConnection: close\r\n\r\n${smuggled}`;
+  const a = await raw(w.port, head);
+  t.equal(a.status, 400);
+  // Content-Length and Transfer-Encoding together is refused by Node itself.
+  const both = `POST /status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`;
+  const b = await raw(w.port, both);
+  t.equal(b.status, 400);
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(w.up.seen.length, 0);
+});
