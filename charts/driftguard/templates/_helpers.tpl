@@ -1,0 +1,93 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "driftguard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name of the release's objects. */}}
+{{- define "driftguard.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "driftguard.injectorName" -}}
+{{- printf "%s-injector" (include "driftguard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "driftguard.tlsSecretName" -}}
+{{- printf "%s-injector-tls" (include "driftguard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "driftguard.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "driftguard.injectorName" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Common labels (app.kubernetes.io/* recommended labels). */}}
+{{- define "driftguard.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "driftguard.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: driftguard
+{{- end -}}
+
+{{- define "driftguard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "driftguard.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "driftguard.injectorSelectorLabels" -}}
+{{ include "driftguard.selectorLabels" . }}
+app.kubernetes.io/component: injector
+{{- end -}}
+
+{{/* The image reference: repository@digest, or repository:tag (tag defaults to appVersion). */}}
+{{- define "driftguard.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Native sidecars (init containers with restartPolicy: Always) are on by default from
+Kubernetes 1.29 (beta) and GA in 1.33; an API server that does not know the field
+rejects the pod, so "auto" decides by the cluster version helm sees.
+*/}}
+{{- define "driftguard.nativeSidecar" -}}
+{{- $native := toString .Values.sidecar.native -}}
+{{- if eq $native "auto" -}}
+{{- semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version | toString -}}
+{{- else -}}
+{{- $native -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The injector's configuration file (proxy/inject/config.ts). */}}
+{{- define "driftguard.injectorConfig" -}}
+image: {{ include "driftguard.image" . | quote }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+nativeSidecar: {{ include "driftguard.nativeSidecar" . }}
+rulesConfigMap: {{ .Values.sidecar.rulesConfigMap | quote }}
+rulesFile: {{ .Values.sidecar.rulesFile | quote }}
+listenPort: {{ .Values.sidecar.listenPort }}
+upstreamPort: {{ .Values.sidecar.upstreamPort }}
+adminPort: {{ .Values.sidecar.adminPort }}
+runAsUser: {{ .Values.sidecar.runAsUser }}
+nodeOptions: {{ .Values.sidecar.nodeOptions | quote }}
+resources:
+  {{- toYaml .Values.sidecar.resources | nindent 2 }}
+tmpSizeLimit: {{ .Values.sidecar.tmpSizeLimit | quote }}
+{{- end -}}

@@ -1,0 +1,180 @@
+// charts/driftguard rendered by the real helm binary: lint, Kubernetes 1.28 and 1.30,
+// every object validated against the Kubernetes schemas, and explicit assertions on
+// what the schemas cannot see (misspelled fields, names that must agree, the caBundle).
+
+import t from 'tap';
+import { X509Certificate } from 'node:crypto';
+import { parse as parseYaml } from 'yaml';
+import { helm, render, one, CHART, type K8sObject } from './helm.ts';
+import { validateObject } from '../support/k8s.ts';
+import { buildConfig } from '../../proxy/inject/config.ts';
+import { parseRules } from '../../proxy/rules/load.ts';
+
+const NS = 'driftguard-system';
+
+t.test('helm lint --strict passes, with defaults and with the other modes', async (t) => {
+  for (const set of [[], ['webhook.certManager.enabled=true'], ['sidecar.native=false', 'injector.replicas=1', 'exampleRules.enabled=false']]) {
+    const r = helm(['lint', '--strict', CHART, ...set.flatMap((s) => ['--set', s])]);
+    t.equal(r.status, 0, `lint ${set.join(' ') || '(defaults)'}: ${r.stdout}${r.stderr}`);
+    t.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+  }
+});
+
+for (const kubeVersion of ['1.28', '1.30']) {
+  t.test(`helm template --kube-version ${kubeVersion}`, async (t) => {
+    const objects = render({ kubeVersion });
+
+    t.test('every object is valid against the Kubernetes schemas', async (t) => {
+      t.same(objects.map((o) => o.kind).sort(), [
+        'ConfigMap', 'ConfigMap', 'Deployment', 'MutatingWebhookConfiguration', 'PodDisruptionBudget', 'Secret', 'Service', 'ServiceAccount',
+      ]);
+      for (const o of objects) t.doesNotThrow(() => validateObject(o), `${o.kind} ${o.metadata.name}`);
+    });
+
+    t.test('labels and namespaces', async (t) => {
+      for (const o of objects) {
+        const l = o.metadata.labels ?? {};
+        t.equal(l['app.kubernetes.io/name'], 'driftguard', `${o.kind} name label`);
+        t.equal(l['app.kubernetes.io/instance'], 'dg', `${o.kind} instance label`);
+        t.equal(l['app.kubernetes.io/managed-by'], 'Helm', `${o.kind} managed-by label`);
+        t.ok(l['app.kubernetes.io/version'], `${o.kind} version label`);
+        t.ok(l['app.kubernetes.io/component'], `${o.kind} component label`);
+        if (o.kind !== 'MutatingWebhookConfiguration') t.equal(o.metadata.namespace, NS, `${o.kind} is namespaced in the release namespace`);
+      }
+    });
+
+    t.test('sidecar mode follows the cluster version; the injector accepts its config', async (t) => {
+      const injectorConfig = one(objects, 'ConfigMap', 'dg-driftguard-injector');
+      const config = buildConfig(parseYaml(injectorConfig.data['injector.yaml']), 'rendered injector.yaml');
+      t.equal(config.nativeSidecar, kubeVersion === '1.30', 'native sidecar from 1.29');
+      t.equal(config.image, 'ghcr.io/driftguard/driftguard:0.1.0', 'image tag defaults to appVersion');
+      t.equal(config.resources.limits.memory, '128Mi');
+      t.equal(config.rulesConfigMap, 'driftguard-rules');
+      t.match(config.nodeOptions, /--max-old-space-size=\d+/);
+    });
+
+    t.test('webhook: selectors, failure policy, service and a CA that signed the serving certificate', async (t) => {
+      const mwc = one(objects, 'MutatingWebhookConfiguration');
+      const service = one(objects, 'Service');
+      const secret = one(objects, 'Secret');
+      t.same(mwc.webhooks.map((w: { name: string }) => w.name), ['namespace.inject.driftguard.io', 'object.inject.driftguard.io']);
+      for (const w of mwc.webhooks) {
+        t.equal(w.failurePolicy, 'Fail');
+        t.equal(w.sideEffects, 'None');
+        t.same(w.admissionReviewVersions, ['v1']);
+        t.same(w.rules, [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' }]);
+        t.same(w.clientConfig.service, { name: service.metadata.name, namespace: NS, path: '/mutate', port: 443 });
+        t.equal(w.clientConfig.caBundle, secret.data['ca.crt'], 'caBundle is the CA of the served certificate');
+      }
+      const [byNamespace, byPod] = mwc.webhooks;
+      t.same(byNamespace.namespaceSelector, { matchLabels: { 'driftguard.io/inject': 'true' } });
+      t.same(byNamespace.objectSelector, { matchExpressions: [{ key: 'driftguard.io/inject', operator: 'NotIn', values: ['false'] }] }, 'a pod can opt out');
+      t.same(byPod.objectSelector, { matchLabels: { 'driftguard.io/inject': 'true' } });
+      const excluded = byPod.namespaceSelector.matchExpressions[0];
+      t.equal(excluded.key, 'kubernetes.io/metadata.name');
+      t.equal(excluded.operator, 'NotIn');
+      t.ok(excluded.values.includes('kube-system') && excluded.values.includes(NS), 'kube-system and the release namespace are never injected');
+
+      const ca = new X509Certificate(Buffer.from(secret.data['ca.crt'], 'base64'));
+      const cert = new X509Certificate(Buffer.from(secret.data['tls.crt'], 'base64'));
+      t.ok(ca.ca, 'caBundle holds a CA certificate');
+      t.ok(cert.verify(ca.publicKey), 'the serving certificate is signed by the caBundle CA');
+      t.equal(cert.checkHost(`${service.metadata.name}.${NS}.svc`), `${service.metadata.name}.${NS}.svc`, 'valid for the Service DNS name the API server uses');
+      t.ok(Date.parse(cert.validTo) > Date.now() + 365 * 86_400_000, 'valid for more than a year');
+      t.equal(secret.type, 'kubernetes.io/tls');
+      t.ok(Buffer.from(secret.data['tls.key'], 'base64').toString().includes('PRIVATE KEY'));
+    });
+
+    t.test('injector Deployment: wired to its Secret, ConfigMap, Service; hardened', async (t) => {
+      const deployment = one(objects, 'Deployment');
+      const service = one(objects, 'Service');
+      const pdb = one(objects, 'PodDisruptionBudget');
+      const secret = one(objects, 'Secret');
+      const sa = one(objects, 'ServiceAccount');
+      const pod = deployment.spec.template;
+      t.same(deployment.spec.selector.matchLabels, service.spec.selector, 'Service selects the injector pods');
+      t.same(pdb.spec.selector.matchLabels, service.spec.selector, 'PDB covers the injector pods');
+      for (const [k, v] of Object.entries(service.spec.selector)) t.equal(pod.metadata.labels[k], v);
+      t.equal(pod.metadata.labels['driftguard.io/inject'], 'false', 'the injector is never injected');
+      t.equal(deployment.spec.replicas, 2);
+      t.equal(pdb.spec.maxUnavailable, 1);
+      t.equal(pod.spec.serviceAccountName, sa.metadata.name);
+      t.equal(pod.spec.automountServiceAccountToken, false, 'the injector holds no API token');
+      t.equal(sa.automountServiceAccountToken, false);
+      const [c] = pod.spec.containers;
+      t.equal(c.args[0], 'inject');
+      const arg = (flag: string) => c.args[c.args.indexOf(flag) + 1];
+      const mountOf = (file: string) => c.volumeMounts.find((m: { mountPath: string }) => file.startsWith(`${m.mountPath}/`));
+      const volumeOf = (file: string) => pod.spec.volumes.find((v: { name: string }) => v.name === mountOf(file)?.name);
+      t.equal(volumeOf(arg('--tls-cert'))?.secret?.secretName, secret.metadata.name, '--tls-cert comes from the webhook Secret');
+      t.equal(volumeOf(arg('--tls-key'))?.secret?.secretName, secret.metadata.name, '--tls-key comes from the webhook Secret');
+      t.equal(volumeOf(arg('--config'))?.configMap?.name, 'dg-driftguard-injector', '--config comes from the injector ConfigMap');
+      t.equal(arg('--listen'), '0.0.0.0:9443');
+      const httpsPort = c.ports.find((p: { name: string }) => p.name === service.spec.ports[0].targetPort);
+      t.equal(httpsPort?.containerPort, 9443, 'Service targetPort names the container port');
+      for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) t.equal(c[probe].httpGet.scheme, 'HTTPS', probe);
+      t.equal(c.securityContext.readOnlyRootFilesystem, true);
+      t.equal(c.securityContext.allowPrivilegeEscalation, false);
+      t.same(c.securityContext.capabilities.drop, ['ALL']);
+      t.equal(pod.spec.securityContext.runAsNonRoot, true);
+      t.ok(c.resources.limits.memory, 'a memory limit');
+      t.ok(pod.metadata.annotations['checksum/config'], 'config changes roll the injector');
+      t.equal(deployment.spec.strategy.rollingUpdate.maxUnavailable, 0, 'rollouts never drop a serving replica');
+    });
+
+    t.test('the example rules ConfigMap is valid driftguard rules', async (t) => {
+      const rules = one(objects, 'ConfigMap', 'driftguard-rules');
+      t.equal(rules.metadata.namespace, NS);
+      t.doesNotThrow(() => parseRules(rules.data['rules.yaml'], 'example rules'), 'parses with the core rules loader');
+    });
+  });
+}
+
+t.test('values change what they should', async (t) => {
+  const native = (set: string[], kubeVersion: string) =>
+    buildConfig(parseYaml(one(render({ kubeVersion, set }), 'ConfigMap', 'dg-driftguard-injector').data['injector.yaml'])).nativeSidecar;
+  t.equal(native(['sidecar.native=true'], '1.28'), true, 'sidecar.native=true forces native');
+  t.equal(native(['sidecar.native=false'], '1.30'), false, 'sidecar.native=false forces a regular container');
+
+  const objects = render({ set: ['webhook.failurePolicy=Ignore', 'webhook.namespaceSelector.matchLabels.team=payments', 'image.digest=sha256:' + 'a'.repeat(64), 'injector.podDisruptionBudget.enabled=false', 'exampleRules.namespace=shop'] });
+  const mwc = one(objects, 'MutatingWebhookConfiguration');
+  t.same(mwc.webhooks.map((w: { failurePolicy: string }) => w.failurePolicy), ['Ignore', 'Ignore']);
+  t.equal(mwc.webhooks[0].namespaceSelector.matchLabels.team, 'payments');
+  t.equal(one(objects, 'Deployment').spec.template.spec.containers[0].image, `ghcr.io/driftguard/driftguard@sha256:${'a'.repeat(64)}`);
+  t.equal(objects.filter((o) => o.kind === 'PodDisruptionBudget').length, 0);
+  t.equal(one(objects, 'ConfigMap', 'driftguard-rules').metadata.namespace, 'shop');
+});
+
+t.test('cert-manager mode: a Certificate and the cainjector annotation instead of a generated CA', async (t) => {
+  const objects = render({ kubeVersion: '1.30', set: ['webhook.certManager.enabled=true'] });
+  t.equal(objects.filter((o) => o.kind === 'Secret').length, 0, 'no chart-generated Secret');
+  for (const o of objects.filter((o) => !o.apiVersion.startsWith('cert-manager.io/'))) t.doesNotThrow(() => validateObject(o), `${o.kind} ${o.metadata.name}`);
+  const certificate = one(objects, 'Certificate');
+  const issuer = one(objects, 'Issuer');
+  const deployment = one(objects, 'Deployment');
+  const mwc = one(objects, 'MutatingWebhookConfiguration');
+  const service = one(objects, 'Service');
+  t.equal(certificate.apiVersion, 'cert-manager.io/v1');
+  t.same(issuer.spec, { selfSigned: {} });
+  t.same(certificate.spec.issuerRef, { name: issuer.metadata.name, kind: 'Issuer', group: 'cert-manager.io' });
+  t.ok(certificate.spec.dnsNames.includes(`${service.metadata.name}.${NS}.svc`));
+  const tlsVolume = deployment.spec.template.spec.volumes.find((v: { name: string }) => v.name === 'webhook-tls');
+  t.equal(tlsVolume.secret.secretName, certificate.spec.secretName, 'the injector mounts the Secret cert-manager writes');
+  t.equal(mwc.metadata.annotations?.['cert-manager.io/inject-ca-from'], `${NS}/${certificate.metadata.name}`);
+  for (const w of mwc.webhooks) t.equal(w.clientConfig.caBundle, undefined, 'caBundle is left to the cainjector');
+
+  const withIssuer = render({ set: ['webhook.certManager.enabled=true', 'webhook.certManager.issuerRef.name=corp-ca', 'webhook.certManager.issuerRef.kind=ClusterIssuer'] });
+  t.equal(withIssuer.filter((o) => o.kind === 'Issuer').length, 0, 'no self-signed Issuer when one is given');
+  t.same(one(withIssuer, 'Certificate').spec.issuerRef, { name: 'corp-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' });
+});
+
+t.test('NOTES.txt tells how to opt in', async (t) => {
+  const r = helm(['install', 'dg', CHART, '--dry-run=client', '--namespace', NS]);
+  t.equal(r.status, 0, r.stderr);
+  const notes = r.stdout.slice(r.stdout.indexOf('NOTES:'));
+  t.match(notes, /kubectl label namespace <app-namespace> driftguard\.io\/inject=true/);
+  t.match(notes, /create configmap driftguard-rules/);
+  t.match(notes, /rollout status deployment\/dg-driftguard-injector/);
+});
+
+export type { K8sObject };

@@ -1,0 +1,80 @@
+// values.schema.json: helm refuses bad values with a message naming the value, and
+// accepts good ones (so the schema is not simply refusing everything). Also checks
+// that the schema covers every value in values.yaml.
+
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { helm, CHART } from './helm.ts';
+
+function template(set: string[]) {
+  return helm(['template', 'dg', CHART, '--namespace', 'driftguard-system', ...set.flatMap((s) => ['--set', s])]);
+}
+
+t.test('bad values are rejected, naming the value', async (t) => {
+  const cases: [string, RegExp][] = [
+    ['webhook.failurePolicy=Sometimes', /webhook\/failurePolicy/],
+    ['webhook.timeoutSeconds=60', /webhook\/timeoutSeconds/],
+    ['webhook.namespaceSelector.matchExpressions[0].key=x', /operator/],
+    ['webhook.certManager.issuerRef.kind=Foo', /issuerRef\/kind/],
+    ['sidecar.native=maybe', /sidecar\/native/],
+    ['sidecar.listenPort=0', /sidecar\/listenPort/],
+    ['sidecar.upstreamPort=70000', /sidecar\/upstreamPort/],
+    ['sidecar.rulesConfigMap=Orders_Rules', /sidecar\/rulesConfigMap/],
+    ['sidecar.resources.limits.memory=lots', /sidecar\/resources\/limits\/memory/],
+    ['sidecar.resources.limits.gpu=1', /gpu/],
+    ['sidecar.runAsUser=0', /sidecar\/runAsUser/],
+    ['sidecar.colour=blue', /colour/],
+    ['injector.replicas=0', /injector\/replicas/],
+    ['injector.port=443', /injector\/port/],
+    ['injector.podDisruptionBudget.maxUnavailable=lots', /maxUnavailable/],
+    ['image.pullPolicy=Sometimes', /image\/pullPolicy/],
+    ['image.digest=latest', /image\/digest/],
+    ['serviceAccount.create=yes', /serviceAccount\/create/],
+    ['exampleRules.namespace=Not A Namespace', /exampleRules\/namespace/],
+    ['colour=blue', /colour/],
+  ];
+  for (const [set, message] of cases) {
+    const r = template([set]);
+    t.not(r.status, 0, `${set}: refused`);
+    t.match(r.stderr, message, `${set}: names the value`);
+  }
+});
+
+t.test('good values are accepted', async (t) => {
+  for (const set of [
+    [],
+    ['sidecar.native=true'],
+    ['sidecar.native=false'],
+    ['webhook.failurePolicy=Ignore', 'webhook.reinvocationPolicy=IfNeeded'],
+    ['injector.podDisruptionBudget.maxUnavailable=50%'],
+    ['webhook.certManager.enabled=true', 'webhook.certManager.issuerRef.name=corp-ca', 'webhook.certManager.issuerRef.kind=ClusterIssuer'],
+    ['sidecar.resources.limits.cpu=500m', 'sidecar.resources.limits.memory=256Mi'],
+    ['image.digest=sha256:' + '0'.repeat(64)],
+  ]) {
+    const r = template(set);
+    t.equal(r.status, 0, `${set.join(' ') || '(defaults)'}: ${r.stderr}`);
+  }
+});
+
+t.test('the schema describes every value in values.yaml, and forbids unknown keys', async (t) => {
+  const schema = JSON.parse(readFileSync(join(CHART, 'values.schema.json'), 'utf8'));
+  const values = parseYaml(readFileSync(join(CHART, 'values.yaml'), 'utf8'));
+  const resolve = (node: any): any => {
+    if (node?.$ref) return resolve(node.$ref.split('/').slice(1).reduce((n: any, k: string) => n[k], schema));
+    if (node?.allOf) return resolve(node.allOf[0]);
+    return node;
+  };
+  const walk = (value: unknown, node: any, path: string) => {
+    node = resolve(node);
+    t.ok(node, `${path} is in the schema`);
+    if (!node || value === null || typeof value !== 'object' || Array.isArray(value)) return;
+    if (node.properties) {
+      // Maps of free-form keys (labels, annotations) use additionalProperties instead.
+      t.equal(node.additionalProperties, false, `${path || '(top level)'} forbids unknown keys`);
+      for (const [k, v] of Object.entries(value)) walk(v, node.properties[k], path ? `${path}.${k}` : k);
+    }
+  };
+  walk(values, schema, '');
+});
