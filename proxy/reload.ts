@@ -4,10 +4,25 @@
 // POST /reload trigger the same path. A reload is validated whole before the swap; an
 // invalid file keeps the last good rules and is reported, never half-applied.
 
-import { watch, type FSWatcher } from 'node:fs';
+import { watch, readFileSync, type FSWatcher } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { dirname } from 'node:path';
 import { loadRules, RulesError, type Overrides } from './rules/load.ts';
 import type { Driftguard } from './server.ts';
+import type { Rules } from './rules/types.ts';
+
+/**
+ * What a reload compares: the rules file's hash, the overridden proxy settings, and the bytes
+ * of every JWKS file the rules name (a key rotated in a mounted Secret is a change too).
+ */
+function fingerprint(rules: Rules): string {
+  const h = createHash('sha256').update(rules.hash).update(JSON.stringify(rules.proxy));
+  for (const i of rules.identity.issuers) {
+    if (i.jwks.kind !== 'file') continue;
+    try { h.update(readFileSync(i.jwks.file)); } catch { h.update('unreadable'); }
+  }
+  return h.digest('hex');
+}
 
 /**
  * What the reloader has done, shown in /readyz's body. One object, updated in place, so that
@@ -36,13 +51,16 @@ export interface Reloader {
 export function reloader(file: string, overrides: Overrides, dg: Driftguard, log: (line: Record<string, unknown>) => void): Reloader {
   const status: ReloadStatus = { succeeded: 0, failed: 0 };
   let running: Promise<{ changed: boolean; error?: string; hash: string }> = Promise.resolve({ changed: false, hash: dg.generation.rules.hash });
+  let inForce = fingerprint(dg.generation.rules);
 
   async function once(trigger: string) {
     try {
       const next = loadRules(file, overrides);
-      if (next.hash === dg.generation.rules.hash && JSON.stringify(next.proxy) === JSON.stringify(dg.generation.rules.proxy)) {
+      const print = fingerprint(next);
+      if (print === inForce) {
         // The file is valid and already in force (e.g. a rejected edit was rolled back).
         if (status.lastError !== undefined) { delete status.lastError; status.lastResult = 'succeeded'; }
+        log({ level: 'info', msg: 'rules unchanged', trigger, rules: next.hash });
         return { changed: false, hash: next.hash };
       }
       for (const field of ['listen', 'admin'] as const) {
@@ -52,6 +70,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
       }
       const from = dg.generation.rules.hash;
       await dg.swap(next);
+      inForce = print;
       status.succeeded++;
       status.lastResult = 'succeeded';
       status.lastReloadAt = new Date().toISOString();

@@ -38,7 +38,9 @@ export class Identity {
     this.#rules = rules;
     this.#onCache = options.onCache;
     for (const iss of rules.issuers) {
-      const keys = options.keySets?.get(keySetKey(iss)) ?? (iss.jwks.kind === 'file'
+      // A file key set is re-read on every reload (a rotated key in a mounted Secret); remote ones
+      // are kept with their cache and refresh timer.
+      const keys = (iss.jwks.kind === 'file' ? undefined : options.keySets?.get(keySetKey(iss))) ?? (iss.jwks.kind === 'file'
         ? fileKeySet(iss.jwks.file)
         : new RemoteKeySet({ url: iss.jwks.url, refreshMs: iss.jwks.refreshMs, cooldownMs: iss.jwks.cooldownMs, timeoutMs: iss.jwks.timeoutMs }));
       this.#issuers.set(iss.issuer, { rules: iss, keys });
