@@ -1,0 +1,90 @@
+// Turns the samples of all rounds into figures (the median across rounds), checks them
+// against the budget of issue 4, and prints the table. Ratios are taken round by round,
+// between measurements made minutes apart on the same machine, then their median: that is
+// what lets the noise of a shared machine cancel.
+
+/** samples[target][metric] = one value per round. */
+export type Samples = Record<string, Record<string, number[]>>;
+
+export interface BudgetLine {
+  readonly id: string;
+  readonly meaning: string;
+  readonly value: number;
+  readonly limit: number;
+  readonly comparison: '>=' | '<=';
+  readonly pass: boolean;
+  /** The per-round values the median was taken of. */
+  readonly rounds: number[];
+}
+
+export function median(values: readonly number[]): number {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return NaN;
+  const m = Math.floor(v.length / 2);
+  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
+}
+
+const round = (x: number, digits = 3) => Number.isFinite(x) ? Number(x.toFixed(digits)) : null;
+
+function perRound(samples: Samples, f: (at: (target: string, metric: string) => number) => number): number[] {
+  const n = Math.max(...Object.values(samples).flatMap((m) => Object.values(m).map((v) => v.length)));
+  return Array.from({ length: n }, (_, i) => f((t, m) => samples[t]?.[m]?.[i] ?? NaN));
+}
+
+export function summarise(samples: Samples, peakRssMiB: Record<string, number>, meta: Record<string, unknown>): Record<string, unknown> {
+  const targets: Record<string, Record<string, unknown>> = {};
+  for (const [target, metrics] of Object.entries(samples)) {
+    const t: Record<string, unknown> = {};
+    for (const [metric, values] of Object.entries(metrics)) t[metric] = round(median(values), metric.startsWith('cpu') || metric === 'deniedShare' ? 4 : 1);
+    if (peakRssMiB[target] !== undefined) t.peakRssMiB = round(peakRssMiB[target]!, 1);
+    t.rounds = Object.fromEntries(Object.entries(metrics).map(([m, v]) => [m, v.map((x) => round(x, 4))]));
+    targets[target] = t;
+  }
+
+  const line = (id: string, meaning: string, values: number[], comparison: '>=' | '<=', limit: number): BudgetLine => {
+    const value = median(values);
+    return { id, meaning, value: round(value, 3)!, limit, comparison, pass: comparison === '>=' ? value >= limit : value <= limit, rounds: values.map((v) => round(v, 3)!) };
+  };
+  const dg = 'driftguard';
+  const budget: BudgetLine[] = [
+    line('throughput', 'driftguard throughput / bare passthrough throughput, same connections, same mix',
+      perRound(samples, (at) => at(dg, 'throughputRps') / at('bare', 'throughputRps')), '>=', 0.8),
+    line('addedP50OneConnection', '(driftguard p50 - direct p50) / (bare p50 - direct p50), one connection',
+      perRound(samples, (at) => (at(dg, 'oneConnectionP50Us') - at('direct', 'oneConnectionP50Us')) / (at('bare', 'oneConnectionP50Us') - at('direct', 'oneConnectionP50Us'))), '<=', 1.5),
+    line('p99OneConnection', 'driftguard p99 / bare p99, one connection',
+      perRound(samples, (at) => at(dg, 'oneConnectionP99Us') / at('bare', 'oneConnectionP99Us')), '<=', 1.5),
+    line('cpuPer1000Rps', 'driftguard vCPU per 1000 req/s (= CPU seconds per 1000 requests) at the fixed rate',
+      samples[dg]?.cpuSecondsPer1000AtFixedRate ?? [], '<=', 0.1),
+    line('peakRssOverBareMiB', 'driftguard peak RSS - bare peak RSS, MiB (default heap sizing)',
+      [(peakRssMiB[dg] ?? NaN) - (peakRssMiB.bare ?? NaN)], '<=', 40),
+    line('peakRssLimitedMiB', 'driftguard peak RSS under NODE_OPTIONS=--max-old-space-size=96, MiB (container limit 128 MiB)',
+      [peakRssMiB['driftguard-limited'] ?? NaN], '<=', 128),
+    line('coldPath', 'driftguard req/s with a never-seen token per request / raw jose ES256 verify rate',
+      perRound(samples, (at) => at(dg, 'coldRps') / at('jose', 'verifyRate')), '>=', 0.6),
+  ];
+  return { ...meta, targets, budget, pass: budget.every((b) => b.pass) };
+}
+
+const fmt = (v: unknown, digits = 0) => typeof v === 'number' ? v.toFixed(digits) : '-';
+const us = (v: unknown) => typeof v === 'number' ? (v / 1000).toFixed(2) : '-';
+
+export function printTable(result: Record<string, unknown>): void {
+  const targets = result.targets as Record<string, Record<string, number | undefined>>;
+  const rows = [['target', 'req/s @32', '1c p50', '1c p90', '1c p99', '2k/s p50', '2k/s p90', '2k/s p99', 'CPU s/1k req', 'peak RSS MiB', 'cold req/s']];
+  for (const name of ['direct', 'bare', 'driftguard', 'driftguard-limited']) {
+    const t = targets[name];
+    if (!t) continue;
+    rows.push([name, fmt(t.throughputRps), us(t.oneConnectionP50Us), us(t.oneConnectionP90Us), us(t.oneConnectionP99Us),
+      us(t.fixedRateP50Us), us(t.fixedRateP90Us), us(t.fixedRateP99Us),
+      name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtFixedRate, 3), name === 'direct' ? '-' : fmt(t.peakRssMiB, 1), fmt(t.coldRps)]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const out = rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  '));
+  out.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
+  process.stdout.write(`\nlatencies in ms; medians of ${(result.settings as { rounds: number }).rounds} interleaved rounds\n${out.join('\n')}\n`);
+  const jose = targets.jose;
+  process.stdout.write(`raw jose ES256 verify: ${fmt(jose?.verifyRate)} /s on one thread\n\nbudget:\n`);
+  for (const b of result.budget as BudgetLine[]) {
+    process.stdout.write(`  ${b.pass ? 'ok  ' : 'MISS'} ${b.id.padEnd(22)} ${String(b.value).padStart(8)} ${b.comparison} ${b.limit}   ${b.meaning}\n`);
+  }
+}

@@ -1,0 +1,284 @@
+// `make bench`: driftguard side by side with its floor, in one run, on one machine.
+//
+// Targets, each driven by the same wrk and the same request mix, interleaved round by round
+// so the machine's noise falls on all of them alike:
+//   direct              the upstream itself (the baseline for "added" latency)
+//   bare                a bare undici passthrough (the floor a Node proxy cannot beat)
+//   driftguard          `node proxy/cli.ts run` with realistic rules, tracing and decision log
+//   driftguard-limited  the same under the chart's limits (NODE_OPTIONS=--max-old-space-size=96)
+// plus the cold path (a never-seen token per request) against the raw jose verify rate.
+// Prints a table and writes test/bench/results/latest.json. Options:
+//   --quick          one short round (under a minute): checks the harness, not the figures
+//   --rounds N       interleaved rounds (default 3)
+//   --out FILE       where to write the JSON (default test/bench/results/latest.json)
+//   --profile DIR    run driftguard under --cpu-prof and leave the profiles in DIR
+//   --note TEXT      recorded in the JSON (e.g. what else the machine was doing)
+
+import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync } from 'node:fs';
+import { tmpdir, cpus, totalmem, loadavg, release } from 'node:os';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+import { request } from 'undici';
+import { spawnNode, runNodeJson, cpuSeconds, memory, type Child } from './proc.ts';
+import { wrk, wrkVersion, type WrkResult } from './wrk.ts';
+import { jwksServer, otlpReceiver } from './receivers.ts';
+import { signingKey, mintToken, rulesFor, requestMix, wrkLines, subjectOf, ISSUER, AUDIENCE, type RequestSpec } from './scenario.ts';
+import { summarise, printTable, type Samples } from './report.ts';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = resolve(HERE, '../..');
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    rounds: { type: 'string' },
+    out: { type: 'string' },
+    profile: { type: 'string' },
+    note: { type: 'string' },
+  },
+});
+
+/** Seconds per measurement, connections and rates. */
+const S = args.quick
+  ? { rounds: 1, warm: 1, throughput: 2, one: 2, rate: 2, cold: 2, verify: 1 }
+  : { rounds: 3, warm: 3, throughput: 10, one: 6, rate: 6, cold: 5, verify: 3 };
+if (args.rounds) S.rounds = Number(args.rounds);
+const CONNECTIONS = 32;
+const RATE = 2000;
+const RATE_CONNECTIONS = 10;
+const HEAP_LIMIT = '--max-old-space-size=96';
+
+function log(msg: string): void { process.stderr.write(`bench: ${msg}\n`); }
+
+function freePort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => res(p)); });
+  });
+}
+
+async function waitReady(admin: string, name: string): Promise<void> {
+  for (let i = 0; i < 300; i++) {
+    try {
+      const r = await request(`${admin}/readyz`);
+      await r.body.dump();
+      if (r.statusCode === 200) return;
+    } catch { /* not listening yet */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${name} did not become ready within 30s`);
+}
+
+/** Send one block of the mix and check every answer is what the rules say it must be. */
+async function checkMix(url: string, requests: readonly RequestSpec[], name: string): Promise<Record<string, number>> {
+  const seen: Record<string, number> = { allowed: 0, warned: 0, denied: 0 };
+  for (const r of requests) {
+    const res = await request(url + r.path, {
+      method: r.method as 'GET',
+      headers: { authorization: `Bearer ${r.token}`, accept: 'application/json', ...(r.body ? { 'content-type': 'application/json' } : {}) },
+      ...(r.body ? { body: r.body } : {}),
+    });
+    await res.body.dump();
+    const got = res.statusCode >= 400 ? 'denied' : res.headers['driftguard-warning'] ? 'warned' : 'allowed';
+    if (got !== r.expect) throw new Error(`${name}: ${r.method} ${r.path} (${r.operation}) was ${got} (${res.statusCode}), expected ${r.expect}`);
+    seen[got]!++;
+  }
+  return seen;
+}
+
+async function main(): Promise<void> {
+  const version = wrkVersion();
+  if (!version) throw new Error('wrk is not installed: run `make bench` (it installs wrk from Debian), or apt-get install -y wrk');
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-bench-'));
+  const started = new Date();
+  const loadStart = loadavg();
+  log(`working in ${dir}; wrk ${version}; node ${process.version}; load ${loadStart.map((l) => l.toFixed(2)).join(' ')}`);
+
+  // --- the world: keys, JWKS over HTTP, OTLP receiver, upstream, bare passthrough ---
+  const keys = [signingKey('bench-es256-a'), signingKey('bench-es256-b')];
+  const jwks = { keys: keys.map((k) => k.publicJwk) };
+  writeFileSync(join(dir, 'jwks.json'), JSON.stringify(jwks));
+  const jwksHttp = await jwksServer(jwks);
+  const otlp = await otlpReceiver();
+  const children: Child[] = [];
+  const stopAll = async () => { for (const c of children.reverse()) await c.stop(); await jwksHttp.close(); await otlp.close(); };
+  process.on('SIGINT', () => { void stopAll().then(() => process.exit(130)); });
+
+  try {
+    const upstream = await spawnNode('upstream', [join(HERE, 'targets/upstream.ts')], { printsPort: true });
+    children.push(upstream);
+    const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
+    const bare = await spawnNode('bare', [join(HERE, 'targets/bare.ts'), upstreamUrl], { printsPort: true });
+    children.push(bare);
+
+    const otelEnv = {
+      OTEL_SERVICE_NAME: 'driftguard-bench',
+      OTEL_TRACES_EXPORTER: 'otlp',
+      OTEL_METRICS_EXPORTER: 'otlp',
+      OTEL_LOGS_EXPORTER: 'none',
+      OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+      OTEL_TRACES_SAMPLER: 'parentbased_always_on',
+    };
+    const telemetry = telemetrySection(otlp.url);
+    const startDriftguard = async (name: string, nodeOptions: string): Promise<{ child: Child; url: string; logFile: string }> => {
+      const [port, adminPort] = [await freePort(), await freePort()];
+      const file = join(dir, `${name}.yaml`);
+      writeFileSync(file, stringify(rulesFor({ upstream: upstreamUrl, jwksUrl: jwksHttp.url, listen: `127.0.0.1:${port}`, admin: `127.0.0.1:${adminPort}`, ...(telemetry ? { telemetry } : {}) })));
+      const logFile = join(dir, `${name}.log`);
+      const prof = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile)}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
+      const child = await spawnNode(name, [...prof, join(ROOT, 'proxy/cli.ts'), 'run', '--config', file, '--grace', '2s'], {
+        env: { ...process.env, ...otelEnv, NODE_OPTIONS: nodeOptions }, logFile,
+      });
+      children.push(child);
+      await waitReady(`http://127.0.0.1:${adminPort}`, name);
+      return { child, url: `http://127.0.0.1:${port}`, logFile };
+    };
+    const dg = await startDriftguard('driftguard', '');
+    const dgLimited = await startDriftguard('driftguard-limited', HEAP_LIMIT);
+
+    // --- the traffic: 50 consumers' tokens, the mix as wrk lines ---
+    const nowS = Math.floor(Date.now() / 1000);
+    const tokens = Array.from({ length: 50 }, (_, i) => mintToken(keys[i % 2]!, subjectOf(i), nowS));
+    const mix = requestMix(10, (c) => tokens[c]!);
+    const mixFile = join(dir, 'mix.txt');
+    writeFileSync(mixFile, wrkLines(mix));
+    const oneBlock = mix.slice(0, 100);
+    const mixCheck = {
+      driftguard: await checkMix(dg.url, oneBlock, 'driftguard'),
+      'driftguard-limited': await checkMix(dgLimited.url, oneBlock, 'driftguard-limited'),
+    };
+    log(`mix checked: ${JSON.stringify(mixCheck.driftguard)} of 100`);
+
+    const targets: { name: string; url: string; pid?: number }[] = [
+      { name: 'direct', url: upstreamUrl, pid: upstream.pid },
+      { name: 'bare', url: `http://127.0.0.1:${bare.port}`, pid: bare.pid },
+      { name: 'driftguard', url: dg.url, pid: dg.child.pid },
+      { name: 'driftguard-limited', url: dgLimited.url, pid: dgLimited.child.pid },
+    ];
+    const samples: Samples = {};
+    const sample = (target: string, metric: string, value: number) => {
+      ((samples[target] ??= {})[metric] ??= []).push(value);
+    };
+    const measured = async (t: { name: string; pid?: number }, run: () => Promise<WrkResult>) => {
+      const cpu0 = t.pid ? cpuSeconds(t.pid) : 0;
+      const r = await run();
+      const cpu = t.pid ? cpuSeconds(t.pid) - cpu0 : 0;
+      const seconds = r.durationUs / 1e6;
+      const errors = r.errors.connect + r.errors.read + r.errors.write + r.errors.timeout;
+      if (errors > 0) log(`${t.name}: ${errors} socket errors ${JSON.stringify(r.errors)}`);
+      return { r, rps: r.requests / seconds, cpuPer1000: r.requests ? (cpu / r.requests) * 1000 : NaN, denied: r.errors.status / r.requests };
+    };
+
+    // Warm every target (JIT, keep-alive pools, the verified-token cache) before measuring.
+    for (const t of targets) await wrk({ url: t.url, requestsFile: mixFile, connections: CONNECTIONS, seconds: S.warm });
+
+    // Cold-path tokens: a fresh set for each run, never sent before.
+    const coldFile = (name: string, count: number): string => {
+      const now = Math.floor(Date.now() / 1000);
+      const file = join(dir, `cold-${name}.txt`);
+      writeFileSync(file, wrkLines(requestMix(Math.ceil(count / 100), (c) => mintToken(keys[c % 2]!, subjectOf(c), now))));
+      return file;
+    };
+
+    for (let round = 0; round < S.rounds; round++) {
+      // Rotate the order each round so no target always runs right after the same neighbour.
+      const order = targets.map((_, i) => targets[(i + round) % targets.length]!);
+      log(`round ${round + 1}/${S.rounds}: throughput at ${CONNECTIONS} connections`);
+      for (const t of order) {
+        const m = await measured(t, () => wrk({ url: t.url, requestsFile: mixFile, connections: CONNECTIONS, seconds: S.throughput }));
+        sample(t.name, 'throughputRps', m.rps);
+        sample(t.name, 'cpuSecondsPer1000AtThroughput', m.cpuPer1000);
+        sample(t.name, 'deniedShare', m.denied);
+        sample(t.name, 'replays', m.r.wraps);
+      }
+      log(`round ${round + 1}/${S.rounds}: latency at 1 connection`);
+      for (const t of order) {
+        const m = await measured(t, () => wrk({ url: t.url, requestsFile: mixFile, connections: 1, seconds: S.one }));
+        sample(t.name, 'oneConnectionP50Us', m.r.latencyUs.p50);
+        sample(t.name, 'oneConnectionP90Us', m.r.latencyUs.p90);
+        sample(t.name, 'oneConnectionP99Us', m.r.latencyUs.p99);
+      }
+      log(`round ${round + 1}/${S.rounds}: latency at ${RATE} req/s`);
+      for (const t of order) {
+        const m = await measured(t, () => wrk({ url: t.url, requestsFile: mixFile, connections: RATE_CONNECTIONS, seconds: S.rate, delayMs: (RATE_CONNECTIONS * 1000) / RATE }));
+        sample(t.name, 'fixedRateRps', m.rps);
+        sample(t.name, 'fixedRateP50Us', m.r.latencyUs.p50);
+        sample(t.name, 'fixedRateP90Us', m.r.latencyUs.p90);
+        sample(t.name, 'fixedRateP99Us', m.r.latencyUs.p99);
+        sample(t.name, 'cpuSecondsPer1000AtFixedRate', m.cpuPer1000);
+      }
+
+      log(`round ${round + 1}/${S.rounds}: cold path (a never-seen token per request)`);
+      const verifyTokens = join(dir, 'verify-tokens.txt');
+      writeFileSync(verifyTokens, Array.from({ length: 2000 }, (_, i) => mintToken(keys[i % 2]!, subjectOf(i % 50), Math.floor(Date.now() / 1000))).join('\n'));
+      const raw = await runNodeJson<{ rate: number }>([join(HERE, 'targets/verify-rate.ts'), join(dir, 'jwks.json'), verifyTokens, String(S.verify), ISSUER, AUDIENCE]);
+      sample('jose', 'verifyRate', raw.rate);
+      for (const t of [targets[2]!, targets[3]!]) {
+        // Enough tokens that none repeats even if driftguard matched the raw rate.
+        const file = coldFile(`${t.name}-${round}`, Math.ceil(raw.rate * S.cold * 1.3) + 500);
+        const m = await measured(t, () => wrk({ url: t.url, requestsFile: file, connections: CONNECTIONS, seconds: S.cold }));
+        if (m.r.wraps > 0) log(`${t.name}: cold tokens ran out (replayed ${m.r.wraps}x); the figure is optimistic`);
+        sample(t.name, 'coldRps', m.rps);
+        sample(t.name, 'coldReplays', m.r.wraps);
+        sample(t.name, 'cpuSecondsPer1000Cold', m.cpuPer1000);
+      }
+    }
+
+    const peak: Record<string, number> = {};
+    for (const t of targets) if (t.pid) peak[t.name] = memory(t.pid).peakRssMiB;
+    const loadEnd = loadavg();
+    await stopAll();
+    const decisionLog = Object.fromEntries([dg, dgLimited].map((d, i) => [targets[i + 2]!.name, countLogLines(d.logFile)]));
+
+    const cpu = cpus();
+    const result = summarise(samples, peak, {
+      schema: 'driftguard-bench/1',
+      generatedAt: started.toISOString(),
+      quick: args.quick ?? false,
+      ...(args.note ? { note: args.note } : {}),
+      machine: {
+        cpus: cpu.length, model: cpu[0]?.model ?? 'unknown', memoryGiB: Math.round(totalmem() / 2 ** 30),
+        kernel: release(), node: process.version, wrk: version,
+        loadAverageAtStart: loadStart.map((l) => Number(l.toFixed(2))), loadAverageAtEnd: loadEnd.map((l) => Number(l.toFixed(2))),
+      },
+      settings: {
+        rounds: S.rounds, seconds: { warm: S.warm, throughput: S.throughput, oneConnection: S.one, fixedRate: S.rate, cold: S.cold, joseVerify: S.verify },
+        loadGenerator: 'wrk -t1 (Debian package), test/bench/mix.lua', connections: CONNECTIONS, fixedRate: { rps: RATE, connections: RATE_CONNECTIONS },
+        mix: { allowed: 0.85, warned: 0.10, denied: 0.05, operations: 20, consumers: 50, algorithm: 'ES256', jwks: 'HTTP' },
+        heapLimit: HEAP_LIMIT, containerLimitMiB: 128,
+      },
+      checks: { mix: mixCheck, jwksFetches: jwksHttp.fetches, otlp: { exports: otlp.exports, bytes: otlp.bytes, jsonSpans: otlp.jsonSpans }, logLines: decisionLog, telemetryConfigured: telemetry !== undefined },
+    });
+    printTable(result);
+    const out = resolve(args.out ?? join(HERE, 'results/latest.json'));
+    mkdirSync(dirname(out), { recursive: true });
+    writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
+    log(`wrote ${out}`);
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
+
+/**
+ * The rules' telemetry section when this driftguard's schema has one (tracing to the local
+ * receiver, decision log on); undefined while the schema has none.
+ */
+function telemetrySection(endpoint: string): Record<string, unknown> | undefined {
+  const schema = JSON.parse(readFileSync(join(ROOT, 'rules/schema.json'), 'utf8')) as { properties: Record<string, unknown> };
+  if (!schema.properties.telemetry) return undefined;
+  void endpoint;
+  return {};
+}
+
+function countLogLines(file: string): { lines: number; decisionLines: number } {
+  if (!existsSync(file)) return { lines: 0, decisionLines: 0 };
+  const lines = readFileSync(file, 'utf8').split('\n').filter(Boolean);
+  return { lines: lines.length, decisionLines: lines.filter((l) => l.includes('"decision"')).length };
+}
+
+main().catch((err: Error) => { process.stderr.write(`bench: ${err.stack ?? err.message}\n`); process.exit(1); });
