@@ -1,0 +1,123 @@
+// Remote JWKS behaviour against a real JWKS server on loopback that counts its fetches and
+// can be taken down: unknown-kid floods, rotation, outages at start and later, and a JWKS
+// server that never answers.
+
+import t from 'tap';
+import { createServer } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import { testKey, jwks, token } from '../support/keys.ts';
+import { upstream, jwksServer, listen, close } from '../support/servers.ts';
+import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
+import { world, keys } from '../core/world.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('an unknown-kid flood costs at most one JWKS refetch per cooldown', async (t) => {
+  // Tokens minted up front, so the floods themselves are quick against the cooldown.
+  const k = await keys();
+  const tokens = await Promise.all(Array.from({ length: 180 }, () => token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09', header: { kid: randomUUID() } })));
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1500ms'; });
+  t.equal(w.jwks.fetches, 1, 'fetched once before ready');
+  const flood = () => Promise.all(tokens.splice(0, 60).map(async (tok) => (await w.call('GET', '/items/1', { token: tok })).status));
+  // Within the cooldown of the start-up fetch: no refetch at all.
+  const first = await flood();
+  t.same(new Set(first), new Set([401]), 'every unknown kid is an invalid credential');
+  t.equal(w.jwks.fetches, 1, 'no refetch within the cooldown');
+  await sleep(1600);
+  const second = await flood();
+  t.same(new Set(second), new Set([401]));
+  t.equal(w.jwks.fetches, 2, 'one refetch for the whole flood after the cooldown');
+  const third = await flood();
+  t.same(new Set(third), new Set([401]));
+  t.equal(w.jwks.fetches, 2, 'none for the next flood within the new cooldown');
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'known keys keep working through the flood');
+  t.equal(w.up.seen.length, 1);
+});
+
+t.test('a rotated-in key is picked up by the unknown-kid refetch', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '300ms'; });
+  const fresh = await testKey('ES256');
+  w.jwks.body = jwks(w.keys.es, fresh);
+  await sleep(350);
+  const a = await w.call('GET', '/items/1', { token: await w.tok({ key: fresh }) });
+  t.equal(a.status, 200);
+  t.equal(w.jwks.fetches, 2);
+});
+
+t.test('a JWKS server down from the start: 503 identity-unavailable, never forwarded, not ready', async (t) => {
+  const k = await keys();
+  const up = await upstream();
+  const keyServer = await jwksServer(jwks(k.es));
+  keyServer.down = true;
+  const dg = await startTest(baseRules(up.origin, keyServer.url, (r) => { r.identity.issuers[0].jwks.cooldown = '200ms'; }), { waitReady: false });
+  t.teardown(async () => { await dg.close(); await up.close(); await keyServer.close(); });
+  await sleep(50);
+  const ready = await fetch(`${dg.admin}/readyz`);
+  t.equal(ready.status, 503, 'not ready without keys');
+  await ready.text();
+  const tok = await token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  for (let i = 0; i < 3; i++) {
+    const a = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+    t.equal(a.status, 503);
+    t.equal(a.headers.get('content-type'), 'application/problem+json');
+    t.equal(((await a.json()) as any).code, 'identity-unavailable');
+  }
+  t.equal(up.seen.length, 0, 'never forwarded');
+  // Public operations need no keys.
+  t.equal((await fetch(`${dg.url}/status`)).status, 200);
+  // The issuer comes back: after the cooldown the next token fetches the keys.
+  keyServer.down = false;
+  await sleep(250);
+  const ok = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+  t.equal(ok.status, 200);
+  const readyAgain = await fetch(`${dg.admin}/readyz`);
+  t.equal(readyAgain.status, 200, 'ready once keys arrived');
+});
+
+t.test('a JWKS server that goes down later: last good keys keep working, unknown kids get 503', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '200ms'; r.identity.issuers[0].jwks.refresh = '100ms'; });
+  w.jwks.down = true;
+  await sleep(350); // background refreshes fail meanwhile
+  t.ok(w.jwks.fetches >= 2, 'background refresh kept trying');
+  for (const key of [w.keys.es, w.keys.rs, w.keys.ed]) {
+    const a = await w.call('GET', '/items/1', { token: await w.tok({ key }) });
+    t.equal(a.status, 200, `${key.alg}: a known kid still verifies`);
+  }
+  const rotated = await testKey('ES256');
+  const a = await w.call('GET', '/items/1', { token: await w.tok({ key: rotated }) });
+  t.equal(a.status, 503, 'a key that cannot be obtained');
+  t.equal(a.json.code, 'identity-unavailable');
+  t.equal(w.up.seen.length, 3, 'only the verified calls were forwarded');
+  const ready = await fetch(`${w.dg.admin}/readyz`);
+  t.equal(ready.status, 200, 'still ready: it has keys');
+});
+
+t.test('a JWKS server that never answers: 503 within the fetch timeout, never a hang', async (t) => {
+  const k = await keys();
+  const up = await upstream();
+  let fetches = 0;
+  const hanging = createServer(() => { fetches++; /* never answers */ });
+  const port = await listen(hanging);
+  const dg = await startTest(baseRules(up.origin, `http://127.0.0.1:${port}/jwks.json`, (r) => {
+    r.identity.issuers[0].jwks.timeout = '300ms';
+    r.identity.issuers[0].jwks.cooldown = '1ms';
+  }), { waitReady: false });
+  t.teardown(async () => { await dg.close(); await up.close(); await close(hanging); });
+  const tok = await token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  await sleep(20);
+  const a = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+  t.equal(a.status, 503);
+  t.equal(((await a.json()) as any).code, 'identity-unavailable');
+  t.ok(fetches >= 1);
+  t.equal(up.seen.length, 0);
+});
+
+t.test('a JWKS answer that is not a key set keeps the last good keys', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '100ms'; });
+  w.jwks.body = { not: 'a key set' };
+  await sleep(150);
+  const unknown = await w.call('GET', '/items/1', { token: await w.tok({ header: { kid: 'rotated' } }) });
+  t.equal(unknown.status, 503, 'the refetch failed: the key cannot be obtained');
+  t.equal(w.jwks.fetches, 2);
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'the last good keys still verify');
+});

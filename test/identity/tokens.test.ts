@@ -1,0 +1,154 @@
+// Token verification through a real driftguard: every allowed algorithm verifies with a real
+// key from a real JWKS, and each forgery or unsafe default is refused with 401
+// invalid-credential before anything reaches the upstream.
+
+import t, { type Test } from 'tap';
+import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, sign as rawSign } from 'node:crypto';
+import { SignJWT, exportJWK } from 'jose';
+import { world, AGENT, HUMAN, type World } from '../core/world.ts';
+import { ISSUER, AUDIENCE, testKey } from '../support/keys.ts';
+
+const b64 = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+
+function claims(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const now = Math.floor(Date.now() / 1000);
+  return { iss: ISSUER, aud: AUDIENCE, sub: AGENT, iat: now, exp: now + 300, scope: 'items.read', contract_version: '2026-09', ...extra };
+}
+
+async function refused(t: Test, w: World, token: string, what: string): Promise<void> {
+  const before = w.up.seen.length;
+  const a = await w.call('GET', '/items/1', { token });
+  t.equal(a.status, 401, `${what}: 401`);
+  t.equal(a.json?.code, 'invalid-credential', `${what}: invalid-credential`);
+  t.match(a.headers.get('www-authenticate') ?? '', /error="invalid_token"/, `${what}: invalid_token challenge`);
+  t.equal(w.up.seen.length, before, `${what}: not forwarded`);
+}
+
+t.test('ES256, RS256 and EdDSA tokens verify against the issuer\'s JWKS', async (t) => {
+  const w = await world(t);
+  for (const key of [w.keys.es, w.keys.rs, w.keys.ed]) {
+    const a = await w.call('GET', '/items/1', { token: await w.tok({ key }) });
+    t.equal(a.status, 200, `${key.alg} verifies`);
+  }
+  t.equal(w.up.seen.length, 3);
+  // The scheme is case-insensitive, and more than one space is tolerated.
+  for (const scheme of ['bearer', 'BEARER', 'Bearer  ']) {
+    const a = await w.call('GET', '/items/1', { headers: { authorization: `${scheme} ${await w.tok()}` } });
+    t.equal(a.status, 200, JSON.stringify(scheme));
+  }
+});
+
+t.test('an algorithm outside the issuer\'s allowlist is refused, even with a trusted key', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].algorithms = ['ES256']; });
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'ES256 is allowed');
+  await refused(t, w, await w.tok({ key: w.keys.rs }), 'RS256 not in the allowlist');
+  await refused(t, w, await w.tok({ key: w.keys.ed }), 'EdDSA not in the allowlist');
+});
+
+t.test('alg none, HS256 keyed with the public key, and an embedded jwk are refused', async (t) => {
+  const w = await world(t);
+  const payload = b64(claims());
+  await refused(t, w, `${b64({ alg: 'none', typ: 'JWT' })}.${payload}.`, 'alg none');
+  await refused(t, w, `${b64({ alg: 'none', typ: 'JWT', kid: w.keys.es.kid })}.${payload}.`, 'alg none with a real kid');
+  await refused(t, w, `${b64({ alg: 'NONE' })}.${payload}.`, 'alg NONE');
+  // The classic key-confusion attack: HMAC keyed with the bytes of the issuer's public key.
+  const rsPublic = createPublicKey({ key: w.keys.rs.publicJwk as any, format: 'jwk' });
+  const esPublic = createPublicKey({ key: w.keys.es.publicJwk as any, format: 'jwk' });
+  for (const [name, secret, kid] of [
+    ['RSA public key PEM', rsPublic.export({ type: 'spki', format: 'pem' }), w.keys.rs.kid],
+    ['RSA public key PKCS#1 PEM', rsPublic.export({ type: 'pkcs1', format: 'pem' }), w.keys.rs.kid],
+    ['RSA public key DER', rsPublic.export({ type: 'spki', format: 'der' }), w.keys.rs.kid],
+    ['RSA public JWK JSON', JSON.stringify(w.keys.rs.publicJwk), w.keys.rs.kid],
+    ['EC public key PEM', esPublic.export({ type: 'spki', format: 'pem' }), w.keys.es.kid],
+  ] as const) {
+    const head = `${b64({ alg: 'HS256', typ: 'JWT', kid })}.${payload}`;
+    const mac = createHmac('sha256', secret).update(head).digest('base64url');
+    await refused(t, w, `${head}.${mac}`, `HS256 keyed with the ${name}`);
+  }
+  // A token that carries its own verification key (jwk header) signed by the attacker.
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const attackerJwk = await exportJWK(publicKey);
+  const forged = await new SignJWT(claims()).setProtectedHeader({ alg: 'ES256', jwk: attackerJwk, kid: w.keys.es.kid }).sign(privateKey);
+  await refused(t, w, forged, 'embedded jwk signed by an attacker');
+  // The real key id on a token signed by another key.
+  const other = await testKey('ES256', w.keys.es.kid);
+  await refused(t, w, await w.tok({ key: other }), 'a trusted kid on a foreign signature');
+  // A valid token with its signature swapped for another token's.
+  const [h1, p1] = (await w.tok()).split('.');
+  const sig2 = (await w.tok({ sub: HUMAN })).split('.')[2];
+  await refused(t, w, `${h1}.${p1}.${sig2}`, 'a signature from another token');
+  // An unknown critical header.
+  // An unknown critical header (jose will not sign one, so sign the bytes directly).
+  const critHead = `${b64({ alg: 'ES256', kid: w.keys.es.kid, crit: ['x-must'], 'x-must': 1 })}.${payload}`;
+  const esPrivate = createPrivateKey({ key: w.keys.es.privateJwk as any, format: 'jwk' });
+  const critSig = rawSign('sha256', Buffer.from(critHead), { key: esPrivate, dsaEncoding: 'ieee-p1363' }).toString('base64url');
+  await refused(t, w, `${critHead}.${critSig}`, 'unknown crit header');
+  // An ES256 signature of all zeros (the "psychic signature" class).
+  const zero = `${b64({ alg: 'ES256', kid: w.keys.es.kid })}.${payload}.${Buffer.alloc(64).toString('base64url')}`;
+  await refused(t, w, zero, 'zero ECDSA signature');
+});
+
+t.test('registered claims: exp required, iss, aud and typ checked, nbf and iat respected', async (t) => {
+  const w = await world(t);
+  await refused(t, w, await w.tok({ omit: ['exp'] }), 'missing exp');
+  await refused(t, w, await w.tok({ omit: ['sub'] }), 'missing sub');
+  await refused(t, w, await w.tok({ iss: 'https://evil.example' }), 'unknown iss');
+  await refused(t, w, await w.tok({ omit: ['iss'] }), 'missing iss');
+  await refused(t, w, await w.tok({ aud: 'another-api' }), 'wrong aud');
+  await refused(t, w, await w.tok({ omit: ['aud'] }), 'missing aud');
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ aud: ['another-api', AUDIENCE] }) })).status, 200, 'aud array containing ours');
+  const now = Math.floor(Date.now() / 1000);
+  await refused(t, w, await w.tok({ nbf: now + 600 }), 'nbf in the future');
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ nbf: now + 10 }) })).status, 200, 'nbf within clock skew');
+  await refused(t, w, await w.tok({ now: Date.now() + 600_000 }), 'iat in the future');
+  await refused(t, w, await w.tok({ now: Date.now() - 600_000, ttl: 300 }), 'expired');
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ now: Date.now() - 310_000, ttl: 300 }) })).status, 200, 'expired within clock skew');
+  await refused(t, w, `${'a'.repeat(7_000)}.${'b'.repeat(7_000)}.c`, 'a 14 KiB garbage token');
+  const huge = await w.call('GET', '/items/1', { token: 'a'.repeat(17_000) });
+  t.equal(huge.status, 431, 'a 17 KiB Authorization header is refused by the listener');
+  t.equal(huge.json?.code, 'malformed-request');
+});
+
+t.test('typ is enforced where the issuer configures it', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].typ = 'at+jwt'; });
+  await refused(t, w, await w.tok(), 'typ JWT where at+jwt is required');
+  await refused(t, w, await w.tok({ header: { typ: undefined } }), 'no typ where at+jwt is required');
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ header: { typ: 'at+jwt' } }) })).status, 200, 'typ at+jwt');
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ header: { typ: 'application/at+jwt' } }) })).status, 200, 'typ application/at+jwt (RFC 7515 §4.1.9)');
+});
+
+t.test('tokens are never taken from the query string', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  for (const q of [`access_token=${tok}`, `token=${tok}`, `id_token=${tok}`, `authorization=Bearer%20${tok}`]) {
+    const a = await w.call('GET', `/items/1?${q}`);
+    t.equal(a.status, 401, q.split('=')[0]!);
+    t.equal(a.json.code, 'missing-credential');
+  }
+  t.equal(w.up.seen.length, 0);
+});
+
+t.test('a cached token is re-checked for expiry on every hit', async (t) => {
+  let clock = Date.now();
+  const w = await world(t, () => {}, { now: () => clock });
+  const tok = await w.tok({ ttl: 60 });
+  t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200);
+  t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200, 'a cache hit');
+  clock += 120_000;
+  const a = await w.call('GET', '/items/1', { token: tok });
+  t.equal(a.status, 401, 'expired while cached');
+  t.equal(a.json.code, 'invalid-credential');
+  t.equal(w.up.seen.length, 2);
+});
+
+t.test('keys from a JWKS file work the same way', async (t) => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(join(tmpdir(), 'dg-jwks-'));
+  const k = await testKey('EdDSA');
+  writeFileSync(join(dir, 'jwks.json'), JSON.stringify({ keys: [k.publicJwk] }));
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks = { file: join(dir, 'jwks.json') }; });
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ key: k }) })).status, 200);
+  await refused(t, w, await w.tok(), 'a key that is not in the file');
+});
