@@ -1,0 +1,116 @@
+// Bodies stream through driftguard both ways: the upstream gets the first chunks of a 50 MB
+// upload before the client has sent the rest, and the client gets the first chunk of a slow
+// answer before the upstream has finished it. A proxy that buffered whole bodies would
+// deadlock in both tests (each side waits for the other), so the guards below fail the test
+// instead of letting it hang.
+
+import t from 'tap';
+import { request } from 'node:http';
+import { world } from '../core/world.ts';
+
+const MB = 1024 * 1024;
+
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms (buffered?)`)), ms); }),
+  ]);
+}
+
+t.test('a 50 MB request body streams to the upstream: chunks arrive before the client finishes', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '10s'; });
+  let received = 0;
+  let firstChunk!: () => void;
+  const upstreamGotData = new Promise<void>((r) => { firstChunk = r; });
+  w.up.handler = (req, res) => {
+    req.on('data', (c: Buffer) => { received += c.length; firstChunk(); });
+    req.on('end', () => { res.writeHead(200, { 'content-type': 'application/json' }); res.end(JSON.stringify({ received })); });
+  };
+  const total = 50 * MB;
+  const chunk = Buffer.alloc(MB, 0x61);
+  const tok = await w.tok();
+  const heapBefore = process.memoryUsage().heapUsed;
+  let heapPeak = heapBefore;
+  const sampler = setInterval(() => { heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed); }, 10);
+  t.teardown(() => clearInterval(sampler));
+  const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = request(`${w.dg.url}/items/1/blob`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${tok}`, 'content-length': String(total), 'content-type': 'application/octet-stream' },
+    });
+    req.on('response', (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('error', reject);
+    (async () => {
+      // Send 1 MB, then wait until the upstream has seen data before sending the other 49.
+      req.write(chunk);
+      await within(upstreamGotData, 10_000, 'first chunk at the upstream');
+      t.ok(received > 0 && received < total, `the upstream had ${received} bytes while the client had sent 1 MB`);
+      for (let sent = MB; sent < total; sent += MB) {
+        if (!req.write(chunk)) await new Promise((r) => req.once('drain', r));
+      }
+      req.end();
+    })().catch(reject);
+  });
+  const a = await within(answer, 30_000, 'the 50 MB upload');
+  t.equal(a.status, 200);
+  t.equal(JSON.parse(a.body).received, total, 'every byte arrived');
+  clearInterval(sampler);
+  const growth = heapPeak - heapBefore;
+  t.ok(growth < 40 * MB, `heap peaked ${Math.round(growth / MB)} MB above the start for a 50 MB body through client, driftguard and upstream in this one process`);
+});
+
+t.test('a slow upstream response streams through: the client sees the first chunk before the upstream ends', async (t) => {
+  const w = await world(t);
+  let clientGotFirst!: () => void;
+  const first = new Promise<void>((r) => { clientGotFirst = r; });
+  let upstreamEnded = false;
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('first chunk\n');
+    // Only finish once the client has the first chunk: a buffering proxy never gets here.
+    within(first, 5_000, 'first chunk at the client').then(() => { upstreamEnded = true; res.end('last chunk\n'); }, () => res.destroy());
+  };
+  const res = await fetch(`${w.dg.url}/items/1`, { headers: { authorization: `Bearer ${await w.tok()}` } });
+  t.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  const { value } = await within(reader.read(), 5_000, 'first read');
+  t.equal(new TextDecoder().decode(value), 'first chunk\n');
+  t.notOk(upstreamEnded, 'the upstream had not finished when the client read the first chunk');
+  clientGotFirst();
+  let rest = '';
+  for (;;) { const r = await reader.read(); if (r.done) break; rest += new TextDecoder().decode(r.value); }
+  t.equal(rest, 'last chunk\n');
+});
+
+t.test('a response body that stalls longer than the response timeout is cut, never a hang', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '300ms'; });
+  w.up.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/plain' }); res.write('partial'); };
+  const res = await fetch(`${w.dg.url}/items/1`, { headers: { authorization: `Bearer ${await w.tok()}` } });
+  t.equal(res.status, 200, 'the head was already sent');
+  await t.rejects(within(res.text(), 5_000, 'the stalled body'), 'the client sees the connection cut');
+});
+
+t.test('a client that goes away mid-upload does not wedge the proxy', async (t) => {
+  const w = await world(t);
+  let upstreamClosed!: () => void;
+  const closed = new Promise<void>((r) => { upstreamClosed = r; });
+  w.up.handler = (req, res) => {
+    if (req.method === 'GET') { res.end('ok'); return; }
+    req.resume(); req.on('close', () => upstreamClosed());
+  };
+  const req = request(`${w.dg.url}/items/1/blob`, { method: 'PUT', headers: { authorization: `Bearer ${await w.tok()}`, 'content-length': String(10 * MB) } });
+  req.on('error', () => {});
+  req.write(Buffer.alloc(MB));
+  await new Promise((r) => setTimeout(r, 100));
+  req.destroy();
+  await within(closed, 5_000, 'the upstream request closed');
+  const after = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(after.status, 200, 'the next request is served');
+});
