@@ -1,0 +1,121 @@
+// Each kind of malformed rules file stops loading with a problem that names the file, the
+// line and the field. Assertions are on line numbers and field names, never on wording.
+
+import t from 'tap';
+import { writeRules } from '../support/driftguard.ts';
+import { loadRules, RulesError, type RulesProblem } from '../../proxy/rules/load.ts';
+
+// Line numbers below refer to this text (line 1 is "proxy:").
+const VALID = `proxy:
+  listen: 127.0.0.1:0
+  upstream: http://127.0.0.1:9
+  admin: 127.0.0.1:0
+  mode: enforce
+identity:
+  issuers:
+    - issuer: https://issuer.test.local
+      audiences: [api]
+      algorithms: [ES256]
+      jwks: { url: "http://127.0.0.1:9/jwks.json" }
+  clockSkew: 30s
+consumers:
+  registry:
+    - subject: spiffe://test/agent
+      kind: automation
+      owner: team-a
+contract:
+  versions: ["2026-01", "2026-06"]
+  operations:
+    - id: getItem
+      method: GET
+      path: /items/{id}
+      sensitivity: low
+    - id: createItem
+      method: POST
+      path: /items
+      sensitivity: high
+      changedIn: "2026-06"
+`;
+
+function problems(text: string): { file: string; problems: readonly RulesProblem[] } {
+  const file = writeRules(text);
+  try {
+    loadRules(file);
+  } catch (err) {
+    if (err instanceof RulesError) return { file, problems: err.problems };
+    throw err;
+  }
+  return { file, problems: [] };
+}
+
+/** Replace `from` (which must occur) in VALID. */
+function edit(from: string, to: string): string {
+  if (!VALID.includes(from)) throw new Error(`${from} not in VALID`);
+  return VALID.replace(from, to);
+}
+
+t.test('the baseline is valid', async (t) => {
+  t.same(problems(VALID).problems, []);
+});
+
+const cases: { name: string; text: string; line: number | number[]; field: string | RegExp }[] = [
+  { name: 'unknown field', text: edit('  mode: enforce\n', '  mode: enforce\n  listne: 1\n'), line: 6, field: 'proxy.listne' },
+  { name: 'unknown field in an operation', text: edit('      sensitivity: low\n', '      sensitivity: low\n      scope: [a]\n'), line: 25, field: 'contract.operations[0].scope' },
+  { name: 'wrong enum (mode)', text: edit('mode: enforce', 'mode: enforcing'), line: 5, field: 'proxy.mode' },
+  { name: 'wrong enum (sensitivity)', text: edit('sensitivity: high', 'sensitivity: severe'), line: 28, field: 'contract.operations[1].sensitivity' },
+  { name: 'wrong enum (algorithm HS256)', text: edit('algorithms: [ES256]', 'algorithms: [HS256]'), line: 10, field: /^identity\.issuers\[0\]\.algorithms(\[0\])?$/ },
+  { name: 'missing required field (upstream)', text: edit('  upstream: http://127.0.0.1:9\n', ''), line: 1, field: 'proxy.upstream' },
+  { name: 'missing required field (sensitivity)', text: edit('      sensitivity: low\n', ''), line: 21, field: 'contract.operations[0].sensitivity' },
+  { name: 'missing required field (algorithms)', text: edit('      algorithms: [ES256]\n', ''), line: 8, field: 'identity.issuers[0].algorithms' },
+  { name: 'bad duration', text: edit('clockSkew: 30s', 'clockSkew: 30 seconds'), line: 12, field: 'identity.clockSkew' },
+  { name: 'bad duration (jwks cooldown)', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", cooldown: soon }'), line: 11, field: /^identity\.issuers\[0\]\.jwks/ },
+  { name: 'changedIn not a version', text: edit('changedIn: "2026-06"', 'changedIn: "2026-07"'), line: 29, field: 'contract.operations[1].changedIn' },
+  { name: 'duplicate operation id', text: edit('    - id: createItem', '    - id: getItem'), line: 25, field: 'contract.operations[1].id' },
+  { name: 'ambiguous path templates', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /items/{other}\n'), line: 27, field: 'contract.operations[1].path' },
+  { name: 'automation consumer without owner', text: edit('      owner: team-a\n', ''), line: 15, field: 'consumers.registry[0].owner' },
+  { name: 'jwks with both file and url', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", file: ./jwks.json }'), line: 11, field: 'identity.issuers[0].jwks' },
+  // An unclosed bracket is noticed where the next key starts: that line or the one before is fine.
+  { name: 'YAML syntax error (unclosed flow sequence)', text: edit('  versions: ["2026-01", "2026-06"]', '  versions: ["2026-01", "2026-06"'), line: [19, 20], field: '' },
+  { name: 'YAML syntax error (nested mapping in a scalar)', text: edit('mode: enforce', 'mode: enforce: audit'), line: 5, field: '' },
+  { name: 'YAML syntax error (tab indentation)', text: edit('  clockSkew: 30s', '\tclockSkew: 30s'), line: 12, field: '' },
+  { name: 'YAML duplicate key', text: edit('  mode: enforce\n', '  mode: enforce\n  mode: audit\n'), line: 6, field: '' },
+  { name: 'non-canonical literal in a template (dot segment)', text: edit('path: /items/{id}', 'path: /items/../{id}'), line: 23, field: 'contract.operations[0].path' },
+  { name: 'non-canonical literal in a template (path parameter)', text: edit('path: /items/{id}', 'path: /items;v=1/{id}'), line: 23, field: 'contract.operations[0].path' },
+  { name: 'non-canonical literal in a template (encoded slash)', text: edit('path: /items/{id}', 'path: /a%2Fb/{id}'), line: 23, field: 'contract.operations[0].path' },
+  { name: 'non-canonical literal in a template (empty segment)', text: edit('path: /items/{id}', 'path: /items//{id}'), line: 23, field: 'contract.operations[0].path' },
+  { name: 'minimum not a version', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  minimum: "2025-01"\n'), line: 20, field: 'contract.minimum' },
+  { name: 'declared operation that does not exist', text: edit('      owner: team-a\n', '      owner: team-a\n      operations: [getItem, nope]\n'), line: 18, field: 'consumers.registry[0].operations[1]' },
+  { name: 'upstream with a path', text: edit('upstream: http://127.0.0.1:9', 'upstream: http://127.0.0.1:9/api'), line: 3, field: 'proxy.upstream' },
+  { name: 'listen not host:port', text: edit('listen: 127.0.0.1:0', 'listen: localhost'), line: 2, field: 'proxy.listen' },
+];
+
+for (const c of cases) {
+  t.test(c.name, async (t) => {
+    const { file, problems: found } = problems(c.text);
+    t.ok(found.length > 0, 'refused');
+    const lines = Array.isArray(c.line) ? c.line : [c.line];
+    const hit = found.find((p) => (typeof c.field === 'string' ? p.field === c.field : c.field.test(p.field)));
+    t.ok(hit, `a problem names the field ${c.field} (got ${found.map((p) => `${p.line}:${p.field}`).join(', ')})`);
+    t.ok(lines.includes(hit?.line ?? -1), `on line ${lines.join(' or ')} (got ${hit?.line})`);
+    const line = hit?.line;
+    t.equal(hit?.file, file, 'in the right file');
+    t.ok(hit!.column >= 1, 'with a column');
+    const err = (() => { try { loadRules(file); } catch (e) { return e as Error; } return undefined; })();
+    t.match(err?.message, `${file}:${line}:`, 'the message starts with file:line');
+  });
+}
+
+t.test('every problem of a file is reported at once', async (t) => {
+  const text = edit('mode: enforce', 'mode: enforcing').replace('sensitivity: high', 'sensitivity: severe').replace('clockSkew: 30s', 'clockSkew: soon');
+  const { problems: found } = problems(text);
+  t.same(found.map((p) => p.field).sort(), ['contract.operations[1].sensitivity', 'identity.clockSkew', 'proxy.mode']);
+});
+
+t.test('an unreadable file names the file', async (t) => {
+  t.throws(() => loadRules('/nonexistent/rules.yaml'), { code: 'ERR_RULES_INVALID', message: /\/nonexistent\/rules\.yaml/ });
+});
+
+t.test('the demo rules are valid', async (t) => {
+  const rules = loadRules(new URL('../../rules/demo.yaml', import.meta.url).pathname);
+  t.equal(rules.contract.current, '2026-09');
+});
