@@ -1,9 +1,132 @@
 // Credential lifecycle and behaviour monitors: task binding, revocation, delegation,
 // retries, duplicate writes, traversal, quarantine. (Issue 6.)
+//
+// The feature keeps its state in `deps.lifecycle` (it survives reloads); its checks are
+// placed in the pipeline by proxy/pipeline/checks.ts; its observer counts every decision
+// per consumer (owner view, quarantine) and completes idempotency keys when a write ends;
+// `attach` adds the admin endpoints (proxy/lifecycle/admin.ts).
 
 import type { Rules } from '../rules/types.ts';
 import type { Feature, Log } from '../features.ts';
+import type { Observation, Observer } from '../observe.ts';
+import type { Decision, RequestContext } from '../pipeline/types.ts';
+import type { ForwardOutcome } from '../forward/forward.ts';
+import { LifecycleState } from './state.ts';
+import { Journal, replay } from './journal.ts';
+import { ListSource } from './lists.ts';
+import { adminRoutes } from './admin.ts';
+import { record, windowFull } from './monitors.ts';
+import { WOULD_DENY } from './checks.ts';
 
-export async function lifecycle(_rules: Rules, _log: Log): Promise<Feature> {
-  return {};
+export { LifecycleState } from './state.ts';
+
+export interface LifecycleOptions {
+  /** Clock in epoch ms (tests freeze it; requests use the server's own clock reading). */
+  readonly now?: () => number;
+}
+
+/** Denials that say nothing about the consumer's behaviour, so they never lead to quarantine. */
+const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable']);
+
+export async function lifecycle(rules: Rules, log: Log, options: LifecycleOptions = {}): Promise<Feature> {
+  const now = options.now ?? Date.now;
+  const state = new LifecycleState(rules, now);
+  const config = state.config;
+
+  // Admin API revocations: replay the journal, report what could not be read, compact.
+  let journal: Journal | undefined;
+  if (config.revocation.journal !== undefined) {
+    const replayed = replay(config.revocation.journal, now());
+    for (const s of replayed.skipped) log({ level: 'warn', msg: 'revocation journal line skipped', journal: config.revocation.journal, line: s.line, problem: s.problem });
+    for (const r of replayed.revocations) state.revocations.add(r);
+    journal = new Journal(config.revocation.journal, replayed.revocations);
+    if (replayed.revocations.length) log({ level: 'info', msg: 'revocations replayed from the journal', journal: journal.file, revocations: replayed.revocations.length });
+  } else {
+    log({ level: 'info', msg: 'no revocation.journal: admin API revocations last until the process ends' });
+  }
+
+  const sources: ListSource[] = [];
+  const sourceOptions = { log, now, timeoutMs: config.revocation.timeoutMs };
+  try {
+    if (config.revocation.file !== undefined) {
+      const s = new ListSource('file', config.revocation.file, state.revocations, sourceOptions);
+      sources.push(s);
+      await s.start(config.revocation.intervalMs);
+    }
+    if (config.revocation.url !== undefined) {
+      const s = new ListSource('url', config.revocation.url, state.revocations, sourceOptions);
+      sources.push(s);
+      // A list server that is down at start is reported and retried every interval.
+      await s.start(config.revocation.intervalMs);
+    }
+  } catch (err) {
+    for (const s of sources) s.close();
+    journal?.close();
+    throw err;
+  }
+
+  const observer: Observer = {
+    begin(ctx: RequestContext): Observation {
+      let decision: Decision | undefined;
+      return {
+        upstreamHeaders() {}, responseHeaders() {}, forwarding() {},
+        decided(d) { decision = d; observe(ctx, d); },
+        forwarded(outcome: ForwardOutcome) {
+          // The write never reached the upstream: its key may be used again at once.
+          if (outcome.failure === 'upstream-unavailable') release(ctx);
+        },
+        end() {
+          const key = state.reserved.get(ctx);
+          if (key === undefined) return;
+          state.reserved.delete(ctx);
+          const entry = state.monitors.keys.get(key);
+          if (!entry) return;
+          if (decision?.decision === 'deny' && decision.enforced) { state.monitors.keys.delete(key); return; }
+          entry.inFlight = false;
+          entry.atMs = now();
+        },
+      };
+    },
+  };
+
+  function release(ctx: RequestContext): void {
+    const key = state.reserved.get(ctx);
+    if (key === undefined) return;
+    state.reserved.delete(ctx);
+    state.monitors.keys.delete(key);
+  }
+
+  function observe(ctx: RequestContext, d: Decision): void {
+    const c = ctx.consumer;
+    if (!c) return;
+    const m = state.monitors;
+    const s = m.consumer(c.subject, c.kind, c.owner, ctx.now);
+    if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
+    m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
+    const audited = ctx.extra[WOULD_DENY];
+    if (Array.isArray(audited)) for (const reason of audited as string[]) if (reason !== d.reason) m.count(s, 'would-deny', reason);
+    if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason)) return;
+    const q = state.config.monitors.quarantine;
+    if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
+    if (m.quarantine(c.subject, ctx.now)) return;
+    windowFull(s.denials, ctx.now, q.windowMs, q.denials);
+    record(s.denials, ctx.now, q.denials);
+    if (s.denials.length < q.denials) return;
+    const reasons = [...(s.decisions.get('deny')?.keys() ?? []), ...(s.decisions.get('would-deny')?.keys() ?? [])];
+    m.quarantined.set(c.subject, { subject: c.subject, sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode: q.mode, reasons: [...new Set(reasons)].slice(-8) });
+    s.denials = [];
+    log({ level: 'warn', msg: q.mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.subject, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
+  }
+
+  return {
+    observer,
+    deps: { lifecycle: state },
+    attach(dg) {
+      adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });
+    },
+    async shutdown() {
+      for (const s of sources) s.close();
+      journal?.close();
+    },
+  };
 }

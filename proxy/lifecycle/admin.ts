@@ -1,0 +1,197 @@
+// Admin endpoints of the lifecycle feature, on the admin listener:
+//   GET    /revocations            revocations in force, and the state of each source
+//   POST   /revocations            { kind, value, reason, end? } -> 201 the revocation (journaled)
+//   DELETE /revocations/{id}       lift an admin API revocation
+//   GET    /quarantine             consumers in quarantine
+//   DELETE /quarantine/{subject}   lift a quarantine early (subject URL-encoded)
+//   GET    /consumers              the owner view: every known consumer and what it has been doing
+// Writes need `Authorization: Bearer <admin credential>` from revocation.adminCredentialFile,
+// compared in constant time; without that file, writes are accepted from loopback clients
+// only. Each write is logged with who made it (credential name or fingerprint, never the secret).
+
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { AdminRoutes } from '../admin/server.ts';
+import type { Rules } from '../rules/types.ts';
+import type { Log } from '../features.ts';
+import { parseTime } from '../rules/durations.ts';
+import { parseAdminCredentials, type AdminCredential } from './config.ts';
+import { isRevocationKind, revocationView, REVOCATION_KINDS, type Revocation } from './revocations.ts';
+import type { Journal } from './journal.ts';
+import type { ListSource } from './lists.ts';
+import type { LifecycleState } from './state.ts';
+
+const MAX_BODY = 16 * 1024;
+
+export interface AdminContext {
+  readonly state: LifecycleState;
+  readonly log: Log;
+  readonly journal?: Journal;
+  readonly sources: readonly ListSource[];
+  readonly rules: () => Rules;
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
+function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}
+
+/** Who is writing, or undefined (the response is already sent). */
+export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
+  const file = ctx.state.config.revocation.adminCredentialFile;
+  if (file === undefined) {
+    if (isLoopback(req.socket.remoteAddress)) return 'loopback';
+    routes.problem(res, 403, 'Forbidden', 'admin writes are accepted from loopback only when no admin credential file is configured');
+    return undefined;
+  }
+  const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '');
+  let credentials: AdminCredential[];
+  try { credentials = parseAdminCredentials(readFileSync(file, 'utf8')); } catch { credentials = []; }
+  if (m) {
+    // Hash both sides so the comparison is of equal lengths, and look at every credential.
+    const presented = sha256(m[1]!);
+    let who: string | undefined;
+    for (const c of credentials) {
+      const digest = sha256(c.secret);
+      if (timingSafeEqual(presented, digest) && who === undefined) who = c.name || `sha256:${digest.toString('hex').slice(0, 12)}`;
+    }
+    if (who !== undefined) return who;
+  }
+  res.setHeader('www-authenticate', m ? 'Bearer realm="driftguard-admin", error="invalid_token"' : 'Bearer realm="driftguard-admin"');
+  routes.problem(res, 401, 'Unauthorized', 'admin writes need a bearer admin credential');
+  return undefined;
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY) throw new TypeError(`body larger than ${MAX_BODY} bytes`);
+    chunks.push(chunk);
+  }
+  try { return JSON.parse(Buffer.concat(chunks).toString('utf8')); } catch { throw new TypeError('body is not JSON'); }
+}
+
+export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
+  const { state, log } = ctx;
+
+  routes.add('GET', '/revocations', (_req, res) => {
+    const now = state.now();
+    routes.json(res, 200, {
+      revocations: state.revocations.list(now).map(revocationView),
+      sources: {
+        admin: { entries: state.revocations.countSource('admin'), journal: ctx.journal?.file ?? null },
+        ...Object.fromEntries(ctx.sources.map((s) => [s.kind, s.status])),
+      },
+    });
+  });
+
+  routes.add('POST', '/revocations', async (req, res) => {
+    const who = authorize(ctx, req, res, routes);
+    if (who === undefined) { req.resume(); return; }
+    let body: Record<string, unknown>;
+    try { body = (await readJson(req)) as Record<string, unknown>; } catch (err) { routes.problem(res, 400, 'Bad Request', (err as Error).message); return; }
+    const now = state.now();
+    const config = state.config;
+    const problems: string[] = [];
+    if (!body || typeof body !== 'object' || Array.isArray(body)) problems.push('the body must be a JSON object');
+    const { kind, value, reason, end } = body ?? {};
+    if (!isRevocationKind(kind)) problems.push(`kind must be one of ${REVOCATION_KINDS.join(', ')}`);
+    if (typeof value !== 'string' || value === '' || value.length > 1024) problems.push('value must be a non-empty string (at most 1024 characters)');
+    if (typeof reason !== 'string' || reason === '' || reason.length > 1024) problems.push('reason must be a non-empty string (at most 1024 characters)');
+    let endMs = now + config.longestTokenMs;
+    if (end !== undefined) {
+      try { endMs = parseTime(String(end)); } catch (err) { problems.push(`end: ${(err as Error).message}`); }
+      if (endMs <= now) problems.push('end must be in the future');
+    }
+    if (problems.length) { routes.problem(res, 400, 'Bad Request', problems.join('; ')); return; }
+    if (state.revocations.size >= config.revocation.maxEntries) { routes.problem(res, 507, 'Insufficient Storage', `already ${config.revocation.maxEntries} revocations (revocation.maxEntries)`); return; }
+    const revocation: Revocation = { id: randomUUID(), kind: kind as Revocation['kind'], value: value as string, reason: reason as string, endMs, createdMs: now, source: 'admin', by: who };
+    // Journal first: the API says "revoked" only once the revocation survives a crash.
+    try { ctx.journal?.append({ op: 'add', revocation }); } catch (err) {
+      log({ level: 'error', msg: 'revocation journal write failed; revocation not made', error: (err as Error).message });
+      routes.problem(res, 500, 'Internal Server Error', 'the revocation journal could not be written');
+      return;
+    }
+    state.revocations.add(revocation);
+    log({ level: 'info', msg: 'revocation added', id: revocation.id, kind: revocation.kind, value: revocation.value, reason: revocation.reason, end: new Date(endMs).toISOString(), by: who });
+    routes.json(res, 201, revocationView(revocation));
+  });
+
+  routes.add('DELETE', /^\/revocations\/[^/]+$/, (req, res, url) => {
+    const who = authorize(ctx, req, res, routes);
+    if (who === undefined) { req.resume(); return; }
+    const id = decodeURIComponent(url.pathname.slice('/revocations/'.length));
+    const r = state.revocations.get(id);
+    if (!r) { routes.problem(res, 404, 'Not Found', `no revocation ${id}`); return; }
+    if (r.source !== 'admin') { routes.problem(res, 409, 'Conflict', `revocation ${id} comes from the revocation list ${r.source}; remove it there`); return; }
+    try { ctx.journal?.append({ op: 'delete', id, by: who, at: state.now() }); } catch (err) {
+      log({ level: 'error', msg: 'revocation journal write failed; revocation kept', error: (err as Error).message });
+      routes.problem(res, 500, 'Internal Server Error', 'the revocation journal could not be written');
+      return;
+    }
+    state.revocations.remove(id);
+    log({ level: 'info', msg: 'revocation lifted', id, kind: r.kind, value: r.value, by: who });
+    routes.json(res, 200, { lifted: revocationView(r) });
+  });
+
+  routes.add('GET', '/quarantine', (_req, res) => {
+    const now = state.now();
+    const list = [...state.monitors.quarantined.keys()].map((s) => state.monitors.quarantine(s, now)).filter((q) => q !== undefined);
+    routes.json(res, 200, { quarantined: list.map(quarantineView) });
+  });
+
+  routes.add('DELETE', /^\/quarantine\/.+$/, (req, res, url) => {
+    const who = authorize(ctx, req, res, routes);
+    if (who === undefined) { req.resume(); return; }
+    let subject: string;
+    try { subject = decodeURIComponent(url.pathname.slice('/quarantine/'.length)); } catch { routes.problem(res, 400, 'Bad Request', 'subject is not valid percent-encoding'); return; }
+    const q = state.monitors.quarantine(subject, state.now());
+    if (!q) { routes.problem(res, 404, 'Not Found', `${subject} is not quarantined`); return; }
+    state.monitors.quarantined.delete(subject);
+    // Forget the denials that led to it, or the next one would quarantine again at once.
+    const c = state.monitors.consumers.get(subject);
+    if (c) c.denials = [];
+    log({ level: 'info', msg: 'quarantine lifted', subject, by: who });
+    routes.json(res, 200, { lifted: quarantineView(q) });
+  });
+
+  routes.add('GET', '/consumers', (_req, res) => {
+    const now = state.now();
+    const rules = ctx.rules();
+    const subjects = new Set<string>([...rules.consumers.registry.keys(), ...state.monitors.consumers.keys()]);
+    const revoked = new Map<string, Revocation[]>();
+    for (const r of state.revocations.list(now)) {
+      if (r.kind !== 'subject') continue;
+      revoked.set(r.value, [...(revoked.get(r.value) ?? []), r]);
+    }
+    const consumers = [...subjects].sort().map((subject) => {
+      const known = rules.consumers.registry.get(subject);
+      const seen = state.monitors.consumers.peek(subject);
+      const q = state.monitors.quarantine(subject, now);
+      return {
+        subject,
+        kind: known?.kind ?? seen?.kind ?? rules.consumers.defaultKind,
+        owner: known?.owner ?? seen?.owner ?? null,
+        registered: known !== undefined,
+        contractVersions: seen ? [...seen.contracts] : [],
+        firstSeen: seen ? new Date(seen.firstSeenMs).toISOString() : null,
+        lastSeen: seen ? new Date(seen.lastSeenMs).toISOString() : null,
+        decisions: seen ? Object.fromEntries([...seen.decisions].map(([outcome, byReason]) => [outcome, Object.fromEntries(byReason)])) : {},
+        revocations: (revoked.get(subject) ?? []).map(revocationView),
+        quarantine: q ? quarantineView(q) : null,
+      };
+    });
+    routes.json(res, 200, { consumers, tracked: state.monitors.consumers.size, maxTracked: state.monitors.consumers.max });
+  });
+}
+
+function quarantineView(q: { subject: string; sinceMs: number; untilMs: number; mode: string; reasons: readonly string[] }): Record<string, unknown> {
+  return { subject: q.subject, since: new Date(q.sinceMs).toISOString(), until: new Date(q.untilMs).toISOString(), mode: q.mode, reasons: q.reasons };
+}

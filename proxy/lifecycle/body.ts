@@ -1,0 +1,54 @@
+// The request's body fingerprint, for the retry-storm and idempotency monitors. Only small
+// bodies with a Content-Length (up to monitors.maxBodyBytes) are read, whole, and hashed;
+// their bytes go to ctx.body so the forwarder sends them on. Larger and chunked bodies are
+// never read here: they stream to the upstream untouched and are fingerprinted by their
+// declared length only, which can make two different bodies look the same (a monitor then
+// over-matches) but never two identical ones look different.
+
+import { createHash } from 'node:crypto';
+import type { RequestContext } from '../pipeline/types.ts';
+
+const fingerprints = new WeakMap<RequestContext, string>();
+
+/** A sha256 of the body, `len:N` or `chunked` when it was not read, or `''` when there is none; undefined when the body could not be read. */
+export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, timeoutMs: number): Promise<string | undefined> {
+  const known = fingerprints.get(ctx);
+  if (known !== undefined) return known;
+  const req = ctx.req;
+  const length = req.headers['content-length'];
+  let fingerprint: string | undefined;
+  if (req.headers['transfer-encoding'] !== undefined) fingerprint = 'chunked';
+  else if (length === undefined || length === '0') fingerprint = '';
+  else if (Number(length) > maxBytes) fingerprint = `len:${length}`;
+  else {
+    const body = await readWhole(ctx, Number(length), timeoutMs);
+    if (body === undefined) return undefined;
+    ctx.body = body;
+    fingerprint = createHash('sha256').update(body).digest('base64');
+  }
+  fingerprints.set(ctx, fingerprint);
+  return fingerprint;
+}
+
+function readWhole(ctx: RequestContext, length: number, timeoutMs: number): Promise<Buffer | undefined> {
+  const req = ctx.req;
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (body: Buffer | undefined) => {
+      clearTimeout(timer);
+      req.off('data', onData); req.off('end', onEnd); req.off('error', onError); req.off('aborted', onError);
+      resolve(body);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      // Node's parser never delivers more than Content-Length; the guard keeps that promise here.
+      if (size > length) { done(undefined); return; }
+      chunks.push(chunk);
+    };
+    const onEnd = () => done(size === length ? Buffer.concat(chunks, size) : undefined);
+    const onError = () => done(undefined);
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    req.on('data', onData); req.once('end', onEnd); req.once('error', onError); req.once('aborted', onError);
+  });
+}

@@ -1,0 +1,240 @@
+// The lifecycle checks. Each is a factory that reads its settings from the rules once and
+// returns a Check, or undefined when its feature is off or no lifecycle state is wired (the
+// pipeline then leaves it out). Where each sits in the pipeline, and why, is said in
+// proxy/pipeline/checks.ts.
+//
+// A feature in `audit` mode never ends a request: its would-deny becomes a warning with the
+// same reason code (so the decision, its span, log line and metric carry it, and the caller
+// sees it in driftguard-warning), is listed in ctx.extra['lifecycle.would_deny'], and the
+// remaining checks still run, so auditing one feature never skips another's enforcement.
+
+import { createHash } from 'node:crypto';
+import type { Check, CheckResult, Denial, RequestContext } from '../pipeline/types.ts';
+import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
+import type { FeatureMode } from './config.ts';
+import type { LifecycleState } from './state.ts';
+import { windowFull, record } from './monitors.ts';
+import { bodyFingerprint } from './body.ts';
+
+export const WOULD_DENY = 'lifecycle.would_deny';
+
+function verdict(ctx: RequestContext, mode: FeatureMode, denial: Denial): CheckResult {
+  if (mode === 'enforce') return denial;
+  ctx.warnings.push({ ...denial, detail: `audit mode, not enforced: ${denial.detail}` });
+  const before = ctx.extra[WOULD_DENY];
+  ctx.extra[WOULD_DENY] = [...(Array.isArray(before) ? before as string[] : []), denial.reason];
+  return undefined;
+}
+
+/** Revoked token, task, consumer or signing key: 401 credential-revoked. */
+export function revocation(rules: Rules, state: LifecycleState | undefined): Check | undefined {
+  if (!state) return undefined;
+  const { revocation: r, credentials } = state.use(rules);
+  if (r.mode === 'off') return undefined;
+  const words = { jti: 'token', task: 'task', subject: 'consumer', kid: 'signing key' } as const;
+  return {
+    name: 'revocation',
+    run(ctx) {
+      const c = ctx.credential;
+      if (!c) return undefined;
+      const hit = state.revocations.match(c, credentials.taskClaim, ctx.now);
+      if (!hit) return undefined;
+      ctx.extra['revocation.id'] = hit.id;
+      ctx.extra['revocation.kind'] = hit.kind;
+      // The operator's reason stays with the operator; the caller gets the id to quote.
+      return verdict(ctx, r.mode, { reason: 'credential-revoked', detail: `this ${words[hit.kind]} was revoked (revocation ${hit.id})` });
+    },
+  };
+}
+
+/** A quarantined consumer is refused everything: 403 consumer-quarantined. */
+export function quarantine(rules: Rules, state: LifecycleState | undefined): Check | undefined {
+  if (!state) return undefined;
+  const q = state.use(rules).monitors.quarantine;
+  if (q.mode === 'off') return undefined;
+  return {
+    name: 'quarantine',
+    run(ctx) {
+      const subject = ctx.consumer?.subject;
+      if (subject === undefined) return undefined;
+      const held = state.monitors.quarantine(subject, ctx.now);
+      if (!held) return undefined;
+      const seconds = Math.max(1, Math.ceil((held.untilMs - ctx.now) / 1000));
+      ctx.extra['quarantine.until'] = new Date(held.untilMs).toISOString();
+      return verdict(ctx, held.mode, { reason: 'consumer-quarantined', detail: `this consumer is quarantined for another ${seconds}s after repeated denials`, retryAfter: seconds });
+    },
+  };
+}
+
+/** jti on every token; a task claim from a sensitivity up; lifetime limits per sensitivity. */
+export function taskBinding(rules: Rules, state: LifecycleState | undefined): Check | undefined {
+  if (!state) return undefined;
+  const c = state.use(rules).credentials;
+  if (c.mode === 'off') return undefined;
+  const skew = rules.identity.clockSkewMs;
+  return {
+    name: 'task-binding',
+    run(ctx) {
+      const cred = ctx.credential;
+      const consumer = ctx.consumer;
+      if (!cred || !consumer) return undefined;
+      const task = cred.claims[c.taskClaim];
+      if (typeof task === 'string' && task !== '') ctx.extra['credential.task'] = task.slice(0, 256);
+      if (!c.kinds.has(consumer.kind)) return undefined;
+      if (c.requireJti && cred.jti === undefined) {
+        return verdict(ctx, c.mode, { reason: 'invalid-credential', detail: `${consumer.kind} consumers must present a token with jti` });
+      }
+      const op = ctx.operation;
+      if (!op) return undefined;
+      const max = c.maxTokenLifetimeMs[op.sensitivity];
+      if (max !== undefined) {
+        const iat = cred.issuedAtMs;
+        if ((iat !== undefined && cred.expiresAtMs - iat > max) || cred.expiresAtMs - ctx.now > max + skew) {
+          return verdict(ctx, c.mode, { reason: 'credential-lifetime-exceeded', detail: `${op.sensitivity}-sensitivity operations accept tokens valid for at most ${max / 1000}s` });
+        }
+      }
+      if (SENSITIVITY_RANK[op.sensitivity] >= c.taskBindingRank && (typeof task !== 'string' || task === '')) {
+        return verdict(ctx, c.mode, { reason: 'task-binding-required', detail: `${op.sensitivity}-sensitivity operations need a token bound to one task (claim ${c.taskClaim})` });
+      }
+      return undefined;
+    },
+  };
+}
+
+/** RFC 8693 act chain: recorded; its depth and its actors checked. */
+export function delegation(rules: Rules, state: LifecycleState | undefined): Check | undefined {
+  if (!state) return undefined;
+  const d = state.use(rules).delegation;
+  if (d.mode === 'off') return undefined;
+  return {
+    name: 'delegation',
+    run(ctx) {
+      const cred = ctx.credential;
+      if (!cred || cred.claims.act === undefined) return undefined;
+      // Outermost (current) actor first; walk one level past the limit at most.
+      const chain: string[] = [];
+      let node: unknown = cred.claims.act;
+      while (node !== undefined && chain.length <= d.maxDepth) {
+        const sub = (node as { sub?: unknown } | null)?.sub;
+        if (typeof node !== 'object' || node === null || Array.isArray(node) || typeof sub !== 'string' || sub === '') {
+          return verdict(ctx, d.mode, { reason: 'invalid-credential', detail: 'the act claim must be an object with a non-empty sub at every level' });
+        }
+        chain.push(sub);
+        node = (node as { act?: unknown }).act;
+      }
+      ctx.extra['delegation.chain'] = chain;
+      ctx.extra['delegation.depth'] = node === undefined ? chain.length : chain.length + 1;
+      if (chain.length > d.maxDepth) {
+        return verdict(ctx, d.mode, { reason: 'delegation-too-deep', detail: `the delegation chain is longer than ${d.maxDepth}` });
+      }
+      const subject = ctx.consumer?.subject ?? cred.subject;
+      const allowed = d.actors.get(subject);
+      if (!allowed) {
+        if (d.unlisted === 'allow') return undefined;
+        return verdict(ctx, d.mode, { reason: 'actor-not-allowed', detail: 'no actor may act for this consumer' });
+      }
+      const stranger = chain.find((actor) => !allowed.has(actor));
+      if (stranger !== undefined) return verdict(ctx, d.mode, { reason: 'actor-not-allowed', detail: `actor ${stranger} may not act for this consumer` });
+      return undefined;
+    },
+  };
+}
+
+function watched(state: LifecycleState, ctx: RequestContext): boolean {
+  return ctx.consumer !== undefined && ctx.operation !== undefined && state.config.monitors.kinds.has(ctx.consumer.kind);
+}
+
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+/** Method, canonical path, query and body hash, as one short key. */
+async function requestFingerprint(ctx: RequestContext, state: LifecycleState): Promise<string | undefined> {
+  const m = state.config.monitors;
+  const body = BODY_METHODS.has(ctx.req.method ?? '') ? await bodyFingerprint(ctx, m.maxBodyBytes, m.bodyTimeoutMs) : '';
+  if (body === undefined) return undefined;
+  return createHash('sha256').update(`${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`).digest('base64');
+}
+
+/** The same request more than maxRepeats times in a window: 429 retry-storm. */
+export function retryStorm(rules: Rules, state: LifecycleState | undefined): Check | undefined {
+  if (!state) return undefined;
+  const r = state.use(rules).monitors.retryStorm;
+  if (r.mode === 'off') return undefined;
+  return {
+    name: 'retry-storm',
+    async run(ctx) {
+      if (!watched(state, ctx)) return undefined;
+      const fingerprint = await requestFingerprint(ctx, state);
+      if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
+      const key = `${ctx.consumer!.subject}\n${fingerprint}`;
+      let times = state.monitors.fingerprints.get(key);
+      if (!times) state.monitors.fingerprints.set(key, (times = []));
+      const freeAt = windowFull(times, ctx.now, r.windowMs, r.maxRepeats);
+      if (freeAt !== undefined) {
+        const retryAfter = Math.max(1, Math.ceil((freeAt - ctx.now) / 1000));
+        ctx.extra['retry_storm.repeats'] = times.length;
+        const denial: Denial = { reason: 'retry-storm', detail: `the same request was sent ${times.length} times within ${r.windowMs / 1000}s`, retryAfter };
+        // Audit: forwarded, so it counts as one more attempt.
+        if (r.mode === 'audit') record(times, ctx.now, r.maxRepeats);
+        return verdict(ctx, r.mode, denial);
+      }
+      record(times, ctx.now, r.maxRepeats);
+      return undefined;
+    },
+  };
+}
+
+/** More distinct operations than maxOperations in a window: 403 endpoint-traversal. */
+export function traversal(rules: Rules, state: LifecycleState | undefined): Check | undefined {
+  if (!state) return undefined;
+  const t = state.use(rules).monitors.traversal;
+  if (t.mode === 'off') return undefined;
+  return {
+    name: 'traversal',
+    run(ctx) {
+      if (!watched(state, ctx)) return undefined;
+      const c = ctx.consumer!;
+      const ops = state.monitors.consumer(c.subject, c.kind, c.owner, ctx.now).operations;
+      // The map is ordered by last call: drop the front while it is out of the window.
+      for (const [id, at] of ops) { if (at > ctx.now - t.windowMs) break; ops.delete(id); }
+      const id = ctx.operation!.id;
+      if (ops.has(id)) { ops.delete(id); ops.set(id, ctx.now); return undefined; }
+      if (ops.size >= t.maxOperations) {
+        ctx.extra['traversal.operations'] = ops.size;
+        if (t.mode === 'audit') ops.set(id, ctx.now);
+        return verdict(ctx, t.mode, { reason: 'endpoint-traversal', detail: `more than ${t.maxOperations} distinct operations within ${t.windowMs / 1000}s` });
+      }
+      ops.set(id, ctx.now);
+      return undefined;
+    },
+  };
+}
+
+/** Idempotency-Key on sensitive writes; reused keys and duplicates refused. Last: it reserves the key. */
+export function idempotency(rules: Rules, state: LifecycleState | undefined): Check | undefined {
+  if (!state) return undefined;
+  const i = state.use(rules).monitors.idempotency;
+  if (i.mode === 'off') return undefined;
+  return {
+    name: 'idempotency',
+    async run(ctx) {
+      if (!watched(state, ctx) || !BODY_METHODS.has(ctx.req.method ?? '') || SENSITIVITY_RANK[ctx.operation!.sensitivity] < i.atRank) return undefined;
+      const raw = ctx.req.headers[i.header];
+      if (typeof raw !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(raw.trim())) {
+        return verdict(ctx, i.mode, { reason: 'idempotency-key-required', detail: `send one ${i.header} header of 1 to 255 visible characters with this write` });
+      }
+      const fingerprint = await requestFingerprint(ctx, state);
+      if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
+      const key = `${ctx.consumer!.subject}\n${raw.trim()}`;
+      const seen = state.monitors.keys.get(key);
+      if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
+        if (seen.payload !== fingerprint) {
+          return verdict(ctx, i.mode, { reason: 'idempotency-key-reused', detail: 'this idempotency key was used for a different request' });
+        }
+        return verdict(ctx, i.mode, { reason: 'duplicate-write', detail: seen.inFlight ? 'the same write with this idempotency key is still in flight' : 'the same write with this idempotency key was already sent' });
+      }
+      state.monitors.keys.set(key, { payload: fingerprint, operation: ctx.operation!.id, inFlight: true, atMs: ctx.now });
+      state.reserved.set(ctx, key);
+      return undefined;
+    },
+  };
+}

@@ -1,0 +1,215 @@
+// The lifecycle sections of the rules (credentials, revocation, delegation, monitors), typed:
+// durations in milliseconds, paths absolute, lists as sets. The JSON Schema already applied
+// defaults and checked shapes; this adds what a schema cannot say (a per-sensitivity lifetime
+// looser than the per-kind one, an allowlist for a consumer that does not exist, an admin
+// credential file that cannot be read). It is registered with the rules loader, so every
+// problem stops start-up or a reload with file:line:column: field, like the core's own.
+
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { addRulesValidator, RulesError } from '../rules/load.ts';
+import { parseDuration } from '../rules/durations.ts';
+import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
+
+export type FeatureMode = 'enforce' | 'audit' | 'off';
+type Path = (string | number)[];
+type Fail = (path: Path, message: string) => void;
+
+export interface CredentialsConfig {
+  readonly mode: FeatureMode;
+  readonly kinds: ReadonlySet<ConsumerKind>;
+  readonly requireJti: boolean;
+  readonly taskClaim: string;
+  /** Rank (SENSITIVITY_RANK) from which a task claim is required; Infinity: never. */
+  readonly taskBindingRank: number;
+  readonly maxTokenLifetimeMs: Readonly<Partial<Record<Sensitivity, number>>>;
+}
+
+export interface RevocationConfig {
+  readonly mode: FeatureMode;
+  readonly file?: string;
+  readonly url?: string;
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  readonly journal?: string;
+  readonly adminCredentialFile?: string;
+  readonly maxEntries: number;
+}
+
+export interface DelegationConfig {
+  readonly mode: FeatureMode;
+  readonly maxDepth: number;
+  readonly actors: ReadonlyMap<string, ReadonlySet<string>>;
+  readonly unlisted: 'deny' | 'allow';
+}
+
+export interface MonitorsConfig {
+  readonly kinds: ReadonlySet<ConsumerKind>;
+  readonly maxConsumers: number;
+  readonly maxBodyBytes: number;
+  readonly bodyTimeoutMs: number;
+  readonly retryStorm: { readonly mode: FeatureMode; readonly maxRepeats: number; readonly windowMs: number; readonly maxFingerprints: number };
+  readonly idempotency: { readonly mode: FeatureMode; readonly atRank: number; readonly header: string; readonly windowMs: number; readonly maxKeys: number };
+  readonly traversal: { readonly mode: FeatureMode; readonly maxOperations: number; readonly windowMs: number };
+  readonly quarantine: { readonly mode: FeatureMode; readonly denials: number; readonly windowMs: number; readonly periodMs: number; readonly maxQuarantined: number };
+}
+
+export interface LifecycleConfig {
+  readonly credentials: CredentialsConfig;
+  readonly revocation: RevocationConfig;
+  readonly delegation: DelegationConfig;
+  readonly monitors: MonitorsConfig;
+  /**
+   * Longest time any token accepted now can stay valid (the longest per-kind lifetime plus
+   * clock skew): a revocation without an end lasts this long, by which time every token it
+   * could match has expired.
+   */
+  readonly longestTokenMs: number;
+}
+
+// ---- the shape the schema guarantees (defaults applied) ----
+interface Raw {
+  identity: { clockSkew: string; maxTokenLifetime: Record<ConsumerKind, string> };
+  consumers: { registry: { subject: string }[] };
+  credentials: { mode: FeatureMode; kinds: ConsumerKind[]; requireJti: boolean; taskClaim: string; taskBindingAt: Sensitivity | 'never'; maxTokenLifetime: Partial<Record<Sensitivity, string>> };
+  revocation: { mode: FeatureMode; file?: string; url?: string; interval: string; timeout: string; journal?: string; adminCredentialFile?: string; maxEntries: number };
+  delegation: { mode: FeatureMode; maxDelegationDepth: number; consumers: { subject: string; actors: string[] }[]; unlisted: 'deny' | 'allow' };
+  monitors: {
+    kinds: ConsumerKind[]; maxConsumers: number; maxBodyBytes: number; bodyTimeout: string;
+    retryStorm: { mode: FeatureMode; maxRepeats: number; window: string; maxFingerprints: number };
+    idempotency: { mode: FeatureMode; at: Sensitivity; header: string; window: string; maxKeys: number };
+    traversal: { mode: FeatureMode; maxOperations: number; window: string };
+    quarantine: { mode: FeatureMode; denials: number; window: string; period: string; maxQuarantined: number };
+  };
+}
+
+/** Parse the lifecycle sections; every semantic problem goes to `fail` with its field path. */
+export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail: Fail, base: string): LifecycleConfig {
+  const raw = document as unknown as Raw;
+  const duration = (path: Path, text: string, positive = true): number => {
+    try {
+      const ms = parseDuration(text);
+      if (positive && ms <= 0) fail(path, 'must be longer than 0');
+      return ms;
+    } catch (err) { fail(path, (err as Error).message); return 1; }
+  };
+  const quiet = (text: string): number => { try { return parseDuration(text); } catch { return 0; } };
+
+  // credentials
+  const c = raw.credentials;
+  const kindLimits = raw.identity.maxTokenLifetime;
+  const maxTokenLifetimeMs: Partial<Record<Sensitivity, number>> = {};
+  for (const [sensitivity, text] of Object.entries(c.maxTokenLifetime) as [Sensitivity, string][]) {
+    const ms = duration(['credentials', 'maxTokenLifetime', sensitivity], text);
+    for (const kind of c.kinds) {
+      if (ms > quiet(kindLimits[kind])) fail(['credentials', 'maxTokenLifetime', sensitivity], `${text} is longer than identity.maxTokenLifetime.${kind} (${kindLimits[kind]}); a per-sensitivity limit can only be stricter`);
+    }
+    maxTokenLifetimeMs[sensitivity] = ms;
+  }
+  const credentials: CredentialsConfig = Object.freeze({
+    mode: c.mode, kinds: new Set(c.kinds), requireJti: c.requireJti, taskClaim: c.taskClaim,
+    taskBindingRank: c.taskBindingAt === 'never' ? Infinity : SENSITIVITY_RANK[c.taskBindingAt],
+    maxTokenLifetimeMs: Object.freeze(maxTokenLifetimeMs),
+  });
+
+  // revocation
+  const r = raw.revocation;
+  const file = r.file !== undefined ? resolve(base, r.file) : undefined;
+  if (file !== undefined) readable(['revocation', 'file'], file);
+  const journal = r.journal !== undefined ? resolve(base, r.journal) : undefined;
+  if (journal !== undefined) {
+    try {
+      if (!statSync(dirname(journal)).isDirectory()) fail(['revocation', 'journal'], `${dirname(journal)} is not a directory`);
+    } catch (err) { fail(['revocation', 'journal'], `directory ${dirname(journal)} cannot be used: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
+  }
+  const adminCredentialFile = r.adminCredentialFile !== undefined ? resolve(base, r.adminCredentialFile) : undefined;
+  if (adminCredentialFile !== undefined && readable(['revocation', 'adminCredentialFile'], adminCredentialFile)) {
+    if (parseAdminCredentials(readFileSync(adminCredentialFile, 'utf8')).length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
+  }
+  if (r.url !== undefined) {
+    try { new URL(r.url); } catch { fail(['revocation', 'url'], `"${r.url}" is not a URL`); }
+  }
+  const intervalMs = duration(['revocation', 'interval'], r.interval);
+  if (intervalMs > 0 && intervalMs < 1000) fail(['revocation', 'interval'], 'must be at least 1s');
+  const revocation: RevocationConfig = Object.freeze({
+    mode: r.mode, ...(file !== undefined ? { file } : {}), ...(r.url !== undefined ? { url: r.url } : {}),
+    intervalMs, timeoutMs: duration(['revocation', 'timeout'], r.timeout),
+    ...(journal !== undefined ? { journal } : {}), ...(adminCredentialFile !== undefined ? { adminCredentialFile } : {}),
+    maxEntries: r.maxEntries,
+  });
+
+  // delegation
+  const d = raw.delegation;
+  const registered = new Set(raw.consumers.registry.map((x) => x.subject));
+  const actors = new Map<string, ReadonlySet<string>>();
+  d.consumers.forEach((entry, i) => {
+    if (actors.has(entry.subject)) fail(['delegation', 'consumers', i, 'subject'], `subject "${entry.subject}" is listed twice`);
+    if (!registered.has(entry.subject)) fail(['delegation', 'consumers', i, 'subject'], `"${entry.subject}" is not a subject of consumers.registry`);
+    actors.set(entry.subject, new Set(entry.actors));
+  });
+  const delegation: DelegationConfig = Object.freeze({ mode: d.mode, maxDepth: d.maxDelegationDepth, actors, unlisted: d.unlisted });
+
+  // monitors
+  const m = raw.monitors;
+  const monitors: MonitorsConfig = Object.freeze({
+    kinds: new Set(m.kinds), maxConsumers: m.maxConsumers, maxBodyBytes: m.maxBodyBytes,
+    bodyTimeoutMs: duration(['monitors', 'bodyTimeout'], m.bodyTimeout),
+    retryStorm: Object.freeze({ mode: m.retryStorm.mode, maxRepeats: m.retryStorm.maxRepeats, windowMs: duration(['monitors', 'retryStorm', 'window'], m.retryStorm.window), maxFingerprints: m.retryStorm.maxFingerprints }),
+    idempotency: Object.freeze({ mode: m.idempotency.mode, atRank: SENSITIVITY_RANK[m.idempotency.at], header: m.idempotency.header.toLowerCase(), windowMs: duration(['monitors', 'idempotency', 'window'], m.idempotency.window), maxKeys: m.idempotency.maxKeys }),
+    traversal: Object.freeze({ mode: m.traversal.mode, maxOperations: m.traversal.maxOperations, windowMs: duration(['monitors', 'traversal', 'window'], m.traversal.window) }),
+    quarantine: Object.freeze({
+      mode: m.quarantine.mode, denials: m.quarantine.denials, windowMs: duration(['monitors', 'quarantine', 'window'], m.quarantine.window),
+      periodMs: duration(['monitors', 'quarantine', 'period'], m.quarantine.period), maxQuarantined: m.quarantine.maxQuarantined,
+    }),
+  });
+
+  const longestTokenMs = Math.max(quiet(kindLimits.automation), quiet(kindLimits.human)) + quiet(raw.identity.clockSkew);
+  return Object.freeze({ credentials, revocation, delegation, monitors, longestTokenMs });
+
+  function readable(path: Path, file: string): boolean {
+    try {
+      readFileSync(file);
+      return true;
+    } catch (err) {
+      fail(path, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      return false;
+    }
+  }
+}
+
+export interface AdminCredential {
+  /** Who, for the log: the name on the line, else a fingerprint of the secret. Never the secret. */
+  readonly name: string;
+  readonly secret: string;
+}
+
+/** One credential per line: `name secret` or `secret`; blank lines and # comments skipped. */
+export function parseAdminCredentials(text: string): AdminCredential[] {
+  const out: AdminCredential[] = [];
+  for (const line of text.split('\n')) {
+    const trimmed = line.trim();
+    if (!trimmed || trimmed.startsWith('#')) continue;
+    const parts = trimmed.split(/\s+/);
+    if (parts.length === 1) out.push({ name: '', secret: parts[0]! });
+    else out.push({ name: parts[0]!, secret: parts.slice(1).join(' ') });
+  }
+  return out;
+}
+
+// Registered once at import: the loader then checks these sections on every load and reload.
+addRulesValidator((raw, fail, base) => { parseLifecycle(raw, fail, base); });
+
+const parsed = new WeakMap<Rules, LifecycleConfig>();
+
+/** The typed lifecycle configuration of these rules (parsed once per rules object). */
+export function configOf(rules: Rules): LifecycleConfig {
+  let config = parsed.get(rules);
+  if (!config) {
+    const problems: string[] = [];
+    config = parseLifecycle(rules.raw, (path, message) => problems.push(`${path.join('.')}: ${message}`), dirname(rules.source));
+    // The loader already ran the same checks with positions; this only guards rules built elsewhere.
+    if (problems.length) throw new RulesError(problems.map((message) => ({ file: rules.source, line: 0, column: 0, field: '', message })));
+    parsed.set(rules, config);
+  }
+  return config;
+}

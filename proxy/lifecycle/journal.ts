@@ -1,0 +1,95 @@
+// The journal that keeps admin API revocations across restarts: one JSON line per change,
+// appended and fsync'd before the API answers, replayed at start. A crash can tear only the
+// last line (the one being appended): it is skipped, reported and cut off, so that the next
+// append starts on a clean line. Any other unreadable line is skipped and reported too;
+// nothing in the journal can stop start-up. At start the journal is compacted to the
+// revocations still in force, so it does not grow without bound.
+
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync, ftruncateSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { isRevocationKind, type Revocation } from './revocations.ts';
+
+export type JournalRecord =
+  | { readonly op: 'add'; readonly revocation: Revocation }
+  | { readonly op: 'delete'; readonly id: string; readonly by: string; readonly at: number };
+
+export interface Replayed {
+  /** Admin revocations in force after replaying every record. */
+  readonly revocations: Revocation[];
+  /** Lines that could not be read: 1-based line number and why. */
+  readonly skipped: { readonly line: number; readonly problem: string }[];
+}
+
+/** Read the journal at `file` (missing: empty); cut a torn last line off the file. */
+export function replay(file: string, now: number): Replayed {
+  const skipped: { line: number; problem: string }[] = [];
+  const live = new Map<string, Revocation>();
+  if (!existsSync(file)) return { revocations: [], skipped };
+  const bytes = readFileSync(file);
+  const lastNewline = bytes.lastIndexOf(0x0a);
+  const complete = bytes.subarray(0, lastNewline + 1).toString('utf8');
+  const lines = complete.split('\n');
+  lines.pop(); // the empty string after the last newline
+  lines.forEach((line, i) => {
+    if (line.trim() === '') return;
+    const record = parseRecord(line);
+    if (typeof record === 'string') { skipped.push({ line: i + 1, problem: record }); return; }
+    if (record.op === 'add') live.set(record.revocation.id, record.revocation);
+    else live.delete(record.id);
+  });
+  if (lastNewline + 1 < bytes.length) {
+    skipped.push({ line: lines.length + 1, problem: `torn last line (${bytes.length - lastNewline - 1} bytes without a newline), cut off` });
+    const fd = openSync(file, 'r+');
+    try { ftruncateSync(fd, lastNewline + 1); fsyncSync(fd); } finally { closeSync(fd); }
+  }
+  return { revocations: [...live.values()].filter((r) => r.endMs > now), skipped };
+}
+
+function parseRecord(line: string): JournalRecord | string {
+  let value: unknown;
+  try { value = JSON.parse(line); } catch { return 'not JSON'; }
+  const v = value as Record<string, unknown>;
+  if (v?.op === 'delete' && typeof v.id === 'string') return { op: 'delete', id: v.id, by: String(v.by ?? ''), at: Number(v.at ?? 0) };
+  const r = v?.revocation as Record<string, unknown> | undefined;
+  if (v?.op === 'add' && r && typeof r.id === 'string' && isRevocationKind(r.kind) && typeof r.value === 'string' && typeof r.reason === 'string'
+      && typeof r.endMs === 'number' && typeof r.createdMs === 'number') {
+    return { op: 'add', revocation: { id: r.id, kind: r.kind, value: r.value, reason: r.reason, endMs: r.endMs, createdMs: r.createdMs, source: 'admin', ...(typeof r.by === 'string' ? { by: r.by } : {}) } };
+  }
+  return 'not a journal record';
+}
+
+export class Journal {
+  readonly file: string;
+  #fd: number;
+
+  /** Open `file` for appending, after rewriting it with exactly `live` (compaction). */
+  constructor(file: string, live: readonly Revocation[]) {
+    this.file = file;
+    const tmp = `${file}.tmp-${process.pid}`;
+    const fd = openSync(tmp, 'w', 0o600);
+    try {
+      for (const r of live) writeSync(fd, JSON.stringify({ op: 'add', revocation: r }) + '\n');
+      fsyncSync(fd);
+    } finally { closeSync(fd); }
+    renameSync(tmp, file);
+    syncDirectory(dirname(file));
+    this.#fd = openSync(file, 'a', 0o600);
+  }
+
+  /** Append one record and fsync: when this returns, the change survives a crash. */
+  append(record: JournalRecord): void {
+    const line = Buffer.from(JSON.stringify(record) + '\n');
+    let written = 0;
+    while (written < line.length) written += writeSync(this.#fd, line, written);
+    fsyncSync(this.#fd);
+  }
+
+  close(): void {
+    if (this.#fd >= 0) { closeSync(this.#fd); this.#fd = -1; }
+  }
+}
+
+function syncDirectory(dir: string): void {
+  // The rename is durable only once the directory entry is; some filesystems refuse, which is fine.
+  try { const fd = openSync(dir, 'r'); try { fsyncSync(fd); } finally { closeSync(fd); } } catch { /* best effort */ }
+}

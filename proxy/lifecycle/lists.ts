@@ -1,0 +1,177 @@
+// Revocation lists from a file and from a URL. Both are JSON or YAML:
+//   revocations:
+//     - { kind: jti|task|subject|kid, value: "...", reason: "...", end: 2026-12-01T00:00:00Z, id: optional }
+// (a bare array works too). A list is authoritative: entries removed from it are lifted at
+// the next read. The file is checked every interval and re-read when it changed; the URL is
+// fetched every interval (with If-None-Match). A list that cannot be read or parsed keeps
+// the last good one in force and is reported, so a flapping list server never un-revokes.
+
+import { readFileSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { parseDocument, LineCounter, isMap, isSeq, type Node } from 'yaml';
+import { isRevocationKind, REVOCATION_KINDS, type Revocation, type RevocationStore } from './revocations.ts';
+import { parseTime } from '../rules/durations.ts';
+import { RulesError, type RulesProblem } from '../rules/load.ts';
+import type { Log } from '../features.ts';
+
+/** Parse a list document; problems name the source, line, column and entry field. */
+export function parseList(text: string, name: string, source: 'file' | 'url', now: number): Revocation[] | RulesProblem[] {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const at = (node: Node | null | undefined, field: string, message: string): RulesProblem => {
+    const pos = lines.linePos(node?.range?.[0] ?? 0);
+    return { file: name, line: pos.line, column: pos.col, field, message };
+  };
+  if (doc.errors.length) return doc.errors.map((e) => { const p = lines.linePos(e.pos[0]); return { file: name, line: p.line, column: p.col, field: '', message: `YAML: ${e.message.split('\n')[0]}` }; });
+  let seq: unknown = doc.contents;
+  if (isMap(seq)) seq = seq.get('revocations', true);
+  if (!isSeq(seq)) return [at(doc.contents as Node, 'revocations', 'must be a list of revocations (or a mapping with one)')];
+  const problems: RulesProblem[] = [];
+  const out: Revocation[] = [];
+  const ids = new Set<string>();
+  seq.items.forEach((item, i) => {
+    const field = (f: string) => `revocations[${i}]${f ? '.' + f : ''}`;
+    if (!isMap(item)) { problems.push(at(item as Node, field(''), 'must be a mapping with kind, value and reason')); return; }
+    const node = (key: string) => item.get(key, true) as Node | undefined;
+    const value = (key: string): unknown => (item.toJSON() as Record<string, unknown>)[key];
+    for (const key of item.items.map((p) => (p.key as { value?: unknown }).value)) {
+      if (!['kind', 'value', 'reason', 'end', 'id'].includes(String(key))) problems.push(at(item.items.find((p) => (p.key as { value?: unknown }).value === key)!.key as Node, field(String(key)), `unknown field "${String(key)}"`));
+    }
+    const kind = value('kind');
+    if (!isRevocationKind(kind)) { problems.push(at(node('kind') ?? item, field('kind'), `must be one of ${REVOCATION_KINDS.join(', ')}`)); return; }
+    const v = value('value');
+    if (typeof v !== 'string' || v === '') { problems.push(at(node('value') ?? item, field('value'), 'must be a non-empty string')); return; }
+    const reason = value('reason');
+    if (typeof reason !== 'string' || reason === '') { problems.push(at(node('reason') ?? item, field('reason'), 'must be a non-empty string (why, for operators)')); return; }
+    let endMs = Infinity;
+    const end = value('end');
+    if (end !== undefined) {
+      try { endMs = parseTime(end instanceof Date ? end.toISOString() : String(end)); } catch (err) { problems.push(at(node('end'), field('end'), (err as Error).message)); return; }
+    }
+    const id = value('id') !== undefined ? String(value('id')) : `${source}-${createHash('sha256').update(`${kind}\n${v}`).digest('hex').slice(0, 16)}`;
+    if (ids.has(id)) { problems.push(at(node('id') ?? item, field('id'), `id "${id}" is used twice`)); return; }
+    ids.add(id);
+    out.push({ id, kind, value: v, reason, endMs, createdMs: now, source });
+  });
+  return problems.length ? problems : out;
+}
+
+function isProblems(x: Revocation[] | RulesProblem[]): x is RulesProblem[] {
+  return x.length > 0 && 'line' in x[0]!;
+}
+
+export interface SourceStatus {
+  location: string;
+  entries: number;
+  lastSuccessAt?: string;
+  lastErrorAt?: string;
+  lastError?: string;
+}
+
+/** Keep a list source's revocations in the store, refreshed every interval. */
+export class ListSource {
+  readonly status: SourceStatus;
+  readonly #kind: 'file' | 'url';
+  readonly #store: RevocationStore;
+  readonly #log: Log;
+  readonly #now: () => number;
+  readonly #timeoutMs: number;
+  /** Where to read: the file, or the full URL (which may carry a credential in its query). */
+  readonly #target: string;
+  #timer?: NodeJS.Timeout;
+  #seen = '';
+  #etag?: string;
+  /** Entries of the last good read, kept so that an unchanged re-read keeps their creation time. */
+  #last = new Map<string, Revocation>();
+
+  constructor(kind: 'file' | 'url', location: string, store: RevocationStore, options: { log: Log; now: () => number; timeoutMs: number }) {
+    this.#kind = kind;
+    this.#store = store;
+    this.#log = options.log;
+    this.#now = options.now;
+    this.#timeoutMs = options.timeoutMs;
+    this.#target = location;
+    this.status = { location: kind === 'url' ? redactUrl(location) : location, entries: 0 };
+  }
+
+  /** First read. The file must be valid (a RulesError naming the list's line otherwise); the URL may fail (reported). */
+  async start(intervalMs: number): Promise<void> {
+    if (this.#kind === 'file') {
+      const result = this.#readFile();
+      if (result) throw new RulesError(result);
+    } else {
+      await this.refresh();
+    }
+    this.#timer = setInterval(() => { void this.refresh(); }, intervalMs);
+    this.#timer.unref();
+  }
+
+  /** Read once now; on failure keep the last good list and report. */
+  async refresh(): Promise<void> {
+    try {
+      const problems = this.#kind === 'file' ? this.#readFile() : await this.#fetch();
+      if (problems) this.#failed(problems.map((p) => `${p.file}:${p.line}:${p.column}: ${p.field}: ${p.message}`).join('; '));
+    } catch (err) {
+      this.#failed((err as Error).message);
+    }
+  }
+
+  get kind(): 'file' | 'url' { return this.#kind; }
+
+  close(): void { clearInterval(this.#timer); }
+
+  #readFile(): RulesProblem[] | undefined {
+    const file = this.#target;
+    const st = statSync(file);
+    const stamp = `${st.ino}:${st.size}:${st.mtimeMs}`;
+    if (stamp === this.#seen) return undefined;
+    const problems = this.#apply(readFileSync(file, 'utf8'));
+    if (!problems) this.#seen = stamp;
+    return problems;
+  }
+
+  async #fetch(): Promise<RulesProblem[] | undefined> {
+    const res = await fetch(this.#target, {
+      headers: { accept: 'application/json, application/yaml;q=0.9', ...(this.#etag ? { 'if-none-match': this.#etag } : {}) },
+      signal: AbortSignal.timeout(this.#timeoutMs),
+      redirect: 'error',
+    });
+    if (res.status === 304) { await res.body?.cancel(); this.#succeeded(); return undefined; }
+    if (res.status !== 200) { await res.body?.cancel(); throw new Error(`HTTP ${res.status}`); }
+    const problems = this.#apply(await res.text());
+    if (!problems) this.#etag = res.headers.get('etag') ?? undefined;
+    return problems;
+  }
+
+  #apply(text: string): RulesProblem[] | undefined {
+    const parsed = parseList(text, this.status.location, this.#kind, this.#now());
+    if (isProblems(parsed)) return parsed;
+    const list = parsed.map((r) => {
+      const before = this.#last.get(r.id);
+      return before && before.kind === r.kind && before.value === r.value && before.endMs === r.endMs ? before : r;
+    });
+    this.#last = new Map(list.map((r) => [r.id, r]));
+    this.#store.replaceSource(this.#kind, list);
+    const changed = this.status.entries !== list.length || this.status.lastSuccessAt === undefined;
+    this.status.entries = list.length;
+    this.#succeeded();
+    if (changed) this.#log({ level: 'info', msg: 'revocation list applied', source: this.#kind, location: this.status.location, entries: list.length });
+    return undefined;
+  }
+
+  #succeeded(): void {
+    this.status.lastSuccessAt = new Date(this.#now()).toISOString();
+    delete this.status.lastError;
+  }
+
+  #failed(error: string): void {
+    this.status.lastError = error;
+    this.status.lastErrorAt = new Date(this.#now()).toISOString();
+    this.#log({ level: 'warn', msg: 'revocation list not refreshed; the last good list stays in force', source: this.#kind, location: this.status.location, entries: this.status.entries, error });
+  }
+}
+
+/** Origin and path only: a list URL's query or userinfo may hold a credential, never logged. */
+export function redactUrl(url: string): string {
+  try { const u = new URL(url); return `${u.origin}${u.pathname}`; } catch { return '(invalid URL)'; }
+}

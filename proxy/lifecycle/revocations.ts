@@ -1,0 +1,109 @@
+// The revocations in force, from three sources: the admin API (kept in the journal), a list
+// file and a list URL. A revocation names a token (jti), a task (the task claim), a consumer
+// (subject) or a signing key (kid) and lasts until its end. Lookups are four map reads, so
+// they run on every request, verified-token cache hits included.
+
+import type { Credential } from '../pipeline/types.ts';
+
+export const REVOCATION_KINDS = ['jti', 'task', 'subject', 'kid'] as const;
+export type RevocationKind = (typeof REVOCATION_KINDS)[number];
+export type RevocationSource = 'admin' | 'file' | 'url';
+
+export interface Revocation {
+  readonly id: string;
+  readonly kind: RevocationKind;
+  readonly value: string;
+  /** Why, for operators (never sent to the caller). */
+  readonly reason: string;
+  /** Epoch ms at which it ends; Infinity for a list entry without an end (in force while listed). */
+  readonly endMs: number;
+  readonly createdMs: number;
+  readonly source: RevocationSource;
+  /** Who made it (admin API): the admin credential's name or fingerprint. */
+  readonly by?: string;
+}
+
+export function isRevocationKind(value: unknown): value is RevocationKind {
+  return typeof value === 'string' && (REVOCATION_KINDS as readonly string[]).includes(value);
+}
+
+/** The revocation as GET /revocations shows it. */
+export function revocationView(r: Revocation): Record<string, unknown> {
+  return {
+    id: r.id, kind: r.kind, value: r.value, reason: r.reason, source: r.source,
+    created: new Date(r.createdMs).toISOString(), end: Number.isFinite(r.endMs) ? new Date(r.endMs).toISOString() : null,
+    ...(r.by !== undefined ? { by: r.by } : {}),
+  };
+}
+
+export class RevocationStore {
+  readonly #byId = new Map<string, Revocation>();
+  readonly #index = new Map<RevocationKind, Map<string, Set<string>>>(REVOCATION_KINDS.map((k) => [k, new Map()]));
+
+  get size(): number { return this.#byId.size; }
+
+  get(id: string): Revocation | undefined { return this.#byId.get(id); }
+
+  add(r: Revocation): void {
+    this.remove(r.id);
+    this.#byId.set(r.id, r);
+    const byValue = this.#index.get(r.kind)!;
+    let ids = byValue.get(r.value);
+    if (!ids) byValue.set(r.value, (ids = new Set()));
+    ids.add(r.id);
+  }
+
+  remove(id: string): Revocation | undefined {
+    const r = this.#byId.get(id);
+    if (!r) return undefined;
+    this.#byId.delete(id);
+    const byValue = this.#index.get(r.kind)!;
+    const ids = byValue.get(r.value);
+    ids?.delete(id);
+    if (ids?.size === 0) byValue.delete(r.value);
+    return r;
+  }
+
+  /** Replace every revocation of a list source with `list` (a list is authoritative). */
+  replaceSource(source: Exclude<RevocationSource, 'admin'>, list: readonly Revocation[]): void {
+    for (const r of [...this.#byId.values()]) if (r.source === source) this.remove(r.id);
+    for (const r of list) this.add(r);
+  }
+
+  countSource(source: RevocationSource): number {
+    let n = 0;
+    for (const r of this.#byId.values()) if (r.source === source) n++;
+    return n;
+  }
+
+  /** The first revocation in force at `now` that matches this credential, if any. */
+  match(credential: Credential, taskClaim: string, now: number): Revocation | undefined {
+    const task = credential.claims[taskClaim];
+    return this.#find('jti', credential.jti, now)
+      ?? this.#find('task', typeof task === 'string' ? task : undefined, now)
+      ?? this.#find('subject', credential.subject, now)
+      ?? this.#find('kid', credential.kid, now);
+  }
+
+  /** Every revocation in force at `now` (ended ones are dropped on the way). */
+  list(now: number): Revocation[] {
+    const out: Revocation[] = [];
+    for (const r of [...this.#byId.values()]) {
+      if (r.endMs <= now) this.remove(r.id);
+      else out.push(r);
+    }
+    return out.sort((a, b) => a.createdMs - b.createdMs);
+  }
+
+  #find(kind: RevocationKind, value: string | undefined, now: number): Revocation | undefined {
+    if (value === undefined) return undefined;
+    const ids = this.#index.get(kind)!.get(value);
+    if (!ids) return undefined;
+    for (const id of [...ids]) {
+      const r = this.#byId.get(id)!;
+      if (r.endMs > now) return r;
+      this.remove(id);
+    }
+    return undefined;
+  }
+}
