@@ -147,7 +147,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     own['driftguard-decision'] = decision.enforced ? decision.decision : 'would-deny';
     try { observation.upstreamHeaders(own); } catch { /* ignore */ }
     try { observation.forwarding(); } catch { /* ignore */ }
-    const outcome = await g.forwarder.forward(req, res, ctx.target?.path + (ctx.target?.query ?? ''), own, headers);
+    const outcome = await g.forwarder.forward(req, res, ctx.target?.path + (ctx.target?.query ?? ''), own, headers, ctx.body);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) {
       status = reasonInfo(outcome.failure).status;

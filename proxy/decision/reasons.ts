@@ -41,6 +41,20 @@ const table = {
   'stale-contract': { status: 409, title: 'Stale contract', action: 'The operation changed after the contract version you declare; update the client to the current contract and declare it.' },
   'deprecated-operation': { status: 403, title: 'Deprecated operation', action: 'Move to the replacement operation named in the response.' },
 
+  // --- credential lifecycle (proxy/lifecycle) ---
+  'credential-revoked': { status: 401, title: 'Credential revoked', action: 'Stop using this token: it, its task, its consumer or its signing key was revoked. Ask the consumer\'s owner; a new token works only once the revocation is lifted or has ended.' },
+  'consumer-quarantined': { status: 403, title: 'Consumer quarantined', action: 'Stop and page the consumer\'s owner: too many denials in a short time quarantined this consumer. An operator lifts it early with DELETE /quarantine/{subject}; otherwise it ends by itself.' },
+  'task-binding-required': { status: 403, title: 'Task binding required', action: 'Get a token issued for this one task (with the task claim, e.g. task_id) and short enough for the operation\'s sensitivity.' },
+  'delegation-too-deep': { status: 403, title: 'Delegation too deep', action: 'Call with a shorter delegation chain (fewer nested act claims); exchange for a token closer to the original subject.' },
+  'actor-not-allowed': { status: 403, title: 'Actor not allowed', action: 'Only actors on the consumer\'s allowlist may act for it; ask the owner to add the actor, or call as an allowed one.' },
+
+  // --- behaviour monitors (proxy/lifecycle) ---
+  'retry-storm': { status: 429, title: 'Retry storm', action: 'Stop repeating the same request: wait the Retry-After seconds, then retry with backoff, and look at why the first attempts failed.' },
+  'idempotency-key-required': { status: 400, title: 'Idempotency key required', action: 'Send an Idempotency-Key header (1 to 255 visible characters, unique per intended write) on this write.' },
+  'idempotency-key-reused': { status: 422, title: 'Idempotency key reused', action: 'Use a new Idempotency-Key for a different payload; a key names one write only.' },
+  'duplicate-write': { status: 409, title: 'Duplicate write', action: 'This write was already sent with the same Idempotency-Key and payload (and may have taken effect): do not resend it; read the resource to learn its state.' },
+  'endpoint-traversal': { status: 403, title: 'Endpoint traversal', action: 'Call only the few operations your task needs: too many distinct operations in a short time looks like exploration. Slow down; page the owner if this is expected.' },
+
   // --- forwarding (after an allow or warn decision) ---
   'upstream-unavailable': { status: 502, title: 'Upstream unavailable', action: 'Retry later; the API behind driftguard refused or dropped the connection.' },
   'upstream-timeout': { status: 504, title: 'Upstream timeout', action: 'Retry later; the API behind driftguard did not answer in time.' },

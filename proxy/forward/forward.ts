@@ -50,7 +50,7 @@ export class Forwarder {
    * `own` are driftguard's request headers for the upstream; `responseHeaders` are added to
    * the client's response.
    */
-  async forward(req: IncomingMessage, res: ServerResponse, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
+  async forward(req: IncomingMessage, res: ServerResponse, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>, body?: Buffer): Promise<ForwardOutcome> {
     const controller = new AbortController();
     const onClose = () => { if (!res.writableFinished) controller.abort(); };
     res.once('close', onClose);
@@ -60,7 +60,8 @@ export class Forwarder {
         path,
         method: req.method as 'GET',
         headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
-        body: hasBody(req) ? req : null,
+        // A check that read the (small) body whole hands its bytes on; otherwise stream it.
+        body: body ?? (hasBody(req) ? req : null),
         signal: controller.signal,
       });
       const headers = { ...clientResponseHeaders(upstream.headers), ...responseHeaders };

@@ -17,22 +17,38 @@ import { scopes } from '../checks/scopes.ts';
 import { declaredOperations } from '../checks/declared-operations.ts';
 import { contract } from '../checks/contract.ts';
 import { deprecation } from '../checks/deprecation.ts';
+import { revocation, quarantine, taskBinding, delegation, retryStorm, traversal, idempotency } from '../lifecycle/checks.ts';
+import type { LifecycleState } from '../lifecycle/state.ts';
 
 /** What checks need beyond the rules. Feature modules add their long-lived state here. */
 export interface CheckDeps {
   readonly identity: Identity;
+  /** Revocations and behaviour monitors (proxy/lifecycle); without it their checks are left out. */
+  readonly lifecycle?: LifecycleState;
 }
 
 export function checks(rules: Rules, deps: CheckDeps): readonly Check[] {
+  const l = deps.lifecycle;
   return Object.freeze([
     canonicalPath(),                      // must be first: every later check reads ctx.target
     operationLookup(rules),               // unknown-operation, before any credential work
     sunset(),                             // gone for everybody, credential or not
     credential(rules, deps.identity),     // verified identity, lifetime by consumer kind
+    revocation(rules, l),                 // right after credential, so verified-token cache hits are covered too
+    quarantine(rules, l),                 // a quarantined consumer is refused whatever it calls, before any other verdict
     consumer(rules),                      // registered (or unknown consumers allowed)
     scopes(),                             // token scopes cover the operation
     declaredOperations(),                 // within the consumer's declared operations
     contract(rules),                      // declared contract version vs minimum and changedIn
     deprecation(rules),                   // deprecated operation: deny or warn by sensitivity
-  ]);
+    // Task binding and delegation judge this token for this operation; they come after the
+    // contract verdicts because a stale client must change its code, which no token fixes.
+    taskBinding(rules, l),                // jti, task claim and lifetime by sensitivity
+    delegation(rules, l),                 // act chain depth and the consumer's actor allowlist
+    // Monitors last: they count only requests every policy lets through (denials feed the
+    // quarantine instead), so a denied request never uses up a consumer's budget.
+    retryStorm(rules, l),                 // same request repeated in a window (reads small bodies)
+    traversal(rules, l),                  // too many distinct operations in a window
+    idempotency(rules, l),                // very last: it reserves the key, which only a forwarded write may do
+  ].filter((c): c is Check => c !== undefined));
 }

@@ -79,6 +79,12 @@ export interface RequestContext {
   readonly checks: CheckRecord[];
   /** Response headers every answer gets (Deprecation, Sunset, Link, ...). */
   readonly responseHeaders: Record<string, string>;
+  /**
+   * The whole request body, when a check had to read it (small bodies only, e.g. to hash it):
+   * the forwarder then sends these bytes instead of the already-consumed stream. Kept out of
+   * `extra`, which telemetry exports.
+   */
+  body?: Buffer;
   /** Free slots for feature modules (telemetry, lifecycle) keyed by their name. */
   readonly extra: Record<string, unknown>;
 }

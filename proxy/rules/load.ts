@@ -43,6 +43,17 @@ export interface Overrides {
 
 type Path = (string | number)[];
 
+/**
+ * Semantic checks of a feature module's own sections (e.g. proxy/lifecycle): called after the
+ * core's with the validated document (defaults applied), a `fail` that records a problem at
+ * the field's file:line:column, and the rules file's directory for relative paths.
+ */
+export type RulesValidator = (raw: Readonly<Record<string, unknown>>, fail: (path: Path, message: string) => void, base: string) => void;
+const validators: RulesValidator[] = [];
+export function addRulesValidator(validator: RulesValidator): void {
+  if (!validators.includes(validator)) validators.push(validator);
+}
+
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, allowUnionTypes: true });
 // "format: uri" is only documentation for editors; no ajv-formats dependency needed.
 ajv.addFormat('uri', /^[a-z][a-z0-9+.-]*:\S+$/i);
@@ -294,6 +305,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     }),
     raw: deepFreeze(raw as unknown as Record<string, unknown>),
   };
+  for (const validate of validators) validate(raw as unknown as Record<string, unknown>, fail, base);
   if (problems.length > 0) throw new RulesError(problems);
   return Object.freeze(rules);
 }
