@@ -24,6 +24,8 @@ export interface Observation {
 
 export interface Observer {
   begin(ctx: RequestContext): Observation;
+  /** A verified-token cache lookup: hit (no signature check) or miss. */
+  tokenCache?(hit: boolean): void;
 }
 
 const NOOP: Observation = {
@@ -36,7 +38,9 @@ export const noopObserver: Observer = { begin: () => NOOP };
 export function composeObservers(observers: readonly Observer[]): Observer {
   if (observers.length === 0) return noopObserver;
   if (observers.length === 1) return observers[0]!;
+  const caches = observers.filter((o) => o.tokenCache !== undefined);
   return {
+    ...(caches.length ? { tokenCache(hit: boolean) { for (const o of caches) o.tokenCache!(hit); } } : {}),
     begin(ctx) {
       const all = observers.map((o) => o.begin(ctx));
       const traceId = all.find((o) => o.traceId !== undefined)?.traceId;

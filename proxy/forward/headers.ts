@@ -31,7 +31,8 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
     const lower = name.toLowerCase();
     if (lower === 'host') { host = raw[i + 1]!; out.push(name, raw[i + 1]!); continue; }
     if (lower === 'x-forwarded-for') { forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]; continue; }
-    if (HOP_BY_HOP.has(lower) || METHOD_OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || named?.has(lower)) continue;
+    // A header driftguard sets itself (traceparent, tracestate) replaces the caller's.
+    if (HOP_BY_HOP.has(lower) || METHOD_OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || named?.has(lower) || Object.hasOwn(own, lower)) continue;
     out.push(name, raw[i + 1]!);
   }
   const client = remoteAddress ?? 'unknown';

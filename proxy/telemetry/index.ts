@@ -1,8 +1,66 @@
-// Decision telemetry: spans, metrics, decision log, recent decisions. (Issue 3.)
+// Decision telemetry (issue 3): a trace of every decision, Prometheus metrics at GET /metrics,
+// a JSON decision log, and recent decisions at GET /decisions, all made from one record per
+// request (record.ts). Configured by the rules' `telemetry` section over the OTEL_* variables.
 
 import type { Rules } from '../rules/types.ts';
 import type { Feature, Log } from '../features.ts';
+import type { Driftguard } from '../server.ts';
+import type { Observer } from '../observe.ts';
+import { telemetryConfig, type TelemetryConfig } from './config.ts';
+import { tracing } from './tracing.ts';
+import { Instruments } from './instruments.ts';
+import { DecisionLog } from './decision-log.ts';
+import { Ring, decisionsHandler } from './recent.ts';
+import { RequestObservation, type Sink } from './observation.ts';
+import { CONTENT_TYPE } from './metrics.ts';
 
-export async function telemetry(_rules: Rules, _log: Log): Promise<Feature> {
-  return {};
+export { telemetryConfig, type TelemetryConfig };
+
+const HIT = ['hit'];
+const MISS = ['miss'];
+
+export interface TelemetryFeature extends Feature {
+  readonly observer: Observer;
+  readonly sink: Sink;
+  readonly config: TelemetryConfig;
+}
+
+export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<string, string | undefined>> = process.env): Promise<TelemetryFeature> {
+  let config: TelemetryConfig;
+  let decisionLog: DecisionLog;
+  try {
+    config = telemetryConfig(rules, env);
+  } catch (err) {
+    throw new TypeError(`telemetry: ${(err as Error).message}`);
+  }
+  try {
+    decisionLog = new DecisionLog(config.log.output, config.log.maxBufferBytes);
+  } catch (err) {
+    throw new TypeError(`${rules.source}: telemetry.decisionLog.output: cannot open the decision log: ${(err as Error).message}`);
+  }
+  const traces = tracing(config.traces, (error) => log({ level: 'warn', msg: 'span export failed; spans are dropped and counted in driftguard_spans_dropped_total', error }));
+  const instruments = new Instruments();
+  const sink: Sink = { tracing: traces, instruments, log: decisionLog, allowSampleRate: config.log.allowSampleRate, ring: new Ring(config.recent.size) };
+  let dg: Driftguard | undefined;
+  instruments.collect(() => dg, traces.counts, decisionLog);
+
+  return {
+    sink, config,
+    observer: {
+      begin: (ctx) => new RequestObservation(sink, ctx),
+      tokenCache: (hit) => instruments.tokenCache.inc(hit ? HIT : MISS),
+    },
+    attach(d) {
+      dg = d;
+      d.routes.add('GET', '/metrics', (_req, res) => {
+        const text = instruments.registry.text();
+        res.writeHead(200, { 'content-type': CONTENT_TYPE, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+        res.end(text);
+      });
+      d.routes.add('GET', '/decisions', decisionsHandler(sink.ring, d.routes.json.bind(d.routes), d.routes.problem.bind(d.routes)));
+    },
+    async shutdown() {
+      await Promise.all([traces.shutdown(), decisionLog.close()]);
+    },
+  };
 }

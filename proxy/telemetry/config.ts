@@ -1,0 +1,108 @@
+// The telemetry settings in force: the rules file's `telemetry` section (already validated by
+// rules/schema.json, defaults applied) over the standard OTEL_* environment variables over
+// built-in defaults. Read once at start-up; nothing here runs per request.
+
+import { dirname, resolve } from 'node:path';
+import type { Rules } from '../rules/types.ts';
+import { parseDuration } from '../rules/durations.ts';
+
+export type TracesExporter = 'otlp' | 'console' | 'none';
+export type OtlpProtocol = 'http/protobuf' | 'http/json' | 'grpc';
+export type SamplerName = 'always_on' | 'always_off' | 'traceidratio' | 'parentbased_always_on' | 'parentbased_always_off' | 'parentbased_traceidratio';
+
+export interface TracesConfig {
+  readonly exporter: TracesExporter;
+  readonly protocol: OtlpProtocol;
+  /** Full URL of the traces endpoint, or undefined to let the exporter read OTEL_* itself. */
+  readonly url?: string;
+  readonly serviceName: string;
+  readonly sampler: SamplerName;
+  readonly samplerArg: number;
+  readonly exportTimeoutMs: number;
+  readonly maxQueueSize: number;
+  readonly maxExportBatchSize: number;
+  readonly scheduledDelayMs: number;
+}
+
+export type LogOutput = { readonly kind: 'stdout' | 'stderr' | 'none' } | { readonly kind: 'file'; readonly file: string };
+
+export interface TelemetryConfig {
+  readonly traces: TracesConfig;
+  readonly log: { readonly output: LogOutput; readonly allowSampleRate: number; readonly maxBufferBytes: number };
+  readonly recent: { readonly size: number };
+}
+
+/** The raw section as the schema shapes it (every field optional where the env may decide). */
+interface RawTelemetry {
+  traces?: {
+    exporter?: TracesExporter; protocol?: OtlpProtocol; endpoint?: string; serviceName?: string;
+    sampler?: SamplerName; samplerArg?: number; exportTimeout?: string;
+    batch?: { maxQueueSize?: number; maxExportBatchSize?: number; scheduledDelay?: string };
+  };
+  decisionLog?: { output?: string; allowSampleRate?: number; maxBufferBytes?: number };
+  recent?: { size?: number };
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+const EXPORTERS: readonly TracesExporter[] = ['otlp', 'console', 'none'];
+const PROTOCOLS: readonly OtlpProtocol[] = ['http/protobuf', 'http/json', 'grpc'];
+const SAMPLERS: readonly SamplerName[] = ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'];
+
+function str(env: Env, name: string): string | undefined {
+  const v = env[name]?.trim();
+  return v ? v : undefined;
+}
+
+function num(env: Env, name: string): number | undefined {
+  const v = str(env, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  return Number.isFinite(n) && n >= 0 ? n : undefined;
+}
+
+/** Bad OTEL_* values are configuration errors like bad rules: they stop start-up, naming the variable. */
+function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[]): T | undefined {
+  const v = str(env, name);
+  if (v === undefined) return undefined;
+  // OTEL_TRACES_EXPORTER is a list; driftguard exports to one place.
+  const first = name === 'OTEL_TRACES_EXPORTER' ? v.split(',')[0]!.trim() : v;
+  if (!(allowed as readonly string[]).includes(first)) throw new TypeError(`${name}=${JSON.stringify(v)}: must be one of ${allowed.join(', ')}`);
+  return first as T;
+}
+
+export function telemetryConfig(rules: Rules, env: Env = process.env): TelemetryConfig {
+  const raw = (rules.raw.telemetry ?? {}) as RawTelemetry;
+  const t = raw.traces ?? {};
+  const protocol = t.protocol ?? oneOf(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', PROTOCOLS) ?? oneOf(env, 'OTEL_EXPORTER_OTLP_PROTOCOL', PROTOCOLS) ?? 'http/protobuf';
+  // A base endpoint from the rules file follows OTEL_EXPORTER_OTLP_ENDPOINT's rule: http
+  // protocols append the signal path. Without one, the exporter reads the env itself.
+  const url = t.endpoint === undefined ? undefined
+    : protocol === 'grpc' ? t.endpoint : t.endpoint.replace(/\/+$/, '') + '/v1/traces';
+  const sampler = t.sampler ?? oneOf(env, 'OTEL_TRACES_SAMPLER', SAMPLERS) ?? 'parentbased_always_on';
+  const samplerArg = t.samplerArg ?? num(env, 'OTEL_TRACES_SAMPLER_ARG') ?? 1;
+  if (samplerArg > 1) throw new TypeError(`OTEL_TRACES_SAMPLER_ARG=${samplerArg}: must be between 0 and 1`);
+  const maxQueueSize = t.batch?.maxQueueSize ?? num(env, 'OTEL_BSP_MAX_QUEUE_SIZE') ?? 4096;
+  const traces: TracesConfig = {
+    exporter: t.exporter ?? oneOf(env, 'OTEL_TRACES_EXPORTER', EXPORTERS) ?? 'otlp',
+    protocol,
+    ...(url !== undefined ? { url } : {}),
+    serviceName: t.serviceName ?? str(env, 'OTEL_SERVICE_NAME') ?? 'driftguard',
+    sampler,
+    samplerArg,
+    exportTimeoutMs: t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000,
+    maxQueueSize,
+    maxExportBatchSize: Math.min(maxQueueSize, t.batch?.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? 512),
+    scheduledDelayMs: t.batch?.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000,
+  };
+  const l = raw.decisionLog ?? {};
+  const out = l.output ?? 'stdout';
+  const output: LogOutput = out === 'stdout' || out === 'stderr' || out === 'none'
+    ? { kind: out }
+    : { kind: 'file', file: resolve(dirname(rules.source), out) };
+  return {
+    traces,
+    log: { output, allowSampleRate: l.allowSampleRate ?? 1, maxBufferBytes: l.maxBufferBytes ?? 8 * 1024 * 1024 },
+    recent: { size: raw.recent?.size ?? 10_000 },
+  };
+}

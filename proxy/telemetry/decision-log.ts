@@ -1,0 +1,78 @@
+// The decision log: one JSON line per decision, collected in memory and written in batches
+// (every 100 ms, or sooner once 64 KiB are waiting), so a request never waits on a write.
+// When the output cannot keep up, at most maxBufferBytes wait; further lines are dropped and
+// counted rather than growing memory without bound or slowing requests.
+
+import { createWriteStream, openSync, type WriteStream } from 'node:fs';
+import type { LogOutput } from './config.ts';
+
+const FLUSH_MS = 100;
+const FLUSH_BYTES = 64 * 1024;
+
+export class DecisionLog {
+  readonly #out?: NodeJS.WritableStream;
+  readonly #maxBytes: number;
+  readonly #ownsStream: boolean;
+  #pending: string[] = [];
+  #bytes = 0;
+  #timer?: NodeJS.Timeout;
+  /** The output refused more (back-pressure): wait for 'drain' before the next write. */
+  #blocked = false;
+  lines = 0;
+  dropped = 0;
+
+  constructor(output: LogOutput, maxBufferBytes: number) {
+    this.#maxBytes = maxBufferBytes;
+    if (output.kind === 'file') {
+      // Open now so that a bad path stops start-up with its name, not the first request.
+      const fd = openSync(output.file, 'a', 0o640);
+      const stream = createWriteStream('', { fd });
+      stream.on('error', () => { /* a failing disk must not crash the proxy; lines are dropped */ this.#blocked = true; });
+      this.#out = stream;
+      this.#ownsStream = true;
+    } else {
+      this.#out = output.kind === 'stdout' ? process.stdout : output.kind === 'stderr' ? process.stderr : undefined;
+      this.#ownsStream = false;
+    }
+  }
+
+  get enabled(): boolean { return this.#out !== undefined; }
+
+  write(line: string): void {
+    if (!this.#out) return;
+    const size = line.length + 1;
+    if (this.#bytes + size > this.#maxBytes) { this.dropped++; return; }
+    this.#pending.push(line);
+    this.#bytes += size;
+    this.lines++;
+    if (this.#bytes >= FLUSH_BYTES) this.flush();
+    else if (!this.#timer) {
+      this.#timer = setTimeout(() => { this.#timer = undefined; this.flush(); }, FLUSH_MS);
+      this.#timer.unref();
+    }
+  }
+
+  flush(): void {
+    if (this.#timer) { clearTimeout(this.#timer); this.#timer = undefined; }
+    if (!this.#out || this.#blocked || this.#pending.length === 0) return;
+    const batch = this.#pending.join('\n') + '\n';
+    this.#pending = [];
+    this.#bytes = 0;
+    try {
+      if (!this.#out.write(batch)) {
+        this.#blocked = true;
+        this.#out.once('drain', () => { this.#blocked = false; this.flush(); });
+      }
+    } catch {
+      this.dropped++;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#blocked = false;
+    this.flush();
+    if (this.#ownsStream && this.#out) {
+      await new Promise<void>((resolve) => (this.#out as WriteStream).end(() => resolve()));
+    }
+  }
+}

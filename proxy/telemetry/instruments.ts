@@ -1,0 +1,70 @@
+// driftguard's metrics, all in one place: names, help, labels, buckets. Label values come
+// from the rules (operations, reason codes, registered consumers and their owners) or small
+// fixed sets, so cardinality is bounded: a subject the registry does not know is counted as
+// consumer="unregistered", a request without a verified caller as consumer="anonymous".
+
+import type { Driftguard } from '../server.ts';
+import { Collected, Counter, Histogram, Registry } from './metrics.ts';
+import type { DecisionRecord } from './record.ts';
+import type { SpanCounts } from './tracing.ts';
+import type { DecisionLog } from './decision-log.ts';
+
+const ADDED_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+const UPSTREAM_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+export class Instruments {
+  readonly registry = new Registry();
+  readonly decisions = this.registry.add(new Counter('driftguard_decisions_total', 'Decisions made, by decision, whether enforced (false: audit mode, forwarded anyway), reason code, operation and consumer kind.', ['decision', 'enforced', 'reason', 'operation', 'consumer_kind']));
+  readonly stale = this.registry.add(new Counter('driftguard_stale_contract_calls_total', 'Calls declaring a contract version older than the operation\'s changedIn or the minimum (denied or warned), by consumer, owner, operation and decision.', ['consumer', 'owner', 'operation', 'decision']));
+  readonly deprecated = this.registry.add(new Counter('driftguard_deprecated_calls_total', 'Calls to a deprecated operation (denied or warned), by consumer, owner, operation and decision.', ['consumer', 'owner', 'operation', 'decision']));
+  readonly added = this.registry.add(new Histogram('driftguard_added_latency_seconds', 'Time driftguard itself added to a request: the whole request minus the time spent on the upstream.', ['decision'], ADDED_BUCKETS));
+  readonly upstream = this.registry.add(new Histogram('driftguard_upstream_duration_seconds', 'Time from forwarding a request to the end of the upstream\'s response, for forwarded requests.', [], UPSTREAM_BUCKETS));
+  readonly upstreamFailures = this.registry.add(new Counter('driftguard_upstream_failures_total', 'Forwarded requests that got no upstream response, by reason code.', ['reason']));
+  readonly tokenCache = this.registry.add(new Counter('driftguard_token_cache_total', 'Verified-token cache lookups: hit (no signature check) or miss.', ['result']));
+
+  /** Gauges and counters kept elsewhere (key sets, reloads, spans, log), read at scrape time. */
+  collect(dg: () => Driftguard | undefined, spans: SpanCounts, log: DecisionLog): void {
+    const keySets = () => {
+      const d = dg();
+      return d ? [...d.generation.identity.keySets().values()].map((k) => k.status()) : [];
+    };
+    const r = this.registry;
+    r.add(new Collected('driftguard_jwks_refreshes_total', 'Signing-key set fetches of each issuer\'s JWKS, by result (counts restart when a reload replaces the key set).', 'counter', ['source', 'result'],
+      () => keySets().flatMap((s) => [[[s.source, 'success'], s.refreshes] as const, [[s.source, 'failure'], s.failures] as const])));
+    r.add(new Collected('driftguard_jwks_key_set_age_seconds', 'Seconds since the key set was last fetched successfully (absent until the first success).', 'gauge', ['source'],
+      () => keySets().filter((s) => s.lastSuccessMs !== undefined).map((s) => [[s.source], (Date.now() - s.lastSuccessMs!) / 1000] as const)));
+    r.add(new Collected('driftguard_jwks_ready', '1 when the key set has keys to verify with.', 'gauge', ['source'],
+      () => keySets().map((s) => [[s.source], s.ready ? 1 : 0] as const)));
+    r.add(new Collected('driftguard_spans_exported_total', 'Spans the trace exporter delivered.', 'counter', [], () => [[[], spans.exported]]));
+    r.add(new Collected('driftguard_spans_dropped_total', 'Spans lost: queue_full (the batch queue was full) or export_failed (the collector refused, was unreachable or timed out).', 'counter', ['cause'],
+      () => [[['queue_full'], spans.dropped.queue_full], [['export_failed'], spans.dropped.export_failed]]));
+    r.add(new Collected('driftguard_decision_log_lines_total', 'Decision log lines written.', 'counter', [], () => [[[], log.lines]]));
+    r.add(new Collected('driftguard_decision_log_dropped_total', 'Decision log lines dropped because the output could not keep up.', 'counter', [], () => [[[], log.dropped]]));
+    r.add(new Collected('driftguard_rules_reloads_total', 'Rules reloads, by result (failure: the last good rules stayed in force).', 'counter', ['result'], () => {
+      const s = dg()?.reloadStatus;
+      return [[['success'], s?.succeeded ?? 0], [['failure'], s?.failed ?? 0]];
+    }));
+    r.add(new Collected('driftguard_rules_info', 'The rules in force (hash of the rules file), always 1.', 'gauge', ['hash'], () => {
+      const d = dg();
+      return d ? [[[d.generation.rules.hash], 1]] : [];
+    }));
+    r.add(new Collected('driftguard_in_flight_requests', 'Requests being handled now.', 'gauge', [], () => [[[], dg()?.inFlight ?? 0]]));
+  }
+
+  /** Count one finished request. */
+  record(r: DecisionRecord, forwarded: boolean, upstreamSeconds: number, failure: string | undefined): void {
+    const operation = r.operation ?? 'none';
+    this.decisions.inc([r.decision, r.enforced ? 'true' : 'false', r.reason, operation, r.consumerKind ?? 'none']);
+    const stale = r.reason === 'stale-contract' || r.warnings.includes('stale-contract');
+    const deprecated = r.reason === 'deprecated-operation' || r.warnings.includes('deprecated-operation');
+    if (stale || deprecated) {
+      const consumer = r.consumer === undefined ? 'anonymous' : r.registered ? r.consumer : 'unregistered';
+      const owner = r.registered && r.owner !== undefined ? r.owner : 'none';
+      if (stale) this.stale.inc([consumer, owner, operation, r.decision]);
+      if (deprecated) this.deprecated.inc([consumer, owner, operation, r.decision]);
+    }
+    if (r.addedMs !== undefined) this.added.observe([r.decision], r.addedMs / 1000);
+    if (forwarded) this.upstream.observe([], upstreamSeconds);
+    if (failure !== undefined) this.upstreamFailures.inc([failure]);
+  }
+}

@@ -1,0 +1,127 @@
+// Recent decisions for responders: a fixed-size ring of every decision (not sampled), and
+// GET /decisions on the admin listener answering from it, newest first, filtered by
+// consumer, owner, operation, reason, decision, trace id and time.
+
+import type { ServerResponse } from 'node:http';
+import { parseDuration } from '../rules/durations.ts';
+import { publicEntry, type DecisionRecord } from './record.ts';
+
+export class Ring {
+  readonly #items: (DecisionRecord | undefined)[];
+  #next = 0;
+  #size = 0;
+
+  constructor(capacity: number) {
+    this.#items = new Array<DecisionRecord | undefined>(capacity);
+  }
+
+  get capacity(): number { return this.#items.length; }
+  get size(): number { return this.#size; }
+
+  push(r: DecisionRecord): void {
+    const n = this.#items.length;
+    if (n === 0) return;
+    this.#items[this.#next] = r;
+    this.#next = (this.#next + 1) % n;
+    if (this.#size < n) this.#size++;
+  }
+
+  /** Newest first. */
+  *newest(): IterableIterator<DecisionRecord> {
+    const n = this.#items.length;
+    for (let i = 1; i <= this.#size; i++) yield this.#items[(this.#next - i + n) % n]!;
+  }
+}
+
+export interface DecisionFilter {
+  consumer?: string;
+  owner?: string;
+  operation?: string;
+  /** Matches the decision's reason or any of its warnings. */
+  reason?: string;
+  decision?: string;
+  traceId?: string;
+  sinceMs?: number;
+  untilMs?: number;
+  limit: number;
+}
+
+const PARAMS = new Set(['consumer', 'owner', 'operation', 'reason', 'decision', 'traceId', 'since', 'until', 'limit']);
+export const DEFAULT_LIMIT = 100;
+export const MAX_LIMIT = 10_000;
+
+/** since/until: an ISO 8601 time, epoch milliseconds, or a duration back from now (15m). */
+function parseTimeParam(value: string, now: number): number {
+  if (/^\d+$/.test(value)) return Number(value);
+  try { return now - parseDuration(value); } catch { /* not a duration */ }
+  const t = Date.parse(value);
+  if (Number.isNaN(t)) throw new TypeError('must be an ISO 8601 time, epoch milliseconds, or a duration like 15m');
+  return t;
+}
+
+/** The filter from a /decisions query string; a TypeError names the bad parameter. */
+export function parseFilter(params: URLSearchParams, now: number): DecisionFilter {
+  const f: DecisionFilter = { limit: DEFAULT_LIMIT };
+  for (const [name, value] of params) {
+    if (!PARAMS.has(name)) throw new TypeError(`unknown parameter "${name}" (use ${[...PARAMS].join(', ')})`);
+    switch (name) {
+      case 'since': case 'until': {
+        let t: number;
+        try { t = parseTimeParam(value, now); } catch (err) { throw new TypeError(`${name}: ${(err as Error).message}`); }
+        if (name === 'since') f.sinceMs = t; else f.untilMs = t;
+        break;
+      }
+      case 'limit': {
+        const n = Number(value);
+        if (!Number.isInteger(n) || n < 1 || n > MAX_LIMIT) throw new TypeError(`limit: must be an integer from 1 to ${MAX_LIMIT}`);
+        f.limit = n;
+        break;
+      }
+      case 'decision':
+        if (!['allow', 'warn', 'deny'].includes(value)) throw new TypeError('decision: must be allow, warn or deny');
+        f.decision = value;
+        break;
+      default:
+        (f as unknown as Record<string, string>)[name] = value;
+    }
+  }
+  return f;
+}
+
+export function matches(r: DecisionRecord, f: DecisionFilter): boolean {
+  if (f.consumer !== undefined && r.consumer !== f.consumer) return false;
+  if (f.owner !== undefined && r.owner !== f.owner) return false;
+  if (f.operation !== undefined && r.operation !== f.operation) return false;
+  if (f.decision !== undefined && r.decision !== f.decision) return false;
+  if (f.traceId !== undefined && r.traceId !== f.traceId) return false;
+  if (f.reason !== undefined && r.reason !== f.reason && !r.warnings.includes(f.reason)) return false;
+  if (f.sinceMs !== undefined && r.timeMs < f.sinceMs) return false;
+  if (f.untilMs !== undefined && r.timeMs > f.untilMs) return false;
+  return true;
+}
+
+export function query(ring: Ring, f: DecisionFilter): DecisionRecord[] {
+  const out: DecisionRecord[] = [];
+  for (const r of ring.newest()) {
+    // No early stop at `since`: records enter the ring when their response ends, so a slow
+    // request can sit after a newer one.
+    if (!matches(r, f)) continue;
+    out.push(r);
+    if (out.length >= f.limit) break;
+  }
+  return out;
+}
+
+export function decisionsHandler(ring: Ring, json: (res: ServerResponse, status: number, body: unknown) => void, problem: (res: ServerResponse, status: number, title: string, detail: string) => void) {
+  return (_req: unknown, res: ServerResponse, url: URL): void => {
+    let filter: DecisionFilter;
+    try {
+      filter = parseFilter(url.searchParams, Date.now());
+    } catch (err) {
+      problem(res, 400, 'Bad Request', (err as Error).message);
+      return;
+    }
+    const found = query(ring, filter);
+    json(res, 200, { count: found.length, held: ring.size, capacity: ring.capacity, decisions: found.map(publicEntry) });
+  };
+}

@@ -1,0 +1,195 @@
+// One decision as every telemetry output records it: the decision log line, the /decisions
+// entry and the server span's `driftguard.*` attributes all come from this record and from
+// the one FIELDS table below, so a field has one name per output and the outputs agree.
+// Nothing secret is ever copied here: no token, no Authorization, no cookie, no query string.
+
+import type { Decision, RequestContext, CheckRecord } from '../pipeline/types.ts';
+import type { AttributeValue } from '@opentelemetry/api';
+
+export type ExtraValue = string | number | boolean | string[];
+
+export interface DecisionRecord {
+  /** ISO 8601 time the request arrived. */
+  time: string;
+  /** Epoch ms the request arrived (for /decisions time filters). */
+  timeMs: number;
+  traceId: string;
+  spanId: string;
+  decision: Decision['decision'];
+  enforced: boolean;
+  reason: string;
+  warnings: readonly string[];
+  detail: string;
+  method: string;
+  path: string;
+  route?: string;
+  operation?: string;
+  sensitivity?: string;
+  deprecated?: boolean;
+  sunset?: string;
+  replacement?: string;
+  consumer?: string;
+  consumerKind?: string;
+  owner?: string;
+  registered?: boolean;
+  issuer?: string;
+  jti?: string;
+  declaredContract?: string;
+  currentContract: string;
+  changedIn?: string;
+  rules: string;
+  status?: number;
+  /** Whole request as driftguard saw it, ms. */
+  durationMs?: number;
+  /** Time spent waiting on and streaming from the upstream, ms. */
+  upstreamMs?: number;
+  /** durationMs - upstreamMs: what driftguard itself added. */
+  addedMs?: number;
+  checks: readonly CheckRecord[];
+  /** Feature modules' decision attributes (ctx.extra), by their dotted key. */
+  extra?: Record<string, ExtraValue>;
+}
+
+type FieldKey = Exclude<keyof DecisionRecord, 'time' | 'timeMs' | 'traceId' | 'spanId' | 'checks' | 'extra' | 'method' | 'path' | 'route' | 'status' | 'durationMs' | 'upstreamMs' | 'addedMs'>;
+
+/**
+ * Record field -> span attribute. The HTTP facts (method, path, route, status) go on the span
+ * under their semantic-convention names instead, and the checks become span events.
+ */
+export const FIELDS: readonly (readonly [FieldKey, string])[] = [
+  ['decision', 'driftguard.decision'],
+  ['enforced', 'driftguard.enforced'],
+  ['reason', 'driftguard.reason'],
+  ['warnings', 'driftguard.warnings'],
+  ['detail', 'driftguard.detail'],
+  ['operation', 'driftguard.operation'],
+  ['sensitivity', 'driftguard.sensitivity'],
+  ['deprecated', 'driftguard.deprecated'],
+  ['sunset', 'driftguard.sunset'],
+  ['replacement', 'driftguard.replacement'],
+  ['consumer', 'driftguard.consumer'],
+  ['consumerKind', 'driftguard.consumer.kind'],
+  ['owner', 'driftguard.consumer.owner'],
+  ['registered', 'driftguard.consumer.registered'],
+  ['issuer', 'driftguard.issuer'],
+  ['jti', 'driftguard.token.jti'],
+  ['declaredContract', 'driftguard.contract.declared'],
+  ['currentContract', 'driftguard.contract.current'],
+  ['changedIn', 'driftguard.contract.changed_in'],
+  ['rules', 'driftguard.rules.hash'],
+];
+
+/** Keys of ctx.extra must look like `delegation.chain`: they become attribute and field names. */
+const EXTRA_KEY = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;
+const MAX_EXTRA_STRING = 1024;
+/** Names the record already uses: a feature cannot overwrite a decision field. */
+const RESERVED = new Set(['time', 'msg', 'traceId', 'spanId', 'decision', 'enforced', 'reason', 'warnings', 'detail', 'method', 'path', 'route', 'operation', 'sensitivity', 'deprecated', 'sunset', 'replacement', 'consumer', 'consumerKind', 'owner', 'registered', 'issuer', 'jti', 'declaredContract', 'currentContract', 'changedIn', 'rules', 'status', 'durationMs', 'upstreamMs', 'addedMs', 'checks', 'consumer.kind', 'consumer.owner', 'consumer.registered', 'token.jti', 'contract.declared', 'contract.current', 'contract.changed_in', 'rules.hash', 'check.outcome', 'check.reason']);
+const MAX_EXTRA_ITEMS = 64;
+
+/** ctx.extra values fit for a span attribute and a log field; anything else is left out. */
+export function extraFields(extra: Record<string, unknown>): Record<string, ExtraValue> | undefined {
+  let out: Record<string, ExtraValue> | undefined;
+  for (const key in extra) {
+    if (!EXTRA_KEY.test(key) || key.length > 128 || RESERVED.has(key)) continue;
+    const v = extra[key];
+    let value: ExtraValue | undefined;
+    if (typeof v === 'string') value = v.length > MAX_EXTRA_STRING ? v.slice(0, MAX_EXTRA_STRING) : v;
+    else if (typeof v === 'boolean' || (typeof v === 'number' && Number.isFinite(v))) value = v;
+    else if (Array.isArray(v) && v.every((x) => typeof x === 'string')) value = (v as string[]).slice(0, MAX_EXTRA_ITEMS).map((s) => s.slice(0, MAX_EXTRA_STRING));
+    if (value === undefined) continue;
+    (out ??= {})[key] = value;
+  }
+  return out;
+}
+
+/** The path without its query (a query string may carry a credential), capped in length. */
+export function pathOf(ctx: RequestContext): string {
+  if (ctx.target) return ctx.target.path.length > 2048 ? ctx.target.path.slice(0, 2048) : ctx.target.path;
+  const url = ctx.req.url ?? '';
+  const q = url.indexOf('?');
+  const path = q === -1 ? url : url.slice(0, q);
+  return path.length > 2048 ? path.slice(0, 2048) : path;
+}
+
+export function buildRecord(ctx: RequestContext, d: Decision, traceId: string, spanId: string): DecisionRecord {
+  const op = ctx.operation;
+  const c = ctx.consumer;
+  const cred = ctx.credential;
+  const dep = op?.deprecated;
+  const r: DecisionRecord = {
+    time: new Date(ctx.now).toISOString(),
+    timeMs: ctx.now,
+    traceId, spanId,
+    decision: d.decision,
+    enforced: d.enforced,
+    reason: d.reason,
+    warnings: d.warnings,
+    detail: d.detail,
+    method: ctx.req.method ?? 'GET',
+    path: pathOf(ctx),
+    currentContract: d.currentContract ?? ctx.rules.contract.current,
+    rules: ctx.rules.hash,
+    checks: ctx.checks,
+  };
+  if (op) {
+    r.route = op.path;
+    r.operation = op.id;
+    r.sensitivity = op.sensitivity;
+    r.deprecated = dep !== undefined && dep.sinceMs <= ctx.now;
+    if (dep?.sunsetMs !== undefined) r.sunset = new Date(dep.sunsetMs).toISOString();
+    if (dep?.replacement !== undefined) r.replacement = dep.replacement;
+    if (op.changedIn !== undefined) r.changedIn = op.changedIn;
+  }
+  if (c) {
+    r.consumer = c.subject;
+    r.consumerKind = c.kind;
+    if (c.owner !== undefined) r.owner = c.owner;
+    r.registered = c.registered;
+  }
+  if (cred) {
+    r.issuer = cred.issuer;
+    if (cred.jti !== undefined) r.jti = cred.jti.length > 256 ? cred.jti.slice(0, 256) : cred.jti;
+  }
+  const declared = ctx.declaredContract ?? d.declaredContract;
+  if (declared !== undefined) r.declaredContract = declared;
+  const extra = extraFields(ctx.extra);
+  if (extra) r.extra = extra;
+  return r;
+}
+
+/** The record as one decision-log line (no trailing newline). */
+export function logLine(r: DecisionRecord): string {
+  const line: Record<string, unknown> = {
+    time: r.time, msg: 'decision', traceId: r.traceId, spanId: r.spanId,
+    decision: r.decision, enforced: r.enforced, reason: r.reason,
+  };
+  if (r.warnings.length) line.warnings = r.warnings;
+  line.detail = r.detail;
+  line.method = r.method;
+  line.path = r.path;
+  for (const k of ['route', 'operation', 'sensitivity', 'deprecated', 'sunset', 'replacement', 'consumer', 'consumerKind', 'owner', 'registered', 'issuer', 'jti', 'declaredContract', 'currentContract', 'changedIn', 'rules', 'status', 'durationMs', 'upstreamMs', 'addedMs'] as const) {
+    if (r[k] !== undefined) line[k] = r[k];
+  }
+  line.checks = checksText(r.checks);
+  if (r.extra) Object.assign(line, r.extra);
+  return JSON.stringify(line);
+}
+
+/** `canonical-path:continue operation:continue ... credential:deny:invalid-credential` */
+export function checksText(checks: readonly CheckRecord[]): string {
+  let s = '';
+  for (const c of checks) s += (s ? ' ' : '') + c.check + ':' + c.outcome + (c.reason && c.outcome !== 'continue' ? ':' + c.reason : '');
+  return s;
+}
+
+/** The record as a /decisions entry (the same fields as the log line, as an object). */
+export function publicEntry(r: DecisionRecord): Record<string, unknown> {
+  const { timeMs: _t, checks, extra, ...rest } = r;
+  return { ...rest, checks: checksText(checks), ...extra };
+}
+
+export function attributeValue(v: unknown): AttributeValue | undefined {
+  if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return v;
+  if (Array.isArray(v)) return v as string[];
+  return undefined;
+}

@@ -1,0 +1,237 @@
+// Every decision is one SERVER span, exported over real OTLP/HTTP to a receiver on loopback:
+// name, kind, HTTP and driftguard.* attributes, one event per check, status, and the
+// caller's trace continued through driftguard to the upstream and back (traceresponse).
+
+import t from 'tap';
+import type { AddressInfo } from 'node:net';
+import { testKey, jwks, token } from '../support/keys.ts';
+import { upstream, jwksServer } from '../support/servers.ts';
+import { baseRules, AGENT, BOT } from '../support/driftguard.ts';
+import { raw, get } from '../support/raw.ts';
+import { collector, startWithTelemetry, traceparent, randomHex, KIND, STATUS, type ExportedSpan } from './support.ts';
+import type { Observer } from '../../proxy/observe.ts';
+
+const key = await testKey('ES256');
+const up = await upstream();
+const keys = await jwksServer(jwks(key));
+const otlp = await collector();
+// Stands in for another feature module (credential lifecycle) that records decision attributes.
+const extra: Observer = {
+  begin(ctx) {
+    ctx.extra['delegation.chain'] = ['spiffe://test.local/ns/app/sa/orchestrator', AGENT];
+    ctx.extra['task.id'] = 'task-42';
+    ctx.extra['not a valid key'] = 'ignored';
+    ctx.extra['object.value'] = { ignored: true };
+    return { upstreamHeaders() {}, responseHeaders() {}, decided() {}, forwarding() {}, forwarded() {}, end() {} };
+  },
+};
+const dg = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
+  r.telemetry = { traces: { endpoint: otlp.url, serviceName: 'driftguard-test', batch: { scheduledDelay: '50ms' } } };
+}), {}, extra);
+const tokens: string[] = [];
+const mint = async (o: Parameters<typeof token>[0]) => { const tok = await token(o); tokens.push(tok); return tok; };
+t.teardown(async () => { await dg.stop(); await up.close(); await keys.close(); await otlp.close(); });
+
+interface Call {
+  method?: string;
+  path: string;
+  tok?: string;
+  headers?: Record<string, string>;
+}
+
+/** Make a call with a fresh caller trace; return the response, its problem body and the exported server span. */
+async function call(c: Call) {
+  const traceId = randomHex(16);
+  const parent = randomHex(8);
+  const headers: Record<string, string> = { traceparent: traceparent(traceId, parent), tracestate: 'vendor=abc', ...c.headers };
+  if (c.tok) headers.authorization = `Bearer ${c.tok}`;
+  const res = await fetch(dg.url + c.path, { method: c.method ?? 'GET', headers, ...(c.method === 'POST' ? { body: '{}' } : {}) });
+  const text = await res.text();
+  const span = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  return { res, text, body: res.headers.get('content-type')?.includes('json') ? JSON.parse(text) : undefined, span, traceId, parent };
+}
+
+function events(span: ExportedSpan): string[] {
+  return span.events.map((e) => `${e.name}:${e.attributes['driftguard.check.outcome']}${e.attributes['driftguard.check.reason'] ? ':' + e.attributes['driftguard.check.reason'] : ''}`);
+}
+
+t.test('allow: server span continues the caller trace, client span parents the upstream request', async (t) => {
+  const tok = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const before = up.seen.length;
+  const { res, span, traceId, parent } = await call({ path: '/items/7?secret=should-not-appear', tok });
+  t.equal(res.status, 200);
+  t.equal(span.name, 'GET /items/{id}');
+  t.equal(span.kind, KIND.SERVER);
+  t.equal(span.parentSpanId, parent, 'the caller\'s span is the parent');
+  t.equal(span.status.code, STATUS.UNSET);
+  t.equal(span.resource['service.name'], 'driftguard-test');
+  const a = span.attributes;
+  t.match(a, {
+    'http.request.method': 'GET', 'url.path': '/items/7', 'url.scheme': 'http', 'http.route': '/items/{id}',
+    'http.response.status_code': 200, 'server.address': '127.0.0.1',
+    'driftguard.decision': 'allow', 'driftguard.enforced': true, 'driftguard.reason': 'allowed',
+    'driftguard.operation': 'getItem', 'driftguard.sensitivity': 'low', 'driftguard.deprecated': false,
+    'driftguard.consumer': AGENT, 'driftguard.consumer.kind': 'automation', 'driftguard.consumer.owner': 'team-app',
+    'driftguard.consumer.registered': true, 'driftguard.issuer': 'https://issuer.test.local',
+    'driftguard.contract.declared': '2026-09', 'driftguard.contract.current': '2026-09',
+    'driftguard.rules.hash': dg.dg.generation.rules.hash,
+    'driftguard.delegation.chain': ['spiffe://test.local/ns/app/sa/orchestrator', AGENT],
+    'driftguard.task.id': 'task-42',
+  });
+  t.equal(typeof a['driftguard.token.jti'], 'string', 'the token id, not the token');
+  t.notOk('url.query' in a, 'no query string on the span');
+  t.notOk(Object.keys(a).some((k) => k.includes('not a valid key') || k.includes('object.value')), 'invalid extra entries are left out');
+  t.equal(typeof a['server.port'], 'number');
+  t.same(events(span), ['canonical-path:continue', 'operation:continue', 'sunset:continue', 'credential:continue', 'consumer:continue', 'scopes:continue', 'declared-operations:continue', 'contract:continue', 'deprecation:continue']);
+
+  const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
+  t.equal(client.parentSpanId, span.spanId, 'the CLIENT span is a child of the SERVER span');
+  t.match(client.attributes, { 'http.request.method': 'GET', 'server.address': '127.0.0.1', 'server.port': up.port, 'http.response.status_code': 200, 'url.full': `${up.origin}/items/7` });
+  t.equal(client.status.code, STATUS.UNSET);
+
+  const seen = up.seen.slice(before);
+  t.equal(seen.length, 1);
+  t.equal(seen[0]!.headers.traceparent, traceparent(traceId, client.spanId), 'the upstream gets one traceparent: same trace, the client span as parent');
+  t.equal(seen[0]!.headers.tracestate, 'vendor=abc', 'tracestate is carried on');
+  t.equal(res.headers.get('traceresponse'), traceparent(traceId, span.spanId), 'traceresponse names the trace and the span that answered');
+});
+
+t.test('a request without traceparent starts a new trace and still gets traceresponse', async (t) => {
+  const res = await fetch(dg.url + '/status');
+  await res.text();
+  const tr = res.headers.get('traceresponse');
+  t.match(tr, /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+  const span = await otlp.waitFor((s) => s.traceId === tr!.split('-')[1] && s.kind === KIND.SERVER);
+  t.equal(span.parentSpanId, undefined, 'a root span');
+  t.equal(span.attributes['driftguard.decision'], 'allow');
+  t.equal(span.attributes['driftguard.operation'], 'status');
+  t.notOk('driftguard.consumer' in span.attributes, 'a public operation has no consumer');
+});
+
+t.test('warn: deprecated operation and stale contract are forwarded and recorded as warn', async (t) => {
+  const tok = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const dep = await call({ path: '/search', tok });
+  t.equal(dep.res.status, 200);
+  t.match(dep.span.attributes, { 'driftguard.decision': 'warn', 'driftguard.reason': 'deprecated-operation', 'driftguard.operation': 'oldSearch', 'driftguard.deprecated': true, 'driftguard.replacement': 'listItems', 'driftguard.warnings': ['deprecated-operation'], 'http.response.status_code': 200 });
+  t.equal(events(dep.span).at(-1), 'deprecation:warn:deprecated-operation');
+  t.equal(dep.span.status.code, STATUS.UNSET);
+
+  const old = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-06' });
+  const stale = await call({ path: '/items', tok: old });
+  t.equal(stale.res.status, 200);
+  t.match(stale.span.attributes, { 'driftguard.decision': 'warn', 'driftguard.reason': 'stale-contract', 'driftguard.contract.declared': '2026-06', 'driftguard.contract.current': '2026-09', 'driftguard.contract.changed_in': '2026-09' });
+  t.equal(events(stale.span).at(-2), 'contract:warn:stale-contract');
+});
+
+t.test('each kind of deny: span, events, status and the problem body\'s traceId', async (t) => {
+  const tok = (o: Partial<Parameters<typeof token>[0]> = {}) => mint({ key, sub: AGENT, scope: 'items.read items.write items.admin payments.write', contract: '2026-09', ...o });
+  const cases: { reason: string; status: number; call: () => Promise<Call>; lastCheck: string; attrs?: Record<string, unknown> }[] = [
+    { reason: 'unknown-operation', status: 403, lastCheck: 'operation', call: async () => ({ path: '/admin/users', tok: await tok() }) },
+    { reason: 'operation-sunset', status: 410, lastCheck: 'sunset', call: async () => ({ path: '/legacy' }), attrs: { 'driftguard.operation': 'legacy', 'driftguard.sunset': '2025-06-01T00:00:00.000Z' } },
+    { reason: 'missing-credential', status: 401, lastCheck: 'credential', call: async () => ({ path: '/items/1' }) },
+    { reason: 'invalid-credential', status: 401, lastCheck: 'credential', call: async () => ({ path: '/items/1', tok: 'not.a.token' }) },
+    { reason: 'credential-lifetime-exceeded', status: 401, lastCheck: 'credential', call: async () => ({ path: '/items/1', tok: await tok({ ttl: 86_400 }) }) },
+    { reason: 'unknown-consumer', status: 403, lastCheck: 'consumer', call: async () => ({ path: '/items/1', tok: await tok({ sub: 'spiffe://test.local/ns/x/sa/stranger' }) }), attrs: { 'driftguard.consumer': 'spiffe://test.local/ns/x/sa/stranger', 'driftguard.consumer.registered': false } },
+    { reason: 'insufficient-scope', status: 403, lastCheck: 'scopes', call: async () => ({ method: 'POST', path: '/items', tok: await tok({ scope: 'items.read' }) }) },
+    { reason: 'undeclared-operation', status: 403, lastCheck: 'declared-operations', call: async () => ({ method: 'POST', path: '/items', tok: await tok({ sub: BOT }) }), attrs: { 'driftguard.consumer.owner': 'team-ops' } },
+    { reason: 'contract-version-required', status: 400, lastCheck: 'contract', call: async () => ({ path: '/items/1', tok: await tok({ contract: undefined }) }) },
+    { reason: 'unknown-contract-version', status: 400, lastCheck: 'contract', call: async () => ({ path: '/items/1', tok: await tok({ contract: '1999-01' }) }) },
+    { reason: 'stale-contract', status: 409, lastCheck: 'contract', call: async () => ({ method: 'POST', path: '/payments', tok: await tok({ contract: '2026-06' }) }), attrs: { 'driftguard.sensitivity': 'critical', 'driftguard.contract.declared': '2026-06', 'driftguard.contract.changed_in': '2026-09' } },
+    { reason: 'deprecated-operation', status: 403, lastCheck: 'deprecation', call: async () => ({ method: 'DELETE', path: '/items/1', tok: await tok({ sub: BOT }) }), attrs: { 'driftguard.deprecated': true, 'driftguard.sunset': '2099-01-01T00:00:00.000Z', 'driftguard.replacement': 'archiveItem' } },
+  ];
+  for (const c of cases) {
+    const before = up.seen.length;
+    const r = await call(await c.call());
+    t.equal(r.res.status, c.status, `${c.reason}: status`);
+    t.equal(r.body?.code, c.reason, `${c.reason}: problem code`);
+    t.equal(r.body?.traceId, r.traceId, `${c.reason}: the problem body carries the caller's trace id`);
+    t.equal(r.res.headers.get('traceresponse'), traceparent(r.traceId, r.span.spanId), `${c.reason}: traceresponse`);
+    t.equal(r.span.kind, KIND.SERVER);
+    t.equal(r.span.parentSpanId, r.parent);
+    t.match(r.span.attributes, { 'driftguard.decision': 'deny', 'driftguard.enforced': true, 'driftguard.reason': c.reason, 'http.response.status_code': c.status, ...c.attrs }, `${c.reason}: attributes`);
+    t.equal(r.span.status.code, STATUS.UNSET, `${c.reason}: a deny is a decision, not a span error`);
+    const ev = events(r.span);
+    t.equal(ev[0], 'canonical-path:continue');
+    t.equal(ev.at(-1), `${c.lastCheck}:deny:${c.reason}`, `${c.reason}: the last event is the check that denied`);
+    t.equal(up.seen.length, before, `${c.reason}: nothing reached the upstream`);
+    t.notOk(otlp.spans.some((s) => s.traceId === r.traceId && s.kind === KIND.CLIENT), `${c.reason}: no CLIENT span`);
+  }
+});
+
+t.test('malformed request: denied before any other check, still traced', async (t) => {
+  const traceId = randomHex(16);
+  const port = (dg.dg.traffic.address() as AddressInfo).port;
+  const res = await raw(port, get('/items/../admin', [`traceparent: ${traceparent(traceId, randomHex(8))}`]));
+  t.equal(res.status, 400);
+  t.equal(res.json().traceId, traceId);
+  const span = await otlp.waitFor((s) => s.traceId === traceId);
+  t.match(span.attributes, { 'driftguard.decision': 'deny', 'driftguard.reason': 'malformed-request', 'http.response.status_code': 400 });
+  t.same(events(span), ['canonical-path:deny:malformed-request']);
+  t.equal(span.name, 'GET', 'no route: the span is named by the method alone');
+});
+
+t.test('upstream down: 502, the server span is an error, the client span records the failure', async (t) => {
+  const down = await upstream();
+  await down.close();
+  const other = await startWithTelemetry(baseRules(down.origin, keys.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+  }));
+  t.teardown(() => other.stop());
+  const traceId = randomHex(16);
+  const res = await fetch(other.url + '/status', { headers: { traceparent: traceparent(traceId, randomHex(8)) } });
+  const body = await res.json() as { code: string; traceId: string };
+  t.equal(res.status, 502);
+  t.equal(body.code, 'upstream-unavailable');
+  t.equal(body.traceId, traceId);
+  const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.equal(server.status.code, STATUS.ERROR);
+  t.equal(server.attributes['http.response.status_code'], 502);
+  t.equal(server.attributes['error.type'], '502');
+  t.equal(server.attributes['driftguard.decision'], 'allow', 'the decision was allow; forwarding failed');
+  const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
+  t.equal(client.status.code, STATUS.ERROR);
+  t.equal(client.attributes['error.type'], 'upstream-unavailable');
+});
+
+t.test('audit mode: a would-deny is forwarded and recorded as an unenforced deny', async (t) => {
+  const audit = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
+    r.proxy.mode = 'audit';
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+  }));
+  t.teardown(() => audit.stop());
+  const traceId = randomHex(16);
+  const res = await fetch(audit.url + '/items/1', { headers: { traceparent: traceparent(traceId, randomHex(8)) } });
+  await res.text();
+  t.equal(res.status, 200);
+  const span = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.match(span.attributes, { 'driftguard.decision': 'deny', 'driftguard.enforced': false, 'driftguard.reason': 'missing-credential', 'http.response.status_code': 200 });
+  t.equal(events(span).at(-1), 'credential:would-deny:missing-credential');
+});
+
+t.test('an unsampled caller trace is continued unsampled: nothing exported, context still propagated', async (t) => {
+  const traceId = randomHex(16);
+  const before = up.seen.length;
+  const res = await fetch(dg.url + '/status', { headers: { traceparent: traceparent(traceId, randomHex(8), false) } });
+  await res.text();
+  t.match(res.headers.get('traceresponse'), new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`));
+  t.match(up.seen[before]!.headers.traceparent, new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`));
+  // Another sampled request's span arriving shows the exporter has flushed past this one.
+  const marker = randomHex(16);
+  await (await fetch(dg.url + '/status', { headers: { traceparent: traceparent(marker, randomHex(8)) } })).text();
+  await otlp.waitFor((s) => s.traceId === marker);
+  t.notOk(otlp.spans.some((s) => s.traceId === traceId), 'the unsampled trace was not exported');
+});
+
+t.test('no token, query string or Authorization value in anything driftguard wrote', async (t) => {
+  const decisionLog = await dg.stop();
+  t.ok(decisionLog.length > 0, 'the decision log was written');
+  const everything = [decisionLog, ...dg.logs, ...otlp.bodies].join('\n');
+  t.ok(tokens.length >= 10);
+  for (const tok of tokens) {
+    t.notOk(everything.includes(tok), 'token absent');
+    // The signature alone would be just as bad.
+    t.notOk(everything.includes(tok.split('.')[2]!), 'token signature absent');
+  }
+  t.notOk(everything.includes('not.a.token'), 'even an invalid token is not echoed');
+  t.notOk(everything.includes('should-not-appear'), 'the query string is not recorded');
+});
