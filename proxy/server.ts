@@ -58,8 +58,8 @@ export interface Driftguard {
   close(): Promise<void>;
 }
 
-export function buildGeneration(rules: Rules, previous?: Generation, extra: Partial<CheckDeps> = {}): Generation {
-  const identity = new Identity(rules.identity, previous ? { keySets: previous.identity.keySets() } : {});
+export function buildGeneration(rules: Rules, previous?: Generation, extra: Partial<CheckDeps> = {}, onTokenCache?: (hit: boolean) => void): Generation {
+  const identity = new Identity(rules.identity, { ...(previous ? { keySets: previous.identity.keySets() } : {}), ...(onTokenCache ? { onCache: onTokenCache } : {}) });
   const deps: CheckDeps = { ...extra, identity };
   const forwarder = previous && previous.rules.proxy.upstream === rules.proxy.upstream
     && JSON.stringify(previous.rules.proxy) === JSON.stringify(rules.proxy)
@@ -71,7 +71,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const now = options.now ?? Date.now;
   const observer = options.observer ?? noopObserver;
   const log = options.log ?? ((line) => process.stderr.write(JSON.stringify(line) + '\n'));
-  let generation = buildGeneration(rules, undefined, options.deps);
+  // Verified-token cache hits and misses go to the observer (metrics); it must never throw into verify.
+  const onTokenCache = observer.tokenCache ? (hit: boolean) => { try { observer.tokenCache!(hit); } catch { /* ignore */ } } : undefined;
+  let generation = buildGeneration(rules, undefined, options.deps, onTokenCache);
   const sockets = new Set<Socket>();
   /** Responses not yet finished: drain marks those not yet started to close their connection. */
   const responses = new Set<ServerResponse>();
@@ -194,7 +196,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     get notReady() { return notReady(); },
     async swap(next: Rules) {
       const old = generation;
-      const g = buildGeneration(next, old, options.deps);
+      const g = buildGeneration(next, old, options.deps, onTokenCache);
       const shared = new Set(old.identity.keySets().values());
       try {
         // Only new key sets must load before the swap: a shared one already serves the old
