@@ -1,0 +1,134 @@
+// The command line as a platform engineer uses it: real subprocesses, exit codes, and
+// messages that name the file, line and field.
+
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
+import { jwtVerify, importJWK, decodeProtectedHeader } from 'jose';
+import { testKey, jwks, ISSUER, AUDIENCE } from '../support/keys.ts';
+import { upstream, jwksServer } from '../support/servers.ts';
+import { baseRules, startTest, writeRules, AGENT } from '../support/driftguard.ts';
+
+const CLI = fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url));
+
+export interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+/** Run the CLI to completion (or until `until` says to stop it with SIGTERM). */
+export function cli(args: string[], o: { until?: (stderr: string) => boolean; env?: Record<string, string> } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    // Without tap's NODE_OPTIONS (its process-info loader triples each start-up here).
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NODE_OPTIONS: '', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let signalled = false;
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`driftguard ${args.join(' ')} did not finish`)); }, 20_000);
+    child.stdout.on('data', (d: Buffer) => { stdout += d; });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d;
+      if (!signalled && o.until?.(stderr)) { signalled = true; child.kill('SIGTERM'); }
+    });
+    child.on('error', reject);
+    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
+  });
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); });
+  });
+}
+
+const GOOD = baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/jwks.json');
+const BAD = `proxy:
+  upstream: http://127.0.0.1:9
+  mode: enforcing
+identity:
+  issuers: []
+contract:
+  versions: ["1"]
+  operations:
+    - { id: a, method: GET, path: /a, sensitivity: low }
+`;
+
+t.test('check: exit 0 for a valid file, 1 naming file:line and field for an invalid one, 2 for misuse', async (t) => {
+  const good = writeRules(GOOD);
+  const ok = await cli(['check', good]);
+  t.equal(ok.code, 0);
+  t.match(ok.stdout, good);
+  const bad = writeRules(BAD);
+  const no = await cli(['check', bad]);
+  t.equal(no.code, 1);
+  t.match(no.stderr, `${bad}:3:`);
+  t.match(no.stderr, 'proxy.mode');
+  t.match(no.stderr, `${bad}:5:`);
+  t.match(no.stderr, 'identity.issuers');
+  t.equal((await cli(['check'])).code, 2, 'no file');
+  t.equal((await cli(['check', '/nonexistent.yaml'])).code, 1, 'a file that cannot be read');
+});
+
+t.test('run: an invalid rules file exits 1 naming the line; a valid one runs until SIGTERM and exits 0', async (t) => {
+  const bad = writeRules(BAD);
+  const no = await cli(['run', '--config', bad]);
+  t.equal(no.code, 1);
+  t.match(no.stderr, `${bad}:3:`);
+  t.match(no.stderr, 'proxy.mode');
+  t.equal((await cli(['run'])).code, 2, '--config missing');
+  t.equal((await cli(['run', '--config', writeRules(GOOD), '--grace', 'soon'])).code, 2, 'a bad --grace');
+
+  const port = await freePort();
+  const good = writeRules(GOOD);
+  const ran = await cli(['run', '--config', good, '--listen', `127.0.0.1:${port}`, '--admin', '127.0.0.1:0'], { until: (e) => e.includes('driftguard listening') });
+  t.equal(ran.code, 0, 'SIGTERM: graceful exit 0');
+  t.match(ran.stderr, `127.0.0.1:${port}`, '--listen overrides proxy.listen');
+  t.match(ran.stderr, '"signal":"SIGTERM"');
+});
+
+t.test('--help on every command exits 0 with its usage', async (t) => {
+  const all = [['--help'], ['run', '--help'], ['check', '--help'], ['demo', '--help'], ['token', '--help'], ['run', '-h']];
+  const runs = await Promise.all(all.map((args) => cli(args)));
+  all.forEach((args, i) => {
+    t.equal(runs[i]!.code, 0, args.join(' '));
+    t.match(runs[i]!.stdout, /Usage: driftguard/, args.join(' '));
+  });
+  const none = await cli([]);
+  t.equal(none.code, 2, 'no command is a usage error');
+  const unknown = await cli(['frobnicate']);
+  t.equal(unknown.code, 2);
+  t.match(unknown.stderr, 'frobnicate');
+  t.equal((await cli(['check', '--bogus', 'x'])).code, 2, 'an unknown option');
+});
+
+t.test('token mints a token that verifies, and that driftguard accepts', async (t) => {
+  const key = await testKey('ES256');
+  const dir = mkdtempSync(join(tmpdir(), 'dg-cli-'));
+  const keyFile = join(dir, 'key.json');
+  writeFileSync(keyFile, JSON.stringify(key.privateJwk));
+  const r = await cli(['token', '--key', keyFile, '--sub', AGENT, '--iss', ISSUER, '--aud', AUDIENCE, '--scope', 'items.read items.write', '--contract', '2026-09', '--ttl', '10m', '--claim', 'tenant=acme']);
+  t.equal(r.code, 0, r.stderr);
+  const tok = r.stdout.trim();
+  const { payload } = await jwtVerify(tok, await importJWK(key.publicJwk, 'ES256'), { issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'] });
+  t.equal(payload.sub, AGENT);
+  t.equal(payload.scope, 'items.read items.write');
+  t.equal(payload.contract_version, '2026-09');
+  t.equal(payload.tenant, 'acme');
+  t.equal(payload.exp! - payload.iat!, 600);
+  t.equal(decodeProtectedHeader(tok).kid, key.kid);
+
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const dg = await startTest(baseRules(up.origin, keys.url));
+  t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); });
+  const a = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+  t.equal(a.status, 200, 'driftguard accepts the minted token');
+
+  t.equal((await cli(['token', '--sub', AGENT])).code, 2, '--key missing');
+  t.equal((await cli(['token', '--key', keyFile, '--sub', AGENT, '--ttl', 'forever'])).code, 2, 'a bad --ttl');
+  writeFileSync(join(dir, 'public.json'), JSON.stringify(key.publicJwk));
+  const pub = await cli(['token', '--key', join(dir, 'public.json'), '--sub', AGENT]);
+  t.equal(pub.code, 1, 'a public key cannot sign');
+  t.match(pub.stderr, 'public.json');
+});
