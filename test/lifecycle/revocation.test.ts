@@ -1,0 +1,253 @@
+// Revocation: each kind takes effect on the next request, cached tokens included; the admin
+// API needs the admin credential; journal replay across restarts, torn last line; list file
+// and list URL (real loopback server), a failing URL keeping the last good list.
+
+import t from 'tap';
+import { mkdtempSync, writeFileSync, appendFileSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadRules, RulesError } from '../../proxy/rules/load.ts';
+import { isLoopback } from '../../proxy/lifecycle/admin.ts';
+import { writeRules } from '../support/driftguard.ts';
+import { listen, close } from '../support/servers.ts';
+import { world, startLifecycle, problem, bearer, until } from './support.ts';
+
+const ADMIN_SECRET = 'adm1n-s3cret-value-for-tests-only';
+
+function adminFile(dir: string): string {
+  const file = join(dir, 'admin-credentials');
+  writeFileSync(file, `# operators\noncall ${ADMIN_SECRET}\n`);
+  return file;
+}
+
+async function revoke(admin: string, body: Record<string, unknown>, secret = ADMIN_SECRET): Promise<Response> {
+  return fetch(`${admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: JSON.stringify(body) });
+}
+
+t.test('each kind of revocation takes effect on the next request, for a cached token too', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-revoke-'));
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal: join(dir, 'journal') }; }), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+
+  const cases = [
+    { kind: 'jti', claims: { jti: 'token-to-revoke' }, value: 'token-to-revoke' },
+    { kind: 'task', claims: { task_id: 'task-42' }, value: 'task-42' },
+    { kind: 'subject', sub: 'spiffe://test.local/ns/ops/sa/bot', value: 'spiffe://test.local/ns/ops/sa/bot' },
+    { kind: 'kid', value: w.key.kid },
+  ];
+  for (const c of cases) {
+    const tok = await w.token({ ...(c.sub ? { sub: c.sub, scope: 'items.read' } : {}), ...(c.claims ? { claims: c.claims } : {}), ...(c.kind === 'jti' ? { omit: ['jti'] } : {}) });
+    const first = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+    t.equal(first.status, 200, `${c.kind}: allowed before`);
+    await first.text();
+    const made = await revoke(dg.admin, { kind: c.kind, value: c.value, reason: `test ${c.kind}` });
+    t.equal(made.status, 201, `${c.kind}: revoked`);
+    const r = await made.json() as Record<string, any>;
+    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+    const body = await problem(t, res, 'credential-revoked', 401);
+    t.match(body.detail, r.id, 'the caller learns the revocation id');
+    t.notMatch(body.detail, `test ${c.kind}`, 'the operator\'s reason stays with the operator');
+    t.match(res.headers.get('www-authenticate') ?? '', /error="invalid_token"/);
+    const last = dg.seen.at(-1)!;
+    t.equal(last.ctx.credential?.cached, true, `${c.kind}: denied on a verified-token cache hit`);
+    t.equal(last.ctx.extra['revocation.kind'], c.kind);
+    // Lift it: the same token works again.
+    const lifted = await fetch(`${dg.admin}/revocations/${r.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_SECRET}` } });
+    t.equal(lifted.status, 200);
+    await lifted.text();
+    const again = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+    t.equal(again.status, 200, `${c.kind}: allowed once lifted`);
+    await again.text();
+  }
+  const before = w.up.seen.length;
+  t.equal(before, cases.length * 2, 'no denied request reached the upstream');
+
+  // Without an end, a revocation lasts until every token it could match has expired:
+  // the longest per-kind lifetime (12h for humans) plus the clock skew (30s).
+  const made = await revoke(dg.admin, { kind: 'subject', value: 'someone', reason: 'no end given' });
+  const r = await made.json() as Record<string, any>;
+  const span = Date.parse(r.end) - Date.parse(r.created);
+  t.equal(span, 12 * 3600_000 + 30_000);
+  const listed = await (await fetch(`${dg.admin}/revocations`)).json() as Record<string, any>;
+  t.ok(listed.revocations.some((x: any) => x.id === r.id && x.by === 'oncall'), 'listed with who made it');
+
+  // Secrets never reach the log: neither the admin credential nor the tokens.
+  const logText = JSON.stringify(dg.logs);
+  t.notMatch(logText, ADMIN_SECRET);
+  t.ok(dg.logs.some((l) => l.msg === 'revocation added' && l.by === 'oncall' && l.kind === 'kid'), 'logs who revoked what');
+});
+
+t.test('the admin API refuses writes without the admin credential', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-'));
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir) }; }), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const body = JSON.stringify({ kind: 'jti', value: 'x', reason: 'y' });
+  const none = await fetch(`${dg.admin}/revocations`, { method: 'POST', body });
+  t.equal(none.status, 401);
+  t.match(none.headers.get('www-authenticate') ?? '', /^Bearer/);
+  await none.text();
+  const wrong = await fetch(`${dg.admin}/revocations`, { method: 'POST', body, headers: { authorization: 'Bearer not-the-secret' } });
+  t.equal(wrong.status, 401);
+  await wrong.text();
+  const prefix = await fetch(`${dg.admin}/revocations`, { method: 'POST', body, headers: { authorization: `Bearer ${ADMIN_SECRET.slice(0, -1)}` } });
+  t.equal(prefix.status, 401, 'a prefix of the secret is not the secret');
+  await prefix.text();
+  const del = await fetch(`${dg.admin}/revocations/anything`, { method: 'DELETE' });
+  t.equal(del.status, 401);
+  await del.text();
+  const unq = await fetch(`${dg.admin}/quarantine/${encodeURIComponent('spiffe://x')}`, { method: 'DELETE' });
+  t.equal(unq.status, 401);
+  await unq.text();
+  const listed = await (await fetch(`${dg.admin}/revocations`)).json() as Record<string, any>;
+  t.same(listed.revocations, [], 'nothing was revoked');
+  const ok = await revoke(dg.admin, { kind: 'jti', value: 'x', reason: 'y' });
+  t.equal(ok.status, 201);
+  await ok.text();
+  const bad = await revoke(dg.admin, { kind: 'email', value: '', reason: 'y', end: '2000-01-01' });
+  t.equal(bad.status, 400, 'a bad revocation is refused with what is wrong');
+  t.match(await bad.text(), /kind must be one of/);
+  t.notMatch(JSON.stringify(dg.logs), ADMIN_SECRET);
+});
+
+t.test('without an admin credential file, only loopback clients may write', async (t) => {
+  t.ok(isLoopback('127.0.0.1') && isLoopback('::1') && isLoopback('::ffff:127.0.0.1') && isLoopback('127.9.8.7'));
+  t.notOk(isLoopback('10.0.0.1') || isLoopback('::ffff:10.0.0.1') || isLoopback('fe80::1') || isLoopback(undefined) || isLoopback('1127.0.0.1'));
+  const w = await world();
+  const dg = await startLifecycle(w.rules());
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const ok = await revoke(dg.admin, { kind: 'jti', value: 'x', reason: 'y' }, 'ignored');
+  t.equal(ok.status, 201, 'a loopback client may write');
+  t.equal((await ok.json() as Record<string, any>).by, 'loopback');
+});
+
+t.test('admin API revocations survive a restart; a torn journal line is skipped and reported', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-journal-'));
+  const journal = join(dir, 'revocations.journal');
+  const rules = w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal }; });
+  const file = writeRules(rules, dir);
+  const tokA = await w.token({ claims: { task_id: 'task-a' } });
+  const tokB = await w.token({ claims: { task_id: 'task-b' } });
+
+  let dg = await startLifecycle({ file });
+  t.equal((await revoke(dg.admin, { kind: 'task', value: 'task-a', reason: 'task ended' })).status, 201);
+  const gone = await (await revoke(dg.admin, { kind: 'task', value: 'task-b', reason: 'mistake' })).json() as Record<string, any>;
+  t.equal((await fetch(`${dg.admin}/revocations/${gone.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_SECRET}` } })).status, 200);
+  await dg.close();
+
+  // A crash in the middle of an append leaves a torn last line.
+  appendFileSync(journal, '{"op":"add","revocation":{"id":"torn","kind":"task","val');
+  dg = await startLifecycle({ file });
+  const skipped = dg.logs.filter((l) => l.msg === 'revocation journal line skipped');
+  t.equal(skipped.length, 1, 'the torn line is reported');
+  t.match(String(skipped[0]!.problem), /torn last line/);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tokA) }), 'credential-revoked', 401);
+  const b = await fetch(`${dg.url}/items/1`, { headers: bearer(tokB) });
+  t.equal(b.status, 200, 'a lifted revocation stays lifted after restart');
+  await b.text();
+  // The journal is clean again: a new revocation appends to a whole line and replays.
+  t.equal((await revoke(dg.admin, { kind: 'task', value: 'task-b', reason: 'now for real' })).status, 201);
+  await dg.close();
+  t.ok(readFileSync(journal, 'utf8').endsWith('\n'));
+  t.notMatch(readFileSync(journal, 'utf8'), '"torn"');
+
+  dg = await startLifecycle({ file });
+  t.teardown(() => dg.close());
+  t.equal(dg.logs.filter((l) => l.msg === 'revocation journal line skipped').length, 0);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tokA) }), 'credential-revoked', 401);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tokB) }), 'credential-revoked', 401);
+});
+
+t.test('a revocation list URL is polled and applied; a failing URL keeps the last good list', async (t) => {
+  const w = await world();
+  let list: unknown = { revocations: [{ kind: 'task', value: 'task-1', reason: 'incident 7' }] };
+  let failing = false;
+  let fetches = 0;
+  const server = createServer((req, res) => {
+    fetches++;
+    t.equal(req.url, '/revocations.json?key=list-secret');
+    if (failing) { res.writeHead(503).end(); return; }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(list));
+  });
+  const port = await listen(server);
+  const url = `http://127.0.0.1:${port}/revocations.json?key=list-secret`;
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { url, interval: '1s', timeout: '500ms' }; }));
+  t.teardown(async () => { await dg.close(); await close(server); await w.close(); });
+  const tok1 = await w.token({ claims: { task_id: 'task-1' } });
+  const tok2 = await w.token({ claims: { task_id: 'task-2' } });
+
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tok1) }), 'credential-revoked', 401);
+  const ok = await fetch(`${dg.url}/items/1`, { headers: bearer(tok2) });
+  t.equal(ok.status, 200);
+  await ok.text();
+
+  list = [{ kind: 'task', value: 'task-2', reason: 'incident 8' }];
+  const before = fetches;
+  // Watch the admin listing, not traffic: repeated denials would quarantine the consumer.
+  const listed = async () => ((await (await fetch(`${dg.admin}/revocations`)).json()) as Record<string, any>).revocations as Record<string, any>[];
+  t.ok(await until(async () => (await listed()).some((r) => r.value === 'task-2')), 'the next poll applied the new list');
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tok2) }), 'credential-revoked', 401);
+  t.ok(fetches > before);
+  const lifted = await fetch(`${dg.url}/items/1`, { headers: bearer(tok1) });
+  t.equal(lifted.status, 200, 'an entry gone from the list is lifted');
+  await lifted.text();
+
+  failing = true;
+  const failedAt = fetches;
+  t.ok(await until(() => fetches >= failedAt + 2, 4000), 'polled while failing');
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tok2) }), 'credential-revoked', 401);
+  const status = await (await fetch(`${dg.admin}/revocations`)).json() as Record<string, any>;
+  t.equal(status.sources.url.entries, 1, 'the last good list stays in force');
+  t.match(status.sources.url.lastError, /HTTP 503/);
+  t.equal(status.sources.url.location, `http://127.0.0.1:${port}/revocations.json`, 'the URL\'s query is not shown');
+  t.notMatch(JSON.stringify(dg.logs), 'list-secret', 'nor logged');
+});
+
+t.test('a revocation list file is read at start and re-read when it changes', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-list-'));
+  const listFile = join(dir, 'revoked.yaml');
+  writeFileSync(listFile, 'revocations:\n  - kind: subject\n    value: spiffe://test.local/ns/app/sa/agent\n    reason: offboarded\n');
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { file: 'revoked.yaml', interval: '1s' }; }), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tok) }), 'credential-revoked', 401);
+  writeFileSync(listFile, 'revocations: []\n');
+  const listed = async () => ((await (await fetch(`${dg.admin}/revocations`)).json()) as Record<string, any>).revocations as unknown[];
+  t.ok(await until(async () => (await listed()).length === 0), 'the changed file was applied');
+  const ok = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+  t.equal(ok.status, 200);
+  await ok.text();
+  // A broken file keeps the last good list and is reported.
+  writeFileSync(listFile, 'revocations:\n  - kind: nope\n');
+  t.ok(await until(() => dg.logs.some((l) => l.msg === 'revocation list not refreshed; the last good list stays in force')));
+});
+
+t.test('configuration errors name the file, line and field', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-config-'));
+  const file = writeRules(w.rules((r) => {
+    r.delegation = { consumers: [{ subject: 'spiffe://nobody', actors: [] }] };
+    r.credentials = { maxTokenLifetime: { critical: '2h' } };
+    r.revocation = { adminCredentialFile: 'missing-file', interval: '100ms' };
+  }), dir);
+  const err = t.throws(() => loadRules(file)) as RulesError;
+  t.ok(err instanceof RulesError);
+  const text = err.message;
+  t.match(text, new RegExp(`${file}:\\d+:\\d+: delegation\\.consumers\\[0\\]\\.subject: "spiffe://nobody" is not a subject of consumers.registry`));
+  t.match(text, /:\d+:\d+: credentials\.maxTokenLifetime\.critical: 2h is longer than identity\.maxTokenLifetime\.automation/);
+  t.match(text, /:\d+:\d+: revocation\.adminCredentialFile: cannot read .*missing-file: ENOENT/);
+  t.match(text, /:\d+:\d+: revocation\.interval: must be at least 1s/);
+  for (const p of err.problems) t.ok(p.line > 0, `${p.field} has a line`);
+
+  // A broken list file stops start-up with the list's own file, line and field.
+  const listFile = join(dir, 'list.json');
+  writeFileSync(listFile, '{"revocations": [\n  {"kind": "jti", "value": "a", "reason": "r"},\n  {"kind": "serial", "value": "b", "reason": "r"}\n]}\n');
+  const file2 = writeRules(w.rules((r) => { r.revocation = { file: listFile }; }), mkdtempSync(join(tmpdir(), 'dg-config-')));
+  await t.rejects(startLifecycle({ file: file2 }), { name: 'RulesError', message: new RegExp(`${listFile}:3:\\d+: revocations\\[1\\]\\.kind: must be one of jti, task, subject, kid`) });
+});
