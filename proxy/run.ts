@@ -56,8 +56,11 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
   };
 }
 
-/** Time allowed after the grace period for closing connections and flushing telemetry. */
-const FLUSH_MS = 5_000;
+/**
+ * Time allowed after the grace period for closing connections and flushing telemetry (the
+ * OTLP exporter's own timeout, 10s by default, bounds its flush): a backstop, not a budget.
+ */
+const FLUSH_MS = 15_000;
 
 function untilSignal(handlers: { term: () => Promise<void>; hup?: () => void; deadlineMs: number }): Promise<number> {
   return new Promise((resolve) => {

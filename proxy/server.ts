@@ -217,6 +217,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // Stop accepting (new connections are refused) and close connections idle between requests.
       const closed = new Promise<void>((resolve) => traffic.close(() => resolve()));
       traffic.closeIdleConnections();
+      log({ level: 'info', msg: 'draining: new connections are refused', inFlight, graceMs });
       // Answers in flight that have not started yet close their connection once sent.
       for (const r of responses) if (!r.headersSent) r.setHeader('connection', 'close');
       if (inFlight > 0) {

@@ -70,7 +70,7 @@ t.test('ConfigMap symlink swap, SIGHUP and POST /reload in a real subprocess', a
     r.identity.issuers[0].jwks = { file: join(secret, 'jwks.json') };
   });
   const cm = configMap(rules);
-  const dg = await runDriftguard(cm.file);
+  const dg = await runDriftguard(cm.file, [], { OTEL_TRACES_EXPORTER: 'none' });
   t.teardown(() => dg.kill());
   const tokens = [
     await token({ key: oldKey, sub: AGENT, scope: 'items.read', contract: '2026-09' }),

@@ -1,0 +1,153 @@
+// Graceful shutdown of a real subprocess: SIGTERM stops accepting, requests in flight finish
+// within the grace period (a slow upstream holds them), new connections are refused, the
+// process exits 0; past the grace period what still runs is cut and the process still exits.
+
+import t from 'tap';
+import { connect } from 'node:net';
+import { request } from 'node:http';
+import type { ServerResponse } from 'node:http';
+import { createServer } from 'node:http';
+import { upstream, listen, close } from '../support/servers.ts';
+import { baseRules, writeRules } from '../support/driftguard.ts';
+import { runDriftguard } from '../support/subprocess.ts';
+
+/** An upstream whose answers wait until the test releases them. */
+async function slowUpstream() {
+  const up = await upstream();
+  const held: ServerResponse[] = [];
+  up.handler = (req, res) => { req.resume(); held.push(res); };
+  const release = () => {
+    for (const res of held.splice(0)) res.writeHead(200, { 'content-type': 'application/json' }).end('{"slow":true}');
+  };
+  return { up, held, release };
+}
+
+/** A real OTLP/HTTP receiver (JSON encoding): the spans driftguard flushes on shutdown land here. */
+async function otlpReceiver() {
+  const spans: Record<string, any>[] = [];
+  const server = createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (c: string) => { body += c; });
+    req.on('end', () => {
+      if (req.url === '/v1/traces') {
+        try {
+          for (const rs of JSON.parse(body).resourceSpans ?? []) for (const ss of rs.scopeSpans ?? []) spans.push(...(ss.spans ?? []));
+        } catch { /* counted as nothing */ }
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  const port = await listen(server);
+  return { spans, endpoint: `http://127.0.0.1:${port}`, close: () => close(server) };
+}
+
+/** GET on a connection of its own; resolves with status, connection header and body, or the error. */
+function get(url: string): Promise<{ status?: number; connection?: string; body?: string; error?: string }> {
+  return new Promise((resolve) => {
+    const req = request(url, { agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection!, body }));
+      res.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message }));
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message }));
+    req.end();
+  });
+}
+
+function tryConnect(url: string): Promise<string> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const s = connect(Number(port), hostname);
+    s.once('connect', () => { s.destroy(); resolve('connected'); });
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
+
+async function until(what: string, cond: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+t.test('SIGTERM: in-flight requests complete, new connections are refused, exit 0', async (t) => {
+  const slow = await slowUpstream();
+  t.teardown(() => slow.up.close());
+  const file = writeRules(baseRules(slow.up.origin, 'http://127.0.0.1:9/unused', (r) => {
+    r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
+    r.proxy.timeouts.response = '60s';
+  }));
+  const otlp = await otlpReceiver();
+  t.teardown(() => otlp.close());
+  // Spans are only sent on shutdown (the batch delay is a minute): what arrives was flushed.
+  const dg = await runDriftguard(file, ['--grace', '10s'], {
+    OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint, OTEL_BSP_SCHEDULE_DELAY: '60000',
+  });
+  t.teardown(() => dg.kill());
+
+  // A keep-alive connection idle after one answer (a denial: it never reaches the upstream):
+  // closed at once on SIGTERM, not held for the grace period.
+  const idle = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  const idleClosed = new Promise<void>((resolve) => idle.once('close', () => resolve()));
+  idle.on('error', () => {});
+  await new Promise<void>((resolve) => idle.once('connect', () => resolve()));
+  const answered = new Promise<string>((resolve) => idle.once('data', (c: Buffer) => resolve(c.toString('latin1'))));
+  idle.write('GET /not-an-operation HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+  t.match(await answered, /^HTTP\/1\.1 4\d\d /, 'one answer on the keep-alive connection');
+
+  const inFlight = [get(`${dg.url}/status`), get(`${dg.url}/status`), get(`${dg.url}/status`)];
+  await until('three requests at the upstream', () => slow.held.length === 3);
+
+  dg.child.kill('SIGTERM');
+  await dg.waitFor((l) => l.msg?.startsWith('draining'));
+  t.equal(await tryConnect(dg.url), 'ECONNREFUSED', 'new connections are refused');
+  await idleClosed;
+  t.pass('the idle keep-alive connection was closed');
+  const ready = await fetch(`${dg.admin}/readyz`);
+  const body = await ready.json() as any;
+  t.equal(ready.status, 503, 'not ready while draining');
+  t.ok(body.reasons.includes('shutting down'), 'because it is shutting down');
+  t.equal(dg.child.exitCode, null, 'still running while requests are in flight');
+
+  slow.release();
+  const answers = await Promise.all(inFlight);
+  for (const a of answers) {
+    t.equal(a.status, 200, 'the in-flight request completed');
+    t.equal(a.body, '{"slow":true}');
+    t.equal(a.connection, 'close', 'and told its client to reconnect elsewhere');
+  }
+  t.same(await dg.exited, { code: 0, signal: null }, 'exit code 0');
+  // SERVER spans (kind 2): the denial answered before SIGTERM and the three drained requests.
+  t.equal(otlp.spans.filter((s) => s.kind === 2 && s.name === 'GET /status').length, 3, 'the drained requests\' spans were flushed before exit');
+  t.equal(otlp.spans.filter((s) => s.kind === 2).length, 4, 'and the earlier one\'s');
+  t.ok(dg.lines.some((l) => l.msg === 'stopped'));
+  t.notOk(dg.lines.some((l) => l.msg?.startsWith('grace period over')), 'nothing was cut');
+});
+
+t.test('a request still running past the grace period is cut, and the process still exits', async (t) => {
+  const slow = await slowUpstream();
+  t.teardown(() => slow.up.close());
+  const file = writeRules(baseRules(slow.up.origin, 'http://127.0.0.1:9/unused', (r) => {
+    r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
+    r.proxy.timeouts.response = '60s';
+  }));
+  const dg = await runDriftguard(file, ['--grace', '300ms'], { OTEL_TRACES_EXPORTER: 'none' });
+  t.teardown(() => dg.kill());
+
+  const stuck = get(`${dg.url}/status`);
+  await until('the request at the upstream', () => slow.held.length === 1);
+  const sentAt = Date.now();
+  dg.child.kill('SIGTERM');
+  const cut = await stuck;
+  t.ok(cut.error, `the client saw its request cut (${cut.error})`);
+  t.same(await dg.exited, { code: 0, signal: null }, 'exited 0 on its own');
+  const warning = dg.lines.find((l) => l.msg?.startsWith('grace period over'));
+  t.ok(warning, 'the cut is logged');
+  t.equal(warning?.inFlight, 1);
+  t.ok(Date.now() - sentAt < 8_000, 'exited without waiting for the upstream');
+  slow.release();
+});
