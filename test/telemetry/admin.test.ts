@@ -1,0 +1,184 @@
+// GET /metrics (Prometheus text whose counters move), GET /decisions (filters, newest first)
+// and the decision log (deny and warn always, allow sampled, no secrets), on a real
+// driftguard with real tokens.
+
+import t from 'tap';
+import { writeFileSync } from 'node:fs';
+import { testKey, jwks, token } from '../support/keys.ts';
+import { upstream, jwksServer } from '../support/servers.ts';
+import { baseRules, AGENT, BOT } from '../support/driftguard.ts';
+import { reloader } from '../../proxy/reload.ts';
+import { collector, startWithTelemetry } from './support.ts';
+import { parsePrometheus, sample } from './prometheus.ts';
+
+const key = await testKey('ES256');
+const up = await upstream();
+const keys = await jwksServer(jwks(key));
+const otlp = await collector();
+const STRANGER = 'spiffe://test.local/ns/x/sa/stranger';
+const dg = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
+  r.consumers.unknown = 'allow';
+  r.telemetry = { traces: { endpoint: otlp.url }, decisionLog: { allowSampleRate: 0 }, recent: { size: 50 } };
+}));
+const reload = reloader(dg.file, {}, dg.dg, () => {});
+dg.dg.reloadStatus = reload.status;
+const tokens: string[] = [];
+const mint = async (o: Parameters<typeof token>[0]) => { const tok = await token(o); tokens.push(tok); return tok; };
+const captured: string[] = [];
+t.teardown(async () => { reload.close(); await dg.stop(); await up.close(); await keys.close(); await otlp.close(); });
+
+async function metrics() {
+  const text = await (await fetch(dg.admin + '/metrics')).text();
+  captured.push(text);
+  return parsePrometheus(text);
+}
+
+async function decisions(query = ''): Promise<{ status: number; body: any }> {
+  const res = await fetch(dg.admin + '/decisions' + query);
+  const text = await res.text();
+  captured.push(text);
+  return { status: res.status, body: JSON.parse(text) };
+}
+
+async function call(path: string, tok?: string, method = 'GET'): Promise<number> {
+  const res = await fetch(dg.url + path, { method, headers: tok ? { authorization: `Bearer ${tok}` } : {} });
+  captured.push(await res.text(), JSON.stringify([...res.headers]));
+  return res.status;
+}
+
+t.test('/metrics parses as Prometheus text and its counters move', async (t) => {
+  const res = await fetch(dg.admin + '/metrics');
+  t.equal(res.headers.get('content-type'), 'text/plain; version=0.0.4; charset=utf-8');
+  await res.text();
+  const m0 = await metrics();
+  const allow = { decision: 'allow', enforced: 'true', reason: 'allowed', operation: 'getItem', consumer_kind: 'automation' };
+  const allowed0 = sample(m0, 'driftguard_decisions_total', allow) ?? 0;
+  t.ok((sample(m0, 'driftguard_jwks_refreshes_total', { source: keys.url, result: 'success' }) ?? 0) >= 1, 'the JWKS fetch at start-up is counted');
+  t.equal(sample(m0, 'driftguard_jwks_ready', { source: keys.url }), 1);
+  t.ok((sample(m0, 'driftguard_jwks_key_set_age_seconds', { source: keys.url }) ?? -1) >= 0);
+  t.equal(sample(m0, 'driftguard_rules_info', { hash: dg.dg.generation.rules.hash }), 1);
+
+  const tok = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  t.equal(await call('/items/1', tok), 200);
+  t.equal(await call('/items/2', tok), 200);
+  t.equal(await call('/items/3', 'not.a.token'), 401);
+  const m1 = await metrics();
+  t.equal(sample(m1, 'driftguard_decisions_total', allow), allowed0 + 2, 'two allows');
+  t.equal(sample(m1, 'driftguard_decisions_total', { decision: 'deny', reason: 'invalid-credential', operation: 'getItem', consumer_kind: 'none' }), 1);
+  t.ok((sample(m1, 'driftguard_token_cache_total', { result: 'miss' }) ?? 0) >= 1, 'first use of the token: a miss');
+  t.ok((sample(m1, 'driftguard_token_cache_total', { result: 'hit' }) ?? 0) >= 1, 'second use: a hit');
+  t.ok((sample(m1, 'driftguard_added_latency_seconds_count', { decision: 'allow' }) ?? 0) >= 2, 'driftguard\'s own latency is observed');
+  t.ok((sample(m1, 'driftguard_upstream_duration_seconds_count') ?? 0) >= 2, 'upstream time is observed separately');
+  t.equal(sample(m1, 'driftguard_in_flight_requests'), 0);
+});
+
+t.test('stale and deprecated calls by consumer and owner; unknown subjects collapse to one value', async (t) => {
+  const old = await mint({ key, sub: AGENT, scope: 'items.read payments.write', contract: '2026-06' });
+  t.equal(await call('/items', old), 200, 'stale contract, low sensitivity: warn');
+  t.equal(await call('/payments', old, 'POST'), 409, 'stale contract, critical: deny');
+  const current = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  t.equal(await call('/search', current), 200, 'deprecated: warn');
+  for (const n of [1, 2]) {
+    const stranger = await mint({ key, sub: `${STRANGER}-${n}`, scope: 'items.read', contract: '2026-09' });
+    t.equal(await call('/search', stranger), 200);
+  }
+  const bot = await mint({ key, sub: BOT, scope: 'items.admin', contract: '2026-09' });
+  t.equal(await call('/items/9', bot, 'DELETE'), 403, 'deprecated, high sensitivity: deny');
+  const m = await metrics();
+  t.equal(sample(m, 'driftguard_stale_contract_calls_total', { consumer: AGENT, owner: 'team-app', operation: 'listItems', decision: 'warn' }), 1);
+  t.equal(sample(m, 'driftguard_stale_contract_calls_total', { consumer: AGENT, owner: 'team-app', operation: 'pay', decision: 'deny' }), 1);
+  t.equal(sample(m, 'driftguard_deprecated_calls_total', { consumer: AGENT, owner: 'team-app', operation: 'oldSearch', decision: 'warn' }), 1);
+  t.equal(sample(m, 'driftguard_deprecated_calls_total', { consumer: 'unregistered', owner: 'none', operation: 'oldSearch', decision: 'warn' }), 2, 'two unknown subjects, one series');
+  t.equal(sample(m, 'driftguard_deprecated_calls_total', { consumer: BOT, owner: 'team-ops', operation: 'deleteItem', decision: 'deny' }), 1);
+  const text = captured.at(-1)!;
+  t.notOk(text.includes(STRANGER), 'no unknown subject appears as a label');
+});
+
+t.test('rules reloads are counted', async (t) => {
+  const good = (await import('node:fs')).readFileSync(dg.file, 'utf8');
+  writeFileSync(dg.file, good + '\nnot: [valid\n');
+  const r = await reload.reload('test');
+  t.ok(r.error, 'the broken file is rejected');
+  writeFileSync(dg.file, good);
+  const m = await metrics();
+  t.equal(sample(m, 'driftguard_rules_reloads_total', { result: 'failure' }), 1);
+  t.equal(sample(m, 'driftguard_rules_reloads_total', { result: 'success' }), 0);
+});
+
+t.test('/decisions: newest first, every filter, bad parameters refused', async (t) => {
+  const all = await decisions();
+  t.equal(all.status, 200);
+  t.equal(all.body.count, 9, 'every decision so far, allows included');
+  t.equal(all.body.capacity, 50);
+  const times = all.body.decisions.map((d: any) => Date.parse(d.time));
+  t.same(times, [...times].sort((a, b) => b - a), 'newest first');
+  t.equal(all.body.decisions[0].operation, 'deleteItem', 'the last call is first');
+  t.type(all.body.decisions[0].traceId, 'string');
+  t.match(all.body.decisions[0].checks, /deprecation:deny:deprecated-operation$/);
+
+  const byConsumer = await decisions(`?consumer=${encodeURIComponent(BOT)}`);
+  t.ok(byConsumer.body.count >= 1);
+  t.ok(byConsumer.body.decisions.every((d: any) => d.consumer === BOT));
+  const byOwner = await decisions('?owner=team-app');
+  t.ok(byOwner.body.count >= 5);
+  t.ok(byOwner.body.decisions.every((d: any) => d.owner === 'team-app'));
+  const byOp = await decisions('?operation=pay');
+  t.equal(byOp.body.count, 1);
+  t.equal(byOp.body.decisions[0].reason, 'stale-contract');
+  const byReason = await decisions('?reason=stale-contract');
+  t.equal(byReason.body.count, 2, 'the deny and the warn (a warning reason matches too)');
+  const byDecision = await decisions('?decision=warn&owner=team-app');
+  t.ok(byDecision.body.decisions.every((d: any) => d.decision === 'warn' && d.owner === 'team-app'));
+  t.ok(byDecision.body.count >= 2);
+  const limited = await decisions('?limit=2');
+  t.equal(limited.body.count, 2);
+  t.same(limited.body.decisions, all.body.decisions.slice(0, 2));
+  const trace = all.body.decisions[3].traceId;
+  const byTrace = await decisions(`?traceId=${trace}`);
+  t.equal(byTrace.body.count, 1);
+  t.equal(byTrace.body.decisions[0].traceId, trace);
+
+  const future = await decisions(`?since=${new Date(Date.now() + 60_000).toISOString()}`);
+  t.equal(future.body.count, 0);
+  const recent = await decisions('?since=10m');
+  t.equal(recent.body.count, all.body.count, 'a relative since');
+  const past = await decisions(`?until=${Date.parse(all.body.decisions.at(-1).time) - 1}`);
+  t.equal(past.body.count, 0, 'until in epoch ms');
+
+  for (const q of ['?decision=maybe', '?limit=0', '?since=yesterday', '?consumerr=x']) {
+    const bad = await decisions(q);
+    t.equal(bad.status, 400, q);
+  }
+});
+
+t.test('the ring is bounded', async (t) => {
+  for (let i = 0; i < 60; i++) await call('/status');
+  const all = await decisions('?limit=1000');
+  t.equal(all.body.count, 50);
+  t.equal(all.body.held, 50);
+});
+
+t.test('decision log: deny and warn always, allow at the sample rate (0 here), fields, no secrets', async (t) => {
+  const log = await dg.stop();
+  const lines = log.trim().split('\n').map((l) => JSON.parse(l));
+  t.equal(lines.length, 7, 'one deny in the first test, six warns and denies in the second');
+  t.notOk(lines.some((l) => l.decision === 'allow'), 'allows are not sampled at rate 0');
+  t.ok(lines.some((l) => l.decision === 'warn'));
+  const pay = lines.find((l) => l.operation === 'pay');
+  t.match(pay, {
+    msg: 'decision', decision: 'deny', enforced: true, reason: 'stale-contract', consumer: AGENT, consumerKind: 'automation',
+    owner: 'team-app', registered: true, issuer: 'https://issuer.test.local', declaredContract: '2026-06', currentContract: '2026-09',
+    changedIn: '2026-09', sensitivity: 'critical', method: 'POST', path: '/payments', route: '/payments', status: 409,
+    rules: dg.dg.generation.rules.hash,
+  });
+  t.match(pay.traceId, /^[0-9a-f]{32}$/);
+  t.type(pay.jti, 'string');
+  t.type(pay.addedMs, 'number');
+  t.match(pay.checks, /contract:deny:stale-contract$/);
+  t.notOk('upstreamMs' in pay, 'a deny never reached the upstream');
+  const everything = [log, ...dg.logs, ...captured, ...otlp.bodies].join('\n');
+  for (const tok of tokens) {
+    t.notOk(everything.includes(tok), 'no token anywhere');
+    t.notOk(everything.includes(tok.split('.')[2]!), 'no token signature anywhere');
+  }
+});
