@@ -1,0 +1,94 @@
+// Task-scoped credentials and delegation chains: jti required, task binding from a
+// sensitivity up, per-sensitivity lifetime, act chain depth and actor allowlist, audit mode.
+
+import t from 'tap';
+import { AGENT, BOT } from '../support/driftguard.ts';
+import { world, startLifecycle, problem, bearer } from './support.ts';
+
+t.test('automated consumers need a jti, and a task-bound token from taskBindingAt up', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.credentials = { taskBindingAt: 'high', maxTokenLifetime: { critical: '5m' } };
+    r.identity.maxTokenLifetime.automation = '1h';
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ omit: ['jti'] })) }), 'invalid-credential', 401);
+
+  // archiveItem is high: no task claim, then with one.
+  const body = await problem(t, await fetch(`${dg.url}/items/1/archive`, { method: 'POST', headers: bearer(await w.token(), { 'idempotency-key': 'k1' }) }), 'task-binding-required', 403);
+  t.match(body.detail, /task_id/);
+  const bound = await fetch(`${dg.url}/items/1/archive`, { method: 'POST', headers: bearer(await w.token({ claims: { task_id: 'ticket-9' } }), { 'idempotency-key': 'k2' }) });
+  t.equal(bound.status, 200);
+  await bound.text();
+  t.equal(dg.seen.at(-1)!.ctx.extra['credential.task'], 'ticket-9', 'the task is recorded for spans and logs');
+
+  // Low sensitivity needs no task.
+  const low = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  t.equal(low.status, 200);
+  await low.text();
+
+  // pay is critical: at most 5 minutes, stricter than the 1h per-kind limit.
+  const long = await w.token({ ttl: 600, claims: { task_id: 't' } });
+  await problem(t, await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(long, { 'idempotency-key': 'k3' }) }), 'credential-lifetime-exceeded', 401);
+  const short = await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(await w.token({ ttl: 240, claims: { task_id: 't' } }), { 'idempotency-key': 'k4' }) });
+  t.equal(short.status, 200);
+  await short.text();
+  t.equal(w.up.seen.length, 3, 'only the allowed requests reached the upstream');
+});
+
+t.test('credentials in audit mode forward and record the would-deny', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { mode: 'audit' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const res = await fetch(`${dg.url}/items/1/archive`, { method: 'POST', headers: bearer(await w.token(), { 'idempotency-key': 'k' }) });
+  t.equal(res.status, 200);
+  t.equal(res.headers.get('driftguard-warning'), 'task-binding-required');
+  await res.text();
+  const s = dg.seen.at(-1)!;
+  t.equal(s.decision?.decision, 'warn');
+  t.equal(s.decision?.reason, 'task-binding-required');
+  t.same(s.ctx.extra['lifecycle.would_deny'], ['task-binding-required']);
+  t.equal(w.up.seen.length, 1);
+});
+
+t.test('delegation: the act chain is recorded, its depth and its actors are checked', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { maxDelegationDepth: 2, consumers: [{ subject: AGENT, actors: ['spiffe://tools/a', 'spiffe://tools/b'] }] };
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const act = (...subs: string[]) => subs.reduceRight<Record<string, unknown> | undefined>((inner, sub) => ({ sub, ...(inner ? { act: inner } : {}) }), undefined);
+
+  const one = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: act('spiffe://tools/a', 'spiffe://tools/b') } })) });
+  t.equal(one.status, 200);
+  await one.text();
+  t.same(dg.seen.at(-1)!.ctx.extra['delegation.chain'], ['spiffe://tools/a', 'spiffe://tools/b'], 'outermost actor first');
+  t.equal(dg.seen.at(-1)!.ctx.extra['delegation.depth'], 2);
+
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: act('spiffe://tools/a', 'spiffe://tools/b', 'spiffe://tools/a') } })) }), 'delegation-too-deep', 403);
+  t.equal(dg.seen.at(-1)!.ctx.extra['delegation.depth'], 3);
+
+  const stranger = await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: act('spiffe://tools/a', 'spiffe://evil/c') } })) }), 'actor-not-allowed', 403);
+  t.match(stranger.detail, 'spiffe://evil/c');
+
+  // A consumer without an allowlist may not be delegated to (unlisted: deny)...
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: BOT, scope: 'items.read', claims: { act: act('spiffe://tools/a') } })) }), 'actor-not-allowed', 403);
+  // ...but calls without act are untouched, and a malformed act is an invalid credential.
+  const plain = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: BOT, scope: 'items.read' })) });
+  t.equal(plain.status, 200);
+  await plain.text();
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: 42 } } })) }), 'invalid-credential', 401);
+  t.equal(w.up.seen.length, 2);
+});
+
+t.test('delegation in audit mode forwards and records', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.delegation = { mode: 'audit', maxDelegationDepth: 0 }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: 'spiffe://tools/a' } } })) });
+  t.equal(res.status, 200);
+  t.equal(res.headers.get('driftguard-warning'), 'delegation-too-deep');
+  await res.text();
+  t.same(dg.seen.at(-1)!.ctx.extra['lifecycle.would_deny'], ['delegation-too-deep']);
+});

@@ -1,0 +1,246 @@
+// Behaviour monitors over real HTTP with a frozen clock: retry storm, idempotency, endpoint
+// traversal and quarantine, each in enforce and audit mode; the owner view.
+
+import t from 'tap';
+import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
+import { world, startLifecycle, problem, bearer, type World } from './support.ts';
+
+function clock() {
+  let now = Date.parse('2026-11-20T10:00:00Z');
+  return { now: () => now, advance(ms: number) { now += ms; } };
+}
+
+/** Rules with every monitor off but the ones a test turns on. */
+function only(w: World, monitors: Record<string, unknown>, more: (r: Record<string, any>) => void = () => {}) {
+  return w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'off' }, ...monitors };
+    more(r);
+  });
+}
+
+t.test('retry storm: the same request more than maxRepeats times in the window is 429 with Retry-After', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, { maxBodyBytes: 1024, retryStorm: { maxRepeats: 3, window: '10s' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ now: c.now() });
+  for (let i = 0; i < 3; i++) {
+    const ok = await fetch(`${dg.url}/items/1?q=a`, { headers: bearer(tok) });
+    t.equal(ok.status, 200);
+    await ok.text();
+    c.advance(1000);
+  }
+  const res = await fetch(`${dg.url}/items/1?q=a`, { headers: bearer(tok) });
+  const body = await problem(t, res, 'retry-storm', 429);
+  // The first of the three was 3s ago: one more fits in 7s.
+  t.equal(res.headers.get('retry-after'), '7');
+  t.equal(body.retryAfter, 7);
+  // Another query is another request.
+  const other = await fetch(`${dg.url}/items/1?q=b`, { headers: bearer(tok) });
+  t.equal(other.status, 200);
+  await other.text();
+  c.advance(7000);
+  const later = await fetch(`${dg.url}/items/1?q=a`, { headers: bearer(tok) });
+  t.equal(later.status, 200, 'allowed again once the window slid');
+  await later.text();
+
+  // Bodies are part of the fingerprint, and still reach the upstream whole.
+  const tok2 = await w.token({ now: c.now() });
+  const post = (body: string) => fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok2, { 'content-type': 'application/json' }), body });
+  for (let i = 0; i < 3; i++) { const r = await post('{"name":"a"}'); t.equal(r.status, 200); await r.text(); }
+  await problem(t, await post('{"name":"a"}'), 'retry-storm', 429);
+  const b = await post('{"name":"b"}');
+  t.equal(b.status, 200, 'a different body is a different request');
+  await b.text();
+  t.equal(w.up.seen.at(-1)!.bodyBytes, 12, 'the buffered body was forwarded');
+  // A body above maxBodyBytes is not read: it streams through whole.
+  const big = 'x'.repeat(100_000);
+  const r = await post(big);
+  t.equal(r.status, 200);
+  t.equal((await r.json() as Record<string, any>).bodyBytes, 100_000);
+  t.equal(w.up.seen.at(-1)!.bodyBytes, 100_000);
+});
+
+t.test('retry storm in audit mode forwards and records', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, { retryStorm: { mode: 'audit', maxRepeats: 1, window: '10s' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ now: c.now() });
+  for (const expected of [null, 'retry-storm']) {
+    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+    t.equal(res.status, 200);
+    t.equal(res.headers.get('driftguard-warning'), expected);
+    await res.text();
+  }
+  t.equal(w.up.seen.length, 2);
+  t.same(dg.seen.at(-1)!.ctx.extra['lifecycle.would_deny'], ['retry-storm']);
+});
+
+t.test('idempotency: key required, reused key, duplicate write in flight and within the window', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, { idempotency: { at: 'medium', window: '1m' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ now: c.now() });
+  const post = (key: string | undefined, body: string) => fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, key ? { 'idempotency-key': key } : {}), body });
+
+  await problem(t, await post(undefined, '{"a":1}'), 'idempotency-key-required', 400);
+  await problem(t, await post(' ', '{"a":1}'), 'idempotency-key-required', 400);
+  const first = await post('key-1', '{"a":1}');
+  t.equal(first.status, 200);
+  await first.text();
+  await problem(t, await post('key-1', '{"a":2}'), 'idempotency-key-reused', 422);
+  const dup = await problem(t, await post('key-1', '{"a":1}'), 'duplicate-write', 409);
+  t.match(dup.detail, /already sent/);
+  t.equal(w.up.seen.length, 1, 'neither the reuse nor the duplicate reached the upstream');
+  // Low-sensitivity reads need no key.
+  const read = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+  t.equal(read.status, 200);
+  await read.text();
+  // Another consumer's identical key is its own.
+  const bot = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN, now: c.now() }), { 'idempotency-key': 'key-1' }), body: '{"a":1}' });
+  t.equal(bot.status, 200, 'humans are not watched by default, and keys are per consumer');
+  await bot.text();
+  c.advance(61_000);
+  const tok2 = await w.token({ now: c.now() });
+  const again = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok2, { 'idempotency-key': 'key-1' }), body: '{"a":1}' });
+  t.equal(again.status, 200, 'after the window the key may be used again');
+  await again.text();
+
+  // In flight: the upstream holds the first write; the same write meanwhile is a duplicate.
+  let release!: () => void;
+  const held = new Promise<void>((r) => { release = r; });
+  w.up.handler = (req, res) => { req.resume(); req.on('end', () => { void held.then(() => res.end('{}')); }); };
+  const slow = fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok2, { 'idempotency-key': 'key-2' }), body: '{"b":1}' });
+  await new Promise((r) => setTimeout(r, 100));
+  const inflight = await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok2, { 'idempotency-key': 'key-2' }), body: '{"b":1}' }), 'duplicate-write', 409);
+  t.match(inflight.detail, /in flight/);
+  release();
+  t.equal((await slow).status, 200);
+});
+
+t.test('idempotency in audit mode forwards and records', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { idempotency: { mode: 'audit', at: 'medium' } }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  for (const [key, expected] of [[undefined, 'idempotency-key-required'], ['k', null], ['k', 'duplicate-write']] as const) {
+    const res = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, key ? { 'idempotency-key': key } : {}), body: '{}' });
+    t.equal(res.status, 200);
+    t.equal(res.headers.get('driftguard-warning'), expected);
+    await res.text();
+  }
+  t.equal(w.up.seen.length, 3);
+});
+
+t.test('endpoint traversal: more distinct operations than allowed in the window', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, { traversal: { maxOperations: 2, window: '10s' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ now: c.now() });
+  for (const path of ['/items/1', '/items', '/items/2']) {
+    const r = await fetch(`${dg.url}${path}`, { headers: bearer(tok) });
+    t.equal(r.status, 200, `${path} allowed`);
+    await r.text();
+  }
+  await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok), body: '{}' }), 'endpoint-traversal', 403);
+  const known = await fetch(`${dg.url}/items/3`, { headers: bearer(tok) });
+  t.equal(known.status, 200, 'operations already called in the window still work');
+  await known.text();
+  c.advance(10_001);
+  const tok2 = await w.token({ now: c.now() });
+  const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok2), body: '{}' });
+  t.equal(r.status, 200, 'a new operation is allowed once the window slid');
+  await r.text();
+});
+
+t.test('endpoint traversal in audit mode forwards and records', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { traversal: { mode: 'audit', maxOperations: 1 } }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const a = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+  await a.text();
+  const b = await fetch(`${dg.url}/items`, { headers: bearer(tok) });
+  t.equal(b.status, 200);
+  t.equal(b.headers.get('driftguard-warning'), 'endpoint-traversal');
+  await b.text();
+});
+
+t.test('quarantine: K denials in the window refuse everything for the period; listed and lifted', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, { quarantine: { denials: 3, window: '1m', period: '5m' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read', now: c.now() });
+  const good = await w.token({ now: c.now() });
+  const first = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  t.equal(first.status, 200);
+  await first.text();
+  for (let i = 0; i < 3; i++) await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }), 'insufficient-scope', 403);
+  const q = await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(good) }), 'consumer-quarantined', 403);
+  t.equal(q.retryAfter, 300);
+  t.equal(w.up.seen.length, 1, 'only the request before the denials reached the upstream');
+  const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as Record<string, any>;
+  t.equal(listed.quarantined.length, 1);
+  t.equal(listed.quarantined[0].subject, AGENT);
+  t.equal(listed.quarantined[0].mode, 'enforce');
+  t.same(listed.quarantined[0].reasons, ['insufficient-scope']);
+  t.ok(dg.logs.some((l) => l.msg === 'consumer quarantined' && l.consumer === AGENT && l.owner === 'team-app'));
+
+  // Another consumer is not affected.
+  const bot = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: BOT, scope: 'items.read', now: c.now() })) });
+  t.equal(bot.status, 200);
+  await bot.text();
+
+  // The owner view.
+  const view = await (await fetch(`${dg.admin}/consumers`)).json() as Record<string, any>;
+  const agent = view.consumers.find((x: any) => x.subject === AGENT);
+  t.equal(agent.owner, 'team-app');
+  t.equal(agent.kind, 'automation');
+  t.same(agent.contractVersions, ['2026-09']);
+  t.equal(agent.decisions.deny['insufficient-scope'], 3);
+  t.equal(agent.decisions.deny['consumer-quarantined'], 1);
+  t.equal(agent.decisions.allow.allowed, 1);
+  t.equal(agent.quarantine.subject, AGENT);
+  t.equal(agent.lastSeen, new Date(c.now()).toISOString());
+  const human = view.consumers.find((x: any) => x.subject === HUMAN);
+  t.equal(human.lastSeen, null, 'registered consumers never seen are listed too');
+  t.equal(view.consumers.find((x: any) => x.subject === BOT).decisions.allow.allowed, 1);
+
+  // Lift early (loopback, no admin credential file configured).
+  const lift = await fetch(`${dg.admin}/quarantine/${encodeURIComponent(AGENT)}`, { method: 'DELETE' });
+  t.equal(lift.status, 200);
+  await lift.text();
+  const ok = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  t.equal(ok.status, 200, 'lifted');
+  await ok.text();
+  t.equal((await fetch(`${dg.admin}/quarantine/${encodeURIComponent(AGENT)}`, { method: 'DELETE' })).status, 404);
+
+  // Ends by itself after the period.
+  for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); }
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(good) }), 'consumer-quarantined', 403);
+  c.advance(5 * 60_000);
+  const fresh = await w.token({ now: c.now() });
+  const after = await fetch(`${dg.url}/items/1`, { headers: bearer(fresh) });
+  t.equal(after.status, 200, 'the quarantine ended');
+  await after.text();
+});
+
+t.test('quarantine in audit mode forwards, lists and records', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { quarantine: { mode: 'audit', denials: 2 } }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 2; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); t.equal(r.status, 403); await r.text(); }
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  t.equal(res.status, 200);
+  t.equal(res.headers.get('driftguard-warning'), 'consumer-quarantined');
+  await res.text();
+  const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as Record<string, any>;
+  t.equal(listed.quarantined[0].mode, 'audit');
+  t.ok(dg.logs.some((l) => l.msg === 'consumer would be quarantined (audit)'));
+});
