@@ -5,7 +5,7 @@
 // cut the connection, which is what the client then sees.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
 import { Pool } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import type { ReasonCode } from '../decision/reasons.ts';
@@ -30,6 +30,29 @@ function errorCode(err: unknown): string {
 
 function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+}
+
+/**
+ * Stream the upstream's body into the response; rejects when either side fails or the client
+ * goes away first (the caller then cuts the connection). Not stream/promises' pipeline: it
+ * creates and aborts an AbortController per call, and every abort builds a DOMException with
+ * a stack trace, ~4% of driftguard's CPU per request in a profile (test/bench).
+ */
+function streamInto(body: Readable, res: ServerResponse): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    // The error listeners stay: a late error must never become an uncaught 'error' event.
+    const settle = (err?: Error) => {
+      if (settled) return;
+      settled = true;
+      if (err) { body.destroy(); reject(err); } else resolve();
+    };
+    body.on('error', settle);
+    res.on('error', settle);
+    res.once('finish', () => settle());
+    res.once('close', () => { if (!res.writableFinished) settle(new Error('the client closed the connection')); });
+    body.pipe(res);
+  });
 }
 
 export class Forwarder {
@@ -67,7 +90,7 @@ export class Forwarder {
       const headers = { ...clientResponseHeaders(upstream.headers), ...responseHeaders };
       started = true;
       res.writeHead(upstream.statusCode, headers);
-      await pipeline(upstream.body, res);
+      await streamInto(upstream.body, res);
       return { status: upstream.statusCode };
     } catch (err) {
       const code = errorCode(err);

@@ -3,7 +3,7 @@
 // Verified tokens are cached by their hash (never kept in memory as text), so a repeated
 // token costs a hash and a map lookup instead of a signature check.
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { jwtVerify, decodeJwt, decodeProtectedHeader, type JWTPayload } from 'jose';
 import { LRUCache } from 'lru-cache';
 import type { IdentityRules, IssuerRules } from '../rules/types.ts';
@@ -71,7 +71,8 @@ export class Identity {
     try {
       if (token.length > MAX_TOKEN_BYTES) return { reason: 'invalid-credential', detail: 'token too large' };
       const cacheable = this.#cache !== undefined && token.length <= this.#rules.cache.maxTokenBytes;
-      const key = cacheable ? createHash('sha256').update(token).digest('base64') : '';
+      // One-shot hash: no Hash object per request.
+      const key = cacheable ? hash('sha256', token, 'base64') : '';
       if (cacheable) {
         const hit = this.#cache!.get(key);
         this.#onCache?.(hit !== undefined);

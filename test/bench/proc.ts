@@ -17,11 +17,39 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / TICKS; // fields 14 and 15 of stat(5)
 }
 
-/** Resident set now and at its peak, in MiB. */
-export function memory(pid: number): { rssMiB: number; peakRssMiB: number } {
+export interface Memory {
+  /** Resident set now, MiB. */
+  readonly rssMiB: number;
+  /** Peak resident set since start (VmHWM), MiB. */
+  readonly peakRssMiB: number;
+  /** Anonymous resident memory now (heap, stacks, malloc): what a cgroup cannot reclaim. */
+  readonly anonMiB: number;
+  /** File-backed resident pages now (mostly the node binary's text): reclaimable. */
+  readonly fileMiB: number;
+}
+
+export function memory(pid: number): Memory {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-  return { rssMiB: kb('VmRSS') / 1024, peakRssMiB: kb('VmHWM') / 1024 };
+  return { rssMiB: kb('VmRSS') / 1024, peakRssMiB: kb('VmHWM') / 1024, anonMiB: kb('RssAnon') / 1024, fileMiB: kb('RssFile') / 1024 };
+}
+
+/** Samples memory every `ms` and keeps each process's highest anonymous resident set. */
+export function peakSampler(pids: Record<string, number>, ms = 200): { peaks(): Record<string, { anonMiB: number; fileMiB: number }>; stop(): void } {
+  const peaks: Record<string, { anonMiB: number; fileMiB: number }> = {};
+  const tick = () => {
+    for (const [name, pid] of Object.entries(pids)) {
+      try {
+        const m = memory(pid);
+        const p = (peaks[name] ??= { anonMiB: 0, fileMiB: 0 });
+        if (m.anonMiB > p.anonMiB) p.anonMiB = m.anonMiB;
+        if (m.fileMiB > p.fileMiB) p.fileMiB = m.fileMiB;
+      } catch { /* exited */ }
+    }
+  };
+  const timer = setInterval(tick, ms);
+  tick();
+  return { peaks: () => peaks, stop: () => clearInterval(timer) };
 }
 
 export interface Child {

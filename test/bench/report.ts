@@ -31,12 +31,13 @@ function perRound(samples: Samples, f: (at: (target: string, metric: string) => 
   return Array.from({ length: n }, (_, i) => f((t, m) => samples[t]?.[m]?.[i] ?? NaN));
 }
 
-export function summarise(samples: Samples, peakRssMiB: Record<string, number>, meta: Record<string, unknown>): Record<string, unknown> {
+export function summarise(samples: Samples, peakRssMiB: Record<string, number>, peakAnon: Record<string, { anonMiB: number; fileMiB: number }>, meta: Record<string, unknown>): Record<string, unknown> {
   const targets: Record<string, Record<string, unknown>> = {};
   for (const [target, metrics] of Object.entries(samples)) {
     const t: Record<string, unknown> = {};
     for (const [metric, values] of Object.entries(metrics)) t[metric] = round(median(values), metric.startsWith('cpu') || metric === 'deniedShare' ? 4 : 1);
     if (peakRssMiB[target] !== undefined) t.peakRssMiB = round(peakRssMiB[target]!, 1);
+    if (peakAnon[target] !== undefined) { t.peakAnonRssMiB = round(peakAnon[target]!.anonMiB, 1); t.peakFileRssMiB = round(peakAnon[target]!.fileMiB, 1); }
     t.rounds = Object.fromEntries(Object.entries(metrics).map(([m, v]) => [m, v.map((x) => round(x, 4))]));
     targets[target] = t;
   }
@@ -57,7 +58,7 @@ export function summarise(samples: Samples, peakRssMiB: Record<string, number>, 
       samples[dg]?.cpuSecondsPer1000AtFixedRate ?? [], '<=', 0.1),
     line('peakRssOverBareMiB', 'driftguard peak RSS - bare peak RSS, MiB (default heap sizing)',
       [(peakRssMiB[dg] ?? NaN) - (peakRssMiB.bare ?? NaN)], '<=', 40),
-    line('peakRssLimitedMiB', 'driftguard peak RSS under NODE_OPTIONS=--max-old-space-size=96, MiB (container limit 128 MiB)',
+    line('peakRssLimitedMiB', 'driftguard-limited peak RSS (VmHWM) under the chart\'s NODE_OPTIONS, MiB (container limit 128 MiB)',
       [peakRssMiB['driftguard-limited'] ?? NaN], '<=', 128),
     line('coldPath', 'driftguard req/s with a never-seen token per request / raw jose ES256 verify rate',
       perRound(samples, (at) => at(dg, 'coldRps') / at('jose', 'verifyRate')), '>=', 0.6),
@@ -70,13 +71,13 @@ const us = (v: unknown) => typeof v === 'number' ? (v / 1000).toFixed(2) : '-';
 
 export function printTable(result: Record<string, unknown>): void {
   const targets = result.targets as Record<string, Record<string, number | undefined>>;
-  const rows = [['target', 'req/s @32', '1c p50', '1c p90', '1c p99', '2k/s p50', '2k/s p90', '2k/s p99', 'CPU s/1k req', 'peak RSS MiB', 'cold req/s']];
+  const rows = [['target', 'req/s @32', '1c p50', '1c p90', '1c p99', '2k/s p50', '2k/s p90', '2k/s p99', 'CPU s/1k req', 'peak RSS MiB', 'anon MiB', 'cold req/s']];
   for (const name of ['direct', 'bare', 'driftguard', 'driftguard-limited']) {
     const t = targets[name];
     if (!t) continue;
     rows.push([name, fmt(t.throughputRps), us(t.oneConnectionP50Us), us(t.oneConnectionP90Us), us(t.oneConnectionP99Us),
       us(t.fixedRateP50Us), us(t.fixedRateP90Us), us(t.fixedRateP99Us),
-      name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtFixedRate, 3), name === 'direct' ? '-' : fmt(t.peakRssMiB, 1), fmt(t.coldRps)]);
+      name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtFixedRate, 3), name === 'direct' ? '-' : fmt(t.peakRssMiB, 1), name === 'direct' ? '-' : fmt(t.peakAnonRssMiB, 1), fmt(t.coldRps)]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const out = rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  '));

@@ -20,12 +20,12 @@ import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
-import { stringify } from 'yaml';
+import { stringify, parse } from 'yaml';
 import { request } from 'undici';
-import { spawnNode, runNodeJson, cpuSeconds, memory, type Child } from './proc.ts';
+import { spawnNode, runNodeJson, cpuSeconds, memory, peakSampler, type Child } from './proc.ts';
 import { wrk, wrkVersion, type WrkResult } from './wrk.ts';
 import { jwksServer, otlpReceiver } from './receivers.ts';
-import { signingKey, mintToken, rulesFor, requestMix, wrkLines, subjectOf, ISSUER, AUDIENCE, type RequestSpec } from './scenario.ts';
+import { signingKey, mintToken, rulesFor, requestMix, wrkLines, ISSUER, AUDIENCE, FIRST_STALE, PLACEHOLDER, type RequestSpec } from './scenario.ts';
 import { summarise, printTable, type Samples } from './report.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -49,7 +49,14 @@ if (args.rounds) S.rounds = Number(args.rounds);
 const CONNECTIONS = 32;
 const RATE = 2000;
 const RATE_CONNECTIONS = 10;
-const HEAP_LIMIT = '--max-old-space-size=96';
+/** The sidecar's NODE_OPTIONS as the chart sets them (one source of truth), else the issue's. */
+const HEAP_LIMIT = (() => {
+  try {
+    const values = parse(readFileSync(join(ROOT, 'charts/driftguard/values.yaml'), 'utf8')) as { sidecar?: { nodeOptions?: string } };
+    return values.sidecar?.nodeOptions ?? '--max-old-space-size=96';
+  } catch { return '--max-old-space-size=96'; }
+})();
+const CONTAINER_LIMIT_MIB = 128;
 
 function log(msg: string): void { process.stderr.write(`bench: ${msg}\n`); }
 
@@ -75,15 +82,24 @@ async function waitReady(admin: string, name: string): Promise<void> {
 /** Send one block of the mix and check every answer is what the rules say it must be. */
 async function checkMix(url: string, requests: readonly RequestSpec[], name: string): Promise<Record<string, number>> {
   const seen: Record<string, number> = { allowed: 0, warned: 0, denied: 0 };
+  let n = 0;
   for (const r of requests) {
-    const res = await request(url + r.path, {
+    const unique = `chk${Date.now() % 1e6}${n++}`;
+    const res = await request(url + r.path.replaceAll(PLACEHOLDER, unique), {
       method: r.method as 'GET',
-      headers: { authorization: `Bearer ${r.token}`, accept: 'application/json', ...(r.body ? { 'content-type': 'application/json' } : {}) },
-      ...(r.body ? { body: r.body } : {}),
+      headers: {
+        authorization: `Bearer ${r.token}`, accept: 'application/json',
+        ...(r.body ? { 'content-type': 'application/json' } : {}),
+        ...(r.idempotent ? { 'idempotency-key': `bench-${unique}` } : {}),
+      },
+      ...(r.body ? { body: r.body.replaceAll(PLACEHOLDER, unique) } : {}),
     });
-    await res.body.dump();
+    const text = await res.body.text();
     const got = res.statusCode >= 400 ? 'denied' : res.headers['driftguard-warning'] ? 'warned' : 'allowed';
-    if (got !== r.expect) throw new Error(`${name}: ${r.method} ${r.path} (${r.operation}) was ${got} (${res.statusCode}), expected ${r.expect}`);
+    if (got !== r.expect) {
+      const why = res.statusCode >= 400 ? ` ${text}` : '';
+      throw new Error(`${name}: ${r.method} ${r.path} (${r.operation}) was ${got} (${res.statusCode}), expected ${r.expect}${why}`);
+    }
     seen[got]!++;
   }
   return seen;
@@ -126,7 +142,9 @@ async function main(): Promise<void> {
     const telemetry = telemetrySection(otlp.url);
     const startDriftguard = async (name: string, nodeOptions: string): Promise<{ child: Child; url: string; logFile: string }> => {
       const [port, adminPort] = [await freePort(), await freePort()];
-      const file = join(dir, `${name}.yaml`);
+      // Rules alone in their directory: the reloader watches the rules file's directory.
+      mkdirSync(join(dir, name));
+      const file = join(dir, name, 'rules.yaml');
       writeFileSync(file, stringify(rulesFor({ upstream: upstreamUrl, jwksUrl: jwksHttp.url, listen: `127.0.0.1:${port}`, admin: `127.0.0.1:${adminPort}`, ...(telemetry ? { telemetry } : {}) })));
       const logFile = join(dir, `${name}.log`);
       const prof = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile)}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
@@ -142,7 +160,7 @@ async function main(): Promise<void> {
 
     // --- the traffic: 50 consumers' tokens, the mix as wrk lines ---
     const nowS = Math.floor(Date.now() / 1000);
-    const tokens = Array.from({ length: 50 }, (_, i) => mintToken(keys[i % 2]!, subjectOf(i), nowS));
+    const tokens = Array.from({ length: 50 }, (_, i) => mintToken(keys[i % 2]!, i, nowS));
     const mix = requestMix(10, (c) => tokens[c]!);
     const mixFile = join(dir, 'mix.txt');
     writeFileSync(mixFile, wrkLines(mix));
@@ -159,6 +177,7 @@ async function main(): Promise<void> {
       { name: 'driftguard', url: dg.url, pid: dg.child.pid },
       { name: 'driftguard-limited', url: dgLimited.url, pid: dgLimited.child.pid },
     ];
+    const sampler = peakSampler(Object.fromEntries(targets.filter((t) => t.name !== 'direct').map((t) => [t.name, t.pid!])));
     const samples: Samples = {};
     const sample = (target: string, metric: string, value: number) => {
       ((samples[target] ??= {})[metric] ??= []).push(value);
@@ -180,7 +199,7 @@ async function main(): Promise<void> {
     const coldFile = (name: string, count: number): string => {
       const now = Math.floor(Date.now() / 1000);
       const file = join(dir, `cold-${name}.txt`);
-      writeFileSync(file, wrkLines(requestMix(Math.ceil(count / 100), (c) => mintToken(keys[c % 2]!, subjectOf(c), now))));
+      writeFileSync(file, wrkLines(requestMix(Math.ceil(count / 100), (c) => mintToken(keys[c % 2]!, c, now))));
       return file;
     };
 
@@ -214,7 +233,7 @@ async function main(): Promise<void> {
 
       log(`round ${round + 1}/${S.rounds}: cold path (a never-seen token per request)`);
       const verifyTokens = join(dir, 'verify-tokens.txt');
-      writeFileSync(verifyTokens, Array.from({ length: 2000 }, (_, i) => mintToken(keys[i % 2]!, subjectOf(i % 50), Math.floor(Date.now() / 1000))).join('\n'));
+      writeFileSync(verifyTokens, Array.from({ length: 2000 }, (_, i) => mintToken(keys[i % 2]!, i % FIRST_STALE, Math.floor(Date.now() / 1000))).join('\n'));
       const raw = await runNodeJson<{ rate: number }>([join(HERE, 'targets/verify-rate.ts'), join(dir, 'jwks.json'), verifyTokens, String(S.verify), ISSUER, AUDIENCE]);
       sample('jose', 'verifyRate', raw.rate);
       for (const t of [targets[2]!, targets[3]!]) {
@@ -228,14 +247,16 @@ async function main(): Promise<void> {
       }
     }
 
+    sampler.stop();
     const peak: Record<string, number> = {};
-    for (const t of targets) if (t.pid) peak[t.name] = memory(t.pid).peakRssMiB;
+    for (const t of targets) if (t.pid && t.name !== 'direct') peak[t.name] = memory(t.pid).peakRssMiB;
+    const peakAnon = sampler.peaks();
     const loadEnd = loadavg();
     await stopAll();
     const decisionLog = Object.fromEntries([dg, dgLimited].map((d, i) => [targets[i + 2]!.name, countLogLines(d.logFile)]));
 
     const cpu = cpus();
-    const result = summarise(samples, peak, {
+    const result = summarise(samples, peak, peakAnon, {
       schema: 'driftguard-bench/1',
       generatedAt: started.toISOString(),
       quick: args.quick ?? false,
@@ -249,7 +270,7 @@ async function main(): Promise<void> {
         rounds: S.rounds, seconds: { warm: S.warm, throughput: S.throughput, oneConnection: S.one, fixedRate: S.rate, cold: S.cold, joseVerify: S.verify },
         loadGenerator: 'wrk -t1 (Debian package), test/bench/mix.lua', connections: CONNECTIONS, fixedRate: { rps: RATE, connections: RATE_CONNECTIONS },
         mix: { allowed: 0.85, warned: 0.10, denied: 0.05, operations: 20, consumers: 50, algorithm: 'ES256', jwks: 'HTTP' },
-        heapLimit: HEAP_LIMIT, containerLimitMiB: 128,
+        limitedNodeOptions: HEAP_LIMIT, containerLimitMiB: CONTAINER_LIMIT_MIB,
       },
       checks: { mix: mixCheck, jwksFetches: jwksHttp.fetches, otlp: { exports: otlp.exports, bytes: otlp.bytes, jsonSpans: otlp.jsonSpans }, logLines: decisionLog, telemetryConfigured: telemetry !== undefined },
     });
@@ -271,8 +292,12 @@ async function main(): Promise<void> {
 function telemetrySection(endpoint: string): Record<string, unknown> | undefined {
   const schema = JSON.parse(readFileSync(join(ROOT, 'rules/schema.json'), 'utf8')) as { properties: Record<string, unknown> };
   if (!schema.properties.telemetry) return undefined;
-  void endpoint;
-  return {};
+  return {
+    // Every request traced and exported in batches over OTLP/HTTP protobuf to the receiver.
+    traces: { exporter: 'otlp', protocol: 'http/protobuf', endpoint, serviceName: 'driftguard-bench', sampler: 'parentbased_always_on' },
+    // Every decision logged, allowed ones too, as JSON lines on stdout (captured to a file).
+    decisionLog: { output: 'stdout', allowSampleRate: 1 },
+  };
 }
 
 function countLogLines(file: string): { lines: number; decisionLines: number } {

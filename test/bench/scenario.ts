@@ -9,8 +9,8 @@ import { generateKeyPairSync, sign, randomUUID, type KeyObject } from 'node:cryp
 export const ISSUER = 'https://issuer.bench.local';
 export const AUDIENCE = 'driftguard-bench';
 export const VERSIONS = ['2026-01', '2026-06', '2026-09'] as const;
-/** Every consumer's token declares this version: current enough, but older than 2026-09. */
-export const DECLARED = '2026-06';
+/** The current contract, which 45 of the 50 consumers declare. */
+export const CURRENT = '2026-09';
 /** exp - iat of every token: the longest an automation may hold (identity.maxTokenLifetime). */
 export const TOKEN_SECONDS = 3600;
 
@@ -81,12 +81,20 @@ export function signingKey(kid: string): SigningKey {
 
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
 
-/** An ES256 JWT as an identity provider issues it (typ JWT, kid, iat/exp/jti). */
-export function mintToken(key: SigningKey, subject: string, nowSeconds: number): string {
+/** Consumers from this index up are stale: their tokens declare contract 2026-06. */
+export const FIRST_STALE = 45;
+
+/** The contract version consumer `i` was built against. */
+export function contractOf(i: number): string {
+  return i >= FIRST_STALE ? '2026-06' : CURRENT;
+}
+
+/** An ES256 JWT as an identity provider issues it (typ JWT, kid, iat/exp/jti, task). */
+export function mintToken(key: SigningKey, consumer: number, nowSeconds: number): string {
   const head = b64({ alg: 'ES256', typ: 'JWT', kid: key.kid });
   const body = b64({
-    iss: ISSUER, aud: AUDIENCE, sub: subject, iat: nowSeconds, exp: nowSeconds + TOKEN_SECONDS, jti: randomUUID(),
-    scope: ALL_SCOPES, contract_version: DECLARED,
+    iss: ISSUER, aud: AUDIENCE, sub: subjectOf(consumer), iat: nowSeconds, exp: nowSeconds + TOKEN_SECONDS, jti: randomUUID(),
+    scope: ALL_SCOPES, contract_version: contractOf(consumer), task_id: `task-${consumer}-${nowSeconds}`,
   });
   const input = `${head}.${body}`;
   const signature = sign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' });
@@ -121,12 +129,24 @@ export function rulesFor(opts: { upstream: string; jwksUrl: string; listen: stri
 
 export interface RequestSpec {
   readonly method: string;
+  /** May hold PLACEHOLDER. */
   readonly path: string;
   readonly token: string;
+  /** Send an Idempotency-Key (unique per request). */
+  readonly idempotent: boolean;
+  /** May hold PLACEHOLDER; '' for none. */
   readonly body: string;
   readonly operation: string;
   readonly expect: Expect;
 }
+
+/**
+ * Replaced by wrk (mix.lua) with a value unique to each request it sends, of the same length
+ * (Content-Length is computed once). The lifecycle monitors refuse a consumer's identical
+ * request more than 20 times a minute and a reused idempotency key: a replayed file of
+ * identical requests would measure retry-storm denials, not the mix.
+ */
+export const PLACEHOLDER = '@NNNNNNNNNN@';
 
 /** Small deterministic PRNG (mulberry32): the same mix on every run. */
 function prng(seed: number): () => number {
@@ -138,39 +158,40 @@ function prng(seed: number): () => number {
   };
 }
 
-function fill(template: string, rnd: () => number): string {
-  return template.replace(/\{[^}]+\}/g, () => String(1000 + Math.floor(rnd() * 90000)));
-}
-
+const WRITES = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const BODIES: Record<string, string> = {
-  POST: JSON.stringify({ name: 'widget', quantity: 3, note: 'created by the driftguard benchmark' }),
-  PUT: JSON.stringify({ name: 'widget', quantity: 4, colour: 'blue', note: 'replaced by the benchmark' }),
-  PATCH: JSON.stringify({ email: 'ops@bench.local' }),
+  POST: JSON.stringify({ ref: PLACEHOLDER, name: 'widget', quantity: 3, note: 'created by the driftguard benchmark' }),
+  PUT: JSON.stringify({ ref: PLACEHOLDER, name: 'widget', quantity: 4, colour: 'blue', note: 'replaced by the benchmark' }),
+  PATCH: JSON.stringify({ ref: PLACEHOLDER, email: 'ops@bench.local' }),
 };
 
 /**
- * `blocks` shuffled blocks of 100 requests in the exact mix, each sent by one of the
- * consumers in turn. `tokenFor(consumer)` gives that consumer's token.
+ * `blocks` shuffled blocks of 100 requests in the exact mix. Allowed and warned requests
+ * come from the 45 current consumers in turn, denied ones from the 5 stale consumers.
+ * `tokenFor(consumer)` gives that consumer's token.
  */
 export function requestMix(blocks: number, tokenFor: (consumer: number) => string): RequestSpec[] {
   const rnd = prng(4);
   const byId = new Map(OPERATIONS.map((o) => [o.id, o]));
   const out: RequestSpec[] = [];
+  let current = 0;
+  let stale = 0;
   for (let b = 0; b < blocks; b++) {
     const block: [string, Expect][] = MIX.flatMap(([id, n, expect]) => Array.from({ length: n }, () => [id, expect] as [string, Expect]));
     for (let i = block.length - 1; i > 0; i--) { const j = Math.floor(rnd() * (i + 1)); [block[i], block[j]] = [block[j]!, block[i]!]; }
     for (const [id, expect] of block) {
       const op = byId.get(id)!;
-      let path = fill(op.path, rnd);
+      let path = op.path.replace(/\{[^}]+\}/g, PLACEHOLDER);
       if (id === 'search') path += '?q=widget&limit=20';
-      if (id === 'listItems') path += '?limit=50';
-      out.push({ method: op.method, path, token: tokenFor(out.length % CONSUMERS), body: BODIES[op.method] ?? '', operation: id, expect });
+      if (op.method === 'GET' && !op.path.includes('{')) path += (path.includes('?') ? '&' : '?') + `cursor=${PLACEHOLDER}`;
+      const consumer = expect === 'denied' ? FIRST_STALE + (stale++ % (CONSUMERS - FIRST_STALE)) : current++ % FIRST_STALE;
+      out.push({ method: op.method, path, token: tokenFor(consumer), idempotent: WRITES.has(op.method), body: BODIES[op.method] ?? '', operation: id, expect });
     }
   }
   return out;
 }
 
-/** One request per line for wrk's Lua script: method, path, token, body, tab-separated. */
+/** One request per line for wrk's Lua script: method, path, token, idempotent (0/1), body; tab-separated. */
 export function wrkLines(requests: readonly RequestSpec[]): string {
-  return requests.map((r) => `${r.method}\t${r.path}\t${r.token}\t${r.body}`).join('\n') + '\n';
+  return requests.map((r) => `${r.method}\t${r.path}\t${r.token}\t${r.idempotent ? 1 : 0}\t${r.body}`).join('\n') + '\n';
 }

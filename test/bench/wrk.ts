@@ -43,7 +43,7 @@ export interface WrkRun {
 
 export async function wrk(run: WrkRun): Promise<WrkResult> {
   const args = ['-t1', `-c${run.connections}`, `-d${run.seconds}s`, '--timeout', '5s', '-s', SCRIPT, run.url, '--', run.requestsFile];
-  const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BENCH_DELAY_MS: String(run.delayMs ?? 0) } });
+  const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BENCH_DELAY_MS: String(run.delayMs ?? 0), BENCH_RUN: (Math.random() * 36 ** 4 | 0).toString(36).padStart(4, '0') } });
   let out = '';
   child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
   child.stderr.on('data', (c: Buffer) => { out += c.toString(); });

@@ -4,7 +4,6 @@
 
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pipeline } from 'node:stream/promises';
 import { Pool } from 'undici';
 
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect']);
@@ -22,7 +21,7 @@ const server = createServer({ keepAliveTimeout: 5_000 }, async (req, res) => {
     const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
     const up = await pool.request({ path: req.url!, method: req.method as 'GET', headers: strip(req.headers), body: hasBody ? req : null });
     res.writeHead(up.statusCode, strip(up.headers));
-    await pipeline(up.body, res);
+    up.body.on('error', () => res.destroy()).pipe(res);
   } catch {
     if (!res.headersSent) res.writeHead(502).end(); else res.destroy();
   }
