@@ -33,10 +33,12 @@ Exit: 1 when the rules are invalid or a listener cannot start.`,
 
 Validates FILE against rules/schema.json and the cross-field rules. Prints every problem as
 FILE:LINE:COLUMN: FIELD: MESSAGE. Exit 0 when valid, 1 otherwise.`,
-  demo: `Usage: driftguard demo
+  demo: `Usage: driftguard demo [--rules FILE]
 
 Starts a demo API and a JWKS on loopback, then driftguard with rules/demo.yaml in front of
-them, and prints curl lines (with freshly minted tokens) for an allow, a warn and each deny.`,
+them, and prints curl lines (with freshly minted tokens) for an allow, a warn and each deny.
+--rules runs a copy of rules/demo.yaml instead (e.g. with other ports when 15080, 15081,
+15090 or 15021 are taken).`,
   token: `Usage: driftguard token --key FILE --sub SUBJECT [--iss ISSUER] [--aud AUDIENCE]
                         [--scope 'a b'] [--contract VERSION] [--ttl 15m] [--claim name=value]...
 
@@ -100,8 +102,9 @@ async function main(argv: string[]): Promise<number> {
         try { return await run(values.config as string, overrides, { graceMs }); } catch (err) { return reportRulesError(err); }
       }
       case 'demo': {
-        const { values } = parse(rest, {});
+        const { values } = parse(rest, { rules: { type: 'string' } });
         if (values.help) { process.stdout.write(USAGE.demo + '\n'); return 0; }
+        if (values.rules) process.env.DRIFTGUARD_DEMO_RULES = values.rules as string;
         const { demo } = await import('./run.ts');
         try { return await demo(); } catch (err) { return reportRulesError(err); }
       }

@@ -103,8 +103,17 @@ export async function examples(rules: Rules, key: JWK, now = Date.now()): Promis
   ];
 }
 
+/**
+ * The rules the demo runs: rules/demo.yaml, or a copy named by DRIFTGUARD_DEMO_RULES (set by
+ * `driftguard demo --rules FILE`), e.g. to move the demo off its fixed ports when they are taken.
+ */
+export function demoRulesFile(): string {
+  return process.env.DRIFTGUARD_DEMO_RULES || DEMO_RULES;
+}
+
 export async function runDemo(start: (rules: Rules) => Promise<{ close(): Promise<void> }>, out: (line: string) => void = console.log): Promise<() => Promise<void>> {
-  const rules = loadRules(DEMO_RULES);
+  const rulesFile = demoRulesFile();
+  const rules = loadRules(rulesFile);
   const { privateJwk, publicJwk, file } = await demoKey(join(ROOT, '.demo'));
   const url = new URL((rules.identity.issuers[0]!.jwks as { url: string }).url);
   const jwks = jwksServer(publicJwk);
@@ -113,7 +122,7 @@ export async function runDemo(start: (rules: Rules) => Promise<{ close(): Promis
   await listen(api, new URL(rules.proxy.upstream).host);
   const dg = await start(rules);
   out(`driftguard demo: listening on http://${rules.proxy.listen} in front of the demo API at ${rules.proxy.upstream}`);
-  out(`admin: http://${rules.proxy.admin}/readyz   rules: ${DEMO_RULES}   signing key: ${file}`);
+  out(`admin: http://${rules.proxy.admin}/readyz   rules: ${rulesFile}   signing key: ${file}`);
   out('');
   for (const e of await examples(rules, privateJwk)) {
     out(`# ${e.title}  -> expect ${e.expect} ${e.code}`);

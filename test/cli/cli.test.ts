@@ -21,7 +21,7 @@ export interface Run { code: number | null; signal: NodeJS.Signals | null; stdou
 export function cli(args: string[], o: { until?: (stderr: string) => boolean; env?: Record<string, string> } = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
     // Without tap's NODE_OPTIONS (its process-info loader triples each start-up here).
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NODE_OPTIONS: '', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     let signalled = false;

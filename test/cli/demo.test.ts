@@ -1,0 +1,119 @@
+// `driftguard demo` does what it prints: start it as a subprocess, run every printed curl
+// line with bash, and check each answer against the `-> expect STATUS CODE` line above it.
+// The demo's ports are fixed in rules/demo.yaml (15080, 15081, 15090, 15021): when another
+// process holds one of them (another demo, another run of this test), the test runs the demo
+// on a copy of rules/demo.yaml with free ports (`driftguard demo --rules FILE`) instead.
+// Spans are not exported (OTEL_TRACES_EXPORTER=none): there is no collector here, and a flush
+// that retries would slow the SIGTERM this test waits for.
+
+import t from 'tap';
+import { spawn, execFile } from 'node:child_process';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const CLI = fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url));
+const DEMO_RULES = fileURLToPath(new URL('../../rules/demo.yaml', import.meta.url));
+const PORTS = [15080, 15081, 15090, 15021];
+
+function free(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => { const p = (srv.address() as { port: number }).port; srv.close(() => resolve(p)); });
+  });
+}
+
+/** No extra arguments when the default ports are free, else --rules with a moved copy. */
+async function demoArgs(): Promise<{ args: string[]; note: string }> {
+  const busy = (await Promise.all(PORTS.map(async (p) => ((await free(p)) ? undefined : p)))).filter((p) => p !== undefined);
+  if (busy.length === 0) return { args: [], note: 'rules/demo.yaml' };
+  let text = readFileSync(DEMO_RULES, 'utf8');
+  for (const p of PORTS) text = text.replaceAll(`127.0.0.1:${p}`, `127.0.0.1:${await freePort()}`);
+  const file = join(mkdtempSync(join(tmpdir(), 'dg-demo-')), 'demo.yaml');
+  writeFileSync(file, text);
+  return { args: ['--rules', file], note: `a copy on free ports (${busy.join(', ')} taken)` };
+}
+
+function bash(line: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('bash', ['-c', line], { timeout: 10_000, maxBuffer: 1 << 20 }, (err, stdout) => (err ? reject(err) : resolve(stdout)));
+  });
+}
+
+/** Split curl -i output into status, lower-cased headers (the last response head) and body. */
+function parseCurl(out: string): { status: number; headers: Record<string, string>; body: string } {
+  const split = out.lastIndexOf('\r\n\r\n', out.search(/\r\n\r\n(?!HTTP\/)/) + 1);
+  const head = out.slice(0, split);
+  const body = out.slice(split + 4);
+  const lines = head.split('\r\n');
+  const headers: Record<string, string> = {};
+  for (const l of lines.slice(1)) { const i = l.indexOf(':'); if (i > 0) headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim(); }
+  return { status: Number(lines[0]!.split(' ')[1]), headers, body };
+}
+
+t.test('every curl line the demo prints does what it says', async (t) => {
+  const { args, note } = await demoArgs();
+  t.comment(`demo rules: ${note}`);
+  const child = spawn(process.execPath, [CLI, 'demo', ...args], { env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => { stdout += d; });
+  child.stderr.on('data', (d: Buffer) => { stderr += d; });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+
+  const started = await Promise.race([
+    (async () => { while (!stdout.includes('Press Ctrl-C to stop.')) { if (child.exitCode !== null) return false; await new Promise((r) => setTimeout(r, 50)); } return true; })(),
+    new Promise<boolean>((r) => setTimeout(() => r(false), 20_000).unref()),
+  ]);
+  t.ok(started, `the demo started (stderr: ${stderr.slice(0, 500)})`);
+  if (!started) return;
+
+  const lines = stdout.split('\n');
+  const examples: { title: string; status: number; code: string; curl: string }[] = [];
+  lines.forEach((line, i) => {
+    const m = /^# (.*?)\s+-> expect (\d{3}) ([a-z-]+)$/.exec(line);
+    if (m) examples.push({ title: m[1]!, status: Number(m[2]), code: m[3]!, curl: lines[i + 1]! });
+  });
+  t.ok(examples.length >= 10, `${examples.length} examples printed`);
+  const codes = new Set(examples.map((e) => e.code));
+  for (const code of ['allowed', 'unknown-operation', 'operation-sunset', 'missing-credential', 'invalid-credential', 'credential-lifetime-exceeded',
+    'unknown-consumer', 'insufficient-scope', 'undeclared-operation', 'contract-version-required', 'unknown-contract-version', 'stale-contract',
+    'deprecated-operation', 'malformed-request']) {
+    t.ok(codes.has(code), `an example shows ${code}`);
+  }
+  t.ok(examples.some((e) => e.status === 200 && e.code !== 'allowed'), 'an example shows a warn');
+
+  for (const e of examples) {
+    t.match(e.curl, /^curl /, `${e.title}: the next line is a curl command`);
+    const r = parseCurl(await bash(e.curl));
+    t.equal(r.status, e.status, `${e.title}: status`);
+    if (e.code === 'allowed') {
+      t.notOk(r.headers['driftguard-warning'], `${e.title}: no warning`);
+    } else if (e.status < 400) {
+      t.match(r.headers['driftguard-warning'] ?? '', e.code, `${e.title}: warning header`);
+    } else {
+      t.equal(r.headers['content-type'], 'application/problem+json', `${e.title}: problem+json`);
+      t.equal(JSON.parse(r.body).code, e.code, `${e.title}: code`);
+    }
+    if (e.code === 'deprecated-operation') {
+      t.match(r.headers['deprecation'] ?? '', /^@\d+$/, `${e.title}: Deprecation header`);
+      t.ok(r.headers['sunset'], `${e.title}: Sunset header`);
+      t.match(r.headers['link'] ?? '', 'rel="deprecation"', `${e.title}: Link header`);
+    }
+  }
+
+  child.kill('SIGTERM');
+  const end = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000).unref())]);
+  t.ok(end, 'the demo stops on SIGTERM');
+  t.equal(end?.code, 0, `exit code 0 (stderr: ${stderr.slice(-500)})`);
+});
