@@ -1,0 +1,47 @@
+// Telemetry settings: the rules file over OTEL_* over defaults; bad values stop start-up with
+// the variable or field named.
+
+import t from 'tap';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadRules } from '../../proxy/rules/load.ts';
+import { baseRules, writeRules } from '../support/driftguard.ts';
+import { telemetryConfig, telemetry } from '../../proxy/telemetry/index.ts';
+
+const rules = (patch: (r: Record<string, any>) => void = () => {}) =>
+  loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', patch)));
+
+t.test('defaults without env or rules', async (t) => {
+  const c = telemetryConfig(rules(), {});
+  t.match(c.traces, { exporter: 'otlp', protocol: 'http/protobuf', serviceName: 'driftguard', sampler: 'parentbased_always_on', samplerArg: 1, exportTimeoutMs: 10_000, maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMs: 1000 });
+  t.equal(c.traces.url, undefined, 'the exporter reads its own endpoint variables');
+  t.same(c.log.output, { kind: 'stdout' });
+  t.equal(c.log.allowSampleRate, 1);
+  t.equal(c.recent.size, 10_000);
+});
+
+t.test('OTEL_* variables configure, the rules file overrides', async (t) => {
+  const env = { OTEL_TRACES_EXPORTER: 'console,otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_SERVICE_NAME: 'payments-sidecar', OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.25', OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BSP_SCHEDULE_DELAY: '250', OTEL_EXPORTER_OTLP_TIMEOUT: '3000' };
+  const fromEnv = telemetryConfig(rules(), env);
+  t.match(fromEnv.traces, { exporter: 'console', protocol: 'http/json', serviceName: 'payments-sidecar', sampler: 'traceidratio', samplerArg: 0.25, maxQueueSize: 100, maxExportBatchSize: 100, scheduledDelayMs: 250, exportTimeoutMs: 3000 });
+  const overridden = telemetryConfig(rules((r) => {
+    r.telemetry = { traces: { exporter: 'otlp', protocol: 'http/protobuf', endpoint: 'http://collector:4318/', serviceName: 'x', sampler: 'always_on', exportTimeout: '1s', batch: { maxQueueSize: 10, scheduledDelay: '2s' } }, decisionLog: { output: 'decisions.log', allowSampleRate: 0.1 }, recent: { size: 5 } };
+  }), env);
+  t.match(overridden.traces, { exporter: 'otlp', protocol: 'http/protobuf', url: 'http://collector:4318/v1/traces', serviceName: 'x', sampler: 'always_on', exportTimeoutMs: 1000, maxQueueSize: 10, maxExportBatchSize: 10, scheduledDelayMs: 2000 });
+  t.equal(overridden.log.output.kind, 'file');
+  t.match((overridden.log.output as { file: string }).file, /\/decisions\.log$/);
+  t.equal(overridden.recent.size, 5);
+  const grpc = telemetryConfig(rules((r) => { r.telemetry = { traces: { protocol: 'grpc', endpoint: 'http://collector:4317' } }; }), {});
+  t.equal(grpc.traces.url, 'http://collector:4317', 'grpc takes the endpoint as is');
+});
+
+t.test('bad values stop start-up, naming what is wrong', async (t) => {
+  t.throws(() => telemetryConfig(rules(), { OTEL_TRACES_SAMPLER: 'sometimes' }), /OTEL_TRACES_SAMPLER="sometimes": must be one of/);
+  t.throws(() => telemetryConfig(rules(), { OTEL_TRACES_EXPORTER: 'jaeger' }), /OTEL_TRACES_EXPORTER/);
+  t.throws(() => telemetryConfig(rules(), { OTEL_TRACES_SAMPLER_ARG: '3' }), /OTEL_TRACES_SAMPLER_ARG/);
+  t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { traces: { exporter: 'jaeger' } }; }))), /telemetry\.traces\.exporter/);
+  t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { allowSampleRate: 2 } }; }))), /telemetry\.decisionLog\.allowSampleRate/);
+  const missing = join(mkdtempSync(join(tmpdir(), 'dg-')), 'no', 'such', 'dir', 'decisions.log');
+  await t.rejects(telemetry(rules((r) => { r.telemetry = { decisionLog: { output: missing } }; }), () => {}, {}), /telemetry\.decisionLog\.output: cannot open the decision log/);
+});
