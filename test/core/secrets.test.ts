@@ -1,0 +1,122 @@
+// Secrets stay secret: every token, cookie and Authorization value used here is searched for
+// in everything driftguard wrote: its log lines (in process, and the CLI's stderr and stdout),
+// the headers and bodies of its answers, and its admin endpoints.
+
+import t, { type Test } from 'tap';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
+import { raw, get } from '../support/raw.ts';
+import { writeRules } from '../support/driftguard.ts';
+import { baseRules } from '../support/driftguard.ts';
+import { token } from '../support/keys.ts';
+import { world, keys, AGENT, HUMAN, type World } from './world.ts';
+
+const CLI = fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url));
+
+/** The secrets, and the parts of them that must not leak either (a JWT's signature). */
+function needles(secrets: readonly string[]): string[] {
+  const out = new Set<string>();
+  for (const s of secrets) {
+    out.add(s);
+    const parts = s.split('.');
+    if (parts.length === 3 && parts[2]!.length >= 16) out.add(parts[2]!);
+  }
+  return [...out];
+}
+
+function assertNoSecret(t: Test, where: string, text: string, secrets: readonly string[]): void {
+  t.ok(text.length > 0, `${where}: captured something`);
+  const leaked = needles(secrets).filter((n) => text.includes(n));
+  t.same(leaked, [], `${where}: no secret appears`);
+}
+
+/** Send a request that carries each secret in a different way; return what came back. */
+async function attempts(w: { port: number }, make: (o?: any) => Promise<string>): Promise<{ secrets: string[]; answers: string }> {
+  const now = Date.now();
+  const secrets = [
+    await make(), // allowed
+    await make({ now: now - 3_600_000, ttl: 60 }), // expired
+    await make({ aud: 'other' }),
+    await make({ ttl: 7200 }), // lifetime exceeded
+    await make({ sub: 'spiffe://x/stranger' }),
+    await make({ scope: 'nothing' }),
+    await make({ contract: '1999-01' }),
+    await make({ sub: HUMAN, contract: '2026-01' }), // warned
+    'opaque-secret-token-0123456789abcdef',
+    'eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ',
+  ];
+  const basic = Buffer.from('alice:hunter2-secret-password').toString('base64');
+  const cookie = 'session=cookie-secret-4f9a1c2e7b';
+  let answers = '';
+  const record = (a: { status: number; headers: Record<string, string>; body: string }) => {
+    answers += `${a.status}\n${Object.entries(a.headers).map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${a.body}\n`;
+  };
+  for (const s of secrets) {
+    for (const target of ['/items/1', '/admin', '/legacy', '/items/1/../x']) {
+      record(await raw(w.port, get(target, [`Authorization: Bearer ${s}`, `Cookie: ${cookie}`])));
+    }
+    record(await raw(w.port, get(`/items/1?access_token=${s}`)));
+    record(await raw(w.port, get('/items/1', [`Authorization: Bearer ${s}`, `Authorization: Bearer ${s}`])));
+    record(await raw(w.port, get('/items/1', [`Authorization: Bearer ${s} trailing`])));
+  }
+  record(await raw(w.port, get('/items/1', [`Authorization: Basic ${basic}`])));
+  return { secrets: [...secrets, basic, 'hunter2-secret-password', 'cookie-secret-4f9a1c2e7b'], answers };
+}
+
+t.test('in process: log lines and answers carry no secret', async (t) => {
+  const w: World = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1ms'; });
+  const { secrets, answers } = await attempts(w, (o) => w.tok(o));
+  w.jwks.down = true; // failures get logged too
+  const rotated = await w.tok({ header: { kid: 'rotated' } });
+  const a = await w.call('GET', '/items/1', { token: rotated });
+  t.equal(a.status, 503);
+  assertNoSecret(t, 'answers', answers + JSON.stringify([...a.headers]) + a.text, [...secrets, rotated]);
+  assertNoSecret(t, 'log lines', JSON.stringify(w.logs) + ' ', [...secrets, rotated]);
+  // The upstream, which legitimately sees the credential, is the control: the needles work.
+  t.ok(w.up.seen.some((s) => String(s.headers.authorization).includes(secrets[0]!)), 'control: the allowed token did reach the upstream');
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); });
+  });
+}
+
+t.test('the CLI: stderr, stdout, answers and admin endpoints carry no secret', async (t) => {
+  const k = await keys();
+  const { upstream, jwksServer } = await import('../support/servers.ts');
+  const { jwks } = await import('../support/keys.ts');
+  const up = await upstream();
+  const keyServer = await jwksServer(jwks(k.es));
+  t.teardown(async () => { await up.close(); await keyServer.close(); });
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const file = writeRules(baseRules(up.origin, keyServer.url, (r) => {
+    r.proxy.listen = `127.0.0.1:${port}`;
+    r.proxy.admin = `127.0.0.1:${adminPort}`;
+  }));
+  const child = spawn(process.execPath, [CLI, 'run', '--config', file, '--grace', '1s'], {
+    env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'console' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d; });
+  child.stderr.on('data', (d: Buffer) => { out += d; });
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  for (let i = 0; i < 200 && !out.includes('driftguard listening'); i++) await new Promise((r) => setTimeout(r, 50));
+  t.match(out, 'driftguard listening');
+
+  const { secrets, answers } = await attempts({ port }, (o) => token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09', ...o }));
+  let admin = '';
+  for (const path of ['/healthz', '/readyz', '/metrics', '/decisions', '/consumers']) {
+    const r = await fetch(`http://127.0.0.1:${adminPort}${path}`);
+    admin += `${path} ${r.status}\n${await r.text()}\n`;
+  }
+  child.kill('SIGTERM');
+  t.equal(await exited, 0);
+  assertNoSecret(t, 'answers', answers, secrets);
+  assertNoSecret(t, 'admin endpoints', admin, secrets);
+  assertNoSecret(t, 'stdout and stderr', out, secrets);
+  t.ok(up.seen.length > 0, 'control: some calls were forwarded');
+});
