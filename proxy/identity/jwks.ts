@@ -53,14 +53,17 @@ export function fileKeySet(file: string): KeySet {
 }
 
 export interface RemoteKeySetOptions {
+  /** The keys' URL, or (with locate) where they are found; names the source in messages. */
   readonly url: string;
+  /** Where to fetch the keys, resolved before every fetch (OIDC discovery); default: url. */
+  readonly locate?: () => Promise<string>;
   readonly refreshMs: number;
   readonly cooldownMs: number;
   readonly timeoutMs: number;
-  /** PEM of the CA to trust for https (e.g. the cluster CA); default: the system's. */
-  readonly ca?: string | (() => string);
-  /** Extra request headers, computed on every fetch (e.g. a rotating bearer token). */
-  readonly headers?: () => Record<string, string>;
+  /** PEM of the CA(s) to trust for https (e.g. the cluster CA), per fetch and URL; default: the system's. */
+  readonly ca?: string | ((url: URL) => string | string[] | undefined);
+  /** Extra request headers, computed on every fetch and per URL (e.g. a rotating bearer token). */
+  readonly headers?: (url: URL) => Record<string, string>;
   readonly now?: () => number;
 }
 
@@ -100,15 +103,16 @@ export class RemoteKeySet implements KeySet {
   async #fetch(): Promise<boolean> {
     this.#lastAttemptMs = this.#now();
     try {
-      const ca = typeof this.#options.ca === 'function' ? this.#options.ca() : this.#options.ca;
+      const target = new URL(this.#options.locate ? await this.#options.locate() : this.#options.url);
+      const ca = typeof this.#options.ca === 'function' ? this.#options.ca(target) : this.#options.ca;
       if (ca !== undefined) {
         // A new agent per fetch when the CA can change (the kubelet rotates it); fetches are rare.
         await this.#agent?.close();
         this.#agent = new Agent({ connect: { ca } });
       }
-      const res = await request(this.#options.url, {
+      const res = await request(target, {
         method: 'GET',
-        headers: { accept: 'application/jwk-set+json, application/json', ...this.#options.headers?.() },
+        headers: { accept: 'application/jwk-set+json, application/json', ...this.#options.headers?.(target) },
         headersTimeout: this.#options.timeoutMs,
         bodyTimeout: this.#options.timeoutMs,
         signal: AbortSignal.timeout(this.#options.timeoutMs),

@@ -9,6 +9,8 @@ import { LRUCache } from 'lru-cache';
 import type { IdentityRules, IssuerRules } from '../rules/types.ts';
 import type { Credential } from '../pipeline/types.ts';
 import { IdentityUnavailableError, fileKeySet, RemoteKeySet, type KeySet } from './jwks.ts';
+import { discoveredKeySet, kubernetesSubject } from './cluster.ts';
+import { spiffeSubject, trustDomainOf } from './spiffe.ts';
 
 export type VerifyFailure =
   | { readonly reason: 'invalid-credential'; readonly detail: string }
@@ -31,6 +33,8 @@ export interface IdentityOptions {
 export class Identity {
   readonly #rules: IdentityRules;
   readonly #issuers = new Map<string, Issuer>();
+  /** spiffe issuers by trust domain: a JWT-SVID without iss is matched by its sub. */
+  readonly #trustDomains = new Map<string, Issuer>();
   readonly #cache?: LRUCache<string, Credential>;
   readonly #onCache?: (hit: boolean) => void;
 
@@ -40,10 +44,9 @@ export class Identity {
     for (const iss of rules.issuers) {
       // A file key set is re-read on every reload (a rotated key in a mounted Secret); remote ones
       // are kept with their cache and refresh timer.
-      const keys = (iss.jwks.kind === 'file' ? undefined : options.keySets?.get(keySetKey(iss))) ?? (iss.jwks.kind === 'file'
-        ? fileKeySet(iss.jwks.file)
-        : new RemoteKeySet({ url: iss.jwks.url, refreshMs: iss.jwks.refreshMs, cooldownMs: iss.jwks.cooldownMs, timeoutMs: iss.jwks.timeoutMs }));
+      const keys = (iss.jwks.kind === 'file' ? undefined : options.keySets?.get(keySetKey(iss))) ?? keySetFor(iss);
       this.#issuers.set(iss.issuer, { rules: iss, keys });
+      if (iss.profile === 'spiffe' && iss.trustDomain !== undefined) this.#trustDomains.set(iss.trustDomain, { rules: iss, keys });
     }
     if (rules.cache.maxEntries > 0) this.#cache = new LRUCache({ max: rules.cache.maxEntries });
   }
@@ -102,21 +105,30 @@ export class Identity {
     // Read the unverified iss only to pick the issuer's keys and settings; jwtVerify checks it again.
     const unverified = decodeJwt(token);
     const header = decodeProtectedHeader(token);
-    const issuer = typeof unverified.iss === 'string' ? this.#issuers.get(unverified.iss) : undefined;
+    const hasIss = unverified.iss !== undefined;
+    const issuer = typeof unverified.iss === 'string' ? this.#issuers.get(unverified.iss)
+      : !hasIss ? this.#trustDomains.get(trustDomainOf(unverified.sub) ?? '') : undefined;
     if (!issuer) return { reason: 'invalid-credential', detail: 'untrusted issuer' };
+    const profile = issuer.rules.profile;
     const { payload } = await jwtVerify(token, issuer.keys.getKey, {
-      issuer: issuer.rules.issuer,
+      // Only a JWT-SVID may come without iss (found by trust domain above); any iss present is checked.
+      ...(hasIss ? { issuer: issuer.rules.issuer } : {}),
       audience: issuer.rules.audiences as string[],
       algorithms: issuer.rules.algorithms as string[],
       ...(issuer.rules.typ ? { typ: issuer.rules.typ } : {}),
       clockTolerance: Math.floor(this.#rules.clockSkewMs / 1000),
-      requiredClaims: ['exp', 'sub'],
+      requiredClaims: profile === 'spiffe' ? ['exp', 'sub', 'aud'] : ['exp', 'sub'],
       currentDate: new Date(now),
     });
     if (typeof payload.sub !== 'string' || payload.sub.length === 0) return { reason: 'invalid-credential', detail: 'sub must be a non-empty string' };
+    // The consumer subject, as the issuer's profile defines it.
+    const mapped = profile === 'kubernetes' ? kubernetesSubject(payload)
+      : profile === 'spiffe' ? spiffeSubject(payload, header, issuer.rules.trustDomain!)
+      : { subject: payload.sub };
+    if ('detail' in mapped) return { reason: 'invalid-credential', detail: mapped.detail };
     return {
       issuer: issuer.rules.issuer,
-      subject: payload.sub,
+      subject: mapped.subject,
       ...(typeof payload.jti === 'string' ? { jti: payload.jti } : {}),
       scopes: scopesOf(payload),
       ...(typeof payload.iat === 'number' ? { issuedAtMs: payload.iat * 1000 } : {}),
@@ -125,6 +137,18 @@ export class Identity {
       cached: false,
       ...(typeof header.kid === 'string' ? { kid: header.kid } : {}),
     };
+  }
+}
+
+function keySetFor(iss: IssuerRules): KeySet {
+  const j = iss.jwks;
+  switch (j.kind) {
+    case 'file': return fileKeySet(j.file);
+    case 'url': return new RemoteKeySet({ url: j.url, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs });
+    case 'discovery': return discoveredKeySet({
+      discovery: j.discovery, issuer: iss.issuer, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs,
+      ...(j.tokenFile !== undefined ? { tokenFile: j.tokenFile } : {}), ...(j.caFile !== undefined ? { caFile: j.caFile } : {}),
+    });
   }
 }
 

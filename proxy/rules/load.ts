@@ -10,7 +10,9 @@ import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
 import { parseDuration, parseTime } from './durations.ts';
 import { parseTemplate } from './templates.ts';
-import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity } from './types.ts';
+import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, IssuerProfile, JwksSource } from './types.ts';
+import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, DEFAULT_CA_FILE } from '../identity/cluster.ts';
+import { SVID_ALGORITHMS } from '../identity/spiffe.ts';
 
 export interface RulesProblem {
   readonly file: string;
@@ -127,7 +129,7 @@ function schemaProblems(errors: ErrorObject[], at: Locator): RulesProblem[] {
     } else if (e.keyword === 'enum') {
       message = `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
     } else if (e.keyword === 'oneOf') {
-      message = 'must be exactly one of { file: PATH } or { url: URL, refresh?, cooldown?, timeout? }';
+      message = 'must be exactly one of { file: PATH }, { url: URL, refresh?, cooldown?, timeout? } or { discovery: URL, tokenFile?, caFile?, refresh?, cooldown?, timeout? }';
     } else if (e.keyword === 'pattern' && (e.parentSchema as { description?: string })?.description) {
       message = `${JSON.stringify(valueAt(at, path))} is not valid: ${(e.parentSchema as { description: string }).description}`;
     } else {
@@ -185,7 +187,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
 interface RawRules {
   proxy: { listen: string; upstream: string; admin: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string }; connections: number };
   identity: {
-    issuers: { issuer: string; audiences: string[]; algorithms: string[]; typ?: string; jwks: { file?: string; url?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
+    issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number };
   };
   consumers: { unknown: 'deny' | 'allow'; defaultKind: ConsumerKind; registry: { subject: string; kind: ConsumerKind; owner?: string; operations?: string[] }[] };
@@ -221,16 +223,50 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   raw.identity.issuers.forEach((iss, i) => {
     if (issuerNames.has(iss.issuer)) fail(['identity', 'issuers', i, 'issuer'], `issuer "${iss.issuer}" is listed twice`);
     issuerNames.add(iss.issuer);
-    const j = iss.jwks;
-    const jwks = j.file !== undefined
+    const here: Path = ['identity', 'issuers', i];
+    // Profile kubernetes may leave jwks out: discovery from the API server, with the pod's token and CA.
+    const j = iss.jwks ?? { discovery: inClusterApiServer(), tokenFile: DEFAULT_TOKEN_FILE, caFile: DEFAULT_CA_FILE };
+    const timing = () => ({
+      refreshMs: duration([...here, 'jwks', 'refresh'], j.refresh ?? '5m'),
+      cooldownMs: duration([...here, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
+      timeoutMs: duration([...here, 'jwks', 'timeout'], j.timeout ?? '5s'),
+    });
+    const jwks: JwksSource = j.file !== undefined
       ? { kind: 'file' as const, file: resolve(base, j.file) }
+      : j.url !== undefined ? { kind: 'url' as const, url: j.url, ...timing() }
       : {
-          kind: 'url' as const, url: j.url!,
-          refreshMs: duration(['identity', 'issuers', i, 'jwks', 'refresh'], j.refresh ?? '5m'),
-          cooldownMs: duration(['identity', 'issuers', i, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
-          timeoutMs: duration(['identity', 'issuers', i, 'jwks', 'timeout'], j.timeout ?? '5s'),
+          kind: 'discovery' as const, discovery: discoveryUrl(j.discovery!),
+          ...(j.tokenFile !== undefined ? { tokenFile: resolve(base, j.tokenFile) } : {}),
+          ...(j.caFile !== undefined ? { caFile: resolve(base, j.caFile) } : {}),
+          ...timing(),
         };
-    issuers.push(Object.freeze({ issuer: iss.issuer, audiences: Object.freeze([...iss.audiences]), algorithms: Object.freeze([...iss.algorithms]), ...(iss.typ ? { typ: iss.typ } : {}), jwks: Object.freeze(jwks) }));
+    if (jwks.kind === 'discovery' && jwks.tokenFile !== undefined && !jwks.discovery.startsWith('https://')) {
+      fail([...here, 'jwks', 'tokenFile'], 'a bearer token is only sent over https: the discovery URL must be https');
+    }
+    if (iss.profile === 'kubernetes') {
+      iss.audiences.forEach((a, k) => {
+        const why = refusedAudience(a, iss.issuer, jwks.kind === 'discovery' ? jwks.discovery : undefined);
+        if (why) fail([...here, 'audiences', k], why);
+      });
+    }
+    if (iss.profile === 'spiffe') {
+      iss.algorithms.forEach((a, k) => {
+        if (!SVID_ALGORITHMS.has(a)) fail([...here, 'algorithms', k], `${a} is not allowed for JWT-SVIDs (the JWT-SVID specification allows RS, ES and PS algorithms only)`);
+      });
+    } else if (iss.trustDomain !== undefined) {
+      fail([...here, 'trustDomain'], 'only for profile spiffe');
+    }
+    issuers.push(Object.freeze({
+      issuer: iss.issuer, profile: iss.profile, ...(iss.trustDomain !== undefined ? { trustDomain: iss.trustDomain } : {}),
+      audiences: Object.freeze([...iss.audiences]), algorithms: Object.freeze([...iss.algorithms]), ...(iss.typ ? { typ: iss.typ } : {}), jwks: Object.freeze(jwks),
+    }));
+  });
+  // Two spiffe issuers for one trust domain would make an SVID without iss ambiguous.
+  const domains = new Map<string, number>();
+  raw.identity.issuers.forEach((iss, i) => {
+    if (iss.profile !== 'spiffe' || iss.trustDomain === undefined) return;
+    if (domains.has(iss.trustDomain)) fail(['identity', 'issuers', i, 'trustDomain'], `trust domain "${iss.trustDomain}" is already identity.issuers[${domains.get(iss.trustDomain)}]'s`);
+    else domains.set(iss.trustDomain, i);
   });
 
   // contract

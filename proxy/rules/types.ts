@@ -18,10 +18,26 @@ export interface ProxyRules {
 
 export type JwksSource =
   | { readonly kind: 'file'; readonly file: string }
-  | { readonly kind: 'url'; readonly url: string; readonly refreshMs: number; readonly cooldownMs: number; readonly timeoutMs: number };
+  | { readonly kind: 'url'; readonly url: string; readonly refreshMs: number; readonly cooldownMs: number; readonly timeoutMs: number }
+  | {
+      readonly kind: 'discovery';
+      /** URL of the OIDC discovery document (…/.well-known/openid-configuration). */
+      readonly discovery: string;
+      /** Bearer token sent to the discovery origin, re-read on every fetch. */
+      readonly tokenFile?: string;
+      /** PEM CA to trust for the discovery origin, re-read on every fetch. */
+      readonly caFile?: string;
+      readonly refreshMs: number; readonly cooldownMs: number; readonly timeoutMs: number;
+    };
+
+/** oauth: any JWT access token; kubernetes: service-account tokens of the cluster; spiffe: JWT-SVIDs. */
+export type IssuerProfile = 'oauth' | 'kubernetes' | 'spiffe';
 
 export interface IssuerRules {
   readonly issuer: string;
+  readonly profile: IssuerProfile;
+  /** spiffe profile: the trust domain every sub must belong to. */
+  readonly trustDomain?: string;
   readonly audiences: readonly string[];
   readonly algorithms: readonly string[];
   readonly typ?: string;

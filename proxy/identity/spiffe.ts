@@ -1,0 +1,55 @@
+// The SPIFFE JWT-SVID profile (profile: spiffe), as the JWT-SVID specification requires:
+// aud present, sub the SPIFFE ID of a workload in the configured trust domain, signed with
+// an RS, ES or PS algorithm, typ (when present) JWT or JOSE. SPIRE sets iss only when its
+// jwt_issuer is configured, so a JWT-SVID without iss is matched by its trust domain.
+// SPIFFE ID syntax follows the SPIFFE-ID specification (and go-spiffe's parser).
+
+import type { JWTPayload, ProtectedHeaderParameters } from 'jose';
+
+/** The algorithms the JWT-SVID specification allows. */
+export const SVID_ALGORITHMS: ReadonlySet<string> = new Set(['RS256', 'RS384', 'RS512', 'ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512']);
+
+const TRUST_DOMAIN = /^[a-z0-9._-]+$/;
+const SEGMENT = /^[A-Za-z0-9._-]+$/;
+
+/** A trust domain name as the specification allows it, or why not. */
+export function trustDomainProblem(name: string): string | undefined {
+  if (name.length > 255) return 'a trust domain name is at most 255 characters';
+  if (!TRUST_DOMAIN.test(name)) return 'a trust domain name uses only lowercase letters, digits, ".", "-" and "_"';
+  return undefined;
+}
+
+/** Split a workload's SPIFFE ID, or say why it is not one. */
+export function parseSpiffeId(id: string): { trustDomain: string; path: string } | { problem: string } {
+  if (id.length > 2048) return { problem: 'longer than 2048 bytes' };
+  if (!id.startsWith('spiffe://')) return { problem: 'not a spiffe:// URI' };
+  const rest = id.slice('spiffe://'.length);
+  const slash = rest.indexOf('/');
+  const trustDomain = slash < 0 ? rest : rest.slice(0, slash);
+  const path = slash < 0 ? '' : rest.slice(slash);
+  if (trustDomain === '' || trustDomainProblem(trustDomain)) return { problem: 'invalid trust domain' };
+  if (path === '') return { problem: 'names a trust domain, not a workload' };
+  for (const segment of path.slice(1).split('/')) {
+    if (segment === '' || segment === '.' || segment === '..' || !SEGMENT.test(segment)) return { problem: 'invalid path' };
+  }
+  return { trustDomain, path };
+}
+
+/** The trust domain a token's unverified sub names, to pick the issuer of an SVID without iss. */
+export function trustDomainOf(sub: unknown): string | undefined {
+  if (typeof sub !== 'string') return undefined;
+  const parsed = parseSpiffeId(sub);
+  return 'problem' in parsed ? undefined : parsed.trustDomain;
+}
+
+/** The consumer subject of a verified JWT-SVID (its SPIFFE ID), or a detail string. */
+export function spiffeSubject(payload: JWTPayload, header: ProtectedHeaderParameters, trustDomain: string): { subject: string } | { detail: string } {
+  if (header.typ !== undefined && header.typ !== 'JWT' && header.typ !== 'JOSE') return { detail: 'a JWT-SVID\'s typ is JWT or JOSE' };
+  if (typeof header.alg !== 'string' || !SVID_ALGORITHMS.has(header.alg)) return { detail: 'signature algorithm not allowed for a JWT-SVID' };
+  if (payload.aud === undefined || (Array.isArray(payload.aud) && payload.aud.length === 0)) return { detail: 'a JWT-SVID must have aud' };
+  if (typeof payload.sub !== 'string') return { detail: 'a JWT-SVID\'s sub is a SPIFFE ID' };
+  const id = parseSpiffeId(payload.sub);
+  if ('problem' in id) return { detail: `sub is not a workload SPIFFE ID (${id.problem})` };
+  if (id.trustDomain !== trustDomain) return { detail: 'sub is not in the trusted trust domain' };
+  return { subject: payload.sub };
+}
