@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadRules, RulesError } from '../../proxy/rules/load.ts';
 import { isLoopback } from '../../proxy/lifecycle/admin.ts';
-import { writeRules } from '../support/driftguard.ts';
+import { writeRules, AGENT } from '../support/driftguard.ts';
 import { listen, close } from '../support/servers.ts';
 import { world, startLifecycle, problem, bearer, until } from './support.ts';
 
@@ -63,6 +63,15 @@ t.test('each kind of revocation takes effect on the next request, for a cached t
   }
   const before = w.up.seen.length;
   t.equal(before, cases.length * 2, 'no denied request reached the upstream');
+
+  // Revocations are long-lived state: a rules reload keeps them.
+  const tok = await w.token();
+  const kept = await (await revoke(dg.admin, { kind: 'subject', value: AGENT, reason: 'before reload' })).json() as Record<string, any>;
+  writeFileSync(dg.file, readFileSync(dg.file, 'utf8').replace('team-app', 'team-app-renamed'));
+  await dg.dg.swap(loadRules(dg.file));
+  t.equal(dg.dg.generation.rules.consumers.registry.get(AGENT)?.owner, 'team-app-renamed', 'the reload happened');
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tok) }), 'credential-revoked', 401);
+  await (await fetch(`${dg.admin}/revocations/${kept.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_SECRET}` } })).text();
 
   // Without an end, a revocation lasts until every token it could match has expired:
   // the longest per-kind lifetime (12h for humans) plus the clock skew (30s).
