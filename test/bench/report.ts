@@ -72,7 +72,7 @@ const us = (v: unknown) => typeof v === 'number' ? (v / 1000).toFixed(2) : '-';
 export function printTable(result: Record<string, unknown>): void {
   const targets = result.targets as Record<string, Record<string, number | undefined>>;
   const rows = [['target', 'req/s @32', '1c p50', '1c p90', '1c p99', '2k/s p50', '2k/s p90', '2k/s p99', 'CPU s/1k req', 'peak RSS MiB', 'anon MiB', 'cold req/s']];
-  for (const name of ['direct', 'bare', 'driftguard', 'driftguard-limited']) {
+  for (const name of ['direct', 'bare', 'driftguard', 'driftguard-limited', 'driftguard-core']) {
     const t = targets[name];
     if (!t) continue;
     rows.push([name, fmt(t.throughputRps), us(t.oneConnectionP50Us), us(t.oneConnectionP90Us), us(t.oneConnectionP99Us),

@@ -5,7 +5,9 @@
 //   direct              the upstream itself (the baseline for "added" latency)
 //   bare                a bare undici passthrough (the floor a Node proxy cannot beat)
 //   driftguard          `node proxy/cli.ts run` with realistic rules, tracing and decision log
-//   driftguard-limited  the same under the chart's limits (NODE_OPTIONS=--max-old-space-size=96)
+//   driftguard-limited  the same under the chart's limits (its sidecar.nodeOptions)
+//   driftguard-core     the same rules with tracing, decision log and the lifecycle features
+//                       off: not a budget figure, it shows what those features cost
 // plus the cold path (a never-seen token per request) against the raw jose verify rate.
 // Prints a table and writes test/bench/results/latest.json. Options:
 //   --quick          one short round (under a minute): checks the harness, not the figures
@@ -13,6 +15,7 @@
 //   --out FILE       where to write the JSON (default test/bench/results/latest.json)
 //   --profile DIR    run driftguard under --cpu-prof and leave the profiles in DIR
 //   --note TEXT      recorded in the JSON (e.g. what else the machine was doing)
+//   --limited-node-options TEXT   NODE_OPTIONS of driftguard-limited instead of the chart's
 
 import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, loadavg, release } from 'node:os';
@@ -38,19 +41,20 @@ const { values: args } = parseArgs({
     out: { type: 'string' },
     profile: { type: 'string' },
     note: { type: 'string' },
+    'limited-node-options': { type: 'string' },
   },
 });
 
 /** Seconds per measurement, connections and rates. */
 const S = args.quick
-  ? { rounds: 1, warm: 1, throughput: 2, one: 2, rate: 2, cold: 2, verify: 1 }
+  ? { rounds: 1, warm: 1, throughput: 2, one: 1, rate: 2, cold: 1, verify: 1 }
   : { rounds: 3, warm: 3, throughput: 10, one: 6, rate: 6, cold: 5, verify: 3 };
 if (args.rounds) S.rounds = Number(args.rounds);
 const CONNECTIONS = 32;
 const RATE = 2000;
 const RATE_CONNECTIONS = 10;
 /** The sidecar's NODE_OPTIONS as the chart sets them (one source of truth), else the issue's. */
-const HEAP_LIMIT = (() => {
+const HEAP_LIMIT = args['limited-node-options'] ?? (() => {
   try {
     const values = parse(readFileSync(join(ROOT, 'charts/driftguard/values.yaml'), 'utf8')) as { sidecar?: { nodeOptions?: string } };
     return values.sidecar?.nodeOptions ?? '--max-old-space-size=96';
@@ -140,12 +144,12 @@ async function main(): Promise<void> {
       OTEL_TRACES_SAMPLER: 'parentbased_always_on',
     };
     const telemetry = telemetrySection(otlp.url);
-    const startDriftguard = async (name: string, nodeOptions: string): Promise<{ child: Child; url: string; logFile: string }> => {
+    const startDriftguard = async (name: string, nodeOptions: string, features = true): Promise<{ child: Child; url: string; logFile: string }> => {
       const [port, adminPort] = [await freePort(), await freePort()];
       // Rules alone in their directory: the reloader watches the rules file's directory.
       mkdirSync(join(dir, name));
       const file = join(dir, name, 'rules.yaml');
-      writeFileSync(file, stringify(rulesFor({ upstream: upstreamUrl, jwksUrl: jwksHttp.url, listen: `127.0.0.1:${port}`, admin: `127.0.0.1:${adminPort}`, ...(telemetry ? { telemetry } : {}) })));
+      writeFileSync(file, stringify(rulesFor({ upstream: upstreamUrl, jwksUrl: jwksHttp.url, listen: `127.0.0.1:${port}`, admin: `127.0.0.1:${adminPort}`, extra: features ? (telemetry ? { telemetry } : {}) : { ...(telemetry ? { telemetry: CORE_TELEMETRY } : {}), ...CORE_LIFECYCLE } })));
       const logFile = join(dir, `${name}.log`);
       const prof = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile)}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
       const child = await spawnNode(name, [...prof, join(ROOT, 'proxy/cli.ts'), 'run', '--config', file, '--grace', '2s'], {
@@ -157,6 +161,7 @@ async function main(): Promise<void> {
     };
     const dg = await startDriftguard('driftguard', '');
     const dgLimited = await startDriftguard('driftguard-limited', HEAP_LIMIT);
+    const dgCore = await startDriftguard('driftguard-core', '', false);
 
     // --- the traffic: 50 consumers' tokens, the mix as wrk lines ---
     const nowS = Math.floor(Date.now() / 1000);
@@ -168,6 +173,7 @@ async function main(): Promise<void> {
     const mixCheck = {
       driftguard: await checkMix(dg.url, oneBlock, 'driftguard'),
       'driftguard-limited': await checkMix(dgLimited.url, oneBlock, 'driftguard-limited'),
+      'driftguard-core': await checkMix(dgCore.url, oneBlock, 'driftguard-core'),
     };
     log(`mix checked: ${JSON.stringify(mixCheck.driftguard)} of 100`);
 
@@ -176,6 +182,7 @@ async function main(): Promise<void> {
       { name: 'bare', url: `http://127.0.0.1:${bare.port}`, pid: bare.pid },
       { name: 'driftguard', url: dg.url, pid: dg.child.pid },
       { name: 'driftguard-limited', url: dgLimited.url, pid: dgLimited.child.pid },
+      { name: 'driftguard-core', url: dgCore.url, pid: dgCore.child.pid },
     ];
     const sampler = peakSampler(Object.fromEntries(targets.filter((t) => t.name !== 'direct').map((t) => [t.name, t.pid!])));
     const samples: Samples = {};
@@ -253,7 +260,7 @@ async function main(): Promise<void> {
     const peakAnon = sampler.peaks();
     const loadEnd = loadavg();
     await stopAll();
-    const decisionLog = Object.fromEntries([dg, dgLimited].map((d, i) => [targets[i + 2]!.name, countLogLines(d.logFile)]));
+    const decisionLog = Object.fromEntries([dg, dgLimited, dgCore].map((d, i) => [targets[i + 2]!.name, countLogLines(d.logFile)]));
 
     const cpu = cpus();
     const result = summarise(samples, peak, peakAnon, {
@@ -284,6 +291,14 @@ async function main(): Promise<void> {
     throw err;
   }
 }
+
+/** driftguard-core: no span export, no decision log, no recent-decisions ring. */
+const CORE_TELEMETRY = { traces: { exporter: 'none' }, decisionLog: { output: 'none' }, recent: { size: 0 } };
+/** driftguard-core: every lifecycle check and monitor off, request bodies not read. */
+const CORE_LIFECYCLE = {
+  credentials: { mode: 'off' }, revocation: { mode: 'off' }, delegation: { mode: 'off' },
+  monitors: { kinds: [], maxBodyBytes: 0, retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'off' } },
+};
 
 /**
  * The rules' telemetry section when this driftguard's schema has one (tracing to the local

@@ -102,7 +102,7 @@ export function mintToken(key: SigningKey, consumer: number, nowSeconds: number)
 }
 
 /** The rules driftguard runs with (as an operator writes them, before defaults). */
-export function rulesFor(opts: { upstream: string; jwksUrl: string; listen: string; admin: string; telemetry?: Record<string, unknown> }): Record<string, unknown> {
+export function rulesFor(opts: { upstream: string; jwksUrl: string; listen: string; admin: string; extra?: Record<string, unknown> }): Record<string, unknown> {
   const ids = OPERATIONS.map((o) => o.id);
   return {
     proxy: { listen: opts.listen, admin: opts.admin, upstream: opts.upstream, mode: 'enforce', timeouts: { connect: '2s', response: '10s' } },
@@ -123,7 +123,8 @@ export function rulesFor(opts: { upstream: string; jwksUrl: string; listen: stri
       versions: [...VERSIONS], minimum: '2026-06', blockAt: 'high',
       operations: OPERATIONS.map((o) => ({ ...o, ...(o.scopes ? { scopes: [...o.scopes] } : {}) })),
     },
-    ...(opts.telemetry ? { telemetry: opts.telemetry } : {}),
+    // Sections of feature modules (telemetry, lifecycle), as the harness configures them.
+    ...opts.extra,
   };
 }
 

@@ -1,0 +1,73 @@
+// The benchmark's own pieces, checked fast and without timing anything: the mix is the one
+// the issue asks for, the tokens are real ES256 tokens driftguard's verifier accepts, the
+// generated rules pass the real loader, and the report computes every budget figure.
+
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { createLocalJWKSet, jwtVerify } from 'jose';
+import { loadRules } from '../../proxy/rules/load.ts';
+import { signingKey, mintToken, rulesFor, requestMix, wrkLines, PLACEHOLDER, FIRST_STALE, CONSUMERS, ISSUER, AUDIENCE, OPERATIONS } from './scenario.ts';
+import { summarise, median } from './report.ts';
+
+t.test('the mix is 85% allowed, 10% warned, 5% denied, and only stale consumers are denied', async (t) => {
+  const mix = requestMix(10, (c) => `token-${c}`);
+  t.equal(mix.length, 1000);
+  const count = (e: string) => mix.filter((r) => r.expect === e).length;
+  t.same([count('allowed'), count('warned'), count('denied')], [850, 100, 50]);
+  for (const r of mix) {
+    const consumer = Number(r.token.slice('token-'.length));
+    if (r.expect === 'denied') t.ok(consumer >= FIRST_STALE, `${r.operation} denied to a stale consumer`);
+    else t.ok(consumer < FIRST_STALE, `${r.operation} from a current consumer`);
+  }
+  // Every request carries a placeholder wrk makes unique: no request repeats.
+  t.ok(mix.every((r) => r.path.includes(PLACEHOLDER) || r.body.includes(PLACEHOLDER)));
+  t.ok(mix.filter((r) => r.method !== 'GET').every((r) => r.idempotent));
+  t.equal(wrkLines(mix).split('\n').filter(Boolean).length, 1000);
+  t.equal(PLACEHOLDER.length, 12, 'the Lua script substitutes a 12-character value');
+});
+
+t.test('tokens are ES256 JWTs that jose verifies with the options driftguard pins', async (t) => {
+  const key = signingKey('k1');
+  const now = Math.floor(Date.now() / 1000);
+  const keys = createLocalJWKSet({ keys: [key.publicJwk as never] });
+  const current = await jwtVerify(mintToken(key, 3, now), keys, { issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], requiredClaims: ['exp', 'sub', 'jti', 'iat'] });
+  t.equal(current.payload.contract_version, '2026-09');
+  t.match(current.payload.task_id, /^task-3-/);
+  t.equal(current.payload.exp! - current.payload.iat!, 3600);
+  const stale = await jwtVerify(mintToken(key, FIRST_STALE, now), keys, { issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'] });
+  t.equal(stale.payload.contract_version, '2026-06');
+  t.not(mintToken(key, 3, now), mintToken(key, 3, now), 'every token is new (jti)');
+});
+
+t.test('the generated rules pass the real loader', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-rules-'));
+  const file = join(dir, 'rules.yaml');
+  writeFileSync(file, stringify(rulesFor({ upstream: 'http://127.0.0.1:1', jwksUrl: 'http://127.0.0.1:2/jwks.json', listen: '127.0.0.1:0', admin: '127.0.0.1:0' })));
+  const rules = loadRules(file);
+  t.equal(rules.contract.operations.length, OPERATIONS.length);
+  t.equal(OPERATIONS.length, 20);
+  t.equal(rules.consumers.registry.size, CONSUMERS);
+});
+
+t.test('the report computes every budget figure from per-round samples', async (t) => {
+  const samples = {
+    direct: { throughputRps: [30000, 30000], oneConnectionP50Us: [50, 50], oneConnectionP99Us: [200, 200] },
+    bare: { throughputRps: [10000, 12000], oneConnectionP50Us: [150, 150], oneConnectionP99Us: [1000, 1000] },
+    driftguard: { throughputRps: [9000, 9600], oneConnectionP50Us: [200, 150], oneConnectionP99Us: [1200, 1400], cpuSecondsPer1000AtFixedRate: [0.08, 0.09], coldRps: [3000, 3500] },
+    jose: { verifyRate: [5000, 5000] },
+  };
+  const r = summarise(samples, { bare: 150, driftguard: 180, 'driftguard-limited': 120 }, {}, {}) as { budget: { id: string; value: number; pass: boolean }[]; pass: boolean };
+  const by = Object.fromEntries(r.budget.map((b) => [b.id, b]));
+  t.same(Object.keys(by).sort(), ['addedP50OneConnection', 'coldPath', 'cpuPer1000Rps', 'p99OneConnection', 'peakRssLimitedMiB', 'peakRssOverBareMiB', 'throughput']);
+  t.equal(by.throughput!.value, 0.85); // median of 0.9 and 0.8
+  t.equal(by.addedP50OneConnection!.value, 1.25); // median of 150/100 and 100/100
+  t.equal(by.coldPath!.value, 0.65);
+  t.equal(by.peakRssOverBareMiB!.value, 30);
+  t.equal(by.p99OneConnection!.pass, true);
+  t.equal(r.pass, true);
+  t.equal(median([3, 1, 2]), 2);
+  t.ok(Number.isNaN(median([])));
+});
