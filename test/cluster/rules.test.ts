@@ -1,0 +1,72 @@
+// Issuer profiles in the rules file: what load refuses (with file, line and field) and the
+// defaults a kubernetes issuer gets.
+
+import t from 'tap';
+import { parseRules, RulesError } from '../../proxy/rules/load.ts';
+import { stringify } from 'yaml';
+import { baseRules } from '../support/driftguard.ts';
+
+function load(issuer: Record<string, unknown>, env: Record<string, string | undefined> = {}) {
+  const saved = { ...process.env };
+  Object.assign(process.env, env);
+  for (const [k, v] of Object.entries(env)) if (v === undefined) delete process.env[k];
+  try {
+    return parseRules(stringify(baseRules('http://127.0.0.1:8080', 'http://127.0.0.1:9/jwks', (r) => { r.identity.issuers = [issuer]; })), '/etc/driftguard/rules.yaml');
+  } finally {
+    for (const k of Object.keys(env)) delete process.env[k];
+    Object.assign(process.env, saved);
+  }
+}
+
+function problems(issuer: Record<string, unknown>): { field: string; message: string; line: number }[] {
+  try {
+    load(issuer);
+  } catch (err) {
+    if (err instanceof RulesError) return err.problems.map((p) => ({ field: p.field, message: p.message, line: p.line }));
+    throw err;
+  }
+  throw new Error('the rules loaded');
+}
+
+const CLUSTER = 'https://kubernetes.default.svc.cluster.local';
+
+t.test('a kubernetes issuer refuses the API server\'s audiences, and says why', async (t) => {
+  const found = problems({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders', CLUSTER, 'https://kubernetes.default.svc', 'https://kubernetes.default.svc.cluster.local/'], algorithms: ['RS256'] });
+  t.same(found.map((p) => p.field), [1, 2, 3].map((k) => `identity.issuers[0].audiences[${k}]`));
+  for (const p of found) {
+    t.match(p.message, /any pod could replay its own token/);
+    t.ok(p.line > 0, 'with a line');
+  }
+  t.match(found[0]!.message, /the issuer URL/);
+});
+
+t.test('a kubernetes issuer without jwks discovers from the API server with the pod\'s token and CA', async (t) => {
+  const rules = load({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders'], algorithms: ['RS256'] }, { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' });
+  t.same(rules.identity.issuers[0]!.jwks, {
+    kind: 'discovery', discovery: 'https://10.96.0.1:443/.well-known/openid-configuration',
+    tokenFile: '/var/run/secrets/kubernetes.io/serviceaccount/token', caFile: '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt',
+    refreshMs: 300_000, cooldownMs: 30_000, timeoutMs: 5_000,
+  });
+  const outside = load({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders'], algorithms: ['RS256'] }, { KUBERNETES_SERVICE_HOST: undefined });
+  t.equal((outside.identity.issuers[0]!.jwks as { discovery: string }).discovery, 'https://kubernetes.default.svc/.well-known/openid-configuration');
+  t.equal(outside.identity.issuers[0]!.profile, 'kubernetes');
+  t.equal(load({ issuer: 'https://idp', audiences: ['a'], algorithms: ['ES256'], jwks: { url: 'https://idp/jwks' } }).identity.issuers[0]!.profile, 'oauth', 'oauth is the default');
+});
+
+t.test('a bearer token file is only sent over https', async (t) => {
+  const found = problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'], jwks: { discovery: 'http://idp.local', tokenFile: 'token' } });
+  t.same(found.map((p) => p.field), ['identity.issuers[0].jwks.tokenFile']);
+});
+
+t.test('other profiles need jwks', async (t) => {
+  t.same(problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'] }).map((p) => p.field), ['identity.issuers[0].jwks']);
+});
+
+t.test('the spiffe profile: a trust domain, RS/ES/PS algorithms only', async (t) => {
+  t.same(problems({ issuer: 'https://spire', profile: 'spiffe', audiences: ['a'], algorithms: ['ES256'], jwks: { url: 'https://spire/keys' } }).map((p) => p.field), ['identity.issuers[0].trustDomain']);
+  const algs = problems({ issuer: 'https://spire', profile: 'spiffe', trustDomain: 'prod.example.org', audiences: ['a'], algorithms: ['ES256', 'EdDSA'], jwks: { url: 'https://spire/keys' } });
+  t.same(algs.map((p) => p.field), ['identity.issuers[0].algorithms[1]']);
+  t.match(algs[0]!.message, /RS, ES and PS/);
+  t.same(problems({ issuer: 'https://spire', profile: 'spiffe', trustDomain: 'Prod.Example', audiences: ['a'], algorithms: ['ES256'], jwks: { url: 'https://spire/keys' } }).map((p) => p.field), ['identity.issuers[0].trustDomain']);
+  t.same(problems({ issuer: 'https://idp', trustDomain: 'prod.example.org', audiences: ['a'], algorithms: ['ES256'], jwks: { url: 'https://idp/keys' } }).map((p) => p.field), ['identity.issuers[0].trustDomain'], 'trustDomain only with profile spiffe');
+});
