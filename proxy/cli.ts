@@ -3,9 +3,9 @@
 // 1 invalid rules or failed start, 2 usage error.
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { loadRules, RulesError } from './rules/load.ts';
-import { readPrivateJwk, mint } from './identity/mint.ts';
 import { parseDuration } from './rules/durations.ts';
+// The rules loader (ajv, yaml) and jose are imported by the commands that use them, so that
+// --help and usage errors answer at once.
 
 const USAGE: Record<string, string> = {
   main: `driftguard — the enforcement sidecar for APIs consumed by machines
@@ -59,8 +59,8 @@ function parse(argv: string[], options: ParseArgsConfig['options'], allowPositio
 }
 
 function reportRulesError(err: unknown): number {
-  if (err instanceof RulesError) {
-    process.stderr.write(`driftguard: invalid rules\n${err.message}\n`);
+  if ((err as { code?: unknown } | null)?.code === 'ERR_RULES_INVALID') {
+    process.stderr.write(`driftguard: invalid rules\n${(err as Error).message}\n`);
     return 1;
   }
   throw err;
@@ -78,6 +78,7 @@ async function main(argv: string[]): Promise<number> {
         const { values, positionals } = parse(rest, {}, true);
         if (values.help) { process.stdout.write(USAGE.check + '\n'); return 0; }
         if (positionals.length !== 1) return usageError('check takes exactly one FILE', 'check');
+        const { loadRules } = await import('./rules/load.ts');
         try {
           const rules = loadRules(positionals[0]!);
           process.stdout.write(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract ${rules.contract.current})\n`);
@@ -124,6 +125,7 @@ async function main(argv: string[]): Promise<number> {
           const v = c.slice(eq + 1);
           try { claims[c.slice(0, eq)] = JSON.parse(v); } catch { claims[c.slice(0, eq)] = v; }
         }
+        const { readPrivateJwk, mint } = await import('./identity/mint.ts');
         let key;
         try { key = readPrivateJwk(values.key as string); } catch (err) { process.stderr.write(`driftguard: ${(err as Error).message}\n`); return 1; }
         const token = await mint({
