@@ -73,6 +73,8 @@ t.test('credential-lifetime-exceeded: a long-lived automation token, or one with
   // A token issued long ago but still valid for longer than the limit: exp - now counts too.
   const a = await w.call('GET', '/items/1', { token: await w.tok({ omit: ['iat'], sub: HUMAN, ttl: 13 * 3600 }) });
   assertDenied(t, w, a, 401, 'credential-lifetime-exceeded');
+  // Exactly the limit is within it.
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ ttl: 3600 }) })).status, 200, 'a 1h automation token');
   // The same 2h token is fine for a human (12h limit).
   const ok = await w.call('GET', '/items/1', { token: await w.tok({ sub: HUMAN, ttl: 2 * 3600 }) });
   t.equal(ok.status, 200);

@@ -114,3 +114,15 @@ t.test('a client that goes away mid-upload does not wedge the proxy', async (t) 
   const after = await w.call('GET', '/items/1', { token: await w.tok() });
   t.equal(after.status, 200, 'the next request is served');
 });
+
+t.test('a chunked upload streams through and arrives whole', async (t) => {
+  const w = await world(t);
+  const { raw } = await import('../support/raw.ts');
+  const tok = await w.tok();
+  const chunks = ['first,', 'second,', 'x'.repeat(70_000)];
+  const body = chunks.map((c) => `${c.length.toString(16)}\r\n${c}\r\n`).join('') + '0\r\n\r\n';
+  const a = await raw(w.port, `PUT /items/1/blob HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${tok}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${body}`);
+  t.equal(a.status, 200);
+  t.equal(w.up.seen[0]!.bodyBytes, chunks.join('').length);
+  t.notOk('transfer-encoding' in w.up.seen[0]!.headers && w.up.seen[0]!.headers['content-length'], 'not both framings');
+});

@@ -31,6 +31,8 @@ t.test('ES256, RS256 and EdDSA tokens verify against the issuer\'s JWKS', async 
     t.equal(a.status, 200, `${key.alg} verifies`);
   }
   t.equal(w.up.seen.length, 3);
+  // A token without a kid verifies when exactly one key of its algorithm is published.
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ header: { kid: undefined } }) })).status, 200, 'no kid');
   // The scheme is case-insensitive, and more than one space is tolerated.
   for (const scheme of ['bearer', 'BEARER', 'Bearer  ']) {
     const a = await w.call('GET', '/items/1', { headers: { authorization: `${scheme} ${await w.tok()}` } });
