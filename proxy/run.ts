@@ -58,9 +58,9 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
 
 /**
  * Time allowed after the grace period for closing connections and flushing telemetry (the
- * OTLP exporter's own timeout, 10s by default, bounds its flush): a backstop, not a budget.
+ * telemetry flush gives up after 3 s): a backstop, not a budget.
  */
-const FLUSH_MS = 15_000;
+const FLUSH_MS = 8_000;
 
 function untilSignal(handlers: { term: () => Promise<void>; hup?: () => void; deadlineMs: number }): Promise<number> {
   return new Promise((resolve) => {

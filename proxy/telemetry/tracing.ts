@@ -126,6 +126,9 @@ function queueFullListener(counts: SpanCounts): MeterProvider {
   return { getMeter: () => meter };
 }
 
+/** Longest wait for the last export at shutdown. */
+const SHUTDOWN_FLUSH_MS = 3_000;
+
 export function tracing(config: TracesConfig, warn: (message: string) => void): Tracing {
   const counts: SpanCounts = { exported: 0, dropped: { queue_full: 0, export_failed: 0 } };
   // Report export failures at most once a minute: a collector outage must not flood the log.
@@ -166,11 +169,13 @@ export function tracing(config: TracesConfig, warn: (message: string) => void): 
       propagator.inject(trace.setSpan(ROOT_CONTEXT, span), into, defaultTextMapSetter);
     },
     async shutdown() {
-      // Flush what is queued, but never hold shutdown longer than one export timeout.
+      // Flush what is queued, but hold shutdown at most SHUTDOWN_FLUSH_MS: the OTLP exporter
+      // retries a refused connection until its export timeout (10 s by default), and a pod
+      // being stopped should not wait that long for a collector that is not there.
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         provider.shutdown().catch(() => {}),
-        new Promise<void>((resolve) => { timer = setTimeout(resolve, config.exportTimeoutMs + 1_000); timer.unref(); }),
+        new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.min(config.exportTimeoutMs, SHUTDOWN_FLUSH_MS)); timer.unref(); }),
       ]);
       clearTimeout(timer);
     },
