@@ -74,6 +74,9 @@ export class Forwarder {
    * the client's response.
    */
   async forward(req: IncomingMessage, res: ServerResponse, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>, body?: Buffer): Promise<ForwardOutcome> {
+    // The caller left while the decision was being made (keys being fetched): its 'close' has
+    // already fired, so nothing would abort the request; send nobody's request upstream.
+    if (res.destroyed || req.socket.destroyed) return { aborted: true, error: 'client closed' };
     const controller = new AbortController();
     const onClose = () => { if (!res.writableFinished) controller.abort(); };
     res.once('close', onClose);

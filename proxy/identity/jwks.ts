@@ -144,7 +144,9 @@ export class RemoteKeySet implements KeySet {
   async getKey(...args: Parameters<JWTVerifyGetKey>): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
     const coolingDown = this.#now() - this.#lastAttemptMs < this.#options.cooldownMs;
     if (!this.#local) {
+      // A fetch under way (the first one, at start-up) may bring the keys: wait for it.
       if (!coolingDown) await this.refresh();
+      else if (this.#inflight) await this.#inflight;
       if (!this.#local) throw new IdentityUnavailableError(`no keys from ${this.#options.url} yet`);
     }
     try {

@@ -3,7 +3,7 @@
 // server that never answers.
 
 import t from 'tap';
-import { createServer } from 'node:http';
+import { createServer, request } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer, listen, close } from '../support/servers.ts';
@@ -120,4 +120,36 @@ t.test('a JWKS answer that is not a key set keeps the last good keys', async (t)
   t.equal(unknown.status, 503, 'the refetch failed: the key cannot be obtained');
   t.equal(w.jwks.fetches, 2);
   t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'the last good keys still verify');
+});
+
+t.test('a request during the first JWKS fetch waits for it instead of failing', async (t) => {
+  const k = await keys();
+  const up = await upstream();
+  const body = JSON.stringify(jwks(k.es));
+  const slow = createServer((_req, res) => { setTimeout(() => res.end(body), 400); });
+  const port = await listen(slow);
+  const dg = await startTest(baseRules(up.origin, `http://127.0.0.1:${port}/jwks.json`), { waitReady: false });
+  t.teardown(async () => { await dg.close(); await up.close(); await close(slow); });
+  t.notOk(dg.dg.ready, 'not ready while the first fetch is under way');
+  const tok = await token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const a = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+  t.equal(a.status, 200);
+});
+
+t.test('a caller that leaves while its keys are fetched is never forwarded', async (t) => {
+  const k = await keys();
+  const up = await upstream();
+  const body = JSON.stringify(jwks(k.es));
+  const slow = createServer((_req, res) => { setTimeout(() => res.end(body), 500); });
+  const port = await listen(slow);
+  const dg = await startTest(baseRules(up.origin, `http://127.0.0.1:${port}/jwks.json`), { waitReady: false });
+  t.teardown(async () => { await dg.close(); await up.close(); await close(slow); });
+  const tok = await token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const req = request(`${dg.url}/items/1`, { method: 'GET', headers: { authorization: `Bearer ${tok}` } });
+  req.on('error', () => {});
+  req.end();
+  await sleep(100);
+  req.destroy();
+  await sleep(900);
+  t.equal(up.seen.length, 0, 'a request nobody waits for is not sent');
 });
