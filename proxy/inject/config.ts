@@ -39,6 +39,13 @@ export interface InjectorConfig {
   readonly resources: { readonly requests: ResourceList; readonly limits: ResourceList };
   /** Size limit of the emptyDir mounted at /tmp (the root filesystem is read-only). */
   readonly tmpSizeLimit: string;
+  /**
+   * Mount a projected service-account token and the cluster CA at the standard path in the
+   * sidecar, for rules whose issuer has `profile: kubernetes` (JWKS discovery from the API
+   * server). The ServiceAccount admission plugin mounts the token only into the containers
+   * that exist before webhooks run, so an injected sidecar would otherwise have none.
+   */
+  readonly serviceAccountToken: boolean;
 }
 
 export class InjectorConfigError extends Error {
@@ -88,6 +95,7 @@ export const configSchema = {
       },
     },
     tmpSizeLimit: { ...quantity, default: '16Mi' },
+    serviceAccountToken: { type: 'boolean', default: true, description: 'Mount a projected service-account token and the cluster CA for cluster-issuer JWKS discovery.' },
   },
 } as const;
 

@@ -12,7 +12,7 @@
 //   injected   allowed: true with the JSONPatch that adds the sidecar.
 
 import type { InjectorConfig } from './config.ts';
-import { sidecarContainer, sidecarVolumes, SIDECAR_NAME, RULES_VOLUME, TMP_VOLUME, type SidecarSettings } from './sidecar.ts';
+import { sidecarContainer, sidecarVolumes, SIDECAR_NAME, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
 
 export const LABEL_INJECT = 'driftguard.io/inject';
 export const ANNOTATION_RULES = 'driftguard.io/rules';
@@ -155,7 +155,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
     warnings.push(`no container declares port ${settings.upstreamPort}, where driftguard forwards traffic; set ${ANNOTATION_UPSTREAM_PORT} to the app's port`);
   }
   const volumeNames = new Set(volumes.map((v) => v.name));
-  for (const name of [RULES_VOLUME, TMP_VOLUME]) {
+  for (const name of [RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME]) {
     if (volumeNames.has(name)) return reject(`the pod already has a volume named ${name}`, podName);
   }
   if (!config.nativeSidecar && (spec.restartPolicy === 'Never' || spec.restartPolicy === 'OnFailure')) {

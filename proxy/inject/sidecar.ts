@@ -1,4 +1,5 @@
-// What the injector adds to a pod: the driftguard container and its two volumes.
+// What the injector adds to a pod: the driftguard container and its volumes (rules, /tmp,
+// and the service-account token for cluster-issuer discovery).
 // The container follows the sidecar contract of the core (proxy/cli.ts `run`):
 // rules file under RULES_DIR, DRIFTGUARD_LISTEN / DRIFTGUARD_UPSTREAM / DRIFTGUARD_ADMIN,
 // /healthz (alive) and /readyz (rules loaded, keys fetched) on the admin port.
@@ -8,6 +9,9 @@ import { RULES_DIR, type InjectorConfig } from './config.ts';
 export const SIDECAR_NAME = 'driftguard';
 export const RULES_VOLUME = 'driftguard-rules';
 export const TMP_VOLUME = 'driftguard-tmp';
+export const IDENTITY_VOLUME = 'driftguard-identity';
+/** Where a `profile: kubernetes` issuer reads its token and CA by default. */
+export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 export interface SidecarSettings {
   readonly rulesConfigMap: string;
@@ -58,6 +62,7 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
       // A directory mount, never subPath: the kubelet then swaps in ConfigMap updates.
       { name: RULES_VOLUME, mountPath: RULES_DIR, readOnly: true },
       { name: TMP_VOLUME, mountPath: '/tmp' },
+      ...(config.serviceAccountToken ? [{ name: IDENTITY_VOLUME, mountPath: SERVICE_ACCOUNT_DIR, readOnly: true }] : []),
     ],
     terminationMessagePolicy: 'FallbackToLogsOnError',
   };
@@ -69,6 +74,18 @@ export function sidecarVolumes(config: InjectorConfig, settings: SidecarSettings
   return [
     { name: RULES_VOLUME, configMap: { name: settings.rulesConfigMap, optional: false } },
     { name: TMP_VOLUME, emptyDir: { sizeLimit: config.tmpSizeLimit } },
+    ...(config.serviceAccountToken ? [{
+      // The same shape as the kube-api-access volume Kubernetes gives app containers: a
+      // kubelet-rotated token (re-read by driftguard on every JWKS fetch) and the cluster CA.
+      name: IDENTITY_VOLUME,
+      projected: {
+        defaultMode: 0o444,
+        sources: [
+          { serviceAccountToken: { path: 'token', expirationSeconds: 3607 } },
+          { configMap: { name: 'kube-root-ca.crt', items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
+        ],
+      },
+    }] : []),
   ];
 }
 

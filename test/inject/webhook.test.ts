@@ -91,6 +91,14 @@ function assertHardenedSidecar(tt: Tap, pod: Pod, expect: { listen: number; upst
   tt.equal(rulesVolume.configMap.name, expect.rules);
   const tmpVolume = pod.spec.volumes.find((v: { name: string }) => v.name === c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/tmp').name);
   tt.ok(tmpVolume.emptyDir, '/tmp is an emptyDir');
+  // The cluster issuer (profile: kubernetes) reads the pod's token and CA from the standard path.
+  const saMount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/var/run/secrets/kubernetes.io/serviceaccount');
+  tt.ok(saMount, 'service-account token mounted at the standard path');
+  tt.equal(saMount.readOnly, true);
+  const saVolume = pod.spec.volumes.find((v: { name: string }) => v.name === saMount.name);
+  const sources = saVolume.projected.sources;
+  tt.equal(sources.find((x: any) => x.serviceAccountToken)?.serviceAccountToken.path, 'token', 'a kubelet-rotated projected token');
+  tt.equal(sources.find((x: any) => x.configMap)?.configMap.name, 'kube-root-ca.crt', 'the cluster CA');
 }
 
 t.test('native sidecar: an opted-in pod gets driftguard as the first init container', async (t) => {
@@ -117,7 +125,7 @@ t.test('native sidecar: a pod without initContainers, volumes or annotations', a
   const out = patched(pod, got.response);
   validateObject(out);
   t.equal(out.spec.initContainers.length, 1);
-  t.equal(out.spec.volumes.length, 2);
+  t.equal(out.spec.volumes.length, 3);
   assertHardenedSidecar(t, out, { listen: 15080, upstream: 8080, rules: 'driftguard-rules' });
 });
 
@@ -130,7 +138,7 @@ t.test('regular container on clusters without native sidecars', async (t) => {
   t.equal(out.spec.initContainers, undefined, 'no init container');
   t.same(out.spec.containers.map((c: { name: string }) => c.name), ['app', 'driftguard'], 'appended after the app');
   t.equal(out.spec.containers[1].restartPolicy, undefined, 'no restartPolicy on a regular container');
-  t.same(out.spec.volumes.map((v: { name: string }) => v.name), ['cache', 'driftguard-rules', 'driftguard-tmp'], 'existing volumes kept');
+  t.same(out.spec.volumes.map((v: { name: string }) => v.name), ['cache', 'driftguard-rules', 'driftguard-tmp', 'driftguard-identity'], 'existing volumes kept');
   t.equal(out.metadata.annotations?.['kubectl.kubernetes.io/default-container'], 'app', 'kubectl logs/exec keep landing in the app');
   t.equal(out.metadata.annotations?.['driftguard.io/status'], 'injected');
   assertHardenedSidecar(t, out, { listen: 15080, upstream: 8080, rules: 'driftguard-rules' });

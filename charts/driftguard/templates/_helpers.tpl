@@ -90,4 +90,5 @@ nodeOptions: {{ .Values.sidecar.nodeOptions | quote }}
 resources:
   {{- toYaml .Values.sidecar.resources | nindent 2 }}
 tmpSizeLimit: {{ .Values.sidecar.tmpSizeLimit | quote }}
+serviceAccountToken: {{ .Values.sidecar.serviceAccountToken }}
 {{- end -}}
