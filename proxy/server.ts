@@ -46,6 +46,8 @@ export interface Driftguard {
   readonly ready: boolean;
   /** Why not ready, for /readyz. */
   readonly notReady: string[];
+  /** Add a readiness condition: it returns why driftguard is not ready yet, or undefined. */
+  addReadinessCheck(check: () => string | undefined): void;
   /** Build a generation from new rules and swap it in; throws (and changes nothing) on failure. */
   swap(rules: Rules): Promise<void>;
   /** Reload results, shown by /readyz (set by the reloader). */
@@ -165,10 +167,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   }
 
   const routes = new AdminRoutes();
+  const readinessChecks: (() => string | undefined)[] = [];
   const notReady = (): string[] => {
     const why: string[] = [];
     if (draining) why.push('shutting down');
     if (!generation.identity.ready) why.push('signing keys not fetched yet');
+    for (const check of readinessChecks) {
+      let reason: string | undefined;
+      try { reason = check(); } catch (err) { reason = `readiness check failed: ${(err as Error).message}`; }
+      if (reason) why.push(reason);
+    }
     return why;
   };
   routes.add('GET', '/healthz', (_req, res) => routes.json(res, 200, { status: 'alive' }));
@@ -194,6 +202,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     get generation() { return generation; },
     get ready() { return notReady().length === 0; },
     get notReady() { return notReady(); },
+    addReadinessCheck(check) { readinessChecks.push(check); },
     async swap(next: Rules) {
       const old = generation;
       const g = buildGeneration(next, old, options.deps, onTokenCache);

@@ -123,6 +123,10 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     deps: { lifecycle: state },
     attach(dg) {
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });
+      // Not ready until the revocation list URL has been applied once: a sidecar that took
+      // traffic before knowing what is revoked would let revoked tokens through.
+      dg.addReadinessCheck(() => sources.some((s) => s.kind === 'url' && s.status.lastSuccessAt === undefined)
+        ? 'revocation list URL not fetched yet' : undefined);
     },
     async shutdown() {
       for (const s of sources) s.close();

@@ -260,3 +260,20 @@ t.test('configuration errors name the file, line and field', async (t) => {
   const file2 = writeRules(w.rules((r) => { r.revocation = { file: listFile }; }), mkdtempSync(join(tmpdir(), 'dg-config-')));
   await t.rejects(startLifecycle({ file: file2 }), { name: 'RulesError', message: new RegExp(`${listFile}:3:\\d+: revocations\\[1\\]\\.kind: must be one of jti, task, subject, kid`) });
 });
+
+t.test('not ready until the revocation list URL has been applied once', async (t) => {
+  const w = await world();
+  let up = false;
+  const server = createServer((_req, res) => {
+    if (!up) { res.writeHead(503).end(); return; }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ revocations: [] }));
+  });
+  const port = await listen(server);
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { url: `http://127.0.0.1:${port}/list.json`, interval: '1s', timeout: '500ms' }; }));
+  t.teardown(async () => { await dg.close(); await close(server); await w.close(); });
+  const down = await fetch(`${dg.admin}/readyz`);
+  t.equal(down.status, 503, 'a sidecar that does not know what is revoked is not ready');
+  t.match(((await down.json()) as { reasons: string[] }).reasons, [/revocation list URL not fetched yet/]);
+  up = true;
+  t.ok(await until(async () => (await fetch(`${dg.admin}/readyz`).then(async (r) => { await r.text(); return r.status; })) === 200, 4000), 'ready after the first good fetch');
+});
