@@ -91,7 +91,6 @@ async function main(argv: string[]): Promise<number> {
         });
         if (values.help) { process.stdout.write(USAGE.run + '\n'); return 0; }
         if (!values.config) return usageError('run needs --config FILE', 'run');
-        const { run } = await import('./run.ts');
         const overrides = {
           listen: (values.listen as string | undefined) ?? process.env.DRIFTGUARD_LISTEN,
           upstream: (values.upstream as string | undefined) ?? process.env.DRIFTGUARD_UPSTREAM,
@@ -100,6 +99,7 @@ async function main(argv: string[]): Promise<number> {
         const graceText = (values.grace as string | undefined) ?? process.env.DRIFTGUARD_GRACE ?? '20s';
         let graceMs: number;
         try { graceMs = parseDuration(graceText); } catch (err) { return usageError((err as Error).message, 'run'); }
+        const { run } = await import('./run.ts');
         try { return await run(values.config as string, overrides, { graceMs }); } catch (err) { return reportRulesError(err); }
       }
       case 'demo': {
