@@ -3,7 +3,7 @@
 // answers health and operator endpoints. Rules, identity and checks form one Generation that
 // a reload replaces atomically: a request uses the generation it started with.
 
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './rules/load.ts';
@@ -12,7 +12,7 @@ import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity } from './identity/verify.ts';
 import { Forwarder } from './forward/forward.ts';
-import { sendProblem } from './decision/problem.ts';
+import { sendProblem, problemBody } from './decision/problem.ts';
 import { contractHeaders } from './decision/headers.ts';
 import { reasonInfo } from './decision/reasons.ts';
 import { noopObserver, type Observer, type Observation } from './observe.ts';
@@ -94,9 +94,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // Node refused to parse the request (header overflow, bad framing): answer in kind if we can.
     if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) { socket.destroy(); return; }
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    const body = JSON.stringify({ type: 'https://driftguard.io/problems/malformed-request', title: 'Malformed request', status, detail: 'the request could not be parsed', code: 'malformed-request' });
-    socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    // No request object exists yet, so no decision is recorded: the answer is written raw.
+    const reason = err.code === 'HPE_HEADER_OVERFLOW' ? 'headers-too-large' : 'malformed-request';
+    const problem = problemBody({ reason, detail: 'the request could not be parsed' });
+    const body = JSON.stringify(problem);
+    socket.end(`HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status as number]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
   });
 
   async function handle(g: Generation, req: IncomingMessage, res: ServerResponse): Promise<void> {

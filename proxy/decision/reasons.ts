@@ -18,6 +18,7 @@ const table = {
   'allowed': { status: 200, title: 'Allowed', action: 'Nothing.' },
 
   // --- request shape ---
+  'headers-too-large': { status: 431, title: 'Request header fields too large', action: 'Send less than 16 KiB of request headers (a token that large is refused anyway).' },
   'malformed-request': { status: 400, title: 'Malformed request', action: 'Send an origin-form, canonical request-target (no dot segments, encoded slashes, empty segments, path parameters or control characters) and single Authorization and Host headers.' },
 
   // --- operation ---

@@ -16,6 +16,16 @@ t.test('malformed-request: a dot segment is refused before anything else', async
   t.equal(w.up.seen.length, 0);
 });
 
+t.test('headers-too-large: more than 16 KiB of headers is 431 as a problem body, never forwarded', async (t) => {
+  const w = await world(t);
+  const a = await raw(w.port, get('/items/1', [`X-Padding: ${'a'.repeat(20 * 1024)}`]));
+  t.equal(a.status, 431);
+  t.equal(a.headers['content-type'], 'application/problem+json');
+  t.equal(a.json().code, 'headers-too-large');
+  t.equal(a.json().status, 431);
+  t.equal(w.up.seen.length, 0);
+});
+
 t.test('unknown-operation: a path the contract does not have, and a known path with another method', async (t) => {
   const w = await world(t);
   const tok = await w.tok();
