@@ -108,7 +108,7 @@ t.test('registered claims: exp required, iss, aud and typ checked, nbf and iat r
   await refused(t, w, `${'a'.repeat(7_000)}.${'b'.repeat(7_000)}.c`, 'a 14 KiB garbage token');
   const huge = await w.call('GET', '/items/1', { token: 'a'.repeat(17_000) });
   t.equal(huge.status, 431, 'a 17 KiB Authorization header is refused by the listener');
-  t.equal(huge.json?.code, 'malformed-request');
+  t.equal(huge.json?.code, 'headers-too-large');
 });
 
 t.test('typ is enforced where the issuer configures it', async (t) => {
