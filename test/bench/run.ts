@@ -15,7 +15,7 @@
 //   --out FILE       where to write the JSON (default test/bench/results/latest.json)
 //   --profile DIR    run driftguard under --cpu-prof and leave the profiles in DIR
 //   --note TEXT      recorded in the JSON (e.g. what else the machine was doing)
-//   --limited-node-options TEXT   NODE_OPTIONS of driftguard-limited instead of the chart's
+//   --limited-node-options=TEXT   NODE_OPTIONS of driftguard-limited instead of the chart's
 
 import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, loadavg, release } from 'node:os';
@@ -29,7 +29,7 @@ import { spawnNode, runNodeJson, cpuSeconds, memory, peakSampler, type Child } f
 import { wrk, wrkVersion, type WrkResult } from './wrk.ts';
 import { jwksServer, otlpReceiver } from './receivers.ts';
 import { signingKey, mintToken, rulesFor, requestMix, wrkLines, ISSUER, AUDIENCE, FIRST_STALE, PLACEHOLDER, type RequestSpec } from './scenario.ts';
-import { summarise, printTable, type Samples } from './report.ts';
+import { summarise, printTable, markdown, type Samples } from './report.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
@@ -285,7 +285,8 @@ async function main(): Promise<void> {
     const out = resolve(args.out ?? join(HERE, 'results/latest.json'));
     mkdirSync(dirname(out), { recursive: true });
     writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
-    log(`wrote ${out}`);
+    writeFileSync(out.replace(/\.json$/, '') + '.md', markdown(result));
+    log(`wrote ${out} and its .md table`);
   } catch (err) {
     await stopAll();
     throw err;
