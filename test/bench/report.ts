@@ -95,14 +95,14 @@ export function markdown(result: Record<string, unknown>): string {
   const targets = result.targets as Record<string, Record<string, number | undefined>>;
   const settings = result.settings as { rounds: number; connections: number; fixedRate: { rps: number } };
   const lines = [
-    `| target | req/s at ${settings.connections} conns | p50 / p90 / p99 at 1 conn (ms) | p50 / p90 / p99 at ${settings.fixedRate.rps} req/s (ms) | CPU s per 1000 req (at ${settings.fixedRate.rps} req/s) | peak RSS MiB (anon) | cold req/s |`,
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    `| target | req/s at ${settings.connections} conns | p50 / p90 / p99 at 1 conn (ms) | p50 / p90 / p99 at up to ${settings.fixedRate.rps} req/s (ms) | req/s achieved | CPU s per 1000 req at that rate | CPU s per 1000 req at ${settings.connections} conns | peak RSS MiB (anon) | cold req/s |`,
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   const ms = (v: unknown) => typeof v === 'number' ? (v / 1000).toFixed(2) : '-';
   for (const name of ['direct', 'bare', 'driftguard', 'driftguard-limited', 'driftguard-core']) {
     const t = targets[name];
     if (!t) continue;
-    lines.push(`| ${name} | ${fmt(t.throughputRps)} | ${ms(t.oneConnectionP50Us)} / ${ms(t.oneConnectionP90Us)} / ${ms(t.oneConnectionP99Us)} | ${ms(t.fixedRateP50Us)} / ${ms(t.fixedRateP90Us)} / ${ms(t.fixedRateP99Us)} | ${name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtFixedRate, 3)} | ${name === 'direct' ? '-' : `${fmt(t.peakRssMiB)} (${fmt(t.peakAnonRssMiB)})`} | ${fmt(t.coldRps)} |`);
+    lines.push(`| ${name} | ${fmt(t.throughputRps)} | ${ms(t.oneConnectionP50Us)} / ${ms(t.oneConnectionP90Us)} / ${ms(t.oneConnectionP99Us)} | ${ms(t.fixedRateP50Us)} / ${ms(t.fixedRateP90Us)} / ${ms(t.fixedRateP99Us)} | ${fmt(t.fixedRateRps)} | ${name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtFixedRate, 3)} | ${name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtThroughput, 3)} | ${name === 'direct' ? '-' : `${fmt(t.peakRssMiB)} (${fmt(t.peakAnonRssMiB)})`} | ${fmt(t.coldRps)} |`);
   }
   lines.push('', '| budget | value | limit | met |', '| --- | ---: | ---: | :---: |');
   for (const b of result.budget as BudgetLine[]) lines.push(`| ${b.meaning} | ${b.value} | ${b.comparison} ${b.limit} | ${b.pass ? 'yes' : '**no**'} |`);
