@@ -22,6 +22,7 @@ import { tmpdir, cpus, totalmem, loadavg, release } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
+import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { stringify, parse } from 'yaml';
 import { request } from 'undici';
@@ -265,6 +266,7 @@ async function main(): Promise<void> {
     const cpu = cpus();
     const result = summarise(samples, peak, peakAnon, {
       schema: 'driftguard-bench/1',
+      ...gitState(),
       generatedAt: started.toISOString(),
       quick: args.quick ?? false,
       ...(args.note ? { note: args.note } : {}),
@@ -314,6 +316,15 @@ function telemetrySection(endpoint: string): Record<string, unknown> | undefined
     // Every decision logged, allowed ones too, as JSON lines on stdout (captured to a file).
     decisionLog: { output: 'stdout', allowSampleRate: 1 },
   };
+}
+
+/** The commit measured, and whether proxy/ had uncommitted changes (others' work in progress). */
+function gitState(): { commit?: string; proxyUncommitted?: boolean } {
+  try {
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'proxy', 'rules'], { cwd: ROOT, encoding: 'utf8' }).trim() !== '';
+    return { commit, proxyUncommitted: dirty };
+  } catch { return {}; }
 }
 
 function countLogLines(file: string): { lines: number; decisionLines: number } {
