@@ -15,9 +15,10 @@
 //   --out FILE       where to write the JSON (default test/bench/results/latest.json)
 //   --profile DIR    run driftguard under --cpu-prof and leave the profiles in DIR
 //   --note TEXT      recorded in the JSON (e.g. what else the machine was doing)
+//   --keep           keep the working directory (rules, logs, request files) in /tmp
 //   --limited-node-options=TEXT   NODE_OPTIONS of driftguard-limited instead of the chart's
 
-import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, loadavg, release } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,6 +44,7 @@ const { values: args } = parseArgs({
     profile: { type: 'string' },
     note: { type: 'string' },
     'limited-node-options': { type: 'string' },
+    keep: { type: 'boolean', default: false },
   },
 });
 
@@ -289,6 +291,8 @@ async function main(): Promise<void> {
     writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
     writeFileSync(out.replace(/\.json$/, '') + '.md', markdown(result));
     log(`wrote ${out} and its .md table`);
+    // The decision logs alone run to hundreds of MB.
+    if (args.keep) log(`kept ${dir}`); else rmSync(dir, { recursive: true, force: true });
   } catch (err) {
     await stopAll();
     throw err;
