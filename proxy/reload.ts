@@ -6,7 +6,7 @@
 
 import { watch, readFileSync, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { dirname } from 'node:path';
+import { dirname, basename } from 'node:path';
 import { loadRules, RulesError, type Overrides } from './rules/load.ts';
 import type { Driftguard } from './server.ts';
 import type { Rules } from './rules/types.ts';
@@ -93,7 +93,14 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   let timer: NodeJS.Timeout | undefined;
   let watcher: FSWatcher | undefined;
   try {
-    watcher = watch(dirname(file), { persistent: false }, () => {
+    // Only events for the rules file, the ConfigMap's `..data` symlink, or a JWKS file next to
+    // the rules count: a decision log or anything else written into the same directory must
+    // not reload (each reload parses and validates the whole file).
+    const dir = dirname(file);
+    const interesting = (name: string) => name === basename(file) || name === '..data'
+      || dg.generation.rules.identity.issuers.some((i) => 'file' in i.jwks && dirname(i.jwks.file) === dir && basename(i.jwks.file) === name);
+    watcher = watch(dir, { persistent: false }, (_event, name) => {
+      if (name !== null && !interesting(String(name))) return;
       clearTimeout(timer);
       timer = setTimeout(() => { void reload('file change'); }, 150);
     });

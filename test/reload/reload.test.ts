@@ -170,3 +170,22 @@ t.test('an unchanged issuer\'s failing refresh does not block an unrelated chang
   t.equal(keys.fetches, fetches, 'the shared key set was not refetched by the reload');
   t.ok(dg.dg.ready, 'the kept keys keep driftguard ready');
 });
+
+t.test('only the rules file (or the ConfigMap ..data link) triggers a reload, not other files beside it', async (t) => {
+  const { dg, reload: first, logs } = await setup(t);
+  first.close();
+  // The file on disk is now invalid, but nothing has told the watcher yet.
+  writeFileSync(dg.file, 'proxy: [');
+  const reload = reloader(dg.file, {}, dg.dg, (l) => logs.push(l));
+  t.teardown(() => reload.close());
+  // A decision log written next to the rules must not reload: a reload would read the
+  // invalid file and count a failure.
+  const beside = `${dg.file.replace(/rules\.yaml$/, '')}decisions.log`;
+  for (let i = 0; i < 5; i++) { writeFileSync(beside, `line ${i}\n`, { flag: 'a' }); await new Promise((r) => setTimeout(r, 40)); }
+  await new Promise((r) => setTimeout(r, 400));
+  t.equal(reload.status.failed, 0, 'writes to another file in the directory do not reload');
+  // The rules file itself does.
+  writeFileSync(dg.file, 'proxy: [ ');
+  await until('the reload of the rules file', () => reload.status.failed === 1);
+  t.equal(reload.status.failed, 1);
+});
