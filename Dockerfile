@@ -24,7 +24,7 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
 # --- runtime ------------------------------------------------------------------------
 FROM ${NODE_IMAGE}
 ENV NODE_ENV=production \
-    NODE_OPTIONS=--max-old-space-size=96
+    NODE_OPTIONS="--max-old-space-size=96 --max-semi-space-size=4"
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json ./

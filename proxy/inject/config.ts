@@ -84,7 +84,7 @@ export const configSchema = {
     upstreamPort: { ...port, default: 8080 },
     adminPort: { ...port, default: 15021 },
     runAsUser: { type: 'integer', minimum: 1, default: 65532 },
-    nodeOptions: { type: 'string', default: '--max-old-space-size=96' },
+    nodeOptions: { type: 'string', default: '--max-old-space-size=96 --max-semi-space-size=4' },
     resources: {
       type: 'object',
       additionalProperties: false,

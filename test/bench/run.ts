@@ -60,8 +60,8 @@ const RATE_CONNECTIONS = 10;
 const HEAP_LIMIT = args['limited-node-options'] ?? (() => {
   try {
     const values = parse(readFileSync(join(ROOT, 'charts/driftguard/values.yaml'), 'utf8')) as { sidecar?: { nodeOptions?: string } };
-    return values.sidecar?.nodeOptions ?? '--max-old-space-size=96';
-  } catch { return '--max-old-space-size=96'; }
+    return values.sidecar?.nodeOptions ?? '--max-old-space-size=96 --max-semi-space-size=4';
+  } catch { return '--max-old-space-size=96 --max-semi-space-size=4'; }
 })();
 const CONTAINER_LIMIT_MIB = 128;
 
