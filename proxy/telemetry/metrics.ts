@@ -1,7 +1,7 @@
 // Prometheus metrics kept in plain objects and rendered as text exposition format 0.0.4 on
 // GET /metrics. Counting a request is a string concatenation and a Map update; the text is
 // built only when scraped. (Measured against the OpenTelemetry metrics SDK with its
-// Prometheus serializer: see test/telemetry/metrics-cost.ts and docs/telemetry.md.)
+// Prometheus serializer: see test/telemetry/metrics-cost.ts and the README's Metrics section.)
 // Every label set is bounded by the rules (operations, registered consumers, reason codes).
 
 const SEP = '\u0001';

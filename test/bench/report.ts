@@ -90,7 +90,7 @@ export function printTable(result: Record<string, unknown>): void {
   }
 }
 
-/** The same figures as a Markdown table, for docs/performance.md. */
+/** The same figures as a Markdown table, for the README's Performance section. */
 export function markdown(result: Record<string, unknown>): string {
   const targets = result.targets as Record<string, Record<string, number | undefined>>;
   const settings = result.settings as { rounds: number; connections: number; fixedRate: { rps: number } };
