@@ -109,6 +109,10 @@ export async function run(file: string, overrides: Overrides, options: RunOption
 }
 
 export async function demo(): Promise<number> {
+  // The demo has no collector: without a choice of exporter it would log a failed export a
+  // minute. OTEL_TRACES_EXPORTER=console (or otlp with a collector) shows the spans.
+  const tracesChosen = process.env.OTEL_TRACES_EXPORTER !== undefined;
+  if (!tracesChosen) process.env.OTEL_TRACES_EXPORTER = 'none';
   let shutdown: ((graceMs: number) => Promise<void>) | undefined;
   const stop = await runDemo(async (rules) => {
     const s = await start(rules, undefined, {});
@@ -116,5 +120,6 @@ export async function demo(): Promise<number> {
     return { close: () => s.shutdown(2_000) };
   });
   void shutdown;
+  if (!tracesChosen) console.log('Traces: not exported (no collector here). Run OTEL_TRACES_EXPORTER=console make demo to print them, or set OTEL_EXPORTER_OTLP_ENDPOINT with OTEL_TRACES_EXPORTER=otlp.');
   return untilSignal({ term: stop, deadlineMs: 2_000 + FLUSH_MS });
 }
