@@ -20,10 +20,12 @@ Commands:
   inject  --tls-cert ...    serve the Kubernetes sidecar-injection webhook
 
 Run 'driftguard <command> --help' for a command's options.`,
-  run: `Usage: driftguard run --config FILE [--listen HOST:PORT] [--upstream URL] [--admin HOST:PORT] [--grace DURATION]
+  run: `Usage: driftguard run --config FILE [--listen HOST:PORT] [--upstream URL] [--admin HOST:PORT]
+                             [--probes HOST:PORT] [--grace DURATION]
 
-Runs the sidecar. --listen, --upstream and --admin (or DRIFTGUARD_LISTEN, DRIFTGUARD_UPSTREAM,
-DRIFTGUARD_ADMIN) override proxy.listen, proxy.upstream and proxy.admin from the rules file.
+Runs the sidecar. --listen, --upstream, --admin and --probes (or DRIFTGUARD_LISTEN,
+DRIFTGUARD_UPSTREAM, DRIFTGUARD_ADMIN, DRIFTGUARD_PROBES) override proxy.listen, proxy.upstream,
+proxy.admin and proxy.probes from the rules file.
 The rules are reloaded on SIGHUP, on POST /reload to the admin listener, and when the file
 (or the Kubernetes ConfigMap symlink it is mounted through) changes; an invalid file keeps
 the last good rules. SIGTERM stops accepting, lets in-flight requests finish within --grace
@@ -87,7 +89,7 @@ async function main(argv: string[]): Promise<number> {
       }
       case 'run': {
         const { values } = parse(rest, {
-          config: { type: 'string', short: 'c' }, listen: { type: 'string' }, upstream: { type: 'string' }, admin: { type: 'string' }, grace: { type: 'string' },
+          config: { type: 'string', short: 'c' }, listen: { type: 'string' }, upstream: { type: 'string' }, admin: { type: 'string' }, probes: { type: 'string' }, grace: { type: 'string' },
         });
         if (values.help) { process.stdout.write(USAGE.run + '\n'); return 0; }
         if (!values.config) return usageError('run needs --config FILE', 'run');
@@ -95,6 +97,7 @@ async function main(argv: string[]): Promise<number> {
           listen: (values.listen as string | undefined) ?? process.env.DRIFTGUARD_LISTEN,
           upstream: (values.upstream as string | undefined) ?? process.env.DRIFTGUARD_UPSTREAM,
           admin: (values.admin as string | undefined) ?? process.env.DRIFTGUARD_ADMIN,
+          probes: (values.probes as string | undefined) ?? process.env.DRIFTGUARD_PROBES,
         };
         const graceText = (values.grace as string | undefined) ?? process.env.DRIFTGUARD_GRACE ?? '20s';
         let graceMs: number;

@@ -63,7 +63,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
         log({ level: 'info', msg: 'rules unchanged', trigger, rules: next.hash });
         return { changed: false, hash: next.hash };
       }
-      for (const field of ['listen', 'admin'] as const) {
+      for (const field of ['listen', 'admin', 'probes'] as const) {
         if (next.proxy[field] !== dg.generation.rules.proxy[field]) {
           throw new Error(`proxy.${field}: cannot change without a restart (in force: ${dg.generation.rules.proxy[field]}, file: ${next.proxy[field]})`);
         }

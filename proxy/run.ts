@@ -100,7 +100,7 @@ export async function run(file: string, overrides: Overrides, options: RunOption
   const rules = loadRules(file, overrides);
   const s = await start(rules, file, overrides);
   // The bound addresses, not the configured ones: with port 0 this is the only way to learn them.
-  logLine({ level: 'info', msg: 'driftguard listening', listen: bound(s.dg.traffic), admin: bound(s.dg.admin), upstream: rules.proxy.upstream, mode: rules.proxy.mode, rules: rules.hash });
+  logLine({ level: 'info', msg: 'driftguard listening', listen: bound(s.dg.traffic), admin: bound(s.dg.admin), ...(s.dg.probes ? { probes: bound(s.dg.probes) } : {}), upstream: rules.proxy.upstream, mode: rules.proxy.mode, rules: rules.hash });
   return untilSignal({
     term: () => s.shutdown(options.graceMs),
     hup: () => { void s.reload?.reload('SIGHUP'); },

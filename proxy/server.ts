@@ -19,6 +19,9 @@ import { noopObserver, type Observer, type Observation } from './observe.ts';
 import { AdminRoutes, createAdminServer } from './admin/server.ts';
 import type { ReloadStatus } from './reload.ts';
 
+/** What the probe listener serves. */
+const PROBE_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
+
 export interface Generation {
   readonly rules: Rules;
   readonly identity: Identity;
@@ -38,6 +41,8 @@ export interface DriftguardOptions {
 export interface Driftguard {
   readonly traffic: Server;
   readonly admin: Server;
+  /** The probe-only listener (/healthz, /readyz, /metrics), when proxy.probes is set. */
+  readonly probes?: Server;
   readonly routes: AdminRoutes;
   /** The rules in force. */
   readonly generation: Generation;
@@ -190,16 +195,22 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     });
   });
   const admin = createAdminServer(routes);
+  // Read-only, non-sensitive endpoints for the kubelet and Prometheus: the decision ring,
+  // the owner view and the revocation list stay on the admin listener.
+  const probes = rules.proxy.probes !== undefined ? createAdminServer(routes, PROBE_PATHS) : undefined;
 
   const listen = (server: Server, address: string) => new Promise<void>((resolve, reject) => {
     const a = parseAddress(address)!;
     server.once('error', reject);
     server.listen(a.port, a.host, () => { server.off('error', reject); resolve(); });
   });
-  const listening = Promise.all([listen(traffic, rules.proxy.listen), listen(admin, rules.proxy.admin)]).then(() => {});
+  const listening = Promise.all([
+    listen(traffic, rules.proxy.listen), listen(admin, rules.proxy.admin),
+    ...(probes ? [listen(probes, rules.proxy.probes!)] : []),
+  ]).then(() => {});
 
   const self: Driftguard = {
-    traffic, admin, routes, listening,
+    traffic, admin, routes, listening, ...(probes ? { probes } : {}),
     get inFlight() { return inFlight; },
     get generation() { return generation; },
     get ready() { return notReady().length === 0; },
@@ -252,6 +263,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       draining = true;
       if (traffic.listening) await new Promise<void>((resolve) => { traffic.close(() => resolve()); traffic.closeIdleConnections(); });
       if (admin.listening) await new Promise<void>((resolve) => { admin.close(() => resolve()); admin.closeAllConnections(); });
+      if (probes?.listening) await new Promise<void>((resolve) => { probes.close(() => resolve()); probes.closeAllConnections(); });
       for (const s of sockets) s.destroy();
       generation.identity.close();
       await generation.forwarder.close();

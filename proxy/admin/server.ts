@@ -40,13 +40,21 @@ export class AdminRoutes {
   }
 }
 
-export function createAdminServer(routes: AdminRoutes): Server {
+/**
+ * The admin listener, or with `only` a listener that serves just those paths (the probe
+ * listener: health, readiness and metrics on the pod IP, everything else on loopback).
+ */
+export function createAdminServer(routes: AdminRoutes, only?: ReadonlySet<string>): Server {
   return createServer({ maxHeaderSize: 16 * 1024 }, async (req, res) => {
     let url: URL;
     try {
       url = new URL(req.url ?? '/', 'http://admin.invalid');
     } catch {
       routes.problem(res, 400, 'Bad Request', 'unparsable request-target');
+      return;
+    }
+    if (only && !only.has(url.pathname)) {
+      routes.problem(res, 404, 'Not Found', `${url.pathname} is served on the admin listener only`);
       return;
     }
     const { handler, allowed } = routes.find(req.method ?? 'GET', url.pathname);

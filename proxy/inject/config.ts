@@ -32,6 +32,11 @@ export interface InjectorConfig {
   readonly upstreamPort: number;
   /** Admin listener of the sidecar (/healthz, /readyz). */
   readonly adminPort: number;
+  /**
+   * Loopback port of the full admin listener (decisions, consumers, revocations, reload).
+   * Only /healthz, /readyz and /metrics are served on adminPort, on the pod IP.
+   */
+  readonly adminLocalPort: number;
   /** UID and GID the sidecar runs as (non-root; the image's user). */
   readonly runAsUser: number;
   /** NODE_OPTIONS of the sidecar: keeps the V8 heap inside the memory limit. */
@@ -82,7 +87,8 @@ export const configSchema = {
     rulesFile: { type: 'string', default: 'rules.yaml', pattern: '^[-._a-zA-Z0-9]+$', description: 'Key of the rules file in the ConfigMap.' },
     listenPort: { ...port, default: 15080 },
     upstreamPort: { ...port, default: 8080 },
-    adminPort: { ...port, default: 15021 },
+    adminPort: { ...port, default: 15021, description: 'Probe port on the pod IP: /healthz, /readyz and /metrics only.' },
+    adminLocalPort: { ...port, default: 15000, description: 'Loopback port of the full admin listener (kubectl port-forward to reach it).' },
     runAsUser: { type: 'integer', minimum: 1, default: 65532 },
     nodeOptions: { type: 'string', default: '--max-old-space-size=96 --max-semi-space-size=4' },
     resources: {
@@ -118,7 +124,7 @@ export function buildConfig(input: unknown, source = 'injector config'): Injecto
     throw new InjectorConfigError(lines.join('\n'));
   }
   const cfg = copy as unknown as InjectorConfig;
-  const ports = [['listenPort', cfg.listenPort], ['upstreamPort', cfg.upstreamPort], ['adminPort', cfg.adminPort]] as const;
+  const ports = [['listenPort', cfg.listenPort], ['upstreamPort', cfg.upstreamPort], ['adminPort', cfg.adminPort], ['adminLocalPort', cfg.adminLocalPort]] as const;
   for (let i = 0; i < ports.length; i++) {
     for (let j = i + 1; j < ports.length; j++) {
       if (ports[i][1] === ports[j][1]) {

@@ -145,7 +145,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
       if (isObj(p) && typeof p.containerPort === 'number') taken.set(p.containerPort, String(c.name));
     }
   }
-  for (const [what, port] of [['listen port', settings.listenPort], ['admin port', config.adminPort]] as const) {
+  for (const [what, port] of [['listen port', settings.listenPort], ['admin port', config.adminPort], ['local admin port', config.adminLocalPort]] as const) {
     const owner = taken.get(port);
     if (owner !== undefined) {
       return reject(`the driftguard ${what} ${port} is already used by container ${JSON.stringify(owner)}; set ${ANNOTATION_LISTEN_PORT} to a free port`, podName);
@@ -206,8 +206,8 @@ function readSettings(annotations: Obj, config: InjectorConfig): SidecarSettings
   const upstreamPort = readPort(annotations, ANNOTATION_UPSTREAM_PORT, config.upstreamPort);
   if (typeof upstreamPort === 'string') return upstreamPort;
   if (listenPort === upstreamPort) return `${ANNOTATION_LISTEN_PORT} and ${ANNOTATION_UPSTREAM_PORT} are both ${listenPort}: driftguard would forward to itself`;
-  if (listenPort === config.adminPort) return `${ANNOTATION_LISTEN_PORT} ${listenPort} is driftguard's admin port`;
-  if (upstreamPort === config.adminPort) return `${ANNOTATION_UPSTREAM_PORT} ${upstreamPort} is driftguard's admin port`;
+  if (listenPort === config.adminPort || listenPort === config.adminLocalPort) return `${ANNOTATION_LISTEN_PORT} ${listenPort} is driftguard's admin port`;
+  if (upstreamPort === config.adminPort || upstreamPort === config.adminLocalPort) return `${ANNOTATION_UPSTREAM_PORT} ${upstreamPort} is driftguard's admin port`;
   return { rulesConfigMap: rules, listenPort, upstreamPort };
 }
 

@@ -30,8 +30,10 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
       { name: 'DRIFTGUARD_LISTEN', value: `0.0.0.0:${settings.listenPort}` },
       // The app is reached over the pod's loopback: it shares the network namespace.
       { name: 'DRIFTGUARD_UPSTREAM', value: `http://127.0.0.1:${settings.upstreamPort}` },
-      // The kubelet probes the admin listener from outside the container, so not loopback.
-      { name: 'DRIFTGUARD_ADMIN', value: `0.0.0.0:${config.adminPort}` },
+      // The full admin listener (decision ring, owner view, revocations) stays on loopback;
+      // the kubelet and Prometheus get a probe listener with health, readiness and metrics only.
+      { name: 'DRIFTGUARD_ADMIN', value: `127.0.0.1:${config.adminLocalPort}` },
+      { name: 'DRIFTGUARD_PROBES', value: `0.0.0.0:${config.adminPort}` },
       { name: 'NODE_OPTIONS', value: config.nodeOptions },
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
@@ -40,7 +42,7 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
     ],
     ports: [
       { name: 'driftguard', containerPort: settings.listenPort, protocol: 'TCP' },
-      { name: 'dg-admin', containerPort: config.adminPort, protocol: 'TCP' },
+      { name: 'dg-probes', containerPort: config.adminPort, protocol: 'TCP' },
     ],
     // Startup: up to 2 minutes to load the rules and fetch the issuers' keys. For a
     // native sidecar this also holds back the app containers until driftguard is ready.

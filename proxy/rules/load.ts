@@ -41,6 +41,7 @@ export interface Overrides {
   readonly listen?: string;
   readonly upstream?: string;
   readonly admin?: string;
+  readonly probes?: string;
 }
 
 type Path = (string | number)[];
@@ -185,7 +186,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
 
 // ---- the shape the schema guarantees (defaults applied) ----
 interface RawRules {
-  proxy: { listen: string; upstream: string; admin: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string }; connections: number };
+  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string }; connections: number };
   identity: {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number };
@@ -209,9 +210,11 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   const base = dirname(source);
 
   // proxy
-  for (const key of ['listen', 'admin'] as const) {
-    if (!parseAddress(raw.proxy[key])) fail(['proxy', key], `"${raw.proxy[key]}" is not host:port`);
+  for (const key of ['listen', 'admin', 'probes'] as const) {
+    const value = raw.proxy[key];
+    if (value !== undefined && !parseAddress(value)) fail(['proxy', key], `"${value}" is not host:port`);
   }
+  if (raw.proxy.probes !== undefined && raw.proxy.probes === raw.proxy.admin && !raw.proxy.probes.endsWith(':0')) fail(['proxy', 'probes'], 'must differ from proxy.admin');
   try {
     const u = new URL(raw.proxy.upstream);
     if (u.pathname !== '/' || u.search || u.hash || u.username) fail(['proxy', 'upstream'], 'must be an origin only (scheme, host, port), without path, query or credentials');
@@ -321,7 +324,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     source,
     hash: createHash('sha256').update(bytes).digest('hex').slice(0, 16),
     proxy: Object.freeze({
-      listen: raw.proxy.listen, upstream: raw.proxy.upstream.replace(/\/$/, ''), admin: raw.proxy.admin, mode: raw.proxy.mode,
+      listen: raw.proxy.listen, upstream: raw.proxy.upstream.replace(/\/$/, ''), admin: raw.proxy.admin, ...(raw.proxy.probes !== undefined ? { probes: raw.proxy.probes } : {}), mode: raw.proxy.mode,
       timeouts: Object.freeze({ connectMs: duration(['proxy', 'timeouts', 'connect'], raw.proxy.timeouts.connect), responseMs: duration(['proxy', 'timeouts', 'response'], raw.proxy.timeouts.response) }),
       connections: raw.proxy.connections,
     }),

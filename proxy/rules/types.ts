@@ -11,6 +11,8 @@ export interface ProxyRules {
   readonly listen: string;
   readonly upstream: string;
   readonly admin: string;
+  /** Optional probe-only listener: /healthz, /readyz, /metrics. */
+  readonly probes?: string;
   readonly mode: Mode;
   readonly timeouts: { readonly connectMs: number; readonly responseMs: number };
   readonly connections: number;

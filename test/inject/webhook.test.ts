@@ -69,7 +69,9 @@ function assertHardenedSidecar(tt: Tap, pod: Pod, expect: { listen: number; upst
   const env = envOf(c);
   tt.equal(env.DRIFTGUARD_LISTEN, `0.0.0.0:${expect.listen}`);
   tt.equal(env.DRIFTGUARD_UPSTREAM, `http://127.0.0.1:${expect.upstream}`);
-  tt.equal(env.DRIFTGUARD_ADMIN, '0.0.0.0:15021');
+  // The full admin listener stays on loopback; the kubelet and Prometheus get the probe listener.
+  tt.equal(env.DRIFTGUARD_ADMIN, '127.0.0.1:15000');
+  tt.equal(env.DRIFTGUARD_PROBES, '0.0.0.0:15021');
   tt.match(env.NODE_OPTIONS, /--max-old-space-size=\d+/);
   tt.same(c.ports.map((p: { containerPort: number }) => p.containerPort).sort(), [expect.listen, 15021].sort());
   tt.same(c.startupProbe.httpGet, { path: '/readyz', port: 15021, scheme: 'HTTP' });

@@ -85,6 +85,7 @@ rulesFile: {{ .Values.sidecar.rulesFile | quote }}
 listenPort: {{ .Values.sidecar.listenPort }}
 upstreamPort: {{ .Values.sidecar.upstreamPort }}
 adminPort: {{ .Values.sidecar.adminPort }}
+adminLocalPort: {{ .Values.sidecar.adminLocalPort }}
 runAsUser: {{ .Values.sidecar.runAsUser }}
 nodeOptions: {{ .Values.sidecar.nodeOptions | quote }}
 resources:
