@@ -193,6 +193,31 @@ t.test('upstream down: 502, the server span is an error, the client span records
   t.equal(client.attributes['error.type'], 'upstream-unavailable');
 });
 
+t.test('identity unavailable: the JWKS is down, 503 with its span, an error status and the credential event', async (t) => {
+  const deadKeys = await jwksServer(jwks(key));
+  deadKeys.down = true;
+  const other = await startWithTelemetry(baseRules(up.origin, deadKeys.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+    r.identity.issuers[0].jwks.timeout = '200ms';
+  }));
+  t.teardown(async () => { await other.stop(); await deadKeys.close(); });
+  const tok = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const traceId = randomHex(16);
+  const before = up.seen.length;
+  const res = await fetch(other.url + '/items/1', { headers: { traceparent: traceparent(traceId, randomHex(8)), authorization: `Bearer ${tok}` } });
+  const body = await res.json() as { code: string; traceId: string };
+  t.equal(res.status, 503);
+  t.equal(body.code, 'identity-unavailable');
+  t.equal(body.traceId, traceId);
+  t.equal(up.seen.length, before, 'never forwarded');
+  const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.equal(server.attributes['driftguard.decision'], 'deny');
+  t.equal(server.attributes['driftguard.reason'], 'identity-unavailable');
+  t.equal(server.attributes['http.response.status_code'], 503);
+  t.equal(server.status.code, STATUS.ERROR, 'a 5xx answer is an error on the server span');
+  t.equal(events(server).at(-1), 'credential:deny:identity-unavailable', 'the last event says why');
+});
+
 t.test('audit mode: a would-deny is forwarded and recorded as an unenforced deny', async (t) => {
   const audit = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
     r.proxy.mode = 'audit';
