@@ -4,7 +4,7 @@
 // reviews, exit 0). Configuration errors exit 2 with a message, before listening.
 
 import { parseArgs } from 'node:util';
-import { buildConfig, readConfigFile, InjectorConfigError } from './config.ts';
+import { buildConfig, readConfigFileWithLines, InjectorConfigError, type LineOf } from './config.ts';
 import { startInjectorServer } from './server.ts';
 
 export const USAGE = `Usage: driftguard inject --tls-cert FILE --tls-key FILE [options]
@@ -75,15 +75,20 @@ export async function main(argv: string[]): Promise<number> {
 
   let config;
   try {
-    const input: Record<string, unknown> = values.config ? readConfigFile(values.config as string) : {};
-    if (values.image !== undefined) input.image = values.image;
-    if (values['rules-configmap'] !== undefined) input.rulesConfigMap = values['rules-configmap'];
+    const file = values.config ? readConfigFileWithLines(values.config as string) : undefined;
+    const input: Record<string, unknown> = file?.value ?? {};
+    // A value given by a flag has no line in the file.
+    const flagged = new Set<string>();
+    if (values.image !== undefined) { input.image = values.image; flagged.add('image'); }
+    if (values['rules-configmap'] !== undefined) { input.rulesConfigMap = values['rules-configmap']; flagged.add('rulesConfigMap'); }
     const native = values['native-sidecar'];
     if (native !== undefined) {
       if (native !== 'true' && native !== 'false') return err(`--native-sidecar must be true or false, got ${JSON.stringify(native)}`);
       input.nativeSidecar = native === 'true';
+      flagged.add('nativeSidecar');
     }
-    config = buildConfig(input, (values.config as string | undefined) ?? 'flags');
+    const lineOf: LineOf = (key) => (flagged.has(key) ? undefined : file?.lineOf(key));
+    config = buildConfig(input, (values.config as string | undefined) ?? 'flags', lineOf);
   } catch (e) {
     if (e instanceof InjectorConfigError) return err(e.message);
     throw e;

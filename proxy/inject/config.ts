@@ -4,7 +4,7 @@
 // start-up, and frozen. A bad config is an InjectorConfigError that stops start-up.
 
 import { readFileSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
+import { parseDocument, LineCounter, isMap, type Node } from 'yaml';
 import { Ajv } from 'ajv';
 
 /** Where the sidecar finds its rules: the ConfigMap is mounted here as a directory. */
@@ -108,8 +108,11 @@ export const configSchema = {
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
 const validate = ajv.compile(configSchema);
 
+/** Line of a top-level key in the config file, for messages (undefined for flags). */
+export type LineOf = (key: string) => number | undefined;
+
 /** Validates a plain object (file contents merged with flags), applies defaults, freezes. */
-export function buildConfig(input: unknown, source = 'injector config'): InjectorConfig {
+export function buildConfig(input: unknown, source = 'injector config', lineOf: LineOf = () => undefined): InjectorConfig {
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
     throw new InjectorConfigError(`${source}: must be a mapping`);
   }
@@ -119,7 +122,9 @@ export function buildConfig(input: unknown, source = 'injector config'): Injecto
       const field = e.instancePath.replace(/^\//, '').replaceAll('/', '.') || '(top level)';
       const extra = e.keyword === 'additionalProperties' ? ` (${String(e.params.additionalProperty)})` : '';
       const allowed = e.keyword === 'enum' ? ` (${(e.params.allowedValues as unknown[]).join(', ')})` : '';
-      return `${source}: ${field}: ${e.message ?? 'invalid'}${extra}${allowed}`;
+      const key = e.keyword === 'additionalProperties' && !e.instancePath ? String(e.params.additionalProperty) : e.instancePath.split('/')[1] ?? '';
+      const line = lineOf(key);
+      return `${source}${line !== undefined ? `:${line}` : ''}: ${field}: ${e.message ?? 'invalid'}${extra}${allowed}`;
     });
     throw new InjectorConfigError(lines.join('\n'));
   }
@@ -137,22 +142,35 @@ export function buildConfig(input: unknown, source = 'injector config'): Injecto
 
 /** Reads a YAML (or JSON) config file; an empty file is an empty mapping. */
 export function readConfigFile(file: string): Record<string, unknown> {
+  return readConfigFileWithLines(file).value;
+}
+
+/** The file's mapping and where each top-level key stands in it. */
+export function readConfigFileWithLines(file: string): { value: Record<string, unknown>; lineOf: LineOf } {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     throw new InjectorConfigError(`${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
-  let value: unknown;
-  try {
-    value = parseYaml(text) ?? {};
-  } catch (err) {
-    throw new InjectorConfigError(`${file}: not valid YAML: ${(err as Error).message}`);
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0]!;
+    throw new InjectorConfigError(`${file}:${lines.linePos(e.pos[0]).line}: not valid YAML: ${e.message.split('\n')[0]}`);
   }
+  const value: unknown = doc.toJS() ?? {};
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new InjectorConfigError(`${file}: must be a mapping`);
   }
-  return value as Record<string, unknown>;
+  const lineOf: LineOf = (key) => {
+    const contents = doc.contents;
+    if (!isMap(contents)) return undefined;
+    const pair = contents.items.find((item) => (item.key as { value?: unknown } | null)?.value === key);
+    const offset = (pair?.key as Node | undefined)?.range?.[0];
+    return offset === undefined ? undefined : lines.linePos(offset).line;
+  };
+  return { value: value as Record<string, unknown>, lineOf };
 }
 
 function deepFreeze<T>(value: T): T {

@@ -64,13 +64,16 @@ t.test('--help', async (t) => {
 t.test('configuration errors exit 2 with a message', async (t) => {
   const badConfig = join(dir, 'bad.yaml');
   writeFileSync(badConfig, 'image: x\nimagePullPolicy: Sometimes\nlistenPort: 0\ncolour: blue\n');
+  const brokenConfig = join(dir, 'broken.yaml');
+  writeFileSync(brokenConfig, 'image: x\nlistenPort: [15080\n');
   const cases: [string[], RegExp][] = [
     [['--listen', '127.0.0.1:0', '--image', 'x'], /--tls-cert and --tls-key are required/],
     [['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0'], /image/],
     [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--listen', 'nowhere'], /--listen/],
     [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--native-sidecar', 'maybe'], /--native-sidecar must be true or false/],
-    [['--tls-cert', cert, '--tls-key', key, '--config', badConfig], /^(?=[\s\S]*imagePullPolicy: must be equal to one of)(?=[\s\S]*listenPort: must be >= 1)(?=[\s\S]*additional properties \(colour\))/],
+    [['--tls-cert', cert, '--tls-key', key, '--config', badConfig], /^(?=[\s\S]*bad\.yaml:2: imagePullPolicy: must be equal to one of)(?=[\s\S]*bad\.yaml:3: listenPort: must be >= 1)(?=[\s\S]*bad\.yaml:4: \(top level\): must NOT have additional properties \(colour\))/],
     [['--tls-cert', cert, '--tls-key', key, '--config', join(dir, 'missing.yaml')], /missing\.yaml: cannot read \(ENOENT\)/],
+    [['--tls-cert', cert, '--tls-key', key, '--config', brokenConfig], /broken\.yaml:\d+: not valid YAML/],
     [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', key, '--image', 'x', '--listen', '127.0.0.1:0'], /cannot start/],
     [['--bogus'], /Unknown option/],
   ];
