@@ -128,7 +128,9 @@ async function main(): Promise<void> {
   const otlp = await otlpReceiver();
   const children: Child[] = [];
   const stopAll = async () => { for (const c of children.reverse()) await c.stop(); await jwksHttp.close(); await otlp.close(); };
+  // Interrupted (Ctrl-C, or a timeout's SIGTERM): stop the targets, or they outlive the harness.
   process.on('SIGINT', () => { void stopAll().then(() => process.exit(130)); });
+  process.on('SIGTERM', () => { void stopAll().then(() => process.exit(143)); });
 
   try {
     const upstream = await spawnNode('upstream', [join(HERE, 'targets/upstream.ts')], { printsPort: true });
