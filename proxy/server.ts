@@ -6,7 +6,7 @@
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
-import { parseAddress } from './rules/load.ts';
+import { parseAddress } from './lib/address.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { decider, type Decide } from './pipeline/decide.ts';

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { generateKeyPair, exportJWK, type JWK } from 'jose';
 import { loadRules } from '../rules/load.ts';
 import { mint } from '../identity/mint.ts';
-import { parseAddress } from '../rules/load.ts';
+import { parseAddress } from '../lib/address.ts';
 import type { Rules } from '../rules/types.ts';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');

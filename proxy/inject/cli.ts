@@ -6,6 +6,7 @@
 import { parseArgs } from 'node:util';
 import { buildConfig, readConfigFileWithLines, InjectorConfigError, type LineOf } from './config.ts';
 import { startInjectorServer } from './server.ts';
+import { parseAddress } from '../lib/address.ts';
 
 export const USAGE = `Usage: driftguard inject --tls-cert FILE --tls-key FILE [options]
 
@@ -36,14 +37,6 @@ Pod annotations: driftguard.io/rules (ConfigMap name), driftguard.io/listen-port
 driftguard.io/upstream-port.
 `;
 
-export function parseListen(text: string): { host: string; port: number } | undefined {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):([0-9]{1,5})$/.exec(text);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port > 65535) return undefined;
-  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
-}
-
 export async function main(argv: string[]): Promise<number> {
   const err = (msg: string) => { process.stderr.write(`driftguard inject: ${msg}\n`); return 2; };
   let values: Record<string, string | boolean | undefined>;
@@ -70,7 +63,7 @@ export async function main(argv: string[]): Promise<number> {
   const certFile = values['tls-cert'] as string | undefined;
   const keyFile = values['tls-key'] as string | undefined;
   if (!certFile || !keyFile) return err('--tls-cert and --tls-key are required (see --help)');
-  const listen = parseListen(values.listen as string);
+  const listen = parseAddress(values.listen as string);
   if (!listen) return err(`--listen ${JSON.stringify(values.listen)} is not host:port`);
 
   let config;

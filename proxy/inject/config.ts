@@ -4,8 +4,10 @@
 // start-up, and frozen. A bad config is an InjectorConfigError that stops start-up.
 
 import { readFileSync } from 'node:fs';
-import { parseDocument, LineCounter, isMap, type Node } from 'yaml';
+import { parseDocument, LineCounter } from 'yaml';
+import { positionOf } from '../lib/yaml-position.ts';
 import { Ajv } from 'ajv';
+import { deepFreeze } from '../lib/freeze.ts';
 
 /** Where the sidecar finds its rules: the ConfigMap is mounted here as a directory. */
 export const RULES_DIR = '/etc/driftguard/rules';
@@ -164,19 +166,8 @@ export function readConfigFileWithLines(file: string): { value: Record<string, u
     throw new InjectorConfigError(`${file}: must be a mapping`);
   }
   const lineOf: LineOf = (key) => {
-    const contents = doc.contents;
-    if (!isMap(contents)) return undefined;
-    const pair = contents.items.find((item) => (item.key as { value?: unknown } | null)?.value === key);
-    const offset = (pair?.key as Node | undefined)?.range?.[0];
-    return offset === undefined ? undefined : lines.linePos(offset).line;
+    const pos = positionOf(doc, lines, [key]);
+    return pos.found ? pos.line : undefined;
   };
   return { value: value as Record<string, unknown>, lineOf };
-}
-
-function deepFreeze<T>(value: T): T {
-  if (value && typeof value === 'object') {
-    for (const v of Object.values(value)) deepFreeze(v);
-    Object.freeze(value);
-  }
-  return value;
 }

@@ -5,11 +5,14 @@
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { resolve, dirname } from 'node:path';
-import { parseDocument, LineCounter, isMap, isSeq, type Document, type Node } from 'yaml';
+import { parseDocument, LineCounter, type Document } from 'yaml';
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
 import { parseDuration, parseTime } from './durations.ts';
 import { parseTemplate } from './templates.ts';
+import { deepFreeze } from '../lib/freeze.ts';
+import { parseAddress } from '../lib/address.ts';
+import { positionOf } from '../lib/yaml-position.ts';
 import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, IssuerProfile, JwksSource } from './types.ts';
 import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, DEFAULT_CA_FILE } from '../identity/cluster.ts';
 import { SVID_ALGORITHMS } from '../identity/spiffe.ts';
@@ -76,26 +79,9 @@ class Locator {
   constructor(file: string, doc: Document, lines: LineCounter) {
     this.file = file; this.doc = doc; this.lines = lines;
   }
-  /** Position of the deepest node that exists along `path` (the key, where the path ends on one). */
+  /** A problem at the deepest node that exists along `path` (the key, where the path ends on one). */
   problem(path: Path, message: string): RulesProblem {
-    let offset = 0;
-    let node: unknown = this.doc.contents;
-    for (const part of path) {
-      if (isMap(node)) {
-        const pair = node.items.find((item) => (item.key as { value?: unknown } | null)?.value === part);
-        if (!pair) break;
-        offset = (pair.key as Node).range?.[0] ?? offset;
-        node = pair.value;
-        continue;
-      }
-      if (isSeq(node) && typeof part === 'number' && node.items[part]) {
-        node = node.items[part];
-        offset = (node as Node).range?.[0] ?? offset;
-        continue;
-      }
-      break;
-    }
-    const pos = this.lines.linePos(offset);
+    const pos = positionOf(this.doc, this.lines, path);
     return { file: this.file, line: pos.line, column: pos.col, field: fieldName(path), message };
   }
 }
@@ -349,19 +335,3 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   return Object.freeze(rules);
 }
 
-/** host:port, [v6]:port or :port */
-export function parseAddress(text: string): { host: string; port: number } | undefined {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(text);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port > 65535) return undefined;
-  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
-}
-
-function deepFreeze<T>(value: T): T {
-  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
-  }
-  return value;
-}
