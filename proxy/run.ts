@@ -113,13 +113,10 @@ export async function demo(): Promise<number> {
   // minute. OTEL_TRACES_EXPORTER=console (or otlp with a collector) shows the spans.
   const tracesChosen = process.env.OTEL_TRACES_EXPORTER !== undefined;
   if (!tracesChosen) process.env.OTEL_TRACES_EXPORTER = 'none';
-  let shutdown: ((graceMs: number) => Promise<void>) | undefined;
   const stop = await runDemo(async (rules) => {
     const s = await start(rules, undefined, {});
-    shutdown = s.shutdown;
     return { close: () => s.shutdown(2_000) };
   });
-  void shutdown;
   if (!tracesChosen) console.log('Traces: not exported (no collector here). Run OTEL_TRACES_EXPORTER=console make demo to print them, or set OTEL_EXPORTER_OTLP_ENDPOINT with OTEL_TRACES_EXPORTER=otlp.');
   return untilSignal({ term: stop, deadlineMs: 2_000 + FLUSH_MS });
 }

@@ -68,8 +68,8 @@ export interface Driftguard {
 export function buildGeneration(rules: Rules, previous?: Generation, extra: Partial<CheckDeps> = {}, onTokenCache?: (hit: boolean) => void): Generation {
   const identity = new Identity(rules.identity, { ...(previous ? { keySets: previous.identity.keySets() } : {}), ...(onTokenCache ? { onCache: onTokenCache } : {}) });
   const deps: CheckDeps = { ...extra, identity };
-  const forwarder = previous && previous.rules.proxy.upstream === rules.proxy.upstream
-    && JSON.stringify(previous.rules.proxy) === JSON.stringify(rules.proxy)
+  // The pool (and its keep-alive connections) survives a reload that leaves the proxy settings alone.
+  const forwarder = previous && JSON.stringify(previous.rules.proxy) === JSON.stringify(rules.proxy)
     ? previous.forwarder : new Forwarder(rules.proxy);
   return { rules, identity, decide: decider(checks(rules, deps), rules.proxy.mode), forwarder };
 }
@@ -82,9 +82,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const onTokenCache = observer.tokenCache ? (hit: boolean) => { try { observer.tokenCache!(hit); } catch { /* ignore */ } } : undefined;
   let generation = buildGeneration(rules, undefined, options.deps, onTokenCache);
   const sockets = new Set<Socket>();
-  /** Responses not yet finished: drain marks those not yet started to close their connection. */
+  /** Responses not yet finished (the requests in flight): drain marks those not yet started to close their connection. */
   const responses = new Set<ServerResponse>();
-  let inFlight = 0;
   let draining = false;
   let idle: (() => void) | undefined;
 
@@ -108,19 +107,17 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   async function handle(g: Generation, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const ctx: RequestContext = {
-      req, rules: g.rules, now: now(), warnings: [], checks: [], responseHeaders: {}, extra: {},
+      req, rules: g.rules, now: now(), warnings: [], checks: [], extra: {},
     };
     let observation: Observation = noopObserver.begin(ctx);
     try { observation = observer.begin(ctx); } catch { /* telemetry never fails a request */ }
     let status = 0;
-    inFlight++;
     responses.add(res);
     // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
     if (draining) res.setHeader('connection', 'close');
     res.once('close', () => {
-      inFlight--;
       responses.delete(res);
-      if (inFlight === 0) idle?.();
+      if (responses.size === 0) idle?.();
       try { observation.end(status || res.statusCode); } catch { /* ignore */ }
     });
     let decision: Decision;
@@ -211,7 +208,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   const self: Driftguard = {
     traffic, admin, routes, listening, ...(probes ? { probes } : {}),
-    get inFlight() { return inFlight; },
+    get inFlight() { return responses.size; },
     get generation() { return generation; },
     get ready() { return notReady().length === 0; },
     get notReady() { return notReady(); },
@@ -239,18 +236,18 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // Stop accepting (new connections are refused) and close connections idle between requests.
       const closed = new Promise<void>((resolve) => traffic.close(() => resolve()));
       traffic.closeIdleConnections();
-      log({ level: 'info', msg: 'draining: new connections are refused', inFlight, graceMs });
+      log({ level: 'info', msg: 'draining: new connections are refused', inFlight: responses.size, graceMs });
       // Answers in flight that have not started yet close their connection once sent.
       for (const r of responses) if (!r.headersSent) r.setHeader('connection', 'close');
-      if (inFlight > 0) {
+      if (responses.size > 0) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, graceMs);
           idle = () => { clearTimeout(timer); resolve(); };
         });
       }
-      if (inFlight > 0) {
+      if (responses.size > 0) {
         // Past the grace period: cut what is still running (the client sees a reset connection).
-        log({ level: 'warn', msg: 'grace period over; cutting requests still in flight', inFlight, graceMs });
+        log({ level: 'warn', msg: 'grace period over; cutting requests still in flight', inFlight: responses.size, graceMs });
         for (const s of sockets) s.destroy();
       } else {
         // Every answer is complete; end (not destroy) so that bytes still buffered are flushed.

@@ -77,8 +77,6 @@ export interface RequestContext {
   readonly warnings: Warning[];
   /** Each check that ran, in order, and its outcome (becomes span events). */
   readonly checks: CheckRecord[];
-  /** Response headers every answer gets (Deprecation, Sunset, Link, ...). */
-  readonly responseHeaders: Record<string, string>;
   /**
    * The whole request body, when a check had to read it (small bodies only, e.g. to hash it):
    * the forwarder then sends these bytes instead of the already-consumed stream. Kept out of

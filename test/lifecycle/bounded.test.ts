@@ -52,7 +52,7 @@ t.test('100,000 distinct subjects keep every monitor table within its hard size'
     const write = i % 2 === 0;
     const ctx: RequestContext = {
       req: { method: write ? 'POST' : 'GET', headers: write ? { 'idempotency-key': `key-${i}`, 'content-length': '0' } : {} } as unknown as IncomingMessage,
-      rules, now: Date.now(), warnings: [], checks: [], responseHeaders: {}, extra: {},
+      rules, now: Date.now(), warnings: [], checks: [], extra: {},
       target: { path: write ? '/items' : `/items/${i}`, segments: [], query: `?i=${i}` },
       operation: write ? createItem : getItem,
       credential: { issuer: 'x', subject, jti: `jti-${i}`, scopes: new Set(), expiresAtMs: Date.now() + 60_000, claims: { jti: `jti-${i}` }, cached: false },
