@@ -143,10 +143,9 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       case 'inject': {
-        // Loaded by path so the sidecar itself never pulls in the webhook's code.
-        const path = './inject/cli.ts';
-        const mod = (await import(path)) as { main(argv: string[]): Promise<number> };
-        return await mod.main(rest);
+        // Loaded only here, like every command's modules: the sidecar never loads the webhook.
+        const { main: inject } = await import('./inject/cli.ts');
+        return await inject(rest);
       }
       default:
         return usageError(`unknown command "${command}"`, 'main');
@@ -158,6 +157,6 @@ async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => { if (code !== -1) process.exitCode = code; },
+  (code) => { process.exitCode = code; },
   (err: Error) => { process.stderr.write(`driftguard: ${err.stack ?? err.message}\n`); process.exitCode = 1; },
 );
