@@ -55,6 +55,8 @@ export interface Driftguard {
   addReadinessCheck(check: () => string | undefined): void;
   /** Build a generation from new rules and swap it in; throws (and changes nothing) on failure. */
   swap(rules: Rules): Promise<void>;
+  /** Call `listener` each time a reload puts a new generation in force (not when one is rejected). */
+  onSwap(listener: (g: Generation) => void): void;
   /** Reload results, shown by /readyz (set by the reloader). */
   reloadStatus?: ReloadStatus;
   /** Requests being handled now. */
@@ -172,6 +174,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   const routes = new AdminRoutes();
   const readinessChecks: (() => string | undefined)[] = [];
+  const swapListeners: ((g: Generation) => void)[] = [];
   const notReady = (): string[] => {
     const why: string[] = [];
     if (draining) why.push('shutting down');
@@ -213,6 +216,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     get ready() { return notReady().length === 0; },
     get notReady() { return notReady(); },
     addReadinessCheck(check) { readinessChecks.push(check); },
+    onSwap(listener) { swapListeners.push(listener); },
     async swap(next: Rules) {
       const old = generation;
       const g = buildGeneration(next, old, options.deps, onTokenCache);
@@ -229,6 +233,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const kept = new Set(g.identity.keySets().values());
       for (const k of shared) if (!kept.has(k)) k.close();
       generation = g;
+      for (const listener of swapListeners) listener(g);
       if (old.forwarder !== g.forwarder) setTimeout(() => { void old.forwarder.close(); }, 30_000).unref();
     },
     async drain(graceMs: number) {

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import type { Check, CheckResult, Denial, RequestContext } from '../pipeline/types.ts';
 import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
-import type { FeatureMode } from './config.ts';
+import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { LifecycleState } from './state.ts';
 import { windowFull, record } from './monitors.ts';
 import { bodyFingerprint } from './body.ts';
@@ -29,7 +29,7 @@ function verdict(ctx: RequestContext, mode: FeatureMode, denial: Denial): CheckR
 /** Revoked token, task, consumer or signing key: 401 credential-revoked. */
 export function revocation(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
-  const { revocation: r, credentials } = state.use(rules);
+  const { revocation: r, credentials } = configOf(rules);
   if (r.mode === 'off') return undefined;
   const words = { jti: 'token', task: 'task', subject: 'consumer', kid: 'signing key' } as const;
   return {
@@ -50,7 +50,7 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
 /** A quarantined consumer is refused everything: 403 consumer-quarantined. */
 export function quarantine(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
-  const q = state.use(rules).monitors.quarantine;
+  const q = configOf(rules).monitors.quarantine;
   if (q.mode === 'off') return undefined;
   return {
     name: 'quarantine',
@@ -69,7 +69,7 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
 /** jti on every token; a task claim from a sensitivity up; lifetime limits per sensitivity. */
 export function taskBinding(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
-  const c = state.use(rules).credentials;
+  const c = configOf(rules).credentials;
   if (c.mode === 'off') return undefined;
   const skew = rules.identity.clockSkewMs;
   return {
@@ -104,7 +104,7 @@ export function taskBinding(rules: Rules, state: LifecycleState | undefined): Ch
 /** RFC 8693 act chain: recorded; its depth and its actors checked. */
 export function delegation(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
-  const d = state.use(rules).delegation;
+  const d = configOf(rules).delegation;
   if (d.mode === 'off') return undefined;
   return {
     name: 'delegation',
@@ -140,15 +140,16 @@ export function delegation(rules: Rules, state: LifecycleState | undefined): Che
   };
 }
 
-function watched(state: LifecycleState, ctx: RequestContext): boolean {
-  return ctx.consumer !== undefined && ctx.operation !== undefined && state.config.monitors.kinds.has(ctx.consumer.kind);
+type Monitors = LifecycleConfig['monitors'];
+
+function watched(m: Monitors, ctx: RequestContext): boolean {
+  return ctx.consumer !== undefined && ctx.operation !== undefined && m.kinds.has(ctx.consumer.kind);
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 /** Method, canonical path, query and body hash, as one short key. */
-async function requestFingerprint(ctx: RequestContext, state: LifecycleState): Promise<string | undefined> {
-  const m = state.config.monitors;
+async function requestFingerprint(ctx: RequestContext, m: Monitors): Promise<string | undefined> {
   const body = BODY_METHODS.has(ctx.req.method ?? '') ? await bodyFingerprint(ctx, m.maxBodyBytes, m.bodyTimeoutMs) : '';
   if (body === undefined) return undefined;
   return createHash('sha256').update(`${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`).digest('base64');
@@ -157,13 +158,14 @@ async function requestFingerprint(ctx: RequestContext, state: LifecycleState): P
 /** The same request more than maxRepeats times in a window: 429 retry-storm. */
 export function retryStorm(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
-  const r = state.use(rules).monitors.retryStorm;
+  const m = configOf(rules).monitors;
+  const r = m.retryStorm;
   if (r.mode === 'off') return undefined;
   return {
     name: 'retry-storm',
     async run(ctx) {
-      if (!watched(state, ctx)) return undefined;
-      const fingerprint = await requestFingerprint(ctx, state);
+      if (!watched(m, ctx)) return undefined;
+      const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       const key = `${ctx.consumer!.subject}\n${fingerprint}`;
       let times = state.monitors.fingerprints.get(key);
@@ -186,12 +188,13 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
 /** More distinct operations than maxOperations in a window: 403 endpoint-traversal. */
 export function traversal(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
-  const t = state.use(rules).monitors.traversal;
+  const m = configOf(rules).monitors;
+  const t = m.traversal;
   if (t.mode === 'off') return undefined;
   return {
     name: 'traversal',
     run(ctx) {
-      if (!watched(state, ctx)) return undefined;
+      if (!watched(m, ctx)) return undefined;
       const c = ctx.consumer!;
       const ops = state.monitors.consumer(c.subject, c.kind, c.owner, ctx.now).operations;
       // The map is ordered by last call: drop the front while it is out of the window.
@@ -212,17 +215,18 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
 /** Idempotency-Key on sensitive writes; reused keys and duplicates refused. Last: it reserves the key. */
 export function idempotency(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
-  const i = state.use(rules).monitors.idempotency;
+  const m = configOf(rules).monitors;
+  const i = m.idempotency;
   if (i.mode === 'off') return undefined;
   return {
     name: 'idempotency',
     async run(ctx) {
-      if (!watched(state, ctx) || !BODY_METHODS.has(ctx.req.method ?? '') || SENSITIVITY_RANK[ctx.operation!.sensitivity] < i.atRank) return undefined;
+      if (!watched(m, ctx) || !BODY_METHODS.has(ctx.req.method ?? '') || SENSITIVITY_RANK[ctx.operation!.sensitivity] < i.atRank) return undefined;
       const raw = ctx.req.headers[i.header];
       if (typeof raw !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(raw.trim())) {
         return verdict(ctx, i.mode, { reason: 'idempotency-key-required', detail: `send one ${i.header} header of 1 to 255 visible characters with this write` });
       }
-      const fingerprint = await requestFingerprint(ctx, state);
+      const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       const key = `${ctx.consumer!.subject}\n${raw.trim()}`;
       const seen = state.monitors.keys.get(key);

@@ -122,6 +122,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     observer,
     deps: { lifecycle: state },
     attach(dg) {
+      // Settings follow the rules in force: a reload that is rejected changes nothing here.
+      dg.onSwap((g) => state.use(g.rules));
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });
       // Not ready until the revocation list URL has been applied once: a sidecar that took
       // traffic before knowing what is revoked would let revoked tokens through.

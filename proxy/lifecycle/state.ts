@@ -1,5 +1,6 @@
 // The lifecycle state that outlives a rules reload: revocations, monitor tables, and the
-// configuration of the rules in force (each new generation's checks point it at theirs).
+// configuration of the rules in force (updated when a reload swaps new rules in; each
+// generation's checks read their own rules' configuration).
 
 import type { Rules } from '../rules/types.ts';
 import type { RequestContext } from '../pipeline/types.ts';
@@ -23,9 +24,8 @@ export class LifecycleState {
 
   get config(): LifecycleConfig { return this.#config; }
 
-  /** A generation was built from `rules`: later admin and list decisions use its settings. */
-  use(rules: Rules): LifecycleConfig {
+  /** `rules` are now in force: admin, list and quarantine decisions use their settings. */
+  use(rules: Rules): void {
     this.#config = configOf(rules);
-    return this.#config;
   }
 }

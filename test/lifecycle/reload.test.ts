@@ -1,0 +1,28 @@
+// Lifecycle settings follow the rules in force: a reload that is rejected (here: a new
+// issuer whose keys cannot be fetched) must leave them as they were, and one that is
+// accepted must apply them.
+
+import t from 'tap';
+import { loadRules } from '../../proxy/rules/load.ts';
+import { writeRules } from '../support/driftguard.ts';
+import type { LifecycleState } from '../../proxy/lifecycle/state.ts';
+import { world, startLifecycle } from './support.ts';
+
+t.test('a rejected reload leaves the lifecycle settings of the rules in force', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules());
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const state = dg.feature.deps!.lifecycle as LifecycleState;
+  t.equal(state.config.monitors.quarantine.mode, 'enforce');
+
+  const rejected = loadRules(writeRules(w.rules((r) => {
+    r.monitors = { quarantine: { mode: 'off' } };
+    r.identity.issuers.push({ issuer: 'https://unreachable.test.local', audiences: ['x'], algorithms: ['ES256'], jwks: { url: 'http://127.0.0.1:1/jwks.json', timeout: '200ms' } });
+  })));
+  await t.rejects(dg.dg.swap(rejected), 'the swap fails: the new issuer has no keys');
+  t.equal(state.config.monitors.quarantine.mode, 'enforce', 'the rejected rules did not take over');
+
+  const accepted = loadRules(writeRules(w.rules((r) => { r.monitors = { quarantine: { mode: 'off' } }; })));
+  await dg.dg.swap(accepted);
+  t.equal(state.config.monitors.quarantine.mode, 'off', 'an accepted reload applies its settings');
+});
