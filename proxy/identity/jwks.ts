@@ -74,8 +74,8 @@ export class RemoteKeySet implements KeySet {
   #inflight?: Promise<boolean>;
   #lastAttemptMs = -Infinity;
   #lastSuccessMs?: number;
+  /** Why the last fetch failed; undefined after a good one. */
   #lastError?: string;
-  #lastFetchFailed = false;
   #refreshes = 0;
   #failures = 0;
   #timer?: NodeJS.Timeout;
@@ -128,14 +128,12 @@ export class RemoteKeySet implements KeySet {
       if (text.length > MAX_JWKS_BYTES) throw new Error('JWKS larger than 1 MiB');
       this.#local = createLocalJWKSet(parseJwks(text, this.#options.url));
       this.#lastSuccessMs = this.#now();
-      this.#lastFetchFailed = false;
       this.#lastError = undefined;
       this.#refreshes++;
       return true;
     } catch (err) {
       // Whatever went wrong (jose and fetch both throw plain TypeErrors), keep the last good keys.
       this.#failures++;
-      this.#lastFetchFailed = true;
       this.#lastError = describe(err);
       return false;
     }
@@ -156,7 +154,7 @@ export class RemoteKeySet implements KeySet {
       // An unknown kid: maybe the issuer rotated. One refetch per cooldown, whatever the flood.
       if (!coolingDown) await this.refresh();
       else if (this.#inflight) await this.#inflight;
-      if (this.#lastFetchFailed) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#options.url}: ${this.#lastError}`);
+      if (this.#lastError !== undefined) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#options.url}: ${this.#lastError}`);
       return await this.#local(...args);
     }
   }

@@ -4,7 +4,7 @@
 // token costs a hash and a map lookup instead of a signature check.
 
 import { hash } from 'node:crypto';
-import { jwtVerify, decodeJwt, decodeProtectedHeader, type JWTPayload } from 'jose';
+import { jwtVerify, decodeJwt, decodeProtectedHeader, type JWTPayload, type JWTVerifyOptions } from 'jose';
 import { LRUCache } from 'lru-cache';
 import type { IdentityRules, IssuerRules } from '../rules/types.ts';
 import type { Credential } from '../pipeline/types.ts';
@@ -22,6 +22,24 @@ const MAX_TOKEN_BYTES = 16 * 1024;
 interface Issuer {
   readonly rules: IssuerRules;
   readonly keys: KeySet;
+  /** jwtVerify's options but currentDate: they depend only on the rules, so they are built once. */
+  readonly options: Readonly<JWTVerifyOptions>;
+}
+
+/**
+ * Every jose option that is unsafe by default, pinned. `checkIss` is false only for the
+ * trust-domain entry of a spiffe issuer: a JWT-SVID without iss is found by its sub; any iss
+ * present is checked.
+ */
+function verifyOptions(iss: IssuerRules, clockSkewMs: number, checkIss: boolean): JWTVerifyOptions {
+  return Object.freeze({
+    ...(checkIss ? { issuer: iss.issuer } : {}),
+    audience: iss.audiences as string[],
+    algorithms: iss.algorithms as string[],
+    ...(iss.typ ? { typ: iss.typ } : {}),
+    clockTolerance: Math.floor(clockSkewMs / 1000),
+    requiredClaims: iss.profile === 'spiffe' ? ['exp', 'sub', 'aud'] : ['exp', 'sub'],
+  });
 }
 
 export interface IdentityOptions {
@@ -45,8 +63,10 @@ export class Identity {
       // A file key set is re-read on every reload (a rotated key in a mounted Secret); remote ones
       // are kept with their cache and refresh timer.
       const keys = (iss.jwks.kind === 'file' ? undefined : options.keySets?.get(keySetKey(iss))) ?? keySetFor(iss);
-      this.#issuers.set(iss.issuer, { rules: iss, keys });
-      if (iss.profile === 'spiffe' && iss.trustDomain !== undefined) this.#trustDomains.set(iss.trustDomain, { rules: iss, keys });
+      this.#issuers.set(iss.issuer, { rules: iss, keys, options: verifyOptions(iss, rules.clockSkewMs, true) });
+      if (iss.profile === 'spiffe' && iss.trustDomain !== undefined) {
+        this.#trustDomains.set(iss.trustDomain, { rules: iss, keys, options: verifyOptions(iss, rules.clockSkewMs, false) });
+      }
     }
     if (rules.cache.maxEntries > 0) this.#cache = new LRUCache({ max: rules.cache.maxEntries });
   }
@@ -91,7 +111,9 @@ export class Identity {
       if ('reason' in credential) return credential;
       if (cacheable) {
         const ttl = credential.expiresAtMs + this.#rules.clockSkewMs - now;
-        if (ttl > 0) this.#cache!.set(key, { ...credential, cached: true }, { ttl, start: now });
+        // No lru-cache ttl: it counts from performance.now(), not this request's clock; the
+        // hit path above checks exp against the request's own time instead.
+        if (ttl > 0) this.#cache!.set(key, { ...credential, cached: true });
       }
       return credential;
     } catch (err) {
@@ -105,21 +127,12 @@ export class Identity {
     // Read the unverified iss only to pick the issuer's keys and settings; jwtVerify checks it again.
     const unverified = decodeJwt(token);
     const header = decodeProtectedHeader(token);
-    const hasIss = unverified.iss !== undefined;
+    // Only a JWT-SVID may come without iss: it is found by its trust domain.
     const issuer = typeof unverified.iss === 'string' ? this.#issuers.get(unverified.iss)
-      : !hasIss ? this.#trustDomains.get(trustDomainOf(unverified.sub) ?? '') : undefined;
+      : unverified.iss === undefined ? this.#trustDomains.get(trustDomainOf(unverified.sub) ?? '') : undefined;
     if (!issuer) return { reason: 'invalid-credential', detail: 'untrusted issuer' };
     const profile = issuer.rules.profile;
-    const { payload } = await jwtVerify(token, issuer.keys.getKey, {
-      // Only a JWT-SVID may come without iss (found by trust domain above); any iss present is checked.
-      ...(hasIss ? { issuer: issuer.rules.issuer } : {}),
-      audience: issuer.rules.audiences as string[],
-      algorithms: issuer.rules.algorithms as string[],
-      ...(issuer.rules.typ ? { typ: issuer.rules.typ } : {}),
-      clockTolerance: Math.floor(this.#rules.clockSkewMs / 1000),
-      requiredClaims: profile === 'spiffe' ? ['exp', 'sub', 'aud'] : ['exp', 'sub'],
-      currentDate: new Date(now),
-    });
+    const { payload } = await jwtVerify(token, issuer.keys.getKey, { ...issuer.options, currentDate: new Date(now) });
     if (typeof payload.sub !== 'string' || payload.sub.length === 0) return { reason: 'invalid-credential', detail: 'sub must be a non-empty string' };
     // The consumer subject, as the issuer's profile defines it.
     const mapped = profile === 'kubernetes' ? kubernetesSubject(payload)

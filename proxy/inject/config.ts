@@ -142,12 +142,7 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   return deepFreeze(cfg);
 }
 
-/** Reads a YAML (or JSON) config file; an empty file is an empty mapping. */
-export function readConfigFile(file: string): Record<string, unknown> {
-  return readConfigFileWithLines(file).value;
-}
-
-/** The file's mapping and where each top-level key stands in it. */
+/** Reads a YAML (or JSON) config file (an empty file is an empty mapping) and where each top-level key stands in it. */
 export function readConfigFileWithLines(file: string): { value: Record<string, unknown>; lineOf: LineOf } {
   let text: string;
   try {
