@@ -2,7 +2,7 @@
 // query string), verified against its issuer, within the lifetime allowed for its kind.
 // Public operations need no credential. The token is read here and nowhere else.
 
-import type { Check, RequestContext } from '../pipeline/types.ts';
+import type { Check, Credential, RequestContext } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import type { Identity } from '../identity/verify.ts';
 import { resolveConsumer } from './consumers.ts';
@@ -13,6 +13,17 @@ function bearer(ctx: RequestContext): string | undefined | null {
   // RFC 9110: the scheme is case-insensitive; one or more spaces before the token.
   const m = /^bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header);
   return m ? m[1]! : null;
+}
+
+/**
+ * Which lifetime limit a token breaks, if any: its whole lifetime (exp - iat) longer than
+ * `maxMs`, or its remaining validity (exp - now) longer than `maxMs` plus the clock skew.
+ * Shared by the per-kind limit here and the per-sensitivity limit of task binding.
+ */
+export function lifetimeExceeded(c: Credential, now: number, maxMs: number, skewMs: number): 'lifetime' | 'remaining' | undefined {
+  if (c.issuedAtMs !== undefined && c.expiresAtMs - c.issuedAtMs > maxMs) return 'lifetime';
+  if (c.expiresAtMs - now > maxMs + skewMs) return 'remaining';
+  return undefined;
 }
 
 export function credential(rules: Rules, identity: Identity): Check {
@@ -41,12 +52,9 @@ export function credential(rules: Rules, identity: Identity): Check {
         return { reason: 'credential-lifetime-exceeded', detail: 'automated consumers must present a token with iat' };
       }
       if (iat !== undefined && iat > ctx.now + skew) return { reason: 'invalid-credential', detail: 'token issued in the future' };
-      if (iat !== undefined && verified.expiresAtMs - iat > max) {
-        return { reason: 'credential-lifetime-exceeded', detail: `token lifetime exceeds ${max / 1000}s for ${consumer.kind}` };
-      }
-      if (verified.expiresAtMs - ctx.now > max + skew) {
-        return { reason: 'credential-lifetime-exceeded', detail: `token remains valid longer than ${max / 1000}s for ${consumer.kind}` };
-      }
+      const over = lifetimeExceeded(verified, ctx.now, max, skew);
+      if (over === 'lifetime') return { reason: 'credential-lifetime-exceeded', detail: `token lifetime exceeds ${max / 1000}s for ${consumer.kind}` };
+      if (over === 'remaining') return { reason: 'credential-lifetime-exceeded', detail: `token remains valid longer than ${max / 1000}s for ${consumer.kind}` };
       return undefined;
     },
   };

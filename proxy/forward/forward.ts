@@ -28,7 +28,8 @@ function errorCode(err: unknown): string {
   return e.code ?? e.cause?.code ?? 'UNKNOWN';
 }
 
-function hasBody(req: IncomingMessage): boolean {
+/** Whether the request carries a body (chunked, or a non-zero Content-Length). */
+export function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
 }
 

@@ -127,7 +127,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
   routes.add('DELETE', /^\/revocations\/[^/]+$/, (req, res, url) => {
     const who = authorize(ctx, req, res, routes);
     if (who === undefined) { req.resume(); return; }
-    const id = decodeURIComponent(url.pathname.slice('/revocations/'.length));
+    let id: string;
+    try { id = decodeURIComponent(url.pathname.slice('/revocations/'.length)); } catch { routes.problem(res, 400, 'Bad Request', 'id is not valid percent-encoding'); return; }
     const r = state.revocations.get(id);
     if (!r) { routes.problem(res, 404, 'Not Found', `no revocation ${id}`); return; }
     if (r.source !== 'admin') { routes.problem(res, 409, 'Conflict', `revocation ${id} comes from the revocation list ${r.source}; remove it there`); return; }

@@ -7,18 +7,15 @@
 
 import { createHash } from 'node:crypto';
 import type { RequestContext } from '../pipeline/types.ts';
+import { hasBody } from '../forward/forward.ts';
 
-const fingerprints = new WeakMap<RequestContext, string>();
-
-/** A sha256 of the body, `len:N` or `chunked` when it was not read, or `''` when there is none; undefined when the body could not be read. */
+/** Read at most once per request (the caller memoizes). A sha256 of the body, `len:N` or `chunked` when it was not read, or `''` when there is none; undefined when the body could not be read. */
 export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, timeoutMs: number): Promise<string | undefined> {
-  const known = fingerprints.get(ctx);
-  if (known !== undefined) return known;
   const req = ctx.req;
   const length = req.headers['content-length'];
   let fingerprint: string | undefined;
   if (req.headers['transfer-encoding'] !== undefined) fingerprint = 'chunked';
-  else if (length === undefined || length === '0') fingerprint = '';
+  else if (!hasBody(req)) fingerprint = '';
   else if (Number(length) > maxBytes) fingerprint = `len:${length}`;
   else {
     const body = await readWhole(ctx, Number(length), timeoutMs);
@@ -26,7 +23,6 @@ export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, tim
     ctx.body = body;
     fingerprint = createHash('sha256').update(body).digest('base64');
   }
-  fingerprints.set(ctx, fingerprint);
   return fingerprint;
 }
 

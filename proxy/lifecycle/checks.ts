@@ -15,6 +15,7 @@ import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { LifecycleState } from './state.ts';
 import { windowFull, record } from './monitors.ts';
 import { bodyFingerprint } from './body.ts';
+import { lifetimeExceeded } from '../checks/credential.ts';
 
 export const WOULD_DENY = 'lifecycle.would_deny';
 
@@ -88,8 +89,7 @@ export function taskBinding(rules: Rules, state: LifecycleState | undefined): Ch
       if (!op) return undefined;
       const max = c.maxTokenLifetimeMs[op.sensitivity];
       if (max !== undefined) {
-        const iat = cred.issuedAtMs;
-        if ((iat !== undefined && cred.expiresAtMs - iat > max) || cred.expiresAtMs - ctx.now > max + skew) {
+        if (lifetimeExceeded(cred, ctx.now, max, skew)) {
           return verdict(ctx, c.mode, { reason: 'credential-lifetime-exceeded', detail: `${op.sensitivity}-sensitivity operations accept tokens valid for at most ${max / 1000}s` });
         }
       }
@@ -150,10 +150,17 @@ const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 /** Method, canonical path, query and body hash, as one short key. */
 async function requestFingerprint(ctx: RequestContext, m: Monitors): Promise<string | undefined> {
+  // Computed once per request: retry storm and idempotency both ask, and the body can be read only once.
+  const known = fingerprints.get(ctx);
+  if (known !== undefined) return known;
   const body = BODY_METHODS.has(ctx.req.method ?? '') ? await bodyFingerprint(ctx, m.maxBodyBytes, m.bodyTimeoutMs) : '';
   if (body === undefined) return undefined;
-  return createHash('sha256').update(`${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`).digest('base64');
+  const fingerprint = createHash('sha256').update(`${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`).digest('base64');
+  fingerprints.set(ctx, fingerprint);
+  return fingerprint;
 }
+
+const fingerprints = new WeakMap<RequestContext, string>();
 
 /** The same request more than maxRepeats times in a window: 429 retry-storm. */
 export function retryStorm(rules: Rules, state: LifecycleState | undefined): Check | undefined {
