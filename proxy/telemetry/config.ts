@@ -39,15 +39,18 @@ export interface TelemetryConfig {
   readonly recent: { readonly size: number };
 }
 
-/** The raw section as the schema shapes it (every field optional where the env may decide). */
+/**
+ * The raw section as the loader leaves it: rules/schema.json supplies every default (sections
+ * default to {}); the trace fields stay optional because the OTEL_* variables decide them.
+ */
 interface RawTelemetry {
-  traces?: {
+  traces: {
     exporter?: TracesExporter; protocol?: OtlpProtocol; endpoint?: string; serviceName?: string;
     sampler?: SamplerName; samplerArg?: number; exportTimeout?: string;
-    batch?: { maxQueueSize?: number; maxExportBatchSize?: number; scheduledDelay?: string };
+    batch: { maxQueueSize?: number; maxExportBatchSize?: number; scheduledDelay?: string };
   };
-  decisionLog?: { output?: string; allowSampleRate?: number; maxBufferBytes?: number };
-  recent?: { size?: number };
+  decisionLog: { output: string; allowSampleRate: number; maxBufferBytes: number };
+  recent: { size: number };
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -69,18 +72,18 @@ function num(env: Env, name: string): number | undefined {
 }
 
 /** Bad OTEL_* values are configuration errors like bad rules: they stop start-up, naming the variable. */
-function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[]): T | undefined {
+function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], list = false): T | undefined {
   const v = str(env, name);
   if (v === undefined) return undefined;
-  // OTEL_TRACES_EXPORTER is a list; driftguard exports to one place.
-  const first = name === 'OTEL_TRACES_EXPORTER' ? v.split(',')[0]!.trim() : v;
+  // A list variable (OTEL_TRACES_EXPORTER): driftguard exports to its first entry only.
+  const first = list ? v.split(',')[0]!.trim() : v;
   if (!(allowed as readonly string[]).includes(first)) throw new TypeError(`${name}=${JSON.stringify(v)}: must be one of ${allowed.join(', ')}`);
   return first as T;
 }
 
 export function telemetryConfig(rules: Rules, env: Env = process.env): TelemetryConfig {
-  const raw = (rules.raw.telemetry ?? {}) as RawTelemetry;
-  const t = raw.traces ?? {};
+  const raw = rules.raw.telemetry as RawTelemetry;
+  const t = raw.traces;
   const protocol = t.protocol ?? oneOf(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', PROTOCOLS) ?? oneOf(env, 'OTEL_EXPORTER_OTLP_PROTOCOL', PROTOCOLS) ?? 'http/protobuf';
   // A base endpoint from the rules file follows OTEL_EXPORTER_OTLP_ENDPOINT's rule: http
   // protocols append the signal path. Without one, the exporter reads the env itself.
@@ -89,9 +92,9 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
   const sampler = t.sampler ?? oneOf(env, 'OTEL_TRACES_SAMPLER', SAMPLERS) ?? 'parentbased_always_on';
   const samplerArg = t.samplerArg ?? num(env, 'OTEL_TRACES_SAMPLER_ARG') ?? 1;
   if (samplerArg > 1) throw new TypeError(`OTEL_TRACES_SAMPLER_ARG=${samplerArg}: must be between 0 and 1`);
-  const maxQueueSize = t.batch?.maxQueueSize ?? num(env, 'OTEL_BSP_MAX_QUEUE_SIZE') ?? 4096;
+  const maxQueueSize = t.batch.maxQueueSize ?? num(env, 'OTEL_BSP_MAX_QUEUE_SIZE') ?? 4096;
   const traces: TracesConfig = {
-    exporter: t.exporter ?? oneOf(env, 'OTEL_TRACES_EXPORTER', EXPORTERS) ?? 'otlp',
+    exporter: t.exporter ?? oneOf(env, 'OTEL_TRACES_EXPORTER', EXPORTERS, true) ?? 'otlp',
     protocol,
     ...(url !== undefined ? { url } : {}),
     serviceName: t.serviceName ?? str(env, 'OTEL_SERVICE_NAME') ?? 'driftguard',
@@ -99,17 +102,17 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     samplerArg,
     exportTimeoutMs: t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000,
     maxQueueSize,
-    maxExportBatchSize: Math.min(maxQueueSize, t.batch?.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? DEFAULT_EXPORT_BATCH),
-    scheduledDelayMs: t.batch?.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000,
+    maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? DEFAULT_EXPORT_BATCH),
+    scheduledDelayMs: t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000,
   };
-  const l = raw.decisionLog ?? {};
-  const out = l.output ?? 'stdout';
+  const l = raw.decisionLog;
+  const out = l.output;
   const output: LogOutput = out === 'stdout' || out === 'stderr' || out === 'none'
     ? { kind: out }
     : { kind: 'file', file: resolve(dirname(rules.source), out) };
   return {
     traces,
-    log: { output, allowSampleRate: l.allowSampleRate ?? 1, maxBufferBytes: l.maxBufferBytes ?? 8 * 1024 * 1024 },
-    recent: { size: raw.recent?.size ?? 10_000 },
+    log: { output, allowSampleRate: l.allowSampleRate, maxBufferBytes: l.maxBufferBytes },
+    recent: { size: raw.recent.size },
   };
 }
