@@ -41,18 +41,22 @@ export function composeObservers(observers: readonly Observer[]): Observer {
   const caches = observers.filter((o) => o.tokenCache !== undefined);
   return {
     ...(caches.length ? { tokenCache(hit: boolean) { for (const o of caches) o.tokenCache!(hit); } } : {}),
-    begin(ctx) {
-      const all = observers.map((o) => o.begin(ctx));
-      const traceId = all.find((o) => o.traceId !== undefined)?.traceId;
-      return {
-        ...(traceId !== undefined ? { traceId } : {}),
-        upstreamHeaders(into) { for (const o of all) o.upstreamHeaders(into); },
-        responseHeaders(into) { for (const o of all) o.responseHeaders(into); },
-        decided(d) { for (const o of all) o.decided(d); },
-        forwarding() { for (const o of all) o.forwarding(); },
-        forwarded(outcome) { for (const o of all) o.forwarded(outcome); },
-        end(status) { for (const o of all) o.end(status); },
-      };
-    },
+    begin: (ctx) => new CompositeObservation(observers.map((o) => o.begin(ctx))),
   };
+}
+
+/** Every observation of one request; methods on the prototype, no closures per request. */
+class CompositeObservation implements Observation {
+  readonly traceId?: string;
+  readonly #all: readonly Observation[];
+  constructor(all: readonly Observation[]) {
+    this.#all = all;
+    for (const o of all) if (o.traceId !== undefined) { this.traceId = o.traceId; break; }
+  }
+  upstreamHeaders(into: Record<string, string>): void { for (const o of this.#all) o.upstreamHeaders(into); }
+  responseHeaders(into: Record<string, string | string[]>): void { for (const o of this.#all) o.responseHeaders(into); }
+  decided(d: Decision): void { for (const o of this.#all) o.decided(d); }
+  forwarding(): void { for (const o of this.#all) o.forwarding(); }
+  forwarded(outcome: ForwardOutcome): void { for (const o of this.#all) o.forwarded(outcome); }
+  end(status: number): void { for (const o of this.#all) o.end(status); }
 }

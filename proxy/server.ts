@@ -14,7 +14,6 @@ import { Identity } from './identity/verify.ts';
 import { Forwarder } from './forward/forward.ts';
 import { sendProblem, problemBody } from './decision/problem.ts';
 import { contractHeaders } from './decision/headers.ts';
-import { reasonInfo } from './decision/reasons.ts';
 import { noopObserver, type Observer, type Observation } from './observe.ts';
 import { AdminRoutes, createAdminServer } from './admin/server.ts';
 import type { ReloadStatus } from './reload.ts';
@@ -113,14 +112,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     };
     let observation: Observation = noopObserver.begin(ctx);
     try { observation = observer.begin(ctx); } catch { /* telemetry never fails a request */ }
-    let status = 0;
     responses.add(res);
     // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
     if (draining) res.setHeader('connection', 'close');
     res.once('close', () => {
       responses.delete(res);
       if (responses.size === 0) idle?.();
-      try { observation.end(status || res.statusCode); } catch { /* ignore */ }
+      // The status the client got: writeHead set it, whether driftguard answered or the upstream did.
+      try { observation.end(res.statusCode); } catch { /* ignore */ }
     });
     let decision: Decision;
     try {
@@ -136,7 +135,6 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     } catch { /* headers are best effort; the decision stands */ }
 
     if (decision.decision === 'deny' && decision.enforced) {
-      status = reasonInfo(decision.reason).status;
       drain(req);
       sendProblem(res, {
         ...decision,
@@ -160,15 +158,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const outcome = await g.forwarder.forward(req, res, ctx.target?.path + (ctx.target?.query ?? ''), own, headers, ctx.body);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) {
-      status = reasonInfo(outcome.failure).status;
       sendProblem(res, {
         reason: outcome.failure,
         detail: outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time' : 'the upstream could not be reached',
         ...(ctx.operation ? { operation: ctx.operation.id } : {}),
         ...(observation.traceId ? { traceId: observation.traceId } : {}),
       }, headers);
-    } else if (outcome.status) {
-      status = outcome.status;
     }
   }
 
