@@ -4,7 +4,6 @@
 
 import type { Rules } from '../rules/types.ts';
 import type { Feature, Log } from '../features.ts';
-import type { Driftguard } from '../server.ts';
 import type { Observer } from '../observe.ts';
 import { telemetryConfig, type TelemetryConfig } from './config.ts';
 import { tracing } from './tracing.ts';
@@ -21,8 +20,6 @@ const MISS = ['miss'];
 
 export interface TelemetryFeature extends Feature {
   readonly observer: Observer;
-  readonly sink: Sink;
-  readonly config: TelemetryConfig;
 }
 
 export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<string, string | undefined>> = process.env): Promise<TelemetryFeature> {
@@ -41,23 +38,20 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
   const traces = tracing(config.traces, (error) => log({ level: 'warn', msg: 'span export failed; spans are dropped and counted in driftguard_spans_dropped_total', error }));
   const instruments = new Instruments();
   const sink: Sink = { tracing: traces, instruments, log: decisionLog, allowSampleRate: config.log.allowSampleRate, ring: new Ring(config.recent.size) };
-  let dg: Driftguard | undefined;
-  instruments.collect(() => dg, traces.counts, decisionLog);
-
   return {
-    sink, config,
     observer: {
       begin: (ctx) => new RequestObservation(sink, ctx),
       tokenCache: (hit) => instruments.tokenCache.inc(hit ? HIT : MISS),
     },
     attach(d) {
-      dg = d;
+      // /metrics exists only from here on, so the collected gauges always have a driftguard.
+      instruments.collect(d, traces.counts, decisionLog);
       d.routes.add('GET', '/metrics', (_req, res) => {
         const text = instruments.registry.text();
         res.writeHead(200, { 'content-type': CONTENT_TYPE, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
         res.end(text);
       });
-      d.routes.add('GET', '/decisions', decisionsHandler(sink.ring, d.routes.json.bind(d.routes), d.routes.problem.bind(d.routes)));
+      d.routes.add('GET', '/decisions', decisionsHandler(sink.ring, d.routes));
     },
     async shutdown() {
       await Promise.all([traces.shutdown(), decisionLog.close()]);

@@ -23,11 +23,8 @@ export class Instruments {
   readonly tokenCache = this.registry.add(new Counter('driftguard_token_cache_total', 'Verified-token cache lookups: hit (no signature check) or miss.', ['result']));
 
   /** Gauges and counters kept elsewhere (key sets, reloads, spans, log), read at scrape time. */
-  collect(dg: () => Driftguard | undefined, spans: SpanCounts, log: DecisionLog): void {
-    const keySets = () => {
-      const d = dg();
-      return d ? [...d.generation.identity.keySets().values()].map((k) => k.status()) : [];
-    };
+  collect(dg: Driftguard, spans: SpanCounts, log: DecisionLog): void {
+    const keySets = () => [...dg.generation.identity.keySets().values()].map((k) => k.status());
     const r = this.registry;
     r.add(new Collected('driftguard_jwks_refreshes_total', 'Signing-key set fetches of each issuer\'s JWKS, by result (counts restart when a reload replaces the key set).', 'counter', ['source', 'result'],
       () => keySets().flatMap((s) => [[[s.source, 'success'], s.refreshes] as const, [[s.source, 'failure'], s.failures] as const])));
@@ -41,14 +38,11 @@ export class Instruments {
     r.add(new Collected('driftguard_decision_log_lines_total', 'Decision log lines written.', 'counter', [], () => [[[], log.lines]]));
     r.add(new Collected('driftguard_decision_log_dropped_total', 'Decision log lines dropped because the output could not keep up.', 'counter', [], () => [[[], log.dropped]]));
     r.add(new Collected('driftguard_rules_reloads_total', 'Rules reloads, by result (failure: the last good rules stayed in force).', 'counter', ['result'], () => {
-      const s = dg()?.reloadStatus;
+      const s = dg.reloadStatus;
       return [[['success'], s?.succeeded ?? 0], [['failure'], s?.failed ?? 0]];
     }));
-    r.add(new Collected('driftguard_rules_info', 'The rules in force (hash of the rules file), always 1.', 'gauge', ['hash'], () => {
-      const d = dg();
-      return d ? [[[d.generation.rules.hash], 1]] : [];
-    }));
-    r.add(new Collected('driftguard_in_flight_requests', 'Requests being handled now.', 'gauge', [], () => [[[], dg()?.inFlight ?? 0]]));
+    r.add(new Collected('driftguard_rules_info', 'The rules in force (hash of the rules file), always 1.', 'gauge', ['hash'], () => [[[dg.generation.rules.hash], 1]]));
+    r.add(new Collected('driftguard_in_flight_requests', 'Requests being handled now.', 'gauge', [], () => [[[], dg.inFlight]]));
   }
 
   /** Count one finished request. */

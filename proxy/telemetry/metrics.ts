@@ -49,10 +49,6 @@ export class Counter implements Metric {
     else this.#values.set(key, { labels: values, value: by });
   }
 
-  get(values: string[]): number {
-    return this.#values.get(values.join(SEP))?.value ?? 0;
-  }
-
   render(out: string[]): void {
     header(out, this.name, this.help, 'counter');
     for (const v of this.#values.values()) out.push(`${this.name}${labelText(this.labels, v.labels)} ${num(v.value)}`);
@@ -100,10 +96,6 @@ export class Histogram implements Metric {
     if (i < b.length) s.counts[i]!++;
     s.sum += seconds;
     s.count++;
-  }
-
-  count(values: string[]): number {
-    return this.#series.get(values.join(SEP))?.count ?? 0;
   }
 
   render(out: string[]): void {

@@ -4,6 +4,7 @@
 
 import type { ServerResponse } from 'node:http';
 import { parseDuration } from '../rules/durations.ts';
+import type { AdminRoutes } from '../admin/server.ts';
 import { publicEntry, type DecisionRecord } from './record.ts';
 
 export class Ring {
@@ -112,16 +113,16 @@ export function query(ring: Ring, f: DecisionFilter): DecisionRecord[] {
   return out;
 }
 
-export function decisionsHandler(ring: Ring, json: (res: ServerResponse, status: number, body: unknown) => void, problem: (res: ServerResponse, status: number, title: string, detail: string) => void) {
+export function decisionsHandler(ring: Ring, routes: Pick<AdminRoutes, 'json' | 'problem'>) {
   return (_req: unknown, res: ServerResponse, url: URL): void => {
     let filter: DecisionFilter;
     try {
       filter = parseFilter(url.searchParams, Date.now());
     } catch (err) {
-      problem(res, 400, 'Bad Request', (err as Error).message);
+      routes.problem(res, 400, 'Bad Request', (err as Error).message);
       return;
     }
     const found = query(ring, filter);
-    json(res, 200, { count: found.length, held: ring.size, capacity: ring.capacity, decisions: found.map(publicEntry) });
+    routes.json(res, 200, { count: found.length, held: ring.size, capacity: ring.capacity, decisions: found.map(publicEntry) });
   };
 }

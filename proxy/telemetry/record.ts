@@ -4,7 +4,6 @@
 // Nothing secret is ever copied here: no token, no Authorization, no cookie, no query string.
 
 import type { Decision, RequestContext, CheckRecord } from '../pipeline/types.ts';
-import type { AttributeValue } from '@opentelemetry/api';
 
 export type ExtraValue = string | number | boolean | string[];
 
@@ -186,10 +185,4 @@ export function checksText(checks: readonly CheckRecord[]): string {
 export function publicEntry(r: DecisionRecord): Record<string, unknown> {
   const { timeMs: _t, checks, extra, ...rest } = r;
   return { ...rest, checks: checksText(checks), ...extra };
-}
-
-export function attributeValue(v: unknown): AttributeValue | undefined {
-  if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return v;
-  if (Array.isArray(v)) return v as string[];
-  return undefined;
 }

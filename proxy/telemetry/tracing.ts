@@ -27,7 +27,6 @@ export type DropCause = 'queue_full' | 'export_failed';
 export interface SpanCounts {
   exported: number;
   dropped: Record<DropCause, number>;
-  lastError?: string;
 }
 
 export interface Tracing {
@@ -88,9 +87,7 @@ class CountingExporter implements SpanExporter {
       if (result.code === ExportResultCode.SUCCESS) this.#counts.exported += spans.length;
       else {
         this.#counts.dropped.export_failed += spans.length;
-        const message = result.error?.message ?? 'export failed';
-        this.#counts.lastError = message;
-        this.#onError(message);
+        this.#onError(result.error?.message ?? 'export failed');
       }
       resultCallback(result);
     };
@@ -182,4 +179,3 @@ export function tracing(config: TracesConfig, warn: (message: string) => void): 
   };
 }
 
-export { SpanKind };
