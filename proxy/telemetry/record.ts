@@ -156,6 +156,9 @@ export function buildRecord(ctx: RequestContext, d: Decision, traceId: string, s
   return r;
 }
 
+/** Optional record fields of a log line, in their order (built once, not per line). */
+const LOG_FIELDS = ['route', 'operation', 'sensitivity', 'deprecated', 'sunset', 'replacement', 'consumer', 'consumerKind', 'owner', 'registered', 'issuer', 'jti', 'declaredContract', 'currentContract', 'changedIn', 'rules', 'status', 'durationMs', 'upstreamMs', 'addedMs'] as const;
+
 /** The record as one decision-log line (no trailing newline). */
 export function logLine(r: DecisionRecord): string {
   const line: Record<string, unknown> = {
@@ -166,7 +169,7 @@ export function logLine(r: DecisionRecord): string {
   line.detail = r.detail;
   line.method = r.method;
   line.path = r.path;
-  for (const k of ['route', 'operation', 'sensitivity', 'deprecated', 'sunset', 'replacement', 'consumer', 'consumerKind', 'owner', 'registered', 'issuer', 'jti', 'declaredContract', 'currentContract', 'changedIn', 'rules', 'status', 'durationMs', 'upstreamMs', 'addedMs'] as const) {
+  for (const k of LOG_FIELDS) {
     if (r[k] !== undefined) line[k] = r[k];
   }
   line.checks = checksText(r.checks);
