@@ -13,8 +13,8 @@ import { rootCertificates } from 'node:tls';
 import type { JWTPayload } from 'jose';
 import { Agent, request } from 'undici';
 import { RemoteKeySet } from './jwks.ts';
+import { SERVICE_ACCOUNT_DIR, isDnsLabel, isDnsSubdomain } from '../lib/kubernetes.ts';
 
-export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 export const DEFAULT_TOKEN_FILE = `${SERVICE_ACCOUNT_DIR}/token`;
 export const DEFAULT_CA_FILE = `${SERVICE_ACCOUNT_DIR}/ca.crt`;
 export const DISCOVERY_PATH = '/.well-known/openid-configuration';
@@ -145,9 +145,6 @@ export function discoveredKeySet(o: DiscoveredKeySetOptions): RemoteKeySet {
   });
 }
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
-
 /**
  * The consumer subject of a verified service-account token: system:serviceaccount:<ns>:<name>
  * from its `kubernetes.io` claim, which must agree with `sub`. A detail string when it cannot.
@@ -157,8 +154,8 @@ export function kubernetesSubject(payload: JWTPayload): { subject: string } | { 
   if (typeof k !== 'object' || k === null) return { detail: 'no kubernetes.io claim: not a service-account token' };
   const namespace = k.namespace;
   const name = k.serviceaccount?.name;
-  if (typeof namespace !== 'string' || namespace.length > 63 || !DNS_LABEL.test(namespace)) return { detail: 'kubernetes.io.namespace is not a namespace name' };
-  if (typeof name !== 'string' || name.length > 253 || !DNS_SUBDOMAIN.test(name)) return { detail: 'kubernetes.io.serviceaccount.name is not a service account name' };
+  if (!isDnsLabel(namespace)) return { detail: 'kubernetes.io.namespace is not a namespace name' };
+  if (!isDnsSubdomain(name)) return { detail: 'kubernetes.io.serviceaccount.name is not a service account name' };
   const subject = `system:serviceaccount:${namespace}:${name}`;
   if (payload.sub !== subject) return { detail: 'sub does not match the kubernetes.io claim' };
   return { subject };

@@ -13,6 +13,7 @@
 
 import type { InjectorConfig } from './config.ts';
 import { sidecarContainer, sidecarVolumes, SIDECAR_NAME, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
+import { isDnsSubdomain } from '../lib/kubernetes.ts';
 
 export const LABEL_INJECT = 'driftguard.io/inject';
 export const ANNOTATION_RULES = 'driftguard.io/rules';
@@ -66,8 +67,6 @@ const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !
 export function pointerEscape(key: string): string {
   return key.replaceAll('~', '~0').replaceAll('/', '~1');
 }
-
-const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   if (!isObj(body)) return { outcome: 'malformed', message: 'the body must be a JSON object (an AdmissionReview)' };
@@ -198,7 +197,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
 
 function readSettings(annotations: Obj, config: InjectorConfig): SidecarSettings | string {
   const rules = annotations[ANNOTATION_RULES] ?? config.rulesConfigMap;
-  if (typeof rules !== 'string' || rules.length > 253 || !DNS_SUBDOMAIN.test(rules)) {
+  if (!isDnsSubdomain(rules)) {
     return `annotation ${ANNOTATION_RULES}=${JSON.stringify(rules)} is not a ConfigMap name (lowercase letters, digits, '-' and '.')`;
   }
   const listenPort = readPort(annotations, ANNOTATION_LISTEN_PORT, config.listenPort);

@@ -5,13 +5,12 @@
 // /healthz (alive) and /readyz (rules loaded, keys fetched) on the admin port.
 
 import { RULES_DIR, type InjectorConfig } from './config.ts';
+import { SERVICE_ACCOUNT_DIR } from '../lib/kubernetes.ts';
 
 export const SIDECAR_NAME = 'driftguard';
 export const RULES_VOLUME = 'driftguard-rules';
 export const TMP_VOLUME = 'driftguard-tmp';
 export const IDENTITY_VOLUME = 'driftguard-identity';
-/** Where a `profile: kubernetes` issuer reads its token and CA by default. */
-export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 export interface SidecarSettings {
   readonly rulesConfigMap: string;
