@@ -1,26 +1,36 @@
-// The trace pipeline: an OpenTelemetry TracerProvider (sdk-trace) with one BatchSpanProcessor
-// in front of the exporter the settings name (OTLP over http/protobuf, http/json or grpc, or
-// the console), W3C Trace Context in and out. It is driftguard's own provider, never
-// registered as the process-global one: the global API, an embedding application's own SDK
-// and a second driftguard in the same process (tests) are left alone. This is why the
-// pieces are assembled here rather than by NodeSDK.start(), which registers globals (and
-// puts the console exporter behind a SimpleSpanProcessor, which blocks per span).
+// The trace pipeline, from OpenTelemetry SDK parts (sdk-trace): the sampler the settings
+// name, W3C Trace Context in, and one BatchSpanProcessor in front of the exporter (OTLP over
+// http/protobuf, http/json or grpc, or the console). Nothing is registered as the
+// process-global provider: the global API, an embedding application's own SDK and a second
+// driftguard in the same process (tests) are left alone. This is why the pieces are
+// assembled here rather than by NodeSDK.start(), which registers globals (and puts the
+// console exporter behind a SimpleSpanProcessor, which blocks per span).
+//
+// There is no Tracer either. A request's spans are known in full only when it ends, and the
+// decision record has every fact they carry; so a request takes its ids and sampling
+// decision here when it begins, and its finished spans are built once, from the record, only
+// when they will be exported (spans.ts). The SDK's Span would validate each attribute and
+// event as it is set, on every request, exported or not: measured, that was a third of what
+// the sidecar added to a request with `exporter: none` (README, Performance).
 //
 // Export never blocks or fails a request: spans are queued and exported in batches off the
 // request path. A span that cannot be exported (queue full, collector down, refusing or
 // hanging past the export timeout) is dropped and counted, by cause.
 
-import { ROOT_CONTEXT, SpanKind, createNoopMeter, defaultTextMapGetter, defaultTextMapSetter, trace, type Context, type Meter, type MeterProvider, type Span, type Tracer } from '@opentelemetry/api';
-import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from '@opentelemetry/core';
-import { defaultResource, detectResources, hostDetector, resourceAttributesEnvDetector, resourceFromAttributes } from '@opentelemetry/resources';
+import { ROOT_CONTEXT, createNoopMeter, defaultTextMapGetter, isSpanContextValid, trace, type Meter, type MeterProvider, type SpanContext, type SpanKind, type TraceState } from '@opentelemetry/api';
+import { ExportResultCode, W3CTraceContextPropagator, type ExportResult, type InstrumentationScope } from '@opentelemetry/core';
+import { defaultResource, detectResources, hostDetector, resourceAttributesEnvDetector, resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import {
-  AlwaysOffSampler, AlwaysOnSampler, BatchSpanProcessor, ConsoleSpanExporter, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider,
+  AlwaysOffSampler, AlwaysOnSampler, BatchSpanProcessor, ConsoleSpanExporter, ParentBasedSampler, RandomIdGenerator, SamplingDecision, TraceIdRatioBasedSampler,
   type ReadableSpan, type Sampler, type SpanExporter,
 } from '@opentelemetry/sdk-trace';
-import { OTLPTraceExporter as OtlpProtobuf } from '@opentelemetry/exporter-trace-otlp-proto';
+import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
+import { convertLegacyHttpOptions, createOtlpHttpExportDelegate } from '@opentelemetry/otlp-exporter-base/node-http';
+import { TraceExporterMetricsHelper } from '@opentelemetry/otlp-transformer';
 import { OTLPTraceExporter as OtlpJson } from '@opentelemetry/exporter-trace-otlp-http';
 import { OTLPTraceExporter as OtlpGrpc } from '@opentelemetry/exporter-trace-otlp-grpc';
 import type { TracesConfig, SamplerName } from './config.ts';
+import { traceSerializer } from './otlp-proto.ts';
 
 export type DropCause = 'queue_full' | 'export_failed';
 
@@ -29,13 +39,28 @@ export interface SpanCounts {
   dropped: Record<DropCause, number>;
 }
 
+/** Where a SERVER span sits in its trace: the caller's context continued, or a new trace. */
+export interface TraceStart {
+  readonly traceId: string;
+  readonly spanId: string;
+  /** Sampled spans are exported; the flag goes out in traceparent and traceresponse either way. */
+  readonly sampled: boolean;
+  /** The caller's span, when the request carried a valid traceparent. */
+  readonly parent?: SpanContext;
+  readonly traceState?: TraceState;
+}
+
 export interface Tracing {
-  readonly tracer: Tracer;
   readonly counts: SpanCounts;
-  /** The caller's trace context (traceparent, tracestate), or the root context. */
-  extract(headers: Record<string, string | string[] | undefined>): Context;
-  /** Write traceparent/tracestate for `span` into `into`. */
-  inject(span: Span, into: Record<string, string>): void;
+  /** Whether finished spans go anywhere: false with `exporter: none`, so none is built. */
+  readonly exporting: boolean;
+  readonly resource: Resource;
+  readonly scope: InstrumentationScope;
+  /** Continue the caller's trace (traceparent, tracestate) or start one, and sample it. */
+  start(headers: Record<string, string | string[] | undefined>, name: string, kind: SpanKind): TraceStart;
+  newSpanId(): string;
+  /** Queue a finished, sampled span for export in the next batch. */
+  export(span: ReadableSpan): void;
   shutdown(): Promise<void>;
 }
 
@@ -60,7 +85,11 @@ function exporter(config: TracesConfig): SpanExporter | undefined {
   switch (config.protocol) {
     case 'http/json': return new OtlpJson(options);
     case 'grpc': return new OtlpGrpc(options);
-    default: return new OtlpProtobuf(options);
+    // The SDK's http/protobuf exporter (its transport, retries, OTEL_EXPORTER_OTLP_* settings)
+    // with driftguard's span encoder in place of its serializer (otlp-proto.ts says why).
+    default: return new OTLPExporterBase(createOtlpHttpExportDelegate(
+      convertLegacyHttpOptions(options, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
+      traceSerializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined));
   }
 }
 
@@ -146,32 +175,41 @@ export function tracing(config: TracesConfig, warn: (message: string) => void): 
     exportTimeoutMillis: config.exportTimeoutMs + 2_000,
     selfObsMeterProvider: queueFullListener(counts),
   })] : [];
+  const processor = processors[0];
   const resource = defaultResource()
     .merge(detectResources({ detectors: [hostDetector, resourceAttributesEnvDetector] }))
     .merge(resourceFromAttributes({ 'service.name': config.serviceName }));
-  const provider = new TracerProvider({
-    resource,
-    sampler: sampler(config.sampler, config.samplerArg),
-    spanProcessors: processors,
-    spanLimits: { attributeValueLengthLimit: 4096, attributeCountLimit: 128, eventCountLimit: 64 },
-  });
-  const tracer = provider.getTracer('driftguard');
+  const chosen = sampler(config.sampler, config.samplerArg);
+  const ids = new RandomIdGenerator();
   return {
-    tracer, counts,
-    extract(headers) {
-      if (headers.traceparent === undefined) return ROOT_CONTEXT;
-      return propagator.extract(ROOT_CONTEXT, headers, defaultTextMapGetter);
+    counts, resource, exporting: processor !== undefined,
+    scope: { name: 'driftguard' },
+    start(headers, name, kind) {
+      // The SDK's Tracer.startSpan does this too, but also builds a Span object with
+      // validated attributes and events per request; driftguard builds its spans once, at
+      // the end, from the decision record (observation.ts), and only when they are exported.
+      const context = headers.traceparent === undefined ? ROOT_CONTEXT : propagator.extract(ROOT_CONTEXT, headers, defaultTextMapGetter);
+      const parent = trace.getSpanContext(context);
+      const valid = parent !== undefined && isSpanContextValid(parent);
+      const traceId = valid ? parent.traceId : ids.generateTraceId();
+      const result = chosen.shouldSample(context, traceId, name, kind, {}, []);
+      const traceState = result.traceState ?? (valid ? parent.traceState : undefined);
+      return {
+        traceId, spanId: ids.generateSpanId(),
+        sampled: result.decision === SamplingDecision.RECORD_AND_SAMPLED,
+        ...(valid ? { parent } : {}),
+        ...(traceState !== undefined ? { traceState } : {}),
+      };
     },
-    inject(span, into) {
-      propagator.inject(trace.setSpan(ROOT_CONTEXT, span), into, defaultTextMapSetter);
-    },
+    newSpanId: () => ids.generateSpanId(),
+    export(span) { processor?.onEnd(span); },
     async shutdown() {
       // Flush what is queued, but hold shutdown at most SHUTDOWN_FLUSH_MS: the OTLP exporter
       // retries a refused connection until its export timeout (10 s by default), and a pod
       // being stopped should not wait that long for a collector that is not there.
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
-        provider.shutdown().catch(() => {}),
+        (processor?.shutdown() ?? Promise.resolve()).catch(() => {}),
         new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.min(config.exportTimeoutMs, SHUTDOWN_FLUSH_MS)); timer.unref(); }),
       ]);
       clearTimeout(timer);

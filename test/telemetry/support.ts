@@ -1,5 +1,6 @@
 // Test support for telemetry: a real OTLP/HTTP receiver on loopback (decoding what the real
-// OTLP exporter sends with OTEL_EXPORTER_OTLP_PROTOCOL=http/json), a driftguard started with
+// OTLP exporter sends, http/json or http/protobuf; the protocol is http/json unless the
+// test process sets OTLP_PROTOCOL, as spans-protobuf.test.ts does), a driftguard started with
 // the telemetry feature wired as proxy/run.ts wires it, and a capture of everything
 // driftguard wrote (decision log, log lines, exported spans, admin answers) so a test can
 // search it all for the tokens it used.
@@ -13,6 +14,7 @@ import { startTest, writeRules, type Running } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { telemetry, type TelemetryFeature } from '../../proxy/telemetry/index.ts';
 import { composeObservers, type Observer } from '../../proxy/observe.ts';
+import { decodeTraces } from '../support/otlp.ts';
 
 export interface OtlpValue { stringValue?: string; intValue?: string | number; boolValue?: boolean; doubleValue?: number; arrayValue?: { values?: OtlpValue[] } }
 interface OtlpKeyValue { key: string; value: OtlpValue }
@@ -61,7 +63,7 @@ export interface Collector {
   close(): Promise<void>;
 }
 
-/** A real OTLP/HTTP (JSON) trace receiver: POST /v1/traces. */
+/** A real OTLP/HTTP trace receiver (JSON or protobuf): POST /v1/traces. */
 export async function collector(): Promise<Collector> {
   const hanging = new Set<ServerResponse>();
   const c = { spans: [] as ExportedSpan[], bodies: [] as string[], requests: 0, mode: 'ok' as CollectorMode } as Collector & { url: string; close(): Promise<void> };
@@ -72,12 +74,15 @@ export async function collector(): Promise<Collector> {
       c.requests++;
       if (c.mode === 'hang') { hanging.add(res); return; }
       if (c.mode === 'refuse503') { res.writeHead(503).end(); return; }
-      if (req.method !== 'POST' || req.url !== '/v1/traces' || !String(req.headers['content-type']).startsWith('application/json')) {
+      const type = String(req.headers['content-type']);
+      const protobuf = type.startsWith('application/x-protobuf');
+      if (req.method !== 'POST' || req.url !== '/v1/traces' || !(protobuf || type.startsWith('application/json'))) {
         res.writeHead(415).end(); return;
       }
-      const text = Buffer.concat(chunks).toString('utf8');
-      c.bodies.push(text);
-      const body = JSON.parse(text) as { resourceSpans?: { resource?: { attributes?: OtlpKeyValue[] }; scopeSpans?: { spans?: any[] }[] }[] };
+      const bytes = Buffer.concat(chunks);
+      // Protobuf bodies are kept as their text too: the strings in them are UTF-8 as sent.
+      c.bodies.push(bytes.toString('utf8'));
+      const body = (protobuf ? decodeTraces(bytes) : JSON.parse(bytes.toString('utf8'))) as { resourceSpans?: { resource?: { attributes?: OtlpKeyValue[] }; scopeSpans?: { spans?: any[] }[] }[] };
       for (const rs of body.resourceSpans ?? []) {
         const resource = attributes(rs.resource?.attributes);
         for (const ss of rs.scopeSpans ?? []) {
@@ -92,7 +97,8 @@ export async function collector(): Promise<Collector> {
           }
         }
       }
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      if (protobuf) res.writeHead(200, { 'content-type': 'application/x-protobuf', 'content-length': 0 }).end();
+      else res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
     });
   });
   const port = await listen(server);
@@ -133,7 +139,7 @@ export async function startWithTelemetry(rules: Record<string, any>, env: Record
   rules.telemetry.traces.batch ??= { scheduledDelay: '50ms' };
   const logs: string[] = [];
   const log = (line: Record<string, unknown>) => { logs.push(JSON.stringify(line)); };
-  const feature = await telemetry(loadRules(writeRules(rules, dir)), log, { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', ...env });
+  const feature = await telemetry(loadRules(writeRules(rules, dir)), log, { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: process.env.OTLP_PROTOCOL ?? 'http/json', ...env });
   const observer = extraObserver ? composeObservers([feature.observer, extraObserver]) : feature.observer;
   const running = await startTest(rules, { observer, log });
   feature.attach!(running.dg);

@@ -1,0 +1,187 @@
+// A request's two spans, built once it has ended: the SERVER span (the decision) and the
+// CLIENT span (the upstream call). They are plain ReadableSpans, the SDK's export shape, so
+// the BatchSpanProcessor and every OTLP exporter take them as they are. Their attributes are
+// made from the decision record only when the exporter reads them, so a span that is never
+// exported (queue full) costs no attribute work.
+//
+// Attribute limits are kept by construction, not by truncation at export: every value is
+// a fixed vocabulary, a rules value, or capped where it is read from the request (the path
+// at 2,048 characters, Host at 256, User-Agent at 512, feature values at 1,024), well under
+// the OpenTelemetry default of unlimited and the 4,096 driftguard used to set.
+
+import { SpanKind, SpanStatusCode, TraceFlags, type Attributes, type HrTime, type SpanContext, type SpanStatus } from '@opentelemetry/api';
+import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
+import type { CheckRecord } from '../pipeline/types.ts';
+import { FIELDS, type DecisionRecord } from './record.ts';
+import type { TraceStart, Tracing } from './tracing.ts';
+
+const UNSET: SpanStatus = { code: SpanStatusCode.UNSET };
+
+/** Epoch milliseconds (with a fraction) as OpenTelemetry's [seconds, nanoseconds]. */
+export function hrTime(ms: number): HrTime {
+  const seconds = Math.floor(ms / 1000);
+  return [seconds, Math.min(999_999_999, Math.round((ms - seconds * 1000) * 1e6))];
+}
+
+function duration(start: HrTime, end: HrTime): HrTime {
+  let s = end[0] - start[0];
+  let ns = end[1] - start[1];
+  if (ns < 0) { s -= 1; ns += 1e9; }
+  return [s, ns];
+}
+
+/** What the SERVER span says about the request itself, read when it arrived. */
+export interface RequestFacts {
+  readonly method: string;
+  /** The method as sent, when it is not one HTTP defines (method is then `_OTHER`). */
+  readonly methodOriginal?: string;
+  readonly serverAddress?: string;
+  readonly serverPort?: number;
+  readonly clientAddress?: string;
+  readonly protocolVersion: string;
+  readonly userAgent?: string;
+}
+
+abstract class FinishedSpan implements ReadableSpan {
+  abstract readonly name: string;
+  abstract readonly kind: SpanKind;
+  readonly parentSpanContext?: SpanContext;
+  readonly startTime: HrTime;
+  readonly endTime: HrTime;
+  readonly links = [];
+  readonly ended = true;
+  readonly resource: ReadableSpan['resource'];
+  readonly instrumentationScope: ReadableSpan['instrumentationScope'];
+  readonly droppedAttributesCount = 0;
+  readonly droppedEventsCount = 0;
+  readonly droppedLinksCount = 0;
+  readonly #context: SpanContext;
+  #attributes?: Attributes;
+
+  constructor(tracing: Tracing, context: SpanContext, parent: SpanContext | undefined, startMs: number, endMs: number) {
+    this.#context = context;
+    if (parent) this.parentSpanContext = parent;
+    this.startTime = hrTime(startMs);
+    this.endTime = hrTime(endMs);
+    this.resource = tracing.resource;
+    this.instrumentationScope = tracing.scope;
+  }
+
+  spanContext(): SpanContext { return this.#context; }
+  get duration(): HrTime { return duration(this.startTime, this.endTime); }
+  get attributes(): Attributes { return (this.#attributes ??= this.buildAttributes()); }
+  abstract get events(): TimedEvent[];
+  abstract get status(): SpanStatus;
+  protected abstract buildAttributes(): Attributes;
+}
+
+function contextOf(trace: TraceStart, spanId: string, isRemote: boolean): SpanContext {
+  return {
+    traceId: trace.traceId, spanId, isRemote,
+    traceFlags: trace.sampled ? TraceFlags.SAMPLED : TraceFlags.NONE,
+    ...(trace.traceState !== undefined ? { traceState: trace.traceState } : {}),
+  };
+}
+
+/** The decision: HTTP semantic conventions, the record's `driftguard.*` fields, one event per check. */
+export class ServerSpan extends FinishedSpan {
+  readonly kind = SpanKind.SERVER;
+  readonly name: string;
+  readonly #facts: RequestFacts;
+  readonly #record: DecisionRecord;
+  readonly #checksAtMs: number;
+
+  constructor(tracing: Tracing, trace: TraceStart, facts: RequestFacts, record: DecisionRecord, checksAtMs: number, endMs: number) {
+    super(tracing, contextOf(trace, trace.spanId, false), trace.parent, record.timeMs, endMs);
+    this.#facts = facts;
+    this.#record = record;
+    this.#checksAtMs = checksAtMs;
+    this.name = record.route !== undefined ? `${facts.method} ${record.route}` : facts.method;
+  }
+
+  // HTTP semantic conventions: a server span is an error only for 5xx; a deny is a
+  // decision, not a failure (driftguard.decision says it).
+  get status(): SpanStatus {
+    const status = this.#record.status ?? 0;
+    return status >= 500 ? { code: SpanStatusCode.ERROR, message: this.#record.reason } : UNSET;
+  }
+
+  get events(): TimedEvent[] {
+    const time = hrTime(this.#checksAtMs);
+    return this.#record.checks.map((c: CheckRecord) => ({
+      name: c.check, time,
+      attributes: c.reason !== undefined && c.outcome !== 'continue'
+        ? { 'driftguard.check.outcome': c.outcome, 'driftguard.check.reason': c.reason }
+        : { 'driftguard.check.outcome': c.outcome },
+    }));
+  }
+
+  protected buildAttributes(): Attributes {
+    const f = this.#facts;
+    const r = this.#record;
+    const a: Attributes = { 'http.request.method': f.method };
+    if (f.methodOriginal !== undefined) a['http.request.method_original'] = f.methodOriginal;
+    a['url.scheme'] = 'http';
+    if (f.serverAddress) a['server.address'] = f.serverAddress;
+    if (f.serverPort !== undefined) a['server.port'] = f.serverPort;
+    if (f.clientAddress) a['client.address'] = f.clientAddress;
+    a['network.protocol.version'] = f.protocolVersion;
+    if (f.userAgent) a['user_agent.original'] = f.userAgent;
+    if (r.route !== undefined) a['http.route'] = r.route;
+    a['url.path'] = r.path;
+    if (r.status !== undefined) a['http.response.status_code'] = r.status;
+    for (const [key, attr] of FIELDS) {
+      const v = r[key];
+      if (v !== undefined) a[attr] = v as string;
+    }
+    if (r.extra) for (const key in r.extra) a['driftguard.' + key] = r.extra[key]!;
+    if ((r.status ?? 0) >= 500) a['error.type'] = String(r.status);
+    return a;
+  }
+}
+
+/** What the CLIENT span records of the upstream call. */
+export interface UpstreamCall {
+  readonly method: string;
+  readonly template?: string;
+  readonly address: string;
+  readonly port: number;
+  readonly url: string;
+  status?: number;
+  /** Why the call failed (upstream-unavailable, upstream-timeout, an error name, aborted). */
+  error?: string;
+}
+
+/** The upstream call: its context is what the upstream received in traceparent. */
+export class ClientSpan extends FinishedSpan {
+  readonly kind = SpanKind.CLIENT;
+  readonly name: string;
+  readonly #call: UpstreamCall;
+
+  constructor(tracing: Tracing, trace: TraceStart, spanId: string, call: UpstreamCall, startMs: number, endMs: number) {
+    super(tracing, contextOf(trace, spanId, false), contextOf(trace, trace.spanId, false), startMs, endMs);
+    this.#call = call;
+    this.name = call.template !== undefined ? `${call.method} ${call.template}` : call.method;
+  }
+
+  get events(): TimedEvent[] { return []; }
+
+  get status(): SpanStatus {
+    const c = this.#call;
+    if (c.error !== undefined) return { code: SpanStatusCode.ERROR, message: c.error };
+    return c.status !== undefined && c.status >= 400 ? { code: SpanStatusCode.ERROR } : UNSET;
+  }
+
+  protected buildAttributes(): Attributes {
+    const c = this.#call;
+    const a: Attributes = { 'http.request.method': c.method };
+    if (c.template !== undefined) a['url.template'] = c.template;
+    a['server.address'] = c.address;
+    a['server.port'] = c.port;
+    a['url.full'] = c.url;
+    if (c.status !== undefined) a['http.response.status_code'] = c.status;
+    if (c.error !== undefined) a['error.type'] = c.error;
+    else if (c.status !== undefined && c.status >= 400) a['error.type'] = String(c.status);
+    return a;
+  }
+}

@@ -1,0 +1,114 @@
+// driftguard's span encoder (proxy/telemetry/otlp-proto.ts) against the SDK's own
+// ProtobufTraceSerializer, the reference: for the same spans the bytes must be identical,
+// and both must decode with the OTLP schema to the same request. The spans cover what the
+// encoder does differently: strings written natively (non-ASCII, lengths that need two and
+// three length bytes), cached check events, negative and large integers, doubles, arrays,
+// byte values, trace state, links, a remote parent, and a batch larger than its buffer.
+
+import t from 'tap';
+import { SpanKind, SpanStatusCode, TraceFlags, type Attributes, type SpanContext } from '@opentelemetry/api';
+import { TraceState } from '@opentelemetry/core';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
+import { encodeSpans } from '../../proxy/telemetry/otlp-proto.ts';
+import { decodeTraces } from '../support/otlp.ts';
+
+const resource = resourceFromAttributes({ 'service.name': 'driftguard-test', 'host.name': 'hôte-1', 'process.pid': 4242 });
+const otherResource = resourceFromAttributes({ 'service.name': 'other' });
+const scope = { name: 'driftguard' };
+const versioned = { name: 'driftguard', version: '1.2.3', schemaUrl: 'https://opentelemetry.io/schemas/1.30.0' };
+
+let n = 0;
+function id(bytes: number): string {
+  n++;
+  return (n.toString(16).padStart(4, '0') + 'a1b2c3d4e5f60718293a4b5c6d7e8f90').slice(0, bytes * 2);
+}
+
+function span(over: Partial<ReadableSpan> & { attributes?: Attributes; events?: TimedEvent[]; ctx?: Partial<SpanContext> } = {}): ReadableSpan {
+  const ctx: SpanContext = { traceId: id(16), spanId: id(8), traceFlags: TraceFlags.SAMPLED, ...over.ctx };
+  const { ctx: _c, ...rest } = over;
+  return {
+    name: 'GET /v1/orders/{id}', kind: SpanKind.SERVER, spanContext: () => ctx,
+    startTime: [1_795_000_000, 123_456_789], endTime: [1_795_000_001, 999_999_999], duration: [1, 876_543_210],
+    status: { code: SpanStatusCode.UNSET }, attributes: {}, links: [], events: [], ended: true,
+    resource, instrumentationScope: scope, droppedAttributesCount: 0, droppedEventsCount: 0, droppedLinksCount: 0,
+    ...rest,
+  } as ReadableSpan;
+}
+
+const checkEvent = (name: string, outcome: string, reason?: string): TimedEvent => ({
+  name, time: [1_795_000_000, 500_000_000],
+  attributes: reason ? { 'driftguard.check.outcome': outcome, 'driftguard.check.reason': reason } : { 'driftguard.check.outcome': outcome },
+});
+
+const cases: Record<string, ReadableSpan[]> = {
+  'a decision span as driftguard makes it': [span({
+    attributes: {
+      'http.request.method': 'GET', 'url.scheme': 'http', 'server.address': 'api.local', 'server.port': 8080,
+      'http.route': '/v1/orders/{id}', 'url.path': '/v1/orders/42', 'http.response.status_code': 200,
+      'driftguard.decision': 'allow', 'driftguard.enforced': true, 'driftguard.warnings': ['deprecated-operation', 'stale-contract'],
+    },
+    events: [checkEvent('canonical-path', 'continue'), checkEvent('operation', 'continue'), checkEvent('contract', 'warn', 'stale-contract'), checkEvent('operation', 'continue')],
+    ctx: { traceState: new TraceState('vendor=abc,other=1') },
+    parentSpanContext: { traceId: id(16), spanId: id(8), traceFlags: 1, isRemote: true },
+  })],
+  'strings: non-ASCII, and lengths needing two and three length bytes': [span({
+    name: 'naïve ✓ 名前 🚀',
+    attributes: { 'two.bytes': 'x'.repeat(200), 'three.bytes': 'y'.repeat(20_000), 'mixed': 'é'.repeat(100) + '😀'.repeat(40), '': '' },
+    events: [{ name: 'é'.repeat(70), time: [1, 2], attributes: { big: 'z'.repeat(300) } }],
+    status: { code: SpanStatusCode.ERROR, message: 'upstream-unavailable — ✗' },
+  })],
+  'numbers, booleans, arrays, bytes, nested values': [span({
+    kind: SpanKind.CLIENT,
+    attributes: {
+      zero: 0, small: 127, two: 128, big: 2 ** 40 + 7, max: Number.MAX_SAFE_INTEGER, negative: -1, veryNegative: -(2 ** 40),
+      double: 3.25, nan: Number.NaN, inf: Number.POSITIVE_INFINITY, t: true, f: false,
+      strings: ['a', 'b', ''], numbers: [1, -2, 2.5], bools: [true, false], empty: [],
+      bytes: new Uint8Array([0, 1, 255]) as unknown as string,
+    },
+  })],
+  'links, dropped counts, unsampled flags, no kind': [span({
+    kind: SpanKind.INTERNAL,
+    ctx: { traceFlags: TraceFlags.NONE },
+    links: [{ context: { traceId: id(16), spanId: id(8), traceFlags: 1, isRemote: true, traceState: new TraceState('k=v') }, attributes: { why: 'retry' }, droppedAttributesCount: 2 }],
+    droppedAttributesCount: 3, droppedEventsCount: 4, droppedLinksCount: 5,
+    events: [{ name: 'no attributes', time: [5, 6] }, { name: 'dropped', time: [5, 6], attributes: { a: 'b' }, droppedAttributesCount: 1 }],
+    parentSpanContext: { traceId: id(16), spanId: id(8), traceFlags: 1, isRemote: false },
+  })],
+  'two resources, two scopes, and a batch larger than the 64 KiB buffer': [
+    ...Array.from({ length: 300 }, (_, i) => span({
+      instrumentationScope: i % 3 === 0 ? versioned : scope,
+      resource: i % 5 === 0 ? otherResource : resource,
+      attributes: { 'url.path': `/v1/items/${i}`, 'driftguard.detail': 'd'.repeat(i) },
+      events: [checkEvent('credential', i % 2 ? 'continue' : 'deny', i % 2 ? undefined : 'invalid-credential')],
+    })),
+  ],
+  'an empty batch': [],
+};
+
+for (const [name, spans] of Object.entries(cases)) {
+  t.test(name, async (t) => {
+    // Twice: the second encoding reads the cached event, resource and scope bytes.
+    for (const round of ['first', 'second']) {
+      const ours = Buffer.from(encodeSpans(spans));
+      const reference = Buffer.from(ProtobufTraceSerializer.serializeRequest(spans)!);
+      t.same(decodeTraces(ours), decodeTraces(reference), `${round} encoding: decodes to the same request`);
+      t.ok(ours.equals(reference), `${round} encoding: the same bytes (${ours.length} and ${reference.length})`);
+    }
+  });
+}
+
+t.test('what is decoded is what was given', async (t) => {
+  const [s] = cases['a decision span as driftguard makes it']!;
+  const body = decodeTraces(encodeSpans([s!]));
+  const out = body.resourceSpans[0].scopeSpans[0].spans[0];
+  t.equal(out.traceId, s!.spanContext().traceId);
+  t.equal(out.parentSpanId, s!.parentSpanContext!.spanId);
+  t.equal(out.traceState, 'vendor=abc,other=1');
+  t.equal(out.kind, 2, 'SERVER is 2 on the wire');
+  t.equal(out.startTimeUnixNano, '1795000000123456789');
+  t.same(out.attributes.find((a: any) => a.key === 'driftguard.warnings').value, { arrayValue: { values: [{ stringValue: 'deprecated-operation' }, { stringValue: 'stale-contract' }] } });
+  t.same(out.events.map((e: any) => e.name), ['canonical-path', 'operation', 'contract', 'operation']);
+  t.equal(out.flags, 0x301, 'sampled, and the parent is known to be remote');
+});
