@@ -126,3 +126,93 @@ t.test('a chunked upload streams through and arrives whole', async (t) => {
   t.equal(w.up.seen[0]!.bodyBytes, chunks.join('').length);
   t.notOk('transfer-encoding' in w.up.seen[0]!.headers && w.up.seen[0]!.headers['content-length'], 'not both framings');
 });
+
+t.test('a client that stops reading holds the upstream back: back-pressure from the response socket', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '10s'; });
+  const total = 64 * MB;
+  let written = 0;
+  let upstreamDone!: () => void;
+  const done = new Promise<void>((r) => { upstreamDone = r; });
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(total) });
+    const chunk = Buffer.alloc(MB, 0x62);
+    const pump = () => {
+      while (written < total) {
+        written += chunk.length;
+        if (!res.write(chunk)) { res.once('drain', pump); return; }
+      }
+      res.end(upstreamDone);
+    };
+    pump();
+  };
+  const tok = await w.tok();
+  const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+    request(`${w.dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } }, resolve).on('error', reject).end();
+  });
+  t.equal(res.statusCode, 200);
+  res.pause();
+  await new Promise((r) => setTimeout(r, 500));
+  t.ok(written < total / 2, `with the client not reading, the upstream could write only ${Math.round(written / MB)} of 64 MB (socket buffers, not the whole body)`);
+  let received = 0;
+  res.on('data', (c: Buffer) => { received += c.length; });
+  res.resume();
+  await within(new Promise((r) => res.on('end', r)), 30_000, 'the rest of the body once the client reads');
+  await within(done, 5_000, 'the upstream finishing');
+  t.equal(received, total, 'every byte arrived once the client read again');
+});
+
+t.test('a client that goes away mid-download stops the upstream response, and the proxy serves on', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '10s'; });
+  let upstreamClosed!: () => void;
+  const closed = new Promise<void>((r) => { upstreamClosed = r; });
+  w.up.handler = (req, res) => {
+    req.resume();
+    if (req.url !== '/items/2') { res.end('ok'); return; }
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const timer = setInterval(() => res.write(Buffer.alloc(64 * 1024)), 5);
+    res.on('close', () => { clearInterval(timer); upstreamClosed(); });
+  };
+  const tok = await w.tok();
+  await new Promise<void>((resolve, reject) => {
+    const req = request(`${w.dg.url}/items/2`, { headers: { authorization: `Bearer ${tok}` } }, (res) => {
+      res.once('data', () => { req.destroy(); resolve(); });
+    });
+    req.on('error', () => {});
+    req.on('close', () => resolve());
+    req.end();
+    setTimeout(() => reject(new Error('no data within 5 s')), 5_000).unref();
+  });
+  await within(closed, 5_000, 'the upstream response closed after the client left');
+  const after = await w.call('GET', '/items/1', { token: tok });
+  t.equal(after.status, 200, 'the next request is served');
+});
+
+t.test('an upstream that sends 103 Early Hints before its answer: the client gets the final answer', async (t) => {
+  const w = await world(t);
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.end('final');
+  };
+  const r = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(r.status, 200);
+  t.equal(r.text, 'final');
+});
+
+t.test('an upstream that dies mid-body: the client connection is cut, never a hang or a second answer', async (t) => {
+  const w = await world(t);
+  w.up.handler = (req, res) => {
+    req.resume();
+    if (req.url !== '/items/2') { res.end('ok'); return; }
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '100' });
+    res.write('only part of it');
+    setTimeout(() => res.socket?.destroy(), 50);
+  };
+  const res = await fetch(`${w.dg.url}/items/2`, { headers: { authorization: `Bearer ${await w.tok()}` } });
+  t.equal(res.status, 200, 'the head was already sent');
+  await t.rejects(within(res.text(), 5_000, 'the cut body'), 'the client sees the connection cut');
+  const after = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(after.status, 200, 'the next request is served');
+});
