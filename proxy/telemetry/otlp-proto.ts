@@ -81,11 +81,19 @@ class Writer {
     this.pos += bytes.length;
   }
 
-  /** fixed64 nanoseconds since the epoch. */
+  /**
+   * fixed64 nanoseconds since the epoch, as two 32-bit halves: seconds * 1e9 passes 2^53, so
+   * the seconds are split at 16 bits, each part's product is exact, and the carries are added
+   * by hand (the SDK's writeHrTimeAsFixed64 does the same; a BigInt per timestamp costs more).
+   */
   time(t: HrTime): void {
-    this.ensure(8);
-    this.buf.writeBigUInt64LE(BigInt(t[0]) * 1_000_000_000n + BigInt(t[1]), this.pos);
-    this.pos += 8;
+    const [seconds, nanos] = t;
+    const fromLow = (seconds & 0xffff) * 1e9;
+    const fromHigh = ((seconds / 0x10000) >>> 0) * 1e9;
+    const low = (fromLow >>> 0) + (((fromHigh & 0xffff) * 0x10000) >>> 0) + nanos;
+    const high = Math.floor(fromLow / 0x100000000) + ((fromHigh / 0x10000) >>> 0) + Math.floor(low / 0x100000000);
+    this.fixed32(low);
+    this.fixed32(high);
   }
 
   fixed32(v: number): void {
@@ -186,30 +194,25 @@ function flags(traceFlags: number, isRemote: boolean | undefined): number {
 
 /**
  * An event's name, attributes and dropped count, encoded once per distinct event: a span
- * event per check means the same few dozen events on every request. Bounded: events whose
- * attributes are not a known small vocabulary are encoded each time.
+ * event per check means the same few dozen events on every request. Only events whose
+ * attributes object is frozen are cached: a frozen object is shared and never changes
+ * (spans.ts keeps one per check outcome), so it can key the cache without being read.
  */
-const eventTails = new Map<string, Uint8Array>();
-const MAX_EVENT_TAILS = 4096;
+const eventTails = new WeakMap<Attributes, Map<string, Uint8Array>>();
+const MAX_TAILS_PER_ATTRIBUTES = 256;
 const scratch = new Writer();
 
 function eventTail(e: TimedEvent): Uint8Array | undefined {
   const attrs = e.attributes;
-  let key = e.name;
-  if (attrs) {
-    for (const k in attrs) {
-      const v = attrs[k];
-      if (typeof v !== 'string' || v.length > 64) return undefined;
-      key += '\0' + k + '\0' + v;
-    }
-  }
-  if (e.droppedAttributesCount) return undefined;
-  let tail = eventTails.get(key);
+  if (attrs === undefined || !Object.isFrozen(attrs) || e.droppedAttributesCount) return undefined;
+  let byName = eventTails.get(attrs);
+  if (!byName) eventTails.set(attrs, (byName = new Map()));
+  let tail = byName.get(e.name);
   if (tail) return tail;
   scratch.pos = 0;
   eventTailInto(scratch, e);
   tail = scratch.bytes();
-  if (eventTails.size < MAX_EVENT_TAILS) eventTails.set(key, tail);
+  if (byName.size < MAX_TAILS_PER_ATTRIBUTES) byName.set(e.name, tail);
   return tail;
 }
 

@@ -83,6 +83,25 @@ function contextOf(trace: TraceStart, spanId: string, isRemote: boolean): SpanCo
   };
 }
 
+/**
+ * A check event's attributes: one frozen object per outcome and reason, shared by every span,
+ * which lets the encoder reuse the event's bytes (otlp-proto.ts).
+ */
+const checkAttributeSets = new Map<string, Attributes>();
+
+function checkAttributes(c: CheckRecord): Attributes {
+  const withReason = c.reason !== undefined && c.outcome !== 'continue';
+  const key = withReason ? `${c.outcome} ${c.reason}` : c.outcome;
+  let attrs = checkAttributeSets.get(key);
+  if (!attrs) {
+    attrs = Object.freeze(withReason
+      ? { 'driftguard.check.outcome': c.outcome, 'driftguard.check.reason': c.reason }
+      : { 'driftguard.check.outcome': c.outcome });
+    checkAttributeSets.set(key, attrs);
+  }
+  return attrs;
+}
+
 /** The decision: HTTP semantic conventions, the record's `driftguard.*` fields, one event per check. */
 export class ServerSpan extends FinishedSpan {
   readonly kind = SpanKind.SERVER;
@@ -108,12 +127,7 @@ export class ServerSpan extends FinishedSpan {
 
   get events(): TimedEvent[] {
     const time = hrTime(this.#checksAtMs);
-    return this.#record.checks.map((c: CheckRecord) => ({
-      name: c.check, time,
-      attributes: c.reason !== undefined && c.outcome !== 'continue'
-        ? { 'driftguard.check.outcome': c.outcome, 'driftguard.check.reason': c.reason }
-        : { 'driftguard.check.outcome': c.outcome },
-    }));
+    return this.#record.checks.map((c: CheckRecord) => ({ name: c.check, time, attributes: checkAttributes(c) }));
   }
 
   protected buildAttributes(): Attributes {

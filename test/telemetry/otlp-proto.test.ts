@@ -37,9 +37,10 @@ function span(over: Partial<ReadableSpan> & { attributes?: Attributes; events?: 
   } as ReadableSpan;
 }
 
+// Frozen, as spans.ts makes them: the encoder caches the encoding of frozen attribute sets.
 const checkEvent = (name: string, outcome: string, reason?: string): TimedEvent => ({
   name, time: [1_795_000_000, 500_000_000],
-  attributes: reason ? { 'driftguard.check.outcome': outcome, 'driftguard.check.reason': reason } : { 'driftguard.check.outcome': outcome },
+  attributes: Object.freeze(reason ? { 'driftguard.check.outcome': outcome, 'driftguard.check.reason': reason } : { 'driftguard.check.outcome': outcome }),
 });
 
 const cases: Record<string, ReadableSpan[]> = {
@@ -83,6 +84,12 @@ const cases: Record<string, ReadableSpan[]> = {
       attributes: { 'url.path': `/v1/items/${i}`, 'driftguard.detail': 'd'.repeat(i) },
       events: [checkEvent('credential', i % 2 ? 'continue' : 'deny', i % 2 ? undefined : 'invalid-credential')],
     })),
+  ],
+  'timestamps at the edges of the 64-bit split': [
+    span({ startTime: [0, 0], endTime: [0, 1] }),
+    span({ startTime: [65_535, 999_999_999], endTime: [65_536, 0] }),
+    span({ startTime: [4_294_967_295, 999_999_999], endTime: [4_294_967_295, 999_999_999], events: [{ name: 'late', time: [3_000_000_000, 123] }] }),
+    span({ startTime: [1_795_000_000, 4_294_967], endTime: [1_795_000_000, 999_999_999] }),
   ],
   'an empty batch': [],
 };
