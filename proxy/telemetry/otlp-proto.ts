@@ -61,6 +61,25 @@ class Writer {
   }
 
   string(s: string): void {
+    const len = s.length;
+    // Short ASCII strings (most attribute keys and values) are copied here: two calls into
+    // C++ per string cost more than the loop. Anything else goes to Buffer's UTF-8 writer.
+    if (len < 128) {
+      this.ensure(len + 1);
+      const buf = this.buf;
+      const start = this.pos;
+      let i = 0;
+      for (; i < len; i++) {
+        const c = s.charCodeAt(i);
+        if (c > 127) break;
+        buf[start + 1 + i] = c;
+      }
+      if (i === len) {
+        buf[start] = len;
+        this.pos = start + 1 + len;
+        return;
+      }
+    }
     const n = Buffer.byteLength(s, 'utf8');
     this.varint(n);
     this.ensure(n);
