@@ -5,7 +5,7 @@
 // declared length only, which can make two different bodies look the same (a monitor then
 // over-matches) but never two identical ones look different.
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { RequestContext } from '../pipeline/types.ts';
 import { hasBody } from '../forward/forward.ts';
 
@@ -21,7 +21,7 @@ export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, tim
     const body = await readWhole(ctx, Number(length), timeoutMs);
     if (body === undefined) return undefined;
     ctx.body = body;
-    fingerprint = createHash('sha256').update(body).digest('base64');
+    fingerprint = hash('sha256', body, 'base64');
   }
   return fingerprint;
 }

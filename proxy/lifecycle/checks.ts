@@ -8,7 +8,7 @@
 // sees it in driftguard-warning), is listed in ctx.extra['lifecycle.would_deny'], and the
 // remaining checks still run, so auditing one feature never skips another's enforcement.
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { Check, CheckResult, Denial, RequestContext } from '../pipeline/types.ts';
 import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
@@ -155,7 +155,7 @@ async function requestFingerprint(ctx: RequestContext, m: Monitors): Promise<str
   if (known !== undefined) return known;
   const body = BODY_METHODS.has(ctx.req.method ?? '') ? await bodyFingerprint(ctx, m.maxBodyBytes, m.bodyTimeoutMs) : '';
   if (body === undefined) return undefined;
-  const fingerprint = createHash('sha256').update(`${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`).digest('base64');
+  const fingerprint = hash('sha256', `${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`, 'base64');
   fingerprints.set(ctx, fingerprint);
   return fingerprint;
 }
