@@ -59,13 +59,14 @@ t.test('the report computes every budget figure from per-round samples', async (
     driftguard: { throughputRps: [9000, 9600], oneConnectionP50Us: [200, 150], oneConnectionP99Us: [1200, 1400], cpuSecondsPer1000AtFixedRate: [0.08, 0.09], coldRps: [3000, 3500] },
     jose: { verifyRate: [5000, 5000] },
   };
-  const r = summarise(samples, { bare: 150, driftguard: 180, 'driftguard-limited': 120 }, {}, {}) as { budget: { id: string; value: number; pass: boolean }[]; pass: boolean };
+  const r = summarise(samples, { bare: 150, 'bare-limited': 100, driftguard: 180, 'driftguard-limited': 120 }, {}, {}) as { budget: { id: string; value: number; pass: boolean }[]; context: Record<string, number>; pass: boolean };
   const by = Object.fromEntries(r.budget.map((b) => [b.id, b]));
   t.same(Object.keys(by).sort(), ['addedP50OneConnection', 'coldPath', 'cpuPer1000Rps', 'p99OneConnection', 'peakRssLimitedMiB', 'peakRssOverBareMiB', 'throughput']);
   t.equal(by.throughput!.value, 0.85); // median of 0.9 and 0.8
   t.equal(by.addedP50OneConnection!.value, 1.25); // median of 150/100 and 100/100
   t.equal(by.coldPath!.value, 0.65);
   t.equal(by.peakRssOverBareMiB!.value, 30);
+  t.same(r.context, { bareLimitedPeakRssMiB: 100, driftguardLimitedOverBareLimitedMiB: 20 }, 'the limited floor, for context');
   t.equal(by.p99OneConnection!.pass, true);
   t.equal(r.pass, true);
   t.equal(median([3, 1, 2]), 2);

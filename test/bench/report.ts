@@ -63,8 +63,17 @@ export function summarise(samples: Samples, peakRssMiB: Record<string, number>, 
     line('coldPath', 'driftguard req/s with a never-seen token per request / raw jose ES256 verify rate',
       perRound(samples, (at) => at(dg, 'coldRps') / at('jose', 'verifyRate')), '>=', 0.6),
   ];
-  return { ...meta, targets, budget, pass: budget.every((b) => b.pass) };
+  // Not a budget line: the floor under the same limits, so the limited figure can be read as
+  // what driftguard holds beyond a bare Node proxy in the same container.
+  const context = {
+    bareLimitedPeakRssMiB: round(peakRssMiB['bare-limited'] ?? NaN, 1),
+    driftguardLimitedOverBareLimitedMiB: round((peakRssMiB['driftguard-limited'] ?? NaN) - (peakRssMiB['bare-limited'] ?? NaN), 1),
+  };
+  return { ...meta, targets, budget, context, pass: budget.every((b) => b.pass) };
 }
+
+/** Table rows, in order. */
+const TARGETS = ['direct', 'bare', 'bare-limited', 'driftguard', 'driftguard-limited', 'driftguard-core'];
 
 const fmt = (v: unknown, digits = 0) => typeof v === 'number' ? v.toFixed(digits) : '-';
 const us = (v: unknown) => typeof v === 'number' ? (v / 1000).toFixed(2) : '-';
@@ -72,7 +81,7 @@ const us = (v: unknown) => typeof v === 'number' ? (v / 1000).toFixed(2) : '-';
 export function printTable(result: Record<string, unknown>): void {
   const targets = result.targets as Record<string, Record<string, number | undefined>>;
   const rows = [['target', 'req/s @32', '1c p50', '1c p90', '1c p99', '2k/s p50', '2k/s p90', '2k/s p99', 'CPU s/1k req', 'peak RSS MiB', 'anon MiB', 'cold req/s']];
-  for (const name of ['direct', 'bare', 'driftguard', 'driftguard-limited', 'driftguard-core']) {
+  for (const name of TARGETS) {
     const t = targets[name];
     if (!t) continue;
     rows.push([name, fmt(t.throughputRps), us(t.oneConnectionP50Us), us(t.oneConnectionP90Us), us(t.oneConnectionP99Us),
@@ -84,7 +93,9 @@ export function printTable(result: Record<string, unknown>): void {
   out.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
   process.stdout.write(`\nlatencies in ms; medians of ${(result.settings as { rounds: number }).rounds} interleaved rounds\n${out.join('\n')}\n`);
   const jose = targets.jose;
-  process.stdout.write(`raw jose ES256 verify: ${fmt(jose?.verifyRate)} /s on one thread\n\nbudget:\n`);
+  const context = result.context as { bareLimitedPeakRssMiB: number | null; driftguardLimitedOverBareLimitedMiB: number | null };
+  process.stdout.write(`raw jose ES256 verify: ${fmt(jose?.verifyRate)} /s on one thread\n`);
+  process.stdout.write(`under the chart's NODE_OPTIONS: bare ${fmt(context.bareLimitedPeakRssMiB, 1)} MiB peak, driftguard ${fmt(context.driftguardLimitedOverBareLimitedMiB, 1)} MiB above it\n\nbudget:\n`);
   for (const b of result.budget as BudgetLine[]) {
     process.stdout.write(`  ${b.pass ? 'ok  ' : 'MISS'} ${b.id.padEnd(22)} ${String(b.value).padStart(8)} ${b.comparison} ${b.limit}   ${b.meaning}\n`);
   }
@@ -99,11 +110,13 @@ export function markdown(result: Record<string, unknown>): string {
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   const ms = (v: unknown) => typeof v === 'number' ? (v / 1000).toFixed(2) : '-';
-  for (const name of ['direct', 'bare', 'driftguard', 'driftguard-limited', 'driftguard-core']) {
+  for (const name of TARGETS) {
     const t = targets[name];
     if (!t) continue;
     lines.push(`| ${name} | ${fmt(t.throughputRps)} | ${ms(t.oneConnectionP50Us)} / ${ms(t.oneConnectionP90Us)} / ${ms(t.oneConnectionP99Us)} | ${ms(t.fixedRateP50Us)} / ${ms(t.fixedRateP90Us)} / ${ms(t.fixedRateP99Us)} | ${fmt(t.fixedRateRps)} | ${name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtFixedRate, 3)} | ${name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtThroughput, 3)} | ${name === 'direct' ? '-' : `${fmt(t.peakRssMiB)} (${fmt(t.peakAnonRssMiB)})`} | ${fmt(t.coldRps)} |`);
   }
+  const context = result.context as { bareLimitedPeakRssMiB: number | null; driftguardLimitedOverBareLimitedMiB: number | null };
+  lines.push('', `Under the chart's \`NODE_OPTIONS\`, the bare passthrough peaked at ${fmt(context.bareLimitedPeakRssMiB, 1)} MiB and driftguard ${fmt(context.driftguardLimitedOverBareLimitedMiB, 1)} MiB above it.`);
   lines.push('', '| budget | value | limit | met |', '| --- | ---: | ---: | :---: |');
   for (const b of result.budget as BudgetLine[]) lines.push(`| ${b.meaning} | ${b.value} | ${b.comparison} ${b.limit} | ${b.pass ? 'yes' : '**no**'} |`);
   return lines.join('\n') + '\n';

@@ -4,6 +4,7 @@
 // so the machine's noise falls on all of them alike:
 //   direct              the upstream itself (the baseline for "added" latency)
 //   bare                a bare undici passthrough (the floor a Node proxy cannot beat)
+//   bare-limited        the same under the chart's NODE_OPTIONS (the memory floor in that container)
 //   driftguard          `node proxy/cli.ts run` with realistic rules, tracing and decision log
 //   driftguard-limited  the same under the chart's limits (its sidecar.nodeOptions)
 //   driftguard-core     the same rules with tracing, decision log and the lifecycle features
@@ -138,6 +139,9 @@ async function main(): Promise<void> {
     const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
     const bare = await spawnNode('bare', [join(HERE, 'targets/bare.ts'), upstreamUrl], { printsPort: true });
     children.push(bare);
+    // The floor under the chart's limits too: what any Node proxy holds in that container.
+    const bareLimited = await spawnNode('bare-limited', [join(HERE, 'targets/bare.ts'), upstreamUrl], { printsPort: true, env: { ...process.env, NODE_OPTIONS: HEAP_LIMIT } });
+    children.push(bareLimited);
 
     const otelEnv = {
       OTEL_SERVICE_NAME: 'driftguard-bench',
@@ -185,6 +189,7 @@ async function main(): Promise<void> {
     const targets: { name: string; url: string; pid?: number }[] = [
       { name: 'direct', url: upstreamUrl, pid: upstream.pid },
       { name: 'bare', url: `http://127.0.0.1:${bare.port}`, pid: bare.pid },
+      { name: 'bare-limited', url: `http://127.0.0.1:${bareLimited.port}`, pid: bareLimited.pid },
       { name: 'driftguard', url: dg.url, pid: dg.child.pid },
       { name: 'driftguard-limited', url: dgLimited.url, pid: dgLimited.child.pid },
       { name: 'driftguard-core', url: dgCore.url, pid: dgCore.child.pid },
@@ -248,7 +253,7 @@ async function main(): Promise<void> {
       writeFileSync(verifyTokens, Array.from({ length: 2000 }, (_, i) => mintToken(keys[i % 2]!, i % FIRST_STALE, Math.floor(Date.now() / 1000))).join('\n'));
       const raw = await runNodeJson<{ rate: number }>([join(HERE, 'targets/verify-rate.ts'), join(dir, 'jwks.json'), verifyTokens, String(S.verify), ISSUER, AUDIENCE]);
       sample('jose', 'verifyRate', raw.rate);
-      for (const t of [targets[2]!, targets[3]!]) {
+      for (const t of targets.filter((x) => x.name === 'driftguard' || x.name === 'driftguard-limited')) {
         // Enough tokens that none repeats even if driftguard matched the raw rate.
         const file = coldFile(`${t.name}-${round}`, Math.ceil(raw.rate * S.cold * 1.3) + 500);
         const m = await measured(t, () => wrk({ url: t.url, requestsFile: file, connections: CONNECTIONS, seconds: S.cold }));
@@ -265,7 +270,7 @@ async function main(): Promise<void> {
     const peakAnon = sampler.peaks();
     const loadEnd = loadavg();
     await stopAll();
-    const decisionLog = Object.fromEntries([dg, dgLimited, dgCore].map((d, i) => [targets[i + 2]!.name, countLogLines(d.logFile)]));
+    const decisionLog = { driftguard: countLogLines(dg.logFile), 'driftguard-limited': countLogLines(dgLimited.logFile), 'driftguard-core': countLogLines(dgCore.logFile) };
 
     const cpu = cpus();
     const result = summarise(samples, peak, peakAnon, {
