@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # driftguard image: the sidecar (`run`) and the injector (`inject`) in one image.
-# Node 24 runs the TypeScript sources directly (type stripping): no build step, so the
-# image holds proxy/ and rules/ as they are in the repository, plus production
+# The image runs JavaScript: a build stage erases the TypeScript sources' types with tsc
+# (tsconfig.build.json, the same as `make build`), so the sidecar does not load Node's type
+# stripper at run time (about 18 MiB resident, measured: README, Performance). The image
+# holds that JavaScript as /app/proxy, rules/ as in the repository, and production
 # dependencies only.
 #
 #   docker build -t driftguard:0.1.0 .
@@ -21,6 +23,18 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && npm cache clean --force
 
+# --- build: types erased, .ts imports rewritten to .js --------------------------------
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+# Dev dependencies for tsc; --ignore-scripts skips the `node` npm package's download (the
+# base image is Node 24 already).
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY rules ./rules
+COPY proxy ./proxy
+RUN npx tsc -p tsconfig.build.json
+
 # --- runtime ------------------------------------------------------------------------
 FROM ${NODE_IMAGE}
 ENV NODE_ENV=production \
@@ -29,11 +43,11 @@ WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json ./
 COPY rules ./rules
-COPY proxy ./proxy
+COPY --from=build /app/build/proxy ./proxy
 # npm is not needed at run time; removing it shrinks the attack surface.
 RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /opt/yarn* /usr/local/bin/yarn /usr/local/bin/yarnpkg
 USER 65532:65532
 # 15080 traffic, 15021 admin (/healthz, /readyz), 9443 injector webhook
 EXPOSE 15080 15021 9443
-ENTRYPOINT ["node", "/app/proxy/cli.ts"]
+ENTRYPOINT ["node", "/app/proxy/cli.js"]
 CMD ["run", "--config", "/etc/driftguard/rules/rules.yaml"]

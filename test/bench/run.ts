@@ -5,7 +5,8 @@
 //   direct              the upstream itself (the baseline for "added" latency)
 //   bare                a bare undici passthrough (the floor a Node proxy cannot beat)
 //   bare-limited        the same under the chart's NODE_OPTIONS (the memory floor in that container)
-//   driftguard          `node proxy/cli.ts run` with realistic rules, tracing and decision log
+//   driftguard          `node proxy/cli.js run` as the image runs it (the build's JavaScript),
+//                       with realistic rules, tracing and decision log
 //   driftguard-limited  the same under the chart's limits (its sidecar.nodeOptions)
 //   driftguard-core     the same rules with tracing, decision log and the lifecycle features
 //                       off: not a budget figure, it shows what those features cost
@@ -33,6 +34,7 @@ import { wrk, wrkVersion, type WrkResult } from './wrk.ts';
 import { jwksServer, otlpReceiver } from './receivers.ts';
 import { signingKey, mintToken, rulesFor, requestMix, wrkLines, ISSUER, AUDIENCE, FIRST_STALE, PLACEHOLDER, type RequestSpec } from './scenario.ts';
 import { summarise, printTable, markdown, type Samples } from './report.ts';
+import { imageLayout } from '../support/image.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
@@ -153,6 +155,8 @@ async function main(): Promise<void> {
       OTEL_TRACES_SAMPLER: 'parentbased_always_on',
     };
     const telemetry = telemetrySection(otlp.url);
+    // driftguard as the image runs it: the build's JavaScript, so no type stripper is loaded.
+    const cli = join(imageLayout(dir), 'proxy/cli.js');
     const startDriftguard = async (name: string, nodeOptions: string, features = true): Promise<{ child: Child; url: string; logFile: string }> => {
       const [port, adminPort] = [await freePort(), await freePort()];
       // Rules alone in their directory: the reloader watches the rules file's directory.
@@ -161,7 +165,7 @@ async function main(): Promise<void> {
       writeFileSync(file, stringify(rulesFor({ upstream: upstreamUrl, jwksUrl: jwksHttp.url, listen: `127.0.0.1:${port}`, admin: `127.0.0.1:${adminPort}`, extra: features ? (telemetry ? { telemetry } : {}) : { ...(telemetry ? { telemetry: CORE_TELEMETRY } : {}), ...CORE_LIFECYCLE } })));
       const logFile = join(dir, `${name}.log`);
       const prof = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile)}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
-      const child = await spawnNode(name, [...prof, join(ROOT, 'proxy/cli.ts'), 'run', '--config', file, '--grace', '2s'], {
+      const child = await spawnNode(name, [...prof, cli, 'run', '--config', file, '--grace', '2s'], {
         env: { ...process.env, ...otelEnv, NODE_OPTIONS: nodeOptions }, logFile,
       });
       children.push(child);

@@ -65,7 +65,7 @@ function envOf(container: Record<string, any>): Record<string, string> {
 function assertHardenedSidecar(tt: Tap, pod: Pod, expect: { listen: number; upstream: number; rules: string }): void {
   const c = sidecarOf(pod);
   tt.equal(c.image, IMAGE);
-  tt.same(c.command, ['node', '/app/proxy/cli.ts', 'run', '--config', '/etc/driftguard/rules/rules.yaml']);
+  tt.same(c.command, ['node', '/app/proxy/cli.js', 'run', '--config', '/etc/driftguard/rules/rules.yaml']);
   const env = envOf(c);
   tt.equal(env.DRIFTGUARD_LISTEN, `0.0.0.0:${expect.listen}`);
   tt.equal(env.DRIFTGUARD_UPSTREAM, `http://127.0.0.1:${expect.upstream}`);
