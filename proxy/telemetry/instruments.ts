@@ -43,6 +43,7 @@ export class Instruments {
     }));
     r.add(new Collected('driftguard_rules_info', 'The rules in force (hash of the rules file), always 1.', 'gauge', ['hash'], () => [[[dg.generation.rules.hash], 1]]));
     r.add(new Collected('driftguard_in_flight_requests', 'Requests being handled now.', 'gauge', [], () => [[[], dg.inFlight]]));
+    processMetrics(r);
   }
 
   /** Count one finished request. */
@@ -61,4 +62,21 @@ export class Instruments {
     if (forwarded) this.upstream.observe([], upstreamSeconds);
     if (failure !== undefined) this.upstreamFailures.inc([failure]);
   }
+}
+
+/**
+ * What the sidecar itself costs, under the names Prometheus clients use for every process,
+ * so the pod's dashboards read it like any other: CPU, resident memory, the V8 heap. These
+ * are the figures the benchmark budgets (README, Performance), here for the live sidecar.
+ */
+function processMetrics(r: Registry): void {
+  const startSeconds = Math.round(performance.timeOrigin) / 1000;
+  r.add(new Collected('process_cpu_seconds_total', 'CPU time (user and system) the driftguard process has used, in seconds.', 'counter', [], () => {
+    const u = process.cpuUsage();
+    return [[[], (u.user + u.system) / 1e6]];
+  }));
+  r.add(new Collected('process_resident_memory_bytes', 'Resident memory of the driftguard process, in bytes.', 'gauge', [], () => [[[], process.memoryUsage.rss()]]));
+  r.add(new Collected('process_start_time_seconds', 'When the driftguard process started, in seconds since the Unix epoch.', 'gauge', [], () => [[[], startSeconds]]));
+  r.add(new Collected('nodejs_heap_used_bytes', 'V8 heap in use (live objects and garbage not yet collected), in bytes.', 'gauge', [], () => [[[], process.memoryUsage().heapUsed]]));
+  r.add(new Collected('nodejs_heap_size_total_bytes', 'V8 heap reserved, in bytes.', 'gauge', [], () => [[[], process.memoryUsage().heapTotal]]));
 }

@@ -72,6 +72,7 @@ t.test('/metrics parses as Prometheus text and its counters move', async (t) => 
   t.equal(sample(m1, 'driftguard_in_flight_requests'), 0);
 });
 
+
 t.test('stale and deprecated calls by consumer and owner; unknown subjects collapse to one value', async (t) => {
   const old = await mint({ key, sub: AGENT, scope: 'items.read payments.write', contract: '2026-06' });
   t.equal(await call('/items', old), 200, 'stale contract, low sensitivity: warn');
@@ -149,6 +150,22 @@ t.test('/decisions: newest first, every filter, bad parameters refused', async (
     const bad = await decisions(q);
     t.equal(bad.status, 400, q);
   }
+});
+
+t.test('/metrics: what the process itself costs (this test runs driftguard in its own process)', async (t) => {
+  const m0 = await metrics();
+  const cpu0 = sample(m0, 'process_cpu_seconds_total')!;
+  const tok = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  for (let i = 0; i < 50; i++) t.equal(await call(`/items/${i}`, tok), 200);
+  const m1 = await metrics();
+  t.ok(sample(m1, 'process_cpu_seconds_total')! > cpu0, 'CPU seconds grow with work');
+  const rss = process.memoryUsage.rss();
+  const reported = sample(m1, 'process_resident_memory_bytes')!;
+  t.ok(Math.abs(reported - rss) < rss * 0.5, `resident memory ${reported} is this process's (${rss} now)`);
+  t.ok(Math.abs(sample(m1, 'process_start_time_seconds')! - performance.timeOrigin / 1000) < 1, 'start time is the process start');
+  const used = sample(m1, 'nodejs_heap_used_bytes')!;
+  const total = sample(m1, 'nodejs_heap_size_total_bytes')!;
+  t.ok(used > 1e6 && used <= total, `heap used ${used} within heap total ${total}`);
 });
 
 t.test('the ring is bounded', async (t) => {
