@@ -4,7 +4,7 @@
 // token costs a hash and a map lookup instead of a signature check.
 
 import { hash } from 'node:crypto';
-import { jwtVerify, decodeJwt, decodeProtectedHeader, type JWTPayload, type JWTVerifyOptions } from 'jose';
+import { jwtVerify, decodeJwt, type JWTPayload, type JWTVerifyOptions } from 'jose';
 import { LRUCache } from 'lru-cache';
 import type { IdentityRules, IssuerRules } from '../rules/types.ts';
 import type { Credential } from '../pipeline/types.ts';
@@ -126,13 +126,13 @@ export class Identity {
   async #verify(token: string, now: number): Promise<Credential | VerifyFailure> {
     // Read the unverified iss only to pick the issuer's keys and settings; jwtVerify checks it again.
     const unverified = decodeJwt(token);
-    const header = decodeProtectedHeader(token);
     // Only a JWT-SVID may come without iss: it is found by its trust domain.
     const issuer = typeof unverified.iss === 'string' ? this.#issuers.get(unverified.iss)
       : unverified.iss === undefined ? this.#trustDomains.get(trustDomainOf(unverified.sub) ?? '') : undefined;
     if (!issuer) return { reason: 'invalid-credential', detail: 'untrusted issuer' };
     const profile = issuer.rules.profile;
-    const { payload } = await jwtVerify(token, issuer.keys.getKey, { ...issuer.options, currentDate: new Date(now) });
+    // The header as jwtVerify parsed and checked it: no second parse of our own.
+    const { payload, protectedHeader: header } = await jwtVerify(token, issuer.keys.getKey, { ...issuer.options, currentDate: new Date(now) });
     if (typeof payload.sub !== 'string' || payload.sub.length === 0) return { reason: 'invalid-credential', detail: 'sub must be a non-empty string' };
     // The consumer subject, as the issuer's profile defines it.
     const mapped = profile === 'kubernetes' ? kubernetesSubject(payload)
