@@ -96,14 +96,19 @@ export class RequestObservation implements Observation {
     }
   }
 
-  /** Epoch ms now, on the request's own clock (arrival time plus monotonic time since). */
-  #epoch(): number {
-    return this.#ctx.now + (performance.now() - this.#start);
+  /** Epoch ms at a performance.now() reading, on the request's own clock (arrival time plus monotonic time since). */
+  #epoch(at = performance.now()): number {
+    return this.#ctx.now + (at - this.#start);
+  }
+
+  /** A W3C traceparent (or Level 2 traceresponse) value for `spanId` in this request's trace. */
+  #w3c(spanId: string): string {
+    return `00-${this.#trace.traceId}-${spanId}-${this.#trace.sampled ? '01' : '00'}`;
   }
 
   responseHeaders(into: Record<string, string | string[]>): void {
     // W3C Trace Context Level 2: the trace and the span that answered, for the caller's records.
-    into['traceresponse'] = `00-${this.traceId}-${this.#trace.spanId}-${this.#trace.sampled ? '01' : '00'}`;
+    into['traceresponse'] = this.#w3c(this.#trace.spanId);
   }
 
   decided(decision: Decision): void {
@@ -113,11 +118,10 @@ export class RequestObservation implements Observation {
 
   upstreamHeaders(into: Record<string, string>): void {
     // The CLIENT span is the upstream request's parent: its id goes out in traceparent.
-    const t = this.#trace;
     const spanId = this.#sink.tracing.newSpanId();
     this.#clientSpanId = spanId;
-    into['traceparent'] = `00-${t.traceId}-${spanId}-${t.sampled ? '01' : '00'}`;
-    const state = t.traceState?.serialize();
+    into['traceparent'] = this.#w3c(spanId);
+    const state = this.#trace.traceState?.serialize();
     if (state) into['tracestate'] = state;
     if (this.#facts) {
       const op = this.#ctx.operation;
@@ -144,11 +148,16 @@ export class RequestObservation implements Observation {
     if (call) {
       if (outcome.status !== undefined) call.status = outcome.status;
       if (outcome.failure || outcome.aborted) call.error = outcome.failure ?? outcome.error ?? 'aborted';
-      const startMs = this.#ctx.now + (this.#forwardStart - this.#start);
-      this.#sink.tracing.export(new ClientSpan(this.#sink.tracing, this.#trace, this.#clientSpanId!, call, startMs, startMs + this.#upstreamMs));
-      this.#client = undefined;
+      this.#exportClient(call, now);
     }
     if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
+  }
+
+  /** The CLIENT span, from the start of forwarding to `endAt` (a performance.now() reading). */
+  #exportClient(call: UpstreamCall, endAt: number): void {
+    const tracing = this.#sink.tracing;
+    tracing.export(new ClientSpan(tracing, this.#trace, this.#clientSpanId!, call, this.#epoch(this.#forwardStart), this.#epoch(endAt)));
+    this.#client = undefined;
   }
 
   end(status: number): void {
@@ -160,18 +169,18 @@ export class RequestObservation implements Observation {
     const sink = this.#sink;
     const d = this.#decision ?? { decision: 'deny', reason: 'internal-error', detail: 'no decision was made', enforced: true, warnings: [] } satisfies Decision;
     const r = buildRecord(this.#ctx, d, this.traceId, this.#trace.spanId);
-    const durationMs = performance.now() - this.#start;
+    const endAt = performance.now();
+    const durationMs = endAt - this.#start;
     r.status = status;
     r.durationMs = round(durationMs);
     if (this.#forwarded) r.upstreamMs = round(this.#upstreamMs);
     r.addedMs = round(durationMs - this.#upstreamMs);
 
     if (this.#facts) {
-      const tracing = sink.tracing;
-      const endMs = this.#ctx.now + durationMs;
+      const endMs = this.#epoch(endAt);
       // Forwarding started but its end was never reported: the CLIENT span ends with the request.
-      if (this.#client) tracing.export(new ClientSpan(tracing, this.#trace, this.#clientSpanId!, { ...this.#client, error: this.#client.error ?? 'aborted' }, this.#ctx.now + (this.#forwardStart - this.#start), endMs));
-      tracing.export(new ServerSpan(tracing, this.#trace, this.#facts, r, this.#decidedAt || endMs, endMs));
+      if (this.#client) this.#exportClient({ ...this.#client, error: this.#client.error ?? 'aborted' }, endAt);
+      sink.tracing.export(new ServerSpan(sink.tracing, this.#trace, this.#facts, r, this.#decidedAt || endMs, endMs));
     }
     sink.instruments.record(r, this.#forwarded, this.#upstreamMs / 1000, this.#failure);
     sink.ring.push(r);

@@ -75,9 +75,10 @@ abstract class FinishedSpan implements ReadableSpan {
   protected abstract buildAttributes(): Attributes;
 }
 
-function contextOf(trace: TraceStart, spanId: string, isRemote: boolean): SpanContext {
+/** A span of this driftguard's in `trace` (so never remote). */
+function contextOf(trace: TraceStart, spanId: string): SpanContext {
   return {
-    traceId: trace.traceId, spanId, isRemote,
+    traceId: trace.traceId, spanId, isRemote: false,
     traceFlags: trace.sampled ? TraceFlags.SAMPLED : TraceFlags.NONE,
     ...(trace.traceState !== undefined ? { traceState: trace.traceState } : {}),
   };
@@ -111,7 +112,7 @@ export class ServerSpan extends FinishedSpan {
   readonly #checksAtMs: number;
 
   constructor(tracing: Tracing, trace: TraceStart, facts: RequestFacts, record: DecisionRecord, checksAtMs: number, endMs: number) {
-    super(tracing, contextOf(trace, trace.spanId, false), trace.parent, record.timeMs, endMs);
+    super(tracing, contextOf(trace, trace.spanId), trace.parent, record.timeMs, endMs);
     this.#facts = facts;
     this.#record = record;
     this.#checksAtMs = checksAtMs;
@@ -173,7 +174,7 @@ export class ClientSpan extends FinishedSpan {
   readonly #call: UpstreamCall;
 
   constructor(tracing: Tracing, trace: TraceStart, spanId: string, call: UpstreamCall, startMs: number, endMs: number) {
-    super(tracing, contextOf(trace, spanId, false), contextOf(trace, trace.spanId, false), startMs, endMs);
+    super(tracing, contextOf(trace, spanId), contextOf(trace, trace.spanId), startMs, endMs);
     this.#call = call;
     this.name = call.template !== undefined ? `${call.method} ${call.template}` : call.method;
   }

@@ -166,7 +166,7 @@ export function tracing(config: TracesConfig, warn: (message: string) => void): 
     warn(message);
   };
   const inner = exporter(config);
-  const processors = inner ? [new BatchSpanProcessor({
+  const processor = inner ? new BatchSpanProcessor({
     exporter: new CountingExporter(inner, config.exportTimeoutMs, counts, onError),
     maxQueueSize: config.maxQueueSize,
     maxExportBatchSize: config.maxExportBatchSize,
@@ -174,8 +174,7 @@ export function tracing(config: TracesConfig, warn: (message: string) => void): 
     // The exporter's own timeout fires first; this is the processor's last resort.
     exportTimeoutMillis: config.exportTimeoutMs + 2_000,
     selfObsMeterProvider: queueFullListener(counts),
-  })] : [];
-  const processor = processors[0];
+  }) : undefined;
   const resource = defaultResource()
     .merge(detectResources({ detectors: [hostDetector, resourceAttributesEnvDetector] }))
     .merge(resourceFromAttributes({ 'service.name': config.serviceName }));
