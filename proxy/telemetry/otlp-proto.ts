@@ -8,8 +8,9 @@
 // the resource, the scope) once and copies the bytes after.
 //
 // Same wire format, field for field, as the SDK's serializer (opentelemetry-proto
-// trace/v1/trace.proto, common/v1/common.proto); test/telemetry/otlp-proto.test.ts decodes
-// both with the published .proto definitions and compares them.
+// trace/v1/trace.proto, common/v1/common.proto): test/telemetry/otlp-proto.test.ts checks
+// that both produce the same bytes, and decodes both with the OTLP schema
+// (test/support/otlp-trace.proto).
 
 import type { Attributes, AttributeValue, HrTime, SpanContext } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
@@ -296,32 +297,33 @@ function span(w: Writer, s: ReadableSpan): void {
 const encodedResources = new WeakMap<Resource, Uint8Array>();
 const encodedScopes = new WeakMap<InstrumentationScope, Uint8Array>();
 
-function resourceBytes(r: Resource): Uint8Array {
-  let bytes = encodedResources.get(r);
+/** `field`'s message as `body` writes it, from `cache` or encoded now (and kept when `keep`). */
+function encodedOnce<K extends object>(cache: WeakMap<K, Uint8Array>, key: K, field: number, body: (w: Writer) => void, keep = true): Uint8Array {
+  let bytes = cache.get(key);
   if (bytes) return bytes;
   const w = new Writer();
-  w.tag(1, LEN);
+  w.tag(field, LEN);
   const start = w.open();
-  attributes(w, r.attributes, 1);
-  w.tag(2, VARINT); w.varint(0);
+  body(w);
   w.close(start);
   bytes = w.bytes();
-  // A resource whose detectors are still running may gain attributes: do not keep it yet.
-  if (!r.asyncAttributesPending) encodedResources.set(r, bytes);
+  if (keep) cache.set(key, bytes);
   return bytes;
 }
 
+function resourceBytes(r: Resource): Uint8Array {
+  // A resource whose detectors are still running may gain attributes: do not keep it yet.
+  return encodedOnce(encodedResources, r, 1, (w) => {
+    attributes(w, r.attributes, 1);
+    w.tag(2, VARINT); w.varint(0);
+  }, !r.asyncAttributesPending);
+}
+
 function scopeBytes(s: InstrumentationScope): Uint8Array {
-  let bytes = encodedScopes.get(s);
-  if (bytes) return bytes;
-  const w = new Writer();
-  w.tag(1, LEN);
-  const start = w.open();
-  w.tag(1, LEN); w.string(s.name);
-  if (s.version) { w.tag(2, LEN); w.string(s.version); }
-  w.close(start);
-  encodedScopes.set(s, (bytes = w.bytes()));
-  return bytes;
+  return encodedOnce(encodedScopes, s, 1, (w) => {
+    w.tag(1, LEN); w.string(s.name);
+    if (s.version) { w.tag(2, LEN); w.string(s.version); }
+  });
 }
 
 const out = new Writer();
