@@ -65,11 +65,17 @@ export function summarise(samples: Samples, peakRssMiB: Record<string, number>, 
   ];
   // Not a budget line: the floor under the same limits, so the limited figure can be read as
   // what driftguard holds beyond a bare Node proxy in the same container.
-  const context = {
+  const context: Context = {
     bareLimitedPeakRssMiB: round(peakRssMiB['bare-limited'] ?? NaN, 1),
     driftguardLimitedOverBareLimitedMiB: round((peakRssMiB['driftguard-limited'] ?? NaN) - (peakRssMiB['bare-limited'] ?? NaN), 1),
   };
   return { ...meta, targets, budget, context, pass: budget.every((b) => b.pass) };
+}
+
+/** Figures for reading the budget that are not budget lines themselves. */
+interface Context {
+  readonly bareLimitedPeakRssMiB: number | null;
+  readonly driftguardLimitedOverBareLimitedMiB: number | null;
 }
 
 /** Table rows, in order. */
@@ -93,7 +99,7 @@ export function printTable(result: Record<string, unknown>): void {
   out.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
   process.stdout.write(`\nlatencies in ms; medians of ${(result.settings as { rounds: number }).rounds} interleaved rounds\n${out.join('\n')}\n`);
   const jose = targets.jose;
-  const context = result.context as { bareLimitedPeakRssMiB: number | null; driftguardLimitedOverBareLimitedMiB: number | null };
+  const context = result.context as Context;
   process.stdout.write(`raw jose ES256 verify: ${fmt(jose?.verifyRate)} /s on one thread\n`);
   process.stdout.write(`under the chart's NODE_OPTIONS: bare ${fmt(context.bareLimitedPeakRssMiB, 1)} MiB peak, driftguard ${fmt(context.driftguardLimitedOverBareLimitedMiB, 1)} MiB above it\n\nbudget:\n`);
   for (const b of result.budget as BudgetLine[]) {
@@ -115,7 +121,7 @@ export function markdown(result: Record<string, unknown>): string {
     if (!t) continue;
     lines.push(`| ${name} | ${fmt(t.throughputRps)} | ${ms(t.oneConnectionP50Us)} / ${ms(t.oneConnectionP90Us)} / ${ms(t.oneConnectionP99Us)} | ${ms(t.fixedRateP50Us)} / ${ms(t.fixedRateP90Us)} / ${ms(t.fixedRateP99Us)} | ${fmt(t.fixedRateRps)} | ${name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtFixedRate, 3)} | ${name === 'direct' ? '-' : fmt(t.cpuSecondsPer1000AtThroughput, 3)} | ${name === 'direct' ? '-' : `${fmt(t.peakRssMiB)} (${fmt(t.peakAnonRssMiB)})`} | ${fmt(t.coldRps)} |`);
   }
-  const context = result.context as { bareLimitedPeakRssMiB: number | null; driftguardLimitedOverBareLimitedMiB: number | null };
+  const context = result.context as Context;
   lines.push('', `Under the chart's \`NODE_OPTIONS\`, the bare passthrough peaked at ${fmt(context.bareLimitedPeakRssMiB, 1)} MiB and driftguard ${fmt(context.driftguardLimitedOverBareLimitedMiB, 1)} MiB above it.`);
   lines.push('', '| budget | value | limit | met |', '| --- | ---: | ---: | :---: |');
   for (const b of result.budget as BudgetLine[]) lines.push(`| ${b.meaning} | ${b.value} | ${b.comparison} ${b.limit} | ${b.pass ? 'yes' : '**no**'} |`);
