@@ -12,8 +12,8 @@ import type { Observation } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
 import type { ForwardOutcome } from '../forward/forward.ts';
 import { buildRecord, logLine, pathOf } from './record.ts';
-import type { TraceStart, Tracing } from './tracing.ts';
-import { ClientSpan, ServerSpan, type RequestFacts, type UpstreamCall } from './spans.ts';
+import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
+import type { RequestFacts, TraceRef, UpstreamCall } from './spans.ts';
 import type { Instruments } from './instruments.ts';
 import type { DecisionLog } from './decision-log.ts';
 import type { Ring } from './recent.ts';
@@ -54,6 +54,7 @@ export class RequestObservation implements Observation {
   readonly #trace: TraceStart;
   /** Built only when the spans will be exported. */
   readonly #facts?: RequestFacts;
+  #ref?: TraceRef;
   readonly #method: string;
   readonly #start: number;
   #decision?: Decision;
@@ -155,9 +156,12 @@ export class RequestObservation implements Observation {
 
   /** The CLIENT span, from the start of forwarding to `endAt` (a performance.now() reading). */
   #exportClient(call: UpstreamCall, endAt: number): void {
-    const tracing = this.#sink.tracing;
-    tracing.export(new ClientSpan(tracing, this.#trace, this.#clientSpanId!, call, this.#epoch(this.#forwardStart), this.#epoch(endAt)));
+    this.#sink.tracing.export({ kind: 'client', trace: this.#traceRef(), spanId: this.#clientSpanId!, call, startMs: this.#epoch(this.#forwardStart), endMs: this.#epoch(endAt) });
     this.#client = undefined;
+  }
+
+  #traceRef(): TraceRef {
+    return (this.#ref ??= traceRef(this.#trace));
   }
 
   end(status: number): void {
@@ -180,7 +184,7 @@ export class RequestObservation implements Observation {
       const endMs = this.#epoch(endAt);
       // Forwarding started but its end was never reported: the CLIENT span ends with the request.
       if (this.#client) this.#exportClient({ ...this.#client, error: this.#client.error ?? 'aborted' }, endAt);
-      sink.tracing.export(new ServerSpan(sink.tracing, this.#trace, this.#facts, r, this.#decidedAt || endMs, endMs));
+      sink.tracing.export({ kind: 'server', trace: this.#traceRef(), facts: this.#facts, record: r, checksAtMs: this.#decidedAt || endMs, endMs });
     }
     sink.instruments.record(r, this.#forwarded, this.#upstreamMs / 1000, this.#failure);
     sink.ring.push(r);

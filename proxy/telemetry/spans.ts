@@ -1,8 +1,9 @@
 // A request's two spans, built once it has ended: the SERVER span (the decision) and the
-// CLIENT span (the upstream call). They are plain ReadableSpans, the SDK's export shape, so
-// the BatchSpanProcessor and every OTLP exporter take them as they are. Their attributes are
-// made from the decision record only when the exporter reads them, so a span that is never
-// exported (queue full) costs no attribute work.
+// CLIENT span (the upstream call). The request's thread sends their sources (SpanSource:
+// plain data, the decision record among it) to the export thread (export-thread.ts), which
+// builds them there as plain ReadableSpans, the SDK's export shape, so the BatchSpanProcessor
+// and every OTLP exporter take them as they are. Their attributes are made from the record
+// only when the exporter reads them.
 //
 // Attribute limits are kept by construction, not by truncation at export: every value is
 // a fixed vocabulary, a rules value, or capped where it is read from the request (the path
@@ -10,10 +11,11 @@
 // the OpenTelemetry default of unlimited and the 4,096 driftguard used to set.
 
 import { SpanKind, SpanStatusCode, TraceFlags, type Attributes, type HrTime, type SpanContext, type SpanStatus } from '@opentelemetry/api';
+import { TraceState, type InstrumentationScope } from '@opentelemetry/core';
+import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
 import type { CheckRecord } from '../pipeline/types.ts';
 import { FIELDS, type DecisionRecord } from './record.ts';
-import type { TraceStart, Tracing } from './tracing.ts';
 
 const UNSET: SpanStatus = { code: SpanStatusCode.UNSET };
 
@@ -42,6 +44,31 @@ export interface RequestFacts {
   readonly userAgent?: string;
 }
 
+/**
+ * A request's trace as it crosses to the export thread: plain data (a message between
+ * threads keeps no prototypes), the trace state in its W3C form.
+ */
+export interface TraceRef {
+  readonly traceId: string;
+  /** The SERVER span's id. */
+  readonly spanId: string;
+  readonly sampled: boolean;
+  /** The caller's span, when the request carried a valid traceparent. */
+  readonly parent?: { readonly traceId: string; readonly spanId: string; readonly traceFlags: number; readonly isRemote?: boolean };
+  readonly traceState?: string;
+}
+
+/** What a finished span is built from, sent from the request's thread to the export thread. */
+export type SpanSource =
+  | { readonly kind: 'server'; readonly trace: TraceRef; readonly facts: RequestFacts; readonly record: DecisionRecord; readonly checksAtMs: number; readonly endMs: number }
+  | { readonly kind: 'client'; readonly trace: TraceRef; readonly spanId: string; readonly call: UpstreamCall; readonly startMs: number; readonly endMs: number };
+
+/** Where every span of one driftguard comes from, as exporters report it. */
+export interface SpanOrigin {
+  readonly resource: Resource;
+  readonly scope: InstrumentationScope;
+}
+
 abstract class FinishedSpan implements ReadableSpan {
   abstract readonly name: string;
   abstract readonly kind: SpanKind;
@@ -58,13 +85,13 @@ abstract class FinishedSpan implements ReadableSpan {
   readonly #context: SpanContext;
   #attributes?: Attributes;
 
-  constructor(tracing: Tracing, context: SpanContext, parent: SpanContext | undefined, startMs: number, endMs: number) {
+  constructor(origin: SpanOrigin, context: SpanContext, parent: SpanContext | undefined, startMs: number, endMs: number) {
     this.#context = context;
     if (parent) this.parentSpanContext = parent;
     this.startTime = hrTime(startMs);
     this.endTime = hrTime(endMs);
-    this.resource = tracing.resource;
-    this.instrumentationScope = tracing.scope;
+    this.resource = origin.resource;
+    this.instrumentationScope = origin.scope;
   }
 
   spanContext(): SpanContext { return this.#context; }
@@ -76,11 +103,11 @@ abstract class FinishedSpan implements ReadableSpan {
 }
 
 /** A span of this driftguard's in `trace` (so never remote). */
-function contextOf(trace: TraceStart, spanId: string): SpanContext {
+function contextOf(trace: TraceRef, spanId: string): SpanContext {
   return {
     traceId: trace.traceId, spanId, isRemote: false,
     traceFlags: trace.sampled ? TraceFlags.SAMPLED : TraceFlags.NONE,
-    ...(trace.traceState !== undefined ? { traceState: trace.traceState } : {}),
+    ...(trace.traceState !== undefined ? { traceState: new TraceState(trace.traceState) } : {}),
   };
 }
 
@@ -111,12 +138,12 @@ export class ServerSpan extends FinishedSpan {
   readonly #record: DecisionRecord;
   readonly #checksAtMs: number;
 
-  constructor(tracing: Tracing, trace: TraceStart, facts: RequestFacts, record: DecisionRecord, checksAtMs: number, endMs: number) {
-    super(tracing, contextOf(trace, trace.spanId), trace.parent, record.timeMs, endMs);
-    this.#facts = facts;
-    this.#record = record;
-    this.#checksAtMs = checksAtMs;
-    this.name = record.route !== undefined ? `${facts.method} ${record.route}` : facts.method;
+  constructor(origin: SpanOrigin, s: Extract<SpanSource, { kind: 'server' }>) {
+    super(origin, contextOf(s.trace, s.trace.spanId), s.trace.parent, s.record.timeMs, s.endMs);
+    this.#facts = s.facts;
+    this.#record = s.record;
+    this.#checksAtMs = s.checksAtMs;
+    this.name = s.record.route !== undefined ? `${s.facts.method} ${s.record.route}` : s.facts.method;
   }
 
   // HTTP semantic conventions: a server span is an error only for 5xx; a deny is a
@@ -173,10 +200,10 @@ export class ClientSpan extends FinishedSpan {
   readonly name: string;
   readonly #call: UpstreamCall;
 
-  constructor(tracing: Tracing, trace: TraceStart, spanId: string, call: UpstreamCall, startMs: number, endMs: number) {
-    super(tracing, contextOf(trace, spanId), contextOf(trace, trace.spanId), startMs, endMs);
-    this.#call = call;
-    this.name = call.template !== undefined ? `${call.method} ${call.template}` : call.method;
+  constructor(origin: SpanOrigin, s: Extract<SpanSource, { kind: 'client' }>) {
+    super(origin, contextOf(s.trace, s.spanId), contextOf(s.trace, s.trace.spanId), s.startMs, s.endMs);
+    this.#call = s.call;
+    this.name = s.call.template !== undefined ? `${s.call.method} ${s.call.template}` : s.call.method;
   }
 
   get events(): TimedEvent[] { return []; }
@@ -199,4 +226,8 @@ export class ClientSpan extends FinishedSpan {
     else if (c.status !== undefined && c.status >= 400) a['error.type'] = String(c.status);
     return a;
   }
+}
+
+export function spanOf(origin: SpanOrigin, source: SpanSource): ReadableSpan {
+  return source.kind === 'server' ? new ServerSpan(origin, source) : new ClientSpan(origin, source);
 }

@@ -14,6 +14,7 @@ import { imageLayout } from '../support/image.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { baseRules, writeRules, AGENT } from '../support/driftguard.ts';
+import { collector, eventually, KIND } from '../telemetry/support.ts';
 
 const NODE = process.execPath;
 const work = mkdtempSync(join(tmpdir(), 'driftguard-build-'));
@@ -39,8 +40,12 @@ t.test('the built sidecar runs without the type stripper and decides', async (t)
   const up = await upstream();
   const key = await testKey('ES256');
   const keys = await jwksServer(jwks(key));
-  t.teardown(async () => { await up.close(); await keys.close(); });
-  const rules = writeRules(baseRules(up.origin, keys.url), work);
+  const otlp = await collector();
+  t.teardown(async () => { await up.close(); await keys.close(); await otlp.close(); });
+  // Spans are exported by a worker thread whose entry the build must carry as JavaScript too.
+  const rules = writeRules(baseRules(up.origin, keys.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '20ms' } } };
+  }), work);
   // --no-experimental-strip-types: a .ts import anywhere in the build would fail to load.
   const child = spawn(NODE, ['--no-experimental-strip-types', join(app, 'proxy/cli.js'), 'run', '--config', rules], { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => { child.kill('SIGKILL'); });
@@ -68,4 +73,6 @@ t.test('the built sidecar runs without the type stripper and decides', async (t)
   const denied = await fetch(`http://${listening.listen}/admin/wipe`, { headers: { authorization: `Bearer ${tok}` } });
   t.equal(denied.status, 403, 'an unknown operation is denied');
   t.equal((await denied.json() as { code: string }).code, 'unknown-operation');
+  await eventually('the spans of both requests at the collector', async () => otlp.spans.filter((s) => s.kind === KIND.SERVER).length >= 2);
+  t.same(otlp.spans.filter((s) => s.kind === KIND.SERVER).map((s) => s.attributes['driftguard.decision']).sort(), ['allow', 'deny'], 'exported from the export thread');
 });

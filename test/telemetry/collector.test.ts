@@ -6,7 +6,7 @@ import { createServer } from 'node:net';
 import { testKey, jwks } from '../support/keys.ts';
 import { upstream, jwksServer, listen, close } from '../support/servers.ts';
 import { baseRules } from '../support/driftguard.ts';
-import { collector, startWithTelemetry } from './support.ts';
+import { collector, eventually, startWithTelemetry } from './support.ts';
 import { parsePrometheus, sample } from './prometheus.ts';
 
 const key = await testKey('ES256');
@@ -17,14 +17,6 @@ t.teardown(async () => { await up.close(); await keys.close(); });
 async function dropped(admin: string, cause: string): Promise<number> {
   const text = await (await fetch(admin + '/metrics')).text();
   return sample(parsePrometheus(text), 'driftguard_spans_dropped_total', { cause }) ?? -1;
-}
-
-async function eventually(what: string, check: () => Promise<boolean>, timeoutMs = 8_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 t.test('collector down (connection refused): requests succeed, spans counted as dropped', async (t) => {

@@ -1,0 +1,183 @@
+// The request thread's side of span export. Building a request's two spans and encoding them
+// for OTLP was the largest single cost driftguard added to a request (README, Performance), and
+// it all runs after the decision is made: so it runs on a worker thread (export-worker.ts),
+// on the other core, and the request thread only hands over each span's source, the decision
+// record and a few facts, in batches (a structured clone, a few microseconds a request).
+//
+// Export never blocks or fails a request. At most maxQueueSize spans are on their way at any
+// time (batched here, in a message, queued or being exported there); beyond that a span is
+// dropped and counted at once as queue_full, as the SDK's processor does. If the export
+// thread dies (out of its memory, say), the spans it held are counted as export_failed and a
+// new one is started, at most once every RESTART_MS.
+
+import { Worker } from 'node:worker_threads';
+import type { TracesConfig } from './config.ts';
+import type { SpanSource } from './spans.ts';
+
+export type DropCause = 'queue_full' | 'export_failed';
+
+export interface SpanCounts {
+  exported: number;
+  dropped: Record<DropCause, number>;
+}
+
+/** What the export thread is started with. */
+export interface ExportSettings {
+  readonly traces: TracesConfig;
+  /** Longest wait for the last export at shutdown. */
+  readonly shutdownFlushMs: number;
+}
+
+/** Request thread to export thread. */
+export type ToExport =
+  | { readonly type: 'spans'; readonly sources: readonly SpanSource[] }
+  | { readonly type: 'shutdown' };
+
+/** Export thread to request thread. */
+export type FromExport =
+  /** Spans finished with, since the last message: exported, or dropped and why. */
+  | { readonly type: 'settled'; readonly exported: number; readonly queueFull: number; readonly exportFailed: number }
+  | { readonly type: 'warn'; readonly message: string }
+  | { readonly type: 'closed' };
+
+/** Longest wait for the collector at shutdown: a pod being stopped should not wait on one that is not there. */
+const SHUTDOWN_FLUSH_MS = 3_000;
+
+/**
+ * Sources go to the export thread in messages of at most POST_SOURCES, or when the oldest has
+ * waited POST_MS. A message is cloned on the request thread: about 3 µs a request's spans,
+ * so at most about 0.1 ms for one message, whatever the export batch size.
+ */
+const POST_SOURCES = 32;
+const POST_MS = 10;
+const RESTART_MS = 5_000;
+const ENTRY = new URL(import.meta.url.endsWith('.ts') ? './export-worker.ts' : './export-worker.js', import.meta.url);
+
+export interface ExportThreadOptions {
+  /** The thread's entry module: export-worker.ts; tests give one that fails. */
+  readonly entry?: URL;
+  /** Least time between two starts of the thread. */
+  readonly restartMs?: number;
+}
+
+export class ExportThread {
+  readonly counts: SpanCounts = { exported: 0, dropped: { queue_full: 0, export_failed: 0 } };
+  readonly #config: TracesConfig;
+  readonly #warn: (message: string) => void;
+  readonly #entry: URL;
+  readonly #restartMs: number;
+  #worker?: Worker;
+  #startedAt = -Infinity;
+  #batch: SpanSource[] = [];
+  #timer?: NodeJS.Timeout;
+  /** Spans taken and not yet settled (exported or dropped): batched, posted or exporting. */
+  #inFlight = 0;
+  #closing = false;
+  #closed?: () => void;
+
+  constructor(config: TracesConfig, warn: (message: string) => void, options: ExportThreadOptions = {}) {
+    this.#config = config;
+    this.#warn = warn;
+    this.#entry = options.entry ?? ENTRY;
+    this.#restartMs = options.restartMs ?? RESTART_MS;
+    this.#start();
+  }
+
+  add(source: SpanSource): void {
+    if (this.#closing) { this.counts.dropped.export_failed++; return; }
+    if (this.#inFlight >= this.#config.maxQueueSize) { this.counts.dropped.queue_full++; return; }
+    this.#inFlight++;
+    this.#batch.push(source);
+    if (this.#batch.length >= POST_SOURCES) this.#post();
+    else if (!this.#timer) {
+      this.#timer = setTimeout(() => { this.#timer = undefined; this.#post(); }, POST_MS);
+      this.#timer.unref();
+    }
+  }
+
+  #post(): void {
+    if (this.#timer) { clearTimeout(this.#timer); this.#timer = undefined; }
+    const sources = this.#batch;
+    if (sources.length === 0) return;
+    this.#batch = [];
+    const worker = this.#worker ?? this.#start();
+    if (!worker) { this.#drop(sources.length); return; }
+    try {
+      worker.postMessage({ type: 'spans', sources } satisfies ToExport);
+    } catch (err) {
+      // A source that cannot be cloned is a bug, not a reason to fail the request.
+      this.#drop(sources.length);
+      this.#warn(`spans could not be sent to the export thread: ${(err as Error).message}`);
+    }
+  }
+
+  #drop(n: number): void {
+    this.#inFlight -= n;
+    this.counts.dropped.export_failed += n;
+  }
+
+  #start(): Worker | undefined {
+    const now = performance.now();
+    if (now - this.#startedAt < this.#restartMs) return undefined;
+    this.#startedAt = now;
+    const config = this.#config;
+    const worker = new Worker(this.#entry, {
+      workerData: { traces: config, shutdownFlushMs: SHUTDOWN_FLUSH_MS } satisfies ExportSettings,
+      // Its old generation is sized as the process's is (NODE_OPTIONS' --max-old-space-size
+      // applies to both); its young one is kept small, since most of what it allocates, a
+      // batch's spans and their encoding, lives for one batch.
+      resourceLimits: { maxYoungGenerationSizeMb: 8 },
+    });
+    // The thread must not keep the process alive on its own; shutdown() holds it while it flushes.
+    worker.unref();
+    worker.on('message', (m: FromExport) => this.#received(m));
+    worker.on('error', (err) => this.#warn(`the span export thread failed: ${err.message}`));
+    worker.on('exit', (code) => {
+      if (this.#worker !== worker) return;
+      this.#worker = undefined;
+      // What it held is lost; what is still batched here goes to the next thread.
+      this.#drop(this.#inFlight - this.#batch.length);
+      if (this.#closing) { this.#closed?.(); return; }
+      this.#warn(`the span export thread stopped (exit code ${code}); the spans it held are dropped, and a new one starts with the next spans`);
+    });
+    this.#worker = worker;
+    return worker;
+  }
+
+  #received(m: FromExport): void {
+    switch (m.type) {
+      case 'settled':
+        this.counts.exported += m.exported;
+        this.counts.dropped.queue_full += m.queueFull;
+        this.counts.dropped.export_failed += m.exportFailed;
+        this.#inFlight -= m.exported + m.queueFull + m.exportFailed;
+        return;
+      case 'warn':
+        this.#warn(m.message);
+        return;
+      case 'closed':
+        this.#closed?.();
+    }
+  }
+
+  /** Export what is on its way, waiting at most SHUTDOWN_FLUSH_MS for the collector, then stop the thread. */
+  async shutdown(): Promise<void> {
+    if (this.#closing) return;
+    this.#post();
+    this.#closing = true;
+    const worker = this.#worker;
+    if (!worker) return;
+    worker.ref();
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.#closed = resolve;
+      // The thread gives up on the collector after SHUTDOWN_FLUSH_MS; this is the backstop.
+      timer = setTimeout(resolve, SHUTDOWN_FLUSH_MS + 1_000);
+      worker.postMessage({ type: 'shutdown' } satisfies ToExport);
+    });
+    clearTimeout(timer);
+    this.#worker = undefined;
+    this.#drop(this.#inFlight);
+    await worker.terminate();
+  }
+}

@@ -1,0 +1,138 @@
+// Span export, as it runs on the export thread (export-worker.ts): the exporter the settings
+// name (OTLP over http/protobuf, http/json or grpc, or the console) behind one SDK
+// BatchSpanProcessor, the resource every span carries, and reports of what was exported and
+// what was dropped. Only the export thread loads this module, and only the exporter
+// configured is loaded (the gRPC one brings a whole gRPC stack).
+
+import { createNoopMeter, type Meter, type MeterProvider } from '@opentelemetry/api';
+import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
+import { defaultResource, detectResources, hostDetector, resourceAttributesEnvDetector, resourceFromAttributes } from '@opentelemetry/resources';
+import { BatchSpanProcessor, ConsoleSpanExporter, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
+import type { TracesConfig } from './config.ts';
+import { spanOf, type SpanOrigin, type SpanSource } from './spans.ts';
+
+async function exporter(config: TracesConfig): Promise<SpanExporter> {
+  if (config.exporter === 'console') return new ConsoleSpanExporter();
+  // Without a url the exporter reads OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT and _HEADERS itself.
+  const options = { timeoutMillis: config.exportTimeoutMs, ...(config.url !== undefined ? { url: config.url } : {}) };
+  switch (config.protocol) {
+    case 'http/json': return new (await import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter(options);
+    case 'grpc': return new (await import('@opentelemetry/exporter-trace-otlp-grpc')).OTLPTraceExporter(options);
+    default: {
+      // The SDK's http/protobuf exporter (its transport, retries, OTEL_EXPORTER_OTLP_*
+      // settings) with driftguard's span encoder in place of its serializer (otlp-proto.ts).
+      const [{ OTLPExporterBase }, http, { TraceExporterMetricsHelper }, { traceSerializer }] = await Promise.all([
+        import('@opentelemetry/otlp-exporter-base'), import('@opentelemetry/otlp-exporter-base/node-http'),
+        import('@opentelemetry/otlp-transformer'), import('./otlp-proto.ts'),
+      ]);
+      return new OTLPExporterBase(http.createOtlpHttpExportDelegate(
+        http.convertLegacyHttpOptions(options, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
+        traceSerializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined));
+    }
+  }
+}
+
+/** What the export side reports back: spans settled (exported or dropped) and failures. */
+export interface ExportReports {
+  settled(exported: number, queueFull: number, exportFailed: number): void;
+  failed(message: string): void;
+}
+
+/**
+ * Calls back exactly once per batch, within the export timeout even when the exporter never
+ * answers (a hanging collector), and reports what was exported and what was dropped.
+ */
+class ReportingExporter implements SpanExporter {
+  readonly #inner: SpanExporter;
+  readonly #timeoutMs: number;
+  readonly #reports: ExportReports;
+
+  constructor(inner: SpanExporter, timeoutMs: number, reports: ExportReports) {
+    this.#inner = inner; this.#timeoutMs = timeoutMs; this.#reports = reports;
+  }
+
+  export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    let done = false;
+    const finish = (result: ExportResult) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (result.code === ExportResultCode.SUCCESS) this.#reports.settled(spans.length, 0, 0);
+      else {
+        this.#reports.settled(0, 0, spans.length);
+        this.#reports.failed(result.error?.message ?? 'export failed');
+      }
+      resultCallback(result);
+    };
+    const timer = setTimeout(() => finish({ code: ExportResultCode.FAILED, error: new Error(`export took longer than ${this.#timeoutMs}ms`) }), this.#timeoutMs + 500);
+    timer.unref();
+    try {
+      this.#inner.export(spans, finish);
+    } catch (err) {
+      finish({ code: ExportResultCode.FAILED, error: err as Error });
+    }
+  }
+
+  shutdown(): Promise<void> { return this.#inner.shutdown(); }
+  forceFlush(): Promise<void> { return this.#inner.forceFlush?.() ?? Promise.resolve(); }
+}
+
+/**
+ * The batch processor reports spans it refused because its queue was full only through its
+ * self-observability meter (otel.sdk.processor.span.processed with error.type=queue_full):
+ * this minimal MeterProvider listens to that one counter and ignores everything else.
+ */
+function queueFullListener(reports: ExportReports): MeterProvider {
+  const noop = createNoopMeter();
+  const meter: Meter = Object.create(noop) as Meter;
+  meter.createCounter = ((name: string, options?: unknown) => {
+    if (name !== 'otel.sdk.processor.span.processed') return noop.createCounter(name, options as undefined);
+    return {
+      add(n: number, attributes?: Record<string, unknown>) {
+        if (attributes?.['error.type'] === 'queue_full') reports.settled(0, n, 0);
+      },
+    };
+  }) as Meter['createCounter'];
+  return { getMeter: () => meter };
+}
+
+export interface SpanExport {
+  /** Build the sources' spans and queue them for the next batch. */
+  add(sources: readonly SpanSource[]): void;
+  /** Export what is queued, waiting at most `flushMs` (or the export timeout, if shorter). */
+  shutdown(flushMs: number): Promise<void>;
+}
+
+export async function spanExport(config: TracesConfig, reports: ExportReports): Promise<SpanExport> {
+  const processor = new BatchSpanProcessor({
+    exporter: new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports),
+    maxQueueSize: config.maxQueueSize,
+    maxExportBatchSize: config.maxExportBatchSize,
+    scheduledDelayMillis: config.scheduledDelayMs,
+    // The exporter's own timeout fires first; this is the processor's last resort.
+    exportTimeoutMillis: config.exportTimeoutMs + 2_000,
+    selfObsMeterProvider: queueFullListener(reports),
+  });
+  const origin: SpanOrigin = {
+    resource: defaultResource()
+      .merge(detectResources({ detectors: [hostDetector, resourceAttributesEnvDetector] }))
+      .merge(resourceFromAttributes({ 'service.name': config.serviceName })),
+    scope: { name: 'driftguard' },
+  };
+  return {
+    add(sources) {
+      for (const s of sources) processor.onEnd(spanOf(origin, s));
+    },
+    async shutdown(flushMs) {
+      // Flush what is queued, but hold shutdown at most flushMs: the OTLP exporter
+      // retries a refused connection until its export timeout (10 s by default), and a pod
+      // being stopped should not wait that long for a collector that is not there.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        processor.shutdown().catch(() => {}),
+        new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.min(config.exportTimeoutMs, flushMs)); timer.unref(); }),
+      ]);
+      clearTimeout(timer);
+    },
+  };
+}
