@@ -1,8 +1,8 @@
 // The request thread's side of span export. Building a request's two spans and encoding them
 // for OTLP was the largest single cost driftguard added to a request (README, Performance), and
 // it all runs after the decision is made: so it runs on a worker thread (export-worker.ts),
-// on the other core, and the request thread only hands over each span's source, the decision
-// record and a few facts, in batches (a structured clone, a few microseconds a request).
+// on the other core, and the request thread only hands over each request's span source, the
+// decision record and a few facts, in batches (a structured clone, a few microseconds).
 //
 // Export never blocks or fails a request. At most maxQueueSize spans are on their way at any
 // time (batched here, in a message, queued or being exported there); beyond that a span is
@@ -69,6 +69,8 @@ export class ExportThread {
   #worker?: Worker;
   #startedAt = -Infinity;
   #batch: SpanSource[] = [];
+  /** Spans in #batch: a source makes one or two. */
+  #batchSpans = 0;
   #timer?: NodeJS.Timeout;
   /** Spans taken and not yet settled (exported or dropped): batched, posted or exporting. */
   #inFlight = 0;
@@ -84,10 +86,12 @@ export class ExportThread {
   }
 
   add(source: SpanSource): void {
-    if (this.#closing) { this.counts.dropped.export_failed++; return; }
-    if (this.#inFlight >= this.#config.maxQueueSize) { this.counts.dropped.queue_full++; return; }
-    this.#inFlight++;
+    const spans = source.call ? 2 : 1;
+    if (this.#closing) { this.counts.dropped.export_failed += spans; return; }
+    if (this.#inFlight + spans > this.#config.maxQueueSize) { this.counts.dropped.queue_full += spans; return; }
+    this.#inFlight += spans;
     this.#batch.push(source);
+    this.#batchSpans += spans;
     if (this.#batch.length >= POST_SOURCES) this.#post();
     else if (!this.#timer) {
       this.#timer = setTimeout(() => { this.#timer = undefined; this.#post(); }, POST_MS);
@@ -98,15 +102,17 @@ export class ExportThread {
   #post(): void {
     if (this.#timer) { clearTimeout(this.#timer); this.#timer = undefined; }
     const sources = this.#batch;
+    const spans = this.#batchSpans;
     if (sources.length === 0) return;
     this.#batch = [];
+    this.#batchSpans = 0;
     const worker = this.#worker ?? this.#start();
-    if (!worker) { this.#drop(sources.length); return; }
+    if (!worker) { this.#drop(spans); return; }
     try {
       worker.postMessage({ type: 'spans', sources } satisfies ToExport);
     } catch (err) {
       // A source that cannot be cloned is a bug, not a reason to fail the request.
-      this.#drop(sources.length);
+      this.#drop(spans);
       this.#warn(`spans could not be sent to the export thread: ${(err as Error).message}`);
     }
   }
@@ -136,7 +142,7 @@ export class ExportThread {
       if (this.#worker !== worker) return;
       this.#worker = undefined;
       // What it held is lost; what is still batched here goes to the next thread.
-      this.#drop(this.#inFlight - this.#batch.length);
+      this.#drop(this.#inFlight - this.#batchSpans);
       if (this.#closing) { this.#closed?.(); return; }
       this.#warn(`the span export thread stopped (exit code ${code}); the spans it held are dropped, and a new one starts with the next spans`);
     });

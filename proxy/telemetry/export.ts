@@ -9,7 +9,7 @@ import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import { defaultResource, detectResources, hostDetector, resourceAttributesEnvDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, ConsoleSpanExporter, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
 import type { TracesConfig } from './config.ts';
-import { spanOf, type SpanOrigin, type SpanSource } from './spans.ts';
+import { spansOf, type SpanOrigin, type SpanSource } from './spans.ts';
 
 async function exporter(config: TracesConfig): Promise<SpanExporter> {
   if (config.exporter === 'console') return new ConsoleSpanExporter();
@@ -97,7 +97,7 @@ function queueFullListener(reports: ExportReports): MeterProvider {
 }
 
 export interface SpanExport {
-  /** Build the sources' spans and queue them for the next batch. */
+  /** Build the sources' spans (one or two each) and queue them for the next batch. */
   add(sources: readonly SpanSource[]): void;
   /** Export what is queued, waiting at most `flushMs` (or the export timeout, if shorter). */
   shutdown(flushMs: number): Promise<void>;
@@ -121,7 +121,7 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
   };
   return {
     add(sources) {
-      for (const s of sources) processor.onEnd(spanOf(origin, s));
+      for (const s of sources) for (const span of spansOf(origin, s)) processor.onEnd(span);
     },
     async shutdown(flushMs) {
       // Flush what is queued, but hold shutdown at most flushMs: the OTLP exporter

@@ -11,9 +11,9 @@ import { SpanKind } from '@opentelemetry/api';
 import type { Observation } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
 import type { ForwardOutcome } from '../forward/forward.ts';
-import { buildRecord, logLine, pathOf } from './record.ts';
+import { buildRecord, logLine } from './record.ts';
 import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
-import type { RequestFacts, TraceRef, UpstreamCall } from './spans.ts';
+import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';
 import type { Instruments } from './instruments.ts';
 import type { DecisionLog } from './decision-log.ts';
 import type { Ring } from './recent.ts';
@@ -27,15 +27,19 @@ export interface Sink {
   readonly ring: Ring;
 }
 
-interface Upstream { readonly text: string; readonly address: string; readonly port: number; readonly origin: string }
-let lastUpstream: Upstream | undefined;
+let lastUpstream: { readonly text: string; readonly upstream: Upstream } | undefined;
 
-/** The upstream's address for the CLIENT span, parsed once per rules' upstream, not per request. */
+/**
+ * The upstream's address for the CLIENT span, parsed once per rules' upstream, not per
+ * request: one object, which a message to the export thread then carries once.
+ */
 function upstreamOf(text: string): Upstream {
-  if (lastUpstream?.text === text) return lastUpstream;
+  if (lastUpstream?.text === text) return lastUpstream.upstream;
   const u = new URL(text);
   const port = u.port ? Number(u.port) : u.protocol === 'https:' ? 443 : 80;
-  return (lastUpstream = { text, address: u.hostname, port, origin: u.origin });
+  const upstream = { address: u.hostname, port, origin: u.origin };
+  lastUpstream = { text, upstream };
+  return upstream;
 }
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH', 'QUERY']);
@@ -54,14 +58,18 @@ export class RequestObservation implements Observation {
   readonly #trace: TraceStart;
   /** Built only when the spans will be exported. */
   readonly #facts?: RequestFacts;
-  #ref?: TraceRef;
-  readonly #method: string;
   readonly #start: number;
   #decision?: Decision;
   #decidedAt = 0;
-  #client?: UpstreamCall;
+  /** The CLIENT span's id, sent upstream in traceparent. */
   #clientSpanId?: string;
+  /** Set when the CLIENT span will be exported: the upstream request was made, with spans exported. */
+  #upstream?: Upstream;
   #forwardStart = 0;
+  /** When forwarded() was reported, and what of. */
+  #forwardEnd?: number;
+  #callStatus?: number;
+  #callError?: string;
   #upstreamMs = 0;
   #forwarded = false;
   /** forwarding() was reported and forwarded() not yet. */
@@ -77,7 +85,6 @@ export class RequestObservation implements Observation {
     this.#start = performance.now();
     const req = ctx.req;
     const method = req.method !== undefined && METHODS.has(req.method) ? req.method : '_OTHER';
-    this.#method = method;
     const t = sink.tracing.start(req.headers, method, SpanKind.SERVER);
     this.#trace = t;
     this.traceId = t.traceId;
@@ -124,14 +131,7 @@ export class RequestObservation implements Observation {
     into['traceparent'] = this.#w3c(spanId);
     const state = this.#trace.traceState?.serialize();
     if (state) into['tracestate'] = state;
-    if (this.#facts) {
-      const op = this.#ctx.operation;
-      const up = upstreamOf(this.#ctx.rules.proxy.upstream);
-      this.#client = {
-        method: this.#method, address: up.address, port: up.port, url: up.origin + pathOf(this.#ctx),
-        ...(op ? { template: op.path } : {}),
-      };
-    }
+    if (this.#facts) this.#upstream = upstreamOf(this.#ctx.rules.proxy.upstream);
   }
 
   forwarding(): void {
@@ -145,23 +145,22 @@ export class RequestObservation implements Observation {
     this.#upstreamMs = now - this.#forwardStart;
     this.#forwarding = false;
     if (outcome.failure) this.#failure = outcome.failure;
-    const call = this.#client;
-    if (call) {
-      if (outcome.status !== undefined) call.status = outcome.status;
-      if (outcome.failure || outcome.aborted) call.error = outcome.failure ?? outcome.error ?? 'aborted';
-      this.#exportClient(call, now);
-    }
+    this.#forwardEnd = now;
+    if (outcome.status !== undefined) this.#callStatus = outcome.status;
+    if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
     if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
   }
 
-  /** The CLIENT span, from the start of forwarding to `endAt` (a performance.now() reading). */
-  #exportClient(call: UpstreamCall, endAt: number): void {
-    this.#sink.tracing.export({ kind: 'client', trace: this.#traceRef(), spanId: this.#clientSpanId!, call, startMs: this.#epoch(this.#forwardStart), endMs: this.#epoch(endAt) });
-    this.#client = undefined;
-  }
-
-  #traceRef(): TraceRef {
-    return (this.#ref ??= traceRef(this.#trace));
+  /** The CLIENT span's source: from the start of forwarding to its reported end, else to `endAt`. */
+  #call(upstream: Upstream, endAt: number): UpstreamCall {
+    // Forwarding started but its end was never reported: the call ends with the request, aborted.
+    const error = this.#callError ?? (this.#forwardEnd === undefined ? 'aborted' : undefined);
+    return {
+      spanId: this.#clientSpanId!, upstream,
+      startMs: this.#epoch(this.#forwardStart), endMs: this.#epoch(this.#forwardEnd ?? endAt),
+      ...(this.#callStatus !== undefined ? { status: this.#callStatus } : {}),
+      ...(error !== undefined ? { error } : {}),
+    };
   }
 
   end(status: number): void {
@@ -182,9 +181,10 @@ export class RequestObservation implements Observation {
 
     if (this.#facts) {
       const endMs = this.#epoch(endAt);
-      // Forwarding started but its end was never reported: the CLIENT span ends with the request.
-      if (this.#client) this.#exportClient({ ...this.#client, error: this.#client.error ?? 'aborted' }, endAt);
-      sink.tracing.export({ kind: 'server', trace: this.#traceRef(), facts: this.#facts, record: r, checksAtMs: this.#decidedAt || endMs, endMs });
+      sink.tracing.export({
+        trace: traceRef(this.#trace), facts: this.#facts, record: r, checksAtMs: this.#decidedAt || endMs, endMs,
+        ...(this.#upstream ? { call: this.#call(this.#upstream, endAt) } : {}),
+      });
     }
     sink.instruments.record(r, this.#forwarded, this.#upstreamMs / 1000, this.#failure);
     sink.ring.push(r);

@@ -58,10 +58,18 @@ export interface TraceRef {
   readonly traceState?: string;
 }
 
-/** What a finished span is built from, sent from the request's thread to the export thread. */
-export type SpanSource =
-  | { readonly kind: 'server'; readonly trace: TraceRef; readonly facts: RequestFacts; readonly record: DecisionRecord; readonly checksAtMs: number; readonly endMs: number }
-  | { readonly kind: 'client'; readonly trace: TraceRef; readonly spanId: string; readonly call: UpstreamCall; readonly startMs: number; readonly endMs: number };
+/**
+ * What a request's spans are built from, sent from the request's thread to the export thread:
+ * the SERVER span's facts and record, and the upstream call's, when there was one.
+ */
+export interface SpanSource {
+  readonly trace: TraceRef;
+  readonly facts: RequestFacts;
+  readonly record: DecisionRecord;
+  readonly checksAtMs: number;
+  readonly endMs: number;
+  readonly call?: UpstreamCall;
+}
 
 /** Where every span of one driftguard comes from, as exporters report it. */
 export interface SpanOrigin {
@@ -138,7 +146,7 @@ export class ServerSpan extends FinishedSpan {
   readonly #record: DecisionRecord;
   readonly #checksAtMs: number;
 
-  constructor(origin: SpanOrigin, s: Extract<SpanSource, { kind: 'server' }>) {
+  constructor(origin: SpanOrigin, s: SpanSource) {
     super(origin, contextOf(s.trace, s.trace.spanId), s.trace.parent, s.record.timeMs, s.endMs);
     this.#facts = s.facts;
     this.#record = s.record;
@@ -182,16 +190,27 @@ export class ServerSpan extends FinishedSpan {
   }
 }
 
-/** What the CLIENT span records of the upstream call. */
-export interface UpstreamCall {
-  readonly method: string;
-  readonly template?: string;
+/** Where the upstream is: one object per rules' upstream, shared by every call to it. */
+export interface Upstream {
   readonly address: string;
   readonly port: number;
-  readonly url: string;
-  status?: number;
+  readonly origin: string;
+}
+
+/**
+ * What the CLIENT span records of the upstream call; its method, route and path are the
+ * request's (the SERVER span's), and `upstream` is shared, so a message of many sources
+ * carries it once.
+ */
+export interface UpstreamCall {
+  /** The span's id: what the upstream received in traceparent. */
+  readonly spanId: string;
+  readonly upstream: Upstream;
+  readonly startMs: number;
+  readonly endMs: number;
+  readonly status?: number;
   /** Why the call failed (upstream-unavailable, upstream-timeout, an error name, aborted). */
-  error?: string;
+  readonly error?: string;
 }
 
 /** The upstream call: its context is what the upstream received in traceparent. */
@@ -199,11 +218,17 @@ export class ClientSpan extends FinishedSpan {
   readonly kind = SpanKind.CLIENT;
   readonly name: string;
   readonly #call: UpstreamCall;
+  readonly #method: string;
+  readonly #template?: string;
+  readonly #path: string;
 
-  constructor(origin: SpanOrigin, s: Extract<SpanSource, { kind: 'client' }>) {
-    super(origin, contextOf(s.trace, s.spanId), contextOf(s.trace, s.trace.spanId), s.startMs, s.endMs);
-    this.#call = s.call;
-    this.name = s.call.template !== undefined ? `${s.call.method} ${s.call.template}` : s.call.method;
+  constructor(origin: SpanOrigin, s: SpanSource, call: UpstreamCall) {
+    super(origin, contextOf(s.trace, call.spanId), contextOf(s.trace, s.trace.spanId), call.startMs, call.endMs);
+    this.#call = call;
+    this.#method = s.facts.method;
+    if (s.record.route !== undefined) this.#template = s.record.route;
+    this.#path = s.record.path;
+    this.name = this.#template !== undefined ? `${this.#method} ${this.#template}` : this.#method;
   }
 
   get events(): TimedEvent[] { return []; }
@@ -216,11 +241,11 @@ export class ClientSpan extends FinishedSpan {
 
   protected buildAttributes(): Attributes {
     const c = this.#call;
-    const a: Attributes = { 'http.request.method': c.method };
-    if (c.template !== undefined) a['url.template'] = c.template;
-    a['server.address'] = c.address;
-    a['server.port'] = c.port;
-    a['url.full'] = c.url;
+    const a: Attributes = { 'http.request.method': this.#method };
+    if (this.#template !== undefined) a['url.template'] = this.#template;
+    a['server.address'] = c.upstream.address;
+    a['server.port'] = c.upstream.port;
+    a['url.full'] = c.upstream.origin + this.#path;
     if (c.status !== undefined) a['http.response.status_code'] = c.status;
     if (c.error !== undefined) a['error.type'] = c.error;
     else if (c.status !== undefined && c.status >= 400) a['error.type'] = String(c.status);
@@ -228,6 +253,8 @@ export class ClientSpan extends FinishedSpan {
   }
 }
 
-export function spanOf(origin: SpanOrigin, source: SpanSource): ReadableSpan {
-  return source.kind === 'server' ? new ServerSpan(origin, source) : new ClientSpan(origin, source);
+/** The request's spans: the upstream call's CLIENT span first, as it ended first. */
+export function spansOf(origin: SpanOrigin, source: SpanSource): ReadableSpan[] {
+  const server = new ServerSpan(origin, source);
+  return source.call ? [new ClientSpan(origin, source, source.call), server] : [server];
 }

@@ -8,6 +8,7 @@ import t from 'tap';
 import { ExportThread } from '../../proxy/telemetry/export-thread.ts';
 import type { TracesConfig } from '../../proxy/telemetry/config.ts';
 import type { SpanSource } from '../../proxy/telemetry/spans.ts';
+import type { DecisionRecord } from '../../proxy/telemetry/record.ts';
 import { collector, eventually, KIND } from './support.ts';
 
 function config(url: string, over: Partial<TracesConfig> = {}): TracesConfig {
@@ -18,33 +19,45 @@ function config(url: string, over: Partial<TracesConfig> = {}): TracesConfig {
 }
 
 let n = 0;
-function client(): SpanSource {
+const upstream = { address: '127.0.0.1', port: 9, origin: 'http://127.0.0.1:9' };
+
+/** A request's span source: its SERVER span, and its CLIENT span when `forwarded`. */
+function source(forwarded = false): SpanSource {
   n++;
   const now = Date.now();
+  const spanId = n.toString(16).padStart(16, '0');
+  const record: DecisionRecord = {
+    time: new Date(now).toISOString(), timeMs: now, traceId: '0af7651916cd43dd8448eb211c80319c', spanId,
+    decision: 'allow', enforced: true, reason: 'allowed', warnings: [], detail: 'allowed', method: 'GET', path: `/items/${n}`,
+    route: '/items/{id}', operation: 'getItem', currentContract: '2026-09', rules: 'abc', status: 200,
+    checks: [{ check: 'operation', outcome: 'continue' }],
+  };
   return {
-    kind: 'client',
-    trace: { traceId: '0af7651916cd43dd8448eb211c80319c', spanId: 'b7ad6b7169203331', sampled: true, traceState: 'vendor=one' },
-    spanId: n.toString(16).padStart(16, '0'),
-    call: { method: 'GET', address: '127.0.0.1', port: 9, url: `http://127.0.0.1:9/items/${n}`, template: '/items/{id}', status: 200 },
-    startMs: now, endMs: now + 1,
+    trace: { traceId: record.traceId, spanId, sampled: true, traceState: 'vendor=one' },
+    facts: { method: 'GET', protocolVersion: '1.1' }, record, checksAtMs: now, endMs: now + 2,
+    ...(forwarded ? { call: { spanId: 'c' + spanId.slice(1), upstream, startMs: now, endMs: now + 1, status: 200 } } : {}),
   };
 }
 
-t.test('spans handed over come back from the collector, and are counted as exported', async (t) => {
+t.test('sources handed over come back from the collector as spans, and are counted as exported', async (t) => {
   const otlp = await collector();
   t.teardown(() => otlp.close());
   const thread = new ExportThread(config(otlp.url + '/v1/traces'), (m) => t.fail(m));
   t.teardown(() => thread.shutdown());
-  for (let i = 0; i < 20; i++) thread.add(client());
-  await eventually('20 spans at the collector', async () => otlp.spans.length === 20);
-  const s = otlp.spans[0]!;
-  t.equal(s.kind, KIND.CLIENT);
-  t.equal(s.traceId, '0af7651916cd43dd8448eb211c80319c');
-  t.equal(s.parentSpanId, 'b7ad6b7169203331', 'the parent is the SERVER span named in the source');
-  t.equal(s.name, 'GET /items/{id}');
-  t.equal(s.attributes['url.template'], '/items/{id}');
-  t.equal(s.resource['service.name'], 'export-thread-test', 'the resource is built on the export thread');
-  await eventually('the exports to be counted', async () => thread.counts.exported === 20);
+  for (let i = 0; i < 10; i++) thread.add(source(true));
+  for (let i = 0; i < 10; i++) thread.add(source());
+  await eventually('30 spans at the collector', async () => otlp.spans.length === 30);
+  t.equal(otlp.spans.filter((s) => s.kind === KIND.SERVER).length, 20, 'a SERVER span per source');
+  const client = otlp.spans.find((s) => s.kind === KIND.CLIENT)!;
+  const server = otlp.spans.find((s) => s.kind === KIND.SERVER && s.spanId === client.parentSpanId)!;
+  t.ok(server, 'the CLIENT span\'s parent is its request\'s SERVER span');
+  t.equal(client.traceId, '0af7651916cd43dd8448eb211c80319c');
+  t.equal(client.name, 'GET /items/{id}', 'method and route are the request\'s');
+  t.equal(client.attributes['url.full'], `http://127.0.0.1:9${server.attributes['url.path']}`, 'the upstream origin and the request\'s path');
+  t.equal(client.attributes['server.port'], 9);
+  t.equal(server.attributes['driftguard.operation'], 'getItem');
+  t.equal(server.resource['service.name'], 'export-thread-test', 'the resource is built on the export thread');
+  await eventually('the exports to be counted', async () => thread.counts.exported === 30);
   t.same(thread.counts.dropped, { queue_full: 0, export_failed: 0 });
 });
 
@@ -53,11 +66,11 @@ t.test('shutdown exports what is still on its way', async (t) => {
   t.teardown(() => otlp.close());
   // A batch of 8 that never fills and a delay far beyond the test: only shutdown sends these.
   const thread = new ExportThread(config(otlp.url + '/v1/traces', { scheduledDelayMs: 60_000 }), (m) => t.fail(m));
-  for (let i = 0; i < 5; i++) thread.add(client());
+  for (let i = 0; i < 5; i++) thread.add(source());
   await thread.shutdown();
   t.equal(otlp.spans.length, 5, 'all five were exported before shutdown resolved');
   t.equal(thread.counts.exported, 5);
-  thread.add(client());
+  thread.add(source());
   t.equal(thread.counts.dropped.export_failed, 1, 'a span after shutdown is dropped and counted');
 });
 
@@ -67,11 +80,11 @@ t.test('at most maxQueueSize spans on their way: the rest are dropped as queue_f
   t.teardown(() => otlp.close());
   const thread = new ExportThread(config(otlp.url + '/v1/traces', { maxQueueSize: 4, maxExportBatchSize: 2, exportTimeoutMs: 300 }), () => {});
   t.teardown(() => thread.shutdown());
-  for (let i = 0; i < 10; i++) thread.add(client());
+  for (let i = 0; i < 10; i++) thread.add(source());
   t.equal(thread.counts.dropped.queue_full, 6, 'counted synchronously, before any export answered');
   await eventually('the hanging exports to time out and be counted', async () => thread.counts.dropped.export_failed === 4);
   // Settled spans free their places in the queue.
-  thread.add(client());
+  thread.add(source());
   t.equal(thread.counts.dropped.queue_full, 6, 'a place freed by a failed export is taken again');
 });
 
@@ -85,18 +98,18 @@ t.test('a thread that dies: what it held is counted as export_failed, and a new 
   const thread = new ExportThread(config('http://127.0.0.1:9/v1/traces'), (m) => warnings.push(m), { entry, restartMs });
   t.teardown(() => thread.shutdown());
   await eventually('the thread to start', async () => warnings.includes('started'));
-  for (let i = 0; i < 3; i++) thread.add(client()); // posted within POST_MS (10 ms), and the thread exits
+  for (let i = 0; i < 3; i++) thread.add(source()); // posted within POST_MS (10 ms), and the thread exits
   await eventually('the thread to stop', async () => warnings.some((w) => w.includes('stopped (exit code 3)')));
   t.equal(thread.counts.dropped.export_failed, 3, 'the three spans it held');
   // Within restartMs of the last start: no new thread, the batch is dropped and counted when
   // it would be posted (a thread started instead would take far longer to take and lose them).
-  for (let i = 0; i < 3; i++) thread.add(client());
+  for (let i = 0; i < 3; i++) thread.add(source());
   await new Promise((r) => setTimeout(r, 60));
   t.equal(thread.counts.dropped.export_failed, 6, 'no thread to take them');
   t.equal(warnings.filter((w) => w === 'started').length, 1);
   t.ok(Date.now() - started < restartMs, 'those were within restartMs of the start');
   await new Promise((r) => setTimeout(r, started + restartMs + 50 - Date.now()));
-  for (let i = 0; i < 3; i++) thread.add(client());
+  for (let i = 0; i < 3; i++) thread.add(source());
   await eventually('a second thread to start', async () => warnings.filter((w) => w === 'started').length === 2);
   await eventually('it to stop too', async () => thread.counts.dropped.export_failed === 9);
   t.notOk(warnings.some((w) => /Bearer|authorization/i.test(w)));
