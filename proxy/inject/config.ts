@@ -99,7 +99,7 @@ export const configSchema = {
       default: {},
       properties: {
         requests: { ...resourceList, default: { cpu: '50m', memory: '64Mi' } },
-        limits: { ...resourceList, default: { memory: '128Mi' } },
+        limits: { ...resourceList, default: { memory: '256Mi' } },
       },
     },
     tmpSizeLimit: { ...quantity, default: '16Mi' },
