@@ -174,16 +174,19 @@ export class ExportThread {
     const worker = this.#worker;
     if (!worker) return;
     worker.ref();
+    // The thread flushes, says 'closed' and then ends by itself, which also delivers what it
+    // wrote to stdout (the console exporter); terminate() would drop that. The timer is the
+    // backstop: the thread gives up on the collector after SHUTDOWN_FLUSH_MS.
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    worker.postMessage({ type: 'shutdown' } satisfies ToExport);
     let timer: NodeJS.Timeout | undefined;
-    await new Promise<void>((resolve) => {
-      this.#closed = resolve;
-      // The thread gives up on the collector after SHUTDOWN_FLUSH_MS; this is the backstop.
-      timer = setTimeout(resolve, SHUTDOWN_FLUSH_MS + 1_000);
-      worker.postMessage({ type: 'shutdown' } satisfies ToExport);
-    });
+    const backstop = new Promise<void>((resolve) => { timer = setTimeout(resolve, SHUTDOWN_FLUSH_MS + 1_000); });
+    await Promise.race([new Promise<void>((resolve) => { this.#closed = resolve; }), backstop]);
+    await Promise.race([exited, backstop]);
     clearTimeout(timer);
     this.#worker = undefined;
     this.#drop(this.#inFlight);
     await worker.terminate();
   }
+
 }

@@ -36,6 +36,8 @@ port.on('message', (m: ToExport) => {
   void spans.shutdown(settings.shutdownFlushMs).then(() => {
     if (scheduled) report();
     send({ type: 'closed' });
+    // With its port closed the thread has nothing left to do and ends by itself, after its
+    // stdout (the console exporter's output) has reached the request thread.
     port.close();
   });
 });

@@ -119,4 +119,9 @@ t.test('the CLI: stderr, stdout, answers and admin endpoints carry no secret', a
   assertNoSecret(t, 'admin endpoints', admin, secrets);
   assertNoSecret(t, 'stdout and stderr', out, secrets);
   t.ok(up.seen.length > 0, 'control: some calls were forwarded');
+  // Control: what was scanned holds every decision's span, printed by the console exporter on
+  // the export thread (the last ones only as it is shut down), not just the decision log.
+  const decisions = out.split('\n').filter((l) => l.includes('"msg":"decision"')).length;
+  t.ok(decisions >= 71, `control: ${decisions} decision-log lines`);
+  t.equal(out.split("'driftguard.decision':").length - 1, decisions, 'control: a SERVER span printed for each decision');
 });
