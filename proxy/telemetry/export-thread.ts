@@ -82,7 +82,7 @@ export class ExportThread {
     this.#warn = warn;
     this.#entry = options.entry ?? ENTRY;
     this.#restartMs = options.restartMs ?? RESTART_MS;
-    this.#start();
+    // The thread starts with the first spans: none is started where none are sampled.
   }
 
   add(source: SpanSource): void {

@@ -2,8 +2,9 @@
 // begin: continue the caller's trace (or start one) and take the SERVER span's id and
 // sampling decision; decided: note the time of the checks' verdicts; upstreamHeaders/
 // forwarding/forwarded: the CLIENT span around the upstream call, whose id the upstream
-// receives in traceparent; end: the decision record, from which the spans (spans.ts), the
-// metrics, the decision log line and the /decisions entry are all made.
+// receives in traceparent; end: the decision record, from which the metrics, the decision
+// log line and the /decisions entry are made here, and the spans on the export thread (the
+// record goes there in the request's span source: spans.ts, export-thread.ts).
 // One object per request, methods on the prototype: no closures on the hot path.
 
 import { performance } from 'node:perf_hooks';

@@ -91,14 +91,16 @@ t.test('at most maxQueueSize spans on their way: the rest are dropped as queue_f
 t.test('a thread that dies: what it held is counted as export_failed, and a new one starts, not sooner than restartMs', async (t) => {
   const warnings: string[] = [];
   const entry = new URL('../support/failing-export-worker.ts', import.meta.url);
-  // The first start is at construction; a thread under tap's TypeScript loader takes about a
-  // second to load, well within restartMs.
+  // The thread starts with the first spans (posted within POST_MS, 10 ms); under tap's
+  // TypeScript loader it takes about a second to load, well within restartMs.
   const restartMs = 4_000;
-  const started = Date.now();
   const thread = new ExportThread(config('http://127.0.0.1:9/v1/traces'), (m) => warnings.push(m), { entry, restartMs });
   t.teardown(() => thread.shutdown());
+  await new Promise((r) => setTimeout(r, 100));
+  t.same(warnings, [], 'no thread before there are spans');
+  const started = Date.now();
+  for (let i = 0; i < 3; i++) thread.add(source());
   await eventually('the thread to start', async () => warnings.includes('started'));
-  for (let i = 0; i < 3; i++) thread.add(source()); // posted within POST_MS (10 ms), and the thread exits
   await eventually('the thread to stop', async () => warnings.some((w) => w.includes('stopped (exit code 3)')));
   t.equal(thread.counts.dropped.export_failed, 3, 'the three spans it held');
   // Within restartMs of the last start: no new thread, the batch is dropped and counted when
