@@ -17,7 +17,7 @@ import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
 import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';
 import type { Instruments } from './instruments.ts';
 import type { DecisionLog } from './decision-log.ts';
-import type { Ring } from './recent.ts';
+import { recentEntry, type Ring } from './recent.ts';
 
 /** Shared by every observation of one driftguard. */
 export interface Sink {
@@ -188,9 +188,12 @@ export class RequestObservation implements Observation {
       });
     }
     sink.instruments.record(r, this.#forwarded, this.#upstreamMs / 1000, this.#failure);
-    sink.ring.push(r);
-    if (sink.log.enabled && (r.decision !== 'allow' || sink.allowSampleRate >= 1 || Math.random() < sink.allowSampleRate)) {
-      sink.log.write(logLine(r));
+    // One line for the decision log and the recent-decisions ring alike.
+    const logged = sink.log.enabled && (r.decision !== 'allow' || sink.allowSampleRate >= 1 || Math.random() < sink.allowSampleRate);
+    if (logged || sink.ring.capacity > 0) {
+      const line = logLine(r);
+      sink.ring.push(recentEntry(r, line));
+      if (logged) sink.log.write(line);
     }
   }
 }

@@ -1,25 +1,63 @@
 // Recent decisions for responders: a fixed-size ring of every decision (not sampled), and
 // GET /decisions on the admin listener answering from it, newest first, filtered by
 // consumer, owner, operation, reason, decision, trace id and time.
+//
+// The ring holds each decision as its decision-log line (one flat string) and the few fields
+// the filters read, not as its record: a record is a graph of objects that outlives many
+// young-generation collections before the ring lets it go. Measured under the chart's heap
+// limits with the default 10,000 entries (3 rounds): a ring of records cost 7% of the
+// throughput (5,796 req/s without a ring, 5,418 with), a ring of lines under 1% (5,752).
 
 import type { ServerResponse } from 'node:http';
 import { parseDuration } from '../rules/durations.ts';
 import type { AdminRoutes } from '../admin/server.ts';
-import { publicEntry, type DecisionRecord } from './record.ts';
+import type { DecisionRecord } from './record.ts';
+
+/** A decision as the ring keeps it. */
+export interface RecentEntry {
+  readonly timeMs: number;
+  readonly traceId: string;
+  readonly decision: string;
+  readonly reason: string;
+  readonly warnings: readonly string[];
+  readonly consumer: string | undefined;
+  readonly owner: string | undefined;
+  readonly operation: string | undefined;
+  /** The decision-log line (record.ts logLine). */
+  readonly line: string;
+}
+
+export function recentEntry(r: DecisionRecord, line: string): RecentEntry {
+  // The line is a tree of the pieces it was concatenated from (logLine): flattened, the ring
+  // keeps one string, not dozens (reading it as a number makes V8 flatten it, as pino's
+  // flatstr does).
+  Number(line);
+  return {
+    timeMs: r.timeMs, traceId: r.traceId, decision: r.decision, reason: r.reason, warnings: r.warnings,
+    consumer: r.consumer, owner: r.owner, operation: r.operation, line,
+  };
+}
+
+/** An entry as GET /decisions shows it: the log line's fields, without its msg, and with warnings even when there are none. */
+export function publicEntry(e: RecentEntry): Record<string, unknown> {
+  const { msg: _msg, ...fields } = JSON.parse(e.line) as Record<string, unknown>;
+  fields.warnings ??= [];
+  return fields;
+}
 
 export class Ring {
-  readonly #items: (DecisionRecord | undefined)[];
+  readonly #items: (RecentEntry | undefined)[];
   #next = 0;
   #size = 0;
 
   constructor(capacity: number) {
-    this.#items = new Array<DecisionRecord | undefined>(capacity);
+    this.#items = new Array<RecentEntry | undefined>(capacity);
   }
 
   get capacity(): number { return this.#items.length; }
   get size(): number { return this.#size; }
 
-  push(r: DecisionRecord): void {
+  push(r: RecentEntry): void {
     const n = this.#items.length;
     if (n === 0) return;
     this.#items[this.#next] = r;
@@ -28,7 +66,7 @@ export class Ring {
   }
 
   /** Newest first. */
-  *newest(): IterableIterator<DecisionRecord> {
+  *newest(): IterableIterator<RecentEntry> {
     const n = this.#items.length;
     for (let i = 1; i <= this.#size; i++) yield this.#items[(this.#next - i + n) % n]!;
   }
@@ -89,7 +127,7 @@ export function parseFilter(params: URLSearchParams, now: number): DecisionFilte
   return f;
 }
 
-export function matches(r: DecisionRecord, f: DecisionFilter): boolean {
+export function matches(r: RecentEntry, f: DecisionFilter): boolean {
   if (f.consumer !== undefined && r.consumer !== f.consumer) return false;
   if (f.owner !== undefined && r.owner !== f.owner) return false;
   if (f.operation !== undefined && r.operation !== f.operation) return false;
@@ -101,8 +139,8 @@ export function matches(r: DecisionRecord, f: DecisionFilter): boolean {
   return true;
 }
 
-export function query(ring: Ring, f: DecisionFilter): DecisionRecord[] {
-  const out: DecisionRecord[] = [];
+export function query(ring: Ring, f: DecisionFilter): RecentEntry[] {
+  const out: RecentEntry[] = [];
   for (const r of ring.newest()) {
     // No early stop at `since`: records enter the ring when their response ends, so a slow
     // request can sit after a newer one.

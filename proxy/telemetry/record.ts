@@ -185,9 +185,3 @@ export function checksText(checks: readonly CheckRecord[]): string {
   for (const c of checks) s += (s ? ' ' : '') + c.check + ':' + c.outcome + (c.reason && c.outcome !== 'continue' ? ':' + c.reason : '');
   return s;
 }
-
-/** The record as a /decisions entry (the same fields as the log line, as an object). */
-export function publicEntry(r: DecisionRecord): Record<string, unknown> {
-  const { timeMs: _t, checks, extra, ...rest } = r;
-  return { ...rest, checks: checksText(checks), ...extra };
-}
