@@ -129,10 +129,14 @@ export class ExportThread {
     const config = this.#config;
     const worker = new Worker(this.#entry, {
       workerData: { traces: config, shutdownFlushMs: SHUTDOWN_FLUSH_MS } satisfies ExportSettings,
-      // Its old generation is sized as the process's is (NODE_OPTIONS' --max-old-space-size
-      // applies to both); its young one is kept small, since most of what it allocates, a
-      // batch's spans and their encoding, lives for one batch.
-      resourceLimits: { maxYoungGenerationSizeMb: 8 },
+      // Its own heap limits, whatever the process's: room for its modules and a full queue of
+      // spans (a few KiB each), and a small young generation, since most of what it
+      // allocates, a batch's spans and their encoding, lives for one batch. A heap sized from
+      // the machine's memory, as V8 does by default, is collected lazily and holds far more.
+      resourceLimits: { maxOldGenerationSizeMb: 32 + Math.ceil(config.maxQueueSize * 4 / 1024), maxYoungGenerationSizeMb: 8 },
+      // None of the process's command-line flags: the thread needs no loader (tests run under
+      // tap's), and V8's options are the process's in any case.
+      execArgv: [],
     });
     // The thread must not keep the process alive on its own; shutdown() holds it while it flushes.
     worker.unref();
