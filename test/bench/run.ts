@@ -15,7 +15,8 @@
 //   --quick          one short round (under a minute): checks the harness, not the figures
 //   --rounds N       interleaved rounds (default 3)
 //   --out FILE       where to write the JSON (default test/bench/results/latest.json)
-//   --profile DIR    run driftguard under --cpu-prof and leave the profiles in DIR
+//   --profile DIR    run driftguard under --cpu-prof and leave the profiles in DIR/<target>/,
+//                    one per thread (the request thread's is the larger)
 //   --note TEXT      recorded in the JSON (e.g. what else the machine was doing)
 //   --keep           keep the working directory (rules, logs, request files) in /tmp
 //   --limited-node-options=TEXT   NODE_OPTIONS of driftguard-limited instead of the chart's
@@ -165,9 +166,11 @@ async function main(): Promise<void> {
       const file = join(dir, name, 'rules.yaml');
       writeFileSync(file, stringify(rulesFor({ upstream: upstreamUrl, jwksUrl: jwksHttp.url, listen: `127.0.0.1:${port}`, admin: `127.0.0.1:${adminPort}`, extra: features ? (telemetry ? { telemetry } : {}) : { ...(telemetry ? { telemetry: CORE_TELEMETRY } : {}), ...CORE_LIFECYCLE } })));
       const logFile = join(dir, `${name}.log`);
-      const prof = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(args.profile)}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
-      const child = await spawnNode(name, [...prof, cli, 'run', '--config', file, '--grace', '2s'], {
-        env: { ...process.env, ...otelEnv, NODE_OPTIONS: nodeOptions }, logFile,
+      // Through NODE_OPTIONS, so that the export thread is profiled too (a worker takes no
+      // command-line flags of the process's): one profile per thread in DIR/<target>/.
+      const prof = args.profile ? ` --cpu-prof --cpu-prof-dir=${join(resolve(args.profile), name)}` : '';
+      const child = await spawnNode(name, [cli, 'run', '--config', file, '--grace', '2s'], {
+        env: { ...process.env, ...otelEnv, NODE_OPTIONS: (nodeOptions + prof).trim() }, logFile,
       });
       children.push(child);
       await waitReady(`http://127.0.0.1:${adminPort}`, name);
