@@ -71,7 +71,6 @@ export class RequestObservation implements Observation {
   #forwardEnd?: number;
   #callStatus?: number;
   #callError?: string;
-  #upstreamMs = 0;
   #forwarded = false;
   /** forwarding() was reported and forwarded() not yet. */
   #forwarding = false;
@@ -142,11 +141,9 @@ export class RequestObservation implements Observation {
   }
 
   forwarded(outcome: ForwardOutcome): void {
-    const now = performance.now();
-    this.#upstreamMs = now - this.#forwardStart;
+    this.#forwardEnd = performance.now();
     this.#forwarding = false;
     if (outcome.failure) this.#failure = outcome.failure;
-    this.#forwardEnd = now;
     if (outcome.status !== undefined) this.#callStatus = outcome.status;
     if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
     if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
@@ -176,9 +173,12 @@ export class RequestObservation implements Observation {
     const endAt = performance.now();
     const durationMs = endAt - this.#start;
     r.status = status;
+    // Waiting on and streaming from the upstream, from forwarding() to forwarded(); 0 when
+    // forwarding never started or its end was never reported.
+    const upstreamMs = this.#forwardEnd === undefined ? 0 : this.#forwardEnd - this.#forwardStart;
     r.durationMs = round(durationMs);
-    if (this.#forwarded) r.upstreamMs = round(this.#upstreamMs);
-    r.addedMs = round(durationMs - this.#upstreamMs);
+    if (this.#forwarded) r.upstreamMs = round(upstreamMs);
+    r.addedMs = round(durationMs - upstreamMs);
 
     if (this.#facts) {
       const endMs = this.#epoch(endAt);
@@ -187,7 +187,7 @@ export class RequestObservation implements Observation {
         ...(this.#upstream ? { call: this.#call(this.#upstream, endAt) } : {}),
       });
     }
-    sink.instruments.record(r, this.#forwarded, this.#upstreamMs / 1000, this.#failure);
+    sink.instruments.record(r, this.#forwarded, upstreamMs / 1000, this.#failure);
     // One line for the decision log and the recent-decisions ring alike.
     const logged = sink.log.enabled && (r.decision !== 'allow' || sink.allowSampleRate >= 1 || Math.random() < sink.allowSampleRate);
     if (logged || sink.ring.capacity > 0) {
