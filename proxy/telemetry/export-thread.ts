@@ -37,8 +37,7 @@ export type ToExport =
 export type FromExport =
   /** Spans finished with, since the last message: exported, or dropped and why. */
   | { readonly type: 'settled'; readonly exported: number; readonly queueFull: number; readonly exportFailed: number }
-  | { readonly type: 'warn'; readonly message: string }
-  | { readonly type: 'closed' };
+  | { readonly type: 'warn'; readonly message: string };
 
 /** Longest wait for the collector at shutdown: a pod being stopped should not wait on one that is not there. */
 const SHUTDOWN_FLUSH_MS = 3_000;
@@ -75,7 +74,6 @@ export class ExportThread {
   /** Spans taken and not yet settled (exported or dropped): batched, posted or exporting. */
   #inFlight = 0;
   #closing = false;
-  #closed?: () => void;
 
   constructor(config: TracesConfig, warn: (message: string) => void, options: ExportThreadOptions = {}) {
     this.#config = config;
@@ -147,7 +145,7 @@ export class ExportThread {
       this.#worker = undefined;
       // What it held is lost; what is still batched here goes to the next thread.
       this.#drop(this.#inFlight - this.#batchSpans);
-      if (this.#closing) { this.#closed?.(); return; }
+      if (this.#closing) return;
       this.#warn(`the span export thread stopped (exit code ${code}); the spans it held are dropped, and a new one starts with the next spans`);
     });
     this.#worker = worker;
@@ -164,9 +162,6 @@ export class ExportThread {
         return;
       case 'warn':
         this.#warn(m.message);
-        return;
-      case 'closed':
-        this.#closed?.();
     }
   }
 
@@ -178,15 +173,13 @@ export class ExportThread {
     const worker = this.#worker;
     if (!worker) return;
     worker.ref();
-    // The thread flushes, says 'closed' and then ends by itself, which also delivers what it
-    // wrote to stdout (the console exporter); terminate() would drop that. The timer is the
-    // backstop: the thread gives up on the collector after SHUTDOWN_FLUSH_MS.
+    // The thread flushes, reports what it settled and then ends by itself, which also delivers
+    // what it wrote to stdout (the console exporter); terminate() would drop that. The timer
+    // is the backstop: the thread gives up on the collector after SHUTDOWN_FLUSH_MS.
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     worker.postMessage({ type: 'shutdown' } satisfies ToExport);
     let timer: NodeJS.Timeout | undefined;
-    const backstop = new Promise<void>((resolve) => { timer = setTimeout(resolve, SHUTDOWN_FLUSH_MS + 1_000); });
-    await Promise.race([new Promise<void>((resolve) => { this.#closed = resolve; }), backstop]);
-    await Promise.race([exited, backstop]);
+    await Promise.race([exited, new Promise<void>((resolve) => { timer = setTimeout(resolve, SHUTDOWN_FLUSH_MS + 1_000); })]);
     clearTimeout(timer);
     this.#worker = undefined;
     this.#drop(this.#inFlight);

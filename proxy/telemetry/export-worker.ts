@@ -35,9 +35,9 @@ port.on('message', (m: ToExport) => {
   if (m.type === 'spans') { spans.add(m.sources); return; }
   void spans.shutdown(settings.shutdownFlushMs).then(() => {
     if (scheduled) report();
-    send({ type: 'closed' });
     // With its port closed the thread has nothing left to do and ends by itself, after its
-    // stdout (the console exporter's output) has reached the request thread.
+    // last report and its stdout (the console exporter's output) have reached the request
+    // thread, which waits for that end.
     port.close();
   });
 });

@@ -91,8 +91,8 @@ t.test('at most maxQueueSize spans on their way: the rest are dropped as queue_f
 t.test('a thread that dies: what it held is counted as export_failed, and a new one starts, not sooner than restartMs', async (t) => {
   const warnings: string[] = [];
   const entry = new URL('../support/failing-export-worker.ts', import.meta.url);
-  // The thread starts with the first spans (posted within POST_MS, 10 ms); under tap's
-  // TypeScript loader it takes about a second to load, well within restartMs.
+  // The thread starts with the first spans (posted within POST_MS, 10 ms) and loads in well
+  // under a second, well within restartMs.
   const restartMs = 4_000;
   const thread = new ExportThread(config('http://127.0.0.1:9/v1/traces'), (m) => warnings.push(m), { entry, restartMs });
   t.teardown(() => thread.shutdown());
