@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import type { JWTPayload } from 'jose';
 import { Agent, request } from 'undici';
-import { RemoteKeySet } from './jwks.ts';
+import { RemoteKeySet, type KeySelection } from './jwks.ts';
 import { SERVICE_ACCOUNT_DIR, isDnsLabel, isDnsSubdomain } from '../lib/kubernetes.ts';
 
 export const DEFAULT_TOKEN_FILE = `${SERVICE_ACCOUNT_DIR}/token`;
@@ -69,6 +69,7 @@ export interface DiscoveredKeySetOptions {
   readonly refreshMs: number;
   readonly cooldownMs: number;
   readonly timeoutMs: number;
+  readonly select?: KeySelection;
   readonly now?: () => number;
 }
 
@@ -141,6 +142,7 @@ export function discoveredKeySet(o: DiscoveredKeySetOptions): RemoteKeySet {
     locate,
     ca: (url) => caFor(url),
     headers: (url) => (sameOrigin(url) ? bearer() : {}),
+    ...(o.select ? { select: o.select } : {}),
     ...(o.now ? { now: o.now } : {}),
   });
 }

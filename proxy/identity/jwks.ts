@@ -33,15 +33,18 @@ export interface KeySet {
 
 const MAX_JWKS_BYTES = 1 << 20;
 
-function parseJwks(text: string, from: string): JSONWebKeySet {
+/** Which keys of a fetched set may verify tokens, as jose takes them (see jwtSvidKeys). */
+export type KeySelection = (set: JSONWebKeySet) => JSONWebKeySet;
+
+function parseJwks(text: string, from: string, select?: KeySelection): JSONWebKeySet {
   const data = JSON.parse(text) as JSONWebKeySet;
   if (!data || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
-  return data;
+  return select ? select(data) : data;
 }
 
 /** Keys from a file read at start-up (and re-read on reload, which builds a new KeySet). */
-export function fileKeySet(file: string): KeySet {
-  const jwks = parseJwks(readFileSync(file, 'utf8'), file);
+export function fileKeySet(file: string, select?: KeySelection): KeySet {
+  const jwks = parseJwks(readFileSync(file, 'utf8'), file, select);
   const local = createLocalJWKSet(jwks);
   return {
     start: async () => {},
@@ -64,6 +67,7 @@ export interface RemoteKeySetOptions {
   readonly ca?: string | ((url: URL) => string | string[] | undefined);
   /** Extra request headers, computed on every fetch and per URL (e.g. a rotating bearer token). */
   readonly headers?: (url: URL) => Record<string, string>;
+  readonly select?: KeySelection;
   readonly now?: () => number;
 }
 
@@ -126,7 +130,7 @@ export class RemoteKeySet implements KeySet {
       if (length > MAX_JWKS_BYTES) { await res.body.dump(); throw new Error('JWKS larger than 1 MiB'); }
       const text = await res.body.text();
       if (text.length > MAX_JWKS_BYTES) throw new Error('JWKS larger than 1 MiB');
-      this.#local = createLocalJWKSet(parseJwks(text, this.#options.url));
+      this.#local = createLocalJWKSet(parseJwks(text, this.#options.url, this.#options.select));
       this.#lastSuccessMs = this.#now();
       this.#lastError = undefined;
       this.#refreshes++;

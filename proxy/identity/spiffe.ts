@@ -4,10 +4,28 @@
 // jwt_issuer is configured, so a JWT-SVID without iss is matched by its trust domain.
 // SPIFFE ID syntax follows the SPIFFE-ID specification (and go-spiffe's parser).
 
-import type { JWTPayload, ProtectedHeaderParameters } from 'jose';
+import type { JSONWebKeySet, JWTPayload, ProtectedHeaderParameters } from 'jose';
 
 /** The algorithms the JWT-SVID specification allows. */
 export const SVID_ALGORITHMS: ReadonlySet<string> = new Set(['RS256', 'RS384', 'RS512', 'ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512']);
+
+/**
+ * The keys of a SPIFFE bundle that may verify a JWT-SVID, in the form jose takes. A bundle
+ * marks every key with its use (SPIFFE Trust Domain and Bundle spec, 4.2.2): `jwt-svid` keys
+ * sign JWT-SVIDs, `x509-svid` keys are X.509 authorities and must never verify one. jose
+ * itself takes only keys without `use` or with `use: sig`, so a bundle straight from SPIRE's
+ * bundle endpoint would verify nothing: its `jwt-svid` keys are handed over as `sig`. Keys
+ * already `sig` or without `use` (SPIRE's OIDC discovery provider serves a plain JWKS) are
+ * kept as they are; any other use is dropped.
+ */
+export function jwtSvidKeys(bundle: JSONWebKeySet): JSONWebKeySet {
+  const keys = [];
+  for (const key of bundle.keys) {
+    if (key.use === 'jwt-svid') keys.push({ ...key, use: 'sig' });
+    else if (key.use === undefined || key.use === 'sig') keys.push(key);
+  }
+  return { keys };
+}
 
 const TRUST_DOMAIN = /^[a-z0-9._-]+$/;
 const SEGMENT = /^[A-Za-z0-9._-]+$/;

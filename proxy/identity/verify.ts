@@ -10,7 +10,7 @@ import type { IdentityRules, IssuerRules } from '../rules/types.ts';
 import type { Credential } from '../pipeline/types.ts';
 import { IdentityUnavailableError, fileKeySet, RemoteKeySet, type KeySet } from './jwks.ts';
 import { discoveredKeySet, kubernetesSubject } from './cluster.ts';
-import { spiffeSubject, trustDomainOf } from './spiffe.ts';
+import { jwtSvidKeys, spiffeSubject, trustDomainOf } from './spiffe.ts';
 
 export type VerifyFailure =
   | { readonly reason: 'invalid-credential'; readonly detail: string }
@@ -155,18 +155,20 @@ export class Identity {
 
 function keySetFor(iss: IssuerRules): KeySet {
   const j = iss.jwks;
+  // A spiffe issuer's keys may come as a SPIFFE bundle, where only jwt-svid keys may verify.
+  const select = iss.profile === 'spiffe' ? { select: jwtSvidKeys } : {};
   switch (j.kind) {
-    case 'file': return fileKeySet(j.file);
-    case 'url': return new RemoteKeySet({ url: j.url, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs });
+    case 'file': return fileKeySet(j.file, select.select);
+    case 'url': return new RemoteKeySet({ url: j.url, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs, ...select });
     case 'discovery': return discoveredKeySet({
       discovery: j.discovery, issuer: iss.issuer, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs,
-      ...(j.tokenFile !== undefined ? { tokenFile: j.tokenFile } : {}), ...(j.caFile !== undefined ? { caFile: j.caFile } : {}),
+      ...(j.tokenFile !== undefined ? { tokenFile: j.tokenFile } : {}), ...(j.caFile !== undefined ? { caFile: j.caFile } : {}), ...select,
     });
   }
 }
 
 export function keySetKey(iss: IssuerRules): string {
-  return JSON.stringify([iss.issuer, iss.jwks]);
+  return JSON.stringify([iss.issuer, iss.profile, iss.jwks]);
 }
 
 /** RFC 9068 `scope` (space-separated), or an `scp` array where the issuer uses one. */

@@ -2,6 +2,9 @@
 // a real driftguard (JWKS on loopback).
 
 import t from 'tap';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { SignJWT } from 'jose';
 import { testKey, jwks, token, AUDIENCE } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
@@ -46,5 +49,42 @@ t.test('JWT-SVIDs: what the specification requires', async (t) => {
     const r = await call(tok);
     t.equal(r.status, 401, what);
     t.equal(r.body.code, 'invalid-credential', what);
+  }
+});
+
+// A SPIFFE bundle (SPIFFE Trust Domain and Bundle spec, 4.2) marks each key with its use. jose
+// takes only keys with no use or use sig, so without driftguard's selection a bundle straight
+// from SPIRE's bundle endpoint verifies no JWT-SVID at all. The x509-svid entry here carries no
+// x5c certificate chain: driftguard selects keys by use alone, and a chain would not change that.
+t.test('a SPIFFE bundle: its jwt-svid keys verify JWT-SVIDs, its x509-svid keys never do', async (t) => {
+  const jwtAuthority = await testKey('ES256');
+  const x509Authority = await testKey('ES256');
+  const bundle = {
+    spiffe_sequence: 7,
+    spiffe_refresh_hint: 300,
+    keys: [{ ...jwtAuthority.publicJwk, use: 'jwt-svid' }, { ...x509Authority.publicJwk, use: 'x509-svid' }],
+  };
+  const up = await upstream();
+  const served = await jwksServer(bundle);
+  const dir = mkdtempSync(join(tmpdir(), 'dg-bundle-'));
+  const file = join(dir, 'bundle.json');
+  writeFileSync(file, JSON.stringify(bundle));
+  t.teardown(async () => { await up.close(); await served.close(); rmSync(dir, { recursive: true, force: true }); });
+
+  for (const [source, jwksRule] of [['served over HTTP', { url: served.url, refresh: '5m', cooldown: '30s', timeout: '1s' }], ['read from a file', { file }]] as const) {
+    const dg = await startTest(baseRules(up.origin, served.url, (r) => {
+      Object.assign(r.identity.issuers[0], { issuer: ISSUER, profile: 'spiffe', trustDomain: 'test.local', algorithms: ['ES256'], jwks: jwksRule });
+    }));
+    const call = async (key: typeof jwtAuthority) => {
+      const tok = await token({ key, iss: ISSUER, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+      const res = await fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${tok}` } });
+      return { status: res.status, body: await res.json() as any };
+    };
+    const good = await call(jwtAuthority);
+    t.equal(good.status, 200, `${source}: a JWT-SVID signed by the bundle's jwt-svid key`);
+    const bad = await call(x509Authority);
+    t.equal(bad.status, 401, `${source}: a JWT-SVID signed by the bundle's X.509 authority`);
+    t.equal(bad.body.code, 'invalid-credential', source);
+    await dg.close();
   }
 });
