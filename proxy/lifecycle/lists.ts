@@ -96,6 +96,28 @@ function isRecord(x: unknown): x is Record<string, unknown> {
   return typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Date);
 }
 
+/**
+ * Larger lists are refused, and the last good one stays in force: about 80,000 entries in
+ * JSON. A list is held whole and parsed on the request thread, so a list server gone wrong
+ * must not be able to fill the sidecar's memory or stall it for seconds.
+ */
+export const MAX_LIST_BYTES = 8 * 1024 * 1024;
+const TOO_LARGE = `the list is larger than ${MAX_LIST_BYTES / 2 ** 20} MiB`;
+
+/** A response body as text, read no further than `max` bytes. */
+async function boundedText(res: Response, max: number): Promise<string> {
+  if (Number(res.headers.get('content-length') ?? 0) > max) { await res.body?.cancel(); throw new Error(TOO_LARGE); }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  // Leaving the loop by throwing cancels the body: the rest is never read.
+  for await (const chunk of res.body ?? []) {
+    size += chunk.byteLength;
+    if (size > max) throw new Error(TOO_LARGE);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size).toString('utf8');
+}
+
 function isProblems(x: Revocation[] | RulesProblem[]): x is RulesProblem[] {
   return x.length > 0 && 'line' in x[0]!;
 }
@@ -165,6 +187,7 @@ export class ListSource {
     const st = statSync(file);
     const stamp = `${st.ino}:${st.size}:${st.mtimeMs}`;
     if (stamp === this.#seen) return undefined;
+    if (st.size > MAX_LIST_BYTES) return [{ file, line: 1, column: 1, field: '', message: TOO_LARGE }];
     const problems = this.#apply(readFileSync(file, 'utf8'));
     if (!problems) this.#seen = stamp;
     return problems;
@@ -178,7 +201,7 @@ export class ListSource {
     });
     if (res.status === 304) { await res.body?.cancel(); this.#succeeded(); return undefined; }
     if (res.status !== 200) { await res.body?.cancel(); throw new Error(`HTTP ${res.status}`); }
-    const problems = this.#apply(await res.text());
+    const problems = this.#apply(await boundedText(res, MAX_LIST_BYTES));
     if (!problems) this.#etag = res.headers.get('etag') ?? undefined;
     return problems;
   }

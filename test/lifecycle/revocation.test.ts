@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadRules, RulesError } from '../../proxy/rules/load.ts';
 import { isLoopback } from '../../proxy/lifecycle/admin.ts';
+import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
 import { writeRules, AGENT } from '../support/driftguard.ts';
 import { listen, close } from '../support/servers.ts';
 import { world, startLifecycle, problem, bearer, until } from './support.ts';
@@ -214,6 +215,41 @@ t.test('a revocation list URL is polled and applied; a failing URL keeps the las
   t.match(status.sources.url.lastError, /HTTP 503/);
   t.equal(status.sources.url.location, `http://127.0.0.1:${port}/revocations.json`, 'the URL\'s query is not shown');
   t.notMatch(JSON.stringify(dg.logs), 'list-secret', 'nor logged');
+});
+
+t.test('a list larger than 8 MiB is refused and the last good list stays in force', async (t) => {
+  const w = await world();
+  const good = JSON.stringify({ revocations: [{ kind: 'task', value: 'task-1', reason: 'incident 7' }] });
+  // An entry padded past the limit: sent whole (with content-length), or chunked without one.
+  const huge = JSON.stringify({ revocations: [{ kind: 'task', value: 'task-2', reason: 'x'.repeat(MAX_LIST_BYTES) }] });
+  let serve: 'good' | 'whole' | 'chunked' = 'good';
+  let served = 0;
+  const server = createServer((_req, res) => {
+    served++;
+    if (serve === 'good') { res.writeHead(200, { 'content-type': 'application/json' }).end(good); return; }
+    if (serve === 'whole') { res.writeHead(200, { 'content-type': 'application/json' }).end(huge); return; }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    for (let i = 0; i < huge.length; i += 1 << 20) res.write(huge.slice(i, i + (1 << 20)));
+    res.end();
+  });
+  const port = await listen(server);
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { url: `http://127.0.0.1:${port}/list.json`, interval: '1s', timeout: '2s' }; }));
+  t.teardown(async () => { await dg.close(); await close(server); await w.close(); });
+  const tok2 = await w.token({ claims: { task_id: 'task-2' } });
+  const status = async () => ((await (await fetch(`${dg.admin}/revocations`)).json()) as Record<string, any>).sources.url;
+  t.equal((await status()).entries, 1, 'the good list applied');
+
+  for (const how of ['whole', 'chunked'] as const) {
+    serve = how;
+    const before = served;
+    t.ok(await until(async () => served > before && /larger than 8 MiB/.test((await status()).lastError ?? '')), `${how}: refused, and said why`);
+    t.equal((await status()).entries, 1, `${how}: the last good list stays in force`);
+    const ok = await fetch(`${dg.url}/items/1`, { headers: bearer(tok2) });
+    t.equal(ok.status, 200, `${how}: nothing from the refused list was applied`);
+    await ok.text();
+    serve = 'good';
+    t.ok(await until(async () => (await status()).lastError === undefined), 'a good list is taken again');
+  }
 });
 
 t.test('a revocation list file is read at start and re-read when it changes', async (t) => {
