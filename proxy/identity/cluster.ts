@@ -13,6 +13,7 @@ import { rootCertificates } from 'node:tls';
 import type { JWTPayload } from 'jose';
 import { Agent, request } from 'undici';
 import { RemoteKeySet, type KeySelection } from './jwks.ts';
+import { boundedText } from '../lib/bounded.ts';
 import { SERVICE_ACCOUNT_DIR, isDnsLabel, isDnsSubdomain } from '../lib/kubernetes.ts';
 
 export const DEFAULT_TOKEN_FILE = `${SERVICE_ACCOUNT_DIR}/token`;
@@ -116,8 +117,7 @@ export function discoveredKeySet(o: DiscoveredKeySetOptions): RemoteKeySet {
         await res.body.dump();
         throw new Error(`discovery ${url.href}: HTTP ${res.statusCode}${res.statusCode === 401 || res.statusCode === 403 ? ' (the service account needs the system:service-account-issuer-discovery ClusterRole)' : ''}`);
       }
-      const text = await res.body.text();
-      if (text.length > MAX_DOCUMENT_BYTES) throw new Error(`discovery ${url.href}: document larger than 256 KiB`);
+      const text = await boundedText(res.body, MAX_DOCUMENT_BYTES, () => new Error(`discovery ${url.href}: document larger than 256 KiB`));
       let doc: { issuer?: unknown; jwks_uri?: unknown };
       try { doc = JSON.parse(text) as typeof doc; } catch { throw new Error(`discovery ${url.href}: not JSON`); }
       if (doc.issuer !== o.issuer) {

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { Agent, request } from 'undici';
+import { boundedText } from '../lib/bounded.ts';
 
 /** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
 export class IdentityUnavailableError extends Error {
@@ -126,10 +127,9 @@ export class RemoteKeySet implements KeySet {
         await res.body.dump();
         throw new Error(`HTTP ${res.statusCode}`);
       }
-      const length = Number(res.headers['content-length'] ?? 0);
-      if (length > MAX_JWKS_BYTES) { await res.body.dump(); throw new Error('JWKS larger than 1 MiB'); }
-      const text = await res.body.text();
-      if (text.length > MAX_JWKS_BYTES) throw new Error('JWKS larger than 1 MiB');
+      const tooLarge = () => new Error('JWKS larger than 1 MiB');
+      if (Number(res.headers['content-length'] ?? 0) > MAX_JWKS_BYTES) { await res.body.dump(); throw tooLarge(); }
+      const text = await boundedText(res.body, MAX_JWKS_BYTES, tooLarge);
       this.#local = createLocalJWKSet(parseJwks(text, this.#options.url, this.#options.select));
       this.#lastSuccessMs = this.#now();
       this.#lastError = undefined;

@@ -13,6 +13,7 @@ import { isRevocationKind, REVOCATION_KINDS, type Revocation, type RevocationSto
 import { parseTime } from '../rules/durations.ts';
 import { RulesError, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
+import { boundedText } from '../lib/bounded.ts';
 
 const ENTRY_FIELDS: ReadonlySet<string> = new Set(['kind', 'value', 'reason', 'end', 'id']);
 
@@ -104,20 +105,6 @@ function isRecord(x: unknown): x is Record<string, unknown> {
 export const MAX_LIST_BYTES = 8 * 1024 * 1024;
 const TOO_LARGE = `the list is larger than ${MAX_LIST_BYTES / 2 ** 20} MiB`;
 
-/** A response body as text, read no further than `max` bytes. */
-async function boundedText(res: Response, max: number): Promise<string> {
-  if (Number(res.headers.get('content-length') ?? 0) > max) { await res.body?.cancel(); throw new Error(TOO_LARGE); }
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  // Leaving the loop by throwing cancels the body: the rest is never read.
-  for await (const chunk of res.body ?? []) {
-    size += chunk.byteLength;
-    if (size > max) throw new Error(TOO_LARGE);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, size).toString('utf8');
-}
-
 function isProblems(x: Revocation[] | RulesProblem[]): x is RulesProblem[] {
   return x.length > 0 && 'line' in x[0]!;
 }
@@ -201,7 +188,8 @@ export class ListSource {
     });
     if (res.status === 304) { await res.body?.cancel(); this.#succeeded(); return undefined; }
     if (res.status !== 200) { await res.body?.cancel(); throw new Error(`HTTP ${res.status}`); }
-    const problems = this.#apply(await boundedText(res, MAX_LIST_BYTES));
+    if (Number(res.headers.get('content-length') ?? 0) > MAX_LIST_BYTES) { await res.body?.cancel(); throw new Error(TOO_LARGE); }
+    const problems = this.#apply(res.body ? await boundedText(res.body, MAX_LIST_BYTES, () => new Error(TOO_LARGE)) : '');
     if (!problems) this.#etag = res.headers.get('etag') ?? undefined;
     return problems;
   }

@@ -9,8 +9,10 @@ import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer, listen, close } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
 import { world, keys } from '../core/world.ts';
+import { RemoteKeySet } from '../../proxy/identity/jwks.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const until = async (ok: () => boolean, ms = 5000) => { const end = Date.now() + ms; while (!ok() && Date.now() < end) await sleep(20); return ok(); };
 
 t.test('an unknown-kid flood costs at most one JWKS refetch per cooldown', async (t) => {
   // Tokens minted up front, so the floods themselves are quick against the cooldown.
@@ -152,4 +154,32 @@ t.test('a caller that leaves while its keys are fetched is never forwarded', asy
   req.destroy();
   await sleep(900);
   t.equal(up.seen.length, 0, 'a request nobody waits for is not sent');
+});
+
+t.test('a JWKS body past 1 MiB is refused as it arrives, not after it was all read', async (t) => {
+  // An endless key set, sent chunked (no content-length) as fast as the reader takes it.
+  let written = 0;
+  let closed = false;
+  const endless = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.on('close', () => { closed = true; });
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    const pump = () => {
+      while (!res.destroyed && written < 256 * 1024 * 1024) {
+        written += chunk.length;
+        if (!res.write(chunk)) { res.once('drain', pump); return; }
+      }
+      res.end();
+    };
+    res.write('{"keys": [');
+    pump();
+  });
+  const port = await listen(endless);
+  const keySet = new RemoteKeySet({ url: `http://127.0.0.1:${port}/jwks.json`, refreshMs: 60_000, cooldownMs: 0, timeoutMs: 10_000 });
+  t.teardown(async () => { keySet.close(); await close(endless); });
+  t.equal(await keySet.refresh(), false, 'no keys from it');
+  t.match(keySet.status().lastError, /JWKS larger than 1 MiB/);
+  t.ok(await until(() => closed), 'the connection was closed on the server');
+  // Socket buffers on both sides hold a few MiB at most; the 256 MiB were never sent.
+  t.ok(written < 32 * 1024 * 1024, `stopped after ${written} bytes`);
 });
