@@ -1,6 +1,7 @@
-// Documents driftguard fetches for itself (signing keys, discovery, revocation lists) come
-// from servers that can go wrong. A body is read no further than its limit, whatever its
-// content-length says or leaves out, so that no such server can fill the sidecar's memory.
+// Bodies driftguard reads whole: documents it fetches for itself (signing keys, discovery,
+// revocation lists) from servers that can go wrong, and admin API requests. A body is read
+// no further than its limit, whatever its content-length says or leaves out, so that no
+// sender can fill the sidecar's memory.
 
 /** A body as UTF-8 text, or `tooLarge()` thrown once more than `max` bytes have come. */
 export async function boundedText(body: AsyncIterable<Uint8Array>, max: number, tooLarge: () => Error): Promise<string> {

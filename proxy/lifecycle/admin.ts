@@ -21,6 +21,7 @@ import { isRevocationKind, revocationView, REVOCATION_KINDS, type Revocation } f
 import type { Journal } from './journal.ts';
 import type { ListSource } from './lists.ts';
 import type { LifecycleState } from './state.ts';
+import { boundedText } from '../lib/bounded.ts';
 
 const MAX_BODY = 16 * 1024;
 
@@ -68,14 +69,8 @@ export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerRe
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY) throw new TypeError(`body larger than ${MAX_BODY} bytes`);
-    chunks.push(chunk);
-  }
-  try { return JSON.parse(Buffer.concat(chunks).toString('utf8')); } catch { throw new TypeError('body is not JSON'); }
+  const text = await boundedText(req, MAX_BODY, () => new TypeError(`body larger than ${MAX_BODY} bytes`));
+  try { return JSON.parse(text); } catch { throw new TypeError('body is not JSON'); }
 }
 
 export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {

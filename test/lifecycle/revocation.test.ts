@@ -119,6 +119,9 @@ t.test('the admin API refuses writes without the admin credential', async (t) =>
   const bad = await revoke(dg.admin, { kind: 'email', value: '', reason: 'y', end: '2000-01-01' });
   t.equal(bad.status, 400, 'a bad revocation is refused with what is wrong');
   t.match(await bad.text(), /kind must be one of/);
+  const huge = await revoke(dg.admin, { kind: 'jti', value: 'x', reason: 'y'.repeat(20_000) });
+  t.equal(huge.status, 400, 'a body past 16 KiB is refused');
+  t.match(await huge.text(), /body larger than 16384 bytes/);
   t.notMatch(JSON.stringify(dg.logs), ADMIN_SECRET);
 });
 
