@@ -156,13 +156,14 @@ export class Identity {
 function keySetFor(iss: IssuerRules): KeySet {
   const j = iss.jwks;
   // A spiffe issuer's keys may come as a SPIFFE bundle, where only jwt-svid keys may verify.
-  const select = iss.profile === 'spiffe' ? { select: jwtSvidKeys } : {};
+  const select = iss.profile === 'spiffe' ? jwtSvidKeys : undefined;
+  const selected = select ? { select } : {};
   switch (j.kind) {
-    case 'file': return fileKeySet(j.file, select.select);
-    case 'url': return new RemoteKeySet({ url: j.url, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs, ...select });
+    case 'file': return fileKeySet(j.file, select);
+    case 'url': return new RemoteKeySet({ url: j.url, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs, ...selected });
     case 'discovery': return discoveredKeySet({
       discovery: j.discovery, issuer: iss.issuer, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs,
-      ...(j.tokenFile !== undefined ? { tokenFile: j.tokenFile } : {}), ...(j.caFile !== undefined ? { caFile: j.caFile } : {}), ...select,
+      ...(j.tokenFile !== undefined ? { tokenFile: j.tokenFile } : {}), ...(j.caFile !== undefined ? { caFile: j.caFile } : {}), ...selected,
     });
   }
 }
