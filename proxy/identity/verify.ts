@@ -4,7 +4,7 @@
 // token costs a hash and a map lookup instead of a signature check.
 
 import { hash } from 'node:crypto';
-import { jwtVerify, decodeJwt, type JWTPayload, type JWTVerifyOptions } from 'jose';
+import { jwtVerify, decodeJwt, errors, type CryptoKey, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions, type JWTVerifyResult } from 'jose';
 import { LRUCache } from 'lru-cache';
 import type { IdentityRules, IssuerRules } from '../rules/types.ts';
 import type { Credential } from '../pipeline/types.ts';
@@ -132,7 +132,7 @@ export class Identity {
     if (!issuer) return { reason: 'invalid-credential', detail: 'untrusted issuer' };
     const profile = issuer.rules.profile;
     // The header as jwtVerify parsed and checked it: no second parse of our own.
-    const { payload, protectedHeader: header } = await jwtVerify(token, issuer.keys.getKey, { ...issuer.options, currentDate: new Date(now) });
+    const { payload, protectedHeader: header } = await verifyJwt(token, issuer.keys.getKey, { ...issuer.options, currentDate: new Date(now) });
     if (typeof payload.sub !== 'string' || payload.sub.length === 0) return { reason: 'invalid-credential', detail: 'sub must be a non-empty string' };
     // The consumer subject, as the issuer's profile defines it.
     const mapped = profile === 'kubernetes' ? kubernetesSubject(payload)
@@ -168,6 +168,36 @@ function keySetFor(iss: IssuerRules): KeySet {
   }
 }
 
+/** Keys tried at most for a token without kid: a forged one costs no more signature checks. */
+const MAX_CANDIDATE_KEYS = 3;
+
+class TooManyCandidateKeys extends Error {
+  readonly code = 'ERR_DRIFTGUARD_TOO_MANY_CANDIDATE_KEYS';
+}
+
+/**
+ * jwtVerify; and for a token without kid that more than one key of the set could have signed
+ * (a set in rotation), each of those keys in turn, as jose documents: it leaves that to the
+ * caller and refuses the token otherwise. Only a failed signature moves on to the next key.
+ */
+async function verifyJwt(token: string, getKey: JWTVerifyGetKey, options: JWTVerifyOptions): Promise<JWTVerifyResult> {
+  try {
+    return await jwtVerify(token, getKey, options);
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err;
+    let tried = 0;
+    for await (const key of err as AsyncIterable<CryptoKey>) {
+      if (++tried > MAX_CANDIDATE_KEYS) throw new TooManyCandidateKeys();
+      try {
+        return await jwtVerify(token, key, options);
+      } catch (inner) {
+        if ((inner as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw inner;
+      }
+    }
+    throw new errors.JWSSignatureVerificationFailed();
+  }
+}
+
 export function keySetKey(iss: IssuerRules): string {
   return JSON.stringify([iss.issuer, iss.profile, iss.jwks]);
 }
@@ -190,6 +220,7 @@ function describeJoseError(err: unknown): string {
     case 'ERR_JOSE_ALG_NOT_ALLOWED': return 'signature algorithm not allowed';
     case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED': return 'signature verification failed';
     case 'ERR_JWKS_NO_MATCHING_KEY': return 'no key matches the token\'s kid and algorithm';
+    case 'ERR_DRIFTGUARD_TOO_MANY_CANDIDATE_KEYS': return `no kid, and more than ${MAX_CANDIDATE_KEYS} keys could have signed it`;
     case 'ERR_JWT_INVALID': case 'ERR_JWS_INVALID': return 'malformed token';
     case 'ERR_JOSE_NOT_SUPPORTED': return 'unsupported token';
     default: return 'token rejected';

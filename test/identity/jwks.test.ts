@@ -183,3 +183,33 @@ t.test('a JWKS body past 1 MiB is refused as it arrives, not after it was all re
   // Socket buffers on both sides hold a few MiB at most; the 256 MiB were never sent.
   t.ok(written < 32 * 1024 * 1024, `stopped after ${written} bytes`);
 });
+
+t.test('a token without kid is checked against each key of its algorithm, at most 3', async (t) => {
+  // A key set in rotation: more than one key could have signed a token that names none. jose
+  // leaves trying them to the caller.
+  const [a, b, c, d, unknown] = await Promise.all(['a', 'b', 'c', 'd', 'x'].map((kid) => testKey('ES256', `es-${kid}`)));
+  const up = await upstream();
+  const set = await jwksServer(jwks(a!, b!));
+  const dg = await startTest(baseRules(up.origin, set.url, (r) => { r.identity.issuers[0].jwks.cooldown = '1ms'; }));
+  t.teardown(async () => { await dg.close(); await up.close(); await set.close(); });
+  const call = async (key: typeof a) => {
+    const tok = await token({ key: key!, sub: AGENT, scope: 'items.read', contract: '2026-09', header: { kid: undefined } });
+    const res = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+    return { status: res.status, body: await res.json() as any };
+  };
+  t.equal((await call(a)).status, 200, 'signed by the first key');
+  t.equal((await call(b)).status, 200, 'signed by the second key');
+  const forged = await call(unknown);
+  t.equal(forged.status, 401, 'signed by neither');
+  t.equal(forged.body.code, 'invalid-credential');
+  t.equal(forged.body.detail, 'signature verification failed');
+
+  // Four candidates: a forged token must not cost a signature check per key of a large set.
+  set.body = jwks(a!, b!, c!, d!);
+  t.ok(await (dg.dg.generation.identity.keySets().values().next().value as RemoteKeySet).refresh(), 'the larger set fetched');
+  t.equal((await call(c)).status, 200, 'the third key is still tried');
+  const fourth = await call(d);
+  t.equal(fourth.status, 401, 'the fourth is not');
+  t.equal(fourth.body.detail, 'no kid, and more than 3 keys could have signed it');
+  t.equal(up.seen.length, 3, 'only the verified calls reached the upstream');
+});
