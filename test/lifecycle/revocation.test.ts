@@ -298,6 +298,12 @@ t.test('configuration errors name the file, line and field', async (t) => {
   writeFileSync(listFile, '{"revocations": [\n  {"kind": "jti", "value": "a", "reason": "r"},\n  {"kind": "serial", "value": "b", "reason": "r"}\n]}\n');
   const file2 = writeRules(w.rules((r) => { r.revocation = { file: listFile }; }), mkdtempSync(join(tmpdir(), 'dg-config-')));
   await t.rejects(startLifecycle({ file: file2 }), { name: 'RulesError', message: new RegExp(`${listFile}:3:\\d+: revocations\\[1\\]\\.kind: must be one of jti, task, subject, kid`) });
+
+  // So does a list file past the size limit, before it is read.
+  const bigFile = join(dir, 'big.json');
+  writeFileSync(bigFile, JSON.stringify({ revocations: [{ kind: 'jti', value: 'a', reason: 'x'.repeat(MAX_LIST_BYTES) }] }));
+  const file3 = writeRules(w.rules((r) => { r.revocation = { file: bigFile }; }), mkdtempSync(join(tmpdir(), 'dg-config-')));
+  await t.rejects(startLifecycle({ file: file3 }), { name: 'RulesError', message: new RegExp(`${bigFile}:1:1: .*the list is larger than 8 MiB`) });
 });
 
 t.test('not ready until the revocation list URL has been applied once', async (t) => {
