@@ -81,8 +81,6 @@ export const FIELDS: readonly (readonly [FieldKey, string])[] = [
 /** Keys of ctx.extra must look like `delegation.chain`: they become attribute and field names. */
 const EXTRA_KEY = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;
 const MAX_EXTRA_STRING = 1024;
-/** Names the record already uses: a feature cannot overwrite a decision field. */
-const RESERVED = new Set(['time', 'msg', 'traceId', 'spanId', 'decision', 'enforced', 'reason', 'warnings', 'detail', 'method', 'path', 'route', 'operation', 'sensitivity', 'deprecated', 'sunset', 'replacement', 'consumer', 'consumerKind', 'owner', 'registered', 'issuer', 'jti', 'declaredContract', 'currentContract', 'changedIn', 'rules', 'status', 'durationMs', 'upstreamMs', 'addedMs', 'checks', 'consumer.kind', 'consumer.owner', 'consumer.registered', 'token.jti', 'contract.declared', 'contract.current', 'contract.changed_in', 'rules.hash', 'check.outcome', 'check.reason']);
 const MAX_EXTRA_ITEMS = 64;
 
 /** ctx.extra values fit for a span attribute and a log field; anything else is left out. */
@@ -159,6 +157,18 @@ export function buildRecord(ctx: RequestContext, d: Decision, traceId: string, s
 /** Optional record fields of a log line, in their order, with their JSON keys (built once). */
 const LOG_FIELDS = (['route', 'operation', 'sensitivity', 'deprecated', 'sunset', 'replacement', 'consumer', 'consumerKind', 'owner', 'registered', 'issuer', 'jti', 'declaredContract', 'currentContract', 'changedIn', 'rules', 'status', 'durationMs', 'upstreamMs', 'addedMs'] as const)
   .map((k) => [k, `,${JSON.stringify(k)}:`] as const);
+
+/**
+ * Names the record already uses, as log fields and (after `driftguard.`) span attributes: a
+ * feature's extra field cannot overwrite a decision field. Derived from the lists that write
+ * them, so that a new field is reserved as it is added.
+ */
+const RESERVED: ReadonlySet<string> = new Set([
+  'time', 'msg', 'traceId', 'spanId', 'decision', 'enforced', 'reason', 'warnings', 'detail', 'method', 'path', 'checks',
+  ...LOG_FIELDS.map(([k]) => k),
+  ...FIELDS.map(([, attribute]) => attribute.slice('driftguard.'.length)),
+  'check.outcome', 'check.reason',
+]);
 
 /**
  * The record as one decision-log line (no trailing newline). Written field by field rather
