@@ -12,7 +12,8 @@ const FLUSH_BYTES = 64 * 1024;
 export class DecisionLog {
   readonly #out?: NodeJS.WritableStream;
   readonly #maxBytes: number;
-  readonly #ownsStream: boolean;
+  /** The file stream it opened itself, ended at close (stdout and stderr are left open). */
+  readonly #file?: WriteStream;
   #pending: string[] = [];
   #bytes = 0;
   #timer?: NodeJS.Timeout;
@@ -28,11 +29,9 @@ export class DecisionLog {
       const fd = openSync(output.file, 'a', 0o640);
       const stream = createWriteStream('', { fd });
       stream.on('error', () => { /* a failing disk must not crash the proxy; lines are dropped */ this.#blocked = true; });
-      this.#out = stream;
-      this.#ownsStream = true;
+      this.#out = this.#file = stream;
     } else {
       this.#out = output.kind === 'stdout' ? process.stdout : output.kind === 'stderr' ? process.stderr : undefined;
-      this.#ownsStream = false;
     }
   }
 
@@ -71,8 +70,7 @@ export class DecisionLog {
   async close(): Promise<void> {
     this.#blocked = false;
     this.flush();
-    if (this.#ownsStream && this.#out) {
-      await new Promise<void>((resolve) => (this.#out as WriteStream).end(() => resolve()));
-    }
+    const file = this.#file;
+    if (file) await new Promise<void>((resolve) => file.end(() => resolve()));
   }
 }

@@ -3,6 +3,7 @@
 // fixed sets, so cardinality is bounded: a subject the registry does not know is counted as
 // consumer="unregistered", a request without a verified caller as consumer="anonymous".
 
+import { getHeapStatistics } from 'node:v8';
 import type { Driftguard } from '../server.ts';
 import { Collected, Counter, Histogram, Registry } from './metrics.ts';
 import type { DecisionRecord } from './record.ts';
@@ -77,6 +78,7 @@ function processMetrics(r: Registry): void {
   }));
   r.add(new Collected('process_resident_memory_bytes', 'Resident memory of the driftguard process, in bytes.', 'gauge', [], () => [[[], process.memoryUsage.rss()]]));
   r.add(new Collected('process_start_time_seconds', 'When the driftguard process started, in seconds since the Unix epoch.', 'gauge', [], () => [[[], startSeconds]]));
-  r.add(new Collected('nodejs_heap_used_bytes', 'V8 heap in use (live objects and garbage not yet collected), in bytes.', 'gauge', [], () => [[[], process.memoryUsage().heapUsed]]));
-  r.add(new Collected('nodejs_heap_size_total_bytes', 'V8 heap reserved, in bytes.', 'gauge', [], () => [[[], process.memoryUsage().heapTotal]]));
+  // V8's own statistics: process.memoryUsage() would read the resident size from /proc as well.
+  r.add(new Collected('nodejs_heap_used_bytes', 'V8 heap in use (live objects and garbage not yet collected), in bytes.', 'gauge', [], () => [[[], getHeapStatistics().used_heap_size]]));
+  r.add(new Collected('nodejs_heap_size_total_bytes', 'V8 heap reserved, in bytes.', 'gauge', [], () => [[[], getHeapStatistics().total_heap_size]]));
 }
