@@ -11,9 +11,9 @@
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import type { JWTPayload } from 'jose';
-import { Agent, request } from 'undici';
+import { Agent } from 'undici';
 import { RemoteKeySet, type KeySelection } from './jwks.ts';
-import { boundedText } from '../lib/bounded.ts';
+import { getDocument } from '../lib/bounded.ts';
 import { SERVICE_ACCOUNT_DIR, isDnsLabel, isDnsSubdomain } from '../lib/kubernetes.ts';
 
 export const DEFAULT_TOKEN_FILE = `${SERVICE_ACCOUNT_DIR}/token`;
@@ -107,17 +107,13 @@ export function discoveredKeySet(o: DiscoveredKeySetOptions): RemoteKeySet {
     const ca = caFor(url);
     const agent = ca !== undefined ? new Agent({ connect: { ca } }) : undefined;
     try {
-      const res = await request(url, {
-        method: 'GET',
-        headers: { accept: 'application/json', ...bearer() },
-        headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs, signal: AbortSignal.timeout(o.timeoutMs),
-        ...(agent ? { dispatcher: agent } : {}),
+      const { status, text } = await getDocument(url, {
+        accept: 'application/json', headers: bearer(), timeoutMs: o.timeoutMs, ...(agent ? { dispatcher: agent } : {}),
+        maxBytes: MAX_DOCUMENT_BYTES, tooLarge: () => new Error(`discovery ${url.href}: document larger than 256 KiB`),
       });
-      if (res.statusCode !== 200) {
-        await res.body.dump();
-        throw new Error(`discovery ${url.href}: HTTP ${res.statusCode}${res.statusCode === 401 || res.statusCode === 403 ? ' (the service account needs the system:service-account-issuer-discovery ClusterRole)' : ''}`);
+      if (text === undefined) {
+        throw new Error(`discovery ${url.href}: HTTP ${status}${status === 401 || status === 403 ? ' (the service account needs the system:service-account-issuer-discovery ClusterRole)' : ''}`);
       }
-      const text = await boundedText(res.body, MAX_DOCUMENT_BYTES, () => new Error(`discovery ${url.href}: document larger than 256 KiB`));
       let doc: { issuer?: unknown; jwks_uri?: unknown };
       try { doc = JSON.parse(text) as typeof doc; } catch { throw new Error(`discovery ${url.href}: not JSON`); }
       if (doc.issuer !== o.issuer) {

@@ -5,8 +5,8 @@
 
 import { readFileSync } from 'node:fs';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
-import { Agent, request } from 'undici';
-import { boundedText } from '../lib/bounded.ts';
+import { Agent } from 'undici';
+import { getDocument } from '../lib/bounded.ts';
 
 /** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
 export class IdentityUnavailableError extends Error {
@@ -115,21 +115,15 @@ export class RemoteKeySet implements KeySet {
         await this.#agent?.close();
         this.#agent = new Agent({ connect: { ca } });
       }
-      const res = await request(target, {
-        method: 'GET',
-        headers: { accept: 'application/jwk-set+json, application/json', ...this.#options.headers?.(target) },
-        headersTimeout: this.#options.timeoutMs,
-        bodyTimeout: this.#options.timeoutMs,
-        signal: AbortSignal.timeout(this.#options.timeoutMs),
+      const { status, text } = await getDocument(target, {
+        accept: 'application/jwk-set+json, application/json',
+        ...(this.#options.headers ? { headers: this.#options.headers(target) } : {}),
+        timeoutMs: this.#options.timeoutMs,
         ...(this.#agent ? { dispatcher: this.#agent } : {}),
+        maxBytes: MAX_JWKS_BYTES,
+        tooLarge: () => new Error('JWKS larger than 1 MiB'),
       });
-      if (res.statusCode !== 200) {
-        await res.body.dump();
-        throw new Error(`HTTP ${res.statusCode}`);
-      }
-      const tooLarge = () => new Error('JWKS larger than 1 MiB');
-      if (Number(res.headers['content-length'] ?? 0) > MAX_JWKS_BYTES) { await res.body.dump(); throw tooLarge(); }
-      const text = await boundedText(res.body, MAX_JWKS_BYTES, tooLarge);
+      if (text === undefined) throw new Error(`HTTP ${status}`);
       this.#local = createLocalJWKSet(parseJwks(text, this.#options.url, this.#options.select));
       this.#lastSuccessMs = this.#now();
       this.#lastError = undefined;

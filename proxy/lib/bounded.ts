@@ -3,6 +3,8 @@
 // no further than its limit, whatever its content-length says or leaves out, so that no
 // sender can fill the sidecar's memory.
 
+import { request, type Dispatcher } from 'undici';
+
 /** A body as UTF-8 text, or `tooLarge()` thrown once more than `max` bytes have come. */
 export async function boundedText(body: AsyncIterable<Uint8Array>, max: number, tooLarge: () => Error): Promise<string> {
   const chunks: Uint8Array[] = [];
@@ -15,4 +17,30 @@ export async function boundedText(body: AsyncIterable<Uint8Array>, max: number, 
     chunks.push(chunk);
   }
   return Buffer.concat(chunks, size).toString('utf8');
+}
+
+export interface DocumentRequest {
+  readonly accept: string;
+  readonly headers?: Record<string, string>;
+  /** For the whole exchange: connecting, the answer's head and its body. */
+  readonly timeoutMs: number;
+  readonly dispatcher?: Dispatcher;
+  readonly maxBytes: number;
+  readonly tooLarge: () => Error;
+}
+
+/**
+ * GET a small document: its status, and its body as text when the status is 200 (any other
+ * body is discarded). The body is refused past maxBytes, by its content-length or as it comes.
+ */
+export async function getDocument(url: URL, o: DocumentRequest): Promise<{ status: number; text?: string }> {
+  const res = await request(url, {
+    method: 'GET',
+    headers: { accept: o.accept, ...o.headers },
+    headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs, signal: AbortSignal.timeout(o.timeoutMs),
+    ...(o.dispatcher ? { dispatcher: o.dispatcher } : {}),
+  });
+  if (res.statusCode !== 200) { await res.body.dump(); return { status: res.statusCode }; }
+  if (Number(res.headers['content-length'] ?? 0) > o.maxBytes) { await res.body.dump(); throw o.tooLarge(); }
+  return { status: 200, text: await boundedText(res.body, o.maxBytes, o.tooLarge) };
 }
