@@ -21,6 +21,11 @@ export interface SpanCounts {
   dropped: Record<DropCause, number>;
 }
 
+/** Counts before any span: also the counts of a tracer that exports nothing. */
+export function noSpanCounts(): SpanCounts {
+  return { exported: 0, dropped: { queue_full: 0, export_failed: 0 } };
+}
+
 /** What the export thread is started with. */
 export interface ExportSettings {
   readonly traces: TracesConfig;
@@ -60,7 +65,7 @@ export interface ExportThreadOptions {
 }
 
 export class ExportThread {
-  readonly counts: SpanCounts = { exported: 0, dropped: { queue_full: 0, export_failed: 0 } };
+  readonly counts: SpanCounts = noSpanCounts();
   readonly #config: TracesConfig;
   readonly #warn: (message: string) => void;
   readonly #entry: URL;

@@ -222,8 +222,9 @@ export class ClientSpan extends FinishedSpan {
   readonly #template?: string;
   readonly #path: string;
 
-  constructor(origin: SpanOrigin, s: SpanSource, call: UpstreamCall) {
-    super(origin, contextOf(s.trace, call.spanId), contextOf(s.trace, s.trace.spanId), call.startMs, call.endMs);
+  /** `server`: the SERVER span's context, the parent; this span's differs only in its id. */
+  constructor(origin: SpanOrigin, s: SpanSource, call: UpstreamCall, server: SpanContext) {
+    super(origin, { ...server, spanId: call.spanId }, server, call.startMs, call.endMs);
     this.#call = call;
     this.#method = s.facts.method;
     if (s.record.route !== undefined) this.#template = s.record.route;
@@ -256,5 +257,6 @@ export class ClientSpan extends FinishedSpan {
 /** The request's spans: the upstream call's CLIENT span first, as it ended first. */
 export function spansOf(origin: SpanOrigin, source: SpanSource): ReadableSpan[] {
   const server = new ServerSpan(origin, source);
-  return source.call ? [new ClientSpan(origin, source, source.call), server] : [server];
+  // The CLIENT span shares the SERVER span's context, trace state included: parsed once.
+  return source.call ? [new ClientSpan(origin, source, source.call, server.spanContext()), server] : [server];
 }

@@ -21,7 +21,7 @@ import { ROOT_CONTEXT, defaultTextMapGetter, isSpanContextValid, trace, type Spa
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { AlwaysOffSampler, AlwaysOnSampler, ParentBasedSampler, RandomIdGenerator, SamplingDecision, TraceIdRatioBasedSampler, type Sampler } from '@opentelemetry/sdk-trace';
 import type { TracesConfig, SamplerName } from './config.ts';
-import { ExportThread, type SpanCounts } from './export-thread.ts';
+import { ExportThread, noSpanCounts, type SpanCounts } from './export-thread.ts';
 import type { SpanSource, TraceRef } from './spans.ts';
 
 export type { DropCause, SpanCounts } from './export-thread.ts';
@@ -75,7 +75,7 @@ export function tracing(config: TracesConfig, warn: (message: string) => void): 
   const chosen = sampler(config.sampler, config.samplerArg);
   const ids = new RandomIdGenerator();
   return {
-    counts: thread?.counts ?? { exported: 0, dropped: { queue_full: 0, export_failed: 0 } },
+    counts: thread?.counts ?? noSpanCounts(),
     exporting: thread !== undefined,
     start(headers, name, kind) {
       // The SDK's Tracer.startSpan does this too, but also builds a Span object with

@@ -88,6 +88,8 @@ t.test('allow: server span continues the caller trace, client span parents the u
   t.equal(client.parentSpanId, span.spanId, 'the CLIENT span is a child of the SERVER span');
   t.match(client.attributes, { 'http.request.method': 'GET', 'server.address': '127.0.0.1', 'server.port': up.port, 'http.response.status_code': 200, 'url.full': `${up.origin}/items/7` });
   t.equal(client.status.code, STATUS.UNSET);
+  t.equal(span.traceState, 'vendor=abc', 'the SERVER span carries the caller\'s trace state');
+  t.equal(client.traceState, 'vendor=abc', 'and so does the CLIENT span');
 
   const seen = up.seen.slice(before);
   t.equal(seen.length, 1);

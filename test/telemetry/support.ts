@@ -23,6 +23,7 @@ export interface ExportedSpan {
   traceId: string;
   spanId: string;
   parentSpanId?: string;
+  traceState?: string;
   name: string;
   kind: number;
   attributes: Record<string, unknown>;
@@ -89,6 +90,7 @@ export async function collector(): Promise<Collector> {
           for (const s of ss.spans ?? []) {
             c.spans.push({
               traceId: s.traceId, spanId: s.spanId, ...(s.parentSpanId ? { parentSpanId: s.parentSpanId } : {}),
+              ...(s.traceState ? { traceState: s.traceState } : {}),
               name: s.name, kind: s.kind, attributes: attributes(s.attributes),
               events: (s.events ?? []).map((e: { name: string; attributes?: OtlpKeyValue[] }) => ({ name: e.name, attributes: attributes(e.attributes) })),
               status: { code: s.status?.code ?? 0, ...(s.status?.message ? { message: s.status.message } : {}) },
