@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { parseDocument, LineCounter, isMap, isSeq, type Node } from 'yaml';
 import { isRevocationKind, REVOCATION_KINDS, type Revocation, type RevocationStore } from './revocations.ts';
 import { parseTime } from '../rules/durations.ts';
-import { RulesError, type RulesProblem } from '../rules/load.ts';
+import { RulesError, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
 import { boundedText } from '../lib/bounded.ts';
 
@@ -38,6 +38,24 @@ interface EntryProblem {
  * are an error.
  */
 export function parseList(text: string, name: string, source: 'file' | 'url', now: number): Revocation[] | RulesProblem[] {
+  const parsed = parse(text, name, source, now);
+  return isProblems(parsed) ? firstProblems(parsed) : parsed;
+}
+
+/**
+ * A list's problems are logged at every refresh while it stays broken: the first of them,
+ * and how many more (a list of 10,000 entries with one mistake each would otherwise make a
+ * log line of a megabyte every interval).
+ */
+const MAX_PROBLEMS = 20;
+
+function firstProblems(problems: RulesProblem[]): RulesProblem[] {
+  if (problems.length <= MAX_PROBLEMS) return problems;
+  const next = problems[MAX_PROBLEMS]!;
+  return [...problems.slice(0, MAX_PROBLEMS), { ...next, field: '', message: `and ${problems.length - MAX_PROBLEMS} more problems` }];
+}
+
+function parse(text: string, name: string, source: 'file' | 'url', now: number): Revocation[] | RulesProblem[] {
   let json: unknown = NOT_JSON;
   try { json = JSON.parse(text); } catch { /* YAML, or broken JSON: the document says where */ }
   if (json !== NOT_JSON) {
@@ -160,7 +178,7 @@ export class ListSource {
   async refresh(): Promise<void> {
     try {
       const problems = this.#kind === 'file' ? this.#readFile() : await this.#fetch();
-      if (problems) this.#failed(problems.map((p) => `${p.file}:${p.line}:${p.column}: ${p.field}: ${p.message}`).join('; '));
+      if (problems) this.#failed(problems.map(formatProblem).join('; '));
     } catch (err) {
       this.#failed((err as Error).message);
     }

@@ -48,3 +48,12 @@ t.test('a list that is not one says so, at its first line', async (t) => {
     t.match(p, { line: 1, field: 'revocations', message: /must be a list of revocations/ }, text);
   }
 });
+
+t.test('a list with many problems names the first 20 and counts the rest', async (t) => {
+  const text = JSON.stringify(Array.from({ length: 50 }, (_, i) => ({ kind: 'serial', value: `v${i}`, reason: 'r' })), null, 1);
+  const problems = parseList(text, 'list.json', 'file', NOW) as RulesProblem[];
+  t.equal(problems.length, 21);
+  t.equal(problems[19]!.field, 'revocations[19].kind');
+  t.match(problems[20], { field: '', message: 'and 30 more problems' });
+  t.ok(problems[20]!.line > problems[19]!.line, 'the count stands where the 21st problem is');
+});
