@@ -149,6 +149,12 @@ export class ListSource {
   #timer?: NodeJS.Timeout;
   #seen = '';
   #etag?: string;
+  /**
+   * The file's stamp or the URL's ETag of a list found broken: not parsed again until it
+   * changes. Its problems were reported once and stay in status; parsing a large list again
+   * every interval would stall the request thread for nothing.
+   */
+  #broken?: string;
   /** Entries of the last good read, kept so that an unchanged re-read keeps their creation time. */
   #last = new Map<string, Revocation>();
 
@@ -192,24 +198,32 @@ export class ListSource {
     const file = this.#target;
     const st = statSync(file);
     const stamp = `${st.ino}:${st.size}:${st.mtimeMs}`;
-    if (stamp === this.#seen) return undefined;
-    if (st.size > MAX_LIST_BYTES) return [{ file, line: 1, column: 1, field: '', message: TOO_LARGE }];
-    const problems = this.#apply(readFileSync(file, 'utf8'));
-    if (!problems) this.#seen = stamp;
+    if (stamp === this.#seen || stamp === this.#broken) return undefined;
+    const problems = st.size > MAX_LIST_BYTES ? [{ file, line: 1, column: 1, field: '', message: TOO_LARGE }] : this.#apply(readFileSync(file, 'utf8'));
+    if (problems) this.#broken = stamp;
+    else { this.#seen = stamp; this.#broken = undefined; }
     return problems;
   }
 
   async #fetch(): Promise<RulesProblem[] | undefined> {
+    const known = this.#broken ?? this.#etag;
     const res = await fetch(this.#target, {
-      headers: { accept: 'application/json, application/yaml;q=0.9', ...(this.#etag ? { 'if-none-match': this.#etag } : {}) },
+      headers: { accept: 'application/json, application/yaml;q=0.9', ...(known ? { 'if-none-match': known } : {}) },
       signal: AbortSignal.timeout(this.#timeoutMs),
       redirect: 'error',
     });
-    if (res.status === 304) { await res.body?.cancel(); this.#succeeded(); return undefined; }
+    if (res.status === 304) {
+      await res.body?.cancel();
+      // Unchanged: still the good list, or still the broken one (already reported).
+      if (this.#broken === undefined) this.#succeeded();
+      return undefined;
+    }
     if (res.status !== 200) { await res.body?.cancel(); throw new Error(`HTTP ${res.status}`); }
     if (Number(res.headers.get('content-length') ?? 0) > MAX_LIST_BYTES) { await res.body?.cancel(); throw new Error(TOO_LARGE); }
     const problems = this.#apply(res.body ? await boundedText(res.body, MAX_LIST_BYTES, () => new Error(TOO_LARGE)) : '');
-    if (!problems) this.#etag = res.headers.get('etag') ?? undefined;
+    const etag = res.headers.get('etag') ?? undefined;
+    if (problems) this.#broken = etag;
+    else { this.#etag = etag; this.#broken = undefined; }
     return problems;
   }
 

@@ -255,6 +255,47 @@ t.test('a list larger than 8 MiB is refused and the last good list stays in forc
   }
 });
 
+t.test('a broken list is parsed and reported once, not again at every interval until it changes', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-broken-'));
+  const listFile = join(dir, 'revoked.json');
+  writeFileSync(listFile, JSON.stringify([{ kind: 'task', value: 'task-1', reason: 'r' }]));
+  let body = JSON.stringify([{ kind: 'task', value: 'task-2', reason: 'r' }]);
+  let etag = '"v1"';
+  let full = 0;
+  let notModified = 0;
+  const server = createServer((req, res) => {
+    if (req.headers['if-none-match'] === etag) { notModified++; res.writeHead(304, { etag }).end(); return; }
+    full++;
+    res.writeHead(200, { 'content-type': 'application/json', etag }).end(body);
+  });
+  const port = await listen(server);
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { file: 'revoked.json', url: `http://127.0.0.1:${port}/list.json`, interval: '1s', timeout: '500ms' }; }), { dir });
+  t.teardown(async () => { await dg.close(); await close(server); await w.close(); });
+  const reported = (source: string) => dg.logs.filter((l) => l.msg === 'revocation list not refreshed; the last good list stays in force' && l.source === source).length;
+  const sources = async () => ((await (await fetch(`${dg.admin}/revocations`)).json()) as Record<string, any>).sources;
+
+  writeFileSync(listFile, JSON.stringify([{ kind: 'serial', value: 'x', reason: 'r' }]));
+  body = JSON.stringify([{ kind: 'serial', value: 'y', reason: 'r' }]);
+  etag = '"v2"';
+  t.ok(await until(() => reported('file') === 1 && reported('url') === 1), 'both broken lists reported');
+  const fullAfterBreak = full;
+  await new Promise((r) => setTimeout(r, 3500));
+  t.equal(reported('file'), 1, 'the unchanged broken file is not reported again');
+  t.equal(reported('url'), 1, 'nor the unchanged broken list at the URL');
+  t.equal(full, fullAfterBreak, 'which was not sent again: its ETag was asked for');
+  t.ok(notModified >= 2, `answered 304 ${notModified} times`);
+  const broken = await sources();
+  t.match(broken.file.lastError, /kind: must be one of/, 'the file\'s problem stays in status');
+  t.match(broken.url.lastError, /kind: must be one of/, 'and the URL\'s');
+  t.equal(broken.url.entries, 1, 'the last good list stays in force');
+
+  writeFileSync(listFile, JSON.stringify([{ kind: 'task', value: 'task-3', reason: 'r' }]));
+  body = JSON.stringify([{ kind: 'task', value: 'task-4', reason: 'r' }]);
+  etag = '"v3"';
+  t.ok(await until(async () => { const s = await sources(); return s.file.lastError === undefined && s.url.lastError === undefined; }), 'mended lists are taken again');
+});
+
 t.test('a revocation list file is read at start and re-read when it changes', async (t) => {
   const w = await world();
   const dir = mkdtempSync(join(tmpdir(), 'dg-list-'));
