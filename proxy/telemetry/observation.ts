@@ -72,8 +72,6 @@ export class RequestObservation implements Observation {
   #callStatus?: number;
   #callError?: string;
   #forwarded = false;
-  /** forwarding() was reported and forwarded() not yet. */
-  #forwarding = false;
   /** end() came while forwarding was still being reported: finish when it is. */
   #pendingStatus?: number;
   #failure?: string;
@@ -137,12 +135,10 @@ export class RequestObservation implements Observation {
   forwarding(): void {
     this.#forwardStart = performance.now();
     this.#forwarded = true;
-    this.#forwarding = true;
   }
 
   forwarded(outcome: ForwardOutcome): void {
     this.#forwardEnd = performance.now();
-    this.#forwarding = false;
     if (outcome.failure) this.#failure = outcome.failure;
     if (outcome.status !== undefined) this.#callStatus = outcome.status;
     if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
@@ -165,7 +161,7 @@ export class RequestObservation implements Observation {
     if (this.#ended) return;
     // The response closes as the last body byte is written, which can be reported before the
     // forwarder's own end: wait for it, so upstream time and the CLIENT span are complete.
-    if (this.#forwarding) { this.#pendingStatus = status; return; }
+    if (this.#forwarded && this.#forwardEnd === undefined) { this.#pendingStatus = status; return; }
     this.#ended = true;
     const sink = this.#sink;
     const d = this.#decision ?? { decision: 'deny', reason: 'internal-error', detail: 'no decision was made', enforced: true, warnings: [] } satisfies Decision;
