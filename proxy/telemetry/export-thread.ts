@@ -13,6 +13,7 @@
 import { Worker } from 'node:worker_threads';
 import type { TracesConfig } from './config.ts';
 import type { SpanSource } from './spans.ts';
+import { atMost } from '../lib/wait.ts';
 
 export type DropCause = 'queue_full' | 'export_failed';
 
@@ -183,9 +184,7 @@ export class ExportThread {
     // is the backstop: the thread gives up on the collector after SHUTDOWN_FLUSH_MS.
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     worker.postMessage({ type: 'shutdown' } satisfies ToExport);
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([exited, new Promise<void>((resolve) => { timer = setTimeout(resolve, SHUTDOWN_FLUSH_MS + 1_000); })]);
-    clearTimeout(timer);
+    await atMost(exited, SHUTDOWN_FLUSH_MS + 1_000);
     this.#worker = undefined;
     this.#drop(this.#inFlight);
     await worker.terminate();

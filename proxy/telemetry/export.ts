@@ -10,6 +10,7 @@ import { defaultResource, detectResources, hostDetector, resourceAttributesEnvDe
 import { BatchSpanProcessor, ConsoleSpanExporter, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
 import type { TracesConfig } from './config.ts';
 import { spansOf, type SpanOrigin, type SpanSource } from './spans.ts';
+import { atMost } from '../lib/wait.ts';
 
 async function exporter(config: TracesConfig): Promise<SpanExporter> {
   if (config.exporter === 'console') return new ConsoleSpanExporter();
@@ -127,12 +128,7 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       // Flush what is queued, but hold shutdown at most flushMs: the OTLP exporter
       // retries a refused connection until its export timeout (10 s by default), and a pod
       // being stopped should not wait that long for a collector that is not there.
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        processor.shutdown().catch(() => {}),
-        new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.min(config.exportTimeoutMs, flushMs)); timer.unref(); }),
-      ]);
-      clearTimeout(timer);
+      await atMost(processor.shutdown(), Math.min(config.exportTimeoutMs, flushMs));
     },
   };
 }
