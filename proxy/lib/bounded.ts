@@ -29,18 +29,26 @@ export interface DocumentRequest {
   readonly tooLarge: () => Error;
 }
 
+export interface Document {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  /** The body, when the status is 200. */
+  readonly text?: string;
+}
+
 /**
- * GET a small document: its status, and its body as text when the status is 200 (any other
- * body is discarded). The body is refused past maxBytes, by its content-length or as it comes.
+ * GET a small document, following no redirect: its status and headers, and its body as text
+ * when the status is 200 (any other body is discarded). The body is refused past maxBytes, by
+ * its content-length or as it comes.
  */
-export async function getDocument(url: URL, o: DocumentRequest): Promise<{ status: number; text?: string }> {
+export async function getDocument(url: URL, o: DocumentRequest): Promise<Document> {
   const res = await request(url, {
     method: 'GET',
     headers: { accept: o.accept, ...o.headers },
     headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs, signal: AbortSignal.timeout(o.timeoutMs),
     ...(o.dispatcher ? { dispatcher: o.dispatcher } : {}),
   });
-  if (res.statusCode !== 200) { await res.body.dump(); return { status: res.statusCode }; }
+  if (res.statusCode !== 200) { await res.body.dump(); return { status: res.statusCode, headers: res.headers }; }
   if (Number(res.headers['content-length'] ?? 0) > o.maxBytes) { await res.body.dump(); throw o.tooLarge(); }
-  return { status: 200, text: await boundedText(res.body, o.maxBytes, o.tooLarge) };
+  return { status: 200, headers: res.headers, text: await boundedText(res.body, o.maxBytes, o.tooLarge) };
 }

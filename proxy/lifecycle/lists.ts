@@ -13,7 +13,7 @@ import { isRevocationKind, REVOCATION_KINDS, type Revocation, type RevocationSto
 import { parseTime } from '../rules/durations.ts';
 import { RulesError, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
-import { boundedText } from '../lib/bounded.ts';
+import { getDocument } from '../lib/bounded.ts';
 
 const ENTRY_FIELDS: ReadonlySet<string> = new Set(['kind', 'value', 'reason', 'end', 'id']);
 
@@ -207,21 +207,21 @@ export class ListSource {
 
   async #fetch(): Promise<RulesProblem[] | undefined> {
     const known = this.#broken ?? this.#etag;
-    const res = await fetch(this.#target, {
-      headers: { accept: 'application/json, application/yaml;q=0.9', ...(known ? { 'if-none-match': known } : {}) },
-      signal: AbortSignal.timeout(this.#timeoutMs),
-      redirect: 'error',
+    const { status, headers, text } = await getDocument(new URL(this.#target), {
+      accept: 'application/json, application/yaml;q=0.9',
+      ...(known ? { headers: { 'if-none-match': known } } : {}),
+      timeoutMs: this.#timeoutMs,
+      maxBytes: MAX_LIST_BYTES,
+      tooLarge: () => new Error(TOO_LARGE),
     });
-    if (res.status === 304) {
-      await res.body?.cancel();
+    if (status === 304) {
       // Unchanged: still the good list, or still the broken one (already reported).
       if (this.#broken === undefined) this.#succeeded();
       return undefined;
     }
-    if (res.status !== 200) { await res.body?.cancel(); throw new Error(`HTTP ${res.status}`); }
-    if (Number(res.headers.get('content-length') ?? 0) > MAX_LIST_BYTES) { await res.body?.cancel(); throw new Error(TOO_LARGE); }
-    const problems = this.#apply(res.body ? await boundedText(res.body, MAX_LIST_BYTES, () => new Error(TOO_LARGE)) : '');
-    const etag = res.headers.get('etag') ?? undefined;
+    if (text === undefined) throw new Error(`HTTP ${status}`);
+    const problems = this.#apply(text);
+    const etag = typeof headers.etag === 'string' ? headers.etag : undefined;
     if (problems) this.#broken = etag;
     else { this.#etag = etag; this.#broken = undefined; }
     return problems;
