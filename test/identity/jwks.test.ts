@@ -10,9 +10,9 @@ import { upstream, jwksServer, listen, close } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
 import { world, keys } from '../core/world.ts';
 import { RemoteKeySet } from '../../proxy/identity/jwks.ts';
+import { until } from '../lifecycle/support.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const until = async (ok: () => boolean, ms = 5000) => { const end = Date.now() + ms; while (!ok() && Date.now() < end) await sleep(20); return ok(); };
 
 t.test('an unknown-kid flood costs at most one JWKS refetch per cooldown', async (t) => {
   // Tokens minted up front, so the floods themselves are quick against the cooldown.
