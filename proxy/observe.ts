@@ -3,7 +3,7 @@
 // Observations must never throw into the request path; the server guards them anyway.
 
 import type { Decision, RequestContext } from './pipeline/types.ts';
-import type { ForwardOutcome } from './forward/forward.ts';
+import type { ForwardOutcome } from './forward/outcome.ts';
 
 export interface Observation {
   /** Trace id of this request, for problem bodies; undefined when tracing is off. */

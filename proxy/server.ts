@@ -3,7 +3,7 @@
 // answers health and operator endpoints. Rules, identity and checks form one Generation that
 // a reload replaces atomically: a request uses the generation it started with.
 
-import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
@@ -12,7 +12,10 @@ import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity } from './identity/verify.ts';
 import { Forwarder } from './forward/forward.ts';
-import { sendProblem, problemBody } from './decision/problem.ts';
+import type { ForwardOutcome } from './forward/outcome.ts';
+import { isWebSocketHandshake } from './forward/tunnel.ts';
+import { closingResponse } from './forward/wire.ts';
+import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
 import { contractHeaders } from './decision/headers.ts';
 import { noopObserver, type Observer, type Observation } from './observe.ts';
 import { AdminRoutes, createAdminServer } from './admin/server.ts';
@@ -85,42 +88,48 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const sockets = new Set<Socket>();
   /** Responses not yet finished (the requests in flight): drain marks those not yet started to close their connection. */
   const responses = new Set<ServerResponse>();
+  /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
+  const tunnels = new Set<Socket>();
   let draining = false;
+  let closing: Promise<void> | undefined;
   let idle: (() => void) | undefined;
 
   generation.identity.start().catch((err: Error) => {
     log({ level: 'warn', msg: 'signing keys not loaded yet; retrying in the background', error: err.message });
   });
 
-  const traffic = createServer({ maxHeaderSize: 16 * 1024, requestTimeout: 0, keepAliveTimeout: 5_000 }, (req, res) => {
+  const traffic = createServer({
+    maxHeaderSize: 16 * 1024, requestTimeout: 0, keepAliveTimeout: 5_000,
+    // Only a WebSocket handshake becomes an upgrade; any other Upgrade (h2c, which Java's
+    // HttpClient offers on every plain request) is a hop-by-hop header, dropped, and the
+    // request is served as HTTP/1.1.
+    shouldUpgradeCallback: (req) => isWebSocketHandshake(req.method, req.headers),
+  }, (req, res) => {
     void handle(generation, req, res);
   });
+  traffic.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => { void handleUpgrade(generation, req, socket, head); });
   traffic.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // Node refused to parse the request (header overflow, bad framing): answer in kind if we can.
     if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) { socket.destroy(); return; }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const reason = err.code === 'HPE_HEADER_OVERFLOW' ? 'headers-too-large' : 'malformed-request';
-    const problem = problemBody({ reason, detail: 'the request could not be parsed' });
-    const body = JSON.stringify(problem);
-    socket.end(`HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status as number]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    const a = problemAnswer({ reason, detail: 'the request could not be parsed' });
+    socket.end(closingResponse(a.status, a.headers, a.body));
   });
 
-  async function handle(g: Generation, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /** The context and observation of one request (or WebSocket handshake). */
+  function begin(g: Generation, req: IncomingMessage): [RequestContext, Observation] {
     const ctx: RequestContext = {
       req, rules: g.rules, now: now(), warnings: [], checks: [], extra: {},
     };
     let observation: Observation = noopObserver.begin(ctx);
     try { observation = observer.begin(ctx); } catch { /* telemetry never fails a request */ }
-    responses.add(res);
-    // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
-    if (draining) res.setHeader('connection', 'close');
-    res.once('close', () => {
-      responses.delete(res);
-      if (responses.size === 0) idle?.();
-      // The status the client got: writeHead set it, whether driftguard answered or the upstream did.
-      try { observation.end(res.statusCode); } catch { /* ignore */ }
-    });
+    return [ctx, observation];
+  }
+
+  /** Run the checks; any error denies. `headers` gets what the answer carries whatever it is. */
+  async function decide(g: Generation, ctx: RequestContext, observation: Observation, headers: Record<string, string | string[]>): Promise<Decision> {
     let decision: Decision;
     try {
       decision = await g.decide(ctx);
@@ -128,23 +137,24 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       decision = { decision: 'deny', reason: 'internal-error', detail: 'decision failed', enforced: true, warnings: [] };
     }
     try { observation.decided(decision); } catch { /* ignore */ }
-    const headers: Record<string, string | string[]> = {};
     try {
       contractHeaders(ctx.operation, decision, headers);
       observation.responseHeaders(headers);
     } catch { /* headers are best effort; the decision stands */ }
+    return decision;
+  }
 
-    if (decision.decision === 'deny' && decision.enforced) {
-      drain(req);
-      sendProblem(res, {
-        ...decision,
-        ...(ctx.operation ? { operation: ctx.operation.id } : {}),
-        ...(observation.traceId ? { traceId: observation.traceId } : {}),
-        tokenPresent: req.headers.authorization !== undefined,
-      }, headers);
-      return;
-    }
+  function denial(ctx: RequestContext, decision: Decision, observation: Observation): Problem {
+    return {
+      ...decision,
+      ...(ctx.operation ? { operation: ctx.operation.id } : {}),
+      ...(observation.traceId ? { traceId: observation.traceId } : {}),
+      tokenPresent: ctx.req.headers.authorization !== undefined,
+    };
+  }
 
+  /** driftguard's own request headers for the upstream: who is calling, under which decision. */
+  function upstreamHeaders(ctx: RequestContext, decision: Decision, observation: Observation): Record<string, string> {
     const own: Record<string, string> = {};
     if (ctx.consumer) {
       own['driftguard-consumer'] = ctx.consumer.subject;
@@ -154,17 +164,87 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (ctx.operation) own['driftguard-operation'] = ctx.operation.id;
     own['driftguard-decision'] = decision.enforced ? decision.decision : 'would-deny';
     try { observation.upstreamHeaders(own); } catch { /* ignore */ }
+    return own;
+  }
+
+  function forwardingFailed(ctx: RequestContext, failure: NonNullable<ForwardOutcome['failure']>, observation: Observation): Problem {
+    return {
+      reason: failure,
+      detail: failure === 'upstream-timeout' ? 'the upstream did not answer in time' : 'the upstream could not be reached',
+      ...(ctx.operation ? { operation: ctx.operation.id } : {}),
+      ...(observation.traceId ? { traceId: observation.traceId } : {}),
+    };
+  }
+
+  async function handle(g: Generation, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const [ctx, observation] = begin(g, req);
+    responses.add(res);
+    // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
+    if (draining) res.setHeader('connection', 'close');
+    res.once('close', () => {
+      responses.delete(res);
+      settled();
+      // The status the client got: writeHead set it, whether driftguard answered or the upstream did.
+      try { observation.end(res.statusCode); } catch { /* ignore */ }
+    });
+    const headers: Record<string, string | string[]> = {};
+    const decision = await decide(g, ctx, observation, headers);
+
+    if (decision.decision === 'deny' && decision.enforced) {
+      drain(req);
+      sendProblem(res, denial(ctx, decision, observation), headers);
+      return;
+    }
+
+    const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
     const outcome = await g.forwarder.forward(req, res, ctx.target?.path + (ctx.target?.query ?? ''), own, headers, ctx.body);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
-    if (outcome.failure) {
-      sendProblem(res, {
-        reason: outcome.failure,
-        detail: outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time' : 'the upstream could not be reached',
-        ...(ctx.operation ? { operation: ctx.operation.id } : {}),
-        ...(observation.traceId ? { traceId: observation.traceId } : {}),
-      }, headers);
-    }
+    if (outcome.failure) sendProblem(res, forwardingFailed(ctx, outcome.failure, observation), headers);
+  }
+
+  /**
+   * A WebSocket handshake: decided like any request; once allowed, the connection becomes a
+   * tunnel to the upstream (forward/tunnel.ts). The socket is driftguard's from here on, so
+   * answers are written to it directly, and it counts as in flight until it closes.
+   */
+  async function handleUpgrade(g: Generation, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+    // Node removed its own listeners: without one, a reset connection would crash the process.
+    socket.on('error', () => socket.destroy());
+    const [ctx, observation] = begin(g, req);
+    tunnels.add(socket);
+    let status = 0;
+    let ended = false;
+    // The handshake's decision is reported once its answer is written (the 101, the upstream's
+    // refusal, or a problem); the tunnel's lifetime is not part of it. 0: the client left first.
+    const end = (): void => {
+      if (ended) return;
+      ended = true;
+      try { observation.end(status); } catch { /* ignore */ }
+    };
+    socket.once('close', () => { tunnels.delete(socket); settled(); end(); });
+    const answer = (problem: Problem, headers: Record<string, string | string[]>): void => {
+      const a = problemAnswer(problem, headers);
+      status = a.status;
+      socket.end(closingResponse(a.status, a.headers, a.body));
+      end();
+    };
+    const headers: Record<string, string | string[]> = {};
+    const decision = await decide(g, ctx, observation, headers);
+    if (decision.decision === 'deny' && decision.enforced) { answer(denial(ctx, decision, observation), headers); return; }
+
+    const own = upstreamHeaders(ctx, decision, observation);
+    try { observation.forwarding(); } catch { /* ignore */ }
+    const outcome = await g.forwarder.tunnel(req, socket, head, ctx.target?.path + (ctx.target?.query ?? ''), own, headers);
+    try { observation.forwarded(outcome); } catch { /* ignore */ }
+    if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, observation), headers); return; }
+    if (outcome.status !== undefined) status = outcome.status;
+    end();
+  }
+
+  /** Called as each request or tunnel finishes: wakes a drain waiting for the last one. */
+  function settled(): void {
+    if (responses.size + tunnels.size === 0) idle?.();
   }
 
   const routes = new AdminRoutes();
@@ -206,7 +286,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   const self: Driftguard = {
     traffic, admin, routes, listening, ...(probes ? { probes } : {}),
-    get inFlight() { return responses.size; },
+    get inFlight() { return responses.size + tunnels.size; },
     get generation() { return generation; },
     get ready() { return notReady().length === 0; },
     get notReady() { return notReady(); },
@@ -236,18 +316,19 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // Stop accepting (new connections are refused) and close connections idle between requests.
       const closed = new Promise<void>((resolve) => traffic.close(() => resolve()));
       traffic.closeIdleConnections();
-      log({ level: 'info', msg: 'draining: new connections are refused', inFlight: responses.size, graceMs });
+      log({ level: 'info', msg: 'draining: new connections are refused', inFlight: self.inFlight, graceMs });
       // Answers in flight that have not started yet close their connection once sent.
       for (const r of responses) if (!r.headersSent) r.setHeader('connection', 'close');
-      if (responses.size > 0) {
+      // WebSocket tunnels count too: they get the grace period to finish, then are cut.
+      if (self.inFlight > 0) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, graceMs);
           idle = () => { clearTimeout(timer); resolve(); };
         });
       }
-      if (responses.size > 0) {
+      if (self.inFlight > 0) {
         // Past the grace period: cut what is still running (the client sees a reset connection).
-        log({ level: 'warn', msg: 'grace period over; cutting requests still in flight', inFlight: responses.size, graceMs });
+        log({ level: 'warn', msg: 'grace period over; cutting requests still in flight', inFlight: self.inFlight, graceMs });
         for (const s of sockets) s.destroy();
       } else {
         // Every answer is complete; end (not destroy) so that bytes still buffered are flushed.
@@ -256,14 +337,19 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       await closed;
       await self.close();
     },
-    async close() {
-      draining = true;
-      if (traffic.listening) await new Promise<void>((resolve) => { traffic.close(() => resolve()); traffic.closeIdleConnections(); });
-      if (admin.listening) await new Promise<void>((resolve) => { admin.close(() => resolve()); admin.closeAllConnections(); });
-      if (probes?.listening) await new Promise<void>((resolve) => { probes.close(() => resolve()); probes.closeAllConnections(); });
-      for (const s of sockets) s.destroy();
-      generation.identity.close();
-      await generation.forwarder.close();
+    close() {
+      // Once: drain ends with a close, and a caller may close again.
+      closing ??= (async () => {
+        draining = true;
+        const stopped = [traffic, admin, probes].filter((s) => s?.listening).map((s) => new Promise<void>((resolve) => { s!.close(() => resolve()); s!.closeAllConnections(); }));
+        // A server's close waits for every connection, and a WebSocket tunnel is one that
+        // closeAllConnections does not know (Node handed its socket over): cut them all.
+        for (const s of sockets) s.destroy();
+        await Promise.all(stopped);
+        generation.identity.close();
+        await generation.forwarder.close();
+      })();
+      return closing;
     },
   };
   return self;

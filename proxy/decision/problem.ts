@@ -52,10 +52,9 @@ export function problemBody(p: Problem): Record<string, unknown> {
   return body;
 }
 
-/** Send the problem; `headers` are added (contract headers, trace headers). */
-export function sendProblem(res: ServerResponse, p: Problem, headers: Record<string, string | string[]> = {}): void {
+/** A denial as an answer: status, headers (`headers` plus the problem's own) and body. */
+export function problemAnswer(p: Problem, headers: Record<string, string | string[]> = {}): { status: number; headers: Record<string, string | string[] | number>; body: string } {
   const body = JSON.stringify(problemBody(p));
-  const status = reasonInfo(p.reason).status;
   const out: Record<string, string | string[] | number> = {
     ...headers,
     'content-type': 'application/problem+json',
@@ -65,7 +64,13 @@ export function sendProblem(res: ServerResponse, p: Problem, headers: Record<str
   const auth = wwwAuthenticate(p);
   if (auth) out['www-authenticate'] = auth;
   if (p.retryAfter !== undefined) out['retry-after'] = String(p.retryAfter);
+  return { status: reasonInfo(p.reason).status, headers: out, body };
+}
+
+/** Send the problem; `headers` are added (contract headers, trace headers). */
+export function sendProblem(res: ServerResponse, p: Problem, headers: Record<string, string | string[]> = {}): void {
   if (res.headersSent) { res.destroy(); return; }
-  res.writeHead(status, out);
-  res.end(body);
+  const answer = problemAnswer(p, headers);
+  res.writeHead(answer.status, answer.headers);
+  res.end(answer.body);
 }

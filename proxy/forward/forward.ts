@@ -5,27 +5,12 @@
 // cut the connection, which is what the client then sees.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
-import type { ReasonCode } from '../decision/reasons.ts';
 import { upstreamRequestHeaders, clientResponseHeaders } from './headers.ts';
-
-export interface ForwardOutcome {
-  /** Status the client got from the upstream, or undefined when forwarding failed. */
-  readonly status?: number;
-  /** Why forwarding failed before a response started (the caller answers with a problem). */
-  readonly failure?: Extract<ReasonCode, 'upstream-unavailable' | 'upstream-timeout'>;
-  /** The response had started and was cut. */
-  readonly aborted?: boolean;
-  readonly error?: string;
-}
-
-const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'ETIMEDOUT']);
-
-function errorCode(err: unknown): string {
-  const e = err as { code?: string; cause?: { code?: string } };
-  return e.code ?? e.cause?.code ?? 'UNKNOWN';
-}
+import { errorCode, failed, type ForwardOutcome } from './outcome.ts';
+import { Tunnel } from './tunnel.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
 export function hasBody(req: IncomingMessage): boolean {
@@ -112,7 +97,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     } else if (this.#clientGone) {
       this.#finish({ aborted: true, error: 'client closed' });
     } else {
-      this.#finish({ failure: TIMEOUTS.has(code) ? 'upstream-timeout' : 'upstream-unavailable', error: code });
+      this.#finish(failed(code));
     }
   }
 }
@@ -151,6 +136,31 @@ export class Forwarder {
         }, exchange);
       } catch (err) {
         exchange.onResponseError(undefined as never, err as Error);
+      }
+    });
+  }
+
+  /**
+   * Forward a WebSocket handshake as `path` and, once the upstream switches protocols, join
+   * `client` (the socket of Node's 'upgrade' event) to the upstream's connection. The outcome
+   * comes at the 101 (or with the upstream's refusal); the tunnel runs on until either side closes.
+   */
+  tunnel(req: IncomingMessage, client: Socket, head: Buffer, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
+    if (client.destroyed) return Promise.resolve({ aborted: true, error: 'client closed' });
+    return new Promise((resolve) => {
+      const tunnel = new Tunnel(client, head, responseHeaders, resolve);
+      try {
+        this.#pool.dispatch({
+          path,
+          method: 'GET',
+          // Upgrade and Connection are hop-by-hop and dropped with the rest; undici writes this
+          // hop's pair from `upgrade`. The Sec-WebSocket-* headers are end to end and go on.
+          headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
+          upgrade: req.headers.upgrade as string,
+          body: null,
+        }, tunnel);
+      } catch (err) {
+        tunnel.onResponseError(undefined as never, err as Error);
       }
     });
   }

@@ -10,7 +10,7 @@ import type { Rules } from '../rules/types.ts';
 import type { Feature, Log } from '../features.ts';
 import type { Observation, Observer } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
-import type { ForwardOutcome } from '../forward/forward.ts';
+import type { ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
 import { Journal, replay } from './journal.ts';
 import { ListSource } from './lists.ts';

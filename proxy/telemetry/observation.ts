@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { SpanKind } from '@opentelemetry/api';
 import type { Observation } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
-import type { ForwardOutcome } from '../forward/forward.ts';
+import type { ForwardOutcome } from '../forward/outcome.ts';
 import { buildRecord, logLine } from './record.ts';
 import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
 import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';

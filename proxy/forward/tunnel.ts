@@ -1,0 +1,108 @@
+// The terminal stage for a WebSocket handshake the decision let through. The handshake goes to
+// the upstream with its Upgrade; when the upstream switches protocols (101), the client's
+// connection and the upstream's are joined byte for byte, and back-pressure flows both ways
+// through pipe(). driftguard decides once, on the handshake (consumer, operation and contract
+// version are all known then) and never reads the frames. An upstream that refuses the
+// upgrade answers the client itself: its status, headers and body, then the connection closes.
+
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Dispatcher } from 'undici';
+import { clientResponseHeaders } from './headers.ts';
+import { responseHead } from './wire.ts';
+import { errorCode, failed, type ForwardOutcome } from './outcome.ts';
+
+/** Whether a request asks for a WebSocket (RFC 6455 §4.1: a GET without a body). */
+export function isWebSocketHandshake(method: string | undefined, headers: Readonly<Record<string, string | string[] | undefined>>): boolean {
+  return method === 'GET' && typeof headers.upgrade === 'string' && headers.upgrade.toLowerCase() === 'websocket'
+    && headers['transfer-encoding'] === undefined && (headers['content-length'] === undefined || headers['content-length'] === '0');
+}
+
+export class Tunnel implements Dispatcher.DispatchHandler {
+  readonly #client: Socket;
+  /** Bytes the client sent after its handshake, before the upstream switched protocols. */
+  readonly #head: Buffer;
+  readonly #responseHeaders: Record<string, string | string[]>;
+  readonly #resolve: (outcome: ForwardOutcome) => void;
+  #controller?: Dispatcher.DispatchController;
+  /** The status written to the client, once one is. */
+  #status?: number;
+  #done = false;
+
+  constructor(client: Socket, head: Buffer, responseHeaders: Record<string, string | string[]>, resolve: (outcome: ForwardOutcome) => void) {
+    this.#client = client;
+    this.#head = head;
+    this.#responseHeaders = responseHeaders;
+    this.#resolve = resolve;
+    client.once('close', this.#onClose);
+  }
+
+  #onClose = (): void => {
+    if (this.#done) return;
+    this.#controller?.abort(new Error('the client closed the connection'));
+    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: 'client closed' });
+  };
+
+  #finish(outcome: ForwardOutcome): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#client.off('close', this.#onClose);
+    this.#resolve(outcome);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#client.destroyed) controller.abort(new Error('the client closed the connection'));
+  }
+
+  onRequestUpgrade(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, upstream: Duplex): void {
+    const client = this.#client;
+    if (this.#done || client.destroyed) { upstream.destroy(); return; }
+    // Upgrade and Connection are hop-by-hop, so clientResponseHeaders drops them: they are
+    // this hop's answer to this hop's request, written here.
+    const upgrade = typeof headers.upgrade === 'string' ? headers.upgrade : 'websocket';
+    client.write(responseHead(statusCode, { ...clientResponseHeaders(headers), ...this.#responseHeaders, connection: 'Upgrade', upgrade }), 'latin1');
+    this.#status = statusCode;
+    if (this.#head.length > 0) upstream.write(this.#head);
+    // Either side closing or failing ends both.
+    upstream.on('error', () => client.destroy());
+    client.on('error', () => upstream.destroy());
+    upstream.once('close', () => client.destroy());
+    client.once('close', () => upstream.destroy());
+    upstream.pipe(client);
+    client.pipe(upstream);
+    this.#finish({ status: statusCode });
+  }
+
+  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+    if (statusCode < 200) return; // 1xx: informational, the final answer follows
+    // The upstream refused the upgrade. Its answer is the client's, and the connection closes
+    // after it: without a Content-Length the body runs to the close (RFC 9112 §6.3).
+    this.#status = statusCode;
+    this.#client.write(responseHead(statusCode, { ...clientResponseHeaders(headers), ...this.#responseHeaders, connection: 'close' }), 'latin1');
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#client.write(chunk)) {
+      controller.pause();
+      this.#client.once('drain', () => controller.resume());
+    }
+  }
+
+  onResponseEnd(): void {
+    const status = this.#status!;
+    this.#client.end(() => this.#finish({ status }));
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    const code = errorCode(err);
+    if (this.#status !== undefined) {
+      this.#client.destroy();
+      this.#finish({ status: this.#status, aborted: true, error: code });
+    } else if (this.#client.destroyed) {
+      this.#finish({ aborted: true, error: 'client closed' });
+    } else {
+      this.#finish(failed(code));
+    }
+  }
+}

@@ -1,0 +1,31 @@
+// HTTP/1.1 answers written straight to a socket, for the connections Node's server no longer
+// manages: a WebSocket handshake (the socket is ours from the 'upgrade' event on) and a
+// request Node could not parse. Every such answer closes its connection.
+
+import { STATUS_CODES } from 'node:http';
+
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** Field values as RFC 9110 allows them: no CR, LF or NUL can reach the wire. */
+const VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/**
+ * The status line and header block. A name that is not a token or a value that is not a
+ * field value is left out rather than written: nothing may split the answer. Write it as
+ * latin1, the encoding Node's parser read the values in.
+ */
+export function responseHead(status: number, headers: Readonly<Record<string, string | readonly string[] | number>>): string {
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;
+  for (const [name, value] of Object.entries(headers)) {
+    if (!TOKEN.test(name)) continue;
+    for (const v of Array.isArray(value) ? value : [value]) {
+      const s = String(v);
+      if (VALUE.test(s)) head += `${name}: ${s}\r\n`;
+    }
+  }
+  return head + '\r\n';
+}
+
+/** A whole answer with a UTF-8 body, for a connection that ends after it (`connection: close` is added). */
+export function closingResponse(status: number, headers: Readonly<Record<string, string | readonly string[] | number>>, body: string): Buffer {
+  return Buffer.concat([Buffer.from(responseHead(status, { ...headers, connection: 'close' }), 'latin1'), Buffer.from(body, 'utf8')]);
+}

@@ -1,0 +1,233 @@
+// WebSocket handshakes through driftguard, with a real WebSocket client and server (the `ws`
+// package) on loopback: a handshake is decided like any request; an allowed one becomes a
+// byte-for-byte tunnel to the upstream, a denied one gets its problem and never reaches the
+// upstream, an upstream's refusal reaches the client as it was sent, and drain lets tunnels
+// finish within the grace period and cuts them after it. Any other Upgrade (h2c) is dropped.
+
+import t from 'tap';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import WebSocket, { WebSocketServer } from 'ws';
+import { world, keys, AGENT, ALL_SCOPES } from '../core/world.ts';
+import { upstream, jwksServer, type Upstream } from '../support/servers.ts';
+import { jwks, token } from '../support/keys.ts';
+import { baseRules } from '../support/driftguard.ts';
+import { collector, startWithTelemetry, traceparent, randomHex, KIND } from '../telemetry/support.ts';
+import { raw } from '../support/raw.ts';
+import { until } from '../lifecycle/support.ts';
+
+interface Handshake { readonly url: string; readonly headers: IncomingMessage['headers']; readonly rawHeaders: string[] }
+
+/** A WebSocket echo server on the world's upstream: each message comes back prefixed `echo:`. */
+function echoUpstream(upstream: Upstream): { handshakes: Handshake[]; refuse?: (socket: Duplex) => void; server: WebSocketServer } {
+  const wss = new WebSocketServer({ noServer: true });
+  const u = { handshakes: [] as Handshake[], refuse: undefined as ((socket: Duplex) => void) | undefined, server: wss };
+  upstream.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    u.handshakes.push({ url: req.url!, headers: req.headers, rawHeaders: req.rawHeaders });
+    if (u.refuse) { u.refuse(socket); return; }
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      ws.on('message', (data, isBinary) => ws.send(isBinary ? Buffer.concat([Buffer.from('echo:'), data as Buffer]) : `echo:${data.toString()}`, { binary: isBinary }));
+    });
+  });
+  return u;
+}
+
+interface Opened { readonly ws: WebSocket; readonly headers: IncomingMessage['headers'] }
+interface Refused { readonly status: number; readonly headers: IncomingMessage['headers']; readonly body: string }
+
+/** Open a WebSocket through driftguard: the open socket and the 101's headers, or the refusal. */
+function open(dg: { readonly url: string }, path: string, headers: Record<string, string> = {}): Promise<Opened | Refused> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(dg.url.replace(/^http:/, 'ws:') + path, { headers });
+    let upgradeHeaders: IncomingMessage['headers'] = {};
+    ws.on('upgrade', (res) => { upgradeHeaders = res.headers; });
+    ws.on('open', () => resolve({ ws, headers: upgradeHeaders }));
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }));
+    });
+    ws.on('error', reject);
+  });
+}
+
+function next(ws: WebSocket): Promise<{ data: Buffer; binary: boolean }> {
+  return new Promise((resolve, reject) => {
+    ws.once('message', (data, binary) => resolve({ data: data as Buffer, binary }));
+    ws.once('close', () => reject(new Error('closed before a message')));
+  });
+}
+
+const closed = (ws: WebSocket) => new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
+
+t.test('an allowed handshake becomes a tunnel to the upstream, both ways', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  const tok = await w.tok();
+  const o = await open(w.dg, '/items/7?watch=1', { authorization: `Bearer ${tok}`, 'driftguard-consumer': 'forged' });
+  if (!('ws' in o)) return t.fail(`refused with ${o.status}: ${o.body}`);
+  t.teardown(() => o.ws.terminate());
+  t.equal(up.handshakes.length, 1, 'the upstream got one handshake');
+  const h = up.handshakes[0]!;
+  t.equal(h.url, '/items/7?watch=1', 'path and query as sent');
+  t.equal(h.headers.upgrade, 'websocket', 'the upstream was asked to upgrade');
+  t.match(h.headers.connection, /upgrade/i);
+  t.type(h.headers['sec-websocket-key'], 'string', 'Sec-WebSocket-Key went on (end to end)');
+  t.equal(h.headers['driftguard-consumer'], AGENT, 'driftguard named the consumer; the forged header was dropped');
+  t.equal(h.headers['driftguard-operation'], 'getItem');
+  t.equal(h.headers['driftguard-decision'], 'allow');
+  t.equal(h.rawHeaders.filter((n, i) => i % 2 === 0 && n.toLowerCase() === 'upgrade').length, 1, 'one Upgrade header, not the client\'s and undici\'s');
+  t.equal(o.headers.upgrade, 'websocket', 'the client got the 101 with Upgrade');
+  t.type(o.headers['sec-websocket-accept'], 'string', 'and the upstream\'s Sec-WebSocket-Accept (ws checked it)');
+
+  o.ws.send('hello');
+  const text = await next(o.ws);
+  t.equal(text.data.toString(), 'echo:hello', 'a text message went there and back');
+  // 2 MiB each way: more than the sockets' buffers, so back-pressure is exercised.
+  const big = Buffer.alloc(2 * 1024 * 1024, 0x5a);
+  o.ws.send(big);
+  const back = await next(o.ws);
+  t.ok(back.binary, 'binary frame');
+  t.equal(back.data.length, big.length + 5, 'all 2 MiB came back');
+  t.ok(back.data.subarray(5).equals(big), 'byte for byte');
+});
+
+t.test('a warned handshake is tunneled with the deprecation headers on its 101', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  const o = await open(w.dg, '/search', { authorization: `Bearer ${await w.tok()}` });
+  if (!('ws' in o)) return t.fail(`refused with ${o.status}: ${o.body}`);
+  t.teardown(() => o.ws.terminate());
+  t.match(o.headers.deprecation, /^@\d+$/, 'Deprecation on the 101');
+  t.match(o.headers['driftguard-warning'], /deprecated/, 'driftguard-warning on the 101');
+  t.equal(up.handshakes[0]?.headers['driftguard-decision'], 'warn');
+});
+
+t.test('a denied handshake gets its problem and never reaches the upstream', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  const none = await open(w.dg, '/items/7');
+  if ('ws' in none) return t.fail('opened without a token');
+  t.equal(none.status, 401);
+  t.equal(none.headers['content-type'], 'application/problem+json');
+  t.equal(none.headers['www-authenticate'], 'Bearer realm="driftguard"');
+  t.equal(none.headers.connection, 'close', 'the connection closes after the problem');
+  t.equal(JSON.parse(none.body).code, 'missing-credential');
+  t.equal(Number(none.headers['content-length']), Buffer.byteLength(none.body), 'Content-Length is the body\'s');
+
+  const tok = await w.tok({ scope: 'items.write' });
+  const scope = await open(w.dg, '/items/7', { authorization: `Bearer ${tok}` });
+  if ('ws' in scope) { scope.ws.terminate(); return t.fail('opened without the operation\'s scope'); }
+  t.equal(scope.status, 403);
+  t.equal(JSON.parse(scope.body).code, 'insufficient-scope');
+  t.match(scope.headers['www-authenticate'], /error="insufficient_scope", scope="items.read"/);
+  t.notOk(scope.body.includes(tok) || JSON.stringify(scope.headers).includes(tok), 'the token is not echoed');
+  t.equal(up.handshakes.length, 0, 'the upstream saw no handshake');
+  t.equal(w.up.seen.length, 0, 'nor any request');
+});
+
+t.test('an upstream that refuses the upgrade answers the client itself', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  up.refuse = (socket) => socket.end('HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 15\r\nx-upstream: no\r\ndriftguard-warning: forged\r\n\r\nno sockets here');
+  const o = await open(w.dg, '/items/7', { authorization: `Bearer ${await w.tok()}` });
+  if ('ws' in o) return t.fail('opened although the upstream refused');
+  t.equal(o.status, 403);
+  t.equal(o.body, 'no sockets here');
+  t.equal(o.headers['x-upstream'], 'no', 'the upstream\'s headers');
+  t.equal(o.headers['driftguard-warning'], undefined, 'but not a driftguard- header it made up');
+
+  // Chunked: the body runs to the close, without the upstream's framing.
+  up.refuse = (socket) => socket.end('HTTP/1.1 426 Upgrade Required\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n');
+  const chunked = await open(w.dg, '/items/7', { authorization: `Bearer ${await w.tok()}` });
+  if ('ws' in chunked) return t.fail('opened although the upstream refused');
+  t.equal(chunked.status, 426);
+  t.equal(chunked.body, 'firstsecond');
+});
+
+t.test('an upstream that cannot be reached is a 502 problem', async (t) => {
+  const w = await world(t);
+  await w.up.close();
+  const o = await open(w.dg, '/items/7', { authorization: `Bearer ${await w.tok()}` });
+  if ('ws' in o) return t.fail('opened with no upstream');
+  t.equal(o.status, 502);
+  t.equal(JSON.parse(o.body).code, 'upstream-unavailable');
+});
+
+t.test('any other Upgrade is dropped and the request served as plain HTTP/1.1', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  const tok = await w.tok();
+  // Java's HttpClient offers h2c on every plain-HTTP request.
+  const h2c = await raw(w.port, `GET /items/7 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`);
+  t.equal(h2c.status, 200, 'answered by the upstream over HTTP/1.1');
+  // A WebSocket Upgrade on a request with a body is not a handshake (RFC 6455 §4.1: GET).
+  const post = await raw(w.port, `POST /items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\nconnection: upgrade\r\nupgrade: websocket\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}`);
+  t.equal(post.status, 200);
+  t.equal(up.handshakes.length, 0, 'no upgrade reached the upstream');
+  t.equal(w.up.seen.length, 2);
+  for (const s of w.up.seen) {
+    t.equal(s.headers.upgrade, undefined, `${s.method}: no Upgrade`);
+    t.equal(s.headers['http2-settings'], undefined, `${s.method}: no header named in Connection`);
+  }
+});
+
+t.test('drain waits for open tunnels within the grace period and cuts them after it', async (t) => {
+  const w = await world(t);
+  echoUpstream(w.up);
+  const first = await open(w.dg, '/items/1', { authorization: `Bearer ${await w.tok()}` });
+  const second = await open(w.dg, '/items/2', { authorization: `Bearer ${await w.tok()}` });
+  if (!('ws' in first) || !('ws' in second)) return t.fail('refused');
+  t.equal(w.dg.dg.inFlight, 2, 'each tunnel counts as in flight');
+  first.ws.close();
+  await closed(first.ws);
+  t.ok(await until(() => w.dg.dg.inFlight === 1), 'a closed tunnel no longer counts');
+  const secondClosed = closed(second.ws);
+  let drained = false;
+  const draining = w.dg.dg.drain(400).then(() => { drained = true; });
+  await new Promise((r) => setTimeout(r, 100));
+  t.notOk(drained, 'drain waits while a tunnel is open');
+  second.ws.send('still there?');
+  t.equal((await next(second.ws)).data.toString(), 'echo:still there?', 'the tunnel works during the grace period');
+  await draining;
+  t.equal(await secondClosed, 1006, 'cut after the grace period (no close frame: driftguard does not speak WebSocket)');
+  t.ok(w.logs.some((l) => l.msg === 'grace period over; cutting requests still in flight' && l.inFlight === 1), 'the cut is logged');
+});
+
+t.test('the handshake is traced and logged like any decision, with the status the client got, and no secret', async (t) => {
+  const k = await keys();
+  const up = await upstream();
+  const echo = echoUpstream(up);
+  const keyServer = await jwksServer(jwks(k.es));
+  const otlp = await collector();
+  const dg = await startWithTelemetry(baseRules(up.origin, keyServer.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, serviceName: 'driftguard-test', batch: { scheduledDelay: '50ms' } } };
+  }));
+  t.teardown(async () => { await dg.stop(); await up.close(); await keyServer.close(); await otlp.close(); });
+  const tok = await token({ key: k.es, sub: AGENT, scope: ALL_SCOPES, contract: '2026-09' });
+  const traceId = randomHex(16);
+  const o = await open(dg, '/items/7', { authorization: `Bearer ${tok}`, traceparent: traceparent(traceId, randomHex(8)), cookie: 'session=cookie-secret' });
+  if (!('ws' in o)) return t.fail(`refused with ${o.status}: ${o.body}`);
+  t.match(o.headers.traceresponse, new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`), 'traceresponse on the 101');
+  t.equal(echo.handshakes[0]?.headers.traceparent?.slice(0, 35), `00-${traceId}`, 'the trace went on to the upstream');
+  const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
+  t.equal(server.attributes['http.response.status_code'], 101, 'SERVER span: the 101');
+  t.equal(server.attributes['driftguard.decision'], 'allow');
+  t.equal(server.attributes['driftguard.operation'], 'getItem');
+  t.equal(client.attributes['http.response.status_code'], 101, 'CLIENT span: the upstream\'s 101');
+  t.equal(client.parentSpanId, server.spanId);
+  // The span ends at the handshake: the tunnel is still open.
+  o.ws.send('after the span');
+  t.equal((await next(o.ws)).data.toString(), 'echo:after the span');
+  o.ws.close();
+  await closed(o.ws);
+
+  const none = await open(dg, '/items/7', { traceparent: traceparent(randomHex(16), randomHex(8)) });
+  if ('ws' in none) return t.fail('opened without a token');
+  const log = (await dg.stop()).trim().split('\n').map((l) => JSON.parse(l));
+  t.same(log.map((l) => [l.decision, l.status, l.operation]), [['allow', 101, 'getItem'], ['deny', 401, 'getItem']], 'one decision log line per handshake, with the status the client got');
+  const written = JSON.stringify(log) + otlp.bodies.join('') + dg.logs.join('');
+  for (const secret of [tok, tok.split('.')[2]!, 'cookie-secret']) t.notOk(written.includes(secret), 'no token or cookie in logs or spans');
+});
