@@ -184,8 +184,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     res.once('close', () => {
       responses.delete(res);
       settled();
-      // The status the client got: writeHead set it, whether driftguard answered or the upstream did.
-      try { observation.end(res.statusCode); } catch { /* ignore */ }
+      // The status the client got: writeHead set it, whether driftguard answered or the upstream
+      // did; 0 when the client left before any answer (statusCode would still read 200).
+      try { observation.end(res.headersSent ? res.statusCode : 0); } catch { /* ignore */ }
     });
     const headers: Record<string, string | string[]> = {};
     const decision = await decide(g, ctx, observation, headers);

@@ -179,7 +179,8 @@ export class ServerSpan extends FinishedSpan {
     if (f.userAgent) a['user_agent.original'] = f.userAgent;
     if (r.route !== undefined) a['http.route'] = r.route;
     a['url.path'] = r.path;
-    if (r.status !== undefined) a['http.response.status_code'] = r.status;
+    // 0: the client left before any answer, and a span without a response has no status code.
+    if (r.status) a['http.response.status_code'] = r.status;
     for (const [key, attr] of FIELDS) {
       const v = r[key];
       if (v !== undefined) a[attr] = v as string;

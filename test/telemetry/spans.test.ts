@@ -262,3 +262,27 @@ t.test('no token, query string or Authorization value in anything driftguard wro
   t.notOk(everything.includes('not.a.token'), 'even an invalid token is not echoed');
   t.notOk(everything.includes('should-not-appear'), 'the query string is not recorded');
 });
+
+t.test('a client that leaves before any answer: status 0 in the log, no status code on the span, the upstream call aborted', async (t) => {
+  const slow = await upstream();
+  let upstreamGotIt!: () => void;
+  const reached = new Promise<void>((r) => { upstreamGotIt = r; });
+  slow.handler = (req) => { req.resume(); upstreamGotIt(); /* never answers */ };
+  const other = await startWithTelemetry(baseRules(slow.origin, keys.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+  }));
+  t.teardown(async () => { await other.stop(); await slow.close(); });
+  const traceId = randomHex(16);
+  const gone = new AbortController();
+  const res = fetch(other.url + '/status', { headers: { traceparent: traceparent(traceId, randomHex(8)) }, signal: gone.signal });
+  await reached;
+  gone.abort();
+  await t.rejects(res, 'the client gave up');
+  const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.notOk('http.response.status_code' in server.attributes, 'no status code: there was no response');
+  t.equal(server.attributes['driftguard.decision'], 'allow');
+  const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
+  t.equal(client.attributes['error.type'], 'client closed', 'the upstream call is recorded as cut by the client');
+  const line = (await other.stop()).trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.traceId === traceId);
+  t.equal(line?.status, 0, 'the decision log says no answer, not 200');
+});
