@@ -61,8 +61,10 @@ export interface Driftguard {
   onSwap(listener: (g: Generation) => void): void;
   /** Reload results, shown by /readyz (set by the reloader). */
   reloadStatus?: ReloadStatus;
-  /** Requests being handled now. */
+  /** Requests being handled now, WebSocket tunnels included. */
   readonly inFlight: number;
+  /** WebSocket handshakes being decided and the tunnels they became, until they close. */
+  readonly tunnels: number;
   /** Stop accepting, let in-flight requests finish within graceMs, then close everything. */
   drain(graceMs: number): Promise<void>;
   /** Close at once (tests). */
@@ -288,6 +290,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const self: Driftguard = {
     traffic, admin, routes, listening, ...(probes ? { probes } : {}),
     get inFlight() { return responses.size + tunnels.size; },
+    get tunnels() { return tunnels.size; },
     get generation() { return generation; },
     get ready() { return notReady().length === 0; },
     get notReady() { return notReady(); },

@@ -43,7 +43,8 @@ export class Instruments {
       return [[['success'], s?.succeeded ?? 0], [['failure'], s?.failed ?? 0]];
     }));
     r.add(new Collected('driftguard_rules_info', 'The rules in force (hash of the rules file), always 1.', 'gauge', ['hash'], () => [[[dg.generation.rules.hash], 1]]));
-    r.add(new Collected('driftguard_in_flight_requests', 'Requests being handled now.', 'gauge', [], () => [[[], dg.inFlight]]));
+    r.add(new Collected('driftguard_in_flight_requests', 'Requests being handled now, WebSocket tunnels included.', 'gauge', [], () => [[[], dg.inFlight]]));
+    r.add(new Collected('driftguard_websocket_tunnels', 'Open WebSocket tunnels, and handshakes being decided.', 'gauge', [], () => [[[], dg.tunnels]]));
     processMetrics(r);
   }
 

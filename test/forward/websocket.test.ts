@@ -13,6 +13,7 @@ import { upstream, jwksServer, type Upstream } from '../support/servers.ts';
 import { jwks, token } from '../support/keys.ts';
 import { baseRules } from '../support/driftguard.ts';
 import { collector, startWithTelemetry, traceparent, randomHex, KIND } from '../telemetry/support.ts';
+import { parsePrometheus, sample } from '../telemetry/prometheus.ts';
 import { raw } from '../support/raw.ts';
 import { until } from '../lifecycle/support.ts';
 
@@ -218,11 +219,17 @@ t.test('the handshake is traced and logged like any decision, with the status th
   t.equal(server.attributes['driftguard.operation'], 'getItem');
   t.equal(client.attributes['http.response.status_code'], 101, 'CLIENT span: the upstream\'s 101');
   t.equal(client.parentSpanId, server.spanId);
+  const gauges = async () => {
+    const m = parsePrometheus(await (await fetch(dg.admin + '/metrics')).text());
+    return [sample(m, 'driftguard_websocket_tunnels'), sample(m, 'driftguard_in_flight_requests')];
+  };
+  t.same(await gauges(), [1, 1], 'the open tunnel is counted, and in flight');
   // The span ends at the handshake: the tunnel is still open.
   o.ws.send('after the span');
   t.equal((await next(o.ws)).data.toString(), 'echo:after the span');
   o.ws.close();
   await closed(o.ws);
+  t.ok(await until(async () => (await gauges())[0] === 0), 'and no longer once closed');
 
   const none = await open(dg, '/items/7', { traceparent: traceparent(randomHex(16), randomHex(8)) });
   if ('ws' in none) return t.fail('opened without a token');
