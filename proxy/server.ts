@@ -107,9 +107,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // request is served as HTTP/1.1.
     shouldUpgradeCallback: (req) => isWebSocketHandshake(req.method, req.headers),
   }, (req, res) => {
-    void handle(generation, req, res);
+    handle(generation, req, res).catch((err: unknown) => unexpected(err, res));
   });
-  traffic.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => { void handleUpgrade(generation, req, socket, head); });
+  traffic.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    handleUpgrade(generation, req, socket, head).catch((err: unknown) => unexpected(err, socket));
+  });
   traffic.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // Node refused to parse the request (header overflow, bad framing): answer in kind if we can.
@@ -243,6 +245,20 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, observation), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;
     end();
+  }
+
+  /**
+   * The last line of defence: a defect on the request path answers 500 `internal-error` (or
+   * cuts the connection once an answer has started) and is logged, never crashes the process.
+   * Only the error's name and code are logged: a message may quote a header value.
+   */
+  function unexpected(err: unknown, to: ServerResponse | Socket): void {
+    const e = err as { name?: string; code?: string } | undefined;
+    log({ level: 'error', msg: 'request failed unexpectedly', error: e?.name ?? typeof err, ...(e?.code ? { code: e.code } : {}) });
+    try {
+      if ('headersSent' in to && !to.headersSent) { sendProblem(to, { reason: 'internal-error', detail: 'the request could not be handled' }); return; }
+    } catch { /* fall through: cut the connection */ }
+    to.destroy();
   }
 
   /** Called as each request or tunnel finishes: wakes a drain waiting for the last one. */

@@ -1,0 +1,51 @@
+// Fail closed: an exception anywhere on the decision path denies with 500 internal-error
+// (in audit mode too) and nothing reaches the upstream; a defect while writing an answer is
+// a 500 and a log line, never a crashed process. The faults are injected through the seams
+// the server offers (a check's long-lived state, an observer): no real part fails on demand.
+
+import t from 'tap';
+import { world, assertDenied } from './world.ts';
+import type { Observer } from '../../proxy/observe.ts';
+import type { LifecycleState } from '../../proxy/lifecycle/state.ts';
+
+// Revocation state whose lookup throws, as a defect in it would.
+const broken = { revocations: { match() { throw new Error('revocation lookup failed: Bearer should-not-leak'); } } } as unknown as LifecycleState;
+const revocationOn = (mode: 'enforce' | 'audit') => (r: Record<string, any>) => {
+  r.proxy.mode = mode;
+  r.revocation = { mode: 'enforce' };
+  r.monitors = { kinds: [], quarantine: { mode: 'off' }, retryStorm: { mode: 'off' }, traversal: { mode: 'off' }, idempotency: { mode: 'off' } };
+};
+
+for (const mode of ['enforce', 'audit'] as const) {
+  t.test(`a check that throws denies with 500 internal-error (${mode} mode)`, async (t) => {
+    const w = await world(t, revocationOn(mode), { deps: { lifecycle: broken } });
+    const a = await w.call('GET', '/items/1', { token: await w.tok() });
+    assertDenied(t, w, a, 500, 'internal-error');
+    t.equal(a.json.detail, 'the revocation check failed');
+    t.notOk(a.text.includes('should-not-leak'), 'the exception\'s message stays inside');
+    t.notOk(a.headers.has('driftguard-warning'), 'enforced, not a would-deny');
+  });
+}
+
+t.test('an answer that cannot be written is a 500 and a log line; the process goes on', async (t) => {
+  // An observer (telemetry, in production) that adds a header value Node refuses to write.
+  const badHeader: Observer = {
+    begin: () => ({
+      upstreamHeaders() {}, decided() {}, forwarding() {}, forwarded() {}, end() {},
+      responseHeaders(into) { into['x-broken'] = 'line\nbreak'; },
+    }),
+  };
+  const w = await world(t, () => {}, { observer: badHeader });
+  const denied = await w.call('GET', '/items/1');
+  t.equal(denied.status, 500, 'a denial whose answer could not be written');
+  t.equal(denied.json?.code, 'internal-error');
+  t.notOk(denied.headers.has('x-broken'));
+  const allowed = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(allowed.status, 500, 'an allowed request whose answer could not be written');
+  t.equal(allowed.json?.code, 'internal-error');
+  const failures = w.logs.filter((l) => l.msg === 'request failed unexpectedly');
+  t.ok(failures.length >= 2, 'each is logged');
+  t.match(failures[0], { level: 'error', error: 'TypeError', code: 'ERR_INVALID_CHAR' });
+  t.notOk(JSON.stringify(w.logs).includes('line\\nbreak'), 'the offending value is not logged');
+  t.equal((await w.call('GET', '/status')).status, 500, 'still answering');
+});
