@@ -61,8 +61,10 @@ export function addRulesValidator(validator: RulesValidator): void {
 }
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, allowUnionTypes: true });
-// "format: uri" is only documentation for editors; no ajv-formats dependency needed.
-ajv.addFormat('uri', /^[a-z][a-z0-9+.-]*:\S+$/i);
+// "format: uri": a scheme and then only the characters RFC 3986 allows (non-ASCII
+// percent-encoded), so that a deprecation link written into a Link header as <…> can neither
+// break out of it nor carry a character Node refuses to write. No ajv-formats dependency needed.
+ajv.addFormat('uri', /^[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#[\]@!$&'()*+,;=%-]+$/);
 const validateSchema = ajv.compile(schema);
 
 /** Field name as a platform engineer reads it: contract.operations[3].method */

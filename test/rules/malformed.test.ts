@@ -37,6 +37,9 @@ contract:
       changedIn: "2026-06"
 `;
 
+/** A deprecated block for the second operation, its link on line 32. */
+const DEPRECATED = (link: string) => `      deprecated:\n        since: "2026-01-01"\n        link: '${link}'\n`;
+
 function problems(text: string): { file: string; problems: readonly RulesProblem[] } {
   const file = writeRules(text);
   try {
@@ -56,6 +59,7 @@ function edit(from: string, to: string): string {
 
 t.test('the baseline is valid', async (t) => {
   t.same(problems(VALID).problems, []);
+  t.same(problems(edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/changes/%E2%82%ACuro?v=2&x=(1)#section-3')}`)).problems, [], 'and so is a percent-encoded link');
 });
 
 const cases: { name: string; text: string; line: number | number[]; field: string | RegExp }[] = [
@@ -87,6 +91,10 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'declared operation that does not exist', text: edit('      owner: team-a\n', '      owner: team-a\n      operations: [getItem, nope]\n'), line: 18, field: 'consumers.registry[0].operations[1]' },
   { name: 'upstream with a path', text: edit('upstream: http://127.0.0.1:9', 'upstream: http://127.0.0.1:9/api'), line: 3, field: 'proxy.upstream' },
   { name: 'listen not host:port', text: edit('listen: 127.0.0.1:0', 'listen: localhost'), line: 2, field: 'proxy.listen' },
+  // A deprecation link goes into a Link header as <…>: it must not end it early, nor carry a
+  // character Node refuses to write (which made every answer for the operation fail).
+  { name: 'deprecation link that would end <…> early', text: edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/a>,<https://evil.example/>')}`), line: 32, field: 'contract.operations[1].deprecated.link' },
+  { name: 'deprecation link with a character outside RFC 3986', text: edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/€uro')}`), line: 32, field: 'contract.operations[1].deprecated.link' },
 ];
 
 for (const c of cases) {
