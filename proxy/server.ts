@@ -14,6 +14,7 @@ import { Identity } from './identity/verify.ts';
 import { Forwarder } from './forward/forward.ts';
 import type { ForwardOutcome } from './forward/outcome.ts';
 import { isWebSocketHandshake } from './forward/tunnel.ts';
+import { headerSafe } from './forward/headers.ts';
 import { closingResponse } from './forward/wire.ts';
 import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
 import { contractHeaders } from './decision/headers.ts';
@@ -161,7 +162,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function upstreamHeaders(ctx: RequestContext, decision: Decision, observation: Observation): Record<string, string> {
     const own: Record<string, string> = {};
     if (ctx.consumer) {
-      own['driftguard-consumer'] = ctx.consumer.subject;
+      own['driftguard-consumer'] = headerSafe(ctx.consumer.subject);
       own['driftguard-consumer-kind'] = ctx.consumer.kind;
     }
     if (ctx.declaredContract) own['driftguard-contract'] = ctx.declaredContract;

@@ -59,3 +59,21 @@ export function clientResponseHeaders(headers: Record<string, string | string[] 
   }
   return out;
 }
+
+/** Anything but visible ASCII, and `%` itself (the escape). */
+const NOT_VERBATIM = /[^\x21-\x24\x26-\x7e]/;
+
+/**
+ * A value taken from a token (the subject) as a header value: visible ASCII other than `%`
+ * stays as it is, anything else is percent-encoded as UTF-8, so the upstream can decode it
+ * losslessly (decodeURIComponent). SPIFFE IDs, service-account names and most OAuth subjects
+ * pass unchanged. Written raw, a subject with a character Node refuses failed the forwarding
+ * (a 502 for a request the upstream never saw); one with spaces would lose its edges.
+ */
+export function headerSafe(value: string): string {
+  if (!NOT_VERBATIM.test(value)) return value;
+  let out = '';
+  // A lone surrogate (JSON allows one) becomes U+FFFD rather than make encodeURIComponent throw.
+  for (const ch of value.toWellFormed()) out += NOT_VERBATIM.test(ch) ? encodeURIComponent(ch) : ch;
+  return out;
+}
