@@ -108,10 +108,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // request is served as HTTP/1.1.
     shouldUpgradeCallback: (req) => isWebSocketHandshake(req.method, req.headers),
   }, (req, res) => {
-    handle(generation, req, res).catch((err: unknown) => unexpected(err, res));
+    const g = generation;
+    const [ctx, observation] = begin(g, req);
+    handle(g, ctx, observation, res).catch((err: unknown) => unexpected(err, res, observation.traceId));
   });
   traffic.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    handleUpgrade(generation, req, socket, head).catch((err: unknown) => unexpected(err, socket));
+    const g = generation;
+    const [ctx, observation] = begin(g, req);
+    handleUpgrade(g, ctx, observation, socket, head).catch((err: unknown) => unexpected(err, socket, observation.traceId));
   });
   traffic.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -181,8 +185,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     };
   }
 
-  async function handle(g: Generation, req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const [ctx, observation] = begin(g, req);
+  async function handle(g: Generation, ctx: RequestContext, observation: Observation, res: ServerResponse): Promise<void> {
+    const req = ctx.req;
     responses.add(res);
     // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
     if (draining) res.setHeader('connection', 'close');
@@ -214,10 +218,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * tunnel to the upstream (forward/tunnel.ts). The socket is driftguard's from here on, so
    * answers are written to it directly, and it counts as in flight until it closes.
    */
-  async function handleUpgrade(g: Generation, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
+  async function handleUpgrade(g: Generation, ctx: RequestContext, observation: Observation, socket: Socket, head: Buffer): Promise<void> {
+    const req = ctx.req;
     // Node removed its own listeners: without one, a reset connection would crash the process.
     socket.on('error', () => socket.destroy());
-    const [ctx, observation] = begin(g, req);
     tunnels.add(socket);
     let status = 0;
     let ended = false;
@@ -253,11 +257,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * cuts the connection once an answer has started) and is logged, never crashes the process.
    * Only the error's name and code are logged: a message may quote a header value.
    */
-  function unexpected(err: unknown, to: ServerResponse | Socket): void {
+  function unexpected(err: unknown, to: ServerResponse | Socket, traceId: string | undefined): void {
     const e = err as { name?: string; code?: string } | undefined;
-    log({ level: 'error', msg: 'request failed unexpectedly', error: e?.name ?? typeof err, ...(e?.code ? { code: e.code } : {}) });
+    log({ level: 'error', msg: 'request failed unexpectedly', error: e?.name ?? typeof err, ...(e?.code ? { code: e.code } : {}), ...(traceId ? { traceId } : {}) });
     try {
-      if ('headersSent' in to && !to.headersSent) { sendProblem(to, { reason: 'internal-error', detail: 'the request could not be handled' }); return; }
+      if ('headersSent' in to && !to.headersSent) { sendProblem(to, { reason: 'internal-error', detail: 'the request could not be handled', ...(traceId ? { traceId } : {}) }); return; }
     } catch { /* fall through: cut the connection */ }
     to.destroy();
   }

@@ -4,7 +4,11 @@
 // the server offers (a check's long-lived state, an observer): no real part fails on demand.
 
 import t from 'tap';
-import { world, assertDenied } from './world.ts';
+import { world, keys, assertDenied } from './world.ts';
+import { upstream, jwksServer } from '../support/servers.ts';
+import { jwks } from '../support/keys.ts';
+import { baseRules } from '../support/driftguard.ts';
+import { collector, startWithTelemetry, traceparent, randomHex, KIND } from '../telemetry/support.ts';
 import type { Observer } from '../../proxy/observe.ts';
 import type { LifecycleState } from '../../proxy/lifecycle/state.ts';
 
@@ -48,4 +52,31 @@ t.test('an answer that cannot be written is a 500 and a log line; the process go
   t.match(failures[0], { level: 'error', error: 'TypeError', code: 'ERR_INVALID_CHAR' });
   t.notOk(JSON.stringify(w.logs).includes('line\\nbreak'), 'the offending value is not logged');
   t.equal((await w.call('GET', '/status')).status, 500, 'still answering');
+});
+
+t.test('with tracing on, that 500 names the trace, as internal-error tells the caller to report', async (t) => {
+  const k = await keys();
+  const up = await upstream();
+  const keyServer = await jwksServer(jwks(k.es));
+  const otlp = await collector();
+  const badHeader: Observer = {
+    begin: () => ({
+      upstreamHeaders() {}, decided() {}, forwarding() {}, forwarded() {}, end() {},
+      responseHeaders(into) { into['x-broken'] = 'line\nbreak'; },
+    }),
+  };
+  const dg = await startWithTelemetry(baseRules(up.origin, keyServer.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+  }), {}, badHeader);
+  t.teardown(async () => { await dg.stop(); await up.close(); await keyServer.close(); await otlp.close(); });
+  const traceId = randomHex(16);
+  const res = await fetch(dg.url + '/items/1', { headers: { traceparent: traceparent(traceId, randomHex(8)) } });
+  const body = await res.json() as { code: string; traceId?: string };
+  t.equal(res.status, 500);
+  t.equal(body.code, 'internal-error');
+  t.equal(body.traceId, traceId, 'the problem names the caller\'s trace');
+  const logged = dg.logs.map((l) => JSON.parse(l)).find((l) => l.msg === 'request failed unexpectedly');
+  t.equal(logged?.traceId, traceId, 'and so does the log line');
+  const span = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.equal(span.attributes['http.response.status_code'], 500, 'the span has the 500 the caller got');
 });
