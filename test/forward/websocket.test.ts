@@ -128,6 +128,18 @@ t.test('a denied handshake gets its problem and never reaches the upstream', asy
   t.equal(w.up.seen.length, 0, 'nor any request');
 });
 
+t.test('in audit mode a would-deny handshake is tunneled, flagged both ways', async (t) => {
+  const w = await world(t, (r) => { r.proxy.mode = 'audit'; });
+  const up = echoUpstream(w.up);
+  const o = await open(w.dg, '/items/7');
+  if (!('ws' in o)) return t.fail(`refused with ${o.status}: ${o.body}`);
+  t.teardown(() => o.ws.terminate());
+  t.equal(o.headers['driftguard-warning'], 'missing-credential', 'the client sees what would have been denied');
+  t.equal(up.handshakes[0]?.headers['driftguard-decision'], 'would-deny', 'and so does the upstream');
+  o.ws.send('audited');
+  t.equal((await next(o.ws)).data.toString(), 'echo:audited');
+});
+
 t.test('an upstream that refuses the upgrade answers the client itself', async (t) => {
   const w = await world(t);
   const up = echoUpstream(w.up);
