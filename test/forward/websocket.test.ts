@@ -27,6 +27,7 @@ function echoUpstream(upstream: Upstream): { handshakes: Handshake[]; refuse?: (
     u.handshakes.push({ url: req.url!, headers: req.headers, rawHeaders: req.rawHeaders });
     if (u.refuse) { u.refuse(socket); return; }
     wss.handleUpgrade(req, socket, head, (ws) => {
+      wss.emit('connection', ws, req);
       ws.on('message', (data, isBinary) => ws.send(isBinary ? Buffer.concat([Buffer.from('echo:'), data as Buffer]) : `echo:${data.toString()}`, { binary: isBinary }));
     });
   });
@@ -92,6 +93,18 @@ t.test('an allowed handshake becomes a tunnel to the upstream, both ways', async
   t.ok(back.binary, 'binary frame');
   t.equal(back.data.length, big.length + 5, 'all 2 MiB came back');
   t.ok(back.data.subarray(5).equals(big), 'byte for byte');
+});
+
+t.test('the upstream closing the WebSocket closes it for the client, with its code, and the tunnel', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  up.server.on('connection', (ws) => ws.on('message', (m) => { if (m.toString() === 'bye') ws.close(4000, 'done here'); }));
+  const o = await open(w.dg, '/items/7', { authorization: `Bearer ${await w.tok()}` });
+  if (!('ws' in o)) return t.fail(`refused with ${o.status}: ${o.body}`);
+  const reason = new Promise<[number, string]>((resolve) => o.ws.once('close', (code, why) => resolve([code, why.toString()])));
+  o.ws.send('bye');
+  t.same(await reason, [4000, 'done here'], 'the close frame went through');
+  t.ok(await until(() => w.dg.dg.tunnels === 0 && w.dg.dg.inFlight === 0), 'and the tunnel is gone');
 });
 
 t.test('a warned handshake is tunneled with the deprecation headers on its 101', async (t) => {
