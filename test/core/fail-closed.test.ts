@@ -20,6 +20,14 @@ const revocationOn = (mode: 'enforce' | 'audit') => (r: Record<string, any>) => 
   r.monitors = { kinds: [], quarantine: { mode: 'off' }, retryStorm: { mode: 'off' }, traversal: { mode: 'off' }, idempotency: { mode: 'off' } };
 };
 
+// An observer (telemetry, in production) that adds a header value Node refuses to write.
+const badHeader: Observer = {
+  begin: () => ({
+    upstreamHeaders() {}, decided() {}, forwarding() {}, forwarded() {}, end() {},
+    responseHeaders(into) { into['x-broken'] = 'line\nbreak'; },
+  }),
+};
+
 for (const mode of ['enforce', 'audit'] as const) {
   t.test(`a check that throws denies with 500 internal-error (${mode} mode)`, async (t) => {
     const w = await world(t, revocationOn(mode), { deps: { lifecycle: broken } });
@@ -32,13 +40,6 @@ for (const mode of ['enforce', 'audit'] as const) {
 }
 
 t.test('an answer that cannot be written is a 500 and a log line; the process goes on', async (t) => {
-  // An observer (telemetry, in production) that adds a header value Node refuses to write.
-  const badHeader: Observer = {
-    begin: () => ({
-      upstreamHeaders() {}, decided() {}, forwarding() {}, forwarded() {}, end() {},
-      responseHeaders(into) { into['x-broken'] = 'line\nbreak'; },
-    }),
-  };
   const w = await world(t, () => {}, { observer: badHeader });
   const denied = await w.call('GET', '/items/1');
   t.equal(denied.status, 500, 'a denial whose answer could not be written');
@@ -59,12 +60,6 @@ t.test('with tracing on, that 500 names the trace, as internal-error tells the c
   const up = await upstream();
   const keyServer = await jwksServer(jwks(k.es));
   const otlp = await collector();
-  const badHeader: Observer = {
-    begin: () => ({
-      upstreamHeaders() {}, decided() {}, forwarding() {}, forwarded() {}, end() {},
-      responseHeaders(into) { into['x-broken'] = 'line\nbreak'; },
-    }),
-  };
   const dg = await startWithTelemetry(baseRules(up.origin, keyServer.url, (r) => {
     r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
   }), {}, badHeader);
