@@ -7,6 +7,7 @@
 import t from 'tap';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { connect } from 'node:net';
 import WebSocket, { WebSocketServer } from 'ws';
 import { world, keys, AGENT, ALL_SCOPES } from '../core/world.ts';
 import { upstream, jwksServer, type Upstream } from '../support/servers.ts';
@@ -105,6 +106,34 @@ t.test('the upstream closing the WebSocket closes it for the client, with its co
   o.ws.send('bye');
   t.same(await reason, [4000, 'done here'], 'the close frame went through');
   t.ok(await until(() => w.dg.dg.tunnels === 0 && w.dg.dg.inFlight === 0), 'and the tunnel is gone');
+});
+
+t.test('bytes the client sends right behind its handshake reach the upstream after the 101', async (t) => {
+  const w = await world(t);
+  echoUpstream(w.up);
+  // A masked text frame "early" (RFC 6455 §5.2), sent in the same write as the handshake:
+  // driftguard holds it while it decides, then hands it on once the upstream has switched.
+  const mask = Buffer.from([1, 2, 3, 4]);
+  const payload = Buffer.from('early');
+  const frame = Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!))]);
+  const handshake = `GET /items/7 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${await w.tok()}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+  const socket = connect(w.port, '127.0.0.1');
+  t.teardown(() => socket.destroy());
+  let got = Buffer.alloc(0);
+  const echoed = new Promise<string>((resolve, reject) => {
+    socket.on('data', (c: Buffer) => {
+      got = Buffer.concat([got, c]);
+      const end = got.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const rest = got.subarray(end + 4);
+      // An unmasked server frame: 0x81, the length, the payload.
+      if (rest.length >= 2 && rest.length >= 2 + rest[1]!) resolve(`${got.subarray(0, got.indexOf('\r\n')).toString()} | ${rest.subarray(2, 2 + rest[1]!).toString()}`);
+    });
+    socket.on('error', reject);
+    setTimeout(() => reject(new Error(`no echo within 5 s; got ${JSON.stringify(got.toString('latin1'))}`)), 5_000).unref();
+  });
+  socket.write(Buffer.concat([Buffer.from(handshake, 'latin1'), frame]));
+  t.equal(await echoed, 'HTTP/1.1 101 Switching Protocols | echo:early');
 });
 
 t.test('a warned handshake is tunneled with the deprecation headers on its 101', async (t) => {
