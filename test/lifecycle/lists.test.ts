@@ -2,7 +2,12 @@
 // both must give the same revocations, and problems in either must name line and field.
 
 import t from 'tap';
-import { parseList } from '../../proxy/lifecycle/lists.ts';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseList, MAX_DOCUMENT_BYTES } from '../../proxy/lifecycle/lists.ts';
 import type { RulesProblem } from '../../proxy/rules/load.ts';
 
 const NOW = Date.parse('2026-11-26T00:00:00Z');
@@ -56,4 +61,63 @@ t.test('a list with many problems names the first 20 and counts the rest', async
   t.equal(problems[19]!.field, 'revocations[19].kind');
   t.match(problems[20], { field: '', message: 'and 30 more problems' });
   t.ok(problems[20]!.line > problems[19]!.line, 'the count stands where the 21st problem is');
+});
+
+// yaml's document holds about 75 times its text in memory: above MAX_DOCUMENT_BYTES no
+// document is built. A YAML list is refused there; a JSON one is still read, and its problems
+// are named by entry and field (line 1), or by JSON.parse's own line and column.
+const entry = (i: number) => ({ kind: 'jti', value: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`, reason: `incident INC-${i}: token leaked in a CI log` });
+const yamlOf = (n: number) => 'revocations:\n' + Array.from({ length: n }, (_, i) => `  - kind: jti\n    value: "${entry(i).value}"\n    reason: "${entry(i).reason}"\n`).join('');
+
+t.test('a YAML list larger than MAX_DOCUMENT_BYTES is refused, and says to write JSON', async (t) => {
+  const small = yamlOf(1500);
+  t.ok(small.length < MAX_DOCUMENT_BYTES, `${small.length} bytes`);
+  t.equal((parseList(small, 'list.yaml', 'file', NOW) as unknown[]).length, 1500, 'a YAML list below the limit is read');
+  const large = yamlOf(3000);
+  t.ok(large.length > MAX_DOCUMENT_BYTES, `${large.length} bytes`);
+  const problems = parseList(large, 'list.yaml', 'file', NOW) as RulesProblem[];
+  t.equal(problems.length, 1);
+  t.match(problems[0], { file: 'list.yaml', line: 1, column: 1, field: '', message: /larger than 256 KiB, the most a YAML list may be.*write a larger list as JSON/ });
+  t.equal((parseList(JSON.stringify({ revocations: Array.from({ length: 3000 }, (_, i) => entry(i)) }), 'list.json', 'file', NOW) as unknown[]).length, 3000, 'the same entries as JSON are read');
+});
+
+t.test('a JSON list larger than MAX_DOCUMENT_BYTES: problems by entry and field, or where JSON.parse stopped', async (t) => {
+  const entries: Record<string, unknown>[] = Array.from({ length: 4000 }, (_, i) => entry(i));
+  entries[2500] = { ...entries[2500], kind: 'jwt' };
+  const text = JSON.stringify({ revocations: entries }, null, 1);
+  t.ok(text.length > MAX_DOCUMENT_BYTES);
+  t.same((parseList(text, 'list.json', 'url', NOW) as RulesProblem[]).map((p) => [p.line, p.field]), [[1, 'revocations[2500].kind']]);
+  const lines = text.split('\n');
+  // Line 20 is an entry's `"value": "…",`: without its comma, JSON.parse stops at the next line.
+  t.match(lines[19], /^ {3}"value": ".*",$/);
+  const broken = [...lines.slice(0, 19), lines[19]!.replace(/,$/, ''), ...lines.slice(20)].join('\n');
+  const [p, ...rest] = parseList(broken, 'list.json', 'url', NOW) as RulesProblem[];
+  t.equal(rest.length, 0);
+  t.match(p, { line: 21, column: 4, field: '', message: /not valid JSON \(Expected ',' or '}' after property value in JSON at position \d+\)/ }, 'the line and column JSON.parse names');
+});
+
+t.test('under the chart\'s heap limits, a 6 MiB YAML list or a 6 MiB JSON list with one bad entry stops start-up with its problem, not the process', async (t) => {
+  // Real process, real limits: before MAX_DOCUMENT_BYTES both ended in a V8 heap OOM (exit 134).
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-lists-'));
+  const bad: Record<string, unknown>[] = Array.from({ length: 40000 }, (_, i) => entry(i));
+  bad[30000] = { ...bad[30000], kind: 'jwt' };
+  writeFileSync(join(dir, 'list.yaml'), yamlOf(40000));
+  writeFileSync(join(dir, 'list.json'), JSON.stringify({ revocations: bad }, null, 1));
+  for (const [list, expected] of [['list.yaml', /list\.yaml:1:1: .*the most a YAML list may be/], ['list.json', /list\.json:1:1: revocations\[30000\]\.kind: must be one of/]] as const) {
+    const rules = readFileSync(new URL('../../rules/demo.yaml', import.meta.url), 'utf8')
+      .replace('127.0.0.1:15080', '127.0.0.1:0').replace('127.0.0.1:15021', '127.0.0.1:0') + `\nrevocation:\n  file: ${list}\n`;
+    writeFileSync(join(dir, `rules-${list}.yaml`), rules);
+    const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url)), 'run', '--config', join(dir, `rules-${list}.yaml`)], {
+        env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=96 --max-semi-space-size=4', OTEL_TRACES_EXPORTER: 'none' }, stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let err = '';
+      child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
+      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      child.on('exit', (c) => { clearTimeout(timer); resolve({ code: c, stderr: err }); });
+    });
+    t.equal(code, 1, `${list}: exit 1 (invalid rules), not a crash`);
+    t.match(stderr, expected, `${list}: the problem, with file, line and field`);
+    t.notMatch(stderr, /heap out of memory/);
+  }
 });
