@@ -177,7 +177,7 @@ interface RawRules {
   proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string }; connections: number };
   identity: {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
-    clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number };
+    clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
   };
   consumers: { unknown: 'deny' | 'allow'; defaultKind: ConsumerKind; registry: { subject: string; kind: ConsumerKind; owner?: string; operations?: string[] }[] };
   contract: {

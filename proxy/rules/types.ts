@@ -50,7 +50,7 @@ export interface IdentityRules {
   readonly issuers: readonly IssuerRules[];
   readonly clockSkewMs: number;
   readonly maxTokenLifetimeMs: Readonly<Record<ConsumerKind, number>>;
-  readonly cache: { readonly maxEntries: number; readonly maxTokenBytes: number };
+  readonly cache: { readonly maxEntries: number; readonly maxTokenBytes: number; readonly maxBytes: number };
 }
 
 export interface ConsumerRules {

@@ -7,6 +7,7 @@ import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, sig
 import { SignJWT, exportJWK } from 'jose';
 import { world, AGENT, HUMAN, type World } from '../core/world.ts';
 import { ISSUER, AUDIENCE, testKey } from '../support/keys.ts';
+import { noopObserver, type Observer } from '../../proxy/observe.ts';
 
 const b64 = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
 
@@ -141,6 +142,19 @@ t.test('a cached token is re-checked for expiry on every hit', async (t) => {
   t.equal(a.status, 401, 'expired while cached');
   t.equal(a.json.code, 'invalid-credential');
   t.equal(w.up.seen.length, 2);
+});
+
+t.test('the verified-token cache is bounded by the token text it stands for, not only by count', async (t) => {
+  // Three tokens of about 1.8 KiB and room for 4 KiB of token text: the oldest is pushed out
+  // although maxEntries (10,000) is far away. The observer counts cache hits and misses.
+  const results: boolean[] = [];
+  const counting: Observer = { begin: () => noopObserver.begin(undefined as never), tokenCache: (hit) => { results.push(hit); } };
+  const w = await world(t, (r) => { r.identity.cache = { maxBytes: 4096 }; }, { observer: counting });
+  const padding = 'x'.repeat(1000);
+  const [a, b, c] = [await w.tok({ claims: { note: padding } }), await w.tok({ claims: { note: padding } }), await w.tok({ claims: { note: padding } })];
+  t.ok(a.length > 1500 && a.length < 2048, `${a.length} bytes`);
+  for (const tok of [a, b, c, c, a]) t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200);
+  t.same(results, [false, false, false, true, false], 'c is a hit; a, pushed out by b and c, is verified again');
 });
 
 t.test('keys from a JWKS file work the same way', async (t) => {
