@@ -60,9 +60,20 @@ export function operationLookup(rules: Rules): Check {
     name: 'operation',
     run(ctx) {
       const op = match(ctx.req.method ?? '', ctx.target!.segments);
-      if (!op) return { reason: 'unknown-operation', detail: `${ctx.req.method} ${ctx.target!.path} is not an operation of contract ${rules.contract.current}` };
+      if (!op) return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract ${rules.contract.current}` };
       ctx.operation = op;
       return undefined;
     },
   };
+}
+
+/**
+ * The path as the detail quotes it. A request line may be close to 16 KiB, and the detail goes
+ * into the problem, the span, the decision-log line and the recent-decisions ring: quoted
+ * whole, anyone could make every one of those records 16 KiB with requests nobody may make.
+ * The record's own path field is cut at 2 KiB.
+ */
+const QUOTED_PATH = 200;
+function shortened(path: string): string {
+  return path.length > QUOTED_PATH ? `${path.slice(0, QUOTED_PATH)}…` : path;
 }

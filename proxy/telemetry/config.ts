@@ -40,7 +40,7 @@ export type LogOutput = { readonly kind: 'stdout' | 'stderr' | 'none' } | { read
 export interface TelemetryConfig {
   readonly traces: TracesConfig;
   readonly log: { readonly output: LogOutput; readonly allowSampleRate: number; readonly maxBufferBytes: number };
-  readonly recent: { readonly size: number };
+  readonly recent: { readonly size: number; readonly maxBytes: number };
 }
 
 /**
@@ -54,7 +54,7 @@ interface RawTelemetry {
     batch: { maxQueueSize?: number; maxExportBatchSize?: number; scheduledDelay?: string };
   };
   decisionLog: { output: string; allowSampleRate: number; maxBufferBytes: number };
-  recent: { size: number };
+  recent: { size: number; maxBytes: number };
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -117,6 +117,6 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
   return {
     traces,
     log: { output, allowSampleRate: l.allowSampleRate, maxBufferBytes: l.maxBufferBytes },
-    recent: { size: raw.recent.size },
+    recent: { size: raw.recent.size, maxBytes: raw.recent.maxBytes },
   };
 }

@@ -37,7 +37,7 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
   }
   const traces = tracing(config.traces, (error) => log({ level: 'warn', msg: 'span export failed; spans are dropped and counted in driftguard_spans_dropped_total', error }));
   const instruments = new Instruments();
-  const sink: Sink = { tracing: traces, instruments, log: decisionLog, allowSampleRate: config.log.allowSampleRate, ring: new Ring(config.recent.size) };
+  const sink: Sink = { tracing: traces, instruments, log: decisionLog, allowSampleRate: config.log.allowSampleRate, ring: new Ring(config.recent.size, config.recent.maxBytes) };
   return {
     observer: {
       begin: (ctx) => new RequestObservation(sink, ctx),

@@ -45,24 +45,45 @@ export function publicEntry(e: RecentEntry): Record<string, unknown> {
   return fields;
 }
 
+/**
+ * Bounded by count and by the characters of its lines: a line is about 1 KiB, but a request's
+ * path goes into it (up to 2 KiB), so 10,000 decisions on long paths, which anyone can send,
+ * would hold nearly three times the memory of 10,000 usual ones.
+ */
 export class Ring {
   readonly #items: (RecentEntry | undefined)[];
+  readonly #maxBytes: number;
   #next = 0;
   #size = 0;
+  #bytes = 0;
 
-  constructor(capacity: number) {
+  constructor(capacity: number, maxBytes = Infinity) {
     this.#items = new Array<RecentEntry | undefined>(capacity);
+    this.#maxBytes = maxBytes;
   }
 
   get capacity(): number { return this.#items.length; }
   get size(): number { return this.#size; }
+  /** Characters of the lines held. */
+  get bytes(): number { return this.#bytes; }
 
   push(r: RecentEntry): void {
     const n = this.#items.length;
     if (n === 0) return;
+    if (this.#size === n) this.#dropOldest();
     this.#items[this.#next] = r;
     this.#next = (this.#next + 1) % n;
-    if (this.#size < n) this.#size++;
+    this.#size++;
+    this.#bytes += r.line.length;
+    while (this.#bytes > this.#maxBytes && this.#size > 1) this.#dropOldest();
+  }
+
+  #dropOldest(): void {
+    const n = this.#items.length;
+    const oldest = (this.#next - this.#size + n) % n;
+    this.#bytes -= this.#items[oldest]!.line.length;
+    this.#items[oldest] = undefined;
+    this.#size--;
   }
 
   /** Newest first. */

@@ -1,0 +1,78 @@
+// The recent-decisions ring is bounded by count and by the characters of its lines: requests
+// with long paths (anyone can send them, and denials are always kept) cannot make it hold
+// more memory than telemetry.recent.maxBytes.
+
+import t from 'tap';
+import { Ring, type RecentEntry } from '../../proxy/telemetry/recent.ts';
+import { upstream, jwksServer } from '../support/servers.ts';
+import { testKey, jwks } from '../support/keys.ts';
+import { baseRules } from '../support/driftguard.ts';
+import { startWithTelemetry } from './support.ts';
+
+const entry = (id: number, chars: number): RecentEntry => ({
+  timeMs: id, traceId: String(id), decision: 'deny', reason: 'unknown-operation', warnings: [],
+  consumer: undefined, owner: undefined, operation: undefined, line: `{"n":${id}}`.padEnd(chars, ' '),
+});
+const ids = (r: Ring) => [...r.newest()].map((e) => e.timeMs);
+
+t.test('by count, the oldest is overwritten first', async (t) => {
+  const r = new Ring(5);
+  for (let i = 1; i <= 7; i++) r.push(entry(i, 100));
+  t.same(ids(r), [7, 6, 5, 4, 3]);
+  t.equal(r.bytes, 500);
+});
+
+t.test('by characters, the oldest are dropped until the lines fit; the newest is always kept', async (t) => {
+  const r = new Ring(100, 3000);
+  for (let i = 1; i <= 5; i++) r.push(entry(i, 1000));
+  t.same(ids(r), [5, 4, 3], 'three lines of 1,000 fit in 3,000');
+  r.push(entry(6, 2500));
+  t.same(ids(r), [6], 'a line of 2,500 pushes out all three');
+  r.push(entry(7, 5000));
+  t.same(ids(r), [7], 'a line larger than the bound is still kept, alone');
+  t.equal(r.bytes, 5000);
+  for (let i = 8; i <= 10; i++) r.push(entry(i, 1000));
+  t.same(ids(r), [10, 9, 8]);
+  t.equal(r.bytes, 3000);
+});
+
+t.test('through the admin listener: long paths fill the bound, not the count', async (t) => {
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const dg = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
+    r.telemetry = { traces: { exporter: 'none' }, decisionLog: { output: 'none' }, recent: { size: 1000, maxBytes: 65536 } };
+  }));
+  t.teardown(async () => { await dg.stop(); await up.close(); await keys.close(); });
+  const long = '/' + 'a'.repeat(2000);
+  let denied = 0;
+  for (let i = 0; i < 100; i++) { const res = await fetch(`${dg.url}${long}${i}`); await res.text(); if (res.status === 403) denied++; }
+  t.equal(denied, 100, 'each an unknown operation');
+  const held = (await (await fetch(`${dg.admin}/decisions?limit=1000`)).json()) as { held: number; decisions: { path: string }[] };
+  t.equal(held.decisions.length, held.held);
+  t.equal(held.decisions[0]!.path, `${long}99`, 'the newest first');
+  // An entry as served is its log line without "msg": within a few characters of the line.
+  const chars = held.decisions.map((d) => JSON.stringify(d).length + 20);
+  const total = chars.reduce((a, b) => a + b, 0);
+  t.ok(held.held < 100, `${held.held} of 100 decisions held`);
+  t.ok(total <= 65536 && total + 2 * chars[0]! > 65536, `their lines, about ${total} characters, fill the 65,536 allowed`);
+});
+
+t.test('a 12 KiB path makes no record 12 KiB: the detail quotes 200 characters, the path field 2 KiB', async (t) => {
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const dg = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
+    r.telemetry = { traces: { exporter: 'none' }, decisionLog: { output: 'none' } };
+  }));
+  t.teardown(async () => { await dg.stop(); await up.close(); await keys.close(); });
+  const path = '/' + 'b'.repeat(12_000);
+  const res = await fetch(dg.url + path);
+  const problem = await res.json() as { code: string; detail: string };
+  t.equal(problem.code, 'unknown-operation');
+  t.equal(problem.detail, `GET /${'b'.repeat(199)}… is not an operation of contract 2026-09`);
+  const held = (await (await fetch(`${dg.admin}/decisions?limit=1`)).json()) as { decisions: { path: string; detail: string }[] };
+  t.equal(held.decisions[0]!.detail, problem.detail);
+  t.equal(held.decisions[0]!.path.length, 2048);
+  t.ok(JSON.stringify(held.decisions[0]).length < 3500, 'the whole entry stays small');
+});
