@@ -1,6 +1,7 @@
 // HTTP/1.1 answers written straight to a socket, for the connections Node's server no longer
 // manages: a WebSocket handshake (the socket is ours from the 'upgrade' event on) and a
-// request Node could not parse. Every such answer closes its connection.
+// request Node could not parse. A 101 hands the connection to the tunnel; any other answer
+// written here closes it.
 
 import { STATUS_CODES } from 'node:http';
 
