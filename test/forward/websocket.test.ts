@@ -250,6 +250,26 @@ t.test('drain waits for open tunnels within the grace period and cuts them after
   t.ok(w.logs.some((l) => l.msg === 'grace period over; cutting requests still in flight' && l.inFlight === 1), 'the cut is logged');
 });
 
+t.test('close() with a tunnel open cuts it and returns, and may be called again', async (t) => {
+  const w = await world(t);
+  echoUpstream(w.up);
+  const o = await open(w.dg, '/items/7', { authorization: `Bearer ${await w.tok()}` });
+  if (!('ws' in o)) return t.fail(`refused with ${o.status}: ${o.body}`);
+  const cut = closed(o.ws);
+  // A server's close waits for every connection, and Node no longer tracks a tunnel's socket:
+  // close() must cut it itself, or it never returns.
+  let timer: NodeJS.Timeout | undefined;
+  const returned = await Promise.race([
+    w.dg.dg.close().then(() => true),
+    new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), 5_000); }),
+  ]);
+  clearTimeout(timer);
+  t.ok(returned, 'close() returned with the tunnel open');
+  t.equal(await cut, 1006, 'the client\'s connection was cut');
+  await w.dg.dg.close();
+  t.pass('a second close() returns too (the world\'s teardown closes again)');
+});
+
 t.test('the handshake is traced and logged like any decision, with the status the client got, and no secret', async (t) => {
   const k = await keys();
   const up = await upstream();
