@@ -11,9 +11,8 @@ import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity } from './identity/verify.ts';
-import { Forwarder } from './forward/forward.ts';
+import { Forwarder, isWebSocketHandshake } from './forward/forward.ts';
 import type { ForwardOutcome } from './forward/outcome.ts';
-import { isWebSocketHandshake } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse } from './forward/wire.ts';
 import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
@@ -106,7 +105,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // Only a WebSocket handshake becomes an upgrade; any other Upgrade (h2c, which Java's
     // HttpClient offers on every plain request) is a hop-by-hop header, dropped, and the
     // request is served as HTTP/1.1.
-    shouldUpgradeCallback: (req) => isWebSocketHandshake(req.method, req.headers),
+    shouldUpgradeCallback: isWebSocketHandshake,
   }, (req, res) => {
     const g = generation;
     const [ctx, observation] = begin(g, req);

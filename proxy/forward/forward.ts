@@ -17,6 +17,12 @@ export function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
 }
 
+/** Whether a request asks for a WebSocket (RFC 6455 §4.1: a GET without a body). */
+export function isWebSocketHandshake(req: IncomingMessage): boolean {
+  const upgrade = req.headers.upgrade;
+  return req.method === 'GET' && typeof upgrade === 'string' && upgrade.toLowerCase() === 'websocket' && !hasBody(req);
+}
+
 type Resolve = (outcome: ForwardOutcome) => void;
 
 /**

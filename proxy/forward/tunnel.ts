@@ -12,12 +12,6 @@ import { clientResponseHeaders } from './headers.ts';
 import { responseHead } from './wire.ts';
 import { errorCode, failed, type ForwardOutcome } from './outcome.ts';
 
-/** Whether a request asks for a WebSocket (RFC 6455 §4.1: a GET without a body). */
-export function isWebSocketHandshake(method: string | undefined, headers: Readonly<Record<string, string | string[] | undefined>>): boolean {
-  return method === 'GET' && typeof headers.upgrade === 'string' && headers.upgrade.toLowerCase() === 'websocket'
-    && headers['transfer-encoding'] === undefined && (headers['content-length'] === undefined || headers['content-length'] === '0');
-}
-
 export class Tunnel implements Dispatcher.DispatchHandler {
   readonly #client: Socket;
   /** Bytes the client sent after its handshake, before the upstream switched protocols. */
