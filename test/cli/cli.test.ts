@@ -2,39 +2,15 @@
 // messages that name the file, line and field.
 
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import { jwtVerify, importJWK, decodeProtectedHeader } from 'jose';
 import { testKey, jwks, ISSUER, AUDIENCE } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, startTest, writeRules, AGENT } from '../support/driftguard.ts';
-
-const CLI = fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url));
-
-export interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
-
-/** Run the CLI to completion (or until `until` says to stop it with SIGTERM). */
-export function cli(args: string[], o: { until?: (stderr: string) => boolean; env?: Record<string, string> } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    // Without tap's NODE_OPTIONS (its process-info loader triples each start-up here).
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let signalled = false;
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`driftguard ${args.join(' ')} did not finish`)); }, 20_000);
-    child.stdout.on('data', (d: Buffer) => { stdout += d; });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d;
-      if (!signalled && o.until?.(stderr)) { signalled = true; child.kill('SIGTERM'); }
-    });
-    child.on('error', reject);
-    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
-  });
-}
+import { cli } from '../support/subprocess.ts';
 
 export function freePort(): Promise<number> {
   return new Promise((resolve) => {

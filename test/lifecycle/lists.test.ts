@@ -2,12 +2,11 @@
 // both must give the same revocations, and problems in either must name line and field.
 
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseList, MAX_DOCUMENT_BYTES } from '../../proxy/lifecycle/lists.ts';
+import { cli } from '../support/subprocess.ts';
 import type { RulesProblem } from '../../proxy/rules/load.ts';
 
 const NOW = Date.parse('2026-11-26T00:00:00Z');
@@ -107,15 +106,7 @@ t.test('under the chart\'s heap limits, a 6 MiB YAML list or a 6 MiB JSON list w
     const rules = readFileSync(new URL('../../rules/demo.yaml', import.meta.url), 'utf8')
       .replace('127.0.0.1:15080', '127.0.0.1:0').replace('127.0.0.1:15021', '127.0.0.1:0') + `\nrevocation:\n  file: ${list}\n`;
     writeFileSync(join(dir, `rules-${list}.yaml`), rules);
-    const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, [fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url)), 'run', '--config', join(dir, `rules-${list}.yaml`)], {
-        env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=96 --max-semi-space-size=4', OTEL_TRACES_EXPORTER: 'none' }, stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      let err = '';
-      child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
-      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-      child.on('exit', (c) => { clearTimeout(timer); resolve({ code: c, stderr: err }); });
-    });
+    const { code, stderr } = await cli(['run', '--config', join(dir, `rules-${list}.yaml`)], { env: { NODE_OPTIONS: '--max-old-space-size=96 --max-semi-space-size=4' } });
     t.equal(code, 1, `${list}: exit 1 (invalid rules), not a crash`);
     t.match(stderr, expected, `${list}: the problem, with file, line and field`);
     t.notMatch(stderr, /heap out of memory/);

@@ -73,3 +73,24 @@ export async function runDriftguard(config: string, args: string[] = [], env: Re
     url: `http://${listening.listen}`, admin: `http://${listening.admin}`,
   };
 }
+
+export interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+/** Run the CLI to completion (or until `until` says to stop it with SIGTERM). */
+export function cli(args: string[], o: { until?: (stderr: string) => boolean; env?: Record<string, string> } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    // Without tap's NODE_OPTIONS (its process-info loader triples each start-up here).
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let signalled = false;
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`driftguard ${args.join(' ')} did not finish`)); }, 20_000);
+    child.stdout.on('data', (d: Buffer) => { stdout += d; });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d;
+      if (!signalled && o.until?.(stderr)) { signalled = true; child.kill('SIGTERM'); }
+    });
+    child.on('error', reject);
+    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
+  });
+}
