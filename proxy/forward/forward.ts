@@ -110,8 +110,10 @@ class Exchange implements Dispatcher.DispatchHandler {
 
 export class Forwarder {
   readonly #pool: Pool;
+  readonly #tunnelIdleMs: number;
 
   constructor(rules: ProxyRules) {
+    this.#tunnelIdleMs = rules.timeouts.tunnelIdleMs;
     this.#pool = new Pool(rules.upstream, {
       connections: rules.connections,
       connectTimeout: rules.timeouts.connectMs,
@@ -154,7 +156,7 @@ export class Forwarder {
   tunnel(req: IncomingMessage, client: Socket, head: Buffer, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
     if (client.destroyed) return Promise.resolve({ aborted: true, error: 'client closed' });
     return new Promise((resolve) => {
-      const tunnel = new Tunnel(client, head, responseHeaders, resolve);
+      const tunnel = new Tunnel(client, head, responseHeaders, this.#tunnelIdleMs, resolve);
       try {
         this.#pool.dispatch({
           path,

@@ -18,15 +18,18 @@ export class Tunnel implements Dispatcher.DispatchHandler {
   readonly #head: Buffer;
   readonly #responseHeaders: Record<string, string | string[]>;
   readonly #resolve: (outcome: ForwardOutcome) => void;
+  /** Longest silence both ways before the tunnel is closed; 0: none. */
+  readonly #idleMs: number;
   #controller?: Dispatcher.DispatchController;
   /** The status written to the client, once one is. */
   #status?: number;
   #done = false;
 
-  constructor(client: Socket, head: Buffer, responseHeaders: Record<string, string | string[]>, resolve: (outcome: ForwardOutcome) => void) {
+  constructor(client: Socket, head: Buffer, responseHeaders: Record<string, string | string[]>, idleMs: number, resolve: (outcome: ForwardOutcome) => void) {
     this.#client = client;
     this.#head = head;
     this.#responseHeaders = responseHeaders;
+    this.#idleMs = idleMs;
     this.#resolve = resolve;
     client.once('close', this.#onClose);
   }
@@ -65,6 +68,10 @@ export class Tunnel implements Dispatcher.DispatchHandler {
     client.once('close', () => upstream.destroy());
     upstream.pipe(client);
     client.pipe(upstream);
+    // Every byte either way is read or written on the client's socket, so its timer is the
+    // tunnel's: a peer that vanished without closing (a node lost, a network partition) would
+    // otherwise hold both connections, and a request in flight, until the process ends.
+    if (this.#idleMs > 0) client.setTimeout(this.#idleMs, () => client.destroy());
     this.#finish({ status: statusCode });
   }
 

@@ -8,7 +8,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { addRulesValidator, RulesError } from '../rules/load.ts';
-import { parseDuration } from '../rules/durations.ts';
+import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.ts';
 import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
 
 export type FeatureMode = 'enforce' | 'audit' | 'off';
@@ -93,6 +93,12 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
       return ms;
     } catch (err) { fail(path, (err as Error).message); return 1; }
   };
+  /** A duration that becomes a timer: at most MAX_TIMER_MS. */
+  const timer = (path: Path, text: string): number => {
+    const ms = duration(path, text);
+    if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
+    return ms;
+  };
   const quiet = (text: string): number => { try { return parseDuration(text); } catch { return 0; } };
 
   // credentials
@@ -129,11 +135,11 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   if (r.url !== undefined) {
     try { new URL(r.url); } catch { fail(['revocation', 'url'], `"${r.url}" is not a URL`); }
   }
-  const intervalMs = duration(['revocation', 'interval'], r.interval);
+  const intervalMs = timer(['revocation', 'interval'], r.interval);
   if (intervalMs > 0 && intervalMs < 1000) fail(['revocation', 'interval'], 'must be at least 1s');
   const revocation: RevocationConfig = Object.freeze({
     mode: r.mode, ...(file !== undefined ? { file } : {}), ...(r.url !== undefined ? { url: r.url } : {}),
-    intervalMs, timeoutMs: duration(['revocation', 'timeout'], r.timeout),
+    intervalMs, timeoutMs: timer(['revocation', 'timeout'], r.timeout),
     ...(journal !== undefined ? { journal } : {}), ...(adminCredentialFile !== undefined ? { adminCredentialFile } : {}),
     maxEntries: r.maxEntries,
   });
@@ -153,7 +159,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   const m = raw.monitors;
   const monitors: MonitorsConfig = Object.freeze({
     kinds: new Set(m.kinds), maxConsumers: m.maxConsumers, maxBodyBytes: m.maxBodyBytes,
-    bodyTimeoutMs: duration(['monitors', 'bodyTimeout'], m.bodyTimeout),
+    bodyTimeoutMs: timer(['monitors', 'bodyTimeout'], m.bodyTimeout),
     retryStorm: Object.freeze({ mode: m.retryStorm.mode, maxRepeats: m.retryStorm.maxRepeats, windowMs: duration(['monitors', 'retryStorm', 'window'], m.retryStorm.window), maxFingerprints: m.retryStorm.maxFingerprints }),
     idempotency: Object.freeze({ mode: m.idempotency.mode, atRank: SENSITIVITY_RANK[m.idempotency.at], header: m.idempotency.header.toLowerCase(), windowMs: duration(['monitors', 'idempotency', 'window'], m.idempotency.window), maxKeys: m.idempotency.maxKeys }),
     traversal: Object.freeze({ mode: m.traversal.mode, maxOperations: m.traversal.maxOperations, windowMs: duration(['monitors', 'traversal', 'window'], m.traversal.window) }),

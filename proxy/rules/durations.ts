@@ -17,6 +17,15 @@ export function parseDuration(text: string): number {
   throw new TypeError(`not a duration: ${JSON.stringify(text)} (use 500ms, 30s, 15m, 1h, 2d or ISO 8601 like PT15M)`);
 }
 
+/**
+ * The longest delay a Node.js timer (setTimeout, setInterval, a socket's or undici's timeout)
+ * takes: 2^31 - 1 ms, about 24.8 days. A longer one fires after 1 ms, with only a warning:
+ * a key set refreshed or a list fetched every millisecond, every body read timed out. A
+ * duration that becomes a timer is therefore refused above it.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+export const TIMER_TOO_LONG = 'must be at most 24d (2^31 - 1 ms, the longest timer Node.js can set; a longer one would fire at once)';
+
 /** Epoch milliseconds of an ISO 8601 date (midnight UTC) or date-time with offset. */
 export function parseTime(text: string): number {
   const value = /^\d{4}-\d{2}-\d{2}$/.test(text) ? Date.parse(text + 'T00:00:00Z') : Date.parse(text);

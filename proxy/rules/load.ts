@@ -8,7 +8,7 @@ import { resolve, dirname } from 'node:path';
 import { parseDocument, LineCounter, type Document } from 'yaml';
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
-import { parseDuration, parseTime } from './durations.ts';
+import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseTime } from './durations.ts';
 import { parseTemplate } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { parseAddress } from '../lib/address.ts';
@@ -174,7 +174,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
 
 // ---- the shape the schema guarantees (defaults applied) ----
 interface RawRules {
-  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string }; connections: number };
+  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; tunnelIdle: string }; connections: number };
   identity: {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
@@ -191,6 +191,12 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   const fail = (path: Path, message: string) => problems.push(at.problem(path, message));
   const duration = (path: Path, text: string) => {
     try { return parseDuration(text); } catch (err) { fail(path, (err as Error).message); return 0; }
+  };
+  /** A duration that becomes a timer: at most MAX_TIMER_MS. */
+  const timer = (path: Path, text: string) => {
+    const ms = duration(path, text);
+    if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
+    return ms;
   };
   const time = (path: Path, text: string) => {
     try { return parseTime(text); } catch (err) { fail(path, (err as Error).message); return 0; }
@@ -218,9 +224,9 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     // Profile kubernetes may leave jwks out: discovery from the API server, with the pod's token and CA.
     const j = iss.jwks ?? { discovery: inClusterApiServer(), tokenFile: DEFAULT_TOKEN_FILE, caFile: DEFAULT_CA_FILE };
     const timing = () => ({
-      refreshMs: duration([...here, 'jwks', 'refresh'], j.refresh ?? '5m'),
+      refreshMs: timer([...here, 'jwks', 'refresh'], j.refresh ?? '5m'),
       cooldownMs: duration([...here, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
-      timeoutMs: duration([...here, 'jwks', 'timeout'], j.timeout ?? '5s'),
+      timeoutMs: timer([...here, 'jwks', 'timeout'], j.timeout ?? '5s'),
     });
     const jwks: JwksSource = j.file !== undefined
       ? { kind: 'file' as const, file: resolve(base, j.file) }
@@ -313,7 +319,11 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     hash: createHash('sha256').update(bytes).digest('hex').slice(0, 16),
     proxy: Object.freeze({
       listen: raw.proxy.listen, upstream: raw.proxy.upstream.replace(/\/$/, ''), admin: raw.proxy.admin, ...(raw.proxy.probes !== undefined ? { probes: raw.proxy.probes } : {}), mode: raw.proxy.mode,
-      timeouts: Object.freeze({ connectMs: duration(['proxy', 'timeouts', 'connect'], raw.proxy.timeouts.connect), responseMs: duration(['proxy', 'timeouts', 'response'], raw.proxy.timeouts.response) }),
+      timeouts: Object.freeze({
+        connectMs: timer(['proxy', 'timeouts', 'connect'], raw.proxy.timeouts.connect),
+        responseMs: timer(['proxy', 'timeouts', 'response'], raw.proxy.timeouts.response),
+        tunnelIdleMs: timer(['proxy', 'timeouts', 'tunnelIdle'], raw.proxy.timeouts.tunnelIdle),
+      }),
       connections: raw.proxy.connections,
     }),
     identity: Object.freeze({

@@ -14,7 +14,12 @@ export interface ProxyRules {
   /** Optional probe-only listener: /healthz, /readyz, /metrics. */
   readonly probes?: string;
   readonly mode: Mode;
-  readonly timeouts: { readonly connectMs: number; readonly responseMs: number };
+  readonly timeouts: {
+    readonly connectMs: number;
+    readonly responseMs: number;
+    /** Longest silence in both directions of a WebSocket tunnel before it is closed; 0: none. */
+    readonly tunnelIdleMs: number;
+  };
   readonly connections: number;
 }
 

@@ -4,7 +4,7 @@
 
 import { dirname, resolve } from 'node:path';
 import type { Rules } from '../rules/types.ts';
-import { parseDuration } from '../rules/durations.ts';
+import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.ts';
 
 /**
  * Spans per export. Smaller than the SDK's 512: chosen when batches were encoded on the
@@ -85,6 +85,12 @@ function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], 
   return first as T;
 }
 
+/** A delay that becomes a timer, from the rules or an OTEL_* variable: refused above MAX_TIMER_MS. */
+function timer(name: string, ms: number): number {
+  if (ms > MAX_TIMER_MS) throw new TypeError(`${name}: ${TIMER_TOO_LONG}`);
+  return ms;
+}
+
 export function telemetryConfig(rules: Rules, env: Env = process.env): TelemetryConfig {
   const raw = rules.raw.telemetry as RawTelemetry;
   const t = raw.traces;
@@ -104,10 +110,10 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     serviceName: t.serviceName ?? str(env, 'OTEL_SERVICE_NAME') ?? 'driftguard',
     sampler,
     samplerArg,
-    exportTimeoutMs: t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000,
+    exportTimeoutMs: timer('telemetry.traces.exportTimeout (or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT)', t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000),
     maxQueueSize,
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? DEFAULT_EXPORT_BATCH),
-    scheduledDelayMs: t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000,
+    scheduledDelayMs: timer('telemetry.traces.batch.scheduledDelay (or OTEL_BSP_SCHEDULE_DELAY)', t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000),
   };
   const l = raw.decisionLog;
   const out = l.output;

@@ -54,6 +54,9 @@ t.test('run: an invalid rules file exits 1 naming the line; a valid one runs unt
   t.match(no.stderr, 'proxy.mode');
   t.equal((await cli(['run'])).code, 2, '--config missing');
   t.equal((await cli(['run', '--config', writeRules(GOOD), '--grace', 'soon'])).code, 2, 'a bad --grace');
+  const long = await cli(['run', '--config', writeRules(GOOD), '--grace', '25d']);
+  t.equal(long.code, 2, 'a --grace longer than a timer can wait (it would cut every request at once)');
+  t.match(long.stderr, '--grace 25d: must be at most 24d');
 
   const port = await freePort();
   const good = writeRules(GOOD);

@@ -250,6 +250,31 @@ t.test('drain waits for open tunnels within the grace period and cuts them after
   t.ok(w.logs.some((l) => l.msg === 'grace period over; cutting requests still in flight' && l.inFlight === 1), 'the cut is logged');
 });
 
+t.test('a tunnel silent both ways for proxy.timeouts.tunnelIdle is closed; one carrying bytes stays open', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.tunnelIdle = '400ms'; });
+  echoUpstream(w.up);
+  const silent = await open(w.dg, '/items/1', { authorization: `Bearer ${await w.tok()}` });
+  const busy = await open(w.dg, '/items/2', { authorization: `Bearer ${await w.tok()}` });
+  if (!('ws' in silent) || !('ws' in busy)) return t.fail('refused');
+  const silentClosed = closed(silent.ws);
+  let busyClosed = false;
+  busy.ws.once('close', () => { busyClosed = true; });
+  // The busy one talks every 100 ms, in turn each way: a message out, its echo back.
+  const started = performance.now();
+  for (let i = 0; i < 12; i++) {
+    busy.ws.send(`ping ${i}`);
+    t.equal((await next(busy.ws)).data.toString(), `echo:ping ${i}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.ok(performance.now() - started > 1_200, 'the busy tunnel outlived three idle periods');
+  t.notOk(busyClosed, 'and is still open');
+  const cut = await Promise.race([silentClosed, new Promise<string>((r) => setTimeout(() => r('still open'), 2_000))]);
+  t.equal(cut, 1006, 'the silent one was cut (no close frame: driftguard does not speak WebSocket)');
+  t.ok(await until(() => w.dg.dg.tunnels === 1), 'and no longer counts as a tunnel');
+  busy.ws.close();
+  await closed(busy.ws);
+});
+
 t.test('close() with a tunnel open cuts it and returns, and may be called again', async (t) => {
   const w = await world(t);
   echoUpstream(w.up);

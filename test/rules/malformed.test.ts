@@ -95,6 +95,13 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // character Node refuses to write (which made every answer for the operation fail).
   { name: 'deprecation link that would end <…> early', text: edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/a>,<https://evil.example/>')}`), line: 32, field: 'contract.operations[1].deprecated.link' },
   { name: 'deprecation link with a character outside RFC 3986', text: edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/€uro')}`), line: 32, field: 'contract.operations[1].deprecated.link' },
+  // A duration that becomes a timer is refused above 2^31 - 1 ms: Node would fire it after 1 ms,
+  // refreshing keys every millisecond or timing out every upstream call at once.
+  { name: 'jwks refresh longer than a timer can wait', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", refresh: 25d }'), line: 11, field: 'identity.issuers[0].jwks.refresh' },
+  { name: 'upstream response timeout longer than a timer can wait', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 25d }\n'), line: 6, field: 'proxy.timeouts.response' },
+  { name: 'tunnel idle timeout longer than a timer can wait', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts:\n    tunnelIdle: P30D\n'), line: 7, field: 'proxy.timeouts.tunnelIdle' },
+  { name: 'revocation interval longer than a timer can wait', text: VALID + 'revocation:\n  interval: 25d\n', line: 31, field: 'revocation.interval' },
+  { name: 'body timeout longer than a timer can wait', text: VALID + 'monitors:\n  bodyTimeout: 600h\n', line: 31, field: 'monitors.bodyTimeout' },
 ];
 
 for (const c of cases) {

@@ -40,6 +40,10 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
   t.throws(() => telemetryConfig(rules(), { OTEL_TRACES_SAMPLER: 'sometimes' }), /OTEL_TRACES_SAMPLER="sometimes": must be one of/);
   t.throws(() => telemetryConfig(rules(), { OTEL_TRACES_EXPORTER: 'jaeger' }), /OTEL_TRACES_EXPORTER/);
   t.throws(() => telemetryConfig(rules(), { OTEL_TRACES_SAMPLER_ARG: '3' }), /OTEL_TRACES_SAMPLER_ARG/);
+  // Longer than a Node.js timer can wait: it would fire after 1 ms and fail every export.
+  t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: String(2 ** 31) }), /exportTimeout.*must be at most 24d/);
+  t.throws(() => telemetryConfig(rules((r) => { r.telemetry = { traces: { batch: { scheduledDelay: '25d' } } }; }), {}), /scheduledDelay.*must be at most 24d/);
+  t.equal(telemetryConfig(rules((r) => { r.telemetry = { traces: { exportTimeout: '24d' } }; }), {}).traces.exportTimeoutMs, 24 * 86_400_000, '24d is taken');
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { traces: { exporter: 'jaeger' } }; }))), /telemetry\.traces\.exporter/);
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { allowSampleRate: 2 } }; }))), /telemetry\.decisionLog\.allowSampleRate/);
   const missing = join(mkdtempSync(join(tmpdir(), 'dg-')), 'no', 'such', 'dir', 'decisions.log');
