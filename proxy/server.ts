@@ -207,7 +207,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
-    const outcome = await g.forwarder.forward(req, res, ctx.target?.path + (ctx.target?.query ?? ''), own, headers, ctx.body);
+    const outcome = await g.forwarder.forward(req, res, upstreamTarget(ctx), own, headers, ctx.body);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) sendProblem(res, forwardingFailed(ctx, outcome.failure, observation), headers);
   }
@@ -244,7 +244,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
-    const outcome = await g.forwarder.tunnel(req, socket, head, ctx.target?.path + (ctx.target?.query ?? ''), own, headers);
+    const outcome = await g.forwarder.tunnel(req, socket, head, upstreamTarget(ctx), own, headers);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, observation), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;
@@ -377,6 +377,18 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     },
   };
   return self;
+}
+
+/**
+ * The request-target the upstream gets: the canonical one. The canonical-path check sets it
+ * and is enforced in audit mode too, so a request without one never gets here; if a defect
+ * let one through, this throws and the request is answered 500 (server's unexpected()),
+ * rather than forwarded to a path of "undefined".
+ */
+function upstreamTarget(ctx: RequestContext): string {
+  const t = ctx.target;
+  if (!t) throw new Error('no canonical request-target');
+  return t.path + t.query;
 }
 
 /** Read and discard what is left of a denied request's body, so keep-alive survives. */

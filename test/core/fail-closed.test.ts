@@ -55,6 +55,22 @@ t.test('an answer that cannot be written is a 500 and a log line; the process go
   t.equal((await w.call('GET', '/status')).status, 500, 'still answering');
 });
 
+// An observer that loses the canonical target after the decision, as a defect elsewhere might.
+const lostTarget: Observer = {
+  begin: (ctx) => ({
+    upstreamHeaders() {}, responseHeaders() {}, forwarding() {}, forwarded() {}, end() {},
+    decided() { delete (ctx as { target?: unknown }).target; },
+  }),
+};
+
+t.test('an allowed request without its canonical target is a 500, never forwarded to a guessed path', async (t) => {
+  const w = await world(t, () => {}, { observer: lostTarget });
+  const a = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(a.status, 500, 'a defect of driftguard\'s (before: 502 upstream-unavailable, blaming the upstream for a path of "undefined" undici refused)');
+  t.equal(a.json?.code, 'internal-error');
+  t.equal(w.up.seen.length, 0, 'nothing reached the upstream');
+});
+
 t.test('with tracing on, that 500 names the trace, as internal-error tells the caller to report', async (t) => {
   const k = await keys();
   const up = await upstream();
