@@ -23,13 +23,42 @@ export interface KeySetStatus {
   readonly failures: number;
 }
 
+/** One key of a set, alone, behind jose's own selection: whether it could verify a token. */
+export interface SingleKey {
+  readonly kid?: string;
+  readonly getKey: JWTVerifyGetKey;
+}
+
 export interface KeySet {
   /** Resolves once keys are loaded (or rejects after the first failed fetch; refresh continues). */
   start(): Promise<void>;
   readonly ready: boolean;
+  /** jose's selection over the whole set: the key a token's kid (and alg) names. */
   readonly getKey: JWTVerifyGetKey;
+  /**
+   * Each key alone (none before the first load): for a token without kid, which key verified
+   * it, so that revoking (or removing) that key's kid reaches the token too.
+   */
+  eachKey(): readonly SingleKey[];
+  /**
+   * Changes whenever the keys change: a token verified under an older version is verified
+   * again rather than served from the cache, so a key removed from the set stops verifying.
+   */
+  readonly version: number;
   status(): KeySetStatus;
   close(): void;
+}
+
+interface Loaded {
+  readonly getKey: JWTVerifyGetKey;
+  readonly each: readonly SingleKey[];
+}
+
+function load(jwks: JSONWebKeySet): Loaded {
+  return {
+    getKey: createLocalJWKSet(jwks),
+    each: jwks.keys.map((k) => ({ ...(typeof k.kid === 'string' ? { kid: k.kid } : {}), getKey: createLocalJWKSet({ keys: [k] }) })),
+  };
 }
 
 const MAX_JWKS_BYTES = 1 << 20;
@@ -45,12 +74,14 @@ function parseJwks(text: string, from: string, select?: KeySelection): JSONWebKe
 
 /** Keys from a file read at start-up (and re-read on reload, which builds a new KeySet). */
 export function fileKeySet(file: string, select?: KeySelection): KeySet {
-  const jwks = parseJwks(readFileSync(file, 'utf8'), file, select);
-  const local = createLocalJWKSet(jwks);
+  const keys = load(parseJwks(readFileSync(file, 'utf8'), file, select));
   return {
     start: async () => {},
     ready: true,
-    getKey: local,
+    getKey: keys.getKey,
+    eachKey: () => keys.each,
+    // A changed file is read by a reload, which builds a new Identity and an empty cache.
+    version: 0,
     status: () => ({ source: file, ready: true, lastSuccessMs: Date.now(), refreshes: 1, failures: 0 }),
     close: () => {},
   };
@@ -75,7 +106,10 @@ export interface RemoteKeySetOptions {
 export class RemoteKeySet implements KeySet {
   readonly #options: RemoteKeySetOptions;
   readonly #now: () => number;
-  #local?: JWTVerifyGetKey;
+  #keys?: Loaded;
+  /** The text the keys were loaded from: a refresh that brings the same text changes nothing. */
+  #text?: string;
+  #version = 0;
   #inflight?: Promise<boolean>;
   #lastAttemptMs = -Infinity;
   #lastSuccessMs?: number;
@@ -92,14 +126,16 @@ export class RemoteKeySet implements KeySet {
     this.getKey = this.getKey.bind(this);
   }
 
-  get ready(): boolean { return this.#local !== undefined; }
+  get ready(): boolean { return this.#keys !== undefined; }
+  get version(): number { return this.#version; }
+  eachKey(): readonly SingleKey[] { return this.#keys?.each ?? []; }
 
   async start(): Promise<void> {
     this.#timer ??= setInterval(() => { void this.refresh(); }, this.#options.refreshMs).unref();
     if (!(await this.refresh())) throw new IdentityUnavailableError(`JWKS ${this.#options.url}: ${this.#lastError}`);
   }
 
-  /** Fetch the keys now (joining a fetch already under way). true when keys were replaced. */
+  /** Fetch the keys now (joining a fetch already under way). true when the fetch succeeded: the keys are current. */
   refresh(): Promise<boolean> {
     this.#inflight ??= this.#fetch().finally(() => { this.#inflight = undefined; });
     return this.#inflight;
@@ -124,7 +160,11 @@ export class RemoteKeySet implements KeySet {
         tooLarge: () => new Error('JWKS larger than 1 MiB'),
       });
       if (text === undefined) throw new Error(`HTTP ${status}`);
-      this.#local = createLocalJWKSet(parseJwks(text, this.#options.url, this.#options.select));
+      if (text !== this.#text) {
+        this.#keys = load(parseJwks(text, this.#options.url, this.#options.select));
+        this.#text = text;
+        this.#version++;
+      }
       this.#lastSuccessMs = this.#now();
       this.#lastError = undefined;
       this.#refreshes++;
@@ -139,21 +179,21 @@ export class RemoteKeySet implements KeySet {
 
   async getKey(...args: Parameters<JWTVerifyGetKey>): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
     const coolingDown = this.#now() - this.#lastAttemptMs < this.#options.cooldownMs;
-    if (!this.#local) {
+    if (!this.#keys) {
       // A fetch under way (the first one, at start-up) may bring the keys: wait for it.
       if (!coolingDown) await this.refresh();
       else if (this.#inflight) await this.#inflight;
-      if (!this.#local) throw new IdentityUnavailableError(`no keys from ${this.#options.url} yet`);
+      if (!this.#keys) throw new IdentityUnavailableError(`no keys from ${this.#options.url} yet`);
     }
     try {
-      return await this.#local(...args);
+      return await this.#keys.getKey(...args);
     } catch (err) {
       if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw err;
       // An unknown kid: maybe the issuer rotated. One refetch per cooldown, whatever the flood.
       if (!coolingDown) await this.refresh();
       else if (this.#inflight) await this.#inflight;
       if (this.#lastError !== undefined) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#options.url}: ${this.#lastError}`);
-      return await this.#local(...args);
+      return await this.#keys.getKey(...args);
     }
   }
 

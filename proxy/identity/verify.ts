@@ -4,11 +4,11 @@
 // token costs a hash and a map lookup instead of a signature check.
 
 import { hash } from 'node:crypto';
-import { jwtVerify, decodeJwt, errors, type CryptoKey, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions, type JWTVerifyResult } from 'jose';
+import { jwtVerify, decodeJwt, decodeProtectedHeader, errors, type FlattenedJWSInput, type JWTPayload, type JWTVerifyOptions, type JWTVerifyResult } from 'jose';
 import { LRUCache } from 'lru-cache';
 import type { IdentityRules, IssuerRules } from '../rules/types.ts';
 import type { Credential } from '../pipeline/types.ts';
-import { IdentityUnavailableError, fileKeySet, RemoteKeySet, type KeySet } from './jwks.ts';
+import { IdentityUnavailableError, fileKeySet, RemoteKeySet, type KeySet, type SingleKey } from './jwks.ts';
 import { discoveredKeySet, kubernetesSubject } from './cluster.ts';
 import { jwtSvidKeys, spiffeSubject, trustDomainOf } from './spiffe.ts';
 
@@ -18,6 +18,17 @@ export type VerifyFailure =
 
 /** Larger tokens are refused outright: no identity provider issues a 16 KiB JWT. */
 const MAX_TOKEN_BYTES = 16 * 1024;
+
+/**
+ * A verified token in the cache, with the key set that verified it and that set's version
+ * then: a hit from an older version is verified again, so a key removed from the set stops
+ * verifying at once, not when the token expires.
+ */
+interface Cached {
+  readonly credential: Credential;
+  readonly keys: KeySet;
+  readonly version: number;
+}
 
 interface Issuer {
   readonly rules: IssuerRules;
@@ -53,7 +64,7 @@ export class Identity {
   readonly #issuers = new Map<string, Issuer>();
   /** spiffe issuers by trust domain: a JWT-SVID without iss is matched by its sub. */
   readonly #trustDomains = new Map<string, Issuer>();
-  readonly #cache?: LRUCache<string, Credential>;
+  readonly #cache?: LRUCache<string, Cached>;
   readonly #onCache?: (hit: boolean) => void;
 
   constructor(rules: IdentityRules, options: IdentityOptions = {}) {
@@ -101,22 +112,24 @@ export class Identity {
       const key = cacheable ? hash('sha256', token, 'base64') : '';
       if (cacheable) {
         const hit = this.#cache!.get(key);
-        this.#onCache?.(hit !== undefined);
-        if (hit) {
-          if (hit.expiresAtMs + this.#rules.clockSkewMs <= now) {
+        const current = hit !== undefined && hit.version === hit.keys.version;
+        this.#onCache?.(current);
+        if (current) {
+          if (hit.credential.expiresAtMs + this.#rules.clockSkewMs <= now) {
             this.#cache!.delete(key);
             return { reason: 'invalid-credential', detail: 'token expired' };
           }
-          return hit;
+          return hit.credential;
         }
       }
-      const credential = await this.#verify(token, now);
-      if ('reason' in credential) return credential;
+      const verified = await this.#verify(token, now);
+      if ('reason' in verified) return verified;
+      const { credential, keys, version } = verified;
       if (cacheable) {
         const ttl = credential.expiresAtMs + this.#rules.clockSkewMs - now;
         // No lru-cache ttl: it counts from performance.now(), not this request's clock; the
         // hit path above checks exp against the request's own time instead.
-        if (ttl > 0) this.#cache!.set(key, { ...credential, cached: true }, { size: token.length });
+        if (ttl > 0) this.#cache!.set(key, { credential: { ...credential, cached: true }, keys, version }, { size: token.length });
       }
       return credential;
     } catch (err) {
@@ -126,7 +139,7 @@ export class Identity {
     }
   }
 
-  async #verify(token: string, now: number): Promise<Credential | VerifyFailure> {
+  async #verify(token: string, now: number): Promise<Cached | VerifyFailure> {
     // Read the unverified iss only to pick the issuer's keys and settings; jwtVerify checks it again.
     const unverified = decodeJwt(token);
     // Only a JWT-SVID may come without iss: it is found by its trust domain.
@@ -134,15 +147,16 @@ export class Identity {
       : unverified.iss === undefined ? this.#trustDomains.get(trustDomainOf(unverified.sub) ?? '') : undefined;
     if (!issuer) return { reason: 'invalid-credential', detail: 'untrusted issuer' };
     const profile = issuer.rules.profile;
-    // The header as jwtVerify parsed and checked it: no second parse of our own.
-    const { payload, protectedHeader: header } = await verifyJwt(token, issuer.keys.getKey, { ...issuer.options, currentDate: new Date(now) });
+    // Read before verifying: a set that changes meanwhile makes this entry stale, not current.
+    const version = issuer.keys.version;
+    const { payload, protectedHeader: header, kid } = await verifyJwt(token, issuer.keys, { ...issuer.options, currentDate: new Date(now) });
     if (typeof payload.sub !== 'string' || payload.sub.length === 0) return { reason: 'invalid-credential', detail: 'sub must be a non-empty string' };
     // The consumer subject, as the issuer's profile defines it.
     const mapped = profile === 'kubernetes' ? kubernetesSubject(payload)
       : profile === 'spiffe' ? spiffeSubject(payload, header, issuer.rules.trustDomain!)
       : { subject: payload.sub };
     if ('detail' in mapped) return { reason: 'invalid-credential', detail: mapped.detail };
-    return {
+    const credential: Credential = {
       issuer: issuer.rules.issuer,
       subject: mapped.subject,
       ...(typeof payload.jti === 'string' ? { jti: payload.jti } : {}),
@@ -151,8 +165,9 @@ export class Identity {
       expiresAtMs: payload.exp! * 1000,
       claims: Object.freeze(payload),
       cached: false,
-      ...(typeof header.kid === 'string' ? { kid: header.kid } : {}),
+      ...(kid !== undefined ? { kid } : {}),
     };
+    return { credential, keys: issuer.keys, version };
   }
 }
 
@@ -179,26 +194,54 @@ class TooManyCandidateKeys extends Error {
 }
 
 /**
- * jwtVerify; and for a token without kid that more than one key of the set could have signed
- * (a set in rotation), each of those keys in turn, as jose documents: it leaves that to the
- * caller and refuses the token otherwise. Only a failed signature moves on to the next key.
+ * jwtVerify, and the kid of the key that verified the token. A token with a kid gets the key
+ * of that kid from jose. A token without one could have been signed by any key of the set
+ * that fits its alg: those keys are tried in turn, as jose leaves to the caller, and only a
+ * failed signature moves on to the next. Knowing the key matters: a revoked kid must revoke
+ * the tokens that key signed, with or without a kid in their header.
  */
-async function verifyJwt(token: string, getKey: JWTVerifyGetKey, options: JWTVerifyOptions): Promise<JWTVerifyResult> {
-  try {
-    return await jwtVerify(token, getKey, options);
-  } catch (err) {
-    if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err;
-    let tried = 0;
-    for await (const key of err as AsyncIterable<CryptoKey>) {
-      if (++tried > MAX_CANDIDATE_KEYS) throw new TooManyCandidateKeys();
-      try {
-        return await jwtVerify(token, key, options);
-      } catch (inner) {
-        if ((inner as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw inner;
-      }
-    }
-    throw new errors.JWSSignatureVerificationFailed();
+async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions): Promise<JWTVerifyResult & { readonly kid?: string }> {
+  const header = decodeProtectedHeader(token);
+  if (header.kid !== undefined) {
+    const result = await jwtVerify(token, keys.getKey, options);
+    return { ...result, ...(typeof result.protectedHeader.kid === 'string' ? { kid: result.protectedHeader.kid } : {}) };
   }
+  const [encodedHeader, payload, signature] = token.split('.');
+  const jws: FlattenedJWSInput = { protected: encodedHeader!, payload: payload!, signature: signature! };
+  const found = await byEachKey(token, keys.eachKey(), header, jws, options);
+  if (found) return found;
+  // No key of the set fits (or none is loaded yet): jose's own path waits for the first fetch,
+  // or refetches once per cooldown, and throws when still none fits. Then the keys it found.
+  await jwtVerify(token, keys.getKey, options).catch((err: unknown) => {
+    if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err;
+  });
+  const refetched = await byEachKey(token, keys.eachKey(), header, jws, options);
+  if (refetched) return refetched;
+  throw new errors.JWKSNoMatchingKey();
+}
+
+/** The first key of `each` that fits the token's alg and verifies it; undefined when none fits. */
+async function byEachKey(token: string, each: readonly SingleKey[], header: ReturnType<typeof decodeProtectedHeader>, jws: FlattenedJWSInput, options: JWTVerifyOptions): Promise<(JWTVerifyResult & { readonly kid?: string }) | undefined> {
+  let tried = 0;
+  for (const k of each) {
+    let key: Awaited<ReturnType<SingleKey['getKey']>>;
+    try {
+      key = await k.getKey(header as Parameters<SingleKey['getKey']>[0], jws);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ERR_JWKS_NO_MATCHING_KEY') continue;
+      throw err;
+    }
+    // A forged token without kid costs no more signature checks than this.
+    if (++tried > MAX_CANDIDATE_KEYS) throw new TooManyCandidateKeys();
+    try {
+      const result = await jwtVerify(token, key, options);
+      return { ...result, ...(k.kid !== undefined ? { kid: k.kid } : {}) };
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw err;
+    }
+  }
+  if (tried > 0) throw new errors.JWSSignatureVerificationFailed();
+  return undefined;
 }
 
 export function keySetKey(iss: IssuerRules): string {

@@ -213,3 +213,36 @@ t.test('a token without kid is checked against each key of its algorithm, at mos
   t.equal(fourth.body.detail, 'no kid, and more than 3 keys could have signed it');
   t.equal(up.seen.length, 3, 'only the verified calls reached the upstream');
 });
+
+t.test('a key removed from the set stops verifying at once, for a cached token too', async (t) => {
+  const [a, b] = await Promise.all([testKey('ES256', 'es-old'), testKey('ES256', 'es-new')]);
+  const up = await upstream();
+  const set = await jwksServer(jwks(a, b));
+  const dg = await startTest(baseRules(up.origin, set.url));
+  t.teardown(async () => { await dg.close(); await up.close(); await set.close(); });
+  const keySet = dg.dg.generation.identity.keySets().values().next().value as RemoteKeySet;
+  const call = async (tok: string) => {
+    const res = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+    return { status: res.status, body: await res.json() as any };
+  };
+  const old = await token({ key: a, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const oldNoKid = await token({ key: a, sub: AGENT, scope: 'items.read', contract: '2026-09', header: { kid: undefined } });
+  const current = await token({ key: b, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  for (const tok of [old, oldNoKid, current]) t.equal((await call(tok)).status, 200, 'verified, and now cached');
+  const version = keySet.version;
+  t.ok(await keySet.refresh(), 'the same set fetched again');
+  t.equal(keySet.version, version, 'the same keys: the cache stays valid');
+  t.equal((await call(old)).status, 200);
+
+  // The issuer drops the old key (it leaked, say). A cache entry is no proof the key is still trusted.
+  set.body = jwks(b);
+  t.ok(await keySet.refresh(), 'the smaller set fetched');
+  t.ok(keySet.version > version, 'a new version of the keys');
+  for (const [name, tok] of [['with kid', old], ['without kid', oldNoKid]] as const) {
+    const refused = await call(tok);
+    t.equal(refused.status, 401, `a token of the removed key (${name}) is refused at once (before: served from the cache until it expired)`);
+    t.equal(refused.body.code, 'invalid-credential');
+  }
+  t.equal((await call(current)).status, 200, 'a token of a key still in the set goes on working');
+  t.equal(up.seen.length, 5, 'the refused calls never reached the upstream');
+});
