@@ -209,7 +209,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation.forwarding(); } catch { /* ignore */ }
     const outcome = await g.forwarder.forward(req, res, upstreamTarget(ctx), own, headers, ctx.body);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
-    if (outcome.failure) sendProblem(res, forwardingFailed(ctx, outcome.failure, observation), headers);
+    if (outcome.failure) {
+      // The upstream failed during an upload: the body is cut, so the connection is too (below).
+      if (!req.complete) headers.connection = 'close';
+      sendProblem(res, forwardingFailed(ctx, outcome.failure, observation), headers);
+    }
   }
 
   /**

@@ -34,6 +34,7 @@ type Resolve = (outcome: ForwardOutcome) => void;
  * µs at saturation; README, Performance).
  */
 class Exchange implements Dispatcher.DispatchHandler {
+  readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   readonly #responseHeaders: Record<string, string | string[]>;
   readonly #resolve: Resolve;
@@ -41,7 +42,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   #clientGone = false;
   #done = false;
 
-  constructor(res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve) {
+  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve) {
+    this.#req = req;
     this.#res = res;
     this.#responseHeaders = responseHeaders;
     this.#resolve = resolve;
@@ -76,7 +78,14 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
-    this.#res.writeHead(statusCode, { ...clientResponseHeaders(headers), ...this.#responseHeaders });
+    const head = { ...clientResponseHeaders(headers), ...this.#responseHeaders };
+    // The upstream answers before the whole body was sent (a 413 for an upload it will not
+    // take): undici stops reading the body and destroys the stream, and Node then stops
+    // reading the connection, which would stall until its keep-alive timeout with the client's
+    // next request unanswered. The connection closes after this answer instead, and the
+    // client is told so (RFC 9112 §9.6).
+    if (!this.#req.complete) head.connection = 'close';
+    this.#res.writeHead(statusCode, head);
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -133,7 +142,7 @@ export class Forwarder {
     // already fired, so nothing would abort the request; send nobody's request upstream.
     if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: 'client closed' });
     return new Promise((resolve) => {
-      const exchange = new Exchange(res, responseHeaders, resolve);
+      const exchange = new Exchange(req, res, responseHeaders, resolve);
       try {
         this.#pool.dispatch({
           path,

@@ -5,7 +5,8 @@
 // instead of letting it hang.
 
 import t from 'tap';
-import { request } from 'node:http';
+import { request, type IncomingMessage, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
 import { world } from '../core/world.ts';
 
 const MB = 1024 * 1024;
@@ -216,3 +217,44 @@ t.test('an upstream that dies mid-body: the client connection is cut, never a ha
   const after = await w.call('GET', '/items/1', { token: await w.tok() });
   t.equal(after.status, 200, 'the next request is served');
 });
+
+/**
+ * Send a PUT with a 2 MB Content-Length and only its first KiB on one connection; then, once
+ * the answer is in, the rest and a second request. What the connection did, and when.
+ */
+async function earlyAnswer(port: number, tok: string): Promise<{ head: string; statuses: string[]; closedAfterMs?: number }> {
+  const s = connect(port, '127.0.0.1');
+  let got = '';
+  let closedAt: number | undefined;
+  s.on('data', (c: Buffer) => { got += c.toString('latin1'); });
+  s.on('error', () => {});
+  s.on('close', () => { closedAt = performance.now(); });
+  s.write(`PUT /items/1/blob HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\ncontent-length: 2000000\r\n\r\n` + 'A'.repeat(1024));
+  for (let i = 0; i < 100 && !got.includes('\r\n\r\n'); i++) await new Promise((r) => setTimeout(r, 20));
+  const answeredAt = performance.now();
+  s.write('A'.repeat(2000000 - 1024));
+  s.write('GET /status HTTP/1.1\r\nhost: x\r\n\r\n');
+  for (let i = 0; i < 100 && closedAt === undefined; i++) await new Promise((r) => setTimeout(r, 20));
+  s.destroy();
+  return { head: got.slice(0, got.indexOf('\r\n\r\n')), statuses: got.match(/HTTP\/1\.1 \d+/g) ?? [], ...(closedAt !== undefined ? { closedAfterMs: closedAt - answeredAt } : {}) };
+}
+
+for (const [name, handler, status] of [
+  ['the upstream refuses the upload early (413, body unread)', (_req: IncomingMessage, res: ServerResponse) => { res.writeHead(413, { 'content-type': 'text/plain' }); res.end('too large'); }, 413],
+  ['the upstream drops the connection mid-upload (502)', (req: IncomingMessage) => { req.once('data', () => req.socket.destroy()); }, 502],
+] as const) {
+  t.test(`an answer before the whole upload was read closes the connection and says so: ${name}`, async (t) => {
+    const w = await world(t);
+    // The first request only; then the default handler again.
+    w.up.handler = (req, res) => { w.up.handler = undefined; handler(req, res); };
+    const r = await earlyAnswer(w.port, await w.tok());
+    t.match(r.head, new RegExp(`^HTTP/1\\.1 ${status} `), `the client got the ${status}`);
+    t.match(r.head, /\r\nconnection: close\r\n/i, 'with Connection: close: the rest of its body will not be read');
+    t.notMatch(r.head, /keep-alive/i);
+    // Before: the answer said keep-alive, and the connection stalled, the second request
+    // unanswered, until the keep-alive timeout reset it (about 6.5 s).
+    t.ok(r.closedAfterMs !== undefined && r.closedAfterMs < 1_500, `driftguard closed the connection at once (${r.closedAfterMs?.toFixed(0)} ms)`);
+    t.same(r.statuses, [`HTTP/1.1 ${status}`], 'and answered nothing else on it');
+    t.equal((await w.call('GET', '/status')).status, 200, 'a new connection is served');
+  });
+}
