@@ -1,6 +1,7 @@
 // Runs the ordered checks over one request and makes the one decision it gets.
 // First deny wins. Warnings collected along the way make an allow a warn. In audit mode a
-// deny from a check not marked `always` becomes a would-deny: recorded, not enforced.
+// deny from a check not marked `always` becomes a would-deny: recorded, not enforced; a
+// malformed request is refused in any mode.
 // Any exception is a deny (internal-error), enforced even in audit mode: fail closed.
 
 import type { Check, CheckResult, Decision, Denial, RequestContext } from './types.ts';
@@ -30,7 +31,9 @@ export function decider(checks: readonly Check[], mode: Mode): Decide {
         return finish(ctx, { reason: 'internal-error', detail: `the ${check.name} check failed` }, true);
       }
       if (denial) {
-        const enforced = mode === 'enforce' || check.always === true;
+        // A malformed request is refused in audit mode too, whichever check finds it: a body
+        // that could not be read whole (the monitors' fingerprint) cannot be forwarded intact.
+        const enforced = mode === 'enforce' || check.always === true || denial.reason === 'malformed-request';
         ctx.checks.push({ check: check.name, outcome: enforced ? 'deny' : 'would-deny', reason: denial.reason });
         return finish(ctx, denial, enforced);
       }

@@ -2,6 +2,7 @@
 // traversal and quarantine, each in enforce and audit mode; the owner view.
 
 import t from 'tap';
+import { connect } from 'node:net';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, problem, bearer, type World } from './support.ts';
 
@@ -134,6 +135,31 @@ t.test('idempotency in audit mode forwards and records', async (t) => {
   }
   t.equal(w.up.seen.length, 3);
 });
+
+// A write whose body does not arrive within monitors.bodyTimeout cannot be fingerprinted: it
+// is malformed-request (400), in audit mode too, since what was read of the body is spent and
+// the request could only be forwarded cut short.
+for (const mode of ['enforce', 'audit'] as const) {
+  t.test(`a body that does not arrive within monitors.bodyTimeout is 400 malformed-request, never forwarded (${mode} mode)`, async (t) => {
+    const w = await world();
+    const dg = await startLifecycle(only(w, { retryStorm: { mode: 'enforce' }, bodyTimeout: '300ms' }, (r) => { r.proxy.mode = mode; }));
+    t.teardown(async () => { await dg.close(); await w.close(); });
+    const s = connect(Number(new URL(dg.url).port), '127.0.0.1');
+    let answer = '';
+    s.on('data', (c: Buffer) => { answer += c.toString('latin1'); });
+    s.on('error', () => {});
+    s.write(`POST /items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${await w.token()}\r\ncontent-type: text/plain\r\ncontent-length: 20\r\n\r\nFIRST-HALF`);
+    for (let i = 0; i < 100 && !answer.includes('\r\n\r\n'); i++) await new Promise((r) => setTimeout(r, 20));
+    s.write('SECONDHALF');
+    await new Promise((r) => setTimeout(r, 200));
+    s.destroy();
+    t.match(answer, /^HTTP\/1\.1 400 /, 'refused');
+    t.match(answer, /"code":"malformed-request"/);
+    t.notMatch(answer, /driftguard-warning/i, 'enforced, not a would-deny');
+    t.equal(w.up.seen.length, 0, 'the upstream saw nothing (before, in audit mode, it got the body without its first half)');
+    t.match(dg.seen.at(-1)?.decision, { decision: 'deny', reason: 'malformed-request', enforced: true });
+  });
+}
 
 t.test('endpoint traversal: more distinct operations than allowed in the window', async (t) => {
   const w = await world();
