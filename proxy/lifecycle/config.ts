@@ -60,9 +60,10 @@ export interface LifecycleConfig {
   readonly delegation: DelegationConfig;
   readonly monitors: MonitorsConfig;
   /**
-   * Longest time any token accepted now can stay valid (the longest per-kind lifetime plus
-   * clock skew): a revocation without an end lasts this long, by which time every token it
-   * could match has expired.
+   * Longest time any token accepted now can stay valid: the longest per-kind lifetime, plus
+   * the clock skew twice (a token may have up to lifetime + skew left, the credential check
+   * allows; and its exp is honoured up to skew late, jose allows). A revocation without an
+   * end lasts this long, by which time every token it could match has expired.
    */
   readonly longestTokenMs: number;
 }
@@ -169,7 +170,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
     }),
   });
 
-  const longestTokenMs = Math.max(quiet(kindLimits.automation), quiet(kindLimits.human)) + quiet(raw.identity.clockSkew);
+  const longestTokenMs = Math.max(quiet(kindLimits.automation), quiet(kindLimits.human)) + 2 * quiet(raw.identity.clockSkew);
   return Object.freeze({ credentials, revocation, delegation, monitors, longestTokenMs });
 
   function readable(path: Path, file: string): boolean {
