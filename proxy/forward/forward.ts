@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
-import { upstreamRequestHeaders, clientResponseHeaders } from './headers.ts';
+import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { errorCode, failed, type ForwardOutcome } from './outcome.ts';
 import { Tunnel } from './tunnel.ts';
 
@@ -78,7 +78,7 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
-    const head = { ...clientResponseHeaders(headers), ...this.#responseHeaders };
+    const head = withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders);
     // The upstream answers before the whole body was sent (a 413 for an upload it will not
     // take): undici stops reading the body and destroys the stream, and Node then stops
     // reading the connection, which would stall until its keep-alive timeout with the client's

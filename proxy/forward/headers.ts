@@ -54,10 +54,23 @@ export function clientResponseHeaders(headers: Record<string, string | string[] 
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined) continue;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || named?.has(lower) || lower.startsWith('driftguard-')) continue;
+    if (HOP_BY_HOP.has(lower) || METHOD_OVERRIDE.has(lower) || named?.has(lower) || lower.startsWith('driftguard-')) continue;
     out[lower] = value;
   }
   return out;
+}
+
+/**
+ * The client's response head: the upstream's headers (as clientResponseHeaders leaves them)
+ * with driftguard's over them. Link is a list of links (RFC 8288 §3.5): the upstream's
+ * (pagination, say) stay and driftguard's deprecation and sunset links are added.
+ */
+export function withOwnHeaders(upstream: Record<string, string | string[]>, own: Record<string, string | string[]>): Record<string, string | string[]> {
+  const head = { ...upstream, ...own };
+  const theirs = upstream['link'];
+  const ours = own['link'];
+  if (theirs !== undefined && ours !== undefined) head['link'] = [...(Array.isArray(theirs) ? theirs : [theirs]), ...(Array.isArray(ours) ? ours : [ours])];
+  return head;
 }
 
 /** Anything but visible ASCII, and `%` itself (the escape). */

@@ -8,7 +8,7 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { clientResponseHeaders } from './headers.ts';
+import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { responseHead } from './wire.ts';
 import { errorCode, failed, type ForwardOutcome } from './outcome.ts';
 
@@ -58,7 +58,7 @@ export class Tunnel implements Dispatcher.DispatchHandler {
     // Upgrade and Connection are hop-by-hop, so clientResponseHeaders drops them: they are
     // this hop's answer to this hop's request, written here.
     const upgrade = typeof headers.upgrade === 'string' ? headers.upgrade : 'websocket';
-    client.write(responseHead(statusCode, { ...clientResponseHeaders(headers), ...this.#responseHeaders, connection: 'Upgrade', upgrade }), 'latin1');
+    client.write(responseHead(statusCode, { ...withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders), connection: 'Upgrade', upgrade }), 'latin1');
     this.#status = statusCode;
     if (this.#head.length > 0) upstream.write(this.#head);
     // Either side closing or failing ends both.
@@ -80,7 +80,7 @@ export class Tunnel implements Dispatcher.DispatchHandler {
     // The upstream refused the upgrade. Its answer is the client's, and the connection closes
     // after it: without a Content-Length the body runs to the close (RFC 9112 §6.3).
     this.#status = statusCode;
-    this.#client.write(responseHead(statusCode, { ...clientResponseHeaders(headers), ...this.#responseHeaders, connection: 'close' }), 'latin1');
+    this.#client.write(responseHead(statusCode, { ...withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders), connection: 'close' }), 'latin1');
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {

@@ -174,6 +174,35 @@ t.test('hop-by-hop and Connection-named headers are removed from the upstream\'s
   t.equal(a.text, 'ok');
 });
 
+t.test('method-override headers are removed from the upstream\'s response too, as from the request', async (t) => {
+  const w = await world(t);
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'x-http-method-override': 'DELETE', 'x-http-method': 'DELETE', 'x-method-override': 'DELETE', 'content-type': 'text/plain' });
+    res.end('ok');
+  };
+  const a = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(a.status, 200);
+  for (const name of ['x-http-method-override', 'x-http-method', 'x-method-override']) t.notOk(a.headers.has(name), `${name} removed`);
+});
+
+t.test('the upstream\'s own Link header stays, and the deprecation links are added to it', async (t) => {
+  const w = await world(t);
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { link: '<https://api.test.local/items?page=2>; rel="next"', 'content-type': 'text/plain' });
+    res.end('ok');
+  };
+  const a = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
+  t.equal(a.status, 200, 'a deprecated operation, warned');
+  const link = a.headers.get('link') ?? '';
+  t.match(link, '<https://api.test.local/items?page=2>; rel="next"', 'the upstream\'s pagination link (before: replaced)');
+  t.match(link, /rel="deprecation"/);
+  t.match(link, /rel="sunset"/);
+  const plain = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(plain.headers.get('link'), '<https://api.test.local/items?page=2>; rel="next"', 'and alone where nothing is deprecated');
+});
+
 t.test('the query string is forwarded untouched and never takes part in matching', async (t) => {
   const w = await world(t);
   const a = await w.call('GET', '/items/1?path=/admin&x=%2F..', { token: await w.tok() });
