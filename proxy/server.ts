@@ -116,6 +116,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const [ctx, observation] = begin(g, req);
     handleUpgrade(g, ctx, observation, socket, head).catch((err: unknown) => unexpected(err, socket, observation.traceId));
   });
+  // A client connection silent both ways while its request is handled (an upload that
+  // stalls, an answer it does not read) holds an upstream connection of the pool: Node closes
+  // it after this long, on every request of a keep-alive connection (0: never).
+  traffic.timeout = rules.proxy.timeouts.clientIdleMs;
+  // Node leaves a connection open when anything else listens for the timeout (a response
+  // being streamed may): close it here, whatever else listens.
+  traffic.on('timeout', (socket: Socket) => socket.destroy());
   traffic.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // Node refused to parse the request (header overflow, bad framing): answer in kind if we can.
@@ -336,6 +343,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const kept = new Set(g.identity.keySets().values());
       for (const k of shared) if (!kept.has(k)) k.close();
       generation = g;
+      traffic.timeout = next.proxy.timeouts.clientIdleMs;
       for (const listener of swapListeners) listener(g);
       if (old.forwarder !== g.forwarder) setTimeout(() => { void old.forwarder.close(); }, 30_000).unref();
     },

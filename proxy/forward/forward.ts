@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { errorCode, failed, type ForwardOutcome } from './outcome.ts';
+import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel } from './tunnel.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
@@ -33,7 +33,7 @@ type Resolve = (outcome: ForwardOutcome) => void;
  * request: moving off it cut driftguard-core's CPU per request by about a sixth (116 to 98
  * µs at saturation; README, Performance).
  */
-class Exchange implements Dispatcher.DispatchHandler {
+class Exchange implements Dispatcher.DispatchHandler, Queued {
   readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   readonly #responseHeaders: Record<string, string | string[]>;
@@ -41,6 +41,9 @@ class Exchange implements Dispatcher.DispatchHandler {
   #controller?: Dispatcher.DispatchController;
   #clientGone = false;
   #done = false;
+  /** Set while the request waits for a pool connection with a deadline (waitAtMost). */
+  #wait?: NodeJS.Timeout;
+  #expired = false;
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve) {
     this.#req = req;
@@ -66,14 +69,23 @@ class Exchange implements Dispatcher.DispatchHandler {
   #finish(outcome: ForwardOutcome): void {
     if (this.#done) return;
     this.#done = true;
+    clearTimeout(this.#wait);
     this.#res.off('close', this.#onClose);
     this.#res.off('drain', this.#onDrain);
     this.#resolve(outcome);
   }
 
+  get started(): boolean { return this.#controller !== undefined; }
+
+  waitAtMost(ms: number): void {
+    this.#wait = expireIfWaiting(ms, () => !this.#controller && !this.#done, (err) => { this.#expired = true; this.onResponseError(undefined as never, err); });
+  }
+
   onRequestStart(controller: Dispatcher.DispatchController): void {
+    clearTimeout(this.#wait);
     this.#controller = controller;
     if (this.#clientGone) controller.abort(new Error('the client closed the connection'));
+    else if (this.#expired) controller.abort(connectionWaitTimeout());
   }
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
@@ -104,6 +116,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    // Settled already: an abort after a connection-wait timeout, whose 504 is the server's.
+    if (this.#done) return;
     const code = errorCode(err);
     const res = this.#res;
     if (res.headersSent) {
@@ -120,9 +134,12 @@ class Exchange implements Dispatcher.DispatchHandler {
 export class Forwarder {
   readonly #pool: Pool;
   readonly #tunnelIdleMs: number;
+  /** Longest wait for a free connection of the pool: the connect timeout's. */
+  readonly #connectMs: number;
 
   constructor(rules: ProxyRules) {
     this.#tunnelIdleMs = rules.timeouts.tunnelIdleMs;
+    this.#connectMs = rules.timeouts.connectMs;
     this.#pool = new Pool(rules.upstream, {
       connections: rules.connections,
       connectTimeout: rules.timeouts.connectMs,
@@ -143,17 +160,13 @@ export class Forwarder {
     if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: 'client closed' });
     return new Promise((resolve) => {
       const exchange = new Exchange(req, res, responseHeaders, resolve);
-      try {
-        this.#pool.dispatch({
-          path,
-          method: req.method as 'GET',
-          headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
-          // A check that read the (small) body whole hands its bytes on; otherwise stream it.
-          body: body ?? (hasBody(req) ? req : null),
-        }, exchange);
-      } catch (err) {
-        exchange.onResponseError(undefined as never, err as Error);
-      }
+      this.#dispatch({
+        path,
+        method: req.method as 'GET',
+        headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
+        // A check that read the (small) body whole hands its bytes on; otherwise stream it.
+        body: body ?? (hasBody(req) ? req : null),
+      }, exchange);
     });
   }
 
@@ -166,20 +179,32 @@ export class Forwarder {
     if (client.destroyed) return Promise.resolve({ aborted: true, error: 'client closed' });
     return new Promise((resolve) => {
       const tunnel = new Tunnel(client, head, responseHeaders, this.#tunnelIdleMs, resolve);
-      try {
-        this.#pool.dispatch({
-          path,
-          method: 'GET',
-          // Upgrade and Connection are hop-by-hop and dropped with the rest; undici writes this
-          // hop's pair from `upgrade`. The Sec-WebSocket-* headers are end to end and go on.
-          headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
-          upgrade: req.headers.upgrade as string,
-          body: null,
-        }, tunnel);
-      } catch (err) {
-        tunnel.onResponseError(undefined as never, err as Error);
-      }
+      this.#dispatch({
+        path,
+        method: 'GET',
+        // Upgrade and Connection are hop-by-hop and dropped with the rest; undici writes this
+        // hop's pair from `upgrade`. The Sec-WebSocket-* headers are end to end and go on.
+        headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
+        upgrade: req.headers.upgrade as string,
+        body: null,
+      }, tunnel);
     });
+  }
+
+  /**
+   * Hand a request to the pool. With every connection busy (slow uploads, clients that stop
+   * reading, a slow upstream) undici queues it with no deadline of its own, and the caller
+   * would wait for as long as the pool stays full: past the connect timeout it is a 504.
+   */
+  #dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler & Queued): void {
+    try {
+      this.#pool.dispatch(options, handler);
+    } catch (err) {
+      handler.onResponseError?.(undefined as never, err as Error);
+      return;
+    }
+    // A free connection takes the request at once, inside dispatch(): no timer then.
+    if (!handler.started && this.#connectMs > 0) handler.waitAtMost(this.#connectMs);
   }
 
   async close(): Promise<void> {

@@ -13,7 +13,30 @@ export interface ForwardOutcome {
   readonly error?: string;
 }
 
-const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'ETIMEDOUT']);
+/** A request that waited longer than the connect timeout for a free connection of the pool. */
+export const CONNECTION_WAIT_TIMEOUT = 'DRIFTGUARD_CONNECTION_WAIT_TIMEOUT';
+
+const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'ETIMEDOUT', CONNECTION_WAIT_TIMEOUT]);
+
+/**
+ * A terminal stage's handler as the forwarder sees it while the request waits in undici's
+ * queue for a connection: it has started once undici gave it one; waitAtMost() makes it fail
+ * (504, CONNECTION_WAIT_TIMEOUT) if that takes longer than `ms`, and abort the request if a
+ * connection comes after all.
+ */
+export interface Queued {
+  readonly started: boolean;
+  waitAtMost(ms: number): void;
+}
+
+export function connectionWaitTimeout(): Error {
+  return Object.assign(new Error('no upstream connection was free in time'), { code: CONNECTION_WAIT_TIMEOUT });
+}
+
+/** After `ms`, `expire` with a connection-wait timeout, if the handler is still `waiting()`. */
+export function expireIfWaiting(ms: number, waiting: () => boolean, expire: (err: Error) => void): NodeJS.Timeout {
+  return setTimeout(() => { if (waiting()) expire(connectionWaitTimeout()); }, ms);
+}
 
 export function errorCode(err: unknown): string {
   const e = err as { code?: string; cause?: { code?: string } };

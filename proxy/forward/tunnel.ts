@@ -10,9 +10,9 @@ import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { responseHead } from './wire.ts';
-import { errorCode, failed, type ForwardOutcome } from './outcome.ts';
+import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, type ForwardOutcome, type Queued } from './outcome.ts';
 
-export class Tunnel implements Dispatcher.DispatchHandler {
+export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   readonly #client: Socket;
   /** Bytes the client sent after its handshake, before the upstream switched protocols. */
   readonly #head: Buffer;
@@ -24,6 +24,9 @@ export class Tunnel implements Dispatcher.DispatchHandler {
   /** The status written to the client, once one is. */
   #status?: number;
   #done = false;
+  /** Set while the handshake waits for a pool connection with a deadline (waitAtMost). */
+  #wait?: NodeJS.Timeout;
+  #expired = false;
 
   constructor(client: Socket, head: Buffer, responseHeaders: Record<string, string | string[]>, idleMs: number, resolve: (outcome: ForwardOutcome) => void) {
     this.#client = client;
@@ -43,13 +46,22 @@ export class Tunnel implements Dispatcher.DispatchHandler {
   #finish(outcome: ForwardOutcome): void {
     if (this.#done) return;
     this.#done = true;
+    clearTimeout(this.#wait);
     this.#client.off('close', this.#onClose);
     this.#resolve(outcome);
   }
 
+  get started(): boolean { return this.#controller !== undefined; }
+
+  waitAtMost(ms: number): void {
+    this.#wait = expireIfWaiting(ms, () => !this.#controller && !this.#done, (err) => { this.#expired = true; this.onResponseError(undefined as never, err); });
+  }
+
   onRequestStart(controller: Dispatcher.DispatchController): void {
+    clearTimeout(this.#wait);
     this.#controller = controller;
     if (this.#client.destroyed) controller.abort(new Error('the client closed the connection'));
+    else if (this.#expired) controller.abort(connectionWaitTimeout());
   }
 
   onRequestUpgrade(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, upstream: Duplex): void {
@@ -71,7 +83,9 @@ export class Tunnel implements Dispatcher.DispatchHandler {
     // Every byte either way is read or written on the client's socket, so its timer is the
     // tunnel's: a peer that vanished without closing (a node lost, a network partition) would
     // otherwise hold both connections, and a request in flight, until the process ends.
+    // (0: no limit; that also clears the client idle timeout the server set for the handshake.)
     if (this.#idleMs > 0) client.setTimeout(this.#idleMs, () => client.destroy());
+    else client.setTimeout(0);
     this.#finish({ status: statusCode });
   }
 
@@ -96,6 +110,8 @@ export class Tunnel implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    // Settled already: an abort after a connection-wait timeout, whose 504 is the server's.
+    if (this.#done) return;
     const code = errorCode(err);
     if (this.#status !== undefined) {
       this.#client.destroy();

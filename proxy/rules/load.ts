@@ -174,7 +174,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
 
 // ---- the shape the schema guarantees (defaults applied) ----
 interface RawRules {
-  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; tunnelIdle: string }; connections: number };
+  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; tunnelIdle: string }; connections: number };
   identity: {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
@@ -213,6 +213,15 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     const u = new URL(raw.proxy.upstream);
     if (u.pathname !== '/' || u.search || u.hash || u.username) fail(['proxy', 'upstream'], 'must be an origin only (scheme, host, port), without path, query or credentials');
   } catch { fail(['proxy', 'upstream'], `"${raw.proxy.upstream}" is not a URL`); }
+  try {
+    // While the upstream prepares its answer the client's connection is silent: an idle limit
+    // shorter than that wait would cut answers the response timeout allows.
+    const idle = raw.proxy.timeouts.clientIdle;
+    const idleMs = idle === undefined ? 0 : parseDuration(idle);
+    if (idleMs > 0 && idleMs <= parseDuration(raw.proxy.timeouts.response)) {
+      fail(['proxy', 'timeouts', 'clientIdle'], 'must be longer than proxy.timeouts.response (the client waits that long for an answer in silence), or 0s for no limit');
+    }
+  } catch { /* a malformed duration is reported where it is parsed */ }
 
   // identity
   const issuers: IssuerRules[] = [];
@@ -322,6 +331,9 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       timeouts: Object.freeze({
         connectMs: timer(['proxy', 'timeouts', 'connect'], raw.proxy.timeouts.connect),
         responseMs: timer(['proxy', 'timeouts', 'response'], raw.proxy.timeouts.response),
+        clientIdleMs: raw.proxy.timeouts.clientIdle !== undefined
+          ? timer(['proxy', 'timeouts', 'clientIdle'], raw.proxy.timeouts.clientIdle)
+          : Math.min(MAX_TIMER_MS, Math.max(60_000, 2 * parseDurationOr0(raw.proxy.timeouts.response))),
         tunnelIdleMs: timer(['proxy', 'timeouts', 'tunnelIdle'], raw.proxy.timeouts.tunnelIdle),
       }),
       connections: raw.proxy.connections,
@@ -347,3 +359,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   return Object.freeze(rules);
 }
 
+/** A duration the schema already checked, or 0 (its problem is reported where it is parsed). */
+function parseDurationOr0(text: string): number {
+  try { return parseDuration(text); } catch { return 0; }
+}

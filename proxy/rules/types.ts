@@ -17,6 +17,8 @@ export interface ProxyRules {
   readonly timeouts: {
     readonly connectMs: number;
     readonly responseMs: number;
+    /** Longest silence on a client's connection while its request is handled; 0: none. */
+    readonly clientIdleMs: number;
     /** Longest silence in both directions of a WebSocket tunnel before it is closed; 0: none. */
     readonly tunnelIdleMs: number;
   };

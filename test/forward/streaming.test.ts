@@ -6,7 +6,8 @@
 
 import t from 'tap';
 import { request, type IncomingMessage, type ServerResponse } from 'node:http';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
+import { until } from '../lifecycle/support.ts';
 import { world } from '../core/world.ts';
 
 const MB = 1024 * 1024;
@@ -258,3 +259,61 @@ for (const [name, handler, status] of [
     t.equal((await w.call('GET', '/status')).status, 200, 'a new connection is served');
   });
 }
+
+/** A raw connection that sends `head` and then nothing (and, unless `read`, reads nothing). */
+function stalled(port: number, head: string, read = true): { socket: Socket; text: () => string } {
+  const s = connect(port, '127.0.0.1');
+  let got = '';
+  s.on('data', (c: Buffer) => { got += c.toString('latin1'); });
+  s.on('error', () => {});
+  if (!read) s.pause();
+  s.write(head);
+  return { socket: s, text: () => got };
+}
+
+t.test('a request that finds every upstream connection busy waits at most the connect timeout: 504, and never goes later', async (t) => {
+  const w = await world(t, (r) => { r.proxy.connections = 1; r.proxy.timeouts = { connect: '500ms', response: '2s' }; });
+  // An upload that stalls holds the pool's one connection (undici's response timeout only
+  // starts once the body is sent).
+  const slow = stalled(w.port, 'GET /status HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nA');
+  t.teardown(() => slow.socket.destroy());
+  t.ok(await until(() => w.up.seen.length === 1), 'the stalled upload holds the connection');
+  const started = performance.now();
+  const a = await w.call('GET', '/items/1', { token: await w.tok() });
+  const waited = performance.now() - started;
+  t.equal(a.status, 504, 'no connection free in time (before: no answer at all, for as long as the pool stayed full)');
+  t.equal(a.json?.code, 'upstream-timeout');
+  t.ok(waited >= 450 && waited < 1_500, `after about the connect timeout (${waited.toFixed(0)} ms)`);
+  slow.socket.destroy();
+  t.equal((await w.call('GET', '/items/2', { token: await w.tok() })).status, 200, 'once the connection is free, requests go through');
+  t.same(w.up.seen.map((s) => s.url), ['/status', '/items/2'], 'the timed-out request never reached the upstream');
+});
+
+t.test('a client connection silent while its request is handled is closed after clientIdle, which frees the upstream connection', async (t) => {
+  const w = await world(t, (r) => { r.proxy.connections = 1; r.proxy.timeouts = { connect: '500ms', response: '1s', clientIdle: '1500ms' }; });
+  w.up.handler = (req, res) => {
+    if (req.url !== '/status?big') { req.resume(); req.on('end', () => res.end('ok')); return; }
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const chunk = Buffer.alloc(1024 * 1024);
+    let n = 0;
+    const pump = (): void => { while (n < 64) { n++; if (!res.write(chunk)) { res.once('drain', pump); return; } } res.end(); };
+    pump();
+  };
+  // An upload that stalls, then an answer the client does not read: each held the pool's one
+  // connection for as long as the client kept its connection open.
+  for (const [name, head, read] of [
+    ['an upload that stalls', 'GET /status HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nA', true],
+    ['a 64 MiB answer the client does not read', 'GET /status?big HTTP/1.1\r\nhost: x\r\n\r\n', false],
+  ] as const) {
+    const opened = performance.now();
+    const c = stalled(w.port, head, read);
+    t.teardown(() => c.socket.destroy());
+    t.ok(await until(() => w.dg.dg.inFlight === 1), `${name}: in flight`);
+    // (A client that does not read would not see the close either: driftguard's side is what counts.)
+    t.ok(await until(() => w.dg.dg.inFlight === 0, 5_000), `${name}: closed by driftguard (before: never)`);
+    const closedAfter = performance.now() - opened;
+    t.ok(closedAfter >= 1_300 && closedAfter < 3_500, `${name}: after about clientIdle (${closedAfter.toFixed(0)} ms)`);
+    t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, `${name}: the upstream connection is free again`);
+  }
+});

@@ -100,6 +100,7 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'jwks refresh longer than a timer can wait', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", refresh: 25d }'), line: 11, field: 'identity.issuers[0].jwks.refresh' },
   { name: 'upstream response timeout longer than a timer can wait', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 25d }\n'), line: 6, field: 'proxy.timeouts.response' },
   { name: 'tunnel idle timeout longer than a timer can wait', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts:\n    tunnelIdle: P30D\n'), line: 7, field: 'proxy.timeouts.tunnelIdle' },
+  { name: 'client idle timeout not longer than the response timeout', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 30s, clientIdle: 30s }\n'), line: 6, field: 'proxy.timeouts.clientIdle' },
   { name: 'revocation interval longer than a timer can wait', text: VALID + 'revocation:\n  interval: 25d\n', line: 31, field: 'revocation.interval' },
   { name: 'body timeout longer than a timer can wait', text: VALID + 'monitors:\n  bodyTimeout: 600h\n', line: 31, field: 'monitors.bodyTimeout' },
 ];
