@@ -1,5 +1,5 @@
 // First check: the request-target must be origin-form and canonical, and the request must
-// carry at most one Authorization and one Host header. Node keeps only the first of two
+// carry at most one Authorization and one Host header, and no transfer coding but chunked. Node keeps only the first of two
 // Authorization headers in req.headers, so duplicates are counted on the raw headers.
 // Runs even in audit mode: a request we cannot read the same way as the upstream is never
 // forwarded.
@@ -22,6 +22,11 @@ export function canonicalPath(): Check {
       }
       if (authorization > 1) return { reason: 'malformed-request', detail: 'more than one Authorization header' };
       if (host > 1) return { reason: 'malformed-request', detail: 'more than one Host header' };
+      // Node takes `gzip, chunked` and removes only the chunking: the upstream would get the
+      // gzip bytes as the body, without the header that says so, and the monitors would
+      // fingerprint them. A transfer coding driftguard does not decode is refused (RFC 9112 §6.1).
+      const te = ctx.req.headers['transfer-encoding'];
+      if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return { reason: 'malformed-request', detail: 'a transfer coding other than chunked' };
       const target = canonicalTarget(ctx.req.url);
       if (!target) return { reason: 'malformed-request', detail: 'the request-target is not origin-form and canonical' };
       ctx.target = target;

@@ -3,6 +3,7 @@
 // the upstream never sees, whatever the caller's credential is worth.
 
 import t from 'tap';
+import { gzipSync } from 'node:zlib';
 import { raw, get } from '../support/raw.ts';
 import { world } from './world.ts';
 
@@ -109,6 +110,20 @@ t.test('two Authorization headers or two Host headers: 400', async (t) => {
     t.equal(a.json().code, 'malformed-request');
   }
   t.equal(w.up.seen.length, 0);
+});
+
+t.test('a transfer coding other than chunked: 400, never forwarded decoded halfway', async (t) => {
+  const w = await world(t);
+  const gz = gzipSync('hello');
+  for (const te of ['gzip, chunked', 'deflate,chunked', 'x-custom, chunked']) {
+    const head = `GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: ${te}\r\n\r\n`;
+    const a = await raw(w.port, Buffer.concat([Buffer.from(`${head}${gz.length.toString(16)}\r\n`), gz, Buffer.from('\r\n0\r\n\r\n')]));
+    t.equal(a.status, 400, `${te}: refused (before: forwarded with the gzip bytes as a plain body)`);
+    t.equal(a.json().code, 'malformed-request');
+  }
+  t.equal(w.up.seen.length, 0);
+  const plain = await raw(w.port, 'GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n');
+  t.equal(plain.status, 200, 'chunked alone (in any case) goes through');
 });
 
 t.test('a body on a denied request does not smuggle a second request to the upstream', async (t) => {
