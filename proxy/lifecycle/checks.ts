@@ -12,7 +12,7 @@ import { hash } from 'node:crypto';
 import type { Check, CheckResult, Denial, RequestContext } from '../pipeline/types.ts';
 import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
-import type { LifecycleState } from './state.ts';
+import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record } from './monitors.ts';
 import { bodyFingerprint } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
@@ -162,6 +162,21 @@ async function requestFingerprint(ctx: RequestContext, m: Monitors): Promise<str
 
 const fingerprints = new WeakMap<RequestContext, string>();
 
+function counts(state: LifecycleState, ctx: RequestContext): Counts {
+  let c = state.counts.get(ctx);
+  if (!c) state.counts.set(ctx, (c = {}));
+  return c;
+}
+
+/** Record what a request counts for (state.counts), now that its decision let it through. */
+export function countForwarded(state: LifecycleState, ctx: RequestContext): void {
+  const c = state.counts.get(ctx);
+  if (!c) return;
+  state.counts.delete(ctx);
+  if (c.repeats) record(c.repeats.times, ctx.now, c.repeats.max);
+  if (c.operation) { c.operation.ops.delete(c.operation.id); c.operation.ops.set(c.operation.id, ctx.now); }
+}
+
 /** The same request more than maxRepeats times in a window: 429 retry-storm. */
 export function retryStorm(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
@@ -178,15 +193,14 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
       let times = state.monitors.fingerprints.get(key);
       if (!times) state.monitors.fingerprints.set(key, (times = []));
       const freeAt = windowFull(times, ctx.now, r.windowMs, r.maxRepeats);
+      // Counted once the decision lets it through (audit mode included): state.counts.
+      counts(state, ctx).repeats = { times, max: r.maxRepeats };
       if (freeAt !== undefined) {
         const retryAfter = Math.max(1, Math.ceil((freeAt - ctx.now) / 1000));
         ctx.extra['retry_storm.repeats'] = times.length;
         const denial: Denial = { reason: 'retry-storm', detail: `the same request was sent ${times.length} times within ${r.windowMs / 1000}s`, retryAfter };
-        // Audit: forwarded, so it counts as one more attempt.
-        if (r.mode === 'audit') record(times, ctx.now, r.maxRepeats);
         return verdict(ctx, r.mode, denial);
       }
-      record(times, ctx.now, r.maxRepeats);
       return undefined;
     },
   };
@@ -207,13 +221,12 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
       // The map is ordered by last call: drop the front while it is out of the window.
       for (const [id, at] of ops) { if (at > ctx.now - t.windowMs) break; ops.delete(id); }
       const id = ctx.operation!.id;
-      if (ops.has(id)) { ops.delete(id); ops.set(id, ctx.now); return undefined; }
-      if (ops.size >= t.maxOperations) {
+      // Counted once the decision lets it through (audit mode included): state.counts.
+      counts(state, ctx).operation = { ops, id };
+      if (!ops.has(id) && ops.size >= t.maxOperations) {
         ctx.extra['traversal.operations'] = ops.size;
-        if (t.mode === 'audit') ops.set(id, ctx.now);
         return verdict(ctx, t.mode, { reason: 'endpoint-traversal', detail: `more than ${t.maxOperations} distinct operations within ${t.windowMs / 1000}s` });
       }
-      ops.set(id, ctx.now);
       return undefined;
     },
   };

@@ -16,7 +16,7 @@ import { Journal, replay } from './journal.ts';
 import { ListSource } from './lists.ts';
 import { adminRoutes } from './admin.ts';
 import { record, windowFull } from './monitors.ts';
-import { WOULD_DENY } from './checks.ts';
+import { WOULD_DENY, countForwarded } from './checks.ts';
 
 export { LifecycleState } from './state.ts';
 
@@ -70,7 +70,14 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       let decision: Decision | undefined;
       return {
         upstreamHeaders() {}, responseHeaders() {}, forwarding() {},
-        decided(d) { decision = d; observe(ctx, d); },
+        decided(d) {
+          decision = d;
+          // A request the decision lets through (allowed, warned, or a would-deny) counts in
+          // the monitors' windows; one it refuses does not.
+          if (d.decision === 'deny' && d.enforced) state.counts.delete(ctx);
+          else countForwarded(state, ctx);
+          observe(ctx, d);
+        },
         forwarded(outcome: ForwardOutcome) {
           // The write never reached the upstream: its key may be used again at once.
           if (outcome.failure === 'upstream-unavailable') release(ctx);

@@ -15,6 +15,12 @@ export class LifecycleState {
   #config: LifecycleConfig;
   /** Idempotency key reserved by a request, released or completed when it ends. */
   readonly reserved = new WeakMap<RequestContext, string>();
+  /**
+   * What a request counts for in the retry-storm and traversal windows, once its decision
+   * lets it through: the checks only ask whether it fits, and the lifecycle observer records
+   * it when it is decided, so a request a later check denies uses up no budget.
+   */
+  readonly counts = new WeakMap<RequestContext, Counts>();
 
   constructor(rules: Rules, now: () => number) {
     this.#config = configOf(rules);
@@ -28,4 +34,11 @@ export class LifecycleState {
   use(rules: Rules): void {
     this.#config = configOf(rules);
   }
+}
+
+export interface Counts {
+  /** The request fingerprint's recent times, and how many the window keeps (retry storm). */
+  repeats?: { readonly times: number[]; readonly max: number };
+  /** The consumer's recent operations, by last call, and this request's (traversal). */
+  operation?: { readonly ops: Map<string, number>; readonly id: string };
 }

@@ -161,6 +161,25 @@ for (const mode of ['enforce', 'audit'] as const) {
   });
 }
 
+t.test('requests a later check denies use up no retry-storm or traversal budget', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { retryStorm: { maxRepeats: 3, window: '1m' }, traversal: { maxOperations: 2, window: '1m' }, idempotency: { at: 'medium' } }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ claims: { task_id: 'ticket-1' } });
+  const write = (key?: string) => fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'content-type': 'application/json', ...(key ? { 'idempotency-key': key } : {}) }), body: '{"n":1}' });
+  // Three writes the idempotency check refuses (no key): the same request each time, and an
+  // operation the consumer has not called before.
+  for (let i = 0; i < 3; i++) await problem(t, await write(), 'idempotency-key-required', 400);
+  const ok = await write('k-1');
+  t.equal(ok.status, 200, 'the first write that passes every check goes through (before: 429 retry-storm, for three requests the upstream never saw)');
+  await ok.text();
+  const read = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+  t.equal(read.status, 200, 'a second operation fits the traversal budget of two: the refused writes did not count as calls');
+  await read.text();
+  await problem(t, await fetch(`${dg.url}/items/1/archive`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': 'k-2' }), body: '{}' }), 'endpoint-traversal', 403);
+  t.equal(w.up.seen.length, 2, 'only the two allowed requests reached the upstream');
+});
+
 t.test('endpoint traversal: more distinct operations than allowed in the window', async (t) => {
   const w = await world();
   const c = clock();
