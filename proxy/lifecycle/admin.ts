@@ -132,7 +132,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       routes.problem(res, 500, 'Internal Server Error', 'the revocation journal could not be written');
       return;
     }
-    state.revocations.remove(id);
+    state.revocations.remove('admin', id);
     log({ level: 'info', msg: 'revocation lifted', id, kind: r.kind, value: r.value, by: who });
     routes.json(res, 200, { lifted: revocationView(r) });
   });

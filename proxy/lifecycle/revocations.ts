@@ -36,43 +36,61 @@ export function revocationView(r: Revocation): Record<string, unknown> {
   };
 }
 
+/**
+ * Revocations are kept by source and id: each list is authoritative for its own entries only,
+ * so a file entry and a URL entry (or an admin revocation) that share an id, an incident
+ * number say, are two revocations, and replacing one list never lifts the other's.
+ */
+function keyOf(source: RevocationSource, id: string): string {
+  return `${source}\n${id}`;
+}
+
 export class RevocationStore {
-  readonly #byId = new Map<string, Revocation>();
+  readonly #byKey = new Map<string, Revocation>();
+  /** kind -> value -> keys of the revocations naming it. */
   readonly #index = new Map<RevocationKind, Map<string, Set<string>>>(REVOCATION_KINDS.map((k) => [k, new Map()]));
 
-  get size(): number { return this.#byId.size; }
+  get size(): number { return this.#byKey.size; }
 
-  get(id: string): Revocation | undefined { return this.#byId.get(id); }
-
-  add(r: Revocation): void {
-    this.remove(r.id);
-    this.#byId.set(r.id, r);
-    const byValue = this.#index.get(r.kind)!;
-    let ids = byValue.get(r.value);
-    if (!ids) byValue.set(r.value, (ids = new Set()));
-    ids.add(r.id);
+  /** The revocation with this id: the admin API's, else a list's (which only its list may lift). */
+  get(id: string): Revocation | undefined {
+    return this.#byKey.get(keyOf('admin', id)) ?? this.#byKey.get(keyOf('file', id)) ?? this.#byKey.get(keyOf('url', id));
   }
 
-  remove(id: string): Revocation | undefined {
-    const r = this.#byId.get(id);
-    if (!r) return undefined;
-    this.#byId.delete(id);
+  add(r: Revocation): void {
+    const key = keyOf(r.source, r.id);
+    this.#removeKey(key);
+    this.#byKey.set(key, r);
     const byValue = this.#index.get(r.kind)!;
-    const ids = byValue.get(r.value);
-    ids?.delete(id);
-    if (ids?.size === 0) byValue.delete(r.value);
+    let keys = byValue.get(r.value);
+    if (!keys) byValue.set(r.value, (keys = new Set()));
+    keys.add(key);
+  }
+
+  remove(source: RevocationSource, id: string): Revocation | undefined {
+    return this.#removeKey(keyOf(source, id));
+  }
+
+  #removeKey(key: string): Revocation | undefined {
+    const r = this.#byKey.get(key);
+    if (!r) return undefined;
+    this.#byKey.delete(key);
+    const byValue = this.#index.get(r.kind)!;
+    const keys = byValue.get(r.value);
+    keys?.delete(key);
+    if (keys?.size === 0) byValue.delete(r.value);
     return r;
   }
 
   /** Replace every revocation of a list source with `list` (a list is authoritative). */
   replaceSource(source: Exclude<RevocationSource, 'admin'>, list: readonly Revocation[]): void {
-    for (const r of [...this.#byId.values()]) if (r.source === source) this.remove(r.id);
+    for (const r of [...this.#byKey.values()]) if (r.source === source) this.remove(source, r.id);
     for (const r of list) this.add(r);
   }
 
   countSource(source: RevocationSource): number {
     let n = 0;
-    for (const r of this.#byId.values()) if (r.source === source) n++;
+    for (const r of this.#byKey.values()) if (r.source === source) n++;
     return n;
   }
 
@@ -88,8 +106,8 @@ export class RevocationStore {
   /** Every revocation in force at `now` (ended ones are dropped on the way). */
   list(now: number): Revocation[] {
     const out: Revocation[] = [];
-    for (const r of [...this.#byId.values()]) {
-      if (r.endMs <= now) this.remove(r.id);
+    for (const r of [...this.#byKey.values()]) {
+      if (r.endMs <= now) this.remove(r.source, r.id);
       else out.push(r);
     }
     return out.sort((a, b) => a.createdMs - b.createdMs);
@@ -97,12 +115,12 @@ export class RevocationStore {
 
   #find(kind: RevocationKind, value: string | undefined, now: number): Revocation | undefined {
     if (value === undefined) return undefined;
-    const ids = this.#index.get(kind)!.get(value);
-    if (!ids) return undefined;
-    for (const id of [...ids]) {
-      const r = this.#byId.get(id)!;
+    const keys = this.#index.get(kind)!.get(value);
+    if (!keys) return undefined;
+    for (const key of [...keys]) {
+      const r = this.#byKey.get(key)!;
       if (r.endMs > now) return r;
-      this.remove(id);
+      this.#removeKey(key);
     }
     return undefined;
   }

@@ -301,6 +301,24 @@ t.test('a broken list is parsed and reported once, not again at every interval u
   t.ok(await until(async () => { const s = await sources(); return s.file.lastError === undefined && s.url.lastError === undefined; }), 'mended lists are taken again');
 });
 
+t.test('a list file and a list URL may use the same id: both revocations stay in force', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-list-'));
+  // Both lists name the same incident: the file revokes the agent's signing key, the URL another consumer.
+  writeFileSync(join(dir, 'revoked.json'), JSON.stringify({ revocations: [{ id: 'INC-42', kind: 'kid', value: w.key.kid, reason: 'key leaked' }] }));
+  const server = createServer((_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end(JSON.stringify({ revocations: [{ id: 'INC-42', kind: 'subject', value: 'spiffe://test.local/ns/ops/sa/bot', reason: 'bot compromised' }] })); });
+  const port = await listen(server);
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { file: 'revoked.json', url: `http://127.0.0.1:${port}/revoked.json` }; }), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); await close(server); });
+  const listed = (await (await fetch(`${dg.admin}/revocations`)).json()) as Record<string, any>;
+  t.same(listed.revocations.map((r: any) => [r.id, r.kind, r.source]).sort(), [['INC-42', 'kid', 'file'], ['INC-42', 'subject', 'url']], 'both listed');
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }), 'credential-revoked', 401);
+  t.equal(w.up.seen.length, 0, 'the file\'s revocation holds (before: the URL list\'s entry replaced it, and the token went through)');
+  const lift = await fetch(`${dg.admin}/revocations/INC-42`, { method: 'DELETE' });
+  t.equal(lift.status, 409, 'a list\'s revocation is lifted in its list, not through the admin API');
+  await lift.text();
+});
+
 t.test('a revocation list file is read at start and re-read when it changes', async (t) => {
   const w = await world();
   const dir = mkdtempSync(join(tmpdir(), 'dg-list-'));
