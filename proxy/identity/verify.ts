@@ -201,7 +201,13 @@ class TooManyCandidateKeys extends Error {
  * the tokens that key signed, with or without a kid in their header.
  */
 async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions): Promise<JWTVerifyResult & { readonly kid?: string }> {
-  const header = decodeProtectedHeader(token);
+  let header: ReturnType<typeof decodeProtectedHeader>;
+  try {
+    header = decodeProtectedHeader(token);
+  } catch {
+    // A plain TypeError from jose: the same `malformed token` jwtVerify would have answered.
+    throw new errors.JWSInvalid('Invalid Token or Protected Header formatting');
+  }
   if (header.kid !== undefined) {
     const result = await jwtVerify(token, keys.getKey, options);
     return { ...result, ...(typeof result.protectedHeader.kid === 'string' ? { kid: result.protectedHeader.kid } : {}) };

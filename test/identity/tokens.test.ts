@@ -91,6 +91,16 @@ t.test('alg none, HS256 keyed with the public key, and an embedded jwk are refus
   await refused(t, w, zero, 'zero ECDSA signature');
 });
 
+t.test('a protected header that is not JSON, or has no alg, is a malformed token', async (t) => {
+  const w = await world(t);
+  const payload = b64(claims());
+  for (const [name, header] of [['not JSON', b64('not json')], ['not an object', b64('[1]')], ['no alg, no kid', b64({ typ: 'JWT' })]] as const) {
+    await refused(t, w, `${header}.${payload}.c2ln`, name);
+    const a = await w.call('GET', '/items/1', { token: `${header}.${payload}.c2ln` });
+    t.match(a.json?.detail, /malformed token|unsupported token/, `${name}: said so (${a.json?.detail})`);
+  }
+});
+
 t.test('registered claims: exp required, iss, aud and typ checked, nbf and iat respected', async (t) => {
   const w = await world(t);
   await refused(t, w, await w.tok({ omit: ['exp'] }), 'missing exp');
