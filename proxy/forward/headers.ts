@@ -23,6 +23,10 @@ function connectionNamed(value: string | string[] | undefined): Set<string> | un
  */
 export function upstreamRequestHeaders(raw: readonly string[], connection: string | string[] | undefined, remoteAddress: string | undefined, own: Record<string, string>): string[] {
   const named = connectionNamed(connection);
+  // A tracestate belongs to the traceparent it came with (W3C Trace Context §3.3): when
+  // driftguard sends its own traceparent, the caller's tracestate goes only if driftguard
+  // continued the caller's trace, as its own (below); under a new trace it is dropped.
+  const ownTrace = own['traceparent'] !== undefined;
   const out: string[] = [];
   let forwardedFor: string | undefined;
   let host: string | undefined;
@@ -32,7 +36,7 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
     if (lower === 'host') { host = raw[i + 1]!; out.push(name, raw[i + 1]!); continue; }
     if (lower === 'x-forwarded-for') { forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]; continue; }
     // A header driftguard sets itself (traceparent, tracestate) replaces the caller's.
-    if (HOP_BY_HOP.has(lower) || METHOD_OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || named?.has(lower) || Object.hasOwn(own, lower)) continue;
+    if (HOP_BY_HOP.has(lower) || METHOD_OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || named?.has(lower) || Object.hasOwn(own, lower) || (ownTrace && lower === 'tracestate')) continue;
     out.push(name, raw[i + 1]!);
   }
   const client = remoteAddress ?? 'unknown';

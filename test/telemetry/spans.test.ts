@@ -110,6 +110,26 @@ t.test('a request without traceparent starts a new trace and still gets traceres
   t.notOk('driftguard.consumer' in span.attributes, 'a public operation has no consumer');
 });
 
+t.test('under a new trace the caller\'s tracestate is not sent upstream (W3C Trace Context §3.3)', async (t) => {
+  const valid = traceparent(randomHex(16), randomHex(8));
+  for (const [name, parent] of [
+    ['no traceparent', undefined],
+    ['uppercase hex', valid.toUpperCase().replace(/^00/, '00')],
+    ['all-zero trace id', `00-${'0'.repeat(32)}-${randomHex(8)}-01`],
+    ['version ff', valid.replace(/^00/, 'ff')],
+  ] as const) {
+    const before = up.seen.length;
+    const res = await fetch(dg.url + '/status', { headers: { ...(parent ? { traceparent: parent } : {}), tracestate: 'congo=t61rcWkgMzE' } });
+    await res.text();
+    const seen = up.seen[before]!;
+    t.notOk(seen.headers.tracestate, `${name}: the vendor state of another trace is dropped (before: sent with the new traceparent)`);
+    t.match(seen.headers.traceparent, /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/, `${name}: a new traceparent`);
+  }
+  const res = await fetch(dg.url + '/status', { headers: { traceparent: valid, tracestate: 'congo=t61rcWkgMzE' } });
+  await res.text();
+  t.equal(up.seen.at(-1)!.headers.tracestate, 'congo=t61rcWkgMzE', 'a continued trace keeps it');
+});
+
 t.test('warn: deprecated operation and stale contract are forwarded and recorded as warn', async (t) => {
   const tok = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
   const dep = await call({ path: '/search', tok });
