@@ -67,7 +67,8 @@ for (const kubeVersion of ['1.28', '1.30']) {
         t.equal(w.clientConfig.caBundle, secret.data['ca.crt'], 'caBundle is the CA of the served certificate');
       }
       const [byNamespace, byPod] = mwc.webhooks;
-      t.same(byNamespace.namespaceSelector, { matchLabels: { 'driftguard.io/inject': 'true' } });
+      t.same(byNamespace.namespaceSelector.matchLabels, { 'driftguard.io/inject': 'true' });
+      t.same(byNamespace.namespaceSelector.matchExpressions, byPod.namespaceSelector.matchExpressions, 'the excluded namespaces stay out of the namespace webhook too (before: only the pod webhook)');
       t.same(byNamespace.objectSelector, { matchExpressions: [{ key: 'driftguard.io/inject', operator: 'NotIn', values: ['false'] }] }, 'a pod can opt out');
       t.same(byPod.objectSelector, { matchLabels: { 'driftguard.io/inject': 'true' } });
       const excluded = byPod.namespaceSelector.matchExpressions[0];
@@ -140,6 +141,14 @@ t.test('values change what they should', async (t) => {
   const mwc = one(objects, 'MutatingWebhookConfiguration');
   t.same(mwc.webhooks.map((w: { failurePolicy: string }) => w.failurePolicy), ['Ignore', 'Ignore']);
   t.equal(mwc.webhooks[0].namespaceSelector.matchLabels.team, 'payments');
+
+  // A selector of expressions only (a broad one: any namespace with an env label) keeps them,
+  // and still leaves out kube-system and the release namespace.
+  const broad = one(render({ set: ['webhook.namespaceSelector.matchLabels=null', 'webhook.namespaceSelector.matchExpressions[0].key=env', 'webhook.namespaceSelector.matchExpressions[0].operator=Exists'] }), 'MutatingWebhookConfiguration').webhooks[0].namespaceSelector;
+  t.notOk('matchLabels' in broad, 'no empty matchLabels');
+  t.same(broad.matchExpressions[0], { key: 'env', operator: 'Exists' });
+  t.equal(broad.matchExpressions[1].operator, 'NotIn');
+  t.ok(broad.matchExpressions[1].values.includes('kube-system') && broad.matchExpressions[1].values.includes(NS), 'kube-system and the release namespace are left out');
   t.equal(one(objects, 'Deployment').spec.template.spec.containers[0].image, `ghcr.io/driftguard/driftguard@sha256:${'a'.repeat(64)}`);
   t.equal(objects.filter((o) => o.kind === 'PodDisruptionBudget').length, 0);
   t.equal(one(objects, 'ConfigMap', 'driftguard-rules').metadata.namespace, 'shop');
