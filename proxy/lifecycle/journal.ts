@@ -1,7 +1,8 @@
 // The journal that keeps admin API revocations across restarts: one JSON line per change,
 // appended and fsync'd before the API answers, replayed at start. A crash can tear only the
 // last line (the one being appended): it is skipped, reported and cut off, so that the next
-// append starts on a clean line. Any other unreadable line is skipped and reported too;
+// append starts on a clean line; an append that fails while the process runs (a full disk)
+// is cut back at once, for the same reason. Any other unreadable line is skipped and reported too;
 // nothing in the journal can stop start-up. At start the journal is compacted to the
 // revocations still in force, so it does not grow without bound.
 
@@ -61,27 +62,48 @@ function parseRecord(line: string): JournalRecord | string {
 export class Journal {
   readonly file: string;
   #fd: number;
+  /** Bytes of whole records in the file: where a failed append is cut back to. */
+  #size: number;
+  /** A failed append could not be cut back: the next record starts on a line of its own. */
+  #torn = false;
 
   /** Open `file` for appending, after rewriting it with exactly `live` (compaction). */
   constructor(file: string, live: readonly Revocation[]) {
     this.file = file;
     const tmp = `${file}.tmp-${process.pid}`;
     const fd = openSync(tmp, 'w', 0o600);
+    let size = 0;
     try {
-      for (const r of live) writeSync(fd, JSON.stringify({ op: 'add', revocation: r }) + '\n');
+      for (const r of live) size += writeSync(fd, JSON.stringify({ op: 'add', revocation: r }) + '\n');
       fsyncSync(fd);
     } finally { closeSync(fd); }
     renameSync(tmp, file);
     syncDirectory(dirname(file));
     this.#fd = openSync(file, 'a', 0o600);
+    this.#size = size;
   }
 
-  /** Append one record and fsync: when this returns, the change survives a crash. */
+  /**
+   * Append one record and fsync: when this returns, the change survives a crash. When it
+   * throws (a full disk: part of the line may be written), the file is cut back to its last
+   * whole record, so that the next record, which the API will acknowledge, does not land on
+   * the end of a fragment and become unreadable at the next start.
+   */
   append(record: JournalRecord): void {
-    const line = Buffer.from(JSON.stringify(record) + '\n');
+    const line = Buffer.from((this.#torn ? '\n' : '') + JSON.stringify(record) + '\n');
     let written = 0;
-    while (written < line.length) written += writeSync(this.#fd, line, written);
-    fsyncSync(this.#fd);
+    try {
+      while (written < line.length) written += writeSync(this.#fd, line, written);
+      fsyncSync(this.#fd);
+    } catch (err) {
+      try {
+        ftruncateSync(this.#fd, this.#size);
+        this.#torn = false;
+      } catch { this.#torn = true; }
+      throw err;
+    }
+    this.#size += line.length;
+    this.#torn = false;
   }
 
   close(): void {
