@@ -96,16 +96,34 @@ function untilSignal(handlers: { term: () => Promise<void>; hup?: () => void; de
   });
 }
 
+const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+
 export async function run(file: string, overrides: Overrides, options: RunOptions): Promise<number> {
   const rules = loadRules(file, overrides);
-  const s = await start(rules, file, overrides);
+  // Start-up can take seconds (keys, a revocation list URL). A signal meanwhile would get
+  // Node's default action: SIGHUP killed the process, SIGTERM skipped the graceful stop. They
+  // are held and handled once driftguard runs: one reload, or a stop with nothing in flight.
+  const early = new Set<(typeof SIGNALS)[number]>();
+  const hold = (signal: (typeof SIGNALS)[number]) => { early.add(signal); logLine({ level: 'info', msg: 'signal during start-up; handled once started', signal }); };
+  const holders = SIGNALS.map((signal) => [signal, () => hold(signal)] as const);
+  for (const [signal, h] of holders) process.on(signal, h);
+  let s: Awaited<ReturnType<typeof start>>;
+  try {
+    s = await start(rules, file, overrides);
+  } finally {
+    for (const [signal, h] of holders) process.off(signal, h);
+  }
   // The bound addresses, not the configured ones: with port 0 this is the only way to learn them.
   logLine({ level: 'info', msg: 'driftguard listening', listen: bound(s.dg.traffic), admin: bound(s.dg.admin), ...(s.dg.probes ? { probes: bound(s.dg.probes) } : {}), upstream: rules.proxy.upstream, mode: rules.proxy.mode, rules: rules.hash });
-  return untilSignal({
+  const stopped = untilSignal({
     term: () => s.shutdown(options.graceMs),
     hup: () => { void s.reload?.reload('SIGHUP'); },
     deadlineMs: options.graceMs + FLUSH_MS,
   });
+  // The handlers are in place now: replay what came during start-up, a stop before a reload.
+  const first = early.has('SIGTERM') ? 'SIGTERM' : early.has('SIGINT') ? 'SIGINT' : early.has('SIGHUP') ? 'SIGHUP' : undefined;
+  if (first) process.emit(first, first);
+  return stopped;
 }
 
 export async function demo(): Promise<number> {

@@ -2,14 +2,14 @@
 // within the grace period (a slow upstream holds them), new connections are refused, the
 // process exits 0; past the grace period what still runs is cut and the process still exits.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { connect } from 'node:net';
 import { request } from 'node:http';
 import type { ServerResponse } from 'node:http';
 import { createServer } from 'node:http';
 import { upstream, listen, close } from '../support/servers.ts';
 import { baseRules, writeRules } from '../support/driftguard.ts';
-import { runDriftguard } from '../support/subprocess.ts';
+import { runDriftguard, cli } from '../support/subprocess.ts';
 
 /** An upstream whose answers wait until the test releases them. */
 async function slowUpstream() {
@@ -151,3 +151,34 @@ t.test('a request still running past the grace period is cut, and the process st
   t.ok(Date.now() - sentAt < 8_000, 'exited without waiting for the upstream');
   slow.release();
 });
+
+/** Rules whose start-up waits about 1.5 s for a revocation list URL: a window for signals. */
+async function slowStart(t: Test): Promise<string> {
+  const list = createServer((_req, res) => { setTimeout(() => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"revocations":[]}'); }, 1_500); });
+  const port = await listen(list);
+  t.teardown(() => { list.closeAllConnections(); return close(list); });
+  return writeRules(baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/unused', (r) => {
+    r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
+    r.revocation = { url: `http://127.0.0.1:${port}/list.json` };
+  }));
+}
+
+const starting = (stderr: string) => stderr.includes('no revocation.journal');
+
+t.test('SIGHUP during start-up is a reload once started, not the end of the process', async (t) => {
+  const r = await cli(['run', '--config', await slowStart(t)], { signals: [
+    { when: starting, signal: 'SIGHUP' },
+    { when: (e) => e.includes('"trigger":"SIGHUP"'), signal: 'SIGTERM' },
+  ] });
+  t.same([r.code, r.signal], [0, null], 'exit 0 after the SIGTERM (before: killed by the SIGHUP, no log line)');
+  const lines = r.stderr.trim().split('\n').map((l) => { try { return JSON.parse(l); } catch { return {}; } });
+  const at = (msg: string) => lines.findIndex((l) => l.msg === msg);
+  t.ok(at('signal during start-up; handled once started') >= 0, 'the early signal is logged');
+  t.ok(at('driftguard listening') < lines.findIndex((l) => l.trigger === 'SIGHUP'), 'and the reload ran once started');
+});
+
+t.test('SIGTERM during start-up stops gracefully once started: exit 0', async (t) => {
+  const r = await cli(['run', '--config', await slowStart(t)], { signals: [{ when: starting, signal: 'SIGTERM' }] });
+  t.same([r.code, r.signal], [0, null], 'exit 0 (before: killed by the signal)');
+  t.match(r.stderr, '"msg":"stopped"');
+})

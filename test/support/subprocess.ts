@@ -76,19 +76,25 @@ export async function runDriftguard(config: string, args: string[] = [], env: Re
 
 export interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 
-/** Run the CLI to completion (or until `until` says to stop it with SIGTERM). */
-export function cli(args: string[], o: { until?: (stderr: string) => boolean; env?: Record<string, string> } = {}): Promise<Run> {
+/** A signal to send once what the CLI wrote to stderr so far satisfies `when`. */
+export interface SignalStep { readonly when: (stderr: string) => boolean; readonly signal: NodeJS.Signals }
+
+/**
+ * Run the CLI to completion, or until `until` says to stop it with SIGTERM; `signals` are sent
+ * in turn, each once its condition holds.
+ */
+export function cli(args: string[], o: { until?: (stderr: string) => boolean; signals?: readonly SignalStep[]; env?: Record<string, string> } = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
     // Without tap's NODE_OPTIONS (its process-info loader triples each start-up here).
     const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    let signalled = false;
+    const steps: SignalStep[] = [...(o.signals ?? []), ...(o.until ? [{ when: o.until, signal: 'SIGTERM' as const }] : [])];
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`driftguard ${args.join(' ')} did not finish`)); }, 20_000);
     child.stdout.on('data', (d: Buffer) => { stdout += d; });
     child.stderr.on('data', (d: Buffer) => {
       stderr += d;
-      if (!signalled && o.until?.(stderr)) { signalled = true; child.kill('SIGTERM'); }
+      while (steps.length && steps[0]!.when(stderr)) child.kill(steps.shift()!.signal);
     });
     child.on('error', reject);
     child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
