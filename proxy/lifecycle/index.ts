@@ -14,6 +14,10 @@ import type { ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
 import { Journal, replay } from './journal.ts';
 import { ListSource } from './lists.ts';
+import type { RevocationConfig } from './config.ts';
+
+type ListKind = 'file' | 'url';
+const LIST_KINDS: readonly ListKind[] = ['file', 'url'];
 import { adminRoutes } from './admin.ts';
 import { record, windowFull } from './monitors.ts';
 import { WOULD_DENY, countForwarded } from './checks.ts';
@@ -45,20 +49,24 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     log({ level: 'info', msg: 'no revocation.journal: admin API revocations last until the process ends' });
   }
 
+  // The list sources in force, and the settings each was started with. The array is shared
+  // with the admin API and the readiness check, so a reload that changes a source replaces
+  // it in place.
   const sources: ListSource[] = [];
-  const sourceOptions = { log, now, timeoutMs: config.revocation.timeoutMs };
+  const settings = new Map<ListSource, string>();
+  const settingsOf = (c: RevocationConfig, kind: ListKind) => {
+    const location = kind === 'file' ? c.file : c.url;
+    return location === undefined ? undefined : JSON.stringify([location, c.intervalMs, c.timeoutMs]);
+  };
+  async function startSource(c: RevocationConfig, kind: ListKind): Promise<ListSource> {
+    const s = new ListSource(kind, (kind === 'file' ? c.file : c.url)!, state.revocations, { log, now, timeoutMs: c.timeoutMs });
+    // A file must be valid (a RulesError otherwise); a URL that fails is reported and retried every interval.
+    await s.start(c.intervalMs);
+    settings.set(s, settingsOf(c, kind)!);
+    return s;
+  }
   try {
-    if (config.revocation.file !== undefined) {
-      const s = new ListSource('file', config.revocation.file, state.revocations, sourceOptions);
-      sources.push(s);
-      await s.start(config.revocation.intervalMs);
-    }
-    if (config.revocation.url !== undefined) {
-      const s = new ListSource('url', config.revocation.url, state.revocations, sourceOptions);
-      sources.push(s);
-      // A list server that is down at start is reported and retried every interval.
-      await s.start(config.revocation.intervalMs);
-    }
+    for (const kind of LIST_KINDS) if (settingsOf(config.revocation, kind) !== undefined) sources.push(await startSource(config.revocation, kind));
   } catch (err) {
     for (const s of sources) s.close();
     journal?.close();
@@ -96,6 +104,45 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     },
   };
 
+  /**
+   * After a reload: a list source whose location, interval or timeout changed is replaced,
+   * and one the rules dropped is closed with its entries lifted. A new list file that cannot
+   * be read leaves the old source in force (reported); a URL is switched at once, since a
+   * failing URL keeps the entries it had anyway.
+   */
+  let following = Promise.resolve();
+  function followLists(): Promise<void> {
+    following = following.then(async () => {
+      const c = state.config.revocation;
+      for (const kind of LIST_KINDS) {
+        const current = sources.find((s) => s.kind === kind);
+        const wanted = settingsOf(c, kind);
+        if (current && settings.get(current) === wanted) continue;
+        if (kind === 'url' && current) retire(current);
+        if (wanted !== undefined) {
+          try {
+            const next = await startSource(c, kind);
+            sources.push(next);
+          } catch (err) {
+            log({ level: 'error', msg: 'revocation list not changed by the reload: the new list cannot be read; the previous one stays in force', kind, error: (err as Error).message });
+            continue;
+          }
+        }
+        if (current && kind === 'file') retire(current);
+        if (wanted === undefined && current) state.revocations.replaceSource(kind, []);
+        log({ level: 'info', msg: wanted === undefined ? 'revocation list removed by the reload; its revocations are lifted' : 'revocation list changed by the reload', kind });
+      }
+    }).catch((err: Error) => log({ level: 'error', msg: 'revocation lists could not follow the reload', error: err.message }));
+    return following;
+  }
+
+  /** Stop a source (its entries stay until its successor's list, or the caller, replaces them). */
+  function retire(s: ListSource): void {
+    s.close();
+    settings.delete(s);
+    sources.splice(sources.indexOf(s), 1);
+  }
+
   function release(ctx: RequestContext): void {
     const key = state.reserved.get(ctx);
     if (key === undefined) return;
@@ -130,7 +177,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     deps: { lifecycle: state },
     attach(dg) {
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
-      dg.onSwap((g) => state.use(g.rules));
+      dg.onSwap((g) => { state.use(g.rules); void followLists(); });
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });
       // Not ready until the revocation list URL has been applied once: a sidecar that took
       // traffic before knowing what is revoked would let revoked tokens through.

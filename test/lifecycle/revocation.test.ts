@@ -319,6 +319,36 @@ t.test('a list file and a list URL may use the same id: both revocations stay in
   await lift.text();
 });
 
+t.test('a reload that points revocation.file elsewhere, or drops it, changes the list in force', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-list-'));
+  writeFileSync(join(dir, 'a.yaml'), 'revocations:\n  - kind: subject\n    value: spiffe://test.local/ns/app/sa/agent\n    reason: offboarded\n');
+  writeFileSync(join(dir, 'b.yaml'), 'revocations:\n  - kind: task\n    value: task-9\n    reason: cancelled\n');
+  writeFileSync(join(dir, 'broken.yaml'), 'revocations:\n  - kind: nope\n');
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { file: 'a.yaml' }; }), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const status = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) }); await r.text(); return r.status; };
+  const listed = async () => (((await (await fetch(`${dg.admin}/revocations`)).json()) as Record<string, any>).revocations as { value: string }[]).map((r) => r.value);
+  const reload = async (file: string | undefined) => {
+    writeFileSync(dg.file, readFileSync(dg.file, 'utf8').replace(/\n?revocation:\n(  .*\n)*/, '\n').replace(/$/, file ? `revocation:\n  file: ${join(dir, file)}\n` : ''));
+    await dg.dg.swap(loadRules(dg.file));
+  };
+  t.equal(await status(), 401, 'a.yaml revokes the agent');
+
+  await reload('broken.yaml');
+  t.ok(await until(() => dg.logs.some((l) => l.msg === 'revocation list not changed by the reload: the new list cannot be read; the previous one stays in force')), 'a new list that cannot be read is reported');
+  t.equal(await status(), 401, 'and the previous list stays in force');
+
+  await reload('b.yaml');
+  t.ok(await until(async () => (await listed()).join() === 'task-9'), 'b.yaml is in force (before: a.yaml went on being polled and applied)');
+  t.equal(await status(), 200, 'the agent is no longer revoked');
+
+  await reload(undefined);
+  t.ok(await until(async () => (await listed()).length === 0), 'without revocation.file its revocations are lifted');
+  t.ok(dg.logs.some((l) => l.msg === 'revocation list removed by the reload; its revocations are lifted'));
+});
+
 t.test('a revocation list file is read at start and re-read when it changes', async (t) => {
   const w = await world();
   const dir = mkdtempSync(join(tmpdir(), 'dg-list-'));
