@@ -14,6 +14,7 @@ import type { JWTPayload } from 'jose';
 import { Agent } from 'undici';
 import { RemoteKeySet, type KeySelection } from './jwks.ts';
 import { getDocument } from '../lib/bounded.ts';
+import { redactUrl } from '../lib/redact.ts';
 import { SERVICE_ACCOUNT_DIR, isDnsLabel, isDnsSubdomain } from '../lib/kubernetes.ts';
 
 export const DEFAULT_TOKEN_FILE = `${SERVICE_ACCOUNT_DIR}/token`;
@@ -109,22 +110,22 @@ export function discoveredKeySet(o: DiscoveredKeySetOptions): RemoteKeySet {
     try {
       const { status, text } = await getDocument(url, {
         accept: 'application/json', headers: bearer(), timeoutMs: o.timeoutMs, ...(agent ? { dispatcher: agent } : {}),
-        maxBytes: MAX_DOCUMENT_BYTES, tooLarge: () => new Error(`discovery ${url.href}: document larger than 256 KiB`),
+        maxBytes: MAX_DOCUMENT_BYTES, tooLarge: () => new Error(`discovery ${redactUrl(url.href)}: document larger than 256 KiB`),
       });
       if (text === undefined) {
-        throw new Error(`discovery ${url.href}: HTTP ${status}${status === 401 || status === 403 ? ' (the service account needs the system:service-account-issuer-discovery ClusterRole)' : ''}`);
+        throw new Error(`discovery ${redactUrl(url.href)}: HTTP ${status}${status === 401 || status === 403 ? ' (the service account needs the system:service-account-issuer-discovery ClusterRole)' : ''}`);
       }
       let doc: { issuer?: unknown; jwks_uri?: unknown };
-      try { doc = JSON.parse(text) as typeof doc; } catch { throw new Error(`discovery ${url.href}: not JSON`); }
+      try { doc = JSON.parse(text) as typeof doc; } catch { throw new Error(`discovery ${redactUrl(url.href)}: not JSON`); }
       if (doc.issuer !== o.issuer) {
-        throw new Error(`discovery ${url.href}: the document's issuer is ${JSON.stringify(doc.issuer)}, the rules say ${JSON.stringify(o.issuer)}`);
+        throw new Error(`discovery ${redactUrl(url.href)}: the document's issuer is ${JSON.stringify(doc.issuer)}, the rules say ${JSON.stringify(o.issuer)}`);
       }
-      if (typeof doc.jwks_uri !== 'string') throw new Error(`discovery ${url.href}: no jwks_uri`);
+      if (typeof doc.jwks_uri !== 'string') throw new Error(`discovery ${redactUrl(url.href)}: no jwks_uri`);
       let jwks: URL;
-      try { jwks = new URL(doc.jwks_uri); } catch { throw new Error(`discovery ${url.href}: jwks_uri is not a URL`); }
+      try { jwks = new URL(doc.jwks_uri); } catch { throw new Error(`discovery ${redactUrl(url.href)}: jwks_uri is not a URL`); }
       // Keys fetched in clear from an https discovery could be swapped by anyone on the path.
       if (jwks.protocol !== 'https:' && !(url.protocol === 'http:' && jwks.protocol === 'http:')) {
-        throw new Error(`discovery ${url.href}: jwks_uri ${jwks.href} is not https`);
+        throw new Error(`discovery ${redactUrl(url.href)}: jwks_uri ${redactUrl(jwks.href)} is not https`);
       }
       return jwks.href;
     } finally {

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { Agent } from 'undici';
 import { getDocument } from '../lib/bounded.ts';
+import { redactUrl } from '../lib/redact.ts';
 
 /** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
 export class IdentityUnavailableError extends Error {
@@ -120,8 +121,12 @@ export class RemoteKeySet implements KeySet {
   #timer?: NodeJS.Timeout;
   #agent?: Agent;
 
+  /** The URL as messages, metrics and /readyz name it: without query or userinfo. */
+  readonly #name: string;
+
   constructor(options: RemoteKeySetOptions) {
     this.#options = options;
+    this.#name = redactUrl(options.url);
     this.#now = options.now ?? Date.now;
     this.getKey = this.getKey.bind(this);
   }
@@ -132,7 +137,7 @@ export class RemoteKeySet implements KeySet {
 
   async start(): Promise<void> {
     this.#timer ??= setInterval(() => { void this.refresh(); }, this.#options.refreshMs).unref();
-    if (!(await this.refresh())) throw new IdentityUnavailableError(`JWKS ${this.#options.url}: ${this.#lastError}`);
+    if (!(await this.refresh())) throw new IdentityUnavailableError(`JWKS ${this.#name}: ${this.#lastError}`);
   }
 
   /** Fetch the keys now (joining a fetch already under way). true when the fetch succeeded: the keys are current. */
@@ -161,7 +166,7 @@ export class RemoteKeySet implements KeySet {
       });
       if (text === undefined) throw new Error(`HTTP ${status}`);
       if (text !== this.#text) {
-        this.#keys = load(parseJwks(text, this.#options.url, this.#options.select));
+        this.#keys = load(parseJwks(text, this.#name, this.#options.select));
         this.#text = text;
         this.#version++;
       }
@@ -183,7 +188,7 @@ export class RemoteKeySet implements KeySet {
       // A fetch under way (the first one, at start-up) may bring the keys: wait for it.
       if (!coolingDown) await this.refresh();
       else if (this.#inflight) await this.#inflight;
-      if (!this.#keys) throw new IdentityUnavailableError(`no keys from ${this.#options.url} yet`);
+      if (!this.#keys) throw new IdentityUnavailableError(`no keys from ${this.#name} yet`);
     }
     try {
       return await this.#keys.getKey(...args);
@@ -192,14 +197,14 @@ export class RemoteKeySet implements KeySet {
       // An unknown kid: maybe the issuer rotated. One refetch per cooldown, whatever the flood.
       if (!coolingDown) await this.refresh();
       else if (this.#inflight) await this.#inflight;
-      if (this.#lastError !== undefined) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#options.url}: ${this.#lastError}`);
+      if (this.#lastError !== undefined) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#name}: ${this.#lastError}`);
       return await this.#keys.getKey(...args);
     }
   }
 
   status(): KeySetStatus {
     return {
-      source: this.#options.url, ready: this.ready, refreshes: this.#refreshes, failures: this.#failures,
+      source: this.#name, ready: this.ready, refreshes: this.#refreshes, failures: this.#failures,
       ...(this.#lastSuccessMs !== undefined ? { lastSuccessMs: this.#lastSuccessMs } : {}),
       ...(this.#lastError !== undefined ? { lastError: this.#lastError } : {}),
     };

@@ -14,6 +14,7 @@ import { parseTime } from '../rules/durations.ts';
 import { RulesError, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
 import { getDocument } from '../lib/bounded.ts';
+import { redactUrl } from '../lib/redact.ts';
 
 const ENTRY_FIELDS: ReadonlySet<string> = new Set(['kind', 'value', 'reason', 'end', 'id']);
 
@@ -274,7 +275,3 @@ export class ListSource {
   }
 }
 
-/** Origin and path only: a list URL's query or userinfo may hold a credential, never logged. */
-export function redactUrl(url: string): string {
-  try { const u = new URL(url); return `${u.origin}${u.pathname}`; } catch { return '(invalid URL)'; }
-}

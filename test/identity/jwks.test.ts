@@ -11,6 +11,7 @@ import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
 import { world, keys } from '../core/world.ts';
 import { RemoteKeySet } from '../../proxy/identity/jwks.ts';
 import { until } from '../lifecycle/support.ts';
+import { startWithTelemetry } from '../telemetry/support.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -245,4 +246,20 @@ t.test('a key removed from the set stops verifying at once, for a cached token t
   }
   t.equal((await call(current)).status, 200, 'a token of a key still in the set goes on working');
   t.equal(up.seen.length, 5, 'the refused calls never reached the upstream');
+});
+
+t.test('a key set URL\'s query is a secret: not in logs, /metrics or /readyz', async (t) => {
+  const up = await upstream();
+  const secret = 's3cret-in-the-query';
+  // Nothing listens on port 9: the fetch fails, and the URL is named in the warning and the readiness reason.
+  const jwksUrl = `http://127.0.0.1:9/jwks.json?access_token=${secret}`;
+  const dg = await startWithTelemetry(baseRules(up.origin, jwksUrl, (r) => { r.identity.issuers[0].jwks.timeout = '200ms'; }), {}, undefined);
+  t.teardown(async () => { await dg.close(); await up.close(); });
+  await until(() => dg.logs.some((l) => l.includes('signing keys not loaded yet')));
+  const metrics = await (await fetch(dg.admin + '/metrics')).text();
+  const readyz = await (await fetch(dg.admin + '/readyz')).text();
+  t.match(metrics, 'http://127.0.0.1:9/jwks.json', 'the metrics name the key set by origin and path');
+  for (const [what, text] of [['log', dg.logs.join('\n')], ['/metrics', metrics], ['/readyz', readyz]] as const) {
+    t.notOk(text.includes(secret), `${what}: no query (before: the whole URL)`);
+  }
 });
