@@ -216,11 +216,14 @@ async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions)
   const jws: FlattenedJWSInput = { protected: encodedHeader!, payload: payload!, signature: signature! };
   const found = await byEachKey(token, keys.eachKey(), header, jws, options);
   if (found) return found;
-  // No key of the set fits (or none is loaded yet): jose's own path waits for the first fetch,
-  // or refetches once per cooldown, and throws when still none fits. Then the keys it found.
-  await jwtVerify(token, keys.getKey, options).catch((err: unknown) => {
+  // No key of the set fits (or none is loaded yet): the set's own key lookup waits for the
+  // first fetch, or refetches once per cooldown, and throws when still none fits. Only the
+  // lookup: the signature is checked once, below, against the key that fits.
+  try {
+    await keys.getKey(header as Parameters<SingleKey['getKey']>[0], jws);
+  } catch (err) {
     if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err;
-  });
+  }
   const refetched = await byEachKey(token, keys.eachKey(), header, jws, options);
   if (refetched) return refetched;
   throw new errors.JWKSNoMatchingKey();
