@@ -15,12 +15,17 @@ import { LifecycleState } from './state.ts';
 import { Journal, replay } from './journal.ts';
 import { ListSource } from './lists.ts';
 import type { RevocationConfig } from './config.ts';
-
-type ListKind = 'file' | 'url';
-const LIST_KINDS: readonly ListKind[] = ['file', 'url'];
 import { adminRoutes } from './admin.ts';
 import { record, windowFull } from './monitors.ts';
 import { WOULD_DENY, countForwarded } from './checks.ts';
+
+type ListKind = 'file' | 'url';
+const LIST_KINDS: readonly ListKind[] = ['file', 'url'];
+
+/** Where the rules say a list of this kind is, if anywhere. */
+function locationOf(c: RevocationConfig, kind: ListKind): string | undefined {
+  return kind === 'file' ? c.file : c.url;
+}
 
 export { LifecycleState } from './state.ts';
 
@@ -55,11 +60,11 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
   const sources: ListSource[] = [];
   const settings = new Map<ListSource, string>();
   const settingsOf = (c: RevocationConfig, kind: ListKind) => {
-    const location = kind === 'file' ? c.file : c.url;
+    const location = locationOf(c, kind);
     return location === undefined ? undefined : JSON.stringify([location, c.intervalMs, c.timeoutMs]);
   };
   async function startSource(c: RevocationConfig, kind: ListKind): Promise<ListSource> {
-    const s = new ListSource(kind, (kind === 'file' ? c.file : c.url)!, state.revocations, { log, now, timeoutMs: c.timeoutMs });
+    const s = new ListSource(kind, locationOf(c, kind)!, state.revocations, { log, now, timeoutMs: c.timeoutMs });
     // A file must be valid (a RulesError otherwise); a URL that fails is reported and retried every interval.
     await s.start(c.intervalMs);
     settings.set(s, settingsOf(c, kind)!);
