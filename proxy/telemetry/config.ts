@@ -7,15 +7,15 @@ import type { Rules } from '../rules/types.ts';
 import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.ts';
 
 /**
- * Spans per export. Smaller than the SDK's 512: chosen when batches were encoded on the
- * request thread, where a 512-span batch stalled whichever request was running for
- * milliseconds (p99 at one connection 18-21 ms with 512, 11-12 ms with 64). They are now
- * encoded on the export thread (export-thread.ts); 64 spans make an export request of
- * about 80 KB. 512 was measured again there (A/B at ef27d13, 3 runs of 3 rounds): 2-3% less
- * CPU in all (the thread's own -18%, its heap's collector more), but p99 at one connection
- * worse in all three (3.1 -> 4.9, 3.8 -> 4.4, 3.7 -> 5.0 ms), so 64 stays.
+ * Spans per export: the SDK's 512. Each export is an HTTP request with a fixed cost on the
+ * export thread (about 0.5 ms of CPU here, measured), so 64-span batches cost about 15 µs of
+ * CPU a request more than 512-span ones at 4,000 requests/s. 64 was the default while a
+ * batch was encoded all at once when exported: a 512-span batch then held the thread's core
+ * for milliseconds, and p99 at one connection was worse with it (A/B at ef27d13). Spans are
+ * now encoded as they reach the thread (otlp-proto.ts, preEncode), and exporting a batch
+ * copies their bytes.
  */
-const DEFAULT_EXPORT_BATCH = 64;
+const DEFAULT_EXPORT_BATCH = 512;
 
 export type TracesExporter = 'otlp' | 'console' | 'none';
 export type OtlpProtocol = 'http/protobuf' | 'http/json' | 'grpc';

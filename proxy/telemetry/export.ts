@@ -120,9 +120,15 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       .merge(resourceFromAttributes({ 'service.name': config.serviceName })),
     scope: { name: 'driftguard' },
   };
+  // With driftguard's own encoder (http/protobuf), spans are encoded as they arrive and a
+  // batch is a copy of their bytes (otlp-proto.ts, preEncode).
+  const preEncode = config.exporter === 'otlp' && config.protocol === 'http/protobuf' ? (await import('./otlp-proto.ts')).preEncode : undefined;
   return {
     add(sources) {
-      for (const s of sources) for (const span of spansOf(origin, s)) processor.onEnd(span);
+      const spans: ReadableSpan[] = [];
+      for (const s of sources) for (const span of spansOf(origin, s)) spans.push(span);
+      preEncode?.(spans);
+      for (const span of spans) processor.onEnd(span);
     },
     async shutdown(flushMs) {
       // Flush what is queued, but hold shutdown at most flushMs: the OTLP exporter

@@ -10,7 +10,7 @@
 // at 2,048 characters, Host at 256, User-Agent at 512, feature values at 1,024), well under
 // the OpenTelemetry default of unlimited and the 4,096 driftguard used to set.
 
-import { SpanKind, SpanStatusCode, TraceFlags, type Attributes, type HrTime, type SpanContext, type SpanStatus } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode, TraceFlags, type Attributes, type AttributeValue, type HrTime, type SpanContext, type SpanStatus } from '@opentelemetry/api';
 import { TraceState, type InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
@@ -18,6 +18,8 @@ import type { CheckRecord } from '../pipeline/types.ts';
 import { FIELDS, type DecisionRecord } from './record.ts';
 
 const UNSET: SpanStatus = { code: SpanStatusCode.UNSET };
+
+export type AttributeVisitor = (key: string, value: AttributeValue) => void;
 
 /** Epoch milliseconds (with a fraction) as OpenTelemetry's [seconds, nanoseconds]. */
 export function hrTime(ms: number): HrTime {
@@ -104,10 +106,23 @@ abstract class FinishedSpan implements ReadableSpan {
 
   spanContext(): SpanContext { return this.#context; }
   get duration(): HrTime { return duration(this.startTime, this.endTime); }
-  get attributes(): Attributes { return (this.#attributes ??= this.buildAttributes()); }
+  get attributes(): Attributes {
+    if (!this.#attributes) {
+      const a: Attributes = {};
+      this.eachAttribute((key, value) => { a[key] = value; });
+      this.#attributes = a;
+    }
+    return this.#attributes;
+  }
+
   abstract get events(): TimedEvent[];
   abstract get status(): SpanStatus;
-  protected abstract buildAttributes(): Attributes;
+  /**
+   * Each attribute in its order, without building the object: driftguard's encoder writes
+   * them straight to the wire (otlp-proto.ts), and `attributes` is built from the same calls
+   * for every other exporter.
+   */
+  abstract eachAttribute(visit: AttributeVisitor): void;
 }
 
 /** A span of this driftguard's in `trace` (so never remote). */
@@ -166,28 +181,27 @@ export class ServerSpan extends FinishedSpan {
     return this.#record.checks.map((c: CheckRecord) => ({ name: c.check, time, attributes: checkAttributes(c) }));
   }
 
-  protected buildAttributes(): Attributes {
+  eachAttribute(visit: AttributeVisitor): void {
     const f = this.#facts;
     const r = this.#record;
-    const a: Attributes = { 'http.request.method': f.method };
-    if (f.methodOriginal !== undefined) a['http.request.method_original'] = f.methodOriginal;
-    a['url.scheme'] = 'http';
-    if (f.serverAddress) a['server.address'] = f.serverAddress;
-    if (f.serverPort !== undefined) a['server.port'] = f.serverPort;
-    if (f.clientAddress) a['client.address'] = f.clientAddress;
-    a['network.protocol.version'] = f.protocolVersion;
-    if (f.userAgent) a['user_agent.original'] = f.userAgent;
-    if (r.route !== undefined) a['http.route'] = r.route;
-    a['url.path'] = r.path;
+    visit('http.request.method', f.method);
+    if (f.methodOriginal !== undefined) visit('http.request.method_original', f.methodOriginal);
+    visit('url.scheme', 'http');
+    if (f.serverAddress) visit('server.address', f.serverAddress);
+    if (f.serverPort !== undefined) visit('server.port', f.serverPort);
+    if (f.clientAddress) visit('client.address', f.clientAddress);
+    visit('network.protocol.version', f.protocolVersion);
+    if (f.userAgent) visit('user_agent.original', f.userAgent);
+    if (r.route !== undefined) visit('http.route', r.route);
+    visit('url.path', r.path);
     // 0: the client left before any answer, and a span without a response has no status code.
-    if (r.status) a['http.response.status_code'] = r.status;
+    if (r.status) visit('http.response.status_code', r.status);
     for (const [key, attr] of FIELDS) {
       const v = r[key];
-      if (v !== undefined) a[attr] = v as string;
+      if (v !== undefined) visit(attr, v as AttributeValue);
     }
-    if (r.extra) for (const key in r.extra) a['driftguard.' + key] = r.extra[key]!;
-    if ((r.status ?? 0) >= 500) a['error.type'] = String(r.status);
-    return a;
+    if (r.extra) for (const key in r.extra) visit('driftguard.' + key, r.extra[key]!);
+    if ((r.status ?? 0) >= 500) visit('error.type', String(r.status));
   }
 }
 
@@ -241,17 +255,16 @@ export class ClientSpan extends FinishedSpan {
     return c.status !== undefined && c.status >= 400 ? { code: SpanStatusCode.ERROR } : UNSET;
   }
 
-  protected buildAttributes(): Attributes {
+  eachAttribute(visit: AttributeVisitor): void {
     const c = this.#call;
-    const a: Attributes = { 'http.request.method': this.#method };
-    if (this.#template !== undefined) a['url.template'] = this.#template;
-    a['server.address'] = c.upstream.address;
-    a['server.port'] = c.upstream.port;
-    a['url.full'] = c.upstream.origin + this.#path;
-    if (c.status !== undefined) a['http.response.status_code'] = c.status;
-    if (c.error !== undefined) a['error.type'] = c.error;
-    else if (c.status !== undefined && c.status >= 400) a['error.type'] = String(c.status);
-    return a;
+    visit('http.request.method', this.#method);
+    if (this.#template !== undefined) visit('url.template', this.#template);
+    visit('server.address', c.upstream.address);
+    visit('server.port', c.upstream.port);
+    visit('url.full', c.upstream.origin + this.#path);
+    if (c.status !== undefined) visit('http.response.status_code', c.status);
+    if (c.error !== undefined) visit('error.type', c.error);
+    else if (c.status !== undefined && c.status >= 400) visit('error.type', String(c.status));
   }
 }
 

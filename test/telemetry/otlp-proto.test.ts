@@ -11,8 +11,10 @@ import { TraceState } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
-import { encodeSpans } from '../../proxy/telemetry/otlp-proto.ts';
+import { encodeSpans, preEncode } from '../../proxy/telemetry/otlp-proto.ts';
 import { decodeTraces } from '../support/otlp.ts';
+import { spansOf, type SpanSource } from '../../proxy/telemetry/spans.ts';
+import type { DecisionRecord } from '../../proxy/telemetry/record.ts';
 
 const resource = resourceFromAttributes({ 'service.name': 'driftguard-test', 'host.name': 'hôte-1', 'process.pid': 4242 });
 const otherResource = resourceFromAttributes({ 'service.name': 'other' });
@@ -94,6 +96,43 @@ const cases: Record<string, ReadableSpan[]> = {
   'an empty batch': [],
 };
 
+// driftguard's own spans name their attributes one by one (eachAttribute), which the encoder
+// writes as they come; the SDK's serializer reads the attributes object built from the same
+// calls. Sources with every optional field, extras, a 5xx and a failed upstream call.
+function source(over: Partial<DecisionRecord>, call?: Partial<NonNullable<SpanSource['call']>>): SpanSource {
+  const record: DecisionRecord = {
+    time: '2026-11-26T10:00:00.000Z', timeMs: 1_795_600_000_000, traceId: id(16), spanId: id(8),
+    decision: 'allow', enforced: true, reason: 'deprecated-operation', warnings: ['deprecated-operation'], detail: 'listOrders is deprecated',
+    method: 'GET', path: '/v1/orders', route: '/v1/orders', operation: 'listOrders', sensitivity: 'low', deprecated: true,
+    sunset: '2027-01-01T00:00:00.000Z', replacement: '/v2/orders', consumer: 'spiffe://test.local/ns/a/sa/agent', consumerKind: 'automation',
+    owner: 'team-a', registered: true, issuer: 'https://issuer.test', jti: 'j-1', declaredContract: '2026-06', currentContract: '2026-09',
+    changedIn: '2026-09', rules: 'abc123', status: 200, durationMs: 2.5, upstreamMs: 2, addedMs: 0.5,
+    checks: [{ check: 'canonical-path', outcome: 'continue' }, { check: 'deprecation', outcome: 'warn', reason: 'deprecated-operation' }],
+    extra: { 'delegation.chain': ['spiffe://a', 'spiffe://b'], 'task.id': 'task-1', 'monitor.count': 3, 'monitor.flag': false },
+    ...over,
+  };
+  return {
+    trace: { traceId: record.traceId, spanId: record.spanId, sampled: true, parent: { traceId: record.traceId, spanId: id(8), traceFlags: 1, isRemote: true }, traceState: 'vendor=abc' },
+    facts: { method: 'GET', methodOriginal: 'get', serverAddress: 'api.local', serverPort: 8080, clientAddress: '10.0.0.1', protocolVersion: '1.1', userAgent: 'agent/1.0' },
+    record, checksAtMs: record.timeMs + 0.25, endMs: record.timeMs + 2.5,
+    call: { spanId: id(8), upstream: { address: '127.0.0.1', port: 9000, origin: 'http://127.0.0.1:9000' }, startMs: record.timeMs + 0.3, endMs: record.timeMs + 2.4, status: 200, ...call },
+  };
+}
+const DRIFTGUARD_SPANS = 'driftguard\'s spans, attributes named one by one';
+// The same ids on every call (id() counts from a fixed point here), so that every call gives the same bytes.
+const driftguardSpans = () => {
+  const saved = n;
+  n = 0x1000;
+  const spans = [
+    source({}),
+    source({ status: 502, decision: 'allow', reason: 'upstream-unavailable' }, { status: undefined, error: 'upstream-unavailable' }),
+    source({ status: 403, decision: 'deny', route: undefined, operation: undefined, extra: undefined, warnings: [] }, { status: 404 }),
+  ].flatMap((s) => spansOf({ resource, scope }, s));
+  n = saved;
+  return spans;
+};
+cases[DRIFTGUARD_SPANS] = driftguardSpans();
+
 for (const [name, spans] of Object.entries(cases)) {
   t.test(name, async (t) => {
     // Twice: the second encoding reads the cached event, resource and scope bytes.
@@ -103,6 +142,30 @@ for (const [name, spans] of Object.entries(cases)) {
       t.same(decodeTraces(ours), decodeTraces(reference), `${round} encoding: decodes to the same request`);
       t.ok(ours.equals(reference), `${round} encoding: the same bytes (${ours.length} and ${reference.length})`);
     }
+  });
+}
+
+// The export thread encodes spans as they arrive (preEncode), a message at a time, and a
+// batch then copies their bytes: a batch must come out the same, whether all, some or none
+// of its spans were encoded ahead, and in whatever messages they came.
+for (const [name, spans] of Object.entries(cases)) {
+  t.test(`${name}, encoded ahead`, async (t) => {
+    // Fresh spans each time, as preEncode marks them (driftguard's are built anew: a class
+    // with private fields cannot be copied), all with the same bytes.
+    const copies = name === DRIFTGUARD_SPANS ? driftguardSpans : () => spans.map((s) => ({ ...s }));
+    const reference = Buffer.from(ProtobufTraceSerializer.serializeRequest(spans)!);
+    const all = copies();
+    preEncode(all.slice(0, 3));
+    preEncode(all.slice(3));
+    t.ok(Buffer.from(encodeSpans(all)).equals(reference), 'every span encoded ahead, in two messages: the same bytes');
+    const some = copies();
+    preEncode(some.filter((_, i) => i % 2 === 1));
+    t.ok(Buffer.from(encodeSpans(some)).equals(reference), 'every other span encoded ahead: the same bytes');
+    // A message encoded ahead must not be overwritten by the next one's (they share a writer).
+    const first = copies();
+    preEncode(first);
+    preEncode(copies());
+    t.ok(Buffer.from(encodeSpans(first)).equals(reference), 'still the same bytes after another message was encoded');
   });
 }
 
