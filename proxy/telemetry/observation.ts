@@ -38,7 +38,7 @@ function upstreamOf(text: string): Upstream {
   if (lastUpstream?.text === text) return lastUpstream.upstream;
   const u = new URL(text);
   const port = u.port ? Number(u.port) : u.protocol === 'https:' ? 443 : 80;
-  const upstream = { address: u.hostname, port, origin: u.origin };
+  const upstream = { address: unbracketed(u.hostname), port, origin: u.origin };
   lastUpstream = { text, upstream };
   return upstream;
 }
@@ -49,7 +49,12 @@ function hostAndPort(host: string | undefined): [string, number | undefined] {
   if (!host) return ['', undefined];
   const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(host);
   if (!m) return ['', undefined];
-  return [m[1]!.slice(0, 256), m[2] !== undefined ? Number(m[2]) : undefined];
+  return [unbracketed(m[1]!).slice(0, 256), m[2] !== undefined ? Number(m[2]) : undefined];
+}
+
+/** `[::1]` as `::1`: the brackets are URL and Host syntax, and `server.address` is the address itself. */
+function unbracketed(host: string): string {
+  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
 }
 
 export class RequestObservation implements Observation {

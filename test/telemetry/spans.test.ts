@@ -4,6 +4,7 @@
 
 import t from 'tap';
 import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:http';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, AGENT, BOT } from '../support/driftguard.ts';
@@ -267,6 +268,34 @@ t.test('an unsampled caller trace is continued unsampled: nothing exported, cont
   await (await fetch(dg.url + '/status', { headers: { traceparent: traceparent(marker, randomHex(8)) } })).text();
   await otlp.waitFor((s) => s.traceId === marker);
   t.notOk(otlp.spans.some((s) => s.traceId === traceId), 'the unsampled trace was not exported');
+});
+
+t.test('an IPv6 address is recorded without its brackets, on both spans (semantic conventions: server.address is the address)', async (t) => {
+  // SERVER span: the address the caller reached driftguard at, from Host.
+  const traceId = randomHex(16);
+  const port = Number(new URL(dg.url).port);
+  const res = await raw(port, `GET /status HTTP/1.1\r\nHost: [::1]:8443\r\ntraceparent: ${traceparent(traceId, randomHex(8))}\r\nConnection: close\r\n\r\n`);
+  t.equal(res.status, 200);
+  const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.equal(server.attributes['server.address'], '::1', 'not [::1]');
+  t.equal(server.attributes['server.port'], 8443);
+
+  // CLIENT span: an upstream at an IPv6 address, on ::1.
+  const v6 = createServer((_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }).end('{}'); });
+  await new Promise<void>((resolve) => v6.listen(0, '::1', resolve));
+  const v6Port = (v6.address() as AddressInfo).port;
+  const dg6 = await startWithTelemetry(baseRules(`http://[::1]:${v6Port}`, keys.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, serviceName: 'driftguard-v6', batch: { scheduledDelay: '50ms' } } };
+  }));
+  t.teardown(async () => { await dg6.stop(); await new Promise((resolve) => v6.close(resolve)); });
+  const traceId6 = randomHex(16);
+  const r6 = await fetch(dg6.url + '/status', { headers: { traceparent: traceparent(traceId6, randomHex(8)) } });
+  await r6.text();
+  t.equal(r6.status, 200, 'forwarded to the IPv6 upstream');
+  const client = await otlp.waitFor((s) => s.traceId === traceId6 && s.kind === KIND.CLIENT);
+  t.equal(client.attributes['server.address'], '::1', 'not [::1]');
+  t.equal(client.attributes['server.port'], v6Port);
+  t.equal(client.attributes['url.full'], `http://[::1]:${v6Port}/status`, 'the URL keeps its brackets');
 });
 
 t.test('no token, query string or Authorization value in anything driftguard wrote', async (t) => {
