@@ -39,7 +39,11 @@ export class DecisionLog {
 
   write(line: string): void {
     if (!this.#out) return;
-    const size = line.length + 1;
+    // Bytes, as the bound says (a line may hold non-ASCII text: a subject, a detail).
+    const size = Buffer.byteLength(line, 'utf8') + 1;
+    // Full, but the output can take more: write out what waits first. A line is dropped only
+    // while the output cannot keep up, not because a burst outran the flush timer.
+    if (this.#bytes + size > this.#maxBytes && !this.#blocked) this.flush();
     if (this.#bytes + size > this.#maxBytes) { this.dropped++; return; }
     this.#pending.push(line);
     this.#bytes += size;

@@ -1,0 +1,42 @@
+// The decision log's buffer bound (telemetry.decisionLog.maxBufferBytes): while the output
+// cannot keep up, at most that many bytes of lines wait, and further lines are dropped and
+// counted, never queued. A real file output: within one turn of the event loop, the flushes
+// fill the write stream past its high-water mark, the log then waits for 'drain', and the
+// lines written in the same turn pile up against the bound.
+
+import t from 'tap';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { getDefaultHighWaterMark } from 'node:stream';
+import { DecisionLog } from '../../proxy/telemetry/decision-log.ts';
+
+const MAX = 65_536;
+
+function run(line: string, count: number) {
+  const file = join(mkdtempSync(join(tmpdir(), 'driftguard-log-')), 'decisions.log');
+  const log = new DecisionLog({ kind: 'file', file }, MAX);
+  for (let i = 0; i < count; i++) log.write(line);
+  return { log, file };
+}
+
+for (const [name, char, bytesPerChar] of [['ASCII', 'a', 1], ['non-ASCII (3 bytes a character in UTF-8)', '€', 3]] as const) {
+  t.test(`${name}: the lines waiting never pass maxBufferBytes, in bytes`, async (t) => {
+    const line = char.repeat(1000);
+    const size = 1000 * bytesPerChar + 1;
+    const { log, file } = run(line, 200);
+    // The lines that fit go out when the next would not (the output can take them), until
+    // the write stream holds more than its high-water mark; from then on, as many as fit
+    // wait, and the rest are dropped. Before, the bound counted characters (three times as
+    // many '€' lines waited), and a line that did not fit was dropped without that flush, so
+    // a burst of 64 KiB lost lines with the output idle.
+    const fit = Math.floor(MAX / size);
+    const flushes = Math.ceil(getDefaultHighWaterMark(false) / (fit * size));
+    t.equal(log.lines, (flushes + 1) * fit, `${flushes} × ${fit} lines of ${size} bytes written out, ${fit} waiting: at most ${MAX} bytes`);
+    t.equal(log.lines + log.dropped, 200, 'every line is written or counted as dropped');
+    await log.close();
+    const written = readFileSync(file, 'utf8').split('\n').filter(Boolean);
+    t.equal(written.length, log.lines, 'what was accepted reaches the file');
+    t.ok(written.every((l) => l === line), 'whole lines');
+  });
+}
