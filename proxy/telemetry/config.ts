@@ -7,15 +7,21 @@ import type { Rules } from '../rules/types.ts';
 import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.ts';
 
 /**
- * Spans per export: the SDK's 512. Each export is an HTTP request with a fixed cost on the
- * export thread (about 0.5 ms of CPU here, measured), so 64-span batches cost about 15 µs of
- * CPU a request more than 512-span ones at 4,000 requests/s. 64 was the default while a
- * batch was encoded all at once when exported: a 512-span batch then held the thread's core
- * for milliseconds, and p99 at one connection was worse with it (A/B at ef27d13). Spans are
- * now encoded as they reach the thread (otlp-proto.ts, preEncode), and exporting a batch
- * copies their bytes.
+ * Spans per export over http/protobuf: the SDK's 512. Each export is an HTTP request with a
+ * fixed cost on the export thread (about 0.5 ms of CPU here, measured), so 64-span batches
+ * cost about 15 µs of CPU a request more than 512-span ones at 4,000 requests/s. 64 was the
+ * default while a batch was encoded all at once when exported: a 512-span batch then held
+ * the thread's core for milliseconds, and p99 at one connection was worse with it (A/B at
+ * ef27d13). Spans are now encoded as they reach the thread (otlp-proto.ts, preEncode), and a
+ * batch goes out in requests of at most MAX_EXPORT_BYTES (export.ts).
  */
 const DEFAULT_EXPORT_BATCH = 512;
+/**
+ * Over http/json and gRPC the SDK encodes the whole batch at once, when it is exported, and
+ * no request is split by size: 64 spans, as before (a JSON span of driftguard's is about 2.9 KB, so a
+ * 512-span batch is over 1 MiB).
+ */
+const DEFAULT_EXPORT_BATCH_SDK_ENCODED = 64;
 
 export type TracesExporter = 'otlp' | 'console' | 'none';
 export type OtlpProtocol = 'http/protobuf' | 'http/json' | 'grpc';
@@ -112,7 +118,7 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     samplerArg,
     exportTimeoutMs: timer('telemetry.traces.exportTimeout (or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT)', t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000),
     maxQueueSize,
-    maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? DEFAULT_EXPORT_BATCH),
+    maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
     scheduledDelayMs: timer('telemetry.traces.batch.scheduledDelay (or OTEL_BSP_SCHEDULE_DELAY)', t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000),
   };
   const l = raw.decisionLog;

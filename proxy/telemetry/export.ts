@@ -41,18 +41,33 @@ export interface ExportReports {
 
 /**
  * Calls back exactly once per batch, within the export timeout even when the exporter never
- * answers (a hanging collector), and reports what was exported and what was dropped.
+ * answers (a hanging collector), and reports what was exported and what was dropped. A batch
+ * that `split` cuts in parts goes out as one export request per part, all at once; the batch
+ * has succeeded when every part has.
  */
 class ReportingExporter implements SpanExporter {
   readonly #inner: SpanExporter;
   readonly #timeoutMs: number;
   readonly #reports: ExportReports;
+  readonly #split: (spans: ReadableSpan[]) => ReadableSpan[][];
 
-  constructor(inner: SpanExporter, timeoutMs: number, reports: ExportReports) {
-    this.#inner = inner; this.#timeoutMs = timeoutMs; this.#reports = reports;
+  constructor(inner: SpanExporter, timeoutMs: number, reports: ExportReports, split: (spans: ReadableSpan[]) => ReadableSpan[][] = (spans) => [spans]) {
+    this.#inner = inner; this.#timeoutMs = timeoutMs; this.#reports = reports; this.#split = split;
   }
 
   export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    const parts = this.#split(spans);
+    let waiting = parts.length;
+    let failure: ExportResult | undefined;
+    for (const part of parts) {
+      this.#exportPart(part, (result) => {
+        if (result.code !== ExportResultCode.SUCCESS) failure ??= result;
+        if (--waiting === 0) resultCallback(failure ?? result);
+      });
+    }
+  }
+
+  #exportPart(spans: ReadableSpan[], partDone: (result: ExportResult) => void): void {
     let done = false;
     const finish = (result: ExportResult) => {
       if (done) return;
@@ -63,7 +78,7 @@ class ReportingExporter implements SpanExporter {
         this.#reports.settled(0, 0, spans.length);
         this.#reports.failed(result.error?.message ?? 'export failed');
       }
-      resultCallback(result);
+      partDone(result);
     };
     const timer = setTimeout(() => finish({ code: ExportResultCode.FAILED, error: new Error(`export took longer than ${this.#timeoutMs}ms`) }), this.#timeoutMs + 500);
     timer.unref();
@@ -76,6 +91,32 @@ class ReportingExporter implements SpanExporter {
 
   shutdown(): Promise<void> { return this.#inner.shutdown(); }
   forceFlush(): Promise<void> { return this.#inner.forceFlush?.() ?? Promise.resolve(); }
+}
+
+/**
+ * At most this many bytes of encoded spans in one export request (the resource and scope add
+ * a few hundred). A request body above 1 MiB is refused by common defaults in front of a
+ * collector (nginx's client_max_body_size, for one) with a 413, which the exporter does not
+ * retry: the whole batch would be lost. 512 typical spans make about 500 KB; spans at
+ * driftguard's caps (a 2 KiB path, long delegation chains) can make 4 MB.
+ */
+export const MAX_EXPORT_BYTES = 1_000_000;
+
+/** Consecutive parts of at most MAX_EXPORT_BYTES of encoded spans (a larger span alone). */
+function byEncodedBytes(encodedLength: (span: ReadableSpan) => number | undefined): (spans: ReadableSpan[]) => ReadableSpan[][] {
+  return (spans) => {
+    const parts: ReadableSpan[][] = [];
+    let part: ReadableSpan[] = [];
+    let bytes = 0;
+    for (const span of spans) {
+      const n = encodedLength(span) ?? 0;
+      if (part.length > 0 && bytes + n > MAX_EXPORT_BYTES) { parts.push(part); part = []; bytes = 0; }
+      part.push(span);
+      bytes += n;
+    }
+    if (part.length > 0) parts.push(part);
+    return parts;
+  };
 }
 
 /**
@@ -105,8 +146,12 @@ export interface SpanExport {
 }
 
 export async function spanExport(config: TracesConfig, reports: ExportReports): Promise<SpanExport> {
+  // With driftguard's own encoder (http/protobuf), spans are encoded as they arrive and a
+  // batch is a copy of their bytes (otlp-proto.ts, preEncode), sent in parts of at most
+  // MAX_EXPORT_BYTES.
+  const own = config.exporter === 'otlp' && config.protocol === 'http/protobuf' ? await import('./otlp-proto.ts') : undefined;
   const processor = new BatchSpanProcessor({
-    exporter: new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports),
+    exporter: new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, own ? byEncodedBytes(own.encodedLength) : undefined),
     maxQueueSize: config.maxQueueSize,
     maxExportBatchSize: config.maxExportBatchSize,
     scheduledDelayMillis: config.scheduledDelayMs,
@@ -120,14 +165,11 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       .merge(resourceFromAttributes({ 'service.name': config.serviceName })),
     scope: { name: 'driftguard' },
   };
-  // With driftguard's own encoder (http/protobuf), spans are encoded as they arrive and a
-  // batch is a copy of their bytes (otlp-proto.ts, preEncode).
-  const preEncode = config.exporter === 'otlp' && config.protocol === 'http/protobuf' ? (await import('./otlp-proto.ts')).preEncode : undefined;
   return {
     add(sources) {
       const spans: ReadableSpan[] = [];
       for (const s of sources) for (const span of spansOf(origin, s)) spans.push(span);
-      preEncode?.(spans);
+      own?.preEncode(spans);
       for (const span of spans) processor.onEnd(span);
     },
     async shutdown(flushMs) {

@@ -377,6 +377,11 @@ export function preEncode(spans: readonly ReadableSpan[]): void {
   if (w.buf.length > 4 * 1024 * 1024) w.buf = Buffer.allocUnsafe(64 * 1024);
 }
 
+/** The bytes a span was encoded to ahead (preEncode), or undefined if it was not. */
+export function encodedLength(span: ReadableSpan): number | undefined {
+  return (span as PreEncoded)[ENCODED]?.length;
+}
+
 const out = new Writer();
 
 export function encodeSpans(spans: readonly ReadableSpan[]): Uint8Array {

@@ -24,7 +24,7 @@ t.test('defaults without env or rules', async (t) => {
 t.test('OTEL_* variables configure, the rules file overrides', async (t) => {
   const env = { OTEL_TRACES_EXPORTER: 'console,otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_SERVICE_NAME: 'payments-sidecar', OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.25', OTEL_BSP_MAX_QUEUE_SIZE: '100', OTEL_BSP_SCHEDULE_DELAY: '250', OTEL_EXPORTER_OTLP_TIMEOUT: '3000' };
   const fromEnv = telemetryConfig(rules(), env);
-  t.match(fromEnv.traces, { exporter: 'console', protocol: 'http/json', serviceName: 'payments-sidecar', sampler: 'traceidratio', samplerArg: 0.25, maxQueueSize: 100, maxExportBatchSize: 100, scheduledDelayMs: 250, exportTimeoutMs: 3000 });
+  t.match(fromEnv.traces, { exporter: 'console', protocol: 'http/json', serviceName: 'payments-sidecar', sampler: 'traceidratio', samplerArg: 0.25, maxQueueSize: 100, maxExportBatchSize: 64, scheduledDelayMs: 250, exportTimeoutMs: 3000 });
   const overridden = telemetryConfig(rules((r) => {
     r.telemetry = { traces: { exporter: 'otlp', protocol: 'http/protobuf', endpoint: 'http://collector:4318/', serviceName: 'x', sampler: 'always_on', exportTimeout: '1s', batch: { maxQueueSize: 10, scheduledDelay: '2s' } }, decisionLog: { output: 'decisions.log', allowSampleRate: 0.1 }, recent: { size: 5 } };
   }), env);

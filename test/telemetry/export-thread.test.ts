@@ -10,6 +10,9 @@ import type { TracesConfig } from '../../proxy/telemetry/config.ts';
 import type { SpanSource } from '../../proxy/telemetry/spans.ts';
 import type { DecisionRecord } from '../../proxy/telemetry/record.ts';
 import { collector, eventually, KIND } from './support.ts';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { decodeTraces } from '../support/otlp.ts';
 
 function config(url: string, over: Partial<TracesConfig> = {}): TracesConfig {
   return {
@@ -59,6 +62,43 @@ t.test('sources handed over come back from the collector as spans, and are count
   t.equal(server.resource['service.name'], 'export-thread-test', 'the resource is built on the export thread');
   await eventually('the exports to be counted', async () => thread.counts.exported === 30);
   t.same(thread.counts.dropped, { queue_full: 0, export_failed: 0 });
+});
+
+t.test('a batch of large spans goes out in requests under 1 MiB, the body limit common in front of a collector', async (t) => {
+  // Refuses a body over 1 MiB with 413, as nginx does by default (client_max_body_size 1m);
+  // the exporter does not retry a 413, so a batch sent whole would be lost whole.
+  const sizes: number[] = [];
+  let received = 0;
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      sizes.push(body.length);
+      if (body.length > 1024 * 1024) { res.writeHead(413).end('too large'); return; }
+      for (const rs of decodeTraces(body).resourceSpans ?? []) for (const ss of rs.scopeSpans ?? []) received += ss.spans?.length ?? 0;
+      res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise((resolve) => server.close(resolve)));
+  const warnings: string[] = [];
+  const thread = new ExportThread(config(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`, { maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMs: 50 }), (m) => warnings.push(m));
+  t.teardown(() => thread.shutdown());
+  // Spans as large as driftguard lets them be: a 2 KiB path (also in the CLIENT span's
+  // url.full), a long delegation chain, a long User-Agent. About 3 MB for 512 spans.
+  for (let i = 0; i < 256; i++) {
+    const s = source(true);
+    const record = { ...s.record, path: '/items/' + 'p'.repeat(2040), extra: { 'delegation.chain': Array.from({ length: 8 }, (_, k) => `spiffe://test.local/${k}/` + 'a'.repeat(1000)) } };
+    thread.add({ ...s, record, facts: { ...s.facts, userAgent: 'u'.repeat(511) } });
+  }
+  await eventually('512 spans at the collector, or a refusal', async () => received === 512 || sizes.some((n) => n > 1024 * 1024));
+  t.equal(received, 512, 'every span received (before: one 3 MB request, refused with 413, and every span lost)');
+  t.ok(sizes.length >= 3, `in ${sizes.length} requests`);
+  t.ok(sizes.every((n) => n <= 1024 * 1024), `each under 1 MiB: ${sizes.map((n) => Math.round(n / 1024)).join(', ')} KiB`);
+  await eventually('the exports to be counted', async () => thread.counts.exported === 512);
+  t.same(thread.counts.dropped, { queue_full: 0, export_failed: 0 });
+  t.same(warnings, []);
 });
 
 t.test('shutdown exports what is still on its way', async (t) => {
