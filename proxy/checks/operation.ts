@@ -71,9 +71,11 @@ export function operationLookup(rules: Rules): Check {
  * The path as the detail quotes it. A request line may be close to 16 KiB, and the detail goes
  * into the problem, the span, the decision-log line and the recent-decisions ring: quoted
  * whole, anyone could make every one of those records 16 KiB with requests nobody may make.
- * The record's own path field is cut at 2 KiB.
+ * The record's own path field is cut at 2 KiB. The cut is marked with ASCII dots: one
+ * character outside Latin-1 (an ellipsis) makes V8 keep the whole line as a two-byte string
+ * in the ring, twice its memory.
  */
 const QUOTED_PATH = 200;
 function shortened(path: string): string {
-  return path.length > QUOTED_PATH ? `${path.slice(0, QUOTED_PATH)}…` : path;
+  return path.length > QUOTED_PATH ? `${path.slice(0, QUOTED_PATH)}...` : path;
 }

@@ -1,0 +1,50 @@
+// GET /decisions under the chart's heap limits, against a ring full of the largest lines
+// anyone can cause: denials of long unknown paths, sent without a token. The page used to be
+// built whole (every line parsed, then one indented JSON string): one request for
+// limit=10000 ended the sidecar with a V8 heap OOM (exit 134), and every proxied request
+// with it. A real subprocess under the chart's NODE_OPTIONS.
+
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parse } from 'yaml';
+import { upstream, jwksServer } from '../support/servers.ts';
+import { testKey, jwks } from '../support/keys.ts';
+import { baseRules, writeRules } from '../support/driftguard.ts';
+import { runDriftguard } from '../support/subprocess.ts';
+
+const values = parse(readFileSync(fileURLToPath(new URL('../../charts/driftguard/values.yaml', import.meta.url)), 'utf8'));
+const nodeOptions: string = values.sidecar.nodeOptions;
+const up = await upstream();
+const keys = await jwksServer(jwks(await testKey('ES256')));
+const dg = await runDriftguard(writeRules(baseRules(up.origin, keys.url, (r) => {
+  r.telemetry = { traces: { exporter: 'none' }, decisionLog: { output: 'none' } };
+})), [], { NODE_OPTIONS: nodeOptions });
+t.teardown(async () => { dg.kill(); await up.close(); await keys.close(); });
+
+t.test(`a full ring of long-path denials, and the largest page, under NODE_OPTIONS="${nodeOptions}"`, async (t) => {
+  const path = '/' + 'x'.repeat(3000);
+  let next = 0;
+  await Promise.all(Array.from({ length: 16 }, async () => {
+    while (next < 7000) {
+      next++;
+      const res = await fetch(dg.url + path);
+      await res.arrayBuffer();
+      if (res.status !== 403) throw new Error(`expected a 403 denial, got ${res.status}`);
+    }
+  }));
+  const pages = await Promise.all(Array.from({ length: 4 }, async () => {
+    const res = await fetch(dg.admin + '/decisions?limit=10000');
+    return { status: res.status, body: JSON.parse(await res.text()) as { count: number; held: number; decisions: { path: string; reason: string }[] } };
+  }));
+  for (const { status, body } of pages) {
+    t.equal(status, 200);
+    t.ok(body.held > 5000, `the ring is full by its byte bound: ${body.held} decisions held`);
+    t.equal(body.count, body.held, 'the page has every decision held');
+    t.equal(body.decisions.length, body.count);
+    t.ok(body.decisions.every((d) => d.reason === 'unknown-operation' && d.path.length === 2048), 'each a long-path denial');
+  }
+  const health = await fetch(dg.admin + '/healthz');
+  t.equal(health.status, 200, 'still running (before: exit 134, JavaScript heap out of memory)');
+  t.equal(dg.child.exitCode, null);
+});
