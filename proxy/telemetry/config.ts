@@ -18,8 +18,8 @@ import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.
 const DEFAULT_EXPORT_BATCH = 512;
 /**
  * Over http/json and gRPC the SDK encodes the whole batch at once, when it is exported, and
- * no request is split by size: 64 spans, as before (a JSON span of driftguard's is about 2.9 KB, so a
- * 512-span batch is over 1 MiB).
+ * no request is split by size: 64 spans, as before (a JSON span of driftguard's is about
+ * 2.9 KB, so a 512-span batch is over 1 MiB).
  */
 const DEFAULT_EXPORT_BATCH_SDK_ENCODED = 64;
 

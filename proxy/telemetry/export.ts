@@ -97,12 +97,12 @@ class ReportingExporter implements SpanExporter {
  * At most this many bytes of encoded spans in one export request (the resource and scope add
  * a few hundred). A request body above 1 MiB is refused by common defaults in front of a
  * collector (nginx's client_max_body_size, for one) with a 413, which the exporter does not
- * retry: the whole batch would be lost. 512 typical spans make about 500 KB; spans at
- * driftguard's caps (a 2 KiB path, long delegation chains) can make 4 MB.
+ * retry: the whole batch would be lost. 512 typical spans make about 500 KB; 512 spans at
+ * driftguard's caps (a 2 KiB path, long delegation chains) about 3.4 MB.
  */
-export const MAX_EXPORT_BYTES = 1_000_000;
+const MAX_EXPORT_BYTES = 1_000_000;
 
-/** Consecutive parts of at most MAX_EXPORT_BYTES of encoded spans (a larger span alone). */
+/** Consecutive parts of at most MAX_EXPORT_BYTES of encoded spans (a larger span alone); one part at least, so that every batch is called back. */
 function byEncodedBytes(encodedLength: (span: ReadableSpan) => number | undefined): (spans: ReadableSpan[]) => ReadableSpan[][] {
   return (spans) => {
     const parts: ReadableSpan[][] = [];
@@ -114,7 +114,7 @@ function byEncodedBytes(encodedLength: (span: ReadableSpan) => number | undefine
       part.push(span);
       bytes += n;
     }
-    if (part.length > 0) parts.push(part);
+    if (part.length > 0 || parts.length === 0) parts.push(part);
     return parts;
   };
 }
