@@ -169,8 +169,7 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
     add(sources) {
       const spans: ReadableSpan[] = [];
       for (const s of sources) for (const span of spansOf(origin, s)) spans.push(span);
-      own?.preEncode(spans);
-      for (const span of spans) processor.onEnd(span);
+      for (const span of own ? own.preEncode(spans) : spans) processor.onEnd(span);
     },
     async shutdown(flushMs) {
       // Flush what is queued, but hold shutdown at most flushMs: the OTLP exporter

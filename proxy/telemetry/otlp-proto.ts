@@ -12,7 +12,7 @@
 // that both produce the same bytes, and decodes both with the OTLP schema
 // (test/support/otlp-trace.proto).
 
-import type { Attributes, AttributeValue, HrTime, SpanContext } from '@opentelemetry/api';
+import type { Attributes, AttributeValue, HrTime, Link, SpanContext, SpanKind, SpanStatus } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
@@ -346,40 +346,77 @@ function scopeBytes(s: InstrumentationScope): Uint8Array {
   });
 }
 
-/**
- * Where preEncode leaves a span's bytes: a property of the span (under a symbol nothing else
- * reads) rather than a WeakMap, whose entries cost the collector more.
- */
-const ENCODED = Symbol('driftguard.otlp.encoded');
-type PreEncoded = ReadableSpan & { [ENCODED]?: Uint8Array };
 const ahead = new Writer();
+const ENCODED_ONLY = 'a span encoded ahead is read by driftguard\'s encoder only: its attributes, events and links are in its bytes';
 
 /**
- * Encodes spans as they arrive, so that exporting their batch is a copy of bytes. The
- * encoding is most of the export thread's work: done for a whole batch at once (512 spans by
- * default), it took the thread's core for milliseconds at a time, while the request thread,
- * the upstream and the load share two cores; done per message from the request thread (up
- * to 64 spans), it is spread over the batch's life. A span's bytes do not depend on its
- * batch, so encodeSpans writes the same bytes either way (test/telemetry/otlp-proto.test.ts).
- * The spans share one buffer, kept until the last of them is exported.
+ * A span once encoded ahead (preEncode): its bytes, and what the batch processor and
+ * encodeSpans read of it (its context, for sampling; its resource and scope, for grouping).
+ * What it was built from is let go: a span waits in the queue until its batch is exported (a
+ * whole queue, 4,096 spans, while a collector is down), and its source was most of what it
+ * held. Its attributes, events and links are only in its bytes: reading them throws.
  */
-export function preEncode(spans: readonly ReadableSpan[]): void {
+class EncodedSpan implements ReadableSpan {
+  readonly name: string;
+  readonly kind: SpanKind;
+  readonly parentSpanContext?: SpanContext;
+  readonly startTime: HrTime;
+  readonly endTime: HrTime;
+  readonly duration: HrTime;
+  readonly status: SpanStatus;
+  readonly ended = true;
+  readonly resource: Resource;
+  readonly instrumentationScope: InstrumentationScope;
+  readonly droppedAttributesCount: number;
+  readonly droppedEventsCount: number;
+  readonly droppedLinksCount: number;
+  readonly bytes: Uint8Array;
+  readonly #context: SpanContext;
+
+  constructor(s: ReadableSpan, bytes: Uint8Array) {
+    this.name = s.name; this.kind = s.kind; this.#context = s.spanContext();
+    if (s.parentSpanContext) this.parentSpanContext = s.parentSpanContext;
+    this.startTime = s.startTime; this.endTime = s.endTime; this.duration = s.duration; this.status = s.status;
+    this.resource = s.resource; this.instrumentationScope = s.instrumentationScope;
+    this.droppedAttributesCount = s.droppedAttributesCount; this.droppedEventsCount = s.droppedEventsCount; this.droppedLinksCount = s.droppedLinksCount;
+    this.bytes = bytes;
+  }
+
+  spanContext(): SpanContext { return this.#context; }
+  get attributes(): Attributes { throw new Error(ENCODED_ONLY); }
+  get events(): TimedEvent[] { throw new Error(ENCODED_ONLY); }
+  get links(): Link[] { throw new Error(ENCODED_ONLY); }
+}
+
+/**
+ * Encodes spans as they arrive, so that exporting their batch is a copy of bytes, and
+ * returns them as EncodedSpans to queue in their place. The encoding is most of the export
+ * thread's work: done for a whole batch at once (512 spans by default), it took the thread's
+ * core for milliseconds at a time, while the request thread, the upstream and the load share
+ * two cores; done per message from the request thread (up to 64 spans), it is spread over the
+ * batch's life. A span's bytes do not depend on its batch, so encodeSpans writes the same
+ * bytes either way (test/telemetry/otlp-proto.test.ts). The spans of a message share one
+ * buffer, kept until the last of them is exported.
+ */
+export function preEncode(spans: readonly ReadableSpan[]): ReadableSpan[] {
   const w = ahead;
   w.pos = 0;
   const ends: number[] = [];
   for (const s of spans) { span(w, s); ends.push(w.pos); }
   const all = w.bytes();
+  const encoded: ReadableSpan[] = [];
   let start = 0;
   for (let i = 0; i < spans.length; i++) {
-    (spans[i] as PreEncoded)[ENCODED] = all.subarray(start, ends[i]);
+    encoded.push(new EncodedSpan(spans[i]!, all.subarray(start, ends[i])));
     start = ends[i]!;
   }
   if (w.buf.length > 4 * 1024 * 1024) w.buf = Buffer.allocUnsafe(64 * 1024);
+  return encoded;
 }
 
 /** The bytes a span was encoded to ahead (preEncode), or undefined if it was not. */
 export function encodedLength(span: ReadableSpan): number | undefined {
-  return (span as PreEncoded)[ENCODED]?.length;
+  return span instanceof EncodedSpan ? span.bytes.length : undefined;
 }
 
 const out = new Writer();
@@ -405,8 +442,7 @@ export function encodeSpans(spans: readonly ReadableSpan[]): Uint8Array {
       const ss = w.open();
       w.raw(scopeBytes(scope));
       for (const s of list) {
-        const bytes = (s as PreEncoded)[ENCODED];
-        if (bytes) w.raw(bytes); else span(w, s);
+        if (s instanceof EncodedSpan) w.raw(s.bytes); else span(w, s);
       }
       if (scope.schemaUrl) { w.tag(3, LEN); w.string(scope.schemaUrl); }
       w.close(ss);

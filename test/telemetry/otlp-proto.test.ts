@@ -150,24 +150,34 @@ for (const [name, spans] of Object.entries(cases)) {
 // of its spans were encoded ahead, and in whatever messages they came.
 for (const [name, spans] of Object.entries(cases)) {
   t.test(`${name}, encoded ahead`, async (t) => {
-    // Fresh spans each time, as preEncode marks them (driftguard's are built anew: a class
-    // with private fields cannot be copied), all with the same bytes.
+    // Fresh spans each time (driftguard's are built anew: a class with private fields cannot
+    // be copied), all with the same bytes.
     const copies = name === DRIFTGUARD_SPANS ? driftguardSpans : () => spans.map((s) => ({ ...s }));
     const reference = Buffer.from(ProtobufTraceSerializer.serializeRequest(spans)!);
-    const all = copies();
-    preEncode(all.slice(0, 3));
-    preEncode(all.slice(3));
+    const all = [...preEncode(copies().slice(0, 3)), ...preEncode(copies().slice(3))];
     t.ok(Buffer.from(encodeSpans(all)).equals(reference), 'every span encoded ahead, in two messages: the same bytes');
     const some = copies();
-    preEncode(some.filter((_, i) => i % 2 === 1));
-    t.ok(Buffer.from(encodeSpans(some)).equals(reference), 'every other span encoded ahead: the same bytes');
+    const odd = preEncode(some.filter((_, i) => i % 2 === 1));
+    const mixed = some.map((s, i) => (i % 2 === 1 ? odd[(i - 1) / 2]! : s));
+    t.ok(Buffer.from(encodeSpans(mixed)).equals(reference), 'every other span encoded ahead: the same bytes');
     // A message encoded ahead must not be overwritten by the next one's (they share a writer).
-    const first = copies();
-    preEncode(first);
+    const first = preEncode(copies());
     preEncode(copies());
     t.ok(Buffer.from(encodeSpans(first)).equals(reference), 'still the same bytes after another message was encoded');
   });
 }
+
+t.test('a span encoded ahead keeps what the batch processor reads, and nothing it was built from', async (t) => {
+  const [server] = driftguardSpans();
+  const [encoded] = preEncode([server!]);
+  t.equal(encoded!.spanContext(), server!.spanContext(), 'its context: the processor samples by it');
+  t.equal(encoded!.resource, server!.resource, 'its resource and scope: the encoder groups by them');
+  t.equal(encoded!.instrumentationScope, server!.instrumentationScope);
+  t.equal(encoded!.name, server!.name);
+  t.same(encoded!.status, server!.status);
+  t.throws(() => encoded!.attributes, /encoded ahead/, 'its attributes are only in its bytes: read, they throw rather than lie');
+  t.throws(() => encoded!.events, /encoded ahead/);
+});
 
 t.test('what is decoded is what was given', async (t) => {
   const [s] = cases['a decision span as driftguard makes it']!;
