@@ -33,11 +33,47 @@ export class AdminRoutes {
     res.end(text);
   }
 
+  /**
+   * A JSON object whose `key` is a list that may be long (decisions, revocations, consumers):
+   * `head`'s fields, then the list, one item a line, each item made by `view` as it is
+   * written. It waits whenever the client's socket is full and yields to the event loop every
+   * ITEMS_PER_TURN items, so the largest answer costs the memory of one item and traffic is
+   * served between its parts. Built whole (an indented string of every item), one answer
+   * from a full recent-decisions ring or a large revocation list ran the chart's 96 MiB heap
+   * out of memory.
+   */
+  async jsonList<T>(res: ServerResponse, head: Record<string, unknown>, key: string, items: Iterable<T>, view: (item: T) => unknown): Promise<void> {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+    const fields = JSON.stringify(head).slice(1, -1);
+    let room = res.write(`{${fields}${fields ? ',' : ''}${JSON.stringify(key)}:[`);
+    let i = 0;
+    for (const item of items) {
+      if (!room) await drained(res);
+      else if (i > 0 && i % ITEMS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
+      if (res.destroyed) return;
+      room = res.write((i === 0 ? '\n' : ',\n') + JSON.stringify(view(item)));
+      i++;
+    }
+    res.end(i === 0 ? ']}\n' : '\n]}\n');
+  }
+
   problem(res: ServerResponse, status: number, title: string, detail: string): void {
     const text = JSON.stringify({ type: 'about:blank', title, status, detail });
     res.writeHead(status, { 'content-type': 'application/problem+json', 'content-length': Buffer.byteLength(text) });
     res.end(text);
   }
+}
+
+/** Items of a list answer written between two turns of the event loop. */
+const ITEMS_PER_TURN = 256;
+
+/** Resolves when `res` can take more, or is gone. */
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => { res.off('drain', done); res.off('close', done); resolve(); };
+    res.once('drain', done);
+    res.once('close', done);
+  });
 }
 
 /**

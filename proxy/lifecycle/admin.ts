@@ -76,15 +76,13 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
 export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
   const { state, log } = ctx;
 
-  routes.add('GET', '/revocations', (_req, res) => {
+  routes.add('GET', '/revocations', async (_req, res) => {
     const now = state.now();
-    routes.json(res, 200, {
-      revocations: state.revocations.list(now).map(revocationView),
-      sources: {
-        admin: { entries: state.revocations.countSource('admin'), journal: ctx.journal?.file ?? null },
-        ...Object.fromEntries(ctx.sources.map((s) => [s.kind, s.status])),
-      },
-    });
+    const sources = {
+      admin: { entries: state.revocations.countSource('admin'), journal: ctx.journal?.file ?? null },
+      ...Object.fromEntries(ctx.sources.map((s) => [s.kind, s.status])),
+    };
+    await routes.jsonList(res, { sources }, 'revocations', state.revocations.list(now), revocationView);
   });
 
   routes.add('POST', '/revocations', async (req, res) => {
@@ -158,16 +156,17 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     routes.json(res, 200, { lifted: quarantineView(q) });
   });
 
-  routes.add('GET', '/consumers', (_req, res) => {
+  routes.add('GET', '/consumers', async (_req, res) => {
     const now = state.now();
     const rules = ctx.rules();
     const subjects = new Set<string>([...rules.consumers.registry.keys(), ...state.monitors.consumers.keys()]);
     const revoked = new Map<string, Revocation[]>();
     for (const r of state.revocations.list(now)) {
       if (r.kind !== 'subject') continue;
-      revoked.set(r.value, [...(revoked.get(r.value) ?? []), r]);
+      const list = revoked.get(r.value);
+      if (list) list.push(r); else revoked.set(r.value, [r]);
     }
-    const consumers = [...subjects].sort().map((subject) => {
+    const view = (subject: string) => {
       const known = rules.consumers.registry.get(subject);
       const seen = state.monitors.consumers.peek(subject);
       const q = state.monitors.quarantine(subject, now);
@@ -183,8 +182,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
         revocations: (revoked.get(subject) ?? []).map(revocationView),
         quarantine: q ? quarantineView(q) : null,
       };
-    });
-    routes.json(res, 200, { consumers, tracked: state.monitors.consumers.size, maxTracked: state.monitors.consumers.max });
+    };
+    await routes.jsonList(res, { tracked: state.monitors.consumers.size, maxTracked: state.monitors.consumers.max }, 'consumers', [...subjects].sort(), view);
   });
 }
 

@@ -172,7 +172,7 @@ export function query(ring: Ring, f: DecisionFilter): RecentEntry[] {
   return out;
 }
 
-export function decisionsHandler(ring: Ring, routes: Pick<AdminRoutes, 'problem'>) {
+export function decisionsHandler(ring: Ring, routes: Pick<AdminRoutes, 'problem' | 'jsonList'>) {
   return async (_req: unknown, res: ServerResponse, url: URL): Promise<void> => {
     let filter: DecisionFilter;
     try {
@@ -182,38 +182,8 @@ export function decisionsHandler(ring: Ring, routes: Pick<AdminRoutes, 'problem'
       return;
     }
     const found = query(ring, filter);
-    await writePage(res, found, ring);
+    // Written as it is read (AdminRoutes.jsonList): a page of 10,000 long-path denials, which
+    // anyone can cause, is about 17 MB of JSON.
+    await routes.jsonList(res, { count: found.length, held: ring.size, capacity: ring.capacity }, 'decisions', found, publicEntry);
   };
-}
-
-/** Entries written between two turns of the event loop, so a long page does not hold traffic. */
-const ENTRIES_PER_TURN = 256;
-
-/**
- * The page, `{"count", "held", "capacity", "decisions": [...]}` with one decision a line,
- * written entry by entry: whenever the client's socket is full, it waits for it to drain,
- * and it yields to the event loop every ENTRIES_PER_TURN entries. Built whole, as it used to
- * be, a page of 10,000 long-path denials (which anyone can cause) was about 17 MB of
- * indented JSON on top of the objects parsed from every line, and one request ran the
- * chart's 96 MiB heap out of memory (exit 134); the event loop was held while it was built.
- */
-async function writePage(res: ServerResponse, entries: readonly RecentEntry[], ring: Ring): Promise<void> {
-  res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-  let room = res.write(`{"count":${entries.length},"held":${ring.size},"capacity":${ring.capacity},"decisions":[`);
-  for (let i = 0; i < entries.length; i++) {
-    if (!room) await drained(res);
-    else if (i > 0 && i % ENTRIES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
-    if (res.destroyed) return;
-    room = res.write((i === 0 ? '\n' : ',\n') + JSON.stringify(publicEntry(entries[i]!)));
-  }
-  res.end('\n]}\n');
-}
-
-/** Resolves when `res` can take more, or is gone. */
-function drained(res: ServerResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => { res.off('drain', done); res.off('close', done); resolve(); };
-    res.once('drain', done);
-    res.once('close', done);
-  });
 }
