@@ -61,10 +61,10 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
   const settings = new Map<ListSource, string>();
   const settingsOf = (c: RevocationConfig, kind: ListKind) => {
     const location = locationOf(c, kind);
-    return location === undefined ? undefined : JSON.stringify([location, c.intervalMs, c.timeoutMs]);
+    return location === undefined ? undefined : JSON.stringify([location, c.intervalMs, c.timeoutMs, c.maxEntries]);
   };
   async function startSource(c: RevocationConfig, kind: ListKind): Promise<ListSource> {
-    const s = new ListSource(kind, locationOf(c, kind)!, state.revocations, { log, now, timeoutMs: c.timeoutMs });
+    const s = new ListSource(kind, locationOf(c, kind)!, state.revocations, { log, now, timeoutMs: c.timeoutMs, maxEntries: c.maxEntries });
     // A file must be valid (a RulesError otherwise); a URL that fails is reported and retried every interval.
     await s.start(c.intervalMs);
     settings.set(s, settingsOf(c, kind)!);

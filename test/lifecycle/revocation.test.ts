@@ -398,6 +398,18 @@ t.test('configuration errors name the file, line and field', async (t) => {
   writeFileSync(bigFile, JSON.stringify({ revocations: [{ kind: 'jti', value: 'a', reason: 'x'.repeat(MAX_LIST_BYTES) }] }));
   const file3 = writeRules(w.rules((r) => { r.revocation = { file: bigFile }; }), mkdtempSync(join(tmpdir(), 'dg-config-')));
   await t.rejects(startLifecycle({ file: file3 }), { name: 'RulesError', message: new RegExp(`${bigFile}:1:1: .*the list is larger than 8 MiB`) });
+
+  // And a list with more entries than revocation.maxEntries: memory follows the entries, and
+  // 8 MiB of short ones (about 200,000) ran the chart's heap out at start.
+  const longFile = join(dir, 'long.json');
+  writeFileSync(longFile, JSON.stringify({ revocations: Array.from({ length: 3 }, (_, i) => ({ kind: 'jti', value: `j${i}`, reason: 'r' })) }));
+  const file4 = writeRules(w.rules((r) => { r.revocation = { file: longFile, maxEntries: 2 }; }), mkdtempSync(join(tmpdir(), 'dg-config-')));
+  await t.rejects(startLifecycle({ file: file4 }), { name: 'RulesError', message: new RegExp(`${longFile}:1:1: .*the list has 3 entries; with the 0 of the other sources, that is more than revocation\\.maxEntries \\(2\\)`) });
+  const file5 = writeRules(w.rules((r) => { r.revocation = { file: longFile, maxEntries: 3 }; }), mkdtempSync(join(tmpdir(), 'dg-config-')));
+  const started = await startLifecycle({ file: file5 });
+  const held = (await (await fetch(started.admin + '/revocations')).json()) as { revocations: unknown[] };
+  t.equal(held.revocations.length, 3, 'as many as maxEntries are held');
+  await started.close();
 });
 
 t.test('not ready until the revocation list URL has been applied once', async (t) => {
