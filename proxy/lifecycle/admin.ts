@@ -104,7 +104,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       if (endMs <= now) problems.push('end must be in the future');
     }
     if (problems.length) { routes.problem(res, 400, 'Bad Request', problems.join('; ')); return; }
-    if (state.revocations.size >= config.revocation.maxEntries) { routes.problem(res, 507, 'Insufficient Storage', `already ${config.revocation.maxEntries} revocations (revocation.maxEntries)`); return; }
+    // Counted in force: ended revocations are dropped lazily and must not take the room.
+    if (state.revocations.prune(now) >= config.revocation.maxEntries) { routes.problem(res, 507, 'Insufficient Storage', `already ${config.revocation.maxEntries} revocations (revocation.maxEntries)`); return; }
     const revocation: Revocation = { id: randomUUID(), kind: kind as Revocation['kind'], value: value as string, reason: reason as string, endMs, createdMs: now, source: 'admin', by: who };
     // Journal first: the API says "revoked" only once the revocation survives a crash.
     try { ctx.journal?.append({ op: 'add', revocation }); } catch (err) {

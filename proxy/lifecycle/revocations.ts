@@ -105,12 +105,14 @@ export class RevocationStore {
 
   /** Every revocation in force at `now` (ended ones are dropped on the way). */
   list(now: number): Revocation[] {
-    const out: Revocation[] = [];
-    for (const r of [...this.#byKey.values()]) {
-      if (r.endMs <= now) this.remove(r.source, r.id);
-      else out.push(r);
-    }
-    return out.sort((a, b) => a.createdMs - b.createdMs);
+    this.prune(now);
+    return [...this.#byKey.values()].sort((a, b) => a.createdMs - b.createdMs);
+  }
+
+  /** Drop the revocations that have ended by `now`; returns how many are in force. */
+  prune(now: number): number {
+    for (const r of [...this.#byKey.values()]) if (r.endMs <= now) this.remove(r.source, r.id);
+    return this.#byKey.size;
   }
 
   #find(kind: RevocationKind, value: string | undefined, now: number): Revocation | undefined {

@@ -1,0 +1,74 @@
+// revocation.maxEntries over the list sources (proxy/lifecycle/lists.ts): a list whose
+// entries, with the other sources' in force, would pass it is refused; the last good list
+// stays. Such a refusal is not the list's own fault, so the list is read and counted again at
+// the next interval, and ended revocations take no room. A real file, and a real HTTP list
+// server that answers 304 to a matching If-None-Match.
+
+import t from 'tap';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ListSource } from '../../proxy/lifecycle/lists.ts';
+import { RevocationStore, type Revocation } from '../../proxy/lifecycle/revocations.ts';
+
+const list = (n: number) => JSON.stringify({ revocations: Array.from({ length: n }, (_, i) => ({ kind: 'jti', value: `j${i}`, reason: 'r' })) });
+const admin = (i: number, endMs = Infinity): Revocation => ({ id: `a${i}`, kind: 'subject', value: `s${i}`, reason: 'r', endMs, createdMs: 0, source: 'admin' });
+const options = { log: () => {}, now: Date.now, timeoutMs: 1000, maxEntries: 10 };
+
+t.test('a file list refused for the other sources\' entries is applied once they are lifted, unchanged', async (t) => {
+  const file = join(mkdtempSync(join(tmpdir(), 'dg-limit-')), 'list.json');
+  writeFileSync(file, list(3));
+  const store = new RevocationStore();
+  const source = new ListSource('file', file, store, options);
+  await source.start(3_600_000);
+  source.close();
+  for (let i = 0; i < 5; i++) store.add(admin(i));
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  writeFileSync(file, list(8));
+  await source.refresh();
+  t.equal(store.countSource('file'), 3, '8 + 5 > 10: refused, the last good list stays');
+  t.match(source.status.lastError, /the list has 8 entries; with the 5 of the other sources, that is more than revocation\.maxEntries \(10\)/);
+  for (let i = 0; i < 5; i++) store.remove('admin', `a${i}`);
+  await source.refresh();
+  t.equal(store.countSource('file'), 8, 'read and counted again: applied (before: skipped as broken until the file changed)');
+  t.equal(source.status.lastError, undefined);
+});
+
+t.test('a URL list refused for the other sources\' entries is applied once they are lifted, unchanged', async (t) => {
+  const body = list(8);
+  let fetches = 0;
+  const server = createServer((req, res) => {
+    fetches++;
+    const etag = `"${body.length}"`;
+    if (req.headers['if-none-match'] === etag) { res.writeHead(304, { etag }).end(); return; }
+    res.writeHead(200, { 'content-type': 'application/json', etag }).end(body);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise((resolve) => server.close(resolve)));
+  const store = new RevocationStore();
+  for (let i = 0; i < 5; i++) store.add(admin(i));
+  const source = new ListSource('url', `http://127.0.0.1:${(server.address() as AddressInfo).port}/list.json`, store, options);
+  await source.start(3_600_000);
+  source.close();
+  t.equal(store.countSource('url'), 0, 'refused at first');
+  t.equal(source.status.lastSuccessAt, undefined, 'never applied (the sidecar is not ready)');
+  for (let i = 0; i < 5; i++) store.remove('admin', `a${i}`);
+  await source.refresh();
+  t.equal(fetches, 2);
+  t.equal(store.countSource('url'), 8, 'fetched whole again and applied (before: 304 to the refused ETag, never applied)');
+  t.type(source.status.lastSuccessAt, 'string');
+});
+
+t.test('ended revocations take no room', async (t) => {
+  const file = join(mkdtempSync(join(tmpdir(), 'dg-limit-')), 'list.json');
+  writeFileSync(file, list(8));
+  const store = new RevocationStore();
+  for (let i = 0; i < 5; i++) store.add(admin(i, Date.now() - 1000));
+  const source = new ListSource('file', file, store, options);
+  await source.start(3_600_000);
+  source.close();
+  t.equal(store.countSource('file'), 8, 'the five ended admin revocations do not count (before: start-up refused)');
+  t.equal(store.size, 8, 'and they are gone');
+});
