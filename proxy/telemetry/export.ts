@@ -40,10 +40,10 @@ export interface ExportReports {
 }
 
 /**
- * Calls back exactly once per batch, within the export timeout even when the exporter never
- * answers (a hanging collector), and reports what was exported and what was dropped. A batch
- * that `split` cuts in parts goes out as one export request per part, all at once; the batch
- * has succeeded when every part has.
+ * Calls back exactly once per batch, within the export timeout of each of its requests even
+ * when the exporter never answers (a hanging collector), and reports what was exported and
+ * what was dropped. A batch that `split` cuts in parts goes out as one export request per
+ * part, one after the other; the batch has succeeded when every part has.
  */
 class ReportingExporter implements SpanExporter {
   readonly #inner: SpanExporter;
@@ -56,15 +56,19 @@ class ReportingExporter implements SpanExporter {
   }
 
   export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    // One part after the other: at shutdown the batch processor exports every queued batch
+    // at once, and parts sent together could pass the exporter's limit of 30 requests in
+    // flight, which fails the rest at once ("Concurrent export limit reached").
     const parts = this.#split(spans);
-    let waiting = parts.length;
     let failure: ExportResult | undefined;
-    for (const part of parts) {
-      this.#exportPart(part, (result) => {
+    const next = (i: number): void => {
+      this.#exportPart(parts[i]!, (result) => {
         if (result.code !== ExportResultCode.SUCCESS) failure ??= result;
-        if (--waiting === 0) resultCallback(failure ?? result);
+        if (i + 1 < parts.length) next(i + 1);
+        else resultCallback(failure ?? result);
       });
-    }
+    };
+    next(0);
   }
 
   #exportPart(spans: ReadableSpan[], partDone: (result: ExportResult) => void): void {
