@@ -69,16 +69,21 @@ t.test('a batch of large spans goes out in requests under 1 MiB, the body limit 
   // the exporter does not retry a 413, so a batch sent whole would be lost whole.
   const sizes: number[] = [];
   let received = 0;
+  // Answers after 50 ms, counting the requests in flight together.
+  let inFlight = 0;
+  let mostInFlight = 0;
   const server = createServer((req, res) => {
+    mostInFlight = Math.max(mostInFlight, ++inFlight);
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
+    req.on('end', () => setTimeout(() => {
+      inFlight--;
       const body = Buffer.concat(chunks);
       sizes.push(body.length);
       if (body.length > 1024 * 1024) { res.writeHead(413).end('too large'); return; }
       for (const rs of decodeTraces(body).resourceSpans ?? []) for (const ss of rs.scopeSpans ?? []) received += ss.spans?.length ?? 0;
       res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end();
-    });
+    }, 50));
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise((resolve) => server.close(resolve)));
@@ -96,6 +101,9 @@ t.test('a batch of large spans goes out in requests under 1 MiB, the body limit 
   t.equal(received, 512, 'every span received (before: one 3 MB request, refused with 413, and every span lost)');
   t.ok(sizes.length >= 3, `in ${sizes.length} requests`);
   t.ok(sizes.every((n) => n <= 1024 * 1024), `each under 1 MiB: ${sizes.map((n) => Math.round(n / 1024)).join(', ')} KiB`);
+  // One after the other: at shutdown every queued batch is exported at once, and parts sent
+  // together could pass the exporter's limit of 30 requests in flight.
+  t.equal(mostInFlight, 1, 'the parts of a batch one after the other');
   await eventually('the exports to be counted', async () => thread.counts.exported === 512);
   t.same(thread.counts.dropped, { queue_full: 0, export_failed: 0 });
   t.same(warnings, []);
