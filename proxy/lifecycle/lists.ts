@@ -138,8 +138,9 @@ function isRecord(x: unknown): x is Record<string, unknown> {
 
 /**
  * Larger lists are refused, and the last good one stays in force (so are lists with more
- * entries than revocation.maxEntries allows, with the other sources'). A list is held whole and parsed on the request thread, so a list server gone wrong
- * must not be able to fill the sidecar's memory or stall it for seconds.
+ * entries than revocation.maxEntries allows, with the other sources'). A list is held whole
+ * and parsed on the request thread, so a list server gone wrong must not be able to fill the
+ * sidecar's memory or stall it for seconds.
  */
 export const MAX_LIST_BYTES = 8 * 1024 * 1024;
 const TOO_LARGE = `the list is larger than ${MAX_LIST_BYTES / 2 ** 20} MiB`;
@@ -177,7 +178,8 @@ export class ListSource {
   #broken?: string;
   /**
    * The last read was refused only because, with the other sources', it had too many entries:
-   * not marked broken, so that it is read and counted again at the next interval.
+   * not marked broken, so that it is read and counted again at the next interval. It is
+   * parsed again each time rather than kept: a list refused for its size must not be held.
    */
   #retry = false;
   /** Entries of the last good read, kept so that an unchanged re-read keeps their creation time. */
