@@ -176,12 +176,6 @@ export class ListSource {
    * every interval would stall the request thread for nothing.
    */
   #broken?: string;
-  /**
-   * The last read was refused only because, with the other sources', it had too many entries:
-   * not marked broken, so that it is read and counted again at the next interval. It is
-   * parsed again each time rather than kept: a list refused for its size must not be held.
-   */
-  #retry = false;
   /** Entries of the last good read, kept so that an unchanged re-read keeps their creation time. */
   #last = new Map<string, Revocation>();
 
@@ -230,10 +224,12 @@ export class ListSource {
     const st = statSync(file);
     const stamp = `${st.ino}:${st.size}:${st.mtimeMs}`;
     if (stamp === this.#seen || stamp === this.#broken) return undefined;
-    this.#retry = false;
-    const problems = st.size > MAX_LIST_BYTES ? [{ file, line: 1, column: 1, field: '', message: TOO_LARGE }] : this.#apply(readFileSync(file, 'utf8'));
-    if (problems) { if (!this.#retry) this.#broken = stamp; }
-    else { this.#seen = stamp; this.#broken = undefined; }
+    if (st.size > MAX_LIST_BYTES) {
+      this.#broken = stamp;
+      return [{ file, line: 1, column: 1, field: '', message: TOO_LARGE }];
+    }
+    const problems = this.#apply(readFileSync(file, 'utf8'), stamp);
+    if (!problems) { this.#seen = stamp; this.#broken = undefined; }
     return problems;
   }
 
@@ -252,24 +248,26 @@ export class ListSource {
       return undefined;
     }
     if (text === undefined) throw new Error(`HTTP ${status}`);
-    this.#retry = false;
-    const problems = this.#apply(text);
     const etag = typeof headers.etag === 'string' ? headers.etag : undefined;
-    if (problems) { if (!this.#retry) this.#broken = etag; }
-    else { this.#etag = etag; this.#broken = undefined; }
+    const problems = this.#apply(text, etag);
+    if (!problems) { this.#etag = etag; this.#broken = undefined; }
     return problems;
   }
 
-  #apply(text: string): RulesProblem[] | undefined {
+  /**
+   * Apply a list read at `version` (the file's stamp, the URL's ETag). A list with problems of
+   * its own is marked broken at that version; one refused only because, with the other
+   * sources', it has too many entries is not, so that it is read and counted again at the next
+   * interval (parsed again rather than kept: a list refused for its size must not be held).
+   */
+  #apply(text: string, version: string | undefined): RulesProblem[] | undefined {
     const parsed = parseList(text, this.status.location, this.#kind, this.#now());
-    if (isProblems(parsed)) return parsed;
+    if (isProblems(parsed)) { this.#broken = version; return parsed; }
     // Memory follows the number of entries, not the list's bytes: 8 MiB of short entries is
     // about 200,000 of them, which under the chart's 96 MiB heap ended the process at start.
     // Only revocations in force count: ended ones are dropped lazily.
     const others = this.#store.prune(this.#now()) - this.#store.countSource(this.#kind);
     if (parsed.length + others > this.#maxEntries) {
-      // Not the list's own fault: the other sources may shrink, so it is read again.
-      this.#retry = true;
       return [{ file: this.status.location, line: 1, column: 1, field: '', message: `the list has ${parsed.length} entries; with the ${others} of the other sources, that is more than revocation.maxEntries (${this.#maxEntries})` }];
     }
     const list = parsed.map((r) => {
