@@ -8,7 +8,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { addRulesValidator, RulesError } from '../rules/load.ts';
-import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.ts';
+import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseDurationOr0 } from '../rules/durations.ts';
 import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
 
 export type FeatureMode = 'enforce' | 'audit' | 'off';
@@ -100,7 +100,6 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
     if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
     return ms;
   };
-  const quiet = (text: string): number => { try { return parseDuration(text); } catch { return 0; } };
 
   // credentials
   const c = raw.credentials;
@@ -109,7 +108,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   for (const [sensitivity, text] of Object.entries(c.maxTokenLifetime) as [Sensitivity, string][]) {
     const ms = duration(['credentials', 'maxTokenLifetime', sensitivity], text);
     for (const kind of c.kinds) {
-      if (ms > quiet(kindLimits[kind])) fail(['credentials', 'maxTokenLifetime', sensitivity], `${text} is longer than identity.maxTokenLifetime.${kind} (${kindLimits[kind]}); a per-sensitivity limit can only be stricter`);
+      if (ms > parseDurationOr0(kindLimits[kind])) fail(['credentials', 'maxTokenLifetime', sensitivity], `${text} is longer than identity.maxTokenLifetime.${kind} (${kindLimits[kind]}); a per-sensitivity limit can only be stricter`);
     }
     maxTokenLifetimeMs[sensitivity] = ms;
   }
@@ -170,7 +169,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
     }),
   });
 
-  const longestTokenMs = Math.max(quiet(kindLimits.automation), quiet(kindLimits.human)) + 2 * quiet(raw.identity.clockSkew);
+  const longestTokenMs = Math.max(parseDurationOr0(kindLimits.automation), parseDurationOr0(kindLimits.human)) + 2 * parseDurationOr0(raw.identity.clockSkew);
   return Object.freeze({ credentials, revocation, delegation, monitors, longestTokenMs });
 
   function readable(path: Path, file: string): boolean {

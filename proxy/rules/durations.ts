@@ -18,6 +18,14 @@ export function parseDuration(text: string): number {
 }
 
 /**
+ * A duration whose problem, if any, is reported where it is parsed as a field: 0 if it is
+ * not one. For cross-field checks, which must not report it twice.
+ */
+export function parseDurationOr0(text: string): number {
+  try { return parseDuration(text); } catch { return 0; }
+}
+
+/**
  * The longest delay a Node.js timer (setTimeout, setInterval, a socket's or undici's timeout)
  * takes: 2^31 - 1 ms, about 24.8 days. A longer one fires after 1 ms, with only a warning:
  * a key set refreshed or a list fetched every millisecond, every body read timed out. A

@@ -8,7 +8,7 @@ import { resolve, dirname } from 'node:path';
 import { parseDocument, LineCounter, type Document } from 'yaml';
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
-import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseTime } from './durations.ts';
+import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseDurationOr0, parseTime } from './durations.ts';
 import { parseTemplate } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { parseAddress } from '../lib/address.ts';
@@ -213,15 +213,12 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     const u = new URL(raw.proxy.upstream);
     if (u.pathname !== '/' || u.search || u.hash || u.username) fail(['proxy', 'upstream'], 'must be an origin only (scheme, host, port), without path, query or credentials');
   } catch { fail(['proxy', 'upstream'], `"${raw.proxy.upstream}" is not a URL`); }
-  try {
-    // While the upstream prepares its answer the client's connection is silent: an idle limit
-    // shorter than that wait would cut answers the response timeout allows.
-    const idle = raw.proxy.timeouts.clientIdle;
-    const idleMs = idle === undefined ? 0 : parseDuration(idle);
-    if (idleMs > 0 && idleMs <= parseDuration(raw.proxy.timeouts.response)) {
-      fail(['proxy', 'timeouts', 'clientIdle'], 'must be longer than proxy.timeouts.response (the client waits that long for an answer in silence), or 0s for no limit');
-    }
-  } catch { /* a malformed duration is reported where it is parsed */ }
+  // While the upstream prepares its answer the client's connection is silent: an idle limit
+  // shorter than that wait would cut answers the response timeout allows.
+  const idleMs = raw.proxy.timeouts.clientIdle === undefined ? 0 : parseDurationOr0(raw.proxy.timeouts.clientIdle);
+  if (idleMs > 0 && idleMs <= parseDurationOr0(raw.proxy.timeouts.response)) {
+    fail(['proxy', 'timeouts', 'clientIdle'], 'must be longer than proxy.timeouts.response (the client waits that long for an answer in silence), or 0s for no limit');
+  }
 
   // identity
   const issuers: IssuerRules[] = [];
@@ -357,9 +354,4 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   for (const validate of validators) validate(raw as unknown as Record<string, unknown>, fail, base);
   if (problems.length > 0) throw new RulesError(problems);
   return Object.freeze(rules);
-}
-
-/** A duration the schema already checked, or 0 (its problem is reported where it is parsed). */
-function parseDurationOr0(text: string): number {
-  try { return parseDuration(text); } catch { return 0; }
 }
