@@ -1,6 +1,7 @@
 // First check: the request-target must be origin-form and canonical, and the request must
-// carry at most one Authorization and one Host header, and no transfer coding but chunked. Node keeps only the first of two
-// Authorization headers in req.headers, so duplicates are counted on the raw headers.
+// carry at most one Authorization and one Host header, and no transfer coding but chunked.
+// Node keeps only the first of two Authorization headers in req.headers, so duplicates are
+// counted on the raw headers.
 // Runs even in audit mode: a request we cannot read the same way as the upstream is never
 // forwarded.
 

@@ -2,8 +2,8 @@
 // streams the answer back. Nothing is buffered whole; back-pressure flows both ways. A
 // refused or dropped connection is a 502; a connect or response-header timeout, or no
 // connection of the pool free within the connect timeout, a 504; always as a problem body,
-// never a hang. A failure after the response has started can only
-// cut the connection, which is what the client then sees.
+// never a hang. A failure after the response has started can only cut the connection, which
+// is what the client then sees.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';

@@ -2,8 +2,8 @@
 // appended and fsync'd before the API answers, replayed at start. A crash can tear only the
 // last line (the one being appended): it is skipped, reported and cut off, so that the next
 // append starts on a clean line; an append that fails while the process runs (a full disk)
-// is cut back at once, for the same reason. Any other unreadable line is skipped and reported too;
-// nothing in the journal can stop start-up. At start the journal is compacted to the
+// is cut back at once, for the same reason. Any other unreadable line is skipped and reported
+// too; nothing in the journal can stop start-up. At start the journal is compacted to the
 // revocations still in force, so it does not grow without bound.
 
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync, ftruncateSync } from 'node:fs';
