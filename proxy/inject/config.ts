@@ -98,8 +98,8 @@ export const configSchema = {
       additionalProperties: false,
       default: {},
       properties: {
-        requests: { ...resourceList, default: { cpu: '50m', memory: '64Mi' } },
-        limits: { ...resourceList, default: { memory: '256Mi' } },
+        requests: { ...resourceList, default: { cpu: '50m', memory: '128Mi' } },
+        limits: { ...resourceList, default: { memory: '320Mi' } },
       },
     },
     tmpSizeLimit: { ...quantity, default: '16Mi' },

@@ -148,14 +148,18 @@ function watched(m: Monitors, ctx: RequestContext): boolean {
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
-/** Method, canonical path, query and body hash, as one short key. */
+/**
+ * Consumer, method, canonical path, query and body hash, as one short key. The subject is
+ * hashed in rather than prefixed, so an entry of the fingerprint table costs the same
+ * whatever the subject's length: the table's count bounds its memory.
+ */
 async function requestFingerprint(ctx: RequestContext, m: Monitors): Promise<string | undefined> {
   // Computed once per request: retry storm and idempotency both ask, and the body can be read only once.
   const known = fingerprints.get(ctx);
   if (known !== undefined) return known;
   const body = BODY_METHODS.has(ctx.req.method ?? '') ? await bodyFingerprint(ctx, m.maxBodyBytes, m.bodyTimeoutMs) : '';
   if (body === undefined) return undefined;
-  const fingerprint = hash('sha256', `${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`, 'base64');
+  const fingerprint = hash('sha256', `${ctx.consumer!.subject}\n${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`, 'base64');
   fingerprints.set(ctx, fingerprint);
   return fingerprint;
 }
@@ -189,9 +193,8 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
       if (!watched(m, ctx)) return undefined;
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
-      const key = `${ctx.consumer!.subject}\n${fingerprint}`;
-      let times = state.monitors.fingerprints.get(key);
-      if (!times) state.monitors.fingerprints.set(key, (times = []));
+      let times = state.monitors.fingerprints.get(fingerprint);
+      if (!times) state.monitors.fingerprints.set(fingerprint, (times = []));
       const freeAt = windowFull(times, ctx.now, r.windowMs, r.maxRepeats);
       // Counted once the decision lets it through (audit mode included): state.counts.
       counts(state, ctx).repeats = { times, max: r.maxRepeats };
@@ -248,7 +251,8 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       }
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
-      const key = `${ctx.consumer!.subject}\n${raw.trim()}`;
+      // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
+      const key = hash('sha256', `${ctx.consumer!.subject}\n${raw.trim()}`, 'base64');
       const seen = state.monitors.keys.get(key);
       if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
         if (seen.payload !== fingerprint) {

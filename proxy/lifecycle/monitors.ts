@@ -1,12 +1,19 @@
-// What the behaviour monitors remember, with a hard bound whatever the number of consumers:
-// every table is a least-recently-used cache of fixed size, and every entry is itself
-// bounded (a window keeps at most its threshold of timestamps). An attacker rotating
-// subjects only pushes out the least recently seen state; it never grows memory.
+// What the behaviour monitors remember, with a hard bound on memory whatever the number of
+// consumers and the length of their subjects: every table is a least-recently-used cache,
+// and every entry is itself bounded (a window keeps at most its threshold of timestamps). An
+// attacker rotating subjects only pushes out the least recently seen state; it never grows
+// memory.
 //
 //   consumers     subject -> ConsumerState (owner view, traversal, denials)   maxConsumers
-//   fingerprints  subject + request fingerprint -> recent timestamps          retryStorm.maxFingerprints
-//   keys          subject + idempotency key -> payload and state              idempotency.maxKeys
+//   fingerprints  hash(subject, request) -> recent timestamps                 retryStorm.maxFingerprints
+//   keys          hash(subject, idempotency key) -> payload and state         idempotency.maxKeys
 //   quarantined   subject -> Quarantine                                       quarantine.maxQuarantined
+//
+// The two hashed tables have entries of one size, so their count bounds their memory. The two
+// keyed by subject hold the subject itself (the admin API lists it), which a token may make
+// kilobytes long: they are bounded in units of an entry with a usual subject, and an entry
+// with a longer one counts for more than one (`units`). Without that, 10,000 consumers with
+// 10 KB subjects would hold 100 MB, past the chart's 96 MiB heap (measured before).
 //
 // Quarantines live apart from consumer state so that pushing a consumer's statistics out
 // never lifts its quarantine.
@@ -17,6 +24,28 @@ import type { FeatureMode, MonitorsConfig } from './config.ts';
 
 /** At most this many contract versions are remembered per consumer (a caller may declare junk). */
 const MAX_CONTRACTS = 16;
+
+/**
+ * Heap an entry holds beside its subject (measured with --expose-gc: a consumer with a few
+ * decisions, one contract and one operation about 1,310 bytes, a quarantine about 330),
+ * and the subject length an entry of one unit allows for.
+ */
+const CONSUMER_BYTES = 1400;
+const QUARANTINE_BYTES = 400;
+const USUAL_SUBJECT_BYTES = 128;
+
+/**
+ * How many entries of a usual subject this one counts for: at least one, and at most the
+ * whole table (lru-cache would not keep a larger one at all: a quarantine not kept is lifted).
+ */
+function units(fixedBytes: number, subject: string, table: number): number {
+  // UTF-8 bytes: what V8 holds for a one-byte string and at least what it holds for another.
+  return Math.min(table, Math.max(1, Math.ceil((fixedBytes + Buffer.byteLength(subject)) / (fixedBytes + USUAL_SUBJECT_BYTES))));
+}
+
+function weighed<V extends {}>(max: number, fixedBytes: number): LRUCache<string, V> {
+  return new LRUCache<string, V>({ max, maxSize: max, sizeCalculation: (_, subject) => units(fixedBytes, subject, max) });
+}
 
 export interface ConsumerState {
   readonly subject: string;
@@ -59,10 +88,10 @@ export class MonitorState {
   readonly quarantined: LRUCache<string, Quarantine>;
 
   constructor(config: MonitorsConfig) {
-    this.consumers = new LRUCache({ max: config.maxConsumers });
+    this.consumers = weighed(config.maxConsumers, CONSUMER_BYTES);
     this.fingerprints = new LRUCache({ max: config.retryStorm.maxFingerprints });
     this.keys = new LRUCache({ max: config.idempotency.maxKeys });
-    this.quarantined = new LRUCache({ max: config.quarantine.maxQuarantined });
+    this.quarantined = weighed(config.quarantine.maxQuarantined, QUARANTINE_BYTES);
   }
 
   consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number): ConsumerState {

@@ -48,7 +48,7 @@ for (const kubeVersion of ['1.28', '1.30']) {
       const config = buildConfig(parseYaml(injectorConfig.data['injector.yaml']), 'rendered injector.yaml');
       t.equal(config.nativeSidecar, kubeVersion === '1.30', 'native sidecar from 1.29');
       t.equal(config.image, 'ghcr.io/driftguard/driftguard:0.1.0', 'image tag defaults to appVersion');
-      t.equal(config.resources.limits.memory, '256Mi');
+      t.equal(config.resources.limits.memory, '320Mi');
       t.equal(config.rulesConfigMap, 'driftguard-rules');
       t.match(config.nodeOptions, /--max-old-space-size=\d+/);
     });

@@ -77,7 +77,7 @@ function assertHardenedSidecar(tt: Tap, pod: Pod, expect: { listen: number; upst
   tt.same(c.startupProbe.httpGet, { path: '/readyz', port: 15021, scheme: 'HTTP' });
   tt.same(c.readinessProbe.httpGet, { path: '/readyz', port: 15021, scheme: 'HTTP' });
   tt.same(c.livenessProbe.httpGet, { path: '/healthz', port: 15021, scheme: 'HTTP' });
-  tt.equal(c.resources.limits.memory, '256Mi');
+  tt.equal(c.resources.limits.memory, '320Mi');
   tt.ok(c.resources.requests.cpu && c.resources.requests.memory, 'cpu and memory requests');
   tt.equal(c.securityContext.runAsNonRoot, true);
   tt.equal(c.securityContext.readOnlyRootFilesystem, true);

@@ -1,11 +1,11 @@
-// Memory stays bounded whatever the number of consumers: 100,000 distinct subjects (an
-// attacker rotating subjects) go through the real monitor checks and the real observer.
-// Minting and verifying 100,000 tokens over HTTP would take minutes here, so this test
-// drives the checks in-process with request contexts whose credential and consumer are
+// Memory stays bounded whatever the number of consumers and the length of their subjects:
+// 100,000 distinct subjects (an attacker rotating subjects), and subjects of kilobytes, go
+// through the real monitor checks and the real observer. Minting and verifying 100,000
+// tokens over HTTP would take minutes here, so this test drives the checks in-process with request contexts whose credential and consumer are
 // already set (what the credential check leaves behind); the HTTP path of the same checks
 // is covered by monitors.test.ts.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { IncomingMessage } from 'node:http';
@@ -21,7 +21,8 @@ import { world } from './support.ts';
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-t.test('100,000 distinct subjects keep every monitor table within its hard size', async (t) => {
+/** The lifecycle checks and observer over rules with small tables; `request(i)` runs subject i. */
+async function harness(t: Test, subjectOf: (i: number) => string) {
   const w = await world();
   t.teardown(() => w.close());
   const rules = loadRules(writeRules(w.rules((r) => {
@@ -35,6 +36,7 @@ t.test('100,000 distinct subjects keep every monitor table within its hard size'
     };
   })));
   const feature = await lifecycle(rules, () => {});
+  t.teardown(() => feature.shutdown?.());
   const state = feature.deps!.lifecycle!;
   const identity = new Identity(rules.identity);
   t.teardown(() => identity.close());
@@ -48,7 +50,7 @@ t.test('100,000 distinct subjects keep every monitor table within its hard size'
   const getItem = ops.find((o) => o.id === 'getItem')!;
 
   async function request(i: number): Promise<void> {
-    const subject = `spiffe://attacker.example/agent-${i}`;
+    const subject = subjectOf(i);
     const write = i % 2 === 0;
     const ctx: RequestContext = {
       req: { method: write ? 'POST' : 'GET', headers: write ? { 'idempotency-key': `key-${i}`, 'content-length': '0' } : {} } as unknown as IncomingMessage,
@@ -65,15 +67,21 @@ t.test('100,000 distinct subjects keep every monitor table within its hard size'
     observation.decided(i % 3 === 0 ? { decision: 'deny', reason: 'insufficient-scope', detail: '', enforced: true, warnings: [] } : decision);
     observation.end(200);
   }
+  return { monitors: state.monitors, request };
+}
 
+function heapUsed(): number {
+  gc();
+  return process.memoryUsage().heapUsed;
+}
+
+t.test('100,000 distinct subjects keep every monitor table within its hard size', async (t) => {
+  const { monitors: m, request } = await harness(t, (i) => `spiffe://attacker.example/agent-${i}`);
   for (let i = 0; i < 20_000; i++) await request(i);
-  gc();
-  const warm = process.memoryUsage().heapUsed;
+  const warm = heapUsed();
   for (let i = 20_000; i < 100_000; i++) await request(i);
-  gc();
-  const after = process.memoryUsage().heapUsed;
+  const after = heapUsed();
 
-  const m = state.monitors;
   t.equal(m.consumers.size, 1000, 'consumer state: at most maxConsumers');
   t.ok(m.fingerprints.size <= 2000, `fingerprints: ${m.fingerprints.size} <= 2000`);
   t.ok(m.keys.size <= 2000, `idempotency keys: ${m.keys.size} <= 2000`);
@@ -81,5 +89,31 @@ t.test('100,000 distinct subjects keep every monitor table within its hard size'
   // Once every table is full, 80,000 more subjects must not grow the heap (allow GC noise).
   const grown = after - warm;
   t.ok(grown < 8 * 1024 * 1024, `heap grew ${(grown / 1048576).toFixed(1)} MiB over the last 80,000 subjects`);
-  await feature.shutdown?.();
+});
+
+t.test('subjects of kilobytes hold no more memory than usual ones: the tables weigh them', async (t) => {
+  // A token may carry a subject of many kilobytes (up to the 16 KiB header limit). Keyed by
+  // the subject, 1,000 consumers, 2,000 fingerprints, 2,000 keys and 500 quarantines of 8 KB
+  // subjects held 28.5 MiB here; weighed and hashed, 3.5 MiB.
+  // Flat strings, as JSON.parse makes them from a token (repeat() makes a tree of shared parts).
+  const long = (i: number) => JSON.parse(JSON.stringify(`spiffe://attacker.example/agent-${i}/` + (i % 2 ? 'Ж'.repeat(4000) : 'a'.repeat(8000)))) as string;
+  const base = heapUsed();
+  const { monitors: m, request } = await harness(t, long);
+  for (let i = 0; i < 10_000; i++) await request(i);
+  const held = heapUsed() - base;
+  t.ok(held < 8 * 1024 * 1024, `tables full of 8 KB subjects hold ${(held / 1048576).toFixed(1)} MiB`);
+  t.ok(m.consumers.size < 1000 / 5, `a consumer with an 8 KB subject counts for several: ${m.consumers.size} held`);
+  t.ok(m.quarantined.size < 500 / 5, `so does a quarantine: ${m.quarantined.size} held`);
+  t.ok([...m.fingerprints.keys(), ...m.keys.keys()].every((k) => k.length === 44), 'fingerprints and idempotency keys are hashes: one size whatever the subject');
+});
+
+t.test('a subject too large for the whole table is still kept: alone', async (t) => {
+  const { monitors: m } = await harness(t, String);
+  const huge = 'spiffe://attacker.example/' + 'a'.repeat(3_000_000);
+  m.quarantined.set(huge, { subject: huge, sinceMs: 0, untilMs: Infinity, mode: 'enforce', reasons: [] });
+  t.ok(m.quarantine(huge, 1), 'quarantined (lru-cache drops an entry larger than its whole size: a dropped quarantine is lifted)');
+  m.consumer('short', 'automation', undefined, 0);
+  t.equal(m.consumers.size, 1);
+  m.consumer(huge, 'automation', undefined, 0);
+  t.same([...m.consumers.keys()], [huge], 'the huge subject pushed every other out');
 });

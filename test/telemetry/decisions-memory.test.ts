@@ -18,7 +18,8 @@ const nodeOptions: string = values.sidecar.nodeOptions;
 const up = await upstream();
 const keys = await jwksServer(jwks(await testKey('ES256')));
 const dg = await runDriftguard(writeRules(baseRules(up.origin, keys.url, (r) => {
-  r.telemetry = { traces: { exporter: 'none' }, decisionLog: { output: 'none' } };
+  // Twice the default ring (8 MiB): the page's memory must not depend on the ring's size.
+  r.telemetry = { traces: { exporter: 'none' }, decisionLog: { output: 'none' }, recent: { maxBytes: 16 * 1024 * 1024 } };
 })), [], { NODE_OPTIONS: nodeOptions });
 t.teardown(async () => { dg.kill(); await up.close(); await keys.close(); });
 
