@@ -303,10 +303,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       ...(self.reloadStatus ? { reload: self.reloadStatus } : {}),
     });
   });
-  const admin = createAdminServer(routes);
+  const admin = createAdminServer(routes, log);
   // Read-only, non-sensitive endpoints for the kubelet and Prometheus: the decision ring,
   // the owner view and the revocation list stay on the admin listener.
-  const probes = rules.proxy.probes !== undefined ? createAdminServer(routes, PROBE_PATHS) : undefined;
+  const probes = rules.proxy.probes !== undefined ? createAdminServer(routes, log, PROBE_PATHS) : undefined;
 
   const listen = (server: Server, address: string) => new Promise<void>((resolve, reject) => {
     const a = parseAddress(address)!;

@@ -3,6 +3,7 @@
 // can bind to loopback while traffic binds to the pod IP.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Log } from '../features.ts';
 
 export type AdminHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
 
@@ -44,6 +45,8 @@ export class AdminRoutes {
    */
   async jsonList<T>(res: ServerResponse, head: Record<string, unknown>, key: string, items: Iterable<T>, view: (item: T) => unknown): Promise<void> {
     res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+    // A HEAD answer has no body: no item is looked at.
+    if (res.req.method === 'HEAD') { res.end(); return; }
     const fields = JSON.stringify(head).slice(1, -1);
     let room = res.write(`{${fields}${fields ? ',' : ''}${JSON.stringify(key)}:[`);
     let i = 0;
@@ -80,7 +83,7 @@ function drained(res: ServerResponse): Promise<void> {
  * The admin listener, or with `only` a listener that serves just those paths (the probe
  * listener: health, readiness and metrics on the pod IP, everything else on loopback).
  */
-export function createAdminServer(routes: AdminRoutes, only?: ReadonlySet<string>): Server {
+export function createAdminServer(routes: AdminRoutes, log: Log, only?: ReadonlySet<string>): Server {
   return createServer({ maxHeaderSize: 16 * 1024 }, async (req, res) => {
     let url: URL;
     try {
@@ -102,6 +105,8 @@ export function createAdminServer(routes: AdminRoutes, only?: ReadonlySet<string
     try {
       await handler(req, res, url);
     } catch (err) {
+      // The error's name only: a message may quote what the request carried.
+      log({ level: 'error', msg: 'admin request failed', method: req.method, path: url.pathname, error: (err as Error)?.name ?? typeof err, answer: res.headersSent ? 'cut off' : '500' });
       if (!res.headersSent) routes.problem(res, 500, 'Internal Server Error', (err as Error).message);
       else res.destroy();
     }

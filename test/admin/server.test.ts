@@ -1,0 +1,58 @@
+// The admin listener's streamed list answers (AdminRoutes.jsonList): a HEAD answer looks at
+// no item, and an item that cannot be shown cuts the answer off and is logged (headers are
+// sent by then, so no 500 can follow). A real listener on loopback.
+
+import t from 'tap';
+import { request } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { AdminRoutes, createAdminServer } from '../../proxy/admin/server.ts';
+
+const routes = new AdminRoutes();
+let viewed = 0;
+const items = Array.from({ length: 1000 }, (_, i) => i);
+routes.add('GET', '/numbers', async (_req, res) => routes.jsonList(res, { total: items.length }, 'numbers', items, (i) => { viewed++; return { i }; }));
+routes.add('GET', '/broken', async (_req, res) => routes.jsonList(res, {}, 'numbers', items, (i) => {
+  if (i === 600) throw new TypeError('cannot show item 600 with secret Bearer abc.def.ghi');
+  return { i };
+}));
+const lines: Record<string, unknown>[] = [];
+const server = createAdminServer(routes, (l) => lines.push(l));
+await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+const port = (server.address() as AddressInfo).port;
+t.teardown(() => server.close());
+
+function send(method: string, path: string): Promise<{ status: number; body: string; complete: boolean; error?: string }> {
+  return new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port, method, path }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode!, body, complete: res.complete }));
+      res.on('error', (err) => resolve({ status: res.statusCode!, body, complete: false, error: err.message }));
+    });
+    req.on('error', (err) => resolve({ status: 0, body: '', complete: false, error: err.message }));
+    req.end();
+  });
+}
+
+t.test('GET streams every item; HEAD answers the same head and views none', async (t) => {
+  const get = await send('GET', '/numbers');
+  t.equal(get.status, 200);
+  t.equal((JSON.parse(get.body) as { numbers: unknown[] }).numbers.length, 1000);
+  t.equal(viewed, 1000);
+  viewed = 0;
+  const head = await send('HEAD', '/numbers');
+  t.equal(head.status, 200);
+  t.equal(head.body, '');
+  t.equal(viewed, 0, 'no item viewed for HEAD (before: all 1,000)');
+});
+
+t.test('an item that cannot be shown: the answer is cut off, the error logged without its message', async (t) => {
+  const res = await send('GET', '/broken');
+  t.equal(res.status, 200, 'the head was sent before the item failed');
+  t.notOk(res.complete, 'the answer is cut off, not ended as if whole');
+  t.ok(res.body.startsWith('{"numbers":[') && !res.body.includes('{"i":600}'), 'what arrived is the start of the list, up to the item that failed');
+  const line = lines.find((l) => l.msg === 'admin request failed');
+  t.match(line, { level: 'error', method: 'GET', path: '/broken', error: 'TypeError', answer: 'cut off' }, 'logged (before: nothing)');
+  t.notMatch(JSON.stringify(lines), /Bearer|abc\.def/, 'the message, which may quote a credential, is not logged');
+});
