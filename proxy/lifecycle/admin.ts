@@ -138,7 +138,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
 
   routes.add('GET', '/quarantine', (_req, res) => {
     const now = state.now();
-    const list = [...state.monitors.quarantined.keys()].map((s) => state.monitors.quarantine(s, now)).filter((q) => q !== undefined);
+    const list = state.monitors.quarantines(now);
     routes.json(res, 200, { quarantined: list.map(quarantineView) });
   });
 
@@ -149,7 +149,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     try { subject = decodeURIComponent(url.pathname.slice('/quarantine/'.length)); } catch { routes.problem(res, 400, 'Bad Request', 'subject is not valid percent-encoding'); return; }
     const q = state.monitors.quarantine(subject, state.now());
     if (!q) { routes.problem(res, 404, 'Not Found', `${subject} is not quarantined`); return; }
-    state.monitors.quarantined.delete(subject);
+    state.monitors.lift(subject);
     // Forget the denials that led to it, or the next one would quarantine again at once.
     const c = state.monitors.consumers.get(subject);
     if (c) c.denials = [];

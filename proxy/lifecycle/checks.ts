@@ -178,7 +178,14 @@ export function countForwarded(state: LifecycleState, ctx: RequestContext): void
   if (!c) return;
   state.counts.delete(ctx);
   if (c.repeats) record(c.repeats.times, ctx.now, c.repeats.max);
-  if (c.operation) { c.operation.ops.delete(c.operation.id); c.operation.ops.set(c.operation.id, ctx.now); }
+  if (c.operation) {
+    const { consumer, id, max } = c.operation;
+    const ops = consumer.operations;
+    if (ops.delete(id)) ops.set(id, ctx.now);
+    // A new operation over the limit (forwarded in audit mode) is not kept: the map stays
+    // within maxOperations, and the next call of it is a would-deny again, as enforce refuses it.
+    else if (ops.size < max) { ops.set(id, ctx.now); state.monitors.grew(consumer); }
+  }
 }
 
 /** The same request more than maxRepeats times in a window: 429 retry-storm. */
@@ -220,12 +227,13 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
     run(ctx) {
       if (!watched(m, ctx)) return undefined;
       const c = ctx.consumer!;
-      const ops = state.monitors.consumer(c.subject, c.kind, c.owner, ctx.now).operations;
+      const consumer = state.monitors.consumer(c.subject, c.kind, c.owner, ctx.now);
+      const ops = consumer.operations;
       // The map is ordered by last call: drop the front while it is out of the window.
       for (const [id, at] of ops) { if (at > ctx.now - t.windowMs) break; ops.delete(id); }
       const id = ctx.operation!.id;
       // Counted once the decision lets it through (audit mode included): state.counts.
-      counts(state, ctx).operation = { ops, id };
+      counts(state, ctx).operation = { consumer, id, max: t.maxOperations };
       if (!ops.has(id) && ops.size >= t.maxOperations) {
         ctx.extra['traversal.operations'] = ops.size;
         return verdict(ctx, t.mode, { reason: 'endpoint-traversal', detail: `more than ${t.maxOperations} distinct operations within ${t.windowMs / 1000}s` });

@@ -172,7 +172,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     record(s.denials, ctx.now, q.denials);
     if (s.denials.length < q.denials) return;
     const reasons = [...(s.decisions.get('deny')?.keys() ?? []), ...(s.decisions.get('would-deny')?.keys() ?? [])];
-    m.quarantined.set(c.subject, { subject: c.subject, sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode: q.mode, reasons: [...new Set(reasons)].slice(-8) });
+    m.quarantineFor(c.subject, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode: q.mode, reasons: [...new Set(reasons)].slice(-8) });
     s.denials = [];
     log({ level: 'warn', msg: q.mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.subject, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
   }

@@ -7,18 +7,22 @@
 //   consumers     subject -> ConsumerState (owner view, traversal, denials)   maxConsumers
 //   fingerprints  hash(subject, request) -> recent timestamps                 retryStorm.maxFingerprints
 //   keys          hash(subject, idempotency key) -> payload and state         idempotency.maxKeys
-//   quarantined   subject -> Quarantine                                       quarantine.maxQuarantined
+//   quarantined   subject, or its hash if long -> Quarantine                  quarantine.maxQuarantined
 //
-// The two hashed tables have entries of one size, so their count bounds their memory. The two
-// keyed by subject hold the subject itself (the admin API lists it), which a token may make
-// kilobytes long: they are bounded in units of an entry with a usual subject, and an entry
-// with a longer one counts for more than one (`units`). Without that, 10,000 consumers with
-// 10 KB subjects would hold 100 MB, past the chart's 96 MiB heap (measured before).
+// The fingerprint, key and quarantine tables have entries of one size at most, so their
+// count bounds their memory. The consumer table holds the subject itself (the admin API
+// lists it), which a token may make kilobytes long, and a state that grows as the consumer
+// calls more operations and meets more reasons: it counts in units of a usual consumer, an
+// entry weighed by what it holds (`consumerBytes`) when it is added and again when it grows.
+// Without that, 10,000 consumers with 10 KB subjects held 100 MB, past the chart's 96 MiB
+// heap (measured before).
 //
 // Quarantines live apart from consumer state so that pushing a consumer's statistics out
 // never lifts its quarantine.
 
+import { hash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
+import { stringBytes } from '../lib/heap.ts';
 import type { ConsumerKind } from '../rules/types.ts';
 import type { FeatureMode, MonitorsConfig } from './config.ts';
 
@@ -26,26 +30,21 @@ import type { FeatureMode, MonitorsConfig } from './config.ts';
 const MAX_CONTRACTS = 16;
 
 /**
- * Heap an entry holds beside its subject (measured with --expose-gc: a consumer with a few
- * decisions, one contract and one operation about 1,310 bytes, a quarantine about 330),
- * and the subject length an entry of one unit allows for.
+ * Heap of a consumer's state (measured with --expose-gc): about 1,100 bytes with its maps
+ * empty, and for each operation, reason (per outcome), outcome, contract version and denial
+ * time it holds, what these add. A unit of the consumer table is a usual consumer: a subject
+ * of 128 bytes, a few operations and reasons, about 2 KiB.
  */
-const CONSUMER_BYTES = 1400;
-const QUARANTINE_BYTES = 400;
-const USUAL_SUBJECT_BYTES = 128;
+const CONSUMER_BYTES = 1100;
+const OPERATION_BYTES = 32;
+const REASON_BYTES = 48;
+const OUTCOME_BYTES = 128;
+const CONTRACT_BYTES = 64;
+const DENIAL_BYTES = 16;
+export const CONSUMER_UNIT_BYTES = 2048;
 
-/**
- * How many entries of a usual subject this one counts for: at least one, and at most the
- * whole table (lru-cache would not keep a larger one at all: a quarantine not kept is lifted).
- */
-function units(fixedBytes: number, subject: string, table: number): number {
-  // UTF-8 bytes: what V8 holds for a one-byte string and at least what it holds for another.
-  return Math.min(table, Math.max(1, Math.ceil((fixedBytes + Buffer.byteLength(subject)) / (fixedBytes + USUAL_SUBJECT_BYTES))));
-}
-
-function weighed<V extends {}>(max: number, fixedBytes: number): LRUCache<string, V> {
-  return new LRUCache<string, V>({ max, maxSize: max, sizeCalculation: (_, subject) => units(fixedBytes, subject, max) });
-}
+/** Subjects up to this many characters key the quarantine table as they are; longer ones by hash. */
+const QUARANTINE_SUBJECT_CHARS = 128;
 
 export interface ConsumerState {
   readonly subject: string;
@@ -85,13 +84,29 @@ export class MonitorState {
   readonly consumers: LRUCache<string, ConsumerState>;
   readonly fingerprints: LRUCache<string, number[]>;
   readonly keys: LRUCache<string, IdempotencyEntry>;
+  /** By quarantineKey(subject): read through quarantine(), quarantines(), quarantineFor(), lift(). */
   readonly quarantined: LRUCache<string, Quarantine>;
 
   constructor(config: MonitorsConfig) {
-    this.consumers = weighed(config.maxConsumers, CONSUMER_BYTES);
+    const max = config.maxConsumers;
+    // Denial times are kept up to quarantine.denials whatever the mode: counted from the start.
+    const fixed = CONSUMER_BYTES + DENIAL_BYTES * config.quarantine.denials;
+    // At least one unit, and at most the whole table: lru-cache would not keep a larger entry.
+    const units = (s: ConsumerState) => Math.min(max, Math.max(1, Math.ceil(consumerBytes(s, fixed) / CONSUMER_UNIT_BYTES)));
+    this.consumers = new LRUCache({ max, maxSize: max, sizeCalculation: units });
     this.fingerprints = new LRUCache({ max: config.retryStorm.maxFingerprints });
     this.keys = new LRUCache({ max: config.idempotency.maxKeys });
-    this.quarantined = weighed(config.quarantine.maxQuarantined, QUARANTINE_BYTES);
+    this.quarantined = new LRUCache({ max: config.quarantine.maxQuarantined });
+  }
+
+  /**
+   * A consumer's state grew (an operation, a reason, a contract version): weigh it again.
+   * lru-cache weighs an entry only when it is set with another value, hence delete and set.
+   */
+  grew(state: ConsumerState): void {
+    if (this.consumers.peek(state.subject) !== state) return;
+    this.consumers.delete(state.subject);
+    this.consumers.set(state.subject, state);
   }
 
   consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number): ConsumerState {
@@ -110,20 +125,61 @@ export class MonitorState {
   count(state: ConsumerState, outcome: string, reason: string): void {
     let byReason = state.decisions.get(outcome);
     if (!byReason) state.decisions.set(outcome, (byReason = new Map()));
-    byReason.set(reason, (byReason.get(reason) ?? 0) + 1);
+    const n = byReason.get(reason);
+    byReason.set(reason, (n ?? 0) + 1);
+    if (n === undefined) this.grew(state);
   }
 
   sawContract(state: ConsumerState, version: string): void {
     if (state.contracts.has(version) || state.contracts.size >= MAX_CONTRACTS) return;
     state.contracts.add(version.slice(0, 64));
+    this.grew(state);
   }
 
   /** The quarantine in force for `subject` at `now`, if any (an ended one is dropped). */
   quarantine(subject: string, now: number): Quarantine | undefined {
-    const q = this.quarantined.get(subject);
-    if (q && q.untilMs <= now) { this.quarantined.delete(subject); return undefined; }
+    return this.#inForce(quarantineKey(subject), now);
+  }
+
+  /** Every quarantine in force at `now`. */
+  quarantines(now: number): Quarantine[] {
+    return [...this.quarantined.keys()].map((k) => this.#inForce(k, now)).filter((q) => q !== undefined);
+  }
+
+  /** Quarantine `subject`; the entry shows the subject shortened (a token may make it kilobytes long). */
+  quarantineFor(subject: string, q: Omit<Quarantine, 'subject'>): void {
+    // A copy, not a slice: V8 makes a slice a view that keeps the whole subject alive.
+    const shown = subject.length > QUARANTINE_SUBJECT_CHARS ? `${Buffer.from(subject.slice(0, QUARANTINE_SUBJECT_CHARS)).toString()}...` : subject;
+    this.quarantined.set(quarantineKey(subject), { subject: shown, ...q });
+  }
+
+  /** Lift `subject`'s quarantine; whether it had one. */
+  lift(subject: string): boolean {
+    return this.quarantined.delete(quarantineKey(subject));
+  }
+
+  #inForce(key: string, now: number): Quarantine | undefined {
+    const q = this.quarantined.get(key);
+    if (q && q.untilMs <= now) { this.quarantined.delete(key); return undefined; }
     return q;
   }
+}
+
+/** Heap a consumer's state holds, estimated from above (CONSUMER_BYTES and the rest). */
+function consumerBytes(s: ConsumerState, fixed: number): number {
+  let reasons = 0;
+  for (const byReason of s.decisions.values()) reasons += byReason.size;
+  return fixed + stringBytes(s.subject) + OPERATION_BYTES * s.operations.size + OUTCOME_BYTES * s.decisions.size
+    + REASON_BYTES * reasons + CONTRACT_BYTES * s.contracts.size;
+}
+
+/**
+ * A subject as the quarantine table's key: itself when short (the usual case, and no hashing
+ * on the request path), else its hash, so that an entry's size does not follow the subject's.
+ * A hash key is padded past the longest short subject, so no subject can be another's key.
+ */
+function quarantineKey(subject: string): string {
+  return subject.length <= QUARANTINE_SUBJECT_CHARS ? subject : hash('sha256', subject, 'base64').padEnd(QUARANTINE_SUBJECT_CHARS + 1, '#');
 }
 
 /**

@@ -6,7 +6,7 @@ import type { Rules } from '../rules/types.ts';
 import type { RequestContext } from '../pipeline/types.ts';
 import { configOf, type LifecycleConfig } from './config.ts';
 import { RevocationStore } from './revocations.ts';
-import { MonitorState } from './monitors.ts';
+import { MonitorState, type ConsumerState } from './monitors.ts';
 
 export class LifecycleState {
   readonly revocations = new RevocationStore();
@@ -39,6 +39,6 @@ export class LifecycleState {
 export interface Counts {
   /** The request fingerprint's recent times, and how many the window keeps (retry storm). */
   repeats?: { readonly times: number[]; readonly max: number };
-  /** The consumer's recent operations, by last call, and this request's (traversal). */
-  operation?: { readonly ops: Map<string, number>; readonly id: string };
+  /** The consumer, whose recent operations are kept by last call; this request's; how many may be kept (traversal). */
+  operation?: { readonly consumer: ConsumerState; readonly id: string; readonly max: number };
 }

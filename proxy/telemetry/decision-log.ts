@@ -39,8 +39,10 @@ export class DecisionLog {
 
   write(line: string): void {
     if (!this.#out) return;
-    // Bytes, as the bound says (a line may hold non-ASCII text: a subject, a detail).
-    const size = Buffer.byteLength(line, 'utf8') + 1;
+    // Bytes written, or held if more: a line with a character beyond ASCII (a subject, a
+    // detail) is written as UTF-8 and held at two bytes a character.
+    const utf8 = Buffer.byteLength(line, 'utf8');
+    const size = (utf8 === line.length ? utf8 : Math.max(utf8, 2 * line.length)) + 1;
     // Full, but the output can take more: write out what waits first. A line is dropped only
     // while the output cannot keep up, not because a burst outran the flush timer.
     if (this.#bytes + size > this.#maxBytes && !this.#blocked) this.flush();

@@ -12,6 +12,7 @@ import type { ServerResponse } from 'node:http';
 import { parseDuration } from '../rules/durations.ts';
 import type { AdminRoutes } from '../admin/server.ts';
 import type { DecisionRecord } from './record.ts';
+import { stringBytes } from '../lib/heap.ts';
 
 /** A decision as the ring keeps it. */
 export interface RecentEntry {
@@ -25,7 +26,12 @@ export interface RecentEntry {
   readonly operation: string | undefined;
   /** The decision-log line (record.ts logLine). */
   readonly line: string;
+  /** Heap the entry holds, estimated from above: what the ring's byte bound counts. */
+  readonly weight: number;
 }
+
+/** The entry's object, its trace id and warnings, beside its line and subject. */
+const ENTRY_BYTES = 192;
 
 export function recentEntry(r: DecisionRecord, line: string): RecentEntry {
   // The line is a tree of the pieces it was concatenated from (logLine): flattened, the ring
@@ -35,6 +41,9 @@ export function recentEntry(r: DecisionRecord, line: string): RecentEntry {
   return {
     timeMs: r.timeMs, traceId: r.traceId, decision: r.decision, reason: r.reason, warnings: r.warnings,
     consumer: r.consumer, owner: r.owner, operation: r.operation, line,
+    // Heap bytes, not characters: a line with one character beyond Latin-1 (a subject, a
+    // detail) is two bytes a character, and the subject is held apart from the line.
+    weight: ENTRY_BYTES + stringBytes(line) + (r.consumer === undefined ? 0 : stringBytes(r.consumer)),
   };
 }
 
@@ -46,9 +55,10 @@ export function publicEntry(e: RecentEntry): Record<string, unknown> {
 }
 
 /**
- * Bounded by count and by the characters of its lines: a line is about 1 KiB, but a request's
- * path goes into it (up to 2 KiB), so 10,000 decisions on long paths, which anyone can send,
- * would hold nearly three times the memory of 10,000 usual ones.
+ * Bounded by count and by the heap its entries hold (their weight): a line is about 1 KiB,
+ * but a request's path goes into it (up to 2 KiB), and a token's subject both into it and
+ * beside it, so 10,000 decisions on long paths, which anyone can send, or of long subjects
+ * would hold many times the memory of 10,000 usual ones.
  */
 export class Ring {
   readonly #items: (RecentEntry | undefined)[];
@@ -64,7 +74,7 @@ export class Ring {
 
   get capacity(): number { return this.#items.length; }
   get size(): number { return this.#size; }
-  /** Characters of the lines held. */
+  /** Heap the entries hold (their weights). */
   get bytes(): number { return this.#bytes; }
 
   push(r: RecentEntry): void {
@@ -74,14 +84,14 @@ export class Ring {
     this.#items[this.#next] = r;
     this.#next = (this.#next + 1) % n;
     this.#size++;
-    this.#bytes += r.line.length;
+    this.#bytes += r.weight;
     while (this.#bytes > this.#maxBytes && this.#size > 1) this.#dropOldest();
   }
 
   #dropOldest(): void {
     const n = this.#items.length;
     const oldest = (this.#next - this.#size + n) % n;
-    this.#bytes -= this.#items[oldest]!.line.length;
+    this.#bytes -= this.#items[oldest]!.weight;
     this.#items[oldest] = undefined;
     this.#size--;
   }

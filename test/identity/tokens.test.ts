@@ -154,9 +154,10 @@ t.test('a cached token is re-checked for expiry on every hit', async (t) => {
   t.equal(w.up.seen.length, 2);
 });
 
-t.test('the verified-token cache is bounded by the token text it stands for, not only by count', async (t) => {
-  // Three tokens of about 1.8 KiB and room for 4 KiB of token text: the oldest is pushed out
-  // although maxEntries (10,000) is far away. The observer counts cache hits and misses.
+t.test('the verified-token cache is bounded by the heap its entries hold, not only by count', async (t) => {
+  // Three tokens of about 1.8 KiB, each weighing about 2 KiB, and room for 4 KiB: the oldest
+  // is pushed out although maxEntries (10,000) is far away. The observer counts cache hits
+  // and misses.
   const results: boolean[] = [];
   const counting: Observer = { begin: () => noopObserver.begin(undefined as never), tokenCache: (hit) => { results.push(hit); } };
   const w = await world(t, (r) => { r.identity.cache = { maxBytes: 4096 }; }, { observer: counting });
@@ -165,6 +166,21 @@ t.test('the verified-token cache is bounded by the token text it stands for, not
   t.ok(a.length > 1500 && a.length < 2048, `${a.length} bytes`);
   for (const tok of [a, b, c, c, a]) t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200);
   t.same(results, [false, false, false, true, false], 'c is a hit; a, pushed out by b and c, is verified again');
+});
+
+t.test('a token is weighed by its parsed claims, not its text: 4 KB of empty arrays weighs 33 KB', async (t) => {
+  // Room for 64 KiB. Each token's text is under 4 KB, its claims 800 empty arrays: about
+  // 33 KB on the heap (measured: 41 bytes an array), so one fits and the next pushes it out.
+  // Weighed by its text, as before, all four stayed: about 2,000 such tokens ran the chart's
+  // 96 MiB heap out.
+  const results: boolean[] = [];
+  const counting: Observer = { begin: () => noopObserver.begin(undefined as never), tokenCache: (hit) => { results.push(hit); } };
+  const w = await world(t, (r) => { r.identity.cache = { maxBytes: 65536 }; }, { observer: counting });
+  const toks = [];
+  for (let i = 0; i < 4; i++) toks.push(await w.tok({ claims: { pad: Array.from({ length: 800 }, () => []) } }));
+  t.ok(toks.every((x) => x.length < 4096), 'each under maxTokenBytes: cacheable');
+  for (const tok of [...toks, toks[3]!, toks[0]!]) t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200);
+  t.same(results, [false, false, false, false, true, false], 'the last one is a hit; the first, pushed out, is verified again');
 });
 
 t.test('keys from a JWKS file work the same way', async (t) => {

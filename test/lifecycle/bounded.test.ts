@@ -91,29 +91,50 @@ t.test('100,000 distinct subjects keep every monitor table within its hard size'
   t.ok(grown < 8 * 1024 * 1024, `heap grew ${(grown / 1048576).toFixed(1)} MiB over the last 80,000 subjects`);
 });
 
-t.test('subjects of kilobytes hold no more memory than usual ones: the tables weigh them', async (t) => {
-  // A token may carry a subject of many kilobytes (up to the 16 KiB header limit). Keyed by
-  // the subject, 1,000 consumers, 2,000 fingerprints, 2,000 keys and 500 quarantines of 8 KB
-  // subjects held 28.5 MiB here; weighed and hashed, 3.5 MiB.
-  // Flat strings, as JSON.parse makes them from a token (repeat() makes a tree of shared parts).
-  const long = (i: number) => JSON.parse(JSON.stringify(`spiffe://attacker.example/agent-${i}/` + (i % 2 ? 'Ж'.repeat(4000) : 'a'.repeat(8000)))) as string;
-  const base = heapUsed();
-  const { monitors: m, request } = await harness(t, long);
-  for (let i = 0; i < 10_000; i++) await request(i);
-  const held = heapUsed() - base;
-  t.ok(held < 8 * 1024 * 1024, `tables full of 8 KB subjects hold ${(held / 1048576).toFixed(1)} MiB`);
-  t.ok(m.consumers.size < 1000 / 5, `a consumer with an 8 KB subject counts for several: ${m.consumers.size} held`);
-  t.ok(m.quarantined.size < 500 / 5, `so does a quarantine: ${m.quarantined.size} held`);
-  t.ok([...m.fingerprints.keys(), ...m.keys.keys()].every((k) => k.length === 44), 'fingerprints and idempotency keys are hashes: one size whatever the subject');
+// Subjects of 8,000 characters: ASCII; Cyrillic; and ASCII with one Cyrillic letter, which V8
+// holds at two bytes a character although its UTF-8 is barely longer than the ASCII one.
+// Flat strings, as JSON.parse makes them from a token (repeat() makes a tree of shared parts).
+const shapes = {
+  ascii: (i: number) => 'a'.repeat(8000 - String(i).length) + i,
+  cyrillic: (i: number) => 'Ж'.repeat(8000 - String(i).length) + i,
+  'one Cyrillic letter': (i: number) => 'Ж' + 'a'.repeat(7999 - String(i).length) + i,
+};
+for (const [shape, tail] of Object.entries(shapes)) {
+  t.test(`subjects of 8,000 characters (${shape}) hold no more memory than usual ones`, async (t) => {
+    // A token may carry a subject of many kilobytes (up to the 16 KiB header limit). Keyed by
+    // the subject, 1,000 consumers, 2,000 fingerprints, 2,000 keys and 500 quarantines of 8 KB
+    // subjects held 28.5 MiB here.
+    const long = (i: number) => JSON.parse(JSON.stringify(`spiffe://attacker.example/${tail(i)}`)) as string;
+    const base = heapUsed();
+    const { monitors: m, request } = await harness(t, long);
+    for (let i = 0; i < 10_000; i++) await request(i);
+    const held = heapUsed() - base;
+    t.ok(held < 8 * 1024 * 1024, `tables full of such subjects hold ${(held / 1048576).toFixed(1)} MiB`);
+    const oneByte = shape === 'ascii';
+    t.ok(m.consumers.size < 1000 / (oneByte ? 4 : 8), `a consumer with such a subject counts for several: ${m.consumers.size} held`);
+    t.equal(m.quarantined.size, 500, 'quarantines are kept by a hash of a long subject: one size each');
+    t.ok([...m.quarantined.keys()].every((k) => k.length === 129), 'keys of 129 characters, past any subject kept as it is');
+    t.ok(m.quarantines(Date.now()).every((q) => q.subject.length === 131 && q.subject.endsWith('...')), 'the subject shown shortened');
+    t.ok([...m.fingerprints.keys(), ...m.keys.keys()].every((k) => k.length === 44), 'fingerprints and idempotency keys are hashes: one size whatever the subject');
+  });
+}
+
+t.test('a consumer is weighed again as its state grows', async (t) => {
+  const { monitors: m } = await harness(t, String);
+  const s = m.consumer('spiffe://example.test/grows', 'automation', undefined, 0);
+  t.equal(m.consumers.calculatedSize, 1, 'a new consumer with a short subject: one unit');
+  for (let i = 0; i < 40; i++) m.count(s, i % 2 ? 'deny' : 'would-deny', `reason-${i}`);
+  t.ok(m.consumers.calculatedSize >= 2, `40 reasons later: ${m.consumers.calculatedSize} units (before: still 1)`);
 });
 
 t.test('a subject too large for the whole table is still kept: alone', async (t) => {
   const { monitors: m } = await harness(t, String);
   const huge = 'spiffe://attacker.example/' + 'a'.repeat(3_000_000);
-  m.quarantined.set(huge, { subject: huge, sinceMs: 0, untilMs: Infinity, mode: 'enforce', reasons: [] });
-  t.ok(m.quarantine(huge, 1), 'quarantined (lru-cache drops an entry larger than its whole size: a dropped quarantine is lifted)');
+  m.quarantineFor(huge, { sinceMs: 0, untilMs: Infinity, mode: 'enforce', reasons: [] });
+  t.ok(m.quarantine(huge, 1), 'quarantined');
+  t.ok(m.lift(huge) && !m.quarantine(huge, 1), 'and lifted by the same subject');
   m.consumer('short', 'automation', undefined, 0);
   t.equal(m.consumers.size, 1);
   m.consumer(huge, 'automation', undefined, 0);
-  t.same([...m.consumers.keys()], [huge], 'the huge subject pushed every other out');
+  t.same([...m.consumers.keys()], [huge], 'the huge subject pushed every other out (lru-cache would drop an entry larger than the table)');
 });

@@ -20,10 +20,14 @@ function run(line: string, count: number) {
   return { log, file };
 }
 
-for (const [name, char, bytesPerChar] of [['ASCII', 'a', 1], ['non-ASCII (3 bytes a character in UTF-8)', '€', 3]] as const) {
-  t.test(`${name}: the lines waiting never pass maxBufferBytes, in bytes`, async (t) => {
-    const line = char.repeat(1000);
-    const size = 1000 * bytesPerChar + 1;
+// A line's size: its UTF-8 bytes, or what it holds on the heap if more (two bytes a character
+// once one character is beyond Latin-1).
+for (const [name, line, size] of [
+  ['ASCII', 'a'.repeat(1000), 1001],
+  ['non-ASCII, 3 bytes a character in UTF-8', '€'.repeat(1000), 3001],
+  ['one Cyrillic letter, two bytes a character on the heap', 'Ж' + 'a'.repeat(999), 2001],
+] as const) {
+  t.test(`${name}: the lines waiting never pass maxBufferBytes`, async (t) => {
     const { log, file } = run(line, 200);
     // The lines that fit go out when the next would not (the output can take them), until
     // the write stream holds more than its high-water mark; from then on, as many as fit
@@ -31,7 +35,8 @@ for (const [name, char, bytesPerChar] of [['ASCII', 'a', 1], ['non-ASCII (3 byte
     // many '€' lines waited), and a line that did not fit was dropped without that flush, so
     // a burst of 64 KiB lost lines with the output idle.
     const fit = Math.floor(MAX / size);
-    const flushes = Math.ceil(getDefaultHighWaterMark(false) / (fit * size));
+    // The write stream's high-water mark counts what is written: UTF-8.
+    const flushes = Math.ceil(getDefaultHighWaterMark(false) / (fit * (Buffer.byteLength(line) + 1)));
     t.equal(log.lines, (flushes + 1) * fit, `${flushes} × ${fit} lines of ${size} bytes written out, ${fit} waiting: at most ${MAX} bytes`);
     t.equal(log.lines + log.dropped, 200, 'every line is written or counted as dropped');
     await log.close();

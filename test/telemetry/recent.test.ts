@@ -1,9 +1,10 @@
-// The recent-decisions ring is bounded by count and by the characters of its lines: requests
-// with long paths (anyone can send them, and denials are always kept) cannot make it hold
-// more memory than telemetry.recent.maxBytes.
+// The recent-decisions ring is bounded by count and by the heap its entries hold: requests
+// with long paths (anyone can send them, and denials are always kept) or long subjects cannot
+// make it hold more memory than telemetry.recent.maxBytes.
 
 import t from 'tap';
-import { Ring, type RecentEntry } from '../../proxy/telemetry/recent.ts';
+import { Ring, recentEntry, type RecentEntry } from '../../proxy/telemetry/recent.ts';
+import type { DecisionRecord } from '../../proxy/telemetry/record.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { testKey, jwks } from '../support/keys.ts';
 import { baseRules } from '../support/driftguard.ts';
@@ -11,7 +12,7 @@ import { startWithTelemetry } from './support.ts';
 
 const entry = (id: number, chars: number): RecentEntry => ({
   timeMs: id, traceId: String(id), decision: 'deny', reason: 'unknown-operation', warnings: [],
-  consumer: undefined, owner: undefined, operation: undefined, line: `{"n":${id}}`.padEnd(chars, ' '),
+  consumer: undefined, owner: undefined, operation: undefined, line: `{"n":${id}}`.padEnd(chars, ' '), weight: chars,
 });
 const ids = (r: Ring) => [...r.newest()].map((e) => e.timeMs);
 
@@ -22,7 +23,16 @@ t.test('by count, the oldest is overwritten first', async (t) => {
   t.equal(r.bytes, 500);
 });
 
-t.test('by characters, the oldest are dropped until the lines fit; the newest is always kept', async (t) => {
+t.test('an entry weighs what it holds: a line beyond Latin-1 twice its length, and the subject beside it', async (t) => {
+  const record = (consumer?: string) => ({ timeMs: 1, traceId: 't', decision: 'deny', reason: 'r', warnings: [], consumer, owner: undefined, operation: undefined }) as unknown as DecisionRecord;
+  const ascii = recentEntry(record(), 'x'.repeat(1000));
+  const wide = recentEntry(record(), 'Ж' + 'x'.repeat(999));
+  t.equal(wide.weight - ascii.weight, 1000, 'one Cyrillic letter makes the whole line two bytes a character (before: counted as 1,000)');
+  const subject = 'spiffe://example.test/' + 'a'.repeat(5000);
+  t.equal(recentEntry(record(subject), 'x'.repeat(1000)).weight - ascii.weight, subject.length, 'the subject counts (before: not at all)');
+});
+
+t.test('by weight, the oldest are dropped until the entries fit; the newest is always kept', async (t) => {
   const r = new Ring(100, 3000);
   for (let i = 1; i <= 5; i++) r.push(entry(i, 1000));
   t.same(ids(r), [5, 4, 3], 'three lines of 1,000 fit in 3,000');
@@ -51,11 +61,12 @@ t.test('through the admin listener: long paths fill the bound, not the count', a
   const held = (await (await fetch(`${dg.admin}/decisions?limit=1000`)).json()) as { held: number; decisions: { path: string }[] };
   t.equal(held.decisions.length, held.held);
   t.equal(held.decisions[0]!.path, `${long}99`, 'the newest first');
-  // An entry as served is its log line without "msg": within a few characters of the line.
+  // An entry as served is its log line without "msg": within a few characters of the line,
+  // which is most of what an entry weighs.
   const chars = held.decisions.map((d) => JSON.stringify(d).length + 20);
   const total = chars.reduce((a, b) => a + b, 0);
   t.ok(held.held < 100, `${held.held} of 100 decisions held`);
-  t.ok(total <= 65536 && total + 2 * chars[0]! > 65536, `their lines, about ${total} characters, fill the 65,536 allowed`);
+  t.ok(total <= 65536 && total > 0.85 * 65536, `their lines, about ${total} characters, fill most of the 65,536 bytes allowed`);
 });
 
 t.test('a 12 KiB path makes no record 12 KiB: the detail quotes 200 characters, the path field 2 KiB', async (t) => {
