@@ -37,6 +37,8 @@ export interface TracesConfig {
   readonly samplerArg: number;
   readonly exportTimeoutMs: number;
   readonly maxQueueSize: number;
+  /** Bytes of spans encoded ahead (http/protobuf) held at most on the export thread. */
+  readonly maxQueueBytes: number;
   readonly maxExportBatchSize: number;
   readonly scheduledDelayMs: number;
 }
@@ -57,7 +59,7 @@ interface RawTelemetry {
   traces: {
     exporter?: TracesExporter; protocol?: OtlpProtocol; endpoint?: string; serviceName?: string;
     sampler?: SamplerName; samplerArg?: number; exportTimeout?: string;
-    batch: { maxQueueSize?: number; maxExportBatchSize?: number; scheduledDelay?: string };
+    batch: { maxQueueSize?: number; maxQueueBytes: number; maxExportBatchSize?: number; scheduledDelay?: string };
   };
   decisionLog: { output: string; allowSampleRate: number; maxBufferBytes: number };
   recent: { size: number; maxBytes: number };
@@ -118,6 +120,7 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     samplerArg,
     exportTimeoutMs: timer('telemetry.traces.exportTimeout (or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT)', t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000),
     maxQueueSize,
+    maxQueueBytes: t.batch.maxQueueBytes,
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
     scheduledDelayMs: timer('telemetry.traces.batch.scheduledDelay (or OTEL_BSP_SCHEDULE_DELAY)', t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000),
   };

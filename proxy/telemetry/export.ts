@@ -4,7 +4,7 @@
 // what was dropped. Only the export thread loads this module, and only the exporter
 // configured is loaded (the gRPC one brings a whole gRPC stack).
 
-import { createNoopMeter, type Meter, type MeterProvider } from '@opentelemetry/api';
+import { createNoopMeter, TraceFlags, type Meter, type MeterProvider } from '@opentelemetry/api';
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import { defaultResource, detectResources, hostDetector, resourceAttributesEnvDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, ConsoleSpanExporter, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
@@ -50,6 +50,8 @@ class ReportingExporter implements SpanExporter {
   readonly #timeoutMs: number;
   readonly #reports: ExportReports;
   readonly #split: (spans: ReadableSpan[]) => ReadableSpan[][];
+  /** Called with a batch's spans once it is settled (exported or failed). */
+  settled: (spans: ReadableSpan[]) => void = () => {};
 
   constructor(inner: SpanExporter, timeoutMs: number, reports: ExportReports, split: (spans: ReadableSpan[]) => ReadableSpan[][] = (spans) => [spans]) {
     this.#inner = inner; this.#timeoutMs = timeoutMs; this.#reports = reports; this.#split = split;
@@ -65,7 +67,7 @@ class ReportingExporter implements SpanExporter {
       this.#exportPart(parts[i]!, (result) => {
         if (result.code !== ExportResultCode.SUCCESS) failure ??= result;
         if (i + 1 < parts.length) next(i + 1);
-        else resultCallback(failure ?? result);
+        else { this.settled(spans); resultCallback(failure ?? result); }
       });
     };
     next(0);
@@ -154,8 +156,9 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
   // batch is a copy of their bytes (otlp-proto.ts, preEncode), sent in parts of at most
   // MAX_EXPORT_BYTES.
   const own = config.exporter === 'otlp' && config.protocol === 'http/protobuf' ? await import('./otlp-proto.ts') : undefined;
+  const reporting = new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, own ? byEncodedBytes(own.encodedLength) : undefined);
   const processor = new BatchSpanProcessor({
-    exporter: new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, own ? byEncodedBytes(own.encodedLength) : undefined),
+    exporter: reporting,
     maxQueueSize: config.maxQueueSize,
     maxExportBatchSize: config.maxExportBatchSize,
     scheduledDelayMillis: config.scheduledDelayMs,
@@ -169,13 +172,30 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       .merge(resourceFromAttributes({ 'service.name': config.serviceName })),
     scope: { name: 'driftguard' },
   };
+  // Bytes of encoded spans queued or being exported: they live outside this thread's heap
+  // limits (Uint8Arrays), so maxQueueSize alone let a queue of spans at the caps hold 36 MiB.
+  // Counted for every span the processor keeps: sampled ones (sources come only for sampled
+  // requests) before shutdown; it never drops one for a full queue, since the request thread
+  // keeps at most maxQueueSize spans on their way.
+  let queuedBytes = 0;
+  let closing = false;
+  if (own) reporting.settled = (spans) => { for (const s of spans) queuedBytes -= own.encodedLength(s) ?? 0; };
   return {
     add(sources) {
       const spans: ReadableSpan[] = [];
       for (const s of sources) for (const span of spansOf(origin, s)) spans.push(span);
-      for (const span of own ? own.preEncode(spans) : spans) processor.onEnd(span);
+      if (!own) { for (const span of spans) processor.onEnd(span); return; }
+      let refused = 0;
+      for (const span of own.preEncode(spans)) {
+        const bytes = own.encodedLength(span)!;
+        if (!closing && queuedBytes + bytes > config.maxQueueBytes) { refused++; continue; }
+        if (!closing && (span.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0) queuedBytes += bytes;
+        processor.onEnd(span);
+      }
+      if (refused) reports.settled(0, refused, 0);
     },
     async shutdown(flushMs) {
+      closing = true;
       // Flush what is queued, but hold shutdown at most flushMs: the OTLP exporter
       // retries a refused connection until its export timeout (10 s by default), and a pod
       // being stopped should not wait that long for a collector that is not there.

@@ -17,7 +17,7 @@ import { decodeTraces } from '../support/otlp.ts';
 function config(url: string, over: Partial<TracesConfig> = {}): TracesConfig {
   return {
     exporter: 'otlp', protocol: 'http/protobuf', url, serviceName: 'export-thread-test', sampler: 'always_on', samplerArg: 1,
-    exportTimeoutMs: 2_000, maxQueueSize: 64, maxExportBatchSize: 8, scheduledDelayMs: 20, ...over,
+    exportTimeoutMs: 2_000, maxQueueSize: 64, maxQueueBytes: 8 * 1024 * 1024, maxExportBatchSize: 8, scheduledDelayMs: 20, ...over,
   };
 }
 
@@ -134,6 +134,39 @@ t.test('at most maxQueueSize spans on their way: the rest are dropped as queue_f
   // Settled spans free their places in the queue.
   thread.add(source());
   t.equal(thread.counts.dropped.queue_full, 6, 'a place freed by a failed export is taken again');
+});
+
+t.test('at most maxQueueBytes of encoded spans on their way: the rest are dropped as queue_full', async (t) => {
+  // Spans of 2 KiB paths, a collector that never answers, room for 64 spans but 64 KiB of
+  // bytes: about 24 such spans fit. Before, all 64 were kept: at the caps a full queue of
+  // 4,096 held 36 MiB outside the thread's heap.
+  const otlp = await collector();
+  otlp.mode = 'hang';
+  t.teardown(() => otlp.close());
+  const thread = new ExportThread(config(otlp.url + '/v1/traces', { maxQueueSize: 64, maxQueueBytes: 65536, maxExportBatchSize: 8, exportTimeoutMs: 2_000 }), () => {});
+  t.teardown(() => thread.shutdown());
+  const long = () => { const s = source(); return { ...s, record: { ...s.record, path: '/' + 'p'.repeat(2047) } }; };
+  for (let i = 0; i < 64; i++) thread.add(long());
+  await eventually('the thread to refuse what does not fit', async () => thread.counts.dropped.queue_full > 0);
+  const kept = 64 - thread.counts.dropped.queue_full;
+  t.ok(kept >= 16 && kept <= 32, `${kept} of 64 spans kept: 2 to 4 KB each in 64 KiB (a span here is about 2.7 KB)`);
+  t.equal(thread.counts.exported, 0, 'none exported: the collector hangs');
+});
+
+t.test('bytes are freed as spans settle: after a failed export, spans fit again', async (t) => {
+  const otlp = await collector();
+  otlp.mode = 'hang';
+  t.teardown(() => otlp.close());
+  const thread = new ExportThread(config(otlp.url + '/v1/traces', { maxQueueSize: 64, maxQueueBytes: 65536, maxExportBatchSize: 64, scheduledDelayMs: 20, exportTimeoutMs: 300 }), () => {});
+  t.teardown(() => thread.shutdown());
+  const long = () => { const s = source(); return { ...s, record: { ...s.record, path: '/' + 'p'.repeat(2047) } }; };
+  for (let i = 0; i < 20; i++) thread.add(long());
+  await eventually('the first export to fail', async () => thread.counts.dropped.export_failed === 20);
+  for (let i = 0; i < 20; i++) thread.add(long());
+  await eventually('the second export to fail', async () => thread.counts.dropped.export_failed === 40);
+  for (let i = 0; i < 20; i++) thread.add(long());
+  await eventually('the third export to fail', async () => thread.counts.dropped.export_failed === 60);
+  t.equal(thread.counts.dropped.queue_full, 0, 'three rounds of 20 spans (about 54 KB each), none refused: what settled was freed');
 });
 
 t.test('a thread that dies: what it held is counted as export_failed, and a new one starts, not sooner than restartMs', async (t) => {
