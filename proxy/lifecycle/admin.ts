@@ -147,12 +147,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     if (who === undefined) { req.resume(); return; }
     let subject: string;
     try { subject = decodeURIComponent(url.pathname.slice('/quarantine/'.length)); } catch { routes.problem(res, 400, 'Bad Request', 'subject is not valid percent-encoding'); return; }
-    const q = state.monitors.quarantine(subject, state.now());
+    const q = state.monitors.lift(subject, state.now());
     if (!q) { routes.problem(res, 404, 'Not Found', `${subject} is not quarantined`); return; }
-    state.monitors.lift(subject);
-    // Forget the denials that led to it, or the next one would quarantine again at once.
-    const c = state.monitors.consumers.get(subject);
-    if (c) c.denials = [];
     log({ level: 'info', msg: 'quarantine lifted', subject, by: who });
     routes.json(res, 200, { lifted: quarantineView(q) });
   });
@@ -188,6 +184,6 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
   });
 }
 
-function quarantineView(q: { subject: string; sinceMs: number; untilMs: number; mode: string; reasons: readonly string[] }): Record<string, unknown> {
-  return { subject: q.subject, since: new Date(q.sinceMs).toISOString(), until: new Date(q.untilMs).toISOString(), mode: q.mode, reasons: q.reasons };
+function quarantineView(q: { subject: string; key?: string; sinceMs: number; untilMs: number; mode: string; reasons: readonly string[] }): Record<string, unknown> {
+  return { subject: q.subject, ...(q.key !== undefined ? { key: q.key } : {}), since: new Date(q.sinceMs).toISOString(), until: new Date(q.untilMs).toISOString(), mode: q.mode, reasons: q.reasons };
 }

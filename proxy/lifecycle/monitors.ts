@@ -36,7 +36,8 @@ const MAX_CONTRACTS = 16;
  * of 128 bytes, a few operations and reasons, about 2 KiB.
  */
 const CONSUMER_BYTES = 1100;
-const OPERATION_BYTES = 32;
+// An operation's time is a boxed number, and delete-and-set leaves holes until the map rehashes.
+const OPERATION_BYTES = 80;
 const REASON_BYTES = 48;
 const OUTCOME_BYTES = 128;
 const CONTRACT_BYTES = 64;
@@ -63,7 +64,10 @@ export interface ConsumerState {
 }
 
 export interface Quarantine {
+  /** The subject, shortened past 128 characters ("..."): then `key` names the quarantine. */
   readonly subject: string;
+  /** For a subject past 128 characters: its key in the table, what DELETE /quarantine/{key} takes. */
+  readonly key?: string;
   readonly sinceMs: number;
   readonly untilMs: number;
   /** enforce: requests are refused; audit: recorded only. */
@@ -147,15 +151,31 @@ export class MonitorState {
   }
 
   /** Quarantine `subject`; the entry shows the subject shortened (a token may make it kilobytes long). */
-  quarantineFor(subject: string, q: Omit<Quarantine, 'subject'>): void {
-    // A copy, not a slice: V8 makes a slice a view that keeps the whole subject alive.
-    const shown = subject.length > QUARANTINE_SUBJECT_CHARS ? `${Buffer.from(subject.slice(0, QUARANTINE_SUBJECT_CHARS)).toString()}...` : subject;
-    this.quarantined.set(quarantineKey(subject), { subject: shown, ...q });
+  quarantineFor(subject: string, q: Omit<Quarantine, 'subject' | 'key'>): void {
+    const key = quarantineKey(subject);
+    if (key === subject) { this.quarantined.set(key, { subject, ...q }); return; }
+    // Not cut inside a surrogate pair; and a copy, not a slice: V8 makes a slice a view that
+    // keeps the whole subject alive.
+    const cut = /[\uD800-\uDBFF]/.test(subject[QUARANTINE_SUBJECT_CHARS - 1]!) ? QUARANTINE_SUBJECT_CHARS - 1 : QUARANTINE_SUBJECT_CHARS;
+    this.quarantined.set(key, { subject: `${Buffer.from(subject.slice(0, cut)).toString()}...`, key, ...q });
   }
 
-  /** Lift `subject`'s quarantine; whether it had one. */
-  lift(subject: string): boolean {
-    return this.quarantined.delete(quarantineKey(subject));
+  /**
+   * Lift the quarantine an operator names, by subject or by the key GET /quarantine shows for
+   * a long one; returns it if it was in force. The consumer's denials are forgotten with it,
+   * or the next denial would quarantine it again at once.
+   */
+  lift(named: string, now: number): Quarantine | undefined {
+    const key = HASHED_KEY.test(named) ? named : quarantineKey(named);
+    const q = this.#inForce(key, now);
+    if (!q) return undefined;
+    this.quarantined.delete(key);
+    // A subject named by its key is found among the consumers by hashing the long ones.
+    const state = key === named && q.key !== undefined
+      ? [...this.consumers.values()].find((c) => c.subject.length > QUARANTINE_SUBJECT_CHARS && quarantineKey(c.subject) === key)
+      : this.consumers.peek(named);
+    if (state) state.denials = [];
+    return q;
   }
 
   #inForce(key: string, now: number): Quarantine | undefined {
@@ -176,11 +196,14 @@ function consumerBytes(s: ConsumerState, fixed: number): number {
 /**
  * A subject as the quarantine table's key: itself when short (the usual case, and no hashing
  * on the request path), else its hash, so that an entry's size does not follow the subject's.
- * A hash key is padded past the longest short subject, so no subject can be another's key.
+ * A hash key is padded past the longest short subject, so no subject can be another's key,
+ * and is URL-safe (base64url, '~'), so that an operator can name it in DELETE /quarantine/{key}.
  */
 function quarantineKey(subject: string): string {
-  return subject.length <= QUARANTINE_SUBJECT_CHARS ? subject : hash('sha256', subject, 'base64').padEnd(QUARANTINE_SUBJECT_CHARS + 1, '#');
+  return subject.length <= QUARANTINE_SUBJECT_CHARS ? subject : hash('sha256', subject, 'base64url').padEnd(QUARANTINE_SUBJECT_CHARS + 1, '~');
 }
+
+const HASHED_KEY = new RegExp(`^[A-Za-z0-9_-]{43}~{${QUARANTINE_SUBJECT_CHARS + 1 - 43}}$`);
 
 /**
  * Sliding-window log bounded by its threshold: drops times older than `windowMs`, then

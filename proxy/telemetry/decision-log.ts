@@ -5,6 +5,7 @@
 
 import { createWriteStream, openSync, type WriteStream } from 'node:fs';
 import type { LogOutput } from './config.ts';
+import { heldBytes } from '../lib/heap.ts';
 
 const FLUSH_MS = 100;
 const FLUSH_BYTES = 64 * 1024;
@@ -37,12 +38,12 @@ export class DecisionLog {
 
   get enabled(): boolean { return this.#out !== undefined; }
 
-  write(line: string): void {
+  /** `utf8`: the line's UTF-8 length, if the caller has it. */
+  write(line: string, utf8 = Buffer.byteLength(line, 'utf8')): void {
     if (!this.#out) return;
     // Bytes written, or held if more: a line with a character beyond ASCII (a subject, a
     // detail) is written as UTF-8 and held at two bytes a character.
-    const utf8 = Buffer.byteLength(line, 'utf8');
-    const size = (utf8 === line.length ? utf8 : Math.max(utf8, 2 * line.length)) + 1;
+    const size = Math.max(utf8, heldBytes(line.length, utf8)) + 1;
     // Full, but the output can take more: write out what waits first. A line is dropped only
     // while the output cannot keep up, not because a burst outran the flush timer.
     if (this.#bytes + size > this.#maxBytes && !this.#blocked) this.flush();

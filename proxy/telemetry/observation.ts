@@ -193,8 +193,9 @@ export class RequestObservation implements Observation {
     const logged = sink.log.enabled && (r.decision !== 'allow' || sink.allowSampleRate >= 1 || Math.random() < sink.allowSampleRate);
     if (logged || sink.ring.capacity > 0) {
       const line = logLine(r);
-      sink.ring.push(recentEntry(r, line));
-      if (logged) sink.log.write(line);
+      const utf8 = Buffer.byteLength(line, 'utf8');
+      if (sink.ring.capacity > 0) sink.ring.push(recentEntry(r, line, utf8));
+      if (logged) sink.log.write(line, utf8);
     }
   }
 }

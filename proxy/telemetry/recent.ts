@@ -12,7 +12,7 @@ import type { ServerResponse } from 'node:http';
 import { parseDuration } from '../rules/durations.ts';
 import type { AdminRoutes } from '../admin/server.ts';
 import type { DecisionRecord } from './record.ts';
-import { stringBytes } from '../lib/heap.ts';
+import { heldBytes, stringBytes } from '../lib/heap.ts';
 
 /** A decision as the ring keeps it. */
 export interface RecentEntry {
@@ -33,7 +33,8 @@ export interface RecentEntry {
 /** The entry's object, its trace id and warnings, beside its line and subject. */
 const ENTRY_BYTES = 192;
 
-export function recentEntry(r: DecisionRecord, line: string): RecentEntry {
+/** `utf8`: the line's UTF-8 length, which the decision log needs too (one count, not two, per decision). */
+export function recentEntry(r: DecisionRecord, line: string, utf8 = Buffer.byteLength(line, 'utf8')): RecentEntry {
   // The line is a tree of the pieces it was concatenated from (logLine): flattened, the ring
   // keeps one string, not dozens (reading it as a number makes V8 flatten it, as pino's
   // flatstr does).
@@ -43,7 +44,7 @@ export function recentEntry(r: DecisionRecord, line: string): RecentEntry {
     consumer: r.consumer, owner: r.owner, operation: r.operation, line,
     // Heap bytes, not characters: a line with one character beyond Latin-1 (a subject, a
     // detail) is two bytes a character, and the subject is held apart from the line.
-    weight: ENTRY_BYTES + stringBytes(line) + (r.consumer === undefined ? 0 : stringBytes(r.consumer)),
+    weight: ENTRY_BYTES + heldBytes(line.length, utf8) + (r.consumer === undefined ? 0 : stringBytes(r.consumer)),
   };
 }
 

@@ -183,6 +183,22 @@ t.test('a token is weighed by its parsed claims, not its text: 4 KB of empty arr
   t.same(results, [false, false, false, false, true, false], 'the last one is a hit; the first, pushed out, is verified again');
 });
 
+t.test('a token of many short scopes is weighed by its scope set too', async (t) => {
+  // 676 two-letter scopes: about 2 KB of claims, but a string and a set slot each once split
+  // (880 of them held 23.7 KB an entry, measured). Room for 64 KiB: one fits, the next pushes
+  // it out. Weighed by the claims alone, as before, each counted about 3 KB and all stayed.
+  const results: boolean[] = [];
+  const counting: Observer = { begin: () => noopObserver.begin(undefined as never), tokenCache: (hit) => { results.push(hit); } };
+  const w = await world(t, (r) => { r.identity.cache = { maxBytes: 65536 }; }, { observer: counting });
+  const letters = 'abcdefghijklmnopqrstuvwxyz';
+  const scope = ['items.read', ...Array.from({ length: 676 }, (_, i) => letters[Math.floor(i / 26)]! + letters[i % 26]!)].join(' ');
+  const toks = [];
+  for (let i = 0; i < 3; i++) toks.push(await w.tok({ scope }));
+  t.ok(toks.every((x) => x.length < 4096), 'each under maxTokenBytes: cacheable');
+  for (const tok of [...toks, toks[2]!, toks[0]!]) t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200);
+  t.same(results, [false, false, false, true, false], 'the last is a hit; the first, pushed out, is verified again');
+});
+
 t.test('keys from a JWKS file work the same way', async (t) => {
   const { mkdtempSync, writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');

@@ -132,7 +132,7 @@ t.test('a subject too large for the whole table is still kept: alone', async (t)
   const huge = 'spiffe://attacker.example/' + 'a'.repeat(3_000_000);
   m.quarantineFor(huge, { sinceMs: 0, untilMs: Infinity, mode: 'enforce', reasons: [] });
   t.ok(m.quarantine(huge, 1), 'quarantined');
-  t.ok(m.lift(huge) && !m.quarantine(huge, 1), 'and lifted by the same subject');
+  t.ok(m.lift(huge, 1) && !m.quarantine(huge, 1), 'and lifted by the same subject');
   m.consumer('short', 'automation', undefined, 0);
   t.equal(m.consumers.size, 1);
   m.consumer(huge, 'automation', undefined, 0);

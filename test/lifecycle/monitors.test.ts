@@ -281,6 +281,34 @@ t.test('quarantine: K denials in the window refuse everything for the period; li
   await after.text();
 });
 
+t.test('quarantine of a subject past 128 characters: listed shortened with its key, lifted by the key', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { quarantine: { denials: 2, window: '1m', period: '5m' } }, (r) => { r.consumers.unknown = 'allow'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // An emoji across the cut: the shortened subject must not end in half of it.
+  const long = 'spiffe://example.test/ns/app/sa/' + 'a'.repeat(95) + '😀' + 'b'.repeat(3000);
+  const weak = await w.token({ sub: long, scope: 'items.read' });
+  const good = await w.token({ sub: long });
+  for (let i = 0; i < 2; i++) await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }), 'insufficient-scope', 403);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(good) }), 'consumer-quarantined', 403);
+  const listed = (await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string; key: string }[] }).quarantined;
+  t.equal(listed.length, 1);
+  t.equal(listed[0]!.subject, long.slice(0, 127) + '...', 'shortened, before the emoji rather than inside it');
+  t.match(listed[0]!.key, /^[A-Za-z0-9_-]{43}~{86}$/, 'its key, URL-safe');
+  t.equal((await fetch(`${dg.admin}/quarantine/${encodeURIComponent(listed[0]!.subject)}`, { method: 'DELETE' })).status, 404, 'the shortened subject names nothing');
+  const lift = await fetch(`${dg.admin}/quarantine/${listed[0]!.key}`, { method: 'DELETE' });
+  t.equal(lift.status, 200, 'lifted by the key GET /quarantine shows (before: it could not be lifted by what was listed)');
+  await lift.text();
+  const ok = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  t.equal(ok.status, 200);
+  await ok.text();
+  // Its denials were forgotten with it: one more does not quarantine it again at once.
+  await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }), 'insufficient-scope', 403);
+  const again = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  t.equal(again.status, 200, 'not quarantined again by one denial');
+  await again.text();
+});
+
 t.test('quarantine in audit mode forwards, lists and records', async (t) => {
   const w = await world();
   const dg = await startLifecycle(only(w, { quarantine: { mode: 'audit', denials: 2 } }));
