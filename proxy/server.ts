@@ -20,6 +20,7 @@ import { contractHeaders } from './decision/headers.ts';
 import { noopObserver, type Observer, type Observation } from './observe.ts';
 import { AdminRoutes, createAdminServer } from './admin/server.ts';
 import type { ReloadStatus } from './reload.ts';
+import type { TableFill } from './lib/heap.ts';
 
 /** What the probe listener serves. */
 const PROBE_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
@@ -61,6 +62,11 @@ export interface Driftguard {
   onSwap(listener: (g: Generation) => void): void;
   /** Reload results, shown by /readyz (set by the reloader). */
   reloadStatus?: ReloadStatus;
+  /**
+   * The bounded tables, by name, read when metrics are scraped (driftguard_table_*): the
+   * verified-token cache here, the others added by the features that keep them.
+   */
+  readonly tables: Map<string, () => TableFill>;
   /** Requests being handled now, WebSocket tunnels included. */
   readonly inFlight: number;
   /** WebSocket handshakes being decided and the tunnels they became, until they close. */
@@ -320,6 +326,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   const self: Driftguard = {
     traffic, admin, routes, listening, ...(probes ? { probes } : {}),
+    tables: new Map([['token_cache', () => generation.identity.cacheFill()]]),
     get inFlight() { return responses.size + tunnels.size; },
     get tunnels() { return tunnels.size; },
     get generation() { return generation; },

@@ -11,7 +11,7 @@ import type { Credential } from '../pipeline/types.ts';
 import { IdentityUnavailableError, fileKeySet, RemoteKeySet, type KeySet, type SingleKey } from './jwks.ts';
 import { discoveredKeySet, kubernetesSubject } from './cluster.ts';
 import { jwtSvidKeys, spiffeSubject, trustDomainOf } from './spiffe.ts';
-import { jsonBytes, stringBytes } from '../lib/heap.ts';
+import { jsonBytes, lruFill, stringBytes, type TableFill } from '../lib/heap.ts';
 
 export type VerifyFailure =
   | { readonly reason: 'invalid-credential'; readonly detail: string }
@@ -89,6 +89,11 @@ export class Identity {
     // an entry is weighed by its parsed claims (jsonBytes), not by the token's length. The
     // chart's heap is 96 MiB.
     if (rules.cache.maxEntries > 0) this.#cache = new LRUCache({ max: rules.cache.maxEntries, maxSize: rules.cache.maxBytes });
+  }
+
+  /** How full the verified-token cache is (driftguard_table_*). */
+  cacheFill(): TableFill {
+    return this.#cache ? lruFill(this.#cache) : { entries: 0, fill: 0 };
   }
 
   /** Fetch every remote key set once. Rejects when one cannot be fetched (refresh goes on). */

@@ -46,3 +46,14 @@ export function jsonBytes(value: unknown): number {
   }
   return bytes;
 }
+
+/** How full a bounded table is: its entries, and the share of its bound in use (0 to 1). */
+export interface TableFill {
+  readonly entries: number;
+  readonly fill: number;
+}
+
+/** An lru-cache's fill: by count, or by weight where it has a maxSize, whichever is fuller. */
+export function lruFill(c: { readonly size: number; readonly max: number; readonly maxSize: number; readonly calculatedSize: number }): TableFill {
+  return { entries: c.size, fill: Math.max(c.max ? c.size / c.max : 0, c.maxSize ? c.calculatedSize / c.maxSize : 0) };
+}

@@ -18,6 +18,7 @@ import type { RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { record, windowFull } from './monitors.ts';
 import { WOULD_DENY, countForwarded } from './checks.ts';
+import { lruFill } from '../lib/heap.ts';
 
 type ListKind = 'file' | 'url';
 const LIST_KINDS: readonly ListKind[] = ['file', 'url'];
@@ -181,6 +182,12 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     observer,
     deps: { lifecycle: state },
     attach(dg) {
+      const m = state.monitors;
+      dg.tables.set('consumers', () => lruFill(m.consumers));
+      dg.tables.set('fingerprints', () => lruFill(m.fingerprints));
+      dg.tables.set('idempotency_keys', () => lruFill(m.keys));
+      dg.tables.set('quarantines', () => lruFill(m.quarantined));
+      dg.tables.set('revocations', () => ({ entries: state.revocations.size, fill: state.revocations.size / state.config.revocation.maxEntries }));
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => { state.use(g.rules); void followLists(); });
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });

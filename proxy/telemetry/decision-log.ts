@@ -5,7 +5,7 @@
 
 import { createWriteStream, openSync, type WriteStream } from 'node:fs';
 import type { LogOutput } from './config.ts';
-import { heldBytes } from '../lib/heap.ts';
+import { heldBytes, type TableFill } from '../lib/heap.ts';
 
 const FLUSH_MS = 100;
 const FLUSH_BYTES = 64 * 1024;
@@ -37,6 +37,11 @@ export class DecisionLog {
   }
 
   get enabled(): boolean { return this.#out !== undefined; }
+
+  /** Lines waiting for the output, and their share of maxBufferBytes. */
+  fill(): TableFill {
+    return { entries: this.#pending.length, fill: this.#bytes / this.#maxBytes };
+  }
 
   /** `utf8`: the line's UTF-8 length, if the caller has it. */
   write(line: string, utf8 = Buffer.byteLength(line, 'utf8')): void {

@@ -46,6 +46,8 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
     attach(d) {
       // /metrics exists only from here on, so the collected gauges always have a driftguard.
       instruments.collect(d, traces.counts, decisionLog);
+      d.tables.set('recent_decisions', () => sink.ring.fill());
+      d.tables.set('decision_log_buffer', () => decisionLog.fill());
       d.routes.add('GET', '/metrics', (_req, res) => {
         const text = instruments.registry.text();
         res.writeHead(200, { 'content-type': CONTENT_TYPE, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });

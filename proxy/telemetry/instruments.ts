@@ -43,6 +43,11 @@ export class Instruments {
       return [[['success'], s?.succeeded ?? 0], [['failure'], s?.failed ?? 0]];
     }));
     r.add(new Collected('driftguard_rules_info', 'The rules in force (hash of the rules file), always 1.', 'gauge', ['hash'], () => [[[dg.generation.rules.hash], 1]]));
+    const tables = () => [...dg.tables].map(([name, fill]) => [name, fill()] as const);
+    r.add(new Collected('driftguard_table_entries', 'Entries held in each bounded table: token_cache, consumers, fingerprints, idempotency_keys, quarantines, revocations, recent_decisions, decision_log_buffer.', 'gauge', ['table'],
+      () => tables().map(([name, f]) => [[name], f.entries] as const)));
+    r.add(new Collected('driftguard_table_fill_ratio', 'Share of each bounded table\'s bound in use, 0 to 1 (of its count or its weight, whichever is fuller): at 1, its least recently used entries are being pushed out (revocations: writes are refused; the decision log: lines are dropped).', 'gauge', ['table'],
+      () => tables().map(([name, f]) => [[name], f.fill] as const)));
     r.add(new Collected('driftguard_in_flight_requests', 'Requests being handled now, WebSocket tunnels included.', 'gauge', [], () => [[[], dg.inFlight]]));
     r.add(new Collected('driftguard_websocket_tunnels', 'Open WebSocket tunnels, and handshakes being decided.', 'gauge', [], () => [[[], dg.tunnels]]));
     processMetrics(r);

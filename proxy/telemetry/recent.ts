@@ -12,7 +12,7 @@ import type { ServerResponse } from 'node:http';
 import { parseDuration } from '../rules/durations.ts';
 import type { AdminRoutes } from '../admin/server.ts';
 import type { DecisionRecord } from './record.ts';
-import { heldBytes, stringBytes } from '../lib/heap.ts';
+import { heldBytes, stringBytes, type TableFill } from '../lib/heap.ts';
 
 /** A decision as the ring keeps it. */
 export interface RecentEntry {
@@ -95,6 +95,10 @@ export class Ring {
     this.#bytes -= this.#items[oldest]!.weight;
     this.#items[oldest] = undefined;
     this.#size--;
+  }
+
+  fill(): TableFill {
+    return { entries: this.#size, fill: this.capacity ? Math.max(this.#size / this.capacity, this.#bytes / this.#maxBytes) : 0 };
   }
 
   /** Newest first. */

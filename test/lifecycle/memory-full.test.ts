@@ -146,6 +146,11 @@ t.test(`every table full at the defaults, under NODE_OPTIONS="${nodeOptions}"`, 
   const metrics = await (await fetch(dg.admin + '/metrics')).text();
   const metric = (re: RegExp) => Number(re.exec(metrics)?.[1] ?? NaN);
   t.ok(metric(/^driftguard_decision_log_dropped_total (\d+)/m) > 0, 'the decision log buffer full: lines dropped');
+  // Every table at its bound, by its own account (count or weight, whichever is fuller).
+  for (const table of ['token_cache', 'consumers', 'fingerprints', 'idempotency_keys', 'quarantines', 'revocations', 'recent_decisions', 'decision_log_buffer']) {
+    const fill = metric(new RegExp(`^driftguard_table_fill_ratio\\{table="${table}"\\} ([\\d.e-]+)`, 'm'));
+    t.ok(fill > 0.95 && fill <= 1, `${table}: ${fill} of its bound in use`);
+  }
   t.ok(metric(/^driftguard_spans_dropped_total\{cause="queue_full"\} (\d+)/m) > 0, 'the span queue full: spans dropped');
   // The container's memory limit holds the peak (235-256 MiB measured, the export thread and
   // the node binary's own pages included): a pod over its limit is killed.

@@ -70,6 +70,11 @@ t.test('/metrics parses as Prometheus text and its counters move', async (t) => 
   t.ok((sample(m1, 'driftguard_added_latency_seconds_count', { decision: 'allow' }) ?? 0) >= 2, 'driftguard\'s own latency is observed');
   t.ok((sample(m1, 'driftguard_upstream_duration_seconds_count') ?? 0) >= 2, 'upstream time is observed separately');
   t.equal(sample(m1, 'driftguard_in_flight_requests'), 0);
+  // One valid token verified and cached.
+  t.equal(sample(m1, 'driftguard_table_entries', { table: 'token_cache' }), 1, 'the token cache holds the one valid token');
+  const fill = sample(m1, 'driftguard_table_fill_ratio', { table: 'token_cache' }) ?? NaN;
+  t.ok(fill > 0 && fill < 0.01, `and is far from full: ${fill}`);
+  t.ok((sample(m1, 'driftguard_table_entries', { table: 'recent_decisions' }) ?? 0) >= 3, 'the ring holds the decisions');
 });
 
 
