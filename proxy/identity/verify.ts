@@ -268,7 +268,6 @@ export function keySetKey(iss: IssuerRules): string {
   return JSON.stringify([iss.issuer, iss.profile, iss.jwks]);
 }
 
-/** RFC 9068 `scope` (space-separated), or an `scp` array where the issuer uses one. */
 /**
  * What a cache entry holds, estimated from above: its claims, and the scope set built from
  * them (a string and a set slot each: 880 two-letter scopes held six times the claims' weight
@@ -280,6 +279,7 @@ function entryBytes(credential: Credential): number {
   return bytes;
 }
 
+/** RFC 9068 `scope` (space-separated), or an `scp` array where the issuer uses one. */
 function scopesOf(payload: JWTPayload): ReadonlySet<string> {
   if (typeof payload.scope === 'string') return new Set(payload.scope.split(' ').filter(Boolean));
   const scp = payload.scp;
