@@ -4,6 +4,7 @@
 //   DELETE /revocations/{id}       lift an admin API revocation
 //   GET    /quarantine             consumers in quarantine
 //   DELETE /quarantine/{subject}   lift a quarantine early (subject URL-encoded)
+//   DELETE /quarantine?key=K       the same for a subject past 128 characters, by its listed key
 //   GET    /consumers              the owner view: every known consumer and what it has been doing
 // Writes need `Authorization: Bearer <admin credential>` from revocation.adminCredentialFile,
 // compared in constant time; without that file, writes are accepted from loopback clients
@@ -140,6 +141,17 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     const now = state.now();
     const list = state.monitors.quarantines(now);
     routes.json(res, 200, { quarantined: list.map(quarantineView) });
+  });
+
+  // A long subject's quarantine, by the key GET /quarantine shows for it.
+  routes.add('DELETE', '/quarantine', (req, res, url) => {
+    const who = authorize(ctx, req, res, routes);
+    if (who === undefined) { req.resume(); return; }
+    const key = url.searchParams.get('key') ?? '';
+    const q = state.monitors.liftKey(key, state.now());
+    if (!q) { routes.problem(res, 404, 'Not Found', 'no quarantine has this key (?key= as GET /quarantine shows it)'); return; }
+    log({ level: 'info', msg: 'quarantine lifted', subject: q.subject, key, by: who });
+    routes.json(res, 200, { lifted: quarantineView(q) });
   });
 
   routes.add('DELETE', /^\/quarantine\/.+$/, (req, res, url) => {

@@ -187,7 +187,11 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       dg.tables.set('fingerprints', () => lruFill(m.fingerprints));
       dg.tables.set('idempotency_keys', () => lruFill(m.keys));
       dg.tables.set('quarantines', () => lruFill(m.quarantined));
-      dg.tables.set('revocations', () => ({ entries: state.revocations.size, fill: state.revocations.size / state.config.revocation.maxEntries }));
+      // In force only (ended ones are dropped lazily), and at most 1 when a reload lowered the bound.
+      dg.tables.set('revocations', () => {
+        const entries = state.revocations.prune(state.now());
+        return { entries, fill: Math.min(1, entries / state.config.revocation.maxEntries) };
+      });
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => { state.use(g.rules); void followLists(); });
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });

@@ -66,7 +66,7 @@ export interface ConsumerState {
 export interface Quarantine {
   /** The subject, shortened past 128 characters ("..."): then `key` names the quarantine. */
   readonly subject: string;
-  /** For a subject past 128 characters: its key in the table, what DELETE /quarantine/{key} takes. */
+  /** For a subject past 128 characters: its key in the table, what DELETE /quarantine?key= takes. */
   readonly key?: string;
   readonly sinceMs: number;
   readonly untilMs: number;
@@ -161,20 +161,34 @@ export class MonitorState {
   }
 
   /**
-   * Lift the quarantine an operator names, by subject or by the key GET /quarantine shows for
-   * a long one; returns it if it was in force. The consumer's denials are forgotten with it,
-   * or the next denial would quarantine it again at once.
+   * Lift `subject`'s quarantine; returns it if it was in force. The consumer's denials are
+   * forgotten with it, or the next denial would quarantine it again at once.
    */
-  lift(named: string, now: number): Quarantine | undefined {
-    const key = HASHED_KEY.test(named) ? named : quarantineKey(named);
+  lift(subject: string, now: number): Quarantine | undefined {
+    const q = this.#lift(quarantineKey(subject), now);
+    if (q) { const state = this.consumers.peek(subject); if (state) state.denials = []; }
+    return q;
+  }
+
+  /**
+   * Lift the quarantine of a long subject by the key GET /quarantine shows for it. A key has
+   * its own parameter, not the subject's place: a subject can be any string, another's key
+   * included, and read as a key it would lift that other quarantine.
+   */
+  liftKey(key: string, now: number): Quarantine | undefined {
+    if (!HASHED_KEY.test(key)) return undefined;
+    const q = this.#lift(key, now);
+    if (q) {
+      // Its consumer is found by hashing the long subjects held (an admin action, not per request).
+      const state = [...this.consumers.values()].find((c) => c.subject.length > QUARANTINE_SUBJECT_CHARS && quarantineKey(c.subject) === key);
+      if (state) state.denials = [];
+    }
+    return q;
+  }
+
+  #lift(key: string, now: number): Quarantine | undefined {
     const q = this.#inForce(key, now);
-    if (!q) return undefined;
-    this.quarantined.delete(key);
-    // A subject named by its key is found among the consumers by hashing the long ones.
-    const state = key === named && q.key !== undefined
-      ? [...this.consumers.values()].find((c) => c.subject.length > QUARANTINE_SUBJECT_CHARS && quarantineKey(c.subject) === key)
-      : this.consumers.peek(named);
-    if (state) state.denials = [];
+    if (q) this.quarantined.delete(key);
     return q;
   }
 
@@ -197,7 +211,7 @@ function consumerBytes(s: ConsumerState, fixed: number): number {
  * A subject as the quarantine table's key: itself when short (the usual case, and no hashing
  * on the request path), else its hash, so that an entry's size does not follow the subject's.
  * A hash key is padded past the longest short subject, so no subject can be another's key,
- * and is URL-safe (base64url, '~'), so that an operator can name it in DELETE /quarantine/{key}.
+ * and is URL-safe (base64url, '~'), so that an operator can name it in DELETE /quarantine?key=.
  */
 function quarantineKey(subject: string): string {
   return subject.length <= QUARANTINE_SUBJECT_CHARS ? subject : hash('sha256', subject, 'base64url').padEnd(QUARANTINE_SUBJECT_CHARS + 1, '~');

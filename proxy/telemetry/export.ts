@@ -186,12 +186,16 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       for (const s of sources) for (const span of spansOf(origin, s)) spans.push(span);
       if (!own) { for (const span of spans) processor.onEnd(span); return; }
       let refused = 0;
+      const kept: ReadableSpan[] = [];
       for (const span of own.preEncode(spans)) {
         const bytes = own.encodedLength(span)!;
         if (!closing && queuedBytes + bytes > config.maxQueueBytes) { refused++; continue; }
         if (!closing && (span.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0) queuedBytes += bytes;
-        processor.onEnd(span);
+        kept.push(span);
       }
+      // A message's spans share one buffer: when some were refused, the kept ones take their
+      // own bytes, or the refused ones' would stay in memory, uncounted, as long as they live.
+      for (const span of kept) processor.onEnd(refused ? own.detached(span) : span);
       if (refused) reports.settled(0, refused, 0);
     },
     async shutdown(flushMs) {

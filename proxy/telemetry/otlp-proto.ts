@@ -414,6 +414,14 @@ export function preEncode(spans: readonly ReadableSpan[]): ReadableSpan[] {
   return encoded;
 }
 
+/**
+ * A span encoded ahead with a copy of its own bytes: it no longer keeps its message's shared
+ * buffer alive (what export.ts does for the spans it keeps of a message it partly refused).
+ */
+export function detached(span: ReadableSpan): ReadableSpan {
+  return span instanceof EncodedSpan ? new EncodedSpan(span, span.bytes.slice()) : span;
+}
+
 /** The bytes a span was encoded to ahead (preEncode), or undefined if it was not. */
 export function encodedLength(span: ReadableSpan): number | undefined {
   return span instanceof EncodedSpan ? span.bytes.length : undefined;

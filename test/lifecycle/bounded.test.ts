@@ -127,6 +127,22 @@ t.test('a consumer is weighed again as its state grows', async (t) => {
   t.ok(m.consumers.calculatedSize >= 2, `40 reasons later: ${m.consumers.calculatedSize} units (before: still 1)`);
 });
 
+t.test('a subject that is another\'s key lifts its own quarantine, not the other\'s', async (t) => {
+  // A subject can be any string, a long subject's key included: read as a key, lifting it
+  // by subject would lift the other (found by a review helper).
+  const { monitors: m } = await harness(t, String);
+  const q = { sinceMs: 0, untilMs: Infinity, mode: 'enforce' as const, reasons: [] };
+  const victim = 'spiffe://example.test/' + 'v'.repeat(200);
+  m.quarantineFor(victim, q);
+  const key = m.quarantines(1)[0]!.key!;
+  m.quarantineFor(key, q);
+  t.equal(m.quarantines(1).length, 2, 'two quarantines: the victim\'s and that of the subject spelled like its key');
+  const lifted = m.lift(key, 1);
+  t.ok(lifted && lifted.key !== key, 'lifted by subject: that subject\'s own quarantine (under its own hash), not the victim\'s');
+  t.ok(m.quarantine(victim, 1), 'the victim is still quarantined');
+  t.ok(m.liftKey(key, 1) && !m.quarantine(victim, 1), 'lifted by its key, through liftKey only');
+});
+
 t.test('a subject too large for the whole table is still kept: alone', async (t) => {
   const { monitors: m } = await harness(t, String);
   const huge = 'spiffe://attacker.example/' + 'a'.repeat(3_000_000);

@@ -11,7 +11,7 @@ import { TraceState } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
-import { encodeSpans, preEncode } from '../../proxy/telemetry/otlp-proto.ts';
+import { detached, encodeSpans, encodedLength, preEncode } from '../../proxy/telemetry/otlp-proto.ts';
 import { decodeTraces } from '../support/otlp.ts';
 import { spansOf, type SpanSource } from '../../proxy/telemetry/spans.ts';
 import type { DecisionRecord } from '../../proxy/telemetry/record.ts';
@@ -166,6 +166,18 @@ for (const [name, spans] of Object.entries(cases)) {
     t.ok(Buffer.from(encodeSpans(first)).equals(reference), 'still the same bytes after another message was encoded');
   });
 }
+
+t.test('a span detached from its message holds only its own bytes, and encodes the same', async (t) => {
+  // The export thread keeps some spans of a message it partly refused (maxQueueBytes): the
+  // kept ones must not hold the refused ones' bytes alive through the shared buffer.
+  const spans = preEncode(driftguardSpans());
+  const reference = Buffer.from(encodeSpans(spans));
+  const own = spans.map(detached);
+  t.ok(spans.length > 1 && (spans[0] as unknown as { bytes: Uint8Array }).bytes.buffer === (spans[1] as unknown as { bytes: Uint8Array }).bytes.buffer, 'a message\'s spans share one buffer');
+  t.ok(own.every((s) => (s as unknown as { bytes: Uint8Array }).bytes.buffer.byteLength === encodedLength(s)), 'each detached span\'s buffer is its own bytes only');
+  t.ok(Buffer.from(encodeSpans(own)).equals(reference), 'and a batch of them is the same bytes');
+  t.equal(own[0]!.spanContext(), spans[0]!.spanContext(), 'with what the processor reads');
+});
 
 t.test('a span encoded ahead keeps what the batch processor reads, and nothing it was built from', async (t) => {
   const [server] = driftguardSpans();
