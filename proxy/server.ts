@@ -107,7 +107,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   });
 
   const traffic = createServer({
-    maxHeaderSize: 16 * 1024, requestTimeout: 0, keepAliveTimeout: 5_000,
+    maxHeaderSize: 16 * 1024, keepAliveTimeout: 5_000,
+    // The whole request must arrive within proxy.timeouts.request: without it, a client that
+    // trickled its body just under clientIdle held an upstream connection as long as it
+    // liked. Node checks it every connectionsCheckingInterval.
+    requestTimeout: rules.proxy.timeouts.requestMs,
+    connectionsCheckingInterval: checkingInterval(rules.proxy.timeouts.requestMs),
     // Only a WebSocket handshake becomes an upgrade; any other Upgrade (h2c, which Java's
     // HttpClient offers on every plain request) is a hop-by-hop header, dropped, and the
     // request is served as HTTP/1.1.
@@ -351,6 +356,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       for (const k of shared) if (!kept.has(k)) k.close();
       generation = g;
       traffic.timeout = next.proxy.timeouts.clientIdleMs;
+      // The checking interval was set at start: a reload to a much shorter limit is checked less often.
+      traffic.requestTimeout = next.proxy.timeouts.requestMs;
       for (const listener of swapListeners) listener(g);
       if (old.forwarder !== g.forwarder) setTimeout(() => { void old.forwarder.close(); }, 30_000).unref();
     },
@@ -413,4 +420,9 @@ function upstreamTarget(ctx: RequestContext): string {
 /** Read and discard what is left of a denied request's body, so keep-alive survives. */
 function drain(req: IncomingMessage): void {
   if (!req.complete) req.resume();
+}
+
+/** How often Node checks requestTimeout: a quarter of it, between 250 ms and 30 s (Node's default). */
+function checkingInterval(requestMs: number): number {
+  return requestMs === 0 ? 30_000 : Math.min(30_000, Math.max(250, Math.floor(requestMs / 4)));
 }

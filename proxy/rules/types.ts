@@ -19,6 +19,8 @@ export interface ProxyRules {
     readonly responseMs: number;
     /** Longest silence on a client's connection while its request is handled; 0: none. */
     readonly clientIdleMs: number;
+    /** The whole request, headers and body, must arrive within this (0: no limit). */
+    readonly requestMs: number;
     /** Longest silence in both directions of a WebSocket tunnel before it is closed; 0: none. */
     readonly tunnelIdleMs: number;
   };

@@ -317,3 +317,28 @@ t.test('a client connection silent while its request is handled is closed after 
     t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, `${name}: the upstream connection is free again`);
   }
 });
+
+t.test('a client trickling its body under clientIdle is cut off at proxy.timeouts.request, which frees the upstream connection', async (t) => {
+  const w = await world(t, (r) => { r.proxy.connections = 1; r.proxy.timeouts = { connect: '500ms', response: '1s', clientIdle: '1500ms', request: '1s' }; });
+  w.up.handler = (req, res) => { req.resume(); req.on('end', () => res.end('ok')); };
+  // 1,000 bytes announced, one sent every 300 ms: never silent for clientIdle, done in 300 s.
+  const opened = performance.now();
+  const c = stalled(w.port, 'GET /status HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nA');
+  const drip = setInterval(() => c.socket.write('A'), 300);
+  t.teardown(() => { clearInterval(drip); c.socket.destroy(); });
+  t.ok(await until(() => w.up.seen.length === 1), 'the trickled upload reaches the upstream and holds the pool\'s one connection');
+  t.ok(await until(() => w.dg.dg.inFlight === 0, 5_000), 'closed by driftguard (before: held for as long as the client trickled)');
+  const closedAfter = performance.now() - opened;
+  t.ok(closedAfter >= 900 && closedAfter < 3_000, `after about the request limit and its checking interval (${closedAfter.toFixed(0)} ms)`);
+  clearInterval(drip);
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'the upstream connection is free again');
+});
+
+t.test('a slow upload that completes within proxy.timeouts.request goes through whole', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts = { response: '1s', clientIdle: '1500ms', request: '3s' }; });
+  const c = stalled(w.port, 'GET /status HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nA');
+  t.teardown(() => c.socket.destroy());
+  for (let i = 0; i < 4; i++) { await new Promise((r) => setTimeout(r, 300)); c.socket.write('A'); }
+  t.ok(await until(() => /^HTTP\/1\.1 200/.test(c.text())), 'answered 200 after 1.2 s of trickling');
+  t.equal(w.up.seen.at(-1)?.bodyBytes, 5, 'the whole body reached the upstream');
+});
