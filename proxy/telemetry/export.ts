@@ -175,11 +175,19 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
   // Bytes of encoded spans queued or being exported: they live outside this thread's heap
   // limits (Uint8Arrays), so maxQueueSize alone let a queue of spans at the caps hold 36 MiB.
   // Counted for every span the processor keeps: sampled ones (sources come only for sampled
-  // requests) before shutdown; it never drops one for a full queue, since the request thread
-  // keeps at most maxQueueSize spans on their way.
+  // requests) before shutdown. The spans are counted too, and refused here at maxQueueSize:
+  // the processor then never drops one for its own full queue, which would leave its bytes
+  // counted for good (the request thread keeps to maxQueueSize as well, but this does not
+  // rest on it).
   let queuedBytes = 0;
+  let queuedSpans = 0;
   let closing = false;
-  if (own) reporting.settled = (spans) => { for (const s of spans) queuedBytes -= own.encodedLength(s) ?? 0; };
+  if (own) {
+    reporting.settled = (spans) => {
+      for (const s of spans) queuedBytes -= own.encodedLength(s) ?? 0;
+      queuedSpans -= spans.length;
+    };
+  }
   return {
     add(sources) {
       const spans: ReadableSpan[] = [];
@@ -189,8 +197,8 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       const kept: ReadableSpan[] = [];
       for (const span of own.preEncode(spans)) {
         const bytes = own.encodedLength(span)!;
-        if (!closing && queuedBytes + bytes > config.maxQueueBytes) { refused++; continue; }
-        if (!closing && (span.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0) queuedBytes += bytes;
+        if (!closing && (queuedBytes + bytes > config.maxQueueBytes || queuedSpans >= config.maxQueueSize)) { refused++; continue; }
+        if (!closing && (span.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0) { queuedBytes += bytes; queuedSpans++; }
         kept.push(span);
       }
       // A message's spans share one buffer: when some were refused, the kept ones take their

@@ -6,6 +6,7 @@
 
 import t from 'tap';
 import { ExportThread } from '../../proxy/telemetry/export-thread.ts';
+import { spanExport } from '../../proxy/telemetry/export.ts';
 import type { TracesConfig } from '../../proxy/telemetry/config.ts';
 import type { SpanSource } from '../../proxy/telemetry/spans.ts';
 import type { DecisionRecord } from '../../proxy/telemetry/record.ts';
@@ -167,6 +168,34 @@ t.test('bytes are freed as spans settle: after a failed export, spans fit again'
   for (let i = 0; i < 20; i++) thread.add(long());
   await eventually('the third export to fail', async () => thread.counts.dropped.export_failed === 60);
   t.equal(thread.counts.dropped.queue_full, 0, 'three rounds of 20 spans (about 54 KB each), none refused: what settled was freed');
+});
+
+t.test('the export side refuses spans past maxQueueSize itself: none is dropped inside the processor with its bytes still counted', async (t) => {
+  // Driven directly, without the request thread's own count (export-thread.ts), which keeps
+  // the processor's queue from filling. Found by a review helper: had the processor dropped
+  // spans for its full queue, their bytes would have stayed counted for good, and after a
+  // few rounds no span fitted in maxQueueBytes any more: tracing would stop silently.
+  const otlp = await collector();
+  otlp.mode = 'hang';
+  t.teardown(() => otlp.close());
+  const counts = { exported: 0, queueFull: 0, failed: 0 };
+  const exp = await spanExport(config(otlp.url + '/v1/traces', { maxQueueSize: 4, maxQueueBytes: 65536, maxExportBatchSize: 4, scheduledDelayMs: 20, exportTimeoutMs: 300 }), {
+    settled(e, q, f) { counts.exported += e; counts.queueFull += q; counts.failed += f; },
+    failed() {},
+  });
+  t.teardown(() => exp.shutdown(100));
+  const long = () => { const s = source(); return { ...s, record: { ...s.record, path: '/' + 'p'.repeat(2047) } }; };
+  const round = async (make: () => SpanSource, n: number, settledBefore: number) => {
+    exp.add(Array.from({ length: n }, make));
+    await eventually('the round to settle', async () => counts.exported + counts.failed + counts.queueFull === settledBefore + n);
+  };
+  await round(long, 30, 0);
+  await round(() => source(), 30, 30);
+  otlp.mode = 'ok';
+  await round(long, 30, 60);
+  t.equal(counts.exported, 4, 'the last round still exports a full queue (before: none, the bytes of spans the processor dropped were still counted)');
+  t.equal(counts.failed, 8, 'the hanging rounds failed what they kept: maxQueueSize each');
+  t.equal(counts.queueFull, 78, 'the rest refused as queue_full');
 });
 
 t.test('a thread that dies: what it held is counted as export_failed, and a new one starts, not sooner than restartMs', async (t) => {
