@@ -45,16 +45,23 @@ export interface ExportReports {
  * what was dropped. A batch that `split` cuts in parts goes out as one export request per
  * part, one after the other; the batch has succeeded when every part has.
  */
+interface BatchParts {
+  readonly split?: (spans: ReadableSpan[]) => ReadableSpan[][];
+  readonly settled?: (spans: ReadableSpan[]) => void;
+}
+
 class ReportingExporter implements SpanExporter {
   readonly #inner: SpanExporter;
   readonly #timeoutMs: number;
   readonly #reports: ExportReports;
   readonly #split: (spans: ReadableSpan[]) => ReadableSpan[][];
-  /** Called with a batch's spans once it is settled (exported or failed). */
-  settled: (spans: ReadableSpan[]) => void = () => {};
+  readonly #settled: (spans: ReadableSpan[]) => void;
 
-  constructor(inner: SpanExporter, timeoutMs: number, reports: ExportReports, split: (spans: ReadableSpan[]) => ReadableSpan[][] = (spans) => [spans]) {
-    this.#inner = inner; this.#timeoutMs = timeoutMs; this.#reports = reports; this.#split = split;
+  /** `split` cuts a batch in parts; `settled` is called with a batch's spans once it is exported or failed. */
+  constructor(inner: SpanExporter, timeoutMs: number, reports: ExportReports, parts: BatchParts = {}) {
+    this.#inner = inner; this.#timeoutMs = timeoutMs; this.#reports = reports;
+    this.#split = parts.split ?? ((spans) => [spans]);
+    this.#settled = parts.settled ?? (() => {});
   }
 
   export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
@@ -67,7 +74,7 @@ class ReportingExporter implements SpanExporter {
       this.#exportPart(parts[i]!, (result) => {
         if (result.code !== ExportResultCode.SUCCESS) failure ??= result;
         if (i + 1 < parts.length) next(i + 1);
-        else { this.settled(spans); resultCallback(failure ?? result); }
+        else { this.#settled(spans); resultCallback(failure ?? result); }
       });
     };
     next(0);
@@ -156,9 +163,25 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
   // batch is a copy of their bytes (otlp-proto.ts, preEncode), sent in parts of at most
   // MAX_EXPORT_BYTES.
   const own = config.exporter === 'otlp' && config.protocol === 'http/protobuf' ? await import('./otlp-proto.ts') : undefined;
-  const reporting = new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, own ? byEncodedBytes(own.encodedLength) : undefined);
+  // Bytes of encoded spans queued or being exported: they live outside this thread's heap
+  // limits (Uint8Arrays), so maxQueueSize alone let a queue of spans at the caps hold 36 MiB.
+  // Counted for every span the processor keeps: sampled ones (sources come only for sampled
+  // requests) before shutdown. The spans are counted too, and refused here at maxQueueSize:
+  // the processor then never drops one for its own full queue, which would leave its bytes
+  // counted for good (the request thread keeps to maxQueueSize as well, but this does not
+  // rest on it).
+  let queuedBytes = 0;
+  let queuedSpans = 0;
+  let closing = false;
+  const parts: BatchParts = own ? {
+    split: byEncodedBytes(own.encodedLength),
+    settled: (spans) => {
+      for (const s of spans) queuedBytes -= own.encodedLength(s) ?? 0;
+      queuedSpans -= spans.length;
+    },
+  } : {};
   const processor = new BatchSpanProcessor({
-    exporter: reporting,
+    exporter: new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, parts),
     maxQueueSize: config.maxQueueSize,
     maxExportBatchSize: config.maxExportBatchSize,
     scheduledDelayMillis: config.scheduledDelayMs,
@@ -172,22 +195,6 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       .merge(resourceFromAttributes({ 'service.name': config.serviceName })),
     scope: { name: 'driftguard' },
   };
-  // Bytes of encoded spans queued or being exported: they live outside this thread's heap
-  // limits (Uint8Arrays), so maxQueueSize alone let a queue of spans at the caps hold 36 MiB.
-  // Counted for every span the processor keeps: sampled ones (sources come only for sampled
-  // requests) before shutdown. The spans are counted too, and refused here at maxQueueSize:
-  // the processor then never drops one for its own full queue, which would leave its bytes
-  // counted for good (the request thread keeps to maxQueueSize as well, but this does not
-  // rest on it).
-  let queuedBytes = 0;
-  let queuedSpans = 0;
-  let closing = false;
-  if (own) {
-    reporting.settled = (spans) => {
-      for (const s of spans) queuedBytes -= own.encodedLength(s) ?? 0;
-      queuedSpans -= spans.length;
-    };
-  }
   return {
     add(sources) {
       const spans: ReadableSpan[] = [];
