@@ -43,6 +43,7 @@ const table = {
   'deprecated-operation': { status: 403, title: 'Deprecated operation', action: 'Move to the replacement operation named in the response.' },
 
   // --- credential lifecycle (proxy/lifecycle) ---
+  'revocation-list-unavailable': { status: 503, title: 'Revocation list unavailable', action: 'Retry after the Retry-After seconds: driftguard has not yet been able to read the revocation list it checks every token against.' },
   'credential-revoked': { status: 401, title: 'Credential revoked', action: 'Stop using this token: it, its task, its consumer or its signing key was revoked. Ask the consumer\'s owner; a new token works only once the revocation is lifted or has ended.' },
   'consumer-quarantined': { status: 403, title: 'Consumer quarantined', action: 'Stop and page the consumer\'s owner: too many denials in a short time quarantined this consumer. An operator lifts it early with DELETE /quarantine/{subject}; otherwise it ends by itself.' },
   'task-binding-required': { status: 403, title: 'Task binding required', action: 'Get a token issued for this one task (with the task claim, e.g. task_id) and short enough for the operation\'s sensitivity.' },

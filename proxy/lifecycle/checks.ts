@@ -16,6 +16,7 @@ import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record } from './monitors.ts';
 import { bodyFingerprint } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
+import { UNREAD_RETRY_MS } from './lists.ts';
 
 export const WOULD_DENY = 'lifecycle.would_deny';
 
@@ -38,6 +39,11 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
     run(ctx) {
       const c = ctx.credential;
       if (!c) return undefined;
+      // Fail closed: the revocation list URL has not been read since it was configured
+      // (its server is down at start-up, say), so this credential may be on it.
+      if (state.revocations.unread) {
+        return verdict(ctx, r.mode, { reason: 'revocation-list-unavailable', detail: 'the revocation list has not been read yet', retryAfter: Math.ceil(Math.min(r.intervalMs, UNREAD_RETRY_MS) / 1000) });
+      }
       const hit = state.revocations.match(c, credentials.taskClaim, ctx.now);
       if (!hit) return undefined;
       ctx.extra['revocation.id'] = hit.id;

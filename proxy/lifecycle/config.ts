@@ -136,7 +136,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
     try { new URL(r.url); } catch { fail(['revocation', 'url'], `"${r.url}" is not a URL`); }
   }
   const intervalMs = timer(['revocation', 'interval'], r.interval);
-  if (intervalMs > 0 && intervalMs < 1000) fail(['revocation', 'interval'], 'must be at least 1s');
+  if (intervalMs < 1000) fail(['revocation', 'interval'], 'must be at least 1s');
   const revocation: RevocationConfig = Object.freeze({
     mode: r.mode, ...(file !== undefined ? { file } : {}), ...(r.url !== undefined ? { url: r.url } : {}),
     intervalMs, timeoutMs: timer(['revocation', 'timeout'], r.timeout),

@@ -36,7 +36,7 @@ export interface LifecycleOptions {
 }
 
 /** Denials that say nothing about the consumer's behaviour, so they never lead to quarantine. */
-const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable']);
+const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable', 'revocation-list-unavailable']);
 
 export async function lifecycle(rules: Rules, log: Log, options: LifecycleOptions = {}): Promise<Feature> {
   const now = options.now ?? Date.now;

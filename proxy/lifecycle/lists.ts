@@ -143,6 +143,8 @@ function isRecord(x: unknown): x is Record<string, unknown> {
  * sidecar's memory or stall it for seconds.
  */
 export const MAX_LIST_BYTES = 8 * 1024 * 1024;
+/** How soon a list URL that has never been read is tried again (at most its interval). */
+export const UNREAD_RETRY_MS = 5_000;
 const TOO_LARGE = `the list is larger than ${MAX_LIST_BYTES / 2 ** 20} MiB`;
 
 function isProblems(x: Revocation[] | RulesProblem[]): x is RulesProblem[] {
@@ -168,6 +170,7 @@ export class ListSource {
   /** Where to read: the file, or the full URL (which may carry a credential in its query). */
   readonly #target: string;
   #timer?: NodeJS.Timeout;
+  #closed = false;
   #seen = '';
   #etag?: string;
   /**
@@ -191,6 +194,9 @@ export class ListSource {
     this.#timeoutMs = options.timeoutMs;
     this.#target = location;
     this.status = { location: kind === 'url' ? redactUrl(location) : location, entries: 0 };
+    // A file is read before the source starts (start-up stops if it cannot be); a URL may
+    // fail, and until it has been read once no credential passes (checks.ts, revocation).
+    if (kind === 'url') store.expect('url');
   }
 
   /** First read. The file must be valid (a RulesError naming the list's line otherwise); the URL may fail (reported). */
@@ -201,7 +207,17 @@ export class ListSource {
     } else {
       await this.refresh();
     }
-    this.#timer = setInterval(() => { void this.refresh(); }, intervalMs);
+    this.#schedule(intervalMs);
+  }
+
+  /**
+   * The next read, once this one is done (a slow fetch never overlaps the next). A URL never
+   * read yet is tried again within UNREAD_RETRY_MS: every credential is refused until it is.
+   */
+  #schedule(intervalMs: number): void {
+    if (this.#closed) return;
+    const wait = this.#kind === 'url' && this.status.lastSuccessAt === undefined ? Math.min(intervalMs, UNREAD_RETRY_MS) : intervalMs;
+    this.#timer = setTimeout(() => { void this.refresh().then(() => this.#schedule(intervalMs)); }, wait);
     this.#timer.unref();
   }
 
@@ -217,7 +233,10 @@ export class ListSource {
 
   get kind(): 'file' | 'url' { return this.#kind; }
 
-  close(): void { clearInterval(this.#timer); }
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+  }
 
   #readFile(): RulesProblem[] | undefined {
     const file = this.#target;

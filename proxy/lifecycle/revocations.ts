@@ -54,7 +54,25 @@ export class RevocationStore {
    */
   readonly #index = new Map<RevocationKind, Map<string, string | Set<string>>>(REVOCATION_KINDS.map((k) => [k, new Map()]));
 
+  /** List sources expected and never read yet: every credential is refused until they are. */
+  readonly #unread = new Set<Exclude<RevocationSource, 'admin'>>();
+  /** List sources that have delivered a list (an empty one included) at least once. */
+  readonly #read = new Set<Exclude<RevocationSource, 'admin'>>();
+
   get size(): number { return this.#byKey.size; }
+
+  /**
+   * A list of this source is in force from now on: until one is read (or the source is
+   * removed, which replaces it with an empty list), `unread` is true and the revocation check
+   * refuses every credential, since any of them may be on it. Once a list has been read, a
+   * source that fails later, or is switched to a new location that fails, keeps it in force.
+   */
+  expect(source: Exclude<RevocationSource, 'admin'>): void {
+    if (!this.#read.has(source)) this.#unread.add(source);
+  }
+
+  /** Some expected list has never been read. */
+  get unread(): boolean { return this.#unread.size > 0; }
 
   /** The revocation with this id: the admin API's, else a list's (which only its list may lift). */
   get(id: string): Revocation | undefined {
@@ -94,6 +112,8 @@ export class RevocationStore {
   replaceSource(source: Exclude<RevocationSource, 'admin'>, list: readonly Revocation[]): void {
     for (const r of [...this.#byKey.values()]) if (r.source === source) this.remove(source, r.id);
     for (const r of list) this.add(r);
+    this.#read.add(source);
+    this.#unread.delete(source);
   }
 
   countSource(source: RevocationSource): number {

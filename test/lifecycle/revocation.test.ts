@@ -386,6 +386,9 @@ t.test('configuration errors name the file, line and field', async (t) => {
   t.match(text, /:\d+:\d+: revocation\.adminCredentialFile: cannot read .*missing-file: ENOENT/);
   t.match(text, /:\d+:\d+: revocation\.interval: must be at least 1s/);
   for (const p of err.problems) t.ok(p.line > 0, `${p.field} has a line`);
+  // 0s too: it meant a list URL fetched every millisecond.
+  const zero = t.throws(() => loadRules(writeRules(w.rules((r) => { r.revocation = { url: 'http://127.0.0.1:9/list.json', interval: '0s' }; }), mkdtempSync(join(tmpdir(), 'dg-config-'))))) as RulesError;
+  t.match(zero.message, /:\d+:\d+: revocation\.interval: must be at least 1s/);
 
   // A broken list file stops start-up with the list's own file, line and field.
   const listFile = join(dir, 'list.json');
@@ -412,19 +415,55 @@ t.test('configuration errors name the file, line and field', async (t) => {
   await started.close();
 });
 
-t.test('not ready until the revocation list URL has been applied once', async (t) => {
+t.test('until the revocation list URL has been read once: not ready, and every credential refused', async (t) => {
   const w = await world();
   let up = false;
+  let fetches = 0;
   const server = createServer((_req, res) => {
+    fetches++;
     if (!up) { res.writeHead(503).end(); return; }
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ revocations: [] }));
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ revocations: [{ kind: 'jti', value: 'stolen-jti', reason: 'leaked' }] }));
   });
   const port = await listen(server);
-  const dg = await startLifecycle(w.rules((r) => { r.revocation = { url: `http://127.0.0.1:${port}/list.json`, interval: '1s', timeout: '500ms' }; }));
+  // An interval longer than the test: the retries below come from the unread list's own retry.
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { url: `http://127.0.0.1:${port}/list.json`, interval: '10m', timeout: '500ms' }; }));
   t.teardown(async () => { await dg.close(); await close(server); await w.close(); });
   const down = await fetch(`${dg.admin}/readyz`);
   t.equal(down.status, 503, 'a sidecar that does not know what is revoked is not ready');
   t.match(((await down.json()) as { reasons: string[] }).reasons, [/revocation list URL not fetched yet/]);
+
+  // Readiness alone does not stop traffic (a pod IP, a port-forward): the check itself refuses.
+  const stolen = await w.token({ omit: ['jti'], claims: { jti: 'stolen-jti' } });
+  const clean = await w.token({ omit: ['jti'], claims: { jti: 'clean-jti' } });
+  for (const tok of [stolen, clean]) {
+    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+    t.equal(res.headers.get('retry-after'), '5', 'retry after the unread list\'s own retry, not the 10m interval');
+    await problem(t, res, 'revocation-list-unavailable', 503);
+  }
+  t.equal(w.up.seen.length, 0, 'nothing reached the upstream');
+
   up = true;
-  t.ok(await until(async () => (await fetch(`${dg.admin}/readyz`).then(async (r) => { await r.text(); return r.status; })) === 200, 4000), 'ready after the first good fetch');
+  t.ok(await until(async () => (await fetch(`${dg.admin}/readyz`).then(async (r) => { await r.text(); return r.status; })) === 200, 8000), 'ready after the first good fetch, well before the interval');
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(stolen) }), 'credential-revoked', 401);
+  const ok = await fetch(`${dg.url}/items/1`, { headers: bearer(clean) });
+  await ok.text();
+  t.equal(ok.status, 200);
+  t.equal(w.up.seen.length, 1, 'only the clean token reached the upstream');
+  // Once read, the list is fetched every interval again, not every 5 s.
+  const after = fetches;
+  await new Promise((r) => setTimeout(r, 6000));
+  t.equal(fetches, after, 'no fetch within the next 6 s');
+});
+
+t.test('an unread list URL in audit mode: forwarded, with the would-deny reported', async (t) => {
+  const w = await world();
+  const server = createServer((_req, res) => { res.writeHead(503).end(); });
+  const port = await listen(server);
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { mode: 'audit', url: `http://127.0.0.1:${port}/list.json`, interval: '10m', timeout: '500ms' }; }));
+  t.teardown(async () => { await dg.close(); await close(server); await w.close(); });
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  await res.text();
+  t.equal(res.status, 200);
+  t.match(res.headers.get('driftguard-warning') ?? '', /revocation-list-unavailable/);
+  t.equal(w.up.seen.length, 1);
 });
