@@ -1,13 +1,17 @@
 // Which headers cross driftguard. Hop-by-hop headers (RFC 9110 §7.6.1), every header the
-// Connection header names, method-override headers (a stale client must not turn an
-// allowed POST into a DELETE behind our back), and anything claiming to come from
-// driftguard are dropped; X-Forwarded-* are rewritten.
+// Connection header names, override headers (a stale client must not turn an allowed POST
+// into a DELETE, or one path into another, behind our back), and anything claiming to come
+// from driftguard are dropped; X-Forwarded-* are rewritten. A request header whose name has
+// an underscore is dropped too, as nginx and Apache do: CGI-style upstreams (WSGI, Rack, PHP)
+// read `Driftguard_Consumer` as `Driftguard-Consumer`, and `X_HTTP_Method_Override` as the
+// override, so removing the hyphenated spelling alone would let a caller forge either.
 
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer',
   'upgrade', 'expect', 'proxy-authorization', 'proxy-authenticate',
 ]);
-const METHOD_OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-override']);
+/** Method overrides, and the URL overrides IIS, Symfony and Zend route by. */
+const OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url', 'x-override-url']);
 const REWRITTEN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
 
 function connectionNamed(value: string | string[] | undefined): Set<string> | undefined {
@@ -36,7 +40,7 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
     if (lower === 'host') { host = raw[i + 1]!; out.push(name, raw[i + 1]!); continue; }
     if (lower === 'x-forwarded-for') { forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]; continue; }
     // A header driftguard sets itself (traceparent, tracestate) replaces the caller's.
-    if (HOP_BY_HOP.has(lower) || METHOD_OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || named?.has(lower) || Object.hasOwn(own, lower) || (ownTrace && lower === 'tracestate')) continue;
+    if (HOP_BY_HOP.has(lower) || OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || lower.includes('_') || named?.has(lower) || Object.hasOwn(own, lower) || (ownTrace && lower === 'tracestate')) continue;
     out.push(name, raw[i + 1]!);
   }
   const client = remoteAddress ?? 'unknown';
@@ -58,7 +62,7 @@ export function clientResponseHeaders(headers: Record<string, string | string[] 
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined) continue;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || METHOD_OVERRIDE.has(lower) || named?.has(lower) || lower.startsWith('driftguard-')) continue;
+    if (HOP_BY_HOP.has(lower) || OVERRIDE.has(lower) || named?.has(lower) || lower.startsWith('driftguard-')) continue;
     out[lower] = value;
   }
   return out;

@@ -155,6 +155,24 @@ t.test('hop-by-hop, Connection-named and method-override headers never reach the
     t.equal(seen.method, 'GET');
     t.notOk(Object.keys(seen.headers).some((k) => k.includes('method')), `${name} removed`);
   }
+  // URL overrides, by which IIS, Symfony and Zend route: removed too.
+  for (const name of ['X-Original-URL', 'X-Rewrite-URL', 'X-Override-URL']) {
+    const before = w.up.seen.length;
+    const r = await w.call('GET', '/items/1', { token: tok, headers: { [name]: '/admin' } });
+    t.equal(r.status, 200);
+    t.notOk(name.toLowerCase() in w.up.seen[before]!.headers, `${name} removed`);
+  }
+  // Underscore spellings: a CGI-style upstream (WSGI, Rack, PHP) reads Driftguard_Consumer as
+  // Driftguard-Consumer and X_HTTP_Method_Override as the override. Any name with '_' is dropped.
+  {
+    const before = w.up.seen.length;
+    const r = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nDriftguard_Consumer: spiffe://forged\r\nDriftguard_Decision: allow\r\nX_HTTP_Method_Override: DELETE\r\nX_Forwarded_Host: evil.example\r\nX-Plain: kept\r\n\r\n`);
+    t.equal(r.status, 200);
+    const h = w.up.seen[before]!.headers;
+    t.notOk(Object.keys(h).some((k) => k.includes('_')), 'no header with an underscore reaches the upstream');
+    t.equal(h['x-plain'], 'kept', 'other headers still do');
+    t.equal(h['x-forwarded-host'], 'api.test');
+  }
   // And the other way round: a POST with an override naming an allowed method is still the POST.
   const denied = await w.call('POST', '/items/1/archive', { token: await w.tok({ contract: '2026-01' }), headers: { 'X-HTTP-Method-Override': 'GET' }, body: '{}' });
   t.equal(denied.status, 409);
