@@ -1,7 +1,10 @@
 // Maps method and canonical path to an operation of the contract. Unknown operations are
 // denied: a stale automation calling a path the contract no longer has is the very case
 // driftguard exists for. Literal segments win over variables at every level; the query
-// string never takes part.
+// string never takes part. Literals are matched exactly, but many upstream routers are not
+// (Express by default, ASP.NET Core): a segment that a variable would take, and that differs
+// from a literal beside it only in case, is refused, or `/items/EXPORT` would be decided as
+// getItem(id=EXPORT) and run by the upstream as exportItems.
 
 import type { Check } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
@@ -9,13 +12,18 @@ import { parseTemplate } from '../rules/templates.ts';
 
 interface Node {
   readonly literals: Map<string, Node>;
+  /** Lower-cased literals, where a variable sits beside them. */
+  folded?: Set<string>;
   variable?: Node;
   operation?: Operation;
 }
 
+/** The segment at `index` differs from a literal beside a variable only in case. */
+export interface CaseMismatch { readonly caseOf: string; readonly index: number }
+
 const node = (): Node => ({ literals: new Map() });
 
-export function buildMatcher(operations: readonly Operation[]): (method: string, segments: readonly string[]) => Operation | undefined {
+export function buildMatcher(operations: readonly Operation[]): (method: string, segments: readonly string[]) => Operation | CaseMismatch | undefined {
   const roots = new Map<string, Node>();
   for (const op of operations) {
     const template = parseTemplate(op.path);
@@ -33,15 +41,24 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     }
     at.operation = op;
   }
+  const fold = (at: Node): void => {
+    if (at.variable && at.literals.size > 0) at.folded = new Set([...at.literals.keys()].map((l) => l.toLowerCase()));
+    for (const next of at.literals.values()) fold(next);
+    if (at.variable) fold(at.variable);
+  };
+  for (const root of roots.values()) fold(root);
 
-  function walk(at: Node, segments: readonly string[], i: number): Operation | undefined {
+  function walk(at: Node, segments: readonly string[], i: number): Operation | CaseMismatch | undefined {
     if (i === segments.length) return at.operation;
-    const literal = at.literals.get(segments[i]!);
+    const segment = segments[i]!;
+    const literal = at.literals.get(segment);
     if (literal) {
       const found = walk(literal, segments, i + 1);
       if (found) return found;
     }
-    return at.variable ? walk(at.variable, segments, i + 1) : undefined;
+    if (!at.variable) return undefined;
+    if (!literal && at.folded?.has(segment.toLowerCase())) return { caseOf: segment, index: i };
+    return walk(at.variable, segments, i + 1);
   }
 
   return (method, segments) => {
@@ -61,6 +78,7 @@ export function operationLookup(rules: Rules): Check {
     run(ctx) {
       const op = match(ctx.req.method ?? '', ctx.target!.segments);
       if (!op) return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract ${rules.contract.current}` };
+      if ('caseOf' in op) return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract ${rules.contract.current}: path segment ${op.index + 1} differs from the contract's only in case, and paths are matched exactly` };
       ctx.operation = op;
       return undefined;
     },

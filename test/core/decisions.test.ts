@@ -239,3 +239,27 @@ t.test('HEAD needs the GET\'s permission', async (t) => {
   t.equal(b.status, 403);
   t.equal(w.up.seen.length, 1);
 });
+
+t.test('a segment that differs from a literal beside a variable only in case is refused, not matched to the variable', async (t) => {
+  // Express (by default) and ASP.NET Core route case-insensitively: /items/EXPORT would run
+  // exportItems upstream while driftguard decided getItem(id=EXPORT), with getItem's scopes.
+  const w = await world(t, (r) => {
+    r.contract.operations.push({ id: 'exportItems', method: 'GET', path: '/items/export', scopes: ['items.admin'], sensitivity: 'high' });
+  });
+  const reader = await w.tok({ scope: 'items.read' });
+  const exact = await w.call('GET', '/items/export', { token: reader });
+  t.equal(exact.status, 403);
+  t.equal(exact.json.code, 'insufficient-scope', 'the literal: exportItems needs items.admin');
+  for (const path of ['/items/EXPORT', '/items/Export', '/items/eXport']) {
+    const r = await w.call('GET', path, { token: reader });
+    t.equal(r.status, 403, path);
+    t.equal(r.json.code, 'unknown-operation');
+    t.match(r.json.detail, /path segment 2 differs from the contract's only in case/);
+  }
+  t.equal(w.up.seen.length, 0, 'none reached the upstream');
+  // Any other value is the variable's, and a deeper literal still backtracks to it.
+  t.equal((await w.call('GET', '/items/exports', { token: reader })).status, 200);
+  t.equal((await w.call('GET', '/items/1', { token: reader })).status, 200);
+  // Where no variable sits beside the literal, another case is simply no operation.
+  t.equal((await w.call('GET', '/Items', { token: reader })).json.code, 'unknown-operation');
+});
