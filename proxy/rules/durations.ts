@@ -34,9 +34,28 @@ export function parseDurationOr0(text: string): number {
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 export const TIMER_TOO_LONG = 'must be at most 24d (2^31 - 1 ms, the longest timer Node.js can set; a longer one would fire at once)';
 
-/** Epoch milliseconds of an ISO 8601 date (midnight UTC) or date-time with offset. */
+const TIME = /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(?:(Z)|([+-])(\d{2}):(\d{2})))?$/;
+
+/**
+ * Epoch milliseconds of an ISO 8601 date (midnight UTC) or date-time with an offset, and
+ * nothing else. Date.parse alone took `1` as 2001, `12/01/2027` and `2027-12-01 10:00` in the
+ * process's time zone, and rolled `2027-02-30` over to March 2: a revocation's typo could end
+ * it at once, and a sunset move by days.
+ */
 export function parseTime(text: string): number {
-  const value = /^\d{4}-\d{2}-\d{2}$/.test(text) ? Date.parse(text + 'T00:00:00Z') : Date.parse(text);
-  if (!Number.isFinite(value)) throw new TypeError(`not an ISO 8601 time: ${JSON.stringify(text)}`);
-  return value;
+  const m = TIME.exec(text);
+  const bad = (): never => { throw new TypeError(`not an ISO 8601 time: ${JSON.stringify(text.length > 64 ? text.slice(0, 64) + '...' : text)} (use 2027-12-01 or 2027-12-01T10:00:00Z)`); };
+  if (!m) return bad();
+  const [year, month, day, hour, minute, second] = [1, 2, 3, 4, 5, 6].map((i) => Number(m[i] ?? 0)) as [number, number, number, number, number, number];
+  const fraction = m[7] ? Number(m[7]) : 0;
+  const offset = m[9] ? (m[9] === '-' ? -1 : 1) * (Number(m[10]) * 60 + Number(m[11])) : 0;
+  if (m[9] && (Number(m[10]) > 23 || Number(m[11]) > 59)) return bad();
+  if (hour > 23 || minute > 59 || second > 59) return bad();
+  // setUTCFullYear, not Date.UTC, which reads years 0-99 as 1900-1999.
+  const back = new Date(0);
+  back.setUTCFullYear(year, month - 1, day);
+  back.setUTCHours(hour, minute, second);
+  // A day or month out of range rolls over: 2027-02-30 would read back as March.
+  if (back.getUTCFullYear() !== year || back.getUTCMonth() !== month - 1 || back.getUTCDate() !== day) return bad();
+  return back.getTime() + Math.floor(fraction * 1000) - offset * 60_000;
 }

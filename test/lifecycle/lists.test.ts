@@ -45,6 +45,18 @@ t.test('problems in a JSON list name the line and field of each', async (t) => {
   t.match(problems[1]!.message, 'unknown field "colour"');
 });
 
+t.test('an end that is not an ISO 8601 time that exists is a problem, not a date Date.parse guessed', async (t) => {
+  // Date.parse took 1 as 2001 (the revocation ended long ago: never enforced), read
+  // '2027-12-01 10:00' in the process's time zone, and rolled 2027-02-30 over to March 2.
+  const ends = [1, '1', '12/01/2027', 'Dec 1 2027', '2027-12-01 10:00', '2027-02-30', '2027-12-01T10:00:00'];
+  const text = JSON.stringify({ revocations: ends.map((end, i) => ({ kind: 'jti', value: `j${i}`, reason: 'r', end })) }, null, 1);
+  const problems = parseList(text, 'list.json', 'file', NOW) as RulesProblem[];
+  t.same(problems.map((p) => p.field), ends.map((_, i) => `revocations[${i}].end`));
+  t.ok(problems.every((p) => /not an ISO 8601 time/.test(p.message)));
+  const good = parseList(JSON.stringify({ revocations: [{ kind: 'jti', value: 'j', reason: 'r', end: '2027-12-01T10:00:00+02:00' }, { kind: 'jti', value: 'k', reason: 'r', end: '2028-02-29' }] }), 'list.json', 'file', NOW);
+  t.match(good, [{ endMs: Date.parse('2027-12-01T08:00:00Z') }, { endMs: Date.parse('2028-02-29T00:00:00Z') }]);
+});
+
 t.test('a list that is not one says so, at its first line', async (t) => {
   for (const text of ['{}', '42', 'revocations: 3\n']) {
     const [p, ...rest] = parseList(text, 'list', 'file', NOW) as RulesProblem[];

@@ -101,6 +101,9 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'upstream response timeout longer than a timer can wait', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 25d }\n'), line: 6, field: 'proxy.timeouts.response' },
   { name: 'tunnel idle timeout longer than a timer can wait', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts:\n    tunnelIdle: P30D\n'), line: 7, field: 'proxy.timeouts.tunnelIdle' },
   { name: 'client idle timeout not longer than the response timeout', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 30s, clientIdle: 30s }\n'), line: 6, field: 'proxy.timeouts.clientIdle' },
+  // Times are ISO 8601 only and must exist: Date.parse rolled 2026-02-30 over to March 2.
+  { name: 'deprecation since a day that does not exist', text: edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/x').replace('2026-01-01', '2026-02-30')}`), line: 31, field: 'contract.operations[1].deprecated.since' },
+  { name: 'deprecation since at hour 24', text: edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/x').replace('2026-01-01', '2026-01-01T24:00:00Z')}`), line: 31, field: 'contract.operations[1].deprecated.since' },
   { name: 'revocation interval longer than a timer can wait', text: VALID + 'revocation:\n  interval: 25d\n', line: 31, field: 'revocation.interval' },
   { name: 'body timeout longer than a timer can wait', text: VALID + 'monitors:\n  bodyTimeout: 600h\n', line: 31, field: 'monitors.bodyTimeout' },
 ];
