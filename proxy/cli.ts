@@ -81,6 +81,9 @@ async function main(argv: string[]): Promise<number> {
         if (values.help) { process.stdout.write(USAGE.check + '\n'); return 0; }
         if (positionals.length !== 1) return usageError('check takes exactly one FILE', 'check');
         const { loadRules } = await import('./rules/load.ts');
+        // The feature modules' own checks too, as `run` has them: without them `check` passed
+        // files that `run` refused (a delegation subject not in the registry, say).
+        await import('./lifecycle/config.ts');
         try {
           const rules = loadRules(positionals[0]!);
           process.stdout.write(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract ${rules.contract.current})\n`);

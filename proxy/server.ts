@@ -60,6 +60,8 @@ export interface Driftguard {
   swap(rules: Rules): Promise<void>;
   /** Call `listener` each time a reload puts a new generation in force (not when one is rejected). */
   onSwap(listener: (g: Generation) => void): void;
+  /** Called with new rules before a swap: a listener that throws rejects the reload (and changes nothing). */
+  onPrepare(listener: (rules: Rules) => void | Promise<void>): void;
   /** Reload results, shown by /readyz (set by the reloader). */
   reloadStatus?: ReloadStatus;
   /**
@@ -295,6 +297,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const routes = new AdminRoutes();
   const readinessChecks: (() => string | undefined)[] = [];
   const swapListeners: ((g: Generation) => void)[] = [];
+  const prepareListeners: ((rules: Rules) => void | Promise<void>)[] = [];
   const notReady = (): string[] => {
     const why: string[] = [];
     if (draining) why.push('shutting down');
@@ -339,7 +342,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     get notReady() { return notReady(); },
     addReadinessCheck(check) { readinessChecks.push(check); },
     onSwap(listener) { swapListeners.push(listener); },
+    onPrepare(listener) { prepareListeners.push(listener); },
     async swap(next: Rules) {
+      for (const prepare of prepareListeners) await prepare(next);
       const old = generation;
       const g = buildGeneration(next, old, options.deps, onTokenCache);
       const shared = new Set(old.identity.keySets().values());

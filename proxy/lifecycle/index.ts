@@ -13,8 +13,8 @@ import type { Decision, RequestContext } from '../pipeline/types.ts';
 import type { ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
 import { Journal, replay } from './journal.ts';
-import { ListSource } from './lists.ts';
-import type { RevocationConfig } from './config.ts';
+import { ListSource, checkListFile } from './lists.ts';
+import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { record, windowFull } from './monitors.ts';
 import { WOULD_DENY, countForwarded } from './checks.ts';
@@ -124,6 +124,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         const current = sources.find((s) => s.kind === kind);
         const wanted = settingsOf(c, kind);
         if (current && settings.get(current) === wanted) continue;
+        if (!current && wanted === undefined) continue;
         if (kind === 'url' && current) retire(current);
         if (wanted !== undefined) {
           try {
@@ -191,6 +192,12 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       dg.tables.set('revocations', () => {
         const entries = state.revocations.prune(state.now());
         return { entries, fill: Math.min(1, entries / state.config.revocation.maxEntries) };
+      });
+      // A new list file must be readable before the reload is taken (checkListFile).
+      dg.onPrepare((next) => {
+        const c = configOf(next).revocation;
+        const current = sources.find((s) => s.kind === 'file');
+        if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now());
       });
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => { state.use(g.rules); void followLists(); });

@@ -159,6 +159,19 @@ export interface SourceStatus {
   lastError?: string;
 }
 
+/**
+ * Read and parse a list file without applying it: a reload to rules naming a list file that
+ * is broken is refused with the list's file:line, as start-up is, instead of being taken
+ * while the old list silently stays in force. Throws a RulesError.
+ */
+export function checkListFile(file: string, now: number): void {
+  let st;
+  try { st = statSync(file); } catch (err) { throw new RulesError([{ file, line: 1, column: 1, field: '', message: `cannot read the revocation list: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]); }
+  if (st.size > MAX_LIST_BYTES) throw new RulesError([{ file, line: 1, column: 1, field: '', message: TOO_LARGE }]);
+  const parsed = parseList(readFileSync(file, 'utf8'), file, 'file', now);
+  if (isProblems(parsed)) throw new RulesError(parsed);
+}
+
 /** Keep a list source's revocations in the store, refreshed every interval. */
 export class ListSource {
   readonly status: SourceStatus;

@@ -42,6 +42,13 @@ t.test('check: exit 0 for a valid file, 1 naming file:line and field for an inva
   t.match(no.stderr, 'proxy.mode');
   t.match(no.stderr, `${bad}:5:`);
   t.match(no.stderr, 'identity.issuers');
+  // The lifecycle sections' own checks, which `run` applies: `check` passed this file before.
+  const lifecycleBad = writeRules(baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/jwks.json', (r) => {
+    r.delegation = { consumers: [{ subject: 'spiffe://nobody', actors: [] }] };
+  }));
+  const lc = await cli(['check', lifecycleBad]);
+  t.equal(lc.code, 1, 'a delegation subject not in the registry');
+  t.match(lc.stderr, new RegExp(`${lifecycleBad}:\\d+:\\d+: delegation\\.consumers\\[0\\]\\.subject`));
   t.equal((await cli(['check'])).code, 2, 'no file');
   t.equal((await cli(['check', '/nonexistent.yaml'])).code, 1, 'a file that cannot be read');
 });

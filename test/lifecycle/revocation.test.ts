@@ -336,9 +336,17 @@ t.test('a reload that points revocation.file elsewhere, or drops it, changes the
   };
   t.equal(await status(), 401, 'a.yaml revokes the agent');
 
-  await reload('broken.yaml');
-  t.ok(await until(() => dg.logs.some((l) => l.msg === 'revocation list not changed by the reload: the new list cannot be read; the previous one stays in force')), 'a new list that cannot be read is reported');
+  // A reload naming a broken list is refused with the list's file and line, as start-up is
+  // (before: it was taken, and only a log line said the old list stayed in force).
+  const inForce = dg.dg.generation.rules.hash;
+  await t.rejects(reload('broken.yaml'), { name: 'RulesError', message: new RegExp(`${join(dir, 'broken.yaml')}:2:\\d+: revocations\\[0\\]`) });
+  t.equal(dg.dg.generation.rules.hash, inForce, 'the rules in force did not change');
   t.equal(await status(), 401, 'and the previous list stays in force');
+  // Mended, the same rules are taken.
+  writeFileSync(join(dir, 'broken.yaml'), 'revocations:\n  - kind: task\n    value: task-8\n    reason: mended\n');
+  await dg.dg.swap(loadRules(dg.file));
+  t.ok(await until(async () => (await listed()).join() === 'task-8'), 'the mended list is in force');
+  t.equal(await status(), 200);
 
   await reload('b.yaml');
   t.ok(await until(async () => (await listed()).join() === 'task-9'), 'b.yaml is in force (before: a.yaml went on being polled and applied)');
@@ -346,7 +354,10 @@ t.test('a reload that points revocation.file elsewhere, or drops it, changes the
 
   await reload(undefined);
   t.ok(await until(async () => (await listed()).length === 0), 'without revocation.file its revocations are lifted');
-  t.ok(dg.logs.some((l) => l.msg === 'revocation list removed by the reload; its revocations are lifted'));
+  t.equal(dg.logs.filter((l) => l.msg === 'revocation list removed by the reload; its revocations are lifted').length, 1, 'said once, for the file');
+  // A reload of rules with no list at all says nothing of lists (before: "removed" for both kinds, every time).
+  await dg.dg.swap(loadRules(dg.file));
+  t.equal(dg.logs.filter((l) => l.msg === 'revocation list removed by the reload; its revocations are lifted').length, 1, 'nothing removed when nothing was there');
 });
 
 t.test('a revocation list file is read at start and re-read when it changes', async (t) => {
