@@ -72,6 +72,8 @@ export interface DiscoveredKeySetOptions {
   readonly cooldownMs: number;
   readonly timeoutMs: number;
   readonly select?: KeySelection;
+  /** The issuer's algorithms: a fetched set without a key for them is a failed fetch. */
+  readonly algorithms?: readonly string[];
   readonly now?: () => number;
 }
 
@@ -140,6 +142,7 @@ export function discoveredKeySet(o: DiscoveredKeySetOptions): RemoteKeySet {
     ca: (url) => caFor(url),
     headers: (url) => (sameOrigin(url) ? bearer() : {}),
     ...(o.select ? { select: o.select } : {}),
+    ...(o.algorithms ? { algorithms: o.algorithms } : {}),
     ...(o.now ? { now: o.now } : {}),
   });
 }

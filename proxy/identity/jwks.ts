@@ -4,6 +4,7 @@
 // failed refresh, and an unknown kid costing at most one refetch per cooldown.
 
 import { readFileSync } from 'node:fs';
+import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { Agent } from 'undici';
 import { getDocument } from '../lib/bounded.ts';
@@ -67,15 +68,50 @@ const MAX_JWKS_BYTES = 1 << 20;
 /** Which keys of a fetched set may verify tokens, as jose takes them (see jwtSvidKeys). */
 export type KeySelection = (set: JSONWebKeySet) => JSONWebKeySet;
 
-function parseJwks(text: string, from: string, select?: KeySelection): JSONWebKeySet {
-  const data = JSON.parse(text) as JSONWebKeySet;
-  if (!data || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
-  return select ? select(data) : data;
+/** The key type (and curve) each allowed algorithm verifies with. */
+const KEY_FOR: Record<string, { kty: string; crv?: readonly string[] }> = {
+  RS256: { kty: 'RSA' }, RS384: { kty: 'RSA' }, RS512: { kty: 'RSA' },
+  PS256: { kty: 'RSA' }, PS384: { kty: 'RSA' }, PS512: { kty: 'RSA' },
+  ES256: { kty: 'EC', crv: ['P-256'] }, ES384: { kty: 'EC', crv: ['P-384'] }, ES512: { kty: 'EC', crv: ['P-521'] },
+  EdDSA: { kty: 'OKP', crv: ['Ed25519', 'Ed448'] }, Ed25519: { kty: 'OKP', crv: ['Ed25519'] },
+};
+
+/** A key that can verify a token under one of `algorithms`: its type, curve, use and operations fit, and it parses. */
+function usable(key: Record<string, unknown>, algorithms: readonly string[]): boolean {
+  if (key.use !== undefined && key.use !== 'sig') return false;
+  if (key.key_ops !== undefined && !(Array.isArray(key.key_ops) && key.key_ops.includes('verify'))) return false;
+  const fits = algorithms.some((alg) => {
+    const want = KEY_FOR[alg];
+    return want !== undefined && key.kty === want.kty && (want.crv === undefined || want.crv.includes(key.crv as string)) && (key.alg === undefined || key.alg === alg);
+  });
+  if (!fits) return false;
+  try { createPublicKey({ key: key as JsonWebKey, format: 'jwk' }); return true; } catch { return false; }
+}
+
+/**
+ * A key set as text, its keys selected; with `algorithms`, one without a single key that can
+ * verify under them is refused: an emptied or half-written Secret must not replace good keys
+ * (a fetched set keeps the last good one; a file stops start-up or the reload).
+ */
+export function parseJwks(text: string, from: string, select?: KeySelection, algorithms?: readonly string[]): JSONWebKeySet {
+  let data: JSONWebKeySet;
+  try { data = JSON.parse(text) as JSONWebKeySet; } catch (err) { throw new TypeError(`${from} is not JSON: ${(err as Error).message}`); }
+  if (!data || typeof data !== 'object' || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
+  const set = select ? select(data) : data;
+  if (algorithms && !set.keys.some((k) => k !== null && typeof k === 'object' && usable(k as Record<string, unknown>, algorithms))) {
+    throw new TypeError(`${from} has no key that can verify ${algorithms.join(', ')} (${set.keys.length} key${set.keys.length === 1 ? '' : 's'} in the set)`);
+  }
+  return set;
+}
+
+/** A key set file's text; the reason it cannot be read in a TypeError. */
+export function readJwksFile(file: string): string {
+  try { return readFileSync(file, 'utf8'); } catch (err) { throw new TypeError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
 }
 
 /** Keys from a file read at start-up (and re-read on reload, which builds a new KeySet). */
-export function fileKeySet(file: string, select?: KeySelection): KeySet {
-  const keys = load(parseJwks(readFileSync(file, 'utf8'), file, select));
+export function fileKeySet(file: string, select?: KeySelection, algorithms?: readonly string[]): KeySet {
+  const keys = load(parseJwks(readJwksFile(file), file, select, algorithms));
   return {
     start: async () => {},
     ready: true,
@@ -101,6 +137,8 @@ export interface RemoteKeySetOptions {
   /** Extra request headers, computed on every fetch and per URL (e.g. a rotating bearer token). */
   readonly headers?: (url: URL) => Record<string, string>;
   readonly select?: KeySelection;
+  /** The issuer's algorithms: a fetched set without a key for them is a failed fetch (the last good keys stay). */
+  readonly algorithms?: readonly string[];
   readonly now?: () => number;
 }
 
@@ -166,7 +204,7 @@ export class RemoteKeySet implements KeySet {
       });
       if (text === undefined) throw new Error(`HTTP ${status}`);
       if (text !== this.#text) {
-        this.#keys = load(parseJwks(text, this.#name, this.#options.select));
+        this.#keys = load(parseJwks(text, this.#name, this.#options.select, this.#options.algorithms));
         this.#text = text;
         this.#version++;
       }

@@ -186,9 +186,9 @@ function keySetFor(iss: IssuerRules): KeySet {
   const j = iss.jwks;
   // A spiffe issuer's keys may come as a SPIFFE bundle, where only jwt-svid keys may verify.
   const select = iss.profile === 'spiffe' ? jwtSvidKeys : undefined;
-  const selected = select ? { select } : {};
+  const selected = { ...(select ? { select } : {}), algorithms: iss.algorithms };
   switch (j.kind) {
-    case 'file': return fileKeySet(j.file, select);
+    case 'file': return fileKeySet(j.file, select, iss.algorithms);
     case 'url': return new RemoteKeySet({ url: j.url, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs, ...selected });
     case 'discovery': return discoveredKeySet({
       discovery: j.discovery, issuer: iss.issuer, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs,

@@ -15,7 +15,8 @@ import { parseAddress } from '../lib/address.ts';
 import { positionOf } from '../lib/yaml-position.ts';
 import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, IssuerProfile, JwksSource } from './types.ts';
 import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, DEFAULT_CA_FILE } from '../identity/cluster.ts';
-import { SVID_ALGORITHMS } from '../identity/spiffe.ts';
+import { SVID_ALGORITHMS, jwtSvidKeys } from '../identity/spiffe.ts';
+import { parseJwks, readJwksFile } from '../identity/jwks.ts';
 
 export interface RulesProblem {
   readonly file: string;
@@ -234,6 +235,13 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       cooldownMs: duration([...here, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
       timeoutMs: timer([...here, 'jwks', 'timeout'], j.timeout ?? '5s'),
     });
+    // A key set file is read here too, so that a missing, broken or keyless one stops start-up
+    // (or the reload) naming its field, not with a bare parse error, and a pod never turns ready
+    // refusing every token.
+    if (j.file !== undefined) {
+      const file = resolve(base, j.file);
+      try { parseJwks(readJwksFile(file), file, iss.profile === 'spiffe' ? jwtSvidKeys : undefined, iss.algorithms); } catch (err) { fail([...here, 'jwks', 'file'], (err as Error).message); }
+    }
     const jwks: JwksSource = j.file !== undefined
       ? { kind: 'file' as const, file: resolve(base, j.file) }
       : j.url !== undefined ? { kind: 'url' as const, url: j.url, ...timing() }

@@ -263,3 +263,20 @@ t.test('a key set URL\'s query is a secret: not in logs, /metrics or /readyz', a
     t.notOk(text.includes(secret), `${what}: no query (before: the whole URL)`);
   }
 });
+
+t.test('a fetched key set without a key for the issuer\'s algorithms is a failed fetch: the last good keys stay', async (t) => {
+  const es = await testKey('ES256');
+  const rsa = await testKey('RS256');
+  const server = await jwksServer(jwks(es));
+  const keySet = new RemoteKeySet({ url: server.url, refreshMs: 60_000, cooldownMs: 0, timeoutMs: 2_000, algorithms: ['ES256'] });
+  t.teardown(async () => { keySet.close(); await server.close(); });
+  t.equal(await keySet.refresh(), true, 'the good set');
+  // An emptied set, a key with no coordinates, and only a key of another type: none replaces it.
+  for (const body of [{ keys: [] }, { keys: [{ kty: 'EC', crv: 'P-256', kid: 'x' }] }, jwks(rsa), { keys: [{ ...jwks(es).keys[0], use: 'enc' }] }]) {
+    server.body = body;
+    t.equal(await keySet.refresh(), false, JSON.stringify(body).slice(0, 60));
+    t.match(keySet.status().lastError, /has no key that can verify ES256/);
+    t.equal(keySet.eachKey().length, 1, 'the good key is still there');
+    t.equal(keySet.eachKey()[0]!.kid, es.kid);
+  }
+});

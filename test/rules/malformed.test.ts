@@ -138,3 +138,29 @@ t.test('the demo rules are valid', async (t) => {
   const rules = loadRules(new URL('../../rules/demo.yaml', import.meta.url).pathname);
   t.equal(rules.contract.current, '2026-09');
 });
+
+t.test('a key set file that is missing, not JSON, or has no key for the algorithms stops loading at its field', async (t) => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const { testKey, jwks } = await import('../support/keys.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'dg-jwks-'));
+  const es = await testKey('ES256');
+  const rsa = await testKey('RS256');
+  const sets: [string, string | undefined, RegExp][] = [
+    ['missing.json', undefined, /cannot read .*missing\.json: ENOENT/],
+    ['half.json', '{"keys": [', /is not JSON/],
+    ['empty.json', '{"keys": []}', /has no key that can verify ES256 \(0 keys/],
+    ['hollow.json', '{"keys": [{"kty": "EC"}]}', /has no key that can verify ES256/],
+    ['other.json', JSON.stringify(jwks(rsa)), /has no key that can verify ES256/],
+  ];
+  for (const [name, text, message] of sets) {
+    const file = join(dir, name);
+    if (text !== undefined) writeFileSync(file, text);
+    const { problems: found } = problems(edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', `jwks: { file: "${file}" }`));
+    t.equal(found.length, 1, name);
+    t.match(found[0], { line: 11, field: 'identity.issuers[0].jwks.file', message }, name);
+  }
+  writeFileSync(join(dir, 'good.json'), JSON.stringify(jwks(rsa, es)));
+  t.same(problems(edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', `jwks: { file: "${join(dir, 'good.json')}" }`)).problems, [], 'one usable key is enough');
+});
