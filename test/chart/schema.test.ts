@@ -42,6 +42,20 @@ t.test('bad values are rejected, naming the value', async (t) => {
   }
 });
 
+t.test('two sidecar ports alike are refused at install, not by the injector at admission', async (t) => {
+  // The injector refuses them at start; with failurePolicy Fail every opted-in pod was then refused.
+  for (const [set, names] of [
+    ['sidecar.adminPort=15080', /sidecar\.adminPort and sidecar\.listenPort are both 15080/],
+    ['sidecar.upstreamPort=15000', /sidecar\.adminLocalPort and sidecar\.upstreamPort are both 15000/],
+    ['sidecar.upstreamPort=15021', /sidecar\.adminPort and sidecar\.upstreamPort are both 15021/],
+  ] as const) {
+    const r = template([set]);
+    t.not(r.status, 0, `${set}: refused`);
+    t.match(r.stderr, names);
+  }
+  t.equal(template(['sidecar.upstreamPort=9000']).status, 0, 'ports that differ are fine');
+});
+
 t.test('good values are accepted', async (t) => {
   for (const set of [
     [],

@@ -77,6 +77,16 @@ rejects the pod, so "auto" decides by the cluster version helm sees.
 
 {{/* The injector's configuration file (proxy/inject/config.ts). */}}
 {{- define "driftguard.injectorConfig" -}}
+{{- /* The injector refuses two of its ports alike at start, and with failurePolicy Fail every opted-in pod would then be refused: say so at install time. */ -}}
+{{- $ports := dict "sidecar.listenPort" .Values.sidecar.listenPort "sidecar.upstreamPort" .Values.sidecar.upstreamPort "sidecar.adminPort" .Values.sidecar.adminPort "sidecar.adminLocalPort" .Values.sidecar.adminLocalPort -}}
+{{- $seen := dict -}}
+{{- range $name := keys $ports | sortAlpha -}}
+{{- $port := toString (get $ports $name) -}}
+{{- if hasKey $seen $port -}}
+{{- fail (printf "%s and %s are both %s: the sidecar's ports must differ" (get $seen $port) $name $port) -}}
+{{- end -}}
+{{- $_ := set $seen $port $name -}}
+{{- end -}}
 image: {{ include "driftguard.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 nativeSidecar: {{ include "driftguard.nativeSidecar" . }}
