@@ -97,10 +97,11 @@ async function main(argv: string[]): Promise<number> {
         if (values.help) { process.stdout.write(USAGE.run + '\n'); return 0; }
         if (!values.config) return usageError('run needs --config FILE', 'run');
         const overrides = {
-          listen: (values.listen as string | undefined) ?? process.env.DRIFTGUARD_LISTEN,
-          upstream: (values.upstream as string | undefined) ?? process.env.DRIFTGUARD_UPSTREAM,
-          admin: (values.admin as string | undefined) ?? process.env.DRIFTGUARD_ADMIN,
-          probes: (values.probes as string | undefined) ?? process.env.DRIFTGUARD_PROBES,
+          // An empty variable is unset (a manifest's `value: ""`), not an override to refuse.
+          listen: (values.listen as string | undefined) ?? (process.env.DRIFTGUARD_LISTEN || undefined),
+          upstream: (values.upstream as string | undefined) ?? (process.env.DRIFTGUARD_UPSTREAM || undefined),
+          admin: (values.admin as string | undefined) ?? (process.env.DRIFTGUARD_ADMIN || undefined),
+          probes: (values.probes as string | undefined) ?? (process.env.DRIFTGUARD_PROBES || undefined),
         };
         const graceText = (values.grace as string | undefined) ?? process.env.DRIFTGUARD_GRACE ?? '20s';
         let graceMs: number;

@@ -67,7 +67,8 @@ t.test('run: an invalid rules file exits 1 naming the line; a valid one runs unt
 
   const port = await freePort();
   const good = writeRules(GOOD);
-  const ran = await cli(['run', '--config', good, '--listen', `127.0.0.1:${port}`, '--admin', '127.0.0.1:0'], { until: (e) => e.includes('driftguard listening') });
+  // An empty DRIFTGUARD_UPSTREAM (a manifest's value: "") is unset, not a bad override of the file's.
+  const ran = await cli(['run', '--config', good, '--listen', `127.0.0.1:${port}`, '--admin', '127.0.0.1:0'], { until: (e) => e.includes('driftguard listening'), env: { DRIFTGUARD_UPSTREAM: '' } });
   t.equal(ran.code, 0, 'SIGTERM: graceful exit 0');
   t.match(ran.stderr, `127.0.0.1:${port}`, '--listen overrides proxy.listen');
   t.match(ran.stderr, '"signal":"SIGTERM"');
