@@ -44,6 +44,14 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
       tokenCache: (hit) => instruments.tokenCache.inc(hit ? HIT : MISS),
     },
     attach(d) {
+      // Telemetry is configured once, at start (the export thread, the decision log's file,
+      // the ring): a reload that changes the section is taken for everything else, and says
+      // so, rather than leaving an operator to believe a new sample rate is in force.
+      const atStart = JSON.stringify(rules.raw.telemetry ?? {});
+      d.onSwap((g) => {
+        if (JSON.stringify(g.rules.raw.telemetry ?? {}) === atStart) return;
+        log({ level: 'warn', msg: 'telemetry settings changed by the reload take effect at the next restart; the ones from start-up stay in force', rules: g.rules.hash });
+      });
       // /metrics exists only from here on, so the collected gauges always have a driftguard.
       instruments.collect(d, traces.counts, decisionLog);
       d.tables.set('recent_decisions', () => sink.ring.fill());

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { baseRules, writeRules } from '../support/driftguard.ts';
 import { telemetryConfig, telemetry } from '../../proxy/telemetry/index.ts';
+import { startWithTelemetry } from './support.ts';
 
 const rules = (patch: (r: Record<string, any>) => void = () => {}) =>
   loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', patch)));
@@ -48,4 +49,26 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { allowSampleRate: 2 } }; }))), /telemetry\.decisionLog\.allowSampleRate/);
   const missing = join(mkdtempSync(join(tmpdir(), 'dg-')), 'no', 'such', 'dir', 'decisions.log');
   await t.rejects(telemetry(rules((r) => { r.telemetry = { decisionLog: { output: missing } }; }), () => {}, {}), /telemetry\.decisionLog\.output: cannot open the decision log/);
+});
+
+t.test('a reload that changes the telemetry section says its settings wait for a restart', async (t) => {
+  const { upstream, jwksServer } = await import('../support/servers.ts');
+  const { testKey, jwks } = await import('../support/keys.ts');
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const rules = (rate: number) => baseRules(up.origin, keys.url, (r) => { r.telemetry = { traces: { exporter: 'none' }, decisionLog: { output: 'none', allowSampleRate: rate } }; });
+  const first = rules(1);
+  const dg = await startWithTelemetry(first);
+  t.teardown(async () => { await dg.stop(); await up.close(); await keys.close(); });
+  const said = () => dg.logs.filter((l: string) => l.includes('telemetry settings changed by the reload take effect at the next restart')).length;
+  // The same telemetry section as at start (as startWithTelemetry completed it), another proxy setting.
+  const same = structuredClone(first);
+  same.proxy.timeouts = { connect: '3s' };
+  await dg.dg.swap(loadRules(writeRules(same, mkdtempSync(join(tmpdir(), 'dg-telemetry-reload-')))));
+  t.equal(said(), 0, 'a reload that leaves telemetry alone says nothing of it');
+  const changed = structuredClone(first);
+  changed.telemetry.decisionLog.allowSampleRate = 0;
+  await dg.dg.swap(loadRules(writeRules(changed, mkdtempSync(join(tmpdir(), 'dg-telemetry-reload-')))));
+  t.equal(said(), 1, 'a changed sample rate is reported as not in force');
 });
