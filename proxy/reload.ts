@@ -4,7 +4,7 @@
 // POST /reload trigger the same path. A reload is validated whole before the swap; an
 // invalid file keeps the last good rules and is reported, never half-applied.
 
-import { watch, readFileSync, type FSWatcher } from 'node:fs';
+import { watch, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, basename } from 'node:path';
 import { loadRules, RulesError, type Overrides } from './rules/load.ts';
@@ -12,15 +12,13 @@ import type { Driftguard } from './server.ts';
 import type { Rules } from './rules/types.ts';
 
 /**
- * What a reload compares: the rules file's hash, the overridden proxy settings, and the bytes
- * of every JWKS file the rules name (a key rotated in a mounted Secret is a change too).
+ * What a reload compares: the rules file's hash, the overridden proxy settings, and the keys
+ * of every JWKS file the rules name, as the loader read them (a key rotated in a mounted
+ * Secret is a change too).
  */
 function fingerprint(rules: Rules): string {
   const h = createHash('sha256').update(rules.hash).update(JSON.stringify(rules.proxy));
-  for (const i of rules.identity.issuers) {
-    if (i.jwks.kind !== 'file') continue;
-    try { h.update(readFileSync(i.jwks.file)); } catch { h.update('unreadable'); }
-  }
+  for (const i of rules.identity.issuers) if (i.jwks.kind === 'file') h.update(JSON.stringify(i.jwks.keys));
   return h.digest('hex');
 }
 

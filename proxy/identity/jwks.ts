@@ -109,9 +109,12 @@ export function readJwksFile(file: string): string {
   try { return readFileSync(file, 'utf8'); } catch (err) { throw new TypeError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
 }
 
-/** Keys from a file read at start-up (and re-read on reload, which builds a new KeySet). */
-export function fileKeySet(file: string, select?: KeySelection, algorithms?: readonly string[]): KeySet {
-  const keys = load(parseJwks(readJwksFile(file), file, select, algorithms));
+/**
+ * Keys from a file, as the rules loader read and checked them (parseJwks): at start-up, and
+ * on a reload, which loads the rules again and builds a new KeySet.
+ */
+export function fileKeySet(file: string, set: JSONWebKeySet): KeySet {
+  const keys = load(set);
   return {
     start: async () => {},
     ready: true,

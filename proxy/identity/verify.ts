@@ -188,7 +188,7 @@ function keySetFor(iss: IssuerRules): KeySet {
   const select = iss.profile === 'spiffe' ? jwtSvidKeys : undefined;
   const selected = { ...(select ? { select } : {}), algorithms: iss.algorithms };
   switch (j.kind) {
-    case 'file': return fileKeySet(j.file, select, iss.algorithms);
+    case 'file': return fileKeySet(j.file, j.keys);
     case 'url': return new RemoteKeySet({ url: j.url, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs, ...selected });
     case 'discovery': return discoveredKeySet({
       discovery: j.discovery, issuer: iss.issuer, refreshMs: j.refreshMs, cooldownMs: j.cooldownMs, timeoutMs: j.timeoutMs,

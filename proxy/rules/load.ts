@@ -223,6 +223,19 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
 
   // identity
   const issuers: IssuerRules[] = [];
+  /**
+   * A key set file is read here, once, with the rules: a missing, broken or keyless one stops
+   * start-up (or the reload) at its field, not with a bare parse error, and a pod never turns
+   * ready refusing every token. The key set is built from what was read here.
+   */
+  const fileJwks = (file: string, iss: RawRules['identity']['issuers'][number], path: Path): JwksSource => {
+    try {
+      return { kind: 'file', file, keys: parseJwks(readJwksFile(file), file, iss.profile === 'spiffe' ? jwtSvidKeys : undefined, iss.algorithms) };
+    } catch (err) {
+      fail(path, (err as Error).message);
+      return { kind: 'file', file, keys: { keys: [] } };
+    }
+  };
   const issuerNames = new Set<string>();
   raw.identity.issuers.forEach((iss, i) => {
     if (issuerNames.has(iss.issuer)) fail(['identity', 'issuers', i, 'issuer'], `issuer "${iss.issuer}" is listed twice`);
@@ -235,15 +248,8 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       cooldownMs: duration([...here, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
       timeoutMs: timer([...here, 'jwks', 'timeout'], j.timeout ?? '5s'),
     });
-    // A key set file is read here too, so that a missing, broken or keyless one stops start-up
-    // (or the reload) naming its field, not with a bare parse error, and a pod never turns ready
-    // refusing every token.
-    if (j.file !== undefined) {
-      const file = resolve(base, j.file);
-      try { parseJwks(readJwksFile(file), file, iss.profile === 'spiffe' ? jwtSvidKeys : undefined, iss.algorithms); } catch (err) { fail([...here, 'jwks', 'file'], (err as Error).message); }
-    }
     const jwks: JwksSource = j.file !== undefined
-      ? { kind: 'file' as const, file: resolve(base, j.file) }
+      ? fileJwks(resolve(base, j.file), iss, [...here, 'jwks', 'file'])
       : j.url !== undefined ? { kind: 'url' as const, url: j.url, ...timing() }
       : {
           kind: 'discovery' as const, discovery: discoveryUrl(j.discovery!),

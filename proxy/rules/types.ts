@@ -1,6 +1,8 @@
 // The rules after validation: every default applied, every duration in milliseconds,
 // every time in epoch milliseconds, every reference resolved. Frozen once built.
 
+import type { JSONWebKeySet } from 'jose';
+
 export type Mode = 'enforce' | 'audit';
 export type ConsumerKind = 'automation' | 'human';
 export type Sensitivity = 'low' | 'medium' | 'high' | 'critical';
@@ -28,7 +30,8 @@ export interface ProxyRules {
 }
 
 export type JwksSource =
-  | { readonly kind: 'file'; readonly file: string }
+  /** `keys`: the file's key set as the rules loader read, selected and checked it. */
+  | { readonly kind: 'file'; readonly file: string; readonly keys: JSONWebKeySet }
   | { readonly kind: 'url'; readonly url: string; readonly refreshMs: number; readonly cooldownMs: number; readonly timeoutMs: number }
   | {
       readonly kind: 'discovery';
