@@ -96,12 +96,13 @@ async function main(argv: string[]): Promise<number> {
         });
         if (values.help) { process.stdout.write(USAGE.run + '\n'); return 0; }
         if (!values.config) return usageError('run needs --config FILE', 'run');
+        // The flag, else the variable; an empty variable is unset (a manifest's `value: ""`), not an override to refuse.
+        const override = (flag: string, variable: string): string | undefined => (values[flag] as string | undefined) ?? (process.env[variable] || undefined);
         const overrides = {
-          // An empty variable is unset (a manifest's `value: ""`), not an override to refuse.
-          listen: (values.listen as string | undefined) ?? (process.env.DRIFTGUARD_LISTEN || undefined),
-          upstream: (values.upstream as string | undefined) ?? (process.env.DRIFTGUARD_UPSTREAM || undefined),
-          admin: (values.admin as string | undefined) ?? (process.env.DRIFTGUARD_ADMIN || undefined),
-          probes: (values.probes as string | undefined) ?? (process.env.DRIFTGUARD_PROBES || undefined),
+          listen: override('listen', 'DRIFTGUARD_LISTEN'),
+          upstream: override('upstream', 'DRIFTGUARD_UPSTREAM'),
+          admin: override('admin', 'DRIFTGUARD_ADMIN'),
+          probes: override('probes', 'DRIFTGUARD_PROBES'),
         };
         const graceText = (values.grace as string | undefined) ?? process.env.DRIFTGUARD_GRACE ?? '20s';
         let graceMs: number;
