@@ -65,6 +65,11 @@ function reportRulesError(err: unknown): number {
     process.stderr.write(`driftguard: invalid rules\n${(err as Error).message}\n`);
     return 1;
   }
+  // The environment's settings (OTEL_* variables): named in the message, not in the rules file.
+  if ((err as { code?: unknown } | null)?.code === 'ERR_CONFIG_INVALID') {
+    process.stderr.write(`driftguard: invalid configuration\n${(err as Error).message}\n`);
+    return 1;
+  }
   throw err;
 }
 
@@ -84,6 +89,7 @@ async function main(argv: string[]): Promise<number> {
         // The feature modules' own checks too, as `run` has them: without them `check` passed
         // files that `run` refused (a delegation subject not in the registry, say).
         await import('./lifecycle/config.ts');
+        await import('./telemetry/config.ts');
         try {
           const rules = loadRules(positionals[0]!);
           process.stdout.write(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract ${rules.contract.current})\n`);

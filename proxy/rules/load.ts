@@ -194,9 +194,13 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     try { return parseDuration(text); } catch (err) { fail(path, (err as Error).message); return 0; }
   };
   /** A duration that becomes a timer: at most MAX_TIMER_MS. */
-  const timer = (path: Path, text: string) => {
+  // `noLimit`: the field documents 0s as no limit. Elsewhere 0 would turn a timeout off (an
+  // upstream that hangs holds its connection for good) or refetch keys every millisecond.
+  const timer = (path: Path, text: string, noLimit = false) => {
     const ms = duration(path, text);
     if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
+    else if (ms === 0 && /[1-9]/.test(text)) fail(path, `${text} rounds to 0ms: write at least 1ms${noLimit ? ', or 0s for no limit' : ''}`);
+    else if (ms === 0 && !noLimit) fail(path, 'must be at least 1ms');
     return ms;
   };
   const time = (path: Path, text: string) => {
@@ -343,10 +347,10 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
         connectMs: timer(['proxy', 'timeouts', 'connect'], raw.proxy.timeouts.connect),
         responseMs: timer(['proxy', 'timeouts', 'response'], raw.proxy.timeouts.response),
         clientIdleMs: raw.proxy.timeouts.clientIdle !== undefined
-          ? timer(['proxy', 'timeouts', 'clientIdle'], raw.proxy.timeouts.clientIdle)
+          ? timer(['proxy', 'timeouts', 'clientIdle'], raw.proxy.timeouts.clientIdle, true)
           : Math.min(MAX_TIMER_MS, Math.max(60_000, 2 * parseDurationOr0(raw.proxy.timeouts.response))),
-        requestMs: timer(['proxy', 'timeouts', 'request'], raw.proxy.timeouts.request),
-        tunnelIdleMs: timer(['proxy', 'timeouts', 'tunnelIdle'], raw.proxy.timeouts.tunnelIdle),
+        requestMs: timer(['proxy', 'timeouts', 'request'], raw.proxy.timeouts.request, true),
+        tunnelIdleMs: timer(['proxy', 'timeouts', 'tunnelIdle'], raw.proxy.timeouts.tunnelIdle, true),
       }),
       connections: raw.proxy.connections,
     }),

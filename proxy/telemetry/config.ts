@@ -2,9 +2,11 @@
 // rules/schema.json, defaults applied) over the standard OTEL_* environment variables over
 // built-in defaults. Read once at start-up; nothing here runs per request.
 
+import { accessSync, constants, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { Rules } from '../rules/types.ts';
 import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.ts';
+import { addRulesValidator } from '../rules/load.ts';
 
 /**
  * Spans per export over http/protobuf: the SDK's 512. Each export is an HTTP request with a
@@ -93,11 +95,56 @@ function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], 
   return first as T;
 }
 
-/** A delay that becomes a timer, from the rules or an OTEL_* variable: refused above MAX_TIMER_MS. */
-function timer(name: string, ms: number): number {
+const EXPORT_TIMEOUT_ZERO = 'must be more than 0 (every export would time out at once and every span be dropped)';
+
+/** A delay that becomes a timer, from an OTEL_* variable: refused above MAX_TIMER_MS. */
+function timer(name: string, ms: number, positive = false): number {
   if (ms > MAX_TIMER_MS) throw new TypeError(`${name}: ${TIMER_TOO_LONG}`);
+  if (positive && ms === 0) throw new TypeError(`${name}: ${EXPORT_TIMEOUT_ZERO}`);
   return ms;
 }
+
+/**
+ * Where the decision log would fail to open: a directory, a file it may not write, or a
+ * folder that does not exist. Checked without creating anything, so `driftguard check` leaves
+ * no file behind; DecisionLog opens it at start.
+ */
+function unwritable(file: string): string | undefined {
+  const at = statSync(file, { throwIfNoEntry: false });
+  if (at?.isDirectory()) return `${file} is a directory`;
+  const target = at ? file : dirname(file);
+  if (!at && !statSync(target, { throwIfNoEntry: false })?.isDirectory()) return `the folder ${target} does not exist`;
+  try { accessSync(target, constants.W_OK); } catch { return `${target} is not writable`; }
+  return undefined;
+}
+
+/**
+ * The rules' own telemetry values that the schema cannot judge, reported like every rules
+ * problem (file:line: field) by `check`, at start and on a reload. OTEL_* variables are the
+ * environment's, not the file's: telemetryConfig refuses those at start, naming the variable.
+ */
+function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: (string | number)[], message: string) => void, base: string): void {
+  const section = raw.telemetry as RawTelemetry | undefined;
+  if (!section) return;
+  const delays: [(string | number)[], string | undefined, boolean][] = [
+    [['telemetry', 'traces', 'exportTimeout'], section.traces?.exportTimeout, true],
+    [['telemetry', 'traces', 'batch', 'scheduledDelay'], section.traces?.batch?.scheduledDelay, false],
+  ];
+  for (const [path, text, positive] of delays) {
+    if (text === undefined) continue;
+    const ms = parseDuration(text);
+    if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
+    else if (positive && ms === 0) fail(path, EXPORT_TIMEOUT_ZERO);
+  }
+  const out = section.decisionLog?.output;
+  if (out !== undefined && out !== 'stdout' && out !== 'stderr' && out !== 'none') {
+    const problem = unwritable(resolve(base, out));
+    if (problem) fail(['telemetry', 'decisionLog', 'output'], `cannot open the decision log: ${problem}`);
+  }
+}
+
+// Registered once at import, like the lifecycle sections: the loader checks it on every load.
+addRulesValidator(validateTelemetry);
 
 export function telemetryConfig(rules: Rules, env: Env = process.env): TelemetryConfig {
   const raw = rules.raw.telemetry as RawTelemetry;
@@ -118,7 +165,7 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     serviceName: t.serviceName ?? str(env, 'OTEL_SERVICE_NAME') ?? 'driftguard',
     sampler,
     samplerArg,
-    exportTimeoutMs: timer('telemetry.traces.exportTimeout (or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT)', t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000),
+    exportTimeoutMs: timer('telemetry.traces.exportTimeout (or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT)', t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000, true),
     maxQueueSize,
     maxQueueBytes: t.batch.maxQueueBytes,
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),

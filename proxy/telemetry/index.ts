@@ -15,6 +15,11 @@ import { CONTENT_TYPE } from './metrics.ts';
 
 export { telemetryConfig, type TelemetryConfig };
 
+/** Stops start-up with its message alone (cli.ts), as a rules problem does: no stack trace. */
+function configError(message: string): Error {
+  return Object.assign(new Error(message), { code: 'ERR_CONFIG_INVALID' });
+}
+
 const HIT = ['hit'];
 const MISS = ['miss'];
 
@@ -28,12 +33,13 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
   try {
     config = telemetryConfig(rules, env);
   } catch (err) {
-    throw new TypeError(`telemetry: ${(err as Error).message}`);
+    throw configError(`telemetry: ${(err as Error).message}`);
   }
   try {
     decisionLog = new DecisionLog(config.log.output, config.log.maxBufferBytes);
   } catch (err) {
-    throw new TypeError(`${rules.source}: telemetry.decisionLog.output: cannot open the decision log: ${(err as Error).message}`);
+    // The loader checked the path; this is the file changing between that check and here.
+    throw configError(`${rules.source}: telemetry.decisionLog.output: cannot open the decision log: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   const traces = tracing(config.traces, (error) => log({ level: 'warn', msg: 'span export failed; spans are dropped and counted in driftguard_spans_dropped_total', error }));
   const instruments = new Instruments();

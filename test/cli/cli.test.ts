@@ -49,6 +49,21 @@ t.test('check: exit 0 for a valid file, 1 naming file:line and field for an inva
   const lc = await cli(['check', lifecycleBad]);
   t.equal(lc.code, 1, 'a delegation subject not in the registry');
   t.match(lc.stderr, new RegExp(`${lifecycleBad}:\\d+:\\d+: delegation\\.consumers\\[0\\]\\.subject`));
+  // The telemetry section's own checks: `check` passed a decision log in a missing folder, and `run` died with a stack.
+  const telemetryBad = writeRules(baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/jwks.json', (r) => {
+    r.telemetry = { traces: { exportTimeout: '25d' }, decisionLog: { output: 'missing/decisions.log' } };
+  }));
+  for (const command of [['check', telemetryBad], ['run', '--config', telemetryBad]]) {
+    const tb = await cli(command);
+    t.equal(tb.code, 1, `${command[0]}: telemetry values refused`);
+    t.match(tb.stderr, new RegExp(`${telemetryBad}:\\d+:\\d+: telemetry\\.traces\\.exportTimeout: must be at most 24d`));
+    t.match(tb.stderr, new RegExp(`${telemetryBad}:\\d+:\\d+: telemetry\\.decisionLog\\.output: cannot open the decision log`));
+    t.notMatch(tb.stderr, /\n\s+at /, 'no stack trace');
+  }
+  const env = await cli(['run', '--config', good], { env: { OTEL_TRACES_SAMPLER: 'sometimes' } });
+  t.equal(env.code, 1, 'a bad OTEL_* variable stops start-up');
+  t.match(env.stderr, 'driftguard: invalid configuration\ntelemetry: OTEL_TRACES_SAMPLER="sometimes": must be one of');
+  t.notMatch(env.stderr, /\n\s+at /, 'no stack trace');
   t.equal((await cli(['check'])).code, 2, 'no file');
   t.equal((await cli(['check', '/nonexistent.yaml'])).code, 1, 'a file that cannot be read');
 });

@@ -62,7 +62,7 @@ t.test('the baseline is valid', async (t) => {
   t.same(problems(edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/changes/%E2%82%ACuro?v=2&x=(1)#section-3')}`)).problems, [], 'and so is a percent-encoded link');
 });
 
-const cases: { name: string; text: string; line: number | number[]; field: string | RegExp }[] = [
+const cases: { name: string; text: string; line: number | number[]; field: string | RegExp; message?: RegExp }[] = [
   { name: 'unknown field', text: edit('  mode: enforce\n', '  mode: enforce\n  listne: 1\n'), line: 6, field: 'proxy.listne' },
   { name: 'unknown field in an operation', text: edit('      sensitivity: low\n', '      sensitivity: low\n      scope: [a]\n'), line: 25, field: 'contract.operations[0].scope' },
   { name: 'wrong enum (mode)', text: edit('mode: enforce', 'mode: enforcing'), line: 5, field: 'proxy.mode' },
@@ -100,6 +100,12 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'jwks refresh longer than a timer can wait', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", refresh: 25d }'), line: 11, field: 'identity.issuers[0].jwks.refresh' },
   { name: 'upstream response timeout longer than a timer can wait', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 25d }\n'), line: 6, field: 'proxy.timeouts.response' },
   { name: 'tunnel idle timeout longer than a timer can wait', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts:\n    tunnelIdle: P30D\n'), line: 7, field: 'proxy.timeouts.tunnelIdle' },
+  // 0 turns an upstream timeout off (a hung upstream holds its connection for good) or refetches keys every millisecond.
+  { name: 'upstream connect timeout of 0s', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { connect: 0s }\n'), line: 6, field: 'proxy.timeouts.connect', message: /must be at least 1ms/ },
+  { name: 'upstream response timeout that rounds to 0', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 0.4ms }\n'), line: 6, field: 'proxy.timeouts.response', message: /0\.4ms rounds to 0ms: write at least 1ms$/ },
+  { name: 'jwks refresh of 0s', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", refresh: 0s }'), line: 11, field: 'identity.issuers[0].jwks.refresh', message: /must be at least 1ms/ },
+  // Where 0s means no limit, a value that rounds to 0 would silently mean no limit too.
+  { name: 'request timeout that rounds to 0 (no limit)', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { request: 0.2ms }\n'), line: 6, field: 'proxy.timeouts.request', message: /rounds to 0ms: write at least 1ms, or 0s for no limit/ },
   { name: 'client idle timeout not longer than the response timeout', text: edit('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 30s, clientIdle: 30s }\n'), line: 6, field: 'proxy.timeouts.clientIdle' },
   // Times are ISO 8601 only and must exist: Date.parse rolled 2026-02-30 over to March 2.
   { name: 'deprecation since a day that does not exist', text: edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/x').replace('2026-01-01', '2026-02-30')}`), line: 31, field: 'contract.operations[1].deprecated.since' },
@@ -116,6 +122,7 @@ for (const c of cases) {
     const hit = found.find((p) => (typeof c.field === 'string' ? p.field === c.field : c.field.test(p.field)));
     t.ok(hit, `a problem names the field ${c.field} (got ${found.map((p) => `${p.line}:${p.field}`).join(', ')})`);
     t.ok(lines.includes(hit?.line ?? -1), `on line ${lines.join(' or ')} (got ${hit?.line})`);
+    if (c.message) t.match(hit?.message, c.message, 'saying why');
     const line = hit?.line;
     t.equal(hit?.file, file, 'in the right file');
     t.ok(hit!.column >= 1, 'with a column');

@@ -2,7 +2,7 @@
 // the variable or field named.
 
 import t from 'tap';
-import { mkdtempSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadRules } from '../../proxy/rules/load.ts';
@@ -47,8 +47,34 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
   t.equal(telemetryConfig(rules((r) => { r.telemetry = { traces: { exportTimeout: '24d' } }; }), {}).traces.exportTimeoutMs, 24 * 86_400_000, '24d is taken');
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { traces: { exporter: 'jaeger' } }; }))), /telemetry\.traces\.exporter/);
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { allowSampleRate: 2 } }; }))), /telemetry\.decisionLog\.allowSampleRate/);
-  const missing = join(mkdtempSync(join(tmpdir(), 'dg-')), 'no', 'such', 'dir', 'decisions.log');
-  await t.rejects(telemetry(rules((r) => { r.telemetry = { decisionLog: { output: missing } }; }), () => {}, {}), /telemetry\.decisionLog\.output: cannot open the decision log/);
+  // The environment's values are not rules problems: named by their variable, with a code the CLI prints without a stack.
+  await t.rejects(telemetry(rules(), () => {}, { OTEL_TRACES_SAMPLER: 'sometimes' }), { code: 'ERR_CONFIG_INVALID', message: /^telemetry: OTEL_TRACES_SAMPLER="sometimes"/ });
+  t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: '0' }), /exportTimeout.*must be more than 0/);
+});
+
+t.test('the rules\' telemetry values are rules problems: file, line and field, all at once', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dg-'));
+  const file = writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => {
+    r.telemetry = { traces: { exportTimeout: '0s', batch: { scheduledDelay: '25d' } }, decisionLog: { output: join(dir, 'no', 'such', 'dir', 'decisions.log') } };
+  }));
+  const err = t.throws(() => loadRules(file)) as { code?: string; problems?: { field: string; line: number; message: string }[] };
+  t.equal(err.code, 'ERR_RULES_INVALID');
+  const by = (field: string) => err.problems?.find((p) => p.field === field);
+  t.match(by('telemetry.traces.exportTimeout'), { message: /must be more than 0/ }, 'a timeout of 0 fails every export');
+  t.match(by('telemetry.traces.batch.scheduledDelay'), { message: /must be at most 24d/ });
+  t.match(by('telemetry.decisionLog.output'), { message: /cannot open the decision log: the folder .*no\/such\/dir does not exist/ });
+  t.ok(err.problems?.every((p) => p.line > 0), 'each at its line');
+  const asDir = (output: string) => () => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { output } }; })));
+  t.throws(asDir(dir), /telemetry\.decisionLog\.output: cannot open the decision log: .* is a directory/);
+  // A relative file in the rules file's own folder is fine, and checking it creates nothing.
+  const rel = writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { output: 'decisions.log' } }; }), dir);
+  loadRules(rel);
+  t.notOk(existsSync(join(dir, 'decisions.log')), 'loading the rules does not create the log');
+  if (process.getuid?.() !== 0) {
+    const ro = mkdtempSync(join(tmpdir(), 'dg-ro-'));
+    chmodSync(ro, 0o500);
+    t.throws(asDir(join(ro, 'decisions.log')), /cannot open the decision log: .* is not writable/);
+  }
 });
 
 t.test('a reload that changes the telemetry section says its settings wait for a restart', async (t) => {
