@@ -119,11 +119,26 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // HttpClient offers on every plain request) is a hop-by-hop header, dropped, and the
     // request is served as HTTP/1.1.
     shouldUpgradeCallback: isWebSocketHandshake,
-  }, (req, res) => {
+  }, (req, res) => { onRequest(req, res, false); });
+  // Expect: 100-continue. Without this listener Node answers 100 at once, before the
+  // decision, and a denied upload is sent whole only to be discarded: the 100 now goes out
+  // when the body is first read (ctx.sendContinue).
+  traffic.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => { onRequest(req, res, true); });
+  // Any other expectation: Node would answer its own plain-text 417 with no decision made or
+  // recorded. Expect is hop-by-hop and never forwarded, so the request is decided as it is.
+  traffic.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => { onRequest(req, res, false); });
+
+  function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
     const g = generation;
     const [ctx, observation] = begin(g, req);
+    if (expectsContinue) {
+      ctx.sendContinue = () => {
+        ctx.sendContinue = undefined;
+        if (!res.headersSent && !res.writableEnded) res.writeContinue();
+      };
+    }
     handle(g, ctx, observation, res).catch((err: unknown) => unexpected(err, res, observation.traceId));
-  });
+  }
   traffic.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     const g = generation;
     const [ctx, observation] = begin(g, req);
@@ -220,13 +235,17 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const decision = await decide(g, ctx, observation, headers);
 
     if (decision.decision === 'deny' && decision.enforced) {
-      drain(req);
+      // A client still waiting for its 100 has not sent the body and will not: reading it as
+      // the connection's next request would misframe it, so the connection ends here.
+      if (ctx.sendContinue) headers.connection = 'close';
+      else drain(req);
       sendProblem(res, denial(ctx, decision, observation), headers);
       return;
     }
 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
+    ctx.sendContinue?.();
     const outcome = await g.forwarder.forward(req, res, upstreamTarget(ctx), own, headers, ctx.body);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) {

@@ -28,6 +28,7 @@ export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, tim
 
 function readWhole(ctx: RequestContext, length: number, timeoutMs: number): Promise<Buffer | undefined> {
   const req = ctx.req;
+  ctx.sendContinue?.();
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;

@@ -83,6 +83,12 @@ export interface RequestContext {
    * `extra`, which telemetry exports.
    */
   body?: Buffer;
+  /**
+   * Set for a request with `Expect: 100-continue`: tells the client to send its body. Called
+   * by whatever reads the body first (a check that hashes it, or the forwarder), and only
+   * then, so a denied upload is never sent. Calling it again does nothing.
+   */
+  sendContinue?: () => void;
   /** Free slots for feature modules (telemetry, lifecycle) keyed by their name. */
   readonly extra: Record<string, unknown>;
 }
