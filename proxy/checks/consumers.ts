@@ -2,10 +2,13 @@
 // staleness blocks; its owner is who an incident responder calls.
 
 import type { Rules } from '../rules/types.ts';
-import type { Consumer } from '../pipeline/types.ts';
+import type { Consumer, Credential } from '../pipeline/types.ts';
 
-export function resolveConsumer(rules: Rules, subject: string): Consumer {
+/** The consumer a credential stands for; undefined when its subject is registered to another issuer. */
+export function resolveConsumer(rules: Rules, credential: Pick<Credential, 'subject' | 'issuer'>): Consumer | undefined {
+  const subject = credential.subject;
   const known = rules.consumers.registry.get(subject);
+  if (known && known.issuer !== credential.issuer) return undefined;
   if (known) {
     return {
       subject, kind: known.kind, registered: true,

@@ -43,7 +43,10 @@ export function credential(rules: Rules, identity: Identity): Check {
       const verified = await identity.verify(token, ctx.now);
       if ('reason' in verified) return verified;
       ctx.credential = verified;
-      const consumer = resolveConsumer(rules, verified.subject);
+      const consumer = resolveConsumer(rules, verified);
+      // The registered subject from another issuer (two clusters' shop/checkout, or two OAuth
+      // providers' client ids alike): not this consumer, and not an unknown one either.
+      if (!consumer) return { reason: 'invalid-credential', detail: 'the subject is registered to another issuer' };
       ctx.consumer = consumer;
 
       const max = rules.identity.maxTokenLifetimeMs[consumer.kind];

@@ -35,7 +35,8 @@ export function discoveryUrl(base: string): string {
   return trimmed.endsWith(DISCOVERY_PATH) ? trimmed : trimmed + DISCOVERY_PATH;
 }
 
-const normalise = (s: string) => s.trim().toLowerCase().replace(/\/+$/, '');
+// https://kubernetes.default.svc:443/ is the same audience to a reader, and to a replay.
+const normalise = (s: string) => s.trim().toLowerCase().replace(/\/+$/, '').replace(/^(https:\/\/[^/:]+):443(?=$|\/)/, '$1');
 
 const WELL_KNOWN: Readonly<Record<string, string>> = {
   'https://kubernetes.default.svc': 'the API server\'s default audience',
@@ -45,7 +46,11 @@ const WELL_KNOWN: Readonly<Record<string, string>> = {
   'kubernetes.default.svc.cluster.local': 'an API server audience',
   'kubernetes': 'an API server audience',
   'sts.amazonaws.com': 'the audience of EKS IRSA tokens, mounted into every pod that uses IRSA',
+  'api://azureadtokenexchange': 'the audience of AKS workload identity tokens, mounted into every pod that uses it',
 };
+
+/** GKE workload identity pools are named <project>.svc.id.goog: tokens exchanged for Google credentials carry it. */
+const GKE_WORKLOAD_IDENTITY = /^[a-z0-9.-]+\.svc\.id\.goog$/;
 
 /**
  * Why `audience` must not be accepted from this cluster issuer, or undefined when it may.
@@ -56,7 +61,7 @@ export function refusedAudience(audience: string, issuer: string, apiServer?: st
   let what: string | undefined;
   if (a === normalise(issuer)) what = 'the issuer URL, which the API server accepts as its own audience by default';
   else if (apiServer !== undefined && a === normalise(new URL(apiServer).origin)) what = 'the API server\'s own URL';
-  else what = WELL_KNOWN[a];
+  else what = WELL_KNOWN[a] ?? (GKE_WORKLOAD_IDENTITY.test(a) ? 'the audience of GKE workload identity tokens, exchanged for Google credentials' : undefined);
   if (what === undefined) return undefined;
   return `audience "${audience}" is ${what}: tokens that pods already hold carry it, so any pod could replay its own token here. `
     + 'Use an audience only driftguard accepts (e.g. driftguard.io/<api>) and have callers request it with a projected serviceAccountToken volume';

@@ -11,6 +11,7 @@ import type { Credential } from '../pipeline/types.ts';
 import { IdentityUnavailableError, fileKeySet, RemoteKeySet, type KeySet, type SingleKey } from './jwks.ts';
 import { discoveredKeySet, kubernetesSubject } from './cluster.ts';
 import { jwtSvidKeys, spiffeSubject, trustDomainOf } from './spiffe.ts';
+import { foreignSubject } from './subjects.ts';
 import { jsonBytes, lruFill, stringBytes, type TableFill } from '../lib/heap.ts';
 
 export type VerifyFailure =
@@ -167,6 +168,8 @@ export class Identity {
       : profile === 'spiffe' ? spiffeSubject(payload, header, issuer.rules.trustDomain!)
       : { subject: payload.sub };
     if ('detail' in mapped) return { reason: 'invalid-credential', detail: mapped.detail };
+    const foreign = foreignSubject(issuer.rules, mapped.subject, this.#rules.issuers);
+    if (foreign) return { reason: 'invalid-credential', detail: `this issuer cannot vouch for the subject: ${foreign}` };
     const credential: Credential = {
       issuer: issuer.rules.issuer,
       subject: mapped.subject,

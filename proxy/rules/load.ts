@@ -17,6 +17,7 @@ import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensit
 import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, DEFAULT_CA_FILE } from '../identity/cluster.ts';
 import { SVID_ALGORITHMS, jwtSvidKeys } from '../identity/spiffe.ts';
 import { parseJwks, readJwksFile } from '../identity/jwks.ts';
+import { foreignSubject } from '../identity/subjects.ts';
 
 export interface RulesProblem {
   readonly file: string;
@@ -180,7 +181,7 @@ interface RawRules {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
   };
-  consumers: { unknown: 'deny' | 'allow'; defaultKind: ConsumerKind; registry: { subject: string; kind: ConsumerKind; owner?: string; operations?: string[] }[] };
+  consumers: { unknown: 'deny' | 'allow'; defaultKind: ConsumerKind; registry: { subject: string; issuer?: string; kind: ConsumerKind; owner?: string; operations?: string[] }[] };
   contract: {
     versions: string[]; minimum?: string; declared: { claim: string; header: string }; blockAt: Sensitivity;
     operations: { id: string; method: string; path: string; scopes: string[]; sensitivity: Sensitivity; changedIn?: string; public: boolean; deprecated?: { since: string; sunset?: string; replacement?: string; link?: string } }[];
@@ -331,11 +332,34 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   });
 
   // consumers
+  /**
+   * The one issuer that vouches for a registered subject. A subject is a string any issuer
+   * could put in sub: without this, an OAuth provider's token with sub
+   * spiffe://…/agent, or a dev cluster's system:serviceaccount:shop:checkout, was the
+   * production consumer, with its kind, owner and declared operations.
+   */
+  const consumerIssuer = (c: RawRules['consumers']['registry'][number], i: number): string => {
+    if (c.issuer !== undefined) {
+      const named = issuers.find((iss) => iss.issuer === c.issuer);
+      const why = named && foreignSubject(named, c.subject, issuers);
+      if (!named) fail(['consumers', 'registry', i, 'issuer'], `"${c.issuer}" is not an identity.issuers[].issuer`);
+      else if (why) fail(['consumers', 'registry', i, 'issuer'], `issuer "${c.issuer}" cannot vouch for subject "${c.subject}": ${why}`);
+      return c.issuer;
+    }
+    const can = issuers.filter((iss) => foreignSubject(iss, c.subject, issuers) === undefined);
+    // None: no token can carry the subject (the verifier applies the same rule), so the entry
+    // is bound to no issuer and matches nothing, as before. It is not an error: an issuer
+    // swapped out of the rules leaves its consumers listed until the registry catches up.
+    if (can.length <= 1) return can[0]?.issuer ?? '';
+    fail(['consumers', 'registry', i, 'subject'], `${can.length} issuers can vouch for subject "${c.subject}" (${can.map((iss) => iss.issuer).join(', ')}): set issuer`);
+    return '';
+  };
   const registry = new Map<string, ConsumerRules>();
   raw.consumers.registry.forEach((c, i) => {
     if (registry.has(c.subject)) fail(['consumers', 'registry', i, 'subject'], `subject "${c.subject}" is listed twice`);
     c.operations?.forEach((id, k) => { if (!ids.has(id)) fail(['consumers', 'registry', i, 'operations', k], `"${id}" is not an operation id`); });
-    registry.set(c.subject, Object.freeze({ subject: c.subject, kind: c.kind, ...(c.owner ? { owner: c.owner } : {}), ...(c.operations ? { operations: new Set(c.operations) } : {}) }));
+    const issuer = consumerIssuer(c, i);
+    registry.set(c.subject, Object.freeze({ subject: c.subject, issuer, kind: c.kind, ...(c.owner ? { owner: c.owner } : {}), ...(c.operations ? { operations: new Set(c.operations) } : {}) }));
   });
 
   const rules: Rules = {

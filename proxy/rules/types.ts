@@ -67,6 +67,8 @@ export interface IdentityRules {
 
 export interface ConsumerRules {
   readonly subject: string;
+  /** The issuer that vouches for the subject: the same sub from another is not this consumer. */
+  readonly issuer: string;
   readonly kind: ConsumerKind;
   readonly owner?: string;
   readonly operations?: ReadonlySet<string>;

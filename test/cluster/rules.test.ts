@@ -38,6 +38,11 @@ t.test('a kubernetes issuer refuses the API server\'s audiences, and says why', 
     t.ok(p.line > 0, 'with a line');
   }
   t.match(found[0]!.message, /the issuer URL/);
+  // Other clouds' workload identity audiences, and a default port written out.
+  const clouds = problems({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders', 'api://AzureADTokenExchange', 'my-project.svc.id.goog', 'https://kubernetes.default.svc:443', 'https://kubernetes.default.svc:6443'], algorithms: ['RS256'] });
+  t.same(clouds.map((p) => p.field), [1, 2, 3].map((k) => `identity.issuers[0].audiences[${k}]`), 'AKS, GKE and :443 refused; another port is another audience');
+  t.match(clouds[0]!.message, /AKS workload identity/);
+  t.match(clouds[1]!.message, /GKE workload identity/);
 });
 
 t.test('a kubernetes issuer without jwks discovers from the API server with the pod\'s token and CA', async (t) => {

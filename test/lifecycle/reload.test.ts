@@ -18,6 +18,7 @@ t.test('a rejected reload leaves the lifecycle settings of the rules in force', 
   const rejected = loadRules(writeRules(w.rules((r) => {
     r.monitors = { quarantine: { mode: 'off' } };
     r.identity.issuers.push({ issuer: 'https://unreachable.test.local', audiences: ['x'], algorithms: ['ES256'], jwks: { url: 'http://127.0.0.1:1/jwks.json', timeout: '200ms' } });
+    for (const c of r.consumers.registry) c.issuer = r.identity.issuers[0].issuer;
   })));
   await t.rejects(dg.dg.swap(rejected), 'the swap fails: the new issuer has no keys');
   t.equal(state.config.monitors.quarantine.mode, 'enforce', 'the rejected rules did not take over');

@@ -149,6 +149,8 @@ t.test('a new issuer whose keys cannot be fetched is refused; the old rules keep
   t.teardown(() => down.close());
   const next = structuredClone(rules);
   next.identity.issuers.push({ ...next.identity.issuers[0], issuer: 'https://other.test.local', jwks: { url: down.url, timeout: '1s' } });
+  // Two OAuth issuers can both put any sub in a token: each registered consumer names its own.
+  for (const c of next.consumers.registry) c.issuer = next.identity.issuers[0].issuer;
   writeFileSync(dg.file, stringify(next));
   const r = await reload.reload('test');
   t.equal(r.changed, false);
