@@ -141,7 +141,9 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   const taken = new Map<number, string>();
   for (const c of [...containers, ...initContainers]) {
     for (const p of Array.isArray(c.ports) ? c.ports : []) {
-      if (isObj(p) && typeof p.containerPort === 'number') taken.set(p.containerPort, String(c.name));
+      // driftguard listens on TCP: an app's UDP or SCTP port of the same number is no conflict.
+      if (!isObj(p) || typeof p.containerPort !== 'number') continue;
+      if (p.protocol === undefined || p.protocol === 'TCP') taken.set(p.containerPort, String(c.name));
     }
   }
   for (const [what, port] of [['listen port', settings.listenPort], ['admin port', config.adminPort], ['local admin port', config.adminLocalPort]] as const) {
@@ -174,7 +176,15 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   } else {
     for (const [k, v] of Object.entries(newAnnotations)) patch.push({ op: 'add', path: `/metadata/annotations/${pointerEscape(k)}`, value: v });
   }
-  const container = sidecarContainer(config, settings);
+  // A pod that turned the token off (automountServiceAccountToken: false) gets none in the
+  // sidecar either: its owner chose that no container holds the pod's API credential. The
+  // service account's own setting is not visible here (the webhook reads no API objects).
+  let sidecarConfig = config;
+  if (config.serviceAccountToken && spec.automountServiceAccountToken === false) {
+    sidecarConfig = { ...config, serviceAccountToken: false };
+    warnings.push('the pod sets automountServiceAccountToken: false, so the driftguard sidecar gets no service-account token either: an issuer with profile kubernetes and no jwks cannot discover the cluster\'s keys, and the sidecar stays unready');
+  }
+  const container = sidecarContainer(sidecarConfig, settings);
   if (config.nativeSidecar) {
     // First, so that later init containers and the app start once driftguard is ready.
     if (spec.initContainers === undefined) patch.push({ op: 'add', path: '/spec/initContainers', value: [container] });
@@ -182,7 +192,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   } else {
     patch.push({ op: 'add', path: '/spec/containers/-', value: container });
   }
-  const newVolumes = sidecarVolumes(config, settings);
+  const newVolumes = sidecarVolumes(sidecarConfig, settings);
   if (spec.volumes === undefined) patch.push({ op: 'add', path: '/spec/volumes', value: newVolumes });
   else for (const v of newVolumes) patch.push({ op: 'add', path: '/spec/volumes/-', value: v });
 

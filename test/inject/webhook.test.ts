@@ -146,6 +146,29 @@ t.test('regular container on clusters without native sidecars', async (t) => {
   assertHardenedSidecar(t, out, { listen: 15080, upstream: 8080, rules: 'driftguard-rules' });
 });
 
+t.test('a pod that turns its service-account token off gets none in the sidecar either', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { automountServiceAccountToken: false } });
+  const { got } = await review(t, native, pod);
+  t.equal(got.response.allowed, true);
+  const out = patched(pod, got.response);
+  validateObject(out);
+  t.notOk(out.spec.volumes.some((v: { name: string }) => v.name === 'driftguard-identity'), 'no projected token volume');
+  t.notOk(sidecarOf(out).volumeMounts.some((m: { mountPath: string }) => m.mountPath === '/var/run/secrets/kubernetes.io/serviceaccount'), 'nothing mounted where the token would be');
+  t.match(got.response.warnings?.join('\n'), /automountServiceAccountToken: false/, 'and the pod\'s owner is told what that means');
+  const on = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { automountServiceAccountToken: true } });
+  t.ok(patched(on, (await review(t, native, on)).got.response).spec.volumes.some((v: { name: string }) => v.name === 'driftguard-identity'), 'true (or unset) keeps it');
+});
+
+t.test('an app\'s UDP port of the sidecar\'s number is no conflict; a TCP one is', async (t) => {
+  const udp = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 8080 }, { containerPort: 15080, protocol: 'UDP' }, { containerPort: 15021, protocol: 'SCTP' }] }] } });
+  const { got } = await review(t, native, udp);
+  t.equal(got.response.allowed, true, 'UDP 15080 and SCTP 15021 beside the sidecar\'s TCP listeners');
+  const tcp = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 8080 }, { containerPort: 15080, protocol: 'TCP' }] }] } });
+  const refused = (await review(t, native, tcp)).got;
+  t.equal(refused.response.allowed, false);
+  t.match(refused.response.status?.message, /listen port 15080 is already used by container "app"/);
+});
+
 t.test('a Job pod on a cluster without native sidecars is injected with a warning', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { restartPolicy: 'Never' } });
   const { got } = await review(t, regular, pod);
