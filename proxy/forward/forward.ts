@@ -89,8 +89,15 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     else if (this.#expired) controller.abort(connectionWaitTimeout());
   }
 
-  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
+    // undici takes off chunked only: a body under another transfer coding (gzip, chunked)
+    // would reach the client still coded and with nothing saying so. A 502 instead.
+    const coding = headers['transfer-encoding'];
+    if (coding !== undefined && !onlyChunked(coding)) {
+      controller.abort(Object.assign(new Error('the upstream used a transfer coding other than chunked'), { code: 'UPSTREAM_TRANSFER_CODING' }));
+      return;
+    }
     const head = withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders);
     // The upstream answers before the whole body was sent (a 413 for an upload it will not
     // take): undici stops reading the body and destroys the stream, and Node then stops
@@ -130,6 +137,10 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
       this.#finish(failed(code));
     }
   }
+}
+
+function onlyChunked(coding: string | string[]): boolean {
+  return (Array.isArray(coding) ? coding.join(',') : coding).trim().toLowerCase() === 'chunked';
 }
 
 export class Forwarder {
