@@ -68,7 +68,11 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
       if (!held) return undefined;
       const seconds = Math.max(1, Math.ceil((held.untilMs - ctx.now) / 1000));
       ctx.extra['quarantine.until'] = new Date(held.untilMs).toISOString();
-      return verdict(ctx, held.mode, { reason: 'consumer-quarantined', detail: `this consumer is quarantined for another ${seconds}s after repeated denials`, retryAfter: seconds });
+      // The weaker of the mode in force and the one it was placed under: a reload to audit
+      // stops enforcing at once, and a reload to enforce does not turn quarantines recorded
+      // in audit mode into refusals; they stay would-denies until they end.
+      const mode = q.mode === 'audit' || held.mode === 'audit' ? 'audit' : 'enforce';
+      return verdict(ctx, mode, { reason: 'consumer-quarantined', detail: `this consumer is quarantined for another ${seconds}s after repeated denials`, retryAfter: seconds });
     },
   };
 }

@@ -136,7 +136,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           }
         }
         if (current && kind === 'file') retire(current);
-        if (wanted === undefined && current) state.revocations.replaceSource(kind, []);
+        if (wanted === undefined && current) state.revocations.dropSource(kind);
         log({ level: 'info', msg: wanted === undefined ? 'revocation list removed by the reload; its revocations are lifted' : 'revocation list changed by the reload', kind });
       }
     }).catch((err: Error) => log({ level: 'error', msg: 'revocation lists could not follow the reload', error: err.message }));

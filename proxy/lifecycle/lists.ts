@@ -236,11 +236,13 @@ export class ListSource {
 
   /** Read once now; on failure keep the last good list and report. */
   async refresh(): Promise<void> {
+    const open = !this.#closed;
     try {
       const problems = this.#kind === 'file' ? this.#readFile() : await this.#fetch();
-      if (problems) this.#failed(problems.map(formatProblem).join('; '));
+      if (problems && !(open && this.#closed)) this.#failed(problems.map(formatProblem).join('; '));
     } catch (err) {
-      this.#failed((err as Error).message);
+      // A fetch retired by a reload while it ran has nothing left to report.
+      if (!(open && this.#closed)) this.#failed((err as Error).message);
     }
   }
 
@@ -266,6 +268,7 @@ export class ListSource {
   }
 
   async #fetch(): Promise<RulesProblem[] | undefined> {
+    const open = !this.#closed;
     const known = this.#broken ?? this.#etag;
     const { status, headers, text } = await getDocument(new URL(this.#target), {
       accept: 'application/json, application/yaml;q=0.9',
@@ -274,6 +277,9 @@ export class ListSource {
       maxBytes: MAX_LIST_BYTES,
       tooLarge: () => new Error(TOO_LARGE),
     });
+    // Retired by a reload while this fetch ran: the old location's list must not replace (or
+    // bring back) what the rules now name.
+    if (open && this.#closed) return undefined;
     if (status === 304) {
       // Unchanged: still the good list, or still the broken one (already reported).
       if (this.#broken === undefined) this.#succeeded();

@@ -116,6 +116,15 @@ export class RevocationStore {
     this.#unread.delete(source);
   }
 
+  /**
+   * The rules dropped this list source: its revocations are lifted, and a list of its kind
+   * named later starts unread again (every credential refused until it is read), as at start.
+   */
+  dropSource(source: Exclude<RevocationSource, 'admin'>): void {
+    this.replaceSource(source, []);
+    this.#read.delete(source);
+  }
+
   countSource(source: RevocationSource): number {
     let n = 0;
     for (const r of this.#byKey.values()) if (r.source === source) n++;

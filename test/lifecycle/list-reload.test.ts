@@ -1,0 +1,93 @@
+// Revocation lists and quarantine across a reload: what the new rules name is what is in
+// force. Real list servers on loopback, a real driftguard with the lifecycle feature.
+
+import t from 'tap';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { loadRules } from '../../proxy/rules/load.ts';
+import { writeRules, AGENT } from '../support/driftguard.ts';
+import { world, startLifecycle, bearer } from './support.ts';
+
+async function listen(server: Server): Promise<string> {
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('a fetch of the old list URL that ends after a reload does not replace the new list', async (t) => {
+  let oldFetches = 0;
+  let slowOld!: () => void;
+  const oldAnswered = new Promise<void>((r) => { slowOld = r; });
+  const lists = createServer((req, res) => {
+    if (req.url === '/old') {
+      // The first read is quick; the next one is still running when the reload comes.
+      if (++oldFetches === 1) { res.writeHead(200, { 'content-type': 'application/json', etag: '"old"' }); res.end('{"revocations":[]}'); return; }
+      setTimeout(() => { res.writeHead(200, { 'content-type': 'application/json', etag: '"old2"' }); res.end('{"revocations":[]}'); slowOld(); }, 1_200);
+      return;
+    }
+    if (req.headers['if-none-match'] === '"new"') { res.writeHead(304, { etag: '"new"' }); res.end(); return; }
+    res.writeHead(200, { 'content-type': 'application/json', etag: '"new"' });
+    res.end(JSON.stringify({ revocations: [{ kind: 'subject', value: AGENT, reason: 'compromised' }] }));
+  });
+  const base = await listen(lists);
+  const w = await world();
+  const rules = (path: string) => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.revocation = { url: `${base}${path}`, interval: '1s', timeout: '10s' };
+  });
+  const dg = await startLifecycle(rules('/old'));
+  t.teardown(async () => { await dg.close(); await w.close(); lists.close(); });
+  const status = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }); await r.text(); return r.status; };
+  t.equal(await status(), 200, 'the old list revokes nothing');
+  for (let i = 0; i < 100 && oldFetches < 2; i++) await sleep(20);
+  t.equal(oldFetches, 2, 'a second fetch of the old list is running');
+  await dg.dg.swap(loadRules(writeRules(rules('/new'))));
+  for (let i = 0; i < 100 && (await status()) !== 401; i++) await sleep(20);
+  t.equal(await status(), 401, 'the new list is in force');
+  await oldAnswered;
+  await sleep(1_300); // the old answer has landed, and the new source has read its list again (304)
+  t.equal(await status(), 401, 'and stays in force after the old fetch ends');
+  const listed = await (await fetch(`${dg.admin}/revocations`)).json() as { revocations: { value?: string }[] };
+  t.ok(listed.revocations.some((r) => JSON.stringify(r).includes(AGENT)), 'GET /revocations lists it');
+});
+
+t.test('a list URL removed by a reload and named again starts unread: every credential waits for it', async (t) => {
+  const lists = createServer((_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"revocations":[]}'); });
+  const up = await listen(lists);
+  const w = await world();
+  const rules = (url?: string) => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.revocation = { ...(url ? { url } : {}), interval: '1s', timeout: '300ms' };
+  });
+  const dg = await startLifecycle(rules(`${up}/a`));
+  t.teardown(async () => { await dg.close(); await w.close(); lists.close(); });
+  const call = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }); const b = await r.text(); return { status: r.status, code: r.status === 200 ? undefined : JSON.parse(b).code }; };
+  t.same(await call(), { status: 200, code: undefined }, 'list A read');
+  await dg.dg.swap(loadRules(writeRules(rules())));
+  await sleep(100);
+  t.same(await call(), { status: 200, code: undefined }, 'no list');
+  await dg.dg.swap(loadRules(writeRules(rules('http://127.0.0.1:1/b'))));
+  await sleep(500);
+  t.same(await call(), { status: 503, code: 'revocation-list-unavailable' }, 'list B never read: refused, as at start');
+});
+
+t.test('a reload to quarantine mode audit stops enforcing a quarantine at once', async (t) => {
+  const w = await world();
+  const rules = (mode: string) => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode, denials: 3, window: '1m', period: '5m' } };
+  });
+  const dg = await startLifecycle(rules('enforce'));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); t.equal(r.status, 403, 'insufficient scope'); }
+  const good = await w.token();
+  const before = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  t.equal((await before.json() as { code: string }).code, 'consumer-quarantined', 'quarantined under enforce');
+  await dg.dg.swap(loadRules(writeRules(rules('audit'))));
+  const after = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  await after.text();
+  t.equal(after.status, 200, 'forwarded under audit');
+  t.match(after.headers.get('driftguard-warning'), /consumer-quarantined/, 'with the would-deny as a warning');
+});
