@@ -173,7 +173,8 @@ export class Identity {
     const credential: Credential = {
       issuer: issuer.rules.issuer,
       subject: mapped.subject,
-      ...(typeof payload.jti === 'string' ? { jti: payload.jti } : {}),
+      // An empty jti names no token a revocation could single out: it counts as no jti.
+      ...(typeof payload.jti === 'string' && payload.jti !== '' ? { jti: payload.jti } : {}),
       scopes: scopesOf(payload),
       ...(typeof payload.iat === 'number' ? { issuedAtMs: payload.iat * 1000 } : {}),
       expiresAtMs: payload.exp! * 1000,

@@ -45,6 +45,13 @@ export function isLoopback(address: string | undefined): boolean {
 
 /** Who is writing, or undefined (the response is already sent). */
 export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
+  // A web page open on the operator's machine (or the pod's own app) can send a simple
+  // cross-origin POST or a DELETE to a loopback port; browsers mark such requests with
+  // Origin or Sec-Fetch-Site, which no admin client (curl, a script, an operator) sends.
+  if (req.headers.origin !== undefined || (req.headers['sec-fetch-site'] !== undefined && req.headers['sec-fetch-site'] !== 'none')) {
+    routes.problem(res, 403, 'Forbidden', 'admin writes are not accepted from web pages (the request carries Origin or Sec-Fetch-Site)');
+    return undefined;
+  }
   const file = ctx.state.config.revocation.adminCredentialFile;
   if (file === undefined) {
     if (isLoopback(req.socket.remoteAddress)) return 'loopback';
@@ -70,8 +77,14 @@ export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerRe
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
+  // text/plain is what a page may send cross-origin without a preflight: JSON only.
+  if (!/^application\/json\s*(;|$)/i.test(req.headers['content-type'] ?? '')) throw new UnsupportedMediaType();
   const text = await boundedText(req, MAX_BODY, () => new TypeError(`body larger than ${MAX_BODY} bytes`));
   try { return JSON.parse(text); } catch { throw new TypeError('body is not JSON'); }
+}
+
+class UnsupportedMediaType extends TypeError {
+  constructor() { super('the body must be sent as content-type: application/json'); }
 }
 
 export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
@@ -90,7 +103,10 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     const who = authorize(ctx, req, res, routes);
     if (who === undefined) { req.resume(); return; }
     let body: Record<string, unknown>;
-    try { body = (await readJson(req)) as Record<string, unknown>; } catch (err) { routes.problem(res, 400, 'Bad Request', (err as Error).message); return; }
+    try { body = (await readJson(req)) as Record<string, unknown>; } catch (err) {
+      if (err instanceof UnsupportedMediaType) { req.resume(); routes.problem(res, 415, 'Unsupported Media Type', err.message); } else routes.problem(res, 400, 'Bad Request', (err as Error).message);
+      return;
+    }
     const now = state.now();
     const config = state.config;
     const problems: string[] = [];

@@ -91,6 +91,11 @@ export function taskBinding(rules: Rules, state: LifecycleState | undefined): Ch
       if (!cred || !consumer) return undefined;
       const task = cred.claims[c.taskClaim];
       if (typeof task === 'string' && task !== '') ctx.extra['credential.task'] = task.slice(0, 256);
+      // A task claim is one task's name or nothing: a list, an object or an empty string names
+      // no task a revocation could match, whoever presents it and whatever the operation.
+      else if (task !== undefined && typeof task !== 'number') {
+        return verdict(ctx, c.mode, { reason: 'invalid-credential', detail: `claim ${c.taskClaim} must be a non-empty string` });
+      }
       if (!c.kinds.has(consumer.kind)) return undefined;
       if (c.requireJti && cred.jti === undefined) {
         return verdict(ctx, c.mode, { reason: 'invalid-credential', detail: `${consumer.kind} consumers must present a token with jti` });

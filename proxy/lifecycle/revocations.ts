@@ -135,7 +135,8 @@ export class RevocationStore {
   match(credential: Credential, taskClaim: string, now: number): Revocation | undefined {
     const task = credential.claims[taskClaim];
     return this.#find('jti', credential.jti, now)
-      ?? this.#find('task', typeof task === 'string' ? task : undefined, now)
+      // A numeric claim is the task of that number: revoking "4711" covers task_id 4711.
+      ?? this.#find('task', typeof task === 'string' ? task : typeof task === 'number' ? String(task) : undefined, now)
       ?? this.#find('subject', credential.subject, now)
       ?? this.#find('kid', credential.kid, now);
   }

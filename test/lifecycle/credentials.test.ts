@@ -37,6 +37,25 @@ t.test('automated consumers need a jti, and a task-bound token from taskBindingA
   t.equal(w.up.seen.length, 3, 'only the allowed requests reached the upstream');
 });
 
+t.test('an empty jti is no jti; a task claim that names no task is refused; a numeric one is revocable', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'high' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // jti "" passed requireJti, yet POST /revocations refuses an empty value: a token nobody could revoke alone.
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ omit: ['jti'], claims: { jti: '' } })) }), 'invalid-credential', 401);
+  for (const task of [['4711'], '', { id: '4711' }, true]) {
+    const body = await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: task } })) }), 'invalid-credential', 401);
+    t.match(body.detail, /claim task_id must be a non-empty string/, `task_id ${JSON.stringify(task)}`);
+  }
+  const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'task', value: '4711', reason: 'test' }) });
+  t.equal(revoked.status, 201);
+  await revoked.text();
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: 4711 } })) }), 'credential-revoked', 401);
+  const other = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: 4712 } })) });
+  t.equal(other.status, 200, 'another numeric task passes');
+  await other.text();
+});
+
 t.test('credentials in audit mode forward and record the would-deny', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => { r.credentials = { mode: 'audit' }; }));

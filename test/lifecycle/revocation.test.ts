@@ -478,3 +478,23 @@ t.test('an unread list URL in audit mode: forwarded, with the would-deny reporte
   t.match(res.headers.get('driftguard-warning') ?? '', /revocation-list-unavailable/);
   t.equal(w.up.seen.length, 1);
 });
+
+t.test('admin writes refuse what a web page can send: Origin, Sec-Fetch-Site, a body that is not JSON', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules());
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const body = JSON.stringify({ kind: 'subject', value: AGENT, reason: 'test' });
+  const post = async (headers: Record<string, string>) => { const r = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers, body }); await r.text(); return r.status; };
+  t.equal(await post({ 'content-type': 'text/plain' }), 415, 'text/plain: what a page may send without a preflight');
+  t.equal(await post({}), 415, 'no content type');
+  t.equal(await post({ 'content-type': 'application/json', origin: 'https://evil.example' }), 403, 'Origin');
+  t.equal(await post({ 'content-type': 'application/json', 'sec-fetch-site': 'cross-site' }), 403, 'Sec-Fetch-Site');
+  const listed = async () => ((await (await fetch(`${dg.admin}/revocations`)).json()) as { revocations: { id: string }[] }).revocations;
+  t.same(await listed(), [], 'nothing revoked');
+  t.equal(await post({ 'content-type': 'application/json; charset=utf-8', 'sec-fetch-site': 'none' }), 201, 'a JSON body from a client that is not a page');
+  const [r] = await listed();
+  const del = await fetch(`${dg.admin}/revocations/${r!.id}`, { method: 'DELETE', headers: { origin: 'null' } });
+  await del.text();
+  t.equal(del.status, 403, 'a DELETE from a page');
+  t.equal((await listed()).length, 1, 'still in force');
+});
