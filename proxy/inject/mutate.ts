@@ -12,7 +12,7 @@
 //   injected   allowed: true with the JSONPatch that adds the sidecar.
 
 import type { InjectorConfig } from './config.ts';
-import { sidecarContainer, sidecarVolumes, SIDECAR_NAME, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
+import { sidecarContainer, sidecarVolumes, IMAGE_CLI, SIDECAR_NAME, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
 import { isDnsSubdomain } from '../lib/kubernetes.ts';
 
 export const LABEL_INJECT = 'driftguard.io/inject';
@@ -66,6 +66,12 @@ const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !
 /** RFC 6901: '~' and '/' in a key are escaped in a JSON Pointer. */
 export function pointerEscape(key: string): string {
   return key.replaceAll('~', '~0').replaceAll('/', '~1');
+}
+
+/** The sidecar this injector adds (its image, its command), as opposed to a container that only bears the name. */
+function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
+  const command = c.command;
+  return c.image === config.image && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
 }
 
 export function mutate(body: unknown, config: InjectorConfig): MutationResult {
@@ -123,13 +129,22 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
     warnings.push(`label ${LABEL_INJECT}=${JSON.stringify(injectLabel)} is neither "true" nor "false"; injecting because the namespace opted in`);
   }
 
-  // Idempotent: a pod that already has the sidecar (reinvocation, a re-applied
-  // manifest that carries it) is left exactly as it is.
-  if ([...containers, ...initContainers].some((c) => c.name === SIDECAR_NAME) || annotations[ANNOTATION_STATUS] !== undefined) {
-    return answer('skipped', 'already injected', { allowed: true }, podName);
+  // Idempotent: a pod that already has the sidecar (reinvocation, a re-applied manifest that
+  // carries it) is left exactly as it is. Only the injector's own sidecar counts: a container
+  // of that name with another image or command, or a driftguard.io/status annotation the pod
+  // wrote itself, would otherwise run the pod unguarded while looking injected.
+  const named = [...containers, ...initContainers].filter((c) => c.name === SIDECAR_NAME);
+  if (named.length === 1 && isOwnSidecar(named[0]!, config)) return answer('skipped', 'already injected', { allowed: true }, podName);
+  if (named.length > 0) {
+    return reject(`the pod already has a container named ${SIDECAR_NAME} that is not the injector's (image ${config.image}, command node ${IMAGE_CLI} run): remove it, the injector adds the sidecar`, podName);
   }
   if (spec.hostNetwork === true) {
     return answer('skipped', 'host network', { allowed: true, warnings: ['driftguard sidecar not injected: pods with hostNetwork are not supported'] }, podName);
+  }
+  // The sidecar's securityContext (seccomp, runAsUser, capabilities) is Linux's: the API
+  // server would refuse the injected Windows pod.
+  if (isObj(spec.os) && spec.os.name === 'windows') {
+    return answer('skipped', 'windows', { allowed: true, warnings: ['driftguard sidecar not injected: Windows pods are not supported'] }, podName);
   }
 
   // Per-pod settings from annotations, each validated with a message naming it.
@@ -139,7 +154,10 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
 
   // The sidecar shares the pod's network namespace: its ports must be free.
   const taken = new Map<number, string>();
-  for (const c of [...containers, ...initContainers]) {
+  // Init containers run beside a native sidecar (it starts first); as a regular container,
+  // it starts after they have exited, except other native sidecars (restartPolicy Always).
+  const beside = config.nativeSidecar ? initContainers : initContainers.filter((c) => c.restartPolicy === 'Always');
+  for (const c of [...containers, ...beside]) {
     for (const p of Array.isArray(c.ports) ? c.ports : []) {
       // driftguard listens on TCP: an app's UDP or SCTP port of the same number is no conflict.
       if (!isObj(p) || typeof p.containerPort !== 'number') continue;

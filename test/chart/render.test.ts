@@ -149,6 +149,9 @@ t.test('values change what they should', async (t) => {
   t.same(broad.matchExpressions[0], { key: 'env', operator: 'Exists' });
   t.equal(broad.matchExpressions[1].operator, 'NotIn');
   t.ok(broad.matchExpressions[1].values.includes('kube-system') && broad.matchExpressions[1].values.includes(NS), 'kube-system and the release namespace are left out');
+  // excludeNamespaces set to null (an override file's `excludeNamespaces:`) crashed rendering; the release namespace stays out.
+  const none = one(render({ set: ['webhook.excludeNamespaces=null'] }), 'MutatingWebhookConfiguration').webhooks[0].namespaceSelector.matchExpressions;
+  t.same(none.at(-1).values, [NS], 'excludeNamespaces=null: only the release namespace left out');
   t.equal(one(objects, 'Deployment').spec.template.spec.containers[0].image, `ghcr.io/driftguard/driftguard@sha256:${'a'.repeat(64)}`);
   t.equal(objects.filter((o) => o.kind === 'PodDisruptionBudget').length, 0);
   t.equal(one(objects, 'ConfigMap', 'driftguard-rules').metadata.namespace, 'shop');

@@ -225,6 +225,40 @@ t.test('idempotent: an injected pod is left alone on reinvocation', async (t) =>
   }
 });
 
+t.test('only the injector\'s own sidecar counts as injected: a look-alike is refused, a pod-written status ignored', async (t) => {
+  for (const server of [native, regular]) {
+    // The pod writes the status annotation itself: it was skipped, ran unguarded and looked injected.
+    const spoofed = appPod({ labels: { 'driftguard.io/inject': 'true' }, annotations: { 'driftguard.io/status': 'injected' } });
+    const injected = patched(spoofed, (await review(t, server, spoofed)).got.response);
+    t.doesNotThrow(() => sidecarOf(injected), 'a pod-written status does not stop injection');
+    t.match(injected.metadata.annotations?.['driftguard.io/status'], /^injected/);
+    // A container of the sidecar's name that is not the sidecar.
+    const lookalike = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { containers: [{ name: 'app', image: 'app:1', ports: [{ containerPort: 8080 }] }, { name: 'driftguard', image: 'busybox', command: ['sleep', 'inf'] }] } });
+    const { got } = await review(t, server, lookalike);
+    t.equal(got.response.allowed, false, 'refused');
+    t.match(got.response.status?.message, /already has a container named driftguard that is not the injector's/);
+  }
+});
+
+t.test('init containers: beside a native sidecar their ports conflict; before a regular one they have exited', async (t) => {
+  const pod = () => appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { initContainers: [{ name: 'migrate', image: 'm', ports: [{ containerPort: 15000 }] }] } });
+  const regularAnswer = (await review(t, regular, pod())).got;
+  t.equal(regularAnswer.response.allowed, true, 'regular: migrate has exited before driftguard starts');
+  const nativeAnswer = (await review(t, native, pod())).got;
+  t.equal(nativeAnswer.response.allowed, false, 'native: migrate runs while driftguard listens');
+  t.match(nativeAnswer.response.status?.message, /local admin port 15000 is already used by container "migrate"/);
+  const sidecarInit = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { initContainers: [{ name: 'mesh', image: 'm', restartPolicy: 'Always', ports: [{ containerPort: 15000 }] }] } });
+  t.equal((await review(t, regular, sidecarInit)).got.response.allowed, false, 'regular: another native sidecar runs beside it');
+});
+
+t.test('Windows pods are not injected, with a warning', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { os: { name: 'windows' } } });
+  const { got } = await review(t, native, pod);
+  t.equal(got.response.allowed, true);
+  t.equal(got.response.patch, undefined, 'the API server would refuse the Linux sidecar\'s securityContext');
+  t.match(got.response.warnings?.[0], /Windows/);
+});
+
 t.test('hostNetwork pods are not injected, with a warning', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { hostNetwork: true } });
   const { got } = await review(t, native, pod);
