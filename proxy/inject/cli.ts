@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { buildConfig, readConfigFileWithLines, InjectorConfigError, type LineOf } from './config.ts';
 import { startInjectorServer } from './server.ts';
 import { parseAddress } from '../lib/address.ts';
+import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.ts';
 
 export const USAGE = `Usage: driftguard inject --tls-cert FILE --tls-key FILE [options]
 
@@ -22,6 +23,10 @@ Options:
   --image IMAGE            sidecar image (config: image; required from file or flag)
   --native-sidecar BOOL    true: native sidecar (Kubernetes >= 1.29), false: regular
                            container (config: nativeSidecar, default false)
+  --drain DURATION         after SIGTERM, keep serving this long before closing
+                           (default 5s; 0s closes at once), while the API server
+                           still sends reviews to this replica; a second signal
+                           closes at once
   --rules-configmap NAME   default rules ConfigMap (config: rulesConfigMap,
                            default driftguard-rules)
   -h, --help               show this help
@@ -53,6 +58,7 @@ export async function main(argv: string[]): Promise<number> {
         'image': { type: 'string' },
         'native-sidecar': { type: 'string' },
         'rules-configmap': { type: 'string' },
+        'drain': { type: 'string', default: '5s' },
         'help': { type: 'boolean', short: 'h' },
       },
     }));
@@ -65,6 +71,9 @@ export async function main(argv: string[]): Promise<number> {
   if (!certFile || !keyFile) return err('--tls-cert and --tls-key are required (see --help)');
   const listen = parseAddress(values.listen as string);
   if (!listen) return err(`--listen ${JSON.stringify(values.listen)} is not host:port`);
+  let drainMs: number;
+  try { drainMs = parseDuration(values.drain as string); } catch (e) { return err(`--drain: ${(e as Error).message}`); }
+  if (drainMs > MAX_TIMER_MS) return err(`--drain ${values.drain as string}: ${TIMER_TOO_LONG}`);
 
   let config;
   try {
@@ -97,10 +106,21 @@ export async function main(argv: string[]): Promise<number> {
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'injector listening', address, port, nativeSidecar: config.nativeSidecar, image: config.image })}\n`);
 
   await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
+    const log = (msg: string, fields: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg, ...fields })}\n`);
+    let draining: NodeJS.Timeout | undefined;
+    const close = (signal: NodeJS.Signals) => {
+      clearTimeout(draining);
       process.off('SIGTERM', stop); process.off('SIGINT', stop);
-      process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'injector stopping', signal })}\n`);
+      log('injector stopping', { signal });
       injector.close().then(resolve, resolve);
+    };
+    // With failurePolicy Fail, a pod created while the API server still routes reviews to
+    // this terminating replica would be refused: keep answering until the endpoints have
+    // moved on, then stop. A second signal (or Ctrl-C) does not wait.
+    const stop = (signal: NodeJS.Signals) => {
+      if (draining !== undefined || signal === 'SIGINT' || drainMs === 0) { close(signal); return; }
+      log('injector draining', { signal, drainMs });
+      draining = setTimeout(() => close(signal), drainMs);
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);

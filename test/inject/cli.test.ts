@@ -32,7 +32,7 @@ function run(args: string[]) {
 t.test('serves reviews with the config file and flags, exits 0 on SIGTERM', async (t) => {
   const config = join(dir, 'injector.yaml');
   writeFileSync(config, 'image: registry.example.com/driftguard:9.9.9\nnativeSidecar: false\nrulesConfigMap: shop-rules\n');
-  const proc = run(['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--config', config, '--native-sidecar', 'true']);
+  const proc = run(['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--config', config, '--native-sidecar', 'true', '--drain', '1500ms']);
   let port = 0;
   for (let i = 0; i < 200 && !port; i++) {
     const line = proc.stdout().split('\n').find((l) => l.includes('injector listening'));
@@ -49,9 +49,27 @@ t.test('serves reviews with the config file and flags, exits 0 on SIGTERM', asyn
   t.equal(out.spec.initContainers[0].image, 'registry.example.com/driftguard:9.9.9', 'image from the file');
   t.equal(out.spec.volumes.find((v: { name: string }) => v.name === 'driftguard-rules').configMap.name, 'shop-rules', 'default rules ConfigMap from the file');
   proc.child.kill('SIGTERM');
+  // The API server may still send reviews to a terminating replica: they are answered while it drains.
+  await new Promise((r) => setTimeout(r, 300));
+  const during = await httpsRequest(port, tls.cert, { body: JSON.stringify(admissionReview(pod)) });
+  t.equal(during.status, 200, 'a review during the drain is answered');
+  t.equal(proc.child.exitCode, null, 'still running 300 ms after SIGTERM');
   const { code, stdout } = await proc.exited;
   t.equal(code, 0, 'exit 0 after SIGTERM');
+  t.match(stdout, /injector draining.*"drainMs":1500/);
   t.match(stdout, /injector stopping/);
+});
+
+t.test('a second signal during the drain stops at once', async (t) => {
+  const proc = run(['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--image', 'x:1']);
+  for (let i = 0; i < 200 && !proc.stdout().includes('injector listening'); i++) await new Promise((r) => setTimeout(r, 25));
+  proc.child.kill('SIGTERM');
+  for (let i = 0; i < 200 && !proc.stdout().includes('injector draining'); i++) await new Promise((r) => setTimeout(r, 25));
+  const started = Date.now();
+  proc.child.kill('SIGTERM');
+  const { code } = await proc.exited;
+  t.equal(code, 0);
+  t.ok(Date.now() - started < 3_000, 'well before the 5 s default drain');
 });
 
 t.test('--help', async (t) => {
