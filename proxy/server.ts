@@ -7,6 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
+import { MAX_TIMER_MS } from './rules/durations.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
@@ -73,6 +74,12 @@ export interface Driftguard {
   readonly inFlight: number;
   /** WebSocket handshakes being decided and the tunnels they became, until they close. */
   readonly tunnels: number;
+  /**
+   * Close the open WebSocket tunnels whose handshake context `which` picks (its credential
+   * revoked, its consumer quarantined): a tunnel is decided once, at the handshake, and would
+   * otherwise outlive what was decided. Returns how many were closed.
+   */
+  closeTunnels(which: (ctx: RequestContext) => boolean): number;
   /** Stop accepting, let in-flight requests finish within graceMs, then close everything. */
   drain(graceMs: number): Promise<void>;
   /** Close at once (tests). */
@@ -100,6 +107,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const responses = new Set<ServerResponse>();
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
+  /** The tunnels established (101 passed on), with their handshake's context. */
+  const open = new Map<Socket, RequestContext>();
   let draining = false;
   let closing: Promise<void> | undefined;
   let idle: (() => void) | undefined;
@@ -274,7 +283,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       ended = true;
       try { observation.end(status); } catch { /* ignore */ }
     };
-    socket.once('close', () => { tunnels.delete(socket); settled(); end(); });
+    let expiry: NodeJS.Timeout | undefined;
+    socket.once('close', () => { tunnels.delete(socket); open.delete(socket); clearTimeout(expiry); settled(); end(); });
     const answer = (problem: Problem, headers: Record<string, string | string[]>): void => {
       const a = problemAnswer(problem, headers);
       status = a.status;
@@ -292,6 +302,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, observation), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;
     end();
+    if (status === 101 && !socket.destroyed) {
+      open.set(socket, ctx);
+      // The credential the handshake was allowed with ends: so does the tunnel. A client
+      // that keeps a WebSocket longer reconnects with a fresh token, and is decided again.
+      const c = ctx.credential;
+      if (c) expiry = setTimeout(() => socket.destroy(), Math.min(MAX_TIMER_MS, Math.max(0, c.expiresAtMs + g.rules.identity.clockSkewMs - now()))).unref();
+    }
   }
 
   /**
@@ -356,6 +373,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     tables: new Map([['token_cache', () => generation.identity.cacheFill()]]),
     get inFlight() { return responses.size + tunnels.size; },
     get tunnels() { return tunnels.size; },
+    closeTunnels(which) {
+      let closed = 0;
+      for (const [socket, ctx] of open) {
+        let pick = false;
+        try { pick = which(ctx); } catch { pick = true; /* fail closed: a check that fails closes */ }
+        if (pick) { socket.destroy(); closed++; }
+      }
+      return closed;
+    },
     get generation() { return generation; },
     get ready() { return notReady().length === 0; },
     get notReady() { return notReady(); },

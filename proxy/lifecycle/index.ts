@@ -22,6 +22,8 @@ import { lruFill } from '../lib/heap.ts';
 
 type ListKind = 'file' | 'url';
 const LIST_KINDS: readonly ListKind[] = ['file', 'url'];
+/** How often open WebSocket tunnels are checked against revocations and quarantines. */
+const TUNNEL_SWEEP_MS = 1_000;
 
 /** Where the rules say a list of this kind is, if anywhere. */
 function locationOf(c: RevocationConfig, kind: ListKind): string | undefined {
@@ -117,6 +119,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
    * failing URL keeps the entries it had anyway.
    */
   let following = Promise.resolve();
+  let sweeper: NodeJS.Timeout | undefined;
   function followLists(): Promise<void> {
     following = following.then(async () => {
       const c = state.config.revocation;
@@ -202,12 +205,28 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => { state.use(g.rules); void followLists(); });
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });
+      // A WebSocket tunnel is decided at its handshake: once a second, close the open ones
+      // whose credential has since been revoked or whose consumer is quarantined (enforced
+      // modes only), so that a revocation cuts a stream off as it refuses a request.
+      sweeper = setInterval(() => {
+        const now = state.now();
+        const { revocation: r, credentials, monitors } = state.config;
+        const closed = dg.closeTunnels((ctx) => {
+          const c = ctx.credential;
+          if (!c) return false;
+          if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return true;
+          const held = monitors.quarantine.mode === 'enforce' && ctx.consumer ? state.monitors.quarantine(ctx.consumer.subject, now) : undefined;
+          return held !== undefined && held.mode === 'enforce';
+        });
+        if (closed > 0) log({ level: 'info', msg: 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined', tunnels: closed });
+      }, TUNNEL_SWEEP_MS).unref();
       // Not ready until the revocation list URL has been applied once: a sidecar that took
       // traffic before knowing what is revoked would let revoked tokens through.
       dg.addReadinessCheck(() => sources.some((s) => s.kind === 'url' && s.status.lastSuccessAt === undefined)
         ? 'revocation list URL not fetched yet' : undefined);
     },
     async shutdown() {
+      clearInterval(sweeper);
       for (const s of sources) s.close();
       journal?.close();
     },

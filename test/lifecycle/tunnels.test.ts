@@ -1,0 +1,86 @@
+// A WebSocket tunnel is decided once, at its handshake. It must not outlive that decision:
+// a revocation of its consumer or a quarantine closes it within a second, and it ends when
+// the token it was opened with expires. Real `ws` client and server, real driftguard.
+
+import t, { type Test } from 'tap';
+import type { AddressInfo } from 'node:net';
+import WebSocket, { WebSocketServer } from 'ws';
+import { AGENT, BOT, baseRules } from '../support/driftguard.ts';
+import { world, startLifecycle, bearer } from './support.ts';
+
+async function echoServer(t: Test): Promise<string> {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise((r) => wss.once('listening', r));
+  wss.on('connection', (s) => s.on('message', (m) => s.send(`echo:${m}`)));
+  t.teardown(() => new Promise<void>((r) => { for (const c of wss.clients) c.terminate(); wss.close(() => r()); }));
+  return `http://127.0.0.1:${(wss.address() as AddressInfo).port}`;
+}
+
+interface Open { ws: WebSocket; closed: Promise<number>; ask(m: string): Promise<string> }
+
+async function open(url: string, token: string): Promise<Open> {
+  const ws = new WebSocket(url, { headers: bearer(token) });
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); ws.once('unexpected-response', (_q, res) => reject(new Error(`handshake ${res.statusCode}`))); });
+  const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)));
+  ws.on('error', () => {});
+  return { ws, closed, ask: (m) => new Promise((r) => { ws.once('message', (d) => r(String(d))); ws.send(m); }) };
+}
+
+const within = <T>(p: Promise<T>, ms: number): Promise<T | 'still open'> =>
+  Promise.race([p, new Promise<'still open'>((r) => setTimeout(() => r('still open'), ms))]);
+
+t.test('a revocation closes the consumer\'s open tunnels, and only theirs', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(baseRules(up, w.keys.url, (r) => { r.credentials = { taskBindingAt: 'never' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const url = dg.url.replace('http', 'ws') + '/items/1';
+  const agent = await open(url, await w.token());
+  const bot = await open(url, await w.token({ sub: BOT }));
+  t.teardown(() => { agent.ws.terminate(); bot.ws.terminate(); });
+  t.equal(await agent.ask('1'), 'echo:1', 'the agent\'s tunnel works');
+  const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: AGENT, reason: 'compromised' }) });
+  t.equal(revoked.status, 201);
+  await revoked.text();
+  t.equal(await within(agent.closed, 3_000), 1006, 'the agent\'s tunnel is closed');
+  t.equal(await bot.ask('2'), 'echo:2', 'another consumer\'s tunnel stays open');
+  t.ok(dg.logs.some((l) => l.msg === 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined' && l.tunnels === 1), 'logged, with the count');
+});
+
+t.test('in audit mode a revocation leaves the tunnel open', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(baseRules(up, w.keys.url, (r) => { r.credentials = { taskBindingAt: 'never' }; r.revocation = { mode: 'audit' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token());
+  t.teardown(() => agent.ws.terminate());
+  await (await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: AGENT, reason: 'test' }) })).text();
+  t.equal(await within(agent.closed, 1_500), 'still open');
+  t.equal(await agent.ask('3'), 'echo:3');
+});
+
+t.test('a tunnel ends when the token it was opened with expires', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(baseRules(up, w.keys.url, (r) => { r.credentials = { taskBindingAt: 'never' }; r.identity.clockSkew = '0s'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token({ ttl: 2 }));
+  t.teardown(() => agent.ws.terminate());
+  t.equal(await agent.ask('4'), 'echo:4');
+  t.equal(await within(agent.closed, 4_000), 1006, 'closed at exp');
+});
+
+t.test('a quarantine closes the consumer\'s open tunnels', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(baseRules(up, w.keys.url, (r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } };
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token());
+  t.teardown(() => agent.ws.terminate());
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' })).text();
+  t.equal(await within(agent.closed, 3_000), 1006, 'closed once quarantined');
+});
