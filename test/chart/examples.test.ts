@@ -28,7 +28,7 @@ t.test('the example rules are valid driftguard rules', async (t) => {
   t.doesNotThrow(() => parseRules(rules.data['rules.yaml'], 'examples/app.yaml'));
 });
 
-for (const kubeVersion of ['1.28', '1.30']) {
+for (const kubeVersion of ['1.28', '1.30', '1.32']) {
   t.test(`injected with the chart's config for ${kubeVersion}: Service → sidecar → app`, async (t) => {
     const rendered = render({ kubeVersion });
     const config = buildConfig(parseYaml(one(rendered, 'ConfigMap', 'dg-driftguard-injector').data['injector.yaml']));
@@ -43,7 +43,7 @@ for (const kubeVersion of ['1.28', '1.30']) {
     t.doesNotThrow(() => validateObject(out));
     const all = [...(out.spec.initContainers ?? []), ...out.spec.containers];
     const sidecar = all.find((c: { name: string }) => c.name === 'driftguard');
-    t.equal(sidecar.restartPolicy, kubeVersion === '1.30' ? 'Always' : undefined);
+    t.equal(sidecar.restartPolicy, kubeVersion === '1.32' ? 'Always' : undefined);
     // The Service's targetPort names a port; it must resolve to the sidecar's listener.
     const target = service.spec.ports[0].targetPort;
     const resolved = all.flatMap((c: { ports?: { name?: string; containerPort: number }[] }) => c.ports ?? []).filter((p: { name?: string }) => p.name === target);

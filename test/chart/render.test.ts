@@ -1,4 +1,4 @@
-// charts/driftguard rendered by the real helm binary: lint, Kubernetes 1.28 and 1.30,
+// charts/driftguard rendered by the real helm binary: lint, Kubernetes 1.28, 1.30 and 1.32,
 // every object validated against the Kubernetes schemas, and explicit assertions on
 // what the schemas cannot see (misspelled fields, names that must agree, the caBundle).
 
@@ -20,7 +20,7 @@ t.test('helm lint --strict passes, with defaults and with the other modes', asyn
   }
 });
 
-for (const kubeVersion of ['1.28', '1.30']) {
+for (const kubeVersion of ['1.28', '1.30', '1.32']) {
   t.test(`helm template --kube-version ${kubeVersion}`, async (t) => {
     const objects = render({ kubeVersion });
 
@@ -46,7 +46,7 @@ for (const kubeVersion of ['1.28', '1.30']) {
     t.test('sidecar mode follows the cluster version; the injector accepts its config', async (t) => {
       const injectorConfig = one(objects, 'ConfigMap', 'dg-driftguard-injector');
       const config = buildConfig(parseYaml(injectorConfig.data['injector.yaml']), 'rendered injector.yaml');
-      t.equal(config.nativeSidecar, kubeVersion === '1.30', 'native sidecar from 1.29');
+      t.equal(config.nativeSidecar, kubeVersion === '1.32', 'native sidecar from 1.32 (a named targetPort reaches an init container\'s port from then on)');
       t.equal(config.image, 'ghcr.io/driftguard/driftguard:0.1.0', 'image tag defaults to appVersion');
       t.equal(config.resources.limits.memory, '320Mi');
       t.equal(config.rulesConfigMap, 'driftguard-rules');

@@ -64,12 +64,15 @@ app.kubernetes.io/component: injector
 {{/*
 Native sidecars (init containers with restartPolicy: Always) are on by default from
 Kubernetes 1.29 (beta) and GA in 1.33; an API server that does not know the field
-rejects the pod, so "auto" decides by the cluster version helm sees.
+rejects the pod, so "auto" decides by the cluster version helm sees. "auto" waits for 1.32:
+before it, a Service's named targetPort (driftguard, as the README says) is not resolved to
+an init container's port and the Service gets no endpoints (kubernetes/kubernetes#127958,
+fixed for Endpoints and EndpointSlices in 1.32).
 */}}
 {{- define "driftguard.nativeSidecar" -}}
 {{- $native := toString .Values.sidecar.native -}}
 {{- if eq $native "auto" -}}
-{{- semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version | toString -}}
+{{- semverCompare ">=1.32.0-0" .Capabilities.KubeVersion.Version | toString -}}
 {{- else -}}
 {{- $native -}}
 {{- end -}}
