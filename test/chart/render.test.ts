@@ -161,13 +161,23 @@ t.test('cert-manager mode: a Certificate and the cainjector annotation instead o
   const objects = render({ kubeVersion: '1.30', set: ['webhook.certManager.enabled=true'] });
   t.equal(objects.filter((o) => o.kind === 'Secret').length, 0, 'no chart-generated Secret');
   for (const o of objects.filter((o) => !o.apiVersion.startsWith('cert-manager.io/'))) t.doesNotThrow(() => validateObject(o), `${o.kind} ${o.metadata.name}`);
-  const certificate = one(objects, 'Certificate');
-  const issuer = one(objects, 'Issuer');
+  const certificates = objects.filter((o) => o.kind === 'Certificate');
+  const issuers = objects.filter((o) => o.kind === 'Issuer');
+  // A CA of the chart's own issues the serving certificate: renewing that one keeps the trust anchor.
+  const ca = certificates.find((c) => c.spec.isCA === true)!;
+  const certificate = certificates.find((c) => c !== ca)!;
+  const selfSigned = issuers.find((i) => 'selfSigned' in i.spec)!;
+  const issuer = issuers.find((i) => 'ca' in i.spec)!;
+  t.equal(certificates.length, 2);
+  t.same(ca.spec.issuerRef, { name: selfSigned.metadata.name, kind: 'Issuer', group: 'cert-manager.io' }, 'the CA is self-signed');
+  t.equal(ca.spec.privateKey.rotationPolicy, 'Never', 'and keeps its key');
+  t.equal(ca.spec.duration, '87600h', 'for webhook.certValidityDays');
+  t.equal(issuer.spec.ca.secretName, ca.spec.secretName, 'the CA issuer signs with the CA\'s Secret');
   const deployment = one(objects, 'Deployment');
   const mwc = one(objects, 'MutatingWebhookConfiguration');
   const service = one(objects, 'Service');
   t.equal(certificate.apiVersion, 'cert-manager.io/v1');
-  t.same(issuer.spec, { selfSigned: {} });
+  t.same(selfSigned.spec, { selfSigned: {} });
   t.same(certificate.spec.issuerRef, { name: issuer.metadata.name, kind: 'Issuer', group: 'cert-manager.io' });
   t.ok(certificate.spec.dnsNames.includes(`${service.metadata.name}.${NS}.svc`));
   const tlsVolume = deployment.spec.template.spec.volumes.find((v: { name: string }) => v.name === 'webhook-tls');
