@@ -128,13 +128,20 @@ export function delegation(rules: Rules, state: LifecycleState | undefined): Che
       if (!cred || cred.claims.act === undefined) return undefined;
       // Outermost (current) actor first; walk one level past the limit at most.
       const chain: string[] = [];
+      /** The actors that name an issuer other than the one their subject belongs to. */
+      const foreign: string[] = [];
       let node: unknown = cred.claims.act;
       while (node !== undefined && chain.length <= d.maxDepth) {
-        const sub = (node as { sub?: unknown } | null)?.sub;
-        if (typeof node !== 'object' || node === null || Array.isArray(node) || typeof sub !== 'string' || sub === '') {
-          return verdict(ctx, d.mode, { reason: 'invalid-credential', detail: 'the act claim must be an object with a non-empty sub at every level' });
+        const { sub, iss } = (node ?? {}) as { sub?: unknown; iss?: unknown };
+        if (typeof node !== 'object' || node === null || Array.isArray(node) || typeof sub !== 'string' || sub === '' || (iss !== undefined && typeof iss !== 'string')) {
+          return verdict(ctx, d.mode, { reason: 'invalid-credential', detail: 'the act claim must be an object with a non-empty sub (and a string iss, if any) at every level' });
         }
         chain.push(sub);
+        // An actor is its sub as its issuer vouches for it: act.iss, else the token's issuer.
+        // A registered actor has one issuer (consumers.registry[].issuer); another actor is
+        // vouched for by the token's own issuer only. A same-named actor elsewhere is not it.
+        const vouchedBy = iss ?? cred.issuer;
+        if (vouchedBy !== (rules.consumers.registry.get(sub)?.issuer ?? cred.issuer)) foreign.push(sub);
         node = (node as { act?: unknown }).act;
       }
       ctx.extra['delegation.chain'] = chain;
@@ -148,7 +155,7 @@ export function delegation(rules: Rules, state: LifecycleState | undefined): Che
         if (d.unlisted === 'allow') return undefined;
         return verdict(ctx, d.mode, { reason: 'actor-not-allowed', detail: 'no actor may act for this consumer' });
       }
-      const stranger = chain.find((actor) => !allowed.has(actor));
+      const stranger = chain.find((actor) => !allowed.has(actor) || foreign.includes(actor));
       if (stranger !== undefined) return verdict(ctx, d.mode, { reason: 'actor-not-allowed', detail: `actor ${stranger} may not act for this consumer` });
       return undefined;
     },

@@ -3,6 +3,7 @@
 
 import t from 'tap';
 import { AGENT, BOT } from '../support/driftguard.ts';
+import { ISSUER } from '../support/keys.ts';
 import { world, startLifecycle, problem, bearer } from './support.ts';
 
 t.test('automated consumers need a jti, and a task-bound token from taskBindingAt up', async (t) => {
@@ -98,7 +99,14 @@ t.test('delegation: the act chain is recorded, its depth and its actors are chec
   t.equal(plain.status, 200);
   await plain.text();
   await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: 42 } } })) }), 'invalid-credential', 401);
-  t.equal(w.up.seen.length, 2);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: 'spiffe://tools/a', iss: 7 } } })) }), 'invalid-credential', 401);
+  // An actor is its sub as an issuer vouches for it: the allowed actor's name from another issuer is not that actor.
+  const elsewhere = await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: 'spiffe://tools/a', iss: 'https://evil.example' } } })) }), 'actor-not-allowed', 403);
+  t.match(elsewhere.detail, 'spiffe://tools/a');
+  const same = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: 'spiffe://tools/a', iss: ISSUER } } })) });
+  t.equal(same.status, 200, 'act.iss naming the token\'s own issuer');
+  await same.text();
+  t.equal(w.up.seen.length, 3);
 });
 
 t.test('delegation in audit mode forwards and records', async (t) => {
