@@ -90,6 +90,16 @@ class UnsupportedMediaType extends TypeError {
 export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
   const { state, log } = ctx;
 
+  /** After a write is in force: a journal mostly of lifted and ended records is rewritten. */
+  function compactJournal(): void {
+    try {
+      const compacted = ctx.journal?.compactIfSparse(() => state.revocations.list(state.now()).filter((r) => r.source === 'admin'));
+      if (compacted) log({ level: 'info', msg: 'revocation journal compacted', file: ctx.journal!.file, records: ctx.journal!.records });
+    } catch (err) {
+      log({ level: 'warn', msg: 'revocation journal not compacted; it goes on as it was', error: (err as Error).message });
+    }
+  }
+
   routes.add('GET', '/revocations', async (_req, res) => {
     const now = state.now();
     const sources = {
@@ -131,6 +141,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       return;
     }
     state.revocations.add(revocation);
+    compactJournal();
     log({ level: 'info', msg: 'revocation added', id: revocation.id, kind: revocation.kind, value: revocation.value, reason: revocation.reason, end: new Date(endMs).toISOString(), by: who });
     routes.json(res, 201, revocationView(revocation));
   });
@@ -149,6 +160,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       return;
     }
     state.revocations.remove('admin', id);
+    compactJournal();
     log({ level: 'info', msg: 'revocation lifted', id, kind: r.kind, value: r.value, by: who });
     routes.json(res, 200, { lifted: revocationView(r) });
   });

@@ -3,10 +3,11 @@
 // last line (the one being appended): it is skipped, reported and cut off, so that the next
 // append starts on a clean line; an append that fails while the process runs (a full disk)
 // is cut back at once, for the same reason. Any other unreadable line is skipped and reported
-// too; nothing in the journal can stop start-up. At start the journal is compacted to the
-// revocations still in force, so it does not grow without bound.
+// too; nothing in the journal can stop start-up. At start, and while running once the records
+// that no longer count outnumber those in force, the journal is compacted to the revocations
+// still in force, so it does not grow without bound.
 
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync, ftruncateSync } from 'node:fs';
+import { closeSync, constants, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync, ftruncateSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isRevocationKind, type Revocation } from './revocations.ts';
 
@@ -67,20 +68,37 @@ export class Journal {
   /** A failed append could not be cut back: the next record starts on a line of its own. */
   #torn = false;
 
+  /** Records in the file: the live ones it was last compacted to, and every append since. */
+  #records: number;
+
   /** Open `file` for appending, after rewriting it with exactly `live` (compaction). */
   constructor(file: string, live: readonly Revocation[]) {
     this.file = file;
-    const tmp = `${file}.tmp-${process.pid}`;
-    const fd = openSync(tmp, 'w', 0o600);
-    let size = 0;
-    try {
-      for (const r of live) size += writeSync(fd, JSON.stringify({ op: 'add', revocation: r }) + '\n');
-      fsyncSync(fd);
-    } finally { closeSync(fd); }
-    renameSync(tmp, file);
-    syncDirectory(dirname(file));
-    this.#fd = openSync(file, 'a', 0o600);
+    const { fd, size } = rewrite(file, live);
+    this.#fd = fd;
     this.#size = size;
+    this.#records = live.length;
+  }
+
+  get records(): number { return this.#records; }
+
+  /**
+   * Compact while running, not only at start: when the records that no longer count (lifted,
+   * ended) outnumber those in force, the file is rewritten with exactly `live()`. Without it
+   * the file grew with every write for as long as the process ran, and the next start read it
+   * whole. Throws when the rewrite fails; the file and the appends then go on as before.
+   */
+  compactIfSparse(live: () => readonly Revocation[]): boolean {
+    if (this.#records < COMPACT_AFTER) return false;
+    const kept = live();
+    if (this.#records <= 2 * kept.length) return false;
+    const { fd, size } = rewrite(this.file, kept);
+    closeSync(this.#fd);
+    this.#fd = fd;
+    this.#size = size;
+    this.#records = kept.length;
+    this.#torn = false;
+    return true;
   }
 
   /**
@@ -103,12 +121,39 @@ export class Journal {
       throw err;
     }
     this.#size += line.length;
+    this.#records++;
     this.#torn = false;
   }
 
   close(): void {
     if (this.#fd >= 0) { closeSync(this.#fd); this.#fd = -1; }
   }
+}
+
+/** Records below which a journal is not compacted while running: a rewrite costs more than they do. */
+const COMPACT_AFTER = 1_000;
+
+/**
+ * Write exactly `live` to a new file and put it in place of `file`; the returned descriptor
+ * stays open on it, positioned at its end, for the appends that follow. Until the rename the
+ * old file is untouched.
+ */
+function rewrite(file: string, live: readonly Revocation[]): { fd: number; size: number } {
+  const tmp = `${file}.tmp-${process.pid}`;
+  // O_APPEND: a failed append is cut back with ftruncate, and the next one must land at the
+  // new end, not where the cut-off fragment had left the file position.
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND, 0o600);
+  let size = 0;
+  try {
+    for (const r of live) size += writeSync(fd, JSON.stringify({ op: 'add', revocation: r }) + '\n');
+    fsyncSync(fd);
+    renameSync(tmp, file);
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  syncDirectory(dirname(file));
+  return { fd, size };
 }
 
 function syncDirectory(dir: string): void {

@@ -498,3 +498,27 @@ t.test('admin writes refuse what a web page can send: Origin, Sec-Fetch-Site, a 
   t.equal(del.status, 403, 'a DELETE from a page');
   t.equal((await listed()).length, 1, 'still in force');
 });
+
+t.test('the journal is compacted while running once lifted records outnumber those in force', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-journal-compact-'));
+  const journal = join(dir, 'revocations.journal');
+  const rules = w.rules((r) => { r.revocation = { journal }; });
+  const dg = await startLifecycle(rules, { dir });
+  const json = { 'content-type': 'application/json' };
+  const kept: string[] = [];
+  for (let i = 0; i < 700; i++) {
+    const made = await (await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: json, body: JSON.stringify({ kind: 'jti', value: `token-${i}`, reason: 'test' }) })).json() as { id: string };
+    if (i % 10 === 0) { kept.push(made.id); continue; }
+    await (await fetch(`${dg.admin}/revocations/${made.id}`, { method: 'DELETE' })).text();
+  }
+  // 700 adds and 630 deletes were written; 70 revocations are in force.
+  const lines = readFileSync(journal, 'utf8').split('\n').filter(Boolean).length;
+  t.ok(lines < 1_000, `the journal holds ${lines} records, not 1,330`);
+  t.ok(dg.logs.some((l) => l.msg === 'revocation journal compacted'), 'and says so');
+  await dg.close();
+  const again = await startLifecycle({ file: dg.file }, { dir });
+  t.teardown(async () => { await again.close(); await w.close(); });
+  const listed = (await (await fetch(`${again.admin}/revocations`)).json()) as { revocations: { id: string }[] };
+  t.same(listed.revocations.map((r) => r.id).sort(), [...kept].sort(), 'a restart replays exactly the revocations in force');
+});
