@@ -27,6 +27,15 @@ export interface InjectorServerOptions {
   readonly tlsKeyFile: string;
   readonly host: string;
   readonly port: number;
+  /**
+   * Reviews read and handled at once (default 4); more wait, body unread, up to
+   * `maxWaitingReviews` (default 64), and beyond get 503. A review holds its body and its
+   * parsed pod (up to 4 MiB, several times that parsed): 30 large ones at once took the
+   * injector to 177-295 MiB against its 128Mi limit. A review takes milliseconds, so four
+   * at a time still answer thousands a second.
+   */
+  readonly maxConcurrentReviews?: number;
+  readonly maxWaitingReviews?: number;
   /** How often the certificate files are checked for a change, in milliseconds (default 30000; 0: never). */
   readonly certCheckIntervalMs?: number;
   readonly log?: (record: LogRecord) => void;
@@ -45,8 +54,9 @@ export async function startInjectorServer(options: InjectorServerOptions): Promi
   let cert = readFileSync(options.tlsCertFile);
   let key = readFileSync(options.tlsKeyFile);
 
+  const gate = new Gate(options.maxConcurrentReviews ?? 4, options.maxWaitingReviews ?? 64);
   const server = createServer({ cert, key, minVersion: 'TLSv1.2' }, (req, res) => {
-    handle(req, res, options.config, log).catch((err: unknown) => {
+    handle(req, res, options.config, log, gate).catch((err: unknown) => {
       log({ level: 'error', msg: 'admission handler failed', error: String((err as Error)?.message ?? err) });
       if (!res.headersSent) sendText(res, 500, 'internal error\n');
       else res.destroy();
@@ -89,7 +99,32 @@ export async function startInjectorServer(options: InjectorServerOptions): Promi
   };
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, config: InjectorConfig, log: (r: LogRecord) => void): Promise<void> {
+/** At most `size` holders at once; at most `queue` waiting for a turn. */
+class Gate {
+  readonly #size: number;
+  readonly #queue: number;
+  #held = 0;
+  readonly #waiting: (() => void)[] = [];
+  constructor(size: number, queue: number) { this.#size = size; this.#queue = queue; }
+
+  /** Resolves with a release function once it is this caller's turn, or with undefined when too many wait. */
+  async enter(): Promise<(() => void) | undefined> {
+    if (this.#held >= this.#size) {
+      if (this.#waiting.length >= this.#queue) return undefined;
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    } else this.#held++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.#waiting.shift();
+      // The turn passes straight to the next waiter: the count stays.
+      if (next) next(); else this.#held--;
+    };
+  }
+}
+
+async function handle(req: IncomingMessage, res: ServerResponse, config: InjectorConfig, log: (r: LogRecord) => void, gate: Gate): Promise<void> {
   const path = (req.url ?? '').split('?')[0];
   if (path === '/healthz' || path === '/readyz') {
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendText(res, 405, 'method not allowed\n', { allow: 'GET, HEAD' });
@@ -103,6 +138,20 @@ async function handle(req: IncomingMessage, res: ServerResponse, config: Injecto
     req.resume();
     return sendText(res, 415, 'expected Content-Type: application/json\n');
   }
+  const release = await gate.enter();
+  if (!release) {
+    req.resume();
+    log({ level: 'warn', msg: 'admission review refused: too many waiting' });
+    return sendText(res, 503, 'too many admission reviews at once\n', { 'retry-after': '1' });
+  }
+  try {
+    await review(req, res, config, log);
+  } finally {
+    release();
+  }
+}
+
+async function review(req: IncomingMessage, res: ServerResponse, config: InjectorConfig, log: (r: LogRecord) => void): Promise<void> {
   const body = await readBody(req);
   if (body === undefined) return sendText(res, 413, `body larger than ${MAX_BODY_BYTES} bytes\n`, { connection: 'close' });
 
@@ -147,6 +196,10 @@ function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
     });
     req.on('end', () => resolve(tooLarge ? undefined : Buffer.concat(chunks)));
     req.on('error', reject);
+    // A client gone while the review waited for its turn: its abort was emitted before these
+    // listeners, so 'close' (or the state now) is all that is left to end the wait on.
+    req.on('close', () => { if (!req.complete) reject(new Error('the client closed the connection')); });
+    if (req.destroyed && !req.complete) reject(new Error('the client closed the connection'));
   });
 }
 

@@ -366,3 +366,32 @@ t.test('a rotated certificate is picked up without a restart', async (t) => {
   t.equal(after?.status, 200, 'the new certificate is served');
   t.not(after?.fingerprint, before.fingerprint);
 });
+
+t.test('reviews are handled a few at a time: more wait, body unread, and past the queue get 503', async (t) => {
+  const { connect } = await import('node:tls');
+  const injector = await startInjectorServer({
+    config: buildConfig({ image: IMAGE, nativeSidecar: true }), tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'),
+    host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {}, maxConcurrentReviews: 1, maxWaitingReviews: 1,
+  });
+  t.teardown(() => injector.close());
+  const port = injector.address.port;
+  // A holds the one turn: its body is announced and never finished.
+  const slow = connect({ host: '127.0.0.1', port, ca: tls.cert, servername: 'localhost' });
+  slow.on('error', () => {});
+  await new Promise((r) => slow.once('secureConnect', r));
+  slow.write('POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"apiVe');
+  await new Promise((r) => setTimeout(r, 100));
+  const body = JSON.stringify(admissionReview(appPod({ labels: { 'driftguard.io/inject': 'true' } })));
+  let waitedAnswered = false;
+  const waited = httpsRequest(port, tls.cert, { body }).then((r) => { waitedAnswered = true; return r; });
+  await new Promise((r) => setTimeout(r, 300));
+  t.notOk(waitedAnswered, 'B waits its turn while A holds it');
+  const refused = await httpsRequest(port, tls.cert, { body });
+  t.equal(refused.status, 503, 'C finds the queue full');
+  t.equal(refused.headers['retry-after'], '1');
+  // A's client leaves: its turn passes to B, which is answered.
+  slow.destroy();
+  const b = await waited;
+  t.equal(b.status, 200, 'B is answered once A is gone');
+  t.equal(JSON.parse(b.text).response.allowed, true);
+});
