@@ -282,6 +282,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
+      const owner = hash('sha256', ctx.consumer!.subject, 'base64');
       const key = hash('sha256', `${ctx.consumer!.subject}\n${raw.trim()}`, 'base64');
       const seen = state.monitors.keys.get(key);
       if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
@@ -290,7 +291,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
         }
         return verdict(ctx, i.mode, { reason: 'duplicate-write', detail: seen.inFlight ? 'the same write with this idempotency key is still in flight' : 'the same write with this idempotency key was already sent' });
       }
-      state.monitors.keys.set(key, { payload: fingerprint, operation: ctx.operation!.id, inFlight: true, atMs: ctx.now });
+      state.monitors.rememberKey(key, { owner, payload: fingerprint, operation: ctx.operation!.id, inFlight: true, atMs: ctx.now }, i.maxKeysPerConsumer);
       state.reserved.set(ctx, key);
       return undefined;
     },

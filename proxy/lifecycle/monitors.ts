@@ -77,6 +77,8 @@ export interface Quarantine {
 }
 
 export interface IdempotencyEntry {
+  /** The writing consumer, hashed: whose share of the table the key counts in. */
+  readonly owner: string;
   readonly payload: string;
   readonly operation: string;
   inFlight: boolean;
@@ -91,6 +93,9 @@ export class MonitorState {
   /** By quarantineKey(subject): read through quarantine(), quarantines(), quarantineFor(), lift(). */
   readonly quarantined: LRUCache<string, Quarantine>;
 
+  /** Each consumer's keys in the idempotency table, oldest first. */
+  readonly #keysOf = new Map<string, Set<string>>();
+
   constructor(config: MonitorsConfig) {
     const max = config.maxConsumers;
     // Denial times are kept up to quarantine.denials whatever the mode: counted from the start.
@@ -99,8 +104,33 @@ export class MonitorState {
     const units = (s: ConsumerState) => Math.min(max, Math.max(1, Math.ceil(consumerBytes(s, fixed) / CONSUMER_UNIT_BYTES)));
     this.consumers = new LRUCache({ max, maxSize: max, sizeCalculation: units });
     this.fingerprints = new LRUCache({ max: config.retryStorm.maxFingerprints });
-    this.keys = new LRUCache({ max: config.idempotency.maxKeys });
+    this.keys = new LRUCache({
+      max: config.idempotency.maxKeys,
+      // However a key goes (pushed out, lifted by release, replaced), its owner's count follows.
+      dispose: (entry, key) => {
+        const mine = this.#keysOf.get(entry.owner);
+        mine?.delete(key);
+        if (mine?.size === 0) this.#keysOf.delete(entry.owner);
+      },
+    });
     this.quarantined = new LRUCache({ max: config.quarantine.maxQuarantined });
+  }
+
+  /**
+   * Remember a write's idempotency key. Past `maxPerConsumer` keys of its owner, the owner's
+   * oldest key goes: one consumer's many distinct keys push out its own, never another's
+   * (the table's own bound still pushes out the least recently used of all).
+   */
+  rememberKey(key: string, entry: IdempotencyEntry, maxPerConsumer: number): void {
+    this.keys.set(key, entry);
+    let mine = this.#keysOf.get(entry.owner);
+    if (!mine) this.#keysOf.set(entry.owner, mine = new Set());
+    mine.add(key);
+    while (mine.size > maxPerConsumer) {
+      const oldest = mine.values().next().value!;
+      mine.delete(oldest);
+      this.keys.delete(oldest);
+    }
   }
 
   /**

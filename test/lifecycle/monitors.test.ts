@@ -128,6 +128,30 @@ t.test('idempotency: key required, reused key, duplicate write in flight and wit
   t.equal((await slow).status, 200);
 });
 
+t.test('idempotency: one consumer\'s many keys push out its own, not another consumer\'s', async (t) => {
+  const OTHER = 'spiffe://test.local/ns/app/sa/other';
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.consumers.registry.push({ subject: OTHER, kind: 'automation', owner: 'team-x' });
+    r.monitors = { maxBodyBytes: 4096, retryStorm: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'off' }, idempotency: { at: 'medium', maxKeys: 100, window: '1h' } };
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const victim = await w.token();
+  const other = await w.token({ sub: OTHER });
+  const write = async (tok: string, key: string, body: string) => {
+    const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': key, 'content-type': 'application/json' }), body });
+    const text = await r.text();
+    return r.status < 300 ? 'forwarded' : JSON.parse(text).code as string;
+  };
+  t.equal(await write(victim, 'K', '{"amount":100}'), 'forwarded');
+  // 100 distinct keys: the whole table. The default share is a tenth of it.
+  for (let i = 0; i < 100; i++) t.equal(await write(other, `flood-${i}`, `{"n":${i}}`), 'forwarded');
+  t.equal(await write(victim, 'K', '{"amount":100}'), 'duplicate-write', 'the victim\'s key is still remembered: its retry is refused');
+  t.equal(await write(other, 'flood-99', '{"n":99}'), 'duplicate-write', 'the flooder\'s newest keys are remembered');
+  t.equal(await write(other, 'flood-0', '{"n":0}'), 'forwarded', 'its oldest went, past its share of 10');
+});
+
 t.test('idempotency in audit mode forwards and records', async (t) => {
   const w = await world();
   const dg = await startLifecycle(only(w, { idempotency: { mode: 'audit', at: 'medium' } }));
