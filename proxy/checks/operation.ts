@@ -2,9 +2,10 @@
 // denied: a stale automation calling a path the contract no longer has is the very case
 // driftguard exists for. Literal segments win over variables at every level; the query
 // string never takes part. Literals are matched exactly, but many upstream routers are not
-// (Express by default, ASP.NET Core): a segment that a variable would take, and that differs
-// from a literal beside it only in case, is refused, or `/items/EXPORT` would be decided as
-// getItem(id=EXPORT) and run by the upstream as exportItems.
+// (Express by default, ASP.NET Core): a request that such a router would route to another
+// operation, comparing literals without case, is refused, or `/items/EXPORT` would be
+// decided as getItem(id=EXPORT) and run by the upstream as exportItems, and `/admin/ITEMS`
+// as tenantCollection (/{tenant}/{collection}) and run as adminItems.
 
 import type { Check } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
@@ -12,16 +13,29 @@ import { parseTemplate } from '../rules/templates.ts';
 
 interface Node {
   readonly literals: Map<string, Node>;
-  /** Lower-cased literals, where a variable sits beside them. */
-  folded?: Set<string>;
+  /** The literals by their case fold: what a router that ignores case compares. */
+  readonly folded: Map<string, Node>;
   variable?: Node;
   operation?: Operation;
 }
 
-/** The segment at `index` differs from a literal beside a variable only in case. */
+/** The segment at `index` would take a case-ignoring router to another operation. */
 export interface CaseMismatch { readonly caseOf: string; readonly index: number }
 
-const node = (): Node => ({ literals: new Map() });
+const node = (): Node => ({ literals: new Map(), folded: new Map() });
+
+/**
+ * A segment as a case-ignoring router may compare it: decoded, then upper- and lower-cased,
+ * which also folds the characters such routers map onto ASCII (ſ to s, the Kelvin sign to k).
+ */
+function fold(segment: string): string {
+  let text = segment;
+  try { text = decodeURIComponent(segment); } catch { /* canonical paths decode; keep it as it is */ }
+  return text.toUpperCase().toLowerCase();
+}
+
+/** A segment whose fold may differ from itself: an ASCII capital, or an encoded character. */
+const MAY_FOLD = /[A-Z%]/;
 
 export function buildMatcher(operations: readonly Operation[]): (method: string, segments: readonly string[]) => Operation | CaseMismatch | undefined {
   const roots = new Map<string, Node>();
@@ -33,7 +47,10 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     for (const s of template.segments) {
       if ('literal' in s) {
         let next = at.literals.get(s.literal);
-        if (!next) at.literals.set(s.literal, (next = node()));
+        if (!next) {
+          at.literals.set(s.literal, (next = node()));
+          if (!at.folded.has(fold(s.literal))) at.folded.set(fold(s.literal), next);
+        }
         at = next;
       } else {
         at = at.variable ??= node();
@@ -41,33 +58,52 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     }
     at.operation = op;
   }
-  const fold = (at: Node): void => {
-    if (at.variable && at.literals.size > 0) at.folded = new Set([...at.literals.keys()].map((l) => l.toLowerCase()));
-    for (const next of at.literals.values()) fold(next);
-    if (at.variable) fold(at.variable);
-  };
-  for (const root of roots.values()) fold(root);
+  // Literals whose fold differs from themselves (/v1/Items): any request may then fold onto one.
+  const foldingLiterals = operations.some((op) => op.path.split('/').some((l) => !l.startsWith('{') && fold(l) !== l));
 
-  function walk(at: Node, segments: readonly string[], i: number): Operation | CaseMismatch | undefined {
+  /** Exact: literals before variables at every level, backtracking to the variable. */
+  function walk(at: Node, segments: readonly string[], i: number): Operation | undefined {
     if (i === segments.length) return at.operation;
-    const segment = segments[i]!;
-    const literal = at.literals.get(segment);
+    const literal = at.literals.get(segments[i]!);
     if (literal) {
       const found = walk(literal, segments, i + 1);
       if (found) return found;
     }
-    if (!at.variable) return undefined;
-    if (!literal && at.folded?.has(segment.toLowerCase())) return { caseOf: segment, index: i };
-    return walk(at.variable, segments, i + 1);
+    return at.variable ? walk(at.variable, segments, i + 1) : undefined;
+  }
+
+  /**
+   * As a case-ignoring router walks: the same order, literals compared by their fold. Also
+   * says the first segment that reached a literal only by folding (-1: none did).
+   */
+  function walkFolded(at: Node, segments: readonly string[], i: number, first: number): { op: Operation; index: number } | undefined {
+    if (i === segments.length) return at.operation ? { op: at.operation, index: first } : undefined;
+    const segment = segments[i]!;
+    const exact = at.literals.get(segment);
+    const literal = exact ?? at.folded.get(fold(segment));
+    if (literal) {
+      const found = walkFolded(literal, segments, i + 1, exact || first >= 0 ? first : i);
+      if (found) return found;
+    }
+    return at.variable ? walkFolded(at.variable, segments, i + 1, first) : undefined;
+  }
+
+  function decide(root: Node, segments: readonly string[]): Operation | CaseMismatch | undefined {
+    const found = walk(root, segments, 0);
+    // Most paths have no capital and no encoded character: nothing to fold, one walk.
+    if (!foldingLiterals && !segments.some((s) => MAY_FOLD.test(s))) return found;
+    const folded = walkFolded(root, segments, 0, -1);
+    if (folded && folded.op !== found && folded.index >= 0) return { caseOf: segments[folded.index]!, index: folded.index };
+    return found;
   }
 
   return (method, segments) => {
     const root = roots.get(method);
-    const found = root ? walk(root, segments, 0) : undefined;
+    const found = root ? decide(root, segments) : undefined;
     if (found || method !== 'HEAD') return found;
     // HEAD is a GET without a body: without an operation of its own it needs the GET's permission.
     const get = roots.get('GET');
-    return get ? walk(get, segments, 0) : undefined;
+    return get ? decide(get, segments) : undefined;
   };
 }
 

@@ -263,3 +263,26 @@ t.test('a segment that differs from a literal beside a variable only in case is 
   // Where no variable sits beside the literal, another case is simply no operation.
   t.equal((await w.call('GET', '/Items', { token: reader })).json.code, 'unknown-operation');
 });
+
+t.test('a request a case-ignoring router would take to another operation is refused, however deep the fold', async (t) => {
+  // /admin/ITEMS: the literal admin matched, items did not, and the walk backtracked to
+  // /{tenant}/{collection}; a case-ignoring upstream runs adminItems, which needs items.admin.
+  const w = await world(t, (r) => {
+    r.contract.operations.push(
+      { id: 'adminItems', method: 'GET', path: '/admin/items', scopes: ['items.admin'], sensitivity: 'low' },
+      { id: 'tenantCollection', method: 'GET', path: '/{tenant}/{collection}', scopes: ['items.read'], sensitivity: 'low' },
+    );
+  });
+  const reader = await w.tok({ scope: 'items.read' });
+  t.equal((await w.call('GET', '/admin/items', { token: reader })).json.code, 'insufficient-scope', 'the literal path');
+  // ſ (U+017F) upper-cases to S: .NET's OrdinalIgnoreCase takes /admin/item%C5%BF for /admin/items.
+  for (const [path, segment] of [['/admin/ITEMS', 2], ['/ADMIN/items', 1], ['/Admin/Items', 1], ['/admin/item%C5%BF', 2]] as const) {
+    const r = await w.call('GET', path, { token: reader });
+    t.equal(r.json?.code, 'unknown-operation', path);
+    t.match(r.json?.detail, new RegExp(`path segment ${segment} differs from the contract's only in case`), `${path}: segment ${segment}`);
+  }
+  t.equal(w.up.seen.length, 0, 'none reached the upstream');
+  const other = await w.call('GET', '/acme/ITEMS', { token: reader });
+  t.equal(other.status, 200, 'capitals that fold onto no other operation are the variables\'');
+  t.equal(w.up.seen[0]?.headers['driftguard-operation'], 'tenantCollection');
+});
