@@ -21,6 +21,11 @@ export interface RunOptions {
   readonly graceMs: number;
 }
 
+// The log's reader may go away (EPIPE on a closed pipe): that must not end the sidecar. The
+// decision log on stdout has its own listener, which also stops its writes.
+process.stderr.on('error', () => {});
+process.stdout.on('error', () => {});
+
 function logLine(line: Record<string, unknown>): void {
   process.stderr.write(JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
 }

@@ -33,6 +33,9 @@ export class DecisionLog {
       this.#out = this.#file = stream;
     } else {
       this.#out = output.kind === 'stdout' ? process.stdout : output.kind === 'stderr' ? process.stderr : undefined;
+      // A reader that goes away (a log shipper restarting, `| head`) makes the pipe fail with
+      // EPIPE as an 'error' event: unheard, it ended the process. Lines are dropped from then on.
+      this.#out?.on('error', () => { this.#blocked = true; });
     }
   }
 
