@@ -10,6 +10,7 @@
 import type { Check } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
 import { parseTemplate } from '../rules/templates.ts';
+import { redactPath } from '../lib/redact.ts';
 
 interface Node {
   readonly literals: Map<string, Node>;
@@ -129,6 +130,7 @@ export function operationLookup(rules: Rules): Check {
  * in the ring, twice its memory.
  */
 const QUOTED_PATH = 200;
-function shortened(path: string): string {
+function shortened(target: string): string {
+  const path = redactPath(target);
   return path.length > QUOTED_PATH ? `${path.slice(0, QUOTED_PATH)}...` : path;
 }

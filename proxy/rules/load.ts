@@ -217,8 +217,9 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   if (raw.proxy.probes !== undefined && raw.proxy.probes === raw.proxy.admin && !raw.proxy.probes.endsWith(':0')) fail(['proxy', 'probes'], 'must differ from proxy.admin');
   try {
     const u = new URL(raw.proxy.upstream);
-    if (u.pathname !== '/' || u.search || u.hash || u.username) fail(['proxy', 'upstream'], 'must be an origin only (scheme, host, port), without path, query or credentials');
-  } catch { fail(['proxy', 'upstream'], `"${raw.proxy.upstream}" is not a URL`); }
+    if (u.pathname !== '/' || u.search || u.hash || u.username || u.password) fail(['proxy', 'upstream'], 'must be an origin only (scheme, host, port), without path, query or credentials');
+    // Not quoted: a URL that does not parse may still carry a credential (user:pass@, ?token=).
+  } catch { fail(['proxy', 'upstream'], 'is not a URL'); }
   // While the upstream prepares its answer the client's connection is silent: an idle limit
   // shorter than that wait would cut answers the response timeout allows.
   const idleMs = raw.proxy.timeouts.clientIdle === undefined ? 0 : parseDurationOr0(raw.proxy.timeouts.clientIdle);

@@ -136,6 +136,13 @@ function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: 
     if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
     else if (positive && ms === 0) fail(path, EXPORT_TIMEOUT_ZERO);
   }
+  const endpoint = section.traces?.endpoint;
+  if (endpoint !== undefined) {
+    // Not quoted: the exporter would quote it in every failure it logs, userinfo and all.
+    let url: URL | undefined;
+    try { url = new URL(endpoint); } catch { fail(['telemetry', 'traces', 'endpoint'], 'is not a URL'); }
+    if (url && (url.username || url.password)) fail(['telemetry', 'traces', 'endpoint'], 'must carry no credentials: put them in OTEL_EXPORTER_OTLP_HEADERS');
+  }
   const out = section.decisionLog?.output;
   if (out !== undefined && out !== 'stdout' && out !== 'stderr' && out !== 'none') {
     const problem = unwritable(resolve(base, out));

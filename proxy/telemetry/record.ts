@@ -3,6 +3,7 @@
 // the one FIELDS table below, so a field has one name per output and the outputs agree.
 // Nothing secret is ever copied here: no token, no Authorization, no cookie, no query string.
 
+import { redactPath } from '../lib/redact.ts';
 import type { Decision, RequestContext, CheckRecord } from '../pipeline/types.ts';
 
 export type ExtraValue = string | number | boolean | string[];
@@ -99,12 +100,18 @@ export function extraFields(extra: Record<string, unknown>): Record<string, Extr
   return out;
 }
 
-/** The path without its query (a query string may carry a credential), capped in length. */
+/**
+ * The path without its query (a query string may carry a credential), without what in the
+ * path may (redactPath), capped in length.
+ */
 export function pathOf(ctx: RequestContext): string {
-  if (ctx.target) return ctx.target.path.length > 2048 ? ctx.target.path.slice(0, 2048) : ctx.target.path;
-  const url = ctx.req.url ?? '';
-  const q = url.indexOf('?');
-  const path = q === -1 ? url : url.slice(0, q);
+  let path = ctx.target?.path;
+  if (path === undefined) {
+    const url = ctx.req.url ?? '';
+    const q = url.indexOf('?');
+    path = q === -1 ? url : url.slice(0, q);
+  }
+  path = redactPath(path);
   return path.length > 2048 ? path.slice(0, 2048) : path;
 }
 

@@ -57,6 +57,18 @@ async function attempts(w: { port: number }, make: (o?: any) => Promise<string>)
       record(await raw(w.port, get(target, [`Authorization: Bearer ${s}`, `Cookie: ${cookie}`])));
     }
     record(await raw(w.port, get(`/items/1?access_token=${s}`)));
+    // In the path itself: as a segment (a JWT), an encoded query, path parameters, an absolute-form
+    // target's userinfo. driftguard's own answers are scanned; a forwarded one is the test
+    // upstream's, which echoes the URL it was sent.
+    const own = (a: { status: number; headers: Record<string, string>; body: string }) => { if (a.headers['x-upstream'] === undefined) record(a); };
+    // A segment is recognised as a token by a JWT's shape only: an opaque one is an id like any other.
+    if (s.split('.').length === 3) {
+      own(await raw(w.port, get(`/items/${s}`, [`Authorization: Bearer ${secrets[0]}`])));
+      own(await raw(w.port, get(`/nowhere/${s}`, [`Authorization: Bearer ${secrets[0]}`])));
+    }
+    own(await raw(w.port, get(`/items/1%3Faccess_token=${s}`, [`Authorization: Bearer ${secrets[0]}`])));
+    own(await raw(w.port, get(`/items/1;jsessionid=${s}`)));
+    own(await raw(w.port, get(`http://alice:${s}@example.com/items/1`)));
     record(await raw(w.port, get('/items/1', [`Authorization: Bearer ${s}`, `Authorization: Bearer ${s}`])));
     record(await raw(w.port, get('/items/1', [`Authorization: Bearer ${s} trailing`])));
   }

@@ -90,6 +90,10 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'minimum not a version', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  minimum: "2025-01"\n'), line: 20, field: 'contract.minimum' },
   { name: 'declared operation that does not exist', text: edit('      owner: team-a\n', '      owner: team-a\n      operations: [getItem, nope]\n'), line: 18, field: 'consumers.registry[0].operations[1]' },
   { name: 'upstream with a path', text: edit('upstream: http://127.0.0.1:9', 'upstream: http://127.0.0.1:9/api'), line: 3, field: 'proxy.upstream' },
+  // A password without a user name is a credential too; and a URL that does not parse is not quoted: it may carry one.
+  { name: 'upstream with a password only', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://:PWSECRET@127.0.0.1:9"'), line: 3, field: 'proxy.upstream', message: /^must be an origin only/ },
+  { name: 'upstream that is not a URL', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://ops:PWSECRET@127.0.0.1:99999/?token=QSECRET"'), line: 3, field: 'proxy.upstream', message: /^is not a URL$/ },
+  { name: 'revocation list URL that is not a URL', text: VALID + 'revocation:\n  url: "https://ops:PWSECRET@lists.example:99999/r?token=QSECRET"\n', line: 31, field: 'revocation.url', message: /^is not a URL$/ },
   { name: 'listen not host:port', text: edit('listen: 127.0.0.1:0', 'listen: localhost'), line: 2, field: 'proxy.listen' },
   // A deprecation link goes into a Link header as <…>: it must not end it early, nor carry a
   // character Node refuses to write (which made every answer for the operation fail).
@@ -123,6 +127,7 @@ for (const c of cases) {
     t.ok(hit, `a problem names the field ${c.field} (got ${found.map((p) => `${p.line}:${p.field}`).join(', ')})`);
     t.ok(lines.includes(hit?.line ?? -1), `on line ${lines.join(' or ')} (got ${hit?.line})`);
     if (c.message) t.match(hit?.message, c.message, 'saying why');
+    t.notMatch(JSON.stringify(found), /SECRET/, 'no credential quoted');
     const line = hit?.line;
     t.equal(hit?.file, file, 'in the right file');
     t.ok(hit!.column >= 1, 'with a column');

@@ -64,6 +64,11 @@ t.test('the rules\' telemetry values are rules problems: file, line and field, a
   t.match(by('telemetry.traces.batch.scheduledDelay'), { message: /must be at most 24d/ });
   t.match(by('telemetry.decisionLog.output'), { message: /cannot open the decision log: the folder .*no\/such\/dir does not exist/ });
   t.ok(err.problems?.every((p) => p.line > 0), 'each at its line');
+  for (const [endpoint, message] of [['http://u:OTELSECRET@collector:4318', /must carry no credentials/], ['http://u:OTELSECRET@collector:99999', /^is not a URL$/]] as const) {
+    const bad = t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { traces: { endpoint } }; })))) as { problems?: { field: string; message: string }[] };
+    t.match(bad.problems?.find((p) => p.field === 'telemetry.traces.endpoint'), { message }, endpoint.replace('OTELSECRET', '…'));
+    t.notMatch(JSON.stringify(bad.problems), /OTELSECRET/, 'not quoted');
+  }
   const asDir = (output: string) => () => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { output } }; })));
   t.throws(asDir(dir), /telemetry\.decisionLog\.output: cannot open the decision log: .* is a directory/);
   // A relative file in the rules file's own folder is fine, and checking it creates nothing.
