@@ -44,6 +44,12 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       if (state.revocations.unread) {
         return verdict(ctx, r.mode, { reason: 'revocation-list-unavailable', detail: 'the revocation list has not been read yet', retryAfter: Math.ceil(Math.min(r.intervalMs, UNREAD_RETRY_MS) / 1000) });
       }
+      // A task claim no task revocation could match (a list, an object, an empty string) is
+      // refused here too, whatever credentials.mode says: the revocation must not be escapable.
+      const task = c.claims[credentials.taskClaim];
+      if (task !== undefined && typeof task !== 'number' && (typeof task !== 'string' || task === '')) {
+        return verdict(ctx, r.mode, { reason: 'invalid-credential', detail: `claim ${credentials.taskClaim} must be a non-empty string` });
+      }
       const hit = state.revocations.match(c, credentials.taskClaim, ctx.now);
       if (!hit) return undefined;
       ctx.extra['revocation.id'] = hit.id;

@@ -57,6 +57,17 @@ t.test('an empty jti is no jti; a task claim that names no task is refused; a nu
   await other.text();
 });
 
+t.test('with credentials off, a task claim that names no task still cannot escape a task revocation', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { mode: 'off' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const body = await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: ['4711'] } })) }), 'invalid-credential', 401);
+  t.match(body.detail, /claim task_id must be a non-empty string/);
+  const plain = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: '4711' } })) });
+  t.equal(plain.status, 200, 'a string task passes');
+  await plain.text();
+});
+
 t.test('credentials in audit mode forward and record the would-deny', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => { r.credentials = { mode: 'audit' }; }));
