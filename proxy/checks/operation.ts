@@ -40,6 +40,8 @@ const MAY_FOLD = /[A-Z%]/;
 
 export function buildMatcher(operations: readonly Operation[]): (method: string, segments: readonly string[]) => Operation | CaseMismatch | undefined {
   const roots = new Map<string, Node>();
+  /** Some literal folds to something else (/v1/Items): any request may then fold onto one. */
+  let foldingLiterals = false;
   for (const op of operations) {
     const template = parseTemplate(op.path);
     if (typeof template === 'string') throw new TypeError(`operation ${op.id}: ${template}`); // the loader already refused it
@@ -50,7 +52,9 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
         let next = at.literals.get(s.literal);
         if (!next) {
           at.literals.set(s.literal, (next = node()));
-          if (!at.folded.has(fold(s.literal))) at.folded.set(fold(s.literal), next);
+          const folded = fold(s.literal);
+          if (!at.folded.has(folded)) at.folded.set(folded, next);
+          if (folded !== s.literal) foldingLiterals = true;
         }
         at = next;
       } else {
@@ -59,9 +63,6 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     }
     at.operation = op;
   }
-  // Literals whose fold differs from themselves (/v1/Items): any request may then fold onto one.
-  const foldingLiterals = operations.some((op) => op.path.split('/').some((l) => !l.startsWith('{') && fold(l) !== l));
-
   /** Exact: literals before variables at every level, backtracking to the variable. */
   function walk(at: Node, segments: readonly string[], i: number): Operation | undefined {
     if (i === segments.length) return at.operation;

@@ -13,7 +13,8 @@ import type { Check, CheckResult, Denial, RequestContext } from '../pipeline/typ
 import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
-import { windowFull, record } from './monitors.ts';
+import { windowFull, record, quarantineMode } from './monitors.ts';
+import { taskOf } from './revocations.ts';
 import { bodyFingerprint } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
 import { UNREAD_RETRY_MS } from './lists.ts';
@@ -26,6 +27,11 @@ function verdict(ctx: RequestContext, mode: FeatureMode, denial: Denial): CheckR
   const before = ctx.extra[WOULD_DENY];
   ctx.extra[WOULD_DENY] = [...(Array.isArray(before) ? before as string[] : []), denial.reason];
   return undefined;
+}
+
+/** A task claim that names no task (taskOf: null): no task revocation could match it. */
+function namesNoTask(taskClaim: string): Denial {
+  return { reason: 'invalid-credential', detail: `claim ${taskClaim} must be a non-empty string` };
 }
 
 /** Revoked token, task, consumer or signing key: 401 credential-revoked. */
@@ -44,12 +50,8 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       if (state.revocations.unread) {
         return verdict(ctx, r.mode, { reason: 'revocation-list-unavailable', detail: 'the revocation list has not been read yet', retryAfter: Math.ceil(Math.min(r.intervalMs, UNREAD_RETRY_MS) / 1000) });
       }
-      // A task claim no task revocation could match (a list, an object, an empty string) is
-      // refused here too, whatever credentials.mode says: the revocation must not be escapable.
-      const task = c.claims[credentials.taskClaim];
-      if (task !== undefined && typeof task !== 'number' && (typeof task !== 'string' || task === '')) {
-        return verdict(ctx, r.mode, { reason: 'invalid-credential', detail: `claim ${credentials.taskClaim} must be a non-empty string` });
-      }
+      // Refused here too, whatever credentials.mode says: the revocation must not be escapable.
+      if (taskOf(c.claims[credentials.taskClaim]) === null) return verdict(ctx, r.mode, namesNoTask(credentials.taskClaim));
       const hit = state.revocations.match(c, credentials.taskClaim, ctx.now);
       if (!hit) return undefined;
       ctx.extra['revocation.id'] = hit.id;
@@ -74,11 +76,7 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
       if (!held) return undefined;
       const seconds = Math.max(1, Math.ceil((held.untilMs - ctx.now) / 1000));
       ctx.extra['quarantine.until'] = new Date(held.untilMs).toISOString();
-      // The weaker of the mode in force and the one it was placed under: a reload to audit
-      // stops enforcing at once, and a reload to enforce does not turn quarantines recorded
-      // in audit mode into refusals; they stay would-denies until they end.
-      const mode = q.mode === 'audit' || held.mode === 'audit' ? 'audit' : 'enforce';
-      return verdict(ctx, mode, { reason: 'consumer-quarantined', detail: `this consumer is quarantined for another ${seconds}s after repeated denials`, retryAfter: seconds });
+      return verdict(ctx, quarantineMode(q.mode, held), { reason: 'consumer-quarantined', detail: `this consumer is quarantined for another ${seconds}s after repeated denials`, retryAfter: seconds });
     },
   };
 }
@@ -97,11 +95,8 @@ export function taskBinding(rules: Rules, state: LifecycleState | undefined): Ch
       if (!cred || !consumer) return undefined;
       const task = cred.claims[c.taskClaim];
       if (typeof task === 'string' && task !== '') ctx.extra['credential.task'] = task.slice(0, 256);
-      // A task claim is one task's name or nothing: a list, an object or an empty string names
-      // no task a revocation could match, whoever presents it and whatever the operation.
-      else if (task !== undefined && typeof task !== 'number') {
-        return verdict(ctx, c.mode, { reason: 'invalid-credential', detail: `claim ${c.taskClaim} must be a non-empty string` });
-      }
+      // A task claim is one task's name or nothing, whoever presents it and whatever the operation.
+      else if (taskOf(task) === null) return verdict(ctx, c.mode, namesNoTask(c.taskClaim));
       if (!c.kinds.has(consumer.kind)) return undefined;
       if (c.requireJti && cred.jti === undefined) {
         return verdict(ctx, c.mode, { reason: 'invalid-credential', detail: `${consumer.kind} consumers must present a token with jti` });

@@ -16,7 +16,7 @@ import { Journal, replay } from './journal.ts';
 import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
-import { record, windowFull } from './monitors.ts';
+import { quarantineMode, record, windowFull } from './monitors.ts';
 import { WOULD_DENY, countForwarded } from './checks.ts';
 import { lruFill } from '../lib/heap.ts';
 
@@ -215,8 +215,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           const c = ctx.credential;
           if (!c) return false;
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return true;
-          const held = monitors.quarantine.mode === 'enforce' && ctx.consumer ? state.monitors.quarantine(ctx.consumer.subject, now) : undefined;
-          return held !== undefined && held.mode === 'enforce';
+          const held = ctx.consumer ? state.monitors.quarantine(ctx.consumer.subject, now) : undefined;
+          return held !== undefined && monitors.quarantine.mode !== 'off' && quarantineMode(monitors.quarantine.mode, held) === 'enforce';
         });
         if (closed > 0) log({ level: 'info', msg: 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined', tunnels: closed });
       }, TUNNEL_SWEEP_MS).unref();

@@ -76,6 +76,15 @@ export interface Quarantine {
   readonly reasons: readonly string[];
 }
 
+/**
+ * How a quarantine applies: the weaker of the mode in force and the one it was placed under.
+ * A reload to audit stops enforcing at once, and a reload to enforce does not turn
+ * quarantines recorded in audit mode into refusals; they stay would-denies until they end.
+ */
+export function quarantineMode(current: FeatureMode, held: Quarantine): Exclude<FeatureMode, 'off'> {
+  return current === 'enforce' && held.mode === 'enforce' ? 'enforce' : 'audit';
+}
+
 export interface IdempotencyEntry {
   /** The writing consumer, hashed: whose share of the table the key counts in. */
   readonly owner: string;

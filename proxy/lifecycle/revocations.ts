@@ -45,6 +45,18 @@ function keyOf(source: RevocationSource, id: string): string {
   return `${source}\n${id}`;
 }
 
+/**
+ * The task a token's task claim names, as a task revocation matches it: a non-empty string,
+ * or a number as its decimal string (revoking "4711" covers task_id 4711); undefined without
+ * the claim; null for a claim that names no task (a list, an object, an empty string), which
+ * the checks refuse, since no revocation could match it.
+ */
+export function taskOf(claim: unknown): string | undefined | null {
+  if (claim === undefined) return undefined;
+  if (typeof claim === 'number') return String(claim);
+  return typeof claim === 'string' && claim !== '' ? claim : null;
+}
+
 export class RevocationStore {
   readonly #byKey = new Map<string, Revocation>();
   /**
@@ -133,10 +145,9 @@ export class RevocationStore {
 
   /** The first revocation in force at `now` that matches this credential, if any. */
   match(credential: Credential, taskClaim: string, now: number): Revocation | undefined {
-    const task = credential.claims[taskClaim];
+    const task = taskOf(credential.claims[taskClaim]);
     return this.#find('jti', credential.jti, now)
-      // A numeric claim is the task of that number: revoking "4711" covers task_id 4711.
-      ?? this.#find('task', typeof task === 'string' ? task : typeof task === 'number' ? String(task) : undefined, now)
+      ?? this.#find('task', task ?? undefined, now)
       ?? this.#find('subject', credential.subject, now)
       ?? this.#find('kid', credential.kid, now);
   }
