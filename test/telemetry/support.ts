@@ -105,7 +105,9 @@ export async function collector(): Promise<Collector> {
   });
   const port = await listen(server);
   c.url = `http://127.0.0.1:${port}`;
-  c.waitFor = async (pred, timeoutMs = 5_000) => {
+  // Generous: the export thread starts a worker and loads the SDK first, and a span test
+  // failed once on a heavily loaded machine with the 5 s this had. A wait, not a timed assertion.
+  c.waitFor = async (pred, timeoutMs = 20_000) => {
     const until = Date.now() + timeoutMs;
     for (;;) {
       const found = c.spans.find(pred);
