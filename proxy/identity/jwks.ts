@@ -13,7 +13,9 @@ import { redactUrl } from '../lib/redact.ts';
 /** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
 export class IdentityUnavailableError extends Error {
   readonly code = 'ERR_IDENTITY_UNAVAILABLE';
-  constructor(message: string) { super(message); this.name = 'IdentityUnavailableError'; }
+  /** When a request may next cause a fetch (the key set's cooldown): the answer's Retry-After. */
+  readonly retryAfterMs: number;
+  constructor(message: string, retryAfterMs = 1000) { super(message); this.name = 'IdentityUnavailableError'; this.retryAfterMs = retryAfterMs; }
 }
 
 export interface KeySetStatus {
@@ -229,7 +231,7 @@ export class RemoteKeySet implements KeySet {
       // A fetch under way (the first one, at start-up) may bring the keys: wait for it.
       if (!coolingDown) await this.refresh();
       else if (this.#inflight) await this.#inflight;
-      if (!this.#keys) throw new IdentityUnavailableError(`no keys from ${this.#name} yet`);
+      if (!this.#keys) throw new IdentityUnavailableError(`no keys from ${this.#name} yet`, this.#nextAttemptInMs());
     }
     try {
       return await this.#keys.getKey(...args);
@@ -238,9 +240,14 @@ export class RemoteKeySet implements KeySet {
       // An unknown kid: maybe the issuer rotated. One refetch per cooldown, whatever the flood.
       if (!coolingDown) await this.refresh();
       else if (this.#inflight) await this.#inflight;
-      if (this.#lastError !== undefined) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#name}: ${this.#lastError}`);
+      if (this.#lastError !== undefined) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#name}: ${this.#lastError}`, this.#nextAttemptInMs());
       return await this.#keys.getKey(...args);
     }
+  }
+
+  /** How long until a request may fetch again (one fetch per cooldown), at least a second. */
+  #nextAttemptInMs(): number {
+    return Math.max(1000, this.#lastAttemptMs + this.#options.cooldownMs - this.#now());
   }
 
   status(): KeySetStatus {

@@ -16,7 +16,7 @@ import { jsonBytes, lruFill, stringBytes, type TableFill } from '../lib/heap.ts'
 
 export type VerifyFailure =
   | { readonly reason: 'invalid-credential'; readonly detail: string }
-  | { readonly reason: 'identity-unavailable'; readonly detail: string };
+  | { readonly reason: 'identity-unavailable'; readonly detail: string; readonly retryAfter: number };
 
 /** Larger tokens are refused outright: no identity provider issues a 16 KiB JWT. */
 const MAX_TOKEN_BYTES = 16 * 1024;
@@ -146,7 +146,9 @@ export class Identity {
       return credential;
     } catch (err) {
       // Fail closed whatever the error's type: jose signals some problems with plain TypeErrors.
-      if (err instanceof IdentityUnavailableError) return { reason: 'identity-unavailable', detail: 'signing keys unavailable' };
+      // Retry-After: when a request may next make driftguard fetch the keys (its cooldown), so an
+      // automated client backs off instead of retrying at once.
+      if (err instanceof IdentityUnavailableError) return { reason: 'identity-unavailable', detail: 'signing keys unavailable', retryAfter: Math.ceil(err.retryAfterMs / 1000) };
       return { reason: 'invalid-credential', detail: describeJoseError(err) };
     }
   }

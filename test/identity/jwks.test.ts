@@ -77,6 +77,25 @@ t.test('a JWKS server down from the start: 503 identity-unavailable, never forwa
   t.equal(readyAgain.status, 200, 'ready once keys arrived');
 });
 
+t.test('identity-unavailable says when to retry: the rest of the key set\'s cooldown, at least a second', async (t) => {
+  const k = await keys();
+  const up = await upstream();
+  const keyServer = await jwksServer(jwks(k.es));
+  keyServer.down = true;
+  const dg = await startTest(baseRules(up.origin, keyServer.url, (r) => { r.identity.issuers[0].jwks.cooldown = '30s'; }), { waitReady: false });
+  t.teardown(async () => { await dg.close(); await up.close(); await keyServer.close(); });
+  await sleep(50);
+  const tok = await token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const a = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+  t.equal(a.status, 503);
+  const body = (await a.json()) as any;
+  t.equal(body.code, 'identity-unavailable');
+  const after = Number(a.headers.get('retry-after'));
+  t.ok(after >= 28 && after <= 30, `Retry-After ${a.headers.get('retry-after')} is what is left of the 30 s cooldown`);
+  t.equal(body.retryAfter, after, 'the body says the same');
+  t.equal(up.seen.length, 0);
+});
+
 t.test('a JWKS server that goes down later: last good keys keep working, unknown kids get 503', async (t) => {
   const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '200ms'; r.identity.issuers[0].jwks.refresh = '100ms'; });
   w.jwks.down = true;
