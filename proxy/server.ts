@@ -13,7 +13,7 @@ import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity } from './identity/verify.ts';
 import { Forwarder, isWebSocketHandshake } from './forward/forward.ts';
-import type { ForwardOutcome } from './forward/outcome.ts';
+import { failureDetail, type ForwardOutcome } from './forward/outcome.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse } from './forward/wire.ts';
 import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
@@ -219,10 +219,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     return own;
   }
 
-  function forwardingFailed(ctx: RequestContext, failure: NonNullable<ForwardOutcome['failure']>, observation: Observation): Problem {
+  function forwardingFailed(ctx: RequestContext, failure: NonNullable<ForwardOutcome['failure']>, outcome: ForwardOutcome, observation: Observation): Problem {
     return {
       reason: failure,
-      detail: failure === 'upstream-timeout' ? 'the upstream did not answer in time' : 'the upstream could not be reached',
+      detail: failureDetail(outcome),
       ...(ctx.operation ? { operation: ctx.operation.id } : {}),
       ...(observation.traceId ? { traceId: observation.traceId } : {}),
     };
@@ -260,7 +260,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (outcome.failure) {
       // The upstream failed during an upload: the body is cut, so the connection is too (below).
       if (!req.complete) headers.connection = 'close';
-      sendProblem(res, forwardingFailed(ctx, outcome.failure, observation), headers);
+      sendProblem(res, forwardingFailed(ctx, outcome.failure, outcome, observation), headers);
     }
   }
 
@@ -299,7 +299,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation.forwarding(); } catch { /* ignore */ }
     const outcome = await g.forwarder.tunnel(req, socket, head, upstreamTarget(ctx), own, headers);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
-    if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, observation), headers); return; }
+    if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, outcome, observation), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;
     end();
     if (status === 101 && !socket.destroyed) {

@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, type ForwardOutcome, type Queued } from './outcome.ts';
+import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, UPSTREAM_TRANSFER_CODING, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel } from './tunnel.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
@@ -95,7 +95,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // would reach the client still coded and with nothing saying so. A 502 instead.
     const coding = headers['transfer-encoding'];
     if (coding !== undefined && !onlyChunked(coding)) {
-      controller.abort(Object.assign(new Error('the upstream used a transfer coding other than chunked'), { code: 'UPSTREAM_TRANSFER_CODING' }));
+      controller.abort(Object.assign(new Error('the upstream used a transfer coding other than chunked'), { code: UPSTREAM_TRANSFER_CODING }));
       return;
     }
     const head = withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders);

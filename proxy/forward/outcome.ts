@@ -43,6 +43,21 @@ export function errorCode(err: unknown): string {
   return e.code ?? e.cause?.code ?? 'UNKNOWN';
 }
 
+/**
+ * What the caller's problem and the decision record say of a failed forwarding, with the
+ * error's code: a responder tells a refused connection (ECONNREFUSED) from a reset or an answer
+ * driftguard would not pass on. The code is the upstream's or undici's, never a header value.
+ */
+export function failureDetail(outcome: ForwardOutcome): string {
+  const what = outcome.error === UPSTREAM_TRANSFER_CODING ? 'the upstream answered with a transfer coding other than chunked'
+    : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
+    : 'the upstream could not be reached';
+  return outcome.error ? `${what} (${outcome.error})` : what;
+}
+
+/** An upstream answer under a transfer coding other than chunked (forward.ts refuses it). */
+export const UPSTREAM_TRANSFER_CODING = 'UPSTREAM_TRANSFER_CODING';
+
 /** The outcome of an upstream error before any response started: a timeout is a 504, anything else a 502. */
 export function failed(code: string): ForwardOutcome {
   return { failure: TIMEOUTS.has(code) ? 'upstream-timeout' : 'upstream-unavailable', error: code };

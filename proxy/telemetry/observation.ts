@@ -11,8 +11,8 @@ import { performance } from 'node:perf_hooks';
 import { SpanKind } from '@opentelemetry/api';
 import type { Observation } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
-import type { ForwardOutcome } from '../forward/outcome.ts';
-import { buildRecord, logLine } from './record.ts';
+import { failureDetail, type ForwardOutcome } from '../forward/outcome.ts';
+import { buildRecord, forwardingFailed, logLine } from './record.ts';
 import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
 import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';
 import type { Instruments } from './instruments.ts';
@@ -80,6 +80,7 @@ export class RequestObservation implements Observation {
   /** end() came while forwarding was still being reported: finish when it is. */
   #pendingStatus?: number;
   #failure?: string;
+  #failureDetail?: string;
   #ended = false;
 
   constructor(sink: Sink, ctx: RequestContext) {
@@ -144,7 +145,7 @@ export class RequestObservation implements Observation {
 
   forwarded(outcome: ForwardOutcome): void {
     this.#forwardEnd = performance.now();
-    if (outcome.failure) this.#failure = outcome.failure;
+    if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = failureDetail(outcome); }
     if (outcome.status !== undefined) this.#callStatus = outcome.status;
     if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
     if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
@@ -171,6 +172,7 @@ export class RequestObservation implements Observation {
     const sink = this.#sink;
     const d = this.#decision ?? { decision: 'deny', reason: 'internal-error', detail: 'no decision was made', enforced: true, warnings: [] } satisfies Decision;
     const r = buildRecord(this.#ctx, d, this.traceId, this.#trace.spanId);
+    if (this.#failure) forwardingFailed(r, this.#failure, this.#failureDetail!);
     const endAt = performance.now();
     const durationMs = endAt - this.#start;
     r.status = status;

@@ -115,6 +115,18 @@ export function pathOf(ctx: RequestContext): string {
   return path.length > 2048 ? path.slice(0, 2048) : path;
 }
 
+/**
+ * The forward stage failed (README: it is the terminal stage, with its own reason codes): the
+ * record says what the caller got, that reason and detail, as its problem did, so a responder
+ * finds a 502 by `reason=upstream-unavailable`. The decision stays what the checks decided; a
+ * would-deny's reason, which the caller's driftguard-warning named, joins the warnings.
+ */
+export function forwardingFailed(r: DecisionRecord, reason: string, detail: string): void {
+  if (r.decision === 'deny' && !r.warnings.includes(r.reason)) r.warnings = [r.reason, ...r.warnings];
+  r.reason = reason;
+  r.detail = detail;
+}
+
 export function buildRecord(ctx: RequestContext, d: Decision, traceId: string, spanId: string): DecisionRecord {
   const op = ctx.operation;
   const c = ctx.consumer;

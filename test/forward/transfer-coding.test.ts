@@ -17,6 +17,7 @@ t.test('gzip, chunked from the upstream is a 502; chunked alone passes', async (
   const coded = await w.call('GET', '/items/1', { token: tok });
   t.equal(coded.status, 502, 'not the coded bytes');
   t.equal(coded.json?.code, 'upstream-unavailable');
+  t.match(coded.json?.detail, /transfer coding other than chunked \(UPSTREAM_TRANSFER_CODING\)/, 'the detail says which failure');
   t.equal(w.up.seen.length, 1, 'the upstream was called');
 
   for (const plain of ['chunked', 'Chunked']) {

@@ -3,7 +3,7 @@
 // "decision" keys and a span two driftguard.reason attributes.
 
 import t from 'tap';
-import { extraFields, logLine, FIELDS, type DecisionRecord } from '../../proxy/telemetry/record.ts';
+import { extraFields, forwardingFailed, logLine, FIELDS, type DecisionRecord } from '../../proxy/telemetry/record.ts';
 
 /** A record with every optional field set, as a full decision would have it. */
 const full: DecisionRecord = {
@@ -28,4 +28,17 @@ t.test('an extra field of its own name is kept, cut to size', async (t) => {
   const out = extraFields({ 'credential.task': 'task-1', 'delegation.chain': ['a', 'b'], 'retry_storm.repeats': 3, 'bad key': 'x', 'x.object': { a: 1 }, 'long.text': 'y'.repeat(5000) });
   t.same(Object.keys(out ?? {}).sort(), ['credential.task', 'delegation.chain', 'long.text', 'retry_storm.repeats']);
   t.equal(out!['long.text'], 'y'.repeat(1024));
+});
+
+t.test('a failed forwarding: the record takes the forward stage\'s reason and keeps what the checks said', async (t) => {
+  const allowed: DecisionRecord = { ...full, decision: 'allow', reason: 'allowed', warnings: [] };
+  forwardingFailed(allowed, 'upstream-timeout', 'the upstream did not answer in time (UND_ERR_HEADERS_TIMEOUT)');
+  t.match(allowed, { decision: 'allow', reason: 'upstream-timeout', warnings: [], detail: /UND_ERR_HEADERS_TIMEOUT/ });
+  const warned: DecisionRecord = { ...full, decision: 'warn', reason: 'deprecated-operation', warnings: ['deprecated-operation'] };
+  forwardingFailed(warned, 'upstream-unavailable', 'x');
+  t.same(warned.warnings, ['deprecated-operation'], 'a warning is already among the warnings');
+  const wouldDeny: DecisionRecord = { ...full, decision: 'deny', enforced: false, reason: 'stale-contract', warnings: ['deprecated-operation'] };
+  forwardingFailed(wouldDeny, 'upstream-unavailable', 'x');
+  t.match(wouldDeny, { decision: 'deny', enforced: false, reason: 'upstream-unavailable' });
+  t.same(wouldDeny.warnings, ['stale-contract', 'deprecated-operation'], 'audit mode\'s would-deny reason is not lost');
 });

@@ -211,9 +211,15 @@ t.test('upstream down: 502, the server span is an error, the client span records
   t.equal(server.attributes['http.response.status_code'], 502);
   t.equal(server.attributes['error.type'], '502');
   t.equal(server.attributes['driftguard.decision'], 'allow', 'the decision was allow; forwarding failed');
+  t.equal(server.attributes['driftguard.reason'], 'upstream-unavailable', 'the reason is the forward stage\'s, as the caller got it');
+  t.equal(server.status.message, 'upstream-unavailable');
+  t.match(server.attributes['driftguard.detail'], /could not be reached \(ECONNREFUSED\)/);
+  t.match(body, { detail: /could not be reached \(ECONNREFUSED\)/ }, 'the problem says the same');
   const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
   t.equal(client.status.code, STATUS.ERROR);
   t.equal(client.attributes['error.type'], 'upstream-unavailable');
+  const line = (await other.stop()).split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((l) => l.traceId === traceId);
+  t.match(line, { decision: 'allow', reason: 'upstream-unavailable', status: 502, detail: /ECONNREFUSED/ }, 'the decision log finds it by its reason');
 });
 
 t.test('identity unavailable: the JWKS is down, 503 with its span, an error status and the credential event', async (t) => {
