@@ -78,11 +78,20 @@ function str(env: Env, name: string): string | undefined {
   return v ? v : undefined;
 }
 
-function num(env: Env, name: string): number | undefined {
+/**
+ * A number from an OTEL_* variable, within the bounds the rules' own field has: one that is not
+ * (`ten`, `-5`, `1.5` for a count) stops start-up like any bad value, rather than leave the
+ * default in force while the operator believes theirs is.
+ */
+function num(env: Env, name: string, bounds: { min?: number; max?: number; integer?: boolean } = {}): number | undefined {
   const v = str(env, name);
   if (v === undefined) return undefined;
   const n = Number(v);
-  return Number.isFinite(n) && n >= 0 ? n : undefined;
+  const { min = 0, max = Number.MAX_SAFE_INTEGER, integer = false } = bounds;
+  if (!Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+    throw new TypeError(`${name}=${JSON.stringify(v)}: must be ${integer ? 'a whole number' : 'a number'} from ${min} to ${max}`);
+  }
+  return n;
 }
 
 /** Bad OTEL_* values are configuration errors like bad rules: they stop start-up, naming the variable. */
@@ -162,9 +171,9 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
   const url = t.endpoint === undefined ? undefined
     : protocol === 'grpc' ? t.endpoint : t.endpoint.replace(/\/+$/, '') + '/v1/traces';
   const sampler = t.sampler ?? oneOf(env, 'OTEL_TRACES_SAMPLER', SAMPLERS) ?? 'parentbased_always_on';
-  const samplerArg = t.samplerArg ?? num(env, 'OTEL_TRACES_SAMPLER_ARG') ?? 1;
+  const samplerArg = t.samplerArg ?? num(env, 'OTEL_TRACES_SAMPLER_ARG', { max: 1 }) ?? 1;
   if (samplerArg > 1) throw new TypeError(`OTEL_TRACES_SAMPLER_ARG=${samplerArg}: must be between 0 and 1`);
-  const maxQueueSize = t.batch.maxQueueSize ?? num(env, 'OTEL_BSP_MAX_QUEUE_SIZE') ?? 4096;
+  const maxQueueSize = t.batch.maxQueueSize ?? num(env, 'OTEL_BSP_MAX_QUEUE_SIZE', { min: 1, max: 1_000_000, integer: true }) ?? 4096;
   const traces: TracesConfig = {
     exporter: t.exporter ?? oneOf(env, 'OTEL_TRACES_EXPORTER', EXPORTERS, true) ?? 'otlp',
     protocol,
@@ -175,7 +184,7 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     exportTimeoutMs: timer('telemetry.traces.exportTimeout (or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT)', t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000, true),
     maxQueueSize,
     maxQueueBytes: t.batch.maxQueueBytes,
-    maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE') ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
+    maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', { min: 1, max: 100_000, integer: true }) ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
     scheduledDelayMs: timer('telemetry.traces.batch.scheduledDelay (or OTEL_BSP_SCHEDULE_DELAY)', t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000),
   };
   const l = raw.decisionLog;

@@ -50,6 +50,20 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
   // The environment's values are not rules problems: named by their variable, with a code the CLI prints without a stack.
   await t.rejects(telemetry(rules(), () => {}, { OTEL_TRACES_SAMPLER: 'sometimes' }), { code: 'ERR_CONFIG_INVALID', message: /^telemetry: OTEL_TRACES_SAMPLER="sometimes"/ });
   t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: '0' }), /exportTimeout.*must be more than 0/);
+  // A number that is not one, or out of its field's bounds, is refused, not replaced by the default.
+  for (const [name, value, message] of [
+    ['OTEL_EXPORTER_OTLP_TIMEOUT', 'ten', /must be a number from 0/],
+    ['OTEL_EXPORTER_OTLP_TRACES_TIMEOUT', '-1', /must be a number from 0/],
+    ['OTEL_BSP_SCHEDULE_DELAY', 'soon', /must be a number from 0/],
+    ['OTEL_BSP_MAX_QUEUE_SIZE', '-5', /must be a whole number from 1 to 1000000/],
+    ['OTEL_BSP_MAX_QUEUE_SIZE', '1.5', /must be a whole number/],
+    ['OTEL_BSP_MAX_EXPORT_BATCH_SIZE', '0', /must be a whole number from 1 to 100000/],
+    ['OTEL_TRACES_SAMPLER_ARG', 'half', /must be a number from 0 to 1/],
+  ] as const) {
+    t.throws(() => telemetryConfig(rules(), { [name]: value }), new RegExp(`^${name}="${value}": ${message.source}`), `${name}=${value}`);
+  }
+  await t.rejects(telemetry(rules(), () => {}, { OTEL_BSP_MAX_QUEUE_SIZE: '-5' }), { code: 'ERR_CONFIG_INVALID', message: /^telemetry: OTEL_BSP_MAX_QUEUE_SIZE="-5"/ });
+  t.equal(telemetryConfig(rules(), { OTEL_BSP_MAX_QUEUE_SIZE: ' 100 ' }).traces.maxQueueSize, 100, 'a good value is taken');
 });
 
 t.test('the rules\' telemetry values are rules problems: file, line and field, all at once', async (t) => {
