@@ -153,6 +153,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const [ctx, observation] = begin(g, req);
     handleUpgrade(g, ctx, observation, socket, head).catch((err: unknown) => unexpected(err, socket, observation.traceId));
   });
+  // CONNECT: Node hands the socket over like an upgrade, and without a listener it closed the
+  // connection with no answer and no record. The canonical-path check refuses it (in audit
+  // mode too), so it is decided, recorded and answered like a refused handshake.
+  traffic.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const g = generation;
+    const [ctx, observation] = begin(g, req);
+    handleUpgrade(g, ctx, observation, socket, head).catch((err: unknown) => unexpected(err, socket, observation.traceId));
+  });
   // A client connection silent both ways while its request is handled (an upload that
   // stalls, an answer it does not read) holds an upstream connection of the pool: Node closes
   // it after this long, on every request of a keep-alive connection (0: never).
@@ -165,9 +173,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // Node refused to parse the request (header overflow, bad framing): answer in kind if we can.
     if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) { socket.destroy(); return; }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
-    const reason = err.code === 'HPE_HEADER_OVERFLOW' ? 'headers-too-large' : 'malformed-request';
-    const a = problemAnswer({ reason, detail: 'the request could not be parsed' });
-    socket.end(closingResponse(a.status, a.headers, a.body));
+    const packet = (err as { rawPacket?: unknown }).rawPacket;
+    const start = Buffer.isBuffer(packet) ? packet.subarray(0, 16).toString('latin1') : '';
+    const reason = err.code !== 'HPE_HEADER_OVERFLOW' ? 'malformed-request' : targetTooLong(packet) ? 'target-too-long' : 'headers-too-large';
+    const a = problemAnswer({ reason, detail: reason === 'target-too-long' ? 'the request line takes most of the 16 KiB that request line and headers may have together' : 'the request could not be parsed' });
+    // An answer to HEAD has no content (RFC 9110 §9.3.2), even this one.
+    socket.end(closingResponse(a.status, a.headers, start.startsWith('HEAD ') ? '' : a.body));
   });
 
   /** The context and observation of one request (or WebSocket handshake). */
@@ -265,8 +276,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   }
 
   /**
-   * A WebSocket handshake: decided like any request; once allowed, the connection becomes a
-   * tunnel to the upstream (forward/tunnel.ts). The socket is driftguard's from here on, so
+   * A WebSocket handshake (or a CONNECT, always refused): decided like any request; once
+   * allowed, the connection becomes a tunnel to the upstream (forward/tunnel.ts). The socket is driftguard's from here on, so
    * answers are written to it directly, and it counts as in flight until it closes.
    */
   async function handleUpgrade(g: Generation, ctx: RequestContext, observation: Observation, socket: Socket, head: Buffer): Promise<void> {
@@ -294,6 +305,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const headers: Record<string, string | string[]> = {};
     const decision = await decide(g, ctx, observation, headers);
     if (decision.decision === 'deny' && decision.enforced) { answer(denial(ctx, decision, observation), headers); return; }
+    // Never a tunnel for CONNECT, whatever a defect let through: fail closed.
+    if (req.method === 'CONNECT') { answer({ reason: 'internal-error', detail: 'CONNECT is not served', ...(observation.traceId ? { traceId: observation.traceId } : {}) }, headers); return; }
 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
@@ -465,6 +478,18 @@ function upstreamTarget(ctx: RequestContext): string {
   const t = ctx.target;
   if (!t) throw new Error('no canonical request-target');
   return t.path + t.query;
+}
+
+/**
+ * Node's parser overflowed its 16 KiB (request line and headers together) mostly on the
+ * request line: the chunk it failed on starts a request (a method and a space) and its first
+ * line, or all of it, is longer than half of that. A request line sent in several pieces is
+ * reported as headers-too-large, the answer it got before.
+ */
+function targetTooLong(packet: unknown): boolean {
+  if (!Buffer.isBuffer(packet) || !/^[A-Z]{1,16} /.test(packet.subarray(0, 17).toString('latin1'))) return false;
+  const eol = packet.indexOf('\n');
+  return eol === -1 ? packet.length > 8 * 1024 : eol > 8 * 1024;
 }
 
 /** Read and discard what is left of a denied request's body, so keep-alive survives. */

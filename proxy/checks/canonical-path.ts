@@ -21,6 +21,8 @@ export function canonicalPath(): Check {
         if (name.length === 13 && name.toLowerCase() === 'authorization') authorization++;
         else if (name.length === 4 && name.toLowerCase() === 'host') host++;
       }
+      // CONNECT asks for a tunnel to any host: driftguard forwards to its one upstream only.
+      if (ctx.req.method === 'CONNECT') return { reason: 'malformed-request', detail: 'CONNECT is not served: driftguard is not a forward proxy' };
       if (authorization > 1) return { reason: 'malformed-request', detail: 'more than one Authorization header' };
       if (host > 1) return { reason: 'malformed-request', detail: 'more than one Host header' };
       // Node takes `gzip, chunked` and removes only the chunking: the upstream would get the

@@ -26,7 +26,10 @@ export function responseHead(status: number, headers: Readonly<Record<string, st
   return head + '\r\n';
 }
 
-/** A whole answer with a UTF-8 body, for a connection that ends after it (`connection: close` is added). */
+/**
+ * A whole answer with a UTF-8 body, for a connection that ends after it (`connection: close`
+ * is added, and `date`, which Node's server would have written: RFC 9110 §6.6.1).
+ */
 export function closingResponse(status: number, headers: Readonly<Record<string, string | readonly string[] | number>>, body: string): Buffer {
-  return Buffer.concat([Buffer.from(responseHead(status, { ...headers, connection: 'close' }), 'latin1'), Buffer.from(body, 'utf8')]);
+  return Buffer.concat([Buffer.from(responseHead(status, { date: new Date().toUTCString(), ...headers, connection: 'close' }), 'latin1'), Buffer.from(body, 'utf8')]);
 }

@@ -2,6 +2,7 @@
 // WWW-Authenticate where it applies, and that a denied call never reaches the upstream.
 
 import t from 'tap';
+import { connect } from 'node:net';
 import { raw, get } from '../support/raw.ts';
 import { world, assertDenied, AGENT, BOT, HUMAN } from './world.ts';
 
@@ -23,6 +24,44 @@ t.test('headers-too-large: more than 16 KiB of headers is 431 as a problem body,
   t.equal(a.headers['content-type'], 'application/problem+json');
   t.equal(a.json().code, 'headers-too-large');
   t.equal(a.json().status, 431);
+  t.equal(w.up.seen.length, 0);
+});
+
+/** Every byte of the answer to `request`, until driftguard closes the connection. */
+function answerBytes(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('end', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    socket.on('error', reject);
+    socket.write(request);
+  });
+}
+
+t.test('target-too-long: a request line over 16 KiB is 414, not "send fewer headers"; raw answers carry Date', async (t) => {
+  const w = await world(t);
+  const long = await raw(w.port, get(`/items/${'a'.repeat(17 * 1024)}`, []));
+  t.equal(long.status, 414);
+  t.match(long.json(), { code: 'target-too-long', status: 414, detail: /request line/ });
+  t.ok(!Number.isNaN(Date.parse(long.headers['date']!)), 'an answer written to the socket has a Date, as Node\'s own answers do');
+  const headers = await raw(w.port, get('/items/1', [`X-Padding: ${'a'.repeat(20 * 1024)}`]));
+  t.equal(headers.json().code, 'headers-too-large', 'long headers are still 431');
+  t.ok(headers.headers['date']);
+  // HEAD: the answer has no content.
+  const head = await answerBytes(w.port, `HEAD /items/${'a'.repeat(17 * 1024)} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  t.match(head, /^HTTP\/1\.1 414 /);
+  t.equal(head.slice(head.indexOf('\r\n\r\n') + 4), '', 'nothing after the head');
+  t.equal(w.up.seen.length, 0);
+});
+
+t.test('CONNECT is answered 400 and recorded, never tunnelled, in audit mode too', async (t) => {
+  const w = await world(t, (r) => { r.proxy.mode = 'audit'; });
+  for (const target of ['127.0.0.1:22', '/items/1']) {
+    const a = await raw(w.port, `CONNECT ${target} HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n`);
+    t.equal(a.status, 400, target);
+    t.match(a.json(), { code: 'malformed-request', detail: /CONNECT is not served/ });
+  }
   t.equal(w.up.seen.length, 0);
 });
 
