@@ -202,6 +202,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation.decided(decision); } catch { /* ignore */ }
     try {
       contractHeaders(ctx.operation, decision, headers);
+      // The answer depends on who calls and on the contract version they declare: a shared
+      // cache in front must not serve one caller's answer to another (RFC 9110 §12.5.5).
+      if (!ctx.operation?.public) headers['vary'] = `authorization, ${ctx.rules.contract.declared.header}`;
       observation.responseHeaders(headers);
     } catch { /* headers are best effort; the decision stands */ }
     return decision;

@@ -70,15 +70,51 @@ export function clientResponseHeaders(headers: Record<string, string | string[] 
 
 /**
  * The client's response head: the upstream's headers (as clientResponseHeaders leaves them)
- * with driftguard's over them. Link is a list of links (RFC 8288 §3.5): the upstream's
- * (pagination, say) stay and driftguard's deprecation and sunset links are added.
+ * with driftguard's over them, except where both speak:
+ * - Link is a list of links (RFC 8288 §3.5): the upstream's (pagination, say) stay and
+ *   driftguard's deprecation and sunset links are added.
+ * - Vary is a list of request headers: the upstream's and driftguard's (the credential and the
+ *   contract version, which decided the answer), or `*` if the upstream says so.
+ * - Sunset and Deprecation are dates: the earlier one stands, so a client learns the soonest
+ *   point at which its call stops working, whichever side knows it (RFC 8594 §3, RFC 9745).
  */
 export function withOwnHeaders(upstream: Record<string, string | string[]>, own: Record<string, string | string[]>): Record<string, string | string[]> {
   const head = { ...upstream, ...own };
   const theirs = upstream['link'];
   const ours = own['link'];
-  if (theirs !== undefined && ours !== undefined) head['link'] = [...(Array.isArray(theirs) ? theirs : [theirs]), ...(Array.isArray(ours) ? ours : [ours])];
+  if (theirs !== undefined && ours !== undefined) head['link'] = [...list(theirs), ...list(ours)];
+  if (upstream['vary'] !== undefined && own['vary'] !== undefined) head['vary'] = varyUnion(upstream['vary'], own['vary']);
+  for (const name of ['sunset', 'deprecation'] as const) {
+    const their = upstream[name];
+    const our = own[name];
+    if (their === undefined || our === undefined) continue;
+    const theirMs = dateOf(Array.isArray(their) ? their[0]! : their);
+    const ourMs = dateOf(Array.isArray(our) ? our[0]! : our);
+    if (theirMs !== undefined && ourMs !== undefined && theirMs < ourMs) head[name] = their;
+  }
   return head;
+}
+
+function list(v: string | string[]): string[] { return Array.isArray(v) ? v : [v]; }
+
+function varyUnion(theirs: string | string[], ours: string | string[]): string {
+  const names: string[] = [];
+  const seen = new Set<string>();
+  for (const v of [...list(theirs), ...list(ours)]) {
+    for (const n of v.split(',')) {
+      const name = n.trim();
+      if (name === '*') return '*';
+      if (name && !seen.has(name.toLowerCase())) { seen.add(name.toLowerCase()); names.push(name); }
+    }
+  }
+  return names.join(', ');
+}
+
+/** A Deprecation (`@<unix seconds>`, RFC 9745) or Sunset (an HTTP-date) value as epoch ms. */
+function dateOf(value: string): number | undefined {
+  const v = value.trim();
+  const ms = /^@-?\d{1,15}$/.test(v) ? Number(v.slice(1)) * 1000 : Date.parse(v);
+  return Number.isFinite(ms) ? ms : undefined;
 }
 
 /** Anything but visible ASCII, and `%` itself (the escape). */

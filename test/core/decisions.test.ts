@@ -204,6 +204,35 @@ t.test('method-override headers are removed from the upstream\'s response too, a
   for (const name of ['x-http-method-override', 'x-http-method', 'x-method-override']) t.notOk(a.headers.has(name), `${name} removed`);
 });
 
+t.test('Vary names the credential and the contract header; the earlier Sunset and Deprecation stand', async (t) => {
+  const w = await world(t);
+  let upstreamHeaders: Record<string, string> = {};
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'public, max-age=3600', ...upstreamHeaders });
+    res.end('ok');
+  };
+  const names = (v: string | null) => (v ?? '').split(',').map((n) => n.trim().toLowerCase());
+  const plain = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.same(names(plain.headers.get('vary')), ['authorization', 'contract-version'], 'a shared cache keys the answer on who called, with which contract');
+  upstreamHeaders = { vary: 'Accept, authorization' };
+  t.same(names((await w.call('GET', '/items/1', { token: await w.tok() })).headers.get('vary')), ['accept', 'authorization', 'contract-version'], 'the upstream\'s Vary stays, once each');
+  upstreamHeaders = { vary: '*' };
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).headers.get('vary'), '*');
+  upstreamHeaders = {};
+  t.equal((await w.call('GET', '/status')).headers.get('vary'), null, 'a public operation\'s answer does not depend on the caller');
+
+  // deleteItem: deprecated since 2026-01-01, sunset 2099-01-01 in the rules.
+  upstreamHeaders = { sunset: 'Wed, 01 Jan 2031 00:00:00 GMT', deprecation: '@1700000000' };
+  const earlier = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
+  t.equal(earlier.headers.get('sunset'), 'Wed, 01 Jan 2031 00:00:00 GMT', 'the upstream\'s earlier sunset stands');
+  t.equal(earlier.headers.get('deprecation'), '@1700000000', 'and its earlier deprecation');
+  upstreamHeaders = { sunset: 'Sat, 01 Jan 2200 00:00:00 GMT', deprecation: 'not a date' };
+  const later = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
+  t.equal(later.headers.get('sunset'), new Date(Date.UTC(2099, 0, 1)).toUTCString(), 'the rules\' earlier sunset stands');
+  t.equal(later.headers.get('deprecation'), `@${Date.UTC(2026, 0, 1) / 1000}`, 'an unreadable date gives way to the rules\'');
+});
+
 t.test('the upstream\'s own Link header stays, and the deprecation links are added to it', async (t) => {
   const w = await world(t);
   w.up.handler = (req, res) => {
