@@ -174,11 +174,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) { socket.destroy(); return; }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const packet = (err as { rawPacket?: unknown }).rawPacket;
-    const start = Buffer.isBuffer(packet) ? packet.subarray(0, 16).toString('latin1') : '';
+    const method = Buffer.isBuffer(packet) ? packet.subarray(0, 5).toString('latin1') : '';
     const reason = err.code !== 'HPE_HEADER_OVERFLOW' ? 'malformed-request' : targetTooLong(packet) ? 'target-too-long' : 'headers-too-large';
     const a = problemAnswer({ reason, detail: reason === 'target-too-long' ? 'the request line takes most of the 16 KiB that request line and headers may have together' : 'the request could not be parsed' });
     // An answer to HEAD has no content (RFC 9110 §9.3.2), even this one.
-    socket.end(closingResponse(a.status, a.headers, start.startsWith('HEAD ') ? '' : a.body));
+    socket.end(closingResponse(a.status, a.headers, method === 'HEAD ' ? '' : a.body));
   });
 
   /** The context and observation of one request (or WebSocket handshake). */
@@ -280,8 +280,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   /**
    * A WebSocket handshake (or a CONNECT, always refused): decided like any request; once
-   * allowed, the connection becomes a tunnel to the upstream (forward/tunnel.ts). The socket is driftguard's from here on, so
-   * answers are written to it directly, and it counts as in flight until it closes.
+   * allowed, the connection becomes a tunnel to the upstream (forward/tunnel.ts). The socket
+   * is driftguard's from here on, so answers are written to it directly, and it counts as in
+   * flight until it closes.
    */
   async function handleUpgrade(g: Generation, ctx: RequestContext, observation: Observation, socket: Socket, head: Buffer): Promise<void> {
     const req = ctx.req;

@@ -172,7 +172,6 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     : protocol === 'grpc' ? t.endpoint : t.endpoint.replace(/\/+$/, '') + '/v1/traces';
   const sampler = t.sampler ?? oneOf(env, 'OTEL_TRACES_SAMPLER', SAMPLERS) ?? 'parentbased_always_on';
   const samplerArg = t.samplerArg ?? num(env, 'OTEL_TRACES_SAMPLER_ARG', { max: 1 }) ?? 1;
-  if (samplerArg > 1) throw new TypeError(`OTEL_TRACES_SAMPLER_ARG=${samplerArg}: must be between 0 and 1`);
   const maxQueueSize = t.batch.maxQueueSize ?? num(env, 'OTEL_BSP_MAX_QUEUE_SIZE', { min: 1, max: 1_000_000, integer: true }) ?? 4096;
   const traces: TracesConfig = {
     exporter: t.exporter ?? oneOf(env, 'OTEL_TRACES_EXPORTER', EXPORTERS, true) ?? 'otlp',
