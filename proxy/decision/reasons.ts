@@ -29,7 +29,7 @@ const table = {
   // --- credential ---
   'missing-credential': { status: 401, title: 'Missing credential', action: 'Send a workload identity token as `Authorization: Bearer <token>`.' },
   'invalid-credential': { status: 401, title: 'Invalid credential', action: 'Get a fresh token from a trusted issuer for this audience; check its signature algorithm, issuer, audience, type and expiry.' },
-  'credential-lifetime-exceeded': { status: 401, title: 'Credential lifetime exceeded', action: 'Use a short-lived token: its lifetime (exp - iat) and remaining time (exp - now) must fit the limit for your kind of caller.' },
+  'credential-lifetime-exceeded': { status: 401, title: 'Credential lifetime exceeded', action: 'Use a short-lived token: its lifetime (exp - iat) and remaining time (exp - now) must fit the limit for your kind of consumer.' },
   'identity-unavailable': { status: 503, title: 'Identity unavailable', action: 'Retry after the Retry-After seconds (what is left of the issuer\'s key-fetch cooldown): driftguard could not obtain the signing keys of your token\'s issuer.' },
 
   // --- consumer ---
