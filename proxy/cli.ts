@@ -92,7 +92,7 @@ async function main(argv: string[]): Promise<number> {
         await import('./telemetry/config.ts');
         try {
           const rules = loadRules(positionals[0]!);
-          process.stdout.write(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract ${rules.contract.current})\n`);
+          process.stdout.write(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract version ${rules.contract.current})\n`);
           return 0;
         } catch (err) { return reportRulesError(err); }
       }

@@ -31,9 +31,9 @@ export function contract(rules: Rules): Check {
       const declaredRank = rank.get(declared)!;
       let stale: Denial | undefined;
       if (op.changedIn !== undefined && declaredRank < rank.get(op.changedIn)!) {
-        stale = { reason: 'stale-contract', detail: `${op.id} changed in contract ${op.changedIn}, after the declared ${declared}`, declaredContract: declared, currentContract: current, changedIn: op.changedIn };
+        stale = { reason: 'stale-contract', detail: `${op.id} changed in contract version ${op.changedIn}, after the declared ${declared}`, declaredContract: declared, currentContract: current, changedIn: op.changedIn };
       } else if (declaredRank < minimumRank) {
-        stale = { reason: 'stale-contract', detail: `contract ${declared} is older than the minimum ${minimum}`, declaredContract: declared, currentContract: current };
+        stale = { reason: 'stale-contract', detail: `contract version ${declared} is older than the minimum ${minimum}`, declaredContract: declared, currentContract: current };
       }
       if (!stale) return undefined;
       if (blocks(rules, op, ctx.consumer)) return stale;

@@ -117,7 +117,7 @@ export function operationLookup(rules: Rules): Check {
       const op = match(ctx.req.method ?? '', ctx.target!.segments);
       if (op && !('caseOf' in op)) { ctx.operation = op; return undefined; }
       const why = op ? `: path segment ${op.index + 1} differs from the contract's only in case, and paths are matched exactly` : '';
-      return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract ${rules.contract.current}${why}` };
+      return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract version ${rules.contract.current}${why}` };
     },
   };
 }

@@ -81,7 +81,7 @@ t.test('a 12 KiB path makes no record 12 KiB: the detail quotes 200 characters, 
   const res = await fetch(dg.url + path);
   const problem = await res.json() as { code: string; detail: string };
   t.equal(problem.code, 'unknown-operation');
-  t.equal(problem.detail, `GET /${'b'.repeat(199)}... is not an operation of contract 2026-09`);
+  t.equal(problem.detail, `GET /${'b'.repeat(199)}... is not an operation of contract version 2026-09`);
   const held = (await (await fetch(`${dg.admin}/decisions?limit=1`)).json()) as { decisions: { path: string; detail: string }[] };
   t.equal(held.decisions[0]!.detail, problem.detail);
   t.equal(held.decisions[0]!.path.length, 2048);
