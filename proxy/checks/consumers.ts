@@ -11,10 +11,13 @@ export function resolveConsumer(rules: Rules, credential: Pick<Credential, 'subj
   if (known && known.issuer !== credential.issuer) return undefined;
   if (known) {
     return {
-      subject, kind: known.kind, registered: true,
+      subject, key: subject, kind: known.kind, registered: true,
       ...(known.owner ? { owner: known.owner } : {}),
       ...(known.operations ? { operations: known.operations } : {}),
     };
   }
-  return { subject, kind: rules.consumers.defaultKind, registered: false };
+  // A registered subject has one issuer; an unregistered one is only as unique as its issuer
+  // makes it: any issuer can write any string in `sub`.
+  const key = rules.identity.issuers.length > 1 ? JSON.stringify([credential.issuer, subject]) : subject;
+  return { subject, key, kind: rules.consumers.defaultKind, registered: false };
 }

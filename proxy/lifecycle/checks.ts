@@ -70,9 +70,9 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
   return {
     name: 'quarantine',
     run(ctx) {
-      const subject = ctx.consumer?.subject;
-      if (subject === undefined) return undefined;
-      const held = state.monitors.quarantine(subject, ctx.now);
+      const key = ctx.consumer?.key;
+      if (key === undefined) return undefined;
+      const held = state.monitors.quarantine(key, ctx.now);
       if (!held) return undefined;
       const seconds = Math.max(1, Math.ceil((held.untilMs - ctx.now) / 1000));
       ctx.extra['quarantine.until'] = new Date(held.untilMs).toISOString();
@@ -182,7 +182,7 @@ async function requestFingerprint(ctx: RequestContext, m: Monitors): Promise<str
   if (known !== undefined) return known;
   const body = BODY_METHODS.has(ctx.req.method ?? '') ? await bodyFingerprint(ctx, m.maxBodyBytes, m.bodyTimeoutMs) : '';
   if (body === undefined) return undefined;
-  const fingerprint = hash('sha256', `${ctx.consumer!.subject}\n${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`, 'base64');
+  const fingerprint = hash('sha256', `${ctx.consumer!.key}\n${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`, 'base64');
   fingerprints.set(ctx, fingerprint);
   return fingerprint;
 }
@@ -250,7 +250,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
     run(ctx) {
       if (!watched(m, ctx)) return undefined;
       const c = ctx.consumer!;
-      const consumer = state.monitors.consumer(c.subject, c.kind, c.owner, ctx.now);
+      const consumer = state.monitors.consumer(c.key, c.kind, c.owner, ctx.now);
       const ops = consumer.operations;
       // The map is ordered by last call: drop the front while it is out of the window.
       for (const [id, at] of ops) { if (at > ctx.now - t.windowMs) break; ops.delete(id); }
@@ -283,8 +283,8 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
-      const owner = hash('sha256', ctx.consumer!.subject, 'base64');
-      const key = hash('sha256', `${ctx.consumer!.subject}\n${raw.trim()}`, 'base64');
+      const owner = hash('sha256', ctx.consumer!.key, 'base64');
+      const key = hash('sha256', `${ctx.consumer!.key}\n${raw.trim()}`, 'base64');
       const seen = state.monitors.keys.get(key);
       if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
         if (seen.payload !== fingerprint) {

@@ -164,7 +164,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const c = ctx.consumer;
     if (!c) return;
     const m = state.monitors;
-    const s = m.consumer(c.subject, c.kind, c.owner, ctx.now);
+    const s = m.consumer(c.key, c.kind, c.owner, ctx.now);
     if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
     m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
     const audited = ctx.extra[WOULD_DENY];
@@ -172,14 +172,14 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason)) return;
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
-    if (m.quarantine(c.subject, ctx.now)) return;
+    if (m.quarantine(c.key, ctx.now)) return;
     windowFull(s.denials, ctx.now, q.windowMs, q.denials);
     record(s.denials, ctx.now, q.denials);
     if (s.denials.length < q.denials) return;
     const reasons = [...(s.decisions.get('deny')?.keys() ?? []), ...(s.decisions.get('would-deny')?.keys() ?? [])];
-    m.quarantineFor(c.subject, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode: q.mode, reasons: [...new Set(reasons)].slice(-8) });
+    m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode: q.mode, reasons: [...new Set(reasons)].slice(-8) });
     s.denials = [];
-    log({ level: 'warn', msg: q.mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.subject, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
+    log({ level: 'warn', msg: q.mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
   }
 
   return {
@@ -215,7 +215,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           const c = ctx.credential;
           if (!c) return false;
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return true;
-          const held = ctx.consumer ? state.monitors.quarantine(ctx.consumer.subject, now) : undefined;
+          const held = ctx.consumer ? state.monitors.quarantine(ctx.consumer.key, now) : undefined;
           return held !== undefined && monitors.quarantine.mode !== 'off' && quarantineMode(monitors.quarantine.mode, held) === 'enforce';
         });
         if (closed > 0) log({ level: 'info', msg: 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined', tunnels: closed });

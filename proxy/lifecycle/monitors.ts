@@ -48,6 +48,7 @@ export const CONSUMER_UNIT_BYTES = 2048;
 const QUARANTINE_SUBJECT_CHARS = 128;
 
 export interface ConsumerState {
+  /** The consumer's key (Consumer.key): its subject, or issuer and subject for an unregistered one among several issuers. */
   readonly subject: string;
   kind: ConsumerKind;
   owner?: string;

@@ -24,6 +24,12 @@ export interface Credential {
 
 export interface Consumer {
   readonly subject: string;
+  /**
+   * The name the consumer's lifecycle state (monitors, quarantine, idempotency keys) is kept
+   * under: the subject, or for an unregistered subject while several issuers are trusted,
+   * `["<issuer>","<subject>"]`, so that two issuers' `client-7` are two consumers.
+   */
+  readonly key: string;
   readonly kind: ConsumerKind;
   readonly owner?: string;
   /** false when the registry does not know the subject (kind is then consumers.defaultKind). */

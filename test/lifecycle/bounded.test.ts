@@ -58,7 +58,7 @@ async function harness(t: Test, subjectOf: (i: number) => string) {
       target: { path: write ? '/items' : `/items/${i}`, segments: [], query: `?i=${i}` },
       operation: write ? createItem : getItem,
       credential: { issuer: 'x', subject, jti: `jti-${i}`, scopes: new Set(), expiresAtMs: Date.now() + 60_000, claims: { jti: `jti-${i}` }, cached: false },
-      consumer: { subject, kind: 'automation', registered: false },
+      consumer: { subject, key: subject, kind: 'automation', registered: false },
       declaredContract: `junk-${i}`,
     };
     const observation = feature.observer!.begin(ctx);

@@ -5,6 +5,8 @@ import t from 'tap';
 import { connect } from 'node:net';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, problem, bearer, type World } from './support.ts';
+import { testKey, jwks } from '../support/keys.ts';
+import { jwksServer } from '../support/servers.ts';
 
 function clock() {
   let now = Date.parse('2026-11-20T10:00:00Z');
@@ -347,4 +349,35 @@ t.test('quarantine in audit mode forwards, lists and records', async (t) => {
   const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as Record<string, any>;
   t.equal(listed.quarantined[0].mode, 'audit');
   t.ok(dg.logs.some((l) => l.msg === 'consumer would be quarantined (audit)'));
+});
+
+t.test('two issuers\' unregistered client-7 are two consumers: one\'s quarantine is not the other\'s', async (t) => {
+  const w = await world();
+  const c = clock();
+  const otherKey = await testKey('ES256');
+  const otherKeys = await jwksServer(jwks(otherKey));
+  const OTHER = 'https://other-idp.test.local';
+  const rules = only(w, { quarantine: { denials: 2, window: '1m', period: '5m' }, idempotency: { at: 'medium', window: '1m' } }, (r) => {
+    r.consumers.unknown = 'allow';
+    r.identity.issuers.push({ ...r.identity.issuers[0], issuer: OTHER, jwks: { ...r.identity.issuers[0].jwks, url: otherKeys.url } });
+    for (const consumer of r.consumers.registry) consumer.issuer = r.identity.issuers[0].issuer;
+  });
+  const dg = await startLifecycle(rules, { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); await otherKeys.close(); });
+  const ours = await w.token({ sub: 'client-7', now: c.now() });
+  const weakTheirs = await w.token({ key: otherKey, iss: OTHER, sub: 'client-7', scope: 'items.read', now: c.now() });
+  const theirs = await w.token({ key: otherKey, iss: OTHER, sub: 'client-7', now: c.now() });
+  // The other issuer's client-7 gets itself quarantined...
+  for (let i = 0; i < 2; i++) await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weakTheirs, { 'idempotency-key': `k${i}` }), body: '{}' }), 'insufficient-scope', 403);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(theirs) }), 'consumer-quarantined', 403);
+  // ...and ours is not, nor does it share idempotency keys with it.
+  const read = await fetch(`${dg.url}/items/1`, { headers: bearer(ours) });
+  t.equal(read.status, 200, 'our client-7 is not quarantined by theirs');
+  await read.text();
+  const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as Record<string, any>;
+  t.same(listed.quarantined.map((q: any) => q.subject), [JSON.stringify([OTHER, 'client-7'])], 'listed under its issuer and subject');
+  const lift = await fetch(`${dg.admin}/quarantine/${encodeURIComponent(JSON.stringify([OTHER, 'client-7']))}`, { method: 'DELETE' });
+  t.equal(lift.status, 200, 'lifted by that name');
+  await lift.text();
+  t.equal((await fetch(`${dg.url}/items/1`, { headers: bearer(theirs) })).status, 200);
 });
