@@ -14,7 +14,7 @@
 // Prints a table and writes test/bench/results/latest.json. Options:
 //   --quick          one short round (under a minute): checks the harness, not the figures
 //   --rounds N       interleaved rounds (default 3)
-//   --out FILE       where to write the JSON (default test/bench/results/latest.json)
+//   --out FILE       where to write the JSON (default test/bench/results/latest.json; quick.json with --quick)
 //   --profile DIR    run driftguard under --cpu-prof and leave the profiles in DIR/<target>/,
 //                    one per thread (the request thread's is the larger)
 //   --note TEXT      recorded in the JSON (e.g. what else the machine was doing)
@@ -301,7 +301,8 @@ async function main(): Promise<void> {
       checks: { mix: mixCheck, jwksFetches: jwksHttp.fetches, otlp: { exports: otlp.exports, bytes: otlp.bytes, jsonSpans: otlp.jsonSpans }, logLines: decisionLog, telemetryConfigured: telemetry !== undefined },
     });
     printTable(result);
-    const out = resolve(args.out ?? join(HERE, 'results/latest.json'));
+    // A quick run checks the harness: it must not overwrite the committed full run's figures.
+    const out = resolve(args.out ?? join(HERE, args.quick ? 'results/quick.json' : 'results/latest.json'));
     mkdirSync(dirname(out), { recursive: true });
     writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
     writeFileSync(out.replace(/\.json$/, '') + '.md', markdown(result));
