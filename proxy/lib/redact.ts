@@ -7,14 +7,17 @@ export function redactUrl(url: string): string {
   try { const u = new URL(url); return `${u.origin}${u.pathname}`; } catch { return '(invalid URL)'; }
 }
 
-/** A segment shaped like a JWT: three base64url parts, the first a JSON object's encoding. */
-const JWT_SEGMENT = /(^|\/)eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?=\/|$)/g;
+/**
+ * Anything shaped like a JWT: three base64url parts, the first a JSON object's encoding.
+ * Anywhere in a segment, not only as a whole one: `/id_token=eyJ…`, `/Bearer%20eyJ…`.
+ */
+const JWT = /eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*/g;
 /** An encoded `?` and what follows it in its segment: a query smuggled into the path. */
 const ENCODED_QUERY = /%3[Ff][^/]*/g;
 
 /**
  * A request path as driftguard's records and answers quote it. A caller may put a credential
- * in the path itself: a token as a segment (/items/eyJ…), an encoded query
+ * in the path itself: a token in a segment (/items/eyJ…, /x/id_token=eyJ…), an encoded query
  * (/items/1%3Faccess_token=…), path parameters (/items/1;jsessionid=…), or an absolute-form
  * target's userinfo (http://user:pass@host/…). Those parts are replaced; the rest is kept.
  */
@@ -26,7 +29,7 @@ export function redactPath(target: string): string {
   }
   const semicolon = path.indexOf(';');
   if (semicolon !== -1) path = path.slice(0, semicolon) + ';(redacted)';
-  if (path.includes('eyJ')) path = path.replace(JWT_SEGMENT, '$1(redacted)');
+  if (path.includes('eyJ')) path = path.replace(JWT, '(redacted)');
   if (path.includes('%3')) path = path.replace(ENCODED_QUERY, '%3F(redacted)');
   return path;
 }

@@ -65,6 +65,8 @@ async function attempts(w: { port: number }, make: (o?: any) => Promise<string>)
     if (s.split('.').length === 3) {
       own(await raw(w.port, get(`/items/${s}`, [`Authorization: Bearer ${secrets[0]}`])));
       own(await raw(w.port, get(`/nowhere/${s}`, [`Authorization: Bearer ${secrets[0]}`])));
+      // Inside a segment, with something before or after it.
+      for (const inSegment of [`id_token=${s}`, `Bearer%20${s}`, `a${s}`, `${s}=`]) own(await raw(w.port, get(`/nowhere/${inSegment}`, [`Authorization: Bearer ${secrets[0]}`])));
     }
     own(await raw(w.port, get(`/items/1%3Faccess_token=${s}`, [`Authorization: Bearer ${secrets[0]}`])));
     own(await raw(w.port, get(`/items/1;jsessionid=${s}`)));
