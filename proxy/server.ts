@@ -119,6 +119,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   const traffic = createServer({
     maxHeaderSize: 16 * 1024, keepAliveTimeout: 5_000,
+    // A missing Host is refused by the canonical-path check, as a decision with a problem
+    // body, instead of Node's bare 400.
+    requireHostHeader: false,
     // The whole request must arrive within proxy.timeouts.request: without it, a client that
     // trickled its body just under clientIdle held an upstream connection as long as it
     // liked. Node checks it every connectionsCheckingInterval.

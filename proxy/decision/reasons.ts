@@ -20,7 +20,7 @@ const table = {
   // --- request shape ---
   'headers-too-large': { status: 431, title: 'Request header fields too large', action: 'Send less than 16 KiB of request headers (a token that large is refused anyway).' },
   'target-too-long': { status: 414, title: 'URI too long', action: 'Send a shorter path and query: driftguard reads at most 16 KiB of request line and headers together.' },
-  'malformed-request': { status: 400, title: 'Malformed request', action: 'Send an origin-form, canonical request-target (no dot segments, encoded slashes, empty segments, path parameters or control characters), single Authorization and Host headers, and no transfer coding other than chunked.' },
+  'malformed-request': { status: 400, title: 'Malformed request', action: 'Send an origin-form, canonical request-target (no dot segments, encoded slashes, empty segments, path parameters or control characters), single Authorization and Host headers (Host a host and optional port), and no transfer coding other than chunked.' },
 
   // --- operation ---
   'unknown-operation': { status: 403, title: 'Unknown operation', action: 'Call only operations of the current contract; check method and path against the API description.' },

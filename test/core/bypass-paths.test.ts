@@ -112,6 +112,28 @@ t.test('two Authorization headers or two Host headers: 400', async (t) => {
   t.equal(w.up.seen.length, 0);
 });
 
+t.test('Host: one, a host and port, or none only in HTTP/1.0; a Content-Length undici reads exactly', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  const request = (host: string | undefined, version = '1.1', more = '') => `GET /items/1 HTTP/${version}\r\n${host === undefined ? '' : `Host: ${host}\r\n`}Authorization: Bearer ${tok}\r\n${more}Connection: close\r\n\r\n`;
+  for (const host of ['[::1', '[', 'x/admin?', 'a@b', 'a#b', 'a b', 'h\u00e9']) {
+    const a = await raw(w.port, request(host));
+    t.equal(a.status, 400, `Host: ${host} (before: forwarded, or a 502 from an assertion in undici)`);
+    t.match(a.json(), { code: 'malformed-request', detail: /Host header is not a host and port/ });
+  }
+  const missing = await raw(w.port, request(undefined));
+  t.equal(missing.status, 400);
+  t.match(missing.json(), { code: 'malformed-request', detail: 'no Host header' }, 'a decision with a problem body, not Node\'s bare 400');
+  const huge = await raw(w.port, request('127.0.0.1', '1.1', 'Content-Length: 9007199254740993\r\n'));
+  t.match(huge.json(), { code: 'malformed-request', detail: /Content-Length/ });
+  t.equal(w.up.seen.length, 0);
+  for (const host of ['127.0.0.1', 'api.example:8080', '[::1]:15080', 'xn--bcher-kva.example', '']) {
+    const a = await raw(w.port, request(host));
+    t.equal(a.status, 200, `Host: ${host} is forwarded`);
+  }
+  t.equal((await raw(w.port, request(undefined, '1.0'))).status, 200, 'HTTP/1.0 needs no Host');
+});
+
 t.test('a transfer coding other than chunked: 400, never forwarded decoded halfway', async (t) => {
   const w = await world(t);
   const gz = gzipSync('hello');
