@@ -11,6 +11,7 @@ import { createLocalJWKSet, jwtVerify } from 'jose';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { signingKey, mintToken, rulesFor, requestMix, wrkLines, PLACEHOLDER, FIRST_STALE, CONSUMERS, ISSUER, AUDIENCE, OPERATIONS } from './scenario.ts';
 import { summarise, median } from './report.ts';
+import { countLogLines } from './log-lines.ts';
 
 t.test('the mix is 85% allowed, 10% warned, 5% denied, and only stale consumers are denied', async (t) => {
   const mix = requestMix(10, (c) => `token-${c}`);
@@ -71,4 +72,15 @@ t.test('the report computes every budget figure from per-round samples', async (
   t.equal(r.pass, true);
   t.equal(median([3, 1, 2]), 2);
   t.ok(Number.isNaN(median([])));
+});
+
+t.test('decision-log lines are counted in chunks, a line split across chunks once', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dg-loglines-'));
+  const file = join(dir, 'log');
+  const decision = '{"time":"x","msg":"decision","decision":"allow"}';
+  const other = '{"level":"info","msg":"driftguard listening"}';
+  writeFileSync(file, [decision, other, decision, '', decision].join('\n') + '\n' + other);
+  // Chunks of 7 bytes split every line; one large chunk holds them all.
+  for (const chunk of [7, 64, 1 << 20]) t.same(countLogLines(file, chunk), { lines: 5, decisionLines: 3 }, `chunks of ${chunk} bytes`);
+  t.same(countLogLines(join(dir, 'missing')), { lines: 0, decisionLines: 0 });
 });

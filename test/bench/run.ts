@@ -21,7 +21,7 @@
 //   --keep           keep the working directory (rules, logs, request files) in /tmp
 //   --limited-node-options=TEXT   NODE_OPTIONS of driftguard-limited instead of the chart's
 
-import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, loadavg, release } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +31,7 @@ import { parseArgs } from 'node:util';
 import { stringify, parse } from 'yaml';
 import { request } from 'undici';
 import { spawnNode, runNodeJson, cpuSeconds, memory, peakSampler, type Child } from './proc.ts';
+import { countLogLines } from './log-lines.ts';
 import { wrk, wrkVersion, type WrkResult } from './wrk.ts';
 import { jwksServer, otlpReceiver } from './receivers.ts';
 import { signingKey, mintToken, rulesFor, requestMix, wrkLines, ISSUER, AUDIENCE, FIRST_STALE, PLACEHOLDER, type RequestSpec } from './scenario.ts';
@@ -345,12 +346,6 @@ function gitState(): { commit?: string; proxyUncommitted?: boolean } {
     const dirty = execFileSync('git', ['status', '--porcelain', '--', 'proxy', 'rules'], { cwd: ROOT, encoding: 'utf8' }).trim() !== '';
     return { commit, proxyUncommitted: dirty };
   } catch { return {}; }
-}
-
-function countLogLines(file: string): { lines: number; decisionLines: number } {
-  if (!existsSync(file)) return { lines: 0, decisionLines: 0 };
-  const lines = readFileSync(file, 'utf8').split('\n').filter(Boolean);
-  return { lines: lines.length, decisionLines: lines.filter((l) => l.includes('"decision"')).length };
 }
 
 main().catch((err: Error) => { process.stderr.write(`bench: ${err.stack ?? err.message}\n`); process.exit(1); });
