@@ -1,7 +1,7 @@
 // `driftguard inject` as a process: flags and config file, a review over HTTPS,
 // SIGTERM → exit 0; configuration errors exit 2 before listening.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,8 +19,10 @@ const key = join(dir, 'tls.key');
 writeFileSync(cert, tls.cert);
 writeFileSync(key, tls.key);
 
-function run(args: string[]) {
+/** The injector CLI as a child process, killed when the test ends whatever happened before. */
+function run(t: Test, args: string[]) {
   const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (c: Buffer) => { stdout += c; });
@@ -32,7 +34,7 @@ function run(args: string[]) {
 t.test('serves reviews with the config file and flags, exits 0 on SIGTERM', async (t) => {
   const config = join(dir, 'injector.yaml');
   writeFileSync(config, 'image: registry.example.com/driftguard:9.9.9\nnativeSidecar: false\nrulesConfigMap: shop-rules\n');
-  const proc = run(['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--config', config, '--native-sidecar', 'true', '--drain', '1500ms']);
+  const proc = run(t, ['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--config', config, '--native-sidecar', 'true', '--drain', '1500ms']);
   let port = 0;
   for (let i = 0; i < 200 && !port; i++) {
     const line = proc.stdout().split('\n').find((l) => l.includes('injector listening'));
@@ -61,7 +63,7 @@ t.test('serves reviews with the config file and flags, exits 0 on SIGTERM', asyn
 });
 
 t.test('a second signal during the drain stops at once', async (t) => {
-  const proc = run(['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--image', 'x:1']);
+  const proc = run(t, ['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--image', 'x:1']);
   for (let i = 0; i < 200 && !proc.stdout().includes('injector listening'); i++) await new Promise((r) => setTimeout(r, 25));
   proc.child.kill('SIGTERM');
   for (let i = 0; i < 200 && !proc.stdout().includes('injector draining'); i++) await new Promise((r) => setTimeout(r, 25));
@@ -73,7 +75,7 @@ t.test('a second signal during the drain stops at once', async (t) => {
 });
 
 t.test('--help', async (t) => {
-  const { code, stdout } = await run(['--help']).exited;
+  const { code, stdout } = await run(t, ['--help']).exited;
   t.equal(code, 0);
   t.match(stdout, /--tls-cert FILE/);
   t.match(stdout, /driftguard\.io\/inject/);
@@ -96,7 +98,7 @@ t.test('configuration errors exit 2 with a message', async (t) => {
     [['--bogus'], /Unknown option/],
   ];
   for (const [args, message] of cases) {
-    const { code, stderr } = await run(args).exited;
+    const { code, stderr } = await run(t, args).exited;
     t.equal(code, 2, `${args.join(' ')}: exit 2`);
     t.match(stderr, message, `${args.join(' ')}: message`);
   }

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { mkdtempSync, writeFileSync, appendFileSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { tmpdir } from 'node:os';
+import { tmpdir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { loadRules, RulesError } from '../../proxy/rules/load.ts';
 import { isLoopback } from '../../proxy/lifecycle/admin.ts';
@@ -141,6 +141,26 @@ t.test('without an admin credential file, only loopback clients may write', asyn
   t.equal((await ok.json() as Record<string, any>).by, 'loopback');
 });
 
+// The admin listener on every address, called from this machine's own non-loopback address:
+// the kernel routes it locally, and driftguard sees that address as the peer.
+const OWN_ADDRESS = Object.values(networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
+
+t.test('without an admin credential file, a client that is not on loopback may not write', { skip: OWN_ADDRESS === undefined ? 'this machine has no non-loopback IPv4 address to call from' : false }, async (t) => {
+  const own = OWN_ADDRESS!;
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.proxy.admin = '0.0.0.0:0'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const port = new URL(dg.admin).port;
+  const refused = await revoke(`http://${own}:${port}`, { kind: 'jti', value: 'x', reason: 'y' }, 'ignored');
+  t.equal(refused.status, 403, `a write from ${own} is refused`);
+  t.match(await refused.text(), /loopback only/);
+  const lift = await fetch(`http://${own}:${port}/quarantine/${encodeURIComponent(AGENT)}`, { method: 'DELETE' });
+  t.equal(lift.status, 403, 'so is lifting a quarantine');
+  await lift.text();
+  const listed = await (await fetch(`${dg.admin}/revocations`)).json() as Record<string, any>;
+  t.same(listed.revocations, [], 'nothing was revoked');
+});
+
 t.test('admin API revocations survive a restart; a torn journal line is skipped and reported', async (t) => {
   const w = await world();
   t.teardown(() => w.close());
@@ -152,6 +172,8 @@ t.test('admin API revocations survive a restart; a torn journal line is skipped 
   const tokB = await w.token({ claims: { task_id: 'task-b' } });
 
   let dg = await startLifecycle({ file });
+  // Whichever instance is open when the test ends (close is idempotent), even after a throw.
+  t.teardown(() => dg.close());
   t.equal((await revoke(dg.admin, { kind: 'task', value: 'task-a', reason: 'task ended' })).status, 201);
   const gone = await (await revoke(dg.admin, { kind: 'task', value: 'task-b', reason: 'mistake' })).json() as Record<string, any>;
   t.equal((await fetch(`${dg.admin}/revocations/${gone.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_SECRET}` } })).status, 200);
@@ -174,7 +196,6 @@ t.test('admin API revocations survive a restart; a torn journal line is skipped 
   t.notMatch(readFileSync(journal, 'utf8'), '"torn"');
 
   dg = await startLifecycle({ file });
-  t.teardown(() => dg.close());
   t.equal(dg.logs.filter((l) => l.msg === 'revocation journal line skipped').length, 0);
   await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tokA) }), 'credential-revoked', 401);
   await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(tokB) }), 'credential-revoked', 401);

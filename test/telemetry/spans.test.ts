@@ -332,7 +332,7 @@ t.test('a client that leaves before any answer: status 0 in the log, no status c
   const res = fetch(other.url + '/status', { headers: { traceparent: traceparent(traceId, randomHex(8)) }, signal: gone.signal });
   await reached;
   gone.abort();
-  await t.rejects(res, 'the client gave up');
+  await res.catch(() => { /* the test's own abort: nothing of driftguard's to assert here */ });
   const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
   t.notOk('http.response.status_code' in server.attributes, 'no status code: there was no response');
   t.equal(server.attributes['driftguard.decision'], 'allow');
