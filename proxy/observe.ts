@@ -26,6 +26,8 @@ export interface Observer {
   begin(ctx: RequestContext): Observation;
   /** A verified-token cache lookup: hit (no signature check) or miss. */
   tokenCache?(hit: boolean): void;
+  /** A request Node's parser refused, answered with this reason before there was a request to observe. */
+  unparsed?(reason: string): void;
 }
 
 const NOOP: Observation = {
@@ -39,8 +41,10 @@ export function composeObservers(observers: readonly Observer[]): Observer {
   if (observers.length === 0) return noopObserver;
   if (observers.length === 1) return observers[0]!;
   const caches = observers.filter((o) => o.tokenCache !== undefined);
+  const parsers = observers.filter((o) => o.unparsed !== undefined);
   return {
     ...(caches.length ? { tokenCache(hit: boolean) { for (const o of caches) o.tokenCache!(hit); } } : {}),
+    ...(parsers.length ? { unparsed(reason: string) { for (const o of parsers) o.unparsed!(reason); } } : {}),
     begin: (ctx) => new CompositeObservation(observers.map((o) => o.begin(ctx))),
   };
 }

@@ -182,6 +182,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const a = problemAnswer({ reason, detail: reason === 'target-too-long' ? 'the request line takes most of the 16 KiB that request line and headers may have together' : 'the request could not be parsed' });
     // An answer to HEAD has no content (RFC 9110 §9.3.2), even this one.
     socket.end(closingResponse(a.status, a.headers, method === 'HEAD ' ? '' : a.body));
+    // Counted, since nothing else records it: a flood of these is visible in the metrics.
+    try { observer.unparsed?.(reason); } catch { /* telemetry never fails an answer */ }
   });
 
   /** The context and observation of one request (or WebSocket handshake). */

@@ -48,6 +48,7 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
     observer: {
       begin: (ctx) => new RequestObservation(sink, ctx),
       tokenCache: (hit) => instruments.tokenCache.inc(hit ? HIT : MISS),
+      unparsed: (reason) => instruments.unparsed.inc([reason]),
     },
     attach(d) {
       // Telemetry is configured once, at start (the export thread, the decision log's file,

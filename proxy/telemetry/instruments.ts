@@ -22,6 +22,7 @@ export class Instruments {
   readonly upstream = this.registry.add(new Histogram('driftguard_upstream_duration_seconds', 'Time from forwarding a request to the end of the upstream\'s response, for forwarded requests.', [], UPSTREAM_BUCKETS));
   readonly upstreamFailures = this.registry.add(new Counter('driftguard_upstream_failures_total', 'Forwarded requests that got no upstream response, by reason code.', ['reason']));
   readonly tokenCache = this.registry.add(new Counter('driftguard_token_cache_total', 'Verified-token cache lookups: hit (no signature check) or miss.', ['result']));
+  readonly unparsed = this.registry.add(new Counter('driftguard_unparsed_requests_total', 'Requests Node\'s HTTP parser refused before there was a request to decide (no decision record, span or log line), by the reason code they were answered with.', ['reason']));
 
   /** Gauges and counters kept elsewhere (key sets, reloads, spans, log), read at scrape time. */
   collect(dg: Driftguard, spans: SpanCounts, log: DecisionLog): void {

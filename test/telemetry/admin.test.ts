@@ -10,6 +10,7 @@ import { baseRules, AGENT, BOT } from '../support/driftguard.ts';
 import { reloader } from '../../proxy/reload.ts';
 import { collector, startWithTelemetry } from './support.ts';
 import { parsePrometheus, sample } from './prometheus.ts';
+import { raw, get } from '../support/raw.ts';
 
 const key = await testKey('ES256');
 const up = await upstream();
@@ -45,6 +46,21 @@ async function call(path: string, tok?: string, method = 'GET'): Promise<number>
   captured.push(await res.text(), JSON.stringify([...res.headers]));
   return res.status;
 }
+
+t.test('requests Node\'s parser refuses are counted by the reason they were answered with', async (t) => {
+  const m0 = await metrics();
+  const port = new URL(dg.url).port;
+  const answers = [
+    await raw(Number(port), get(`/items/${'a'.repeat(17 * 1024)}`)),
+    await raw(Number(port), get('/items/1', [`X-Padding: ${'a'.repeat(20 * 1024)}`])),
+    await raw(Number(port), get('/items/1', [`X-Padding: ${'a'.repeat(20 * 1024)}`])),
+  ];
+  t.same(answers.map((a) => a.status), [414, 431, 431]);
+  const m1 = await metrics();
+  const count = (m: ReturnType<typeof parsePrometheus>, reason: string) => sample(m, 'driftguard_unparsed_requests_total', { reason }) ?? 0;
+  t.equal(count(m1, 'target-too-long') - count(m0, 'target-too-long'), 1);
+  t.equal(count(m1, 'headers-too-large') - count(m0, 'headers-too-large'), 2);
+});
 
 t.test('/metrics parses as Prometheus text and its counters move', async (t) => {
   const res = await fetch(dg.admin + '/metrics');
