@@ -93,6 +93,21 @@ function readOrThrow(file: string, what: string): string {
 }
 
 /**
+ * The CAs trusted for a fetch under discovery `discovery` with CA file `caFile` (read per
+ * fetch: the kubelet rotates it). The API server, which gets the pod's service-account token:
+ * the cluster CA only, never the system's. A jwks_uri elsewhere (a managed cluster's public
+ * OIDC endpoint): the system's CAs as well. No CA file: the system's (undefined).
+ */
+export function trustFor(discovery: string, caFile: string | undefined): (url: URL) => string | string[] | undefined {
+  const origin = new URL(discovery).origin;
+  return (url) => {
+    if (caFile === undefined) return undefined;
+    const ca = readOrThrow(caFile, 'CA file');
+    return url.origin === origin ? ca : [...rootCertificates, ca];
+  };
+}
+
+/**
  * Keys found through OIDC discovery: every fetch reads the discovery document, then its
  * jwks_uri, so a moved jwks_uri and a rotated token or CA are picked up without a restart.
  */
@@ -101,14 +116,7 @@ export function discoveredKeySet(o: DiscoveredKeySetOptions): RemoteKeySet {
   const sameOrigin = (url: URL) => url.origin === origin;
   // Read per fetch; the token's text goes into a header and nowhere else (never a message).
   const bearer = (): Record<string, string> => o.tokenFile === undefined ? {} : { authorization: `Bearer ${readOrThrow(o.tokenFile, 'service-account token file').trim()}` };
-  const clusterCa = () => o.caFile === undefined ? undefined : readOrThrow(o.caFile, 'CA file');
-  // The API server: the cluster CA only. A jwks_uri elsewhere (a managed cluster's public
-  // OIDC endpoint): the system's CAs as well.
-  const caFor = (url: URL): string | string[] | undefined => {
-    const ca = clusterCa();
-    if (ca === undefined) return undefined;
-    return sameOrigin(url) ? ca : [...rootCertificates, ca];
-  };
+  const caFor = trustFor(o.discovery, o.caFile);
 
   async function locate(): Promise<string> {
     const url = new URL(o.discovery);

@@ -3,7 +3,9 @@
 // tokens mapped to system:serviceaccount:<namespace>:<name>.
 
 import t, { type Test } from 'tap';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
+import { trustFor } from '../../proxy/identity/cluster.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { testKey, token, type TestKey } from '../support/keys.ts';
@@ -124,6 +126,14 @@ t.test('only the cluster CA is trusted for the API server', async (t) => {
   t.notOk(dg.dg.ready, 'no keys from a server the CA does not vouch for');
   const status = dg.dg.generation.identity.keySets().values().next().value!.status();
   t.match(status.lastError, /certificate|self.signed|UNABLE_TO_VERIFY|DEPTH_ZERO/i);
+  // A certificate from another CA would fail under the system's CAs too: what matters is that
+  // they are not trusted for the API server at all, which no test certificate can show (none
+  // chains to a public root), so the trust chosen per address is checked directly.
+  const trust = trustFor('https://10.96.0.1:443', other);
+  t.equal(trust(new URL('https://10.96.0.1/openid/v1/jwks')), readFileSync(other, 'utf8'), 'the API server: the cluster CA alone');
+  const elsewhere = trust(new URL('https://oidc.example.com/keys'));
+  t.ok(Array.isArray(elsewhere) && elsewhere.includes(rootCertificates[0]!) && elsewhere.at(-1) === readFileSync(other, 'utf8'), 'a jwks_uri elsewhere: the system\'s CAs and the cluster CA');
+  t.equal(trustFor('https://10.96.0.1:443', undefined)(new URL('https://10.96.0.1/')), undefined, 'no CA file: the system\'s');
 });
 
 t.test('the discovery document must name the configured issuer', async (t) => {
