@@ -75,6 +75,7 @@ t.test('a SPIFFE bundle: its jwt-svid keys verify JWT-SVIDs, its x509-svid keys 
     const dg = await startTest(baseRules(up.origin, served.url, (r) => {
       Object.assign(r.identity.issuers[0], { issuer: ISSUER, profile: 'spiffe', trustDomain: 'test.local', algorithms: ['ES256'], jwks: jwksRule });
     }));
+    t.teardown(() => dg.close()); // closed below too; close is idempotent
     const call = async (key: typeof jwtAuthority) => {
       const tok = await token({ key, iss: ISSUER, sub: AGENT, scope: 'items.read', contract: '2026-09' });
       const res = await fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${tok}` } });
