@@ -9,6 +9,7 @@ import { SignJWT } from 'jose';
 import { testKey, jwks, token, AUDIENCE } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
+import { spiffeSubject } from '../../proxy/identity/spiffe.ts';
 
 const ISSUER = 'https://spire.test.local';
 
@@ -87,5 +88,31 @@ t.test('a SPIFFE bundle: its jwt-svid keys verify JWT-SVIDs, its x509-svid keys 
     t.equal(bad.status, 401, `${source}: a JWT-SVID signed by the bundle's X.509 authority`);
     t.equal(bad.body.code, 'invalid-credential', source);
     await dg.close();
+  }
+});
+
+// Each rule of the JWT-SVID profile on its own. Through a real driftguard most of these tokens
+// are refused by another layer first (the rules' algorithms, jose's audience check, the
+// subject's profile), which is defence in depth, but then a broken rule here would go unseen.
+t.test('spiffeSubject: each JWT-SVID rule refuses on its own', async (t) => {
+  const TD = 'test.local';
+  const good = { aud: [AUDIENCE], sub: `spiffe://${TD}/ns/shop/sa/checkout` };
+  const header = { alg: 'ES256', typ: 'JWT' };
+  t.same(spiffeSubject(good, header, TD), { subject: good.sub });
+  t.same(spiffeSubject(good, { alg: 'PS512' }, TD), { subject: good.sub }, 'no typ, another allowed algorithm');
+  const refused: [string, Record<string, unknown>, Record<string, unknown>, RegExp][] = [
+    ['typ', good, { alg: 'ES256', typ: 'at+jwt' }, /typ is JWT or JOSE/],
+    ['HS256', good, { alg: 'HS256' }, /algorithm not allowed/],
+    ['EdDSA', good, { alg: 'EdDSA' }, /algorithm not allowed/],
+    ['no aud', { sub: good.sub }, header, /must have aud/],
+    ['empty aud', { ...good, aud: [] }, header, /must have aud/],
+    ['numeric sub', { ...good, sub: 7 }, header, /sub is a SPIFFE ID/],
+    ['trust domain only', { ...good, sub: `spiffe://${TD}` }, header, /names a trust domain, not a workload/],
+    ['dot segment', { ...good, sub: `spiffe://${TD}/ns/../sa` }, header, /invalid path/],
+    ['other trust domain', { ...good, sub: 'spiffe://other.local/ns/shop/sa/checkout' }, header, /not in the trusted trust domain/],
+  ];
+  for (const [what, payload, h, detail] of refused) {
+    const r = spiffeSubject(payload as never, h as never, TD);
+    t.ok('detail' in r && detail.test(r.detail), `${what}: ${JSON.stringify(r)}`);
   }
 });
