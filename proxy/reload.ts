@@ -4,7 +4,7 @@
 // POST /reload trigger the same path. A reload is validated whole before the swap; an
 // invalid file keeps the last good rules and is reported, never half-applied.
 
-import { watch, type FSWatcher } from 'node:fs';
+import { watch, readFileSync, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, basename } from 'node:path';
 import { loadRules, RulesError, type Overrides } from './rules/load.ts';
@@ -45,6 +45,9 @@ export interface Reloader {
   reload(trigger: string): Promise<{ changed: boolean; error?: string; hash: string }>;
   close(): void;
 }
+
+/** How long the rules file must read the same before a change the watcher saw is applied. */
+export const SETTLE_MS = 1_000;
 
 export function reloader(file: string, overrides: Overrides, dg: Driftguard, log: (line: Record<string, unknown>) => void): Reloader {
   const status: ReloadStatus = { succeeded: 0, failed: 0 };
@@ -90,6 +93,17 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
 
   let timer: NodeJS.Timeout | undefined;
   let watcher: FSWatcher | undefined;
+  // A file written in place, in several writes, can be valid YAML halfway (the sections before
+  // `revocation:`, say) and would put rules in force that lack what follows. So a change seen
+  // by the watcher is applied only once the file has read the same for SETTLE_MS, and any
+  // event meanwhile starts the wait again. (SIGHUP and POST /reload apply at once: an operator
+  // asked.) Writers should still replace the file whole: a temp file and a rename, as
+  // Kubernetes does with a ConfigMap.
+  const contents = (): string => { try { return readFileSync(file, 'latin1'); } catch (err) { return `unreadable: ${(err as NodeJS.ErrnoException).code}`; } };
+  function settle(): void {
+    const before = contents();
+    timer = setTimeout(() => { if (contents() === before) void reload('file change'); else settle(); }, SETTLE_MS);
+  }
   try {
     // Only events for the rules file, the ConfigMap's `..data` symlink, or a JWKS file next to
     // the rules count: a decision log or anything else written into the same directory must
@@ -100,7 +114,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     watcher = watch(dir, { persistent: false }, (_event, name) => {
       if (name !== null && !interesting(String(name))) return;
       clearTimeout(timer);
-      timer = setTimeout(() => { void reload('file change'); }, 150);
+      timer = setTimeout(settle, 150);
     });
     watcher.on('error', () => { /* the directory went away; SIGHUP and /reload still work */ });
   } catch { /* no watch support: SIGHUP and /reload still work */ }

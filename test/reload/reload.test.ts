@@ -7,7 +7,7 @@ import { stringify } from 'yaml';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
-import { reloader, type Reloader } from '../../proxy/reload.ts';
+import { reloader, SETTLE_MS, type Reloader } from '../../proxy/reload.ts';
 
 async function until(what: string, cond: () => boolean, timeoutMs = 5_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -81,6 +81,24 @@ t.test('a valid change takes effect under load without failing a single request'
   await after.text();
   t.equal(after.status, 200, 'the new operation is served');
   t.ok(logs.some((l) => l.msg === 'rules reloaded' && l.trigger === 'file change'));
+});
+
+t.test('a file written in two steps is applied once it settles, never its first half', async (t) => {
+  const { rules, dg, reload } = await setup(t);
+  // The first write is valid rules on its own (as a prefix of a file often is); the second,
+  // 400 ms later, is the file the writer meant.
+  writeFileSync(dg.file, stringify(withProbe(rules, 5)));
+  await new Promise((r) => setTimeout(r, 400));
+  writeFileSync(dg.file, stringify(withProbe(rules, 6)));
+  await until('the reload', () => reload.status.succeeded >= 1);
+  await new Promise((r) => setTimeout(r, SETTLE_MS + 300));
+  t.equal(reload.status.succeeded, 1, 'one reload, of the finished file (before: the first half too, 150 ms after it was written)');
+  const first = await fetch(`${dg.url}/probe5`);
+  await first.text();
+  t.not(first.status, 200, 'the first half never served');
+  const meant = await fetch(`${dg.url}/probe6`);
+  await meant.text();
+  t.equal(meant.status, 200);
 });
 
 t.test('an invalid change is rejected, the old rules keep serving, /readyz reports it', async (t) => {
