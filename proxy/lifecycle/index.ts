@@ -40,10 +40,23 @@ export interface LifecycleOptions {
 /** Denials that say nothing about the consumer's behaviour, so they never lead to quarantine. */
 const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable', 'revocation-list-unavailable']);
 
+/** The lifecycle settings read once, at start (the journal, the tables' bounds), by their rules field. */
+function startOnly(c: LifecycleState['config']): Record<string, unknown> {
+  return {
+    'revocation.journal': c.revocation.journal,
+    'monitors.maxConsumers': c.monitors.maxConsumers,
+    'monitors.retryStorm.maxFingerprints': c.monitors.retryStorm.maxFingerprints,
+    'monitors.idempotency.maxKeys': c.monitors.idempotency.maxKeys,
+    'monitors.quarantine.maxQuarantined': c.monitors.quarantine.maxQuarantined,
+  };
+}
+
 export async function lifecycle(rules: Rules, log: Log, options: LifecycleOptions = {}): Promise<Feature> {
   const now = options.now ?? Date.now;
   const state = new LifecycleState(rules, now);
   const config = state.config;
+
+  const atStart: Record<string, unknown> = startOnly(config);
 
   // Admin API revocations: replay the journal, report what could not be read, compact.
   let journal: Journal | undefined;
@@ -203,7 +216,14 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now());
       });
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
-      dg.onSwap((g) => { state.use(g.rules); void followLists(); });
+      dg.onSwap((g) => {
+        state.use(g.rules);
+        void followLists();
+        // The journal and the tables are built once, at start: a reload that changes them is
+        // taken for everything else, and says so, rather than let an operator believe it took.
+        const changed = Object.entries(startOnly(state.config)).filter(([k, v]) => v !== atStart[k]).map(([k]) => k);
+        if (changed.length) log({ level: 'warn', msg: 'lifecycle settings changed by the reload take effect at the next restart; the ones from start-up stay in force', fields: changed, rules: g.rules.hash });
+      });
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });
       // A WebSocket tunnel is decided at its handshake: once a second, close the open ones
       // whose credential has since been revoked or whose consumer is quarantined (enforced

@@ -27,3 +27,19 @@ t.test('a rejected reload leaves the lifecycle settings of the rules in force', 
   await dg.dg.swap(accepted);
   t.equal(state.config.monitors.quarantine.mode, 'off', 'an accepted reload applies its settings');
 });
+
+t.test('a reload that changes a setting read only at start says it waits for a restart', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules());
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const state = dg.feature.deps!.lifecycle as LifecycleState;
+  const warned = () => dg.logs.filter((l) => String(l.msg).startsWith('lifecycle settings changed by the reload take effect at the next restart'));
+
+  await dg.dg.swap(loadRules(writeRules(w.rules((r) => { r.monitors = { quarantine: { denials: 7 } }; }))));
+  t.equal(state.config.monitors.quarantine.denials, 7, 'a threshold follows the reload');
+  t.same(warned(), [], 'and needs no warning');
+
+  await dg.dg.swap(loadRules(writeRules(w.rules((r) => { r.monitors = { maxConsumers: 50, quarantine: { denials: 7 } }; r.revocation = { journal: '/tmp/dg-never-written.journal' }; }))));
+  t.same(warned().map((l) => l.fields), [['revocation.journal', 'monitors.maxConsumers']], 'each field read only at start is named');
+  t.equal(state.monitors.consumers.max, 5000, 'the table keeps its start-up bound (the default)');
+});
