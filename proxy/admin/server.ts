@@ -9,6 +9,16 @@ export type AdminHandler = (req: IncomingMessage, res: ServerResponse, url: URL)
 
 interface Route { readonly method: string; readonly path: string | RegExp; readonly handler: AdminHandler }
 
+/**
+ * A request a web page sent: a page open on the operator's machine (or the pod's own app) can
+ * send a simple cross-origin POST or a DELETE to a loopback port, and browsers mark it with
+ * Origin or Sec-Fetch-Site, which no admin client (curl, a script, an operator) sends. Admin
+ * writes refuse it.
+ */
+export function fromWebPage(req: IncomingMessage): boolean {
+  return req.headers.origin !== undefined || (req.headers['sec-fetch-site'] !== undefined && req.headers['sec-fetch-site'] !== 'none');
+}
+
 export class AdminRoutes {
   readonly #routes: Route[] = [];
 

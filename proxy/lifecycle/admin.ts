@@ -13,7 +13,7 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { AdminRoutes } from '../admin/server.ts';
+import { fromWebPage, type AdminRoutes } from '../admin/server.ts';
 import type { Rules } from '../rules/types.ts';
 import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
@@ -45,10 +45,7 @@ export function isLoopback(address: string | undefined): boolean {
 
 /** Who is writing, or undefined (the response is already sent). */
 export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
-  // A web page open on the operator's machine (or the pod's own app) can send a simple
-  // cross-origin POST or a DELETE to a loopback port; browsers mark such requests with
-  // Origin or Sec-Fetch-Site, which no admin client (curl, a script, an operator) sends.
-  if (req.headers.origin !== undefined || (req.headers['sec-fetch-site'] !== undefined && req.headers['sec-fetch-site'] !== 'none')) {
+  if (fromWebPage(req)) {
     routes.problem(res, 403, 'Forbidden', 'admin writes are not accepted from web pages (the request carries Origin or Sec-Fetch-Site)');
     return undefined;
   }

@@ -99,7 +99,10 @@ t.test('ConfigMap symlink swap, SIGHUP and POST /reload in a real subprocess', a
   dg.child.kill('SIGHUP');
   await dg.waitFor((l) => l.msg?.startsWith('rules reload rejected') && l.trigger === 'SIGHUP');
 
-  // 4. POST /reload answers with what happened.
+  // 4. POST /reload answers with what happened; not to a web page.
+  const fromPage = await fetch(`${dg.admin}/reload`, { method: 'POST', headers: { origin: 'http://evil.example' } });
+  t.equal(fromPage.status, 403, 'a web page cannot drive a reload');
+  t.match(await fromPage.text(), /not accepted from web pages/);
   const post = await fetch(`${dg.admin}/reload`, { method: 'POST' });
   const result = await post.json() as any;
   t.equal(post.status, 422);
