@@ -43,6 +43,17 @@ export function isLoopback(address: string | undefined): boolean {
   return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
 }
 
+/** When each unusable credential file was last reported: at most once a minute, whatever the rate of writes. */
+const reported = new Map<string, number>();
+
+function unusable(ctx: AdminContext, file: string, why: string): void {
+  const now = Date.now();
+  const key = `${file}\n${why}`;
+  if ((reported.get(key) ?? -Infinity) > now - 60_000) return;
+  reported.set(key, now);
+  ctx.log({ level: 'warn', msg: 'the admin credential file is unusable: every admin write is refused', file, problem: why });
+}
+
 /** Who is writing, or undefined (the response is already sent). */
 export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
   if (fromWebPage(req)) {
@@ -57,7 +68,12 @@ export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerRe
   }
   const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '');
   let credentials: AdminCredential[];
-  try { credentials = parseAdminCredentials(readFileSync(file, 'utf8')); } catch { credentials = []; }
+  try { credentials = parseAdminCredentials(readFileSync(file, 'utf8')); } catch (err) {
+    credentials = [];
+    unusable(ctx, file, `cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  // Still closed (every write is 401), but an operator is told why rather than left to doubt the token.
+  if (credentials.length === 0) unusable(ctx, file, 'holds no credential');
   if (m) {
     // Hash both sides so the comparison is of equal lengths, and look at every credential.
     const presented = sha256(m[1]!);

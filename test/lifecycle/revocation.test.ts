@@ -3,7 +3,7 @@
 // and list URL (real loopback server), a failing URL keeping the last good list.
 
 import t from 'tap';
-import { mkdtempSync, writeFileSync, appendFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, appendFileSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
@@ -159,6 +159,24 @@ t.test('without an admin credential file, a client that is not on loopback may n
   await lift.text();
   const listed = await (await fetch(`${dg.admin}/revocations`)).json() as Record<string, any>;
   t.same(listed.revocations, [], 'nothing was revoked');
+});
+
+t.test('an unusable admin credential file refuses every write and says why, once a minute', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-file-'));
+  const file = adminFile(dir);
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { adminCredentialFile: file }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const warnings = () => dg.logs.filter((l) => l.msg === 'the admin credential file is unusable: every admin write is refused');
+  t.equal((await revoke(dg.admin, { kind: 'jti', value: 'a', reason: 'r' })).status, 201, 'the file works');
+  t.same(warnings(), []);
+  writeFileSync(file, '# emptied by a broken rotation\n');
+  for (let i = 0; i < 3; i++) t.equal((await revoke(dg.admin, { kind: 'jti', value: 'b', reason: 'r' })).status, 401, 'refused: no credential');
+  t.same(warnings().map((l) => [l.file, l.problem]), [[file, 'holds no credential']], 'said once, naming the file');
+  rmSync(file);
+  t.equal((await revoke(dg.admin, { kind: 'jti', value: 'c', reason: 'r' })).status, 401);
+  t.same(warnings().at(-1)?.problem, 'cannot be read (ENOENT)');
+  t.notMatch(JSON.stringify(dg.logs), ADMIN_SECRET);
 });
 
 t.test('admin API revocations survive a restart; a torn journal line is skipped and reported', async (t) => {
