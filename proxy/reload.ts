@@ -7,7 +7,7 @@
 import { watch, readFileSync, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, basename } from 'node:path';
-import { loadRules, RulesError, type Overrides } from './rules/load.ts';
+import { loadRules, problemInFile, RulesError, type Overrides } from './rules/load.ts';
 import type { Driftguard } from './server.ts';
 import type { Rules } from './rules/types.ts';
 
@@ -66,7 +66,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
       }
       for (const field of ['listen', 'admin', 'probes'] as const) {
         if (next.proxy[field] !== dg.generation.rules.proxy[field]) {
-          throw new Error(`proxy.${field}: cannot change without a restart (in force: ${dg.generation.rules.proxy[field]}, file: ${next.proxy[field]})`);
+          throw new RulesError([problemInFile(next.source, ['proxy', field], `cannot change without a restart (in force: ${dg.generation.rules.proxy[field]}, file: ${next.proxy[field]})`)]);
         }
       }
       const from = dg.generation.rules.hash;

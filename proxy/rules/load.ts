@@ -142,6 +142,20 @@ function valueAt(at: Locator, path: Path): unknown {
 }
 
 /** Load, validate and freeze the rules in `file`. Throws RulesError with every problem found. */
+/**
+ * A problem found after loading (a reload that changes a field only a restart may change), at
+ * the field's line in the rules file as it reads now.
+ */
+export function problemInFile(file: string, path: Path, message: string): RulesProblem {
+  try {
+    const lines = new LineCounter();
+    const doc = parseDocument(readFileSync(file, 'utf8'), { lineCounter: lines, prettyErrors: false });
+    return new Locator(file, doc, lines).problem(path, message);
+  } catch {
+    return { file, line: 0, column: 0, field: fieldName(path), message };
+  }
+}
+
 export function loadRules(file: string, overrides: Overrides = {}): Rules {
   const source = resolve(file);
   let bytes: Buffer;

@@ -156,6 +156,8 @@ t.test('a change to the listeners is refused: they cannot move without a restart
   const r = await reload.reload('test');
   t.equal(r.changed, false);
   t.match(r.error, /proxy\.listen: cannot change without a restart/);
+  const line = readFileSync(dg.file, 'utf8').split('\n').findIndex((l) => l.trimStart().startsWith('listen:')) + 1;
+  t.ok(line > 0 && r.error!.startsWith(`${dg.file}:${line}:`), `FILE:LINE as for any rules problem: ${r.error}`);
   t.equal(dg.dg.generation.rules.hash, hash);
 });
 
