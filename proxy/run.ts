@@ -7,7 +7,7 @@ import { loadRules, type Overrides } from './rules/load.ts';
 import type { Rules } from './rules/types.ts';
 import { startDriftguard, type Driftguard } from './server.ts';
 import { reloader, type Reloader } from './reload.ts';
-import { fromWebPage } from './admin/server.ts';
+import { refusedFromWebPage } from './admin/server.ts';
 import { runDemo } from './demo/demo.ts';
 import { features } from './features.ts';
 import type { Server } from 'node:http';
@@ -40,7 +40,7 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
     dg.reloadStatus = reload.status;
     dg.routes.add('POST', '/reload', async (req, res) => {
       // A reload only re-reads the file on disk, but a web page must not be able to drive it.
-      if (fromWebPage(req)) { req.resume(); dg.routes.problem(res, 403, 'Forbidden', 'admin writes are not accepted from web pages (the request carries Origin or Sec-Fetch-Site)'); return; }
+      if (refusedFromWebPage(req, res, dg.routes)) { req.resume(); return; }
       const r = await reload.reload('POST /reload');
       dg.routes.json(res, r.error ? 422 : 200, r);
     });

@@ -151,19 +151,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     }
     handle(g, ctx, observation, res).catch((err: unknown) => unexpected(err, res, observation.traceId));
   }
-  traffic.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+  function onSocketRequest(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const g = generation;
     const [ctx, observation] = begin(g, req);
     handleUpgrade(g, ctx, observation, socket, head).catch((err: unknown) => unexpected(err, socket, observation.traceId));
-  });
+  }
+  traffic.on('upgrade', onSocketRequest);
   // CONNECT: Node hands the socket over like an upgrade, and without a listener it closed the
   // connection with no answer and no record. The canonical-path check refuses it (in audit
   // mode too), so it is decided, recorded and answered like a refused handshake.
-  traffic.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    const g = generation;
-    const [ctx, observation] = begin(g, req);
-    handleUpgrade(g, ctx, observation, socket, head).catch((err: unknown) => unexpected(err, socket, observation.traceId));
-  });
+  traffic.on('connect', onSocketRequest);
   // A client connection silent both ways while its request is handled (an upload that
   // stalls, an answer it does not read) holds an upstream connection of the pool: Node closes
   // it after this long, on every request of a keep-alive connection (0: never).

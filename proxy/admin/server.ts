@@ -15,8 +15,15 @@ interface Route { readonly method: string; readonly path: string | RegExp; reado
  * Origin or Sec-Fetch-Site, which no admin client (curl, a script, an operator) sends. Admin
  * writes refuse it.
  */
-export function fromWebPage(req: IncomingMessage): boolean {
+function fromWebPage(req: IncomingMessage): boolean {
   return req.headers.origin !== undefined || (req.headers['sec-fetch-site'] !== undefined && req.headers['sec-fetch-site'] !== 'none');
+}
+
+/** Answer 403 to an admin write a web page sent (fromWebPage); true when it did. */
+export function refusedFromWebPage(req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): boolean {
+  if (!fromWebPage(req)) return false;
+  routes.problem(res, 403, 'Forbidden', 'admin writes are not accepted from web pages (the request carries Origin or Sec-Fetch-Site)');
+  return true;
 }
 
 export class AdminRoutes {

@@ -88,8 +88,8 @@ export function withOwnHeaders(upstream: Record<string, string | string[]>, own:
     const their = upstream[name];
     const our = own[name];
     if (their === undefined || our === undefined) continue;
-    const theirMs = dateOf(Array.isArray(their) ? their[0]! : their);
-    const ourMs = dateOf(Array.isArray(our) ? our[0]! : our);
+    const theirMs = dateOf(list(their)[0]!);
+    const ourMs = dateOf(list(our)[0]!);
     if (theirMs !== undefined && ourMs !== undefined && theirMs < ourMs) head[name] = their;
   }
   return head;

@@ -13,7 +13,7 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { fromWebPage, type AdminRoutes } from '../admin/server.ts';
+import { refusedFromWebPage, type AdminRoutes } from '../admin/server.ts';
 import type { Rules } from '../rules/types.ts';
 import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
@@ -56,10 +56,7 @@ function unusable(ctx: AdminContext, file: string, why: string): void {
 
 /** Who is writing, or undefined (the response is already sent). */
 export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
-  if (fromWebPage(req)) {
-    routes.problem(res, 403, 'Forbidden', 'admin writes are not accepted from web pages (the request carries Origin or Sec-Fetch-Site)');
-    return undefined;
-  }
+  if (refusedFromWebPage(req, res, routes)) return undefined;
   const file = ctx.state.config.revocation.adminCredentialFile;
   if (file === undefined) {
     if (isLoopback(req.socket.remoteAddress)) return 'loopback';

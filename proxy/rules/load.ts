@@ -141,7 +141,6 @@ function valueAt(at: Locator, path: Path): unknown {
   return node;
 }
 
-/** Load, validate and freeze the rules in `file`. Throws RulesError with every problem found. */
 /**
  * A problem found after loading (a reload that changes a field only a restart may change), at
  * the field's line in the rules file as it reads now.
@@ -156,6 +155,7 @@ export function problemInFile(file: string, path: Path, message: string): RulesP
   }
 }
 
+/** Load, validate and freeze the rules in `file`. Throws RulesError with every problem found. */
 export function loadRules(file: string, overrides: Overrides = {}): Rules {
   const source = resolve(file);
   let bytes: Buffer;

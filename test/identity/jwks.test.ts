@@ -2,7 +2,7 @@
 // can be taken down: unknown-kid floods, rotation, outages at start and later, and a JWKS
 // server that never answers.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createServer, request } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { testKey, jwks, token } from '../support/keys.ts';
@@ -47,14 +47,20 @@ t.test('a rotated-in key is picked up by the unknown-kid refetch', async (t) => 
   t.equal(w.jwks.fetches, 2);
 });
 
-t.test('a JWKS server down from the start: 503 identity-unavailable, never forwarded, not ready', async (t) => {
+/** driftguard whose one issuer's JWKS server is down from the start, with the given cooldown. */
+async function keysDownFromStart(t: Test, cooldown: string) {
   const k = await keys();
   const up = await upstream();
   const keyServer = await jwksServer(jwks(k.es));
   keyServer.down = true;
-  const dg = await startTest(baseRules(up.origin, keyServer.url, (r) => { r.identity.issuers[0].jwks.cooldown = '200ms'; }), { waitReady: false });
+  const dg = await startTest(baseRules(up.origin, keyServer.url, (r) => { r.identity.issuers[0].jwks.cooldown = cooldown; }), { waitReady: false });
   t.teardown(async () => { await dg.close(); await up.close(); await keyServer.close(); });
   await sleep(50);
+  return { k, up, keyServer, dg };
+}
+
+t.test('a JWKS server down from the start: 503 identity-unavailable, never forwarded, not ready', async (t) => {
+  const { k, up, keyServer, dg } = await keysDownFromStart(t, '200ms');
   const ready = await fetch(`${dg.admin}/readyz`);
   t.equal(ready.status, 503, 'not ready without keys');
   await ready.text();
@@ -78,13 +84,7 @@ t.test('a JWKS server down from the start: 503 identity-unavailable, never forwa
 });
 
 t.test('identity-unavailable says when to retry: the rest of the key set\'s cooldown, at least a second', async (t) => {
-  const k = await keys();
-  const up = await upstream();
-  const keyServer = await jwksServer(jwks(k.es));
-  keyServer.down = true;
-  const dg = await startTest(baseRules(up.origin, keyServer.url, (r) => { r.identity.issuers[0].jwks.cooldown = '30s'; }), { waitReady: false });
-  t.teardown(async () => { await dg.close(); await up.close(); await keyServer.close(); });
-  await sleep(50);
+  const { k, up, dg } = await keysDownFromStart(t, '30s');
   const tok = await token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09' });
   const a = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
   t.equal(a.status, 503);
