@@ -1,6 +1,7 @@
-// Writes a denial as application/problem+json (RFC 9457). The body's `code` is the reason
-// code; `type` and `status` come from the one reason table. Nothing from the request's
-// credential is ever echoed.
+// Writes a denial as application/problem+json (RFC 9457). The body's `reason` is the reason
+// code, under the name the decision log, the spans and the metrics give it; `code` carries the
+// same value for consumers written against earlier releases, which switched on it. `type` and
+// `status` come from the one reason table. Nothing from the request's credential is ever echoed.
 
 import type { ServerResponse } from 'node:http';
 import { reasonInfo, problemType, type ReasonCode } from './reasons.ts';
@@ -38,6 +39,7 @@ export function problemBody(p: Problem): Record<string, unknown> {
     title: info.title,
     status: info.status,
     detail: p.detail,
+    reason: p.reason,
     code: p.reason,
   };
   if (p.operation !== undefined) body.operation = p.operation;

@@ -67,11 +67,11 @@ export function jwksServer(publicJwk: JWK): Server {
 export interface Example {
   readonly title: string;
   readonly expect: number;
-  readonly code: string;
+  readonly reason: string;
   readonly curl: string;
 }
 
-/** The curl lines the demo prints; the test runs each and checks status and code. */
+/** The curl lines the demo prints; the test runs each and checks status and reason. */
 export async function examples(rules: Rules, key: JWK, now = Date.now()): Promise<Example[]> {
   const base = `http://${rules.proxy.listen}`;
   const iss = rules.identity.issuers[0]!;
@@ -84,22 +84,22 @@ export async function examples(rules: Rules, key: JWK, now = Date.now()): Promis
   const all = ['accounts.read', 'accounts.admin', 'orders.read', 'payments.read', 'payments.write'];
   const curl = (args: string) => `curl -s -i ${args}`;
   return [
-    { title: 'allow: an automation on the current contract reads an account', expect: 200, code: 'allowed', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/accounts/42`) },
-    { title: 'warn: a deprecated, low-sensitivity operation is forwarded with Deprecation, Sunset and Link headers', expect: 200, code: 'deprecated-operation', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/orders`) },
-    { title: 'warn: a stale contract on a low-sensitivity operation is forwarded and flagged', expect: 200, code: 'stale-contract', curl: curl(`-X POST ${auth(await t(agent, all, '2026-06'))} ${base}/orders/search`) },
-    { title: 'deny: a stale contract on a critical operation (payments changed in 2026-09)', expect: 409, code: 'stale-contract', curl: curl(`-X POST ${auth(await t(agent, all, '2026-06'))} ${base}/payments`) },
-    { title: 'deny: an automation deletes through the deprecated endpoint', expect: 403, code: 'deprecated-operation', curl: curl(`-X DELETE ${auth(await t(bot, all, '2026-09'))} ${base}/accounts/42`) },
-    { title: 'deny: an operation the contract does not have', expect: 403, code: 'unknown-operation', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/admin/users`) },
-    { title: 'deny: an operation past its sunset (for everybody)', expect: 410, code: 'operation-sunset', curl: curl(`${base}/reports/legacy`) },
-    { title: 'deny: no credential', expect: 401, code: 'missing-credential', curl: curl(`${base}/accounts/42`) },
-    { title: 'deny: a token that is not a valid signed JWT', expect: 401, code: 'invalid-credential', curl: curl(`-H 'Authorization: Bearer not.a.token' ${base}/accounts/42`) },
-    { title: 'deny: a long-lived token for an automation (24h > 1h)', expect: 401, code: 'credential-lifetime-exceeded', curl: curl(`${auth(await t(agent, all, '2026-09', 86_400))} ${base}/accounts/42`) },
-    { title: 'deny: a caller the registry does not know', expect: 403, code: 'unknown-consumer', curl: curl(`${auth(await t('spiffe://demo.local/ns/x/sa/stranger', all, '2026-09'))} ${base}/accounts/42`) },
-    { title: 'deny: a token without the operation\'s scope', expect: 403, code: 'insufficient-scope', curl: curl(`-X POST ${auth(await t(agent, ['accounts.read'], '2026-09'))} ${base}/payments`) },
-    { title: 'deny: an operation outside the consumer\'s declared operations', expect: 403, code: 'undeclared-operation', curl: curl(`-X POST ${auth(await t(bot, all, '2026-09'))} ${base}/payments`) },
-    { title: 'deny: an automation that declares no contract version', expect: 400, code: 'contract-version-required', curl: curl(`${auth(await t(agent, all, undefined))} ${base}/accounts/42`) },
-    { title: 'deny: a contract version the API never published', expect: 400, code: 'unknown-contract-version', curl: curl(`${auth(await t(agent, all, undefined))} -H 'Contract-Version: 1999-01' ${base}/accounts/42`) },
-    { title: 'deny: a non-canonical path (dot segments)', expect: 400, code: 'malformed-request', curl: curl(`--path-as-is ${auth(await t(agent, all, '2026-09'))} ${base}/accounts/../admin`) },
+    { title: 'allow: an automation on the current contract reads an account', expect: 200, reason: 'allowed', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/accounts/42`) },
+    { title: 'warn: a deprecated, low-sensitivity operation is forwarded with Deprecation, Sunset and Link headers', expect: 200, reason: 'deprecated-operation', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/orders`) },
+    { title: 'warn: a stale contract on a low-sensitivity operation is forwarded and flagged', expect: 200, reason: 'stale-contract', curl: curl(`-X POST ${auth(await t(agent, all, '2026-06'))} ${base}/orders/search`) },
+    { title: 'deny: a stale contract on a critical operation (payments changed in 2026-09)', expect: 409, reason: 'stale-contract', curl: curl(`-X POST ${auth(await t(agent, all, '2026-06'))} ${base}/payments`) },
+    { title: 'deny: an automation deletes through the deprecated endpoint', expect: 403, reason: 'deprecated-operation', curl: curl(`-X DELETE ${auth(await t(bot, all, '2026-09'))} ${base}/accounts/42`) },
+    { title: 'deny: an operation the contract does not have', expect: 403, reason: 'unknown-operation', curl: curl(`${auth(await t(agent, all, '2026-09'))} ${base}/admin/users`) },
+    { title: 'deny: an operation past its sunset (for everybody)', expect: 410, reason: 'operation-sunset', curl: curl(`${base}/reports/legacy`) },
+    { title: 'deny: no credential', expect: 401, reason: 'missing-credential', curl: curl(`${base}/accounts/42`) },
+    { title: 'deny: a token that is not a valid signed JWT', expect: 401, reason: 'invalid-credential', curl: curl(`-H 'Authorization: Bearer not.a.token' ${base}/accounts/42`) },
+    { title: 'deny: a long-lived token for an automation (24h > 1h)', expect: 401, reason: 'credential-lifetime-exceeded', curl: curl(`${auth(await t(agent, all, '2026-09', 86_400))} ${base}/accounts/42`) },
+    { title: 'deny: a caller the registry does not know', expect: 403, reason: 'unknown-consumer', curl: curl(`${auth(await t('spiffe://demo.local/ns/x/sa/stranger', all, '2026-09'))} ${base}/accounts/42`) },
+    { title: 'deny: a token without the operation\'s scope', expect: 403, reason: 'insufficient-scope', curl: curl(`-X POST ${auth(await t(agent, ['accounts.read'], '2026-09'))} ${base}/payments`) },
+    { title: 'deny: an operation outside the consumer\'s declared operations', expect: 403, reason: 'undeclared-operation', curl: curl(`-X POST ${auth(await t(bot, all, '2026-09'))} ${base}/payments`) },
+    { title: 'deny: an automation that declares no contract version', expect: 400, reason: 'contract-version-required', curl: curl(`${auth(await t(agent, all, undefined))} ${base}/accounts/42`) },
+    { title: 'deny: a contract version the API never published', expect: 400, reason: 'unknown-contract-version', curl: curl(`${auth(await t(agent, all, undefined))} -H 'Contract-Version: 1999-01' ${base}/accounts/42`) },
+    { title: 'deny: a non-canonical path (dot segments)', expect: 400, reason: 'malformed-request', curl: curl(`--path-as-is ${auth(await t(agent, all, '2026-09'))} ${base}/accounts/../admin`) },
   ];
 }
 
@@ -125,7 +125,7 @@ export async function runDemo(start: (rules: Rules) => Promise<{ close(): Promis
   out(`admin: http://${rules.proxy.admin}/readyz   rules: ${rulesFile}   signing key: ${file}`);
   out('');
   for (const e of await examples(rules, privateJwk)) {
-    out(`# ${e.title}  -> expect ${e.expect} ${e.code}`);
+    out(`# ${e.title}  -> expect ${e.expect} ${e.reason}`);
     out(e.curl);
     out('');
   }

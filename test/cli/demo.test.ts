@@ -79,33 +79,33 @@ t.test('every curl line the demo prints does what it says', async (t) => {
   if (!started) return;
 
   const lines = stdout.split('\n');
-  const examples: { title: string; status: number; code: string; curl: string }[] = [];
+  const examples: { title: string; status: number; reason: string; curl: string }[] = [];
   lines.forEach((line, i) => {
     const m = /^# (.*?)\s+-> expect (\d{3}) ([a-z-]+)$/.exec(line);
-    if (m) examples.push({ title: m[1]!, status: Number(m[2]), code: m[3]!, curl: lines[i + 1]! });
+    if (m) examples.push({ title: m[1]!, status: Number(m[2]), reason: m[3]!, curl: lines[i + 1]! });
   });
   t.ok(examples.length >= 10, `${examples.length} examples printed`);
-  const codes = new Set(examples.map((e) => e.code));
-  for (const code of ['allowed', 'unknown-operation', 'operation-sunset', 'missing-credential', 'invalid-credential', 'credential-lifetime-exceeded',
+  const reasons = new Set(examples.map((e) => e.reason));
+  for (const reason of ['allowed', 'unknown-operation', 'operation-sunset', 'missing-credential', 'invalid-credential', 'credential-lifetime-exceeded',
     'unknown-consumer', 'insufficient-scope', 'undeclared-operation', 'contract-version-required', 'unknown-contract-version', 'stale-contract',
     'deprecated-operation', 'malformed-request']) {
-    t.ok(codes.has(code), `an example shows ${code}`);
+    t.ok(reasons.has(reason), `an example shows ${reason}`);
   }
-  t.ok(examples.some((e) => e.status === 200 && e.code !== 'allowed'), 'an example shows a warn');
+  t.ok(examples.some((e) => e.status === 200 && e.reason !== 'allowed'), 'an example shows a warn');
 
   for (const e of examples) {
     t.match(e.curl, /^curl /, `${e.title}: the next line is a curl command`);
     const r = parseCurl(await bash(e.curl));
     t.equal(r.status, e.status, `${e.title}: status`);
-    if (e.code === 'allowed') {
+    if (e.reason === 'allowed') {
       t.notOk(r.headers['driftguard-warning'], `${e.title}: no warning`);
     } else if (e.status < 400) {
-      t.match(r.headers['driftguard-warning'] ?? '', e.code, `${e.title}: warning header`);
+      t.match(r.headers['driftguard-warning'] ?? '', e.reason, `${e.title}: warning header`);
     } else {
       t.equal(r.headers['content-type'], 'application/problem+json', `${e.title}: problem+json`);
-      t.equal(JSON.parse(r.body).code, e.code, `${e.title}: code`);
+      t.equal(JSON.parse(r.body).reason, e.reason, `${e.title}: reason`);
     }
-    if (e.code === 'deprecated-operation') {
+    if (e.reason === 'deprecated-operation') {
       t.match(r.headers['deprecation'] ?? '', /^@\d+$/, `${e.title}: Deprecation header`);
       t.ok(r.headers['sunset'], `${e.title}: Sunset header`);
       t.match(r.headers['link'] ?? '', 'rel="deprecation"', `${e.title}: Link header`);

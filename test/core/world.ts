@@ -68,7 +68,8 @@ export async function world(t: Test, patch: (r: Record<string, any>) => void = (
 export function assertDenied(t: Test, w: World, a: Answer, status: number, code: string): void {
   t.equal(a.status, status, `status ${status} for ${code}`);
   t.equal(a.headers.get('content-type'), 'application/problem+json', 'problem+json');
-  t.equal(a.json?.code, code, 'problem code');
+  t.equal(a.json?.reason, code, 'problem reason');
+  t.equal(a.json?.code, code, 'problem code: the reason under its earlier name');
   t.equal(a.json?.status, status, 'problem status member');
   t.equal(a.json?.type, `https://driftguard.io/problems/${code}`, 'problem type URI');
   t.type(a.json?.title, 'string');
