@@ -11,7 +11,8 @@ import { MAX_TIMER_MS } from './rules/durations.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
-import { Identity } from './identity/verify.ts';
+import { Identity, keySetKey } from './identity/verify.ts';
+import { RulesError, problemInFile } from './rules/load.ts';
 import { Forwarder, isWebSocketHandshake } from './forward/forward.ts';
 import { failureDetail, type ForwardOutcome } from './forward/outcome.ts';
 import { headerSafe } from './forward/headers.ts';
@@ -412,14 +413,22 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const old = generation;
       const g = buildGeneration(next, old, options.deps, onTokenCache);
       const shared = new Set(old.identity.keySets().values());
-      try {
-        // Only new key sets must load before the swap: a shared one already serves the old
-        // generation, and a failed refetch of it (keys kept) must not block an unrelated change.
-        await Promise.all([...g.identity.keySets().values()].filter((k) => !shared.has(k)).map((k) => k.start()));
-      } catch (err) {
-        for (const k of g.identity.keySets().values()) if (!shared.has(k)) k.close();
+      // Only new key sets must load before the swap: a shared one already serves the old
+      // generation, and a failed refetch of it (keys kept) must not block an unrelated change.
+      const keySets = g.identity.keySets();
+      const fresh = next.identity.issuers.flatMap((iss, i) => {
+        const k = keySets.get(keySetKey(iss));
+        return k && !shared.has(k) ? [{ i, k }] : [];
+      });
+      const started = await Promise.allSettled(fresh.map(({ k }) => k.start()));
+      const failed = started.findIndex((s) => s.status === 'rejected');
+      if (failed !== -1) {
+        for (const k of keySets.values()) if (!shared.has(k)) k.close();
         if (g.forwarder !== old.forwarder) void g.forwarder.close();
-        throw err;
+        // At the issuer's jwks field, as every rules problem is named (FILE:LINE:COLUMN: field).
+        const { i } = fresh[failed]!;
+        const reason = (started[failed] as PromiseRejectedResult).reason as Error;
+        throw new RulesError([problemInFile(next.source, ['identity', 'issuers', i, 'jwks'], reason.message)]);
       }
       const kept = new Set(g.identity.keySets().values());
       for (const k of shared) if (!kept.has(k)) k.close();

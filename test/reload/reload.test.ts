@@ -174,7 +174,11 @@ t.test('a new issuer whose keys cannot be fetched is refused; the old rules keep
   writeFileSync(dg.file, stringify(next));
   const r = await reload.reload('test');
   t.equal(r.changed, false);
-  t.match(r.error, /HTTP 503/);
+  t.match(r.error, /identity\.issuers\[1\]\.jwks: JWKS .*HTTP 503/);
+  // The second issuer's jwks: the second `jwks:` key of the file.
+  const lines = readFileSync(dg.file, 'utf8').split('\n');
+  const line = lines.findIndex((l, i) => l.trimStart().startsWith('jwks:') && lines.slice(0, i).some((m) => m.trimStart().startsWith('jwks:'))) + 1;
+  t.ok(line > 0 && r.error!.startsWith(`${dg.file}:${line}:`), `FILE:LINE as for any rules problem: ${r.error}`);
   t.equal(dg.dg.generation.rules.hash, hash);
   const item = await fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${tok}` } });
   await item.text();
