@@ -207,7 +207,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       contractHeaders(ctx.operation, decision, headers);
       // The answer depends on who calls and on the contract version they declare: a shared
       // cache in front must not serve one caller's answer to another (RFC 9110 §12.5.5).
-      if (!ctx.operation?.public) headers['vary'] = `authorization, ${ctx.rules.contract.declared.header}`;
+      // A public operation's answer depends on the declared version alone (no token is read).
+      headers['vary'] = ctx.operation?.public ? ctx.rules.contract.declared.header : `authorization, ${ctx.rules.contract.declared.header}`;
       observation.responseHeaders(headers);
     } catch { /* headers are best effort; the decision stands */ }
     return decision;

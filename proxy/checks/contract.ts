@@ -1,6 +1,8 @@
 // The contract version the caller was built against (token claim, else header) must be a
 // published version, not below contract.minimum and not below the version in which the
-// operation last changed incompatibly.
+// operation last changed incompatibly. A claim and a header that disagree are refused: the
+// decision would rest on the claim while the upstream, which gets the header as sent, could
+// act on the other version.
 
 import type { Check, Denial } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
@@ -17,6 +19,9 @@ export function contract(rules: Rules): Check {
       const op = ctx.operation!;
       const fromClaim = ctx.credential?.claims[claim];
       const fromHeader = ctx.req.headers[headerName];
+      if (fromClaim !== undefined && fromHeader !== undefined && fromHeader !== fromClaim) {
+        return { reason: 'contract-version-conflict', detail: `the ${claim} claim and the ${header} header declare different contract versions`, currentContract: current };
+      }
       const declared = fromClaim !== undefined ? fromClaim : fromHeader;
       if (declared === undefined) {
         if (ctx.consumer?.kind === 'automation') {

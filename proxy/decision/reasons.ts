@@ -40,6 +40,7 @@ const table = {
   // --- contract ---
   'contract-version-required': { status: 400, title: 'Contract version required', action: 'Declare the contract version your client was built against (token claim or Contract-Version header).' },
   'unknown-contract-version': { status: 400, title: 'Unknown contract version', action: 'Declare one of the contract versions the API publishes.' },
+  'contract-version-conflict': { status: 400, title: 'Conflicting contract versions', action: 'Declare one contract version: the token claim and the Contract-Version header must not differ (or send only one).' },
   'stale-contract': { status: 409, title: 'Stale contract', action: 'The operation changed after the contract version you declare; update the client to the current contract and declare it.' },
   'deprecated-operation': { status: 403, title: 'Deprecated operation', action: 'Move to the replacement operation named in the response.' },
 

@@ -88,8 +88,8 @@ export function withOwnHeaders(upstream: Record<string, string | string[]>, own:
     const their = upstream[name];
     const our = own[name];
     if (their === undefined || our === undefined) continue;
-    const theirMs = dateOf(list(their)[0]!);
-    const ourMs = dateOf(list(our)[0]!);
+    const theirMs = dateOf(name, list(their)[0]!);
+    const ourMs = dateOf(name, list(our)[0]!);
     if (theirMs !== undefined && ourMs !== undefined && theirMs < ourMs) head[name] = their;
   }
   return head;
@@ -110,10 +110,17 @@ function varyUnion(theirs: string | string[], ours: string | string[]): string {
   return names.join(', ');
 }
 
-/** A Deprecation (`@<unix seconds>`, RFC 9745) or Sunset (an HTTP-date) value as epoch ms. */
-function dateOf(value: string): number | undefined {
+/** IMF-fixdate (RFC 9110 §5.6.7), the one HTTP-date form a sender must generate. */
+const IMF_FIXDATE = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT$/;
+
+/**
+ * A Deprecation (`@<unix seconds>`, RFC 9745) or Sunset (an IMF-fixdate) value as epoch ms;
+ * anything else is unreadable. Not Date.parse, which reads `1` or `see changelog 2` as a
+ * date in 2001 and would let such a value replace the rules' date.
+ */
+function dateOf(name: 'sunset' | 'deprecation', value: string): number | undefined {
   const v = value.trim();
-  const ms = /^@-?\d{1,15}$/.test(v) ? Number(v.slice(1)) * 1000 : Date.parse(v);
+  const ms = name === 'deprecation' ? (/^@-?\d{1,15}$/.test(v) ? Number(v.slice(1)) * 1000 : NaN) : IMF_FIXDATE.test(v) ? Date.parse(v) : NaN;
   return Number.isFinite(ms) ? ms : undefined;
 }
 

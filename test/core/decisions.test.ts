@@ -220,7 +220,7 @@ t.test('Vary names the credential and the contract header; the earlier Sunset an
   upstreamHeaders = { vary: '*' };
   t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).headers.get('vary'), '*');
   upstreamHeaders = {};
-  t.equal((await w.call('GET', '/status')).headers.get('vary'), null, 'a public operation\'s answer does not depend on the caller');
+  t.same(names((await w.call('GET', '/status')).headers.get('vary')), ['contract-version'], 'a public operation\'s answer depends on the declared version alone (it may warn a stale one)');
 
   // deleteItem: deprecated since 2026-01-01, sunset 2099-01-01 in the rules.
   upstreamHeaders = { sunset: 'Wed, 01 Jan 2031 00:00:00 GMT', deprecation: '@1700000000' };
@@ -231,6 +231,13 @@ t.test('Vary names the credential and the contract header; the earlier Sunset an
   const later = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
   t.equal(later.headers.get('sunset'), new Date(Date.UTC(2099, 0, 1)).toUTCString(), 'the rules\' earlier sunset stands');
   t.equal(later.headers.get('deprecation'), `@${Date.UTC(2026, 0, 1) / 1000}`, 'an unreadable date gives way to the rules\'');
+  // Date.parse reads these as dates in 2001; they are not HTTP dates or RFC 9745 dates.
+  for (const [sunset, deprecation] of [['see changelog 2', 'true; v=1'], ['1', '2001-01-01'], ['2001-01-01T00:00:00Z', 'Mon, 01 Jan 2001 00:00:00 GMT']]) {
+    upstreamHeaders = { sunset: sunset!, deprecation: deprecation! };
+    const odd = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
+    t.equal(odd.headers.get('sunset'), new Date(Date.UTC(2099, 0, 1)).toUTCString(), `sunset ${JSON.stringify(sunset)} is unreadable: the rules' stands`);
+    t.equal(odd.headers.get('deprecation'), `@${Date.UTC(2026, 0, 1) / 1000}`, `deprecation ${JSON.stringify(deprecation)} is unreadable: the rules' stands`);
+  }
 });
 
 t.test('the upstream\'s own Link header stays, and the deprecation links are added to it', async (t) => {

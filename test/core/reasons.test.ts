@@ -199,9 +199,22 @@ t.test('stale-contract: below the operation\'s changedIn, or below the minimum, 
   assertDenied(t, w, b, 409, 'stale-contract');
   t.equal(b.json.declaredContract, '2026-01');
   t.notOk('changedIn' in b.json);
-  // The claim wins over the header
-  const c = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-06' }), headers: { 'contract-version': '2026-09' }, body: '{}' });
+  // A header that agrees with the claim changes nothing
+  const c = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-06' }), headers: { 'contract-version': '2026-06' }, body: '{}' });
   assertDenied(t, w, c, 409, 'stale-contract');
+});
+
+t.test('contract-version-conflict: a claim and a header that disagree, whichever is the older', async (t) => {
+  const w = await world(t);
+  // Before: the claim decided (200) and the upstream got the stale header as sent.
+  const a = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-09' }), headers: { 'contract-version': '2026-01' }, body: '{}' });
+  assertDenied(t, w, a, 400, 'contract-version-conflict');
+  t.equal(a.json.currentContract, '2026-09');
+  t.notMatch(a.json.detail, /2026-01/, 'the detail names the claim and the header, not the values the caller sent');
+  const b = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-06' }), headers: { 'contract-version': '2026-09' }, body: '{}' });
+  assertDenied(t, w, b, 400, 'contract-version-conflict');
+  const c = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-09' }), headers: { 'contract-version': '2026-09' }, body: '{}' });
+  t.equal(c.status, 200, 'the same version in both is one declaration');
 });
 
 t.test('deprecated-operation: an automation on a deprecated, high-sensitivity operation', async (t) => {
