@@ -55,6 +55,18 @@ export function failureDetail(outcome: ForwardOutcome): string {
   return outcome.error ? `${what} (${outcome.error})` : what;
 }
 
+/**
+ * Errors that leave no doubt the upstream never got the request: no connection was made (or
+ * none was free in time). After any other failure (a reset, a closed keep-alive connection, an
+ * answer driftguard would not pass on) the upstream may have read the request and acted on it.
+ */
+const NEVER_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT', CONNECTION_WAIT_TIMEOUT]);
+
+/** Whether a failed forwarding surely never reached the upstream (a write may then be sent again). */
+export function neverSent(outcome: ForwardOutcome): boolean {
+  return outcome.failure !== undefined && outcome.error !== undefined && NEVER_SENT.has(outcome.error);
+}
+
 /** An upstream answer under a transfer coding other than chunked (forward.ts refuses it). */
 export const UPSTREAM_TRANSFER_CODING = 'UPSTREAM_TRANSFER_CODING';
 

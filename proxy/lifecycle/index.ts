@@ -10,7 +10,7 @@ import type { Rules } from '../rules/types.ts';
 import type { Feature, Log } from '../features.ts';
 import type { Observation, Observer } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
-import type { ForwardOutcome } from '../forward/outcome.ts';
+import { neverSent, type ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
 import { Journal, replay } from './journal.ts';
 import { ListSource, checkListFile } from './lists.ts';
@@ -108,8 +108,10 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           observe(ctx, d);
         },
         forwarded(outcome: ForwardOutcome) {
-          // The write never reached the upstream: its key may be used again at once.
-          if (outcome.failure === 'upstream-unavailable') release(ctx);
+          // The write never reached the upstream: its key may be used again at once. After a
+          // reset or an answer cut short the upstream may have acted on it: the key stays, and a
+          // retry is a duplicate-write, whose action says to read the resource's state first.
+          if (neverSent(outcome)) release(ctx);
         },
         end() {
           const key = state.reserved.get(ctx);

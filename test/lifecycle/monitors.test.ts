@@ -2,7 +2,7 @@
 // traversal and quarantine, each in enforce and audit mode; the owner view.
 
 import t from 'tap';
-import { connect } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, problem, bearer, type World } from './support.ts';
 import { testKey, jwks } from '../support/keys.ts';
@@ -21,6 +21,46 @@ function only(w: World, monitors: Record<string, unknown>, more: (r: Record<stri
     more(r);
   });
 }
+
+for (const how of ['reset after reading', 'a transfer coding driftguard will not pass on'] as const) {
+  t.test(`idempotency: a write the upstream may have acted on keeps its key (${how}): the retry is a duplicate-write`, async (t) => {
+    const w = await world();
+    const dg = await startLifecycle(only(w, { idempotency: { at: 'medium', window: '1h' } }));
+    t.teardown(async () => { await dg.close(); await w.close(); });
+    let received = 0;
+    w.up.handler = (req, res) => {
+      req.resume();
+      req.on('end', () => {
+        received++;
+        if (how === 'reset after reading') req.socket.destroy();
+        else { res.writeHead(200, { 'transfer-encoding': 'gzip, chunked' }); res.end('x'); }
+      });
+    };
+    const tok = await w.token();
+    const post = () => fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': 'pay-1', 'content-type': 'application/json' }), body: '{"amount":100}' });
+    const first = await post();
+    await first.text();
+    t.equal(first.status, 502, 'the first write failed');
+    // Before: any upstream-unavailable freed the key, and the retry reached the upstream again.
+    await problem(t, await post(), 'duplicate-write', 409);
+    t.equal(received, 1, 'the upstream received the write once');
+  });
+}
+
+t.test('idempotency: a write whose upstream connection was refused frees its key at once', async (t) => {
+  const w = await world();
+  const closed = await new Promise<number>((res) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => res(p)); }); });
+  const dg = await startLifecycle(only(w, { idempotency: { at: 'medium', window: '1h' } }, (r) => { r.proxy.upstream = `http://127.0.0.1:${closed}`; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const post = () => fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': 'pay-1', 'content-type': 'application/json' }), body: '{"amount":100}' });
+  for (const attempt of ['first', 'retry']) {
+    const r = await post();
+    const body = await r.json() as { reason: string; detail: string };
+    t.equal(r.status, 502, `${attempt}: forwarded, and refused by the upstream`);
+    t.match(body.detail, /ECONNREFUSED/);
+  }
+});
 
 t.test('retry storm: the same request more than maxRepeats times in the window is 429 with Retry-After', async (t) => {
   const w = await world();
