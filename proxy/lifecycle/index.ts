@@ -229,8 +229,11 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });
       // A WebSocket tunnel is decided at its handshake: once a second, close the open ones
       // whose credential has since been revoked or whose consumer is quarantined (enforced
-      // modes only), so that a revocation cuts a stream off as it refuses a request.
+      // modes only, proxy.mode's too), so that a revocation cuts a stream off as it refuses a request.
       sweeper = setInterval(() => {
+        // proxy.mode audit: a new handshake of the same consumer is forwarded as a would-deny,
+        // so an open tunnel stays too.
+        if (dg.generation.rules.proxy.mode !== 'enforce') return;
         const now = state.now();
         const { revocation: r, credentials, monitors } = state.config;
         const closed = dg.closeTunnels((ctx) => {

@@ -59,6 +59,30 @@ t.test('in audit mode a revocation leaves the tunnel open', async (t) => {
   t.equal(await agent.ask('3'), 'echo:3');
 });
 
+t.test('under proxy.mode audit neither a revocation nor a quarantine closes a tunnel', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(baseRules(up, w.keys.url, (r) => {
+    r.proxy.mode = 'audit';
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } };
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const url = dg.url.replace('http', 'ws') + '/items/1';
+  const quarantined = await open(url, await w.token());
+  const revoked = await open(url, await w.token({ sub: BOT }));
+  t.teardown(() => { quarantined.ws.terminate(); revoked.ws.terminate(); });
+  // Three would-denied writes (insufficient-scope) quarantine the agent; the bot is revoked.
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' })).text();
+  t.equal((await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: unknown[] }).quarantined.length, 1, 'the agent is quarantined');
+  await (await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: BOT, reason: 'test' }) })).text();
+  // Before: both were cut within a second, while a new handshake of either was let through.
+  t.equal(await within(Promise.race([quarantined.closed, revoked.closed]), 2_500), 'still open');
+  t.equal(await within(quarantined.ask('q'), 2_000), 'echo:q');
+  t.equal(await within(revoked.ask('r'), 2_000), 'echo:r');
+});
+
 t.test('a tunnel ends when the token it was opened with expires', async (t) => {
   const w = await world();
   const up = await echoServer(t);
