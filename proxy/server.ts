@@ -10,6 +10,7 @@ import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
+import { blocks } from './checks/staleness.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, problemInFile } from './rules/load.ts';
@@ -325,11 +326,28 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     end();
     if (status === 101 && !socket.destroyed) {
       open.set(socket, ctx);
-      // The credential the handshake was allowed with ends: so does the tunnel. A client
-      // that keeps a WebSocket longer reconnects with a fresh token, and is decided again.
-      const c = ctx.credential;
-      if (c) expiry = setTimeout(() => socket.destroy(), Math.min(MAX_TIMER_MS, Math.max(0, c.expiresAtMs + g.rules.identity.clockSkewMs - now()))).unref();
+      const ends = tunnelEndsAt(ctx, g.rules);
+      if (ends !== undefined) expiry = setTimeout(() => socket.destroy(), Math.min(MAX_TIMER_MS, Math.max(0, ends - now()))).unref();
     }
+  }
+
+  /**
+   * When the decision a tunnel was opened with stops holding, and the tunnel with it: the
+   * handshake's credential expires (a client that keeps a WebSocket longer reconnects with a
+   * fresh token and is decided again); in enforce mode, the operation's sunset, and the start
+   * of a deprecation that will block this consumer. A reload's new dates reach tunnels opened
+   * after it.
+   */
+  function tunnelEndsAt(ctx: RequestContext, rules: Rules): number | undefined {
+    const ends: number[] = [];
+    if (ctx.credential) ends.push(ctx.credential.expiresAtMs + rules.identity.clockSkewMs);
+    const op = ctx.operation;
+    const dep = op?.deprecated;
+    if (op && dep && rules.proxy.mode === 'enforce') {
+      if (dep.sunsetMs !== undefined) ends.push(dep.sunsetMs);
+      if (dep.sinceMs > ctx.now && blocks(rules, op, ctx.consumer)) ends.push(dep.sinceMs);
+    }
+    return ends.length ? Math.min(...ends) : undefined;
   }
 
   /**

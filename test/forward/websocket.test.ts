@@ -9,7 +9,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { connect } from 'node:net';
 import WebSocket, { WebSocketServer } from 'ws';
-import { world, keys, AGENT, ALL_SCOPES } from '../core/world.ts';
+import { world, keys, AGENT, HUMAN, ALL_SCOPES } from '../core/world.ts';
 import { upstream, jwksServer, type Upstream } from '../support/servers.ts';
 import { jwks, token } from '../support/keys.ts';
 import { baseRules } from '../support/driftguard.ts';
@@ -273,6 +273,32 @@ t.test('a tunnel silent both ways for proxy.timeouts.tunnelIdle is closed; one c
   t.ok(await until(() => w.dg.dg.tunnels === 1), 'and no longer counts as a tunnel');
   busy.ws.close();
   await closed(busy.ws);
+});
+
+t.test('a tunnel ends at its operation\'s sunset, and where a deprecation starts that blocks its consumer', async (t) => {
+  // In about two seconds, on whole seconds as the rules write them: /status (public) is sunset,
+  // and getItem (made high-sensitivity here) becomes deprecated, which blocks an automation.
+  const soon = new Date(Math.ceil((Date.now() + 2_000) / 1000) * 1000).toISOString();
+  const w = await world(t, (r) => {
+    const op = (id: string) => r.contract.operations.find((o: { id: string }) => o.id === id);
+    op('status').deprecated = { since: '2026-01-01', sunset: soon };
+    Object.assign(op('getItem'), { sensitivity: 'high', deprecated: { since: soon } });
+  });
+  echoUpstream(w.up);
+  const anonymous = await open(w.dg, '/status');
+  const agent = await open(w.dg, '/items/1', { authorization: `Bearer ${await w.tok()}` });
+  const human = await open(w.dg, '/items/2', { authorization: `Bearer ${await w.tok({ sub: HUMAN })}` });
+  if (!('ws' in anonymous) || !('ws' in agent) || !('ws' in human)) return t.fail('refused');
+  t.teardown(() => { anonymous.ws.terminate(); agent.ws.terminate(); human.ws.terminate(); });
+  const [anonymousClosed, agentClosed] = [closed(anonymous.ws), closed(agent.ws)];
+  const within = <T>(p: Promise<T>, ms: number) => Promise.race([p, new Promise<string>((r) => setTimeout(() => r('still open'), ms))]);
+  // Before: the public one stayed open for good, the agent's until its token expired.
+  t.equal(await within(anonymousClosed, 5_000), 1006, 'the sunset operation\'s tunnel is cut');
+  t.equal(await within(agentClosed, 3_000), 1006, 'the automation\'s tunnel is cut when the deprecation that blocks it starts');
+  human.ws.send('still here');
+  t.equal((await next(human.ws)).data.toString(), 'echo:still here', 'a person is only warned of a deprecation: their tunnel stays');
+  const again = await open(w.dg, '/status');
+  t.equal('status' in again ? again.status : 101, 410, 'as a new handshake is refused');
 });
 
 t.test('close() with a tunnel open cuts it and returns, and may be called again', async (t) => {
