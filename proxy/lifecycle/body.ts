@@ -2,8 +2,9 @@
 // bodies with a Content-Length (up to monitors.maxBodyBytes) are read, whole, and hashed;
 // their bytes go to ctx.body so the forwarder sends them on. Larger and chunked bodies are
 // never read here: they stream to the upstream untouched and are fingerprinted by their
-// declared length only, which can make two different bodies look the same (a monitor then
-// over-matches) but never two identical ones look different.
+// declared length only (as a number: `041` and `41` are one length), which can make two
+// different bodies look the same (a monitor then over-matches). The same bytes sent once
+// chunked and once with a Content-Length are two fingerprints: a chunked body is not read.
 
 import { hash } from 'node:crypto';
 import type { RequestContext } from '../pipeline/types.ts';
@@ -14,11 +15,14 @@ export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, tim
   const req = ctx.req;
   const length = req.headers['content-length'];
   let fingerprint: string | undefined;
+  // Node accepts only digits here, but leading zeros too: the length as a number, so that a
+  // retry cannot look new by re-spelling it (`Content-Length: 0041`, or `00` for none).
+  const size = Number(length ?? 0);
   if (req.headers['transfer-encoding'] !== undefined) fingerprint = 'chunked';
-  else if (!hasBody(req)) fingerprint = '';
-  else if (Number(length) > maxBytes) fingerprint = `len:${length}`;
+  else if (!hasBody(req) || size === 0) fingerprint = '';
+  else if (size > maxBytes) fingerprint = `len:${size}`;
   else {
-    const body = await readWhole(ctx, Number(length), timeoutMs);
+    const body = await readWhole(ctx, size, timeoutMs);
     if (body === undefined) return undefined;
     ctx.body = body;
     fingerprint = hash('sha256', body, 'base64');

@@ -5,6 +5,7 @@ import t from 'tap';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, problem, bearer, type World } from './support.ts';
+import { raw } from '../support/raw.ts';
 import { testKey, jwks } from '../support/keys.ts';
 import { jwksServer } from '../support/servers.ts';
 
@@ -60,6 +61,25 @@ t.test('idempotency: a write whose upstream connection was refused frees its key
     t.equal(r.status, 502, `${attempt}: forwarded, and refused by the upstream`);
     t.match(body.detail, /ECONNREFUSED/);
   }
+});
+
+t.test('retry storm: a Content-Length re-spelt (leading zeros, 00 for none) is the same request', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { maxBodyBytes: 16, retryStorm: { maxRepeats: 2, window: '1m' } }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const port = Number(new URL(dg.url).port);
+  const post = (path: string, length: string | undefined, body: string) =>
+    raw(port, `POST ${path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\ncontent-type: application/json\r\n${length === undefined ? '' : `content-length: ${length}\r\n`}connection: close\r\n\r\n${body}`);
+  // Larger than maxBodyBytes: fingerprinted by its length. Before: each spelling a new request.
+  const body = '{"name":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}';
+  const large: number[] = [];
+  for (let i = 0; i < 5; i++) large.push((await post('/items', '0'.repeat(i) + body.length, body)).status);
+  t.same(large, [200, 200, 429, 429, 429], `only maxRepeats forwarded: ${large.join(' ')}`);
+  // No body: no header, 0, 00 and 000 are one request (before: 00 hashed an empty body).
+  const none: number[] = [];
+  for (const length of [undefined, '0', '00', '000']) none.push((await post('/items/1/archive', length, '')).status);
+  t.same(none.map((s) => s === 429), [false, false, true, true], `no body, however spelt: ${none.join(' ')}`);
 });
 
 t.test('retry storm: the same request more than maxRepeats times in the window is 429 with Retry-After', async (t) => {
