@@ -252,13 +252,31 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     responses.add(res);
     // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
     if (draining) res.setHeader('connection', 'close');
+    // The request is reported ended once it is handled, whichever comes last: the close or the
+    // end of this function. A client that leaves while its decision is being made (keys being
+    // fetched, a body being read) still gets that decision recorded, with status 0; reported at
+    // the close, it was recorded as a made-up internal-error denial.
+    let handled = false;
+    let left: number | undefined;
+    const end = (status: number) => { try { observation.end(status); } catch { /* ignore */ } };
     res.once('close', () => {
       responses.delete(res);
       settled();
       // The status the client got: writeHead set it, whether driftguard answered or the upstream
       // did; 0 when the client left before any answer (statusCode would still read 200).
-      try { observation.end(res.headersSent ? res.statusCode : 0); } catch { /* ignore */ }
+      const status = res.headersSent ? res.statusCode : 0;
+      if (handled) end(status); else left = status;
     });
+    try {
+      await decideAndAnswer(g, ctx, observation, res);
+    } finally {
+      handled = true;
+      if (left !== undefined) end(left);
+    }
+  }
+
+  async function decideAndAnswer(g: Generation, ctx: RequestContext, observation: Observation, res: ServerResponse): Promise<void> {
+    const req = ctx.req;
     const headers: Record<string, string | string[]> = {};
     const decision = await decide(g, ctx, observation, headers);
 
@@ -304,7 +322,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       try { observation.end(status); } catch { /* ignore */ }
     };
     let expiry: NodeJS.Timeout | undefined;
-    socket.once('close', () => { tunnels.delete(socket); open.delete(socket); clearTimeout(expiry); settled(); end(); });
+    // A client that leaves before its decision is made: reported once the decision is (as a
+    // request's, in handle()).
+    let decided = false;
+    let left = false;
+    socket.once('close', () => { tunnels.delete(socket); open.delete(socket); clearTimeout(expiry); settled(); if (decided) end(); else left = true; });
     const answer = (problem: Problem, headers: Record<string, string | string[]>): void => {
       const a = problemAnswer(problem, headers);
       status = a.status;
@@ -313,6 +335,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     };
     const headers: Record<string, string | string[]> = {};
     const decision = await decide(g, ctx, observation, headers);
+    decided = true;
+    if (left) { end(); return; }
     if (decision.decision === 'deny' && decision.enforced) { answer(denial(ctx, decision, observation), headers); return; }
     // Never a tunnel for CONNECT, whatever a defect let through: fail closed.
     if (req.method === 'CONNECT') { answer({ reason: 'internal-error', detail: 'CONNECT is not served', ...(observation.traceId ? { traceId: observation.traceId } : {}) }, headers); return; }

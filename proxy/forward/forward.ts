@@ -169,7 +169,7 @@ export class Forwarder {
   forward(req: IncomingMessage, res: ServerResponse, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>, body?: Buffer): Promise<ForwardOutcome> {
     // The caller left while the decision was being made (keys being fetched): its 'close' has
     // already fired, so nothing would abort the request; send nobody's request upstream.
-    if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: 'client closed' });
+    if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: 'client closed', notSent: true });
     return new Promise((resolve) => {
       const exchange = new Exchange(req, res, responseHeaders, resolve);
       this.#dispatch({

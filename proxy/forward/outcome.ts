@@ -11,6 +11,8 @@ export interface ForwardOutcome {
   /** The response had started and was cut. */
   readonly aborted?: boolean;
   readonly error?: string;
+  /** Nothing was sent upstream: the caller had left before forwarding began. */
+  readonly notSent?: boolean;
 }
 
 /** A request that waited longer than the connect timeout for a free connection of the pool. */
@@ -64,7 +66,7 @@ const NEVER_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNRE
 
 /** Whether a failed forwarding surely never reached the upstream (a write may then be sent again). */
 export function neverSent(outcome: ForwardOutcome): boolean {
-  return outcome.failure !== undefined && outcome.error !== undefined && NEVER_SENT.has(outcome.error);
+  return outcome.notSent === true || (outcome.failure !== undefined && outcome.error !== undefined && NEVER_SENT.has(outcome.error));
 }
 
 /** An upstream answer under a transfer coding other than chunked (forward.ts refuses it). */

@@ -32,6 +32,9 @@ export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, tim
 
 function readWhole(ctx: RequestContext, length: number, timeoutMs: number): Promise<Buffer | undefined> {
   const req = ctx.req;
+  // The caller left (while its keys were being fetched, say): the body is gone with it, and no
+  // event would come, so the read would wait out the whole timeout.
+  if (req.destroyed) return Promise.resolve(undefined);
   ctx.sendContinue?.();
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];

@@ -60,17 +60,22 @@ export interface JwksServer {
   fetches: number;
   /** Answer 503 while true. */
   down: boolean;
+  /** Answer this many ms late (a slow identity provider). */
+  delayMs: number;
   body: unknown;
   close(): Promise<void>;
 }
 
 export async function jwksServer(body: unknown): Promise<JwksServer> {
-  const j = { fetches: 0, down: false, body } as JwksServer;
+  const j = { fetches: 0, down: false, delayMs: 0, body } as JwksServer;
   const server = createServer((req, res) => {
     j.fetches++;
-    if (j.down) { res.writeHead(503).end(); return; }
-    res.writeHead(200, { 'content-type': 'application/jwk-set+json' });
-    res.end(JSON.stringify(j.body));
+    const answer = () => {
+      if (j.down) { res.writeHead(503).end(); return; }
+      res.writeHead(200, { 'content-type': 'application/jwk-set+json' });
+      res.end(JSON.stringify(j.body));
+    };
+    if (j.delayMs > 0) setTimeout(answer, j.delayMs); else answer();
   });
   const port = await listen(server);
   Object.assign(j, { port, url: `http://127.0.0.1:${port}/jwks.json`, close: () => close(server) });
