@@ -16,8 +16,8 @@ const UPSTREAM_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 export class Instruments {
   readonly registry = new Registry();
   readonly decisions = this.registry.add(new Counter('driftguard_decisions_total', 'Decisions made, by decision, whether enforced (false: audit mode, forwarded anyway), reason code, operation and consumer kind.', ['decision', 'enforced', 'reason', 'operation', 'consumer_kind']));
-  readonly stale = this.registry.add(new Counter('driftguard_stale_contract_calls_total', 'Calls declaring a contract version older than the operation\'s changedIn or the minimum (denied or warned), by consumer, owner, operation and decision.', ['consumer', 'owner', 'operation', 'decision']));
-  readonly deprecated = this.registry.add(new Counter('driftguard_deprecated_calls_total', 'Calls to a deprecated operation (denied or warned), by consumer, owner, operation and decision.', ['consumer', 'owner', 'operation', 'decision']));
+  readonly stale = this.registry.add(new Counter('driftguard_stale_contract_calls_total', 'Calls declaring a contract version older than the operation\'s changedIn or the minimum, by consumer, owner, operation and what staleness decided (deny, would-deny in audit mode, or warn, even when another check then denied the call).', ['consumer', 'owner', 'operation', 'decision']));
+  readonly deprecated = this.registry.add(new Counter('driftguard_deprecated_calls_total', 'Calls to a deprecated operation, by consumer, owner, operation and what the deprecation decided (deny, would-deny in audit mode, or warn, even when another check then denied the call).', ['consumer', 'owner', 'operation', 'decision']));
   readonly added = this.registry.add(new Histogram('driftguard_added_latency_seconds', 'Time driftguard itself added to a request: the whole request minus the time spent on the upstream.', ['decision'], ADDED_BUCKETS));
   readonly upstream = this.registry.add(new Histogram('driftguard_upstream_duration_seconds', 'Time from forwarding a request to the end of the upstream\'s response, for forwarded requests.', [], UPSTREAM_BUCKETS));
   readonly upstreamFailures = this.registry.add(new Counter('driftguard_upstream_failures_total', 'Forwarded requests that got no upstream response, by reason code.', ['reason']));
@@ -63,13 +63,26 @@ export class Instruments {
     if (stale || deprecated) {
       const consumer = r.consumer === undefined ? 'anonymous' : r.registered ? r.consumer : 'unregistered';
       const owner = r.registered && r.owner !== undefined ? r.owner : 'none';
-      if (stale) this.stale.inc([consumer, owner, operation, r.decision]);
-      if (deprecated) this.deprecated.inc([consumer, owner, operation, r.decision]);
+      if (stale) this.stale.inc([consumer, owner, operation, verdict(r, 'stale-contract', failure)]);
+      if (deprecated) this.deprecated.inc([consumer, owner, operation, verdict(r, 'deprecated-operation', failure)]);
     }
     if (r.addedMs !== undefined) this.added.observe([r.decision], r.addedMs / 1000);
     if (forwarded) this.upstream.observe([], upstreamSeconds);
     if (failure !== undefined) this.upstreamFailures.inc([failure]);
   }
+}
+
+/**
+ * What became of one finding (stale-contract, deprecated-operation): `deny` when it was the
+ * enforced denial, `would-deny` when it was the denial audit mode let through, `warn` when it
+ * only warned, even if another check then denied the request (a retry storm, say): an alert
+ * on stale calls denied must not fire for those. A failed forwarding's reason replaces an
+ * audit would-deny's, which then leads the warnings (record.ts, forwardingFailed).
+ */
+function verdict(r: DecisionRecord, code: string, failure: string | undefined): 'deny' | 'would-deny' | 'warn' {
+  if (r.decision !== 'deny') return 'warn';
+  if (r.reason === code) return r.enforced ? 'deny' : 'would-deny';
+  return failure !== undefined && !r.enforced && r.warnings[0] === code ? 'would-deny' : 'warn';
 }
 
 /**
