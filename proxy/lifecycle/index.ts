@@ -192,9 +192,12 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     record(s.denials, ctx.now, q.denials);
     if (s.denials.length < q.denials) return;
     const reasons = [...(s.decisions.get('deny')?.keys() ?? []), ...(s.decisions.get('would-deny')?.keys() ?? [])];
-    m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode: q.mode, reasons: [...new Set(reasons)].slice(-8) });
+    // Placed by a would-deny (proxy.mode audit, or a monitor in audit mode), a quarantine is an
+    // audit one: nothing was enforced, and a reload to enforce must not turn it into refusals.
+    const mode = q.mode === 'enforce' && d.enforced ? 'enforce' : 'audit';
+    m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons: [...new Set(reasons)].slice(-8) });
     s.denials = [];
-    log({ level: 'warn', msg: q.mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
+    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
   }
 
   return {

@@ -72,6 +72,27 @@ t.test('a list URL removed by a reload and named again starts unread: every cred
   t.same(await call(), { status: 503, code: 'revocation-list-unavailable' }, 'list B never read: refused, as at start');
 });
 
+t.test('a quarantine placed by would-denies (proxy.mode audit) is an audit one: a reload to enforce does not enforce it', async (t) => {
+  const w = await world();
+  const rules = (mode: string) => w.rules((r) => {
+    r.proxy.mode = mode;
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } };
+  });
+  const dg = await startLifecycle(rules('audit'));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); t.equal(r.status, 200, 'a would-deny, forwarded'); }
+  const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { mode: string }[] };
+  t.same(listed.quarantined.map((q) => q.mode), ['audit'], 'listed as an audit quarantine (before: enforce)');
+  await dg.dg.swap(loadRules(writeRules(rules('enforce'))));
+  const after = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  await after.text();
+  // Before: 403 consumer-quarantined, for a consumer nothing had ever been refused to.
+  t.equal(after.status, 200, 'still a would-deny until it ends');
+  t.match(after.headers.get('driftguard-warning'), /consumer-quarantined/);
+});
+
 t.test('a reload to quarantine mode audit stops enforcing a quarantine at once', async (t) => {
   const w = await world();
   const rules = (mode: string) => w.rules((r) => {
