@@ -177,13 +177,22 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const packet = (err as { rawPacket?: unknown }).rawPacket;
     const method = Buffer.isBuffer(packet) ? packet.subarray(0, 5).toString('latin1') : '';
-    const reason = err.code !== 'HPE_HEADER_OVERFLOW' ? 'malformed-request' : targetTooLong(packet) ? 'target-too-long' : 'headers-too-large';
-    const a = problemAnswer({ reason, detail: reason === 'target-too-long' ? 'the request line takes most of the 16 KiB that request line and headers may have together' : 'the request could not be parsed' });
+    const reason = TIMED_OUT.has(err.code ?? '') ? 'request-timeout' : err.code !== 'HPE_HEADER_OVERFLOW' ? 'malformed-request' : targetTooLong(packet) ? 'target-too-long' : 'headers-too-large';
+    const a = problemAnswer({ reason, detail: UNPARSED_DETAIL[reason] });
     // An answer to HEAD has no content (RFC 9110 §9.3.2), even this one.
     socket.end(closingResponse(a.status, a.headers, method === 'HEAD ' ? '' : a.body));
     // Counted, since nothing else records it: a flood of these is visible in the metrics.
     try { observer.unparsed?.(reason); } catch { /* telemetry never fails an answer */ }
   });
+
+  /** Node's request and headers timeouts (proxy.timeouts.request): a slow client, not a malformed request. */
+  const TIMED_OUT = new Set(['ERR_HTTP_REQUEST_TIMEOUT', 'ERR_HTTP_HEADERS_TIMEOUT']);
+  const UNPARSED_DETAIL = {
+    'request-timeout': 'the request did not arrive whole within proxy.timeouts.request',
+    'malformed-request': 'the request could not be parsed',
+    'target-too-long': 'the request line takes most of the 16 KiB that request line and headers may have together',
+    'headers-too-large': 'the request could not be parsed',
+  } as const;
 
   /** The context and observation of one request (or WebSocket handshake). */
   function begin(g: Generation, req: IncomingMessage): [RequestContext, Observation] {

@@ -39,6 +39,15 @@ function answerBytes(port: number, request: string): Promise<string> {
   });
 }
 
+t.test('request-timeout: a request whose head does not arrive within proxy.timeouts.request is 408, not malformed', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.request = '1s'; });
+  // The head never ends: no blank line.
+  const slow = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: x\r\n`, 10_000);
+  // Before: 400 malformed-request, and counted as one, so a slow-client attack looked like a flood of malformed requests.
+  t.equal(slow.status, 408);
+  t.match(slow.json(), { reason: 'request-timeout', status: 408, detail: /proxy\.timeouts\.request/ });
+});
+
 t.test('target-too-long: a request line over 16 KiB is 414, not "send fewer headers"; raw answers carry Date', async (t) => {
   const w = await world(t);
   const long = await raw(w.port, get(`/items/${'a'.repeat(17 * 1024)}`, []));
