@@ -107,6 +107,11 @@ export class Identity {
     return true;
   }
 
+  /** Each issuer with its key set: two issuers on one JWKS URL each fetch it (metrics name both). */
+  issuerKeySets(): [issuer: string, keys: KeySet][] {
+    return [...this.#issuers.values()].map((i) => [i.rules.issuer, i.keys]);
+  }
+
   keySets(): Map<string, KeySet> {
     return new Map([...this.#issuers.values()].map((i) => [keySetKey(i.rules), i.keys]));
   }

@@ -26,14 +26,15 @@ export class Instruments {
 
   /** Gauges and counters kept elsewhere (key sets, reloads, spans, log), read at scrape time. */
   collect(dg: Driftguard, spans: SpanCounts, log: DecisionLog): void {
-    const keySets = () => [...dg.generation.identity.keySets().values()].map((k) => k.status());
+    // By issuer and source: the source alone (a URL without its query) can be two issuers' own.
+    const keySets = () => dg.generation.identity.issuerKeySets().map(([issuer, k]) => ({ issuer, ...k.status() }));
     const r = this.registry;
-    r.add(new Collected('driftguard_jwks_refreshes_total', 'Signing-key set fetches of each issuer\'s JWKS, by result (counts restart when a reload replaces the key set).', 'counter', ['source', 'result'],
-      () => keySets().flatMap((s) => [[[s.source, 'success'], s.refreshes] as const, [[s.source, 'failure'], s.failures] as const])));
-    r.add(new Collected('driftguard_jwks_key_set_age_seconds', 'Seconds since the key set was last fetched successfully (absent until the first success).', 'gauge', ['source'],
-      () => keySets().filter((s) => s.lastSuccessMs !== undefined).map((s) => [[s.source], (Date.now() - s.lastSuccessMs!) / 1000] as const)));
-    r.add(new Collected('driftguard_jwks_ready', '1 when the key set has keys to verify with.', 'gauge', ['source'],
-      () => keySets().map((s) => [[s.source], s.ready ? 1 : 0] as const)));
+    r.add(new Collected('driftguard_jwks_refreshes_total', 'Signing-key set fetches of each issuer\'s JWKS, by result (counts restart when a reload replaces the key set).', 'counter', ['issuer', 'source', 'result'],
+      () => keySets().flatMap((s) => [[[s.issuer, s.source, 'success'], s.refreshes] as const, [[s.issuer, s.source, 'failure'], s.failures] as const])));
+    r.add(new Collected('driftguard_jwks_key_set_age_seconds', 'Seconds since the key set was last fetched successfully (absent until the first success).', 'gauge', ['issuer', 'source'],
+      () => keySets().filter((s) => s.lastSuccessMs !== undefined).map((s) => [[s.issuer, s.source], (Date.now() - s.lastSuccessMs!) / 1000] as const)));
+    r.add(new Collected('driftguard_jwks_ready', '1 when the key set has keys to verify with.', 'gauge', ['issuer', 'source'],
+      () => keySets().map((s) => [[s.issuer, s.source], s.ready ? 1 : 0] as const)));
     r.add(new Collected('driftguard_spans_exported_total', 'Spans the trace exporter delivered.', 'counter', [], () => [[[], spans.exported]]));
     r.add(new Collected('driftguard_spans_dropped_total', 'Spans lost: queue_full (the batch queue was full) or export_failed (the collector refused, was unreachable or timed out).', 'counter', ['cause'],
       () => [[['queue_full'], spans.dropped.queue_full], [['export_failed'], spans.dropped.export_failed]]));

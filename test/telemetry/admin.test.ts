@@ -220,3 +220,21 @@ t.test('decision log: deny and warn always, allow at the sample rate (0 here), f
     t.notOk(everything.includes(tok.split('.')[2]!), 'no token signature anywhere');
   }
 });
+
+t.test('two issuers on one JWKS URL (or URLs differing only in the query) are two series, by issuer', async (t) => {
+  const other = 'https://other.test.local';
+  const two = await startWithTelemetry(baseRules(up.origin, keys.url + '?tenant=a', (r) => {
+    r.identity.issuers.push({ ...r.identity.issuers[0], issuer: other, jwks: { url: keys.url + '?tenant=b' } });
+    for (const c of r.consumers.registry) c.issuer = r.identity.issuers[0].issuer;
+    r.telemetry = { traces: { exporter: 'none' } };
+  }));
+  t.teardown(() => two.close());
+  const text = await (await fetch(two.admin + '/metrics')).text();
+  // Before: the same series twice (the source drops the query), which the parser refuses, as Prometheus does.
+  const m = parsePrometheus(text);
+  const first = two.dg.generation.rules.identity.issuers[0]!.issuer;
+  for (const issuer of [first, other]) {
+    t.equal(sample(m, 'driftguard_jwks_ready', { issuer, source: keys.url }), 1, `${issuer}'s key set is ready`);
+    t.ok((sample(m, 'driftguard_jwks_refreshes_total', { issuer, source: keys.url, result: 'success' }) ?? 0) >= 1);
+  }
+});
