@@ -38,8 +38,8 @@ export class Instruments {
     r.add(new Collected('driftguard_spans_exported_total', 'Spans the trace exporter delivered.', 'counter', [], () => [[[], spans.exported]]));
     r.add(new Collected('driftguard_spans_dropped_total', 'Spans lost: queue_full (the batch queue was full) or export_failed (the collector refused, was unreachable or timed out).', 'counter', ['cause'],
       () => [[['queue_full'], spans.dropped.queue_full], [['export_failed'], spans.dropped.export_failed]]));
-    r.add(new Collected('driftguard_decision_log_lines_total', 'Decision log lines written.', 'counter', [], () => [[[], log.lines]]));
-    r.add(new Collected('driftguard_decision_log_dropped_total', 'Decision log lines dropped because the output could not keep up.', 'counter', [], () => [[[], log.dropped]]));
+    r.add(new Collected('driftguard_decision_log_lines_total', 'Decision log lines the output took.', 'counter', [], () => [[[], log.lines]]));
+    r.add(new Collected('driftguard_decision_log_dropped_total', 'Decision log lines dropped: the output could not keep up, or failed.', 'counter', [], () => [[[], log.dropped]]));
     r.add(new Collected('driftguard_rules_reloads_total', 'Rules reloads, by result (failure: the last good rules stayed in force).', 'counter', ['result'], () => {
       const s = dg.reloadStatus;
       return [[['success'], s?.succeeded ?? 0], [['failure'], s?.failed ?? 0]];

@@ -5,7 +5,7 @@
 // lines written in the same turn pile up against the bound.
 
 import t from 'tap';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getDefaultHighWaterMark } from 'node:stream';
@@ -37,11 +37,25 @@ for (const [name, line, size] of [
     const fit = Math.floor(MAX / size);
     // The write stream's high-water mark counts what is written: UTF-8.
     const flushes = Math.ceil(getDefaultHighWaterMark(false) / (fit * (Buffer.byteLength(line) + 1)));
-    t.equal(log.lines, (flushes + 1) * fit, `${flushes} × ${fit} lines of ${size} bytes written out, ${fit} waiting: at most ${MAX} bytes`);
-    t.equal(log.lines + log.dropped, 200, 'every line is written or counted as dropped');
+    t.equal(log.dropped, 200 - (flushes + 1) * fit, `${flushes} × ${fit} lines of ${size} bytes written out, ${fit} waiting: at most ${MAX} bytes; the rest dropped`);
     await log.close();
+    t.equal(log.lines, (flushes + 1) * fit, 'the lines written out and the waiting ones are counted as written once the output took them');
+    t.equal(log.lines + log.dropped, 200, 'every line is written or counted as dropped');
     const written = readFileSync(file, 'utf8').split('\n').filter(Boolean);
-    t.equal(written.length, log.lines, 'what was accepted reaches the file');
+    t.equal(written.length, log.lines, 'what was counted as written reaches the file');
     t.ok(written.every((l) => l === line), 'whole lines');
   });
 }
+
+t.test('an output that fails (a full disk) counts every line as dropped, none as written', { skip: existsSync('/dev/full') ? false : 'no /dev/full on this machine' }, async (t) => {
+  const log = new DecisionLog({ kind: 'file', file: '/dev/full' }, MAX);
+  for (let i = 0; i < 10; i++) log.write(`{"n":${i}}`);
+  log.flush();
+  await new Promise((r) => setTimeout(r, 200));
+  for (let i = 0; i < 100; i++) log.write(`{"n":${i}}`);
+  await new Promise((r) => setTimeout(r, 200));
+  // Before: 110 counted as written (10 lost in the failed write, 100 left waiting for good).
+  t.equal(log.lines, 0, 'nothing reached the output');
+  t.equal(log.dropped, 110, 'every line counted as dropped');
+  t.equal(log.fill().entries, 0, 'none held waiting for an output that has failed');
+});
