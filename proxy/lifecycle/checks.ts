@@ -204,7 +204,9 @@ export function countForwarded(state: LifecycleState, ctx: RequestContext): void
   if (c.operation) {
     const { consumer, id, max } = c.operation;
     const ops = consumer.operations;
-    if (ops.delete(id)) ops.set(id, ctx.now);
+    // Arrival times, recorded at decision time: a later arrival may be recorded first.
+    const last = ops.get(id);
+    if (last !== undefined) { ops.delete(id); ops.set(id, Math.max(last, ctx.now)); }
     // A new operation over the limit (forwarded in audit mode) is not kept: the map stays
     // within maxOperations, and the next call of it is a would-deny again, as enforce refuses it.
     else if (ops.size < max) { ops.set(id, ctx.now); state.monitors.grew(consumer); }
@@ -252,8 +254,9 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
       const c = ctx.consumer!;
       const consumer = state.monitors.consumer(c.key, c.kind, c.owner, ctx.now);
       const ops = consumer.operations;
-      // The map is ordered by last call: drop the front while it is out of the window.
-      for (const [id, at] of ops) { if (at > ctx.now - t.windowMs) break; ops.delete(id); }
+      // Drop what is out of the window: every entry, not only the front, as a request recorded
+      // late (its body was being read) sits behind later arrivals. At most maxOperations.
+      for (const [id, at] of ops) if (at <= ctx.now - t.windowMs) ops.delete(id);
       const id = ctx.operation!.id;
       // Counted once the decision lets it through (audit mode included): state.counts.
       counts(state, ctx).operation = { consumer, id, max: t.maxOperations };

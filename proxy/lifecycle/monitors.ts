@@ -271,8 +271,15 @@ export function windowFull(times: number[], now: number, windowMs: number, max: 
   return times[times.length - max]! + windowMs;
 }
 
-/** Record an event in a window log, keeping at most `max` times. */
+/**
+ * Record an event in a window log, keeping at most `max` times, in time order: a request is
+ * recorded when its decision is made, with its arrival time, so one whose body took a while
+ * comes after later arrivals; out of order, an expired time would hide behind a newer one
+ * that windowFull stops at, and count for longer than the window.
+ */
 export function record(times: number[], now: number, max: number): void {
-  times.push(now);
+  let i = times.length;
+  while (i > 0 && times[i - 1]! > now) i--;
+  times.splice(i, 0, now);
   if (times.length > max) times.splice(0, times.length - max);
 }

@@ -4,7 +4,8 @@
 import t from 'tap';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
-import { world, startLifecycle, problem, bearer, type World } from './support.ts';
+import { world, startLifecycle, problem, bearer, until, type World } from './support.ts';
+import { record, windowFull } from '../../proxy/lifecycle/monitors.ts';
 import { raw } from '../support/raw.ts';
 import { testKey, jwks } from '../support/keys.ts';
 import { jwksServer } from '../support/servers.ts';
@@ -252,6 +253,43 @@ for (const mode of ['enforce', 'audit'] as const) {
     t.match(dg.seen.at(-1)?.decision, { decision: 'deny', reason: 'malformed-request', enforced: true });
   });
 }
+
+t.test('a request recorded after later arrivals (its body was slow) leaves the window on time', async (t) => {
+  const w = await world();
+  const c = clock();
+  // The retry-storm monitor reads small bodies before the decision.
+  const dg = await startLifecycle(only(w, { retryStorm: { maxRepeats: 100, window: '10s' }, traversal: { maxOperations: 2, window: '10s' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ now: c.now(), ttl: 300 });
+  // POST /items arrives at T=0; the monitors read its small body before deciding, and it comes late.
+  const s = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  t.teardown(() => s.destroy());
+  let answer = '';
+  s.on('data', (d: Buffer) => { answer += d.toString('latin1'); });
+  s.write(`POST /items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\ncontent-length: 2\r\n\r\n`);
+  await new Promise((r) => setTimeout(r, 100));
+  c.advance(1000);
+  const get = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) }); // T=1s, recorded first
+  await get.text();
+  t.equal(get.status, 200);
+  s.write('{}');
+  t.ok(await until(() => answer.startsWith('HTTP/1.1 200')), 'the POST was forwarded once its body came');
+  c.advance(9_500);
+  // T=10.5s: the POST (T=0) is out of the window, the GET (T=1s) in it: one operation, room for another.
+  const third = await fetch(`${dg.url}/items`, { headers: bearer(tok) });
+  await third.text();
+  // Before: 403 endpoint-traversal, the POST still counted behind the GET.
+  t.equal(third.status, 200, 'a second operation in the window fits maxOperations 2');
+});
+
+t.test('a window log keeps its times in order, whatever order they are recorded in', async (t) => {
+  const times = [5, 10];
+  record(times, 7, 10);
+  t.same(times, [5, 7, 10]);
+  record(times, 1, 3);
+  t.same(times, [5, 7, 10], 'the oldest goes when over the bound');
+  t.equal(windowFull(times, 15.5, 10, 2), 7 + 10, 'the expired 5 is dropped; full until 7 leaves');
+});
 
 t.test('requests a later check denies use up no retry-storm or traversal budget', async (t) => {
   const w = await world();
