@@ -16,7 +16,7 @@ import { Journal, replay } from './journal.ts';
 import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
-import { quarantineMode, record, windowFull } from './monitors.ts';
+import { forgetDenials, quarantineMode, recordDenial } from './monitors.ts';
 import { WOULD_DENY, countForwarded } from './checks.ts';
 import { lruFill } from '../lib/heap.ts';
 
@@ -188,15 +188,15 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
     if (m.quarantine(c.key, ctx.now)) return;
-    windowFull(s.denials, ctx.now, q.windowMs, q.denials);
-    record(s.denials, ctx.now, q.denials);
+    recordDenial(s, ctx.now, d.reason, q.windowMs, q.denials);
     if (s.denials.length < q.denials) return;
-    const reasons = [...(s.decisions.get('deny')?.keys() ?? []), ...(s.decisions.get('would-deny')?.keys() ?? [])];
+    // The reasons of the denials counted, most recent last, each once.
+    const reasons = [...new Set(s.denialReasons.toReversed())].toReversed();
     // Placed by a would-deny (proxy.mode audit, or a monitor in audit mode), a quarantine is an
     // audit one: nothing was enforced, and a reload to enforce must not turn it into refusals.
     const mode = q.mode === 'enforce' && d.enforced ? 'enforce' : 'audit';
-    m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons: [...new Set(reasons)].slice(-8) });
-    s.denials = [];
+    m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons });
+    forgetDenials(s);
     log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
   }
 

@@ -41,7 +41,8 @@ const OPERATION_BYTES = 80;
 const REASON_BYTES = 48;
 const OUTCOME_BYTES = 128;
 const CONTRACT_BYTES = 64;
-const DENIAL_BYTES = 16;
+// A denial's time (a double) and its reason (a pointer to a reason code the table holds).
+const DENIAL_BYTES = 24;
 export const CONSUMER_UNIT_BYTES = 2048;
 
 /** Subjects up to this many characters key the quarantine table as they are; longer ones by hash. */
@@ -62,6 +63,8 @@ export interface ConsumerState {
   readonly operations: Map<string, number>;
   /** Times of recent denials, oldest first, at most quarantine.denials of them. */
   denials: number[];
+  /** The reason of each of `denials`, at the same index. */
+  denialReasons: string[];
 }
 
 export interface Quarantine {
@@ -156,7 +159,7 @@ export class MonitorState {
   consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number): ConsumerState {
     let state = this.consumers.get(subject);
     if (!state) {
-      state = { subject, kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [] };
+      state = { subject, kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [] };
       this.consumers.set(subject, state);
     }
     state.kind = kind;
@@ -206,7 +209,7 @@ export class MonitorState {
    */
   lift(subject: string, now: number): Quarantine | undefined {
     const q = this.#lift(quarantineKey(subject), now);
-    if (q) { const state = this.consumers.peek(subject); if (state) state.denials = []; }
+    if (q) { const state = this.consumers.peek(subject); if (state) forgetDenials(state); }
     return q;
   }
 
@@ -221,7 +224,7 @@ export class MonitorState {
     if (q) {
       // Its consumer is found by hashing the long subjects held (an admin action, not per request).
       const state = [...this.consumers.values()].find((c) => c.subject.length > QUARANTINE_SUBJECT_CHARS && quarantineKey(c.subject) === key);
-      if (state) state.denials = [];
+      if (state) forgetDenials(state);
     }
     return q;
   }
@@ -269,6 +272,27 @@ export function windowFull(times: number[], now: number, windowMs: number, max: 
   if (drop) times.splice(0, drop);
   if (times.length < max) return undefined;
   return times[times.length - max]! + windowMs;
+}
+
+/**
+ * Record a denial and its reason for the quarantine count: the ones out of the window go, this
+ * one is put in time order (as `record` does), and at most `max` are kept. The quarantine
+ * names the reasons of those it counted, not every reason the consumer ever had.
+ */
+export function recordDenial(s: ConsumerState, at: number, reason: string, windowMs: number, max: number): void {
+  let drop = 0;
+  while (drop < s.denials.length && s.denials[drop]! <= at - windowMs) drop++;
+  let i = s.denials.length;
+  while (i > drop && s.denials[i - 1]! > at) i--;
+  s.denials.splice(i, 0, at);
+  s.denialReasons.splice(i, 0, reason);
+  const over = Math.max(drop, s.denials.length - max);
+  if (over) { s.denials.splice(0, over); s.denialReasons.splice(0, over); }
+}
+
+export function forgetDenials(s: ConsumerState): void {
+  s.denials = [];
+  s.denialReasons = [];
 }
 
 /**

@@ -405,6 +405,24 @@ t.test('quarantine: K denials in the window refuse everything for the period; li
   await after.text();
 });
 
+t.test('a quarantine names the reasons of the denials it counted, not every reason the consumer ever had', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, { retryStorm: { maxRepeats: 1, window: '1m' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read', now: c.now() });
+  for (let i = 0; i < 3; i++) await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }), 'insufficient-scope', 403);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(weak) }), 'consumer-quarantined', 403);
+  c.advance(66 * 60_000); // the quarantine is long over
+  const tok = await w.token({ now: c.now() });
+  const statuses: number[] = [];
+  for (let i = 0; i < 4; i++) { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) }); await r.text(); statuses.push(r.status); }
+  t.same(statuses, [200, 429, 429, 429], 'three retry storms');
+  const list = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { reasons: string[] }[] };
+  // Before: ["insufficient-scope","consumer-quarantined","retry-storm"], every reason it ever had.
+  t.same(list.quarantined.map((q) => q.reasons), [['retry-storm']]);
+});
+
 t.test('quarantine of a subject past 128 characters: listed shortened with its key, lifted by the key', async (t) => {
   const w = await world();
   const dg = await startLifecycle(only(w, { quarantine: { denials: 2, window: '1m', period: '5m' } }, (r) => { r.consumers.unknown = 'allow'; }));
