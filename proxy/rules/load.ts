@@ -155,6 +155,10 @@ export function problemInFile(file: string, path: Path, message: string): RulesP
   }
 }
 
+function wholeSecond(ms: number): number {
+  return Math.floor(ms / 1000) * 1000;
+}
+
 /** Load, validate and freeze the rules in `file`. Throws RulesError with every problem found. */
 export function loadRules(file: string, overrides: Overrides = {}): Rules {
   const source = resolve(file);
@@ -330,8 +334,11 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     let deprecated: Operation['deprecated'];
     if (op.deprecated) {
       const d = op.deprecated;
-      const sinceMs = time([...here, 'deprecated', 'since'], d.since);
-      const sunsetMs = d.sunset !== undefined ? time([...here, 'deprecated', 'sunset'], d.sunset) : undefined;
+      // To the whole second, as the Deprecation (@seconds) and Sunset (HTTP-date) headers say
+      // them: a deprecation enforced half a second after the instant its header names would
+      // contradict it.
+      const sinceMs = wholeSecond(time([...here, 'deprecated', 'since'], d.since));
+      const sunsetMs = d.sunset !== undefined ? wholeSecond(time([...here, 'deprecated', 'sunset'], d.sunset)) : undefined;
       if (sunsetMs !== undefined && sunsetMs < sinceMs) fail([...here, 'deprecated', 'sunset'], 'sunset is before since');
       deprecated = Object.freeze({ sinceMs, ...(sunsetMs !== undefined ? { sunsetMs } : {}), ...(d.replacement ? { replacement: d.replacement } : {}), ...(d.link ? { link: d.link } : {}) });
     }

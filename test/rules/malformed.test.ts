@@ -136,6 +136,14 @@ for (const c of cases) {
   });
 }
 
+t.test('deprecation instants are kept to the whole second, as the headers say them', async (t) => {
+  const rules = loadRules(writeRules(edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n      deprecated:\n        since: "2026-01-01T00:00:00.500Z"\n        sunset: "2031-01-01T00:00:00.999Z"\n`)));
+  const d = rules.contract.operations.find((o) => o.deprecated)!.deprecated!;
+  // Before: enforced from .500, while Deprecation said @1767225600 (the whole second).
+  t.equal(d.sinceMs, Date.UTC(2026, 0, 1));
+  t.equal(d.sunsetMs, Date.UTC(2031, 0, 1));
+});
+
 t.test('every problem of a file is reported at once', async (t) => {
   const text = edit('mode: enforce', 'mode: enforcing').replace('sensitivity: high', 'sensitivity: severe').replace('clockSkew: 30s', 'clockSkew: soon');
   const { problems: found } = problems(text);
