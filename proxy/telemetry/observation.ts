@@ -144,6 +144,13 @@ export class RequestObservation implements Observation {
   }
 
   forwarded(outcome: ForwardOutcome): void {
+    // The caller had left before forwarding began: no upstream call, no CLIENT span.
+    if (outcome.notSent) {
+      this.#forwarded = false;
+      this.#upstream = undefined;
+      if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
+      return;
+    }
     this.#forwardEnd = performance.now();
     if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = failureDetail(outcome); }
     if (outcome.status !== undefined) this.#callStatus = outcome.status;

@@ -56,9 +56,11 @@ t.test('the decision is recorded as made, with status 0, not as an internal-erro
   await eventually('the decision to be counted', async () => (sample(await metrics(), 'driftguard_decisions_total', { decision: 'allow', reason: 'allowed' }) ?? 0) === 1);
   t.equal(sample(await metrics(), 'driftguard_decisions_total', { decision: 'deny', reason: 'internal-error' }), undefined, 'no internal-error was counted');
   t.equal(up.seen.length, 0, 'nothing was forwarded for a client that had left');
+  t.equal(sample(await metrics(), 'driftguard_upstream_duration_seconds_count') ?? 0, 0, 'no upstream call observed');
   const log = (await dg.stop()).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.equal(log.length, 1);
   t.match(log[0], { decision: 'allow', reason: 'allowed', status: 0, operation: 'getItem' }, 'the log line is the decision, with status 0');
+  t.notOk('upstreamMs' in log[0]!, 'and no upstream time: nothing was sent');
 });
 
 t.test('an idempotent write whose caller left before forwarding frees its key', async (t) => {
