@@ -109,6 +109,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const responses = new Set<ServerResponse>();
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
+  /** Each connection's latest request: while its body has not all arrived, a clientError is that request's. */
+  const current = new WeakMap<Socket, IncomingMessage>();
   /** The tunnels established (101 passed on), with their handshake's context. */
   const open = new Map<Socket, RequestContext>();
   let draining = false;
@@ -144,6 +146,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
     const g = generation;
+    // Until its body has arrived, a parser error or timeout on this connection belongs to this
+    // request, which has (or will have) its own answer: the connection is then cut, not answered twice.
+    current.set(req.socket, req);
     const [ctx, observation] = begin(g, req);
     if (expectsContinue) {
       ctx.sendContinue = () => {
@@ -172,8 +177,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('timeout', (socket: Socket) => socket.destroy());
   traffic.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    // Node refused to parse the request (header overflow, bad framing): answer in kind if we can.
-    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) { socket.destroy(); return; }
+    // Node refused to parse the request (header overflow, bad framing) or it did not arrive in
+    // time: answer in kind if no answer is or was due on it (a request whose body was still
+    // arriving after its answer was sent would otherwise get a second, unasked-for one).
+    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || current.get(socket)?.complete === false) { socket.destroy(); return; }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const packet = (err as { rawPacket?: unknown }).rawPacket;
     const method = Buffer.isBuffer(packet) ? packet.subarray(0, 5).toString('latin1') : '';
@@ -185,10 +192,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observer.unparsed?.(reason); } catch { /* telemetry never fails an answer */ }
   });
 
-  /** Node's request and headers timeouts (proxy.timeouts.request): a slow client, not a malformed request. */
+  /**
+   * Node's request and headers timeouts: a slow client, not a malformed request. A head must
+   * arrive within 60 s, or proxy.timeouts.request if shorter (Node's headersTimeout).
+   */
   const TIMED_OUT = new Set(['ERR_HTTP_REQUEST_TIMEOUT', 'ERR_HTTP_HEADERS_TIMEOUT']);
   const UNPARSED_DETAIL = {
-    'request-timeout': 'the request did not arrive whole within proxy.timeouts.request',
+    'request-timeout': 'the request head did not arrive in time',
     'malformed-request': 'the request could not be parsed',
     'target-too-long': 'the request line takes most of the 16 KiB that request line and headers may have together',
     'headers-too-large': 'the request could not be parsed',
@@ -268,19 +278,20 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     let handled = false;
     let left: number | undefined;
     const end = (status: number) => { try { observation.end(status); } catch { /* ignore */ } };
+    // It stays among the responses in flight (which drain waits for) until then too, so that
+    // shutdown flushes its record and spans.
+    const done = (status: number) => { end(status); responses.delete(res); settled(); };
     res.once('close', () => {
-      responses.delete(res);
-      settled();
       // The status the client got: writeHead set it, whether driftguard answered or the upstream
       // did; 0 when the client left before any answer (statusCode would still read 200).
       const status = res.headersSent ? res.statusCode : 0;
-      if (handled) end(status); else left = status;
+      if (handled) done(status); else left = status;
     });
     try {
       await decideAndAnswer(g, ctx, observation, res);
     } finally {
       handled = true;
-      if (left !== undefined) end(left);
+      if (left !== undefined) done(left);
     }
   }
 
@@ -360,7 +371,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (status === 101 && !socket.destroyed) {
       open.set(socket, ctx);
       const ends = tunnelEndsAt(ctx, g.rules);
-      if (ends !== undefined) expiry = setTimeout(() => socket.destroy(), Math.min(MAX_TIMER_MS, Math.max(0, ends - now()))).unref();
+      // A timer waits at most MAX_TIMER_MS (24.8 days): a later end is waited for in steps.
+      const arm = (at: number) => {
+        const wait = at - now();
+        expiry = setTimeout(() => { if (wait > MAX_TIMER_MS) arm(at); else socket.destroy(); }, Math.min(MAX_TIMER_MS, Math.max(0, wait))).unref();
+      };
+      if (ends !== undefined) arm(ends);
     }
   }
 

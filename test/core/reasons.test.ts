@@ -45,7 +45,7 @@ t.test('request-timeout: a request whose head does not arrive within proxy.timeo
   const slow = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: x\r\n`, 10_000);
   // Before: 400 malformed-request, and counted as one, so a slow-client attack looked like a flood of malformed requests.
   t.equal(slow.status, 408);
-  t.match(slow.json(), { reason: 'request-timeout', status: 408, detail: /proxy\.timeouts\.request/ });
+  t.match(slow.json(), { reason: 'request-timeout', status: 408, detail: /did not arrive in time/ });
 });
 
 t.test('target-too-long: a request line over 16 KiB is 414, not "send fewer headers"; raw answers carry Date', async (t) => {
@@ -276,4 +276,23 @@ t.test('the agent\'s allowed call reaches the upstream once', async (t) => {
   t.notOk(a.headers.get('driftguard-warning'), 'no warning on an allow');
   t.notOk(a.headers.get('deprecation'));
   t.equal(w.up.seen.length, 1);
+});
+
+t.test('request-timeout is never a second answer: a body still trickling after its answer only cuts the connection', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.request = '1s'; });
+  const socket = connect(w.port, '127.0.0.1');
+  let received = '';
+  socket.on('data', (d: Buffer) => { received += d.toString('latin1'); });
+  const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+  socket.on('error', () => {});
+  // No token: 401 at once, while the body of 100 bytes comes a byte every 200 ms.
+  socket.write('POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n');
+  const trickle = setInterval(() => { if (!socket.destroyed) socket.write('a'); }, 200);
+  t.teardown(() => { clearInterval(trickle); socket.destroy(); });
+  await Promise.race([closed, new Promise((r) => setTimeout(r, 8_000))]);
+  clearInterval(trickle);
+  const answers = received.match(/HTTP\/1\.1 \d{3}/g) ?? [];
+  // Before: a 401, then an unasked-for 408 (and earlier a 400 malformed-request) on the same connection.
+  t.same(answers, ['HTTP/1.1 401'], `one answer: ${answers.join(', ')}`);
+  t.ok(socket.destroyed || received.length > 0, 'the connection was cut');
 });

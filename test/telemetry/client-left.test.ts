@@ -63,6 +63,16 @@ t.test('the decision is recorded as made, with status 0, not as an internal-erro
   t.notOk('upstreamMs' in log[0]!, 'and no upstream time: nothing was sent');
 });
 
+t.test('a drain waits for the decision of a client that left, so that shutdown flushes its record', async (t) => {
+  const { dg, tok } = await slowRotation(t, (r) => { r.telemetry = { traces: { exporter: 'none' } }; }, startWithTelemetry);
+  const port = (dg.dg.traffic.address() as AddressInfo).port;
+  await leaveAfter(port, `GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\n\r\n`, 200);
+  // A SIGTERM now: before, the drain found nothing in flight and the log was closed before the decision came.
+  await dg.dg.drain(5_000);
+  const log = (await dg.stop()).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.match(log, [{ decision: 'allow', status: 0 }], 'the decision is in the flushed log');
+});
+
 t.test('an idempotent write whose caller left before forwarding frees its key', async (t) => {
   const { up, dg, tok } = await slowRotation(t, lifecycleOnly({ idempotency: { at: 'high', window: '1h' } }), startLifecycle);
   // Without a body, so that nothing is left to read once the caller is gone.
