@@ -55,8 +55,11 @@ export class Instruments {
     processMetrics(r);
   }
 
-  /** Count one finished request. */
-  record(r: DecisionRecord, forwarded: boolean, upstreamSeconds: number, failure: string | undefined): void {
+  /**
+   * Count one finished request. `decided`: the decision's own reason, which a failed
+   * forwarding's reason replaced in the record (default: the record's).
+   */
+  record(r: DecisionRecord, forwarded: boolean, upstreamSeconds: number, failure: string | undefined, decided = r.reason): void {
     const operation = r.operation ?? 'none';
     this.decisions.inc([r.decision, r.enforced ? 'true' : 'false', r.reason, operation, r.consumerKind ?? 'none']);
     const stale = r.reason === 'stale-contract' || r.warnings.includes('stale-contract');
@@ -64,8 +67,8 @@ export class Instruments {
     if (stale || deprecated) {
       const consumer = r.consumer === undefined ? 'anonymous' : r.registered ? r.consumer : 'unregistered';
       const owner = r.registered && r.owner !== undefined ? r.owner : 'none';
-      if (stale) this.stale.inc([consumer, owner, operation, verdict(r, 'stale-contract', failure)]);
-      if (deprecated) this.deprecated.inc([consumer, owner, operation, verdict(r, 'deprecated-operation', failure)]);
+      if (stale) this.stale.inc([consumer, owner, operation, verdict(r, 'stale-contract', decided)]);
+      if (deprecated) this.deprecated.inc([consumer, owner, operation, verdict(r, 'deprecated-operation', decided)]);
     }
     if (r.addedMs !== undefined) this.added.observe([r.decision], r.addedMs / 1000);
     if (forwarded) this.upstream.observe([], upstreamSeconds);
@@ -77,13 +80,12 @@ export class Instruments {
  * What became of one finding (stale-contract, deprecated-operation): `deny` when it was the
  * enforced denial, `would-deny` when it was the denial audit mode let through, `warn` when it
  * only warned, even if another check then denied the request (a retry storm, say): an alert
- * on stale calls denied must not fire for those. A failed forwarding's reason replaces an
- * audit would-deny's, which then leads the warnings (record.ts, forwardingFailed).
+ * on stale calls denied must not fire for those. `decided` is the decision's reason (a failed
+ * forwarding's replaces it in the record: record.ts, forwardingFailed).
  */
-function verdict(r: DecisionRecord, code: string, failure: string | undefined): 'deny' | 'would-deny' | 'warn' {
-  if (r.decision !== 'deny') return 'warn';
-  if (r.reason === code) return r.enforced ? 'deny' : 'would-deny';
-  return failure !== undefined && !r.enforced && r.warnings[0] === code ? 'would-deny' : 'warn';
+function verdict(r: DecisionRecord, code: string, decided: string): 'deny' | 'would-deny' | 'warn' {
+  if (r.decision !== 'deny' || decided !== code) return 'warn';
+  return r.enforced ? 'deny' : 'would-deny';
 }
 
 /**

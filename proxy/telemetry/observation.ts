@@ -197,7 +197,7 @@ export class RequestObservation implements Observation {
         ...(this.#upstream ? { call: this.#call(this.#upstream, endAt) } : {}),
       });
     }
-    sink.instruments.record(r, this.#forwarded, upstreamMs / 1000, this.#failure);
+    sink.instruments.record(r, this.#forwarded, upstreamMs / 1000, this.#failure, d.reason);
     // One line for the decision log and the recent-decisions ring alike.
     const logged = sink.log.enabled && (r.decision !== 'allow' || sink.allowSampleRate >= 1 || Math.random() < sink.allowSampleRate);
     if (logged || sink.ring.capacity > 0) {

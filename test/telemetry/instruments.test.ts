@@ -29,11 +29,18 @@ const cases: [string, DecisionRecord, string | undefined, string][] = [
 const failed = record({ decision: 'deny', enforced: false, reason: 'stale-contract' });
 forwardingFailed(failed, 'upstream-unavailable', 'the upstream could not be reached (ECONNREFUSED)');
 cases.push(['audit mode: the would-deny, forwarded, and the upstream failed', failed, 'upstream-unavailable', 'would-deny']);
+// A stale warning already among the warnings when another check's would-deny is moved there.
+const both = record({ decision: 'deny', enforced: false, reason: 'invalid-credential', warnings: ['stale-contract', 'invalid-credential'] });
+forwardingFailed(both, 'upstream-unavailable', 'the upstream could not be reached (ECONNREFUSED)');
+cases.push(['audit mode: warned, another check\'s would-deny, and the upstream failed', both, 'upstream-unavailable', 'warn']);
+
+/** The decision's reason, before a failed forwarding replaced it in the record. */
+const decidedOf = new Map([[failed, 'stale-contract'], [both, 'invalid-credential']]);
 
 for (const [what, r, failure, expected] of cases) {
   t.test(what, async (t) => {
     const i = new Instruments();
-    i.record(r, true, 0.001, failure);
+    i.record(r, true, 0.001, failure, decidedOf.get(r) ?? r.reason);
     const m = parsePrometheus(i.registry.text());
     for (const decision of ['deny', 'would-deny', 'warn']) {
       t.equal(sample(m, 'driftguard_stale_contract_calls_total', { operation: 'pay', decision }), decision === expected ? 1 : undefined, `decision="${decision}"`);
