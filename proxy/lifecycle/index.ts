@@ -188,13 +188,13 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
     if (m.quarantine(c.key, ctx.now)) return;
-    recordDenial(s, ctx.now, d.reason, q.windowMs, q.denials);
+    recordDenial(s, ctx.now, d.reason, d.enforced, q.windowMs, q.denials);
     if (s.denials.length < q.denials) return;
     // The reasons of the denials counted, most recent last, each once.
     const reasons = [...new Set(s.denialReasons.toReversed())].toReversed();
-    // Placed by a would-deny (proxy.mode audit, or a monitor in audit mode), a quarantine is an
-    // audit one: nothing was enforced, and a reload to enforce must not turn it into refusals.
-    const mode = q.mode === 'enforce' && d.enforced ? 'enforce' : 'audit';
+    // Placed in part by would-denies (proxy.mode audit), a quarantine is an audit one: those
+    // were not enforced, and a reload to enforce must not turn it into refusals.
+    const mode = q.mode === 'enforce' && s.denialsEnforced.every(Boolean) ? 'enforce' : 'audit';
     m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons });
     forgetDenials(s);
     log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });

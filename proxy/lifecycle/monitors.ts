@@ -41,8 +41,9 @@ const OPERATION_BYTES = 80;
 const REASON_BYTES = 48;
 const OUTCOME_BYTES = 128;
 const CONTRACT_BYTES = 64;
-// A denial's time (a double) and its reason (a pointer to a reason code the table holds).
-const DENIAL_BYTES = 24;
+// A denial's time (a double), its reason (a pointer to a reason code the table holds) and
+// whether it was enforced.
+const DENIAL_BYTES = 32;
 export const CONSUMER_UNIT_BYTES = 2048;
 
 /** Subjects up to this many characters key the quarantine table as they are; longer ones by hash. */
@@ -65,6 +66,8 @@ export interface ConsumerState {
   denials: number[];
   /** The reason of each of `denials`, at the same index. */
   denialReasons: string[];
+  /** Whether each of `denials` was enforced (false: a would-deny), at the same index. */
+  denialsEnforced: boolean[];
 }
 
 export interface Quarantine {
@@ -159,7 +162,7 @@ export class MonitorState {
   consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number): ConsumerState {
     let state = this.consumers.get(subject);
     if (!state) {
-      state = { subject, kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [] };
+      state = { subject, kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [], denialsEnforced: [] };
       this.consumers.set(subject, state);
     }
     state.kind = kind;
@@ -279,20 +282,22 @@ export function windowFull(times: number[], now: number, windowMs: number, max: 
  * one is put in time order (as `record` does), and at most `max` are kept. The quarantine
  * names the reasons of those it counted, not every reason the consumer ever had.
  */
-export function recordDenial(s: ConsumerState, at: number, reason: string, windowMs: number, max: number): void {
+export function recordDenial(s: ConsumerState, at: number, reason: string, enforced: boolean, windowMs: number, max: number): void {
   let drop = 0;
   while (drop < s.denials.length && s.denials[drop]! <= at - windowMs) drop++;
   let i = s.denials.length;
   while (i > drop && s.denials[i - 1]! > at) i--;
   s.denials.splice(i, 0, at);
   s.denialReasons.splice(i, 0, reason);
+  s.denialsEnforced.splice(i, 0, enforced);
   const over = Math.max(drop, s.denials.length - max);
-  if (over) { s.denials.splice(0, over); s.denialReasons.splice(0, over); }
+  if (over) { s.denials.splice(0, over); s.denialReasons.splice(0, over); s.denialsEnforced.splice(0, over); }
 }
 
 export function forgetDenials(s: ConsumerState): void {
   s.denials = [];
   s.denialReasons = [];
+  s.denialsEnforced = [];
 }
 
 /**

@@ -3,7 +3,7 @@
 
 import t from 'tap';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules, AGENT } from '../support/driftguard.ts';
 import { world, startLifecycle, bearer } from './support.ts';
@@ -91,6 +91,33 @@ t.test('a quarantine placed by would-denies (proxy.mode audit) is an audit one: 
   // Before: 403 consumer-quarantined, for a consumer nothing had ever been refused to.
   t.equal(after.status, 200, 'still a would-deny until it ends');
   t.match(after.headers.get('driftguard-warning'), /consumer-quarantined/);
+});
+
+t.test('a quarantine counted from would-denies and one enforced denial is an audit one too', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.proxy.mode = 'audit';
+    r.credentials = { taskBindingAt: 'never' };
+    // The retry-storm monitor reads small bodies: one that does not come is refused in every mode.
+    r.monitors = { bodyTimeout: '300ms', retryStorm: { maxRepeats: 100, window: '1m' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } };
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 2; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); t.equal(r.status, 200, 'a would-deny, forwarded'); }
+  // The third, with every scope (so no earlier would-deny stops the checks before the body is
+  // read): its body never comes, an enforced malformed-request, the one enforced denial.
+  const full = await w.token();
+  const answer = await new Promise<string>((resolve) => {
+    const s = connect(Number(new URL(dg.url).port), '127.0.0.1', () => s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${full}\r\nContent-Length: 10\r\n\r\n{}`));
+    setTimeout(() => { s.destroy(); resolve(got || 'no answer'); }, 5_000).unref();
+    let got = '';
+    s.on('data', (d: Buffer) => { got += d.toString('latin1'); if (got.includes('\r\n\r\n')) { s.destroy(); resolve(got.split('\r\n')[0]!); } });
+    s.on('error', () => resolve(got));
+  });
+  t.equal(answer, 'HTTP/1.1 400 Bad Request', 'the unreadable body is refused, as in any mode');
+  const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { mode: string }[] };
+  // Before: the last denial alone decided, and it was enforced: an enforce quarantine.
+  t.same(listed.quarantined.map((q) => q.mode), ['audit']);
 });
 
 t.test('a reload to quarantine mode audit stops enforcing a quarantine at once', async (t) => {
