@@ -5,7 +5,8 @@
 import t, { type Test } from 'tap';
 import type { AddressInfo } from 'node:net';
 import WebSocket, { WebSocketServer } from 'ws';
-import { AGENT, BOT, baseRules } from '../support/driftguard.ts';
+import { AGENT, BOT, baseRules, writeRules } from '../support/driftguard.ts';
+import { loadRules } from '../../proxy/rules/load.ts';
 import { world, startLifecycle, bearer } from './support.ts';
 
 async function echoServer(t: Test): Promise<string> {
@@ -62,20 +63,24 @@ t.test('in audit mode a revocation leaves the tunnel open', async (t) => {
 t.test('under proxy.mode audit neither a revocation nor a quarantine closes a tunnel', async (t) => {
   const w = await world();
   const up = await echoServer(t);
-  const dg = await startLifecycle(baseRules(up, w.keys.url, (r) => {
-    r.proxy.mode = 'audit';
+  const rules = (mode: string) => baseRules(up, w.keys.url, (r) => {
+    r.proxy.mode = mode;
     r.credentials = { taskBindingAt: 'never' };
     r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } };
-  }));
+  });
+  const dg = await startLifecycle(rules('enforce'));
   t.teardown(async () => { await dg.close(); await w.close(); });
+  // Three enforced denials (insufficient-scope) quarantine the agent under enforce: an enforce
+  // quarantine, which the sweeper would act on; then the proxy goes to audit mode.
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' })).text();
+  t.same((await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { mode: string }[] }).quarantined.map((q) => q.mode), ['enforce'], 'the agent is quarantined, enforced');
+  await dg.dg.swap(loadRules(writeRules(rules('audit'))));
+  // Under audit, the quarantined agent's handshake is a would-deny, let through.
   const url = dg.url.replace('http', 'ws') + '/items/1';
   const quarantined = await open(url, await w.token());
   const revoked = await open(url, await w.token({ sub: BOT }));
   t.teardown(() => { quarantined.ws.terminate(); revoked.ws.terminate(); });
-  // Three would-denied writes (insufficient-scope) quarantine the agent; the bot is revoked.
-  const weak = await w.token({ scope: 'items.read' });
-  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' })).text();
-  t.equal((await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: unknown[] }).quarantined.length, 1, 'the agent is quarantined');
   await (await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: BOT, reason: 'test' }) })).text();
   // Before: both were cut within a second, while a new handshake of either was let through.
   t.equal(await within(Promise.race([quarantined.closed, revoked.closed]), 2_500), 'still open');
