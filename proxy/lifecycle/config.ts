@@ -5,7 +5,7 @@
 // credential file that cannot be read). It is registered with the rules loader, so every
 // problem stops start-up or a reload with file:line:column: field, like the core's own.
 
-import { readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { addRulesValidator, RulesError } from '../rules/load.ts';
 import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseDurationOr0 } from '../rules/durations.ts';
@@ -85,7 +85,7 @@ interface Raw {
 }
 
 /** Parse the lifecycle sections; every semantic problem goes to `fail` with its field path. */
-export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail: Fail, base: string): LifecycleConfig {
+export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail: Fail, base: string, named: readonly string[] = []): LifecycleConfig {
   const raw = document as unknown as Raw;
   const duration = (path: Path, text: string, positive = true): number => {
     try {
@@ -123,12 +123,20 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   const file = r.file !== undefined ? resolve(base, r.file) : undefined;
   if (file !== undefined) readable(['revocation', 'file'], file);
   const journal = r.journal !== undefined ? resolve(base, r.journal) : undefined;
-  if (journal !== undefined) {
-    try {
-      if (!statSync(dirname(journal)).isDirectory()) fail(['revocation', 'journal'], `${dirname(journal)} is not a directory`);
-    } catch (err) { fail(['revocation', 'journal'], `directory ${dirname(journal)} cannot be used: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
-  }
   const adminCredentialFile = r.adminCredentialFile !== undefined ? resolve(base, r.adminCredentialFile) : undefined;
+  if (journal !== undefined) {
+    // The journal is rewritten at start (compaction): it must be a file of its own, in a
+    // directory driftguard can write. Named by mistake, the rules file would be emptied.
+    const other = [...named, file, adminCredentialFile].find((f) => f !== undefined && resolve(f) === journal);
+    if (other !== undefined) fail(['revocation', 'journal'], `${journal} is a file the rules read (${other === named[0] ? 'the rules file' : 'named elsewhere in the rules'}), not a journal of its own`);
+    else {
+      try {
+        if (!statSync(dirname(journal)).isDirectory()) fail(['revocation', 'journal'], `${dirname(journal)} is not a directory`);
+        else if (existsSync(journal) && statSync(journal).isDirectory()) fail(['revocation', 'journal'], `${journal} is a directory`);
+        else accessSync(dirname(journal), constants.W_OK);
+      } catch (err) { fail(['revocation', 'journal'], `directory ${dirname(journal)} cannot be used: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
+    }
+  }
   if (adminCredentialFile !== undefined && readable(['revocation', 'adminCredentialFile'], adminCredentialFile)) {
     if (parseAdminCredentials(readFileSync(adminCredentialFile, 'utf8')).length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
   }
@@ -204,7 +212,7 @@ export function parseAdminCredentials(text: string): AdminCredential[] {
 }
 
 // Registered once at import: the loader then checks these sections on every load and reload.
-addRulesValidator((raw, fail, base) => { parseLifecycle(raw, fail, base); });
+addRulesValidator((raw, fail, base, named) => { parseLifecycle(raw, fail, base, named); });
 
 const parsed = new WeakMap<Rules, LifecycleConfig>();
 

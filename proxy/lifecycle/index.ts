@@ -7,6 +7,7 @@
 // `attach` adds the admin endpoints (proxy/lifecycle/admin.ts).
 
 import type { Rules } from '../rules/types.ts';
+import { RulesError, problemInFile } from '../rules/load.ts';
 import type { Feature, Log } from '../features.ts';
 import type { Observation, Observer } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
@@ -61,10 +62,20 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
   // Admin API revocations: replay the journal, report what could not be read, compact.
   let journal: Journal | undefined;
   if (config.revocation.journal !== undefined) {
-    const replayed = replay(config.revocation.journal, now());
+    let replayed: ReturnType<typeof replay>;
+    try {
+      replayed = replay(config.revocation.journal, now());
+    } catch (err) {
+      // Start-up stops at the field, as for any problem of the rules.
+      throw new RulesError([problemInFile(rules.source, ['revocation', 'journal'], (err as Error).message)]);
+    }
     for (const s of replayed.skipped) log({ level: 'warn', msg: 'revocation journal line skipped', journal: config.revocation.journal, line: s.line, problem: s.problem });
     for (const r of replayed.revocations) state.revocations.add(r);
-    journal = new Journal(config.revocation.journal, replayed.revocations);
+    try {
+      journal = new Journal(config.revocation.journal, replayed.revocations);
+    } catch (err) {
+      throw new RulesError([problemInFile(rules.source, ['revocation', 'journal'], `cannot be written: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)]);
+    }
     if (replayed.revocations.length) log({ level: 'info', msg: 'revocations replayed from the journal', journal: journal.file, revocations: replayed.revocations.length });
   } else {
     log({ level: 'info', msg: 'no revocation.journal: admin API revocations last until the process ends' });

@@ -32,13 +32,20 @@ export function replay(file: string, now: number): Replayed {
   const complete = bytes.subarray(0, lastNewline + 1).toString('utf8');
   const lines = complete.split('\n');
   lines.pop(); // the empty string after the last newline
+  let records = 0;
   lines.forEach((line, i) => {
     if (line.trim() === '') return;
     const record = parseRecord(line);
     if (typeof record === 'string') { skipped.push({ line: i + 1, problem: record }); return; }
+    records++;
     if (record.op === 'add') live.set(record.revocation.id, record.revocation);
     else live.delete(record.id);
   });
+  // Text of which no line is a record is some other file (named by mistake): replaying would
+  // cut its last line and compacting rewrite it empty. Refused, and left as it is.
+  if (records === 0 && (skipped.length > 0 || lastNewline + 1 < bytes.length)) {
+    throw new Error(`${file} is not a revocation journal (no line of it is a journal record); it is left as it is`);
+  }
   if (lastNewline + 1 < bytes.length) {
     skipped.push({ line: lines.length + 1, problem: `torn last line (${bytes.length - lastNewline - 1} bytes without a newline), cut off` });
     const fd = openSync(file, 'r+');

@@ -54,9 +54,10 @@ type Path = (string | number)[];
 /**
  * Semantic checks of a feature module's own sections (e.g. proxy/lifecycle): called after the
  * core's with the validated document (defaults applied), a `fail` that records a problem at
- * the field's file:line:column, and the rules file's directory for relative paths.
+ * the field's file:line:column, the rules file's directory for relative paths, and the files
+ * the core's rules name (the rules file itself, key set files), which a module must not write.
  */
-export type RulesValidator = (raw: Readonly<Record<string, unknown>>, fail: (path: Path, message: string) => void, base: string) => void;
+export type RulesValidator = (raw: Readonly<Record<string, unknown>>, fail: (path: Path, message: string) => void, base: string, named: readonly string[]) => void;
 const validators: RulesValidator[] = [];
 export function addRulesValidator(validator: RulesValidator): void {
   if (!validators.includes(validator)) validators.push(validator);
@@ -416,7 +417,8 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     }),
     raw: deepFreeze(raw as unknown as Record<string, unknown>),
   };
-  for (const validate of validators) validate(raw as unknown as Record<string, unknown>, fail, base);
+  const named = [source, ...rules.identity.issuers.flatMap((i) => i.jwks.kind === 'file' ? [i.jwks.file] : i.jwks.kind === 'discovery' ? [i.jwks.tokenFile, i.jwks.caFile].filter((f) => f !== undefined) : [])];
+  for (const validate of validators) validate(raw as unknown as Record<string, unknown>, fail, base, named);
   if (problems.length > 0) throw new RulesError(problems);
   return Object.freeze(rules);
 }

@@ -3,7 +3,7 @@
 // and list URL (real loopback server), a failing URL keeping the last good list.
 
 import t from 'tap';
-import { mkdtempSync, writeFileSync, appendFileSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
@@ -560,4 +560,28 @@ t.test('the journal is compacted while running once lifted records outnumber tho
   t.teardown(async () => { await again.close(); await w.close(); });
   const listed = (await (await fetch(`${again.admin}/revocations`)).json()) as { revocations: { id: string }[] };
   t.same(listed.revocations.map((r) => r.id).sort(), [...kept].sort(), 'a restart replays exactly the revocations in force');
+});
+
+t.test('revocation.journal must be a journal of its own: a file the rules read, a directory or a non-journal is refused, and left as it is', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-journal-'));
+  const refused = (journal: string) => {
+    const file = writeRules(w.rules((r) => { r.revocation = { journal }; }), dir);
+    const err = t.throws(() => loadRules(file)) as RulesError;
+    return { file, message: err instanceof RulesError ? err.message : String(err) };
+  };
+  // Before: `check` said valid, and start-up rewrote the rules file empty.
+  const self = refused('rules.yaml');
+  t.match(self.message, /revocation\.journal: .* is a file the rules read \(the rules file\)/);
+  t.ok(readFileSync(self.file, 'utf8').length > 100, 'the rules file is untouched');
+  mkdirSync(join(dir, 'adir'));
+  t.match(refused('adir').message, /revocation\.journal: .*adir is a directory/);
+
+  // A file of other text: start-up stops at the field, and the file is left as it was.
+  const other = join(dir, 'notes.txt');
+  writeFileSync(other, 'these are my notes\nno trailing newline');
+  const rules = writeRules(w.rules((r) => { r.revocation = { journal: other }; }), dir);
+  await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: /revocation\.journal: .*notes\.txt is not a revocation journal/ });
+  t.equal(readFileSync(other, 'utf8'), 'these are my notes\nno trailing newline', 'not cut, not rewritten');
 });
