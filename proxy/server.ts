@@ -446,14 +446,17 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   // the owner view and the revocation list stay on the admin listener.
   const probes = rules.proxy.probes !== undefined ? createAdminServer(routes, log, PROBE_PATHS) : undefined;
 
-  const listen = (server: Server, address: string) => new Promise<void>((resolve, reject) => {
+  // A port that cannot be had (in use, not allowed) stops start-up at its field, as any problem of the rules.
+  const listen = (server: Server, field: 'listen' | 'admin' | 'probes') => new Promise<void>((resolve, reject) => {
+    const address = rules.proxy[field]!;
     const a = parseAddress(address)!;
-    server.once('error', reject);
-    server.listen(a.port, a.host, () => { server.off('error', reject); resolve(); });
+    const failed = (err: NodeJS.ErrnoException) => reject(new RulesError([problemInFile(rules.source, ['proxy', field], `cannot listen on ${address}: ${err.code ?? err.message}`)]));
+    server.once('error', failed);
+    server.listen(a.port, a.host, () => { server.off('error', failed); resolve(); });
   });
   const listening = Promise.all([
-    listen(traffic, rules.proxy.listen), listen(admin, rules.proxy.admin),
-    ...(probes ? [listen(probes, rules.proxy.probes!)] : []),
+    listen(traffic, 'listen'), listen(admin, 'admin'),
+    ...(probes ? [listen(probes, 'probes')] : []),
   ]).then(() => {});
 
   const self: Driftguard = {

@@ -32,9 +32,13 @@ export async function demoKey(dir: string): Promise<{ privateJwk: JWK; publicJwk
   return { privateJwk, publicJwk, file };
 }
 
-function listen(server: Server, address: string): Promise<void> {
+/** Listen, or fail with a message naming the port, what it is for, and how to move it. */
+function listen(server: Server, address: string, what: string): Promise<void> {
   const a = parseAddress(address)!;
-  return new Promise((resolve, reject) => { server.once('error', reject); server.listen(a.port, a.host, () => resolve()); });
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => reject(Object.assign(new Error(`the demo's ${what} cannot listen on ${address} (${err.code ?? err.message}): free it, or run \`driftguard demo --rules FILE\` with a copy of rules/demo.yaml on other ports`), { code: 'ERR_CONFIG_INVALID' })));
+    server.listen(a.port, a.host, () => resolve());
+  });
 }
 
 /** The demo API: answers every request with what it received (driftguard's headers included). */
@@ -118,9 +122,16 @@ export async function runDemo(start: (rules: Rules) => Promise<{ close(): Promis
   const url = new URL((rules.identity.issuers[0]!.jwks as { url: string }).url);
   const jwks = jwksServer(publicJwk);
   const api = demoApi();
-  await listen(jwks, `${url.hostname}:${url.port}`);
-  await listen(api, new URL(rules.proxy.upstream).host);
-  const dg = await start(rules);
+  let dg: { close(): Promise<void> };
+  try {
+    await listen(jwks, `${url.hostname}:${url.port}`, 'JWKS server');
+    await listen(api, new URL(rules.proxy.upstream).host, 'API');
+    dg = await start(rules);
+  } catch (err) {
+    // What did start must not keep the process alive with nothing to show for it.
+    jwks.close(); api.close();
+    throw err;
+  }
   out(`driftguard demo: listening on http://${rules.proxy.listen} in front of the demo API at ${rules.proxy.upstream}`);
   out(`admin: http://${rules.proxy.admin}/readyz   rules: ${rulesFile}   signing key: ${file}`);
   out('');

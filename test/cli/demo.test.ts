@@ -117,3 +117,24 @@ t.test('every curl line the demo prints does what it says', async (t) => {
   t.ok(end, 'the demo stops on SIGTERM');
   t.equal(end?.code, 0, `exit code 0 (stderr: ${stderr.slice(-500)})`);
 });
+
+t.test('a demo port that is taken stops the demo with a message naming it, not a stack trace and a hang', async (t) => {
+  // A copy on free ports, then one of them taken: the API's, then driftguard's own.
+  for (const [what, pattern] of [['upstream', /the demo's API cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)/], ['listen', /demo\.yaml:\d+:\d+: proxy\.listen: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/]] as const) {
+    let text = readFileSync(DEMO_RULES, 'utf8');
+    for (const p of PORTS) text = text.replaceAll(`127.0.0.1:${p}`, `127.0.0.1:${await freePort()}`);
+    const file = join(mkdtempSync(join(tmpdir(), 'dg-demo-')), 'demo.yaml');
+    writeFileSync(file, text);
+    const port = Number(new RegExp(`${what}: (?:http://)?127\\.0\\.0\\.1:(\\d+)`).exec(text)![1]);
+    const holder = createServer().listen(port, '127.0.0.1');
+    await new Promise((r) => holder.once('listening', r));
+    const result = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      execFile(process.execPath, [CLI, 'demo', '--rules', file], { timeout: 20_000, env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none' } }, (err, _out, stderr) => resolve({ code: err ? (err as { code?: number }).code ?? null : 0, stderr }));
+    });
+    holder.close();
+    // Before: a stack trace, then the process hung on the servers it had started (killed here at 20 s).
+    t.equal(result.code, 1, `${what} taken: exit 1`);
+    t.match(result.stderr, pattern, 'the message names the port');
+    t.notMatch(result.stderr, /\n\s+at /, 'no stack trace');
+  }
+});
