@@ -110,7 +110,8 @@ async function main(argv: string[]): Promise<number> {
           admin: override('admin', 'DRIFTGUARD_ADMIN'),
           probes: override('probes', 'DRIFTGUARD_PROBES'),
         };
-        const graceText = (values.grace as string | undefined) ?? process.env.DRIFTGUARD_GRACE ?? '20s';
+        // An empty variable counts as unset, as for the other DRIFTGUARD_* variables.
+        const graceText = (values.grace as string | undefined) ?? (process.env.DRIFTGUARD_GRACE || undefined) ?? '20s';
         let graceMs: number;
         try { graceMs = parseDuration(graceText); } catch (err) { return usageError((err as Error).message, 'run'); }
         if (graceMs > MAX_TIMER_MS) return usageError(`--grace ${graceText}: ${TIMER_TOO_LONG}`, 'run');
@@ -143,14 +144,21 @@ async function main(argv: string[]): Promise<number> {
         const { readPrivateJwk, mint } = await import('./identity/mint.ts');
         let key;
         try { key = readPrivateJwk(values.key as string); } catch (err) { process.stderr.write(`driftguard: ${(err as Error).message}\n`); return 1; }
-        const token = await mint({
+        let token: string;
+        try {
+          token = await mint({
           key, subject: values.sub as string,
           issuer: (values.iss as string | undefined) ?? 'https://issuer.demo.local',
           audience: (values.aud as string | undefined) ?? 'driftguard-demo',
           scopes: ((values.scope as string | undefined) ?? '').split(' ').filter(Boolean),
           ...(values.contract ? { contract: values.contract as string } : {}),
           lifetimeSeconds, claims,
-        });
+          });
+        } catch (err) {
+          // A key WebCrypto refuses for its algorithm (a P-384 key without alg, say): named, no stack.
+          process.stderr.write(`driftguard: cannot sign with the key in ${values.key as string}: ${(err as Error).message}\n`);
+          return 1;
+        }
         process.stdout.write(token + '\n');
         return 0;
       }
@@ -163,7 +171,8 @@ async function main(argv: string[]): Promise<number> {
         return usageError(`unknown command "${command}"`, 'main');
     }
   } catch (err) {
-    if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) return usageError((err as Error).message, command);
+    const code = (err as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) return usageError((err as Error).message, command);
     throw err;
   }
 }

@@ -112,7 +112,16 @@ export async function run(file: string, overrides: Overrides, options: RunOption
   // Node's default action: SIGHUP killed the process, SIGTERM skipped the graceful stop. They
   // are held and handled once driftguard runs: one reload, or a stop with nothing in flight.
   const early = new Set<(typeof SIGNALS)[number]>();
-  const hold = (signal: (typeof SIGNALS)[number]) => { early.add(signal); logLine({ level: 'info', msg: 'signal during start-up; handled once started', signal }); };
+  const hold = (signal: (typeof SIGNALS)[number]) => {
+    // A second stop signal exits at once, as it does while draining: an operator (or a
+    // kubelet) that asked twice does not wait for a start-up that may take a minute.
+    if (signal !== 'SIGHUP' && (early.has('SIGTERM') || early.has('SIGINT'))) {
+      logLine({ level: 'warn', msg: 'second stop signal during start-up; exiting now', signal });
+      process.exit(1);
+    }
+    early.add(signal);
+    logLine({ level: 'info', msg: 'signal during start-up; handled once started', signal });
+  };
   const holders = SIGNALS.map((signal) => [signal, () => hold(signal)] as const);
   for (const [signal, h] of holders) process.on(signal, h);
   let s: Awaited<ReturnType<typeof start>>;

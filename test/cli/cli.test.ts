@@ -134,3 +134,24 @@ t.test('token mints a token that verifies, and that driftguard accepts', async (
   t.equal(pub.code, 1, 'a public key cannot sign');
   t.match(pub.stderr, 'public.json');
 });
+
+t.test('token with a key WebCrypto refuses for its algorithm names the key file, without a stack', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dg-cli-'));
+  const keyFile = join(dir, 'p384.json');
+  // A P-384 key without alg: signed as ES256 by default, which needs P-256.
+  const { generateKeyPairSync } = await import('node:crypto');
+  const jwk = generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey.export({ format: 'jwk' });
+  writeFileSync(keyFile, JSON.stringify(jwk));
+  const r = await cli(['token', '--key', keyFile, '--sub', AGENT]);
+  // Before: "TypeError: err.code?.startsWith is not a function" and a stack, hiding the cause.
+  t.equal(r.code, 1);
+  t.match(r.stderr, `cannot sign with the key in ${keyFile}`);
+  t.notMatch(r.stderr, /startsWith|\n\s+at /);
+});
+
+t.test('an empty DRIFTGUARD_GRACE counts as unset, as the other DRIFTGUARD_* variables do', async (t) => {
+  const r = await cli(['run', '--config', '/nonexistent/rules.yaml'], { env: { DRIFTGUARD_GRACE: '' } });
+  // Before: exit 2, `not a duration: ""`. Now it goes on, to the missing rules file.
+  t.equal(r.code, 1, r.stderr);
+  t.match(r.stderr, /cannot read the rules file/);
+});

@@ -185,3 +185,14 @@ t.test('SIGTERM during start-up stops gracefully once started: exit 0', async (t
   t.same([r.code, r.signal], [0, null], 'exit 0 (before: killed by the signal)');
   t.match(r.stderr, '"msg":"stopped"');
 })
+
+t.test('a second stop signal during start-up exits 1 at once, as during a drain', async (t) => {
+  const r = await cli(['run', '--config', await slowStart(t)], { signals: [
+    { when: starting, signal: 'SIGTERM' },
+    { when: (e) => e.includes('signal during start-up'), signal: 'SIGINT' },
+  ] });
+  // Before: every signal was held, and the process waited for its start-up whatever it was sent.
+  t.same([r.code, r.signal], [1, null], 'exit 1');
+  t.match(r.stderr, '"msg":"second stop signal during start-up; exiting now"');
+  t.notMatch(r.stderr, '"msg":"driftguard listening"', 'before start-up had finished');
+});
