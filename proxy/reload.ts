@@ -119,8 +119,12 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     watcher.on('error', () => { /* the directory went away; SIGHUP and /reload still work */ });
   } catch { /* no watch support: SIGHUP and /reload still work */ }
 
+  // Closed (driftguard is draining): a reload would build a generation (a pool, key sets)
+  // that nothing ever closes. SIGHUP and POST /reload then change nothing.
+  let closed = false;
   return {
-    status, reload,
-    close() { clearTimeout(timer); watcher?.close(); },
+    status,
+    reload: (trigger) => (closed ? Promise.resolve({ changed: false, error: 'driftguard is shutting down', hash: dg.generation.rules.hash }) : reload(trigger)),
+    close() { closed = true; clearTimeout(timer); watcher?.close(); },
   };
 }

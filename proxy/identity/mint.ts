@@ -19,8 +19,12 @@ export interface MintOptions {
 }
 
 export function readPrivateJwk(file: string): JWK {
-  const jwk = JSON.parse(readFileSync(file, 'utf8')) as JWK;
-  if (!jwk.d) throw new TypeError(`${file} is not a private JWK (no "d")`);
+  let jwk: JWK;
+  // Not JSON.parse's own message: V8 quotes the text around the fault, which here is key material.
+  try { jwk = JSON.parse(readFileSync(file, 'utf8')) as JWK; } catch (err) {
+    throw new TypeError(err instanceof SyntaxError ? `${file} is not a JSON JWK` : `${file}: ${(err as NodeJS.ErrnoException).code ?? 'cannot be read'}`);
+  }
+  if (jwk === null || typeof jwk !== 'object' || !jwk.d) throw new TypeError(`${file} is not a private JWK (no "d")`);
   return jwk;
 }
 

@@ -155,3 +155,14 @@ t.test('an empty DRIFTGUARD_GRACE counts as unset, as the other DRIFTGUARD_* var
   t.equal(r.code, 1, r.stderr);
   t.match(r.stderr, /cannot read the rules file/);
 });
+
+t.test('token with a key file that is not JSON names the file and quotes none of it (it is key material)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dg-cli-'));
+  const keyFile = join(dir, 'key.yaml');
+  writeFileSync(keyFile, 'kty: EC\nd: c2VjcmV0LWtleS1tYXRlcmlhbA\n');
+  const r = await cli(['token', '--key', keyFile, '--sub', AGENT]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, `${keyFile} is not a JSON JWK`);
+  // Before: `Unexpected token 'k', "kty: EC\nd:"... is not valid JSON`.
+  t.notMatch(r.stderr, /kty|c2VjcmV0/, 'nothing of the file is echoed');
+});

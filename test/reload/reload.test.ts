@@ -215,3 +215,15 @@ t.test('only the rules file (or the ConfigMap ..data link) triggers a reload, no
   await until('the reload of the rules file', () => reload.status.failed === 1);
   t.equal(reload.status.failed, 1);
 });
+
+t.test('once closed (driftguard draining), a reload changes nothing', async (t) => {
+  const { rules, dg, reload } = await setup(t);
+  const hash = dg.dg.generation.rules.hash;
+  writeFileSync(dg.file, stringify(withProbe(rules, 1)));
+  reload.close();
+  // Before: SIGHUP during a drain built and swapped in a new generation that nothing closed.
+  const r = await reload.reload('SIGHUP');
+  t.equal(r.changed, false);
+  t.match(r.error, /shutting down/);
+  t.equal(dg.dg.generation.rules.hash, hash, 'the rules in force are the same');
+});
