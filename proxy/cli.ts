@@ -147,12 +147,12 @@ async function main(argv: string[]): Promise<number> {
         let token: string;
         try {
           token = await mint({
-          key, subject: values.sub as string,
-          issuer: (values.iss as string | undefined) ?? 'https://issuer.demo.local',
-          audience: (values.aud as string | undefined) ?? 'driftguard-demo',
-          scopes: ((values.scope as string | undefined) ?? '').split(' ').filter(Boolean),
-          ...(values.contract ? { contract: values.contract as string } : {}),
-          lifetimeSeconds, claims,
+            key, subject: values.sub as string,
+            issuer: (values.iss as string | undefined) ?? 'https://issuer.demo.local',
+            audience: (values.aud as string | undefined) ?? 'driftguard-demo',
+            scopes: ((values.scope as string | undefined) ?? '').split(' ').filter(Boolean),
+            ...(values.contract ? { contract: values.contract as string } : {}),
+            lifetimeSeconds, claims,
           });
         } catch (err) {
           // A key WebCrypto refuses for its algorithm (a P-384 key without alg, say): named, no stack.

@@ -501,7 +501,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         const reason = (started[failed] as PromiseRejectedResult).reason as Error;
         throw new RulesError([problemInFile(next.source, ['identity', 'issuers', i, 'jwks'], reason.message)]);
       }
-      const kept = new Set(g.identity.keySets().values());
+      const kept = new Set(keySets.values());
       for (const k of shared) if (!kept.has(k)) k.close();
       generation = g;
       traffic.timeout = next.proxy.timeouts.clientIdleMs;

@@ -285,9 +285,7 @@ export function windowFull(times: number[], now: number, windowMs: number, max: 
 export function recordDenial(s: ConsumerState, at: number, reason: string, enforced: boolean, windowMs: number, max: number): void {
   let drop = 0;
   while (drop < s.denials.length && s.denials[drop]! <= at - windowMs) drop++;
-  let i = s.denials.length;
-  while (i > drop && s.denials[i - 1]! > at) i--;
-  s.denials.splice(i, 0, at);
+  const i = insertInOrder(s.denials, at, drop);
   s.denialReasons.splice(i, 0, reason);
   s.denialsEnforced.splice(i, 0, enforced);
   const over = Math.max(drop, s.denials.length - max);
@@ -307,8 +305,14 @@ export function forgetDenials(s: ConsumerState): void {
  * that windowFull stops at, and count for longer than the window.
  */
 export function record(times: number[], now: number, max: number): void {
-  let i = times.length;
-  while (i > 0 && times[i - 1]! > now) i--;
-  times.splice(i, 0, now);
+  insertInOrder(times, now, 0);
   if (times.length > max) times.splice(0, times.length - max);
+}
+
+/** Insert `at` into ascending `times` after index `from`, after any equal time; returns its index. */
+function insertInOrder(times: number[], at: number, from: number): number {
+  let i = times.length;
+  while (i > from && times[i - 1]! > at) i--;
+  times.splice(i, 0, at);
+  return i;
 }

@@ -144,17 +144,16 @@ export class RequestObservation implements Observation {
   }
 
   forwarded(outcome: ForwardOutcome): void {
-    // The caller had left before forwarding began: no upstream call, no CLIENT span.
     if (outcome.notSent) {
+      // The caller had left before forwarding began: no upstream call, no CLIENT span.
       this.#forwarded = false;
       this.#upstream = undefined;
-      if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
-      return;
+    } else {
+      this.#forwardEnd = performance.now();
+      if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = failureDetail(outcome); }
+      if (outcome.status !== undefined) this.#callStatus = outcome.status;
+      if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
     }
-    this.#forwardEnd = performance.now();
-    if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = failureDetail(outcome); }
-    if (outcome.status !== undefined) this.#callStatus = outcome.status;
-    if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
     if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
   }
 
