@@ -6,7 +6,7 @@ import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules, AGENT } from '../support/driftguard.ts';
-import { world, startLifecycle, bearer } from './support.ts';
+import { world, startLifecycle, bearer, monitorsOnly } from './support.ts';
 
 async function listen(server: Server): Promise<string> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -77,7 +77,7 @@ t.test('a quarantine placed by would-denies (proxy.mode audit) is an audit one: 
   const rules = (mode: string) => w.rules((r) => {
     r.proxy.mode = mode;
     r.credentials = { taskBindingAt: 'never' };
-    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } };
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } });
   });
   const dg = await startLifecycle(rules('audit'));
   t.teardown(async () => { await dg.close(); await w.close(); });
@@ -124,7 +124,7 @@ t.test('a reload to quarantine mode audit stops enforcing a quarantine at once',
   const w = await world();
   const rules = (mode: string) => w.rules((r) => {
     r.credentials = { taskBindingAt: 'never' };
-    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode, denials: 3, window: '1m', period: '5m' } };
+    r.monitors = monitorsOnly({ quarantine: { mode, denials: 3, window: '1m', period: '5m' } });
   });
   const dg = await startLifecycle(rules('enforce'));
   t.teardown(async () => { await dg.close(); await w.close(); });

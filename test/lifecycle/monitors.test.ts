@@ -4,7 +4,7 @@
 import t from 'tap';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
-import { world, startLifecycle, problem, bearer, until, type World } from './support.ts';
+import { world, startLifecycle, problem, bearer, until, monitorsOnly, type World } from './support.ts';
 import { record, windowFull } from '../../proxy/lifecycle/monitors.ts';
 import { raw } from '../support/raw.ts';
 import { testKey, jwks } from '../support/keys.ts';
@@ -19,7 +19,7 @@ function clock() {
 function only(w: World, monitors: Record<string, unknown>, more: (r: Record<string, any>) => void = () => {}) {
   return w.rules((r) => {
     r.credentials = { taskBindingAt: 'never' };
-    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'off' }, ...monitors };
+    r.monitors = monitorsOnly(monitors);
     more(r);
   });
 }
@@ -197,7 +197,7 @@ t.test('idempotency: one consumer\'s many keys push out its own, not another con
   const dg = await startLifecycle(w.rules((r) => {
     r.credentials = { taskBindingAt: 'never' };
     r.consumers.registry.push({ subject: OTHER, kind: 'automation', owner: 'team-x' });
-    r.monitors = { maxBodyBytes: 4096, retryStorm: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'off' }, idempotency: { at: 'medium', maxKeys: 100, window: '1h' } };
+    r.monitors = monitorsOnly({ maxBodyBytes: 4096, idempotency: { at: 'medium', maxKeys: 100, window: '1h' } });
   }));
   t.teardown(async () => { await dg.close(); await w.close(); });
   const victim = await w.token();

@@ -39,6 +39,11 @@ export interface World {
   close(): Promise<void>;
 }
 
+/** A monitors section with every monitor off but those given (and any other settings given). */
+export function monitorsOnly(monitors: Record<string, unknown>): Record<string, unknown> {
+  return { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'off' }, ...monitors };
+}
+
 export const ALL_SCOPES = 'items.read items.write items.admin payments.write';
 
 export async function world(): Promise<World> {

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import WebSocket, { WebSocketServer } from 'ws';
 import { AGENT, BOT, baseRules, writeRules } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
-import { world, startLifecycle, bearer } from './support.ts';
+import { world, startLifecycle, bearer, monitorsOnly } from './support.ts';
 
 async function echoServer(t: Test): Promise<string> {
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
@@ -66,7 +66,7 @@ t.test('under proxy.mode audit neither a revocation nor a quarantine closes a tu
   const rules = (mode: string) => baseRules(up, w.keys.url, (r) => {
     r.proxy.mode = mode;
     r.credentials = { taskBindingAt: 'never' };
-    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } };
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } });
   });
   const dg = await startLifecycle(rules('enforce'));
   t.teardown(async () => { await dg.close(); await w.close(); });
@@ -104,7 +104,7 @@ t.test('a quarantine closes the consumer\'s open tunnels', async (t) => {
   const up = await echoServer(t);
   const dg = await startLifecycle(baseRules(up, w.keys.url, (r) => {
     r.credentials = { taskBindingAt: 'never' };
-    r.monitors = { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } };
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } });
   }));
   t.teardown(async () => { await dg.close(); await w.close(); });
   const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token());

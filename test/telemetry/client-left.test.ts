@@ -13,7 +13,7 @@ import { upstream, jwksServer, type Upstream } from '../support/servers.ts';
 import { baseRules, AGENT } from '../support/driftguard.ts';
 import { startWithTelemetry, eventually } from './support.ts';
 import { parsePrometheus, sample } from './prometheus.ts';
-import { startLifecycle, bearer, ALL_SCOPES } from '../lifecycle/support.ts';
+import { startLifecycle, bearer, monitorsOnly, ALL_SCOPES } from '../lifecycle/support.ts';
 
 /** Send `request` and hang up after `ms`, before any answer. */
 function leaveAfter(port: number, request: string, ms: number): Promise<void> {
@@ -45,7 +45,7 @@ async function slowRotation<D extends { close(): Promise<unknown> }>(t: Test, pa
 
 const lifecycleOnly = (monitors: Record<string, unknown>) => (r: Record<string, any>) => {
   r.credentials = { taskBindingAt: 'never' };
-  r.monitors = { retryStorm: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'off' }, idempotency: { mode: 'off' }, ...monitors };
+  r.monitors = monitorsOnly(monitors);
 };
 
 t.test('the decision is recorded as made, with status 0, not as an internal-error deny', async (t) => {
