@@ -15,7 +15,7 @@ import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, problemInFile } from './rules/load.ts';
 import { Forwarder, isWebSocketHandshake } from './forward/forward.ts';
-import { failureDetail, type ForwardOutcome } from './forward/outcome.ts';
+import type { ForwardOutcome } from './forward/outcome.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse } from './forward/wire.ts';
 import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
@@ -260,7 +260,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function forwardingFailed(ctx: RequestContext, failure: NonNullable<ForwardOutcome['failure']>, outcome: ForwardOutcome, observation: Observation): Problem {
     return {
       reason: failure,
-      detail: failureDetail(outcome),
+      detail: outcome.detail ?? failure,
       ...(ctx.operation ? { operation: ctx.operation.id } : {}),
       ...(observation.traceId ? { traceId: observation.traceId } : {}),
     };

@@ -8,6 +8,8 @@ export interface ForwardOutcome {
   readonly status?: number;
   /** Why forwarding failed before a response started (the caller answers with a problem). */
   readonly failure?: Extract<ReasonCode, 'upstream-unavailable' | 'upstream-timeout'>;
+  /** With a failure: what the caller's problem and the decision record say of it (failureDetail). */
+  readonly detail?: string;
   /** The response had started and was cut. */
   readonly aborted?: boolean;
   readonly error?: string;
@@ -50,7 +52,7 @@ export function errorCode(err: unknown): string {
  * error's code: a responder tells a refused connection (ECONNREFUSED) from a reset or an answer
  * driftguard would not pass on. The code is the upstream's or undici's, never a header value.
  */
-export function failureDetail(outcome: ForwardOutcome): string {
+function failureDetail(outcome: ForwardOutcome): string {
   const what = outcome.error === UPSTREAM_TRANSFER_CODING ? 'the upstream answered with a transfer coding other than chunked'
     : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
     : 'the upstream could not be reached';
@@ -74,5 +76,6 @@ export const UPSTREAM_TRANSFER_CODING = 'UPSTREAM_TRANSFER_CODING';
 
 /** The outcome of an upstream error before any response started: a timeout is a 504, anything else a 502. */
 export function failed(code: string): ForwardOutcome {
-  return { failure: TIMEOUTS.has(code) ? 'upstream-timeout' : 'upstream-unavailable', error: code };
+  const outcome = { failure: TIMEOUTS.has(code) ? 'upstream-timeout' : 'upstream-unavailable', error: code } as const;
+  return { ...outcome, detail: failureDetail(outcome) };
 }

@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { SpanKind } from '@opentelemetry/api';
 import type { Observation } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
-import { failureDetail, type ForwardOutcome } from '../forward/outcome.ts';
+import type { ForwardOutcome } from '../forward/outcome.ts';
 import { buildRecord, forwardingFailed, logLine } from './record.ts';
 import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
 import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';
@@ -150,7 +150,7 @@ export class RequestObservation implements Observation {
       this.#upstream = undefined;
     } else {
       this.#forwardEnd = performance.now();
-      if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = failureDetail(outcome); }
+      if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = outcome.detail ?? outcome.failure; }
       if (outcome.status !== undefined) this.#callStatus = outcome.status;
       if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
     }
