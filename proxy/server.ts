@@ -16,8 +16,9 @@ import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, problemInFile } from './rules/load.ts';
 import { Forwarder, isWebSocketHandshake } from './forward/forward.ts';
 import type { ForwardOutcome } from './forward/outcome.ts';
+import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
-import { closingResponse } from './forward/wire.ts';
+import { closingResponse, endAndClose } from './forward/wire.ts';
 import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
 import { contractHeaders } from './decision/headers.ts';
 import { noopObserver, type Observer, type Observation } from './observe.ts';
@@ -187,7 +188,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const reason = TIMED_OUT.has(err.code ?? '') ? 'request-timeout' : err.code !== 'HPE_HEADER_OVERFLOW' ? 'malformed-request' : targetTooLong(packet) ? 'target-too-long' : 'headers-too-large';
     const a = problemAnswer({ reason, detail: UNPARSED_DETAIL[reason] });
     // An answer to HEAD has no content (RFC 9110 §9.3.2), even this one.
-    socket.end(closingResponse(a.status, a.headers, method === 'HEAD ' ? '' : a.body));
+    endAndClose(socket, closingResponse(a.status, a.headers, method === 'HEAD ' ? '' : a.body));
     // Counted, since nothing else records it: a flood of these is visible in the metrics.
     try { observer.unparsed?.(reason); } catch { /* telemetry never fails an answer */ }
   });
@@ -331,6 +332,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const req = ctx.req;
     // Node removed its own listeners: without one, a reset connection would crash the process.
     socket.on('error', () => socket.destroy());
+    // Read from now on, so that a client leaving (its FIN) is seen while it is decided.
+    const early = new EarlyBytes(socket, head);
     tunnels.add(socket);
     let status = 0;
     let ended = false;
@@ -350,7 +353,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const answer = (problem: Problem, headers: Record<string, string | string[]>): void => {
       const a = problemAnswer(problem, headers);
       status = a.status;
-      socket.end(closingResponse(a.status, a.headers, a.body));
+      endAndClose(socket, closingResponse(a.status, a.headers, a.body));
       end();
     };
     const headers: Record<string, string | string[]> = {};
@@ -363,7 +366,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
-    const outcome = await g.forwarder.tunnel(req, socket, head, upstreamTarget(ctx), own, headers);
+    const outcome = await g.forwarder.tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, outcome, observation), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;

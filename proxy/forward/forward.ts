@@ -10,8 +10,8 @@ import type { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, UPSTREAM_TRANSFER_CODING, type ForwardOutcome, type Queued } from './outcome.ts';
-import { Tunnel } from './tunnel.ts';
+import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { Tunnel, type EarlyBytes } from './tunnel.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
 export function hasBody(req: IncomingMessage): boolean {
@@ -91,13 +91,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
-    // undici takes off chunked only: a body under another transfer coding (gzip, chunked)
-    // would reach the client still coded and with nothing saying so. A 502 instead.
-    const coding = headers['transfer-encoding'];
-    if (coding !== undefined && !onlyChunked(coding)) {
-      controller.abort(Object.assign(new Error('the upstream used a transfer coding other than chunked'), { code: UPSTREAM_TRANSFER_CODING }));
-      return;
-    }
+    const coding = transferCodingError(headers['transfer-encoding']);
+    if (coding) { controller.abort(coding); return; }
     const head = withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders);
     // The upstream answers before the whole body was sent (a 413 for an upload it will not
     // take): undici stops reading the body and destroys the stream, and Node then stops
@@ -137,10 +132,6 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
       this.#finish(failed(code));
     }
   }
-}
-
-function onlyChunked(coding: string | string[]): boolean {
-  return (Array.isArray(coding) ? coding.join(',') : coding).trim().toLowerCase() === 'chunked';
 }
 
 export class Forwarder {
@@ -187,10 +178,10 @@ export class Forwarder {
    * `client` (the socket of Node's 'upgrade' event) to the upstream's connection. The outcome
    * comes at the 101 (or with the upstream's refusal); the tunnel runs on until either side closes.
    */
-  tunnel(req: IncomingMessage, client: Socket, head: Buffer, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
+  tunnel(req: IncomingMessage, client: Socket, early: EarlyBytes, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
     if (client.destroyed) return Promise.resolve({ aborted: true, error: 'client closed' });
     return new Promise((resolve) => {
-      const tunnel = new Tunnel(client, head, responseHeaders, this.#tunnelIdleMs, resolve);
+      const tunnel = new Tunnel(client, early, responseHeaders, this.#tunnelIdleMs, resolve);
       this.#dispatch({
         path,
         method: 'GET',

@@ -71,8 +71,18 @@ export function neverSent(outcome: ForwardOutcome): boolean {
   return outcome.notSent === true || (outcome.failure !== undefined && outcome.error !== undefined && NEVER_SENT.has(outcome.error));
 }
 
-/** An upstream answer under a transfer coding other than chunked (forward.ts refuses it). */
+/** An upstream answer under a transfer coding other than chunked (both terminal stages refuse it). */
 export const UPSTREAM_TRANSFER_CODING = 'UPSTREAM_TRANSFER_CODING';
+
+/**
+ * The error to abort with when an answer's Transfer-Encoding is anything but chunked: undici
+ * takes off chunked only, so a body under another coding (gzip, chunked) would reach the client
+ * still coded and with nothing saying so. undefined: the coding is fine.
+ */
+export function transferCodingError(coding: string | string[] | undefined): Error | undefined {
+  if (coding === undefined || (Array.isArray(coding) ? coding.join(',') : coding).trim().toLowerCase() === 'chunked') return undefined;
+  return Object.assign(new Error('the upstream used a transfer coding other than chunked'), { code: UPSTREAM_TRANSFER_CODING });
+}
 
 /** The outcome of an upstream error before any response started: a timeout is a 504, anything else a 502. */
 export function failed(code: string): ForwardOutcome {

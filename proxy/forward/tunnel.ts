@@ -9,13 +9,54 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { responseHead } from './wire.ts';
-import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, type ForwardOutcome, type Queued } from './outcome.ts';
+import { endAndClose, responseHead } from './wire.ts';
+import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+
+/** Most a client may send after its handshake before the upstream has switched protocols. */
+const MAX_EARLY_BYTES = 64 * 1024;
+
+/**
+ * The client's connection while its handshake is decided and forwarded. It is read, not left
+ * paused: on a paused, half-open socket a client that leaves (its FIN) is never seen, and its
+ * handshake would still be forwarded, an upstream WebSocket opened for nobody and the decision
+ * recorded as a 101. A FIN now closes the connection, which the server and the tunnel see as the
+ * client leaving. Bytes that arrive meanwhile (RFC 6455 §4.1 says a client waits for the
+ * answer, but some send their first frame at once) are kept for the upstream, up to 64 KiB.
+ */
+export class EarlyBytes {
+  readonly #socket: Socket;
+  readonly #chunks: Buffer[];
+  #bytes: number;
+
+  constructor(socket: Socket, head: Buffer) {
+    this.#socket = socket;
+    this.#chunks = head.length > 0 ? [head] : [];
+    this.#bytes = head.length;
+    socket.on('data', this.#onData);
+    socket.once('end', this.#onEnd);
+  }
+
+  #onData = (chunk: Buffer): void => {
+    this.#bytes += chunk.length;
+    if (this.#bytes > MAX_EARLY_BYTES) this.#socket.destroy();
+    else this.#chunks.push(chunk);
+  };
+
+  #onEnd = (): void => { this.#socket.destroy(); };
+
+  /** Stop reading (the tunnel's pipe() reads on) and hand over what arrived. */
+  take(): Buffer {
+    this.#socket.off('data', this.#onData);
+    this.#socket.off('end', this.#onEnd);
+    this.#socket.pause();
+    return this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+  }
+}
 
 export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   readonly #client: Socket;
   /** Bytes the client sent after its handshake, before the upstream switched protocols. */
-  readonly #head: Buffer;
+  readonly #early: EarlyBytes;
   readonly #responseHeaders: Record<string, string | string[]>;
   readonly #resolve: (outcome: ForwardOutcome) => void;
   /** Longest silence both ways before the tunnel is closed; 0: none. */
@@ -28,9 +69,9 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   #wait?: NodeJS.Timeout;
   #expired = false;
 
-  constructor(client: Socket, head: Buffer, responseHeaders: Record<string, string | string[]>, idleMs: number, resolve: (outcome: ForwardOutcome) => void) {
+  constructor(client: Socket, early: EarlyBytes, responseHeaders: Record<string, string | string[]>, idleMs: number, resolve: (outcome: ForwardOutcome) => void) {
     this.#client = client;
-    this.#head = head;
+    this.#early = early;
     this.#responseHeaders = responseHeaders;
     this.#idleMs = idleMs;
     this.#resolve = resolve;
@@ -72,7 +113,8 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     const upgrade = typeof headers.upgrade === 'string' ? headers.upgrade : 'websocket';
     client.write(responseHead(statusCode, { ...withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders), connection: 'Upgrade', upgrade }), 'latin1');
     this.#status = statusCode;
-    if (this.#head.length > 0) upstream.write(this.#head);
+    const head = this.#early.take();
+    if (head.length > 0) upstream.write(head);
     // Either side closing or failing ends both.
     upstream.on('error', () => client.destroy());
     client.on('error', () => upstream.destroy());
@@ -89,8 +131,11 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     this.#finish({ status: statusCode });
   }
 
-  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
+    // A 502, as for any request: the refusal's body would reach the client still coded.
+    const coding = transferCodingError(headers['transfer-encoding']);
+    if (coding) { controller.abort(coding); return; }
     // The upstream refused the upgrade. Its answer is the client's, and the connection closes
     // after it: without a Content-Length the body runs to the close (RFC 9112 §6.3).
     this.#status = statusCode;
@@ -106,7 +151,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
 
   onResponseEnd(): void {
     const status = this.#status!;
-    this.#client.end(() => this.#finish({ status }));
+    endAndClose(this.#client, undefined, () => this.#finish({ status }));
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {

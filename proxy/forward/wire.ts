@@ -4,6 +4,7 @@
 // written here closes it.
 
 import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 /** Field values as RFC 9110 allows them: no CR, LF or NUL can reach the wire. */
@@ -32,4 +33,25 @@ export function responseHead(status: number, headers: Readonly<Record<string, st
  */
 export function closingResponse(status: number, headers: Readonly<Record<string, string | readonly string[] | number>>, body: string): Buffer {
   return Buffer.concat([Buffer.from(responseHead(status, { date: new Date().toUTCString(), ...headers, connection: 'close' }), 'latin1'), Buffer.from(body, 'utf8')]);
+}
+
+/** How long a client may take to read an answer on a closing connection before it is cut. */
+export const LINGER_MS = 2_000;
+
+/**
+ * End `socket` after `data` and close it for good once the client has had LINGER_MS to read:
+ * Node's server sockets allow half-open connections, and a socket handed over by the server
+ * has no idle timer, so end() alone left a client that never closed its side holding the
+ * connection (and, for a handshake, a request in flight that every drain waited for) as long
+ * as it liked. Not destroyed at once: bytes the client sent and driftguard never read would
+ * make the kernel reset the connection, and the client could lose the answer.
+ */
+export function endAndClose(socket: Socket, data?: Buffer | string, done?: () => void): void {
+  const linger = (): void => {
+    const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
+    socket.once('close', () => clearTimeout(timer));
+    done?.();
+  };
+  if (data === undefined) socket.end(linger);
+  else socket.end(data, linger);
 }

@@ -62,6 +62,11 @@ function next(ws: WebSocket): Promise<{ data: Buffer; binary: boolean }> {
   });
 }
 
+/** A WebSocket handshake for /items/7 as raw bytes, with this token (none: no Authorization). */
+function rawHandshake(tok?: string): string {
+  return `GET /items/7 HTTP/1.1\r\nhost: x\r\n${tok ? `authorization: Bearer ${tok}\r\n` : ''}connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+}
+
 const closed = (ws: WebSocket) => new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
 
 t.test('an allowed handshake becomes a tunnel to the upstream, both ways', async (t) => {
@@ -116,7 +121,7 @@ t.test('bytes the client sends right behind its handshake reach the upstream aft
   const mask = Buffer.from([1, 2, 3, 4]);
   const payload = Buffer.from('early');
   const frame = Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!))]);
-  const handshake = `GET /items/7 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${await w.tok()}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+  const handshake = rawHandshake(await w.tok());
   const socket = connect(w.port, '127.0.0.1');
   t.teardown(() => socket.destroy());
   let got = Buffer.alloc(0);
@@ -199,6 +204,15 @@ t.test('an upstream that refuses the upgrade answers the client itself', async (
   if ('ws' in chunked) return t.fail('opened although the upstream refused');
   t.equal(chunked.status, 426);
   t.equal(chunked.body, 'firstsecond');
+
+  // Under any other transfer coding the body would reach the client still coded: a 502, as for
+  // any request.
+  up.refuse = (socket) => socket.end('HTTP/1.1 403 Forbidden\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\n\x1f\x8b\r\n0\r\n\r\n');
+  const coded = await open(w.dg, '/items/7', { authorization: `Bearer ${await w.tok()}` });
+  if ('ws' in coded) return t.fail('opened although the upstream refused');
+  t.equal(coded.status, 502);
+  t.equal(JSON.parse(coded.body).reason, 'upstream-unavailable');
+  t.match(JSON.parse(coded.body).detail, /UPSTREAM_TRANSFER_CODING/);
 });
 
 t.test('an upstream that cannot be reached is a 502 problem', async (t) => {
@@ -226,6 +240,83 @@ t.test('any other Upgrade is dropped and the request served as plain HTTP/1.1', 
     t.equal(s.headers.upgrade, undefined, `${s.method}: no Upgrade`);
     t.equal(s.headers['http2-settings'], undefined, `${s.method}: no header named in Connection`);
   }
+});
+
+/** A raw handshake on a socket that never closes its own side (allowHalfOpen): what it reads, and when driftguard closes. */
+function halfOpenHandshake(port: number, auth?: string): { socket: ReturnType<typeof connect>; status: () => string; closed: Promise<void> } {
+  const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  let got = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (d: string) => { got += d; });
+  socket.on('error', () => {});
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  socket.write(rawHandshake(auth));
+  return { socket, status: () => got.slice(0, Math.max(0, got.indexOf('\r\n'))), closed };
+}
+
+t.test('an answered handshake\'s connection is closed even if the client never closes its side', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  up.refuse = (socket) => socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno');
+  const denied = halfOpenHandshake(w.port);
+  const refused = halfOpenHandshake(w.port, await w.tok());
+  t.ok(await until(() => denied.status() !== '' && refused.status() !== ''), 'both answered');
+  t.equal(denied.status(), 'HTTP/1.1 401 Unauthorized');
+  t.equal(refused.status(), 'HTTP/1.1 403 Forbidden');
+  // Half-open, these held a file descriptor and a request in flight until the client chose to
+  // close: every drain waited its whole grace for them.
+  t.ok(await until(() => w.dg.dg.tunnels === 0 && w.dg.dg.inFlight === 0, 5_000), 'driftguard let go of both connections, client still there');
+  // A write to a connection driftguard closed for good is refused by its end (a reset), which
+  // the next write sees.
+  for (let i = 0; i < 3; i++) {
+    for (const s of [denied.socket, refused.socket]) if (!s.destroyed) s.write('x');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const within = (p: Promise<void>) => Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2_000).unref())]);
+  t.ok(await within(denied.closed) && await within(refused.closed), 'the connections are closed, not half-open');
+});
+
+t.test('a client that leaves during its handshake is not tunneled, and its decision says so', async (t) => {
+  const k = await keys();
+  const up = await upstream();
+  const echo = echoUpstream(up);
+  const keyServer = await jwksServer(jwks(k.es));
+  const otlp = await collector();
+  const dg = await startWithTelemetry(baseRules(up.origin, keyServer.url, (r) => { r.telemetry = { traces: { endpoint: otlp.url } }; }));
+  t.teardown(async () => { await dg.stop(); await up.close(); await keyServer.close(); await otlp.close(); });
+  let upgraded = 0;
+  echo.server.on('connection', () => { upgraded++; });
+  // The upstream takes a second to switch; the client leaves (FIN) before that.
+  echo.refuse = (socket) => setTimeout(() => { if (!socket.destroyed) socket.end('HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n'); }, 1_000);
+  const socket = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  socket.on('error', () => {});
+  t.teardown(() => socket.destroy());
+  let got = '';
+  socket.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+  const tok = await token({ key: k.es, sub: AGENT, scope: ALL_SCOPES, contract: '2026-09' });
+  socket.write(rawHandshake(tok));
+  t.ok(await until(() => echo.handshakes.length === 1), 'the handshake reached the upstream');
+  socket.end();
+  t.ok(await until(() => dg.dg.tunnels === 0 && dg.dg.inFlight === 0, 800), 'seen at once, not when the upstream answers');
+  await new Promise((r) => setTimeout(r, 1_300));
+  t.equal(got, '', 'the client was sent no 101');
+  t.equal(upgraded, 0, 'and the upstream opened no WebSocket');
+  const log = (await dg.stop()).trim().split('\n').map((l) => JSON.parse(l));
+  t.same(log.map((l) => [l.operation, l.status]), [['getItem', 0]], 'recorded with status 0: the client left before any answer');
+});
+
+t.test('more than 64 KiB sent before the 101 closes the connection', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  up.refuse = (socket) => setTimeout(() => { if (!socket.destroyed) socket.end('HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n'); }, 1_000);
+  const socket = connect(w.port, '127.0.0.1');
+  socket.on('error', () => {});
+  t.teardown(() => socket.destroy());
+  const closedSocket = new Promise<boolean>((resolve) => { socket.once('close', () => resolve(true)); setTimeout(() => resolve(false), 900).unref(); });
+  socket.write(rawHandshake(await w.tok()));
+  socket.write(Buffer.alloc(65 * 1024, 1));
+  t.ok(await closedSocket, 'closed before the upstream answered, not held in memory');
+  t.ok(await until(() => w.dg.dg.tunnels === 0 && w.dg.dg.inFlight === 0));
 });
 
 t.test('drain waits for open tunnels within the grace period and cuts them after it', async (t) => {
