@@ -121,6 +121,9 @@ function timer(name: string, ms: number, positive = false): number {
 function unwritable(file: string): string | undefined {
   const at = statSync(file, { throwIfNoEntry: false });
   if (at?.isDirectory()) return `${file} is a directory`;
+  // Opening a named pipe for writing waits for a reader: start-up hung there, deaf to SIGTERM,
+  // and a pod whose reader starts after the sidecar never started. A pipe is what stdout is for.
+  if (at && !at.isFile() && !at.isCharacterDevice()) return `${file} is not a regular file (a named pipe or socket): write to a file, or use output: stdout and pipe that`;
   const target = at ? file : dirname(file);
   if (!at && !statSync(target, { throwIfNoEntry: false })?.isDirectory()) return `the folder ${target} does not exist`;
   try { accessSync(target, constants.W_OK); } catch { return `${target} is not writable`; }

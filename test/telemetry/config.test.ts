@@ -2,6 +2,7 @@
 // the variable or field named.
 
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -85,6 +86,11 @@ t.test('the rules\' telemetry values are rules problems: file, line and field, a
   }
   const asDir = (output: string) => () => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { output } }; })));
   t.throws(asDir(dir), /telemetry\.decisionLog\.output: cannot open the decision log: .* is a directory/);
+  // Opening a named pipe with no reader waited forever: start-up hung, deaf to SIGTERM.
+  const fifo = join(dir, 'decisions.fifo');
+  execFileSync('mkfifo', [fifo]);
+  t.throws(asDir(fifo), /telemetry\.decisionLog\.output: cannot open the decision log: .*decisions\.fifo is not a regular file \(a named pipe or socket\)/);
+  t.doesNotThrow(asDir('/dev/null'), 'a character device such as /dev/null is fine');
   // A relative file in the rules file's own folder is fine, and checking it creates nothing.
   const rel = writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { output: 'decisions.log' } }; }), dir);
   loadRules(rel);
