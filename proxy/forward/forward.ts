@@ -60,9 +60,10 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     if (this.#res.writableFinished || this.#done) return;
     this.#clientGone = true;
     // Before the upstream answered: abort the upstream request (the pool reuses or closes the
-    // connection). After: stop reading the body, and report the cut.
-    this.#controller?.abort(new Error('the client closed the connection'));
+    // connection). After: stop reading the body, and report the cut, first: the abort calls
+    // onResponseError at once, which would report it as an upstream error.
     if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: 'client closed' });
+    this.#controller?.abort(new Error('the client closed the connection'));
   };
 
   #onDrain = (): void => { this.#controller?.resume(); };
@@ -100,6 +101,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // next request unanswered. The connection closes after this answer instead, and the
     // client is told so (RFC 9112 §9.6).
     if (!this.#req.complete) head.connection = 'close';
+    // A 204 has no content and MUST NOT carry a Content-Length (RFC 9110 §8.6): the body is
+    // dropped, so the header would describe nothing.
+    if (statusCode === 204) delete head['content-length'];
     this.#res.writeHead(statusCode, head);
   }
 

@@ -42,9 +42,13 @@ export function expireIfWaiting(ms: number, waiting: () => boolean, expire: (err
   return setTimeout(() => { if (waiting()) expire(connectionWaitTimeout()); }, ms);
 }
 
+/** An upstream answer undici's parser refused (a control byte in a header, bare CR, obs-fold). */
+export const UPSTREAM_UNPARSABLE = 'UPSTREAM_UNPARSABLE';
+
 export function errorCode(err: unknown): string {
-  const e = err as { code?: string; cause?: { code?: string } };
-  return e.code ?? e.cause?.code ?? 'UNKNOWN';
+  const e = err as { code?: string; name?: string; cause?: { code?: string } };
+  // undici's HTTPParserError often has no code: named, so a responder is not left with UNKNOWN.
+  return e.code ?? e.cause?.code ?? (e.name === 'HTTPParserError' ? UPSTREAM_UNPARSABLE : 'UNKNOWN');
 }
 
 /**
@@ -54,6 +58,7 @@ export function errorCode(err: unknown): string {
  */
 function failureDetail(outcome: ForwardOutcome): string {
   const what = outcome.error === UPSTREAM_TRANSFER_CODING ? 'the upstream answered with a transfer coding other than chunked'
+    : outcome.error === UPSTREAM_UNPARSABLE || outcome.error?.startsWith('HPE_') ? 'the upstream\'s answer could not be parsed'
     : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
     : 'the upstream could not be reached';
   return outcome.error ? `${what} (${outcome.error})` : what;

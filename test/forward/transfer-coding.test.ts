@@ -27,3 +27,23 @@ t.test('gzip, chunked from the upstream is a 502; chunked alone passes', async (
     t.equal(ok.text, 'hello from upstream');
   }
 });
+
+t.test('an upstream answer undici cannot parse is a 502 that says so; a 204 loses a Content-Length it must not have', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  let answer = '';
+  // Written straight to the socket: Node's own serializer would refuse these bytes.
+  w.up.handler = (req, res) => { req.resume(); res.socket!.end(answer, 'latin1'); };
+  for (const [what, bytes] of [['a control byte in a header', 'HTTP/1.1 200 OK\r\nX-Ctl: a\x01b\r\nContent-Length: 2\r\n\r\nok'], ['obs-fold', 'HTTP/1.1 200 OK\r\nX-Ctl: a\r\n b\r\nContent-Length: 2\r\n\r\nok']]) {
+    answer = bytes!;
+    const bad = await w.call('GET', '/items/1', { token: tok });
+    t.equal(bad.status, 502, `${what}: 502`);
+    t.equal(bad.json?.reason, 'upstream-unavailable');
+    t.equal(bad.json?.detail, 'the upstream\'s answer could not be parsed (UPSTREAM_UNPARSABLE)', `${what}: the detail names the failure, not UNKNOWN`);
+  }
+  answer = 'HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Up: yes\r\n\r\n';
+  const none = await w.call('GET', '/items/1', { token: tok });
+  t.equal(none.status, 204);
+  t.equal(none.headers.get('x-up'), 'yes', 'the upstream\'s other headers');
+  t.equal(none.headers.get('content-length'), null, 'no Content-Length on a 204 (RFC 9110 §8.6)');
+});

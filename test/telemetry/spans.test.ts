@@ -341,3 +341,25 @@ t.test('a client that leaves before any answer: status 0 in the log, no status c
   const line = (await other.stop()).trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.traceId === traceId);
   t.equal(line?.status, 0, 'the decision log says no answer, not 200');
 });
+
+t.test('a client that leaves mid-download: the upstream call is recorded as cut by the client, not as an upstream error', async (t) => {
+  const endless = await upstream();
+  endless.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    const more = setInterval(() => { if (res.destroyed) clearInterval(more); else res.write('x'.repeat(1000)); }, 10);
+  };
+  const other = await startWithTelemetry(baseRules(endless.origin, keys.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+  }));
+  t.teardown(async () => { await other.stop(); await endless.close(); });
+  const traceId = randomHex(16);
+  const gone = new AbortController();
+  const res = await fetch(other.url + '/status', { headers: { traceparent: traceparent(traceId, randomHex(8)) }, signal: gone.signal });
+  t.equal(res.status, 200);
+  await res.body!.getReader().read();
+  gone.abort();
+  const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
+  t.equal(client.attributes['error.type'], 'client closed', 'cut by the client (was UNKNOWN: the abort reached undici first)');
+  t.equal(client.attributes['http.response.status_code'], 200, 'after the upstream\'s 200');
+});
