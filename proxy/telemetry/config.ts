@@ -105,12 +105,34 @@ function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], 
 }
 
 const EXPORT_TIMEOUT_ZERO = 'must be more than 0 (every export would time out at once and every span be dropped)';
+/**
+ * The export timeout's ceiling. The export thread waits a little longer than it (its own
+ * backstops add up to 2.5 s), and a wait past MAX_TIMER_MS fires at once: near that limit every
+ * export that succeeded was counted as failed. An export held for an hour is no export anyway.
+ */
+const MAX_EXPORT_TIMEOUT_MS = 3_600_000;
+const EXPORT_TIMEOUT_TOO_LONG = 'must be at most 1h';
 
-/** A delay that becomes a timer, from an OTEL_* variable: refused above MAX_TIMER_MS. */
-function timer(name: string, ms: number, positive = false): number {
+/** A delay that becomes a timer, from an OTEL_* variable: refused above MAX_TIMER_MS (the export timeout: above 1h). */
+function timer(name: string, ms: number, exportTimeout = false): number {
+  if (exportTimeout && ms > MAX_EXPORT_TIMEOUT_MS) throw new TypeError(`${name}: ${EXPORT_TIMEOUT_TOO_LONG}`);
   if (ms > MAX_TIMER_MS) throw new TypeError(`${name}: ${TIMER_TOO_LONG}`);
-  if (positive && ms === 0) throw new TypeError(`${name}: ${EXPORT_TIMEOUT_ZERO}`);
+  if (exportTimeout && ms === 0) throw new TypeError(`${name}: ${EXPORT_TIMEOUT_ZERO}`);
   return ms;
+}
+
+/**
+ * OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, when the rules name no endpoint: checked like the
+ * rules' own, so that `collector:4318` or a typo stops start-up naming the variable instead of
+ * failing every export (or sending spans to the default endpoint). Not quoted, as a URL may
+ * carry a credential.
+ */
+function endpointVariable(env: Env, name: string): void {
+  const v = str(env, name);
+  if (v === undefined) return;
+  let url: URL;
+  try { url = new URL(v); } catch { throw new TypeError(`${name}: is not a URL`); }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`${name}: must be an http:// or https:// URL`);
 }
 
 /**
@@ -142,11 +164,12 @@ function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: 
     [['telemetry', 'traces', 'exportTimeout'], section.traces?.exportTimeout, true],
     [['telemetry', 'traces', 'batch', 'scheduledDelay'], section.traces?.batch?.scheduledDelay, false],
   ];
-  for (const [path, text, positive] of delays) {
+  for (const [path, text, exportTimeout] of delays) {
     if (text === undefined) continue;
     const ms = parseDuration(text);
-    if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
-    else if (positive && ms === 0) fail(path, EXPORT_TIMEOUT_ZERO);
+    if (exportTimeout && ms > MAX_EXPORT_TIMEOUT_MS) fail(path, EXPORT_TIMEOUT_TOO_LONG);
+    else if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
+    else if (exportTimeout && ms === 0) fail(path, EXPORT_TIMEOUT_ZERO);
   }
   const endpoint = section.traces?.endpoint;
   if (endpoint !== undefined) {
@@ -189,6 +212,7 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', { min: 1, max: 100_000, integer: true }) ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
     scheduledDelayMs: timer('telemetry.traces.batch.scheduledDelay (or OTEL_BSP_SCHEDULE_DELAY)', t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000),
   };
+  if (traces.exporter === 'otlp' && t.endpoint === undefined) for (const name of ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_ENDPOINT']) endpointVariable(env, name);
   const l = raw.decisionLog;
   const out = l.output;
   const output: LogOutput = out === 'stdout' || out === 'stderr' || out === 'none'
