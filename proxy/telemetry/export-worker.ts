@@ -35,6 +35,7 @@ port.on('message', (m: ToExport) => {
   if (m.type === 'spans') { spans.add(m.sources); return; }
   void spans.shutdown(settings.shutdownFlushMs).then(() => {
     if (scheduled) report();
+    send({ type: 'flushed' });
     // With its port closed the thread has nothing left to do and ends by itself, after its
     // last report and its stdout (the console exporter's output) have reached the request
     // thread, which waits for that end.

@@ -11,6 +11,7 @@ import type { TracesConfig } from '../../proxy/telemetry/config.ts';
 import type { SpanSource } from '../../proxy/telemetry/spans.ts';
 import type { DecisionRecord } from '../../proxy/telemetry/record.ts';
 import { collector, eventually, KIND } from './support.ts';
+import { until } from '../lifecycle/support.ts';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { decodeTraces } from '../support/otlp.ts';
@@ -121,6 +122,24 @@ t.test('shutdown exports what is still on its way', async (t) => {
   t.equal(thread.counts.exported, 5);
   thread.add(source());
   t.equal(thread.counts.dropped.export_failed, 1, 'a span after shutdown is dropped and counted');
+});
+
+t.test('shutdown with a collector that hangs ends after the flush wait, not a backstop later', async (t) => {
+  const otlp = await collector();
+  otlp.mode = 'hang';
+  t.teardown(() => otlp.close());
+  const thread = new ExportThread(config(otlp.url + '/v1/traces', { scheduledDelayMs: 20 }), () => {}, { shutdownFlushMs: 300 });
+  for (let i = 0; i < 5; i++) thread.add(source());
+  t.ok(await until(() => otlp.requests >= 1), 'the thread is up and its export hangs');
+  const started = performance.now();
+  await thread.shutdown();
+  const took = performance.now() - started;
+  // The open connection to the hung collector kept the thread alive after it gave up, and every
+  // stop waited the backstop (the flush wait + 1 s: 4 s in all by default). Now the thread is
+  // ended 250 ms after it reports its last export done. (A bound on correctness, not speed: the
+  // backstop would be 1.3 s here, this about 0.55.)
+  t.ok(took < 1_150, `stopped ${Math.round(took)} ms after shutdown began (flush wait 300 ms)`);
+  t.equal(thread.counts.dropped.export_failed, 5, 'its spans are counted as failed');
 });
 
 t.test('at most maxQueueSize spans on their way: the rest are dropped as queue_full at once', async (t) => {
