@@ -66,6 +66,13 @@ const POST_MS = 10;
 const RESTART_MS = 5_000;
 const ENTRY = new URL(import.meta.url.endsWith('.ts') ? './export-worker.ts' : './export-worker.js', import.meta.url);
 
+/**
+ * What a warning is about: an export that failed (the collector), or the thread itself (it
+ * failed, stopped, or could not be sent spans). The two are limited apart, so that a collector
+ * outage's warnings do not hide the thread's stop.
+ */
+export type WarningAbout = 'export' | 'thread';
+
 export interface ExportThreadOptions {
   /** The thread's entry module: export-worker.ts; tests give one that fails. */
   readonly entry?: URL;
@@ -78,7 +85,7 @@ export interface ExportThreadOptions {
 export class ExportThread {
   readonly counts: SpanCounts = noSpanCounts();
   readonly #config: TracesConfig;
-  readonly #warn: (message: string) => void;
+  readonly #warn: (message: string, about: WarningAbout) => void;
   readonly #entry: URL;
   readonly #restartMs: number;
   #worker?: Worker;
@@ -94,7 +101,7 @@ export class ExportThread {
   #flushed?: () => void;
   readonly #shutdownFlushMs: number;
 
-  constructor(config: TracesConfig, warn: (message: string) => void, options: ExportThreadOptions = {}) {
+  constructor(config: TracesConfig, warn: (message: string, about: WarningAbout) => void, options: ExportThreadOptions = {}) {
     this.#config = config;
     this.#warn = warn;
     this.#entry = options.entry ?? ENTRY;
@@ -131,7 +138,7 @@ export class ExportThread {
     } catch (err) {
       // A source that cannot be cloned is a bug, not a reason to fail the request.
       this.#drop(spans);
-      this.#warn(`spans could not be sent to the export thread: ${(err as Error).message}`);
+      this.#warn(`spans could not be sent to the export thread: ${(err as Error).message}`, 'thread');
     }
   }
 
@@ -159,14 +166,16 @@ export class ExportThread {
     // The thread must not keep the process alive on its own; shutdown() holds it while it flushes.
     worker.unref();
     worker.on('message', (m: FromExport) => this.#received(m));
-    worker.on('error', (err) => this.#warn(`the span export thread failed: ${err.message}`));
+    // Its exit follows an error: one warning for both, saying why it stopped.
+    let failure: string | undefined;
+    worker.on('error', (err) => { failure = err.message; });
     worker.on('exit', (code) => {
       if (this.#worker !== worker) return;
       this.#worker = undefined;
       // What it held is lost; what is still batched here goes to the next thread.
       this.#drop(this.#inFlight - this.#batchSpans);
       if (this.#closing) return;
-      this.#warn(`the span export thread stopped (exit code ${code}); the spans it held are dropped, and a new one starts with the next spans`);
+      this.#warn(`the span export thread stopped (exit code ${code}${failure !== undefined ? `: ${failure}` : ''}); the spans it held are dropped, and a new one starts with the next spans`, 'thread');
     });
     this.#worker = worker;
     return worker;
@@ -181,7 +190,7 @@ export class ExportThread {
         this.#inFlight -= m.exported + m.queueFull + m.exportFailed;
         return;
       case 'warn':
-        this.#warn(m.message);
+        this.#warn(m.message, 'export');
         return;
       case 'flushed':
         this.#flushed?.();

@@ -21,7 +21,7 @@ import { ROOT_CONTEXT, defaultTextMapGetter, isSpanContextValid, trace, type Spa
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { AlwaysOffSampler, AlwaysOnSampler, ParentBasedSampler, RandomIdGenerator, SamplingDecision, TraceIdRatioBasedSampler, type Sampler } from '@opentelemetry/sdk-trace';
 import type { TracesConfig, SamplerName } from './config.ts';
-import { ExportThread, noSpanCounts, type SpanCounts } from './export-thread.ts';
+import { ExportThread, noSpanCounts, type SpanCounts, type WarningAbout } from './export-thread.ts';
 import type { SpanSource, TraceRef } from './spans.ts';
 
 export type { DropCause, SpanCounts } from './export-thread.ts';
@@ -62,15 +62,23 @@ function sampler(name: SamplerName, ratio: number): Sampler {
   }
 }
 
-export function tracing(config: TracesConfig, warn: (message: string) => void): Tracing {
-  // Report export failures at most once a minute: a collector outage must not flood the log.
-  let lastWarn = -Infinity;
-  const onError = (message: string) => {
-    const now = Date.now();
-    if (now - lastWarn < 60_000) return;
-    lastWarn = now;
+/**
+ * Export failures reported at most once a minute: a collector outage must not flood the log.
+ * The thread's own stops are limited apart (a restart comes at most every 5 s): under the same
+ * limit, a collector's timeout hid the thread's crash that followed it.
+ */
+export function limitedWarnings(warn: (message: string) => void, now: () => number = Date.now): (message: string, about: WarningAbout) => void {
+  const last: Record<WarningAbout, number> = { export: -Infinity, thread: -Infinity };
+  return (message, about) => {
+    const at = now();
+    if (at - last[about] < 60_000) return;
+    last[about] = at;
     warn(message);
   };
+}
+
+export function tracing(config: TracesConfig, warn: (message: string) => void): Tracing {
+  const onError = limitedWarnings(warn);
   const thread = config.exporter === 'none' ? undefined : new ExportThread(config, onError);
   const chosen = sampler(config.sampler, config.samplerArg);
   const ids = new RandomIdGenerator();

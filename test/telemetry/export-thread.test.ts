@@ -6,6 +6,7 @@
 
 import t from 'tap';
 import { ExportThread } from '../../proxy/telemetry/export-thread.ts';
+import { limitedWarnings } from '../../proxy/telemetry/tracing.ts';
 import { spanExport } from '../../proxy/telemetry/export.ts';
 import type { TracesConfig } from '../../proxy/telemetry/config.ts';
 import type { SpanSource } from '../../proxy/telemetry/spans.ts';
@@ -244,4 +245,20 @@ t.test('a thread that dies: what it held is counted as export_failed, and a new 
   await eventually('a second thread to start', async () => warnings.filter((w) => w === 'started').length === 2);
   await eventually('it to stop too', async () => thread.counts.dropped.export_failed === 9);
   t.notOk(warnings.some((w) => /Bearer|authorization/i.test(w)));
+});
+
+t.test('warnings: export failures at most once a minute, and the thread\'s stops apart from them', async (t) => {
+  const logged: string[] = [];
+  let now = 0;
+  const warn = limitedWarnings((m) => logged.push(m), () => now);
+  warn('export took longer than 10000ms', 'export');
+  now = 1_000;
+  warn('export took longer than 10000ms', 'export');
+  // Under one limit, this stop was never logged: the collector's timeout had used the minute.
+  warn('the span export thread stopped (exit code 1: out of memory)', 'thread');
+  now = 30_000;
+  warn('the span export thread stopped (exit code 1: out of memory)', 'thread');
+  now = 61_000;
+  warn('export failed again', 'export');
+  t.same(logged, ['export took longer than 10000ms', 'the span export thread stopped (exit code 1: out of memory)', 'export failed again']);
 });
