@@ -215,6 +215,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     return [ctx, observation];
   }
 
+  /**
+   * The forwarder for a request decided under `g`: its own, unless a reload has since closed it
+   * (30 s after the swap): a decision that took longer (keys being fetched, a slow body read by
+   * the monitors) then goes out on the pool in force, instead of failing as a 502 it never was.
+   */
+  function forwarderFor(g: Generation): Forwarder {
+    return g.forwarder.closed ? generation.forwarder : g.forwarder;
+  }
+
   /** Run the checks; any error denies. `headers` gets what the answer carries whatever it is. */
   async function decide(g: Generation, ctx: RequestContext, observation: Observation, headers: Record<string, string | string[]>): Promise<Decision> {
     let decision: Decision;
@@ -313,7 +322,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
     ctx.sendContinue?.();
-    const outcome = await g.forwarder.forward(req, res, upstreamTarget(ctx), own, headers, ctx.body);
+    const outcome = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) {
       // The upstream failed during an upload: the body is cut, so the connection is too (below).
@@ -366,7 +375,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
-    const outcome = await g.forwarder.tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
+    const outcome = await forwarderFor(g).tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, outcome, observation), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;

@@ -214,6 +214,9 @@ export class Forwarder {
     if (!handler.started && this.#connectMs > 0) handler.waitAtMost(this.#connectMs);
   }
 
+  /** Closed: a reload replaced it, or driftguard is stopping. */
+  get closed(): boolean { return this.#pool.closed; }
+
   async close(): Promise<void> {
     await this.#pool.close();
   }

@@ -8,6 +8,8 @@ import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
 import { reloader, SETTLE_MS, type Reloader } from '../../proxy/reload.ts';
+import { loadRules } from '../../proxy/rules/load.ts';
+import { ALL_SCOPES } from '../core/world.ts';
 
 async function until(what: string, cond: () => boolean, timeoutMs = 5_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -226,4 +228,31 @@ t.test('once closed (driftguard draining), a reload changes nothing', async (t) 
   t.equal(r.changed, false);
   t.match(r.error, /shutting down/);
   t.equal(dg.dg.generation.rules.hash, hash, 'the rules in force are the same');
+});
+
+t.test('a request decided after a reload closed its pool goes out on the pool in force, not as a 502', async (t) => {
+  const [key, rotated] = [await testKey('ES256'), await testKey('ES256')];
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const rules = baseRules(up.origin, keys.url, (r) => { Object.assign(r.identity.issuers[0].jwks, { cooldown: '1s', timeout: '5s' }); });
+  const dg = await startTest(rules);
+  t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); });
+  // A token signed by a key the JWKS publishes only now, and late: its decision waits for the keys.
+  await new Promise((r) => setTimeout(r, 1_100));
+  keys.body = jwks(key, rotated);
+  keys.delayMs = 800;
+  const tok = await token({ key: rotated, sub: AGENT, scope: ALL_SCOPES, contract: '2026-09' });
+  const before = dg.dg.generation;
+  const answer = fetch(dg.url + '/items/1', { headers: { authorization: `Bearer ${tok}` } });
+  await new Promise((r) => setTimeout(r, 200));
+  // A reload that changes proxy settings builds a new pool and closes the old one 30 s later;
+  // closed here at once, as if the decision had taken that long.
+  rules.proxy.timeouts.response = '3s';
+  writeFileSync(dg.file, stringify(rules));
+  await dg.dg.swap(loadRules(dg.file));
+  t.not(dg.dg.generation.forwarder, before.forwarder, 'the reload made a new pool');
+  await before.forwarder.close();
+  const res = await answer;
+  t.equal(res.status, 200, 'forwarded (it was a 502, upstream-unavailable, UND_ERR_DESTROYED)');
+  t.equal(up.seen.length, 1, 'the upstream got it');
 });
