@@ -4,6 +4,7 @@
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from './rules/durations.ts';
+import type { Overrides } from './rules/load.ts';
 // The rules loader (ajv, yaml) and jose are imported by the commands that use them, so that
 // --help and usage errors answer at once.
 
@@ -103,13 +104,18 @@ async function main(argv: string[]): Promise<number> {
         if (values.help) { process.stdout.write(USAGE.run + '\n'); return 0; }
         if (!values.config) return usageError('run needs --config FILE', 'run');
         // The flag, else the variable; an empty variable is unset (a manifest's `value: ""`), not an override to refuse.
-        const override = (flag: string, variable: string): string | undefined => (values[flag] as string | undefined) ?? (process.env[variable] || undefined);
-        const overrides = {
-          listen: override('listen', 'DRIFTGUARD_LISTEN'),
-          upstream: override('upstream', 'DRIFTGUARD_UPSTREAM'),
-          admin: override('admin', 'DRIFTGUARD_ADMIN'),
-          probes: override('probes', 'DRIFTGUARD_PROBES'),
-        };
+        // A problem with one of these names the flag or the variable, not the file's line.
+        const overrides: { -readonly [K in keyof Overrides]: Overrides[K] } = {};
+        const from: Record<string, string> = {};
+        for (const key of ['listen', 'upstream', 'admin', 'probes'] as const) {
+          const variable = `DRIFTGUARD_${key.toUpperCase()}`;
+          const flag = values[key] as string | undefined;
+          const value = flag ?? (process.env[variable] || undefined);
+          if (value === undefined) continue;
+          overrides[key] = value;
+          from[key] = flag !== undefined ? `--${key}` : variable;
+        }
+        overrides.from = from;
         // An empty variable counts as unset, as for the other DRIFTGUARD_* variables.
         const graceText = (values.grace as string | undefined) ?? (process.env.DRIFTGUARD_GRACE || undefined) ?? '20s';
         let graceMs: number;

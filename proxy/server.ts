@@ -13,7 +13,7 @@ import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { blocks } from './checks/staleness.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
-import { RulesError, problemInFile } from './rules/load.ts';
+import { RulesError, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, isWebSocketHandshake } from './forward/forward.ts';
 import type { ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
@@ -462,7 +462,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const listen = (server: Server, field: 'listen' | 'admin' | 'probes') => new Promise<void>((resolve, reject) => {
     const address = rules.proxy[field]!;
     const a = parseAddress(address)!;
-    const failed = (err: NodeJS.ErrnoException) => reject(new RulesError([problemInFile(rules.source, ['proxy', field], `cannot listen on ${address}: ${err.code ?? err.message}`)]));
+    const failed = (err: NodeJS.ErrnoException) => reject(new RulesError([problemWith(rules, ['proxy', field], `cannot listen on ${address}: ${err.code ?? err.message}`)]));
     server.once('error', failed);
     server.listen(a.port, a.host, () => { server.off('error', failed); resolve(); });
   });

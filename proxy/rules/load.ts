@@ -39,14 +39,25 @@ export class RulesError extends Error {
 }
 
 export function formatProblem(p: RulesProblem): string {
-  return `${p.file}:${p.line}:${p.column}: ${p.field || '(top level)'}: ${p.message}`;
+  // Line 0: the problem is with the file as a whole, or the value came from a flag or a variable.
+  return `${p.file}${p.line > 0 ? `:${p.line}:${p.column}` : ''}: ${p.field || '(top level)'}: ${p.message}`;
 }
 
-export interface Overrides {
-  readonly listen?: string;
-  readonly upstream?: string;
-  readonly admin?: string;
-  readonly probes?: string;
+type OverrideKey = 'listen' | 'upstream' | 'admin' | 'probes';
+
+/** proxy.* values given outside the rules file (command-line flags, DRIFTGUARD_* variables). */
+export type Overrides = { readonly [K in OverrideKey]?: string } & {
+  /** Where each came from (`--listen`, `DRIFTGUARD_LISTEN`): a problem with it names that, not a line of the file. */
+  readonly from?: { readonly [K in OverrideKey]?: string };
+};
+
+/**
+ * A problem with a field of loaded rules: where its value came from, if a flag or a variable
+ * overrode the file's, else at the field's line in the file.
+ */
+export function problemWith(rules: Pick<Rules, 'source' | 'overridden'>, path: Path, message: string): RulesProblem {
+  const from = rules.overridden?.[fieldName(path)];
+  return from !== undefined ? { file: from, line: 0, column: 0, field: fieldName(path), message } : problemInFile(rules.source, path, message);
 }
 
 type Path = (string | number)[];
@@ -81,13 +92,18 @@ class Locator {
   readonly file: string;
   readonly doc: Document;
   readonly lines: LineCounter;
-  constructor(file: string, doc: Document, lines: LineCounter) {
-    this.file = file; this.doc = doc; this.lines = lines;
+  /** Fields overridden from outside the file, and where from. */
+  readonly overridden: Readonly<Record<string, string>>;
+  constructor(file: string, doc: Document, lines: LineCounter, overridden: Readonly<Record<string, string>> = {}) {
+    this.file = file; this.doc = doc; this.lines = lines; this.overridden = overridden;
   }
   /** A problem at the deepest node that exists along `path` (the key, where the path ends on one). */
   problem(path: Path, message: string): RulesProblem {
+    const field = fieldName(path);
+    const from = this.overridden[field];
+    if (from !== undefined) return { file: from, line: 0, column: 0, field, message };
     const pos = positionOf(this.doc, this.lines, path);
-    return { file: this.file, line: pos.line, column: pos.col, field: fieldName(path), message };
+    return { file: this.file, line: pos.line, column: pos.col, field, message };
   }
 }
 
@@ -175,7 +191,11 @@ export function loadRules(file: string, overrides: Overrides = {}): Rules {
 export function parseRules(text: string, source: string, overrides: Overrides = {}, bytes: Buffer = Buffer.from(text)): Rules {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
-  const at = new Locator(source, doc, lines);
+  const overridden: Record<string, string> = {};
+  for (const key of ['listen', 'upstream', 'admin', 'probes'] as const) {
+    if (overrides[key] !== undefined) overridden[`proxy.${key}`] = overrides.from?.[key] ?? `the ${key} override`;
+  }
+  const at = new Locator(source, doc, lines, overridden);
   if (doc.errors.length > 0) {
     throw new RulesError(doc.errors.map((e) => {
       const pos = lines.linePos(e.pos[0]);
@@ -186,7 +206,8 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new RulesError([{ file: source, line: 1, column: 1, field: '', message: 'the rules file must be a YAML mapping' }]);
   }
-  for (const [key, value] of Object.entries(overrides)) {
+  for (const key of ['listen', 'upstream', 'admin', 'probes'] as const) {
+    const value = overrides[key];
     if (value !== undefined) ((data.proxy ??= {}) as Record<string, unknown>)[key] = value;
   }
   if (!validateSchema(data)) throw new RulesError(schemaProblems(validateSchema.errors ?? [], at));
@@ -416,6 +437,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       declared: Object.freeze({ ...raw.contract.declared }), blockAt: raw.contract.blockAt, operations: Object.freeze(operations),
     }),
     raw: deepFreeze(raw as unknown as Record<string, unknown>),
+    ...(Object.keys(at.overridden).length > 0 ? { overridden: at.overridden } : {}),
   };
   const named = [source, ...rules.identity.issuers.flatMap((i) => i.jwks.kind === 'file' ? [i.jwks.file] : i.jwks.kind === 'discovery' ? [i.jwks.tokenFile, i.jwks.caFile].filter((f) => f !== undefined) : [])];
   for (const validate of validators) validate(raw as unknown as Record<string, unknown>, fail, base, named);

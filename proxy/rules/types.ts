@@ -120,4 +120,6 @@ export interface Rules {
   readonly contract: ContractRules;
   /** The validated document with defaults applied, for feature modules that read their own slice. */
   readonly raw: Readonly<Record<string, unknown>>;
+  /** Fields whose value came from outside the file (`proxy.listen` → `--listen`): problems with them name that. */
+  readonly overridden?: Readonly<Record<string, string>>;
 }

@@ -5,7 +5,7 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import { jwtVerify, importJWK, decodeProtectedHeader } from 'jose';
 import { testKey, jwks, ISSUER, AUDIENCE } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
@@ -56,7 +56,7 @@ t.test('check: exit 0 for a valid file, 1 naming file:line and field for an inva
   for (const command of [['check', telemetryBad], ['run', '--config', telemetryBad]]) {
     const tb = await cli(command);
     t.equal(tb.code, 1, `${command[0]}: telemetry values refused`);
-    t.match(tb.stderr, new RegExp(`${telemetryBad}:\\d+:\\d+: telemetry\\.traces\\.exportTimeout: must be at most 24d`));
+    t.match(tb.stderr, new RegExp(`${telemetryBad}:\\d+:\\d+: telemetry\\.traces\\.exportTimeout: must be at most 1h`));
     t.match(tb.stderr, new RegExp(`${telemetryBad}:\\d+:\\d+: telemetry\\.decisionLog\\.output: cannot open the decision log`));
     t.notMatch(tb.stderr, /\n\s+at /, 'no stack trace');
   }
@@ -87,6 +87,28 @@ t.test('run: an invalid rules file exits 1 naming the line; a valid one runs unt
   t.equal(ran.code, 0, 'SIGTERM: graceful exit 0');
   t.match(ran.stderr, `127.0.0.1:${port}`, '--listen overrides proxy.listen');
   t.match(ran.stderr, '"signal":"SIGTERM"');
+});
+
+t.test('a bad flag or DRIFTGUARD_* value is blamed on the flag or the variable, not on a line of the rules file', async (t) => {
+  const good = writeRules(GOOD);
+  const flag = await cli(['run', '--config', good, '--listen', 'nonsense']);
+  t.equal(flag.code, 1);
+  t.match(flag.stderr, /^--listen: proxy\.listen: "nonsense" is not host:port$/m);
+  t.notMatch(flag.stderr, /rules\.yaml:\d+/, 'not at the file\'s proxy.listen line');
+  const variable = await cli(['run', '--config', good], { env: { DRIFTGUARD_UPSTREAM: 'http://u:secret@upstream/' } });
+  t.equal(variable.code, 1);
+  t.match(variable.stderr, /^DRIFTGUARD_UPSTREAM: proxy\.upstream: must be an origin only/m);
+  t.notMatch(variable.stderr, /secret/, 'and not quoted');
+  // A port that is taken: the address came from the flag.
+  const busy = createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  t.teardown(() => busy.close());
+  const taken = await cli(['run', '--config', good, '--listen', `127.0.0.1:${(busy.address() as AddressInfo).port}`, '--admin', '127.0.0.1:0']);
+  t.equal(taken.code, 1);
+  t.match(taken.stderr, /^--listen: proxy\.listen: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE$/m);
+  // A file that cannot be read has no line: none is made up.
+  const missing = await cli(['run', '--config', '/nonexistent/rules.yaml']);
+  t.match(missing.stderr, /^\/nonexistent\/rules\.yaml: \(top level\): cannot read the rules file: ENOENT$/m);
 });
 
 t.test('--help on every command exits 0 with its usage', async (t) => {
