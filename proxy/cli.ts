@@ -3,7 +3,7 @@
 // 1 invalid rules or failed start, 2 usage error.
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from './rules/durations.ts';
+import { parseDuration } from './rules/durations.ts';
 import type { Overrides } from './rules/load.ts';
 // The rules loader (ajv, yaml) and jose are imported by the commands that use them, so that
 // --help and usage errors answer at once.
@@ -120,8 +120,8 @@ async function main(argv: string[]): Promise<number> {
         const graceText = (values.grace as string | undefined) ?? (process.env.DRIFTGUARD_GRACE || undefined) ?? '20s';
         let graceMs: number;
         try { graceMs = parseDuration(graceText); } catch (err) { return usageError((err as Error).message, 'run'); }
-        if (graceMs > MAX_TIMER_MS) return usageError(`--grace ${graceText}: ${TIMER_TOO_LONG}`, 'run');
-        const { run } = await import('./run.ts');
+        const { run, MAX_GRACE_MS } = await import('./run.ts');
+        if (graceMs > MAX_GRACE_MS) return usageError(`--grace ${graceText}: must be at most 24d`, 'run');
         try { return await run(values.config as string, overrides, { graceMs }); } catch (err) { return reportRulesError(err); }
       }
       case 'demo': {

@@ -79,6 +79,11 @@ t.test('run: an invalid rules file exits 1 naming the line; a valid one runs unt
   const long = await cli(['run', '--config', writeRules(GOOD), '--grace', '25d']);
   t.equal(long.code, 2, 'a --grace longer than a timer can wait (it would cut every request at once)');
   t.match(long.stderr, '--grace 25d: must be at most 24d');
+  // Within the 8 s the stop allows after the grace of the timer limit: accepted before, and then
+  // SIGTERM exited 1 at once, nothing drained.
+  const edge = await cli(['run', '--config', writeRules(GOOD), '--grace', `${2 ** 31 - 1 - 4_000}ms`]);
+  t.equal(edge.code, 2, 'a --grace whose stop deadline a timer cannot wait for');
+  t.match(edge.stderr, 'must be at most 24d');
 
   const port = await freePort();
   const good = writeRules(GOOD);
