@@ -1,7 +1,8 @@
 // `driftguard inject`: serves the mutating admission webhook over TLS.
 // main() takes the arguments after the subcommand and resolves with the exit code
 // once the server has stopped (SIGTERM or SIGINT: stop accepting, finish in-flight
-// reviews, exit 0). Configuration errors exit 2 with a message, before listening.
+// reviews, exit 0). Usage errors exit 2, invalid configuration and a failed start 1 (as the
+// main CLI's), with a message, before listening.
 
 import { parseArgs } from 'node:util';
 import { buildConfig, readConfigFileWithLines, InjectorConfigError, type LineOf } from './config.ts';
@@ -43,7 +44,7 @@ driftguard.io/upstream-port.
 `;
 
 export async function main(argv: string[]): Promise<number> {
-  const err = (msg: string) => { process.stderr.write(`driftguard inject: ${msg}\n`); return 2; };
+  const err = (msg: string, code = 2) => { process.stderr.write(`driftguard inject: ${msg}\n`); return code; };
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
@@ -92,7 +93,7 @@ export async function main(argv: string[]): Promise<number> {
     const lineOf: LineOf = (key) => (flagged.has(key) ? undefined : file?.lineOf(key));
     config = buildConfig(input, (values.config as string | undefined) ?? 'flags', lineOf);
   } catch (e) {
-    if (e instanceof InjectorConfigError) return err(e.message);
+    if (e instanceof InjectorConfigError) return err(e.message, 1);
     throw e;
   }
 
@@ -100,7 +101,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     injector = await startInjectorServer({ config, tlsCertFile: certFile, tlsKeyFile: keyFile, host: listen.host, port: listen.port });
   } catch (e) {
-    return err(`cannot start: ${(e as Error).message}`);
+    return err(`cannot start: ${(e as Error).message}`, 1);
   }
   const { address, port } = injector.address;
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: 'injector listening', address, port, nativeSidecar: config.nativeSidecar, image: config.image })}\n`);

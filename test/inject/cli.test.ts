@@ -86,20 +86,21 @@ t.test('configuration errors exit 2 with a message', async (t) => {
   writeFileSync(badConfig, 'image: x\nimagePullPolicy: Sometimes\nlistenPort: 0\ncolour: blue\n');
   const brokenConfig = join(dir, 'broken.yaml');
   writeFileSync(brokenConfig, 'image: x\nlistenPort: [15080\n');
-  const cases: [string[], RegExp][] = [
-    [['--listen', '127.0.0.1:0', '--image', 'x'], /--tls-cert and --tls-key are required/],
-    [['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0'], /image/],
-    [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--listen', 'nowhere'], /--listen/],
-    [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--native-sidecar', 'maybe'], /--native-sidecar must be true or false/],
-    [['--tls-cert', cert, '--tls-key', key, '--config', badConfig], /^(?=[\s\S]*bad\.yaml:2: imagePullPolicy: must be equal to one of)(?=[\s\S]*bad\.yaml:3: listenPort: must be >= 1)(?=[\s\S]*bad\.yaml:4: \(top level\): must NOT have additional properties \(colour\))/],
-    [['--tls-cert', cert, '--tls-key', key, '--config', join(dir, 'missing.yaml')], /missing\.yaml: cannot read \(ENOENT\)/],
-    [['--tls-cert', cert, '--tls-key', key, '--config', brokenConfig], /broken\.yaml:\d+: not valid YAML/],
-    [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', key, '--image', 'x', '--listen', '127.0.0.1:0'], /cannot start/],
-    [['--bogus'], /Unknown option/],
+  // 2: a usage error; 1: invalid configuration or a failed start, as the main CLI's.
+  const cases: [string[], RegExp, number][] = [
+    [['--listen', '127.0.0.1:0', '--image', 'x'], /--tls-cert and --tls-key are required/, 2],
+    [['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0'], /image/, 1],
+    [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--listen', 'nowhere'], /--listen/, 2],
+    [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--native-sidecar', 'maybe'], /--native-sidecar must be true or false/, 2],
+    [['--tls-cert', cert, '--tls-key', key, '--config', badConfig], /^(?=[\s\S]*bad\.yaml:2: imagePullPolicy: must be equal to one of)(?=[\s\S]*bad\.yaml:3: listenPort: must be >= 1)(?=[\s\S]*bad\.yaml:4: \(top level\): must NOT have additional properties \(colour\))/, 1],
+    [['--tls-cert', cert, '--tls-key', key, '--config', join(dir, 'missing.yaml')], /missing\.yaml: cannot read \(ENOENT\)/, 1],
+    [['--tls-cert', cert, '--tls-key', key, '--config', brokenConfig], /broken\.yaml:\d+: not valid YAML/, 1],
+    [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', key, '--image', 'x', '--listen', '127.0.0.1:0'], /cannot start/, 1],
+    [['--bogus'], /Unknown option/, 2],
   ];
-  for (const [args, message] of cases) {
+  for (const [args, message, exit] of cases) {
     const { code, stderr } = await run(t, args).exited;
-    t.equal(code, 2, `${args.join(' ')}: exit 2`);
+    t.equal(code, exit, `${args.join(' ')}: exit ${exit}`);
     t.match(stderr, message, `${args.join(' ')}: message`);
   }
 });
