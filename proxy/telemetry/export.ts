@@ -11,6 +11,7 @@ import { BatchSpanProcessor, ConsoleSpanExporter, type ReadableSpan, type SpanEx
 import type { TracesConfig } from './config.ts';
 import { spansOf, type SpanOrigin, type SpanSource } from './spans.ts';
 import { atMost } from '../lib/wait.ts';
+import type { Agent as HttpAgent, ClientRequest } from 'node:http';
 
 async function exporter(config: TracesConfig): Promise<SpanExporter> {
   if (config.exporter === 'console') return new ConsoleSpanExporter();
@@ -26,11 +27,34 @@ async function exporter(config: TracesConfig): Promise<SpanExporter> {
         import('@opentelemetry/otlp-exporter-base'), import('@opentelemetry/otlp-exporter-base/node-http'),
         import('@opentelemetry/otlp-transformer'), import('./otlp-proto.ts'),
       ]);
-      return new OTLPExporterBase(http.createOtlpHttpExportDelegate(
-        http.convertLegacyHttpOptions(options, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
-        traceSerializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined));
+      const settings = http.convertLegacyHttpOptions(options, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
+      const agentFor = settings.agentFactory;
+      settings.agentFactory = async (protocol) => withDeadline(await agentFor(protocol), config.exportTimeoutMs + DEADLINE_MARGIN_MS);
+      return new OTLPExporterBase(http.createOtlpHttpExportDelegate(settings, traceSerializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined));
     }
   }
+}
+
+/** After the export timeout, what the exporter waits before it reports the export failed (ReportingExporter). */
+const DEADLINE_MARGIN_MS = 500;
+
+/**
+ * `agent` with every request it carries destroyed `ms` after it was made. The exporter's own
+ * timeout is an idle timeout: a collector that trickles its answer (never idle, never done)
+ * held each export's request open, and after 30 of them (the exporter's concurrency limit)
+ * every export was refused until the collector let go. Node's ClientRequest hands itself to
+ * its agent's addRequest(), the hook proxy agents use too; the agent's sockets, pooling and TLS
+ * options (OTEL_EXPORTER_OTLP_CERTIFICATE and the like) are the exporter's own.
+ */
+function withDeadline<A extends HttpAgent>(agent: A, ms: number): A {
+  const hooked = agent as A & { addRequest(req: ClientRequest, options: unknown): void };
+  const add = hooked.addRequest.bind(agent);
+  hooked.addRequest = (req, options) => {
+    const timer = setTimeout(() => req.destroy(new Error(`export took longer than ${ms}ms`)), ms);
+    req.once('close', () => clearTimeout(timer));
+    add(req, options);
+  };
+  return agent;
 }
 
 /** What the export side reports back: spans settled (exported or dropped) and failures. */
