@@ -6,6 +6,7 @@ import type { Check, Credential, RequestContext } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import type { Identity } from '../identity/verify.ts';
 import { resolveConsumer } from './consumers.ts';
+import { actChain } from '../identity/act.ts';
 
 function bearer(ctx: RequestContext): string | undefined | null {
   const header = ctx.req.headers.authorization;
@@ -43,6 +44,12 @@ export function credential(rules: Rules, identity: Identity): Check {
       const verified = await identity.verify(token, ctx.now);
       if ('reason' in verified) return verified;
       ctx.credential = verified;
+      // Recorded whatever decides the request (a scope refusal, audit mode's let-through).
+      const chain = actChain(verified.claims);
+      if (chain) {
+        ctx.extra['delegation.chain'] = chain.actors;
+        ctx.extra['delegation.depth'] = chain.depth;
+      }
       const consumer = resolveConsumer(rules, verified);
       // The registered subject from another issuer (two clusters' shop/checkout, or two OAuth
       // providers' client ids alike): not this consumer, and not an unknown one either.

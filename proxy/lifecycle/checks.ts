@@ -57,7 +57,8 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       ctx.extra['revocation.id'] = hit.id;
       ctx.extra['revocation.kind'] = hit.kind;
       // The operator's reason stays with the operator; the caller gets the id to quote.
-      return verdict(ctx, r.mode, { reason: 'credential-revoked', detail: `this ${words[hit.kind]} was revoked (revocation ${hit.id})` });
+      const what = hit.kind === 'subject' && hit.value !== c.subject ? 'an actor in this token\'s delegation chain' : `this ${words[hit.kind]}`;
+      return verdict(ctx, r.mode, { reason: 'credential-revoked', detail: `${what} was revoked (revocation ${hit.id})` });
     },
   };
 }
@@ -93,10 +94,11 @@ export function taskBinding(rules: Rules, state: LifecycleState | undefined): Ch
       const cred = ctx.credential;
       const consumer = ctx.consumer;
       if (!cred || !consumer) return undefined;
-      const task = cred.claims[c.taskClaim];
-      if (typeof task === 'string' && task !== '') ctx.extra['credential.task'] = task.slice(0, 256);
+      // A number is its decimal string, as revocation reads it (task_id: 4711).
+      const task = taskOf(cred.claims[c.taskClaim]);
+      if (typeof task === 'string') ctx.extra['credential.task'] = task.slice(0, 256);
       // A task claim is one task's name or nothing, whoever presents it and whatever the operation.
-      else if (taskOf(task) === null) return verdict(ctx, c.mode, namesNoTask(c.taskClaim));
+      else if (task === null) return verdict(ctx, c.mode, namesNoTask(c.taskClaim));
       if (!c.kinds.has(consumer.kind)) return undefined;
       if (c.requireJti && cred.jti === undefined) {
         return verdict(ctx, c.mode, { reason: 'invalid-credential', detail: `${consumer.kind} consumers must present a token with jti` });
@@ -109,7 +111,7 @@ export function taskBinding(rules: Rules, state: LifecycleState | undefined): Ch
           return verdict(ctx, c.mode, { reason: 'credential-lifetime-exceeded', detail: `${op.sensitivity}-sensitivity operations accept tokens valid for at most ${max / 1000}s` });
         }
       }
-      if (SENSITIVITY_RANK[op.sensitivity] >= c.taskBindingRank && (typeof task !== 'string' || task === '')) {
+      if (SENSITIVITY_RANK[op.sensitivity] >= c.taskBindingRank && task === undefined) {
         return verdict(ctx, c.mode, { reason: 'task-binding-required', detail: `${op.sensitivity}-sensitivity operations need a token bound to one task (claim ${c.taskClaim})` });
       }
       return undefined;
@@ -145,8 +147,7 @@ export function delegation(rules: Rules, state: LifecycleState | undefined): Che
         if (vouchedBy !== (rules.consumers.registry.get(sub)?.issuer ?? cred.issuer)) foreign.push(sub);
         node = (node as { act?: unknown }).act;
       }
-      ctx.extra['delegation.chain'] = chain;
-      ctx.extra['delegation.depth'] = node === undefined ? chain.length : chain.length + 1;
+      // delegation.chain and delegation.depth were recorded with the credential (identity/act.ts).
       if (chain.length > d.maxDepth) {
         return verdict(ctx, d.mode, { reason: 'delegation-too-deep', detail: `the delegation chain is longer than ${d.maxDepth}` });
       }

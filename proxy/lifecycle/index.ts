@@ -39,7 +39,12 @@ export interface LifecycleOptions {
 }
 
 /** Denials that say nothing about the consumer's behaviour, so they never lead to quarantine. */
-const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable', 'revocation-list-unavailable']);
+/**
+ * Denials that do not count towards a consumer's quarantine: not its behaviour (driftguard's or
+ * its dependencies' failures, the quarantine itself), or another party's: an actor the consumer
+ * never allowed to act for it, or a chain too deep, must not get it locked out.
+ */
+const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable', 'revocation-list-unavailable', 'actor-not-allowed', 'delegation-too-deep']);
 
 /** The lifecycle settings read once, at start (the journal, the tables' bounds), by their rules field. */
 function startOnly(c: LifecycleState['config']): Record<string, unknown> {

@@ -4,6 +4,7 @@
 // they run on every request, verified-token cache hits included.
 
 import type { Credential } from '../pipeline/types.ts';
+import { actChain } from '../identity/act.ts';
 
 export const REVOCATION_KINDS = ['jti', 'task', 'subject', 'kid'] as const;
 export type RevocationKind = (typeof REVOCATION_KINDS)[number];
@@ -143,13 +144,27 @@ export class RevocationStore {
     return n;
   }
 
-  /** The first revocation in force at `now` that matches this credential, if any. */
+  /**
+   * The first revocation in force at `now` that matches this credential, if any. A consumer
+   * revoked by subject is refused as an actor too: a revocation is the kill switch for a
+   * compromised automation, which must not go on acting for others through delegated tokens.
+   */
   match(credential: Credential, taskClaim: string, now: number): Revocation | undefined {
     const task = taskOf(credential.claims[taskClaim]);
     return this.#find('jti', credential.jti, now)
       ?? this.#find('task', task ?? undefined, now)
       ?? this.#find('subject', credential.subject, now)
+      ?? this.#actor(credential, now)
       ?? this.#find('kid', credential.kid, now);
+  }
+
+  #actor(credential: Credential, now: number): Revocation | undefined {
+    if (credential.claims.act === undefined || !this.#index.get('subject')!.size) return undefined;
+    for (const actor of actChain(credential.claims)?.actors ?? []) {
+      const hit = this.#find('subject', actor, now);
+      if (hit) return hit;
+    }
+    return undefined;
   }
 
   /** Every revocation in force at `now` (ended ones are dropped on the way). */

@@ -4,7 +4,7 @@
 import t from 'tap';
 import { AGENT, BOT } from '../support/driftguard.ts';
 import { ISSUER } from '../support/keys.ts';
-import { world, startLifecycle, problem, bearer } from './support.ts';
+import { world, startLifecycle, problem, bearer, monitorsOnly } from './support.ts';
 
 t.test('automated consumers need a jti, and a task-bound token from taskBindingAt up', async (t) => {
   const w = await world();
@@ -55,6 +55,11 @@ t.test('an empty jti is no jti; a task claim that names no task is refused; a nu
   const other = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: 4712 } })) });
   t.equal(other.status, 200, 'another numeric task passes');
   await other.text();
+  t.equal(dg.seen.at(-1)!.ctx.extra['credential.task'], '4712', 'recorded as its decimal string, as revocation reads it');
+  // It binds the token to a task as a string does: it was 403 task-binding-required.
+  const high = await fetch(`${dg.url}/items/1/archive`, { method: 'POST', headers: bearer(await w.token({ claims: { task_id: 4712 } }), { 'idempotency-key': 'k-4712' }) });
+  t.equal(high.status, 200, 'a numeric task binds a high-sensitivity call');
+  await high.text();
 });
 
 t.test('with credentials off, a task claim that names no task still cannot escape a task revocation', async (t) => {
@@ -118,6 +123,43 @@ t.test('delegation: the act chain is recorded, its depth and its actors are chec
   t.equal(same.status, 200, 'act.iss naming the token\'s own issuer');
   await same.text();
   t.equal(w.up.seen.length, 3);
+});
+
+t.test('delegation: the chain is recorded whatever decides, at its true depth; an actor revoked by subject is refused; a stranger cannot get the consumer quarantined', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { maxDelegationDepth: 2, consumers: [{ subject: AGENT, actors: ['spiffe://tools/a', 'spiffe://tools/b'] }] };
+    // The scope refusal below and three strangers' would make four.
+    r.monitors = monitorsOnly({ quarantine: { denials: 4, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const act = (...subs: string[]) => subs.reduceRight<Record<string, unknown> | undefined>((inner, sub) => ({ sub, ...(inner ? { act: inner } : {}) }), undefined);
+  const get = async (claims: Record<string, unknown>, scope?: string) => fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims, ...(scope ? { scope } : {}) })) });
+
+  // Refused by the scope check, long before the delegation check: the actor is still named.
+  await problem(t, await get({ act: act('spiffe://tools/a') }, 'payments.write'), 'insufficient-scope', 403);
+  t.same(dg.seen.at(-1)!.ctx.extra['delegation.chain'], ['spiffe://tools/a'], 'the chain of a call an earlier check refused');
+  // Five levels with a limit of two: recorded as five (it was three, where the walk stopped).
+  await problem(t, await get({ act: act('spiffe://tools/a', 'spiffe://tools/b', 'spiffe://tools/a', 'spiffe://tools/b', 'spiffe://tools/a') }), 'delegation-too-deep', 403);
+  t.equal(dg.seen.at(-1)!.ctx.extra['delegation.depth'], 5, 'the true depth');
+
+  // An actor AGENT never allowed, three times: AGENT is not quarantined for it.
+  for (let i = 0; i < 3; i++) await problem(t, await get({ act: act('spiffe://evil/x') }), 'actor-not-allowed', 403);
+  const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  t.equal(own.status, 200, 'AGENT\'s own calls go on (it was 403 consumer-quarantined)');
+  await own.text();
+
+  // A compromised automation revoked by subject may not act for anybody either.
+  const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: 'spiffe://tools/b', reason: 'compromised' }) });
+  t.equal(revoked.status, 201);
+  await revoked.text();
+  for (const chain of [act('spiffe://tools/b'), act('spiffe://tools/a', 'spiffe://tools/b')]) {
+    const body = await problem(t, await get({ act: chain }), 'credential-revoked', 401);
+    t.match(body.detail, /^an actor in this token's delegation chain was revoked \(revocation /, 'outermost or inner');
+  }
+  const clean = await get({ act: act('spiffe://tools/a') });
+  t.equal(clean.status, 200, 'a chain without it passes');
+  await clean.text();
 });
 
 t.test('delegation in audit mode forwards and records', async (t) => {

@@ -1,0 +1,32 @@
+// The delegation chain a token declares (RFC 8693 §4.1, the act claim): who is acting, for
+// whom. A fact of the credential, read once it is verified, whatever decides the request: the
+// record names the actors of a call a scope check refused as much as of one it let through.
+// The delegation check (proxy/lifecycle) judges the chain; revocation refuses it when an actor
+// in it is revoked.
+
+/** Levels read at most: deeper than any allowed chain, and bounded whatever a token holds. */
+const MAX_LEVELS = 64;
+
+export interface ActChain {
+  /** The actors' sub, outermost (current) first, as far as every level is well formed. */
+  readonly actors: readonly string[];
+  /** How many levels the claim has (up to MAX_LEVELS), well formed or not. */
+  readonly depth: number;
+}
+
+/** The act chain of `claims`, or undefined when the token has no act claim. */
+export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | undefined {
+  let node: unknown = claims.act;
+  if (node === undefined) return undefined;
+  const actors: string[] = [];
+  let depth = 0;
+  let wellFormed = true;
+  while (node !== undefined && depth < MAX_LEVELS) {
+    depth++;
+    const sub = typeof node === 'object' && node !== null && !Array.isArray(node) ? (node as { sub?: unknown }).sub : undefined;
+    if (typeof sub !== 'string' || sub === '') wellFormed = false;
+    if (wellFormed) actors.push(sub as string);
+    node = typeof node === 'object' && node !== null ? (node as { act?: unknown }).act : undefined;
+  }
+  return { actors, depth };
+}
