@@ -25,7 +25,8 @@ function verdict(ctx: RequestContext, mode: FeatureMode, denial: Denial): CheckR
   if (mode === 'enforce') return denial;
   ctx.warnings.push({ ...denial, detail: `audit mode, not enforced: ${denial.detail}` });
   const before = ctx.extra[WOULD_DENY];
-  ctx.extra[WOULD_DENY] = [...(Array.isArray(before) ? before as string[] : []), denial.reason];
+  const reasons = Array.isArray(before) ? before as string[] : [];
+  if (!reasons.includes(denial.reason)) ctx.extra[WOULD_DENY] = [...reasons, denial.reason];
   return undefined;
 }
 

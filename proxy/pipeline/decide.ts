@@ -4,6 +4,7 @@
 // malformed request is refused in any mode.
 // Any exception is a deny (internal-error), enforced even in audit mode: fail closed.
 
+import type { ReasonCode } from '../decision/reasons.ts';
 import type { Check, CheckResult, Decision, Denial, RequestContext } from './types.ts';
 import type { Mode } from '../rules/types.ts';
 
@@ -40,7 +41,7 @@ export function decider(checks: readonly Check[], mode: Mode): Decide {
       if (ctx.warnings.length > before) ctx.checks.push({ check: check.name, outcome: 'warn', reason: ctx.warnings[before]!.reason });
       else ctx.checks.push(continued[i]!);
     }
-    const warnings = ctx.warnings.map((w) => w.reason);
+    const warnings = reasonsOf(ctx);
     const first = ctx.warnings[0];
     if (first) return { ...first, decision: 'warn', enforced: true, warnings };
     return { decision: 'allow', reason: 'allowed', detail: 'allowed', enforced: true, warnings };
@@ -48,5 +49,11 @@ export function decider(checks: readonly Check[], mode: Mode): Decide {
 }
 
 function finish(ctx: RequestContext, denial: Denial, enforced: boolean): Decision {
-  return { ...denial, decision: 'deny', enforced, warnings: ctx.warnings.map((w) => w.reason) };
+  return { ...denial, decision: 'deny', enforced, warnings: reasonsOf(ctx) };
+}
+
+/** The warnings' reasons, each once: two checks can warn for one reason (both in audit mode). */
+function reasonsOf(ctx: RequestContext): ReasonCode[] {
+  const reasons = ctx.warnings.map((w) => w.reason);
+  return reasons.length > 1 ? [...new Set(reasons)] : reasons;
 }

@@ -162,6 +162,18 @@ t.test('delegation: the chain is recorded whatever decides, at its true depth; a
   await clean.text();
 });
 
+t.test('two checks warning for one reason (revocation and task binding, both in audit mode) warn for it once', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { mode: 'audit' }; r.revocation = { mode: 'audit' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: '' } })) });
+  t.equal(res.status, 200);
+  await res.text();
+  t.equal(res.headers.get('driftguard-warning'), 'invalid-credential', 'once (it was "invalid-credential, invalid-credential")');
+  t.same(dg.seen.at(-1)!.decision?.warnings, ['invalid-credential']);
+  t.same(dg.seen.at(-1)!.ctx.extra['lifecycle.would_deny'], ['invalid-credential']);
+});
+
 t.test('delegation in audit mode forwards and records', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => { r.delegation = { mode: 'audit', maxDelegationDepth: 0 }; }));
