@@ -20,6 +20,8 @@ import { SERVICE_ACCOUNT_DIR, isDnsLabel, isDnsSubdomain } from '../lib/kubernet
 export const DEFAULT_TOKEN_FILE = `${SERVICE_ACCOUNT_DIR}/token`;
 export const DEFAULT_CA_FILE = `${SERVICE_ACCOUNT_DIR}/ca.crt`;
 export const DISCOVERY_PATH = '/.well-known/openid-configuration';
+/** Where kube-apiserver serves its service-account signing keys. */
+export const API_SERVER_JWKS_PATH = '/openid/v1/jwks';
 
 /** The API server as a pod reaches it (the variables the kubelet sets, as client-go reads them). */
 export function inClusterApiServer(env: NodeJS.ProcessEnv = process.env): string {
@@ -35,8 +37,16 @@ export function discoveryUrl(base: string): string {
   return trimmed.endsWith(DISCOVERY_PATH) ? trimmed : trimmed + DISCOVERY_PATH;
 }
 
-// https://kubernetes.default.svc:443/ is the same audience to a reader, and to a replay.
-const normalise = (s: string) => s.trim().toLowerCase().replace(/\/+$/, '').replace(/^(https:\/\/[^/:]+):443(?=$|\/)/, '$1');
+// https://kubernetes.default.svc:443/ is the same audience to a reader, and to a replay; so
+// is https://[fd00:10:96::1]:443 (read as a URL: a pattern missed the bracketed host).
+const normalise = (s: string): string => {
+  const t = s.trim().toLowerCase().replace(/\/+$/, '');
+  if (!t.startsWith('https://')) return t;
+  try {
+    const u = new URL(t);
+    return (u.origin + u.pathname + u.search).replace(/\/+$/, '');
+  } catch { return t; }
+};
 
 const WELL_KNOWN: Readonly<Record<string, string>> = {
   'https://kubernetes.default.svc': 'the API server\'s default audience',
@@ -141,6 +151,13 @@ export function discoveredKeySet(o: DiscoveredKeySetOptions): RemoteKeySet {
       // Keys fetched in clear from an https discovery could be swapped by anyone on the path.
       if (jwks.protocol !== 'https:' && !(url.protocol === 'http:' && jwks.protocol === 'http:')) {
         throw new Error(`discovery ${redactUrl(url.href)}: jwks_uri ${redactUrl(jwks.href)} is not https`);
+      }
+      // kube-apiserver names its jwks_uri under the address it advertises (kubeadm, kind:
+      // https://<advertise-address>:6443/openid/v1/jwks), while a pod reaches it by the service
+      // address: the same server under another origin, which gets no token and refuses without
+      // one. Its keys are read where it was reached, with the token, which goes nowhere else.
+      if (o.tokenFile !== undefined && jwks.origin !== url.origin && jwks.pathname === API_SERVER_JWKS_PATH) {
+        return new URL(API_SERVER_JWKS_PATH, url.origin).href;
       }
       return jwks.href;
     } finally {

@@ -191,6 +191,8 @@ export class RemoteKeySet implements KeySet {
 
   async #fetch(): Promise<boolean> {
     this.#lastAttemptMs = this.#now();
+    // One timeout for the whole fetch: with discovery, the document and then the keys.
+    const started = performance.now();
     try {
       const target = new URL(this.#options.locate ? await this.#options.locate() : this.#options.url);
       const ca = typeof this.#options.ca === 'function' ? this.#options.ca(target) : this.#options.ca;
@@ -202,12 +204,13 @@ export class RemoteKeySet implements KeySet {
       const { status, text } = await getDocument(target, {
         accept: 'application/jwk-set+json, application/json',
         ...(this.#options.headers ? { headers: this.#options.headers(target) } : {}),
-        timeoutMs: this.#options.timeoutMs,
+        timeoutMs: Math.max(1, Math.ceil(this.#options.timeoutMs - (performance.now() - started))),
         ...(this.#agent ? { dispatcher: this.#agent } : {}),
         maxBytes: MAX_JWKS_BYTES,
         tooLarge: () => new Error('JWKS larger than 1 MiB'),
       });
-      if (text === undefined) throw new Error(`HTTP ${status}`);
+      // Found by discovery: say where, since the name is the discovery document's.
+      if (text === undefined) throw new Error(this.#options.locate ? `jwks_uri ${redactUrl(target.href)}: HTTP ${status}` : `HTTP ${status}`);
       if (text !== this.#text) {
         this.#keys = load(parseJwks(text, this.#name, this.#options.select, this.#options.algorithms));
         this.#text = text;

@@ -253,17 +253,20 @@ async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions)
 
 /** The first key of `each` that fits the token's alg and verifies it; undefined when none fits. */
 async function byEachKey(token: string, each: readonly SingleKey[], header: ReturnType<typeof decodeProtectedHeader>, jws: FlattenedJWSInput, options: JWTVerifyOptions): Promise<(JWTVerifyResult & { readonly kid?: string }) | undefined> {
-  let tried = 0;
+  // Counted before any signature is checked: a forged token without kid costs no more than
+  // MAX_CANDIDATE_KEYS checks, and whether a good one passes does not depend on where its key
+  // sits in the set (counted as the keys were tried, the first three passed, the fourth not).
+  const candidates: [SingleKey, Awaited<ReturnType<SingleKey['getKey']>>][] = [];
   for (const k of each) {
-    let key: Awaited<ReturnType<SingleKey['getKey']>>;
     try {
-      key = await k.getKey(header as Parameters<SingleKey['getKey']>[0], jws);
+      candidates.push([k, await k.getKey(header as Parameters<SingleKey['getKey']>[0], jws)]);
     } catch (err) {
       if ((err as { code?: string }).code === 'ERR_JWKS_NO_MATCHING_KEY') continue;
       throw err;
     }
-    // A forged token without kid costs no more signature checks than this.
-    if (++tried > MAX_CANDIDATE_KEYS) throw new TooManyCandidateKeys();
+    if (candidates.length > MAX_CANDIDATE_KEYS) throw new TooManyCandidateKeys();
+  }
+  for (const [k, key] of candidates) {
     try {
       const result = await jwtVerify(token, key, options);
       return { ...result, ...(k.kid !== undefined ? { kid: k.kid } : {}) };
@@ -271,7 +274,7 @@ async function byEachKey(token: string, each: readonly SingleKey[], header: Retu
       if ((err as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw err;
     }
   }
-  if (tried > 0) throw new errors.JWSSignatureVerificationFailed();
+  if (candidates.length > 0) throw new errors.JWSSignatureVerificationFailed();
   return undefined;
 }
 

@@ -21,6 +21,8 @@ export interface FakeApiServer {
   issuer: string;
   /** Override jwks_uri (default: this server's /openid/v1/jwks). */
   jwksUri?: string;
+  /** Answer this many ms late (a slow API server). */
+  delayMs?: number;
   /** Every request: path and the bearer token it carried (or undefined). */
   readonly seen: { path: string; bearer?: string }[];
   close(): Promise<void>;
@@ -31,6 +33,10 @@ export async function fakeApiServer(keys: JWK[], expectedToken: string, commonNa
   const { cert, key } = selfSignedCertificate({ commonName, dnsNames: ['kubernetes.default.svc'], ips: ['127.0.0.1'] });
   const api = { keys, expectedToken, issuer: CLUSTER_ISSUER, seen: [], ca: cert } as unknown as FakeApiServer & { origin: string };
   const server = createServer({ cert, key }, (req, res) => {
+    if (api.delayMs) setTimeout(() => answer(req, res), api.delayMs);
+    else answer(req, res);
+  });
+  function answer(req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void {
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
     api.seen.push({ path: req.url ?? '', ...(m ? { bearer: m[1] } : {}) });
     if (!m || m[1] !== api.expectedToken) {
@@ -52,7 +58,7 @@ export async function fakeApiServer(keys: JWK[], expectedToken: string, commonNa
       return;
     }
     res.writeHead(404).end();
-  });
+  }
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   Object.assign(api, {
     origin: `https://127.0.0.1:${(server.address() as AddressInfo).port}`,

@@ -143,6 +143,16 @@ t.test('the discovery document must name the configured issuer', async (t) => {
   t.match(status.lastError, /the document's issuer is "https:\/\/kubernetes\.default\.svc\.cluster\.local", the rules say "https:\/\/kubernetes\.default\.svc"/);
 });
 
+t.test('discovery and the keys share one timeout', async (t) => {
+  const { api, dg } = await setup(t);
+  // Each answer 1.2 s late, with timeout 2s: the keys' request gets what the document left.
+  api.delayMs = 1_200;
+  const keySet = dg.dg.generation.identity.keySets().values().next().value!;
+  await keySet.start().catch(() => {});
+  // Each request had the whole 2 s before: the fetch took 2.4 s, and succeeded.
+  t.match(keySet.status().lastError, /jwks_uri .*timed? ?out|abort/i, 'the key request timed out, within the one timeout');
+});
+
 t.test('the pod token is sent to the API server only, never to a jwks_uri elsewhere', async (t) => {
   const key = await testKey('RS256');
   const elsewhere = await fakeApiServer([key.publicJwk], 'unused', 'oidc.public.example');
@@ -153,8 +163,23 @@ t.test('the pod token is sent to the API server only, never to a jwks_uri elsewh
   // answers 401 to anything (it expects a token nobody sends), so the fetch fails; what
   // matters is what it was sent.
   elsewhere.expectedToken = 'nobody';
-  api.jwksUri = `${elsewhere.origin}/openid/v1/jwks`;
-  await dg.dg.generation.identity.keySets().values().next().value!.start().catch(() => {});
+  api.jwksUri = `${elsewhere.origin}/keys`;
+  const keySet = dg.dg.generation.identity.keySets().values().next().value!;
+  await keySet.start().catch(() => {});
   t.ok(elsewhere.seen.length >= 1, 'the keys were asked for at the jwks_uri');
   t.same(elsewhere.seen.map((s) => s.bearer), elsewhere.seen.map(() => undefined), 'without the pod token');
+  t.equal(keySet.status().lastError, `jwks_uri ${elsewhere.origin}/keys: HTTP 401`, 'the failure names the jwks_uri, not the discovery URL');
+});
+
+t.test('an API server that names its jwks_uri under another address of its own (kubeadm, kind): its keys are read where it was reached, with the token', async (t) => {
+  // kube-apiserver advertises https://<advertise-address>:6443/openid/v1/jwks; a pod reaches it
+  // by the service address. Here: reached at 127.0.0.1, advertising localhost.
+  const { key, api, dg } = await setup(t, { waitReady: false });
+  api.jwksUri = `${api.origin.replace('127.0.0.1', 'localhost')}/openid/v1/jwks`;
+  const before = api.seen.length;
+  const keySet = dg.dg.generation.identity.keySets().values().next().value!;
+  await keySet.start().catch(() => {});
+  t.equal(keySet.status().lastError, undefined, 'the keys were read (it was: HTTP 401, the key request went without the token)');
+  t.same(api.seen.slice(before).map((s) => [s.path, s.bearer]), [['/.well-known/openid-configuration', POD_TOKENS[0]], ['/openid/v1/jwks', POD_TOKENS[0]]], 'from the API server as reached, with the pod token');
+  t.equal((await call(dg.url, await saToken(key))).status, 200, 'and a service-account token verifies');
 });

@@ -18,9 +18,9 @@ function load(issuer: Record<string, unknown>, env: Record<string, string | unde
   }
 }
 
-function problems(issuer: Record<string, unknown>): { field: string; message: string; line: number }[] {
+function problems(issuer: Record<string, unknown>, env: Record<string, string | undefined> = {}): { field: string; message: string; line: number }[] {
   try {
-    load(issuer);
+    load(issuer, env);
   } catch (err) {
     if (err instanceof RulesError) return err.problems.map((p) => ({ field: p.field, message: p.message, line: p.line }));
     throw err;
@@ -43,6 +43,11 @@ t.test('a kubernetes issuer refuses the API server\'s audiences, and says why', 
   t.same(clouds.map((p) => p.field), [1, 2, 3].map((k) => `identity.issuers[0].audiences[${k}]`), 'AKS, GKE and :443 refused; another port is another audience');
   t.match(clouds[0]!.message, /AKS workload identity/);
   t.match(clouds[1]!.message, /GKE workload identity/);
+  // The API server by an IPv6 service address, :443 written out or not (a pattern missed the brackets).
+  const v6 = load({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders'], algorithms: ['RS256'] }, { KUBERNETES_SERVICE_HOST: 'fd00:10:96::1', KUBERNETES_SERVICE_PORT: '443' });
+  t.equal((v6.identity.issuers[0]!.jwks as { discovery: string }).discovery, 'https://[fd00:10:96::1]:443/.well-known/openid-configuration');
+  const api6 = problems({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders', 'https://[fd00:10:96::1]:443', 'https://[FD00:10:96::1]/', 'https://[fd00:10:96::1]:6443'], algorithms: ['RS256'] }, { KUBERNETES_SERVICE_HOST: 'fd00:10:96::1', KUBERNETES_SERVICE_PORT: '443' });
+  t.same(api6.map((p) => p.field), [1, 2].map((k) => `identity.issuers[0].audiences[${k}]`), 'the IPv6 API server refused with :443 and without; another port is another audience');
 });
 
 t.test('a kubernetes issuer without jwks discovers from the API server with the pod\'s token and CA', async (t) => {
