@@ -81,8 +81,13 @@ export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerRe
     }
     if (who !== undefined) return who;
   }
-  res.setHeader('www-authenticate', m ? 'Bearer realm="driftguard-admin", error="invalid_token"' : 'Bearer realm="driftguard-admin"');
-  routes.problem(res, 401, 'Unauthorized', 'admin writes need a bearer admin credential');
+  // Missing and not recognised told apart: an operator who sent the file's whole `name secret`
+  // line (two words), or last month's secret, is told to look at what was sent.
+  const sent = req.headers.authorization !== undefined;
+  res.setHeader('www-authenticate', sent ? 'Bearer realm="driftguard-admin", error="invalid_token"' : 'Bearer realm="driftguard-admin"');
+  routes.problem(res, 401, 'Unauthorized', sent
+    ? 'the admin credential was not recognised: send `Bearer <secret>`, the secret of one line of revocation.adminCredentialFile (the word after the name, if the line has one)'
+    : 'admin writes need a bearer admin credential');
   return undefined;
 }
 

@@ -103,10 +103,16 @@ t.test('the admin API refuses writes without the admin credential', async (t) =>
   const none = await fetch(`${dg.admin}/revocations`, { method: 'POST', body });
   t.equal(none.status, 401);
   t.match(none.headers.get('www-authenticate') ?? '', /^Bearer/);
-  await none.text();
+  t.match(JSON.parse(await none.text()).detail, /^admin writes need a bearer admin credential$/);
   const wrong = await fetch(`${dg.admin}/revocations`, { method: 'POST', body, headers: { authorization: 'Bearer not-the-secret' } });
   t.equal(wrong.status, 401);
-  await wrong.text();
+  t.match(JSON.parse(await wrong.text()).detail, /^the admin credential was not recognised/, 'a credential sent but not recognised is told apart from none');
+  // The credential file's whole `name secret` line, as the README's `cat admin-token` would send it from that file.
+  const line = await fetch(`${dg.admin}/revocations`, { method: 'POST', body, headers: { authorization: `Bearer oncall ${ADMIN_SECRET}` } });
+  t.equal(line.status, 401);
+  const lineBody = await line.text();
+  t.match(JSON.parse(lineBody).detail, /the word after the name/);
+  t.notMatch(lineBody, new RegExp(ADMIN_SECRET), 'the credential is not echoed');
   const prefix = await fetch(`${dg.admin}/revocations`, { method: 'POST', body, headers: { authorization: `Bearer ${ADMIN_SECRET.slice(0, -1)}` } });
   t.equal(prefix.status, 401, 'a prefix of the secret is not the secret');
   await prefix.text();
