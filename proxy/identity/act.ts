@@ -10,6 +10,8 @@ const MAX_LEVELS = 64;
 export interface ActChain {
   /** The actors' sub, outermost (current) first, as far as every level is well formed. */
   readonly actors: readonly string[];
+  /** Every sub that is a non-empty string, at any level, well formed or not: what a revocation matches. */
+  readonly named: readonly string[];
   /** How many levels the claim has (up to MAX_LEVELS), well formed or not. */
   readonly depth: number;
 }
@@ -19,14 +21,16 @@ export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | 
   let node: unknown = claims.act;
   if (node === undefined) return undefined;
   const actors: string[] = [];
+  const named: string[] = [];
   let depth = 0;
   let wellFormed = true;
   while (node !== undefined && depth < MAX_LEVELS) {
     depth++;
     const sub = typeof node === 'object' && node !== null && !Array.isArray(node) ? (node as { sub?: unknown }).sub : undefined;
-    if (typeof sub !== 'string' || sub === '') wellFormed = false;
+    if (typeof sub === 'string' && sub !== '') named.push(sub);
+    else wellFormed = false;
     if (wellFormed) actors.push(sub as string);
     node = typeof node === 'object' && node !== null ? (node as { act?: unknown }).act : undefined;
   }
-  return { actors, depth };
+  return { actors, named, depth };
 }

@@ -260,9 +260,11 @@ async function byEachKey(token: string, each: readonly SingleKey[], header: Retu
   for (const k of each) {
     try {
       candidates.push([k, await k.getKey(header as Parameters<SingleKey['getKey']>[0], jws)]);
-    } catch (err) {
-      if ((err as { code?: string }).code === 'ERR_JWKS_NO_MATCHING_KEY') continue;
-      throw err;
+    } catch {
+      // Not a candidate: it does not fit the token (ERR_JWKS_NO_MATCHING_KEY), or cannot be
+      // imported at all (a set needs one usable key, not all): that must not refuse a token
+      // another key signed. No key fitting at all is still a refusal, below.
+      continue;
     }
     if (candidates.length > MAX_CANDIDATE_KEYS) throw new TooManyCandidateKeys();
   }

@@ -20,6 +20,8 @@ import { lifetimeExceeded } from '../checks/credential.ts';
 import { UNREAD_RETRY_MS } from './lists.ts';
 
 export const WOULD_DENY = 'lifecycle.would_deny';
+/** The revoked actor through which a token was refused (a subject revocation matched in its act chain). */
+export const REVOKED_ACTOR = 'revocation.actor';
 
 function verdict(ctx: RequestContext, mode: FeatureMode, denial: Denial): CheckResult {
   if (mode === 'enforce') return denial;
@@ -58,7 +60,10 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       ctx.extra['revocation.id'] = hit.id;
       ctx.extra['revocation.kind'] = hit.kind;
       // The operator's reason stays with the operator; the caller gets the id to quote.
-      const what = hit.kind === 'subject' && hit.value !== c.subject ? 'an actor in this token\'s delegation chain' : `this ${words[hit.kind]}`;
+      const byActor = hit.kind === 'subject' && hit.value !== c.subject;
+      // The actor's doing, not the consumer's: the quarantine does not count it (index.ts).
+      if (byActor) ctx.extra[REVOKED_ACTOR] = hit.value;
+      const what = byActor ? 'an actor in this token\'s delegation chain' : `this ${words[hit.kind]}`;
       return verdict(ctx, r.mode, { reason: 'credential-revoked', detail: `${what} was revoked (revocation ${hit.id})` });
     },
   };

@@ -18,7 +18,7 @@ import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, quarantineMode, recordDenial } from './monitors.ts';
-import { WOULD_DENY, countForwarded } from './checks.ts';
+import { REVOKED_ACTOR, WOULD_DENY, countForwarded } from './checks.ts';
 import { lruFill } from '../lib/heap.ts';
 
 type ListKind = 'file' | 'url';
@@ -42,7 +42,8 @@ export interface LifecycleOptions {
 /**
  * Denials that do not count towards a consumer's quarantine: not its behaviour (driftguard's or
  * its dependencies' failures, the quarantine itself), or another party's: an actor the consumer
- * never allowed to act for it, or a chain too deep, must not get it locked out.
+ * never allowed to act for it, or a chain too deep, must not get it locked out (nor a revoked
+ * actor: REVOKED_ACTOR, below).
  */
 const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable', 'revocation-list-unavailable', 'actor-not-allowed', 'delegation-too-deep']);
 
@@ -200,7 +201,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
     const audited = ctx.extra[WOULD_DENY];
     if (Array.isArray(audited)) for (const reason of audited as string[]) if (reason !== d.reason) m.count(s, 'would-deny', reason);
-    if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason)) return;
+    if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason) || ctx.extra[REVOKED_ACTOR] !== undefined) return;
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
     if (m.quarantine(c.key, ctx.now)) return;

@@ -160,7 +160,9 @@ export class RevocationStore {
 
   #actor(credential: Credential, now: number): Revocation | undefined {
     if (credential.claims.act === undefined || !this.#index.get('subject')!.size) return undefined;
-    for (const actor of actChain(credential.claims)?.actors ?? []) {
+    // Every sub in the chain, a malformed level's neighbours included: the delegation check may
+    // be off or in audit mode, and a broken level must not hide a revoked actor behind it.
+    for (const actor of actChain(credential.claims)?.named ?? []) {
       const hit = this.#find('subject', actor, now);
       if (hit) return hit;
     }

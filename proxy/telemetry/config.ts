@@ -122,9 +122,9 @@ function timer(name: string, ms: number, exportTimeout = false): number {
 }
 
 /**
- * OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, when the rules name no endpoint: checked like the
- * rules' own, so that `collector:4318` or a typo stops start-up naming the variable instead of
- * failing every export (or sending spans to the default endpoint). Not quoted, as a URL may
+ * OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT over http, when the rules name no endpoint: checked like
+ * the rules' own, so that `collector:4318` or a typo stops start-up naming the variable instead
+ * of failing every export (or sending spans to the default endpoint). Not quoted, as a URL may
  * carry a credential.
  */
 function endpointVariable(env: Env, name: string): void {
@@ -212,7 +212,11 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', { min: 1, max: 100_000, integer: true }) ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
     scheduledDelayMs: timer('telemetry.traces.batch.scheduledDelay (or OTEL_BSP_SCHEDULE_DELAY)', t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000),
   };
-  if (traces.exporter === 'otlp' && t.endpoint === undefined) for (const name of ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_ENDPOINT']) endpointVariable(env, name);
+  // The variable in effect only (the traces one wins), and over http only: a gRPC endpoint may
+  // be host:port or unix:, which its exporter reads itself.
+  if (traces.exporter === 'otlp' && protocol !== 'grpc' && t.endpoint === undefined) {
+    endpointVariable(env, str(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT') !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT' : 'OTEL_EXPORTER_OTLP_ENDPOINT');
+  }
   const l = raw.decisionLog;
   const out = l.output;
   const output: LogOutput = out === 'stdout' || out === 'stderr' || out === 'none'

@@ -237,6 +237,24 @@ t.test('a token without kid is checked against each key of its algorithm, at mos
   t.equal(up.seen.length, 2, 'only the verified calls reached the upstream');
 });
 
+t.test('a token without kid is verified by its key even where the set holds a key that cannot be imported', async (t) => {
+  const a = await testKey('ES256', 'es-a');
+  // Same kty, crv and alg as the good key, so a candidate; not a point on the curve, so jose cannot import it.
+  const broken = { kty: 'EC', crv: 'P-256', x: 'AAAA', y: 'AAAA', kid: 'es-broken', alg: 'ES256', use: 'sig' };
+  const up = await upstream();
+  for (const keys of [[a.publicJwk, broken], [broken, a.publicJwk]]) {
+    const set = await jwksServer({ keys });
+    const dg = await startTest(baseRules(up.origin, set.url));
+    const tok = await token({ key: a, sub: AGENT, scope: 'items.read', contract: '2026-09', header: { kid: undefined } });
+    const res = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+    t.equal(res.status, 200, `broken key ${keys[0] === broken ? 'first' : 'second'}: verified by the good key (it was 401 "token rejected")`);
+    await res.text();
+    await dg.close();
+    await set.close();
+  }
+  await up.close();
+});
+
 t.test('a key removed from the set stops verifying at once, for a cached token too', async (t) => {
   const [a, b] = await Promise.all([testKey('ES256', 'es-old'), testKey('ES256', 'es-new')]);
   const up = await upstream();

@@ -162,6 +162,27 @@ t.test('delegation: the chain is recorded whatever decides, at its true depth; a
   await clean.text();
 });
 
+t.test('a revoked actor: its refusals do not quarantine the consumer it acted for, and a malformed level does not hide it', async (t) => {
+  const w = await world();
+  // Delegation off: nothing else refuses these chains.
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { mode: 'off' };
+    r.monitors = monitorsOnly({ quarantine: { denials: 3, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: 'spiffe://tools/bad', reason: 'compromised' }) });
+  t.equal(revoked.status, 201);
+  await revoked.text();
+  for (const act of [{ sub: 'spiffe://tools/bad' }, { act: { sub: 'spiffe://tools/bad' } }, { sub: '', act: { sub: 'spiffe://tools/bad' } }]) {
+    const body = await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act } })) }), 'credential-revoked', 401);
+    t.match(body.detail, /an actor in this token's delegation chain/, JSON.stringify(act));
+    t.equal(dg.seen.at(-1)!.ctx.extra['revocation.actor'], 'spiffe://tools/bad', 'the revoked actor is recorded');
+  }
+  const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  t.equal(own.status, 200, 'the consumer\'s own calls go on: three refusals through the actor did not quarantine it');
+  await own.text();
+});
+
 t.test('two checks warning for one reason (revocation and task binding, both in audit mode) warn for it once', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => { r.credentials = { mode: 'audit' }; r.revocation = { mode: 'audit' }; }));

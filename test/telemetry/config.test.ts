@@ -58,6 +58,11 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
     t.doesNotThrow(() => telemetryConfig(rules(), { [name]: 'http://collector:4318' }), `${name}: a URL is taken`);
     t.doesNotThrow(() => telemetryConfig(rules((r) => { r.telemetry = { traces: { exporter: 'none' } }; }), { [name]: 'not a url' }), `${name}: not read when nothing is exported`);
   }
+  // Only the variable in effect, and over http only: gRPC endpoints may be host:port or unix:.
+  t.doesNotThrow(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://collector:4318/v1/traces', OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' }), 'an OTEL_EXPORTER_OTLP_ENDPOINT the traces one overrides is not read');
+  for (const endpoint of ['collector:4317', 'unix:///run/otel.sock']) {
+    t.doesNotThrow(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_ENDPOINT: endpoint }), `grpc: ${endpoint}`);
+  }
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { traces: { exporter: 'jaeger' } }; }))), /telemetry\.traces\.exporter/);
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { allowSampleRate: 2 } }; }))), /telemetry\.decisionLog\.allowSampleRate/);
   // The environment's values are not rules problems: named by their variable, with a code the CLI prints without a stack.
