@@ -10,6 +10,7 @@
 
 import type { ServerResponse } from 'node:http';
 import { parseDuration } from '../rules/durations.ts';
+import { isReasonCode } from '../decision/reasons.ts';
 import type { AdminRoutes } from '../admin/server.ts';
 import type { DecisionRecord } from './record.ts';
 import { heldBytes, stringBytes, type TableFill } from '../lib/heap.ts';
@@ -19,6 +20,8 @@ export interface RecentEntry {
   readonly timeMs: number;
   readonly traceId: string;
   readonly decision: string;
+  /** false: an audit-mode deny, forwarded (a would-deny). */
+  readonly enforced: boolean;
   readonly reason: string;
   readonly warnings: readonly string[];
   readonly consumer: string | undefined;
@@ -40,7 +43,7 @@ export function recentEntry(r: DecisionRecord, line: string, utf8 = Buffer.byteL
   // flatstr does).
   Number(line);
   return {
-    timeMs: r.timeMs, traceId: r.traceId, decision: r.decision, reason: r.reason, warnings: r.warnings,
+    timeMs: r.timeMs, traceId: r.traceId, decision: r.decision, enforced: r.enforced, reason: r.reason, warnings: r.warnings,
     consumer: r.consumer, owner: r.owner, operation: r.operation, line,
     // Heap bytes, not characters: a line with one character beyond Latin-1 (a subject, a
     // detail) is two bytes a character, and the subject is held apart from the line.
@@ -153,8 +156,18 @@ export function parseFilter(params: URLSearchParams, now: number): DecisionFilte
         break;
       }
       case 'decision':
-        if (!['allow', 'warn', 'deny'].includes(value)) throw new TypeError('decision: must be allow, warn or deny');
+        // would-deny: an audit-mode deny (enforced false), as the stale and deprecated counters and /consumers name it.
+        if (!['allow', 'warn', 'deny', 'would-deny'].includes(value)) throw new TypeError('decision: must be allow, warn, deny or would-deny');
         f.decision = value;
+        break;
+      case 'reason':
+        // A typo must not read as "no such calls".
+        if (!isReasonCode(value)) throw new TypeError(`reason: "${value.slice(0, 64)}" is not a reason code (the README's reason-code table lists them)`);
+        f.reason = value;
+        break;
+      case 'traceId':
+        if (!/^[0-9a-f]{32}$/i.test(value)) throw new TypeError('traceId: must be 32 hexadecimal digits (a W3C trace id)');
+        f.traceId = value.toLowerCase();
         break;
       default:
         (f as unknown as Record<string, string>)[name] = value;
@@ -167,7 +180,7 @@ export function matches(r: RecentEntry, f: DecisionFilter): boolean {
   if (f.consumer !== undefined && r.consumer !== f.consumer) return false;
   if (f.owner !== undefined && r.owner !== f.owner) return false;
   if (f.operation !== undefined && r.operation !== f.operation) return false;
-  if (f.decision !== undefined && r.decision !== f.decision) return false;
+  if (f.decision !== undefined && (f.decision === 'would-deny' ? r.decision !== 'deny' || r.enforced : r.decision !== f.decision)) return false;
   if (f.traceId !== undefined && r.traceId !== f.traceId) return false;
   if (f.reason !== undefined && r.reason !== f.reason && !r.warnings.includes(f.reason)) return false;
   if (f.sinceMs !== undefined && r.timeMs < f.sinceMs) return false;

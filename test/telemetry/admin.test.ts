@@ -159,6 +159,7 @@ t.test('/decisions: newest first, every filter, bad parameters refused', async (
   const byTrace = await decisions(`?traceId=${trace}`);
   t.equal(byTrace.body.count, 1);
   t.equal(byTrace.body.decisions[0].traceId, trace);
+  t.equal((await decisions(`?traceId=${trace.toUpperCase()}`)).body.count, 1, 'a trace id in capitals is the same trace');
 
   const future = await decisions(`?since=${new Date(Date.now() + 60_000).toISOString()}`);
   t.equal(future.body.count, 0);
@@ -170,6 +171,12 @@ t.test('/decisions: newest first, every filter, bad parameters refused', async (
   for (const q of ['?decision=maybe', '?limit=0', '?since=yesterday', '?consumerr=x']) {
     const bad = await decisions(q);
     t.equal(bad.status, 400, q);
+  }
+  // A typo is a 400 naming it, not an empty answer that reads as "no such calls".
+  for (const [q, detail] of [['?reason=stale_contract', /^reason: "stale_contract" is not a reason code/], ['?traceId=XYZ', /^traceId: must be 32 hexadecimal digits/]] as const) {
+    const bad = await decisions(q);
+    t.equal(bad.status, 400, q);
+    t.match(bad.body.detail, detail, q);
   }
 });
 

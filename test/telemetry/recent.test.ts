@@ -3,7 +3,7 @@
 // make it hold more memory than telemetry.recent.maxBytes.
 
 import t from 'tap';
-import { Ring, recentEntry, type RecentEntry } from '../../proxy/telemetry/recent.ts';
+import { Ring, recentEntry, matches, parseFilter, type RecentEntry } from '../../proxy/telemetry/recent.ts';
 import type { DecisionRecord } from '../../proxy/telemetry/record.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { testKey, jwks } from '../support/keys.ts';
@@ -11,7 +11,7 @@ import { baseRules } from '../support/driftguard.ts';
 import { startWithTelemetry } from './support.ts';
 
 const entry = (id: number, chars: number): RecentEntry => ({
-  timeMs: id, traceId: String(id), decision: 'deny', reason: 'unknown-operation', warnings: [],
+  timeMs: id, traceId: String(id), decision: 'deny', enforced: true, reason: 'unknown-operation', warnings: [],
   consumer: undefined, owner: undefined, operation: undefined, line: `{"n":${id}}`.padEnd(chars, ' '), weight: chars,
 });
 const ids = (r: Ring) => [...r.newest()].map((e) => e.timeMs);
@@ -86,4 +86,15 @@ t.test('a 12 KiB path makes no record 12 KiB: the detail quotes 200 characters, 
   t.equal(held.decisions[0]!.detail, problem.detail);
   t.equal(held.decisions[0]!.path.length, 2048);
   t.ok(JSON.stringify(held.decisions[0]).length < 3500, 'the whole entry stays small');
+});
+
+t.test('/decisions?decision=would-deny: the audit-mode denials, as the counters and /consumers name them', async (t) => {
+  const now = Date.now();
+  const audit = { ...entry(1, 10), decision: 'deny', enforced: false };
+  const enforced = { ...entry(2, 10), decision: 'deny', enforced: true };
+  const warned = { ...entry(3, 10), decision: 'warn', enforced: true };
+  const pick = (q: string) => [audit, enforced, warned].filter((e) => matches(e, parseFilter(new URLSearchParams(q), now))).map((e) => e.timeMs);
+  t.same(pick('decision=would-deny'), [1], 'only the deny that was not enforced');
+  t.same(pick('decision=deny'), [1, 2], 'deny: enforced or not, as the log\'s decision field says');
+  t.throws(() => parseFilter(new URLSearchParams('decision=maybe'), now), /decision: must be allow, warn, deny or would-deny/);
 });
