@@ -304,12 +304,29 @@ function scopesOf(payload: JWTPayload): ReadonlySet<string> {
   return new Set();
 }
 
+/**
+ * A failed claim check in words a consumer's developer can act on (jose says `claim aud failed:
+ * check_failed`). The values expected are not named: they are the issuer's configuration.
+ */
+function claimFailure(claim: string | undefined, reason: string | undefined): string {
+  const name = claim ?? 'a';
+  if (reason === 'missing') return `the token has no ${name} claim`;
+  if (reason !== 'check_failed') return `the token's ${name} claim is not valid`;
+  switch (claim) {
+    case 'aud': return 'the token\'s aud is not an audience this issuer\'s tokens are accepted for';
+    case 'iss': return 'the token\'s iss is not a trusted issuer';
+    case 'nbf': return 'token not valid yet (nbf is in the future)';
+    case 'iat': return 'token issued in the future';
+    default: return `the token's ${name} claim failed its check`;
+  }
+}
+
 /** A short reason for the caller that never repeats the token. */
 function describeJoseError(err: unknown): string {
   const e = err as { code?: string; claim?: string; reason?: string };
   switch (e.code) {
     case 'ERR_JWT_EXPIRED': return 'token expired';
-    case 'ERR_JWT_CLAIM_VALIDATION_FAILED': return `claim ${e.claim ?? ''} failed: ${e.reason ?? 'invalid'}`.replace('  ', ' ');
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED': return claimFailure(e.claim, e.reason);
     case 'ERR_JOSE_ALG_NOT_ALLOWED': return 'signature algorithm not allowed';
     case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED': return 'signature verification failed';
     case 'ERR_JWKS_NO_MATCHING_KEY': return 'no key matches the token\'s kid and algorithm';

@@ -74,7 +74,8 @@ export function addRulesValidator(validator: RulesValidator): void {
   if (!validators.includes(validator)) validators.push(validator);
 }
 
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, allowUnionTypes: true });
+// verbose: a pattern error carries its schema, whose description says what the value should be.
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, allowUnionTypes: true, verbose: true });
 // "format: uri": a scheme and then only the characters RFC 3986 allows (non-ASCII
 // percent-encoded), so that a deprecation link written into a Link header as <…> can neither
 // break out of it nor carry a character Node refuses to write. No ajv-formats dependency needed.
@@ -115,14 +116,44 @@ function pointerToPath(pointer: string): Path {
   });
 }
 
+/**
+ * For each failed oneOf (jwks): the branch the value picks by its required key ({ discovery }
+ * picks the discovery branch), when exactly one does. That branch's own errors (a bad refresh,
+ * an unknown field) say what is wrong; without one, the oneOf's summary does.
+ */
+function chosenBranches(errors: readonly ErrorObject[]): Map<ErrorObject, number | undefined> {
+  const chosen = new Map<ErrorObject, number | undefined>();
+  for (const o of errors) {
+    if (o.keyword !== 'oneOf') continue;
+    const prefix = `${o.schemaPath}/`;
+    const inside = errors.filter((x) => x.schemaPath.startsWith(prefix));
+    // Every branch (a branch whose only errors came through a $ref has none under its own path).
+    const count = Array.isArray(o.schema) ? o.schema.length : 0;
+    const viable = Array.from({ length: count }, (_, b) => b).filter((b) => !inside.some((x) => x.schemaPath.startsWith(`${prefix}${b}/required`)));
+    chosen.set(o, viable.length === 1 ? viable[0] : undefined);
+  }
+  return chosen;
+}
+
 function schemaProblems(errors: ErrorObject[], at: Locator): RulesProblem[] {
-  // A oneOf failure (jwks) explains itself better than its branches' errors.
-  const oneOfPaths = errors.filter((e) => e.keyword === 'oneOf').map((e) => e.instancePath);
+  const chosen = chosenBranches(errors);
+  /** Whether `e` is a branch error of a failed oneOf that is left to the oneOf (or to another branch). */
+  const leftOut = (e: ErrorObject): boolean => {
+    for (const [o, branch] of chosen) {
+      if (e === o) return branch !== undefined;
+      if (e.instancePath !== o.instancePath && !e.instancePath.startsWith(o.instancePath + '/')) continue;
+      if (branch === undefined) return true;
+      // An error through a $ref (a duration) carries the definition's path, not the branch's: kept.
+      const prefix = `${o.schemaPath}/`;
+      if (e.schemaPath.startsWith(prefix)) return Number(e.schemaPath.slice(prefix.length).split('/')[0]) !== branch;
+    }
+    return false;
+  };
   const out: RulesProblem[] = [];
   const seen = new Set<string>();
   for (const e of errors) {
     if (e.keyword === 'if') continue;
-    if (e.keyword !== 'oneOf' && oneOfPaths.some((p) => e.instancePath === p || e.instancePath.startsWith(p + '/'))) continue;
+    if (leftOut(e)) continue;
     const path = pointerToPath(e.instancePath);
     let message: string;
     if (e.keyword === 'required') {

@@ -120,6 +120,17 @@ t.test('registered claims: exp required, iss, aud and typ checked, nbf and iat r
   const huge = await w.call('GET', '/items/1', { token: 'a'.repeat(17_000) });
   t.equal(huge.status, 431, 'a 17 KiB Authorization header is refused by the listener');
   t.equal(huge.json?.code, 'headers-too-large');
+  // In words a consumer's developer acts on (jose's own: "claim aud failed: check_failed"),
+  // without naming the values the issuer expects.
+  for (const [what, o, detail] of [
+    ['wrong aud', { aud: 'another-api' }, 'the token\'s aud is not an audience this issuer\'s tokens are accepted for'],
+    ['missing aud', { omit: ['aud'] }, 'the token has no aud claim'],
+    ['nbf in the future', { nbf: now + 600 }, 'token not valid yet (nbf is in the future)'],
+  ] as const) {
+    const a = await w.call('GET', '/items/1', { token: await w.tok(o as never) });
+    t.equal(a.json?.detail, detail, what);
+    t.notMatch(a.json?.detail, new RegExp(AUDIENCE), `${what}: the expected audience is not named`);
+  }
 });
 
 t.test('typ is enforced where the issuer configures it', async (t) => {

@@ -71,8 +71,11 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'missing required field (upstream)', text: edit('  upstream: http://127.0.0.1:9\n', ''), line: 1, field: 'proxy.upstream' },
   { name: 'missing required field (sensitivity)', text: edit('      sensitivity: low\n', ''), line: 21, field: 'contract.operations[0].sensitivity' },
   { name: 'missing required field (algorithms)', text: edit('      algorithms: [ES256]\n', ''), line: 8, field: 'identity.issuers[0].algorithms' },
-  { name: 'bad duration', text: edit('clockSkew: 30s', 'clockSkew: 30 seconds'), line: 12, field: 'identity.clockSkew' },
-  { name: 'bad duration (jwks cooldown)', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", cooldown: soon }'), line: 11, field: /^identity\.issuers\[0\]\.jwks/ },
+  // What a duration is, not the schema's regular expression.
+  { name: 'bad duration', text: edit('clockSkew: 30s', 'clockSkew: 30 seconds'), line: 12, field: 'identity.clockSkew', message: /^"30 seconds" is not valid: A duration: 500ms, 30s/ },
+  // Inside jwks (a oneOf), the field itself, not "must be exactly one of" the three shapes.
+  { name: 'bad duration (jwks cooldown)', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", cooldown: soon }'), line: 11, field: 'identity.issuers[0].jwks.cooldown', message: /^"soon" is not valid: A duration/ },
+  { name: 'a misspelt field inside jwks', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", refesh: 5m }'), line: 11, field: 'identity.issuers[0].jwks.refesh', message: /^unknown field "refesh"$/ },
   { name: 'changedIn not a version', text: edit('changedIn: "2026-06"', 'changedIn: "2026-07"'), line: 29, field: 'contract.operations[1].changedIn' },
   { name: 'duplicate operation id', text: edit('    - id: createItem', '    - id: getItem'), line: 25, field: 'contract.operations[1].id' },
   { name: 'ambiguous path templates', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /items/{other}\n'), line: 27, field: 'contract.operations[1].path' },
