@@ -50,7 +50,7 @@ function withDeadline<A extends HttpAgent>(agent: A, ms: number): A {
   const hooked = agent as A & { addRequest(req: ClientRequest, options: unknown): void };
   const add = hooked.addRequest.bind(agent);
   hooked.addRequest = (req, options) => {
-    const timer = setTimeout(() => req.destroy(new Error(`export took longer than ${ms}ms`)), ms);
+    const timer = setTimeout(() => req.destroy(new Error(`export took longer than ${ms}ms`)), ms).unref();
     req.once('close', () => clearTimeout(timer));
     add(req, options);
   };
