@@ -9,8 +9,30 @@
 import type { Check } from '../pipeline/types.ts';
 import { canonicalTarget } from '../pipeline/canonical.ts';
 
-/** RFC 9110 §7.2: uri-host [ ":" port ], the host an IP literal, an IPv4 address or a reg-name (which may be empty). */
-const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?$/;
+/**
+ * uri-host [ ":" port ] (RFC 9110 §7.2), the host an IP literal, an IPv4 address or a DNS name
+ * (which may be empty). Not the rest of reg-name: Node's legacy url.parse, which upstreams still
+ * build URLs with, reads a path out of `a%2F..%2Fadmin%3F` or `a;admin`.
+ */
+const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*)(?::[0-9]*)?$/;
+
+/**
+ * Query parameters web frameworks take as the request's method (Rails, Laravel, Symfony and
+ * Express's method-override read `_method`): driftguard decides by the method on the request
+ * line, so POST /items/1?_method=DELETE would reach a refused DELETE as the POST it allowed.
+ */
+const METHOD_OVERRIDE_PARAMS = new Set(['_method', 'x-http-method-override', 'x-http-method', 'x-method-override']);
+
+/** The method-override parameter a query carries, if any (its name as a framework decodes it). */
+function methodOverrideParameter(query: string): string | undefined {
+  // Cheap for the usual query: a name can only spell `method` openly or percent-encoded.
+  if (query.length < 2 || !/method|%/i.test(query)) return undefined;
+  for (const name of new URLSearchParams(query.slice(1)).keys()) {
+    const n = name.trim().toLowerCase();
+    if (METHOD_OVERRIDE_PARAMS.has(n)) return n;
+  }
+  return undefined;
+}
 
 export function canonicalPath(): Check {
   return {
@@ -47,6 +69,8 @@ export function canonicalPath(): Check {
       if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return { reason: 'malformed-request', detail: 'a transfer coding other than chunked' };
       const target = canonicalTarget(ctx.req.url);
       if (!target) return { reason: 'malformed-request', detail: 'the request-target is not origin-form and canonical' };
+      const override = methodOverrideParameter(target.query);
+      if (override !== undefined) return { reason: 'malformed-request', detail: `a method override in the query (${override}) is not served: send the method itself` };
       ctx.target = target;
       return undefined;
     },

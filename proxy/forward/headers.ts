@@ -10,8 +10,14 @@ const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer',
   'upgrade', 'expect', 'proxy-authorization', 'proxy-authenticate',
 ]);
-/** Method overrides, and the URL overrides IIS, Symfony and Zend route by. */
-const OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url', 'x-override-url']);
+/**
+ * Method overrides, the URL overrides IIS, Symfony and Zend route by, and the original-request
+ * headers a proxy in front sets and an app behind it may route by (nginx's X-Original-URI,
+ * Traefik's X-Forwarded-Uri and X-Forwarded-Method, Spring's and ASP.NET's X-Forwarded-Prefix):
+ * from a caller, each names a request other than the one driftguard decided.
+ */
+const OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url', 'x-override-url',
+  'x-original-uri', 'x-original-method', 'x-forwarded-uri', 'x-forwarded-method', 'x-forwarded-prefix', 'x-forwarded-path']);
 const REWRITTEN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
 
 function connectionNamed(value: string | string[] | undefined): Set<string> | undefined {

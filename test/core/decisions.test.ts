@@ -156,7 +156,8 @@ t.test('hop-by-hop, Connection-named and method-override headers never reach the
     t.notOk(Object.keys(seen.headers).some((k) => k.includes('method')), `${name} removed`);
   }
   // URL overrides, by which IIS, Symfony and Zend route: removed too.
-  for (const name of ['X-Original-URL', 'X-Rewrite-URL', 'X-Override-URL']) {
+  // And the original-request headers a proxy in front sets and an app behind it may route by.
+  for (const name of ['X-Original-URL', 'X-Rewrite-URL', 'X-Override-URL', 'X-Original-URI', 'X-Original-Method', 'X-Forwarded-Uri', 'X-Forwarded-Method', 'X-Forwarded-Prefix', 'X-Forwarded-Path']) {
     const before = w.up.seen.length;
     const r = await w.call('GET', '/items/1', { token: tok, headers: { [name]: '/admin' } });
     t.equal(r.status, 200);
