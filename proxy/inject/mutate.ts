@@ -68,10 +68,45 @@ export function pointerEscape(key: string): string {
   return key.replaceAll('~', '~0').replaceAll('/', '~1');
 }
 
-/** The sidecar this injector adds (its image, its command), as opposed to a container that only bears the name. */
+/** An image reference without its tag or digest: registry/name. */
+function repository(image: unknown): string | undefined {
+  if (typeof image !== 'string') return undefined;
+  const bare = image.split('@')[0]!;
+  const slash = bare.lastIndexOf('/');
+  const colon = bare.lastIndexOf(':');
+  return colon > slash ? bare.slice(0, colon) : bare;
+}
+
+/**
+ * The sidecar an injector of this image adds (its repository, its command), as opposed to a
+ * container that only bears the name. Any tag of the repository: a pod that opts in by its
+ * label in a namespace that opts in too is reviewed twice, and during an upgrade the second
+ * review may reach a replica of the new image, which refused the old one's sidecar.
+ */
 function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
   const command = c.command;
-  return c.image === config.image && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
+  return repository(c.image) === repository(config.image) && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
+}
+
+/** Whether a container has a network probe that names its port (a probe of the app itself). */
+function hasNamedProbe(c: Obj): boolean {
+  for (const probe of [c.readinessProbe, c.livenessProbe, c.startupProbe]) {
+    if (!isObj(probe)) continue;
+    for (const handler of [probe.httpGet, probe.tcpSocket]) if (isObj(handler) && typeof handler.port === 'string') return true;
+  }
+  return false;
+}
+
+/** The numbered ports a container's probes use (httpGet, tcpSocket, grpc). */
+function probePorts(c: Obj): number[] {
+  const ports: number[] = [];
+  for (const probe of [c.readinessProbe, c.livenessProbe, c.startupProbe]) {
+    if (!isObj(probe)) continue;
+    for (const handler of [probe.httpGet, probe.tcpSocket, probe.grpc]) {
+      if (isObj(handler) && typeof handler.port === 'number') ports.push(handler.port);
+    }
+  }
+  return ports;
 }
 
 export function mutate(body: unknown, config: InjectorConfig): MutationResult {
@@ -163,12 +198,25 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
       if (!isObj(p) || typeof p.containerPort !== 'number') continue;
       if (p.protocol === undefined || p.protocol === 'TCP') taken.set(p.containerPort, String(c.name));
     }
+    // A port only a probe names is in use too: Istio's proxy declares 15090 alone and is
+    // probed on 15021, driftguard's default probe port.
+    for (const port of probePorts(c)) if (!taken.has(port)) taken.set(port, String(c.name));
   }
-  for (const [what, port] of [['listen port', settings.listenPort], ['admin port', config.adminPort], ['local admin port', config.adminLocalPort]] as const) {
+  for (const [what, port, remedy] of [
+    ['listen port', settings.listenPort, `set ${ANNOTATION_LISTEN_PORT} to a free port`],
+    ['probe port', config.adminPort, 'set sidecar.adminPort in the chart\'s values to a free port'],
+    ['local admin port', config.adminLocalPort, 'set sidecar.adminLocalPort in the chart\'s values to a free port'],
+  ] as const) {
     const owner = taken.get(port);
     if (owner !== undefined) {
-      return reject(`the driftguard ${what} ${port} is already used by container ${JSON.stringify(owner)}; set ${ANNOTATION_LISTEN_PORT} to a free port`, podName);
+      return reject(`the driftguard ${what} ${port} is already used by container ${JSON.stringify(owner)}; ${remedy}`, podName);
     }
+  }
+  // The kubelet probes the pod IP: an app bound to 127.0.0.1, as the README advises, fails
+  // these probes once driftguard fronts it.
+  const probed = containers.filter((c) => probePorts(c).includes(settings.upstreamPort) || hasNamedProbe(c));
+  if (probed.length > 0) {
+    warnings.push(`container ${JSON.stringify(String(probed[0]!.name))} has an HTTP, TCP or gRPC probe: the kubelet sends it to the pod IP, so it fails if the app listens on 127.0.0.1 only; use exec probes, or probe a public operation through driftguard's port`);
   }
   if (taken.size > 0 && !taken.has(settings.upstreamPort)) {
     warnings.push(`no container declares port ${settings.upstreamPort}, where driftguard forwards traffic; set ${ANNOTATION_UPSTREAM_PORT} to the app's port`);

@@ -240,6 +240,26 @@ t.test('only the injector\'s own sidecar counts as injected: a look-alike is ref
   }
 });
 
+t.test('a sidecar of another tag of the injector\'s image counts as injected (two reviews of one pod across an upgrade)', async (t) => {
+  // A pod that opts in by label in a namespace that opts in is reviewed by both webhooks; mid-
+  // upgrade, the second review can reach a replica of another image tag.
+  const older = await startInjectorServer({ config: buildConfig({ image: IMAGE.replace(/:[^:/]+$/, ':0.9.0'), nativeSidecar: true }), tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {} });
+  t.teardown(() => older.close());
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+  const first = patched(pod, (await review(t, older, pod)).got.response);
+  t.not(sidecarOf(first).image, IMAGE, 'the first review added the older image\'s sidecar');
+  const { got } = await review(t, native, first);
+  t.equal(got.response.allowed, true, 'not refused (it was: "not the injector\'s")');
+  t.equal(got.response.patch, undefined, 'and left alone');
+});
+
+t.test('an app probed over the network is warned that a loopback-bound app fails its probes', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 8080 } } }] } });
+  const { got } = await review(t, native, pod);
+  t.equal(got.response.allowed, true);
+  t.match(got.response.warnings?.join('\n'), /container "app" has an HTTP, TCP or gRPC probe: the kubelet sends it to the pod IP/);
+});
+
 t.test('init containers: beside a native sidecar their ports conflict; before a regular one they have exited', async (t) => {
   const pod = () => appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { initContainers: [{ name: 'migrate', image: 'm', ports: [{ containerPort: 15000 }] }] } });
   const regularAnswer = (await review(t, regular, pod())).got;
@@ -283,7 +303,9 @@ t.test('an opted-in pod that cannot get a working sidecar is refused with a clea
     ['upstream port out of range', appPod({ annotations: { 'driftguard.io/upstream-port': '70000' } }), /driftguard\.io\/upstream-port.*not a port/],
     ['listen equals upstream', appPod({ annotations: { 'driftguard.io/listen-port': '8080' } }), /forward to itself/],
     ['listen port used by the app', appPod({ annotations: { 'driftguard.io/listen-port': '9090', 'driftguard.io/upstream-port': '8080' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 9090 }, { containerPort: 8080 }] }] } }), /9090 is already used by container "app"/],
-    ['admin port used by the app', appPod({ spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 15021 }, { containerPort: 8080 }] }] } }), /admin port 15021/],
+    ['probe port used by the app', appPod({ spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 15021 }, { containerPort: 8080 }] }] } }), /probe port 15021 is already used by container "app"; set sidecar\.adminPort/],
+    // Istio's proxy declares only 15090 and is probed on 15021: a port only a probe names is in use too.
+    ['Istio\'s proxy beside the app', appPod({ spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 8080 }] }, { name: 'istio-proxy', image: 'istio/proxyv2:1.24.0', ports: [{ containerPort: 15090 }], readinessProbe: { httpGet: { path: '/healthz/ready', port: 15021 } } }] } }), /probe port 15021 is already used by container "istio-proxy"/],
     ['bad ConfigMap name', appPod({ annotations: { 'driftguard.io/rules': 'Orders_Rules' } }), /driftguard\.io\/rules.*not a ConfigMap name/],
     ['no containers', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'x' }, spec: { containers: [] } }, /spec\.containers/],
     ['no spec', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'x' } }, /no spec/],
