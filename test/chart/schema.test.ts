@@ -34,6 +34,8 @@ t.test('bad values are rejected, naming the value', async (t) => {
     ['serviceAccount.create=yes', /serviceAccount\/create/],
     ['exampleRules.namespace=Not A Namespace', /exampleRules\/namespace/],
     ['colour=blue', /colour/],
+    // `--set x=null` removes the value: the injector then refused its own config and crashlooped.
+    ...(['adminLocalPort', 'runAsUser', 'nodeOptions', 'tmpSizeLimit', 'serviceAccountToken', 'rulesFile'] as const).map((k): [string, RegExp] => [`sidecar.${k}=null`, new RegExp(`missing property '${k}'`)]),
   ];
   for (const [set, message] of cases) {
     const r = template([set]);
