@@ -178,7 +178,8 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   }
   // The sidecar's securityContext (seccomp, runAsUser, capabilities) is Linux's: the API
   // server would refuse the injected Windows pod.
-  if (isObj(spec.os) && spec.os.name === 'windows') {
+  // Windows by spec.os, or by the node selector that is all older manifests set.
+  if ((isObj(spec.os) && spec.os.name === 'windows') || (isObj(spec.nodeSelector) && spec.nodeSelector['kubernetes.io/os'] === 'windows')) {
     return answer('skipped', 'windows', { allowed: true, warnings: ['driftguard sidecar not injected: Windows pods are not supported'] }, podName);
   }
 

@@ -272,11 +272,14 @@ t.test('init containers: beside a native sidecar their ports conflict; before a 
 });
 
 t.test('Windows pods are not injected, with a warning', async (t) => {
-  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { os: { name: 'windows' } } });
-  const { got } = await review(t, native, pod);
-  t.equal(got.response.allowed, true);
-  t.equal(got.response.patch, undefined, 'the API server would refuse the Linux sidecar\'s securityContext');
-  t.match(got.response.warnings?.[0], /Windows/);
+  // By spec.os, or by the node selector alone, as older manifests choose Windows nodes.
+  for (const spec of [{ os: { name: 'windows' } }, { nodeSelector: { 'kubernetes.io/os': 'windows' } }]) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec });
+    const { got } = await review(t, native, pod);
+    t.equal(got.response.allowed, true);
+    t.equal(got.response.patch, undefined, `${JSON.stringify(spec)}: the Linux sidecar would not run there`);
+    t.match(got.response.warnings?.[0], /Windows/);
+  }
 });
 
 t.test('hostNetwork pods are not injected, with a warning', async (t) => {
