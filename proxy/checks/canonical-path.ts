@@ -28,10 +28,21 @@ function methodOverrideParameter(query: string): string | undefined {
   // Cheap for the usual query: a name can only spell `method` openly or percent-encoded.
   if (query.length < 2 || !/method|%/i.test(query)) return undefined;
   for (const name of new URLSearchParams(query.slice(1)).keys()) {
-    const n = name.trim().toLowerCase();
-    if (METHOD_OVERRIDE_PARAMS.has(n)) return n;
+    if (METHOD_OVERRIDE_PARAMS.has(asFrameworksRead(name))) return asFrameworksRead(name);
   }
   return undefined;
+}
+
+/**
+ * A parameter name as the frameworks that read overrides see it. PHP (Laravel, Symfony)
+ * drops leading spaces, reads `_method[]` as `_method`, and turns `.`, a space and a lone `[`
+ * into `_`: `?.method=DELETE` is `_method` there.
+ */
+function asFrameworksRead(name: string): string {
+  let n = name.trimStart().toLowerCase();
+  const bracket = n.indexOf('[');
+  if (bracket > 0 && n.indexOf(']', bracket) > 0) n = n.slice(0, bracket);
+  return n.replace(/[ .[]/g, '_').trimEnd();
 }
 
 export function canonicalPath(): Check {

@@ -97,13 +97,13 @@ function hasNamedProbe(c: Obj): boolean {
   return false;
 }
 
-/** The numbered ports a container's probes use (httpGet, tcpSocket, grpc). */
+/** The numbered pod ports a container's probes use (httpGet, tcpSocket, grpc; not a probe of another host). */
 function probePorts(c: Obj): number[] {
   const ports: number[] = [];
   for (const probe of [c.readinessProbe, c.livenessProbe, c.startupProbe]) {
     if (!isObj(probe)) continue;
     for (const handler of [probe.httpGet, probe.tcpSocket, probe.grpc]) {
-      if (isObj(handler) && typeof handler.port === 'number') ports.push(handler.port);
+      if (isObj(handler) && typeof handler.port === 'number' && handler.host === undefined) ports.push(handler.port);
     }
   }
   return ports;
@@ -200,8 +200,9 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
       if (p.protocol === undefined || p.protocol === 'TCP') taken.set(p.containerPort, String(c.name));
     }
     // A port only a probe names is in use too: Istio's proxy declares 15090 alone and is
-    // probed on 15021, driftguard's default probe port.
-    for (const port of probePorts(c)) if (!taken.has(port)) taken.set(port, String(c.name));
+    // probed on 15021, driftguard's default probe port. Not the listen port: a probe of a
+    // public operation through driftguard, as the README suggests, aims there.
+    for (const port of probePorts(c)) if (!taken.has(port) && port !== settings.listenPort) taken.set(port, String(c.name));
   }
   for (const [what, port, remedy] of [
     ['listen port', settings.listenPort, `set ${ANNOTATION_LISTEN_PORT} to a free port`],

@@ -126,7 +126,8 @@ function chosenBranches(errors: readonly ErrorObject[]): Map<ErrorObject, number
   for (const o of errors) {
     if (o.keyword !== 'oneOf') continue;
     const prefix = `${o.schemaPath}/`;
-    const inside = errors.filter((x) => x.schemaPath.startsWith(prefix));
+    // This value's branches only: every issuer's jwks shares the schema path.
+    const inside = errors.filter((x) => x.schemaPath.startsWith(prefix) && (x.instancePath === o.instancePath || x.instancePath.startsWith(o.instancePath + '/')));
     // Every branch (a branch whose only errors came through a $ref has none under its own path).
     const count = Array.isArray(o.schema) ? o.schema.length : 0;
     const viable = Array.from({ length: count }, (_, b) => b).filter((b) => !inside.some((x) => x.schemaPath.startsWith(`${prefix}${b}/required`)));
@@ -135,7 +136,7 @@ function chosenBranches(errors: readonly ErrorObject[]): Map<ErrorObject, number
   return chosen;
 }
 
-function schemaProblems(errors: ErrorObject[], at: Locator): RulesProblem[] {
+function schemaProblems(errors: ErrorObject[], at: Locator, data: unknown): RulesProblem[] {
   const chosen = chosenBranches(errors);
   /** Whether `e` is a branch error of a failed oneOf that is left to the oneOf (or to another branch). */
   const leftOut = (e: ErrorObject): boolean => {
@@ -170,7 +171,7 @@ function schemaProblems(errors: ErrorObject[], at: Locator): RulesProblem[] {
     } else if (e.keyword === 'oneOf') {
       message = 'must be exactly one of { file: PATH }, { url: URL, refresh?, cooldown?, timeout? } or { discovery: URL, tokenFile?, caFile?, refresh?, cooldown?, timeout? }';
     } else if (e.keyword === 'pattern' && (e.parentSchema as { description?: string })?.description) {
-      message = `${JSON.stringify(valueAt(at, path))} is not valid: ${(e.parentSchema as { description: string }).description}`;
+      message = `${quotable(valueAt(data, path))}is not valid: ${(e.parentSchema as { description: string }).description}`;
     } else {
       message = e.message ?? 'is invalid';
     }
@@ -184,9 +185,20 @@ function schemaProblems(errors: ErrorObject[], at: Locator): RulesProblem[] {
   }
 }
 
-function valueAt(at: Locator, path: Path): unknown {
-  const node = at.doc.getIn(path, false);
-  return node;
+/** The value validated at `path` (an override's, where one replaced the file's). */
+function valueAt(data: unknown, path: Path): unknown {
+  let v = data;
+  for (const k of path) v = typeof v === 'object' && v !== null ? (v as Record<string | number, unknown>)[k] : undefined;
+  return v;
+}
+
+/**
+ * The value quoted before "is not valid", or nothing: a URL or anything with an `@` may carry
+ * a credential (user:pass@, ?token=), and the message goes to logs.
+ */
+function quotable(value: unknown): string {
+  if (typeof value !== 'string' || value.length > 64 || /@|:\/\/|[?&=]/.test(value)) return '';
+  return `${JSON.stringify(value)} `;
 }
 
 /**
@@ -241,7 +253,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
     const value = overrides[key];
     if (value !== undefined) ((data.proxy ??= {}) as Record<string, unknown>)[key] = value;
   }
-  if (!validateSchema(data)) throw new RulesError(schemaProblems(validateSchema.errors ?? [], at));
+  if (!validateSchema(data)) throw new RulesError(schemaProblems(validateSchema.errors ?? [], at, data));
   return build(data as unknown as RawRules, source, bytes, at);
 }
 

@@ -100,6 +100,9 @@ t.test('a bad flag or DRIFTGUARD_* value is blamed on the flag or the variable, 
   t.equal(flag.code, 1);
   t.match(flag.stderr, /^--listen: proxy\.listen: "nonsense" is not host:port$/m);
   t.notMatch(flag.stderr, /rules\.yaml:\d+/, 'not at the file\'s proxy.listen line');
+  // The value that was validated is quoted, the flag's, not the file's (valid) one.
+  const unschemed = await cli(['run', '--config', good, '--upstream', '127.0.0.1:8080']);
+  t.match(unschemed.stderr, /^--upstream: proxy\.upstream: "127\.0\.0\.1:8080" is not valid/m);
   const variable = await cli(['run', '--config', good], { env: { DRIFTGUARD_UPSTREAM: 'http://u:secret@upstream/' } });
   t.equal(variable.code, 1);
   t.match(variable.stderr, /^DRIFTGUARD_UPSTREAM: proxy\.upstream: must be an origin only/m);

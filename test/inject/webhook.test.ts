@@ -253,6 +253,16 @@ t.test('a sidecar of another tag of the injector\'s image counts as injected (tw
   t.equal(got.response.patch, undefined, 'and left alone');
 });
 
+t.test('probes that aim at driftguard\'s listen port, or at another host, take no port', async (t) => {
+  // The README suggests probing a public operation through driftguard's port.
+  for (const probe of [{ httpGet: { path: '/healthz', port: 15080 } }, { tcpSocket: { port: 15021, host: 'db.internal' } }]) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 8080 }], readinessProbe: probe }] } });
+    const { got } = await review(t, native, pod);
+    t.equal(got.response.allowed, true, `${JSON.stringify(probe)}: injected`);
+    t.ok(got.response.patch, 'with its patch');
+  }
+});
+
 t.test('an app probed over the network is warned that a loopback-bound app fails its probes', async (t) => {
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 8080 }], readinessProbe: { httpGet: { path: '/ready', port: 8080 } } }] } });
   const { got } = await review(t, native, pod);

@@ -187,3 +187,27 @@ t.test('a key set file that is missing, not JSON, or has no key for the algorith
   writeFileSync(join(dir, 'good.json'), JSON.stringify(jwks(rsa, es)));
   t.same(problems(edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', `jwks: { file: "${join(dir, 'good.json')}" }`)).problems, [], 'one usable key is enough');
 });
+
+t.test('inside each issuer\'s jwks, its own field is named, whatever the other issuers\' say', async (t) => {
+  // Every issuer's jwks shares one schema path: grouped by it alone, two issuers' errors mixed
+  // and both fell back to "must be exactly one of".
+  const two = edit('      jwks: { url: "http://127.0.0.1:9/jwks.json" }', `      jwks: { url: "http://127.0.0.1:9/jwks.json", cooldown: soon }
+    - issuer: https://other.test.local
+      audiences: [api]
+      algorithms: [ES256]
+      jwks: { discovery: "https://other.test.local", refesh: 5m }`);
+  const found = problems(two).problems.map((p) => [p.field, p.message]);
+  t.same(found, [
+    ['identity.issuers[0].jwks.cooldown', '"soon" is not valid: A duration: 500ms, 30s, 15m, 1h, 2d, or ISO 8601 like PT15M.'],
+    ['identity.issuers[1].jwks.refesh', 'unknown field "refesh"'],
+  ]);
+});
+
+t.test('a value that may carry a credential is not quoted in a problem', async (t) => {
+  const text = VALID + 'telemetry:\n  traces:\n    endpoint: "htps://user:s3cr3t@collector:4318"\n';
+  const found = problems(text).problems;
+  t.equal(found.length, 1);
+  t.equal(found[0]!.field, 'telemetry.traces.endpoint');
+  t.match(found[0]!.message, /^is not valid: /, 'said invalid, not quoted');
+  t.notMatch(JSON.stringify(found), /s3cr3t/);
+});
