@@ -17,6 +17,9 @@ t.test('bad values are rejected, naming the value', async (t) => {
     ['webhook.failurePolicy=Sometimes', /webhook\/failurePolicy/],
     ['webhook.timeoutSeconds=60', /webhook\/timeoutSeconds/],
     ['webhook.namespaceSelector.matchExpressions[0].key=x', /operator/],
+    // In and NotIn need values (the API server refused the webhook configuration halfway through the install); Exists takes none.
+    ...[['In'], ['NotIn']].map(([op]): [string, RegExp] => [`webhook.namespaceSelector.matchExpressions[0].key=x,webhook.namespaceSelector.matchExpressions[0].operator=${op}`, /missing property 'values'/]),
+    ['webhook.namespaceSelector.matchExpressions[0].key=x,webhook.namespaceSelector.matchExpressions[0].operator=Exists,webhook.namespaceSelector.matchExpressions[0].values[0]=a', /matchExpressions\/0/],
     ['webhook.certManager.issuerRef.kind=Foo', /issuerRef\/kind/],
     ['sidecar.native=maybe', /sidecar\/native/],
     ['sidecar.listenPort=0', /sidecar\/listenPort/],
@@ -56,6 +59,14 @@ t.test('two sidecar ports alike are refused at install, not by the injector at a
     t.match(r.stderr, names);
   }
   t.equal(template(['sidecar.upstreamPort=9000']).status, 0, 'ports that differ are fine');
+});
+
+t.test('a release name that makes the injector\'s Service name invalid is refused at install, saying what to do', async (t) => {
+  const r = helm(['template', 'my.rel', CHART, '--namespace', 'driftguard-system']);
+  t.not(r.status, 0, 'refused');
+  t.match(r.stderr, /the injector's Service would be named "my\.rel-driftguard-injector", which is not a DNS label.*fullnameOverride/);
+  const fixed = helm(['template', 'my.rel', CHART, '--namespace', 'driftguard-system', '--set', 'fullnameOverride=myrel-driftguard']);
+  t.equal(fixed.status, 0, fixed.stderr);
 });
 
 t.test('good values are accepted', async (t) => {

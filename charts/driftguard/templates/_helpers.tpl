@@ -18,7 +18,12 @@
 {{- end -}}
 
 {{- define "driftguard.injectorName" -}}
-{{- printf "%s-injector" (include "driftguard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- $name := printf "%s-injector" (include "driftguard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- /* It names the webhook's Service: a DNS label, or the API server refuses the install halfway. */ -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) -}}
+{{- fail (printf "the injector's Service would be named %q, which is not a DNS label (lower case letters, digits and '-', starting with a letter): choose another release name, or set fullnameOverride" $name) -}}
+{{- end -}}
+{{- $name -}}
 {{- end -}}
 
 {{- define "driftguard.tlsSecretName" -}}
