@@ -44,6 +44,12 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
       const r = await reload.reload('POST /reload');
       dg.routes.json(res, r.error ? 422 : 200, r);
     });
+  } else {
+    // The demo's rules are embedded: say so, rather than "no admin endpoint".
+    dg.routes.add('POST', '/reload', (req, res) => {
+      req.resume();
+      dg.routes.problem(res, 409, 'Conflict', 'these rules are embedded (driftguard demo): there is no file to reload; run driftguard run --config FILE to reload a rules file');
+    });
   }
   wired.attach(dg);
   try {

@@ -112,6 +112,15 @@ t.test('every curl line the demo prints does what it says', async (t) => {
     }
   }
 
+  // The embedded rules have no file: a reload says so, not "no admin endpoint".
+  const admin = /^admin: (http:\/\/[^/\s]+)\//m.exec(stdout)?.[1];
+  t.ok(admin, 'the demo names its admin listener');
+  if (admin) {
+    const reload = await fetch(`${admin}/reload`, { method: 'POST' });
+    t.equal(reload.status, 409, 'POST /reload: 409');
+    t.match((await reload.json() as { detail: string }).detail, /embedded .*no file to reload/);
+  }
+
   child.kill('SIGTERM');
   const end = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000).unref())]);
   t.ok(end, 'the demo stops on SIGTERM');
