@@ -6,7 +6,6 @@ import type { Check, Credential, RequestContext } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import type { Identity } from '../identity/verify.ts';
 import { resolveConsumer } from './consumers.ts';
-import { actChain } from '../identity/act.ts';
 
 function bearer(ctx: RequestContext): string | undefined | null {
   const header = ctx.req.headers.authorization;
@@ -45,7 +44,7 @@ export function credential(rules: Rules, identity: Identity): Check {
       if ('reason' in verified) return verified;
       ctx.credential = verified;
       // Recorded whatever decides the request (a scope refusal, audit mode's let-through).
-      const chain = actChain(verified.claims);
+      const chain = verified.act;
       if (chain) {
         ctx.extra['delegation.chain'] = chain.actors;
         ctx.extra['delegation.depth'] = chain.depth;

@@ -4,7 +4,6 @@
 // they run on every request, verified-token cache hits included.
 
 import type { Credential } from '../pipeline/types.ts';
-import { actChain } from '../identity/act.ts';
 
 export const REVOCATION_KINDS = ['jti', 'task', 'subject', 'kid'] as const;
 export type RevocationKind = (typeof REVOCATION_KINDS)[number];
@@ -159,10 +158,10 @@ export class RevocationStore {
   }
 
   #actor(credential: Credential, now: number): Revocation | undefined {
-    if (credential.claims.act === undefined || !this.#index.get('subject')!.size) return undefined;
+    if (credential.act === undefined || !this.#index.get('subject')!.size) return undefined;
     // Every sub in the chain, a malformed level's neighbours included: the delegation check may
     // be off or in audit mode, and a broken level must not hide a revoked actor behind it.
-    for (const actor of actChain(credential.claims)?.named ?? []) {
+    for (const actor of credential.act.named) {
       const hit = this.#find('subject', actor, now);
       if (hit) return hit;
     }

@@ -6,6 +6,7 @@ import type { IncomingMessage } from 'node:http';
 import type { ReasonCode } from '../decision/reasons.ts';
 import type { Operation, ConsumerKind, Rules } from '../rules/types.ts';
 import type { Target } from './canonical.ts';
+import type { ActChain } from '../identity/act.ts';
 
 /** The verified credential of the caller. Never holds the token itself. */
 export interface Credential {
@@ -20,6 +21,8 @@ export interface Credential {
   readonly cached: boolean;
   /** Key id the token was signed with, where the header names one. */
   readonly kid?: string;
+  /** The token's delegation chain (act claim), read once when it was verified; cached with it. */
+  readonly act?: ActChain;
 }
 
 export interface Consumer {
