@@ -4,7 +4,7 @@
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { parseDuration } from './rules/durations.ts';
-import type { Overrides } from './rules/load.ts';
+import { OVERRIDE_KEYS, type Overrides } from './rules/overrides.ts';
 // The rules loader (ajv, yaml) and jose are imported by the commands that use them, so that
 // --help and usage errors answer at once.
 
@@ -107,7 +107,7 @@ async function main(argv: string[]): Promise<number> {
         // A problem with one of these names the flag or the variable, not the file's line.
         const overrides: { -readonly [K in keyof Overrides]: Overrides[K] } = {};
         const from: Record<string, string> = {};
-        for (const key of ['listen', 'upstream', 'admin', 'probes'] as const) {
+        for (const key of OVERRIDE_KEYS) {
           const variable = `DRIFTGUARD_${key.toUpperCase()}`;
           const flag = values[key] as string | undefined;
           const value = flag ?? (process.env[variable] || undefined);

@@ -18,6 +18,7 @@ import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, 
 import { SVID_ALGORITHMS, jwtSvidKeys } from '../identity/spiffe.ts';
 import { parseJwks, readJwksFile } from '../identity/jwks.ts';
 import { foreignSubject } from '../identity/subjects.ts';
+import { OVERRIDE_KEYS, type Overrides } from './overrides.ts';
 
 export interface RulesProblem {
   readonly file: string;
@@ -43,21 +44,21 @@ export function formatProblem(p: RulesProblem): string {
   return `${p.file}${p.line > 0 ? `:${p.line}:${p.column}` : ''}: ${p.field || '(top level)'}: ${p.message}`;
 }
 
-type OverrideKey = 'listen' | 'upstream' | 'admin' | 'probes';
+export type { Overrides } from './overrides.ts';
 
-/** proxy.* values given outside the rules file (command-line flags, DRIFTGUARD_* variables). */
-export type Overrides = { readonly [K in OverrideKey]?: string } & {
-  /** Where each came from (`--listen`, `DRIFTGUARD_LISTEN`): a problem with it names that, not a line of the file. */
-  readonly from?: { readonly [K in OverrideKey]?: string };
-};
+/** A problem with a field whose value a flag or a variable gave: named by it, there is no line. */
+function overrideProblem(overridden: Readonly<Record<string, string>> | undefined, path: Path, message: string): RulesProblem | undefined {
+  const field = fieldName(path);
+  const from = overridden?.[field];
+  return from === undefined ? undefined : { file: from, line: 0, column: 0, field, message };
+}
 
 /**
  * A problem with a field of loaded rules: where its value came from, if a flag or a variable
  * overrode the file's, else at the field's line in the file.
  */
 export function problemWith(rules: Pick<Rules, 'source' | 'overridden'>, path: Path, message: string): RulesProblem {
-  const from = rules.overridden?.[fieldName(path)];
-  return from !== undefined ? { file: from, line: 0, column: 0, field: fieldName(path), message } : problemInFile(rules.source, path, message);
+  return overrideProblem(rules.overridden, path, message) ?? problemInFile(rules.source, path, message);
 }
 
 type Path = (string | number)[];
@@ -100,11 +101,10 @@ class Locator {
   }
   /** A problem at the deepest node that exists along `path` (the key, where the path ends on one). */
   problem(path: Path, message: string): RulesProblem {
-    const field = fieldName(path);
-    const from = this.overridden[field];
-    if (from !== undefined) return { file: from, line: 0, column: 0, field, message };
+    const overridden = overrideProblem(this.overridden, path, message);
+    if (overridden) return overridden;
     const pos = positionOf(this.doc, this.lines, path);
-    return { file: this.file, line: pos.line, column: pos.col, field, message };
+    return { file: this.file, line: pos.line, column: pos.col, field: fieldName(path), message };
   }
 }
 
@@ -234,11 +234,6 @@ export function loadRules(file: string, overrides: Overrides = {}): Rules {
 export function parseRules(text: string, source: string, overrides: Overrides = {}, bytes: Buffer = Buffer.from(text)): Rules {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
-  const overridden: Record<string, string> = {};
-  for (const key of ['listen', 'upstream', 'admin', 'probes'] as const) {
-    if (overrides[key] !== undefined) overridden[`proxy.${key}`] = overrides.from?.[key] ?? `the ${key} override`;
-  }
-  const at = new Locator(source, doc, lines, overridden);
   if (doc.errors.length > 0) {
     throw new RulesError(doc.errors.map((e) => {
       const pos = lines.linePos(e.pos[0]);
@@ -249,10 +244,14 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new RulesError([{ file: source, line: 1, column: 1, field: '', message: 'the rules file must be a YAML mapping' }]);
   }
-  for (const key of ['listen', 'upstream', 'admin', 'probes'] as const) {
+  const overridden: Record<string, string> = {};
+  for (const key of OVERRIDE_KEYS) {
     const value = overrides[key];
-    if (value !== undefined) ((data.proxy ??= {}) as Record<string, unknown>)[key] = value;
+    if (value === undefined) continue;
+    ((data.proxy ??= {}) as Record<string, unknown>)[key] = value;
+    overridden[`proxy.${key}`] = overrides.from?.[key] ?? `the ${key} override`;
   }
+  const at = new Locator(source, doc, lines, overridden);
   if (!validateSchema(data)) throw new RulesError(schemaProblems(validateSchema.errors ?? [], at, data));
   return build(data as unknown as RawRules, source, bytes, at);
 }
