@@ -113,11 +113,18 @@ const EXPORT_TIMEOUT_ZERO = 'must be more than 0 (every export would time out at
 const MAX_EXPORT_TIMEOUT_MS = 3_600_000;
 const EXPORT_TIMEOUT_TOO_LONG = 'must be at most 1h';
 
-/** A delay that becomes a timer, from an OTEL_* variable: refused above MAX_TIMER_MS (the export timeout: above 1h). */
+/** What is wrong with a delay that becomes a timer: above MAX_TIMER_MS, or an export timeout above 1h or of 0. */
+function delayProblem(ms: number, exportTimeout: boolean): string | undefined {
+  if (exportTimeout && ms > MAX_EXPORT_TIMEOUT_MS) return EXPORT_TIMEOUT_TOO_LONG;
+  if (ms > MAX_TIMER_MS) return TIMER_TOO_LONG;
+  if (exportTimeout && ms === 0) return EXPORT_TIMEOUT_ZERO;
+  return undefined;
+}
+
+/** A delay from the rules or an OTEL_* variable, refused (delayProblem) naming both. */
 function timer(name: string, ms: number, exportTimeout = false): number {
-  if (exportTimeout && ms > MAX_EXPORT_TIMEOUT_MS) throw new TypeError(`${name}: ${EXPORT_TIMEOUT_TOO_LONG}`);
-  if (ms > MAX_TIMER_MS) throw new TypeError(`${name}: ${TIMER_TOO_LONG}`);
-  if (exportTimeout && ms === 0) throw new TypeError(`${name}: ${EXPORT_TIMEOUT_ZERO}`);
+  const problem = delayProblem(ms, exportTimeout);
+  if (problem !== undefined) throw new TypeError(`${name}: ${problem}`);
   return ms;
 }
 
@@ -166,10 +173,8 @@ function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: 
   ];
   for (const [path, text, exportTimeout] of delays) {
     if (text === undefined) continue;
-    const ms = parseDuration(text);
-    if (exportTimeout && ms > MAX_EXPORT_TIMEOUT_MS) fail(path, EXPORT_TIMEOUT_TOO_LONG);
-    else if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
-    else if (exportTimeout && ms === 0) fail(path, EXPORT_TIMEOUT_ZERO);
+    const problem = delayProblem(parseDuration(text), exportTimeout);
+    if (problem !== undefined) fail(path, problem);
   }
   const endpoint = section.traces?.endpoint;
   if (endpoint !== undefined) {
