@@ -4,7 +4,7 @@
 // upstream, an upstream's refusal reaches the client as it was sent, and drain lets tunnels
 // finish within the grace period and cuts them after it. Any other Upgrade (h2c) is dropped.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { connect } from 'node:net';
@@ -65,6 +65,18 @@ function next(ws: WebSocket): Promise<{ data: Buffer; binary: boolean }> {
 /** A WebSocket handshake for /items/7 as raw bytes, with this token (none: no Authorization). */
 function rawHandshake(tok?: string): string {
   return `GET /items/7 HTTP/1.1\r\nhost: x\r\n${tok ? `authorization: Bearer ${tok}\r\n` : ''}connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+}
+
+/** driftguard with telemetry (its decision log, spans to a real collector), an echo upstream and a key server, torn down after `t`. */
+async function traced(t: Test, traces: Record<string, unknown>) {
+  const k = await keys();
+  const up = await upstream();
+  const echo = echoUpstream(up);
+  const keyServer = await jwksServer(jwks(k.es));
+  const otlp = await collector();
+  const dg = await startWithTelemetry(baseRules(up.origin, keyServer.url, (r) => { r.telemetry = { traces: { endpoint: otlp.url, ...traces } }; }));
+  t.teardown(async () => { await dg.stop(); await up.close(); await keyServer.close(); await otlp.close(); });
+  return { k, echo, otlp, dg };
 }
 
 const closed = (ws: WebSocket) => new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
@@ -277,13 +289,7 @@ t.test('an answered handshake\'s connection is closed even if the client never c
 });
 
 t.test('a client that leaves during its handshake is not tunneled, and its decision says so', async (t) => {
-  const k = await keys();
-  const up = await upstream();
-  const echo = echoUpstream(up);
-  const keyServer = await jwksServer(jwks(k.es));
-  const otlp = await collector();
-  const dg = await startWithTelemetry(baseRules(up.origin, keyServer.url, (r) => { r.telemetry = { traces: { endpoint: otlp.url } }; }));
-  t.teardown(async () => { await dg.stop(); await up.close(); await keyServer.close(); await otlp.close(); });
+  const { k, echo, dg } = await traced(t, {});
   let upgraded = 0;
   echo.server.on('connection', () => { upgraded++; });
   // The upstream takes a second to switch; the client leaves (FIN) before that.
@@ -413,15 +419,7 @@ t.test('close() with a tunnel open cuts it and returns, and may be called again'
 });
 
 t.test('the handshake is traced and logged like any decision, with the status the client got, and no secret', async (t) => {
-  const k = await keys();
-  const up = await upstream();
-  const echo = echoUpstream(up);
-  const keyServer = await jwksServer(jwks(k.es));
-  const otlp = await collector();
-  const dg = await startWithTelemetry(baseRules(up.origin, keyServer.url, (r) => {
-    r.telemetry = { traces: { endpoint: otlp.url, serviceName: 'driftguard-test', batch: { scheduledDelay: '50ms' } } };
-  }));
-  t.teardown(async () => { await dg.stop(); await up.close(); await keyServer.close(); await otlp.close(); });
+  const { k, echo, otlp, dg } = await traced(t, { serviceName: 'driftguard-test', batch: { scheduledDelay: '50ms' } });
   const tok = await token({ key: k.es, sub: AGENT, scope: ALL_SCOPES, contract: '2026-09' });
   const traceId = randomHex(16);
   const o = await open(dg, '/items/7', { authorization: `Bearer ${tok}`, traceparent: traceparent(traceId, randomHex(8)), cookie: 'session=cookie-secret' });
