@@ -90,23 +90,18 @@ function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
 
 /** Whether a container has a network probe that names its port (a probe of the app itself). */
 function hasNamedProbe(c: Obj): boolean {
-  for (const probe of [c.readinessProbe, c.livenessProbe, c.startupProbe]) {
-    if (!isObj(probe)) continue;
-    for (const handler of [probe.httpGet, probe.tcpSocket]) if (isObj(handler) && typeof handler.port === 'string') return true;
-  }
-  return false;
+  return networkProbes(c).some((h) => typeof h.port === 'string');
 }
 
 /** The numbered pod ports a container's probes use (httpGet, tcpSocket, grpc; not a probe of another host). */
 function probePorts(c: Obj): number[] {
-  const ports: number[] = [];
-  for (const probe of [c.readinessProbe, c.livenessProbe, c.startupProbe]) {
-    if (!isObj(probe)) continue;
-    for (const handler of [probe.httpGet, probe.tcpSocket, probe.grpc]) {
-      if (isObj(handler) && typeof handler.port === 'number' && handler.host === undefined) ports.push(handler.port);
-    }
-  }
-  return ports;
+  return networkProbes(c).flatMap((h) => (typeof h.port === 'number' && h.host === undefined ? [h.port] : []));
+}
+
+/** A container's network probe handlers: httpGet, tcpSocket and grpc, of its readiness, liveness and startup probes. */
+function networkProbes(c: Obj): Obj[] {
+  return [c.readinessProbe, c.livenessProbe, c.startupProbe].filter(isObj)
+    .flatMap((probe) => [probe.httpGet, probe.tcpSocket, probe.grpc].filter(isObj));
 }
 
 export function mutate(body: unknown, config: InjectorConfig): MutationResult {
