@@ -1,15 +1,18 @@
 // The delegation chain a token declares (RFC 8693 §4.1, the act claim): who is acting, for
 // whom. A fact of the credential, read once it is verified, whatever decides the request: the
 // record names the actors of a call a scope check refused as much as of one it let through.
-// The delegation check (proxy/lifecycle) judges the chain; revocation refuses it when an actor
-// in it is revoked.
+// Read once, when the token is verified, and kept on its credential: the credential check
+// records it, the delegation check (proxy/lifecycle) judges it, and revocation refuses it when
+// an actor in it is revoked.
 
-/** Levels read at most: deeper than any allowed chain, and bounded whatever a token holds. */
+/** Levels read at most: deeper than any allowed chain (maxDelegationDepth is at most 32), and bounded whatever a token holds. */
 const MAX_LEVELS = 64;
 
 export interface ActChain {
   /** The actors' sub, outermost (current) first, as far as every level is well formed. */
   readonly actors: readonly string[];
+  /** Each of those levels' iss, as written (the delegation check wants a string or nothing). */
+  readonly issuers: readonly unknown[];
   /** Every sub that is a non-empty string, at any level, well formed or not: what a revocation matches. */
   readonly named: readonly string[];
   /** How many levels the claim has (up to MAX_LEVELS), well formed or not. */
@@ -21,6 +24,7 @@ export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | 
   let node: unknown = claims.act;
   if (node === undefined) return undefined;
   const actors: string[] = [];
+  const issuers: unknown[] = [];
   const named: string[] = [];
   let depth = 0;
   let wellFormed = true;
@@ -29,8 +33,8 @@ export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | 
     const sub = typeof node === 'object' && node !== null && !Array.isArray(node) ? (node as { sub?: unknown }).sub : undefined;
     if (typeof sub === 'string' && sub !== '') named.push(sub);
     else wellFormed = false;
-    if (wellFormed) actors.push(sub as string);
+    if (wellFormed) { actors.push(sub as string); issuers.push((node as { iss?: unknown }).iss); }
     node = typeof node === 'object' && node !== null ? (node as { act?: unknown }).act : undefined;
   }
-  return { actors, named, depth };
+  return { actors, issuers, named, depth };
 }

@@ -134,29 +134,24 @@ export function delegation(rules: Rules, state: LifecycleState | undefined): Che
     name: 'delegation',
     run(ctx) {
       const cred = ctx.credential;
-      if (!cred || cred.claims.act === undefined) return undefined;
-      // Outermost (current) actor first; walk one level past the limit at most.
-      const chain: string[] = [];
-      /** The actors that name an issuer other than the one their subject belongs to. */
-      const foreign: string[] = [];
-      let node: unknown = cred.claims.act;
-      while (node !== undefined && chain.length <= d.maxDepth) {
-        const { sub, iss } = (node ?? {}) as { sub?: unknown; iss?: unknown };
-        if (typeof node !== 'object' || node === null || Array.isArray(node) || typeof sub !== 'string' || sub === '' || (iss !== undefined && typeof iss !== 'string')) {
-          return verdict(ctx, d.mode, { reason: 'invalid-credential', detail: 'the act claim must be an object with a non-empty sub (and a string iss, if any) at every level' });
-        }
-        chain.push(sub);
-        // An actor is its sub as its issuer vouches for it: act.iss, else the token's issuer.
-        // A registered actor has one issuer (consumers.registry[].issuer); another actor is
-        // vouched for by the token's own issuer only. A same-named actor elsewhere is not it.
-        const vouchedBy = iss ?? cred.issuer;
-        if (vouchedBy !== (rules.consumers.registry.get(sub)?.issuer ?? cred.issuer)) foreign.push(sub);
-        node = (node as { act?: unknown }).act;
+      const act = cred?.act;
+      if (!cred || !act) return undefined;
+      // The chain as read with the credential (identity/act.ts), which recorded it. Judged up to
+      // one level past the limit: each of those must be an object with a non-empty sub and a
+      // string iss, if any; a level beyond them makes the chain too deep, whatever it holds.
+      const judged = Math.min(act.depth, d.maxDepth + 1);
+      if (act.actors.length < judged || act.issuers.slice(0, judged).some((iss) => iss !== undefined && typeof iss !== 'string')) {
+        return verdict(ctx, d.mode, { reason: 'invalid-credential', detail: 'the act claim must be an object with a non-empty sub (and a string iss, if any) at every level' });
       }
-      // delegation.chain and delegation.depth were recorded with the credential (identity/act.ts).
-      if (chain.length > d.maxDepth) {
+      if (act.depth > d.maxDepth) {
         return verdict(ctx, d.mode, { reason: 'delegation-too-deep', detail: `the delegation chain is longer than ${d.maxDepth}` });
       }
+      // Outermost (current) actor first. An actor is its sub as its issuer vouches for it:
+      // act.iss, else the token's issuer. A registered actor has one issuer
+      // (consumers.registry[].issuer); another actor is vouched for by the token's own issuer
+      // only. A same-named actor elsewhere is not it.
+      const chain = act.actors;
+      const foreign = chain.filter((sub, i) => ((act.issuers[i] as string | undefined) ?? cred.issuer) !== (rules.consumers.registry.get(sub)?.issuer ?? cred.issuer));
       const subject = ctx.consumer?.subject ?? cred.subject;
       const allowed = d.actors.get(subject);
       if (!allowed) {
