@@ -9,11 +9,12 @@
 // remaining checks still run, so auditing one feature never skips another's enforcement.
 
 import { hash } from 'node:crypto';
-import type { Check, CheckResult, Denial, RequestContext } from '../pipeline/types.ts';
+import type { Check, CheckResult, Credential, Denial, RequestContext } from '../pipeline/types.ts';
 import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
-import { windowFull, record, quarantineMode } from './monitors.ts';
+import { windowFull, record, quarantineMode, type Quarantine } from './monitors.ts';
+import { resolveConsumer } from '../checks/consumers.ts';
 import { taskOf } from './revocations.ts';
 import { bodyFingerprint } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
@@ -22,6 +23,8 @@ import { UNREAD_RETRY_MS } from './lists.ts';
 export const WOULD_DENY = 'lifecycle.would_deny';
 /** The revoked actor through which a token was refused (a subject revocation matched in its act chain). */
 export const REVOKED_ACTOR = 'revocation.actor';
+/** The quarantined actor through which a token was refused. */
+export const QUARANTINED_ACTOR = 'quarantine.actor';
 
 function verdict(ctx: RequestContext, mode: FeatureMode, denial: Denial): CheckResult {
   if (mode === 'enforce') return denial;
@@ -69,7 +72,7 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
   };
 }
 
-/** A quarantined consumer is refused everything: 403 consumer-quarantined. */
+/** A quarantined consumer is refused everything: 403 consumer-quarantined; so is a token one acts through. */
 export function quarantine(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
   const q = configOf(rules).monitors.quarantine;
@@ -79,13 +82,43 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
     run(ctx) {
       const key = ctx.consumer?.key;
       if (key === undefined) return undefined;
-      const held = state.monitors.quarantine(key, ctx.now);
+      let held = state.monitors.quarantine(key, ctx.now);
+      let what = 'this consumer';
+      if (!held && ctx.credential) {
+        const actor = quarantinedActor(rules, state, ctx.credential, ctx.now);
+        if (actor) {
+          held = actor.held;
+          what = 'an actor in this token\'s delegation chain';
+          // The actor's doing: a refusal of consumer-quarantined never counts towards a quarantine (index.ts).
+          ctx.extra[QUARANTINED_ACTOR] = actor.subject;
+        }
+      }
       if (!held) return undefined;
       const seconds = Math.max(1, Math.ceil((held.untilMs - ctx.now) / 1000));
       ctx.extra['quarantine.until'] = new Date(held.untilMs).toISOString();
-      return verdict(ctx, quarantineMode(q.mode, held), { reason: 'consumer-quarantined', detail: `this consumer is quarantined for another ${seconds}s after repeated denials`, retryAfter: seconds });
+      return verdict(ctx, quarantineMode(q.mode, held), { reason: 'consumer-quarantined', detail: `${what} is quarantined for another ${seconds}s after repeated denials`, retryAfter: seconds });
     },
   };
+}
+
+/**
+ * The first actor of `c`'s act chain that is quarantined at `now`. A quarantined automation
+ * must not go on acting for others, as a revoked one does not: each level is the consumer its
+ * issuer vouches for (the level's iss, else the token's, as the delegation check reads it),
+ * a malformed level's sub included.
+ */
+export function quarantinedActor(rules: Rules, state: LifecycleState, c: Credential, now: number): { subject: string; held: Quarantine } | undefined {
+  const chain = c.act;
+  if (!chain) return undefined;
+  // Up to the first malformed level, named and actors are the same levels; after it, named
+  // holds the subs that remain, whose iss nothing vouches for.
+  for (const [i, subject] of chain.named.entries()) {
+    const iss = i < chain.actors.length ? chain.issuers[i] : undefined;
+    const actor = resolveConsumer(rules, { subject, issuer: typeof iss === 'string' ? iss : c.issuer });
+    const held = actor && state.monitors.quarantine(actor.key, now);
+    if (held) return { subject, held };
+  }
+  return undefined;
 }
 
 /** jti on every token; a task claim from a sensitivity up; lifetime limits per sensitivity. */

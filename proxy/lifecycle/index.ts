@@ -18,7 +18,7 @@ import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, quarantineMode, recordDenial } from './monitors.ts';
-import { REVOKED_ACTOR, WOULD_DENY, countForwarded } from './checks.ts';
+import { REVOKED_ACTOR, WOULD_DENY, countForwarded, quarantinedActor } from './checks.ts';
 import { lruFill } from '../lib/heap.ts';
 
 type ListKind = 'file' | 'url';
@@ -260,7 +260,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           const c = ctx.credential;
           if (!c) return false;
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return true;
-          const held = ctx.consumer ? state.monitors.quarantine(ctx.consumer.key, now) : undefined;
+          const held = ctx.consumer ? state.monitors.quarantine(ctx.consumer.key, now) ?? quarantinedActor(dg.generation.rules, state, c, now)?.held : undefined;
           return held !== undefined && monitors.quarantine.mode !== 'off' && quarantineMode(monitors.quarantine.mode, held) === 'enforce';
         });
         if (closed > 0) log({ level: 'info', msg: 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined', tunnels: closed });

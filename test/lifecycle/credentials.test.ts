@@ -183,6 +183,53 @@ t.test('a revoked actor: its refusals do not quarantine the consumer it acted fo
   await own.text();
 });
 
+t.test('a quarantined automation may not act for others: its refusals record it and do not quarantine the consumer it acted for', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { consumers: [{ subject: AGENT, actors: [BOT] }] };
+    r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // BOT declares getItem and deleteItem only: two calls to /items quarantine it.
+  for (let i = 0; i < 2; i++) await problem(t, await fetch(`${dg.url}/items`, { headers: bearer(await w.token({ sub: BOT })) }), 'undeclared-operation', 403);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: BOT })) }), 'consumer-quarantined', 403);
+  const before = w.up.seen.length;
+  // Outermost, named by its issuer, and inner (behind an actor AGENT does not allow: the
+  // quarantine is checked first).
+  for (const act of [{ sub: BOT }, { sub: BOT, iss: ISSUER }, { sub: 'spiffe://tools/x', act: { sub: BOT } }]) {
+    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act } })) });
+    const body = await problem(t, res, 'consumer-quarantined', 403);
+    t.match(body.detail, /^an actor in this token's delegation chain is quarantined for another \d+s/, JSON.stringify(act));
+    t.ok(Number(res.headers.get('retry-after')) > 0, 'with Retry-After');
+    t.equal(dg.seen.at(-1)!.ctx.extra['quarantine.actor'], BOT, 'the quarantined actor is recorded');
+  }
+  t.equal(w.up.seen.length, before, 'none reached the upstream');
+  // The same name from another issuer is another consumer: not BOT, and not quarantined.
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: BOT, iss: 'https://elsewhere.test' } } })) }), 'actor-not-allowed', 403);
+  const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  t.equal(own.status, 200, 'AGENT\'s own calls go on: the refusals through its actor did not quarantine it');
+  await own.text();
+  const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] };
+  t.same(listed.quarantined.map((q) => q.subject), [BOT], 'only BOT is quarantined');
+});
+
+t.test('with delegation off, a quarantined actor behind a malformed level is still seen', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { mode: 'off' };
+    r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  for (let i = 0; i < 2; i++) await problem(t, await fetch(`${dg.url}/items`, { headers: bearer(await w.token({ sub: BOT })) }), 'undeclared-operation', 403);
+  for (const act of [{ sub: BOT }, { sub: '', act: { sub: BOT } }]) {
+    await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act } })) }), 'consumer-quarantined', 403);
+    t.equal(dg.seen.at(-1)!.ctx.extra['quarantine.actor'], BOT, JSON.stringify(act));
+  }
+  const clean = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: 'spiffe://tools/a' } } })) });
+  t.equal(clean.status, 200, 'a chain without it passes');
+  await clean.text();
+});
+
 t.test('two checks warning for one reason (revocation and task binding, both in audit mode) warn for it once', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => { r.credentials = { mode: 'audit' }; r.revocation = { mode: 'audit' }; }));

@@ -113,3 +113,22 @@ t.test('a quarantine closes the consumer\'s open tunnels', async (t) => {
   for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' })).text();
   t.equal(await within(agent.closed, 3_000), 1006, 'closed once quarantined');
 });
+
+t.test('a quarantine of an actor closes the tunnels opened through it', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(baseRules(up, w.keys.url, (r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.delegation = { consumers: [{ subject: AGENT, actors: [BOT] }] };
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const url = dg.url.replace('http', 'ws') + '/items/1';
+  const through = await open(url, await w.token({ claims: { act: { sub: BOT } } }));
+  const own = await open(url, await w.token());
+  t.teardown(() => { through.ws.terminate(); own.ws.terminate(); });
+  // BOT declares getItem and deleteItem only: three calls to /items quarantine it.
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items`, { headers: bearer(await w.token({ sub: BOT })) })).text();
+  t.equal(await within(through.closed, 3_000), 1006, 'the tunnel BOT acts through is closed');
+  t.equal(await within(own.ask('q'), 1_000), 'echo:q', 'AGENT\'s own stays open');
+});
