@@ -286,8 +286,13 @@ async function byEachKey(token: string, each: readonly SingleKey[], header: Retu
   return undefined;
 }
 
+/**
+ * What a key set is built from: an issuer whose algorithms a reload changes gets a new one,
+ * loaded (or the reload refused) before it serves, since a key set keeps only the keys that
+ * can verify its algorithms.
+ */
 export function keySetKey(iss: IssuerRules): string {
-  return JSON.stringify([iss.issuer, iss.profile, iss.jwks]);
+  return JSON.stringify([iss.issuer, iss.profile, iss.jwks, iss.algorithms]);
 }
 
 /**

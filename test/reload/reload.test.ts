@@ -188,6 +188,32 @@ t.test('a new issuer whose keys cannot be fetched is refused; the old rules keep
   t.ok(dg.dg.ready, 'still ready');
 });
 
+t.test('an issuer whose algorithms change gets its keys loaded again: refused while none fits, taken once one does', async (t) => {
+  const { rules, dg, reload, keys, key, tok } = await setup(t);
+  const rsa = await testKey('RS256');
+  const next = structuredClone(rules);
+  next.identity.issuers[0].algorithms = ['RS256'];
+  writeFileSync(dg.file, stringify(next));
+  // The key set held only the EC key: kept, it would have refused every refresh without an RSA key.
+  const refused = await reload.reload('test');
+  t.equal(refused.changed, false, 'refused: the key set has no key for RS256');
+  t.match(refused.error, /identity\.issuers\[0\]\.jwks: .*RS256/);
+  const still = await fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${tok}` } });
+  t.equal(still.status, 200, 'the old rules keep serving');
+  await still.text();
+  keys.body = jwks(rsa, key);
+  const fetches = keys.fetches;
+  const taken = await reload.reload('test');
+  t.equal(taken.changed, true, taken.error ?? 'reloaded');
+  t.ok(keys.fetches > fetches, 'the keys were fetched again for the new algorithms');
+  const byRsa = await fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${await token({ key: rsa, sub: AGENT, scope: 'items.read', contract: '2026-09' })}` } });
+  t.equal(byRsa.status, 200);
+  await byRsa.text();
+  const byEc = await fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' })}` } });
+  t.equal(byEc.status, 401, 'ES256 is no longer accepted');
+  await byEc.text();
+});
+
 t.test('an unchanged issuer\'s failing refresh does not block an unrelated change', async (t) => {
   const { rules, dg, reload, keys } = await setup(t);
   keys.down = true;
