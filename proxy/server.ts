@@ -28,6 +28,16 @@ import type { TableFill } from './lib/heap.ts';
 
 /** What the probe listener serves. */
 const PROBE_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
+/** Pipelined requests of one connection that may wait for the answer before theirs (onRequest). */
+export const MAX_PIPELINED = 32;
+
+interface Pipeline {
+  /** A request of the connection is being handled: the next one waits. */
+  busy: boolean;
+  /** Paused here while requests wait: resumed as the last of them starts. */
+  paused: boolean;
+  readonly waiting: { readonly res: ServerResponse; run(): void }[];
+}
 
 export interface Generation {
   readonly rules: Rules;
@@ -112,6 +122,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const tunnels = new Set<Socket>();
   /** Each connection's latest request: while its body has not all arrived, a clientError is that request's. */
   const current = new WeakMap<Socket, IncomingMessage>();
+  /** Each connection's request being handled, and the pipelined ones waiting for its answer (onRequest). */
+  const pipelines = new WeakMap<Socket, Pipeline>();
   /** The tunnels established (101 passed on), with their handshake's context. */
   const open = new Map<Socket, RequestContext>();
   let draining = false;
@@ -146,10 +158,40 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => { onRequest(req, res, false); });
 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
-    const g = generation;
     // Until its body has arrived, a parser error or timeout on this connection belongs to this
     // request, which has (or will have) its own answer: the connection is then cut, not answered twice.
     current.set(req.socket, req);
+    const socket = req.socket;
+    const line = pipelines.get(socket);
+    if (!line?.busy) {
+      if (line) line.busy = true;
+      start(req, res, expectsContinue);
+      return;
+    }
+    // HTTP/1.1 pipelining: Node hands over every request of what it has read, and answers them
+    // in order. Handled all at once, one connection that never read its answers held the
+    // whole upstream pool and ran the heap out (an unauthenticated GET of a public operation
+    // repeated 12,000 times in one write). They wait for the answer before theirs instead, with
+    // the connection paused; more than MAX_PIPELINED waiting is a flood: the connection is cut.
+    if (line.waiting.length >= MAX_PIPELINED) {
+      // The rest of what was read still arrives, one request at a time: one line per connection.
+      if (socket.destroyed) return;
+      log({ level: 'warn', msg: 'connection closed: too many pipelined requests waiting', limit: MAX_PIPELINED });
+      socket.destroy();
+      return;
+    }
+    // A drain waits for it as for a request in flight.
+    responses.add(res);
+    line.waiting.push({ res, run: () => { start(req, res, expectsContinue); } });
+    if (!line.paused) { line.paused = true; socket.pause(); }
+  }
+
+  /** Handle one request; once its answer is done, the next pipelined request of its connection. */
+  function start(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
+    // req.socket is null by then once the body was read to its end.
+    const socket = req.socket;
+    res.once('close', () => { nextPipelined(socket); });
+    const g = generation;
     const [ctx, observation] = begin(g, req);
     if (expectsContinue) {
       ctx.sendContinue = () => {
@@ -159,6 +201,27 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     }
     handle(g, ctx, observation, res).catch((err: unknown) => unexpected(err, res, observation.traceId));
   }
+  /** The connection's next waiting request, if any; else it reads again. */
+  function nextPipelined(socket: Socket): void {
+    const line = pipelines.get(socket);
+    if (!line) return;
+    if (socket.destroyed) { dropPipelined(socket); return; }
+    const next = line.waiting.shift();
+    // Reading again as the last one starts: its body may not have all arrived (no request
+    // after it was read, so nothing says it has).
+    if (line.waiting.length === 0 && line.paused) { line.paused = false; socket.resume(); }
+    if (next) next.run();
+    else line.busy = false;
+  }
+
+  /** A closed connection's waiting requests: never decided, never answered, nobody to answer. */
+  function dropPipelined(socket: Socket): void {
+    const line = pipelines.get(socket);
+    if (!line?.waiting.length) return;
+    for (const w of line.waiting.splice(0)) responses.delete(w.res);
+    settled();
+  }
+
   function onSocketRequest(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const g = generation;
     const [ctx, observation] = begin(g, req);
@@ -176,7 +239,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   // Node leaves a connection open when anything else listens for the timeout (a response
   // being streamed may): close it here, whatever else listens.
   traffic.on('timeout', (socket: Socket) => socket.destroy());
-  traffic.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
+  traffic.on('connection', (s: Socket) => {
+    sockets.add(s);
+    pipelines.set(s, { busy: false, paused: false, waiting: [] });
+    s.once('close', () => { sockets.delete(s); dropPipelined(s); });
+  });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // Node refused to parse the request (header overflow, bad framing) or it did not arrive in
     // time: answer in kind if no answer is or was due on it (a request whose body was still
