@@ -217,12 +217,22 @@ async function requestFingerprint(ctx: RequestContext, m: Monitors): Promise<str
   if (known !== undefined) return known;
   const body = BODY_METHODS.has(ctx.req.method ?? '') ? await bodyFingerprint(ctx, m.maxBodyBytes, m.bodyTimeoutMs) : '';
   if (body === undefined) return undefined;
-  const fingerprint = hash('sha256', `${ctx.consumer!.key}\n${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`, 'base64');
+  const fingerprint = hash('sha256', `${holder(ctx)}\n${ctx.req.method}\n${ctx.target?.path}\n${ctx.target?.query}\n${body}`, 'base64');
   fingerprints.set(ctx, fingerprint);
   return fingerprint;
 }
 
 const fingerprints = new WeakMap<RequestContext, string>();
+
+/**
+ * Whose fingerprints and idempotency keys these are: issuer and subject, which no reload
+ * changes (a consumer's key does when it is registered while several issuers are trusted,
+ * and a retried write would then have gone through twice); as JSON, so that no subject's
+ * newline can pass for the fields after it.
+ */
+function holder(ctx: RequestContext): string {
+  return JSON.stringify([ctx.credential!.issuer, ctx.credential!.subject]);
+}
 
 function counts(state: LifecycleState, ctx: RequestContext): Counts {
   let c = state.counts.get(ctx);
@@ -287,7 +297,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
     run(ctx) {
       if (!watched(m, ctx)) return undefined;
       const c = ctx.consumer!;
-      const consumer = state.monitors.consumer(c.key, c.kind, c.owner, ctx.now);
+      const consumer = state.monitors.consumer(c.key, c.kind, c.owner, ctx.now, ctx.credential?.issuer);
       const ops = consumer.operations;
       // Drop what is out of the window: every entry, not only the front, as a request recorded
       // late (its body was being read) sits behind later arrivals. At most maxOperations.
@@ -321,8 +331,8 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
-      const owner = hash('sha256', ctx.consumer!.key, 'base64');
-      const key = hash('sha256', `${ctx.consumer!.key}\n${raw.trim()}`, 'base64');
+      const owner = hash('sha256', holder(ctx), 'base64');
+      const key = hash('sha256', `${holder(ctx)}\n${raw.trim()}`, 'base64');
       const seen = state.monitors.keys.get(key);
       if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
         if (seen.payload !== fingerprint) {

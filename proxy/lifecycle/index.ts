@@ -19,6 +19,7 @@ import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, quarantineMode, recordDenial } from './monitors.ts';
 import { REVOKED_ACTOR, WOULD_DENY, countForwarded, quarantinedActor } from './checks.ts';
+import { resolveConsumer } from '../checks/consumers.ts';
 import { lruFill } from '../lib/heap.ts';
 
 type ListKind = 'file' | 'url';
@@ -196,7 +197,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const c = ctx.consumer;
     if (!c) return;
     const m = state.monitors;
-    const s = m.consumer(c.key, c.kind, c.owner, ctx.now);
+    const s = m.consumer(c.key, c.kind, c.owner, ctx.now, ctx.credential?.issuer);
     if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
     m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
     const audited = ctx.extra[WOULD_DENY];
@@ -212,7 +213,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // Placed in part by would-denies (proxy.mode audit), a quarantine is an audit one: those
     // were not enforced, and a reload to enforce must not turn it into refusals.
     const mode = q.mode === 'enforce' && s.denialsEnforced.every(Boolean) ? 'enforce' : 'audit';
-    m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons });
+    m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons, ...(ctx.credential ? { issuer: ctx.credential.issuer } : {}) });
     forgetDenials(s);
     log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
   }
@@ -240,6 +241,9 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => {
         state.use(g.rules);
+        // Consumers the new rules name otherwise keep their state and quarantine.
+        const moved = state.monitors.rekey((issuer, subject) => resolveConsumer(g.rules, { issuer, subject })?.key, state.now());
+        if (moved > 0) log({ level: 'info', msg: 'consumer state kept under the names the reload gives', entries: moved, rules: g.rules.hash });
         void followLists();
         // The journal and the tables are built once, at start: a reload that changes them is
         // taken for everything else, and says so, rather than let an operator believe it took.

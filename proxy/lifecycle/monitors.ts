@@ -51,7 +51,9 @@ const QUARANTINE_SUBJECT_CHARS = 128;
 
 export interface ConsumerState {
   /** The consumer's key (Consumer.key): its subject, or issuer and subject for an unregistered one among several issuers. */
-  readonly subject: string;
+  subject: string;
+  /** The issuer that vouched for it: with the key, what names it again when a reload renames it (rekey). */
+  issuer?: string;
   kind: ConsumerKind;
   owner?: string;
   firstSeenMs: number;
@@ -75,6 +77,8 @@ export interface Quarantine {
   readonly subject: string;
   /** For a subject past 128 characters: its key in the table, what DELETE /quarantine?key= takes. */
   readonly key?: string;
+  /** The issuer that vouched for the consumer (rekey); not shown. */
+  readonly issuer?: string;
   readonly sinceMs: number;
   readonly untilMs: number;
   /** enforce: requests are refused; audit: recorded only. */
@@ -159,10 +163,10 @@ export class MonitorState {
     this.consumers.set(state.subject, state);
   }
 
-  consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number): ConsumerState {
+  consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number, issuer?: string): ConsumerState {
     let state = this.consumers.get(subject);
     if (!state) {
-      state = { subject, kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [], denialsEnforced: [] };
+      state = { subject, ...(issuer !== undefined ? { issuer } : {}), kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [], denialsEnforced: [] };
       this.consumers.set(subject, state);
     }
     state.kind = kind;
@@ -232,6 +236,37 @@ export class MonitorState {
     return q;
   }
 
+  /**
+   * After a reload, keep each consumer's state and quarantine under the key the new rules give
+   * it (`keyOf`: undefined when they no longer take its issuer for it). A subject registered,
+   * or no longer, while several issuers are trusted, or a second issuer trusted, changes its
+   * key; read under the new one only, a quarantined automation was let through at once.
+   * A quarantine kept by hash (a subject past 128 characters) stays where it is. Returns how
+   * many entries moved.
+   */
+  rekey(keyOf: (issuer: string, subject: string) => string | undefined, now: number): number {
+    let moved = 0;
+    for (const [key, state] of [...this.consumers.entries()]) {
+      const to = state.issuer === undefined ? undefined : keyOf(state.issuer, bareSubject(key, state.issuer));
+      if (to === undefined || to === key || this.consumers.has(to)) continue;
+      // The same object, renamed: a request under way holds it.
+      this.consumers.delete(key);
+      state.subject = to;
+      this.consumers.set(to, state);
+      moved++;
+    }
+    for (const [key, q] of [...this.quarantined.entries()]) {
+      if (q.issuer === undefined || q.key !== undefined || !this.#inForce(key, now)) continue;
+      const to = keyOf(q.issuer, bareSubject(key, q.issuer));
+      if (to === undefined || to === key || this.quarantined.has(quarantineKey(to))) continue;
+      this.quarantined.delete(key);
+      const { subject: _, key: __, ...rest } = q;
+      this.quarantineFor(to, rest);
+      moved++;
+    }
+    return moved;
+  }
+
   #lift(key: string, now: number): Quarantine | undefined {
     const q = this.#inForce(key, now);
     if (q) this.quarantined.delete(key);
@@ -261,6 +296,16 @@ function consumerBytes(s: ConsumerState, fixed: number): number {
  */
 function quarantineKey(subject: string): string {
   return subject.length <= QUARANTINE_SUBJECT_CHARS ? subject : hash('sha256', subject, 'base64url').padEnd(QUARANTINE_SUBJECT_CHARS + 1, '~');
+}
+
+/** The subject a consumer key names: the key itself, or the second half of `["<issuer>","<subject>"]`. */
+function bareSubject(key: string, issuer: string): string {
+  if (!key.startsWith('[')) return key;
+  try {
+    const v = JSON.parse(key) as unknown;
+    if (Array.isArray(v) && v.length === 2 && v[0] === issuer && typeof v[1] === 'string') return v[1];
+  } catch { /* a subject that only looks like one */ }
+  return key;
 }
 
 const HASHED_KEY = new RegExp(`^[A-Za-z0-9_-]{43}~{${QUARANTINE_SUBJECT_CHARS + 1 - 43}}$`);

@@ -7,6 +7,7 @@ import { connect, type AddressInfo } from 'node:net';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules, AGENT } from '../support/driftguard.ts';
 import { world, startLifecycle, bearer, monitorsOnly } from './support.ts';
+import { ISSUER } from '../support/keys.ts';
 
 async function listen(server: Server): Promise<string> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -138,4 +139,53 @@ t.test('a reload to quarantine mode audit stops enforcing a quarantine at once',
   await after.text();
   t.equal(after.status, 200, 'forwarded under audit');
   t.match(after.headers.get('driftguard-warning'), /consumer-quarantined/, 'with the would-deny as a warning');
+});
+
+t.test('a consumer registered (or no longer) by a reload while two issuers are trusted keeps its quarantine, idempotency keys and state', async (t) => {
+  const w = await world();
+  const SUB = 'client-7';
+  const rules = (register: boolean) => w.rules((r) => {
+    r.identity.issuers.push({ ...structuredClone(r.identity.issuers[0]), issuer: 'https://other.test.local' });
+    for (const c of r.consumers.registry) c.issuer = ISSUER;
+    r.consumers.unknown = 'allow';
+    if (register) r.consumers.registry.push({ subject: SUB, kind: 'automation', owner: 'team-x', issuer: ISSUER });
+    r.monitors = monitorsOnly({ idempotency: { mode: 'enforce', at: 'critical' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '10m' } });
+  });
+  const dg = await startLifecycle(rules(false));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const full = await w.token({ sub: SUB, claims: { task_id: 't1' } });
+  const weak = await w.token({ sub: SUB, scope: 'payments.write' });
+  const pay = async () => {
+    const res = await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(full, { 'content-type': 'application/json', 'idempotency-key': 'k1' }), body: '{"amount":5}' });
+    await res.text();
+    return res.status;
+  };
+  t.equal(await pay(), 200, 'the write goes through once');
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items/1`, { headers: bearer(weak) })).text();
+  const quarantined = async () => (await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] }).quarantined.map((q) => q.subject);
+  t.same(await quarantined(), [JSON.stringify([ISSUER, SUB])], 'quarantined, named by issuer and subject (unregistered, two issuers)');
+
+  await dg.dg.swap(loadRules(writeRules(rules(true))));
+  t.same(await quarantined(), [SUB], 'registered: the quarantine is under its subject now');
+  const item = await fetch(`${dg.url}/items/1`, { headers: bearer(full) });
+  t.equal(item.status, 403, 'and still in force (it was let through)');
+  t.equal(((await item.json()) as { code: string }).code, 'consumer-quarantined');
+  t.ok(dg.logs.some((l) => l.msg === 'consumer state kept under the names the reload gives' && Number(l.entries) >= 2), 'logged');
+  const consumers = (await (await fetch(`${dg.admin}/consumers`)).json() as { consumers: { subject: string; decisions: Record<string, unknown> }[] }).consumers;
+  t.ok(Object.keys(consumers.find((c) => c.subject === SUB)?.decisions ?? {}).includes('allow'), 'its decisions so far are its own under the new name');
+
+  // Lift it, and retry the write with the same key: still a duplicate (it went through twice).
+  t.equal((await fetch(`${dg.admin}/quarantine/${encodeURIComponent(SUB)}`, { method: 'DELETE' })).status, 200);
+  const before = w.up.seen.length;
+  t.equal(await pay(), 409, 'the retried write is refused as a duplicate');
+  t.equal(w.up.seen.length, before, 'and not forwarded');
+
+  // And back: no longer registered, its quarantine goes back under issuer and subject.
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items/1`, { headers: bearer(weak) })).text();
+  t.same(await quarantined(), [SUB]);
+  await dg.dg.swap(loadRules(writeRules(rules(false))));
+  t.same(await quarantined(), [JSON.stringify([ISSUER, SUB])]);
+  const again = await fetch(`${dg.url}/items/1`, { headers: bearer(full) });
+  t.equal(again.status, 403);
+  await again.text();
 });
