@@ -144,6 +144,7 @@ export interface RemoteKeySetOptions {
   readonly select?: KeySelection;
   /** The issuer's algorithms: a fetched set without a key for them is a failed fetch (the last good keys stay). */
   readonly algorithms?: readonly string[];
+  /** A monotonic clock in ms for the cooldown (tests); performance.now by default. */
   readonly now?: () => number;
 }
 
@@ -155,7 +156,9 @@ export class RemoteKeySet implements KeySet {
   #text?: string;
   #version = 0;
   #inflight?: Promise<boolean>;
+  /** By #now (monotonic). */
   #lastAttemptMs = -Infinity;
+  /** By Date.now. */
   #lastSuccessMs?: number;
   /** Why the last fetch failed; undefined after a good one. */
   #lastError?: string;
@@ -170,7 +173,9 @@ export class RemoteKeySet implements KeySet {
   constructor(options: RemoteKeySetOptions) {
     this.#options = options;
     this.#name = redactUrl(options.url);
-    this.#now = options.now ?? Date.now;
+    // Elapsed time by a clock that no NTP step moves: by the wall clock, a clock set back an
+    // hour held every refetch back (and told callers Retry-After: 3600) until it caught up.
+    this.#now = options.now ?? performance.now.bind(performance);
     this.getKey = this.getKey.bind(this);
   }
 
@@ -216,7 +221,8 @@ export class RemoteKeySet implements KeySet {
         this.#text = text;
         this.#version++;
       }
-      this.#lastSuccessMs = this.#now();
+      // A time of day, for status and the key set's age.
+      this.#lastSuccessMs = Date.now();
       this.#lastError = undefined;
       this.#refreshes++;
       return true;

@@ -320,3 +320,24 @@ t.test('a fetched key set without a key for the issuer\'s algorithms is a failed
     t.equal(keySet.eachKey()[0]!.kid, es.kid);
   }
 });
+
+t.test('the refetch cooldown is timed by a monotonic clock: a wall clock set back an hour does not hold refetches back', async (t) => {
+  const old = await testKey('ES256');
+  const rotated = await testKey('ES256');
+  const server = await jwksServer(jwks(old));
+  // An NTP step back, as the process sees it (no clock of the machine is changed): Date.now
+  // alone moves, by `step`.
+  const realNow = Date.now;
+  let step = 0;
+  Date.now = () => realNow() + step;
+  const keySet = new RemoteKeySet({ url: server.url, refreshMs: 60_000, cooldownMs: 100, timeoutMs: 2_000 });
+  t.teardown(async () => { Date.now = realNow; keySet.close(); await server.close(); });
+  t.equal(await keySet.refresh(), true);
+  server.body = jwks(old, rotated);
+  await new Promise((r) => setTimeout(r, 150));
+  step = -3_600_000;
+  const fetches = server.fetches;
+  const key = await keySet.getKey({ alg: 'ES256', kid: rotated.kid }, { payload: '', signature: '' } as never);
+  t.ok(key, 'the rotated key is found');
+  t.equal(server.fetches, fetches + 1, 'by one refetch, the cooldown being over');
+});
