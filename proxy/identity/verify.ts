@@ -140,6 +140,11 @@ export class Identity {
             this.#cache!.delete(key);
             return { reason: 'invalid-credential', detail: 'token expired' };
           }
+          // As jose checks it: only a clock set back since the token was verified gets here.
+          const nbf = hit.credential.claims.nbf;
+          if (typeof nbf === 'number' && nbf * 1000 - this.#rules.clockSkewMs > now) {
+            return { reason: 'invalid-credential', detail: 'token not valid yet (nbf is in the future)' };
+          }
           return hit.credential;
         }
       }

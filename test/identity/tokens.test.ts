@@ -165,6 +165,22 @@ t.test('a cached token is re-checked for expiry on every hit', async (t) => {
   t.equal(w.up.seen.length, 2);
 });
 
+t.test('a cached token is re-checked for nbf on every hit: a clock set back does not let it in early', async (t) => {
+  let clock = Date.now();
+  const w = await world(t, () => {}, { now: () => clock });
+  const nbf = Math.floor(clock / 1000);
+  // Issued before its nbf: the iat check, which runs on every hit, does not catch the step.
+  const tok = await w.tok({ now: clock - 400_000, nbf, ttl: 1200 });
+  t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200, 'verified at nbf');
+  clock -= 300_000; // an NTP step back of 5 minutes, past the 30 s skew
+  const a = await w.call('GET', '/items/1', { token: tok });
+  t.equal(a.status, 401, 'refused from the cache as a fresh check refuses it');
+  t.equal(a.json.detail, 'token not valid yet (nbf is in the future)');
+  clock += 300_000 - 29_000; // within the skew of nbf
+  t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200, 'within the skew, a hit again');
+  t.equal(w.up.seen.length, 2);
+});
+
 t.test('the verified-token cache is bounded by the heap its entries hold, not only by count', async (t) => {
   // Three tokens of about 1.8 KiB, each weighing about 2 KiB, and room for 4 KiB: the oldest
   // is pushed out although maxEntries (10,000) is far away. The observer counts cache hits
