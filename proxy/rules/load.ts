@@ -286,6 +286,15 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     else if (ms === 0 && !noLimit) fail(path, 'must be at least 1ms');
     return ms;
   };
+  /**
+   * Whole seconds: jose takes its tolerance in seconds, and 1500ms made it 1s for a fresh check
+   * but 1.5 s for a token served from the cache, which then took what a fresh check refused.
+   */
+  const clockSkew = (text: string) => {
+    const ms = duration(['identity', 'clockSkew'], text);
+    if (ms % 1000 !== 0) fail(['identity', 'clockSkew'], `${text} is not a whole number of seconds, as the times in a token are: write ${Math.floor(ms / 1000)}s or ${Math.ceil(ms / 1000)}s`);
+    return ms;
+  };
   const time = (path: Path, text: string) => {
     try { return parseTime(text); } catch (err) { fail(path, (err as Error).message); return 0; }
   };
@@ -466,7 +475,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     }),
     identity: Object.freeze({
       issuers: Object.freeze(issuers),
-      clockSkewMs: duration(['identity', 'clockSkew'], raw.identity.clockSkew),
+      clockSkewMs: clockSkew(raw.identity.clockSkew),
       maxTokenLifetimeMs: Object.freeze({
         automation: duration(['identity', 'maxTokenLifetime', 'automation'], raw.identity.maxTokenLifetime.automation),
         human: duration(['identity', 'maxTokenLifetime', 'human'], raw.identity.maxTokenLifetime.human),

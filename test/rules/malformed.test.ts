@@ -73,6 +73,7 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'missing required field (algorithms)', text: edit('      algorithms: [ES256]\n', ''), line: 8, field: 'identity.issuers[0].algorithms' },
   // What a duration is, not the schema's regular expression.
   { name: 'bad duration', text: edit('clockSkew: 30s', 'clockSkew: 30 seconds'), line: 12, field: 'identity.clockSkew', message: /^"30 seconds" is not valid: A duration: 500ms, 30s/ },
+  { name: 'clock skew not in whole seconds', text: edit('clockSkew: 30s', 'clockSkew: 1500ms'), line: 12, field: 'identity.clockSkew', message: /^1500ms is not a whole number of seconds, as the times in a token are: write 1s or 2s$/ },
   // Inside jwks (a oneOf), the field itself, not "must be exactly one of" the three shapes.
   { name: 'bad duration (jwks cooldown)', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", cooldown: soon }'), line: 11, field: 'identity.issuers[0].jwks.cooldown', message: /^"soon" is not valid: A duration/ },
   { name: 'a misspelt field inside jwks', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", refesh: 5m }'), line: 11, field: 'identity.issuers[0].jwks.refesh', message: /^unknown field "refesh"$/ },
