@@ -122,7 +122,10 @@ function readEntries(data: unknown, source: 'file' | 'url', now: number): Revoca
     if (typeof reason !== 'string' || reason === '') { problem('reason', 'must be a non-empty string (why, for operators)'); return; }
     let endMs = Infinity;
     if (end !== undefined) {
-      try { endMs = parseTime(end instanceof Date ? end.toISOString() : String(end)); } catch (err) { problem('end', (err as Error).message); return; }
+      // A Date is a YAML timestamp (a %YAML 1.1 document, a !!timestamp tag), which the parser
+      // read without an offset as UTC and rolled 2027-02-30 over to March: quoted, as the rules file wants it.
+      if (end instanceof Date) { problem('end', 'must be a quoted string, as in the rules file: a YAML timestamp is read as UTC, and 2027-02-30 as March 2'); return; }
+      try { endMs = parseTime(String(end)); } catch (err) { problem('end', (err as Error).message); return; }
     }
     const id = given !== undefined ? String(given) : `${source}-${createHash('sha256').update(`${kind}\n${value}`).digest('hex').slice(0, 16)}`;
     if (ids.has(id)) { problem('id', `id "${id}" is used twice`); return; }

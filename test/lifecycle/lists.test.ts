@@ -57,6 +57,21 @@ t.test('an end that is not an ISO 8601 time that exists is a problem, not a date
   t.match(good, [{ endMs: Date.parse('2027-12-01T08:00:00Z') }, { endMs: Date.parse('2028-02-29T00:00:00Z') }]);
 });
 
+t.test('a YAML timestamp as end (a %YAML 1.1 document, a !!timestamp tag) is a problem, not a time read as UTC', async (t) => {
+  for (const text of [
+    '%YAML 1.1\n---\nrevocations:\n  - kind: jti\n    value: a\n    reason: r\n    end: 2027-12-01 10:00:00\n',
+    '%YAML 1.1\n---\nrevocations:\n  - kind: jti\n    value: a\n    reason: r\n    end: 2027-02-30\n',
+    'revocations:\n  - kind: jti\n    value: a\n    reason: r\n    end: !!timestamp 2027-12-01 10:00:00\n',
+  ]) {
+    // Refused either way: as a Date (plain node reads a %YAML 1.1 timestamp so), or as a
+    // string without an offset (as it reads here, under tap's loader).
+    const problems = parseList(text, 'list.yaml', 'file', NOW) as RulesProblem[];
+    t.match(problems, [{ field: 'revocations[0].end', message: /must be a quoted string|not an ISO 8601 time/ }], text);
+  }
+  const quoted = parseList('%YAML 1.1\n---\nrevocations:\n  - kind: jti\n    value: a\n    reason: r\n    end: "2027-12-01T10:00:00+02:00"\n', 'list.yaml', 'file', NOW);
+  t.match(quoted, [{ endMs: Date.parse('2027-12-01T08:00:00Z') }], 'quoted, it is read');
+});
+
 t.test('a list that is not one says so, at its first line', async (t) => {
   for (const text of ['{}', '42', 'revocations: 3\n']) {
     const [p, ...rest] = parseList(text, 'list', 'file', NOW) as RulesProblem[];
