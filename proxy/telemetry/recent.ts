@@ -9,7 +9,7 @@
 // throughput (5,796 req/s without a ring, 5,418 with), a ring of lines under 1% (5,752).
 
 import type { ServerResponse } from 'node:http';
-import { parseDuration } from '../rules/durations.ts';
+import { parseDuration, parseTime } from '../rules/durations.ts';
 import { isReasonCode } from '../decision/reasons.ts';
 import type { AdminRoutes } from '../admin/server.ts';
 import type { DecisionRecord } from './record.ts';
@@ -132,9 +132,10 @@ export const MAX_LIMIT = 10_000;
 function parseTimeParam(value: string, now: number): number {
   if (/^\d+$/.test(value)) return Number(value);
   try { return now - parseDuration(value); } catch { /* not a duration */ }
-  const t = Date.parse(value);
-  if (Number.isNaN(t)) throw new TypeError('must be an ISO 8601 time, epoch milliseconds, or a duration like 15m');
-  return t;
+  // As the rules read times: Date.parse took 2026-11-25T18:00 in the process's time zone.
+  try { return parseTime(value); } catch {
+    throw new TypeError('must be an ISO 8601 time with an offset (2026-11-25T18:00:00Z), epoch milliseconds, or a duration like 15m');
+  }
 }
 
 /** The filter from a /decisions query string; a TypeError names the bad parameter. */
