@@ -63,6 +63,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // connection). After: stop reading the body, and report the cut, first: the abort calls
     // onResponseError at once, which would report it as an upstream error.
     if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: 'client closed' });
+    // Still waiting for a pool connection: nothing was sent, and nothing will be (onRequestStart
+    // aborts it), so its idempotency key is free at once, not kept for a write never made.
+    else if (!this.#controller) this.#finish({ aborted: true, error: 'client closed', notSent: true });
     this.#controller?.abort(new Error('the client closed the connection'));
   };
 

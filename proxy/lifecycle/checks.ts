@@ -51,6 +51,7 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
     run(ctx) {
       const c = ctx.credential;
       if (!c) return undefined;
+      seen.set(ctx, state.version);
       // Fail closed: the revocation list URL has not been read since it was configured
       // (its server is down at start-up, say), so this credential may be on it.
       if (state.revocations.unread) {
@@ -80,12 +81,13 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
   return {
     name: 'quarantine',
     run(ctx) {
-      const key = ctx.consumer?.key;
+      const key = state.consumerKey(ctx);
       if (key === undefined) return undefined;
+      if (!seen.has(ctx)) seen.set(ctx, state.version);
       let held = state.monitors.quarantine(key, ctx.now);
       let what = 'this consumer';
       if (!held && ctx.credential) {
-        const actor = quarantinedActor(rules, state, ctx.credential, ctx.now);
+        const actor = quarantinedActor(state, ctx.credential, ctx.now);
         if (actor) {
           held = actor.held;
           what = 'an actor in this token\'s delegation chain';
@@ -107,18 +109,45 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
  * issuer vouches for (the level's iss, else the token's, as the delegation check reads it),
  * a malformed level's sub included.
  */
-export function quarantinedActor(rules: Rules, state: LifecycleState, c: Credential, now: number): { subject: string; held: Quarantine } | undefined {
+export function quarantinedActor(state: LifecycleState, c: Credential, now: number): { subject: string; held: Quarantine } | undefined {
   const chain = c.act;
   if (!chain) return undefined;
   // Up to the first malformed level, named and actors are the same levels; after it, named
   // holds the subs that remain, whose iss nothing vouches for.
   for (const [i, subject] of chain.named.entries()) {
     const iss = i < chain.actors.length ? chain.issuers[i] : undefined;
-    const actor = resolveConsumer(rules, { subject, issuer: typeof iss === 'string' ? iss : c.issuer });
+    const actor = resolveConsumer(state.rules, { subject, issuer: typeof iss === 'string' ? iss : c.issuer });
     const held = actor && state.monitors.quarantine(actor.key, now);
     if (held) return { subject, held };
   }
   return undefined;
+}
+
+/** LifecycleState.version as a request's revocation and quarantine checks saw it. */
+const seen = new WeakMap<RequestContext, number>();
+
+/**
+ * Revocation and quarantine again, when either changed after they ran for this request: a
+ * decision may wait for keys or a body (up to monitors.bodyTimeout, as slow as the client
+ * likes), and a token revoked meanwhile, an admin's 201 already answered, went on to the
+ * upstream. Last: nothing after it waits.
+ */
+export function recheck(rules: Rules, state: LifecycleState | undefined): Check | undefined {
+  if (!state) return undefined;
+  const again = [revocation(rules, state), quarantine(rules, state)].filter((c) => c !== undefined);
+  if (again.length === 0) return undefined;
+  return {
+    name: 'recheck',
+    run(ctx) {
+      const before = seen.get(ctx);
+      if (before === undefined || before === state.version) return undefined;
+      for (const c of again) {
+        const denial = c.run(ctx) as CheckResult;
+        if (denial) return denial;
+      }
+      return undefined;
+    },
+  };
 }
 
 /** jti on every token; a task claim from a sensitivity up; lifetime limits per sensitivity. */
@@ -297,7 +326,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
     run(ctx) {
       if (!watched(m, ctx)) return undefined;
       const c = ctx.consumer!;
-      const consumer = state.monitors.consumer(c.key, c.kind, c.owner, ctx.now, ctx.credential?.issuer);
+      const consumer = state.monitors.consumer(state.consumerKey(ctx)!, c.kind, c.owner, ctx.now, ctx.credential?.issuer);
       const ops = consumer.operations;
       // Drop what is out of the window: every entry, not only the front, as a request recorded
       // late (its body was being read) sits behind later arrivals. At most maxOperations.

@@ -196,8 +196,10 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
   function observe(ctx: RequestContext, d: Decision): void {
     const c = ctx.consumer;
     if (!c) return;
+    // Under its name now: a reload may have renamed it while this request was decided.
+    const key = state.consumerKey(ctx)!;
     const m = state.monitors;
-    const s = m.consumer(c.key, c.kind, c.owner, ctx.now, ctx.credential?.issuer);
+    const s = m.consumer(key, c.kind, c.owner, ctx.now, ctx.credential?.issuer);
     if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
     m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
     const audited = ctx.extra[WOULD_DENY];
@@ -205,7 +207,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason) || ctx.extra[REVOKED_ACTOR] !== undefined) return;
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
-    if (m.quarantine(c.key, ctx.now)) return;
+    if (m.quarantine(key, ctx.now)) return;
     recordDenial(s, ctx.now, d.reason, d.enforced, q.windowMs, q.denials);
     if (s.denials.length < q.denials) return;
     // The reasons of the denials counted, most recent last, each once.
@@ -213,9 +215,9 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // Placed in part by would-denies (proxy.mode audit), a quarantine is an audit one: those
     // were not enforced, and a reload to enforce must not turn it into refusals.
     const mode = q.mode === 'enforce' && s.denialsEnforced.every(Boolean) ? 'enforce' : 'audit';
-    m.quarantineFor(c.key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons, ...(ctx.credential ? { issuer: ctx.credential.issuer } : {}) });
+    m.quarantineFor(key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons, ...(ctx.credential ? { issuer: ctx.credential.issuer } : {}) });
     forgetDenials(s);
-    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: c.key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
+    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
   }
 
   return {
@@ -264,7 +266,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           const c = ctx.credential;
           if (!c) return false;
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return true;
-          const held = ctx.consumer ? state.monitors.quarantine(ctx.consumer.key, now) ?? quarantinedActor(dg.generation.rules, state, c, now)?.held : undefined;
+          const key = state.consumerKey(ctx);
+          const held = key !== undefined ? state.monitors.quarantine(key, now) ?? quarantinedActor(state, c, now)?.held : undefined;
           return held !== undefined && monitors.quarantine.mode !== 'off' && quarantineMode(monitors.quarantine.mode, held) === 'enforce';
         });
         if (closed > 0) log({ level: 'info', msg: 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined', tunnels: closed });

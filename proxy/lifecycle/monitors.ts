@@ -116,6 +116,10 @@ export class MonitorState {
   /** Each consumer's keys in the idempotency table, oldest first. */
   readonly #keysOf = new Map<string, Set<string>>();
 
+  /** Counts quarantines placed or moved: see LifecycleState.version. */
+  #changes = 0;
+  get changes(): number { return this.#changes; }
+
   constructor(config: MonitorsConfig) {
     const max = config.maxConsumers;
     // Denial times are kept up to quarantine.denials whatever the mode: counted from the start.
@@ -202,6 +206,7 @@ export class MonitorState {
 
   /** Quarantine `subject`; the entry shows the subject shortened (a token may make it kilobytes long). */
   quarantineFor(subject: string, q: Omit<Quarantine, 'subject' | 'key'>): void {
+    this.#changes++;
     const key = quarantineKey(subject);
     if (key === subject) { this.quarantined.set(key, { subject, ...q }); return; }
     // Not cut inside a surrogate pair; and a copy, not a slice: V8 makes a slice a view that
@@ -255,6 +260,7 @@ export class MonitorState {
       this.consumers.set(to, state);
       moved++;
     }
+    this.#changes++;
     for (const [key, q] of [...this.quarantined.entries()]) {
       if (q.issuer === undefined || q.key !== undefined || !this.#inForce(key, now)) continue;
       const to = keyOf(q.issuer, bareSubject(key, q.issuer));

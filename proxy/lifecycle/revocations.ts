@@ -73,6 +73,10 @@ export class RevocationStore {
 
   get size(): number { return this.#byKey.size; }
 
+  /** Counts the changes that can refuse more (a revocation added, a list expected): see LifecycleState.version. */
+  #changes = 0;
+  get changes(): number { return this.#changes; }
+
   /**
    * A list of this source is in force from now on: until one is read (or the source is
    * removed, which replaces it with an empty list), `unread` is true and the revocation check
@@ -80,7 +84,7 @@ export class RevocationStore {
    * source that fails later, or is switched to a new location that fails, keeps it in force.
    */
   expect(source: Exclude<RevocationSource, 'admin'>): void {
-    if (!this.#read.has(source)) this.#unread.add(source);
+    if (!this.#read.has(source)) { this.#unread.add(source); this.#changes++; }
   }
 
   /** Some expected list has never been read. */
@@ -92,6 +96,7 @@ export class RevocationStore {
   }
 
   add(r: Revocation): void {
+    this.#changes++;
     const key = keyOf(r.source, r.id);
     this.#removeKey(key);
     this.#byKey.set(key, r);

@@ -7,12 +7,14 @@ import type { RequestContext } from '../pipeline/types.ts';
 import { configOf, type LifecycleConfig } from './config.ts';
 import { RevocationStore } from './revocations.ts';
 import { MonitorState, type ConsumerState } from './monitors.ts';
+import { resolveConsumer } from '../checks/consumers.ts';
 
 export class LifecycleState {
   readonly revocations = new RevocationStore();
   readonly monitors: MonitorState;
   readonly now: () => number;
   #config: LifecycleConfig;
+  #rules: Rules;
   /** Idempotency key reserved by a request, released or completed when it ends. */
   readonly reserved = new WeakMap<RequestContext, string>();
   /**
@@ -24,15 +26,36 @@ export class LifecycleState {
 
   constructor(rules: Rules, now: () => number) {
     this.#config = configOf(rules);
+    this.#rules = rules;
     this.monitors = new MonitorState(this.#config.monitors);
     this.now = now;
   }
 
   get config(): LifecycleConfig { return this.#config; }
+  /** The rules in force: what names a consumer now (consumerKey). */
+  get rules(): Rules { return this.#rules; }
 
   /** `rules` are now in force: admin, list and quarantine decisions use their settings. */
   use(rules: Rules): void {
     this.#config = configOf(rules);
+    this.#rules = rules;
+  }
+
+  /**
+   * Changes whenever a revocation or a quarantine may refuse what it did not: a request that
+   * saw one value in its revocation and quarantine checks and another before it is forwarded
+   * is checked again (the recheck check).
+   */
+  get version(): number { return this.revocations.changes + this.monitors.changes; }
+
+  /**
+   * The key the consumer's state is kept under now: the request's own, unless a reload since
+   * it began renamed the consumer (rekey); its state and quarantine are under the new name.
+   */
+  consumerKey(ctx: RequestContext): string | undefined {
+    const c = ctx.consumer;
+    if (!c || ctx.rules === this.#rules || !ctx.credential) return c?.key;
+    return resolveConsumer(this.#rules, ctx.credential)?.key ?? c.key;
   }
 }
 

@@ -17,7 +17,7 @@ import { scopes } from '../checks/scopes.ts';
 import { declaredOperations } from '../checks/declared-operations.ts';
 import { contract } from '../checks/contract.ts';
 import { deprecation } from '../checks/deprecation.ts';
-import { revocation, quarantine, taskBinding, delegation, retryStorm, traversal, idempotency } from '../lifecycle/checks.ts';
+import { revocation, quarantine, taskBinding, delegation, retryStorm, traversal, idempotency, recheck } from '../lifecycle/checks.ts';
 import type { LifecycleState } from '../lifecycle/state.ts';
 
 /** What checks need beyond the rules. Feature modules add their long-lived state here. */
@@ -49,6 +49,7 @@ export function checks(rules: Rules, deps: CheckDeps): readonly Check[] {
     // quarantine instead), so a denied request never uses up a consumer's budget.
     retryStorm(rules, l),                 // same request repeated in a window (reads small bodies)
     traversal(rules, l),                  // too many distinct operations in a window
-    idempotency(rules, l),                // very last: it reserves the key, which only a forwarded write may do
+    idempotency(rules, l),                // it reserves the key, which only a forwarded write may do
+    recheck(rules, l),                    // revocation and quarantine again if either changed meanwhile (a refusal frees the key)
   ].filter((c): c is Check => c !== undefined));
 }
