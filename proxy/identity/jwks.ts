@@ -99,8 +99,11 @@ export function parseJwks(text: string, from: string, select?: KeySelection, alg
   let data: JSONWebKeySet;
   try { data = JSON.parse(text) as JSONWebKeySet; } catch (err) { throw new TypeError(`${from} is not JSON: ${(err as Error).message}`); }
   if (!data || typeof data !== 'object' || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
-  const set = select ? select(data) : data;
-  if (algorithms && !set.keys.some((k) => k !== null && typeof k === 'object' && usable(k as Record<string, unknown>, algorithms))) {
+  // An entry that is no key is passed over (RFC 7517 §5: members not understood are ignored):
+  // jose refuses a whole set for one, which kept a rotated key from ever loading.
+  const keys = (data.keys as unknown[]).filter((k) => k !== null && typeof k === 'object' && !Array.isArray(k)) as JSONWebKeySet['keys'];
+  const set = select ? select({ ...data, keys }) : { ...data, keys };
+  if (algorithms && !set.keys.some((k) => usable(k as unknown as Record<string, unknown>, algorithms))) {
     throw new TypeError(`${from} has no key that can verify ${algorithms.join(', ')} (${set.keys.length} key${set.keys.length === 1 ? '' : 's'} in the set)`);
   }
   return set;

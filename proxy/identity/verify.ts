@@ -148,6 +148,10 @@ export class Identity {
           return hit.credential;
         }
       }
+      // One token, one text: jose also takes a signature with `==` after it or another last
+      // character whose spare bits it drops, 32 texts for one token, each a signature check
+      // and a cache entry of its own. Checked on a miss only: such a text is never cached.
+      if (!canonical(token)) return { reason: 'invalid-credential', detail: 'malformed token' };
       const verified = await this.#verify(token, now);
       if ('reason' in verified) return verified;
       const { credential, keys, version } = verified;
@@ -241,6 +245,11 @@ async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions)
     // A plain TypeError from jose: the same `malformed token` jwtVerify would have answered.
     throw new errors.JWSInvalid('Invalid Token or Protected Header formatting');
   }
+  // Before any key is looked up (RFC 8725 §3.1): without a kid, an algorithm no key of the set
+  // could verify would otherwise send the set to be refetched, and while the key server is
+  // down the caller was told to retry (503) a token that can never pass.
+  if (typeof header.alg !== 'string') throw new errors.JWSInvalid('JWS "alg" (Algorithm) Header Parameter missing or invalid');
+  if (!options.algorithms?.includes(header.alg)) throw new errors.JOSEAlgNotAllowed('"alg" (Algorithm) Header Parameter value not allowed');
   if (header.kid !== undefined) {
     const result = await jwtVerify(token, keys.getKey, options);
     return { ...result, ...(typeof result.protectedHeader.kid === 'string' ? { kid: result.protectedHeader.kid } : {}) };
@@ -260,6 +269,15 @@ async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions)
   const refetched = await byEachKey(token, keys.eachKey(), header, jws, options);
   if (refetched) return refetched;
   throw new errors.JWKSNoMatchingKey();
+}
+
+/** A compact JWS whose three parts are base64url as an encoder writes it: no padding, no spare bits set. */
+function canonical(token: string): boolean {
+  const parts = token.split('.');
+  // Anything else (a JWE, a stray dot) is jose's to refuse, as malformed.
+  if (parts.length !== 3) return true;
+  for (const part of parts) if (Buffer.from(part, 'base64url').toString('base64url') !== part) return false;
+  return true;
 }
 
 /** The first key of `each` that fits the token's alg and verifies it; undefined when none fits. */

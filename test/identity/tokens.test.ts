@@ -7,6 +7,7 @@ import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, sig
 import { SignJWT, exportJWK } from 'jose';
 import { world, AGENT, HUMAN, type World } from '../core/world.ts';
 import { ISSUER, AUDIENCE, testKey } from '../support/keys.ts';
+import { jwksServer } from '../support/servers.ts';
 import { noopObserver, type Observer } from '../../proxy/observe.ts';
 
 const b64 = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
@@ -46,6 +47,39 @@ t.test('an algorithm outside the issuer\'s allowlist is refused, even with a tru
   t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'ES256 is allowed');
   await refused(t, w, await w.tok({ key: w.keys.rs }), 'RS256 not in the allowlist');
   await refused(t, w, await w.tok({ key: w.keys.ed }), 'EdDSA not in the allowlist');
+  // Without a kid too, and before any key is looked up: no refetch, and no 503 while the key
+  // server is down (it was 503 identity-unavailable, retry later, for a token that never passes).
+  w.jwks.down = true;
+  const fetches = w.jwks.fetches;
+  // ES384: no key of the set could verify it, so none is a candidate and the set was refetched.
+  for (const key of [w.keys.rs, w.keys.ed, await testKey('ES384')]) {
+    const a = await w.call('GET', '/items/1', { token: await w.tok({ key, header: { kid: undefined } }) });
+    t.equal(a.status, 401, `${key.alg} without kid: 401`);
+    t.equal(a.json.detail, 'signature algorithm not allowed');
+  }
+  t.equal(w.jwks.fetches, fetches, 'no key fetch');
+});
+
+t.test('one token is one text: padding or spare bits in its base64url are a malformed token, not another cache entry', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200);
+  const [h, p, sig] = tok.split('.') as [string, string, string];
+  // ES256's 64-byte signature leaves 4 spare bits in its last character; the payload's last
+  // character may have some too.
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const spare = (seg: string) => {
+    const last = seg.at(-1)!;
+    for (const c of alphabet) {
+      const other = seg.slice(0, -1) + c;
+      if (c !== last && Buffer.from(other, 'base64url').equals(Buffer.from(seg, 'base64url'))) return other;
+    }
+    return undefined;
+  };
+  const variants = [`${h}.${p}.${sig}==`, `${h}.${p}.${spare(sig)}`, `${h}=.${p}.${sig}`];
+  const sparePayload = spare(p);
+  if (sparePayload) variants.push(`${h}.${sparePayload}.${sig}`);
+  for (const v of variants) await refused(t, w, v, `variant ${v.slice(-12)}`);
 });
 
 t.test('alg none, HS256 keyed with the public key, and an embedded jwk are refused', async (t) => {
@@ -236,4 +270,22 @@ t.test('keys from a JWKS file work the same way', async (t) => {
   const w = await world(t, (r) => { r.identity.issuers[0].jwks = { file: join(dir, 'jwks.json') }; });
   t.equal((await w.call('GET', '/items/1', { token: await w.tok({ key: k }) })).status, 200);
   await refused(t, w, await w.tok(), 'a key that is not in the file');
+});
+
+t.test('an entry of a JWKS that is no key is passed over, in a fetched set and in a file', async (t) => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const k = await testKey('ES256');
+  const keys = [k.publicJwk, null, 'x', 42, []];
+  // jose refused the whole set for one of these: never ready, every token 503.
+  const server = await jwksServer({ keys });
+  t.teardown(() => server.close());
+  const fetched = await world(t, (r) => { r.identity.issuers[0].jwks.url = server.url; });
+  t.ok(fetched.dg.dg.ready, 'ready');
+  t.equal((await fetched.call('GET', '/items/1', { token: await fetched.tok({ key: k }) })).status, 200, 'fetched');
+  const dir = mkdtempSync(join(tmpdir(), 'dg-jwks-'));
+  writeFileSync(join(dir, 'jwks.json'), JSON.stringify({ keys }));
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks = { file: join(dir, 'jwks.json') }; });
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ key: k }) })).status, 200, 'from a file');
 });
