@@ -139,7 +139,24 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
       }
     }
   }
+  // The API server refuses a container whose request is above its limit: every opted-in pod
+  // would then be refused, not the injector's start-up.
+  const { requests, limits } = cfg.resources;
+  for (const name of ['cpu', 'memory', 'ephemeral-storage'] as const) {
+    const [request, limit] = [requests?.[name], limits?.[name]];
+    if (request === undefined || limit === undefined || quantityValue(request) <= quantityValue(limit)) continue;
+    const line = lineOf('resources');
+    throw new InjectorConfigError(`${source}${line !== undefined ? `:${line}` : ''}: resources.requests.${name}: ${request} is above resources.limits.${name} (${limit}); the API server refuses a container so (and every pod injected with it)`);
+  }
   return deepFreeze(cfg);
+}
+
+const QUANTITY_FACTORS: Record<string, number> = { '': 1, m: 1e-3, k: 1e3, M: 1e6, G: 1e9, T: 1e12, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40 };
+
+/** A Kubernetes quantity as the schema's pattern admits it (`128Mi`, `0.5`, `50m`), as a number. */
+export function quantityValue(q: string): number {
+  const m = /^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/.exec(q);
+  return m ? Number(m[1]) * QUANTITY_FACTORS[m[2] ?? '']! : Number.NaN;
 }
 
 /** Reads a YAML (or JSON) config file (an empty file is an empty mapping) and where each top-level key stands in it. */

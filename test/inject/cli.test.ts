@@ -84,6 +84,8 @@ t.test('--help', async (t) => {
 t.test('configuration errors exit 2 with a message', async (t) => {
   const badConfig = join(dir, 'bad.yaml');
   writeFileSync(badConfig, 'image: x\nimagePullPolicy: Sometimes\nlistenPort: 0\ncolour: blue\n');
+  const overLimit = join(dir, 'over.yaml');
+  writeFileSync(overLimit, 'image: x\nresources:\n  requests: { cpu: 50m, memory: 512Mi }\n  limits: { memory: 0.25Gi }\n');
   const brokenConfig = join(dir, 'broken.yaml');
   writeFileSync(brokenConfig, 'image: x\nlistenPort: [15080\n');
   // 2: a usage error; 1: invalid configuration or a failed start, as the main CLI's.
@@ -94,6 +96,8 @@ t.test('configuration errors exit 2 with a message', async (t) => {
     [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--native-sidecar', 'maybe'], /--native-sidecar must be true or false/, 2],
     [['--tls-cert', cert, '--tls-key', key, '--config', badConfig], /^(?=[\s\S]*bad\.yaml:2: imagePullPolicy: must be equal to one of)(?=[\s\S]*bad\.yaml:3: listenPort: must be >= 1)(?=[\s\S]*bad\.yaml:4: \(top level\): must NOT have additional properties \(colour\))/, 1],
     [['--tls-cert', cert, '--tls-key', key, '--config', join(dir, 'missing.yaml')], /missing\.yaml: cannot read \(ENOENT\)/, 1],
+    // The API server would refuse every pod injected so, not the injector's start.
+    [['--tls-cert', cert, '--tls-key', key, '--config', overLimit], /over\.yaml:2: resources\.requests\.memory: 512Mi is above resources\.limits\.memory \(0\.25Gi\)/, 1],
     [['--tls-cert', cert, '--tls-key', key, '--config', brokenConfig], /broken\.yaml:\d+: not valid YAML/, 1],
     [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', key, '--image', 'x', '--listen', '127.0.0.1:0'], /cannot start/, 1],
     [['--bogus'], /Unknown option/, 2],
