@@ -2,7 +2,7 @@
 // staleness blocks; its owner is who an incident responder calls.
 
 import type { Rules } from '../rules/types.ts';
-import type { Consumer, Credential } from '../pipeline/types.ts';
+import type { Actor, Consumer, Credential } from '../pipeline/types.ts';
 
 /** The consumer a credential stands for; undefined when its subject is registered to another issuer. */
 export function resolveConsumer(rules: Rules, credential: Pick<Credential, 'subject' | 'issuer'>): Consumer | undefined {
@@ -20,4 +20,30 @@ export function resolveConsumer(rules: Rules, credential: Pick<Credential, 'subj
   // makes it: any issuer can write any string in `sub`.
   const key = rules.identity.issuers.length > 1 ? JSON.stringify([credential.issuer, subject]) : subject;
   return { subject, key, kind: rules.consumers.defaultKind, registered: false };
+}
+
+/**
+ * The automation a call is made by when it acts for a consumer of another kind: an AI agent
+ * holding a token exchanged for a person's (sub the person, act.sub the agent) is the one
+ * whose code may be stale, so its call is judged as an automation's (contract version
+ * required, stale contracts and deprecated operations blocked by sensitivity, automation
+ * lifetimes, the automation kinds' lifecycle checks and monitors), and its denials count
+ * towards its own quarantine, not the person's. Each actor is the consumer its issuer vouches
+ * for, as the delegation check reads it; an actor registered to another issuer, or a level
+ * that names no actor, is taken for an automation (nothing says it is not), with no key.
+ * Undefined when the subject's kind stands.
+ */
+export function automationActor(rules: Rules, consumer: Consumer, credential: Pick<Credential, 'issuer' | 'act'>): Actor | undefined {
+  const chain = credential.act;
+  if (!chain || consumer.kind === 'automation') return undefined;
+  for (const [i, subject] of chain.actors.entries()) {
+    const iss = chain.issuers[i];
+    const issuer = typeof iss === 'string' ? iss : credential.issuer;
+    const actor = resolveConsumer(rules, { subject, issuer });
+    if (!actor) return { subject };
+    if (actor.kind === 'automation') return { subject, key: actor.key, issuer, ...(actor.owner !== undefined ? { owner: actor.owner } : {}) };
+  }
+  // A level past the well-formed ones: its actor is unknown.
+  if (chain.depth > chain.actors.length) return { subject: chain.named[chain.actors.length] ?? '(malformed act level)' };
+  return undefined;
 }

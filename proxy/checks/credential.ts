@@ -5,7 +5,7 @@
 import type { Check, Credential, RequestContext } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import type { Identity } from '../identity/verify.ts';
-import { resolveConsumer } from './consumers.ts';
+import { automationActor, resolveConsumer } from './consumers.ts';
 
 function bearer(ctx: RequestContext): string | undefined | null {
   const header = ctx.req.headers.authorization;
@@ -49,10 +49,15 @@ export function credential(rules: Rules, identity: Identity): Check {
         ctx.extra['delegation.chain'] = chain.actors;
         ctx.extra['delegation.depth'] = chain.depth;
       }
-      const consumer = resolveConsumer(rules, verified);
+      let consumer = resolveConsumer(rules, verified);
       // The registered subject from another issuer (two clusters' shop/checkout, or two OAuth
       // providers' client ids alike): not this consumer, and not an unknown one either.
       if (!consumer) return { reason: 'invalid-credential', detail: 'the subject is registered to another issuer' };
+      const actor = automationActor(rules, consumer, verified);
+      if (actor !== undefined) {
+        consumer = { ...consumer, kind: 'automation', actor };
+        ctx.extra['delegation.automation'] = actor.subject.slice(0, 256);
+      }
       ctx.consumer = consumer;
 
       const max = rules.identity.maxTokenLifetimeMs[consumer.kind];

@@ -17,7 +17,7 @@ import { Journal, replay } from './journal.ts';
 import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
-import { forgetDenials, quarantineMode, recordDenial } from './monitors.ts';
+import { forgetDenials, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import { REVOKED_ACTOR, WOULD_DENY, countForwarded, quarantinedActor } from './checks.ts';
 import { resolveConsumer } from '../checks/consumers.ts';
 import { lruFill } from '../lib/heap.ts';
@@ -199,7 +199,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // Under its name now: a reload may have renamed it while this request was decided.
     const key = state.consumerKey(ctx)!;
     const m = state.monitors;
-    const s = m.consumer(key, c.kind, c.owner, ctx.now, ctx.credential?.issuer);
+    // The subject's own kind: an automation acting for it (c.actor) is there only for a person.
+    const s = m.consumer(key, c.actor ? 'human' : c.kind, c.owner, ctx.now, ctx.credential?.issuer);
     if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
     m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
     const audited = ctx.extra[WOULD_DENY];
@@ -207,17 +208,31 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason) || ctx.extra[REVOKED_ACTOR] !== undefined) return;
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
-    if (m.quarantine(key, ctx.now)) return;
-    recordDenial(s, ctx.now, d.reason, d.enforced, q.windowMs, q.denials);
+    // An automation acting for a person: its denials are its own (its quarantine then refuses
+    // every token that names it); one nobody vouches for is quarantined by no one.
+    if (c.actor) {
+      const a = c.actor;
+      if (a.key !== undefined && a.issuer !== undefined) quarantineOnDenials(m.consumer(a.key, 'automation', a.owner, ctx.now, a.issuer), a.key, a.issuer, a.owner, ctx.now, d);
+      return;
+    }
+    quarantineOnDenials(s, key, ctx.credential?.issuer, c.owner, ctx.now, d);
+  }
+
+  /** Count a denial of the consumer kept under `key`; enough of them within the window quarantine it. */
+  function quarantineOnDenials(s: ConsumerState, key: string, issuer: string | undefined, owner: string | undefined, at: number, d: Decision): void {
+    const m = state.monitors;
+    const q = state.config.monitors.quarantine;
+    if (m.quarantine(key, at)) return;
+    recordDenial(s, at, d.reason, d.enforced, q.windowMs, q.denials);
     if (s.denials.length < q.denials) return;
     // The reasons of the denials counted, most recent last, each once.
     const reasons = [...new Set(s.denialReasons.toReversed())].toReversed();
     // Placed in part by would-denies (proxy.mode audit), a quarantine is an audit one: those
     // were not enforced, and a reload to enforce must not turn it into refusals.
     const mode = q.mode === 'enforce' && s.denialsEnforced.every(Boolean) ? 'enforce' : 'audit';
-    m.quarantineFor(key, { sinceMs: ctx.now, untilMs: ctx.now + q.periodMs, mode, reasons, ...(ctx.credential ? { issuer: ctx.credential.issuer } : {}) });
+    m.quarantineFor(key, { sinceMs: at, untilMs: at + q.periodMs, mode, reasons, ...(issuer !== undefined ? { issuer } : {}) });
     forgetDenials(s);
-    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: key, owner: c.owner ?? null, until: new Date(ctx.now + q.periodMs).toISOString(), denials: q.denials });
+    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: key, owner: owner ?? null, until: new Date(at + q.periodMs).toISOString(), denials: q.denials });
   }
 
   return {

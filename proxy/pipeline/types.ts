@@ -33,11 +33,23 @@ export interface Consumer {
    * `["<issuer>","<subject>"]`, so that two issuers' `client-7` are two consumers.
    */
   readonly key: string;
+  /** The kind the call is judged as: the subject's, or automation when one acts for it (automationActor). */
   readonly kind: ConsumerKind;
   readonly owner?: string;
   /** false when the registry does not know the subject (kind is then consumers.defaultKind). */
   readonly registered: boolean;
   readonly operations?: ReadonlySet<string>;
+  /** The automation that makes this call for the consumer (a delegated token): kind is then automation. */
+  readonly actor?: Actor;
+}
+
+/** An automation acting for a consumer (proxy/checks/consumers.ts automationActor). */
+export interface Actor {
+  readonly subject: string;
+  /** Its lifecycle key, as Consumer.key, and the issuer that vouches for it; none for an actor nobody vouches for. */
+  readonly key?: string;
+  readonly issuer?: string;
+  readonly owner?: string;
 }
 
 /** Extension members of a problem body, and what spans and logs record. */

@@ -46,6 +46,41 @@ t.test('humans are warned, never blocked, by staleness and deprecation', async (
   t.equal(w.up.seen[0]!.headers['driftguard-consumer-kind'], 'human');
 });
 
+t.test('an automation acting for a person (a delegated token) is judged as an automation', async (t) => {
+  const w = await world(t);
+  const asAgent = { act: { sub: AGENT } };
+  // The person alone is warned; an agent holding a token exchanged for the person is blocked.
+  const stale = await w.call('POST', '/payments', { token: await w.tok({ sub: HUMAN, contract: '2026-06', claims: asAgent }), body: '{}' });
+  t.equal(stale.status, 409, 'a critical operation with a stale contract (200 with a warning before)');
+  t.equal(stale.json.code, 'stale-contract');
+  const deprecated = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN, claims: asAgent }) });
+  t.equal(deprecated.json.code, 'deprecated-operation', 'a deprecated high-sensitivity operation');
+  const none = await w.call('GET', '/items/1', { token: await w.tok({ sub: HUMAN, contract: undefined, claims: asAgent }) });
+  t.equal(none.json.code, 'contract-version-required', 'an automation must declare its contract version');
+  // Automation lifetimes: 2 hours is within a person's 12 but not an automation's 1.
+  const long = await w.call('GET', '/items/1', { token: await w.tok({ sub: HUMAN, ttl: 7200, claims: asAgent }) });
+  t.equal(long.json.code, 'credential-lifetime-exceeded');
+  t.equal(w.up.seen.length, 0, 'none reached the upstream');
+  // An actor registered to another issuer, or one nobody names, is taken for an automation too.
+  for (const act of [{ sub: AGENT, iss: 'https://elsewhere.test' }, { sub: '' }]) {
+    const a = await w.call('POST', '/payments', { token: await w.tok({ sub: HUMAN, contract: '2026-06', claims: { act } }), body: '{}' });
+    t.equal(a.json.code, 'stale-contract', JSON.stringify(act));
+  }
+  // A person acting for a person stays a person; the agent's fresh call goes through, recorded.
+  const ok = await w.call('GET', '/items/1', { token: await w.tok({ sub: HUMAN, claims: asAgent }) });
+  t.equal(ok.status, 200);
+  t.equal(w.up.seen[0]!.headers['driftguard-consumer-kind'], 'automation', 'the upstream is told the kind it was judged as');
+  // An unregistered actor is of consumers.defaultKind: automation by default...
+  const bob = { act: { sub: 'bob@test.local' } };
+  const unknown = await w.call('POST', '/payments', { token: await w.tok({ sub: HUMAN, contract: '2026-06', claims: bob }), body: '{}' });
+  t.equal(unknown.json.code, 'stale-contract');
+  // ...and with defaultKind human, a person acting for a person stays a person.
+  const people = await world(t, (r) => { r.consumers.unknown = 'allow'; r.consumers.defaultKind = 'human'; });
+  const human = await people.call('POST', '/payments', { token: await people.tok({ sub: HUMAN, contract: '2026-06', claims: bob }), body: '{}' });
+  t.equal(human.status, 200);
+  t.equal(human.headers.get('driftguard-warning'), 'stale-contract');
+});
+
 t.test('automation is blocked from blockAt up and warned below it', async (t) => {
   // createItem is medium: below the minimum contract it is warned with blockAt high...
   const high = await world(t);

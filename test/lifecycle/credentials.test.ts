@@ -2,9 +2,9 @@
 // sensitivity up, per-sensitivity lifetime, act chain depth and actor allowlist, audit mode.
 
 import t from 'tap';
-import { AGENT, BOT } from '../support/driftguard.ts';
+import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { ISSUER } from '../support/keys.ts';
-import { world, startLifecycle, problem, bearer, monitorsOnly } from './support.ts';
+import { world, startLifecycle, problem, bearer, monitorsOnly, ALL_SCOPES } from './support.ts';
 
 t.test('automated consumers need a jti, and a task-bound token from taskBindingAt up', async (t) => {
   const w = await world();
@@ -211,6 +211,26 @@ t.test('a quarantined automation may not act for others: its refusals record it 
   await own.text();
   const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] };
   t.same(listed.quarantined.map((q) => q.subject), [BOT], 'only BOT is quarantined');
+});
+
+t.test('an automation acting for a person: its denials quarantine the automation, not the person', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { consumers: [{ subject: HUMAN, actors: [AGENT] }] };
+    r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const viaAgent = async (scope: string) => w.token({ sub: HUMAN, scope, claims: { act: { sub: AGENT } } });
+  // Judged as an automation: watched by the monitors, which only watch automations.
+  for (let i = 0; i < 2; i++) await problem(t, await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(await viaAgent('items.read'), { 'idempotency-key': `k${i}` }), body: '{}' }), 'insufficient-scope', 403);
+  t.equal(dg.seen.at(-1)!.ctx.extra['delegation.automation'], AGENT, 'recorded: the automation the call was judged by');
+  const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] };
+  t.same(listed.quarantined.map((q) => q.subject), [AGENT], 'the agent is quarantined, not the person');
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await viaAgent(ALL_SCOPES)) }), 'consumer-quarantined', 403);
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }), 'consumer-quarantined', 403);
+  const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN })) });
+  t.equal(own.status, 200, 'the person\'s own calls go on');
+  await own.text();
 });
 
 t.test('with delegation off, a quarantined actor behind a malformed level is still seen', async (t) => {
