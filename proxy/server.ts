@@ -14,7 +14,7 @@ import { blocks } from './checks/staleness.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, problemInFile, problemWith } from './rules/load.ts';
-import { Forwarder, isWebSocketHandshake } from './forward/forward.ts';
+import { Forwarder, hasBody, isWebSocketHandshake } from './forward/forward.ts';
 import type { ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
@@ -30,13 +30,26 @@ import type { TableFill } from './lib/heap.ts';
 const PROBE_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
 /** Pipelined requests of one connection that may wait for the answer before theirs (onRequest). */
 export const MAX_PIPELINED = 32;
+const FLOOD_LOG_MS = 60_000;
+
+/** One request of a connection, in the order they arrived. */
+interface Turn {
+  readonly res: ServerResponse;
+  /** Its answer is done, or it was dropped: the request after it may start. */
+  done: boolean;
+  /** Starts the request after it, once it is done. */
+  then?: () => void;
+}
 
 interface Pipeline {
-  /** A request of the connection is being handled: the next one waits. */
-  busy: boolean;
+  /** The latest request to arrive. */
+  last?: Turn;
+  /** Requests arrived and not done: being answered or waiting. */
+  open: number;
   /** Paused here while requests wait: resumed as the last of them starts. */
   paused: boolean;
-  readonly waiting: { readonly res: ServerResponse; run(): void }[];
+  /** Requests waiting for the answer before theirs, in order. */
+  readonly waiting: Turn[];
 }
 
 export interface Generation {
@@ -124,6 +137,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const current = new WeakMap<Socket, IncomingMessage>();
   /** Each connection's request being handled, and the pipelined ones waiting for its answer (onRequest). */
   const pipelines = new WeakMap<Socket, Pipeline>();
+  /** Connections cut for a pipelining flood since the last line said so, and when that was (performance.now). */
+  let floodsCut = 0;
+  let floodLoggedAt = -Infinity;
   /** The tunnels established (101 passed on), with their handshake's context. */
   const open = new Map<Socket, RequestContext>();
   let draining = false;
@@ -163,34 +179,62 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     current.set(req.socket, req);
     const socket = req.socket;
     const line = pipelines.get(socket);
-    if (!line?.busy) {
-      if (line) line.busy = true;
-      start(req, res, expectsContinue);
-      return;
-    }
+    const turn: Turn = { res, done: false };
+    const run = () => { start(req, turn, expectsContinue, line); };
+    if (!line) { run(); return; }
+    const before = line.last;
+    line.last = turn;
+    line.open++;
     // HTTP/1.1 pipelining: Node hands over every request of what it has read, and answers them
     // in order. Handled all at once, one connection that never read its answers held the
     // whole upstream pool and ran the heap out (an unauthenticated GET of a public operation
-    // repeated 12,000 times in one write). They wait for the answer before theirs instead, with
-    // the connection paused; more than MAX_PIPELINED waiting is a flood: the connection is cut.
-    if (line.waiting.length >= MAX_PIPELINED) {
-      // The rest of what was read still arrives, one request at a time: one line per connection.
-      if (socket.destroyed) return;
-      log({ level: 'warn', msg: 'connection closed: too many pipelined requests waiting', limit: MAX_PIPELINED });
-      socket.destroy();
+    // repeated 12,000 times in one write). More than MAX_PIPELINED behind the one being
+    // answered is a flood, and is cut.
+    if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line); return; }
+    if (!before || before.done) { run(); return; }
+    // A request with a body is handled at once, beside the ones before it: held back, its body
+    // would wait too, and proxy.timeouts.request (counted by Node from its first byte) would
+    // cut the connection with an earlier answer half sent. Reading goes on for its body.
+    if (hasBody(req)) {
+      if (line.paused) { line.paused = false; socket.resume(); }
+      run();
       return;
     }
+    // One without waits for the answer before its own, with the connection paused.
     // A drain waits for it as for a request in flight.
     responses.add(res);
-    line.waiting.push({ res, run: () => { start(req, res, expectsContinue); } });
+    line.waiting.push(turn);
     if (!line.paused) { line.paused = true; socket.pause(); }
+    before.then = () => {
+      line.waiting.splice(line.waiting.indexOf(turn), 1);
+      // Destroyed, or ending after an answer that closed it (draining, HTTP/1.0, Connection:
+      // close): nobody would get this answer, so it is not decided.
+      if (socket.destroyed || !socket.writable) { responses.delete(res); settled(); finish(turn, line); return; }
+      if (line.waiting.length === 0 && line.paused) { line.paused = false; socket.resume(); }
+      run();
+    };
   }
 
-  /** Handle one request; once its answer is done, the next pipelined request of its connection. */
-  function start(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
-    // req.socket is null by then once the body was read to its end.
-    const socket = req.socket;
-    res.once('close', () => { nextPipelined(socket); });
+  /** A pipelining flood: the connection is cut; at most a line a minute says how many were. */
+  function floodCut(socket: Socket, turn: Turn, line: Pipeline): void {
+    turn.done = true;
+    line.open--;
+    // The rest of what was read still arrives, one request at a time.
+    if (socket.destroyed) return;
+    socket.destroy();
+    floodsCut++;
+    // One line per connection would let anybody flood the log.
+    const at = performance.now();
+    if (at - floodLoggedAt < FLOOD_LOG_MS) return;
+    log({ level: 'warn', msg: 'connections closed: too many pipelined requests', connections: floodsCut, limit: MAX_PIPELINED });
+    floodsCut = 0;
+    floodLoggedAt = at;
+  }
+
+  /** Handle one request; once its answer is done, the request after it on its connection may start. */
+  function start(req: IncomingMessage, turn: Turn, expectsContinue: boolean, line: Pipeline | undefined): void {
+    const res = turn.res;
+    res.once('close', () => { finish(turn, line); });
     const g = generation;
     const [ctx, observation] = begin(g, req);
     if (expectsContinue) {
@@ -201,24 +245,22 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     }
     handle(g, ctx, observation, res).catch((err: unknown) => unexpected(err, res, observation.traceId));
   }
-  /** The connection's next waiting request, if any; else it reads again. */
-  function nextPipelined(socket: Socket): void {
-    const line = pipelines.get(socket);
-    if (!line) return;
-    if (socket.destroyed) { dropPipelined(socket); return; }
-    const next = line.waiting.shift();
-    // Reading again as the last one starts: its body may not have all arrived (no request
-    // after it was read, so nothing says it has).
-    if (line.waiting.length === 0 && line.paused) { line.paused = false; socket.resume(); }
-    if (next) next.run();
-    else line.busy = false;
+
+  /** A request's answer is done (or it was dropped): the one after it goes on. */
+  function finish(turn: Turn, line: Pipeline | undefined): void {
+    if (turn.done) return;
+    turn.done = true;
+    if (line) line.open--;
+    const then = turn.then;
+    turn.then = undefined;
+    then?.();
   }
 
   /** A closed connection's waiting requests: never decided, never answered, nobody to answer. */
   function dropPipelined(socket: Socket): void {
     const line = pipelines.get(socket);
     if (!line?.waiting.length) return;
-    for (const w of line.waiting.splice(0)) responses.delete(w.res);
+    for (const turn of line.waiting.splice(0)) { responses.delete(turn.res); turn.done = true; turn.then = undefined; line.open--; }
     settled();
   }
 
@@ -241,10 +283,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('timeout', (socket: Socket) => socket.destroy());
   traffic.on('connection', (s: Socket) => {
     sockets.add(s);
-    pipelines.set(s, { busy: false, paused: false, waiting: [] });
+    pipelines.set(s, { open: 0, paused: false, waiting: [] });
     s.once('close', () => { sockets.delete(s); dropPipelined(s); });
   });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // Bytes after a request that said Connection: close (RFC 9112 §9.6): that request is
+    // answered, and the connection then ends; nothing after it is read. Cut here, its answer was lost.
+    if (err.code === 'HPE_CLOSED_CONNECTION' && (socket as Socket & { _httpMessage?: unknown })._httpMessage) return;
     // Node refused to parse the request (header overflow, bad framing) or it did not arrive in
     // time: answer in kind if no answer is or was due on it (a request whose body was still
     // arriving after its answer was sent would otherwise get a second, unasked-for one).
@@ -379,8 +424,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
     if (decision.decision === 'deny' && decision.enforced) {
       // A client still waiting for its 100 has not sent the body and will not: reading it as
-      // the connection's next request would misframe it, so the connection ends here.
-      if (ctx.sendContinue) headers.connection = 'close';
+      // the connection's next request would misframe it, so the connection ends here. So does
+      // a request driftguard could not read as the upstream would: its framing may be wrong too
+      // (Transfer-Encoding in HTTP/1.0, RFC 9112 §6.1).
+      if (ctx.sendContinue || decision.reason === 'malformed-request') headers.connection = 'close';
       else drain(req);
       sendProblem(res, denial(ctx, decision, observation), headers);
       return;

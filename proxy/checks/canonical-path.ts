@@ -6,6 +6,7 @@
 // Runs even in audit mode: a request we cannot read the same way as the upstream is never
 // forwarded.
 
+import { isIPv6 } from 'node:net';
 import type { Check } from '../pipeline/types.ts';
 import { canonicalTarget } from '../pipeline/canonical.ts';
 
@@ -14,7 +15,18 @@ import { canonicalTarget } from '../pipeline/canonical.ts';
  * (which may be empty). Not the rest of reg-name: Node's legacy url.parse, which upstreams still
  * build URLs with, reads a path out of `a%2F..%2Fadmin%3F` or `a;admin`.
  */
-const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*)(?::[0-9]*)?$/;
+const HOST = /^(?:\[([0-9A-Fa-f:.]+)\]|(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)?)(?::([0-9]{0,5}))?$/;
+
+/** A Host the upstream reads as driftguard does: an IP literal that is one, no empty labels, a port up to 65535. */
+function validHost(value: string): boolean {
+  const m = HOST.exec(value);
+  if (!m) return false;
+  if (m[1] !== undefined && !isIPv6(m[1])) return false;
+  const port = m[2];
+  // `:80` names no host; `host:` (an empty port) is RFC 3986's.
+  if (port !== undefined && (value.startsWith(':') || Number(port) > 65535)) return false;
+  return true;
+}
 
 /**
  * Query parameters web frameworks take as the request's method (Rails, Laravel, Symfony and
@@ -68,7 +80,7 @@ export function canonicalPath(): Check {
       // undici asserts on a Host it cannot split (`[::1`: a 502 for a healthy upstream), and an
       // upstream that builds its URL from Host would read `x/admin?` as a path.
       const hostValue = ctx.req.headers.host;
-      if (hostValue !== undefined && !HOST.test(hostValue)) return { reason: 'malformed-request', detail: 'the Host header is not a host and port' };
+      if (hostValue !== undefined && !validHost(hostValue)) return { reason: 'malformed-request', detail: 'the Host header is not a host and port' };
       // Beyond 2^53 undici reads the length as a rounded number: the upstream would frame the
       // body differently from the client.
       const length = ctx.req.headers['content-length'];
@@ -78,6 +90,8 @@ export function canonicalPath(): Check {
       // fingerprint them. A transfer coding driftguard does not decode is refused (RFC 9112 §6.1).
       const te = ctx.req.headers['transfer-encoding'];
       if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return { reason: 'malformed-request', detail: 'a transfer coding other than chunked' };
+      // Faulty framing in HTTP/1.0 (RFC 9112 §6.1), which a proxy in front may read otherwise.
+      if (te !== undefined && ctx.req.httpVersion === '1.0') return { reason: 'malformed-request', detail: 'Transfer-Encoding in an HTTP/1.0 request' };
       const target = canonicalTarget(ctx.req.url);
       if (!target) return { reason: 'malformed-request', detail: 'the request-target is not origin-form and canonical' };
       const override = methodOverrideParameter(target.query);

@@ -4,6 +4,7 @@
 
 import t from 'tap';
 import { gzipSync } from 'node:zlib';
+import { connect } from 'node:net';
 import { raw, get } from '../support/raw.ts';
 import { world } from './world.ts';
 
@@ -117,7 +118,8 @@ t.test('Host: one, a host and port, or none only in HTTP/1.0; a Content-Length u
   const tok = await w.tok();
   const request = (host: string | undefined, version = '1.1', more = '') => `GET /items/1 HTTP/${version}\r\n${host === undefined ? '' : `Host: ${host}\r\n`}Authorization: Bearer ${tok}\r\n${more}Connection: close\r\n\r\n`;
   // Node's legacy url.parse reads a path out of an escaped or `;` host: `a%2F..%2Fadmin%3F`.
-  for (const host of ['[::1', '[', 'x/admin?', 'a@b', 'a#b', 'a b', 'h\u00e9', 'a%2F..%2Fadmin%3F', 'a;admin', 'a!b']) {
+  // Nor an IP literal that is none, empty labels, a port alone or past 65535.
+  for (const host of ['[::1', '[', 'x/admin?', 'a@b', 'a#b', 'a b', 'h\u00e9', 'a%2F..%2Fadmin%3F', 'a;admin', 'a!b', '[.]', '[:]', '[1:2]:', '...', 'a..b', ':80', ':', 'a:99999999999999999999', 'a:65536']) {
     const a = await raw(w.port, request(host));
     t.equal(a.status, 400, `Host: ${host} (before: forwarded, or a 502 from an assertion in undici)`);
     t.match(a.json(), { code: 'malformed-request', detail: /Host header is not a host and port/ });
@@ -128,7 +130,7 @@ t.test('Host: one, a host and port, or none only in HTTP/1.0; a Content-Length u
   const huge = await raw(w.port, request('127.0.0.1', '1.1', 'Content-Length: 9007199254740993\r\n'));
   t.match(huge.json(), { code: 'malformed-request', detail: /Content-Length/ });
   t.equal(w.up.seen.length, 0);
-  for (const host of ['127.0.0.1', 'api.example:8080', '[::1]:15080', 'xn--bcher-kva.example', '']) {
+  for (const host of ['127.0.0.1', 'api.example:8080', '[::1]:15080', 'xn--bcher-kva.example', '', 'api.example.', 'a:65535', 'a:', '[::ffff:127.0.0.1]']) {
     const a = await raw(w.port, request(host));
     t.equal(a.status, 200, `Host: ${host} is forwarded`);
   }
@@ -165,6 +167,18 @@ t.test('a transfer coding other than chunked: 400, never forwarded decoded halfw
   t.equal(w.up.seen.length, 0);
   const plain = await raw(w.port, 'GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n');
   t.equal(plain.status, 200, 'chunked alone (in any case) goes through');
+  // In HTTP/1.0, Transfer-Encoding is faulty framing (RFC 9112 §6.1): refused, and the
+  // connection closed, so nothing after it is read as the next request.
+  const c = connect(w.port, '127.0.0.1');
+  let answer = '';
+  c.on('data', (d) => { answer += d; });
+  const closed = new Promise((r) => c.once('close', r));
+  c.write('POST /items HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\nGET /status HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
+  await closed;
+  t.match(answer, /^HTTP\/1\.1 400 [^]*Transfer-Encoding in an HTTP\/1\.0 request/, 'refused (it was forwarded as HTTP/1.1 with a Content-Length)');
+  t.equal((answer.match(/HTTP\/1\.[01] \d{3}/g) ?? []).length, 1, 'one answer: the connection closed after it');
+  t.match(answer, /connection: close/i);
+  t.equal(w.up.seen.length, 1, 'only the plain chunked request reached the upstream');
 });
 
 t.test('a body on a denied request does not smuggle a second request to the upstream', async (t) => {

@@ -7,6 +7,7 @@ import t from 'tap';
 import { connect, type Socket } from 'node:net';
 import { world } from './world.ts';
 import { MAX_PIPELINED } from '../../proxy/server.ts';
+import { noopObserver, type Observer } from '../../proxy/observe.ts';
 
 /** Open a raw connection; `text()` is everything read so far. */
 async function socketTo(port: number): Promise<{ s: Socket; text(): string; closed: Promise<void> }> {
@@ -47,16 +48,35 @@ t.test('pipelined requests are handled one at a time, in order, each decided as 
     'GET /status HTTP/1.1\r\nHost: a\r\n\r\n'
     + `GET /items/1 HTTP/1.1\r\nHost: a\r\n${auth}\r\n`
     + 'GET /items/2 HTTP/1.1\r\nHost: a\r\n\r\n' // no token: refused, and no upstream call
-    + `POST /items HTTP/1.1\r\nHost: a\r\n${auth}Content-Type: application/json\r\nContent-Length: 11\r\n\r\n{"n":12345}`
+    + `GET /items HTTP/1.1\r\nHost: a\r\n${auth}\r\n`
     + 'GET /status?last HTTP/1.1\r\nHost: a\r\n\r\n',
   );
   await until('five answers', () => statuses(c.text()).length === 5);
   t.same(statuses(c.text()), [200, 200, 401, 200, 200], 'in the order sent');
   const text = c.text();
-  t.ok(text.indexOf('GET /status 0') < text.indexOf('GET /items/1 0') && text.indexOf('GET /items/1 0') < text.indexOf('POST /items 11'), 'each answer is its own request\'s, the body with its request');
+  t.ok(text.indexOf('GET /status 0') < text.indexOf('GET /items/1 0') && text.indexOf('GET /items/1 0') < text.indexOf('GET /items 0'), 'each answer is its own request\'s');
   t.match(text, /missing-credential/);
   t.equal(w.up.seen.length, 4, 'the refused one never reached the upstream');
   t.equal(most, 1, 'one at a time: a connection holds at most one upstream call (four at once before)');
+  c.s.destroy();
+});
+
+t.test('a request with a body is handled at once, beside a slow one before it: its body is read as it comes, and the answers keep their order', async (t) => {
+  // Held back behind an answer slower than proxy.timeouts.request, its body waited too, and
+  // Node's request timeout cut the connection: no answer at all.
+  const w = await world(t, (r) => { r.proxy.timeouts = { connect: '1s', response: '5s', request: '1s' }; });
+  w.up.handler = (req, res) => {
+    let bytes = 0;
+    req.on('data', (c: Buffer) => { bytes += c.length; });
+    req.on('end', () => setTimeout(() => { res.writeHead(200); res.end(`${req.method} ${req.url} ${bytes}`); }, req.url === '/status' ? 1_500 : 0));
+  };
+  const c = await socketTo(w.port);
+  const body = 'x'.repeat(1_000_000);
+  c.s.write(`GET /status HTTP/1.1\r\nHost: a\r\n\r\nPUT /items/1/blob HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${await w.tok()}\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+  await until('both answers', () => statuses(c.text()).length === 2 || c.s.destroyed);
+  t.same(statuses(c.text()), [200, 200]);
+  const text = c.text();
+  t.ok(text.indexOf('GET /status 0') >= 0 && text.indexOf('GET /status 0') < text.indexOf('PUT /items/1/blob 1000000'), 'in order, the body whole');
   c.s.destroy();
 });
 
@@ -88,8 +108,13 @@ t.test('a flood of pipelined requests on one connection is cut, not handled: the
   c.s.write('GET /status HTTP/1.1\r\nHost: a\r\n\r\n'.repeat(5_000));
   await c.closed;
   t.ok(w.up.seen.length <= 1, `at most the first reached the upstream (${w.up.seen.length}; all 64 pool connections before)`);
-  t.equal(w.logs.filter((l) => l.msg === 'connection closed: too many pipelined requests waiting').length, 1, 'one warning for the connection');
-  t.equal(w.logs.find((l) => l.msg === 'connection closed: too many pipelined requests waiting')?.limit, MAX_PIPELINED);
+  t.match(w.logs.filter((l) => l.msg === 'connections closed: too many pipelined requests'), [{ connections: 1, limit: MAX_PIPELINED }], 'one warning');
+  // Another flooding connection within the minute is counted, not logged: no line per connection.
+  const d = await socketTo(w.port);
+  d.s.pause();
+  d.s.write('GET /status HTTP/1.1\r\nHost: a\r\n\r\n'.repeat(5_000));
+  await d.closed;
+  t.equal(w.logs.filter((l) => l.msg === 'connections closed: too many pipelined requests').length, 1, 'still one line');
   const other = await w.call('GET', '/status');
   t.equal(other.status, 200, 'another client is served');
   await until('nothing in flight', () => w.dg.dg.inFlight === 0);
@@ -119,4 +144,27 @@ t.test('a client that leaves with requests waiting leaves nothing in flight', as
   release!();
   await new Promise((r) => setTimeout(r, 50));
   t.equal(w.up.seen.length, 1, 'the waiting ones were never handled');
+});
+
+t.test('after an answer that ends its connection, the requests waiting behind it are not decided', async (t) => {
+  const decided: string[] = [];
+  const counting: Observer = { begin: (ctx) => ({ ...noopObserver.begin(ctx), decided: () => { decided.push(ctx.req.url ?? ''); } }) };
+  const w = await world(t, () => {}, { observer: counting });
+  // No length: an HTTP/1.0 answer can then only end with the connection.
+  w.up.handler = (req, res) => { req.resume(); setTimeout(() => { res.writeHead(200, { 'content-type': 'text/plain' }); res.write('streamed'); res.end(); }, 50); };
+  const c = await socketTo(w.port);
+  c.s.write('GET /status HTTP/1.0\r\nConnection: keep-alive\r\n\r\n'.repeat(3));
+  await c.closed;
+  t.same(statuses(c.text().replace(/HTTP\/1\.0/g, 'HTTP/1.1')), [200], 'one answer, then the connection ends');
+  t.equal(w.up.seen.length, 1);
+  t.same(decided, ['/status'], 'the two behind it were neither decided nor recorded');
+});
+
+t.test('bytes after a request marked Connection: close do not cost that request its answer', async (t) => {
+  const w = await world(t);
+  const c = await socketTo(w.port);
+  c.s.write('GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /status?2 HTTP/1.1\r\nHost: a\r\n\r\n');
+  await c.closed;
+  t.same(statuses(c.text()), [200], 'answered (it was cut with no answer), and only it');
+  t.equal(w.up.seen.length, 1);
 });
