@@ -39,6 +39,8 @@ interface Turn {
   done: boolean;
   /** Starts the request after it, once it is done. */
   then?: () => void;
+  /** proxy.timeouts.request for a body still arriving when the request started. */
+  deadline?: NodeJS.Timeout;
 }
 
 interface Pipeline {
@@ -46,10 +48,8 @@ interface Pipeline {
   last?: Turn;
   /** Requests arrived and not done: being answered or waiting. */
   open: number;
-  /** Paused here while requests wait: resumed as the last of them starts. */
-  paused: boolean;
-  /** Requests waiting for the answer before theirs, in order. */
-  readonly waiting: Turn[];
+  /** Requests waiting for the answer before theirs. */
+  waiting: number;
 }
 
 export interface Generation {
@@ -135,6 +135,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const tunnels = new Set<Socket>();
   /** Each connection's latest request: while its body has not all arrived, a clientError is that request's. */
   const current = new WeakMap<Socket, IncomingMessage>();
+  /** proxy.timeouts.request in force (start). */
+  let requestMs = rules.proxy.timeouts.requestMs;
   /** Each connection's request being handled, and the pipelined ones waiting for its answer (onRequest). */
   const pipelines = new WeakMap<Socket, Pipeline>();
   /** Connections cut for a pipelining flood since the last line said so, and when that was (performance.now). */
@@ -155,10 +157,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // A missing Host is refused by the canonical-path check, as a decision with a problem
     // body, instead of Node's bare 400.
     requireHostHeader: false,
-    // The whole request must arrive within proxy.timeouts.request: without it, a client that
-    // trickled its body just under clientIdle held an upstream connection as long as it
-    // liked. Node checks it every connectionsCheckingInterval.
-    requestTimeout: rules.proxy.timeouts.requestMs,
+    // A request's head must arrive within 60 s, or proxy.timeouts.request if shorter; its body
+    // is timed from when it is handled (start). Node checks heads every connectionsCheckingInterval.
+    requestTimeout: 0,
+    headersTimeout: headersTimeout(rules.proxy.timeouts.requestMs),
     connectionsCheckingInterval: checkingInterval(rules.proxy.timeouts.requestMs),
     // Only a WebSocket handshake becomes an upgrade; any other Upgrade (h2c, which Java's
     // HttpClient offers on every plain request) is a hop-by-hop header, dropped, and the
@@ -188,29 +190,20 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // HTTP/1.1 pipelining: Node hands over every request of what it has read, and answers them
     // in order. Handled all at once, one connection that never read its answers held the
     // whole upstream pool and ran the heap out (an unauthenticated GET of a public operation
-    // repeated 12,000 times in one write). More than MAX_PIPELINED behind the one being
-    // answered is a flood, and is cut.
+    // repeated 12,000 times in one write). Each waits for the answer before its own instead,
+    // so a connection holds one upstream call at most; more than MAX_PIPELINED waiting is a
+    // flood, and is cut. (Node goes on reading: a waiting request's body is buffered up to its
+    // stream's high-water mark, then Node stops reading until it is handled.)
     if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line); return; }
     if (!before || before.done) { run(); return; }
-    // A request with a body is handled at once, beside the ones before it: held back, its body
-    // would wait too, and proxy.timeouts.request (counted by Node from its first byte) would
-    // cut the connection with an earlier answer half sent. Reading goes on for its body.
-    if (hasBody(req)) {
-      if (line.paused) { line.paused = false; socket.resume(); }
-      run();
-      return;
-    }
-    // One without waits for the answer before its own, with the connection paused.
     // A drain waits for it as for a request in flight.
     responses.add(res);
-    line.waiting.push(turn);
-    if (!line.paused) { line.paused = true; socket.pause(); }
+    line.waiting++;
     before.then = () => {
-      line.waiting.splice(line.waiting.indexOf(turn), 1);
+      line.waiting--;
       // Destroyed, or ending after an answer that closed it (draining, HTTP/1.0, Connection:
-      // close): nobody would get this answer, so it is not decided.
+      // close, a malformed request): nobody would get this answer, so it is not decided.
       if (socket.destroyed || !socket.writable) { responses.delete(res); settled(); finish(turn, line); return; }
-      if (line.waiting.length === 0 && line.paused) { line.paused = false; socket.resume(); }
       run();
     };
   }
@@ -235,6 +228,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function start(req: IncomingMessage, turn: Turn, expectsContinue: boolean, line: Pipeline | undefined): void {
     const res = turn.res;
     res.once('close', () => { finish(turn, line); });
+    // The whole request must arrive within proxy.timeouts.request of its start: without it, a
+    // client that trickled its body just under clientIdle held an upstream connection as
+    // long as it liked. Timed here, not by Node (from the request's first byte): a pipelined
+    // request's body waits, unread, while the answers before it are sent.
+    const limit = requestMs;
+    if (limit > 0 && hasBody(req) && !req.complete) {
+      const socket = req.socket;
+      turn.deadline = setTimeout(() => { if (!req.complete) socket?.destroy(); }, limit).unref();
+    }
     const g = generation;
     const [ctx, observation] = begin(g, req);
     if (expectsContinue) {
@@ -250,18 +252,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function finish(turn: Turn, line: Pipeline | undefined): void {
     if (turn.done) return;
     turn.done = true;
+    clearTimeout(turn.deadline);
     if (line) line.open--;
     const then = turn.then;
     turn.then = undefined;
     then?.();
-  }
-
-  /** A closed connection's waiting requests: never decided, never answered, nobody to answer. */
-  function dropPipelined(socket: Socket): void {
-    const line = pipelines.get(socket);
-    if (!line?.waiting.length) return;
-    for (const turn of line.waiting.splice(0)) { responses.delete(turn.res); turn.done = true; turn.then = undefined; line.open--; }
-    settled();
   }
 
   function onSocketRequest(req: IncomingMessage, socket: Socket, head: Buffer): void {
@@ -283,8 +278,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('timeout', (socket: Socket) => socket.destroy());
   traffic.on('connection', (s: Socket) => {
     sockets.add(s);
-    pipelines.set(s, { open: 0, paused: false, waiting: [] });
-    s.once('close', () => { sockets.delete(s); dropPipelined(s); });
+    pipelines.set(s, { open: 0, waiting: 0 });
+    s.once('close', () => { sockets.delete(s); });
   });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // Bytes after a request that said Connection: close (RFC 9112 §9.6): that request is
@@ -632,7 +627,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       generation = g;
       traffic.timeout = next.proxy.timeouts.clientIdleMs;
       // The checking interval was set at start: a reload to a much shorter limit is checked less often.
-      traffic.requestTimeout = next.proxy.timeouts.requestMs;
+      requestMs = next.proxy.timeouts.requestMs;
+      traffic.headersTimeout = headersTimeout(requestMs);
       for (const listener of swapListeners) listener(g);
       if (old.forwarder !== g.forwarder) setTimeout(() => { void old.forwarder.close(); }, 30_000).unref();
     },
@@ -709,7 +705,12 @@ function drain(req: IncomingMessage): void {
   if (!req.complete) req.resume();
 }
 
-/** How often Node checks requestTimeout: a quarter of it, between 250 ms and 30 s (Node's default). */
+/** Node's headersTimeout: 60 s (its default), or proxy.timeouts.request if shorter. */
+function headersTimeout(requestMs: number): number {
+  return requestMs === 0 ? 60_000 : Math.min(60_000, requestMs);
+}
+
+/** How often Node checks headersTimeout: a quarter of proxy.timeouts.request, between 250 ms and 30 s (Node's default). */
 function checkingInterval(requestMs: number): number {
   return requestMs === 0 ? 30_000 : Math.min(30_000, Math.max(250, Math.floor(requestMs / 4)));
 }

@@ -51,7 +51,8 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
     run(ctx) {
       const c = ctx.credential;
       if (!c) return undefined;
-      seen.set(ctx, state.version);
+      // Nothing revoked or quarantined yet (0): the recheck reads an absent entry as 0.
+      if (state.version !== 0) seen.set(ctx, state.version);
       // Fail closed: the revocation list URL has not been read since it was configured
       // (its server is down at start-up, say), so this credential may be on it.
       if (state.revocations.unread) {
@@ -83,7 +84,7 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
     run(ctx) {
       const key = state.consumerKey(ctx);
       if (key === undefined) return undefined;
-      if (!seen.has(ctx)) seen.set(ctx, state.version);
+      if (state.version !== 0 && !seen.has(ctx)) seen.set(ctx, state.version);
       let held = state.monitors.quarantine(key, ctx.now);
       let what = 'this consumer';
       if (!held && ctx.credential) {
@@ -111,7 +112,7 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
  */
 export function quarantinedActor(state: LifecycleState, c: Credential, now: number): { subject: string; held: Quarantine } | undefined {
   const chain = c.act;
-  if (!chain) return undefined;
+  if (!chain || state.monitors.quarantined.size === 0) return undefined;
   // Up to the first malformed level, named and actors are the same levels; after it, named
   // holds the subs that remain, whose iss nothing vouches for.
   for (const [i, subject] of chain.named.entries()) {
@@ -139,9 +140,11 @@ export function recheck(rules: Rules, state: LifecycleState | undefined): Check 
   return {
     name: 'recheck',
     run(ctx) {
-      const before = seen.get(ctx);
-      if (before === undefined || before === state.version) return undefined;
+      if ((seen.get(ctx) ?? 0) === state.version || !ctx.credential) return undefined;
       for (const c of again) {
+        // Only a check that let the request through untouched: one that warned (audit mode)
+        // has said so already.
+        if (ctx.checks.find((r) => r.check === c.name)?.outcome !== 'continue') continue;
         const denial = c.run(ctx) as CheckResult;
         if (denial) return denial;
       }
@@ -260,7 +263,10 @@ const fingerprints = new WeakMap<RequestContext, string>();
  * newline can pass for the fields after it.
  */
 function holder(ctx: RequestContext): string {
-  return JSON.stringify([ctx.credential!.issuer, ctx.credential!.subject]);
+  const c = ctx.credential!;
+  // An agent acting for a person: the agent's writes for that person.
+  const a = ctx.consumer?.actor;
+  return a ? JSON.stringify([c.issuer, c.subject, a.issuer ?? null, a.subject]) : JSON.stringify([c.issuer, c.subject]);
 }
 
 function counts(state: LifecycleState, ctx: RequestContext): Counts {
@@ -325,8 +331,9 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
     name: 'traversal',
     run(ctx) {
       if (!watched(m, ctx)) return undefined;
-      const c = ctx.consumer!;
-      const consumer = state.monitors.consumer(state.consumerKey(ctx)!, c.kind, c.owner, ctx.now, ctx.credential?.issuer);
+      // An agent's traversal is the agent's, whoever it acts for.
+      const p = state.monitored(ctx)!;
+      const consumer = state.monitors.consumer(p.key, p.kind, p.owner, ctx.now, p.origin);
       const ops = consumer.operations;
       // Drop what is out of the window: every entry, not only the front, as a request recorded
       // late (its body was being read) sits behind later arrivals. At most maxOperations.
@@ -360,8 +367,9 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
-      const owner = hash('sha256', holder(ctx), 'base64');
-      const key = hash('sha256', `${holder(ctx)}\n${raw.trim()}`, 'base64');
+      const who = holder(ctx);
+      const owner = hash('sha256', who, 'base64');
+      const key = hash('sha256', `${who}\n${raw.trim()}`, 'base64');
       const seen = state.monitors.keys.get(key);
       if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
         if (seen.payload !== fingerprint) {

@@ -18,6 +18,7 @@ import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
+import type { Monitored } from './state.ts';
 import { REVOKED_ACTOR, WOULD_DENY, countForwarded, quarantinedActor } from './checks.ts';
 import { resolveConsumer } from '../checks/consumers.ts';
 import { lruFill } from '../lib/heap.ts';
@@ -200,7 +201,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const key = state.consumerKey(ctx)!;
     const m = state.monitors;
     // The subject's own kind: an automation acting for it (c.actor) is there only for a person.
-    const s = m.consumer(key, c.actor ? 'human' : c.kind, c.owner, ctx.now, ctx.credential?.issuer);
+    const s = m.consumer(key, c.actor ? 'human' : c.kind, c.owner, ctx.now, ctx.credential);
     if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
     m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
     const audited = ctx.extra[WOULD_DENY];
@@ -209,19 +210,16 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
     // An automation acting for a person: its denials are its own (its quarantine then refuses
-    // every token that names it); one nobody vouches for is quarantined by no one.
-    if (c.actor) {
-      const a = c.actor;
-      if (a.key !== undefined && a.issuer !== undefined) quarantineOnDenials(m.consumer(a.key, 'automation', a.owner, ctx.now, a.issuer), a.key, a.issuer, a.owner, ctx.now, d);
-      return;
-    }
-    quarantineOnDenials(s, key, ctx.credential?.issuer, c.owner, ctx.now, d);
+    // every token that names it), not the person's.
+    const p = state.monitored(ctx)!;
+    quarantineOnDenials(p.key === key ? s : m.consumer(p.key, p.kind, p.owner, ctx.now, p.origin), p, ctx.now, d);
   }
 
-  /** Count a denial of the consumer kept under `key`; enough of them within the window quarantine it. */
-  function quarantineOnDenials(s: ConsumerState, key: string, issuer: string | undefined, owner: string | undefined, at: number, d: Decision): void {
+  /** Count a denial of the party kept under `p.key`; enough of them within the window quarantine it. */
+  function quarantineOnDenials(s: ConsumerState, p: Monitored, at: number, d: Decision): void {
     const m = state.monitors;
     const q = state.config.monitors.quarantine;
+    const key = p.key;
     if (m.quarantine(key, at)) return;
     recordDenial(s, at, d.reason, d.enforced, q.windowMs, q.denials);
     if (s.denials.length < q.denials) return;
@@ -230,9 +228,9 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // Placed in part by would-denies (proxy.mode audit), a quarantine is an audit one: those
     // were not enforced, and a reload to enforce must not turn it into refusals.
     const mode = q.mode === 'enforce' && s.denialsEnforced.every(Boolean) ? 'enforce' : 'audit';
-    m.quarantineFor(key, { sinceMs: at, untilMs: at + q.periodMs, mode, reasons, ...(issuer !== undefined ? { issuer } : {}) });
+    m.quarantineFor(key, { sinceMs: at, untilMs: at + q.periodMs, mode, reasons, origin: { issuer: p.origin.issuer, subject: p.origin.subject } });
     forgetDenials(s);
-    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: key, owner: owner ?? null, until: new Date(at + q.periodMs).toISOString(), denials: q.denials });
+    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: key, owner: p.owner ?? null, until: new Date(at + q.periodMs).toISOString(), denials: q.denials });
   }
 
   return {
@@ -259,7 +257,9 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       dg.onSwap((g) => {
         state.use(g.rules);
         // Consumers the new rules name otherwise keep their state and quarantine.
-        const moved = state.monitors.rekey((issuer, subject) => resolveConsumer(g.rules, { issuer, subject })?.key, state.now());
+        // An issuer no longer trusted names nobody: its consumers' state stays where it was.
+        const trusted = new Set(g.rules.identity.issuers.map((i) => i.issuer));
+        const moved = state.monitors.rekey((o) => trusted.has(o.issuer) ? resolveConsumer(g.rules, o)?.key : undefined, state.now());
         if (moved > 0) log({ level: 'info', msg: 'consumer state kept under the names the reload gives', entries: moved, rules: g.rules.hash });
         void followLists();
         // The journal and the tables are built once, at start: a reload that changes them is

@@ -44,16 +44,24 @@ const CONTRACT_BYTES = 64;
 // A denial's time (a double), its reason (a pointer to a reason code the table holds) and
 // whether it was enforced.
 const DENIAL_BYTES = 32;
+// The origin object; its issuer is the rules' string.
+const ORIGIN_BYTES = 40;
 export const CONSUMER_UNIT_BYTES = 2048;
 
 /** Subjects up to this many characters key the quarantine table as they are; longer ones by hash. */
 const QUARANTINE_SUBJECT_CHARS = 128;
 
+/** A consumer as its token names it: the issuer that vouched, and the subject. */
+export interface Origin {
+  readonly issuer: string;
+  readonly subject: string;
+}
+
 export interface ConsumerState {
   /** The consumer's key (Consumer.key): its subject, or issuer and subject for an unregistered one among several issuers. */
   subject: string;
-  /** The issuer that vouched for it: with the key, what names it again when a reload renames it (rekey). */
-  issuer?: string;
+  /** Who it is, as its token said: what names it again when a reload renames it (rekey). */
+  readonly origin?: Origin;
   kind: ConsumerKind;
   owner?: string;
   firstSeenMs: number;
@@ -77,8 +85,8 @@ export interface Quarantine {
   readonly subject: string;
   /** For a subject past 128 characters: its key in the table, what DELETE /quarantine?key= takes. */
   readonly key?: string;
-  /** The issuer that vouched for the consumer (rekey); not shown. */
-  readonly issuer?: string;
+  /** Who it is, as its token said (rekey); not shown. Not kept for a subject kept by hash. */
+  readonly origin?: Origin;
   readonly sinceMs: number;
   readonly untilMs: number;
   /** enforce: requests are refused; audit: recorded only. */
@@ -167,10 +175,11 @@ export class MonitorState {
     this.consumers.set(state.subject, state);
   }
 
-  consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number, issuer?: string): ConsumerState {
+  consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number, origin?: Origin): ConsumerState {
     let state = this.consumers.get(subject);
     if (!state) {
-      state = { subject, ...(issuer !== undefined ? { issuer } : {}), kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [], denialsEnforced: [] };
+      // A copy: what is passed may be a whole credential.
+      state = { subject, ...(origin !== undefined ? { origin: { issuer: origin.issuer, subject: origin.subject } } : {}), kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [], denialsEnforced: [] };
       this.consumers.set(subject, state);
     }
     state.kind = kind;
@@ -209,10 +218,12 @@ export class MonitorState {
     this.#changes++;
     const key = quarantineKey(subject);
     if (key === subject) { this.quarantined.set(key, { subject, ...q }); return; }
+    // Kept by hash, it is not renamed by a reload: no subject of any length is kept with it.
+    const { origin: _, ...kept } = q;
     // Not cut inside a surrogate pair; and a copy, not a slice: V8 makes a slice a view that
     // keeps the whole subject alive.
     const cut = /[\uD800-\uDBFF]/.test(subject[QUARANTINE_SUBJECT_CHARS - 1]!) ? QUARANTINE_SUBJECT_CHARS - 1 : QUARANTINE_SUBJECT_CHARS;
-    this.quarantined.set(key, { subject: `${Buffer.from(subject.slice(0, cut)).toString()}...`, key, ...q });
+    this.quarantined.set(key, { subject: `${Buffer.from(subject.slice(0, cut)).toString()}...`, key, ...kept });
   }
 
   /**
@@ -249,10 +260,10 @@ export class MonitorState {
    * A quarantine kept by hash (a subject past 128 characters) stays where it is. Returns how
    * many entries moved.
    */
-  rekey(keyOf: (issuer: string, subject: string) => string | undefined, now: number): number {
+  rekey(keyOf: (origin: Origin) => string | undefined, now: number): number {
     let moved = 0;
     for (const [key, state] of [...this.consumers.entries()]) {
-      const to = state.issuer === undefined ? undefined : keyOf(state.issuer, bareSubject(key, state.issuer));
+      const to = state.origin === undefined ? undefined : keyOf(state.origin);
       if (to === undefined || to === key || this.consumers.has(to)) continue;
       // The same object, renamed: a request under way holds it.
       this.consumers.delete(key);
@@ -260,10 +271,10 @@ export class MonitorState {
       this.consumers.set(to, state);
       moved++;
     }
-    this.#changes++;
+    // A quarantine moved is placed again (quarantineFor): a request under way is checked again.
     for (const [key, q] of [...this.quarantined.entries()]) {
-      if (q.issuer === undefined || q.key !== undefined || !this.#inForce(key, now)) continue;
-      const to = keyOf(q.issuer, bareSubject(key, q.issuer));
+      if (q.origin === undefined || q.key !== undefined || !this.#inForce(key, now)) continue;
+      const to = keyOf(q.origin);
       if (to === undefined || to === key || this.quarantined.has(quarantineKey(to))) continue;
       this.quarantined.delete(key);
       const { subject: _, key: __, ...rest } = q;
@@ -290,7 +301,9 @@ export class MonitorState {
 function consumerBytes(s: ConsumerState, fixed: number): number {
   let reasons = 0;
   for (const byReason of s.decisions.values()) reasons += byReason.size;
-  return fixed + stringBytes(s.subject) + OPERATION_BYTES * s.operations.size + OUTCOME_BYTES * s.decisions.size
+  // An origin's subject is the key itself unless the key is ["<issuer>","<subject>"].
+  const origin = s.origin === undefined ? 0 : ORIGIN_BYTES + (s.origin.subject === s.subject ? 0 : stringBytes(s.origin.subject));
+  return fixed + origin + stringBytes(s.subject) + OPERATION_BYTES * s.operations.size + OUTCOME_BYTES * s.decisions.size
     + REASON_BYTES * reasons + CONTRACT_BYTES * s.contracts.size;
 }
 
@@ -302,16 +315,6 @@ function consumerBytes(s: ConsumerState, fixed: number): number {
  */
 function quarantineKey(subject: string): string {
   return subject.length <= QUARANTINE_SUBJECT_CHARS ? subject : hash('sha256', subject, 'base64url').padEnd(QUARANTINE_SUBJECT_CHARS + 1, '~');
-}
-
-/** The subject a consumer key names: the key itself, or the second half of `["<issuer>","<subject>"]`. */
-function bareSubject(key: string, issuer: string): string {
-  if (!key.startsWith('[')) return key;
-  try {
-    const v = JSON.parse(key) as unknown;
-    if (Array.isArray(v) && v.length === 2 && v[0] === issuer && typeof v[1] === 'string') return v[1];
-  } catch { /* a subject that only looks like one */ }
-  return key;
 }
 
 const HASHED_KEY = new RegExp(`^[A-Za-z0-9_-]{43}~{${QUARANTINE_SUBJECT_CHARS + 1 - 43}}$`);

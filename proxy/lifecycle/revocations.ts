@@ -96,9 +96,11 @@ export class RevocationStore {
   }
 
   add(r: Revocation): void {
-    this.#changes++;
     const key = keyOf(r.source, r.id);
-    this.#removeKey(key);
+    // A list read again brings the same entries: only a new one, or one naming another
+    // credential, can refuse what was let through.
+    const before = this.#removeKey(key);
+    if (!before || before.kind !== r.kind || before.value !== r.value) this.#changes++;
     this.#byKey.set(key, r);
     const byValue = this.#index.get(r.kind)!;
     const keys = byValue.get(r.value);
@@ -127,7 +129,8 @@ export class RevocationStore {
 
   /** Replace every revocation of a list source with `list` (a list is authoritative). */
   replaceSource(source: Exclude<RevocationSource, 'admin'>, list: readonly Revocation[]): void {
-    for (const r of [...this.#byKey.values()]) if (r.source === source) this.remove(source, r.id);
+    const ids = new Set(list.map((r) => r.id));
+    for (const r of [...this.#byKey.values()]) if (r.source === source && !ids.has(r.id)) this.remove(source, r.id);
     for (const r of list) this.add(r);
     this.#read.add(source);
     this.#unread.delete(source);

@@ -2,11 +2,11 @@
 // configuration of the rules in force (updated when a reload swaps new rules in; each
 // generation's checks read their own rules' configuration).
 
-import type { Rules } from '../rules/types.ts';
+import type { ConsumerKind, Rules } from '../rules/types.ts';
 import type { RequestContext } from '../pipeline/types.ts';
 import { configOf, type LifecycleConfig } from './config.ts';
 import { RevocationStore } from './revocations.ts';
-import { MonitorState, type ConsumerState } from './monitors.ts';
+import { MonitorState, type ConsumerState, type Origin } from './monitors.ts';
 import { resolveConsumer } from '../checks/consumers.ts';
 
 export class LifecycleState {
@@ -52,11 +52,34 @@ export class LifecycleState {
    * The key the consumer's state is kept under now: the request's own, unless a reload since
    * it began renamed the consumer (rekey); its state and quarantine are under the new name.
    */
+  /**
+   * Whose behaviour a request is, for the monitors and the quarantine: the automation acting
+   * for the consumer (a delegated token judged as an automation's), else the consumer. An
+   * agent acting for many people is one agent; a person's own calls are not its.
+   */
+  monitored(ctx: RequestContext): Monitored | undefined {
+    const c = ctx.consumer;
+    const credential = ctx.credential;
+    if (!c || !credential) return undefined;
+    const a = c.actor;
+    if (a?.key !== undefined && a.issuer !== undefined) return { key: a.key, kind: 'automation', owner: a.owner, origin: a as Origin };
+    return { key: this.consumerKey(ctx)!, kind: c.actor ? 'human' : c.kind, owner: c.owner, origin: credential };
+  }
+
   consumerKey(ctx: RequestContext): string | undefined {
     const c = ctx.consumer;
     if (!c || ctx.rules === this.#rules || !ctx.credential) return c?.key;
     return resolveConsumer(this.#rules, ctx.credential)?.key ?? c.key;
   }
+}
+
+export interface Monitored {
+  readonly key: string;
+  /** Its own kind (a person stays a person when an agent it names nobody vouches for acts for it). */
+  readonly kind: ConsumerKind;
+  readonly owner: string | undefined;
+  /** Who it is (copied when kept). */
+  readonly origin: Origin;
 }
 
 export interface Counts {

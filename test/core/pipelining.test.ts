@@ -61,9 +61,9 @@ t.test('pipelined requests are handled one at a time, in order, each decided as 
   c.s.destroy();
 });
 
-t.test('a request with a body is handled at once, beside a slow one before it: its body is read as it comes, and the answers keep their order', async (t) => {
-  // Held back behind an answer slower than proxy.timeouts.request, its body waited too, and
-  // Node's request timeout cut the connection: no answer at all.
+t.test('a request with a body waiting behind an answer slower than proxy.timeouts.request is not cut: its time starts with its turn', async (t) => {
+  // Node's request timeout, counted from its first byte while its body waited unread, cut the
+  // connection with the earlier answer half sent: no answer at all.
   const w = await world(t, (r) => { r.proxy.timeouts = { connect: '1s', response: '5s', request: '1s' }; });
   w.up.handler = (req, res) => {
     let bytes = 0;
@@ -167,4 +167,28 @@ t.test('bytes after a request marked Connection: close do not cost that request 
   await c.closed;
   t.same(statuses(c.text()), [200], 'answered (it was cut with no answer), and only it');
   t.equal(w.up.seen.length, 1);
+});
+
+t.test('requests with bodies wait their turn too: a 1-byte body does not buy a second upstream call', async (t) => {
+  const w = await world(t);
+  let inUpstream = 0;
+  let most = 0;
+  w.up.handler = (req, res) => { inUpstream++; most = Math.max(most, inUpstream); req.resume(); setTimeout(() => { inUpstream--; res.writeHead(200); res.end('ok'); }, 30); };
+  const c = await socketTo(w.port);
+  c.s.write('GET /status HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx'.repeat(10));
+  await until('ten answers', () => statuses(c.text()).length === 10);
+  t.equal(most, 1, 'one at a time (ten at once when bodies started early)');
+  c.s.destroy();
+});
+
+t.test('a write pipelined behind a refused request is not carried out when the refusal closes the connection', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  // Verified once: the write's decision then takes no time, as for any caller with a cached token.
+  t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200);
+  const c = await socketTo(w.port);
+  c.s.write(`GET /status?_method=DELETE HTTP/1.1\r\nHost: a\r\n\r\nPUT /items/1/blob HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${tok}\r\nContent-Length: 3\r\n\r\nabc`);
+  await c.closed;
+  t.same(statuses(c.text()), [400]);
+  t.equal(w.up.seen.length, 1, 'the upstream never acted on a write whose answer nobody would get (only the first GET)');
 });

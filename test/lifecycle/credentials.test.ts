@@ -233,6 +233,29 @@ t.test('an automation acting for a person: its denials quarantine the automation
   await own.text();
 });
 
+t.test('two agents acting for one person have traversal windows of their own; one agent acting for many people has one', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    delete r.consumers.registry.find((c: Record<string, unknown>) => c.subject === BOT).operations;
+    r.consumers.unknown = 'allow';
+    r.consumers.defaultKind = 'human';
+    r.delegation = { mode: 'off' };
+    r.credentials = { mode: 'off' };
+    r.monitors = monitorsOnly({ traversal: { mode: 'enforce', maxOperations: 2, window: '1m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const via = (actor: string, sub = HUMAN) => w.token({ sub, scope: ALL_SCOPES, claims: { act: { sub: actor } } });
+  for (const path of ['/items/1', '/items']) t.equal((await fetch(`${dg.url}${path}`, { headers: bearer(await via(AGENT)) }).then(async (r) => { await r.text(); return r.status; })), 200, `AGENT ${path}`);
+  // BOT's two calls are its own two: within its limit (they were refused: AGENT's window).
+  for (const path of ['/search', '/items/1']) {
+    const r = await fetch(`${dg.url}${path}`, { headers: bearer(await via(BOT)) });
+    t.equal(r.status, 200, `BOT ${path}`);
+    await r.text();
+  }
+  // AGENT's third operation, for another person (unregistered: a person here), is its third.
+  await problem(t, await fetch(`${dg.url}/search`, { headers: bearer(await via(AGENT, 'carol@test.local')) }), 'endpoint-traversal', 403);
+});
+
 t.test('with delegation off, a quarantined actor behind a malformed level is still seen', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {

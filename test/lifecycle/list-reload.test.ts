@@ -189,3 +189,40 @@ t.test('a consumer registered (or no longer) by a reload while two issuers are t
   t.equal(again.status, 403);
   await again.text();
 });
+
+t.test('a reload that stops trusting an issuer leaves its consumers\' quarantines where they were, not on a same-named consumer of another', async (t) => {
+  const w = await world();
+  const OTHER = 'https://other.test.local';
+  const SUB = 'client-7';
+  const rules = (two: boolean) => w.rules((r) => {
+    if (two) r.identity.issuers.push({ ...structuredClone(r.identity.issuers[0]), issuer: OTHER });
+    for (const c of r.consumers.registry) c.issuer = ISSUER;
+    r.consumers.unknown = 'allow';
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '10m' } });
+  });
+  const dg = await startLifecycle(rules(true));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weakOther = await w.token({ sub: SUB, iss: OTHER, scope: 'payments.write' });
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items/1`, { headers: bearer(weakOther) })).text();
+  await dg.dg.swap(loadRules(writeRules(rules(false))));
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: SUB })) });
+  t.equal(res.status, 200, 'ISSUER\'s client-7 was never quarantined (it was 403 consumer-quarantined)');
+  await res.text();
+});
+
+t.test('a subject spelled ["<issuer>","<victim>"] does not hand its quarantine to the victim at a reload', async (t) => {
+  const w = await world();
+  const rules = (connect: string) => w.rules((r) => {
+    r.proxy.timeouts.connect = connect;
+    r.consumers.unknown = 'allow';
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '10m' } });
+  });
+  const dg = await startLifecycle(rules('1s'));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const forged = await w.token({ sub: JSON.stringify([ISSUER, AGENT]), scope: 'payments.write' });
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items/1`, { headers: bearer(forged) })).text();
+  await dg.dg.swap(loadRules(writeRules(rules('2s'))));
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  t.equal(res.status, 200, 'the agent was never quarantined (it was 403 after an unrelated reload)');
+  await res.text();
+});

@@ -142,3 +142,17 @@ t.test('a write whose client leaves while it waits for a pool connection frees i
   t.equal(w.up.seen.length, 2);
   t.equal(dg.seen.find((x) => x.ctx.req.headers['idempotency-key'] === 'b')?.decision?.decision, 'allow');
 });
+
+t.test('the recheck does not warn again for what an audit-mode check warned already', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { mode: 'audit' }; r.monitors = monitorsOnly({ retryStorm: { mode: 'enforce', maxRepeats: 5, window: '1m' } }); }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const revoke = async (value: unknown) => (await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'jti', value, reason: 'x' }) })).text();
+  await revoke(decodeJwt(tok).jti);
+  const status = await halfSentPost(Number(new URL(dg.url).port), '/items', tok, '{"name":"widget-1"}', async () => { await sleep(200); await revoke('unrelated'); });
+  t.equal(status, 'HTTP/1.1 200 OK', 'audit mode: forwarded');
+  const last = dg.seen.at(-1)!;
+  t.equal(last.ctx.warnings.length, 1, 'one warning (it was twice)');
+  t.notOk(last.ctx.checks.some((c) => c.check === 'recheck' && c.outcome !== 'continue'), 'the recheck found nothing new');
+});
