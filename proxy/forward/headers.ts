@@ -19,12 +19,6 @@ const HOP_BY_HOP = new Set([
 const OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-override', 'x-original-url', 'x-rewrite-url', 'x-override-url',
   'x-original-uri', 'x-original-method', 'x-forwarded-uri', 'x-forwarded-method', 'x-forwarded-prefix', 'x-forwarded-path']);
 const REWRITTEN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
-/**
- * Who the client is and how it came, as other proxies say it (nginx's X-Real-IP, Akamai's and
- * Cloudflare's True-Client-IP): driftguard says that in X-Forwarded-For and -Proto, and from a
- * caller these are claims nothing checked, which an upstream may take for its address.
- */
-const CLIENT_CLAIMS = new Set(['x-real-ip', 'true-client-ip', 'x-client-ip', 'x-cluster-client-ip', 'x-forwarded-port', 'x-forwarded-scheme', 'x-forwarded-ssl']);
 
 function connectionNamed(value: string | string[] | undefined): Set<string> | undefined {
   if (value === undefined) return undefined;
@@ -53,7 +47,7 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
     if (lower === 'x-forwarded-for') { forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]; continue; }
     // A header driftguard sets itself (traceparent, tracestate) replaces the caller's.
     // A name with `_` or `.`: CGI-style upstreams read both as `-` (Driftguard.Consumer).
-    if (HOP_BY_HOP.has(lower) || OVERRIDE.has(lower) || REWRITTEN.has(lower) || CLIENT_CLAIMS.has(lower) || lower.startsWith('driftguard-') || lower.includes('_') || lower.includes('.') || named?.has(lower) || Object.hasOwn(own, lower) || (ownTrace && lower === 'tracestate')) continue;
+    if (HOP_BY_HOP.has(lower) || OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || lower.includes('_') || lower.includes('.') || named?.has(lower) || Object.hasOwn(own, lower) || (ownTrace && lower === 'tracestate')) continue;
     out.push(name, raw[i + 1]!);
   }
   const client = remoteAddress ?? 'unknown';
