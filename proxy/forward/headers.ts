@@ -40,11 +40,15 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
   const out: string[] = [];
   let forwardedFor: string | undefined;
   let host: string | undefined;
+  let proto: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const lower = name.toLowerCase();
     if (lower === 'host') { host = raw[i + 1]!; out.push(name, raw[i + 1]!); continue; }
     if (lower === 'x-forwarded-for') { forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]; continue; }
+    // The scheme a TLS-terminating proxy in front says the client used: an app that redirects
+    // plain http to https (Rails' force_ssl) looped when driftguard said http. Only the two values.
+    if (lower === 'x-forwarded-proto') { const v = raw[i + 1]!.trim().toLowerCase(); if (proto === undefined && (v === 'https' || v === 'http')) proto = v; continue; }
     // A header driftguard sets itself (traceparent, tracestate) replaces the caller's.
     // A name with `_` or `.`: CGI-style upstreams read both as `-` (Driftguard.Consumer).
     if (HOP_BY_HOP.has(lower) || OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || lower.includes('_') || lower.includes('.') || named?.has(lower) || Object.hasOwn(own, lower) || (ownTrace && lower === 'tracestate')) continue;
@@ -52,7 +56,7 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
   }
   const client = remoteAddress ?? 'unknown';
   out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client);
-  out.push('x-forwarded-proto', 'http');
+  out.push('x-forwarded-proto', proto ?? 'http');
   if (host !== undefined) out.push('x-forwarded-host', host);
   for (const [name, value] of Object.entries(own)) out.push(name, value);
   return out;

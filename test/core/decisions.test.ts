@@ -179,6 +179,12 @@ t.test('hop-by-hop, Connection-named and method-override headers never reach the
   t.equal(h['x-forwarded-host'], 'api.test');
   t.equal(h['x-forwarded-proto'], 'http');
   t.equal(h['authorization'], `Bearer ${tok}`, 'the credential itself is the upstream\'s to see');
+  // The scheme a TLS-terminating proxy in front says: https or http, nothing else.
+  for (const [sent, seen] of [['https', 'https'], ['HTTPS', 'https'], ['javascript', 'http'], ['https, http', 'http']] as const) {
+    const before = w.up.seen.length;
+    t.equal((await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nX-Forwarded-Proto: ${sent}\r\n\r\n`)).status, 200);
+    t.equal(w.up.seen[before]!.headers['x-forwarded-proto'], seen, `X-Forwarded-Proto: ${sent}`);
+  }
 
   // Method overrides: a GET the agent may do cannot become a DELETE behind driftguard's back.
   for (const name of ['X-HTTP-Method-Override', 'X-HTTP-Method', 'X-Method-Override', 'x-http-method-override']) {
