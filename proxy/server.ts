@@ -39,8 +39,6 @@ interface Turn {
   done: boolean;
   /** Starts the request after it, once it is done. */
   then?: () => void;
-  /** proxy.timeouts.request for a body still arriving when the request started. */
-  deadline?: NodeJS.Timeout;
 }
 
 interface Pipeline {
@@ -235,7 +233,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const limit = requestMs;
     if (limit > 0 && hasBody(req) && !req.complete) {
       const socket = req.socket;
-      turn.deadline = setTimeout(() => { if (!req.complete) socket?.destroy(); }, limit).unref();
+      // Until the body has all been read, whoever reads it (the forward, or the drain after a
+      // refusal, which a client could otherwise trickle forever): cleared when the request closes.
+      const deadline = setTimeout(() => { if (!req.complete) socket?.destroy(); }, limit).unref();
+      req.once('close', () => { clearTimeout(deadline); });
     }
     const g = generation;
     const [ctx, observation] = begin(g, req);
@@ -252,7 +253,6 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function finish(turn: Turn, line: Pipeline | undefined): void {
     if (turn.done) return;
     turn.done = true;
-    clearTimeout(turn.deadline);
     if (line) line.open--;
     const then = turn.then;
     turn.then = undefined;
@@ -260,6 +260,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   }
 
   function onSocketRequest(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    // A handshake (or CONNECT) pipelined behind requests still being answered: Node hands the
+    // socket over at once, and its answer would go out before theirs, or theirs into the
+    // tunnel. Nothing can be answered in order: the connection is closed.
+    const before = pipelines.get(socket)?.last;
+    if (before && !before.done) { socket.destroy(); return; }
     const g = generation;
     const [ctx, observation] = begin(g, req);
     handleUpgrade(g, ctx, observation, socket, head).catch((err: unknown) => unexpected(err, socket, observation.traceId));

@@ -85,23 +85,30 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
       const key = state.consumerKey(ctx);
       if (key === undefined) return undefined;
       if (state.version !== 0 && !seen.has(ctx)) seen.set(ctx, state.version);
-      let held = state.monitors.quarantine(key, ctx.now);
-      let what = 'this consumer';
-      if (!held && ctx.credential) {
-        const actor = quarantinedActor(state, ctx.credential, ctx.now);
-        if (actor) {
-          held = actor.held;
-          what = 'an actor in this token\'s delegation chain';
-          // The actor's doing: a refusal of consumer-quarantined never counts towards a quarantine (index.ts).
-          ctx.extra[QUARANTINED_ACTOR] = actor.subject;
-        }
-      }
-      if (!held) return undefined;
+      const found = quarantineOf(state, key, ctx.credential, q.mode, ctx.now);
+      if (!found) return undefined;
+      const { held, actor } = found;
+      const what = actor === undefined ? 'this consumer' : 'an actor in this token\'s delegation chain';
+      // The actor's doing: a refusal of consumer-quarantined never counts towards a quarantine (index.ts).
+      if (actor !== undefined) ctx.extra[QUARANTINED_ACTOR] = actor;
       const seconds = Math.max(1, Math.ceil((held.untilMs - ctx.now) / 1000));
       ctx.extra['quarantine.until'] = new Date(held.untilMs).toISOString();
       return verdict(ctx, quarantineMode(q.mode, held), { reason: 'consumer-quarantined', detail: `${what} is quarantined for another ${seconds}s after repeated denials`, retryAfter: seconds });
     },
   };
+}
+
+/**
+ * The quarantine a request is held by: the consumer's (kept under `key`) or an actor's in its
+ * act chain, an enforced one before one in audit mode, so that a person's audit quarantine
+ * does not hide the enforced one of the agent acting for it.
+ */
+export function quarantineOf(state: LifecycleState, key: string, credential: Credential | undefined, mode: FeatureMode, now: number): { held: Quarantine; actor?: string } | undefined {
+  const own = state.monitors.quarantine(key, now);
+  if (own && quarantineMode(mode, own) === 'enforce') return { held: own };
+  const actor = credential ? quarantinedActor(state, credential, now) : undefined;
+  if (actor && (!own || quarantineMode(mode, actor.held) === 'enforce')) return { held: actor.held, actor: actor.subject };
+  return own ? { held: own } : undefined;
 }
 
 /**
@@ -264,9 +271,10 @@ const fingerprints = new WeakMap<RequestContext, string>();
  */
 function holder(ctx: RequestContext): string {
   const c = ctx.credential!;
-  // An agent acting for a person: the agent's writes for that person.
+  // An agent acting for a person: the agent's writes for that person. One nobody vouches for
+  // (no key) counts as the person, as in monitored().
   const a = ctx.consumer?.actor;
-  return a ? JSON.stringify([c.issuer, c.subject, a.issuer ?? null, a.subject]) : JSON.stringify([c.issuer, c.subject]);
+  return a?.key !== undefined ? JSON.stringify([c.issuer, c.subject, a.issuer ?? null, a.subject]) : JSON.stringify([c.issuer, c.subject]);
 }
 
 function counts(state: LifecycleState, ctx: RequestContext): Counts {

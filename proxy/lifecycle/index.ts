@@ -19,7 +19,7 @@ import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import type { Monitored } from './state.ts';
-import { REVOKED_ACTOR, WOULD_DENY, countForwarded, quarantinedActor } from './checks.ts';
+import { REVOKED_ACTOR, WOULD_DENY, countForwarded, quarantineOf } from './checks.ts';
 import { resolveConsumer } from '../checks/consumers.ts';
 import { lruFill } from '../lib/heap.ts';
 
@@ -282,8 +282,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           if (!c) return false;
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return true;
           const key = state.consumerKey(ctx);
-          const held = key !== undefined ? state.monitors.quarantine(key, now) ?? quarantinedActor(state, c, now)?.held : undefined;
-          return held !== undefined && monitors.quarantine.mode !== 'off' && quarantineMode(monitors.quarantine.mode, held) === 'enforce';
+          const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, c, monitors.quarantine.mode, now)?.held : undefined;
+          return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce';
         });
         if (closed > 0) log({ level: 'info', msg: 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined', tunnels: closed });
       }, TUNNEL_SWEEP_MS).unref();

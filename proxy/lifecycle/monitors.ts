@@ -254,7 +254,8 @@ export class MonitorState {
 
   /**
    * After a reload, keep each consumer's state and quarantine under the key the new rules give
-   * it (`keyOf`: undefined when they no longer take its issuer for it). A subject registered,
+   * it (`keyOf`: undefined when they name nobody so: its issuer no longer trusted, its subject
+   * registered to another; such an entry is dropped, as it would be another's under its key). A subject registered,
    * or no longer, while several issuers are trusted, or a second issuer trusted, changes its
    * key; read under the new one only, a quarantined automation was let through at once.
    * A quarantine kept by hash (a subject past 128 characters) stays where it is. Returns how
@@ -263,8 +264,12 @@ export class MonitorState {
   rekey(keyOf: (origin: Origin) => string | undefined, now: number): number {
     let moved = 0;
     for (const [key, state] of [...this.consumers.entries()]) {
-      const to = state.origin === undefined ? undefined : keyOf(state.origin);
-      if (to === undefined || to === key || this.consumers.has(to)) continue;
+      if (state.origin === undefined) continue;
+      const to = keyOf(state.origin);
+      // Named by nobody now (its issuer no longer trusted, its subject registered to another):
+      // left under its key, it would be another issuer's same-named consumer's.
+      if (to === undefined) { this.consumers.delete(key); continue; }
+      if (to === key || this.consumers.has(to)) continue;
       // The same object, renamed: a request under way holds it.
       this.consumers.delete(key);
       state.subject = to;
@@ -275,7 +280,8 @@ export class MonitorState {
     for (const [key, q] of [...this.quarantined.entries()]) {
       if (q.origin === undefined || q.key !== undefined || !this.#inForce(key, now)) continue;
       const to = keyOf(q.origin);
-      if (to === undefined || to === key || this.quarantined.has(quarantineKey(to))) continue;
+      if (to === undefined) { this.quarantined.delete(key); continue; }
+      if (to === key || this.quarantined.has(quarantineKey(to))) continue;
       this.quarantined.delete(key);
       const { subject: _, key: __, ...rest } = q;
       this.quarantineFor(to, rest);

@@ -192,3 +192,25 @@ t.test('a write pipelined behind a refused request is not carried out when the r
   t.same(statuses(c.text()), [400]);
   t.equal(w.up.seen.length, 1, 'the upstream never acted on a write whose answer nobody would get (only the first GET)');
 });
+
+t.test('a refused upload trickled after its answer is cut at proxy.timeouts.request', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts = { connect: '1s', response: '5s', request: '1s' }; });
+  const c = await socketTo(w.port);
+  c.s.write('PUT /items/1/blob HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nx');
+  const started = Date.now();
+  const drip = setInterval(() => { if (!c.s.destroyed) c.s.write('x'); }, 300);
+  t.teardown(() => clearInterval(drip));
+  await Promise.race([c.closed, new Promise((r) => setTimeout(r, 4_000))]);
+  t.same(statuses(c.text()), [401], 'refused at once');
+  t.ok(c.s.destroyed || c.s.readableEnded, 'then cut (it stayed open as long as the client dripped)');
+  t.ok(Date.now() - started < 3_000, `within about the limit (${Date.now() - started} ms)`);
+});
+
+t.test('a WebSocket handshake pipelined behind a request still being answered closes the connection: nothing can be answered in order', async (t) => {
+  const w = await world(t);
+  w.up.handler = (req, res) => { req.resume(); setTimeout(() => { res.writeHead(200); res.end('ok'); }, 300); };
+  const c = await socketTo(w.port);
+  c.s.write('GET /status HTTP/1.1\r\nHost: a\r\n\r\nGET /items/1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+  await c.closed;
+  t.same(statuses(c.text()), [], 'no answer out of order (the 401 for the handshake went out first, read as the answer to /status)');
+});

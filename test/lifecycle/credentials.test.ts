@@ -5,6 +5,7 @@ import t from 'tap';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { ISSUER } from '../support/keys.ts';
 import { world, startLifecycle, problem, bearer, monitorsOnly, ALL_SCOPES } from './support.ts';
+import type { LifecycleState } from '../../proxy/lifecycle/state.ts';
 
 t.test('automated consumers need a jti, and a task-bound token from taskBindingAt up', async (t) => {
   const w = await world();
@@ -294,4 +295,37 @@ t.test('delegation in audit mode forwards and records', async (t) => {
   t.equal(res.headers.get('driftguard-warning'), 'delegation-too-deep');
   await res.text();
   t.same(dg.seen.at(-1)!.ctx.extra['lifecycle.would_deny'], ['delegation-too-deep']);
+});
+
+t.test('a person\'s audit-mode quarantine does not hide the enforced quarantine of the agent acting for it', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { consumers: [{ subject: HUMAN, actors: [AGENT] }] };
+    r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // Placed directly, as the monitors place them: the person's in audit mode, the agent's enforced.
+  const m = (dg.feature.deps!.lifecycle as LifecycleState).monitors;
+  const now = Date.now();
+  m.quarantineFor(HUMAN, { sinceMs: now, untilMs: now + 300_000, mode: 'audit', reasons: ['insufficient-scope'] });
+  m.quarantineFor(AGENT, { sinceMs: now, untilMs: now + 300_000, mode: 'enforce', reasons: ['insufficient-scope'] });
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, claims: { act: { sub: AGENT } } })) }), 'consumer-quarantined', 403);
+  t.equal(dg.seen.at(-1)!.ctx.extra['quarantine.actor'], AGENT);
+  const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN })) });
+  t.equal(own.status, 200, 'the person\'s own call: its audit quarantine warns');
+  await own.text();
+});
+
+t.test('an actor nobody vouches for: its writes are the person\'s for idempotency', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { mode: 'off' };
+    r.monitors = monitorsOnly({ kinds: ['automation', 'human'], idempotency: { mode: 'enforce', at: 'medium' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const write = async (claims: Record<string, unknown>) => fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN, claims }), { 'idempotency-key': 'k-1', 'content-type': 'application/json' }), body: '{"a":1}' });
+  const first = await write({});
+  t.equal(first.status, 200);
+  await first.text();
+  await problem(t, await write({ act: { sub: AGENT, iss: 'https://elsewhere.test' } }), 'duplicate-write', 409);
 });

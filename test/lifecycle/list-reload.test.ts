@@ -226,3 +226,25 @@ t.test('a subject spelled ["<issuer>","<victim>"] does not hand its quarantine t
   t.equal(res.status, 200, 'the agent was never quarantined (it was 403 after an unrelated reload)');
   await res.text();
 });
+
+t.test('a reload that registers a subject to another issuer drops what was kept for the first issuer\'s, rather than hand it over', async (t) => {
+  const w = await world();
+  const B = 'https://idp-b.test.local';
+  const rules = (second: boolean) => w.rules((r) => {
+    if (second) {
+      r.identity.issuers.push({ ...structuredClone(r.identity.issuers[0]), issuer: B });
+      for (const c of r.consumers.registry) c.issuer = ISSUER;
+      r.consumers.registry.push({ subject: 'bob', issuer: B, kind: 'automation', owner: 'team-b' });
+    }
+    r.consumers.unknown = 'allow';
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '10m' } });
+  });
+  const dg = await startLifecycle(rules(false));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ sub: 'bob', scope: 'payments.write' });
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items/1`, { headers: bearer(weak) })).text();
+  await dg.dg.swap(loadRules(writeRules(rules(true))));
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: 'bob', iss: B })) });
+  t.equal(res.status, 200, 'B\'s bob was never quarantined (it got the first issuer\'s bob\'s quarantine)');
+  await res.text();
+});
