@@ -236,7 +236,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // Until the body has all been read, whoever reads it (the forward, or the drain after a
       // refusal, which a client could otherwise trickle forever): cleared when the request closes.
       const deadline = setTimeout(() => { if (!req.complete) socket?.destroy(); }, limit).unref();
-      req.once('close', () => { clearTimeout(deadline); });
+      // Or the connection closes first (a refusal that closed it, the body never sent): the
+      // request then never closes, and the timer would hold it and its socket for the limit.
+      const gone = () => { clearTimeout(deadline); };
+      socket?.once('close', gone);
+      req.once('close', () => { clearTimeout(deadline); socket?.off('close', gone); });
     }
     const g = generation;
     const [ctx, observation] = begin(g, req);

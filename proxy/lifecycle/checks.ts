@@ -106,7 +106,7 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
 export function quarantineOf(state: LifecycleState, key: string, credential: Credential | undefined, mode: FeatureMode, now: number): { held: Quarantine; actor?: string } | undefined {
   const own = state.monitors.quarantine(key, now);
   if (own && quarantineMode(mode, own) === 'enforce') return { held: own };
-  const actor = credential ? quarantinedActor(state, credential, now) : undefined;
+  const actor = credential ? quarantinedActor(state, credential, mode, now) : undefined;
   if (actor && (!own || quarantineMode(mode, actor.held) === 'enforce')) return { held: actor.held, actor: actor.subject };
   return own ? { held: own } : undefined;
 }
@@ -117,18 +117,22 @@ export function quarantineOf(state: LifecycleState, key: string, credential: Cre
  * issuer vouches for (the level's iss, else the token's, as the delegation check reads it),
  * a malformed level's sub included.
  */
-export function quarantinedActor(state: LifecycleState, c: Credential, now: number): { subject: string; held: Quarantine } | undefined {
+export function quarantinedActor(state: LifecycleState, c: Credential, mode: FeatureMode, now: number): { subject: string; held: Quarantine } | undefined {
   const chain = c.act;
   if (!chain || state.monitors.quarantined.size === 0) return undefined;
+  let first: { subject: string; held: Quarantine } | undefined;
   // Up to the first malformed level, named and actors are the same levels; after it, named
   // holds the subs that remain, whose iss nothing vouches for.
   for (const [i, subject] of chain.named.entries()) {
     const iss = i < chain.actors.length ? chain.issuers[i] : undefined;
     const actor = resolveConsumer(state.rules, { subject, issuer: typeof iss === 'string' ? iss : c.issuer });
     const held = actor && state.monitors.quarantine(actor.key, now);
-    if (held) return { subject, held };
+    if (!held) continue;
+    // An enforced one anywhere in the chain, before an audit one nearer the front.
+    if (quarantineMode(mode, held) === 'enforce') return { subject, held };
+    first ??= { subject, held };
   }
-  return undefined;
+  return first;
 }
 
 /** LifecycleState.version as a request's revocation and quarantine checks saw it. */

@@ -255,11 +255,13 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       });
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => {
+        const before = new Set(state.rules.identity.issuers.map((i) => i.issuer));
         state.use(g.rules);
-        // Consumers the new rules name otherwise keep their state and quarantine.
-        // An issuer no longer trusted names nobody: its consumers' state stays where it was.
+        // Consumers the new rules name otherwise keep their state and quarantine. Those of an
+        // issuer trusted no longer, or of a subject now registered to another issuer, are
+        // nobody's (dropped); an actor's issuer need not be trusted at all (act.iss), and stays.
         const trusted = new Set(g.rules.identity.issuers.map((i) => i.issuer));
-        const moved = state.monitors.rekey((o) => trusted.has(o.issuer) ? resolveConsumer(g.rules, o)?.key : undefined, state.now());
+        const moved = state.monitors.rekey((o) => before.has(o.issuer) && !trusted.has(o.issuer) ? undefined : resolveConsumer(g.rules, o)?.key, state.now());
         if (moved > 0) log({ level: 'info', msg: 'consumer state kept under the names the reload gives', entries: moved, rules: g.rules.hash });
         void followLists();
         // The journal and the tables are built once, at start: a reload that changes them is

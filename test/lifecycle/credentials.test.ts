@@ -4,7 +4,7 @@
 import t from 'tap';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { ISSUER } from '../support/keys.ts';
-import { world, startLifecycle, problem, bearer, monitorsOnly, ALL_SCOPES } from './support.ts';
+import { world, startLifecycle, problem, bearer, monitorsOnly, ALL_SCOPES, type Lifecycled } from './support.ts';
 import type { LifecycleState } from '../../proxy/lifecycle/state.ts';
 
 t.test('automated consumers need a jti, and a task-bound token from taskBindingAt up', async (t) => {
@@ -297,6 +297,13 @@ t.test('delegation in audit mode forwards and records', async (t) => {
   t.same(dg.seen.at(-1)!.ctx.extra['lifecycle.would_deny'], ['delegation-too-deep']);
 });
 
+/** Quarantines placed directly, as the monitors place them, for 5 minutes, in the modes given. */
+function quarantine(dg: Lifecycled, modes: Record<string, 'audit' | 'enforce'>): void {
+  const m = (dg.feature.deps!.lifecycle as LifecycleState).monitors;
+  const now = Date.now();
+  for (const [subject, mode] of Object.entries(modes)) m.quarantineFor(subject, { sinceMs: now, untilMs: now + 300_000, mode, reasons: ['insufficient-scope'] });
+}
+
 t.test('a person\'s audit-mode quarantine does not hide the enforced quarantine of the agent acting for it', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
@@ -304,11 +311,7 @@ t.test('a person\'s audit-mode quarantine does not hide the enforced quarantine 
     r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
   }));
   t.teardown(async () => { await dg.close(); await w.close(); });
-  // Placed directly, as the monitors place them: the person's in audit mode, the agent's enforced.
-  const m = (dg.feature.deps!.lifecycle as LifecycleState).monitors;
-  const now = Date.now();
-  m.quarantineFor(HUMAN, { sinceMs: now, untilMs: now + 300_000, mode: 'audit', reasons: ['insufficient-scope'] });
-  m.quarantineFor(AGENT, { sinceMs: now, untilMs: now + 300_000, mode: 'enforce', reasons: ['insufficient-scope'] });
+  quarantine(dg, { [HUMAN]: 'audit', [AGENT]: 'enforce' });
   await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, claims: { act: { sub: AGENT } } })) }), 'consumer-quarantined', 403);
   t.equal(dg.seen.at(-1)!.ctx.extra['quarantine.actor'], AGENT);
   const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN })) });
@@ -328,4 +331,16 @@ t.test('an actor nobody vouches for: its writes are the person\'s for idempotenc
   t.equal(first.status, 200);
   await first.text();
   await problem(t, await write({ act: { sub: AGENT, iss: 'https://elsewhere.test' } }), 'duplicate-write', 409);
+});
+
+t.test('an enforced quarantine anywhere in the act chain refuses, before an audit one nearer the front', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { maxDelegationDepth: 3, consumers: [{ subject: HUMAN, actors: [AGENT, BOT] }] };
+    r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  quarantine(dg, { [AGENT]: 'audit', [BOT]: 'enforce' });
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, claims: { act: { sub: AGENT, act: { sub: BOT } } } })) }), 'consumer-quarantined', 403);
+  t.equal(dg.seen.at(-1)!.ctx.extra['quarantine.actor'], BOT);
 });

@@ -5,7 +5,7 @@ import t from 'tap';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { loadRules } from '../../proxy/rules/load.ts';
-import { writeRules, AGENT } from '../support/driftguard.ts';
+import { writeRules, AGENT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, bearer, monitorsOnly } from './support.ts';
 import { ISSUER } from '../support/keys.ts';
 
@@ -247,4 +247,24 @@ t.test('a reload that registers a subject to another issuer drops what was kept 
   const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: 'bob', iss: B })) });
   t.equal(res.status, 200, 'B\'s bob was never quarantined (it got the first issuer\'s bob\'s quarantine)');
   await res.text();
+});
+
+t.test('a reload that changes nothing about identity keeps the quarantine of an agent named by an act.iss nobody configured', async (t) => {
+  const w = await world();
+  const rules = (connect: string) => w.rules((r) => {
+    r.proxy.timeouts.connect = connect;
+    r.consumers.unknown = 'allow';
+    r.delegation = { mode: 'off' };
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '10m' } });
+  });
+  const dg = await startLifecycle(rules('1s'));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const act = { act: { sub: 'agent-x', iss: 'https://agents.example' } };
+  const weak = await w.token({ sub: HUMAN, scope: 'payments.write', claims: act });
+  for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items/1`, { headers: bearer(weak) })).text();
+  const full = await w.token({ sub: HUMAN, claims: act });
+  const status = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(full) }); await r.text(); return r.status; };
+  t.equal(await status(), 403, 'the agent is quarantined');
+  await dg.dg.swap(loadRules(writeRules(rules('2s'))));
+  t.equal(await status(), 403, 'and still is after the reload (it was lifted)');
 });
