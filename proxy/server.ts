@@ -48,6 +48,8 @@ interface Pipeline {
   open: number;
   /** Requests waiting for the answer before theirs. */
   waiting: number;
+  /** Of those, the ones with a body (at most one). */
+  bodies: number;
 }
 
 export interface Generation {
@@ -190,15 +192,21 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // whole upstream pool and ran the heap out (an unauthenticated GET of a public operation
     // repeated 12,000 times in one write). Each waits for the answer before its own instead,
     // so a connection holds one upstream call at most; more than MAX_PIPELINED waiting is a
-    // flood, and is cut. (Node goes on reading: a waiting request's body is buffered up to its
-    // stream's high-water mark, then Node stops reading until it is handled.)
+    // flood, and is cut. Node goes on reading meanwhile, and buffers each waiting body whole
+    // up to its stream's high-water mark (64 KiB): so one waiting request with a body at most
+    // (RFC 9112 §9.3.2: a client does not pipeline after a non-idempotent request), or 32 of
+    // them held 2 MB per connection, unauthenticated.
+    const body = hasBody(req);
     if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line); return; }
     if (!before || before.done) { run(); return; }
+    if (body && line.bodies > 0) { floodCut(socket, turn, line); return; }
     // A drain waits for it as for a request in flight.
     responses.add(res);
     line.waiting++;
+    if (body) line.bodies++;
     before.then = () => {
       line.waiting--;
+      if (body) line.bodies--;
       // Destroyed, or ending after an answer that closed it (draining, HTTP/1.0, Connection:
       // close, a malformed request): nobody would get this answer, so it is not decided.
       if (socket.destroyed || !socket.writable) { responses.delete(res); settled(); finish(turn, line); return; }
@@ -287,7 +295,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('timeout', (socket: Socket) => socket.destroy());
   traffic.on('connection', (s: Socket) => {
     sockets.add(s);
-    pipelines.set(s, { open: 0, waiting: 0 });
+    pipelines.set(s, { open: 0, waiting: 0, bodies: 0 });
     s.once('close', () => { sockets.delete(s); });
   });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {

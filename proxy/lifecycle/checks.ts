@@ -139,8 +139,8 @@ export function quarantinedActor(state: LifecycleState, c: Credential, mode: Fea
 const seen = new WeakMap<RequestContext, number>();
 
 /**
- * Revocation and quarantine again, when either changed after they ran for this request: a
- * decision may wait for keys or a body (up to monitors.bodyTimeout, as slow as the client
+ * Revocation and quarantine again, when either changed after they ran for this request: the
+ * monitors after them may wait for its body (up to monitors.bodyTimeout, as slow as the client
  * likes), and a token revoked meanwhile, an admin's 201 already answered, went on to the
  * upstream. Last: nothing after it waits.
  */

@@ -261,8 +261,10 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         // issuer trusted no longer, or of a subject now registered to another issuer, are
         // nobody's (dropped); an actor's issuer need not be trusted at all (act.iss), and stays.
         const trusted = new Set(g.rules.identity.issuers.map((i) => i.issuer));
-        const moved = state.monitors.rekey((o) => before.has(o.issuer) && !trusted.has(o.issuer) ? undefined : resolveConsumer(g.rules, o)?.key, state.now());
+        const { moved, dropped, lifted } = state.monitors.rekey((o) => before.has(o.issuer) && !trusted.has(o.issuer) ? undefined : resolveConsumer(g.rules, o)?.key, state.now());
         if (moved > 0) log({ level: 'info', msg: 'consumer state kept under the names the reload gives', entries: moved, rules: g.rules.hash });
+        // A quarantine lifted by a reload is said, not silent: re-trusting the issuer does not restore it.
+        if (dropped + lifted > 0) log({ level: 'warn', msg: 'consumer state dropped by the reload: its issuer is no longer trusted, or its subject is registered to another', consumers: dropped, quarantinesLifted: lifted, rules: g.rules.hash });
         void followLists();
         // The journal and the tables are built once, at start: a reload that changes them is
         // taken for everything else, and says so, rather than let an operator believe it took.

@@ -259,16 +259,18 @@ export class MonitorState {
    * or no longer, while several issuers are trusted, or a second issuer trusted, changes its
    * key; read under the new one only, a quarantined automation was let through at once.
    * A quarantine kept by hash (a subject past 128 characters) stays where it is. Returns how
-   * many entries moved.
+   * many entries moved, how many consumers' state was dropped and how many quarantines lifted.
    */
-  rekey(keyOf: (origin: Origin) => string | undefined, now: number): number {
+  rekey(keyOf: (origin: Origin) => string | undefined, now: number): { moved: number; dropped: number; lifted: number } {
     let moved = 0;
+    let dropped = 0;
+    let lifted = 0;
     for (const [key, state] of [...this.consumers.entries()]) {
       if (state.origin === undefined) continue;
       const to = keyOf(state.origin);
       // Named by nobody now (its issuer no longer trusted, its subject registered to another):
       // left under its key, it would be another issuer's same-named consumer's.
-      if (to === undefined) { this.consumers.delete(key); continue; }
+      if (to === undefined) { this.consumers.delete(key); dropped++; continue; }
       if (to === key || this.consumers.has(to)) continue;
       // The same object, renamed: a request under way holds it.
       this.consumers.delete(key);
@@ -280,14 +282,14 @@ export class MonitorState {
     for (const [key, q] of [...this.quarantined.entries()]) {
       if (q.origin === undefined || q.key !== undefined || !this.#inForce(key, now)) continue;
       const to = keyOf(q.origin);
-      if (to === undefined) { this.quarantined.delete(key); continue; }
+      if (to === undefined) { this.quarantined.delete(key); lifted++; continue; }
       if (to === key || this.quarantined.has(quarantineKey(to))) continue;
       this.quarantined.delete(key);
       const { subject: _, key: __, ...rest } = q;
       this.quarantineFor(to, rest);
       moved++;
     }
-    return moved;
+    return { moved, dropped, lifted };
   }
 
   #lift(key: string, now: number): Quarantine | undefined {

@@ -169,16 +169,24 @@ t.test('bytes after a request marked Connection: close do not cost that request 
   t.equal(w.up.seen.length, 1);
 });
 
-t.test('requests with bodies wait their turn too: a 1-byte body does not buy a second upstream call', async (t) => {
+t.test('requests with bodies wait their turn too, one at most: a second waiting body is a flood', async (t) => {
   const w = await world(t);
   let inUpstream = 0;
   let most = 0;
   w.up.handler = (req, res) => { inUpstream++; most = Math.max(most, inUpstream); req.resume(); setTimeout(() => { inUpstream--; res.writeHead(200); res.end('ok'); }, 30); };
+  // One behind the first: answered in turn.
   const c = await socketTo(w.port);
-  c.s.write('GET /status HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx'.repeat(10));
-  await until('ten answers', () => statuses(c.text()).length === 10);
+  c.s.write('GET /status HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx'.repeat(2));
+  await until('two answers', () => statuses(c.text()).length === 2);
   t.equal(most, 1, 'one at a time (ten at once when bodies started early)');
   c.s.destroy();
+  // Each waiting body is buffered whole up to 64 KiB: 32 of them held 2 MB per connection.
+  const d = await socketTo(w.port);
+  d.s.write('GET /status HTTP/1.1\r\nHost: a\r\n\r\n' + `POST /anything HTTP/1.1\r\nHost: a\r\nContent-Length: 65000\r\n\r\n${'x'.repeat(65_000)}`.repeat(32));
+  await d.closed;
+  t.ok(statuses(d.text()).length <= 1, 'cut: at most the first was answered');
+  t.equal(most, 1);
+  t.ok(w.logs.some((l) => l.msg === 'connections closed: too many pipelined requests'), 'counted as a flood');
 });
 
 t.test('a write pipelined behind a refused request is not carried out when the refusal closes the connection', async (t) => {

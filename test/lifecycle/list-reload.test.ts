@@ -208,6 +208,7 @@ t.test('a reload that stops trusting an issuer leaves its consumers\' quarantine
   const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: SUB })) });
   t.equal(res.status, 200, 'ISSUER\'s client-7 was never quarantined (it was 403 consumer-quarantined)');
   await res.text();
+  t.match(dg.logs.find((l) => String(l.msg).startsWith('consumer state dropped by the reload')), { level: 'warn', consumers: 1, quarantinesLifted: 1 }, 'the lifted quarantine is said');
 });
 
 t.test('a subject spelled ["<issuer>","<victim>"] does not hand its quarantine to the victim at a reload', async (t) => {
