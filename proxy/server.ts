@@ -50,6 +50,8 @@ interface Pipeline {
   waiting: number;
   /** Of those, the ones with a body (at most one). */
   bodies: number;
+  /** Cut as a flood: nothing more of it is handled. */
+  cut: boolean;
 }
 
 export interface Generation {
@@ -184,6 +186,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const turn: Turn = { res, done: false };
     const run = () => { start(req, turn, expectsContinue, line); };
     if (!line) { run(); return; }
+    // Cut as a flood: what else was read with it is not decided either.
+    if (line.cut) return;
     const before = line.last;
     line.last = turn;
     line.open++;
@@ -218,6 +222,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function floodCut(socket: Socket, turn: Turn, line: Pipeline): void {
     turn.done = true;
     line.open--;
+    line.cut = true;
     // The rest of what was read still arrives, one request at a time.
     if (socket.destroyed) return;
     socket.destroy();
@@ -295,7 +300,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('timeout', (socket: Socket) => socket.destroy());
   traffic.on('connection', (s: Socket) => {
     sockets.add(s);
-    pipelines.set(s, { open: 0, waiting: 0, bodies: 0 });
+    pipelines.set(s, { open: 0, waiting: 0, bodies: 0, cut: false });
     s.once('close', () => { sockets.delete(s); });
   });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {

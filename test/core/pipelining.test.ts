@@ -222,3 +222,16 @@ t.test('a WebSocket handshake pipelined behind a request still being answered cl
   await c.closed;
   t.same(statuses(c.text()), [], 'no answer out of order (the 401 for the handshake went out first, read as the answer to /status)');
 });
+
+t.test('after a flood cut, nothing else read with it is decided', async (t) => {
+  const decided: string[] = [];
+  const counting: Observer = { begin: (ctx) => ({ ...noopObserver.begin(ctx), decided: () => { decided.push(ctx.req.url ?? ''); } }) };
+  const w = await world(t, () => {}, { observer: counting });
+  w.up.handler = (req, res) => { req.resume(); setTimeout(() => { res.writeHead(200); res.end('ok'); }, 200); };
+  const c = await socketTo(w.port);
+  const post = 'POST /items HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx';
+  c.s.write(`GET /status HTTP/1.1\r\nHost: a\r\n\r\n${post}${post}${'GET /status?after HTTP/1.1\r\nHost: a\r\n\r\n'.repeat(3)}`);
+  await c.closed;
+  await new Promise((r) => setTimeout(r, 300));
+  t.same(decided, ['/status'], 'only the first, started before the cut (the three after it were decided too)');
+});
