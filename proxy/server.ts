@@ -34,6 +34,7 @@ const FLOOD_LOG_MS = 60_000;
 
 /** One request of a connection, in the order they arrived. */
 interface Turn {
+  readonly req: IncomingMessage;
   readonly res: ServerResponse;
   /** Its answer is done, or it was dropped: the request after it may start. */
   done: boolean;
@@ -46,9 +47,7 @@ interface Pipeline {
   last?: Turn;
   /** Requests arrived and not done: being answered or waiting. */
   open: number;
-  /** Requests waiting for the answer before theirs. */
-  waiting: number;
-  /** Of those, the ones with a body (at most one). */
+  /** Requests with a body waiting for the answer before theirs (at most one). */
   bodies: number;
   /** Cut as a flood: nothing more of it is handled. */
   cut: boolean;
@@ -135,11 +134,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const responses = new Set<ServerResponse>();
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
-  /** Each connection's latest request: while its body has not all arrived, a clientError is that request's. */
-  const current = new WeakMap<Socket, IncomingMessage>();
   /** proxy.timeouts.request in force (start). */
   let requestMs = rules.proxy.timeouts.requestMs;
-  /** Each connection's request being handled, and the pipelined ones waiting for its answer (onRequest). */
+  /**
+   * Each connection's requests in order (onRequest). Its latest: while that request's body has
+   * not all arrived, a clientError is that request's.
+   */
   const pipelines = new WeakMap<Socket, Pipeline>();
   /** Connections cut for a pipelining flood since the last line said so, and when that was (performance.now). */
   let floodsCut = 0;
@@ -178,18 +178,18 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => { onRequest(req, res, false); });
 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
-    // Until its body has arrived, a parser error or timeout on this connection belongs to this
-    // request, which has (or will have) its own answer: the connection is then cut, not answered twice.
-    current.set(req.socket, req);
     const socket = req.socket;
     const line = pipelines.get(socket);
-    const turn: Turn = { res, done: false };
-    const run = () => { start(req, turn, expectsContinue, line); };
+    const turn: Turn = { req, res, done: false };
+    const body = hasBody(req);
+    const run = () => { start(turn, body, expectsContinue, line); };
     if (!line) { run(); return; }
+    const before = line.last;
+    // Until its body has arrived, a parser error or timeout on this connection belongs to this
+    // request, which has (or will have) its own answer: the connection is then cut, not answered twice.
+    line.last = turn;
     // Cut as a flood: what else was read with it is not decided either.
     if (line.cut) return;
-    const before = line.last;
-    line.last = turn;
     line.open++;
     // HTTP/1.1 pipelining: Node hands over every request of what it has read, and answers them
     // in order. Handled all at once, one connection that never read its answers held the
@@ -200,16 +200,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // up to its stream's high-water mark (64 KiB): so one waiting request with a body at most
     // (RFC 9112 §9.3.2: a client does not pipeline after a non-idempotent request), or 32 of
     // them held 2 MB per connection, unauthenticated.
-    const body = hasBody(req);
     if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line); return; }
     if (!before || before.done) { run(); return; }
     if (body && line.bodies > 0) { floodCut(socket, turn, line); return; }
     // A drain waits for it as for a request in flight.
     responses.add(res);
-    line.waiting++;
     if (body) line.bodies++;
     before.then = () => {
-      line.waiting--;
       if (body) line.bodies--;
       // Destroyed, or ending after an answer that closed it (draining, HTTP/1.0, Connection:
       // close, a malformed request): nobody would get this answer, so it is not decided.
@@ -236,15 +233,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   }
 
   /** Handle one request; once its answer is done, the request after it on its connection may start. */
-  function start(req: IncomingMessage, turn: Turn, expectsContinue: boolean, line: Pipeline | undefined): void {
-    const res = turn.res;
+  function start(turn: Turn, body: boolean, expectsContinue: boolean, line: Pipeline | undefined): void {
+    const { req, res } = turn;
     res.once('close', () => { finish(turn, line); });
     // The whole request must arrive within proxy.timeouts.request of its start: without it, a
     // client that trickled its body just under clientIdle held an upstream connection as
     // long as it liked. Timed here, not by Node (from the request's first byte): a pipelined
     // request's body waits, unread, while the answers before it are sent.
     const limit = requestMs;
-    if (limit > 0 && hasBody(req) && !req.complete) {
+    if (limit > 0 && body && !req.complete) {
       const socket = req.socket;
       // Until the body has all been read, whoever reads it (the forward, or the drain after a
       // refusal, which a client could otherwise trickle forever): cleared when the request closes.
@@ -300,7 +297,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('timeout', (socket: Socket) => socket.destroy());
   traffic.on('connection', (s: Socket) => {
     sockets.add(s);
-    pipelines.set(s, { open: 0, waiting: 0, bodies: 0, cut: false });
+    pipelines.set(s, { open: 0, bodies: 0, cut: false });
     s.once('close', () => { sockets.delete(s); });
   });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -310,7 +307,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // Node refused to parse the request (header overflow, bad framing) or it did not arrive in
     // time: answer in kind if no answer is or was due on it (a request whose body was still
     // arriving after its answer was sent would otherwise get a second, unasked-for one).
-    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || current.get(socket)?.complete === false) { socket.destroy(); return; }
+    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || pipelines.get(socket)?.last?.req.complete === false) { socket.destroy(); return; }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const packet = (err as { rawPacket?: unknown }).rawPacket;
     const method = Buffer.isBuffer(packet) ? packet.subarray(0, 5).toString('latin1') : '';
