@@ -1,7 +1,7 @@
 // Who a subject is, from the registry: its kind decides lifetime limits and whether
 // staleness blocks; its owner is who an incident responder calls.
 
-import type { Rules } from '../rules/types.ts';
+import type { ConsumerKind, Rules } from '../rules/types.ts';
 import type { Actor, Consumer, Credential } from '../pipeline/types.ts';
 
 /** The consumer a credential stands for; undefined when its subject is registered to another issuer. */
@@ -37,8 +37,7 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
   const chain = credential.act;
   if (!chain || consumer.kind === 'automation') return undefined;
   for (const [i, subject] of chain.actors.entries()) {
-    const iss = chain.issuers[i];
-    const issuer = typeof iss === 'string' ? iss : credential.issuer;
+    const issuer = actorIssuer(credential, i);
     const actor = resolveConsumer(rules, { subject, issuer });
     if (!actor) return { subject };
     if (actor.kind === 'automation') return { subject, key: actor.key, issuer, ...(actor.owner !== undefined ? { owner: actor.owner } : {}) };
@@ -46,4 +45,19 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
   // A level past the well-formed ones: its actor is unknown.
   if (chain.depth > chain.actors.length) return { subject: chain.named[chain.actors.length] ?? '(malformed act level)' };
   return undefined;
+}
+
+/**
+ * The issuer that vouches for level `i` of a token's act chain: the level's iss, else the
+ * token's. A level past the first malformed one has no iss anybody can trust: the token's.
+ */
+export function actorIssuer(credential: Pick<Credential, 'issuer' | 'act'>, i: number): string {
+  const chain = credential.act;
+  const iss = chain && i < chain.actors.length ? chain.issuers[i] : undefined;
+  return typeof iss === 'string' ? iss : credential.issuer;
+}
+
+/** The subject's own kind: a call's kind is automation when an automation acts for a person (Consumer.actor). */
+export function subjectKind(consumer: Consumer): ConsumerKind {
+  return consumer.actor ? 'human' : consumer.kind;
 }

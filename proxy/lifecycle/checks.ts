@@ -14,7 +14,7 @@ import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record, quarantineMode, type Quarantine } from './monitors.ts';
-import { resolveConsumer } from '../checks/consumers.ts';
+import { actorIssuer, resolveConsumer } from '../checks/consumers.ts';
 import { taskOf } from './revocations.ts';
 import { bodyFingerprint } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
@@ -51,8 +51,7 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
     run(ctx) {
       const c = ctx.credential;
       if (!c) return undefined;
-      // Nothing revoked or quarantined yet (0): the recheck reads an absent entry as 0.
-      if (state.version !== 0) seen.set(ctx, state.version);
+      see(state, ctx);
       // Fail closed: the revocation list URL has not been read since it was configured
       // (its server is down at start-up, say), so this credential may be on it.
       if (state.revocations.unread) {
@@ -84,7 +83,7 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
     run(ctx) {
       const key = state.consumerKey(ctx);
       if (key === undefined) return undefined;
-      if (state.version !== 0 && !seen.has(ctx)) seen.set(ctx, state.version);
+      see(state, ctx);
       const found = quarantineOf(state, key, ctx.credential, q.mode, ctx.now);
       if (!found) return undefined;
       const { held, actor } = found;
@@ -124,8 +123,7 @@ export function quarantinedActor(state: LifecycleState, c: Credential, mode: Fea
   // Up to the first malformed level, named and actors are the same levels; after it, named
   // holds the subs that remain, whose iss nothing vouches for.
   for (const [i, subject] of chain.named.entries()) {
-    const iss = i < chain.actors.length ? chain.issuers[i] : undefined;
-    const actor = resolveConsumer(state.rules, { subject, issuer: typeof iss === 'string' ? iss : c.issuer });
+    const actor = resolveConsumer(state.rules, { subject, issuer: actorIssuer(c, i) });
     const held = actor && state.monitors.quarantine(actor.key, now);
     if (!held) continue;
     // An enforced one anywhere in the chain, before an audit one nearer the front.
@@ -137,6 +135,12 @@ export function quarantinedActor(state: LifecycleState, c: Credential, mode: Fea
 
 /** LifecycleState.version as a request's revocation and quarantine checks saw it. */
 const seen = new WeakMap<RequestContext, number>();
+
+/** Note the version this request's revocation or quarantine check saw (the two run with no wait between them). */
+function see(state: LifecycleState, ctx: RequestContext): void {
+  // Nothing revoked or quarantined yet (0): the recheck reads an absent entry as 0.
+  if (state.version !== 0) seen.set(ctx, state.version);
+}
 
 /**
  * Revocation and quarantine again, when either changed after they ran for this request: the
@@ -227,7 +231,7 @@ export function delegation(rules: Rules, state: LifecycleState | undefined): Che
       // (consumers.registry[].issuer); another actor is vouched for by the token's own issuer
       // only. A same-named actor elsewhere is not it.
       const chain = act.actors;
-      const foreign = chain.filter((sub, i) => ((act.issuers[i] as string | undefined) ?? cred.issuer) !== (rules.consumers.registry.get(sub)?.issuer ?? cred.issuer));
+      const foreign = chain.filter((sub, i) => actorIssuer(cred, i) !== (rules.consumers.registry.get(sub)?.issuer ?? cred.issuer));
       const subject = ctx.consumer?.subject ?? cred.subject;
       const allowed = d.actors.get(subject);
       if (!allowed) {

@@ -20,7 +20,7 @@ import { adminRoutes } from './admin.ts';
 import { forgetDenials, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import type { Monitored } from './state.ts';
 import { REVOKED_ACTOR, WOULD_DENY, countForwarded, quarantineOf } from './checks.ts';
-import { resolveConsumer } from '../checks/consumers.ts';
+import { resolveConsumer, subjectKind } from '../checks/consumers.ts';
 import { lruFill } from '../lib/heap.ts';
 
 type ListKind = 'file' | 'url';
@@ -200,8 +200,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // Under its name now: a reload may have renamed it while this request was decided.
     const key = state.consumerKey(ctx)!;
     const m = state.monitors;
-    // The subject's own kind: an automation acting for it (c.actor) is there only for a person.
-    const s = m.consumer(key, c.actor ? 'human' : c.kind, c.owner, ctx.now, ctx.credential);
+    const s = m.consumer(key, subjectKind(c), c.owner, ctx.now, ctx.credential);
     if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
     m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
     const audited = ctx.extra[WOULD_DENY];
@@ -228,7 +227,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // Placed in part by would-denies (proxy.mode audit), a quarantine is an audit one: those
     // were not enforced, and a reload to enforce must not turn it into refusals.
     const mode = q.mode === 'enforce' && s.denialsEnforced.every(Boolean) ? 'enforce' : 'audit';
-    m.quarantineFor(key, { sinceMs: at, untilMs: at + q.periodMs, mode, reasons, origin: { issuer: p.origin.issuer, subject: p.origin.subject } });
+    m.quarantineFor(key, { sinceMs: at, untilMs: at + q.periodMs, mode, reasons, origin: p.origin });
     forgetDenials(s);
     log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: key, owner: p.owner ?? null, until: new Date(at + q.periodMs).toISOString(), denials: q.denials });
   }

@@ -217,9 +217,10 @@ export class MonitorState {
   quarantineFor(subject: string, q: Omit<Quarantine, 'subject' | 'key'>): void {
     this.#changes++;
     const key = quarantineKey(subject);
-    if (key === subject) { this.quarantined.set(key, { subject, ...q }); return; }
+    const { origin, ...kept } = q;
+    // A copy, as consumer() keeps one: what is passed may be a whole credential.
+    if (key === subject) { this.quarantined.set(key, { subject, ...kept, ...(origin ? { origin: { issuer: origin.issuer, subject: origin.subject } } : {}) }); return; }
     // Kept by hash, it is not renamed by a reload: no subject of any length is kept with it.
-    const { origin: _, ...kept } = q;
     // Not cut inside a surrogate pair; and a copy, not a slice: V8 makes a slice a view that
     // keeps the whole subject alive.
     const cut = /[\uD800-\uDBFF]/.test(subject[QUARANTINE_SUBJECT_CHARS - 1]!) ? QUARANTINE_SUBJECT_CHARS - 1 : QUARANTINE_SUBJECT_CHARS;
@@ -255,9 +256,10 @@ export class MonitorState {
   /**
    * After a reload, keep each consumer's state and quarantine under the key the new rules give
    * it (`keyOf`: undefined when they name nobody so: its issuer no longer trusted, its subject
-   * registered to another; such an entry is dropped, as it would be another's under its key). A subject registered,
-   * or no longer, while several issuers are trusted, or a second issuer trusted, changes its
-   * key; read under the new one only, a quarantined automation was let through at once.
+   * registered to another; such an entry is dropped, as it would be another's under its key).
+   * A subject registered, or no longer, while several issuers are trusted, or a second issuer
+   * trusted, changes its key; read under the new one only, a quarantined automation was let
+   * through at once.
    * A quarantine kept by hash (a subject past 128 characters) stays where it is. Returns how
    * many entries moved, how many consumers' state was dropped and how many quarantines lifted.
    */

@@ -7,7 +7,7 @@ import type { RequestContext } from '../pipeline/types.ts';
 import { configOf, type LifecycleConfig } from './config.ts';
 import { RevocationStore } from './revocations.ts';
 import { MonitorState, type ConsumerState, type Origin } from './monitors.ts';
-import { resolveConsumer } from '../checks/consumers.ts';
+import { resolveConsumer, subjectKind } from '../checks/consumers.ts';
 
 export class LifecycleState {
   readonly revocations = new RevocationStore();
@@ -49,10 +49,6 @@ export class LifecycleState {
   get version(): number { return this.revocations.changes + this.monitors.changes; }
 
   /**
-   * The key the consumer's state is kept under now: the request's own, unless a reload since
-   * it began renamed the consumer (rekey); its state and quarantine are under the new name.
-   */
-  /**
    * Whose behaviour a request is, for the monitors and the quarantine: the automation acting
    * for the consumer (a delegated token judged as an automation's), else the consumer. An
    * agent acting for many people is one agent; a person's own calls are not its.
@@ -63,9 +59,13 @@ export class LifecycleState {
     if (!c || !credential) return undefined;
     const a = c.actor;
     if (a?.key !== undefined && a.issuer !== undefined) return { key: a.key, kind: 'automation', owner: a.owner, origin: a as Origin };
-    return { key: this.consumerKey(ctx)!, kind: c.actor ? 'human' : c.kind, owner: c.owner, origin: credential };
+    return { key: this.consumerKey(ctx)!, kind: subjectKind(c), owner: c.owner, origin: credential };
   }
 
+  /**
+   * The key the consumer's state is kept under now: the request's own, unless a reload since
+   * it began renamed the consumer (rekey); its state and quarantine are under the new name.
+   */
   consumerKey(ctx: RequestContext): string | undefined {
     const c = ctx.consumer;
     if (!c || ctx.rules === this.#rules || !ctx.credential) return c?.key;
