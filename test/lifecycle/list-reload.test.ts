@@ -6,7 +6,7 @@ import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules, AGENT, HUMAN } from '../support/driftguard.ts';
-import { world, startLifecycle, bearer, monitorsOnly } from './support.ts';
+import { world, startLifecycle, bearer, monitorsOnly, trustAlso } from './support.ts';
 import { ISSUER } from '../support/keys.ts';
 
 async function listen(server: Server): Promise<string> {
@@ -145,8 +145,7 @@ t.test('a consumer registered (or no longer) by a reload while two issuers are t
   const w = await world();
   const SUB = 'client-7';
   const rules = (register: boolean) => w.rules((r) => {
-    r.identity.issuers.push({ ...structuredClone(r.identity.issuers[0]), issuer: 'https://other.test.local' });
-    for (const c of r.consumers.registry) c.issuer = ISSUER;
+    trustAlso(r, 'https://other.test.local');
     r.consumers.unknown = 'allow';
     if (register) r.consumers.registry.push({ subject: SUB, kind: 'automation', owner: 'team-x', issuer: ISSUER });
     r.monitors = monitorsOnly({ idempotency: { mode: 'enforce', at: 'critical' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '10m' } });
@@ -195,8 +194,7 @@ t.test('a reload that stops trusting an issuer leaves its consumers\' quarantine
   const OTHER = 'https://other.test.local';
   const SUB = 'client-7';
   const rules = (two: boolean) => w.rules((r) => {
-    if (two) r.identity.issuers.push({ ...structuredClone(r.identity.issuers[0]), issuer: OTHER });
-    for (const c of r.consumers.registry) c.issuer = ISSUER;
+    if (two) trustAlso(r, OTHER);
     r.consumers.unknown = 'allow';
     r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '10m' } });
   });
@@ -233,8 +231,7 @@ t.test('a reload that registers a subject to another issuer drops what was kept 
   const B = 'https://idp-b.test.local';
   const rules = (second: boolean) => w.rules((r) => {
     if (second) {
-      r.identity.issuers.push({ ...structuredClone(r.identity.issuers[0]), issuer: B });
-      for (const c of r.consumers.registry) c.issuer = ISSUER;
+      trustAlso(r, B);
       r.consumers.registry.push({ subject: 'bob', issuer: B, kind: 'automation', owner: 'team-b' });
     }
     r.consumers.unknown = 'allow';

@@ -10,7 +10,7 @@ import { decodeJwt } from 'jose';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules } from '../support/driftguard.ts';
 import { testKey, jwks, token, ISSUER } from '../support/keys.ts';
-import { world, startLifecycle, monitorsOnly, bearer } from './support.ts';
+import { world, startLifecycle, monitorsOnly, bearer, trustAlso } from './support.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -82,9 +82,8 @@ t.test('a request under way when a reload renames its quarantined consumer is st
   const X = 'client-7';
   const rules = (register: boolean) => w.rules((r) => {
     r.identity.issuers[0].jwks.cooldown = '10ms';
-    r.identity.issuers.push({ ...structuredClone(r.identity.issuers[0]), issuer: 'https://other.test.local' });
+    trustAlso(r, 'https://other.test.local');
     r.consumers.unknown = 'allow';
-    for (const c of r.consumers.registry) c.issuer = ISSUER;
     if (register) r.consumers.registry.push({ subject: X, issuer: ISSUER, kind: 'automation', owner: 'team-x' });
     r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 2, window: '1m', period: '10m' } });
   });

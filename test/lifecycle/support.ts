@@ -11,7 +11,7 @@ import { lifecycle } from '../../proxy/lifecycle/index.ts';
 import type { Feature } from '../../proxy/features.ts';
 import type { RequestContext, Decision } from '../../proxy/pipeline/types.ts';
 import { writeRules, baseRules, AGENT } from '../support/driftguard.ts';
-import { testKey, jwks, token, type TestKey, type TokenOptions } from '../support/keys.ts';
+import { testKey, jwks, token, ISSUER, type TestKey, type TokenOptions } from '../support/keys.ts';
 import { upstream, jwksServer, type Upstream, type JwksServer } from '../support/servers.ts';
 
 export interface Seen { readonly ctx: RequestContext; decision?: Decision }
@@ -42,6 +42,15 @@ export interface World {
 /** A monitors section with every monitor off but those given (and any other settings given). */
 export function monitorsOnly(monitors: Record<string, unknown>): Record<string, unknown> {
   return { retryStorm: { mode: 'off' }, idempotency: { mode: 'off' }, traversal: { mode: 'off' }, quarantine: { mode: 'off' }, ...monitors };
+}
+
+/**
+ * Trust `issuer` too, with the first issuer's keys, and name the registered consumers' issuer
+ * (the first), which the rules must do once several issuers can vouch for a subject.
+ */
+export function trustAlso(r: Record<string, any>, issuer: string): void {
+  r.identity.issuers.push({ ...structuredClone(r.identity.issuers[0]), issuer });
+  for (const c of r.consumers.registry) c.issuer = ISSUER;
 }
 
 export const ALL_SCOPES = 'items.read items.write items.admin payments.write';
