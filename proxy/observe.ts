@@ -28,7 +28,13 @@ export interface Observer {
   tokenCache?(hit: boolean): void;
   /** A request Node's parser refused, answered with this reason before there was a request to observe. */
   unparsed?(reason: string): void;
+  /** A client connection closed unanswered, before any request of it was decided. */
+  dropped?(listener: Listener, cause: DropCause): void;
 }
+
+export type Listener = 'traffic' | 'admin' | 'probes';
+/** connection-limit: the listener held as many connections as it may; pipelining-flood: more pipelined requests than a connection may have waiting. */
+export type DropCause = 'connection-limit' | 'pipelining-flood';
 
 const NOOP: Observation = {
   upstreamHeaders() {}, responseHeaders() {}, decided() {}, forwarding() {}, forwarded() {}, end() {},
@@ -42,9 +48,11 @@ export function composeObservers(observers: readonly Observer[]): Observer {
   if (observers.length === 1) return observers[0]!;
   const caches = observers.filter((o) => o.tokenCache !== undefined);
   const parsers = observers.filter((o) => o.unparsed !== undefined);
+  const droppers = observers.filter((o) => o.dropped !== undefined);
   return {
     ...(caches.length ? { tokenCache(hit: boolean) { for (const o of caches) o.tokenCache!(hit); } } : {}),
     ...(parsers.length ? { unparsed(reason: string) { for (const o of parsers) o.unparsed!(reason); } } : {}),
+    ...(droppers.length ? { dropped(listener: Listener, cause: DropCause) { for (const o of droppers) o.dropped!(listener, cause); } } : {}),
     begin: (ctx) => new CompositeObservation(observers.map((o) => o.begin(ctx))),
   };
 }

@@ -21,8 +21,8 @@ import { headerSafe } from './forward/headers.ts';
 import { closingResponse, endAndClose } from './forward/wire.ts';
 import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
 import { contractHeaders } from './decision/headers.ts';
-import { noopObserver, type Observer, type Observation } from './observe.ts';
-import { AdminRoutes, createAdminServer } from './admin/server.ts';
+import { noopObserver, type DropCause, type Listener, type Observer, type Observation } from './observe.ts';
+import { ADMIN_MAX_CONNECTIONS, AdminRoutes, createAdminServer } from './admin/server.ts';
 import type { ReloadStatus } from './reload.ts';
 import type { TableFill } from './lib/heap.ts';
 
@@ -30,7 +30,18 @@ import type { TableFill } from './lib/heap.ts';
 const PROBE_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
 /** Pipelined requests of one connection that may wait for the answer before theirs (onRequest). */
 export const MAX_PIPELINED = 32;
-const FLOOD_LOG_MS = 60_000;
+/**
+ * Header lines a request may have (Envoy's default too); Node refuses a head with more, as
+ * too large (431). A head still arriving holds a string per line: at most these, about
+ * 20 KiB of heap, not one per line of the 16 KiB (about 50 KiB).
+ */
+export const MAX_HEADER_LINES = 100;
+/** A kind of dropped connection is said in a warn line at most this often: one line per connection would let anybody flood the log. */
+const DROP_LOG_MS = 60_000;
+const DROP_MESSAGE: Readonly<Record<DropCause, string>> = {
+  'connection-limit': 'connections refused: the listener holds as many as it may',
+  'pipelining-flood': 'connections closed: too many pipelined requests',
+};
 
 /** One request of a connection, in the order they arrived. */
 interface Turn {
@@ -141,9 +152,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * not all arrived, a clientError is that request's.
    */
   const pipelines = new WeakMap<Socket, Pipeline>();
-  /** Connections cut for a pipelining flood since the last line said so, and when that was (performance.now). */
-  let floodsCut = 0;
-  let floodLoggedAt = -Infinity;
+  /** Connections dropped since the last line said so, and when that was (performance.now), by listener and cause. */
+  const drops = new Map<string, { count: number; at: number }>();
   /** The tunnels established (101 passed on), with their handshake's context. */
   const open = new Map<Socket, RequestContext>();
   let draining = false;
@@ -223,13 +233,21 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // The rest of what was read still arrives, one request at a time.
     if (socket.destroyed) return;
     socket.destroy();
-    floodsCut++;
-    // One line per connection would let anybody flood the log.
+    dropped('traffic', 'pipelining-flood', MAX_PIPELINED);
+  }
+
+  /** A connection closed unanswered: counted, and said in a warn line at most once a minute for each listener and cause. */
+  function dropped(listener: Listener, cause: DropCause, limit: number): void {
+    try { observer.dropped?.(listener, cause); } catch { /* telemetry never fails an answer */ }
+    const key = `${listener} ${cause}`;
+    let d = drops.get(key);
+    if (!d) drops.set(key, d = { count: 0, at: -Infinity });
+    d.count++;
     const at = performance.now();
-    if (at - floodLoggedAt < FLOOD_LOG_MS) return;
-    log({ level: 'warn', msg: 'connections closed: too many pipelined requests', connections: floodsCut, limit: MAX_PIPELINED });
-    floodsCut = 0;
-    floodLoggedAt = at;
+    if (at - d.at < DROP_LOG_MS) return;
+    log({ level: 'warn', msg: DROP_MESSAGE[cause], listener, connections: d.count, limit });
+    d.count = 0;
+    d.at = at;
   }
 
   /** Handle one request; once its answer is done, the request after it on its connection may start. */
@@ -295,6 +313,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   // Node leaves a connection open when anything else listens for the timeout (a response
   // being streamed may): close it here, whatever else listens.
   traffic.on('timeout', (socket: Socket) => socket.destroy());
+  // A connection whose head is still arriving holds up to about 20 KiB of heap: thousands of
+  // them, from anybody who reaches the port, ran a 96 MiB heap out. Beyond the limit, Node
+  // closes a new connection as it is accepted.
+  traffic.maxConnections = rules.proxy.clientConnections;
+  traffic.maxHeadersCount = MAX_HEADER_LINES;
+  traffic.on('drop', () => { dropped('traffic', 'connection-limit', traffic.maxConnections); });
   traffic.on('connection', (s: Socket) => {
     sockets.add(s);
     pipelines.set(s, { open: 0, bodies: 0, cut: false });
@@ -328,7 +352,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     'request-timeout': 'the request head did not arrive in time',
     'malformed-request': 'the request could not be parsed',
     'target-too-long': 'the request line takes most of the 16 KiB that request line and headers may have together',
-    'headers-too-large': 'the request could not be parsed',
+    'headers-too-large': 'the request head is over 16 KiB, or has more than 100 header lines',
   } as const;
 
   /** The context and observation of one request (or WebSocket handshake). */
@@ -585,6 +609,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   // Read-only, non-sensitive endpoints for the kubelet and Prometheus: the decision ring,
   // the owner view and the revocation list stay on the admin listener.
   const probes = rules.proxy.probes !== undefined ? createAdminServer(routes, log, PROBE_PATHS) : undefined;
+  admin.on('drop', () => { dropped('admin', 'connection-limit', ADMIN_MAX_CONNECTIONS); });
+  probes?.on('drop', () => { dropped('probes', 'connection-limit', ADMIN_MAX_CONNECTIONS); });
 
   // A port that cannot be had (in use, not allowed) stops start-up at its field, as any problem of the rules.
   const listen = (server: Server, field: 'listen' | 'admin' | 'probes') => new Promise<void>((resolve, reject) => {
@@ -645,6 +671,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       for (const k of shared) if (!kept.has(k)) k.close();
       generation = g;
       traffic.timeout = next.proxy.timeouts.clientIdleMs;
+      traffic.maxConnections = next.proxy.clientConnections;
       // The checking interval was set at start: a reload to a much shorter limit is checked less often.
       requestMs = next.proxy.timeouts.requestMs;
       traffic.headersTimeout = headersTimeout(requestMs);

@@ -100,8 +100,15 @@ function drained(res: ServerResponse): Promise<void> {
  * The admin listener, or with `only` a listener that serves just those paths (the probe
  * listener: health, readiness and metrics on the pod IP, everything else on loopback).
  */
+/**
+ * Connections an admin or probe listener holds at once: the kubelet, Prometheus and an
+ * operator need a few, and each whose head is still arriving holds up to about 20 KiB of
+ * heap (the probe listener is on the pod's IP).
+ */
+export const ADMIN_MAX_CONNECTIONS = 128;
+
 export function createAdminServer(routes: AdminRoutes, log: Log, only?: ReadonlySet<string>): Server {
-  return createServer({ maxHeaderSize: 16 * 1024 }, async (req, res) => {
+  const server = createServer({ maxHeaderSize: 16 * 1024 }, async (req, res) => {
     let url: URL;
     try {
       url = new URL(req.url ?? '/', 'http://admin.invalid');
@@ -128,4 +135,9 @@ export function createAdminServer(routes: AdminRoutes, log: Log, only?: Readonly
       else res.destroy();
     }
   });
+  server.maxConnections = ADMIN_MAX_CONNECTIONS;
+  // The kubelet and Prometheus send a few; Node refuses more (431), and a head still arriving
+  // holds a string per line.
+  server.maxHeadersCount = 100;
+  return server;
 }

@@ -258,7 +258,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
 
 // ---- the shape the schema guarantees (defaults applied) ----
 interface RawRules {
-  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; request: string; tunnelIdle: string }; connections: number };
+  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; request: string; tunnelIdle: string }; connections: number; clientConnections: number };
   identity: {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
@@ -472,6 +472,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
         tunnelIdleMs: timer(['proxy', 'timeouts', 'tunnelIdle'], raw.proxy.timeouts.tunnelIdle, true),
       }),
       connections: raw.proxy.connections,
+      clientConnections: raw.proxy.clientConnections,
     }),
     identity: Object.freeze({
       issuers: Object.freeze(issuers),

@@ -27,6 +27,8 @@ export interface ProxyRules {
     readonly tunnelIdleMs: number;
   };
   readonly connections: number;
+  /** Client connections the traffic listener holds at once. */
+  readonly clientConnections: number;
 }
 
 export type JwksSource =

@@ -49,6 +49,7 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
       begin: (ctx) => new RequestObservation(sink, ctx),
       tokenCache: (hit) => instruments.tokenCache.inc(hit ? HIT : MISS),
       unparsed: (reason) => instruments.unparsed.inc([reason]),
+      dropped: (listener, cause) => instruments.dropped.inc([listener, cause]),
     },
     attach(d) {
       // Telemetry is configured once, at start (the export thread, the decision log's file,

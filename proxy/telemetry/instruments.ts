@@ -23,6 +23,7 @@ export class Instruments {
   readonly upstreamFailures = this.registry.add(new Counter('driftguard_upstream_failures_total', 'Forwarded requests that got no upstream response, by reason code.', ['reason']));
   readonly tokenCache = this.registry.add(new Counter('driftguard_token_cache_total', 'Verified-token cache lookups: hit (no signature check) or miss.', ['result']));
   readonly unparsed = this.registry.add(new Counter('driftguard_unparsed_requests_total', 'Requests Node\'s HTTP parser refused before there was a request to decide (no decision record, span or log line), by the reason code they were answered with.', ['reason']));
+  readonly dropped = this.registry.add(new Counter('driftguard_connections_dropped_total', 'Client connections closed unanswered, by listener and cause: connection-limit (the listener held as many as it may), pipelining-flood (more pipelined requests waiting than driftguard holds).', ['listener', 'cause']));
 
   /** Gauges and counters kept elsewhere (key sets, reloads, spans, log), read at scrape time. */
   collect(dg: Driftguard, spans: SpanCounts, log: DecisionLog): void {
