@@ -8,7 +8,7 @@ import { watch, readFileSync, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, basename } from 'node:path';
 import { loadRules, problemInFile, RulesError, type Overrides } from './rules/load.ts';
-import type { Driftguard } from './server.ts';
+import { ShuttingDown, type Driftguard } from './server.ts';
 import type { Rules } from './rules/types.ts';
 
 /**
@@ -55,6 +55,8 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   let inForce = fingerprint(dg.generation.rules);
 
   async function once(trigger: string) {
+    // Queued behind a reload that was running when the drain began.
+    if (closed) return shuttingDown();
     try {
       const next = loadRules(file, overrides);
       const print = fingerprint(next);
@@ -79,6 +81,8 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
       log({ level: 'info', msg: 'rules reloaded', trigger, from, to: next.hash });
       return { changed: true, hash: next.hash };
     } catch (err) {
+      // The drain began while it ran: not a problem of the file, and nothing is in force anew.
+      if (err instanceof ShuttingDown) return shuttingDown();
       status.failed++;
       status.lastResult = 'failed';
       status.lastError = err instanceof RulesError ? err.message : `${file}: ${(err as Error).message}`;
@@ -122,9 +126,10 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   // Closed (driftguard is draining): a reload would build a generation (a pool, key sets)
   // that nothing ever closes. SIGHUP and POST /reload then change nothing.
   let closed = false;
+  const shuttingDown = () => ({ changed: false, error: 'driftguard is shutting down', hash: dg.generation.rules.hash });
   return {
     status,
-    reload: (trigger) => (closed ? Promise.resolve({ changed: false, error: 'driftguard is shutting down', hash: dg.generation.rules.hash }) : reload(trigger)),
+    reload: (trigger) => (closed ? Promise.resolve(shuttingDown()) : reload(trigger)),
     close() { closed = true; clearTimeout(timer); watcher?.close(); },
   };
 }

@@ -60,7 +60,7 @@ interface Pipeline {
   open: number;
   /** Requests with a body waiting for the answer before theirs (at most one). */
   bodies: number;
-  /** Cut as a flood: nothing more of it is handled. */
+  /** Cut (a flood, or a request read after the drain began): nothing more of it is handled. */
   cut: boolean;
 }
 
@@ -122,6 +122,11 @@ export interface Driftguard {
   drain(graceMs: number): Promise<void>;
   /** Close at once (tests). */
   close(): Promise<void>;
+}
+
+/** A reload that would have put rules in force after the drain began: nothing changed. */
+export class ShuttingDown extends Error {
+  constructor() { super('driftguard is shutting down'); }
 }
 
 export function buildGeneration(rules: Rules, previous?: Generation, extra: Partial<CheckDeps> = {}, onTokenCache?: (hit: boolean) => void): Generation {
@@ -200,6 +205,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     line.last = turn;
     // Cut as a flood: what else was read with it is not decided either.
     if (line.cut) return;
+    // Read after the drain began (the rest of a head that was arriving, or a request on a
+    // connection kept alive by an answer sent before): nobody will be left to answer it.
+    if (draining) { lateForDrain(socket, line, before); return; }
     line.open++;
     // HTTP/1.1 pipelining: Node hands over every request of what it has read, and answers them
     // in order. Handled all at once, one connection that never read its answers held the
@@ -223,6 +231,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       if (socket.destroyed || !socket.writable) { responses.delete(res); settled(); finish(turn, line); return; }
       run();
     };
+  }
+
+  /**
+   * A request read while draining is not decided: its connection is closed at once when it has
+   * nothing else in flight, else when the answer in flight is done (finish).
+   */
+  function lateForDrain(socket: Socket, line: Pipeline, before: Turn | undefined): void {
+    line.cut = true;
+    if (!before || before.done) socket.destroy();
   }
 
   /** A pipelining flood: the connection is cut; at most a line a minute says how many were. */
@@ -289,6 +306,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const then = turn.then;
     turn.then = undefined;
     then?.();
+    // Draining, and the connection's last answer is done: an answer whose head went out before
+    // the drain said keep-alive, and the client would go on sending requests on it (a WebSocket
+    // handshake too, whose tunnel would hold the drain to its grace). end(): buffered bytes go first.
+    if (draining && line && line.open === 0) turn.req.socket.end();
   }
 
   function onSocketRequest(req: IncomingMessage, socket: Socket, head: Buffer): void {
@@ -297,6 +318,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // tunnel. Nothing can be answered in order: the connection is closed.
     const before = pipelines.get(socket)?.last;
     if (before && !before.done) { socket.destroy(); return; }
+    // Read after the drain began: a tunnel opened now would hold the drain to its grace.
+    if (draining) { socket.destroy(); return; }
     const g = generation;
     const [ctx, observation] = begin(g, req);
     handleUpgrade(g, ctx, observation, socket, head).catch((err: unknown) => unexpected(err, socket, observation.traceId));
@@ -666,6 +689,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         const { i } = fresh[failed]!;
         const reason = (started[failed] as PromiseRejectedResult).reason as Error;
         throw new RulesError([problemInFile(next.source, ['identity', 'issuers', i, 'jwks'], reason.message)]);
+      }
+      // Draining began while the key sets loaded: the drain closes the generation in force,
+      // and would never close this one.
+      if (draining) {
+        for (const k of keySets.values()) if (!shared.has(k)) k.close();
+        if (g.forwarder !== old.forwarder) void g.forwarder.close();
+        throw new ShuttingDown();
       }
       const kept = new Set(keySets.values());
       for (const k of shared) if (!kept.has(k)) k.close();
