@@ -45,6 +45,13 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   /** Set while the request waits for a pool connection with a deadline (waitAtMost). */
   #wait?: NodeJS.Timeout;
   #expired = false;
+  /**
+   * The upstream's status and headers, written with its first body bytes or its end: Node
+   * sends a head only with them anyway, and until then a failure (a reset, a bad chunk, a body
+   * that never comes) can still be answered as a problem, instead of cutting a connection that
+   * has carried nothing and recording a 200 nobody got.
+   */
+  #head?: { readonly status: number; readonly headers: Record<string, string | string[]> };
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve) {
     this.#req = req;
@@ -107,10 +114,17 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // A 204 has no content and MUST NOT carry a Content-Length (RFC 9110 §8.6): the body is
     // dropped, so the header would describe nothing.
     if (statusCode === 204) delete head['content-length'];
-    this.#res.writeHead(statusCode, head);
+    this.#head = { status: statusCode, headers: head };
+  }
+
+  #writeHead(): void {
+    if (!this.#head) return;
+    this.#res.writeHead(this.#head.status, this.#head.headers);
+    this.#head = undefined;
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.#writeHead();
     if (!this.#res.write(chunk)) {
       controller.pause();
       this.#res.once('drain', this.#onDrain);
@@ -118,6 +132,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   }
 
   onResponseEnd(): void {
+    this.#writeHead();
     const res = this.#res;
     const status = res.statusCode;
     // Done when the last byte is handed to the socket ('finish'); a client gone before that

@@ -20,7 +20,7 @@ export interface ForwardOutcome {
 /** A request that waited longer than the connect timeout for a free connection of the pool. */
 export const CONNECTION_WAIT_TIMEOUT = 'DRIFTGUARD_CONNECTION_WAIT_TIMEOUT';
 
-const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'ETIMEDOUT', CONNECTION_WAIT_TIMEOUT]);
+const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT', CONNECTION_WAIT_TIMEOUT]);
 
 /**
  * A terminal stage's handler as the forwarder sees it while the request waits in undici's
@@ -60,7 +60,10 @@ function failureDetail(outcome: ForwardOutcome): string {
   const what = outcome.error === UPSTREAM_TRANSFER_CODING ? 'the upstream answered with a transfer coding other than chunked'
     : outcome.error === UPSTREAM_UNPARSABLE || outcome.error?.startsWith('HPE_') ? 'the upstream\'s answer could not be parsed'
     : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
-    : 'the upstream could not be reached';
+    : outcome.error === undefined || NEVER_SENT.has(outcome.error) ? 'the upstream could not be reached'
+    : CUT.has(outcome.error) ? 'the upstream closed the connection before its answer was complete'
+    : REFUSED_ANSWER.has(outcome.error) ? 'the upstream\'s answer could not be passed on'
+    : 'the upstream failed';
   return outcome.error ? `${what} (${outcome.error})` : what;
 }
 
@@ -70,6 +73,11 @@ function failureDetail(outcome: ForwardOutcome): string {
  * answer driftguard would not pass on) the upstream may have read the request and acted on it.
  */
 const NEVER_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT', CONNECTION_WAIT_TIMEOUT]);
+
+/** The upstream was reached, and closed or reset the connection (or had closed a kept-alive one) before its answer was whole. */
+const CUT = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+/** The upstream answered, in a form undici will not pass on (a head over 16 KiB, a length that disagrees with the body). */
+const REFUSED_ANSWER = new Set(['UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_EXCEEDED_MAX_SIZE']);
 
 /** Whether a failed forwarding surely never reached the upstream (a write may then be sent again). */
 export function neverSent(outcome: ForwardOutcome): boolean {

@@ -219,6 +219,23 @@ t.test('an upstream that dies mid-body: the client connection is cut, never a ha
   t.equal(after.status, 200, 'the next request is served');
 });
 
+for (const [name, rest, status, reason, detail] of [
+  ['a reset after its head', (s: Socket) => { s.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n'); setTimeout(() => s.destroy(), 50); }, 502, 'upstream-unavailable', /closed the connection before its answer was complete/],
+  ['a bad chunk in the same write as its head', (s: Socket) => { s.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n'); }, 502, 'upstream-unavailable', /could not be parsed/],
+  ['a head and then silence past the response timeout', (s: Socket) => { s.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n'); }, 504, 'upstream-timeout', /did not answer in time/],
+] as const) {
+  t.test(`an upstream that fails before the first byte of its body: the client gets a problem, not a cut with nothing sent: ${name}`, async (t) => {
+    const w = await world(t, (r) => { r.proxy.timeouts.response = '300ms'; });
+    // Raw bytes on the upstream's socket: a head Node's own server would not send this way.
+    w.up.handler = (req) => { req.resume(); w.up.handler = undefined; rest(req.socket); };
+    const a = await w.call('GET', '/items/1', { token: await w.tok() });
+    t.equal(a.status, status, 'before: the head was taken as sent, and the connection cut with no byte of it on the wire');
+    t.equal(a.json?.reason, reason);
+    t.match(a.json?.detail, detail);
+    t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'the next request is served');
+  });
+}
+
 /**
  * Send a PUT with a 2 MB Content-Length and only its first KiB on one connection; then, once
  * the answer is in, the rest and a second request. What the connection did, and when.
