@@ -31,5 +31,25 @@ export function redactPath(target: string): string {
   if (semicolon !== -1) path = path.slice(0, semicolon) + ';(redacted)';
   if (path.includes('eyJ')) path = path.replace(JWT, '(redacted)');
   if (path.includes('%3')) path = path.replace(ENCODED_QUERY, '%3F(redacted)');
+  // The same, percent-encoded (`1%3Bjsessionid=…`, a token's dots as `%2E`, `%65yJ…`), as a
+  // server that decodes the path reads them: such a segment is replaced whole.
+  if (path.includes('%')) path = path.split('/').map((s) => (s.includes('%') && !s.includes('(redacted)') && secretWhenDecoded(s) ? '(redacted)' : s)).join('/');
   return path;
+}
+
+/** Whether a segment, percent-decoded (up to three times: a double encoding), holds a path parameter, a query or a token. */
+function secretWhenDecoded(segment: string): boolean {
+  let s = segment;
+  for (let i = 0; i < 3 && s.includes('%'); i++) {
+    const next = s.replace(/%[0-9A-Fa-f]{2}/g, (e) => String.fromCharCode(parseInt(e.slice(1), 16)));
+    if (next === s) break;
+    s = next;
+    if (s.includes(';') || s.includes('?') || (JWT.lastIndex = 0, JWT.test(s))) return true;
+  }
+  return false;
+}
+
+/** Free text a caller sent (a User-Agent) as records quote it: anything shaped like a JWT replaced. */
+export function redactText(text: string): string {
+  return text.includes('eyJ') ? text.replace(JWT, '(redacted)') : text;
 }

@@ -18,6 +18,7 @@ import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';
 import type { Instruments } from './instruments.ts';
 import type { DecisionLog } from './decision-log.ts';
 import { recentEntry, type Ring } from './recent.ts';
+import { redactText } from '../lib/redact.ts';
 
 /** Shared by every observation of one driftguard. */
 export interface Sink {
@@ -103,7 +104,8 @@ export class RequestObservation implements Observation {
         ...(port !== undefined ? { serverPort: port } : {}),
         ...(req.socket.remoteAddress ? { clientAddress: req.socket.remoteAddress } : {}),
         protocolVersion: req.httpVersion,
-        ...(ua ? { userAgent: ua.slice(0, 512) } : {}),
+        // An agent may name itself with its token in it: never recorded.
+        ...(ua ? { userAgent: redactText(ua.slice(0, 512)) } : {}),
       };
     }
   }

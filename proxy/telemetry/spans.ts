@@ -17,6 +17,15 @@ import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
 import type { CheckRecord } from '../pipeline/types.ts';
 import { FIELDS, type DecisionRecord } from './record.ts';
 
+/**
+ * `METHOD route`, or `METHOD`; a method outside the known set (`_OTHER`) is named `HTTP`, as the
+ * HTTP semantic conventions name it: `_OTHER` would read as a method.
+ */
+function spanName(method: string, route: string | undefined): string {
+  const m = method === '_OTHER' ? 'HTTP' : method;
+  return route !== undefined ? `${m} ${route}` : m;
+}
+
 const UNSET: SpanStatus = { code: SpanStatusCode.UNSET };
 
 export type AttributeVisitor = (key: string, value: AttributeValue) => void;
@@ -166,7 +175,7 @@ export class ServerSpan extends FinishedSpan {
     this.#facts = s.facts;
     this.#record = s.record;
     this.#checksAtMs = s.checksAtMs;
-    this.name = s.record.route !== undefined ? `${s.facts.method} ${s.record.route}` : s.facts.method;
+    this.name = spanName(s.facts.method, s.record.route);
   }
 
   // HTTP semantic conventions: a server span is an error only for 5xx; a deny is a
@@ -244,7 +253,7 @@ export class ClientSpan extends FinishedSpan {
     this.#method = s.facts.method;
     if (s.record.route !== undefined) this.#template = s.record.route;
     this.#path = s.record.path;
-    this.name = this.#template !== undefined ? `${this.#method} ${this.#template}` : this.#method;
+    this.name = spanName(this.#method, this.#template);
   }
 
   get events(): TimedEvent[] { return []; }

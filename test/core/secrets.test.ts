@@ -67,7 +67,12 @@ async function attempts(w: { port: number }, make: (o?: any) => Promise<string>)
       own(await raw(w.port, get(`/nowhere/${s}`, [`Authorization: Bearer ${secrets[0]}`])));
       // Inside a segment, with something before or after it.
       for (const inSegment of [`id_token=${s}`, `Bearer%20${s}`, `a${s}`, `${s}=`]) own(await raw(w.port, get(`/nowhere/${inSegment}`, [`Authorization: Bearer ${secrets[0]}`])));
+      // Percent-encoded, as a server that decodes the path reads it: the dots, the first letter, twice over.
+      for (const encoded of [s.replaceAll('.', '%2E'), `%65${s.slice(1)}`, s.replaceAll('.', '%252E')]) own(await raw(w.port, get(`/items/${encoded}`, [`Authorization: Bearer ${secrets[0]}`])));
+      // In the User-Agent an agent names itself with (spans record it).
+      record(await raw(w.port, get('/items/1', [`Authorization: Bearer ${secrets[0]}`, `User-Agent: agent/1.0 ${s}`])));
     }
+    for (const semicolon of ['%3B', '%3b', '%253B']) own(await raw(w.port, get(`/items/1${semicolon}jsessionid=${s}`)));
     own(await raw(w.port, get(`/items/1%3Faccess_token=${s}`, [`Authorization: Bearer ${secrets[0]}`])));
     own(await raw(w.port, get(`/items/1;jsessionid=${s}`)));
     own(await raw(w.port, get(`http://alice:${s}@example.com/items/1`)));

@@ -193,6 +193,16 @@ t.test('malformed request: denied before any other check, still traced', async (
   t.equal(span.name, 'GET', 'no route: the span is named by the method alone');
 });
 
+t.test('a method outside the known set: the span is named HTTP, the method recorded as _OTHER and as sent', async (t) => {
+  const traceId = randomHex(16);
+  const port = (dg.dg.traffic.address() as AddressInfo).port;
+  const res = await raw(port, get('/items/1', [`traceparent: ${traceparent(traceId, randomHex(8))}`], 'PROPFIND'));
+  t.equal(res.json().traceId, traceId, 'decided and traced');
+  const span = await otlp.waitFor((s) => s.traceId === traceId);
+  t.equal(span.name, 'HTTP', 'the semantic conventions\' name: `_OTHER` would read as a method');
+  t.match(span.attributes, { 'http.request.method': '_OTHER', 'http.request.method_original': 'PROPFIND' });
+});
+
 t.test('upstream down: 502, the server span is an error, the client span records the failure', async (t) => {
   const down = await upstream();
   await down.close();
