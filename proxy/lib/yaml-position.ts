@@ -32,3 +32,30 @@ export function positionOf(doc: Document, lines: LineCounter, path: readonly (st
   const pos = lines.linePos(offset);
   return { line: pos.line, col: pos.col, found: depth === path.length };
 }
+
+/**
+ * The path of the deepest node whose key or value spans `offset`: the field a YAML error
+ * (a key written twice, say) stands in, for a message that names it.
+ */
+export function pathAt(doc: Document, offset: number): (string | number)[] {
+  const path: (string | number)[] = [];
+  let node: unknown = doc.contents;
+  const spans = (n: unknown) => { const r = (n as Node | null)?.range; return r != null && r[0] <= offset && offset < r[1]; };
+  for (;;) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => spans(p.key) || spans(p.value));
+      const key = (pair?.key as { value?: unknown } | null | undefined)?.value;
+      if (!pair || (typeof key !== 'string' && typeof key !== 'number')) return path;
+      path.push(key);
+      if (spans(pair.key)) return path;
+      node = pair.value;
+    } else if (isSeq(node)) {
+      const i = node.items.findIndex(spans);
+      if (i === -1) return path;
+      path.push(i);
+      node = node.items[i];
+    } else {
+      return path;
+    }
+  }
+}

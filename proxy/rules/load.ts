@@ -12,7 +12,7 @@ import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseDurationOr0, parseTim
 import { parseTemplate } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { parseAddress } from '../lib/address.ts';
-import { positionOf } from '../lib/yaml-position.ts';
+import { pathAt, positionOf } from '../lib/yaml-position.ts';
 import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, IssuerProfile, JwksSource } from './types.ts';
 import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, DEFAULT_CA_FILE } from '../identity/cluster.ts';
 import { SVID_ALGORITHMS, jwtSvidKeys } from '../identity/spiffe.ts';
@@ -84,6 +84,9 @@ ajv.addFormat('uri', /^[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#[\]@!$&'()*+,;=%
 const validateSchema = ajv.compile(schema);
 
 /** Field name as a platform engineer reads it: contract.operations[3].method */
+/** identity.clockSkew at most: more would accept tokens that long after they expired. */
+const MAX_CLOCK_SKEW_MS = 5 * 60_000;
+
 export function fieldName(path: Path): string {
   let out = '';
   for (const part of path) out += typeof part === 'number' ? `[${part}]` : (out ? '.' : '') + part;
@@ -237,7 +240,10 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   if (doc.errors.length > 0) {
     throw new RulesError(doc.errors.map((e) => {
       const pos = lines.linePos(e.pos[0]);
-      return { file: source, line: pos.line, column: pos.col, field: '', message: `YAML: ${e.message.split('\n')[0]}` };
+      // A key written twice is named (a syntax error has no field to name: the parse stopped short of it).
+      const field = e.code === 'DUPLICATE_KEY' ? fieldName(pathAt(doc, e.pos[0])) : '';
+      const message = field ? 'written twice in the same mapping: the second would silently replace the first' : `YAML: ${e.message.split('\n')[0]}`;
+      return { file: source, line: pos.line, column: pos.col, field, message };
     }));
   }
   const data = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown> | null;
@@ -293,6 +299,15 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   const clockSkew = (text: string) => {
     const ms = duration(['identity', 'clockSkew'], text);
     if (ms % 1000 !== 0) fail(['identity', 'clockSkew'], `${text} is not a whole number of seconds, as the times in a token are: write ${Math.floor(ms / 1000)}s or ${Math.ceil(ms / 1000)}s`);
+    // A clock that far off needs fixing, not tolerating: every token would pass for that long after it expired.
+    else if (ms > MAX_CLOCK_SKEW_MS) fail(['identity', 'clockSkew'], `${text} is more than 5m: a token would be accepted that long after it expired`);
+    return ms;
+  };
+  /** A lifetime no token can stay under (0s) refuses every token of that kind. */
+  const lifetime = (kind: 'automation' | 'human', text: string) => {
+    const ms = duration(['identity', 'maxTokenLifetime', kind], text);
+    if (ms === 0 && !/[1-9]/.test(text)) fail(['identity', 'maxTokenLifetime', kind], 'must be more than 0s: no token could pass');
+    else if (ms < 1000) fail(['identity', 'maxTokenLifetime', kind], `${text} is less than 1s, the unit of the times in a token: no token could pass`);
     return ms;
   };
   const time = (path: Path, text: string) => {
@@ -342,7 +357,8 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     const j = iss.jwks ?? { discovery: inClusterApiServer(), tokenFile: DEFAULT_TOKEN_FILE, caFile: DEFAULT_CA_FILE };
     const timing = () => ({
       refreshMs: timer([...here, 'jwks', 'refresh'], j.refresh ?? '5m'),
-      cooldownMs: duration([...here, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
+      // Not 0: a token with an unknown kid would then make driftguard fetch the keys, every one.
+      cooldownMs: timer([...here, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
       timeoutMs: timer([...here, 'jwks', 'timeout'], j.timeout ?? '5s'),
     });
     const jwks: JwksSource = j.file !== undefined
@@ -478,8 +494,8 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       issuers: Object.freeze(issuers),
       clockSkewMs: clockSkew(raw.identity.clockSkew),
       maxTokenLifetimeMs: Object.freeze({
-        automation: duration(['identity', 'maxTokenLifetime', 'automation'], raw.identity.maxTokenLifetime.automation),
-        human: duration(['identity', 'maxTokenLifetime', 'human'], raw.identity.maxTokenLifetime.human),
+        automation: lifetime('automation', raw.identity.maxTokenLifetime.automation),
+        human: lifetime('human', raw.identity.maxTokenLifetime.human),
       }),
       cache: Object.freeze({ ...raw.identity.cache }),
     }),

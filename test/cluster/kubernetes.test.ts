@@ -40,7 +40,7 @@ async function setup(t: Test, options: { caFile?: string; issuer?: string; alsoT
   const dg = await startTest(baseRules(up.origin, 'unused', (r) => {
     r.identity.issuers = [{
       issuer: options.issuer ?? CLUSTER_ISSUER, profile: 'kubernetes', audiences: [AUDIENCE], algorithms: ['RS256'],
-      jwks: { discovery: api.origin, tokenFile, caFile: options.caFile ?? caFile, cooldown: '0s', timeout: '2s' },
+      jwks: { discovery: api.origin, tokenFile, caFile: options.caFile ?? caFile, cooldown: '1ms', timeout: '2s' },
     }];
     r.consumers.registry.push({ subject: CHECKOUT, kind: 'automation', owner: 'team-shop' });
   }), { log: (l) => logs.push(JSON.stringify(l)), waitReady: options.waitReady ?? true });

@@ -86,7 +86,14 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'YAML syntax error (unclosed flow sequence)', text: edit('  versions: ["2026-01", "2026-06"]', '  versions: ["2026-01", "2026-06"'), line: [19, 20], field: '' },
   { name: 'YAML syntax error (nested mapping in a scalar)', text: edit('mode: enforce', 'mode: enforce: audit'), line: 5, field: '' },
   { name: 'YAML syntax error (tab indentation)', text: edit('  clockSkew: 30s', '\tclockSkew: 30s'), line: 12, field: '' },
-  { name: 'YAML duplicate key', text: edit('  mode: enforce\n', '  mode: enforce\n  mode: audit\n'), line: 6, field: '' },
+  { name: 'YAML duplicate key', text: edit('  mode: enforce\n', '  mode: enforce\n  mode: audit\n'), line: 6, field: 'proxy.mode', message: /^written twice in the same mapping/ },
+  { name: 'YAML duplicate key in a list item', text: edit('      path: /items/{id}\n', '      path: /items/{id}\n      path: /other/{id}\n'), line: 24, field: 'contract.operations[0].path', message: /^written twice/ },
+  // A scope-token (RFC 6749 §3.3) has no space: a `scope` claim could never carry "a b".
+  { name: 'scope with a space', text: edit('      sensitivity: low\n', '      sensitivity: low\n      scopes: ["items.read items.write"]\n'), line: 25, field: 'contract.operations[0].scopes[0]', message: /scope-token of RFC 6749/ },
+  // 0s: every token with an unknown kid fetches the keys.
+  { name: 'jwks cooldown of 0s', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", cooldown: 0s }'), line: 11, field: 'identity.issuers[0].jwks.cooldown', message: /must be at least 1ms/ },
+  { name: 'clock skew over 5m', text: edit('  clockSkew: 30s', '  clockSkew: 2d'), line: 12, field: 'identity.clockSkew', message: /more than 5m/ },
+  { name: 'token lifetime of 0s', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 0s }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /no token could pass/ },
   { name: 'non-canonical literal in a template (dot segment)', text: edit('path: /items/{id}', 'path: /items/../{id}'), line: 23, field: 'contract.operations[0].path' },
   { name: 'non-canonical literal in a template (path parameter)', text: edit('path: /items/{id}', 'path: /items;v=1/{id}'), line: 23, field: 'contract.operations[0].path' },
   { name: 'non-canonical literal in a template (encoded slash)', text: edit('path: /items/{id}', 'path: /a%2Fb/{id}'), line: 23, field: 'contract.operations[0].path' },
