@@ -1,10 +1,11 @@
-// What driftguard may say about a URL it fetches (a key set, a revocation list): its query and
-// userinfo may carry a credential (`?access_token=`, `https://user:pass@`), so logs, metrics,
-// error messages and admin answers name only its origin and path.
+// What driftguard may say about a URL it fetches (a key set, a revocation list): its query,
+// userinfo and path parameters may carry a credential (`?access_token=`, `https://user:pass@`,
+// `;sess=`), so logs, metrics, error messages and admin answers name only its origin and its
+// path, redacted as a request's is.
 
-/** Origin and path only. */
+/** Origin and path only, without path parameters (`;sess=…` may be a credential too). */
 export function redactUrl(url: string): string {
-  try { const u = new URL(url); return `${u.origin}${u.pathname}`; } catch { return '(invalid URL)'; }
+  try { const u = new URL(url); return `${u.origin}${redactPath(u.pathname)}`; } catch { return '(invalid URL)'; }
 }
 
 /**

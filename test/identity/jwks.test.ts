@@ -341,3 +341,12 @@ t.test('the refetch cooldown is timed by a monotonic clock: a wall clock set bac
   t.ok(key, 'the rotated key is found');
   t.equal(server.fetches, fetches + 1, 'by one refetch, the cooldown being over');
 });
+
+t.test('a key set is named by its URL\'s origin and path only: no query, userinfo or path parameters (metrics, logs)', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.url += ';sess=PSECRET?token=QSECRET'; });
+  const [, keys] = w.dg.dg.generation.identity.issuerKeySets()[0]!;
+  const source = keys.status().source;
+  t.equal(source, `${w.jwks.url};(redacted)`, 'the path kept, its parameters not (they were: a session id in the metrics\' source label)');
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'control: the keys were fetched from that URL');
+  t.notMatch(JSON.stringify(w.logs) + source, /SECRET/);
+});
