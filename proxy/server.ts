@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
+import { gatherSmallChunks } from './lib/incoming.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { blocks } from './checks/staleness.ts';
@@ -30,6 +31,13 @@ import type { TableFill } from './lib/heap.ts';
 const PROBE_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
 /** Pipelined requests of one connection that may wait for the answer before theirs (onRequest). */
 export const MAX_PIPELINED = 32;
+/**
+ * Pipelined requests waiting for their turn, on all connections together. A waiting request's
+ * head is parsed and held (up to about 16 KiB of heap): 32 on each of 512 connections would be
+ * 260 MiB, and 200 connections of them ran the chart's 96 MiB heap out. Past this, the
+ * connection that would add one is cut as a flood.
+ */
+export const MAX_WAITING = 256;
 /**
  * Header lines a request may have (Envoy's default too); Node refuses a head with more, as
  * too large (431). A head still arriving holds a string per line: at most these, about
@@ -157,6 +165,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * not all arrived, a clientError is that request's.
    */
   const pipelines = new WeakMap<Socket, Pipeline>();
+  /** Requests waiting for their turn, on every connection (MAX_WAITING). */
+  let waiting = 0;
   /** Connections dropped since the last line said so, and when that was (performance.now), by listener and cause. */
   const drops = new Map<string, { count: number; at: number }>();
   /** The tunnels established (101 passed on), with their handshake's context. */
@@ -197,6 +207,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const line = pipelines.get(socket);
     const turn: Turn = { req, res, done: false };
     const body = hasBody(req);
+    // Its chunks kept as a few buffers, not one Buffer object each (lib/incoming.ts).
+    if (body) gatherSmallChunks(req);
     const run = () => { start(turn, body, expectsContinue, line); };
     if (!line) { run(); return; }
     const before = line.last;
@@ -221,10 +233,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line); return; }
     if (!before || before.done) { run(); return; }
     if (body && line.bodies > 0) { floodCut(socket, turn, line); return; }
+    if (waiting >= MAX_WAITING) { floodCut(socket, turn, line); return; }
     // A drain waits for it as for a request in flight.
     responses.add(res);
     if (body) line.bodies++;
+    waiting++;
     before.then = () => {
+      waiting--;
       if (body) line.bodies--;
       // Destroyed, or ending after an answer that closed it (draining, HTTP/1.0, Connection:
       // close, a malformed request): nobody would get this answer, so it is not decided.

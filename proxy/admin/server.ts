@@ -3,6 +3,8 @@
 // can bind to loopback while traffic binds to the pod IP.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { gatherSmallChunks } from '../lib/incoming.ts';
 import type { Log } from '../features.ts';
 
 export type AdminHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
@@ -106,9 +108,17 @@ function drained(res: ServerResponse): Promise<void> {
  * heap (the probe listener is on the pod's IP).
  */
 export const ADMIN_MAX_CONNECTIONS = 128;
+/** A connection to the admin or probe listener that has sent nothing for this long is closed. */
+export const SILENT_MS = 10_000;
 
 export function createAdminServer(routes: AdminRoutes, log: Log, only?: ReadonlySet<string>): Server {
-  const server = createServer({ maxHeaderSize: 16 * 1024 }, async (req, res) => {
+  const server = createServer({
+    maxHeaderSize: 16 * 1024,
+    // A head within 10 s (the kubelet's and Prometheus's come at once, checked every 2 s), the
+    // whole request within 30 s; between requests a connection stays 5 s (Node's keepAliveTimeout).
+    headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 2_000,
+  }, async (req, res) => {
+    gatherSmallChunks(req);
     let url: URL;
     try {
       url = new URL(req.url ?? '/', 'http://admin.invalid');
@@ -136,6 +146,13 @@ export function createAdminServer(routes: AdminRoutes, log: Log, only?: Readonly
     }
   });
   server.maxConnections = ADMIN_MAX_CONNECTIONS;
+  // A connection that has sent nothing is closed after 10 s (Node times a head only once it has
+  // begun): idle ones would hold the kubelet's places for good. Not the socket's idle timeout,
+  // which would also cut a POST /reload waiting on a key server.
+  server.on('connection', (socket: Socket) => {
+    const silent = setTimeout(() => { if (socket.bytesRead === 0) socket.destroy(); }, SILENT_MS).unref();
+    socket.once('close', () => { clearTimeout(silent); });
+  });
   // The kubelet and Prometheus send a few; Node refuses more (431), and a head still arriving
   // holds a string per line.
   server.maxHeadersCount = 100;

@@ -25,21 +25,33 @@ const MAX_EARLY_BYTES = 64 * 1024;
  */
 export class EarlyBytes {
   readonly #socket: Socket;
-  readonly #chunks: Buffer[];
+  /**
+   * What arrived, copied into one buffer that doubles as it fills: kept as the chunks they
+   * came in, bytes sent one at a time held a Buffer object each (about 300 bytes of heap a
+   * byte), and 60 handshakes ran a 96 MiB heap out within their 64 KiB.
+   */
+  #kept: Buffer;
   #bytes: number;
 
   constructor(socket: Socket, head: Buffer) {
     this.#socket = socket;
-    this.#chunks = head.length > 0 ? [head] : [];
+    this.#kept = head;
     this.#bytes = head.length;
     socket.on('data', this.#onData);
     socket.once('end', this.#onEnd);
   }
 
   #onData = (chunk: Buffer): void => {
-    this.#bytes += chunk.length;
-    if (this.#bytes > MAX_EARLY_BYTES) this.#socket.destroy();
-    else this.#chunks.push(chunk);
+    const bytes = this.#bytes + chunk.length;
+    if (bytes > MAX_EARLY_BYTES) { this.#socket.destroy(); return; }
+    // The first time, #kept is the head Node handed over, full: never written into.
+    if (bytes > this.#kept.length) {
+      const grown = Buffer.allocUnsafe(Math.min(MAX_EARLY_BYTES, Math.max(1024, 2 * bytes)));
+      this.#kept.copy(grown, 0, 0, this.#bytes);
+      this.#kept = grown;
+    }
+    chunk.copy(this.#kept, this.#bytes);
+    this.#bytes = bytes;
   };
 
   #onEnd = (): void => { this.#socket.destroy(); };
@@ -49,7 +61,7 @@ export class EarlyBytes {
     this.#socket.off('data', this.#onData);
     this.#socket.off('end', this.#onEnd);
     this.#socket.pause();
-    return this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+    return this.#kept.subarray(0, this.#bytes);
   }
 }
 

@@ -105,7 +105,8 @@ export class RequestObservation implements Observation {
         ...(req.socket.remoteAddress ? { clientAddress: req.socket.remoteAddress } : {}),
         protocolVersion: req.httpVersion,
         // An agent may name itself with its token in it: never recorded.
-        ...(ua ? { userAgent: redactText(ua.slice(0, 512)) } : {}),
+        // Redacted before it is cut: a token cut in two is no longer JWT-shaped.
+        ...(ua ? { userAgent: redactText(ua).slice(0, 512) } : {}),
       };
     }
   }

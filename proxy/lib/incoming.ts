@@ -1,0 +1,76 @@
+// A request whose body chunks are kept as few buffers, not one per chunk. Node's parser hands
+// each chunk of a chunked body (and each read of one with a length) to the request as a Buffer
+// of its own, about 300 bytes of heap beside its bytes, and a request waiting to be read
+// keeps them until its stream's high-water mark, 64 KiB, counted in bytes: a body sent one
+// byte a chunk (`1\r\na\r\n`) held about 20 MiB of heap per request, and a few connections
+// waiting on a slow upstream ran a 96 MiB heap out. Small chunks are copied into one buffer,
+// pushed once the parser is done with what it read (or when the buffer is full, a large
+// chunk comes, or the body ends), so the request's buffer holds a few objects, whatever the
+// client's chunking.
+//
+// Installed on the request, not by a subclass of IncomingMessage: undici, when it destroys a
+// request body it was sending, detaches the socket first only from an IncomingMessage itself,
+// and a subclass's destroy closed the client's connection before its 502 could be written.
+
+import { Readable } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
+
+/** Chunks smaller than this are copied together; larger ones are pushed as they are. */
+const SMALL = 4 * 1024;
+const GATHER = 16 * 1024;
+
+const push = Readable.prototype.push;
+
+class Gatherer {
+  readonly #req: IncomingMessage;
+  /**
+   * Filled from its start; what was pushed already is a view of its first part. One buffer
+   * for many pushes: a fresh one for each, pushed with a few bytes in it, held its whole 16
+   * KiB per push (20 connections' bodies held 1.3 GB outside the heap).
+   */
+  #gathered?: Buffer;
+  /** Where what is not pushed yet begins, and ends. */
+  #start = 0;
+  #length = 0;
+  #flushing = false;
+
+  constructor(req: IncomingMessage) { this.#req = req; }
+
+  push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
+    const req = this.#req;
+    if (!Buffer.isBuffer(chunk) || chunk.length >= SMALL) {
+      this.#flush();
+      return push.call(req, chunk, encoding);
+    }
+    if (this.#gathered && this.#length + chunk.length > this.#gathered.length) {
+      this.#flush();
+      this.#gathered = undefined;
+    }
+    if (!this.#gathered) { this.#gathered = Buffer.allocUnsafe(GATHER); this.#start = this.#length = 0; }
+    chunk.copy(this.#gathered, this.#length);
+    this.#length += chunk.length;
+    // Once the parser is done with what it read: a body trickled in small reads still reaches
+    // the upstream as it arrives. Not process.nextTick: Node runs the tick queue after each of
+    // the parser's callbacks, so every chunk was pushed alone.
+    if (!this.#flushing) { this.#flushing = true; setImmediate(this.#flushLater); }
+    // What push() would say had the chunk gone in: false stops reading the socket.
+    return req.readableLength + this.#length - this.#start < req.readableHighWaterMark;
+  };
+
+  #flushLater = (): void => {
+    this.#flushing = false;
+    this.#flush();
+  };
+
+  #flush(): void {
+    if (this.#length === this.#start) return;
+    const bytes = this.#gathered!.subarray(this.#start, this.#length);
+    this.#start = this.#length;
+    if (!this.#req.destroyed) push.call(this.#req, bytes);
+  }
+}
+
+/** From now on, `req`'s small body chunks are gathered into few buffers (call it as the request arrives). */
+export function gatherSmallChunks(req: IncomingMessage): void {
+  req.push = new Gatherer(req).push;
+}
