@@ -29,6 +29,8 @@ class Gatherer {
    * KiB per push (20 connections' bodies held 1.3 GB outside the heap).
    */
   #gathered?: Buffer;
+  /** A lone small chunk not pushed yet: copied only once a second comes (a usual body is one chunk). */
+  #held?: Buffer;
   /** Where what is not pushed yet begins, and ends. */
   #start = 0;
   #length = 0;
@@ -46,15 +48,21 @@ class Gatherer {
       this.#flush();
       this.#gathered = undefined;
     }
-    if (!this.#gathered) { this.#gathered = Buffer.allocUnsafe(GATHER); this.#start = this.#length = 0; }
-    chunk.copy(this.#gathered, this.#length);
-    this.#length += chunk.length;
+    if (!this.#gathered && this.#held === undefined && this.#length === this.#start) {
+      this.#held = chunk;
+    } else {
+      if (!this.#gathered) { this.#gathered = Buffer.allocUnsafe(GATHER); this.#start = this.#length = 0; }
+      const held = this.#held;
+      if (held) { held.copy(this.#gathered, this.#length); this.#length += held.length; this.#held = undefined; }
+      chunk.copy(this.#gathered, this.#length);
+      this.#length += chunk.length;
+    }
     // Once the parser is done with what it read: a body trickled in small reads still reaches
     // the upstream as it arrives. Not process.nextTick: Node runs the tick queue after each of
     // the parser's callbacks, so every chunk was pushed alone.
     if (!this.#flushing) { this.#flushing = true; setImmediate(this.#flushLater); }
     // What push() would say had the chunk gone in: false stops reading the socket.
-    return req.readableLength + this.#length - this.#start < req.readableHighWaterMark;
+    return req.readableLength + this.#length - this.#start + (this.#held?.length ?? 0) < req.readableHighWaterMark;
   };
 
   #flushLater = (): void => {
@@ -63,6 +71,12 @@ class Gatherer {
   };
 
   #flush(): void {
+    const held = this.#held;
+    if (held) {
+      this.#held = undefined;
+      if (!this.#req.destroyed) push.call(this.#req, held);
+      return;
+    }
     if (this.#length === this.#start) return;
     const bytes = this.#gathered!.subarray(this.#start, this.#length);
     this.#start = this.#length;
