@@ -5,6 +5,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { gatherSmallChunks } from '../lib/incoming.ts';
+import { redactPath } from '../lib/redact.ts';
 import type { Log } from '../features.ts';
 
 export type AdminHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
@@ -133,7 +134,7 @@ export function createAdminServer(routes: AdminRoutes, log: Log, only?: Readonly
     const { handler, allowed } = routes.find(req.method ?? 'GET', url.pathname);
     if (!handler) {
       if (allowed.length) { res.setHeader('allow', allowed.join(', ')); routes.problem(res, 405, 'Method Not Allowed', `use ${allowed.join(', ')}`); }
-      else routes.problem(res, 404, 'Not Found', `no admin endpoint ${url.pathname}`);
+      else routes.problem(res, 404, 'Not Found', `no admin endpoint ${redactPath(url.pathname)}`);
       return;
     }
     try {

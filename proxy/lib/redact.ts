@@ -12,7 +12,7 @@ export function redactUrl(url: string): string {
  * Anything shaped like a JWT: three base64url parts, the first a JSON object's encoding.
  * Anywhere in a segment, not only as a whole one: `/id_token=eyJ…`, `/Bearer%20eyJ…`.
  */
-const JWT = /eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*/g;
+const JWT = /eyJ[A-Za-z0-9_+=-]*\.[A-Za-z0-9_+=-]*\.[A-Za-z0-9_+=-]*/g;
 /** An encoded `?` and what follows it in its segment: a query smuggled into the path. */
 const ENCODED_QUERY = /%3[Ff][^/]*/g;
 
@@ -28,29 +28,43 @@ export function redactPath(target: string): string {
     // Absolute form (or no path at all): its path only, never its userinfo or host.
     try { path = new URL(path).pathname; } catch { return '(not a path)'; }
   }
+  // Percent-encoded (`1%3Bjsessionid=…`, a token's dots as `%2E`, `%65yJ…`), as a server that
+  // decodes the path reads it: such a segment is replaced whole, first, whatever else it holds.
+  if (path.includes('%')) path = path.split('/').map((s) => (s.includes('%') && secretWhenDecoded(s) ? '(redacted)' : s)).join('/');
   const semicolon = path.indexOf(';');
   if (semicolon !== -1) path = path.slice(0, semicolon) + ';(redacted)';
   if (path.includes('eyJ')) path = path.replace(JWT, '(redacted)');
   if (path.includes('%3')) path = path.replace(ENCODED_QUERY, '%3F(redacted)');
-  // The same, percent-encoded (`1%3Bjsessionid=…`, a token's dots as `%2E`, `%65yJ…`), as a
-  // server that decodes the path reads them: such a segment is replaced whole.
-  if (path.includes('%')) path = path.split('/').map((s) => (s.includes('%') && !s.includes('(redacted)') && secretWhenDecoded(s) ? '(redacted)' : s)).join('/');
   return path;
 }
 
 /** Whether a segment, percent-decoded (up to three times: a double encoding), holds a path parameter, a query or a token. */
 function secretWhenDecoded(segment: string): boolean {
-  let s = segment;
+  return whenDecoded(segment, (s) => s.includes(';') || s.includes('?') || hasJwt(s));
+}
+
+/** Whether `text`, percent-decoded once, twice or three times, satisfies `secret`. */
+function whenDecoded(text: string, secret: (decoded: string) => boolean): boolean {
+  let s = text;
   for (let i = 0; i < 3 && s.includes('%'); i++) {
     const next = s.replace(/%[0-9A-Fa-f]{2}/g, (e) => String.fromCharCode(parseInt(e.slice(1), 16)));
     if (next === s) break;
     s = next;
-    if (s.includes(';') || s.includes('?') || (JWT.lastIndex = 0, JWT.test(s))) return true;
+    if (secret(s)) return true;
   }
   return false;
 }
 
-/** Free text a caller sent (a User-Agent) as records quote it: anything shaped like a JWT replaced. */
+function hasJwt(s: string): boolean {
+  JWT.lastIndex = 0;
+  return JWT.test(s);
+}
+
+/**
+ * Free text a caller sent (a User-Agent, a name in an admin request) as driftguard quotes it:
+ * anything shaped like a JWT replaced, and the whole text when it holds one percent-encoded.
+ */
 export function redactText(text: string): string {
+  if (text.includes('%') && whenDecoded(text, hasJwt)) return '(redacted)';
   return text.includes('eyJ') ? text.replace(JWT, '(redacted)') : text;
 }

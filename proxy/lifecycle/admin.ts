@@ -23,6 +23,7 @@ import type { Journal } from './journal.ts';
 import type { ListSource } from './lists.ts';
 import type { LifecycleState } from './state.ts';
 import { boundedText } from '../lib/bounded.ts';
+import { redactText } from '../lib/redact.ts';
 
 const MAX_BODY = 16 * 1024;
 
@@ -167,7 +168,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     let id: string;
     try { id = decodeURIComponent(url.pathname.slice('/revocations/'.length)); } catch { routes.problem(res, 400, 'Bad Request', 'id is not valid percent-encoding'); return; }
     const r = state.revocations.get(id);
-    if (!r) { routes.problem(res, 404, 'Not Found', `no revocation ${id}`); return; }
+    if (!r) { routes.problem(res, 404, 'Not Found', `no revocation ${redactText(id)}`); return; }
     if (r.source !== 'admin') { routes.problem(res, 409, 'Conflict', `revocation ${id} comes from the revocation list ${r.source}; remove it there`); return; }
     try { ctx.journal?.append({ op: 'delete', id, by: who, at: state.now() }); } catch (err) {
       log({ level: 'error', msg: 'revocation journal write failed; revocation kept', error: (err as Error).message });
@@ -203,7 +204,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     let subject: string;
     try { subject = decodeURIComponent(url.pathname.slice('/quarantine/'.length)); } catch { routes.problem(res, 400, 'Bad Request', 'subject is not valid percent-encoding'); return; }
     const q = state.monitors.lift(subject, state.now());
-    if (!q) { routes.problem(res, 404, 'Not Found', `${subject} is not quarantined`); return; }
+    if (!q) { routes.problem(res, 404, 'Not Found', `${redactText(subject)} is not quarantined`); return; }
     log({ level: 'info', msg: 'quarantine lifted', subject, by: who });
     routes.json(res, 200, { lifted: quarantineView(q) });
   });

@@ -14,6 +14,7 @@ import { isReasonCode } from '../decision/reasons.ts';
 import type { AdminRoutes } from '../admin/server.ts';
 import type { DecisionRecord } from './record.ts';
 import { heldBytes, stringBytes, type TableFill } from '../lib/heap.ts';
+import { redactText } from '../lib/redact.ts';
 
 /** A decision as the ring keeps it. */
 export interface RecentEntry {
@@ -142,7 +143,7 @@ function parseTimeParam(value: string, now: number): number {
 export function parseFilter(params: URLSearchParams, now: number): DecisionFilter {
   const f: DecisionFilter = { limit: DEFAULT_LIMIT };
   for (const [name, value] of params) {
-    if (!PARAMS.has(name)) throw new TypeError(`unknown parameter "${name}" (use ${[...PARAMS].join(', ')})`);
+    if (!PARAMS.has(name)) throw new TypeError(`unknown parameter "${redactText(name)}" (use ${[...PARAMS].join(', ')})`);
     switch (name) {
       case 'since': case 'until': {
         let t: number;

@@ -68,7 +68,9 @@ async function attempts(w: { port: number }, make: (o?: any) => Promise<string>)
       // Inside a segment, with something before or after it.
       for (const inSegment of [`id_token=${s}`, `Bearer%20${s}`, `a${s}`, `${s}=`]) own(await raw(w.port, get(`/nowhere/${inSegment}`, [`Authorization: Bearer ${secrets[0]}`])));
       // Percent-encoded, as a server that decodes the path reads it: the dots, the first letter, twice over.
-      for (const encoded of [s.replaceAll('.', '%2E'), `%65${s.slice(1)}`, s.replaceAll('.', '%252E')]) own(await raw(w.port, get(`/items/${encoded}`, [`Authorization: Bearer ${secrets[0]}`])));
+      const enc = s.replaceAll('.', '%2E');
+      for (const encoded of [enc, `%65${s.slice(1)}`, s.replaceAll('.', '%252E'), `eyJ.a.b-${enc}`, `${enc}%3Fx`, `${enc};a`]) own(await raw(w.port, get(`/items/${encoded}`, [`Authorization: Bearer ${secrets[0]}`])));
+      record(await raw(w.port, get('/items/1', [`Authorization: Bearer ${secrets[0]}`, `User-Agent: agent/${enc}`])));
       // In the User-Agent an agent names itself with (spans record it).
       record(await raw(w.port, get('/items/1', [`Authorization: Bearer ${secrets[0]}`, `User-Agent: agent/1.0 ${s}`])));
     }
@@ -128,9 +130,10 @@ t.test('the CLI: stderr, stdout, answers and admin endpoints carry no secret', a
 
   const { secrets, answers } = await attempts({ port }, (o) => token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09', ...o }));
   let admin = '';
-  for (const path of ['/healthz', '/readyz', '/metrics', '/decisions', '/consumers']) {
+  // A name the admin listener does not know is quoted back without a token in it.
+  for (const path of ['/healthz', '/readyz', '/metrics', '/decisions', '/consumers', `/nope/${secrets[0]}`, `/decisions?${secrets[0]}=1`]) {
     const r = await fetch(`http://127.0.0.1:${adminPort}${path}`);
-    admin += `${path} ${r.status}\n${await r.text()}\n`;
+    admin += `${path.startsWith('/nope') || path.includes('?') ? '(a path with a token)' : path} ${r.status}\n${await r.text()}\n`;
   }
   child.kill('SIGTERM');
   t.equal(await exited, 0);
