@@ -18,6 +18,13 @@ import type { IncomingMessage } from 'node:http';
 /** Chunks smaller than this are copied together; larger ones are pushed as they are. */
 const SMALL = 4 * 1024;
 const GATHER = 16 * 1024;
+/**
+ * Small chunks are pushed at most this often: a body sent a byte per TCP segment arrives one
+ * read at a time, and each read pushed alone was still a Buffer object per byte, held by the
+ * upstream connection's write queue once the upstream stopped reading (64 such requests kept
+ * the chart's heap near its limit). A client that trickles slower is not delayed.
+ */
+const MIN_FLUSH_MS = 5;
 
 const push = Readable.prototype.push;
 
@@ -35,6 +42,8 @@ class Gatherer {
   #start = 0;
   #length = 0;
   #flushing = false;
+  /** When small chunks were last pushed (performance.now()). */
+  #flushedAt = -Infinity;
 
   constructor(req: IncomingMessage) { this.#req = req; }
 
@@ -60,15 +69,27 @@ class Gatherer {
     // Once the parser is done with what it read: a body trickled in small reads still reaches
     // the upstream as it arrives. Not process.nextTick: Node runs the tick queue after each of
     // the parser's callbacks, so every chunk was pushed alone.
-    if (!this.#flushing) { this.#flushing = true; setImmediate(this.#flushLater); }
+    if (!this.#flushing) {
+      this.#flushing = true;
+      const wait = this.#flushedAt + MIN_FLUSH_MS - performance.now();
+      if (wait > 0) setTimeout(this.#flushLater, wait); else setImmediate(this.#flushLater);
+    }
     // What push() would say had the chunk gone in: false stops reading the socket.
     return req.readableLength + this.#length - this.#start + (this.#held?.length ?? 0) < req.readableHighWaterMark;
   };
 
   #flushLater = (): void => {
     this.#flushing = false;
+    this.#flushedAt = performance.now();
+    // Nobody reads yet (the request waits for its decision or a pool connection) and some is
+    // already buffered: kept here, in one buffer, until the reader asks (flushNow, from _read).
+    const req = this.#req;
+    if (req.readableFlowing !== true && req.readableLength > 0) return;
     this.#flush();
   };
+
+  /** The reader wants more: what is gathered goes now. */
+  flushNow(): void { this.#flush(); }
 
   #flush(): void {
     const held = this.#held;
@@ -86,5 +107,8 @@ class Gatherer {
 
 /** From now on, `req`'s small body chunks are gathered into few buffers (call it as the request arrives). */
 export function gatherSmallChunks(req: IncomingMessage): void {
-  req.push = new Gatherer(req).push;
+  const gatherer = new Gatherer(req);
+  req.push = gatherer.push;
+  const read = req._read;
+  req._read = (size: number) => { gatherer.flushNow(); read.call(req, size); };
 }

@@ -9,10 +9,50 @@ export function redactUrl(url: string): string {
 }
 
 /**
- * Anything shaped like a JWT: three base64url parts, the first a JSON object's encoding.
- * Anywhere in a segment, not only as a whole one: `/id_token=eyJ…`, `/Bearer%20eyJ…`.
+ * Anything shaped like a JWT, replaced: three runs of base64url characters (`+` and `=` too, as
+ * a careless encoder writes them) joined by single dots, the first from an `eyJ` (a JSON
+ * object's encoding) and each as long as a real token's part at least. Anywhere in a
+ * segment, not only as a whole one (`/id_token=eyJ…`, `/Bearer%20eyJ…`, `/a<token>`); not a
+ * file name that happens to hold `eyJ` (`/static/keyJar.v2.js`). A scan, not a regular
+ * expression: one over a path of thousands of `eyJ` started over at each (40 ms a request).
  */
-const JWT = /eyJ[A-Za-z0-9_+=-]*\.[A-Za-z0-9_+=-]*\.[A-Za-z0-9_+=-]*/g;
+function replaceJwts(s: string): string {
+  let at = s.indexOf('eyJ');
+  if (at === -1) return s;
+  let out = '';
+  let copied = 0;
+  while (at !== -1) {
+    const header = runEnd(s, at);
+    const payload = s.charCodeAt(header) === DOT ? runEnd(s, header + 1) : header;
+    const signature = payload > header + 1 && s.charCodeAt(payload) === DOT ? runEnd(s, payload + 1) : payload;
+    if (header - at >= MIN_HEADER && payload - header - 1 >= MIN_PAYLOAD && signature - payload - 1 >= MIN_SIGNATURE) {
+      out += s.slice(copied, at) + '(redacted)';
+      copied = signature;
+      at = s.indexOf('eyJ', signature);
+    } else {
+      // The next `eyJ` after this one's header: each character is looked at a bounded number of times.
+      at = s.indexOf('eyJ', Math.max(at + 1, header));
+    }
+  }
+  return copied === 0 ? s : out + s.slice(copied);
+}
+
+const DOT = 46;
+/** `{"a":1}` is `eyJhIjoxfQ`; the shortest signature, HS256's, 43 characters. */
+const MIN_HEADER = 10;
+const MIN_PAYLOAD = 8;
+const MIN_SIGNATURE = 16;
+
+/** Where the run of token characters from `i` ends. */
+function runEnd(s: string, i: number): number {
+  while (i < s.length && isTokenChar(s.charCodeAt(i))) i++;
+  return i;
+}
+
+function isTokenChar(c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c === 45 || c === 43 || c === 61;
+}
+
 /** An encoded `?` and what follows it in its segment: a query smuggled into the path. */
 const ENCODED_QUERY = /%3[Ff][^/]*/g;
 
@@ -33,7 +73,7 @@ export function redactPath(target: string): string {
   if (path.includes('%')) path = path.split('/').map((s) => (s.includes('%') && secretWhenDecoded(s) ? '(redacted)' : s)).join('/');
   const semicolon = path.indexOf(';');
   if (semicolon !== -1) path = path.slice(0, semicolon) + ';(redacted)';
-  if (path.includes('eyJ')) path = path.replace(JWT, '(redacted)');
+  path = replaceJwts(path);
   if (path.includes('%3')) path = path.replace(ENCODED_QUERY, '%3F(redacted)');
   return path;
 }
@@ -56,8 +96,7 @@ function whenDecoded(text: string, secret: (decoded: string) => boolean): boolea
 }
 
 function hasJwt(s: string): boolean {
-  JWT.lastIndex = 0;
-  return JWT.test(s);
+  return replaceJwts(s) !== s;
 }
 
 /**
@@ -66,5 +105,5 @@ function hasJwt(s: string): boolean {
  */
 export function redactText(text: string): string {
   if (text.includes('%') && whenDecoded(text, hasJwt)) return '(redacted)';
-  return text.includes('eyJ') ? text.replace(JWT, '(redacted)') : text;
+  return replaceJwts(text);
 }

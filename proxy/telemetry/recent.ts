@@ -164,7 +164,7 @@ export function parseFilter(params: URLSearchParams, now: number): DecisionFilte
         break;
       case 'reason':
         // A typo must not read as "no such calls".
-        if (!isReasonCode(value)) throw new TypeError(`reason: "${value.slice(0, 64)}" is not a reason code (the README's reason-code table lists them)`);
+        if (!isReasonCode(value)) throw new TypeError(`reason: "${redactText(value).slice(0, 64)}" is not a reason code (the README's reason-code table lists them)`);
         f.reason = value;
         break;
       case 'traceId':

@@ -1,0 +1,41 @@
+// What driftguard's records keep of a path or a caller's free text: a token in any spelling
+// replaced, an ordinary path kept as sent.
+
+import t from 'tap';
+import { redactPath, redactText, redactUrl } from '../../proxy/lib/redact.ts';
+
+const J = 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ';
+const ENC = J.replaceAll('.', '%2E');
+
+t.test('a token in a path is replaced, in any spelling and wherever it sits in a segment', async (t) => {
+  for (const [path, want] of [
+    [`/items/${J}`, '/items/(redacted)'],
+    [`/x/id_token=${J}`, '/x/id_token=(redacted)'],
+    [`/x/a${J}/more`, '/x/a(redacted)/more'],
+    [`/x/${J.replace(/_/g, '+')}`, '/x/(redacted)'],
+    [`/x/Bearer%20${J}`, '/x/(redacted)'],
+    [`/x/${ENC}`, '/x/(redacted)'],
+    [`/x/%65${J.slice(1)}`, '/x/(redacted)'],
+    // Beside another part already replaced (it was skipped, and the token kept).
+    [`/items/${ENC}%3Fx`, '/items/(redacted)'],
+    [`/items/${ENC};a`, '/items/(redacted)'],
+    ['/items/1%3Bjsessionid=S3CR3T', '/items/(redacted)'],
+    ['/items/1;jsessionid=S3CR3T/x', '/items/1;(redacted)'],
+  ]) t.equal(redactPath(path), want, path.slice(0, 40));
+});
+
+t.test('an ordinary path is kept as sent', async (t) => {
+  for (const path of ['/static/keyJar.v2.js', '/users/heyJohn.smith.jr', '/a%20b/c%2Fd', '/cursor/eyJwYWdlIjoyfQ', '/cursor/eyJwYWdlIjoyfQ%3D%3D', '/sum/1+2', '/x/100%25']) {
+    t.equal(redactPath(path), path, path);
+  }
+  // Thousands of `eyJ`: a pattern that started over at each took 40 ms a request; the result is the path.
+  const many = '/items/' + 'eyJ'.repeat(5_000) + '%20';
+  t.equal(redactPath(many), many);
+});
+
+t.test('free text and fetched URLs', async (t) => {
+  t.equal(redactText(`agent/1.0 ${J} (linux)`), 'agent/1.0 (redacted) (linux)');
+  t.equal(redactText(`agent/${ENC}`), '(redacted)', 'percent-encoded: the whole text');
+  t.equal(redactText('invoice-agent/3.1'), 'invoice-agent/3.1');
+  t.equal(redactUrl('https://user:pw@keys.example/jwks;sess=S3CR3T?token=Q'), 'https://keys.example/jwks;(redacted)');
+});
