@@ -33,11 +33,11 @@ const PROBE_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metri
 export const MAX_PIPELINED = 32;
 /**
  * Pipelined requests waiting for their turn, on all connections together. A waiting request's
- * head is parsed and held (up to about 16 KiB of heap): 32 on each of 512 connections would be
- * 260 MiB, and 200 connections of them ran the chart's 96 MiB heap out. Past this, the
+ * head is parsed and held (up to about 16 KiB of heap): 32 on each of 256 connections would be
+ * 130 MiB, and 200 connections of them ran the chart's 96 MiB heap out. Past this, the
  * connection that would add one is cut as a flood.
  */
-export const MAX_WAITING = 256;
+export const MAX_WAITING = 128;
 /**
  * Header lines a request may have (Envoy's default too); Node refuses a head with more, as
  * too large (431). A head still arriving holds a string per line: at most these, about
@@ -230,10 +230,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // up to its stream's high-water mark (64 KiB): so one waiting request with a body at most
     // (RFC 9112 §9.3.2: a client does not pipeline after a non-idempotent request), or 32 of
     // them held 2 MB per connection, unauthenticated.
-    if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line); return; }
+    if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line, MAX_PIPELINED); return; }
     if (!before || before.done) { run(); return; }
-    if (body && line.bodies > 0) { floodCut(socket, turn, line); return; }
-    if (waiting >= MAX_WAITING) { floodCut(socket, turn, line); return; }
+    if (body && line.bodies > 0) { floodCut(socket, turn, line, 1); return; }
+    if (waiting >= MAX_WAITING) { floodCut(socket, turn, line, MAX_WAITING); return; }
     // A drain waits for it as for a request in flight.
     responses.add(res);
     if (body) line.bodies++;
@@ -258,14 +258,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   }
 
   /** A pipelining flood: the connection is cut; at most a line a minute says how many were. */
-  function floodCut(socket: Socket, turn: Turn, line: Pipeline): void {
+  /** `limit`: the one it went past (waiting on the connection, waiting bodies, waiting on all connections). */
+  function floodCut(socket: Socket, turn: Turn, line: Pipeline, limit: number): void {
     turn.done = true;
     line.open--;
     line.cut = true;
     // The rest of what was read still arrives, one request at a time.
     if (socket.destroyed) return;
     socket.destroy();
-    dropped('traffic', 'pipelining-flood', MAX_PIPELINED);
+    dropped('traffic', 'pipelining-flood', limit);
   }
 
   /** A connection closed unanswered: counted, and said in a warn line at most once a minute for each listener and cause. */

@@ -108,7 +108,7 @@ function drained(res: ServerResponse): Promise<void> {
  * operator need a few, and each whose head is still arriving holds up to about 20 KiB of
  * heap (the probe listener is on the pod's IP).
  */
-export const ADMIN_MAX_CONNECTIONS = 128;
+export const ADMIN_MAX_CONNECTIONS = 64;
 /** A connection to the admin or probe listener that has sent nothing for this long is closed. */
 export const SILENT_MS = 10_000;
 
@@ -128,7 +128,7 @@ export function createAdminServer(routes: AdminRoutes, log: Log, only?: Readonly
       return;
     }
     if (only && !only.has(url.pathname)) {
-      routes.problem(res, 404, 'Not Found', `${url.pathname} is served on the admin listener only`);
+      routes.problem(res, 404, 'Not Found', `${redactPath(url.pathname)} is served on the admin listener only`);
       return;
     }
     const { handler, allowed } = routes.find(req.method ?? 'GET', url.pathname);

@@ -14,7 +14,7 @@ import { baseRules, writeRules, AGENT } from '../support/driftguard.ts';
 import { runDriftguard } from '../support/subprocess.ts';
 import { raw, get } from '../support/raw.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
-import { ADMIN_MAX_CONNECTIONS } from '../../proxy/admin/server.ts';
+import { ADMIN_MAX_CONNECTIONS, SILENT_MS } from '../../proxy/admin/server.ts';
 import { MAX_HEADER_LINES } from '../../proxy/server.ts';
 import { startWithTelemetry } from '../telemetry/support.ts';
 import { parsePrometheus, sample } from '../telemetry/prometheus.ts';
@@ -92,6 +92,23 @@ t.test('the admin listener holds ADMIN_MAX_CONNECTIONS at most, and is counted a
   const m = parsePrometheus(await (await fetch(dg.admin + '/metrics')).text());
   t.equal(sample(m, 'driftguard_connections_dropped_total', { listener: 'admin', cause: 'connection-limit' }), 1);
   t.equal(sample(m, 'driftguard_connections_dropped_total', { listener: 'traffic', cause: 'connection-limit' }), undefined, 'the traffic listener dropped none');
+});
+
+t.test('connections to the probe listener that send nothing are closed after SILENT_MS, and the kubelet gets in again', async (t) => {
+  const dg = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => { r.proxy.probes = '127.0.0.1:0'; }));
+  t.teardown(() => dg.stop());
+  const probes = dg.dg.probes!;
+  const port = (probes.address() as { port: number }).port;
+  const silent: Conn[] = [];
+  for (let i = 0; i < ADMIN_MAX_CONNECTIONS; i++) silent.push(await open(port, ''));
+  const connections = () => new Promise<number>((r) => probes.getConnections((_e, n) => r(n)));
+  for (let i = 0; i < 50 && await connections() < ADMIN_MAX_CONNECTIONS; i++) await new Promise((r) => setTimeout(r, 20));
+  const since = Date.now();
+  t.equal(await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.status, () => 0), 0, 'control: while they are held, the kubelet is refused (as it was for good)');
+  await Promise.all(silent.map((c) => c.closed));
+  const after = Date.now() - since;
+  t.ok(after >= SILENT_MS - 1_000, `closed once silent for SILENT_MS (${after} ms)`);
+  t.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
 });
 
 t.test(`a request has ${MAX_HEADER_LINES} header lines at most: one with more is refused as too large`, async (t) => {

@@ -33,6 +33,13 @@ t.test('proxy.probes serves health, readiness and metrics only; the admin listen
     await res.text();
     t.not(res.status, 404, `${path} on the probe listener`);
   }
+  // A path the probe listener does not serve is quoted back redacted (it was quoted whole).
+  const tok = 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ';
+  for (const base of [probes, admin]) {
+    const res = await fetch(`${base}/x/${tok}`);
+    t.equal(res.status, 404);
+    t.notMatch(await res.text(), 'c2lnbmF0dXJlLXNpZ25hdHVyZQ', `${base === probes ? 'probe' : 'admin'} listener: no token in its 404`);
+  }
   for (const path of ['/decisions', '/consumers', '/revocations', '/quarantine']) {
     const onProbes = await fetch(probes + path);
     await onProbes.text();

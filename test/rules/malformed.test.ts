@@ -95,6 +95,7 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'clock skew over 5m', text: edit('  clockSkew: 30s', '  clockSkew: 2d'), line: 12, field: 'identity.clockSkew', message: /more than 5m/ },
   // Metric labels: "a\u0001b" joined as two series' key, a lone surrogate printed as U+FFFD, made two consumers one series.
   { name: 'subject with a control character', text: edit('subject: spiffe://test/agent', 'subject: "spiffe://test/agent\\u0001x"'), line: 15, field: 'consumers.registry[0].subject', message: /No control character/ },
+  { name: 'owner with a C1 control character (a terminal escape)', text: edit('owner: team-a', 'owner: "team-\\u009b31m"'), line: 17, field: 'consumers.registry[0].owner', message: /No control character/ },
   { name: 'owner with an unpaired surrogate', text: edit('owner: team-a', 'owner: "team-\\ud800"'), line: 17, field: 'consumers.registry[0].owner', message: /unpaired surrogate/ },
   { name: 'token lifetime of 0s', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 0s }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /no token could pass/ },
   { name: 'non-canonical literal in a template (dot segment)', text: edit('path: /items/{id}', 'path: /items/../{id}'), line: 23, field: 'contract.operations[0].path' },
