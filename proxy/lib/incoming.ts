@@ -44,6 +44,11 @@ class Gatherer {
   #flushing = false;
   /** When small chunks were last pushed (performance.now()). */
   #flushedAt = -Infinity;
+  /**
+   * The reader asked for more (_read) and nothing has been pushed since: the stream will not
+   * ask again until something is, so what is gathered must go even if the reader has paused.
+   */
+  #wanted = false;
 
   constructor(req: IncomingMessage) { this.#req = req; }
 
@@ -51,6 +56,7 @@ class Gatherer {
     const req = this.#req;
     if (!Buffer.isBuffer(chunk) || chunk.length >= SMALL) {
       this.#flush();
+      this.#wanted = false;
       return push.call(req, chunk, encoding);
     }
     if (this.#gathered && this.#length + chunk.length > this.#gathered.length) {
@@ -84,23 +90,28 @@ class Gatherer {
     // Nobody reads yet (the request waits for its decision or a pool connection) and some is
     // already buffered: kept here, in one buffer, until the reader asks (flushNow, from _read).
     const req = this.#req;
-    if (req.readableFlowing !== true && req.readableLength > 0) return;
+    if (!this.#wanted && req.readableFlowing !== true && req.readableLength > 0) return;
     this.#flush();
   };
 
-  /** The reader wants more: what is gathered goes now. */
-  flushNow(): void { this.#flush(); }
+  /** The reader wants more (_read): what is gathered goes now, or the next that comes. */
+  want(): void {
+    this.#wanted = true;
+    this.#flush();
+  }
 
   #flush(): void {
     const held = this.#held;
     if (held) {
       this.#held = undefined;
+      this.#wanted = false;
       if (!this.#req.destroyed) push.call(this.#req, held);
       return;
     }
     if (this.#length === this.#start) return;
     const bytes = this.#gathered!.subarray(this.#start, this.#length);
     this.#start = this.#length;
+    this.#wanted = false;
     if (!this.#req.destroyed) push.call(this.#req, bytes);
   }
 }
@@ -110,5 +121,5 @@ export function gatherSmallChunks(req: IncomingMessage): void {
   const gatherer = new Gatherer(req);
   req.push = gatherer.push;
   const read = req._read;
-  req._read = (size: number) => { gatherer.flushNow(); read.call(req, size); };
+  req._read = (size: number) => { gatherer.want(); read.call(req, size); };
 }

@@ -24,7 +24,8 @@ function replaceJwts(s: string): string {
   while (at !== -1) {
     const header = runEnd(s, at);
     const payload = s.charCodeAt(header) === DOT ? runEnd(s, header + 1) : header;
-    const signature = payload > header + 1 && s.charCodeAt(payload) === DOT ? runEnd(s, payload + 1) : payload;
+    // -1 when there is no second dot: two parts are not a token.
+    const signature = payload > header + 1 && s.charCodeAt(payload) === DOT ? runEnd(s, payload + 1) : payload - 1;
     if (header - at >= MIN_HEADER && payload - header - 1 >= MIN_PAYLOAD && signature - payload - 1 >= MIN_SIGNATURE) {
       out += s.slice(copied, at) + '(redacted)';
       copied = signature;
@@ -38,10 +39,13 @@ function replaceJwts(s: string): string {
 }
 
 const DOT = 46;
-/** `{"a":1}` is `eyJhIjoxfQ`; the shortest signature, HS256's, 43 characters. */
+/**
+ * The shortest header, `{"alg":"x"}`, is 15 characters; the shortest payload, `{}`, is `e30`;
+ * an unsecured token (`alg: none`) has an empty signature.
+ */
 const MIN_HEADER = 10;
-const MIN_PAYLOAD = 8;
-const MIN_SIGNATURE = 16;
+const MIN_PAYLOAD = 2;
+const MIN_SIGNATURE = 0;
 
 /** Where the run of token characters from `i` ends. */
 function runEnd(s: string, i: number): number {

@@ -21,11 +21,14 @@ t.test('a token in a path is replaced, in any spelling and wherever it sits in a
     [`/items/${ENC};a`, '/items/(redacted)'],
     ['/items/1%3Bjsessionid=S3CR3T', '/items/(redacted)'],
     ['/items/1;jsessionid=S3CR3T/x', '/items/1;(redacted)'],
+    // An unsecured token (alg none: no signature) and one whose payload is `{}`.
+    ['/x/eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0./y', '/x/(redacted)/y'],
+    ['/x/eyJhbGciOiJIUzI1NiJ9.e30.ZRrHA1JJJW8opsbCGfG_HACGpVUMN_a9IV7pAx_Zmeo', '/x/(redacted)'],
   ]) t.equal(redactPath(path), want, path.slice(0, 40));
 });
 
 t.test('an ordinary path is kept as sent', async (t) => {
-  for (const path of ['/static/keyJar.v2.js', '/users/heyJohn.smith.jr', '/a%20b/c%2Fd', '/cursor/eyJwYWdlIjoyfQ', '/cursor/eyJwYWdlIjoyfQ%3D%3D', '/sum/1+2', '/x/100%25']) {
+  for (const path of ['/static/keyJar.v2.js', '/a/eyJhbGciOiJub25lIn0.json', '/users/heyJohn.smith.jr', '/a%20b/c%2Fd', '/cursor/eyJwYWdlIjoyfQ', '/cursor/eyJwYWdlIjoyfQ%3D%3D', '/sum/1+2', '/x/100%25']) {
     t.equal(redactPath(path), path, path);
   }
   // Thousands of `eyJ`: a pattern that started over at each took 40 ms a request; the result is the path.
