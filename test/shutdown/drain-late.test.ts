@@ -13,6 +13,7 @@ import { jwks } from '../support/keys.ts';
 import { reloader } from '../../proxy/reload.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { baseRules, writeRules } from '../support/driftguard.ts';
+import { until } from '../lifecycle/support.ts';
 
 interface Conn { readonly s: Socket; text(): string; readonly ended: Promise<void>; readonly closed: Promise<void> }
 
@@ -26,14 +27,6 @@ async function open(port: number): Promise<Conn> {
   const closed = new Promise<void>((r) => s.once('close', () => r()));
   await new Promise((r) => s.once('connect', r));
   return { s, text: () => Buffer.concat(chunks).toString('latin1'), ended, closed };
-}
-
-async function until(what: string, cond: () => boolean, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 t.test('the rest of a head that was arriving when the drain began is neither decided nor forwarded', async (t) => {
@@ -65,7 +58,7 @@ t.test('a connection kept alive by an answer sent before the drain is closed onc
   };
   const c = await open(w.port);
   c.s.write('GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\n');
-  await until('the stream to start', () => c.text().includes('first part;'));
+  t.ok(await until(() => c.text().includes('first part;')), 'the stream started');
   t.match(c.text(), /connection: keep-alive/i, 'its head went out saying keep-alive');
   const drained = w.dg.dg.drain(3_000);
   await new Promise((r) => setTimeout(r, 50));
@@ -91,7 +84,7 @@ t.test('a request read behind an answer in flight during the drain is not decide
   };
   const c = await open(w.port);
   c.s.write('GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\n');
-  await until('the stream to start', () => c.text().includes('first part;'));
+  t.ok(await until(() => c.text().includes('first part;')), 'the stream started');
   const drained = w.dg.dg.drain(3_000);
   c.s.write('GET /status?late HTTP/1.1\r\nHost: a\r\n\r\n');
   await new Promise((r) => setTimeout(r, 50));
@@ -119,7 +112,7 @@ t.test('a reload still loading keys when the drain begins puts nothing in force'
   rules.identity.issuers[0].jwks.url = keysUrl;
   writeFileSync(file, JSON.stringify(rules));
   const reloading = reload.reload('SIGHUP');
-  await until('the key fetch', () => answer !== undefined);
+  t.ok(await until(() => answer !== undefined), 'the key fetch began');
   reload.close();
   const drained = w.dg.dg.drain(1_000);
   answer!();
