@@ -257,8 +257,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (!before || before.done) socket.destroy();
   }
 
-  /** A pipelining flood: the connection is cut; at most a line a minute says how many were. */
-  /** `limit`: the one it went past (waiting on the connection, waiting bodies, waiting on all connections). */
+  /**
+   * A pipelining flood: the connection is cut; at most a line a minute says how many were.
+   * `limit`: the one it went past (waiting on the connection, waiting bodies, waiting on all connections).
+   */
   function floodCut(socket: Socket, turn: Turn, line: Pipeline, limit: number): void {
     turn.done = true;
     line.open--;
