@@ -10,6 +10,7 @@ import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { endAndClose, responseHead } from './wire.ts';
+import { GrowingBuffer } from '../lib/bounded.ts';
 import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 
 /** Most a client may send after its handshake before the upstream has switched protocols. */
@@ -25,33 +26,18 @@ const MAX_EARLY_BYTES = 64 * 1024;
  */
 export class EarlyBytes {
   readonly #socket: Socket;
-  /**
-   * What arrived, copied into one buffer that doubles as it fills: kept as the chunks they
-   * came in, bytes sent one at a time held a Buffer object each (about 300 bytes of heap a
-   * byte), and 60 handshakes ran a 96 MiB heap out within their 64 KiB.
-   */
-  #kept: Buffer;
-  #bytes: number;
+  /** What arrived, in one buffer (not a Buffer object per read). */
+  readonly #kept: GrowingBuffer;
 
   constructor(socket: Socket, head: Buffer) {
     this.#socket = socket;
-    this.#kept = head;
-    this.#bytes = head.length;
+    this.#kept = new GrowingBuffer(MAX_EARLY_BYTES, head);
     socket.on('data', this.#onData);
     socket.once('end', this.#onEnd);
   }
 
   #onData = (chunk: Buffer): void => {
-    const bytes = this.#bytes + chunk.length;
-    if (bytes > MAX_EARLY_BYTES) { this.#socket.destroy(); return; }
-    // The first time, #kept is the head Node handed over, full: never written into.
-    if (bytes > this.#kept.length) {
-      const grown = Buffer.allocUnsafe(Math.min(MAX_EARLY_BYTES, Math.max(1024, 2 * bytes)));
-      this.#kept.copy(grown, 0, 0, this.#bytes);
-      this.#kept = grown;
-    }
-    chunk.copy(this.#kept, this.#bytes);
-    this.#bytes = bytes;
+    if (!this.#kept.add(chunk)) this.#socket.destroy();
   };
 
   #onEnd = (): void => { this.#socket.destroy(); };
@@ -61,7 +47,7 @@ export class EarlyBytes {
     this.#socket.off('data', this.#onData);
     this.#socket.off('end', this.#onEnd);
     this.#socket.pause();
-    return this.#kept.subarray(0, this.#bytes);
+    return this.#kept.bytes;
   }
 }
 

@@ -5,26 +5,48 @@
 
 import { request, type Dispatcher } from 'undici';
 
+/**
+ * Bytes copied into one buffer that doubles as it fills, `max` at most. Kept as the chunks
+ * they came in, bytes sent one at a time held a Buffer object each, about 300 bytes of heap a
+ * byte (127 admin requests so sent held the chart's whole heap for their 30 s; 60 WebSocket
+ * handshakes ran it out).
+ */
+export class GrowingBuffer {
+  readonly #max: number;
+  #kept: Buffer;
+  #size: number;
+
+  /** `first`: bytes already had, full (the head Node read): never written into. */
+  constructor(max: number, first: Buffer = Buffer.alloc(0)) {
+    this.#max = max;
+    this.#kept = first;
+    this.#size = first.length;
+  }
+
+  /** Append `chunk`; false, and nothing kept, when that would pass `max`. */
+  add(chunk: Uint8Array): boolean {
+    const size = this.#size + chunk.byteLength;
+    if (size > this.#max) return false;
+    if (size > this.#kept.length) {
+      const grown = Buffer.allocUnsafe(Math.min(this.#max, Math.max(1024, 2 * size)));
+      this.#kept.copy(grown, 0, 0, this.#size);
+      this.#kept = grown;
+    }
+    this.#kept.set(chunk, this.#size);
+    this.#size = size;
+    return true;
+  }
+
+  get bytes(): Buffer { return this.#kept.subarray(0, this.#size); }
+}
+
 /** A body as UTF-8 text, or `tooLarge()` thrown once more than `max` bytes have come. */
 export async function boundedText(body: AsyncIterable<Uint8Array>, max: number, tooLarge: () => Error): Promise<string> {
-  // Copied into one buffer that doubles as it fills: kept as the chunks they came in, a body
-  // sent a byte at a time held a Buffer object per byte (127 such admin requests held the
-  // chart's whole heap for their 30 s).
-  let kept = Buffer.allocUnsafe(0);
-  let size = 0;
+  const kept = new GrowingBuffer(max);
   // Leaving the loop by throwing ends the iteration, which destroys (or cancels) the body:
   // the rest is never read.
-  for await (const chunk of body) {
-    if (size + chunk.byteLength > max) throw tooLarge();
-    if (size + chunk.byteLength > kept.length) {
-      const grown = Buffer.allocUnsafe(Math.min(max, Math.max(1024, 2 * (size + chunk.byteLength))));
-      kept.copy(grown, 0, 0, size);
-      kept = grown;
-    }
-    kept.set(chunk, size);
-    size += chunk.byteLength;
-  }
-  return kept.toString('utf8', 0, size);
+  for await (const chunk of body) if (!kept.add(chunk)) throw tooLarge();
+  return kept.bytes.toString('utf8');
 }
 
 export interface DocumentRequest {
