@@ -698,11 +698,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         const k = keySets.get(keySetKey(iss));
         return k && !shared.has(k) ? [{ i, k }] : [];
       });
+      // A generation that will not serve: what it opened of its own is closed.
+      const discard = () => {
+        for (const k of keySets.values()) if (!shared.has(k)) k.close();
+        if (g.forwarder !== old.forwarder) void g.forwarder.close();
+      };
       const started = await Promise.allSettled(fresh.map(({ k }) => k.start()));
       const failed = started.findIndex((s) => s.status === 'rejected');
       if (failed !== -1) {
-        for (const k of keySets.values()) if (!shared.has(k)) k.close();
-        if (g.forwarder !== old.forwarder) void g.forwarder.close();
+        discard();
         // At the issuer's jwks field, as every rules problem is named (FILE:LINE:COLUMN: field).
         const { i } = fresh[failed]!;
         const reason = (started[failed] as PromiseRejectedResult).reason as Error;
@@ -710,11 +714,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       }
       // Draining began while the key sets loaded: the drain closes the generation in force,
       // and would never close this one.
-      if (draining) {
-        for (const k of keySets.values()) if (!shared.has(k)) k.close();
-        if (g.forwarder !== old.forwarder) void g.forwarder.close();
-        throw new ShuttingDown();
-      }
+      if (draining) { discard(); throw new ShuttingDown(); }
       const kept = new Set(keySets.values());
       for (const k of shared) if (!kept.has(k)) k.close();
       generation = g;
