@@ -57,6 +57,11 @@ export interface Origin {
   readonly subject: string;
 }
 
+/** An origin of its own to keep: what is passed may be a whole credential. */
+function ownOrigin(o: Origin): Origin {
+  return { issuer: o.issuer, subject: o.subject };
+}
+
 export interface ConsumerState {
   /** The consumer's key (Consumer.key): its subject, or issuer and subject for an unregistered one among several issuers. */
   subject: string;
@@ -178,8 +183,7 @@ export class MonitorState {
   consumer(subject: string, kind: ConsumerKind, owner: string | undefined, now: number, origin?: Origin): ConsumerState {
     let state = this.consumers.get(subject);
     if (!state) {
-      // A copy: what is passed may be a whole credential.
-      state = { subject, ...(origin !== undefined ? { origin: { issuer: origin.issuer, subject: origin.subject } } : {}), kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [], denialsEnforced: [] };
+      state = { subject, ...(origin !== undefined ? { origin: ownOrigin(origin) } : {}), kind, firstSeenMs: now, lastSeenMs: now, contracts: new Set(), decisions: new Map(), operations: new Map(), denials: [], denialReasons: [], denialsEnforced: [] };
       this.consumers.set(subject, state);
     }
     state.kind = kind;
@@ -218,8 +222,7 @@ export class MonitorState {
     this.#changes++;
     const key = quarantineKey(subject);
     const { origin, ...kept } = q;
-    // A copy, as consumer() keeps one: what is passed may be a whole credential.
-    if (key === subject) { this.quarantined.set(key, { subject, ...kept, ...(origin ? { origin: { issuer: origin.issuer, subject: origin.subject } } : {}) }); return; }
+    if (key === subject) { this.quarantined.set(key, { subject, ...kept, ...(origin ? { origin: ownOrigin(origin) } : {}) }); return; }
     // Kept by hash, it is not renamed by a reload: no subject of any length is kept with it.
     // Not cut inside a surrogate pair; and a copy, not a slice: V8 makes a slice a view that
     // keeps the whole subject alive.
