@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
@@ -69,10 +69,10 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // Before the upstream answered: abort the upstream request (the pool reuses or closes the
     // connection). After: stop reading the body, and report the cut, first: the abort calls
     // onResponseError at once, which would report it as an upstream error.
-    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: 'client closed' });
+    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: CLIENT_CLOSED });
     // Still waiting for a pool connection: nothing was sent, and nothing will be (onRequestStart
     // aborts it), so its idempotency key is free at once, not kept for a write never made.
-    else if (!this.#controller) this.#finish({ aborted: true, error: 'client closed', notSent: true });
+    else if (!this.#controller) this.#finish({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     this.#controller?.abort(new Error('the client closed the connection'));
   };
 
@@ -149,7 +149,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
       res.destroy();
       this.#finish({ status: res.statusCode, aborted: true, error: code });
     } else if (this.#clientGone) {
-      this.#finish({ aborted: true, error: 'client closed' });
+      this.#finish({ aborted: true, error: CLIENT_CLOSED });
     } else {
       this.#finish(failed(code));
     }
@@ -182,7 +182,7 @@ export class Forwarder {
   forward(req: IncomingMessage, res: ServerResponse, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>, body?: Buffer): Promise<ForwardOutcome> {
     // The caller left while the decision was being made (keys being fetched): its 'close' has
     // already fired, so nothing would abort the request; send nobody's request upstream.
-    if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: 'client closed', notSent: true });
+    if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     return new Promise((resolve) => {
       const exchange = new Exchange(req, res, responseHeaders, resolve);
       this.#dispatch({
@@ -201,7 +201,7 @@ export class Forwarder {
    * comes at the 101 (or with the upstream's refusal); the tunnel runs on until either side closes.
    */
   tunnel(req: IncomingMessage, client: Socket, early: EarlyBytes, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
-    if (client.destroyed) return Promise.resolve({ aborted: true, error: 'client closed' });
+    if (client.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED });
     return new Promise((resolve) => {
       const tunnel = new Tunnel(client, early, responseHeaders, this.#tunnelIdleMs, resolve);
       this.#dispatch({

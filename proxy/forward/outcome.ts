@@ -17,6 +17,9 @@ export interface ForwardOutcome {
   readonly notSent?: boolean;
 }
 
+/** A ForwardOutcome's `error` when the client left first (an error code otherwise). */
+export const CLIENT_CLOSED = 'client closed';
+
 /** A request that waited longer than the connect timeout for a free connection of the pool. */
 export const CONNECTION_WAIT_TIMEOUT = 'DRIFTGUARD_CONNECTION_WAIT_TIMEOUT';
 

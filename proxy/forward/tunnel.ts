@@ -11,7 +11,7 @@ import type { Dispatcher } from 'undici';
 import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { endAndClose, responseHead } from './wire.ts';
 import { GrowingBuffer } from '../lib/bounded.ts';
-import { connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 
 /** Most a client may send after its handshake before the upstream has switched protocols. */
 const MAX_EARLY_BYTES = 64 * 1024;
@@ -79,7 +79,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   #onClose = (): void => {
     if (this.#done) return;
     this.#controller?.abort(new Error('the client closed the connection'));
-    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: 'client closed' });
+    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: CLIENT_CLOSED });
   };
 
   #finish(outcome: ForwardOutcome): void {
@@ -160,7 +160,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
       this.#client.destroy();
       this.#finish({ status: this.#status, aborted: true, error: code });
     } else if (this.#client.destroyed) {
-      this.#finish({ aborted: true, error: 'client closed' });
+      this.#finish({ aborted: true, error: CLIENT_CLOSED });
     } else {
       this.#finish(failed(code));
     }

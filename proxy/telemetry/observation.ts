@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { SpanKind } from '@opentelemetry/api';
 import type { Observation } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
-import type { ForwardOutcome } from '../forward/outcome.ts';
+import { CLIENT_CLOSED, type ForwardOutcome } from '../forward/outcome.ts';
 import { buildRecord, forwardingFailed, logLine } from './record.ts';
 import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
 import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';
@@ -77,6 +77,8 @@ export class RequestObservation implements Observation {
   #forwardEnd?: number;
   #callStatus?: number;
   #callError?: string;
+  /** The answer had started and was cut: `client`, or the upstream's error (record.ts, cut). */
+  #cut?: string;
   #forwarded = false;
   /** end() came while forwarding was still being reported: finish when it is. */
   #pendingStatus?: number;
@@ -156,6 +158,9 @@ export class RequestObservation implements Observation {
       if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = outcome.detail ?? outcome.failure; }
       if (outcome.status !== undefined) this.#callStatus = outcome.status;
       if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
+      // Cut after the head went out: the record's status is the upstream's, and only this
+      // says the caller did not get the whole answer.
+      if (outcome.aborted && outcome.status !== undefined) this.#cut = outcome.error === CLIENT_CLOSED ? 'client' : outcome.error ?? 'aborted';
     }
     if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
   }
@@ -185,6 +190,7 @@ export class RequestObservation implements Observation {
     const endAt = performance.now();
     const durationMs = endAt - this.#start;
     r.status = status;
+    if (this.#cut !== undefined) r.cut = this.#cut;
     // Waiting on and streaming from the upstream, from forwarding() to forwarded(); 0 when
     // forwarding never started or its end was never reported.
     const upstreamMs = this.#forwardEnd === undefined ? 0 : this.#forwardEnd - this.#forwardStart;

@@ -39,6 +39,12 @@ export interface DecisionRecord {
   changedIn?: string;
   rules: string;
   status?: number;
+  /**
+   * The answer had started and was cut before its end: `client` (the client left) or the
+   * error that ended the upstream's answer (ECONNRESET, UND_ERR_BODY_TIMEOUT, …): the caller
+   * got `status` and part of a body.
+   */
+  cut?: string;
   /** Whole request as driftguard saw it, ms. */
   durationMs?: number;
   /** Time spent waiting on and streaming from the upstream, ms. */
@@ -77,6 +83,7 @@ export const FIELDS: readonly (readonly [FieldKey, string])[] = [
   ['currentContract', 'driftguard.contract.current'],
   ['changedIn', 'driftguard.contract.changed_in'],
   ['rules', 'driftguard.rules.hash'],
+  ['cut', 'driftguard.cut'],
 ];
 
 /** Keys of ctx.extra must look like `delegation.chain`: they become attribute and field names. */
@@ -174,7 +181,7 @@ export function buildRecord(ctx: RequestContext, d: Decision, traceId: string, s
 }
 
 /** Optional record fields of a log line, in their order, with their JSON keys (built once). */
-const LOG_FIELDS = (['route', 'operation', 'sensitivity', 'deprecated', 'sunset', 'replacement', 'consumer', 'consumerKind', 'owner', 'registered', 'issuer', 'jti', 'declaredContract', 'currentContract', 'changedIn', 'rules', 'status', 'durationMs', 'upstreamMs', 'addedMs'] as const)
+const LOG_FIELDS = (['route', 'operation', 'sensitivity', 'deprecated', 'sunset', 'replacement', 'consumer', 'consumerKind', 'owner', 'registered', 'issuer', 'jti', 'declaredContract', 'currentContract', 'changedIn', 'rules', 'status', 'cut', 'durationMs', 'upstreamMs', 'addedMs'] as const)
   .map((k) => [k, `,${JSON.stringify(k)}:`] as const);
 
 /**

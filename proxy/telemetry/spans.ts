@@ -180,9 +180,11 @@ export class ServerSpan extends FinishedSpan {
 
   // HTTP semantic conventions: a server span is an error only for 5xx; a deny is a
   // decision, not a failure (driftguard.decision says it).
+  // An answer the upstream cut short is one too: the caller got part of it.
   get status(): SpanStatus {
-    const status = this.#record.status ?? 0;
-    return status >= 500 ? { code: SpanStatusCode.ERROR, message: this.#record.reason } : UNSET;
+    const r = this.#record;
+    if ((r.status ?? 0) >= 500) return { code: SpanStatusCode.ERROR, message: r.reason };
+    return upstreamCut(r) ? { code: SpanStatusCode.ERROR, message: r.cut! } : UNSET;
   }
 
   get events(): TimedEvent[] {
@@ -211,7 +213,13 @@ export class ServerSpan extends FinishedSpan {
     }
     if (r.extra) for (const key in r.extra) visit('driftguard.' + key, r.extra[key]!);
     if ((r.status ?? 0) >= 500) visit('error.type', String(r.status));
+    else if (upstreamCut(r)) visit('error.type', r.cut!);
   }
+}
+
+/** The upstream, not the client, cut an answer that had started (record.ts, cut). */
+function upstreamCut(r: DecisionRecord): boolean {
+  return r.cut !== undefined && r.cut !== 'client';
 }
 
 /** Where the upstream is: one object per rules' upstream, shared by every call to it. */

@@ -9,6 +9,7 @@ import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, AGENT, BOT } from '../support/driftguard.ts';
 import { raw, get } from '../support/raw.ts';
+import { parsePrometheus, sample } from './prometheus.ts';
 import { collector, startWithTelemetry, traceparent, randomHex, KIND, STATUS, type ExportedSpan } from './support.ts';
 import type { Observer } from '../../proxy/observe.ts';
 
@@ -65,6 +66,7 @@ t.test('allow: server span continues the caller trace, client span parents the u
   t.equal(span.kind, KIND.SERVER);
   t.equal(span.parentSpanId, parent, 'the caller\'s span is the parent');
   t.equal(span.status.code, STATUS.UNSET);
+  t.notOk('driftguard.cut' in span.attributes, 'a whole answer was not cut');
   t.equal(span.resource['service.name'], 'driftguard-test');
   const a = span.attributes;
   t.match(a, {
@@ -372,4 +374,41 @@ t.test('a client that leaves mid-download: the upstream call is recorded as cut 
   const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
   t.equal(client.attributes['error.type'], 'client closed', 'cut by the client (was UNKNOWN: the abort reached undici first)');
   t.equal(client.attributes['http.response.status_code'], 200, 'after the upstream\'s 200');
+  const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.equal(server.attributes['driftguard.cut'], 'client', 'the server span says the answer was cut, by the client');
+  t.equal(server.status.code ?? STATUS.UNSET, STATUS.UNSET, 'a client that leaves is no error of the server');
+  t.notOk('error.type' in server.attributes);
+  const metrics = parsePrometheus(await (await fetch(`${other.admin}/metrics`)).text());
+  t.equal(sample(metrics, 'driftguard_answers_cut_total', { by: 'client' }), 1, 'counted as cut by the client');
+  const line = (await other.stop()).trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.traceId === traceId);
+  t.match(line, { status: 200, cut: 'client', decision: 'allow' }, 'the decision log says the 200 was cut');
+});
+
+t.test('an upstream that fails mid-body: the record keeps its status and says the answer was cut, the server span is an error', async (t) => {
+  const failing = await upstream();
+  failing.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '100000' });
+    res.write('x'.repeat(1000));
+    setTimeout(() => res.socket?.destroy(), 100);
+  };
+  const other = await startWithTelemetry(baseRules(failing.origin, keys.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+  }));
+  t.teardown(async () => { await other.stop(); await failing.close(); });
+  const traceId = randomHex(16);
+  const res = await fetch(other.url + '/status', { headers: { traceparent: traceparent(traceId, randomHex(8)) } });
+  t.equal(res.status, 200, 'the head had gone out with the first body bytes');
+  await t.rejects(res.text(), 'the client sees a truncated answer');
+  const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.equal(server.attributes['http.response.status_code'], 200);
+  t.type(server.attributes['driftguard.cut'], 'string');
+  t.match(server.attributes['driftguard.cut'], /^(UND_ERR_SOCKET|ECONNRESET)$/, 'cut by the upstream, named by its error');
+  t.equal(server.attributes['error.type'], server.attributes['driftguard.cut'], 'error.type names the error');
+  t.equal(server.status.code, STATUS.ERROR, 'the caller did not get the whole answer: an error');
+  const metrics = parsePrometheus(await (await fetch(`${other.admin}/metrics`)).text());
+  t.equal(sample(metrics, 'driftguard_answers_cut_total', { by: 'upstream' }), 1, 'counted as cut by the upstream');
+  t.equal(sample(metrics, 'driftguard_answers_cut_total', { by: 'client' }), undefined);
+  const line = (await other.stop()).trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.traceId === traceId);
+  t.match(line, { status: 200, cut: server.attributes['driftguard.cut'], decision: 'allow' });
 });
