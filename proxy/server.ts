@@ -8,7 +8,7 @@ import type { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
-import { gatherSmallChunks } from './lib/incoming.ts';
+import { gatherSmallChunks, MAX_HEADER_LINES } from './lib/incoming.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { blocks } from './checks/staleness.ts';
@@ -38,12 +38,6 @@ export const MAX_PIPELINED = 32;
  * connection that would add one is cut as a flood.
  */
 export const MAX_WAITING = 128;
-/**
- * Header lines a request may have (Envoy's default too); Node refuses a head with more, as
- * too large (431). A head still arriving holds a string per line: at most these, about
- * 20 KiB of heap, not one per line of the 16 KiB (about 50 KiB).
- */
-export const MAX_HEADER_LINES = 100;
 /** A kind of dropped connection is said in a warn line at most this often: one line per connection would let anybody flood the log. */
 const DROP_LOG_MS = 60_000;
 const DROP_MESSAGE: Readonly<Record<DropCause, string>> = {

@@ -4,7 +4,7 @@
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { gatherSmallChunks } from '../lib/incoming.ts';
+import { gatherSmallChunks, MAX_HEADER_LINES } from '../lib/incoming.ts';
 import { redactPath } from '../lib/redact.ts';
 import type { Log } from '../features.ts';
 
@@ -154,8 +154,7 @@ export function createAdminServer(routes: AdminRoutes, log: Log, only?: Readonly
     const silent = setTimeout(() => { if (socket.bytesRead === 0) socket.destroy(); }, SILENT_MS).unref();
     socket.once('close', () => { clearTimeout(silent); });
   });
-  // The kubelet and Prometheus send a few; Node refuses more (431), and a head still arriving
-  // holds a string per line.
-  server.maxHeadersCount = 100;
+  // The kubelet and Prometheus send a few.
+  server.maxHeadersCount = MAX_HEADER_LINES;
   return server;
 }

@@ -15,6 +15,13 @@
 import { Readable } from 'node:stream';
 import type { IncomingMessage } from 'node:http';
 
+/**
+ * Header lines a request may have, on every listener (Envoy's default too); Node refuses a head
+ * with more, as too large (431). A head still arriving holds a string per line: at most these,
+ * about 20 KiB of heap, not one per line of the 16 KiB (about 50 KiB).
+ */
+export const MAX_HEADER_LINES = 100;
+
 /** Chunks smaller than this are copied together; larger ones are pushed as they are. */
 const SMALL = 4 * 1024;
 const GATHER = 16 * 1024;

@@ -15,7 +15,7 @@ import { runDriftguard } from '../support/subprocess.ts';
 import { raw, get } from '../support/raw.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { ADMIN_MAX_CONNECTIONS, SILENT_MS } from '../../proxy/admin/server.ts';
-import { MAX_HEADER_LINES } from '../../proxy/server.ts';
+import { MAX_HEADER_LINES } from '../../proxy/lib/incoming.ts';
 import { startWithTelemetry } from '../telemetry/support.ts';
 import { parsePrometheus, sample } from '../telemetry/prometheus.ts';
 
