@@ -4,7 +4,7 @@
 // malformed request is refused in any mode.
 // Any exception is a deny (internal-error), enforced even in audit mode: fail closed.
 
-import type { ReasonCode } from '../decision/reasons.ts';
+import { REASONS, type ReasonCode } from '../decision/reasons.ts';
 import type { Check, CheckResult, Decision, Denial, RequestContext } from './types.ts';
 import type { Mode } from '../rules/types.ts';
 
@@ -27,6 +27,10 @@ export function decider(checks: readonly Check[], mode: Mode): Decide {
       try {
         const result = check.run(ctx);
         denial = isPromise(result) ? await result : result;
+        // A check's defect that returns something other than a denial of a known reason (the
+        // types forbid it; an `as` or a library's value could not) is a failed check too, not
+        // a denial audit mode would let through with a reason nobody can look up.
+        if (denial && (typeof denial !== 'object' || typeof denial.reason !== 'string' || !Object.hasOwn(REASONS, denial.reason) || typeof denial.detail !== 'string')) throw new TypeError('not a denial');
       } catch {
         ctx.checks.push({ check: check.name, outcome: 'deny', reason: 'internal-error' });
         return finish(ctx, { reason: 'internal-error', detail: `the ${check.name} check failed` }, true);
@@ -34,7 +38,8 @@ export function decider(checks: readonly Check[], mode: Mode): Decide {
       if (denial) {
         // A malformed request is refused in audit mode too, whichever check finds it: a body
         // that could not be read whole (the monitors' fingerprint) cannot be forwarded intact.
-        const enforced = mode === 'enforce' || check.always === true || denial.reason === 'malformed-request';
+        // So is a check's own failure: fail closed.
+        const enforced = mode === 'enforce' || check.always === true || denial.reason === 'malformed-request' || denial.reason === 'internal-error';
         ctx.checks.push({ check: check.name, outcome: enforced ? 'deny' : 'would-deny', reason: denial.reason });
         return finish(ctx, denial, enforced);
       }
