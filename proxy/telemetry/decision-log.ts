@@ -3,54 +3,113 @@
 // When the output cannot keep up, at most maxBufferBytes wait; further lines are dropped and
 // counted rather than growing memory without bound or slowing requests.
 
-import { createWriteStream, openSync, type WriteStream } from 'node:fs';
+import { closeSync, createWriteStream, fstatSync, openSync, readSync, type WriteStream } from 'node:fs';
 import type { LogOutput } from './config.ts';
 import { heldBytes, type TableFill } from '../lib/heap.ts';
 
 const FLUSH_MS = 100;
 const FLUSH_BYTES = 64 * 1024;
 
+/** How often a file output that failed (a full disk) is opened again. */
+export const REOPEN_MS = 5_000;
+
+export interface DecisionLogOptions {
+  /** Told once when the output fails, with the error's code, and once a write succeeds again (a file output, opened again). */
+  readonly report?: (failed: boolean, error?: string) => void;
+  readonly reopenMs?: number;
+}
+
 export class DecisionLog {
-  readonly #out?: NodeJS.WritableStream;
+  #out?: NodeJS.WritableStream;
   readonly #maxBytes: number;
   /** The file stream it opened itself, ended at close (stdout and stderr are left open). */
-  readonly #file?: WriteStream;
+  #file?: WriteStream;
+  readonly #path?: string;
+  readonly #report?: DecisionLogOptions['report'];
+  readonly #reopenMs: number;
+  #reopen?: NodeJS.Timeout;
+  #closed = false;
   #pending: string[] = [];
   #bytes = 0;
   #timer?: NodeJS.Timeout;
   /** The output refused more (back-pressure): wait for 'drain' before the next write. */
   #blocked = false;
-  /** The output failed (a full disk, a reader gone): nothing is written from then on. */
+  /**
+   * stdout or stderr failed (a reader gone): nothing is written from then on. A file output
+   * that fails (a full disk) is blocked instead, until it is opened again (every REOPEN_MS).
+   */
   #failed = false;
+  /** The failure was reported, and no write has succeeded since. */
+  #reported = false;
+  /** The file opened again ends in part of a line: the next batch starts with a newline. */
+  #resumed = false;
   /** Lines the output took (counted when their batch's write completed). */
   lines = 0;
   /** Lines refused (the buffer was full, or the output had failed) or lost with a failed write. */
   dropped = 0;
 
-  constructor(output: LogOutput, maxBufferBytes: number) {
+  constructor(output: LogOutput, maxBufferBytes: number, options: DecisionLogOptions = {}) {
     this.#maxBytes = maxBufferBytes;
+    this.#report = options.report;
+    this.#reopenMs = options.reopenMs ?? REOPEN_MS;
     if (output.kind === 'file') {
+      this.#path = output.file;
       // Open now so that a bad path stops start-up with its name, not the first request.
-      const fd = openSync(output.file, 'a', 0o640);
-      const stream = createWriteStream('', { fd });
-      // A failing disk must not crash the proxy: lines are dropped, and counted.
-      stream.on('error', () => this.#fail());
-      this.#out = this.#file = stream;
+      this.#open(openSync(output.file, 'a', 0o640));
     } else {
       this.#out = output.kind === 'stdout' ? process.stdout : output.kind === 'stderr' ? process.stderr : undefined;
       // A reader that goes away (a log shipper restarting, `| head`) makes the pipe fail with
       // EPIPE as an 'error' event: unheard, it ended the process. Lines are dropped from then on.
-      this.#out?.on('error', () => this.#fail());
+      this.#out?.on('error', (err) => this.#fail(err));
     }
+  }
+
+  #open(fd: number): void {
+    const stream = createWriteStream('', { fd });
+    // A failing disk must not crash the proxy: lines are dropped, and counted.
+    stream.on('error', (err) => { if (this.#file === stream) this.#fail(err); });
+    this.#out = this.#file = stream;
   }
 
   get enabled(): boolean { return this.#out !== undefined; }
 
-  #fail(): void {
+  #fail(err: unknown): void {
+    if (this.#failed || this.#blocked && this.#reopen) return;
+    // Once, until a write succeeds again: the audit trail stops, and an operator must hear of
+    // it, not find a flat counter; a disk still full at each reopen is not a line every 5 s.
+    if (!this.#reported) { this.#reported = true; this.#report?.(true, (err as NodeJS.ErrnoException | undefined)?.code ?? 'UNKNOWN'); }
+    if (this.#path !== undefined && !this.#closed) {
+      // A file: lines wait for it to be opened again (as they wait for a slow one, within
+      // maxBufferBytes); the ones in the failed write are lost.
+      this.#blocked = true;
+      this.#retry();
+      return;
+    }
     this.#failed = this.#blocked = true;
     this.dropped += this.#pending.length;
     this.#pending = [];
     this.#bytes = 0;
+  }
+
+  /**
+   * Open the file again (its path: a rotated or remounted file is the new one), and write what
+   * waits to it: space freed on a full disk, the decision log resumes without a restart. A
+   * line a failed write cut is left cut; the next batch starts on a line of its own.
+   */
+  #retry(): void {
+    this.#reopen = setTimeout(() => {
+      this.#reopen = undefined;
+      if (this.#closed) return;
+      let fd: number;
+      try { fd = openSync(this.#path!, 'a', 0o640); } catch { this.#retry(); return; }
+      const old = this.#file;
+      this.#open(fd);
+      old?.destroy();
+      this.#resumed = endsMidLine(this.#path!);
+      this.#blocked = false;
+      this.flush();
+    }, this.#reopenMs);
+    this.#reopen.unref();
   }
 
   /** Lines waiting for the output, and their share of maxBufferBytes. */
@@ -81,15 +140,22 @@ export class DecisionLog {
   flush(): void {
     if (this.#timer) { clearTimeout(this.#timer); this.#timer = undefined; }
     if (!this.#out || this.#blocked || this.#pending.length === 0) return;
-    const batch = this.#pending.join('\n') + '\n';
+    // A failed write may have left part of a line: the batch then starts a line of its own.
+    const batch = (this.#resumed ? '\n' : '') + this.#pending.join('\n') + '\n';
+    this.#resumed = false;
     const count = this.#pending.length;
     this.#pending = [];
     this.#bytes = 0;
     try {
-      const more = this.#out.write(batch, (err) => { if (err) this.dropped += count; else this.lines += count; });
+      const more = this.#out.write(batch, (err) => {
+        if (err) { this.dropped += count; return; }
+        this.lines += count;
+        if (this.#reported) { this.#reported = false; this.#report?.(false); }
+      });
       if (!more && !this.#failed) {
         this.#blocked = true;
-        this.#out.once('drain', () => { if (this.#failed) return; this.#blocked = false; this.flush(); });
+        const out = this.#out;
+        out.once('drain', () => { if (this.#failed || this.#out !== out) return; this.#blocked = false; this.flush(); });
       }
     } catch {
       this.dropped += count;
@@ -97,9 +163,28 @@ export class DecisionLog {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#reopen);
     if (!this.#failed) this.#blocked = false;
     this.flush();
     const file = this.#file;
     if (file) await new Promise<void>((resolve) => file.end(() => resolve()));
+  }
+}
+
+/** Whether the file at `path` is not empty and does not end with a newline. */
+function endsMidLine(path: string): boolean {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const size = fstatSync(fd).size;
+    if (size === 0) return false;
+    const last = Buffer.alloc(1);
+    return readSync(fd, last, 0, 1, size - 1) === 1 && last[0] !== 0x0a;
+  } catch {
+    // Not readable (not a regular file, say): a line of its own anyway.
+    return true;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
 }

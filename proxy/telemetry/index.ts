@@ -8,7 +8,7 @@ import type { Observer } from '../observe.ts';
 import { telemetryConfig, type TelemetryConfig } from './config.ts';
 import { tracing } from './tracing.ts';
 import { Instruments } from './instruments.ts';
-import { DecisionLog } from './decision-log.ts';
+import { DecisionLog, REOPEN_MS } from './decision-log.ts';
 import { Ring, decisionsHandler } from './recent.ts';
 import { RequestObservation, type Sink } from './observation.ts';
 import { CONTENT_TYPE } from './metrics.ts';
@@ -36,7 +36,11 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
     throw configError(`telemetry: ${(err as Error).message}`);
   }
   try {
-    decisionLog = new DecisionLog(config.log.output, config.log.maxBufferBytes);
+    decisionLog = new DecisionLog(config.log.output, config.log.maxBufferBytes, {
+      report: (failed, error) => log(failed
+        ? { level: 'error', msg: 'the decision log output failed; decision lines are dropped and counted in driftguard_decision_log_dropped_total' + (config.log.output.kind === 'file' ? ` until it can be written again (opened again every ${REOPEN_MS / 1000} s)` : ''), error }
+        : { level: 'info', msg: 'the decision log output is written again' }),
+    });
   } catch (err) {
     // The loader checked the path; this is the file changing between that check and here.
     throw configError(`${rules.source}: telemetry.decisionLog.output: cannot open the decision log: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);

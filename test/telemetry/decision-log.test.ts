@@ -5,7 +5,7 @@
 // lines written in the same turn pile up against the bound.
 
 import t from 'tap';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getDefaultHighWaterMark } from 'node:stream';
@@ -47,8 +47,12 @@ for (const [name, line, size] of [
   });
 }
 
-t.test('an output that fails (a full disk) counts every line as dropped, none as written', { skip: existsSync('/dev/full') ? false : 'no /dev/full on this machine' }, async (t) => {
-  const log = new DecisionLog({ kind: 'file', file: '/dev/full' }, MAX);
+const noDevFull = existsSync('/dev/full') ? false : 'no /dev/full on this machine';
+
+t.test('an output that fails (a full disk) counts every line as dropped, none as written, and says so once', { skip: noDevFull }, async (t) => {
+  const reports: unknown[][] = [];
+  const log = new DecisionLog({ kind: 'file', file: '/dev/full' }, MAX, { report: (...a) => { reports.push(a); }, reopenMs: 50 });
+  t.teardown(() => log.close());
   for (let i = 0; i < 10; i++) log.write(`{"n":${i}}`);
   log.flush();
   await new Promise((r) => setTimeout(r, 200));
@@ -58,4 +62,36 @@ t.test('an output that fails (a full disk) counts every line as dropped, none as
   t.equal(log.lines, 0, 'nothing reached the output');
   t.equal(log.dropped, 110, 'every line counted as dropped');
   t.equal(log.fill().entries, 0, 'none held waiting for an output that has failed');
+  // The file was opened again every 50 ms meanwhile, and failed again each time it was written.
+  t.same(reports, [[true, 'ENOSPC']], 'the failure is reported once, with its code (before: never)');
+});
+
+t.test('a file output that failed is opened again: once it can be written, what waited and what follows is written', { skip: noDevFull }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-log-'));
+  const file = join(dir, 'decisions.log');
+  const real = join(dir, 'after.log');
+  // The path leads to a full disk first, then (space freed, or the volume remounted) to a file.
+  symlinkSync('/dev/full', file);
+  const reports: unknown[][] = [];
+  const log = new DecisionLog({ kind: 'file', file }, MAX, { report: (...a) => { reports.push(a); }, reopenMs: 600 });
+  t.teardown(() => log.close());
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  log.write('{"n":"lost"}');
+  log.flush();
+  await sleep(100);
+  t.same(reports, [[true, 'ENOSPC']], 'the failure is reported');
+  writeFileSync(real, '{"partial');
+  unlinkSync(file);
+  symlinkSync(real, file);
+  for (let i = 0; i < 3; i++) log.write(`{"n":${i}}`);
+  log.flush();
+  t.equal(log.fill().entries, 3, 'lines wait for the file to be opened again, within maxBufferBytes');
+  await sleep(900);
+  log.write('{"n":3}');
+  log.flush();
+  await sleep(100);
+  t.same(reports, [[true, 'ENOSPC'], [false]], 'the recovery is reported once');
+  t.equal(log.lines, 4, 'what waited and what followed is written (before: dropped until a restart)');
+  t.equal(log.dropped, 1, 'the one line the failed write lost');
+  t.same(readFileSync(real, 'utf8').split('\n'), ['{"partial', '{"n":0}', '{"n":1}', '{"n":2}', '{"n":3}', ''], 'a line cut short is left alone; the next starts a line of its own');
 });
