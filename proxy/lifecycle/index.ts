@@ -202,9 +202,13 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const m = state.monitors;
     const s = m.consumer(key, subjectKind(c), c.owner, ctx.now, ctx.credential);
     if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
-    m.count(s, d.decision === 'deny' && !d.enforced ? 'would-deny' : d.decision, d.reason);
-    const audited = ctx.extra[WOULD_DENY];
-    if (Array.isArray(audited)) for (const reason of audited as string[]) if (reason !== d.reason) m.count(s, 'would-deny', reason);
+    // Both kinds of would-deny count as one (README): proxy.mode audit's (a deny, not
+    // enforced) and a feature's in audit mode (a warning, named in lifecycle.would_deny), also
+    // when it is the decision's own reason.
+    const audited = ctx.extra[WOULD_DENY] as readonly string[] | undefined;
+    const wouldDeny = (d.decision === 'deny' && !d.enforced) || (d.decision === 'warn' && audited?.includes(d.reason) === true);
+    m.count(s, wouldDeny ? 'would-deny' : d.decision, d.reason);
+    if (audited) for (const reason of audited) if (reason !== d.reason) m.count(s, 'would-deny', reason);
     if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason) || ctx.extra[REVOKED_ACTOR] !== undefined) return;
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;

@@ -146,6 +146,11 @@ t.test('retry storm in audit mode forwards and records', async (t) => {
   }
   t.equal(w.up.seen.length, 2);
   t.same(dg.seen.at(-1)!.ctx.extra['lifecycle.would_deny'], ['retry-storm']);
+  const view = await (await fetch(`${dg.admin}/consumers`)).json() as Record<string, any>;
+  const agent = view.consumers.find((x: any) => x.subject === AGENT);
+  t.same(agent.decisions['would-deny'], { 'retry-storm': 1 }, 'GET /consumers counts the would-deny as one (before: as a warn)');
+  t.notOk(agent.decisions.warn?.['retry-storm'], 'not also as a warning');
+  t.same(agent.decisions.allow, { allowed: 1 });
 });
 
 t.test('idempotency: key required, reused key, duplicate write in flight and within the window', async (t) => {
