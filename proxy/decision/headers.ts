@@ -20,8 +20,10 @@ export function contractHeaders(op: Operation | undefined, decision: Decision, i
     if (links.length) into['link'] = links.join(', ');
   }
   if (decision.decision === 'warn' || (decision.decision === 'deny' && !decision.enforced)) {
-    // One header, the decision's reason first, then any other warnings, comma-separated.
-    const codes = decision.decision === 'warn' ? decision.warnings : [decision.reason, ...decision.warnings];
+    // One header, the decision's reason first, then any other warnings, each once (a feature
+    // in audit mode may have warned for the reason a later check then denied for).
+    const w = decision.warnings;
+    const codes = decision.decision === 'warn' ? w : [decision.reason, ...(w.includes(decision.reason) ? w.filter((r) => r !== decision.reason) : w)];
     into[WARNING_HEADER] = codes.join(', ');
   }
 }

@@ -286,6 +286,19 @@ t.test('two checks warning for one reason (revocation and task binding, both in 
   t.same(dg.seen.at(-1)!.ctx.extra['lifecycle.would_deny'], ['invalid-credential']);
 });
 
+t.test('a would-deny for the reason a feature in audit mode warned for names it once', async (t) => {
+  const w = await world();
+  // Revocation (audit) warns for the empty task; task binding (enforce) denies for it, and
+  // proxy.mode audit makes that a would-deny.
+  const dg = await startLifecycle(w.rules((r) => { r.proxy.mode = 'audit'; r.revocation = { mode: 'audit' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: '' } })) });
+  t.equal(res.status, 200);
+  await res.text();
+  t.equal(res.headers.get('driftguard-warning'), 'invalid-credential', 'once (it was "invalid-credential, invalid-credential")');
+  t.match(dg.seen.at(-1)!.decision, { decision: 'deny', enforced: false, reason: 'invalid-credential' });
+});
+
 t.test('delegation in audit mode forwards and records', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => { r.delegation = { mode: 'audit', maxDelegationDepth: 0 }; }));
