@@ -99,7 +99,8 @@ export function withOwnHeaders(upstream: Record<string, string | string[]>, own:
     const their = upstream[name];
     const our = own[name];
     if (their === undefined || our === undefined) continue;
-    const theirMs = dateOf(name, list(their)[0]!);
+    // Two fields of a single-value header make it invalid (RFC 9745 §2.1, RFC 8594 §3): ours stand.
+    const theirMs = list(their).length === 1 ? dateOf(name, list(their)[0]!) : undefined;
     const ourMs = dateOf(name, list(our)[0]!);
     if (theirMs !== undefined && ourMs !== undefined && theirMs < ourMs) head[name] = their;
   }

@@ -257,7 +257,7 @@ t.test('method-override headers are removed from the upstream\'s response too, a
 
 t.test('Vary names the credential and the contract header; the earlier Sunset and Deprecation stand', async (t) => {
   const w = await world(t);
-  let upstreamHeaders: Record<string, string> = {};
+  let upstreamHeaders: Record<string, string | string[]> = {};
   w.up.handler = (req, res) => {
     req.resume();
     res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'public, max-age=3600', ...upstreamHeaders });
@@ -289,6 +289,11 @@ t.test('Vary names the credential and the contract header; the earlier Sunset an
     t.equal(odd.headers.get('sunset'), new Date(Date.UTC(2099, 0, 1)).toUTCString(), `sunset ${JSON.stringify(sunset)} is unreadable: the rules' stands`);
     t.equal(odd.headers.get('deprecation'), `@${Date.UTC(2026, 0, 1) / 1000}`, `deprecation ${JSON.stringify(deprecation)} is unreadable: the rules' stands`);
   }
+  // Two fields of a single-value header: invalid, whatever their dates (before: both passed on).
+  upstreamHeaders = { sunset: ['Wed, 01 Jan 2031 00:00:00 GMT', 'Thu, 01 Jan 2032 00:00:00 GMT'], deprecation: ['@1600000000', '@1500000000'] };
+  const twice = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
+  t.equal(twice.headers.get('sunset'), new Date(Date.UTC(2099, 0, 1)).toUTCString(), 'two Sunset fields: the rules\' stands, alone');
+  t.equal(twice.headers.get('deprecation'), `@${Date.UTC(2026, 0, 1) / 1000}`, 'two Deprecation fields: the rules\' stands, alone');
 });
 
 t.test('the upstream\'s own Link header stays, and the deprecation links are added to it', async (t) => {
