@@ -146,7 +146,18 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const log = options.log ?? ((line) => process.stderr.write(JSON.stringify(line) + '\n'));
   // Verified-token cache hits and misses go to the observer (metrics); it must never throw into verify.
   const onTokenCache = observer.tokenCache ? (hit: boolean) => { try { observer.tokenCache!(hit); } catch { /* ignore */ } } : undefined;
-  let generation = buildGeneration(rules, undefined, options.deps, onTokenCache);
+  // A key set that stops refreshing (or recovers) is said once, not only counted: tokens
+  // signed by a key the issuer rotated in are refused until it recovers.
+  const watchKeySets = (g: Generation): Generation => {
+    for (const [issuer, keys] of g.identity.issuerKeySets()) {
+      const source = keys.status().source;
+      keys.report = (failed, error) => log(failed
+        ? { level: 'warn', msg: 'signing keys could not be refreshed; the last good keys stay in force', issuer, source, error }
+        : { level: 'info', msg: 'signing keys fetched again', issuer, source });
+    }
+    return g;
+  };
+  let generation = watchKeySets(buildGeneration(rules, undefined, options.deps, onTokenCache));
   const sockets = new Set<Socket>();
   /** Responses not yet finished (the requests in flight): drain marks those not yet started to close their connection. */
   const responses = new Set<ServerResponse>();
@@ -683,7 +694,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     async swap(next: Rules) {
       for (const prepare of prepareListeners) await prepare(next);
       const old = generation;
-      const g = buildGeneration(next, old, options.deps, onTokenCache);
+      const g = watchKeySets(buildGeneration(next, old, options.deps, onTokenCache));
       const shared = new Set(old.identity.keySets().values());
       // Only new key sets must load before the swap: a shared one already serves the old
       // generation, and a failed refetch of it (keys kept) must not block an unrelated change.

@@ -51,6 +51,11 @@ export interface KeySet {
   readonly version: number;
   status(): KeySetStatus;
   close(): void;
+  /**
+   * Told when fetching the keys starts failing after a success (`error`: why; the last good
+   * keys stay), and when it succeeds again or at last: once per change, not per fetch.
+   */
+  report?: (failed: boolean, error?: string) => void;
 }
 
 interface Loaded {
@@ -169,6 +174,7 @@ export class RemoteKeySet implements KeySet {
   #failures = 0;
   #timer?: NodeJS.Timeout;
   #agent?: Agent;
+  report?: (failed: boolean, error?: string) => void;
 
   /** The URL as messages, metrics and /readyz name it: without query or userinfo. */
   readonly #name: string;
@@ -226,13 +232,18 @@ export class RemoteKeySet implements KeySet {
       }
       // A time of day, for status and the key set's age.
       this.#lastSuccessMs = Date.now();
+      const failing = this.#lastError !== undefined;
       this.#lastError = undefined;
       this.#refreshes++;
+      if (failing) this.report?.(false);
       return true;
     } catch (err) {
       // Whatever went wrong (jose and fetch both throw plain TypeErrors), keep the last good keys.
       this.#failures++;
+      const wasGood = this.#lastError === undefined && this.#refreshes > 0;
       this.#lastError = describe(err);
+      // A first fetch that fails is start()'s to report; one failure after another, nobody's.
+      if (wasGood) this.report?.(true, this.#lastError);
       return false;
     }
   }

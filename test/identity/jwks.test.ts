@@ -112,6 +112,14 @@ t.test('a JWKS server that goes down later: last good keys keep working, unknown
   t.equal(w.up.seen.length, 3, 'only the verified calls were forwarded');
   const ready = await fetch(`${w.dg.admin}/readyz`);
   t.equal(ready.status, 200, 'still ready: it has keys');
+  // Said once for the outage, not per failed refresh (before: only counted in metrics).
+  const said = () => w.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('signing keys'));
+  t.match(said(), [{ level: 'warn', msg: 'signing keys could not be refreshed; the last good keys stay in force', issuer: 'https://issuer.test.local', source: w.jwks.url, error: 'HTTP 503' }]);
+  w.jwks.down = false;
+  await until(() => said().length === 2);
+  t.match(said()[1], { level: 'info', msg: 'signing keys fetched again', source: w.jwks.url });
+  await sleep(250);
+  t.equal(said().length, 2, 'and nothing more while the refreshes succeed');
 });
 
 t.test('a JWKS server that never answers: 503 within the fetch timeout, never a hang', async (t) => {
