@@ -198,14 +198,7 @@ export class RequestObservation implements Observation {
     if (this.#forwarded) r.upstreamMs = round(upstreamMs);
     r.addedMs = round(durationMs - upstreamMs);
 
-    if (this.#facts) {
-      const endMs = this.#epoch(endAt);
-      sink.tracing.export({
-        trace: traceRef(this.#trace), facts: this.#facts, record: r, checksAtMs: this.#decidedAt || endMs, endMs,
-        ...(this.#upstream ? { call: this.#call(this.#upstream, endAt) } : {}),
-      });
-    }
-    sink.instruments.record(r, this.#forwarded, upstreamMs / 1000, this.#failure, d.reason);
+    // The decision log first: were a later sink to fail, the audit trail still has the line.
     // One line for the decision log and the recent-decisions ring alike.
     const logged = sink.log.enabled && (r.decision !== 'allow' || sink.allowSampleRate >= 1 || Math.random() < sink.allowSampleRate);
     if (logged || sink.ring.capacity > 0) {
@@ -213,6 +206,14 @@ export class RequestObservation implements Observation {
       const utf8 = Buffer.byteLength(line, 'utf8');
       if (sink.ring.capacity > 0) sink.ring.push(recentEntry(r, line, utf8));
       if (logged) sink.log.write(line, utf8);
+    }
+    sink.instruments.record(r, this.#forwarded, upstreamMs / 1000, this.#failure, d.reason);
+    if (this.#facts) {
+      const endMs = this.#epoch(endAt);
+      sink.tracing.export({
+        trace: traceRef(this.#trace), facts: this.#facts, record: r, checksAtMs: this.#decidedAt || endMs, endMs,
+        ...(this.#upstream ? { call: this.#call(this.#upstream, endAt) } : {}),
+      });
     }
   }
 }
