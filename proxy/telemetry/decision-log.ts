@@ -3,13 +3,15 @@
 // When the output cannot keep up, at most maxBufferBytes wait; further lines are dropped and
 // counted rather than growing memory without bound or slowing requests.
 
-import { closeSync, createWriteStream, fstatSync, openSync, readSync, type WriteStream } from 'node:fs';
+import { closeSync, createWriteStream, fstatSync, openSync, readSync, statSync, type Stats, type WriteStream } from 'node:fs';
 import type { LogOutput } from './config.ts';
 import { heldBytes, type TableFill } from '../lib/heap.ts';
 
 const FLUSH_MS = 100;
 const FLUSH_BYTES = 64 * 1024;
 
+/** How often the path of a file output is looked at for a rotated-in file, at most. */
+const ROTATION_CHECK_MS = 1_000;
 /** How often a file output that failed (a full disk) is opened again. */
 export const REOPEN_MS = 5_000;
 
@@ -41,6 +43,9 @@ export class DecisionLog {
   #failed = false;
   /** The failure was reported, and no write has succeeded since. */
   #reported = false;
+  /** The file open now, as it was when opened: a file at the path that is not it was rotated in. */
+  #opened?: Stats;
+  #checkedAt = 0;
   /** The file opened again ends in part of a line: the next batch starts with a newline. */
   #resumed = false;
   /** Lines the output took (counted when their batch's write completed). */
@@ -69,6 +74,36 @@ export class DecisionLog {
     // A failing disk must not crash the proxy: lines are dropped, and counted.
     stream.on('error', (err) => { if (this.#file === stream) this.#fail(err); });
     this.#out = this.#file = stream;
+    try { this.#opened = fstatSync(fd); } catch { this.#opened = undefined; }
+    this.#checkedAt = performance.now();
+  }
+
+  /** Open the file at its path again, in place of the one open now; false when it cannot be opened. */
+  #reopenFile(finish: (old: WriteStream) => void): boolean {
+    let fd: number;
+    try { fd = openSync(this.#path!, 'a', 0o640); } catch { return false; }
+    const old = this.#file!;
+    this.#open(fd);
+    finish(old);
+    this.#resumed = endsMidLine(this.#path!);
+    return true;
+  }
+
+  /**
+   * The file at the path is no longer the one open (logrotate renamed it, or it was deleted):
+   * open the path again, so lines go to the new file, not on into the rotated one or into a
+   * deleted file that holds its disk space unseen. What was written before stays where it went.
+   * Looked at no more than once a second, before a batch is written.
+   */
+  #followRotation(): void {
+    const now = performance.now();
+    if (now - this.#checkedAt < ROTATION_CHECK_MS || !this.#opened) return;
+    this.#checkedAt = now;
+    let at: Stats | undefined;
+    try { at = statSync(this.#path!, { throwIfNoEntry: false }); } catch { return; }
+    if (at && at.ino === this.#opened.ino && at.dev === this.#opened.dev) return;
+    // The old stream finishes what it was given, into the rotated file, then closes.
+    this.#reopenFile((old) => { old.end(); });
   }
 
   get enabled(): boolean { return this.#out !== undefined; }
@@ -100,12 +135,8 @@ export class DecisionLog {
     this.#reopen = setTimeout(() => {
       this.#reopen = undefined;
       if (this.#closed) return;
-      let fd: number;
-      try { fd = openSync(this.#path!, 'a', 0o640); } catch { this.#retry(); return; }
-      const old = this.#file;
-      this.#open(fd);
-      old?.destroy();
-      this.#resumed = endsMidLine(this.#path!);
+      // The failed stream has nothing left worth writing.
+      if (!this.#reopenFile((old) => { old.destroy(); })) { this.#retry(); return; }
       this.#blocked = false;
       this.flush();
     }, this.#reopenMs);
@@ -140,6 +171,7 @@ export class DecisionLog {
   flush(): void {
     if (this.#timer) { clearTimeout(this.#timer); this.#timer = undefined; }
     if (!this.#out || this.#blocked || this.#pending.length === 0) return;
+    if (this.#path !== undefined) this.#followRotation();
     // A failed write may have left part of a line: the batch then starts a line of its own.
     const batch = (this.#resumed ? '\n' : '') + this.#pending.join('\n') + '\n';
     this.#resumed = false;

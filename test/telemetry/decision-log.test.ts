@@ -5,7 +5,7 @@
 // lines written in the same turn pile up against the bound.
 
 import t from 'tap';
-import { existsSync, mkdtempSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, renameSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getDefaultHighWaterMark } from 'node:stream';
@@ -94,4 +94,47 @@ t.test('a file output that failed is opened again: once it can be written, what 
   t.equal(log.lines, 4, 'what waited and what followed is written (before: dropped until a restart)');
   t.equal(log.dropped, 1, 'the one line the failed write lost');
   t.same(readFileSync(real, 'utf8').split('\n'), ['{"partial', '{"n":0}', '{"n":1}', '{"n":2}', '{"n":3}', ''], 'a line cut short is left alone; the next starts a line of its own');
+});
+
+t.test('a file rotated away (renamed, as logrotate does, or deleted) is followed: later lines go to a new file at the path', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-log-'));
+  const file = join(dir, 'decisions.log');
+  const log = new DecisionLog({ kind: 'file', file }, MAX);
+  t.teardown(() => log.close());
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  log.write('{"n":0}');
+  log.flush();
+  await sleep(50);
+  renameSync(file, file + '.1');
+  log.write('{"n":1}');
+  log.flush();
+  await sleep(1_100); // the path is looked at no more than once a second
+  log.write('{"n":2}');
+  log.flush();
+  await sleep(50);
+  t.equal(readFileSync(file + '.1', 'utf8'), '{"n":0}\n{"n":1}\n', 'lines before the rotation was seen stay in the rotated file');
+  t.equal(readFileSync(file, 'utf8'), '{"n":2}\n', 'later lines go to a new file at the path (before: on into the rotated one)');
+  unlinkSync(file);
+  await sleep(1_100);
+  log.write('{"n":3}');
+  log.flush();
+  await sleep(50);
+  t.equal(readFileSync(file, 'utf8'), '{"n":3}\n', 'a deleted file is made again, not written on unseen');
+  t.equal(log.lines, 4);
+  t.equal(log.dropped, 0);
+});
+
+t.test('a file truncated in place (copytruncate) is written on from its new end', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-log-'));
+  const file = join(dir, 'decisions.log');
+  const log = new DecisionLog({ kind: 'file', file }, MAX);
+  t.teardown(() => log.close());
+  log.write('{"n":0}');
+  log.flush();
+  await new Promise((r) => setTimeout(r, 50));
+  truncateSync(file, 0);
+  log.write('{"n":1}');
+  log.flush();
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(readFileSync(file, 'utf8'), '{"n":1}\n', 'no hole of zeros where the old lines were');
 });
