@@ -16,7 +16,7 @@ import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, hasBody, isWebSocketHandshake } from './forward/forward.ts';
-import type { ForwardOutcome } from './forward/outcome.ts';
+import { CLIENT_CLOSED, DRAIN_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, endAndClose } from './forward/wire.ts';
@@ -189,6 +189,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   /** The tunnels established (101 passed on), with their handshake's context. */
   const open = new Map<Socket, RequestContext>();
   let draining = false;
+  /** The drain's grace period is over and it is cutting what still runs: those cuts are its own. */
+  let cutting = false;
   let closing: Promise<void> | undefined;
   let idle: (() => void) | undefined;
 
@@ -532,7 +534,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
     ctx.sendContinue?.();
-    const outcome = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body);
+    const forwarded = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body);
+    // A connection the drain cut closes as one the client left would: say whose cut it was.
+    const outcome = cutting && forwarded.error === CLIENT_CLOSED ? { ...forwarded, error: DRAIN_CUT } : forwarded;
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) {
       // The upstream failed during an upload: the body is cut, so the connection is too (below).
@@ -764,6 +768,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       if (self.inFlight > 0) {
         // Past the grace period: cut what is still running (the client sees a reset connection).
         log({ level: 'warn', msg: 'grace period over; cutting requests still in flight', inFlight: self.inFlight, graceMs });
+        cutting = true;
         for (const s of sockets) s.destroy();
       } else {
         // Every answer is complete; end (not destroy) so that bytes still buffered are flushed.

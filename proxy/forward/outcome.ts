@@ -19,6 +19,8 @@ export interface ForwardOutcome {
 
 /** A ForwardOutcome's `error` when the client left first (an error code otherwise). */
 export const CLIENT_CLOSED = 'client closed';
+/** Its `error` when driftguard's drain cut the connection at the end of its grace period. */
+export const DRAIN_CUT = 'drain';
 
 /** A request that waited longer than the connect timeout for a free connection of the pool. */
 export const CONNECTION_WAIT_TIMEOUT = 'DRIFTGUARD_CONNECTION_WAIT_TIMEOUT';

@@ -7,6 +7,7 @@ import { getHeapStatistics } from 'node:v8';
 import type { Driftguard } from '../server.ts';
 import { Collected, Counter, Histogram, Registry } from './metrics.ts';
 import type { DecisionRecord } from './record.ts';
+import { DRAIN_CUT } from '../forward/outcome.ts';
 import type { SpanCounts } from './tracing.ts';
 import type { DecisionLog } from './decision-log.ts';
 
@@ -21,7 +22,7 @@ export class Instruments {
   readonly added = this.registry.add(new Histogram('driftguard_added_latency_seconds', 'Time driftguard itself added to a request: the whole request minus the time spent on the upstream.', ['decision'], ADDED_BUCKETS));
   readonly upstream = this.registry.add(new Histogram('driftguard_upstream_duration_seconds', 'Time from forwarding a request to the end of the upstream\'s response, for forwarded requests.', [], UPSTREAM_BUCKETS));
   readonly upstreamFailures = this.registry.add(new Counter('driftguard_upstream_failures_total', 'Forwarded requests that got no upstream response, by reason code.', ['reason']));
-  readonly cut = this.registry.add(new Counter('driftguard_answers_cut_total', 'Forwarded answers cut after they had started (the caller got a status and part of a body), by who ended them: client (the client left) or upstream (a reset, a bad chunk, a body timeout; the decision record\'s cut field names the error).', ['by']));
+  readonly cut = this.registry.add(new Counter('driftguard_answers_cut_total', 'Forwarded answers cut after they had started (the caller got a status and part of a body), by who ended them: client (the client left), drain (driftguard, at the end of a drain\'s grace period) or upstream (a reset, a bad chunk, a body timeout; the decision record\'s cut field names the error).', ['by']));
   readonly tokenCache = this.registry.add(new Counter('driftguard_token_cache_total', 'Verified-token cache lookups: hit (no signature check) or miss.', ['result']));
   readonly unparsed = this.registry.add(new Counter('driftguard_unparsed_requests_total', 'Requests Node\'s HTTP parser refused before there was a request to decide (no decision record, span or log line), by the reason code they were answered with.', ['reason']));
   readonly dropped = this.registry.add(new Counter('driftguard_connections_dropped_total', 'Client connections closed unanswered, by listener and cause: connection-limit (the listener held as many as it may), pipelining-flood (more pipelined requests waiting than driftguard holds).', ['listener', 'cause']));
@@ -75,7 +76,7 @@ export class Instruments {
     if (r.addedMs !== undefined) this.added.observe([r.decision], r.addedMs / 1000);
     if (forwarded) this.upstream.observe([], upstreamSeconds);
     if (failure !== undefined) this.upstreamFailures.inc([failure]);
-    if (r.cut !== undefined) this.cut.inc([r.cut === 'client' ? 'client' : 'upstream']);
+    if (r.cut !== undefined) this.cut.inc([r.cut === 'client' || r.cut === DRAIN_CUT ? r.cut : 'upstream']);
   }
 }
 

@@ -40,9 +40,9 @@ export interface DecisionRecord {
   rules: string;
   status?: number;
   /**
-   * The answer had started and was cut before its end: `client` (the client left) or the
-   * error that ended the upstream's answer (ECONNRESET, UND_ERR_BODY_TIMEOUT, …): the caller
-   * got `status` and part of a body.
+   * The answer had started and was cut before its end: `client` (the client left), `drain`
+   * (driftguard, at the end of a drain's grace period) or the error that ended the upstream's
+   * answer (ECONNRESET, UND_ERR_BODY_TIMEOUT, …): the caller got `status` and part of a body.
    */
   cut?: string;
   /** Whole request as driftguard saw it, ms. */

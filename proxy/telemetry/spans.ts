@@ -217,7 +217,7 @@ export class ServerSpan extends FinishedSpan {
   }
 }
 
-/** The upstream, not the client, cut an answer that had started (record.ts, cut). */
+/** The upstream or driftguard's drain, not the client, cut an answer that had started (record.ts, cut). */
 function upstreamCut(r: DecisionRecord): boolean {
   return r.cut !== undefined && r.cut !== 'client';
 }

@@ -152,6 +152,29 @@ t.test('a request still running past the grace period is cut, and the process st
   slow.release();
 });
 
+t.test('an answer the grace period cut mid-body is recorded as cut by the drain, not by the client', async (t) => {
+  const up = await upstream();
+  t.teardown(() => up.close());
+  let started!: () => void;
+  const streaming = new Promise<void>((r) => { started = r; });
+  // A download that never ends: its head and first bytes go out, then it waits.
+  up.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/plain' }); res.write('x'.repeat(1000)); started(); };
+  const file = writeRules(baseRules(up.origin, 'http://127.0.0.1:9/unused', (r) => {
+    r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
+    r.proxy.timeouts.response = '60s';
+  }));
+  const dg = await runDriftguard(file, ['--grace', '300ms'], { OTEL_TRACES_EXPORTER: 'none' });
+  t.teardown(() => dg.kill());
+  const download = get(`${dg.url}/status`);
+  await streaming;
+  await new Promise((r) => setTimeout(r, 100));
+  dg.child.kill('SIGTERM');
+  t.ok((await download).error, 'the client saw its download cut');
+  t.same(await dg.exited, { code: 0, signal: null });
+  const line = dg.output().split('\n').filter((l) => l.includes('"msg":"decision"')).map((l) => JSON.parse(l.slice(l.indexOf('{'))))[0];
+  t.match(line, { status: 200, cut: 'drain' }, 'driftguard cut it (before: recorded as cut by the client, who was still reading)');
+});
+
 /** Rules whose start-up waits about 1.5 s for a revocation list URL: a window for signals. */
 async function slowStart(t: Test): Promise<string> {
   const list = createServer((_req, res) => { setTimeout(() => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"revocations":[]}'); }, 1_500); });
