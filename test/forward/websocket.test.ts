@@ -17,6 +17,7 @@ import { collector, startWithTelemetry, traceparent, randomHex, KIND } from '../
 import { parsePrometheus, sample } from '../telemetry/prometheus.ts';
 import { raw } from '../support/raw.ts';
 import { until } from '../lifecycle/support.ts';
+import { HALF_CLOSED_MS } from '../../proxy/forward/tunnel.ts';
 
 interface Handshake { readonly url: string; readonly headers: IncomingMessage['headers']; readonly rawHeaders: string[] }
 
@@ -345,6 +346,38 @@ t.test('drain waits for open tunnels within the grace period and cuts them after
   await draining;
   t.equal(await secondClosed, 1006, 'cut after the grace period (no close frame: driftguard does not speak WebSocket)');
   t.ok(w.logs.some((l) => l.msg === 'grace period over; cutting requests still in flight' && l.inFlight === 1), 'the cut is logged');
+});
+
+t.test('a tunnel whose client ended its half, to an upstream that keeps its own open, is closed HALF_CLOSED_MS later', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  let upstreamClosed = false;
+  let upstreamSocket!: Duplex;
+  // An upstream that switches protocols and then ignores the client's end (its FIN arrives; the
+  // upstream's socket is half-open, as an HTTP server's are).
+  up.refuse = (socket) => {
+    upstreamSocket = socket;
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+    socket.on('error', () => {});
+    socket.once('close', () => { upstreamClosed = true; });
+  };
+  const client = halfOpenHandshake(w.port, await w.tok());
+  t.ok(await until(() => client.status() !== ''), 'answered');
+  t.equal(client.status(), 'HTTP/1.1 101 Switching Protocols');
+  t.equal(w.dg.dg.tunnels, 1);
+  const endedAt = performance.now();
+  client.socket.end();
+  await new Promise((r) => setTimeout(r, 1_000));
+  t.equal(w.dg.dg.tunnels, 1, 'not cut at once: the upstream may still be finishing');
+  t.ok(await until(() => w.dg.dg.tunnels === 0, HALF_CLOSED_MS + 5_000), 'then cut (before: held for tunnelIdle, an hour)');
+  t.ok(performance.now() - endedAt >= HALF_CLOSED_MS - 50, 'no sooner than HALF_CLOSED_MS');
+  await client.closed;
+  // driftguard's end of the upstream connection is closed too: the upstream's next writes are refused.
+  for (let i = 0; i < 5 && !upstreamClosed; i++) {
+    upstreamSocket.write('late');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.ok(upstreamClosed, 'the upstream connection is closed');
 });
 
 t.test('a tunnel silent both ways for proxy.timeouts.tunnelIdle is closed; one carrying bytes stays open', async (t) => {
