@@ -164,7 +164,12 @@ export class RemoteKeySet implements KeySet {
   #text?: string;
   #version = 0;
   #inflight?: Promise<boolean>;
-  /** By #now (monotonic). */
+  /**
+   * When a fetch was last asked for by start-up or a token (an unknown kid), by #now
+   * (monotonic): the cooldown counts from it. Not from the background refresh: a key the issuer
+   * rotated in just after it was refused (401) for the whole cooldown, though one fetch would
+   * have found it.
+   */
   #lastAttemptMs = -Infinity;
   /** By Date.now. */
   #lastSuccessMs?: number;
@@ -193,18 +198,22 @@ export class RemoteKeySet implements KeySet {
   eachKey(): readonly SingleKey[] { return this.#keys?.each ?? []; }
 
   async start(): Promise<void> {
-    this.#timer ??= setInterval(() => { void this.refresh(); }, this.#options.refreshMs).unref();
+    this.#timer ??= setInterval(() => { void this.refresh(false); }, this.#options.refreshMs).unref();
     if (!(await this.refresh())) throw new IdentityUnavailableError(`JWKS ${this.#name}: ${this.#lastError}`);
   }
 
-  /** Fetch the keys now (joining a fetch already under way). true when the fetch succeeded: the keys are current. */
-  refresh(): Promise<boolean> {
+  /**
+   * Fetch the keys now (joining a fetch already under way). true when the fetch succeeded: the
+   * keys are current. `asked`: by start-up or a token, which the cooldown counts; false for the
+   * background refresh.
+   */
+  refresh(asked = true): Promise<boolean> {
+    if (asked) this.#lastAttemptMs = this.#now();
     this.#inflight ??= this.#fetch().finally(() => { this.#inflight = undefined; });
     return this.#inflight;
   }
 
   async #fetch(): Promise<boolean> {
-    this.#lastAttemptMs = this.#now();
     // One timeout for the whole fetch: with discovery, the document and then the keys.
     const started = performance.now();
     try {

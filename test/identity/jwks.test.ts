@@ -47,6 +47,22 @@ t.test('a rotated-in key is picked up by the unknown-kid refetch', async (t) => 
   t.equal(w.jwks.fetches, 2);
 });
 
+t.test('a key rotated in just after a background refresh is fetched for its first token, not refused for the cooldown', async (t) => {
+  const w = await world(t, (r) => { Object.assign(r.identity.issuers[0].jwks, { refresh: '1500ms', cooldown: '1s' }); });
+  const fresh = await testKey('ES256');
+  const tok = await w.tok({ key: fresh });
+  // Just after the first background refresh (1.5 s in, past the cooldown of the start-up
+  // fetch), the issuer publishes a new key and signs with it at once.
+  t.ok(await until(() => w.jwks.fetches === 2, 3_000), 'a background refresh');
+  w.jwks.body = jwks(w.keys.es, fresh);
+  const a = await w.call('GET', '/items/1', { token: tok });
+  t.equal(a.status, 200, 'fetched and verified (before: 401, the background refresh had started the cooldown)');
+  t.equal(w.jwks.fetches, 3, 'one fetch for it');
+  const flood = await Promise.all(Array.from({ length: 20 }, async () => (await w.call('GET', '/items/1', { token: await w.tok({ key: w.keys.es, header: { kid: randomUUID() } }) })).status));
+  t.same(new Set(flood), new Set([401]), 'unknown kids right after it are refused');
+  t.equal(w.jwks.fetches, 3, 'within the cooldown of that fetch: no more fetches');
+});
+
 /** driftguard whose one issuer's JWKS server is down from the start, with the given cooldown. */
 async function keysDownFromStart(t: Test, cooldown: string) {
   const k = await keys();
