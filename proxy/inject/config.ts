@@ -53,6 +53,11 @@ export interface InjectorConfig {
    * that exist before webhooks run, so an injected sidecar would otherwise have none.
    */
   readonly serviceAccountToken: boolean;
+  /**
+   * The pod network's family: IPv4 listens on 0.0.0.0; IPv6 on [::], which on a dual-stack
+   * node takes IPv4 too (an IPv6-only cluster probes and routes to the pod's IPv6 address).
+   */
+  readonly ipFamily: 'IPv4' | 'IPv6';
 }
 
 export class InjectorConfigError extends Error {
@@ -104,6 +109,7 @@ export const configSchema = {
     },
     tmpSizeLimit: { ...quantity, default: '16Mi' },
     serviceAccountToken: { type: 'boolean', default: true, description: 'Mount a projected service-account token and the cluster CA for cluster-issuer JWKS discovery.' },
+    ipFamily: { enum: ['IPv4', 'IPv6'], default: 'IPv4', description: 'IPv4: the sidecar listens on 0.0.0.0; IPv6: on [::] (IPv4 too where the node has it), for IPv6-only and IPv6-first clusters.' },
   },
 } as const;
 

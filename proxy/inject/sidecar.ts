@@ -23,6 +23,11 @@ export interface SidecarSettings {
   readonly upstreamPort: number;
 }
 
+/** Every address of the pod's family, as a listener address's host part. */
+function anyAddress(config: InjectorConfig): string {
+  return config.ipFamily === 'IPv6' ? '[::]' : '0.0.0.0';
+}
+
 /** The container object, in the shape of a Kubernetes core/v1 Container. */
 export function sidecarContainer(config: InjectorConfig, settings: SidecarSettings): Record<string, unknown> {
   const container: Record<string, unknown> = {
@@ -31,13 +36,13 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
     imagePullPolicy: config.imagePullPolicy,
     command: ['node', IMAGE_CLI, 'run', '--config', `${RULES_DIR}/${config.rulesFile}`],
     env: [
-      { name: 'DRIFTGUARD_LISTEN', value: `0.0.0.0:${settings.listenPort}` },
+      { name: 'DRIFTGUARD_LISTEN', value: `${anyAddress(config)}:${settings.listenPort}` },
       // The app is reached over the pod's loopback: it shares the network namespace.
       { name: 'DRIFTGUARD_UPSTREAM', value: `http://127.0.0.1:${settings.upstreamPort}` },
       // The full admin listener (decision ring, owner view, revocations) stays on loopback;
       // the kubelet and Prometheus get a probe listener with health, readiness and metrics only.
       { name: 'DRIFTGUARD_ADMIN', value: `127.0.0.1:${config.adminLocalPort}` },
-      { name: 'DRIFTGUARD_PROBES', value: `0.0.0.0:${config.adminPort}` },
+      { name: 'DRIFTGUARD_PROBES', value: `${anyAddress(config)}:${config.adminPort}` },
       { name: 'NODE_OPTIONS', value: config.nodeOptions },
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },

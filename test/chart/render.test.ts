@@ -135,6 +135,12 @@ t.test('values change what they should', async (t) => {
   const native = (set: string[], kubeVersion: string) =>
     buildConfig(parseYaml(one(render({ kubeVersion, set }), 'ConfigMap', 'dg-driftguard-injector').data['injector.yaml'])).nativeSidecar;
   t.equal(native(['sidecar.native=true'], '1.28'), true, 'sidecar.native=true forces native');
+  for (const [family, any] of [['IPv4', '0.0.0.0'], ['IPv6', '[::]']] as const) {
+    const rendered = render({ set: [`ipFamily=${family}`] });
+    t.equal(buildConfig(parseYaml(one(rendered, 'ConfigMap', 'dg-driftguard-injector').data['injector.yaml'])).ipFamily, family, `ipFamily=${family} reaches the injector's config`);
+    const args: string[] = one(rendered, 'Deployment').spec.template.spec.containers[0].args;
+    t.equal(args[args.indexOf('--listen') + 1], `${any}:9443`, `and the injector listens on ${any}`);
+  }
   t.equal(native(['sidecar.native=false'], '1.30'), false, 'sidecar.native=false forces a regular container');
 
   const objects = render({ set: ['webhook.failurePolicy=Ignore', 'webhook.namespaceSelector.matchLabels.team=payments', 'image.digest=sha256:' + 'a'.repeat(64), 'injector.podDisruptionBudget.enabled=false', 'exampleRules.namespace=shop'] });

@@ -12,10 +12,10 @@ export interface HttpResult {
   readonly fingerprint?: string;
 }
 
-export function httpsRequest(port: number, ca: string, options: { method?: string; path?: string; body?: string | Buffer; headers?: Record<string, string> } = {}): Promise<HttpResult> {
+export function httpsRequest(port: number, ca: string, options: { method?: string; path?: string; body?: string | Buffer; headers?: Record<string, string>; host?: string } = {}): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
     const req = request({
-      host: '127.0.0.1', port, ca, agent: false,
+      host: options.host ?? '127.0.0.1', port, ca, agent: false,
       method: options.method ?? 'POST', path: options.path ?? '/mutate',
       headers: { 'content-type': 'application/json', ...options.headers },
     }, (res) => {

@@ -110,4 +110,10 @@ resources:
   {{- toYaml .Values.sidecar.resources | nindent 2 }}
 tmpSizeLimit: {{ .Values.sidecar.tmpSizeLimit | quote }}
 serviceAccountToken: {{ .Values.sidecar.serviceAccountToken }}
+ipFamily: {{ .Values.ipFamily }}
+{{- end -}}
+
+{{- /* Every address of the pod network's family, as a listen address's host part. */ -}}
+{{- define "driftguard.anyAddress" -}}
+{{- if eq .Values.ipFamily "IPv6" }}[::]{{ else }}0.0.0.0{{ end -}}
 {{- end -}}
