@@ -3,7 +3,8 @@
 // refused or dropped connection is a 502; a connect or response-header timeout, or no
 // connection of the pool free within the connect timeout, a 504; always as a problem body,
 // never a hang. A failure after the response has started can only cut the connection, which
-// is what the client then sees.
+// is what the client then sees. A request that may be sent twice (a GET without a body) and
+// found its kept-alive connection closed under it is sent once more.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -52,6 +53,10 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
    * has carried nothing and recording a 200 nobody got.
    */
   #head?: { readonly status: number; readonly headers: Record<string, string | string[]> };
+  /** The upstream began to answer (a 1xx too): a failure after it is not a stale connection. */
+  #answered = false;
+  /** Sends the request once more, for a request that may be (sendAgain); used once. */
+  #again?: () => void;
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve) {
     this.#req = req;
@@ -89,6 +94,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
   get started(): boolean { return this.#controller !== undefined; }
 
+  /** `again` sends the request once more, should its connection turn out closed (STALE). */
+  mayRetry(again: () => void): void { this.#again = again; }
+
   waitAtMost(ms: number): void {
     this.#wait = expireIfWaiting(ms, () => !this.#controller && !this.#done, (err) => { this.#expired = true; this.onResponseError(undefined as never, err); });
   }
@@ -101,6 +109,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+    this.#answered = true;
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
     const coding = transferCodingError(headers['transfer-encoding']);
     if (coding) { controller.abort(coding); return; }
@@ -144,6 +153,16 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // Settled already: an abort after a connection-wait timeout, whose 504 is the server's.
     if (this.#done) return;
     const code = errorCode(err);
+    // A kept-alive connection the upstream closed as this request went out on it (a race
+    // with its idle timeout): nothing came back, and a request that may be sent again is, once,
+    // on another connection, as nginx and Go's client do; any other gets its 502.
+    if (this.#again && !this.#answered && !this.#clientGone && !this.#expired && STALE.has(code)) {
+      const again = this.#again;
+      this.#again = undefined;
+      this.#controller = undefined;
+      again();
+      return;
+    }
     const res = this.#res;
     if (res.headersSent) {
       res.destroy();
@@ -154,6 +173,19 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
       this.#finish(failed(code));
     }
   }
+}
+
+/** What a request sent on a connection the upstream had just closed fails with. */
+const STALE = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET']);
+
+/**
+ * A request that may be sent again when its connection fails before any answer: a safe
+ * method (RFC 9110 §9.2.1) with no body. The upstream may have read it before the connection
+ * closed: for these, doing it twice changes nothing. Writes (even PUT and DELETE, idempotent
+ * in name) are never sent twice by driftguard.
+ */
+function sendAgain(req: IncomingMessage, body: Buffer | undefined): boolean {
+  return (req.method === 'GET' || req.method === 'HEAD' || req.method === 'OPTIONS') && body === undefined && !hasBody(req);
 }
 
 export class Forwarder {
@@ -170,7 +202,10 @@ export class Forwarder {
       connectTimeout: rules.timeouts.connectMs,
       headersTimeout: rules.timeouts.responseMs,
       bodyTimeout: rules.timeouts.responseMs,
-      keepAliveTimeout: 4_000,
+      // At most upstreamIdle, less when the upstream's Keep-Alive: timeout=N says so (undici
+      // keeps such a connection N − 2 s, within keepAliveMaxTimeout).
+      keepAliveTimeout: rules.timeouts.upstreamIdleMs,
+      keepAliveMaxTimeout: rules.timeouts.upstreamIdleMs,
     });
   }
 
@@ -185,13 +220,15 @@ export class Forwarder {
     if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     return new Promise((resolve) => {
       const exchange = new Exchange(req, res, responseHeaders, resolve);
-      this.#dispatch({
+      const options: Dispatcher.DispatchOptions = {
         path,
         method: req.method as 'GET',
         headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
         // A check that read the (small) body whole hands its bytes on; otherwise stream it.
         body: body ?? (hasBody(req) ? req : null),
-      }, exchange);
+      };
+      if (sendAgain(req, body)) exchange.mayRetry(() => { this.#dispatch(options, exchange); });
+      this.#dispatch(options, exchange);
     });
   }
 

@@ -25,6 +25,8 @@ export interface ProxyRules {
     readonly requestMs: number;
     /** Longest silence in both directions of a WebSocket tunnel before it is closed; 0: none. */
     readonly tunnelIdleMs: number;
+    /** How long an idle keep-alive connection to the upstream is kept. */
+    readonly upstreamIdleMs: number;
   };
   readonly connections: number;
   /** Client connections the traffic listener holds at once. */
