@@ -175,6 +175,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   }
 }
 
+/** Longest upstream answer head passed on (a longer one is a 502 upstream-unavailable). */
+export const UPSTREAM_MAX_HEAD = 15 * 1024;
+
 /** What a request sent on a connection the upstream had just closed fails with. */
 const STALE = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET']);
 
@@ -206,6 +209,10 @@ export class Forwarder {
       // keeps such a connection N − 2 s, within keepAliveMaxTimeout).
       keepAliveTimeout: rules.timeouts.upstreamIdleMs,
       keepAliveMaxTimeout: rules.timeouts.upstreamIdleMs,
+      // Room for driftguard's own answer headers (traceresponse, Vary, the deprecation
+      // headers, driftguard-warning): a head just under 16 KiB passed on with them was over
+      // the 16 KiB a Node or Envoy client reads, and the caller got a parse error, not a 502.
+      maxHeaderSize: UPSTREAM_MAX_HEAD,
     });
   }
 
