@@ -92,8 +92,17 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     }
   }
 
-  // One reload at a time, in order: a burst of events ends with the file's final state.
-  const reload = (trigger: string) => (running = running.then(() => once(trigger)));
+  // One reload at a time: a burst of events ends with the file's final state. Asked for while
+  // one runs, a reload waits its turn; asked for while one already waits, it is that one (it
+  // reads the file when its turn comes, so it sees the latest change too): a burst of SIGHUPs
+  // behind a slow key fetch queues one reload, not one per signal.
+  let waiting: Promise<{ changed: boolean; error?: string; hash: string }> | undefined;
+  const reload = (trigger: string) => {
+    if (waiting) return waiting;
+    const next = running.then(() => { waiting = undefined; return once(trigger); });
+    waiting = running = next;
+    return next;
+  };
 
   let timer: NodeJS.Timeout | undefined;
   let watcher: FSWatcher | undefined;

@@ -282,3 +282,27 @@ t.test('a request decided after a reload closed its pool goes out on the pool in
   t.equal(res.status, 200, 'forwarded (it was a 502, upstream-unavailable, UND_ERR_DESTROYED)');
   t.equal(up.seen.length, 1, 'the upstream got it');
 });
+
+t.test('reloads asked for while one waits its turn are that one: a burst queues one reload, which sees the latest file', async (t) => {
+  const { rules, dg, reload, logs } = await setup(t);
+  // A first reload that takes a while: a new issuer whose keys come 600 ms late.
+  const slow = await jwksServer(jwks(await testKey('ES256')));
+  slow.delayMs = 600;
+  t.teardown(() => slow.close());
+  const first = structuredClone(rules);
+  first.identity.issuers.push({ ...first.identity.issuers[0], issuer: 'https://other.test.local', jwks: { url: slow.url, timeout: '5s' } });
+  for (const c of first.consumers.registry) c.issuer = first.identity.issuers[0].issuer;
+  writeFileSync(dg.file, stringify(first));
+  const running = reload.reload('first');
+  await new Promise((r) => setTimeout(r, 100));
+  // Meanwhile, 200 asks and a last change to the file.
+  const burst = Array.from({ length: 200 }, (_, i) => reload.reload(`burst ${i}`));
+  writeFileSync(dg.file, stringify(withProbe(first, 1)));
+  t.match(await running, { changed: true });
+  const results = await Promise.all(burst);
+  t.ok(results.every((r) => r === results[0]), 'every ask of the burst got the one result');
+  t.match(results[0], { changed: true });
+  t.equal((await fetch(`${dg.url}/probe1`)).status, 200, 'the latest file is in force');
+  t.equal(logs.filter((l) => l.msg === 'rules reloaded').length, 2, 'two reloads ran: the first, and one for the burst');
+  t.equal(logs.filter((l) => l.msg === 'rules unchanged').length, 0, 'and no more (before: 199 more, each reading and checking the file)');
+});
