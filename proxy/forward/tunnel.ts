@@ -14,11 +14,11 @@ import { GrowingBuffer } from '../lib/bounded.ts';
 import { CLIENT_CLOSED, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 
 /**
- * How long a tunnel stays open once one side has ended its half (sent its FIN) and the other
- * has not: the end is passed on, and a side that keeps its half open regardless (an upstream
- * that ignores the client's close) no longer holds both connections, and a place among
- * proxy.clientConnections, for the idle limit (an hour by default). HAProxy's client-fin and
- * server-fin timeouts do the same.
+ * How long a tunnel may carry no byte once one side has ended its half (sent its FIN) and the
+ * other has not: the end is passed on, and a side that keeps its half open regardless (an
+ * upstream that ignores the client's close) no longer holds both connections, and a place
+ * among proxy.clientConnections, for the idle limit (an hour by default). HAProxy's
+ * client-fin and server-fin timeouts do the same.
  */
 export const HALF_CLOSED_MS = 10_000;
 
@@ -129,12 +129,18 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     client.once('close', () => upstream.destroy());
     upstream.pipe(client);
     client.pipe(upstream);
-    // Either half ended: the other has HALF_CLOSED_MS to end too, then both are cut.
-    let ending: NodeJS.Timeout | undefined;
-    const halfClosed = () => { ending ??= setTimeout(() => { client.destroy(); upstream.destroy(); }, HALF_CLOSED_MS).unref(); };
-    client.once('end', halfClosed);
-    upstream.once('end', halfClosed);
-    client.once('close', () => clearTimeout(ending));
+    // Either half ended: from then on the tunnel may be silent HALF_CLOSED_MS at most (or its
+    // idle limit, if shorter), then both are cut. Silent, not open: the other side may still
+    // be sending what it has (a download after the client ended its half), and every byte
+    // either way passes the client's socket, whose idle timer this is.
+    let halfClosed = false;
+    const onEnd = () => {
+      if (halfClosed) return;
+      halfClosed = true;
+      client.setTimeout(this.#idleMs > 0 ? Math.min(this.#idleMs, HALF_CLOSED_MS) : HALF_CLOSED_MS, () => client.destroy());
+    };
+    client.once('end', onEnd);
+    upstream.once('end', onEnd);
     // Every byte either way is read or written on the client's socket, so its timer is the
     // tunnel's: a peer that vanished without closing (a node lost, a network partition) would
     // otherwise hold both connections, and a request in flight, until the process ends.

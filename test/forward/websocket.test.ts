@@ -348,29 +348,36 @@ t.test('drain waits for open tunnels within the grace period and cuts them after
   t.ok(w.logs.some((l) => l.msg === 'grace period over; cutting requests still in flight' && l.inFlight === 1), 'the cut is logged');
 });
 
-t.test('a tunnel whose client ended its half, to an upstream that keeps its own open, is closed HALF_CLOSED_MS later', async (t) => {
+t.test('a tunnel whose client ended its half stays open while the upstream sends, and is closed HALF_CLOSED_MS after it falls silent', async (t) => {
   const w = await world(t);
   const up = echoUpstream(w.up);
   let upstreamClosed = false;
   let upstreamSocket!: Duplex;
-  // An upstream that switches protocols and then ignores the client's end (its FIN arrives; the
-  // upstream's socket is half-open, as an HTTP server's are).
+  let sending: NodeJS.Timeout | undefined;
+  // An upstream that switches protocols, goes on sending for a while after the client's end
+  // (a download), then falls silent without ending its half (its socket is half-open, as an
+  // HTTP server's are).
   up.refuse = (socket) => {
     upstreamSocket = socket;
     socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
     socket.on('error', () => {});
-    socket.once('close', () => { upstreamClosed = true; });
+    socket.once('close', () => { upstreamClosed = true; clearInterval(sending); });
   };
   const client = halfOpenHandshake(w.port, await w.tok());
   t.ok(await until(() => client.status() !== ''), 'answered');
   t.equal(client.status(), 'HTTP/1.1 101 Switching Protocols');
-  t.equal(w.dg.dg.tunnels, 1);
-  const endedAt = performance.now();
+  let received = 0;
+  client.socket.on('data', (d: string) => { received += d.length; });
   client.socket.end();
-  await new Promise((r) => setTimeout(r, 1_000));
-  t.equal(w.dg.dg.tunnels, 1, 'not cut at once: the upstream may still be finishing');
-  t.ok(await until(() => w.dg.dg.tunnels === 0, HALF_CLOSED_MS + 5_000), 'then cut (before: held for tunnelIdle, an hour)');
-  t.ok(performance.now() - endedAt >= HALF_CLOSED_MS - 50, 'no sooner than HALF_CLOSED_MS');
+  const busyMs = HALF_CLOSED_MS + 1_000;
+  sending = setInterval(() => { upstreamSocket.write('x'.repeat(100)); }, 500);
+  await new Promise((r) => setTimeout(r, busyMs));
+  clearInterval(sending);
+  t.equal(w.dg.dg.tunnels, 1, 'still open after HALF_CLOSED_MS: the upstream was sending (a download after the client\'s end)');
+  t.ok(received >= 100 * Math.floor(busyMs / 500) - 200, `and the client got it (${received} bytes)`);
+  const silentAt = performance.now();
+  t.ok(await until(() => w.dg.dg.tunnels === 0, HALF_CLOSED_MS + 5_000), 'cut once silent for HALF_CLOSED_MS (before: held for tunnelIdle, an hour)');
+  t.ok(performance.now() - silentAt >= HALF_CLOSED_MS - 600, 'not sooner');
   await client.closed;
   // driftguard's end of the upstream connection is closed too: the upstream's next writes are refused.
   for (let i = 0; i < 5 && !upstreamClosed; i++) {
