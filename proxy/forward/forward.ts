@@ -155,7 +155,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     const code = errorCode(err);
     // A kept-alive connection the upstream closed as this request went out on it (a race
     // with its idle timeout): nothing came back, and a request that may be sent again is, once,
-    // on another connection, as nginx and Go's client do; any other gets its 502.
+    // on another connection; any other gets its 502. undici does not say whether the
+    // connection was a reused one (nginx and Go's client retry only then), so a new one that
+    // fails so is retried too: for these methods, harmless.
     if (this.#again && !this.#answered && !this.#clientGone && !this.#expired && STALE.has(code)) {
       const again = this.#again;
       this.#again = undefined;
