@@ -164,6 +164,8 @@ export class RemoteKeySet implements KeySet {
   #text?: string;
   #version = 0;
   #inflight?: Promise<boolean>;
+  /** The fetch under way was asked for (start-up, a token), not the background refresh's. */
+  #inflightAsked = false;
   /**
    * When a fetch was last asked for by start-up or a token (an unknown kid), by #now
    * (monotonic): the cooldown counts from it. Not from the background refresh: a key the issuer
@@ -209,8 +211,18 @@ export class RemoteKeySet implements KeySet {
    */
   refresh(asked = true): Promise<boolean> {
     if (asked) this.#lastAttemptMs = this.#now();
-    this.#inflight ??= this.#fetch().finally(() => { this.#inflight = undefined; });
+    if (!this.#inflight) return this.#track(this.#fetch(), asked);
+    // A background refresh under way may have begun before the key asked for was published:
+    // one fetch more, once it is done (later asks join that one).
+    if (asked && !this.#inflightAsked) return this.#track(this.#inflight.then(() => this.#fetch()), true);
     return this.#inflight;
+  }
+
+  #track(fetching: Promise<boolean>, asked: boolean): Promise<boolean> {
+    const p: Promise<boolean> = fetching.finally(() => { if (this.#inflight === p) this.#inflight = undefined; });
+    this.#inflight = p;
+    this.#inflightAsked = asked;
+    return p;
   }
 
   async #fetch(): Promise<boolean> {

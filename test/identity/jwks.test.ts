@@ -63,6 +63,35 @@ t.test('a key rotated in just after a background refresh is fetched for its firs
   t.equal(w.jwks.fetches, 3, 'within the cooldown of that fetch: no more fetches');
 });
 
+t.test('a token whose key was published while a background refresh was under way gets one fetch more, not a 401', async (t) => {
+  const k = await keys();
+  const fresh = await testKey('ES256');
+  // A key server that answers 400 ms late with the key set as it was when the request came.
+  let published = jwks(k.es);
+  let fetches = 0;
+  const server = createServer((_req, res) => {
+    fetches++;
+    const body = JSON.stringify(published);
+    setTimeout(() => { res.writeHead(200, { 'content-type': 'application/json' }).end(body); }, 400);
+  });
+  const port = await listen(server);
+  t.teardown(() => close(server));
+  const up = await upstream();
+  t.teardown(() => up.close());
+  const dg = await startTest(baseRules(up.origin, `http://127.0.0.1:${port}/jwks.json`, (r) => {
+    Object.assign(r.identity.issuers[0].jwks, { refresh: '1s', cooldown: '500ms', timeout: '5s' });
+  }));
+  t.teardown(() => dg.close());
+  const tok = await token({ key: fresh, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  // The background refresh has gone out; the issuer publishes its new key and signs with it.
+  t.ok(await until(() => fetches === 2, 3_000), 'a background refresh under way');
+  published = jwks(k.es, fresh);
+  const res = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+  await res.text();
+  t.equal(res.status, 200, 'verified after one fetch more (before: 401, the refresh under way did not have the key)');
+  t.equal(fetches, 3);
+});
+
 /** driftguard whose one issuer's JWKS server is down from the start, with the given cooldown. */
 async function keysDownFromStart(t: Test, cooldown: string) {
   const k = await keys();
