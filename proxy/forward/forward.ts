@@ -57,6 +57,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #answered = false;
   /** Sends the request once more, for a request that may be (sendAgain); used once. */
   #again?: () => void;
+  #resent = false;
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve) {
     this.#req = req;
@@ -89,7 +90,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     clearTimeout(this.#wait);
     this.#res.off('close', this.#onClose);
     this.#res.off('drain', this.#onDrain);
-    this.#resolve(outcome);
+    this.#resolve(this.#resent ? { ...outcome, resent: true } : outcome);
   }
 
   get started(): boolean { return this.#controller !== undefined; }
@@ -161,6 +162,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     if (this.#again && !this.#answered && !this.#clientGone && !this.#expired && STALE.has(code)) {
       const again = this.#again;
       this.#again = undefined;
+      this.#resent = true;
       this.#controller = undefined;
       again();
       return;

@@ -13,6 +13,8 @@ export interface ForwardOutcome {
   /** The response had started and was cut. */
   readonly aborted?: boolean;
   readonly error?: string;
+  /** Sent a second time: its kept-alive connection was closed under the first (forward.ts, STALE). */
+  readonly resent?: boolean;
   /** Nothing was sent upstream: the caller had left before forwarding began. */
   readonly notSent?: boolean;
 }

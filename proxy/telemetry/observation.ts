@@ -77,6 +77,7 @@ export class RequestObservation implements Observation {
   #forwardEnd?: number;
   #callStatus?: number;
   #callError?: string;
+  #resent = false;
   /** The answer had started and was cut: `client`, or the upstream's error (record.ts, cut). */
   #cut?: string;
   #forwarded = false;
@@ -157,6 +158,7 @@ export class RequestObservation implements Observation {
       this.#forwardEnd = performance.now();
       if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = outcome.detail ?? outcome.failure; }
       if (outcome.status !== undefined) this.#callStatus = outcome.status;
+      if (outcome.resent) this.#resent = true;
       if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
       // Cut after the head went out: the record's status is the upstream's, and only this
       // says the caller did not get the whole answer.
@@ -174,6 +176,7 @@ export class RequestObservation implements Observation {
       startMs: this.#epoch(this.#forwardStart), endMs: this.#epoch(this.#forwardEnd ?? endAt),
       ...(this.#callStatus !== undefined ? { status: this.#callStatus } : {}),
       ...(error !== undefined ? { error } : {}),
+      ...(this.#resent ? { resent: true as const } : {}),
     };
   }
 

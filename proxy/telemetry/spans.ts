@@ -243,6 +243,8 @@ export interface UpstreamCall {
   readonly status?: number;
   /** Why the call failed (upstream-unavailable, upstream-timeout, an error name, aborted). */
   readonly error?: string;
+  /** Sent twice: the first attempt's kept-alive connection was closed under it. */
+  readonly resent?: true;
 }
 
 /** The upstream call: its context is what the upstream received in traceparent. */
@@ -280,6 +282,8 @@ export class ClientSpan extends FinishedSpan {
     visit('server.port', c.upstream.port);
     visit('url.full', c.upstream.origin + this.#path);
     if (c.status !== undefined) visit('http.response.status_code', c.status);
+    // One span for both attempts (semantic conventions would have one each): it says so.
+    if (c.resent) visit('http.request.resend_count', 1);
     if (c.error !== undefined) visit('error.type', c.error);
     else if (c.status !== undefined && c.status >= 400) visit('error.type', String(c.status));
   }

@@ -8,6 +8,10 @@
 import t from 'tap';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { world } from '../core/world.ts';
+import { testKey, jwks } from '../support/keys.ts';
+import { jwksServer } from '../support/servers.ts';
+import { baseRules } from '../support/driftguard.ts';
+import { collector, startWithTelemetry, traceparent, randomHex, KIND } from '../telemetry/support.ts';
 
 async function listen(server: Server): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -84,4 +88,27 @@ t.test('proxy.timeouts.upstreamIdle: how long an idle upstream connection is kep
     t.equal((await w.call('GET', '/items/2', { token: tok })).status, 200);
     t.equal(opened, connections, `upstreamIdle ${idle}, 500 ms apart: ${connections} connection(s)`);
   }
+});
+
+t.test('a request sent again says so on its CLIENT span: http.request.resend_count 1', async (t) => {
+  const up = await closingUpstream('destroy');
+  t.teardown(() => up.close());
+  const k = await testKey('ES256');
+  const keys = await jwksServer(jwks(k));
+  const otlp = await collector();
+  t.teardown(async () => { await keys.close(); await otlp.close(); });
+  const dg = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
+    r.proxy.connections = 1;
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+  }));
+  t.teardown(() => dg.stop());
+  const clientSpan = async () => {
+    const traceId = randomHex(16);
+    const res = await fetch(`${dg.url}/status`, { headers: { traceparent: traceparent(traceId, randomHex(8)) } });
+    t.equal(res.status, 200);
+    await res.text();
+    return otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
+  };
+  t.notOk('http.request.resend_count' in (await clientSpan()).attributes, 'sent once: no resend count');
+  t.equal((await clientSpan()).attributes['http.request.resend_count'], 1, 'sent again on a new connection: counted');
 });
