@@ -99,7 +99,9 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   let waiting: Promise<{ changed: boolean; error?: string; hash: string }> | undefined;
   const reload = (trigger: string) => {
     if (waiting) return waiting;
-    const next = running.then(() => { waiting = undefined; return once(trigger); });
+    const start = () => { waiting = undefined; return once(trigger); };
+    // once() answers every failure itself; should it ever reject, the next reload still runs.
+    const next = running.then(start, start);
     waiting = running = next;
     return next;
   };

@@ -129,10 +129,11 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     client.once('close', () => upstream.destroy());
     upstream.pipe(client);
     client.pipe(upstream);
-    // Either half ended: from then on the tunnel may be silent HALF_CLOSED_MS at most (or its
-    // idle limit, if shorter), then both are cut. Silent, not open: the other side may still
-    // be sending what it has (a download after the client ended its half), and every byte
-    // either way passes the client's socket, whose idle timer this is.
+    // The client ended its half (the upstream's end closes the tunnel at once: undici's
+    // upgraded connection is not half-open): from then on the tunnel may be silent
+    // HALF_CLOSED_MS at most (or its idle limit, if shorter), then both are cut. Silent, not
+    // open: the upstream may still be sending what it has (a download after the client's
+    // end), and every byte either way passes the client's socket, whose idle timer this is.
     let halfClosed = false;
     const onEnd = () => {
       if (halfClosed) return;

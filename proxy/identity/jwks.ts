@@ -214,7 +214,10 @@ export class RemoteKeySet implements KeySet {
     if (!this.#inflight) return this.#track(this.#fetch(), asked);
     // A background refresh under way may have begun before the key asked for was published:
     // one fetch more, once it is done (later asks join that one).
-    if (asked && !this.#inflightAsked) return this.#track(this.#inflight.then(() => this.#fetch()), true);
+    if (asked && !this.#inflightAsked) {
+      const again = () => this.#fetch();
+      return this.#track(this.#inflight.then(again, again), true);
+    }
     return this.#inflight;
   }
 
