@@ -122,6 +122,10 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     this.#status = statusCode;
     const head = this.#early.take();
     if (head.length > 0) upstream.write(head);
+    // Half-open, as the client's is (Node's HTTP server allows it): an upstream that ends its
+    // half (its FIN) still takes what the client sends until the client ends too. undici
+    // hands the socket over allowing no half-open, which closed the whole tunnel at once.
+    (upstream as Duplex & { allowHalfOpen: boolean }).allowHalfOpen = true;
     // Either side closing or failing ends both.
     upstream.on('error', () => client.destroy());
     client.on('error', () => upstream.destroy());
@@ -129,11 +133,10 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     client.once('close', () => upstream.destroy());
     upstream.pipe(client);
     client.pipe(upstream);
-    // The client ended its half (the upstream's end closes the tunnel at once: undici's
-    // upgraded connection is not half-open): from then on the tunnel may be silent
-    // HALF_CLOSED_MS at most (or its idle limit, if shorter), then both are cut. Silent, not
-    // open: the upstream may still be sending what it has (a download after the client's
-    // end), and every byte either way passes the client's socket, whose idle timer this is.
+    // Either side ended its half: from then on the tunnel may be silent HALF_CLOSED_MS at most
+    // (or its idle limit, if shorter), then both are cut. Silent, not open: the other side may
+    // still be sending what it has (a download after the client's end), and every byte either
+    // way passes the client's socket, whose idle timer this is.
     let halfClosed = false;
     const onEnd = () => {
       if (halfClosed) return;

@@ -387,6 +387,33 @@ t.test('a tunnel whose client ended its half stays open while the upstream sends
   t.ok(upstreamClosed, 'the upstream connection is closed');
 });
 
+t.test('a tunnel whose upstream ended its half still carries what the client sends, until the client ends too', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  let got = '';
+  let upstreamClosed = false;
+  up.refuse = (socket) => {
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+    socket.on('error', () => {});
+    socket.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+    socket.once('close', () => { upstreamClosed = true; });
+    // The upstream has said all it will: it ends its half at once.
+    setTimeout(() => socket.end(), 100);
+  };
+  const client = halfOpenHandshake(w.port, await w.tok());
+  let clientEnded = false;
+  client.socket.once('end', () => { clientEnded = true; });
+  t.ok(await until(() => client.status() !== ''), 'answered');
+  t.equal(client.status(), 'HTTP/1.1 101 Switching Protocols');
+  t.ok(await until(() => clientEnded), 'the upstream\'s end reached the client');
+  client.socket.write('after the upstream\'s end');
+  t.ok(await until(() => got.includes('after the upstream\'s end')), 'and what the client sends after it still reaches the upstream (before: the tunnel was closed at once, and it was lost)');
+  t.equal(w.dg.dg.tunnels, 1, 'the tunnel is open while the client has not ended');
+  client.socket.end();
+  t.ok(await until(() => w.dg.dg.tunnels === 0 && upstreamClosed), 'the client\'s end closes it');
+  await client.closed;
+});
+
 t.test('a tunnel silent both ways for proxy.timeouts.tunnelIdle is closed; one carrying bytes stays open', async (t) => {
   const w = await world(t, (r) => { r.proxy.timeouts.tunnelIdle = '400ms'; });
   echoUpstream(w.up);
