@@ -83,7 +83,7 @@ const NEVER_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNRE
 
 /** The upstream was reached, and closed or reset the connection (or had closed a kept-alive one) before its answer was whole. */
 const CUT = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
-/** The upstream answered, in a form undici will not pass on (a head over 16 KiB, a length that disagrees with the body). */
+/** The upstream answered, in a form undici will not pass on (a head over 15 KiB, a length that disagrees with the body). */
 const REFUSED_ANSWER = new Set(['UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_EXCEEDED_MAX_SIZE']);
 
 /** Whether a failed forwarding surely never reached the upstream (a write may then be sent again). */

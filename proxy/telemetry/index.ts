@@ -38,7 +38,9 @@ export async function telemetry(rules: Rules, log: Log, env: Readonly<Record<str
   try {
     decisionLog = new DecisionLog(config.log.output, config.log.maxBufferBytes, {
       report: (failed, error) => log(failed
-        ? { level: 'error', msg: 'the decision log output failed; decision lines are dropped and counted in driftguard_decision_log_dropped_total' + (config.log.output.kind === 'file' ? ` until it can be written again (opened again every ${REOPEN_MS / 1000} s)` : ''), error }
+        ? { level: 'error', msg: config.log.output.kind === 'file'
+          ? `the decision log file failed; lines wait for it (those past telemetry.decisionLog.maxBufferBytes are dropped and counted in driftguard_decision_log_dropped_total), and it is opened again every ${REOPEN_MS / 1000} s`
+          : 'the decision log output failed; decision lines are dropped and counted in driftguard_decision_log_dropped_total', error }
         : { level: 'info', msg: 'the decision log output is written again' }),
     });
   } catch (err) {
