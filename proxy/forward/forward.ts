@@ -11,7 +11,7 @@ import type { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { CLIENT_CLOSED, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, CLOSED_UNDER, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
@@ -95,7 +95,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
   get started(): boolean { return this.#controller !== undefined; }
 
-  /** `again` sends the request once more, should its connection turn out closed (STALE). */
+  /** `again` sends the request once more, should its connection turn out closed (CLOSED_UNDER). */
   mayRetry(again: () => void): void { this.#again = again; }
 
   waitAtMost(ms: number): void {
@@ -159,7 +159,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // on another connection; any other gets its 502. undici does not say whether the
     // connection was a reused one (nginx and Go's client retry only then), so a new one that
     // fails so is retried too: for these methods, harmless.
-    if (this.#again && !this.#answered && !this.#clientGone && !this.#expired && STALE.has(code)) {
+    if (this.#again && !this.#answered && !this.#clientGone && !this.#expired && CLOSED_UNDER.has(code)) {
       const again = this.#again;
       this.#again = undefined;
       this.#resent = true;
@@ -181,9 +181,6 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
 /** Longest upstream answer head passed on (a longer one is a 502 upstream-unavailable). */
 export const UPSTREAM_MAX_HEAD = 15 * 1024;
-
-/** What a request sent on a connection the upstream had just closed fails with. */
-const STALE = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET']);
 
 /**
  * A request that may be sent again when its connection fails before any answer: a safe

@@ -13,7 +13,7 @@ export interface ForwardOutcome {
   /** The response had started and was cut. */
   readonly aborted?: boolean;
   readonly error?: string;
-  /** Sent a second time: its kept-alive connection was closed under the first (forward.ts, STALE). */
+  /** Sent a second time: its kept-alive connection was closed under the first (CLOSED_UNDER). */
   readonly resent?: boolean;
   /** Nothing was sent upstream: the caller had left before forwarding began. */
   readonly notSent?: boolean;
@@ -81,8 +81,10 @@ function failureDetail(outcome: ForwardOutcome): string {
  */
 const NEVER_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT', CONNECTION_WAIT_TIMEOUT]);
 
-/** The upstream was reached, and closed or reset the connection (or had closed a kept-alive one) before its answer was whole. */
-const CUT = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+/** The upstream closed or reset the connection under a request (or had closed a kept-alive one). */
+export const CLOSED_UNDER = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET']);
+/** The upstream was reached, and closed or reset the connection before its answer was whole. */
+const CUT = new Set([...CLOSED_UNDER, 'UND_ERR_CLOSED']);
 /** The upstream answered, in a form undici will not pass on (a head over 15 KiB, a length that disagrees with the body). */
 const REFUSED_ANSWER = new Set(['UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_EXCEEDED_MAX_SIZE']);
 
