@@ -6,8 +6,7 @@
 import { getHeapStatistics } from 'node:v8';
 import type { Driftguard } from '../server.ts';
 import { Collected, Counter, Histogram, Registry } from './metrics.ts';
-import type { DecisionRecord } from './record.ts';
-import { DRAIN_CUT } from '../forward/outcome.ts';
+import { cutBy, type DecisionRecord } from './record.ts';
 import type { SpanCounts } from './tracing.ts';
 import type { DecisionLog } from './decision-log.ts';
 
@@ -76,7 +75,8 @@ export class Instruments {
     if (r.addedMs !== undefined) this.added.observe([r.decision], r.addedMs / 1000);
     if (forwarded) this.upstream.observe([], upstreamSeconds);
     if (failure !== undefined) this.upstreamFailures.inc([failure]);
-    if (r.cut !== undefined) this.cut.inc([r.cut === 'client' || r.cut === DRAIN_CUT ? r.cut : 'upstream']);
+    const by = cutBy(r);
+    if (by !== undefined) this.cut.inc([by]);
   }
 }
 

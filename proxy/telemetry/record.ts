@@ -4,6 +4,7 @@
 // Nothing secret is ever copied here: no token, no Authorization, no cookie, no query string.
 
 import { redactPath } from '../lib/redact.ts';
+import { DRAIN_CUT } from '../forward/outcome.ts';
 import type { Decision, RequestContext, CheckRecord } from '../pipeline/types.ts';
 
 export type ExtraValue = string | number | boolean | string[];
@@ -85,6 +86,15 @@ export const FIELDS: readonly (readonly [FieldKey, string])[] = [
   ['rules', 'driftguard.rules.hash'],
   ['cut', 'driftguard.cut'],
 ];
+
+/**
+ * Who cut an answer that had started (the record's `cut`): the client, driftguard's drain, or
+ * the upstream (whose error `cut` names); undefined for a whole answer.
+ */
+export function cutBy(r: DecisionRecord): 'client' | 'drain' | 'upstream' | undefined {
+  if (r.cut === undefined) return undefined;
+  return r.cut === 'client' || r.cut === DRAIN_CUT ? r.cut : 'upstream';
+}
 
 /** Keys of ctx.extra must look like `delegation.chain`: they become attribute and field names. */
 const EXTRA_KEY = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;

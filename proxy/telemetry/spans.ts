@@ -15,7 +15,7 @@ import { TraceState, type InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
 import type { CheckRecord } from '../pipeline/types.ts';
-import { FIELDS, type DecisionRecord } from './record.ts';
+import { FIELDS, cutBy, type DecisionRecord } from './record.ts';
 
 /**
  * `METHOD route`, or `METHOD`; a method outside the known set (`_OTHER`) is named `HTTP`, as the
@@ -217,9 +217,10 @@ export class ServerSpan extends FinishedSpan {
   }
 }
 
-/** The upstream or driftguard's drain, not the client, cut an answer that had started (record.ts, cut). */
+/** The upstream or driftguard's drain, not the client, cut an answer that had started. */
 function upstreamCut(r: DecisionRecord): boolean {
-  return r.cut !== undefined && r.cut !== 'client';
+  const by = cutBy(r);
+  return by !== undefined && by !== 'client';
 }
 
 /** Where the upstream is: one object per rules' upstream, shared by every call to it. */
