@@ -6,7 +6,7 @@
 // an actor in it is revoked.
 
 /** Levels read at most: deeper than any allowed chain (maxDelegationDepth is at most 32), and bounded whatever a token holds. */
-const MAX_LEVELS = 64;
+export const MAX_LEVELS = 64;
 
 export interface ActChain {
   /** The actors' sub, outermost (current) first, as far as every level is well formed. */
@@ -17,6 +17,13 @@ export interface ActChain {
   readonly named: readonly string[];
   /** How many levels the claim has (up to MAX_LEVELS), well formed or not. */
   readonly depth: number;
+  /**
+   * Whether `named` holds every actor the claim could name. Not when a level is a string or a
+   * list, or has a sub that is not a string (a list, an object), or lies past the 64th: a
+   * revoked or quarantined actor could hide there, where the delegation check, when on,
+   * refuses the chain anyway.
+   */
+  readonly complete: boolean;
 }
 
 /** The act chain of `claims`, or undefined when the token has no act claim. */
@@ -28,13 +35,16 @@ export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | 
   const named: string[] = [];
   let depth = 0;
   let wellFormed = true;
+  let complete = true;
   while (node !== undefined && depth < MAX_LEVELS) {
     depth++;
-    const sub = typeof node === 'object' && node !== null && !Array.isArray(node) ? (node as { sub?: unknown }).sub : undefined;
+    const level = typeof node === 'object' && node !== null && !Array.isArray(node);
+    const sub = level ? (node as { sub?: unknown }).sub : undefined;
     if (typeof sub === 'string' && sub !== '') named.push(sub);
     else wellFormed = false;
+    if (typeof node === 'string' || Array.isArray(node) || (sub !== undefined && typeof sub !== 'string')) complete = false;
     if (wellFormed) { actors.push(sub as string); issuers.push((node as { iss?: unknown }).iss); }
     node = typeof node === 'object' && node !== null ? (node as { act?: unknown }).act : undefined;
   }
-  return { actors, issuers, named, depth };
+  return { actors, issuers, named, depth, complete: complete && node === undefined };
 }

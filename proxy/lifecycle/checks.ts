@@ -16,6 +16,7 @@ import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record, quarantineMode, type Quarantine } from './monitors.ts';
 import { actorIssuer, resolveConsumer } from '../checks/consumers.ts';
 import { taskOf } from './revocations.ts';
+import { MAX_LEVELS } from '../identity/act.ts';
 import { bodyFingerprint } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
 import { UNREAD_RETRY_MS } from './lists.ts';
@@ -40,6 +41,15 @@ function namesNoTask(taskClaim: string): Denial {
   return { reason: 'invalid-credential', detail: `claim ${taskClaim} must be a non-empty string` };
 }
 
+/**
+ * An act chain that may name an actor where it cannot be read (ActChain.complete): a revoked
+ * or quarantined actor could hide there.
+ */
+function hidesActors(c: Credential | undefined): Denial | undefined {
+  if (c?.act === undefined || c.act.complete) return undefined;
+  return { reason: 'invalid-credential', detail: `the act claim must be an object with a string sub at every level, at most ${MAX_LEVELS} levels deep` };
+}
+
 /** Revoked token, task, consumer or signing key: 401 credential-revoked. */
 export function revocation(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
@@ -60,7 +70,11 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       // Refused here too, whatever credentials.mode says: the revocation must not be escapable.
       if (taskOf(c.claims[credentials.taskClaim]) === null) return verdict(ctx, r.mode, namesNoTask(credentials.taskClaim));
       const hit = state.revocations.match(c, credentials.taskClaim, ctx.now);
-      if (!hit) return undefined;
+      if (!hit) {
+        // And so is a chain that could hide a revoked actor, whatever delegation.mode says.
+        const hides = hidesActors(c);
+        return hides && verdict(ctx, r.mode, hides);
+      }
       ctx.extra['revocation.id'] = hit.id;
       ctx.extra['revocation.kind'] = hit.kind;
       // The operator's reason stays with the operator; the caller gets the id to quote.
@@ -85,7 +99,11 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
       if (key === undefined) return undefined;
       see(state, ctx);
       const found = quarantineOf(state, key, ctx.credential, q.mode, ctx.now);
-      if (!found) return undefined;
+      if (!found) {
+        // A chain that could hide a quarantined actor, whatever delegation.mode says.
+        const hides = hidesActors(ctx.credential);
+        return hides && verdict(ctx, q.mode, hides);
+      }
       const { held, actor } = found;
       const what = actor === undefined ? 'this consumer' : 'an actor in this token\'s delegation chain';
       // The actor's doing: a refusal of consumer-quarantined never counts towards a quarantine (index.ts).

@@ -182,7 +182,29 @@ t.test('a revoked actor: its refusals do not quarantine the consumer it acted fo
   const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
   t.equal(own.status, 200, 'the consumer\'s own calls go on: three refusals through the actor did not quarantine it');
   await own.text();
+  // Levels without a sub, or with an empty one, name nobody: nothing hides there.
+  const plain = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: '', act: { iss: ISSUER, act: { sub: 'spiffe://tools/a' } } } } })) });
+  t.equal(plain.status, 200, 'a malformed level that names nobody is the delegation check\'s to judge');
+  await plain.text();
+  // Where the chain cannot be read, the actor could be there: refused, though delegation is off.
+  const hiding: unknown[] = ['spiffe://tools/bad', ['spiffe://tools/bad'], [{ sub: 'spiffe://tools/bad' }], { sub: ['spiffe://tools/bad'] },
+    { sub: 'spiffe://tools/a', act: [{ sub: 'spiffe://tools/bad' }] }, { sub: { sub: 'spiffe://tools/bad' } }, chain(65, 'spiffe://tools/bad'), chain(100, 'spiffe://tools/bad')];
+  const before = w.up.seen.length;
+  for (const act of hiding) {
+    const body = await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act } })) }), 'invalid-credential', 401);
+    t.match(body.detail, /the act claim must be an object with a string sub at every level, at most 64 levels deep/, JSON.stringify(act).slice(0, 80));
+  }
+  t.equal(w.up.seen.length, before, 'none reached the upstream');
+  // The 64th level is read: found there, it is the revocation that refuses.
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: chain(64, 'spiffe://tools/bad') } })) }), 'credential-revoked', 401);
 });
+
+/** An act chain `levels` deep whose innermost level names `last`, the others spiffe://tools/a. */
+function chain(levels: number, last: string): Record<string, unknown> {
+  let act: Record<string, unknown> = { sub: last };
+  for (let i = 1; i < levels; i++) act = { sub: 'spiffe://tools/a', act };
+  return act;
+}
 
 t.test('a quarantined automation may not act for others: its refusals record it and do not quarantine the consumer it acted for', async (t) => {
   const w = await world();
@@ -268,6 +290,21 @@ t.test('with delegation off, a quarantined actor behind a malformed level is sti
   for (const act of [{ sub: BOT }, { sub: '', act: { sub: BOT } }]) {
     await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act } })) }), 'consumer-quarantined', 403);
     t.equal(dg.seen.at(-1)!.ctx.extra['quarantine.actor'], BOT, JSON.stringify(act));
+  }
+  // Past the 64th level, or in a list: not readable, so refused (with revocation off, the
+  // quarantine check refuses it).
+  const dg2 = await startLifecycle(w.rules((r) => {
+    r.delegation = { mode: 'off' };
+    r.revocation = { mode: 'off' };
+    r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+  }));
+  t.teardown(() => dg2.close());
+  for (let i = 0; i < 2; i++) await problem(t, await fetch(`${dg2.url}/items`, { headers: bearer(await w.token({ sub: BOT })) }), 'undeclared-operation', 403);
+  await problem(t, await fetch(`${dg2.url}/items/1`, { headers: bearer(await w.token({ claims: { act: chain(64, BOT) } })) }), 'consumer-quarantined', 403);
+  // (Two: their refusals count towards the quarantine of the consumer whose token it is.)
+  for (const act of [chain(65, BOT), [{ sub: BOT }]]) {
+    await problem(t, await fetch(`${dg2.url}/items/1`, { headers: bearer(await w.token({ claims: { act } })) }), 'invalid-credential', 401);
+    t.equal(dg2.seen.at(-1)!.decision?.reason, 'invalid-credential', JSON.stringify(act).slice(0, 60));
   }
   const clean = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: 'spiffe://tools/a' } } })) });
   t.equal(clean.status, 200, 'a chain without it passes');
