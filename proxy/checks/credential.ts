@@ -35,7 +35,7 @@ export function credential(rules: Rules, identity: Identity): Check {
       const token = bearer(ctx);
       if (token === undefined) return { reason: 'missing-credential', detail: 'send a bearer token in the Authorization header' };
       if (token === null) {
-        const scheme = ctx.req.headers.authorization!.split(' ', 1)[0]!.toLowerCase();
+        const scheme = /^[^ \t]*/.exec(ctx.req.headers.authorization!)![0].toLowerCase();
         return scheme === 'bearer'
           ? { reason: 'invalid-credential', detail: 'malformed bearer token' }
           : { reason: 'missing-credential', detail: 'only the Bearer scheme is accepted' };

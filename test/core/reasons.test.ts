@@ -119,6 +119,10 @@ t.test('invalid-credential: a token that is not a signed JWT', async (t) => {
   const expired = await w.call('GET', '/items/1', { token: await w.tok({ now: Date.now() - 3_600_000, ttl: 60 }) });
   assertDenied(t, w, expired, 401, 'invalid-credential');
   t.match(expired.headers.get('www-authenticate'), /error="invalid_token"/);
+  // A tab after the scheme (RFC 9110 wants a space): a malformed bearer token, not another scheme.
+  const tab = await w.call('GET', '/items/1', { headers: { authorization: `Bearer\t${await w.tok()}` } });
+  assertDenied(t, w, tab, 401, 'invalid-credential');
+  t.equal(tab.json.detail, 'malformed bearer token');
 });
 
 t.test('credential-lifetime-exceeded: a long-lived automation token, or one without iat', async (t) => {
