@@ -47,11 +47,13 @@ function methodOverrideParameter(query: string): string | undefined {
 
 /**
  * A parameter name as the frameworks that read overrides see it. PHP (Laravel, Symfony)
- * drops leading spaces, reads `_method[]` as `_method`, and turns `.`, a space and a lone `[`
- * into `_`: `?.method=DELETE` is `_method` there.
+ * ends a name at a NUL (`_method%00x` is `_method`), drops leading spaces, reads `_method[]`
+ * as `_method`, and turns `.`, a space and a lone `[` into `_`: `?.method=DELETE` is
+ * `_method` there.
  */
 function asFrameworksRead(name: string): string {
-  let n = name.trimStart().toLowerCase();
+  const nul = name.indexOf('\0');
+  let n = (nul < 0 ? name : name.slice(0, nul)).trimStart().toLowerCase();
   const bracket = n.indexOf('[');
   if (bracket > 0 && n.indexOf(']', bracket) > 0) n = n.slice(0, bracket);
   return n.replace(/[ .[]/g, '_').trimEnd();
