@@ -5,7 +5,9 @@
 // (Express by default, ASP.NET Core): a request that such a router would route to another
 // operation, comparing literals without case, is refused, or `/items/EXPORT` would be
 // decided as getItem(id=EXPORT) and run by the upstream as exportItems, and `/admin/ITEMS`
-// as tenantCollection (/{tenant}/{collection}) and run as adminItems.
+// as tenantCollection (/{tenant}/{collection}) and run as adminItems. Routers that read a
+// format suffix (Rails' `(.:format)`, Django REST framework's suffix patterns, Spring before
+// 5.3) take `/items/export.json` to exportItems too: refused the same way.
 
 import type { Check } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
@@ -20,8 +22,11 @@ interface Node {
   operation?: Operation;
 }
 
-/** The segment at `index` would take a case-ignoring router to another operation. */
-export interface CaseMismatch { readonly caseOf: string; readonly index: number }
+/**
+ * The segment at `index` would take another router to another operation: one that ignores
+ * case (`case`), or one that reads a format suffix from the last segment's first dot on (`suffix`).
+ */
+export interface Mismatch { readonly by: 'case' | 'suffix'; readonly index: number }
 
 const node = (): Node => ({ literals: new Map(), folded: new Map() });
 
@@ -38,10 +43,12 @@ function fold(segment: string): string {
 /** A segment whose fold may differ from itself: an ASCII capital, or an encoded character. */
 const MAY_FOLD = /[A-Z%]/;
 
-export function buildMatcher(operations: readonly Operation[]): (method: string, segments: readonly string[]) => Operation | CaseMismatch | undefined {
+export function buildMatcher(operations: readonly Operation[]): (method: string, segments: readonly string[]) => Operation | Mismatch | undefined {
   const roots = new Map<string, Node>();
   /** Some literal folds to something else (/v1/Items): any request may then fold onto one. */
   let foldingLiterals = false;
+  /** Operations whose last segment is a variable: a value with a dot may be a format suffix. */
+  const endsInVariable = new Set<Operation>();
   for (const op of operations) {
     const template = parseTemplate(op.path);
     if (typeof template === 'string') throw new TypeError(`operation ${op.id}: ${template}`); // the loader already refused it
@@ -62,6 +69,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       }
     }
     at.operation = op;
+    if (template.segments.length > 0 && !('literal' in template.segments.at(-1)!)) endsInVariable.add(op);
   }
   /** Exact: literals before variables at every level, backtracking to the variable. */
   function walk(at: Node, segments: readonly string[], i: number): Operation | undefined {
@@ -90,12 +98,27 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     return at.variable ? walkFolded(at.variable, segments, i + 1, first) : undefined;
   }
 
-  function decide(root: Node, segments: readonly string[]): Operation | CaseMismatch | undefined {
+  function decideCase(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
     const found = walk(root, segments, 0);
     // Most paths have no capital and no encoded character: nothing to fold, one walk.
     if (!foldingLiterals && !segments.some((s) => MAY_FOLD.test(s))) return found;
     const folded = walkFolded(root, segments, 0, -1);
-    if (folded && folded.op !== found && folded.index >= 0) return { caseOf: segments[folded.index]!, index: folded.index };
+    if (folded && folded.op !== found && folded.index >= 0) return { by: 'case', index: folded.index };
+    return found;
+  }
+
+  function decide(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
+    const found = decideCase(root, segments);
+    const last = segments.length - 1;
+    if (found === undefined || 'by' in found || !endsInVariable.has(found) || !segments[last]!.includes('.')) return found;
+    // A variable took the last segment, dot and all. Without its suffix, from each dot on
+    // (Rails and Django take the stem up to the first dot, Spring's suffix patterns any stem),
+    // it may be another operation's, or fold onto one: where such a router goes.
+    const segment = segments[last]!;
+    for (let dot = segment.indexOf('.'); dot > 0; dot = segment.indexOf('.', dot + 1)) {
+      const stem = decideCase(root, [...segments.slice(0, last), segment.slice(0, dot)]);
+      if (stem !== undefined && stem !== found) return { by: 'suffix', index: last };
+    }
     return found;
   }
 
@@ -115,8 +138,10 @@ export function operationLookup(rules: Rules): Check {
     name: 'operation',
     run(ctx) {
       const op = match(ctx.req.method ?? '', ctx.target!.segments);
-      if (op && !('caseOf' in op)) { ctx.operation = op; return undefined; }
-      const why = op ? `: path segment ${op.index + 1} differs from the contract's only in case, and paths are matched exactly` : '';
+      if (op && !('by' in op)) { ctx.operation = op; return undefined; }
+      const why = op === undefined ? ''
+        : op.by === 'case' ? `: path segment ${op.index + 1} differs from the contract's only in case, and paths are matched exactly`
+        : `: path segment ${op.index + 1} is another operation's with a format suffix (.json), which some routers take to that operation`;
       return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract version ${rules.contract.current}${why}` };
     },
   };

@@ -356,6 +356,33 @@ t.test('a segment that differs from a literal beside a variable only in case is 
   t.equal((await w.call('GET', '/Items', { token: reader })).json.code, 'unknown-operation');
 });
 
+t.test('a variable\'s value that is another operation\'s path with a format suffix is refused: Rails, Django and Spring route it there', async (t) => {
+  // Rails routes carry (.:format): /items/export.json runs exportItems upstream, while a
+  // plain match decided getItem(id=export.json) with getItem's scopes.
+  const w = await world(t, (r) => {
+    r.contract.operations.push(
+      { id: 'exportItems', method: 'GET', path: '/items/export', scopes: ['items.admin'], sensitivity: 'high' },
+      { id: 'adminItems', method: 'GET', path: '/admin/items', scopes: ['items.admin'], sensitivity: 'low' },
+      { id: 'tenantCollection', method: 'GET', path: '/{tenant}/{collection}', scopes: ['items.read'], sensitivity: 'low' },
+      { id: 'openapi', method: 'GET', path: '/docs/openapi.json', public: true, sensitivity: 'low' },
+      { id: 'doc', method: 'GET', path: '/docs/{page}', public: true, sensitivity: 'low' },
+    );
+  });
+  const reader = await w.tok({ scope: 'items.read' });
+  for (const [path, segment] of [['/items/export.json', 2], ['/items/export.tar.gz', 2], ['/admin/items.xml', 2], ['/items/EXPORT.json', 2]] as const) {
+    const r = await w.call('GET', path, { token: reader });
+    t.equal(r.json?.code, 'unknown-operation', path);
+    t.match(r.json?.detail, new RegExp(`path segment ${segment} is another operation's with a format suffix`), path);
+  }
+  t.equal(w.up.seen.length, 0, 'none reached the upstream');
+  // A suffix on the variable's own value, a dot inside a value, a literal with a dot: as before.
+  for (const [path, op] of [['/items/1.json', 'getItem'], ['/items/exports.json', 'getItem'], ['/items/a.export', 'getItem'], ['/docs/openapi.json', 'openapi'], ['/docs/openapi.yaml', 'doc'], ['/acme/items.json', 'tenantCollection']] as const) {
+    const r = await w.call('GET', path, { token: reader });
+    t.equal(r.status, 200, path);
+    t.equal(w.up.seen.at(-1)?.headers['driftguard-operation'], op, `${path}: ${op}`);
+  }
+});
+
 t.test('a request a case-ignoring router would take to another operation is refused, however deep the fold', async (t) => {
   // /admin/ITEMS: the literal admin matched, items did not, and the walk backtracked to
   // /{tenant}/{collection}; a case-ignoring upstream runs adminItems, which needs items.admin.
