@@ -12,7 +12,7 @@
 //   injected   allowed: true with the JSONPatch that adds the sidecar.
 
 import type { InjectorConfig } from './config.ts';
-import { sidecarContainer, sidecarVolumes, IMAGE_CLI, SIDECAR_NAME, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
+import { sidecarContainer, sidecarVolumes, IMAGE_CLI, SIDECAR_NAME, SIDECAR_PORT_NAMES, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
 import { isDnsSubdomain } from '../lib/kubernetes.ts';
 
 export const LABEL_INJECT = 'driftguard.io/inject';
@@ -163,10 +163,21 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // carries it) is left exactly as it is. Only the injector's own sidecar counts: a container
   // of that name with another image or command, or a driftguard.io/status annotation the pod
   // wrote itself, would otherwise run the pod unguarded while looking injected.
+  // Its ports are checked against the other containers' all the same: a later webhook (Istio's,
+  // whose configuration sorts after driftguard's) may have added a container that clashes,
+  // and webhook.reinvocationPolicy IfNeeded asks again after it.
   const named = [...containers, ...initContainers].filter((c) => c.name === SIDECAR_NAME);
-  if (named.length === 1 && isOwnSidecar(named[0]!, config)) return answer('skipped', 'already injected', { allowed: true }, podName);
-  if (named.length > 0) {
+  const injected = named.length === 1 && isOwnSidecar(named[0]!, config);
+  if (named.length > 0 && !injected) {
     return reject(`the pod already has a container named ${SIDECAR_NAME} that is not the injector's (image ${config.image}, command node ${IMAGE_CLI} run): remove it, the injector adds the sidecar`, podName);
+  }
+  const others = containers.filter((c) => c.name !== SIDECAR_NAME);
+  const otherInits = initContainers.filter((c) => c.name !== SIDECAR_NAME);
+  // A Service's targetPort names the sidecar's port: an app port of that name would take the
+  // traffic around driftguard (Kubernetes resolves a name to the first container that has it).
+  for (const c of [...others, ...otherInits]) {
+    const port = (Array.isArray(c.ports) ? c.ports : []).find((p) => isObj(p) && SIDECAR_PORT_NAMES.includes(p.name as string));
+    if (port) return reject(`container ${JSON.stringify(String(c.name))} declares a port named ${String(port.name)}, the sidecar's: a Service whose targetPort names it could reach the app around driftguard; rename that port`, podName);
   }
   if (spec.hostNetwork === true) {
     return answer('skipped', 'host network', { allowed: true, warnings: ['driftguard sidecar not injected: pods with hostNetwork are not supported'] }, podName);
@@ -187,8 +198,8 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   const taken = new Map<number, string>();
   // Init containers run beside a native sidecar (it starts first); as a regular container,
   // it starts after they have exited, except other native sidecars (restartPolicy Always).
-  const beside = config.nativeSidecar ? initContainers : initContainers.filter((c) => c.restartPolicy === 'Always');
-  for (const c of [...containers, ...beside]) {
+  const beside = config.nativeSidecar ? otherInits : otherInits.filter((c) => c.restartPolicy === 'Always');
+  for (const c of [...others, ...beside]) {
     for (const p of Array.isArray(c.ports) ? c.ports : []) {
       // driftguard listens on TCP: an app's UDP or SCTP port of the same number is no conflict.
       if (!isObj(p) || typeof p.containerPort !== 'number') continue;
@@ -209,6 +220,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
       return reject(`the driftguard ${what} ${port} is already used by container ${JSON.stringify(owner)}; ${remedy}`, podName);
     }
   }
+  if (injected) return answer('skipped', 'already injected', { allowed: true }, podName);
   // The kubelet probes the pod IP: an app bound to 127.0.0.1, as the README advises, fails
   // these probes once driftguard fronts it.
   const probed = containers.filter((c) => probePorts(c).includes(settings.upstreamPort) || hasNamedProbe(c));

@@ -28,14 +28,16 @@ export interface InjectorServerOptions {
   readonly host: string;
   readonly port: number;
   /**
-   * Reviews read and handled at once (default 4); more wait, body unread, up to
-   * `maxWaitingReviews` (default 64), and beyond get 503. A review holds its body and its
-   * parsed pod (up to 4 MiB, several times that parsed): 30 large ones at once took the
-   * injector to 177-295 MiB against its 128Mi limit. A review takes milliseconds, so four
-   * at a time still answer thousands a second.
+   * Bytes of review bodies held at once, arriving or read (default 16 MiB): a body that would
+   * pass it gets 503. Bodies are read as they arrive, each whole before it is parsed, and
+   * parsed and answered one at a time (synchronously), so the heap holds one parsed pod at most.
    */
-  readonly maxConcurrentReviews?: number;
-  readonly maxWaitingReviews?: number;
+  readonly maxBodyBytesHeld?: number;
+  /**
+   * How long a review's body may take to arrive after its head, in milliseconds (default
+   * 5000; the API server sends it at once): a later one gets 408 and its connection closed.
+   */
+  readonly bodyDeadlineMs?: number;
   /** How often the certificate files are checked for a change, in milliseconds (default 30000; 0: never). */
   readonly certCheckIntervalMs?: number;
   readonly log?: (record: LogRecord) => void;
@@ -54,9 +56,9 @@ export async function startInjectorServer(options: InjectorServerOptions): Promi
   let cert = readFileSync(options.tlsCertFile);
   let key = readFileSync(options.tlsKeyFile);
 
-  const gate = new Gate(options.maxConcurrentReviews ?? 4, options.maxWaitingReviews ?? 64);
+  const limits: BodyLimits = { held: new Budget(options.maxBodyBytesHeld ?? 16 * 1024 * 1024), deadlineMs: options.bodyDeadlineMs ?? 5_000 };
   const server = createServer({ cert, key, minVersion: 'TLSv1.2' }, (req, res) => {
-    handle(req, res, options.config, log, gate).catch((err: unknown) => {
+    handle(req, res, options.config, log, limits).catch((err: unknown) => {
       log({ level: 'error', msg: 'admission handler failed', error: String((err as Error)?.message ?? err) });
       if (!res.headersSent) sendText(res, 500, 'internal error\n');
       else res.destroy();
@@ -99,32 +101,22 @@ export async function startInjectorServer(options: InjectorServerOptions): Promi
   };
 }
 
-/** At most `size` holders at once; at most `queue` waiting for a turn. */
-class Gate {
-  readonly #size: number;
-  readonly #queue: number;
+/** Bytes held at once, up to a limit. */
+class Budget {
+  readonly #limit: number;
   #held = 0;
-  readonly #waiting: (() => void)[] = [];
-  constructor(size: number, queue: number) { this.#size = size; this.#queue = queue; }
-
-  /** Resolves with a release function once it is this caller's turn, or with undefined when too many wait. */
-  async enter(): Promise<(() => void) | undefined> {
-    if (this.#held >= this.#size) {
-      if (this.#waiting.length >= this.#queue) return undefined;
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    } else this.#held++;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const next = this.#waiting.shift();
-      // The turn passes straight to the next waiter: the count stays.
-      if (next) next(); else this.#held--;
-    };
+  constructor(limit: number) { this.#limit = limit; }
+  take(n: number): boolean {
+    if (this.#held + n > this.#limit) return false;
+    this.#held += n;
+    return true;
   }
+  give(n: number): void { this.#held -= n; }
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, config: InjectorConfig, log: (r: LogRecord) => void, gate: Gate): Promise<void> {
+interface BodyLimits { readonly held: Budget; readonly deadlineMs: number }
+
+async function handle(req: IncomingMessage, res: ServerResponse, config: InjectorConfig, log: (r: LogRecord) => void, limits: BodyLimits): Promise<void> {
   const path = (req.url ?? '').split('?')[0];
   if (path === '/healthz' || path === '/readyz') {
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendText(res, 405, 'method not allowed\n', { allow: 'GET, HEAD' });
@@ -138,23 +130,25 @@ async function handle(req: IncomingMessage, res: ServerResponse, config: Injecto
     req.resume();
     return sendText(res, 415, 'expected Content-Type: application/json\n');
   }
-  const release = await gate.enter();
-  if (!release) {
-    req.resume();
-    log({ level: 'warn', msg: 'admission review refused: too many waiting' });
-    return sendText(res, 503, 'too many admission reviews at once\n', { 'retry-after': '1' });
+  // Read whole before anything else: a body trickled in holds only its own bytes and its
+  // connection, until the deadline; before, it held one of a few turns for as long as Node's
+  // request timeout allowed (15 to 45 s), and four of them stopped every pod's admission.
+  const body = await readBody(req, limits);
+  if (body === 'too large') return sendText(res, 413, `body larger than ${MAX_BODY_BYTES} bytes\n`, { connection: 'close' });
+  if (body === 'too slow') return sendText(res, 408, `the body did not arrive within ${limits.deadlineMs} ms\n`, { connection: 'close' });
+  if (body === 'too many') {
+    log({ level: 'warn', msg: 'admission review refused: too many bodies held at once' });
+    return sendText(res, 503, 'too many admission reviews at once\n', { 'retry-after': '1', connection: 'close' });
   }
   try {
-    await review(req, res, config, log);
+    review(body, res, config, log);
   } finally {
-    release();
+    limits.held.give(body.length);
   }
 }
 
-async function review(req: IncomingMessage, res: ServerResponse, config: InjectorConfig, log: (r: LogRecord) => void): Promise<void> {
-  const body = await readBody(req);
-  if (body === undefined) return sendText(res, 413, `body larger than ${MAX_BODY_BYTES} bytes\n`, { connection: 'close' });
-
+/** Parsed and answered in one go: one parsed pod on the heap at a time. */
+function review(body: Buffer, res: ServerResponse, config: InjectorConfig, log: (r: LogRecord) => void): void {
   let parsed: unknown;
   try {
     parsed = JSON.parse(body.toString('utf8'));
@@ -181,25 +175,35 @@ async function review(req: IncomingMessage, res: ServerResponse, config: Injecto
   res.end(json);
 }
 
-function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
+/**
+ * The body, whole, its bytes taken from the budget (the caller gives them back); or why not:
+ * over MAX_BODY_BYTES, not arrived within the deadline, or the budget spent.
+ */
+function readBody(req: IncomingMessage, limits: BodyLimits): Promise<Buffer | 'too large' | 'too slow' | 'too many'> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length']);
-    if (declared > MAX_BODY_BYTES) { req.resume(); resolve(undefined); return; }
+    if (declared > MAX_BODY_BYTES) { req.resume(); resolve('too large'); return; }
     const chunks: Buffer[] = [];
     let size = 0;
-    let tooLarge = false;
+    let done = false;
+    const finish = (outcome: Buffer | 'too large' | 'too slow' | 'too many' | Error): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (!Buffer.isBuffer(outcome)) { limits.held.give(size); chunks.length = 0; }
+      if (outcome instanceof Error) reject(outcome); else resolve(outcome);
+    };
+    const timer = setTimeout(() => { req.pause(); finish('too slow'); }, limits.deadlineMs);
     req.on('data', (chunk: Buffer) => {
-      if (tooLarge) return;
+      if (done) return;
+      if (size + chunk.length > MAX_BODY_BYTES) { req.resume(); finish('too large'); return; }
+      if (!limits.held.take(chunk.length)) { req.pause(); finish('too many'); return; }
       size += chunk.length;
-      if (size > MAX_BODY_BYTES) { tooLarge = true; chunks.length = 0; return; }
       chunks.push(chunk);
     });
-    req.on('end', () => resolve(tooLarge ? undefined : Buffer.concat(chunks)));
-    req.on('error', reject);
-    // A client gone while the review waited for its turn: its abort was emitted before these
-    // listeners, so 'close' (or the state now) is all that is left to end the wait on.
-    req.on('close', () => { if (!req.complete) reject(new Error('the client closed the connection')); });
-    if (req.destroyed && !req.complete) reject(new Error('the client closed the connection'));
+    req.on('end', () => finish(Buffer.concat(chunks, size)));
+    req.on('error', (err) => finish(err));
+    req.on('close', () => { if (!req.complete) finish(new Error('the client closed the connection')); });
   });
 }
 

@@ -8,6 +8,8 @@ import { RULES_DIR, type InjectorConfig } from './config.ts';
 import { SERVICE_ACCOUNT_DIR } from '../lib/kubernetes.ts';
 
 export const SIDECAR_NAME = 'driftguard';
+/** The sidecar's ports by name: a Service's targetPort names the first (README, step 4). */
+export const SIDECAR_PORT_NAMES: readonly string[] = ['driftguard', 'dg-probes'];
 export const RULES_VOLUME = 'driftguard-rules';
 export const TMP_VOLUME = 'driftguard-tmp';
 export const IDENTITY_VOLUME = 'driftguard-identity';
@@ -50,8 +52,8 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
       { name: 'OTEL_RESOURCE_ATTRIBUTES', value: 'k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)' },
     ],
     ports: [
-      { name: 'driftguard', containerPort: settings.listenPort, protocol: 'TCP' },
-      { name: 'dg-probes', containerPort: config.adminPort, protocol: 'TCP' },
+      { name: SIDECAR_PORT_NAMES[0]!, containerPort: settings.listenPort, protocol: 'TCP' },
+      { name: SIDECAR_PORT_NAMES[1]!, containerPort: config.adminPort, protocol: 'TCP' },
     ],
     // Startup: up to 2 minutes to load the rules and fetch the issuers' keys. For a
     // native sidecar this also holds back the app containers until driftguard is ready.

@@ -61,6 +61,7 @@ for (const kubeVersion of ['1.28', '1.30', '1.32']) {
       for (const w of mwc.webhooks) {
         t.equal(w.failurePolicy, 'Fail');
         t.equal(w.sideEffects, 'None');
+        t.equal(w.reinvocationPolicy, 'IfNeeded', 'asked again after a later webhook (Istio\'s) changed the pod');
         t.same(w.admissionReviewVersions, ['v1']);
         t.same(w.rules, [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' }]);
         t.same(w.clientConfig.service, { name: service.metadata.name, namespace: NS, path: '/mutate', port: 443 });

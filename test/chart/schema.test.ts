@@ -74,7 +74,7 @@ t.test('good values are accepted', async (t) => {
     [],
     ['sidecar.native=true'],
     ['sidecar.native=false'],
-    ['webhook.failurePolicy=Ignore', 'webhook.reinvocationPolicy=IfNeeded'],
+    ['webhook.failurePolicy=Ignore', 'webhook.reinvocationPolicy=Never'],
     ['injector.podDisruptionBudget.maxUnavailable=50%'],
     ['webhook.certManager.enabled=true', 'webhook.certManager.issuerRef.name=corp-ca', 'webhook.certManager.issuerRef.kind=ClusterIssuer'],
     ['sidecar.resources.limits.cpu=500m', 'sidecar.resources.limits.memory=256Mi'],

@@ -225,6 +225,28 @@ t.test('idempotent: an injected pod is left alone on reinvocation', async (t) =>
   }
 });
 
+t.test('reinvoked after a later webhook added a clashing container (Istio\'s sorts after driftguard\'s), an injected pod is refused', async (t) => {
+  for (const server of [native, regular]) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+    const injected = patched(pod, (await review(t, server, pod)).got.response);
+    // What Istio's injector adds: a proxy declaring 15090, probed on 15021 (driftguard's probe port).
+    const istio = { name: 'istio-proxy', image: 'istio/proxyv2:1.24.0', ports: [{ containerPort: 15090 }], readinessProbe: { httpGet: { path: '/healthz/ready', port: 15021 } } };
+    const withIstio = structuredClone(injected);
+    withIstio.spec.containers.push(istio);
+    const { got } = await review(t, server, withIstio);
+    t.equal(got.response.allowed, false, 'refused on reinvocation');
+    t.match(got.response.status?.message, /probe port 15021 is already used by container "istio-proxy"/);
+    // And a container added later with a port of the sidecar's name.
+    const named = structuredClone(injected);
+    named.spec.containers.push({ name: 'extra', image: 'x', ports: [{ name: 'driftguard', containerPort: 9999 }] });
+    t.match((await review(t, server, named)).got.response.status?.message, /container "extra" declares a port named driftguard/);
+    // The sidecar's own ports are no clash with itself.
+    const again = await review(t, server, injected);
+    t.equal(again.got.response.allowed, true);
+    t.equal(again.got.response.patch, undefined);
+  }
+});
+
 t.test('only the injector\'s own sidecar counts as injected: a look-alike is refused, a pod-written status ignored', async (t) => {
   for (const server of [native, regular]) {
     // The pod writes the status annotation itself: it was skipped, ran unguarded and looked injected.
@@ -319,6 +341,9 @@ t.test('an opted-in pod that cannot get a working sidecar is refused with a clea
     ['probe port used by the app', appPod({ spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 15021 }, { containerPort: 8080 }] }] } }), /probe port 15021 is already used by container "app"; set sidecar\.adminPort/],
     // Istio's proxy declares only 15090 and is probed on 15021: a port only a probe names is in use too.
     ['Istio\'s proxy beside the app', appPod({ spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 8080 }] }, { name: 'istio-proxy', image: 'istio/proxyv2:1.24.0', ports: [{ containerPort: 15090 }], readinessProbe: { httpGet: { path: '/healthz/ready', port: 15021 } } }] } }), /probe port 15021 is already used by container "istio-proxy"/],
+    // A Service's targetPort: driftguard would resolve to the app's port of that name, around the sidecar.
+    ['an app port named driftguard', appPod({ spec: { containers: [{ name: 'app', image: 'x', ports: [{ name: 'driftguard', containerPort: 8080 }] }] } }), /container "app" declares a port named driftguard, the sidecar's/],
+    ['an init container\'s port named dg-probes', appPod({ spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 8080 }] }], initContainers: [{ name: 'setup', image: 'x', ports: [{ name: 'dg-probes', containerPort: 9000 }] }] } }), /container "setup" declares a port named dg-probes/],
     ['bad ConfigMap name', appPod({ annotations: { 'driftguard.io/rules': 'Orders_Rules' } }), /driftguard\.io\/rules.*not a ConfigMap name/],
     ['no containers', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'x' }, spec: { containers: [] } }, /spec\.containers/],
     ['no spec', { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'x' } }, /no spec/],
@@ -402,31 +427,47 @@ t.test('a rotated certificate is picked up without a restart', async (t) => {
   t.not(after?.fingerprint, before.fingerprint);
 });
 
-t.test('reviews are handled a few at a time: more wait, body unread, and past the queue get 503', async (t) => {
+t.test('a body trickled in holds no other review up: it gets 408 at its deadline; bodies past the byte budget get 503', async (t) => {
   const { connect } = await import('node:tls');
   const injector = await startInjectorServer({
     config: buildConfig({ image: IMAGE, nativeSidecar: true }), tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'),
-    host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {}, maxConcurrentReviews: 1, maxWaitingReviews: 1,
+    host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {}, bodyDeadlineMs: 1_000, maxBodyBytesHeld: 64 * 1024,
   });
   t.teardown(() => injector.close());
   const port = injector.address.port;
-  // A holds the one turn: its body is announced and never finished.
-  const slow = connect({ host: '127.0.0.1', port, ca: tls.cert, servername: 'localhost' });
-  slow.on('error', () => {});
-  await new Promise((r) => slow.once('secureConnect', r));
-  slow.write('POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"apiVe');
+  const open = async (head: string): Promise<{ socket: import('node:tls').TLSSocket; answer: Promise<string> }> => {
+    const socket = connect({ host: '127.0.0.1', port, ca: tls.cert, servername: 'localhost' });
+    socket.on('error', () => {});
+    await new Promise((r) => socket.once('secureConnect', r));
+    let got = '';
+    socket.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+    const answer = new Promise<string>((resolve) => socket.once('close', () => resolve(got)));
+    socket.write(head);
+    return { socket, answer };
+  };
+  // Four bodies announced and never finished: they held the four turns, and every review
+  // waited behind them for Node's request timeout (15 to 45 s).
+  const slow = await Promise.all(Array.from({ length: 4 }, () => open('POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"apiVe')));
   await new Promise((r) => setTimeout(r, 100));
   const body = JSON.stringify(admissionReview(appPod({ labels: { 'driftguard.io/inject': 'true' } })));
-  let waitedAnswered = false;
-  const waited = httpsRequest(port, tls.cert, { body }).then((r) => { waitedAnswered = true; return r; });
-  await new Promise((r) => setTimeout(r, 300));
-  t.notOk(waitedAnswered, 'B waits its turn while A holds it');
-  const refused = await httpsRequest(port, tls.cert, { body });
-  t.equal(refused.status, 503, 'C finds the queue full');
-  t.equal(refused.headers['retry-after'], '1');
-  // A's client leaves: its turn passes to B, which is answered.
-  slow.destroy();
-  const b = await waited;
-  t.equal(b.status, 200, 'B is answered once A is gone');
+  const started = Date.now();
+  const b = await httpsRequest(port, tls.cert, { body });
+  t.equal(b.status, 200, 'a whole review is answered at once');
+  t.ok(Date.now() - started < 900, `before the trickled bodies' deadline (${Date.now() - started} ms)`);
   t.equal(JSON.parse(b.text).response.allowed, true);
+  for (const { answer } of slow) {
+    const text = await answer;
+    t.match(text, /^HTTP\/1\.1 408 /, 'the trickled body gets 408 at its deadline, and its connection is closed');
+    t.match(text, /the body did not arrive within 1000 ms/);
+  }
+  // 64 KiB held at most: a second body of 40 KiB, while the first is held unfinished, gets 503.
+  const big = await open('POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 50000\r\n\r\n' + ' '.repeat(40_000));
+  await new Promise((r) => setTimeout(r, 100));
+  const refused = await httpsRequest(port, tls.cert, { body: ' '.repeat(40_000) });
+  t.equal(refused.status, 503, 'past the bytes held at once');
+  t.equal(refused.headers['retry-after'], '1');
+  big.socket.destroy();
+  await big.answer;
+  // Its bytes were given back: a review goes through again.
+  t.equal((await httpsRequest(port, tls.cert, { body })).status, 200, 'the budget is whole again');
 });
