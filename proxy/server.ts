@@ -182,6 +182,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * not all arrived, a clientError is that request's.
    */
   const pipelines = new WeakMap<Socket, Pipeline>();
+  /** Requests whose decision is being made (decideAndAnswer). */
+  const deciding = new WeakSet<IncomingMessage>();
+  /** Requests whose body Node could not parse while they were decided: never forwarded. */
+  const unparsable = new WeakSet<IncomingMessage>();
   /** Requests waiting for their turn, on every connection (MAX_WAITING). */
   let waiting = 0;
   /** Connections dropped since the last line said so, and when that was (performance.now), by listener and cause. */
@@ -391,7 +395,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // Node refused to parse the request (header overflow, bad framing) or it did not arrive in
     // time: answer in kind if no answer is or was due on it (a request whose body was still
     // arriving after its answer was sent would otherwise get a second, unasked-for one).
-    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || pipelines.get(socket)?.last?.req.complete === false) { socket.destroy(); return; }
+    // A request still being decided whose body Node could not parse (a transfer coding other
+    // than chunked, a bad chunk): its decision's answer still goes out, and the connection ends
+    // with it (decideAndAnswer); destroyed now, the client got nothing while the record said 400.
+    const last = pipelines.get(socket)?.last;
+    if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) { unparsable.add(last.req); return; }
+    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || last?.req.complete === false) { socket.destroy(); return; }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const packet = (err as { rawPacket?: unknown }).rawPacket;
     const method = Buffer.isBuffer(packet) ? packet.subarray(0, 5).toString('latin1') : '';
@@ -518,14 +527,23 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   async function decideAndAnswer(g: Generation, ctx: RequestContext, observation: Observation, res: ServerResponse): Promise<void> {
     const req = ctx.req;
     const headers: Record<string, string | string[]> = {};
-    const decision = await decide(g, ctx, observation, headers);
+    deciding.add(req);
+    let decision: Decision;
+    try {
+      decision = await decide(g, ctx, observation, headers);
+    } finally {
+      deciding.delete(req);
+    }
+    // Node could not parse its body (the traffic listener's clientError): never forwarded.
+    const broken = unparsable.has(req);
+    if (broken && !(decision.decision === 'deny' && decision.enforced)) { req.socket.destroy(); return; }
 
     if (decision.decision === 'deny' && decision.enforced) {
       // A client still waiting for its 100 has not sent the body and will not: reading it as
       // the connection's next request would misframe it, so the connection ends here. So does
       // a request driftguard could not read as the upstream would: its framing may be wrong too
-      // (Transfer-Encoding in HTTP/1.0, RFC 9112 §6.1).
-      if (ctx.sendContinue || decision.reason === 'malformed-request') headers.connection = 'close';
+      // (Transfer-Encoding in HTTP/1.0, RFC 9112 §6.1), and one whose body Node could not parse.
+      if (ctx.sendContinue || decision.reason === 'malformed-request' || broken) headers.connection = 'close';
       else drain(req);
       sendProblem(res, denial(ctx, decision, observation), headers);
       return;
