@@ -60,9 +60,18 @@ export function trustDomainOf(sub: unknown): string | undefined {
   return 'problem' in parsed ? undefined : parsed.trustDomain;
 }
 
+/** Why a token without iss has no issuer: only a JWT-SVID of a trusted trust domain may come so. */
+export function withoutIssuer(sub: unknown): string {
+  if (typeof sub !== 'string') return 'untrusted issuer: no iss, and no SPIFFE ID in sub';
+  const parsed = parseSpiffeId(sub);
+  return 'problem' in parsed ? `untrusted issuer: no iss, and sub is not a workload SPIFFE ID (${parsed.problem})` : 'untrusted issuer: no iss, and the SPIFFE ID\'s trust domain is not trusted';
+}
+
 /** The consumer subject of a verified JWT-SVID (its SPIFFE ID), or a detail string. */
 export function spiffeSubject(payload: JWTPayload, header: ProtectedHeaderParameters, trustDomain: string): { subject: string } | { detail: string } {
-  if (header.typ !== undefined && header.typ !== 'JWT' && header.typ !== 'JOSE') return { detail: 'a JWT-SVID\'s typ is JWT or JOSE' };
+  // Case-insensitive (RFC 7515 §4.1.9): `jwt` is JWT.
+  const typ = typeof header.typ === 'string' ? header.typ.toUpperCase() : header.typ;
+  if (typ !== undefined && typ !== 'JWT' && typ !== 'JOSE') return { detail: 'a JWT-SVID\'s typ is JWT or JOSE' };
   if (typeof header.alg !== 'string' || !SVID_ALGORITHMS.has(header.alg)) return { detail: 'signature algorithm not allowed for a JWT-SVID' };
   if (payload.aud === undefined || (Array.isArray(payload.aud) && payload.aud.length === 0)) return { detail: 'a JWT-SVID must have aud' };
   if (typeof payload.sub !== 'string') return { detail: 'a JWT-SVID\'s sub is a SPIFFE ID' };

@@ -10,7 +10,7 @@ import type { IdentityRules, IssuerRules } from '../rules/types.ts';
 import type { Credential } from '../pipeline/types.ts';
 import { IdentityUnavailableError, fileKeySet, RemoteKeySet, type KeySet, type SingleKey } from './jwks.ts';
 import { discoveredKeySet, kubernetesSubject } from './cluster.ts';
-import { jwtSvidKeys, spiffeSubject, trustDomainOf } from './spiffe.ts';
+import { jwtSvidKeys, spiffeSubject, trustDomainOf, withoutIssuer } from './spiffe.ts';
 import { foreignSubject } from './subjects.ts';
 import { actChain } from './act.ts';
 import { jsonBytes, lruFill, stringBytes, type TableFill } from '../lib/heap.ts';
@@ -177,7 +177,7 @@ export class Identity {
     // Only a JWT-SVID may come without iss: it is found by its trust domain.
     const issuer = typeof unverified.iss === 'string' ? this.#issuers.get(unverified.iss)
       : unverified.iss === undefined ? this.#trustDomains.get(trustDomainOf(unverified.sub) ?? '') : undefined;
-    if (!issuer) return { reason: 'invalid-credential', detail: 'untrusted issuer' };
+    if (!issuer) return { reason: 'invalid-credential', detail: unverified.iss === undefined && this.#trustDomains.size > 0 ? withoutIssuer(unverified.sub) : 'untrusted issuer' };
     const profile = issuer.rules.profile;
     // Read before verifying: a set that changes meanwhile makes this entry stale, not current.
     const version = issuer.keys.version;

@@ -51,6 +51,18 @@ t.test('JWT-SVIDs: what the specification requires', async (t) => {
     t.equal(r.status, 401, what);
     t.equal(r.body.code, 'invalid-credential', what);
   }
+  // Without iss, the detail says why no issuer was found (it said "untrusted issuer" for all).
+  for (const [sub, detail] of [
+    ['spiffe://test.local/ns/a/', /^untrusted issuer: no iss, and sub is not a workload SPIFFE ID \(/],
+    ['spiffe://test.local/ns/../sa/agent', /^untrusted issuer: no iss, and sub is not a workload SPIFFE ID \(/],
+    ['spiffe://other.local/ns/app/sa/agent', /^untrusted issuer: no iss, and the SPIFFE ID's trust domain is not trusted$/],
+    ['agent@test.local', /^untrusted issuer: no iss, and sub is not a workload SPIFFE ID/],
+  ] as const) {
+    const r = await call(await svid({ key: es, sub, omit: ['iss'] }));
+    t.match(r.body.detail, detail, sub);
+  }
+  // typ is case-insensitive (RFC 7515 §4.1.9).
+  t.equal((await call(await svid({ key: es, header: { typ: 'jwt' } }))).status, 200, 'typ jwt');
 });
 
 // A SPIFFE bundle (SPIFFE Trust Domain and Bundle spec, 4.2) marks each key with its use. jose
