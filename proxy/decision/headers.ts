@@ -14,8 +14,9 @@ export function contractHeaders(op: Operation | undefined, decision: Decision, i
     if (d.sunsetMs !== undefined) into['sunset'] = new Date(d.sunsetMs).toUTCString();
     const links: string[] = [];
     if (d.link) {
-      links.push(`<${d.link}>; rel="deprecation"; type="text/html"`);
-      if (d.sunsetMs !== undefined) links.push(`<${d.link}>; rel="sunset"; type="text/html"`);
+      // No type: the link may be a page, a changelog in JSON, anything (RFC 8288 makes it optional).
+      links.push(`<${d.link}>; rel="deprecation"`);
+      if (d.sunsetMs !== undefined) links.push(`<${d.link}>; rel="sunset"`);
     }
     if (links.length) into['link'] = links.join(', ');
   }

@@ -347,7 +347,7 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
       if (freeAt !== undefined) {
         const retryAfter = Math.max(1, Math.ceil((freeAt - ctx.now) / 1000));
         ctx.extra['retry_storm.repeats'] = times.length;
-        const denial: Denial = { reason: 'retry-storm', detail: `the same request was sent ${times.length} times within ${r.windowMs / 1000}s`, retryAfter };
+        const denial: Denial = { reason: 'retry-storm', detail: `the same request was sent more than ${r.maxRepeats} times within ${r.windowMs / 1000}s`, retryAfter };
         return verdict(ctx, r.mode, denial);
       }
       return undefined;

@@ -100,6 +100,7 @@ t.test('retry storm: the same request more than maxRepeats times in the window i
   // The first of the three was 3s ago: one more fits in 7s.
   t.equal(res.headers.get('retry-after'), '7');
   t.equal(body.retryAfter, 7);
+  t.equal(body.detail, 'the same request was sent more than 3 times within 10s', 'the limit, not the count of the earlier ones');
   // Another query is another request.
   const other = await fetch(`${dg.url}/items/1?q=b`, { headers: bearer(tok) });
   t.equal(other.status, 200);
