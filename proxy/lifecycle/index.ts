@@ -47,6 +47,13 @@ export interface LifecycleOptions {
  * never allowed to act for it, or a chain too deep, must not get it locked out (nor a revoked
  * actor: REVOKED_ACTOR, below).
  */
+/**
+ * Upstream answers that say a request was not acted on, to retry later: 408 Request Timeout,
+ * 425 Too Early, 429 Too Many Requests, 503 Service Unavailable (RFC 9110, RFC 6585, RFC 8470).
+ * Not 500, 502 or 504: the write may have been done, as Stripe keeps a key after a 500.
+ */
+const NOT_PROCESSED = new Set([408, 425, 429, 503]);
+
 const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable', 'revocation-list-unavailable', 'actor-not-allowed', 'delegation-too-deep']);
 
 /** The lifecycle settings read once, at start (the journal, the tables' bounds), by their rules field. */
@@ -127,10 +134,13 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           observe(ctx, d);
         },
         forwarded(outcome: ForwardOutcome) {
-          // The write never reached the upstream: its key may be used again at once. After a
-          // reset or an answer cut short the upstream may have acted on it: the key stays, and a
-          // retry is a duplicate-write, whose action says to read the resource's state first.
-          if (neverSent(outcome)) release(ctx);
+          // The write never reached the upstream, or the upstream answered that it did not
+          // process it (NOT_PROCESSED): its key may be used again at once, so that the retry
+          // the answer asks for is not a duplicate-write (and a short outage does not turn a
+          // client's retries into a quarantine). After a reset, an answer cut short, or any
+          // other answer, the upstream may have acted on it: the key stays, and a retry is a
+          // duplicate-write, whose action says to read the resource's state first.
+          if (neverSent(outcome) || (outcome.status !== undefined && !outcome.aborted && NOT_PROCESSED.has(outcome.status))) release(ctx);
         },
         end() {
           const key = state.reserved.get(ctx);

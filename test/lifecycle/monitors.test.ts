@@ -64,6 +64,39 @@ t.test('idempotency: a write whose upstream connection was refused frees its key
   }
 });
 
+t.test('idempotency: a write the upstream answered it did not process (503, 429, 408, 425) frees its key; after a 500 the key stays', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { idempotency: { at: 'medium', window: '1h' }, quarantine: { denials: 3, window: '1m', period: '15m' } }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const answers: number[] = [];
+  let received = 0;
+  w.up.handler = (req, res) => {
+    req.resume();
+    req.on('end', () => { received++; const status = answers.shift() ?? 201; res.writeHead(status, status === 503 ? { 'retry-after': '1' } : {}); res.end('{}'); });
+  };
+  const tok = await w.token();
+  const post = (key: string) => fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': key, 'content-type': 'application/json' }), body: '{"amount":100}' });
+  // A short outage: each job's write is retried with its key, as the answer asks. Before, each
+  // retry was a duplicate-write (409), and three of them quarantined the client for 15 minutes.
+  for (const [i, status] of [503, 429, 408, 425].entries()) {
+    answers.push(status, status);
+    const got: number[] = [];
+    for (let attempt = 0; attempt < 3; attempt++) { const r = await post(`job-${i}`); await r.text(); got.push(r.status); }
+    t.same(got, [status, status, 201], `${status}: retried, and done on the third attempt`);
+  }
+  t.equal(received, 12, 'every attempt reached the upstream');
+  const other = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
+  t.equal(other.status, 201, 'not quarantined: forwarded (the upstream answers 201 to all else)');
+  await other.text();
+  // A 500: the write may have been done; the retry is a duplicate-write.
+  answers.push(500);
+  const failed = await post('job-500');
+  await failed.text();
+  t.equal(failed.status, 500);
+  await problem(t, await post('job-500'), 'duplicate-write', 409);
+  t.equal(received, 14, 'the retry after the 500 did not reach the upstream');
+});
+
 t.test('retry storm: a Content-Length re-spelt (leading zeros, 00 for none) is the same request', async (t) => {
   const w = await world();
   const dg = await startLifecycle(only(w, { maxBodyBytes: 16, retryStorm: { maxRepeats: 2, window: '1m' } }));
