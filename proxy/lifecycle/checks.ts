@@ -371,7 +371,8 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
       const ops = consumer.operations;
       // Drop what is out of the window: every entry, not only the front, as a request recorded
       // late (its body was being read) sits behind later arrivals. At most maxOperations.
-      for (const [id, at] of ops) if (at <= ctx.now - t.windowMs) ops.delete(id);
+      // A time after now (the clock stepped back: fromNow) counts from now.
+      for (const [id, at] of ops) if (at <= ctx.now - t.windowMs) ops.delete(id); else if (at > ctx.now) ops.set(id, ctx.now);
       const id = ctx.operation!.id;
       // Counted once the decision lets it through (audit mode included): state.counts.
       counts(state, ctx).operation = { consumer, id, max: t.maxOperations };
@@ -405,6 +406,8 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       const owner = hash('sha256', who, 'base64');
       const key = hash('sha256', `${who}\n${raw.trim()}`, 'base64');
       const seen = state.monitors.keys.get(key);
+      // Ended after now: the clock stepped back (fromNow). Its window counts from now.
+      if (seen && !seen.inFlight && seen.atMs > ctx.now) seen.atMs = ctx.now;
       if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
         if (seen.payload !== fingerprint) {
           return verdict(ctx, i.mode, { reason: 'idempotency-key-reused', detail: 'this idempotency key was used for a different request' });

@@ -306,6 +306,12 @@ export class MonitorState {
   #inForce(key: string, now: number): Quarantine | undefined {
     const q = this.quarantined.get(key);
     if (q && q.untilMs <= now) { this.quarantined.delete(key); return undefined; }
+    // Placed after now: the clock stepped back (fromNow). It lasts its period from now, not the step too.
+    if (q && q.sinceMs > now) {
+      const moved = { ...q, sinceMs: now, untilMs: now + (q.untilMs - q.sinceMs) };
+      this.quarantined.set(key, moved);
+      return moved;
+    }
     return q;
   }
 }
@@ -337,6 +343,7 @@ const HASHED_KEY = new RegExp(`^[A-Za-z0-9_-]{43}~{${QUARANTINE_SUBJECT_CHARS + 
  * tells whether one more event fits under `max`. Returns the time at which it will, when not.
  */
 export function windowFull(times: number[], now: number, windowMs: number, max: number): number | undefined {
+  fromNow(times, now);
   let drop = 0;
   while (drop < times.length && times[drop]! <= now - windowMs) drop++;
   if (drop) times.splice(0, drop);
@@ -350,6 +357,7 @@ export function windowFull(times: number[], now: number, windowMs: number, max: 
  * names the reasons of those it counted, not every reason the consumer ever had.
  */
 export function recordDenial(s: ConsumerState, at: number, reason: string, enforced: boolean, windowMs: number, max: number): void {
+  fromNow(s.denials, at);
   let drop = 0;
   while (drop < s.denials.length && s.denials[drop]! <= at - windowMs) drop++;
   const i = insertInOrder(s.denials, at, drop);
@@ -357,6 +365,15 @@ export function recordDenial(s: ConsumerState, at: number, reason: string, enfor
   s.denialsEnforced.splice(i, 0, enforced);
   const over = Math.max(drop, s.denials.length - max);
   if (over) { s.denials.splice(0, over); s.denialReasons.splice(0, over); s.denialsEnforced.splice(0, over); }
+}
+
+/**
+ * Times after `now`, in a time-ordered log, moved to `now`: the wall clock stepped back (an NTP
+ * correction, a VM resumed). Left in the future, they would count for the step as well as the
+ * window: a step back of an hour turned a 10 s retry-storm window into a 59-minute refusal.
+ */
+export function fromNow(times: number[], now: number): void {
+  for (let i = times.length - 1; i >= 0 && times[i]! > now; i--) times[i] = now;
 }
 
 export function forgetDenials(s: ConsumerState): void {

@@ -384,6 +384,52 @@ t.test('endpoint traversal in audit mode forwards and records', async (t) => {
   await b.text();
 });
 
+t.test('the wall clock stepping back: windows and a quarantine last their length from now, not the step too', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, {
+    retryStorm: { maxRepeats: 3, window: '10s' }, traversal: { maxOperations: 2, window: '10s' },
+    quarantine: { denials: 3, window: '1m', period: '5m' },
+  }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // A token for the clock as it reads (one issued before the step would be issued in the future).
+  let tok = await w.token({ now: c.now() });
+  const get = (path: string) => fetch(`${dg.url}${path}`, { headers: bearer(tok) });
+  for (let i = 0; i < 3; i++) { const r = await get('/items/1'); t.equal(r.status, 200); await r.text(); }
+  const listed = await get('/items');
+  t.equal(listed.status, 200, 'a second operation');
+  await listed.text();
+  // An hour back (an NTP correction): the three repeats and two operations now lie in the future.
+  c.advance(-3_600_000);
+  tok = await w.token({ now: c.now() });
+  const storm = await get('/items/1');
+  const body = await problem(t, storm, 'retry-storm', 429);
+  t.equal(body.retryAfter, 10, 'the window from now (it was 3,610 s)');
+  await problem(t, await get('/search'), 'endpoint-traversal', 403);
+  c.advance(10_001);
+  const after = await get('/items/1');
+  t.equal(after.status, 200, 'free once the window has passed since the step');
+  await after.text();
+  const third = await get('/search');
+  t.equal(third.status, 200, 'the traversal window too');
+  await third.text();
+  // A quarantine placed, then the clock an hour back: it lasts its 5 minutes from now.
+  const weak = await w.token({ scope: 'items.read', now: c.now() });
+  for (let i = 0; i < 3; i++) {
+    const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' });
+    t.equal(r.status, 403, 'a denial (of whatever reason: each counts)');
+    await r.text();
+  }
+  c.advance(-3_600_000);
+  tok = await w.token({ now: c.now() });
+  const q = await problem(t, await get('/items/2'), 'consumer-quarantined', 403);
+  t.equal(q.retryAfter, 300, 'the period from now (it was 3,900 s)');
+  c.advance(300_001);
+  const free = await get('/items/2');
+  t.equal(free.status, 200, 'lifted after its period');
+  await free.text();
+});
+
 t.test('quarantine: K denials in the window refuse everything for the period; listed and lifted', async (t) => {
   const w = await world();
   const c = clock();
