@@ -396,7 +396,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
     async run(ctx) {
       if (!watched(m, ctx) || !BODY_METHODS.has(ctx.req.method ?? '') || SENSITIVITY_RANK[ctx.operation!.sensitivity] < i.atRank) return undefined;
       const raw = ctx.req.headers[i.header];
-      if (typeof raw !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(raw.trim())) {
+      if (typeof raw !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(raw)) {
         return verdict(ctx, i.mode, { reason: 'idempotency-key-required', detail: `send one ${i.header} header of 1 to 255 visible characters with this write` });
       }
       const fingerprint = await requestFingerprint(ctx, m);
@@ -404,7 +404,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
       const who = holder(ctx);
       const owner = hash('sha256', who, 'base64');
-      const key = hash('sha256', `${who}\n${raw.trim()}`, 'base64');
+      const key = hash('sha256', `${who}\n${raw}`, 'base64');
       const seen = state.monitors.keys.get(key);
       // Ended after now: the clock stepped back (fromNow). Its window counts from now.
       if (seen && !seen.inFlight && seen.atMs > ctx.now) seen.atMs = ctx.now;

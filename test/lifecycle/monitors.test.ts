@@ -197,6 +197,8 @@ t.test('idempotency: key required, reused key, duplicate write in flight and wit
 
   await problem(t, await post(undefined, '{"a":1}'), 'idempotency-key-required', 400);
   await problem(t, await post(' ', '{"a":1}'), 'idempotency-key-required', 400);
+  // A no-break space is no visible character: it was trimmed here, and the upstream got another key.
+  await problem(t, await post('\u00a0key-1\u00a0', '{"a":1}'), 'idempotency-key-required', 400);
   const first = await post('key-1', '{"a":1}');
   t.equal(first.status, 200);
   await first.text();
