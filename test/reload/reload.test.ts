@@ -2,11 +2,15 @@
 // rules file rewritten on disk and picked up by the directory watcher.
 
 import t, { type Test } from 'tap';
-import { writeFileSync, readFileSync } from 'node:fs';
+import { writeFileSync, readFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import type { AddressInfo } from 'node:net';
 import { stringify } from 'yaml';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
-import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
+import { baseRules, startTest, writeRules, AGENT } from '../support/driftguard.ts';
+import { startDriftguard } from '../../proxy/server.ts';
 import { reloader, SETTLE_MS, type Reloader } from '../../proxy/reload.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { ALL_SCOPES } from '../core/world.ts';
@@ -242,6 +246,28 @@ t.test('only the rules file (or the ConfigMap ..data link) triggers a reload, no
   writeFileSync(dg.file, 'proxy: [ ');
   await until('the reload of the rules file', () => reload.status.failed === 1);
   t.equal(reload.status.failed, 1);
+});
+
+t.test('a JWKS file next to the rules reloads when it changes, with the rules file named by a relative path too', async (t) => {
+  const up = await upstream();
+  const [key, rotated] = [await testKey('ES256'), await testKey('ES256')];
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-'));
+  writeFileSync(join(dir, 'jwks.json'), JSON.stringify(jwks(key)));
+  const rules = baseRules(up.origin, 'http://127.0.0.1:9/unused', (r) => { r.identity.issuers[0].jwks = { file: 'jwks.json' }; });
+  // As `driftguard run --config rules.yaml` names it from its directory: the watcher compared
+  // the relative directory with the JWKS file's absolute one, and never reloaded for it.
+  const file = relative(process.cwd(), writeRules(rules, dir));
+  const dg = startDriftguard(loadRules(file), { log: () => {} });
+  await dg.listening;
+  const url = `http://127.0.0.1:${(dg.traffic.address() as AddressInfo).port}`;
+  const reload = reloader(file, {}, dg, () => {});
+  t.teardown(async () => { reload.close(); await dg.close(); await up.close(); });
+  const tok = await token({ key: rotated, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const call = async () => { const r = await fetch(`${url}/items/7`, { headers: { authorization: `Bearer ${tok}` } }); await r.text(); return r.status; };
+  t.equal(await call(), 401, 'the rotated key is not trusted yet');
+  writeFileSync(join(dir, 'jwks.json'), JSON.stringify(jwks(key, rotated)));
+  await until('the reload for the JWKS file', () => reload.status.succeeded === 1);
+  t.equal(await call(), 200, 'the rotated key is trusted');
 });
 
 t.test('once closed (driftguard draining), a reload changes nothing', async (t) => {
