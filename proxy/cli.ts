@@ -93,6 +93,9 @@ async function main(argv: string[]): Promise<number> {
         await import('./telemetry/config.ts');
         try {
           const rules = loadRules(positionals[0]!);
+          // What start-up reads beside the rules: the revocation list file and journal.
+          const { checkLifecycleFiles } = await import('./lifecycle/index.ts');
+          checkLifecycleFiles(rules, Date.now());
           process.stdout.write(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract version ${rules.contract.current})\n`);
           return 0;
         } catch (err) { return reportRulesError(err); }

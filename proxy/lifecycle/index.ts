@@ -7,13 +7,13 @@
 // `attach` adds the admin endpoints (proxy/lifecycle/admin.ts).
 
 import type { Rules } from '../rules/types.ts';
-import { RulesError, problemInFile } from '../rules/load.ts';
+import { RulesError, problemInFile, type RulesProblem } from '../rules/load.ts';
 import type { Feature, Log } from '../features.ts';
 import type { Observation, Observer } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
 import { neverSent, type ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
-import { Journal, replay } from './journal.ts';
+import { Journal, readJournal, replay } from './journal.ts';
 import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
@@ -65,6 +65,23 @@ function startOnly(c: LifecycleState['config']): Record<string, unknown> {
     'monitors.idempotency.maxKeys': c.monitors.idempotency.maxKeys,
     'monitors.quarantine.maxQuarantined': c.monitors.quarantine.maxQuarantined,
   };
+}
+
+/**
+ * The lifecycle's files as start-up reads them, read without starting anything or changing
+ * them: the revocation list file's entries and the journal (a file that is no journal). Throws
+ * a RulesError naming each. `driftguard check` calls it, so that it refuses what `run` would.
+ */
+export function checkLifecycleFiles(rules: Rules, now: number): void {
+  const r = configOf(rules).revocation;
+  const problems: RulesProblem[] = [];
+  if (r.journal !== undefined) {
+    try { readJournal(r.journal); } catch (err) { problems.push(problemInFile(rules.source, ['revocation', 'journal'], (err as Error).message)); }
+  }
+  if (r.file !== undefined) {
+    try { checkListFile(r.file, now); } catch (err) { if (err instanceof RulesError) problems.push(...err.problems); else throw err; }
+  }
+  if (problems.length > 0) throw new RulesError(problems);
 }
 
 export async function lifecycle(rules: Rules, log: Log, options: LifecycleOptions = {}): Promise<Feature> {

@@ -24,9 +24,23 @@ export interface Replayed {
 
 /** Read the journal at `file` (missing: empty); cut a torn last line off the file. */
 export function replay(file: string, now: number): Replayed {
+  const read = readJournal(file);
+  if (read.torn > 0) {
+    const fd = openSync(file, 'r+');
+    try { ftruncateSync(fd, read.whole); fsyncSync(fd); } finally { closeSync(fd); }
+  }
+  return { revocations: read.live.filter((r) => r.endMs > now), skipped: read.skipped };
+}
+
+/**
+ * Read the journal at `file` without changing it: its live revocations, the lines skipped (a
+ * torn last line among them), and where its whole lines end. Throws for a file that is no
+ * journal. `driftguard check` reads it so, as start-up (replay) does.
+ */
+export function readJournal(file: string): { live: Revocation[]; skipped: { line: number; problem: string }[]; whole: number; torn: number } {
   const skipped: { line: number; problem: string }[] = [];
   const live = new Map<string, Revocation>();
-  if (!existsSync(file)) return { revocations: [], skipped };
+  if (!existsSync(file)) return { live: [], skipped, whole: 0, torn: 0 };
   const bytes = readFileSync(file);
   const lastNewline = bytes.lastIndexOf(0x0a);
   const complete = bytes.subarray(0, lastNewline + 1).toString('utf8');
@@ -41,17 +55,14 @@ export function replay(file: string, now: number): Replayed {
     if (record.op === 'add') live.set(record.revocation.id, record.revocation);
     else live.delete(record.id);
   });
+  const torn = bytes.length - lastNewline - 1;
   // Text of which no line is a record is some other file (named by mistake): replaying would
   // cut its last line and compacting rewrite it empty. Refused, and left as it is.
-  if (records === 0 && (skipped.length > 0 || lastNewline + 1 < bytes.length)) {
+  if (records === 0 && (skipped.length > 0 || torn > 0)) {
     throw new Error(`${file} is not a revocation journal (no line of it is a journal record); it is left as it is`);
   }
-  if (lastNewline + 1 < bytes.length) {
-    skipped.push({ line: lines.length + 1, problem: `torn last line (${bytes.length - lastNewline - 1} bytes without a newline), cut off` });
-    const fd = openSync(file, 'r+');
-    try { ftruncateSync(fd, lastNewline + 1); fsyncSync(fd); } finally { closeSync(fd); }
-  }
-  return { revocations: [...live.values()].filter((r) => r.endMs > now), skipped };
+  if (torn > 0) skipped.push({ line: lines.length + 1, problem: `torn last line (${torn} bytes without a newline), cut off` });
+  return { live: [...live.values()], skipped, whole: lastNewline + 1, torn };
 }
 
 function parseRecord(line: string): JournalRecord | string {

@@ -60,6 +60,21 @@ t.test('check: exit 0 for a valid file, 1 naming file:line and field for an inva
     t.match(tb.stderr, new RegExp(`${telemetryBad}:\\d+:\\d+: telemetry\\.decisionLog\\.output: cannot open the decision log`));
     t.notMatch(tb.stderr, /\n\s+at /, 'no stack trace');
   }
+  // The files start-up reads beside the rules: a revocation list with a bad entry, a journal
+  // that is some other file. `check` said valid; `run` refused them.
+  const files = mkdtempSync(join(tmpdir(), 'driftguard-check-'));
+  writeFileSync(join(files, 'revs.yaml'), 'revocations:\n  - { kind: jtx, value: abc, reason: r }\n');
+  writeFileSync(join(files, 'notes.txt'), 'not a journal\n');
+  const listed = writeRules(baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/jwks.json', (r) => {
+    r.revocation = { file: 'revs.yaml', journal: join(files, 'notes.txt') };
+  }), files);
+  for (const command of [['check', listed], ['run', '--config', listed]]) {
+    const lb = await cli(command);
+    t.equal(lb.code, 1, `${command[0]}: the list file and the journal refused`);
+    t.match(lb.stderr, /revocation\.journal: .*notes\.txt is not a revocation journal/, command[0]!);
+    // `run` stops at the first of them (the journal is read first); `check` names both.
+    if (command[0] === 'check') t.match(lb.stderr, new RegExp(`revs\\.yaml:2:\\d+: revocations\\[0\\]\\.kind: must be one of jti, task, subject, kid`), 'both at once');
+  }
   const env = await cli(['run', '--config', good], { env: { OTEL_TRACES_SAMPLER: 'sometimes' } });
   t.equal(env.code, 1, 'a bad OTEL_* variable stops start-up');
   t.match(env.stderr, 'driftguard: invalid configuration\ntelemetry: OTEL_TRACES_SAMPLER="sometimes": must be one of');
