@@ -240,9 +240,13 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   if (doc.errors.length > 0) {
     throw new RulesError(doc.errors.map((e) => {
       const pos = lines.linePos(e.pos[0]);
-      // A key written twice is named (a syntax error has no field to name: the parse stopped short of it).
-      const field = e.code === 'DUPLICATE_KEY' ? fieldName(pathAt(doc, e.pos[0])) : '';
-      const message = field ? 'written twice in the same mapping: the second would silently replace the first' : `YAML: ${e.message.split('\n')[0]}`;
+      // A key written twice is named. A syntax error, near the field the parse had reached:
+      // the node just before it, in what was parsed (`near consumers.registry[0]` for a line
+      // indented one space short there), else the one at it; the top level when neither has a name.
+      const duplicate = e.code === 'DUPLICATE_KEY';
+      const path = duplicate ? pathAt(doc, e.pos[0]) : [pathAt(doc, Math.max(0, e.pos[0] - 1)), pathAt(doc, e.pos[0])].find((p) => p.length > 0) ?? [];
+      const field = path.length === 0 ? '' : duplicate ? fieldName(path) : `near ${fieldName(path)}`;
+      const message = duplicate ? 'written twice in the same mapping: the second would silently replace the first' : `YAML: ${e.message.split('\n')[0]}`;
       return { file: source, line: pos.line, column: pos.col, field, message };
     }));
   }

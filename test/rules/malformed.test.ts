@@ -83,9 +83,11 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'automation consumer without owner', text: edit('      owner: team-a\n', ''), line: 15, field: 'consumers.registry[0].owner' },
   { name: 'jwks with both file and url', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", file: ./jwks.json }'), line: 11, field: 'identity.issuers[0].jwks' },
   // An unclosed bracket is noticed where the next key starts: that line or the one before is fine.
-  { name: 'YAML syntax error (unclosed flow sequence)', text: edit('  versions: ["2026-01", "2026-06"]', '  versions: ["2026-01", "2026-06"'), line: [19, 20], field: '' },
-  { name: 'YAML syntax error (nested mapping in a scalar)', text: edit('mode: enforce', 'mode: enforce: audit'), line: 5, field: '' },
-  { name: 'YAML syntax error (tab indentation)', text: edit('  clockSkew: 30s', '\tclockSkew: 30s'), line: 12, field: '' },
+  { name: 'YAML syntax error (unclosed flow sequence)', text: edit('  versions: ["2026-01", "2026-06"]', '  versions: ["2026-01", "2026-06"'), line: [19, 20], field: 'near contract.versions' },
+  { name: 'YAML syntax error (nested mapping in a scalar)', text: edit('mode: enforce', 'mode: enforce: audit'), line: 5, field: 'near proxy' },
+  { name: 'YAML syntax error (tab indentation)', text: edit('  clockSkew: 30s', '\tclockSkew: 30s'), line: 12, field: 'near identity.issuers[0]' },
+  // A list item's line indented one space short: it was "(top level)".
+  { name: 'YAML syntax error (an item\'s line indented short)', text: edit('      owner: team-a\n', '     owner: team-a\n'), line: 17, field: /^near consumers\.registry(\[0\])?$/ },
   { name: 'YAML duplicate key', text: edit('  mode: enforce\n', '  mode: enforce\n  mode: audit\n'), line: 6, field: 'proxy.mode', message: /^written twice in the same mapping/ },
   { name: 'YAML duplicate key in a list item', text: edit('      path: /items/{id}\n', '      path: /items/{id}\n      path: /other/{id}\n'), line: 24, field: 'contract.operations[0].path', message: /^written twice/ },
   // A scope-token (RFC 6749 §3.3) has no space: a `scope` claim could never carry "a b".
