@@ -48,7 +48,7 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
     // The demo's rules are embedded: say so, rather than "no admin endpoint".
     dg.routes.add('POST', '/reload', (req, res) => {
       req.resume();
-      dg.routes.problem(res, 409, 'Conflict', 'these rules are embedded (driftguard demo): there is no file to reload; run driftguard run --config FILE to reload a rules file');
+      dg.routes.problem(res, 409, 'Conflict', 'these rules are embedded (driftguard demo): there is no file to reload; run driftguard demo --rules FILE, or driftguard run --config FILE, to reload a rules file');
     });
   }
   wired.attach(dg);
@@ -161,8 +161,8 @@ export async function demo(): Promise<number> {
   // minute. OTEL_TRACES_EXPORTER=console (or otlp with a collector) shows the spans.
   const tracesChosen = process.env.OTEL_TRACES_EXPORTER !== undefined;
   if (!tracesChosen) process.env.OTEL_TRACES_EXPORTER = 'none';
-  const stop = await runDemo(async (rules) => {
-    const s = await start(rules, undefined, {});
+  const stop = await runDemo(async (rules, file) => {
+    const s = await start(rules, file, {});
     return { close: () => s.shutdown(2_000) };
   });
   if (!tracesChosen) console.log('Traces: not exported (no collector here). Run OTEL_TRACES_EXPORTER=console make demo to print them, or set OTEL_EXPORTER_OTLP_ENDPOINT with OTEL_TRACES_EXPORTER=otlp.');

@@ -36,7 +36,7 @@ export async function demoKey(dir: string): Promise<{ privateJwk: JWK; publicJwk
 function listen(server: Server, address: string, what: string): Promise<void> {
   const a = parseAddress(address)!;
   return new Promise((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => reject(Object.assign(new Error(`the demo's ${what} cannot listen on ${address} (${err.code ?? err.message}): free it, or run \`driftguard demo --rules FILE\` with a copy of rules/demo.yaml on other ports`), { code: 'ERR_CONFIG_INVALID' })));
+    server.once('error', (err: NodeJS.ErrnoException) => reject(Object.assign(new Error(`the demo's ${what} cannot listen on ${address} (${err.code ?? err.message}): free it, or run \`driftguard demo --rules FILE\` with a copy of rules/demo.yaml on other ports`), { code: 'ERR_START_FAILED' })));
     server.listen(a.port, a.host, () => resolve());
   });
 }
@@ -115,7 +115,7 @@ export function demoRulesFile(): string {
   return process.env.DRIFTGUARD_DEMO_RULES || DEMO_RULES;
 }
 
-export async function runDemo(start: (rules: Rules) => Promise<{ close(): Promise<void> }>, out: (line: string) => void = console.log): Promise<() => Promise<void>> {
+export async function runDemo(start: (rules: Rules, file: string | undefined) => Promise<{ close(): Promise<void> }>, out: (line: string) => void = console.log): Promise<() => Promise<void>> {
   const rulesFile = demoRulesFile();
   const rules = loadRules(rulesFile);
   const { privateJwk, publicJwk, file } = await demoKey(join(ROOT, '.demo'));
@@ -126,10 +126,15 @@ export async function runDemo(start: (rules: Rules) => Promise<{ close(): Promis
   try {
     await listen(jwks, `${url.hostname}:${url.port}`, 'JWKS server');
     await listen(api, new URL(rules.proxy.upstream).host, 'API');
-    dg = await start(rules);
+    // A file given with --rules is reloaded as `run` reloads its file; the embedded one is not.
+    dg = await start(rules, rulesFile === DEMO_RULES ? undefined : rulesFile);
   } catch (err) {
     // What did start must not keep the process alive with nothing to show for it.
     jwks.close(); api.close();
+    const problems = (err as { problems?: readonly { message: string }[] }).problems;
+    if (problems?.length && problems.every((p) => p.message.startsWith('cannot listen on'))) {
+      throw Object.assign(new Error(`${(err as Error).message}\nfree the port, or run \`driftguard demo --rules FILE\` with a copy of rules/demo.yaml on other ports`), { code: 'ERR_START_FAILED' });
+    }
     throw err;
   }
   out(`driftguard demo: listening on http://${rules.proxy.listen} in front of the demo API at ${rules.proxy.upstream}`);

@@ -129,6 +129,7 @@ t.test('a bad flag or DRIFTGUARD_* value is blamed on the flag or the variable, 
   const taken = await cli(['run', '--config', good, '--listen', `127.0.0.1:${(busy.address() as AddressInfo).port}`, '--admin', '127.0.0.1:0']);
   t.equal(taken.code, 1);
   t.match(taken.stderr, /^--listen: proxy\.listen: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE$/m);
+  t.match(taken.stderr, /^driftguard: cannot start\n/m, 'the rules are fine: not "invalid rules"');
   // A file that cannot be read has no line: none is made up.
   const missing = await cli(['run', '--config', '/nonexistent/rules.yaml']);
   t.match(missing.stderr, /^\/nonexistent\/rules\.yaml: \(top level\): cannot read the rules file: ENOENT$/m);

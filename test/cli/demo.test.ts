@@ -112,13 +112,20 @@ t.test('every curl line the demo prints does what it says', async (t) => {
     }
   }
 
-  // The embedded rules have no file: a reload says so, not "no admin endpoint".
+  // The embedded rules have no file: a reload says so, not "no admin endpoint". A file given
+  // with --rules is reloaded (it was refused as embedded too).
   const admin = /^admin: (http:\/\/[^/\s]+)\//m.exec(stdout)?.[1];
   t.ok(admin, 'the demo names its admin listener');
   if (admin) {
     const reload = await fetch(`${admin}/reload`, { method: 'POST' });
-    t.equal(reload.status, 409, 'POST /reload: 409');
-    t.match((await reload.json() as { detail: string }).detail, /embedded .*no file to reload/);
+    const body = await reload.json() as { detail?: string; changed?: boolean };
+    if (args.length === 0) {
+      t.equal(reload.status, 409, 'POST /reload: 409');
+      t.match(body.detail, /embedded .*no file to reload/);
+    } else {
+      t.equal(reload.status, 200, 'POST /reload of the --rules file: 200');
+      t.equal(body.changed, false, 'the same file: nothing changed');
+    }
   }
 
   child.kill('SIGTERM');
@@ -127,9 +134,29 @@ t.test('every curl line the demo prints does what it says', async (t) => {
   t.equal(end?.code, 0, `exit code 0 (stderr: ${stderr.slice(-500)})`);
 });
 
+t.test('demo --rules FILE reloads that file, as run --config does', async (t) => {
+  let text = readFileSync(DEMO_RULES, 'utf8');
+  for (const p of PORTS) text = text.replaceAll(`127.0.0.1:${p}`, `127.0.0.1:${await freePort()}`);
+  const file = join(mkdtempSync(join(tmpdir(), 'dg-demo-')), 'demo.yaml');
+  writeFileSync(file, text);
+  const child = spawn(process.execPath, [CLI, 'demo', '--rules', file], { env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+  let stdout = '';
+  child.stdout.on('data', (d: Buffer) => { stdout += d; });
+  child.stderr.resume();
+  for (let i = 0; i < 300 && !stdout.includes('Press Ctrl-C to stop.') && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
+  const admin = /^admin: (http:\/\/[^/\s]+)\//m.exec(stdout)?.[1];
+  t.ok(admin, 'started');
+  const reload = await fetch(`${admin}/reload`, { method: 'POST' });
+  t.equal(reload.status, 200, 'POST /reload: 200 (it was 409, "these rules are embedded")');
+  t.equal((await reload.json() as { changed: boolean }).changed, false);
+  child.kill('SIGTERM');
+  await new Promise((r) => child.once('close', r));
+});
+
 t.test('a demo port that is taken stops the demo with a message naming it, not a stack trace and a hang', async (t) => {
   // A copy on free ports, then one of them taken: the API's, then driftguard's own.
-  for (const [what, pattern] of [['upstream', /the demo's API cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)/], ['listen', /demo\.yaml:\d+:\d+: proxy\.listen: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/]] as const) {
+  for (const [what, pattern] of [['upstream', /the demo's API cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)/], ['listen', /^driftguard: cannot start\n.*demo\.yaml:\d+:\d+: proxy\.listen: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE\nfree the port, or run `driftguard demo --rules FILE`/m]] as const) {
     let text = readFileSync(DEMO_RULES, 'utf8');
     for (const p of PORTS) text = text.replaceAll(`127.0.0.1:${p}`, `127.0.0.1:${await freePort()}`);
     const file = join(mkdtempSync(join(tmpdir(), 'dg-demo-')), 'demo.yaml');
