@@ -38,17 +38,25 @@ function cell(text: string): string {
 
 export function rulesReferenceMarkdown(): string {
   const rows: string[] = [];
-  const walk = (path: string, raw: S, required: boolean) => {
+  const seen = new Set<string>();
+  // required: true, false, or the text to show for a key that one form of several requires.
+  const walk = (path: string, raw: S, required: boolean | string) => {
+    // A field that several forms share (jwks.refresh of the url and discovery forms) once: the first form's.
+    if (seen.has(path)) return;
+    seen.add(path);
     const refName = raw.$ref?.replace('#/definitions/', '');
     const s = resolve(raw);
     const def = s.default !== undefined && !(typeof s.default === 'object' && s.default !== null && Object.keys(s.default).length === 0 && !Array.isArray(s.default))
-      ? `\`${JSON.stringify(s.default)}\`` : required ? 'required' : '—';
+      ? `\`${JSON.stringify(s.default)}\`` : typeof required === 'string' ? required : required ? 'required' : '—';
     if (path) rows.push(`| \`${path}\` | ${typeOf(s, refName)} | ${def} | ${cell(s.description ?? '')} |`);
     const variants = s.oneOf ?? s.anyOf;
     if (variants) {
+      // The keys that tell the forms apart: each form requires its own.
+      const forms = variants.flatMap((v) => resolve(v).required ?? []);
+      const oneOf = `one of ${forms.map((f) => `\`${f}\``).join(', ')}`;
       for (const v of variants) {
         const r = resolve(v);
-        for (const [k, child] of Object.entries(r.properties ?? {})) walk(`${path}.${k}`, child, (r.required ?? []).includes(k));
+        for (const [k, child] of Object.entries(r.properties ?? {})) walk(`${path}.${k}`, child, (r.required ?? []).includes(k) ? (forms.length > 1 ? oneOf : true) : false);
       }
     }
     const items = s.type === 'array' && s.items ? resolve(s.items) : undefined;

@@ -41,4 +41,8 @@ t.test('README carries the rules reference generated from rules/schema.json', as
   const { rulesReferenceMarkdown } = await import('../../proxy/rules/reference.ts');
   const readme = readFileSync(join(root, 'README.md'), 'utf8');
   t.ok(readme.includes(rulesReferenceMarkdown()), 'README rules reference is out of date: run `node proxy/rules/reference.ts` and paste it');
+  // One row a field: the jwks forms' shared fields (refresh, cooldown, timeout) were listed twice.
+  const fields = rulesReferenceMarkdown().split('\n').slice(2).map((row) => row.split(' | ')[0]);
+  t.same(fields.filter((f, i) => fields.indexOf(f) !== i), [], 'no field listed twice');
+  t.match(rulesReferenceMarkdown(), '| `identity.issuers[].jwks.url` | string | one of `file`, `discovery`, `url` |', 'the forms\' keys say they are alternatives, not each required');
 });
