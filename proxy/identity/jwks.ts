@@ -83,6 +83,9 @@ const KEY_FOR: Record<string, { kty: string; crv?: readonly string[] }> = {
   EdDSA: { kty: 'OKP', crv: ['Ed25519', 'Ed448'] }, Ed25519: { kty: 'OKP', crv: ['Ed25519'] },
 };
 
+/** JWK members of private and secret keys (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2). */
+const SECRET_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'] as const;
+
 /** A key that can verify a token under one of `algorithms`: its type, curve, use and operations fit, and it parses. */
 function usable(key: Record<string, unknown>, algorithms: readonly string[]): boolean {
   if (key.use !== undefined && key.use !== 'sig') return false;
@@ -107,6 +110,10 @@ export function parseJwks(text: string, from: string, select?: KeySelection, alg
   // An entry that is no key is passed over (RFC 7517 §5: members not understood are ignored):
   // jose refuses a whole set for one, which kept a rotated key from ever loading.
   const keys = (data.keys as unknown[]).filter((k) => k !== null && typeof k === 'object' && !Array.isArray(k)) as JSONWebKeySet['keys'];
+  // A private or secret key published as a verification key is a leaked signing key: anybody
+  // who reads the set can sign tokens. Refused whole (a fetched set keeps the last good keys).
+  const secret = keys.find((k) => SECRET_MEMBERS.some((m) => m in k));
+  if (secret) throw new TypeError(`${from} holds private key material (key ${typeof secret.kid === 'string' ? JSON.stringify(secret.kid.slice(0, 64)) : 'without kid'}: ${SECRET_MEMBERS.filter((m) => m in secret).join(', ')}): publish only public keys, and treat that key as leaked`);
   const set = select ? select({ ...data, keys }) : { ...data, keys };
   if (algorithms && !set.keys.some((k) => usable(k as unknown as Record<string, unknown>, algorithms))) {
     throw new TypeError(`${from} has no key that can verify ${algorithms.join(', ')} (${set.keys.length} key${set.keys.length === 1 ? '' : 's'} in the set)`);

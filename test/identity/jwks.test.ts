@@ -372,6 +372,12 @@ t.test('a fetched key set without a key for the issuer\'s algorithms is a failed
     t.equal(keySet.eachKey().length, 1, 'the good key is still there');
     t.equal(keySet.eachKey()[0]!.kid, es.kid);
   }
+  // The issuer's private key published by mistake: refused whole (anybody can sign with it now).
+  server.body = { keys: [es.privateJwk] };
+  t.equal(await keySet.refresh(), false, 'a set with a private key');
+  t.match(keySet.status().lastError, /holds private key material .*: d\)/);
+  t.notMatch(keySet.status().lastError, new RegExp(String(es.privateJwk.d)), 'the key itself is not quoted');
+  t.equal(keySet.eachKey().length, 1, 'the good key is still there');
 });
 
 t.test('the refetch cooldown is timed by a monotonic clock: a wall clock set back an hour does not hold refetches back', async (t) => {

@@ -190,6 +190,9 @@ t.test('a key set file that is missing, not JSON, or has no key for the algorith
     ['empty.json', '{"keys": []}', /has no key that can verify ES256 \(0 keys/],
     ['hollow.json', '{"keys": [{"kty": "EC"}]}', /has no key that can verify ES256/],
     ['other.json', JSON.stringify(jwks(rsa)), /has no key that can verify ES256/],
+    // A private key published as a verification key: anybody who reads the file can sign.
+    ['private.json', JSON.stringify({ keys: [es.privateJwk] }), /holds private key material \(key "es256-[^"]+": d\): publish only public keys, and treat that key as leaked/],
+    ['secret.json', JSON.stringify({ keys: [es.publicJwk, { kty: 'oct', k: 'c2VjcmV0' }] }), /holds private key material \(key without kid: k\)/],
   ];
   for (const [name, text, message] of sets) {
     const file = join(dir, name);
