@@ -78,7 +78,8 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
       status.lastResult = 'succeeded';
       status.lastReloadAt = new Date().toISOString();
       delete status.lastError;
-      log({ level: 'info', msg: 'rules reloaded', trigger, from, to: next.hash });
+      // The same rules hash: what changed is a JWKS file the rules name (the fingerprint reads them).
+      log({ level: 'info', msg: 'rules reloaded', trigger, from, to: next.hash, ...(from === next.hash ? { changed: 'a JWKS file' } : {}) });
       return { changed: true, hash: next.hash };
     } catch (err) {
       // The drain began while it ran: not a problem of the file, and nothing is in force anew.

@@ -260,7 +260,8 @@ t.test('a JWKS file next to the rules reloads when it changes, with the rules fi
   const dg = startDriftguard(loadRules(file), { log: () => {} });
   await dg.listening;
   const url = `http://127.0.0.1:${(dg.traffic.address() as AddressInfo).port}`;
-  const reload = reloader(file, {}, dg, () => {});
+  const logs: Record<string, unknown>[] = [];
+  const reload = reloader(file, {}, dg, (l) => logs.push(l));
   t.teardown(async () => { reload.close(); await dg.close(); await up.close(); });
   const tok = await token({ key: rotated, sub: AGENT, scope: 'items.read', contract: '2026-09' });
   const call = async () => { const r = await fetch(`${url}/items/7`, { headers: { authorization: `Bearer ${tok}` } }); await r.text(); return r.status; };
@@ -268,6 +269,7 @@ t.test('a JWKS file next to the rules reloads when it changes, with the rules fi
   writeFileSync(join(dir, 'jwks.json'), JSON.stringify(jwks(key, rotated)));
   await until('the reload for the JWKS file', () => reload.status.succeeded === 1);
   t.equal(await call(), 200, 'the rotated key is trusted');
+  t.match(logs.find((l) => l.msg === 'rules reloaded'), { trigger: 'file change', changed: 'a JWKS file' }, 'the log says what changed: the rules hash did not');
 });
 
 t.test('once closed (driftguard draining), a reload changes nothing', async (t) => {
