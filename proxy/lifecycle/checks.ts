@@ -13,7 +13,7 @@ import type { Check, CheckResult, Credential, Denial, RequestContext } from '../
 import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
-import { windowFull, record, quarantineMode, type Quarantine } from './monitors.ts';
+import { windowFull, record, fromNow, quarantineMode, type Quarantine } from './monitors.ts';
 import { actorIssuer, resolveConsumer } from '../checks/consumers.ts';
 import { taskOf } from './revocations.ts';
 import { MAX_LEVELS } from '../identity/act.ts';
@@ -341,6 +341,7 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       let times = state.monitors.fingerprints.get(fingerprint);
       if (!times) state.monitors.fingerprints.set(fingerprint, (times = []));
+      fromNow(times, state.now());
       const freeAt = windowFull(times, ctx.now, r.windowMs, r.maxRepeats);
       // Counted once the decision lets it through (audit mode included): state.counts.
       counts(state, ctx).repeats = { times, max: r.maxRepeats };
@@ -371,8 +372,9 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
       const ops = consumer.operations;
       // Drop what is out of the window: every entry, not only the front, as a request recorded
       // late (its body was being read) sits behind later arrivals. At most maxOperations.
-      // A time after now (the clock stepped back: fromNow) counts from now.
-      for (const [id, at] of ops) if (at <= ctx.now - t.windowMs) ops.delete(id); else if (at > ctx.now) ops.set(id, ctx.now);
+      // A time after the clock's reading (it stepped back: fromNow) counts from that reading.
+      const current = state.now();
+      for (const [id, at] of ops) if (at <= ctx.now - t.windowMs) ops.delete(id); else if (at > current) ops.set(id, current);
       const id = ctx.operation!.id;
       // Counted once the decision lets it through (audit mode included): state.counts.
       counts(state, ctx).operation = { consumer, id, max: t.maxOperations };
@@ -406,8 +408,9 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       const owner = hash('sha256', who, 'base64');
       const key = hash('sha256', `${who}\n${raw}`, 'base64');
       const seen = state.monitors.keys.get(key);
-      // Ended after now: the clock stepped back (fromNow). Its window counts from now.
-      if (seen && !seen.inFlight && seen.atMs > ctx.now) seen.atMs = ctx.now;
+      // Ended after the clock's reading: it stepped back (fromNow). Its window counts from that reading.
+      const current = state.now();
+      if (seen && !seen.inFlight && seen.atMs > current) seen.atMs = current;
       if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
         if (seen.payload !== fingerprint) {
           return verdict(ctx, i.mode, { reason: 'idempotency-key-reused', detail: 'this idempotency key was used for a different request' });

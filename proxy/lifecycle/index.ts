@@ -17,7 +17,7 @@ import { Journal, readJournal, replay } from './journal.ts';
 import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
-import { forgetDenials, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
+import { forgetDenials, fromNow, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import type { Monitored } from './state.ts';
 import { REVOKED_ACTOR, WOULD_DENY, countForwarded, quarantineOf } from './checks.ts';
 import { resolveConsumer, subjectKind } from '../checks/consumers.ts';
@@ -251,6 +251,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const q = state.config.monitors.quarantine;
     const key = p.key;
     if (m.quarantine(key, at)) return;
+    fromNow(s.denials, now());
     recordDenial(s, at, d.reason, d.enforced, q.windowMs, q.denials);
     if (s.denials.length < q.denials) return;
     // The reasons of the denials counted, most recent last, each once.

@@ -133,7 +133,11 @@ export class MonitorState {
   #changes = 0;
   get changes(): number { return this.#changes; }
 
-  constructor(config: MonitorsConfig) {
+  /** The wall clock (LifecycleState.now): what a clock step is told by. */
+  readonly #clock: () => number;
+
+  constructor(config: MonitorsConfig, clock: () => number) {
+    this.#clock = clock;
     const max = config.maxConsumers;
     // Denial times are kept up to quarantine.denials whatever the mode: counted from the start.
     const fixed = CONSUMER_BYTES + DENIAL_BYTES * config.quarantine.denials;
@@ -306,9 +310,12 @@ export class MonitorState {
   #inForce(key: string, now: number): Quarantine | undefined {
     const q = this.quarantined.get(key);
     if (q && q.untilMs <= now) { this.quarantined.delete(key); return undefined; }
-    // Placed after now: the clock stepped back (fromNow). It lasts its period from now, not the step too.
-    if (q && q.sinceMs > now) {
-      const moved = { ...q, sinceMs: now, untilMs: now + (q.untilMs - q.sinceMs) };
+    // Placed after the clock's reading now: it stepped back (fromNow). It lasts its period from
+    // now, not the step too. (Not after `now`, a request's own time: one decided late sees a
+    // quarantine placed after it arrived.)
+    const current = this.#clock();
+    if (q && q.sinceMs > current) {
+      const moved = { ...q, sinceMs: current, untilMs: current + (q.untilMs - q.sinceMs) };
       this.quarantined.set(key, moved);
       return moved;
     }
@@ -343,7 +350,6 @@ const HASHED_KEY = new RegExp(`^[A-Za-z0-9_-]{43}~{${QUARANTINE_SUBJECT_CHARS + 
  * tells whether one more event fits under `max`. Returns the time at which it will, when not.
  */
 export function windowFull(times: number[], now: number, windowMs: number, max: number): number | undefined {
-  fromNow(times, now);
   let drop = 0;
   while (drop < times.length && times[drop]! <= now - windowMs) drop++;
   if (drop) times.splice(0, drop);
@@ -357,7 +363,6 @@ export function windowFull(times: number[], now: number, windowMs: number, max: 
  * names the reasons of those it counted, not every reason the consumer ever had.
  */
 export function recordDenial(s: ConsumerState, at: number, reason: string, enforced: boolean, windowMs: number, max: number): void {
-  fromNow(s.denials, at);
   let drop = 0;
   while (drop < s.denials.length && s.denials[drop]! <= at - windowMs) drop++;
   const i = insertInOrder(s.denials, at, drop);
@@ -368,12 +373,15 @@ export function recordDenial(s: ConsumerState, at: number, reason: string, enfor
 }
 
 /**
- * Times after `now`, in a time-ordered log, moved to `now`: the wall clock stepped back (an NTP
- * correction, a VM resumed). Left in the future, they would count for the step as well as the
- * window: a step back of an hour turned a 10 s retry-storm window into a 59-minute refusal.
+ * Times after `current`, the clock's reading now, in a time-ordered log, moved to it: the wall
+ * clock stepped back (an NTP correction, a VM resumed). Left in the future, they would count
+ * for the step as well as the window: a step back of an hour turned a 10 s retry-storm window
+ * into a 59-minute refusal. Not a request's own time: one decided late (its body read for
+ * seconds) sees later arrivals' times after its own, and moving them back to it would empty
+ * the window early.
  */
-export function fromNow(times: number[], now: number): void {
-  for (let i = times.length - 1; i >= 0 && times[i]! > now; i--) times[i] = now;
+export function fromNow(times: number[], current: number): void {
+  for (let i = times.length - 1; i >= 0 && times[i]! > current; i--) times[i] = current;
 }
 
 export function forgetDenials(s: ConsumerState): void {

@@ -27,7 +27,7 @@ export class LifecycleState {
   constructor(rules: Rules, now: () => number) {
     this.#config = configOf(rules);
     this.#rules = rules;
-    this.monitors = new MonitorState(this.#config.monitors);
+    this.monitors = new MonitorState(this.#config.monitors, now);
     this.now = now;
   }
 

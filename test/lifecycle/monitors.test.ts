@@ -432,6 +432,32 @@ t.test('the wall clock stepping back: windows and a quarantine last their length
   await free.text();
 });
 
+t.test('a request decided late (its body slow) does not move later arrivals\' times back to its own', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, { maxBodyBytes: 1024, retryStorm: { maxRepeats: 2, window: '4s' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ now: c.now() });
+  const body = '{"name":"a"}';
+  // S arrives at 0 s with all but the last byte of its body.
+  const s = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  let answer = '';
+  s.on('data', (d) => { answer += d; });
+  s.write(`POST /items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body.slice(0, -1)}`);
+  await new Promise((r) => setTimeout(r, 100));
+  c.advance(2_800);
+  const post = async () => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'content-type': 'application/json' }), body }); await r.text(); return r.status; };
+  t.same([await post(), await post(), await post()], [200, 200, 429], 'at 2.8 s: two, then the window is full');
+  // S's last byte: decided now, with its arrival time.
+  s.end(body.slice(-1));
+  await new Promise((r) => s.once('close', r));
+  t.match(answer, /^HTTP\/1\.1 429 /, 'S is a third within the window');
+  // At 4.15 s the two of 2.8 s are still in the window (before: S moved them back to 0 s, and they had gone).
+  c.advance(1_350);
+  t.same([await post(), await post()], [429, 429], 'still full');
+  t.equal(w.up.seen.length, 2, 'the upstream received two');
+});
+
 t.test('quarantine: K denials in the window refuse everything for the period; listed and lifted', async (t) => {
   const w = await world();
   const c = clock();
