@@ -29,8 +29,18 @@ export function refusedFromWebPage(req: IncomingMessage, res: ServerResponse, ro
   return true;
 }
 
+/**
+ * A Host an admin client sends: an IP address or localhost, with or without a port. A page on
+ * evil.example whose name its DNS turns to 127.0.0.1 (DNS rebinding) is same-origin with it:
+ * the browser then sends no Origin on a GET, and would read /decisions; its Host is the only
+ * sign. (Absent, from HTTP/1.0, it is no page's.)
+ */
+const ADMIN_HOST = /^(?:localhost|127(?:\.\d{1,3}){3}|\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/i;
+
 export class AdminRoutes {
   readonly #routes: Route[] = [];
+  /** List answers being written (jsonList): each holds the list it began with. */
+  #lists = 0;
 
   /** Add a route; a RegExp path matches the whole pathname. Later routes cannot shadow earlier ones. */
   add(method: string, path: string | RegExp, handler: AdminHandler): void {
@@ -43,7 +53,8 @@ export class AdminRoutes {
       const hit = typeof r.path === 'string' ? r.path === pathname : r.path.test(pathname);
       if (!hit) continue;
       if (r.method === method || (method === 'HEAD' && r.method === 'GET')) return { handler: r.handler, allowed };
-      allowed.push(r.method);
+      // A GET route serves HEAD too (RFC 9110 §9.3.2), so Allow names it.
+      allowed.push(...(r.method === 'GET' ? ['GET', 'HEAD'] : [r.method]));
     }
     return { allowed };
   }
@@ -64,20 +75,36 @@ export class AdminRoutes {
    * out of memory.
    */
   async jsonList<T>(res: ServerResponse, head: Record<string, unknown>, key: string, items: Iterable<T>, view: (item: T) => unknown): Promise<void> {
-    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
     // A HEAD answer has no body: no item is looked at.
-    if (res.req.method === 'HEAD') { res.end(); return; }
-    const fields = JSON.stringify(head).slice(1, -1);
-    let room = res.write(`{${fields}${fields ? ',' : ''}${JSON.stringify(key)}:[`);
-    let i = 0;
-    for (const item of items) {
-      if (!room) await drained(res);
-      else if (i > 0 && i % ITEMS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
-      if (res.destroyed) return;
-      room = res.write((i === 0 ? '\n' : ',\n') + JSON.stringify(view(item)));
-      i++;
+    if (res.req.method === 'HEAD') { res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }); res.end(); return; }
+    // Each answer holds its list (a page of /decisions, entries the ring has since let go)
+    // until its client has read it: clients that never read, one per turn of the ring, held a
+    // ring's worth each and ran the chart's heap out. So LIST_ANSWERS at once, each given
+    // LIST_STALL_MS to take more and LIST_MS in all.
+    if (this.#lists >= LIST_ANSWERS) {
+      res.setHeader('retry-after', '1');
+      this.problem(res, 503, 'Service Unavailable', `already ${LIST_ANSWERS} list answers being written: try again`);
+      return;
     }
-    res.end(i === 0 ? ']}\n' : '\n]}\n');
+    this.#lists++;
+    const deadline = setTimeout(() => res.destroy(), LIST_MS);
+    try {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      const fields = JSON.stringify(head).slice(1, -1);
+      let room = res.write(`{${fields}${fields ? ',' : ''}${JSON.stringify(key)}:[`);
+      let i = 0;
+      for (const item of items) {
+        if (!room && !(await drained(res, LIST_STALL_MS))) res.destroy();
+        else if (i > 0 && i % ITEMS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
+        if (res.destroyed) return;
+        room = res.write((i === 0 ? '\n' : ',\n') + JSON.stringify(view(item)));
+        i++;
+      }
+      res.end(i === 0 ? ']}\n' : '\n]}\n');
+    } finally {
+      clearTimeout(deadline);
+      this.#lists--;
+    }
   }
 
   problem(res: ServerResponse, status: number, title: string, detail: string): void {
@@ -89,13 +116,21 @@ export class AdminRoutes {
 
 /** Items of a list answer written between two turns of the event loop. */
 const ITEMS_PER_TURN = 256;
+/** List answers written at once (jsonList). */
+export const LIST_ANSWERS = 2;
+/** How long a list answer's client may take nothing before it is cut, and how long it may take in all. */
+export const LIST_STALL_MS = 10_000;
+export const LIST_MS = 60_000;
 
-/** Resolves when `res` can take more, or is gone. */
-function drained(res: ServerResponse): Promise<void> {
+/** Resolves true when `res` can take more, or is gone; false when it took nothing for `ms`. */
+function drained(res: ServerResponse, ms: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const done = () => { res.off('drain', done); res.off('close', done); resolve(); };
-    res.once('drain', done);
-    res.once('close', done);
+    const done = (more: boolean) => () => { clearTimeout(timer); res.off('drain', drain); res.off('close', close); resolve(more); };
+    const drain = done(true);
+    const close = done(true);
+    const timer = setTimeout(done(false), ms);
+    res.once('drain', drain);
+    res.once('close', close);
   });
 }
 
@@ -129,6 +164,14 @@ export function createAdminServer(routes: AdminRoutes, log: Log, only?: Readonly
     }
     if (only && !only.has(url.pathname)) {
       routes.problem(res, 404, 'Not Found', `${redactPath(url.pathname)} is served on the admin listener only`);
+      return;
+    }
+    // The probe listener is on the pod's IP: a connection kept alive between requests would
+    // let anybody who reaches it hold its places with a request every few seconds, and the
+    // kubelet's probes would find none (they open a connection each time anyway).
+    if (only) res.setHeader('connection', 'close');
+    else if (req.headers.host !== undefined && !ADMIN_HOST.test(req.headers.host)) {
+      routes.problem(res, 403, 'Forbidden', 'the admin listener answers requests for an IP address or localhost only (a name that resolves here may be a web page\'s: DNS rebinding)');
       return;
     }
     const { handler, allowed } = routes.find(req.method ?? 'GET', url.pathname);

@@ -99,6 +99,9 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   try { return JSON.parse(text); } catch { throw new TypeError('body is not JSON'); }
 }
 
+/** The fields of a revocation the API takes. */
+const REVOCATION_FIELDS = new Set(['kind', 'value', 'reason', 'end']);
+
 class UnsupportedMediaType extends TypeError {
   constructor() { super('the body must be sent as content-type: application/json'); }
 }
@@ -130,13 +133,21 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     if (who === undefined) { req.resume(); return; }
     let body: Record<string, unknown>;
     try { body = (await readJson(req)) as Record<string, unknown>; } catch (err) {
-      if (err instanceof UnsupportedMediaType) { req.resume(); routes.problem(res, 415, 'Unsupported Media Type', err.message); } else routes.problem(res, 400, 'Bad Request', (err as Error).message);
+      if (err instanceof UnsupportedMediaType) { req.resume(); routes.problem(res, 415, 'Unsupported Media Type', err.message); } else {
+        // The rest of a body past the limit is not read: the connection ends with the answer.
+        if (!req.complete) res.setHeader('connection', 'close');
+        routes.problem(res, 400, 'Bad Request', (err as Error).message);
+      }
       return;
     }
     const now = state.now();
     const config = state.config;
     const problems: string[] = [];
     if (!body || typeof body !== 'object' || Array.isArray(body)) problems.push('the body must be a JSON object');
+    // An unknown field is a mistake to say, not to ignore: a mistyped `End` left the default
+    // end, and a subject's revocation lapsed after 12h1m (a revocation list refuses one too).
+    const unknown = body && typeof body === 'object' && !Array.isArray(body) ? Object.keys(body).filter((k) => !REVOCATION_FIELDS.has(k)) : [];
+    if (unknown.length) problems.push(`unknown field${unknown.length > 1 ? 's' : ''} ${unknown.slice(0, 5).map((k) => JSON.stringify(redactText(k).slice(0, 64))).join(', ')} (use kind, value, reason, end)`);
     const { kind, value, reason, end } = body ?? {};
     if (!isRevocationKind(kind)) problems.push(`kind must be one of ${REVOCATION_KINDS.join(', ')}`);
     if (typeof value !== 'string' || value === '' || value.length > 1024) problems.push('value must be a non-empty string (at most 1024 characters)');

@@ -153,7 +153,8 @@ export function parseFilter(params: URLSearchParams, now: number): DecisionFilte
       }
       case 'limit': {
         const n = Number(value);
-        if (!Number.isInteger(n) || n < 1 || n > MAX_LIMIT) throw new TypeError(`limit: must be an integer from 1 to ${MAX_LIMIT}`);
+        // Digits only: Number() also reads 1e3, 0x10, ' 1' and 1.0.
+        if (!/^[0-9]{1,6}$/.test(value) || !Number.isInteger(n) || n < 1 || n > MAX_LIMIT) throw new TypeError(`limit: must be an integer from 1 to ${MAX_LIMIT}`);
         f.limit = n;
         break;
       }

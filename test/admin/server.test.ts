@@ -21,13 +21,13 @@ await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
 const port = (server.address() as AddressInfo).port;
 t.teardown(() => server.close());
 
-function send(method: string, path: string): Promise<{ status: number; body: string; complete: boolean; error?: string }> {
+function send(method: string, path: string, headers: Record<string, string> = {}, at = port): Promise<{ status: number; body: string; complete: boolean; error?: string; headers?: Record<string, unknown> }> {
   return new Promise((resolve) => {
-    const req = request({ host: '127.0.0.1', port, method, path }, (res) => {
+    const req = request({ host: '127.0.0.1', port: at, method, path, headers }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => { body += c; });
-      res.on('end', () => resolve({ status: res.statusCode!, body, complete: res.complete }));
+      res.on('end', () => resolve({ status: res.statusCode!, body, complete: res.complete, headers: res.headers }));
       res.on('error', (err) => resolve({ status: res.statusCode!, body, complete: false, error: err.message }));
     });
     req.on('error', (err) => resolve({ status: 0, body: '', complete: false, error: err.message }));
@@ -55,4 +55,32 @@ t.test('an item that cannot be shown: the answer is cut off, the error logged wi
   const line = lines.find((l) => l.msg === 'admin request failed');
   t.match(line, { level: 'error', method: 'GET', path: '/broken', error: 'TypeError', answer: 'cut off' }, 'logged (before: nothing)');
   t.notMatch(JSON.stringify(lines), /Bearer|abc\.def/, 'the message, which may quote a credential, is not logged');
+});
+
+t.test('DNS rebinding: the admin listener answers for an IP address or localhost only', async (t) => {
+  // A page on evil.example, its name turned to 127.0.0.1, is same-origin with the listener: no
+  // Origin on its GET, and it read /decisions. Its Host is the only sign.
+  for (const host of ['evil.example', 'evil.example:15000', 'localhost.evil.example', '127.0.0.1.nip.io:15000']) {
+    const r = await send('GET', '/numbers', { host });
+    t.equal(r.status, 403, host);
+    t.match(r.body, /IP address or localhost only/);
+  }
+  for (const host of ['127.0.0.1', `127.0.0.1:${port}`, `localhost:${port}`, 'LOCALHOST', '[::1]:15000', '10.1.2.3:15021']) {
+    t.equal((await send('GET', '/numbers', { host })).status, 200, host);
+  }
+});
+
+t.test('the probe listener closes each connection after its answer; Allow names HEAD beside GET', async (t) => {
+  const probes = createAdminServer(routes, () => {}, new Set(['/numbers']));
+  await new Promise<void>((resolve) => probes.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => probes.close());
+  const at = (probes.address() as AddressInfo).port;
+  // Kept alive, 64 connections each asking every few seconds held every place, and the
+  // kubelet's probes were refused.
+  const r = await send('GET', '/numbers', { host: 'evil.example' }, at);
+  t.equal(r.status, 200, 'any Host: the probe listener serves nothing a page may not read');
+  t.equal(r.headers?.connection, 'close');
+  const wrong = await send('POST', '/numbers');
+  t.equal(wrong.status, 405);
+  t.equal(wrong.headers?.allow, 'GET, HEAD', 'a GET route serves HEAD too');
 });

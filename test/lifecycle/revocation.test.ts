@@ -130,6 +130,10 @@ t.test('the admin API refuses writes without the admin credential', async (t) =>
   const bad = await revoke(dg.admin, { kind: 'email', value: '', reason: 'y', end: '2000-01-01' });
   t.equal(bad.status, 400, 'a bad revocation is refused with what is wrong');
   t.match(await bad.text(), /kind must be one of/);
+  // A mistyped field is said, not ignored: `End` left the default end, and the revocation lapsed.
+  const typo = await revoke(dg.admin, { kind: 'subject', value: 'spiffe://x', reason: 'y', End: '2099-01-01T00:00:00Z', id: 'INC-1' });
+  t.equal(typo.status, 400, 'an unknown field is refused');
+  t.match((await typo.json() as { detail: string }).detail, /^unknown fields "End", "id" \(use kind, value, reason, end\)$/);
   const huge = await revoke(dg.admin, { kind: 'jti', value: 'x', reason: 'y'.repeat(20_000) });
   t.equal(huge.status, 400, 'a body past 16 KiB is refused');
   t.match(await huge.text(), /body larger than 16384 bytes/);

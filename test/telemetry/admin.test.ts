@@ -169,7 +169,7 @@ t.test('/decisions: newest first, every filter, bad parameters refused', async (
   t.equal(past.body.count, 0, 'until in epoch ms');
 
   // A time without an offset was read in the process's time zone, 2026-02-30 as March 2.
-  for (const q of ['?decision=maybe', '?limit=0', '?since=yesterday', '?consumerr=x', '?since=2026-11-25T18:00:00', '?until=2026-11-25%2018:00', '?since=11/25/2026', '?until=2026-02-30']) {
+  for (const q of ['?decision=maybe', '?limit=0', '?limit=1e3', '?limit=0x10', '?limit=1.0', '?limit=%201', '?since=yesterday', '?consumerr=x', '?since=2026-11-25T18:00:00', '?until=2026-11-25%2018:00', '?since=11/25/2026', '?until=2026-02-30']) {
     const bad = await decisions(q);
     t.equal(bad.status, 400, q);
   }
