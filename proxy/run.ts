@@ -161,10 +161,18 @@ export async function demo(): Promise<number> {
   // minute. OTEL_TRACES_EXPORTER=console (or otlp with a collector) shows the spans.
   const tracesChosen = process.env.OTEL_TRACES_EXPORTER !== undefined;
   if (!tracesChosen) process.env.OTEL_TRACES_EXPORTER = 'none';
+  let reload: Reloader | undefined;
   const stop = await runDemo(async (rules, file) => {
     const s = await start(rules, file, {});
+    reload = s.reload;
     return { close: () => s.shutdown(2_000) };
   });
   if (!tracesChosen) console.log('Traces: not exported (no collector here). Run OTEL_TRACES_EXPORTER=console make demo to print them, or set OTEL_EXPORTER_OTLP_ENDPOINT with OTEL_TRACES_EXPORTER=otlp.');
-  return untilSignal({ term: stop, deadlineMs: 2_000 + FLUSH_MS });
+  // SIGHUP reloads a --rules file, as under `run`; on the embedded rules it says there is none
+  // (Node's default action ended the demo, exit 129).
+  return untilSignal({
+    term: stop,
+    hup: () => { if (reload) void reload.reload('SIGHUP'); else logLine({ level: 'info', msg: 'SIGHUP: these rules are embedded (driftguard demo): there is no file to reload' }); },
+    deadlineMs: 2_000 + FLUSH_MS,
+  });
 }

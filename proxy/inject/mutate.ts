@@ -164,20 +164,12 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // of that name with another image or command, or a driftguard.io/status annotation the pod
   // wrote itself, would otherwise run the pod unguarded while looking injected.
   // Its ports are checked against the other containers' all the same: a later webhook (Istio's,
-  // whose configuration sorts after driftguard's) may have added a container that clashes,
-  // and webhook.reinvocationPolicy IfNeeded asks again after it.
+  // when its configuration's name sorts after this one's) may have added a container that
+  // clashes, and webhook.reinvocationPolicy IfNeeded asks again after it.
   const named = [...containers, ...initContainers].filter((c) => c.name === SIDECAR_NAME);
   const injected = named.length === 1 && isOwnSidecar(named[0]!, config);
   if (named.length > 0 && !injected) {
     return reject(`the pod already has a container named ${SIDECAR_NAME} that is not the injector's (image ${config.image}, command node ${IMAGE_CLI} run): remove it, the injector adds the sidecar`, podName);
-  }
-  const others = containers.filter((c) => c.name !== SIDECAR_NAME);
-  const otherInits = initContainers.filter((c) => c.name !== SIDECAR_NAME);
-  // A Service's targetPort names the sidecar's port: an app port of that name would take the
-  // traffic around driftguard (Kubernetes resolves a name to the first container that has it).
-  for (const c of [...others, ...otherInits]) {
-    const port = (Array.isArray(c.ports) ? c.ports : []).find((p) => isObj(p) && SIDECAR_PORT_NAMES.includes(p.name as string));
-    if (port) return reject(`container ${JSON.stringify(String(c.name))} declares a port named ${String(port.name)}, the sidecar's: a Service whose targetPort names it could reach the app around driftguard; rename that port`, podName);
   }
   if (spec.hostNetwork === true) {
     return answer('skipped', 'host network', { allowed: true, warnings: ['driftguard sidecar not injected: pods with hostNetwork are not supported'] }, podName);
@@ -187,6 +179,15 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // Windows by spec.os, or by the node selector that is all older manifests set.
   if ((isObj(spec.os) && spec.os.name === 'windows') || (isObj(spec.nodeSelector) && spec.nodeSelector['kubernetes.io/os'] === 'windows')) {
     return answer('skipped', 'windows', { allowed: true, warnings: ['driftguard sidecar not injected: Windows pods are not supported'] }, podName);
+  }
+
+  const others = containers.filter((c) => c.name !== SIDECAR_NAME);
+  const otherInits = initContainers.filter((c) => c.name !== SIDECAR_NAME);
+  // A Service's targetPort names the sidecar's port: an app port of that name would take the
+  // traffic around driftguard (Kubernetes resolves a name to the first container that has it).
+  for (const c of [...others, ...otherInits]) {
+    const port = (Array.isArray(c.ports) ? c.ports : []).find((p) => isObj(p) && SIDECAR_PORT_NAMES.includes(p.name as string));
+    if (port) return reject(`container ${JSON.stringify(String(c.name))} declares a port named ${String(port.name)}, the sidecar's: a Service whose targetPort names it could reach the app around driftguard; rename that port`, podName);
   }
 
   // Per-pod settings from annotations, each validated with a message naming it.

@@ -320,6 +320,11 @@ t.test('hostNetwork pods are not injected, with a warning', async (t) => {
   t.equal(got.response.allowed, true);
   t.equal(got.response.patch, undefined);
   t.match(got.response.warnings?.[0], /hostNetwork/);
+  // Skipped with its warning even when a port is named like the sidecar's (it was refused).
+  const named = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { hostNetwork: true, containers: [{ name: 'app', image: 'x', ports: [{ name: 'driftguard', containerPort: 8080 }] }] } });
+  const again = await review(t, native, named);
+  t.equal(again.got.response.allowed, true, 'not refused: it is not injected');
+  t.match(again.got.response.warnings?.[0], /hostNetwork/);
 });
 
 t.test('requests that are not a pod CREATE are admitted unchanged', async (t) => {
