@@ -69,9 +69,8 @@ export function withoutIssuer(sub: unknown): string {
 
 /** The consumer subject of a verified JWT-SVID (its SPIFFE ID), or a detail string. */
 export function spiffeSubject(payload: JWTPayload, header: ProtectedHeaderParameters, trustDomain: string): { subject: string } | { detail: string } {
-  // Case-insensitive (RFC 7515 §4.1.9): `jwt` is JWT.
-  const typ = typeof header.typ === 'string' ? header.typ.toUpperCase() : header.typ;
-  if (typ !== undefined && typ !== 'JWT' && typ !== 'JOSE') return { detail: 'a JWT-SVID\'s typ is JWT or JOSE' };
+  // Case-insensitive in ASCII (RFC 7515 §4.1.9): `jwt` is JWT; `JOſE` is not JOSE (toUpperCase would make it so).
+  if (header.typ !== undefined && !(typeof header.typ === 'string' && /^(?:jwt|jose)$/i.test(header.typ))) return { detail: 'a JWT-SVID\'s typ is JWT or JOSE' };
   if (typeof header.alg !== 'string' || !SVID_ALGORITHMS.has(header.alg)) return { detail: 'signature algorithm not allowed for a JWT-SVID' };
   if (payload.aud === undefined || (Array.isArray(payload.aud) && payload.aud.length === 0)) return { detail: 'a JWT-SVID must have aud' };
   if (typeof payload.sub !== 'string') return { detail: 'a JWT-SVID\'s sub is a SPIFFE ID' };

@@ -63,6 +63,7 @@ t.test('JWT-SVIDs: what the specification requires', async (t) => {
   }
   // typ is case-insensitive (RFC 7515 §4.1.9).
   t.equal((await call(await svid({ key: es, header: { typ: 'jwt' } }))).status, 200, 'typ jwt');
+  t.equal((await call(await svid({ key: es, header: { typ: 'JO\u017fE' } }))).status, 401, 'typ JOſE: ASCII case only');
 });
 
 // A SPIFFE bundle (SPIFFE Trust Domain and Bundle spec, 4.2) marks each key with its use. jose
