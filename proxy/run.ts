@@ -83,7 +83,7 @@ const FLUSH_MS = 8_000;
  */
 export const MAX_GRACE_MS = 24 * 86_400_000;
 
-function untilSignal(handlers: { term: () => Promise<void>; hup?: () => void; deadlineMs: number }): Promise<number> {
+function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) | 'stop'; deadlineMs: number }): Promise<number> {
   return new Promise((resolve) => {
     let stopping = false;
     const done = (code: number) => {
@@ -113,7 +113,9 @@ function untilSignal(handlers: { term: () => Promise<void>; hup?: () => void; de
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    if (handlers.hup) process.on('SIGHUP', handlers.hup);
+    const hup = handlers.hup;
+    if (hup === 'stop') process.on('SIGHUP', () => stop('SIGHUP'));
+    else if (hup) process.on('SIGHUP', hup);
   });
 }
 
@@ -161,18 +163,13 @@ export async function demo(): Promise<number> {
   // minute. OTEL_TRACES_EXPORTER=console (or otlp with a collector) shows the spans.
   const tracesChosen = process.env.OTEL_TRACES_EXPORTER !== undefined;
   if (!tracesChosen) process.env.OTEL_TRACES_EXPORTER = 'none';
-  let reload: Reloader | undefined;
   const stop = await runDemo(async (rules, file) => {
     const s = await start(rules, file, {});
-    reload = s.reload;
     return { close: () => s.shutdown(2_000) };
   });
   if (!tracesChosen) console.log('Traces: not exported (no collector here). Run OTEL_TRACES_EXPORTER=console make demo to print them, or set OTEL_EXPORTER_OTLP_ENDPOINT with OTEL_TRACES_EXPORTER=otlp.');
-  // SIGHUP reloads a --rules file, as under `run`; on the embedded rules it says there is none
-  // (Node's default action ended the demo, exit 129).
-  return untilSignal({
-    term: stop,
-    hup: () => { if (reload) void reload.reload('SIGHUP'); else logLine({ level: 'info', msg: 'SIGHUP: these rules are embedded (driftguard demo): there is no file to reload' }); },
-    deadlineMs: 2_000 + FLUSH_MS,
-  });
+  // The demo runs in a terminal: SIGHUP is its hang-up, a graceful stop, so that a closed
+  // terminal does not leave it holding its ports (Node's default action exited 129 without
+  // one). A --rules file reloads when it changes and on POST /reload.
+  return untilSignal({ term: stop, hup: 'stop', deadlineMs: 2_000 + FLUSH_MS });
 }

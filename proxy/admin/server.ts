@@ -155,6 +155,11 @@ export function createAdminServer(routes: AdminRoutes, log: Log, only?: Readonly
     headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 2_000,
   }, async (req, res) => {
     gatherSmallChunks(req);
+    // The probe listener is on the pod's IP: a connection kept alive between requests would
+    // let anybody who reaches it hold its places with a request every few seconds (a 404 as
+    // well as a 200), and the kubelet's probes would find none (they open a connection each
+    // time anyway). So every answer there closes its connection.
+    if (only) res.setHeader('connection', 'close');
     let url: URL;
     try {
       url = new URL(req.url ?? '/', 'http://admin.invalid');
@@ -166,11 +171,7 @@ export function createAdminServer(routes: AdminRoutes, log: Log, only?: Readonly
       routes.problem(res, 404, 'Not Found', `${redactPath(url.pathname)} is served on the admin listener only`);
       return;
     }
-    // The probe listener is on the pod's IP: a connection kept alive between requests would
-    // let anybody who reaches it hold its places with a request every few seconds, and the
-    // kubelet's probes would find none (they open a connection each time anyway).
-    if (only) res.setHeader('connection', 'close');
-    else if (req.headers.host !== undefined && !ADMIN_HOST.test(req.headers.host)) {
+    if (!only && req.headers.host !== undefined && !ADMIN_HOST.test(req.headers.host)) {
       routes.problem(res, 403, 'Forbidden', 'the admin listener answers requests for an IP address or localhost only (a name that resolves here may be a web page\'s: DNS rebinding)');
       return;
     }

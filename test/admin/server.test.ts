@@ -80,6 +80,12 @@ t.test('the probe listener closes each connection after its answer; Allow names 
   const r = await send('GET', '/numbers', { host: 'evil.example' }, at);
   t.equal(r.status, 200, 'any Host: the probe listener serves nothing a page may not read');
   t.equal(r.headers?.connection, 'close');
+  // Every answer: a 404 (a path the admin listener serves, or none) and a 400 too.
+  for (const path of ['/nope', '/decisions', '//[']) {
+    const other = await send('GET', path, {}, at);
+    t.ok(other.status === 404 || other.status === 400, `${path}: ${other.status}`);
+    t.equal(other.headers?.connection, 'close', `${path}: closed after its answer`);
+  }
   const wrong = await send('POST', '/numbers');
   t.equal(wrong.status, 405);
   t.equal(wrong.headers?.allow, 'GET, HEAD', 'a GET route serves HEAD too');
