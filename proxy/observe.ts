@@ -16,6 +16,8 @@ export interface Observation {
   decided(decision: Decision): void;
   /** Forwarding starts now. */
   forwarding(): void;
+  /** The upstream's answer reaches the client: its head goes out now, with `status` (its body may follow). */
+  answering?(status: number): void;
   /** Forwarding ended. */
   forwarded(outcome: ForwardOutcome): void;
   /** The response is finished (or the connection closed); `status` is what the client got. */
@@ -69,6 +71,7 @@ class CompositeObservation implements Observation {
   responseHeaders(into: Record<string, string | string[]>): void { for (const o of this.#all) o.responseHeaders(into); }
   decided(d: Decision): void { for (const o of this.#all) o.decided(d); }
   forwarding(): void { for (const o of this.#all) o.forwarding(); }
+  answering(status: number): void { for (const o of this.#all) o.answering?.(status); }
   forwarded(outcome: ForwardOutcome): void { for (const o of this.#all) o.forwarded(outcome); }
   end(status: number): void { for (const o of this.#all) o.end(status); }
 }

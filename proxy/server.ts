@@ -552,7 +552,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
     ctx.sendContinue?.();
-    const forwarded = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body);
+    const forwarded = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body, observation);
     // A connection the drain cut closes as one the client left would: say whose cut it was.
     const outcome = cutting && forwarded.error === CLIENT_CLOSED ? { ...forwarded, error: DRAIN_CUT } : forwarded;
     try { observation.forwarded(outcome); } catch { /* ignore */ }

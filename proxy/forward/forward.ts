@@ -26,6 +26,8 @@ export function isWebSocketHandshake(req: IncomingMessage): boolean {
 }
 
 type Resolve = (outcome: ForwardOutcome) => void;
+/** What hears the status the client gets, when its head goes out (the request's Observation). */
+export interface Answering { answering?(status: number): void }
 
 /**
  * One upstream exchange on undici's dispatch API: the upstream's status and headers become
@@ -40,6 +42,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   readonly #res: ServerResponse;
   readonly #responseHeaders: Record<string, string | string[]>;
   readonly #resolve: Resolve;
+  /** Told the status when the client gets the upstream's head (Answering). */
+  readonly #answering: Answering | undefined;
   #controller?: Dispatcher.DispatchController;
   #clientGone = false;
   #done = false;
@@ -59,11 +63,12 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #again?: () => void;
   #resent = false;
 
-  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve) {
+  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, answering?: Answering) {
     this.#req = req;
     this.#res = res;
     this.#responseHeaders = responseHeaders;
     this.#resolve = resolve;
+    this.#answering = answering;
     res.once('close', this.#onClose);
     // The listener stays: a late error must never become an uncaught 'error' event.
     res.on('error', this.#onClose);
@@ -130,6 +135,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #writeHead(): void {
     if (!this.#head) return;
     this.#res.writeHead(this.#head.status, this.#head.headers);
+    // Before the body: a client may act on the status (retry a 503) while the rest streams.
+    try { this.#answering?.answering?.(this.#head.status); } catch { /* an observer never fails an answer */ }
     this.#head = undefined;
   }
 
@@ -222,12 +229,12 @@ export class Forwarder {
    * `own` are driftguard's request headers for the upstream; `responseHeaders` are added to
    * the client's response.
    */
-  forward(req: IncomingMessage, res: ServerResponse, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>, body?: Buffer): Promise<ForwardOutcome> {
+  forward(req: IncomingMessage, res: ServerResponse, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>, body?: Buffer, answering?: Answering): Promise<ForwardOutcome> {
     // The caller left while the decision was being made (keys being fetched): its 'close' has
     // already fired, so nothing would abort the request; send nobody's request upstream.
     if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     return new Promise((resolve) => {
-      const exchange = new Exchange(req, res, responseHeaders, resolve);
+      const exchange = new Exchange(req, res, responseHeaders, resolve, answering);
       const options: Dispatcher.DispatchOptions = {
         path,
         method: req.method as 'GET',

@@ -150,14 +150,19 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           else countForwarded(state, ctx);
           observe(ctx, d);
         },
+        answering(status: number) {
+          // The upstream answered that it did not process the write (NOT_PROCESSED): its key
+          // may be used again at once, as the client sees the status (a client retrying a 503
+          // before its body has ended was a duplicate-write), so that the retry the answer asks
+          // for goes through and a short outage does not turn retries into a quarantine.
+          if (NOT_PROCESSED.has(status)) release(ctx);
+        },
         forwarded(outcome: ForwardOutcome) {
-          // The write never reached the upstream, or the upstream answered that it did not
-          // process it (NOT_PROCESSED): its key may be used again at once, so that the retry
-          // the answer asks for is not a duplicate-write (and a short outage does not turn a
-          // client's retries into a quarantine). After a reset, an answer cut short, or any
-          // other answer, the upstream may have acted on it: the key stays, and a retry is a
-          // duplicate-write, whose action says to read the resource's state first.
-          if (neverSent(outcome) || (outcome.status !== undefined && !outcome.aborted && NOT_PROCESSED.has(outcome.status))) release(ctx);
+          // The write never reached the upstream: its key may be used again at once. After a
+          // reset, an answer cut short, or any answer but NOT_PROCESSED's, the upstream may have
+          // acted on it: the key stays, and a retry is a duplicate-write, whose action says to
+          // read the resource's state first.
+          if (neverSent(outcome)) release(ctx);
         },
         end() {
           const key = state.reserved.get(ctx);

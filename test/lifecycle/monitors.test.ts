@@ -95,6 +95,24 @@ t.test('idempotency: a write the upstream answered it did not process (503, 429,
   t.equal(failed.status, 500);
   await problem(t, await post('job-500'), 'duplicate-write', 409);
   t.equal(received, 14, 'the retry after the 500 did not reach the upstream');
+  // A 503 whose body is still streaming: a retry sent on its status goes through (it was a
+  // duplicate-write, "still in flight", until the first answer's body had ended).
+  let finish: () => void = () => {};
+  w.up.handler = (req, res) => {
+    req.resume();
+    req.on('end', () => {
+      received++;
+      if (received === 15) { res.writeHead(503, { 'retry-after': '1' }); res.write('{'); finish = () => res.end('}'); } else { res.writeHead(201); res.end('{}'); }
+    });
+  };
+  const streaming = await post('job-stream');
+  t.equal(streaming.status, 503, 'the status, the body still coming');
+  const retry = await post('job-stream');
+  t.equal(retry.status, 201, 'the retry on the status reached the upstream');
+  await retry.text();
+  finish();
+  await streaming.text();
+  t.equal(received, 16);
 });
 
 t.test('retry storm: a Content-Length re-spelt (leading zeros, 00 for none) is the same request', async (t) => {
