@@ -63,13 +63,10 @@ function parse(argv: string[], options: ParseArgsConfig['options'], allowPositio
 
 function reportRulesError(err: unknown): number {
   if ((err as { code?: unknown } | null)?.code === 'ERR_RULES_INVALID') {
-    // A listener that could not bind (a port in use) is named at its field, but the rules are fine.
-    const problems = (err as { problems?: readonly { message: string }[] }).problems ?? [];
-    const heading = problems.length > 0 && problems.every((p) => p.message.startsWith('cannot listen on')) ? 'cannot start' : 'invalid rules';
-    process.stderr.write(`driftguard: ${heading}\n${(err as Error).message}\n`);
+    process.stderr.write(`driftguard: invalid rules\n${(err as Error).message}\n`);
     return 1;
   }
-  // A listener of the demo's that could not bind: the message names the port and what to do.
+  // A listener that could not bind (StartError): the message names the port and its field.
   if ((err as { code?: unknown } | null)?.code === 'ERR_START_FAILED') {
     process.stderr.write(`driftguard: cannot start\n${(err as Error).message}\n`);
     return 1;

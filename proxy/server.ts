@@ -14,7 +14,7 @@ import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { blocks } from './checks/staleness.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
-import { RulesError, problemInFile, problemWith } from './rules/load.ts';
+import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, hasBody, isWebSocketHandshake } from './forward/forward.ts';
 import { CLIENT_CLOSED, DRAIN_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
@@ -699,7 +699,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const initial = generation.rules;
     const address = initial.proxy[field]!;
     const a = parseAddress(address)!;
-    const failed = (err: NodeJS.ErrnoException) => reject(new RulesError([problemWith(initial, ['proxy', field], `cannot listen on ${address}: ${err.code ?? err.message}`)]));
+    const failed = (err: NodeJS.ErrnoException) => reject(new StartError(formatProblem(problemWith(initial, ['proxy', field], `cannot listen on ${address}: ${err.code ?? err.message}`))));
     server.once('error', failed);
     server.listen(a.port, a.host, () => { server.off('error', failed); resolve(); });
   });

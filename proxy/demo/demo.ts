@@ -8,7 +8,10 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPair, exportJWK, type JWK } from 'jose';
-import { loadRules } from '../rules/load.ts';
+import { loadRules, StartError } from '../rules/load.ts';
+
+/** What to do when a port of the demo's is taken. */
+const MOVE_PORTS = 'free the port, or run `driftguard demo --rules FILE` with a copy of rules/demo.yaml on other ports';
 import { mint } from '../identity/mint.ts';
 import { parseAddress } from '../lib/address.ts';
 import type { Rules } from '../rules/types.ts';
@@ -36,7 +39,7 @@ export async function demoKey(dir: string): Promise<{ privateJwk: JWK; publicJwk
 function listen(server: Server, address: string, what: string): Promise<void> {
   const a = parseAddress(address)!;
   return new Promise((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => reject(Object.assign(new Error(`the demo's ${what} cannot listen on ${address} (${err.code ?? err.message}): free it, or run \`driftguard demo --rules FILE\` with a copy of rules/demo.yaml on other ports`), { code: 'ERR_START_FAILED' })));
+    server.once('error', (err: NodeJS.ErrnoException) => reject(new StartError(`the demo's ${what} cannot listen on ${address} (${err.code ?? err.message}): ${MOVE_PORTS}`)));
     server.listen(a.port, a.host, () => resolve());
   });
 }
@@ -127,14 +130,13 @@ export async function runDemo(start: (rules: Rules, file: string | undefined) =>
     await listen(jwks, `${url.hostname}:${url.port}`, 'JWKS server');
     await listen(api, new URL(rules.proxy.upstream).host, 'API');
     // A file given with --rules is reloaded as `run` reloads its file; the embedded one is not.
-    dg = await start(rules, rulesFile === DEMO_RULES ? undefined : rulesFile);
+    dg = await start(rules, rulesFile === DEMO_RULES ? undefined : rulesFile).catch((err: unknown) => {
+      // driftguard's own listener: what to do, as for the demo's servers (listen, above).
+      throw err instanceof StartError ? new StartError(`${err.message}\n${MOVE_PORTS}`) : err;
+    });
   } catch (err) {
     // What did start must not keep the process alive with nothing to show for it.
     jwks.close(); api.close();
-    const problems = (err as { problems?: readonly { message: string }[] }).problems;
-    if (problems?.length && problems.every((p) => p.message.startsWith('cannot listen on'))) {
-      throw Object.assign(new Error(`${(err as Error).message}\nfree the port, or run \`driftguard demo --rules FILE\` with a copy of rules/demo.yaml on other ports`), { code: 'ERR_START_FAILED' });
-    }
     throw err;
   }
   out(`driftguard demo: listening on http://${rules.proxy.listen} in front of the demo API at ${rules.proxy.upstream}`);

@@ -39,6 +39,18 @@ export class RulesError extends Error {
   }
 }
 
+/**
+ * A listener that could not bind (a port in use): named at its field as a problem of the
+ * rules is, but the rules are fine, so it is told apart (`driftguard: cannot start`).
+ */
+export class StartError extends Error {
+  readonly code = 'ERR_START_FAILED';
+  constructor(message: string) {
+    super(message);
+    this.name = 'StartError';
+  }
+}
+
 export function formatProblem(p: RulesProblem): string {
   // Line 0: the problem is with the file as a whole, or the value came from a flag or a variable.
   return `${p.file}${p.line > 0 ? `:${p.line}:${p.column}` : ''}: ${p.field || '(top level)'}: ${p.message}`;
