@@ -40,13 +40,6 @@ export interface LifecycleOptions {
   readonly now?: () => number;
 }
 
-/** Denials that say nothing about the consumer's behaviour, so they never lead to quarantine. */
-/**
- * Denials that do not count towards a consumer's quarantine: not its behaviour (driftguard's or
- * its dependencies' failures, the quarantine itself), or another party's: an actor the consumer
- * never allowed to act for it, or a chain too deep, must not get it locked out (nor a revoked
- * actor: REVOKED_ACTOR, below).
- */
 /**
  * Upstream answers that say a request was not acted on, to retry later: 408 Request Timeout,
  * 425 Too Early, 429 Too Many Requests, 503 Service Unavailable (RFC 9110, RFC 6585, RFC 8470).
@@ -54,6 +47,12 @@ export interface LifecycleOptions {
  */
 const NOT_PROCESSED = new Set([408, 425, 429, 503]);
 
+/**
+ * Denials that do not count towards a consumer's quarantine: not its behaviour (driftguard's or
+ * its dependencies' failures, the quarantine itself), or another party's: an actor the consumer
+ * never allowed to act for it, or a chain too deep, must not get it locked out (nor a revoked
+ * actor: REVOKED_ACTOR, below).
+ */
 const NOT_BEHAVIOUR = new Set(['consumer-quarantined', 'internal-error', 'identity-unavailable', 'revocation-list-unavailable', 'actor-not-allowed', 'delegation-too-deep']);
 
 /** The lifecycle settings read once, at start (the journal, the tables' bounds), by their rules field. */

@@ -309,12 +309,13 @@ export class MonitorState {
 
   #inForce(key: string, now: number): Quarantine | undefined {
     const q = this.quarantined.get(key);
-    if (q && q.untilMs <= now) { this.quarantined.delete(key); return undefined; }
+    if (!q) return undefined;
+    if (q.untilMs <= now) { this.quarantined.delete(key); return undefined; }
     // Placed after the clock's reading now: it stepped back (fromNow). It lasts its period from
     // now, not the step too. (Not after `now`, a request's own time: one decided late sees a
-    // quarantine placed after it arrived.)
+    // quarantine placed after it arrived.) Read only for a quarantine: not on every request.
     const current = this.#clock();
-    if (q && q.sinceMs > current) {
+    if (q.sinceMs > current) {
       const moved = { ...q, sinceMs: current, untilMs: current + (q.untilMs - q.sinceMs) };
       this.quarantined.set(key, moved);
       return moved;
