@@ -124,10 +124,10 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     // Only events for the rules file, the ConfigMap's `..data` symlink, or a JWKS file next to
     // the rules count: a decision log or anything else written into the same directory must
     // not reload (each reload parses and validates the whole file).
-    // Both absolute: a JWKS file's path is, and `--config rules.yaml` names a relative one.
+    // Absolute, as the loader makes a JWKS file's path: `--config rules.yaml` names a relative one.
     const dir = resolve(dirname(file));
     const interesting = (name: string) => name === basename(file) || name === '..data'
-      || dg.generation.rules.identity.issuers.some((i) => 'file' in i.jwks && resolve(dirname(i.jwks.file)) === dir && basename(i.jwks.file) === name);
+      || dg.generation.rules.identity.issuers.some((i) => 'file' in i.jwks && dirname(i.jwks.file) === dir && basename(i.jwks.file) === name);
     watcher = watch(dir, { persistent: false }, (_event, name) => {
       if (name !== null && !interesting(String(name))) return;
       clearTimeout(timer);

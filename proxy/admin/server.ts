@@ -125,12 +125,11 @@ export const LIST_MS = 60_000;
 /** Resolves true when `res` can take more, or is gone; false when it took nothing for `ms`. */
 function drained(res: ServerResponse, ms: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const done = (more: boolean) => () => { clearTimeout(timer); res.off('drain', drain); res.off('close', close); resolve(more); };
-    const drain = done(true);
-    const close = done(true);
+    const done = (more: boolean) => () => { clearTimeout(timer); res.off('drain', ready); res.off('close', ready); resolve(more); };
+    const ready = done(true);
     const timer = setTimeout(done(false), ms);
-    res.once('drain', drain);
-    res.once('close', close);
+    res.once('drain', ready);
+    res.once('close', ready);
   });
 }
 
