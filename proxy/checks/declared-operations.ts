@@ -1,16 +1,28 @@
 // A consumer that declared the operations it needs may call only those: an automation
-// wandering outside its declared surface is either stale or compromised.
+// wandering outside its declared surface is either stale or compromised. That holds for an
+// actor as well: an agent that declared its operations and acts for a person (or another
+// automation) with an exchanged token must not get past its declaration by the exchange.
 
 import type { Check } from '../pipeline/types.ts';
+import type { Rules } from '../rules/types.ts';
+import { actorIssuer, resolveConsumer } from './consumers.ts';
 
-export function declaredOperations(): Check {
+export function declaredOperations(rules: Rules): Check {
   return {
     name: 'declared-operations',
     run(ctx) {
-      const declared = ctx.consumer?.operations;
       const op = ctx.operation;
-      if (!declared || !op || declared.has(op.id)) return undefined;
-      return { reason: 'undeclared-operation', detail: `${op.id} is not among the operations this consumer declared` };
+      if (!op) return undefined;
+      const declared = ctx.consumer?.operations;
+      if (declared && !declared.has(op.id)) return { reason: 'undeclared-operation', detail: `${op.id} is not among the operations this consumer declared` };
+      const chain = ctx.credential?.act;
+      if (!chain) return undefined;
+      // Each actor as the consumer its issuer vouches for, as the delegation check reads it.
+      for (const [i, subject] of chain.actors.entries()) {
+        const ops = resolveConsumer(rules, { subject, issuer: actorIssuer(ctx.credential!, i) })?.operations;
+        if (ops && !ops.has(op.id)) return { reason: 'undeclared-operation', detail: `${op.id} is not among the operations that an actor in this token's delegation chain declared` };
+      }
+      return undefined;
     },
   };
 }

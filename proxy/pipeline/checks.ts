@@ -38,7 +38,7 @@ export function checks(rules: Rules, deps: CheckDeps): readonly Check[] {
     quarantine(rules, l),                 // a quarantined consumer is refused whatever it calls, before any other verdict
     consumer(rules),                      // registered (or unknown consumers allowed)
     scopes(),                             // token scopes cover the operation
-    declaredOperations(),                 // within the consumer's declared operations
+    declaredOperations(rules),            // within the consumer's (and each actor's) declared operations
     contract(rules),                      // declared contract version vs minimum and changedIn
     deprecation(rules),                   // deprecated operation: deny or warn by sensitivity
     // Task binding and delegation judge this token for this operation; they come after the

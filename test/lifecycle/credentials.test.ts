@@ -256,6 +256,30 @@ t.test('an automation acting for a person: its denials quarantine the automation
   await own.text();
 });
 
+t.test('an actor that declared its operations may call only those, whoever it acts for', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { consumers: [{ subject: HUMAN, actors: [BOT, AGENT] }, { subject: AGENT, actors: [BOT] }] };
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // BOT declared getItem and deleteItem: its own token cannot create an item ...
+  await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub: BOT }), { 'idempotency-key': 'k0' }), body: '{}' }), 'undeclared-operation', 403);
+  // ... nor one exchanged for a person's or another automation's, at any level of the chain.
+  for (const [sub, act] of [[HUMAN, { sub: BOT }], [AGENT, { sub: BOT }], [HUMAN, { sub: AGENT, act: { sub: BOT } }]] as const) {
+    const body = await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub, claims: { act } }), { 'idempotency-key': `k-${sub}-${JSON.stringify(act)}` }), body: '{}' }), 'undeclared-operation', 403);
+    t.match(body.detail, /an actor in this token's delegation chain declared/, `${sub} via ${JSON.stringify(act)}`);
+  }
+  // What it declared it may do for them.
+  const read = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, claims: { act: { sub: BOT } } })) });
+  t.equal(read.status, 200, 'a declared operation, delegated');
+  await read.text();
+  // An actor that declared nothing is not limited; the person's own token is not either.
+  const agent = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN, claims: { act: { sub: AGENT } } }), { 'idempotency-key': 'k9' }), body: '{}' });
+  t.ok(agent.status < 400, `an actor without declared operations: ${agent.status}`);
+  await agent.text();
+  t.equal(w.up.seen.length, 2, 'only the allowed requests reached the upstream');
+});
+
 t.test('two agents acting for one person have traversal windows of their own; one agent acting for many people has one', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
