@@ -326,10 +326,11 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         });
         if (closed > 0) log({ level: 'info', msg: 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined', tunnels: closed });
       }, TUNNEL_SWEEP_MS).unref();
-      // Not ready until the revocation list URL has been applied once: a sidecar that took
-      // traffic before knowing what is revoked would let revoked tokens through.
-      dg.addReadinessCheck(() => sources.some((s) => s.kind === 'url' && s.status.lastSuccessAt === undefined)
-        ? 'revocation list URL not fetched yet' : undefined);
+      // Not ready until a list from the revocation list URL has been applied once: a sidecar
+      // that took traffic before knowing what is revoked would let revoked tokens through. The
+      // store says so, not the source: a reload to a new URL that fails keeps the list read
+      // before in force, and the pod serves with it (a new source has never succeeded).
+      dg.addReadinessCheck(() => state.revocations.unread ? 'revocation list URL not fetched yet' : undefined);
     },
     async shutdown() {
       clearInterval(sweeper);

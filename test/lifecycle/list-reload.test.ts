@@ -71,6 +71,36 @@ t.test('a list URL removed by a reload and named again starts unread: every cred
   await dg.dg.swap(loadRules(writeRules(rules('http://127.0.0.1:1/b'))));
   await sleep(500);
   t.same(await call(), { status: 503, code: 'revocation-list-unavailable' }, 'list B never read: refused, as at start');
+  const ready = await fetch(`${dg.admin}/readyz`);
+  t.equal(ready.status, 503, 'and not ready, as at start');
+  await ready.text();
+});
+
+t.test('a reload to a list URL that fails keeps the list read before in force, and the pod ready', async (t) => {
+  const lists = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ revocations: [{ kind: 'jti', value: 'stolen-jti', reason: 'leaked' }] }));
+  });
+  const up = await listen(lists);
+  const w = await world();
+  const rules = (url: string, interval = '1s') => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.revocation = { url, interval, timeout: '300ms' };
+  });
+  const dg = await startLifecycle(rules(`${up}/a`));
+  t.teardown(async () => { await dg.close(); await w.close(); lists.close(); });
+  const call = async (jti: string) => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ omit: ['jti'], claims: { jti } })) }); await r.text(); return r.status; };
+  const ready = async () => { const r = await fetch(`${dg.admin}/readyz`); await r.text(); return r.status; };
+  t.equal(await call('stolen-jti'), 401, 'list A read');
+  // A ConfigMap change reaches every pod at once: a list server down then, or a typo in the new
+  // URL, must not take every pod out of its Service while each serves with the list it has.
+  for (const [url, interval] of [['http://127.0.0.1:1/b', '1s'], [`${up}/a`, '1s'], ['http://127.0.0.1:1/a', '2s']] as const) {
+    await dg.dg.swap(loadRules(writeRules(rules(url, interval))));
+    await sleep(500);
+    t.equal(await ready(), 200, `ready after a reload to ${url} every ${interval}`);
+    t.equal(await call('stolen-jti'), 401, 'the list read before stays in force');
+    t.equal(await call('clean-jti'), 200, 'and nothing else is refused');
+  }
 });
 
 t.test('a quarantine placed by would-denies (proxy.mode audit) is an audit one: a reload to enforce does not enforce it', async (t) => {
