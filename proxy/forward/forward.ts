@@ -202,11 +202,14 @@ function sendAgain(req: IncomingMessage, body: Buffer | undefined): boolean {
 export class Forwarder {
   readonly #pool: Pool;
   readonly #tunnelIdleMs: number;
+  /** A refused handshake's answer the client does not read is cut after this long (0: never). */
+  readonly #clientIdleMs: number;
   /** Longest wait for a free connection of the pool: the connect timeout's. */
   readonly #connectMs: number;
 
   constructor(rules: ProxyRules) {
     this.#tunnelIdleMs = rules.timeouts.tunnelIdleMs;
+    this.#clientIdleMs = rules.timeouts.clientIdleMs;
     this.#connectMs = rules.timeouts.connectMs;
     this.#pool = new Pool(rules.upstream, {
       connections: rules.connections,
@@ -255,7 +258,7 @@ export class Forwarder {
   tunnel(req: IncomingMessage, client: Socket, early: EarlyBytes, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
     if (client.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED });
     return new Promise((resolve) => {
-      const tunnel = new Tunnel(client, early, responseHeaders, this.#tunnelIdleMs, resolve);
+      const tunnel = new Tunnel(client, early, responseHeaders, { tunnelIdleMs: this.#tunnelIdleMs, clientIdleMs: this.#clientIdleMs }, resolve);
       this.#dispatch({
         path,
         method: 'GET',

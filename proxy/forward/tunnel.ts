@@ -68,6 +68,8 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   readonly #resolve: (outcome: ForwardOutcome) => void;
   /** Longest silence both ways before the tunnel is closed; 0: none. */
   readonly #idleMs: number;
+  /** Longest a refusal's answer may wait for a client that does not read it; 0: none. */
+  readonly #clientIdleMs: number;
   #controller?: Dispatcher.DispatchController;
   /** The status written to the client, once one is. */
   #status?: number;
@@ -76,11 +78,12 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   #wait?: NodeJS.Timeout;
   #expired = false;
 
-  constructor(client: Socket, early: EarlyBytes, responseHeaders: Record<string, string | string[]>, idleMs: number, resolve: (outcome: ForwardOutcome) => void) {
+  constructor(client: Socket, early: EarlyBytes, responseHeaders: Record<string, string | string[]>, idle: { readonly tunnelIdleMs: number; readonly clientIdleMs: number }, resolve: (outcome: ForwardOutcome) => void) {
     this.#client = client;
     this.#early = early;
     this.#responseHeaders = responseHeaders;
-    this.#idleMs = idleMs;
+    this.#idleMs = idle.tunnelIdleMs;
+    this.#clientIdleMs = idle.clientIdleMs;
     this.#resolve = resolve;
     client.once('close', this.#onClose);
   }
@@ -162,6 +165,10 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     // The upstream refused the upgrade. Its answer is the client's, and the connection closes
     // after it: without a Content-Length the body runs to the close (RFC 9112 §6.3).
     this.#status = statusCode;
+    // Node dropped its idle timer from the socket when it handed it over for the upgrade, and
+    // undici's body timeout stops while the answer waits for the client: a client that never
+    // reads a large refusal would hold this connection, and a pool connection, for ever.
+    if (this.#clientIdleMs > 0) this.#client.setTimeout(this.#clientIdleMs, () => this.#client.destroy());
     this.#client.write(responseHead(statusCode, { ...withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders), connection: 'close' }), 'latin1');
   }
 

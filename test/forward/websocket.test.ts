@@ -228,6 +228,32 @@ t.test('an upstream that refuses the upgrade answers the client itself', async (
   t.match(JSON.parse(coded.body).detail, /UPSTREAM_TRANSFER_CODING/);
 });
 
+t.test('a refusal the client does not read is cut after clientIdle, which frees the upstream connection', async (t) => {
+  const w = await world(t, (r) => { r.proxy.connections = 1; r.proxy.timeouts = { connect: '500ms', response: '500ms', clientIdle: '1s' }; });
+  const up = echoUpstream(w.up);
+  // A refusal far larger than the sockets' buffers: its writes wait for a client that never reads.
+  let written = 0;
+  up.refuse = (socket) => {
+    socket.on('error', () => {});
+    const chunk = Buffer.alloc(1 << 20, 0x61);
+    socket.write(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: ${64 << 20}\r\n\r\n`);
+    const more = () => { while (written < 64 << 20 && !socket.destroyed) { written += chunk.length; if (!socket.write(chunk)) { socket.once('drain', more); return; } } };
+    more();
+  };
+  const client = connect(w.port, '127.0.0.1');
+  client.on('error', () => {});
+  t.teardown(() => client.destroy());
+  await new Promise<void>((r) => client.once('connect', r));
+  client.pause(); // reads nothing, ever
+  client.write(`GET /items/7 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${await w.tok()}\r\n\r\n`);
+  t.ok(await until(() => written > 0, 3000), 'the upstream is answering');
+  // Held for ever, it kept the one pool connection: every later call was a 504.
+  await new Promise((r) => setTimeout(r, 2500));
+  const later = await w.call('GET', '/items/8', { token: await w.tok() });
+  t.equal(later.status, 200, `the upstream connection was freed: ${later.text.slice(0, 120)}`);
+  t.ok(written < 64 << 20, 'the refusal was cut, not sent whole');
+});
+
 t.test('an upstream that cannot be reached is a 502 problem', async (t) => {
   const w = await world(t);
   await w.up.close();
