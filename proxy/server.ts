@@ -229,6 +229,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const socket = req.socket;
     const line = pipelines.get(socket);
     const turn: Turn = { req, res, done: false };
+    // An Upgrade declined (h2c, a WebSocket Upgrade on a POST): Node's parser drops whatever
+    // was read after its head, so a request pipelined behind it would never be answered, and
+    // its client would wait for the keep-alive timeout to learn so. Closing after this answer
+    // tells it at once to send the rest again on a new connection (RFC 9112 §9.3.2).
+    if (req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
     const body = hasBody(req);
     // Its chunks kept as a few buffers, not one Buffer object each (lib/incoming.ts).
     if (body) gatherSmallChunks(req);

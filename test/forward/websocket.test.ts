@@ -275,10 +275,30 @@ t.test('any other Upgrade is dropped and the request served as plain HTTP/1.1', 
   t.equal(post.status, 200);
   t.equal(up.handshakes.length, 0, 'no upgrade reached the upstream');
   t.equal(w.up.seen.length, 2);
+  for (const a of [h2c, post]) t.equal(a.headers.connection, 'close', 'the connection closes after the answer');
   for (const s of w.up.seen) {
     t.equal(s.headers.upgrade, undefined, `${s.method}: no Upgrade`);
     t.equal(s.headers['http2-settings'], undefined, `${s.method}: no header named in Connection`);
   }
+});
+
+t.test('a request pipelined behind a declined Upgrade is not left waiting: the connection closes after the first answer', async (t) => {
+  const w = await world(t);
+  echoUpstream(w.up);
+  const tok = await w.tok();
+  const socket = connect(w.port, '127.0.0.1');
+  let got = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (d: string) => { got += d; });
+  socket.on('error', () => {});
+  t.teardown(() => socket.destroy());
+  const closed = new Promise<number>((resolve) => { const t0 = Date.now(); socket.once('close', () => resolve(Date.now() - t0)); });
+  // Node's parser drops what was read after a declined Upgrade's head: the second request is never answered.
+  socket.write(`GET /items/7 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\nGET /items/8 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\n\r\n`);
+  const after = await closed;
+  t.ok(after < 2000, `closed after the first answer, not at the keep-alive timeout (${after} ms)`);
+  t.match(got, /^HTTP\/1\.1 200 OK\r\n/, 'the first request answered');
+  t.match(got, /\r\nconnection: close\r\n/i, 'saying the connection closes: the client sends the rest again');
 });
 
 /** A raw handshake on a socket that never closes its own side (allowHalfOpen): what it reads, and when driftguard closes. */
