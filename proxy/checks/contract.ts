@@ -19,6 +19,11 @@ export function contract(rules: Rules): Check {
       const op = ctx.operation!;
       const fromClaim = ctx.credential?.claims[claim];
       const fromHeader = ctx.req.headers[headerName];
+      // A list: the header sent twice (Node joins the lines with ", "), or its values joined
+      // on one line, as RFC 9110 §5.3 lets a sender do: two declarations, whatever they say.
+      if (typeof fromHeader === 'string' && fromHeader.includes(',') && !rank.has(fromHeader)) {
+        return { reason: 'contract-version-conflict', detail: `the ${header} header declares more than one contract version: declare one`, currentContract: current };
+      }
       if (fromClaim !== undefined && fromHeader !== undefined && fromHeader !== fromClaim) {
         return { reason: 'contract-version-conflict', detail: `the ${claim} claim and the ${header} header declare different contract versions`, currentContract: current };
       }

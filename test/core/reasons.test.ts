@@ -228,6 +228,18 @@ t.test('contract-version-conflict: a claim and a header that disagree, whichever
   assertDenied(t, w, b, 400, 'contract-version-conflict');
   const c = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-09' }), headers: { 'contract-version': '2026-09' }, body: '{}' });
   t.equal(c.status, 200, 'the same version in both is one declaration');
+  // The header twice (or its values on one line) is two declarations: it said the claim and the
+  // header differed, or, without a claim, that the version was unknown.
+  for (const [name, sent] of [['twice', ['2026-09', '2026-09']], ['one line', ['2026-09, 2026-06']]] as const) {
+    for (const contract of ['2026-09', undefined]) {
+      const tok = await w.tok(contract ? { contract } : { contract: undefined as never });
+      const d = await raw(w.port, `POST /payments HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\ncontent-length: 2\r\n${sent.map((v) => `contract-version: ${v}\r\n`).join('')}\r\n{}`);
+      t.equal(d.status, 400, `${name}, claim ${contract}`);
+      const body = JSON.parse(d.body) as { reason: string; detail: string };
+      t.equal(body.reason, 'contract-version-conflict');
+      t.equal(body.detail, 'the Contract-Version header declares more than one contract version: declare one');
+    }
+  }
 });
 
 t.test('deprecated-operation: an automation on a deprecated, high-sensitivity operation', async (t) => {
