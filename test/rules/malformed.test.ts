@@ -111,6 +111,11 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'upstream with a password only', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://:PWSECRET@127.0.0.1:9"'), line: 3, field: 'proxy.upstream', message: /^must be an origin only/ },
   { name: 'upstream that is not a URL', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://ops:PWSECRET@127.0.0.1:99999/?token=QSECRET"'), line: 3, field: 'proxy.upstream', message: /^is not a URL$/ },
   { name: 'revocation list URL that is not a URL', text: VALID + 'revocation:\n  url: "https://ops:PWSECRET@lists.example:99999/r?token=QSECRET"\n', line: 31, field: 'revocation.url', message: /^is not a URL$/ },
+  // Callers would be told to move to an operation that is going too, or gone (410).
+  { name: 'replacement that is deprecated itself', text: edit('      sensitivity: low\n', '      sensitivity: low\n      deprecated: { since: "2026-01-01" }\n').replace('changedIn: "2026-06"\n', 'changedIn: "2026-06"\n      deprecated: { since: "2026-01-01", replacement: getItem }\n'), line: 31, field: 'contract.operations[1].deprecated.replacement', message: /"getItem" is deprecated itself/ },
+  // Authorization there made every token with a contract claim a conflict.
+  { name: 'contract header with a meaning of its own', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  declared: { header: Authorization }\n'), line: 20, field: 'contract.declared.header', message: /Authorization has a meaning of its own/ },
+  { name: 'contract header named like driftguard\'s own', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  declared: { header: Driftguard-Contract }\n'), line: 20, field: 'contract.declared.header' },
   { name: 'listen not host:port', text: edit('listen: 127.0.0.1:0', 'listen: localhost'), line: 2, field: 'proxy.listen' },
   // A deprecation link goes into a Link header as <…>: it must not end it early, nor carry a
   // character Node refuses to write (which made every answer for the operation fail).
