@@ -7,6 +7,7 @@
 import type { Check, Denial } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import { blocks } from './staleness.ts';
+import { movingOn } from './deprecation.ts';
 
 export function contract(rules: Rules): Check {
   const { claim, header } = rules.contract.declared;
@@ -46,6 +47,7 @@ export function contract(rules: Rules): Check {
         stale = { reason: 'stale-contract', detail: `contract version ${declared} is older than the minimum ${minimum}`, declaredContract: declared, currentContract: current };
       }
       if (!stale) return undefined;
+      Object.assign(stale, movingOn(op, ctx.now));
       if (blocks(rules, op, ctx.consumer)) return stale;
       ctx.warnings.push(stale);
       return undefined;

@@ -2,8 +2,8 @@
 // contract.blockAt sensitivity up and warned to everybody else. Its Deprecation, Sunset and
 // Link headers are added to every answer by the response writer, allowed or not.
 
-import type { Check } from '../pipeline/types.ts';
-import type { Rules } from '../rules/types.ts';
+import type { Check, DecisionDetails } from '../pipeline/types.ts';
+import type { Operation, Rules } from '../rules/types.ts';
 import { blocks } from './staleness.ts';
 
 export function deprecation(rules: Rules): Check {
@@ -16,8 +16,7 @@ export function deprecation(rules: Rules): Check {
       const finding = {
         reason: 'deprecated-operation' as const,
         detail: `${op.id} is deprecated since ${new Date(d.sinceMs).toISOString()}` + (d.replacement ? `; use ${d.replacement}` : ''),
-        ...(d.replacement ? { replacement: d.replacement } : {}),
-        ...(d.sunsetMs !== undefined ? { sunset: new Date(d.sunsetMs).toISOString() } : {}),
+        ...movingOn(op, ctx.now),
         ...(ctx.declaredContract ? { declaredContract: ctx.declaredContract } : {}),
         currentContract: rules.contract.current,
       };
@@ -25,5 +24,18 @@ export function deprecation(rules: Rules): Check {
       ctx.warnings.push(finding);
       return undefined;
     },
+  };
+}
+
+/**
+ * Where the caller goes next, for the problem body of any refusal of a deprecated operation
+ * (a stale contract's too): its replacement and its sunset, once the deprecation is in force.
+ */
+export function movingOn(op: Operation, now: number): Pick<DecisionDetails, 'replacement' | 'sunset'> {
+  const d = op.deprecated;
+  if (!d || d.sinceMs > now) return {};
+  return {
+    ...(d.replacement ? { replacement: d.replacement } : {}),
+    ...(d.sunsetMs !== undefined ? { sunset: new Date(d.sunsetMs).toISOString() } : {}),
   };
 }

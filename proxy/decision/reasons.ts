@@ -43,7 +43,7 @@ const table = {
   'unknown-contract-version': { status: 400, title: 'Unknown contract version', action: 'Declare one of the contract versions the API publishes.' },
   'contract-version-conflict': { status: 400, title: 'Conflicting contract versions', action: 'Declare one contract version: the token claim and the Contract-Version header must not differ (or send only one).' },
   'stale-contract': { status: 409, title: 'Stale contract', action: 'The operation changed after the contract version you declare; update the client to the current contract and declare it.' },
-  'deprecated-operation': { status: 403, title: 'Deprecated operation', action: 'Move to the replacement operation named in the response.' },
+  'deprecated-operation': { status: 403, title: 'Deprecated operation', action: 'Move to the replacement operation named in the response (replacement); where none is named, stop calling it before its sunset.' },
 
   // --- credential lifecycle (proxy/lifecycle) ---
   'revocation-list-unavailable': { status: 503, title: 'Revocation list unavailable', action: 'Retry after the Retry-After seconds: driftguard has not yet been able to read the revocation list it checks every token against.' },

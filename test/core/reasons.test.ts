@@ -212,6 +212,12 @@ t.test('stale-contract: below the operation\'s changedIn, or below the minimum, 
   assertDenied(t, w, b, 409, 'stale-contract');
   t.equal(b.json.declaredContract, '2026-01');
   t.notOk('changedIn' in b.json);
+  t.notOk('replacement' in b.json || 'sunset' in b.json, 'not deprecated: nowhere else to go');
+  // A stale contract on a deprecated operation says where to go, as deprecated-operation does.
+  const d = await w.call('DELETE', '/items/1', { token: await w.tok({ contract: '2026-01' }) });
+  assertDenied(t, w, d, 409, 'stale-contract');
+  t.equal(d.json.replacement, 'archiveItem');
+  t.equal(d.json.sunset, '2099-01-01T00:00:00.000Z');
   // A header that agrees with the claim changes nothing
   const c = await w.call('POST', '/payments', { token: await w.tok({ contract: '2026-06' }), headers: { 'contract-version': '2026-06' }, body: '{}' });
   assertDenied(t, w, c, 409, 'stale-contract');
