@@ -15,7 +15,7 @@ import { parseAddress } from '../lib/address.ts';
 import { pathAt, positionOf } from '../lib/yaml-position.ts';
 import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, IssuerProfile, JwksSource } from './types.ts';
 import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, DEFAULT_CA_FILE } from '../identity/cluster.ts';
-import { SVID_ALGORITHMS, jwtSvidKeys } from '../identity/spiffe.ts';
+import { SVID_ALGORITHMS, jwtSvidKeys, parseSpiffeId } from '../identity/spiffe.ts';
 import { parseJwks, readJwksFile } from '../identity/jwks.ts';
 import { foreignSubject } from '../identity/subjects.ts';
 import { OVERRIDE_KEYS, type Overrides } from './overrides.ts';
@@ -503,6 +503,12 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     if (registry.has(c.subject)) fail(['consumers', 'registry', i, 'subject'], `subject "${c.subject}" is listed twice`);
     c.operations?.forEach((id, k) => { if (!ids.has(id)) fail(['consumers', 'registry', i, 'operations', k], `"${id}" is not an operation id`); });
     const issuer = consumerIssuer(c, i);
+    // A JWT-SVID's subject is its SPIFFE ID, which the verifier refuses unless valid: an entry
+    // a spiffe issuer can never vouch for would be silently dead, its kind and owner with it.
+    if (issuers.find((iss) => iss.issuer === issuer)?.profile === 'spiffe') {
+      const parsed = parseSpiffeId(c.subject);
+      if ('problem' in parsed) fail(['consumers', 'registry', i, 'subject'], `is not a SPIFFE ID a JWT-SVID can carry (${parsed.problem}), so issuer "${issuer}" can never vouch for it`);
+    }
     registry.set(c.subject, Object.freeze({ subject: c.subject, issuer, kind: c.kind, ...(c.owner ? { owner: c.owner } : {}), ...(c.operations ? { operations: new Set(c.operations) } : {}) }));
   });
 

@@ -70,6 +70,15 @@ t.test('the loader binds each registered subject to one issuer, and says when it
   t.match(wrong[0]?.message, /cannot vouch for subject "spiffe:\/\/a\.example\/ns\/pay\/sa\/agent": the subject is a SPIFFE ID of trust domain a\.example/);
   t.match(wrong[1]?.message, /is not an identity\.issuers\[\]\.issuer/);
   t.match(wrong[2]?.message, /vouches only for system:serviceaccount/);
+  // Subjects of the spiffe issuer's trust domain that no JWT-SVID can carry: silently dead entries.
+  const dead = problems([
+    { subject: 'spiffe://a.example/ns/pay/sa/b/', kind: 'automation', owner: 'x' },
+    { subject: 'spiffe://A.example/ns/pay/sa/c', kind: 'automation', owner: 'x' },
+    { subject: 'spiffe://a.example/ns/pay%2Fsa/d', kind: 'automation', owner: 'x' },
+  ]);
+  t.same(dead.map((p) => p.field), [0, 1, 2].map((i) => `consumers.registry[${i}].subject`));
+  t.match(dead[0]?.message, /is not a SPIFFE ID a JWT-SVID can carry \(invalid path\)/);
+  t.match(dead[1]?.message, /\(invalid trust domain\)/);
 });
 
 t.test('a token from another issuer is not the registered consumer', async (t) => {
