@@ -65,6 +65,7 @@ export function errorCode(err: unknown): string {
  */
 function failureDetail(outcome: ForwardOutcome): string {
   const what = outcome.error === UPSTREAM_TRANSFER_CODING ? 'the upstream answered with a transfer coding other than chunked'
+    : outcome.error === UPSTREAM_UPGRADE_MISMATCH ? 'the upstream switched to another protocol than the WebSocket asked for'
     : outcome.error === UPSTREAM_UNPARSABLE || outcome.error?.startsWith('HPE_') ? 'the upstream\'s answer could not be parsed'
     : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
     : outcome.error === undefined || NEVER_SENT.has(outcome.error) ? 'the upstream could not be reached'
@@ -92,6 +93,9 @@ const REFUSED_ANSWER = new Set(['UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT
 export function neverSent(outcome: ForwardOutcome): boolean {
   return outcome.notSent === true || (outcome.failure !== undefined && outcome.error !== undefined && NEVER_SENT.has(outcome.error));
 }
+
+/** A 101 to another protocol than the WebSocket the client asked for (RFC 9110 §7.8): never tunneled. */
+export const UPSTREAM_UPGRADE_MISMATCH = 'UPSTREAM_UPGRADE_MISMATCH';
 
 /** An upstream answer under a transfer coding other than chunked (both terminal stages refuse it). */
 export const UPSTREAM_TRANSFER_CODING = 'UPSTREAM_TRANSFER_CODING';

@@ -11,7 +11,7 @@ import type { Dispatcher } from 'undici';
 import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { endAndClose, responseHead } from './wire.ts';
 import { GrowingBuffer } from '../lib/bounded.ts';
-import { CLIENT_CLOSED, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
 
 /**
  * How long a tunnel may carry no byte once one side has ended its half (sent its FIN) and the
@@ -118,9 +118,16 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   onRequestUpgrade(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, upstream: Duplex): void {
     const client = this.#client;
     if (this.#done || client.destroyed) { upstream.destroy(); return; }
+    // Only to what was asked (RFC 9110 §7.8): a 101 to h2c, say, would open a channel of
+    // requests no check sees. undici refuses a 101 without Upgrade before this.
+    const upgrade = headers.upgrade;
+    if (typeof upgrade !== 'string' || upgrade.trim().toLowerCase() !== 'websocket') {
+      upstream.destroy();
+      this.#finish(failed(UPSTREAM_UPGRADE_MISMATCH));
+      return;
+    }
     // Upgrade and Connection are hop-by-hop, so clientResponseHeaders drops them: they are
     // this hop's answer to this hop's request, written here.
-    const upgrade = typeof headers.upgrade === 'string' ? headers.upgrade : 'websocket';
     client.write(responseHead(statusCode, { ...withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders), connection: 'Upgrade', upgrade }), 'latin1');
     this.#status = statusCode;
     const head = this.#early.take();

@@ -254,6 +254,25 @@ t.test('a refusal the client does not read is cut after clientIdle, which frees 
   t.ok(written < 64 << 20, 'the refusal was cut, not sent whole');
 });
 
+t.test('an upstream that switches to another protocol than the WebSocket asked for is a 502, never a tunnel', async (t) => {
+  const w = await world(t);
+  const up = echoUpstream(w.up);
+  let later = '';
+  up.refuse = (socket) => {
+    socket.on('data', (d: Buffer) => { later += d.toString('latin1'); });
+    socket.on('error', () => {});
+    socket.on('end', () => socket.destroy());
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n');
+  };
+  const o = await open(w.dg, '/items/7', { authorization: `Bearer ${await w.tok()}` });
+  if ('ws' in o) { o.ws.terminate(); return t.fail('tunneled an h2c switch'); }
+  t.equal(o.status, 502);
+  const body = JSON.parse(o.body) as { reason: string; detail: string };
+  t.equal(body.reason, 'upstream-unavailable');
+  t.match(body.detail, /another protocol than the WebSocket asked for \(UPSTREAM_UPGRADE_MISMATCH\)/);
+  t.equal(later, '', 'nothing of the client\'s reached the upstream after its 101');
+});
+
 t.test('an upstream that cannot be reached is a 502 problem', async (t) => {
   const w = await world(t);
   await w.up.close();
