@@ -48,15 +48,20 @@ export interface Reloader {
 
 /** How long the rules file must read the same before a change the watcher saw is applied. */
 export const SETTLE_MS = 1_000;
+/** How soon a reload rejected for a key set that could not be fetched is tried again. */
+export const RETRY_MS = 30_000;
 
-export function reloader(file: string, overrides: Overrides, dg: Driftguard, log: (line: Record<string, unknown>) => void): Reloader {
+export function reloader(file: string, overrides: Overrides, dg: Driftguard, log: (line: Record<string, unknown>) => void, retryMs = RETRY_MS): Reloader {
   const status: ReloadStatus = { succeeded: 0, failed: 0 };
   let running: Promise<{ changed: boolean; error?: string; hash: string }> = Promise.resolve({ changed: false, hash: dg.generation.rules.hash });
   let inForce = fingerprint(dg.generation.rules);
 
+  let retry: NodeJS.Timeout | undefined;
   async function once(trigger: string) {
     // Queued behind a reload that was running when the drain began.
     if (closed) return shuttingDown();
+    // Any reload reads the file anew: a retry waiting is this one.
+    clearTimeout(retry);
     try {
       const next = loadRules(file, overrides);
       const print = fingerprint(next);
@@ -88,7 +93,14 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
       status.lastResult = 'failed';
       status.lastError = err instanceof RulesError ? err.message : `${file}: ${(err as Error).message}`;
       status.lastErrorAt = new Date().toISOString();
-      log({ level: 'error', msg: 'rules reload rejected; the last good rules stay in force', trigger, rules: dg.generation.rules.hash, error: status.lastError });
+      log({ level: 'error', msg: 'rules reload rejected; the last good rules stay in force', trigger, rules: dg.generation.rules.hash, error: status.lastError, ...(err instanceof RulesError && err.transient ? { retryInSeconds: retryMs / 1000 } : {}) });
+      // A new issuer's key set was down at that moment: a ConfigMap change reaches every pod at
+      // once, and a pod that gave up would serve the old rules until the next change, unlike
+      // the rest of its fleet. The same file is tried again until it loads or changes.
+      if (err instanceof RulesError && err.transient && !closed) {
+        clearTimeout(retry);
+        retry = setTimeout(() => { void reload('retry'); }, retryMs).unref();
+      }
       return { changed: false, error: status.lastError, hash: dg.generation.rules.hash };
     }
   }
@@ -143,6 +155,6 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   return {
     status,
     reload: (trigger) => (closed ? Promise.resolve(shuttingDown()) : reload(trigger)),
-    close() { closed = true; clearTimeout(timer); watcher?.close(); },
+    close() { closed = true; clearTimeout(timer); clearTimeout(retry); watcher?.close(); },
   };
 }

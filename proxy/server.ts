@@ -757,7 +757,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         // At the issuer's jwks field, as every rules problem is named (FILE:LINE:COLUMN: field).
         const { i } = fresh[failed]!;
         const reason = (started[failed] as PromiseRejectedResult).reason as Error;
-        throw new RulesError([problemInFile(next.source, ['identity', 'issuers', i, 'jwks'], reason.message)]);
+        throw new RulesError([problemInFile(next.source, ['identity', 'issuers', i, 'jwks'], reason.message)], { transient: true });
       }
       // Draining began while the key sets loaded: the drain closes the generation in force,
       // and would never close this one.

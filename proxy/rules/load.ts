@@ -39,10 +39,13 @@ export interface RulesProblem {
 export class RulesError extends Error {
   readonly code = 'ERR_RULES_INVALID';
   readonly problems: readonly RulesProblem[];
-  constructor(problems: readonly RulesProblem[]) {
+  /** The file is fine; what it names could not be reached (a new issuer's key set): the same file may load later. */
+  readonly transient: boolean;
+  constructor(problems: readonly RulesProblem[], options: { transient?: boolean } = {}) {
     super(problems.map(formatProblem).join('\n'));
     this.name = 'RulesError';
     this.problems = problems;
+    this.transient = options.transient ?? false;
   }
 }
 

@@ -192,6 +192,42 @@ t.test('a new issuer whose keys cannot be fetched is refused; the old rules keep
   t.ok(dg.dg.ready, 'still ready');
 });
 
+t.test('a reload refused because a new issuer\'s keys could not be fetched is tried again until they can; a bad file is not', async (t) => {
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const down = await jwksServer(jwks(key));
+  down.down = true;
+  const rules = baseRules(up.origin, keys.url);
+  const dg = await startTest(rules);
+  const logs: Record<string, unknown>[] = [];
+  const reload = reloader(dg.file, {}, dg.dg, (l) => logs.push(l), 300);
+  t.teardown(async () => { reload.close(); await dg.close(); await up.close(); await keys.close(); await down.close(); });
+  const hash = dg.dg.generation.rules.hash;
+  const next = structuredClone(rules);
+  next.identity.issuers.push({ ...next.identity.issuers[0], issuer: 'https://other.test.local', jwks: { url: down.url, timeout: '1s' } });
+  for (const c of next.consumers.registry) c.issuer = next.identity.issuers[0].issuer;
+  writeFileSync(dg.file, stringify(next));
+  const r = await reload.reload('test');
+  t.match(r.error, /identity\.issuers\[1\]\.jwks/);
+  t.match(logs.at(-1), { level: 'error', retryInSeconds: 0.3 }, 'the rejection says it will be tried again');
+  await until('a second try', () => down.fetches >= 2);
+  t.equal(dg.dg.generation.rules.hash, hash, 'still refused while the keys are down');
+  down.down = false;
+  await until('the retry to load the rules', () => dg.dg.generation.rules.hash !== hash);
+  t.match(logs.find((l) => l.msg === 'rules reloaded'), { trigger: 'retry' });
+  t.equal(reload.status.lastError, undefined, 'the error is cleared');
+
+  // A file with a problem of its own is not tried again: only a change or an operator can fix it.
+  writeFileSync(dg.file, 'proxy: [\n');
+  const bad = await reload.reload('test');
+  t.ok(bad.error);
+  t.notOk('retryInSeconds' in logs.at(-1)!, 'not to be tried again');
+  const rejected = logs.filter((l) => l.level === 'error').length;
+  await new Promise((r) => setTimeout(r, 1000));
+  t.equal(logs.filter((l) => l.level === 'error').length, rejected, 'no retry');
+});
+
 t.test('an issuer whose algorithms change gets its keys loaded again: refused while none fits, taken once one does', async (t) => {
   const { rules, dg, reload, keys, key, tok } = await setup(t);
   const rsa = await testKey('RS256');
