@@ -49,6 +49,8 @@ const DROP_MESSAGE: Readonly<Record<DropCause, string>> = {
 interface Turn {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
+  /** Its connection, kept here: Node takes it off a request whose body it has read (req.socket is null then). */
+  readonly socket: Socket;
   /** Its answer is done, or it was dropped: the request after it may start. */
   done: boolean;
   /** Starts the request after it, once it is done. */
@@ -228,7 +230,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
     const socket = req.socket;
     const line = pipelines.get(socket);
-    const turn: Turn = { req, res, done: false };
+    const turn: Turn = { req, res, socket, done: false };
     // An Upgrade declined (h2c, a WebSocket Upgrade on a POST): Node's parser drops whatever
     // was read after its head, so a request pipelined behind it would never be answered, and
     // its client would wait for the keep-alive timeout to learn so. Closing after this answer
@@ -355,7 +357,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // Draining, and the connection's last answer is done: an answer whose head went out before
     // the drain said keep-alive, and the client would go on sending requests on it (a WebSocket
     // handshake too, whose tunnel would hold the drain to its grace). end(): buffered bytes go first.
-    if (draining && line && line.open === 0) turn.req.socket.end();
+    if (draining && line && line.open === 0) turn.socket.end();
   }
 
   function onSocketRequest(req: IncomingMessage, socket: Socket, head: Buffer): void {

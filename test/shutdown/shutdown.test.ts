@@ -128,6 +128,36 @@ t.test('SIGTERM: in-flight requests complete, new connections are refused, exit 
   t.notOk(dg.lines.some((l) => l.msg?.startsWith('grace period over')), 'nothing was cut');
 });
 
+t.test('SIGTERM with a request whose body was read in flight: it completes, is recorded, exit 0', async (t) => {
+  const slow = await slowUpstream();
+  t.teardown(() => slow.up.close());
+  const file = writeRules(baseRules(slow.up.origin, 'http://127.0.0.1:9/unused', (r) => {
+    r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
+    r.proxy.timeouts.response = '60s';
+  }));
+  const dg = await runDriftguard(file, ['--grace', '10s']);
+  t.teardown(() => dg.kill());
+  // Node takes the socket off a request whose body it has read: the drain's close of the
+  // connection after its answer read req.socket, null, and the process died (exit 1, no record).
+  const withBody = new Promise<{ status?: number; error?: string }>((resolve) => {
+    const req = request(`${dg.url}/status`, { method: 'GET', agent: false, headers: { 'content-length': '5' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode! }));
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? err.message }));
+    req.end('hello');
+  });
+  await until('the request at the upstream', () => slow.held.length === 1);
+  dg.child.kill('SIGTERM');
+  await dg.waitFor((l) => l.msg?.startsWith('draining'));
+  slow.release();
+  t.same(await withBody, { status: 200 }, 'answered');
+  t.same(await dg.exited, { code: 0, signal: null }, 'exit code 0');
+  const decisions = dg.output().split('\n').filter((l) => l.includes('"msg":"decision"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.ok(decisions.some((l) => l.path === '/status' && l.status === 200), 'its decision recorded (the decision log, on stdout)');
+  t.ok(dg.lines.some((l) => l.msg === 'stopped'));
+});
+
 t.test('a request still running past the grace period is cut, and the process still exits', async (t) => {
   const slow = await slowUpstream();
   t.teardown(() => slow.up.close());
