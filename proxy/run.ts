@@ -57,6 +57,8 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
   } catch (err) {
     reload?.close();
     await dg.close().catch(() => {});
+    // The features' files, timers and list sources too: nothing of a failed start lingers.
+    await wired.shutdown().catch(() => {});
     throw err;
   }
   return {

@@ -201,6 +201,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   let idle: (() => void) | undefined;
 
   generation.identity.start().catch((err: Error) => {
+    // Closed meanwhile (a listener that could not bind stops the start): nothing retries.
+    if (closing) return;
     log({ level: 'warn', msg: 'signing keys not loaded yet; retrying in the background', error: err.message });
   });
 

@@ -188,6 +188,8 @@ export class RemoteKeySet implements KeySet {
   #failures = 0;
   #timer?: NodeJS.Timeout;
   #agent?: Agent;
+  /** Aborted at close: a fetch under way (a slow key server) must not hold the process on after it. */
+  readonly #closed = new AbortController();
   report?: (failed: boolean, error?: string) => void;
 
   /** The URL as messages, metrics and /readyz name it: without query or userinfo. */
@@ -251,6 +253,7 @@ export class RemoteKeySet implements KeySet {
         ...(this.#options.headers ? { headers: this.#options.headers(target) } : {}),
         timeoutMs: Math.max(1, Math.ceil(this.#options.timeoutMs - (performance.now() - started))),
         ...(this.#agent ? { dispatcher: this.#agent } : {}),
+        signal: this.#closed.signal,
         maxBytes: MAX_JWKS_BYTES,
         tooLarge: () => new Error('JWKS larger than 1 MiB'),
       });
@@ -314,6 +317,7 @@ export class RemoteKeySet implements KeySet {
 
   close(): void {
     clearInterval(this.#timer);
+    this.#closed.abort(new Error('the key set was closed'));
     void this.#agent?.close();
   }
 }

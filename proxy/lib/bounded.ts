@@ -55,6 +55,8 @@ export interface DocumentRequest {
   /** For the whole exchange: connecting, the answer's head and its body. */
   readonly timeoutMs: number;
   readonly dispatcher?: Dispatcher;
+  /** Aborts the exchange early (its owner closed). */
+  readonly signal?: AbortSignal;
   readonly maxBytes: number;
   readonly tooLarge: () => Error;
 }
@@ -75,7 +77,8 @@ export async function getDocument(url: URL, o: DocumentRequest): Promise<Documen
   const res = await request(url, {
     method: 'GET',
     headers: { accept: o.accept, ...o.headers },
-    headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs, signal: AbortSignal.timeout(o.timeoutMs),
+    headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs,
+    signal: o.signal ? AbortSignal.any([AbortSignal.timeout(o.timeoutMs), o.signal]) : AbortSignal.timeout(o.timeoutMs),
     ...(o.dispatcher ? { dispatcher: o.dispatcher } : {}),
   });
   if (res.statusCode !== 200) { await res.body.dump(); return { status: res.statusCode, headers: res.headers }; }

@@ -135,6 +135,26 @@ t.test('a bad flag or DRIFTGUARD_* value is blamed on the flag or the variable, 
   t.match(missing.stderr, /^\/nonexistent\/rules\.yaml: \(top level\): cannot read the rules file: ENOENT$/m);
 });
 
+t.test('a start that fails while the key server hangs exits at once, and says nothing of retrying', async (t) => {
+  // A key server that accepts and never answers, within the fetch's 10 s timeout.
+  const hung = createServer((s) => { s.on('error', () => {}); });
+  await new Promise<void>((r) => hung.listen(0, '127.0.0.1', r));
+  const busy = createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  t.teardown(() => { hung.close(); busy.close(); });
+  const file = writeRules(baseRules('http://127.0.0.1:9', `http://127.0.0.1:${(hung.address() as AddressInfo).port}/jwks.json`, (r) => {
+    r.identity.issuers[0].jwks.timeout = '10s';
+  }));
+  const began = Date.now();
+  const run = await cli(['run', '--config', file, '--listen', `127.0.0.1:${(busy.address() as AddressInfo).port}`, '--admin', '127.0.0.1:0']);
+  const took = Date.now() - began;
+  t.equal(run.code, 1);
+  t.match(run.stderr, /^driftguard: cannot start\n/m);
+  // It waited for the hung fetch (5 s and more), then said the keys would be retried.
+  t.ok(took < 4000, `exited in ${took} ms`);
+  t.notMatch(run.stderr, /retrying in the background/, 'no retry is promised by a process that stops');
+});
+
 t.test('--help on every command exits 0 with its usage', async (t) => {
   const all = [['--help'], ['run', '--help'], ['check', '--help'], ['demo', '--help'], ['token', '-h']];
   const runs = await Promise.all(all.map((args) => cli(args)));
