@@ -5,8 +5,21 @@ const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_00
 const SHORT = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
 const ISO = /^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$/;
 
+/**
+ * The longest duration anywhere in the rules: 100 years. Added to the time of day, a longer one
+ * can pass the largest date JavaScript holds (a quarantine of 100000000d made every later
+ * refusal, and GET /quarantine, a 500 "Invalid time value").
+ */
+export const MAX_DURATION_MS = 36_500 * 86_400_000;
+
 /** Milliseconds of `15m`, `30s`, `500ms`, `2d`, `PT15M`; throws a TypeError on anything else. */
 export function parseDuration(text: string): number {
+  const ms = parse(text);
+  if (ms > MAX_DURATION_MS) throw new TypeError(`${text} is more than 36500d (100 years), the longest duration the rules take`);
+  return ms;
+}
+
+function parse(text: string): number {
   const short = SHORT.exec(text);
   if (short) return Math.round(Number(short[1]) * UNIT_MS[short[2]!]!);
   const iso = ISO.exec(text);

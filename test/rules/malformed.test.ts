@@ -99,6 +99,9 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'subject with a control character', text: edit('subject: spiffe://test/agent', 'subject: "spiffe://test/agent\\u0001x"'), line: 15, field: 'consumers.registry[0].subject', message: /No control character/ },
   { name: 'owner with a C1 control character (a terminal escape)', text: edit('owner: team-a', 'owner: "team-\\u009b31m"'), line: 17, field: 'consumers.registry[0].owner', message: /No control character/ },
   { name: 'owner with an unpaired surrogate', text: edit('owner: team-a', 'owner: "team-\\ud800"'), line: 17, field: 'consumers.registry[0].owner', message: /unpaired surrogate/ },
+  // Added to the time of day, past the largest date JavaScript holds: every later use a 500.
+  { name: 'token lifetime past any date', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 100000000d }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /more than 36500d \(100 years\)/ },
+  { name: 'quarantine period past any date', text: VALID + 'monitors:\n  quarantine: { period: P100000000D }\n', line: 31, field: 'monitors.quarantine.period', message: /more than 36500d/ },
   { name: 'token lifetime of 0s', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 0s }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /no token could pass/ },
   { name: 'non-canonical literal in a template (dot segment)', text: edit('path: /items/{id}', 'path: /items/../{id}'), line: 23, field: 'contract.operations[0].path' },
   { name: 'non-canonical literal in a template (path parameter)', text: edit('path: /items/{id}', 'path: /items;v=1/{id}'), line: 23, field: 'contract.operations[0].path' },
