@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { resolve, dirname } from 'node:path';
-import { parseDocument, LineCounter, type Document } from 'yaml';
+import { parseDocument, visit, LineCounter, type Document } from 'yaml';
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
 import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseDurationOr0, parseTime } from './durations.ts';
@@ -253,7 +253,25 @@ export function loadRules(file: string, overrides: Overrides = {}): Rules {
   } catch (err) {
     throw new RulesError([{ file: source, line: 0, column: 0, field: '', message: `cannot read the rules file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]);
   }
-  return parseRules(bytes.toString('utf8'), source, overrides, bytes);
+  // Not UTF-8 (a Latin-1 editor): decoded, each bad byte would be U+FFFD, and a subject or
+  // owner written so could never match a token's.
+  const text = bytes.toString('utf8');
+  const bad = firstDifference(Buffer.from(text, 'utf8'), bytes);
+  if (bad !== undefined) {
+    const before = bytes.subarray(0, bad);
+    const line = before.filter((b) => b === 0x0a).length + 1;
+    const column = bad - (before.lastIndexOf(0x0a) + 1) + 1;
+    throw new RulesError([{ file: source, line, column, field: '', message: 'not UTF-8: save the rules file as UTF-8' }]);
+  }
+  return parseRules(text, source, overrides, bytes);
+}
+
+/** The first offset at which two buffers differ, or undefined when they are equal. */
+function firstDifference(a: Buffer, b: Buffer): number | undefined {
+  if (a.equals(b)) return undefined;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return n;
 }
 
 export function parseRules(text: string, source: string, overrides: Overrides = {}, bytes: Buffer = Buffer.from(text)): Rules {
@@ -272,7 +290,24 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
       return { file: source, line: pos.line, column: pos.col, field, message };
     }));
   }
-  const data = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown> | null;
+  let data: Record<string, unknown> | null;
+  try {
+    data = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown> | null;
+  } catch (err) {
+    // An alias whose anchor is not set before it, or aliases that expand too far (a "billion
+    // laughs" file): named at the first alias that cannot be resolved, else the first alias.
+    let at: number | undefined;
+    let first: number | undefined;
+    visit(doc, { Alias(_key, node) {
+      first ??= node.range?.[0];
+      if (node.resolve(doc) === undefined) { at = node.range?.[0]; return visit.BREAK; }
+      return undefined;
+    } });
+    const offset = at ?? first ?? 0;
+    const pos = lines.linePos(offset);
+    const path = pathAt(doc, offset);
+    throw new RulesError([{ file: source, line: pos.line, column: pos.col, field: path.length > 0 ? fieldName(path) : '', message: `YAML: ${(err as Error).message}` }]);
+  }
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new RulesError([{ file: source, line: 1, column: 1, field: '', message: 'the rules file must be a YAML mapping' }]);
   }

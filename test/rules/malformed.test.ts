@@ -2,6 +2,7 @@
 // line and the field. Assertions are on line numbers and field names, never on wording.
 
 import t from 'tap';
+import { writeFileSync } from 'node:fs';
 import { writeRules } from '../support/driftguard.ts';
 import { loadRules, RulesError, type RulesProblem } from '../../proxy/rules/load.ts';
 
@@ -100,6 +101,9 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'owner with a C1 control character (a terminal escape)', text: edit('owner: team-a', 'owner: "team-\\u009b31m"'), line: 17, field: 'consumers.registry[0].owner', message: /No control character/ },
   { name: 'owner with an unpaired surrogate', text: edit('owner: team-a', 'owner: "team-\\ud800"'), line: 17, field: 'consumers.registry[0].owner', message: /unpaired surrogate/ },
   // Added to the time of day, past the largest date JavaScript holds: every later use a 500.
+  // toJS threw a ReferenceError: a stack trace into the yaml package, no line, no field.
+  { name: 'YAML alias whose anchor is not set before it', text: edit('  mode: enforce\n', '  mode: enforce\n  connections: *nope\n'), line: 6, field: 'proxy.connections', message: /^YAML: Unresolved alias/ },
+  { name: 'YAML aliases that expand too far', text: 'a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n' + VALID, line: 2, field: /^(b|b\[0\])$/, message: /^YAML: Excessive alias count/ },
   { name: 'token lifetime past any date', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 100000000d }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /more than 36500d \(100 years\)/ },
   { name: 'quarantine period past any date', text: VALID + 'monitors:\n  quarantine: { period: P100000000D }\n', line: 31, field: 'monitors.quarantine.period', message: /more than 36500d/ },
   { name: 'token lifetime of 0s', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 0s }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /no token could pass/ },
@@ -173,6 +177,13 @@ t.test('every problem of a file is reported at once', async (t) => {
   const text = edit('mode: enforce', 'mode: enforcing').replace('sensitivity: high', 'sensitivity: severe').replace('clockSkew: 30s', 'clockSkew: soon');
   const { problems: found } = problems(text);
   t.same(found.map((p) => p.field).sort(), ['contract.operations[1].sensitivity', 'identity.clockSkew', 'proxy.mode']);
+});
+
+t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded with U+FFFD in it', async (t) => {
+  const file = writeRules('');
+  writeFileSync(file, Buffer.concat([Buffer.from(VALID.replace('owner: team-a', 'owner: Jos'), 'utf8').subarray(0, VALID.indexOf('owner: team-a') + 'owner: Jos'.length), Buffer.from([0xe9]), Buffer.from(VALID.slice(VALID.indexOf('owner: team-a') + 'owner: team-a'.length))]));
+  const err = t.throws(() => loadRules(file)) as RulesError;
+  t.same(err.problems.map((p) => [p.line, p.column, p.message]), [[17, 17, 'not UTF-8: save the rules file as UTF-8']]);
 });
 
 t.test('an unreadable file names the file', async (t) => {
