@@ -266,6 +266,15 @@ export function loadRules(file: string, overrides: Overrides = {}): Rules {
   return parseRules(text, source, overrides, bytes);
 }
 
+/** An http:// URL whose host is not loopback (localhost, 127.0.0.0/8, ::1). */
+function plainHttpElsewhere(url: string): boolean {
+  let u: URL;
+  try { u = new URL(url); } catch { return false; }
+  if (u.protocol !== 'http:') return false;
+  const host = u.hostname;
+  return !(host === 'localhost' || host === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(host));
+}
+
 /** The first offset at which two buffers differ, or undefined when they are equal. */
 function firstDifference(a: Buffer, b: Buffer): number | undefined {
   if (a.equals(b)) return undefined;
@@ -327,7 +336,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
 interface RawRules {
   proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; request: string; tunnelIdle: string; upstreamIdle: string }; connections: number; clientConnections: number };
   identity: {
-    issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string } }[];
+    issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string; insecureHttp?: boolean } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
   };
   consumers: { unknown: 'deny' | 'allow'; defaultKind: ConsumerKind; registry: { subject: string; issuer?: string; kind: ConsumerKind; owner?: string; operations?: string[] }[] };
@@ -431,6 +440,13 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
           ...(j.caFile !== undefined ? { caFile: resolve(base, j.caFile) } : {}),
           ...timing(),
         };
+    // Keys fetched over plain http from another host can be swapped by anyone on the path, and
+    // with them every token forged (OpenID Connect Discovery: jwks_uri MUST be https). On
+    // loopback, or where the operator says the path is protected (a mesh's mTLS), allowed.
+    const fetched = j.url ?? j.discovery;
+    if (fetched !== undefined && plainHttpElsewhere(fetched) && j.insecureHttp !== true) {
+      fail([...here, 'jwks', j.url !== undefined ? 'url' : 'discovery'], 'is plain http to a host that is not loopback: anyone on the path could substitute the keys and forge any token; use https, or set insecureHttp: true where the path is protected (a mesh\'s mTLS)');
+    }
     if (jwks.kind === 'discovery' && jwks.tokenFile !== undefined && !jwks.discovery.startsWith('https://')) {
       fail([...here, 'jwks', 'tokenFile'], 'a bearer token is only sent over https: the discovery URL must be https');
     }

@@ -64,8 +64,20 @@ t.test('a kubernetes issuer without jwks discovers from the API server with the 
 });
 
 t.test('a bearer token file is only sent over https', async (t) => {
-  const found = problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'], jwks: { discovery: 'http://idp.local', tokenFile: 'token' } });
-  t.same(found.map((p) => p.field), ['identity.issuers[0].jwks.tokenFile']);
+  const found = problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'], jwks: { discovery: 'http://idp.local', tokenFile: 'token', insecureHttp: true } });
+  t.same(found.map((p) => p.field), ['identity.issuers[0].jwks.tokenFile'], 'even where plain http is allowed');
+});
+
+t.test('keys over plain http from a host that is not loopback are refused unless insecureHttp says the path is protected', async (t) => {
+  const base = { issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'] };
+  const url = problems({ ...base, jwks: { url: 'http://10.0.0.7/jwks.json' } });
+  t.same(url.map((p) => p.field), ['identity.issuers[0].jwks.url']);
+  t.match(url[0]!.message, /plain http to a host that is not loopback: anyone on the path could substitute the keys/);
+  t.same(problems({ ...base, jwks: { discovery: 'http://keycloak.auth.svc:8080/realms/x' } }).map((p) => p.field), ['identity.issuers[0].jwks.discovery']);
+  for (const ok of ['http://127.0.0.1:9/jwks.json', 'http://localhost/jwks.json', 'http://[::1]:8080/jwks.json', 'https://10.0.0.7/jwks.json']) {
+    t.doesNotThrow(() => load({ ...base, jwks: { url: ok } }, {}), ok);
+  }
+  t.doesNotThrow(() => load({ ...base, jwks: { url: 'http://10.0.0.7/jwks.json', insecureHttp: true } }, {}), 'insecureHttp: true');
 });
 
 t.test('other profiles need jwks', async (t) => {
