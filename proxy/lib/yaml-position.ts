@@ -10,6 +10,10 @@ export interface Position {
   readonly found: boolean;
 }
 
+function sameKey(key: unknown, part: string | number): boolean {
+  return key === part || ((typeof key === 'boolean' || typeof key === 'number' || typeof key === 'bigint') && String(key) === String(part));
+}
+
 /** Position of the node at `path`, or of the deepest node that exists along it (the key, where the path ends on one). */
 export function positionOf(doc: Document, lines: LineCounter, path: readonly (string | number)[]): Position {
   let offset = 0;
@@ -17,7 +21,8 @@ export function positionOf(doc: Document, lines: LineCounter, path: readonly (st
   let depth = 0;
   for (const part of path) {
     if (isMap(node)) {
-      const pair = node.items.find((item) => (item.key as { value?: unknown } | null)?.value === part);
+      // A key YAML reads as another scalar (`true:`, `8080:`) is a string in the parsed object.
+      const pair = node.items.find((item) => sameKey((item.key as { value?: unknown } | null)?.value, part));
       if (!pair) break;
       offset = (pair.key as Node).range?.[0] ?? offset;
       node = pair.value;

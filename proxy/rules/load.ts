@@ -390,7 +390,17 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     const value = raw.proxy[key];
     if (value !== undefined && !parseAddress(value)) fail(['proxy', key], `"${value}" is not host:port`);
   }
-  if (raw.proxy.probes !== undefined && raw.proxy.probes === raw.proxy.admin && !raw.proxy.probes.endsWith(':0')) fail(['proxy', 'probes'], 'must differ from proxy.admin');
+  // Two listeners on one port: the second could never bind (a wildcard address takes the port
+  // on every address). Said here, so that `check` says it, not only a failed start.
+  const listeners = (['listen', 'admin', 'probes'] as const).flatMap((key) => {
+    const a = raw.proxy[key] !== undefined ? parseAddress(raw.proxy[key]) : undefined;
+    return a && a.port !== 0 ? [{ key, ...a }] : [];
+  });
+  const wildcard = (host: string) => host === '0.0.0.0' || host === '::';
+  listeners.forEach((b, i) => {
+    const a = listeners.slice(0, i).find((x) => x.port === b.port && (x.host === b.host || wildcard(x.host) || wildcard(b.host)));
+    if (a) fail(['proxy', b.key], `must differ from proxy.${a.key}: both listen on port ${b.port}`);
+  });
   try {
     const u = new URL(raw.proxy.upstream);
     if (u.pathname !== '/' || u.search || u.hash || u.username || u.password) fail(['proxy', 'upstream'], 'must be an origin only (scheme, host, port), without path, query or credentials');

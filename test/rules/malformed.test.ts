@@ -104,6 +104,9 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // toJS threw a ReferenceError: a stack trace into the yaml package, no line, no field.
   { name: 'YAML alias whose anchor is not set before it', text: edit('  mode: enforce\n', '  mode: enforce\n  connections: *nope\n'), line: 6, field: 'proxy.connections', message: /^YAML: Unresolved alias/ },
   { name: 'YAML aliases that expand too far', text: 'a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n' + VALID, line: 2, field: /^(b|b\[0\])$/, message: /^YAML: Excessive alias count/ },
+  // YAML reads these keys as a boolean and a number; they were named at line 1.
+  { name: 'unknown key that YAML reads as a boolean', text: VALID + 'true: 1\n', line: 30, field: 'true' },
+  { name: 'unknown key that YAML reads as a number', text: edit('  mode: enforce\n', '  mode: enforce\n  8080: x\n'), line: 6, field: 'proxy.8080' },
   { name: 'token lifetime past any date', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 100000000d }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /more than 36500d \(100 years\)/ },
   { name: 'quarantine period past any date', text: VALID + 'monitors:\n  quarantine: { period: P100000000D }\n', line: 31, field: 'monitors.quarantine.period', message: /more than 36500d/ },
   { name: 'token lifetime of 0s', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 0s }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /no token could pass/ },
@@ -123,6 +126,8 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // Authorization there made every token with a contract claim a conflict.
   { name: 'contract header with a meaning of its own', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  declared: { header: Authorization }\n'), line: 20, field: 'contract.declared.header', message: /Authorization has a meaning of its own/ },
   { name: 'contract header named like driftguard\'s own', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  declared: { header: Driftguard-Contract }\n'), line: 20, field: 'contract.declared.header' },
+  // `check` said valid; `run` failed with EADDRINUSE.
+  { name: 'admin on the traffic listener\'s port', text: edit('listen: 127.0.0.1:0', 'listen: 0.0.0.0:18080').replace('admin: 127.0.0.1:0', 'admin: 127.0.0.1:18080'), line: 4, field: 'proxy.admin', message: /must differ from proxy\.listen: both listen on port 18080/ },
   { name: 'listen not host:port', text: edit('listen: 127.0.0.1:0', 'listen: localhost'), line: 2, field: 'proxy.listen' },
   // A deprecation link goes into a Link header as <…>: it must not end it early, nor carry a
   // character Node refuses to write (which made every answer for the operation fail).
