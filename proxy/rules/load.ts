@@ -493,6 +493,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   if (!rank.has(minimum)) fail(['contract', 'minimum'], `"${minimum}" is not one of contract.versions`);
   const ids = new Set<string>();
   const routes = new Map<string, number>();
+  const foldedRoutes = new Map<string, number>();
   const operations: Operation[] = [];
   raw.contract.operations.forEach((op, i) => {
     const here: Path = ['contract', 'operations', i];
@@ -505,7 +506,15 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       const other = routes.get(key);
       if (other !== undefined) fail([...here, 'path'], `${op.method} ${op.path} matches the same requests as contract.operations[${other}]`);
       routes.set(key, i);
+      // Literals that differ only in case (/items/{id} and /Items/{id}): an upstream router that
+      // ignores case (Express, Spring's default) may run the other's handler, whose scopes and
+      // sensitivity driftguard did not apply.
+      const folded = `${op.method} ${template.shape.toLowerCase()}`;
+      const twin = foldedRoutes.get(folded);
+      if (other === undefined && twin !== undefined) fail([...here, 'path'], `${op.method} ${op.path} differs only in case from contract.operations[${twin}]'s path: an upstream that ignores case would take one for the other`);
+      foldedRoutes.set(folded, i);
     }
+    if (op.public && op.scopes.length > 0) fail([...here, 'scopes'], 'a public operation needs no credential, so its scopes would never be checked: drop public, or the scopes');
     if (op.changedIn !== undefined && !rank.has(op.changedIn)) fail([...here, 'changedIn'], `"${op.changedIn}" is not one of contract.versions`);
     let deprecated: Operation['deprecated'];
     if (op.deprecated) {
