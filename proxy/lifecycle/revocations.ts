@@ -161,8 +161,19 @@ export class RevocationStore {
     return this.#find('jti', credential.jti, now)
       ?? this.#find('task', task ?? undefined, now)
       ?? this.#find('subject', credential.subject, now)
+      ?? this.#issuerSubject(credential, now)
       ?? this.#actor(credential, now)
       ?? this.#find('kid', credential.kid, now);
+  }
+
+  /**
+   * A subject revoked as `["<issuer>","<subject>"]`: one issuer's subject only (a plain subject
+   * is revoked from every issuer). It is the name /consumers and /quarantine give an
+   * unregistered subject while several issuers are trusted, so what they show can be revoked.
+   */
+  #issuerSubject(credential: Credential, now: number): Revocation | undefined {
+    if (!this.#index.get('subject')!.size) return undefined;
+    return this.#find('subject', JSON.stringify([credential.issuer, credential.subject]), now);
   }
 
   #actor(credential: Credential, now: number): Revocation | undefined {

@@ -12,7 +12,8 @@ import { isLoopback } from '../../proxy/lifecycle/admin.ts';
 import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
 import { writeRules, AGENT } from '../support/driftguard.ts';
 import { listen, close } from '../support/servers.ts';
-import { world, startLifecycle, problem, bearer, until } from './support.ts';
+import { world, startLifecycle, problem, bearer, until, trustAlso } from './support.ts';
+import { ISSUER } from '../support/keys.ts';
 
 const ADMIN_SECRET = 'adm1n-s3cret-value-for-tests-only';
 
@@ -594,4 +595,22 @@ t.test('revocation.journal must be a journal of its own: a file the rules read, 
   const rules = writeRules(w.rules((r) => { r.revocation = { journal: other }; }), dir);
   await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: /revocation\.journal: .*notes\.txt is not a revocation journal/ });
   t.equal(readFileSync(other, 'utf8'), 'these are my notes\nno trailing newline', 'not cut, not rewritten');
+});
+
+t.test('a subject revoked as ["<issuer>","<subject>"] (as /consumers names it) is revoked from that issuer only', async (t) => {
+  const w = await world();
+  const OTHER = 'https://other.test.local';
+  const dg = await startLifecycle(w.rules((r) => { trustAlso(r, OTHER); r.consumers.unknown = 'allow'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const call = async (iss: string) => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: 'client-7', iss })) }); await r.text(); return r.status; };
+  t.equal(await call(OTHER), 200);
+  const listed = await (await fetch(`${dg.admin}/consumers`)).json() as { consumers: { subject: string }[] };
+  const shown = JSON.stringify([OTHER, 'client-7']);
+  t.ok(listed.consumers.some((c) => c.subject === shown), `/consumers names it ${shown}`);
+  // It answered 201 and revoked nothing: client-7 of either issuer went on.
+  const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: shown, reason: 'leaked' }) });
+  t.equal(revoked.status, 201);
+  await revoked.text();
+  t.equal(await call(OTHER), 401, 'that issuer\'s client-7 is revoked');
+  t.equal(await call(ISSUER), 200, 'another issuer\'s client-7 is not');
 });
