@@ -64,12 +64,19 @@ const ENCODED_QUERY = /%3[Ff][^/]*/g;
  * A request path as driftguard's records and answers quote it. A caller may put a credential
  * in the path itself: a token in a segment (/items/eyJ…, /x/id_token=eyJ…), an encoded query
  * (/items/1%3Faccess_token=…), path parameters (/items/1;jsessionid=…), or an absolute-form
- * target's userinfo (http://user:pass@host/…). Those parts are replaced; the rest is kept.
+ * or authority-form target's userinfo (http://user:pass@host/…, CONNECT user:pass@host:443).
+ * Those parts are replaced; the rest is kept.
  */
 export function redactPath(target: string): string {
   let path = target;
   if (!path.startsWith('/')) {
-    // Absolute form (or no path at all): its path only, never its userinfo or host.
+    // Authority form (CONNECT host:port): the authority without its userinfo, which
+    // new URL() took for a scheme and a path (`user:pw@h:443` gave the path `pw@h:443`).
+    if (!/^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(path)) {
+      const authority = path.slice(path.lastIndexOf('@') + 1);
+      return /^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$/.test(authority) ? authority : '(not a path)';
+    }
+    // Absolute form: its path only, never its userinfo or host.
     try { path = new URL(path).pathname; } catch { return '(not a path)'; }
   }
   // Percent-encoded (`1%3Bjsessionid=…`, a token's dots as `%2E`, `%65yJ…`), as a server that

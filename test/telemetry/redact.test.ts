@@ -27,6 +27,20 @@ t.test('a token in a path is replaced, in any spelling and wherever it sits in a
   ]) t.equal(redactPath(path), want, path.slice(0, 40));
 });
 
+t.test('a target that is not a path: its path, or its authority, never its userinfo', async (t) => {
+  for (const [target, want] of [
+    // CONNECT's authority form: new URL() read `user:` as a scheme and kept the password as the path.
+    ['user:SECRETPW@h:443', 'h:443'],
+    ['oauth:ghp_SECRETGITHUBTOKEN@github.com:443', 'github.com:443'],
+    ['evil.example.com:8443', 'evil.example.com:8443'],
+    ['10.0.0.1:22', '10.0.0.1:22'],
+    ['[::1]:443', '[::1]:443'],
+    ['http://user:pass@host/a/b', '/a/b'],
+    ['*', '(not a path)'],
+    ['a b:1', '(not a path)'],
+  ]) t.equal(redactPath(target), want, target);
+});
+
 t.test('an ordinary path is kept as sent', async (t) => {
   for (const path of ['/static/keyJar.v2.js', '/a/eyJhbGciOiJub25lIn0.json', '/users/heyJohn.smith.jr', '/a%20b/c%2Fd', '/cursor/eyJwYWdlIjoyfQ', '/cursor/eyJwYWdlIjoyfQ%3D%3D', '/sum/1+2', '/x/100%25']) {
     t.equal(redactPath(path), path, path);
