@@ -16,6 +16,13 @@ import { Readable } from 'node:stream';
 import type { IncomingMessage } from 'node:http';
 
 /**
+ * Emitted on a request whose body Node's parser gave up on while the request was being decided
+ * (the connection ended mid-body, a bad chunk): the body will never end, and a read of it
+ * stops at once instead of waiting out its timeout. Node itself says nothing to the request.
+ */
+export const BODY_UNPARSABLE = 'driftguard:body-unparsable';
+
+/**
  * Header lines a request may have, on every listener (Envoy's default too); Node refuses a head
  * with more, as too large (431). A head still arriving holds a string per line: at most these,
  * about 20 KiB of heap, not one per line of the 16 KiB (about 50 KiB).

@@ -9,6 +9,7 @@
 import { hash } from 'node:crypto';
 import type { RequestContext } from '../pipeline/types.ts';
 import { hasBody } from '../forward/forward.ts';
+import { BODY_UNPARSABLE } from '../lib/incoming.ts';
 
 /** Read at most once per request (the caller memoizes). A sha256 of the body, `len:N` or `chunked` when it was not read, or `''` when there is none; undefined when the body could not be read. */
 export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, timeoutMs: number): Promise<string | undefined> {
@@ -44,7 +45,7 @@ function readWhole(ctx: RequestContext, length: number, timeoutMs: number): Prom
     let size = 0;
     const done = (body: Buffer | undefined) => {
       clearTimeout(timer);
-      req.off('data', onData); req.off('end', onEnd); req.off('error', onError); req.off('aborted', onError);
+      req.off('data', onData); req.off('end', onEnd); req.off('error', onError); req.off('aborted', onError); req.off(BODY_UNPARSABLE, onError);
       resolve(body);
     };
     const onData = (chunk: Buffer) => {
@@ -56,6 +57,6 @@ function readWhole(ctx: RequestContext, length: number, timeoutMs: number): Prom
     const onEnd = () => done(size === length ? whole : undefined);
     const onError = () => done(undefined);
     const timer = setTimeout(() => done(undefined), timeoutMs);
-    req.on('data', onData); req.once('end', onEnd); req.once('error', onError); req.once('aborted', onError);
+    req.on('data', onData); req.once('end', onEnd); req.once('error', onError); req.once('aborted', onError); req.once(BODY_UNPARSABLE, onError);
   });
 }

@@ -49,6 +49,25 @@ for (const how of ['reset after reading', 'a transfer coding driftguard will not
   });
 }
 
+t.test('a client that ends its connection mid-body is decided at once, not after the body timeout', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { retryStorm: { mode: 'enforce' }, bodyTimeout: '5s' }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const s = connect({ port: Number(new URL(dg.url).port), host: '127.0.0.1', allowHalfOpen: true });
+  s.on('error', () => {});
+  t.teardown(() => s.destroy());
+  await new Promise<void>((r) => s.once('connect', () => r()));
+  s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${await w.token()}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\nabc`);
+  await until(() => dg.seen.length === 1);
+  const ended = Date.now();
+  s.end(); // FIN: the body's other 97 bytes will never come
+  // The monitors' read of the body got no event from Node and waited out bodyTimeout (5 s here).
+  t.ok(await until(() => dg.seen[0]!.decision !== undefined, 2000), 'decided within 2 s');
+  t.ok(Date.now() - ended < 2000, `decided ${Date.now() - ended} ms after the FIN`);
+  t.equal(dg.seen[0]!.decision!.reason, 'malformed-request');
+  t.equal(w.up.seen.length, 0, 'nothing reached the upstream');
+});
+
 t.test('idempotency: a write whose upstream connection was refused frees its key at once', async (t) => {
   const w = await world();
   const closed = await new Promise<number>((res) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => res(p)); }); });
