@@ -15,7 +15,7 @@ import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record, fromNow, quarantineMode, type Quarantine } from './monitors.ts';
 import { actorIssuer, resolveConsumer } from '../checks/consumers.ts';
-import { taskOf } from './revocations.ts';
+import { revokesSubjectItself, taskOf } from './revocations.ts';
 import { MAX_LEVELS } from '../identity/act.ts';
 import { bodyFingerprint } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
@@ -78,7 +78,7 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       ctx.extra['revocation.id'] = hit.id;
       ctx.extra['revocation.kind'] = hit.kind;
       // The operator's reason stays with the operator; the caller gets the id to quote.
-      const byActor = hit.kind === 'subject' && hit.value !== c.subject;
+      const byActor = hit.kind === 'subject' && !revokesSubjectItself(hit, c);
       // The actor's doing, not the consumer's: the quarantine does not count it (index.ts).
       if (byActor) ctx.extra[REVOKED_ACTOR] = hit.value;
       const what = byActor ? 'an actor in this token\'s delegation chain' : `this ${words[hit.kind]}`;

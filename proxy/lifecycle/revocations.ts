@@ -57,6 +57,30 @@ export function taskOf(claim: unknown): string | undefined | null {
   return typeof claim === 'string' && claim !== '' ? claim : null;
 }
 
+/**
+ * A subject revocation's value as it is matched: `["<issuer>","<subject>"]` however it is
+ * spaced (a JSON pair written by hand), else the value as written.
+ */
+export function subjectKey(value: string): string {
+  if (!value.startsWith('[')) return value;
+  try {
+    const v: unknown = JSON.parse(value);
+    if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string') return JSON.stringify(v);
+  } catch { /* a subject that only starts with [ */ }
+  return value;
+}
+
+/** Whether a subject revocation names the token's own subject (from any issuer, or from its own), not an actor of it. */
+export function revokesSubjectItself(r: Revocation, credential: Pick<Credential, 'subject' | 'issuer'>): boolean {
+  const v = subjectKey(r.value);
+  return v === credential.subject || v === JSON.stringify([credential.issuer, credential.subject]);
+}
+
+/** The value a revocation is indexed and matched by. */
+function matched(r: Revocation): string {
+  return r.kind === 'subject' ? subjectKey(r.value) : r.value;
+}
+
 export class RevocationStore {
   readonly #byKey = new Map<string, Revocation>();
   /**
@@ -103,9 +127,10 @@ export class RevocationStore {
     if (!before || before.kind !== r.kind || before.value !== r.value) this.#changes++;
     this.#byKey.set(key, r);
     const byValue = this.#index.get(r.kind)!;
-    const keys = byValue.get(r.value);
-    if (keys === undefined) byValue.set(r.value, key);
-    else if (typeof keys === 'string') byValue.set(r.value, new Set([keys, key]));
+    const value = matched(r);
+    const keys = byValue.get(value);
+    if (keys === undefined) byValue.set(value, key);
+    else if (typeof keys === 'string') byValue.set(value, new Set([keys, key]));
     else keys.add(key);
   }
 
@@ -118,11 +143,12 @@ export class RevocationStore {
     if (!r) return undefined;
     this.#byKey.delete(key);
     const byValue = this.#index.get(r.kind)!;
-    const keys = byValue.get(r.value);
-    if (typeof keys === 'string') byValue.delete(r.value);
+    const value = matched(r);
+    const keys = byValue.get(value);
+    if (typeof keys === 'string') byValue.delete(value);
     else if (keys !== undefined) {
       keys.delete(key);
-      if (keys.size === 1) byValue.set(r.value, keys.values().next().value!);
+      if (keys.size === 1) byValue.set(value, keys.values().next().value!);
     }
     return r;
   }

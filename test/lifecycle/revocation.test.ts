@@ -613,4 +613,12 @@ t.test('a subject revoked as ["<issuer>","<subject>"] (as /consumers names it) i
   await revoked.text();
   t.equal(await call(OTHER), 401, 'that issuer\'s client-7 is revoked');
   t.equal(await call(ISSUER), 200, 'another issuer\'s client-7 is not');
+  const refused = dg.seen.filter((s) => s.decision?.reason === 'credential-revoked').at(-1)!;
+  t.match(refused.decision!.detail, /^this consumer was revoked/, 'as the token\'s own subject, not an actor');
+  t.notOk('revocation.actor' in refused.ctx.extra);
+  // Spaced as a person writes JSON: the same pair.
+  const spaced = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: `["${ISSUER}", "client-7"]`, reason: 'leaked' }) });
+  t.equal(spaced.status, 201);
+  await spaced.text();
+  t.equal(await call(ISSUER), 401, 'the pair written with a space revokes too');
 });
