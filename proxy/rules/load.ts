@@ -4,6 +4,7 @@
 
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
+import { isIPv4, isIPv6 } from 'node:net';
 import { resolve, dirname } from 'node:path';
 import { parseDocument, visit, LineCounter, type Document } from 'yaml';
 import { Ajv, type ErrorObject } from 'ajv';
@@ -266,6 +267,24 @@ export function loadRules(file: string, overrides: Overrides = {}): Rules {
   return parseRules(text, source, overrides, bytes);
 }
 
+/**
+ * Whether two listeners' hosts on one port would clash: the same address (however written),
+ * `::` (every address, both families, as Node binds it), 0.0.0.0 and any IPv4 address, or
+ * localhost and a loopback address.
+ */
+function sameSocket(x: string, y: string): boolean {
+  const norm = (h: string) => {
+    const bare = h.replace(/^\[|\]$/g, '').toLowerCase();
+    return isIPv6(bare) ? new URL(`http://[${bare}]`).hostname.slice(1, -1) : bare;
+  };
+  const [a, b] = [norm(x), norm(y)];
+  if (a === b || a === '::' || b === '::') return true;
+  const v4 = (h: string) => isIPv4(h) || h === 'localhost';
+  if ((a === '0.0.0.0' && v4(b)) || (b === '0.0.0.0' && v4(a))) return true;
+  const loopback = (h: string) => h === '::1' || /^127\./.test(h);
+  return (a === 'localhost' && loopback(b)) || (b === 'localhost' && loopback(a));
+}
+
 /** An http:// URL whose host is not loopback (localhost, 127.0.0.0/8, ::1). */
 function plainHttpElsewhere(url: string): boolean {
   let u: URL;
@@ -396,9 +415,8 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     const a = raw.proxy[key] !== undefined ? parseAddress(raw.proxy[key]) : undefined;
     return a && a.port !== 0 ? [{ key, ...a }] : [];
   });
-  const wildcard = (host: string) => host === '0.0.0.0' || host === '::';
   listeners.forEach((b, i) => {
-    const a = listeners.slice(0, i).find((x) => x.port === b.port && (x.host === b.host || wildcard(x.host) || wildcard(b.host)));
+    const a = listeners.slice(0, i).find((x) => x.port === b.port && sameSocket(x.host, b.host));
     if (a) fail(['proxy', b.key], `must differ from proxy.${a.key}: both listen on port ${b.port}`);
   });
   try {

@@ -193,6 +193,16 @@ t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded wi
   t.same(err.problems.map((p) => [p.line, p.column, p.message]), [[17, 17, 'not UTF-8: save the rules file as UTF-8']]);
 });
 
+t.test('two listeners on one port: refused where they would clash, not where they would not', async (t) => {
+  const pair = (listen: string, admin: string) => problems(edit('listen: 127.0.0.1:0', `listen: "${listen}"`).replace('admin: 127.0.0.1:0', `admin: "${admin}"`)).problems.map((p) => p.field);
+  for (const [listen, admin] of [['localhost:18080', '127.0.0.1:18080'], ['[0:0:0:0:0:0:0:0]:18080', '127.0.0.1:18080'], ['[::]:18080', '0.0.0.0:18080'], [':18080', '127.0.0.1:18080'], ['[::1]:18080', 'localhost:18080']]) {
+    t.same(pair(listen, admin), ['proxy.admin'], `${listen} and ${admin}`);
+  }
+  for (const [listen, admin] of [['0.0.0.0:18080', '[::1]:18080'], ['127.0.0.1:18080', '127.0.0.2:18080'], ['0.0.0.0:18080', '0.0.0.0:18081']]) {
+    t.same(pair(listen, admin), [], `${listen} and ${admin} bind both`);
+  }
+});
+
 t.test('an unreadable file names the file', async (t) => {
   t.throws(() => loadRules('/nonexistent/rules.yaml'), { code: 'ERR_RULES_INVALID', message: /\/nonexistent\/rules\.yaml/ });
 });
