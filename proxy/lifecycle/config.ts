@@ -8,7 +8,7 @@
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { addRulesValidator, RulesError } from '../rules/load.ts';
-import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseDurationOr0 } from '../rules/durations.ts';
+import { MAX_TIMER_MS, TIMER_TOO_LONG, MAX_DURATION_MS, DURATION_TOO_LONG, parseDuration, parseDurationOr0 } from '../rules/durations.ts';
 import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
 
 export type FeatureMode = 'enforce' | 'audit' | 'off';
@@ -90,6 +90,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   const duration = (path: Path, text: string, positive = true): number => {
     try {
       const ms = parseDuration(text);
+      if (ms > MAX_DURATION_MS) { fail(path, DURATION_TOO_LONG); return 1; }
       if (positive && ms <= 0) fail(path, 'must be longer than 0');
       return ms;
     } catch (err) { fail(path, (err as Error).message); return 1; }

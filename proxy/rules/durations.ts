@@ -12,14 +12,11 @@ const ISO = /^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$/;
  */
 export const MAX_DURATION_MS = 36_500 * 86_400_000;
 
+/** Why a duration longer than MAX_DURATION_MS is refused. */
+export const DURATION_TOO_LONG = 'must be at most 36500d (100 years): added to the time of day, a longer one can pass the largest date JavaScript holds';
+
 /** Milliseconds of `15m`, `30s`, `500ms`, `2d`, `PT15M`; throws a TypeError on anything else. */
 export function parseDuration(text: string): number {
-  const ms = parse(text);
-  if (ms > MAX_DURATION_MS) throw new TypeError(`${text} is more than 36500d (100 years), the longest duration the rules take`);
-  return ms;
-}
-
-function parse(text: string): number {
   const short = SHORT.exec(text);
   if (short) return Math.round(Number(short[1]) * UNIT_MS[short[2]!]!);
   const iso = ISO.exec(text);

@@ -9,7 +9,7 @@ import { resolve, dirname } from 'node:path';
 import { parseDocument, visit, LineCounter, type Document } from 'yaml';
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
-import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration, parseDurationOr0, parseTime } from './durations.ts';
+import { MAX_TIMER_MS, TIMER_TOO_LONG, MAX_DURATION_MS, DURATION_TOO_LONG, parseDuration, parseDurationOr0, parseTime } from './durations.ts';
 import { parseTemplate } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { parseAddress } from '../lib/address.ts';
@@ -368,15 +368,22 @@ interface RawRules {
 function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules {
   const problems: RulesProblem[] = [];
   const fail = (path: Path, message: string) => problems.push(at.problem(path, message));
-  const duration = (path: Path, text: string) => {
-    try { return parseDuration(text); } catch (err) { fail(path, (err as Error).message); return 0; }
+  /** A duration, or undefined once its problem is reported (so that no second one follows). */
+  const duration = (path: Path, text: string): number | undefined => {
+    let ms: number;
+    try { ms = parseDuration(text); } catch (err) { fail(path, (err as Error).message); return undefined; }
+    if (ms > MAX_DURATION_MS) { fail(path, DURATION_TOO_LONG); return undefined; }
+    return ms;
   };
   /** A duration that becomes a timer: at most MAX_TIMER_MS. */
   // `noLimit`: the field documents 0s as no limit. Elsewhere 0 would turn a timeout off (an
   // upstream that hangs holds its connection for good) or refetch keys every millisecond.
   const timer = (path: Path, text: string, noLimit = false) => {
-    const ms = duration(path, text);
-    if (ms > MAX_TIMER_MS) fail(path, TIMER_TOO_LONG);
+    // Past a timer's limit first: its reason is the one that matters here, however long.
+    const long = parseDurationOr0(text) > MAX_TIMER_MS;
+    const ms = long ? MAX_TIMER_MS : duration(path, text);
+    if (ms === undefined) return 0;
+    if (long) fail(path, TIMER_TOO_LONG);
     else if (ms === 0 && /[1-9]/.test(text)) fail(path, `${text} rounds to 0ms: write at least 1ms${noLimit ? ', or 0s for no limit' : ''}`);
     else if (ms === 0 && !noLimit) fail(path, 'must be at least 1ms');
     return ms;
@@ -387,6 +394,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
    */
   const clockSkew = (text: string) => {
     const ms = duration(['identity', 'clockSkew'], text);
+    if (ms === undefined) return 0;
     if (ms % 1000 !== 0) fail(['identity', 'clockSkew'], `${text} is not a whole number of seconds, as the times in a token are: write ${Math.floor(ms / 1000)}s or ${Math.ceil(ms / 1000)}s`);
     // A clock that far off needs fixing, not tolerating: every token would pass for that long after it expired.
     else if (ms > MAX_CLOCK_SKEW_MS) fail(['identity', 'clockSkew'], `${text} is more than 5m: a token would be accepted that long after it expired`);
@@ -395,6 +403,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   /** A lifetime no token can stay under (0s) refuses every token of that kind. */
   const lifetime = (kind: 'automation' | 'human', text: string) => {
     const ms = duration(['identity', 'maxTokenLifetime', kind], text);
+    if (ms === undefined) return 0;
     if (ms === 0 && !/[1-9]/.test(text)) fail(['identity', 'maxTokenLifetime', kind], 'must be more than 0s: no token could pass');
     else if (ms < 1000) fail(['identity', 'maxTokenLifetime', kind], `${text} is less than 1s, the unit of the times in a token: no token could pass`);
     return ms;

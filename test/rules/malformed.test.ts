@@ -107,8 +107,8 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // YAML reads these keys as a boolean and a number; they were named at line 1.
   { name: 'unknown key that YAML reads as a boolean', text: VALID + 'true: 1\n', line: 30, field: 'true' },
   { name: 'unknown key that YAML reads as a number', text: edit('  mode: enforce\n', '  mode: enforce\n  8080: x\n'), line: 6, field: 'proxy.8080' },
-  { name: 'token lifetime past any date', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 100000000d }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /more than 36500d \(100 years\)/ },
-  { name: 'quarantine period past any date', text: VALID + 'monitors:\n  quarantine: { period: P100000000D }\n', line: 31, field: 'monitors.quarantine.period', message: /more than 36500d/ },
+  { name: 'token lifetime past any date', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 100000000d }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /^must be at most 36500d \(100 years\)/ },
+  { name: 'quarantine period past any date', text: VALID + 'monitors:\n  quarantine: { period: P100000000D }\n', line: 31, field: 'monitors.quarantine.period', message: /^must be at most 36500d/ },
   { name: 'token lifetime of 0s', text: edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { automation: 0s }'), line: 13, field: 'identity.maxTokenLifetime.automation', message: /no token could pass/ },
   { name: 'non-canonical literal in a template (dot segment)', text: edit('path: /items/{id}', 'path: /items/../{id}'), line: 23, field: 'contract.operations[0].path' },
   { name: 'non-canonical literal in a template (path parameter)', text: edit('path: /items/{id}', 'path: /items;v=1/{id}'), line: 23, field: 'contract.operations[0].path' },
@@ -191,6 +191,14 @@ t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded wi
   writeFileSync(file, Buffer.concat([Buffer.from(VALID.replace('owner: team-a', 'owner: Jos'), 'utf8').subarray(0, VALID.indexOf('owner: team-a') + 'owner: Jos'.length), Buffer.from([0xe9]), Buffer.from(VALID.slice(VALID.indexOf('owner: team-a') + 'owner: team-a'.length))]));
   const err = t.throws(() => loadRules(file)) as RulesError;
   t.same(err.problems.map((p) => [p.line, p.column, p.message]), [[17, 17, 'not UTF-8: save the rules file as UTF-8']]);
+});
+
+t.test('a duration past 100 years is one problem at its field, a timer\'s as a timer\'s', async (t) => {
+  const found = problems(edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { human: 36501d }').replace('  mode: enforce\n', '  mode: enforce\n  timeouts: { response: 36501d }\n')).problems;
+  t.same(found.map((p) => p.field).sort(), ['identity.maxTokenLifetime.human', 'proxy.timeouts.response'], 'one problem each');
+  t.match(found.find((p) => p.field === 'identity.maxTokenLifetime.human')?.message, /^must be at most 36500d/);
+  t.match(found.find((p) => p.field === 'proxy.timeouts.response')?.message, /^must be at most 24d/);
+  t.same(problems(edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { human: 36500d }')).problems, [], '36500d itself is taken');
 });
 
 t.test('two listeners on one port: refused where they would clash, not where they would not', async (t) => {
