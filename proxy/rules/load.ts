@@ -24,9 +24,9 @@ import { OVERRIDE_KEYS, type Overrides } from './overrides.ts';
 /** Headers with a meaning of their own in HTTP or to driftguard: never a contract.declared.header. */
 const RESERVED_HEADERS = new Set([
   'authorization', 'proxy-authorization', 'cookie', 'host', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer',
-  'transfer-encoding', 'upgrade', 'expect', 'content-length', 'content-type', 'content-encoding', 'forwarded',
-  'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'traceparent', 'tracestate', 'baggage', 'idempotency-key',
+  'transfer-encoding', 'upgrade', 'expect', 'forwarded', 'traceparent', 'tracestate', 'baggage', 'idempotency-key',
 ]);
+// And every Content-*, X-Forwarded-* and Driftguard-* header (below).
 
 export interface RulesProblem {
   readonly file: string;
@@ -563,15 +563,20 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     const r = op.deprecated?.replacement;
     if (r !== undefined && !ids.has(r)) fail(['contract', 'operations', i, 'deprecated', 'replacement'], `"${r}" is not an operation id`);
     if (r === op.id) fail(['contract', 'operations', i, 'deprecated', 'replacement'], 'an operation cannot replace itself');
-    // Callers are told to move to it: not to one that is going too (or gone, answering 410).
-    else if (r !== undefined && raw.contract.operations.find((o) => o.id === r)?.deprecated) {
-      fail(['contract', 'operations', i, 'deprecated', 'replacement'], `"${r}" is deprecated itself: name the operation callers should move to now`);
+    // Callers are told to move to it: not to one that is going too (a sunset: gone, answering
+    // 410, at a date) or that names its own replacement (the end of that chain is where to go).
+    // One whose deprecation is only announced, with neither, may be where callers go for now.
+    else if (r !== undefined) {
+      const next = raw.contract.operations.find((o) => o.id === r)?.deprecated;
+      if (next?.sunset !== undefined || next?.replacement !== undefined) {
+        fail(['contract', 'operations', i, 'deprecated', 'replacement'], `"${r}" is deprecated itself, with ${next.sunset !== undefined ? 'a sunset' : `a replacement (${next.replacement})`}: name the operation callers should move to now`);
+      }
     }
   });
   // The header a caller declares its contract version in must be one with no other meaning:
   // Authorization or Connection there made every request with a token claim a conflict.
   const declaredHeader = raw.contract.declared.header.toLowerCase();
-  if (RESERVED_HEADERS.has(declaredHeader) || declaredHeader.startsWith('driftguard-')) {
+  if (RESERVED_HEADERS.has(declaredHeader) || /^(driftguard|content|x-forwarded)-/.test(declaredHeader)) {
     fail(['contract', 'declared', 'header'], `${raw.contract.declared.header} has a meaning of its own in HTTP or to driftguard: name a header of its own (the default is Contract-Version)`);
   }
 

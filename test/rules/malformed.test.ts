@@ -122,9 +122,10 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'upstream that is not a URL', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://ops:PWSECRET@127.0.0.1:99999/?token=QSECRET"'), line: 3, field: 'proxy.upstream', message: /^is not a URL$/ },
   { name: 'revocation list URL that is not a URL', text: VALID + 'revocation:\n  url: "https://ops:PWSECRET@lists.example:99999/r?token=QSECRET"\n', line: 31, field: 'revocation.url', message: /^is not a URL$/ },
   // Callers would be told to move to an operation that is going too, or gone (410).
-  { name: 'replacement that is deprecated itself', text: edit('      sensitivity: low\n', '      sensitivity: low\n      deprecated: { since: "2026-01-01" }\n').replace('changedIn: "2026-06"\n', 'changedIn: "2026-06"\n      deprecated: { since: "2026-01-01", replacement: getItem }\n'), line: 31, field: 'contract.operations[1].deprecated.replacement', message: /"getItem" is deprecated itself/ },
+  { name: 'replacement that is deprecated itself, with a sunset', text: edit('      sensitivity: low\n', '      sensitivity: low\n      deprecated: { since: "2026-01-01", sunset: "2027-01-01" }\n').replace('changedIn: "2026-06"\n', 'changedIn: "2026-06"\n      deprecated: { since: "2026-01-01", replacement: getItem }\n'), line: 31, field: 'contract.operations[1].deprecated.replacement', message: /"getItem" is deprecated itself/ },
   // Authorization there made every token with a contract claim a conflict.
   { name: 'contract header with a meaning of its own', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  declared: { header: Authorization }\n'), line: 20, field: 'contract.declared.header', message: /Authorization has a meaning of its own/ },
+  { name: 'contract header that an ingress sets', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  declared: { header: X-Forwarded-Port }\n'), line: 20, field: 'contract.declared.header' },
   { name: 'contract header named like driftguard\'s own', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  declared: { header: Driftguard-Contract }\n'), line: 20, field: 'contract.declared.header' },
   // `check` said valid; `run` failed with EADDRINUSE.
   { name: 'admin on the traffic listener\'s port', text: edit('listen: 127.0.0.1:0', 'listen: 0.0.0.0:18080').replace('admin: 127.0.0.1:0', 'admin: 127.0.0.1:18080'), line: 4, field: 'proxy.admin', message: /must differ from proxy\.listen: both listen on port 18080/ },
@@ -191,6 +192,13 @@ t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded wi
   writeFileSync(file, Buffer.concat([Buffer.from(VALID.replace('owner: team-a', 'owner: Jos'), 'utf8').subarray(0, VALID.indexOf('owner: team-a') + 'owner: Jos'.length), Buffer.from([0xe9]), Buffer.from(VALID.slice(VALID.indexOf('owner: team-a') + 'owner: team-a'.length))]));
   const err = t.throws(() => loadRules(file)) as RulesError;
   t.same(err.problems.map((p) => [p.line, p.column, p.message]), [[17, 17, 'not UTF-8: save the rules file as UTF-8']]);
+});
+
+t.test('a replacement whose deprecation is only announced (no sunset, no replacement of its own) is where callers go for now', async (t) => {
+  const chain = (next: string) => edit('      sensitivity: low\n', `      sensitivity: low\n      deprecated: { ${next} }\n`).replace('changedIn: "2026-06"\n', 'changedIn: "2026-06"\n      deprecated: { since: "2026-01-01", replacement: getItem }\n');
+  t.same(problems(chain('since: "2030-01-01"')).problems, [], 'announced');
+  // Each names the other, which names a replacement of its own: both refused.
+  t.same(problems(chain('since: "2030-01-01", replacement: createItem')).problems.map((p) => p.field).sort(), ['contract.operations[0].deprecated.replacement', 'contract.operations[1].deprecated.replacement'], 'a chain');
 });
 
 t.test('a duration past 100 years is one problem at its field, a timer\'s as a timer\'s', async (t) => {
