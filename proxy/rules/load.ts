@@ -302,6 +302,13 @@ function firstDifference(a: Buffer, b: Buffer): number | undefined {
   return n;
 }
 
+/**
+ * How far aliases may expand (the yaml package's measure: its default of 100 refused a registry
+ * of 150 entries sharing an owner and a list of operations by anchors); a "billion laughs"
+ * file still fails long before it could fill the heap.
+ */
+const MAX_ALIASES = 10_000;
+
 export function parseRules(text: string, source: string, overrides: Overrides = {}, bytes: Buffer = Buffer.from(text)): Rules {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
@@ -320,7 +327,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   }
   let data: Record<string, unknown> | null;
   try {
-    data = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown> | null;
+    data = doc.toJS({ maxAliasCount: MAX_ALIASES }) as Record<string, unknown> | null;
   } catch (err) {
     // An alias whose anchor is not set before it, or aliases that expand too far (a "billion
     // laughs" file): named at the first alias that cannot be resolved, else the first alias.
