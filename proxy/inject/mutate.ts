@@ -88,6 +88,24 @@ function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
   return repository(c.image) === repository(config.image) && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
 }
 
+/** The listener settings of the sidecar, by their variables: what decides where traffic goes. */
+const LISTENER_ENV = ['DRIFTGUARD_LISTEN', 'DRIFTGUARD_UPSTREAM', 'DRIFTGUARD_ADMIN', 'DRIFTGUARD_PROBES'];
+
+/**
+ * Whether a container is the sidecar `expected` for this pod in what decides what it guards:
+ * its command (the rules file), its ports, and its listener variables. Not its image's tag
+ * (isOwnSidecar) nor its probes and resources, which an upgrade of the injector may change.
+ */
+function sameSidecar(c: Obj, expected: Record<string, unknown>): boolean {
+  const ports = (x: unknown) => JSON.stringify((Array.isArray(x) ? x : []).map((p) => (isObj(p) ? [p.name, p.containerPort, p.protocol ?? 'TCP'] : p)));
+  const env = (x: unknown) => {
+    const list = Array.isArray(x) ? x : [];
+    return JSON.stringify(LISTENER_ENV.map((name) => list.filter((e) => isObj(e) && e.name === name).map((e) => (e as Obj).valueFrom === undefined ? (e as Obj).value : null)));
+  };
+  return JSON.stringify(c.command) === JSON.stringify(expected.command) && c.args === undefined
+    && ports(c.ports) === ports(expected.ports) && env(c.env) === env(expected.env);
+}
+
 /** Whether a container has a network probe that names its port (a probe of the app itself). */
 function hasNamedProbe(c: Obj): boolean {
   return networkProbes(c).some((h) => typeof h.port === 'string');
@@ -194,6 +212,12 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   const settingsOrError = readSettings(annotations, config);
   if (typeof settingsOrError === 'string') return reject(settingsOrError, podName);
   const settings = settingsOrError;
+  // A container that only looks like the injector's (its image, its command's start) with
+  // other rules, ports or listeners: `--config /dev/null`, a port named driftguard on the app's
+  // own port, and a Service's targetPort would reach the app around the checks.
+  if (injected && !sameSidecar(named[0]!, sidecarContainer(config, settings))) {
+    return reject(`the pod's ${SIDECAR_NAME} container is not the sidecar the injector adds for it (its command, ports or listener settings differ): remove it, the injector adds the sidecar`, podName);
+  }
 
   // The sidecar shares the pod's network namespace: its ports must be free.
   const taken = new Map<number, string>();

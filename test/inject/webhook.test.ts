@@ -262,6 +262,27 @@ t.test('only the injector\'s own sidecar counts as injected: a look-alike is ref
   }
 });
 
+t.test('a container with the injector\'s image and command but other rules, ports or listeners is refused, not taken for the sidecar', async (t) => {
+  for (const server of [native, regular]) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+    const injected = patched(pod, (await review(t, server, pod)).got.response);
+    const tamper: [string, (c: Record<string, any>) => void][] = [
+      ['rules /dev/null', (c) => { c.command = ['node', '/app/proxy/cli.js', 'run', '--config', '/dev/null']; }],
+      // A Service's targetPort: driftguard then reached the app's own port, around the checks.
+      ['its port named driftguard on the app\'s port', (c) => { c.ports[0].containerPort = 8080; }],
+      ['another upstream', (c) => { c.env.find((e: { name: string }) => e.name === 'DRIFTGUARD_UPSTREAM').value = 'http://127.0.0.1:9'; }],
+      ['args after the command', (c) => { c.args = ['--listen', '0.0.0.0:8080']; }],
+    ];
+    for (const [what, change] of tamper) {
+      const fake = structuredClone(injected);
+      change(sidecarOf(fake));
+      const { got } = await review(t, server, fake);
+      t.equal(got.response.allowed, false, `refused: ${what}`);
+      t.match(got.response.status?.message, /is not the sidecar the injector adds for it/);
+    }
+  }
+});
+
 t.test('a sidecar of another tag of the injector\'s image counts as injected (two reviews of one pod across an upgrade)', async (t) => {
   // A pod that opts in by label in a namespace that opts in is reviewed by both webhooks; mid-
   // upgrade, the second review can reach a replica of another image tag.
