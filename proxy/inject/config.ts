@@ -58,7 +58,23 @@ export interface InjectorConfig {
    * node takes IPv4 too (an IPv6-only cluster probes and routes to the pod's IPv6 address).
    */
   readonly ipFamily: 'IPv4' | 'IPv6';
+  /**
+   * More environment of the sidecar, after its own: the OTEL_* variables a collector needs (an
+   * API key in OTEL_EXPORTER_OTLP_HEADERS from a Secret, OTEL_EXPORTER_OTLP_ENDPOINT, a CA),
+   * which the rules file never holds. Not the variables the injector sets itself.
+   */
+  readonly env: readonly SidecarEnv[];
 }
+
+/** One entry of a container's env, as in core/v1 EnvVar: a value, or valueFrom (a Secret's key, say). */
+export interface SidecarEnv {
+  readonly name: string;
+  readonly value?: string;
+  readonly valueFrom?: Record<string, unknown>;
+}
+
+/** The variables the injector sets on the sidecar: sidecar.env may not set them again. */
+export const INJECTED_ENV = ['DRIFTGUARD_LISTEN', 'DRIFTGUARD_UPSTREAM', 'DRIFTGUARD_ADMIN', 'DRIFTGUARD_PROBES', 'NODE_OPTIONS', 'POD_NAME', 'POD_NAMESPACE', 'OTEL_RESOURCE_ATTRIBUTES'];
 
 export class InjectorConfigError extends Error {
   readonly code = 'ERR_INJECTOR_CONFIG';
@@ -110,6 +126,19 @@ export const configSchema = {
     tmpSizeLimit: { ...quantity, default: '16Mi' },
     serviceAccountToken: { type: 'boolean', default: true, description: 'Mount a projected service-account token and the cluster CA for cluster-issuer JWKS discovery.' },
     ipFamily: { enum: ['IPv4', 'IPv6'], default: 'IPv4', description: 'IPv4: the sidecar listens on 0.0.0.0; IPv6: on [::] (IPv4 too where the node has it), for IPv6-only and IPv6-first clusters.' },
+    env: {
+      type: 'array', default: [],
+      description: 'More environment of the sidecar (the OTEL_* variables of a collector, an API key from a Secret by valueFrom).',
+      items: {
+        type: 'object', additionalProperties: false, required: ['name'],
+        properties: {
+          name: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+          value: { type: 'string' },
+          valueFrom: { type: 'object' },
+        },
+        oneOf: [{ required: ['value'] }, { required: ['valueFrom'] }],
+      },
+    },
   },
 } as const;
 
@@ -144,6 +173,16 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
         throw new InjectorConfigError(`${source}: ${ports[i][0]} and ${ports[j][0]} are both ${ports[i][1]}`);
       }
     }
+  }
+  // A variable the injector sets itself, set again: the later would win, and DRIFTGUARD_UPSTREAM
+  // or DRIFTGUARD_LISTEN so could take traffic around the checks.
+  const names = new Set<string>();
+  for (const [i, e] of cfg.env.entries()) {
+    const line = lineOf('env');
+    const at = `${source}${line !== undefined ? `:${line}` : ''}: env[${i}].name`;
+    if (INJECTED_ENV.includes(e.name) || e.name.startsWith('DRIFTGUARD_')) throw new InjectorConfigError(`${at}: ${e.name} is set by the injector itself (${INJECTED_ENV.join(', ')})`);
+    if (names.has(e.name)) throw new InjectorConfigError(`${at}: ${e.name} is listed twice`);
+    names.add(e.name);
   }
   // The API server refuses a container whose request is above its limit: every opted-in pod
   // would then be refused, not the injector's start-up.

@@ -50,6 +50,8 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
       // Read by the OpenTelemetry SDK's environment resource detector.
       { name: 'OTEL_RESOURCE_ATTRIBUTES', value: 'k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)' },
+      // The operator's own (sidecar.env): a collector's endpoint, headers, CA.
+      ...config.env.map((e) => ({ ...e })),
     ],
     ports: [
       { name: SIDECAR_PORT_NAMES[0]!, containerPort: settings.listenPort, protocol: 'TCP' },

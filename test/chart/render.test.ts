@@ -8,6 +8,7 @@ import { parse as parseYaml } from 'yaml';
 import { helm, render, one, CHART, type K8sObject } from './helm.ts';
 import { validateObject } from '../support/k8s.ts';
 import { buildConfig } from '../../proxy/inject/config.ts';
+import { sidecarContainer } from '../../proxy/inject/sidecar.ts';
 import { parseRules } from '../../proxy/rules/load.ts';
 
 const NS = 'driftguard-system';
@@ -162,6 +163,24 @@ t.test('values change what they should', async (t) => {
   t.equal(one(objects, 'Deployment').spec.template.spec.containers[0].image, `ghcr.io/driftguard/driftguard@sha256:${'a'.repeat(64)}`);
   t.equal(objects.filter((o) => o.kind === 'PodDisruptionBudget').length, 0);
   t.equal(one(objects, 'ConfigMap', 'driftguard-rules').metadata.namespace, 'shop');
+});
+
+t.test('sidecar.env reaches the injected sidecar after its own variables; one the injector sets is refused', async (t) => {
+  const config = (set: string[]) => buildConfig(parseYaml(one(render({ set }), 'ConfigMap', 'dg-driftguard-injector').data['injector.yaml']));
+  const env = config(['sidecar.env[0].name=OTEL_EXPORTER_OTLP_ENDPOINT', 'sidecar.env[0].value=https://collector.observability:4318', 'sidecar.env[1].name=OTEL_EXPORTER_OTLP_HEADERS', 'sidecar.env[1].valueFrom.secretKeyRef.name=otel-auth', 'sidecar.env[1].valueFrom.secretKeyRef.key=headers']).env;
+  t.same(env, [
+    { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'https://collector.observability:4318' },
+    { name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom: { secretKeyRef: { name: 'otel-auth', key: 'headers' } } },
+  ]);
+  const container = sidecarContainer(config(['sidecar.env[0].name=OTEL_SERVICE_NAME', 'sidecar.env[0].value=orders-sidecar']), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r' }) as { env: { name: string; value?: string }[] };
+  t.same(container.env.at(-1), { name: 'OTEL_SERVICE_NAME', value: 'orders-sidecar' }, 'after the injector\'s own');
+  t.equal(config([]).env.length, 0, 'none by default');
+  // The later of two would win: DRIFTGUARD_UPSTREAM set again could send traffic elsewhere.
+  for (const name of ['DRIFTGUARD_UPSTREAM', 'NODE_OPTIONS', 'OTEL_RESOURCE_ATTRIBUTES']) {
+    t.throws(() => config([`sidecar.env[0].name=${name}`, 'sidecar.env[0].value=x']), { message: new RegExp(`env\\[0\\]\\.name: ${name} is set by the injector itself`) }, name);
+  }
+  const r = helm(['template', 'dg', CHART, '--set', 'sidecar.env[0].name=X', '--namespace', NS]);
+  t.not(r.status, 0, 'an entry with neither value nor valueFrom is refused by the chart\'s schema');
 });
 
 t.test('cert-manager mode: a Certificate and the cainjector annotation instead of a generated CA', async (t) => {

@@ -111,6 +111,8 @@ resources:
 tmpSizeLimit: {{ .Values.sidecar.tmpSizeLimit | quote }}
 serviceAccountToken: {{ .Values.sidecar.serviceAccountToken }}
 ipFamily: {{ .Values.ipFamily }}
+env:
+  {{- toYaml .Values.sidecar.env | nindent 2 }}
 {{- end -}}
 
 {{- /* Every address of the pod network's family, as a listen address's host part. */ -}}
