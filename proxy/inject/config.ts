@@ -107,7 +107,7 @@ export const configSchema = {
       pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$',
       description: 'Default rules ConfigMap (overridden per pod by the driftguard.io/rules annotation).',
     },
-    rulesFile: { type: 'string', default: 'rules.yaml', pattern: '^[-._a-zA-Z0-9]+$', description: 'Key of the rules file in the ConfigMap.' },
+    rulesFile: { type: 'string', default: 'rules.yaml', pattern: '^\\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$', description: 'Key of the rules file in the ConfigMap: not ., .. or a name starting with .. (the kubelet\'s own ..data).' },
     listenPort: { ...port, default: 15080 },
     upstreamPort: { ...port, default: 8080 },
     adminPort: { ...port, default: 15021, description: 'Probe port on the pod IP: /healthz, /readyz and /metrics only.' },

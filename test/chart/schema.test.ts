@@ -32,6 +32,11 @@ t.test('bad values are rejected, naming the value', async (t) => {
     ['injector.replicas=0', /injector\/replicas/],
     ['injector.port=443', /injector\/port/],
     ['injector.podDisruptionBudget.maxUnavailable=lots', /maxUnavailable/],
+    // 0% blocked every voluntary eviction of the injector, and node drains with it.
+    ['injector.podDisruptionBudget.maxUnavailable=0%', /maxUnavailable/],
+    // Not a ConfigMap key (..data is the kubelet's own symlink): the sidecar read a directory.
+    ['sidecar.rulesFile=..', /sidecar\/rulesFile/],
+    ['sidecar.rulesFile=..data', /sidecar\/rulesFile/],
     ['image.pullPolicy=Sometimes', /image\/pullPolicy/],
     ['image.digest=latest', /image\/digest/],
     ['serviceAccount.create=yes', /serviceAccount\/create/],
@@ -45,6 +50,14 @@ t.test('bad values are rejected, naming the value', async (t) => {
     t.not(r.status, 0, `${set}: refused`);
     t.match(r.stderr, message, `${set}: names the value`);
   }
+});
+
+t.test('a native sidecar forced on a cluster that has none is refused at install', async (t) => {
+  const old = helm(['template', 'dg', CHART, '--namespace', 'driftguard-system', '--kube-version', '1.27.0', '--set', 'sidecar.native=true']);
+  t.not(old.status, 0);
+  t.match(old.stderr, /sidecar\.native=true needs Kubernetes >= 1\.28 \(with the SidecarContainers feature gate before 1\.29; this is v1\.27\.0\)/);
+  const ok = helm(['template', 'dg', CHART, '--namespace', 'driftguard-system', '--kube-version', '1.28.0', '--set', 'sidecar.native=true']);
+  t.equal(ok.status, 0, '1.28 has them behind a feature gate');
 });
 
 t.test('two sidecar ports alike are refused at install, not by the injector at admission', async (t) => {

@@ -78,6 +78,8 @@ fixed for Endpoints and EndpointSlices in 1.32).
 {{- $native := toString .Values.sidecar.native -}}
 {{- if eq $native "auto" -}}
 {{- semverCompare ">=1.32.0-0" .Capabilities.KubeVersion.Version | toString -}}
+{{- else if and (eq $native "true") (not (semverCompare ">=1.28.0-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail (printf "sidecar.native=true needs Kubernetes >= 1.28 (with the SidecarContainers feature gate before 1.29; this is %s): its API server would refuse every injected pod; use auto or false" .Capabilities.KubeVersion.Version) -}}
 {{- else -}}
 {{- $native -}}
 {{- end -}}
