@@ -73,6 +73,17 @@ const EXPORTERS: readonly TracesExporter[] = ['otlp', 'console', 'none'];
 const PROTOCOLS: readonly OtlpProtocol[] = ['http/protobuf', 'http/json', 'grpc'];
 const SAMPLERS: readonly SamplerName[] = ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'];
 
+/** service.name as OTEL_RESOURCE_ATTRIBUTES sets it (key=value, comma-separated, percent-encoded). */
+function serviceNameAttribute(env: Env): string | undefined {
+  for (const entry of str(env, 'OTEL_RESOURCE_ATTRIBUTES')?.split(',') ?? []) {
+    const eq = entry.indexOf('=');
+    if (eq > 0 && entry.slice(0, eq).trim() === 'service.name') {
+      try { return decodeURIComponent(entry.slice(eq + 1).trim()) || undefined; } catch { return undefined; }
+    }
+  }
+  return undefined;
+}
+
 function str(env: Env, name: string): string | undefined {
   const v = env[name]?.trim();
   return v ? v : undefined;
@@ -134,6 +145,51 @@ function timer(name: string, ms: number, exportTimeout = false): number {
  * of failing every export (or sending spans to the default endpoint). Not quoted, as a URL may
  * carry a credential.
  */
+/**
+ * The OTEL_* variables the exporter reads itself, checked here so that a bad one stops start-up
+ * naming the variable (never its value: headers carry API keys) instead of failing every
+ * export with another cause (a CA file that does not exist read as "self-signed certificate").
+ */
+function exporterVariables(env: Env, protocol: OtlpProtocol): void {
+  for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS']) {
+    const v = str(env, name);
+    if (v === undefined) continue;
+    v.split(',').forEach((entry, i) => {
+      if (entry.trim() === '') return; // a trailing comma
+      const eq = entry.indexOf('=');
+      let key = '';
+      let value = '';
+      try { key = decodeURIComponent(entry.slice(0, eq).trim()); value = decodeURIComponent(entry.slice(eq + 1)); } catch { throw new TypeError(`${name}: entry ${i + 1} is not valid percent-encoding`); }
+      if (eq <= 0 || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(key)) throw new TypeError(`${name}: entry ${i + 1} is not key=value with a header name for its key`);
+      if (/[\r\n\0]/.test(value)) throw new TypeError(`${name}: entry ${i + 1}'s value holds a line break or NUL`);
+    });
+  }
+  for (const name of ['OTEL_EXPORTER_OTLP_CERTIFICATE', 'OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE', 'OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE', 'OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE', 'OTEL_EXPORTER_OTLP_CLIENT_KEY', 'OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY']) {
+    const v = str(env, name);
+    if (v === undefined) continue;
+    try { accessSync(v, constants.R_OK); } catch (err) { throw new TypeError(`${name}: cannot read ${v}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`); }
+  }
+  const attributes = str(env, 'OTEL_RESOURCE_ATTRIBUTES');
+  if (attributes !== undefined) {
+    attributes.split(',').forEach((entry, i) => {
+      if (entry.trim() === '') return;
+      const eq = entry.indexOf('=');
+      if (eq <= 0 || entry.slice(0, eq).trim() === '') throw new TypeError(`OTEL_RESOURCE_ATTRIBUTES: entry ${i + 1} is not key=value (the SDK would drop every attribute of the variable)`);
+    });
+  }
+  if (protocol === 'grpc') {
+    for (const name of ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_ENDPOINT']) {
+      const v = str(env, name);
+      if (v === undefined) continue;
+      // What the gRPC exporter takes: a URL, host:port, or unix:.
+      let ok = /^unix:/.test(v) || /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(v);
+      if (!ok) { try { ok = ['http:', 'https:'].includes(new URL(v).protocol); } catch { ok = false; } }
+      if (!ok) throw new TypeError(`${name}: must be a URL, host:port or unix: for grpc`);
+      break;
+    }
+  }
+}
+
 function endpointVariable(env: Env, name: string): void {
   const v = str(env, name);
   if (v === undefined) return;
@@ -204,11 +260,15 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
   const sampler = t.sampler ?? oneOf(env, 'OTEL_TRACES_SAMPLER', SAMPLERS) ?? 'parentbased_always_on';
   const samplerArg = t.samplerArg ?? num(env, 'OTEL_TRACES_SAMPLER_ARG', { max: 1 }) ?? 1;
   const maxQueueSize = t.batch.maxQueueSize ?? num(env, 'OTEL_BSP_MAX_QUEUE_SIZE', { min: 1, max: 1_000_000, integer: true }) ?? 4096;
+  // OTEL_SDK_DISABLED=true: no span is exported (trace context still goes on, as with none).
+  const disabled = str(env, 'OTEL_SDK_DISABLED')?.toLowerCase() === 'true';
   const traces: TracesConfig = {
-    exporter: t.exporter ?? oneOf(env, 'OTEL_TRACES_EXPORTER', EXPORTERS, true) ?? 'otlp',
+    exporter: t.exporter ?? (disabled ? 'none' : undefined) ?? oneOf(env, 'OTEL_TRACES_EXPORTER', EXPORTERS, true) ?? 'otlp',
     protocol,
     ...(url !== undefined ? { url } : {}),
-    serviceName: t.serviceName ?? str(env, 'OTEL_SERVICE_NAME') ?? 'driftguard',
+    // As the SDK's specification orders them: the rules, OTEL_SERVICE_NAME, a service.name in
+    // OTEL_RESOURCE_ATTRIBUTES, and only then driftguard's default.
+    serviceName: t.serviceName ?? str(env, 'OTEL_SERVICE_NAME') ?? serviceNameAttribute(env) ?? 'driftguard',
     sampler,
     samplerArg,
     exportTimeoutMs: timer('telemetry.traces.exportTimeout (or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT)', t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000, true),
@@ -219,6 +279,7 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
   };
   // The variable in effect only (the traces one wins), and over http only: a gRPC endpoint may
   // be host:port or unix:, which its exporter reads itself.
+  if (traces.exporter === 'otlp') exporterVariables(env, protocol);
   if (traces.exporter === 'otlp' && protocol !== 'grpc' && t.endpoint === undefined) {
     endpointVariable(env, str(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT') !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT' : 'OTEL_EXPORTER_OTLP_ENDPOINT');
   }

@@ -84,6 +84,29 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
   t.equal(telemetryConfig(rules(), { OTEL_BSP_MAX_QUEUE_SIZE: ' 100 ' }).traces.maxQueueSize, 100, 'a good value is taken');
 });
 
+t.test('the exporter\'s own variables are checked at start, naming the variable and never a header\'s value', async (t) => {
+  for (const [env, message] of [
+    [{ OTEL_EXPORTER_OTLP_HEADERS: 'x api key=SECRETVALUE' }, /^OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value with a header name for its key$/],
+    [{ OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'a=b,garbage' }, /^OTEL_EXPORTER_OTLP_TRACES_HEADERS: entry 2 is not key=value/],
+    [{ OTEL_EXPORTER_OTLP_HEADERS: 'x-api-key=SEC%0ARET' }, /^OTEL_EXPORTER_OTLP_HEADERS: entry 1's value holds a line break or NUL$/],
+    [{ OTEL_EXPORTER_OTLP_CERTIFICATE: '/nonexistent/ca.pem' }, /^OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read \/nonexistent\/ca\.pem: ENOENT$/],
+    [{ OTEL_RESOURCE_ATTRIBUTES: 'a=b,c,team=x' }, /^OTEL_RESOURCE_ATTRIBUTES: entry 2 is not key=value/],
+    [{ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_ENDPOINT: '::garbage::' }, /^OTEL_EXPORTER_OTLP_ENDPOINT: must be a URL, host:port or unix: for grpc$/],
+  ] as const) {
+    const err = t.throws(() => telemetryConfig(rules(), env), message, JSON.stringify(Object.keys(env))) as Error;
+    t.notMatch(String(err?.message), /SECRET/, 'the value is not quoted');
+  }
+  t.doesNotThrow(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_HEADERS: 'x-api-key=abc%3D%3D,Authorization=Bearer%20t', OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=prod,k8s.pod.name=p,' }), 'good values are taken (a trailing comma too)');
+  t.doesNotThrow(() => telemetryConfig(rules((r) => { r.telemetry = { traces: { exporter: 'none' } }; }), { OTEL_EXPORTER_OTLP_HEADERS: 'garbage' }), 'not read when nothing is exported');
+});
+
+t.test('OTEL_SDK_DISABLED turns export off; a service.name in OTEL_RESOURCE_ATTRIBUTES is the service\'s name', async (t) => {
+  t.equal(telemetryConfig(rules(), { OTEL_SDK_DISABLED: 'true' }).traces.exporter, 'none');
+  t.equal(telemetryConfig(rules(), { OTEL_SDK_DISABLED: 'false' }).traces.exporter, 'otlp');
+  t.equal(telemetryConfig(rules(), { OTEL_RESOURCE_ATTRIBUTES: 'service.name=from-attrs,deployment.environment=prod' }).traces.serviceName, 'from-attrs');
+  t.equal(telemetryConfig(rules(), { OTEL_RESOURCE_ATTRIBUTES: 'service.name=from-attrs', OTEL_SERVICE_NAME: 'from-var' }).traces.serviceName, 'from-var', 'OTEL_SERVICE_NAME wins');
+});
+
 t.test('the rules\' telemetry values are rules problems: file, line and field, all at once', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'dg-'));
   const file = writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => {
