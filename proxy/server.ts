@@ -8,7 +8,7 @@ import type { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
-import { BODY_UNPARSABLE, gatherSmallChunks, MAX_HEADER_LINES } from './lib/incoming.ts';
+import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES } from './lib/incoming.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { blocks } from './checks/staleness.ts';
@@ -408,7 +408,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // than chunked, a bad chunk): its decision's answer still goes out, and the connection ends
     // with it (decideAndAnswer); destroyed now, the client got nothing while the record said 400.
     const last = pipelines.get(socket)?.last;
-    if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) { unparsable.add(last.req); last.req.emit(BODY_UNPARSABLE); return; }
+    if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) { unparsable.add(last.req); unparsableBodies.add(last.req); last.req.emit(BODY_UNPARSABLE); return; }
     if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || last?.req.complete === false) { socket.destroy(); return; }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const packet = (err as { rawPacket?: unknown }).rawPacket;

@@ -88,22 +88,23 @@ function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
   return repository(c.image) === repository(config.image) && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
 }
 
-/** The listener settings of the sidecar, by their variables: what decides where traffic goes. */
-const LISTENER_ENV = ['DRIFTGUARD_LISTEN', 'DRIFTGUARD_UPSTREAM', 'DRIFTGUARD_ADMIN', 'DRIFTGUARD_PROBES'];
-
 /**
- * Whether a container is the sidecar `expected` for this pod in what decides what it guards:
- * its command (the rules file), its ports, and its listener variables. Not its image's tag
- * (isOwnSidecar) nor its probes and resources, which an upgrade of the injector may change.
+ * Whether a container is the sidecar `expected` for this pod in all that decides what runs and
+ * what it guards: its command (the rules file), its ports, its whole environment (NODE_OPTIONS
+ * can run any code before driftguard's), its volume mounts, and nothing added (args, envFrom,
+ * lifecycle hooks). Not its image's tag (isOwnSidecar) nor its probes and resources.
  */
 function sameSidecar(c: Obj, expected: Record<string, unknown>): boolean {
   const ports = (x: unknown) => JSON.stringify((Array.isArray(x) ? x : []).map((p) => (isObj(p) ? [p.name, p.containerPort, p.protocol ?? 'TCP'] : p)));
-  const env = (x: unknown) => {
-    const list = Array.isArray(x) ? x : [];
-    return JSON.stringify(LISTENER_ENV.map((name) => list.filter((e) => isObj(e) && e.name === name).map((e) => (e as Obj).valueFrom === undefined ? (e as Obj).value : null)));
-  };
-  return JSON.stringify(c.command) === JSON.stringify(expected.command) && c.args === undefined
-    && ports(c.ports) === ports(expected.ports) && env(c.env) === env(expected.env);
+  const same = (a: unknown, b: unknown) => canonicalJson(a ?? []) === canonicalJson(b ?? []);
+  return JSON.stringify(c.command) === JSON.stringify(expected.command) && ports(c.ports) === ports(expected.ports)
+    && same(c.env, expected.env) && same(c.volumeMounts, expected.volumeMounts)
+    && c.args === undefined && c.envFrom === undefined && c.lifecycle === undefined;
+}
+
+/** JSON with every object's keys sorted: the API server may hand fields back in another order. */
+function canonicalJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => (isObj(x) && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x));
 }
 
 /** Whether a container has a network probe that names its port (a probe of the app itself). */
@@ -215,7 +216,12 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // A container that only looks like the injector's (its image, its command's start) with
   // other rules, ports or listeners: `--config /dev/null`, a port named driftguard on the app's
   // own port, and a Service's targetPort would reach the app around the checks.
-  if (injected && !sameSidecar(named[0]!, sidecarContainer(config, settings))) {
+  // A pod that turned the token off (automountServiceAccountToken: false) gets none in the
+  // sidecar either: its owner chose that no container holds the pod's API credential. The
+  // service account's own setting is not visible here (the webhook reads no API objects).
+  const tokenless = config.serviceAccountToken && spec.automountServiceAccountToken === false;
+  const sidecarConfig = tokenless ? { ...config, serviceAccountToken: false } : config;
+  if (injected && !sameSidecar(named[0]!, sidecarContainer(sidecarConfig, settings))) {
     return reject(`the pod's ${SIDECAR_NAME} container is not the sidecar the injector adds for it (its command, ports or listener settings differ): remove it, the injector adds the sidecar`, podName);
   }
 
@@ -276,12 +282,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   } else {
     for (const [k, v] of Object.entries(newAnnotations)) patch.push({ op: 'add', path: `/metadata/annotations/${pointerEscape(k)}`, value: v });
   }
-  // A pod that turned the token off (automountServiceAccountToken: false) gets none in the
-  // sidecar either: its owner chose that no container holds the pod's API credential. The
-  // service account's own setting is not visible here (the webhook reads no API objects).
-  let sidecarConfig = config;
-  if (config.serviceAccountToken && spec.automountServiceAccountToken === false) {
-    sidecarConfig = { ...config, serviceAccountToken: false };
+  if (tokenless) {
     warnings.push('the pod sets automountServiceAccountToken: false, so the driftguard sidecar gets no service-account token either: an issuer with profile kubernetes and no jwks cannot discover the cluster\'s keys, and the sidecar stays unready');
   }
   const container = sidecarContainer(sidecarConfig, settings);

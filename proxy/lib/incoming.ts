@@ -22,6 +22,9 @@ import type { IncomingMessage } from 'node:http';
  */
 export const BODY_UNPARSABLE = 'driftguard:body-unparsable';
 
+/** The requests BODY_UNPARSABLE was emitted on: a read that starts after the event sees it here. */
+export const unparsableBodies = new WeakSet<IncomingMessage>();
+
 /**
  * Header lines a request may have, on every listener (Envoy's default too); Node refuses a head
  * with more, as too large (431). A head still arriving holds a string per line: at most these,

@@ -9,7 +9,7 @@
 import { hash } from 'node:crypto';
 import type { RequestContext } from '../pipeline/types.ts';
 import { hasBody } from '../forward/forward.ts';
-import { BODY_UNPARSABLE } from '../lib/incoming.ts';
+import { BODY_UNPARSABLE, unparsableBodies } from '../lib/incoming.ts';
 
 /** Read at most once per request (the caller memoizes). A sha256 of the body, `len:N` or `chunked` when it was not read, or `''` when there is none; undefined when the body could not be read. */
 export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, timeoutMs: number): Promise<string | undefined> {
@@ -36,6 +36,8 @@ function readWhole(ctx: RequestContext, length: number, timeoutMs: number): Prom
   // The caller left (while its keys were being fetched, say): the body is gone with it, and no
   // event would come, so the read would wait out the whole timeout.
   if (req.destroyed) return Promise.resolve(undefined);
+  // Or its body was given up on by Node's parser before this read began (a FIN with the head).
+  if (unparsableBodies.has(req)) return Promise.resolve(undefined);
   ctx.sendContinue?.();
   return new Promise((resolve) => {
     // Copied into one buffer of its length (at most monitors.maxBodyBytes): kept as the chunks

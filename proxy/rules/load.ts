@@ -275,14 +275,17 @@ export function loadRules(file: string, overrides: Overrides = {}): Rules {
 function sameSocket(x: string, y: string): boolean {
   const norm = (h: string) => {
     const bare = h.replace(/^\[|\]$/g, '').toLowerCase();
-    return isIPv6(bare) ? new URL(`http://[${bare}]`).hostname.slice(1, -1) : bare;
+    // Node binds localhost to what it resolves to first here: 127.0.0.1.
+    if (bare === 'localhost') return '127.0.0.1';
+    if (!isIPv6(bare)) return bare;
+    const v6 = new URL(`http://[${bare}]`).hostname.slice(1, -1);
+    // An IPv4-mapped address is that IPv4 address's socket.
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(bare);
+    return mapped ? mapped[1]! : v6;
   };
   const [a, b] = [norm(x), norm(y)];
   if (a === b || a === '::' || b === '::') return true;
-  const v4 = (h: string) => isIPv4(h) || h === 'localhost';
-  if ((a === '0.0.0.0' && v4(b)) || (b === '0.0.0.0' && v4(a))) return true;
-  const loopback = (h: string) => h === '::1' || /^127\./.test(h);
-  return (a === 'localhost' && loopback(b)) || (b === 'localhost' && loopback(a));
+  return (a === '0.0.0.0' && isIPv4(b)) || (b === '0.0.0.0' && isIPv4(a));
 }
 
 /** An http:// URL whose host is not loopback (localhost, 127.0.0.0/8, ::1). */

@@ -75,13 +75,15 @@ const SAMPLERS: readonly SamplerName[] = ['always_on', 'always_off', 'traceidrat
 
 /** service.name as OTEL_RESOURCE_ATTRIBUTES sets it (key=value, comma-separated, percent-encoded). */
 function serviceNameAttribute(env: Env): string | undefined {
+  let name: string | undefined;
+  // The last one, as the SDK's detector keeps it.
   for (const entry of str(env, 'OTEL_RESOURCE_ATTRIBUTES')?.split(',') ?? []) {
     const eq = entry.indexOf('=');
     if (eq > 0 && entry.slice(0, eq).trim() === 'service.name') {
-      try { return decodeURIComponent(entry.slice(eq + 1).trim()) || undefined; } catch { return undefined; }
+      try { name = decodeURIComponent(entry.slice(eq + 1).trim()) || undefined; } catch { /* refused by exporterVariables */ }
     }
   }
-  return undefined;
+  return name;
 }
 
 function str(env: Env, name: string): string | undefined {
@@ -171,19 +173,24 @@ function exporterVariables(env: Env, protocol: OtlpProtocol): void {
   }
   const attributes = str(env, 'OTEL_RESOURCE_ATTRIBUTES');
   if (attributes !== undefined) {
+    // As the SDK's detector parses it: one = per entry, percent-encoding, at most 255
+    // characters a key or value; anything else and it drops every attribute of the variable.
     attributes.split(',').forEach((entry, i) => {
       if (entry.trim() === '') return;
-      const eq = entry.indexOf('=');
-      if (eq <= 0 || entry.slice(0, eq).trim() === '') throw new TypeError(`OTEL_RESOURCE_ATTRIBUTES: entry ${i + 1} is not key=value (the SDK would drop every attribute of the variable)`);
+      const parts = entry.split('=');
+      let ok = parts.length === 2 && parts[0]!.trim() !== '';
+      if (ok) { try { ok = parts.every((p) => decodeURIComponent(p.trim()).length <= 255); } catch { ok = false; } }
+      if (!ok) throw new TypeError(`OTEL_RESOURCE_ATTRIBUTES: entry ${i + 1} is not key=value (one =, percent-encoded, at most 255 characters each): the SDK would drop every attribute of the variable`);
     });
   }
   if (protocol === 'grpc') {
     for (const name of ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_ENDPOINT']) {
       const v = str(env, name);
       if (v === undefined) continue;
-      // What the gRPC exporter takes: a URL, host:port, or unix:.
-      let ok = /^unix:/.test(v) || /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(v);
+      // What the gRPC exporter takes: a URL, unix: or dns:, or a host[:port] it reads as https://.
+      let ok = /^(unix|dns):/.test(v);
       if (!ok) { try { ok = ['http:', 'https:'].includes(new URL(v).protocol); } catch { ok = false; } }
+      if (!ok) { try { ok = new URL(`https://${v}`).host !== ''; } catch { ok = false; } }
       if (!ok) throw new TypeError(`${name}: must be a URL, host:port or unix: for grpc`);
       break;
     }

@@ -125,7 +125,9 @@ export function pathOf(ctx: RequestContext): string {
   let path = ctx.target?.path;
   if (path === undefined) {
     const url = ctx.req.url ?? '';
-    const q = url.indexOf('?');
+    // Not an authority-form target (CONNECT user:pw?x@h:443): its `?` is not a query, and
+    // cut there the userinfo was all that was left.
+    const q = url.startsWith('/') || /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(url) ? url.indexOf('?') : -1;
     path = q === -1 ? url : url.slice(0, q);
   }
   path = redactPath(path);

@@ -272,6 +272,11 @@ t.test('a container with the injector\'s image and command but other rules, port
       ['its port named driftguard on the app\'s port', (c) => { c.ports[0].containerPort = 8080; }],
       ['another upstream', (c) => { c.env.find((e: { name: string }) => e.name === 'DRIFTGUARD_UPSTREAM').value = 'http://127.0.0.1:9'; }],
       ['args after the command', (c) => { c.args = ['--listen', '0.0.0.0:8080']; }],
+      // NODE_OPTIONS runs code before driftguard's own: `--import=data:…` rewrote its --config.
+      ['NODE_OPTIONS', (c) => { c.env.find((e: { name: string }) => e.name === 'NODE_OPTIONS').value = '--import=data:text/javascript,process.argv[4]="/dev/null"'; }],
+      ['envFrom', (c) => { c.envFrom = [{ configMapRef: { name: 'x' } }]; }],
+      ['a lifecycle hook', (c) => { c.lifecycle = { postStart: { exec: { command: ['sh', '-c', 'true'] } } }; }],
+      ['the rules mounted from elsewhere', (c) => { c.volumeMounts[0].name = 'other'; }],
     ];
     for (const [what, change] of tamper) {
       const fake = structuredClone(injected);

@@ -66,6 +66,14 @@ t.test('a client that ends its connection mid-body is decided at once, not after
   t.ok(Date.now() - ended < 2000, `decided ${Date.now() - ended} ms after the FIN`);
   t.equal(dg.seen[0]!.decision!.reason, 'malformed-request');
   t.equal(w.up.seen.length, 0, 'nothing reached the upstream');
+  // The FIN with the head, in one write: Node gave up before the monitors' read began.
+  const s2 = connect({ port: Number(new URL(dg.url).port), host: '127.0.0.1', allowHalfOpen: true });
+  s2.on('error', () => {});
+  t.teardown(() => s2.destroy());
+  await new Promise<void>((r) => s2.once('connect', () => r()));
+  const sent = Date.now();
+  s2.end(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${await w.token()}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\nabc`);
+  t.ok(await until(() => dg.seen[1]?.decision !== undefined, 2000), `decided within 2 s of a FIN sent with the head (${Date.now() - sent} ms)`);
 });
 
 t.test('idempotency: a write whose upstream connection was refused frees its key at once', async (t) => {

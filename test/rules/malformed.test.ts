@@ -214,14 +214,16 @@ t.test('a duration past 100 years is one problem at its field, a timer\'s as a t
   t.match(found.find((p) => p.field === 'identity.maxTokenLifetime.human')?.message, /^must be at most 36500d/);
   t.match(found.find((p) => p.field === 'proxy.timeouts.response')?.message, /^must be at most 24d/);
   t.same(problems(edit('  clockSkew: 30s', '  clockSkew: 30s\n  maxTokenLifetime: { human: 36500d }')).problems, [], '36500d itself is taken');
+  const body = problems(VALID + 'monitors:\n  bodyTimeout: 36501d\n').problems;
+  t.same(body.map((p) => [p.field, p.message.slice(0, 18)]), [['monitors.bodyTimeout', 'must be at most 24']], 'a lifecycle timer\'s too');
 });
 
 t.test('two listeners on one port: refused where they would clash, not where they would not', async (t) => {
   const pair = (listen: string, admin: string) => problems(edit('listen: 127.0.0.1:0', `listen: "${listen}"`).replace('admin: 127.0.0.1:0', `admin: "${admin}"`)).problems.map((p) => p.field);
-  for (const [listen, admin] of [['localhost:18080', '127.0.0.1:18080'], ['[0:0:0:0:0:0:0:0]:18080', '127.0.0.1:18080'], ['[::]:18080', '0.0.0.0:18080'], [':18080', '127.0.0.1:18080'], ['[::1]:18080', 'localhost:18080']]) {
+  for (const [listen, admin] of [['localhost:18080', '127.0.0.1:18080'], ['[0:0:0:0:0:0:0:0]:18080', '127.0.0.1:18080'], ['[::]:18080', '0.0.0.0:18080'], [':18080', '127.0.0.1:18080'], ['[::ffff:127.0.0.1]:18080', '127.0.0.1:18080']]) {
     t.same(pair(listen, admin), ['proxy.admin'], `${listen} and ${admin}`);
   }
-  for (const [listen, admin] of [['0.0.0.0:18080', '[::1]:18080'], ['127.0.0.1:18080', '127.0.0.2:18080'], ['0.0.0.0:18080', '0.0.0.0:18081']]) {
+  for (const [listen, admin] of [['0.0.0.0:18080', '[::1]:18080'], ['127.0.0.1:18080', '127.0.0.2:18080'], ['0.0.0.0:18080', '0.0.0.0:18081'], ['localhost:18080', '127.0.0.2:18080'], ['[::1]:18080', 'localhost:18080']]) {
     t.same(pair(listen, admin), [], `${listen} and ${admin} bind both`);
   }
 });

@@ -91,6 +91,9 @@ t.test('the exporter\'s own variables are checked at start, naming the variable 
     [{ OTEL_EXPORTER_OTLP_HEADERS: 'x-api-key=SEC%0ARET' }, /^OTEL_EXPORTER_OTLP_HEADERS: entry 1's value holds a line break or NUL$/],
     [{ OTEL_EXPORTER_OTLP_CERTIFICATE: '/nonexistent/ca.pem' }, /^OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read \/nonexistent\/ca\.pem: ENOENT$/],
     [{ OTEL_RESOURCE_ATTRIBUTES: 'a=b,c,team=x' }, /^OTEL_RESOURCE_ATTRIBUTES: entry 2 is not key=value/],
+    [{ OTEL_RESOURCE_ATTRIBUTES: 'service.name=svc,team=a=b' }, /^OTEL_RESOURCE_ATTRIBUTES: entry 2 is not key=value/],
+    [{ OTEL_RESOURCE_ATTRIBUTES: 'team=%ZZ' }, /^OTEL_RESOURCE_ATTRIBUTES: entry 1 is not key=value/],
+    [{ OTEL_RESOURCE_ATTRIBUTES: `team=${'x'.repeat(256)}` }, /^OTEL_RESOURCE_ATTRIBUTES: entry 1 is not key=value/],
     [{ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_ENDPOINT: '::garbage::' }, /^OTEL_EXPORTER_OTLP_ENDPOINT: must be a URL, host:port or unix: for grpc$/],
   ] as const) {
     const err = t.throws(() => telemetryConfig(rules(), env), message, JSON.stringify(Object.keys(env))) as Error;
@@ -98,6 +101,11 @@ t.test('the exporter\'s own variables are checked at start, naming the variable 
   }
   t.doesNotThrow(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_HEADERS: 'x-api-key=abc%3D%3D,Authorization=Bearer%20t', OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=prod,k8s.pod.name=p,' }), 'good values are taken (a trailing comma too)');
   t.doesNotThrow(() => telemetryConfig(rules((r) => { r.telemetry = { traces: { exporter: 'none' } }; }), { OTEL_EXPORTER_OTLP_HEADERS: 'garbage' }), 'not read when nothing is exported');
+  // What the gRPC exporter takes (it reads a bare host[:port] as https://): a docker-compose name too.
+  for (const endpoint of ['otel_collector:4317', 'collector', 'dns:///collector:4317', 'unix:///run/otel.sock', 'https://collector:4317']) {
+    t.doesNotThrow(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_ENDPOINT: endpoint }), `grpc: ${endpoint}`);
+  }
+  t.equal(telemetryConfig(rules(), { OTEL_RESOURCE_ATTRIBUTES: 'service.name=a,service.name=b' }).traces.serviceName, 'b', 'the last service.name, as the SDK keeps it');
 });
 
 t.test('OTEL_SDK_DISABLED turns export off; a service.name in OTEL_RESOURCE_ATTRIBUTES is the service\'s name', async (t) => {

@@ -3,6 +3,8 @@
 
 import t from 'tap';
 import { redactPath, redactText, redactUrl } from '../../proxy/lib/redact.ts';
+import { pathOf } from '../../proxy/telemetry/record.ts';
+import type { RequestContext } from '../../proxy/pipeline/types.ts';
 
 const J = 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ';
 const ENC = J.replaceAll('.', '%2E');
@@ -37,8 +39,12 @@ t.test('a target that is not a path: its path, or its authority, never its useri
     ['[::1]:443', '[::1]:443'],
     ['http://user:pass@host/a/b', '/a/b'],
     ['*', '(not a path)'],
+    ['user:1234?x@h:443', 'h:443'],
     ['a b:1', '(not a path)'],
   ]) t.equal(redactPath(target), want, target);
+  // As a record quotes it: a `?` in an authority-form target is not a query (cut there, the userinfo was left).
+  t.equal(pathOf({ req: { url: 'user:1234?x@h:443' } } as unknown as RequestContext), 'h:443');
+  t.equal(pathOf({ req: { url: '/items/1?token=x' } } as unknown as RequestContext), '/items/1');
 });
 
 t.test('an ordinary path is kept as sent', async (t) => {
