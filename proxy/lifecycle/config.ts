@@ -8,7 +8,7 @@
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { addRulesValidator, RulesError } from '../rules/load.ts';
-import { MAX_TIMER_MS, TIMER_TOO_LONG, MAX_DURATION_MS, DURATION_TOO_LONG, parseDuration, parseDurationOr0 } from '../rules/durations.ts';
+import { boundedDuration, parseDurationOr0 } from '../rules/durations.ts';
 import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
 
 export type FeatureMode = 'enforce' | 'audit' | 'off';
@@ -87,20 +87,14 @@ interface Raw {
 /** Parse the lifecycle sections; every semantic problem goes to `fail` with its field path. */
 export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail: Fail, base: string, named: readonly string[] = []): LifecycleConfig {
   const raw = document as unknown as Raw;
-  const duration = (path: Path, text: string, positive = true): number => {
-    try {
-      const ms = parseDuration(text);
-      if (ms > MAX_DURATION_MS) { fail(path, DURATION_TOO_LONG); return 1; }
-      if (positive && ms <= 0) fail(path, 'must be longer than 0');
-      return ms;
-    } catch (err) { fail(path, (err as Error).message); return 1; }
+  const duration = (path: Path, text: string, positive = true, isTimer = false): number => {
+    const ms = boundedDuration(text, isTimer);
+    if (typeof ms === 'string') { fail(path, ms); return 1; }
+    if (positive && ms <= 0) fail(path, 'must be longer than 0');
+    return ms;
   };
   /** A duration that becomes a timer: at most MAX_TIMER_MS. */
-  const timer = (path: Path, text: string): number => {
-    // Past a timer's limit, that is the reason given, however long.
-    if (parseDurationOr0(text) > MAX_TIMER_MS) { fail(path, TIMER_TOO_LONG); return MAX_TIMER_MS; }
-    return duration(path, text);
-  };
+  const timer = (path: Path, text: string): number => duration(path, text, true, true);
 
   // credentials
   const c = raw.credentials;

@@ -15,6 +15,18 @@ export const MAX_DURATION_MS = 36_500 * 86_400_000;
 /** Why a duration longer than MAX_DURATION_MS is refused. */
 export const DURATION_TOO_LONG = 'must be at most 36500d (100 years): added to the time of day, a longer one can pass the largest date JavaScript holds';
 
+/**
+ * A rules field's duration in milliseconds, or why it is refused: not a duration, longer than
+ * 100 years, or, for one that becomes a timer, longer than a timer can wait (that reason first,
+ * however long). One problem per field: both loaders report what this returns.
+ */
+export function boundedDuration(text: string, timer = false): number | string {
+  let ms: number;
+  try { ms = parseDuration(text); } catch (err) { return (err as Error).message; }
+  if (timer && ms > MAX_TIMER_MS) return TIMER_TOO_LONG;
+  return ms > MAX_DURATION_MS ? DURATION_TOO_LONG : ms;
+}
+
 /** Milliseconds of `15m`, `30s`, `500ms`, `2d`, `PT15M`; throws a TypeError on anything else. */
 export function parseDuration(text: string): number {
   const short = SHORT.exec(text);

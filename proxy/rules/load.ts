@@ -9,7 +9,7 @@ import { resolve, dirname } from 'node:path';
 import { parseDocument, visit, LineCounter, type Document } from 'yaml';
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
-import { MAX_TIMER_MS, TIMER_TOO_LONG, MAX_DURATION_MS, DURATION_TOO_LONG, parseDuration, parseDurationOr0, parseTime } from './durations.ts';
+import { MAX_TIMER_MS, boundedDuration, parseDurationOr0, parseTime } from './durations.ts';
 import { parseTemplate } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { parseAddress } from '../lib/address.ts';
@@ -380,21 +380,17 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   const fail = (path: Path, message: string) => problems.push(at.problem(path, message));
   /** A duration, or undefined once its problem is reported (so that no second one follows). */
   const duration = (path: Path, text: string): number | undefined => {
-    let ms: number;
-    try { ms = parseDuration(text); } catch (err) { fail(path, (err as Error).message); return undefined; }
-    if (ms > MAX_DURATION_MS) { fail(path, DURATION_TOO_LONG); return undefined; }
+    const ms = boundedDuration(text);
+    if (typeof ms === 'string') { fail(path, ms); return undefined; }
     return ms;
   };
   /** A duration that becomes a timer: at most MAX_TIMER_MS. */
   // `noLimit`: the field documents 0s as no limit. Elsewhere 0 would turn a timeout off (an
   // upstream that hangs holds its connection for good) or refetch keys every millisecond.
   const timer = (path: Path, text: string, noLimit = false) => {
-    // Past a timer's limit first: its reason is the one that matters here, however long.
-    const long = parseDurationOr0(text) > MAX_TIMER_MS;
-    const ms = long ? MAX_TIMER_MS : duration(path, text);
-    if (ms === undefined) return 0;
-    if (long) fail(path, TIMER_TOO_LONG);
-    else if (ms === 0 && /[1-9]/.test(text)) fail(path, `${text} rounds to 0ms: write at least 1ms${noLimit ? ', or 0s for no limit' : ''}`);
+    const ms = boundedDuration(text, true);
+    if (typeof ms === 'string') { fail(path, ms); return 0; }
+    if (ms === 0 && /[1-9]/.test(text)) fail(path, `${text} rounds to 0ms: write at least 1ms${noLimit ? ', or 0s for no limit' : ''}`);
     else if (ms === 0 && !noLimit) fail(path, 'must be at least 1ms');
     return ms;
   };
