@@ -73,17 +73,28 @@ const EXPORTERS: readonly TracesExporter[] = ['otlp', 'console', 'none'];
 const PROTOCOLS: readonly OtlpProtocol[] = ['http/protobuf', 'http/json', 'grpc'];
 const SAMPLERS: readonly SamplerName[] = ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'];
 
-/** service.name as OTEL_RESOURCE_ATTRIBUTES sets it (key=value, comma-separated, percent-encoded). */
-function serviceNameAttribute(env: Env): string | undefined {
-  let name: string | undefined;
-  // The last one, as the SDK's detector keeps it.
-  for (const entry of str(env, 'OTEL_RESOURCE_ATTRIBUTES')?.split(',') ?? []) {
-    const eq = entry.indexOf('=');
-    if (eq > 0 && entry.slice(0, eq).trim() === 'service.name') {
-      try { name = decodeURIComponent(entry.slice(eq + 1).trim()) || undefined; } catch { /* refused by exporterVariables */ }
-    }
+/**
+ * OTEL_RESOURCE_ATTRIBUTES as the SDK's detector parses it: comma-separated key=value, one =
+ * each, percent-encoded, at most 255 characters a key or value. `bad`: the first entry that is
+ * not (1-based): the SDK then drops every attribute of the variable.
+ */
+function resourceAttributes(env: Env): { entries: [string, string][]; bad?: number } {
+  const entries: [string, string][] = [];
+  const list = str(env, 'OTEL_RESOURCE_ATTRIBUTES')?.split(',') ?? [];
+  for (const [i, entry] of list.entries()) {
+    if (entry.trim() === '') continue;
+    const parts = entry.split('=');
+    let pair: [string, string] | undefined;
+    try { pair = parts.length === 2 ? [decodeURIComponent(parts[0]!.trim()), decodeURIComponent(parts[1]!.trim())] : undefined; } catch { pair = undefined; }
+    if (!pair || pair[0] === '' || pair[0].length > 255 || pair[1].length > 255) return { entries, bad: i + 1 };
+    entries.push(pair);
   }
-  return name;
+  return { entries };
+}
+
+/** service.name as OTEL_RESOURCE_ATTRIBUTES sets it: the last one, as the SDK keeps it. */
+function serviceNameAttribute(env: Env): string | undefined {
+  return resourceAttributes(env).entries.findLast(([k]) => k === 'service.name')?.[1] || undefined;
 }
 
 function str(env: Env, name: string): string | undefined {
@@ -142,17 +153,11 @@ function timer(name: string, ms: number, exportTimeout = false): number {
 }
 
 /**
- * OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT over http, when the rules name no endpoint: checked like
- * the rules' own, so that `collector:4318` or a typo stops start-up naming the variable instead
- * of failing every export (or sending spans to the default endpoint). Not quoted, as a URL may
- * carry a credential.
- */
-/**
  * The OTEL_* variables the exporter reads itself, checked here so that a bad one stops start-up
  * naming the variable (never its value: headers carry API keys) instead of failing every
  * export with another cause (a CA file that does not exist read as "self-signed certificate").
  */
-function exporterVariables(env: Env, protocol: OtlpProtocol): void {
+function exporterVariables(env: Env): void {
   for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS']) {
     const v = str(env, name);
     if (v === undefined) continue;
@@ -171,35 +176,27 @@ function exporterVariables(env: Env, protocol: OtlpProtocol): void {
     if (v === undefined) continue;
     try { accessSync(v, constants.R_OK); } catch (err) { throw new TypeError(`${name}: cannot read ${v}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`); }
   }
-  const attributes = str(env, 'OTEL_RESOURCE_ATTRIBUTES');
-  if (attributes !== undefined) {
-    // As the SDK's detector parses it: one = per entry, percent-encoding, at most 255
-    // characters a key or value; anything else and it drops every attribute of the variable.
-    attributes.split(',').forEach((entry, i) => {
-      if (entry.trim() === '') return;
-      const parts = entry.split('=');
-      let ok = parts.length === 2 && parts[0]!.trim() !== '';
-      if (ok) { try { ok = parts.every((p) => decodeURIComponent(p.trim()).length <= 255); } catch { ok = false; } }
-      if (!ok) throw new TypeError(`OTEL_RESOURCE_ATTRIBUTES: entry ${i + 1} is not key=value (one =, percent-encoded, at most 255 characters each): the SDK would drop every attribute of the variable`);
-    });
-  }
-  if (protocol === 'grpc') {
-    for (const name of ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_ENDPOINT']) {
-      const v = str(env, name);
-      if (v === undefined) continue;
-      // What the gRPC exporter takes: a URL, unix: or dns:, or a host[:port] it reads as https://.
-      let ok = /^(unix|dns):/.test(v);
-      if (!ok) { try { ok = ['http:', 'https:'].includes(new URL(v).protocol); } catch { ok = false; } }
-      if (!ok) { try { ok = new URL(`https://${v}`).host !== ''; } catch { ok = false; } }
-      if (!ok) throw new TypeError(`${name}: must be a URL, host:port or unix: for grpc`);
-      break;
-    }
-  }
+  const { bad } = resourceAttributes(env);
+  if (bad !== undefined) throw new TypeError(`OTEL_RESOURCE_ATTRIBUTES: entry ${bad} is not key=value (one =, percent-encoded, at most 255 characters each): the SDK would drop every attribute of the variable`);
 }
 
-function endpointVariable(env: Env, name: string): void {
+/**
+ * OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, when the rules name no endpoint: checked like the
+ * rules' own, so that `collector:4318` over http, or a typo, stops start-up naming the variable
+ * instead of failing every export (or sending spans to the default endpoint). Over grpc, what
+ * its exporter takes: a URL, unix: or dns:, or a host[:port] it reads as https://. Not quoted,
+ * as a URL may carry a credential.
+ */
+function endpointVariable(env: Env, name: string, protocol: OtlpProtocol): void {
   const v = str(env, name);
   if (v === undefined) return;
+  if (protocol === 'grpc') {
+    let ok = /^(unix|dns):/.test(v);
+    if (!ok) { try { ok = ['http:', 'https:'].includes(new URL(v).protocol); } catch { ok = false; } }
+    if (!ok) { try { ok = new URL(`https://${v}`).host !== ''; } catch { ok = false; } }
+    if (!ok) throw new TypeError(`${name}: must be a URL, host:port or unix: for grpc`);
+    return;
+  }
   let url: URL;
   try { url = new URL(v); } catch { throw new TypeError(`${name}: is not a URL`); }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`${name}: must be an http:// or https:// URL`);
@@ -284,11 +281,11 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', { min: 1, max: 100_000, integer: true }) ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
     scheduledDelayMs: timer('telemetry.traces.batch.scheduledDelay (or OTEL_BSP_SCHEDULE_DELAY)', t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000),
   };
-  // The variable in effect only (the traces one wins), and over http only: a gRPC endpoint may
-  // be host:port or unix:, which its exporter reads itself.
-  if (traces.exporter === 'otlp') exporterVariables(env, protocol);
-  if (traces.exporter === 'otlp' && protocol !== 'grpc' && t.endpoint === undefined) {
-    endpointVariable(env, str(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT') !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT' : 'OTEL_EXPORTER_OTLP_ENDPOINT');
+  if (traces.exporter === 'otlp') exporterVariables(env);
+  // The endpoint variable in effect only (the traces one wins); over http only while the rules
+  // name no endpoint (theirs replaces it), a gRPC one whatever the rules say.
+  if (traces.exporter === 'otlp' && (t.endpoint === undefined || protocol === 'grpc')) {
+    endpointVariable(env, str(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT') !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT' : 'OTEL_EXPORTER_OTLP_ENDPOINT', protocol);
   }
   const l = raw.decisionLog;
   const out = l.output;
