@@ -4,6 +4,15 @@
 import type { ConsumerKind, Rules } from '../rules/types.ts';
 import type { Actor, Consumer, Credential } from '../pipeline/types.ts';
 
+/**
+ * One issuer's subject, named apart from another issuer's same string: `["<issuer>","<subject>"]`.
+ * An unregistered consumer's key while several issuers are trusted, and the form of a subject
+ * revocation that names that issuer's subject only (lifecycle/revocations.ts).
+ */
+export function issuerSubjectKey(issuer: string, subject: string): string {
+  return JSON.stringify([issuer, subject]);
+}
+
 /** The consumer a credential stands for; undefined when its subject is registered to another issuer. */
 export function resolveConsumer(rules: Rules, credential: Pick<Credential, 'subject' | 'issuer'>): Consumer | undefined {
   const subject = credential.subject;
@@ -18,7 +27,7 @@ export function resolveConsumer(rules: Rules, credential: Pick<Credential, 'subj
   }
   // A registered subject has one issuer; an unregistered one is only as unique as its issuer
   // makes it: any issuer can write any string in `sub`.
-  const key = rules.identity.issuers.length > 1 ? JSON.stringify([credential.issuer, subject]) : subject;
+  const key = rules.identity.issuers.length > 1 ? issuerSubjectKey(credential.issuer, subject) : subject;
   return { subject, key, kind: rules.consumers.defaultKind, registered: false };
 }
 

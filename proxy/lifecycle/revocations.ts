@@ -4,6 +4,7 @@
 // they run on every request, verified-token cache hits included.
 
 import type { Credential } from '../pipeline/types.ts';
+import { issuerSubjectKey } from '../checks/consumers.ts';
 
 export const REVOCATION_KINDS = ['jti', 'task', 'subject', 'kid'] as const;
 export type RevocationKind = (typeof REVOCATION_KINDS)[number];
@@ -65,7 +66,7 @@ export function subjectKey(value: string): string {
   if (!value.startsWith('[')) return value;
   try {
     const v: unknown = JSON.parse(value);
-    if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string') return JSON.stringify(v);
+    if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string') return issuerSubjectKey(v[0], v[1]);
   } catch { /* a subject that only starts with [ */ }
   return value;
 }
@@ -73,7 +74,7 @@ export function subjectKey(value: string): string {
 /** Whether a subject revocation names the token's own subject (from any issuer, or from its own), not an actor of it. */
 export function revokesSubjectItself(r: Revocation, credential: Pick<Credential, 'subject' | 'issuer'>): boolean {
   const v = subjectKey(r.value);
-  return v === credential.subject || v === JSON.stringify([credential.issuer, credential.subject]);
+  return v === credential.subject || v === issuerSubjectKey(credential.issuer, credential.subject);
 }
 
 /** The value a revocation is indexed and matched by. */
@@ -199,7 +200,7 @@ export class RevocationStore {
    */
   #issuerSubject(credential: Credential, now: number): Revocation | undefined {
     if (!this.#index.get('subject')!.size) return undefined;
-    return this.#find('subject', JSON.stringify([credential.issuer, credential.subject]), now);
+    return this.#find('subject', issuerSubjectKey(credential.issuer, credential.subject), now);
   }
 
   #actor(credential: Credential, now: number): Revocation | undefined {
