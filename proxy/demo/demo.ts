@@ -9,12 +9,12 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPair, exportJWK, type JWK } from 'jose';
 import { loadRules, StartError } from '../rules/load.ts';
-
-/** What to do when a port of the demo's is taken. */
-const MOVE_PORTS = 'free the port, or run `driftguard demo --rules FILE` with a copy of rules/demo.yaml on other ports';
 import { mint } from '../identity/mint.ts';
 import { parseAddress } from '../lib/address.ts';
 import type { Rules } from '../rules/types.ts';
+
+/** What to do when a port of the demo's is taken. */
+const MOVE_PORTS = 'free the port, or run `driftguard demo --rules FILE` with a copy of rules/demo.yaml on other ports';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const DEMO_RULES = join(ROOT, 'rules', 'demo.yaml');
