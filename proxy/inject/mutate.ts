@@ -213,16 +213,17 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   const settingsOrError = readSettings(annotations, config);
   if (typeof settingsOrError === 'string') return reject(settingsOrError, podName);
   const settings = settingsOrError;
-  // A container that only looks like the injector's (its image, its command's start) with
-  // other rules, ports or listeners: `--config /dev/null`, a port named driftguard on the app's
-  // own port, and a Service's targetPort would reach the app around the checks.
   // A pod that turned the token off (automountServiceAccountToken: false) gets none in the
   // sidecar either: its owner chose that no container holds the pod's API credential. The
   // service account's own setting is not visible here (the webhook reads no API objects).
   const tokenless = config.serviceAccountToken && spec.automountServiceAccountToken === false;
   const sidecarConfig = tokenless ? { ...config, serviceAccountToken: false } : config;
+  // A container that only looks like the injector's (its image, its command's start) with other
+  // rules, ports, environment or mounts: `--config /dev/null`, a port named driftguard on the
+  // app's own port (a Service's targetPort would reach the app around the checks), a
+  // NODE_OPTIONS that runs code first.
   if (injected && !sameSidecar(named[0]!, sidecarContainer(sidecarConfig, settings))) {
-    return reject(`the pod's ${SIDECAR_NAME} container is not the sidecar the injector adds for it (its command, ports or listener settings differ): remove it, the injector adds the sidecar`, podName);
+    return reject(`the pod's ${SIDECAR_NAME} container is not the sidecar the injector adds for it (its command, ports, environment or mounts differ): remove it, the injector adds the sidecar`, podName);
   }
 
   // The sidecar shares the pod's network namespace: its ports must be free.
