@@ -66,6 +66,14 @@ export function actorIssuer(credential: Pick<Credential, 'issuer' | 'act'>, i: n
   return typeof iss === 'string' ? iss : credential.issuer;
 }
 
+/**
+ * The consumer that level `i` of a token's act chain names (`subject`), as the issuer that
+ * vouches for that level reads it; undefined when it is registered to another issuer.
+ */
+export function actorConsumer(rules: Rules, credential: Pick<Credential, 'issuer' | 'act'>, subject: string, i: number): Consumer | undefined {
+  return resolveConsumer(rules, { subject, issuer: actorIssuer(credential, i) });
+}
+
 /** The subject's own kind: a call's kind is automation when an automation acts for a person (Consumer.actor). */
 export function subjectKind(consumer: Consumer): ConsumerKind {
   return consumer.actor ? 'human' : consumer.kind;

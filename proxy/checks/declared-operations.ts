@@ -5,7 +5,7 @@
 
 import type { Check } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
-import { actorIssuer, resolveConsumer } from './consumers.ts';
+import { actorConsumer } from './consumers.ts';
 
 export function declaredOperations(rules: Rules): Check {
   return {
@@ -19,7 +19,7 @@ export function declaredOperations(rules: Rules): Check {
       if (!chain) return undefined;
       // Each actor as the consumer its issuer vouches for, as the delegation check reads it.
       for (const [i, subject] of chain.actors.entries()) {
-        const ops = resolveConsumer(rules, { subject, issuer: actorIssuer(ctx.credential!, i) })?.operations;
+        const ops = actorConsumer(rules, ctx.credential!, subject, i)?.operations;
         if (ops && !ops.has(op.id)) return { reason: 'undeclared-operation', detail: `${op.id} is not among the operations that an actor in this token's delegation chain declared` };
       }
       return undefined;

@@ -14,7 +14,7 @@ import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record, fromNow, quarantineMode, type Quarantine } from './monitors.ts';
-import { actorIssuer, resolveConsumer } from '../checks/consumers.ts';
+import { actorConsumer, actorIssuer } from '../checks/consumers.ts';
 import { revokesSubjectItself, taskOf } from './revocations.ts';
 import { MAX_LEVELS } from '../identity/act.ts';
 import { bodyFingerprint } from './body.ts';
@@ -141,7 +141,7 @@ export function quarantinedActor(state: LifecycleState, c: Credential, mode: Fea
   // Up to the first malformed level, named and actors are the same levels; after it, named
   // holds the subs that remain, whose iss nothing vouches for.
   for (const [i, subject] of chain.named.entries()) {
-    const actor = resolveConsumer(state.rules, { subject, issuer: actorIssuer(c, i) });
+    const actor = actorConsumer(state.rules, c, subject, i);
     const held = actor && state.monitors.quarantine(actor.key, now);
     if (!held) continue;
     // An enforced one anywhere in the chain, before an audit one nearer the front.
