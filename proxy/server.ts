@@ -186,8 +186,6 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const pipelines = new WeakMap<Socket, Pipeline>();
   /** Requests whose decision is being made (decideAndAnswer). */
   const deciding = new WeakSet<IncomingMessage>();
-  /** Requests whose body Node could not parse while they were decided: never forwarded. */
-  const unparsable = new WeakSet<IncomingMessage>();
   /** Requests waiting for their turn, on every connection (MAX_WAITING). */
   let waiting = 0;
   /** Connections dropped since the last line said so, and when that was (performance.now), by listener and cause. */
@@ -408,7 +406,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // than chunked, a bad chunk): its decision's answer still goes out, and the connection ends
     // with it (decideAndAnswer); destroyed now, the client got nothing while the record said 400.
     const last = pipelines.get(socket)?.last;
-    if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) { unparsable.add(last.req); unparsableBodies.add(last.req); last.req.emit(BODY_UNPARSABLE); return; }
+    if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) { unparsableBodies.add(last.req); last.req.emit(BODY_UNPARSABLE); return; }
     if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || last?.req.complete === false) { socket.destroy(); return; }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const packet = (err as { rawPacket?: unknown }).rawPacket;
@@ -544,7 +542,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       deciding.delete(req);
     }
     // Node could not parse its body (the traffic listener's clientError): never forwarded.
-    const broken = unparsable.has(req);
+    // Its body Node could not parse while it was decided (lib/incoming.ts): never forwarded.
+    const broken = unparsableBodies.has(req);
     if (broken && !(decision.decision === 'deny' && decision.enforced)) { req.socket.destroy(); return; }
 
     if (decision.decision === 'deny' && decision.enforced) {

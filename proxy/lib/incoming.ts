@@ -22,7 +22,7 @@ import type { IncomingMessage } from 'node:http';
  */
 export const BODY_UNPARSABLE = 'driftguard:body-unparsable';
 
-/** The requests BODY_UNPARSABLE was emitted on: a read that starts after the event sees it here. */
+/** The requests BODY_UNPARSABLE was emitted on: a read that starts after the event sees it here, and the server forwards none of them. */
 export const unparsableBodies = new WeakSet<IncomingMessage>();
 
 /**
