@@ -7,7 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
 import { helm, render, one, CHART, type K8sObject } from './helm.ts';
 import { validateObject } from '../support/k8s.ts';
-import { buildConfig } from '../../proxy/inject/config.ts';
+import { buildConfig, INJECTED_ENV } from '../../proxy/inject/config.ts';
 import { sidecarContainer } from '../../proxy/inject/sidecar.ts';
 import { parseRules } from '../../proxy/rules/load.ts';
 
@@ -175,6 +175,9 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   const container = sidecarContainer(config(['sidecar.env[0].name=OTEL_SERVICE_NAME', 'sidecar.env[0].value=orders-sidecar']), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r' }) as { env: { name: string; value?: string }[] };
   t.same(container.env.at(-1), { name: 'OTEL_SERVICE_NAME', value: 'orders-sidecar' }, 'after the injector\'s own');
   t.equal(config([]).env.length, 0, 'none by default');
+  // The list sidecar.env may not set is the one the sidecar's env sets: two lists that must agree.
+  const own = (sidecarContainer(config([]), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r' }) as { env: { name: string }[] }).env.map((e) => e.name);
+  t.same(own.sort(), [...INJECTED_ENV].sort(), 'INJECTED_ENV names what the injector sets');
   // The later of two would win: DRIFTGUARD_UPSTREAM set again could send traffic elsewhere.
   for (const name of ['DRIFTGUARD_UPSTREAM', 'NODE_OPTIONS', 'OTEL_RESOURCE_ATTRIBUTES']) {
     t.throws(() => config([`sidecar.env[0].name=${name}`, 'sidecar.env[0].value=x']), { message: new RegExp(`env\\[0\\]\\.name: ${name} is set by the injector itself`) }, name);
