@@ -74,13 +74,18 @@ async function until(what: string, cond: () => boolean, timeoutMs = 5_000): Prom
   }
 }
 
-t.test('SIGTERM: in-flight requests complete, new connections are refused, exit 0', async (t) => {
-  const slow = await slowUpstream();
-  t.teardown(() => slow.up.close());
-  const file = writeRules(baseRules(slow.up.origin, 'http://127.0.0.1:9/unused', (r) => {
+/** Rules in front of `origin` that wait a minute for its answers, with keys nobody serves (the public /status needs none). */
+function slowRules(origin: string): string {
+  return writeRules(baseRules(origin, 'http://127.0.0.1:9/unused', (r) => {
     r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
     r.proxy.timeouts.response = '60s';
   }));
+}
+
+t.test('SIGTERM: in-flight requests complete, new connections are refused, exit 0', async (t) => {
+  const slow = await slowUpstream();
+  t.teardown(() => slow.up.close());
+  const file = slowRules(slow.up.origin);
   const otlp = await otlpReceiver();
   t.teardown(() => otlp.close());
   // Spans are only sent on shutdown (the batch delay is a minute): what arrives was flushed.
@@ -131,10 +136,7 @@ t.test('SIGTERM: in-flight requests complete, new connections are refused, exit 
 t.test('SIGTERM with a request whose body was read in flight: it completes, is recorded, exit 0', async (t) => {
   const slow = await slowUpstream();
   t.teardown(() => slow.up.close());
-  const file = writeRules(baseRules(slow.up.origin, 'http://127.0.0.1:9/unused', (r) => {
-    r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
-    r.proxy.timeouts.response = '60s';
-  }));
+  const file = slowRules(slow.up.origin);
   const dg = await runDriftguard(file, ['--grace', '10s']);
   t.teardown(() => dg.kill());
   // Node takes the socket off a request whose body it has read: the drain's close of the
@@ -161,10 +163,7 @@ t.test('SIGTERM with a request whose body was read in flight: it completes, is r
 t.test('a request still running past the grace period is cut, and the process still exits', async (t) => {
   const slow = await slowUpstream();
   t.teardown(() => slow.up.close());
-  const file = writeRules(baseRules(slow.up.origin, 'http://127.0.0.1:9/unused', (r) => {
-    r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
-    r.proxy.timeouts.response = '60s';
-  }));
+  const file = slowRules(slow.up.origin);
   const dg = await runDriftguard(file, ['--grace', '300ms'], { OTEL_TRACES_EXPORTER: 'none' });
   t.teardown(() => dg.kill());
 
@@ -189,10 +188,7 @@ t.test('an answer the grace period cut mid-body is recorded as cut by the drain,
   const streaming = new Promise<void>((r) => { started = r; });
   // A download that never ends: its head and first bytes go out, then it waits.
   up.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/plain' }); res.write('x'.repeat(1000)); started(); };
-  const file = writeRules(baseRules(up.origin, 'http://127.0.0.1:9/unused', (r) => {
-    r.identity.issuers[0].jwks = { url: 'http://127.0.0.1:9/unused', timeout: '200ms' };
-    r.proxy.timeouts.response = '60s';
-  }));
+  const file = slowRules(up.origin);
   const dg = await runDriftguard(file, ['--grace', '300ms'], { OTEL_TRACES_EXPORTER: 'none' });
   t.teardown(() => dg.kill());
   const download = get(`${dg.url}/status`);
