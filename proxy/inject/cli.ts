@@ -37,7 +37,8 @@ nativeSidecar (false), rulesConfigMap (driftguard-rules), rulesFile (rules.yaml)
 listenPort (15080), upstreamPort (8080), adminPort (15021, probes), adminLocalPort (15000, loopback admin), runAsUser (65532),
 nodeOptions (--max-old-space-size=96 --max-semi-space-size=4), resources.requests (cpu 50m, memory 128Mi),
 resources.limits (memory 320Mi), tmpSizeLimit (16Mi), serviceAccountToken (true),
-ipFamily (IPv4; IPv6: the sidecar listens on [::]).
+ipFamily (IPv4; IPv6: the sidecar listens on [::]), grace (20s; less in a pod whose
+terminationGracePeriodSeconds leaves less), env (more environment of the sidecar: OTEL_*).
 Flags override the file.
 
 Pod annotations: driftguard.io/rules (ConfigMap name), driftguard.io/listen-port,

@@ -8,6 +8,8 @@ import { parseDocument, LineCounter } from 'yaml';
 import { positionOf } from '../lib/yaml-position.ts';
 import { Ajv } from 'ajv';
 import { deepFreeze } from '../lib/freeze.ts';
+import { boundedDuration } from '../rules/durations.ts';
+import { checkTelemetryEnvironment } from '../telemetry/config.ts';
 
 /** Where the sidecar finds its rules: the ConfigMap is mounted here as a directory. */
 export const RULES_DIR = '/etc/driftguard/rules';
@@ -64,6 +66,11 @@ export interface InjectorConfig {
    * which the rules file never holds. Not the variables the injector sets itself.
    */
   readonly env: readonly SidecarEnv[];
+  /**
+   * How long the sidecar lets requests in flight finish after SIGTERM (its `DRIFTGUARD_GRACE`),
+   * at most: a pod whose terminationGracePeriodSeconds leaves less gets less (mutate.ts).
+   */
+  readonly grace: string;
 }
 
 /** One entry of a container's env, as in core/v1 EnvVar: a value, or valueFrom (a Secret's key, say). */
@@ -74,7 +81,7 @@ export interface SidecarEnv {
 }
 
 /** The variables the injector sets on the sidecar: sidecar.env may not set them again. */
-export const INJECTED_ENV = ['DRIFTGUARD_LISTEN', 'DRIFTGUARD_UPSTREAM', 'DRIFTGUARD_ADMIN', 'DRIFTGUARD_PROBES', 'NODE_OPTIONS', 'POD_NAME', 'POD_NAMESPACE', 'OTEL_RESOURCE_ATTRIBUTES'];
+export const INJECTED_ENV = ['DRIFTGUARD_LISTEN', 'DRIFTGUARD_UPSTREAM', 'DRIFTGUARD_ADMIN', 'DRIFTGUARD_PROBES', 'DRIFTGUARD_GRACE', 'NODE_OPTIONS', 'POD_NAME', 'POD_NAMESPACE', 'OTEL_RESOURCE_ATTRIBUTES'];
 
 export class InjectorConfigError extends Error {
   readonly code = 'ERR_INJECTOR_CONFIG';
@@ -126,6 +133,7 @@ export const configSchema = {
     tmpSizeLimit: { ...quantity, default: '16Mi' },
     serviceAccountToken: { type: 'boolean', default: true, description: 'Mount a projected service-account token and the cluster CA for cluster-issuer JWKS discovery.' },
     ipFamily: { enum: ['IPv4', 'IPv6'], default: 'IPv4', description: 'IPv4: the sidecar listens on 0.0.0.0; IPv6: on [::] (IPv4 too where the node has it), for IPv6-only and IPv6-first clusters.' },
+    grace: { type: 'string', default: '20s', description: 'How long the sidecar lets requests in flight finish after SIGTERM (15s, PT15S); less in a pod whose terminationGracePeriodSeconds leaves less.' },
     env: {
       type: 'array', default: [],
       description: 'More environment of the sidecar (the OTEL_* variables of a collector, an API key from a Secret by valueFrom).',
@@ -174,6 +182,11 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
       }
     }
   }
+  const grace = boundedDuration(cfg.grace, true);
+  if (typeof grace === 'string') {
+    const line = lineOf('grace');
+    throw new InjectorConfigError(`${source}${line !== undefined ? `:${line}` : ''}: grace: ${grace}`);
+  }
   // A variable the injector sets itself, set again: the later would win, and DRIFTGUARD_UPSTREAM
   // or DRIFTGUARD_LISTEN so could take traffic around the checks.
   const names = new Set<string>();
@@ -183,6 +196,15 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
     if (INJECTED_ENV.includes(e.name) || e.name.startsWith('DRIFTGUARD_')) throw new InjectorConfigError(`${at}: ${e.name} is set by the injector itself (${INJECTED_ENV.join(', ')})`);
     if (names.has(e.name)) throw new InjectorConfigError(`${at}: ${e.name} is listed twice`);
     names.add(e.name);
+  }
+  // Literal values go into every injected sidecar as they are: one that driftguard refuses at
+  // start-up would crash-loop every opted-in pod. Checked as the sidecar will, naming the
+  // variable, never its value (headers carry API keys). valueFrom, and values that refer to
+  // other variables ($(NODE_IP)), are only known in the pod.
+  const literal = Object.fromEntries(cfg.env.filter((e) => e.value !== undefined && !e.value.includes('$(')).map((e) => [e.name, e.value]));
+  try { checkTelemetryEnvironment(literal); } catch (err) {
+    const line = lineOf('env');
+    throw new InjectorConfigError(`${source}${line !== undefined ? `:${line}` : ''}: env: ${(err as Error).message}; the sidecar would refuse to start`);
   }
   // The API server refuses a container whose request is above its limit: every opted-in pod
   // would then be refused, not the injector's start-up.

@@ -14,6 +14,7 @@
 import type { InjectorConfig } from './config.ts';
 import { sidecarContainer, sidecarVolumes, IMAGE_CLI, SIDECAR_NAME, SIDECAR_PORT_NAMES, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
 import { isDnsSubdomain } from '../lib/kubernetes.ts';
+import { parseDuration } from '../rules/durations.ts';
 
 export const LABEL_INJECT = 'driftguard.io/inject';
 export const ANNOTATION_RULES = 'driftguard.io/rules';
@@ -212,7 +213,9 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // Per-pod settings from annotations, each validated with a message naming it.
   const settingsOrError = readSettings(annotations, config);
   if (typeof settingsOrError === 'string') return reject(settingsOrError, podName);
-  const settings = settingsOrError;
+  const grace = podGrace(spec, config);
+  if (grace.warning !== undefined) warnings.push(grace.warning);
+  const settings: SidecarSettings = { ...settingsOrError, grace: grace.value };
   // A pod that turned the token off (automountServiceAccountToken: false) gets none in the
   // sidecar either: its owner chose that no container holds the pod's API credential. The
   // service account's own setting is not visible here (the webhook reads no API objects).
@@ -307,7 +310,27 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   return answer('injected', `${status} rules=${settings.rulesConfigMap} listen=${settings.listenPort} upstream=${settings.upstreamPort}`, response, podName, patch);
 }
 
-function readSettings(annotations: Obj, config: InjectorConfig): SidecarSettings | string {
+/** What the sidecar needs after its grace period: the last telemetry flush (3 s at most) and a margin. */
+const AFTER_GRACE_S = 5;
+
+/**
+ * The sidecar's grace period in this pod: the configured one, cut so that the drain and the last
+ * flush end before the kubelet's SIGKILL (terminationGracePeriodSeconds, 30 s by default). A
+ * drain the kill cuts short loses the decision-log lines and spans of its last requests.
+ */
+function podGrace(spec: Obj, config: InjectorConfig): { value: string; warning?: string } {
+  const configured = Math.floor(parseDuration(config.grace) / 1000);
+  const period = spec.terminationGracePeriodSeconds;
+  const podSeconds = typeof period === 'number' && Number.isFinite(period) && period >= 0 ? Math.floor(period) : 30;
+  if (configured + AFTER_GRACE_S <= podSeconds) return { value: `${configured}s` };
+  const cut = Math.max(0, podSeconds - AFTER_GRACE_S);
+  return {
+    value: `${cut}s`,
+    warning: `terminationGracePeriodSeconds is ${podSeconds}: the driftguard sidecar's grace period is cut from ${configured}s to ${cut}s so that it drains and flushes its telemetry (up to ${AFTER_GRACE_S}s more) before the kubelet's SIGKILL; requests still in flight then are cut`,
+  };
+}
+
+function readSettings(annotations: Obj, config: InjectorConfig): Omit<SidecarSettings, 'grace'> | string {
   const rules = annotations[ANNOTATION_RULES] ?? config.rulesConfigMap;
   if (!isDnsSubdomain(rules)) {
     return `annotation ${ANNOTATION_RULES}=${JSON.stringify(rules)} is not a ConfigMap name (lowercase letters, digits, '-' and '.')`;

@@ -23,6 +23,8 @@ export interface SidecarSettings {
   readonly rulesConfigMap: string;
   readonly listenPort: number;
   readonly upstreamPort: number;
+  /** The sidecar's DRIFTGUARD_GRACE for this pod (podGrace in mutate.ts). */
+  readonly grace: string;
 }
 
 /** Every address of the pod's family, as a listener address's host part. */
@@ -45,6 +47,7 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
       // the kubelet and Prometheus get a probe listener with health, readiness and metrics only.
       { name: 'DRIFTGUARD_ADMIN', value: `127.0.0.1:${config.adminLocalPort}` },
       { name: 'DRIFTGUARD_PROBES', value: `${anyAddress(config)}:${config.adminPort}` },
+      { name: 'DRIFTGUARD_GRACE', value: settings.grace },
       { name: 'NODE_OPTIONS', value: config.nodeOptions },
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },

@@ -157,7 +157,7 @@ function timer(name: string, ms: number, exportTimeout = false): number {
  * naming the variable (never its value: headers carry API keys) instead of failing every
  * export with another cause (a CA file that does not exist read as "self-signed certificate").
  */
-function exporterVariables(env: Env): void {
+function exporterVariables(env: Env, readFiles: boolean): void {
   for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS']) {
     const v = str(env, name);
     if (v === undefined) continue;
@@ -173,7 +173,7 @@ function exporterVariables(env: Env): void {
   }
   for (const name of ['OTEL_EXPORTER_OTLP_CERTIFICATE', 'OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE', 'OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE', 'OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE', 'OTEL_EXPORTER_OTLP_CLIENT_KEY', 'OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY']) {
     const v = str(env, name);
-    if (v === undefined) continue;
+    if (v === undefined || !readFiles) continue;
     try { accessSync(v, constants.R_OK); } catch (err) { throw new TypeError(`${name}: cannot read ${v}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`); }
   }
   const { bad } = resourceAttributes(env);
@@ -253,9 +253,11 @@ function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: 
 // Registered once at import, like the lifecycle sections: the loader checks it on every load.
 addRulesValidator(validateTelemetry);
 
-export function telemetryConfig(rules: Rules, env: Env = process.env): TelemetryConfig {
-  const raw = rules.raw.telemetry as RawTelemetry;
-  const t = raw.traces;
+/**
+ * The traces' settings: each from the rules, else its OTEL_* variable, else the default.
+ * readFiles: whether the certificate files the variables name are on this machine to read.
+ */
+function tracesConfig(t: RawTelemetry['traces'], env: Env, readFiles = true): TracesConfig {
   const protocol = t.protocol ?? oneOf(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', PROTOCOLS) ?? oneOf(env, 'OTEL_EXPORTER_OTLP_PROTOCOL', PROTOCOLS) ?? 'http/protobuf';
   // A base endpoint from the rules file follows OTEL_EXPORTER_OTLP_ENDPOINT's rule: http
   // protocols append the signal path. Without one, the exporter reads the env itself.
@@ -281,12 +283,28 @@ export function telemetryConfig(rules: Rules, env: Env = process.env): Telemetry
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', { min: 1, max: 100_000, integer: true }) ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
     scheduledDelayMs: timer('telemetry.traces.batch.scheduledDelay (or OTEL_BSP_SCHEDULE_DELAY)', t.batch.scheduledDelay !== undefined ? parseDuration(t.batch.scheduledDelay) : num(env, 'OTEL_BSP_SCHEDULE_DELAY') ?? 1_000),
   };
-  if (traces.exporter === 'otlp') exporterVariables(env);
+  if (traces.exporter === 'otlp') exporterVariables(env, readFiles);
   // The endpoint variable in effect only (the traces one wins); over http only while the rules
   // name no endpoint (theirs replaces it), a gRPC one whatever the rules say.
   if (traces.exporter === 'otlp' && (t.endpoint === undefined || protocol === 'grpc')) {
     endpointVariable(env, str(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT') !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT' : 'OTEL_EXPORTER_OTLP_ENDPOINT', protocol);
   }
+  return traces;
+}
+
+/**
+ * Throws as start-up would for an OTEL_* variable driftguard refuses, with rules that set no
+ * trace field (every value from the variables): the injector's check of the literal values it
+ * puts in every sidecar's environment, where one bad value would stop every opted-in pod's.
+ * The files a variable names are the sidecar's, not this process's: not read.
+ */
+export function checkTelemetryEnvironment(env: Env): void {
+  tracesConfig({ batch: { maxQueueBytes: 0 } }, env, false);
+}
+
+export function telemetryConfig(rules: Rules, env: Env = process.env): TelemetryConfig {
+  const raw = rules.raw.telemetry as RawTelemetry;
+  const traces = tracesConfig(raw.traces, env);
   const l = raw.decisionLog;
   const out = l.output;
   const output: LogOutput = out === 'stdout' || out === 'stderr' || out === 'none'

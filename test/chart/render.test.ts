@@ -172,11 +172,11 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
     { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'https://collector.observability:4318' },
     { name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom: { secretKeyRef: { name: 'otel-auth', key: 'headers' } } },
   ]);
-  const container = sidecarContainer(config(['sidecar.env[0].name=OTEL_SERVICE_NAME', 'sidecar.env[0].value=orders-sidecar']), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r' }) as { env: { name: string; value?: string }[] };
+  const container = sidecarContainer(config(['sidecar.env[0].name=OTEL_SERVICE_NAME', 'sidecar.env[0].value=orders-sidecar']), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r', grace: '20s' }) as { env: { name: string; value?: string }[] };
   t.same(container.env.at(-1), { name: 'OTEL_SERVICE_NAME', value: 'orders-sidecar' }, 'after the injector\'s own');
   t.equal(config([]).env.length, 0, 'none by default');
   // The list sidecar.env may not set is the one the sidecar's env sets: two lists that must agree.
-  const own = (sidecarContainer(config([]), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r' }) as { env: { name: string }[] }).env.map((e) => e.name);
+  const own = (sidecarContainer(config([]), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r', grace: '20s' }) as { env: { name: string }[] }).env.map((e) => e.name);
   t.same(own.sort(), [...INJECTED_ENV].sort(), 'INJECTED_ENV names what the injector sets');
   // The later of two would win: DRIFTGUARD_UPSTREAM set again could send traffic elsewhere.
   for (const name of ['DRIFTGUARD_UPSTREAM', 'NODE_OPTIONS', 'OTEL_RESOURCE_ATTRIBUTES']) {
@@ -184,6 +184,13 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   }
   const r = helm(['template', 'dg', CHART, '--set', 'sidecar.env[0].name=X', '--namespace', NS]);
   t.not(r.status, 0, 'an entry with neither value nor valueFrom is refused by the chart\'s schema');
+  // Literal values are checked as every injected sidecar would check them at its start.
+  t.throws(() => config(['sidecar.env[0].name=OTEL_BSP_SCHEDULE_DELAY', 'sidecar.env[0].value=soon']), { message: /env: OTEL_BSP_SCHEDULE_DELAY=.*must be a number.*the sidecar would refuse to start/ });
+  t.throws(() => config(['sidecar.env[0].name=OTEL_TRACES_EXPORTER', 'sidecar.env[0].value=jaeger']), { message: /env: OTEL_TRACES_EXPORTER/ });
+  // What only the pod knows is left to the sidecar: a Secret's value, a file in the sidecar, $(VAR).
+  t.doesNotThrow(() => config(['sidecar.env[0].name=OTEL_EXPORTER_OTLP_CERTIFICATE', 'sidecar.env[0].value=/etc/otel/ca.crt', 'sidecar.env[1].name=OTEL_EXPORTER_OTLP_ENDPOINT', 'sidecar.env[1].value=http://$(NODE_IP):4318', 'sidecar.env[2].name=OTEL_EXPORTER_OTLP_HEADERS', 'sidecar.env[2].valueFrom.secretKeyRef.name=otel-auth', 'sidecar.env[2].valueFrom.secretKeyRef.key=headers']));
+  t.equal(config(['sidecar.grace=45s']).grace, '45s', 'sidecar.grace reaches the injector');
+  t.not(helm(['template', 'dg', CHART, '--set', 'sidecar.grace=soon', '--namespace', NS]).status, 0, 'a grace that is not a duration is refused at install');
 });
 
 t.test('cert-manager mode: a Certificate and the cainjector annotation instead of a generated CA', async (t) => {

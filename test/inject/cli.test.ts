@@ -86,6 +86,11 @@ t.test('configuration errors exit 2 with a message', async (t) => {
   writeFileSync(badConfig, 'image: x\nimagePullPolicy: Sometimes\nlistenPort: 0\ncolour: blue\n');
   const overLimit = join(dir, 'over.yaml');
   writeFileSync(overLimit, 'image: x\nresources:\n  requests: { cpu: 50m, memory: 512Mi }\n  limits: { memory: 0.25Gi }\n');
+  // A literal OTEL_* value every injected sidecar would refuse: a crash loop in every opted-in pod.
+  const badEnv = join(dir, 'env.yaml');
+  writeFileSync(badEnv, 'image: x\nenv:\n  - { name: OTEL_EXPORTER_OTLP_ENDPOINT, value: "https://collector:4318" }\n  - { name: OTEL_EXPORTER_OTLP_HEADERS, value: "secret-api-key-123" }\n');
+  const badGrace = join(dir, 'grace.yaml');
+  writeFileSync(badGrace, 'image: x\ngrace: 30 seconds\n');
   const brokenConfig = join(dir, 'broken.yaml');
   writeFileSync(brokenConfig, 'image: x\nlistenPort: [15080\n');
   // 2: a usage error; 1: invalid configuration or a failed start, as the main CLI's.
@@ -99,6 +104,8 @@ t.test('configuration errors exit 2 with a message', async (t) => {
     // The API server would refuse every pod injected so, not the injector's start.
     [['--tls-cert', cert, '--tls-key', key, '--config', overLimit], /over\.yaml:2: resources\.requests\.memory: 512Mi is above resources\.limits\.memory \(0\.25Gi\)/, 1],
     [['--tls-cert', cert, '--tls-key', key, '--config', brokenConfig], /broken\.yaml:\d+: not valid YAML/, 1],
+    [['--tls-cert', cert, '--tls-key', key, '--config', badEnv], /env\.yaml:2: env: OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value[^\n]*the sidecar would refuse to start/, 1],
+    [['--tls-cert', cert, '--tls-key', key, '--config', badGrace], /grace\.yaml:2: grace: not a duration/, 1],
     [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', key, '--image', 'x', '--listen', '127.0.0.1:0'], /cannot start/, 1],
     [['--bogus'], /Unknown option/, 2],
   ];
@@ -106,5 +113,6 @@ t.test('configuration errors exit 2 with a message', async (t) => {
     const { code, stderr } = await run(t, args).exited;
     t.equal(code, exit, `${args.join(' ')}: exit ${exit}`);
     t.match(stderr, message, `${args.join(' ')}: message`);
+    t.notMatch(stderr, /secret-api-key/, `${args.join(' ')}: no header value in the message`);
   }
 });

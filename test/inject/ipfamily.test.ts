@@ -28,7 +28,7 @@ const ipv6 = await new Promise<boolean>((resolve) => {
   s.listen(0, '::1', () => { s.close(() => resolve(true)); });
 });
 const needsIpv6 = ipv6 ? false : 'no IPv6 on this machine (::1 cannot be listened on)';
-const settings = { rulesConfigMap: 'driftguard-rules', listenPort: 15080, upstreamPort: 8080 };
+const settings = { rulesConfigMap: 'driftguard-rules', listenPort: 15080, upstreamPort: 8080, grace: '20s' };
 const envOf = (c: Record<string, unknown>) => Object.fromEntries((c.env as { name: string; value?: string }[]).map((e) => [e.name, e.value]));
 
 /** GET http://host:port/path on a connection of its own: the status, or the error's code. */

@@ -502,3 +502,30 @@ t.test('a body trickled in holds no other review up: it gets 408 at its deadline
   // Its bytes were given back: a review goes through again.
   t.equal((await httpsRequest(port, tls.cert, { body })).status, 200, 'the budget is whole again');
 });
+
+t.test('the sidecar\'s grace period fits in the pod\'s terminationGracePeriodSeconds, with a warning when it is cut', async (t) => {
+  const graceOf = async (server: InjectorServer, seconds: number | undefined) => {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: seconds === undefined ? {} : { terminationGracePeriodSeconds: seconds } });
+    const { got } = await review(t, server, pod);
+    return { grace: envOf(sidecarOf(patched(pod, got.response))).DRIFTGUARD_GRACE, warning: got.response.warnings?.find((w) => w.includes('terminationGracePeriodSeconds')) };
+  };
+  t.same(await graceOf(native, undefined), { grace: '20s', warning: undefined }, 'the default 20s in the default 30 s');
+  t.same(await graceOf(native, 25), { grace: '20s', warning: undefined }, '20 s plus the flush and a margin fit in 25');
+  const short = await graceOf(native, 10);
+  t.equal(short.grace, '5s', 'cut to leave 5 s for the last flush before SIGKILL');
+  t.match(short.warning, /terminationGracePeriodSeconds is 10: .* cut from 20s to 5s/);
+  t.equal((await graceOf(regular, 3)).grace, '0s', 'a period too short for any drain: none');
+  const longer = await startInjectorServer({
+    config: buildConfig({ image: IMAGE, nativeSidecar: true, grace: '40s' }),
+    tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {},
+  });
+  t.teardown(() => longer.close());
+  t.same(await graceOf(longer, 60), { grace: '40s', warning: undefined }, 'the configured grace where the pod leaves room');
+  t.equal((await graceOf(longer, undefined)).grace, '25s', 'cut in a pod of the default 30 s');
+  // Reinvoked, the pod already carries the sidecar it was given: still taken for the injector's.
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { terminationGracePeriodSeconds: 10 } });
+  const once = patched(pod, (await review(t, native, pod)).got.response);
+  t.equal((await review(t, native, once)).got.response.patch, undefined, 'an injected pod with a cut grace is left alone');
+  t.throws(() => buildConfig({ image: IMAGE, grace: 'soon' }), /grace: not a duration/);
+  t.throws(() => buildConfig({ image: IMAGE, grace: '30d' }), /grace: must be at most 24d/);
+});

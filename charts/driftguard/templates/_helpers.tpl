@@ -112,6 +112,7 @@ resources:
   {{- toYaml .Values.sidecar.resources | nindent 2 }}
 tmpSizeLimit: {{ .Values.sidecar.tmpSizeLimit | quote }}
 serviceAccountToken: {{ .Values.sidecar.serviceAccountToken }}
+grace: {{ .Values.sidecar.grace | quote }}
 ipFamily: {{ .Values.ipFamily }}
 env:
   {{- toYaml .Values.sidecar.env | nindent 2 }}
