@@ -4,7 +4,7 @@
 // they run on every request, verified-token cache hits included.
 
 import type { Credential } from '../pipeline/types.ts';
-import { issuerSubjectKey } from '../checks/consumers.ts';
+import { actorIssuer, issuerSubjectKey } from '../checks/consumers.ts';
 
 export const REVOCATION_KINDS = ['jti', 'task', 'subject', 'kid'] as const;
 export type RevocationKind = (typeof REVOCATION_KINDS)[number];
@@ -207,8 +207,9 @@ export class RevocationStore {
     if (credential.act === undefined || !this.#index.get('subject')!.size) return undefined;
     // Every sub in the chain, a malformed level's neighbours included: the delegation check may
     // be off or in audit mode, and a broken level must not hide a revoked actor behind it.
-    for (const actor of credential.act.named) {
-      const hit = this.#find('subject', actor, now);
+    // Each by its plain sub, and as `["<issuer>","<subject>"]` of the issuer vouching for its level.
+    for (const [i, actor] of credential.act.named.entries()) {
+      const hit = this.#find('subject', actor, now) ?? this.#find('subject', issuerSubjectKey(actorIssuer(credential, i), actor), now);
       if (hit) return hit;
     }
     return undefined;

@@ -622,3 +622,22 @@ t.test('a subject revoked as ["<issuer>","<subject>"] (as /consumers names it) i
   await spaced.text();
   t.equal(await call(ISSUER), 401, 'the pair written with a space revokes too');
 });
+
+t.test('an actor revoked as ["<issuer>","<subject>"] is refused in the chains that issuer vouches for, not in another\'s', async (t) => {
+  const w = await world();
+  const OTHER = 'https://other.test.local';
+  // Delegation off: nothing but the revocation refuses these chains.
+  const dg = await startLifecycle(w.rules((r) => { trustAlso(r, OTHER); r.delegation = { mode: 'off' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const call = async (act: Record<string, unknown>) => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act } })) }); await r.text(); return r.status; };
+  const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: JSON.stringify([ISSUER, 'spiffe://tools/bad']), reason: 'compromised' }) });
+  t.equal(revoked.status, 201);
+  await revoked.text();
+  t.equal(await call({ sub: 'spiffe://tools/bad' }), 401, 'a level without iss: vouched for by the token\'s issuer');
+  const refused = dg.seen.at(-1)!;
+  t.equal(refused.decision?.reason, 'credential-revoked');
+  t.match(refused.decision!.detail, /^an actor in this token's delegation chain was revoked/);
+  t.equal(await call({ sub: 'spiffe://tools/a', act: { sub: 'spiffe://tools/bad', iss: ISSUER } }), 401, 'an inner level of that issuer');
+  t.equal(await call({ sub: 'spiffe://tools/bad', iss: OTHER }), 200, 'the same sub vouched for by another issuer is not revoked');
+  t.equal(await call({ sub: 'spiffe://tools/a' }), 200, 'a chain without it passes');
+});
