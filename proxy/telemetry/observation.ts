@@ -203,7 +203,9 @@ export class RequestObservation implements Observation {
 
     // The decision log first: were a later sink to fail, the audit trail still has the line.
     // One line for the decision log and the recent-decisions ring alike.
-    const logged = sink.log.enabled && (r.decision !== 'allow' || sink.allowSampleRate >= 1 || Math.random() < sink.allowSampleRate);
+    // An allow whose forward failed (502, 504) or whose answer was cut is an incident's first
+    // trace: never sampled away.
+    const logged = sink.log.enabled && (r.decision !== 'allow' || this.#failure !== undefined || r.cut !== undefined || sink.allowSampleRate >= 1 || Math.random() < sink.allowSampleRate);
     if (logged || sink.ring.capacity > 0) {
       const line = logLine(r);
       const utf8 = Buffer.byteLength(line, 'utf8');
