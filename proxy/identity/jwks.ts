@@ -11,6 +11,9 @@ import { getDocument } from '../lib/bounded.ts';
 import { redactUrl } from '../lib/redact.ts';
 
 /** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
+/** How soon a key set that has never loaded is fetched again (as an unread revocation list, lists.ts). */
+export const UNLOADED_RETRY_MS = 5_000;
+
 export class IdentityUnavailableError extends Error {
   readonly code = 'ERR_IDENTITY_UNAVAILABLE';
   /** When a request may next cause a fetch (the key set's cooldown): the answer's Retry-After. */
@@ -187,6 +190,8 @@ export class RemoteKeySet implements KeySet {
   #refreshes = 0;
   #failures = 0;
   #timer?: NodeJS.Timeout;
+  /** The retry of a key set whose first fetch failed (start), until it loads. */
+  #retry?: NodeJS.Timeout;
   #agent?: Agent;
   /** Aborted at close: a fetch under way (a slow key server) must not hold the process on after it. */
   readonly #closed = new AbortController();
@@ -210,7 +215,14 @@ export class RemoteKeySet implements KeySet {
 
   async start(): Promise<void> {
     this.#timer ??= setInterval(() => { void this.refresh(false); }, this.#options.refreshMs).unref();
-    if (!(await this.refresh())) throw new IdentityUnavailableError(`JWKS ${this.#name}: ${this.#lastError}`);
+    if (await this.refresh()) return;
+    // Until the first keys are in, the refresh's period (5 minutes by default) is too long to
+    // wait: an unready pod gets no traffic, so no token asks for them either, and its startup
+    // probe gives up first. Retried sooner, as an unread revocation list is, until they load.
+    this.#retry ??= setInterval(() => {
+      if (this.ready) { clearInterval(this.#retry); this.#retry = undefined; } else void this.refresh(false);
+    }, Math.min(this.#options.refreshMs, UNLOADED_RETRY_MS)).unref();
+    throw new IdentityUnavailableError(`JWKS ${this.#name}: ${this.#lastError}`);
   }
 
   /**
@@ -317,6 +329,7 @@ export class RemoteKeySet implements KeySet {
 
   close(): void {
     clearInterval(this.#timer);
+    clearInterval(this.#retry);
     this.#closed.abort(new Error('the key set was closed'));
     void this.#agent?.close();
   }

@@ -9,7 +9,7 @@ import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer, listen, close } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
 import { world, keys } from '../core/world.ts';
-import { RemoteKeySet } from '../../proxy/identity/jwks.ts';
+import { RemoteKeySet, UNLOADED_RETRY_MS } from '../../proxy/identity/jwks.ts';
 import { until } from '../lifecycle/support.ts';
 import { startWithTelemetry } from '../telemetry/support.ts';
 
@@ -408,4 +408,25 @@ t.test('a key set is named by its URL\'s origin and path only: no query, userinf
   t.equal(source, `${w.jwks.url};(redacted)`, 'the path kept, its parameters not (they were: a session id in the metrics\' source label)');
   t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'control: the keys were fetched from that URL');
   t.notMatch(JSON.stringify(w.logs) + source, /SECRET/);
+});
+
+t.test('a key set whose first fetch failed is fetched again within seconds, not at the next refresh: the pod becomes ready', async (t) => {
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const ks = await jwksServer(jwks(key));
+  ks.down = true;
+  // refresh: 5 minutes (the default). An unready pod gets no traffic, so no token asks for keys.
+  const dg = await startTest(baseRules(up.origin, ks.url), { waitReady: false });
+  t.teardown(async () => { await dg.close(); await up.close(); await ks.close(); });
+  t.ok(await until(async () => ks.fetches >= 1, 5_000), 'the fetch at start');
+  t.equal((await fetch(`${dg.admin}/readyz`)).status, 503, 'not ready while the keys are not in');
+  ks.down = false;
+  const fetched = ks.fetches;
+  t.ok(await until(async () => (await fetch(`${dg.admin}/readyz`)).status === 200, UNLOADED_RETRY_MS + 3_000), 'ready within the retry');
+  t.equal(ks.fetches, fetched + 1, 'one fetch more brought the keys in');
+  const tok = await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  t.equal((await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } })).status, 200);
+  // Loaded: the retry stops; the next fetch is the refresh's.
+  await new Promise((r) => setTimeout(r, UNLOADED_RETRY_MS + 500));
+  t.equal(ks.fetches, fetched + 1, 'no more fetches once loaded');
 });
