@@ -12,6 +12,7 @@ import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES 
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { blocks } from './checks/staleness.ts';
+import { movingOn } from './checks/deprecation.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
@@ -472,6 +473,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   function denial(ctx: RequestContext, decision: Decision, observation: Observation): Problem {
     return {
+      // Whatever refused it, a caller of a deprecated operation learns where to move and by when.
+      ...(ctx.operation ? movingOn(ctx.operation, ctx.now) : {}),
       ...decision,
       ...(ctx.operation ? { operation: ctx.operation.id } : {}),
       ...(observation.traceId ? { traceId: observation.traceId } : {}),

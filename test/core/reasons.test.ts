@@ -263,6 +263,24 @@ t.test('deprecated-operation: an automation on a deprecated, high-sensitivity op
   t.equal(a.headers.get('link'), '<https://api.test.local/changes>; rel="deprecation", <https://api.test.local/changes>; rel="sunset"');
 });
 
+t.test('any refusal of a deprecated operation names its replacement and sunset, whatever refused it', async (t) => {
+  const w = await world(t);
+  const refusals: [string, number, string, string | undefined][] = [
+    ['no credential', 401, 'missing-credential', undefined],
+    ['a person without the scope', 403, 'insufficient-scope', await w.tok({ sub: HUMAN, scope: 'items.read' })],
+    ['a person\'s token too long-lived', 401, 'credential-lifetime-exceeded', await w.tok({ sub: HUMAN, ttl: 13 * 3600 })],
+  ];
+  for (const [what, status, reason, token] of refusals) {
+    const a = await w.call('DELETE', '/items/1', token === undefined ? {} : { token });
+    assertDenied(t, w, a, status, reason);
+    t.equal(a.json.replacement, 'archiveItem', `${what}: replacement`);
+    t.equal(a.json.sunset, '2099-01-01T00:00:00.000Z', `${what}: sunset`);
+  }
+  const current = await w.call('GET', '/items/1');
+  assertDenied(t, w, current, 401, 'missing-credential');
+  t.notOk('replacement' in current.json || 'sunset' in current.json, 'an operation that is not deprecated: neither');
+});
+
 t.test('upstream-unavailable: the upstream refuses connections', async (t) => {
   const w = await world(t);
   await w.up.close();
