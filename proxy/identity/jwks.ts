@@ -8,7 +8,7 @@ import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { Agent } from 'undici';
 import { getDocument } from '../lib/bounded.ts';
-import { redactUrl } from '../lib/redact.ts';
+import { jsonFault, redactUrl } from '../lib/redact.ts';
 
 /** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
 /** How soon a key set that has never loaded is fetched again (as an unread revocation list, lists.ts). */
@@ -108,7 +108,7 @@ function usable(key: Record<string, unknown>, algorithms: readonly string[]): bo
  */
 export function parseJwks(text: string, from: string, select?: KeySelection, algorithms?: readonly string[]): JSONWebKeySet {
   let data: JSONWebKeySet;
-  try { data = JSON.parse(text) as JSONWebKeySet; } catch (err) { throw new TypeError(`${from} is not JSON: ${(err as Error).message}`); }
+  try { data = JSON.parse(text) as JSONWebKeySet; } catch (err) { throw new TypeError(`${from} is ${jsonFault(err)}`); }
   if (!data || typeof data !== 'object' || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
   // An entry that is no key is passed over (RFC 7517 §5: members not understood are ignored):
   // jose refuses a whole set for one, which kept a rotated key from ever loading.

@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { SignJWT, importJWK, type JWK } from 'jose';
 import { randomUUID } from 'node:crypto';
+import { jsonFault } from '../lib/redact.ts';
 
 export interface MintOptions {
   readonly key: JWK;
@@ -20,9 +21,9 @@ export interface MintOptions {
 
 export function readPrivateJwk(file: string): JWK {
   let jwk: JWK;
-  // Not JSON.parse's own message: V8 quotes the text around the fault, which here is key material.
+  // Where the fault is, never the text around it (jsonFault): here it is key material.
   try { jwk = JSON.parse(readFileSync(file, 'utf8')) as JWK; } catch (err) {
-    throw new TypeError(err instanceof SyntaxError ? `${file} is not a JSON JWK` : `${file}: ${(err as NodeJS.ErrnoException).code ?? 'cannot be read'}`);
+    throw new TypeError(err instanceof SyntaxError ? `${file} is not a JSON JWK (${jsonFault(err)})` : `${file}: ${(err as NodeJS.ErrnoException).code ?? 'cannot be read'}`);
   }
   if (jwk === null || typeof jwk !== 'object' || !jwk.d) throw new TypeError(`${file} is not a private JWK (no "d")`);
   return jwk;

@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { mutate, type MutationResult } from './mutate.ts';
 import type { InjectorConfig } from './config.ts';
+import { jsonFault } from '../lib/redact.ts';
 
 export const MUTATE_PATH = '/mutate';
 /** Largest body accepted; a pod object is bounded by etcd's 1.5 MiB request limit. */
@@ -153,8 +154,9 @@ function review(body: Buffer, res: ServerResponse, config: InjectorConfig, log: 
   try {
     parsed = JSON.parse(body.toString('utf8'));
   } catch (err) {
-    log({ level: 'warn', msg: 'admission request is not JSON', error: (err as Error).message });
-    return sendText(res, 400, `body is not valid JSON: ${(err as Error).message}\n`);
+    // Not JSON.parse's message, which quotes the pod's text (its environment) around the fault.
+    log({ level: 'warn', msg: 'admission request is not JSON', error: jsonFault(err) });
+    return sendText(res, 400, `body is ${jsonFault(err)}\n`);
   }
   const result: MutationResult = mutate(parsed, config);
   if (result.outcome === 'malformed') {

@@ -118,3 +118,16 @@ export function redactText(text: string): string {
   if (text.includes('%') && whenDecoded(text, hasJwt)) return '(redacted)';
   return replaceJwts(text);
 }
+
+/**
+ * Where JSON.parse found a fault, without the text V8 quotes around it in its message
+ * (`Unexpected token 'j', "…"d":jpsQ…" is not valid JSON`): a key set's private half by
+ * mistake, a pod's environment. Node 24 names the line and column for most faults.
+ */
+export function jsonFault(err: unknown): string {
+  const message = err instanceof Error ? err.message : '';
+  const at = /\(line (\d+) column (\d+)\)/.exec(message);
+  if (at) return `not valid JSON at line ${at[1]} column ${at[2]}`;
+  if (message.startsWith('Unexpected end')) return 'not valid JSON: it ends too soon';
+  return 'not valid JSON';
+}

@@ -399,6 +399,11 @@ t.test('malformed input gets a clear error response, never a crash', async (t) =
   const notJson = await post('{"apiVersion": "admission.k8s.io/v1", ');
   t.equal(notJson.status, 400);
   t.match(notJson.text, /not valid JSON/);
+  // JSON.parse's message quotes the text around the fault: a pod's environment, its secrets.
+  const quoted = await post('{"request": {"object": {"spec": {"containers": [{"env": [{"name": "DB_PASSWORD", "value": hunter2secret}]}]}}}}');
+  t.equal(quoted.status, 400);
+  t.notMatch(quoted.text, /hunter2/, 'the answer quotes none of the body');
+  t.notMatch(JSON.stringify(logs), /hunter2/, 'nor does the log');
 
   for (const [body, message] of [
     ['[]', /JSON object/],

@@ -247,7 +247,10 @@ t.test('a key set file that is missing, not JSON, or has no key for the algorith
   const rsa = await testKey('RS256');
   const sets: [string, string | undefined, RegExp][] = [
     ['missing.json', undefined, /cannot read .*missing\.json: ENOENT/],
-    ['half.json', '{"keys": [', /is not JSON/],
+    ['half.json', '{"keys": [', /is not valid JSON: it ends too soon/],
+    // JSON.parse's own message quoted the text around the fault: here a private key's d.
+    ['unquoted.json', '{"keys": [{"kty": "EC", "crv": "P-256", "d": jpsQnnGQmLsecret}]}', /^[^]*is not valid JSON(?![^]*jpsQ)/],
+    ['lines.json', '{\n  "keys": [\n    {"kty": "EC" "d": "jpsQnnGQmLsecret"}\n  ]\n}', /is not valid JSON at line 3 column 18(?![^]*jpsQ)/],
     ['empty.json', '{"keys": []}', /has no key that can verify ES256 \(0 keys/],
     ['hollow.json', '{"keys": [{"kty": "EC"}]}', /has no key that can verify ES256/],
     ['other.json', JSON.stringify(jwks(rsa)), /has no key that can verify ES256/],
