@@ -31,6 +31,13 @@ function logLine(line: Record<string, unknown>): void {
   process.stderr.write(JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
 }
 
+// SIGUSR1 opens Node's inspector on 127.0.0.1:9229, which a pod's other containers share:
+// anything there could then read the sidecar's memory, keys and tokens included. A listener
+// keeps it closed (debug with --inspect). SIGUSR2 would end the process with no drain.
+for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) {
+  process.on(signal, () => logLine({ level: 'warn', msg: 'signal ignored', signal }));
+}
+
 export async function start(rules: Rules, file: string | undefined, overrides: Overrides): Promise<{ dg: Driftguard; reload?: Reloader; shutdown(graceMs: number): Promise<void> }> {
   const wired = await features(rules, logLine);
   const dg = startDriftguard(rules, { observer: wired.observer, deps: wired.deps, log: logLine });

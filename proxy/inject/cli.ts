@@ -127,6 +127,8 @@ export async function main(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
+    // As the sidecar's (run.ts): SIGUSR1 would open the inspector, SIGUSR2 end it undrained.
+    for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) process.on(signal, () => log('signal ignored', { signal }));
   });
   return 0;
 }

@@ -10,7 +10,7 @@ import { jwtVerify, importJWK, decodeProtectedHeader } from 'jose';
 import { testKey, jwks, ISSUER, AUDIENCE } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, startTest, writeRules, AGENT } from '../support/driftguard.ts';
-import { cli } from '../support/subprocess.ts';
+import { cli, runDriftguard } from '../support/subprocess.ts';
 
 export function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -231,4 +231,22 @@ t.test('token with a key file that is not JSON names the file and quotes none of
   t.match(r.stderr, `${keyFile} is not a JSON JWK`);
   // Before: `Unexpected token 'k', "kty: EC\nd:"... is not valid JSON`.
   t.notMatch(r.stderr, /kty|c2VjcmV0/, 'nothing of the file is echoed');
+});
+
+t.test('SIGUSR1 does not open the inspector and SIGUSR2 does not end the process: each is logged and ignored', async (t) => {
+  const dg = await runDriftguard(writeRules(GOOD), ['--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
+  t.teardown(() => dg.kill());
+  dg.child.kill('SIGUSR1');
+  t.ok(await dg.waitFor((l) => l.msg === 'signal ignored' && l.signal === 'SIGUSR1'));
+  // Node's default: "Debugger listening on ws://127.0.0.1:9229/…", which anything on a pod's
+  // shared loopback could attach to and read the sidecar's memory through.
+  await new Promise((r) => setTimeout(r, 300));
+  t.notMatch(dg.output(), /Debugger listening/, 'no inspector');
+  dg.child.kill('SIGUSR2');
+  t.ok(await dg.waitFor((l) => l.msg === 'signal ignored' && l.signal === 'SIGUSR2'));
+  const health = await fetch(`${dg.admin}/healthz`);
+  t.equal(health.status, 200, 'still running');
+  await health.text();
+  dg.child.kill('SIGTERM');
+  t.equal((await dg.exited).code, 0, 'and stops gracefully as ever');
 });
