@@ -38,7 +38,7 @@ function verdict(ctx: RequestContext, mode: FeatureMode, denial: Denial): CheckR
 
 /** A task claim that names no task (taskOf: null): no task revocation could match it. */
 function namesNoTask(taskClaim: string): Denial {
-  return { reason: 'invalid-credential', detail: `claim ${taskClaim} must be a non-empty string` };
+  return { reason: 'invalid-credential', detail: `claim ${taskClaim} must be a non-empty string or a whole number below 2^53` };
 }
 
 /**

@@ -48,13 +48,15 @@ function keyOf(source: RevocationSource, id: string): string {
 
 /**
  * The task a token's task claim names, as a task revocation matches it: a non-empty string,
- * or a number as its decimal string (revoking "4711" covers task_id 4711); undefined without
- * the claim; null for a claim that names no task (a list, an object, an empty string), which
- * the checks refuse, since no revocation could match it.
+ * or a whole number as its decimal string (revoking "4711" covers task_id 4711); undefined
+ * without the claim; null for a claim that names no task (a list, an object, an empty string),
+ * which the checks refuse, since no revocation could match it. So is a number past 2^53 - 1
+ * or with a fraction: JSON parsing has rounded it already (1541815603606036480 is read as
+ * ...500), so revoking the id the issuer wrote would miss it and revoke its neighbours.
  */
 export function taskOf(claim: unknown): string | undefined | null {
   if (claim === undefined) return undefined;
-  if (typeof claim === 'number') return String(claim);
+  if (typeof claim === 'number') return Number.isSafeInteger(claim) ? String(claim) : null;
   return typeof claim === 'string' && claim !== '' ? claim : null;
 }
 
