@@ -364,8 +364,13 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
   if (t.mode === 'off') return undefined;
   return {
     name: 'traversal',
-    run(ctx) {
+    async run(ctx) {
       if (!watched(m, ctx)) return undefined;
+      // The operation is recorded once the decision lets the request through. A body the
+      // idempotency check waits for between here and there would let writes arriving together
+      // each pass this count before any is recorded: it is read first, so that nothing waits
+      // between this count and that record. (The retry-storm check, when on, has read it.)
+      if (idempotencyReads(m, ctx) && await requestFingerprint(ctx, m) === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       // An agent's traversal is the agent's, whoever it acts for.
       const p = state.monitored(ctx)!;
       const consumer = state.monitors.consumer(p.key, p.kind, p.owner, ctx.now, p.origin);
@@ -387,6 +392,12 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
   };
 }
 
+/** Whether the idempotency check judges this request (and so reads its body): a watched write from its sensitivity up. */
+function idempotencyReads(m: Monitors, ctx: RequestContext): boolean {
+  const i = m.idempotency;
+  return i.mode !== 'off' && watched(m, ctx) && BODY_METHODS.has(ctx.req.method ?? '') && SENSITIVITY_RANK[ctx.operation!.sensitivity] >= i.atRank;
+}
+
 /** Idempotency-Key on sensitive writes; reused keys and duplicates refused. Last: it reserves the key. */
 export function idempotency(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
@@ -396,7 +407,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
   return {
     name: 'idempotency',
     async run(ctx) {
-      if (!watched(m, ctx) || !BODY_METHODS.has(ctx.req.method ?? '') || SENSITIVITY_RANK[ctx.operation!.sensitivity] < i.atRank) return undefined;
+      if (!idempotencyReads(m, ctx)) return undefined;
       const raw = ctx.req.headers[i.header];
       if (typeof raw !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(raw)) {
         return verdict(ctx, i.mode, { reason: 'idempotency-key-required', detail: `send one ${i.header} header of 1 to 255 visible characters with this write` });

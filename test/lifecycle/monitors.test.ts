@@ -655,3 +655,35 @@ t.test('two issuers\' unregistered client-7 are two consumers: one\'s quarantine
   await lift.text();
   t.equal((await fetch(`${dg.url}/items/1`, { headers: bearer(theirs) })).status, 200);
 });
+
+t.test('traversal: writes to distinct operations arriving together, their bodies late, pass the limit no more than one by one (retry storm off)', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = monitorsOnly({ retryStorm: { mode: 'off' }, traversal: { mode: 'enforce', maxOperations: 2, window: '1m' }, idempotency: { mode: 'enforce', at: 'low' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const port = Number(new URL(dg.url).port);
+  let open!: () => void;
+  const gate = new Promise<void>((r) => { open = r; });
+  const body = '{"x":1}';
+  // Each head at once; each body only once every head has been decided as far as it can be.
+  const send = (method: string, path: string, i: number) => new Promise<string>((resolve) => {
+    const s = connect({ port, host: '127.0.0.1' });
+    let got = '';
+    s.on('data', (c) => { got += c.toString('latin1'); if (got.includes('\r\n\r\n')) { s.destroy(); resolve(got.split('\r\n')[0]!); } });
+    s.on('error', () => resolve('error'));
+    s.on('connect', async () => {
+      s.write(`${method} ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nContent-Type: application/json\r\nIdempotency-Key: k${i}\r\nContent-Length: ${body.length}\r\n\r\n`);
+      await gate;
+      s.write(body);
+    });
+  });
+  const writes = [['POST', '/items'], ['PUT', '/items/1/blob'], ['POST', '/payments'], ['POST', '/items/1/archive']].map(([m, p], i) => send(m!, p!, i));
+  await new Promise((r) => setTimeout(r, 300));
+  open();
+  const statuses = (await Promise.all(writes)).map((line) => line.split(' ')[1]);
+  t.equal(statuses.filter((s) => s === '403').length, 2, 'two refused as endpoint traversal');
+  t.equal(new Set(w.up.seen.map((s) => `${s.method} ${s.url}`)).size, 2, 'two operations reached the upstream, the limit (all four did)');
+});
