@@ -267,13 +267,20 @@ export class MonitorState {
    * A subject registered, or no longer, while several issuers are trusted, or a second issuer
    * trusted, changes its key; read under the new one only, a quarantined automation was let
    * through at once.
-   * A quarantine kept by hash (a subject past 128 characters) stays where it is. Returns how
-   * many entries moved, how many consumers' state was dropped and how many quarantines lifted.
+   * A quarantine kept by hash (a name past 128 characters) has no origin of its own: it follows
+   * its consumer's state, which keeps the whole subject, while the table holds that; otherwise
+   * it stays where it is. Returns how many entries moved, how many consumers' state was dropped
+   * and how many quarantines lifted.
    */
   rekey(keyOf: (origin: Origin) => string | undefined, now: number): { moved: number; dropped: number; lifted: number } {
     let moved = 0;
     let dropped = 0;
     let lifted = 0;
+    // Before the consumers are renamed: a hashed quarantine is found by its old name's hash.
+    const hashed = new Map<string, Origin>();
+    for (const state of this.consumers.values()) {
+      if (state.origin !== undefined && state.subject.length > QUARANTINE_SUBJECT_CHARS) hashed.set(quarantineKey(state.subject), state.origin);
+    }
     for (const [key, state] of [...this.consumers.entries()]) {
       if (state.origin === undefined) continue;
       const to = keyOf(state.origin);
@@ -289,13 +296,15 @@ export class MonitorState {
     }
     // A quarantine moved is placed again (quarantineFor): a request under way is checked again.
     for (const [key, q] of [...this.quarantined.entries()]) {
-      if (q.origin === undefined || q.key !== undefined || !this.#inForce(key, now)) continue;
-      const to = keyOf(q.origin);
+      const origin = q.origin ?? (q.key !== undefined ? hashed.get(key) : undefined);
+      if (origin === undefined || !this.#inForce(key, now)) continue;
+      const to = keyOf(origin);
       if (to === undefined) { this.quarantined.delete(key); lifted++; continue; }
-      if (to === key || this.quarantined.has(quarantineKey(to))) continue;
+      const toKey = quarantineKey(to);
+      if (toKey === key || this.quarantined.has(toKey)) continue;
       this.quarantined.delete(key);
       const { subject: _, key: __, ...rest } = q;
-      this.quarantineFor(to, rest);
+      this.quarantineFor(to, { ...rest, origin });
       moved++;
     }
     return { moved, dropped, lifted };

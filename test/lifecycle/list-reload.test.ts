@@ -296,3 +296,29 @@ t.test('a reload that changes nothing about identity keeps the quarantine of an 
   await dg.dg.swap(loadRules(writeRules(rules('2s'))));
   t.equal(await status(), 403, 'and still is after the reload (it was lifted)');
 });
+
+t.test('a quarantine kept by hash (a name past 128 characters) follows its consumer through reloads that rename it', async (t) => {
+  const w = await world();
+  const patch = (r: Record<string, any>) => {
+    r.consumers.unknown = 'allow';
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 2, window: '1m', period: '1h' } });
+  };
+  const dg = await startLifecycle(w.rules(patch));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const reload = async (two: boolean) => {
+    await dg.dg.swap(loadRules(writeRules(w.rules((r) => { patch(r); if (two) trustAlso(r, 'https://other.test.local'); }))));
+  };
+  // 100 characters: short alone, past 128 as ["<issuer>","<subject>"] once two issuers are
+  // trusted; 152: past 128 either way.
+  for (const sub of ['spiffe://test.local/ns/batch/sa/' + 'w'.repeat(68), 'spiffe://test.local/ns/batch/sa/' + 'x'.repeat(120)]) {
+    const tok = await w.token({ sub, scope: 'items.read' });
+    const status = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) }); await r.text(); return r.status; };
+    for (let i = 0; i < 2; i++) await (await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok), body: '{}' })).text();
+    t.equal(await status(), 403, `quarantined (${sub.length} characters)`);
+    await reload(true);
+    t.equal(await status(), 403, `${sub.length}: still quarantined once a second issuer is trusted`);
+    await reload(false);
+    t.equal(await status(), 403, `${sub.length}: and once it is not again`);
+  }
+});
