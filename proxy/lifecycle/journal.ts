@@ -7,7 +7,7 @@
 // that no longer count outnumber those in force, the journal is compacted to the revocations
 // still in force, so it does not grow without bound.
 
-import { closeSync, constants, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync, ftruncateSync } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync, ftruncateSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isRevocationKind, type Revocation } from './revocations.ts';
 
@@ -89,12 +89,21 @@ export class Journal {
   /** Records in the file: the live ones it was last compacted to, and every append since. */
   #records: number;
 
+  /** `<file>.lock`, ours while this journal is open. */
+  readonly #lock: string;
+
   /** Open `file` for appending, after rewriting it with exactly `live` (compaction). */
   constructor(file: string, live: readonly Revocation[]) {
     this.file = file;
-    const { fd, size } = rewrite(file, live);
-    this.#fd = fd;
-    this.#size = size;
+    this.#lock = lock(file);
+    try {
+      const { fd, size } = rewrite(file, live);
+      this.#fd = fd;
+      this.#size = size;
+    } catch (err) {
+      unlock(this.#lock);
+      throw err;
+    }
     this.#records = live.length;
   }
 
@@ -126,6 +135,12 @@ export class Journal {
    * the end of a fragment and become unreadable at the next start.
    */
   append(record: JournalRecord): void {
+    // Written to a file nobody will read again (another process put its own in its place):
+    // refused rather than acknowledged, since it would not survive a restart.
+    const at = statSync(this.file, { throwIfNoEntry: false });
+    if (!at || at.ino !== fstatSync(this.#fd).ino || at.dev !== fstatSync(this.#fd).dev) {
+      throw Object.assign(new Error(`${this.file} is no longer the file this process writes (replaced or removed)`), { code: 'EJOURNALREPLACED' });
+    }
     const line = Buffer.from((this.#torn ? '\n' : '') + JSON.stringify(record) + '\n');
     let written = 0;
     try {
@@ -144,8 +159,42 @@ export class Journal {
   }
 
   close(): void {
-    if (this.#fd >= 0) { closeSync(this.#fd); this.#fd = -1; }
+    if (this.#fd >= 0) { closeSync(this.#fd); this.#fd = -1; unlock(this.#lock); }
   }
+}
+
+/**
+ * Take `<file>.lock` for this process: a second driftguard on the same journal (`run` tried in
+ * an exec'd shell, a supervisor starting the next process before the last has exited) would
+ * put its compacted copy in place of the running one's, whose later revocations would then be
+ * acknowledged into a file nobody reads. A lock whose process is gone (a crash, a restart that
+ * gave this process its pid) is taken over.
+ */
+function lock(file: string): string {
+  const path = `${file}.lock`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fd = openSync(path, 'wx', 0o600);
+      try { writeSync(fd, `${process.pid}\n`); } finally { closeSync(fd); }
+      return path;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err;
+      let holder = NaN;
+      try { holder = Number(readFileSync(path, 'utf8').trim()); } catch { /* gone meanwhile: try again */ }
+      if (Number.isSafeInteger(holder) && holder > 0 && holder !== process.pid && alive(holder)) {
+        throw new Error(`in use by process ${holder} (${path}): two driftguards on one journal lose each other's revocations`);
+      }
+      try { unlinkSync(path); } catch { /* taken over by another meanwhile: the next open says */ }
+    }
+  }
+}
+
+function unlock(path: string): void {
+  try { if (Number(readFileSync(path, 'utf8').trim()) === process.pid) unlinkSync(path); } catch { /* gone already */ }
+}
+
+function alive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
 }
 
 /** Records below which a journal is not compacted while running: a rewrite costs more than they do. */

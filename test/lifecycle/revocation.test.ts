@@ -3,7 +3,7 @@
 // and list URL (real loopback server), a failing URL keeping the last good list.
 
 import t from 'tap';
-import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, rmSync, renameSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +12,7 @@ import { isLoopback } from '../../proxy/lifecycle/admin.ts';
 import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
 import { writeRules, AGENT } from '../support/driftguard.ts';
 import { listen, close } from '../support/servers.ts';
+import { runDriftguard } from '../support/subprocess.ts';
 import { world, startLifecycle, problem, bearer, until, trustAlso } from './support.ts';
 import { ISSUER } from '../support/keys.ts';
 
@@ -640,4 +641,39 @@ t.test('an actor revoked as ["<issuer>","<subject>"] is refused in the chains th
   t.equal(await call({ sub: 'spiffe://tools/a', act: { sub: 'spiffe://tools/bad', iss: ISSUER } }), 401, 'an inner level of that issuer');
   t.equal(await call({ sub: 'spiffe://tools/bad', iss: OTHER }), 200, 'the same sub vouched for by another issuer is not revoked');
   t.equal(await call({ sub: 'spiffe://tools/a' }), 200, 'a chain without it passes');
+});
+
+t.test('one journal, one writer: a second driftguard on it is refused before it rewrites it; a stale lock is taken over; a replaced file is not written to', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-journal-lock-'));
+  const journal = join(dir, 'revocations.journal');
+  const rules = writeRules(w.rules((r) => { r.revocation = { journal }; }), dir);
+  // The first, a real process: the lock holds its pid.
+  const first = await runDriftguard(rules, ['--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
+  t.teardown(() => first.kill());
+  const revoke = async (admin: string, value: string) => {
+    const r = await fetch(`${admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'task', value, reason: 'test' }) });
+    await r.text();
+    return r.status;
+  };
+  t.equal(await revoke(first.admin, 'before'), 201);
+  t.equal(readFileSync(`${journal}.lock`, 'utf8').trim(), String(first.child.pid), 'the lock names the writer');
+  // Before: the second start put its compacted copy in place of the file, and the first's
+  // later revocations went to the unlinked one, lost at the next start.
+  await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: new RegExp(`revocation\\.journal: cannot be written: in use by process ${first.child.pid}`) });
+  t.equal(await revoke(first.admin, 'after'), 201);
+  t.match(readFileSync(journal, 'utf8'), /"value":"before"[^]*"value":"after"/, 'both in the file the next start reads');
+  // Replaced under it (by hand, by a tool): refused, not acknowledged into a file nobody reads.
+  writeFileSync(`${journal}.new`, '');
+  renameSync(`${journal}.new`, journal);
+  t.equal(await revoke(first.admin, 'lost'), 500, 'a replaced journal is not written to');
+  first.child.kill('SIGTERM');
+  t.equal((await first.exited).code, 0);
+  t.notOk(existsSync(`${journal}.lock`), 'the lock goes with its process');
+  // A lock left by a process that is gone (killed): taken over.
+  writeFileSync(`${journal}.lock`, '2147483646\n');
+  const next = await startLifecycle({ file: rules });
+  t.teardown(() => next.close());
+  t.equal(readFileSync(`${journal}.lock`, 'utf8').trim(), String(process.pid), 'a dead holder\'s lock is taken over');
 });
