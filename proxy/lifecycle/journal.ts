@@ -193,8 +193,17 @@ function unlock(path: string): void {
   try { if (Number(readFileSync(path, 'utf8').trim()) === process.pid) unlinkSync(path); } catch { /* gone already */ }
 }
 
+/**
+ * Whether `pid` is a running driftguard (its command runs proxy/cli): after a restart in a pod
+ * that shares its process namespace, the dead writer's pid may be another container's process
+ * (a Node app's too), which must not keep the sidecar from starting. Where /proc cannot say,
+ * any live process counts.
+ */
 function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
+  try { process.kill(pid, 0); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false; }
+  let command: string;
+  try { command = readFileSync(`/proc/${pid}/cmdline`, 'latin1'); } catch { return true; }
+  return /\/proxy\/cli\.[jt]s\0/.test(command);
 }
 
 /** Records below which a journal is not compacted while running: a rewrite costs more than they do. */

@@ -5,6 +5,7 @@
 import t from 'tap';
 import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, rmSync, renameSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { spawn } from 'node:child_process';
 import { tmpdir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { loadRules, RulesError } from '../../proxy/rules/load.ts';
@@ -671,9 +672,14 @@ t.test('one journal, one writer: a second driftguard on it is refused before it 
   first.child.kill('SIGTERM');
   t.equal((await first.exited).code, 0);
   t.notOk(existsSync(`${journal}.lock`), 'the lock goes with its process');
-  // A lock left by a process that is gone (killed): taken over.
-  writeFileSync(`${journal}.lock`, '2147483646\n');
-  const next = await startLifecycle({ file: rules });
-  t.teardown(() => next.close());
-  t.equal(readFileSync(`${journal}.lock`, 'utf8').trim(), String(process.pid), 'a dead holder\'s lock is taken over');
+  // A lock left by a process that is gone (killed), or whose pid another program has now (a
+  // pod sharing its process namespace, after a restart): taken over.
+  const other = spawn('sleep', ['30']);
+  t.teardown(() => other.kill());
+  for (const holder of ['2147483646', String(other.pid)]) {
+    writeFileSync(`${journal}.lock`, `${holder}\n`);
+    const next = await startLifecycle({ file: rules });
+    t.equal(readFileSync(`${journal}.lock`, 'utf8').trim(), String(process.pid), `a lock held by ${holder === '2147483646' ? 'nobody' : 'sleep'} is taken over`);
+    await next.close();
+  }
 });
