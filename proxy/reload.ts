@@ -37,6 +37,12 @@ export interface ReloadStatus {
   lastError?: string;
   lastErrorAt?: string;
   lastReloadAt?: string;
+  /**
+   * How a change to the file is noticed: `events` from the file system, or `polling` (read
+   * every POLL_MS) where the directory cannot be watched (inotify instances used up on the
+   * node, a file system without events).
+   */
+  watching: 'events' | 'polling';
 }
 
 export interface Reloader {
@@ -50,9 +56,11 @@ export interface Reloader {
 export const SETTLE_MS = 1_000;
 /** How soon a reload rejected for a key set that could not be fetched is tried again. */
 export const RETRY_MS = 30_000;
+/** How often the files are read for a change when their directory cannot be watched. */
+export const POLL_MS = 2_000;
 
-export function reloader(file: string, overrides: Overrides, dg: Driftguard, log: (line: Record<string, unknown>) => void, retryMs = RETRY_MS): Reloader {
-  const status: ReloadStatus = { succeeded: 0, failed: 0 };
+export function reloader(file: string, overrides: Overrides, dg: Driftguard, log: (line: Record<string, unknown>) => void, retryMs = RETRY_MS, watchDir: typeof watch = watch): Reloader {
+  const status: ReloadStatus = { succeeded: 0, failed: 0, watching: 'events' };
   let running: Promise<{ changed: boolean; error?: string; hash: string }> = Promise.resolve({ changed: false, hash: dg.generation.rules.hash });
   let inForce = fingerprint(dg.generation.rules);
 
@@ -121,6 +129,9 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
 
   let timer: NodeJS.Timeout | undefined;
   let watcher: FSWatcher | undefined;
+  // Closed (driftguard is draining): a reload would build a generation (a pool, key sets)
+  // that nothing ever closes. SIGHUP and POST /reload then change nothing.
+  let closed = false;
   // A file written in place, in several writes, can be valid YAML halfway (the sections before
   // `revocation:`, say) and would put rules in force that lack what follows. So a change seen
   // by the watcher is applied only once the file has read the same for SETTLE_MS, and any
@@ -132,29 +143,40 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     const before = contents();
     timer = setTimeout(() => { if (contents() === before) void reload('file change'); else settle(); }, SETTLE_MS);
   }
+  // Only events for the rules file, the ConfigMap's `..data` symlink, or a JWKS file next to
+  // the rules count: a decision log or anything else written into the same directory must
+  // not reload (each reload parses and validates the whole file).
+  // Absolute, as the loader makes a JWKS file's path: `--config rules.yaml` names a relative one.
+  const dir = resolve(dirname(file));
+  const jwksFiles = () => dg.generation.rules.identity.issuers.flatMap((i) => ('file' in i.jwks && dirname(i.jwks.file) === dir ? [i.jwks.file] : []));
+  const interesting = (name: string) => name === basename(file) || name === '..data' || jwksFiles().some((f) => basename(f) === name);
+  const changed = () => { clearTimeout(timer); timer = setTimeout(settle, 150); };
+  // Without events, a change was never applied and nothing said so: the files are read every
+  // POLL_MS instead, and /readyz shows `watching: polling`.
+  let polling: NodeJS.Timeout | undefined;
+  const poll = (err: unknown) => {
+    watcher?.close();
+    watcher = undefined;
+    if (polling !== undefined || closed) return;
+    status.watching = 'polling';
+    log({ level: 'warn', msg: `the rules directory cannot be watched; its files are read every ${POLL_MS / 1000}s for changes instead`, dir, error: (err as NodeJS.ErrnoException).code ?? (err as Error).message });
+    const snapshot = () => [file, ...jwksFiles()].map((f) => { try { return readFileSync(f, 'latin1'); } catch (e) { return `unreadable: ${(e as NodeJS.ErrnoException).code}`; } }).join('\0');
+    let last = snapshot();
+    polling = setInterval(() => { const now = snapshot(); if (now !== last) { last = now; changed(); } }, POLL_MS).unref();
+  };
   try {
-    // Only events for the rules file, the ConfigMap's `..data` symlink, or a JWKS file next to
-    // the rules count: a decision log or anything else written into the same directory must
-    // not reload (each reload parses and validates the whole file).
-    // Absolute, as the loader makes a JWKS file's path: `--config rules.yaml` names a relative one.
-    const dir = resolve(dirname(file));
-    const interesting = (name: string) => name === basename(file) || name === '..data'
-      || dg.generation.rules.identity.issuers.some((i) => 'file' in i.jwks && dirname(i.jwks.file) === dir && basename(i.jwks.file) === name);
-    watcher = watch(dir, { persistent: false }, (_event, name) => {
+    watcher = watchDir(dir, { persistent: false }, (_event, name) => {
       if (name !== null && !interesting(String(name))) return;
-      clearTimeout(timer);
-      timer = setTimeout(settle, 150);
+      changed();
     });
-    watcher.on('error', () => { /* the directory went away; SIGHUP and /reload still work */ });
-  } catch { /* no watch support: SIGHUP and /reload still work */ }
+    // The directory went away, or the watch broke: read instead (SIGHUP and /reload work either way).
+    watcher.on('error', poll);
+  } catch (err) { poll(err); }
 
-  // Closed (driftguard is draining): a reload would build a generation (a pool, key sets)
-  // that nothing ever closes. SIGHUP and POST /reload then change nothing.
-  let closed = false;
   const shuttingDown = () => ({ changed: false, error: 'driftguard is shutting down', hash: dg.generation.rules.hash });
   return {
     status,
     reload: (trigger) => (closed ? Promise.resolve(shuttingDown()) : reload(trigger)),
-    close() { closed = true; clearTimeout(timer); clearTimeout(retry); watcher?.close(); },
+    close() { closed = true; clearTimeout(timer); clearTimeout(retry); clearInterval(polling); watcher?.close(); },
   };
 }

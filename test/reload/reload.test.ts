@@ -2,7 +2,7 @@
 // rules file rewritten on disk and picked up by the directory watcher.
 
 import t, { type Test } from 'tap';
-import { writeFileSync, readFileSync, mkdtempSync } from 'node:fs';
+import { writeFileSync, readFileSync, mkdtempSync, watch } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -11,7 +11,7 @@ import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, startTest, writeRules, AGENT } from '../support/driftguard.ts';
 import { startDriftguard } from '../../proxy/server.ts';
-import { reloader, SETTLE_MS, type Reloader } from '../../proxy/reload.ts';
+import { reloader, SETTLE_MS, RETRY_MS, POLL_MS, type Reloader } from '../../proxy/reload.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { ALL_SCOPES } from '../core/world.ts';
 
@@ -369,4 +369,34 @@ t.test('reloads asked for while one waits its turn are that one: a burst queues 
   t.equal((await fetch(`${dg.url}/probe1`)).status, 200, 'the latest file is in force');
   t.equal(logs.filter((l) => l.msg === 'rules reloaded').length, 2, 'two reloads ran: the first, and one for the burst');
   t.equal(logs.filter((l) => l.msg === 'rules unchanged').length, 0, 'and no more (before: 199 more, each reading and checking the file)');
+});
+
+t.test('a rules directory that cannot be watched is read every POLL_MS instead, and says so', async (t) => {
+  // The watch's failure is simulated: the real one (the node's inotify instances used up by the
+  // uid) would break every other watcher of this machine's tests running alongside.
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const rules = baseRules(up.origin, keys.url);
+  const dg = await startTest(rules);
+  t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); });
+  const failures = [
+    ['throws', (() => { throw Object.assign(new Error('inotify_init failed'), { code: 'EMFILE' }); }) as unknown as typeof watch],
+    ['emits error', ((...args: Parameters<typeof watch>) => { const w = watch(...args); setImmediate(() => w.emit('error', Object.assign(new Error('watch failed'), { code: 'ENOSPC' }))); return w; }) as typeof watch],
+  ] as const;
+  for (const [n, [how, watchDir]] of failures.entries()) {
+    const logs: Record<string, unknown>[] = [];
+    const reload = reloader(dg.file, {}, dg.dg, (l) => logs.push(l), RETRY_MS, watchDir);
+    dg.dg.reloadStatus = reload.status;
+    await until(`${how}: polling`, () => reload.status.watching === 'polling');
+    t.match(logs.find((l) => l.level === 'warn'), { msg: /cannot be watched; its files are read every 2s/, error: n === 0 ? 'EMFILE' : 'ENOSPC' }, `${how}: a warn line with the cause`);
+    const ready = await (await fetch(`${dg.admin}/readyz`)).json() as { reload: { watching: string } };
+    t.equal(ready.reload.watching, 'polling', `${how}: /readyz says so`);
+    writeFileSync(dg.file, stringify(withProbe(rules, 10 + n)));
+    await until(`${how}: the change applied`, () => reload.status.succeeded === 1, POLL_MS + SETTLE_MS + 3_000);
+    const probe = await fetch(`${dg.url}/probe${10 + n}`);
+    await probe.text();
+    t.equal(probe.status, 200, `${how}: the new rules are in force`);
+    reload.close();
+  }
 });
