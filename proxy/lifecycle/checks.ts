@@ -314,7 +314,10 @@ export function countForwarded(state: LifecycleState, ctx: RequestContext): void
   const c = state.counts.get(ctx);
   if (!c) return;
   state.counts.delete(ctx);
-  if (c.repeats) record(c.repeats.times, ctx.now, c.repeats.max);
+  if (c.repeats) {
+    record(c.repeats.times, ctx.now, c.repeats.max);
+    if (c.repeats.unsuccessful) state.repeated.set(ctx, c.repeats.times);
+  }
   if (c.operation) {
     const { consumer, id, max } = c.operation;
     const ops = consumer.operations;
@@ -325,6 +328,20 @@ export function countForwarded(state: LifecycleState, ctx: RequestContext): void
     // within maxOperations, and the next call of it is a would-deny again, as enforce refuses it.
     else if (ops.size < max) { ops.set(id, ctx.now); state.monitors.grew(consumer); }
   }
+}
+
+/**
+ * A request counted as a repeat whose answer is a success (below 400) is taken back
+ * (retryStorm.counts unsuccessful): a poller answered 200 every few seconds is healthy, and
+ * was refused, then quarantined, at the default limits.
+ */
+export function answeredRepeat(state: LifecycleState, ctx: RequestContext, status: number): void {
+  const times = state.repeated.get(ctx);
+  if (times === undefined) return;
+  state.repeated.delete(ctx);
+  if (status >= 400) return;
+  const i = times.lastIndexOf(ctx.now);
+  if (i !== -1) times.splice(i, 1);
 }
 
 /** The same request more than maxRepeats times in a window: 429 retry-storm. */
@@ -344,7 +361,7 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
       fromNow(times, state.now());
       const freeAt = windowFull(times, ctx.now, r.windowMs, r.maxRepeats);
       // Counted once the decision lets it through (audit mode included): state.counts.
-      counts(state, ctx).repeats = { times, max: r.maxRepeats };
+      counts(state, ctx).repeats = { times, max: r.maxRepeats, unsuccessful: r.counts === 'unsuccessful' };
       if (freeAt !== undefined) {
         const retryAfter = Math.max(1, Math.ceil((freeAt - ctx.now) / 1000));
         ctx.extra['retry_storm.repeats'] = times.length;

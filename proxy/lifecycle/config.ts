@@ -48,7 +48,7 @@ export interface MonitorsConfig {
   readonly maxConsumers: number;
   readonly maxBodyBytes: number;
   readonly bodyTimeoutMs: number;
-  readonly retryStorm: { readonly mode: FeatureMode; readonly maxRepeats: number; readonly windowMs: number; readonly maxFingerprints: number };
+  readonly retryStorm: { readonly mode: FeatureMode; readonly counts: 'unsuccessful' | 'all'; readonly maxRepeats: number; readonly windowMs: number; readonly maxFingerprints: number };
   readonly idempotency: { readonly mode: FeatureMode; readonly atRank: number; readonly header: string; readonly windowMs: number; readonly maxKeys: number; readonly maxKeysPerConsumer: number };
   readonly traversal: { readonly mode: FeatureMode; readonly maxOperations: number; readonly windowMs: number };
   readonly quarantine: { readonly mode: FeatureMode; readonly denials: number; readonly windowMs: number; readonly periodMs: number; readonly maxQuarantined: number };
@@ -77,7 +77,7 @@ interface Raw {
   delegation: { mode: FeatureMode; maxDelegationDepth: number; consumers: { subject: string; actors: string[] }[]; unlisted: 'deny' | 'allow' };
   monitors: {
     kinds: ConsumerKind[]; maxConsumers: number; maxBodyBytes: number; bodyTimeout: string;
-    retryStorm: { mode: FeatureMode; maxRepeats: number; window: string; maxFingerprints: number };
+    retryStorm: { mode: FeatureMode; counts: 'unsuccessful' | 'all'; maxRepeats: number; window: string; maxFingerprints: number };
     idempotency: { mode: FeatureMode; at: Sensitivity; header: string; window: string; maxKeys: number; maxKeysPerConsumer?: number };
     traversal: { mode: FeatureMode; maxOperations: number; window: string };
     quarantine: { mode: FeatureMode; denials: number; window: string; period: string; maxQuarantined: number };
@@ -164,7 +164,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   const monitors: MonitorsConfig = Object.freeze({
     kinds: new Set(m.kinds), maxConsumers: m.maxConsumers, maxBodyBytes: m.maxBodyBytes,
     bodyTimeoutMs: timer(['monitors', 'bodyTimeout'], m.bodyTimeout),
-    retryStorm: Object.freeze({ mode: m.retryStorm.mode, maxRepeats: m.retryStorm.maxRepeats, windowMs: duration(['monitors', 'retryStorm', 'window'], m.retryStorm.window), maxFingerprints: m.retryStorm.maxFingerprints }),
+    retryStorm: Object.freeze({ mode: m.retryStorm.mode, counts: m.retryStorm.counts, maxRepeats: m.retryStorm.maxRepeats, windowMs: duration(['monitors', 'retryStorm', 'window'], m.retryStorm.window), maxFingerprints: m.retryStorm.maxFingerprints }),
     idempotency: Object.freeze({ mode: m.idempotency.mode, atRank: SENSITIVITY_RANK[m.idempotency.at], header: m.idempotency.header.toLowerCase(), windowMs: duration(['monitors', 'idempotency', 'window'], m.idempotency.window), maxKeys: m.idempotency.maxKeys, maxKeysPerConsumer: m.idempotency.maxKeysPerConsumer ?? Math.max(1, Math.floor(m.idempotency.maxKeys / 10)) }),
     traversal: Object.freeze({ mode: m.traversal.mode, maxOperations: m.traversal.maxOperations, windowMs: duration(['monitors', 'traversal', 'window'], m.traversal.window) }),
     quarantine: Object.freeze({

@@ -23,6 +23,8 @@ export class LifecycleState {
    * it when it is decided, so a request a later check denies uses up no budget.
    */
   readonly counts = new WeakMap<RequestContext, Counts>();
+  /** The fingerprint times a forwarded request was counted in, until its answer says whether it stays (retryStorm.counts unsuccessful). */
+  readonly repeated = new WeakMap<RequestContext, number[]>();
 
   constructor(rules: Rules, now: () => number) {
     this.#config = configOf(rules);
@@ -83,8 +85,11 @@ export interface Monitored {
 }
 
 export interface Counts {
-  /** The request fingerprint's recent times, and how many the window keeps (retry storm). */
-  repeats?: { readonly times: number[]; readonly max: number };
+  /**
+   * The request fingerprint's recent times, and how many the window keeps (retry storm);
+   * unsuccessful: whether the request's time is taken back when its answer is below 400.
+   */
+  repeats?: { readonly times: number[]; readonly max: number; readonly unsuccessful: boolean };
   /** The consumer, whose recent operations are kept by last call; this request's; how many may be kept (traversal). */
   operation?: { readonly consumer: ConsumerState; readonly id: string; readonly max: number };
 }

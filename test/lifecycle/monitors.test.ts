@@ -144,7 +144,7 @@ t.test('idempotency: a write the upstream answered it did not process (503, 429,
 
 t.test('retry storm: a Content-Length re-spelt (leading zeros, 00 for none) is the same request', async (t) => {
   const w = await world();
-  const dg = await startLifecycle(only(w, { maxBodyBytes: 16, retryStorm: { maxRepeats: 2, window: '1m' } }));
+  const dg = await startLifecycle(only(w, { maxBodyBytes: 16, retryStorm: { counts: 'all', maxRepeats: 2, window: '1m' } }));
   t.teardown(async () => { await dg.close(); await w.close(); });
   const tok = await w.token();
   const port = Number(new URL(dg.url).port);
@@ -164,7 +164,7 @@ t.test('retry storm: a Content-Length re-spelt (leading zeros, 00 for none) is t
 t.test('retry storm: the same request more than maxRepeats times in the window is 429 with Retry-After', async (t) => {
   const w = await world();
   const c = clock();
-  const dg = await startLifecycle(only(w, { maxBodyBytes: 1024, retryStorm: { maxRepeats: 3, window: '10s' } }), { now: c.now });
+  const dg = await startLifecycle(only(w, { maxBodyBytes: 1024, retryStorm: { counts: 'all', maxRepeats: 3, window: '10s' } }), { now: c.now });
   t.teardown(async () => { await dg.close(); await w.close(); });
   const tok = await w.token({ now: c.now() });
   for (let i = 0; i < 3; i++) {
@@ -214,7 +214,7 @@ t.test('retry storm: the same request more than maxRepeats times in the window i
 t.test('retry storm in audit mode forwards and records', async (t) => {
   const w = await world();
   const c = clock();
-  const dg = await startLifecycle(only(w, { retryStorm: { mode: 'audit', maxRepeats: 1, window: '10s' } }), { now: c.now });
+  const dg = await startLifecycle(only(w, { retryStorm: { counts: 'all', mode: 'audit', maxRepeats: 1, window: '10s' } }), { now: c.now });
   t.teardown(async () => { await dg.close(); await w.close(); });
   const tok = await w.token({ now: c.now() });
   for (const expected of [null, 'retry-storm']) {
@@ -435,7 +435,7 @@ t.test('the wall clock stepping back: windows and a quarantine last their length
   const w = await world();
   const c = clock();
   const dg = await startLifecycle(only(w, {
-    retryStorm: { maxRepeats: 3, window: '10s' }, traversal: { maxOperations: 2, window: '10s' },
+    retryStorm: { counts: 'all', maxRepeats: 3, window: '10s' }, traversal: { maxOperations: 2, window: '10s' },
     quarantine: { denials: 3, window: '1m', period: '5m' },
   }), { now: c.now });
   t.teardown(async () => { await dg.close(); await w.close(); });
@@ -480,7 +480,7 @@ t.test('the wall clock stepping back: windows and a quarantine last their length
 t.test('a request decided late (its body slow) does not move later arrivals\' times back to its own', async (t) => {
   const w = await world();
   const c = clock();
-  const dg = await startLifecycle(only(w, { maxBodyBytes: 1024, retryStorm: { maxRepeats: 2, window: '4s' } }), { now: c.now });
+  const dg = await startLifecycle(only(w, { maxBodyBytes: 1024, retryStorm: { counts: 'all', maxRepeats: 2, window: '4s' } }), { now: c.now });
   t.teardown(async () => { await dg.close(); await w.close(); });
   const tok = await w.token({ now: c.now() });
   const body = '{"name":"a"}';
@@ -566,7 +566,7 @@ t.test('quarantine: K denials in the window refuse everything for the period; li
 t.test('a quarantine names the reasons of the denials it counted, not every reason the consumer ever had', async (t) => {
   const w = await world();
   const c = clock();
-  const dg = await startLifecycle(only(w, { retryStorm: { maxRepeats: 1, window: '1m' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } }), { now: c.now });
+  const dg = await startLifecycle(only(w, { retryStorm: { counts: 'all', maxRepeats: 1, window: '1m' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '5m' } }), { now: c.now });
   t.teardown(async () => { await dg.close(); await w.close(); });
   const weak = await w.token({ scope: 'items.read', now: c.now() });
   for (let i = 0; i < 3; i++) await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }), 'insufficient-scope', 403);
@@ -686,4 +686,32 @@ t.test('traversal: writes to distinct operations arriving together, their bodies
   const statuses = (await Promise.all(writes)).map((line) => line.split(' ')[1]);
   t.equal(statuses.filter((s) => s === '403').length, 2, 'two refused as endpoint traversal');
   t.equal(new Set(w.up.seen.map((s) => `${s.method} ${s.url}`)).size, 2, 'two operations reached the upstream, the limit (all four did)');
+});
+
+t.test('retry storm (counts: unsuccessful, the default): a healthy poller never counts; retries of a failing request and a burst in flight do', async (t) => {
+  const w = await world();
+  const c = clock();
+  const dg = await startLifecycle(only(w, { retryStorm: { maxRepeats: 3, window: '1m' }, quarantine: { mode: 'enforce', denials: 10, window: '1m', period: '15m' } }), { now: c.now });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ now: c.now() });
+  const get = async (path: string) => { const r = await fetch(`${dg.url}${path}`, { headers: bearer(tok) }); await r.text(); return r.status; };
+  // Polled every 2 s for a minute, answered 200 each time: it was 429 from the fourth poll,
+  // and quarantined (every operation refused for 15 minutes) after three of those.
+  const polls: number[] = [];
+  for (let i = 0; i < 30; i++) { polls.push(await get('/items/1')); c.advance(2000); }
+  t.same([...new Set(polls)], [200], 'thirty polls, all 200');
+  // The same request failing upstream: its retries count.
+  w.up.handler = (_req, res) => { res.writeHead(503); res.end(); };
+  const retries: number[] = [];
+  for (let i = 0; i < 4; i++) retries.push(await get('/items/2'));
+  t.same(retries, [503, 503, 503, 429], 'the fourth retry of a failing request is a retry storm');
+  // A burst of identical requests at once counts while in flight, whatever they get.
+  let release!: () => void;
+  const held = new Promise<void>((r) => { release = r; });
+  w.up.handler = (req, res) => { void held.then(() => { res.writeHead(200); res.end('{}'); }); };
+  const burst = Array.from({ length: 6 }, () => get('/items/3'));
+  await until(() => w.up.seen.filter((s) => s.url === '/items/3').length === 3);
+  await new Promise((r) => setTimeout(r, 100));
+  release();
+  t.same((await Promise.all(burst)).sort(), [200, 200, 200, 429, 429, 429], 'three forwarded, three refused');
 });
