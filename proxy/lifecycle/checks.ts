@@ -433,7 +433,10 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
       const who = holder(ctx);
-      const owner = hash('sha256', who, 'base64');
+      // The cap's bucket is the one writing: an agent's keys for every person it acts for are
+      // one bucket (by pair, an agent acting for ten people pushed other consumers' keys out).
+      const a = ctx.consumer?.actor;
+      const owner = hash('sha256', a?.key !== undefined ? JSON.stringify(['actor', a.issuer ?? null, a.subject]) : who, 'base64');
       const key = hash('sha256', `${who}\n${raw}`, 'base64');
       const seen = state.monitors.keys.get(key);
       // Ended after the clock's reading: it stepped back (fromNow). Its window counts from that reading.

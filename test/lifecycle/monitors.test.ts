@@ -715,3 +715,29 @@ t.test('retry storm (counts: unsuccessful, the default): a healthy poller never 
   release();
   t.same((await Promise.all(burst)).sort(), [200, 200, 200, 429, 429, 429], 'three forwarded, three refused');
 });
+
+t.test('idempotency: an agent acting for many people is one consumer under maxKeysPerConsumer, and cannot push another\'s keys out', async (t) => {
+  const VICTIM = 'spiffe://test.local/ns/pay/sa/settlement';
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.consumers.unknown = 'allow';
+    r.consumers.defaultKind = 'human';
+    r.consumers.registry.push({ subject: VICTIM, kind: 'automation', owner: 'team-pay' });
+    r.delegation = { unlisted: 'allow' };
+    r.monitors = monitorsOnly({ idempotency: { at: 'medium', window: '1h', maxKeys: 20, maxKeysPerConsumer: 2 } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const post = async (tok: string, key: string, body = '{"amount":100}') => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': key, 'content-type': 'application/json' }), body }); await r.text(); return r.status; };
+  const victim = await w.token({ sub: VICTIM });
+  t.equal(await post(victim, 'settle-1'), 200);
+  // Ten people, four writes each, by one agent: 40 keys, which by (agent, person) were ten
+  // buckets of two, twenty keys, the whole table.
+  for (let p = 0; p < 10; p++) {
+    const tok = await w.token({ sub: `user-${p}@test.local`, claims: { act: { sub: AGENT } } });
+    for (let i = 0; i < 4; i++) t.equal(await post(tok, `k-${i}`, `{"i":${i}}`), 200);
+  }
+  const before = w.up.seen.length;
+  t.equal(await post(victim, 'settle-1'), 409, 'the victim\'s retry is still a duplicate-write');
+  t.equal(w.up.seen.length, before, 'and was not sent again');
+});
