@@ -547,7 +547,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // Node could not parse its body (the traffic listener's clientError): never forwarded.
     // Its body Node could not parse while it was decided (lib/incoming.ts): never forwarded.
     const broken = unparsableBodies.has(req);
-    if (broken && !(decision.decision === 'deny' && decision.enforced)) { req.socket.destroy(); return; }
+    if (broken && !(decision.decision === 'deny' && decision.enforced)) {
+      // Nothing went upstream: said so, so that the write's idempotency key is free for its
+      // retry (it was kept an hour, the retry a duplicate-write of a write never made).
+      try { observation.forwarded({ aborted: true, error: CLIENT_CLOSED, notSent: true }); } catch { /* ignore */ }
+      req.socket.destroy();
+      return;
+    }
 
     if (decision.decision === 'deny' && decision.enforced) {
       // A client still waiting for its 100 has not sent the body and will not: reading it as

@@ -741,3 +741,26 @@ t.test('idempotency: an agent acting for many people is one consumer under maxKe
   t.equal(await post(victim, 'settle-1'), 409, 'the victim\'s retry is still a duplicate-write');
   t.equal(w.up.seen.length, before, 'and was not sent again');
 });
+
+t.test('idempotency: a write whose body broke while it was decided was never sent, and its key is free for the retry', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({ maxBodyBytes: 16, idempotency: { at: 'medium', window: '1h' } }); }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const port = Number(new URL(dg.url).port);
+  // A chunked body (not read by the monitors: fingerprinted as chunked) whose second chunk is
+  // not one: Node gives up on it while the token is being verified.
+  await new Promise<void>((resolve) => {
+    const s = connect({ port, host: '127.0.0.1' });
+    s.on('error', () => {});
+    s.on('close', () => resolve());
+    s.on('connect', () => s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nContent-Type: application/json\r\nIdempotency-Key: job-42\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\nZZ\r\n`));
+    setTimeout(() => s.destroy(), 2000);
+  });
+  t.ok(await until(() => dg.seen[0]?.decision !== undefined), 'decided');
+  t.equal(w.up.seen.length, 0, 'nothing reached the upstream');
+  const retry = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': 'job-42', 'content-type': 'application/json' }), body: '{"amount":100}' });
+  await retry.text();
+  t.equal(retry.status, 200, 'the retry with the same key goes through (it was 422 idempotency-key-reused for an hour)');
+  t.equal(w.up.seen.length, 1);
+});
