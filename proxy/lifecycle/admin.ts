@@ -18,7 +18,8 @@ import type { Rules } from '../rules/types.ts';
 import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
 import { parseAdminCredentials, type AdminCredential } from './config.ts';
-import { isRevocationKind, revocationView, REVOCATION_KINDS, type Revocation } from './revocations.ts';
+import { isRevocationKind, revocationView, subjectKey, REVOCATION_KINDS, type Revocation } from './revocations.ts';
+import { issuerSubjectKey } from '../checks/consumers.ts';
 import type { Journal } from './journal.ts';
 import type { ListSource } from './lists.ts';
 import type { LifecycleState } from './state.ts';
@@ -224,12 +225,22 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     const now = state.now();
     const rules = ctx.rules();
     const subjects = new Set<string>([...rules.consumers.registry.keys(), ...state.monitors.consumers.keys()]);
+    // By the value as it is matched (subjectKey): a pair written with a space is the same pair.
     const revoked = new Map<string, Revocation[]>();
     for (const r of state.revocations.list(now)) {
       if (r.kind !== 'subject') continue;
-      const list = revoked.get(r.value);
-      if (list) list.push(r); else revoked.set(r.value, [r]);
+      const value = subjectKey(r.value);
+      const list = revoked.get(value);
+      if (list) list.push(r); else revoked.set(value, [r]);
     }
+    // A consumer is refused by a revocation of its plain subject (from every issuer) and by one of
+    // ["<issuer>","<subject>"] (its issuer's only), whichever spelling its key has: both are listed.
+    const revocationsOf = (subject: string, known: { issuer: string } | undefined, seen: { origin?: { issuer: string; subject: string } } | undefined): Revocation[] => {
+      const origin = seen?.origin ?? (known ? { issuer: known.issuer, subject } : pairOf(subject));
+      const spellings = new Set([subject]);
+      if (origin) { spellings.add(origin.subject); spellings.add(issuerSubjectKey(origin.issuer, origin.subject)); }
+      return [...spellings].flatMap((s) => revoked.get(s) ?? []);
+    };
     const view = (subject: string) => {
       const known = rules.consumers.registry.get(subject);
       const seen = state.monitors.consumers.peek(subject);
@@ -243,12 +254,22 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
         firstSeen: seen ? new Date(seen.firstSeenMs).toISOString() : null,
         lastSeen: seen ? new Date(seen.lastSeenMs).toISOString() : null,
         decisions: seen ? Object.fromEntries([...seen.decisions].map(([outcome, byReason]) => [outcome, Object.fromEntries(byReason)])) : {},
-        revocations: (revoked.get(subject) ?? []).map(revocationView),
+        revocations: revocationsOf(subject, known, seen).sort((a, b) => a.createdMs - b.createdMs).map(revocationView),
         quarantine: q ? quarantineView(q) : null,
       };
     };
     await routes.jsonList(res, { tracked: state.monitors.consumers.size, maxTracked: state.monitors.consumers.max }, 'consumers', [...subjects].sort(), view);
   });
+}
+
+/** The issuer and subject a consumer key of the form ["<issuer>","<subject>"] names, if it is one. */
+function pairOf(key: string): { issuer: string; subject: string } | undefined {
+  if (!key.startsWith('[')) return undefined;
+  try {
+    const v: unknown = JSON.parse(key);
+    if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string') return { issuer: v[0], subject: v[1] };
+  } catch { /* a subject that only starts with [ */ }
+  return undefined;
 }
 
 function quarantineView(q: { subject: string; key?: string; sinceMs: number; untilMs: number; mode: string; reasons: readonly string[] }): Record<string, unknown> {
