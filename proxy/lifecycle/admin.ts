@@ -27,6 +27,12 @@ import { boundedText } from '../lib/bounded.ts';
 import { redactText } from '../lib/redact.ts';
 
 const MAX_BODY = 16 * 1024;
+/**
+ * The longest value a revocation may name: identity accepts a sub of any length, a SPIFFE ID
+ * may be 2048 bytes, and the ["<issuer>","<subject>"] form /consumers shows adds the issuer.
+ * 1024 left such a consumer unrevocable; the body limit bounds it anyway.
+ */
+const MAX_VALUE = 4096;
 
 export interface AdminContext {
   readonly state: LifecycleState;
@@ -151,7 +157,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     if (unknown.length) problems.push(`unknown field${unknown.length > 1 ? 's' : ''} ${unknown.slice(0, 5).map((k) => JSON.stringify(redactText(k).slice(0, 64))).join(', ')} (use kind, value, reason, end)`);
     const { kind, value, reason, end } = body ?? {};
     if (!isRevocationKind(kind)) problems.push(`kind must be one of ${REVOCATION_KINDS.join(', ')}`);
-    if (typeof value !== 'string' || value === '' || value.length > 1024) problems.push('value must be a non-empty string (at most 1024 characters)');
+    if (typeof value !== 'string' || value === '' || value.length > MAX_VALUE) problems.push(`value must be a non-empty string (at most ${MAX_VALUE} characters)`);
     if (typeof reason !== 'string' || reason === '' || reason.length > 1024) problems.push('reason must be a non-empty string (at most 1024 characters)');
     let endMs = now + config.longestTokenMs;
     if (end !== undefined) {

@@ -35,3 +35,24 @@ t.test('GET /consumers lists every subject revocation that refuses a consumer, h
   t.same(of(AGENT), [JSON.stringify([ISSUER, AGENT])]);
   t.same(of(JSON.stringify([OTHER, 'client-9'])), [], 'a revocation of another issuer\'s same subject is not listed');
 });
+
+t.test('a consumer with a subject of kilobytes can be revoked by subject; a value past 4096 characters is refused', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.consumers.unknown = 'allow'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // A SPIFFE ID may be 2048 bytes.
+  const sub = 'spiffe://test.local/ns/batch/sa/' + 'w'.repeat(2048 - 32);
+  const tok = await w.token({ sub, scope: 'items.read' });
+  const call = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) }); await r.text(); return r.status; };
+  t.equal(await call(), 200, 'served');
+  const made = await post(dg.admin, { kind: 'subject', value: sub, reason: 'compromised' });
+  await made.text();
+  t.equal(made.status, 201, 'revoked by its subject');
+  t.equal(await call(), 401, 'and refused');
+  const paired = await post(dg.admin, { kind: 'subject', value: JSON.stringify([ISSUER, sub]), reason: 'compromised' });
+  await paired.text();
+  t.equal(paired.status, 201, 'and as ["<issuer>","<subject>"]');
+  const long = await post(dg.admin, { kind: 'subject', value: 'x'.repeat(4097), reason: 'compromised' });
+  t.equal(long.status, 400);
+  t.match((await long.json() as { detail: string }).detail, /value must be a non-empty string \(at most 4096 characters\)/);
+});
