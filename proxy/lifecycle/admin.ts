@@ -1,6 +1,7 @@
 // Admin endpoints of the lifecycle feature, on the admin listener:
 //   GET    /revocations            revocations in force, and the state of each source
-//   POST   /revocations            { kind, value, reason, end? } -> 201 the revocation (journaled)
+//   POST   /revocations            { kind, value, reason, end? } -> 201 the revocation (journaled);
+//                                  200 the one in force when it is a retry of the same kind and value
 //   DELETE /revocations/{id}       lift an admin API revocation
 //   GET    /quarantine             consumers in quarantine
 //   DELETE /quarantine/{subject}   lift a quarantine early (subject URL-encoded)
@@ -126,6 +127,13 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     }
   }
 
+  /** The admin revocation in force that names what `kind` and `value` name (a subject pair however spaced), if any. */
+  function heldRevocation(kind: Revocation['kind'], value: string, now: number): Revocation | undefined {
+    const matched = (k: Revocation['kind'], v: string) => (k === 'subject' ? subjectKey(v) : v);
+    const wanted = matched(kind, value);
+    return state.revocations.list(now).find((r) => r.source === 'admin' && r.kind === kind && matched(r.kind, r.value) === wanted);
+  }
+
   routes.add('GET', '/revocations', async (_req, res) => {
     const now = state.now();
     const sources = {
@@ -165,6 +173,28 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       if (endMs <= now) problems.push('end must be in the future');
     }
     if (problems.length) { routes.problem(res, 400, 'Bad Request', problems.join('; ')); return; }
+    // A retried POST (a script after a timeout) must not make a second revocation: lifting the
+    // id the operator was given would then answer "lifted" and leave the credential refused.
+    const held = heldRevocation(kind as Revocation['kind'], value as string, now);
+    if (held) {
+      if (endMs <= held.endMs) {
+        log({ level: 'info', msg: 'revocation already in force', id: held.id, kind: held.kind, value: held.value, end: new Date(held.endMs).toISOString(), by: who });
+        routes.json(res, 200, revocationView(held));
+        return;
+      }
+      const extended: Revocation = { ...held, endMs };
+      // Journaled as an add of the same id, which replaces it at replay.
+      try { ctx.journal?.append({ op: 'add', revocation: extended }); } catch (err) {
+        log({ level: 'error', msg: 'revocation journal write failed; revocation not extended', error: (err as Error).message });
+        routes.problem(res, 500, 'Internal Server Error', 'the revocation journal could not be written');
+        return;
+      }
+      state.revocations.add(extended);
+      compactJournal();
+      log({ level: 'info', msg: 'revocation extended', id: held.id, kind: held.kind, value: held.value, end: new Date(endMs).toISOString(), was: new Date(held.endMs).toISOString(), by: who });
+      routes.json(res, 200, revocationView(extended));
+      return;
+    }
     // Counted in force: ended revocations are dropped lazily and must not take the room.
     if (state.revocations.prune(now) >= config.revocation.maxEntries) { routes.problem(res, 507, 'Insufficient Storage', `already ${config.revocation.maxEntries} revocations (revocation.maxEntries)`); return; }
     const revocation: Revocation = { id: randomUUID(), kind: kind as Revocation['kind'], value: value as string, reason: reason as string, endMs, createdMs: now, source: 'admin', by: who };

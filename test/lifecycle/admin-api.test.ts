@@ -2,6 +2,9 @@
 // GET /revocations and GET /quarantine show, and what POST and DELETE /revocations answer.
 
 import t from 'tap';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { AGENT } from '../support/driftguard.ts';
 import { ISSUER } from '../support/keys.ts';
 import { world, startLifecycle, bearer, trustAlso } from './support.ts';
@@ -55,4 +58,61 @@ t.test('a consumer with a subject of kilobytes can be revoked by subject; a valu
   const long = await post(dg.admin, { kind: 'subject', value: 'x'.repeat(4097), reason: 'compromised' });
   t.equal(long.status, 400);
   t.match((await long.json() as { detail: string }).detail, /value must be a non-empty string \(at most 4096 characters\)/);
+});
+
+t.test('a retried POST /revocations answers 200 with the revocation in force, extended when it ends later; lifting it lifts it', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-retry-'));
+  const journal = join(dir, 'journal');
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { journal }; }), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ claims: { task_id: 'ticket-4711' } });
+  const call = async (url: string) => { const r = await fetch(`${url}/items/1`, { headers: bearer(tok) }); await r.text(); return r.status; };
+  const inHours = (h: number) => new Date(Math.floor(Date.now() / 1000) * 1000 + h * 3_600_000).toISOString();
+  const body = { kind: 'task', value: 'ticket-4711', reason: 'task finished', end: inHours(2) };
+  const first = await post(dg.admin, body);
+  t.equal(first.status, 201);
+  const made = await first.json() as { id: string; end: string };
+  const retried = await post(dg.admin, body); // curl retried after a timeout
+  t.equal(retried.status, 200, 'the same revocation again: 200, not a second one');
+  t.same(await retried.json(), made, 'answered with the one in force');
+  const sooner = await post(dg.admin, { ...body, end: inHours(1), reason: 'again' });
+  t.equal(sooner.status, 200);
+  t.equal((await sooner.json() as { end: string }).end, made.end, 'an earlier end does not shorten it');
+  const end = inHours(4);
+  const later = await post(dg.admin, { ...body, end });
+  t.equal(later.status, 200);
+  const extended = await later.json() as { id: string; end: string };
+  t.equal(extended.id, made.id, 'a later end extends it, same id');
+  t.equal(extended.end, end);
+  t.ok(dg.logs.some((l) => l.msg === 'revocation extended' && l.id === made.id), 'the extension is logged');
+  const listed = await (await fetch(`${dg.admin}/revocations`)).json() as { revocations: { id: string; end: string }[] };
+  t.same(listed.revocations.map((r) => [r.id, r.end]), [[made.id, extended.end]], 'one revocation in force');
+  t.equal(await call(dg.url), 401);
+  // The extension survives a restart: the journal's later add of the same id replaces it.
+  await dg.close();
+  const again = await startLifecycle({ file: dg.file }, { dir });
+  t.teardown(() => again.close());
+  const replayed = await (await fetch(`${again.admin}/revocations`)).json() as { revocations: { id: string; end: string }[] };
+  t.same(replayed.revocations.map((r) => [r.id, r.end]), [[made.id, extended.end]], 'replayed with its later end');
+  t.ok(readFileSync(journal, 'utf8').includes(made.id));
+  const lifted = await fetch(`${again.admin}/revocations/${made.id}`, { method: 'DELETE' });
+  t.equal(lifted.status, 200);
+  await lifted.text();
+  t.equal(await call(again.url), 200, 'lifting the id answered lifts the revocation');
+});
+
+t.test('a subject pair posted again with other spacing is the same revocation', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { trustAlso(r, OTHER); }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const first = await post(dg.admin, { kind: 'subject', value: JSON.stringify([OTHER, 'client-7']), reason: 'leaked' });
+  t.equal(first.status, 201);
+  const made = await first.json() as { id: string };
+  const spaced = await post(dg.admin, { kind: 'subject', value: `["${OTHER}", "client-7"]`, reason: 'leaked' });
+  t.equal(spaced.status, 200);
+  t.equal((await spaced.json() as { id: string }).id, made.id);
+  const plain = await post(dg.admin, { kind: 'subject', value: 'client-7', reason: 'leaked' });
+  t.equal(plain.status, 201, 'the plain subject (every issuer) is another revocation');
+  await plain.text();
 });
