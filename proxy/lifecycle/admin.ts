@@ -136,11 +136,13 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
 
   routes.add('GET', '/revocations', async (_req, res) => {
     const now = state.now();
+    // Listed (and so pruned) first: ended revocations not yet dropped must not be counted.
+    const revocations = state.revocations.list(now);
     const sources = {
       admin: { entries: state.revocations.countSource('admin'), journal: ctx.journal?.file ?? null },
       ...Object.fromEntries(ctx.sources.map((s) => [s.kind, s.status])),
     };
-    await routes.jsonList(res, { sources }, 'revocations', state.revocations.list(now), revocationView);
+    await routes.jsonList(res, { sources }, 'revocations', revocations, revocationView);
   });
 
   routes.add('POST', '/revocations', async (req, res) => {
@@ -215,8 +217,9 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     if (who === undefined) { req.resume(); return; }
     let id: string;
     try { id = decodeURIComponent(url.pathname.slice('/revocations/'.length)); } catch { routes.problem(res, 400, 'Bad Request', 'id is not valid percent-encoding'); return; }
+    // One that has ended is no longer in force (GET no longer lists it): there is nothing to lift.
     const r = state.revocations.get(id);
-    if (!r) { routes.problem(res, 404, 'Not Found', `no revocation ${redactText(id)}`); return; }
+    if (!r || r.endMs <= state.now()) { routes.problem(res, 404, 'Not Found', `no revocation ${redactText(id)}`); return; }
     if (r.source !== 'admin') { routes.problem(res, 409, 'Conflict', `revocation ${id} comes from the revocation list ${r.source}; remove it there`); return; }
     try { ctx.journal?.append({ op: 'delete', id, by: who, at: state.now() }); } catch (err) {
       log({ level: 'error', msg: 'revocation journal write failed; revocation kept', error: (err as Error).message });

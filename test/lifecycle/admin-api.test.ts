@@ -116,3 +116,23 @@ t.test('a subject pair posted again with other spacing is the same revocation', 
   t.equal(plain.status, 201, 'the plain subject (every issuer) is another revocation');
   await plain.text();
 });
+
+t.test('a revocation that has ended is not lifted (404) nor counted in sources.admin.entries', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-ended-'));
+  const journal = join(dir, 'journal');
+  let skew = 0;
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { journal }; }), { dir, now: () => Date.now() + skew });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const end = new Date(Date.now() + 3_600_000).toISOString();
+  const made = await (await post(dg.admin, { kind: 'jti', value: 'j1', reason: 'r', end })).json() as { id: string };
+  await (await post(dg.admin, { kind: 'jti', value: 'j2', reason: 'r', end })).text();
+  skew = 2 * 3_600_000; // two hours later: both ended an hour ago
+  const del = await fetch(`${dg.admin}/revocations/${made.id}`, { method: 'DELETE' });
+  t.equal(del.status, 404, 'a revocation no longer in force is not "lifted"');
+  await del.text();
+  t.notOk(readFileSync(journal, 'utf8').includes('"op":"delete"'), 'and no lift is journaled');
+  const listed = await (await fetch(`${dg.admin}/revocations`)).json() as { sources: { admin: { entries: number } }; revocations: unknown[] };
+  t.same(listed.revocations, []);
+  t.equal(listed.sources.admin.entries, 0, 'the count agrees with the list');
+});
