@@ -134,7 +134,20 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     return state.revocations.list(now).find((r) => r.source === 'admin' && r.kind === kind && matched(r.kind, r.value) === wanted);
   }
 
-  routes.add('GET', '/revocations', async (_req, res) => {
+  /**
+   * These lists take no parameter: a filter or limit an operator adds (?owner=, ?limit=) would
+   * otherwise return the whole list as if filtered, so it is refused, as /decisions refuses an
+   * unknown one. Answers 400 and returns true for a query with any parameter.
+   */
+  function refusedParameters(res: ServerResponse, url: URL): boolean {
+    const name = url.searchParams.keys().next().value;
+    if (name === undefined) return false;
+    routes.problem(res, 400, 'Bad Request', `unknown parameter "${redactText(name)}" (GET ${url.pathname} takes no parameter)`);
+    return true;
+  }
+
+  routes.add('GET', '/revocations', async (_req, res, url) => {
+    if (refusedParameters(res, url)) return;
     const now = state.now();
     // Listed (and so pruned) first: ended revocations not yet dropped must not be counted.
     const revocations = state.revocations.list(now);
@@ -232,7 +245,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     routes.json(res, 200, { lifted: revocationView(r) });
   });
 
-  routes.add('GET', '/quarantine', (_req, res) => {
+  routes.add('GET', '/quarantine', (_req, res, url) => {
+    if (refusedParameters(res, url)) return;
     const now = state.now();
     const list = state.monitors.quarantines(now);
     routes.json(res, 200, { quarantined: list.map(quarantineView) });
@@ -260,7 +274,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     routes.json(res, 200, { lifted: quarantineView(q) });
   });
 
-  routes.add('GET', '/consumers', async (_req, res) => {
+  routes.add('GET', '/consumers', async (_req, res, url) => {
+    if (refusedParameters(res, url)) return;
     const now = state.now();
     const rules = ctx.rules();
     const subjects = new Set<string>([...rules.consumers.registry.keys(), ...state.monitors.consumers.keys()]);

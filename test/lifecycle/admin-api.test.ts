@@ -136,3 +136,19 @@ t.test('a revocation that has ended is not lifted (404) nor counted in sources.a
   t.same(listed.revocations, []);
   t.equal(listed.sources.admin.entries, 0, 'the count agrees with the list');
 });
+
+t.test('GET /revocations, /quarantine and /consumers refuse a query parameter (400 naming it) rather than ignore it', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules());
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  for (const [path, name] of [['/revocations?limit=1', 'limit'], ['/quarantine?x=1', 'x'], ['/consumers?owner=team-billing', 'owner'], ['/consumers?subject', 'subject']] as const) {
+    const res = await fetch(dg.admin + path);
+    t.equal(res.status, 400, `${path}: 400`);
+    t.match((await res.json() as { detail: string }).detail, `unknown parameter "${name}"`, 'naming the parameter');
+  }
+  for (const path of ['/revocations', '/quarantine', '/consumers']) {
+    const res = await fetch(dg.admin + path);
+    await res.text();
+    t.equal(res.status, 200, `${path} without parameters: 200`);
+  }
+});
