@@ -155,7 +155,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       admin: { entries: state.revocations.countSource('admin'), journal: ctx.journal?.file ?? null },
       ...Object.fromEntries(ctx.sources.map((s) => [s.kind, s.status])),
     };
-    await routes.jsonList(res, { sources }, 'revocations', revocations, revocationView);
+    // The mode says whether what is listed is refused: under audit or off it is only reported, or not even checked.
+    await routes.jsonList(res, { mode: state.config.revocation.mode, sources }, 'revocations', revocations, revocationView);
   });
 
   routes.add('POST', '/revocations', async (req, res) => {
@@ -188,13 +189,17 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       if (endMs <= now) problems.push('end must be in the future');
     }
     if (problems.length) { routes.problem(res, 400, 'Bad Request', problems.join('; ')); return; }
+    // Each answer carries revocation.mode: under audit or off a 201 refuses nothing, and an
+    // incident responder reading it must not believe the consumer is cut off.
+    const mode = config.revocation.mode;
+    const level = mode === 'enforce' ? 'info' : 'warn';
     // A retried POST (a script after a timeout) must not make a second revocation: lifting the
     // id the operator was given would then answer "lifted" and leave the credential refused.
     const held = heldRevocation(kind as Revocation['kind'], value as string, now);
     if (held) {
       if (endMs <= held.endMs) {
-        log({ level: 'info', msg: 'revocation already in force', id: held.id, kind: held.kind, value: held.value, end: new Date(held.endMs).toISOString(), by: who });
-        routes.json(res, 200, revocationView(held));
+        log({ level, msg: 'revocation already in force', id: held.id, kind: held.kind, value: held.value, end: new Date(held.endMs).toISOString(), mode, by: who });
+        routes.json(res, 200, { ...revocationView(held), mode });
         return;
       }
       const extended: Revocation = { ...held, endMs };
@@ -206,8 +211,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       }
       state.revocations.add(extended);
       compactJournal();
-      log({ level: 'info', msg: 'revocation extended', id: held.id, kind: held.kind, value: held.value, end: new Date(endMs).toISOString(), was: new Date(held.endMs).toISOString(), by: who });
-      routes.json(res, 200, revocationView(extended));
+      log({ level, msg: 'revocation extended', id: held.id, kind: held.kind, value: held.value, end: new Date(endMs).toISOString(), was: new Date(held.endMs).toISOString(), mode, by: who });
+      routes.json(res, 200, { ...revocationView(extended), mode });
       return;
     }
     // Counted in force: ended revocations are dropped lazily and must not take the room.
@@ -221,8 +226,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     }
     state.revocations.add(revocation);
     compactJournal();
-    log({ level: 'info', msg: 'revocation added', id: revocation.id, kind: revocation.kind, value: revocation.value, reason: revocation.reason, end: new Date(endMs).toISOString(), by: who });
-    routes.json(res, 201, revocationView(revocation));
+    log({ level, msg: 'revocation added', id: revocation.id, kind: revocation.kind, value: revocation.value, reason: revocation.reason, end: new Date(endMs).toISOString(), mode, by: who });
+    routes.json(res, 201, { ...revocationView(revocation), mode });
   });
 
   routes.add('DELETE', /^\/revocations\/[^/]+$/, (req, res, url) => {

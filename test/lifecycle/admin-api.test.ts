@@ -152,3 +152,19 @@ t.test('GET /revocations, /quarantine and /consumers refuse a query parameter (4
     t.equal(res.status, 200, `${path} without parameters: 200`);
   }
 });
+
+t.test('POST and GET /revocations say revocation.mode, and the log says it: under off a 201 refuses nothing', async (t) => {
+  for (const mode of ['off', 'audit', 'enforce'] as const) {
+    const w = await world();
+    const dg = await startLifecycle(w.rules((r) => { r.revocation = { mode }; }));
+    const made = await post(dg.admin, { kind: 'subject', value: AGENT, reason: 'compromised' });
+    t.equal(made.status, 201);
+    t.equal((await made.json() as { mode: string }).mode, mode, `${mode}: the 201 says the mode`);
+    const listed = await (await fetch(`${dg.admin}/revocations`)).json() as { mode: string };
+    t.equal(listed.mode, mode, `${mode}: GET /revocations says it`);
+    const line = dg.logs.find((l) => l.msg === 'revocation added');
+    t.equal(line?.mode, mode, `${mode}: logged`);
+    t.equal(line?.level, mode === 'enforce' ? 'info' : 'warn', 'a warning when nothing is refused');
+    await dg.close(); await w.close();
+  }
+});
