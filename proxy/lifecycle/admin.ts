@@ -18,7 +18,7 @@ import { refusedFromWebPage, type AdminRoutes } from '../admin/server.ts';
 import type { Rules } from '../rules/types.ts';
 import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
-import { parseAdminCredentials, type AdminCredential } from './config.ts';
+import { malformedCredentialLines, parseAdminCredentials, type AdminCredential } from './config.ts';
 import { isRevocationKind, revocationView, subjectKey, REVOCATION_KINDS, type Revocation } from './revocations.ts';
 import { issuerSubjectKey } from '../checks/consumers.ts';
 import type { Journal } from './journal.ts';
@@ -52,7 +52,7 @@ export function isLoopback(address: string | undefined): boolean {
   return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
 }
 
-/** When each unusable credential file was last reported: at most once a minute, whatever the rate of writes. */
+/** When each unusable credential file (or its skipped lines) was last reported: at most once a minute, whatever the rate of writes. */
 const reported = new Map<string, number>();
 
 function unusable(ctx: AdminContext, file: string, why: string): void {
@@ -61,6 +61,13 @@ function unusable(ctx: AdminContext, file: string, why: string): void {
   if ((reported.get(key) ?? -Infinity) > now - 60_000) return;
   reported.set(key, now);
   ctx.log({ level: 'warn', msg: 'the admin credential file is unusable: every admin write is refused', file, problem: why });
+}
+
+function skippedLines(ctx: AdminContext, problem: string): void {
+  const now = Date.now();
+  if ((reported.get(problem) ?? -Infinity) > now - 60_000) return;
+  reported.set(problem, now);
+  ctx.log({ level: 'warn', msg: 'admin credential file lines skipped: no write can present their secret', problem });
 }
 
 /** Who is writing, or undefined (the response is already sent). */
@@ -74,7 +81,12 @@ export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerRe
   }
   const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '');
   let credentials: AdminCredential[];
-  try { credentials = parseAdminCredentials(readFileSync(file, 'utf8')); } catch (err) {
+  try {
+    const parsed = parseAdminCredentials(readFileSync(file, 'utf8'));
+    credentials = parsed.credentials;
+    // Rewritten since the rules were loaded (which refuses such a line): the others still work.
+    if (parsed.malformed.length) skippedLines(ctx, malformedCredentialLines(file, parsed.malformed));
+  } catch (err) {
     credentials = [];
     unusable(ctx, file, `cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
   }

@@ -133,7 +133,9 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
     }
   }
   if (adminCredentialFile !== undefined && readable(['revocation', 'adminCredentialFile'], adminCredentialFile)) {
-    if (parseAdminCredentials(readFileSync(adminCredentialFile, 'utf8')).length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
+    const { credentials, malformed } = parseAdminCredentials(readFileSync(adminCredentialFile, 'utf8'));
+    if (malformed.length) fail(['revocation', 'adminCredentialFile'], malformedCredentialLines(adminCredentialFile, malformed));
+    else if (credentials.length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
   }
   if (r.url !== undefined) {
     // Not quoted: a URL that does not parse may still carry a credential (user:pass@, ?token=).
@@ -193,17 +195,30 @@ export interface AdminCredential {
   readonly secret: string;
 }
 
-/** One credential per line: `name secret` or `secret`; blank lines and # comments skipped. */
-export function parseAdminCredentials(text: string): AdminCredential[] {
-  const out: AdminCredential[] = [];
-  for (const line of text.split('\n')) {
+/**
+ * One credential per line: `name secret` or `secret`; blank lines and # comments (on lines of
+ * their own) skipped. A line of more words (`name secret # rotated`, a passphrase) is neither:
+ * its secret could never be presented (a bearer credential is one word), so it is no
+ * credential, and its line number is returned in `malformed` for the caller to report
+ * (the line itself is never quoted: it holds a secret).
+ */
+export function parseAdminCredentials(text: string): { credentials: AdminCredential[]; malformed: number[] } {
+  const credentials: AdminCredential[] = [];
+  const malformed: number[] = [];
+  text.split('\n').forEach((line, i) => {
     const trimmed = line.trim();
-    if (!trimmed || trimmed.startsWith('#')) continue;
+    if (!trimmed || trimmed.startsWith('#')) return;
     const parts = trimmed.split(/\s+/);
-    if (parts.length === 1) out.push({ name: '', secret: parts[0]! });
-    else out.push({ name: parts[0]!, secret: parts.slice(1).join(' ') });
-  }
-  return out;
+    if (parts.length === 1) credentials.push({ name: '', secret: parts[0]! });
+    else if (parts.length === 2) credentials.push({ name: parts[0]!, secret: parts[1]! });
+    else malformed.push(i + 1);
+  });
+  return { credentials, malformed };
+}
+
+/** What is wrong with the lines of an admin credential file, for an operator (no secret quoted). */
+export function malformedCredentialLines(file: string, lines: readonly number[]): string {
+  return `${file} line${lines.length > 1 ? 's' : ''} ${lines.slice(0, 5).join(', ')}${lines.length > 5 ? ', ...' : ''}: expected "name secret" or "secret" (a # comment goes on a line of its own)`;
 }
 
 // Registered once at import: the loader then checks these sections on every load and reload.

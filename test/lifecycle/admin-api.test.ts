@@ -2,10 +2,11 @@
 // GET /revocations and GET /quarantine show, and what POST and DELETE /revocations answer.
 
 import t from 'tap';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AGENT } from '../support/driftguard.ts';
+import { loadRules, RulesError } from '../../proxy/rules/load.ts';
+import { AGENT, writeRules } from '../support/driftguard.ts';
 import { ISSUER } from '../support/keys.ts';
 import { world, startLifecycle, bearer, trustAlso } from './support.ts';
 
@@ -167,4 +168,36 @@ t.test('POST and GET /revocations say revocation.mode, and the log says it: unde
     t.equal(line?.level, mode === 'enforce' ? 'info' : 'warn', 'a warning when nothing is refused');
     await dg.close(); await w.close();
   }
+});
+
+t.test('an admin credential line of more than two words (a trailing # comment) is refused at load and skipped, said, when the file changes', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-cred-'));
+  const file = join(dir, 'admin-credentials');
+  const SECRET = 's3cret-value-0123456789';
+  writeFileSync(file, `# operators\noncall ${SECRET}   # rotated 2026-11-01\n`);
+  const rules = w.rules((r) => { r.revocation = { adminCredentialFile: file }; });
+  const err = t.throws(() => loadRules(writeRules(rules, dir))) as RulesError;
+  t.ok(err instanceof RulesError);
+  t.match(err.message, /revocation\.adminCredentialFile: .*admin-credentials line 2: expected "name secret" or "secret"/, 'names the file and line');
+  t.notMatch(err.message, SECRET, 'never the secret');
+  t.notMatch(err.message, 'rotated');
+
+  // Rewritten so after start (the file is read on every write): that line is no credential, the others work.
+  writeFileSync(file, `oncall ${SECRET}\n`);
+  const dg = await startLifecycle(rules, { dir });
+  t.teardown(() => dg.close());
+  writeFileSync(file, `oncall ${SECRET}\nbackup other-secret-0123456789 # spare\n`);
+  const write = async (secret: string) => {
+    const r = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: JSON.stringify({ kind: 'jti', value: 'x', reason: 'y' }) });
+    await r.text();
+    return r.status;
+  };
+  t.equal(await write(SECRET), 201, 'a good line still works');
+  t.equal(await write('other-secret-0123456789'), 401, 'the line with a comment is no credential');
+  const warned = dg.logs.filter((l) => l.msg === 'admin credential file lines skipped: no write can present their secret');
+  t.equal(warned.length, 1, 'said once');
+  t.match(String(warned[0]?.problem), /admin-credentials line 2: expected "name secret" or "secret"/);
+  t.notMatch(JSON.stringify(dg.logs), 'other-secret', 'never the secret');
 });
