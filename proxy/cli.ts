@@ -125,11 +125,22 @@ async function main(argv: string[]): Promise<number> {
         }
         overrides.from = from;
         // An empty variable counts as unset, as for the other DRIFTGUARD_* variables.
-        const graceText = (values.grace as string | undefined) ?? (process.env.DRIFTGUARD_GRACE || undefined) ?? '20s';
+        const graceFlag = values.grace as string | undefined;
+        const graceVariable = process.env.DRIFTGUARD_GRACE || undefined;
+        const graceText = graceFlag ?? graceVariable ?? '20s';
+        // Blamed on where the value came from: a bad flag is a usage error (2, with the usage); a
+        // bad variable is invalid configuration (1), as for the other DRIFTGUARD_* variables, and
+        // a manifest author must be told it is the variable, not a flag the pod spec lacks.
+        const graceSource = graceFlag === undefined && graceVariable !== undefined ? 'DRIFTGUARD_GRACE' : '--grace';
+        const badGrace = (message: string): number => {
+          if (graceSource === '--grace') return usageError(message, 'run');
+          process.stderr.write(`driftguard: invalid configuration\n${message}\n`);
+          return 1;
+        };
         let graceMs: number;
-        try { graceMs = parseDuration(graceText); } catch (err) { return usageError((err as Error).message, 'run'); }
+        try { graceMs = parseDuration(graceText); } catch (err) { return badGrace(`${graceSource}: ${(err as Error).message}`); }
         const { run, MAX_GRACE_MS } = await import('./run.ts');
-        if (graceMs > MAX_GRACE_MS) return usageError(`--grace ${graceText}: must be at most 24d`, 'run');
+        if (graceMs > MAX_GRACE_MS) return badGrace(`${graceSource} ${graceText}: must be at most 24d`);
         try { return await run(values.config as string, overrides, { graceMs }); } catch (err) { return reportRulesError(err); }
       }
       case 'demo': {

@@ -222,6 +222,23 @@ t.test('an empty DRIFTGUARD_GRACE counts as unset, as the other DRIFTGUARD_* var
   t.match(r.stderr, /cannot read the rules file/);
 });
 
+t.test('a bad DRIFTGUARD_GRACE is named and is invalid configuration (1); a bad --grace stays a usage error (2)', async (t) => {
+  const good = writeRules(GOOD);
+  const seconds = await cli(['run', '--config', good], { env: { DRIFTGUARD_GRACE: '20' } });
+  // Before: exit 2, `not a duration: "20"` and the usage, naming no variable.
+  t.equal(seconds.code, 1, seconds.stderr);
+  t.match(seconds.stderr, /^driftguard: invalid configuration\nDRIFTGUARD_GRACE: not a duration: "20"/);
+  t.notMatch(seconds.stderr, /Usage:/, 'no usage: the command line was fine');
+  const long = await cli(['run', '--config', good], { env: { DRIFTGUARD_GRACE: '30d' } });
+  // Before: `--grace 30d: must be at most 24d`, though no --grace was given.
+  t.equal(long.code, 1);
+  t.match(long.stderr, /^DRIFTGUARD_GRACE 30d: must be at most 24d$/m);
+  t.notMatch(long.stderr, /--grace/);
+  const flag = await cli(['run', '--config', good, '--grace', '20'], { env: { DRIFTGUARD_GRACE: '30d' } });
+  t.equal(flag.code, 2, 'the flag wins, and a bad flag is a usage error');
+  t.match(flag.stderr, /^driftguard: --grace: not a duration: "20"/);
+});
+
 t.test('token with a key file that is not JSON names the file and quotes none of it (it is key material)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'dg-cli-'));
   const keyFile = join(dir, 'key.yaml');
