@@ -49,6 +49,30 @@ Mints a JWT signed with the private JWK in FILE (the demo writes one to .demo/si
 --iss and --aud default to the demo's issuer and audience. Prints the token on stdout.`,
 };
 
+/** A write to stdout failed with other than EPIPE (a full disk): the command's answer was lost. */
+let stdoutFailed = false;
+let stdoutGuarded = false;
+
+/**
+ * What check, token and --help print: its reader may be gone (`driftguard check f | true`,
+ * `| head -1`), and with no listener the EPIPE was an unhandled 'error' with Node's stack and
+ * exit 1, for a valid file. EPIPE is ignored (nobody is left to read; the exit code is the
+ * command's); any other write error is said in one line, exit 1. run and demo do not print
+ * through here: run.ts has its own listeners, and the decision log on stdout its own.
+ */
+function print(text: string): void {
+  if (!stdoutGuarded) {
+    stdoutGuarded = true;
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE' || stdoutFailed) return;
+      stdoutFailed = true;
+      process.stderr.write(`driftguard: cannot write to stdout: ${err.code ?? err.message}\n`);
+      process.exitCode = 1;
+    });
+  }
+  process.stdout.write(text);
+}
+
 function usageError(message: string, command: string): number {
   process.stderr.write(`driftguard: ${message}\n\n${USAGE[command] ?? USAGE.main}\n`);
   return 2;
@@ -82,14 +106,14 @@ function reportRulesError(err: unknown): number {
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (!command || command === '--help' || command === '-h' || command === 'help') {
-    process.stdout.write(USAGE.main + '\n');
+    print(USAGE.main + '\n');
     return command ? 0 : 2;
   }
   try {
     switch (command) {
       case 'check': {
         const { values, positionals } = parse(rest, {}, true);
-        if (values.help) { process.stdout.write(USAGE.check + '\n'); return 0; }
+        if (values.help) { print(USAGE.check + '\n'); return 0; }
         if (positionals.length !== 1) return usageError('check takes exactly one FILE', 'check');
         const { loadRules } = await import('./rules/load.ts');
         // The feature modules' own checks too, as `run` has them: without them `check` passed
@@ -101,7 +125,7 @@ async function main(argv: string[]): Promise<number> {
           // What start-up reads beside the rules: the revocation list file and journal.
           const { checkLifecycleFiles } = await import('./lifecycle/index.ts');
           checkLifecycleFiles(rules, Date.now());
-          process.stdout.write(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract version ${rules.contract.current})\n`);
+          print(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract version ${rules.contract.current})\n`);
           return 0;
         } catch (err) { return reportRulesError(err); }
       }
@@ -109,7 +133,7 @@ async function main(argv: string[]): Promise<number> {
         const { values } = parse(rest, {
           config: { type: 'string', short: 'c' }, listen: { type: 'string' }, upstream: { type: 'string' }, admin: { type: 'string' }, probes: { type: 'string' }, grace: { type: 'string' },
         });
-        if (values.help) { process.stdout.write(USAGE.run + '\n'); return 0; }
+        if (values.help) { print(USAGE.run + '\n'); return 0; }
         if (!values.config) return usageError('run needs --config FILE', 'run');
         // The flag, else the variable; an empty variable is unset (a manifest's `value: ""`), not an override to refuse.
         // A problem with one of these names the flag or the variable, not the file's line.
@@ -145,7 +169,7 @@ async function main(argv: string[]): Promise<number> {
       }
       case 'demo': {
         const { values } = parse(rest, { rules: { type: 'string' } });
-        if (values.help) { process.stdout.write(USAGE.demo + '\n'); return 0; }
+        if (values.help) { print(USAGE.demo + '\n'); return 0; }
         if (values.rules) process.env.DRIFTGUARD_DEMO_RULES = values.rules as string;
         const { demo } = await import('./run.ts');
         try { return await demo(); } catch (err) { return reportRulesError(err); }
@@ -155,7 +179,7 @@ async function main(argv: string[]): Promise<number> {
           key: { type: 'string' }, sub: { type: 'string' }, iss: { type: 'string' }, aud: { type: 'string' },
           scope: { type: 'string' }, contract: { type: 'string' }, ttl: { type: 'string' }, claim: { type: 'string', multiple: true },
         });
-        if (values.help) { process.stdout.write(USAGE.token + '\n'); return 0; }
+        if (values.help) { print(USAGE.token + '\n'); return 0; }
         if (!values.key || !values.sub) return usageError('token needs --key FILE and --sub SUBJECT', 'token');
         let lifetimeSeconds: number;
         try { lifetimeSeconds = Math.round(parseDuration((values.ttl as string | undefined) ?? '15m') / 1000); } catch (err) { return usageError((err as Error).message, 'token'); }
@@ -184,7 +208,7 @@ async function main(argv: string[]): Promise<number> {
           process.stderr.write(`driftguard: cannot sign with the key in ${values.key as string}: ${(err as Error).message}\n`);
           return 1;
         }
-        process.stdout.write(token + '\n');
+        print(token + '\n');
         return 0;
       }
       case 'inject': {
@@ -203,6 +227,6 @@ async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => { process.exitCode = code; },
+  (code) => { process.exitCode = stdoutFailed ? 1 : code; },
   (err: Error) => { process.stderr.write(`driftguard: ${err.stack ?? err.message}\n`); process.exitCode = 1; },
 );

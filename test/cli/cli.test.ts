@@ -2,7 +2,9 @@
 // messages that name the file, line and field.
 
 import t from 'tap';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer, type AddressInfo } from 'node:net';
@@ -18,6 +20,7 @@ export function freePort(): Promise<number> {
   });
 }
 
+const CLI = fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url));
 const GOOD = baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/jwks.json');
 const BAD = `proxy:
   upstream: http://127.0.0.1:9
@@ -237,6 +240,38 @@ t.test('a bad DRIFTGUARD_GRACE is named and is invalid configuration (1); a bad 
   const flag = await cli(['run', '--config', good, '--grace', '20'], { env: { DRIFTGUARD_GRACE: '30d' } });
   t.equal(flag.code, 2, 'the flag wins, and a bad flag is a usage error');
   t.match(flag.stderr, /^driftguard: --grace: not a duration: "20"/);
+});
+
+/** The CLI with stdout's reader gone before it writes (`| true`), or stdout on a full device. */
+function printTo(args: string[], stdout: 'closed' | number): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NODE_OPTIONS: '' }, stdio: ['ignore', stdout === 'closed' ? 'pipe' : stdout, 'pipe'] });
+    if (stdout === 'closed') child.stdout!.destroy();
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => { stderr += d; });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stderr }));
+  });
+}
+
+t.test('check, token and --help whose stdout reader is gone exit as the command would, with no stack', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dg-cli-epipe-'));
+  const keyFile = join(dir, 'key.json');
+  const k = await testKey('ES256');
+  writeFileSync(keyFile, JSON.stringify(k.privateJwk));
+  for (const args of [['check', writeRules(GOOD)], ['token', '--key', keyFile, '--sub', AGENT], ['--help'], ['check', '--help']]) {
+    const r = await printTo(args, 'closed');
+    // Before: an unhandled 'error' event (write EPIPE) with Node's stack, exit 1, for a valid file.
+    t.equal(r.code, 0, `${args.join(' ')}: exit 0`);
+    t.equal(r.stderr, '', 'nothing on stderr');
+  }
+  const invalid = await printTo(['check', '/nonexistent/rules.yaml'], 'closed');
+  t.equal(invalid.code, 1, 'an invalid file is still 1');
+  const full = openSync('/dev/full', 'w');
+  t.teardown(() => closeSync(full));
+  const r = await printTo(['check', writeRules(GOOD)], full);
+  t.equal(r.code, 1, 'a write that fails otherwise (a full disk) is 1');
+  t.equal(r.stderr, 'driftguard: cannot write to stdout: ENOSPC\n', 'said in one line');
 });
 
 t.test('token with a key file that is not JSON names the file and quotes none of it (it is key material)', async (t) => {
