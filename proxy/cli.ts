@@ -45,7 +45,8 @@ them, and prints curl lines (with freshly minted tokens) for an allow, a warn an
   token: `Usage: driftguard token --key FILE --sub SUBJECT [--iss ISSUER] [--aud AUDIENCE]
                         [--scope 'a b'] [--contract VERSION] [--ttl 15m] [--claim name=value]...
 
-Mints a JWT signed with the private JWK in FILE (the demo writes one to .demo/signing-key.json).
+Mints a JWT signed with the private JWK in FILE (the demo writes one to .demo/signing-key.json,
+or under the temporary directory where it cannot write there: it prints where).
 --iss and --aud default to the demo's issuer and audience. Prints the token on stdout.`,
 };
 

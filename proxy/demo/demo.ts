@@ -4,7 +4,8 @@
 // minted tokens that show an allow, a warn and each kind of deny.
 
 import { createServer, type Server } from 'node:http';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPair, exportJWK, type JWK } from 'jose';
@@ -16,22 +17,75 @@ import type { Rules } from '../rules/types.ts';
 /** What to do when a port of the demo's is taken. */
 const MOVE_PORTS = 'free the port, or run `driftguard demo --rules FILE` with a copy of rules/demo.yaml on other ports';
 
-export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/**
+ * The directory that holds rules/demo.yaml: the first one up from this module that has it. Not
+ * simply two levels up: run from the sources that is the checkout, but `make build` puts this
+ * module in build/proxy/demo, and build/rules holds only the schema tsc copies. In the image
+ * (/app/proxy, /app/rules) it is /app.
+ */
+function packageRoot(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (let dir = here, up = dirname(dir); ; dir = up, up = dirname(dir)) {
+    if (existsSync(join(dir, 'rules', 'demo.yaml'))) return dir;
+    if (up === dir) return join(here, '..', '..');
+  }
+}
+
+export const ROOT = packageRoot();
 export const DEMO_RULES = join(ROOT, 'rules', 'demo.yaml');
+
+/**
+ * Where the demo keeps its signing key: .demo/ beside rules/ (the checkout's, where the README
+ * points `driftguard token --key` at it) when it holds one or can be made there; else a
+ * directory of this user's own under the temporary directory. In the image /app is not the
+ * user's (uid 65532) and the root filesystem may be read-only: mkdir /app/.demo failed there.
+ */
+export function demoKeyDir(): string {
+  const local = join(ROOT, '.demo');
+  if (existsSync(join(local, 'signing-key.json'))) return local;
+  try { accessSync(existsSync(local) ? local : ROOT, constants.W_OK); return local; } catch { /* not ours to write */ }
+  return join(tmpdir(), `driftguard-demo-${process.getuid?.() ?? 'user'}`);
+}
+
+/**
+ * Why the demo may not keep its key in `dir`, if it may not. Under the shared temporary
+ * directory only a directory of this user's own will do, so that nobody else can read the key
+ * or put theirs in its place.
+ */
+function unusableKeyDir(dir: string): string | undefined {
+  try {
+    if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = lstatSync(dir);
+    if (!st.isDirectory()) return 'not a directory';
+    if (dir !== join(ROOT, '.demo') && process.getuid && st.uid !== process.getuid()) return 'another user\'s directory';
+    return undefined;
+  } catch (err) { return (err as NodeJS.ErrnoException).code ?? 'error'; }
+}
 
 export async function demoKey(dir: string): Promise<{ privateJwk: JWK; publicJwk: JWK; file: string }> {
   const file = join(dir, 'signing-key.json');
+  const problem = unusableKeyDir(dir);
+  if (problem !== undefined) throw new StartError(`the demo cannot keep its signing key in ${dir} (${problem})`);
   if (existsSync(file)) {
-    const privateJwk = JSON.parse(readFileSync(file, 'utf8')) as JWK;
+    // Not JSON.parse's own message: V8 quotes the text around the fault, which is the private key.
+    let privateJwk: JWK;
+    try { privateJwk = JSON.parse(readFileSync(file, 'utf8')) as JWK; } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new StartError(code ? `cannot read the demo's signing key ${file} (${code})` : `the demo's signing key ${file} is not JSON (a truncated write?): delete it and the demo makes a new one`);
+    }
+    if (!privateJwk || typeof privateJwk !== 'object' || typeof privateJwk.kty !== 'string' || typeof privateJwk.d !== 'string') {
+      throw new StartError(`the demo's signing key ${file} is not a private JWK: delete it and the demo makes a new one`);
+    }
     const { d: _d, ...publicJwk } = privateJwk;
     return { privateJwk, publicJwk, file };
   }
-  mkdirSync(dir, { recursive: true });
   const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
   const kid = `demo-${Date.now().toString(36)}`;
   const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: 'ES256', use: 'sig' };
   const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' };
-  writeFileSync(file, JSON.stringify(privateJwk, null, 2) + '\n', { mode: 0o600 });
+  try { writeFileSync(file, JSON.stringify(privateJwk, null, 2) + '\n', { mode: 0o600 }); } catch (err) {
+    throw new StartError(`the demo cannot write its signing key ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
   return { privateJwk, publicJwk, file };
 }
 
@@ -121,7 +175,7 @@ export function demoRulesFile(): string {
 export async function runDemo(start: (rules: Rules, file: string | undefined) => Promise<{ close(): Promise<void> }>, out: (line: string) => void = console.log): Promise<() => Promise<void>> {
   const rulesFile = demoRulesFile();
   const rules = loadRules(rulesFile);
-  const { privateJwk, publicJwk, file } = await demoKey(join(ROOT, '.demo'));
+  const { privateJwk, publicJwk, file } = await demoKey(demoKeyDir());
   const url = new URL((rules.identity.issuers[0]!.jwks as { url: string }).url);
   const jwks = jwksServer(publicJwk);
   const api = demoApi();
