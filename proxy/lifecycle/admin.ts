@@ -315,7 +315,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     const view = (subject: string) => {
       const known = rules.consumers.registry.get(subject);
       const seen = state.monitors.consumers.peek(subject);
-      const q = state.monitors.quarantine(subject, now);
+      const q = state.monitors.peekQuarantine(subject, now);
       return {
         subject,
         kind: known?.kind ?? seen?.kind ?? rules.consumers.defaultKind,

@@ -213,12 +213,20 @@ export class MonitorState {
 
   /** The quarantine in force for `subject` at `now`, if any (an ended one is dropped). */
   quarantine(subject: string, now: number): Quarantine | undefined {
-    return this.#inForce(quarantineKey(subject), now);
+    return this.#inForce(quarantineKey(subject), now, true);
+  }
+
+  /**
+   * The same, as the admin API reads it: without making it the most recently checked, which
+   * would keep a quarantine an operator looked at over one its consumer is still running into.
+   */
+  peekQuarantine(subject: string, now: number): Quarantine | undefined {
+    return this.#inForce(quarantineKey(subject), now, false);
   }
 
   /** Every quarantine in force at `now`. */
   quarantines(now: number): Quarantine[] {
-    return [...this.quarantined.keys()].map((k) => this.#inForce(k, now)).filter((q) => q !== undefined);
+    return [...this.quarantined.keys()].map((k) => this.#inForce(k, now, false)).filter((q) => q !== undefined);
   }
 
   /** Quarantine `subject`; the entry shows the subject shortened (a token may make it kilobytes long). */
@@ -297,7 +305,7 @@ export class MonitorState {
     // A quarantine moved is placed again (quarantineFor): a request under way is checked again.
     for (const [key, q] of [...this.quarantined.entries()]) {
       const origin = q.origin ?? (q.key !== undefined ? hashed.get(key) : undefined);
-      if (origin === undefined || !this.#inForce(key, now)) continue;
+      if (origin === undefined || !this.#inForce(key, now, false)) continue;
       const to = keyOf(origin);
       if (to === undefined) { this.quarantined.delete(key); lifted++; continue; }
       const toKey = quarantineKey(to);
@@ -316,8 +324,9 @@ export class MonitorState {
     return q;
   }
 
-  #inForce(key: string, now: number): Quarantine | undefined {
-    const q = this.quarantined.get(key);
+  /** `checked`: a check's look (it makes the quarantine the most recently checked), not a listing's. */
+  #inForce(key: string, now: number, checked = true): Quarantine | undefined {
+    const q = checked ? this.quarantined.get(key) : this.quarantined.peek(key);
     if (!q) return undefined;
     if (q.untilMs <= now) { this.quarantined.delete(key); return undefined; }
     // Placed after the clock's reading now: it stepped back (fromNow). It lasts its period from

@@ -764,3 +764,28 @@ t.test('idempotency: a write whose body broke while it was decided was never sen
   t.equal(retry.status, 200, 'the retry with the same key goes through (it was 422 idempotency-key-reused for an hour)');
   t.equal(w.up.seen.length, 1);
 });
+
+t.test('quarantine table full: the least recently checked goes, whatever the admin API read meanwhile', async (t) => {
+  const [A, B, C] = ['a', 'b', 'c'].map((x) => `spiffe://test.local/ns/x/sa/${x}`) as [string, string, string];
+  const scenario = async (look: (admin: string) => Promise<void>) => {
+    const w = await world();
+    const dg = await startLifecycle(w.rules((r) => {
+      r.credentials = { taskBindingAt: 'never' };
+      for (const s of [A, B, C]) r.consumers.registry.push({ subject: s, kind: 'automation', owner: 'team-x' });
+      r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 1, window: '1m', period: '1h', maxQuarantined: 2 } });
+    }));
+    try {
+      const send = async (sub: string, method: string, path: string) => { const r = await fetch(`${dg.url}${path}`, { method, headers: bearer(await w.token({ sub, scope: 'items.read' })), ...(method === 'POST' ? { body: '{}' } : {}) }); await r.text(); };
+      await send(A, 'POST', '/items');
+      await send(B, 'POST', '/items');
+      await send(A, 'GET', '/items/1'); // A runs into its quarantine: B is the least recently checked
+      await look(dg.admin);
+      await send(C, 'POST', '/items'); // a third: the table of two drops one
+      const q = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] };
+      return q.quarantined.map((x) => x.subject.split('/').at(-1)!).sort();
+    } finally { await dg.close(); await w.close(); }
+  };
+  t.same(await scenario(async () => {}), ['a', 'c'], 'B goes');
+  const read = async (admin: string) => { for (const p of ['/quarantine', '/consumers']) await (await fetch(`${admin}${p}`)).text(); };
+  t.same(await scenario(read), ['a', 'c'], 'B goes though GET /quarantine and /consumers read it last (A went)');
+});
