@@ -102,6 +102,9 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   const maxTokenLifetimeMs: Partial<Record<Sensitivity, number>> = {};
   for (const [sensitivity, text] of Object.entries(c.maxTokenLifetime) as [Sensitivity, string][]) {
     const ms = duration(['credentials', 'maxTokenLifetime', sensitivity], text);
+    // As identity.maxTokenLifetime: a token's times are whole seconds, so under 1s no token
+    // passes and every call at that sensitivity is refused (500ms for 500s, say).
+    if (ms < 1000) fail(['credentials', 'maxTokenLifetime', sensitivity], `${text} is less than 1s, the unit of the times in a token: no token could pass`);
     for (const kind of c.kinds) {
       if (ms > parseDurationOr0(kindLimits[kind])) fail(['credentials', 'maxTokenLifetime', sensitivity], `${text} is longer than identity.maxTokenLifetime.${kind} (${kindLimits[kind]}); a per-sensitivity limit can only be stricter`);
     }

@@ -468,8 +468,16 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     const here: Path = ['identity', 'issuers', i];
     // Profile kubernetes may leave jwks out: discovery from the API server, with the pod's token and CA.
     const j = iss.jwks ?? { discovery: inClusterApiServer(), tokenFile: DEFAULT_TOKEN_FILE, caFile: DEFAULT_CA_FILE };
+    // The background refresh at least a second apart, as revocation.interval: at 1ms one pod
+    // fetched its keys 637 times a second (with profile kubernetes, two API server requests
+    // each). The cooldown only spaces fetches that unknown kids ask for.
+    const refresh = (text: string) => {
+      const ms = timer([...here, 'jwks', 'refresh'], text);
+      if (ms > 0 && ms < 1000) fail([...here, 'jwks', 'refresh'], `${text} is less than 1s: every pod would fetch the keys that often, without a single token asking`);
+      return ms;
+    };
     const timing = () => ({
-      refreshMs: timer([...here, 'jwks', 'refresh'], j.refresh ?? '5m'),
+      refreshMs: refresh(j.refresh ?? '5m'),
       // Not 0: a token with an unknown kid would then make driftguard fetch the keys, every one.
       cooldownMs: timer([...here, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
       timeoutMs: timer([...here, 'jwks', 'timeout'], j.timeout ?? '5s'),
