@@ -175,11 +175,17 @@ export function recheck(rules: Rules, state: LifecycleState | undefined): Check 
     run(ctx) {
       if ((seen.get(ctx) ?? 0) === state.version || !ctx.credential) return undefined;
       for (const c of again) {
-        // Only a check that let the request through untouched: one that warned (audit mode)
-        // has said so already.
-        if (ctx.checks.find((r) => r.check === c.name)?.outcome !== 'continue') continue;
+        // A check that let the request through, untouched or with a warning: one that warned
+        // (an audit-mode quarantine of the person) may enforce now (the agent quarantined
+        // meanwhile). What it warns again it has said already: taken back.
+        const outcome = ctx.checks.find((r) => r.check === c.name)?.outcome;
+        if (outcome !== 'continue' && outcome !== 'warn') continue;
+        const warnings = ctx.warnings.length;
+        const wouldDeny = ctx.extra[WOULD_DENY];
         const denial = c.run(ctx) as CheckResult;
         if (denial) return denial;
+        ctx.warnings.length = warnings;
+        if (wouldDeny === undefined) delete ctx.extra[WOULD_DENY]; else ctx.extra[WOULD_DENY] = wouldDeny;
       }
       return undefined;
     },

@@ -8,9 +8,9 @@ import t from 'tap';
 import { connect } from 'node:net';
 import { decodeJwt } from 'jose';
 import { loadRules } from '../../proxy/rules/load.ts';
-import { writeRules } from '../support/driftguard.ts';
+import { writeRules, AGENT, HUMAN } from '../support/driftguard.ts';
 import { testKey, jwks, token, ISSUER } from '../support/keys.ts';
-import { world, startLifecycle, monitorsOnly, bearer, trustAlso } from './support.ts';
+import { world, startLifecycle, monitorsOnly, bearer, trustAlso, until } from './support.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -154,4 +154,39 @@ t.test('the recheck does not warn again for what an audit-mode check warned alre
   const last = dg.seen.at(-1)!;
   t.equal(last.ctx.warnings.length, 1, 'one warning (it was twice)');
   t.notOk(last.ctx.checks.some((c) => c.check === 'recheck' && c.outcome !== 'continue'), 'the recheck found nothing new');
+});
+
+t.test('the recheck runs a quarantine check that only warned (the person\'s audit quarantine) again: the agent quarantined meanwhile is refused', async (t) => {
+  const w = await world();
+  const patch = (mode: string) => (r: Record<string, any>) => {
+    r.proxy.mode = mode;
+    r.credentials = { taskBindingAt: 'never' };
+    r.delegation = { consumers: [{ subject: HUMAN, actors: [AGENT] }] };
+    r.monitors = { kinds: ['automation', 'human'], idempotency: { mode: 'off' }, traversal: { mode: 'off' }, retryStorm: { mode: 'enforce' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } };
+  };
+  // The person is quarantined under proxy.mode audit (recorded, not enforced), then enforce.
+  const dg = await startLifecycle(w.rules(patch('audit')));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = (sub: string) => w.token({ sub, scope: 'items.read' });
+  const deny = async (sub: string) => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await weak(sub), { 'content-type': 'application/json' }), body: '{}' }); await r.text(); };
+  for (let i = 0; i < 3; i++) await deny(HUMAN);
+  await dg.dg.swap(loadRules(writeRules(w.rules(patch('enforce')))));
+  // The agent's write for the person: its head now, decided as far as its body.
+  const delegated = await w.token({ sub: HUMAN, claims: { act: { sub: AGENT } } });
+  const body = '{"a":1}';
+  const s = connect({ port: Number(new URL(dg.url).port), host: '127.0.0.1' });
+  t.teardown(() => s.destroy());
+  let answer = '';
+  s.on('data', (c) => { answer += c.toString('latin1'); });
+  await new Promise<void>((r) => s.once('connect', () => r()));
+  s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${delegated}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+  await new Promise((r) => setTimeout(r, 200));
+  // Meanwhile the agent is quarantined, enforced, by three denials of its own.
+  for (let i = 0; i < 3; i++) await deny(AGENT);
+  const before = w.up.seen.length;
+  s.write(body);
+  t.ok(await until(() => answer.includes('\r\n\r\n')), 'answered');
+  t.match(answer.split('\r\n')[0], / 403 /, 'refused: the agent is quarantined');
+  t.match(answer, /consumer-quarantined/);
+  t.equal(w.up.seen.length, before, 'not forwarded');
 });
