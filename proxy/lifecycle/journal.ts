@@ -163,26 +163,33 @@ export class Journal {
   }
 }
 
+/** The journal locks this process holds: a second journal on one file in one process is refused too. */
+const held = new Set<string>();
+
 /**
  * Take `<file>.lock` for this process: a second driftguard on the same journal (`run` tried in
  * an exec'd shell, a supervisor starting the next process before the last has exited) would
  * put its compacted copy in place of the running one's, whose later revocations would then be
- * acknowledged into a file nobody reads. A lock whose process is gone (a crash, a restart that
- * gave this process its pid) is taken over.
+ * acknowledged into a file nobody reads. The lock names its holder by pid and start time, so
+ * that a lock whose process is gone (a crash, a restart that gave its pid to another process,
+ * this one included) is taken over.
  */
 function lock(file: string): string {
   const path = `${file}.lock`;
+  if (held.has(path)) throw new Error(`in use by this process (${path}): two driftguards on one journal lose each other's revocations`);
   for (let attempt = 0; ; attempt++) {
     try {
       const fd = openSync(path, 'wx', 0o600);
-      try { writeSync(fd, `${process.pid}\n`); } finally { closeSync(fd); }
+      try { writeSync(fd, `${process.pid} ${startOf(process.pid) ?? '-'}\n`); } finally { closeSync(fd); }
+      held.add(path);
       return path;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err;
-      let holder = NaN;
-      try { holder = Number(readFileSync(path, 'utf8').trim()); } catch { /* gone meanwhile: try again */ }
-      if (Number.isSafeInteger(holder) && holder > 0 && holder !== process.pid && alive(holder)) {
-        throw new Error(`in use by process ${holder} (${path}): two driftguards on one journal lose each other's revocations`);
+      let holder = '';
+      try { holder = readFileSync(path, 'utf8').trim(); } catch { /* gone meanwhile: try again */ }
+      const [pid, start] = holder.split(' ');
+      if (pid !== undefined && running(Number(pid), start)) {
+        throw new Error(`in use by process ${pid} (${path}): two driftguards on one journal lose each other's revocations`);
       }
       try { unlinkSync(path); } catch { /* taken over by another meanwhile: the next open says */ }
     }
@@ -190,20 +197,25 @@ function lock(file: string): string {
 }
 
 function unlock(path: string): void {
-  try { if (Number(readFileSync(path, 'utf8').trim()) === process.pid) unlinkSync(path); } catch { /* gone already */ }
+  if (!held.delete(path)) return;
+  try { if (readFileSync(path, 'utf8').startsWith(`${process.pid} `)) unlinkSync(path); } catch { /* gone already */ }
 }
 
-/**
- * Whether `pid` is a running driftguard (its command runs proxy/cli): after a restart in a pod
- * that shares its process namespace, the dead writer's pid may be another container's process
- * (a Node app's too), which must not keep the sidecar from starting. Where /proc cannot say,
- * any live process counts.
- */
-function alive(pid: number): boolean {
+/** The start time of process `pid` (in clock ticks since boot, /proc/<pid>/stat), where Linux says. */
+function startOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch { return undefined; }
+}
+
+/** Whether the process that wrote a lock (its pid and start time) still runs: not this one, which holds none it has not taken. */
+function running(pid: number, start: string | undefined): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
   try { process.kill(pid, 0); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false; }
-  let command: string;
-  try { command = readFileSync(`/proc/${pid}/cmdline`, 'latin1'); } catch { return true; }
-  return /\/proxy\/cli\.[jt]s\0/.test(command);
+  const now = startOf(pid);
+  // Where /proc cannot say, a live process of that pid counts as the writer.
+  return now === undefined || start === undefined || start === '-' || now === start;
 }
 
 /** Records below which a journal is not compacted while running: a rewrite costs more than they do. */

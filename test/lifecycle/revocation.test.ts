@@ -659,7 +659,7 @@ t.test('one journal, one writer: a second driftguard on it is refused before it 
     return r.status;
   };
   t.equal(await revoke(first.admin, 'before'), 201);
-  t.equal(readFileSync(`${journal}.lock`, 'utf8').trim(), String(first.child.pid), 'the lock names the writer');
+  t.match(readFileSync(`${journal}.lock`, 'utf8'), new RegExp(`^${first.child.pid} \\d+\n$`), 'the lock names the writer: pid and start time');
   // Before: the second start put its compacted copy in place of the file, and the first's
   // later revocations went to the unlinked one, lost at the next start.
   await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: new RegExp(`revocation\\.journal: cannot be written: in use by process ${first.child.pid}`) });
@@ -672,14 +672,17 @@ t.test('one journal, one writer: a second driftguard on it is refused before it 
   first.child.kill('SIGTERM');
   t.equal((await first.exited).code, 0);
   t.notOk(existsSync(`${journal}.lock`), 'the lock goes with its process');
-  // A lock left by a process that is gone (killed), or whose pid another program has now (a
-  // pod sharing its process namespace, after a restart): taken over.
+  // A lock left by a process that is gone (killed), or whose pid another process has now (a
+  // restart, in a pod sharing its process namespace): taken over.
   const other = spawn('sleep', ['30']);
   t.teardown(() => other.kill());
-  for (const holder of ['2147483646', String(other.pid)]) {
+  for (const [holder, what] of [['2147483646 5', 'nobody'], [`${other.pid} 1`, 'a process started at another time']]) {
     writeFileSync(`${journal}.lock`, `${holder}\n`);
     const next = await startLifecycle({ file: rules });
-    t.equal(readFileSync(`${journal}.lock`, 'utf8').trim(), String(process.pid), `a lock held by ${holder === '2147483646' ? 'nobody' : 'sleep'} is taken over`);
+    t.match(readFileSync(`${journal}.lock`, 'utf8'), new RegExp(`^${process.pid} `), `a lock held by ${what} is taken over`);
+    // Two in one process are refused as well: the first's close must not free the second's lock.
+    await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: /cannot be written: in use by this process/ });
     await next.close();
+    t.notOk(existsSync(`${journal}.lock`), 'released at close');
   }
 });
