@@ -20,6 +20,7 @@ import { MAX_LEVELS } from '../identity/act.ts';
 import { bodyFingerprint } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
 import { UNREAD_RETRY_MS } from './lists.ts';
+import type { ForwardOutcome } from '../forward/outcome.ts';
 
 export const WOULD_DENY = 'lifecycle.would_deny';
 /** The revoked actor through which a token was refused (a subject revocation matched in its act chain). */
@@ -337,15 +338,15 @@ export function countForwarded(state: LifecycleState, ctx: RequestContext): void
 }
 
 /**
- * A request counted as a repeat whose answer is a success (below 400) is taken back
- * (retryStorm.counts unsuccessful): a poller answered 200 every few seconds is healthy, and
- * was refused, then quarantined, at the default limits.
+ * A request counted as a repeat whose forward succeeded (an answer below 400, passed on whole;
+ * a WebSocket's 101) is taken back (retryStorm.counts unsuccessful): a poller answered 200
+ * every few seconds is healthy, and was refused, then quarantined, at the default limits.
  */
-export function answeredRepeat(state: LifecycleState, ctx: RequestContext, status: number): void {
+export function forwardedRepeat(state: LifecycleState, ctx: RequestContext, outcome: ForwardOutcome): void {
   const times = state.repeated.get(ctx);
   if (times === undefined) return;
   state.repeated.delete(ctx);
-  if (status >= 400) return;
+  if (outcome.status === undefined || outcome.status >= 400 || outcome.aborted || outcome.failure !== undefined) return;
   const i = times.lastIndexOf(ctx.now);
   if (i !== -1) times.splice(i, 1);
 }

@@ -19,7 +19,7 @@ import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, fromNow, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import type { Monitored } from './state.ts';
-import { REVOKED_ACTOR, WOULD_DENY, answeredRepeat, countForwarded, quarantineOf } from './checks.ts';
+import { REVOKED_ACTOR, WOULD_DENY, countForwarded, forwardedRepeat, quarantineOf } from './checks.ts';
 import { resolveConsumer, subjectKind } from '../checks/consumers.ts';
 import { lruFill } from '../lib/heap.ts';
 
@@ -150,7 +150,6 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           observe(ctx, d);
         },
         answering(status: number) {
-          answeredRepeat(state, ctx, status);
           // The upstream answered that it did not process the write (NOT_PROCESSED): its key
           // may be used again at once, as the client sees the status (a client retrying a 503
           // before its body has ended was a duplicate-write), so that the retry the answer asks
@@ -158,6 +157,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           if (NOT_PROCESSED.has(status)) release(ctx);
         },
         forwarded(outcome: ForwardOutcome) {
+          forwardedRepeat(state, ctx, outcome);
           // The write never reached the upstream: its key may be used again at once. After a
           // reset, an answer cut short, or any answer but NOT_PROCESSED's, the upstream may have
           // acted on it: the key stays, and a retry is a duplicate-write, whose action says to

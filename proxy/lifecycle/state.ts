@@ -87,7 +87,7 @@ export interface Monitored {
 export interface Counts {
   /**
    * The request fingerprint's recent times, and how many the window keeps (retry storm);
-   * unsuccessful: whether the request's time is taken back when its answer is below 400.
+   * unsuccessful: whether the request's time is taken back when its forward succeeds (forwardedRepeat).
    */
   repeats?: { readonly times: number[]; readonly max: number; readonly unsuccessful: boolean };
   /** The consumer, whose recent operations are kept by last call; this request's; how many may be kept (traversal). */

@@ -705,6 +705,14 @@ t.test('retry storm (counts: unsuccessful, the default): a healthy poller never 
   const retries: number[] = [];
   for (let i = 0; i < 4; i++) retries.push(await get('/items/2'));
   t.same(retries, [503, 503, 503, 429], 'the fourth retry of a failing request is a retry storm');
+  // A 200 whose body the upstream cuts is a failure too, though its head said 200.
+  w.up.handler = (_req, res) => { res.writeHead(200, { 'content-length': '1000' }); res.write('partial'); setTimeout(() => res.destroy(), 10); };
+  const cut: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const r = await fetch(`${dg.url}/items/4`, { headers: bearer(tok) });
+    try { await r.text(); cut.push(`${r.status}`); } catch { cut.push(`${r.status} cut`); }
+  }
+  t.same(cut, ['200 cut', '200 cut', '200 cut', '429'], 'retries of an answer cut short count');
   // A burst of identical requests at once counts while in flight, whatever they get.
   let release!: () => void;
   const held = new Promise<void>((r) => { release = r; });

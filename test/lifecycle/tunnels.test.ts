@@ -4,6 +4,8 @@
 
 import t, { type Test } from 'tap';
 import type { AddressInfo } from 'node:net';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
 import { AGENT, BOT, baseRules, writeRules } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
@@ -131,4 +133,23 @@ t.test('a quarantine of an actor closes the tunnels opened through it', async (t
   for (let i = 0; i < 3; i++) await (await fetch(`${dg.url}/items`, { headers: bearer(await w.token({ sub: BOT })) })).text();
   t.equal(await within(through.closed, 3_000), 1006, 'the tunnel BOT acts through is closed');
   t.equal(await within(own.ask('q'), 1_000), 'echo:q', 'AGENT\'s own stays open');
+});
+
+t.test('retry storm (counts: unsuccessful): a WebSocket reconnected after each 101 is healthy and never counts', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({ retryStorm: { maxRepeats: 3, window: '1m' } }); }));
+  const wss = new WebSocketServer({ noServer: true });
+  w.up.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => wss.handleUpgrade(req, socket, head, () => {}));
+  t.teardown(async () => { wss.close(); await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const statuses: (number | string)[] = [];
+  for (let i = 0; i < 6; i++) {
+    statuses.push(await new Promise((resolve) => {
+      const ws = new WebSocket(dg.url.replace(/^http:/, 'ws:') + '/items/1', { headers: bearer(tok) });
+      ws.on('open', () => { ws.close(); resolve(101); });
+      ws.on('unexpected-response', (_q, res) => { res.resume(); resolve(res.statusCode!); });
+      ws.on('error', (e) => resolve(String(e)));
+    }));
+  }
+  t.same(statuses, [101, 101, 101, 101, 101, 101], 'six reconnects, none a retry storm (it was 429 from the fourth)');
 });
