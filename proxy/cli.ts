@@ -3,7 +3,7 @@
 // 1 invalid rules or failed start, 2 usage error.
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { parseDuration } from './rules/durations.ts';
+import { MAX_GRACE_MS, parseDuration } from './rules/durations.ts';
 import { OVERRIDE_KEYS, type Overrides } from './rules/overrides.ts';
 // The rules loader (ajv, yaml) and jose are imported by the commands that use them, so that
 // --help and usage errors answer at once.
@@ -164,7 +164,7 @@ async function main(argv: string[]): Promise<number> {
         };
         let graceMs: number;
         try { graceMs = parseDuration(graceText); } catch (err) { return badGrace(`${graceSource}: ${(err as Error).message}`); }
-        const { run, MAX_GRACE_MS } = await import('./run.ts');
+        const { run } = await import('./run.ts');
         if (graceMs > MAX_GRACE_MS) return badGrace(`${graceSource} ${graceText}: must be at most 24d`);
         try { return await run(values.config as string, overrides, { graceMs }); } catch (err) { return reportRulesError(err); }
       }

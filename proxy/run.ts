@@ -85,12 +85,6 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
  */
 const FLUSH_MS = 8_000;
 
-/**
- * The longest --grace, 24d: the stop's deadline (grace + FLUSH_MS) is a timer, which waits at
- * most MAX_TIMER_MS (24.8 days); a grace within FLUSH_MS of that was accepted and then made
- * SIGTERM exit 1 at once, nothing drained.
- */
-export const MAX_GRACE_MS = 24 * 86_400_000;
 
 function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) | 'stop'; deadlineMs: number }): Promise<number> {
   return new Promise((resolve) => {

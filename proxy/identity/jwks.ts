@@ -10,10 +10,10 @@ import { Agent } from 'undici';
 import { getDocument } from '../lib/bounded.ts';
 import { jsonFault, redactUrl } from '../lib/redact.ts';
 
-/** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
 /** How soon a key set that has never loaded is fetched again (as an unread revocation list, lists.ts). */
 export const UNLOADED_RETRY_MS = 5_000;
 
+/** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
 export class IdentityUnavailableError extends Error {
   readonly code = 'ERR_IDENTITY_UNAVAILABLE';
   /** When a request may next cause a fetch (the key set's cooldown): the answer's Retry-After. */

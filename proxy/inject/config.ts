@@ -8,7 +8,7 @@ import { parseDocument, LineCounter } from 'yaml';
 import { positionOf } from '../lib/yaml-position.ts';
 import { Ajv } from 'ajv';
 import { deepFreeze } from '../lib/freeze.ts';
-import { boundedDuration } from '../rules/durations.ts';
+import { MAX_GRACE_MS, boundedDuration } from '../rules/durations.ts';
 import { checkTelemetryEnvironment } from '../telemetry/config.ts';
 
 /** Where the sidecar finds its rules: the ConfigMap is mounted here as a directory. */
@@ -182,7 +182,9 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
       }
     }
   }
-  const grace = boundedDuration(cfg.grace, true);
+  const bounded = boundedDuration(cfg.grace, true);
+  // As the sidecar's own --grace: a longer one would stop it at its start in every pod.
+  const grace = typeof bounded === 'number' && bounded > MAX_GRACE_MS ? 'must be at most 24d (the sidecar refuses a longer grace)' : bounded;
   if (typeof grace === 'string') {
     const line = lineOf('grace');
     throw new InjectorConfigError(`${source}${line !== undefined ? `:${line}` : ''}: grace: ${grace}`);

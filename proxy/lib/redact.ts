@@ -126,8 +126,11 @@ export function redactText(text: string): string {
  */
 export function jsonFault(err: unknown): string {
   const message = err instanceof Error ? err.message : '';
-  const at = /\(line (\d+) column (\d+)\)/.exec(message);
-  if (at) return `not valid JSON at line ${at[1]} column ${at[2]}`;
   if (message.startsWith('Unexpected end')) return 'not valid JSON: it ends too soon';
-  return 'not valid JSON';
+  const at = /\(line (\d+) column (\d+)\)/.exec(message);
+  const where = at ? ` at line ${at[1]} column ${at[2]}` : '';
+  // What was expected, where V8 says it without quoting the text ("Expected ',' or '}' after
+  // property value in JSON at position 9"); a message that quotes is not repeated.
+  const said = message.replace(/ in JSON at position \d+.*$/, '');
+  return said !== '' && !said.includes('"') ? `not valid JSON${where} (${said})` : `not valid JSON${where}`;
 }

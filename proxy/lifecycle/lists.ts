@@ -14,7 +14,7 @@ import { parseTime } from '../rules/durations.ts';
 import { RulesError, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
 import { getDocument } from '../lib/bounded.ts';
-import { redactUrl } from '../lib/redact.ts';
+import { jsonFault, redactUrl } from '../lib/redact.ts';
 
 const ENTRY_FIELDS: ReadonlySet<string> = new Set(['kind', 'value', 'reason', 'end', 'id']);
 
@@ -67,19 +67,20 @@ export const MAX_DOCUMENT_BYTES = 256 * 1024;
 
 function parse(text: string, name: string, source: 'file' | 'url', now: number): Revocation[] | RulesProblem[] {
   let json: unknown = NOT_JSON;
-  let notJson = '';
-  try { json = JSON.parse(text); } catch (err) { notJson = (err as Error).message; /* YAML, or broken JSON: the document says where */ }
+  let notJson: unknown;
+  try { json = JSON.parse(text); } catch (err) { notJson = err; /* YAML, or broken JSON: the document says where */ }
   const documentFits = text.length <= MAX_DOCUMENT_BYTES;
   if (json !== NOT_JSON) {
     const entries = readEntries(json, source, now);
     if (!isEntryProblems(entries)) return entries;
     if (!documentFits) return entries.map((p) => ({ file: name, line: 1, column: 1, field: p.field, message: p.message }));
   } else if (!documentFits) {
-    // JSON.parse names the line and column of a JSON mistake (Node 24); a YAML list this large is not read.
-    const at = /\(line (\d+) column (\d+)\)/.exec(notJson);
+    // JSON.parse names the line and column of a JSON mistake (Node 24); a YAML list this large
+    // is not read. Never its quote of the text around it (jsonFault): a list may hold secrets.
+    const at = /\(line (\d+) column (\d+)\)/.exec((notJson as Error).message);
     return [{
       file: name, line: at ? Number(at[1]) : 1, column: at ? Number(at[2]) : 1, field: '',
-      message: `larger than ${MAX_DOCUMENT_BYTES / 1024} KiB, the most a YAML list may be, and not valid JSON (${notJson.replace(/ \(line \d+ column \d+\)$/, '')}): write a larger list as JSON`,
+      message: `larger than ${MAX_DOCUMENT_BYTES / 1024} KiB, the most a YAML list may be, and ${jsonFault(notJson)}: write a larger list as JSON`,
     }];
   }
   const lines = new LineCounter();

@@ -56,6 +56,14 @@ export function parseDurationOr0(text: string): number {
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 export const TIMER_TOO_LONG = 'must be at most 24d (2^31 - 1 ms, the longest timer Node.js can set; a longer one would fire at once)';
 
+/**
+ * The longest grace period (--grace, DRIFTGUARD_GRACE, the injector's grace), 24d: the stop's
+ * deadline (grace plus the flush allowance) is a timer, which waits at most MAX_TIMER_MS (24.8
+ * days); a grace within that allowance of it was accepted and then made SIGTERM exit 1 at
+ * once, nothing drained.
+ */
+export const MAX_GRACE_MS = 24 * 86_400_000;
+
 const TIME = /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(?:(Z)|([+-])(\d{2}):(\d{2})))?$/;
 
 /**

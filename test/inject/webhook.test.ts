@@ -533,4 +533,6 @@ t.test('the sidecar\'s grace period fits in the pod\'s terminationGracePeriodSec
   t.equal((await review(t, native, once)).got.response.patch, undefined, 'an injected pod with a cut grace is left alone');
   t.throws(() => buildConfig({ image: IMAGE, grace: 'soon' }), /grace: not a duration/);
   t.throws(() => buildConfig({ image: IMAGE, grace: '30d' }), /grace: must be at most 24d/);
+  // Within a timer's 24.8 days, past the 24 days the sidecar takes: it would crash-loop.
+  t.throws(() => buildConfig({ image: IMAGE, grace: '24.5d' }), /grace: must be at most 24d \(the sidecar refuses a longer grace\)/);
 });

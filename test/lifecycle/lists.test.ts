@@ -119,7 +119,12 @@ t.test('a JSON list larger than MAX_DOCUMENT_BYTES: problems by entry and field,
   const broken = [...lines.slice(0, 19), lines[19]!.replace(/,$/, ''), ...lines.slice(20)].join('\n');
   const [p, ...rest] = parseList(broken, 'list.json', 'url', NOW) as RulesProblem[];
   t.equal(rest.length, 0);
-  t.match(p, { line: 21, column: 4, field: '', message: /not valid JSON \(Expected ',' or '}' after property value in JSON at position \d+\)/ }, 'the line and column JSON.parse names');
+  t.match(p, { line: 21, column: 4, field: '', message: /not valid JSON at line 21 column 4 \(Expected ',' or '}' after property value\)/ }, 'the line and column JSON.parse names');
+  // An unquoted value: JSON.parse's message quoted the text around it, a secret here.
+  const quoted = [...lines.slice(0, 19), '   "value": sk_live_4eC39HqLyjWDarjtT1zdp7dc,', ...lines.slice(20)].join('\n');
+  const [q] = parseList(quoted, 'list.json', 'url', NOW) as RulesProblem[];
+  t.match(q!.message, /not valid JSON/);
+  t.notMatch(q!.message, /sk_live/, 'none of the list\'s text in the problem');
 });
 
 t.test('under the chart\'s heap limits, a 6 MiB YAML list or a 6 MiB JSON list with one bad entry stops start-up with its problem, not the process', async (t) => {
