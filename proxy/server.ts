@@ -17,7 +17,7 @@ import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, hasBody, isWebSocketHandshake } from './forward/forward.ts';
-import { CLIENT_CLOSED, DRAIN_CUT, type ForwardOutcome } from './forward/outcome.ts';
+import { CLIENT_CLOSED, DRAIN_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, endAndClose } from './forward/wire.ts';
@@ -118,11 +118,12 @@ export interface Driftguard {
   /** WebSocket handshakes being decided and the tunnels they became, until they close. */
   readonly tunnels: number;
   /**
-   * Close the open WebSocket tunnels whose handshake context `which` picks (its credential
-   * revoked, its consumer quarantined): a tunnel is decided once, at the handshake, and would
-   * otherwise outlive what was decided. Returns how many were closed.
+   * Close the open WebSocket tunnels and the forwarded answers still streaming whose request
+   * context `which` picks (its credential revoked, its consumer quarantined): a tunnel, or an
+   * answer that streams for minutes (server-sent events, a long download), is decided once and
+   * would otherwise outlive what was decided. Returns how many of each were closed.
    */
-  closeTunnels(which: (ctx: RequestContext) => boolean): number;
+  closeFor(which: (ctx: RequestContext) => boolean): { tunnels: number; answers: number };
   /** Stop accepting, let in-flight requests finish within graceMs, then close everything. */
   drain(graceMs: number): Promise<void>;
   /** Close at once (tests). */
@@ -176,6 +177,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const sockets = new Set<Socket>();
   /** Responses not yet finished (the requests in flight): drain marks those not yet started to close their connection. */
   const responses = new Set<ServerResponse>();
+  /** Answers being forwarded, with their request's context, until the forward ends (closeFor). */
+  const streaming = new Map<ServerResponse, RequestContext>();
+  /** Answers closeFor cut: their record says `revoked`, not that the client left. */
+  const revokedCuts = new WeakSet<ServerResponse>();
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
   /** proxy.timeouts.request in force (start). */
@@ -569,9 +574,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
     ctx.sendContinue?.();
-    const forwarded = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body, observation);
-    // A connection the drain cut closes as one the client left would: say whose cut it was.
-    const outcome = cutting && forwarded.error === CLIENT_CLOSED ? { ...forwarded, error: DRAIN_CUT } : forwarded;
+    streaming.set(res, ctx);
+    let forwarded: ForwardOutcome;
+    try {
+      forwarded = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body, observation);
+    } finally {
+      streaming.delete(res);
+    }
+    // A connection the drain or a revocation cut closes as one the client left would: say whose cut it was.
+    const cutter = revokedCuts.has(res) ? REVOKED_CUT : cutting ? DRAIN_CUT : undefined;
+    const outcome = cutter !== undefined && forwarded.error === CLIENT_CLOSED ? { ...forwarded, error: cutter } : forwarded;
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) {
       // The upstream failed during an upload: the body is cut, so the connection is too (below).
@@ -730,14 +742,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     tables: new Map([['token_cache', () => generation.identity.cacheFill()]]),
     get inFlight() { return responses.size + tunnels.size; },
     get tunnels() { return tunnels.size; },
-    closeTunnels(which) {
-      let closed = 0;
-      for (const [socket, ctx] of open) {
-        let pick = false;
-        try { pick = which(ctx); } catch { pick = true; /* fail closed: a check that fails closes */ }
-        if (pick) { socket.destroy(); closed++; }
-      }
-      return closed;
+    closeFor(which) {
+      // Fail closed: a check that fails closes.
+      const picks = (ctx: RequestContext) => { try { return which(ctx); } catch { return true; } };
+      let tunnels = 0;
+      let answers = 0;
+      for (const [socket, ctx] of open) if (picks(ctx)) { socket.destroy(); tunnels++; }
+      for (const [res, ctx] of streaming) if (picks(ctx)) { revokedCuts.add(res); res.destroy(); answers++; }
+      return { tunnels, answers };
     },
     get generation() { return generation; },
     get ready() { return notReady().length === 0; },

@@ -23,6 +23,8 @@ export interface ForwardOutcome {
 export const CLIENT_CLOSED = 'client closed';
 /** Its `error` when driftguard's drain cut the connection at the end of its grace period. */
 export const DRAIN_CUT = 'drain';
+/** Its `error` when driftguard cut an answer because its credential was revoked or its consumer quarantined meanwhile. */
+export const REVOKED_CUT = 'revoked';
 
 /** A request that waited longer than the connect timeout for a free connection of the pool. */
 export const CONNECTION_WAIT_TIMEOUT = 'DRIFTGUARD_CONNECTION_WAIT_TIMEOUT';

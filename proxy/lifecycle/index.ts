@@ -308,16 +308,17 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         if (changed.length) log({ level: 'warn', msg: 'lifecycle settings changed by the reload take effect at the next restart; the ones from start-up stay in force', fields: changed, rules: g.rules.hash });
       });
       adminRoutes(dg.routes, { state, log, ...(journal ? { journal } : {}), sources, rules: () => dg.generation.rules });
-      // A WebSocket tunnel is decided at its handshake: once a second, close the open ones
-      // whose credential has since been revoked or whose consumer is quarantined (enforced
-      // modes only, proxy.mode's too), so that a revocation cuts a stream off as it refuses a request.
+      // A WebSocket tunnel is decided at its handshake, a streamed answer at its request: once a
+      // second, close the open ones whose credential has since been revoked or whose consumer
+      // is quarantined (enforced modes only, proxy.mode's too), so that a revocation cuts a
+      // stream off as it refuses a request.
       sweeper = setInterval(() => {
         // proxy.mode audit: a new handshake of the same consumer is forwarded as a would-deny,
         // so an open tunnel stays too.
         if (dg.generation.rules.proxy.mode !== 'enforce') return;
         const now = state.now();
         const { revocation: r, credentials, monitors } = state.config;
-        const closed = dg.closeTunnels((ctx) => {
+        const closed = dg.closeFor((ctx) => {
           const c = ctx.credential;
           if (!c) return false;
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return true;
@@ -325,7 +326,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, c, monitors.quarantine.mode, now)?.held : undefined;
           return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce';
         });
-        if (closed > 0) log({ level: 'info', msg: 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined', tunnels: closed });
+        if (closed.tunnels + closed.answers > 0) log({ level: 'info', msg: 'WebSocket tunnels and answers in flight closed: their credential was revoked or their consumer quarantined', ...closed });
       }, TUNNEL_SWEEP_MS).unref();
       // Not ready until a list from the revocation list URL has been applied once: a sidecar
       // that took traffic before knowing what is revoked would let revoked tokens through. The

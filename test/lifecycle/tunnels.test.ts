@@ -47,7 +47,7 @@ t.test('a revocation closes the consumer\'s open tunnels, and only theirs', asyn
   await revoked.text();
   t.equal(await within(agent.closed, 3_000), 1006, 'the agent\'s tunnel is closed');
   t.equal(await bot.ask('2'), 'echo:2', 'another consumer\'s tunnel stays open');
-  t.ok(dg.logs.some((l) => l.msg === 'WebSocket tunnels closed: their credential was revoked or their consumer quarantined' && l.tunnels === 1), 'logged, with the count');
+  t.ok(dg.logs.some((l) => l.msg === 'WebSocket tunnels and answers in flight closed: their credential was revoked or their consumer quarantined' && l.tunnels === 1 && l.answers === 0), 'logged, with the count');
 });
 
 t.test('in audit mode a revocation leaves the tunnel open', async (t) => {
@@ -152,4 +152,38 @@ t.test('retry storm (counts: unsuccessful): a WebSocket reconnected after each 1
     }));
   }
   t.same(statuses, [101, 101, 101, 101, 101, 101], 'six reconnects, none a retry storm (it was 429 from the fourth)');
+});
+
+t.test('a streamed answer (server-sent events) is cut within a second of its credential\'s revocation, as a tunnel is', async (t) => {
+  const w = await world();
+  const ticks: NodeJS.Timeout[] = [];
+  w.up.handler = (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    let n = 0;
+    const tick = setInterval(() => res.write(`data: event ${n++}\n\n`), 50);
+    ticks.push(tick);
+    res.on('close', () => clearInterval(tick));
+  };
+  const dg = await startLifecycle(w.rules());
+  t.teardown(async () => { for (const x of ticks) clearInterval(x); await dg.close(); await w.close(); });
+  const stream = async (tok: string) => {
+    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(tok, { accept: 'text/event-stream' }) });
+    t.equal(res.status, 200, 'the stream opens');
+    const reader = res.body!.getReader();
+    const state = { events: 0, ended: false };
+    void (async () => { try { for (;;) { const { done, value } = await reader.read(); if (done) break; state.events += (Buffer.from(value).toString().match(/data:/g) ?? []).length; } } catch { /* cut */ } state.ended = true; })();
+    return { state, stop: () => reader.cancel().catch(() => {}) };
+  };
+  const revoked = await stream(await w.token());
+  const other = await stream(await w.token({ sub: BOT }));
+  await new Promise((r) => setTimeout(r, 300));
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: AGENT, reason: 'compromised' }) });
+  t.equal(made.status, 201);
+  await made.text();
+  const end = Date.now() + 2_500;
+  while (!revoked.state.ended && Date.now() < end) await new Promise((r) => setTimeout(r, 25));
+  t.ok(revoked.state.ended, 'the revoked consumer\'s stream is cut (it went on streaming)');
+  t.notOk(other.state.ended, 'another consumer\'s stream goes on');
+  t.match(dg.logs.find((l) => String(l.msg).startsWith('WebSocket tunnels and answers in flight closed')), { tunnels: 0, answers: 1 });
+  await other.stop();
 });
