@@ -3,7 +3,9 @@
 // flush telemetry, exit 0. Kubernetes sends SIGTERM to a native sidecar only after the app
 // container has stopped, so in-flight requests are the app's last answers.
 
-import { loadRules, type Overrides } from './rules/load.ts';
+import { statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { loadRules, RulesError, type Overrides } from './rules/load.ts';
 import type { Rules } from './rules/types.ts';
 import { startDriftguard, type Driftguard } from './server.ts';
 import { reloader, type Reloader } from './reload.ts';
@@ -125,6 +127,11 @@ function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) |
 const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 
 export async function run(file: string, overrides: Overrides, options: RunOptions): Promise<number> {
+  // A named pipe is read once by `check`; `run` reads its rules again on every change, SIGHUP
+  // and POST /reload, and each read would wait for a writer with every request held behind it.
+  if (statSync(file, { throwIfNoEntry: false })?.isFIFO()) {
+    throw new RulesError([{ file: resolve(file), line: 0, column: 0, field: '', message: 'is a named pipe: driftguard run reads its rules file again at each reload, and a pipe would hold the process until something writes to it; give a regular file' }]);
+  }
   const rules = loadRules(file, overrides);
   // Start-up can take seconds (keys, a revocation list URL). A signal meanwhile would get
   // Node's default action: SIGHUP killed the process, SIGTERM skipped the graceful stop. They

@@ -302,3 +302,13 @@ t.test('SIGUSR1 does not open the inspector and SIGUSR2 does not end the process
   dg.child.kill('SIGTERM');
   t.equal((await dg.exited).code, 0, 'and stops gracefully as ever');
 });
+
+t.test('run refuses a rules file that is a named pipe: each reload would hold the process until a writer came', async (t) => {
+  const { execFileSync } = await import('node:child_process');
+  const dir = mkdtempSync(join(tmpdir(), 'dg-fifo-'));
+  const fifo = join(dir, 'rules.yaml');
+  execFileSync('mkfifo', [fifo]);
+  const r = await cli(['run', '--config', fifo, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /rules\.yaml.*is a named pipe: driftguard run reads its rules file again at each reload/);
+});
