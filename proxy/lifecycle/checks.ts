@@ -316,15 +316,16 @@ function counts(state: LifecycleState, ctx: RequestContext): Counts {
   return c;
 }
 
-/** Record what a request counts for (state.counts), now that its decision let it through. */
-export function countForwarded(state: LifecycleState, ctx: RequestContext): void {
+/**
+ * Record what a request counts for (state.counts), now that its decision let it through.
+ * Returns the fingerprint's times it was counted in when its forward's outcome decides
+ * whether it stays there (retryStorm.counts unsuccessful: forwardedRepeat).
+ */
+export function countForwarded(state: LifecycleState, ctx: RequestContext): number[] | undefined {
   const c = state.counts.get(ctx);
-  if (!c) return;
+  if (!c) return undefined;
   state.counts.delete(ctx);
-  if (c.repeats) {
-    record(c.repeats.times, ctx.now, c.repeats.max);
-    if (c.repeats.unsuccessful) state.repeated.set(ctx, c.repeats.times);
-  }
+  if (c.repeats) record(c.repeats.times, ctx.now, c.repeats.max);
   if (c.operation) {
     const { consumer, id, max } = c.operation;
     const ops = consumer.operations;
@@ -335,6 +336,7 @@ export function countForwarded(state: LifecycleState, ctx: RequestContext): void
     // within maxOperations, and the next call of it is a would-deny again, as enforce refuses it.
     else if (ops.size < max) { ops.set(id, ctx.now); state.monitors.grew(consumer); }
   }
+  return c.repeats?.unsuccessful ? c.repeats.times : undefined;
 }
 
 /**
@@ -342,12 +344,9 @@ export function countForwarded(state: LifecycleState, ctx: RequestContext): void
  * a WebSocket's 101) is taken back (retryStorm.counts unsuccessful): a poller answered 200
  * every few seconds is healthy, and was refused, then quarantined, at the default limits.
  */
-export function forwardedRepeat(state: LifecycleState, ctx: RequestContext, outcome: ForwardOutcome): void {
-  const times = state.repeated.get(ctx);
-  if (times === undefined) return;
-  state.repeated.delete(ctx);
+export function forwardedRepeat(times: number[], at: number, outcome: ForwardOutcome): void {
   if (outcome.status === undefined || outcome.status >= 400 || outcome.aborted || outcome.failure !== undefined) return;
-  const i = times.lastIndexOf(ctx.now);
+  const i = times.lastIndexOf(at);
   if (i !== -1) times.splice(i, 1);
 }
 
@@ -386,32 +385,36 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
   const m = configOf(rules).monitors;
   const t = m.traversal;
   if (t.mode === 'off') return undefined;
+  const count = (ctx: RequestContext): CheckResult => {
+    // An agent's traversal is the agent's, whoever it acts for.
+    const p = state.monitored(ctx)!;
+    const consumer = state.monitors.consumer(p.key, p.kind, p.owner, ctx.now, p.origin);
+    const ops = consumer.operations;
+    // Drop what is out of the window: every entry, not only the front, as a request recorded
+    // late (its body was being read) sits behind later arrivals. At most maxOperations.
+    // A time after the clock's reading (it stepped back: fromNow) counts from that reading.
+    const current = state.now();
+    for (const [id, at] of ops) if (at <= ctx.now - t.windowMs) ops.delete(id); else if (at > current) ops.set(id, current);
+    const id = ctx.operation!.id;
+    // Counted once the decision lets it through (audit mode included): state.counts.
+    counts(state, ctx).operation = { consumer, id, max: t.maxOperations };
+    if (!ops.has(id) && ops.size >= t.maxOperations) {
+      ctx.extra['traversal.operations'] = ops.size;
+      return verdict(ctx, t.mode, { reason: 'endpoint-traversal', detail: `more than ${t.maxOperations} distinct operations within ${t.windowMs / 1000}s` });
+    }
+    return undefined;
+  };
   return {
     name: 'traversal',
-    async run(ctx) {
+    run(ctx) {
       if (!watched(m, ctx)) return undefined;
       // The operation is recorded once the decision lets the request through. A body the
       // idempotency check waits for between here and there would let writes arriving together
       // each pass this count before any is recorded: it is read first, so that nothing waits
       // between this count and that record. (The retry-storm check, when on, has read it.)
-      if (idempotencyReads(m, ctx) && await requestFingerprint(ctx, m) === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
-      // An agent's traversal is the agent's, whoever it acts for.
-      const p = state.monitored(ctx)!;
-      const consumer = state.monitors.consumer(p.key, p.kind, p.owner, ctx.now, p.origin);
-      const ops = consumer.operations;
-      // Drop what is out of the window: every entry, not only the front, as a request recorded
-      // late (its body was being read) sits behind later arrivals. At most maxOperations.
-      // A time after the clock's reading (it stepped back: fromNow) counts from that reading.
-      const current = state.now();
-      for (const [id, at] of ops) if (at <= ctx.now - t.windowMs) ops.delete(id); else if (at > current) ops.set(id, current);
-      const id = ctx.operation!.id;
-      // Counted once the decision lets it through (audit mode included): state.counts.
-      counts(state, ctx).operation = { consumer, id, max: t.maxOperations };
-      if (!ops.has(id) && ops.size >= t.maxOperations) {
-        ctx.extra['traversal.operations'] = ops.size;
-        return verdict(ctx, t.mode, { reason: 'endpoint-traversal', detail: `more than ${t.maxOperations} distinct operations within ${t.windowMs / 1000}s` });
-      }
-      return undefined;
+      // Only then a promise: most requests are counted at once.
+      if (!idempotencyReads(m, ctx)) return count(ctx);
+      return requestFingerprint(ctx, m).then((f) => (f === undefined ? { reason: 'malformed-request' as const, detail: 'the request body could not be read' } : count(ctx)));
     },
   };
 }

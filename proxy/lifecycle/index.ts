@@ -139,6 +139,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
   const observer: Observer = {
     begin(ctx: RequestContext): Observation {
       let decision: Decision | undefined;
+      // The fingerprint times it was counted in, until its forward's outcome says whether it stays.
+      let repeated: number[] | undefined;
       return {
         upstreamHeaders() {}, responseHeaders() {}, forwarding() {},
         decided(d) {
@@ -146,7 +148,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           // A request the decision lets through (allowed, warned, or a would-deny) counts in
           // the monitors' windows; one it refuses does not.
           if (d.decision === 'deny' && d.enforced) state.counts.delete(ctx);
-          else countForwarded(state, ctx);
+          else repeated = countForwarded(state, ctx);
           observe(ctx, d);
         },
         answering(status: number) {
@@ -157,7 +159,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           if (NOT_PROCESSED.has(status)) release(ctx);
         },
         forwarded(outcome: ForwardOutcome) {
-          forwardedRepeat(state, ctx, outcome);
+          if (repeated) { forwardedRepeat(repeated, ctx.now, outcome); repeated = undefined; }
           // The write never reached the upstream: its key may be used again at once. After a
           // reset, an answer cut short, or any answer but NOT_PROCESSED's, the upstream may have
           // acted on it: the key stays, and a retry is a duplicate-write, whose action says to

@@ -23,8 +23,6 @@ export class LifecycleState {
    * it when it is decided, so a request a later check denies uses up no budget.
    */
   readonly counts = new WeakMap<RequestContext, Counts>();
-  /** The fingerprint times a forwarded request was counted in, until its answer says whether it stays (retryStorm.counts unsuccessful). */
-  readonly repeated = new WeakMap<RequestContext, number[]>();
 
   constructor(rules: Rules, now: () => number) {
     this.#config = configOf(rules);
