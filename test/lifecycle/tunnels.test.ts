@@ -9,7 +9,7 @@ import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
 import { AGENT, BOT, baseRules, writeRules } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
-import { world, startLifecycle, bearer, monitorsOnly } from './support.ts';
+import { world, startLifecycle, bearer, monitorsOnly, until } from './support.ts';
 
 async function echoServer(t: Test): Promise<string> {
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
@@ -186,4 +186,29 @@ t.test('a streamed answer (server-sent events) is cut within a second of its cre
   t.notOk(other.state.ended, 'another consumer\'s stream goes on');
   t.match(dg.logs.find((l) => String(l.msg).startsWith('WebSocket tunnels and answers in flight closed')), { tunnels: 0, answers: 1 });
   await other.stop();
+});
+
+t.test('an upload still streaming to the upstream when its credential is revoked is cut there within a second', async (t) => {
+  const w = await world();
+  let upstreamGot = 0;
+  let upstreamClosed = false;
+  w.up.handler = (req) => {
+    req.on('data', (c: Buffer) => { upstreamGot += c.length; });
+    req.on('close', () => { upstreamClosed = true; });
+  };
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({}); }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ scope: 'items.write' });
+  // A chunked upload (streamed, not read by the monitors) that goes on as long as it is let.
+  const { request } = await import('node:http');
+  const url = new URL(`${dg.url}/items/1/blob`);
+  const req = request({ host: url.hostname, port: url.port, path: url.pathname, method: 'PUT', headers: { ...bearer(tok), 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } });
+  req.on('error', () => {});
+  const feed = setInterval(() => { if (!req.destroyed) req.write(Buffer.alloc(1024)); }, 20);
+  t.teardown(() => { clearInterval(feed); req.destroy(); });
+  t.ok(await until(() => upstreamGot > 4096), 'the upload streams to the upstream');
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: AGENT, reason: 'compromised' }) });
+  t.equal(made.status, 201);
+  await made.text();
+  t.ok(await until(() => upstreamClosed, 2_500), 'the upstream\'s request is cut (it went on receiving)');
 });
