@@ -13,6 +13,15 @@ export function issuerSubjectKey(issuer: string, subject: string): string {
   return JSON.stringify([issuer, subject]);
 }
 
+/** The issuer and subject a `["<issuer>","<subject>"]` names, however it is spaced; undefined for anything else. */
+export function issuerSubjectOf(value: string): [issuer: string, subject: string] | undefined {
+  if (!value.startsWith('[')) return undefined;
+  try {
+    const v: unknown = JSON.parse(value);
+    return Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string' ? [v[0], v[1]] : undefined;
+  } catch { return undefined; /* a subject that only starts with [ */ }
+}
+
 /** The consumer a credential stands for; undefined when its subject is registered to another issuer. */
 export function resolveConsumer(rules: Rules, credential: Pick<Credential, 'subject' | 'issuer'>): Consumer | undefined {
   const subject = credential.subject;

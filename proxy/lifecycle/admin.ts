@@ -20,7 +20,7 @@ import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
 import { malformedCredentialLines, parseAdminCredentials, type AdminCredential } from './config.ts';
 import { isRevocationKind, revocationView, subjectKey, REVOCATION_KINDS, type Revocation } from './revocations.ts';
-import { issuerSubjectKey } from '../checks/consumers.ts';
+import { issuerSubjectKey, issuerSubjectOf } from '../checks/consumers.ts';
 import type { Journal } from './journal.ts';
 import type { ListSource } from './lists.ts';
 import type { LifecycleState } from './state.ts';
@@ -307,7 +307,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     // A consumer is refused by a revocation of its plain subject (from every issuer) and by one of
     // ["<issuer>","<subject>"] (its issuer's only), whichever spelling its key has: both are listed.
     const revocationsOf = (subject: string, known: { issuer: string } | undefined, seen: { origin?: { issuer: string; subject: string } } | undefined): Revocation[] => {
-      const origin = seen?.origin ?? (known ? { issuer: known.issuer, subject } : pairOf(subject));
+      const pair = known || seen?.origin ? undefined : issuerSubjectOf(subject);
+      const origin = seen?.origin ?? (known ? { issuer: known.issuer, subject } : pair && { issuer: pair[0], subject: pair[1] });
       const spellings = new Set([subject]);
       if (origin) { spellings.add(origin.subject); spellings.add(issuerSubjectKey(origin.issuer, origin.subject)); }
       return [...spellings].flatMap((s) => revoked.get(s) ?? []);
@@ -331,16 +332,6 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     };
     await routes.jsonList(res, { tracked: state.monitors.consumers.size, maxTracked: state.monitors.consumers.max }, 'consumers', [...subjects].sort(), view);
   });
-}
-
-/** The issuer and subject a consumer key of the form ["<issuer>","<subject>"] names, if it is one. */
-function pairOf(key: string): { issuer: string; subject: string } | undefined {
-  if (!key.startsWith('[')) return undefined;
-  try {
-    const v: unknown = JSON.parse(key);
-    if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string') return { issuer: v[0], subject: v[1] };
-  } catch { /* a subject that only starts with [ */ }
-  return undefined;
 }
 
 function quarantineView(q: { subject: string; key?: string; sinceMs: number; untilMs: number; mode: string; reasons: readonly string[] }): Record<string, unknown> {

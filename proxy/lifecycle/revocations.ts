@@ -4,7 +4,7 @@
 // they run on every request, verified-token cache hits included.
 
 import type { Credential } from '../pipeline/types.ts';
-import { actorIssuer, issuerSubjectKey } from '../checks/consumers.ts';
+import { actorIssuer, issuerSubjectKey, issuerSubjectOf } from '../checks/consumers.ts';
 
 export const REVOCATION_KINDS = ['jti', 'task', 'subject', 'kid'] as const;
 export type RevocationKind = (typeof REVOCATION_KINDS)[number];
@@ -65,12 +65,8 @@ export function taskOf(claim: unknown): string | undefined | null {
  * spaced (a JSON pair written by hand), else the value as written.
  */
 export function subjectKey(value: string): string {
-  if (!value.startsWith('[')) return value;
-  try {
-    const v: unknown = JSON.parse(value);
-    if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string') return issuerSubjectKey(v[0], v[1]);
-  } catch { /* a subject that only starts with [ */ }
-  return value;
+  const pair = issuerSubjectOf(value);
+  return pair ? issuerSubjectKey(...pair) : value;
 }
 
 /** Whether a subject revocation names the token's own subject (from any issuer, or from its own), not an actor of it. */

@@ -15,6 +15,7 @@ import type { AdminRoutes } from '../admin/server.ts';
 import type { DecisionRecord } from './record.ts';
 import { heldBytes, stringBytes, type TableFill } from '../lib/heap.ts';
 import { redactText } from '../lib/redact.ts';
+import { issuerSubjectOf } from '../checks/consumers.ts';
 
 /** A decision as the ring keeps it. */
 export interface RecentEntry {
@@ -26,6 +27,8 @@ export interface RecentEntry {
   readonly reason: string;
   readonly warnings: readonly string[];
   readonly consumer: string | undefined;
+  /** The issuer that vouched for the consumer (the rules' own string, shared). */
+  readonly issuer: string | undefined;
   readonly owner: string | undefined;
   readonly operation: string | undefined;
   /** The decision-log line (record.ts logLine). */
@@ -45,7 +48,7 @@ export function recentEntry(r: DecisionRecord, line: string, utf8 = Buffer.byteL
   Number(line);
   return {
     timeMs: r.timeMs, traceId: r.traceId, decision: r.decision, enforced: r.enforced, reason: r.reason, warnings: r.warnings,
-    consumer: r.consumer, owner: r.owner, operation: r.operation, line,
+    consumer: r.consumer, issuer: r.issuer, owner: r.owner, operation: r.operation, line,
     // Heap bytes, not characters: a line with one character beyond Latin-1 (a subject, a
     // detail) is two bytes a character, and the subject is held apart from the line.
     weight: ENTRY_BYTES + heldBytes(line.length, utf8) + (r.consumer === undefined ? 0 : stringBytes(r.consumer)),
@@ -114,6 +117,8 @@ export class Ring {
 
 export interface DecisionFilter {
   consumer?: string;
+  /** With consumer: its issuer, when the filter names it as ["<issuer>","<subject>"]. */
+  issuer?: string;
   owner?: string;
   operation?: string;
   /** Matches the decision's reason or any of its warnings. */
@@ -168,6 +173,13 @@ export function parseFilter(params: URLSearchParams, now: number): DecisionFilte
         if (!isReasonCode(value)) throw new TypeError(`reason: "${redactText(value).slice(0, 64)}" is not a reason code (the README's reason-code table lists them)`);
         f.reason = value;
         break;
+      case 'consumer': {
+        // ["<issuer>","<subject>"], as /consumers and /quarantine name an unregistered subject
+        // while several issuers are trusted: that issuer's subject only.
+        const pair = issuerSubjectOf(value);
+        if (pair) { f.issuer = pair[0]; f.consumer = pair[1]; } else f.consumer = value;
+        break;
+      }
       case 'traceId':
         if (!/^[0-9a-f]{32}$/i.test(value)) throw new TypeError('traceId: must be 32 hexadecimal digits (a W3C trace id)');
         f.traceId = value.toLowerCase();
@@ -181,6 +193,7 @@ export function parseFilter(params: URLSearchParams, now: number): DecisionFilte
 
 export function matches(r: RecentEntry, f: DecisionFilter): boolean {
   if (f.consumer !== undefined && r.consumer !== f.consumer) return false;
+  if (f.issuer !== undefined && r.issuer !== f.issuer) return false;
   if (f.owner !== undefined && r.owner !== f.owner) return false;
   if (f.operation !== undefined && r.operation !== f.operation) return false;
   if (f.decision !== undefined && (f.decision === 'would-deny' ? r.decision !== 'deny' || r.enforced : r.decision !== f.decision)) return false;

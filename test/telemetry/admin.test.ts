@@ -246,3 +246,26 @@ t.test('two issuers on one JWKS URL (or URLs differing only in the query) are tw
     t.ok((sample(m, 'driftguard_jwks_refreshes_total', { issuer, source: keys.url, result: 'success' }) ?? 0) >= 1);
   }
 });
+
+t.test('GET /decisions?consumer= takes the ["<issuer>","<subject>"] name /consumers shows, for that issuer\'s subject only', async (t) => {
+  const other = 'https://other.test.local';
+  const two = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
+    r.identity.issuers.push({ ...r.identity.issuers[0], issuer: other });
+    for (const c of r.consumers.registry) c.issuer = r.identity.issuers[0].issuer;
+    r.consumers.unknown = 'allow';
+    r.telemetry = { traces: { exporter: 'none' }, recent: { size: 50 } };
+  }));
+  t.teardown(() => two.close());
+  for (const iss of ['https://issuer.test.local', other]) {
+    const res = await fetch(`${two.url}/items/1`, { headers: { authorization: `Bearer ${await token({ key, sub: 'client-7', iss, scope: 'items.read', contract: '2026-09' })}` } });
+    await res.text();
+  }
+  // The name /consumers gives it (the lifecycle tests check that; this driftguard has telemetry only).
+  const shown = JSON.stringify([other, 'client-7']);
+  const found = await (await fetch(`${two.admin}/decisions?consumer=${encodeURIComponent(shown)}`)).json() as { decisions: { issuer: string; consumer: string }[] };
+  t.same(found.decisions.map((d) => [d.issuer, d.consumer]), [[other, 'client-7']], 'that issuer\'s client-7 only (it found nothing)');
+  const spaced = await (await fetch(`${two.admin}/decisions?consumer=${encodeURIComponent(`["${other}", "client-7"]`)}`)).json() as { decisions: unknown[] };
+  t.equal(spaced.decisions.length, 1, 'however spaced');
+  const plain = await (await fetch(`${two.admin}/decisions?consumer=client-7`)).json() as { decisions: unknown[] };
+  t.equal(plain.decisions.length, 2, 'the plain subject: from every issuer');
+});

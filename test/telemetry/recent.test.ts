@@ -12,7 +12,7 @@ import { startWithTelemetry } from './support.ts';
 
 const entry = (id: number, chars: number): RecentEntry => ({
   timeMs: id, traceId: String(id), decision: 'deny', enforced: true, reason: 'unknown-operation', warnings: [],
-  consumer: undefined, owner: undefined, operation: undefined, line: `{"n":${id}}`.padEnd(chars, ' '), weight: chars,
+  consumer: undefined, issuer: undefined, owner: undefined, operation: undefined, line: `{"n":${id}}`.padEnd(chars, ' '), weight: chars,
 });
 const ids = (r: Ring) => [...r.newest()].map((e) => e.timeMs);
 
