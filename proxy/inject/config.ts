@@ -161,6 +161,8 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
     throw new InjectorConfigError(`${source}: must be a mapping`);
   }
+  /** `FILE:LINE` of a top-level key, or the source alone (a flag has no line). */
+  const where = (key: string) => { const line = lineOf(key); return `${source}${line !== undefined ? `:${line}` : ''}`; };
   const copy = structuredClone(input) as Record<string, unknown>;
   if (!validate(copy)) {
     const lines = (validate.errors ?? []).map((e) => {
@@ -168,8 +170,7 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
       const extra = e.keyword === 'additionalProperties' ? ` (${String(e.params.additionalProperty)})` : '';
       const allowed = e.keyword === 'enum' ? ` (${(e.params.allowedValues as unknown[]).join(', ')})` : '';
       const key = e.keyword === 'additionalProperties' && !e.instancePath ? String(e.params.additionalProperty) : e.instancePath.split('/')[1] ?? '';
-      const line = lineOf(key);
-      return `${source}${line !== undefined ? `:${line}` : ''}: ${field}: ${e.message ?? 'invalid'}${extra}${allowed}`;
+      return `${where(key)}: ${field}: ${e.message ?? 'invalid'}${extra}${allowed}`;
     });
     throw new InjectorConfigError(lines.join('\n'));
   }
@@ -185,16 +186,12 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   const bounded = boundedDuration(cfg.grace, true);
   // As the sidecar's own --grace: a longer one would stop it at its start in every pod.
   const grace = typeof bounded === 'number' && bounded > MAX_GRACE_MS ? 'must be at most 24d (the sidecar refuses a longer grace)' : bounded;
-  if (typeof grace === 'string') {
-    const line = lineOf('grace');
-    throw new InjectorConfigError(`${source}${line !== undefined ? `:${line}` : ''}: grace: ${grace}`);
-  }
+  if (typeof grace === 'string') throw new InjectorConfigError(`${where('grace')}: grace: ${grace}`);
   // A variable the injector sets itself, set again: the later would win, and DRIFTGUARD_UPSTREAM
   // or DRIFTGUARD_LISTEN so could take traffic around the checks.
   const names = new Set<string>();
   for (const [i, e] of cfg.env.entries()) {
-    const line = lineOf('env');
-    const at = `${source}${line !== undefined ? `:${line}` : ''}: env[${i}].name`;
+    const at = `${where('env')}: env[${i}].name`;
     if (INJECTED_ENV.includes(e.name) || e.name.startsWith('DRIFTGUARD_')) throw new InjectorConfigError(`${at}: ${e.name} is set by the injector itself (${INJECTED_ENV.join(', ')})`);
     if (names.has(e.name)) throw new InjectorConfigError(`${at}: ${e.name} is listed twice`);
     names.add(e.name);
@@ -205,8 +202,7 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   // other variables ($(NODE_IP)), are only known in the pod.
   const literal = Object.fromEntries(cfg.env.filter((e) => e.value !== undefined && !e.value.includes('$(')).map((e) => [e.name, e.value]));
   try { checkTelemetryEnvironment(literal); } catch (err) {
-    const line = lineOf('env');
-    throw new InjectorConfigError(`${source}${line !== undefined ? `:${line}` : ''}: env: ${(err as Error).message}; the sidecar would refuse to start`);
+    throw new InjectorConfigError(`${where('env')}: env: ${(err as Error).message}; the sidecar would refuse to start`);
   }
   // The API server refuses a container whose request is above its limit: every opted-in pod
   // would then be refused, not the injector's start-up.
@@ -214,8 +210,7 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   for (const name of ['cpu', 'memory', 'ephemeral-storage'] as const) {
     const [request, limit] = [requests?.[name], limits?.[name]];
     if (request === undefined || limit === undefined || quantityValue(request) <= quantityValue(limit)) continue;
-    const line = lineOf('resources');
-    throw new InjectorConfigError(`${source}${line !== undefined ? `:${line}` : ''}: resources.requests.${name}: ${request} is above resources.limits.${name} (${limit}); the API server refuses a container so (and every pod injected with it)`);
+    throw new InjectorConfigError(`${where('resources')}: resources.requests.${name}: ${request} is above resources.limits.${name} (${limit}); the API server refuses a container so (and every pod injected with it)`);
   }
   return deepFreeze(cfg);
 }
