@@ -127,10 +127,16 @@ export function redactText(text: string): string {
 export function jsonFault(err: unknown): string {
   const message = err instanceof Error ? err.message : '';
   if (message.startsWith('Unexpected end')) return 'not valid JSON: it ends too soon';
-  const at = /\(line (\d+) column (\d+)\)/.exec(message);
-  const where = at ? ` at line ${at[1]} column ${at[2]}` : '';
+  const at = jsonFaultAt(err);
+  const where = at ? ` at line ${at.line} column ${at.column}` : '';
   // What was expected, where V8 says it without quoting the text ("Expected ',' or '}' after
   // property value in JSON at position 9"); a message that quotes is not repeated.
   const said = message.replace(/ in JSON at position \d+.*$/, '');
   return said !== '' && !said.includes('"') ? `not valid JSON${where} (${said})` : `not valid JSON${where}`;
+}
+
+/** The line and column JSON.parse names for a fault (Node 24), where it names them. */
+export function jsonFaultAt(err: unknown): { line: number; column: number } | undefined {
+  const at = /\(line (\d+) column (\d+)\)/.exec(err instanceof Error ? err.message : '');
+  return at ? { line: Number(at[1]), column: Number(at[2]) } : undefined;
 }

@@ -37,6 +37,9 @@ function verdict(ctx: RequestContext, mode: FeatureMode, denial: Denial): CheckR
   return undefined;
 }
 
+/** A body a monitor must read that did not arrive whole (retry storm, traversal, idempotency alike). */
+const BODY_UNREADABLE: Denial = Object.freeze({ reason: 'malformed-request', detail: 'the request body could not be read' });
+
 /** A task claim that names no task (taskOf: null): no task revocation could match it. */
 function namesNoTask(taskClaim: string): Denial {
   return { reason: 'invalid-credential', detail: `claim ${taskClaim} must be a non-empty string or a whole number below 2^53` };
@@ -361,7 +364,7 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
     async run(ctx) {
       if (!watched(m, ctx)) return undefined;
       const fingerprint = await requestFingerprint(ctx, m);
-      if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
+      if (fingerprint === undefined) return BODY_UNREADABLE;
       let times = state.monitors.fingerprints.get(fingerprint);
       if (!times) state.monitors.fingerprints.set(fingerprint, (times = []));
       fromNow(times, state.now());
@@ -414,7 +417,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
       // between this count and that record. (The retry-storm check, when on, has read it.)
       // Only then a promise: most requests are counted at once.
       if (!idempotencyReads(m, ctx)) return count(ctx);
-      return requestFingerprint(ctx, m).then((f) => (f === undefined ? { reason: 'malformed-request' as const, detail: 'the request body could not be read' } : count(ctx)));
+      return requestFingerprint(ctx, m).then((f) => (f === undefined ? BODY_UNREADABLE : count(ctx)));
     },
   };
 }
@@ -440,7 +443,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
         return verdict(ctx, i.mode, { reason: 'idempotency-key-required', detail: `send one ${i.header} header of 1 to 255 visible characters with this write` });
       }
       const fingerprint = await requestFingerprint(ctx, m);
-      if (fingerprint === undefined) return { reason: 'malformed-request', detail: 'the request body could not be read' };
+      if (fingerprint === undefined) return BODY_UNREADABLE;
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
       const who = holder(ctx);
       // The cap's bucket is the one writing: an agent's keys for every person it acts for are

@@ -14,7 +14,7 @@ import { parseTime } from '../rules/durations.ts';
 import { RulesError, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
 import { getDocument } from '../lib/bounded.ts';
-import { jsonFault, redactUrl } from '../lib/redact.ts';
+import { jsonFault, jsonFaultAt, redactUrl } from '../lib/redact.ts';
 
 const ENTRY_FIELDS: ReadonlySet<string> = new Set(['kind', 'value', 'reason', 'end', 'id']);
 
@@ -77,9 +77,9 @@ function parse(text: string, name: string, source: 'file' | 'url', now: number):
   } else if (!documentFits) {
     // JSON.parse names the line and column of a JSON mistake (Node 24); a YAML list this large
     // is not read. Never its quote of the text around it (jsonFault): a list may hold secrets.
-    const at = /\(line (\d+) column (\d+)\)/.exec((notJson as Error).message);
+    const at = jsonFaultAt(notJson);
     return [{
-      file: name, line: at ? Number(at[1]) : 1, column: at ? Number(at[2]) : 1, field: '',
+      file: name, line: at?.line ?? 1, column: at?.column ?? 1, field: '',
       message: `larger than ${MAX_DOCUMENT_BYTES / 1024} KiB, the most a YAML list may be, and ${jsonFault(notJson)}: write a larger list as JSON`,
     }];
   }
