@@ -307,7 +307,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     // A consumer is refused by a revocation of its plain subject (from every issuer) and by one of
     // ["<issuer>","<subject>"] (its issuer's only), whichever spelling its key has: both are listed.
     const revocationsOf = (subject: string, known: { issuer: string } | undefined, seen: { origin?: { issuer: string; subject: string } } | undefined): Revocation[] => {
-      const pair = known || seen?.origin ? undefined : issuerSubjectOf(subject);
+      const pair = issuerSubjectOf(subject);
       const origin = seen?.origin ?? (known ? { issuer: known.issuer, subject } : pair && { issuer: pair[0], subject: pair[1] });
       const spellings = new Set([subject]);
       if (origin) { spellings.add(origin.subject); spellings.add(issuerSubjectKey(origin.issuer, origin.subject)); }
