@@ -19,7 +19,7 @@ import type { Rules } from '../rules/types.ts';
 import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
 import { malformedCredentialLines, parseAdminCredentials, type AdminCredential } from './config.ts';
-import { isRevocationKind, revocationView, subjectKey, REVOCATION_KINDS, type Revocation } from './revocations.ts';
+import { isRevocationKind, matchedValue, revocationView, subjectKey, REVOCATION_KINDS, type Revocation } from './revocations.ts';
 import { issuerSubjectKey, issuerSubjectOf } from '../checks/consumers.ts';
 import type { Journal } from './journal.ts';
 import type { ListSource } from './lists.ts';
@@ -141,9 +141,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
 
   /** The admin revocation in force that names what `kind` and `value` name (a subject pair however spaced), if any. */
   function heldRevocation(kind: Revocation['kind'], value: string, now: number): Revocation | undefined {
-    const matched = (k: Revocation['kind'], v: string) => (k === 'subject' ? subjectKey(v) : v);
-    const wanted = matched(kind, value);
-    return state.revocations.list(now).find((r) => r.source === 'admin' && r.kind === kind && matched(r.kind, r.value) === wanted);
+    const wanted = matchedValue({ kind, value });
+    return state.revocations.list(now).find((r) => r.source === 'admin' && r.kind === kind && matchedValue(r) === wanted);
   }
 
   /**

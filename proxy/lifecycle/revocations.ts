@@ -76,7 +76,7 @@ export function revokesSubjectItself(r: Revocation, credential: Pick<Credential,
 }
 
 /** The value a revocation is indexed and matched by. */
-function matched(r: Revocation): string {
+export function matchedValue(r: Pick<Revocation, 'kind' | 'value'>): string {
   return r.kind === 'subject' ? subjectKey(r.value) : r.value;
 }
 
@@ -126,7 +126,7 @@ export class RevocationStore {
     if (!before || before.kind !== r.kind || before.value !== r.value) this.#changes++;
     this.#byKey.set(key, r);
     const byValue = this.#index.get(r.kind)!;
-    const value = matched(r);
+    const value = matchedValue(r);
     const keys = byValue.get(value);
     if (keys === undefined) byValue.set(value, key);
     else if (typeof keys === 'string') byValue.set(value, new Set([keys, key]));
@@ -142,7 +142,7 @@ export class RevocationStore {
     if (!r) return undefined;
     this.#byKey.delete(key);
     const byValue = this.#index.get(r.kind)!;
-    const value = matched(r);
+    const value = matchedValue(r);
     const keys = byValue.get(value);
     if (typeof keys === 'string') byValue.delete(value);
     else if (keys !== undefined) {
