@@ -17,7 +17,7 @@ import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, hasBody, isWebSocketHandshake } from './forward/forward.ts';
-import { CLIENT_CLOSED, DRAIN_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
+import { CLIENT_CLOSED, DRAIN_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, endAndClose } from './forward/wire.ts';
@@ -69,10 +69,20 @@ interface Pipeline {
   cut: boolean;
 }
 
+/** An established WebSocket tunnel (closeFor, a reload's new decision). */
+interface OpenTunnel {
+  /** The context it was decided with: the handshake's, or a reload's new decision's. */
+  ctx: RequestContext;
+  /** Take `decided` as its context and end the tunnel at what stops holding under `rules` (tunnelEndsAt). */
+  endUnder(decided: RequestContext, rules: Rules): void;
+}
+
 export interface Generation {
   readonly rules: Rules;
   readonly identity: Identity;
   readonly decide: Decide;
+  /** The same checks but those marked `once`: what is already open is decided again by it after a reload. */
+  readonly redecide: Decide;
   readonly forwarder: Forwarder;
 }
 
@@ -141,7 +151,8 @@ export function buildGeneration(rules: Rules, previous?: Generation, extra: Part
   // The pool (and its keep-alive connections) survives a reload that leaves the proxy settings alone.
   const forwarder = previous && JSON.stringify(previous.rules.proxy) === JSON.stringify(rules.proxy)
     ? previous.forwarder : new Forwarder(rules.proxy);
-  return { rules, identity, decide: decider(checks(rules, deps), rules.proxy.mode), forwarder };
+  const list = checks(rules, deps);
+  return { rules, identity, decide: decider(list, rules.proxy.mode), redecide: decider(list.filter((c) => !c.once), rules.proxy.mode), forwarder };
 }
 
 /** How long a pool a reload replaced stays open for the requests still using it. */
@@ -179,8 +190,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const responses = new Set<ServerResponse>();
   /** Answers being forwarded, with their request's context, until the forward ends (closeFor). */
   const streaming = new Map<ServerResponse, RequestContext>();
-  /** Answers closeFor cut: their record says `revoked`, not that the client left. */
-  const revokedCuts = new WeakSet<ServerResponse>();
+  /** Answers driftguard cut (closeFor, a reload's new decision): their record says who, not that the client left. */
+  const cutBy = new WeakMap<ServerResponse, typeof REVOKED_CUT | typeof RELOAD_CUT>();
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
   /** proxy.timeouts.request in force (start). */
@@ -197,7 +208,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   /** Connections dropped since the last line said so, and when that was (performance.now), by listener and cause. */
   const drops = new Map<string, { count: number; at: number }>();
   /** The tunnels established (101 passed on), with their handshake's context. */
-  const open = new Map<Socket, RequestContext>();
+  const open = new Map<Socket, OpenTunnel>();
   let draining = false;
   /** The drain's grace period is over and it is cutting what still runs: those cuts are its own. */
   let cutting = false;
@@ -582,7 +593,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       streaming.delete(res);
     }
     // A connection the drain or a revocation cut closes as one the client left would: say whose cut it was.
-    const cutter = revokedCuts.has(res) ? REVOKED_CUT : cutting ? DRAIN_CUT : undefined;
+    const cutter = cutBy.get(res) ?? (cutting ? DRAIN_CUT : undefined);
     const outcome = cutter !== undefined && forwarded.error === CLIENT_CLOSED ? { ...forwarded, error: cutter } : forwarded;
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) {
@@ -642,14 +653,22 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (outcome.status !== undefined) status = outcome.status;
     end();
     if (status === 101 && !socket.destroyed) {
-      open.set(socket, ctx);
-      const ends = tunnelEndsAt(ctx, g.rules);
       // A timer waits at most MAX_TIMER_MS (24.8 days): a later end is waited for in steps.
       const arm = (at: number) => {
         const wait = at - now();
         expiry = setTimeout(() => { if (wait > MAX_TIMER_MS) arm(at); else socket.destroy(); }, Math.min(MAX_TIMER_MS, Math.max(0, wait))).unref();
       };
-      if (ends !== undefined) arm(ends);
+      const tunnel: OpenTunnel = {
+        ctx,
+        endUnder(decided, rules) {
+          tunnel.ctx = decided;
+          clearTimeout(expiry);
+          const ends = tunnelEndsAt(decided, rules);
+          if (ends !== undefined) arm(ends);
+        },
+      };
+      open.set(socket, tunnel);
+      tunnel.endUnder(ctx, g.rules);
     }
   }
 
@@ -670,6 +689,52 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       if (dep.sinceMs > ctx.now && blocks(rules, op, ctx.consumer)) ends.push(dep.sinceMs);
     }
     return ends.length ? Math.min(...ends) : undefined;
+  }
+
+  /**
+   * A reload's rules reach what is already open. Each WebSocket tunnel, and each answer already
+   * streaming (its head sent: the upstream has acted on the request), is decided again as if
+   * the new rules had been in force when it was decided (its clock, its token), by the checks
+   * not marked `once`: the monitors do not count it twice, and a refusal here feeds no
+   * quarantine. What they refuse, enforced, is closed, and logged with the reasons; a tunnel
+   * they keep ends at the new rules' dates. An upload whose answer has not started finishes
+   * under the rules it was decided with: the upstream may be acting on it.
+   */
+  async function redecideOpen(g: Generation): Promise<void> {
+    const reasons: Record<string, number> = {};
+    let tunnelsClosed = 0;
+    let answersCut = 0;
+    const again = async (was: RequestContext): Promise<[RequestContext, Decision]> => {
+      const ctx: RequestContext = { req: was.req, rules: g.rules, now: was.now, warnings: [], checks: [], extra: {} };
+      return [ctx, await g.redecide(ctx)];
+    };
+    // Still the rules in force, and not draining: a later reload decides again itself.
+    const current = () => generation === g && !draining;
+    const refused = (d: Decision) => d.decision === 'deny' && d.enforced;
+    const count = (d: Decision) => { reasons[d.reason] = (reasons[d.reason] ?? 0) + 1; };
+    try {
+      await Promise.all([
+        ...[...open].map(async ([socket, tunnel]) => {
+          const [ctx, d] = await again(tunnel.ctx);
+          if (!current() || !open.has(socket)) return;
+          if (refused(d)) { count(d); socket.destroy(); tunnelsClosed++; } else tunnel.endUnder(ctx, g.rules);
+        }),
+        ...[...streaming].filter(([res]) => res.headersSent).map(async ([res, was]) => {
+          const [, d] = await again(was);
+          if (!current() || !streaming.has(res) || !refused(d)) return;
+          count(d);
+          cutBy.set(res, RELOAD_CUT);
+          res.destroy();
+          answersCut++;
+        }),
+      ]);
+    } catch (err) {
+      // The decider never throws (a check's failure is an internal-error denial): a defect here
+      // leaves what is open as it was, and says so.
+      log({ level: 'error', msg: 'open tunnels and streaming answers could not be decided again after the reload', error: (err as Error | undefined)?.name ?? typeof err, rules: g.rules.hash });
+      return;
+    }
+    if (tunnelsClosed + answersCut > 0) log({ level: 'info', msg: 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them', tunnels: tunnelsClosed, answers: answersCut, reasons, rules: g.rules.hash });
   }
 
   /**
@@ -747,8 +812,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const picks = (ctx: RequestContext) => { try { return which(ctx); } catch { return true; } };
       let tunnels = 0;
       let answers = 0;
-      for (const [socket, ctx] of open) if (picks(ctx)) { socket.destroy(); tunnels++; }
-      for (const [res, ctx] of streaming) if (picks(ctx)) { revokedCuts.add(res); res.destroy(); answers++; }
+      for (const [socket, t] of open) if (picks(t.ctx)) { socket.destroy(); tunnels++; }
+      for (const [res, ctx] of streaming) if (picks(ctx)) { cutBy.set(res, REVOKED_CUT); res.destroy(); answers++; }
       return { tunnels, answers };
     },
     get generation() { return generation; },
@@ -796,6 +861,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       traffic.headersTimeout = headersTimeout(requestMs);
       for (const listener of swapListeners) listener(g);
       if (old.forwarder !== g.forwarder) closeLater(old.forwarder);
+      void redecideOpen(g);
     },
     async drain(graceMs: number) {
       draining = true;

@@ -25,6 +25,8 @@ export const CLIENT_CLOSED = 'client closed';
 export const DRAIN_CUT = 'drain';
 /** Its `error` when driftguard cut an answer because its credential was revoked or its consumer quarantined meanwhile. */
 export const REVOKED_CUT = 'revoked';
+/** Its `error` when driftguard cut an answer because rules reloaded while it streamed refuse its request. */
+export const RELOAD_CUT = 'reload';
 
 /** A request that waited longer than the connect timeout for a free connection of the pool. */
 export const CONNECTION_WAIT_TIMEOUT = 'DRIFTGUARD_CONNECTION_WAIT_TIMEOUT';

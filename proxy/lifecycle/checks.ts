@@ -176,6 +176,7 @@ export function recheck(rules: Rules, state: LifecycleState | undefined): Check 
   if (again.length === 0) return undefined;
   return {
     name: 'recheck',
+    once: true,
     run(ctx) {
       if ((seen.get(ctx) ?? 0) === state.version || !ctx.credential) return undefined;
       for (const c of again) {
@@ -361,6 +362,7 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
   if (r.mode === 'off') return undefined;
   return {
     name: 'retry-storm',
+    once: true,
     async run(ctx) {
       if (!watched(m, ctx)) return undefined;
       const fingerprint = await requestFingerprint(ctx, m);
@@ -409,6 +411,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
   };
   return {
     name: 'traversal',
+    once: true,
     run(ctx) {
       if (!watched(m, ctx)) return undefined;
       // The operation is recorded once the decision lets the request through. A body the
@@ -436,6 +439,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
   if (i.mode === 'off') return undefined;
   return {
     name: 'idempotency',
+    once: true,
     async run(ctx) {
       if (!idempotencyReads(m, ctx)) return undefined;
       const raw = ctx.req.headers[i.header];

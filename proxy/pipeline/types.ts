@@ -121,6 +121,12 @@ export interface Check {
   readonly name: string;
   /** Checks marked `always` enforce even in audit mode (a malformed request is never forwarded). */
   readonly always?: boolean;
+  /**
+   * Checks marked `once` count the request in the monitors' tables, or only make sense while
+   * it is first decided (recheck): when a reload decides what is already open again (WebSocket
+   * tunnels, answers streaming), they are left out.
+   */
+  readonly once?: boolean;
   run(ctx: RequestContext): CheckResult | Promise<CheckResult>;
 }
 

@@ -10,11 +10,12 @@ import { composeObservers, noopObserver, type Observer } from '../../proxy/obser
 import { lifecycle } from '../../proxy/lifecycle/index.ts';
 import type { Feature } from '../../proxy/features.ts';
 import type { RequestContext, Decision } from '../../proxy/pipeline/types.ts';
+import type { ForwardOutcome } from '../../proxy/forward/outcome.ts';
 import { writeRules, baseRules, AGENT } from '../support/driftguard.ts';
 import { testKey, jwks, token, ISSUER, type TestKey, type TokenOptions } from '../support/keys.ts';
 import { upstream, jwksServer, type Upstream, type JwksServer } from '../support/servers.ts';
 
-export interface Seen { readonly ctx: RequestContext; decision?: Decision }
+export interface Seen { readonly ctx: RequestContext; decision?: Decision; forwarded?: ForwardOutcome }
 
 export interface Lifecycled {
   readonly dg: Driftguard;
@@ -79,7 +80,7 @@ export async function startLifecycle(rules: Record<string, any> | { file: string
     begin(ctx) {
       const s: Seen = { ctx };
       seen.push(s);
-      return { ...noopObserver.begin(ctx), decided(d) { s.decision = d; } };
+      return { ...noopObserver.begin(ctx), decided(d) { s.decision = d; }, forwarded(o) { s.forwarded = o; } };
     },
   };
   const dg = startDriftguard(loaded, {

@@ -2,35 +2,14 @@
 // a revocation of its consumer or a quarantine closes it within a second, and it ends when
 // the token it was opened with expires. Real `ws` client and server, real driftguard.
 
-import t, { type Test } from 'tap';
-import type { AddressInfo } from 'node:net';
+import t from 'tap';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
 import { AGENT, BOT, baseRules, writeRules } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
+import { echoServer, eventStream, open, readStream, within } from '../support/tunnels.ts';
 import { world, startLifecycle, bearer, monitorsOnly, until } from './support.ts';
-
-async function echoServer(t: Test): Promise<string> {
-  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
-  await new Promise((r) => wss.once('listening', r));
-  wss.on('connection', (s) => s.on('message', (m) => s.send(`echo:${m}`)));
-  t.teardown(() => new Promise<void>((r) => { for (const c of wss.clients) c.terminate(); wss.close(() => r()); }));
-  return `http://127.0.0.1:${(wss.address() as AddressInfo).port}`;
-}
-
-interface Open { ws: WebSocket; closed: Promise<number>; ask(m: string): Promise<string> }
-
-async function open(url: string, token: string): Promise<Open> {
-  const ws = new WebSocket(url, { headers: bearer(token) });
-  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); ws.once('unexpected-response', (_q, res) => reject(new Error(`handshake ${res.statusCode}`))); });
-  const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)));
-  ws.on('error', () => {});
-  return { ws, closed, ask: (m) => new Promise((r) => { ws.once('message', (d) => r(String(d))); ws.send(m); }) };
-}
-
-const within = <T>(p: Promise<T>, ms: number): Promise<T | 'still open'> =>
-  Promise.race([p, new Promise<'still open'>((r) => setTimeout(() => r('still open'), ms))]);
 
 t.test('a revocation closes the consumer\'s open tunnels, and only theirs', async (t) => {
   const w = await world();
@@ -156,24 +135,10 @@ t.test('retry storm (counts: unsuccessful): a WebSocket reconnected after each 1
 
 t.test('a streamed answer (server-sent events) is cut within a second of its credential\'s revocation, as a tunnel is', async (t) => {
   const w = await world();
-  const ticks: NodeJS.Timeout[] = [];
-  w.up.handler = (_req, res) => {
-    res.writeHead(200, { 'content-type': 'text/event-stream' });
-    let n = 0;
-    const tick = setInterval(() => res.write(`data: event ${n++}\n\n`), 50);
-    ticks.push(tick);
-    res.on('close', () => clearInterval(tick));
-  };
+  w.up.handler = eventStream(t);
   const dg = await startLifecycle(w.rules());
-  t.teardown(async () => { for (const x of ticks) clearInterval(x); await dg.close(); await w.close(); });
-  const stream = async (tok: string) => {
-    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(tok, { accept: 'text/event-stream' }) });
-    t.equal(res.status, 200, 'the stream opens');
-    const reader = res.body!.getReader();
-    const state = { events: 0, ended: false };
-    void (async () => { try { for (;;) { const { done, value } = await reader.read(); if (done) break; state.events += (Buffer.from(value).toString().match(/data:/g) ?? []).length; } } catch { /* cut */ } state.ended = true; })();
-    return { state, stop: () => reader.cancel().catch(() => {}) };
-  };
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const stream = (tok: string) => readStream(t, `${dg.url}/items/1`, tok);
   const revoked = await stream(await w.token());
   const other = await stream(await w.token({ sub: BOT }));
   await new Promise((r) => setTimeout(r, 300));

@@ -1,0 +1,106 @@
+// A reload's rules reach what is already open: each WebSocket tunnel, and each answer already
+// streaming, is decided again as if the new rules had been in force when it was decided, and
+// closed if they refuse it; a tunnel they keep ends at their dates. An upload whose answer has
+// not started finishes under the rules it was decided with. Real `ws` client and server, real
+// upstream, real driftguard with the lifecycle feature, rules reloaded from files.
+
+import t from 'tap';
+import { BOT, writeRules } from '../support/driftguard.ts';
+import { loadRules } from '../../proxy/rules/load.ts';
+import { echoServer, eventStream, open, readStream, within } from '../support/tunnels.ts';
+import { world, startLifecycle, bearer, until, type World } from '../lifecycle/support.ts';
+
+/** Base rules on `up`, task binding off; BOT declares getItem unless `botGets` is false. */
+function rules(w: World, up: string, patch: (r: Record<string, any>) => void = () => {}): Record<string, any> {
+  const r = w.rules(patch);
+  r.proxy.upstream = up;
+  r.credentials = { taskBindingAt: 'never' };
+  return r;
+}
+
+const dropBotsGetItem = (r: Record<string, any>) => { r.consumers.registry.find((c: { subject: string }) => c.subject === BOT).operations = ['deleteItem']; };
+
+t.test('a reload that takes an operation from a consumer closes its open tunnels to it, and only those', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(rules(w, up));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const url = dg.url.replace('http', 'ws') + '/items/1';
+  const agent = await open(url, await w.token());
+  const bot = await open(url, await w.token({ sub: BOT }));
+  t.teardown(() => { agent.ws.terminate(); bot.ws.terminate(); });
+  t.equal(await bot.ask('1'), 'echo:1', 'the bot\'s tunnel works');
+  await dg.dg.swap(loadRules(writeRules(rules(w, up, dropBotsGetItem))));
+  // Before: the bot's tunnel stayed open until its token expired or tunnelIdle passed.
+  t.equal(await within(bot.closed, 2_000), 1006, 'the bot\'s tunnel is closed');
+  t.equal(await within(agent.ask('2'), 1_000), 'echo:2', 'the agent\'s stays open');
+  t.match(dg.logs.find((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), { tunnels: 1, answers: 0, reasons: { 'undeclared-operation': 1 } }, 'logged, with the count and the reason');
+  const bot2 = await open(url, await w.token({ sub: BOT })).catch((e: Error) => e.message);
+  t.equal(bot2, 'handshake 403', 'a new handshake is refused the same way');
+});
+
+t.test('a reload that still allows a tunnel keeps it, and ends it at the new rules\' sunset', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(rules(w, up));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token());
+  t.teardown(() => agent.ws.terminate());
+  const sunset = new Date(Date.now() + 1_500).toISOString();
+  await dg.dg.swap(loadRules(writeRules(rules(w, up, (r) => {
+    r.contract.operations.find((o: { id: string }) => o.id === 'getItem').deprecated = { since: '2026-01-01', sunset };
+  }))));
+  t.equal(await within(agent.ask('still'), 800), 'echo:still', 'kept: the new rules allow it until the sunset');
+  // Before: the new sunset reached only tunnels opened after the reload.
+  t.equal(await within(agent.closed, 3_000), 1006, 'closed at the sunset the reload set');
+});
+
+t.test('under proxy.mode audit a reload that would refuse a tunnel keeps it', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const audit = (r: Record<string, any>) => { r.proxy.mode = 'audit'; };
+  const dg = await startLifecycle(rules(w, up, audit));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const bot = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token({ sub: BOT }));
+  t.teardown(() => bot.ws.terminate());
+  await dg.dg.swap(loadRules(writeRules(rules(w, up, (r) => { audit(r); dropBotsGetItem(r); }))));
+  t.equal(await within(bot.closed, 1_500), 'still open');
+  t.equal(await within(bot.ask('3'), 1_000), 'echo:3');
+});
+
+t.test('a streaming answer the reloaded rules refuse is cut and recorded `reload`; an upload whose answer has not started finishes', async (t) => {
+  const w = await world();
+  let release: (() => void) | undefined;
+  const events = eventStream(t);
+  w.up.handler = (req, res) => {
+    if (req.method !== 'PUT') { events(req, res); return; }
+    // Holds the upload's answer until the test releases it, after the reload.
+    req.resume();
+    release = () => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"stored":true}'); };
+  };
+  const dg = await startLifecycle(rules(w, w.up.origin));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const stream = (tok: string) => readStream(t, `${dg.url}/items/1`, tok);
+  const bots = await stream(await w.token({ sub: BOT }));
+  const agents = await stream(await w.token());
+  // The agent's upload: decided and forwarded, its answer held by the upstream.
+  const upload = fetch(`${dg.url}/items/1/blob`, { method: 'PUT', headers: bearer(await w.token(), { 'content-type': 'application/octet-stream' }), body: 'x'.repeat(1000) });
+  t.ok(await until(() => release !== undefined), 'the upload reached the upstream');
+  await new Promise((r) => setTimeout(r, 200));
+  // Reloaded: the bot may no longer read items, and nobody may upload.
+  await dg.dg.swap(loadRules(writeRules(rules(w, w.up.origin, (r) => {
+    dropBotsGetItem(r);
+    r.contract.operations.find((o: { id: string }) => o.id === 'upload').scopes = ['items.upload'];
+  }))));
+  t.ok(await until(() => bots.state.ended, 2_000), 'the bot\'s stream is cut (it went on streaming)');
+  t.notOk(agents.state.ended, 'the agent\'s stream goes on');
+  const cut = dg.seen.find((s) => s.ctx.consumer?.subject === BOT && s.ctx.req.method === 'GET');
+  t.ok(await until(() => cut?.forwarded !== undefined), 'the bot\'s request is done');
+  t.equal(cut?.forwarded?.error, 'reload', 'recorded as cut by the reload, not as a client that left');
+  release!();
+  const answered = await upload;
+  t.equal(answered.status, 200, 'the upload decided before the reload gets its answer');
+  t.equal(await answered.text(), '{"stored":true}');
+  t.match(dg.logs.find((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), { tunnels: 0, answers: 1 });
+  await agents.stop();
+});
