@@ -41,19 +41,20 @@ export function resolveConsumer(rules: Rules, credential: Pick<Credential, 'subj
 }
 
 /**
- * The automation a call is made by when it acts for a consumer of another kind: an AI agent
- * holding a token exchanged for a person's (sub the person, act.sub the agent) is the one
- * whose code may be stale, so its call is judged as an automation's (contract version
- * required, stale contracts and deprecated operations blocked by sensitivity, automation
- * lifetimes, the automation kinds' lifecycle checks and monitors), and its denials count
- * towards its own quarantine, not the person's. Each actor is the consumer its issuer vouches
- * for, as the delegation check reads it; an actor registered to another issuer, or a level
- * that names no actor, is taken for an automation (nothing says it is not), with no key.
- * Undefined when the subject's kind stands.
+ * The automation a call is made by when it acts for a consumer: an AI agent holding a token
+ * exchanged for a person's (sub the person, act.sub the agent) is the one whose code may be
+ * stale, so its call is judged as an automation's (contract version required, stale contracts
+ * and deprecated operations blocked by sensitivity, automation lifetimes, the automation
+ * kinds' lifecycle checks and monitors), and its behaviour (monitors, denials towards
+ * quarantine) is its own, not the person's. So for an automation acting for another: the
+ * subject's own calls must not be quarantined for what its actor's code does. Each actor is
+ * the consumer its issuer vouches for, as the delegation check reads it; an actor registered
+ * to another issuer, or a level that names no actor, is taken for an automation (nothing says
+ * it is not), with no key: its calls count as the subject's. Undefined when no automation acts.
  */
 export function automationActor(rules: Rules, consumer: Consumer, credential: Pick<Credential, 'issuer' | 'act'>): Actor | undefined {
   const chain = credential.act;
-  if (!chain || consumer.kind === 'automation') return undefined;
+  if (!chain) return undefined;
   for (const [i, subject] of chain.actors.entries()) {
     const issuer = actorIssuer(credential, i);
     const actor = resolveConsumer(rules, { subject, issuer });
@@ -83,7 +84,7 @@ export function actorConsumer(rules: Rules, credential: Pick<Credential, 'issuer
   return resolveConsumer(rules, { subject, issuer: actorIssuer(credential, i) });
 }
 
-/** The subject's own kind: a call's kind is automation when an automation acts for a person (Consumer.actor). */
+/** The subject's own kind: a call's kind is automation when an automation acts for it (Consumer.actor). */
 export function subjectKind(consumer: Consumer): ConsumerKind {
-  return consumer.actor ? 'human' : consumer.kind;
+  return consumer.subjectKind ?? consumer.kind;
 }

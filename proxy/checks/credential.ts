@@ -55,7 +55,7 @@ export function credential(rules: Rules, identity: Identity): Check {
       if (!consumer) return { reason: 'invalid-credential', detail: 'the subject is registered to another issuer' };
       const actor = automationActor(rules, consumer, verified);
       if (actor !== undefined) {
-        consumer = { ...consumer, kind: 'automation', actor };
+        consumer = { ...consumer, kind: 'automation', subjectKind: consumer.kind, actor };
         ctx.extra['delegation.automation'] = actor.subject.slice(0, 256);
       }
       ctx.consumer = consumer;

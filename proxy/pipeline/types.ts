@@ -35,11 +35,13 @@ export interface Consumer {
   readonly key: string;
   /** The kind the call is judged as: the subject's, or automation when one acts for it (automationActor). */
   readonly kind: ConsumerKind;
+  /** The subject's own kind, when an automation acts for it (actor): kind is then automation whatever this is. */
+  readonly subjectKind?: ConsumerKind;
   readonly owner?: string;
   /** false when the registry does not know the subject (kind is then consumers.defaultKind). */
   readonly registered: boolean;
   readonly operations?: ReadonlySet<string>;
-  /** The automation that makes this call for the consumer (a delegated token): kind is then automation. */
+  /** The automation that makes this call for the consumer, a person or another automation (a delegated token): kind is then automation. */
   readonly actor?: Actor;
 }
 

@@ -258,6 +258,27 @@ t.test('an automation acting for a person: its denials quarantine the automation
   await own.text();
 });
 
+t.test('an automation acting for another automation: its denials quarantine the actor, not the automation it acts for', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { consumers: [{ subject: AGENT, actors: [BOT] }] };
+    r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const viaBot = async (scope: string) => w.token({ scope, claims: { act: { sub: BOT } } });
+  for (let i = 0; i < 2; i++) await problem(t, await fetch(`${dg.url}/items/1`, { method: 'DELETE', headers: bearer(await viaBot('items.read')) }), 'insufficient-scope', 403);
+  t.equal(dg.seen.at(-1)!.ctx.extra['delegation.automation'], BOT, 'recorded: the automation that made the call');
+  const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] };
+  // Before: AGENT was quarantined for BOT's code, and every call of its own refused.
+  t.same(listed.quarantined.map((q) => q.subject), [BOT], 'the actor is quarantined, not the automation it acts for');
+  const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  t.equal(own.status, 200, 'AGENT\'s own calls go on');
+  await own.text();
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await viaBot(ALL_SCOPES)) }), 'consumer-quarantined', 403);
+  const kinds = await (await fetch(`${dg.admin}/consumers`)).json() as { consumers: { subject: string; kind: string }[] };
+  t.has(Object.fromEntries(kinds.consumers.map((c) => [c.subject, c.kind])), { [AGENT]: 'automation', [BOT]: 'automation' }, 'each keeps its own kind in /consumers');
+});
+
 t.test('an actor that declared its operations may call only those, whoever it acts for', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
