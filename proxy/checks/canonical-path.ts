@@ -1,6 +1,7 @@
 // First check: the request-target must be origin-form and canonical, and the request must
 // carry at most one Authorization header, exactly one Host header (none for HTTP/1.0) holding
-// a host and port, a Content-Length undici can read exactly, and no transfer coding but chunked.
+// a host and port, a Content-Length undici can read exactly, no transfer coding but chunked,
+// and no Connection header naming a header the decision reads.
 // Node keeps only the first of two Authorization headers in req.headers, so duplicates are
 // counted on the raw headers.
 // Runs even in audit mode: a request we cannot read the same way as the upstream is never
@@ -59,7 +60,20 @@ function asFrameworksRead(name: string): string {
   return n.replace(/[ .[]/g, '_').trimEnd();
 }
 
-export function canonicalPath(): Check {
+/**
+ * The headers `Connection` names, lowercased, unless it holds only the usual `keep-alive` or
+ * `close` (most requests that carry one).
+ */
+function connectionNames(value: string | undefined): string[] | undefined {
+  if (value === undefined || value === 'keep-alive' || value === 'close' || value === 'Keep-Alive') return undefined;
+  return value.split(',').map((n) => n.trim().toLowerCase());
+}
+
+/**
+ * `decisive`: the request headers a decision reads (the credential, the contract version, the
+ * idempotency key), lowercased.
+ */
+export function canonicalPath(decisive: readonly string[]): Check {
   return {
     name: 'canonical-path',
     always: true,
@@ -94,6 +108,11 @@ export function canonicalPath(): Check {
       if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return { reason: 'malformed-request', detail: 'a transfer coding other than chunked' };
       // Faulty framing in HTTP/1.0 (RFC 9112 §6.1), which a proxy in front may read otherwise.
       if (te !== undefined && ctx.req.httpVersion === '1.0') return { reason: 'malformed-request', detail: 'Transfer-Encoding in an HTTP/1.0 request' };
+      // A header Connection names is hop-by-hop, and driftguard removes it (RFC 9110 §7.6.1): a
+      // request decided on Contract-Version 2026-09 that named it there reached the upstream
+      // with none, and the upstream served its default version.
+      const named = connectionNames(ctx.req.headers.connection)?.find((n) => decisive.includes(n));
+      if (named !== undefined) return { reason: 'malformed-request', detail: `the Connection header names ${named}, which this request is decided by: the upstream would not get it` };
       const target = canonicalTarget(ctx.req.url);
       if (!target) return { reason: 'malformed-request', detail: 'the request-target is not origin-form and canonical' };
       const override = methodOverrideParameter(target.query);

@@ -19,6 +19,7 @@ import { contract } from '../checks/contract.ts';
 import { deprecation } from '../checks/deprecation.ts';
 import { revocation, quarantine, taskBinding, delegation, retryStorm, traversal, idempotency, recheck } from '../lifecycle/checks.ts';
 import type { LifecycleState } from '../lifecycle/state.ts';
+import { configOf } from '../lifecycle/config.ts';
 
 /** What checks need beyond the rules. Feature modules add their long-lived state here. */
 export interface CheckDeps {
@@ -27,10 +28,17 @@ export interface CheckDeps {
   readonly lifecycle?: LifecycleState;
 }
 
+/** The request headers a decision reads, lowercased: the credential, the contract version, the idempotency key. */
+function decisiveHeaders(rules: Rules, lifecycle: LifecycleState | undefined): string[] {
+  const names = ['authorization', rules.contract.declared.header.toLowerCase()];
+  if (lifecycle) names.push(configOf(rules).monitors.idempotency.header);
+  return names;
+}
+
 export function checks(rules: Rules, deps: CheckDeps): readonly Check[] {
   const l = deps.lifecycle;
   return Object.freeze([
-    canonicalPath(),                      // must be first: every later check reads ctx.target
+    canonicalPath(decisiveHeaders(rules, l)), // must be first: every later check reads ctx.target
     operationLookup(rules),               // unknown-operation, before any credential work
     sunset(),                             // gone for everybody, credential or not
     credential(rules, deps.identity),     // verified identity, lifetime by consumer kind
