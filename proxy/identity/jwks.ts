@@ -78,27 +78,43 @@ const MAX_JWKS_BYTES = 1 << 20;
 /** Which keys of a fetched set may verify tokens, as jose takes them (see jwtSvidKeys). */
 export type KeySelection = (set: JSONWebKeySet) => JSONWebKeySet;
 
-/** The key type (and curve) each allowed algorithm verifies with. */
+/**
+ * The key type (and curve) each allowed algorithm verifies with, as jose 6 takes them: its
+ * EdDSA is Ed25519 only (an Ed448 key is refused at every token).
+ */
 const KEY_FOR: Record<string, { kty: string; crv?: readonly string[] }> = {
   RS256: { kty: 'RSA' }, RS384: { kty: 'RSA' }, RS512: { kty: 'RSA' },
   PS256: { kty: 'RSA' }, PS384: { kty: 'RSA' }, PS512: { kty: 'RSA' },
   ES256: { kty: 'EC', crv: ['P-256'] }, ES384: { kty: 'EC', crv: ['P-384'] }, ES512: { kty: 'EC', crv: ['P-521'] },
-  EdDSA: { kty: 'OKP', crv: ['Ed25519', 'Ed448'] }, Ed25519: { kty: 'OKP', crv: ['Ed25519'] },
+  EdDSA: { kty: 'OKP', crv: ['Ed25519'] }, Ed25519: { kty: 'OKP', crv: ['Ed25519'] },
 };
+
+/** jose verifies RS* and PS* only with a modulus of at least this many bits. */
+const MIN_RSA_BITS = 2048;
 
 /** JWK members of private and secret keys (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2). */
 const SECRET_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'] as const;
 
-/** A key that can verify a token under one of `algorithms`: its type, curve, use and operations fit, and it parses. */
+/**
+ * A key that can verify a token under one of `algorithms`, as jose and WebCrypto will take it
+ * at the token: its type, curve, use and operations fit, it parses, and an RSA key is long
+ * enough. A set whose keys all fail one of these is no key set (parseJwks): before, a fetched
+ * set of 1024-bit keys replaced the last good keys, and every token was refused.
+ */
 function usable(key: Record<string, unknown>, algorithms: readonly string[]): boolean {
   if (key.use !== undefined && key.use !== 'sig') return false;
-  if (key.key_ops !== undefined && !(Array.isArray(key.key_ops) && key.key_ops.includes('verify'))) return false;
+  if (key.ext !== undefined && typeof key.ext !== 'boolean') return false;
+  // WebCrypto imports a public key for `verify` only, and jose wants unique strings.
+  if (key.key_ops !== undefined && !(Array.isArray(key.key_ops) && key.key_ops.length === 1 && key.key_ops[0] === 'verify')) return false;
   const fits = algorithms.some((alg) => {
     const want = KEY_FOR[alg];
     return want !== undefined && key.kty === want.kty && (want.crv === undefined || want.crv.includes(key.crv as string)) && (key.alg === undefined || key.alg === alg);
   });
   if (!fits) return false;
-  try { createPublicKey({ key: key as JsonWebKey, format: 'jwk' }); return true; } catch { return false; }
+  try {
+    const parsed = createPublicKey({ key: key as JsonWebKey, format: 'jwk' });
+    return key.kty !== 'RSA' || (parsed.asymmetricKeyDetails?.modulusLength ?? 0) >= MIN_RSA_BITS;
+  } catch { return false; }
 }
 
 /**

@@ -4,7 +4,7 @@
 
 import t, { type Test } from 'tap';
 import { createServer, request } from 'node:http';
-import { randomUUID } from 'node:crypto';
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer, listen, close } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
@@ -379,6 +379,35 @@ t.test('a fetched key set without a key for the issuer\'s algorithms is a failed
   t.match(keySet.status().lastError, /holds private key material .*: d\)/);
   t.notMatch(keySet.status().lastError, new RegExp(String(es.privateJwk.d)), 'the key itself is not quoted');
   t.equal(keySet.eachKey().length, 1, 'the good key is still there');
+});
+
+t.test('a key jose would refuse at every token is no key: a set of only such keys is a failed fetch, the last good keys stay', async (t) => {
+  const es = await testKey('ES256');
+  const rsa = await testKey('RS256');
+  const server = await jwksServer(jwks(es, rsa));
+  const algorithms = ['ES256', 'RS256', 'EdDSA'];
+  const keySet = new RemoteKeySet({ url: server.url, refreshMs: 60_000, cooldownMs: 0, timeoutMs: 2_000, algorithms });
+  t.teardown(async () => { keySet.close(); await server.close(); });
+  t.equal(await keySet.refresh(), true, 'the good set');
+  const rsa1024 = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' });
+  const ed448 = generateKeyPairSync('ed448').publicKey.export({ format: 'jwk' });
+  const esPublic = jwks(es).keys[0]!;
+  // Each was taken as a good set before, and replaced the keys: every token was then refused.
+  const refused: Record<string, Record<string, unknown>> = {
+    'a 1024-bit RSA key (jose: RS256 requires 2048 bits)': { ...rsa1024, kid: 'weak', alg: 'RS256', use: 'sig' },
+    'an Ed448 key (jose\'s EdDSA is Ed25519)': { ...ed448, kid: 'ed448', use: 'sig' },
+    'key_ops verify and sign (WebCrypto: unsupported usage for a public key)': { ...esPublic, key_ops: ['verify', 'sign'] },
+    'key_ops verify twice (jose: unique strings)': { ...esPublic, key_ops: ['verify', 'verify'] },
+    'ext not a boolean': { ...esPublic, ext: 'yes' },
+  };
+  for (const [what, key] of Object.entries(refused)) {
+    server.body = { keys: [key] };
+    t.equal(await keySet.refresh(), false, what);
+    t.match(keySet.status().lastError, /has no key that can verify ES256, RS256, EdDSA/);
+    t.same(keySet.eachKey().map((k) => k.kid), [es.kid, rsa.kid], 'the good keys are still there');
+  }
+  server.body = { keys: [{ ...esPublic, key_ops: ['verify'], ext: true }] };
+  t.equal(await keySet.refresh(), true, 'key_ops [verify] and ext true are a good key');
 });
 
 t.test('the refetch cooldown is timed by a monotonic clock: a wall clock set back an hour does not hold refetches back', async (t) => {
