@@ -52,6 +52,12 @@ export interface KeySet {
    * again rather than served from the cache, so a key removed from the set stops verifying.
    */
   readonly version: number;
+  /**
+   * Fetch the keys again for a token every key of its kid (or, without a kid, of its alg)
+   * failed to verify, as for an unknown kid: at most once per cooldown. true when the keys
+   * changed. An issuer that signs without kid, or reuses its kid, rotates this way.
+   */
+  renew(): Promise<boolean>;
   status(): KeySetStatus;
   close(): void;
   /**
@@ -158,6 +164,7 @@ export function fileKeySet(file: string, set: JSONWebKeySet): KeySet {
     eachKey: () => keys.each,
     // A changed file is read by a reload, which builds a new Identity and an empty cache.
     version: 0,
+    renew: async () => false,
     status: () => ({ source: file, ready: true, lastSuccessMs: Date.now(), refreshes: 1, failures: 0 }),
     close: () => {},
   };
@@ -328,6 +335,13 @@ export class RemoteKeySet implements KeySet {
       if (this.#lastError !== undefined) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#name}: ${this.#lastError}`, this.#nextAttemptInMs());
       return await this.#keys.getKey(...args);
     }
+  }
+
+  async renew(): Promise<boolean> {
+    const before = this.#version;
+    if (this.#now() - this.#lastAttemptMs >= this.#options.cooldownMs) await this.refresh();
+    else if (this.#inflight) await this.#inflight;
+    return this.#version !== before;
   }
 
   /** How long until a request may fetch again (one fetch per cooldown), at least a second. */

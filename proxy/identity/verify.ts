@@ -231,11 +231,12 @@ class TooManyCandidateKeys extends Error {
 }
 
 /**
- * jwtVerify, and the kid of the key that verified the token. A token with a kid gets the key
- * of that kid from jose. A token without one could have been signed by any key of the set
- * that fits its alg: those keys are tried in turn, as jose leaves to the caller, and only a
- * failed signature moves on to the next. Knowing the key matters: a revoked kid must revoke
- * the tokens that key signed, with or without a kid in their header.
+ * jwtVerify, and the kid of the key that verified the token. Every key of the set that fits
+ * the token (its kid, if it names one, and its alg) is tried in turn, as jose leaves to the
+ * caller, and only a failed signature moves on to the next: a set may list two keys under
+ * one kid (an issuer that reuses its kid for the new key, or lists a key twice), and jose
+ * refuses such a token outright. Knowing the key matters: a revoked kid must revoke the tokens
+ * that key signed, with or without a kid in their header.
  */
 async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions): Promise<JWTVerifyResult & { readonly kid?: string }> {
   let header: ReturnType<typeof decodeProtectedHeader>;
@@ -250,13 +251,17 @@ async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions)
   // down the caller was told to retry (503) a token that can never pass.
   if (typeof header.alg !== 'string') throw new errors.JWSInvalid('JWS "alg" (Algorithm) Header Parameter missing or invalid');
   if (!options.algorithms?.includes(header.alg)) throw new errors.JOSEAlgNotAllowed('"alg" (Algorithm) Header Parameter value not allowed');
-  if (header.kid !== undefined) {
-    const result = await jwtVerify(token, keys.getKey, options);
-    return { ...result, ...(typeof result.protectedHeader.kid === 'string' ? { kid: result.protectedHeader.kid } : {}) };
-  }
   const [encodedHeader, payload, signature] = token.split('.');
   const jws: FlattenedJWSInput = { protected: encodedHeader!, payload: payload!, signature: signature! };
-  const found = await byEachKey(token, keys.eachKey(), header, jws, options);
+  let found: Awaited<ReturnType<typeof byEachKey>>;
+  try {
+    found = await byEachKey(token, keys.eachKey(), header, jws, options);
+  } catch (err) {
+    // Every key that fits failed the signature: the issuer may have rotated to a new key under
+    // the same kid, or signs without one. One refetch per cooldown, as for an unknown kid.
+    if ((err as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED' || !await keys.renew()) throw err;
+    found = await byEachKey(token, keys.eachKey(), header, jws, options);
+  }
   if (found) return found;
   // No key of the set fits (or none is loaded yet): the set's own key lookup waits for the
   // first fetch, or refetches once per cooldown, and throws when still none fits. Only the

@@ -47,6 +47,58 @@ t.test('a rotated-in key is picked up by the unknown-kid refetch', async (t) => 
   t.equal(w.jwks.fetches, 2);
 });
 
+t.test('an issuer that signs without kid, or reuses its kid, rotates: the first token of the new key fetches the keys once per cooldown', async (t) => {
+  const [old, fresh, reused] = await Promise.all([testKey('ES256', 'es-old'), testKey('ES256', 'es-new'), testKey('ES256', 'es-new')]);
+  const up = await upstream();
+  const set = await jwksServer(jwks(old));
+  const dg = await startTest(baseRules(up.origin, set.url, (r) => { r.identity.issuers[0].algorithms = ['ES256']; r.identity.issuers[0].jwks.cooldown = '300ms'; }));
+  t.teardown(async () => { await dg.close(); await up.close(); await set.close(); });
+  const call = async (key: typeof old, kid = true) => {
+    const tok = await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09', header: kid ? {} : { kid: undefined } });
+    const res = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+    return { status: res.status, body: await res.json() as { detail?: string } };
+  };
+  t.equal((await call(old, false)).status, 200, 'the old key verifies a token without kid');
+  set.body = jwks(fresh);
+  await sleep(350);
+  let before = set.fetches;
+  // Before: 401 signature verification failed, and no fetch, until the background refresh (5m).
+  t.equal((await call(fresh, false)).status, 200, 'a token of the rotated-in key, without kid');
+  t.equal(set.fetches - before, 1, 'one fetch for it');
+  // The same kid, es-new, now names another key (the set in force has es-new's first key).
+  t.ok(await (dg.dg.generation.identity.keySets().values().next().value as RemoteKeySet).refresh(), 'the set with es-new in force');
+  set.body = jwks(reused);
+  await sleep(350);
+  before = set.fetches;
+  t.equal((await call(reused)).status, 200, 'a token of the new key under the reused kid');
+  t.equal(set.fetches - before, 1, 'one fetch for it');
+  // Forged tokens under a kid the set has: one fetch per cooldown at most, whatever the flood.
+  before = set.fetches;
+  const forged = await Promise.all(Array.from({ length: 20 }, () => call(fresh)));
+  t.same(new Set(forged.map((f) => `${f.status} ${f.body.detail}`)), new Set(['401 signature verification failed']));
+  t.ok(set.fetches - before <= 1, `at most one fetch for 20 forged tokens (${set.fetches - before})`);
+});
+
+t.test('two keys under one kid (a key listed twice, or a kid reused while both are published): each verifies its own tokens', async (t) => {
+  const [a, b] = await Promise.all([testKey('ES256', 'k1'), testKey('ES256', 'k1')]);
+  const up = await upstream();
+  t.teardown(() => up.close());
+  for (const [name, keys] of [['one key listed twice', [a.publicJwk, a.publicJwk]], ['the kid reused by the new key', [a.publicJwk, b.publicJwk]]] as const) {
+    const set = await jwksServer({ keys: [...keys] });
+    const dg = await startTest(baseRules(up.origin, set.url));
+    for (const [which, k] of [['a', a], ['b', b]] as const) {
+      if (name === 'one key listed twice' && which === 'b') continue;
+      const tok = await token({ key: k, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+      const res = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } });
+      // Before: 401 token rejected (jose refuses a kid that several keys have).
+      t.equal(res.status, 200, `${name}: a token of key ${which}`);
+      await res.text();
+    }
+    await dg.close();
+    await set.close();
+  }
+});
+
 t.test('a key rotated in just after a background refresh is fetched for its first token, not refused for the cooldown', async (t) => {
   const w = await world(t, (r) => { Object.assign(r.identity.issuers[0].jwks, { refresh: '1500ms', cooldown: '1s' }); });
   const fresh = await testKey('ES256');
