@@ -223,11 +223,14 @@ function keySetFor(iss: IssuerRules): KeySet {
   }
 }
 
-/** Keys tried at most for a token without kid: a forged one costs no more signature checks. */
+/** Keys tried at most for a token (those of its kid, or without one, of its alg): a forged one costs no more signature checks. */
 const MAX_CANDIDATE_KEYS = 3;
 
 class TooManyCandidateKeys extends Error {
   readonly code = 'ERR_DRIFTGUARD_TOO_MANY_CANDIDATE_KEYS';
+  /** Whether the token named a kid: the keys of its kid, not of its alg, were too many. */
+  readonly kid: boolean;
+  constructor(kid: boolean) { super('too many candidate keys'); this.kid = kid; }
 }
 
 /**
@@ -300,7 +303,7 @@ async function byEachKey(token: string, each: readonly SingleKey[], header: Retu
       // another key signed. No key fitting at all is still a refusal, below.
       continue;
     }
-    if (candidates.length > MAX_CANDIDATE_KEYS) throw new TooManyCandidateKeys();
+    if (candidates.length > MAX_CANDIDATE_KEYS) throw new TooManyCandidateKeys(header.kid !== undefined);
   }
   for (const [k, key] of candidates) {
     try {
@@ -370,7 +373,7 @@ function describeJoseError(err: unknown): string {
     case 'ERR_JOSE_ALG_NOT_ALLOWED': return 'signature algorithm not allowed';
     case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED': return 'signature verification failed';
     case 'ERR_JWKS_NO_MATCHING_KEY': return 'no key matches the token\'s kid and algorithm';
-    case 'ERR_DRIFTGUARD_TOO_MANY_CANDIDATE_KEYS': return `no kid, and more than ${MAX_CANDIDATE_KEYS} keys could have signed it`;
+    case 'ERR_DRIFTGUARD_TOO_MANY_CANDIDATE_KEYS': return (err as TooManyCandidateKeys).kid ? `more than ${MAX_CANDIDATE_KEYS} keys of the set have the token's kid` : `no kid, and more than ${MAX_CANDIDATE_KEYS} keys could have signed it`;
     case 'ERR_JWT_INVALID': case 'ERR_JWS_INVALID': return 'malformed token';
     case 'ERR_JOSE_NOT_SUPPORTED': return 'unsupported token';
     default: return 'token rejected';

@@ -97,6 +97,13 @@ t.test('two keys under one kid (a key listed twice, or a kid reused while both a
     await dg.close();
     await set.close();
   }
+  // Four keys under one kid: a forged token costs at most three signature checks.
+  const set = await jwksServer({ keys: [a.publicJwk, b.publicJwk, a.publicJwk, b.publicJwk] });
+  const dg = await startTest(baseRules(up.origin, set.url));
+  t.teardown(async () => { await dg.close(); await set.close(); });
+  const res = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${await token({ key: a, sub: AGENT, scope: 'items.read', contract: '2026-09' })}` } });
+  t.equal(res.status, 401);
+  t.equal((await res.json() as { detail: string }).detail, 'more than 3 keys of the set have the token\'s kid');
 });
 
 t.test('a key rotated in just after a background refresh is fetched for its first token, not refused for the cooldown', async (t) => {
