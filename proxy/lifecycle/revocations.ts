@@ -1,6 +1,6 @@
 // The revocations in force, from three sources: the admin API (kept in the journal), a list
 // file and a list URL. A revocation names a token (jti), a task (the task claim), a consumer
-// (subject) or a signing key (kid) and lasts until its end. Lookups are four map reads, so
+// (subject) or a signing key (kid) and lasts until its end. Lookups are a few map reads, so
 // they run on every request, verified-token cache hits included.
 
 import type { Credential } from '../pipeline/types.ts';
@@ -69,15 +69,23 @@ export function subjectKey(value: string): string {
   return pair ? issuerSubjectKey(...pair) : value;
 }
 
+/**
+ * The kinds whose value is only unique within one issuer, so that a revocation may name one
+ * issuer's as `["<issuer>","<value>"]`: any issuer can write any sub or jti, and a kid names a
+ * key only within its issuer's key set (two issuers' kid "1" are two keys, and revoking one's
+ * leaked key must not cut off the other's consumers). A task id is the tasks', not an issuer's.
+ */
+const ISSUER_SCOPED: ReadonlySet<RevocationKind> = new Set(['jti', 'subject', 'kid']);
+
 /** Whether a subject revocation names the token's own subject (from any issuer, or from its own), not an actor of it. */
 export function revokesSubjectItself(r: Revocation, credential: Pick<Credential, 'subject' | 'issuer'>): boolean {
   const v = subjectKey(r.value);
   return v === credential.subject || v === issuerSubjectKey(credential.issuer, credential.subject);
 }
 
-/** The value a revocation is indexed and matched by. */
+/** The value a revocation is indexed and matched by: an issuer pair however spaced. */
 export function matchedValue(r: Pick<Revocation, 'kind' | 'value'>): string {
-  return r.kind === 'subject' ? subjectKey(r.value) : r.value;
+  return ISSUER_SCOPED.has(r.kind) ? subjectKey(r.value) : r.value;
 }
 
 export class RevocationStore {
@@ -184,21 +192,25 @@ export class RevocationStore {
   match(credential: Credential, taskClaim: string, now: number): Revocation | undefined {
     const task = taskOf(credential.claims[taskClaim]);
     return this.#find('jti', credential.jti, now)
+      ?? this.#ofIssuer('jti', credential.issuer, credential.jti, now)
       ?? this.#find('task', task ?? undefined, now)
       ?? this.#find('subject', credential.subject, now)
-      ?? this.#issuerSubject(credential, now)
+      ?? this.#ofIssuer('subject', credential.issuer, credential.subject, now)
       ?? this.#actor(credential, now)
-      ?? this.#find('kid', credential.kid, now);
+      ?? this.#find('kid', credential.kid, now)
+      ?? this.#ofIssuer('kid', credential.issuer, credential.kid, now);
   }
 
   /**
-   * A subject revoked as `["<issuer>","<subject>"]`: one issuer's subject only (a plain subject
-   * is revoked from every issuer). It is the name /consumers and /quarantine give an
-   * unregistered subject while several issuers are trusted, so what they show can be revoked.
+   * A value revoked as `["<issuer>","<value>"]`: that issuer's only (a plain value is revoked
+   * from every issuer). For a subject it is the name /consumers and /quarantine give an
+   * unregistered subject while several issuers are trusted, so what they show can be revoked;
+   * for a kid, one issuer's leaked key. The pair is only built when some revocation of the
+   * kind is in force: this runs on every request.
    */
-  #issuerSubject(credential: Credential, now: number): Revocation | undefined {
-    if (!this.#index.get('subject')!.size) return undefined;
-    return this.#find('subject', issuerSubjectKey(credential.issuer, credential.subject), now);
+  #ofIssuer(kind: RevocationKind, issuer: string, value: string | undefined, now: number): Revocation | undefined {
+    if (value === undefined || !this.#index.get(kind)!.size) return undefined;
+    return this.#find(kind, issuerSubjectKey(issuer, value), now);
   }
 
   #actor(credential: Credential, now: number): Revocation | undefined {

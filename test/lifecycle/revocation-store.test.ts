@@ -51,3 +51,18 @@ t.test('a revocation replaced under its own id moves to its new value', async (t
   store.remove('file', 'f1');
   t.equal(store.match(credential('old'), 'task_id', NOW), undefined);
 });
+
+t.test('a plain kid or jti matches it from every issuer; ["<issuer>","<value>"] from that issuer only', async (t) => {
+  const of = (issuer: string, kid: string, jti = 'j'): Credential => ({ ...credential(jti), issuer, kid });
+  for (const kind of ['kid', 'jti'] as const) {
+    const value = (v: string) => kind === 'kid' ? of('A', v) : of('A', 'other-kid', v);
+    const elsewhere = (v: string) => kind === 'kid' ? of('B', v) : of('B', 'other-kid', v);
+    const store = new RevocationStore();
+    store.add({ ...revocation('admin', 'scoped', '["A", "1"]'), kind });
+    t.equal(store.match(value('1'), 'task_id', NOW)?.id, 'scoped', `${kind}: that issuer's, the pair however spaced`);
+    t.equal(store.match(elsewhere('1'), 'task_id', NOW), undefined, `${kind}: not another issuer's`);
+    store.add({ ...revocation('admin', 'plain', '2'), kind });
+    t.equal(store.match(value('2'), 'task_id', NOW)?.id, 'plain', `${kind}: a plain value from one issuer`);
+    t.equal(store.match(elsewhere('2'), 'task_id', NOW)?.id, 'plain', `${kind}: and from another`);
+  }
+});

@@ -12,10 +12,10 @@ import { loadRules, RulesError } from '../../proxy/rules/load.ts';
 import { isLoopback } from '../../proxy/lifecycle/admin.ts';
 import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
 import { writeRules, AGENT } from '../support/driftguard.ts';
-import { listen, close } from '../support/servers.ts';
+import { listen, close, jwksServer } from '../support/servers.ts';
 import { runDriftguard } from '../support/subprocess.ts';
 import { world, startLifecycle, problem, bearer, until, trustAlso } from './support.ts';
-import { ISSUER } from '../support/keys.ts';
+import { ISSUER, testKey, jwks, token } from '../support/keys.ts';
 
 const ADMIN_SECRET = 'adm1n-s3cret-value-for-tests-only';
 
@@ -623,6 +623,64 @@ t.test('a subject revoked as ["<issuer>","<subject>"] (as /consumers names it) i
   t.equal(spaced.status, 201);
   await spaced.text();
   t.equal(await call(ISSUER), 401, 'the pair written with a space revokes too');
+});
+
+t.test('a kid or jti revoked as ["<issuer>","<value>"] is revoked from that issuer only: by the admin API, a list file and after a restart', async (t) => {
+  // Two issuers, each with its own key under kid "1" (short kids are common): revoking one
+  // issuer's leaked key cut off the other's consumers, and no form named one issuer's kid.
+  const OTHER = 'https://other.test.local';
+  const [a, b] = await Promise.all([testKey('ES256', '1'), testKey('ES256', '1')]);
+  const w = await world();
+  const setB = await jwksServer(jwks(b));
+  const dir = mkdtempSync(join(tmpdir(), 'dg-kid-pair-'));
+  w.keys.body = jwks(a);
+  const listFile = join(dir, 'revoked.yaml');
+  writeFileSync(listFile, 'revocations: []\n');
+  const file = writeRules(w.rules((r) => {
+    trustAlso(r, OTHER);
+    r.identity.issuers[1].jwks = { ...r.identity.issuers[1].jwks, url: setB.url };
+    r.consumers.unknown = 'allow';
+    r.revocation = { adminCredentialFile: adminFile(dir), journal: join(dir, 'journal'), file: 'revoked.yaml', interval: '1s' };
+  }), dir);
+  let dg = await startLifecycle({ file });
+  t.teardown(async () => { await dg.close(); await w.close(); await setB.close(); });
+  const call = async (key: typeof a, iss: string, claims: Record<string, unknown> = {}) => {
+    const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await token({ key, iss, sub: 'client-7', scope: 'items.read', contract: '2026-09', claims, ...('jti' in claims ? { omit: ['jti' as const] } : {}) })) });
+    await r.text();
+    return r.status;
+  };
+  t.equal(await call(a, ISSUER), 200);
+  t.equal(await call(b, OTHER), 200);
+
+  const pair = JSON.stringify([ISSUER, '1']);
+  const made = await revoke(dg.admin, { kind: 'kid', value: pair, reason: 'issuer A key leaked' });
+  t.equal(made.status, 201);
+  await made.text();
+  t.equal(await call(a, ISSUER), 401, 'that issuer\'s key "1" is revoked');
+  t.equal(await call(b, OTHER), 200, 'another issuer\'s key "1" is not');
+  const listed = ((await (await fetch(`${dg.admin}/revocations`)).json()) as Record<string, any>).revocations as Record<string, unknown>[];
+  t.same(listed.map((r) => [r.kind, r.value]), [['kid', pair]], 'GET /revocations shows it as written');
+  // The same pair spaced is a retry of the same revocation, not a second one.
+  const again = await revoke(dg.admin, { kind: 'kid', value: `["${ISSUER}", "1"]`, reason: 'retry' });
+  t.equal(again.status, 200);
+  await again.text();
+
+  // Replayed from the journal at a restart: still that issuer's only.
+  await dg.close();
+  dg = await startLifecycle({ file });
+  t.equal(await call(a, ISSUER), 401, 'after a restart, still revoked');
+  t.equal(await call(b, OTHER), 200, 'and the other issuer\'s still not');
+
+  // From a list file, as a person writes it (spaced).
+  writeFileSync(listFile, `revocations:\n  - kind: kid\n    value: '["${OTHER}", "1"]'\n    reason: issuer B key leaked too\n  - kind: jti\n    value: '["${ISSUER}", "token-1"]'\n    reason: one token\n`);
+  t.ok(await until(async () => (await call(b, OTHER)) === 401), 'the list\'s pair revokes the other issuer\'s key "1"');
+
+  // A jti pair: one issuer's token id, not another issuer's token that happens to carry it.
+  const lifted = ((await (await fetch(`${dg.admin}/revocations`)).json()) as Record<string, any>).revocations.find((r: Record<string, unknown>) => r.source === 'admin');
+  t.equal((await fetch(`${dg.admin}/revocations/${lifted.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_SECRET}` } })).status, 200);
+  t.equal(await call(a, ISSUER, { jti: 'token-1' }), 401, 'that issuer\'s jti is revoked');
+  t.equal(await call(a, ISSUER, { jti: 'token-2' }), 200, 'another of its tokens is not');
+  t.equal(await call(b, OTHER, { jti: 'token-1' }), 401, 'the other issuer\'s key is still revoked by the list');
 });
 
 t.test('an actor revoked as ["<issuer>","<subject>"] is refused in the chains that issuer vouches for, not in another\'s', async (t) => {
