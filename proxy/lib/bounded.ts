@@ -4,6 +4,7 @@
 // sender can fill the sidecar's memory.
 
 import { request, type Dispatcher } from 'undici';
+import { redactUrl } from './redact.ts';
 
 /**
  * Bytes copied into one buffer that doubles as it fills, `max` at most. Kept as the chunks
@@ -68,10 +69,24 @@ export interface Document {
   readonly text?: string;
 }
 
+/** The statuses that redirect (a 304 is an answer: the document is unchanged). */
+const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
+
 /**
- * GET a small document, following no redirect: its status and headers, and its body as text
- * when the status is 200 (any other body is discarded). The body is refused past maxBytes, by
- * its content-length or as it comes.
+ * A redirect is refused, and says so: reported as a bare "HTTP 301" it read as the server
+ * failing, and an operator could not tell that the configured URL only had to be the one it
+ * points to. Both URLs are named by origin and path only: a query may carry a credential.
+ */
+function redirected(url: URL, status: number, location: string | string[] | undefined): Error {
+  let to: string | undefined;
+  try { if (typeof location === 'string') to = redactUrl(new URL(location, url).href); } catch { /* no usable Location: say the rest */ }
+  return new Error(`HTTP ${status} from ${redactUrl(url.href)}: redirects are not followed; configure the final URL${to !== undefined ? ` (Location: ${to})` : ''}`);
+}
+
+/**
+ * GET a small document, following no redirect (a redirect is thrown, saying so): its status
+ * and headers, and its body as text when the status is 200 (any other body is discarded).
+ * The body is refused past maxBytes, by its content-length or as it comes.
  */
 export async function getDocument(url: URL, o: DocumentRequest): Promise<Document> {
   const res = await request(url, {
@@ -81,6 +96,7 @@ export async function getDocument(url: URL, o: DocumentRequest): Promise<Documen
     signal: o.signal ? AbortSignal.any([AbortSignal.timeout(o.timeoutMs), o.signal]) : AbortSignal.timeout(o.timeoutMs),
     ...(o.dispatcher ? { dispatcher: o.dispatcher } : {}),
   });
+  if (REDIRECTS.has(res.statusCode)) { await res.body.dump(); throw redirected(url, res.statusCode, res.headers.location); }
   if (res.statusCode !== 200) { await res.body.dump(); return { status: res.statusCode, headers: res.headers }; }
   if (Number(res.headers['content-length'] ?? 0) > o.maxBytes) { await res.body.dump(); throw o.tooLarge(); }
   return { status: 200, headers: res.headers, text: await boundedText(res.body, o.maxBytes, o.tooLarge) };

@@ -10,6 +10,7 @@ import { upstream, jwksServer, listen, close } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
 import { world, keys } from '../core/world.ts';
 import { RemoteKeySet, UNLOADED_RETRY_MS } from '../../proxy/identity/jwks.ts';
+import { discoveredKeySet } from '../../proxy/identity/cluster.ts';
 import { until } from '../lifecycle/support.ts';
 import { startWithTelemetry } from '../telemetry/support.ts';
 
@@ -467,6 +468,35 @@ t.test('a key jose would refuse at every token is no key: a set of only such key
   }
   server.body = { keys: [{ ...esPublic, key_ops: ['verify'], ext: true }] };
   t.equal(await keySet.refresh(), true, 'key_ops [verify] and ext true are a good key');
+});
+
+t.test('a JWKS, discovery or jwks_uri URL that redirects is a failed fetch that says redirects are not followed, and where to', async (t) => {
+  // Before: "HTTP 301" and nothing else, which read as the server failing.
+  const es = await testKey('ES256');
+  const ISS = 'https://issuer.test.local';
+  const server = createServer((req, res) => {
+    const to = (status: number, location: string) => res.writeHead(status, { location }).end();
+    if (req.url === '/moved/jwks') return to(301, '/jwks.json?sig=s3cret-query');
+    if (req.url === '/old/.well-known/openid-configuration') return to(308, 'https://idp.test.local/new/.well-known/openid-configuration?token=s3cret-query');
+    if (req.url === '/ok/.well-known/openid-configuration') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ issuer: ISS, jwks_uri: `http://127.0.0.1:${port}/keys` }));
+      return;
+    }
+    if (req.url === '/keys') return to(302, 'http://[not-a-host');
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(jwks(es)));
+  });
+  const port = await listen(server);
+  const timing = { refreshMs: 60_000, cooldownMs: 0, timeoutMs: 2_000 };
+  const direct = new RemoteKeySet({ url: `http://127.0.0.1:${port}/moved/jwks`, ...timing });
+  const discovery = discoveredKeySet({ discovery: `http://127.0.0.1:${port}/old/.well-known/openid-configuration`, issuer: ISS, ...timing });
+  const jwksUri = discoveredKeySet({ discovery: `http://127.0.0.1:${port}/ok/.well-known/openid-configuration`, issuer: ISS, ...timing });
+  t.teardown(async () => { direct.close(); discovery.close(); jwksUri.close(); await close(server); });
+  await t.rejects(direct.start(), { message: new RegExp(`^JWKS http://127\\.0\\.0\\.1:${port}/moved/jwks: HTTP 301 from http://127\\.0\\.0\\.1:${port}/moved/jwks: redirects are not followed; configure the final URL \\(Location: http://127\\.0\\.0\\.1:${port}/jwks\\.json\\)$`) });
+  t.equal(await discovery.refresh(), false);
+  t.equal(discovery.status().lastError, `HTTP 308 from http://127.0.0.1:${port}/old/.well-known/openid-configuration: redirects are not followed; configure the final URL (Location: https://idp.test.local/new/.well-known/openid-configuration)`);
+  t.equal(await jwksUri.refresh(), false);
+  t.equal(jwksUri.status().lastError, `HTTP 302 from http://127.0.0.1:${port}/keys: redirects are not followed; configure the final URL`, 'a Location that is no URL is left out');
+  for (const k of [direct, discovery, jwksUri]) t.notMatch(JSON.stringify(k.status()), 's3cret', 'a Location\'s query is not shown');
 });
 
 t.test('the refetch cooldown is timed by a monotonic clock: a wall clock set back an hour does not hold refetches back', async (t) => {
