@@ -365,7 +365,16 @@ export class RemoteKeySet implements KeySet {
   }
 }
 
+/** undici's own timeouts, which may fire before the fetch's signal does. */
+const TIMEOUT_CODES: ReadonlySet<unknown> = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
+
 function describe(err: unknown): string {
-  const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } };
-  return [e.code, e.message, e.cause?.code ?? e.cause?.message].filter(Boolean).join(': ') || String(err);
+  const e = err as { name?: string; code?: unknown; message?: string; cause?: { code?: unknown; message?: string } };
+  // A timeout is the signal's DOMException, whose code is the legacy number 23: reported as
+  // "23: The operation was aborted due to timeout", it named neither the timeout nor the setting.
+  if (e?.name === 'TimeoutError' || TIMEOUT_CODES.has(e?.code)) return `${e.name}: no whole answer within jwks.timeout, the fetch was aborted`;
+  // Only a string code says something (ECONNREFUSED); a DOMException's number does not, its name does.
+  const code = (c: unknown) => (typeof c === 'string' ? c : undefined);
+  const name = err instanceof DOMException ? err.name : undefined;
+  return [code(e?.code) ?? name, e?.message, code(e?.cause?.code) ?? e?.cause?.message].filter(Boolean).join(': ') || String(err);
 }

@@ -248,6 +248,23 @@ t.test('a JWKS server that never answers: 503 within the fetch timeout, never a 
   t.equal(up.seen.length, 0);
 });
 
+t.test('a key fetch that times out says so, naming the setting, not a DOMException\'s legacy code', async (t) => {
+  // Before: "23: The operation was aborted due to timeout" (23 is DOMException's TIMEOUT_ERR).
+  const server = createServer((req, res) => {
+    if (req.url === '/silent') return; // never answers: no head
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.write('{"keys":['); // a head, then a body that never ends
+  });
+  const port = await listen(server);
+  t.teardown(() => { server.closeAllConnections(); return close(server); });
+  for (const path of ['/silent', '/drip']) {
+    const keySet = new RemoteKeySet({ url: `http://127.0.0.1:${port}${path}`, refreshMs: 60_000, cooldownMs: 0, timeoutMs: 300 });
+    t.teardown(() => keySet.close());
+    await t.rejects(keySet.start(), { message: new RegExp(`^JWKS http://127\\.0\\.0\\.1:${port}${path}: \\w*TimeoutError: no whole answer within jwks\\.timeout, the fetch was aborted$`) }, path);
+    t.notMatch(keySet.status().lastError, /\b23\b/, `${path}: no legacy code`);
+  }
+});
+
 t.test('a JWKS answer that is not a key set keeps the last good keys', async (t) => {
   const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '100ms'; });
   w.jwks.body = { not: 'a key set' };
