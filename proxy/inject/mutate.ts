@@ -11,6 +11,7 @@
 //              CREATE): allowed: true without a patch.
 //   injected   allowed: true with the JSONPatch that adds the sidecar.
 
+import { posix } from 'node:path';
 import type { InjectorConfig } from './config.ts';
 import { sidecarContainer, sidecarVolumes, IMAGE_CLI, SIDECAR_NAME, SIDECAR_PORT_NAMES, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
 import { isDnsSubdomain } from '../lib/kubernetes.ts';
@@ -90,16 +91,70 @@ function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
 }
 
 /**
+ * Variables a later webhook may not add beside the injector's, by name: each changes what the
+ * sidecar's process runs or trusts (Node's options and module path, the dynamic loader, OpenSSL's
+ * configuration, name resolution, a proxy for its key fetches), or driftguard's own settings.
+ */
+const GUARDED_ENV = /^(?:DRIFTGUARD_|NODE_|OTEL_|LD_|OPENSSL_|SSL_|UV_)|^(?:GCONV_PATH|LOCPATH|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN|HTTPS?_PROXY|ALL_PROXY|NO_PROXY)$/i;
+/** The image's trees a mount a later webhook adds may not cover, or sit in: driftguard's code, Node and its libraries, the system. */
+const IMAGE_TREES = ['/app', '/usr', '/bin', '/sbin', '/lib', '/lib64', '/etc', '/proc', '/sys', '/dev'];
+
+/** Whether two absolute paths are one, or one is inside the other. */
+function overlaps(a: string, b: string): boolean {
+  const [x, y] = [posix.normalize(a).replace(/(.)\/$/, '$1'), posix.normalize(b).replace(/(.)\/$/, '$1')];
+  return x === y || x === '/' || y === '/' || x.startsWith(`${y}/`) || y.startsWith(`${x}/`);
+}
+
+/**
+ * An env var or a volume mount as the API server hands it back: it defaults a fieldRef's
+ * apiVersion to v1 after each webhook's patch, and drops an empty value or a false readOnly
+ * (omitempty). Compared as written, the injector's own sidecar, once defaulted, was taken for
+ * a look-alike at its second review (a pod opted in by its label and its namespace, or asked
+ * again after a later webhook), and every such pod was refused.
+ */
+function asStored(x: unknown): unknown {
+  if (!isObj(x)) return x;
+  const out: Obj = { ...x };
+  if (out.value === '') delete out.value;
+  if (out.readOnly === false) delete out.readOnly;
+  const from = out.valueFrom;
+  if (isObj(from) && isObj(from.fieldRef) && from.fieldRef.apiVersion === undefined) out.valueFrom = { ...from, fieldRef: { ...from.fieldRef, apiVersion: 'v1' } };
+  return canonicalJson(out);
+}
+
+/**
+ * Whether `actual` holds every entry of `expected` (by `key`, once, as stored), and beside them
+ * only entries `added` accepts: what a later webhook adds to every container (EKS's IRSA
+ * variables and token mount, Vault's secrets mount).
+ */
+function holds(actual: unknown, expected: unknown, key: (x: Obj) => unknown, added: (x: Obj) => boolean): boolean {
+  const want = new Map((Array.isArray(expected) ? expected : []).filter(isObj).map((e) => [key(e), asStored(e)]));
+  const found = new Set<unknown>();
+  for (const x of Array.isArray(actual) ? actual : []) {
+    if (!isObj(x)) return false;
+    const k = key(x);
+    if (!want.has(k)) { if (!added(x)) return false; continue; }
+    if (found.has(k) || asStored(x) !== want.get(k)) return false;
+    found.add(k);
+  }
+  return found.size === want.size;
+}
+
+/**
  * Whether a container is the sidecar `expected` for this pod in all that decides what runs and
- * what it guards: its command (the rules file), its ports, its whole environment (NODE_OPTIONS
- * can run any code before driftguard's), its volume mounts, and nothing added (args, envFrom,
- * lifecycle hooks). Not its image's tag (isOwnSidecar) nor its probes and resources.
+ * what it guards: its command (the rules file), its ports, its environment (NODE_OPTIONS can run
+ * any code before driftguard's), its volume mounts, and nothing added that changes them (args,
+ * envFrom, lifecycle hooks, a guarded variable, a mount over its own or the image's trees). Not
+ * its image's tag (isOwnSidecar) nor its probes and resources.
  */
 function sameSidecar(c: Obj, expected: Record<string, unknown>): boolean {
   const ports = (x: unknown) => JSON.stringify((Array.isArray(x) ? x : []).map((p) => (isObj(p) ? [p.name, p.containerPort, p.protocol ?? 'TCP'] : p)));
-  const same = (a: unknown, b: unknown) => canonicalJson(a ?? []) === canonicalJson(b ?? []);
+  const mounts = (Array.isArray(expected.volumeMounts) ? expected.volumeMounts : []).filter(isObj).map((m) => String(m.mountPath));
+  const addedEnv = (e: Obj) => typeof e.name === 'string' && !GUARDED_ENV.test(e.name);
+  const addedMount = (m: Obj) => typeof m.mountPath === 'string' && m.mountPath.startsWith('/') && ![...mounts, ...IMAGE_TREES].some((p) => overlaps(p, m.mountPath as string));
   return JSON.stringify(c.command) === JSON.stringify(expected.command) && ports(c.ports) === ports(expected.ports)
-    && same(c.env, expected.env) && same(c.volumeMounts, expected.volumeMounts)
+    && holds(c.env, expected.env, (e) => e.name, addedEnv)
+    && holds(c.volumeMounts, expected.volumeMounts, (m) => m.mountPath, addedMount)
     && c.args === undefined && c.envFrom === undefined && c.lifecycle === undefined;
 }
 

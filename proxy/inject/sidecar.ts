@@ -49,8 +49,9 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
       { name: 'DRIFTGUARD_PROBES', value: `${anyAddress(config)}:${config.adminPort}` },
       { name: 'DRIFTGUARD_GRACE', value: settings.grace },
       { name: 'NODE_OPTIONS', value: config.nodeOptions },
-      { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-      { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+      // In the form the API server stores (apiVersion defaulted), as the next review sees it.
+      { name: 'POD_NAME', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } } },
+      { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.namespace' } } },
       // Read by the OpenTelemetry SDK's environment resource detector.
       { name: 'OTEL_RESOURCE_ATTRIBUTES', value: 'k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)' },
       // The operator's own (sidecar.env): a collector's endpoint, headers, CA.

@@ -288,6 +288,66 @@ t.test('a container with the injector\'s image and command but other rules, port
   }
 });
 
+/** What the API server does to a pod after each webhook's patch: fieldRef apiVersion defaulted to v1, empty values and false readOnly dropped (omitempty). */
+function asApiServerStores(pod: Pod): Pod {
+  const p = structuredClone(pod) as any;
+  for (const c of [...(p.spec.initContainers ?? []), ...p.spec.containers]) {
+    for (const e of c.env ?? []) {
+      if (e.valueFrom?.fieldRef && e.valueFrom.fieldRef.apiVersion === undefined) e.valueFrom.fieldRef.apiVersion = 'v1';
+      if (e.value === '') delete e.value;
+    }
+    for (const m of c.volumeMounts ?? []) if (m.readOnly === false) delete m.readOnly;
+  }
+  return p;
+}
+
+t.test('the injector\'s own sidecar as the API server stores it, and with what a later webhook adds to every container, counts as injected', async (t) => {
+  // With an empty NODE_OPTIONS and a sidecar.env entry of fieldRef: both come back changed.
+  const server = await startInjectorServer({ config: buildConfig({ image: IMAGE, nativeSidecar: true, nodeOptions: '', env: [{ name: 'OTEL_SERVICE_NAME', value: '' }, { name: 'NODE_IP', valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } }] }), tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {} });
+  t.teardown(() => server.close());
+  for (const s of [server, native, regular]) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+    const stored = asApiServerStores(patched(pod, (await review(t, s, pod)).got.response));
+    // Before: refused as "not the sidecar the injector adds" (a pod labelled in a labelled
+    // namespace, reviewed by both webhooks; any reinvocation after a later webhook).
+    const again = (await review(t, s, stored)).got.response;
+    t.equal(again.allowed, true, 'the second review admits it');
+    t.equal(again.patch, undefined, 'and leaves it alone');
+    // EKS's pod identity webhook (IRSA) and Vault's agent injector add to every container.
+    const irsa = structuredClone(stored) as any;
+    for (const c of [...(irsa.spec.initContainers ?? []), ...irsa.spec.containers]) {
+      c.env = [...(c.env ?? []), { name: 'AWS_ROLE_ARN', value: 'arn:aws:iam::111122223333:role/orders' }, { name: 'AWS_WEB_IDENTITY_TOKEN_FILE', value: '/var/run/secrets/eks.amazonaws.com/serviceaccount/token' }];
+      c.volumeMounts = [...(c.volumeMounts ?? []), { name: 'aws-iam-token', mountPath: '/var/run/secrets/eks.amazonaws.com/serviceaccount', readOnly: true }, { name: 'vault-secrets', mountPath: '/vault/secrets' }];
+    }
+    const reinvoked = (await review(t, s, irsa)).got.response;
+    t.equal(reinvoked.allowed, true, 'asked again after a webhook added its variables and mounts: admitted');
+    t.equal(reinvoked.patch, undefined);
+    // What a later webhook, or a pod that wrote the sidecar itself, may not add.
+    const tamper: [string, (c: Record<string, any>) => void][] = [
+      ['LD_PRELOAD', (c) => { c.env.push({ name: 'LD_PRELOAD', value: '/vault/secrets/x.so' }); }],
+      ['NODE_EXTRA_CA_CERTS', (c) => { c.env.push({ name: 'NODE_EXTRA_CA_CERTS', value: '/vault/secrets/ca.pem' }); }],
+      ['NODE_TLS_REJECT_UNAUTHORIZED', (c) => { c.env.push({ name: 'NODE_TLS_REJECT_UNAUTHORIZED', value: '0' }); }],
+      ['an OTEL_ endpoint', (c) => { c.env.push({ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://elsewhere:4318' }); }],
+      ['HTTPS_PROXY', (c) => { c.env.push({ name: 'https_proxy', value: 'http://elsewhere:3128' }); }],
+      ['a second DRIFTGUARD_UPSTREAM (the last one wins)', (c) => { c.env.push({ name: 'DRIFTGUARD_UPSTREAM', value: 'http://127.0.0.1:9' }); }],
+      ['another DRIFTGUARD_ setting', (c) => { c.env.push({ name: 'DRIFTGUARD_ADMIN', value: '0.0.0.0:15000' }); }],
+      ['a mount over its code', (c) => { c.volumeMounts.push({ name: 'x', mountPath: '/app/proxy' }); }],
+      ['a mount over Node', (c) => { c.volumeMounts.push({ name: 'x', mountPath: '/usr/local/bin' }); }],
+      ['a mount inside its rules', (c) => { c.volumeMounts.push({ name: 'x', mountPath: '/etc/driftguard/rules/rules.yaml', subPath: 'evil.yaml' }); }],
+      ['a mount above its rules', (c) => { c.volumeMounts.push({ name: 'x', mountPath: '/etc/' }); }],
+      ['a mount at the root', (c) => { c.volumeMounts.push({ name: 'x', mountPath: '//' }); }],
+      ['a variable it sets, removed', (c) => { c.env = c.env.filter((e: { name: string }) => e.name !== 'POD_NAME'); }],
+    ];
+    for (const [what, change] of tamper) {
+      const fake = structuredClone(irsa);
+      change(sidecarOf(fake));
+      const { got } = await review(t, s, fake);
+      t.equal(got.response.allowed, false, `refused: ${what}`);
+      t.match(got.response.status?.message, /is not the sidecar the injector adds for it/);
+    }
+  }
+});
+
 t.test('a sidecar of another tag of the injector\'s image counts as injected (two reviews of one pod across an upgrade)', async (t) => {
   // A pod that opts in by label in a namespace that opts in is reviewed by both webhooks; mid-
   // upgrade, the second review can reach a replica of another image tag.
