@@ -17,7 +17,7 @@ import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, hasBody, isWebSocketHandshake } from './forward/forward.ts';
-import { CLIENT_CLOSED, DRAIN_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
+import { UNPARSED_BODY, CLIENT_CLOSED, DRAIN_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, endAndClose } from './forward/wire.ts';
@@ -191,7 +191,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   /** Answers being forwarded, with their request's context, until the forward ends (closeFor). */
   const streaming = new Map<ServerResponse, RequestContext>();
   /** Answers driftguard cut (closeFor, a reload's new decision): their record says who, not that the client left. */
-  const cutBy = new WeakMap<ServerResponse, typeof REVOKED_CUT | typeof RELOAD_CUT>();
+  const cutBy = new WeakMap<ServerResponse, typeof REVOKED_CUT | typeof RELOAD_CUT | typeof UNPARSED_BODY>();
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
   /** proxy.timeouts.request in force (start). */
@@ -424,7 +424,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // with it (decideAndAnswer); destroyed now, the client got nothing while the record said 400.
     const last = pipelines.get(socket)?.last;
     if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) { unparsableBodies.add(last.req); last.req.emit(BODY_UNPARSABLE); return; }
-    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || last?.req.complete === false) { socket.destroy(); return; }
+    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || last?.req.complete === false) {
+      // A body that broke while it was forwarded: its record says so, not that the client left.
+      if (last && last.req.complete === false && !deciding.has(last.req)) cutBy.set(last.res, UNPARSED_BODY);
+      socket.destroy();
+      return;
+    }
     // No request object exists yet, so no decision is recorded: the answer is written raw.
     const packet = (err as { rawPacket?: unknown }).rawPacket;
     const method = Buffer.isBuffer(packet) ? packet.subarray(0, 5).toString('latin1') : '';
@@ -565,9 +570,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const broken = unparsableBodies.has(req);
     if (broken && !(decision.decision === 'deny' && decision.enforced)) {
       // Nothing went upstream: said so, so that the write's idempotency key is free for its
-      // retry (it was kept an hour, the retry a duplicate-write of a write never made).
-      try { observation.forwarded({ aborted: true, error: CLIENT_CLOSED, notSent: true }); } catch { /* ignore */ }
-      req.socket.destroy();
+      // retry (it was kept an hour, the retry a duplicate-write of a write never made). The
+      // forward stage refuses it, 400, and the connection ends (what follows the bad chunk
+      // cannot be framed): before, it was cut unanswered and recorded as a client that left.
+      const outcome: ForwardOutcome = { failure: 'malformed-request', detail: 'the request body could not be parsed (its chunked framing is broken): nothing was forwarded', error: UNPARSED_BODY, notSent: true };
+      try { observation.forwarded(outcome); } catch { /* ignore */ }
+      headers.connection = 'close';
+      sendProblem(res, forwardingFailed(ctx, outcome.failure!, outcome, observation), headers);
       return;
     }
 

@@ -6,8 +6,11 @@ import type { ReasonCode } from '../decision/reasons.ts';
 export interface ForwardOutcome {
   /** Status the client got from the upstream, or undefined when forwarding failed. */
   readonly status?: number;
-  /** Why forwarding failed before a response started (the caller answers with a problem). */
-  readonly failure?: Extract<ReasonCode, 'upstream-unavailable' | 'upstream-timeout'>;
+  /**
+   * Why forwarding failed before a response started (the caller answers with a problem): the
+   * upstream, or a request body Node could not parse after the decision (malformed-request).
+   */
+  readonly failure?: Extract<ReasonCode, 'upstream-unavailable' | 'upstream-timeout' | 'malformed-request'>;
   /** With a failure: what the caller's problem and the decision record say of it (failureDetail). */
   readonly detail?: string;
   /** The response had started and was cut. */
@@ -25,6 +28,8 @@ export const CLIENT_CLOSED = 'client closed';
 export const DRAIN_CUT = 'drain';
 /** Its `error` when driftguard cut an answer because its credential was revoked or its consumer quarantined meanwhile. */
 export const REVOKED_CUT = 'revoked';
+/** Its `error` when a request body Node could not parse (a bad chunk) was not forwarded: driftguard's, not the client leaving. */
+export const UNPARSED_BODY = 'body unparsable';
 /** Its `error` when driftguard cut an answer because rules reloaded while it streamed refuse its request. */
 export const RELOAD_CUT = 'reload';
 

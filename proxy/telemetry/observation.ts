@@ -151,9 +151,11 @@ export class RequestObservation implements Observation {
 
   forwarded(outcome: ForwardOutcome): void {
     if (outcome.notSent) {
-      // The caller had left before forwarding began: no upstream call, no CLIENT span.
+      // Nothing went upstream (the caller had left before forwarding began, or its body could
+      // not be parsed): no upstream call, no CLIENT span; a refusal at this stage has its reason.
       this.#forwarded = false;
       this.#upstream = undefined;
+      if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = outcome.detail ?? outcome.failure; }
     } else {
       this.#forwardEnd = performance.now();
       if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = outcome.detail ?? outcome.failure; }

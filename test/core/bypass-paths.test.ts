@@ -7,6 +7,8 @@ import { gzipSync } from 'node:zlib';
 import { connect } from 'node:net';
 import { raw, get } from '../support/raw.ts';
 import { world } from './world.ts';
+import { noopObserver, type Observer } from '../../proxy/observe.ts';
+import type { ForwardOutcome } from '../../proxy/forward/outcome.ts';
 
 // Each category in its plain and its percent-encoded spellings (upper and lower case hex).
 const REFUSED: Record<string, string[]> = {
@@ -173,10 +175,13 @@ t.test('a transfer coding other than chunked: 400, never forwarded decoded halfw
   }
   t.equal(w.up.seen.length, 0);
   // A chunked body Node cannot parse, sent with the head of a request that is allowed: never
-  // forwarded, whatever the decision (the connection is cut, as before).
+  // forwarded, whatever the decision; the forward stage refuses it and the connection ends
+  // (it was cut unanswered).
   const token = await w.tok({ scope: 'items.write' });
-  const bad = await raw(w.port, `POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n`).catch((err: Error) => err);
-  t.ok(bad instanceof Error, 'no answer');
+  const bad = await raw(w.port, `POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n`);
+  t.equal(bad.status, 400, 'answered 400');
+  t.match(bad.json(), { code: 'malformed-request', detail: /the request body could not be parsed/ });
+  t.match(bad.headers.connection, /close/);
   await new Promise((r) => setTimeout(r, 100));
   t.equal(w.up.seen.length, 0, 'and nothing forwarded');
   const plain = await raw(w.port, 'GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n');
@@ -193,6 +198,33 @@ t.test('a transfer coding other than chunked: 400, never forwarded decoded halfw
   t.equal((answer.match(/HTTP\/1\.[01] \d{3}/g) ?? []).length, 1, 'one answer: the connection closed after it');
   t.match(answer, /connection: close/i);
   t.equal(w.up.seen.length, 1, 'only the plain chunked request reached the upstream');
+});
+
+t.test('a chunked body that breaks after an allow is recorded as such, not as a client that left', async (t) => {
+  for (const [name, first, later] of [
+    ['with the head', '5\r\nhello\r\nZZ\r\n', ''],
+    ['while the body streams to the upstream', '5\r\nhello\r\n', 'ZZ\r\n'],
+  ] as const) {
+    const seen: { forwarded?: ForwardOutcome; status?: number }[] = [];
+    const observer: Observer = { begin(ctx) { const s: (typeof seen)[number] = {}; seen.push(s); return { ...noopObserver.begin(ctx), forwarded(o) { s.forwarded = o; }, end(status) { s.status = status; } }; } };
+    const w = await world(t, () => {}, { observer });
+    const s = connect(w.port, '127.0.0.1');
+    let got = '';
+    s.on('data', (d) => { got += d.toString('latin1'); });
+    s.on('error', () => {});
+    s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${await w.tok()}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n${first}`);
+    if (later) { await new Promise((r) => setTimeout(r, 300)); s.write(later); }
+    await new Promise((r) => s.once('close', r));
+    await new Promise((r) => setTimeout(r, 200));
+    t.equal(seen[0]?.forwarded?.error, 'body unparsable', `${name}: recorded (it was "client closed")`);
+    if (later) {
+      t.equal(got, '', `${name}: the upload was under way, the connection is cut`);
+    } else {
+      t.match(got, /^HTTP\/1\.1 400 /, `${name}: answered 400 (it was cut unanswered)`);
+      t.equal(seen[0]?.status, 400);
+      t.equal(seen[0]?.forwarded?.notSent, true, 'nothing was sent: its idempotency key is free');
+    }
+  }
 });
 
 t.test('a body on a denied request does not smuggle a second request to the upstream', async (t) => {
