@@ -16,6 +16,7 @@ import type { DecisionRecord } from './record.ts';
 import { heldBytes, stringBytes, type TableFill } from '../lib/heap.ts';
 import { redactText } from '../lib/redact.ts';
 import { issuerSubjectOf } from '../checks/consumers.ts';
+import { WOULD_DENY } from '../lifecycle/checks.ts';
 
 /** A decision as the ring keeps it. */
 export interface RecentEntry {
@@ -24,6 +25,12 @@ export interface RecentEntry {
   readonly decision: string;
   /** false: an audit-mode deny, forwarded (a would-deny). */
   readonly enforced: boolean;
+  /**
+   * A would-deny as /consumers counts it: an audit-mode deny, or any decision on which a
+   * feature in audit mode named a would-deny (lifecycle.would_deny; its decision is a warn,
+   * or an allow or another check's denial beside it).
+   */
+  readonly wouldDeny: boolean;
   readonly reason: string;
   readonly warnings: readonly string[];
   readonly consumer: string | undefined;
@@ -46,8 +53,11 @@ export function recentEntry(r: DecisionRecord, line: string, utf8 = Buffer.byteL
   // keeps one string, not dozens (reading it as a number makes V8 flatten it, as pino's
   // flatstr does).
   Number(line);
+  const audited = r.extra?.[WOULD_DENY];
   return {
-    timeMs: r.timeMs, traceId: r.traceId, decision: r.decision, enforced: r.enforced, reason: r.reason, warnings: r.warnings,
+    timeMs: r.timeMs, traceId: r.traceId, decision: r.decision, enforced: r.enforced,
+    wouldDeny: (r.decision === 'deny' && !r.enforced) || (Array.isArray(audited) && audited.length > 0),
+    reason: r.reason, warnings: r.warnings,
     consumer: r.consumer, issuer: r.issuer, owner: r.owner, operation: r.operation, line,
     // Heap bytes, not characters: a line with one character beyond Latin-1 (a subject, a
     // detail) is two bytes a character, and the subject is held apart from the line.
@@ -164,7 +174,8 @@ export function parseFilter(params: URLSearchParams, now: number): DecisionFilte
         break;
       }
       case 'decision':
-        // would-deny: an audit-mode deny (enforced false), as the stale and deprecated counters and /consumers name it.
+        // would-deny: an audit-mode deny (enforced false) or a feature's audit-mode would-deny
+        // (lifecycle.would_deny), as /consumers counts both.
         if (!['allow', 'warn', 'deny', 'would-deny'].includes(value)) throw new TypeError('decision: must be allow, warn, deny or would-deny');
         f.decision = value;
         break;
@@ -196,7 +207,7 @@ export function matches(r: RecentEntry, f: DecisionFilter): boolean {
   if (f.issuer !== undefined && r.issuer !== f.issuer) return false;
   if (f.owner !== undefined && r.owner !== f.owner) return false;
   if (f.operation !== undefined && r.operation !== f.operation) return false;
-  if (f.decision !== undefined && (f.decision === 'would-deny' ? r.decision !== 'deny' || r.enforced : r.decision !== f.decision)) return false;
+  if (f.decision !== undefined && (f.decision === 'would-deny' ? !r.wouldDeny : r.decision !== f.decision)) return false;
   if (f.traceId !== undefined && r.traceId !== f.traceId) return false;
   if (f.reason !== undefined && r.reason !== f.reason && !r.warnings.includes(f.reason)) return false;
   if (f.sinceMs !== undefined && r.timeMs < f.sinceMs) return false;

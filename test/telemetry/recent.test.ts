@@ -11,7 +11,7 @@ import { baseRules } from '../support/driftguard.ts';
 import { startWithTelemetry } from './support.ts';
 
 const entry = (id: number, chars: number): RecentEntry => ({
-  timeMs: id, traceId: String(id), decision: 'deny', enforced: true, reason: 'unknown-operation', warnings: [],
+  timeMs: id, traceId: String(id), decision: 'deny', enforced: true, wouldDeny: false, reason: 'unknown-operation', warnings: [],
   consumer: undefined, issuer: undefined, owner: undefined, operation: undefined, line: `{"n":${id}}`.padEnd(chars, ' '), weight: chars,
 });
 const ids = (r: Ring) => [...r.newest()].map((e) => e.timeMs);
@@ -90,11 +90,32 @@ t.test('a 12 KiB path makes no record 12 KiB: the detail quotes 200 characters, 
 
 t.test('/decisions?decision=would-deny: the audit-mode denials, as the counters and /consumers name them', async (t) => {
   const now = Date.now();
-  const audit = { ...entry(1, 10), decision: 'deny', enforced: false };
+  const audit = { ...entry(1, 10), decision: 'deny', enforced: false, wouldDeny: true };
   const enforced = { ...entry(2, 10), decision: 'deny', enforced: true };
   const warned = { ...entry(3, 10), decision: 'warn', enforced: true };
   const pick = (q: string) => [audit, enforced, warned].filter((e) => matches(e, parseFilter(new URLSearchParams(q), now))).map((e) => e.timeMs);
   t.same(pick('decision=would-deny'), [1], 'only the deny that was not enforced');
   t.same(pick('decision=deny'), [1, 2], 'deny: enforced or not, as the log\'s decision field says');
   t.throws(() => parseFilter(new URLSearchParams('decision=maybe'), now), /decision: must be allow, warn, deny or would-deny/);
+});
+
+t.test('/decisions?decision=would-deny also finds a feature\'s would-deny in audit mode (lifecycle.would_deny), as /consumers counts it', async (t) => {
+  const now = Date.now();
+  // As record.ts builds them: credentials.mode audit lets a DELETE without task id through as
+  // a warn naming the would-deny; a proxy.mode audit deny; an enforced deny; a plain warn.
+  const record = (decision: string, enforced: boolean, reason: string, extra?: Record<string, string[]>) => ({
+    timeMs: now, traceId: 't', decision, enforced, reason, warnings: decision === 'warn' ? [reason] : [], consumer: 'my-agent', owner: 'team-x', operation: 'delItem', ...(extra ? { extra } : {}),
+  }) as unknown as DecisionRecord;
+  const entries = [
+    recentEntry(record('warn', true, 'task-binding-required', { 'lifecycle.would_deny': ['task-binding-required'] }), '{}'),
+    recentEntry(record('deny', false, 'unknown-operation'), '{}'),
+    recentEntry(record('deny', true, 'unknown-operation'), '{}'),
+    recentEntry(record('warn', true, 'deprecated-operation'), '{}'),
+    // A feature's would-deny beside another check's enforced denial: /consumers counts both.
+    recentEntry(record('deny', true, 'retry-storm', { 'lifecycle.would_deny': ['credential-revoked'] }), '{}'),
+  ];
+  const pick = (q: string) => entries.flatMap((e, i) => matches(e, parseFilter(new URLSearchParams(q), now)) ? [i] : []);
+  t.same(pick('decision=would-deny'), [0, 1, 4], 'before: only the proxy.mode audit deny');
+  t.same(pick('decision=warn'), [0, 3], 'warn still matches the log\'s decision field');
+  t.same(pick('decision=deny'), [1, 2, 4]);
 });
