@@ -333,6 +333,12 @@ export class ListSource {
   #failed(error: string): void {
     this.status.lastError = error;
     this.status.lastErrorAt = new Date(this.#now()).toISOString();
+    // A URL never read has no last good list: "stays in force" with 0 entries read as traffic
+    // flowing, while every request with a credential is refused (checks.ts, revocation).
+    if (this.#kind === 'url' && this.status.lastSuccessAt === undefined) {
+      this.#log({ level: 'error', msg: `revocation list not read yet: every request with a credential is refused with 503 revocation-list-unavailable (a would-deny in revocation.mode audit) until it is; tried again within ${UNREAD_RETRY_MS / 1000} s`, source: this.#kind, location: this.status.location, error });
+      return;
+    }
     this.#log({ level: 'warn', msg: 'revocation list not refreshed; the last good list stays in force', source: this.#kind, location: this.status.location, entries: this.status.entries, error });
   }
 }
