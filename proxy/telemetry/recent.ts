@@ -157,8 +157,13 @@ function parseTimeParam(value: string, now: number): number {
 /** The filter from a /decisions query string; a TypeError names the bad parameter. */
 export function parseFilter(params: URLSearchParams, now: number): DecisionFilter {
   const f: DecisionFilter = { limit: DEFAULT_LIMIT };
+  const seen = new Set<string>();
   for (const [name, value] of params) {
     if (!PARAMS.has(name)) throw new TypeError(`unknown parameter "${redactText(name)}" (use ${[...PARAMS].join(', ')})`);
+    // Filters combine with AND: a second value would silently replace the first (a script
+    // that appends &consumer=B gets B's calls, not A's and B's), so it is refused.
+    if (seen.has(name)) throw new TypeError(`${name}: given more than once (each parameter at most once; filters combine with AND)`);
+    seen.add(name);
     switch (name) {
       case 'since': case 'until': {
         let t: number;

@@ -174,7 +174,12 @@ t.test('/decisions: newest first, every filter, bad parameters refused', async (
     t.equal(bad.status, 400, q);
   }
   // A typo is a 400 naming it, not an empty answer that reads as "no such calls".
-  for (const [q, detail] of [['?reason=stale_contract', /^reason: "stale_contract" is not a reason code/], ['?traceId=XYZ', /^traceId: must be 32 hexadecimal digits/]] as const) {
+  for (const [q, detail] of [
+    ['?reason=stale_contract', /^reason: "stale_contract" is not a reason code/], ['?traceId=XYZ', /^traceId: must be 32 hexadecimal digits/],
+    // A repeated filter replaced the earlier one: decision=deny&decision=allow answered the allows.
+    ['?decision=deny&decision=allow', /^decision: given more than once/], ['?owner=team-app&limit=2&owner=team-other', /^owner: given more than once/],
+    ['?since=10m&since=1h', /^since: given more than once/],
+  ] as const) {
     const bad = await decisions(q);
     t.equal(bad.status, 400, q);
     t.match(bad.body.detail, detail, q);
