@@ -772,7 +772,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const notReady = (): string[] => {
     const why: string[] = [];
     if (draining) why.push('shutting down');
-    if (!generation.identity.ready) why.push('signing keys not fetched yet');
+    // One reason per key set not in yet, named as the logs and metrics name it (the issuer, and
+    // the set by origin and path: a query or userinfo may carry a credential), with its last
+    // error: with several issuers, "signing keys not fetched yet" said neither which nor why.
+    for (const [issuer, keys] of generation.identity.issuerKeySets()) {
+      if (keys.ready) continue;
+      const { source, lastError } = keys.status();
+      why.push(`signing keys of ${issuer} not fetched yet from ${source}${lastError !== undefined ? `: ${lastError}` : ''}`);
+    }
     for (const check of readinessChecks) {
       let reason: string | undefined;
       try { reason = check(); } catch (err) { reason = `readiness check failed: ${(err as Error).message}`; }

@@ -57,3 +57,33 @@ t.test('proxy.probes must be host:port and differ from proxy.admin', async (t) =
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:1/jwks.json', (r) => { r.proxy.probes = 'nope'; }))), { code: 'ERR_RULES_INVALID', problems: [{ field: 'proxy.probes' }] });
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:1/jwks.json', (r) => { r.proxy.admin = '127.0.0.1:15021'; r.proxy.probes = '127.0.0.1:15021'; }))), { code: 'ERR_RULES_INVALID', problems: [{ field: 'proxy.probes' }] });
 });
+
+t.test('/readyz names each key set not fetched yet: its issuer, its origin and path, and why', async (t) => {
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const rules = loadRules(writeRules(baseRules(up.origin, keys.url, (r) => {
+    // A second issuer whose keys cannot be fetched (nothing listens on port 1), at a URL whose
+    // userinfo and query carry a credential.
+    for (const c of r.consumers.registry) c.issuer ??= r.identity.issuers[0].issuer;
+    r.identity.issuers.push({ ...r.identity.issuers[0], issuer: 'https://second.test', jwks: { url: 'http://user:pa55word@127.0.0.1:1/keys/jwks.json?token=s3cret', refresh: '5m', cooldown: '30s', timeout: '1s' } });
+  })));
+  const dg = startDriftguard(rules, { log: () => {} });
+  await dg.listening;
+  t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); });
+  const admin = `http://127.0.0.1:${(dg.admin.address() as AddressInfo).port}`;
+  // Until the first issuer's keys are in, and the second's first fetch has failed.
+  let body = '';
+  let reasons: string[] = [];
+  for (let i = 0; i < 100 && !(reasons.length === 1 && /ECONNREFUSED/.test(body)); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    const res = await fetch(`${admin}/readyz`);
+    t.equal(res.status, 503);
+    body = await res.text();
+    ({ reasons } = JSON.parse(body) as { reasons: string[] });
+  }
+  // Before: ["signing keys not fetched yet"], naming neither the issuer nor the error.
+  t.equal(reasons.length, 1, 'the first issuer\'s keys are in: only the second is named');
+  t.match(reasons[0], /^signing keys of https:\/\/second\.test not fetched yet from http:\/\/127\.0\.0\.1:1\/keys\/jwks\.json: .*ECONNREFUSED/);
+  t.notMatch(body, /s3cret|pa55word|user/, 'no query or userinfo of the key set URL');
+});
