@@ -130,6 +130,11 @@ function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], 
 
 const EXPORT_TIMEOUT_ZERO = 'must be more than 0 (every export would time out at once and every span be dropped)';
 /**
+ * An OTEL_* timeout is a number of milliseconds, not rounded as the rules' durations are (0.4ms
+ * there is 0, and refused): 0.4 was taken, and every export then failed.
+ */
+const EXPORT_TIMEOUT_UNDER_1MS = 'must be at least 1 (milliseconds; under 1 ms every export would time out at once and every span be dropped)';
+/**
  * The export timeout's ceiling. The export thread waits a little longer than it (its own
  * backstops add up to 2.5 s), and a wait past MAX_TIMER_MS fires at once: near that limit every
  * export that succeeded was counted as failed. An export held for an hour is no export anyway.
@@ -137,12 +142,19 @@ const EXPORT_TIMEOUT_ZERO = 'must be more than 0 (every export would time out at
 const MAX_EXPORT_TIMEOUT_MS = 3_600_000;
 const EXPORT_TIMEOUT_TOO_LONG = 'must be at most 1h';
 
-/** What is wrong with a delay that becomes a timer: above MAX_TIMER_MS, or an export timeout above 1h or of 0. */
+/** What is wrong with a delay that becomes a timer: above MAX_TIMER_MS, or an export timeout above 1h or under 1 ms. */
 function delayProblem(ms: number, exportTimeout: boolean): string | undefined {
   if (exportTimeout && ms > MAX_EXPORT_TIMEOUT_MS) return EXPORT_TIMEOUT_TOO_LONG;
   if (ms > MAX_TIMER_MS) return TIMER_TOO_LONG;
   if (exportTimeout && ms === 0) return EXPORT_TIMEOUT_ZERO;
+  if (exportTimeout && ms < 1) return EXPORT_TIMEOUT_UNDER_1MS;
   return undefined;
+}
+
+/** Where the export timeout in effect comes from: the rules' field, or the variable that set it (the traces one wins). */
+function exportTimeoutName(fromRules: string | undefined, env: Env): string {
+  if (fromRules !== undefined) return 'telemetry.traces.exportTimeout';
+  return str(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT' : 'OTEL_EXPORTER_OTLP_TIMEOUT';
 }
 
 /** A delay from the rules or an OTEL_* variable, refused (delayProblem) naming both. */
@@ -277,7 +289,7 @@ function tracesConfig(t: RawTelemetry['traces'], env: Env, readFiles = true): Tr
     serviceName: t.serviceName ?? str(env, 'OTEL_SERVICE_NAME') ?? serviceNameAttribute(env) ?? 'driftguard',
     sampler,
     samplerArg,
-    exportTimeoutMs: timer('telemetry.traces.exportTimeout (or OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT)', t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000, true),
+    exportTimeoutMs: timer(exportTimeoutName(t.exportTimeout, env), t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000, true),
     maxQueueSize,
     maxQueueBytes: t.batch.maxQueueBytes,
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', { min: 1, max: 100_000, integer: true }) ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),

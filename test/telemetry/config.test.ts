@@ -46,7 +46,7 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
   t.throws(() => telemetryConfig(rules((r) => { r.telemetry = { traces: { batch: { scheduledDelay: '25d' } } }; }), {}), /scheduledDelay.*must be at most 24d/);
   // The export thread waits a little past the export timeout: near the timer limit that wait
   // fired at once, and every export that succeeded was counted as failed.
-  t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: String(2 ** 31 - 1) }), /exportTimeout.*must be at most 1h/);
+  t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: String(2 ** 31 - 1) }), /^OTEL_EXPORTER_OTLP_TIMEOUT: must be at most 1h/);
   t.throws(() => telemetryConfig(rules((r) => { r.telemetry = { traces: { exportTimeout: '24d' } }; }), {}), /exportTimeout.*must be at most 1h/);
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { traces: { exportTimeout: '61m' } }; }))), /:\d+:\d+: telemetry\.traces\.exportTimeout: must be at most 1h/);
   t.equal(telemetryConfig(rules((r) => { r.telemetry = { traces: { exportTimeout: '1h' } }; }), {}).traces.exportTimeoutMs, 3_600_000, '1h is taken');
@@ -67,7 +67,14 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { allowSampleRate: 2 } }; }))), /telemetry\.decisionLog\.allowSampleRate/);
   // The environment's values are not rules problems: named by their variable, with a code the CLI prints without a stack.
   await t.rejects(telemetry(rules(), () => {}, { OTEL_TRACES_SAMPLER: 'sometimes' }), { code: 'ERR_CONFIG_INVALID', message: /^telemetry: OTEL_TRACES_SAMPLER="sometimes"/ });
-  t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: '0' }), /exportTimeout.*must be more than 0/);
+  t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: '0' }), /^OTEL_EXPORTER_OTLP_TIMEOUT: must be more than 0/);
+  // Under 1 ms, as the rules' 0.4ms is (a duration rounded to 0): taken before, and every export then failed.
+  t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: '0.4' }), /^OTEL_EXPORTER_OTLP_TIMEOUT: must be at least 1 \(milliseconds; under 1 ms every export would time out at once and every span be dropped\)$/);
+  const traces = t.throws(() => telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: '0.999', OTEL_EXPORTER_OTLP_TIMEOUT: '5000' })) as Error;
+  t.match(traces.message, /^OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: must be at least 1 /, 'the variable in effect is named (the traces one wins)');
+  t.notMatch(traces.message, /5000|0\.999/, 'and no variable\'s value');
+  t.equal(telemetryConfig(rules(), { OTEL_EXPORTER_OTLP_TIMEOUT: '1' }).traces.exportTimeoutMs, 1, '1 ms is taken');
+  t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { traces: { exportTimeout: '0.4ms' } }; }))), /telemetry\.traces\.exportTimeout: must be more than 0/, 'as the rules refuse 0.4ms');
   // A number that is not one, or out of its field's bounds, is refused, not replaced by the default.
   for (const [name, value, message] of [
     ['OTEL_EXPORTER_OTLP_TIMEOUT', 'ten', /must be a number from 0/],
