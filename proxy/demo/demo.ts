@@ -172,11 +172,25 @@ export function demoRulesFile(): string {
   return process.env.DRIFTGUARD_DEMO_RULES || DEMO_RULES;
 }
 
+/**
+ * Where the demo serves its own key's JWKS: the first issuer's jwks.url, which it mints the
+ * printed tokens for. Rules whose first issuer reads its keys otherwise (a file, discovery, a
+ * kubernetes issuer) give it nowhere to serve them: refused before anything starts (it was a
+ * raw "TypeError: Invalid URL" and a stack).
+ */
+function demoJwksUrl(rules: Rules, rulesFile: string): URL {
+  const iss = rules.identity.issuers[0]!;
+  if (iss.jwks.kind !== 'url') {
+    throw new StartError(`${rulesFile}: the demo serves the first issuer's jwks.url itself (the JWKS of its own signing key, which mints the printed tokens), and ${iss.issuer} reads its keys from ${iss.jwks.kind === 'file' ? 'a file (jwks.file)' : 'a discovery document'} instead: list first an issuer with jwks: { url: http://127.0.0.1:<port>/.well-known/jwks.json }, as rules/demo.yaml does, or run these rules with \`driftguard run --config ${rulesFile}\``);
+  }
+  return new URL(iss.jwks.url);
+}
+
 export async function runDemo(start: (rules: Rules, file: string | undefined) => Promise<{ close(): Promise<void> }>, out: (line: string) => void = console.log): Promise<() => Promise<void>> {
   const rulesFile = demoRulesFile();
   const rules = loadRules(rulesFile);
+  const url = demoJwksUrl(rules, rulesFile);
   const { privateJwk, publicJwk, file } = await demoKey(demoKeyDir());
-  const url = new URL((rules.identity.issuers[0]!.jwks as { url: string }).url);
   const jwks = jwksServer(publicJwk);
   const api = demoApi();
   let dg: { close(): Promise<void> };

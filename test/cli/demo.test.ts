@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { generateKeyPair, exportJWK } from 'jose';
 
 const CLI = fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url));
 const DEMO_RULES = fileURLToPath(new URL('../../rules/demo.yaml', import.meta.url));
@@ -176,4 +177,24 @@ t.test('a demo port that is taken stops the demo with a message naming it, not a
     t.match(result.stderr, pattern, 'the message names the port');
     t.notMatch(result.stderr, /\n\s+at /, 'no stack trace');
   }
+});
+
+t.test('demo --rules FILE whose first issuer has no jwks.url says the demo serves that URL itself, not a TypeError stack', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dg-demo-'));
+  const key = await generateKeyPair('ES256', { extractable: true });
+  writeFileSync(join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(key.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }));
+  let text = readFileSync(DEMO_RULES, 'utf8');
+  for (const p of PORTS) text = text.replaceAll(`127.0.0.1:${p}`, `127.0.0.1:${await freePort()}`);
+  // As the README's key-generation example sets an issuer up: its keys in a file.
+  text = text.replace(/jwks: \{ url: [^}]*\}/, `jwks: { file: ${join(dir, 'jwks.json')} }`);
+  t.match(text, /jwks: \{ file: /);
+  const file = join(dir, 'own.yaml');
+  writeFileSync(file, text);
+  const result = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    execFile(process.execPath, [CLI, 'demo', '--rules', file], { timeout: 20_000, env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none' } }, (err, _out, stderr) => resolve({ code: err ? (err as { code?: number }).code ?? null : 0, stderr }));
+  });
+  t.equal(result.code, 1, 'exit 1');
+  // Before: "driftguard: TypeError: Invalid URL" and a stack.
+  t.match(result.stderr, /^driftguard: cannot start\n.*own\.yaml: the demo serves the first issuer's jwks\.url itself .* reads its keys from a file \(jwks\.file\) instead/m);
+  t.notMatch(result.stderr, /TypeError|\n\s+at /, 'no TypeError, no stack trace');
 });
