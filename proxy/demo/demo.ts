@@ -125,6 +125,13 @@ export function jwksServer(publicJwk: JWK): Server {
   });
 }
 
+/**
+ * How long the printed tokens live: as long as an automation's token would (rules/demo.yaml
+ * allows 1h). After that every line with a token answers 401 "token expired", so the banner
+ * says when.
+ */
+export const DEMO_TOKEN_SECONDS = 900;
+
 export interface Example {
   readonly title: string;
   readonly expect: number;
@@ -139,7 +146,7 @@ export async function examples(rules: Rules, key: JWK, now = Date.now()): Promis
   const aud = iss.audiences[0]!;
   const agent = 'spiffe://demo.local/ns/billing/sa/invoice-agent';
   const bot = 'spiffe://demo.local/ns/ops/sa/cleanup-bot';
-  const t = (subject: string, scopes: string[], contract: string | undefined, lifetimeSeconds = 900) =>
+  const t = (subject: string, scopes: string[], contract: string | undefined, lifetimeSeconds = DEMO_TOKEN_SECONDS) =>
     mint({ key, issuer: iss.issuer, audience: aud, subject, scopes, ...(contract ? { contract } : {}), lifetimeSeconds, now });
   const auth = (token: string) => `-H 'Authorization: Bearer ${token}'`;
   const all = ['accounts.read', 'accounts.admin', 'orders.read', 'payments.read', 'payments.write'];
@@ -210,12 +217,17 @@ export async function runDemo(start: (rules: Rules, file: string | undefined) =>
   out(`driftguard demo: listening on http://${rules.proxy.listen} in front of the demo API at ${rules.proxy.upstream}`);
   out(`admin: http://${rules.proxy.admin}/readyz   rules: ${rulesFile}   signing key: ${file}`);
   out('');
-  for (const e of await examples(rules, privateJwk)) {
+  const now = Date.now();
+  const expiry = new Date((Math.floor(now / 1000) + DEMO_TOKEN_SECONDS) * 1000).toISOString();
+  // The tokens' exp, as mint() sets it: the lines stop giving their "expect" after it.
+  out(`# The tokens below expire at ${expiry.slice(11, 19)} UTC (${expiry.slice(0, 10)}, ${DEMO_TOKEN_SECONDS / 60} minutes from now): then they answer 401 invalid-credential "token expired". For fresh lines restart the demo; for one token, use the "More tokens" line at the end.`);
+  out('');
+  for (const e of await examples(rules, privateJwk, now)) {
     out(`# ${e.title}  -> expect ${e.expect} ${e.reason}`);
     out(e.curl);
     out('');
   }
-  out(`More tokens: npx driftguard token --key ${file} --sub spiffe://demo.local/ns/billing/sa/invoice-agent --scope 'accounts.read payments.write' --contract 2026-09 --ttl 15m`);
+  out(`More tokens: npx driftguard token --key ${file} --sub spiffe://demo.local/ns/billing/sa/invoice-agent --scope 'accounts.read payments.write' --contract 2026-09 --ttl ${DEMO_TOKEN_SECONDS / 60}m`);
   out('Press Ctrl-C to stop.');
   return async () => {
     await dg.close();

@@ -94,6 +94,16 @@ t.test('every curl line the demo prints does what it says', async (t) => {
   }
   t.ok(examples.some((e) => e.status === 200 && e.reason !== 'allowed'), 'an example shows a warn');
 
+  // The tokens expire (15 minutes), and the lines then answer 401: the banner says when, at
+  // the printed tokens' own exp, and how to get fresh ones (before: nothing said so).
+  const expiry = /^# The tokens below expire at (\d\d:\d\d:\d\d) UTC \((\d{4}-\d\d-\d\d), 15 minutes from now\): .*restart the demo.*"More tokens" line/m.exec(stdout);
+  t.ok(expiry, 'the expiry is printed above the curl lines');
+  t.ok(expiry && stdout.indexOf(expiry[0]) < stdout.indexOf('\ncurl '), 'above the first curl line');
+  const allow = examples.find((e) => e.reason === 'allowed')!;
+  const exp = (JSON.parse(Buffer.from(/Bearer ([^ ']+)/.exec(allow.curl)![1]!.split('.')[1]!, 'base64url').toString()) as { exp: number }).exp;
+  t.equal(expiry && `${expiry[2]}T${expiry[1]}.000Z`, new Date(exp * 1000).toISOString(), 'the time is the tokens\' exp');
+  t.match(stdout, /^More tokens: .* --ttl 15m$/m, 'the line named to mint one');
+
   for (const e of examples) {
     t.match(e.curl, /^curl /, `${e.title}: the next line is a curl command`);
     const r = parseCurl(await bash(e.curl));
