@@ -123,6 +123,7 @@ export async function main(argv: string[]): Promise<number> {
     const stop = (signal: NodeJS.Signals) => {
       if (draining !== undefined || signal === 'SIGINT' || drainMs === 0) { close(signal); return; }
       log('injector draining', { signal, drainMs });
+      injector.drain();
       draining = setTimeout(() => close(signal), drainMs);
     };
     process.on('SIGTERM', stop);

@@ -48,6 +48,14 @@ export interface InjectorServer {
   readonly server: Server;
   /** The bound address (useful with port 0). */
   readonly address: AddressInfo;
+  /**
+   * Starts the drain: every answer from now on says `Connection: close`, and idle keep-alive
+   * connections are closed at once. The API server pools its connections, and one through the
+   * Service stays pinned to this pod after it leaves the endpoints; closed cleanly after an
+   * answer, its next review opens a new connection to a ready replica. Kept open, the final
+   * close() would reset it, perhaps under a review the API server does not retry.
+   */
+  drain(): void;
   /** Stops accepting, lets in-flight reviews finish, then resolves. */
   close(): Promise<void>;
 }
@@ -58,7 +66,10 @@ export async function startInjectorServer(options: InjectorServerOptions): Promi
   let key = readFileSync(options.tlsKeyFile);
 
   const limits: BodyLimits = { held: new Budget(options.maxBodyBytesHeld ?? 16 * 1024 * 1024), deadlineMs: options.bodyDeadlineMs ?? 5_000 };
+  let draining = false;
   const server = createServer({ cert, key, minVersion: 'TLSv1.2' }, (req, res) => {
+    // Set before any answer is written, so each of them (sendText's and review's) carries it.
+    if (draining) res.setHeader('connection', 'close');
     handle(req, res, options.config, log, limits).catch((err: unknown) => {
       log({ level: 'error', msg: 'admission handler failed', error: String((err as Error)?.message ?? err) });
       if (!res.headersSent) sendText(res, 500, 'internal error\n');
@@ -94,6 +105,10 @@ export async function startInjectorServer(options: InjectorServerOptions): Promi
   return {
     server,
     address: server.address() as AddressInfo,
+    drain: () => {
+      draining = true;
+      server.closeIdleConnections();
+    },
     close: () => new Promise<void>((resolve) => {
       if (timer) clearInterval(timer);
       server.close(() => resolve());

@@ -7,6 +7,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
+import { Agent, request as httpsPost } from 'node:https';
+import type { Socket } from 'node:net';
 import { selfSignedCertificate } from '../support/tls.ts';
 import { httpsRequest, appPod, admissionReview, patched } from './support.ts';
 import { validateObject } from '../support/k8s.ts';
@@ -60,6 +62,46 @@ t.test('serves reviews with the config file and flags, exits 0 on SIGTERM', asyn
   t.equal(code, 0, 'exit 0 after SIGTERM');
   t.match(stdout, /injector draining.*"drainMs":1500/);
   t.match(stdout, /injector stopping/);
+});
+
+t.test('the drain ends keep-alive connections cleanly: idle ones at once, the others after their next answer', async (t) => {
+  const proc = run(t, ['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--image', 'x:1', '--drain', '3s']);
+  let port = 0;
+  for (let i = 0; i < 200 && !port; i++) {
+    const line = proc.stdout().split('\n').find((l) => l.includes('injector listening'));
+    if (line) port = JSON.parse(line).port;
+    else await new Promise((r) => setTimeout(r, 25));
+  }
+  // As the API server's transport: a pool that keeps its connections between reviews.
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const body = JSON.stringify(admissionReview(appPod({ labels: { 'driftguard.io/inject': 'true' } })));
+  const send = () => new Promise<{ status: number; connection?: string; socket: Socket }>((resolve, reject) => {
+    let socket: Socket | undefined;
+    const req = httpsPost({ host: '127.0.0.1', port, ca: tls.cert, agent, method: 'POST', path: '/mutate', headers: { 'content-type': 'application/json' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, connection: res.headers.connection, socket: socket! }));
+    });
+    req.on('socket', (s) => { socket = s; });
+    req.on('error', reject);
+    req.end(body);
+  });
+  const idle = await send();
+  t.equal(idle.connection, 'keep-alive', 'before the drain, connections are kept');
+  const idleClosed = once(idle.socket, 'close');
+  proc.child.kill('SIGTERM');
+  for (let i = 0; i < 200 && !proc.stdout().includes('injector draining'); i++) await new Promise((r) => setTimeout(r, 25));
+  // The connection is idle in the pool: the drain closes it, long before its 3 s end.
+  const closedAt = Date.now();
+  await Promise.race([idleClosed, new Promise((_, reject) => setTimeout(() => reject(new Error('idle connection still open 1 s into the drain')), 1_000))]);
+  t.ok(Date.now() - closedAt < 1_000, 'an idle pooled connection is closed when the drain starts');
+  const during = await send();
+  t.equal(during.status, 200, 'a review during the drain is answered');
+  t.equal(during.connection, 'close', 'and its answer closes the connection, so the next review goes elsewhere');
+  await once(during.socket, 'close');
+  t.equal(proc.child.exitCode, null, 'still draining');
+  proc.child.kill('SIGTERM');
+  t.equal((await proc.exited).code, 0);
 });
 
 t.test('a second signal during the drain stops at once', async (t) => {
