@@ -222,6 +222,15 @@ t.test('cert-manager mode: a Certificate and the cainjector annotation instead o
   t.equal(mwc.metadata.annotations?.['cert-manager.io/inject-ca-from'], `${NS}/${certificate.metadata.name}`);
   for (const w of mwc.webhooks) t.equal(w.clientConfig.caBundle, undefined, 'caBundle is left to the cainjector');
 
+  // cert-manager refuses a commonName over 64 characters: a long release and namespace must
+  // not produce one (the serving certificate has none, the CA a short fixed one).
+  const long = render({ release: 'payments-platform-production-eu-west-1-blue', namespace: 'driftguard-system-production', set: ['webhook.certManager.enabled=true'] });
+  const longCertificates = long.filter((o) => o.kind === 'Certificate');
+  t.equal(longCertificates.length, 2);
+  for (const c of longCertificates) t.ok((c.spec.commonName ?? '').length <= 64, `${c.metadata.name}: commonName ${JSON.stringify(c.spec.commonName)} within cert-manager's 64`);
+  t.equal(longCertificates.find((c) => c.spec.isCA !== true)!.spec.commonName, undefined, 'the serving certificate has no commonName');
+  t.ok(longCertificates.find((c) => c.spec.isCA !== true)!.spec.dnsNames.every((n: string) => n.startsWith('payments-platform-production-eu-west-1-blue-driftguard-injector')), 'its dnsNames name the Service');
+
   const withIssuer = render({ set: ['webhook.certManager.enabled=true', 'webhook.certManager.issuerRef.name=corp-ca', 'webhook.certManager.issuerRef.kind=ClusterIssuer'] });
   t.equal(withIssuer.filter((o) => o.kind === 'Issuer').length, 0, 'no self-signed Issuer when one is given');
   t.same(one(withIssuer, 'Certificate').spec.issuerRef, { name: 'corp-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' });
