@@ -1,7 +1,7 @@
 // Runs the real helm binary (from PATH, as `make unit` sets it, or from .tools/bin
 // after `make tools`) against charts/driftguard, and parses what it renders.
 
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
@@ -26,9 +26,24 @@ export interface HelmResult {
   readonly stderr: string;
 }
 
+const helmEnv = (env: Record<string, string> = {}) => ({ ...process.env, HELM_CACHE_HOME: join(ROOT, '.tools/helm-cache'), HELM_CONFIG_HOME: join(ROOT, '.tools/helm-config'), HELM_DATA_HOME: join(ROOT, '.tools/helm-data'), ...env });
+
 export function helm(args: string[]): HelmResult {
-  const r = spawnSync(HELM, args, { encoding: 'utf8', cwd: ROOT, env: { ...process.env, HELM_CACHE_HOME: join(ROOT, '.tools/helm-cache'), HELM_CONFIG_HOME: join(ROOT, '.tools/helm-config'), HELM_DATA_HOME: join(ROOT, '.tools/helm-data') } });
+  const r = spawnSync(HELM, args, { encoding: 'utf8', cwd: ROOT, env: helmEnv() });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** helm without blocking the event loop: for a run that talks to a server in this process (test/support/fakekube.ts). */
+export function helmAsync(args: string[], env: Record<string, string> = {}): Promise<HelmResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(HELM, args, { cwd: ROOT, env: helmEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => { stdout += c; });
+    child.stderr.on('data', (c: Buffer) => { stderr += c; });
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
 }
 
 export interface K8sObject {
