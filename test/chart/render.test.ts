@@ -192,6 +192,15 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   t.doesNotThrow(() => config(['sidecar.env[0].name=OTEL_EXPORTER_OTLP_CERTIFICATE', 'sidecar.env[0].value=/etc/otel/ca.crt', 'sidecar.env[1].name=OTEL_EXPORTER_OTLP_ENDPOINT', 'sidecar.env[1].value=http://$(NODE_IP):4318', 'sidecar.env[2].name=OTEL_EXPORTER_OTLP_HEADERS', 'sidecar.env[2].valueFrom.secretKeyRef.name=otel-auth', 'sidecar.env[2].valueFrom.secretKeyRef.key=headers']));
   t.equal(config(['sidecar.grace=45s']).grace, '45s', 'sidecar.grace reaches the injector');
   t.not(helm(['template', 'dg', CHART, '--set', 'sidecar.grace=soon', '--namespace', NS]).status, 0, 'a grace that is not a duration is refused at install');
+  // The chart refuses at install every grace the injector would refuse at start (it would
+  // crash-loop, and with failurePolicy Fail every opted-in pod be refused), and no other.
+  for (const grace of ['P', 'PT', 'P1DT', 'PT1', 'P1M', '25d', '24.5d', 'P25D', 'PT577H', 'P24DT1S', '2073600001ms', '24d', 'P24D', 'PT576H', '2073600000ms', 'P1DT2H30M', 'PT0.5S', '1.5h', '500ms']) {
+    let injector: string;
+    try { buildConfig({ image: 'x:1', grace }); injector = 'starts'; } catch (e) { injector = `refuses: ${(e as Error).message}`; }
+    const r = helm(['template', 'dg', CHART, '--set', `sidecar.grace=${grace}`, '--namespace', NS]);
+    t.equal(r.status === 0 ? 'starts' : 'refused at install', injector === 'starts' ? 'starts' : 'refused at install', `sidecar.grace=${grace}: the injector ${injector}`);
+  }
+  t.match(helm(['template', 'dg', CHART, '--set', 'sidecar.grace=25d', '--namespace', NS]).stderr, /sidecar\.grace "25d" is longer than 24d/, 'above 24d: the message names the value');
 });
 
 t.test('cert-manager mode: a Certificate and the cainjector annotation instead of a generated CA', async (t) => {

@@ -85,6 +85,26 @@ fixed for Endpoints and EndpointSlices in 1.32).
 {{- end -}}
 {{- end -}}
 
+{{/*
+sidecar.grace in milliseconds, rounded as the injector does (proxy/rules/durations.ts): 20s,
+1.5h, 500ms or ISO 8601 PnDTnHnMnS, the only shapes the schema lets through. In an ISO value
+an M can only be minutes: the schema allows no months.
+*/}}
+{{- define "driftguard.graceMs" -}}
+{{- $grace := toString .Values.sidecar.grace -}}
+{{- $part := dict "D" 0.0 "H" 0.0 "M" 0.0 "S" 0.0 -}}
+{{- if hasPrefix "P" $grace -}}
+{{- range $unit := list "D" "H" "M" "S" -}}
+{{- $_ := set $part $unit (regexFind (printf "[0-9.]+%s" $unit) $grace | trimSuffix $unit | default "0" | float64) -}}
+{{- end -}}
+{{- round (addf (mulf $part.D 86400000) (mulf $part.H 3600000) (mulf $part.M 60000) (mulf $part.S 1000)) 0 -}}
+{{- else -}}
+{{- $number := regexFind "^[0-9.]+" $grace -}}
+{{- $unitMs := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
+{{- round (mulf ($number | float64) (get $unitMs (trimPrefix $number $grace))) 0 -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The injector's configuration file (proxy/inject/config.ts). */}}
 {{- define "driftguard.injectorConfig" -}}
 {{- /* The injector refuses two of its ports alike at start, and with failurePolicy Fail every opted-in pod would then be refused: say so at install time. */ -}}
@@ -96,6 +116,10 @@ fixed for Endpoints and EndpointSlices in 1.32).
 {{- fail (printf "%s and %s are both %s: the sidecar's ports must differ" (get $seen $port) $name $port) -}}
 {{- end -}}
 {{- $_ := set $seen $port $name -}}
+{{- end -}}
+{{- /* So does it a grace above 24d (the sidecar's stop deadline is a Node.js timer); the schema checked the shape. */ -}}
+{{- if gt (include "driftguard.graceMs" . | float64) (mulf 24 86400000) -}}
+{{- fail (printf "sidecar.grace %q is longer than 24d, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.grace) -}}
 {{- end -}}
 image: {{ include "driftguard.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
