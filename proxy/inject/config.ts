@@ -99,6 +99,25 @@ const resourceList = {
   properties: { 'cpu': quantity, 'memory': quantity, 'ephemeral-storage': quantity },
 } as const;
 
+const name = { type: 'string', minLength: 1 } as const;
+const keyRef = { type: 'object', additionalProperties: false, required: ['name', 'key'], properties: { name, key: name, optional: { type: 'boolean' } } } as const;
+/** The sources of core/v1 EnvVarSource, each with the fields the API server requires and no others. */
+const ENV_SOURCES = {
+  fieldRef: { type: 'object', additionalProperties: false, required: ['fieldPath'], properties: { fieldPath: name, apiVersion: name } },
+  resourceFieldRef: { type: 'object', additionalProperties: false, required: ['resource'], properties: { resource: name, containerName: name, divisor: { anyOf: [quantity, { type: 'number', minimum: 0 }] } } },
+  configMapKeyRef: keyRef,
+  secretKeyRef: keyRef,
+} as const;
+
+/**
+ * An env entry's valueFrom, as core/v1 EnvVarSource: exactly one of the four sources. The API
+ * server refuses any other shape (none, two, a misspelt one, which decoding drops, or one
+ * without its key) in every pod the sidecar goes into, so it is checked at start-up.
+ */
+export const envVarSourceSchema = {
+  type: 'object', additionalProperties: false, minProperties: 1, maxProperties: 1, properties: ENV_SOURCES,
+} as const;
+
 export const configSchema = {
   $schema: 'http://json-schema.org/draft-07/schema#',
   title: 'driftguard injector configuration',
@@ -142,6 +161,7 @@ export const configSchema = {
         properties: {
           name: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
           value: { type: 'string' },
+          // Its shape (envVarSourceSchema) is checked per entry, for a message naming the variable.
           valueFrom: { type: 'object' },
         },
         oneOf: [{ required: ['value'] }, { required: ['valueFrom'] }],
@@ -152,6 +172,20 @@ export const configSchema = {
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
 const validate = ajv.compile(configSchema);
+const validateEnvVarSource = ajv.compile(envVarSourceSchema);
+
+/** Why the API server would refuse this valueFrom, or undefined. */
+function envVarSourceProblem(valueFrom: Record<string, unknown>): string | undefined {
+  const sources = Object.keys(ENV_SOURCES).join(', ');
+  const keys = Object.keys(valueFrom);
+  const unknown = keys.find((k) => !Object.hasOwn(ENV_SOURCES, k));
+  if (unknown !== undefined) return `valueFrom.${unknown} is not a source (${sources})`;
+  if (keys.length !== 1) return `valueFrom must give exactly one source (${sources}), not ${keys.length === 0 ? 'none' : keys.join(' and ')}`;
+  if (validateEnvVarSource(valueFrom)) return undefined;
+  const e = validateEnvVarSource.errors![0]!;
+  const extra = e.keyword === 'additionalProperties' ? ` (${String(e.params.additionalProperty)})` : '';
+  return `valueFrom${e.instancePath.replaceAll('/', '.')}: ${e.message ?? 'invalid'}${extra}`;
+}
 
 /** Line of a top-level key in the config file, for messages (undefined for flags). */
 export type LineOf = (key: string) => number | undefined;
@@ -195,6 +229,8 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
     if (INJECTED_ENV.includes(e.name) || e.name.startsWith('DRIFTGUARD_')) throw new InjectorConfigError(`${at}: ${e.name} is set by the injector itself (${INJECTED_ENV.join(', ')})`);
     if (names.has(e.name)) throw new InjectorConfigError(`${at}: ${e.name} is listed twice`);
     names.add(e.name);
+    const problem = e.valueFrom === undefined ? undefined : envVarSourceProblem(e.valueFrom);
+    if (problem !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): ${problem}; the API server would refuse every pod injected with it`);
   }
   // Literal values go into every injected sidecar as they are: one that driftguard refuses at
   // start-up would crash-loop every opted-in pod. Checked as the sidecar will, naming the

@@ -4,6 +4,9 @@
 
 import t from 'tap';
 import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { helm, render, one, CHART, type K8sObject } from './helm.ts';
 import { validateObject } from '../support/k8s.ts';
@@ -190,6 +193,21 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   t.throws(() => config(['sidecar.env[0].name=OTEL_TRACES_EXPORTER', 'sidecar.env[0].value=jaeger']), { message: /env: OTEL_TRACES_EXPORTER/ });
   // What only the pod knows is left to the sidecar: a Secret's value, a file in the sidecar, $(VAR).
   t.doesNotThrow(() => config(['sidecar.env[0].name=OTEL_EXPORTER_OTLP_CERTIFICATE', 'sidecar.env[0].value=/etc/otel/ca.crt', 'sidecar.env[1].name=OTEL_EXPORTER_OTLP_ENDPOINT', 'sidecar.env[1].value=http://$(NODE_IP):4318', 'sidecar.env[2].name=OTEL_EXPORTER_OTLP_HEADERS', 'sidecar.env[2].valueFrom.secretKeyRef.name=otel-auth', 'sidecar.env[2].valueFrom.secretKeyRef.key=headers']));
+  // A valueFrom the API server refuses is refused at install, not in every injected pod.
+  const valuesDir = mkdtempSync(join(tmpdir(), 'driftguard-values-'));
+  const withValueFrom = (valueFrom: unknown) => {
+    const file = join(valuesDir, 'values.yaml');
+    writeFileSync(file, JSON.stringify({ sidecar: { env: [{ name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom }] } }));
+    return helm(['template', 'dg', CHART, '--namespace', NS, '-f', file]);
+  };
+  for (const [name, valueFrom] of [['empty', {}], ['misspelt', { secretKeyref: { name: 'a', key: 'b' } }], ['two sources', { secretKeyRef: { name: 'a', key: 'b' }, configMapKeyRef: { name: 'c', key: 'd' } }], ['secretKeyRef without key', { secretKeyRef: { name: 'a' } }], ['fieldRef with an unknown field', { fieldRef: { fieldPath: 'status.hostIP', path: 'x' } }]] as const) {
+    const r = withValueFrom(valueFrom);
+    t.not(r.status, 0, `valueFrom ${name}: refused at install`);
+    t.match(r.stderr, /\/sidecar\/env\/0\/valueFrom/, `valueFrom ${name}: the error names the entry`);
+  }
+  for (const valueFrom of [{ fieldRef: { fieldPath: 'status.hostIP' } }, { fieldRef: { apiVersion: 'v1', fieldPath: 'status.hostIP' } }, { resourceFieldRef: { resource: 'limits.memory', divisor: '1Mi' } }, { configMapKeyRef: { name: 'c', key: 'k', optional: true } }, { secretKeyRef: { name: 'a', key: 'b' } }]) {
+    t.equal(withValueFrom(valueFrom).status, 0, `valueFrom ${JSON.stringify(valueFrom)} installs`);
+  }
   t.equal(config(['sidecar.grace=45s']).grace, '45s', 'sidecar.grace reaches the injector');
   t.not(helm(['template', 'dg', CHART, '--set', 'sidecar.grace=soon', '--namespace', NS]).status, 0, 'a grace that is not a duration is refused at install');
   // The chart refuses at install every grace the injector would refuse at start (it would

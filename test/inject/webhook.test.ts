@@ -596,3 +596,28 @@ t.test('the sidecar\'s grace period fits in the pod\'s terminationGracePeriodSec
   // Within a timer's 24.8 days, past the 24 days the sidecar takes: it would crash-loop.
   t.throws(() => buildConfig({ image: IMAGE, grace: '24.5d' }), /grace: must be at most 24d \(the sidecar refuses a longer grace\)/);
 });
+
+t.test('an env entry\'s valueFrom must be a core/v1 EnvVarSource: the API server would refuse every pod injected otherwise', async (t) => {
+  const start = (valueFrom: unknown) => () => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom }] });
+  const refused: [string, unknown, RegExp][] = [
+    ['empty', {}, /exactly one source .*not none/],
+    ['misspelt', { secretKeyref: { name: 'otel-auth', key: 'headers' } }, /valueFrom\.secretKeyref is not a source/],
+    ['two sources', { secretKeyRef: { name: 'a', key: 'b' }, configMapKeyRef: { name: 'c', key: 'd' } }, /exactly one source .*not secretKeyRef and configMapKeyRef/],
+    ['secretKeyRef without key', { secretKeyRef: { name: 'otel-auth' } }, /valueFrom\.secretKeyRef: must have required property 'key'/],
+    ['configMapKeyRef without name', { configMapKeyRef: { key: 'k' } }, /valueFrom\.configMapKeyRef: must have required property 'name'/],
+    ['fieldRef without fieldPath', { fieldRef: { apiVersion: 'v1' } }, /valueFrom\.fieldRef: must have required property 'fieldPath'/],
+    ['resourceFieldRef with an unknown field', { resourceFieldRef: { resource: 'limits.memory', unit: 'Mi' } }, /valueFrom\.resourceFieldRef: must NOT have additional properties \(unit\)/],
+  ];
+  for (const [name, valueFrom, why] of refused) {
+    t.throws(start(valueFrom), { message: /env\[1\] \(OTEL_EXPORTER_OTLP_HEADERS\): / }, `${name}: the message names the entry`);
+    t.throws(start(valueFrom), { message: why }, `${name}: and what is wrong`);
+    t.throws(start(valueFrom), { message: /the API server would refuse every pod injected with it/ }, `${name}: and why it matters`);
+  }
+  for (const valueFrom of [
+    { fieldRef: { fieldPath: 'status.hostIP' } },
+    { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } },
+    { resourceFieldRef: { containerName: 'driftguard', resource: 'limits.memory', divisor: '1Mi' } },
+    { configMapKeyRef: { name: 'otel', key: 'endpoint', optional: true } },
+    { secretKeyRef: { name: 'otel-auth', key: 'headers' } },
+  ]) t.doesNotThrow(start(valueFrom), JSON.stringify(valueFrom));
+});
