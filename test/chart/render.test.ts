@@ -8,7 +8,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { helm, render, one, CHART, type K8sObject } from './helm.ts';
+import { helm, helmAsync, render, one, CHART, type K8sObject } from './helm.ts';
+import { fakeKube } from '../support/fakekube.ts';
 import { validateObject } from '../support/k8s.ts';
 import { buildConfig, INJECTED_ENV } from '../../proxy/inject/config.ts';
 import { sidecarContainer } from '../../proxy/inject/sidecar.ts';
@@ -270,6 +271,18 @@ t.test('NOTES.txt tells how to opt in', async (t) => {
   t.match(notes, /kubectl label namespace <app-namespace> driftguard\.io\/inject=true/);
   t.match(notes, /create configmap driftguard-rules/);
   t.match(notes, /rollout status deployment\/dg-driftguard-injector/);
+  // By name, as the README and examples/app.yaml: a pod without the sidecar is no endpoint.
+  t.match(notes, /targetPort: driftguard\b/, 'step 4 names the sidecar\'s port');
+  t.notMatch(notes, /targetPort at 15080/, 'not its number');
+  // helm install has no --kube-version: the cluster's version comes from a fake API server.
+  for (const [minor, set, named] of [[32, [], true], [30, [], true], [30, ['sidecar.native=true'], false]] as const) {
+    const kube = await fakeKube(minor);
+    const r = await helmAsync(['install', 'dg', CHART, '--dry-run=server', '--disable-openapi-validation', '--namespace', NS, ...set.flatMap((s) => ['--set', s])], { KUBECONFIG: kube.kubeconfig });
+    await kube.close();
+    t.equal(r.status, 0, r.stderr);
+    const step = r.stdout.slice(r.stdout.indexOf('4. Route'), r.stdout.indexOf('5. Check'));
+    t.match(step, named ? /targetPort: driftguard/ : /targetPort at 15080/, `Kubernetes 1.${minor} ${set.join(' ') || 'auto'}: ${named ? 'by name' : 'the number (a named port does not reach a native sidecar before 1.32)'}`);
+  }
 });
 
 export type { K8sObject };
