@@ -7,11 +7,16 @@ import { readFileSync } from 'node:fs';
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { Agent } from 'undici';
+import { LRUCache } from 'lru-cache';
 import { getDocument } from '../lib/bounded.ts';
 import { jsonFault, redactUrl } from '../lib/redact.ts';
 
 /** How soon a key set that has never loaded is fetched again (as an unread revocation list, lists.ts). */
 export const UNLOADED_RETRY_MS = 5_000;
+
+/** Unknown kids remembered with when they were first seen (RemoteKeySet.getKey): a bound, since anybody can send one. */
+const UNKNOWN_KIDS = 1024;
+const MAX_REMEMBERED_KID = 256;
 
 /** The issuer's keys cannot be had right now: the request gets 503 identity-unavailable. */
 export class IdentityUnavailableError extends Error {
@@ -128,7 +133,7 @@ function usable(key: Record<string, unknown>, algorithms: readonly string[]): bo
  * verify under them is refused: an emptied or half-written Secret must not replace good keys
  * (a fetched set keeps the last good one; a file stops start-up or the reload).
  */
-export function parseJwks(text: string, from: string, select?: KeySelection, algorithms?: readonly string[]): JSONWebKeySet {
+export function parseJwks(text: string, from: string, select?: KeySelection, algorithms?: readonly string[], excluded?: (kid: string) => void): JSONWebKeySet {
   let data: JSONWebKeySet;
   try { data = JSON.parse(text) as JSONWebKeySet; } catch (err) { throw new TypeError(`${from} is ${jsonFault(err)}`); }
   if (!data || typeof data !== 'object' || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
@@ -142,6 +147,10 @@ export function parseJwks(text: string, from: string, select?: KeySelection, alg
   const set = select ? select({ ...data, keys }) : { ...data, keys };
   if (algorithms && !set.keys.some((k) => usable(k as unknown as Record<string, unknown>, algorithms))) {
     throw new TypeError(`${from} has no key that can verify ${algorithms.join(', ')} (${set.keys.length} key${set.keys.length === 1 ? '' : 's'} in the set)`);
+  }
+  if (excluded) {
+    const kept = new Set(set.keys.map((k) => k.kid));
+    for (const k of keys) if (typeof k.kid === 'string' && !kept.has(k.kid)) excluded(k.kid);
   }
   return set;
 }
@@ -206,6 +215,14 @@ export class RemoteKeySet implements KeySet {
    * have found it.
    */
   #lastAttemptMs = -Infinity;
+  /** When the last fetch of any kind began, by #now: whether the keys were fetched after a kid was first seen. */
+  #fetchStartedMs = -Infinity;
+  /**
+   * Kids no key of the set has, by #now when each was first seen. Within the cooldown, one
+   * seen before the last fetch began is not in the set (401); one seen since may be a key the
+   * issuer has just rotated in, which the next fetch will bring (503, retry).
+   */
+  readonly #unknownKids = new LRUCache<string, number>({ max: UNKNOWN_KIDS });
   /** By Date.now. */
   #lastSuccessMs?: number;
   /** Why the last fetch failed; undefined after a good one. */
@@ -273,6 +290,7 @@ export class RemoteKeySet implements KeySet {
   }
 
   async #fetch(): Promise<boolean> {
+    this.#fetchStartedMs = this.#now();
     // One timeout for the whole fetch: with discovery, the document and then the keys.
     const started = performance.now();
     try {
@@ -295,7 +313,14 @@ export class RemoteKeySet implements KeySet {
       // Found by discovery: say where, since the name is the discovery document's.
       if (text === undefined) throw new Error(this.#options.locate ? `jwks_uri ${redactUrl(target.href)}: HTTP ${status}` : `HTTP ${status}`);
       if (text !== this.#text) {
-        this.#keys = load(parseJwks(text, this.#name, this.#options.select, this.#options.algorithms));
+        const before = this.#keys?.each;
+        // A kid the set names for no key that verifies (an X.509 authority of a SPIFFE bundle),
+        // or that the issuer removed (a leaked key), is known to be none: its tokens are 401s at
+        // once, not told to retry as a kid never seen may be.
+        const known = (kid: string) => { if (kid.length <= MAX_REMEMBERED_KID) this.#unknownKids.set(kid, -Infinity); };
+        this.#keys = load(parseJwks(text, this.#name, this.#options.select, this.#options.algorithms, known));
+        const kept = new Set(this.#keys.each.map((k) => k.kid));
+        for (const k of before ?? []) if (k.kid !== undefined && !kept.has(k.kid)) known(k.kid);
         this.#text = text;
         this.#version++;
       }
@@ -332,6 +357,12 @@ export class RemoteKeySet implements KeySet {
       // An unknown kid: maybe the issuer rotated. One refetch per cooldown, whatever the flood.
       if (!coolingDown) await this.refresh();
       else if (this.#inflight) await this.#inflight;
+      else if (!this.#fetchedSinceSeen(args[0]?.kid)) {
+        // Refused for the cooldown alone: another token's fetch just before the issuer rotated
+        // this key in would have made its tokens 401s, a bad credential to their callers, until
+        // it ended. Retry when a fetch may be made.
+        throw new IdentityUnavailableError(`kid not in the keys from ${this.#name}, fetched within the cooldown; fetched again after it`, this.#nextAttemptInMs());
+      }
       if (this.#lastError !== undefined) throw new IdentityUnavailableError(`cannot refresh keys from ${this.#name}: ${this.#lastError}`, this.#nextAttemptInMs());
       return await this.#keys.getKey(...args);
     }
@@ -342,6 +373,18 @@ export class RemoteKeySet implements KeySet {
     if (this.#now() - this.#lastAttemptMs >= this.#options.cooldownMs) await this.refresh();
     else if (this.#inflight) await this.#inflight;
     return this.#version !== before;
+  }
+
+  /**
+   * Whether the keys were fetched (or the fetch began) after `kid` was first seen; true for a
+   * token without kid, and for a kid longer than any issuer writes (not remembered: the table's
+   * bound is by count).
+   */
+  #fetchedSinceSeen(kid: unknown): boolean {
+    if (typeof kid !== 'string' || kid.length > MAX_REMEMBERED_KID) return true;
+    let seen = this.#unknownKids.get(kid);
+    if (seen === undefined) this.#unknownKids.set(kid, seen = this.#now());
+    return this.#fetchStartedMs > seen;
   }
 
   /** How long until a request may fetch again (one fetch per cooldown), at least a second. */

@@ -23,16 +23,17 @@ t.test('an unknown-kid flood costs at most one JWKS refetch per cooldown', async
   const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1500ms'; });
   t.equal(w.jwks.fetches, 1, 'fetched once before ready');
   const flood = () => Promise.all(tokens.splice(0, 60).map(async (tok) => (await w.call('GET', '/items/1', { token: tok })).status));
-  // Within the cooldown of the start-up fetch: no refetch at all.
+  // Within the cooldown of the start-up fetch: no refetch at all. A kid never seen may be a key
+  // the issuer has just rotated in: retry once the keys may be fetched (503 with Retry-After).
   const first = await flood();
-  t.same(new Set(first), new Set([401]), 'every unknown kid is an invalid credential');
+  t.same(new Set(first), new Set([503]), 'every kid never seen is told to retry after the cooldown');
   t.equal(w.jwks.fetches, 1, 'no refetch within the cooldown');
   await sleep(1600);
   const second = await flood();
-  t.same(new Set(second), new Set([401]));
+  t.same(new Set(second), new Set([401]), 'after the fetch they were seen before, an invalid credential');
   t.equal(w.jwks.fetches, 2, 'one refetch for the whole flood after the cooldown');
   const third = await flood();
-  t.same(new Set(third), new Set([401]));
+  t.same(new Set(third), new Set([503]));
   t.equal(w.jwks.fetches, 2, 'none for the next flood within the new cooldown');
   t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, 'known keys keep working through the flood');
   t.equal(w.up.seen.length, 1);
@@ -119,8 +120,29 @@ t.test('a key rotated in just after a background refresh is fetched for its firs
   t.equal(a.status, 200, 'fetched and verified (before: 401, the background refresh had started the cooldown)');
   t.equal(w.jwks.fetches, 3, 'one fetch for it');
   const flood = await Promise.all(Array.from({ length: 20 }, async () => (await w.call('GET', '/items/1', { token: await w.tok({ key: w.keys.es, header: { kid: randomUUID() } }) })).status));
-  t.same(new Set(flood), new Set([401]), 'unknown kids right after it are refused');
+  t.same(new Set(flood), new Set([503]), 'kids never seen right after it are told to retry');
   t.equal(w.jwks.fetches, 3, 'within the cooldown of that fetch: no more fetches');
+});
+
+t.test('a kid first seen within the cooldown of another token\'s fetch is told to retry, and verified after it; one the set lacks after a later fetch is 401', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1500ms'; });
+  await sleep(1600);
+  // A forged token with a random kid makes the fetch, and the cooldown starts.
+  t.equal((await w.call('GET', '/items/1', { token: await w.tok({ header: { kid: randomUUID() } }) })).status, 401, 'a forged kid after a fetch made for it: 401');
+  t.equal(w.jwks.fetches, 2);
+  // The issuer rotates a new key in just then.
+  const fresh = await testKey('ES256');
+  w.jwks.body = jwks(w.keys.es, fresh);
+  const tok = await w.tok({ key: fresh });
+  const refused = await w.call('GET', '/items/1', { token: tok });
+  // Before: 401, a bad credential to its caller, for the rest of the cooldown.
+  t.equal(refused.status, 503, 'the new key\'s first token: retry');
+  t.equal(refused.json.code, 'identity-unavailable');
+  const retryAfter = Number(refused.headers.get('retry-after'));
+  t.ok(retryAfter >= 1 && retryAfter <= 2, `Retry-After: the rest of the cooldown (${retryAfter})`);
+  await sleep(retryAfter * 1000);
+  t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200, 'retried after it: fetched and verified');
+  t.equal(w.jwks.fetches, 3);
 });
 
 t.test('a token whose key was published while a background refresh was under way gets one fetch more, not a 401', async (t) => {
