@@ -92,10 +92,11 @@ function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
 
 /**
  * Variables a later webhook may not add beside the injector's, by name: each changes what the
- * sidecar's process runs or trusts (Node's options and module path, the dynamic loader, OpenSSL's
+ * sidecar's process runs or trusts (PATH: the command's bare `node` is looked up through the
+ * container's own PATH; Node's options and module path, the dynamic loader, OpenSSL's
  * configuration, name resolution, a proxy for its key fetches), or driftguard's own settings.
  */
-const GUARDED_ENV = /^(?:DRIFTGUARD_|NODE_|OTEL_|LD_|OPENSSL_|SSL_|UV_)|^(?:GCONV_PATH|LOCPATH|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN|HTTPS?_PROXY|ALL_PROXY|NO_PROXY)$/i;
+const GUARDED_ENV = /^(?:DRIFTGUARD_|NODE_|OTEL_|LD_|OPENSSL_|SSL_|UV_)|^(?:PATH|GCONV_PATH|LOCPATH|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN|HTTPS?_PROXY|ALL_PROXY|NO_PROXY)$/i;
 /** The image's trees a mount a later webhook adds may not cover, or sit in: driftguard's code, Node and its libraries, the system. */
 const IMAGE_TREES = ['/app', '/usr', '/bin', '/sbin', '/lib', '/lib64', '/etc', '/proc', '/sys', '/dev'];
 
@@ -119,6 +120,11 @@ function asStored(x: unknown): unknown {
   if (out.readOnly === false) delete out.readOnly;
   const from = out.valueFrom;
   if (isObj(from) && isObj(from.fieldRef) && from.fieldRef.apiVersion === undefined) out.valueFrom = { ...from, fieldRef: { ...from.fieldRef, apiVersion: 'v1' } };
+  // A divisor is a quantity the API server stores as a string (1 comes back "1"), and 0 means none.
+  if (isObj(from) && isObj(from.resourceFieldRef)) {
+    const { divisor, ...rest } = from.resourceFieldRef;
+    out.valueFrom = { ...from, resourceFieldRef: divisor === undefined || divisor === 0 || divisor === '0' ? rest : { ...rest, divisor: String(divisor) } };
+  }
   return canonicalJson(out);
 }
 

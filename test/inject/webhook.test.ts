@@ -294,6 +294,7 @@ function asApiServerStores(pod: Pod): Pod {
   for (const c of [...(p.spec.initContainers ?? []), ...p.spec.containers]) {
     for (const e of c.env ?? []) {
       if (e.valueFrom?.fieldRef && e.valueFrom.fieldRef.apiVersion === undefined) e.valueFrom.fieldRef.apiVersion = 'v1';
+      if (typeof e.valueFrom?.resourceFieldRef?.divisor === 'number') e.valueFrom.resourceFieldRef.divisor = String(e.valueFrom.resourceFieldRef.divisor);
       if (e.value === '') delete e.value;
     }
     for (const m of c.volumeMounts ?? []) if (m.readOnly === false) delete m.readOnly;
@@ -303,7 +304,8 @@ function asApiServerStores(pod: Pod): Pod {
 
 t.test('the injector\'s own sidecar as the API server stores it, and with what a later webhook adds to every container, counts as injected', async (t) => {
   // With an empty NODE_OPTIONS and a sidecar.env entry of fieldRef: both come back changed.
-  const server = await startInjectorServer({ config: buildConfig({ image: IMAGE, nativeSidecar: true, nodeOptions: '', env: [{ name: 'OTEL_SERVICE_NAME', value: '' }, { name: 'NODE_IP', valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } }] }), tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {} });
+  // A divisor of 1 comes back "1" (a quantity), and none as none.
+  const server = await startInjectorServer({ config: buildConfig({ image: IMAGE, nativeSidecar: true, nodeOptions: '', env: [{ name: 'OTEL_SERVICE_NAME', value: '' }, { name: 'NODE_IP', valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } }, { name: 'MEM', valueFrom: { resourceFieldRef: { resource: 'limits.memory', divisor: 1 } } }, { name: 'CPU', valueFrom: { resourceFieldRef: { resource: 'limits.cpu' } } }] }), tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {} });
   t.teardown(() => server.close());
   for (const s of [server, native, regular]) {
     const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
@@ -325,6 +327,8 @@ t.test('the injector\'s own sidecar as the API server stores it, and with what a
     // What a later webhook, or a pod that wrote the sidecar itself, may not add.
     const tamper: [string, (c: Record<string, any>) => void][] = [
       ['LD_PRELOAD', (c) => { c.env.push({ name: 'LD_PRELOAD', value: '/vault/secrets/x.so' }); }],
+      // The command's bare `node` is looked up through the container's PATH: a ConfigMap's `node` would run.
+      ['PATH', (c) => { c.env.push({ name: 'PATH', value: '/opt/evil:/usr/local/bin:/usr/bin:/bin' }); c.volumeMounts.push({ name: 'evil', mountPath: '/opt/evil' }); }],
       ['NODE_EXTRA_CA_CERTS', (c) => { c.env.push({ name: 'NODE_EXTRA_CA_CERTS', value: '/vault/secrets/ca.pem' }); }],
       ['NODE_TLS_REJECT_UNAUTHORIZED', (c) => { c.env.push({ name: 'NODE_TLS_REJECT_UNAUTHORIZED', value: '0' }); }],
       ['an OTEL_ endpoint', (c) => { c.env.push({ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://elsewhere:4318' }); }],
