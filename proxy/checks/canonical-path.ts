@@ -10,6 +10,7 @@
 import { isIPv6 } from 'node:net';
 import type { Check } from '../pipeline/types.ts';
 import { canonicalTarget } from '../pipeline/canonical.ts';
+import { connectionNamed } from '../forward/headers.ts';
 
 /**
  * uri-host [ ":" port ] (RFC 9110 §7.2), the host an IP literal, an IPv4 address or a DNS name
@@ -61,12 +62,12 @@ function asFrameworksRead(name: string): string {
 }
 
 /**
- * The headers `Connection` names, lowercased, unless it holds only the usual `keep-alive` or
- * `close` (most requests that carry one).
+ * The headers `Connection` names, as the forwarder will remove them, unless it holds only the
+ * usual `keep-alive` or `close` (most requests that carry one).
  */
-function connectionNames(value: string | undefined): string[] | undefined {
+function connectionNames(value: string | undefined): Set<string> | undefined {
   if (value === undefined || value === 'keep-alive' || value === 'close' || value === 'Keep-Alive') return undefined;
-  return value.split(',').map((n) => n.trim().toLowerCase());
+  return connectionNamed(value);
 }
 
 /**
@@ -111,8 +112,9 @@ export function canonicalPath(decisive: readonly string[]): Check {
       // A header Connection names is hop-by-hop, and driftguard removes it (RFC 9110 §7.6.1): a
       // request decided on Contract-Version 2026-09 that named it there reached the upstream
       // with none, and the upstream served its default version.
-      const named = connectionNames(ctx.req.headers.connection)?.find((n) => decisive.includes(n));
-      if (named !== undefined) return { reason: 'malformed-request', detail: `the Connection header names ${named}, which this request is decided by: the upstream would not get it` };
+      const names = connectionNames(ctx.req.headers.connection);
+      const named = names && decisive.find((n) => names.has(n));
+      if (named !== undefined) return { reason: 'malformed-request', detail: `the Connection header names ${named}, which driftguard decides requests by: the upstream would not get it` };
       const target = canonicalTarget(ctx.req.url);
       if (!target) return { reason: 'malformed-request', detail: 'the request-target is not origin-form and canonical' };
       const override = methodOverrideParameter(target.query);

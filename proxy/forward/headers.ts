@@ -20,7 +20,8 @@ const OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-o
   'x-original-uri', 'x-original-method', 'x-forwarded-uri', 'x-forwarded-method', 'x-forwarded-prefix', 'x-forwarded-path']);
 const REWRITTEN = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
 
-function connectionNamed(value: string | string[] | undefined): Set<string> | undefined {
+/** The headers a Connection header names, lowercased (the forwarder removes them; the canonical-path check reads them). */
+export function connectionNamed(value: string | string[] | undefined): Set<string> | undefined {
   if (value === undefined) return undefined;
   const names = new Set<string>();
   for (const v of Array.isArray(value) ? value : [value]) for (const n of v.split(',')) { const t = n.trim().toLowerCase(); if (t) names.add(t); }

@@ -31,7 +31,7 @@ export interface CheckDeps {
 /** The request headers a decision reads, lowercased: the credential, the contract version, the idempotency key. */
 function decisiveHeaders(rules: Rules, lifecycle: LifecycleState | undefined): string[] {
   const names = ['authorization', rules.contract.declared.header.toLowerCase()];
-  if (lifecycle) names.push(configOf(rules).monitors.idempotency.header);
+  if (lifecycle && configOf(rules).monitors.idempotency.mode !== 'off') names.push(configOf(rules).monitors.idempotency.header);
   return names;
 }
 
