@@ -10,6 +10,7 @@ import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
 import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES } from './lib/incoming.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
+import { REASONS } from './decision/reasons.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { blocks } from './checks/staleness.ts';
 import { movingOn } from './checks/deprecation.ts';
@@ -191,6 +192,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   /** Answers being forwarded, with their request's context, until the forward ends (closeFor). */
   const streaming = new Map<ServerResponse, RequestContext>();
   /** Answers driftguard cut (closeFor, a reload's new decision): their record says who, not that the client left. */
+  /** Requests whose body Node's parser refused (an HPE_ error), not a connection that failed: a 400, not a client that left. */
+  const badFraming = new WeakSet<IncomingMessage>();
   const cutBy = new WeakMap<ServerResponse, typeof REVOKED_CUT | typeof RELOAD_CUT | typeof UNPARSED_BODY>();
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
@@ -423,10 +426,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // than chunked, a bad chunk): its decision's answer still goes out, and the connection ends
     // with it (decideAndAnswer); destroyed now, the client got nothing while the record said 400.
     const last = pipelines.get(socket)?.last;
-    if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) { unparsableBodies.add(last.req); last.req.emit(BODY_UNPARSABLE); return; }
+    if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) {
+      if (err.code?.startsWith('HPE_')) badFraming.add(last.req);
+      unparsableBodies.add(last.req);
+      last.req.emit(BODY_UNPARSABLE);
+      return;
+    }
     if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || last?.req.complete === false) {
       // A body that broke while it was forwarded: its record says so, not that the client left.
-      if (last && last.req.complete === false && !deciding.has(last.req)) cutBy.set(last.res, UNPARSED_BODY);
+      // Only a parser's error: a client that resets its connection mid-upload left (ECONNRESET).
+      if (last && last.req.complete === false && !deciding.has(last.req) && err.code?.startsWith('HPE_')) cutBy.set(last.res, UNPARSED_BODY);
       socket.destroy();
       return;
     }
@@ -570,9 +579,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const broken = unparsableBodies.has(req);
     if (broken && !(decision.decision === 'deny' && decision.enforced)) {
       // Nothing went upstream: said so, so that the write's idempotency key is free for its
-      // retry (it was kept an hour, the retry a duplicate-write of a write never made). The
-      // forward stage refuses it, 400, and the connection ends (what follows the bad chunk
-      // cannot be framed): before, it was cut unanswered and recorded as a client that left.
+      // retry (it was kept an hour, the retry a duplicate-write of a write never made).
+      if (!badFraming.has(req)) {
+        // The client's connection failed under it (a reset): it left.
+        try { observation.forwarded({ aborted: true, error: CLIENT_CLOSED, notSent: true }); } catch { /* ignore */ }
+        req.socket.destroy();
+        return;
+      }
+      // A bad chunk: the forward stage refuses it, 400, and the connection ends (what follows
+      // cannot be framed). Before, it was cut unanswered and recorded as a client that left.
       const outcome: ForwardOutcome = { failure: 'malformed-request', detail: 'the request body could not be parsed (its chunked framing is broken): nothing was forwarded', error: UNPARSED_BODY, notSent: true };
       try { observation.forwarded(outcome); } catch { /* ignore */ }
       headers.connection = 'close';
@@ -678,6 +693,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       };
       open.set(socket, tunnel);
       tunnel.endUnder(ctx, g.rules);
+      // Decided before a reload whose decision of the open tunnels ran while the upstream had
+      // not yet answered: decided again now, under the rules in force.
+      if (generation !== g) {
+        const now = generation;
+        void redecideTunnel(now, socket, tunnel).then((d) => { if (d) closedByReload(1, 0, { [d.reason]: 1 }, now); }, () => {});
+      }
     }
   }
 
@@ -685,8 +706,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * When the decision a tunnel was opened with stops holding, and the tunnel with it: the
    * handshake's credential expires (a client that keeps a WebSocket longer reconnects with a
    * fresh token and is decided again); in enforce mode, the operation's sunset, and the start
-   * of a deprecation that will block this consumer. A reload's new dates reach tunnels opened
-   * after it.
+   * of a deprecation that will block this consumer. A reload re-arms it with its own dates
+   * (redecideTunnel).
    */
   function tunnelEndsAt(ctx: RequestContext, rules: Rules): number | undefined {
     const ends: number[] = [];
@@ -713,24 +734,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const reasons: Record<string, number> = {};
     let tunnelsClosed = 0;
     let answersCut = 0;
-    const again = async (was: RequestContext): Promise<[RequestContext, Decision]> => {
-      const ctx: RequestContext = { req: was.req, rules: g.rules, now: was.now, warnings: [], checks: [], extra: {} };
-      return [ctx, await g.redecide(ctx)];
-    };
-    // Still the rules in force, and not draining: a later reload decides again itself.
-    const current = () => generation === g && !draining;
-    const refused = (d: Decision) => d.decision === 'deny' && d.enforced;
     const count = (d: Decision) => { reasons[d.reason] = (reasons[d.reason] ?? 0) + 1; };
     try {
       await Promise.all([
         ...[...open].map(async ([socket, tunnel]) => {
-          const [ctx, d] = await again(tunnel.ctx);
-          if (!current() || !open.has(socket)) return;
-          if (refused(d)) { count(d); socket.destroy(); tunnelsClosed++; } else tunnel.endUnder(ctx, g.rules);
+          const d = await redecideTunnel(g, socket, tunnel);
+          if (d) { count(d); tunnelsClosed++; }
         }),
         ...[...streaming].filter(([res]) => res.headersSent).map(async ([res, was]) => {
-          const [, d] = await again(was);
-          if (!current() || !streaming.has(res) || !refused(d)) return;
+          const [, d] = await decideAgain(g, was);
+          if (!stillIn(g) || !streaming.has(res) || !closes(d)) return;
           count(d);
           cutBy.set(res, RELOAD_CUT);
           res.destroy();
@@ -743,7 +756,43 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       log({ level: 'error', msg: 'open tunnels and streaming answers could not be decided again after the reload', error: (err as Error | undefined)?.name ?? typeof err, rules: g.rules.hash });
       return;
     }
-    if (tunnelsClosed + answersCut > 0) log({ level: 'info', msg: 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them', tunnels: tunnelsClosed, answers: answersCut, reasons, rules: g.rules.hash });
+    if (tunnelsClosed + answersCut > 0) closedByReload(tunnelsClosed, answersCut, reasons, g);
+  }
+
+  function closedByReload(tunnelsClosed: number, answersCut: number, reasons: Record<string, number>, g: Generation): void {
+    log({ level: 'info', msg: 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them', tunnels: tunnelsClosed, answers: answersCut, reasons, rules: g.rules.hash });
+  }
+
+  /** The context and decision of a request decided again under `g`'s rules, at its own time. */
+  async function decideAgain(g: Generation, was: RequestContext): Promise<[RequestContext, Decision]> {
+    const ctx: RequestContext = { req: was.req, rules: g.rules, now: was.now, warnings: [], checks: [], extra: {} };
+    return [ctx, await g.redecide(ctx)];
+  }
+
+  /** `g` is still the rules in force and driftguard is not draining: a later reload decides again itself. */
+  function stillIn(g: Generation): boolean {
+    return generation === g && !draining;
+  }
+
+  /**
+   * Whether a new decision closes what is open: an enforced denial of the request itself. Not
+   * one of driftguard's own unavailability (a 5xx: a revocation list the reload added and has
+   * not read yet, keys being fetched, a check's failure), which tells a new request to retry:
+   * a reload that added a list URL closed every tunnel, though nothing was revoked.
+   */
+  function closes(d: Decision): boolean {
+    return d.decision === 'deny' && d.enforced && REASONS[d.reason].status < 500;
+  }
+
+  /** Decide one open tunnel again under `g`; the refusal it was closed for, if it was. */
+  async function redecideTunnel(g: Generation, socket: Socket, tunnel: OpenTunnel): Promise<Decision | undefined> {
+    const [ctx, d] = await decideAgain(g, tunnel.ctx);
+    if (!stillIn(g) || !open.has(socket)) return undefined;
+    if (closes(d)) { socket.destroy(); return d; }
+    // Any denial kept open (audit mode's would-deny, driftguard's own 5xx) may have ended the
+    // checks before the credential: the context it was decided with keeps its token's end.
+    tunnel.endUnder(d.decision === 'deny' ? tunnel.ctx : ctx, g.rules);
+    return undefined;
   }
 
   /**

@@ -74,7 +74,8 @@ export class Instruments {
     }
     if (r.addedMs !== undefined) this.added.observe([r.decision], r.addedMs / 1000);
     if (forwarded) this.upstream.observe([], upstreamSeconds);
-    if (failure !== undefined) this.upstreamFailures.inc([failure]);
+    // The upstream's failures only: a body the forward stage refused (malformed-request) never went.
+    if (failure !== undefined && failure.startsWith('upstream-')) this.upstreamFailures.inc([failure]);
     const by = cutBy(r);
     if (by !== undefined) this.cut.inc([by]);
   }

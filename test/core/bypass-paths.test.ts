@@ -227,6 +227,22 @@ t.test('a chunked body that breaks after an allow is recorded as such, not as a 
   }
 });
 
+t.test('a client that resets its connection mid-upload left: recorded as such, not as a broken body', async (t) => {
+  const seen: { forwarded?: ForwardOutcome }[] = [];
+  const observer: Observer = { begin(ctx) { const s: (typeof seen)[number] = {}; seen.push(s); return { ...noopObserver.begin(ctx), forwarded(o) { s.forwarded = o; } }; } };
+  const w = await world(t, () => {}, { observer });
+  let got = false;
+  w.up.handler = (req) => { got = true; req.resume(); };
+  const s = connect(w.port, '127.0.0.1');
+  s.on('error', () => {});
+  s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${await w.tok()}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+  for (let i = 0; i < 40 && !got; i++) await new Promise((r) => setTimeout(r, 50));
+  t.ok(got, 'the upload reached the upstream');
+  s.resetAndDestroy();
+  await new Promise((r) => setTimeout(r, 500));
+  t.equal(seen[0]?.forwarded?.error, 'client closed', 'a client that left');
+});
+
 t.test('a body on a denied request does not smuggle a second request to the upstream', async (t) => {
   const w = await world(t);
   const smuggled = `GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`;

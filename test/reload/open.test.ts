@@ -5,6 +5,9 @@
 // upstream, real driftguard with the lifecycle feature, rules reloaded from files.
 
 import t from 'tap';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
 import { BOT, writeRules } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { echoServer, eventStream, open, readStream, within } from '../support/tunnels.ts';
@@ -103,4 +106,59 @@ t.test('a streaming answer the reloaded rules refuse is cut and recorded `reload
   t.equal(await answered.text(), '{"stored":true}');
   t.match(dg.logs.find((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), { tunnels: 0, answers: 1 });
   await agents.stop();
+});
+
+t.test('a reload that adds a revocation list URL, not yet read, closes nothing: driftguard\'s own 503 refuses no open tunnel', async (t) => {
+  const lists = createServer((_req, res) => { setTimeout(() => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"revocations":[]}'); }, 300); });
+  await new Promise<void>((r) => lists.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => { lists.closeAllConnections(); lists.close(() => r()); }));
+  const listUrl = `http://127.0.0.1:${(lists.address() as AddressInfo).port}/list.json`;
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(rules(w, up));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token());
+  t.teardown(() => agent.ws.terminate());
+  await dg.dg.swap(loadRules(writeRules(rules(w, up, (r) => { r.revocation = { url: listUrl, interval: '10s', timeout: '2s' }; }))));
+  // Before: closed at once, with reason revocation-list-unavailable.
+  t.equal(await within(agent.closed, 1_500), 'still open', 'nothing was revoked: the tunnel stays');
+  t.equal(await within(agent.ask('1'), 1_000), 'echo:1');
+});
+
+t.test('under proxy.mode audit a tunnel kept by a reload still ends when its token expires', async (t) => {
+  const w = await world();
+  const up = await echoServer(t);
+  const audit = (extra: (r: Record<string, any>) => void = () => {}) => rules(w, up, (r) => { r.proxy.mode = 'audit'; r.identity.clockSkew = '0s'; extra(r); });
+  const dg = await startLifecycle(audit());
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token({ ttl: 2 }));
+  t.teardown(() => agent.ws.terminate());
+  // A sunset past: a would-deny before the credential check.
+  await dg.dg.swap(loadRules(writeRules(audit((r) => {
+    r.contract.operations.find((o: { id: string }) => o.id === 'getItem').deprecated = { since: '2020-01-01', sunset: '2020-06-01T00:00:00Z' };
+  }))));
+  t.equal(await within(agent.ask('kept'), 800), 'echo:kept', 'kept: audit mode');
+  // Before: its token's end was lost with the context, and it stayed open.
+  t.equal(await within(agent.closed, 4_000), 1006, 'closed at its token\'s exp');
+});
+
+t.test('a handshake decided before a reload whose 101 comes after it is decided again under the new rules', async (t) => {
+  const wss = new WebSocketServer({ noServer: true });
+  wss.on('connection', (s) => s.on('message', (m) => s.send(`echo:${m}`)));
+  const server = createServer();
+  let upgrades = 0;
+  // The upstream answers the handshake 600 ms late: the reload comes in between.
+  server.on('upgrade', (req, socket, head) => { upgrades++; setTimeout(() => wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req)), 600); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const up = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const w = await world();
+  const dg = await startLifecycle(rules(w, up));
+  t.teardown(async () => { await dg.close(); await w.close(); for (const c of wss.clients) c.terminate(); server.closeAllConnections(); server.close(); });
+  const opening = open(dg.url.replace('http', 'ws') + '/items/1', await w.token({ sub: BOT }));
+  t.ok(await until(() => upgrades > 0, 1_000), 'the handshake reached the upstream');
+  await dg.dg.swap(loadRules(writeRules(rules(w, up, dropBotsGetItem))));
+  const bot = await opening;
+  t.teardown(() => bot.ws.terminate());
+  // Before: it stayed open, while a new handshake of the same bot was refused.
+  t.equal(await within(bot.closed, 2_000), 1006, 'closed: the reloaded rules refuse it');
 });
