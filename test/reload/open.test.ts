@@ -4,7 +4,7 @@
 // not started finishes under the rules it was decided with. Real `ws` client and server, real
 // upstream, real driftguard with the lifecycle feature, rules reloaded from files.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
@@ -22,6 +22,17 @@ function rules(w: World, up: string, patch: (r: Record<string, any>) => void = (
 }
 
 const dropBotsGetItem = (r: Record<string, any>) => { r.consumers.registry.find((c: { subject: string }) => c.subject === BOT).operations = ['deleteItem']; };
+
+/** A world, a WebSocket echo upstream, driftguard with the base rules, and the agent's tunnel through it. */
+async function agentTunnel(t: Test) {
+  const w = await world();
+  const up = await echoServer(t);
+  const dg = await startLifecycle(rules(w, up));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token());
+  t.teardown(() => agent.ws.terminate());
+  return { w, up, dg, agent };
+}
 
 t.test('a reload that takes an operation from a consumer closes its open tunnels to it, and only those', async (t) => {
   const w = await world();
@@ -43,12 +54,7 @@ t.test('a reload that takes an operation from a consumer closes its open tunnels
 });
 
 t.test('a reload that still allows a tunnel keeps it, and ends it at the new rules\' sunset', async (t) => {
-  const w = await world();
-  const up = await echoServer(t);
-  const dg = await startLifecycle(rules(w, up));
-  t.teardown(async () => { await dg.close(); await w.close(); });
-  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token());
-  t.teardown(() => agent.ws.terminate());
+  const { w, up, dg, agent } = await agentTunnel(t);
   const sunset = new Date(Date.now() + 1_500).toISOString();
   await dg.dg.swap(loadRules(writeRules(rules(w, up, (r) => {
     r.contract.operations.find((o: { id: string }) => o.id === 'getItem').deprecated = { since: '2026-01-01', sunset };
@@ -113,12 +119,7 @@ t.test('a reload that adds a revocation list URL, not yet read, closes nothing: 
   await new Promise<void>((r) => lists.listen(0, '127.0.0.1', () => r()));
   t.teardown(() => new Promise<void>((r) => { lists.closeAllConnections(); lists.close(() => r()); }));
   const listUrl = `http://127.0.0.1:${(lists.address() as AddressInfo).port}/list.json`;
-  const w = await world();
-  const up = await echoServer(t);
-  const dg = await startLifecycle(rules(w, up));
-  t.teardown(async () => { await dg.close(); await w.close(); });
-  const agent = await open(dg.url.replace('http', 'ws') + '/items/1', await w.token());
-  t.teardown(() => agent.ws.terminate());
+  const { w, up, dg, agent } = await agentTunnel(t);
   await dg.dg.swap(loadRules(writeRules(rules(w, up, (r) => { r.revocation = { url: listUrl, interval: '10s', timeout: '2s' }; }))));
   // Before: closed at once, with reason revocation-list-unavailable.
   t.equal(await within(agent.closed, 1_500), 'still open', 'nothing was revoked: the tunnel stays');
