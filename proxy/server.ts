@@ -191,9 +191,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const responses = new Set<ServerResponse>();
   /** Answers being forwarded, with their request's context, until the forward ends (closeFor). */
   const streaming = new Map<ServerResponse, RequestContext>();
-  /** Answers driftguard cut (closeFor, a reload's new decision): their record says who, not that the client left. */
   /** Requests whose body Node's parser refused (an HPE_ error), not a connection that failed: a 400, not a client that left. */
   const badFraming = new WeakSet<IncomingMessage>();
+  /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
   const cutBy = new WeakMap<ServerResponse, typeof REVOKED_CUT | typeof RELOAD_CUT | typeof UNPARSED_BODY>();
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
@@ -426,16 +426,17 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // than chunked, a bad chunk): its decision's answer still goes out, and the connection ends
     // with it (decideAndAnswer); destroyed now, the client got nothing while the record said 400.
     const last = pipelines.get(socket)?.last;
+    // Node's parser refused the bytes; otherwise the connection failed (a client's reset: it left).
+    const parseError = err.code?.startsWith('HPE_') === true;
     if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) {
-      if (err.code?.startsWith('HPE_')) badFraming.add(last.req);
+      if (parseError) badFraming.add(last.req);
       unparsableBodies.add(last.req);
       last.req.emit(BODY_UNPARSABLE);
       return;
     }
     if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || last?.req.complete === false) {
       // A body that broke while it was forwarded: its record says so, not that the client left.
-      // Only a parser's error: a client that resets its connection mid-upload left (ECONNRESET).
-      if (last && last.req.complete === false && !deciding.has(last.req) && err.code?.startsWith('HPE_')) cutBy.set(last.res, UNPARSED_BODY);
+      if (parseError && last && last.req.complete === false && !deciding.has(last.req)) cutBy.set(last.res, UNPARSED_BODY);
       socket.destroy();
       return;
     }
