@@ -150,15 +150,15 @@ export class RequestObservation implements Observation {
   }
 
   forwarded(outcome: ForwardOutcome): void {
+    // The forward stage's refusal, whether or not anything went upstream (a body that could not be parsed).
+    if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = outcome.detail ?? outcome.failure; }
     if (outcome.notSent) {
       // Nothing went upstream (the caller had left before forwarding began, or its body could
-      // not be parsed): no upstream call, no CLIENT span; a refusal at this stage has its reason.
+      // not be parsed): no upstream call, no CLIENT span.
       this.#forwarded = false;
       this.#upstream = undefined;
-      if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = outcome.detail ?? outcome.failure; }
     } else {
       this.#forwardEnd = performance.now();
-      if (outcome.failure) { this.#failure = outcome.failure; this.#failureDetail = outcome.detail ?? outcome.failure; }
       if (outcome.status !== undefined) this.#callStatus = outcome.status;
       if (outcome.resent) this.#resent = true;
       if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
