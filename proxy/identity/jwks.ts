@@ -343,11 +343,10 @@ export class RemoteKeySet implements KeySet {
   }
 
   async getKey(...args: Parameters<JWTVerifyGetKey>): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
-    const coolingDown = this.#now() - this.#lastAttemptMs < this.#options.cooldownMs;
+    const coolingDown = this.#coolingDown();
     if (!this.#keys) {
       // A fetch under way (the first one, at start-up) may bring the keys: wait for it.
-      if (!coolingDown) await this.refresh();
-      else if (this.#inflight) await this.#inflight;
+      await this.#fetchOrJoin(coolingDown);
       if (!this.#keys) throw new IdentityUnavailableError(`no keys from ${this.#name} yet`, this.#nextAttemptInMs());
     }
     try {
@@ -355,9 +354,7 @@ export class RemoteKeySet implements KeySet {
     } catch (err) {
       if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw err;
       // An unknown kid: maybe the issuer rotated. One refetch per cooldown, whatever the flood.
-      if (!coolingDown) await this.refresh();
-      else if (this.#inflight) await this.#inflight;
-      else if (!this.#fetchedSinceSeen(args[0]?.kid)) {
+      if (!await this.#fetchOrJoin(coolingDown) && !this.#fetchedSinceSeen(args[0]?.kid)) {
         // Refused for the cooldown alone: another token's fetch just before the issuer rotated
         // this key in would have made its tokens 401s, a bad credential to their callers, until
         // it ended. Retry when a fetch may be made.
@@ -370,9 +367,24 @@ export class RemoteKeySet implements KeySet {
 
   async renew(): Promise<boolean> {
     const before = this.#version;
-    if (this.#now() - this.#lastAttemptMs >= this.#options.cooldownMs) await this.refresh();
-    else if (this.#inflight) await this.#inflight;
+    await this.#fetchOrJoin(this.#coolingDown());
     return this.#version !== before;
+  }
+
+  /** Whether a fetch was asked for (start-up, a token) within the cooldown: no other may be made yet. */
+  #coolingDown(): boolean {
+    return this.#now() - this.#lastAttemptMs < this.#options.cooldownMs;
+  }
+
+  /**
+   * One fetch per cooldown, for a caller the keys cannot serve yet: a fetch when the cooldown
+   * (read when the caller came) allows, else the one under way, if any. false when neither:
+   * nothing was fetched for it.
+   */
+  async #fetchOrJoin(coolingDown: boolean): Promise<boolean> {
+    if (!coolingDown) { await this.refresh(); return true; }
+    if (this.#inflight) { await this.#inflight; return true; }
+    return false;
   }
 
   /**
