@@ -151,10 +151,17 @@ function delayProblem(ms: number, exportTimeout: boolean): string | undefined {
   return undefined;
 }
 
-/** Where the export timeout in effect comes from: the rules' field, or the variable that set it (the traces one wins). */
-function exportTimeoutName(fromRules: string | undefined, env: Env): string {
-  if (fromRules !== undefined) return 'telemetry.traces.exportTimeout';
-  return str(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT' : 'OTEL_EXPORTER_OTLP_TIMEOUT';
+/**
+ * The export timeout in effect: the rules' field, else the variable that sets it (the traces
+ * one wins), else 10 s; refused (delayProblem) naming the one it came from.
+ */
+function exportTimeoutMs(fromRules: string | undefined, env: Env): number {
+  if (fromRules !== undefined) return timer('telemetry.traces.exportTimeout', parseDuration(fromRules), true);
+  for (const name of ['OTEL_EXPORTER_OTLP_TRACES_TIMEOUT', 'OTEL_EXPORTER_OTLP_TIMEOUT']) {
+    const ms = num(env, name);
+    if (ms !== undefined) return timer(name, ms, true);
+  }
+  return 10_000;
 }
 
 /** A delay from the rules or an OTEL_* variable, refused (delayProblem) naming both. */
@@ -289,7 +296,7 @@ function tracesConfig(t: RawTelemetry['traces'], env: Env, readFiles = true): Tr
     serviceName: t.serviceName ?? str(env, 'OTEL_SERVICE_NAME') ?? serviceNameAttribute(env) ?? 'driftguard',
     sampler,
     samplerArg,
-    exportTimeoutMs: timer(exportTimeoutName(t.exportTimeout, env), t.exportTimeout !== undefined ? parseDuration(t.exportTimeout) : num(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT') ?? num(env, 'OTEL_EXPORTER_OTLP_TIMEOUT') ?? 10_000, true),
+    exportTimeoutMs: exportTimeoutMs(t.exportTimeout, env),
     maxQueueSize,
     maxQueueBytes: t.batch.maxQueueBytes,
     maxExportBatchSize: Math.min(maxQueueSize, t.batch.maxExportBatchSize ?? num(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', { min: 1, max: 100_000, integer: true }) ?? (protocol === 'http/protobuf' ? DEFAULT_EXPORT_BATCH : DEFAULT_EXPORT_BATCH_SDK_ENCODED)),
