@@ -31,7 +31,8 @@ export interface CheckDeps {
 /** The request headers a decision reads, lowercased: the credential, the contract version, the idempotency key. */
 function decisiveHeaders(rules: Rules, lifecycle: LifecycleState | undefined): string[] {
   const names = ['authorization', rules.contract.declared.header.toLowerCase()];
-  if (lifecycle && configOf(rules).monitors.idempotency.mode !== 'off') names.push(configOf(rules).monitors.idempotency.header);
+  const idempotency = lifecycle ? configOf(rules).monitors.idempotency : undefined;
+  if (idempotency && idempotency.mode !== 'off') names.push(idempotency.header);
   return names;
 }
 
