@@ -129,8 +129,8 @@ export interface Driftguard {
   /** WebSocket handshakes being decided and the tunnels they became, until they close. */
   readonly tunnels: number;
   /**
-   * Close the open WebSocket tunnels and the forwarded answers still streaming whose request
-   * context `which` picks (its credential revoked, its consumer quarantined): a tunnel, or an
+   * Close the open WebSocket tunnels, the forwarded answers streaming (head sent) and the
+   * uploads still arriving whose request context `which` picks (its credential revoked, its consumer quarantined): a tunnel, or an
    * answer that streams for minutes (server-sent events, a long download), is decided once and
    * would otherwise outlive what was decided. Returns how many of each were closed.
    */
@@ -879,7 +879,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       let tunnels = 0;
       let answers = 0;
       for (const [socket, t] of open) if (picks(t.ctx)) { socket.destroy(); tunnels++; }
-      for (const [res, ctx] of streaming) if (picks(ctx)) { cutBy.set(res, REVOKED_CUT); res.destroy(); answers++; }
+      // An answer not started to a request wholly sent is left to finish: the upstream is acting
+      // on what was decided before, and cutting it would only hide the outcome (a client then
+      // retries a write it does not know happened). Once its head is sent it streams, and the
+      // next sweep cuts it; an upload still arriving is cut now.
+      for (const [res, ctx] of streaming) {
+        if ((res.headersSent || !ctx.req.complete) && picks(ctx)) { cutBy.set(res, REVOKED_CUT); res.destroy(); answers++; }
+      }
       return { tunnels, answers };
     },
     get generation() { return generation; },

@@ -177,3 +177,30 @@ t.test('an upload still streaming to the upstream when its credential is revoked
   await made.text();
   t.ok(await until(() => upstreamClosed, 2_500), 'the upstream\'s request is cut (it went on receiving)');
 });
+
+t.test('an answer not started to a request wholly sent is delivered after its credential\'s revocation; the next request is refused', async (t) => {
+  // The upstream is acting on a request decided before the revocation: cutting its answer
+  // only hides the outcome, and the client retries a write it does not know happened.
+  const w = await world();
+  let release = () => {};
+  const held = new Promise<void>((r) => { release = r; });
+  let arrived = false;
+  w.up.handler = (_req, res) => { arrived = true; void held.then(() => res.end('done')); };
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({}); }));
+  t.teardown(async () => { release(); await dg.close(); await w.close(); });
+  const tok = await w.token({ scope: 'items.write' });
+  const answer = fetch(`${dg.url}/items/1/blob`, { method: 'PUT', headers: { ...bearer(tok), 'content-type': 'application/octet-stream' }, body: 'blob-1' });
+  t.ok(await until(() => arrived), 'the request reached the upstream');
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: AGENT, reason: 'compromised' }) });
+  t.equal(made.status, 201);
+  await made.text();
+  // Two sweeps go by while the upstream is still deciding.
+  await new Promise((r) => setTimeout(r, 2_200));
+  release();
+  const r = await answer;
+  t.equal(r.status, 200);
+  t.equal(await r.text(), 'done', 'the whole answer, not cut');
+  const next = await fetch(`${dg.url}/items/1/blob`, { method: 'PUT', headers: { ...bearer(tok), 'content-type': 'application/octet-stream' }, body: 'blob-2' });
+  await next.text();
+  t.equal(next.status, 401, 'the next request is refused');
+});
