@@ -158,6 +158,8 @@ export function buildGeneration(rules: Rules, previous?: Generation, extra: Part
 
 /** How long a pool a reload replaced stays open for the requests still using it. */
 const RETIRED_POOL_MS = 30_000;
+/** How often an answer that started after a reload is looked at: it is decided again once seen streaming at two looks. */
+const LATE_ANSWER_MS = 1_000;
 
 /**
  * Close a replaced pool once its requests are done. Its own function: a timer created in
@@ -195,6 +197,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const badFraming = new WeakSet<IncomingMessage>();
   /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
   const cutBy = new WeakMap<ServerResponse, typeof REVOKED_CUT | typeof RELOAD_CUT | typeof UNPARSED_BODY>();
+  /**
+   * Answers not started when a reload decided what was open again: one whose head comes later
+   * and that streams on for a second is decided again then, so a stream that starts late does
+   * not run on under the old rules, while a short answer to a request the upstream acted on is
+   * not cut. Each with the rules it must be decided under, and whether it was seen started.
+   */
+  const late = new Map<ServerResponse, { readonly g: Generation; started: boolean }>();
+  let lateTimer: NodeJS.Timeout | undefined;
   /** Client sockets of WebSocket handshakes and the tunnels they became, until they close. */
   const tunnels = new Set<Socket>();
   /** proxy.timeouts.request in force (start). */
@@ -742,22 +752,58 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
           const d = await redecideTunnel(g, socket, tunnel);
           if (d) { count(d); tunnelsClosed++; }
         }),
-        ...[...streaming].filter(([res]) => res.headersSent).map(async ([res, was]) => {
-          const [, d] = await decideAgain(g, was);
-          if (!stillIn(g) || !streaming.has(res) || !closes(d)) return;
-          count(d);
-          cutBy.set(res, RELOAD_CUT);
-          res.destroy();
-          answersCut++;
+        ...[...streaming].map(async ([res, was]) => {
+          if (!res.headersSent) { late.set(res, { g, started: false }); return; }
+          const d = await cutUnder(g, res, was);
+          if (d) { count(d); answersCut++; }
         }),
       ]);
     } catch (err) {
-      // The decider never throws (a check's failure is an internal-error denial): a defect here
-      // leaves what is open as it was, and says so.
-      log({ level: 'error', msg: 'open tunnels and streaming answers could not be decided again after the reload', error: (err as Error | undefined)?.name ?? typeof err, rules: g.rules.hash });
+      couldNotRedecide(err, g);
       return;
     }
     if (tunnelsClosed + answersCut > 0) closedByReload(tunnelsClosed, answersCut, reasons, g);
+    if (late.size > 0) followLate();
+  }
+
+  /** Decide `was` again under `g`; cut its answer when refused. The refusal, when cut. */
+  async function cutUnder(g: Generation, res: ServerResponse, was: RequestContext): Promise<Decision | undefined> {
+    const [, d] = await decideAgain(g, was);
+    if (!stillIn(g) || !streaming.has(res) || !closes(d)) return undefined;
+    cutBy.set(res, RELOAD_CUT);
+    res.destroy();
+    return d;
+  }
+
+  /**
+   * Once a second, a late answer seen started at the tick before and still streaming is decided
+   * again: it has streamed a second or more (an answer that had just started is not cut at the
+   * end of its body); the rest are waited for.
+   */
+  function followLate(): void {
+    if (lateTimer) return;
+    lateTimer = setInterval(() => {
+      const started: [ServerResponse, Generation][] = [];
+      for (const [res, entry] of late) {
+        if (!streaming.has(res) || !stillIn(entry.g)) late.delete(res);
+        else if (entry.started) { late.delete(res); started.push([res, entry.g]); }
+        else entry.started = res.headersSent;
+      }
+      if (late.size === 0) { clearInterval(lateTimer); lateTimer = undefined; }
+      if (started.length === 0) return;
+      void Promise.all(started.map(([res, g]) => cutUnder(g, res, streaming.get(res)!))).then((cut) => {
+        const reasons: Record<string, number> = {};
+        for (const d of cut) if (d) reasons[d.reason] = (reasons[d.reason] ?? 0) + 1;
+        const n = cut.filter(Boolean).length;
+        if (n > 0) closedByReload(0, n, reasons, generation);
+      }, (err: unknown) => couldNotRedecide(err, generation));
+    }, LATE_ANSWER_MS);
+    lateTimer.unref();
+  }
+
+  /** The decider never throws (a check's failure is an internal-error denial): a defect here leaves what is open as it was, and says so. */
+  function couldNotRedecide(err: unknown, g: Generation): void {
+    log({ level: 'error', msg: 'open tunnels and streaming answers could not be decided again after the reload', error: (err as Error | undefined)?.name ?? typeof err, rules: g.rules.hash });
   }
 
   function closedByReload(tunnelsClosed: number, answersCut: number, reasons: Record<string, number>, g: Generation): void {

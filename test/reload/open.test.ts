@@ -1,7 +1,8 @@
 // A reload's rules reach what is already open: each WebSocket tunnel, and each answer already
 // streaming, is decided again as if the new rules had been in force when it was decided, and
 // closed if they refuse it; a tunnel they keep ends at their dates. An upload whose answer has
-// not started finishes under the rules it was decided with. Real `ws` client and server, real
+// not started finishes under the rules it was decided with; an answer that starts later and
+// streams on is decided again. Real `ws` client and server, real
 // upstream, real driftguard with the lifecycle feature, rules reloaded from files.
 
 import t, { type Test } from 'tap';
@@ -112,6 +113,32 @@ t.test('a streaming answer the reloaded rules refuse is cut and recorded `reload
   t.equal(await answered.text(), '{"stored":true}');
   t.match(dg.logs.find((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), { tunnels: 0, answers: 1 });
   await agents.stop();
+});
+
+t.test('a stream whose answer starts after a reload is decided again once it has streamed a second: the refused one is cut, the kept one goes on', async (t) => {
+  const w = await world();
+  const events = eventStream(t);
+  const held: (() => void)[] = [];
+  // The upstream holds each stream's head (a long poll that turns into events) until released.
+  w.up.handler = (req, res) => { held.push(() => events(req, res)); };
+  const dg = await startLifecycle(rules(w, w.up.origin));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const bots = readStream(t, `${dg.url}/items/1`, await w.token({ sub: BOT }));
+  const agents = readStream(t, `${dg.url}/items/1`, await w.token());
+  t.ok(await until(() => held.length === 2), 'both requests reached the upstream');
+  await dg.dg.swap(loadRules(writeRules(rules(w, w.up.origin, dropBotsGetItem))));
+  t.notOk(dg.logs.some((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), 'nothing had started: nothing cut at the reload');
+  await new Promise((r) => setTimeout(r, 300));
+  for (const release of held) release();
+  const [bot, agent] = await Promise.all([bots, agents]);
+  t.ok(await until(() => bot.state.ended, 4_000), 'the bot\'s late stream is cut (it went on streaming under the old rules)');
+  t.ok(bot.state.events >= 5, 'after it had streamed a while, not at its head');
+  t.notOk(agent.state.ended, 'the agent\'s stream goes on');
+  const cut = dg.seen.find((s) => s.ctx.consumer?.subject === BOT);
+  t.ok(await until(() => cut?.forwarded !== undefined), 'the bot\'s request is done');
+  t.equal(cut?.forwarded?.error, 'reload', 'recorded as cut by the reload');
+  t.match(dg.logs.find((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), { tunnels: 0, answers: 1, reasons: { 'undeclared-operation': 1 } });
+  await agent.stop();
 });
 
 t.test('a reload that adds a revocation list URL, not yet read, closes nothing: driftguard\'s own 503 refuses no open tunnel', async (t) => {
