@@ -470,16 +470,16 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     const j = iss.jwks ?? { discovery: inClusterApiServer(), tokenFile: DEFAULT_TOKEN_FILE, caFile: DEFAULT_CA_FILE };
     // The background refresh at least a second apart, as revocation.interval: at 1ms one pod
     // fetched its keys 637 times a second (with profile kubernetes, two API server requests
-    // each). The cooldown only spaces fetches that unknown kids ask for.
-    const refresh = (text: string) => {
-      const ms = timer([...here, 'jwks', 'refresh'], text);
-      if (ms > 0 && ms < 1000) fail([...here, 'jwks', 'refresh'], `${text} is less than 1s: every pod would fetch the keys that often, without a single token asking`);
+    // each). The cooldown spaces the fetches that tokens ask for (an unknown kid, a signature
+    // no key verifies): under 1s, anyone sending forged tokens sets how often the key server is hit.
+    const aSecondAtLeast = (field: 'refresh' | 'cooldown', text: string, why: string) => {
+      const ms = timer([...here, 'jwks', field], text);
+      if (ms > 0 && ms < 1000) fail([...here, 'jwks', field], `${text} is less than 1s: ${why}`);
       return ms;
     };
     const timing = () => ({
-      refreshMs: refresh(j.refresh ?? '5m'),
-      // Not 0: a token with an unknown kid would then make driftguard fetch the keys, every one.
-      cooldownMs: timer([...here, 'jwks', 'cooldown'], j.cooldown ?? '30s'),
+      refreshMs: aSecondAtLeast('refresh', j.refresh ?? '5m', 'every pod would fetch the keys that often, without a single token asking'),
+      cooldownMs: aSecondAtLeast('cooldown', j.cooldown ?? '30s', 'tokens naming unknown key ids would make every pod fetch the keys that often'),
       timeoutMs: timer([...here, 'jwks', 'timeout'], j.timeout ?? '5s'),
     });
     const jwks: JwksSource = j.file !== undefined

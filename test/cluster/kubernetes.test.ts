@@ -40,7 +40,7 @@ async function setup(t: Test, options: { caFile?: string; issuer?: string; alsoT
   const dg = await startTest(baseRules(up.origin, 'unused', (r) => {
     r.identity.issuers = [{
       issuer: options.issuer ?? CLUSTER_ISSUER, profile: 'kubernetes', audiences: [AUDIENCE], algorithms: ['RS256'],
-      jwks: { discovery: api.origin, tokenFile, caFile: options.caFile ?? caFile, cooldown: '1ms', timeout: '2s' },
+      jwks: { discovery: api.origin, tokenFile, caFile: options.caFile ?? caFile, cooldown: '1s', timeout: '2s' },
     }];
     r.consumers.registry.push({ subject: CHECKOUT, kind: 'automation', owner: 'team-shop' });
   }), { log: (l) => logs.push(JSON.stringify(l)), waitReady: options.waitReady ?? true });
@@ -51,6 +51,9 @@ async function setup(t: Test, options: { caFile?: string; issuer?: string; alsoT
   t.teardown(async () => { await dg.close(); await api.close(); await up.close(); });
   return { key, api, up, dg, tokenFile, logs };
 }
+
+/** The key set's cooldown (1 s, the least the rules take) since its first fetch: a new kid may make it fetch again. */
+const pastCooldown = () => new Promise((r) => setTimeout(r, 1_050));
 
 async function call(url: string, tok: string): Promise<{ status: number; body: any }> {
   const res = await fetch(`${url}/items/7`, { headers: { authorization: `Bearer ${tok}` } });
@@ -74,7 +77,9 @@ t.test('the token file is re-read on every fetch: the kubelet rotates it', async
   // The kubelet rotated the pod's token; the API server now only accepts the new one.
   writeFileSync(tokenFile, POD_TOKENS[1]! + '\n');
   api.expectedToken = POD_TOKENS[1]!;
-  // The API server rotated its signing key: a token with the new kid makes driftguard refetch.
+  // The API server rotated its signing key: a token with the new kid makes driftguard refetch
+  // (once the key set's cooldown since its first fetch, 1 s, has passed).
+  await pastCooldown();
   const next = await testKey('RS256');
   api.keys = [key.publicJwk, next.publicJwk];
   const seen = api.seen.length;
@@ -102,6 +107,7 @@ t.test('service-account tokens that do not map to their subject are refused', as
 t.test('an API server that refuses the pod token: not ready, 503, and the token is never repeated', async (t) => {
   const { key, api, dg, logs } = await setup(t);
   api.expectedToken = 'another';
+  await pastCooldown();
   const next = await testKey('RS256');
   api.keys = [next.publicJwk];
   const r = await call(dg.url, await saToken(next));

@@ -143,7 +143,7 @@ t.test('credential-lifetime-exceeded: a long-lived automation token, or one with
 });
 
 t.test('identity-unavailable: the issuer\'s keys cannot be fetched', async (t) => {
-  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1ms'; }, { waitReady: false });
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1s'; }, { waitReady: false });
   w.jwks.down = true;
   // Whether or not the first fetch got through, a key id never seen needs a refetch, which fails.
   const a = await w.call('GET', '/items/1', { token: await w.tok({ header: { kid: 'never-seen' } }) });

@@ -86,7 +86,7 @@ async function attempts(w: { port: number }, make: (o?: any) => Promise<string>)
 }
 
 t.test('in process: log lines and answers carry no secret', async (t) => {
-  const w: World = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1ms'; });
+  const w: World = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1s'; });
   const { secrets, answers } = await attempts(w, (o) => w.tok(o));
   w.jwks.down = true; // failures get logged too
   const rotated = await w.tok({ header: { kid: 'rotated' } });

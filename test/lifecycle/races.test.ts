@@ -81,7 +81,7 @@ t.test('a request under way when a reload renames its quarantined consumer is st
   const w = await world();
   const X = 'client-7';
   const rules = (register: boolean) => w.rules((r) => {
-    r.identity.issuers[0].jwks.cooldown = '10ms';
+    r.identity.issuers[0].jwks.cooldown = '1s';
     trustAlso(r, 'https://other.test.local');
     r.consumers.unknown = 'allow';
     if (register) r.consumers.registry.push({ subject: X, issuer: ISSUER, kind: 'automation', owner: 'team-x' });
@@ -91,8 +91,9 @@ t.test('a request under way when a reload renames its quarantined consumer is st
   t.teardown(async () => { await dg.close(); await w.close(); });
   const weak = await w.token({ sub: X, scope: '' });
   for (let i = 0; i < 2; i++) await (await fetch(`${dg.url}/items/1`, { headers: bearer(weak) })).text();
-  // A token signed by a key the sidecar has not seen: its check waits for the key server.
-  await sleep(50);
+  // A token signed by a key the sidecar has not seen: its check waits for the key server
+  // (past the key set's 1 s cooldown since its first fetch, or it is told to retry at once).
+  await sleep(1_050);
   const k2 = await testKey('ES256');
   w.keys.body = jwks(w.key, k2);
   w.keys.delayMs = 800;

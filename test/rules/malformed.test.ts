@@ -94,6 +94,7 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // A scope-token (RFC 6749 §3.3) has no space: a `scope` claim could never carry "a b".
   { name: 'scope with a space', text: edit('      sensitivity: low\n', '      sensitivity: low\n      scopes: ["items.read items.write"]\n'), line: 25, field: 'contract.operations[0].scopes[0]', message: /scope-token of RFC 6749/ },
   // 0s: every token with an unknown kid fetches the keys.
+  { name: 'jwks cooldown under 1s', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", cooldown: 500ms }'), line: 11, field: 'identity.issuers[0].jwks.cooldown', message: /^500ms is less than 1s: tokens naming unknown key ids/ },
   { name: 'jwks cooldown of 0s', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://127.0.0.1:9/jwks.json", cooldown: 0s }'), line: 11, field: 'identity.issuers[0].jwks.cooldown', message: /must be at least 1ms/ },
   { name: 'clock skew over 5m', text: edit('  clockSkew: 30s', '  clockSkew: 2d'), line: 12, field: 'identity.clockSkew', message: /more than 5m/ },
   // Metric labels: "a\u0001b" joined as two series' key, a lone surrogate printed as U+FFFD, made two consumers one series.
