@@ -96,7 +96,7 @@ function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
  * container's own PATH; Node's options and module path, the dynamic loader, OpenSSL's
  * configuration, name resolution, a proxy for its key fetches), or driftguard's own settings.
  */
-const GUARDED_ENV = /^(?:DRIFTGUARD_|NODE_|OTEL_|LD_|OPENSSL_|SSL_|UV_)|^(?:PATH|GCONV_PATH|LOCPATH|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN|HTTPS?_PROXY|ALL_PROXY|NO_PROXY)$/i;
+const GUARDED_ENV = /^(?:DRIFTGUARD_|NODE_|OTEL_|LD_|OPENSSL_|SSL_|UV_|MALLOC_)|^(?:PATH|GCONV_PATH|LOCPATH|HOSTALIASES|RES_OPTIONS|LOCALDOMAIN|HTTPS?_PROXY|ALL_PROXY|NO_PROXY|GLIBC_TUNABLES|SSLKEYLOGFILE)$/i;
 /** The image's trees a mount a later webhook adds may not cover, or sit in: driftguard's code, Node and its libraries, the system. */
 const IMAGE_TREES = ['/app', '/usr', '/bin', '/sbin', '/lib', '/lib64', '/etc', '/proc', '/sys', '/dev'];
 

@@ -333,6 +333,10 @@ t.test('the injector\'s own sidecar as the API server stores it, and with what a
       ['NODE_TLS_REJECT_UNAUTHORIZED', (c) => { c.env.push({ name: 'NODE_TLS_REJECT_UNAUTHORIZED', value: '0' }); }],
       ['an OTEL_ endpoint', (c) => { c.env.push({ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://elsewhere:4318' }); }],
       ['HTTPS_PROXY', (c) => { c.env.push({ name: 'https_proxy', value: 'http://elsewhere:3128' }); }],
+      // glibc's tunables change its allocator (and were an exploit's way in: CVE-2023-4911).
+      ['GLIBC_TUNABLES', (c) => { c.env.push({ name: 'GLIBC_TUNABLES', value: 'glibc.malloc.check=3' }); }],
+      // An OpenSSL built with key logging writes every TLS secret there (upstream, key sets, OTLP).
+      ['SSLKEYLOGFILE', (c) => { c.env.push({ name: 'SSLKEYLOGFILE', value: '/vault/secrets/keys.log' }); }],
       ['a second DRIFTGUARD_UPSTREAM (the last one wins)', (c) => { c.env.push({ name: 'DRIFTGUARD_UPSTREAM', value: 'http://127.0.0.1:9' }); }],
       ['another DRIFTGUARD_ setting', (c) => { c.env.push({ name: 'DRIFTGUARD_ADMIN', value: '0.0.0.0:15000' }); }],
       ['a mount over its code', (c) => { c.volumeMounts.push({ name: 'x', mountPath: '/app/proxy' }); }],
