@@ -130,9 +130,10 @@ export interface Driftguard {
   readonly tunnels: number;
   /**
    * Close the open WebSocket tunnels, the forwarded answers streaming (head sent) and the
-   * uploads still arriving whose request context `which` picks (its credential revoked, its consumer quarantined): a tunnel, or an
-   * answer that streams for minutes (server-sent events, a long download), is decided once and
-   * would otherwise outlive what was decided. Returns how many of each were closed.
+   * uploads still arriving whose request context `which` picks (its credential revoked, its
+   * consumer quarantined): a tunnel, or an answer that streams for minutes (server-sent events,
+   * a long download), is decided once and would otherwise outlive what was decided. Returns
+   * how many of each were closed.
    */
   closeFor(which: (ctx: RequestContext) => boolean): { tunnels: number; answers: number };
   /** Stop accepting, let in-flight requests finish within graceMs, then close everything. */
