@@ -115,6 +115,8 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'non-canonical literal in a template (path parameter)', text: edit('path: /items/{id}', 'path: /items;v=1/{id}'), line: 23, field: 'contract.operations[0].path' },
   { name: 'non-canonical literal in a template (encoded slash)', text: edit('path: /items/{id}', 'path: /a%2Fb/{id}'), line: 23, field: 'contract.operations[0].path' },
   { name: 'non-canonical literal in a template (empty segment)', text: edit('path: /items/{id}', 'path: /items//{id}'), line: 23, field: 'contract.operations[0].path' },
+  // Sent in headers: a version with a character outside Latin-1 made every request declaring it a 502.
+  { name: 'a contract version with a space or a character headers cannot carry', text: edit('  versions: ["2026-01", "2026-06"]', '  versions: ["2026-01", "2026-06", "v2 ✓"]'), line: 19, field: 'contract.versions[2]', message: /is not valid: A contract version: printable ASCII without spaces/ },
   { name: 'minimum not a version', text: edit('  versions: ["2026-01", "2026-06"]\n', '  versions: ["2026-01", "2026-06"]\n  minimum: "2025-01"\n'), line: 20, field: 'contract.minimum' },
   { name: 'declared operation that does not exist', text: edit('      owner: team-a\n', '      owner: team-a\n      operations: [getItem, nope]\n'), line: 18, field: 'consumers.registry[0].operations[1]' },
   { name: 'upstream with a path', text: edit('upstream: http://127.0.0.1:9', 'upstream: http://127.0.0.1:9/api'), line: 3, field: 'proxy.upstream' },
