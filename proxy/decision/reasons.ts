@@ -18,7 +18,7 @@ const table = {
   'allowed': { status: 200, title: 'Allowed', action: 'Nothing.' },
 
   // --- request shape ---
-  'headers-too-large': { status: 431, title: 'Request header fields too large', action: 'Send less than 16 KiB of request headers, in at most 100 lines (a token that large is refused anyway).' },
+  'headers-too-large': { status: 431, title: 'Request header fields too large', action: 'Send less than 16 KiB of request line and headers together, in at most 100 header lines (a token that large is refused anyway); a long path or query counts too.' },
   'request-timeout': { status: 408, title: 'Request timeout', action: 'Send the request head without pausing: driftguard answers this when a head has not arrived within 60 s (or its request timeout, if shorter), and closes the connection.' },
   'target-too-long': { status: 414, title: 'URI too long', action: 'Send a shorter path and query: driftguard reads at most 16 KiB of request line and headers together.' },
   'malformed-request': { status: 400, title: 'Malformed request', action: 'Send an origin-form, canonical request-target (no dot segments, encoded slashes, empty segments, path parameters or control characters), no method override in the query (_method), single Authorization and Host headers (Host a DNS name or IP address and an optional port), and no transfer coding other than chunked.' },
