@@ -516,7 +516,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function denial(ctx: RequestContext, decision: Decision, observation: Observation): Problem {
     return {
       // Whatever refused it, a caller of a deprecated operation learns where to move and by when.
-      ...(ctx.operation ? movingOn(ctx.operation, ctx.now) : {}),
+      ...(ctx.operation ? movingOn(ctx.rules, ctx.operation, ctx.consumer, ctx.now) : {}),
       ...decision,
       ...(ctx.operation ? { operation: ctx.operation.id } : {}),
       ...(observation.traceId ? { traceId: observation.traceId } : {}),

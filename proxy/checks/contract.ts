@@ -47,7 +47,7 @@ export function contract(rules: Rules): Check {
         stale = { reason: 'stale-contract', detail: `contract version ${declared} is older than the minimum ${minimum}`, declaredContract: declared, currentContract: current };
       }
       if (!stale) return undefined;
-      Object.assign(stale, movingOn(op, ctx.now));
+      Object.assign(stale, movingOn(rules, op, ctx.consumer, ctx.now));
       if (blocks(rules, op, ctx.consumer)) return stale;
       ctx.warnings.push(stale);
       return undefined;

@@ -2,7 +2,7 @@
 // contract.blockAt sensitivity up and warned to everybody else. Its Deprecation, Sunset and
 // Link headers are added to every answer by the response writer, allowed or not.
 
-import type { Check, DecisionDetails } from '../pipeline/types.ts';
+import type { Check, Consumer, DecisionDetails } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
 import { blocks } from './staleness.ts';
 
@@ -13,10 +13,11 @@ export function deprecation(rules: Rules): Check {
       const op = ctx.operation!;
       const d = op.deprecated;
       if (!d || d.sinceMs > ctx.now) return undefined;
+      const next = movingOn(rules, op, ctx.consumer, ctx.now);
       const finding = {
         reason: 'deprecated-operation' as const,
-        detail: `${op.id} is deprecated since ${new Date(d.sinceMs).toISOString()}` + (d.replacement ? `; use ${d.replacement}` : ''),
-        ...movingOn(op, ctx.now),
+        detail: `${op.id} is deprecated since ${new Date(d.sinceMs).toISOString()}` + (next.replacement ? `; use ${next.replacement}` : ''),
+        ...next,
         ...(ctx.declaredContract ? { declaredContract: ctx.declaredContract } : {}),
         currentContract: rules.contract.current,
       };
@@ -31,11 +32,15 @@ export function deprecation(rules: Rules): Check {
  * Where the caller goes next, for the problem body of any refusal of a deprecated operation
  * (a stale contract's too): its replacement and its sunset, once the deprecation is in force.
  */
-export function movingOn(op: Operation, now: number): Pick<DecisionDetails, 'replacement' | 'sunset'> {
+export function movingOn(rules: Rules, op: Operation, consumer: Consumer | undefined, now: number): Pick<DecisionDetails, 'replacement' | 'sunset'> {
   const d = op.deprecated;
   if (!d || d.sinceMs > now) return {};
+  // Not a replacement whose own deprecation, in force, refuses this caller too: it would be
+  // sent from one refusal to the next (the rules may name one whose deprecation came later).
+  const next = d.replacement !== undefined ? rules.contract.operations.find((o) => o.id === d.replacement) : undefined;
+  const refusesToo = next?.deprecated !== undefined && next.deprecated.sinceMs <= now && blocks(rules, next, consumer);
   return {
-    ...(d.replacement ? { replacement: d.replacement } : {}),
+    ...(d.replacement && !refusesToo ? { replacement: d.replacement } : {}),
     ...(d.sunsetMs !== undefined ? { sunset: new Date(d.sunsetMs).toISOString() } : {}),
   };
 }

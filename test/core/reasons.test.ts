@@ -263,6 +263,22 @@ t.test('deprecated-operation: an automation on a deprecated, high-sensitivity op
   t.equal(a.headers.get('link'), '<https://api.test.local/changes>; rel="deprecation", <https://api.test.local/changes>; rel="sunset"');
 });
 
+t.test('deprecated-operation: a replacement whose own deprecation refuses the caller too is not named; one that only warns it is', async (t) => {
+  // archiveItem's deprecation came later, already in force: an agent told to use it was refused there too.
+  const w = await world(t, (r) => { r.contract.operations.find((o: any) => o.id === 'archiveItem').deprecated = { since: '2026-01-01' }; });
+  const a = await w.call('DELETE', '/items/1', { token: await w.tok() });
+  assertDenied(t, w, a, 403, 'deprecated-operation');
+  t.notOk('replacement' in a.json, 'no replacement that refuses it too');
+  t.notMatch(a.json.detail, /use archiveItem/);
+  t.equal(a.json.sunset, '2099-01-01T00:00:00.000Z', 'the sunset still');
+  const there = await w.call('POST', '/items/1/archive', { token: await w.tok() });
+  t.equal(there.status, 403, 'the replacement would have refused it');
+  // A person is only warned on archiveItem: it is still where to go.
+  const person = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN, scope: 'items.read' }) });
+  t.equal(person.status, 403);
+  t.equal(person.json.replacement, 'archiveItem', 'named to a caller it does not refuse');
+});
+
 t.test('any refusal of a deprecated operation names its replacement and sunset, whatever refused it', async (t) => {
   const w = await world(t);
   const refusals: [string, number, string, string | undefined][] = [
