@@ -1,6 +1,6 @@
 // Headers that tell an automated consumer about the contract, on every answer for the
 // operation, allowed or denied: Deprecation (RFC 9745), Sunset (RFC 8594), Link, and
-// the warn header naming the decision's warnings.
+// the warn header naming the decision's warnings (a refusal's too).
 
 import type { Operation } from '../rules/types.ts';
 import type { Decision } from '../pipeline/types.ts';
@@ -26,5 +26,10 @@ export function contractHeaders(op: Operation | undefined, decision: Decision, i
     const w = decision.warnings;
     const codes = decision.decision === 'warn' ? w : [decision.reason, ...(w.includes(decision.reason) ? w.filter((r) => r !== decision.reason) : w)];
     into[WARNING_HEADER] = codes.join(', ');
+  } else if (decision.decision === 'deny') {
+    // A refusal keeps what was found before it: a person's stale write refused for another
+    // reason learns its contract version is stale too (its problem's `warnings` says the same).
+    const found = decision.warnings.filter((r) => r !== decision.reason);
+    if (found.length > 0) into[WARNING_HEADER] = found.join(', ');
   }
 }

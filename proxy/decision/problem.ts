@@ -14,6 +14,8 @@ export interface Problem extends DecisionDetails {
   readonly traceId?: string;
   /** Whether the request carried a token (for WWW-Authenticate's error="invalid_token"). */
   readonly tokenPresent?: boolean;
+  /** Warnings found before the refusal (its own reason left out). */
+  readonly warnings?: readonly ReasonCode[];
 }
 
 const REALM = 'realm="driftguard"';
@@ -50,6 +52,8 @@ export function problemBody(p: Problem): Record<string, unknown> {
   if (p.sunset !== undefined) body.sunset = p.sunset;
   if (p.requiredScopes !== undefined) body.requiredScopes = p.requiredScopes;
   if (p.retryAfter !== undefined) body.retryAfter = p.retryAfter;
+  const warnings = p.warnings?.filter((r) => r !== p.reason);
+  if (warnings?.length) body.warnings = warnings;
   if (p.traceId !== undefined) body.traceId = p.traceId;
   return body;
 }

@@ -797,3 +797,23 @@ t.test('quarantine table full: the least recently checked goes, whatever the adm
   const read = async (admin: string) => { for (const p of ['/quarantine', '/consumers']) await (await fetch(`${admin}${p}`)).text(); };
   t.same(await scenario(read), ['a', 'c'], 'B goes though GET /quarantine and /consumers read it last (A went)');
 });
+
+t.test('a refusal keeps the warnings found before it: a person\'s stale write refused for its missing idempotency key learns its contract is stale too', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = { ...monitorsOnly({ idempotency: { at: 'medium' } }), kinds: ['automation', 'human'] };
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ sub: HUMAN, contract: '2026-06' });
+  const res = await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(tok, { 'content-type': 'application/json' }), body: '{}' });
+  const body = await problem(t, res, 'idempotency-key-required', 400);
+  t.same(body.warnings, ['stale-contract'], 'the problem lists the warning (before: dropped)');
+  t.equal(res.headers.get('driftguard-warning'), 'stale-contract', 'and the header names it, as on a forwarded answer');
+  t.same(dg.seen[0]?.decision?.warnings, ['stale-contract'], 'as the decision recorded it');
+  // A refusal with no warning before it has neither.
+  const fresh = await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN }), { 'content-type': 'application/json' }), body: '{}' });
+  const plain = await problem(t, fresh, 'idempotency-key-required', 400);
+  t.notOk('warnings' in plain);
+  t.equal(fresh.headers.get('driftguard-warning'), null);
+});
