@@ -96,7 +96,8 @@ export class RequestObservation implements Observation {
     const t = sink.tracing.start(req.headers, method, SpanKind.SERVER);
     this.#trace = t;
     this.traceId = t.traceId;
-    if (t.sampled && sink.tracing.exporting) {
+    // Gathered for a request the sampler dropped too: a refusal is exported whatever it said.
+    if (sink.tracing.exporting && (t.sampled || sink.tracing.keepsRefusals)) {
       // Read now: the socket may be gone by the time the request ends.
       const [address, port] = hostAndPort(req.headers.host);
       const ua = req.headers['user-agent'];
@@ -215,10 +216,13 @@ export class RequestObservation implements Observation {
       if (logged) sink.log.write(line, utf8);
     }
     sink.instruments.record(r, this.#forwarded, upstreamMs / 1000, this.#failure, d.reason);
-    if (this.#facts) {
+    // Sampled, or not a plain allow (the decision log's rule): a denial, a warning, an audit
+    // would-deny, a forward that failed or was cut is traced whatever the head sampler said.
+    const traced = this.#trace.sampled || r.decision !== 'allow' || this.#failure !== undefined || r.cut !== undefined;
+    if (this.#facts && traced) {
       const endMs = this.#epoch(endAt);
       sink.tracing.export({
-        trace: traceRef(this.#trace), facts: this.#facts, record: r, checksAtMs: this.#decidedAt || endMs, endMs,
+        trace: { ...traceRef(this.#trace), sampled: true }, facts: this.#facts, record: r, checksAtMs: this.#decidedAt || endMs, endMs,
         ...(this.#upstream ? { call: this.#call(this.#upstream, endAt) } : {}),
       });
     }

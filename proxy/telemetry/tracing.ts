@@ -41,6 +41,12 @@ export interface Tracing {
   readonly counts: SpanCounts;
   /** Whether finished spans go anywhere: false with `exporter: none`, so none is built. */
   readonly exporting: boolean;
+  /**
+   * Whether a request that is not a plain allow is exported though the head sampler dropped
+   * it: every sampler but `always_off`. A caller's sampled flag (`-00`, what a client whose own
+   * tracer samples 1% sends on the other 99%) must not hide its refusals from an incident's trace.
+   */
+  readonly keepsRefusals: boolean;
   /** Continue the caller's trace (traceparent, tracestate) or start one, and sample it. */
   start(headers: Record<string, string | string[] | undefined>, name: string, kind: SpanKind): TraceStart;
   newSpanId(): string;
@@ -85,6 +91,7 @@ export function tracing(config: TracesConfig, warn: (message: string) => void): 
   return {
     counts: thread?.counts ?? noSpanCounts(),
     exporting: thread !== undefined,
+    keepsRefusals: thread !== undefined && config.sampler !== 'always_off',
     start(headers, name, kind) {
       // The SDK's Tracer.startSpan does this too, but also builds a Span object with
       // validated attributes and events per request; driftguard builds its spans once, at

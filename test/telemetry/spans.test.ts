@@ -288,6 +288,30 @@ t.test('an unsampled caller trace is continued unsampled: nothing exported, cont
   t.notOk(otlp.spans.some((s) => s.traceId === traceId), 'the unsampled trace was not exported');
 });
 
+t.test('an unsampled caller\'s refusal and warning are exported all the same: its sampled flag cannot hide them from an incident\'s trace', async (t) => {
+  // A client whose own tracer samples 1% sends -00 on the other 99%: before, none of their
+  // denials had a span. The flag still goes on as it came (traceresponse, the upstream's traceparent).
+  const tok = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const cases = [
+    ['a denial', '/items/1', undefined, 'deny'],
+    ['a warning (deprecated operation, forwarded)', '/search', tok, 'warn'],
+  ] as const;
+  for (const [what, path, bearerToken, decision] of cases) {
+    const traceId = randomHex(16);
+    const before = up.seen.length;
+    const res = await fetch(dg.url + path, { headers: { traceparent: traceparent(traceId, randomHex(8), false), ...(bearerToken ? { authorization: `Bearer ${bearerToken}` } : {}) } });
+    await res.text();
+    t.match(res.headers.get('traceresponse'), new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`), `${what}: traceresponse keeps the caller's flag`);
+    const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+    t.equal(server.attributes['driftguard.decision'], decision, `${what}: exported (before: dropped with the caller's flag)`);
+    if (decision === 'warn') {
+      t.match(up.seen[before]!.headers.traceparent, new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`), `${what}: the upstream gets the flag as it came`);
+      const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
+      t.equal(client.parentSpanId, server.spanId, `${what}: with its CLIENT span`);
+    }
+  }
+});
+
 t.test('an IPv6 address is recorded without its brackets, on both spans (semantic conventions: server.address is the address)', async (t) => {
   // SERVER span: the address the caller reached driftguard at, from Host.
   const traceId = randomHex(16);
