@@ -13,6 +13,20 @@ import { DecisionLog } from '../../proxy/telemetry/decision-log.ts';
 
 const MAX = 65_536;
 
+/**
+ * Wait until `cond()` holds, polling; false after `ms`. A write to the file completes in the
+ * thread pool, a timer of the log fires late on a busy machine: the assertions wait for the
+ * event (a count of the log's), not for a fixed time.
+ */
+async function until(cond: () => boolean, ms = 10_000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return cond();
+}
+
 function run(line: string, count: number) {
   const file = join(mkdtempSync(join(tmpdir(), 'driftguard-log-')), 'decisions.log');
   const log = new DecisionLog({ kind: 'file', file }, MAX);
@@ -55,9 +69,10 @@ t.test('an output that fails (a full disk) counts every line as dropped, none as
   t.teardown(() => log.close());
   for (let i = 0; i < 10; i++) log.write(`{"n":${i}}`);
   log.flush();
-  await new Promise((r) => setTimeout(r, 200));
+  t.ok(await until(() => log.dropped === 10), 'the failed write lost its lines');
   for (let i = 0; i < 100; i++) log.write(`{"n":${i}}`);
-  await new Promise((r) => setTimeout(r, 200));
+  // Opened again (every 50 ms) and failed again: the lines that waited are lost too.
+  t.ok(await until(() => log.dropped >= 110 && log.fill().entries === 0), 'the lines that waited were tried and lost');
   // Before: 110 counted as written (10 lost in the failed write, 100 left waiting for good).
   t.equal(log.lines, 0, 'nothing reached the output');
   t.equal(log.dropped, 110, 'every line counted as dropped');
@@ -75,10 +90,9 @@ t.test('a file output that failed is opened again: once it can be written, what 
   const reports: unknown[][] = [];
   const log = new DecisionLog({ kind: 'file', file }, MAX, { report: (...a) => { reports.push(a); }, reopenMs: 600 });
   t.teardown(() => log.close());
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   log.write('{"n":"lost"}');
   log.flush();
-  await sleep(100);
+  t.ok(await until(() => reports.length > 0), 'the write failed');
   t.same(reports, [[true, 'ENOSPC']], 'the failure is reported');
   writeFileSync(real, '{"partial');
   unlinkSync(file);
@@ -86,10 +100,11 @@ t.test('a file output that failed is opened again: once it can be written, what 
   for (let i = 0; i < 3; i++) log.write(`{"n":${i}}`);
   log.flush();
   t.equal(log.fill().entries, 3, 'lines wait for the file to be opened again, within maxBufferBytes');
-  await sleep(900);
+  // Opened again 600 ms after the failure: what waited is written.
+  t.ok(await until(() => log.lines === 3), 'what waited is written once the file is opened again');
   log.write('{"n":3}');
   log.flush();
-  await sleep(100);
+  t.ok(await until(() => log.lines === 4), 'and what followed');
   t.same(reports, [[true, 'ENOSPC'], [false]], 'the recovery is reported once');
   t.equal(log.lines, 4, 'what waited and what followed is written (before: dropped until a restart)');
   t.equal(log.dropped, 1, 'the one line the failed write lost');
@@ -104,21 +119,22 @@ t.test('a file rotated away (renamed, as logrotate does, or deleted) is followed
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   log.write('{"n":0}');
   log.flush();
-  await sleep(50);
+  t.ok(await until(() => log.lines === 1), 'written');
   renameSync(file, file + '.1');
   log.write('{"n":1}');
   log.flush();
+  t.ok(await until(() => log.lines === 2), 'written');
   await sleep(1_100); // the path is looked at no more than once a second
   log.write('{"n":2}');
   log.flush();
-  await sleep(50);
+  t.ok(await until(() => log.lines === 3), 'written');
   t.equal(readFileSync(file + '.1', 'utf8'), '{"n":0}\n{"n":1}\n', 'lines before the rotation was seen stay in the rotated file');
   t.equal(readFileSync(file, 'utf8'), '{"n":2}\n', 'later lines go to a new file at the path (before: on into the rotated one)');
   unlinkSync(file);
   await sleep(1_100);
   log.write('{"n":3}');
   log.flush();
-  await sleep(50);
+  t.ok(await until(() => log.lines === 4), 'written');
   t.equal(readFileSync(file, 'utf8'), '{"n":3}\n', 'a deleted file is made again, not written on unseen');
   t.equal(log.lines, 4);
   t.equal(log.dropped, 0);
@@ -131,10 +147,11 @@ t.test('a file truncated in place (copytruncate) is written on from its new end'
   t.teardown(() => log.close());
   log.write('{"n":0}');
   log.flush();
-  await new Promise((r) => setTimeout(r, 50));
+  // Written before the truncation (a write still under way would land after it).
+  t.ok(await until(() => log.lines === 1), 'written');
   truncateSync(file, 0);
   log.write('{"n":1}');
   log.flush();
-  await new Promise((r) => setTimeout(r, 50));
+  t.ok(await until(() => log.lines === 2), 'written');
   t.equal(readFileSync(file, 'utf8'), '{"n":1}\n', 'no hole of zeros where the old lines were');
 });
