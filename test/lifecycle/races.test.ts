@@ -4,15 +4,25 @@
 // key server and upstream on loopback; the waits are made with a slow key server and a body
 // sent in two parts.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { connect } from 'node:net';
 import { decodeJwt } from 'jose';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules, AGENT, HUMAN } from '../support/driftguard.ts';
 import { testKey, jwks, token, ISSUER } from '../support/keys.ts';
-import { world, startLifecycle, monitorsOnly, bearer, trustAlso, until } from './support.ts';
+import { world, startLifecycle, monitorsOnly, bearer, trustAlso, until, type Seen } from './support.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Wait until the request `which` picks out has run the check `name` (the request is then
+ * decided that far, and waits for its body or a key ahead), or fail. A fixed sleep was not
+ * always enough on a loaded machine: the change meant to land while the request waits landed
+ * before its check had run, and the test tested another path (or failed on the recheck record).
+ */
+async function reached(t: Test, seen: () => Seen | undefined, name: string): Promise<void> {
+  t.ok(await until(() => seen()?.ctx.checks.some((c) => c.check === name) ?? false, 10_000), `the request has run the ${name} check`);
+}
 
 /** A POST whose body arrives in two parts, `gapMs` apart, on a raw socket; resolves with the status line. */
 function halfSentPost(port: number, path: string, tok: string, body: string, between: () => Promise<void>): Promise<string> {
@@ -33,7 +43,7 @@ t.test('a token revoked while its request\'s body is arriving is not forwarded',
   const tok = await w.token();
   const port = Number(new URL(dg.url).port);
   const status = await halfSentPost(port, '/items', tok, '{"name":"widget-1"}', async () => {
-    await sleep(200); // decided up to the retry-storm check, which waits for the body
+    await reached(t, () => dg.seen[0], 'revocation'); // decided up to the retry-storm check, which waits for the body
     const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'jti', value: decodeJwt(tok).jti, reason: 'leaked' }) });
     t.equal(revoked.status, 201, 'the admin is told it is revoked');
     await revoked.text();
@@ -61,7 +71,7 @@ t.test('a quarantine placed while a request\'s body is arriving stops it; its id
     const body = '{"amount":5}';
     s.write(`POST /payments HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\nidempotency-key: ${key}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body.slice(0, 3)}`);
     void (async () => {
-      await sleep(200);
+      await reached(t, () => dg.seen.find((x) => x.ctx.req.headers['idempotency-key'] === key), 'quarantine');
       // Two refusals of the same consumer quarantine it meanwhile.
       const weak = await w.token({ scope: 'items.read' });
       for (let i = 0; i < 2; i++) await (await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(weak, { 'idempotency-key': `w${i}` }), body })).text();
@@ -98,8 +108,10 @@ t.test('a request under way when a reload renames its quarantined consumer is st
   w.keys.body = jwks(w.key, k2);
   w.keys.delayMs = 800;
   const tok = await token({ key: k2, sub: X, scope: 'items.read', contract: '2026-09' });
+  const fetches = w.keys.fetches;
   const inflight = fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
-  await sleep(200);
+  // Its credential check waits for the slow key server (800 ms): the reload lands meanwhile.
+  t.ok(await until(() => w.keys.fetches > fetches, 10_000), 'the request waits for the keys');
   await dg.dg.swap(loadRules(writeRules(rules(true))));
   const res = await inflight;
   t.equal(res.status, 403, 'refused (it was forwarded: 200)');
@@ -129,10 +141,12 @@ t.test('a write whose client leaves while it waits for a pool connection frees i
   while (w.up.seen.length === 0) await sleep(10);
   const gone = new AbortController();
   const b = post('b', gone.signal).catch((err: Error) => err.name);
-  await sleep(200); // decided, waiting for the pool
+  // Decided, waiting for the pool.
+  t.ok(await until(() => dg.seen.find((x) => x.ctx.req.headers['idempotency-key'] === 'b')?.decision !== undefined, 10_000), 'b is decided');
   gone.abort();
   t.equal(await b, 'AbortError');
-  await sleep(50);
+  // driftguard has seen b's client leave (its forwarding ended: nothing sent) before the connection frees.
+  t.ok(await until(() => dg.seen.find((x) => x.ctx.req.headers['idempotency-key'] === 'b')?.forwarded !== undefined, 10_000), 'b\'s forwarding ended');
   release();
   t.equal((await a).status, 200);
   t.equal(w.up.seen.length, 1, 'b never reached the upstream');
@@ -150,7 +164,7 @@ t.test('the recheck does not warn again for what an audit-mode check warned alre
   const tok = await w.token();
   const revoke = async (value: unknown) => (await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'jti', value, reason: 'x' }) })).text();
   await revoke(decodeJwt(tok).jti);
-  const status = await halfSentPost(Number(new URL(dg.url).port), '/items', tok, '{"name":"widget-1"}', async () => { await sleep(200); await revoke('unrelated'); });
+  const status = await halfSentPost(Number(new URL(dg.url).port), '/items', tok, '{"name":"widget-1"}', async () => { await reached(t, () => dg.seen.at(-1), 'revocation'); await revoke('unrelated'); });
   t.equal(status, 'HTTP/1.1 200 OK', 'audit mode: forwarded');
   const last = dg.seen.at(-1)!;
   t.equal(last.ctx.warnings.length, 1, 'one warning (it was twice)');
@@ -181,7 +195,7 @@ t.test('the recheck runs a quarantine check that only warned (the person\'s audi
   s.on('data', (c) => { answer += c.toString('latin1'); });
   await new Promise<void>((r) => s.once('connect', () => r()));
   s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${delegated}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
-  await new Promise((r) => setTimeout(r, 200));
+  await reached(t, () => dg.seen.find((x) => x.ctx.req.headers.authorization === `Bearer ${delegated}`), 'quarantine');
   // Meanwhile the agent is quarantined, enforced, by three denials of its own.
   for (let i = 0; i < 3; i++) await deny(AGENT);
   const before = w.up.seen.length;
