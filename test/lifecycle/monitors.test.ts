@@ -269,8 +269,10 @@ t.test('idempotency: key required, reused key, duplicate write in flight and wit
   let release!: () => void;
   const held = new Promise<void>((r) => { release = r; });
   w.up.handler = (req, res) => { req.resume(); req.on('end', () => { void held.then(() => res.end('{}')); }); };
+  const reached = w.up.seen.length;
   const slow = fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok2, { 'idempotency-key': 'key-2' }), body: '{"b":1}' });
-  await new Promise((r) => setTimeout(r, 100));
+  // The first write holds its key once the upstream has it (a fixed 100 ms could pass before it was decided).
+  t.ok(await until(() => w.up.seen.length > reached, 10_000), 'the first write reached the upstream');
   const inflight = await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok2, { 'idempotency-key': 'key-2' }), body: '{"b":1}' }), 'duplicate-write', 409);
   t.match(inflight.detail, /in flight/);
   release();
@@ -328,7 +330,8 @@ for (const mode of ['enforce', 'audit'] as const) {
     s.on('data', (c: Buffer) => { answer += c.toString('latin1'); });
     s.on('error', () => {});
     s.write(`POST /items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${await w.token()}\r\ncontent-type: text/plain\r\ncontent-length: 20\r\n\r\nFIRST-HALF`);
-    for (let i = 0; i < 100 && !answer.includes('\r\n\r\n'); i++) await new Promise((r) => setTimeout(r, 20));
+    // The answer at bodyTimeout (300 ms); 2 s of polling were not always enough on a busy machine.
+    await until(() => answer.includes('\r\n\r\n'), 10_000);
     s.write('SECONDHALF');
     await new Promise((r) => setTimeout(r, 200));
     s.destroy();
@@ -353,7 +356,8 @@ t.test('a request recorded after later arrivals (its body was slow) leaves the w
   let answer = '';
   s.on('data', (d: Buffer) => { answer += d.toString('latin1'); });
   s.write(`POST /items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\ncontent-length: 2\r\n\r\n`);
-  await new Promise((r) => setTimeout(r, 100));
+  // Arrived (its time taken) at T=0, before the clock moves: 100 ms were not always enough.
+  t.ok(await until(() => dg.seen.length === 1, 10_000), 'the POST arrived');
   c.advance(1000);
   const get = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) }); // T=1s, recorded first
   await get.text();
@@ -489,7 +493,8 @@ t.test('a request decided late (its body slow) does not move later arrivals\' ti
   let answer = '';
   s.on('data', (d) => { answer += d; });
   s.write(`POST /items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body.slice(0, -1)}`);
-  await new Promise((r) => setTimeout(r, 100));
+  // Arrived (its time taken) at 0 s, before the clock moves: 100 ms were not always enough.
+  t.ok(await until(() => dg.seen.length === 1, 10_000), 'S arrived');
   c.advance(2_800);
   const post = async () => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'content-type': 'application/json' }), body }); await r.text(); return r.status; };
   t.same([await post(), await post(), await post()], [200, 200, 429], 'at 2.8 s: two, then the window is full');
@@ -681,7 +686,8 @@ t.test('traversal: writes to distinct operations arriving together, their bodies
     });
   });
   const writes = [['POST', '/items'], ['PUT', '/items/1/blob'], ['POST', '/payments'], ['POST', '/items/1/archive']].map(([m, p], i) => send(m!, p!, i));
-  await new Promise((r) => setTimeout(r, 300));
+  // Every head decided as far as it can be: past the policy checks, the traversal check waiting for its body.
+  t.ok(await until(() => dg.seen.length === 4 && dg.seen.every((x) => x.ctx.checks.some((c) => c.check === 'deprecation')), 10_000), 'the four wait for their bodies');
   open();
   const statuses = (await Promise.all(writes)).map((line) => line.split(' ')[1]);
   t.equal(statuses.filter((s) => s === '403').length, 2, 'two refused as endpoint traversal');
@@ -719,7 +725,8 @@ t.test('retry storm (counts: unsuccessful, the default): a healthy poller never 
   w.up.handler = (req, res) => { void held.then(() => { res.writeHead(200); res.end('{}'); }); };
   const burst = Array.from({ length: 6 }, () => get('/items/3'));
   await until(() => w.up.seen.filter((s) => s.url === '/items/3').length === 3);
-  await new Promise((r) => setTimeout(r, 100));
+  // The other three decided while the three are in flight (100 ms were not always enough).
+  t.ok(await until(() => dg.seen.filter((x) => x.ctx.req.url === '/items/3' && x.decision !== undefined).length === 6, 10_000), 'the six decided');
   release();
   t.same((await Promise.all(burst)).sort(), [200, 200, 200, 429, 429, 429], 'three forwarded, three refused');
 });
