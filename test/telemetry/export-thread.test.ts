@@ -262,7 +262,8 @@ t.test('a thread that dies: what it held is counted as export_failed, and a new 
   // Within restartMs of the last start: no new thread, the batch is dropped and counted when
   // it would be posted (a thread started instead would take far longer to take and lose them).
   for (let i = 0; i < 3; i++) thread.add(source());
-  await new Promise((r) => setTimeout(r, 60));
+  // Dropped when the batch would be posted (POST_MS, 10 ms): a timer, late on a busy machine (60 ms were not always enough).
+  await eventually('the batch to be dropped', async () => thread.counts.dropped.export_failed >= 6);
   t.equal(thread.counts.dropped.export_failed, 6, 'no thread to take them');
   t.equal(warnings.filter((w) => w === 'started').length, 1);
   t.ok(Date.now() - started < restartMs, 'those were within restartMs of the start');
