@@ -5,7 +5,6 @@
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createServer } from 'node:net';
 import { raw, get } from '../support/raw.ts';
 import { writeRules } from '../support/driftguard.ts';
 import { baseRules } from '../support/driftguard.ts';
@@ -98,12 +97,6 @@ t.test('in process: log lines and answers carry no secret', async (t) => {
   t.ok(w.up.seen.some((s) => String(s.headers.authorization).includes(secrets[0]!)), 'control: the allowed token did reach the upstream');
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); });
-  });
-}
-
 t.test('the CLI: stderr, stdout, answers and admin endpoints carry no secret', async (t) => {
   const k = await keys();
   const { upstream, jwksServer } = await import('../support/servers.ts');
@@ -111,10 +104,11 @@ t.test('the CLI: stderr, stdout, answers and admin endpoints carry no secret', a
   const up = await upstream();
   const keyServer = await jwksServer(jwks(k.es));
   t.teardown(async () => { await up.close(); await keyServer.close(); });
-  const [port, adminPort] = [await freePort(), await freePort()];
+  // Ports of its own choosing, read from its listening line: a port picked free beforehand could
+  // be taken (another test's connection's source port, with the suite's jobs in parallel) before it binds.
   const file = writeRules(baseRules(up.origin, keyServer.url, (r) => {
-    r.proxy.listen = `127.0.0.1:${port}`;
-    r.proxy.admin = `127.0.0.1:${adminPort}`;
+    r.proxy.listen = '127.0.0.1:0';
+    r.proxy.admin = '127.0.0.1:0';
   }));
   const child = spawn(process.execPath, [CLI, 'run', '--config', file, '--grace', '1s'], {
     env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'console' },
@@ -125,8 +119,12 @@ t.test('the CLI: stderr, stdout, answers and admin endpoints carry no secret', a
   child.stderr.on('data', (d: Buffer) => { out += d; });
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  for (let i = 0; i < 200 && !out.includes('driftguard listening'); i++) await new Promise((r) => setTimeout(r, 50));
+  // Start-up takes well under a second, and several on a loaded machine: 30 s at most.
+  for (const end = Date.now() + 30_000; !/"driftguard listening".*\n/.test(out) && child.exitCode === null && Date.now() < end;) await new Promise((r) => setTimeout(r, 50));
   t.match(out, 'driftguard listening');
+  const listening = JSON.parse(out.split('\n').find((l) => l.includes('"driftguard listening"'))!) as { listen: string; admin: string };
+  const port = Number(listening.listen.split(':').pop());
+  const adminPort = Number(listening.admin.split(':').pop());
 
   const { secrets, answers } = await attempts({ port }, (o) => token({ key: k.es, sub: AGENT, scope: 'items.read', contract: '2026-09', ...o }));
   let admin = '';
