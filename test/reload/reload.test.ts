@@ -333,8 +333,11 @@ t.test('a request decided after a reload closed its pool goes out on the pool in
   keys.delayMs = 800;
   const tok = await token({ key: rotated, sub: AGENT, scope: ALL_SCOPES, contract: '2026-09' });
   const before = dg.dg.generation;
+  const fetches = keys.fetches;
   const answer = fetch(dg.url + '/items/1', { headers: { authorization: `Bearer ${tok}` } });
-  await new Promise((r) => setTimeout(r, 200));
+  // Its decision waits for the keys (800 ms) from when the key server has the fetch: the reload
+  // and the close land in that time. (A fixed 200 ms ate into it on a busy machine, or came first.)
+  await until('the key fetch for its token', () => keys.fetches > fetches, 10_000);
   // A reload that changes proxy settings builds a new pool and closes the old one 30 s later;
   // closed here at once, as if the decision had taken that long.
   rules.proxy.timeouts.response = '3s';
