@@ -77,8 +77,9 @@ t.test('an idempotent write whose caller left before forwarding frees its key', 
   const { up, dg, tok } = await slowRotation(t, lifecycleOnly({ idempotency: { at: 'high', window: '1h' } }), startLifecycle);
   // Without a body, so that nothing is left to read once the caller is gone.
   await leaveAfter(Number(new URL(dg.url).port), `POST /items/1/archive HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nIdempotency-Key: k-1\r\nContent-Length: 0\r\n\r\n`, 200);
-  await eventually('the decision to be made', async () => dg.seen.length === 1 && dg.seen[0]!.decision !== undefined);
-  await new Promise((r) => setTimeout(r, 100));
+  // Decided, and its forwarding over (nothing sent: the caller had left), which frees the key.
+  // A fixed 100 ms after the decision could come before that end on a busy machine.
+  await eventually('the forwarding to end', async () => dg.seen.length === 1 && dg.seen[0]!.decision !== undefined && dg.seen[0]!.forwarded !== undefined);
   t.equal(dg.seen[0]!.decision!.decision, 'allow', 'the write was allowed');
   const retry = await fetch(`${dg.url}/items/1/archive`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': 'k-1' }) });
   await retry.text();
