@@ -11,7 +11,7 @@ import { lifecycle } from '../../proxy/lifecycle/index.ts';
 import type { Feature } from '../../proxy/features.ts';
 import type { RequestContext, Decision } from '../../proxy/pipeline/types.ts';
 import type { ForwardOutcome } from '../../proxy/forward/outcome.ts';
-import { writeRules, baseRules, AGENT } from '../support/driftguard.ts';
+import { writeRules, baseRules, waitReady, AGENT } from '../support/driftguard.ts';
 import { testKey, jwks, token, ISSUER, type TestKey, type TokenOptions } from '../support/keys.ts';
 import { upstream, jwksServer, type Upstream, type JwksServer } from '../support/servers.ts';
 
@@ -89,7 +89,7 @@ export async function startLifecycle(rules: Record<string, any> | { file: string
   });
   feature.attach?.(dg);
   await dg.listening;
-  for (let i = 0; i < 200 && !dg.ready; i++) await new Promise((r) => setTimeout(r, 10));
+  await waitReady(dg);
   const port = (dg.traffic.address() as AddressInfo).port;
   const adminPort = (dg.admin.address() as AddressInfo).port;
   return {

@@ -67,14 +67,27 @@ export interface Running {
   close(): Promise<void>;
 }
 
+/**
+ * Wait until driftguard is ready: 200 polls of 10 ms, as a test that means to start unready
+ * (a key server down) expects; and up to 20 s more while a key set's fetch timed out. On a
+ * loaded machine the first fetch from the loopback key server can outlast jwks.timeout (1 s in
+ * baseRules); the key set fetches again within seconds, and a test that went on without it got
+ * 503 identity-unavailable for a valid token.
+ */
+export async function waitReady(dg: Driftguard): Promise<void> {
+  for (let i = 0; i < 200 && !dg.ready; i++) await new Promise((r) => setTimeout(r, 10));
+  const end = Date.now() + 20_000;
+  while (!dg.ready && Date.now() < end && dg.notReady.some((why) => why.startsWith('signing keys ') && why.endsWith('the fetch was aborted'))) {
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 /** Start driftguard with these rules and wait until it listens and (by default) is ready. */
 export async function startTest(rules: unknown, options: DriftguardOptions & { waitReady?: boolean } = {}): Promise<Running> {
   const file = writeRules(rules);
   const dg = startDriftguard(loadRules(file), { log: () => {}, ...options });
   await dg.listening;
-  if (options.waitReady !== false) {
-    for (let i = 0; i < 200 && !dg.ready; i++) await new Promise((r) => setTimeout(r, 10));
-  }
+  if (options.waitReady !== false) await waitReady(dg);
   const port = (dg.traffic.address() as AddressInfo).port;
   const adminPort = (dg.admin.address() as AddressInfo).port;
   return { dg, file, url: `http://127.0.0.1:${port}`, admin: `http://127.0.0.1:${adminPort}`, close: () => dg.close() };
