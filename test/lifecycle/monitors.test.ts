@@ -2,7 +2,7 @@
 // traversal and quarantine, each in enforce and audit mode; the owner view.
 
 import t from 'tap';
-import { connect, createServer, type AddressInfo } from 'node:net';
+import { connect } from 'node:net';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, problem, bearer, until, monitorsOnly, type World } from './support.ts';
 import { record, windowFull } from '../../proxy/lifecycle/monitors.ts';
@@ -78,8 +78,9 @@ t.test('a client that ends its connection mid-body is decided at once, not after
 
 t.test('idempotency: a write whose upstream connection was refused frees its key at once', async (t) => {
   const w = await world();
-  const closed = await new Promise<number>((res) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => res(p)); }); });
-  const dg = await startLifecycle(only(w, { idempotency: { at: 'medium', window: '1h' } }, (r) => { r.proxy.upstream = `http://127.0.0.1:${closed}`; }));
+  // Port 1, where nothing listens: a port picked free and closed was bound again by another
+  // test's server (the suite runs two files at once), and the writes got its 404.
+  const dg = await startLifecycle(only(w, { idempotency: { at: 'medium', window: '1h' } }, (r) => { r.proxy.upstream = 'http://127.0.0.1:1'; }));
   t.teardown(async () => { await dg.close(); await w.close(); });
   const tok = await w.token();
   const post = () => fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': 'pay-1', 'content-type': 'application/json' }), body: '{"amount":100}' });
