@@ -131,7 +131,8 @@ t.test('shutdown with a collector that hangs ends after the flush wait, not a ba
   t.teardown(() => otlp.close());
   const thread = new ExportThread(config(otlp.url + '/v1/traces', { scheduledDelayMs: 20 }), () => {}, { shutdownFlushMs: 300 });
   for (let i = 0; i < 5; i++) thread.add(source());
-  t.ok(await until(() => otlp.requests >= 1), 'the thread is up and its export hangs');
+  // The thread's start (loading the exporter) took more than the default 5 s on a busy machine.
+  t.ok(await until(() => otlp.requests >= 1, 20_000), 'the thread is up and its export hangs');
   const started = performance.now();
   await thread.shutdown();
   const took = performance.now() - started;
@@ -164,7 +165,7 @@ t.test('an export whose answer trickles (never idle, never done) is cut after th
   const thread = new ExportThread(config(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`, { exportTimeoutMs: 300, maxExportBatchSize: 4 }), () => {});
   t.teardown(() => thread.shutdown());
   for (let i = 0; i < 4; i++) thread.add(source());
-  t.ok(await until(() => requests >= 1), 'the export reached the collector');
+  t.ok(await until(() => requests >= 1, 20_000), 'the export reached the collector (the thread started: seconds on a busy machine)');
   t.ok(await until(() => thread.counts.dropped.export_failed === 4), 'and failed after its timeout');
   t.ok(await until(() => open.size === 0, 2_000), 'its request was cut, freeing its place (300 ms + 500 ms after it was made)');
 });
