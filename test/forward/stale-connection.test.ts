@@ -99,6 +99,10 @@ t.test('a request sent again says so on its CLIENT span: http.request.resend_cou
   t.teardown(async () => { await keys.close(); await otlp.close(); });
   const dg = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
     r.proxy.connections = 1;
+    // The second request must find the first one's connection still kept: it waits for the first
+    // span's export, which took more than the default upstreamIdle (4 s) on a busy machine (the
+    // export thread starting), and the second request then went on a new connection, not sent again.
+    r.proxy.timeouts.upstreamIdle = '1m';
     r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
   }));
   t.teardown(() => dg.stop());
