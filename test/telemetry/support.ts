@@ -166,8 +166,12 @@ export function randomHex(bytes: number): string {
   return s;
 }
 
-/** Wait until `check` holds, polling every 50 ms; fail after `timeoutMs`. */
-export async function eventually(what: string, check: () => Promise<boolean>, timeoutMs = 8_000): Promise<void> {
+/**
+ * Wait until `check` holds, polling every 50 ms; fail after `timeoutMs`. 20 s by default, as the
+ * collector's waitFor: what is waited for often comes through the export thread, whose start
+ * took more than 5 s on a busy machine (export-thread.test.ts).
+ */
+export async function eventually(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
