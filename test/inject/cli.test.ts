@@ -33,16 +33,30 @@ function run(t: Test, args: string[]) {
   return { child, exited, stdout: () => stdout };
 }
 
+/**
+ * Wait for a whole line of the injector's output that includes `text`: 30 s at most. Its start
+ * (under tap's loaders) takes a second or two, more on a busy machine than the 200 polls of
+ * 25 ms the tests gave it, after which they went on with port 0.
+ */
+async function logged(proc: ReturnType<typeof run>, text: string): Promise<string | undefined> {
+  const end = Date.now() + 30_000;
+  for (;;) {
+    const line = proc.stdout().split('\n').slice(0, -1).find((l) => l.includes(text));
+    if (line !== undefined || Date.now() > end || proc.child.exitCode !== null) return line;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function listeningPort(proc: ReturnType<typeof run>): Promise<number> {
+  const line = await logged(proc, 'injector listening');
+  return line ? JSON.parse(line).port as number : 0;
+}
+
 t.test('serves reviews with the config file and flags, exits 0 on SIGTERM', async (t) => {
   const config = join(dir, 'injector.yaml');
   writeFileSync(config, 'image: registry.example.com/driftguard:9.9.9\nnativeSidecar: false\nrulesConfigMap: shop-rules\n');
   const proc = run(t, ['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--config', config, '--native-sidecar', 'true', '--drain', '1500ms']);
-  let port = 0;
-  for (let i = 0; i < 200 && !port; i++) {
-    const line = proc.stdout().split('\n').find((l) => l.includes('injector listening'));
-    if (line) port = JSON.parse(line).port;
-    else await new Promise((r) => setTimeout(r, 25));
-  }
+  const port = await listeningPort(proc);
   t.ok(port > 0, 'logs the bound port');
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
   const res = await httpsRequest(port, tls.cert, { body: JSON.stringify(admissionReview(pod)) });
@@ -66,12 +80,7 @@ t.test('serves reviews with the config file and flags, exits 0 on SIGTERM', asyn
 
 t.test('the drain ends keep-alive connections cleanly: idle ones at once, the others after their next answer', async (t) => {
   const proc = run(t, ['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--image', 'x:1', '--drain', '3s']);
-  let port = 0;
-  for (let i = 0; i < 200 && !port; i++) {
-    const line = proc.stdout().split('\n').find((l) => l.includes('injector listening'));
-    if (line) port = JSON.parse(line).port;
-    else await new Promise((r) => setTimeout(r, 25));
-  }
+  const port = await listeningPort(proc);
   // As the API server's transport: a pool that keeps its connections between reviews.
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   t.teardown(() => agent.destroy());
@@ -90,7 +99,7 @@ t.test('the drain ends keep-alive connections cleanly: idle ones at once, the ot
   t.equal(idle.connection, 'keep-alive', 'before the drain, connections are kept');
   const idleClosed = once(idle.socket, 'close');
   proc.child.kill('SIGTERM');
-  for (let i = 0; i < 200 && !proc.stdout().includes('injector draining'); i++) await new Promise((r) => setTimeout(r, 25));
+  await logged(proc, 'injector draining');
   // The connection is idle in the pool: the drain closes it, long before its 3 s end.
   const closedAt = Date.now();
   await Promise.race([idleClosed, new Promise((_, reject) => setTimeout(() => reject(new Error('idle connection still open 1 s into the drain')), 1_000))]);
@@ -106,9 +115,9 @@ t.test('the drain ends keep-alive connections cleanly: idle ones at once, the ot
 
 t.test('a second signal during the drain stops at once', async (t) => {
   const proc = run(t, ['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--image', 'x:1']);
-  for (let i = 0; i < 200 && !proc.stdout().includes('injector listening'); i++) await new Promise((r) => setTimeout(r, 25));
+  await logged(proc, 'injector listening');
   proc.child.kill('SIGTERM');
-  for (let i = 0; i < 200 && !proc.stdout().includes('injector draining'); i++) await new Promise((r) => setTimeout(r, 25));
+  await logged(proc, 'injector draining');
   const started = Date.now();
   proc.child.kill('SIGTERM');
   const { code } = await proc.exited;
