@@ -5,7 +5,7 @@
 // (in-process, and one subprocess under the chart's heap limits), raw sockets on loopback.
 
 import t from 'tap';
-import { connect, type Socket } from 'node:net';
+import { connect, type Socket, type Server as NetServer } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { parse } from 'yaml';
 import { testKey, jwks, token } from '../support/keys.ts';
@@ -38,6 +38,16 @@ async function open(port: number, bytes = 'GET /status HTTP/1.1\r\nHost: a\r\n')
   return { s, text: () => Buffer.concat(chunks).toString('latin1'), closed };
 }
 
+/** Wait until `server` holds no connection (it has read every close): 10 s at most. */
+async function noConnections(server: NetServer): Promise<boolean> {
+  const count = () => new Promise<number>((resolve, reject) => server.getConnections((err, n) => (err ? reject(err) : resolve(n))));
+  for (const end = Date.now() + 10_000; Date.now() < end;) {
+    if (await count() === 0) return true;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return await count() === 0;
+}
+
 /** Whether `c` is closed within `ms` (false: still open). */
 const closedWithin = (c: Conn, ms: number) => Promise.race([c.closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
 
@@ -58,8 +68,9 @@ t.test('the traffic listener holds proxy.clientConnections at most: one more is 
   t.match(said, [{ level: 'warn', listener: 'traffic', connections: 1, limit: 3 }], 'one warn line for the minute, not one per connection');
   for (const c of held) c.s.destroy();
   await Promise.all(held.map((c) => c.closed));
-  // The server counts a connection gone once it has read its close.
-  await new Promise((r) => setTimeout(r, 100));
+  // The server counts a connection gone once it has read its close: waited for (100 ms were not
+  // always enough on a busy machine, and the next connection was still over the limit).
+  t.ok(await noConnections(dg.dg.traffic), 'the server has seen the three close');
   t.equal((await fetch(dg.url + '/status')).status, 200, 'a connection is served once there is room');
 });
 
@@ -88,7 +99,8 @@ t.test('the admin listener holds ADMIN_MAX_CONNECTIONS at most, and is counted a
   t.ok(await closedWithin(over, 2_000), 'one more than the limit is closed');
   for (const c of held) c.s.destroy();
   await Promise.all(held.map((c) => c.closed));
-  await new Promise((r) => setTimeout(r, 100));
+  // Room for the metrics request: the server has seen them close (100 ms were not always enough).
+  t.ok(await noConnections(dg.dg.admin), 'the server has seen them close');
   const m = parsePrometheus(await (await fetch(dg.admin + '/metrics')).text());
   t.equal(sample(m, 'driftguard_connections_dropped_total', { listener: 'admin', cause: 'connection-limit' }), 1);
   t.equal(sample(m, 'driftguard_connections_dropped_total', { listener: 'traffic', cause: 'connection-limit' }), undefined, 'the traffic listener dropped none');
