@@ -200,6 +200,15 @@ t.test('a transfer coding other than chunked: 400, never forwarded decoded halfw
   t.equal(w.up.seen.length, 1, 'only the plain chunked request reached the upstream');
 });
 
+/** Wait until `cond()` holds, polling; false after 10 s (the machine's deadline, for events that take milliseconds). */
+async function waitFor(cond: () => boolean): Promise<boolean> {
+  for (const end = Date.now() + 10_000; Date.now() < end;) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return cond();
+}
+
 t.test('a chunked body that breaks after an allow is recorded as such, not as a client that left', async (t) => {
   for (const [name, first, later] of [
     ['with the head', '5\r\nhello\r\nZZ\r\n', ''],
@@ -213,9 +222,12 @@ t.test('a chunked body that breaks after an allow is recorded as such, not as a 
     s.on('data', (d) => { got += d.toString('latin1'); });
     s.on('error', () => {});
     s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${await w.tok()}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n${first}`);
-    if (later) { await new Promise((r) => setTimeout(r, 300)); s.write(later); }
+    // The break while the body streams: once the upload has reached the upstream (a fixed 300 ms
+    // could come before it was forwarded on a busy machine: then the head's case, answered 400).
+    if (later) { t.ok(await waitFor(() => w.up.seen.length === 1), `${name}: the upload reached the upstream`); s.write(later); }
     await new Promise((r) => s.once('close', r));
-    await new Promise((r) => setTimeout(r, 200));
+    // Recorded when the forwarding ends (200 ms after the close were not always enough).
+    t.ok(await waitFor(() => seen[0]?.forwarded !== undefined), `${name}: its forwarding ended`);
     t.equal(seen[0]?.forwarded?.error, 'body unparsable', `${name}: recorded (it was "client closed")`);
     if (later) {
       t.equal(got, '', `${name}: the upload was under way, the connection is cut`);
@@ -236,10 +248,10 @@ t.test('a client that resets its connection mid-upload left: recorded as such, n
   const s = connect(w.port, '127.0.0.1');
   s.on('error', () => {});
   s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${await w.tok()}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
-  for (let i = 0; i < 40 && !got; i++) await new Promise((r) => setTimeout(r, 50));
-  t.ok(got, 'the upload reached the upstream');
+  t.ok(await waitFor(() => got), 'the upload reached the upstream');
   s.resetAndDestroy();
-  await new Promise((r) => setTimeout(r, 500));
+  // Recorded when the forwarding ends (500 ms after the reset, before: not always enough).
+  t.ok(await waitFor(() => seen[0]?.forwarded !== undefined), 'its forwarding ended');
   t.equal(seen[0]?.forwarded?.error, 'client closed', 'a client that left');
 });
 
