@@ -21,7 +21,9 @@ t.test('a broken chunked body after an allow is no upstream failure', async (t) 
   const tok = await token({ key, sub: AGENT, scope: 'items.write', contract: '2026-09' });
   const bad = await raw(Number(new URL(dg.url).port), `POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n`);
   t.equal(bad.status, 400);
-  await new Promise((r) => setTimeout(r, 500));
+  // The decision line is written out every 100 ms and comes through the child's stdout: waited
+  // for (a fixed 500 ms was not always enough on a busy machine), 10 s at most.
+  for (const end = Date.now() + 10_000; !dg.output().includes('"/items"') && Date.now() < end;) await new Promise((r) => setTimeout(r, 25));
   const metrics = await (await fetch(`${dg.admin}/metrics`)).text();
   // Before: driftguard_upstream_failures_total{reason="malformed-request"} 1.
   t.notMatch(metrics, /driftguard_upstream_failures_total\{reason="malformed-request"\}/, 'not an upstream failure');
