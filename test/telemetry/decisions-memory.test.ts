@@ -66,10 +66,16 @@ t.test('clients that never read their page hold two places at most, for 10 s: th
     return s;
   }));
   t.teardown(() => { for (const s of stalled) s.destroy(); });
-  await new Promise((r) => setTimeout(r, 500));
-  const busy = await fetch(dg.admin + '/decisions?limit=1');
-  t.equal(busy.status, 503, 'a third list answer waits its turn');
-  await busy.text();
+  // Once the child has both pages under way (a fixed 500 ms was not always enough for a loaded
+  // child to have read them), a third list answer waits its turn. Asked again until then, 10 s at most.
+  let busy = 0;
+  for (const end = Date.now() + 10_000; busy !== 503 && Date.now() < end;) {
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await fetch(dg.admin + '/decisions?limit=1');
+    busy = r.status;
+    await r.text();
+  }
+  t.equal(busy, 503, 'a third list answer waits its turn');
   // Cut once they took nothing for 10 s (LIST_STALL_MS): their places are free again. (The
   // clients, paused, see no end of their connection: the server's side is what is checked.)
   let status = 0;
