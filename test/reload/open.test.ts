@@ -81,11 +81,13 @@ t.test('under proxy.mode audit a reload that would refuse a tunnel keeps it', as
 t.test('a streaming answer the reloaded rules refuse is cut and recorded `reload`; an upload whose answer has not started finishes', async (t) => {
   const w = await world();
   let release: (() => void) | undefined;
+  let uploaded = false;
   const events = eventStream(t);
   w.up.handler = (req, res) => {
     if (req.method !== 'PUT') { events(req, res); return; }
     // Holds the upload's answer until the test releases it, after the reload.
     req.resume();
+    req.once('end', () => { uploaded = true; });
     release = () => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"stored":true}'); };
   };
   const dg = await startLifecycle(rules(w, w.up.origin));
@@ -96,7 +98,8 @@ t.test('a streaming answer the reloaded rules refuse is cut and recorded `reload
   // The agent's upload: decided and forwarded, its answer held by the upstream.
   const upload = fetch(`${dg.url}/items/1/blob`, { method: 'PUT', headers: bearer(await w.token(), { 'content-type': 'application/octet-stream' }), body: 'x'.repeat(1000) });
   t.ok(await until(() => release !== undefined), 'the upload reached the upstream');
-  await new Promise((r) => setTimeout(r, 200));
+  // Wholly sent before the reload (an upload still arriving is cut): its body's end, not a fixed 200 ms.
+  t.ok(await until(() => uploaded), 'the upload\'s body arrived whole');
   // Reloaded: the bot may no longer read items, and nobody may upload.
   await dg.dg.swap(loadRules(writeRules(rules(w, w.up.origin, (r) => {
     dropBotsGetItem(r);
