@@ -4,6 +4,7 @@
 
 import type { Operation } from '../rules/types.ts';
 import type { Decision } from '../pipeline/types.ts';
+import { warningsBeside } from './problem.ts';
 
 export const WARNING_HEADER = 'driftguard-warning';
 
@@ -29,7 +30,7 @@ export function contractHeaders(op: Operation | undefined, decision: Decision, i
   } else if (decision.decision === 'deny') {
     // A refusal keeps what was found before it: a person's stale write refused for another
     // reason learns its contract version is stale too (its problem's `warnings` says the same).
-    const found = decision.warnings.filter((r) => r !== decision.reason);
+    const found = warningsBeside(decision);
     if (found.length > 0) into[WARNING_HEADER] = found.join(', ');
   }
 }

@@ -18,6 +18,11 @@ export interface Problem extends DecisionDetails {
   readonly warnings?: readonly ReasonCode[];
 }
 
+/** A refusal's warnings found before it, its own reason left out (the problem's `warnings`, the answer's warn header). */
+export function warningsBeside(d: { readonly reason: ReasonCode; readonly warnings?: readonly ReasonCode[] }): readonly ReasonCode[] {
+  return d.warnings?.filter((r) => r !== d.reason) ?? [];
+}
+
 const REALM = 'realm="driftguard"';
 
 function wwwAuthenticate(p: Problem): string | undefined {
@@ -52,8 +57,8 @@ export function problemBody(p: Problem): Record<string, unknown> {
   if (p.sunset !== undefined) body.sunset = p.sunset;
   if (p.requiredScopes !== undefined) body.requiredScopes = p.requiredScopes;
   if (p.retryAfter !== undefined) body.retryAfter = p.retryAfter;
-  const warnings = p.warnings?.filter((r) => r !== p.reason);
-  if (warnings?.length) body.warnings = warnings;
+  const warnings = warningsBeside(p);
+  if (warnings.length > 0) body.warnings = warnings;
   if (p.traceId !== undefined) body.traceId = p.traceId;
   return body;
 }
