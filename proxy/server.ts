@@ -17,7 +17,7 @@ import { movingOn } from './checks/deprecation.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
-import { Forwarder, hasBody, isWebSocketHandshake } from './forward/forward.ts';
+import { Forwarder, hasBody, isWebSocketHandshake, sentUpstream } from './forward/forward.ts';
 import { UNPARSED_BODY, CLIENT_CLOSED, DRAIN_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
@@ -926,12 +926,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       let tunnels = 0;
       let answers = 0;
       for (const [socket, t] of open) if (picks(t.ctx)) { socket.destroy(); tunnels++; }
-      // An answer not started to a request wholly sent is left to finish: the upstream is acting
-      // on what was decided before, and cutting it would only hide the outcome (a client then
-      // retries a write it does not know happened). Once its head is sent it streams, and the
-      // next sweep cuts it; an upload still arriving is cut now.
+      // An answer not started to a request wholly sent upstream is left to finish: the upstream
+      // is acting on what was decided before, and cutting it would only hide the outcome (a
+      // client then retries a write it does not know happened). Once its head is sent it
+      // streams, and the next sweep cuts it. An upload still arriving is cut now, and so is a
+      // request still waiting for an upstream connection: nothing was acted on, nothing will be.
       for (const [res, ctx] of streaming) {
-        if ((res.headersSent || !ctx.req.complete) && picks(ctx)) { cutBy.set(res, REVOKED_CUT); res.destroy(); answers++; }
+        if ((res.headersSent || !ctx.req.complete || !sentUpstream(res)) && picks(ctx)) { cutBy.set(res, REVOKED_CUT); res.destroy(); answers++; }
       }
       return { tunnels, answers };
     },

@@ -29,6 +29,16 @@ type Resolve = (outcome: ForwardOutcome) => void;
 /** What hears the status the client gets, when its head goes out (the request's Observation). */
 export interface Answering { answering?(status: number): void }
 
+/** Answers whose request undici has begun to write to an upstream connection (sentUpstream). */
+const sent = new WeakSet<ServerResponse>();
+
+/**
+ * Whether the request of `res` has gone to the upstream: its exchange got a connection and
+ * undici began writing it. Until then (waiting for a pool connection, connecting) it can still
+ * be stopped with nothing acted on (a revocation's sweep, server.ts closeFor).
+ */
+export function sentUpstream(res: ServerResponse): boolean { return sent.has(res); }
+
 /**
  * One upstream exchange on undici's dispatch API: the upstream's status and headers become
  * the client's, its body chunks are written straight into the response, and back-pressure is
@@ -112,6 +122,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     this.#controller = controller;
     if (this.#clientGone) controller.abort(new Error('the client closed the connection'));
     else if (this.#expired) controller.abort(connectionWaitTimeout());
+    else sent.add(this.#res);
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {

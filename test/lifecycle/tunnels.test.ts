@@ -204,3 +204,33 @@ t.test('an answer not started to a request wholly sent is delivered after its cr
   await next.text();
   t.equal(next.status, 401, 'the next request is refused');
 });
+
+t.test('a request still waiting for an upstream connection when its credential is revoked is never sent', async (t) => {
+  // Decided before the revocation but queued for the pool's only connection: nothing was
+  // acted on, so the sweep stops it (before, it was left as "wholly sent" and went upstream
+  // once the connection was free).
+  const w = await world();
+  const arrived: string[] = [];
+  let release = () => {};
+  const held = new Promise<void>((r) => { release = r; });
+  w.up.handler = (req, res) => { arrived.push(req.url!); if (req.url === '/items/1') void held.then(() => res.end('one')); else res.end('two'); };
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({}); r.proxy.connections = 1; r.proxy.timeouts.connect = '10s'; r.proxy.timeouts.response = '10s'; }));
+  t.teardown(async () => { release(); await dg.close(); await w.close(); });
+  const first = fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }).then((r) => r.text());
+  t.ok(await until(() => arrived.length === 1), 'the agent\'s request holds the only connection');
+  let settled = false;
+  const second = fetch(`${dg.url}/items/2`, { headers: bearer(await w.token({ sub: BOT })) })
+    .then((r) => `${r.status}`, (e: Error) => `failed: ${e.message}`).finally(() => { settled = true; });
+  t.ok(await until(() => dg.seen.length === 2 && dg.seen[1]!.decision !== undefined), 'the bot\'s request is decided and waits for the pool');
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: BOT, reason: 'compromised' }) });
+  t.equal(made.status, 201);
+  await made.text();
+  t.ok(await until(() => settled, 3_000), 'the sweep stops it');
+  t.match(await second, /^failed/, 'its connection is cut, unanswered');
+  release();
+  t.equal(await first, 'one', 'the request already sent gets its answer');
+  // The pool's connection is free now: a request still queued would go out at once.
+  await new Promise((r) => setTimeout(r, 200));
+  t.same(arrived, ['/items/1'], 'the revoked consumer\'s request never reached the upstream');
+  t.match(dg.logs.find((l) => String(l.msg).startsWith('WebSocket tunnels and answers in flight closed')), { tunnels: 0, answers: 1 });
+});
