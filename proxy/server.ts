@@ -622,6 +622,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation.forwarding(); } catch { /* ignore */ }
     ctx.sendContinue?.();
     streaming.set(res, ctx);
+    // Decided under rules a reload has since replaced (its body read by a monitor, its keys
+    // fetched, while the swap happened): redecideOpen did not see it, so its answer is followed
+    // as one that started after the reload (the tunnel's twin is in handleUpgrade).
+    if (generation !== g && !draining) { late.set(res, { g: generation, started: false }); followLate(); }
     let forwarded: ForwardOutcome;
     try {
       forwarded = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body, observation);

@@ -7,7 +7,7 @@
 
 import t, { type Test } from 'tap';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { BOT, writeRules } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
@@ -142,6 +142,36 @@ t.test('a stream whose answer starts after a reload is decided again once it has
   t.equal(cut?.forwarded?.error, 'reload', 'recorded as cut by the reload');
   t.match(dg.logs.find((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), { tunnels: 0, answers: 1, reasons: { 'undeclared-operation': 1 } });
   await agent.stop();
+});
+
+t.test('a request still being decided at a reload (its body read by a monitor) whose answer then streams is decided again and cut', async (t) => {
+  const w = await world();
+  const events = eventStream(t);
+  let reached = 0;
+  w.up.handler = (req, res) => { reached++; req.resume(); req.on('end', () => events(req, res)); };
+  const dg = await startLifecycle(rules(w, w.up.origin));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const s = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  let got = '';
+  let closed = false;
+  s.on('data', (d: Buffer) => { got += d.toString(); });
+  s.on('close', () => { closed = true; });
+  s.on('error', () => {});
+  t.teardown(() => s.destroy());
+  await new Promise((r) => s.once('connect', r));
+  // Half the body: the idempotency monitor reads it whole before the decision is made.
+  s.write(`PUT /items/1/blob HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${await w.token()}\r\ncontent-type: application/octet-stream\r\ncontent-length: 100\r\n\r\n` + 'x'.repeat(50));
+  t.ok(await until(() => dg.seen.length === 1), 'the request arrived');
+  t.equal(dg.seen[0]!.decision, undefined, 'still being decided at the reload');
+  // Nobody holds the scope the reloaded rules ask of an upload.
+  await dg.dg.swap(loadRules(writeRules(rules(w, w.up.origin, (r) => { r.contract.operations.find((o: { id: string }) => o.id === 'upload').scopes = ['items.upload']; }))));
+  s.write('y'.repeat(50));
+  t.ok(await until(() => reached === 1), 'forwarded, decided under the rules it arrived under');
+  t.ok(await until(() => got.includes('data: event')), 'its answer streams');
+  // Before: it streamed on under the old rules while the same upload, sent anew, was refused.
+  t.ok(await until(() => closed, 4_000), 'cut once it has streamed a second');
+  t.equal(dg.seen[0]!.forwarded?.error, 'reload', 'recorded as cut by the reload');
+  t.match(dg.logs.find((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), { tunnels: 0, answers: 1, reasons: { 'insufficient-scope': 1 } });
 });
 
 t.test('a reload that adds a revocation list URL, not yet read, closes nothing: driftguard\'s own 503 refuses no open tunnel', async (t) => {
