@@ -4,7 +4,7 @@
 
 import type { Check, Consumer, DecisionDetails } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
-import { blocks } from './staleness.ts';
+import { blocks, blocksAutomations } from './staleness.ts';
 
 export function deprecation(rules: Rules): Check {
   return {
@@ -37,8 +37,10 @@ export function movingOn(rules: Rules, op: Operation, consumer: Consumer | undef
   if (!d || d.sinceMs > now) return {};
   // Not a replacement whose own deprecation, in force, refuses this caller too: it would be
   // sent from one refusal to the next (the rules may name one whose deprecation came later).
+  // Before the caller is known (a sunset's 410 comes before any credential is read; a token
+  // that failed) it may be an automation: not one that refuses automations.
   const next = d.replacement !== undefined ? rules.contract.operations.find((o) => o.id === d.replacement) : undefined;
-  const refusesToo = next?.deprecated !== undefined && next.deprecated.sinceMs <= now && blocks(rules, next, consumer);
+  const refusesToo = next?.deprecated !== undefined && next.deprecated.sinceMs <= now && (consumer ? blocks(rules, next, consumer) : blocksAutomations(rules, next));
   return {
     ...(d.replacement && !refusesToo ? { replacement: d.replacement } : {}),
     ...(d.sunsetMs !== undefined ? { sunset: new Date(d.sunsetMs).toISOString() } : {}),

@@ -6,5 +6,10 @@ import { SENSITIVITY_RANK, type Rules, type Operation } from '../rules/types.ts'
 import type { Consumer } from '../pipeline/types.ts';
 
 export function blocks(rules: Rules, op: Operation, consumer: Consumer | undefined): boolean {
-  return consumer?.kind === 'automation' && SENSITIVITY_RANK[op.sensitivity] >= SENSITIVITY_RANK[rules.contract.blockAt];
+  return consumer?.kind === 'automation' && blocksAutomations(rules, op);
+}
+
+/** Whether `op` is sensitive enough that a stale or deprecated call of it refuses an automated consumer. */
+export function blocksAutomations(rules: Rules, op: Operation): boolean {
+  return SENSITIVITY_RANK[op.sensitivity] >= SENSITIVITY_RANK[rules.contract.blockAt];
 }

@@ -13,7 +13,8 @@ export function sunset(): Check {
           reason: 'operation-sunset',
           detail: `${ctx.operation!.id} was sunset on ${new Date(d.sunsetMs).toISOString()}`,
           sunset: new Date(d.sunsetMs).toISOString(),
-          ...(d.replacement ? { replacement: d.replacement } : {}),
+          // Its replacement comes with the refusal's problem (server.ts denial, movingOn): not
+          // one whose own deprecation would refuse the caller.
         };
       }
       return undefined;

@@ -279,6 +279,22 @@ t.test('deprecated-operation: a replacement whose own deprecation refuses the ca
   t.equal(person.json.replacement, 'archiveItem', 'named to a caller it does not refuse');
 });
 
+t.test('operation-sunset: comes before the caller is known, so names no replacement that refuses automations; names one that refuses nobody', async (t) => {
+  const sunsetDelete = (r: any) => { r.contract.operations.find((o: any) => o.id === 'deleteItem').deprecated = { since: '2026-01-01', sunset: '2026-06-01', replacement: 'archiveItem' }; };
+  // archiveItem's deprecation, in force, blocks automations: the agent would go from a 410 to a 403.
+  const w = await world(t, (r) => { sunsetDelete(r); r.contract.operations.find((o: any) => o.id === 'archiveItem').deprecated = { since: '2026-01-01' }; });
+  const a = await w.call('DELETE', '/items/1', { token: await w.tok() });
+  assertDenied(t, w, a, 410, 'operation-sunset');
+  t.notOk('replacement' in a.json, 'no replacement that may refuse the caller too');
+  t.equal(a.json.sunset, '2026-06-01T00:00:00.000Z', 'the sunset still');
+  t.equal((await w.call('POST', '/items/1/archive', { token: await w.tok() })).status, 403, 'the replacement would have refused the agent');
+  // Not deprecated: named.
+  const kept = await world(t, sunsetDelete);
+  const b = await kept.call('DELETE', '/items/1', { token: await kept.tok() });
+  assertDenied(t, kept, b, 410, 'operation-sunset');
+  t.equal(b.json.replacement, 'archiveItem', 'a replacement that refuses nobody is named');
+});
+
 t.test('any refusal of a deprecated operation names its replacement and sunset, whatever refused it', async (t) => {
   const w = await world(t);
   const refusals: [string, number, string, string | undefined][] = [
