@@ -23,7 +23,7 @@ import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, endAndClose } from './forward/wire.ts';
 import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
-import { contractHeaders } from './decision/headers.ts';
+import { contractHeaders, warned } from './decision/headers.ts';
 import { noopObserver, type DropCause, type Listener, type Observer, type Observation } from './observe.ts';
 import { ADMIN_MAX_CONNECTIONS, AdminRoutes, createAdminServer } from './admin/server.ts';
 import type { ReloadStatus } from './reload.ts';
@@ -538,10 +538,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     return own;
   }
 
-  function forwardingFailed(ctx: RequestContext, failure: NonNullable<ForwardOutcome['failure']>, outcome: ForwardOutcome, observation: Observation): Problem {
+  /** driftguard's answer for a forward that failed: the decision's warnings too, as its warn header names them. */
+  function forwardingFailed(ctx: RequestContext, decision: Decision, failure: NonNullable<ForwardOutcome['failure']>, outcome: ForwardOutcome, observation: Observation): Problem {
     return {
       reason: failure,
       detail: outcome.detail ?? failure,
+      warnings: warned(decision),
       ...(ctx.operation ? { operation: ctx.operation.id } : {}),
       ...(observation.traceId ? { traceId: observation.traceId } : {}),
     };
@@ -603,7 +605,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const outcome: ForwardOutcome = { failure: 'malformed-request', detail: 'the request body could not be parsed (its chunked framing is broken): nothing was forwarded', error: UNPARSED_BODY, notSent: true };
       try { observation.forwarded(outcome); } catch { /* ignore */ }
       headers.connection = 'close';
-      sendProblem(res, forwardingFailed(ctx, outcome.failure!, outcome, observation), headers);
+      sendProblem(res, forwardingFailed(ctx, decision, outcome.failure!, outcome, observation), headers);
       return;
     }
 
@@ -639,7 +641,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (outcome.failure) {
       // The upstream failed during an upload: the body is cut, so the connection is too (below).
       if (!req.complete) headers.connection = 'close';
-      sendProblem(res, forwardingFailed(ctx, outcome.failure, outcome, observation), headers);
+      sendProblem(res, forwardingFailed(ctx, decision, outcome.failure, outcome, observation), headers);
     }
   }
 
@@ -689,7 +691,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation.forwarding(); } catch { /* ignore */ }
     const outcome = await forwarderFor(g).tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
-    if (outcome.failure) { answer(forwardingFailed(ctx, outcome.failure, outcome, observation), headers); return; }
+    if (outcome.failure) { answer(forwardingFailed(ctx, decision, outcome.failure, outcome, observation), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;
     end();
     if (status === 101 && !socket.destroyed) {

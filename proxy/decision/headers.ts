@@ -5,6 +5,7 @@
 import type { Operation } from '../rules/types.ts';
 import type { Decision } from '../pipeline/types.ts';
 import { warningsBeside } from './problem.ts';
+import type { ReasonCode } from './reasons.ts';
 
 export const WARNING_HEADER = 'driftguard-warning';
 
@@ -21,16 +22,21 @@ export function contractHeaders(op: Operation | undefined, decision: Decision, i
     }
     if (links.length) into['link'] = links.join(', ');
   }
-  if (decision.decision === 'warn' || (decision.decision === 'deny' && !decision.enforced)) {
-    // One header, the decision's reason first, then any other warnings, each once (a feature
-    // in audit mode may have warned for the reason a later check then denied for).
-    const w = decision.warnings;
-    const codes = decision.decision === 'warn' ? w : [decision.reason, ...(w.includes(decision.reason) ? w.filter((r) => r !== decision.reason) : w)];
-    into[WARNING_HEADER] = codes.join(', ');
-  } else if (decision.decision === 'deny') {
-    // A refusal keeps what was found before it: a person's stale write refused for another
-    // reason learns its contract version is stale too (its problem's `warnings` says the same).
-    const found = warningsBeside(decision);
-    if (found.length > 0) into[WARNING_HEADER] = found.join(', ');
-  }
+  const codes = warned(decision);
+  if (codes.length > 0) into[WARNING_HEADER] = codes.join(', ');
+}
+
+/**
+ * The reason codes the warn header names, and the `warnings` of a problem driftguard answers
+ * instead of the upstream (a forward that failed): the two say the same.
+ */
+export function warned(decision: Decision): readonly ReasonCode[] {
+  // A refusal keeps what was found before it: a person's stale write refused for another
+  // reason learns its contract version is stale too (its problem's `warnings` says the same).
+  if (decision.decision === 'deny' && decision.enforced) return warningsBeside(decision);
+  if (decision.decision === 'warn') return decision.warnings;
+  if (decision.decision !== 'deny') return [];
+  // An audit would-deny: its reason first, then any other warnings, each once (a feature in
+  // audit mode may have warned for the reason a later check then denied for).
+  return [decision.reason, ...decision.warnings.filter((r) => r !== decision.reason)];
 }

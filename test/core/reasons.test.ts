@@ -322,6 +322,12 @@ t.test('upstream-unavailable: the upstream refuses connections', async (t) => {
   t.equal(a.headers.get('content-type'), 'application/problem+json');
   t.equal(a.json.code, 'upstream-unavailable');
   t.equal(a.json.operation, 'getItem');
+  t.notOk('warnings' in a.json, 'nothing was warned');
+  // A warned request whose forward fails: its problem names the warnings its header names.
+  const stale = await w.call('GET', '/items/1', { token: await w.tok({ sub: HUMAN, scope: 'items.read', contract: '2026-01' }) });
+  t.equal(stale.status, 502);
+  t.equal(stale.headers.get('driftguard-warning'), 'stale-contract');
+  t.same(stale.json.warnings, ['stale-contract'], 'the problem says what the header says');
 });
 
 t.test('upstream-unavailable: the upstream drops the connection without answering', async (t) => {
