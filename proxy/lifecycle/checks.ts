@@ -314,6 +314,16 @@ function holder(ctx: RequestContext): string {
   return a?.key !== undefined ? JSON.stringify([c.issuer, c.subject, a.issuer ?? null, a.subject]) : JSON.stringify([c.issuer, c.subject]);
 }
 
+/**
+ * Whose share of the fingerprint and key tables a request counts in, hashed: the one sending
+ * it. An agent's requests for every person it acts for are one share (by pair, an agent acting
+ * for ten people had ten, and pushed other consumers' keys out).
+ */
+function writer(ctx: RequestContext): string {
+  const a = ctx.consumer?.actor;
+  return hash('sha256', a?.key !== undefined ? JSON.stringify(['actor', a.issuer ?? null, a.subject]) : holder(ctx), 'base64');
+}
+
 function counts(state: LifecycleState, ctx: RequestContext): Counts {
   let c = state.counts.get(ctx);
   if (!c) state.counts.set(ctx, (c = {}));
@@ -367,8 +377,7 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
       if (!watched(m, ctx)) return undefined;
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return BODY_UNREADABLE;
-      let times = state.monitors.fingerprints.get(fingerprint);
-      if (!times) state.monitors.fingerprints.set(fingerprint, (times = []));
+      const times = state.monitors.repeatsOf(fingerprint, writer(ctx), r.maxFingerprintsPerConsumer);
       fromNow(times, state.now());
       const freeAt = windowFull(times, ctx.now, r.windowMs, r.maxRepeats);
       // Counted once the decision lets it through (audit mode included): state.counts.
@@ -450,10 +459,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       if (fingerprint === undefined) return BODY_UNREADABLE;
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.
       const who = holder(ctx);
-      // The cap's bucket is the one writing: an agent's keys for every person it acts for are
-      // one bucket (by pair, an agent acting for ten people pushed other consumers' keys out).
-      const a = ctx.consumer?.actor;
-      const owner = hash('sha256', a?.key !== undefined ? JSON.stringify(['actor', a.issuer ?? null, a.subject]) : who, 'base64');
+      const owner = writer(ctx);
       const key = hash('sha256', `${who}\n${raw}`, 'base64');
       const seen = state.monitors.keys.get(key);
       // Ended after the clock's reading: it stepped back (fromNow). Its window counts from that reading.
@@ -465,7 +471,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
         }
         return verdict(ctx, i.mode, { reason: 'duplicate-write', detail: seen.inFlight ? 'the same write with this idempotency key is still in flight' : 'the same write with this idempotency key was already sent' });
       }
-      state.monitors.rememberKey(key, { owner, payload: fingerprint, operation: ctx.operation!.id, inFlight: true, atMs: ctx.now }, i.maxKeysPerConsumer);
+      state.monitors.rememberKey(key, { payload: fingerprint, operation: ctx.operation!.id, inFlight: true, atMs: ctx.now }, owner, i.maxKeysPerConsumer);
       state.reserved.set(ctx, key);
       return undefined;
     },

@@ -48,7 +48,7 @@ export interface MonitorsConfig {
   readonly maxConsumers: number;
   readonly maxBodyBytes: number;
   readonly bodyTimeoutMs: number;
-  readonly retryStorm: { readonly mode: FeatureMode; readonly counts: 'unsuccessful' | 'all'; readonly maxRepeats: number; readonly windowMs: number; readonly maxFingerprints: number };
+  readonly retryStorm: { readonly mode: FeatureMode; readonly counts: 'unsuccessful' | 'all'; readonly maxRepeats: number; readonly windowMs: number; readonly maxFingerprints: number; readonly maxFingerprintsPerConsumer: number };
   readonly idempotency: { readonly mode: FeatureMode; readonly atRank: number; readonly header: string; readonly windowMs: number; readonly maxKeys: number; readonly maxKeysPerConsumer: number };
   readonly traversal: { readonly mode: FeatureMode; readonly maxOperations: number; readonly windowMs: number };
   readonly quarantine: { readonly mode: FeatureMode; readonly denials: number; readonly windowMs: number; readonly periodMs: number; readonly maxQuarantined: number };
@@ -77,7 +77,7 @@ interface Raw {
   delegation: { mode: FeatureMode; maxDelegationDepth: number; consumers: { subject: string; actors: string[] }[]; unlisted: 'deny' | 'allow' };
   monitors: {
     kinds: ConsumerKind[]; maxConsumers: number; maxBodyBytes: number; bodyTimeout: string;
-    retryStorm: { mode: FeatureMode; counts: 'unsuccessful' | 'all'; maxRepeats: number; window: string; maxFingerprints: number };
+    retryStorm: { mode: FeatureMode; counts: 'unsuccessful' | 'all'; maxRepeats: number; window: string; maxFingerprints: number; maxFingerprintsPerConsumer?: number };
     idempotency: { mode: FeatureMode; at: Sensitivity; header: string; window: string; maxKeys: number; maxKeysPerConsumer?: number };
     traversal: { mode: FeatureMode; maxOperations: number; window: string };
     quarantine: { mode: FeatureMode; denials: number; window: string; period: string; maxQuarantined: number };
@@ -85,6 +85,11 @@ interface Raw {
 }
 
 /** Parse the lifecycle sections; every semantic problem goes to `fail` with its field path. */
+/** One consumer's share of a table by default: a tenth of it, at least one entry. */
+function share(max: number): number {
+  return Math.max(1, Math.floor(max / 10));
+}
+
 export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail: Fail, base: string, named: readonly string[] = []): LifecycleConfig {
   const raw = document as unknown as Raw;
   const duration = (path: Path, text: string, positive = true, isTimer = false): number => {
@@ -169,8 +174,8 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   const monitors: MonitorsConfig = Object.freeze({
     kinds: new Set(m.kinds), maxConsumers: m.maxConsumers, maxBodyBytes: m.maxBodyBytes,
     bodyTimeoutMs: timer(['monitors', 'bodyTimeout'], m.bodyTimeout),
-    retryStorm: Object.freeze({ mode: m.retryStorm.mode, counts: m.retryStorm.counts, maxRepeats: m.retryStorm.maxRepeats, windowMs: duration(['monitors', 'retryStorm', 'window'], m.retryStorm.window), maxFingerprints: m.retryStorm.maxFingerprints }),
-    idempotency: Object.freeze({ mode: m.idempotency.mode, atRank: SENSITIVITY_RANK[m.idempotency.at], header: m.idempotency.header.toLowerCase(), windowMs: duration(['monitors', 'idempotency', 'window'], m.idempotency.window), maxKeys: m.idempotency.maxKeys, maxKeysPerConsumer: m.idempotency.maxKeysPerConsumer ?? Math.max(1, Math.floor(m.idempotency.maxKeys / 10)) }),
+    retryStorm: Object.freeze({ mode: m.retryStorm.mode, counts: m.retryStorm.counts, maxRepeats: m.retryStorm.maxRepeats, windowMs: duration(['monitors', 'retryStorm', 'window'], m.retryStorm.window), maxFingerprints: m.retryStorm.maxFingerprints, maxFingerprintsPerConsumer: m.retryStorm.maxFingerprintsPerConsumer ?? share(m.retryStorm.maxFingerprints) }),
+    idempotency: Object.freeze({ mode: m.idempotency.mode, atRank: SENSITIVITY_RANK[m.idempotency.at], header: m.idempotency.header.toLowerCase(), windowMs: duration(['monitors', 'idempotency', 'window'], m.idempotency.window), maxKeys: m.idempotency.maxKeys, maxKeysPerConsumer: m.idempotency.maxKeysPerConsumer ?? share(m.idempotency.maxKeys) }),
     traversal: Object.freeze({ mode: m.traversal.mode, maxOperations: m.traversal.maxOperations, windowMs: duration(['monitors', 'traversal', 'window'], m.traversal.window) }),
     quarantine: Object.freeze({
       mode: m.quarantine.mode, denials: m.quarantine.denials, windowMs: duration(['monitors', 'quarantine', 'window'], m.quarantine.window),

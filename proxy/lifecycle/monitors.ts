@@ -7,6 +7,10 @@
 //   consumers     subject -> ConsumerState (owner view, traversal, denials)   maxConsumers
 //   fingerprints  hash(subject, request) -> recent timestamps                 retryStorm.maxFingerprints
 //   keys          hash(subject, idempotency key) -> payload and state         idempotency.maxKeys
+//
+// Fingerprints and keys also have a share per consumer (maxFingerprintsPerConsumer,
+// maxKeysPerConsumer): one consumer's many distinct requests push out its own entries, not
+// the others' (Shares).
 //   quarantined   subject, or its hash if long -> Quarantine                  quarantine.maxQuarantined
 //
 // The fingerprint, key and quarantine tables have entries of one size at most, so their
@@ -109,9 +113,51 @@ export function quarantineMode(current: FeatureMode, held: Quarantine): Exclude<
   return current === 'enforce' && held.mode === 'enforce' ? 'enforce' : 'audit';
 }
 
+/** A fingerprint's recent timestamps, and whose share of the table it counts in. */
+export interface Repeats {
+  /** The requesting consumer, hashed (as an idempotency key's owner). */
+  owner: string;
+  readonly times: number[];
+}
+
+/**
+ * Which entries of a table are whose, the least recently touched first. Past its share, an
+ * owner's oldest entry goes: one consumer's many distinct requests push out its own, never
+ * another's (the table's own bound still pushes out the least recently used of all).
+ */
+class Shares {
+  /** By owner: the owner's string every entry of theirs keeps (one, not one per entry), and their keys. */
+  readonly #of = new Map<string, { readonly owner: string; readonly keys: Set<string> }>();
+  readonly #drop: (key: string) => void;
+
+  /** `drop` deletes a key from the table (whose dispose then calls gone). */
+  constructor(drop: (key: string) => void) { this.#drop = drop; }
+
+  /** `key`, just set or read in the table, is `owner`'s newest. The owner's string to keep in its entry. */
+  touch(owner: string, key: string, share: number): string {
+    let mine = this.#of.get(owner);
+    if (!mine) this.#of.set(owner, mine = { owner, keys: new Set() });
+    mine.keys.delete(key);
+    mine.keys.add(key);
+    while (mine.keys.size > share) {
+      const oldest = mine.keys.values().next().value!;
+      mine.keys.delete(oldest);
+      this.#drop(oldest);
+    }
+    return mine.owner;
+  }
+
+  /** The table let `key` go, however (pushed out, deleted, replaced): its owner's count follows. */
+  gone(owner: string, key: string): void {
+    const mine = this.#of.get(owner);
+    mine?.keys.delete(key);
+    if (mine?.keys.size === 0) this.#of.delete(owner);
+  }
+}
+
 export interface IdempotencyEntry {
   /** The writing consumer, hashed: whose share of the table the key counts in. */
-  readonly owner: string;
+  owner: string;
   readonly payload: string;
   readonly operation: string;
   inFlight: boolean;
@@ -121,13 +167,14 @@ export interface IdempotencyEntry {
 
 export class MonitorState {
   readonly consumers: LRUCache<string, ConsumerState>;
-  readonly fingerprints: LRUCache<string, number[]>;
+  readonly fingerprints: LRUCache<string, Repeats>;
   readonly keys: LRUCache<string, IdempotencyEntry>;
   /** By quarantineKey(subject): read through quarantine(), quarantines(), quarantineFor(), lift(). */
   readonly quarantined: LRUCache<string, Quarantine>;
 
-  /** Each consumer's keys in the idempotency table, oldest first. */
-  readonly #keysOf = new Map<string, Set<string>>();
+  /** Each consumer's fingerprints and idempotency keys. */
+  readonly #fingerprintsOf: Shares;
+  readonly #keysOf: Shares;
 
   /** Counts quarantines placed or moved: see LifecycleState.version. */
   #changes = 0;
@@ -144,34 +191,29 @@ export class MonitorState {
     // At least one unit, and at most the whole table: lru-cache would not keep a larger entry.
     const units = (s: ConsumerState) => Math.min(max, Math.max(1, Math.ceil(consumerBytes(s, fixed) / CONSUMER_UNIT_BYTES)));
     this.consumers = new LRUCache({ max, maxSize: max, sizeCalculation: units });
-    this.fingerprints = new LRUCache({ max: config.retryStorm.maxFingerprints });
-    this.keys = new LRUCache({
-      max: config.idempotency.maxKeys,
-      // However a key goes (pushed out, lifted by release, replaced), its owner's count follows.
-      dispose: (entry, key) => {
-        const mine = this.#keysOf.get(entry.owner);
-        mine?.delete(key);
-        if (mine?.size === 0) this.#keysOf.delete(entry.owner);
-      },
-    });
+    this.fingerprints = new LRUCache({ max: config.retryStorm.maxFingerprints, dispose: (entry, key) => this.#fingerprintsOf.gone(entry.owner, key) });
+    this.#fingerprintsOf = new Shares((key) => this.fingerprints.delete(key));
+    this.keys = new LRUCache({ max: config.idempotency.maxKeys, dispose: (entry, key) => this.#keysOf.gone(entry.owner, key) });
+    this.#keysOf = new Shares((key) => this.keys.delete(key));
     this.quarantined = new LRUCache({ max: config.quarantine.maxQuarantined });
   }
 
+  /** Remember a write's idempotency key, within its owner's share (`maxPerConsumer`). */
+  rememberKey(key: string, entry: Omit<IdempotencyEntry, 'owner'>, owner: string, maxPerConsumer: number): void {
+    const kept: IdempotencyEntry = { ...entry, owner };
+    this.keys.set(key, kept);
+    kept.owner = this.#keysOf.touch(owner, key, maxPerConsumer);
+  }
+
   /**
-   * Remember a write's idempotency key. Past `maxPerConsumer` keys of its owner, the owner's
-   * oldest key goes: one consumer's many distinct keys push out its own, never another's
-   * (the table's own bound still pushes out the least recently used of all).
+   * The recent timestamps of a request's fingerprint, `owner`'s, a new entry if none. Read,
+   * it becomes the owner's newest: a request retried among many distinct ones is the one kept.
    */
-  rememberKey(key: string, entry: IdempotencyEntry, maxPerConsumer: number): void {
-    this.keys.set(key, entry);
-    let mine = this.#keysOf.get(entry.owner);
-    if (!mine) this.#keysOf.set(entry.owner, mine = new Set());
-    mine.add(key);
-    while (mine.size > maxPerConsumer) {
-      const oldest = mine.values().next().value!;
-      mine.delete(oldest);
-      this.keys.delete(oldest);
-    }
+  repeatsOf(fingerprint: string, owner: string, maxPerConsumer: number): number[] {
+    let entry = this.fingerprints.get(fingerprint);
+    if (!entry) this.fingerprints.set(fingerprint, entry = { owner, times: [] });
+    entry.owner = this.#fingerprintsOf.touch(entry.owner, fingerprint, maxPerConsumer);
+    return entry.times;
   }
 
   /**

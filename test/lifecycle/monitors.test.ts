@@ -758,6 +758,37 @@ t.test('idempotency: an agent acting for many people is one consumer under maxKe
   t.equal(w.up.seen.length, before, 'and was not sent again');
 });
 
+t.test('retry storm: one consumer\'s many distinct requests push out its own fingerprints under maxFingerprintsPerConsumer, never another\'s retry storm', async (t) => {
+  const VICTIM = 'spiffe://test.local/ns/pay/sa/poller';
+  const w = await world();
+  // Every answer a failure: every repeat counts (retryStorm.counts unsuccessful).
+  w.up.handler = (_req, res) => { res.writeHead(503); res.end(); };
+  const dg = await startLifecycle(w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.consumers.unknown = 'allow';
+    r.consumers.defaultKind = 'human';
+    r.consumers.registry.push({ subject: VICTIM, kind: 'automation', owner: 'team-pay' });
+    r.delegation = { unlisted: 'allow' };
+    r.monitors = monitorsOnly({ retryStorm: { maxRepeats: 2, window: '1h', maxFingerprints: 20, maxFingerprintsPerConsumer: 4 } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const get = async (tok: string, path: string) => { const r = await fetch(`${dg.url}${path}`, { headers: bearer(tok) }); await r.text(); return r.status; };
+  const victim = await w.token({ sub: VICTIM });
+  t.same([await get(victim, '/items/1'), await get(victim, '/items/1')], [503, 503], 'the victim\'s request, twice');
+  // One agent, for five people, 30 distinct requests: more than the whole table. As five
+  // shares (one per person), or with no share at all, they pushed the victim's fingerprint out.
+  const people = await Promise.all(Array.from({ length: 5 }, (_, p) => w.token({ sub: `user-${p}@test.local`, claims: { act: { sub: AGENT } } })));
+  const retried: number[] = [];
+  for (let i = 0; i < 30; i++) {
+    // Among them, one request retried after every three others: its share's least recently
+    // seen goes, not its oldest, so the retry is still remembered.
+    if (i % 3 === 0 && retried.length < 3) retried.push(await get(people[0]!, '/items/7'));
+    t.equal(await get(people[i % 5]!, `/items/${100 + i}`), 503);
+  }
+  t.same(retried, [503, 503, 429], 'the agent\'s retried request is a retry storm at its third');
+  t.equal(await get(victim, '/items/1'), 429, 'the victim\'s third is still a retry storm');
+});
+
 t.test('idempotency: a write whose body broke while it was decided was never sent, and its key is free for the retry', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({ maxBodyBytes: 16, idempotency: { at: 'medium', window: '1h' } }); }));
