@@ -732,17 +732,20 @@ t.test('retry storm (counts: unsuccessful, the default): a healthy poller never 
   t.same((await Promise.all(burst)).sort(), [200, 200, 200, 429, 429, 429], 'three forwarded, three refused');
 });
 
+/** Rules where anyone may call (people by default) and act for others, `victim` a registered automation, these monitors only. */
+const sharing = (victim: string, monitors: Record<string, unknown>) => (r: Record<string, any>) => {
+  r.credentials = { taskBindingAt: 'never' };
+  r.consumers.unknown = 'allow';
+  r.consumers.defaultKind = 'human';
+  r.consumers.registry.push({ subject: victim, kind: 'automation', owner: 'team-pay' });
+  r.delegation = { unlisted: 'allow' };
+  r.monitors = monitorsOnly(monitors);
+};
+
 t.test('idempotency: an agent acting for many people is one consumer under maxKeysPerConsumer, and cannot push another\'s keys out', async (t) => {
   const VICTIM = 'spiffe://test.local/ns/pay/sa/settlement';
   const w = await world();
-  const dg = await startLifecycle(w.rules((r) => {
-    r.credentials = { taskBindingAt: 'never' };
-    r.consumers.unknown = 'allow';
-    r.consumers.defaultKind = 'human';
-    r.consumers.registry.push({ subject: VICTIM, kind: 'automation', owner: 'team-pay' });
-    r.delegation = { unlisted: 'allow' };
-    r.monitors = monitorsOnly({ idempotency: { at: 'medium', window: '1h', maxKeys: 20, maxKeysPerConsumer: 2 } });
-  }));
+  const dg = await startLifecycle(w.rules(sharing(VICTIM, { idempotency: { at: 'medium', window: '1h', maxKeys: 20, maxKeysPerConsumer: 2 } })));
   t.teardown(async () => { await dg.close(); await w.close(); });
   const post = async (tok: string, key: string, body = '{"amount":100}') => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': key, 'content-type': 'application/json' }), body }); await r.text(); return r.status; };
   const victim = await w.token({ sub: VICTIM });
@@ -763,14 +766,7 @@ t.test('retry storm: one consumer\'s many distinct requests push out its own fin
   const w = await world();
   // Every answer a failure: every repeat counts (retryStorm.counts unsuccessful).
   w.up.handler = (_req, res) => { res.writeHead(503); res.end(); };
-  const dg = await startLifecycle(w.rules((r) => {
-    r.credentials = { taskBindingAt: 'never' };
-    r.consumers.unknown = 'allow';
-    r.consumers.defaultKind = 'human';
-    r.consumers.registry.push({ subject: VICTIM, kind: 'automation', owner: 'team-pay' });
-    r.delegation = { unlisted: 'allow' };
-    r.monitors = monitorsOnly({ retryStorm: { maxRepeats: 2, window: '1h', maxFingerprints: 20, maxFingerprintsPerConsumer: 4 } });
-  }));
+  const dg = await startLifecycle(w.rules(sharing(VICTIM, { retryStorm: { maxRepeats: 2, window: '1h', maxFingerprints: 20, maxFingerprintsPerConsumer: 4 } })));
   t.teardown(async () => { await dg.close(); await w.close(); });
   const get = async (tok: string, path: string) => { const r = await fetch(`${dg.url}${path}`, { headers: bearer(tok) }); await r.text(); return r.status; };
   const victim = await w.token({ sub: VICTIM });
