@@ -63,7 +63,8 @@ const ENCODED_QUERY = /%3[Ff][^/]*/g;
 /**
  * A request path as driftguard's records and answers quote it. A caller may put a credential
  * in the path itself: a token in a segment (/items/eyJ…, /x/id_token=eyJ…), an encoded query
- * (/items/1%3Faccess_token=…), path parameters (/items/1;jsessionid=…), or an absolute-form
+ * (/items/1%3Faccess_token=…), path parameters (/items/1;jsessionid=…), a fragment
+ * (/cb#access_token=…), or an absolute-form
  * or authority-form target's userinfo (http://user:pass@host/…, CONNECT user:pass@host:443).
  * Those parts are replaced; the rest is kept.
  */
@@ -79,6 +80,10 @@ export function redactPath(target: string): string {
     // Absolute form: its path only, never its userinfo or host.
     try { path = new URL(path).pathname; } catch { return '(not a path)'; }
   }
+  // A fragment never belongs in a request target (RFC 9112 §3.2), but a client may send one,
+  // and OAuth's implicit flow carries its token there (#access_token=…).
+  const fragment = path.indexOf('#');
+  if (fragment !== -1) path = path.slice(0, fragment) + '#(redacted)';
   // Percent-encoded (`1%3Bjsessionid=…`, a token's dots as `%2E`, `%65yJ…`), as a server that
   // decodes the path reads it: such a segment is replaced whole, first, whatever else it holds.
   if (path.includes('%')) path = path.split('/').map((s) => (s.includes('%') && secretWhenDecoded(s) ? '(redacted)' : s)).join('/');

@@ -23,6 +23,9 @@ t.test('a token in a path is replaced, in any spelling and wherever it sits in a
     [`/items/${ENC};a`, '/items/(redacted)'],
     ['/items/1%3Bjsessionid=S3CR3T', '/items/(redacted)'],
     ['/items/1;jsessionid=S3CR3T/x', '/items/1;(redacted)'],
+    // A fragment (OAuth's implicit flow puts its token there), before or after a `?`.
+    ['/cb#access_token=S3CR3T', '/cb#(redacted)'],
+    ['/cb#x?access_token=S3CR3T', '/cb#(redacted)'],
     // An unsecured token (alg none: no signature) and one whose payload is `{}`.
     ['/x/eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0./y', '/x/(redacted)/y'],
     ['/x/eyJhbGciOiJIUzI1NiJ9.e30.ZRrHA1JJJW8opsbCGfG_HACGpVUMN_a9IV7pAx_Zmeo', '/x/(redacted)'],
@@ -45,6 +48,7 @@ t.test('a target that is not a path: its path, or its authority, never its useri
   // As a record quotes it: a `?` in an authority-form target is not a query (cut there, the userinfo was left).
   t.equal(pathOf({ req: { url: 'user:1234?x@h:443' } } as unknown as RequestContext), 'h:443');
   t.equal(pathOf({ req: { url: '/items/1?token=x' } } as unknown as RequestContext), '/items/1');
+  t.equal(pathOf({ req: { url: '/items/1#access_token=x?y' } } as unknown as RequestContext), '/items/1#(redacted)');
 });
 
 t.test('an ordinary path is kept as sent', async (t) => {

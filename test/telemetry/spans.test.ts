@@ -195,6 +195,19 @@ t.test('malformed request: denied before any other check, still traced', async (
   t.equal(span.name, 'GET', 'no route: the span is named by the method alone');
 });
 
+t.test('a fragment in the target (an implicit-flow token): refused, and recorded without it', async (t) => {
+  const traceId = randomHex(16);
+  const port = (dg.dg.traffic.address() as AddressInfo).port;
+  const res = await raw(port, get('/items/7#access_token=FRAGMENT-SECRET', [`traceparent: ${traceparent(traceId, randomHex(8))}`]));
+  t.equal(res.status, 400);
+  t.notMatch(res.body, 'FRAGMENT-SECRET', 'not in the answer');
+  const span = await otlp.waitFor((s) => s.traceId === traceId);
+  t.equal(span.attributes['url.path'], '/items/7#(redacted)', 'the span has the path, the fragment replaced');
+  const recent = await (await fetch(`${dg.admin}/decisions?limit=1000`)).text();
+  t.notMatch(recent, 'FRAGMENT-SECRET', 'not in /decisions');
+  // The decision log and every log line: the test "no token, query string …" below.
+});
+
 t.test('a method outside the known set: the span is named HTTP, the method recorded as _OTHER and as sent', async (t) => {
   const traceId = randomHex(16);
   const port = (dg.dg.traffic.address() as AddressInfo).port;
@@ -352,6 +365,7 @@ t.test('no token, query string or Authorization value in anything driftguard wro
   }
   t.notOk(everything.includes('not.a.token'), 'even an invalid token is not echoed');
   t.notOk(everything.includes('should-not-appear'), 'the query string is not recorded');
+  t.notOk(everything.includes('FRAGMENT-SECRET'), 'nor a fragment');
 });
 
 t.test('a client that leaves before any answer: status 0 in the log, no status code on the span, the upstream call aborted', async (t) => {
