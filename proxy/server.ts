@@ -538,8 +538,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     return own;
   }
 
-  /** driftguard's answer for a forward that failed: the decision's warnings too, as its warn header names them. */
-  function forwardingFailed(ctx: RequestContext, decision: Decision, failure: NonNullable<ForwardOutcome['failure']>, outcome: ForwardOutcome, observation: Observation): Problem {
+  /**
+   * driftguard's answer for a forward that failed: the decision's warnings too, as its warn
+   * header names them; `headers` get the traceresponse of a failure (traced, whatever the sampler).
+   */
+  function forwardingFailed(ctx: RequestContext, decision: Decision, failure: NonNullable<ForwardOutcome['failure']>, outcome: ForwardOutcome, observation: Observation, headers: Record<string, string | string[]>): Problem {
+    try { observation.responseHeaders(headers); } catch { /* best effort, as in decide() */ }
     return {
       reason: failure,
       detail: outcome.detail ?? failure,
@@ -605,7 +609,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const outcome: ForwardOutcome = { failure: 'malformed-request', detail: 'the request body could not be parsed (its chunked framing is broken): nothing was forwarded', error: UNPARSED_BODY, notSent: true };
       try { observation.forwarded(outcome); } catch { /* ignore */ }
       headers.connection = 'close';
-      sendProblem(res, forwardingFailed(ctx, decision, outcome.failure!, outcome, observation), headers);
+      sendProblem(res, forwardingFailed(ctx, decision, outcome.failure!, outcome, observation, headers), headers);
       return;
     }
 
@@ -641,7 +645,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (outcome.failure) {
       // The upstream failed during an upload: the body is cut, so the connection is too (below).
       if (!req.complete) headers.connection = 'close';
-      sendProblem(res, forwardingFailed(ctx, decision, outcome.failure, outcome, observation), headers);
+      sendProblem(res, forwardingFailed(ctx, decision, outcome.failure, outcome, observation, headers), headers);
     }
   }
 
@@ -691,7 +695,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation.forwarding(); } catch { /* ignore */ }
     const outcome = await forwarderFor(g).tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
-    if (outcome.failure) { answer(forwardingFailed(ctx, decision, outcome.failure, outcome, observation), headers); return; }
+    if (outcome.failure) { answer(forwardingFailed(ctx, decision, outcome.failure, outcome, observation, headers), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;
     end();
     if (status === 101 && !socket.destroyed) {

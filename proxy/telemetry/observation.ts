@@ -125,9 +125,14 @@ export class RequestObservation implements Observation {
     return `00-${this.#trace.traceId}-${spanId}-${this.#trace.sampled ? '01' : '00'}`;
   }
 
+  /** Called once decided, and again when the forward fails (a 502 or 504 is traced whatever the sampler said). */
   responseHeaders(into: Record<string, string | string[]>): void {
     // W3C Trace Context Level 2: the trace and the span that answered, for the caller's records.
-    into['traceresponse'] = this.#w3c(this.#trace.spanId);
+    // Its sampled flag says whether driftguard recorded the span: a refusal, a warning or a
+    // failed forward of an unsampled trace is (end()), and a caller that samples late keeps its
+    // own side by that flag.
+    const recorded = this.#trace.sampled || (this.#facts !== undefined && ((this.#decision !== undefined && this.#decision.decision !== 'allow') || this.#failure !== undefined));
+    into['traceresponse'] = `00-${this.#trace.traceId}-${this.#trace.spanId}-${recorded ? '01' : '00'}`;
   }
 
   decided(decision: Decision): void {

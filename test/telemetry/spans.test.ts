@@ -243,6 +243,13 @@ t.test('upstream down: 502, the server span is an error, the client span records
   const client = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.CLIENT);
   t.equal(client.status.code, STATUS.ERROR);
   t.equal(client.attributes['error.type'], 'upstream-unavailable');
+  // An unsampled trace's allow whose forward failed is exported all the same, and its 502 says so.
+  const quiet = randomHex(16);
+  const unsampled = await fetch(other.url + '/status', { headers: { traceparent: traceparent(quiet, randomHex(8), false) } });
+  await unsampled.text();
+  t.equal(unsampled.status, 502);
+  const recorded = await otlp.waitFor((s) => s.traceId === quiet && s.kind === KIND.SERVER);
+  t.equal(unsampled.headers.get('traceresponse'), `00-${quiet}-${recorded.spanId}-01`, 'traceresponse: recorded (before: -00, set when it was decided)');
   const line = (await other.stop()).split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((l) => l.traceId === traceId);
   t.match(line, { decision: 'allow', reason: 'upstream-unavailable', status: 502, detail: /ECONNREFUSED/ }, 'the decision log finds it by its reason');
 });
@@ -303,7 +310,8 @@ t.test('an unsampled caller trace is continued unsampled: nothing exported, cont
 
 t.test('an unsampled caller\'s refusal and warning are exported all the same: its sampled flag cannot hide them from an incident\'s trace', async (t) => {
   // A client whose own tracer samples 1% sends -00 on the other 99%: before, none of their
-  // denials had a span. The flag still goes on as it came (traceresponse, the upstream's traceparent).
+  // denials had a span. The flag still goes upstream as it came; traceresponse says the span
+  // was recorded (W3C Trace Context Level 2: the caller may keep its side by it).
   const tok = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
   const cases = [
     ['a denial', '/items/1', undefined, 'deny'],
@@ -314,8 +322,8 @@ t.test('an unsampled caller\'s refusal and warning are exported all the same: it
     const before = up.seen.length;
     const res = await fetch(dg.url + path, { headers: { traceparent: traceparent(traceId, randomHex(8), false), ...(bearerToken ? { authorization: `Bearer ${bearerToken}` } : {}) } });
     await res.text();
-    t.match(res.headers.get('traceresponse'), new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`), `${what}: traceresponse keeps the caller's flag`);
     const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+    t.equal(res.headers.get('traceresponse'), `00-${traceId}-${server.spanId}-01`, `${what}: traceresponse says driftguard recorded its span (before: -00)`);
     t.equal(server.attributes['driftguard.decision'], decision, `${what}: exported (before: dropped with the caller's flag)`);
     if (decision === 'warn') {
       t.match(up.seen[before]!.headers.traceparent, new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`), `${what}: the upstream gets the flag as it came`);
