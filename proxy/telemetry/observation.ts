@@ -131,7 +131,9 @@ export class RequestObservation implements Observation {
     // Its sampled flag says whether driftguard recorded the span: a refusal, a warning or a
     // failed forward of an unsampled trace is (end()), and a caller that samples late keeps its
     // own side by that flag.
-    const recorded = this.#trace.sampled || (this.#facts !== undefined && ((this.#decision !== undefined && this.#decision.decision !== 'allow') || this.#failure !== undefined));
+    // Nothing is recorded with no exporter (`exporter: none`), sampled or not.
+    const refused = (this.#decision !== undefined && this.#decision.decision !== 'allow') || this.#failure !== undefined;
+    const recorded = this.#sink.tracing.exporting && (this.#trace.sampled || (this.#facts !== undefined && refused));
     into['traceresponse'] = `00-${this.#trace.traceId}-${this.#trace.spanId}-${recorded ? '01' : '00'}`;
   }
 

@@ -83,9 +83,11 @@ t.test('exporter none: no export at all, trace context still continued', async (
     r.telemetry = { traces: { exporter: 'none', endpoint: otlp.url } };
   }));
   t.teardown(() => dg.stop());
+  const before = up.seen.length;
   const res = await fetch(dg.url + '/status', { headers: { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' } });
   await res.text();
-  t.match(res.headers.get('traceresponse'), /^00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{16}-01$/);
+  t.match(up.seen[before]!.headers.traceparent, /^00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{16}-01$/, 'the caller\'s flag goes upstream as it came');
+  t.match(res.headers.get('traceresponse'), /^00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{16}-00$/, 'traceresponse: driftguard recorded nothing (before: -01)');
   // Stopping flushes whatever an export thread would hold: none may have reached the receiver.
   await dg.stop();
   t.equal(otlp.requests, 0);
