@@ -10,7 +10,7 @@ import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
 import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES } from './lib/incoming.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
-import { REASONS } from './decision/reasons.ts';
+import { REASONS, type ReasonCode } from './decision/reasons.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
 import { blocks } from './checks/staleness.ts';
 import { movingOn } from './checks/deprecation.ts';
@@ -18,7 +18,7 @@ import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, hasBody, isWebSocketHandshake, sentUpstream } from './forward/forward.ts';
-import { UNPARSED_BODY, CLIENT_CLOSED, DRAIN_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
+import { UNPARSED_BODY, CLIENT_CLOSED, CUT_REASON, DRAIN_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, endAndClose } from './forward/wire.ts';
@@ -129,13 +129,14 @@ export interface Driftguard {
   /** WebSocket handshakes being decided and the tunnels they became, until they close. */
   readonly tunnels: number;
   /**
-   * Close the open WebSocket tunnels, the forwarded answers streaming (head sent) and the
-   * uploads still arriving whose request context `which` picks (its credential revoked, its
-   * consumer quarantined): a tunnel, or an answer that streams for minutes (server-sent events,
-   * a long download), is decided once and would otherwise outlive what was decided. Returns
-   * how many of each were closed.
+   * Close the open WebSocket tunnels, the forwarded answers streaming (head sent), the uploads
+   * still arriving and the requests not yet sent upstream whose request context `which` picks,
+   * by the reason code it refuses them for (their credential revoked, their consumer
+   * quarantined): a tunnel, or an answer that streams for minutes (server-sent events, a long
+   * download), is decided once and would otherwise outlive what was decided. Returns how many
+   * of each were closed.
    */
-  closeFor(which: (ctx: RequestContext) => boolean): { tunnels: number; answers: number };
+  closeFor(which: (ctx: RequestContext) => ReasonCode | undefined): { tunnels: number; answers: number };
   /** Stop accepting, let in-flight requests finish within graceMs, then close everything. */
   drain(graceMs: number): Promise<void>;
   /** Close at once (tests). */
@@ -781,9 +782,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   async function cutUnder(g: Generation, res: ServerResponse, was: RequestContext): Promise<Decision | undefined> {
     const [, d] = await decideAgain(g, was);
     if (!stillIn(g) || !streaming.has(res) || !closes(d)) return undefined;
-    cutBy.set(res, RELOAD_CUT);
-    res.destroy();
+    cut(res, was, RELOAD_CUT, d.reason);
     return d;
+  }
+
+  /** Cut an answer in flight, `by` driftguard for `reason`: its record says who and why, not that the client left. */
+  function cut(res: ServerResponse, ctx: RequestContext, by: typeof REVOKED_CUT | typeof RELOAD_CUT, reason: ReasonCode): void {
+    cutBy.set(res, by);
+    ctx.extra[CUT_REASON] = reason;
+    res.destroy();
   }
 
   /**
@@ -932,7 +939,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     get tunnels() { return tunnels.size; },
     closeFor(which) {
       // Fail closed: a check that fails closes.
-      const picks = (ctx: RequestContext) => { try { return which(ctx); } catch { return true; } };
+      const picks = (ctx: RequestContext): ReasonCode | undefined => { try { return which(ctx); } catch { return 'internal-error'; } };
       let tunnels = 0;
       let answers = 0;
       for (const [socket, t] of open) if (picks(t.ctx)) { socket.destroy(); tunnels++; }
@@ -942,7 +949,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // streams, and the next sweep cuts it. An upload still arriving is cut now, and so is a
       // request still waiting for an upstream connection: nothing was acted on, nothing will be.
       for (const [res, ctx] of streaming) {
-        if ((res.headersSent || !ctx.req.complete || !sentUpstream(res)) && picks(ctx)) { cutBy.set(res, REVOKED_CUT); res.destroy(); answers++; }
+        const reason = res.headersSent || !ctx.req.complete || !sentUpstream(res) ? picks(ctx) : undefined;
+        if (reason) { cut(res, ctx, REVOKED_CUT, reason); answers++; }
       }
       return { tunnels, answers };
     },

@@ -32,6 +32,8 @@ export const REVOKED_CUT = 'revoked';
 export const UNPARSED_BODY = 'body unparsable';
 /** Its `error` when driftguard cut an answer because rules reloaded while it streamed refuse its request. */
 export const RELOAD_CUT = 'reload';
+/** The ctx.extra key (span `driftguard.cut.reason`) naming the reason code of a revoked or reload cut. */
+export const CUT_REASON = 'cut.reason';
 
 /** A request that waited longer than the connect timeout for a free connection of the pool. */
 export const CONNECTION_WAIT_TIMEOUT = 'DRIFTGUARD_CONNECTION_WAIT_TIMEOUT';

@@ -322,11 +322,11 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         const { revocation: r, credentials, monitors } = state.config;
         const closed = dg.closeFor((ctx) => {
           const c = ctx.credential;
-          if (!c) return false;
-          if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return true;
+          if (!c) return undefined;
+          if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now)) return 'credential-revoked';
           const key = state.consumerKey(ctx);
           const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, c, monitors.quarantine.mode, now)?.held : undefined;
-          return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce';
+          return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce' ? 'consumer-quarantined' : undefined;
         });
         if (closed.tunnels + closed.answers > 0) log({ level: 'info', msg: 'WebSocket tunnels and answers in flight closed: their credential was revoked or their consumer quarantined', ...closed });
       }, TUNNEL_SWEEP_MS).unref();

@@ -217,10 +217,13 @@ export class ServerSpan extends FinishedSpan {
   }
 }
 
-/** The upstream or driftguard's drain, not the client, cut an answer that had started. */
+/**
+ * The upstream or driftguard's drain cut an answer that had started: a failure. Not the client
+ * leaving, nor driftguard enforcing (a revocation, reloaded rules): those are decisions.
+ */
 function upstreamCut(r: DecisionRecord): boolean {
   const by = cutBy(r);
-  return by !== undefined && by !== 'client';
+  return by === 'upstream' || by === 'drain';
 }
 
 /** Where the upstream is: one object per rules' upstream, shared by every call to it. */

@@ -148,6 +148,10 @@ t.test('a streamed answer (server-sent events) is cut within a second of its cre
   const end = Date.now() + 2_500;
   while (!revoked.state.ended && Date.now() < end) await new Promise((r) => setTimeout(r, 25));
   t.ok(revoked.state.ended, 'the revoked consumer\'s stream is cut (it went on streaming)');
+  const record = dg.seen.find((x) => x.ctx.consumer?.subject === AGENT);
+  t.ok(await until(() => record?.forwarded !== undefined), 'its request is done');
+  t.equal(record?.forwarded?.error, 'revoked');
+  t.equal(record?.ctx.extra['cut.reason'], 'credential-revoked', 'its record says why');
   t.notOk(other.state.ended, 'another consumer\'s stream goes on');
   t.match(dg.logs.find((l) => String(l.msg).startsWith('WebSocket tunnels and answers in flight closed')), { tunnels: 0, answers: 1 });
   await other.stop();

@@ -171,6 +171,7 @@ t.test('a request still being decided at a reload (its body read by a monitor) w
   // Before: it streamed on under the old rules while the same upload, sent anew, was refused.
   t.ok(await until(() => closed, 4_000), 'cut once it has streamed a second');
   t.equal(dg.seen[0]!.forwarded?.error, 'reload', 'recorded as cut by the reload');
+  t.equal(dg.seen[0]!.ctx.extra['cut.reason'], 'insufficient-scope', 'and why: the record names the refusal\'s reason');
   t.match(dg.logs.find((l) => l.msg === 'WebSocket tunnels and streaming answers closed: the reloaded rules refuse them'), { tunnels: 0, answers: 1, reasons: { 'insufficient-scope': 1 } });
 });
 

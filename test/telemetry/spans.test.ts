@@ -7,7 +7,8 @@ import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:http';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
-import { baseRules, AGENT, BOT } from '../support/driftguard.ts';
+import { baseRules, writeRules, AGENT, BOT } from '../support/driftguard.ts';
+import { loadRules } from '../../proxy/rules/load.ts';
 import { raw, get } from '../support/raw.ts';
 import { parsePrometheus, sample } from './prometheus.ts';
 import { collector, startWithTelemetry, traceparent, randomHex, KIND, STATUS, type ExportedSpan } from './support.ts';
@@ -252,6 +253,31 @@ t.test('upstream down: 502, the server span is an error, the client span records
   t.equal(unsampled.headers.get('traceresponse'), `00-${quiet}-${recorded.spanId}-01`, 'traceresponse: recorded (before: -00, set when it was decided)');
   const line = (await other.stop()).split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((l) => l.traceId === traceId);
   t.match(line, { decision: 'allow', reason: 'upstream-unavailable', status: 502, detail: /ECONNREFUSED/ }, 'the decision log finds it by its reason');
+});
+
+t.test('an answer cut because reloaded rules refuse it: the record says why, and the span is no error (driftguard enforcing, not failing)', async (t) => {
+  const streams = await upstream();
+  streams.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/event-stream' }); res.write('data: 1\n\n'); };
+  const withAgent = (keep: boolean) => baseRules(streams.origin, keys.url, (r) => {
+    r.telemetry = { traces: { endpoint: otlp.url, batch: { scheduledDelay: '50ms' } } };
+    if (!keep) r.consumers.registry = r.consumers.registry.filter((c: { subject: string }) => c.subject !== AGENT);
+  });
+  const other = await startWithTelemetry(withAgent(true));
+  t.teardown(async () => { await other.stop(); await streams.close(); });
+  const traceId = randomHex(16);
+  const res = await fetch(other.url + '/items/1', { headers: { traceparent: traceparent(traceId, randomHex(8)), authorization: `Bearer ${await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' })}` } });
+  t.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  await reader.read();
+  await other.dg.swap(loadRules(writeRules(withAgent(false))));
+  await reader.read().then(async () => { for (;;) if ((await reader.read()).done) break; }, () => {});
+  const server = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+  t.equal(server.attributes['driftguard.cut'], 'reload');
+  t.equal(server.attributes['driftguard.cut.reason'], 'unknown-consumer', 'the refusal\'s reason (before: only in an aggregate log line)');
+  t.equal(server.status.code ?? STATUS.UNSET, STATUS.UNSET, 'not an error (before: ERROR, error.type reload)');
+  t.notOk('error.type' in server.attributes);
+  const line = (await other.stop()).trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.traceId === traceId);
+  t.match(line, { decision: 'allow', cut: 'reload', 'cut.reason': 'unknown-consumer' }, 'the decision log says the same');
 });
 
 t.test('identity unavailable: the JWKS is down, 503 with its span, an error status and the credential event', async (t) => {
