@@ -94,9 +94,9 @@ export function redactPath(target: string): string {
   return path;
 }
 
-/** Whether a segment, percent-decoded (up to three times: a double encoding), holds a path parameter, a query or a token. */
+/** Whether a segment, percent-decoded (up to three times: a double encoding), holds a path parameter, a query, a fragment or a token. */
 function secretWhenDecoded(segment: string): boolean {
-  return whenDecoded(segment, (s) => s.includes(';') || s.includes('?') || hasJwt(s));
+  return whenDecoded(segment, (s) => s.includes(';') || s.includes('?') || s.includes('#') || hasJwt(s));
 }
 
 /** Whether `text`, percent-decoded once, twice or three times, satisfies `secret`. */

@@ -26,6 +26,8 @@ t.test('a token in a path is replaced, in any spelling and wherever it sits in a
     // A fragment (OAuth's implicit flow puts its token there), before or after a `?`.
     ['/cb#access_token=S3CR3T', '/cb#(redacted)'],
     ['/cb#x?access_token=S3CR3T', '/cb#(redacted)'],
+    ['/cb/x%23access_token=S3CR3T', '/cb/(redacted)'],
+    ['/cb/x%2523access_token=S3CR3T', '/cb/(redacted)'],
     // An unsecured token (alg none: no signature) and one whose payload is `{}`.
     ['/x/eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0./y', '/x/(redacted)/y'],
     ['/x/eyJhbGciOiJIUzI1NiJ9.e30.ZRrHA1JJJW8opsbCGfG_HACGpVUMN_a9IV7pAx_Zmeo', '/x/(redacted)'],
