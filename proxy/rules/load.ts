@@ -350,10 +350,14 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
     throw new RulesError([{ file: source, line: 1, column: 1, field: '', message: 'the rules file must be a YAML mapping' }]);
   }
   const overridden: Record<string, string> = {};
+  // A `proxy:` that is not a mapping takes no override: the schema names it (`proxy: must be
+  // object`), where setting a field on it threw a TypeError with no file, line or field.
+  const proxy = data.proxy ?? {};
+  const takes = typeof proxy === 'object' && !Array.isArray(proxy);
   for (const key of OVERRIDE_KEYS) {
     const value = overrides[key];
-    if (value === undefined) continue;
-    ((data.proxy ??= {}) as Record<string, unknown>)[key] = value;
+    if (value === undefined || !takes) continue;
+    ((data.proxy = proxy) as Record<string, unknown>)[key] = value;
     overridden[`proxy.${key}`] = overrides.from?.[key] ?? `the ${key} override`;
   }
   const at = new Locator(source, doc, lines, overridden);

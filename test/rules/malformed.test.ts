@@ -192,6 +192,18 @@ t.test('every problem of a file is reported at once', async (t) => {
   t.same(found.map((p) => p.field).sort(), ['contract.operations[1].sensitivity', 'identity.clockSkew', 'proxy.mode']);
 });
 
+t.test('a proxy that is not a mapping is one problem at its line, with the DRIFTGUARD_* overrides the injector always sets too', async (t) => {
+  const lines = VALID.split('\n');
+  const text = ['proxy: oops', ...lines.slice(5)].join('\n');
+  for (const overrides of [{}, { listen: '127.0.0.1:18080' }, { listen: '127.0.0.1:18080', upstream: 'http://127.0.0.1:9', admin: '127.0.0.1:0' }]) {
+    const file = writeRules(text);
+    // Before: a TypeError (cannot create property 'listen' on string 'oops') with no file, line or field.
+    const err = t.throws(() => loadRules(file, overrides)) as RulesError;
+    t.ok(err instanceof RulesError, `${Object.keys(overrides).join(', ') || 'no overrides'}: a rules problem`);
+    t.match(err.problems, [{ file, line: 1, field: 'proxy' }]);
+  }
+});
+
 t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded with U+FFFD in it', async (t) => {
   const file = writeRules('');
   writeFileSync(file, Buffer.concat([Buffer.from(VALID.replace('owner: team-a', 'owner: Jos'), 'utf8').subarray(0, VALID.indexOf('owner: team-a') + 'owner: Jos'.length), Buffer.from([0xe9]), Buffer.from(VALID.slice(VALID.indexOf('owner: team-a') + 'owner: team-a'.length))]));
