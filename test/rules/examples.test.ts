@@ -16,3 +16,13 @@ for (const file of files) {
     t.ok(rules.identity.issuers.length > 0, 'has issuers');
   });
 }
+
+t.test('the demo\'s sunsets are decades away: what it prints (a deprecated operation warned, or refused as deprecated) stays true', async (t) => {
+  // They were 2027-06-01: from then on `make demo` printed two expectations a 410 contradicted.
+  const rules = loadRules(join(dir, 'demo.yaml'));
+  const soon = Date.now() + 20 * 365 * 86_400_000;
+  for (const op of rules.contract.operations) {
+    const sunset = op.deprecated?.sunsetMs;
+    if (sunset !== undefined && sunset > Date.now()) t.ok(sunset > soon, `${op.id}: sunset ${new Date(sunset).toISOString()} more than 20 years away`);
+  }
+});
