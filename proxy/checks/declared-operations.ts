@@ -17,8 +17,11 @@ export function declaredOperations(rules: Rules): Check {
       if (declared && !declared.has(op.id)) return { reason: 'undeclared-operation', detail: `${op.id} is not among the operations this consumer declared` };
       const chain = ctx.credential?.act;
       if (!chain) return undefined;
-      // Each actor as the consumer its issuer vouches for, as the delegation check reads it.
-      for (const [i, subject] of chain.actors.entries()) {
+      // Each actor as the consumer its issuer vouches for, as the delegation check reads it;
+      // every one the chain names, past a malformed level too (a level without a sub must not
+      // hide the declaration of the actor below it), there as one of the token's issuer. The
+      // well-formed prefix comes first in `named`, in the same order as `actors`.
+      for (const [i, subject] of chain.named.entries()) {
         const ops = actorConsumer(rules, ctx.credential!, subject, i)?.operations;
         if (ops && !ops.has(op.id)) return { reason: 'undeclared-operation', detail: `${op.id} is not among the operations that an actor in this token's delegation chain declared` };
       }

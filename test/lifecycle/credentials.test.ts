@@ -279,6 +279,24 @@ t.test('an automation acting for another automation: its denials quarantine the 
   t.has(Object.fromEntries(kinds.consumers.map((c) => [c.subject, c.kind])), { [AGENT]: 'automation', [BOT]: 'automation' }, 'each keeps its own kind in /consumers');
 });
 
+t.test('an actor\'s declared operations hold below a level with no sub, whatever delegation.mode says', async (t) => {
+  // A level without a sub (or with an empty one) ended the chain the declaration check read:
+  // with the delegation check off or in audit, BOT's undeclared write went through.
+  for (const mode of ['off', 'audit', 'enforce']) {
+    const w = await world();
+    const dg = await startLifecycle(w.rules((r) => { r.delegation = { mode, unlisted: 'allow' }; }));
+    for (const act of [{ act: { sub: BOT } }, { sub: '', act: { sub: BOT } }]) {
+      const res = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN, claims: { act } }), { 'idempotency-key': `k-${mode}-${JSON.stringify(act)}`, 'content-type': 'application/json' }), body: '{}' });
+      await res.text();
+      t.equal(res.status, 403, `${mode}, act ${JSON.stringify(act)}: refused`);
+      t.equal(dg.seen.at(-1)!.decision?.reason, 'undeclared-operation');
+    }
+    t.equal(w.up.seen.length, 0, `${mode}: nothing reached the upstream`);
+    await dg.close();
+    await w.close();
+  }
+});
+
 t.test('an actor that declared its operations may call only those, whoever it acts for', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
