@@ -99,7 +99,9 @@ export function addRulesValidator(validator: RulesValidator): void {
 }
 
 // verbose: a pattern error carries its schema, whose description says what the value should be.
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, allowUnionTypes: true, verbose: true });
+// strictNumbers: YAML's .inf and .nan are numbers, and ajv's integer check took Infinity (a
+// table bound of .inf then crashed the start with a stack trace).
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, strictNumbers: true, allowUnionTypes: true, verbose: true });
 // "format: uri": a scheme and then only the characters RFC 3986 allows (non-ASCII
 // percent-encoded), so that a deprecation link written into a Link header as <…> can neither
 // break out of it nor carry a character Node refuses to write. No ajv-formats dependency needed.

@@ -204,6 +204,22 @@ t.test('a proxy that is not a mapping is one problem at its line, with the DRIFT
   }
 });
 
+t.test('a table bound past what the process can set aside, or not finite, is a problem at its field, not an out-of-memory crash', async (t) => {
+  // lru-cache sets aside every slot when built: 5,000,000 cache slots were valid and killed the
+  // sidecar under the chart's heap at start or at a reload; .inf passed ajv's integer check and
+  // crashed the start with a stack trace.
+  for (const [what, text, field] of [
+    ['token cache slots', VALID.replace('  clockSkew: 30s', '  clockSkew: 30s\n  cache: { maxEntries: 5000000 }'), 'identity.cache.maxEntries'],
+    ['token cache slots .inf', VALID.replace('  clockSkew: 30s', '  clockSkew: 30s\n  cache: { maxEntries: .inf }'), 'identity.cache.maxEntries'],
+    ['token cache bytes .inf', VALID.replace('  clockSkew: 30s', '  clockSkew: 30s\n  cache: { maxBytes: .inf }'), 'identity.cache.maxBytes'],
+    ['fingerprints', VALID + 'monitors:\n  retryStorm: { maxFingerprints: 5000000 }\n', 'monitors.retryStorm.maxFingerprints'],
+  ] as const) {
+    const found = problems(text).problems;
+    t.same(found.map((p) => p.field), [field], `${what}: one problem, at its field`);
+    t.ok(found.every((p) => p.line > 1), `${what}: at its line`);
+  }
+});
+
 t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded with U+FFFD in it', async (t) => {
   const file = writeRules('');
   writeFileSync(file, Buffer.concat([Buffer.from(VALID.replace('owner: team-a', 'owner: Jos'), 'utf8').subarray(0, VALID.indexOf('owner: team-a') + 'owner: Jos'.length), Buffer.from([0xe9]), Buffer.from(VALID.slice(VALID.indexOf('owner: team-a') + 'owner: team-a'.length))]));
