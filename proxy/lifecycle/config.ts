@@ -7,7 +7,7 @@
 
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { addRulesValidator, RulesError } from '../rules/load.ts';
+import { addRulesValidator, plainHttpElsewhere, RulesError } from '../rules/load.ts';
 import { boundedDuration, parseDurationOr0 } from '../rules/durations.ts';
 import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
 
@@ -73,7 +73,7 @@ interface Raw {
   identity: { clockSkew: string; maxTokenLifetime: Record<ConsumerKind, string> };
   consumers: { registry: { subject: string }[] };
   credentials: { mode: FeatureMode; kinds: ConsumerKind[]; requireJti: boolean; taskClaim: string; taskBindingAt: Sensitivity | 'never'; maxTokenLifetime: Partial<Record<Sensitivity, string>> };
-  revocation: { mode: FeatureMode; file?: string; url?: string; interval: string; timeout: string; journal?: string; adminCredentialFile?: string; maxEntries: number };
+  revocation: { mode: FeatureMode; file?: string; url?: string; insecureHttp: boolean; interval: string; timeout: string; journal?: string; adminCredentialFile?: string; maxEntries: number };
   delegation: { mode: FeatureMode; maxDelegationDepth: number; consumers: { subject: string; actors: string[] }[]; unlisted: 'deny' | 'allow' };
   monitors: {
     kinds: ConsumerKind[]; maxConsumers: number; maxBodyBytes: number; bodyTimeout: string;
@@ -148,6 +148,8 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   if (r.url !== undefined) {
     // Not quoted: a URL that does not parse may still carry a credential (user:pass@, ?token=).
     try { new URL(r.url); } catch { fail(['revocation', 'url'], 'is not a URL'); }
+    // As for a key set: the list replaces the last one, so whoever can answer for it lifts revocations.
+    if (plainHttpElsewhere(r.url) && !r.insecureHttp) fail(['revocation', 'url'], 'is plain http to a host that is not loopback: anyone on the path could serve an empty list and lift every revocation it carried; use https, or set revocation.insecureHttp: true where the path is protected (a mesh\'s mTLS)');
   }
   const intervalMs = timer(['revocation', 'interval'], r.interval);
   if (intervalMs < 1000) fail(['revocation', 'interval'], 'must be at least 1s');

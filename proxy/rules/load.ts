@@ -291,7 +291,7 @@ function sameSocket(x: string, y: string): boolean {
 }
 
 /** An http:// URL whose host is not loopback (localhost, 127.0.0.0/8, ::1). */
-function plainHttpElsewhere(url: string): boolean {
+export function plainHttpElsewhere(url: string): boolean {
   let u: URL;
   try { u = new URL(url); } catch { return false; }
   if (u.protocol !== 'http:') return false;

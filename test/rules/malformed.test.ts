@@ -124,6 +124,7 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'upstream with a password only', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://:PWSECRET@127.0.0.1:9"'), line: 3, field: 'proxy.upstream', message: /^must be an origin only/ },
   { name: 'upstream that is not a URL', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://ops:PWSECRET@127.0.0.1:99999/?token=QSECRET"'), line: 3, field: 'proxy.upstream', message: /^is not a URL$/ },
   { name: 'revocation list URL that is not a URL', text: VALID + 'revocation:\n  url: "https://ops:PWSECRET@lists.example:99999/r?token=QSECRET"\n', line: 31, field: 'revocation.url', message: /^is not a URL$/ },
+  { name: 'revocation list over plain http to a host that is not loopback', text: VALID + 'revocation:\n  url: "http://lists.example/r.json"\n', line: 31, field: 'revocation.url', message: /plain http to a host that is not loopback/ },
   // Callers would be told to move to an operation that is going too, or gone (410).
   { name: 'replacement that is deprecated itself, with a sunset', text: edit('      sensitivity: low\n', '      sensitivity: low\n      deprecated: { since: "2026-01-01", sunset: "2027-01-01" }\n').replace('changedIn: "2026-06"\n', 'changedIn: "2026-06"\n      deprecated: { since: "2026-01-01", replacement: getItem }\n'), line: 31, field: 'contract.operations[1].deprecated.replacement', message: /"getItem" is deprecated itself/ },
   // Authorization there made every token with a contract claim a conflict.
@@ -218,6 +219,11 @@ t.test('a table bound past what the process can set aside, or not finite, is a p
     t.same(found.map((p) => p.field), [field], `${what}: one problem, at its field`);
     t.ok(found.every((p) => p.line > 1), `${what}: at its line`);
   }
+});
+
+t.test('a revocation list over plain http: to loopback, or with insecureHttp where the path is protected', async (t) => {
+  t.same(problems(VALID + 'revocation:\n  url: "http://127.0.0.1:9/r.json"\n').problems, [], 'loopback');
+  t.same(problems(VALID + 'revocation:\n  url: "http://lists.example/r.json"\n  insecureHttp: true\n').problems, [], 'insecureHttp: true');
 });
 
 t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded with U+FFFD in it', async (t) => {
