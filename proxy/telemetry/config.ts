@@ -243,7 +243,7 @@ function unwritable(file: string): string | undefined {
  * problem (file:line: field) by `check`, at start and on a reload. OTEL_* variables are the
  * environment's, not the file's: telemetryConfig refuses those at start, naming the variable.
  */
-function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: (string | number)[], message: string) => void, base: string): void {
+function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: (string | number)[], message: string) => void, base: string, named: readonly string[]): void {
   const section = raw.telemetry as RawTelemetry | undefined;
   if (!section) return;
   const delays: [(string | number)[], string | undefined, boolean][] = [
@@ -264,8 +264,17 @@ function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: 
   }
   const out = section.decisionLog?.output;
   if (out !== undefined && out !== 'stdout' && out !== 'stderr' && out !== 'none') {
-    const problem = unwritable(resolve(base, out));
-    if (problem) fail(['telemetry', 'decisionLog', 'output'], `cannot open the decision log: ${problem}`);
+    const file = resolve(base, out);
+    // Appended to on every request, anonymous ones too: named by mistake, the rules file (or a
+    // key set, the revocation list, journal or admin credentials) was broken at the next start.
+    const revocation = (raw.revocation ?? {}) as { file?: unknown; journal?: unknown; adminCredentialFile?: unknown };
+    const others = [revocation.file, revocation.journal, revocation.adminCredentialFile].filter((f): f is string => typeof f === 'string').map((f) => resolve(base, f));
+    const other = [...named.map((f) => resolve(f)), ...others].find((f) => f === file);
+    if (other !== undefined) fail(['telemetry', 'decisionLog', 'output'], `${file} is a file the rules read (${other === resolve(named[0] ?? '') ? 'the rules file' : 'named elsewhere in the rules'}), not a decision log of its own`);
+    else {
+      const problem = unwritable(file);
+      if (problem) fail(['telemetry', 'decisionLog', 'output'], `cannot open the decision log: ${problem}`);
+    }
   }
 }
 

@@ -152,6 +152,20 @@ t.test('the rules\' telemetry values are rules problems: file, line and field, a
   t.notOk(existsSync(join(dir, 'decisions.log')), 'loading the rules does not create the log');
 });
 
+t.test('a decision log named like a file the rules read (the rules file, the journal, a key set) is a rules problem', async (t) => {
+  // Before: valid; any anonymous request then appended a decision line to it, and the next
+  // start was refused (the rules file no longer parsed, the journal was not a journal).
+  const dir = mkdtempSync(join(tmpdir(), 'dg-'));
+  const withLog = (output: string, revocation?: Record<string, unknown>) => () => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => {
+    r.telemetry = { decisionLog: { output } };
+    if (revocation) r.revocation = revocation;
+  }), dir));
+  t.throws(withLog('rules.yaml'), /telemetry\.decisionLog\.output: .*rules\.yaml is a file the rules read \(the rules file\)/);
+  t.throws(withLog(join(dir, 'rules.yaml')), /the rules file/, 'by its absolute path too');
+  t.throws(withLog('shared.log', { journal: 'shared.log' }), /telemetry\.decisionLog\.output: .*shared\.log is a file the rules read \(named elsewhere in the rules\)/);
+  t.doesNotThrow(withLog('decisions.log', { journal: 'journal.log' }), 'files of their own');
+});
+
 t.test('a decision log in a folder driftguard may not write is a rules problem', { skip: process.getuid?.() === 0 ? 'root may write any folder: the permission cannot be taken away here' : false }, async (t) => {
   const ro = mkdtempSync(join(tmpdir(), 'dg-ro-'));
   chmodSync(ro, 0o500);
