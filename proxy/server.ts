@@ -531,6 +531,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (ctx.consumer) {
       own['driftguard-consumer'] = headerSafe(ctx.consumer.subject);
       own['driftguard-consumer-kind'] = ctx.consumer.kind;
+      // Two trusted issuers' same subject are two consumers: the upstream tells them apart by it.
+      if (ctx.credential) own['driftguard-issuer'] = headerSafe(ctx.credential.issuer);
     }
     if (ctx.declaredContract) own['driftguard-contract'] = ctx.declaredContract;
     if (ctx.operation) own['driftguard-operation'] = ctx.operation.id;

@@ -4,6 +4,7 @@
 import t from 'tap';
 import { raw, get } from '../support/raw.ts';
 import { world, AGENT, HUMAN } from './world.ts';
+import { ISSUER } from '../support/keys.ts';
 
 t.test('warn: a deprecated low-sensitivity operation is forwarded and flagged', async (t) => {
   const w = await world(t);
@@ -140,7 +141,7 @@ t.test('the upstream gets driftguard\'s headers, never the client\'s spoofed one
   const w = await world(t);
   const spoof = {
     'driftguard-consumer': 'spiffe://evil/admin', 'Driftguard-Consumer-Kind': 'human', 'DRIFTGUARD-CONTRACT': '2026-09',
-    'driftguard-decision': 'allow', 'driftguard-operation': 'pay', 'driftguard-anything': 'x',
+    'driftguard-decision': 'allow', 'driftguard-operation': 'pay', 'driftguard-anything': 'x', 'driftguard-issuer': 'https://evil.example',
   };
   await w.call('GET', '/items/1', { token: await w.tok({ contract: '2026-06' }), headers: spoof });
   const seen = w.up.seen[0]!;
@@ -148,6 +149,7 @@ t.test('the upstream gets driftguard\'s headers, never the client\'s spoofed one
   t.equal(seen.headers['driftguard-consumer-kind'], 'automation');
   t.equal(seen.headers['driftguard-contract'], '2026-06');
   t.equal(seen.headers['driftguard-operation'], 'getItem');
+  t.equal(seen.headers['driftguard-issuer'], ISSUER, 'the issuer that vouched for the consumer, never the client\'s');
   t.notOk('driftguard-anything' in seen.headers);
   const names = seen.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
   t.equal(names.filter((n) => n === 'driftguard-consumer').length, 1, 'exactly one, ours');
@@ -156,6 +158,7 @@ t.test('the upstream gets driftguard\'s headers, never the client\'s spoofed one
   const pub = w.up.seen[1]!;
   t.notOk('driftguard-consumer' in pub.headers);
   t.notOk('driftguard-consumer-kind' in pub.headers);
+  t.notOk('driftguard-issuer' in pub.headers);
   t.notOk('driftguard-contract' in pub.headers);
   t.equal(pub.headers['driftguard-operation'], 'status');
   // Spoofed over a raw socket too, in odd spellings and twice.
