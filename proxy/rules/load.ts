@@ -72,7 +72,9 @@ export type { Overrides } from './overrides.ts';
 /** A problem with a field whose value a flag or a variable gave: named by it, there is no line. */
 function overrideProblem(overridden: Readonly<Record<string, string>> | undefined, path: Path, message: string): RulesProblem | undefined {
   const field = fieldName(path);
-  const from = overridden?.[field];
+  // Own keys only: a field named `constructor` or `__proto__` found Object.prototype's member,
+  // and its problem was reported as the override's, with that member for a file name.
+  const from = overridden !== undefined && Object.hasOwn(overridden, field) ? overridden[field] : undefined;
   return from === undefined ? undefined : { file: from, line: 0, column: 0, field, message };
 }
 

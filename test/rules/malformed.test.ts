@@ -226,6 +226,14 @@ t.test('a revocation list over plain http: to loopback, or with insecureHttp whe
   t.same(problems(VALID + 'revocation:\n  url: "http://lists.example/r.json"\n  insecureHttp: true\n').problems, [], 'insecureHttp: true');
 });
 
+t.test('a field named like an Object.prototype member is an unknown field at its line, in the rules file', async (t) => {
+  for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+    const { file, problems: found } = problems(VALID + `${name}: 1\n`);
+    // Before: `function Object() { [native code] }: constructor: unknown field`, no line.
+    t.match(found, [{ file, line: 30, field: name }], name);
+  }
+});
+
 t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded with U+FFFD in it', async (t) => {
   const file = writeRules('');
   writeFileSync(file, Buffer.concat([Buffer.from(VALID.replace('owner: team-a', 'owner: Jos'), 'utf8').subarray(0, VALID.indexOf('owner: team-a') + 'owner: Jos'.length), Buffer.from([0xe9]), Buffer.from(VALID.slice(VALID.indexOf('owner: team-a') + 'owner: team-a'.length))]));
