@@ -1,9 +1,14 @@
 // Every rules file shipped in rules/ (the demo and the examples) is valid: an example that
 // no longer loads is worse than none.
 import t from 'tap';
-import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { readdirSync, readFileSync } from 'node:fs';
+import { parse } from 'yaml';
 import { loadRules } from '../../proxy/rules/load.ts';
+import { testKey, jwks, token } from '../support/keys.ts';
+import { upstream, jwksServer } from '../support/servers.ts';
+import { writeRules } from '../support/driftguard.ts';
+import { runDriftguard } from '../support/subprocess.ts';
 
 const dir = join(import.meta.dirname, '..', '..', 'rules');
 const files = [join(dir, 'demo.yaml'), ...readdirSync(join(dir, 'examples')).filter((f) => f.endsWith('.yaml')).map((f) => join(dir, 'examples', f))];
@@ -25,4 +30,30 @@ t.test('the demo\'s sunsets are decades away: what it prints (a deprecated opera
     const sunset = op.deprecated?.sunsetMs;
     if (sunset !== undefined && sunset > Date.now()) t.ok(sunset > soon, `${op.id}: sunset ${new Date(sunset).toISOString()} more than 20 years away`);
   }
+});
+
+t.test('the kubernetes example lets its SPIRE agent call what it declared, with a JWT-SVID as SPIRE issues it', async (t) => {
+  // Its operations had scopes and task binding from high: a JWT-SVID carries neither, and the
+  // agent was refused every operation it declared (403 insufficient-scope).
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const rules = parse(readFileSync(join(dir, 'examples', 'kubernetes.yaml'), 'utf8'));
+  rules.proxy = { ...rules.proxy, listen: '127.0.0.1:0', admin: '127.0.0.1:0', upstream: up.origin };
+  delete rules.proxy.probes;
+  // The SPIRE issuer alone (the kubernetes one discovers its keys from an API server), its keys on loopback.
+  rules.identity.issuers = rules.identity.issuers.filter((i: { profile: string }) => i.profile === 'spiffe');
+  rules.identity.issuers[0].jwks = { url: keys.url };
+  rules.telemetry = { decisionLog: { output: 'none' } };
+  const dg = await runDriftguard(writeRules(rules), [], { OTEL_TRACES_EXPORTER: 'none' });
+  t.teardown(async () => { dg.kill(); await up.close(); await keys.close(); });
+  const svid = await token({ key, iss: 'https://oidc.spire.example.com', aud: 'driftguard.io/orders', sub: 'spiffe://example.com/ns/agents/sa/refund-agent' });
+  const call = async (method: string, path: string, extra: Record<string, string> = {}) => {
+    const res = await fetch(`${dg.url}${path}`, { method, headers: { authorization: `Bearer ${svid}`, 'contract-version': '2026-08', ...extra }, ...(method === 'POST' ? { body: '{}' } : {}) });
+    const body = await res.text();
+    return { status: res.status, reason: res.status >= 400 ? (JSON.parse(body) as { reason: string }).reason : undefined };
+  };
+  t.same(await call('GET', '/orders/42'), { status: 200, reason: undefined }, 'getOrder, declared');
+  t.same(await call('POST', '/orders/42/refunds', { 'idempotency-key': 'refund-42', 'content-type': 'application/json' }), { status: 200, reason: undefined }, 'refundOrder, declared and critical');
+  t.same(await call('POST', '/orders', { 'idempotency-key': 'order-1', 'content-type': 'application/json' }), { status: 403, reason: 'undeclared-operation' }, 'createOrder, not declared');
 });
