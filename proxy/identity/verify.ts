@@ -266,6 +266,10 @@ async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions)
     found = await byEachKey(token, keys.eachKey(), header, jws, options);
   }
   if (found) return found;
+  // A kid the set names, for keys none of which fits the token's alg: no fetch would change
+  // that, so a 401 at once, not a refetch per cooldown and a 503 (retry) in between.
+  const kid = header.kid;
+  if (kid !== undefined && keys.eachKey().some((k) => k.kid === kid)) throw new errors.JWKSNoMatchingKey();
   // No key of the set fits (or none is loaded yet): the set's own key lookup waits for the
   // first fetch, or refetches once per cooldown, and throws when still none fits. Only the
   // lookup: the signature is checked once, below, against the key that fits.

@@ -39,6 +39,23 @@ t.test('an unknown-kid flood costs at most one JWKS refetch per cooldown', async
   t.equal(w.up.seen.length, 1);
 });
 
+t.test('a kid the set names, on a token of another allowed algorithm: 401 at once, no refetch, no 503', async (t) => {
+  const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1s'; });
+  // Any caller's RSA key under the issuer's ES256 kid: no key of that kid can verify RS256.
+  const forged = await testKey('RS256', w.keys.es.kid);
+  const before = w.jwks.fetches;
+  for (let i = 0; i < 3; i++) {
+    const a = await w.call('GET', '/items/1', { token: await w.tok({ key: forged }) });
+    // Before: 503 identity-unavailable "signing keys unavailable" within the cooldown, and a
+    // refetch once per cooldown.
+    t.equal(a.status, 401, `try ${i}: an invalid credential`);
+    t.equal(a.json.reason, 'invalid-credential');
+    if (i === 1) await sleep(1100);
+  }
+  t.equal(w.jwks.fetches, before, 'no fetch, after the cooldown either');
+  t.equal(w.up.seen.length, 0);
+});
+
 t.test('a rotated-in key is picked up by the unknown-kid refetch', async (t) => {
   const w = await world(t, (r) => { r.identity.issuers[0].jwks.cooldown = '1s'; });
   const fresh = await testKey('ES256');
