@@ -22,7 +22,9 @@ export function foreignSubject(issuer: IssuerRules, subject: string, all: readon
   if (issuer.profile === 'kubernetes') {
     return subject.startsWith(SERVICE_ACCOUNT) ? undefined : 'it vouches only for system:serviceaccount:<namespace>:<name>';
   }
-  const domain = namedTrustDomain(subject);
+  // Its host, as a URL parser would read it: `spiffe://x@td:443/…` is read as trust domain td
+  // by an upstream that parses the ID, and must not pass for a name outside td.
+  const domain = namedTrustDomain(subject)?.replace(/^.*@/, '').replace(/:\d*$/, '');
   if (domain !== undefined && all.some((i) => i.profile === 'spiffe' && i.trustDomain === domain)) {
     return `the subject is a SPIFFE ID of trust domain ${domain}, which only that domain's spiffe issuer vouches for`;
   }

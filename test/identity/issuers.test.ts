@@ -102,7 +102,8 @@ t.test('a token from another issuer is not the registered consumer', async (t) =
   const dev = await call(await mint(keys.dev, { iss: DEV, ...serviceAccount('shop', 'checkout') }));
   t.match(dev, { status: 401, body: { code: 'invalid-credential', detail: 'the subject is registered to another issuer' }, consumer: undefined }, 'the dev cluster\'s shop/checkout');
 
-  for (const sub of [AGENT, 'SPIFFE://A.Example/ns/pay/sa/agent', CHECKOUT, 'System:ServiceAccount:shop:checkout']) {
+  // A port or userinfo in the authority: a URL parser reads host a.example (they went through).
+  for (const sub of [AGENT, 'SPIFFE://A.Example/ns/pay/sa/agent', 'spiffe://a.example:443/ns/pay/sa/agent', 'spiffe://x@a.example/ns/pay/sa/agent', CHECKOUT, 'System:ServiceAccount:shop:checkout']) {
     const r = await call(await mint(keys.oauth, { iss: OAUTH, sub }));
     t.match(r, { status: 401, body: { code: 'invalid-credential', detail: /^this issuer cannot vouch for the subject: / }, consumer: undefined }, `an OAuth token with sub ${sub}`);
   }
