@@ -7,7 +7,7 @@
 
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { addRulesValidator, plainHttpElsewhere, RulesError } from '../rules/load.ts';
+import { addRulesValidator, plainHttpElsewhere, reservedHeader, RulesError } from '../rules/load.ts';
 import { boundedDuration, parseDurationOr0 } from '../rules/durations.ts';
 import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
 
@@ -173,6 +173,14 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
 
   // monitors
   const m = raw.monitors;
+  // Its value becomes the write's key: the credential (Authorization, over 255 characters, was
+  // every write's 400) or the contract version's header (one key for every write of a version)
+  // would make it no key at all.
+  const keyHeader = m.idempotency.header.toLowerCase();
+  const declaredHeader = (document.contract as { declared?: { header?: string } } | undefined)?.declared?.header?.toLowerCase();
+  if (reservedHeader(keyHeader, 'idempotency-key') || keyHeader === declaredHeader) {
+    fail(['monitors', 'idempotency', 'header'], `${m.idempotency.header} has a meaning of its own in HTTP or to driftguard (the contract version's header, if it is that): name a header of its own (the default is Idempotency-Key)`);
+  }
   const monitors: MonitorsConfig = Object.freeze({
     kinds: new Set(m.kinds), maxConsumers: m.maxConsumers, maxBodyBytes: m.maxBodyBytes,
     bodyTimeoutMs: timer(['monitors', 'bodyTimeout'], m.bodyTimeout),

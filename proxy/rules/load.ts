@@ -26,7 +26,12 @@ const RESERVED_HEADERS = new Set([
   'authorization', 'proxy-authorization', 'cookie', 'host', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer',
   'transfer-encoding', 'upgrade', 'expect', 'forwarded', 'traceparent', 'tracestate', 'baggage', 'idempotency-key',
 ]);
-// And every Content-*, X-Forwarded-* and Driftguard-* header (below).
+// And every Content-*, X-Forwarded-* and Driftguard-* header (reservedHeader).
+
+/** Whether a header (lower case) has a meaning of its own in HTTP or to driftguard, Idempotency-Key's aside: no rules setting may name it. */
+export function reservedHeader(name: string, except?: string): boolean {
+  return name !== except && (RESERVED_HEADERS.has(name) || /^(driftguard|content|x-forwarded)-/.test(name));
+}
 
 export interface RulesProblem {
   readonly file: string;
@@ -598,7 +603,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   // The header a caller declares its contract version in must be one with no other meaning:
   // Authorization or Connection there made every request with a token claim a conflict.
   const declaredHeader = raw.contract.declared.header.toLowerCase();
-  if (RESERVED_HEADERS.has(declaredHeader) || /^(driftguard|content|x-forwarded)-/.test(declaredHeader)) {
+  if (reservedHeader(declaredHeader)) {
     fail(['contract', 'declared', 'header'], `${raw.contract.declared.header} has a meaning of its own in HTTP or to driftguard: name a header of its own (the default is Contract-Version)`);
   }
 
