@@ -321,21 +321,43 @@ function firstDifference(a: Buffer, b: Buffer): number | undefined {
  */
 const MAX_ALIASES = 10_000;
 
+/** Where a merge key (`<<: *anchor`, YAML 1.1) is written: YAML 1.2 reads it as a field named `<<`. */
+function mergeKeys(doc: Document): number[] {
+  const at: number[] = [];
+  visit(doc, { Pair(_key, pair) {
+    const key = pair.key as { value?: unknown; range?: [number, number, number] } | null;
+    if (key?.value === '<<' && key.range) at.push(key.range[0]);
+  } });
+  return at;
+}
+
 export function parseRules(text: string, source: string, overrides: Overrides = {}, bytes: Buffer = Buffer.from(text)): Rules {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
-  if (doc.errors.length > 0) {
-    throw new RulesError(doc.errors.map((e) => {
+  // A tag the parser does not know (!env, !include, !Ref) is only a warning to it, and the
+  // value was loaded as its literal text: an owner or an audience other than the one written.
+  const unresolved = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
+  const merges = mergeKeys(doc);
+  if (doc.errors.length > 0 || unresolved.length > 0 || merges.length > 0) {
+    throw new RulesError([...doc.errors, ...unresolved].map((e) => {
       const pos = lines.linePos(e.pos[0]);
-      // A key written twice is named. A syntax error, near the field the parse had reached:
-      // the node just before it, in what was parsed (`near consumers.registry[0]` for a line
-      // indented one space short there), else the one at it; the top level when neither has a name.
-      const duplicate = e.code === 'DUPLICATE_KEY';
-      const path = duplicate ? pathAt(doc, e.pos[0]) : [pathAt(doc, Math.max(0, e.pos[0] - 1)), pathAt(doc, e.pos[0])].find((p) => p.length > 0) ?? [];
-      const field = path.length === 0 ? '' : duplicate ? fieldName(path) : `near ${fieldName(path)}`;
-      const message = duplicate ? 'written twice in the same mapping: the second would silently replace the first' : `YAML: ${e.message.split('\n')[0]}`;
+      // A key written twice is named, and so is a tag's field. A syntax error, near the field
+      // the parse had reached: the node just before it, in what was parsed (`near
+      // consumers.registry[0]` for a line indented one space short there), else the one at
+      // it; the top level when neither has a name.
+      const named = e.code === 'DUPLICATE_KEY' || e.code === 'TAG_RESOLVE_FAILED';
+      // A tag's warning is at the tag; its node, the value, just after it.
+      const path = e.code === 'MULTIPLE_DOCS' ? [] : e.code === 'TAG_RESOLVE_FAILED' ? pathAt(doc, e.pos[1] + 1) : named ? pathAt(doc, e.pos[0]) : [pathAt(doc, Math.max(0, e.pos[0] - 1)), pathAt(doc, e.pos[0])].find((p) => p.length > 0) ?? [];
+      const field = path.length === 0 ? '' : named ? fieldName(path) : `near ${fieldName(path)}`;
+      const message = e.code === 'DUPLICATE_KEY' ? 'written twice in the same mapping: the second would silently replace the first'
+        : e.code === 'TAG_RESOLVE_FAILED' ? `YAML: ${e.message.split('\n')[0]}: driftguard does not expand tags; write the value itself`
+        : e.code === 'MULTIPLE_DOCS' ? 'YAML: a second document starts here (---): the rules file holds one'
+        : `YAML: ${e.message.split('\n')[0]}`;
       return { file: source, line: pos.line, column: pos.col, field, message };
-    }));
+    }).concat(merges.map((offset) => {
+      const pos = lines.linePos(offset);
+      return { file: source, line: pos.line, column: pos.col, field: fieldName(pathAt(doc, offset)), message: 'YAML merge keys (<<) are not read: write the fields, or alias the whole value' };
+    })));
   }
   let data: Record<string, unknown> | null;
   try {

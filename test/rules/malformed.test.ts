@@ -236,6 +236,19 @@ t.test('a field named like an Object.prototype member is an unknown field at its
   }
 });
 
+t.test('YAML the loader does not read as written: an unknown tag, a second document, a merge key; each one problem at its line', async (t) => {
+  // Before: `owner: !env TEAM` loaded as the text "TEAM" and the file was valid; a trailing
+  // `---` told the operator to call YAML.parseAllDocuments(); `<<: *a` was three problems
+  // about missing fields and a field named "<<".
+  const tag = problems(edit('owner: team-a', 'owner: !env TEAM_OWNER'));
+  t.match(tag.problems, [{ line: 17, field: 'consumers.registry[0].owner', message: /Unresolved tag: !env.*does not expand tags/ }]);
+  const second = problems(VALID + '---\n');
+  t.match(second.problems, [{ line: 30, field: '', message: /second document/ }]);
+  const merged = problems(edit('  registry:\n    - subject: spiffe://test/agent\n      kind: automation\n      owner: team-a\n', '  registry:\n    - &a { subject: spiffe://test/agent, kind: automation, owner: team-a }\n    - { <<: *a, subject: spiffe://test/bot }\n'));
+  t.equal(merged.problems.length, 1, 'one problem');
+  t.match(merged.problems, [{ line: 16, field: 'consumers.registry[1].<<', message: /merge keys/ }]);
+});
+
 t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded with U+FFFD in it', async (t) => {
   const file = writeRules('');
   writeFileSync(file, Buffer.concat([Buffer.from(VALID.replace('owner: team-a', 'owner: Jos'), 'utf8').subarray(0, VALID.indexOf('owner: team-a') + 'owner: Jos'.length), Buffer.from([0xe9]), Buffer.from(VALID.slice(VALID.indexOf('owner: team-a') + 'owner: team-a'.length))]));
