@@ -2,7 +2,7 @@
 // line, column and field it concerns, all at once, so one edit-run cycle fixes them all.
 // A RulesError stops start-up (or a reload); it is never a request-time denial.
 
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { resolve, dirname } from 'node:path';
@@ -496,6 +496,19 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       return { kind: 'file', file, keys: { keys: [] } };
     }
   };
+  /**
+   * A file a key set's discovery reads at every fetch (the token, the CA), written in the rules:
+   * missing or unreadable, the pod never turned ready, with nothing saying why at start-up.
+   * The in-cluster defaults are not checked here: they exist in the pod, not where `check` runs.
+   */
+  const fetchReads = (file: string, path: Path): void => {
+    try {
+      if (!statSync(file).isFile()) fail(path, `${file} is not a regular file`);
+      else accessSync(file, constants.R_OK);
+    } catch (err) {
+      fail(path, `${file} cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  };
   const issuerNames = new Set<string>();
   raw.identity.issuers.forEach((iss, i) => {
     if (issuerNames.has(iss.issuer)) fail(['identity', 'issuers', i, 'issuer'], `issuer "${iss.issuer}" is listed twice`);
@@ -526,6 +539,8 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
           ...(j.caFile !== undefined ? { caFile: resolve(base, j.caFile) } : {}),
           ...timing(),
         };
+    if (iss.jwks?.tokenFile !== undefined) fetchReads(resolve(base, iss.jwks.tokenFile), [...here, 'jwks', 'tokenFile']);
+    if (iss.jwks?.caFile !== undefined) fetchReads(resolve(base, iss.jwks.caFile), [...here, 'jwks', 'caFile']);
     // Keys fetched over plain http from another host can be swapped by anyone on the path, and
     // with them every token forged (OpenID Connect Discovery: jwks_uri MUST be https). On
     // loopback, or where the operator says the path is protected (a mesh's mTLS), allowed.

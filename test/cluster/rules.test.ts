@@ -4,6 +4,9 @@
 import t from 'tap';
 import { parseRules, RulesError } from '../../proxy/rules/load.ts';
 import { stringify } from 'yaml';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { baseRules } from '../support/driftguard.ts';
 
 function load(issuer: Record<string, unknown>, env: Record<string, string | undefined> = {}) {
@@ -64,8 +67,24 @@ t.test('a kubernetes issuer without jwks discovers from the API server with the 
 });
 
 t.test('a bearer token file is only sent over https', async (t) => {
-  const found = problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'], jwks: { discovery: 'http://idp.local', tokenFile: 'token', insecureHttp: true } });
+  const token = join(mkdtempSync(join(tmpdir(), 'dg-token-')), 'token');
+  writeFileSync(token, 'a-projected-token');
+  const found = problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'], jwks: { discovery: 'http://idp.local', tokenFile: token, insecureHttp: true } });
   t.same(found.map((p) => p.field), ['identity.issuers[0].jwks.tokenFile'], 'even where plain http is allowed');
+});
+
+t.test('a token or CA file written in the rules that cannot be read is a problem at its field; the in-cluster defaults are not checked', async (t) => {
+  // Before: valid, and the pod never turned ready (each key fetch failed reading it).
+  const found = problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'], jwks: { discovery: 'https://idp.local', tokenFile: 'no-such-token', caFile: '/no/such/ca.crt' } });
+  t.match(found, [
+    { field: 'identity.issuers[0].jwks.tokenFile', message: /no-such-token cannot be read: ENOENT/ },
+    { field: 'identity.issuers[0].jwks.caFile', message: /ca\.crt cannot be read: ENOENT/ },
+  ]);
+  t.ok(found.every((p) => p.line > 0), 'each at its line');
+  const dir = mkdtempSync(join(tmpdir(), 'dg-ca-'));
+  t.match(problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'], jwks: { discovery: 'https://idp.local', caFile: dir } }), [{ field: 'identity.issuers[0].jwks.caFile', message: /is not a regular file/ }]);
+  // The pod's own token and CA (jwks left out): checked where they are, in the pod.
+  t.doesNotThrow(() => load({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders'], algorithms: ['RS256'] }));
 });
 
 t.test('keys over plain http from a host that is not loopback are refused unless insecureHttp says the path is protected', async (t) => {
