@@ -467,7 +467,10 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   });
   listeners.forEach((b, i) => {
     const a = listeners.slice(0, i).find((x) => x.port === b.port && sameSocket(x.host, b.host));
-    if (a) fail(['proxy', b.key], `must differ from proxy.${a.key}: both listen on port ${b.port}`);
+    if (!a) return;
+    // Blamed on the one a flag or variable set, where only one was: the file's line is right.
+    const [blamed, other] = Object.hasOwn(at.overridden, `proxy.${a.key}`) && !Object.hasOwn(at.overridden, `proxy.${b.key}`) ? [a, b] : [b, a];
+    fail(['proxy', blamed.key], `must differ from proxy.${other.key}: both listen on port ${b.port}`);
   });
   try {
     const u = new URL(raw.proxy.upstream);

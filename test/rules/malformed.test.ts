@@ -288,6 +288,10 @@ t.test('two listeners on one port: refused where they would clash, not where the
   for (const [listen, admin] of [['0.0.0.0:18080', '[::1]:18080'], ['127.0.0.1:18080', '127.0.0.2:18080'], ['0.0.0.0:18080', '0.0.0.0:18081'], ['localhost:18080', '127.0.0.2:18080'], ['[::1]:18080', 'localhost:18080']]) {
     t.same(pair(listen, admin), [], `${listen} and ${admin} bind both`);
   }
+  // A clash a flag or variable made is blamed on it, not on the file's line for the other.
+  const file = writeRules(edit('admin: 127.0.0.1:0', 'admin: "127.0.0.1:18021"'));
+  const err = t.throws(() => loadRules(file, { listen: '127.0.0.1:18021', from: { listen: 'DRIFTGUARD_LISTEN' } })) as RulesError;
+  t.match(err.problems, [{ file: 'DRIFTGUARD_LISTEN', field: 'proxy.listen', message: /must differ from proxy\.admin: both listen on port 18021/ }]);
 });
 
 t.test('an unreadable file names the file', async (t) => {
