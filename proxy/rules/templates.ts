@@ -27,7 +27,7 @@ export function parseTemplate(path: string): Template | string {
     } else if (part.includes('{') || part.includes('}')) {
       return `"${part}": a variable must be a whole segment, like {id}`;
     } else if (!isCanonicalSegment(part)) {
-      return `"${part}" is not a canonical path segment (empty, dot segment, ';', encoded '/' or '\\', or a character that must be percent-encoded)`;
+      return `"${part}" is not a canonical path segment (empty, dot segment, ';', encoded '/' or '\\', a character that must be percent-encoded, one percent-encoded that need not be: write ':' for %3A, or percent-encoding in lowercase hex: write %C3%A9)`;
     } else {
       segments.push({ literal: part });
     }
