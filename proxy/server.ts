@@ -149,7 +149,7 @@ export class ShuttingDown extends Error {
 }
 
 export function buildGeneration(rules: Rules, previous?: Generation, extra: Partial<CheckDeps> = {}, onTokenCache?: (hit: boolean) => void): Generation {
-  const identity = new Identity(rules.identity, { ...(previous ? { keySets: previous.identity.keySets() } : {}), ...(onTokenCache ? { onCache: onTokenCache } : {}) });
+  const identity = new Identity(rules.identity, { ...(previous ? { keySets: previous.identity.keySets(), previous: previous.identity } : {}), ...(onTokenCache ? { onCache: onTokenCache } : {}) });
   const deps: CheckDeps = { ...extra, identity };
   // The pool (and its keep-alive connections) survives a reload that leaves the proxy settings alone.
   const forwarder = previous && JSON.stringify(previous.rules.proxy) === JSON.stringify(rules.proxy)

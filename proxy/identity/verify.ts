@@ -66,6 +66,8 @@ function verifyOptions(iss: IssuerRules, clockSkewMs: number, checkIss: boolean)
 export interface IdentityOptions {
   /** Key sets by issuer, to reuse across reloads; missing ones are created. */
   readonly keySets?: ReadonlyMap<string, KeySet>;
+  /** The identity a reload replaces: its verified-token cache is kept when the identity rules are the same. */
+  readonly previous?: Identity;
   readonly onCache?: (hit: boolean) => void;
 }
 
@@ -75,6 +77,8 @@ export class Identity {
   /** spiffe issuers by trust domain: a JWT-SVID without iss is matched by its sub. */
   readonly #trustDomains = new Map<string, Issuer>();
   readonly #cache?: LRUCache<string, Cached>;
+  /** The key sets of this identity's issuers: a cached entry of another (a reload's file key set read again) is verified again. */
+  readonly #keySetsInUse = new Set<KeySet>();
   readonly #onCache?: (hit: boolean) => void;
 
   constructor(rules: IdentityRules, options: IdentityOptions = {}) {
@@ -93,7 +97,14 @@ export class Identity {
     // the same token text can parse into ten times its size (a claim of many empty arrays), so
     // an entry is weighed by its parsed claims (jsonBytes), not by the token's length. The
     // chart's heap is 96 MiB.
-    if (rules.cache.maxEntries > 0) this.#cache = new LRUCache({ max: rules.cache.maxEntries, maxSize: rules.cache.maxBytes });
+    // A reload that leaves the identity rules as they were (most change the registry or the
+    // contract) keeps the verified tokens: every pod's cache emptied at each ConfigMap change
+    // made every caller's next request a signature check at once. An entry is still served
+    // only while its key set is one of this identity's, at the version it was verified at.
+    const previous = options.previous;
+    if (previous !== undefined && previous.#cache !== undefined && JSON.stringify(previous.#rules) === JSON.stringify(rules)) this.#cache = previous.#cache;
+    else if (rules.cache.maxEntries > 0) this.#cache = new LRUCache({ max: rules.cache.maxEntries, maxSize: rules.cache.maxBytes });
+    for (const i of this.#issuers.values()) this.#keySetsInUse.add(i.keys);
   }
 
   /** How full the verified-token cache is (driftguard_table_*). */
@@ -133,7 +144,7 @@ export class Identity {
       const key = cacheable ? hash('sha256', token, 'base64') : '';
       if (cacheable) {
         const hit = this.#cache!.get(key);
-        const current = hit !== undefined && hit.version === hit.keys.version;
+        const current = hit !== undefined && hit.version === hit.keys.version && this.#keySetsInUse.has(hit.keys);
         this.#onCache?.(current);
         if (current) {
           if (hit.credential.expiresAtMs + this.#rules.clockSkewMs <= now) {

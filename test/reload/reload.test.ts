@@ -11,6 +11,7 @@ import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { baseRules, startTest, writeRules, AGENT } from '../support/driftguard.ts';
 import { startDriftguard } from '../../proxy/server.ts';
+import { noopObserver, type Observer } from '../../proxy/observe.ts';
 import { reloader, SETTLE_MS, RETRY_MS, POLL_MS, type Reloader } from '../../proxy/reload.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { ALL_SCOPES } from '../core/world.ts';
@@ -87,6 +88,29 @@ t.test('a valid change takes effect under load without failing a single request'
   await after.text();
   t.equal(after.status, 200, 'the new operation is served');
   t.ok(logs.some((l) => l.msg === 'rules reloaded' && l.trigger === 'file change'));
+});
+
+t.test('a reload that leaves the identity section as it was keeps the verified tokens; one that changes it verifies them again', async (t) => {
+  const key = await testKey('ES256');
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const rules = baseRules(up.origin, keys.url);
+  const cached: (boolean | undefined)[] = [];
+  const observer: Observer = { begin: (ctx) => ({ ...noopObserver.begin(ctx), decided() { cached.push(ctx.credential?.cached); } }) };
+  const dg = await startTest(rules, { observer });
+  t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); });
+  const tok = await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  const get = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}` } }); await r.text(); return r.status; };
+  t.same([await get(), await get()], [200, 200]);
+  // A change elsewhere (the contract): before, every reload emptied the cache.
+  await dg.dg.swap(loadRules(writeRules(withProbe(rules, 1))));
+  t.equal(await get(), 200);
+  // A change to the identity section: verified again under it.
+  const skewed = withProbe(rules, 1);
+  skewed.identity.clockSkew = '10s';
+  await dg.dg.swap(loadRules(writeRules(skewed)));
+  t.equal(await get(), 200);
+  t.same(cached, [false, true, true, false], 'a miss, a hit, a hit across the contract\'s reload, a miss after the identity\'s');
 });
 
 t.test('a file written in two steps is applied once it settles, never its first half', async (t) => {
