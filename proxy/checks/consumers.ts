@@ -77,6 +77,21 @@ export function actorIssuer(credential: Pick<Credential, 'issuer' | 'act'>, i: n
 }
 
 /**
+ * Every consumer that `named[i]` of a token's act chain could be, for the checks that restrict
+ * (declared operations, quarantine): in the well-formed prefix, the one its issuer vouches for;
+ * below a malformed level, where nothing vouches for the level's iss, both the one its iss
+ * names and the one the token's issuer would (only the latter was looked at, and an actor of
+ * another issuer there escaped its declaration).
+ */
+export function namedActorConsumers(rules: Rules, credential: Pick<Credential, 'issuer' | 'act'>, subject: string, i: number): Consumer[] {
+  const chain = credential.act;
+  if (!chain || i < chain.actors.length) { const c = actorConsumer(rules, credential, subject, i); return c ? [c] : []; }
+  const iss = chain.namedIssuers[i];
+  const issuers = typeof iss === 'string' && iss !== credential.issuer ? [iss, credential.issuer] : [credential.issuer];
+  return issuers.flatMap((issuer) => { const c = resolveConsumer(rules, { subject, issuer }); return c ? [c] : []; });
+}
+
+/**
  * The consumer that level `i` of a token's act chain names (`subject`), as the issuer that
  * vouches for that level reads it; undefined when it is registered to another issuer.
  */

@@ -5,7 +5,7 @@
 
 import type { Check } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
-import { actorConsumer } from './consumers.ts';
+import { namedActorConsumers } from './consumers.ts';
 
 export function declaredOperations(rules: Rules): Check {
   return {
@@ -19,11 +19,12 @@ export function declaredOperations(rules: Rules): Check {
       if (!chain) return undefined;
       // Each actor as the consumer its issuer vouches for, as the delegation check reads it;
       // every one the chain names, past a malformed level too (a level without a sub must not
-      // hide the declaration of the actor below it), there as one of the token's issuer. The
-      // well-formed prefix comes first in `named`, in the same order as `actors`.
+      // hide the declaration of the actor below it). The well-formed prefix comes first in
+      // `named`, in the same order as `actors`.
       for (const [i, subject] of chain.named.entries()) {
-        const ops = actorConsumer(rules, ctx.credential!, subject, i)?.operations;
-        if (ops && !ops.has(op.id)) return { reason: 'undeclared-operation', detail: `${op.id} is not among the operations that an actor in this token's delegation chain declared` };
+        for (const actor of namedActorConsumers(rules, ctx.credential!, subject, i)) {
+          if (actor.operations && !actor.operations.has(op.id)) return { reason: 'undeclared-operation', detail: `${op.id} is not among the operations that an actor in this token's delegation chain declared` };
+        }
       }
       return undefined;
     },

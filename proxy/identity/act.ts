@@ -15,6 +15,8 @@ export interface ActChain {
   readonly issuers: readonly unknown[];
   /** Every sub that is a non-empty string, at any level, well formed or not: what a revocation matches. */
   readonly named: readonly string[];
+  /** Each of those levels' iss, as written, at the same index (below a malformed level too). */
+  readonly namedIssuers: readonly unknown[];
   /** How many levels the claim has (up to MAX_LEVELS), well formed or not. */
   readonly depth: number;
   /**
@@ -33,6 +35,7 @@ export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | 
   const actors: string[] = [];
   const issuers: unknown[] = [];
   const named: string[] = [];
+  const namedIssuers: unknown[] = [];
   let depth = 0;
   let wellFormed = true;
   let complete = true;
@@ -40,11 +43,11 @@ export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | 
     depth++;
     const level = typeof node === 'object' && node !== null && !Array.isArray(node);
     const sub = level ? (node as { sub?: unknown }).sub : undefined;
-    if (typeof sub === 'string' && sub !== '') named.push(sub);
+    if (typeof sub === 'string' && sub !== '') { named.push(sub); namedIssuers.push((node as { iss?: unknown }).iss); }
     else wellFormed = false;
     if (typeof node === 'string' || Array.isArray(node) || (sub !== undefined && typeof sub !== 'string')) complete = false;
     if (wellFormed) { actors.push(sub as string); issuers.push((node as { iss?: unknown }).iss); }
     node = typeof node === 'object' && node !== null ? (node as { act?: unknown }).act : undefined;
   }
-  return { actors, issuers, named, depth, complete: complete && node === undefined };
+  return { actors, issuers, named, namedIssuers, depth, complete: complete && node === undefined };
 }

@@ -14,7 +14,7 @@ import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record, fromNow, quarantineMode, type Quarantine } from './monitors.ts';
-import { actorConsumer, actorIssuer } from '../checks/consumers.ts';
+import { actorIssuer, namedActorConsumers } from '../checks/consumers.ts';
 import { revokesSubjectItself, taskOf } from './revocations.ts';
 import { MAX_LEVELS } from '../identity/act.ts';
 import { bodyFingerprint } from './body.ts';
@@ -143,14 +143,15 @@ export function quarantinedActor(state: LifecycleState, c: Credential, mode: Fea
   if (!chain || state.monitors.quarantined.size === 0) return undefined;
   let first: { subject: string; held: Quarantine } | undefined;
   // Up to the first malformed level, named and actors are the same levels; after it, named
-  // holds the subs that remain, whose iss nothing vouches for.
+  // holds the subs that remain, whose iss nothing vouches for (namedActorConsumers).
   for (const [i, subject] of chain.named.entries()) {
-    const actor = actorConsumer(state.rules, c, subject, i);
-    const held = actor && state.monitors.quarantine(actor.key, now);
-    if (!held) continue;
-    // An enforced one anywhere in the chain, before an audit one nearer the front.
-    if (quarantineMode(mode, held) === 'enforce') return { subject, held };
-    first ??= { subject, held };
+    for (const actor of namedActorConsumers(state.rules, c, subject, i)) {
+      const held = state.monitors.quarantine(actor.key, now);
+      if (!held) continue;
+      // An enforced one anywhere in the chain, before an audit one nearer the front.
+      if (quarantineMode(mode, held) === 'enforce') return { subject, held };
+      first ??= { subject, held };
+    }
   }
   return first;
 }

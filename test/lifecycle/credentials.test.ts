@@ -4,7 +4,7 @@
 import t from 'tap';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { ISSUER } from '../support/keys.ts';
-import { world, startLifecycle, problem, bearer, monitorsOnly, ALL_SCOPES, type Lifecycled } from './support.ts';
+import { world, startLifecycle, problem, bearer, monitorsOnly, trustAlso, ALL_SCOPES, type Lifecycled } from './support.ts';
 import type { LifecycleState } from '../../proxy/lifecycle/state.ts';
 
 t.test('automated consumers need a jti, and a task-bound token from taskBindingAt up', async (t) => {
@@ -295,6 +295,22 @@ t.test('an actor\'s declared operations hold below a level with no sub, whatever
     await dg.close();
     await w.close();
   }
+  // An actor registered to another trusted issuer, named with its iss below such a level: it
+  // was looked up as the token's issuer's, found nobody, and its declaration did not apply.
+  const OTHER = 'https://other-issuer.test.local';
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { mode: 'off' };
+    trustAlso(r, OTHER);
+    r.consumers.registry.push({ subject: 'agent-x', kind: 'automation', owner: 'team-x', issuer: OTHER, operations: ['getItem'] });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  for (const act of [{ sub: 'agent-x', iss: OTHER }, { act: { sub: 'agent-x', iss: OTHER } }]) {
+    const res = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN, claims: { act } }), { 'idempotency-key': `k-${JSON.stringify(act)}`, 'content-type': 'application/json' }), body: '{}' });
+    await res.text();
+    t.equal(res.status, 403, `act ${JSON.stringify(act)}: agent-x declared only getItem`);
+  }
+  t.equal(w.up.seen.length, 0, 'nothing reached the upstream');
 });
 
 t.test('an actor that declared its operations may call only those, whoever it acts for', async (t) => {
