@@ -277,10 +277,15 @@ async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions)
     found = await byEachKey(token, keys.eachKey(), header, jws, options);
   }
   if (found) return found;
-  // A kid the set names, for keys none of which fits the token's alg: no fetch would change
-  // that, so a 401 at once, not a refetch per cooldown and a 503 (retry) in between.
+  // A kid the set names, for keys none of which fits the token's alg: a 401, not a 503 (retry)
+  // within the cooldown as for a kid never seen. One refetch per cooldown still, as for a
+  // signature no key of the kid verifies: an issuer may move a kid to a key of another algorithm.
   const kid = header.kid;
-  if (kid !== undefined && keys.eachKey().some((k) => k.kid === kid)) throw new errors.JWKSNoMatchingKey();
+  if (kid !== undefined && keys.eachKey().some((k) => k.kid === kid)) {
+    const renewed = await keys.renew() ? await byEachKey(token, keys.eachKey(), header, jws, options) : undefined;
+    if (renewed) return renewed;
+    throw new errors.JWKSNoMatchingKey();
+  }
   // No key of the set fits (or none is loaded yet): the set's own key lookup waits for the
   // first fetch, or refetches once per cooldown, and throws when still none fits. Only the
   // lookup: the signature is checked once, below, against the key that fits.
