@@ -502,7 +502,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   /**
    * A file a key set's discovery reads at every fetch (the token, the CA), written in the rules:
    * missing or unreadable, the pod never turned ready, with nothing saying why at start-up.
-   * The in-cluster defaults are not checked here: they exist in the pod, not where `check` runs.
+   * The in-cluster paths are not checked here: they exist in the pod, not where `check` runs.
    */
   const fetchReads = (file: string, path: Path): void => {
     try {
@@ -542,8 +542,12 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
           ...(j.caFile !== undefined ? { caFile: resolve(base, j.caFile) } : {}),
           ...timing(),
         };
-    if (iss.jwks?.tokenFile !== undefined) fetchReads(resolve(base, iss.jwks.tokenFile), [...here, 'jwks', 'tokenFile']);
-    if (iss.jwks?.caFile !== undefined) fetchReads(resolve(base, iss.jwks.caFile), [...here, 'jwks', 'caFile']);
+    // The pod's own projected token and CA, written out as the README shows: read in the pod,
+    // not where `check` runs (a CI machine has neither).
+    const tokenFile = iss.jwks?.tokenFile !== undefined ? resolve(base, iss.jwks.tokenFile) : undefined;
+    const caFile = iss.jwks?.caFile !== undefined ? resolve(base, iss.jwks.caFile) : undefined;
+    if (tokenFile !== undefined && tokenFile !== DEFAULT_TOKEN_FILE) fetchReads(tokenFile, [...here, 'jwks', 'tokenFile']);
+    if (caFile !== undefined && caFile !== DEFAULT_CA_FILE) fetchReads(caFile, [...here, 'jwks', 'caFile']);
     // Keys fetched over plain http from another host can be swapped by anyone on the path, and
     // with them every token forged (OpenID Connect Discovery: jwks_uri MUST be https). On
     // loopback, or where the operator says the path is protected (a mesh's mTLS), allowed.

@@ -83,8 +83,9 @@ t.test('a token or CA file written in the rules that cannot be read is a problem
   t.ok(found.every((p) => p.line > 0), 'each at its line');
   const dir = mkdtempSync(join(tmpdir(), 'dg-ca-'));
   t.match(problems({ issuer: 'https://idp', audiences: ['a'], algorithms: ['RS256'], jwks: { discovery: 'https://idp.local', caFile: dir } }), [{ field: 'identity.issuers[0].jwks.caFile', message: /is not a regular file/ }]);
-  // The pod's own token and CA (jwks left out): checked where they are, in the pod.
+  // The pod's own token and CA, left out or written out: read where they are, in the pod.
   t.doesNotThrow(() => load({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders'], algorithms: ['RS256'] }));
+  t.doesNotThrow(() => load({ issuer: CLUSTER, profile: 'kubernetes', audiences: ['driftguard.io/orders'], algorithms: ['RS256'], jwks: { discovery: 'https://kubernetes.default.svc', tokenFile: '/var/run/secrets/kubernetes.io/serviceaccount/token', caFile: '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt' } }), 'written out as the README shows');
 });
 
 t.test('keys over plain http from a host that is not loopback are refused unless insecureHttp says the path is protected', async (t) => {
