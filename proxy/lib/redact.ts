@@ -94,9 +94,10 @@ export function redactPath(target: string): string {
   return path;
 }
 
-/** Whether a segment, percent-decoded (up to three times: a double encoding), holds a path parameter, a query, a fragment or a token. */
+/** Whether a segment, percent-decoded (up to three times: a double encoding), holds a path parameter, a query, a fragment with a value or a token. */
 function secretWhenDecoded(segment: string): boolean {
-  return whenDecoded(segment, (s) => s.includes(';') || s.includes('?') || s.includes('#') || hasJwt(s));
+  // A decoded `#` only with a value after it (`#access_token=…`): `/tags/C%23` is a name.
+  return whenDecoded(segment, (s) => s.includes(';') || s.includes('?') || /#[^#]*=/.test(s) || hasJwt(s));
 }
 
 /** Whether `text`, percent-decoded once, twice or three times, satisfies `secret`. */
