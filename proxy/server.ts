@@ -17,7 +17,7 @@ import { movingOn } from './checks/deprecation.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
-import { Forwarder, hasBody, isWebSocketHandshake, sentUpstream } from './forward/forward.ts';
+import { Forwarder, hasBody, isWebSocketHandshake, sentUpstream, withdraw } from './forward/forward.ts';
 import { UNPARSED_BODY, CLIENT_CLOSED, CUT_REASON, DRAIN_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
@@ -160,6 +160,9 @@ export function buildGeneration(rules: Rules, previous?: Generation, extra: Part
 
 /** How long a pool a reload replaced stays open for the requests still using it. */
 const RETIRED_POOL_MS = 30_000;
+/** The refusals a request still waiting for an upstream connection is withdrawn for (closeFor), and what its problem says. */
+const WITHDRAWN = { 'credential-revoked': 'the credential was revoked', 'consumer-quarantined': 'the consumer was quarantined' } as const;
+
 /** How often an answer that started after a reload is looked at: it is decided again once seen streaming at two looks. */
 const LATE_ANSWER_MS = 1_000;
 
@@ -951,8 +954,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // streams, and the next sweep cuts it. An upload still arriving is cut now, and so is a
       // request still waiting for an upstream connection: nothing was acted on, nothing will be.
       for (const [res, ctx] of streaming) {
-        const reason = res.headersSent || !ctx.req.complete || !sentUpstream(res) ? picks(ctx) : undefined;
-        if (reason) { cut(res, ctx, REVOKED_CUT, reason); answers++; }
+        const unsent = !sentUpstream(res);
+        const reason = res.headersSent || !ctx.req.complete || unsent ? picks(ctx) : undefined;
+        if (!reason) continue;
+        answers++;
+        // Not sent yet, and no answer begun: withdrawn, and the client is told why, as its
+        // next request would be (a reset hid whether a write was made).
+        const why = WITHDRAWN[reason as keyof typeof WITHDRAWN] as string | undefined;
+        if (why !== undefined && unsent && !res.headersSent && ctx.req.complete && withdraw(res, reason as keyof typeof WITHDRAWN, `${why} while the request waited for an upstream connection: it was not sent`)) continue;
+        cut(res, ctx, REVOKED_CUT, reason);
       }
       return { tunnels, answers };
     },

@@ -39,6 +39,18 @@ const sent = new WeakSet<ServerResponse>();
  */
 export function sentUpstream(res: ServerResponse): boolean { return sent.has(res); }
 
+/** Exchanges by answer, while they run: one still waiting for a connection can be withdrawn. */
+const exchanges = new WeakMap<ServerResponse, Exchange>();
+
+/**
+ * Withdraw the request of `res` before it is sent upstream (no connection yet): its forward
+ * ends as `refused`, nothing sent, and the caller answers with that problem. false when it is
+ * under way already, or done.
+ */
+export function withdraw(res: ServerResponse, refused: NonNullable<ForwardOutcome['failure']>, detail: string): boolean {
+  return exchanges.get(res)?.withdraw({ failure: refused, detail, notSent: true }) ?? false;
+}
+
 /**
  * One upstream exchange on undici's dispatch API: the upstream's status and headers become
  * the client's, its body chunks are written straight into the response, and back-pressure is
@@ -72,6 +84,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   /** Sends the request once more, for a request that may be (sendAgain); used once. */
   #again?: () => void;
   #resent = false;
+  /** Withdrawn before it was sent (withdraw): when a connection comes, it is not used. */
+  #withdrawn = false;
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, answering?: Answering) {
     this.#req = req;
@@ -82,6 +96,14 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     res.once('close', this.#onClose);
     // The listener stays: a late error must never become an uncaught 'error' event.
     res.on('error', this.#onClose);
+    exchanges.set(res, this);
+  }
+
+  withdraw(outcome: ForwardOutcome): boolean {
+    if (this.#controller || this.#done) return false;
+    this.#withdrawn = true;
+    this.#finish(outcome);
+    return true;
   }
 
   #onClose = (): void => {
@@ -105,6 +127,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     clearTimeout(this.#wait);
     this.#res.off('close', this.#onClose);
     this.#res.off('drain', this.#onDrain);
+    exchanges.delete(this.#res);
     this.#resolve(this.#resent ? { ...outcome, resent: true } : outcome);
   }
 
@@ -121,6 +144,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     clearTimeout(this.#wait);
     this.#controller = controller;
     if (this.#clientGone) controller.abort(new Error('the client closed the connection'));
+    else if (this.#withdrawn) controller.abort(new Error('withdrawn before it was sent'));
     else if (this.#expired) controller.abort(connectionWaitTimeout());
     else sent.add(this.#res);
   }

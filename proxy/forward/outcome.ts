@@ -10,7 +10,11 @@ export interface ForwardOutcome {
    * Why forwarding failed before a response started (the caller answers with a problem): the
    * upstream, or a request body Node could not parse after the decision (malformed-request).
    */
-  readonly failure?: Extract<ReasonCode, 'upstream-unavailable' | 'upstream-timeout' | 'malformed-request'>;
+  /**
+   * The forward stage's refusal; `credential-revoked` and `consumer-quarantined` for a request
+   * withdrawn before it was sent (a revocation's sweep while it waited for a connection).
+   */
+  readonly failure?: Extract<ReasonCode, 'upstream-unavailable' | 'upstream-timeout' | 'malformed-request' | 'credential-revoked' | 'consumer-quarantined'>;
   /** With a failure: what the caller's problem and the decision record say of it (failureDetail). */
   readonly detail?: string;
   /** The response had started and was cut. */

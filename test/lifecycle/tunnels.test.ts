@@ -224,13 +224,16 @@ t.test('a request still waiting for an upstream connection when its credential i
   t.ok(await until(() => arrived.length === 1), 'the agent\'s request holds the only connection');
   let settled = false;
   const second = fetch(`${dg.url}/items/2`, { headers: bearer(await w.token({ sub: BOT })) })
-    .then((r) => `${r.status}`, (e: Error) => `failed: ${e.message}`).finally(() => { settled = true; });
+    .then(async (r) => ({ status: r.status, body: await r.json() as Record<string, unknown> }), (e: Error) => ({ status: 0, body: { error: e.message } })).finally(() => { settled = true; });
   t.ok(await until(() => dg.seen.length === 2 && dg.seen[1]!.decision !== undefined), 'the bot\'s request is decided and waits for the pool');
   const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: BOT, reason: 'compromised' }) });
   t.equal(made.status, 201);
   await made.text();
   t.ok(await until(() => settled, 3_000), 'the sweep stops it');
-  t.match(await second, /^failed/, 'its connection is cut, unanswered');
+  // Before: its connection was reset, unanswered (a client could not tell whether it was sent).
+  t.match(await second, { status: 401, body: { reason: 'credential-revoked', detail: /waited for an upstream connection: it was not sent/ } }, 'told why, with nothing sent');
+  const record = dg.seen.find((x) => x.ctx.consumer?.subject === BOT);
+  t.match(record?.forwarded, { failure: 'credential-revoked', notSent: true }, 'recorded as refused by the forward stage, nothing sent');
   release();
   t.equal(await first, 'one', 'the request already sent gets its answer');
   // The pool's connection is free now: a request still queued would go out at once.
