@@ -29,18 +29,15 @@ type Resolve = (outcome: ForwardOutcome) => void;
 /** What hears the status the client gets, when its head goes out (the request's Observation). */
 export interface Answering { answering?(status: number): void }
 
-/** Answers whose request undici has begun to write to an upstream connection (sentUpstream). */
-const sent = new WeakSet<ServerResponse>();
+/** The exchange of each answer: whether its request went upstream, and withdrawing it before. */
+const exchanges = new WeakMap<ServerResponse, Exchange>();
 
 /**
  * Whether the request of `res` has gone to the upstream: its exchange got a connection and
  * undici began writing it. Until then (waiting for a pool connection, connecting) it can still
  * be stopped with nothing acted on (a revocation's sweep, server.ts closeFor).
  */
-export function sentUpstream(res: ServerResponse): boolean { return sent.has(res); }
-
-/** Exchanges by answer, while they run: one still waiting for a connection can be withdrawn. */
-const exchanges = new WeakMap<ServerResponse, Exchange>();
+export function sentUpstream(res: ServerResponse): boolean { return exchanges.get(res)?.sent ?? false; }
 
 /**
  * Withdraw the request of `res` before it is sent upstream (no connection yet): its forward
@@ -86,6 +83,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #resent = false;
   /** Withdrawn before it was sent (withdraw): when a connection comes, it is not used. */
   #withdrawn = false;
+  /** undici began writing the request upstream (sentUpstream). */
+  #sent = false;
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, answering?: Answering) {
     this.#req = req;
@@ -127,11 +126,12 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     clearTimeout(this.#wait);
     this.#res.off('close', this.#onClose);
     this.#res.off('drain', this.#onDrain);
-    exchanges.delete(this.#res);
     this.#resolve(this.#resent ? { ...outcome, resent: true } : outcome);
   }
 
   get started(): boolean { return this.#controller !== undefined; }
+
+  get sent(): boolean { return this.#sent; }
 
   /** `again` sends the request once more, should its connection turn out closed (CLOSED_UNDER). */
   mayRetry(again: () => void): void { this.#again = again; }
@@ -146,7 +146,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     if (this.#clientGone) controller.abort(new Error('the client closed the connection'));
     else if (this.#withdrawn) controller.abort(new Error('withdrawn before it was sent'));
     else if (this.#expired) controller.abort(connectionWaitTimeout());
-    else sent.add(this.#res);
+    else this.#sent = true;
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
