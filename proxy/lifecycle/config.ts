@@ -7,7 +7,7 @@
 
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { addRulesValidator, plainHttpElsewhere, reservedHeader, RulesError } from '../rules/load.ts';
+import { addRulesValidator, plainHttpElsewhere, readByRules, reservedHeader, RulesError } from '../rules/load.ts';
 import { boundedDuration, parseDurationOr0 } from '../rules/durations.ts';
 import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
 
@@ -130,8 +130,8 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   if (journal !== undefined) {
     // The journal is rewritten at start (compaction): it must be a file of its own, in a
     // directory driftguard can write. Named by mistake, the rules file would be emptied.
-    const other = [...named, file, adminCredentialFile].find((f) => f !== undefined && resolve(f) === journal);
-    if (other !== undefined) fail(['revocation', 'journal'], `${journal} is a file the rules read (${other === named[0] ? 'the rules file' : 'named elsewhere in the rules'}), not a journal of its own`);
+    const shared = readByRules(journal, [...named, file, adminCredentialFile], 'journal');
+    if (shared !== undefined) fail(['revocation', 'journal'], shared);
     else {
       try {
         if (!statSync(dirname(journal)).isDirectory()) fail(['revocation', 'journal'], `${dirname(journal)} is not a directory`);

@@ -297,6 +297,16 @@ function sameSocket(x: string, y: string): boolean {
   return (a === '0.0.0.0' && isIPv4(b)) || (b === '0.0.0.0' && isIPv4(a));
 }
 
+/**
+ * Why `file` (absolute), which driftguard writes, is not a file of its own: it is one of
+ * `read`, the files the rules read (the rules file first), or undefined. Named by mistake, a
+ * journal emptied the rules file at its compaction, a decision log appended to it.
+ */
+export function readByRules(file: string, read: readonly (string | undefined)[], what: string): string | undefined {
+  const other = read.find((f) => f !== undefined && resolve(f) === file);
+  return other === undefined ? undefined : `${file} is a file the rules read (${other === read[0] ? 'the rules file' : 'named elsewhere in the rules'}), not a ${what} of its own`;
+}
+
 /** An http:// URL whose host is not loopback (localhost, 127.0.0.0/8, ::1). */
 export function plainHttpElsewhere(url: string): boolean {
   let u: URL;

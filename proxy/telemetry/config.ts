@@ -6,7 +6,7 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { Rules } from '../rules/types.ts';
 import { MAX_TIMER_MS, TIMER_TOO_LONG, parseDuration } from '../rules/durations.ts';
-import { addRulesValidator } from '../rules/load.ts';
+import { addRulesValidator, readByRules } from '../rules/load.ts';
 
 /**
  * Spans per export over http/protobuf: the SDK's 512. Each export is an HTTP request with a
@@ -269,8 +269,8 @@ function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: 
     // key set, the revocation list, journal or admin credentials) was broken at the next start.
     const revocation = (raw.revocation ?? {}) as { file?: unknown; journal?: unknown; adminCredentialFile?: unknown };
     const others = [revocation.file, revocation.journal, revocation.adminCredentialFile].filter((f): f is string => typeof f === 'string').map((f) => resolve(base, f));
-    const other = [...named.map((f) => resolve(f)), ...others].find((f) => f === file);
-    if (other !== undefined) fail(['telemetry', 'decisionLog', 'output'], `${file} is a file the rules read (${other === resolve(named[0] ?? '') ? 'the rules file' : 'named elsewhere in the rules'}), not a decision log of its own`);
+    const shared = readByRules(file, [...named, ...others], 'decision log');
+    if (shared !== undefined) fail(['telemetry', 'decisionLog', 'output'], shared);
     else {
       const problem = unwritable(file);
       if (problem) fail(['telemetry', 'decisionLog', 'output'], `cannot open the decision log: ${problem}`);
