@@ -72,7 +72,7 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
  */
 export function actorIssuer(credential: Pick<Credential, 'issuer' | 'act'>, i: number): string {
   const chain = credential.act;
-  const iss = chain && i < chain.actors.length ? chain.issuers[i] : undefined;
+  const iss = chain && i < chain.actors.length ? chain.namedIssuers[i] : undefined;
   return typeof iss === 'string' ? iss : credential.issuer;
 }
 

@@ -11,11 +11,12 @@ export const MAX_LEVELS = 64;
 export interface ActChain {
   /** The actors' sub, outermost (current) first, as far as every level is well formed. */
   readonly actors: readonly string[];
-  /** Each of those levels' iss, as written (the delegation check wants a string or nothing). */
-  readonly issuers: readonly unknown[];
   /** Every sub that is a non-empty string, at any level, well formed or not: what a revocation matches. */
   readonly named: readonly string[];
-  /** Each of those levels' iss, as written, at the same index (below a malformed level too). */
+  /**
+   * Each of those levels' iss, as written, at the same index (below a malformed level too): the
+   * well-formed prefix's first, as `actors` (the delegation check wants a string or nothing).
+   */
   readonly namedIssuers: readonly unknown[];
   /** How many levels the claim has (up to MAX_LEVELS), well formed or not. */
   readonly depth: number;
@@ -33,7 +34,6 @@ export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | 
   let node: unknown = claims.act;
   if (node === undefined) return undefined;
   const actors: string[] = [];
-  const issuers: unknown[] = [];
   const named: string[] = [];
   const namedIssuers: unknown[] = [];
   let depth = 0;
@@ -46,8 +46,8 @@ export function actChain(claims: Readonly<Record<string, unknown>>): ActChain | 
     if (typeof sub === 'string' && sub !== '') { named.push(sub); namedIssuers.push((node as { iss?: unknown }).iss); }
     else wellFormed = false;
     if (typeof node === 'string' || Array.isArray(node) || (sub !== undefined && typeof sub !== 'string')) complete = false;
-    if (wellFormed) { actors.push(sub as string); issuers.push((node as { iss?: unknown }).iss); }
+    if (wellFormed) actors.push(sub as string);
     node = typeof node === 'object' && node !== null ? (node as { act?: unknown }).act : undefined;
   }
-  return { actors, issuers, named, namedIssuers, depth, complete: complete && node === undefined };
+  return { actors, named, namedIssuers, depth, complete: complete && node === undefined };
 }

@@ -250,7 +250,7 @@ export function delegation(rules: Rules, state: LifecycleState | undefined): Che
       // one level past the limit: each of those must be an object with a non-empty sub and a
       // string iss, if any; a level beyond them makes the chain too deep, whatever it holds.
       const judged = Math.min(act.depth, d.maxDepth + 1);
-      if (act.actors.length < judged || act.issuers.slice(0, judged).some((iss) => iss !== undefined && typeof iss !== 'string')) {
+      if (act.actors.length < judged || act.namedIssuers.slice(0, judged).some((iss) => iss !== undefined && typeof iss !== 'string')) {
         return verdict(ctx, d.mode, { reason: 'invalid-credential', detail: 'the act claim must be an object with a non-empty sub (and a string iss, if any) at every level' });
       }
       if (act.depth > d.maxDepth) {
