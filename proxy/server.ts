@@ -17,8 +17,8 @@ import { movingOn } from './checks/deprecation.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
-import { Forwarder, hasBody, isWebSocketHandshake, sentUpstream, withdraw } from './forward/forward.ts';
-import { UNPARSED_BODY, CLIENT_CLOSED, CUT_REASON, DRAIN_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
+import { Forwarder, hasBody, isWebSocketHandshake, eventStreamAnswer, sentUpstream, withdraw } from './forward/forward.ts';
+import { UNPARSED_BODY, CLIENT_CLOSED, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, endAndClose } from './forward/wire.ts';
@@ -74,7 +74,7 @@ interface Pipeline {
 interface OpenTunnel {
   /** The context it was decided with: the handshake's, or a reload's new decision's. */
   ctx: RequestContext;
-  /** Take `decided` as its context and end the tunnel at what stops holding under `rules` (tunnelEndsAt). */
+  /** Take `decided` as its context and end the tunnel at what stops holding under `rules` (endOf). */
   endUnder(decided: RequestContext, rules: Rules): void;
 }
 
@@ -165,6 +165,10 @@ const WITHDRAWN = { 'credential-revoked': 'the credential was revoked', 'consume
 
 /** How often an answer that started after a reload is looked at: it is decided again once seen streaming at two looks. */
 const LATE_ANSWER_MS = 1_000;
+/** How often forwarded event streams are looked at for the end of what they were decided with. */
+const STREAM_END_MS = 1_000;
+/** Who of driftguard's own cut an answer that had started, for what (closeFor, a reload, followStreams). */
+type DriftguardCut = typeof REVOKED_CUT | typeof RELOAD_CUT | typeof EXPIRED_CUT;
 
 /**
  * Close a replaced pool once its requests are done. Its own function: a timer created in
@@ -201,7 +205,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   /** Requests whose body Node's parser refused (an HPE_ error), not a connection that failed: a 400, not a client that left. */
   const badFraming = new WeakSet<IncomingMessage>();
   /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
-  const cutBy = new WeakMap<ServerResponse, typeof REVOKED_CUT | typeof RELOAD_CUT | typeof UNPARSED_BODY>();
+  const cutBy = new WeakMap<ServerResponse, DriftguardCut | typeof UNPARSED_BODY>();
+  /**
+   * Answers a reload decided again and kept: the context they were decided with then, whose
+   * rules' dates an event stream now ends at (followStreams). Where none, the request's own.
+   */
+  const redecided = new WeakMap<ServerResponse, RequestContext>();
+  let streamTimer: NodeJS.Timeout | undefined;
   /**
    * Answers not started when a reload decided what was open again: one whose head comes later
    * and that streams on for a second is decided again then, so a stream that starts late does
@@ -634,6 +644,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation.forwarding(); } catch { /* ignore */ }
     ctx.sendContinue?.();
     streaming.set(res, ctx);
+    if (!streamTimer) followStreams();
     // Decided under rules a reload has since replaced (its body read by a monitor, its keys
     // fetched, while the swap happened): redecideOpen did not see it, so its answer is followed
     // as one that started after the reload (the tunnel's twin is in handleUpgrade).
@@ -715,8 +726,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         endUnder(decided, rules) {
           tunnel.ctx = decided;
           clearTimeout(expiry);
-          const ends = tunnelEndsAt(decided, rules);
-          if (ends !== undefined) arm(ends);
+          const end = endOf(decided, rules);
+          if (end) arm(end.at);
         },
       };
       open.set(socket, tunnel);
@@ -731,22 +742,45 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   }
 
   /**
-   * When the decision a tunnel was opened with stops holding, and the tunnel with it: the
-   * handshake's credential expires (a client that keeps a WebSocket longer reconnects with a
-   * fresh token and is decided again); in enforce mode, the operation's sunset, and the start
-   * of a deprecation that will block this consumer. A reload re-arms it with its own dates
+   * When the decision a tunnel (or an event stream) was opened with stops holding, and the
+   * tunnel with it, and the reason a new request would be refused for then: the handshake's
+   * credential expires (a client that keeps a WebSocket longer reconnects with a fresh token
+   * and is decided again); in enforce mode, the operation's sunset, and the start of a
+   * deprecation that will block this consumer. A reload re-arms it with its own dates
    * (redecideTunnel).
    */
-  function tunnelEndsAt(ctx: RequestContext, rules: Rules): number | undefined {
-    const ends: number[] = [];
-    if (ctx.credential) ends.push(ctx.credential.expiresAtMs + rules.identity.clockSkewMs);
+  function endOf(ctx: RequestContext, rules: Rules): { readonly at: number; readonly reason: ReasonCode } | undefined {
+    let end: { at: number; reason: ReasonCode } | undefined;
+    const until = (at: number, reason: ReasonCode) => { if (!end || at < end.at) end = { at, reason }; };
+    if (ctx.credential) until(ctx.credential.expiresAtMs + rules.identity.clockSkewMs, 'invalid-credential');
     const op = ctx.operation;
     const dep = op?.deprecated;
     if (op && dep && rules.proxy.mode === 'enforce') {
-      if (dep.sunsetMs !== undefined) ends.push(dep.sunsetMs);
-      if (dep.sinceMs > ctx.now && blocks(rules, op, ctx.consumer)) ends.push(dep.sinceMs);
+      if (dep.sunsetMs !== undefined) until(dep.sunsetMs, 'operation-sunset');
+      if (dep.sinceMs > ctx.now && blocks(rules, op, ctx.consumer)) until(dep.sinceMs, 'deprecated-operation');
     }
-    return ends.length ? Math.min(...ends) : undefined;
+    return end;
+  }
+
+  /**
+   * Once a second while answers are forwarded: an event stream (text/event-stream, as
+   * server-sent events and MCP's streamable HTTP send) is a channel held open as a WebSocket
+   * tunnel is, and ends when a tunnel would (endOf): its token expired, its operation's sunset
+   * came. The client reconnects with a fresh token and is decided again. Any other answer (a
+   * long download) runs to its end: it is one answer, not a channel.
+   */
+  function followStreams(): void {
+    streamTimer = setInterval(() => {
+      if (streaming.size === 0) { clearInterval(streamTimer); streamTimer = undefined; return; }
+      const at = now();
+      for (const [res, ctx] of streaming) {
+        if (!res.headersSent || !eventStreamAnswer(res)) continue;
+        const decided = redecided.get(res) ?? ctx;
+        const end = endOf(decided, decided.rules);
+        if (end && end.at <= at) cut(res, ctx, EXPIRED_CUT, end.reason);
+      }
+    }, STREAM_END_MS);
+    streamTimer.unref();
   }
 
   /**
@@ -785,14 +819,18 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   /** Decide `was` again under `g`; cut its answer when refused. The refusal, when cut. */
   async function cutUnder(g: Generation, res: ServerResponse, was: RequestContext): Promise<Decision | undefined> {
-    const [, d] = await decideAgain(g, was);
-    if (!stillIn(g) || !streaming.has(res) || !closes(d)) return undefined;
-    cut(res, was, RELOAD_CUT, d.reason);
-    return d;
+    const [ctx, d] = await decideAgain(g, was);
+    if (!stillIn(g) || !streaming.has(res)) return undefined;
+    if (closes(d)) { cut(res, was, RELOAD_CUT, d.reason); return d; }
+    // Kept: an event stream ends at the new rules' dates. A denial kept open (audit mode's
+    // would-deny, driftguard's own 5xx) may have ended the checks before the credential: the
+    // context it was decided with before keeps its token's end (as redecideTunnel does).
+    if (d.decision !== 'deny') redecided.set(res, ctx);
+    return undefined;
   }
 
   /** Cut an answer in flight, `by` driftguard for `reason`: its record says who and why, not that the client left. */
-  function cut(res: ServerResponse, ctx: RequestContext, by: typeof REVOKED_CUT | typeof RELOAD_CUT, reason: ReasonCode): void {
+  function cut(res: ServerResponse, ctx: RequestContext, by: DriftguardCut, reason: ReasonCode): void {
     cutBy.set(res, by);
     ctx.extra[CUT_REASON] = reason;
     res.destroy();

@@ -40,6 +40,17 @@ const exchanges = new WeakMap<ServerResponse, Exchange>();
 export function sentUpstream(res: ServerResponse): boolean { return exchanges.get(res)?.sent ?? false; }
 
 /**
+ * Whether the upstream answers `res` with an event stream (`text/event-stream`, whatever its
+ * parameters: HTML's server-sent events, MCP's streamable HTTP): a channel held open, which
+ * ends when what it was decided with stops holding (server.ts followStreams).
+ */
+export function eventStreamAnswer(res: ServerResponse): boolean { return exchanges.get(res)?.eventStream ?? false; }
+
+function isEventStream(type: string | string[] | undefined): boolean {
+  return typeof type === 'string' && /^\s*text\/event-stream\s*(;|$)/i.test(type);
+}
+
+/**
  * Withdraw the request of `res` before it is sent upstream (no connection yet): its forward
  * ends as `refused`, nothing sent, and the caller answers with that problem. false when it is
  * under way already, or done.
@@ -85,6 +96,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #withdrawn = false;
   /** undici began writing the request upstream (sentUpstream). */
   #sent = false;
+  /** The upstream's answer is an event stream (eventStreamAnswer). */
+  #eventStream = false;
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, answering?: Answering) {
     this.#req = req;
@@ -133,6 +146,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
   get sent(): boolean { return this.#sent; }
 
+  get eventStream(): boolean { return this.#eventStream; }
+
   /** `again` sends the request once more, should its connection turn out closed (CLOSED_UNDER). */
   mayRetry(again: () => void): void { this.#again = again; }
 
@@ -164,6 +179,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // A 204 has no content and MUST NOT carry a Content-Length (RFC 9110 §8.6): the body is
     // dropped, so the header would describe nothing.
     if (statusCode === 204) delete head['content-length'];
+    this.#eventStream = isEventStream(headers['content-type']);
     this.#head = { status: statusCode, headers: head };
   }
 

@@ -36,7 +36,9 @@ export const REVOKED_CUT = 'revoked';
 export const UNPARSED_BODY = 'body unparsable';
 /** Its `error` when driftguard cut an answer because rules reloaded while it streamed refuse its request. */
 export const RELOAD_CUT = 'reload';
-/** The ctx.extra key (span `driftguard.cut.reason`) naming the reason code of a revoked or reload cut. */
+/** Its `error` when driftguard ended an event stream because what it was decided with stopped holding: its token expired, its operation's sunset came. */
+export const EXPIRED_CUT = 'expired';
+/** The ctx.extra key (span `driftguard.cut.reason`) naming the reason code of a revoked, reload or expired cut. */
 export const CUT_REASON = 'cut.reason';
 
 /** A request that waited longer than the connect timeout for a free connection of the pool. */

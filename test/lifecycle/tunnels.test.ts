@@ -80,6 +80,34 @@ t.test('a tunnel ends when the token it was opened with expires', async (t) => {
   t.equal(await within(agent.closed, 4_000), 1006, 'closed at exp');
 });
 
+t.test('an event stream ends when the token it was decided with expires, as a tunnel does; a download runs on', async (t) => {
+  const w = await world();
+  const events = eventStream(t);
+  // /items/1: server-sent events; /items/2: a long download, one chunk every 50 ms.
+  w.up.handler = (req, res) => {
+    if (req.url === '/items/1') { events(req, res); return; }
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const tick = setInterval(() => res.write(Buffer.alloc(64)), 50);
+    res.on('close', () => clearInterval(tick));
+  };
+  const dg = await startLifecycle(baseRules(w.up.origin, w.keys.url, (r) => { r.credentials = { taskBindingAt: 'never' }; r.identity.clockSkew = '0s'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token({ ttl: 2 });
+  const expiresAt = JSON.parse(Buffer.from(tok.split('.')[1]!, 'base64url').toString()).exp * 1000;
+  const stream = await readStream(t, `${dg.url}/items/1`, tok);
+  const download = await readStream(t, `${dg.url}/items/2`, tok);
+  t.teardown(() => download.stop());
+  // Before: it streamed on for as long as the upstream kept it open.
+  t.ok(await until(() => stream.state.ended, 4_500), 'the event stream is cut');
+  t.ok(Date.now() >= expiresAt, 'not before its token\'s exp');
+  t.ok(stream.state.events > 0, 'after streaming');
+  const record = dg.seen.find((x) => x.ctx.req.url === '/items/1');
+  t.ok(await until(() => record?.forwarded !== undefined), 'its request is done');
+  t.equal(record?.forwarded?.error, 'expired', 'driftguard cut it, not the client');
+  t.equal(record?.ctx.extra['cut.reason'], 'invalid-credential', 'for the reason a new request would be refused');
+  t.notOk(download.state.ended, 'a download (one answer, not a channel) is not cut');
+});
+
 t.test('a quarantine closes the consumer\'s open tunnels', async (t) => {
   const w = await world();
   const up = await echoServer(t);

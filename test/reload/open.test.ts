@@ -65,6 +65,28 @@ t.test('a reload that still allows a tunnel keeps it, and ends it at the new rul
   t.equal(await within(agent.closed, 3_000), 1006, 'closed at the sunset the reload set');
 });
 
+t.test('a reload that still allows an event stream keeps it, and ends it at the new rules\' sunset', async (t) => {
+  const w = await world();
+  w.up.handler = eventStream(t);
+  const dg = await startLifecycle(rules(w, w.up.origin));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agents = await readStream(t, `${dg.url}/items/1`, await w.token());
+  // On a whole second, as the rules write dates.
+  const sunsetAt = Math.ceil((Date.now() + 1_500) / 1000) * 1000;
+  await dg.dg.swap(loadRules(writeRules(rules(w, w.up.origin, (r) => {
+    r.contract.operations.find((o: { id: string }) => o.id === 'getItem').deprecated = { since: '2026-01-01', sunset: new Date(sunsetAt).toISOString() };
+  }))));
+  await new Promise((r) => setTimeout(r, 800));
+  t.notOk(agents.state.ended, 'kept: the new rules allow it until the sunset');
+  // Before: the reload's sunset did not reach it, and it streamed on.
+  t.ok(await until(() => agents.state.ended, 3_000), 'cut at the sunset the reload set');
+  t.ok(Date.now() >= sunsetAt, 'not before it');
+  const record = dg.seen.find((s) => s.ctx.req.url === '/items/1');
+  t.ok(await until(() => record?.forwarded !== undefined), 'its request is done');
+  t.equal(record?.forwarded?.error, 'expired');
+  t.equal(record?.ctx.extra['cut.reason'], 'operation-sunset');
+});
+
 t.test('under proxy.mode audit a reload that would refuse a tunnel keeps it', async (t) => {
   const w = await world();
   const up = await echoServer(t);
