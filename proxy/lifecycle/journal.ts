@@ -57,12 +57,23 @@ export function readJournal(file: string): { live: Revocation[]; skipped: { line
   });
   const torn = bytes.length - lastNewline - 1;
   // Text of which no line is a record is some other file (named by mistake): replaying would
-  // cut its last line and compacting rewrite it empty. Refused, and left as it is.
-  if (records === 0 && (skipped.length > 0 || torn > 0)) {
+  // cut its last line and compacting rewrite it empty. Refused, and left as it is. Not a
+  // journal compacted empty (start leaves it so when nothing is revoked) whose first append a
+  // crash tore: its only text is the start of a record.
+  if (records === 0 && (skipped.length > 0 || torn > 0 && !startsRecord(bytes.subarray(lastNewline + 1)))) {
     throw new Error(`${file} is not a revocation journal (no line of it is a journal record); it is left as it is`);
   }
   if (torn > 0) skipped.push({ line: lines.length + 1, problem: `torn last line (${torn} bytes without a newline), cut off` });
   return { live: [...live.values()], skipped, whole: lastNewline + 1, torn };
+}
+
+/** How every record's line starts (JSON.stringify of a JournalRecord). */
+const RECORD_START = Buffer.from('{"op":');
+
+/** Whether `tail`, a line without its newline, is a record cut short: the start of one, however little of it. */
+function startsRecord(tail: Buffer): boolean {
+  const n = Math.min(tail.length, RECORD_START.length);
+  return tail.subarray(0, n).equals(RECORD_START.subarray(0, n));
 }
 
 function parseRecord(line: string): JournalRecord | string {

@@ -597,6 +597,30 @@ t.test('revocation.journal must be a journal of its own: a file the rules read, 
   const rules = writeRules(w.rules((r) => { r.revocation = { journal: other }; }), dir);
   await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: /revocation\.journal: .*notes\.txt is not a revocation journal/ });
   t.equal(readFileSync(other, 'utf8'), 'these are my notes\nno trailing newline', 'not cut, not rewritten');
+  // One line of other text, without a newline: refused alike.
+  writeFileSync(other, 'a note');
+  await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: /is not a revocation journal/ });
+  t.equal(readFileSync(other, 'utf8'), 'a note');
+});
+
+t.test('a journal compacted empty whose first append a crash tore is a journal: the torn record is cut off and start-up goes on', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-journal-'));
+  const journal = join(dir, 'revocations.journal');
+  const file = writeRules(w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal }; }), dir);
+  // Started with nothing revoked: the journal is compacted to an empty file.
+  await (await startLifecycle({ file })).close();
+  t.equal(readFileSync(journal, 'utf8'), '');
+  for (const torn of ['{"op":"add","revocation":{"id":"a', '{"o']) {
+    writeFileSync(journal, torn);
+    // Before: "is not a revocation journal", at this start and every one after it.
+    const dg = await startLifecycle({ file });
+    t.match(dg.logs.find((l) => l.msg === 'revocation journal line skipped'), { problem: /torn last line/ }, `${torn}: reported`);
+    t.equal((await revoke(dg.admin, { kind: 'task', value: 'task-a', reason: 'incident' })).status, 201, 'and the journal takes the next record');
+    await dg.close();
+    t.match(readFileSync(journal, 'utf8'), /^\{"op":"add".*"task-a".*\n$/, 'on a line of its own');
+  }
 });
 
 t.test('a subject revoked as ["<issuer>","<subject>"] (as /consumers names it) is revoked from that issuer only', async (t) => {
