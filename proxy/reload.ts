@@ -4,7 +4,7 @@
 // POST /reload trigger the same path. A reload is validated whole before the swap; an
 // invalid file keeps the last good rules and is reported, never half-applied.
 
-import { watch, readFileSync, type FSWatcher } from 'node:fs';
+import { watch, readFileSync, statSync, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, basename, resolve } from 'node:path';
 import { loadRules, problemInFile, RulesError, type Overrides } from './rules/load.ts';
@@ -58,6 +58,8 @@ export const SETTLE_MS = 1_000;
 export const RETRY_MS = 30_000;
 /** How often the files are read for a change when their directory cannot be watched. */
 export const POLL_MS = 2_000;
+/** How often a watched rules directory that was replaced is looked for while its path names nothing. */
+const REWATCH_MS = 500;
 
 export function reloader(file: string, overrides: Overrides, dg: Driftguard, log: (line: Record<string, unknown>) => void, retryMs = RETRY_MS, watchDir: typeof watch = watch): Reloader {
   const status: ReloadStatus = { succeeded: 0, failed: 0, watching: 'events' };
@@ -164,19 +166,44 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     let last = snapshot();
     polling = setInterval(() => { const now = snapshot(); if (now !== last) { last = now; changed(); } }, POLL_MS).unref();
   };
-  try {
-    watcher = watchDir(dir, { persistent: false }, (_event, name) => {
-      if (name !== null && !interesting(String(name))) return;
-      changed();
-    });
-    // The directory went away, or the watch broke: read instead (SIGHUP and /reload work either way).
-    watcher.on('error', poll);
-  } catch (err) { poll(err); }
+  // A watch follows the directory it was set on, not the path: once that directory is replaced
+  // (a release symlink switched and the old release deleted; a deploy tool's `rm -r` and
+  // `mkdir`) it tells nothing more, and no error says so. Each event looks whether the path
+  // still names the directory watched; when not, the path is watched again (once it exists)
+  // and read, since what changed there was not seen.
+  let watched: string | undefined;
+  let rewatch: NodeJS.Timeout | undefined;
+  const directory = (): string | undefined => { try { const s = statSync(dir); return `${s.dev}:${s.ino}`; } catch { return undefined; } };
+  const watchRules = (again: boolean): void => {
+    watcher?.close();
+    watcher = undefined;
+    if (closed || polling !== undefined) return;
+    watched = directory();
+    if (watched === undefined) {
+      if (!again) { poll(Object.assign(new Error('no such directory'), { code: 'ENOENT' })); return; }
+      // Gone for now (between a deploy tool's `rm -r` and `mkdir`): looked for again.
+      rewatch = setTimeout(() => watchRules(true), REWATCH_MS).unref();
+      return;
+    }
+    try {
+      watcher = watchDir(dir, { persistent: false }, (_event, name) => {
+        // Its own name: the directory watched was removed or moved (a new one at the path may
+        // have its inode number: a freed one is soon reused).
+        if (String(name) === basename(dir) || directory() !== watched) { watchRules(true); changed(); return; }
+        if (name !== null && !interesting(String(name))) return;
+        changed();
+      });
+      // The watch broke: read instead (SIGHUP and /reload work either way).
+      watcher.on('error', poll);
+    } catch (err) { poll(err); return; }
+    if (again) changed();
+  };
+  watchRules(false);
 
   const shuttingDown = () => ({ changed: false, error: 'driftguard is shutting down', hash: dg.generation.rules.hash });
   return {
     status,
     reload: (trigger) => (closed ? Promise.resolve(shuttingDown()) : reload(trigger)),
-    close() { closed = true; clearTimeout(timer); clearTimeout(retry); clearInterval(polling); watcher?.close(); },
+    close() { closed = true; clearTimeout(timer); clearTimeout(retry); clearTimeout(rewatch); clearInterval(polling); watcher?.close(); },
   };
 }

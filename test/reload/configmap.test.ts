@@ -133,3 +133,46 @@ t.test('ConfigMap symlink swap, SIGHUP and POST /reload in a real subprocess', a
   t.same(await dg.exited, { code: 0, signal: null });
   for (const tok of tokens) t.notOk(dg.output().includes(tok), 'no token in driftguard\'s output');
 });
+
+t.test('a rules directory replaced (a release link switched and the old release deleted; rm -r and mkdir) is watched again', async (t) => {
+  const up = await upstream();
+  t.teardown(() => up.close());
+  const key = await testKey('ES256');
+  const secret = mkdtempSync(join(tmpdir(), 'driftguard-secret-'));
+  writeFileSync(join(secret, 'jwks.json'), JSON.stringify(jwks(key)));
+  const rules = baseRules(up.origin, 'http://127.0.0.1:9/unused', (r) => { r.identity.issuers[0].jwks = { file: join(secret, 'jwks.json') }; });
+  // root/current -> v1, driftguard pointed at root/current/rules.yaml.
+  const root = mkdtempSync(join(tmpdir(), 'driftguard-releases-'));
+  const release = (name: string, n: number) => { mkdirSync(join(root, name)); writeFileSync(join(root, name, 'rules.yaml'), stringify(withProbe(rules, n))); };
+  release('v1', 1);
+  symlinkSync('v1', join(root, 'current'));
+  const dg = await runDriftguard(join(root, 'current', 'rules.yaml'), [], { OTEL_TRACES_EXPORTER: 'none' });
+  t.teardown(() => dg.kill());
+  // The status of GET /probe<n> once it is 200, or after 6 s (a change settles for a second first).
+  const reloaded = async (n: number) => {
+    for (let i = 0; i < 60 && await status(`${dg.url}/probe${n}`) !== 200; i++) await new Promise((r) => setTimeout(r, 100));
+    return status(`${dg.url}/probe${n}`);
+  };
+  t.equal(await status(`${dg.url}/probe1`), 200);
+
+  // The link switched to v2, v1 deleted: seen (its files' deletion is an event).
+  release('v2', 2);
+  symlinkSync('v2', join(root, 'next'));
+  renameSync(join(root, 'next'), join(root, 'current'));
+  rmSync(join(root, 'v1'), { recursive: true });
+  t.equal(await reloaded(2), 200, 'the switched release is in force');
+  // v2 edited in place: before, never seen (the watch was on v1, deleted).
+  writeFileSync(join(root, 'v2', 'rules.yaml'), stringify(withProbe(rules, 3)));
+  t.equal(await reloaded(3), 200, 'an edit of the new release is seen');
+
+  // A deploy tool that replaces the directory: rm -r, mkdir, write.
+  rmSync(join(root, 'v2'), { recursive: true });
+  release('v2', 4);
+  t.equal(await reloaded(4), 200, 'the replaced directory\'s rules are in force');
+  writeFileSync(join(root, 'v2', 'rules.yaml'), stringify(withProbe(rules, 5)));
+  t.equal(await reloaded(5), 200, 'and an edit after it is seen');
+  const ready = await (await fetch(`${dg.admin}/readyz`)).json() as any;
+  t.equal(ready.reload.watching, 'events');
+  dg.child.kill('SIGTERM');
+  t.same(await dg.exited, { code: 0, signal: null });
+});
