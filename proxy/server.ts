@@ -4,7 +4,7 @@
 // a reload replaces atomically: a request uses the generation it started with.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
@@ -205,12 +205,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   /** Requests whose body Node's parser refused (an HPE_ error), not a connection that failed: a 400, not a client that left. */
   const badFraming = new WeakSet<IncomingMessage>();
   /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
-  const cutBy = new WeakMap<ServerResponse, DriftguardCut | typeof UNPARSED_BODY>();
+  const cutBy = new WeakMap<ServerResponse | Socket, DriftguardCut | typeof UNPARSED_BODY>();
   /**
    * Answers a reload decided again and kept: the context they were decided with then, whose
    * rules' dates an event stream now ends at (followStreams). Where none, the request's own.
    */
-  const redecided = new WeakMap<ServerResponse, RequestContext>();
+  const redecided = new WeakMap<ServerResponse | Socket, RequestContext>();
   let streamTimer: NodeJS.Timeout | undefined;
   /**
    * Answers not started when a reload decided what was open again: one whose head comes later
@@ -237,6 +237,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const drops = new Map<string, { count: number; at: number }>();
   /** The tunnels established (101 passed on), with their handshake's context. */
   const open = new Map<Socket, OpenTunnel>();
+  /**
+   * Handshakes being forwarded, with their context, until the upstream's answer ends: an
+   * upstream that does not switch answers the client itself, and that answer may stream (a
+   * server with no WebSocket route serves the GET as it would without the Upgrade). It is
+   * cut as a streamed answer is: by a revocation, a quarantine, a reload that refuses it, and
+   * at the end of an event stream (followStreams).
+   */
+  const handshakes = new Map<Socket, RequestContext>();
   let draining = false;
   /** The drain's grace period is over and it is cutting what still runs: those cuts are its own. */
   let cutting = false;
@@ -710,7 +718,18 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
-    const outcome = await forwarderFor(g).tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
+    handshakes.set(socket, ctx);
+    if (!streamTimer) followStreams();
+    let forwarded: ForwardOutcome;
+    try {
+      forwarded = await forwarderFor(g).tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
+    } finally {
+      handshakes.delete(socket);
+    }
+    // Cut by driftguard while the upstream's refusal streamed: whose cut, not the client that
+    // left or the write that failed on the socket it destroyed.
+    const cutter = cutBy.get(socket);
+    const outcome = cutter !== undefined && forwarded.aborted === true ? { ...forwarded, error: cutter } : forwarded;
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) { answer(forwardingFailed(ctx, decision, outcome.failure, outcome, observation, headers), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;
@@ -771,14 +790,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    */
   function followStreams(): void {
     streamTimer = setInterval(() => {
-      if (streaming.size === 0) { clearInterval(streamTimer); streamTimer = undefined; return; }
+      if (streaming.size === 0 && handshakes.size === 0) { clearInterval(streamTimer); streamTimer = undefined; return; }
       const at = now();
-      for (const [res, ctx] of streaming) {
-        if (!res.headersSent || !eventStreamAnswer(res)) continue;
-        const decided = redecided.get(res) ?? ctx;
+      const ended = (target: ServerResponse | Socket, ctx: RequestContext) => {
+        const decided = redecided.get(target) ?? ctx;
         const end = endOf(decided, decided.rules);
-        if (end && end.at <= at) cut(res, ctx, EXPIRED_CUT, end.reason);
-      }
+        if (end && end.at <= at) cut(target, ctx, EXPIRED_CUT, end.reason);
+      };
+      for (const [res, ctx] of streaming) if (res.headersSent && eventStreamAnswer(res)) ended(res, ctx);
+      // A handshake's answer ends where its tunnel would have.
+      for (const [socket, ctx] of handshakes) ended(socket, ctx);
     }, STREAM_END_MS);
     streamTimer.unref();
   }
@@ -808,6 +829,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
           const d = await cutUnder(g, res, was);
           if (d) { count(d); answersCut++; }
         }),
+        // A handshake (a GET: nothing acted on) is decided again whether or not its answer has
+        // started; one the upstream switches later is decided again as a tunnel then.
+        ...[...handshakes].map(async ([socket, was]) => {
+          const d = await cutUnder(g, socket, was);
+          if (d) { count(d); answersCut++; }
+        }),
       ]);
     } catch (err) {
       couldNotRedecide(err, g);
@@ -818,22 +845,22 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   }
 
   /** Decide `was` again under `g`; cut its answer when refused. The refusal, when cut. */
-  async function cutUnder(g: Generation, res: ServerResponse, was: RequestContext): Promise<Decision | undefined> {
+  async function cutUnder(g: Generation, target: ServerResponse | Socket, was: RequestContext): Promise<Decision | undefined> {
     const [ctx, d] = await decideAgain(g, was);
-    if (!stillIn(g) || !streaming.has(res)) return undefined;
-    if (closes(d)) { cut(res, was, RELOAD_CUT, d.reason); return d; }
+    if (!stillIn(g) || !(target instanceof Socket ? handshakes.has(target) : streaming.has(target))) return undefined;
+    if (closes(d)) { cut(target, was, RELOAD_CUT, d.reason); return d; }
     // Kept: an event stream ends at the new rules' dates. A denial kept open (audit mode's
     // would-deny, driftguard's own 5xx) may have ended the checks before the credential: the
     // context it was decided with before keeps its token's end (as redecideTunnel does).
-    if (d.decision !== 'deny') redecided.set(res, ctx);
+    if (d.decision !== 'deny') redecided.set(target, ctx);
     return undefined;
   }
 
   /** Cut an answer in flight, `by` driftguard for `reason`: its record says who and why, not that the client left. */
-  function cut(res: ServerResponse, ctx: RequestContext, by: DriftguardCut, reason: ReasonCode): void {
-    cutBy.set(res, by);
+  function cut(target: ServerResponse | Socket, ctx: RequestContext, by: DriftguardCut, reason: ReasonCode): void {
+    cutBy.set(target, by);
     ctx.extra[CUT_REASON] = reason;
-    res.destroy();
+    target.destroy();
   }
 
   /**
@@ -1001,6 +1028,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         const why = WITHDRAWN[reason as keyof typeof WITHDRAWN] as string | undefined;
         if (why !== undefined && unsent && !res.headersSent && ctx.req.complete && withdraw(res, reason as keyof typeof WITHDRAWN, `${why} while the request waited for an upstream connection: it was not sent`)) continue;
         cut(res, ctx, REVOKED_CUT, reason);
+      }
+      for (const [socket, ctx] of handshakes) {
+        const reason = picks(ctx);
+        if (reason) { cut(socket, ctx, REVOKED_CUT, reason); answers++; }
       }
       return { tunnels, answers };
     },

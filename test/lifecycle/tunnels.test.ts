@@ -2,7 +2,8 @@
 // a revocation of its consumer or a quarantine closes it within a second, and it ends when
 // the token it was opened with expires. Real `ws` client and server, real driftguard.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
+import { connect } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
@@ -183,6 +184,42 @@ t.test('a streamed answer (server-sent events) is cut within a second of its cre
   t.notOk(other.state.ended, 'another consumer\'s stream goes on');
   t.match(dg.logs.find((l) => String(l.msg).startsWith('WebSocket tunnels and answers in flight closed')), { tunnels: 0, answers: 1 });
   await other.stop();
+});
+
+/** GET /items/1 as an event stream over a raw socket, with a WebSocket handshake's headers when `upgrade`: what arrives, and whether it ended. */
+function rawStream(t: Test, url: string, tok: string, upgrade: boolean) {
+  const u = new URL(url);
+  const state = { events: 0, ended: false };
+  const s = connect(Number(u.port), u.hostname);
+  let text = '';
+  s.on('data', (d) => { text += d.toString('latin1'); state.events = (text.match(/data:/g) ?? []).length; });
+  s.on('error', () => {});
+  s.on('close', () => { state.ended = true; });
+  s.write(`GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nAccept: text/event-stream\r\n${upgrade ? 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' : ''}\r\n`);
+  t.teardown(() => s.destroy());
+  return state;
+}
+
+t.test('a stream answered to a WebSocket handshake the upstream did not switch is cut by a revocation, and at its token\'s exp, as any stream', async (t) => {
+  const w = await world();
+  // A server with no WebSocket route: it serves the handshake's GET as it would without it.
+  w.up.handler = eventStream(t);
+  const dg = await startLifecycle(w.rules((r) => { r.identity.clockSkew = '0s'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const revoked = rawStream(t, dg.url, await w.token(), true);
+  const expiring = rawStream(t, dg.url, await w.token({ sub: BOT, ttl: 2 }), true);
+  t.ok(await until(() => revoked.events > 0 && expiring.events > 0), 'both stream');
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: AGENT, reason: 'compromised' }) });
+  t.equal(made.status, 201);
+  await made.text();
+  // Before: neither an open tunnel nor a streaming answer, it streamed on while a new request was refused.
+  t.ok(await until(() => revoked.ended, 2_500), 'the revoked consumer\'s stream is cut');
+  const record = dg.seen.find((x) => x.ctx.consumer?.subject === AGENT);
+  t.ok(await until(() => record?.forwarded !== undefined), 'its handshake is done');
+  t.equal(record?.forwarded?.error, 'revoked', 'cut by driftguard, not the client');
+  t.equal(record?.ctx.extra['cut.reason'], 'credential-revoked');
+  t.notOk(expiring.ended, 'the other consumer\'s goes on');
+  t.ok(await until(() => expiring.ended, 4_000), 'until its token expires');
 });
 
 t.test('an upload still streaming to the upstream when its credential is revoked is cut there within a second', async (t) => {
