@@ -119,9 +119,27 @@ const validateSchema = ajv.compile(schema);
 /** identity.clockSkew at most: more would accept tokens that long after they expired. */
 const MAX_CLOCK_SKEW_MS = 5 * 60_000;
 
+/**
+ * A key the rules could have: every field of the schema is a word (and a key YAML reads as a
+ * number, or a merge key, is named as written). Any other text a key holds
+ * is never printed: in a file whose YAML broke, a value can be read as a key (a URL with a
+ * token in its query, on a line indented wrong), and problems are logged and served on
+ * /readyz. The line and column still say where.
+ */
+const FIELD_NAME = /^(?:[A-Za-z_$][A-Za-z0-9_$-]{0,63}|[0-9]{1,20}|<<)$/;
+
+/** `key` as a problem may print it. */
+export function keyText(key: string): string {
+  return FIELD_NAME.test(key) ? `"${key}"` : '(a key that is no field name)';
+}
+
+/** The field at `path`, as problems print it: up to the first key that is no field name (keyText). */
 export function fieldName(path: Path): string {
   let out = '';
-  for (const part of path) out += typeof part === 'number' ? `[${part}]` : (out ? '.' : '') + part;
+  for (const part of path) {
+    if (typeof part !== 'number' && !FIELD_NAME.test(part)) break;
+    out += typeof part === 'number' ? `[${part}]` : (out ? '.' : '') + part;
+  }
   return out;
 }
 
@@ -199,7 +217,7 @@ function schemaProblems(errors: ErrorObject[], at: Locator, data: unknown): Rule
       continue;
     } else if (e.keyword === 'additionalProperties') {
       const extra = (e.params as { additionalProperty: string }).additionalProperty;
-      push(at.problem([...path, extra], `unknown field "${extra}"`));
+      push(at.problem([...path, extra], `unknown field ${keyText(extra)}`));
       continue;
     } else if (e.keyword === 'enum') {
       message = `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
@@ -358,7 +376,8 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
       const named = e.code === 'DUPLICATE_KEY' || e.code === 'TAG_RESOLVE_FAILED';
       // A tag's warning is at the tag; its node, the value, just after it.
       const path = e.code === 'MULTIPLE_DOCS' ? [] : e.code === 'TAG_RESOLVE_FAILED' ? pathAt(doc, e.pos[1] + 1) : named ? pathAt(doc, e.pos[0]) : [pathAt(doc, Math.max(0, e.pos[0] - 1)), pathAt(doc, e.pos[0])].find((p) => p.length > 0) ?? [];
-      const field = path.length === 0 ? '' : named ? fieldName(path) : `near ${fieldName(path)}`;
+      const name = fieldName(path);
+      const field = name === '' ? '' : named ? name : `near ${name}`;
       const message = e.code === 'DUPLICATE_KEY' ? 'written twice in the same mapping: the second would silently replace the first'
         : e.code === 'TAG_RESOLVE_FAILED' ? `YAML: ${e.message.split('\n')[0]}: driftguard does not expand tags; write the value itself`
         : e.code === 'MULTIPLE_DOCS' ? 'YAML: a second document starts here (---): the rules file holds one'

@@ -360,3 +360,25 @@ t.test('a value that may carry a credential is not quoted in a problem', async (
   t.match(found[0]!.message, /^is not valid: /, 'said invalid, not quoted');
   t.notMatch(JSON.stringify(found), /s3cr3t/);
 });
+
+t.test('a problem never prints a key that is no field name: a value the broken YAML read as a key (a URL with its token) stays out', async (t) => {
+  const url = 'http://127.0.0.1:9/jwks.json?token=S3CRET-TOKEN';
+  const withUrl = edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', `jwks:\n        url: ${url}`);
+  t.same(problems(withUrl).problems, [], 'the rules with the URL are valid');
+  const variants = [
+    // The line under the URL indented wrong: before, `near identity.issuers[0].jwks.url.http://…?token=S3CRET-TOKEN bad`.
+    withUrl.replace(url, `${url}\n         bad: [unclosed`),
+    withUrl.replace(url, `${url}: x: y`),
+    // Valid YAML, the URL a key: `unknown field "http://…"`.
+    withUrl.replace(`url: ${url}`, `url: http://127.0.0.1:9/jwks.json\n        ${url}: 1`),
+  ];
+  for (const text of variants) {
+    const found = problems(text).problems;
+    t.ok(found.length > 0, 'refused');
+    const printed = JSON.stringify(found);
+    t.notOk(printed.includes('S3CRET'), `no token in ${printed}`);
+    t.ok(found.every((p) => p.line > 0), 'each at its line');
+  }
+  const unknown = problems(variants[2]!).problems;
+  t.match(unknown, [{ field: 'identity.issuers[0].jwks', message: 'unknown field (a key that is no field name)' }]);
+});
