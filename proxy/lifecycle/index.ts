@@ -285,11 +285,16 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         const entries = state.revocations.prune(state.now());
         return { entries, fill: Math.min(1, entries / state.config.revocation.maxEntries) };
       });
-      // A new list file must be readable before the reload is taken (checkListFile).
+      // A new list file must be readable before the reload is taken (checkListFile), and a new
+      // journal must be one, as start-up requires: it takes effect at the next start, which a
+      // reload that took it would leave to fail, on every pod, long after the edit.
       dg.onPrepare((next) => {
         const c = configOf(next).revocation;
         const current = sources.find((s) => s.kind === 'file');
         if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now());
+        if (c.journal !== undefined && c.journal !== config.revocation.journal) {
+          try { readJournal(c.journal); } catch (err) { throw new RulesError([problemInFile(next.source, ['revocation', 'journal'], (err as Error).message)]); }
+        }
       });
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => {
@@ -334,7 +339,9 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       // that took traffic before knowing what is revoked would let revoked tokens through. The
       // store says so, not the source: a reload to a new URL that fails keeps the list read
       // before in force, and the pod serves with it (a new source has never succeeded).
-      dg.addReadinessCheck(() => state.revocations.unread ? 'revocation list URL not fetched yet' : undefined);
+      // Only where the list refuses: under `audit` or `off` every request is decided without
+      // it, and a list server that is down kept every pod out of its Service.
+      dg.addReadinessCheck(() => state.config.revocation.mode === 'enforce' && state.revocations.unread ? 'revocation list URL not fetched yet' : undefined);
     },
     async shutdown() {
       clearInterval(sweeper);

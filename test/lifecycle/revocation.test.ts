@@ -478,6 +478,25 @@ t.test('configuration errors name the file, line and field', async (t) => {
   await started.close();
 });
 
+t.test('under revocation.mode audit or off an unread list URL does not hold readiness: nothing waits for it', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const server = createServer((_req, res) => { res.writeHead(503).end(); });
+  const port = await listen(server);
+  t.teardown(() => close(server));
+  for (const mode of ['audit', 'off']) {
+    const dg = await startLifecycle(w.rules((r) => { r.revocation = { mode, url: `http://127.0.0.1:${port}/list.json`, interval: '10m', timeout: '500ms' }; }));
+    const ready = await fetch(`${dg.admin}/readyz`);
+    // Before: 503 "revocation list URL not fetched yet", while every request was decided and forwarded.
+    t.equal(ready.status, 200, `${mode}: ready`);
+    await ready.text();
+    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+    t.equal(res.status, 200, `${mode}: and serving`);
+    await res.text();
+    await dg.close();
+  }
+});
+
 t.test('until the revocation list URL has been read once: not ready, and every credential refused', async (t) => {
   const w = await world();
   let up = false;
@@ -601,6 +620,14 @@ t.test('revocation.journal must be a journal of its own: a file the rules read, 
   writeFileSync(other, 'a note');
   await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: /is not a revocation journal/ });
   t.equal(readFileSync(other, 'utf8'), 'a note');
+
+  // A reload to it is refused the same way: before, taken (it applies at the next start),
+  // and that start then failed, long after the edit.
+  const running = mkdtempSync(join(tmpdir(), 'dg-journal-'));
+  const dg = await startLifecycle({ file: writeRules(w.rules((r) => { r.revocation = { journal: join(running, 'revocations.journal') }; }), running) });
+  t.teardown(() => dg.close());
+  await t.rejects(dg.dg.swap(loadRules(rules)), { name: 'RulesError', message: /revocation\.journal: .*notes\.txt is not a revocation journal/ });
+  t.equal(readFileSync(other, 'utf8'), 'a note', 'left as it is');
 });
 
 t.test('a journal compacted empty whose first append a crash tore is a journal: the torn record is cut off and start-up goes on', async (t) => {
