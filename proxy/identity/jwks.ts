@@ -85,6 +85,12 @@ function load(jwks: JSONWebKeySet): Loaded {
 }
 
 const MAX_JWKS_BYTES = 1 << 20;
+/**
+ * Entries a key set may have. An issuer publishes a handful (its keys in rotation); each
+ * entry is built into a verifier, and a megabyte of `{}` entries was a heap per entry that
+ * ended the sidecar, on every pod that trusts the issuer at once.
+ */
+export const MAX_JWKS_KEYS = 256;
 
 /** Which keys of a fetched set may verify tokens, as jose takes them (see jwtSvidKeys). */
 export type KeySelection = (set: JSONWebKeySet) => JSONWebKeySet;
@@ -137,6 +143,7 @@ export function parseJwks(text: string, from: string, select?: KeySelection, alg
   let data: JSONWebKeySet;
   try { data = JSON.parse(text) as JSONWebKeySet; } catch (err) { throw new TypeError(`${from} is ${jsonFault(err)}`); }
   if (!data || typeof data !== 'object' || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
+  if (data.keys.length > MAX_JWKS_KEYS) throw new TypeError(`${from} has ${data.keys.length} entries in "keys": a key set may have at most ${MAX_JWKS_KEYS}`);
   // An entry that is no key is passed over (RFC 7517 §5: members not understood are ignored):
   // jose refuses a whole set for one, which kept a rotated key from ever loading.
   const keys = (data.keys as unknown[]).filter((k) => k !== null && typeof k === 'object' && !Array.isArray(k)) as JSONWebKeySet['keys'];

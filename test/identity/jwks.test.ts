@@ -9,7 +9,7 @@ import { testKey, jwks, token } from '../support/keys.ts';
 import { upstream, jwksServer, listen, close } from '../support/servers.ts';
 import { baseRules, startTest, AGENT } from '../support/driftguard.ts';
 import { world, keys } from '../core/world.ts';
-import { RemoteKeySet, UNLOADED_RETRY_MS } from '../../proxy/identity/jwks.ts';
+import { MAX_JWKS_KEYS, RemoteKeySet, UNLOADED_RETRY_MS } from '../../proxy/identity/jwks.ts';
 import { discoveredKeySet } from '../../proxy/identity/cluster.ts';
 import { until } from '../lifecycle/support.ts';
 import { startWithTelemetry } from '../telemetry/support.ts';
@@ -502,6 +502,21 @@ t.test('a fetched key set without a key for the issuer\'s algorithms is a failed
   t.match(keySet.status().lastError, /holds private key material .*: d\)/);
   t.notMatch(keySet.status().lastError, new RegExp(String(es.privateJwk.d)), 'the key itself is not quoted');
   t.equal(keySet.eachKey().length, 1, 'the good key is still there');
+});
+
+t.test('a fetched key set of more entries than MAX_JWKS_KEYS is a failed fetch: nothing is built from it, the last good keys stay', async (t) => {
+  const es = await testKey('ES256');
+  const server = await jwksServer(jwks(es));
+  const keySet = new RemoteKeySet({ url: server.url, refreshMs: 60_000, cooldownMs: 0, timeoutMs: 2_000, algorithms: ['ES256'] });
+  t.teardown(async () => { keySet.close(); await server.close(); });
+  t.equal(await keySet.refresh(), true, 'the good set');
+  // Before: a verifier built per entry, a heap per entry; 349,459 `{}` (1 MiB) ended the process.
+  server.body = { keys: [...jwks(es).keys, ...Array.from({ length: MAX_JWKS_KEYS }, () => ({}))] };
+  t.equal(await keySet.refresh(), false, 'refused');
+  t.match(keySet.status().lastError, new RegExp(`has ${MAX_JWKS_KEYS + 1} entries in "keys": a key set may have at most ${MAX_JWKS_KEYS}`));
+  t.equal(keySet.eachKey().length, 1, 'the good key is still there');
+  server.body = { keys: [...jwks(es).keys, ...Array.from({ length: MAX_JWKS_KEYS - 1 }, () => ({}))] };
+  t.equal(await keySet.refresh(), true, 'as many as MAX_JWKS_KEYS are read');
 });
 
 t.test('a key jose would refuse at every token is no key: a set of only such keys is a failed fetch, the last good keys stay', async (t) => {
