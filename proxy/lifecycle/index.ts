@@ -78,7 +78,7 @@ export function checkLifecycleFiles(rules: Rules, now: number): void {
     try { readJournal(r.journal); } catch (err) { problems.push(problemInFile(rules.source, ['revocation', 'journal'], (err as Error).message)); }
   }
   if (r.file !== undefined) {
-    try { checkListFile(r.file, now); } catch (err) { if (err instanceof RulesError) problems.push(...err.problems); else throw err; }
+    try { checkListFile(r.file, now, r.maxEntries); } catch (err) { if (err instanceof RulesError) problems.push(...err.problems); else throw err; }
   }
   if (problems.length > 0) throw new RulesError(problems);
 }
@@ -291,7 +291,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       dg.onPrepare((next) => {
         const c = configOf(next).revocation;
         const current = sources.find((s) => s.kind === 'file');
-        if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now());
+        if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now(), c.maxEntries);
         if (c.journal !== undefined && c.journal !== config.revocation.journal) {
           try { readJournal(c.journal); } catch (err) { throw new RulesError([problemInFile(next.source, ['revocation', 'journal'], (err as Error).message)]); }
         }

@@ -44,8 +44,8 @@ interface EntryProblem {
  * text larger than MAX_DOCUMENT_BYTES: a YAML list is refused above it, and the problems of
  * a larger JSON list are reported by entry and field, where JSON.parse cannot say a line.
  */
-export function parseList(text: string, name: string, source: 'file' | 'url', now: number): Revocation[] | RulesProblem[] {
-  const parsed = parse(text, name, source, now);
+export function parseList(text: string, name: string, source: 'file' | 'url', now: number, maxEntries: number): Revocation[] | RulesProblem[] {
+  const parsed = parse(text, name, source, now, maxEntries);
   return isProblems(parsed) ? firstProblems(parsed) : parsed;
 }
 
@@ -65,13 +65,19 @@ function firstProblems(problems: RulesProblem[]): RulesProblem[] {
 /** The largest text parsed as a YAML document (see parseList): about 20 MiB of heap, for 1,700 entries. */
 export const MAX_DOCUMENT_BYTES = 256 * 1024;
 
-function parse(text: string, name: string, source: 'file' | 'url', now: number): Revocation[] | RulesProblem[] {
+function parse(text: string, name: string, source: 'file' | 'url', now: number, maxEntries: number): Revocation[] | RulesProblem[] {
+  const documentFits = text.length <= MAX_DOCUMENT_BYTES;
+  // What JSON.parse builds follows the values in the text, not its bytes: 8 MiB of `[],` is
+  // 2.8 million arrays, which the chart's heap does not hold. A text larger than a document
+  // may be (so JSON) whose values are more than maxEntries entries can have is refused unparsed.
+  if (!documentFits && jsonValuesOver(text, maxEntries)) {
+    return [{ file: name, line: 1, column: 1, field: '', message: `the list has more entries than revocation.maxEntries (${maxEntries}) allows` }];
+  }
   let json: unknown = NOT_JSON;
   let notJson: unknown;
   try { json = JSON.parse(text); } catch (err) { notJson = err; /* YAML, or broken JSON: the document says where */ }
-  const documentFits = text.length <= MAX_DOCUMENT_BYTES;
   if (json !== NOT_JSON) {
-    const entries = readEntries(json, source, now);
+    const entries = readEntries(json, source, now, maxEntries);
     if (!isEntryProblems(entries)) return entries;
     if (!documentFits) return entries.map((p) => ({ file: name, line: 1, column: 1, field: p.field, message: p.message }));
   } else if (!documentFits) {
@@ -86,7 +92,7 @@ function parse(text: string, name: string, source: 'file' | 'url', now: number):
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   if (doc.errors.length) return doc.errors.map((e) => { const p = lines.linePos(e.pos[0]); return { file: name, line: p.line, column: p.col, field: '', message: `YAML: ${e.message.split('\n')[0]}` }; });
-  const entries = readEntries(doc.toJS(), source, now);
+  const entries = readEntries(doc.toJS(), source, now, maxEntries);
   if (!isEntryProblems(entries)) return entries;
   let seq: unknown = doc.contents;
   if (isMap(seq)) seq = seq.get('revocations', true);
@@ -106,9 +112,12 @@ function isEntryProblems(x: Revocation[] | EntryProblem[]): x is EntryProblem[] 
 }
 
 /** A list's entries as plain values (from JSON.parse or the YAML document), or what is wrong with them. */
-function readEntries(data: unknown, source: 'file' | 'url', now: number): Revocation[] | EntryProblem[] {
+function readEntries(data: unknown, source: 'file' | 'url', now: number, maxEntries: number): Revocation[] | EntryProblem[] {
   const list = isRecord(data) ? data.revocations : data;
   if (!Array.isArray(list)) return [{ field: 'revocations', message: 'must be a list of revocations (or a mapping with one)' }];
+  // Before an entry is built: a revocation (its id hashed) or a problem for each was the heap
+  // that ended the process for a list far over the bound.
+  if (list.length > maxEntries) return [{ field: 'revocations', message: `the list has ${list.length} entries, more than revocation.maxEntries (${maxEntries})` }];
   const problems: EntryProblem[] = [];
   const out: Revocation[] = [];
   const ids = new Set<string>();
@@ -134,6 +143,29 @@ function readEntries(data: unknown, source: 'file' | 'url', now: number): Revoca
     out.push({ id, kind, value, reason, endMs, createdMs: now, source });
   });
   return problems.length ? problems : out;
+}
+
+/**
+ * Whether JSON `text` holds more values than a list of `maxEntries` entries can: an entry is
+ * one mapping of at most five fields, so at most one `{` and six `,`, outside strings. One
+ * pass over the characters, without building anything.
+ */
+export function jsonValuesOver(text: string, maxEntries: number): boolean {
+  const maxOpen = maxEntries + 2;
+  const maxCommas = 6 * maxEntries + 8;
+  let open = 0;
+  let commas = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++; // a backslash: the next character is escaped
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) { if (++open > maxOpen) return true; }
+    else if (c === 0x2c) { if (++commas > maxCommas) return true; }
+  }
+  return false;
 }
 
 function isRecord(x: unknown): x is Record<string, unknown> {
@@ -168,11 +200,11 @@ export interface SourceStatus {
  * is broken is refused with the list's file:line, as start-up is, instead of being taken
  * while the old list silently stays in force. Throws a RulesError.
  */
-export function checkListFile(file: string, now: number): void {
+export function checkListFile(file: string, now: number, maxEntries: number): void {
   let st;
   try { st = statSync(file); } catch (err) { throw new RulesError([{ file, line: 1, column: 1, field: '', message: `cannot read the revocation list: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]); }
   if (st.size > MAX_LIST_BYTES) throw new RulesError([{ file, line: 1, column: 1, field: '', message: TOO_LARGE }]);
-  const parsed = parseList(readFileSync(file, 'utf8'), file, 'file', now);
+  const parsed = parseList(readFileSync(file, 'utf8'), file, 'file', now, maxEntries);
   if (isProblems(parsed)) throw new RulesError(parsed);
 }
 
@@ -303,7 +335,7 @@ export class ListSource {
    * interval (parsed again rather than kept: a list refused for its size must not be held).
    */
   #apply(text: string, version: string | undefined): RulesProblem[] | undefined {
-    const parsed = parseList(text, this.status.location, this.#kind, this.#now());
+    const parsed = parseList(text, this.status.location, this.#kind, this.#now(), this.#maxEntries);
     if (isProblems(parsed)) { this.#broken = version; return parsed; }
     // Memory follows the number of entries, not the list's bytes: 8 MiB of short entries is
     // about 200,000 of them, which under the chart's 96 MiB heap ended the process at start.

@@ -5,11 +5,13 @@ import t from 'tap';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseList, MAX_DOCUMENT_BYTES } from '../../proxy/lifecycle/lists.ts';
+import { parseList, jsonValuesOver, MAX_DOCUMENT_BYTES, MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
 import { cli } from '../support/subprocess.ts';
 import type { RulesProblem } from '../../proxy/rules/load.ts';
 
 const NOW = Date.parse('2026-11-26T00:00:00Z');
+/** revocation.maxEntries as the schema defaults it. */
+const MAX = 20_000;
 
 t.test('the same list as JSON and as YAML gives the same revocations', async (t) => {
   const json = JSON.stringify({ revocations: [
@@ -17,8 +19,8 @@ t.test('the same list as JSON and as YAML gives the same revocations', async (t)
     { kind: 'kid', value: 'key-2026-10', reason: 'key leaked', id: 'leak-1' },
   ] });
   const yaml = 'revocations:\n  - { kind: task, value: ticket-4711, reason: "task finished", end: 2026-12-01T00:00:00Z }\n  - { kind: kid, value: key-2026-10, reason: "key leaked", id: leak-1 }\n';
-  const fromJson = parseList(json, 'list.json', 'url', NOW);
-  const fromYaml = parseList(yaml, 'list.yaml', 'url', NOW);
+  const fromJson = parseList(json, 'list.json', 'url', NOW, MAX);
+  const fromYaml = parseList(yaml, 'list.yaml', 'url', NOW, MAX);
   t.same(fromJson, fromYaml);
   t.equal(fromJson.length, 2);
   t.match(fromJson[0], { kind: 'task', value: 'ticket-4711', endMs: Date.parse('2026-12-01T00:00:00Z'), source: 'url' });
@@ -34,7 +36,7 @@ t.test('problems in a JSON list name the line and field of each', async (t) => {
     ' {"kind": "jti", "value": "c", "reason": "r", "end": "soon"},',
     ' 7]',
   ].join('\n');
-  const problems = parseList(text, 'list.json', 'file', NOW) as RulesProblem[];
+  const problems = parseList(text, 'list.json', 'file', NOW, MAX) as RulesProblem[];
   t.same(problems.map((p) => [p.line, p.field]), [
     [2, 'revocations[1].value'],
     [4, 'revocations[2].colour'],
@@ -50,10 +52,10 @@ t.test('an end that is not an ISO 8601 time that exists is a problem, not a date
   // '2027-12-01 10:00' in the process's time zone, and rolled 2027-02-30 over to March 2.
   const ends = [1, '1', '12/01/2027', 'Dec 1 2027', '2027-12-01 10:00', '2027-02-30', '2027-12-01T10:00:00'];
   const text = JSON.stringify({ revocations: ends.map((end, i) => ({ kind: 'jti', value: `j${i}`, reason: 'r', end })) }, null, 1);
-  const problems = parseList(text, 'list.json', 'file', NOW) as RulesProblem[];
+  const problems = parseList(text, 'list.json', 'file', NOW, MAX) as RulesProblem[];
   t.same(problems.map((p) => p.field), ends.map((_, i) => `revocations[${i}].end`));
   t.ok(problems.every((p) => /not an ISO 8601 time/.test(p.message)));
-  const good = parseList(JSON.stringify({ revocations: [{ kind: 'jti', value: 'j', reason: 'r', end: '2027-12-01T10:00:00+02:00' }, { kind: 'jti', value: 'k', reason: 'r', end: '2028-02-29' }] }), 'list.json', 'file', NOW);
+  const good = parseList(JSON.stringify({ revocations: [{ kind: 'jti', value: 'j', reason: 'r', end: '2027-12-01T10:00:00+02:00' }, { kind: 'jti', value: 'k', reason: 'r', end: '2028-02-29' }] }), 'list.json', 'file', NOW, MAX);
   t.match(good, [{ endMs: Date.parse('2027-12-01T08:00:00Z') }, { endMs: Date.parse('2028-02-29T00:00:00Z') }]);
 });
 
@@ -65,16 +67,16 @@ t.test('a YAML timestamp as end (a %YAML 1.1 document, a !!timestamp tag) is a p
   ]) {
     // Refused either way: as a Date (plain node reads a %YAML 1.1 timestamp so), or as a
     // string without an offset (as it reads here, under tap's loader).
-    const problems = parseList(text, 'list.yaml', 'file', NOW) as RulesProblem[];
+    const problems = parseList(text, 'list.yaml', 'file', NOW, MAX) as RulesProblem[];
     t.match(problems, [{ field: 'revocations[0].end', message: /must be a quoted string|not an ISO 8601 time/ }], text);
   }
-  const quoted = parseList('%YAML 1.1\n---\nrevocations:\n  - kind: jti\n    value: a\n    reason: r\n    end: "2027-12-01T10:00:00+02:00"\n', 'list.yaml', 'file', NOW);
+  const quoted = parseList('%YAML 1.1\n---\nrevocations:\n  - kind: jti\n    value: a\n    reason: r\n    end: "2027-12-01T10:00:00+02:00"\n', 'list.yaml', 'file', NOW, MAX);
   t.match(quoted, [{ endMs: Date.parse('2027-12-01T08:00:00Z') }], 'quoted, it is read');
 });
 
 t.test('a list that is not one says so, at its first line', async (t) => {
   for (const text of ['{}', '42', 'revocations: 3\n']) {
-    const [p, ...rest] = parseList(text, 'list', 'file', NOW) as RulesProblem[];
+    const [p, ...rest] = parseList(text, 'list', 'file', NOW, MAX) as RulesProblem[];
     t.equal(rest.length, 0, text);
     t.match(p, { line: 1, field: 'revocations', message: /must be a list of revocations/ }, text);
   }
@@ -82,7 +84,7 @@ t.test('a list that is not one says so, at its first line', async (t) => {
 
 t.test('a list with many problems names the first 20 and counts the rest', async (t) => {
   const text = JSON.stringify(Array.from({ length: 50 }, (_, i) => ({ kind: 'serial', value: `v${i}`, reason: 'r' })), null, 1);
-  const problems = parseList(text, 'list.json', 'file', NOW) as RulesProblem[];
+  const problems = parseList(text, 'list.json', 'file', NOW, MAX) as RulesProblem[];
   t.equal(problems.length, 21);
   t.equal(problems[19]!.field, 'revocations[19].kind');
   t.match(problems[20], { field: '', message: 'and 30 more problems' });
@@ -98,13 +100,13 @@ const yamlOf = (n: number) => 'revocations:\n' + Array.from({ length: n }, (_, i
 t.test('a YAML list larger than MAX_DOCUMENT_BYTES is refused, and says to write JSON', async (t) => {
   const small = yamlOf(1500);
   t.ok(small.length < MAX_DOCUMENT_BYTES, `${small.length} bytes`);
-  t.equal((parseList(small, 'list.yaml', 'file', NOW) as unknown[]).length, 1500, 'a YAML list below the limit is read');
+  t.equal((parseList(small, 'list.yaml', 'file', NOW, MAX) as unknown[]).length, 1500, 'a YAML list below the limit is read');
   const large = yamlOf(3000);
   t.ok(large.length > MAX_DOCUMENT_BYTES, `${large.length} bytes`);
-  const problems = parseList(large, 'list.yaml', 'file', NOW) as RulesProblem[];
+  const problems = parseList(large, 'list.yaml', 'file', NOW, MAX) as RulesProblem[];
   t.equal(problems.length, 1);
   t.match(problems[0], { file: 'list.yaml', line: 1, column: 1, field: '', message: /larger than 256 KiB, the most a YAML list may be.*write a larger list as JSON/ });
-  t.equal((parseList(JSON.stringify({ revocations: Array.from({ length: 3000 }, (_, i) => entry(i)) }), 'list.json', 'file', NOW) as unknown[]).length, 3000, 'the same entries as JSON are read');
+  t.equal((parseList(JSON.stringify({ revocations: Array.from({ length: 3000 }, (_, i) => entry(i)) }), 'list.json', 'file', NOW, MAX) as unknown[]).length, 3000, 'the same entries as JSON are read');
 });
 
 t.test('a JSON list larger than MAX_DOCUMENT_BYTES: problems by entry and field, or where JSON.parse stopped', async (t) => {
@@ -112,17 +114,17 @@ t.test('a JSON list larger than MAX_DOCUMENT_BYTES: problems by entry and field,
   entries[2500] = { ...entries[2500], kind: 'jwt' };
   const text = JSON.stringify({ revocations: entries }, null, 1);
   t.ok(text.length > MAX_DOCUMENT_BYTES);
-  t.same((parseList(text, 'list.json', 'url', NOW) as RulesProblem[]).map((p) => [p.line, p.field]), [[1, 'revocations[2500].kind']]);
+  t.same((parseList(text, 'list.json', 'url', NOW, MAX) as RulesProblem[]).map((p) => [p.line, p.field]), [[1, 'revocations[2500].kind']]);
   const lines = text.split('\n');
   // Line 20 is an entry's `"value": "…",`: without its comma, JSON.parse stops at the next line.
   t.match(lines[19], /^ {3}"value": ".*",$/);
   const broken = [...lines.slice(0, 19), lines[19]!.replace(/,$/, ''), ...lines.slice(20)].join('\n');
-  const [p, ...rest] = parseList(broken, 'list.json', 'url', NOW) as RulesProblem[];
+  const [p, ...rest] = parseList(broken, 'list.json', 'url', NOW, MAX) as RulesProblem[];
   t.equal(rest.length, 0);
   t.match(p, { line: 21, column: 4, field: '', message: /not valid JSON at line 21 column 4 \(Expected ',' or '}' after property value\)/ }, 'the line and column JSON.parse names');
   // An unquoted value: JSON.parse's message quoted the text around it, a secret here.
   const quoted = [...lines.slice(0, 19), '   "value": sk_live_4eC39HqLyjWDarjtT1zdp7dc,', ...lines.slice(20)].join('\n');
-  const [q] = parseList(quoted, 'list.json', 'url', NOW) as RulesProblem[];
+  const [q] = parseList(quoted, 'list.json', 'url', NOW, MAX) as RulesProblem[];
   t.match(q!.message, /not valid JSON/);
   t.notMatch(q!.message, /sk_live/, 'none of the list\'s text in the problem');
 });
@@ -136,11 +138,47 @@ t.test('under the chart\'s heap limits, a 6 MiB YAML list or a 6 MiB JSON list w
   writeFileSync(join(dir, 'list.json'), JSON.stringify({ revocations: bad }, null, 1));
   for (const [list, expected] of [['list.yaml', /list\.yaml:1:1: .*the most a YAML list may be/], ['list.json', /list\.json:1:1: revocations\[30000\]\.kind: must be one of/]] as const) {
     const rules = readFileSync(new URL('../../rules/demo.yaml', import.meta.url), 'utf8')
-      .replace('127.0.0.1:15080', '127.0.0.1:0').replace('127.0.0.1:15021', '127.0.0.1:0') + `\nrevocation:\n  file: ${list}\n`;
+      .replace('127.0.0.1:15080', '127.0.0.1:0').replace('127.0.0.1:15021', '127.0.0.1:0') + `\nrevocation:\n  file: ${list}\n  maxEntries: 50000\n`;
     writeFileSync(join(dir, `rules-${list}.yaml`), rules);
     const { code, stderr } = await cli(['run', '--config', join(dir, `rules-${list}.yaml`)], { env: { NODE_OPTIONS: '--max-old-space-size=96 --max-semi-space-size=4' } });
     t.equal(code, 1, `${list}: exit 1 (invalid rules), not a crash`);
     t.match(stderr, expected, `${list}: the problem, with file, line and field`);
+    t.notMatch(stderr, /heap out of memory/);
+  }
+});
+
+t.test('a JSON list whose values are more than maxEntries entries can hold is refused before it is parsed', async (t) => {
+  // A value's braces and commas inside strings do not count; an escaped quote does not end one.
+  t.notOk(jsonValuesOver(JSON.stringify([{ kind: 'jti', value: 'a,b,{c}[d]', reason: 'say \\"x, y\\" {z}' }]), 1));
+  t.ok(jsonValuesOver('[' + '{},'.repeat(10) + '{}]', 1), 'eleven mappings where one entry is allowed');
+  t.ok(jsonValuesOver('[' + '1,'.repeat(40) + '1]', 2), 'forty values where two entries have at most a dozen');
+  t.notOk(jsonValuesOver(JSON.stringify({ revocations: Array.from({ length: 100 }, (_, i) => ({ ...entry(i), end: '2027-01-01', id: `i${i}` })) }), 100), 'a full list of whole entries fits');
+  // Above MAX_DOCUMENT_BYTES: refused unparsed, with the bound.
+  const arrays = '[' + '[],'.repeat(150_000) + '[]]';
+  t.ok(arrays.length > MAX_DOCUMENT_BYTES);
+  t.match(parseList(arrays, 'list.json', 'url', NOW, MAX), [{ line: 1, field: '', message: 'the list has more entries than revocation.maxEntries (20000) allows' }]);
+  // Below it, parsed, and refused by its count before an entry is built.
+  t.match(parseList(JSON.stringify(Array.from({ length: 30 }, (_, i) => entry(i))), 'list.json', 'url', NOW, 20), [{ field: 'revocations', message: 'the list has 30 entries, more than revocation.maxEntries (20)' }]);
+});
+
+t.test('under the chart\'s heap limits, an 8 MiB list of far more entries than maxEntries stops start-up with its problem, not the process', async (t) => {
+  // Before: JSON.parse built 2.8 million arrays, or 200,000 entries each hashed, and V8 ran
+  // out of heap (exit 134), at start and at every pod reading the list URL.
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-lists-'));
+  const short = JSON.stringify({ kind: 'jti', value: 'v', reason: 'r' });
+  const lists = {
+    'arrays.json': '[' + '[],'.repeat(Math.floor(MAX_LIST_BYTES / 3) - 2) + '[]]',
+    'short.json': '[' + Array.from({ length: Math.floor(MAX_LIST_BYTES / (short.length + 1)) - 1 }, () => short).join(',') + ']',
+  };
+  for (const [list, text] of Object.entries(lists)) {
+    t.ok(text.length <= MAX_LIST_BYTES, `${list}: ${text.length} bytes, within MAX_LIST_BYTES`);
+    writeFileSync(join(dir, list), text);
+    const rules = readFileSync(new URL('../../rules/demo.yaml', import.meta.url), 'utf8')
+      .replace('127.0.0.1:15080', '127.0.0.1:0').replace('127.0.0.1:15021', '127.0.0.1:0') + `\nrevocation:\n  file: ${list}\n`;
+    writeFileSync(join(dir, `rules-${list}.yaml`), rules);
+    const { code, stderr } = await cli(['run', '--config', join(dir, `rules-${list}.yaml`)], { env: { NODE_OPTIONS: '--max-old-space-size=96 --max-semi-space-size=4' } });
+    t.equal(code, 1, `${list}: exit 1 (invalid rules), not a crash`);
+    t.match(stderr, new RegExp(`${list}:1:1: .*more entries than revocation\\.maxEntries \\(20000\\)`), `${list}: the problem`);
     t.notMatch(stderr, /heap out of memory/);
   }
 });
