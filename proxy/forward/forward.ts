@@ -11,7 +11,7 @@ import type { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { CLIENT_CLOSED, CLOSED_UNDER, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, CLIENT_TOO_SLOW, CLOSED_UNDER, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
@@ -98,9 +98,18 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #sent = false;
   /** The upstream's answer is an event stream (eventStreamAnswer). */
   #eventStream = false;
+  /** proxy.timeouts.clientRead: how long, in all, the answer may wait for its client to read it (0: no limit). */
+  readonly #clientReadMs: number;
+  /** Waited for the client so far, and since when while it does (undefined: not waiting). */
+  #waitedMs = 0;
+  #waitingSince?: number;
+  #tooSlow?: NodeJS.Timeout;
+  /** Cut for waiting longer than clientRead: its record says so, not that the client left. */
+  #slow = false;
 
-  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, answering?: Answering) {
+  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, clientReadMs: number, answering?: Answering) {
     this.#req = req;
+    this.#clientReadMs = clientReadMs;
     this.#res = res;
     this.#responseHeaders = responseHeaders;
     this.#resolve = resolve;
@@ -124,19 +133,42 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // Before the upstream answered: abort the upstream request (the pool reuses or closes the
     // connection). After: stop reading the body, and report the cut, first: the abort calls
     // onResponseError at once, which would report it as an upstream error.
-    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: CLIENT_CLOSED });
+    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: this.#slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
     // Still waiting for a pool connection: nothing was sent, and nothing will be (onRequestStart
     // aborts it), so its idempotency key is free at once, not kept for a write never made.
     else if (!this.#controller) this.#finish({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     this.#controller?.abort(new Error('the client closed the connection'));
   };
 
-  #onDrain = (): void => { this.#controller?.resume(); };
+  #onDrain = (): void => {
+    if (this.#waitingSince !== undefined) {
+      this.#waitedMs += performance.now() - this.#waitingSince;
+      this.#waitingSince = undefined;
+      clearTimeout(this.#tooSlow);
+      this.#tooSlow = undefined;
+    }
+    this.#controller?.resume();
+  };
+
+  /**
+   * The upstream waits (paused) for the client to read: it holds a pool connection meanwhile.
+   * A client that reads just often enough to stay under clientIdle held one for as long as it
+   * liked (64 such slow readers, the whole pool, and every other caller got 504s): the waits
+   * of one answer may add up to proxy.timeouts.clientRead, then it is cut.
+   */
+  #waitForClient(): void {
+    this.#waitingSince = performance.now();
+    if (this.#clientReadMs === 0) return;
+    const left = Math.max(0, this.#clientReadMs - this.#waitedMs);
+    this.#tooSlow = setTimeout(() => { this.#slow = true; this.#res.destroy(); }, left);
+    this.#tooSlow.unref();
+  }
 
   #finish(outcome: ForwardOutcome): void {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#wait);
+    clearTimeout(this.#tooSlow);
     this.#res.off('close', this.#onClose);
     this.#res.off('drain', this.#onDrain);
     this.#resolve(this.#resent ? { ...outcome, resent: true } : outcome);
@@ -195,6 +227,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     this.#writeHead();
     if (!this.#res.write(chunk)) {
       controller.pause();
+      this.#waitForClient();
       this.#res.once('drain', this.#onDrain);
     }
   }
@@ -257,11 +290,13 @@ export class Forwarder {
   readonly #clientIdleMs: number;
   /** Longest wait for a free connection of the pool: the connect timeout's. */
   readonly #connectMs: number;
+  readonly #clientReadMs: number;
 
   constructor(rules: ProxyRules) {
     this.#tunnelIdleMs = rules.timeouts.tunnelIdleMs;
     this.#clientIdleMs = rules.timeouts.clientIdleMs;
     this.#connectMs = rules.timeouts.connectMs;
+    this.#clientReadMs = rules.timeouts.clientReadMs;
     this.#pool = new Pool(rules.upstream, {
       connections: rules.connections,
       connectTimeout: rules.timeouts.connectMs,
@@ -288,7 +323,7 @@ export class Forwarder {
     // already fired, so nothing would abort the request; send nobody's request upstream.
     if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     return new Promise((resolve) => {
-      const exchange = new Exchange(req, res, responseHeaders, resolve, answering);
+      const exchange = new Exchange(req, res, responseHeaders, resolve, this.#clientReadMs, answering);
       const options: Dispatcher.DispatchOptions = {
         path,
         method: req.method as 'GET',

@@ -28,6 +28,8 @@ export interface ForwardOutcome {
 
 /** A ForwardOutcome's `error` when the client left first (an error code otherwise). */
 export const CLIENT_CLOSED = 'client closed';
+/** Its `error` when driftguard cut an answer whose client kept the upstream waiting longer than proxy.timeouts.clientRead. */
+export const CLIENT_TOO_SLOW = 'client too slow';
 /** Its `error` when driftguard's drain cut the connection at the end of its grace period. */
 export const DRAIN_CUT = 'drain';
 /** Its `error` when driftguard cut an answer because its credential was revoked or its consumer quarantined meanwhile. */

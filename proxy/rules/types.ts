@@ -23,6 +23,8 @@ export interface ProxyRules {
     readonly clientIdleMs: number;
     /** The whole request, headers and body, must arrive within this (0: no limit). */
     readonly requestMs: number;
+    /** Longest an answer may wait, in all, for its client to read it (0: no limit). */
+    readonly clientReadMs: number;
     /** Longest silence in both directions of a WebSocket tunnel before it is closed; 0: none. */
     readonly tunnelIdleMs: number;
     /** How long an idle keep-alive connection to the upstream is kept. */

@@ -4,7 +4,7 @@
 // Nothing secret is ever copied here: no token, no Authorization, no cookie, no query string.
 
 import { redactPath } from '../lib/redact.ts';
-import { DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, UNPARSED_BODY } from '../forward/outcome.ts';
+import { CLIENT_TOO_SLOW, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, UNPARSED_BODY } from '../forward/outcome.ts';
 import type { Decision, RequestContext, CheckRecord } from '../pipeline/types.ts';
 
 export type ExtraValue = string | number | boolean | string[];
@@ -88,14 +88,14 @@ export const FIELDS: readonly (readonly [FieldKey, string])[] = [
 ];
 
 /**
- * Who cut an answer that had started (the record's `cut`): the client (it left, or its body's
- * framing broke), driftguard's drain, driftguard for a revocation or quarantine made meanwhile,
+ * Who cut an answer that had started (the record's `cut`): the client (it left, its body's
+ * framing broke, or it kept the upstream waiting past clientRead), driftguard's drain, driftguard for a revocation or quarantine made meanwhile,
  * or for reloaded rules that refuse it, or an event stream that outlived its token or its
  * operation, or the upstream (whose error `cut` names); undefined for a whole answer.
  */
 export function cutBy(r: DecisionRecord): 'client' | 'drain' | 'revoked' | 'reload' | 'expired' | 'upstream' | undefined {
   if (r.cut === undefined) return undefined;
-  if (r.cut === UNPARSED_BODY) return 'client';
+  if (r.cut === UNPARSED_BODY || r.cut === CLIENT_TOO_SLOW) return 'client';
   return r.cut === 'client' || r.cut === DRAIN_CUT || r.cut === REVOKED_CUT || r.cut === RELOAD_CUT || r.cut === EXPIRED_CUT ? r.cut : 'upstream';
 }
 

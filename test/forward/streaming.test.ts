@@ -7,7 +7,7 @@
 import t from 'tap';
 import { request, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
-import { until } from '../lifecycle/support.ts';
+import { until, world as lifecycleWorld, startLifecycle, monitorsOnly, bearer } from '../lifecycle/support.ts';
 import { world } from '../core/world.ts';
 
 const MB = 1024 * 1024;
@@ -345,6 +345,51 @@ t.test('a client connection silent while its request is handled is closed after 
     t.ok(closedAfter >= 1_300 && closedAfter < 3_500, `${name}: after about clientIdle (${closedAfter.toFixed(0)} ms)`);
     t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, `${name}: the upstream connection is free again`);
   }
+});
+
+t.test('a client reading a large answer just often enough to stay under clientIdle is cut off at proxy.timeouts.clientRead, which frees the upstream connection', async (t) => {
+  const w = await lifecycleWorld();
+  w.up.handler = (req, res) => {
+    req.resume();
+    if (req.url !== '/items/1?big') { res.end('{}'); return; }
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const chunk = Buffer.alloc(1024 * 1024);
+    let n = 0;
+    const pump = (): void => { while (n < 64) { n++; if (!res.write(chunk)) { res.once('drain', pump); return; } } res.end(); };
+    pump();
+  };
+  const dg = await startLifecycle(w.rules((r) => { r.proxy.connections = 1; r.proxy.timeouts = { connect: '500ms', response: '1s', clientIdle: '1500ms', clientRead: '1s' }; r.monitors = monitorsOnly({}); }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  // 16 KiB every 300 ms: never silent for clientIdle, and 64 MiB would take about 20 minutes.
+  const c = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  c.on('error', () => {});
+  c.pause();
+  c.write(`GET /items/1?big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\n\r\n`);
+  const drip = setInterval(() => { c.read(16 * 1024); }, 300);
+  t.teardown(() => { clearInterval(drip); c.destroy(); });
+  const record = () => dg.seen.find((s) => s.ctx.req.url === '/items/1?big');
+  t.ok(await until(() => record()?.forwarded !== undefined, 6_000), 'cut by driftguard (before: held the pool\'s one connection for as long as it read)');
+  t.match(record()?.forwarded, { status: 200, aborted: true, error: 'client too slow' }, 'its record says why');
+  const next = await fetch(`${dg.url}/items/2`, { headers: bearer(tok) });
+  t.equal(next.status, 200, 'the upstream connection is free again');
+  await next.text();
+});
+
+t.test('an answer its client reads as fast as it comes is never cut by clientRead, however long it streams', async (t) => {
+  const w = await lifecycleWorld();
+  // A chunk every 100 ms for 2.5 s: the client is never the one that is waited for.
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    let n = 0;
+    const tick = setInterval(() => { res.write(Buffer.alloc(1024)); if (++n === 25) { clearInterval(tick); res.end(); } }, 100);
+    res.on('close', () => clearInterval(tick));
+  };
+  const dg = await startLifecycle(w.rules((r) => { r.proxy.timeouts = { clientRead: '1s' }; r.monitors = monitorsOnly({}); }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  t.equal((await res.arrayBuffer()).byteLength, 25 * 1024, 'whole');
 });
 
 t.test('a client trickling its body under clientIdle is cut off at proxy.timeouts.request, which frees the upstream connection', async (t) => {
