@@ -86,6 +86,7 @@ function failureDetail(outcome: ForwardOutcome): string {
   const what = outcome.error === UPSTREAM_TRANSFER_CODING ? 'the upstream answered with a transfer coding other than chunked'
     : outcome.error === UPSTREAM_UPGRADE_MISMATCH ? 'the upstream switched to another protocol than the WebSocket asked for'
     : outcome.error === UPSTREAM_UNPARSABLE || outcome.error?.startsWith('HPE_') ? 'the upstream\'s answer could not be parsed'
+    : outcome.error === CONNECTION_WAIT_TIMEOUT ? 'no upstream connection was free in time: every one of proxy.connections was busy'
     : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
     : outcome.error === undefined || NEVER_SENT.has(outcome.error) ? 'the upstream could not be reached'
     : CUT.has(outcome.error) ? 'the upstream closed the connection before its answer was complete'

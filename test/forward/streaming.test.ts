@@ -300,6 +300,8 @@ t.test('a request that finds every upstream connection busy waits at most the co
   const waited = performance.now() - started;
   t.equal(a.status, 504, 'no connection free in time (before: no answer at all, for as long as the pool stayed full)');
   t.equal(a.json?.code, 'upstream-timeout');
+  // Before: "the upstream did not answer in time", though the upstream was never asked.
+  t.match(a.json?.detail, /^no upstream connection was free in time: every one of proxy\.connections was busy/, 'driftguard\'s pool, not the upstream');
   t.ok(waited >= 450 && waited < 1_500, `after about the connect timeout (${waited.toFixed(0)} ms)`);
   slow.socket.destroy();
   t.equal((await w.call('GET', '/items/2', { token: await w.tok() })).status, 200, 'once the connection is free, requests go through');
