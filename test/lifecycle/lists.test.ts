@@ -129,14 +129,15 @@ t.test('a JSON list larger than MAX_DOCUMENT_BYTES: problems by entry and field,
   t.notMatch(q!.message, /sk_live/, 'none of the list\'s text in the problem');
 });
 
-t.test('under the chart\'s heap limits, a 6 MiB YAML list or a 6 MiB JSON list with one bad entry stops start-up with its problem, not the process', async (t) => {
+t.test('under the chart\'s heap limits, a 3 MiB YAML list or a JSON list near MAX_LIST_BYTES with one bad entry stops start-up with its problem, not the process', async (t) => {
   // Real process, real limits: before MAX_DOCUMENT_BYTES both ended in a V8 heap OOM (exit 134).
   const dir = mkdtempSync(join(tmpdir(), 'driftguard-lists-'));
-  const bad: Record<string, unknown>[] = Array.from({ length: 40000 }, (_, i) => entry(i));
-  bad[30000] = { ...bad[30000], kind: 'jwt' };
-  writeFileSync(join(dir, 'list.yaml'), yamlOf(40000));
+  const bad: Record<string, unknown>[] = Array.from({ length: 24000 }, (_, i) => entry(i));
+  bad[20000] = { ...bad[20000], kind: 'jwt' };
+  // Larger than a YAML list may be, within MAX_LIST_BYTES.
+  writeFileSync(join(dir, 'list.yaml'), yamlOf(24000));
   writeFileSync(join(dir, 'list.json'), JSON.stringify({ revocations: bad }, null, 1));
-  for (const [list, expected] of [['list.yaml', /list\.yaml:1:1: .*the most a YAML list may be/], ['list.json', /list\.json:1:1: revocations\[30000\]\.kind: must be one of/]] as const) {
+  for (const [list, expected] of [['list.yaml', /list\.yaml:1:1: .*the most a YAML list may be/], ['list.json', /list\.json:1:1: revocations\[20000\]\.kind: must be one of/]] as const) {
     const rules = readFileSync(new URL('../../rules/demo.yaml', import.meta.url), 'utf8')
       .replace('127.0.0.1:15080', '127.0.0.1:0').replace('127.0.0.1:15021', '127.0.0.1:0') + `\nrevocation:\n  file: ${list}\n  maxEntries: 50000\n`;
     writeFileSync(join(dir, `rules-${list}.yaml`), rules);
@@ -161,7 +162,7 @@ t.test('a JSON list whose values are more than maxEntries entries can hold is re
   t.match(parseList(JSON.stringify(Array.from({ length: 30 }, (_, i) => entry(i))), 'list.json', 'url', NOW, 20), [{ field: 'revocations', message: 'the list has 30 entries, more than revocation.maxEntries (20)' }]);
 });
 
-t.test('under the chart\'s heap limits, an 8 MiB list of far more entries than maxEntries stops start-up with its problem, not the process', async (t) => {
+t.test('under the chart\'s heap limits, a list at MAX_LIST_BYTES of far more entries than maxEntries stops start-up with its problem, not the process', async (t) => {
   // Before: JSON.parse built 2.8 million arrays, or 200,000 entries each hashed, and V8 ran
   // out of heap (exit 134), at start and at every pod reading the list URL.
   const dir = mkdtempSync(join(tmpdir(), 'driftguard-lists-'));

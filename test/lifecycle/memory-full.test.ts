@@ -16,6 +16,7 @@ import { upstream, jwksServer } from '../support/servers.ts';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { baseRules, writeRules } from '../support/driftguard.ts';
 import { runDriftguard } from '../support/subprocess.ts';
+import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const sidecar = parse(readFileSync(here('../../charts/driftguard/values.yaml'), 'utf8')).sidecar;
@@ -45,7 +46,8 @@ const holePort = (hole.address() as { port: number }).port;
 
 const rulesFile = writeRules(baseRules(up.origin, keys.url, (r) => {
   r.consumers.unknown = 'allow';
-  r.revocation = { file: 'revocations.json', interval: '1h' };
+  // Read every second: the list changes once every table is full (below).
+  r.revocation = { file: 'revocations.json', interval: '1s' };
   // One denial quarantines (the default is 20): the table's memory does not depend on it, and
   // it fills the table with one request per consumer.
   r.monitors = { quarantine: { denials: 1 } };
@@ -54,10 +56,15 @@ const rulesFile = writeRules(baseRules(up.origin, keys.url, (r) => {
     decisionLog: { output: 'stdout' },
   };
 }));
-// Revocations up to the bound, values like a real list's (a jti and an incident note).
-writeFileSync(join(dirname(rulesFile), 'revocations.json'), JSON.stringify({
-  revocations: Array.from({ length: d.revocations }, (_, i) => ({ id: `inc-${i}`, kind: 'jti', value: `${String(i).padStart(8, '0')}-${'x'.repeat(60)}`, reason: 'leaked in a build log' })),
-}));
+// Revocations up to the bound, values like a real list's (a jti and an incident note), the
+// notes long enough that the list is nearly as large as a list may be (MAX_LIST_BYTES).
+const listOf = (n: number, note: string) => JSON.stringify({
+  revocations: Array.from({ length: n }, (_, i) => ({ id: `inc-${i}`, kind: 'jti', value: `${String(i).padStart(8, '0')}-${'x'.repeat(60)}`, reason: note })),
+});
+const noteBytes = Math.floor((MAX_LIST_BYTES * 0.97 - listOf(d.revocations, '').length) / d.revocations);
+const note = 'leaked in a build log; '.repeat(Math.ceil(noteBytes / 23)).slice(0, noteBytes);
+const listFile = join(dirname(rulesFile), 'revocations.json');
+writeFileSync(listFile, listOf(d.revocations, note));
 
 const dg = await runDriftguard(rulesFile, [], { NODE_OPTIONS: nodeOptions });
 // The decision log's output stops being read: its buffer fills to its bound.
@@ -152,6 +159,15 @@ t.test(`every table full at the defaults, under NODE_OPTIONS="${nodeOptions}"`, 
     t.ok(fill > 0.95 && fill <= 1, `${table}: ${fill} of its bound in use`);
   }
   t.ok(metric(/^driftguard_spans_dropped_total\{cause="queue_full"\} (\d+)/m) > 0, 'the span queue full: spans dropped');
+  // The list read again while every table is full: its new text and entries are held beside
+  // the old ones for a moment. Before MAX_LIST_BYTES was 4 MiB, a 7.6 MiB list ran the heap out here.
+  const size = listOf(d.revocations - 1, note).length;
+  t.ok(size > MAX_LIST_BYTES * 0.9 && size <= MAX_LIST_BYTES, `a list of ${(size / 2 ** 20).toFixed(2)} MiB`);
+  writeFileSync(listFile, listOf(d.revocations - 1, note));
+  await dg.waitFor((l) => l.msg === 'revocation list applied' && l.entries === d.revocations - 1);
+  t.equal(dg.child.exitCode, null, 'still running after the list was read again');
+  t.equal((await fetch(dg.admin + '/healthz')).status, 200);
+
   // The container's memory limit holds the peak (235-256 MiB measured, the export thread and
   // the node binary's own pages included): a pod over its limit is killed.
   const peakMiB = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${dg.child.pid}/status`, 'utf8'))?.[1]) / 1024;
