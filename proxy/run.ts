@@ -129,7 +129,10 @@ const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 export async function run(file: string, overrides: Overrides, options: RunOptions): Promise<number> {
   // A named pipe is read once by `check`; `run` reads its rules again on every change, SIGHUP
   // and POST /reload, and each read would wait for a writer with every request held behind it.
-  if (statSync(file, { throwIfNoEntry: false })?.isFIFO()) {
+  // A path that cannot be looked at (EACCES, ELOOP) is the loader's to report, with the file named.
+  let found: ReturnType<typeof statSync>;
+  try { found = statSync(file, { throwIfNoEntry: false }); } catch { found = undefined; }
+  if (found?.isFIFO()) {
     throw new RulesError([{ file: resolve(file), line: 0, column: 0, field: '', message: 'is a named pipe: driftguard run reads its rules file again at each reload, and a pipe would hold the process until something writes to it; give a regular file' }]);
   }
   const rules = loadRules(file, overrides);

@@ -2,7 +2,7 @@
 // messages that name the file, line and field.
 
 import t from 'tap';
-import { closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, symlinkSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
@@ -321,4 +321,17 @@ t.test('run refuses a rules file that is a named pipe: each reload would hold th
   const r = await cli(['run', '--config', fifo, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
   t.equal(r.code, 1);
   t.match(r.stderr, /rules\.yaml.*is a named pipe: driftguard run reads its rules file again at each reload/);
+});
+
+t.test('run on a rules path that cannot be looked at (a symlink loop) says so as check does, without a stack trace', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dg-loop-'));
+  symlinkSync(join(dir, 'b.yaml'), join(dir, 'a.yaml'));
+  symlinkSync(join(dir, 'a.yaml'), join(dir, 'b.yaml'));
+  for (const command of [['run', '--config', join(dir, 'a.yaml')], ['check', join(dir, 'a.yaml')]]) {
+    const r = await cli(command);
+    t.equal(r.code, 1, command[0]!);
+    t.match(r.stderr, /a\.yaml: \(top level\): cannot read the rules file: ELOOP/, `${command[0]}: the file and why`);
+    // Before, for run: "Error: ELOOP … at statSync (node:fs…) at run (…/proxy/run.ts…)".
+    t.notMatch(r.stderr, /\n\s+at /, `${command[0]}: no stack trace`);
+  }
 });
