@@ -3,7 +3,7 @@
 // same value for consumers written against earlier releases, which switched on it. `type` and
 // `status` come from the one reason table. Nothing from the request's credential is ever echoed.
 
-import type { ServerResponse } from 'node:http';
+import { STATUS_CODES, type ServerResponse } from 'node:http';
 import { reasonInfo, problemType, type ReasonCode } from './reasons.ts';
 import type { DecisionDetails } from '../pipeline/types.ts';
 
@@ -82,6 +82,8 @@ export function problemAnswer(p: Problem, headers: Record<string, string | strin
 export function sendProblem(res: ServerResponse, p: Problem, headers: Record<string, string | string[]> = {}): void {
   if (res.headersSent) { res.destroy(); return; }
   const answer = problemAnswer(p, headers);
-  res.writeHead(answer.status, answer.headers);
+  // Its own reason phrase: a writeHead of the upstream's answer that failed (a header Node
+  // refused) has left its statusMessage, and the 502 went out as `502 OK`.
+  res.writeHead(answer.status, STATUS_CODES[answer.status] ?? '', answer.headers);
   res.end(answer.body);
 }

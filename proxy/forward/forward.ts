@@ -211,6 +211,14 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // A 204 has no content and MUST NOT carry a Content-Length (RFC 9110 §8.6): the body is
     // dropped, so the header would describe nothing.
     if (statusCode === 204) delete head['content-length'];
+    // Node's writeHead reads a Content-Disposition written after a Content-Length as UTF-8
+    // text, not as the bytes it came as: a raw UTF-8 filename (café) arrived as other bytes,
+    // and one of CJK characters failed the answer (502). Written before it, it goes as it came.
+    if (head['content-disposition'] !== undefined && head['content-length'] !== undefined) {
+      const length = head['content-length'];
+      delete head['content-length'];
+      head['content-length'] = length;
+    }
     this.#eventStream = isEventStream(headers['content-type']);
     this.#head = { status: statusCode, headers: head };
   }

@@ -418,3 +418,25 @@ t.test('a slow upload that completes within proxy.timeouts.request goes through 
   t.ok(await until(() => /^HTTP\/1\.1 200/.test(c.text())), 'answered 200 after 1.2 s of trickling');
   t.equal(w.up.seen.at(-1)?.bodyBytes, 5, 'the whole body reached the upstream');
 });
+
+t.test('a raw UTF-8 filename in the upstream\'s Content-Disposition reaches the client byte for byte, behind a Content-Length too', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  for (const name of ['é', '日本']) {
+    const bytes = Buffer.from(name, 'utf8');
+    // Content-Length first, as most upstreams send it.
+    w.up.handler = (req, res) => { req.resume(); res.socket!.end(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Disposition: attachment; filename="caf'), bytes, Buffer.from('.txt"\r\n\r\nok')])); };
+    const out = await new Promise<Buffer>((resolve) => {
+      const s = connect(w.port, '127.0.0.1');
+      const chunks: Buffer[] = [];
+      s.on('data', (d: Buffer) => chunks.push(d));
+      s.on('error', () => {});
+      s.on('close', () => resolve(Buffer.concat(chunks)));
+      s.write(`GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nConnection: close\r\n\r\n`);
+    });
+    // Before: é arrived as the byte e9; 日本 made the answer a `502 OK`.
+    t.match(out.toString('latin1'), /^HTTP\/1\.1 200 OK\r\n/, `${name}: the upstream's 200`);
+    t.ok(out.includes(Buffer.concat([Buffer.from('filename="caf'), bytes, Buffer.from('.txt"')])), `${name}: the filename's bytes as sent`);
+    t.match(out.toString('latin1'), /\r\ncontent-length: 2\r\n/i, `${name}: and its length`);
+  }
+});
