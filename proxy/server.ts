@@ -21,7 +21,7 @@ import { Forwarder, hasBody, isWebSocketHandshake, eventStreamAnswer, sentUpstre
 import { UNPARSED_BODY, CLIENT_CLOSED, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
-import { closingResponse, endAndClose } from './forward/wire.ts';
+import { closingResponse, cutAnswer, endAndClose } from './forward/wire.ts';
 import { sendProblem, problemAnswer, type Problem } from './decision/problem.ts';
 import { contractHeaders, warned } from './decision/headers.ts';
 import { noopObserver, type DropCause, type Listener, type Observer, type Observation } from './observe.ts';
@@ -860,7 +860,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function cut(target: ServerResponse | Socket, ctx: RequestContext, by: DriftguardCut, reason: ReasonCode): void {
     cutBy.set(target, by);
     ctx.extra[CUT_REASON] = reason;
-    target.destroy();
+    cutAnswer(target);
   }
 
   /**

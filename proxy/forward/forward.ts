@@ -13,6 +13,7 @@ import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { CLIENT_CLOSED, CLIENT_TOO_SLOW, CLOSED_UNDER, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
+import { cutAnswer } from './wire.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
 export function hasBody(req: IncomingMessage): boolean {
@@ -160,7 +161,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     this.#waitingSince = performance.now();
     if (this.#clientReadMs === 0) return;
     const left = Math.max(0, this.#clientReadMs - this.#waitedMs);
-    this.#tooSlow = setTimeout(() => { this.#slow = true; this.#res.destroy(); }, left);
+    this.#tooSlow = setTimeout(() => { this.#slow = true; cutAnswer(this.#res); }, left);
     this.#tooSlow.unref();
   }
 
@@ -268,7 +269,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     }
     const res = this.#res;
     if (res.headersSent) {
-      res.destroy();
+      cutAnswer(res);
       this.#finish({ status: res.statusCode, aborted: true, error: code });
     } else if (this.#clientGone) {
       this.#finish({ aborted: true, error: CLIENT_CLOSED });

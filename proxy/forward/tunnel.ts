@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { endAndClose, responseHead } from './wire.ts';
+import { cutAnswer, endAndClose, responseHead } from './wire.ts';
 import { GrowingBuffer } from '../lib/bounded.ts';
 import { CLIENT_CLOSED, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
 
@@ -196,7 +196,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     const code = errorCode(err);
     if (this.#status !== undefined) {
-      this.#client.destroy();
+      cutAnswer(this.#client);
       this.#finish({ status: this.#status, aborted: true, error: code });
     } else if (this.#client.destroyed) {
       this.#finish({ aborted: true, error: CLIENT_CLOSED });

@@ -3,8 +3,8 @@
 // request Node could not parse. A 101 hands the connection to the tunnel; any other answer
 // written here closes it.
 
-import { STATUS_CODES } from 'node:http';
-import type { Socket } from 'node:net';
+import { STATUS_CODES, type ServerResponse } from 'node:http';
+import { Socket } from 'node:net';
 
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 /** Field values as RFC 9110 allows them: no CR, LF or NUL can reach the wire. */
@@ -37,6 +37,19 @@ export function closingResponse(status: number, headers: Readonly<Record<string,
 
 /** How long a client may take to read an answer on a closing connection before it is cut. */
 export const LINGER_MS = 2_000;
+
+/**
+ * Cut an answer that has started: its connection is reset (RST), not ended. An answer with
+ * neither a length nor chunked framing (to an HTTP/1.0 client, a refused handshake's) runs to
+ * the close, and a clean end (FIN) made a cut answer look whole to its client.
+ */
+export function cutAnswer(target: ServerResponse | Socket): void {
+  const socket = target instanceof Socket ? target : target.socket;
+  if (socket && !socket.destroyed) {
+    try { socket.resetAndDestroy(); } catch { socket.destroy(); }
+  }
+  if (!(target instanceof Socket)) target.destroy();
+}
 
 /**
  * End `socket` after `data` and close it for good once the client has had LINGER_MS to read:

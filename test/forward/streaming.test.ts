@@ -440,3 +440,28 @@ t.test('a raw UTF-8 filename in the upstream\'s Content-Disposition reaches the 
     t.match(out.toString('latin1'), /\r\ncontent-length: 2\r\n/i, `${name}: and its length`);
   }
 });
+
+t.test('an answer cut mid-body resets the client\'s connection: one without length or chunks (to HTTP/1.0) cannot look whole', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.write('{"items":[1,2,');
+    setTimeout(() => res.socket!.destroy(), 200);
+  };
+  for (const version of ['1.0', '1.1']) {
+    const got = await new Promise<{ text: string; how: string }>((resolve) => {
+      const s = connect(w.port, '127.0.0.1');
+      let text = '';
+      let how = 'a clean end';
+      s.on('data', (d: Buffer) => { text += d.toString('latin1'); });
+      s.on('error', (e: NodeJS.ErrnoException) => { how = e.code ?? e.message; });
+      s.on('close', () => resolve({ text, how }));
+      s.write(`GET /items/1 HTTP/${version}\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\n\r\n`);
+    });
+    t.match(got.text, /^HTTP\/1\.1 200 [^]*\{"items":\[1,2,/, `HTTP/${version}: the start of the answer`);
+    // Before, for HTTP/1.0: a FIN after the partial body, which its client takes as the whole answer.
+    t.equal(got.how, 'ECONNRESET', `HTTP/${version}: then a reset`);
+  }
+});
