@@ -200,7 +200,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     this.#answered = true;
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
-    const coding = transferCodingError(headers['transfer-encoding']);
+    // An answer without content (to HEAD, a 204, a 304) may name the codings a GET's would
+    // have (RFC 9112 §6.1): nothing can reach the client still coded.
+    const coding = this.#req.method === 'HEAD' || statusCode === 204 || statusCode === 304 ? undefined : transferCodingError(headers['transfer-encoding']);
     if (coding) { controller.abort(coding); return; }
     const head = withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders);
     // The upstream answers before the whole body was sent (a 413 for an upload it will not

@@ -167,7 +167,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
     // A 502, as for any request: the refusal's body would reach the client still coded.
-    const coding = transferCodingError(headers['transfer-encoding']);
+    const coding = statusCode === 204 || statusCode === 304 ? undefined : transferCodingError(headers['transfer-encoding']);
     if (coding) { controller.abort(coding); return; }
     // The upstream refused the upgrade. Its answer is the client's, and the connection closes
     // after it: without a Content-Length the body runs to the close (RFC 9112 §6.3).

@@ -28,6 +28,24 @@ t.test('gzip, chunked from the upstream is a 502; chunked alone passes', async (
   }
 });
 
+t.test('an answer without content (to HEAD, a 304) that names gzip, chunked is passed on: nothing could reach the client coded', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  // Raw, as an upstream may write it (RFC 9112 §6.1: the codings a GET's answer would have).
+  w.up.handler = (req, res) => {
+    req.resume();
+    const status = req.headers['if-none-match'] ? '304 Not Modified' : '200 OK';
+    res.socket!.end(`HTTP/1.1 ${status}\r\netag: "v1"\r\ntransfer-encoding: gzip, chunked\r\n\r\n`);
+  };
+  // Before: 502 upstream-unavailable for both, an outage of every cache revalidation.
+  const head = await fetch(`${w.dg.url}/items/1`, { method: 'HEAD', headers: { authorization: `Bearer ${tok}` } });
+  t.equal(head.status, 200, 'HEAD');
+  t.equal(head.headers.get('etag'), '"v1"');
+  const revalidated = await fetch(`${w.dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}`, 'if-none-match': '"v1"' } });
+  t.equal(revalidated.status, 304, 'a conditional GET');
+  await revalidated.arrayBuffer();
+});
+
 t.test('an upstream answer undici cannot parse is a 502 that says so; a 204 loses a Content-Length it must not have', async (t) => {
   const w = await world(t);
   const tok = await w.tok();
