@@ -39,13 +39,16 @@ export function closingResponse(status: number, headers: Readonly<Record<string,
 export const LINGER_MS = 2_000;
 
 /**
- * Cut an answer that has started: its connection is reset (RST), not ended. An answer with
- * neither a length nor chunked framing (to an HTTP/1.0 client, a refused handshake's) runs to
- * the close, and a clean end (FIN) made a cut answer look whole to its client.
+ * Cut an answer that has started. One with neither a length nor chunked framing (to an
+ * HTTP/1.0 client, a refused handshake's, written raw) runs to the close, and a clean end
+ * (FIN) made it look whole: its connection is reset (RST). Any other is destroyed as ever: a
+ * reset also throws away what the kernel still holds to send, the whole earlier answer of a
+ * pipelined request included, and its missing length or last chunk already shows the cut.
  */
 export function cutAnswer(target: ServerResponse | Socket): void {
   const socket = target instanceof Socket ? target : target.socket;
-  if (socket && !socket.destroyed) {
+  const closeDelimited = target instanceof Socket || target.req.httpVersion === '1.0';
+  if (closeDelimited && socket && !socket.destroyed) {
     try { socket.resetAndDestroy(); } catch { socket.destroy(); }
   }
   if (!(target instanceof Socket)) target.destroy();
