@@ -90,8 +90,10 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
 
   #onClose = (): void => {
     if (this.#done) return;
-    this.#controller?.abort(new Error('the client closed the connection'));
+    // Finished first: the abort calls onResponseError at once, which recorded the client's
+    // leaving as an upstream error (UNKNOWN), counted as an upstream cut.
     this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: CLIENT_CLOSED });
+    this.#controller?.abort(new Error('the client closed the connection'));
   };
 
   #finish(outcome: ForwardOutcome): void {

@@ -222,6 +222,21 @@ t.test('a stream answered to a WebSocket handshake the upstream did not switch i
   t.ok(await until(() => expiring.ended, 4_000), 'until its token expires');
 });
 
+t.test('a client that leaves during a handshake\'s answer the upstream did not switch is recorded as a client that left', async (t) => {
+  const w = await world();
+  w.up.handler = eventStream(t);
+  const dg = await startLifecycle(w.rules());
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const c = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  c.on('error', () => {});
+  c.on('data', () => c.destroy());
+  c.write(`GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${await w.token()}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
+  const record = () => dg.seen.find((s) => s.ctx.req.url === '/items/1');
+  t.ok(await until(() => record()?.forwarded !== undefined, 3_000), 'its handshake is done');
+  // Before: `UNKNOWN`, the abort's error, counted as an upstream cut.
+  t.match(record()?.forwarded, { status: 200, aborted: true, error: 'client closed' });
+});
+
 t.test('an upload still streaming to the upstream when its credential is revoked is cut there within a second', async (t) => {
   const w = await world();
   let upstreamGot = 0;
