@@ -75,12 +75,19 @@ export function checkLifecycleFiles(rules: Rules, now: number): void {
   const r = configOf(rules).revocation;
   const problems: RulesProblem[] = [];
   if (r.journal !== undefined) {
-    try { readJournal(r.journal); } catch (err) { problems.push(problemInFile(rules.source, ['revocation', 'journal'], (err as Error).message)); }
+    const problem = journalProblem(rules, r.journal);
+    if (problem) problems.push(problem);
   }
   if (r.file !== undefined) {
     try { checkListFile(r.file, now, r.maxEntries); } catch (err) { if (err instanceof RulesError) problems.push(...err.problems); else throw err; }
   }
   if (problems.length > 0) throw new RulesError(problems);
+}
+
+/** What is wrong with `journal` as the journal of `rules` (a file that is no journal), at its field. */
+function journalProblem(rules: Rules, journal: string): RulesProblem | undefined {
+  try { readJournal(journal); } catch (err) { return problemInFile(rules.source, ['revocation', 'journal'], (err as Error).message); }
+  return undefined;
 }
 
 export async function lifecycle(rules: Rules, log: Log, options: LifecycleOptions = {}): Promise<Feature> {
@@ -292,9 +299,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         const c = configOf(next).revocation;
         const current = sources.find((s) => s.kind === 'file');
         if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now(), c.maxEntries);
-        if (c.journal !== undefined && c.journal !== config.revocation.journal) {
-          try { readJournal(c.journal); } catch (err) { throw new RulesError([problemInFile(next.source, ['revocation', 'journal'], (err as Error).message)]); }
-        }
+        const journal = c.journal !== undefined && c.journal !== config.revocation.journal ? journalProblem(next, c.journal) : undefined;
+        if (journal) throw new RulesError([journal]);
       });
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => {
