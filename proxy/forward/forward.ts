@@ -14,6 +14,7 @@ import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from '.
 import { CLIENT_CLOSED, CLIENT_TOO_SLOW, CLOSED_UNDER, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
 import { cutAnswer } from './wire.ts';
+import { ClientRead } from './client-read.ts';
 
 /** Whether the request carries a body (chunked, or a non-zero Content-Length). */
 export function hasBody(req: IncomingMessage): boolean {
@@ -99,19 +100,13 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #sent = false;
   /** The upstream's answer is an event stream (eventStreamAnswer). */
   #eventStream = false;
-  /** proxy.timeouts.clientRead: how long, in all, the answer may wait for its client to read it (0: no limit). */
-  readonly #clientReadMs: number;
-  /** Waited for the client so far, and since when while it does (undefined: not waiting). */
-  #waitedMs = 0;
-  #waitingSince?: number;
-  #tooSlow?: NodeJS.Timeout;
-  /** Cut for waiting longer than clientRead: its record says so, not that the client left. */
-  #slow = false;
+  /** The answer's body to the client, cut once its waits for the client add up to proxy.timeouts.clientRead. */
+  readonly #reads: ClientRead;
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, clientReadMs: number, answering?: Answering) {
     this.#req = req;
-    this.#clientReadMs = clientReadMs;
     this.#res = res;
+    this.#reads = new ClientRead(res, clientReadMs, () => cutAnswer(res));
     this.#responseHeaders = responseHeaders;
     this.#resolve = resolve;
     this.#answering = answering;
@@ -134,44 +129,19 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // Before the upstream answered: abort the upstream request (the pool reuses or closes the
     // connection). After: stop reading the body, and report the cut, first: the abort calls
     // onResponseError at once, which would report it as an upstream error.
-    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: this.#slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
+    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: this.#reads.slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
     // Still waiting for a pool connection: nothing was sent, and nothing will be (onRequestStart
     // aborts it), so its idempotency key is free at once, not kept for a write never made.
     else if (!this.#controller) this.#finish({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     this.#controller?.abort(new Error('the client closed the connection'));
   };
 
-  #onDrain = (): void => {
-    if (this.#waitingSince !== undefined) {
-      this.#waitedMs += performance.now() - this.#waitingSince;
-      this.#waitingSince = undefined;
-      clearTimeout(this.#tooSlow);
-      this.#tooSlow = undefined;
-    }
-    this.#controller?.resume();
-  };
-
-  /**
-   * The upstream waits (paused) for the client to read: it holds a pool connection meanwhile.
-   * A client that reads just often enough to stay under clientIdle held one for as long as it
-   * liked (64 such slow readers, the whole pool, and every other caller got 504s): the waits
-   * of one answer may add up to proxy.timeouts.clientRead, then it is cut.
-   */
-  #waitForClient(): void {
-    this.#waitingSince = performance.now();
-    if (this.#clientReadMs === 0) return;
-    const left = Math.max(0, this.#clientReadMs - this.#waitedMs);
-    this.#tooSlow = setTimeout(() => { this.#slow = true; cutAnswer(this.#res); }, left);
-    this.#tooSlow.unref();
-  }
-
   #finish(outcome: ForwardOutcome): void {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#wait);
-    clearTimeout(this.#tooSlow);
+    this.#reads.stop();
     this.#res.off('close', this.#onClose);
-    this.#res.off('drain', this.#onDrain);
     this.#resolve(this.#resent ? { ...outcome, resent: true } : outcome);
   }
 
@@ -236,11 +206,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     this.#writeHead();
-    if (!this.#res.write(chunk)) {
-      controller.pause();
-      this.#waitForClient();
-      this.#res.once('drain', this.#onDrain);
-    }
+    this.#reads.pass(controller, chunk);
   }
 
   onResponseEnd(): void {
@@ -355,7 +321,7 @@ export class Forwarder {
   tunnel(req: IncomingMessage, client: Socket, early: EarlyBytes, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
     if (client.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED });
     return new Promise((resolve) => {
-      const tunnel = new Tunnel(client, early, responseHeaders, { tunnelIdleMs: this.#tunnelIdleMs, clientIdleMs: this.#clientIdleMs }, resolve);
+      const tunnel = new Tunnel(client, early, responseHeaders, { tunnelIdleMs: this.#tunnelIdleMs, clientIdleMs: this.#clientIdleMs, clientReadMs: this.#clientReadMs }, resolve);
       this.#dispatch({
         path,
         method: 'GET',

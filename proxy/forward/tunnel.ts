@@ -11,7 +11,8 @@ import type { Dispatcher } from 'undici';
 import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { cutAnswer, endAndClose, responseHead } from './wire.ts';
 import { GrowingBuffer } from '../lib/bounded.ts';
-import { CLIENT_CLOSED, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
+import { ClientRead } from './client-read.ts';
+import { CLIENT_CLOSED, CLIENT_TOO_SLOW, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
 
 /**
  * How long a tunnel may carry no byte once one side has ended its half (sent its FIN) and the
@@ -70,6 +71,12 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   readonly #idleMs: number;
   /** Longest a refusal's answer may wait for a client that does not read it; 0: none. */
   readonly #clientIdleMs: number;
+  /**
+   * A refusal's body to the client, cut once its waits add up to proxy.timeouts.clientRead: an
+   * Upgrade header was a way around it, a slow reader of a large refusal (or of a stream an
+   * upstream without a WebSocket route serves the handshake's GET) holding a pool connection.
+   */
+  readonly #reads: ClientRead;
   #controller?: Dispatcher.DispatchController;
   /** The status written to the client, once one is. */
   #status?: number;
@@ -78,12 +85,13 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   #wait?: NodeJS.Timeout;
   #expired = false;
 
-  constructor(client: Socket, early: EarlyBytes, responseHeaders: Record<string, string | string[]>, idle: { readonly tunnelIdleMs: number; readonly clientIdleMs: number }, resolve: (outcome: ForwardOutcome) => void) {
+  constructor(client: Socket, early: EarlyBytes, responseHeaders: Record<string, string | string[]>, idle: { readonly tunnelIdleMs: number; readonly clientIdleMs: number; readonly clientReadMs: number }, resolve: (outcome: ForwardOutcome) => void) {
     this.#client = client;
     this.#early = early;
     this.#responseHeaders = responseHeaders;
     this.#idleMs = idle.tunnelIdleMs;
     this.#clientIdleMs = idle.clientIdleMs;
+    this.#reads = new ClientRead(client, idle.clientReadMs, () => cutAnswer(client));
     this.#resolve = resolve;
     client.once('close', this.#onClose);
   }
@@ -92,7 +100,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     // Finished first: the abort calls onResponseError at once, which recorded the client's
     // leaving as an upstream error (UNKNOWN), counted as an upstream cut.
-    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: CLIENT_CLOSED });
+    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: this.#reads.slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
     this.#controller?.abort(new Error('the client closed the connection'));
   };
 
@@ -100,6 +108,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#wait);
+    this.#reads.stop();
     this.#client.off('close', this.#onClose);
     this.#resolve(outcome);
   }
@@ -182,10 +191,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.#client.write(chunk)) {
-      controller.pause();
-      this.#client.once('drain', () => controller.resume());
-    }
+    this.#reads.pass(controller, chunk);
   }
 
   onResponseEnd(): void {

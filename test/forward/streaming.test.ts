@@ -349,34 +349,42 @@ t.test('a client connection silent while its request is handled is closed after 
   }
 });
 
-t.test('a client reading a large answer just often enough to stay under clientIdle is cut off at proxy.timeouts.clientRead, which frees the upstream connection', async (t) => {
-  const w = await lifecycleWorld();
-  w.up.handler = (req, res) => {
-    req.resume();
-    if (req.url !== '/items/1?big') { res.end('{}'); return; }
-    res.writeHead(200, { 'content-type': 'application/octet-stream' });
-    const chunk = Buffer.alloc(1024 * 1024);
-    let n = 0;
-    const pump = (): void => { while (n < 64) { n++; if (!res.write(chunk)) { res.once('drain', pump); return; } } res.end(); };
-    pump();
-  };
-  const dg = await startLifecycle(w.rules((r) => { r.proxy.connections = 1; r.proxy.timeouts = { connect: '500ms', response: '1s', clientIdle: '1500ms', clientRead: '1s' }; r.monitors = monitorsOnly({}); }));
-  t.teardown(async () => { await dg.close(); await w.close(); });
-  const tok = await w.token();
-  // 16 KiB every 300 ms: never silent for clientIdle, and 64 MiB would take about 20 minutes.
-  const c = connect(Number(new URL(dg.url).port), '127.0.0.1');
-  c.on('error', () => {});
-  c.pause();
-  c.write(`GET /items/1?big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\n\r\n`);
-  const drip = setInterval(() => { c.read(16 * 1024); }, 300);
-  t.teardown(() => { clearInterval(drip); c.destroy(); });
-  const record = () => dg.seen.find((s) => s.ctx.req.url === '/items/1?big');
-  t.ok(await until(() => record()?.forwarded !== undefined, 6_000), 'cut by driftguard (before: held the pool\'s one connection for as long as it read)');
-  t.match(record()?.forwarded, { status: 200, aborted: true, error: 'client too slow' }, 'its record says why');
-  const next = await fetch(`${dg.url}/items/2`, { headers: bearer(tok) });
-  t.equal(next.status, 200, 'the upstream connection is free again');
-  await next.text();
-});
+// A client reading 16 KiB every 300 ms: 64 MiB would take about 20 minutes. clientIdle is far
+// away: a slow reader may or may not trip it; clientRead must cut it either way. The second
+// asks with an Upgrade header: an upstream without a WebSocket route serves the handshake's GET
+// as any GET, and the non-switched answer went through a terminal stage of its own.
+for (const [what, upgrade] of [
+  ['a client reading a large answer just often enough to stay under clientIdle is cut off at proxy.timeouts.clientRead, which frees the upstream connection', ''],
+  ['an Upgrade header is no way around clientRead: a handshake the upstream answers without switching, read slowly, is cut too', 'connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n'],
+] as const) {
+  t.test(what, async (t) => {
+    const w = await lifecycleWorld();
+    w.up.handler = (req, res) => {
+      req.resume();
+      if (req.url !== '/items/1?big') { res.end('{}'); return; }
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const chunk = Buffer.alloc(1024 * 1024);
+      let n = 0;
+      const pump = (): void => { while (n < 64) { n++; if (!res.write(chunk)) { res.once('drain', pump); return; } } res.end(); };
+      pump();
+    };
+    const dg = await startLifecycle(w.rules((r) => { r.proxy.connections = 1; r.proxy.timeouts = { connect: '500ms', response: '1s', clientIdle: '30s', clientRead: '1s' }; r.monitors = monitorsOnly({}); }));
+    t.teardown(async () => { await dg.close(); await w.close(); });
+    const tok = await w.token();
+    const c = connect(Number(new URL(dg.url).port), '127.0.0.1');
+    c.on('error', () => {});
+    c.pause();
+    c.write(`GET /items/1?big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${tok}\r\n${upgrade}\r\n`);
+    const drip = setInterval(() => { c.read(16 * 1024); }, 300);
+    t.teardown(() => { clearInterval(drip); c.destroy(); });
+    const record = () => dg.seen.find((s) => s.ctx.req.url === '/items/1?big');
+    t.ok(await until(() => record()?.forwarded !== undefined, 6_000), 'cut by driftguard (before: held the pool\'s one connection for as long as it read)');
+    t.match(record()?.forwarded, { status: 200, aborted: true, error: 'client too slow' }, 'its record says why');
+    const next = await fetch(`${dg.url}/items/2`, { headers: bearer(tok) });
+    t.equal(next.status, 200, 'the upstream connection is free again');
+    await next.text();
+  });
+}
 
 t.test('an answer its client reads as fast as it comes is never cut by clientRead, however long it streams', async (t) => {
   const w = await lifecycleWorld();
