@@ -163,6 +163,16 @@ const RETIRED_POOL_MS = 30_000;
 /** The refusals a request still waiting for an upstream connection is withdrawn for (closeFor), and what its problem says. */
 const WITHDRAWN = { 'credential-revoked': 'the credential was revoked', 'consumer-quarantined': 'the consumer was quarantined' } as const;
 
+/** What an event stream or a handshake ended at its dates (endOf) is refused for, as its problem says it. */
+const EXPIRED = { 'invalid-credential': 'the credential expired', 'operation-sunset': 'the operation\'s sunset came', 'deprecated-operation': 'the operation\'s deprecation began' } as const;
+
+/** What driftguard's own cut refuses a request for, `by` whom, in a problem's words. */
+function refusedFor(by: DriftguardCut, reason: ReasonCode, detail: string | undefined): string {
+  if (by === RELOAD_CUT) return `the reloaded rules refuse it${detail ? ` (${detail})` : ''}`;
+  const known: Record<string, string> = by === EXPIRED_CUT ? EXPIRED : WITHDRAWN;
+  return known[reason] ?? `it was refused (${reason})`;
+}
+
 /** How often an answer that started after a reload is looked at: it is decided again once seen streaming at two looks. */
 const LATE_ANSWER_MS = 1_000;
 /** How often forwarded event streams are looked at for the end of what they were decided with. */
@@ -720,6 +730,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     try { observation.forwarding(); } catch { /* ignore */ }
     handshakes.set(socket, ctx);
     if (!streamTimer) followStreams();
+    // Decided under rules a reload has since replaced (its keys fetched while the swap
+    // happened): redecideOpen did not see it, so it is decided again now (the request's twin is
+    // in decideAndAnswer; a 101 that comes first is decided again as a tunnel, below).
+    if (generation !== g && !draining) {
+      const now = generation;
+      void cutUnder(now, socket, ctx).then((d) => { if (d) closedByReload(0, 1, { [d.reason]: 1 }, now); }, (err: unknown) => couldNotRedecide(err, now));
+    }
     let forwarded: ForwardOutcome;
     try {
       forwarded = await forwarderFor(g).tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
@@ -848,7 +865,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   async function cutUnder(g: Generation, target: ServerResponse | Socket, was: RequestContext): Promise<Decision | undefined> {
     const [ctx, d] = await decideAgain(g, was);
     if (!stillIn(g) || !(target instanceof Socket ? handshakes.has(target) : streaming.has(target))) return undefined;
-    if (closes(d)) { cut(target, was, RELOAD_CUT, d.reason); return d; }
+    if (closes(d)) { cut(target, was, RELOAD_CUT, d.reason, d.detail); return d; }
     // Kept: an event stream ends at the new rules' dates. A denial kept open (audit mode's
     // would-deny, driftguard's own 5xx) may have ended the checks before the credential: the
     // context it was decided with before keeps its token's end (as redecideTunnel does).
@@ -856,8 +873,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     return undefined;
   }
 
-  /** Cut an answer in flight, `by` driftguard for `reason`: its record says who and why, not that the client left. */
-  function cut(target: ServerResponse | Socket, ctx: RequestContext, by: DriftguardCut, reason: ReasonCode): void {
+  /**
+   * Cut an answer in flight, `by` driftguard for `reason`: its record says who and why, not that
+   * the client left. A handshake the upstream has not answered yet is withdrawn instead: the
+   * client gets the refusal's problem (a new handshake's), not a reset that says nothing, and
+   * its record that reason as the forward stage's. `detail`: the refusal's, when there is one.
+   */
+  function cut(target: ServerResponse | Socket, ctx: RequestContext, by: DriftguardCut, reason: ReasonCode, detail?: string): void {
+    if (target instanceof Socket && withdraw(target, reason, `${refusedFor(by, reason, detail)} while the upstream had not answered the handshake: it was not switched`)) return;
     cutBy.set(target, by);
     ctx.extra[CUT_REASON] = reason;
     cutAnswer(target);

@@ -7,7 +7,7 @@
 // found its kept-alive connection closed under it is sent once more.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
@@ -52,13 +52,18 @@ function isEventStream(type: string | string[] | undefined): boolean {
   return typeof type === 'string' && /^\s*text\/event-stream\s*(;|$)/i.test(type);
 }
 
+/** The tunnel of each WebSocket handshake's client socket, while it is forwarded. */
+const tunnels = new WeakMap<Socket, Tunnel>();
+
 /**
- * Withdraw the request of `res` before it is sent upstream (no connection yet): its forward
- * ends as `refused`, nothing sent, and the caller answers with that problem. false when it is
- * under way already, or done.
+ * Withdraw a request before anything was acted on: its forward ends as `refused`, and the
+ * caller answers with that problem. A request (`res`): before it is sent upstream (no
+ * connection yet), nothing sent. A WebSocket handshake (its client socket): before the
+ * upstream's answer began. false when it is under way already, or done.
  */
-export function withdraw(res: ServerResponse, refused: NonNullable<ForwardOutcome['failure']>, detail: string): boolean {
-  return exchanges.get(res)?.withdraw({ failure: refused, detail, notSent: true }) ?? false;
+export function withdraw(target: ServerResponse | Socket, refused: NonNullable<ForwardOutcome['failure']>, detail: string): boolean {
+  if (target instanceof Socket) return tunnels.get(target)?.withdraw({ failure: refused, detail }) ?? false;
+  return exchanges.get(target)?.withdraw({ failure: refused, detail, notSent: true }) ?? false;
 }
 
 /**
@@ -321,7 +326,8 @@ export class Forwarder {
   tunnel(req: IncomingMessage, client: Socket, early: EarlyBytes, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
     if (client.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED });
     return new Promise((resolve) => {
-      const tunnel = new Tunnel(client, early, responseHeaders, { tunnelIdleMs: this.#tunnelIdleMs, clientIdleMs: this.#clientIdleMs, clientReadMs: this.#clientReadMs }, resolve);
+      const tunnel = new Tunnel(client, early, responseHeaders, { tunnelIdleMs: this.#tunnelIdleMs, clientIdleMs: this.#clientIdleMs, clientReadMs: this.#clientReadMs }, (outcome) => { tunnels.delete(client); resolve(outcome); });
+      tunnels.set(client, tunnel);
       this.#dispatch({
         path,
         method: 'GET',

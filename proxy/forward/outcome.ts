@@ -8,13 +8,12 @@ export interface ForwardOutcome {
   readonly status?: number;
   /**
    * Why forwarding failed before a response started (the caller answers with a problem): the
-   * upstream, or a request body Node could not parse after the decision (malformed-request).
+   * upstream, or a request body Node could not parse after the decision (malformed-request);
+   * or the refusal a request was withdrawn for before anything was acted on (withdraw in
+   * forward.ts: a revocation's sweep while it waited for a connection, `credential-revoked`;
+   * for a handshake the upstream had not answered, any refusal: reloaded rules', its token's end).
    */
-  /**
-   * The forward stage's refusal; `credential-revoked` and `consumer-quarantined` for a request
-   * withdrawn before it was sent (a revocation's sweep while it waited for a connection).
-   */
-  readonly failure?: Extract<ReasonCode, 'upstream-unavailable' | 'upstream-timeout' | 'malformed-request' | 'credential-revoked' | 'consumer-quarantined'>;
+  readonly failure?: ReasonCode;
   /** With a failure: what the caller's problem and the decision record say of it (failureDetail). */
   readonly detail?: string;
   /** The response had started and was cut. */

@@ -115,6 +115,19 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
 
   get started(): boolean { return this.#controller !== undefined; }
 
+  /**
+   * Withdraw the handshake before the upstream's answer began (forward.ts withdraw): it is a
+   * GET, which the upstream may have read but acted on in no way a client sees before its
+   * answer, so the client gets the refusal's problem (the caller writes it) rather than a
+   * reset that says nothing. false once an answer has begun, or the forward is done.
+   */
+  withdraw(outcome: ForwardOutcome): boolean {
+    if (this.#done || this.#status !== undefined) return false;
+    this.#finish(outcome);
+    this.#controller?.abort(new Error('withdrawn before the upstream answered'));
+    return true;
+  }
+
   waitAtMost(ms: number): void {
     this.#wait = expireIfWaiting(ms, () => !this.#controller && !this.#done, (err) => { this.#expired = true; this.onResponseError(undefined as never, err); });
   }
@@ -124,6 +137,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     this.#controller = controller;
     if (this.#client.destroyed) controller.abort(new Error('the client closed the connection'));
     else if (this.#expired) controller.abort(connectionWaitTimeout());
+    else if (this.#done) controller.abort(new Error('withdrawn before it was sent'));
   }
 
   onRequestUpgrade(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, upstream: Duplex): void {

@@ -189,10 +189,9 @@ t.test('a streamed answer (server-sent events) is cut within a second of its cre
 /** GET /items/1 as an event stream over a raw socket, with a WebSocket handshake's headers when `upgrade`: what arrives, and whether it ended. */
 function rawStream(t: Test, url: string, tok: string, upgrade: boolean) {
   const u = new URL(url);
-  const state = { events: 0, ended: false };
+  const state = { events: 0, ended: false, text: '' };
   const s = connect(Number(u.port), u.hostname);
-  let text = '';
-  s.on('data', (d) => { text += d.toString('latin1'); state.events = (text.match(/data:/g) ?? []).length; });
+  s.on('data', (d) => { state.text += d.toString('latin1'); state.events = (state.text.match(/data:/g) ?? []).length; });
   s.on('error', () => {});
   s.on('close', () => { state.ended = true; });
   s.write(`GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nAccept: text/event-stream\r\n${upgrade ? 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' : ''}\r\n`);
@@ -220,6 +219,34 @@ t.test('a stream answered to a WebSocket handshake the upstream did not switch i
   t.equal(record?.ctx.extra['cut.reason'], 'credential-revoked');
   t.notOk(expiring.ended, 'the other consumer\'s goes on');
   t.ok(await until(() => expiring.ended, 4_000), 'until its token expires');
+});
+
+t.test('a handshake the upstream has not answered yet is refused with a problem by a revocation, and at its token\'s exp', async (t) => {
+  const w = await world();
+  // The upstream reads the handshake and does not answer (yet).
+  w.up.handler = (req) => { req.resume(); };
+  const dg = await startLifecycle(w.rules((r) => { r.identity.clockSkew = '0s'; r.proxy.timeouts.response = '10s'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const agentTok = await w.token();
+  const botTok = await w.token({ sub: BOT, ttl: 2 });
+  const revoked = rawStream(t, dg.url, agentTok, true);
+  const expiring = rawStream(t, dg.url, botTok, true);
+  t.ok(await until(() => w.up.seen.length === 2), 'both handshakes reached the upstream');
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: AGENT, reason: 'compromised' }) });
+  t.equal(made.status, 201);
+  await made.text();
+  const problem = (text: string) => JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4));
+  // Before: a reset, which said nothing of why, and a record with status 0.
+  t.ok(await until(() => revoked.ended, 2_500), 'the revoked consumer\'s handshake is answered');
+  t.match(revoked.text, /^HTTP\/1\.1 401 /, 'with the status a new request gets');
+  t.match(problem(revoked.text), { reason: 'credential-revoked', detail: 'the credential was revoked while the upstream had not answered the handshake: it was not switched' });
+  const record = dg.seen.find((x) => x.ctx.consumer?.subject === AGENT);
+  t.match(record?.forwarded, { failure: 'credential-revoked' }, 'its record names the refusal as the forward stage\'s');
+  t.notOk(expiring.ended, 'the other consumer\'s waits on');
+  t.ok(await until(() => expiring.ended, 4_000), 'until its token expires');
+  t.match(expiring.text, /^HTTP\/1\.1 401 /);
+  t.match(problem(expiring.text), { reason: 'invalid-credential', detail: 'the credential expired while the upstream had not answered the handshake: it was not switched' });
+  for (const [text, tok] of [[revoked.text, agentTok], [expiring.text, botTok]] as const) t.notOk(text.includes(tok.split('.')[2]!), 'no token in the answer');
 });
 
 t.test('a client that leaves during a handshake\'s answer the upstream did not switch is recorded as a client that left', async (t) => {
