@@ -13,7 +13,8 @@ import type { Observation, Observer } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
 import { neverSent, type ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
-import { Journal, readJournal, replay } from './journal.ts';
+import { Journal, probeDirectory, readJournal, replay } from './journal.ts';
+import { dirname } from 'node:path';
 import { ListSource, checkListFile } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
@@ -84,10 +85,22 @@ export function checkLifecycleFiles(rules: Rules, now: number): void {
   if (problems.length > 0) throw new RulesError(problems);
 }
 
-/** What is wrong with `journal` as the journal of `rules` (a file that is no journal), at its field. */
-function journalProblem(rules: Rules, journal: string): RulesProblem | undefined {
+/**
+ * What is wrong with `journal` as the journal of `rules` (a file that is no journal), at its
+ * field. `writable`: also whether a start could write it, which only the pod's own filesystem
+ * can say (a reload's check; not `driftguard check`, run elsewhere): a start rewrites the
+ * journal beside itself and takes its lock there, so its directory must take new files.
+ */
+function journalProblem(rules: Rules, journal: string, writable = false): RulesProblem | undefined {
   try { readJournal(journal); } catch (err) { return problemInFile(rules.source, ['revocation', 'journal'], (err as Error).message); }
+  if (!writable) return undefined;
+  try { probeDirectory(dirname(journal)); } catch (err) { return problemInFile(rules.source, ['revocation', 'journal'], cannotBeWritten(err)); }
   return undefined;
+}
+
+/** The problem a journal start-up cannot open says, and a reload that names one. */
+function cannotBeWritten(err: unknown): string {
+  return `cannot be written: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
 }
 
 export async function lifecycle(rules: Rules, log: Log, options: LifecycleOptions = {}): Promise<Feature> {
@@ -112,7 +125,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     try {
       journal = new Journal(config.revocation.journal, replayed.revocations);
     } catch (err) {
-      throw new RulesError([problemInFile(rules.source, ['revocation', 'journal'], `cannot be written: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)]);
+      throw new RulesError([problemInFile(rules.source, ['revocation', 'journal'], cannotBeWritten(err))]);
     }
     if (replayed.revocations.length) log({ level: 'info', msg: 'revocations replayed from the journal', journal: journal.file, revocations: replayed.revocations.length });
   } else {
@@ -299,7 +312,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         const c = configOf(next).revocation;
         const current = sources.find((s) => s.kind === 'file');
         if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now(), c.maxEntries);
-        const journal = c.journal !== undefined && c.journal !== config.revocation.journal ? journalProblem(next, c.journal) : undefined;
+        const journal = c.journal !== undefined && c.journal !== config.revocation.journal ? journalProblem(next, c.journal, true) : undefined;
         if (journal) throw new RulesError([journal]);
       });
       // Settings follow the rules in force: a reload that is rejected changes nothing here.

@@ -8,7 +8,7 @@
 // still in force, so it does not grow without bound.
 
 import { closeSync, constants, existsSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync, ftruncateSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { isRevocationKind, type Revocation } from './revocations.ts';
 
 export type JournalRecord =
@@ -227,6 +227,17 @@ function running(pid: number, start: string | undefined): boolean {
   const now = startOf(pid);
   // Where /proc cannot say, a live process of that pid counts as the writer.
   return now === undefined || start === undefined || start === '-' || now === start;
+}
+
+/**
+ * Throws as a start would when `dir` does not take new files (a read-only mount, /proc): a
+ * file is made there and removed. Not access(2): it says yes to root on a read-only directory
+ * mode, and to anyone on a filesystem that makes no files (procfs).
+ */
+export function probeDirectory(dir: string): void {
+  const probe = join(dir, `.driftguard-probe-${process.pid}`);
+  closeSync(openSync(probe, 'w', 0o600));
+  try { unlinkSync(probe); } catch { /* made and gone: writable all the same */ }
 }
 
 /** Records below which a journal is not compacted while running: a rewrite costs more than they do. */

@@ -3,11 +3,12 @@
 // and list URL (real loopback server), a failing URL keeping the last good list.
 
 import t from 'tap';
-import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, rmSync, renameSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, readdirSync, rmSync, renameSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { spawn } from 'node:child_process';
 import { tmpdir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
+import { configOf } from '../../proxy/lifecycle/config.ts';
 import { loadRules, RulesError } from '../../proxy/rules/load.ts';
 import { isLoopback } from '../../proxy/lifecycle/admin.ts';
 import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
@@ -628,6 +629,17 @@ t.test('revocation.journal must be a journal of its own: a file the rules read, 
   t.teardown(() => dg.close());
   await t.rejects(dg.dg.swap(loadRules(rules)), { name: 'RulesError', message: /revocation\.journal: .*notes\.txt is not a revocation journal/ });
   t.equal(readFileSync(other, 'utf8'), 'a note', 'left as it is');
+
+  // A journal in a directory that takes no files (procfs; a read-only mount, which root here
+  // cannot make; a missing directory the loader refuses already): start-up says it cannot be
+  // written, and so does a reload to it now (before: taken, and every pod's next start failed).
+  const there = writeRules(w.rules((r) => { r.revocation = { journal: '/proc/revocations.journal' }; }), dir);
+  await t.rejects(startLifecycle({ file: there }), { name: 'RulesError', message: /revocation\.journal: cannot be written: E[A-Z]+/ }, 'start-up refuses it');
+  await t.rejects(dg.dg.swap(loadRules(there)), { name: 'RulesError', message: /revocation\.journal: cannot be written: E[A-Z]+/ }, 'and a reload to it');
+  t.equal(configOf(dg.dg.generation.rules).revocation.journal, join(running, 'revocations.journal'), 'the rules in force are as they were');
+  // One that can be written is taken (for the next start), and its check leaves nothing behind.
+  await dg.dg.swap(loadRules(writeRules(w.rules((r) => { r.revocation = { journal: join(running, 'next.journal') }; }), dir)));
+  t.same(readdirSync(running).filter((f) => f.startsWith('.driftguard-probe')), [], 'no probe file left');
 });
 
 t.test('a journal compacted empty whose first append a crash tore is a journal: the torn record is cut off and start-up goes on', async (t) => {
