@@ -673,9 +673,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     } finally {
       streaming.delete(res);
     }
-    // A connection the drain or a revocation cut closes as one the client left would: say whose cut it was.
-    const cutter = cutBy.get(res) ?? (cutting ? DRAIN_CUT : undefined);
-    const outcome = cutter !== undefined && forwarded.error === CLIENT_CLOSED ? { ...forwarded, error: cutter } : forwarded;
+    const outcome = whoseCut(res, forwarded);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) {
       // The upstream failed during an upload: the body is cut, so the connection is too (below).
@@ -711,7 +709,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // request's, in handle()).
     let decided = false;
     let left = false;
-    socket.once('close', () => { tunnels.delete(socket); open.delete(socket); clearTimeout(expiry); settled(); if (decided) end(); else left = true; });
+    // One being forwarded is reported when its forward ends, with the status its client got: at
+    // the close it was recorded 0, the status of an answer the client never had.
+    socket.once('close', () => { tunnels.delete(socket); open.delete(socket); clearTimeout(expiry); settled(); if (!decided) left = true; else if (!handshakes.has(socket)) end(); });
     const answer = (problem: Problem, headers: Record<string, string | string[]>): void => {
       const a = problemAnswer(problem, headers);
       status = a.status;
@@ -743,10 +743,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     } finally {
       handshakes.delete(socket);
     }
-    // Cut by driftguard while the upstream's refusal streamed: whose cut, not the client that
-    // left or the write that failed on the socket it destroyed.
-    const cutter = cutBy.get(socket);
-    const outcome = cutter !== undefined && forwarded.aborted === true ? { ...forwarded, error: cutter } : forwarded;
+    const outcome = whoseCut(socket, forwarded);
     try { observation.forwarded(outcome); } catch { /* ignore */ }
     if (outcome.failure) { answer(forwardingFailed(ctx, decision, outcome.failure, outcome, observation, headers), headers); return; }
     if (outcome.status !== undefined) status = outcome.status;
@@ -871,6 +868,27 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // context it was decided with before keeps its token's end (as redecideTunnel does).
     if (d.decision !== 'deny') redecided.set(target, ctx);
     return undefined;
+  }
+
+  /**
+   * An answer driftguard cut (a revocation, a reload, an event stream's end, the drain) closes
+   * as one the client left would, or fails a write on the socket it destroyed: its outcome says
+   * whose cut it was.
+   */
+  function whoseCut(target: ServerResponse | Socket, forwarded: ForwardOutcome): ForwardOutcome {
+    const cutter = cutBy.get(target) ?? (cutting ? DRAIN_CUT : undefined);
+    return cutter !== undefined && forwarded.aborted === true ? { ...forwarded, error: cutter } : forwarded;
+  }
+
+  /**
+   * Cut everything still running (the end of a drain's grace period, close()): an answer that
+   * runs to the close (to HTTP/1.0, a handshake's) is reset, so that it cannot look whole
+   * (cutAnswer); every connection is destroyed.
+   */
+  function cutAll(): void {
+    for (const r of responses) if (r.headersSent && !r.writableFinished) cutAnswer(r);
+    for (const s of handshakes.keys()) cutAnswer(s);
+    for (const s of sockets) s.destroy();
   }
 
   /**
@@ -1124,7 +1142,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         // Past the grace period: cut what is still running (the client sees a reset connection).
         log({ level: 'warn', msg: 'grace period over; cutting requests still in flight', inFlight: self.inFlight, graceMs });
         cutting = true;
-        for (const s of sockets) s.destroy();
+        cutAll();
       } else {
         // Every answer is complete; end (not destroy) so that bytes still buffered are flushed.
         for (const s of sockets) { s.end(); setTimeout(() => s.destroy(), 1_000).unref(); }
@@ -1139,7 +1157,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         const stopped = [traffic, admin, probes].filter((s) => s?.listening).map((s) => new Promise<void>((resolve) => { s!.close(() => resolve()); s!.closeAllConnections(); }));
         // A server's close waits for every connection, and a WebSocket tunnel is one that
         // closeAllConnections does not know (Node handed its socket over): cut them all.
-        for (const s of sockets) s.destroy();
+        cutAll();
         await Promise.all(stopped);
         generation.identity.close();
         await generation.forwarder.close();

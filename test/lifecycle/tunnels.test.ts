@@ -296,8 +296,11 @@ t.test('an answer not started to a request wholly sent is delivered after its cr
   let release = () => {};
   const held = new Promise<void>((r) => { release = r; });
   let arrived = false;
+  // The upstream holds its answer 2.2 s and more: past the base rules' 2 s response timeout,
+  // whose 504 raced the release (undici looks at its timers about every half second), and won
+  // under load.
   w.up.handler = (_req, res) => { arrived = true; void held.then(() => res.end('done')); };
-  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({}); }));
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({}); r.proxy.timeouts.response = '10s'; }));
   t.teardown(async () => { release(); await dg.close(); await w.close(); });
   const tok = await w.token({ scope: 'items.write' });
   const answer = fetch(`${dg.url}/items/1/blob`, { method: 'PUT', headers: { ...bearer(tok), 'content-type': 'application/octet-stream' }, body: 'blob-1' });

@@ -201,6 +201,38 @@ t.test('an answer the grace period cut mid-body is recorded as cut by the drain,
   t.match(line, { status: 200, cut: 'drain' }, 'driftguard cut it (before: recorded as cut by the client, who was still reading)');
 });
 
+t.test('an answer the grace period cut that runs to the close (to HTTP/1.0, a handshake\'s) is reset, and recorded as cut by the drain', async (t) => {
+  const up = await upstream();
+  t.teardown(() => up.close());
+  let started = 0;
+  // Downloads that never end; the upstream has no WebSocket route, so it serves a handshake's GET too.
+  up.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/plain' }); res.write('x'.repeat(1000)); started++; };
+  const dg = await runDriftguard(slowRules(up.origin), ['--grace', '300ms'], { OTEL_TRACES_EXPORTER: 'none' });
+  t.teardown(() => dg.kill());
+  const raw = (head: string) => new Promise<string>((resolve) => {
+    const { hostname, port } = new URL(dg.url);
+    const s = connect(Number(port), hostname);
+    let how = 'a clean end';
+    s.on('error', (e: NodeJS.ErrnoException) => { how = e.code ?? e.message; });
+    s.on('close', () => resolve(how));
+    s.resume(); // read to the end: a paused socket never sees a FIN
+    s.write(head);
+  });
+  const old = raw('GET /status HTTP/1.0\r\nhost: x\r\n\r\n');
+  const handshake = raw('GET /status HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+  await until('both answers streaming', () => started === 2);
+  await new Promise((r) => setTimeout(r, 100));
+  dg.child.kill('SIGTERM');
+  // Before: a FIN, after which a body that runs to the close looks whole.
+  t.equal(await old, 'ECONNRESET', 'HTTP/1.0: reset');
+  t.equal(await handshake, 'ECONNRESET', 'the handshake\'s answer: reset');
+  t.same(await dg.exited, { code: 0, signal: null });
+  const lines = dg.output().split('\n').filter((l) => l.includes('"msg":"decision"')).map((l) => JSON.parse(l.slice(l.indexOf('{'))));
+  t.equal(lines.length, 2, 'both recorded');
+  // Before: the handshake's was recorded as a client that left, with status 0.
+  for (const line of lines) t.match(line, { status: 200, cut: 'drain' }, 'cut by the drain, after the upstream\'s 200');
+});
+
 /** Rules whose start-up waits about 1.5 s for a revocation list URL: a window for signals. */
 async function slowStart(t: Test): Promise<string> {
   const list = createServer((_req, res) => { setTimeout(() => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"revocations":[]}'); }, 1_500); });
