@@ -233,7 +233,8 @@ function schemaProblems(errors: ErrorObject[], at: Locator, data: unknown): Rule
   return out;
 
   function push(p: RulesProblem) {
-    const key = `${p.field}|${p.message}`;
+    // Where, too: two unknown keys that are no field names print the same field and message.
+    const key = `${p.file}:${p.line}:${p.column}|${p.field}|${p.message}`;
     if (!seen.has(key)) { seen.add(key); out.push(p); }
   }
 }

@@ -381,4 +381,8 @@ t.test('a problem never prints a key that is no field name: a value the broken Y
   }
   const unknown = problems(variants[2]!).problems;
   t.match(unknown, [{ field: 'identity.issuers[0].jwks', message: 'unknown field (a key that is no field name)' }]);
+  // Two such keys in one mapping are two problems, each at its line (before: one, the second lost).
+  const two = problems(withUrl.replace(`url: ${url}`, `url: http://127.0.0.1:9/jwks.json\n        ${url}: 1\n        ${url}&more: 2`)).problems;
+  t.equal(two.length, 2, 'both reported');
+  t.not(two[0]?.line, two[1]?.line, 'each at its own line');
 });
