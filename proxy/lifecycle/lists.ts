@@ -146,13 +146,20 @@ function readEntries(data: unknown, source: 'file' | 'url', now: number, maxEntr
 }
 
 /**
+ * Room for what a list's wrapper may carry beside its `revocations` (a generator's metadata,
+ * other lists of its own): a list at maxEntries whose wrapper held a few objects was refused.
+ * A thousand more small values cost nothing to parse.
+ */
+export const WRAPPER_VALUES = 1_024;
+
+/**
  * Whether JSON `text` holds more values than a list of `maxEntries` entries can: an entry is
- * one mapping of at most five fields, so at most one `{` and six `,`, outside strings. One
- * pass over the characters, without building anything.
+ * one mapping of at most five fields, so at most one `{` and six `,`, outside strings, and
+ * its wrapper WRAPPER_VALUES more of each. One pass over the characters, without building anything.
  */
 export function jsonValuesOver(text: string, maxEntries: number): boolean {
-  const maxOpen = maxEntries + 2;
-  const maxCommas = 6 * maxEntries + 8;
+  const maxOpen = maxEntries + WRAPPER_VALUES;
+  const maxCommas = 6 * maxEntries + WRAPPER_VALUES;
   let open = 0;
   let commas = 0;
   let inString = false;

@@ -5,7 +5,7 @@ import t from 'tap';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseList, jsonValuesOver, MAX_DOCUMENT_BYTES, MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
+import { parseList, jsonValuesOver, MAX_DOCUMENT_BYTES, MAX_LIST_BYTES, WRAPPER_VALUES } from '../../proxy/lifecycle/lists.ts';
 import { cli } from '../support/subprocess.ts';
 import type { RulesProblem } from '../../proxy/rules/load.ts';
 
@@ -151,9 +151,12 @@ t.test('under the chart\'s heap limits, a 3 MiB YAML list or a JSON list near MA
 t.test('a JSON list whose values are more than maxEntries entries can hold is refused before it is parsed', async (t) => {
   // A value's braces and commas inside strings do not count; an escaped quote does not end one.
   t.notOk(jsonValuesOver(JSON.stringify([{ kind: 'jti', value: 'a,b,{c}[d]', reason: 'say \\"x, y\\" {z}' }]), 1));
-  t.ok(jsonValuesOver('[' + '{},'.repeat(10) + '{}]', 1), 'eleven mappings where one entry is allowed');
-  t.ok(jsonValuesOver('[' + '1,'.repeat(40) + '1]', 2), 'forty values where two entries have at most a dozen');
-  t.notOk(jsonValuesOver(JSON.stringify({ revocations: Array.from({ length: 100 }, (_, i) => ({ ...entry(i), end: '2027-01-01', id: `i${i}` })) }), 100), 'a full list of whole entries fits');
+  t.ok(jsonValuesOver('[' + '{},'.repeat(WRAPPER_VALUES + 1) + '{}]', 1), 'more mappings than one entry and its wrapper can have');
+  t.ok(jsonValuesOver('[' + '1,'.repeat(WRAPPER_VALUES + 13) + '1]', 2), 'more values than two entries have, and their wrapper');
+  const full = Array.from({ length: 100 }, (_, i) => ({ ...entry(i), end: '2027-01-01', id: `i${i}` }));
+  t.notOk(jsonValuesOver(JSON.stringify({ revocations: full }), 100), 'a full list of whole entries fits');
+  // Before: refused, its wrapper's brackets counted as entries.
+  t.notOk(jsonValuesOver(JSON.stringify({ generator: { name: 'x', at: { y: [1, 2, 3] } }, shards: [{ a: 1 }, { b: 2 }], revocations: full }), 100), 'and so does one whose wrapper carries objects of its own');
   // Above MAX_DOCUMENT_BYTES: refused unparsed, with the bound.
   const arrays = '[' + '[],'.repeat(150_000) + '[]]';
   t.ok(arrays.length > MAX_DOCUMENT_BYTES);
