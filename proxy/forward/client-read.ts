@@ -6,7 +6,6 @@ import type { Dispatcher } from 'undici';
 
 /** What the body is written to: the client's response, or its socket. */
 interface Writable {
-  write(chunk: Buffer): boolean;
   once(event: 'drain', listener: () => void): unknown;
   off(event: 'drain', listener: () => void): unknown;
 }
@@ -17,7 +16,8 @@ interface Writable {
  * under clientIdle held one for as long as it liked (as many slow readers as
  * proxy.connections, and every other caller got 504s): the waits of one answer may add up to
  * proxy.timeouts.clientRead, then `cut` ends it. An answer the client takes as fast as it
- * comes never waits, however long it streams.
+ * comes never waits, however long it streams; made at an answer's first wait, so that one
+ * never costs anything.
  */
 export class ClientRead {
   readonly #to: Writable;
@@ -40,9 +40,8 @@ export class ClientRead {
   /** Cut for waiting longer than clientRead: its record says so, not that the client left. */
   get slow(): boolean { return this.#slow; }
 
-  /** Write `chunk` to the client; if it must wait, pause the upstream until the client drains. */
-  pass(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.#to.write(chunk)) return;
+  /** A write the client did not take at once: pause the upstream until the client drains. */
+  wait(controller: Dispatcher.DispatchController): void {
     controller.pause();
     this.#controller = controller;
     this.#since = performance.now();

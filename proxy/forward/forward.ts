@@ -105,13 +105,15 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #sent = false;
   /** The upstream's answer is an event stream (eventStreamAnswer). */
   #eventStream = false;
-  /** The answer's body to the client, cut once its waits for the client add up to proxy.timeouts.clientRead. */
-  readonly #reads: ClientRead;
+  /** proxy.timeouts.clientRead (0: no limit). */
+  readonly #clientReadMs: number;
+  /** The answer's waits for its client, from the first: cut once they add up to clientRead. */
+  #reads?: ClientRead;
 
   constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, clientReadMs: number, answering?: Answering) {
     this.#req = req;
     this.#res = res;
-    this.#reads = new ClientRead(res, clientReadMs, () => cutAnswer(res));
+    this.#clientReadMs = clientReadMs;
     this.#responseHeaders = responseHeaders;
     this.#resolve = resolve;
     this.#answering = answering;
@@ -134,7 +136,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // Before the upstream answered: abort the upstream request (the pool reuses or closes the
     // connection). After: stop reading the body, and report the cut, first: the abort calls
     // onResponseError at once, which would report it as an upstream error.
-    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: this.#reads.slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
+    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: this.#reads?.slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
     // Still waiting for a pool connection: nothing was sent, and nothing will be (onRequestStart
     // aborts it), so its idempotency key is free at once, not kept for a write never made.
     else if (!this.#controller) this.#finish({ aborted: true, error: CLIENT_CLOSED, notSent: true });
@@ -145,7 +147,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#wait);
-    this.#reads.stop();
+    this.#reads?.stop();
     this.#res.off('close', this.#onClose);
     this.#resolve(this.#resent ? { ...outcome, resent: true } : outcome);
   }
@@ -211,7 +213,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     this.#writeHead();
-    this.#reads.pass(controller, chunk);
+    if (this.#res.write(chunk)) return;
+    const res = this.#res;
+    (this.#reads ??= new ClientRead(res, this.#clientReadMs, () => cutAnswer(res))).wait(controller);
   }
 
   onResponseEnd(): void {

@@ -71,12 +71,14 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   readonly #idleMs: number;
   /** Longest a refusal's answer may wait for a client that does not read it; 0: none. */
   readonly #clientIdleMs: number;
+  /** proxy.timeouts.clientRead (0: no limit). */
+  readonly #clientReadMs: number;
   /**
-   * A refusal's body to the client, cut once its waits add up to proxy.timeouts.clientRead: an
+   * A refusal's waits for its client, from the first: cut once they add up to clientRead. An
    * Upgrade header was a way around it, a slow reader of a large refusal (or of a stream an
    * upstream without a WebSocket route serves the handshake's GET) holding a pool connection.
    */
-  readonly #reads: ClientRead;
+  #reads?: ClientRead;
   #controller?: Dispatcher.DispatchController;
   /** The status written to the client, once one is. */
   #status?: number;
@@ -91,7 +93,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     this.#responseHeaders = responseHeaders;
     this.#idleMs = idle.tunnelIdleMs;
     this.#clientIdleMs = idle.clientIdleMs;
-    this.#reads = new ClientRead(client, idle.clientReadMs, () => cutAnswer(client));
+    this.#clientReadMs = idle.clientReadMs;
     this.#resolve = resolve;
     client.once('close', this.#onClose);
   }
@@ -100,7 +102,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     // Finished first: the abort calls onResponseError at once, which recorded the client's
     // leaving as an upstream error (UNKNOWN), counted as an upstream cut.
-    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: this.#reads.slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
+    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: this.#reads?.slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
     this.#controller?.abort(new Error('the client closed the connection'));
   };
 
@@ -108,7 +110,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#wait);
-    this.#reads.stop();
+    this.#reads?.stop();
     this.#client.off('close', this.#onClose);
     this.#resolve(outcome);
   }
@@ -205,7 +207,9 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    this.#reads.pass(controller, chunk);
+    if (this.#client.write(chunk)) return;
+    const client = this.#client;
+    (this.#reads ??= new ClientRead(client, this.#clientReadMs, () => cutAnswer(client))).wait(controller);
   }
 
   onResponseEnd(): void {
