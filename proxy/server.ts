@@ -446,7 +446,13 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.timeout = rules.proxy.timeouts.clientIdleMs;
   // Node leaves a connection open when anything else listens for the timeout (a response
   // being streamed may): close it here, whatever else listens.
-  traffic.on('timeout', (socket: Socket) => socket.destroy());
+  traffic.on('timeout', (socket: Socket) => {
+    // An answer under way that runs to the close (to HTTP/1.0) is reset, not ended: a FIN made
+    // what the client had read look whole (cutAnswer).
+    const res = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (res?.headersSent && !res.writableFinished) cutAnswer(res);
+    socket.destroy();
+  });
   // A connection whose head is still arriving holds up to about 20 KiB of heap: thousands of
   // them, from anybody who reaches the port, ran a 96 MiB heap out. Beyond the limit, Node
   // closes a new connection as it is accepted.
@@ -898,7 +904,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * its record that reason as the forward stage's. `detail`: the refusal's, when there is one.
    */
   function cut(target: ServerResponse | Socket, ctx: RequestContext, by: DriftguardCut, reason: ReasonCode, detail?: string): void {
-    if (target instanceof Socket && withdraw(target, reason, `${refusedFor(by, reason, detail)} while the upstream had not answered the handshake: it was not switched`)) return;
+    // Enforced only: under proxy.mode audit a new handshake would be let through, and a problem
+    // would claim a refusal audit mode never makes (its token's end still cuts it, as a tunnel).
+    if (target instanceof Socket && generation.rules.proxy.mode === 'enforce' && withdraw(target, reason, `${refusedFor(by, reason, detail)} while the upstream had not answered the handshake: it was not switched`)) return;
     cutBy.set(target, by);
     ctx.extra[CUT_REASON] = reason;
     cutAnswer(target);

@@ -43,6 +43,10 @@ export class ClientRead {
   /** A write the client did not take at once: pause the upstream until the client drains. */
   wait(controller: Dispatcher.DispatchController): void {
     controller.pause();
+    // Waiting already: undici may hand over what it had read while paused (its parser resumes
+    // across a pause when the upstream's connection ends). A second listener and timer would
+    // outlive stop(): one drain resumed twice, and the first timer cut the answer later.
+    if (this.#since !== undefined) return;
     this.#controller = controller;
     this.#since = performance.now();
     this.#to.once('drain', this.#onDrain);

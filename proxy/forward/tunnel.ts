@@ -38,6 +38,8 @@ export class EarlyBytes {
   readonly #socket: Socket;
   /** What arrived, in one buffer (not a Buffer object per read). */
   readonly #kept: GrowingBuffer;
+  /** Ends the connection when the client leaves or sends too much (Tunnel: reset once an answer streams). */
+  #close = (): void => { this.#socket.destroy(); };
 
   constructor(socket: Socket, head: Buffer) {
     this.#socket = socket;
@@ -46,11 +48,14 @@ export class EarlyBytes {
     socket.once('end', this.#onEnd);
   }
 
+  /** How the connection is ended, from now on. */
+  closeWith(close: () => void): void { this.#close = close; }
+
   #onData = (chunk: Buffer): void => {
-    if (!this.#kept.add(chunk)) this.#socket.destroy();
+    if (!this.#kept.add(chunk)) this.#close();
   };
 
-  #onEnd = (): void => { this.#socket.destroy(); };
+  #onEnd = (): void => { this.#close(); };
 
   /** Stop reading (the tunnel's pipe() reads on) and hand over what arrived. */
   take(): Buffer {
@@ -96,6 +101,9 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     this.#clientReadMs = idle.clientReadMs;
     this.#resolve = resolve;
     client.once('close', this.#onClose);
+    // An answer the upstream gave without switching runs to the close: cut while it streams, it
+    // is reset, so that what the client read cannot look whole; before or after it, a close.
+    early.closeWith(() => { if (this.#status !== undefined && !this.#done) cutAnswer(client); else client.destroy(); });
   }
 
   #onClose = (): void => {
@@ -125,7 +133,8 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
    */
   withdraw(outcome: ForwardOutcome): boolean {
     if (this.#done || this.#status !== undefined) return false;
-    this.#finish(outcome);
+    // Still waiting for a pool connection: nothing went upstream, no upstream call to record.
+    this.#finish(this.#controller ? outcome : { ...outcome, notSent: true });
     this.#controller?.abort(new Error('withdrawn before the upstream answered'));
     return true;
   }
@@ -202,7 +211,8 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     // Node dropped its idle timer from the socket when it handed it over for the upgrade, and
     // undici's body timeout stops while the answer waits for the client: a client that never
     // reads a large refusal would hold this connection, and a pool connection, for ever.
-    if (this.#clientIdleMs > 0) this.#client.setTimeout(this.#clientIdleMs, () => this.#client.destroy());
+    // Reset, not ended: the answer runs to the close, and a FIN made a cut one look whole.
+    if (this.#clientIdleMs > 0) this.#client.setTimeout(this.#clientIdleMs, () => cutAnswer(this.#client));
     this.#client.write(responseHead(statusCode, { ...withOwnHeaders(clientResponseHeaders(headers), this.#responseHeaders), connection: 'close' }), 'latin1');
   }
 

@@ -9,6 +9,7 @@
 
 import { closeSync, constants, existsSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync, ftruncateSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { randomUUID } from 'node:crypto';
 import { isRevocationKind, type Revocation } from './revocations.ts';
 
 export type JournalRecord =
@@ -232,11 +233,13 @@ function running(pid: number, start: string | undefined): boolean {
 /**
  * Throws as a start would when `dir` does not take new files (a read-only mount, /proc): a
  * file is made there and removed. Not access(2): it says yes to root on a read-only directory
- * mode, and to anyone on a filesystem that makes no files (procfs).
+ * mode, and to anyone on a filesystem that makes no files (procfs). A new file only (O_EXCL),
+ * at a name nobody can guess: at a known name, a symlink planted there by whoever else writes
+ * the directory made the probe truncate the file it named (the running journal).
  */
 export function probeDirectory(dir: string): void {
-  const probe = join(dir, `.driftguard-probe-${process.pid}`);
-  closeSync(openSync(probe, 'w', 0o600));
+  const probe = join(dir, `.driftguard-probe-${process.pid}-${randomUUID()}`);
+  closeSync(openSync(probe, 'wx', 0o600));
   try { unlinkSync(probe); } catch { /* made and gone: writable all the same */ }
 }
 

@@ -169,7 +169,10 @@ export class RequestObservation implements Observation {
       this.#forwardEnd = performance.now();
       if (outcome.status !== undefined) this.#callStatus = outcome.status;
       if (outcome.resent) this.#resent = true;
-      if (outcome.failure || outcome.aborted) this.#callError = outcome.failure ?? outcome.error ?? 'aborted';
+      // The upstream call's error: the upstream's failure, or the cut's; a request driftguard
+      // withdrew for a refusal (a handshake the upstream had not answered) was aborted, which is
+      // no upstream error: the refusal is the decision's.
+      if (outcome.failure || outcome.aborted) this.#callError = (outcome.failure?.startsWith('upstream-') ? outcome.failure : undefined) ?? outcome.error ?? 'aborted';
       // Cut after the head went out: the record's status is the upstream's, and only this
       // says the caller did not get the whole answer.
       if (outcome.aborted && outcome.status !== undefined) this.#cut = outcome.error === CLIENT_CLOSED ? 'client' : outcome.error ?? 'aborted';

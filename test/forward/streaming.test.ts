@@ -449,6 +449,40 @@ t.test('a raw UTF-8 filename in the upstream\'s Content-Disposition reaches the 
   }
 });
 
+// An answer without length or chunks (to HTTP/1.0, the one an upstream gives a handshake it does
+// not switch) cut by proxy.timeouts.clientIdle: before, a FIN, after which a client that paused
+// and then read took what it had as the whole answer.
+for (const [what, head] of [
+  ['HTTP/1.0', 'GET /items/1 HTTP/1.0\r\nhost: x\r\n'],
+  ['a handshake the upstream does not switch', 'GET /items/1 HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n'],
+] as const) {
+  t.test(`${what}: an answer that runs to the close, cut at clientIdle, is reset`, async (t) => {
+    const w = await lifecycleWorld();
+    // Never ends.
+    w.up.handler = (req, res) => {
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      const pump = (): void => { while (!res.destroyed) { if (!res.write(chunk)) { res.once('drain', pump); return; } } };
+      pump();
+    };
+    const dg = await startLifecycle(w.rules((r) => { r.proxy.timeouts = { response: '500ms', clientIdle: '1s', clientRead: '0s' }; r.monitors = monitorsOnly({}); r.credentials = { taskBindingAt: 'never' }; }));
+    t.teardown(async () => { await dg.close(); await w.close(); });
+    const c = connect(Number(new URL(dg.url).port), '127.0.0.1');
+    let how = 'a clean end';
+    let closed = false;
+    c.on('error', (e: NodeJS.ErrnoException) => { how = e.code ?? e.message; });
+    c.on('close', () => { closed = true; });
+    c.pause();
+    c.write(`${head}authorization: Bearer ${await w.token()}\r\n\r\n`);
+    // Reads nothing for 3 s: the idle limit (1 s) cuts it; then reads what it has.
+    await new Promise((r) => setTimeout(r, 3_000));
+    c.resume();
+    t.ok(await until(() => closed, 5_000), 'the connection closed');
+    t.equal(how, 'ECONNRESET', 'reset: it cannot look whole');
+  });
+}
+
 t.test('an answer to HTTP/1.0 cut mid-body resets the client\'s connection: without length or chunks, it cannot look whole', async (t) => {
   const w = await world(t);
   const tok = await w.tok();

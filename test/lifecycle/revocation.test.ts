@@ -3,7 +3,7 @@
 // and list URL (real loopback server), a failing URL keeping the last good list.
 
 import t from 'tap';
-import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, readdirSync, rmSync, renameSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, readdirSync, rmSync, renameSync, existsSync, symlinkSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { spawn } from 'node:child_process';
 import { tmpdir, networkInterfaces } from 'node:os';
@@ -637,9 +637,15 @@ t.test('revocation.journal must be a journal of its own: a file the rules read, 
   await t.rejects(startLifecycle({ file: there }), { name: 'RulesError', message: /revocation\.journal: cannot be written: E[A-Z]+/ }, 'start-up refuses it');
   await t.rejects(dg.dg.swap(loadRules(there)), { name: 'RulesError', message: /revocation\.journal: cannot be written: E[A-Z]+/ }, 'and a reload to it');
   t.equal(configOf(dg.dg.generation.rules).revocation.journal, join(running, 'revocations.journal'), 'the rules in force are as they were');
-  // One that can be written is taken (for the next start), and its check leaves nothing behind.
+  // One that can be written is taken (for the next start), and its check touches only a new
+  // file of its own: a symlink planted where a probe of a known name went (whoever else writes
+  // the directory) is not followed, and the file it names not truncated.
+  const victim = join(dir, 'victim.journal');
+  writeFileSync(victim, 'kept\n');
+  symlinkSync(victim, join(running, `.driftguard-probe-${process.pid}`));
   await dg.dg.swap(loadRules(writeRules(w.rules((r) => { r.revocation = { journal: join(running, 'next.journal') }; }), dir)));
-  t.same(readdirSync(running).filter((f) => f.startsWith('.driftguard-probe')), [], 'no probe file left');
+  t.equal(readFileSync(victim, 'utf8'), 'kept\n', 'the planted symlink\'s target is untouched');
+  t.same(readdirSync(running).filter((f) => f.startsWith('.driftguard-probe')), [`.driftguard-probe-${process.pid}`], 'no probe file of its own left');
 });
 
 t.test('a journal compacted empty whose first append a crash tore is a journal: the torn record is cut off and start-up goes on', async (t) => {

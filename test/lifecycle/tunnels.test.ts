@@ -249,6 +249,72 @@ t.test('a handshake the upstream has not answered yet is refused with a problem 
   for (const [text, tok] of [[revoked.text, agentTok], [expiring.text, botTok]] as const) t.notOk(text.includes(tok.split('.')[2]!), 'no token in the answer');
 });
 
+t.test('a handshake withdrawn while it waited for a pool connection is recorded as never sent', async (t) => {
+  const w = await world();
+  let release = () => {};
+  const held = new Promise<void>((r) => { release = r; });
+  w.up.handler = (req, res) => { req.resume(); if (req.url === '/items/2') void held.then(() => res.end('{}')); else res.end('{}'); };
+  const dg = await startLifecycle(w.rules((r) => { r.proxy.connections = 1; r.proxy.timeouts = { connect: '10s', response: '10s' }; r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({}); }));
+  t.teardown(async () => { release(); await dg.close(); await w.close(); });
+  const first = fetch(`${dg.url}/items/2`, { headers: bearer(await w.token()) });
+  t.ok(await until(() => w.up.seen.length === 1), 'the pool\'s one connection is held');
+  const waiting = rawStream(t, dg.url, await w.token({ sub: BOT }), true);
+  t.ok(await until(() => dg.seen.some((x) => x.ctx.consumer?.subject === BOT && x.decision !== undefined)), 'the handshake is decided, and waits');
+  await new Promise((r) => setTimeout(r, 200));
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value: BOT, reason: 'compromised' }) });
+  t.equal(made.status, 201);
+  await made.text();
+  t.ok(await until(() => waiting.ended, 3_000), 'answered');
+  t.match(waiting.text, /^HTTP\/1\.1 401 /);
+  release();
+  t.equal((await first).status, 200);
+  t.equal(w.up.seen.length, 1, 'the upstream never saw the handshake');
+  // Before: recorded as a call that reached the upstream, with upstream time and a CLIENT span in error.
+  t.match(dg.seen.find((x) => x.ctx.consumer?.subject === BOT)?.forwarded, { failure: 'credential-revoked', notSent: true });
+});
+
+t.test('under proxy.mode audit a handshake still waiting for the upstream at its token\'s exp is cut, never answered with a refusal', async (t) => {
+  const w = await world();
+  w.up.handler = (req) => { req.resume(); };
+  const dg = await startLifecycle(w.rules((r) => { r.proxy.mode = 'audit'; r.identity.clockSkew = '0s'; r.proxy.timeouts.response = '10s'; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const waiting = rawStream(t, dg.url, await w.token({ sub: BOT, ttl: 2 }), true);
+  t.ok(await until(() => waiting.ended, 4_500), 'ended at its token\'s exp, as a tunnel is');
+  // Before: 401 invalid-credential, a refusal audit mode never makes (a new handshake with the token is forwarded).
+  t.equal(waiting.text, '', 'with no answer that claims a refusal');
+});
+
+t.test('a client that half-closes during a handshake\'s answer the upstream did not switch gets it cut with a reset, not a clean end', async (t) => {
+  const w = await world();
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    let n = 0;
+    const pump = (): void => { while (n < 200 && !res.destroyed) { n++; if (!res.write(chunk)) { res.once('drain', pump); return; } } if (n >= 200) res.end(); };
+    pump();
+  };
+  const dg = await startLifecycle(w.rules((r) => { r.monitors = monitorsOnly({}); r.credentials = { taskBindingAt: 'never' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const c = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  t.teardown(() => c.destroy());
+  let how = 'a clean end';
+  let got = 0;
+  let closed = false;
+  c.on('error', (e: NodeJS.ErrnoException) => { how = e.code ?? e.message; });
+  c.on('close', () => { closed = true; });
+  c.on('data', (d: Buffer) => { got += d.length; });
+  c.pause();
+  c.write(`GET /items/1 HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nauthorization: Bearer ${await w.token()}\r\n\r\n`);
+  await new Promise((r) => setTimeout(r, 500)); // the answer streams; the client does not read yet
+  c.end(); // done sending, still reading: a FIN ends the handshake (README)
+  await new Promise((r) => setTimeout(r, 200));
+  c.resume();
+  t.ok(await until(() => closed, 5_000), 'closed');
+  t.ok(got < 200 * 64 * 1024, 'the answer was cut short');
+  t.equal(how, 'ECONNRESET', 'with a reset: a body that runs to the close cannot look whole');
+});
+
 t.test('a client that leaves during a handshake\'s answer the upstream did not switch is recorded as a client that left', async (t) => {
   const w = await world();
   w.up.handler = eventStream(t);
