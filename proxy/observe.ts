@@ -59,7 +59,12 @@ export function composeObservers(observers: readonly Observer[]): Observer {
   };
 }
 
-/** Every observation of one request; methods on the prototype, no closures per request. */
+/**
+ * Every observation of one request; methods on the prototype, no closures per request. Each
+ * observer is called whatever another threw (the first error is thrown after): a span export
+ * that failed in end() skipped the lifecycle's end(), whose idempotency key then stayed in
+ * flight for good.
+ */
 class CompositeObservation implements Observation {
   readonly traceId?: string;
   readonly #all: readonly Observation[];
@@ -69,9 +74,29 @@ class CompositeObservation implements Observation {
   }
   upstreamHeaders(into: Record<string, string>): void { for (const o of this.#all) o.upstreamHeaders(into); }
   responseHeaders(into: Record<string, string | string[]>): void { for (const o of this.#all) o.responseHeaders(into); }
-  decided(d: Decision): void { for (const o of this.#all) o.decided(d); }
-  forwarding(): void { for (const o of this.#all) o.forwarding(); }
-  answering(status: number): void { for (const o of this.#all) o.answering?.(status); }
-  forwarded(outcome: ForwardOutcome): void { for (const o of this.#all) o.forwarded(outcome); }
-  end(status: number): void { for (const o of this.#all) o.end(status); }
+  decided(d: Decision): void {
+    let failed = false, error: unknown;
+    for (const o of this.#all) try { o.decided(d); } catch (err) { if (!failed) { failed = true; error = err; } }
+    if (failed) throw error;
+  }
+  forwarding(): void {
+    let failed = false, error: unknown;
+    for (const o of this.#all) try { o.forwarding(); } catch (err) { if (!failed) { failed = true; error = err; } }
+    if (failed) throw error;
+  }
+  answering(status: number): void {
+    let failed = false, error: unknown;
+    for (const o of this.#all) try { o.answering?.(status); } catch (err) { if (!failed) { failed = true; error = err; } }
+    if (failed) throw error;
+  }
+  forwarded(outcome: ForwardOutcome): void {
+    let failed = false, error: unknown;
+    for (const o of this.#all) try { o.forwarded(outcome); } catch (err) { if (!failed) { failed = true; error = err; } }
+    if (failed) throw error;
+  }
+  end(status: number): void {
+    let failed = false, error: unknown;
+    for (const o of this.#all) try { o.end(status); } catch (err) { if (!failed) { failed = true; error = err; } }
+    if (failed) throw error;
+  }
 }

@@ -152,17 +152,16 @@ export class ExportThread {
     if (now - this.#startedAt < this.#restartMs) return undefined;
     this.#startedAt = now;
     const config = this.#config;
-    const worker = new Worker(this.#entry, {
-      workerData: { traces: config, shutdownFlushMs: this.#shutdownFlushMs } satisfies ExportSettings,
-      // Its own heap limits, whatever the process's: room for its modules and a full queue of
-      // spans (a few KiB each), and a small young generation, since most of what it
-      // allocates, a batch's spans and their encoding, lives for one batch. A heap sized from
-      // the machine's memory, as V8 does by default, is collected lazily and holds far more.
-      resourceLimits: { maxOldGenerationSizeMb: 32 + Math.ceil(config.maxQueueSize * 4 / 1024), maxYoungGenerationSizeMb: 8 },
-      // None of the process's command-line flags: the thread needs no loader (tests run under
-      // tap's), and V8's options are the process's in any case.
-      execArgv: [],
-    });
+    let worker: Worker;
+    try {
+      worker = this.#spawn(config);
+    } catch (err) {
+      // No thread to be had (a pod's pids limit, RLIMIT_NPROC: ERR_WORKER_INIT_FAILED, EAGAIN):
+      // thrown from the post timer it ended the process. The spans are dropped and counted,
+      // and another start is tried no sooner than restartMs.
+      this.#warn(`the span export thread could not be started (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); spans are dropped until it can be`, 'thread');
+      return undefined;
+    }
     // The thread must not keep the process alive on its own; shutdown() holds it while it flushes.
     worker.unref();
     worker.on('message', (m: FromExport) => this.#received(m));
@@ -179,6 +178,21 @@ export class ExportThread {
     });
     this.#worker = worker;
     return worker;
+  }
+
+  /** A new export thread for `config`. Throws when the OS gives no thread. */
+  #spawn(config: TracesConfig): Worker {
+    return new Worker(this.#entry, {
+      workerData: { traces: config, shutdownFlushMs: this.#shutdownFlushMs } satisfies ExportSettings,
+      // Its own heap limits, whatever the process's: room for its modules and a full queue of
+      // spans (a few KiB each), and a small young generation, since most of what it
+      // allocates, a batch's spans and their encoding, lives for one batch. A heap sized from
+      // the machine's memory, as V8 does by default, is collected lazily and holds far more.
+      resourceLimits: { maxOldGenerationSizeMb: 32 + Math.ceil(config.maxQueueSize * 4 / 1024), maxYoungGenerationSizeMb: 8 },
+      // None of the process's command-line flags: the thread needs no loader (tests run under
+      // tap's), and V8's options are the process's in any case.
+      execArgv: [],
+    });
   }
 
   #received(m: FromExport): void {
