@@ -14,6 +14,8 @@ const FLUSH_BYTES = 64 * 1024;
 const ROTATION_CHECK_MS = 1_000;
 /** How often a file output that failed (a full disk) is opened again. */
 export const REOPEN_MS = 5_000;
+/** The error a file output's path reports when something else than a file is put there. */
+const NOT_A_FILE = 'not a regular file (a named pipe or socket)';
 
 export interface DecisionLogOptions {
   /** Told once when the output fails, with the error's code, and once a write succeeds again (a file output, opened again). */
@@ -78,15 +80,23 @@ export class DecisionLog {
     this.#checkedAt = performance.now();
   }
 
-  /** Open the file at its path again, in place of the one open now; false when it cannot be opened. */
-  #reopenFile(finish: (old: WriteStream) => void): boolean {
+  /**
+   * Open the file at its path again, in place of the one open now; the error when it cannot be.
+   * What is at the path now is looked at first, as start-up does: opening a named pipe put
+   * there waits for a reader, and that wait (a synchronous open) stopped the whole sidecar.
+   */
+  #reopenFile(finish: (old: WriteStream) => void): NodeJS.ErrnoException | undefined {
     let fd: number;
-    try { fd = openSync(this.#path!, 'a', 0o640); } catch { return false; }
+    try {
+      const at = statSync(this.#path!, { throwIfNoEntry: false });
+      if (at && !at.isFile() && !at.isCharacterDevice()) return Object.assign(new Error(`${this.#path} is not a regular file`), { code: NOT_A_FILE });
+      fd = openSync(this.#path!, 'a', 0o640);
+    } catch (err) { return err as NodeJS.ErrnoException; }
     const old = this.#file!;
     this.#open(fd);
     finish(old);
     this.#resumed = endsMidLine(this.#path!);
-    return true;
+    return undefined;
   }
 
   /**
@@ -103,7 +113,11 @@ export class DecisionLog {
     try { at = statSync(this.#path!, { throwIfNoEntry: false }); } catch { return; }
     if (at && at.ino === this.#opened.ino && at.dev === this.#opened.dev) return;
     // The old stream finishes what it was given, into the rotated file, then closes.
-    this.#reopenFile((old) => { old.end(); });
+    const failed = this.#reopenFile((old) => { old.end(); });
+    // Not to be opened again (its folder gone or read-only, a pipe in its place): lines written
+    // on into the deleted or rotated file were counted as written, and nobody was told. The
+    // file output fails instead: said once, lines wait, it is opened again every REOPEN_MS.
+    if (failed) this.#fail(failed);
   }
 
   get enabled(): boolean { return this.#out !== undefined; }
@@ -136,7 +150,7 @@ export class DecisionLog {
       this.#reopen = undefined;
       if (this.#closed) return;
       // The failed stream has nothing left worth writing.
-      if (!this.#reopenFile((old) => { old.destroy(); })) { this.#retry(); return; }
+      if (this.#reopenFile((old) => { old.destroy(); })) { this.#retry(); return; }
       this.#blocked = false;
       this.flush();
     }, this.#reopenMs);
@@ -171,7 +185,10 @@ export class DecisionLog {
   flush(): void {
     if (this.#timer) { clearTimeout(this.#timer); this.#timer = undefined; }
     if (!this.#out || this.#blocked || this.#pending.length === 0) return;
-    if (this.#path !== undefined) this.#followRotation();
+    if (this.#path !== undefined) {
+      this.#followRotation();
+      if (this.#blocked) return;
+    }
     // A failed write may have left part of a line: the batch then starts a line of its own.
     const batch = (this.#resumed ? '\n' : '') + this.#pending.join('\n') + '\n';
     this.#resumed = false;

@@ -5,7 +5,9 @@
 // lines written in the same turn pile up against the bound.
 
 import t from 'tap';
-import { existsSync, mkdtempSync, readFileSync, renameSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getDefaultHighWaterMark } from 'node:stream';
@@ -138,6 +140,43 @@ t.test('a file rotated away (renamed, as logrotate does, or deleted) is followed
   t.equal(readFileSync(file, 'utf8'), '{"n":3}\n', 'a deleted file is made again, not written on unseen');
   t.equal(log.lines, 4);
   t.equal(log.dropped, 0);
+});
+
+t.test('a file deleted where no new one can be made is reported, and its lines wait: never counted as written into the deleted file', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-log-'));
+  const file = join(dir, 'decisions.log');
+  const reports: string[] = [];
+  const log = new DecisionLog({ kind: 'file', file }, MAX, { report: (failed, error) => reports.push(`${failed} ${error}`), reopenMs: 300 });
+  t.teardown(() => log.close());
+  log.write('{"n":0}');
+  log.flush();
+  t.ok(await until(() => log.lines === 1), 'written');
+  rmSync(dir, { recursive: true });
+  await new Promise((r) => setTimeout(r, 1_100)); // the path is looked at no more than once a second
+  log.write('{"n":1}');
+  log.flush();
+  // Before: written into the deleted file, counted as written, nothing said.
+  t.ok(await until(() => reports.length > 0, 3_000), 'said');
+  t.match(reports[0], /^true ENOENT/);
+  t.equal(log.lines, 1, 'the line is not counted as written');
+  t.equal(log.fill().entries, 1, 'it waits');
+  mkdirSync(dir);
+  t.ok(await until(() => log.lines === 2, 3_000), 'written once the path can be opened again');
+  t.equal(readFileSync(file, 'utf8'), '{"n":1}\n');
+  t.match(reports, ['true ENOENT', 'false undefined'], 'and said so');
+});
+
+t.test('a file replaced by a named pipe without a reader does not stop the process: refused as at start', { skip: spawnSync('mkfifo', ['--version']).status === 0 ? false : 'needs mkfifo' }, async (t) => {
+  const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(new URL('./fifo-log-child.ts', import.meta.url))], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (c: Buffer) => { out += c.toString(); });
+  t.teardown(() => { child.kill('SIGKILL'); });
+  t.ok(await until(() => out.includes('writing'), 5_000), 'the line is written after the pipe was put in place');
+  await new Promise((r) => setTimeout(r, 1_500));
+  const after = out.split('writing\n')[1] ?? '';
+  // Before: no tick after it, the event loop stuck in open(2) until a reader came.
+  t.ok((after.match(/tick/g) ?? []).length >= 8, 'the event loop kept turning');
+  t.match(after, /report true not a regular file/, 'and the failed output is reported');
 });
 
 t.test('a file truncated in place (copytruncate) is written on from its new end', async (t) => {
