@@ -18,3 +18,5 @@ setTimeout(() => {
   // Past the once-a-second look at the path.
   setTimeout(() => { process.stdout.write('writing\n'); log.write('{"n":1}'); log.flush(); }, 1_200);
 }, 300);
+// Never outlives its test (nor runs on if started alone): stuck in open(2), it is killed instead.
+setTimeout(() => process.exit(0), 6_000).unref();
