@@ -74,6 +74,14 @@ interface BatchParts {
   readonly settled?: (spans: ReadableSpan[]) => void;
 }
 
+/**
+ * Batches exported at once, at most. At shutdown the batch processor starts every queued batch
+ * at once (over http/json and grpc, up to 64 batches of 64): past the exporter's limit of 30
+ * requests in flight the rest failed at once, spans lost with a healthy collector. In between,
+ * the processor exports one batch at a time anyway.
+ */
+const BATCHES_IN_FLIGHT = 8;
+
 class ReportingExporter implements SpanExporter {
   readonly #inner: SpanExporter;
   readonly #timeoutMs: number;
@@ -88,10 +96,33 @@ class ReportingExporter implements SpanExporter {
     this.#settled = parts.settled ?? (() => {});
   }
 
+  /** Batches being exported, and those waiting for their turn (BATCHES_IN_FLIGHT). */
+  #inFlight = 0;
+  readonly #waiting: (() => void)[] = [];
+  readonly #idle: (() => void)[] = [];
+
   export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
-    // One part after the other: at shutdown the batch processor exports every queued batch
-    // at once, and parts sent together could pass the exporter's limit of 30 requests in
-    // flight, which fails the rest at once ("Concurrent export limit reached").
+    const run = (): void => {
+      this.#inFlight++;
+      this.#exportBatch(spans, (result) => {
+        this.#inFlight--;
+        const next = this.#waiting.shift();
+        if (next) next();
+        else if (this.#inFlight === 0) for (const idle of this.#idle.splice(0)) idle();
+        resultCallback(result);
+      });
+    };
+    if (this.#inFlight < BATCHES_IN_FLIGHT) run(); else this.#waiting.push(run);
+  }
+
+  /** Once no batch is being exported or waits to be: a shutdown's flush is over then. */
+  settledAll(): Promise<void> {
+    return this.#inFlight === 0 && this.#waiting.length === 0 ? Promise.resolve() : new Promise((resolve) => { this.#idle.push(resolve); });
+  }
+
+  #exportBatch(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    // One part after the other: parts sent together could pass the exporter's limit of 30
+    // requests in flight, which fails the rest at once ("Concurrent export limit reached").
     const parts = this.#split(spans);
     let failure: ExportResult | undefined;
     const next = (i: number): void => {
@@ -204,8 +235,9 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       queuedSpans -= spans.length;
     },
   } : {};
+  const reporting = new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, parts);
   const processor = new BatchSpanProcessor({
-    exporter: new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, parts),
+    exporter: reporting,
     maxQueueSize: config.maxQueueSize,
     maxExportBatchSize: config.maxExportBatchSize,
     scheduledDelayMillis: config.scheduledDelayMs,
@@ -242,7 +274,11 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       // Flush what is queued, but hold shutdown at most flushMs: the OTLP exporter
       // retries a refused connection until its export timeout (10 s by default), and a pod
       // being stopped should not wait that long for a collector that is not there.
-      await atMost(processor.shutdown(), Math.min(config.exportTimeoutMs, flushMs));
+      // And wait for every batch, not for the first to fail: the processor's flush gives up at
+      // the first failed batch (Promise.all), and the thread was then ended with the others
+      // still being exported, delivered spans counted as export_failed.
+      const flushed = processor.shutdown().catch(() => {}).then(() => reporting.settledAll());
+      await atMost(flushed, Math.min(config.exportTimeoutMs, flushMs));
     },
   };
 }

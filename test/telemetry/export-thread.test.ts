@@ -4,7 +4,7 @@
 // once; shutdown flushes; a thread that dies is counted and replaced. The failing thread is
 // test/support/failing-export-worker.ts, since the real one cannot be made to die on demand.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { ExportThread } from '../../proxy/telemetry/export-thread.ts';
 import { limitedWarnings } from '../../proxy/telemetry/tracing.ts';
 import { spanExport } from '../../proxy/telemetry/export.ts';
@@ -289,4 +289,51 @@ t.test('warnings: export failures at most once a minute, and the thread\'s stops
   now = 61_000;
   warn('export failed again', 'export');
   t.same(logged, ['export took longer than 10000ms', 'the span export thread stopped (exit code 1: out of memory)', 'export failed again']);
+});
+
+/** A collector that answers every export after `ms` (the `refuse`th request with a 400), counting the requests and the spans of the JSON ones it accepted. */
+async function slowCollector(t: Test, ms: number, refuse?: number) {
+  const c = { requests: 0, spans: 0, url: '' };
+  const server = createServer((req, res) => {
+    const n = ++c.requests;
+    const chunks: Buffer[] = [];
+    req.on('data', (d: Buffer) => chunks.push(d));
+    req.on('end', () => {
+      const json = req.headers['content-type']?.includes('json') === true;
+      const type = { 'content-type': json ? 'application/json' : 'application/x-protobuf' };
+      if (n === refuse) { res.writeHead(400, type).end(); return; }
+      setTimeout(() => {
+        if (json) for (const rs of JSON.parse(Buffer.concat(chunks).toString()).resourceSpans ?? []) for (const ss of rs.scopeSpans ?? []) c.spans += ss.spans?.length ?? 0;
+        res.writeHead(200, type).end(json ? '{}' : undefined);
+      }, ms);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => { server.closeAllConnections(); server.close(); });
+  c.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`;
+  return c;
+}
+
+t.test('at shutdown, the queued batches reach a healthy collector: never more at once than the exporter takes (http/json, 64 a batch)', async (t) => {
+  const c = await slowCollector(t, 100);
+  const warnings: string[] = [];
+  const thread = new ExportThread(config(c.url, { protocol: 'http/json', exportTimeoutMs: 10_000, maxQueueSize: 4096, maxExportBatchSize: 64, scheduledDelayMs: 1000 }), (m) => warnings.push(m));
+  for (let i = 0; i < 3000; i++) thread.add(source());
+  await thread.shutdown();
+  // Before: 47 batches at once, past the exporter's 30: 0 counted as exported, 1,920 received.
+  t.equal(c.spans, 3000, 'every span received');
+  t.equal(thread.counts.exported, 3000, 'and counted as exported');
+  t.equal(thread.counts.dropped.export_failed, 0);
+  t.same(warnings.filter((w) => /Concurrent export limit/.test(w)), [], 'no batch refused by the exporter\'s limit');
+});
+
+t.test('at shutdown, one batch the collector refuses does not end the flush: the others are delivered, and counted so', async (t) => {
+  const c = await slowCollector(t, 300, 2);
+  const thread = new ExportThread(config(c.url, { exportTimeoutMs: 10_000, maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMs: 1000 }), () => {});
+  for (let i = 0; i < 3000; i++) thread.add(source());
+  await thread.shutdown();
+  // Six batches of at most 512; the first of the flush refused. Before: 0 exported, 3,000 failed.
+  t.equal(thread.counts.exported + thread.counts.dropped.export_failed, 3000, 'every span accounted for');
+  t.ok(thread.counts.exported >= 2000, `the accepted batches are counted as exported (${thread.counts.exported})`);
+  t.ok(thread.counts.dropped.export_failed > 0 && thread.counts.dropped.export_failed <= 512, `the refused one as failed (${thread.counts.dropped.export_failed})`);
 });
