@@ -17,22 +17,20 @@ async function exporter(config: TracesConfig): Promise<SpanExporter> {
   if (config.exporter === 'console') return new ConsoleSpanExporter();
   // Without a url the exporter reads OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT and _HEADERS itself.
   const options = { timeoutMillis: config.exportTimeoutMs, ...(config.url !== undefined ? { url: config.url } : {}) };
-  switch (config.protocol) {
-    case 'http/json': return new (await import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter(options);
-    case 'grpc': return new (await import('@opentelemetry/exporter-trace-otlp-grpc')).OTLPTraceExporter(options);
-    default: {
-      // The SDK's http/protobuf exporter (its transport, retries, OTEL_EXPORTER_OTLP_*
-      // settings) with driftguard's span encoder in place of its serializer (otlp-proto.ts).
-      const [{ OTLPExporterBase }, http, { TraceExporterMetricsHelper }, { traceSerializer }] = await Promise.all([
-        import('@opentelemetry/otlp-exporter-base'), import('@opentelemetry/otlp-exporter-base/node-http'),
-        import('@opentelemetry/otlp-transformer'), import('./otlp-proto.ts'),
-      ]);
-      const settings = http.convertLegacyHttpOptions(options, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
-      const agentFor = settings.agentFactory;
-      settings.agentFactory = async (protocol) => withDeadline(await agentFor(protocol), config.exportTimeoutMs + DEADLINE_MARGIN_MS);
-      return new OTLPExporterBase(http.createOtlpHttpExportDelegate(settings, traceSerializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined));
-    }
-  }
+  if (config.protocol === 'grpc') return new (await import('@opentelemetry/exporter-trace-otlp-grpc')).OTLPTraceExporter(options);
+  // The SDK's OTLP/HTTP exporter as its OTLPTraceExporter builds it (its transport, retries,
+  // OTEL_EXPORTER_OTLP_* settings), with a deadline on each request (withDeadline) and, over
+  // http/protobuf, driftguard's span encoder in place of the SDK's serializer (otlp-proto.ts).
+  const json = config.protocol === 'http/json';
+  const [{ OTLPExporterBase }, http, { TraceExporterMetricsHelper, JsonTraceSerializer }, proto] = await Promise.all([
+    import('@opentelemetry/otlp-exporter-base'), import('@opentelemetry/otlp-exporter-base/node-http'),
+    import('@opentelemetry/otlp-transformer'), json ? undefined : import('./otlp-proto.ts'),
+  ]);
+  const settings = http.convertLegacyHttpOptions(options, 'TRACES', 'v1/traces', { 'Content-Type': json ? 'application/json' : 'application/x-protobuf' });
+  const agentFor = settings.agentFactory;
+  settings.agentFactory = async (protocol) => withDeadline(await agentFor(protocol), config.exportTimeoutMs + DEADLINE_MARGIN_MS);
+  const serializer = proto?.traceSerializer ?? JsonTraceSerializer;
+  return new OTLPExporterBase(http.createOtlpHttpExportDelegate(settings, serializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined));
 }
 
 /** After the export timeout, what the exporter waits before it reports the export failed (ReportingExporter). */

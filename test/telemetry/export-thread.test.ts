@@ -144,31 +144,34 @@ t.test('shutdown with a collector that hangs ends after the flush wait, not a ba
   t.equal(thread.counts.dropped.export_failed, 5, 'its spans are counted as failed');
 });
 
-t.test('an export whose answer trickles (never idle, never done) is cut after the export timeout, not held open', async (t) => {
-  // 200 and then a byte every 100 ms, forever: the exporter's own timeout is an idle one, so
-  // such requests stayed open, and after 30 of them every export was refused.
-  const open = new Set<import('node:http').ServerResponse>();
-  let requests = 0;
-  const server = createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      requests++;
-      res.writeHead(200, { 'content-type': 'application/x-protobuf' });
-      res.flushHeaders();
-      open.add(res);
-      const drip = setInterval(() => res.write(Buffer.alloc(1)), 100);
-      res.on('close', () => { clearInterval(drip); open.delete(res); });
+for (const protocol of ['http/protobuf', 'http/json'] as const) {
+  t.test(`${protocol}: an export whose answer trickles (never idle, never done) is cut after the export timeout, not held open`, async (t) => {
+    // 200 and then a byte every 100 ms, forever: the exporter's own timeout is an idle one, so
+    // such requests stayed open, and after 30 of them every export was refused (over http/json
+    // until the cut reached it too).
+    const open = new Set<import('node:http').ServerResponse>();
+    let requests = 0;
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        requests++;
+        res.writeHead(200, { 'content-type': protocol === 'http/json' ? 'application/json' : 'application/x-protobuf' });
+        res.flushHeaders();
+        open.add(res);
+        const drip = setInterval(() => res.write(protocol === 'http/json' ? ' ' : Buffer.alloc(1)), 100);
+        res.on('close', () => { clearInterval(drip); open.delete(res); });
+      });
     });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    t.teardown(() => { server.closeAllConnections(); server.close(); });
+    const thread = new ExportThread(config(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`, { protocol, exportTimeoutMs: 300, maxExportBatchSize: 4 }), () => {});
+    t.teardown(() => thread.shutdown());
+    for (let i = 0; i < 4; i++) thread.add(source());
+    t.ok(await until(() => requests >= 1, 20_000), 'the export reached the collector (the thread started: seconds on a busy machine)');
+    t.ok(await until(() => thread.counts.dropped.export_failed === 4), 'and failed after its timeout');
+    t.ok(await until(() => open.size === 0, 2_000), 'its request was cut, freeing its place (300 ms + 500 ms after it was made)');
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => { server.closeAllConnections(); server.close(); });
-  const thread = new ExportThread(config(`http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`, { exportTimeoutMs: 300, maxExportBatchSize: 4 }), () => {});
-  t.teardown(() => thread.shutdown());
-  for (let i = 0; i < 4; i++) thread.add(source());
-  t.ok(await until(() => requests >= 1, 20_000), 'the export reached the collector (the thread started: seconds on a busy machine)');
-  t.ok(await until(() => thread.counts.dropped.export_failed === 4), 'and failed after its timeout');
-  t.ok(await until(() => open.size === 0, 2_000), 'its request was cut, freeing its place (300 ms + 500 ms after it was made)');
-});
+}
 
 t.test('at most maxQueueSize spans on their way: the rest are dropped as queue_full at once', async (t) => {
   const otlp = await collector();
