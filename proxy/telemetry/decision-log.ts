@@ -151,10 +151,38 @@ export class DecisionLog {
       if (this.#closed) return;
       // The failed stream has nothing left worth writing.
       if (this.#reopenFile((old) => { old.destroy(); })) { this.#retry(); return; }
-      this.#blocked = false;
-      this.flush();
+      this.#probe();
     }, this.#reopenMs);
     this.#reopen.unref();
+  }
+
+  /**
+   * After the file was opened again, its first waiting line alone, then the rest once it is
+   * written. The disk may still be full: handed every waiting line, a failed write lost them
+   * all, at every reopen, so that lines waited through a full disk of 5 s at most. A line that
+   * fails here waits again, at the head (part of it may have reached the file: the next write
+   * starts a line of its own).
+   */
+  #probe(): void {
+    const line = this.#pending.shift();
+    if (line === undefined) { this.#blocked = false; return; }
+    const size = lineBytes(line);
+    this.#bytes -= size;
+    const batch = (this.#resumed ? '\n' : '') + line + '\n';
+    this.#resumed = false;
+    const out = this.#out!;
+    out.write(batch, (err) => {
+      if (err) {
+        // The stream's 'error' blocks the output and opens it again later (#fail).
+        if (!this.#closed) { this.#pending.unshift(line); this.#bytes += size; this.#resumed = true; } else this.dropped++;
+        return;
+      }
+      this.lines++;
+      if (this.#reported) { this.#reported = false; this.#report?.(false); }
+      if (this.#out !== out) return;
+      this.#blocked = false;
+      this.flush();
+    });
   }
 
   /** Lines waiting for the output, and their share of maxBufferBytes. */
@@ -166,9 +194,7 @@ export class DecisionLog {
   write(line: string, utf8 = Buffer.byteLength(line, 'utf8')): void {
     if (!this.#out) return;
     if (this.#failed) { this.dropped++; return; }
-    // Bytes written, or held if more: a line with a character beyond ASCII (a subject, a
-    // detail) is written as UTF-8 and held at two bytes a character.
-    const size = Math.max(utf8, heldBytes(line.length, utf8)) + 1;
+    const size = lineBytes(line, utf8);
     // Full, but the output can take more: write out what waits first. A line is dropped only
     // while the output cannot keep up, not because a burst outran the flush timer.
     if (this.#bytes + size > this.#maxBytes && !this.#blocked) this.flush();
@@ -219,6 +245,15 @@ export class DecisionLog {
     const file = this.#file;
     if (file) await new Promise<void>((resolve) => file.end(() => resolve()));
   }
+}
+
+/**
+ * A waiting line's share of maxBufferBytes: the bytes written, or held if more (a line with a
+ * character beyond ASCII, a subject, a detail, is written as UTF-8 and held at two bytes a
+ * character), and its newline.
+ */
+function lineBytes(line: string, utf8 = Buffer.byteLength(line, 'utf8')): number {
+  return Math.max(utf8, heldBytes(line.length, utf8)) + 1;
 }
 
 /** Whether the file at `path` is not empty and does not end with a newline. */
