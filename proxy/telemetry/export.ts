@@ -33,6 +33,29 @@ async function exporter(config: TracesConfig): Promise<SpanExporter> {
   return new OTLPExporterBase(http.createOtlpHttpExportDelegate(settings, serializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined));
 }
 
+/**
+ * About what a span's text takes, for the queue's byte bound where spans are held as objects:
+ * its name, attribute keys and values, events and links. The same span gives the same figure
+ * when it is queued and when it is settled.
+ */
+function textBytes(span: ReadableSpan): number {
+  let n = 64 + span.name.length + attributesBytes(span.attributes);
+  for (const e of span.events) n += 32 + e.name.length + attributesBytes(e.attributes ?? {});
+  for (const l of span.links) n += 48 + attributesBytes(l.attributes ?? {});
+  return n;
+}
+
+function attributesBytes(attributes: Readonly<Record<string, unknown>>): number {
+  let n = 0;
+  for (const key in attributes) {
+    const v = attributes[key];
+    n += key.length + 8;
+    if (typeof v === 'string') n += v.length;
+    else if (Array.isArray(v)) for (const x of v) n += typeof x === 'string' ? x.length + 8 : 8;
+  }
+  return n;
+}
+
 /** After the export timeout, what the exporter waits before it reports the export failed (ReportingExporter). */
 const DEADLINE_MARGIN_MS = 500;
 
@@ -226,13 +249,17 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
   let queuedBytes = 0;
   let queuedSpans = 0;
   let closing = false;
-  const parts: BatchParts = own ? {
-    split: byEncodedBytes(own.encodedLength),
+  // Over http/json and grpc the SDK encodes a batch when it goes: a span is held as objects,
+  // counted by its text (textBytes). A queue bounded by count alone, of spans at the caps, ran
+  // the thread out of its heap while a collector hung, and it died at every fill.
+  const bytesOf = own ? (span: ReadableSpan) => own.encodedLength(span) ?? 0 : textBytes;
+  const parts: BatchParts = {
+    ...(own ? { split: byEncodedBytes(own.encodedLength) } : {}),
     settled: (spans) => {
-      for (const s of spans) queuedBytes -= own.encodedLength(s) ?? 0;
+      for (const s of spans) queuedBytes -= bytesOf(s);
       queuedSpans -= spans.length;
     },
-  } : {};
+  };
   const reporting = new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, parts);
   const processor = new BatchSpanProcessor({
     exporter: reporting,
@@ -253,18 +280,17 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
     add(sources) {
       const spans: ReadableSpan[] = [];
       for (const s of sources) for (const span of spansOf(origin, s)) spans.push(span);
-      if (!own) { for (const span of spans) processor.onEnd(span); return; }
       let refused = 0;
       const kept: ReadableSpan[] = [];
-      for (const span of own.preEncode(spans)) {
-        const bytes = own.encodedLength(span)!;
+      for (const span of own ? own.preEncode(spans) : spans) {
+        const bytes = bytesOf(span);
         if (!closing && (queuedBytes + bytes > config.maxQueueBytes || queuedSpans >= config.maxQueueSize)) { refused++; continue; }
         if (!closing && (span.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0) { queuedBytes += bytes; queuedSpans++; }
         kept.push(span);
       }
       // A message's spans share one buffer: when some were refused, the kept ones take their
       // own bytes, or the refused ones' would stay in memory, uncounted, as long as they live.
-      for (const span of kept) processor.onEnd(refused ? own.detached(span) : span);
+      for (const span of kept) processor.onEnd(refused && own ? own.detached(span) : span);
       if (refused) reports.settled(0, refused, 0);
     },
     async shutdown(flushMs) {

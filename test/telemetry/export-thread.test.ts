@@ -340,3 +340,28 @@ t.test('at shutdown, one batch the collector refuses does not end the flush: the
   t.ok(thread.counts.exported >= 2000, `the accepted batches are counted as exported (${thread.counts.exported})`);
   t.ok(thread.counts.dropped.export_failed > 0 && thread.counts.dropped.export_failed <= 512, `the refused one as failed (${thread.counts.dropped.export_failed})`);
 });
+
+t.test('http/json: a full queue of spans at the caps, the collector hanging, is bounded by maxQueueBytes: the thread lives', async (t) => {
+  const { createServer: createTcp } = await import('node:net');
+  const sockets = new Set<import('node:net').Socket>();
+  const hang = createTcp((s) => { sockets.add(s); s.on('error', () => {}); s.resume(); });
+  await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+  t.teardown(() => { for (const s of sockets) s.destroy(); hang.close(); });
+  const warnings: string[] = [];
+  const thread = new ExportThread(config(`http://127.0.0.1:${(hang.address() as AddressInfo).port}/v1/traces`, {
+    protocol: 'http/json', exportTimeoutMs: 60_000, maxQueueSize: 4096, maxExportBatchSize: 64, scheduledDelayMs: 1000,
+  }), (m) => warnings.push(m));
+  t.teardown(() => thread.shutdown());
+  // Anyone can make spans this large: a 2 KiB path, a long detail, a delegation chain, a user agent.
+  for (let i = 0; i < 2048; i++) {
+    const s = source(true);
+    const record = { ...s.record, path: '/items/' + 'p'.repeat(2040), detail: 'd'.repeat(200), extra: { 'delegation.chain': Array.from({ length: 8 }, (_, k) => `spiffe://test.local/${k}/` + 'a'.repeat(1000)) } };
+    thread.add({ ...s, record, facts: { ...s.facts, userAgent: 'u'.repeat(511) } });
+    if (i % 64 === 0) await new Promise((r) => setTimeout(r, 5));
+  }
+  t.ok(await until(() => thread.counts.dropped.queue_full > 0, 10_000), 'past maxQueueBytes, spans are dropped as queue_full');
+  await new Promise((r) => setTimeout(r, 3_000));
+  // Before: bounded by count alone, 4,096 such spans ran the thread out of its heap, and it died at every fill.
+  t.same(warnings.filter((w) => /thread stopped/.test(w)), [], 'the export thread did not die');
+  t.equal(thread.counts.dropped.export_failed, 0, 'nothing it held was lost');
+});
