@@ -14,11 +14,14 @@ import { testKey, jwks } from '../support/keys.ts';
 import { baseRules, writeRules } from '../support/driftguard.ts';
 
 const CLI = fileURLToPath(new URL('../../proxy/cli.ts', import.meta.url));
-const can = process.getuid?.() === 0 && spawnSync('setpriv', ['--version']).status === 0 && spawnSync('prlimit', ['--version']).status === 0;
+const AS_NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
+/** Root, the tools, and a checkout nobody may read (a clone under a 0700 directory is not). */
+const can = process.getuid?.() === 0 && spawnSync('prlimit', ['--version']).status === 0
+  && spawnSync('setpriv', [...AS_NOBODY, process.execPath, '-e', `require('node:fs').accessSync(${JSON.stringify(CLI)})`]).status === 0;
 
 /** driftguard run as nobody (setpriv execs node in place: the pid is node's), with at most `nproc` threads. */
 async function start(file: string, nproc?: number) {
-  const args = ['--reuid=65534', '--regid=65534', '--clear-groups', ...(nproc ? ['prlimit', `--nproc=${nproc}`] : []), process.execPath, CLI, 'run', '--config', file];
+  const args = [...AS_NOBODY, ...(nproc ? ['prlimit', `--nproc=${nproc}`] : []), process.execPath, CLI, 'run', '--config', file];
   // The collector's port refuses: the thread's start is what is tested, not an export.
   const child = spawn('setpriv', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9' } });
   let err = '';
@@ -30,7 +33,7 @@ async function start(file: string, nproc?: number) {
   return { child, exited, err: () => err, listen: line ? (JSON.parse(line.slice(line.indexOf('{'))) as { listen: string }).listen : undefined };
 }
 
-t.test('no thread left for the span export thread: the sidecar answers on, and says so', { skip: can ? false : 'needs root, setpriv and prlimit' }, async (t) => {
+t.test('no thread left for the span export thread: the sidecar answers on, and says so', { skip: can ? false : 'needs root, setpriv and prlimit, and a checkout the user nobody can read' }, async (t) => {
   const up = await upstream();
   const keys = await jwksServer(jwks(await testKey('ES256')));
   t.teardown(async () => { await up.close(); await keys.close(); });
