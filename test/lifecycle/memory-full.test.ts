@@ -164,7 +164,9 @@ t.test(`every table full at the defaults, under NODE_OPTIONS="${nodeOptions}"`, 
   const size = listOf(d.revocations - 1, note).length;
   t.ok(size > MAX_LIST_BYTES * 0.9 && size <= MAX_LIST_BYTES, `a list of ${(size / 2 ** 20).toFixed(2)} MiB`);
   writeFileSync(listFile, listOf(d.revocations - 1, note));
-  await dg.waitFor((l) => l.msg === 'revocation list applied' && l.entries === d.revocations - 1);
+  // Read again within a second here when alone (0.3-1 s measured); once, in the whole suite
+  // on a loaded machine, not within 10 s, the heap nearly full: what is tested is that it fits.
+  await dg.waitFor((l) => l.msg === 'revocation list applied' && l.entries === d.revocations - 1, 30_000);
   t.equal(dg.child.exitCode, null, 'still running after the list was read again');
   t.equal((await fetch(dg.admin + '/healthz')).status, 200);
 
