@@ -35,7 +35,7 @@ Options:
 Configuration file keys (defaults): image, imagePullPolicy (IfNotPresent),
 nativeSidecar (false), rulesConfigMap (driftguard-rules), rulesFile (rules.yaml),
 listenPort (15080), upstreamPort (8080), adminPort (15021, probes), adminLocalPort (15000, loopback admin), runAsUser (65532),
-nodeOptions (--max-old-space-size=96 --max-semi-space-size=4), resources.requests (cpu 50m, memory 128Mi),
+nodeOptions (--max-old-space-size=112 --max-semi-space-size=4), resources.requests (cpu 50m, memory 128Mi),
 resources.limits (memory 320Mi), tmpSizeLimit (16Mi), serviceAccountToken (true),
 ipFamily (IPv4; IPv6: the sidecar listens on [::]), grace (20s; less in a pod whose
 terminationGracePeriodSeconds leaves less), env (more environment of the sidecar: OTEL_*).

@@ -139,7 +139,7 @@ export const configSchema = {
     adminPort: { ...port, default: 15021, description: 'Probe port on the pod IP: /healthz, /readyz and /metrics only.' },
     adminLocalPort: { ...port, default: 15000, description: 'Loopback port of the full admin listener (kubectl port-forward to reach it).' },
     runAsUser: { type: 'integer', minimum: 1, default: 65532 },
-    nodeOptions: { type: 'string', default: '--max-old-space-size=96 --max-semi-space-size=4' },
+    nodeOptions: { type: 'string', default: '--max-old-space-size=112 --max-semi-space-size=4' },
     resources: {
       type: 'object',
       additionalProperties: false,

@@ -65,8 +65,8 @@ const RATE_CONNECTIONS = 10;
 const HEAP_LIMIT = args['limited-node-options'] ?? (() => {
   try {
     const values = parse(readFileSync(join(ROOT, 'charts/driftguard/values.yaml'), 'utf8')) as { sidecar?: { nodeOptions?: string } };
-    return values.sidecar?.nodeOptions ?? '--max-old-space-size=96 --max-semi-space-size=4';
-  } catch { return '--max-old-space-size=96 --max-semi-space-size=4'; }
+    return values.sidecar?.nodeOptions ?? '--max-old-space-size=112 --max-semi-space-size=4';
+  } catch { return '--max-old-space-size=112 --max-semi-space-size=4'; }
 })();
 /** The budget's container size (issue 4); the chart's default limit is 320Mi, above what is measured. */
 const CONTAINER_LIMIT_MIB = 128;

@@ -141,7 +141,7 @@ t.test('under the chart\'s heap limits, a 3 MiB YAML list or a JSON list near MA
     const rules = readFileSync(new URL('../../rules/demo.yaml', import.meta.url), 'utf8')
       .replace('127.0.0.1:15080', '127.0.0.1:0').replace('127.0.0.1:15021', '127.0.0.1:0') + `\nrevocation:\n  file: ${list}\n  maxEntries: 50000\n`;
     writeFileSync(join(dir, `rules-${list}.yaml`), rules);
-    const { code, stderr } = await cli(['run', '--config', join(dir, `rules-${list}.yaml`)], { env: { NODE_OPTIONS: '--max-old-space-size=96 --max-semi-space-size=4' } });
+    const { code, stderr } = await cli(['run', '--config', join(dir, `rules-${list}.yaml`)], { env: { NODE_OPTIONS: '--max-old-space-size=112 --max-semi-space-size=4' } });
     t.equal(code, 1, `${list}: exit 1 (invalid rules), not a crash`);
     t.match(stderr, expected, `${list}: the problem, with file, line and field`);
     t.notMatch(stderr, /heap out of memory/);
@@ -180,7 +180,7 @@ t.test('under the chart\'s heap limits, a list at MAX_LIST_BYTES of far more ent
     const rules = readFileSync(new URL('../../rules/demo.yaml', import.meta.url), 'utf8')
       .replace('127.0.0.1:15080', '127.0.0.1:0').replace('127.0.0.1:15021', '127.0.0.1:0') + `\nrevocation:\n  file: ${list}\n`;
     writeFileSync(join(dir, `rules-${list}.yaml`), rules);
-    const { code, stderr } = await cli(['run', '--config', join(dir, `rules-${list}.yaml`)], { env: { NODE_OPTIONS: '--max-old-space-size=96 --max-semi-space-size=4' } });
+    const { code, stderr } = await cli(['run', '--config', join(dir, `rules-${list}.yaml`)], { env: { NODE_OPTIONS: '--max-old-space-size=112 --max-semi-space-size=4' } });
     t.equal(code, 1, `${list}: exit 1 (invalid rules), not a crash`);
     t.match(stderr, new RegExp(`${list}:1:1: .*more entries than revocation\\.maxEntries \\(20000\\)`), `${list}: the problem`);
     t.notMatch(stderr, /heap out of memory/);
