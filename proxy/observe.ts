@@ -55,7 +55,9 @@ export function composeObservers(observers: readonly Observer[]): Observer {
     ...(caches.length ? { tokenCache(hit: boolean) { for (const o of caches) o.tokenCache!(hit); } } : {}),
     ...(parsers.length ? { unparsed(reason: string) { for (const o of parsers) o.unparsed!(reason); } } : {}),
     ...(droppers.length ? { dropped(listener: Listener, cause: DropCause) { for (const o of droppers) o.dropped!(listener, cause); } } : {}),
-    begin: (ctx) => new CompositeObservation(observers.map((o) => o.begin(ctx))),
+    // Each its own: one observer's begin that throws (the telemetry's sampler) left the others
+    // without an observation, the lifecycle's end() with it.
+    begin: (ctx) => new CompositeObservation(observers.map((o) => { try { return o.begin(ctx); } catch { return noopObserver.begin(ctx); } })),
   };
 }
 

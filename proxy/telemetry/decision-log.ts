@@ -157,11 +157,13 @@ export class DecisionLog {
   }
 
   /**
-   * After the file was opened again, its first waiting line alone, then the rest once it is
-   * written. The disk may still be full: handed every waiting line, a failed write lost them
-   * all, at every reopen, so that lines waited through a full disk of 5 s at most. A line that
-   * fails here waits again, at the head (part of it may have reached the file: the next write
-   * starts a line of its own).
+   * After the file was opened again, the waiting lines one write each, until none waits; then
+   * batches again. The disk may still be (all but) full: handed every waiting line in one write,
+   * a failed write lost them all at every reopen, so that lines waited through a full disk of 5 s
+   * at most; and a probe of one line that fitted in a page just freed let the rest go in one
+   * write that failed part-way, the lines it did write counted as dropped. A line that fails
+   * here waits again, at the head (part of it may have reached the file: the next write starts
+   * a line of its own).
    */
   #probe(): void {
     const line = this.#pending.shift();
@@ -178,8 +180,10 @@ export class DecisionLog {
         return;
       }
       this.lines++;
-      if (this.#reported) { this.#reported = false; this.#report?.(false); }
       if (this.#out !== out) return;
+      if (this.#pending.length > 0 && !this.#closed) { this.#probe(); return; }
+      // Every waiting line is written: the output has recovered, and says so once.
+      if (this.#reported) { this.#reported = false; this.#report?.(false); }
       this.#blocked = false;
       this.flush();
     });
@@ -239,7 +243,13 @@ export class DecisionLog {
 
   async close(): Promise<void> {
     this.#closed = true;
-    clearTimeout(this.#reopen);
+    // Waiting for its path to be opened again: once more now, or what waits is dropped, not
+    // written into the file the path no longer names (a deleted one) and counted as written.
+    if (this.#reopen) {
+      clearTimeout(this.#reopen);
+      this.#reopen = undefined;
+      if (this.#reopenFile((old) => { old.destroy(); })) { this.dropped += this.#pending.length; this.#pending = []; this.#bytes = 0; }
+    }
     if (!this.#failed) this.#blocked = false;
     this.flush();
     const file = this.#file;

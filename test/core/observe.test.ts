@@ -24,3 +24,12 @@ t.test('every observer hears each step, whatever another one threw; the first er
   t.throws(() => observation.end(200), { message: 'export thread gone' });
   t.same(heard, ['forwarded', 'end 200'], 'the last observer heard both (before: neither)');
 });
+
+t.test('an observer whose begin throws leaves the others their observation', async (t) => {
+  const heard: string[] = [];
+  const failing: Observer = { begin: () => { throw new Error('sampler failed'); } };
+  const listening: Observer = { begin: (ctx) => ({ ...noopObserver.begin(ctx), end(status) { heard.push(`end ${status}`); } }) };
+  const observation = composeObservers([failing, listening]).begin({} as RequestContext);
+  observation.end(200);
+  t.same(heard, ['end 200'], 'the lifecycle\'s end still heard (before: the whole observation fell back to none)');
+});

@@ -5,8 +5,8 @@
 // lines written in the same turn pile up against the bound.
 
 import t from 'tap';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
-import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -189,6 +189,61 @@ t.test('a file deleted where no new one can be made is reported, and its lines w
   t.ok(await until(() => log.lines === 2, 3_000), 'written once the path can be opened again');
   t.equal(readFileSync(file, 'utf8'), '{"n":1}\n');
   t.match(reports, ['true ENOENT', 'false undefined'], 'and said so');
+});
+
+t.test('at close, lines waiting for a path that cannot be opened again are dropped, not written into the deleted file', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'driftguard-log-'));
+  const file = join(dir, 'decisions.log');
+  const reports: string[] = [];
+  const log = new DecisionLog({ kind: 'file', file }, MAX, { report: (failed, error) => reports.push(`${failed} ${error}`) });
+  log.write('{"n":0}');
+  log.flush();
+  t.ok(await until(() => log.lines === 1), 'written');
+  rmSync(dir, { recursive: true });
+  await new Promise((r) => setTimeout(r, 1_100));
+  log.write('{"n":1}');
+  log.flush();
+  t.match(reports, ['true ENOENT'], 'the failure is reported, the line waits');
+  log.write('{"n":2}');
+  // Shutdown within the second after the failed look at the path.
+  await log.close();
+  t.equal(log.lines, 1, 'nothing more counted as written (before: both, into the deleted file)');
+  t.equal(log.dropped, 2, 'the two waiting lines are counted as dropped');
+});
+
+const MNT = join(tmpdir(), `driftguard-full-${process.pid}`);
+const canMount = process.getuid?.() === 0 && (() => {
+  try { mkdirSync(MNT, { recursive: true }); execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16k', 'tmpfs', MNT]); execFileSync('umount', [MNT]); return true; } catch { return false; }
+})();
+
+t.test('a disk all but full after a reopen: the waiting lines go one by one, and none is lost or miscounted', { skip: canMount ? false : 'needs root, to mount a 16 KiB tmpfs' }, async (t) => {
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16k', 'tmpfs', MNT]);
+  t.teardown(() => { try { execFileSync('umount', [MNT]); } catch { /* gone */ } });
+  const file = join(MNT, 'decisions.log');
+  const reports: unknown[][] = [];
+  const log = new DecisionLog({ kind: 'file', file }, MAX, { report: (...a) => { reports.push(a); }, reopenMs: 300 });
+  t.teardown(() => log.close());
+  log.write('{"first":true}');
+  log.flush();
+  t.ok(await until(() => log.lines === 1));
+  // Another writer fills the disk; the log's next write fails.
+  const filler = openSync(join(MNT, 'other.log'), 'w');
+  try { for (;;) writeSync(filler, Buffer.alloc(4096, 'x')); } catch (err) { t.equal((err as NodeJS.ErrnoException).code, 'ENOSPC', 'disk full'); }
+  log.write('{"fill":"' + 'f'.repeat(6000) + '"}');
+  log.flush();
+  t.ok(await until(() => reports.length === 1), 'the failure is reported');
+  const droppedBefore = log.dropped;
+  for (let i = 0; i < 20; i++) log.write(`{"n":${i},"pad":"${'p'.repeat(1000)}"}`);
+  // The other writer frees one page: the disk is still all but full.
+  ftruncateSync(filler, Math.max(0, readFileSync(join(MNT, 'other.log')).length - 4096));
+  closeSync(filler);
+  await new Promise((r) => setTimeout(r, 2_000));
+  const whole = readFileSync(file, 'utf8').split('\n').filter((l) => /^\{"n":\d+,"pad":"p+"\}$/.test(l)).length;
+  // Before: the first line probed, the other nineteen handed over in one write that failed
+  // part-way, all counted as dropped though some were in the file.
+  t.equal(log.dropped - droppedBefore, 0, 'none of the waiting lines is lost');
+  t.equal(log.lines - 1 + log.fill().entries, 20, 'each written, or still waiting');
+  t.equal(log.lines - 1, whole, 'the lines counted as written are the lines in the file');
 });
 
 t.test('a file replaced by a named pipe without a reader does not stop the process: refused as at start', { skip: spawnSync('mkfifo', ['--version']).status === 0 ? false : 'needs mkfifo' }, async (t) => {
