@@ -3,7 +3,7 @@
 // When the output cannot keep up, at most maxBufferBytes wait; further lines are dropped and
 // counted rather than growing memory without bound or slowing requests.
 
-import { closeSync, createWriteStream, fstatSync, openSync, readSync, statSync, type Stats, type WriteStream } from 'node:fs';
+import { closeSync, constants, createWriteStream, fstatSync, openSync, readSync, statSync, type Stats, type WriteStream } from 'node:fs';
 import type { LogOutput } from './config.ts';
 import { heldBytes, type TableFill } from '../lib/heap.ts';
 
@@ -90,7 +90,9 @@ export class DecisionLog {
     try {
       const at = statSync(this.#path!, { throwIfNoEntry: false });
       if (at && !at.isFile() && !at.isCharacterDevice()) return Object.assign(new Error(`${this.#path} is not a regular file`), { code: NOT_A_FILE });
-      fd = openSync(this.#path!, 'a', 0o640);
+      // Never waiting, even for a pipe put there between the look and the open: ENXIO instead
+      // (O_NONBLOCK changes nothing for a file).
+      fd = openSync(this.#path!, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NONBLOCK, 0o640);
     } catch (err) { return err as NodeJS.ErrnoException; }
     const old = this.#file!;
     this.#open(fd);
