@@ -149,6 +149,11 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     clearTimeout(this.#wait);
     this.#reads?.stop();
     this.#res.off('close', this.#onClose);
+    // Out of the map as soon as it ends: an entry left until the answer is collected keeps the
+    // exchange (and through it the request) alive in a weak map's table, which every garbage
+    // collection must walk: about 8 µs of CPU a request at saturation (make bench, A/B). Nothing
+    // asks after an ended exchange: the forward's caller stops following the answer as it ends.
+    exchanges.delete(this.#res);
     this.#resolve(this.#resent ? { ...outcome, resent: true } : outcome);
   }
 
