@@ -20,7 +20,7 @@ import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, fromNow, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import type { Monitored } from './state.ts';
-import { REVOKED_ACTOR, WOULD_DENY, countForwarded, forwardedRepeat, quarantineOf } from './checks.ts';
+import { REVOKED_ACTOR, WOULD_DENY, countForwarded, forgetNotes, forwardedRepeat, quarantineOf } from './checks.ts';
 import { resolveConsumer, subjectKind } from '../checks/consumers.ts';
 import { lruFill } from '../lib/heap.ts';
 
@@ -165,6 +165,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         upstreamHeaders() {}, responseHeaders() {}, forwarding() {},
         decided(d) {
           decision = d;
+          forgetNotes(ctx);
           // A request the decision lets through (allowed, warned, or a would-deny) counts in
           // the monitors' windows; one it refuses does not.
           if (d.decision === 'deny' && d.enforced) state.counts.delete(ctx);
