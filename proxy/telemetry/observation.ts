@@ -48,9 +48,12 @@ const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPT
 
 function hostAndPort(host: string | undefined): [string, number | undefined] {
   if (!host) return ['', undefined];
-  const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(host);
+  // A host name or an IP literal, nothing else: a Host that holds more (`token@host`, the
+  // userinfo a client copied from a URL) is no address, and may be a credential. One shaped
+  // like a JWT (three dotted base64url labels are a valid host name) is replaced.
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d+))?$/.exec(host);
   if (!m) return ['', undefined];
-  return [unbracketed(m[1]!).slice(0, 256), m[2] !== undefined ? Number(m[2]) : undefined];
+  return [redactText(unbracketed(m[1]!)).slice(0, 256), m[2] !== undefined ? Number(m[2]) : undefined];
 }
 
 /** `[::1]` as `::1`: the brackets are URL and Host syntax, and `server.address` is the address itself. */

@@ -387,6 +387,24 @@ t.test('an IPv6 address is recorded without its brackets, on both spans (semanti
   t.equal(client.attributes['url.full'], `http://[::1]:${v6Port}/status`, 'the URL keeps its brackets');
 });
 
+t.test('a credential in the Host header is not recorded as server.address (a refusal is exported whatever the sampler says)', async (t) => {
+  const port = Number(new URL(dg.url).port);
+  const opaque = 'ghp_opaqueHostSecret0123456789abcdef';
+  const jwt = await mint({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
+  for (const [host, status, secret] of [
+    // userinfo a client copied from a URL's authority: no host, refused (400)
+    [`${opaque}@api.example.com`, 400, opaque],
+    // a JWT is three dotted labels of a valid host name: forwarded, and recorded replaced
+    [jwt, 200, jwt.split('.')[1]!.slice(0, 40)],
+  ] as const) {
+    const traceId = randomHex(16);
+    const res = await raw(port, `GET /items/1 HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${jwt}\r\ntraceparent: ${traceparent(traceId, randomHex(8))}\r\nConnection: close\r\n\r\n`);
+    t.equal(res.status, status);
+    const span = await otlp.waitFor((s) => s.traceId === traceId && s.kind === KIND.SERVER);
+    t.notOk(JSON.stringify(span).includes(secret), `no part of the credential in the span (server.address ${String(span.attributes['server.address']).slice(0, 40)})`);
+  }
+});
+
 t.test('no token, query string or Authorization value in anything driftguard wrote', async (t) => {
   const decisionLog = await dg.stop();
   t.ok(decisionLog.length > 0, 'the decision log was written');
