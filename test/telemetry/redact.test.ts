@@ -43,6 +43,10 @@ t.test('a target that is not a path: its path, or its authority, never its useri
     ['10.0.0.1:22', '10.0.0.1:22'],
     ['[::1]:443', '[::1]:443'],
     ['http://user:pass@host/a/b', '/a/b'],
+    // A network-path reference: its authority's userinfo, as the request's own spelling.
+    ['//alice:pw-SECRET@api.example.com/items/1', '//(redacted)@api.example.com/items/1'],
+    ['//ghp_SECRETTOKEN@github.com', '//(redacted)@github.com'],
+    ['//api.example.com/users/a@b.example', '//api.example.com/users/a@b.example'],
     ['*', '(not a path)'],
     ['user:1234?x@h:443', 'h:443'],
     ['a b:1', '(not a path)'],
