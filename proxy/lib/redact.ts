@@ -125,6 +125,14 @@ function hasJwt(s: string): boolean {
 }
 
 /**
+ * Whether `text` holds a token (JWT-shaped, as the redaction finds one, percent-encoded too):
+ * a value driftguard must never store or quote, whatever field it came in.
+ */
+export function holdsToken(text: string): boolean {
+  return redactText(text) !== text;
+}
+
+/**
  * Free text a caller sent (a User-Agent, a name in an admin request) as driftguard quotes it:
  * anything shaped like a JWT replaced, and the whole text when it holds one percent-encoded.
  */

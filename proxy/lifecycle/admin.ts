@@ -25,7 +25,8 @@ import type { Journal } from './journal.ts';
 import type { ListSource } from './lists.ts';
 import type { LifecycleState } from './state.ts';
 import { boundedText } from '../lib/bounded.ts';
-import { redactText } from '../lib/redact.ts';
+import { holdsToken, redactText } from '../lib/redact.ts';
+import { decodeJwt, decodeProtectedHeader } from 'jose';
 
 const MAX_BODY = 16 * 1024;
 /**
@@ -34,6 +35,28 @@ const MAX_BODY = 16 * 1024;
  * 1024 left such a consumer unrevocable; the body limit bounds it anyway.
  */
 const MAX_VALUE = 4096;
+
+/**
+ * What a pasted token names that a revocation takes (its jti, sub and kid), read without
+ * checking its signature: only to tell the operator what to revoke, never to revoke it.
+ */
+function namedBy(value: string): string {
+  const compact = value.trim().replace(/^bearer\s+/i, '');
+  const quote = (v: unknown) => typeof v === 'string' && v !== '' && v.length <= 256 && !holdsToken(v) ? JSON.stringify(v) : undefined;
+  const named: string[] = [];
+  try {
+    const claims = decodeJwt(compact);
+    const jti = quote(claims.jti);
+    const sub = quote(claims.sub);
+    if (jti) named.push(`kind jti, value ${jti}`);
+    if (sub) named.push(`kind subject, value ${sub}`);
+  } catch { /* not one token alone: the generic advice */ }
+  try {
+    const kid = quote(decodeProtectedHeader(compact).kid);
+    if (kid) named.push(`kind kid, value ${kid} (every token its key signed)`);
+  } catch { /* as above */ }
+  return named.length ? `: ${named.join('; or ')}` : ' (its jti, its subject or its key id)';
+}
 
 export interface AdminContext {
   readonly state: LifecycleState;
@@ -193,6 +216,9 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     const { kind, value, reason, end } = body ?? {};
     if (!isRevocationKind(kind)) problems.push(`kind must be one of ${REVOCATION_KINDS.join(', ')}`);
     if (typeof value !== 'string' || value === '' || value.length > MAX_VALUE) problems.push(`value must be a non-empty string (at most ${MAX_VALUE} characters)`);
+    // An operator's reflex with a leaked token is to paste it: it matched nothing (a jti is the
+    // claim, not the token), and the live token went into the log, the journal and the list.
+    else if (holdsToken(value)) problems.push(`value holds a whole token, not a ${isRevocationKind(kind) ? kind : 'value'}: driftguard never stores a token. Revoke what it names instead${namedBy(value)}`);
     if (typeof reason !== 'string' || reason === '' || reason.length > 1024) problems.push('reason must be a non-empty string (at most 1024 characters)');
     let endMs = now + config.longestTokenMs;
     if (end !== undefined) {

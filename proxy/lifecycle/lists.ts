@@ -14,7 +14,7 @@ import { parseTime } from '../rules/durations.ts';
 import { RulesError, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
 import { getDocument } from '../lib/bounded.ts';
-import { jsonFault, jsonFaultAt, redactUrl } from '../lib/redact.ts';
+import { holdsToken, jsonFault, jsonFaultAt, redactUrl } from '../lib/redact.ts';
 
 const ENTRY_FIELDS: ReadonlySet<string> = new Set(['kind', 'value', 'reason', 'end', 'id']);
 
@@ -129,6 +129,9 @@ function readEntries(data: unknown, source: 'file' | 'url', now: number, maxEntr
     const { kind, value, reason, end, id: given } = item;
     if (!isRevocationKind(kind)) { problem('kind', `must be one of ${REVOCATION_KINDS.join(', ')}`); return; }
     if (typeof value !== 'string' || value === '') { problem('value', 'must be a non-empty string'); return; }
+    // A token pasted as the value matches nothing (a jti is the claim, not the token), and it
+    // would be listed by GET /revocations: the entry is refused, and the value never quoted.
+    if (holdsToken(value)) { problem('value', 'holds a whole token: driftguard never stores a token; name what it names instead (its jti, its subject or its key id)'); return; }
     if (typeof reason !== 'string' || reason === '') { problem('reason', 'must be a non-empty string (why, for operators)'); return; }
     let endMs = Infinity;
     if (end !== undefined) {

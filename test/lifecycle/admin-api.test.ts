@@ -61,6 +61,40 @@ t.test('a consumer with a subject of kilobytes can be revoked by subject; a valu
   t.match((await long.json() as { detail: string }).detail, /value must be a non-empty string \(at most 4096 characters\)/);
 });
 
+t.test('a whole token pasted as the value is refused, never stored or quoted, and the answer says what to revoke', async (t) => {
+  const w = await world();
+  const journal = join(mkdtempSync(join(tmpdir(), 'dg-pasted-')), 'journal.jsonl');
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { journal }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const leaked = await w.token();
+  const [header, payload, signature] = leaked.split('.') as [string, string, string];
+  const { jti } = JSON.parse(Buffer.from(payload, 'base64url').toString()) as { jti: string };
+  const { kid } = JSON.parse(Buffer.from(header, 'base64url').toString()) as { kid: string };
+  for (const [kind, value] of [['jti', leaked], ['subject', leaked], ['kid', `Bearer ${leaked}`], ['task', encodeURIComponent(`x ${leaked}`).replaceAll('.', '%2E')]]) {
+    const res = await post(dg.admin, { kind, value, reason: 'leaked in a ticket' });
+    const text = await res.text();
+    t.equal(res.status, 400, `kind ${kind}: refused`);
+    t.notOk(text.includes(signature), `kind ${kind}: the answer does not quote the token`);
+    t.match(JSON.parse(text).detail, `value holds a whole token, not a ${kind}: driftguard never stores a token`);
+  }
+  const told = (await (await post(dg.admin, { kind: 'jti', value: leaked, reason: 'leaked' })).json() as { detail: string }).detail;
+  t.match(told, `kind jti, value "${jti}"`, 'the answer names its jti');
+  t.match(told, `kind subject, value "${AGENT}"`, 'and its subject');
+  t.match(told, `kind kid, value "${kid}"`, 'and its key id');
+  t.match((await (await fetch(`${dg.admin}/revocations`)).json() as { revocations: unknown[] }).revocations, [], 'nothing was revoked');
+  t.notOk(JSON.stringify(dg.logs).includes(signature), 'no log line quotes it');
+  let onDisk = '';
+  try { onDisk = readFileSync(journal, 'utf8'); } catch { /* never written */ }
+  t.notOk(onDisk.includes(signature), 'nor the journal');
+  // What the answer named revokes it.
+  const revoked = await post(dg.admin, { kind: 'jti', value: jti, reason: 'leaked' });
+  await revoked.text();
+  t.equal(revoked.status, 201);
+  const after = await fetch(`${dg.url}/items/1`, { headers: bearer(leaked) });
+  await after.text();
+  t.equal(after.status, 401, 'the token is refused');
+});
+
 t.test('a retried POST /revocations answers 200 with the revocation in force, extended when it ends later; lifting it lifts it', async (t) => {
   const w = await world();
   const dir = mkdtempSync(join(tmpdir(), 'dg-admin-retry-'));

@@ -47,6 +47,15 @@ t.test('problems in a JSON list name the line and field of each', async (t) => {
   t.match(problems[1]!.message, 'unknown field "colour"');
 });
 
+t.test('an entry whose value holds a whole token is a problem that does not quote it', async (t) => {
+  const token = 'eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhZ2VudCIsImp0aSI6ImFiYyJ9.' + 'S'.repeat(86);
+  const text = JSON.stringify({ revocations: [{ kind: 'jti', value: 'abc', reason: 'r' }, { kind: 'jti', value: token, reason: 'pasted' }] }, null, 1);
+  const problems = parseList(text, 'list.json', 'file', NOW, MAX) as RulesProblem[];
+  t.same(problems.map((p) => p.field), ['revocations[1].value']);
+  t.match(problems[0]!.message, 'holds a whole token');
+  t.notOk(JSON.stringify(problems).includes('S'.repeat(86)), 'the token is not quoted');
+});
+
 t.test('an end that is not an ISO 8601 time that exists is a problem, not a date Date.parse guessed', async (t) => {
   // Date.parse took 1 as 2001 (the revocation ended long ago: never enforced), read
   // '2027-12-01 10:00' in the process's time zone, and rolled 2027-02-30 over to March 2.
