@@ -74,6 +74,27 @@ t.test('the report computes every budget figure from per-round samples', async (
   t.ok(Number.isNaN(median([])));
 });
 
+t.test('a budget missed, or a figure not measured, fails its line and the whole report', async (t) => {
+  type Report = { budget: { id: string; pass: boolean }[]; pass: boolean };
+  const good = {
+    direct: { throughputRps: [30000, 30000], oneConnectionP50Us: [50, 50], oneConnectionP99Us: [200, 200] },
+    bare: { throughputRps: [10000, 12000], oneConnectionP50Us: [150, 150], oneConnectionP99Us: [1000, 1000] },
+    driftguard: { throughputRps: [9000, 9600], oneConnectionP50Us: [200, 150], oneConnectionP99Us: [1200, 1400], cpuSecondsPer1000AtFixedRate: [0.08, 0.09], coldRps: [3000, 3500] },
+    jose: { verifyRate: [5000, 5000] },
+  };
+  const rss = { bare: 150, 'bare-limited': 100, driftguard: 180, 'driftguard-limited': 120 };
+  const met = summarise(good, rss, {}, {}) as Report;
+  t.equal(met.pass, true, 'every line met: the report passes');
+  const slow = structuredClone(good);
+  slow.driftguard.throughputRps = [4000, 5000];
+  const missed = summarise(slow, rss, {}, {}) as Report;
+  t.equal(missed.budget.find((b) => b.id === 'throughput')!.pass, false, 'throughput 0.4 × the floor is a miss');
+  t.equal(missed.pass, false, 'and the report fails');
+  const unmeasured = summarise(good, { bare: 150, 'bare-limited': 100, driftguard: 180 }, {}, {}) as Report;
+  t.equal(unmeasured.budget.find((b) => b.id === 'peakRssLimitedMiB')!.pass, false, 'no driftguard-limited peak: not a pass');
+  t.equal(unmeasured.pass, false);
+});
+
 t.test('decision-log lines are counted in chunks, a line split across chunks once', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'dg-loglines-'));
   const file = join(dir, 'log');

@@ -166,10 +166,21 @@ t.test('a decision log named like a file the rules read (the rules file, the jou
   t.doesNotThrow(withLog('decisions.log', { journal: 'journal.log' }), 'files of their own');
 });
 
-t.test('a decision log in a folder driftguard may not write is a rules problem', { skip: process.getuid?.() === 0 ? 'root may write any folder: the permission cannot be taken away here' : false }, async (t) => {
+/**
+ * A folder the test's own user may not write: its mode for a user, a read-only mount for root
+ * (which a mode does not stop, and EROFS does); undefined where root cannot mount.
+ */
+function unwritableFolder(): string | undefined {
   const ro = mkdtempSync(join(tmpdir(), 'dg-ro-'));
-  chmodSync(ro, 0o500);
-  t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { output: join(ro, 'decisions.log') } }; }))), /cannot open the decision log: .* is not writable/);
+  if (process.getuid?.() !== 0) { chmodSync(ro, 0o500); return ro; }
+  try { execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=16k', 'tmpfs', ro], { stdio: 'ignore' }); } catch { return undefined; }
+  t.teardown(() => { execFileSync('umount', [ro]); });
+  return ro;
+}
+
+const ro = unwritableFolder();
+t.test('a decision log in a folder driftguard may not write is a rules problem', { skip: ro ? false : 'root here cannot mount a read-only tmpfs, and a folder mode does not stop root' }, async (t) => {
+  t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { decisionLog: { output: join(ro!, 'decisions.log') } }; }))), /cannot open the decision log: .* is not writable/);
 });
 
 t.test('a reload that changes the telemetry section says its settings wait for a restart', async (t) => {
