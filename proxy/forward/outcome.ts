@@ -70,8 +70,15 @@ export function expireIfWaiting(ms: number, waiting: () => boolean, expire: (err
 /** An upstream answer undici's parser refused (a control byte in a header, bare CR, obs-fold). */
 export const UPSTREAM_UNPARSABLE = 'UPSTREAM_UNPARSABLE';
 
+/** An upstream answer undici will not read: an interim 100 Continue nobody asked for, or a 101 to a request that asked for no upgrade. */
+export const UPSTREAM_UNREADABLE = 'UPSTREAM_UNREADABLE';
+
 export function errorCode(err: unknown): string {
-  const e = err as { code?: string; name?: string; cause?: { code?: string } };
+  const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } };
+  // undici destroys the connection with this SocketError when the upstream sends an answer it
+  // will not read (an interim 100 Continue it did not ask for, an answer to no request): the
+  // upstream answered, it closed nothing, and a request sent again would be acted on twice.
+  if (e.code === 'UND_ERR_SOCKET' && (e.message === 'bad response' || e.message === 'bad upgrade')) return UPSTREAM_UNREADABLE;
   // undici's HTTPParserError often has no code: named, so a responder is not left with UNKNOWN.
   return e.code ?? e.cause?.code ?? (e.name === 'HTTPParserError' ? UPSTREAM_UNPARSABLE : 'UNKNOWN');
 }
@@ -85,6 +92,7 @@ function failureDetail(outcome: ForwardOutcome): string {
   const what = outcome.error === UPSTREAM_TRANSFER_CODING ? 'the upstream answered with a transfer coding other than chunked'
     : outcome.error === UPSTREAM_UPGRADE_MISMATCH ? 'the upstream switched to another protocol than the WebSocket asked for'
     : outcome.error === UPSTREAM_UNPARSABLE || outcome.error?.startsWith('HPE_') ? 'the upstream\'s answer could not be parsed'
+    : outcome.error === UPSTREAM_UNREADABLE ? 'the upstream sent an answer that cannot be read (an interim 100 Continue it was not asked for, or a protocol switch)'
     : outcome.error === CONNECTION_WAIT_TIMEOUT ? 'no upstream connection was free in time: every one of proxy.connections was busy'
     : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
     : outcome.error === undefined || NEVER_SENT.has(outcome.error) ? 'the upstream could not be reached'

@@ -203,6 +203,18 @@ t.test('an upstream that sends 103 Early Hints before its answer: the client get
   t.equal(r.text, 'final');
 });
 
+t.test('an upstream that sends a 100 Continue nobody asked for: a 502 that says so, and a GET never sent twice', async (t) => {
+  const w = await world(t);
+  let got = 0;
+  // Raw bytes: a server that sends 100 on every request (undici reads no 100 it did not ask for).
+  w.up.handler = (req) => { req.resume(); got++; req.socket.write('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'); };
+  const a = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(a.status, 502);
+  t.equal(a.json?.reason, 'upstream-unavailable');
+  t.match(a.json?.detail, /an interim 100 Continue it was not asked for.*\(UPSTREAM_UNREADABLE\)/, 'not "closed the connection": it answered');
+  t.equal(got, 1, 'sent once: the upstream answered, so the GET is not sent again');
+});
+
 t.test('an upstream that dies mid-body: the client connection is cut, never a hang or a second answer', async (t) => {
   const w = await world(t);
   w.up.handler = (req, res) => {
