@@ -59,11 +59,9 @@ t.test('a client that ends its connection mid-body is decided at once, not after
   await new Promise<void>((r) => s.once('connect', () => r()));
   s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${await w.token()}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\nabc`);
   await until(() => dg.seen.length === 1);
-  const ended = Date.now();
   s.end(); // FIN: the body's other 97 bytes will never come
   // The monitors' read of the body got no event from Node and waited out bodyTimeout (5 s here).
-  t.ok(await until(() => dg.seen[0]!.decision !== undefined, 2000), 'decided within 2 s');
-  t.ok(Date.now() - ended < 2000, `decided ${Date.now() - ended} ms after the FIN`);
+  t.ok(await until(() => dg.seen[0]!.decision !== undefined, 2000), 'decided within 2 s of the FIN, not at bodyTimeout');
   t.equal(dg.seen[0]!.decision!.reason, 'malformed-request');
   t.equal(w.up.seen.length, 0, 'nothing reached the upstream');
   // The FIN with the head, in one write: Node gave up before the monitors' read began.
