@@ -76,7 +76,13 @@ export async function demoKey(dir: string): Promise<{ privateJwk: JWK; publicJwk
     if (!privateJwk || typeof privateJwk !== 'object' || typeof privateJwk.kty !== 'string' || typeof privateJwk.d !== 'string') {
       throw new StartError(`the demo's signing key ${file} is not a private JWK: delete it and the demo makes a new one`);
     }
-    const { d: _d, ...publicJwk } = privateJwk;
+    // The demo's rules take ES256 alone. Its public half named member by member: dropping `d`
+    // from another kind of key (an RSA key's p, q, dp, dq, qi) would publish its private key.
+    if (privateJwk.kty !== 'EC' || privateJwk.crv !== 'P-256' || typeof privateJwk.x !== 'string' || typeof privateJwk.y !== 'string') {
+      throw new StartError(`the demo's signing key ${file} is not an ES256 (EC P-256) key, which the demo's rules take: delete it and the demo makes a new one`);
+    }
+    const { kty, crv, x, y, kid, alg, use } = privateJwk;
+    const publicJwk: JWK = { kty, crv, x, y, ...(kid !== undefined ? { kid } : {}), ...(alg !== undefined ? { alg } : {}), ...(use !== undefined ? { use } : {}) };
     return { privateJwk, publicJwk, file };
   }
   const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });

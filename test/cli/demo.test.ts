@@ -208,3 +208,17 @@ t.test('demo --rules FILE whose first issuer has no jwks.url says the demo serve
   t.match(result.stderr, /^driftguard: cannot start\n.*own\.yaml: the demo serves the first issuer's jwks\.url itself .* reads its keys from a file \(jwks\.file\) instead/m);
   t.notMatch(result.stderr, /TypeError|\n\s+at /, 'no TypeError, no stack trace');
 });
+
+t.test('the demo publishes the public half of its key alone: a key that is no ES256 key is refused, not stripped of d', async (t) => {
+  const { demoKey } = await import('../../proxy/demo/demo.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'dg-demo-key-'));
+  // An RSA private JWK put there by hand: without d, its p, q, dp, dq and qi still give the key.
+  const { privateKey } = await generateKeyPair('RS256', { extractable: true });
+  writeFileSync(join(dir, 'signing-key.json'), JSON.stringify({ ...(await exportJWK(privateKey)), kid: 'mine', alg: 'RS256' }));
+  await t.rejects(demoKey(dir), /is not an ES256 \(EC P-256\) key/);
+  // The demo's own kind of key: its public members, nothing else.
+  const ec = await generateKeyPair('ES256', { extractable: true });
+  writeFileSync(join(dir, 'signing-key.json'), JSON.stringify({ ...(await exportJWK(ec.privateKey)), kid: 'demo-1', alg: 'ES256', use: 'sig' }));
+  const { publicJwk } = await demoKey(dir);
+  t.same(Object.keys(publicJwk).sort(), ['alg', 'crv', 'kid', 'kty', 'use', 'x', 'y']);
+});
