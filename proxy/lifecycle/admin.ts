@@ -9,7 +9,7 @@
 //   GET    /consumers              the owner view: every known consumer and what it has been doing
 // Writes need `Authorization: Bearer <admin credential>` from revocation.adminCredentialFile,
 // compared in constant time; without that file, writes are accepted from loopback clients
-// only. Each write is logged with who made it (credential name or fingerprint, never the secret).
+// only. Each write is logged with who made it (credential name or line, never the secret).
 
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -121,7 +121,9 @@ export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerRe
     let who: string | undefined;
     for (const c of credentials) {
       const digest = sha256(c.secret);
-      if (timingSafeEqual(presented, digest) && who === undefined) who = c.name || `sha256:${digest.toString('hex').slice(0, 12)}`;
+      // Unnamed: its line, not a hash of it. GET /revocations lists who wrote each, and needs no
+      // credential: an unsalted hash let anyone there test guesses at a weak secret offline.
+      if (timingSafeEqual(presented, digest) && who === undefined) who = c.name || `credential on line ${c.line}`;
     }
     if (who !== undefined) return who;
   }

@@ -208,9 +208,11 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
 }
 
 export interface AdminCredential {
-  /** Who, for the log: the name on the line, else a fingerprint of the secret. Never the secret. */
+  /** Who, for the log: the name on the line, else its line. Never the secret, nor a hash of it. */
   readonly name: string;
   readonly secret: string;
+  /** The line of the file it is on, counted from 1. */
+  readonly line: number;
 }
 
 /**
@@ -227,8 +229,8 @@ export function parseAdminCredentials(text: string): { credentials: AdminCredent
     const trimmed = line.trim();
     if (!trimmed || trimmed.startsWith('#')) return;
     const parts = trimmed.split(/\s+/);
-    if (parts.length === 1) credentials.push({ name: '', secret: parts[0]! });
-    else if (parts.length === 2) credentials.push({ name: parts[0]!, secret: parts[1]! });
+    if (parts.length === 1) credentials.push({ name: '', secret: parts[0]!, line: i + 1 });
+    else if (parts.length === 2) credentials.push({ name: parts[0]!, secret: parts[1]!, line: i + 1 });
     else malformed.push(i + 1);
   });
   return { credentials, malformed };

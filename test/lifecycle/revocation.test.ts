@@ -3,6 +3,7 @@
 // and list URL (real loopback server), a failing URL keeping the last good list.
 
 import t from 'tap';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, readdirSync, rmSync, renameSync, existsSync, symlinkSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { spawn } from 'node:child_process';
@@ -813,5 +814,25 @@ t.test('one journal, one writer: a second driftguard on it is refused before it 
     await t.rejects(startLifecycle({ file: rules }), { name: 'RulesError', message: /cannot be written: in use by this process/ });
     await next.close();
     t.notOk(existsSync(`${journal}.lock`), 'released at close');
+  }
+});
+
+t.test('a write with an unnamed credential is recorded by its line, never by a hash of the secret (GET /revocations needs no credential)', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-unnamed-'));
+  const file = join(dir, 'admin-credentials');
+  const weak = 'oncall42';
+  writeFileSync(file, `# operators\noncall ${ADMIN_SECRET}\n${weak}\n`);
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { adminCredentialFile: file }; }), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const made = await revoke(dg.admin, { kind: 'jti', value: 'x', reason: 'y' }, weak);
+  t.equal(made.status, 201);
+  await made.text();
+  const listed = await (await fetch(`${dg.admin}/revocations`)).text();
+  t.match(JSON.parse(listed).revocations[0].by, 'credential on line 3');
+  const digest = createHash('sha256').update(weak).digest('hex');
+  for (const text of [listed, JSON.stringify(dg.logs)]) {
+    t.notOk(text.includes(digest.slice(0, 8)), 'no part of the secret\'s hash');
+    t.notOk(text.includes(weak), 'nor the secret');
   }
 });
