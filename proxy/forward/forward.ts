@@ -11,7 +11,7 @@ import { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { CLIENT_CLOSED, CLIENT_TOO_SLOW, CLOSED_UNDER, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, CLIENT_TOO_SLOW, CLOSED_UNDER, connectionWaitTimeout, errorCode, expireIfWaiting, failed, statusError, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
 import { cutAnswer } from './wire.ts';
 import { ClientRead } from './client-read.ts';
@@ -182,6 +182,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     this.#answered = true;
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
+    const odd = statusError(statusCode);
+    if (odd) { controller.abort(odd); return; }
     // An answer without content (to HEAD, a 204, a 304) may name the codings a GET's would
     // have (RFC 9112 §6.1): nothing can reach the client still coded.
     const coding = this.#req.method === 'HEAD' || statusCode === 204 || statusCode === 304 ? undefined : transferCodingError(headers['transfer-encoding']);

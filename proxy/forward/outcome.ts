@@ -70,8 +70,17 @@ export function expireIfWaiting(ms: number, waiting: () => boolean, expire: (err
 /** An upstream answer undici's parser refused (a control byte in a header, bare CR, obs-fold). */
 export const UPSTREAM_UNPARSABLE = 'UPSTREAM_UNPARSABLE';
 
-/** An upstream answer undici will not read: an interim 100 Continue nobody asked for, or a 101 to a request that asked for no upgrade. */
+/**
+ * An upstream answer that cannot be read as one: an interim 100 Continue nobody asked for, or a
+ * 101 to a request that asked for no upgrade (undici will not read past either), or a status
+ * outside 100-599, which has no class for a client to fall back on (RFC 9110 §15).
+ */
 export const UPSTREAM_UNREADABLE = 'UPSTREAM_UNREADABLE';
+
+/** The error to abort with when a final answer's status is above 599 (Node's parser takes up to 999). */
+export function statusError(status: number): Error | undefined {
+  return status > 599 ? Object.assign(new Error(`the upstream answered with status ${status}, outside 100-599`), { code: UPSTREAM_UNREADABLE }) : undefined;
+}
 
 export function errorCode(err: unknown): string {
   const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } };
@@ -92,7 +101,7 @@ function failureDetail(outcome: ForwardOutcome): string {
   const what = outcome.error === UPSTREAM_TRANSFER_CODING ? 'the upstream answered with a transfer coding other than chunked'
     : outcome.error === UPSTREAM_UPGRADE_MISMATCH ? 'the upstream switched to another protocol than the WebSocket asked for'
     : outcome.error === UPSTREAM_UNPARSABLE || outcome.error?.startsWith('HPE_') ? 'the upstream\'s answer could not be parsed'
-    : outcome.error === UPSTREAM_UNREADABLE ? 'the upstream sent an answer that cannot be read (an interim 100 Continue it was not asked for, or a protocol switch)'
+    : outcome.error === UPSTREAM_UNREADABLE ? 'the upstream sent an answer that cannot be read (an interim 100 Continue it was not asked for, a protocol switch, or a status outside 100-599)'
     : outcome.error === CONNECTION_WAIT_TIMEOUT ? 'no upstream connection was free in time: every one of proxy.connections was busy'
     : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
     : outcome.error === undefined || NEVER_SENT.has(outcome.error) ? 'the upstream could not be reached'

@@ -12,7 +12,7 @@ import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { cutAnswer, endAndClose, responseHead } from './wire.ts';
 import { GrowingBuffer } from '../lib/bounded.ts';
 import { ClientRead } from './client-read.ts';
-import { CLIENT_CLOSED, CLIENT_TOO_SLOW, connectionWaitTimeout, errorCode, expireIfWaiting, failed, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, CLIENT_TOO_SLOW, connectionWaitTimeout, errorCode, expireIfWaiting, failed, statusError, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
 
 /**
  * How long a tunnel may carry no byte once one side has ended its half (sent its FIN) and the
@@ -202,6 +202,8 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     if (statusCode < 200) return; // 1xx: informational, the final answer follows
+    const odd = statusError(statusCode);
+    if (odd) { controller.abort(odd); return; }
     // A 502, as for any request: the refusal's body would reach the client still coded.
     const coding = statusCode === 204 || statusCode === 304 ? undefined : transferCodingError(headers['transfer-encoding']);
     if (coding) { controller.abort(coding); return; }
