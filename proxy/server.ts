@@ -477,6 +477,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const last = pipelines.get(socket)?.last;
     // Node's parser refused the bytes; otherwise the connection failed (a client's reset: it left).
     const parseError = err.code?.startsWith('HPE_') === true;
+    // A whole request, and the bytes after it are no request: the fault is the next one's, of
+    // which nothing was parsed. This one is answered as itself, and the connection ends after
+    // it. Taken for its own body's fault, a GET was refused for a body it never had, and an
+    // answer under way (a write sent upstream) was cut, its client told nothing.
+    if (parseError && socket.writable && last && last.req.complete && !last.res.writableFinished) {
+      if (!last.res.headersSent) last.res.setHeader('connection', 'close');
+      else last.res.once('finish', () => { socket.destroySoon(); });
+      return;
+    }
     if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) {
       if (parseError) badFraming.add(last.req);
       unparsableBodies.add(last.req);

@@ -235,3 +235,28 @@ t.test('after a flood cut, nothing else read with it is decided', async (t) => {
   await new Promise((r) => setTimeout(r, 300));
   t.same(decided, ['/status'], 'only the first, started before the cut (the three after it were decided too)');
 });
+
+/** A head Node's parser refuses (a header line without a colon). */
+const MALFORMED = 'GET /items/2 HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n';
+
+t.test('a whole request with bytes behind it that are no request: it is answered as itself, once, and the connection ends', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  // A GET: no body, so the fault cannot be its own.
+  let c = await socketTo(w.port);
+  c.s.write(`GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\n\r\n` + MALFORMED);
+  await c.closed;
+  t.same(statuses(c.text()), [200], 'its own answer, and no other');
+  t.notMatch(c.text(), /could not be parsed/, 'not refused for a body it never had');
+  t.match(c.text(), /\r\nconnection: close\r\n/i, 'said to close: nothing behind it will be answered');
+  t.equal(w.up.seen.length, 1);
+  // A POST whose token is cached: decided, and sent upstream, before the parser reached the bad head.
+  await w.call('GET', '/items/0', { token: tok });
+  const before = w.up.seen.length;
+  const body = '{"a":1}';
+  c = await socketTo(w.port);
+  c.s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}` + MALFORMED);
+  await c.closed;
+  t.equal(w.up.seen.length - before, 1, 'sent upstream once');
+  t.same(statuses(c.text()), [200], 'and its client gets the upstream\'s answer (it was cut, unanswered)');
+});
