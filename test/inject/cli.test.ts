@@ -101,9 +101,7 @@ t.test('the drain ends keep-alive connections cleanly: idle ones at once, the ot
   proc.child.kill('SIGTERM');
   await logged(proc, 'injector draining');
   // The connection is idle in the pool: the drain closes it, long before its 3 s end.
-  const closedAt = Date.now();
-  await Promise.race([idleClosed, new Promise((_, reject) => setTimeout(() => reject(new Error('idle connection still open 1 s into the drain')), 1_000))]);
-  t.ok(Date.now() - closedAt < 1_000, 'an idle pooled connection is closed when the drain starts');
+  await t.resolves(Promise.race([idleClosed, new Promise((_, reject) => setTimeout(() => reject(new Error('idle connection still open 1 s into the drain')), 1_000))]), 'an idle pooled connection is closed when the drain starts');
   const during = await send();
   t.equal(during.status, 200, 'a review during the drain is answered');
   t.equal(during.connection, 'close', 'and its answer closes the connection, so the next review goes elsewhere');

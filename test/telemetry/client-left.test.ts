@@ -91,11 +91,9 @@ t.test('an idempotent write whose caller left before forwarding frees its key', 
 t.test('a body whose caller left is not waited for until monitors.bodyTimeout', async (t) => {
   const { up, dg, tok } = await slowRotation(t, lifecycleOnly({ bodyTimeout: '30s', retryStorm: { maxRepeats: 5, window: '1m' } }), startLifecycle);
   const body = '{"name":"a"}';
-  const started = Date.now();
   await leaveAfter(Number(new URL(dg.url).port), `POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`, 200);
   // Before: the read waited for events that never come, the whole 30 s.
-  await eventually('the decision to be made', async () => dg.seen[0]?.decision !== undefined, 5_000);
-  t.ok(Date.now() - started < 5_000, 'decided once the keys came');
+  await eventually('the decision to be made, once the keys came (not at the 30 s read)', async () => dg.seen[0]?.decision !== undefined, 5_000);
   t.match(dg.seen[0]!.decision, { decision: 'deny', reason: 'malformed-request' }, 'a body that could not be read, as for any cut body');
   t.equal(up.seen.length, 0);
 });
