@@ -605,6 +605,11 @@ t.test('the sidecar\'s grace period fits in the pod\'s terminationGracePeriodSec
   t.throws(() => buildConfig({ image: IMAGE, grace: '24.5d' }), /grace: must be at most 24d \(the sidecar refuses a longer grace\)/);
 });
 
+t.test('an env variable listed twice is refused, naming the second (the later would win in the pod, unsaid)', async (t) => {
+  t.throws(() => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name: 'OTEL_SERVICE_NAME', value: 'payments' }] }),
+    /env\[1\]\.name: OTEL_SERVICE_NAME is listed twice/);
+});
+
 t.test('an env entry\'s valueFrom must be a core/v1 EnvVarSource: the API server would refuse every pod injected otherwise', async (t) => {
   const start = (valueFrom: unknown) => () => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom }] });
   const refused: [string, unknown, RegExp][] = [
