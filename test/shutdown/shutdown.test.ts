@@ -169,7 +169,6 @@ t.test('a request still running past the grace period is cut, and the process st
 
   const stuck = get(`${dg.url}/status`);
   await until('the request at the upstream', () => slow.held.length === 1);
-  const sentAt = Date.now();
   dg.child.kill('SIGTERM');
   const cut = await stuck;
   t.ok(cut.error, `the client saw its request cut (${cut.error})`);
@@ -177,7 +176,8 @@ t.test('a request still running past the grace period is cut, and the process st
   const warning = dg.lines.find((l) => l.msg?.startsWith('grace period over'));
   t.ok(warning, 'the cut is logged');
   t.equal(warning?.inFlight, 1);
-  t.ok(Date.now() - sentAt < 8_000, 'exited without waiting for the upstream');
+  // dg.exited resolved above while the upstream still held the request (released only now): a
+  // driftguard that waited for it would never have exited, and the test would time out.
   slow.release();
 });
 
