@@ -76,29 +76,16 @@ class CompositeObservation implements Observation {
   }
   upstreamHeaders(into: Record<string, string>): void { for (const o of this.#all) o.upstreamHeaders(into); }
   responseHeaders(into: Record<string, string | string[]>): void { for (const o of this.#all) o.responseHeaders(into); }
-  decided(d: Decision): void {
+  decided(d: Decision): void { this.#each('decided', d); }
+  forwarding(): void { this.#each('forwarding', undefined); }
+  answering(status: number): void { this.#each('answering', status); }
+  forwarded(outcome: ForwardOutcome): void { this.#each('forwarded', outcome); }
+  end(status: number): void { this.#each('end', status); }
+
+  /** `method` of every observation, each whatever another threw; then the first error thrown. By name, so that no closure is made per call. */
+  #each<M extends 'decided' | 'forwarding' | 'answering' | 'forwarded' | 'end'>(method: M, arg: Parameters<NonNullable<Observation[M]>>[0]): void {
     let failed = false, error: unknown;
-    for (const o of this.#all) try { o.decided(d); } catch (err) { if (!failed) { failed = true; error = err; } }
-    if (failed) throw error;
-  }
-  forwarding(): void {
-    let failed = false, error: unknown;
-    for (const o of this.#all) try { o.forwarding(); } catch (err) { if (!failed) { failed = true; error = err; } }
-    if (failed) throw error;
-  }
-  answering(status: number): void {
-    let failed = false, error: unknown;
-    for (const o of this.#all) try { o.answering?.(status); } catch (err) { if (!failed) { failed = true; error = err; } }
-    if (failed) throw error;
-  }
-  forwarded(outcome: ForwardOutcome): void {
-    let failed = false, error: unknown;
-    for (const o of this.#all) try { o.forwarded(outcome); } catch (err) { if (!failed) { failed = true; error = err; } }
-    if (failed) throw error;
-  }
-  end(status: number): void {
-    let failed = false, error: unknown;
-    for (const o of this.#all) try { o.end(status); } catch (err) { if (!failed) { failed = true; error = err; } }
+    for (const o of this.#all) try { (o[method] as ((a: typeof arg) => void) | undefined)?.call(o, arg); } catch (err) { if (!failed) { failed = true; error = err; } }
     if (failed) throw error;
   }
 }
