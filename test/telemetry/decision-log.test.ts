@@ -4,7 +4,7 @@
 // fill the write stream past its high-water mark, the log then waits for 'drain', and the
 // lines written in the same turn pile up against the bound.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -84,18 +84,26 @@ t.test('an output that fails (a full disk) counts every line as dropped, none as
   t.same(reports, [[true, 'ENOSPC']], 'the failure is reported once, with its code (before: never)');
 });
 
-t.test('a file output that failed is opened again: once it can be written, what waited and what follows is written', { skip: noDevFull }, async (t) => {
+/**
+ * A file output whose path leads to a full disk first (then, as a test moves the link to `real`,
+ * to a file: space freed, or the volume remounted), after its first write has failed.
+ */
+async function onFullDisk(t: Test, reopenMs: number): Promise<{ log: DecisionLog; reports: unknown[][]; file: string; real: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'driftguard-log-'));
   const file = join(dir, 'decisions.log');
   const real = join(dir, 'after.log');
-  // The path leads to a full disk first, then (space freed, or the volume remounted) to a file.
   symlinkSync('/dev/full', file);
   const reports: unknown[][] = [];
-  const log = new DecisionLog({ kind: 'file', file }, MAX, { report: (...a) => { reports.push(a); }, reopenMs: 600 });
+  const log = new DecisionLog({ kind: 'file', file }, MAX, { report: (...a) => { reports.push(a); }, reopenMs });
   t.teardown(() => log.close());
   log.write('{"n":"lost"}');
   log.flush();
   t.ok(await until(() => reports.length > 0), 'the write failed');
+  return { log, reports, file, real };
+}
+
+t.test('a file output that failed is opened again: once it can be written, what waited and what follows is written', { skip: noDevFull }, async (t) => {
+  const { log, reports, file, real } = await onFullDisk(t, 600);
   t.same(reports, [[true, 'ENOSPC']], 'the failure is reported');
   writeFileSync(real, '{"partial');
   unlinkSync(file);
@@ -115,16 +123,7 @@ t.test('a file output that failed is opened again: once it can be written, what 
 });
 
 t.test('lines wait through a full disk longer than one reopen: each reopen tries one line first, and it waits again if the disk is still full', { skip: noDevFull }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'driftguard-log-'));
-  const file = join(dir, 'decisions.log');
-  const real = join(dir, 'after.log');
-  symlinkSync('/dev/full', file);
-  const reports: unknown[][] = [];
-  const log = new DecisionLog({ kind: 'file', file }, MAX, { report: (...a) => { reports.push(a); }, reopenMs: 200 });
-  t.teardown(() => log.close());
-  log.write('{"n":"lost"}');
-  log.flush();
-  t.ok(await until(() => reports.length > 0), 'the write failed');
+  const { log, reports, file, real } = await onFullDisk(t, 200);
   for (let i = 0; i < 3; i++) log.write(`{"n":${i}}`);
   log.flush();
   // Still full at three or four reopens.
