@@ -15,7 +15,8 @@ import type { TracesConfig } from './config.ts';
 import type { SpanSource } from './spans.ts';
 import { atMost } from '../lib/wait.ts';
 
-export type DropCause = 'queue_full' | 'export_failed';
+/** Why spans were lost: the queue was full, the export failed, or the collector took them and rejected them (an OTLP partial success). */
+export type DropCause = 'queue_full' | 'export_failed' | 'rejected';
 
 export interface SpanCounts {
   exported: number;
@@ -24,7 +25,7 @@ export interface SpanCounts {
 
 /** Counts before any span: also the counts of a tracer that exports nothing. */
 export function noSpanCounts(): SpanCounts {
-  return { exported: 0, dropped: { queue_full: 0, export_failed: 0 } };
+  return { exported: 0, dropped: { queue_full: 0, export_failed: 0, rejected: 0 } };
 }
 
 /** What the export thread is started with. */
@@ -42,7 +43,7 @@ export type ToExport =
 /** Export thread to request thread. */
 export type FromExport =
   /** Spans finished with, since the last message: exported, or dropped and why. */
-  | { readonly type: 'settled'; readonly exported: number; readonly queueFull: number; readonly exportFailed: number }
+  | { readonly type: 'settled'; readonly exported: number; readonly queueFull: number; readonly exportFailed: number; readonly rejected: number }
   | { readonly type: 'warn'; readonly message: string }
   /** Shutdown: the last export is done or given up on; the thread ends next. */
   | { readonly type: 'flushed' };
@@ -201,7 +202,8 @@ export class ExportThread {
         this.counts.exported += m.exported;
         this.counts.dropped.queue_full += m.queueFull;
         this.counts.dropped.export_failed += m.exportFailed;
-        this.#inFlight -= m.exported + m.queueFull + m.exportFailed;
+        this.counts.dropped.rejected += m.rejected;
+        this.#inFlight -= m.exported + m.queueFull + m.exportFailed + m.rejected;
         return;
       case 'warn':
         this.#warn(m.message, 'export');

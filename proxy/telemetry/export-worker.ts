@@ -8,7 +8,7 @@ import { spanExport } from './export.ts';
 import type { ExportSettings, FromExport, ToExport } from './export-thread.ts';
 
 const port = parentPort!;
-const pending = { exported: 0, queueFull: 0, exportFailed: 0 };
+const pending = { exported: 0, queueFull: 0, exportFailed: 0, rejected: 0 };
 let scheduled = false;
 
 function send(message: FromExport): void {
@@ -18,14 +18,14 @@ function send(message: FromExport): void {
 function report(): void {
   scheduled = false;
   send({ type: 'settled', ...pending });
-  pending.exported = 0; pending.queueFull = 0; pending.exportFailed = 0;
+  pending.exported = 0; pending.queueFull = 0; pending.exportFailed = 0; pending.rejected = 0;
 }
 
 const settings = workerData as ExportSettings;
 // Messages sent meanwhile wait in the port until its listener is added below.
 const spans = await spanExport(settings.traces, {
-  settled(exported, queueFull, exportFailed) {
-    pending.exported += exported; pending.queueFull += queueFull; pending.exportFailed += exportFailed;
+  settled(exported, queueFull, exportFailed, rejected = 0) {
+    pending.exported += exported; pending.queueFull += queueFull; pending.exportFailed += exportFailed; pending.rejected += rejected;
     if (!scheduled) { scheduled = true; setImmediate(report); }
   },
   failed(message) { send({ type: 'warn', message }); },

@@ -8,29 +8,87 @@ import { createNoopMeter, TraceFlags, type Meter, type MeterProvider } from '@op
 import { ExportResultCode, type ExportResult } from '@opentelemetry/core';
 import { defaultResource, detectResources, hostDetector, resourceAttributesEnvDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, ConsoleSpanExporter, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace';
+import type { ISerializer } from '@opentelemetry/otlp-transformer';
 import type { TracesConfig } from './config.ts';
 import { spansOf, type SpanOrigin, type SpanSource } from './spans.ts';
 import { atMost } from '../lib/wait.ts';
 import type { Agent as HttpAgent, ClientRequest } from 'node:http';
 
-async function exporter(config: TracesConfig): Promise<SpanExporter> {
-  if (config.exporter === 'console') return new ConsoleSpanExporter();
+/**
+ * What a collector said of spans it took but would not keep: OTLP's partial success, a
+ * successful answer (200, or gRPC OK) whose `partialSuccess` names `rejectedSpans` and an
+ * `errorMessage`. The SDK passes it only to `diag.warn`, so those spans were counted exported.
+ */
+export interface Rejection {
+  readonly spans: number;
+  readonly message: string;
+}
+
+/** Rejected spans as the response decoder gives them: a number, an int64 as text (JSON) or a protobufjs Long. */
+function spanCount(v: unknown): number {
+  const n = typeof v === 'object' && v !== null && 'toNumber' in v ? (v as { toNumber(): number }).toNumber() : Number(v ?? 0);
+  return Number.isSafeInteger(n) && n > 0 ? n : 0;
+}
+
+/** The collector's text in a log line: one line, bounded. It is the collector's, not a caller's. */
+function collectorText(v: unknown): string {
+  return typeof v === 'string' ? v.replace(/[\x00-\x1f\x7f]+/g, ' ').trim().slice(0, 200) : '';
+}
+
+/**
+ * `serializer` with each decoded response's partial success noted for `take`. The exporter
+ * decodes an answer and calls its export's callback in the same turn, one after the other,
+ * so the note taken in that callback (ReportingExporter) is its own request's answer.
+ */
+function noting<Request, Response>(serializer: ISerializer<Request, Response>): { serializer: ISerializer<Request, Response>; take(): Rejection | undefined } {
+  let noted: Rejection | undefined;
+  return {
+    serializer: {
+      serializeRequest: (request) => serializer.serializeRequest(request),
+      deserializeResponse: (data) => {
+        noted = undefined;
+        const response = serializer.deserializeResponse(data);
+        const partial = (response as { partialSuccess?: { rejectedSpans?: unknown; errorMessage?: unknown } } | undefined)?.partialSuccess;
+        const rejection = { spans: spanCount(partial?.rejectedSpans), message: collectorText(partial?.errorMessage) };
+        if (rejection.spans > 0 || rejection.message !== '') noted = rejection;
+        return response;
+      },
+    },
+    take() { const r = noted; noted = undefined; return r; },
+  };
+}
+
+/** The exporter the settings name, and how to read the partial success of the request it last had answered. */
+async function exporter(config: TracesConfig): Promise<{ exporter: SpanExporter; rejection(): Rejection | undefined }> {
+  if (config.exporter === 'console') return { exporter: new ConsoleSpanExporter(), rejection: () => undefined };
   // Without a url the exporter reads OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT and _HEADERS itself.
   const options = { timeoutMillis: config.exportTimeoutMs, ...(config.url !== undefined ? { url: config.url } : {}) };
-  if (config.protocol === 'grpc') return new (await import('@opentelemetry/exporter-trace-otlp-grpc')).OTLPTraceExporter(options);
+  const [{ OTLPExporterBase }, { ProtobufTraceSerializer, TraceExporterMetricsHelper, JsonTraceSerializer }] = await Promise.all([
+    import('@opentelemetry/otlp-exporter-base'), import('@opentelemetry/otlp-transformer'),
+  ]);
+  if (config.protocol === 'grpc') {
+    // The SDK's gRPC OTLPTraceExporter as it builds itself, with the response decoder noting.
+    const grpc = await import('@opentelemetry/otlp-grpc-exporter-base');
+    const noted = noting(ProtobufTraceSerializer);
+    return {
+      exporter: new OTLPExporterBase(grpc.createOtlpGrpcExportDelegate(grpc.convertLegacyOtlpGrpcOptions(options, 'TRACES'), noted.serializer,
+        'otlp_grpc_span_exporter', TraceExporterMetricsHelper, undefined, 'TraceExportService', '/opentelemetry.proto.collector.trace.v1.TraceService/Export')),
+      rejection: noted.take,
+    };
+  }
   // The SDK's OTLP/HTTP exporter as its OTLPTraceExporter builds it (its transport, retries,
   // OTEL_EXPORTER_OTLP_* settings), with a deadline on each request (withDeadline) and, over
   // http/protobuf, driftguard's span encoder in place of the SDK's serializer (otlp-proto.ts).
   const json = config.protocol === 'http/json';
-  const [{ OTLPExporterBase }, http, { TraceExporterMetricsHelper, JsonTraceSerializer }, proto] = await Promise.all([
-    import('@opentelemetry/otlp-exporter-base'), import('@opentelemetry/otlp-exporter-base/node-http'),
-    import('@opentelemetry/otlp-transformer'), json ? undefined : import('./otlp-proto.ts'),
-  ]);
+  const [http, proto] = await Promise.all([import('@opentelemetry/otlp-exporter-base/node-http'), json ? undefined : import('./otlp-proto.ts')]);
   const settings = http.convertLegacyHttpOptions(options, 'TRACES', 'v1/traces', { 'Content-Type': json ? 'application/json' : 'application/x-protobuf' });
   const agentFor = settings.agentFactory;
   settings.agentFactory = async (protocol) => withDeadline(await agentFor(protocol), config.exportTimeoutMs + DEADLINE_MARGIN_MS);
-  const serializer = proto?.traceSerializer ?? JsonTraceSerializer;
-  return new OTLPExporterBase(http.createOtlpHttpExportDelegate(settings, serializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined));
+  const noted = noting(proto?.traceSerializer ?? JsonTraceSerializer);
+  return {
+    exporter: new OTLPExporterBase(http.createOtlpHttpExportDelegate(settings, noted.serializer, 'otlp_http_span_exporter', TraceExporterMetricsHelper, undefined)),
+    rejection: noted.take,
+  };
 }
 
 /**
@@ -80,7 +138,8 @@ function withDeadline<A extends HttpAgent>(agent: A, ms: number): A {
 
 /** What the export side reports back: spans settled (exported or dropped) and failures. */
 export interface ExportReports {
-  settled(exported: number, queueFull: number, exportFailed: number): void;
+  /** `rejected`: spans a collector answered for as rejected (a partial success), not exported. */
+  settled(exported: number, queueFull: number, exportFailed: number, rejected?: number): void;
   failed(message: string): void;
 }
 
@@ -93,6 +152,8 @@ export interface ExportReports {
 interface BatchParts {
   readonly split?: (spans: ReadableSpan[]) => ReadableSpan[][];
   readonly settled?: (spans: ReadableSpan[]) => void;
+  /** The partial success of the answer the exporter is calling back for, if it had one. */
+  readonly rejection?: () => Rejection | undefined;
 }
 
 /**
@@ -109,12 +170,14 @@ class ReportingExporter implements SpanExporter {
   readonly #reports: ExportReports;
   readonly #split: (spans: ReadableSpan[]) => ReadableSpan[][];
   readonly #settled: (spans: ReadableSpan[]) => void;
+  readonly #rejection: () => Rejection | undefined;
 
   /** `split` cuts a batch in parts; `settled` is called with a batch's spans once it is exported or failed. */
   constructor(inner: SpanExporter, timeoutMs: number, reports: ExportReports, parts: BatchParts = {}) {
     this.#inner = inner; this.#timeoutMs = timeoutMs; this.#reports = reports;
     this.#split = parts.split ?? ((spans) => [spans]);
     this.#settled = parts.settled ?? (() => {});
+    this.#rejection = parts.rejection ?? (() => undefined);
   }
 
   /** Batches being exported, and those waiting for their turn (BATCHES_IN_FLIGHT). */
@@ -159,11 +222,19 @@ class ReportingExporter implements SpanExporter {
   #exportPart(spans: ReadableSpan[], partDone: (result: ExportResult) => void): void {
     let done = false;
     const finish = (result: ExportResult) => {
+      // Taken whatever happens next, so that no answer's note is left for another request's.
+      const rejection = this.#rejection();
       if (done) return;
       done = true;
       clearTimeout(timer);
-      if (result.code === ExportResultCode.SUCCESS) this.#reports.settled(spans.length, 0, 0);
-      else {
+      if (result.code === ExportResultCode.SUCCESS) {
+        const rejected = Math.min(rejection?.spans ?? 0, spans.length);
+        this.#reports.settled(spans.length - rejected, 0, 0, rejected);
+        if (rejection) {
+          const said = rejection.message !== '' ? `: ${rejection.message}` : '';
+          this.#reports.failed(rejected > 0 ? `the collector rejected ${rejected} of ${spans.length} spans${said}` : `the collector took the spans with a warning${said}`);
+        }
+      } else {
         this.#reports.settled(0, 0, spans.length);
         this.#reports.failed(result.error?.message ?? 'export failed');
       }
@@ -260,7 +331,8 @@ export async function spanExport(config: TracesConfig, reports: ExportReports): 
       queuedSpans -= spans.length;
     },
   };
-  const reporting = new ReportingExporter(await exporter(config), config.exportTimeoutMs, reports, parts);
+  const chosen = await exporter(config);
+  const reporting = new ReportingExporter(chosen.exporter, config.exportTimeoutMs, reports, { ...parts, rejection: chosen.rejection });
   const processor = new BatchSpanProcessor({
     exporter: reporting,
     maxQueueSize: config.maxQueueSize,

@@ -38,8 +38,8 @@ export class Instruments {
     r.add(new Collected('driftguard_jwks_ready', '1 when the key set has keys to verify with.', 'gauge', ['issuer', 'source'],
       () => keySets().map((s) => [[s.issuer, s.source], s.ready ? 1 : 0] as const)));
     r.add(new Collected('driftguard_spans_exported_total', 'Spans the trace exporter delivered.', 'counter', [], () => [[[], spans.exported]]));
-    r.add(new Collected('driftguard_spans_dropped_total', 'Spans lost: queue_full (the batch queue was full) or export_failed (the collector refused, was unreachable or timed out).', 'counter', ['cause'],
-      () => [[['queue_full'], spans.dropped.queue_full], [['export_failed'], spans.dropped.export_failed]]));
+    r.add(new Collected('driftguard_spans_dropped_total', 'Spans lost: queue_full (the batch queue was full), export_failed (the collector refused, was unreachable or timed out) or rejected (the collector took them and answered that it rejected them, an OTLP partial success).', 'counter', ['cause'],
+      () => [[['queue_full'], spans.dropped.queue_full], [['export_failed'], spans.dropped.export_failed], [['rejected'], spans.dropped.rejected]]));
     r.add(new Collected('driftguard_decision_log_lines_total', 'Decision log lines the output took.', 'counter', [], () => [[[], log.lines]]));
     r.add(new Collected('driftguard_decision_log_dropped_total', 'Decision log lines dropped: the output could not keep up, or failed.', 'counter', [], () => [[[], log.dropped]]));
     r.add(new Collected('driftguard_rules_reloads_total', 'Rules reloads, by result (failure: the last good rules stayed in force).', 'counter', ['result'], () => {

@@ -7,6 +7,13 @@ import protobuf from 'protobufjs';
 
 const root = protobuf.parse(readFileSync(new URL('./otlp-trace.proto', import.meta.url), 'utf8'), { keepCase: false }).root;
 export const ExportTraceServiceRequest = root.lookupType('ExportTraceServiceRequest');
+const ExportTraceServiceResponse = root.lookupType('ExportTraceServiceResponse');
+
+/** A collector's answer, OTLP/protobuf: empty, or a partial success (`rejected` spans, an error message). */
+export function encodeTraceResponse(partial?: { rejected: number; message: string }): Uint8Array {
+  const body = partial ? { partialSuccess: { rejectedSpans: partial.rejected, errorMessage: partial.message } } : {};
+  return ExportTraceServiceResponse.encode(ExportTraceServiceResponse.create(body)).finish();
+}
 
 const ID_FIELDS = new Set(['traceId', 'spanId', 'parentSpanId']);
 

@@ -6,7 +6,7 @@ import { createServer } from 'node:net';
 import { testKey, jwks } from '../support/keys.ts';
 import { upstream, jwksServer, listen, close } from '../support/servers.ts';
 import { baseRules } from '../support/driftguard.ts';
-import { collector, eventually, startWithTelemetry } from './support.ts';
+import { collector, eventually, grpcCollector, startWithTelemetry } from './support.ts';
 import { parsePrometheus, sample } from './prometheus.ts';
 
 const key = await testKey('ES256');
@@ -17,6 +17,40 @@ t.teardown(async () => { await up.close(); await keys.close(); });
 async function dropped(admin: string, cause: string): Promise<number> {
   const text = await (await fetch(admin + '/metrics')).text();
   return sample(parsePrometheus(text), 'driftguard_spans_dropped_total', { cause }) ?? -1;
+}
+
+async function exported(admin: string): Promise<number> {
+  const text = await (await fetch(admin + '/metrics')).text();
+  return sample(parsePrometheus(text), 'driftguard_spans_exported_total', {}) ?? -1;
+}
+
+// OTLP's partial success: the collector answers 200 (gRPC OK) and names spans it rejected. The
+// SDK only passes that to its diagnostic logger, and they were counted as exported.
+for (const protocol of ['http/protobuf', 'http/json', 'grpc'] as const) {
+  t.test(`a partial success over ${protocol}: the spans the collector rejected are counted dropped (rejected), not exported, and its message logged`, async (t) => {
+    const otlp = protocol === 'grpc' ? await grpcCollector() : await collector();
+    otlp.rejecting = { rejected: 1, message: 'span attribute\ntoo long' };
+    t.teardown(() => otlp.close());
+    const dg = await startWithTelemetry(baseRules(up.origin, keys.url, (r) => {
+      r.telemetry = { traces: { endpoint: otlp.url, protocol, batch: { scheduledDelay: '20ms' } } };
+    }));
+    t.teardown(() => dg.stop());
+    for (let i = 0; i < 6; i++) {
+      const res = await fetch(dg.url + '/status');
+      await res.text();
+      t.equal(res.status, 200);
+    }
+    const sent = () => otlp.perRequest.reduce((a, b) => a + b, 0);
+    // Every export request had one span rejected: those are dropped, the rest exported.
+    await eventually('the spans of all six requests settled', async () => otlp.spans.filter((s) => s.kind === 2).length === 6
+      && (await exported(dg.admin)) + (await dropped(dg.admin, 'rejected')) === sent());
+    t.ok(otlp.requests >= 1, 'the collector had export requests');
+    t.equal(await dropped(dg.admin, 'rejected'), otlp.perRequest.filter((n) => n > 0).length, 'one span of each export request counted rejected');
+    t.equal(await exported(dg.admin), sent() - otlp.requests, 'and not counted exported');
+    t.equal(await dropped(dg.admin, 'export_failed'), 0, 'an answered export is no failed one');
+    const line = dg.logs.find((l) => l.includes('the collector rejected'));
+    t.match(line, /the collector rejected 1 of \d+ spans: span attribute too long/, 'the collector\'s message is logged, on one line');
+  });
 }
 
 t.test('collector down (connection refused): requests succeed, spans counted as dropped', async (t) => {

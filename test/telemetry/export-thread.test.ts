@@ -64,7 +64,7 @@ t.test('sources handed over come back from the collector as spans, and are count
   t.equal(server.attributes['driftguard.operation'], 'getItem');
   t.equal(server.resource['service.name'], 'export-thread-test', 'the resource is built on the export thread');
   await eventually('the exports to be counted', async () => thread.counts.exported === 30);
-  t.same(thread.counts.dropped, { queue_full: 0, export_failed: 0 });
+  t.same(thread.counts.dropped, { queue_full: 0, export_failed: 0, rejected: 0 });
 });
 
 t.test('a batch of large spans goes out in requests under 1 MiB, the body limit common in front of a collector', async (t) => {
@@ -108,7 +108,7 @@ t.test('a batch of large spans goes out in requests under 1 MiB, the body limit 
   // together could pass the exporter's limit of 30 requests in flight.
   t.equal(mostInFlight, 1, 'the parts of a batch one after the other');
   await eventually('the exports to be counted', async () => thread.counts.exported === 512);
-  t.same(thread.counts.dropped, { queue_full: 0, export_failed: 0 });
+  t.same(thread.counts.dropped, { queue_full: 0, export_failed: 0, rejected: 0 });
   t.same(warnings, []);
 });
 

@@ -6,6 +6,7 @@
 // search it all for the tokens it used.
 
 import { createServer, type Server, type ServerResponse } from 'node:http';
+import { Server as GrpcServer, ServerCredentials, type ServiceDefinition, type handleUnaryCall } from '@grpc/grpc-js';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +15,7 @@ import { startTest, writeRules, type Running } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { telemetry, type TelemetryFeature } from '../../proxy/telemetry/index.ts';
 import { composeObservers, type Observer } from '../../proxy/observe.ts';
-import { decodeTraces } from '../support/otlp.ts';
+import { decodeTraces, encodeTraceResponse } from '../support/otlp.ts';
 
 export interface OtlpValue { stringValue?: string; intValue?: string | number; boolValue?: boolean; doubleValue?: number; arrayValue?: { values?: OtlpValue[] } }
 interface OtlpKeyValue { key: string; value: OtlpValue }
@@ -59,15 +60,41 @@ export interface Collector {
   readonly bodies: string[];
   requests: number;
   mode: CollectorMode;
+  /** Spans in each export request, in order. */
+  readonly perRequest: number[];
+  /** When set, every answer is a partial success: so many spans rejected (OTLP `partialSuccess`), with this message. */
+  rejecting?: { rejected: number; message: string };
   /** Wait until a span matches (or fail after timeoutMs). */
   waitFor(pred: (s: ExportedSpan) => boolean, timeoutMs?: number): Promise<ExportedSpan>;
   close(): Promise<void>;
 }
 
+/** An export request's spans, decoded (OTLP/JSON shape), into the collector's list. */
+function received(c: Collector, body: { resourceSpans?: { resource?: { attributes?: OtlpKeyValue[] }; scopeSpans?: { spans?: any[] }[] }[] }): void {
+  let n = 0;
+  for (const rs of body.resourceSpans ?? []) {
+    const resource = attributes(rs.resource?.attributes);
+    for (const ss of rs.scopeSpans ?? []) {
+      for (const s of ss.spans ?? []) {
+        n++;
+        c.spans.push({
+          traceId: s.traceId, spanId: s.spanId, ...(s.parentSpanId ? { parentSpanId: s.parentSpanId } : {}),
+          ...(s.traceState ? { traceState: s.traceState } : {}),
+          name: s.name, kind: s.kind, attributes: attributes(s.attributes),
+          events: (s.events ?? []).map((e: { name: string; attributes?: OtlpKeyValue[] }) => ({ name: e.name, attributes: attributes(e.attributes) })),
+          status: { code: s.status?.code ?? 0, ...(s.status?.message ? { message: s.status.message } : {}) },
+          resource,
+        });
+      }
+    }
+  }
+  (c.perRequest as number[]).push(n);
+}
+
 /** A real OTLP/HTTP trace receiver (JSON or protobuf): POST /v1/traces. */
 export async function collector(): Promise<Collector> {
   const hanging = new Set<ServerResponse>();
-  const c = { spans: [] as ExportedSpan[], bodies: [] as string[], requests: 0, mode: 'ok' as CollectorMode } as Collector & { url: string; close(): Promise<void> };
+  const c = { spans: [] as ExportedSpan[], bodies: [] as string[], perRequest: [] as number[], requests: 0, mode: 'ok' as CollectorMode } as Collector & { url: string; close(): Promise<void> };
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (b: Buffer) => chunks.push(b));
@@ -83,24 +110,9 @@ export async function collector(): Promise<Collector> {
       const bytes = Buffer.concat(chunks);
       // Protobuf bodies are kept as their text too: the strings in them are UTF-8 as sent.
       c.bodies.push(bytes.toString('utf8'));
-      const body = (protobuf ? decodeTraces(bytes) : JSON.parse(bytes.toString('utf8'))) as { resourceSpans?: { resource?: { attributes?: OtlpKeyValue[] }; scopeSpans?: { spans?: any[] }[] }[] };
-      for (const rs of body.resourceSpans ?? []) {
-        const resource = attributes(rs.resource?.attributes);
-        for (const ss of rs.scopeSpans ?? []) {
-          for (const s of ss.spans ?? []) {
-            c.spans.push({
-              traceId: s.traceId, spanId: s.spanId, ...(s.parentSpanId ? { parentSpanId: s.parentSpanId } : {}),
-              ...(s.traceState ? { traceState: s.traceState } : {}),
-              name: s.name, kind: s.kind, attributes: attributes(s.attributes),
-              events: (s.events ?? []).map((e: { name: string; attributes?: OtlpKeyValue[] }) => ({ name: e.name, attributes: attributes(e.attributes) })),
-              status: { code: s.status?.code ?? 0, ...(s.status?.message ? { message: s.status.message } : {}) },
-              resource,
-            });
-          }
-        }
-      }
-      if (protobuf) res.writeHead(200, { 'content-type': 'application/x-protobuf', 'content-length': 0 }).end();
-      else res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      received(c, protobuf ? decodeTraces(bytes) : JSON.parse(bytes.toString('utf8')));
+      if (protobuf) res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end(encodeTraceResponse(c.rejecting));
+      else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(c.rejecting ? { partialSuccess: { rejectedSpans: String(c.rejecting.rejected), errorMessage: c.rejecting.message } } : {}));
     });
   });
   const port = await listen(server);
@@ -117,6 +129,35 @@ export async function collector(): Promise<Collector> {
     }
   };
   c.close = async () => { for (const r of hanging) r.destroy(); await close(server); };
+  return c;
+}
+
+/**
+ * A real OTLP/gRPC trace receiver on loopback (@grpc/grpc-js, the library the exporter uses
+ * too): TraceService/Export, decoded with the transcribed schema. It answers every export
+ * (`mode` is not read); `rejecting` makes the answers partial successes, as over HTTP.
+ */
+export async function grpcCollector(): Promise<Collector & { url: string; close(): Promise<void> }> {
+  const c = { spans: [] as ExportedSpan[], bodies: [] as string[], perRequest: [] as number[], requests: 0, mode: 'ok' as CollectorMode } as Collector & { url: string; close(): Promise<void> };
+  const bytes = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  const service: ServiceDefinition = {
+    Export: {
+      path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export', requestStream: false, responseStream: false,
+      requestSerialize: bytes, requestDeserialize: (b: Buffer) => b, responseSerialize: bytes, responseDeserialize: (b: Buffer) => b,
+    },
+  };
+  const exportCall: handleUnaryCall<Buffer, Uint8Array> = (call, callback) => {
+    c.requests++;
+    c.bodies.push(call.request.toString('utf8'));
+    received(c, decodeTraces(call.request));
+    callback(null, encodeTraceResponse(c.rejecting));
+  };
+  const server = new GrpcServer();
+  server.addService(service, { Export: exportCall });
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  c.url = `http://127.0.0.1:${port}`;
+  c.waitFor = async () => { throw new Error('not used with the gRPC receiver'); };
+  c.close = () => new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
   return c;
 }
 
