@@ -80,6 +80,9 @@ export interface SidecarEnv {
   readonly valueFrom?: Record<string, unknown>;
 }
 
+/** Variables that carry credentials (the OTLP exporter's request headers): from a Secret only, never a literal. */
+const CREDENTIAL_ENV = ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS'];
+
 /** The variables the injector sets on the sidecar: sidecar.env may not set them again. */
 export const INJECTED_ENV = ['DRIFTGUARD_LISTEN', 'DRIFTGUARD_UPSTREAM', 'DRIFTGUARD_ADMIN', 'DRIFTGUARD_PROBES', 'DRIFTGUARD_GRACE', 'NODE_OPTIONS', 'POD_NAME', 'POD_NAMESPACE', 'OTEL_RESOURCE_ATTRIBUTES'];
 
@@ -229,6 +232,9 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
     if (INJECTED_ENV.includes(e.name) || e.name.startsWith('DRIFTGUARD_')) throw new InjectorConfigError(`${at}: ${e.name} is set by the injector itself (${INJECTED_ENV.join(', ')})`);
     if (names.has(e.name)) throw new InjectorConfigError(`${at}: ${e.name} is listed twice`);
     names.add(e.name);
+    // The exporter's headers are where a collector's API key goes: as a literal it would be in
+    // the injector's ConfigMap and in every injected pod's spec, for whoever can read pods.
+    if (CREDENTIAL_ENV.includes(e.name) && e.value !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): a literal value would put the collector's credentials in the spec of every injected pod, readable by whoever can read pods; give it with valueFrom.secretKeyRef (a Secret)`);
     const problem = e.valueFrom === undefined ? undefined : envVarSourceProblem(e.valueFrom);
     if (problem !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): ${problem}; the API server would refuse every pod injected with it`);
   }

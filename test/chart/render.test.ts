@@ -194,6 +194,13 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   t.throws(() => config(['sidecar.env[0].name=OTEL_TRACES_EXPORTER', 'sidecar.env[0].value=jaeger']), { message: /env: OTEL_TRACES_EXPORTER/ });
   // What only the pod knows is left to the sidecar: a Secret's value, a file in the sidecar, $(VAR).
   t.doesNotThrow(() => config(['sidecar.env[0].name=OTEL_EXPORTER_OTLP_CERTIFICATE', 'sidecar.env[0].value=/etc/otel/ca.crt', 'sidecar.env[1].name=OTEL_EXPORTER_OTLP_ENDPOINT', 'sidecar.env[1].value=http://$(NODE_IP):4318', 'sidecar.env[2].name=OTEL_EXPORTER_OTLP_HEADERS', 'sidecar.env[2].valueFrom.secretKeyRef.name=otel-auth', 'sidecar.env[2].valueFrom.secretKeyRef.key=headers']));
+  // The exporter's headers (a collector's API key) as a literal: in the ConfigMap and every injected pod's spec. Refused at install, never quoted.
+  for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS']) {
+    const literal = helm(['template', 'dg', CHART, '--namespace', NS, '--set', 'sidecar.env[0].name=OTEL_SERVICE_NAME', '--set', 'sidecar.env[0].value=orders', '--set', `sidecar.env[1].name=${name}`, '--set', 'sidecar.env[1].value=api-key=s3cr3t']);
+    t.not(literal.status, 0, `${name} as a literal: refused at install`);
+    t.match(literal.stderr, new RegExp(`sidecar\\.env\\[1\\] \\(${name}\\): a literal value would put the collector's credentials.*valueFrom\\.secretKeyRef`), `${name}: the message names the entry and what to do`);
+    t.notMatch(literal.stderr, /s3cr3t/, `${name}: and not the value`);
+  }
   // A valueFrom the API server refuses is refused at install, not in every injected pod.
   const valuesDir = mkdtempSync(join(tmpdir(), 'driftguard-values-'));
   const withValueFrom = (valueFrom: unknown) => {

@@ -152,7 +152,7 @@ t.test('configuration errors exit 2 with a message', async (t) => {
     // The API server would refuse every pod injected so, not the injector's start.
     [['--tls-cert', cert, '--tls-key', key, '--config', overLimit], /over\.yaml:2: resources\.requests\.memory: 512Mi is above resources\.limits\.memory \(0\.25Gi\)/, 1],
     [['--tls-cert', cert, '--tls-key', key, '--config', brokenConfig], /broken\.yaml:\d+: not valid YAML/, 1],
-    [['--tls-cert', cert, '--tls-key', key, '--config', badEnv], /env\.yaml:2: env: OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value[^\n]*the sidecar would refuse to start/, 1],
+    [['--tls-cert', cert, '--tls-key', key, '--config', badEnv], /env\.yaml:2: env\[1\] \(OTEL_EXPORTER_OTLP_HEADERS\): a literal value would put the collector's credentials in the spec of every injected pod/, 1],
     [['--tls-cert', cert, '--tls-key', key, '--config', badGrace], /grace\.yaml:2: grace: not a duration/, 1],
     [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', key, '--image', 'x', '--listen', '127.0.0.1:0'], /cannot start/, 1],
     [['--bogus'], /Unknown option/, 2],

@@ -608,6 +608,16 @@ t.test('the sidecar\'s grace period fits in the pod\'s terminationGracePeriodSec
   t.throws(() => buildConfig({ image: IMAGE, grace: '24.5d' }), /grace: must be at most 24d \(the sidecar refuses a longer grace\)/);
 });
 
+t.test('the exporter\'s headers as a literal are refused, naming the entry and never its value: they would be in every injected pod\'s spec', async (t) => {
+  for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS']) {
+    const err = (() => { try { buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name, value: 'api-key=s3cr3t-collector-key' }] }); } catch (e) { return e as Error; } return undefined; })();
+    t.match(err?.message, new RegExp(`env\\[1\\] \\(${name}\\): a literal value would put the collector's credentials in the spec of every injected pod.*valueFrom\\.secretKeyRef`), name);
+    t.notMatch(err?.message, /s3cr3t/, `${name}: the value is not in the message`);
+    t.doesNotThrow(() => buildConfig({ image: IMAGE, env: [{ name, valueFrom: { secretKeyRef: { name: 'otel-auth', key: 'headers' } } }] }), `${name} from a Secret is taken`);
+  }
+  t.doesNotThrow(() => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'https://collector:4318' }] }), 'other literals are taken');
+});
+
 t.test('an env variable listed twice is refused, naming the second (the later would win in the pod, unsaid)', async (t) => {
   t.throws(() => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name: 'OTEL_SERVICE_NAME', value: 'payments' }] }),
     /env\[1\]\.name: OTEL_SERVICE_NAME is listed twice/);

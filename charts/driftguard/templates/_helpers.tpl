@@ -121,6 +121,12 @@ an M can only be minutes: the schema allows no months.
 {{- if gt (include "driftguard.graceMs" . | float64) (mulf 24 86400000) -}}
 {{- fail (printf "sidecar.grace %q is longer than 24d, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.grace) -}}
 {{- end -}}
+{{- /* As the injector does: a literal exporter header (a collector's API key) would be in every injected pod's spec. */ -}}
+{{- range $i, $e := .Values.sidecar.env -}}
+{{- if and (has $e.name (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS")) (hasKey $e "value") -}}
+{{- fail (printf "sidecar.env[%d] (%s): a literal value would put the collector's credentials in this chart's ConfigMap and in the spec of every injected pod, readable by whoever can read pods: give it with valueFrom.secretKeyRef (a Secret)" $i $e.name) -}}
+{{- end -}}
+{{- end -}}
 image: {{ include "driftguard.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 nativeSidecar: {{ include "driftguard.nativeSidecar" . }}
