@@ -227,7 +227,11 @@ export class ExportThread {
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     const flushed = new Promise<void>((resolve) => { this.#flushed = resolve; });
     worker.postMessage({ type: 'shutdown' } satisfies ToExport);
-    await atMost(Promise.race([exited, flushed]), this.#shutdownFlushMs + 1_000);
+    let answered = false;
+    await atMost(Promise.race([exited, flushed]).then(() => { answered = true; }), this.#shutdownFlushMs + 1_000);
+    // A thread that neither reported its flush nor ended is stuck (a loop, a blocked call): said,
+    // since its spans are lost with it.
+    if (!answered) this.#warn(`the span export thread did not finish its last export within ${this.#shutdownFlushMs + 1_000} ms and was ended; the spans it held are dropped`, 'thread');
     await atMost(exited, EXIT_AFTER_FLUSH_MS);
     this.#worker = undefined;
     this.#drop(this.#inFlight);

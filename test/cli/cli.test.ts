@@ -146,25 +146,21 @@ t.test('a bad flag or DRIFTGUARD_* value is blamed on the flag or the variable, 
 });
 
 t.test('a start that fails while the key server hangs exits at once, and says nothing of retrying', async (t) => {
-  // A key server that accepts and never answers, within the fetch's 10 s timeout.
-  // Timed from the key fetch's start, when start-up is done loading: the load itself took 2.3 s
-  // of the 4 s bound on a busy machine, and is not what the bound is about.
-  let fetchedAt: number | undefined;
-  const hung = createServer((s) => { fetchedAt ??= Date.now(); s.on('error', () => {}); });
+  // A key server that accepts and never answers, within a fetch timeout of 10 minutes: a start
+  // that waited for the fetch would not end within cli()'s 20 s, and the test fails so, with
+  // nothing timed here.
+  const hung = createServer((s) => { s.on('error', () => {}); });
   await new Promise<void>((r) => hung.listen(0, '127.0.0.1', r));
   const busy = createServer();
   await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
   t.teardown(() => { hung.close(); busy.close(); });
   const file = writeRules(baseRules('http://127.0.0.1:9', `http://127.0.0.1:${(hung.address() as AddressInfo).port}/jwks.json`, (r) => {
-    r.identity.issuers[0].jwks.timeout = '10s';
+    r.identity.issuers[0].jwks.timeout = '10m';
   }));
-  const began = Date.now();
   const run = await cli(['run', '--config', file, '--listen', `127.0.0.1:${(busy.address() as AddressInfo).port}`, '--admin', '127.0.0.1:0']);
-  const took = Date.now() - (fetchedAt ?? began);
   t.equal(run.code, 1);
   t.match(run.stderr, /^driftguard: cannot start\n/m);
-  // It waited for the hung fetch (5 s and more), then said the keys would be retried.
-  t.ok(took < 4000, `exited in ${took} ms`);
+  // It waited for the hung fetch (to its timeout), then said the keys would be retried.
   t.notMatch(run.stderr, /retrying in the background/, 'no retry is promised by a process that stops');
 });
 

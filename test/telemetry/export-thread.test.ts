@@ -129,18 +129,16 @@ t.test('shutdown with a collector that hangs ends after the flush wait, not a ba
   const otlp = await collector();
   otlp.mode = 'hang';
   t.teardown(() => otlp.close());
-  const thread = new ExportThread(config(otlp.url + '/v1/traces', { scheduledDelayMs: 20 }), () => {}, { shutdownFlushMs: 300 });
+  const warnings: string[] = [];
+  const thread = new ExportThread(config(otlp.url + '/v1/traces', { scheduledDelayMs: 20 }), (m) => warnings.push(m), { shutdownFlushMs: 300 });
   for (let i = 0; i < 5; i++) thread.add(source());
   // The thread's start (loading the exporter) took more than the default 5 s on a busy machine.
   t.ok(await until(() => otlp.requests >= 1, 20_000), 'the thread is up and its export hangs');
-  const started = performance.now();
   await thread.shutdown();
-  const took = performance.now() - started;
   // The open connection to the hung collector kept the thread alive after it gave up, and every
-  // stop waited the backstop (the flush wait + 1 s: 4 s in all by default). Now the thread is
-  // ended 250 ms after it reports its last export done. (A bound on correctness, not speed: the
-  // backstop would be 1.3 s here, this about 0.55.)
-  t.ok(took < 1_150, `stopped ${Math.round(took)} ms after shutdown began (flush wait 300 ms)`);
+  // stop waited the backstop (the flush wait + 1 s: 4 s in all by default), which says so. Now
+  // the thread reports its last export given up on, and is ended 250 ms after that.
+  t.notOk(warnings.some((w) => w.includes('did not finish its last export')), 'the thread reported its flush: no backstop');
   t.equal(thread.counts.dropped.export_failed, 5, 'its spans are counted as failed');
 });
 
