@@ -122,7 +122,7 @@ async function main(argv: string[]): Promise<number> {
         await import('./lifecycle/config.ts');
         await import('./telemetry/config.ts');
         try {
-          const rules = loadRules(positionals[0]!);
+          const rules = loadRules(positionals[0]!, {}, { pipe: true });
           // What start-up reads beside the rules: the revocation list file and journal.
           const { checkLifecycleFiles } = await import('./lifecycle/index.ts');
           checkLifecycleFiles(rules, Date.now());

@@ -4,12 +4,13 @@
 // POST /reload trigger the same path. A reload is validated whole before the swap; an
 // invalid file keeps the last good rules and is reported, never half-applied.
 
-import { watch, readFileSync, statSync, type FSWatcher } from 'node:fs';
+import { watch, statSync, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, basename, resolve } from 'node:path';
 import { loadRules, problemInFile, RulesError, type Overrides } from './rules/load.ts';
 import { ShuttingDown, type Driftguard } from './server.ts';
 import type { Rules } from './rules/types.ts';
+import { readRegularFile } from './lib/files.ts';
 
 /**
  * What a reload compares: the rules file's hash, the overridden proxy settings, and the keys
@@ -140,7 +141,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   // event meanwhile starts the wait again. (SIGHUP and POST /reload apply at once: an operator
   // asked.) Writers should still replace the file whole: a temp file and a rename, as
   // Kubernetes does with a ConfigMap.
-  const contents = (): string => { try { return readFileSync(file, 'latin1'); } catch (err) { return `unreadable: ${(err as NodeJS.ErrnoException).code}`; } };
+  const contents = (): string => { try { return readRegularFile(file).toString('latin1'); } catch (err) { return `unreadable: ${(err as NodeJS.ErrnoException).code}`; } };
   function settle(): void {
     const before = contents();
     timer = setTimeout(() => { if (contents() === before) void reload('file change'); else settle(); }, SETTLE_MS);
@@ -162,7 +163,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     if (polling !== undefined || closed) return;
     status.watching = 'polling';
     log({ level: 'warn', msg: `the rules directory cannot be watched; its files are read every ${POLL_MS / 1000}s for changes instead`, dir, error: (err as NodeJS.ErrnoException).code ?? (err as Error).message });
-    const snapshot = () => [file, ...jwksFiles()].map((f) => { try { return readFileSync(f, 'latin1'); } catch (e) { return `unreadable: ${(e as NodeJS.ErrnoException).code}`; } }).join('\0');
+    const snapshot = () => [file, ...jwksFiles()].map((f) => { try { return readRegularFile(f).toString('latin1'); } catch (e) { return `unreadable: ${(e as NodeJS.ErrnoException).code}`; } }).join('\0');
     let last = snapshot();
     polling = setInterval(() => { const now = snapshot(); if (now !== last) { last = now; changed(); } }, POLL_MS).unref();
   };

@@ -3,9 +3,7 @@
 // flush telemetry, exit 0. Kubernetes sends SIGTERM to a native sidecar only after the app
 // container has stopped, so in-flight requests are the app's last answers.
 
-import { statSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { loadRules, RulesError, type Overrides } from './rules/load.ts';
+import { loadRules, type Overrides } from './rules/load.ts';
 import type { Rules } from './rules/types.ts';
 import { startDriftguard, type Driftguard } from './server.ts';
 import { reloader, type Reloader } from './reload.ts';
@@ -127,14 +125,8 @@ function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) |
 const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 
 export async function run(file: string, overrides: Overrides, options: RunOptions): Promise<number> {
-  // A named pipe is read once by `check`; `run` reads its rules again on every change, SIGHUP
-  // and POST /reload, and each read would wait for a writer with every request held behind it.
-  // A path that cannot be looked at (EACCES, ELOOP) is the loader's to report, with the file named.
-  let found: ReturnType<typeof statSync>;
-  try { found = statSync(file, { throwIfNoEntry: false }); } catch { found = undefined; }
-  if (found?.isFIFO()) {
-    throw new RulesError([{ file: resolve(file), line: 0, column: 0, field: '', message: 'is a named pipe: driftguard run reads its rules file again at each reload, and a pipe would hold the process until something writes to it; give a regular file' }]);
-  }
+  // A named pipe in the file's place is refused by the loader, here and at each reload: each
+  // read would wait for a writer with every request held behind it (`check` reads one once).
   const rules = loadRules(file, overrides);
   // Start-up can take seconds (keys, a revocation list URL). A signal meanwhile would get
   // Node's default action: SIGHUP killed the process, SIGTERM skipped the graceful stop. They

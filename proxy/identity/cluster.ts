@@ -8,7 +8,6 @@
 // carries the API server's audiences; accepting one of those would let any pod replay the
 // token it already has.
 
-import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import type { JWTPayload } from 'jose';
 import { Agent } from 'undici';
@@ -16,6 +15,7 @@ import { RemoteKeySet, type KeySelection } from './jwks.ts';
 import { getDocument } from '../lib/bounded.ts';
 import { redactUrl } from '../lib/redact.ts';
 import { SERVICE_ACCOUNT_DIR, isDnsLabel, isDnsSubdomain } from '../lib/kubernetes.ts';
+import { readRegularFile } from '../lib/files.ts';
 
 export const DEFAULT_TOKEN_FILE = `${SERVICE_ACCOUNT_DIR}/token`;
 export const DEFAULT_CA_FILE = `${SERVICE_ACCOUNT_DIR}/ca.crt`;
@@ -96,7 +96,7 @@ const MAX_DOCUMENT_BYTES = 256 * 1024;
 
 function readOrThrow(file: string, what: string): string {
   try {
-    return readFileSync(file, 'utf8');
+    return readRegularFile(file).toString('utf8');
   } catch (err) {
     throw new Error(`cannot read the ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }

@@ -3,13 +3,13 @@
 // before it reports ready, refreshed in the background, the last good keys kept through a
 // failed refresh, and an unknown kid costing at most one refetch per cooldown.
 
-import { readFileSync } from 'node:fs';
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { Agent } from 'undici';
 import { LRUCache } from 'lru-cache';
 import { getDocument } from '../lib/bounded.ts';
 import { jsonFault, redactUrl } from '../lib/redact.ts';
+import { readRegularFile } from '../lib/files.ts';
 
 /** How soon a key set that has never loaded is fetched again (as an unread revocation list, lists.ts). */
 export const UNLOADED_RETRY_MS = 5_000;
@@ -164,7 +164,7 @@ export function parseJwks(text: string, from: string, select?: KeySelection, alg
 
 /** A key set file's text; the reason it cannot be read in a TypeError. */
 export function readJwksFile(file: string): string {
-  try { return readFileSync(file, 'utf8'); } catch (err) { throw new TypeError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
+  try { return readRegularFile(file).toString('utf8'); } catch (err) { throw new TypeError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
 }
 
 /**

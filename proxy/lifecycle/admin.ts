@@ -12,7 +12,6 @@
 // only. Each write is logged with who made it (credential name or line, never the secret).
 
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { refusedFromWebPage, type AdminRoutes } from '../admin/server.ts';
 import type { Rules } from '../rules/types.ts';
@@ -27,6 +26,7 @@ import type { LifecycleState } from './state.ts';
 import { boundedText } from '../lib/bounded.ts';
 import { holdsToken, redactText } from '../lib/redact.ts';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
+import { readRegularFile } from '../lib/files.ts';
 
 const MAX_BODY = 16 * 1024;
 /**
@@ -105,7 +105,7 @@ export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerRe
   const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '');
   let credentials: AdminCredential[];
   try {
-    const parsed = parseAdminCredentials(readFileSync(file, 'utf8'));
+    const parsed = parseAdminCredentials(readRegularFile(file).toString('utf8'));
     credentials = parsed.credentials;
     // Rewritten since the rules were loaded (which refuses such a line): the others still work.
     if (parsed.malformed.length) skippedLines(ctx, malformedCredentialLines(file, parsed.malformed));

@@ -5,11 +5,12 @@
 // credential file that cannot be read). It is registered with the rules loader, so every
 // problem stops start-up or a reload with file:line:column: field, like the core's own.
 
-import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { addRulesValidator, plainHttpElsewhere, readByRules, reservedHeader, RulesError } from '../rules/load.ts';
 import { boundedDuration, parseDurationOr0 } from '../rules/durations.ts';
 import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
+import { readRegularFile } from '../lib/files.ts';
 
 export type FeatureMode = 'enforce' | 'audit' | 'off';
 type Path = (string | number)[];
@@ -141,7 +142,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
     }
   }
   if (adminCredentialFile !== undefined && readable(['revocation', 'adminCredentialFile'], adminCredentialFile)) {
-    const { credentials, malformed } = parseAdminCredentials(readFileSync(adminCredentialFile, 'utf8'));
+    const { credentials, malformed } = parseAdminCredentials(readRegularFile(adminCredentialFile).toString('utf8'));
     if (malformed.length) fail(['revocation', 'adminCredentialFile'], malformedCredentialLines(adminCredentialFile, malformed));
     else if (credentials.length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
   }
@@ -198,7 +199,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
 
   function readable(path: Path, file: string): boolean {
     try {
-      readFileSync(file);
+      readRegularFile(file);
       return true;
     } catch (err) {
       fail(path, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);

@@ -11,6 +11,7 @@ import { closeSync, constants, existsSync, fstatSync, fsyncSync, openSync, readF
 import { dirname, join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { isRevocationKind, type Revocation } from './revocations.ts';
+import { readRegularFile } from '../lib/files.ts';
 
 export type JournalRecord =
   | { readonly op: 'add'; readonly revocation: Revocation }
@@ -42,7 +43,7 @@ export function readJournal(file: string): { live: Revocation[]; skipped: { line
   const skipped: { line: number; problem: string }[] = [];
   const live = new Map<string, Revocation>();
   if (!existsSync(file)) return { live: [], skipped, whole: 0, torn: 0 };
-  const bytes = readFileSync(file);
+  const bytes = readRegularFile(file);
   const lastNewline = bytes.lastIndexOf(0x0a);
   const complete = bytes.subarray(0, lastNewline + 1).toString('utf8');
   const lines = complete.split('\n');

@@ -6,7 +6,7 @@
 // fetched every interval (with If-None-Match). A list that cannot be read or parsed keeps
 // the last good one in force and is reported, so a flapping list server never un-revokes.
 
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { parseDocument, LineCounter, isMap, isSeq, type Node } from 'yaml';
 import { isRevocationKind, REVOCATION_KINDS, type Revocation, type RevocationStore } from './revocations.ts';
@@ -15,6 +15,7 @@ import { RulesError, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
 import { getDocument } from '../lib/bounded.ts';
 import { holdsToken, jsonFault, jsonFaultAt, redactUrl } from '../lib/redact.ts';
+import { readRegularFile } from '../lib/files.ts';
 
 const ENTRY_FIELDS: ReadonlySet<string> = new Set(['kind', 'value', 'reason', 'end', 'id']);
 
@@ -216,7 +217,7 @@ export function checkListFile(file: string, now: number, maxEntries: number): vo
   let st;
   try { st = statSync(file); } catch (err) { throw new RulesError([{ file, line: 1, column: 1, field: '', message: `cannot read the revocation list: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]); }
   if (st.size > MAX_LIST_BYTES) throw new RulesError([{ file, line: 1, column: 1, field: '', message: TOO_LARGE }]);
-  const parsed = parseList(readFileSync(file, 'utf8'), file, 'file', now, maxEntries);
+  const parsed = parseList(readRegularFile(file).toString('utf8'), file, 'file', now, maxEntries);
   if (isProblems(parsed)) throw new RulesError(parsed);
 }
 
@@ -310,7 +311,7 @@ export class ListSource {
       this.#broken = stamp;
       return [{ file, line: 1, column: 1, field: '', message: TOO_LARGE }];
     }
-    const problems = this.#apply(readFileSync(file, 'utf8'), stamp);
+    const problems = this.#apply(readRegularFile(file).toString('utf8'), stamp);
     if (!problems) { this.#seen = stamp; this.#broken = undefined; }
     return problems;
   }

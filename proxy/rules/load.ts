@@ -3,6 +3,7 @@
 // A RulesError stops start-up (or a reload); it is never a request-time denial.
 
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { getHeapStatistics } from 'node:v8';
 import { createHash } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { resolve, dirname } from 'node:path';
@@ -12,6 +13,7 @@ import schema from '../../rules/schema.json' with { type: 'json' };
 import { MAX_TIMER_MS, boundedDuration, parseDurationOr0, parseTime } from './durations.ts';
 import { parseTemplate } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
+import { NOT_A_REGULAR_FILE, readRegularFile } from '../lib/files.ts';
 import { parseAddress } from '../lib/address.ts';
 import { pathAt, positionOf } from '../lib/yaml-position.ts';
 import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, IssuerProfile, JwksSource } from './types.ts';
@@ -262,7 +264,7 @@ function quotable(value: unknown): string {
 export function problemInFile(file: string, path: Path, message: string): RulesProblem {
   try {
     const lines = new LineCounter();
-    const doc = parseDocument(readFileSync(file, 'utf8'), { lineCounter: lines, prettyErrors: false });
+    const doc = parseDocument(readRegularFile(file).toString('utf8'), { lineCounter: lines, prettyErrors: false });
     return new Locator(file, doc, lines).problem(path, message);
   } catch {
     return { file, line: 0, column: 0, field: fieldName(path), message };
@@ -274,14 +276,48 @@ function wholeSecond(ms: number): number {
 }
 
 /** Load, validate and freeze the rules in `file`. Throws RulesError with every problem found. */
-export function loadRules(file: string, overrides: Overrides = {}): Rules {
+/**
+ * Heap a rules file takes while it loads, per byte of the file: the YAML document (kept so that
+ * every problem names its line) holds about 51-56 times the file, measured (README, Memory
+ * while a file loads); a little more, as a margin.
+ */
+const HEAP_PER_FILE_BYTE = 64;
+/** Files up to this size are loaded without asking the heap: what the README says is safe under the chart's heap. */
+const ALWAYS_ROOM_BYTES = 256 * 1024;
+
+/**
+ * A rules file too large for the heap left: refused before it is read. Parsed, it ran V8 out of
+ * its heap and the process died (SIGABRT); at a reload that is a serving pod, and with a
+ * ConfigMap every pod at once. The heap's figures are read now, so this is an estimate.
+ */
+function roomFor(size: number): string | undefined {
+  if (size <= ALWAYS_ROOM_BYTES) return undefined;
+  const { heap_size_limit: limit, used_heap_size: used } = getHeapStatistics();
+  const need = size * HEAP_PER_FILE_BYTE;
+  if (need <= limit - used) return undefined;
+  const mib = (n: number) => Math.ceil(n / 1024 / 1024);
+  return `the rules file is ${Math.ceil(size / 1024)} KiB: loading it takes about ${mib(need)} MiB of heap, and ${mib(Math.max(0, limit - used))} of the heap's ${mib(limit)} MiB are free; make the file smaller, or raise the heap (--max-old-space-size in NODE_OPTIONS, the chart's sidecar.nodeOptions) and the memory limit with it`;
+}
+
+export interface LoadOptions {
+  /** The file may be a named pipe, read once (`check`); `run` reads its file again at each reload, and refuses one. */
+  readonly pipe?: boolean;
+}
+
+export function loadRules(file: string, overrides: Overrides = {}, options: LoadOptions = {}): Rules {
   const source = resolve(file);
   let bytes: Buffer;
+  const tooLarge = (size: number) => { const m = roomFor(size); if (m !== undefined) throw new RulesError([{ file: source, line: 0, column: 0, field: '', message: m }]); };
   try {
-    bytes = readFileSync(source);
+    bytes = options.pipe ? readFileSync(source) : readRegularFile(source, tooLarge);
   } catch (err) {
-    throw new RulesError([{ file: source, line: 0, column: 0, field: '', message: `cannot read the rules file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]);
+    if (err instanceof RulesError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    // `run` reads the file again at each reload: a named pipe would hold every request until something wrote to it.
+    const why = code === NOT_A_REGULAR_FILE ? `is ${NOT_A_REGULAR_FILE}: driftguard run reads its rules file again at each reload; give a regular file` : `cannot read the rules file: ${code ?? (err as Error).message}`;
+    throw new RulesError([{ file: source, line: 0, column: 0, field: '', message: why }]);
   }
+  if (options.pipe) tooLarge(bytes.length);
   // Not UTF-8 (a Latin-1 editor): decoded, each bad byte would be U+FFFD, and a subject or
   // owner written so could never match a token's.
   const text = bytes.toString('utf8');

@@ -316,7 +316,7 @@ t.test('run refuses a rules file that is a named pipe: each reload would hold th
   execFileSync('mkfifo', [fifo]);
   const r = await cli(['run', '--config', fifo, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
   t.equal(r.code, 1);
-  t.match(r.stderr, /rules\.yaml.*is a named pipe: driftguard run reads its rules file again at each reload/);
+  t.match(r.stderr, /rules\.yaml: \(top level\): is not a regular file \(a named pipe, a socket, a device or a folder\): driftguard run reads its rules file again at each reload/);
 });
 
 t.test('run on a rules path that cannot be looked at (a symlink loop) says so as check does, without a stack trace', async (t) => {
