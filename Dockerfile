@@ -38,7 +38,7 @@ RUN npx tsc -p tsconfig.build.json
 # --- runtime ------------------------------------------------------------------------
 FROM ${NODE_IMAGE}
 ENV NODE_ENV=production \
-    NODE_OPTIONS="--max-old-space-size=96 --max-semi-space-size=4"
+    NODE_OPTIONS="--max-old-space-size=112 --max-semi-space-size=4"
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json ./

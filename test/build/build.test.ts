@@ -6,10 +6,12 @@
 
 import t from 'tap';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { IMAGE_CLI } from '../../proxy/inject/sidecar.ts';
+import { buildConfig } from '../../proxy/inject/config.ts';
+import { parse as parseYaml } from 'yaml';
 import { imageLayout } from '../support/image.ts';
 import { upstream, jwksServer } from '../support/servers.ts';
 import { testKey, jwks, token } from '../support/keys.ts';
@@ -29,6 +31,17 @@ t.test('the build is JavaScript only, with its CLI where the injector runs it', 
   t.ok(all.length > 50, `${all.length} files`);
   t.same(all.filter((f) => f.endsWith('.ts')), [], 'no TypeScript in the image');
   t.ok(existsSync(join(app, IMAGE_CLI.replace(/^\/app\//, ''))), `${IMAGE_CLI} exists in the image layout`);
+});
+
+t.test('the image\'s own NODE_OPTIONS are the heap the injector and the chart give the sidecar', async (t) => {
+  // A sidecar run from the image without the injector (a pod spec written by hand) had the
+  // 96 MiB heap the injector had left because it stalled under full tables.
+  const root = new URL('../../', import.meta.url);
+  const env = /^ENV [\s\S]*?NODE_OPTIONS="([^"]+)"/m.exec(readFileSync(new URL('Dockerfile', root), 'utf8'));
+  const injector = buildConfig({ image: 'x' }).nodeOptions;
+  const chart = (parseYaml(readFileSync(new URL('charts/driftguard/values.yaml', root), 'utf8')) as { sidecar: { nodeOptions: string } }).sidecar.nodeOptions;
+  t.equal(env?.[1], injector, 'the Dockerfile\'s ENV NODE_OPTIONS is the injector\'s default');
+  t.equal(chart, injector, 'and the chart\'s sidecar.nodeOptions');
 });
 
 t.test('the built CLI checks the demo rules (the schema is found from the build)', async (t) => {
