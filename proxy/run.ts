@@ -7,7 +7,6 @@ import { loadRules, type Overrides } from './rules/load.ts';
 import type { Rules } from './rules/types.ts';
 import { startDriftguard, type Driftguard } from './server.ts';
 import { reloader, type Reloader } from './reload.ts';
-import { refusedFromWebPage } from './admin/server.ts';
 import { runDemo } from './demo/demo.ts';
 import { features } from './features.ts';
 import type { Server } from 'node:http';
@@ -46,9 +45,12 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
   if (reload) {
     dg.reloadStatus = reload.status;
     dg.routes.add('POST', '/reload', async (req, res) => {
-      // A reload only re-reads the file on disk, but a web page must not be able to drive it.
-      if (refusedFromWebPage(req, res, dg.routes)) { req.resume(); return; }
-      const r = await reload.reload('POST /reload');
+      // A reload only re-reads the file on disk, but each one parses the whole file on the
+      // serving thread: it is an admin write, with the same guard as a revocation.
+      const who = dg.routes.authorizeWrite(req, res);
+      req.resume();
+      if (who === undefined) return;
+      const r = await reload.reload(`POST /reload by ${who}`);
       dg.routes.json(res, r.error ? 422 : 200, r);
     });
   } else {

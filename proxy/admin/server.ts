@@ -37,8 +37,31 @@ export function refusedFromWebPage(req: IncomingMessage, res: ServerResponse, ro
  */
 const ADMIN_HOST = /^(?:localhost|127(?:\.\d{1,3}){3}|\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/i;
 
+export function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}
+
+/**
+ * Who may make an admin write (a reload, a revocation, a release from quarantine): returns who
+ * is writing, or undefined once it has answered the refusal. Without an admin credential file,
+ * a client on loopback; the lifecycle feature puts its credential check here when it has one.
+ */
+export type WriteGuard = (req: IncomingMessage, res: ServerResponse) => string | undefined;
+
+/** The WriteGuard without an admin credential file: a client on loopback, not a web page. */
+export function loopbackOnly(req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
+  if (refusedFromWebPage(req, res, routes)) return undefined;
+  if (isLoopback(req.socket.remoteAddress)) return 'loopback';
+  routes.problem(res, 403, 'Forbidden', 'admin writes are accepted from loopback only when no admin credential file is configured');
+  return undefined;
+}
+
 export class AdminRoutes {
   readonly #routes: Route[] = [];
+
+  /** Every admin write asks this first (WriteGuard): loopbackOnly, unless a feature sets a stricter one. */
+  authorizeWrite: WriteGuard = (req, res) => loopbackOnly(req, res, this);
   /** List answers being written (jsonList): each holds the list it began with. */
   #lists = 0;
 

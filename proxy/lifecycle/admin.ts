@@ -13,7 +13,7 @@
 
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { refusedFromWebPage, type AdminRoutes } from '../admin/server.ts';
+import { loopbackOnly, refusedFromWebPage, type AdminRoutes } from '../admin/server.ts';
 import type { Rules } from '../rules/types.ts';
 import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
@@ -70,11 +70,6 @@ function sha256(text: string): Buffer {
   return createHash('sha256').update(text).digest();
 }
 
-export function isLoopback(address: string | undefined): boolean {
-  if (!address) return false;
-  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
-}
-
 /** When each unusable credential file (or its skipped lines) was last reported: at most once a minute, whatever the rate of writes. */
 const reported = new Map<string, number>();
 
@@ -95,13 +90,9 @@ function skippedLines(ctx: AdminContext, problem: string): void {
 
 /** Who is writing, or undefined (the response is already sent). */
 export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
-  if (refusedFromWebPage(req, res, routes)) return undefined;
   const file = ctx.state.config.revocation.adminCredentialFile;
-  if (file === undefined) {
-    if (isLoopback(req.socket.remoteAddress)) return 'loopback';
-    routes.problem(res, 403, 'Forbidden', 'admin writes are accepted from loopback only when no admin credential file is configured');
-    return undefined;
-  }
+  if (file === undefined) return loopbackOnly(req, res, routes);
+  if (refusedFromWebPage(req, res, routes)) return undefined;
   const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '');
   let credentials: AdminCredential[];
   try {
@@ -153,6 +144,8 @@ class UnsupportedMediaType extends TypeError {
 
 export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
   const { state, log } = ctx;
+  // Every admin write, the core's POST /reload too, needs the admin credential once a file holds one.
+  routes.authorizeWrite = (req, res) => authorize(ctx, req, res, routes);
 
   /** After a write is in force: a journal mostly of lifted and ended records is rewritten. */
   function compactJournal(): void {

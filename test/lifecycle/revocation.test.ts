@@ -11,7 +11,7 @@ import { tmpdir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { configOf } from '../../proxy/lifecycle/config.ts';
 import { loadRules, RulesError } from '../../proxy/rules/load.ts';
-import { isLoopback } from '../../proxy/lifecycle/admin.ts';
+import { isLoopback } from '../../proxy/admin/server.ts';
 import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
 import { writeRules, AGENT } from '../support/driftguard.ts';
 import { listen, close, jwksServer } from '../support/servers.ts';
