@@ -39,6 +39,8 @@ export const UNPARSED_BODY = 'body unparsable';
 export const RELOAD_CUT = 'reload';
 /** Its `error` when driftguard ended an event stream because what it was decided with stopped holding: its token expired, its operation's sunset came. */
 export const EXPIRED_CUT = 'expired';
+/** The `error`s of the cuts driftguard makes itself, whether or not the answer had started. */
+export const DRIFTGUARD_CUTS: ReadonlySet<string> = new Set([DRAIN_CUT, REVOKED_CUT, RELOAD_CUT, EXPIRED_CUT]);
 /** The ctx.extra key (span `driftguard.cut.reason`) naming the reason code of a revoked, reload or expired cut. */
 export const CUT_REASON = 'cut.reason';
 

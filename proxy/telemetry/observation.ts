@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { SpanKind } from '@opentelemetry/api';
 import type { Observation } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
-import { CLIENT_CLOSED, type ForwardOutcome } from '../forward/outcome.ts';
+import { CLIENT_CLOSED, DRIFTGUARD_CUTS, type ForwardOutcome } from '../forward/outcome.ts';
 import { buildRecord, forwardingFailed, logLine } from './record.ts';
 import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
 import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';
@@ -177,8 +177,10 @@ export class RequestObservation implements Observation {
       // no upstream error: the refusal is the decision's.
       if (outcome.failure || outcome.aborted) this.#callError = (outcome.failure?.startsWith('upstream-') ? outcome.failure : undefined) ?? outcome.error ?? 'aborted';
       // Cut after the head went out: the record's status is the upstream's, and only this
-      // says the caller did not get the whole answer.
-      if (outcome.aborted && outcome.status !== undefined) this.#cut = outcome.error === CLIENT_CLOSED ? 'client' : outcome.error ?? 'aborted';
+      // says the caller did not get the whole answer. Cut by driftguard before it (the drain's
+      // end, a revocation): status 0, as for a client that left, so only this tells them apart;
+      // and the upstream may have acted on the request.
+      if (outcome.aborted && (outcome.status !== undefined || DRIFTGUARD_CUTS.has(outcome.error!))) this.#cut = outcome.error === CLIENT_CLOSED ? 'client' : outcome.error ?? 'aborted';
     }
     if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
   }

@@ -44,6 +44,8 @@ export interface DecisionRecord {
    * The answer had started and was cut before its end: `client` (the client left), `drain`
    * (driftguard, at the end of a drain's grace period) or the error that ended the upstream's
    * answer (ECONNRESET, UND_ERR_BODY_TIMEOUT, …): the caller got `status` and part of a body.
+   * Also a forwarded request driftguard cut before its answer started (drain, revoked, reload,
+   * expired), with status 0.
    */
   cut?: string;
   /** Whole request as driftguard saw it, ms. */

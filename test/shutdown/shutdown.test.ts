@@ -176,6 +176,10 @@ t.test('a request still running past the grace period is cut, and the process st
   const warning = dg.lines.find((l) => l.msg?.startsWith('grace period over'));
   t.ok(warning, 'the cut is logged');
   t.equal(warning?.inFlight, 1);
+  // Cut before its answer started: status 0, as a client that left would have, and only `cut`
+  // says driftguard ended it (with the upstream holding the request, perhaps acting on it).
+  const line = dg.output().split('\n').filter((l) => l.includes('"msg":"decision"')).map((l) => JSON.parse(l.slice(l.indexOf('{'))) as Record<string, unknown>)[0];
+  t.match(line, { decision: 'allow', status: 0, cut: 'drain' }, 'recorded as cut by the drain, not as a client that left');
   // dg.exited resolved above while the upstream still held the request (released only now): a
   // driftguard that waited for it would never have exited, and the test would time out.
   slow.release();
