@@ -26,7 +26,8 @@ export function lifetimeExceeded(c: Credential, now: number, maxMs: number, skew
   return undefined;
 }
 
-export function credential(rules: Rules, identity: Identity): Check {
+/** `recordVerified`: what a feature records of every verified token, whatever then decides (the task it names). */
+export function credential(rules: Rules, identity: Identity, recordVerified?: (ctx: RequestContext) => void): Check {
   const skew = rules.identity.clockSkewMs;
   return {
     name: 'credential',
@@ -44,6 +45,7 @@ export function credential(rules: Rules, identity: Identity): Check {
       if ('reason' in verified) return verified;
       ctx.credential = verified;
       // Recorded whatever decides the request (a scope refusal, audit mode's let-through).
+      recordVerified?.(ctx);
       const chain = verified.act;
       if (chain) {
         ctx.extra['delegation.chain'] = chain.actors;

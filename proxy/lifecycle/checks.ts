@@ -54,6 +54,22 @@ function hidesActors(c: Credential | undefined): Denial | undefined {
   return { reason: 'invalid-credential', detail: `the act claim must be an object with a string sub at every level, at most ${MAX_LEVELS} levels deep` };
 }
 
+/**
+ * Records the task a token names (`credential.task`) as soon as it is verified (the credential
+ * check calls it), whatever check then decides and whatever the features' modes: a token
+ * refused for its revoked task, a stale contract or a quarantine was recorded without the task,
+ * and a responder could not follow a task through the log.
+ */
+export function taskRecorder(rules: Rules, state: LifecycleState | undefined): ((ctx: RequestContext) => void) | undefined {
+  if (!state) return undefined;
+  const claim = configOf(rules).credentials.taskClaim;
+  return (ctx) => {
+    // A number is its decimal string, as revocation reads it (task_id: 4711).
+    const task = taskOf(ctx.credential!.claims[claim]);
+    if (typeof task === 'string') ctx.extra['credential.task'] = task.slice(0, 256);
+  };
+}
+
 /** Revoked token, task, consumer or signing key: 401 credential-revoked. */
 export function revocation(rules: Rules, state: LifecycleState | undefined): Check | undefined {
   if (!state) return undefined;
@@ -210,11 +226,10 @@ export function taskBinding(rules: Rules, state: LifecycleState | undefined): Ch
       const cred = ctx.credential;
       const consumer = ctx.consumer;
       if (!cred || !consumer) return undefined;
-      // A number is its decimal string, as revocation reads it (task_id: 4711).
+      // A task claim is one task's name or nothing, whoever presents it and whatever the
+      // operation (the task it names was recorded as the token was verified: taskRecorder).
       const task = taskOf(cred.claims[c.taskClaim]);
-      if (typeof task === 'string') ctx.extra['credential.task'] = task.slice(0, 256);
-      // A task claim is one task's name or nothing, whoever presents it and whatever the operation.
-      else if (task === null) return verdict(ctx, c.mode, namesNoTask(c.taskClaim));
+      if (task === null) return verdict(ctx, c.mode, namesNoTask(c.taskClaim));
       if (!c.kinds.has(consumer.kind)) return undefined;
       if (c.requireJti && cred.jti === undefined) {
         return verdict(ctx, c.mode, { reason: 'invalid-credential', detail: `${consumer.kind} consumers must present a token with jti` });

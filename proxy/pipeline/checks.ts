@@ -17,7 +17,7 @@ import { scopes } from '../checks/scopes.ts';
 import { declaredOperations } from '../checks/declared-operations.ts';
 import { contract } from '../checks/contract.ts';
 import { deprecation } from '../checks/deprecation.ts';
-import { revocation, quarantine, taskBinding, delegation, retryStorm, traversal, idempotency, recheck } from '../lifecycle/checks.ts';
+import { revocation, quarantine, taskBinding, delegation, retryStorm, traversal, idempotency, recheck, taskRecorder } from '../lifecycle/checks.ts';
 import type { LifecycleState } from '../lifecycle/state.ts';
 import { configOf } from '../lifecycle/config.ts';
 
@@ -42,7 +42,7 @@ export function checks(rules: Rules, deps: CheckDeps): readonly Check[] {
     canonicalPath(decisiveHeaders(rules, l)), // must be first: every later check reads ctx.target
     operationLookup(rules),               // unknown-operation, before any credential work
     sunset(),                             // gone for everybody, credential or not
-    credential(rules, deps.identity),     // verified identity, lifetime by consumer kind
+    credential(rules, deps.identity, taskRecorder(rules, l)), // verified identity, lifetime by consumer kind
     revocation(rules, l),                 // right after credential, so verified-token cache hits are covered too
     quarantine(rules, l),                 // a quarantined consumer is refused whatever it calls, before any other verdict
     consumer(rules),                      // registered (or unknown consumers allowed)

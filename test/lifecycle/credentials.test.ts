@@ -39,6 +39,25 @@ t.test('automated consumers need a jti, and a task-bound token from taskBindingA
   t.equal(w.up.seen.length, 3, 'only the allowed requests reached the upstream');
 });
 
+t.test('the task a token names is recorded as soon as it is verified, whatever check then refuses it and whatever the modes', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { mode: 'off' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'task', value: 'ticket-4711', reason: 'done' }) });
+  t.equal(revoked.status, 201);
+  await revoked.text();
+  // Refused by the revocation check (the 5th), long before task binding (off here anyway).
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: 'ticket-4711' } })) }), 'credential-revoked', 401);
+  t.equal(dg.seen.at(-1)!.ctx.extra['credential.task'], 'ticket-4711', 'a token refused for its revoked task: the record names the task');
+  // A stale contract on a critical operation: the contract check refuses it.
+  await problem(t, await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(await w.token({ contract: '2026-06', claims: { task_id: 'inv-42' } }), { 'idempotency-key': 'k-42' }) }), 'stale-contract', 409);
+  t.equal(dg.seen.at(-1)!.ctx.extra['credential.task'], 'inv-42', 'a stale-contract refusal names it too');
+  const allowed = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { task_id: 4713 } })) });
+  t.equal(allowed.status, 200);
+  await allowed.text();
+  t.equal(dg.seen.at(-1)!.ctx.extra['credential.task'], '4713', 'and an allow under credentials.mode off');
+});
+
 t.test('an empty jti is no jti; a task claim that names no task is refused; a numeric one is revocable', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'high' }; }));
