@@ -141,6 +141,9 @@ function usable(key: Record<string, unknown>, algorithms: readonly string[]): bo
  */
 export function parseJwks(text: string, from: string, select?: KeySelection, algorithms?: readonly string[], excluded?: (kid: string) => void): JSONWebKeySet {
   let data: JSONWebKeySet;
+  // A byte-order mark (a Windows editor's) is no JSON, but the rules file and the revocation
+  // list take one: a key set saved so was refused as "not valid JSON", for a character nobody sees.
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
   try { data = JSON.parse(text) as JSONWebKeySet; } catch (err) { throw new TypeError(`${from} is ${jsonFault(err)}`); }
   if (!data || typeof data !== 'object' || !Array.isArray(data.keys)) throw new TypeError(`${from} is not a JWKS (no "keys" array)`);
   if (data.keys.length > MAX_JWKS_KEYS) throw new TypeError(`${from} has ${data.keys.length} entries in "keys": a key set may have at most ${MAX_JWKS_KEYS}`);
@@ -164,7 +167,13 @@ export function parseJwks(text: string, from: string, select?: KeySelection, alg
 
 /** A key set file's text; the reason it cannot be read in a TypeError. */
 export function readJwksFile(file: string): string {
-  try { return readRegularFile(file).toString('utf8'); } catch (err) { throw new TypeError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
+  // Weighed before it is read, as a fetched set is while it arrives: a path pointed at the
+  // wrong file (an image, a log) was read whole into the heap first.
+  const tooLarge = (size: number) => { if (size > MAX_JWKS_BYTES) throw new TypeError(`${file} is ${Math.ceil(size / 1024)} KiB: a key set file may be at most 1 MiB`); };
+  try { return readRegularFile(file, tooLarge).toString('utf8'); } catch (err) {
+    if (err instanceof TypeError) throw err;
+    throw new TypeError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
 }
 
 /**

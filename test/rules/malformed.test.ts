@@ -335,6 +335,17 @@ t.test('a key set file that is missing, not JSON, or has no key for the algorith
   }
   writeFileSync(join(dir, 'good.json'), JSON.stringify(jwks(rsa, es)));
   t.same(problems(edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', `jwks: { file: "${join(dir, 'good.json')}" }`)).problems, [], 'one usable key is enough');
+  // Saved by a Windows editor: the key set is whole, only a byte-order mark precedes it.
+  writeFileSync(join(dir, 'bom.json'), '\ufeff' + JSON.stringify(jwks(es)));
+  t.same(problems(edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', `jwks: { file: "${join(dir, 'bom.json')}" }`)).problems, [], 'a byte-order mark is passed over, as in the rules file and the list');
+  // The path pointed at the wrong file: weighed before it is read (a sparse file of 300 MB costs no disk).
+  const { openSync, ftruncateSync, closeSync } = await import('node:fs');
+  const big = join(dir, 'big.json');
+  const fd = openSync(big, 'w');
+  ftruncateSync(fd, 300 * 1024 * 1024);
+  closeSync(fd);
+  const { problems: found } = problems(edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', `jwks: { file: "${big}" }`));
+  t.match(found, [{ field: 'identity.issuers[0].jwks.file', message: /big\.json is 307200 KiB: a key set file may be at most 1 MiB/ }], 'a key set file over 1 MiB is refused unread');
 });
 
 t.test('inside each issuer\'s jwks, its own field is named, whatever the other issuers\' say', async (t) => {
