@@ -280,7 +280,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const key = p.key;
     if (m.quarantine(key, at)) return;
     fromNow(s.denials, now());
-    recordDenial(s, at, d.reason, d.enforced, q.windowMs, q.denials);
+    if (recordDenial(s, at, d.reason, d.enforced, q.windowMs, q.denials)) m.grew(s);
     if (s.denials.length < q.denials) return;
     // The reasons of the denials counted, most recent last, each once.
     const reasons = [...new Set(s.denialReasons.toReversed())].toReversed();

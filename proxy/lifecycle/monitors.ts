@@ -186,10 +186,8 @@ export class MonitorState {
   constructor(config: MonitorsConfig, clock: () => number) {
     this.#clock = clock;
     const max = config.maxConsumers;
-    // Denial times are kept up to quarantine.denials whatever the mode: counted from the start.
-    const fixed = CONSUMER_BYTES + DENIAL_BYTES * config.quarantine.denials;
     // At least one unit, and at most the whole table: lru-cache would not keep a larger entry.
-    const units = (s: ConsumerState) => Math.min(max, Math.max(1, Math.ceil(consumerBytes(s, fixed) / CONSUMER_UNIT_BYTES)));
+    const units = (s: ConsumerState) => Math.min(max, Math.max(1, Math.ceil(consumerBytes(s) / CONSUMER_UNIT_BYTES)));
     this.consumers = new LRUCache({ max, maxSize: max, sizeCalculation: units });
     this.fingerprints = new LRUCache({ max: config.retryStorm.maxFingerprints, dispose: (entry, key) => this.#fingerprintsOf.gone(entry.owner, key) });
     this.#fingerprintsOf = new Shares((key) => this.fingerprints.delete(key));
@@ -384,13 +382,23 @@ export class MonitorState {
   }
 }
 
+/**
+ * Denials a consumer is weighed for: the next power of two at or above those it holds, so that
+ * it is weighed again (denied) only when the count doubles. They were weighed at
+ * quarantine.denials as it was at start-up: a reload that raised it let each consumer hold
+ * that many more, unweighed, and the table outgrew its bound.
+ */
+function weighedDenials(held: number): number {
+  return held === 0 ? 0 : 2 ** Math.ceil(Math.log2(held));
+}
+
 /** Heap a consumer's state holds, estimated from above (CONSUMER_BYTES and the rest). */
-function consumerBytes(s: ConsumerState, fixed: number): number {
+function consumerBytes(s: ConsumerState): number {
   let reasons = 0;
   for (const byReason of s.decisions.values()) reasons += byReason.size;
   // An origin's subject is the key itself unless the key is ["<issuer>","<subject>"].
   const origin = s.origin === undefined ? 0 : ORIGIN_BYTES + (s.origin.subject === s.subject ? 0 : stringBytes(s.origin.subject));
-  return fixed + origin + stringBytes(s.subject) + OPERATION_BYTES * s.operations.size + OUTCOME_BYTES * s.decisions.size
+  return CONSUMER_BYTES + DENIAL_BYTES * weighedDenials(s.denials.length) + origin + stringBytes(s.subject) + OPERATION_BYTES * s.operations.size + OUTCOME_BYTES * s.decisions.size
     + REASON_BYTES * reasons + CONTRACT_BYTES * s.contracts.size;
 }
 
@@ -421,9 +429,11 @@ export function windowFull(times: number[], now: number, windowMs: number, max: 
 /**
  * Record a denial and its reason for the quarantine count: the ones out of the window go, this
  * one is put in time order (as `record` does), and at most `max` are kept. The quarantine
- * names the reasons of those it counted, not every reason the consumer ever had.
+ * names the reasons of those it counted, not every reason the consumer ever had. True when
+ * the consumer now holds more than it was weighed for (MonitorState.grew).
  */
-export function recordDenial(s: ConsumerState, at: number, reason: string, enforced: boolean, windowMs: number, max: number): void {
+export function recordDenial(s: ConsumerState, at: number, reason: string, enforced: boolean, windowMs: number, max: number): boolean {
+  const weighed = weighedDenials(s.denials.length);
   let drop = 0;
   while (drop < s.denials.length && s.denials[drop]! <= at - windowMs) drop++;
   const i = insertInOrder(s.denials, at, drop);
@@ -431,6 +441,7 @@ export function recordDenial(s: ConsumerState, at: number, reason: string, enfor
   s.denialsEnforced.splice(i, 0, enforced);
   const over = Math.max(drop, s.denials.length - max);
   if (over) { s.denials.splice(0, over); s.denialReasons.splice(0, over); s.denialsEnforced.splice(0, over); }
+  return weighedDenials(s.denials.length) > weighed;
 }
 
 /**

@@ -15,8 +15,9 @@ import { checks } from '../../proxy/pipeline/checks.ts';
 import { decider } from '../../proxy/pipeline/decide.ts';
 import type { RequestContext } from '../../proxy/pipeline/types.ts';
 import { Identity } from '../../proxy/identity/verify.ts';
-import { writeRules } from '../support/driftguard.ts';
-import { world } from './support.ts';
+import { BOT, writeRules } from '../support/driftguard.ts';
+import { world, startLifecycle, monitorsOnly, bearer } from './support.ts';
+import type { LifecycleState } from '../../proxy/lifecycle/state.ts';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -125,6 +126,31 @@ t.test('a consumer is weighed again as its state grows', async (t) => {
   t.equal(m.consumers.calculatedSize, 1, 'a new consumer with a short subject: one unit');
   for (let i = 0; i < 40; i++) m.count(s, i % 2 ? 'deny' : 'would-deny', `reason-${i}`);
   t.ok(m.consumers.calculatedSize >= 2, `40 reasons later: ${m.consumers.calculatedSize} units (before: still 1)`);
+});
+
+t.test('a consumer is weighed by the denials it holds: quarantine.denials raised by a reload is weighed as at start', async (t) => {
+  // Weighed by quarantine.denials as it was at start-up (20 here), a consumer holding hundreds
+  // after a reload raised it counted as one unit: the table's heap bound no longer held.
+  const w = await world();
+  t.teardown(() => w.close());
+  const rules = (denials: number) => w.rules((r) => { r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials, window: '1h' } }); });
+  const sizes: Record<string, { denials: number; units: number }> = {};
+  for (const how of ['at start', 'by a reload'] as const) {
+    const dg = await startLifecycle(rules(how === 'at start' ? 100_000 : 20));
+    if (how === 'by a reload') await dg.dg.swap(loadRules(writeRules(rules(100_000))));
+    // BOT calls an operation outside its declared ones: each call a denial that counts.
+    const tok = await w.token({ sub: BOT });
+    const one = async () => { const r = await fetch(`${dg.url}/items`, { headers: bearer(tok) }); await r.text(); };
+    for (let i = 0; i < 600; i += 20) await Promise.all(Array.from({ length: 20 }, one));
+    const m = (dg.feature.deps as { lifecycle: LifecycleState }).lifecycle.monitors;
+    sizes[how] = { denials: Math.max(...[...m.consumers.values()].map((s) => s.denials.length)), units: m.consumers.calculatedSize };
+    await dg.close();
+  }
+  t.equal(sizes['at start']!.denials, 600, 'six hundred denials held');
+  t.equal(sizes['by a reload']!.denials, 600, 'either way');
+  // 600 denials of 32 bytes are weighed as 1,024: 32 KiB, 16 units of 2 KiB, and the rest.
+  t.ok(sizes['by a reload']!.units >= 17, `weighed ${sizes['by a reload']!.units} units after the reload`);
+  t.equal(sizes['by a reload']!.units, sizes['at start']!.units, 'as much as a consumer started with that setting');
 });
 
 t.test('a subject that is another\'s key lifts its own quarantine, not the other\'s', async (t) => {
