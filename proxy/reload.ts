@@ -7,7 +7,7 @@
 import { watch, statSync, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, basename, resolve } from 'node:path';
-import { loadRules, problemInFile, RulesError, type Overrides } from './rules/load.ts';
+import { firstProblems, formatProblem, loadRules, problemInFile, RulesError, type Overrides } from './rules/load.ts';
 import { ShuttingDown, type Driftguard } from './server.ts';
 import type { Rules } from './rules/types.ts';
 import { readRegularFile } from './lib/files.ts';
@@ -102,7 +102,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
       if (err instanceof ShuttingDown) return shuttingDown();
       status.failed++;
       status.lastResult = 'failed';
-      status.lastError = err instanceof RulesError ? err.message : `${file}: ${(err as Error).message}`;
+      status.lastError = err instanceof RulesError ? firstProblems(err.problems).map(formatProblem).join('\n') : `${file}: ${(err as Error).message}`;
       status.lastErrorAt = new Date().toISOString();
       log({ level: 'error', msg: 'rules reload rejected; the last good rules stay in force', trigger, rules: dg.generation.rules.hash, error: status.lastError, ...(err instanceof RulesError && err.transient ? { retryInSeconds: retryMs / 1000 } : {}) });
       // A new issuer's key set was down at that moment: a ConfigMap change reaches every pod at

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { parseDocument, LineCounter, isMap, isSeq, type Node } from 'yaml';
 import { isRevocationKind, REVOCATION_KINDS, type Revocation, type RevocationStore } from './revocations.ts';
 import { parseTime } from '../rules/durations.ts';
-import { RulesError, formatProblem, type RulesProblem } from '../rules/load.ts';
+import { RulesError, firstProblems, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
 import { getDocument } from '../lib/bounded.ts';
 import { holdsToken, jsonFault, jsonFaultAt, redactUrl } from '../lib/redact.ts';
@@ -50,18 +50,6 @@ export function parseList(text: string, name: string, source: 'file' | 'url', no
   return isProblems(parsed) ? firstProblems(parsed) : parsed;
 }
 
-/**
- * A list's problems are logged at every refresh while it stays broken: the first of them,
- * and how many more (a list of 10,000 entries with one mistake each would otherwise make a
- * log line of a megabyte every interval).
- */
-const MAX_PROBLEMS = 20;
-
-function firstProblems(problems: RulesProblem[]): RulesProblem[] {
-  if (problems.length <= MAX_PROBLEMS) return problems;
-  const next = problems[MAX_PROBLEMS]!;
-  return [...problems.slice(0, MAX_PROBLEMS), { ...next, field: '', message: `and ${problems.length - MAX_PROBLEMS} more problems` }];
-}
 
 /** The largest text parsed as a YAML document (see parseList): about 20 MiB of heap, for 1,700 entries. */
 export const MAX_DOCUMENT_BYTES = 256 * 1024;

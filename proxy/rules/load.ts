@@ -69,6 +69,19 @@ export class StartError extends Error {
   }
 }
 
+/**
+ * Problems as a running sidecar reports them again and again (a reload rejected, a list at
+ * every refresh; /readyz at every probe): the first MAX_PROBLEMS, and how many more. A file of
+ * 20,000 entries with one mistake each made a log line, and every probe's answer, of 2 MB.
+ */
+const MAX_PROBLEMS = 20;
+
+export function firstProblems(problems: readonly RulesProblem[]): RulesProblem[] {
+  if (problems.length <= MAX_PROBLEMS) return [...problems];
+  const next = problems[MAX_PROBLEMS]!;
+  return [...problems.slice(0, MAX_PROBLEMS), { ...next, field: '', message: `and ${problems.length - MAX_PROBLEMS} more problems` }];
+}
+
 export function formatProblem(p: RulesProblem): string {
   // Line 0: the problem is with the file as a whole, or the value came from a flag or a variable.
   return `${p.file}${p.line > 0 ? `:${p.line}:${p.column}` : ''}: ${p.field || '(top level)'}: ${p.message}`;

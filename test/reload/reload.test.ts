@@ -177,6 +177,23 @@ t.test('an invalid change is rejected, the old rules keep serving, /readyz repor
   t.equal(again.reload.failed, 2, 'the counters keep the history');
 });
 
+t.test('a rejected reload with many problems reports the first 20 and how many more: in the log, POST /reload\'s answer and /readyz', async (t) => {
+  const { rules, dg, logs, reload } = await setup(t);
+  // A generated registry with one systematic mistake: a problem per entry.
+  const bad = structuredClone(rules);
+  for (let i = 0; i < 500; i++) bad.consumers.registry.push({ subject: `spiffe://test.local/ns/team/sa/agent-${i}`, kind: 'robot' });
+  writeFileSync(dg.file, stringify(bad));
+  // What POST /reload answers (proxy/run.ts).
+  const answer = await reload.reload('test') as { error: string };
+  const lines = answer.error.split('\n');
+  t.equal(lines.length, 21, 'twenty problems and one more line');
+  t.match(lines[0], /consumers\.registry\[\d+\]\.kind/);
+  t.match(lines[20], /: \(top level\): and 480 more problems$/);
+  const ready = await (await fetch(`${dg.admin}/readyz`)).json() as any;
+  t.equal(ready.reload.lastError, answer.error, '/readyz carries the same, at every probe');
+  t.equal(logs.find((l) => l.level === 'error')?.error, answer.error, 'and so does the log line');
+});
+
 t.test('a change to the listeners is refused: they cannot move without a restart', async (t) => {
   const { rules, dg, reload } = await setup(t);
   const hash = dg.dg.generation.rules.hash;
