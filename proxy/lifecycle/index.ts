@@ -142,7 +142,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     return location === undefined ? undefined : JSON.stringify([location, c.intervalMs, c.timeoutMs, c.maxEntries]);
   };
   async function startSource(c: RevocationConfig, kind: ListKind): Promise<ListSource> {
-    const s = new ListSource(kind, locationOf(c, kind)!, state.revocations, { log, now, timeoutMs: c.timeoutMs, maxEntries: c.maxEntries });
+    const s = new ListSource(kind, locationOf(c, kind)!, state.revocations, { log, now, timeoutMs: c.timeoutMs, maxEntries: c.maxEntries, mode: () => state.config.revocation.mode });
     // A file must be valid (a RulesError otherwise); a URL that fails is reported and retried every interval.
     await s.start(c.intervalMs);
     settings.set(s, settingsOf(c, kind)!);

@@ -13,6 +13,7 @@ import { isRevocationKind, REVOCATION_KINDS, type Revocation, type RevocationSto
 import { parseTime } from '../rules/durations.ts';
 import { RulesError, firstProblems, formatProblem, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
+import type { FeatureMode } from './config.ts';
 import { getDocument } from '../lib/bounded.ts';
 import { holdsToken, jsonFault, jsonFaultAt, redactUrl } from '../lib/redact.ts';
 import { readRegularFile } from '../lib/files.ts';
@@ -235,8 +236,13 @@ export class ListSource {
   /** revocation.maxEntries: revocations held at most, this list's and every other source's together. */
   readonly #maxEntries: number;
 
-  constructor(kind: 'file' | 'url', location: string, store: RevocationStore, options: { log: Log; now: () => number; timeoutMs: number; maxEntries: number }) {
+  /** revocation.mode in force (read at each use: a reload may change it): what an unread URL means. */
+  readonly #mode: () => FeatureMode;
+
+  /** `mode`: revocation.mode in force; enforce when not given. */
+  constructor(kind: 'file' | 'url', location: string, store: RevocationStore, options: { log: Log; now: () => number; timeoutMs: number; maxEntries: number; mode?: () => FeatureMode }) {
     this.#kind = kind;
+    this.#mode = options.mode ?? (() => 'enforce');
     this.#store = store;
     this.#maxEntries = options.maxEntries;
     this.#log = options.log;
@@ -254,8 +260,12 @@ export class ListSource {
     if (this.#kind === 'file') {
       const result = this.#readFile();
       if (result) throw new RulesError(result);
-    } else {
+    } else if (this.#mode() === 'enforce') {
       await this.refresh();
+    } else {
+      // Nothing is refused for an unread list under audit or off: start-up does not wait for it.
+      void this.refresh().then(() => this.#schedule(intervalMs));
+      return;
     }
     this.#schedule(intervalMs);
   }
@@ -266,7 +276,7 @@ export class ListSource {
    */
   #schedule(intervalMs: number): void {
     if (this.#closed) return;
-    const wait = this.#kind === 'url' && this.status.lastSuccessAt === undefined ? Math.min(intervalMs, UNREAD_RETRY_MS) : intervalMs;
+    const wait = this.#kind === 'url' && this.status.lastSuccessAt === undefined && this.#mode() !== 'off' ? Math.min(intervalMs, UNREAD_RETRY_MS) : intervalMs;
     this.#timer = setTimeout(() => { void this.refresh().then(() => this.#schedule(intervalMs)); }, wait);
     this.#timer.unref();
   }
@@ -369,7 +379,12 @@ export class ListSource {
     // A URL never read has no last good list: "stays in force" with 0 entries read as traffic
     // flowing, while every request with a credential is refused (checks.ts, revocation).
     if (this.#kind === 'url' && this.status.lastSuccessAt === undefined) {
-      this.#log({ level: 'error', msg: `revocation list not read yet: every request with a credential is refused with 503 revocation-list-unavailable (a would-deny in revocation.mode audit) until it is; tried again within ${UNREAD_RETRY_MS / 1000} s`, source: this.#kind, location: this.status.location, error });
+      // Said as the mode in force makes it: under off nothing is refused, and an error line
+      // claiming every request was, every 5 s, would page someone for nothing.
+      const mode = this.#mode();
+      if (mode === 'enforce') this.#log({ level: 'error', msg: `revocation list not read yet: every request with a credential is refused with 503 revocation-list-unavailable until it is; tried again within ${UNREAD_RETRY_MS / 1000} s`, source: this.#kind, location: this.status.location, error });
+      else if (mode === 'audit') this.#log({ level: 'warn', msg: `revocation list not read yet: every request with a credential is a would-deny (revocation-list-unavailable, revocation.mode audit) until it is; tried again within ${UNREAD_RETRY_MS / 1000} s`, source: this.#kind, location: this.status.location, error });
+      else this.#log({ level: 'warn', msg: 'revocation list not read yet (revocation.mode off: nothing is refused for it); tried again every interval', source: this.#kind, location: this.status.location, error });
       return;
     }
     this.#log({ level: 'warn', msg: 'revocation list not refreshed; the last good list stays in force', source: this.#kind, location: this.status.location, entries: this.status.entries, error });
