@@ -78,6 +78,10 @@ export async function main(argv: string[]): Promise<number> {
   try { drainMs = parseDuration(values.drain as string); } catch (e) { return err(`--drain: ${(e as Error).message}`); }
   if (drainMs > MAX_TIMER_MS) return err(`--drain ${values.drain as string}: ${TIMER_TOO_LONG}`);
 
+  // Neither flag nor file gives the image: a usage error, as a missing --tls-cert is (a file
+  // without one is invalid configuration, named below).
+  if (values.image === undefined && values.config === undefined) return err('--image IMAGE is required, or image: in --config FILE (see --help)');
+
   let config;
   try {
     const file = values.config ? readConfigFileWithLines(values.config as string) : undefined;

@@ -139,12 +139,16 @@ t.test('configuration errors exit 2 with a message', async (t) => {
   writeFileSync(badEnv, 'image: x\nenv:\n  - { name: OTEL_EXPORTER_OTLP_ENDPOINT, value: "https://collector:4318" }\n  - { name: OTEL_EXPORTER_OTLP_HEADERS, value: "secret-api-key-123" }\n');
   const badGrace = join(dir, 'grace.yaml');
   writeFileSync(badGrace, 'image: x\ngrace: 30 seconds\n');
+  const noImage = join(dir, 'noimage.yaml');
+  writeFileSync(noImage, 'imagePullPolicy: Always\n');
   const brokenConfig = join(dir, 'broken.yaml');
   writeFileSync(brokenConfig, 'image: x\nlistenPort: [15080\n');
   // 2: a usage error; 1: invalid configuration or a failed start, as the main CLI's.
   const cases: [string[], RegExp, number][] = [
     [['--listen', '127.0.0.1:0', '--image', 'x'], /--tls-cert and --tls-key are required/, 2],
-    [['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0'], /image/, 1],
+    // No image from a flag or a file: a usage error naming both ways (it was exit 1, "flags: (top level): must have required property 'image'").
+    [['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0'], /^driftguard inject: --image IMAGE is required, or image: in --config FILE \(see --help\)$/m, 2],
+    [['--tls-cert', cert, '--tls-key', key, '--listen', '127.0.0.1:0', '--config', noImage], /noimage\.yaml: \(top level\): must have required property 'image'/, 1],
     [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--listen', 'nowhere'], /--listen/, 2],
     [['--tls-cert', cert, '--tls-key', key, '--image', 'x', '--native-sidecar', 'maybe'], /--native-sidecar must be true or false/, 2],
     [['--tls-cert', cert, '--tls-key', key, '--config', badConfig], /^(?=[\s\S]*bad\.yaml:2: imagePullPolicy: must be equal to one of)(?=[\s\S]*bad\.yaml:3: listenPort: must be >= 1)(?=[\s\S]*bad\.yaml:4: \(top level\): must NOT have additional properties \(colour\))/, 1],
