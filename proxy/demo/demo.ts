@@ -199,17 +199,32 @@ function demoJwksUrl(rules: Rules, rulesFile: string): URL {
   return new URL(iss.jwks.url);
 }
 
+/**
+ * Where the demo's own server for `field` listens: the URL's host and port. It serves it itself,
+ * over plain http, so the URL must say http and name its port: without one (a default port)
+ * the demo ended with "Cannot read properties of undefined (reading 'port')" and a stack.
+ */
+function demoAddress(url: URL, field: string, rulesFile: string): string {
+  const address = `${url.hostname}:${url.port}`;
+  if (url.protocol !== 'http:' || url.port === '' || parseAddress(address) === undefined) {
+    throw new StartError(`${rulesFile}: ${field} ${url.origin}: the demo serves it itself, over http on the port it names: give it as http://127.0.0.1:<port>/..., as rules/demo.yaml does, or run these rules with \`driftguard run --config ${rulesFile}\``);
+  }
+  return address;
+}
+
 export async function runDemo(start: (rules: Rules, file: string | undefined) => Promise<{ close(): Promise<void> }>, out: (line: string) => void = console.log): Promise<() => Promise<void>> {
   const rulesFile = demoRulesFile();
   const rules = loadRules(rulesFile);
   const url = demoJwksUrl(rules, rulesFile);
+  const jwksAt = demoAddress(url, 'identity.issuers[0].jwks.url', rulesFile);
+  const apiAt = demoAddress(new URL(rules.proxy.upstream), 'proxy.upstream', rulesFile);
   const { privateJwk, publicJwk, file } = await demoKey(demoKeyDir());
   const jwks = jwksServer(publicJwk);
   const api = demoApi();
   let dg: { close(): Promise<void> };
   try {
-    await listen(jwks, `${url.hostname}:${url.port}`, 'JWKS server');
-    await listen(api, new URL(rules.proxy.upstream).host, 'API');
+    await listen(jwks, jwksAt, 'JWKS server');
+    await listen(api, apiAt, 'API');
     // A file given with --rules is reloaded as `run` reloads its file; the embedded one is not.
     dg = await start(rules, rulesFile === DEMO_RULES ? undefined : rulesFile).catch((err: unknown) => {
       // driftguard's own listener: what to do, as for the demo's servers (listen, above).

@@ -209,6 +209,27 @@ t.test('demo --rules FILE whose first issuer has no jwks.url says the demo serve
   t.notMatch(result.stderr, /TypeError|\n\s+at /, 'no TypeError, no stack trace');
 });
 
+t.test('demo --rules FILE whose jwks.url or upstream names no port is refused naming the field, not a TypeError stack', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dg-demo-'));
+  let base = readFileSync(DEMO_RULES, 'utf8');
+  for (const p of PORTS) base = base.replaceAll(`127.0.0.1:${p}`, `127.0.0.1:${await freePort()}`);
+  const cases: [string, string, RegExp][] = [
+    ['jwks', base.replace(/(jwks: \{ url: http:\/\/127\.0\.0\.1):\d+/, '$1'), /identity\.issuers\[0\]\.jwks\.url http:\/\/127\.0\.0\.1: the demo serves it itself, over http on the port it names/],
+    ['upstream', base.replace(/(upstream: http:\/\/127\.0\.0\.1):\d+/, '$1'), /proxy\.upstream http:\/\/127\.0\.0\.1: the demo serves it itself/],
+  ];
+  for (const [name, text, message] of cases) {
+    t.not(text, base, `${name}: the port was taken out`);
+    const file = join(dir, `${name}.yaml`);
+    writeFileSync(file, text);
+    const result = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      execFile(process.execPath, [CLI, 'demo', '--rules', file], { timeout: 20_000, env: { ...process.env, NODE_OPTIONS: '', OTEL_TRACES_EXPORTER: 'none' } }, (err, _out, stderr) => resolve({ code: err ? (err as { code?: number }).code ?? null : 0, stderr }));
+    });
+    t.equal(result.code, 1, `${name}: exit 1`);
+    t.match(result.stderr, message, `${name}: names the field`);
+    t.notMatch(result.stderr, /TypeError|\n\s+at /, `${name}: no TypeError, no stack trace`);
+  }
+});
+
 t.test('the demo publishes the public half of its key alone: a key that is no ES256 key is refused, not stripped of d', async (t) => {
   const { demoKey } = await import('../../proxy/demo/demo.ts');
   const dir = mkdtempSync(join(tmpdir(), 'dg-demo-key-'));
