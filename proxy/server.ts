@@ -1132,6 +1132,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       for (const k of shared) if (!kept.has(k)) k.close();
       generation = g;
       traffic.timeout = next.proxy.timeouts.clientIdleMs;
+      // Node gives a connection the server's timeout once, as it is accepted: the keep-alive
+      // connections already open (most of a sidecar's traffic) kept the old one, for requests
+      // decided under the new rules too. Not a socket handed over for a handshake or a tunnel.
+      for (const s of sockets) if (!tunnels.has(s) && !handshakes.has(s)) s.setTimeout(next.proxy.timeouts.clientIdleMs);
       traffic.maxConnections = next.proxy.clientConnections;
       // The checking interval was set at start: a reload to a much shorter limit is checked less often.
       requestMs = next.proxy.timeouts.requestMs;

@@ -194,6 +194,37 @@ t.test('a rejected reload with many problems reports the first 20 and how many m
   t.equal(logs.find((l) => l.level === 'error')?.error, answer.error, 'and so does the log line');
 });
 
+t.test('a reload\'s clientIdle reaches the keep-alive connections already open, not only new ones', async (t) => {
+  const { rules, dg, reload } = await setup(t);
+  const withIdle = (idle: string) => {
+    const next = structuredClone(rules);
+    next.proxy.timeouts = { ...next.proxy.timeouts, response: '500ms', clientIdle: idle };
+    next.contract.operations.push({ id: 'idleUpload', method: 'PUT', path: '/idle-upload', sensitivity: 'low', public: true });
+    return next;
+  };
+  writeFileSync(dg.file, stringify(withIdle('1h')));
+  await reload.reload('test');
+  t.equal(dg.dg.generation.rules.proxy.timeouts.clientIdleMs, 3_600_000);
+  const { connect } = await import('node:net');
+  // Opened under a clientIdle of an hour, a connection that then goes silent mid-request.
+  const socket = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  socket.on('error', () => {});
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  writeFileSync(dg.file, stringify(withIdle('1s')));
+  await reload.reload('test');
+  t.equal(dg.dg.generation.rules.proxy.timeouts.clientIdleMs, 1_000);
+  // Held to the hour, it would outlast the test.
+  let answer = '';
+  socket.on('data', (b: Buffer) => { answer += b.toString('latin1'); });
+  // A stalled upload: half its body, then nothing. The upstream waits for the rest (its answer
+  // and so the response timeout wait for the request to be sent), and only clientIdle ends it.
+  socket.write('PUT /idle-upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nhello');
+  await closed;
+  t.notMatch(answer, /^HTTP\/1\.1 200 /, 'not answered: the silence was what ended it');
+  t.pass('closed by the new clientIdle');
+});
+
 t.test('a change to the listeners is refused: they cannot move without a restart', async (t) => {
   const { rules, dg, reload } = await setup(t);
   const hash = dg.dg.generation.rules.hash;
