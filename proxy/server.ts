@@ -160,6 +160,11 @@ export function buildGeneration(rules: Rules, previous?: Generation, extra: Part
 
 /** How long a pool a reload replaced stays open for the requests still using it. */
 const RETIRED_POOL_MS = 30_000;
+/** The forward stage's refusal of a request whose pool closed after a reload that moved proxy.upstream (forwarderFor): nothing is sent. */
+const MOVED: ForwardOutcome = Object.freeze({
+  failure: 'upstream-unavailable', notSent: true,
+  detail: 'a reload moved proxy.upstream while the request was being decided under the rules before it: it was not sent; send it again, to be decided by the rules in force',
+});
 /** The refusals a request still waiting for an upstream connection is withdrawn for (closeFor), and what its problem says. */
 const WITHDRAWN = { 'credential-revoked': 'the credential was revoked', 'consumer-quarantined': 'the consumer was quarantined' } as const;
 
@@ -536,8 +541,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * (30 s after the swap): a decision that took longer (keys being fetched, a slow body read by
    * the monitors) then goes out on the pool in force, instead of failing as a 502 it never was.
    */
-  function forwarderFor(g: Generation): Forwarder {
-    return g.forwarder.closed ? generation.forwarder : g.forwarder;
+  /**
+   * The pool a request decided under `g` goes out on: its own, or once that one is closed
+   * (RETIRED_POOL_MS after the reload that replaced it: a decision that took longer, a body read
+   * slowly, keys fetched) the pool in force, if that reaches the same upstream. undefined when
+   * the reload moved proxy.upstream: sent there, it would reach an upstream its rules never
+   * named, under rules that did not decide it (MOVED).
+   */
+  function forwarderFor(g: Generation): Forwarder | undefined {
+    if (!g.forwarder.closed) return g.forwarder;
+    return generation.rules.proxy.upstream === g.rules.proxy.upstream ? generation.forwarder : undefined;
   }
 
   /** Run the checks; any error denies. `headers` gets what the answer carries whatever it is. */
@@ -684,7 +697,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (generation !== g && !draining) { late.set(res, { g: generation, started: false }); followLate(); }
     let forwarded: ForwardOutcome;
     try {
-      forwarded = await forwarderFor(g).forward(req, res, upstreamTarget(ctx), own, headers, ctx.body, observation);
+      forwarded = await (forwarderFor(g)?.forward(req, res, upstreamTarget(ctx), own, headers, ctx.body, observation) ?? MOVED);
     } finally {
       streaming.delete(res);
     }
@@ -754,7 +767,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     }
     let forwarded: ForwardOutcome;
     try {
-      forwarded = await forwarderFor(g).tunnel(req, socket, early, upstreamTarget(ctx), own, headers);
+      forwarded = await (forwarderFor(g)?.tunnel(req, socket, early, upstreamTarget(ctx), own, headers) ?? MOVED);
     } finally {
       handshakes.delete(socket);
     }

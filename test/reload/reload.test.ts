@@ -392,7 +392,11 @@ t.test('once closed (driftguard draining), a reload changes nothing', async (t) 
   t.equal(dg.dg.generation.rules.hash, hash, 'the rules in force are the same');
 });
 
-t.test('a request decided after a reload closed its pool goes out on the pool in force, not as a 502', async (t) => {
+/**
+ * A request still being decided when a reload (`change` to the rules) replaces its pool, which
+ * is then closed at once, as if its decision had taken the 30 s the pool is kept open.
+ */
+async function decidedAcrossReload(t: Test, change: (rules: Record<string, any>) => void) {
   const [key, rotated] = [await testKey('ES256'), await testKey('ES256')];
   const up = await upstream();
   const keys = await jwksServer(jwks(key));
@@ -410,16 +414,32 @@ t.test('a request decided after a reload closed its pool goes out on the pool in
   // Its decision waits for the keys (800 ms) from when the key server has the fetch: the reload
   // and the close land in that time. (A fixed 200 ms ate into it on a busy machine, or came first.)
   await until('the key fetch for its token', () => keys.fetches > fetches, 10_000);
-  // A reload that changes proxy settings builds a new pool and closes the old one 30 s later;
-  // closed here at once, as if the decision had taken that long.
-  rules.proxy.timeouts.response = '3s';
+  change(rules);
   writeFileSync(dg.file, stringify(rules));
   await dg.dg.swap(loadRules(dg.file));
   t.not(dg.dg.generation.forwarder, before.forwarder, 'the reload made a new pool');
   await before.forwarder.close();
-  const res = await answer;
+  return { up, res: await answer };
+}
+
+t.test('a request decided after a reload closed its pool goes out on the pool in force, not as a 502', async (t) => {
+  // A reload that changes proxy settings builds a new pool and closes the old one 30 s later.
+  const { up, res } = await decidedAcrossReload(t, (rules) => { rules.proxy.timeouts.response = '3s'; });
   t.equal(res.status, 200, 'forwarded (it was a 502, upstream-unavailable, UND_ERR_DESTROYED)');
   t.equal(up.seen.length, 1, 'the upstream got it');
+});
+
+t.test('a request decided after a reload that moved proxy.upstream closed its pool is not sent to the new upstream: 502, sent nowhere', async (t) => {
+  const moved = await upstream();
+  t.teardown(() => moved.close());
+  // The API moved (a blue/green switch): the request was decided by the rules for the old one.
+  const { up, res } = await decidedAcrossReload(t, (rules) => { rules.proxy.upstream = moved.origin; });
+  const body = await res.json() as { reason: string; detail: string };
+  t.equal(res.status, 502);
+  t.equal(body.reason, 'upstream-unavailable');
+  t.match(body.detail, /a reload moved proxy\.upstream while the request was being decided .* it was not sent; send it again/);
+  t.equal(moved.seen.length, 0, 'the new upstream did not get it (it did: a request its rules never decided)');
+  t.equal(up.seen.length, 0, 'nor the old one, whose pool is closed');
 });
 
 t.test('reloads asked for while one waits its turn are that one: a burst queues one reload, which sees the latest file', async (t) => {
