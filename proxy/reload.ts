@@ -68,6 +68,8 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   let inForce = fingerprint(dg.generation.rules);
 
   let retry: NodeJS.Timeout | undefined;
+  /** The files beside the rules that the last refused rules named (RulesError.files); none once rules load. */
+  let awaited: readonly string[] = [];
   async function once(trigger: string) {
     // Queued behind a reload that was running when the drain began.
     if (closed) return shuttingDown();
@@ -75,6 +77,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     clearTimeout(retry);
     try {
       const next = loadRules(file, overrides);
+      awaited = [];
       const print = fingerprint(next);
       if (print === inForce) {
         // The file is valid and already in force (e.g. a rejected edit was rolled back).
@@ -102,6 +105,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
       if (err instanceof ShuttingDown) return shuttingDown();
       status.failed++;
       status.lastResult = 'failed';
+      awaited = err instanceof RulesError ? err.files : [];
       status.lastError = err instanceof RulesError ? firstProblems(err.problems).map(formatProblem).join('\n') : `${file}: ${(err as Error).message}`;
       status.lastErrorAt = new Date().toISOString();
       log({ level: 'error', msg: 'rules reload rejected; the last good rules stay in force', trigger, rules: dg.generation.rules.hash, error: status.lastError, ...(err instanceof RulesError && err.transient ? { retryInSeconds: retryMs / 1000 } : {}) });
@@ -151,7 +155,12 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   // not reload (each reload parses and validates the whole file).
   // Absolute, as the loader makes a JWKS file's path: `--config rules.yaml` names a relative one.
   const dir = resolve(dirname(file));
-  const jwksFiles = () => dg.generation.rules.identity.issuers.flatMap((i) => ('file' in i.jwks && dirname(i.jwks.file) === dir ? [i.jwks.file] : []));
+  // And those the last refused rules named (RulesError.files): written after the rules (a key
+  // set copied in second), one lets the refused rules load, and nothing else would reload them.
+  const jwksFiles = () => [
+    ...dg.generation.rules.identity.issuers.flatMap((i) => ('file' in i.jwks && dirname(i.jwks.file) === dir ? [i.jwks.file] : [])),
+    ...awaited.filter((f) => dirname(f) === dir),
+  ];
   const interesting = (name: string) => name === basename(file) || name === '..data' || jwksFiles().some((f) => basename(f) === name);
   const changed = () => { clearTimeout(timer); timer = setTimeout(settle, 150); };
   // Without events, a change was never applied and nothing said so: the files are read every

@@ -49,11 +49,18 @@ export class RulesError extends Error {
   readonly problems: readonly RulesProblem[];
   /** The file is fine; what it names could not be reached (a new issuer's key set): the same file may load later. */
   readonly transient: boolean;
-  constructor(problems: readonly RulesProblem[], options: { transient?: boolean } = {}) {
+  /**
+   * The files the refused rules name beside themselves (key sets, the revocation list, the admin
+   * credentials), once the file itself was read: one written after the rules (a key set copied
+   * in second) lets the same rules load, so a reload watches them too (reload.ts).
+   */
+  readonly files: readonly string[];
+  constructor(problems: readonly RulesProblem[], options: { transient?: boolean; files?: readonly string[] } = {}) {
     super(problems.map(formatProblem).join('\n'));
     this.name = 'RulesError';
     this.problems = problems;
     this.transient = options.transient ?? false;
+    this.files = options.files ?? [];
   }
 }
 
@@ -805,6 +812,10 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   };
   const named = [source, ...rules.identity.issuers.flatMap((i) => i.jwks.kind === 'file' ? [i.jwks.file] : i.jwks.kind === 'discovery' ? [i.jwks.tokenFile, i.jwks.caFile].filter((f) => f !== undefined) : [])];
   for (const validate of validators) validate(raw as unknown as Record<string, unknown>, fail, base, named);
-  if (problems.length > 0) throw new RulesError(problems);
+  if (problems.length > 0) {
+    const revocation = (raw as unknown as { revocation?: Record<string, unknown> }).revocation ?? {};
+    const lists = ['file', 'adminCredentialFile'].flatMap((k) => typeof revocation[k] === 'string' ? [resolve(base, revocation[k])] : []);
+    throw new RulesError(problems, { files: [...named.slice(1), ...lists] });
+  }
   return Object.freeze(rules);
 }

@@ -4,7 +4,7 @@
 import t, { type Test } from 'tap';
 import { writeFileSync, readFileSync, mkdtempSync, watch } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { stringify } from 'yaml';
 import { testKey, jwks, token } from '../support/keys.ts';
@@ -354,6 +354,27 @@ t.test('only the rules file (or the ConfigMap ..data link) triggers a reload, no
   writeFileSync(dg.file, 'proxy: [ ');
   await until('the reload of the rules file', () => reload.status.failed === 1);
   t.equal(reload.status.failed, 1);
+});
+
+t.test('a file the refused rules named, written after them beside them, gets them reloaded: a key set, a revocation list', async (t) => {
+  const { rules, dg, reload, key } = await setup(t);
+  const dir = dirname(dg.file);
+  // The operator writes the rules first, then the files they name: the rules are refused for
+  // the missing files; each file as it comes is a change, until the rules load.
+  const next = structuredClone(rules);
+  next.identity.issuers[0].jwks = { file: 'later-jwks.json' };
+  next.revocation = { file: 'later-revoked.yaml' };
+  writeFileSync(dg.file, stringify(next));
+  await until('the refusal', () => reload.status.failed === 1);
+  t.match(reload.status.lastError, /later-jwks\.json: ENOENT/);
+  writeFileSync(join(dir, 'later-jwks.json'), JSON.stringify(jwks(key)));
+  await until('a second refusal, for the list alone', () => reload.status.failed === 2, 10_000);
+  t.notMatch(reload.status.lastError, /later-jwks/, 'the key set was read this time');
+  t.match(reload.status.lastError, /later-revoked\.yaml/);
+  writeFileSync(join(dir, 'later-revoked.yaml'), 'revocations: []\n');
+  await until('the rules loaded', () => reload.status.succeeded === 1, 10_000);
+  t.notOk('lastError' in reload.status, 'nothing left on /readyz');
+  t.equal(dg.dg.generation.rules.identity.issuers[0]!.jwks.kind, 'file');
 });
 
 t.test('a JWKS file next to the rules reloads when it changes, with the rules file named by a relative path too', async (t) => {
