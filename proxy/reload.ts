@@ -4,7 +4,7 @@
 // POST /reload trigger the same path. A reload is validated whole before the swap; an
 // invalid file keeps the last good rules and is reported, never half-applied.
 
-import { watch, statSync, type FSWatcher } from 'node:fs';
+import { realpathSync, watch, statSync, type FSWatcher } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, basename, resolve } from 'node:path';
 import { firstProblems, formatProblem, loadRules, problemInFile, RulesError, type Overrides } from './rules/load.ts';
@@ -161,7 +161,11 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     ...dg.generation.rules.identity.issuers.flatMap((i) => ('file' in i.jwks && dirname(i.jwks.file) === dir ? [i.jwks.file] : [])),
     ...awaited.filter((f) => dirname(f) === dir),
   ];
-  const interesting = (name: string) => name === basename(file) || name === '..data' || jwksFiles().some((f) => basename(f) === name);
+  // The rules file may be a link to a file beside it (`rules.yaml -> rules-v2.yaml`, a deploy
+  // tool's layout): an edit of that file is named by its own name. Looked up at each event, as
+  // the link may have moved.
+  const target = (): string | undefined => { try { const real = realpathSync(file); return dirname(real) === realpathSync(dir) ? basename(real) : undefined; } catch { return undefined; } };
+  const interesting = (name: string) => name === basename(file) || name === '..data' || jwksFiles().some((f) => basename(f) === name) || name === target();
   const changed = () => { clearTimeout(timer); timer = setTimeout(settle, 150); };
   // Without events, a change was never applied and nothing said so: the files are read every
   // POLL_MS instead, and /readyz shows `watching: polling`.

@@ -377,6 +377,24 @@ t.test('a file the refused rules named, written after them beside them, gets the
   t.equal(dg.dg.generation.rules.identity.issuers[0]!.jwks.kind, 'file');
 });
 
+t.test('a rules file that is a link to a file beside it reloads when that file is edited in place', async (t) => {
+  const { rules, dg, reload, logs } = await setup(t);
+  const { renameSync, symlinkSync } = await import('node:fs');
+  // rules.yaml -> rules-v2.yaml, a deploy tool's layout: an edit of rules-v2.yaml is named so.
+  const real = join(dirname(dg.file), 'rules-v2.yaml');
+  renameSync(dg.file, real);
+  symlinkSync('rules-v2.yaml', dg.file);
+  // The rename and the link are changes of rules.yaml: seen, settled, found unchanged. Only
+  // then the edit, so that it is not read by that settling.
+  await until('the link to be seen', () => logs.some((l) => l.msg === 'rules unchanged' && l.trigger === 'file change'), 10_000);
+  const before = reload.status.succeeded;
+  writeFileSync(real, stringify(withProbe(rules, 7)));
+  await until('the edit of the link\'s target to be applied', () => reload.status.succeeded > before, 10_000);
+  const probe = await fetch(`${dg.url}/probe7`);
+  await probe.text();
+  t.equal(probe.status, 200, 'the new operation is in force');
+});
+
 t.test('a JWKS file next to the rules reloads when it changes, with the rules file named by a relative path too', async (t) => {
   const up = await upstream();
   const [key, rotated] = [await testKey('ES256'), await testKey('ES256')];
