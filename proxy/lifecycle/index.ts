@@ -15,7 +15,7 @@ import { neverSent, type ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
 import { Journal, probeDirectory, readJournal, replay } from './journal.ts';
 import { dirname } from 'node:path';
-import { ListSource, checkListFile } from './lists.ts';
+import { ListSource, checkListFile, listUrlProblem } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, fromNow, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
@@ -309,10 +309,19 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       // A new list file must be readable before the reload is taken (checkListFile), and a new
       // journal must be one, as start-up requires: it takes effect at the next start, which a
       // reload that took it would leave to fail, on every pod, long after the edit.
-      dg.onPrepare((next) => {
+      dg.onPrepare(async (next) => {
         const c = configOf(next).revocation;
         const current = sources.find((s) => s.kind === 'file');
         if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now(), c.maxEntries);
+        // A list URL the reload names anew, with no list read from a URL to stay in force
+        // meanwhile: enforced unread, it would refuse every credential, on every pod the reload
+        // reaches. Read first, as a new issuer's keys are; refused while it cannot be, and tried
+        // again (transient) until it can or the file changes.
+        const url = sources.find((s) => s.kind === 'url');
+        if (c.mode === 'enforce' && c.url !== undefined && (!url || settings.get(url) !== settingsOf(c, 'url')) && url?.status.lastSuccessAt === undefined) {
+          const problem = await listUrlProblem(c.url, c.timeoutMs, c.maxEntries, now());
+          if (problem !== undefined) throw new RulesError([problemInFile(next.source, ['revocation', 'url'], `the revocation list cannot be read (${problem}): taken unread, every request with a credential would be refused until it is; the reload is tried again`)], { transient: true });
+        }
         const journal = c.journal !== undefined && c.journal !== config.revocation.journal ? journalProblem(next, c.journal, true) : undefined;
         if (journal) throw new RulesError([journal]);
       });

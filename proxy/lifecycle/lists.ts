@@ -198,6 +198,23 @@ export interface SourceStatus {
 }
 
 /**
+ * Fetch and parse a list URL without applying it: why it cannot be read, or undefined. A reload
+ * that names a URL while no list has been read from one is checked so (lifecycle/index.ts):
+ * taken unread, it refused every request with a credential and took every pod it reached out of
+ * service, for a typo or a list server not deployed yet.
+ */
+export async function listUrlProblem(url: string, timeoutMs: number, maxEntries: number, now: number): Promise<string | undefined> {
+  try {
+    const { status, text } = await getDocument(new URL(url), { accept: 'application/json, application/yaml;q=0.9', timeoutMs, maxBytes: MAX_LIST_BYTES, tooLarge: () => new Error(TOO_LARGE) });
+    if (text === undefined) return `HTTP ${status}`;
+    const parsed = parseList(text, redactUrl(url), 'url', now, maxEntries);
+    return isProblems(parsed) ? parsed.map(formatProblem).join('; ') : undefined;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+  }
+}
+
+/**
  * Read and parse a list file without applying it: a reload to rules naming a list file that
  * is broken is refused with the list's file:line, as start-up is, instead of being taken
  * while the old list silently stays in force. Throws a RulesError.

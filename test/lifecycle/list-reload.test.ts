@@ -53,8 +53,13 @@ t.test('a fetch of the old list URL that ends after a reload does not replace th
   t.ok(listed.revocations.some((r) => JSON.stringify(r).includes(AGENT)), 'GET /revocations lists it');
 });
 
-t.test('a list URL removed by a reload and named again starts unread: every credential waits for it', async (t) => {
-  const lists = createServer((_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"revocations":[]}'); });
+t.test('a reload naming a list URL anew, with no list read to stay in force, is refused while the URL cannot be read, and taken once it can', async (t) => {
+  let serving = true;
+  const lists = createServer((_req, res) => {
+    if (!serving) { res.writeHead(503).end(); return; }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ revocations: [{ kind: 'jti', value: 'stolen-jti', reason: 'leaked' }] }));
+  });
   const up = await listen(lists);
   const w = await world();
   const rules = (url?: string) => w.rules((r) => {
@@ -63,17 +68,25 @@ t.test('a list URL removed by a reload and named again starts unread: every cred
   });
   const dg = await startLifecycle(rules(`${up}/a`));
   t.teardown(async () => { await dg.close(); await w.close(); lists.close(); });
-  const call = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }); const b = await r.text(); return { status: r.status, code: r.status === 200 ? undefined : JSON.parse(b).code }; };
-  t.same(await call(), { status: 200, code: undefined }, 'list A read');
+  const call = async (jti = 'clean-jti') => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ omit: ['jti'], claims: { jti } })) }); const b = await r.text(); return { status: r.status, code: r.status === 200 ? undefined : JSON.parse(b).code }; };
+  const ready = async () => { const r = await fetch(`${dg.admin}/readyz`); await r.text(); return r.status; };
+  t.same(await call('stolen-jti'), { status: 401, code: 'credential-revoked' }, 'list A read');
   await dg.dg.swap(loadRules(writeRules(rules())));
   await sleep(100);
-  t.same(await call(), { status: 200, code: undefined }, 'no list');
-  await dg.dg.swap(loadRules(writeRules(rules('http://127.0.0.1:1/b'))));
-  await sleep(500);
-  t.same(await call(), { status: 503, code: 'revocation-list-unavailable' }, 'list B never read: refused, as at start');
-  const ready = await fetch(`${dg.admin}/readyz`);
-  t.equal(ready.status, 503, 'and not ready, as at start');
-  await ready.text();
+  t.same(await call('stolen-jti'), { status: 200, code: undefined }, 'no list: its revocations lifted');
+  // A typo, or a list server not deployed yet: taken unread, it refused every credential and
+  // took every pod out of service. Refused instead, as a new issuer's unreachable keys are.
+  const typo = dg.dg.swap(loadRules(writeRules(rules('http://127.0.0.1:1/b'))));
+  await t.rejects(typo, { name: 'RulesError', transient: true, message: /revocation\.url: the revocation list cannot be read \(ECONNREFUSED\): taken unread, every request with a credential would be refused until it is; the reload is tried again/ });
+  t.same(await call(), { status: 200, code: undefined }, 'the rules in force serve on');
+  t.equal(await ready(), 200, 'and the pod stays ready');
+  serving = false;
+  await t.rejects(dg.dg.swap(loadRules(writeRules(rules(`${up}/a`)))), { message: /the revocation list cannot be read \(HTTP 503\)/ }, 'a list server that answers 503: refused too');
+  serving = true;
+  await dg.dg.swap(loadRules(writeRules(rules(`${up}/a`))));
+  await sleep(100);
+  t.same(await call('stolen-jti'), { status: 401, code: 'credential-revoked' }, 'readable: taken, and its list in force');
+  t.equal(await ready(), 200);
 });
 
 t.test('a reload to a list URL that fails keeps the list read before in force, and the pod ready', async (t) => {
