@@ -7,7 +7,7 @@ import { getHeapStatistics } from 'node:v8';
 import { createHash } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { resolve, dirname } from 'node:path';
-import { parseDocument, visit, LineCounter, type Document } from 'yaml';
+import { isScalar, parseDocument, visit, LineCounter, type Document } from 'yaml';
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
 import { MAX_TIMER_MS, boundedDuration, parseDurationOr0, parseTime } from './durations.ts';
@@ -406,12 +406,21 @@ function firstDifference(a: Buffer, b: Buffer): number | undefined {
  */
 const MAX_ALIASES = 10_000;
 
-/** Where a merge key (`<<: *anchor`, YAML 1.1) is written: YAML 1.2 reads it as a field named `<<`. */
-function mergeKeys(doc: Document): number[] {
-  const at: number[] = [];
+/**
+ * Keys the rules cannot take, where each is written: a merge key (`<<: *anchor`, YAML 1.1),
+ * which YAML 1.2 reads as a field named `<<`; and a key that is no word (a list or mapping,
+ * `? [a]`; an alias, `*k`; null, `~`). Such a key was named at its parent's line ("unknown
+ * field"), and a collection key made the yaml package print a warning of its own into the
+ * JSON log.
+ */
+function oddKeys(doc: Document): { offset: number; message: string }[] {
+  const at: { offset: number; message: string }[] = [];
   visit(doc, { Pair(_key, pair) {
     const key = pair.key as { value?: unknown; range?: [number, number, number] } | null;
-    if (key?.value === '<<' && key.range) at.push(key.range[0]);
+    const offset = key?.range?.[0];
+    if (offset === undefined) return;
+    if (key!.value === '<<') at.push({ offset, message: 'YAML merge keys (<<) are not read: write the fields, or alias the whole value' });
+    else if (!isScalar(key) || key.value === null) at.push({ offset, message: 'a key must be a word: not a list, a mapping, an alias or null' });
   } });
   return at;
 }
@@ -422,7 +431,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   // A tag the parser does not know (!env, !include, !Ref) is only a warning to it, and the
   // value was loaded as its literal text: an owner or an audience other than the one written.
   const unresolved = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
-  const merges = mergeKeys(doc);
+  const merges = oddKeys(doc);
   if (doc.errors.length > 0 || unresolved.length > 0 || merges.length > 0) {
     throw new RulesError([...doc.errors, ...unresolved].map((e) => {
       const pos = lines.linePos(e.pos[0]);
@@ -440,9 +449,9 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
         : e.code === 'MULTIPLE_DOCS' ? 'YAML: a second document starts here (---): the rules file holds one'
         : `YAML: ${e.message.split('\n')[0]}`;
       return { file: source, line: pos.line, column: pos.col, field, message };
-    }).concat(merges.map((offset) => {
+    }).concat(merges.map(({ offset, message }) => {
       const pos = lines.linePos(offset);
-      return { file: source, line: pos.line, column: pos.col, field: fieldName(pathAt(doc, offset)), message: 'YAML merge keys (<<) are not read: write the fields, or alias the whole value' };
+      return { file: source, line: pos.line, column: pos.col, field: fieldName(pathAt(doc, offset)), message };
     })));
   }
   let data: Record<string, unknown> | null;

@@ -251,6 +251,21 @@ t.test('YAML the loader does not read as written: an unknown tag, a second docum
   t.match(merged.problems, [{ line: 16, field: 'consumers.registry[1].<<', message: /merge keys/ }]);
 });
 
+t.test('a key that is no word (a list, a mapping, an alias, null) is named at its own line, and no warning is printed', async (t) => {
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => { warnings.push(w.message); };
+  process.on('warning', onWarning);
+  t.teardown(() => { process.off('warning', onWarning); });
+  for (const [what, key] of [['a list', '? [a]\n  : 1'], ['a mapping', '? {x: 1}\n  : 1'], ['null', '~: 30s'], ['an alias', '*k : 1']] as const) {
+    const text = edit('  clockSkew: 30s', `  clockSkew: &k 30s\n  ${key}`);
+    const line = text.split('\n').findIndex((l) => l.startsWith(`  ${key.split('\n')[0]}`)) + 1;
+    const { problems: found } = problems(text);
+    t.match(found, [{ line, field: 'identity', message: 'a key must be a word: not a list, a mapping, an alias or null' }], `${what}: at line ${line} (it was the parent's, identity:)`);
+  }
+  await new Promise((r) => setImmediate(r));
+  t.same(warnings, [], 'the yaml package printed nothing of its own (it warned of collection keys)');
+});
+
 t.test('a file that is not UTF-8 is refused at its first bad byte, not loaded with U+FFFD in it', async (t) => {
   const file = writeRules('');
   writeFileSync(file, Buffer.concat([Buffer.from(VALID.replace('owner: team-a', 'owner: Jos'), 'utf8').subarray(0, VALID.indexOf('owner: team-a') + 'owner: Jos'.length), Buffer.from([0xe9]), Buffer.from(VALID.slice(VALID.indexOf('owner: team-a') + 'owner: team-a'.length))]));
