@@ -1142,7 +1142,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // and would never close this one.
       if (draining) { discard(); throw new ShuttingDown(); }
       const kept = new Set(keySets.values());
-      for (const k of shared) if (!kept.has(k)) k.close();
+      for (const k of shared) if (!kept.has(k)) k.retire();
       generation = g;
       traffic.timeout = next.proxy.timeouts.clientIdleMs;
       // Node gives a connection the server's timeout once, as it is accepted: the keep-alive

@@ -66,6 +66,12 @@ export interface KeySet {
   status(): KeySetStatus;
   close(): void;
   /**
+   * Replaced by a reload: no more refreshes, and closed once the fetch under way, if any, ends.
+   * A request still being decided under the old rules that waits on it (a rotated kid) gets the
+   * keys it waits for: closed at once, the fetch was aborted and it was answered 503.
+   */
+  retire(): void;
+  /**
    * Told when fetching the keys starts failing after a success (`error`: why; the last good
    * keys stay), and when it succeeds again or at last: once per change, not per fetch.
    */
@@ -192,6 +198,7 @@ export function fileKeySet(file: string, set: JSONWebKeySet): KeySet {
     renew: async () => false,
     status: () => ({ source: file, ready: true, lastSuccessMs: Date.now(), refreshes: 1, failures: 0 }),
     close: () => {},
+    retire: () => {},
   };
 }
 
@@ -433,6 +440,14 @@ export class RemoteKeySet implements KeySet {
     clearInterval(this.#retry);
     this.#closed.abort(new Error('the key set was closed'));
     void this.#agent?.close();
+  }
+
+  retire(): void {
+    clearInterval(this.#timer);
+    clearInterval(this.#retry);
+    // Bounded by the fetch's own timeout.
+    const close = () => this.close();
+    if (this.#inflight) void this.#inflight.then(close, close); else close();
   }
 }
 

@@ -481,6 +481,32 @@ t.test('a request decided after a reload that moved proxy.upstream closed its po
   t.equal(up.seen.length, 0, 'nor the old one, whose pool is closed');
 });
 
+t.test('a request waiting for its key set\'s fetch when a reload replaces that key set gets the keys it waited for, not a 503', async (t) => {
+  const [key, rotated] = [await testKey('ES256'), await testKey('ES256')];
+  const up = await upstream();
+  const keys = await jwksServer(jwks(key));
+  const mirror = await jwksServer(jwks(key, rotated));
+  const rules = baseRules(up.origin, keys.url, (r) => { r.identity.issuers[0].jwks = { url: keys.url, refresh: '5m', cooldown: '1s', timeout: '5s' }; });
+  const dg = await startTest(rules);
+  t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); await mirror.close(); });
+  // Past the cooldown of the start-up fetch; then the issuer rotates a key in, on a slow server.
+  await new Promise((r) => setTimeout(r, 1_100));
+  keys.body = jwks(key, rotated);
+  keys.delayMs = 800;
+  const tok = await token({ key: rotated, sub: AGENT, scope: ALL_SCOPES, contract: '2026-09' });
+  const fetches = keys.fetches;
+  const answer = fetch(`${dg.url}/items/7`, { headers: { authorization: `Bearer ${tok}` } });
+  await until('the key fetch for its token', () => keys.fetches > fetches, 10_000);
+  // The key set moves to another URL (a mirror, a CDN in front): a new key set replaces it.
+  const next = structuredClone(rules);
+  next.identity.issuers[0].jwks.url = mirror.url;
+  writeFileSync(dg.file, stringify(next));
+  await dg.dg.swap(loadRules(dg.file));
+  const res = await answer;
+  await res.text();
+  t.equal(res.status, 200, 'both rules accept the token: forwarded (it was 503 identity-unavailable, its fetch aborted by the close)');
+});
+
 t.test('reloads asked for while one waits its turn are that one: a burst queues one reload, which sees the latest file', async (t) => {
   const { rules, dg, reload, logs } = await setup(t);
   // A first reload that takes a while: a new issuer whose keys come 600 ms late.
