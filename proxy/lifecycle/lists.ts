@@ -36,9 +36,11 @@ interface EntryProblem {
  * JSON, what list servers serve, is read with JSON.parse: a list is parsed on the request
  * thread at every change, and yaml's parser takes about ten times as long (a JSON list of
  * 10,000 entries: 25-45 ms this way, 340-420 ms through the document, measured). Only YAML,
- * or a list with problems, is parsed as a document, for the positions its problems name. In
- * JSON, as JSON.parse reads it, the last of two equal names in an entry counts; in YAML they
- * are an error.
+ * or a list with problems, is parsed as a document, for the positions its problems name. A
+ * name written twice in one object is a problem in both (JSON.parse keeps the second: a second
+ * `revocations` emptied the list, a second `value` revoked another token), found in JSON by a
+ * scan of the text (duplicateKeyAt), and so is a tag YAML does not define (`!env T` loaded as
+ * the text `T`).
  *
  * The document also holds about 75 times its text in memory (a YAML list of 10,000 entries,
  * 1.4 MiB: 107 MiB of heap; JSON.parse, 8 MiB for 40,000 entries), and a 6 MiB YAML list
@@ -67,6 +69,12 @@ function parse(text: string, name: string, source: 'file' | 'url', now: number, 
   let notJson: unknown;
   try { json = JSON.parse(text); } catch (err) { notJson = err; /* YAML, or broken JSON: the document says where */ }
   if (json !== NOT_JSON) {
+    const twice = duplicateKeyAt(text);
+    if (twice !== undefined) {
+      const before = text.slice(0, twice);
+      const line = (before.match(/\n/g)?.length ?? 0) + 1;
+      return [{ file: name, line, column: twice - before.lastIndexOf('\n'), field: '', message: 'a name written twice in the same object: JSON.parse would keep the second and silently drop the first' }];
+    }
     const entries = readEntries(json, source, now, maxEntries);
     if (!isEntryProblems(entries)) return entries;
     if (!documentFits) return entries.map((p) => ({ file: name, line: 1, column: 1, field: p.field, message: p.message }));
@@ -81,7 +89,9 @@ function parse(text: string, name: string, source: 'file' | 'url', now: number, 
   }
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
-  if (doc.errors.length) return doc.errors.map((e) => { const p = lines.linePos(e.pos[0]); return { file: name, line: p.line, column: p.col, field: '', message: `YAML: ${e.message.split('\n')[0]}` }; });
+  // A tag the parser does not know is only a warning to it: the value is loaded as its text.
+  const faults = [...doc.errors, ...doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED')];
+  if (faults.length) return faults.map((e) => { const p = lines.linePos(e.pos[0]); return { file: name, line: p.line, column: p.col, field: '', message: `YAML: ${e.message.split('\n')[0]}${e.code === 'TAG_RESOLVE_FAILED' ? ': tags are not expanded; write the value itself' : ''}` }; });
   const entries = readEntries(doc.toJS(), source, now, maxEntries);
   if (!isEntryProblems(entries)) return entries;
   let seq: unknown = doc.contents;
@@ -96,6 +106,36 @@ function parse(text: string, name: string, source: 'file' | 'url', now: number, 
 }
 
 const NOT_JSON = Symbol('not JSON');
+
+/**
+ * The offset of the first name written twice in one object of a JSON text JSON.parse has
+ * taken (so the text is known to be valid JSON), or undefined. One pass over the text; the
+ * names of the objects open at a time are held, as JSON.parse holds their values.
+ */
+export function duplicateKeyAt(text: string): number | undefined {
+  const open: (Set<string> | undefined)[] = [];
+  let expectName = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      let j = i + 1;
+      let escaped = false;
+      while (j < text.length && text.charCodeAt(j) !== 0x22) { if (text.charCodeAt(j) === 0x5c) { escaped = true; j++; } j++; }
+      const names = open[open.length - 1];
+      if (expectName && names) {
+        const name = escaped ? JSON.parse(text.slice(i, j + 1)) as string : text.slice(i + 1, j);
+        if (names.has(name)) return i;
+        names.add(name);
+        expectName = false;
+      }
+      i = j;
+    } else if (c === 0x7b) { open.push(new Set()); expectName = true; }
+    else if (c === 0x5b) { open.push(undefined); expectName = false; }
+    else if (c === 0x7d || c === 0x5d) { open.pop(); expectName = false; }
+    else if (c === 0x2c) expectName = open[open.length - 1] !== undefined;
+  }
+  return undefined;
+}
 
 function isEntryProblems(x: Revocation[] | EntryProblem[]): x is EntryProblem[] {
   return x.length > 0 && 'message' in x[0]!;

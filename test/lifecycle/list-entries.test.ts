@@ -21,3 +21,24 @@ t.test('an empty reason is a problem', async (t) => {
   const problems = parseList(JSON.stringify({ revocations: [{ kind: 'jti', value: 'a', reason: '' }] }), 'list.json', 'file', NOW, 20_000) as RulesProblem[];
   t.match(problems, [{ field: 'revocations[0].reason', message: /must be a non-empty string/ }]);
 });
+
+t.test('a name written twice in one JSON object is a problem at the second (JSON.parse kept it and dropped the first)', async (t) => {
+  const cases: [string, string, number, number][] = [
+    // A second `revocations` emptied the list: every revocation silently lifted.
+    ['a second list', '{"revocations": [{"kind": "task", "value": "t1", "reason": "r"}],\n "revocations": []}', 2, 2],
+    // A second `value` revoked t2, not the t1 the operator also wrote.
+    ['a second value', '[{"kind": "task", "value": "t1",\n  "value": "t2", "reason": "r"}]', 2, 3],
+    // Spelled with an escape, still the same name.
+    ['an escaped name', '[{"kind": "task", "value": "t1", "v\\u0061lue": "t2", "reason": "r"}]', 1, 34],
+  ];
+  for (const [what, text, line, column] of cases) {
+    t.same(parseList(text, 'list.json', 'url', NOW, 20_000), [{ file: 'list.json', line, column, field: '', message: 'a name written twice in the same object: JSON.parse would keep the second and silently drop the first' }], what);
+  }
+  const fine = parseList('[{"kind": "task", "value": "t1", "reason": "a, \\"b\\" {c}"}, {"kind": "task", "value": "t2", "reason": "r"}]', 'list.json', 'url', NOW, 20_000);
+  t.equal((fine as { kind: string }[]).length, 2, 'equal names in two objects, and commas and braces inside strings, are fine');
+});
+
+t.test('a YAML tag the parser does not define is a problem, not its literal text revoked', async (t) => {
+  const problems = parseList('revocations:\n  - { kind: task, value: !env TASK, reason: r }\n', 'list.yaml', 'file', NOW, 20_000);
+  t.match(problems, [{ line: 2, field: '', message: /^YAML: Unresolved tag: !env: tags are not expanded; write the value itself$/ }]);
+});
