@@ -30,6 +30,11 @@ export interface InjectorConfig {
   readonly rulesConfigMap: string;
   /** Key of the rules file inside the ConfigMap. */
   readonly rulesFile: string;
+  /**
+   * Default Secret of admin credentials mounted at /etc/driftguard/admin (overridden per pod by
+   * the driftguard.io/admin-credential-secret annotation); none when unset.
+   */
+  readonly adminCredentialSecret?: string;
   /** Traffic port of the sidecar when the pod has no driftguard.io/listen-port annotation. */
   readonly listenPort: number;
   /** Port of the app (on 127.0.0.1) when the pod has no driftguard.io/upstream-port annotation. */
@@ -135,6 +140,11 @@ export const configSchema = {
       type: 'string', default: 'driftguard-rules', maxLength: 253,
       pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$',
       description: 'Default rules ConfigMap (overridden per pod by the driftguard.io/rules annotation).',
+    },
+    adminCredentialSecret: {
+      type: 'string', maxLength: 253,
+      pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$',
+      description: 'Secret of the pod\'s namespace mounted read-only in the sidecar at /etc/driftguard/admin, for revocation.adminCredentialFile (overridden per pod by the driftguard.io/admin-credential-secret annotation). Unset: none.',
     },
     rulesFile: { type: 'string', default: 'rules.yaml', pattern: '^\\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$', description: 'Key of the rules file in the ConfigMap: not ., .. or a name starting with .. (the kubelet\'s own ..data).' },
     listenPort: { ...port, default: 15080 },

@@ -13,7 +13,7 @@
 
 import { posix } from 'node:path';
 import type { InjectorConfig } from './config.ts';
-import { sidecarContainer, sidecarVolumes, IMAGE_CLI, SIDECAR_NAME, SIDECAR_PORT_NAMES, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, type SidecarSettings } from './sidecar.ts';
+import { sidecarContainer, sidecarVolumes, IMAGE_CLI, SIDECAR_NAME, SIDECAR_PORT_NAMES, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, ADMIN_VOLUME, type SidecarSettings } from './sidecar.ts';
 import { isDnsSubdomain } from '../lib/kubernetes.ts';
 import { parseDuration } from '../rules/durations.ts';
 
@@ -22,6 +22,7 @@ export const ANNOTATION_RULES = 'driftguard.io/rules';
 export const ANNOTATION_LISTEN_PORT = 'driftguard.io/listen-port';
 export const ANNOTATION_UPSTREAM_PORT = 'driftguard.io/upstream-port';
 export const ANNOTATION_STATUS = 'driftguard.io/status';
+export const ANNOTATION_ADMIN_SECRET = 'driftguard.io/admin-credential-secret';
 const ANNOTATION_DEFAULT_CONTAINER = 'kubectl.kubernetes.io/default-container';
 
 export type Outcome = 'malformed' | 'rejected' | 'skipped' | 'injected';
@@ -327,7 +328,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
     warnings.push(`no container declares port ${settings.upstreamPort}, where driftguard forwards traffic; set ${ANNOTATION_UPSTREAM_PORT} to the app's port`);
   }
   const volumeNames = new Set(volumes.map((v) => v.name));
-  for (const name of [RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME]) {
+  for (const name of [RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, ADMIN_VOLUME]) {
     if (volumeNames.has(name)) return reject(`the pod already has a volume named ${name}`, podName);
   }
   if (!config.nativeSidecar && (spec.restartPolicy === 'Never' || spec.restartPolicy === 'OnFailure')) {
@@ -403,7 +404,11 @@ function readSettings(annotations: Obj, config: InjectorConfig): Omit<SidecarSet
   if (listenPort === upstreamPort) return `${ANNOTATION_LISTEN_PORT} and ${ANNOTATION_UPSTREAM_PORT} are both ${listenPort}: driftguard would forward to itself`;
   if (listenPort === config.adminPort || listenPort === config.adminLocalPort) return `${ANNOTATION_LISTEN_PORT} ${listenPort} is driftguard's admin port`;
   if (upstreamPort === config.adminPort || upstreamPort === config.adminLocalPort) return `${ANNOTATION_UPSTREAM_PORT} ${upstreamPort} is driftguard's admin port`;
-  return { rulesConfigMap: rules, listenPort, upstreamPort };
+  const secret = annotations[ANNOTATION_ADMIN_SECRET] ?? config.adminCredentialSecret;
+  if (secret !== undefined && !isDnsSubdomain(secret)) {
+    return `annotation ${ANNOTATION_ADMIN_SECRET}=${JSON.stringify(secret)} is not a Secret name (lowercase letters, digits, '-' and '.')`;
+  }
+  return { rulesConfigMap: rules, listenPort, upstreamPort, ...(secret !== undefined ? { adminCredentialSecret: secret } : {}) };
 }
 
 function readPort(annotations: Obj, name: string, fallback: number): number | string {

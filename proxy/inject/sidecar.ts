@@ -13,6 +13,12 @@ export const SIDECAR_PORT_NAMES: readonly string[] = ['driftguard', 'dg-probes']
 export const RULES_VOLUME = 'driftguard-rules';
 export const TMP_VOLUME = 'driftguard-tmp';
 export const IDENTITY_VOLUME = 'driftguard-identity';
+export const ADMIN_VOLUME = 'driftguard-admin';
+/**
+ * Where the Secret of admin credentials (driftguard.io/admin-credential-secret) is mounted:
+ * the rules name a file in it, `revocation.adminCredentialFile: /etc/driftguard/admin/<key>`.
+ */
+export const ADMIN_DIR = '/etc/driftguard/admin';
 /**
  * The CLI inside the image: the build stage's JavaScript (Dockerfile, tsconfig.build.json),
  * not the TypeScript source. test/build/build.test.ts checks that the build lays it out here.
@@ -25,6 +31,8 @@ export interface SidecarSettings {
   readonly upstreamPort: number;
   /** The sidecar's DRIFTGUARD_GRACE for this pod (podGrace in mutate.ts). */
   readonly grace: string;
+  /** A Secret of the pod's namespace mounted at ADMIN_DIR, for revocation.adminCredentialFile. */
+  readonly adminCredentialSecret?: string;
 }
 
 /** Every address of the pod's family, as a listener address's host part. */
@@ -82,6 +90,7 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
       { name: RULES_VOLUME, mountPath: RULES_DIR, readOnly: true },
       { name: TMP_VOLUME, mountPath: '/tmp' },
       ...(config.serviceAccountToken ? [{ name: IDENTITY_VOLUME, mountPath: SERVICE_ACCOUNT_DIR, readOnly: true }] : []),
+      ...(settings.adminCredentialSecret !== undefined ? [{ name: ADMIN_VOLUME, mountPath: ADMIN_DIR, readOnly: true }] : []),
     ],
     terminationMessagePolicy: 'FallbackToLogsOnError',
   };
@@ -105,6 +114,9 @@ export function sidecarVolumes(config: InjectorConfig, settings: SidecarSettings
         ],
       },
     }] : []),
+    // The admin credentials: in the sidecar only (no other container mounts the volume). Readable
+    // by its user: a Secret's files are root's, and the sidecar runs as runAsUser.
+    ...(settings.adminCredentialSecret !== undefined ? [{ name: ADMIN_VOLUME, secret: { secretName: settings.adminCredentialSecret, optional: false, defaultMode: 0o444 } }] : []),
   ];
 }
 

@@ -431,9 +431,36 @@ t.test('requests that are not a pod CREATE are admitted unchanged', async (t) =>
   t.equal(deployment.got.response.patch, undefined);
 });
 
+t.test('a Secret of admin credentials named by the pod (or the chart) is mounted in the sidecar alone, read-only, at /etc/driftguard/admin', async (t) => {
+  for (const [name, server] of [['native', native], ['regular', regular]] as const) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, annotations: { 'driftguard.io/admin-credential-secret': 'orders-admin' } });
+    const { got } = await review(t, server, pod);
+    t.equal(got.response.allowed, true, name);
+    const out = patched(pod, got.response);
+    validateObject(out);
+    const c = sidecarOf(out);
+    const mount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === '/etc/driftguard/admin');
+    t.match(mount, { name: 'driftguard-admin', readOnly: true }, `${name}: mounted read-only`);
+    t.same(out.spec.volumes.find((v: { name: string }) => v.name === mount.name), { name: 'driftguard-admin', secret: { secretName: 'orders-admin', optional: false, defaultMode: 0o444 } }, `${name}: the Secret, required, readable by the sidecar's user`);
+    t.notOk(out.spec.containers.some((x: { name: string; volumeMounts?: { name: string }[] }) => x.name !== 'driftguard' && x.volumeMounts?.some((m) => m.name === 'driftguard-admin')), `${name}: no app container mounts it`);
+    // Asked again (a later webhook changed the pod): the same sidecar, left alone.
+    t.equal((await review(t, server, out)).got.response.patch, undefined, `${name}: an injected pod is left as it is`);
+  }
+  // Without the annotation, none; from the injector's configuration (the chart's sidecar.adminCredentialSecret), by default.
+  const plain = patched(appPod(), (await review(t, regular, appPod())).got.response);
+  t.notOk(plain.spec.volumes.some((v: { name: string }) => v.name === 'driftguard-admin'), 'none by default');
+  const configured = await startInjectorServer({ config: buildConfig({ image: IMAGE, adminCredentialSecret: 'fleet-admin' }), tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {} });
+  t.teardown(() => configured.close());
+  const fromConfig = patched(appPod(), (await review(t, configured, appPod())).got.response);
+  t.equal(fromConfig.spec.volumes.find((v: { name: string }) => v.name === 'driftguard-admin')?.secret.secretName, 'fleet-admin', 'the configured Secret');
+  t.throws(() => buildConfig({ image: IMAGE, adminCredentialSecret: 'Not A Name' }), /adminCredentialSecret/, 'a configured name that is no Secret name stops the injector');
+});
+
 t.test('an opted-in pod that cannot get a working sidecar is refused with a clear message', async (t) => {
   const cases: [string, Pod | unknown, RegExp][] = [
     ['listen port not a number', appPod({ annotations: { 'driftguard.io/listen-port': 'http' } }), /driftguard\.io\/listen-port.*not a port/],
+    ['an admin credential Secret that is no Secret name', appPod({ annotations: { 'driftguard.io/admin-credential-secret': 'Admin_Creds' } }), /annotation driftguard\.io\/admin-credential-secret="Admin_Creds" is not a Secret name/],
+    ['a volume of the pod named as the admin credentials\' is', appPod({ annotations: { 'driftguard.io/admin-credential-secret': 'dg-admin' }, spec: { volumes: [{ name: 'driftguard-admin', emptyDir: {} }] } }), /driftguard-admin/],
     ['upstream port out of range', appPod({ annotations: { 'driftguard.io/upstream-port': '70000' } }), /driftguard\.io\/upstream-port.*not a port/],
     ['listen equals upstream', appPod({ annotations: { 'driftguard.io/listen-port': '8080' } }), /forward to itself/],
     ['listen port used by the app', appPod({ annotations: { 'driftguard.io/listen-port': '9090', 'driftguard.io/upstream-port': '8080' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 9090 }, { containerPort: 8080 }] }] } }), /9090 is already used by container "app"/],

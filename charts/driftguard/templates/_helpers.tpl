@@ -131,6 +131,9 @@ image: {{ include "driftguard.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 nativeSidecar: {{ include "driftguard.nativeSidecar" . }}
 rulesConfigMap: {{ .Values.sidecar.rulesConfigMap | quote }}
+{{- with .Values.sidecar.adminCredentialSecret }}
+adminCredentialSecret: {{ . | quote }}
+{{- end }}
 rulesFile: {{ .Values.sidecar.rulesFile | quote }}
 listenPort: {{ .Values.sidecar.listenPort }}
 upstreamPort: {{ .Values.sidecar.upstreamPort }}
