@@ -247,6 +247,8 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
     if (CREDENTIAL_ENV.includes(e.name) && e.value !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): a literal value would put the collector's credentials in the spec of every injected pod, readable by whoever can read pods; give it with valueFrom.secretKeyRef (a Secret)`);
     const problem = e.valueFrom === undefined ? undefined : envVarSourceProblem(e.valueFrom);
     if (problem !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): ${problem}; the API server would refuse every pod injected with it`);
+    // Nor a ConfigMap's key or the pod's own fields: readable as widely.
+    if (CREDENTIAL_ENV.includes(e.name) && e.valueFrom !== undefined && e.valueFrom.secretKeyRef === undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): the collector's credentials come from a Secret only: give it with valueFrom.secretKeyRef, not ${Object.keys(e.valueFrom).join(', ')}`);
   }
   // Literal values go into every injected sidecar as they are: one that driftguard refuses at
   // start-up would crash-loop every opted-in pod. Checked as the sidecar will, naming the

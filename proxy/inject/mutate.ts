@@ -324,6 +324,11 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   if (probed.length > 0) {
     warnings.push(`container ${JSON.stringify(String(probed[0]!.name))} has an HTTP, TCP or gRPC probe: the kubelet sends it to the pod IP, so it fails if the app listens on 127.0.0.1 only; use exec probes, or probe a public operation through driftguard's port`);
   }
+  // The sidecar runs as a non-root user with every capability dropped: it binds a port below
+  // 1024 only where the node's runtime lets anyone (net.ipv4.ip_unprivileged_port_start=0, as
+  // containerd and Docker set it); elsewhere it stops with EACCES and the pod never serves.
+  const privileged = [['listen port', settings.listenPort], ['probe port', config.adminPort], ['local admin port', config.adminLocalPort]].filter(([, port]) => (port as number) < 1024);
+  for (const [what, port] of privileged) warnings.push(`the driftguard ${what} ${port} is below 1024: the sidecar runs as a non-root user without capabilities and binds it only where the node's runtime sets net.ipv4.ip_unprivileged_port_start to 0; else it stops with EACCES`);
   if (taken.size > 0 && !taken.has(settings.upstreamPort)) {
     warnings.push(`no container declares port ${settings.upstreamPort}, where driftguard forwards traffic; set ${ANNOTATION_UPSTREAM_PORT} to the app's port`);
   }
@@ -381,14 +386,16 @@ const AFTER_GRACE_S = 5;
  * drain the kill cuts short loses the decision-log lines and spans of its last requests.
  */
 function podGrace(spec: Obj, config: InjectorConfig): { value: string; warning?: string } {
-  const configured = Math.floor(parseDuration(config.grace) / 1000);
+  // In milliseconds: whole seconds, `500ms` became `0s`, a grace of nothing, and nothing said.
+  const configuredMs = parseDuration(config.grace);
+  const configured = configuredMs % 1000 === 0 ? `${configuredMs / 1000}s` : `${configuredMs}ms`;
   const period = spec.terminationGracePeriodSeconds;
   const podSeconds = typeof period === 'number' && Number.isFinite(period) && period >= 0 ? Math.floor(period) : 30;
-  if (configured + AFTER_GRACE_S <= podSeconds) return { value: `${configured}s` };
+  if (configuredMs + AFTER_GRACE_S * 1000 <= podSeconds * 1000) return { value: configured };
   const cut = Math.max(0, podSeconds - AFTER_GRACE_S);
   return {
     value: `${cut}s`,
-    warning: `terminationGracePeriodSeconds is ${podSeconds}: the driftguard sidecar's grace period is cut from ${configured}s to ${cut}s so that it drains and flushes its telemetry (up to ${AFTER_GRACE_S}s more) before the kubelet's SIGKILL; requests still in flight then are cut`,
+    warning: `terminationGracePeriodSeconds is ${podSeconds}: the driftguard sidecar's grace period is cut from ${configured} to ${cut}s so that it drains and flushes its telemetry (up to ${AFTER_GRACE_S}s more) before the kubelet's SIGKILL; requests still in flight then are cut`,
   };
 }
 

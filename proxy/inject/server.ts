@@ -78,6 +78,11 @@ export async function startInjectorServer(options: InjectorServerOptions): Promi
   });
   server.requestTimeout = 15_000;
   server.headersTimeout = 10_000;
+  // The API server keeps idle webhook connections 90 s and does not send a review again that
+  // met the close of one: with Node's 5 s, a review sent as the injector closed an idle
+  // connection was lost, and its pod refused (failurePolicy: Fail). The client closes first now;
+  // a stop still closes them (close()).
+  server.keepAliveTimeout = 120_000;
   server.on('tlsClientError', (err) => log({ level: 'warn', msg: 'TLS handshake failed', error: err.message }));
 
   await new Promise<void>((resolve, reject) => {
@@ -178,14 +183,18 @@ function review(body: Buffer, res: ServerResponse, config: InjectorConfig, log: 
     log({ level: 'warn', msg: 'malformed AdmissionReview', outcome: result.outcome, error: result.message });
     return sendText(res, 400, `malformed AdmissionReview: ${result.message}\n`);
   }
+  // The warnings too: for a pod a controller creates (a Deployment's), the API server hands
+  // them to the controller, which drops them; the injector's log is where an admin sees them.
+  const warnings = result.review.response.warnings;
   log({
-    level: result.outcome === 'rejected' ? 'warn' : 'info',
+    level: result.outcome === 'rejected' || (warnings?.length ?? 0) > 0 ? 'warn' : 'info',
     msg: 'admission review',
     uid: result.review.response.uid,
     outcome: result.outcome,
     reason: result.reason,
     namespace: result.namespace,
     pod: result.pod,
+    ...(warnings?.length ? { warnings } : {}),
   });
   const json = JSON.stringify(result.review);
   res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(json) });

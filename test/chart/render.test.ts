@@ -200,12 +200,15 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
     t.not(literal.status, 0, `${name} as a literal: refused at install`);
     t.match(literal.stderr, new RegExp(`sidecar\\.env\\[1\\] \\(${name}\\): a literal value would put the collector's credentials.*valueFrom\\.secretKeyRef`), `${name}: the message names the entry and what to do`);
     t.notMatch(literal.stderr, /s3cr3t/, `${name}: and not the value`);
+    const fromConfigMap = helm(['template', 'dg', CHART, '--namespace', NS, '--set', `sidecar.env[0].name=${name}`, '--set', 'sidecar.env[0].valueFrom.configMapKeyRef.name=otel', '--set', 'sidecar.env[0].valueFrom.configMapKeyRef.key=headers']);
+    t.not(fromConfigMap.status, 0, `${name} from a ConfigMap: refused at install`);
+    t.match(fromConfigMap.stderr, /come from a Secret only: give it with valueFrom\.secretKeyRef/);
   }
   // A valueFrom the API server refuses is refused at install, not in every injected pod.
   const valuesDir = mkdtempSync(join(tmpdir(), 'driftguard-values-'));
   const withValueFrom = (valueFrom: unknown) => {
     const file = join(valuesDir, 'values.yaml');
-    writeFileSync(file, JSON.stringify({ sidecar: { env: [{ name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom }] } }));
+    writeFileSync(file, JSON.stringify({ sidecar: { env: [{ name: 'OTEL_SERVICE_NAME', valueFrom }] } }));
     return helm(['template', 'dg', CHART, '--namespace', NS, '-f', file]);
   };
   for (const [name, valueFrom] of [['empty', {}], ['misspelt', { secretKeyref: { name: 'a', key: 'b' } }], ['two sources', { secretKeyRef: { name: 'a', key: 'b' }, configMapKeyRef: { name: 'c', key: 'd' } }], ['secretKeyRef without key', { secretKeyRef: { name: 'a' } }], ['fieldRef with an unknown field', { fieldRef: { fieldPath: 'status.hostIP', path: 'x' } }]] as const) {

@@ -533,6 +533,43 @@ t.test('malformed input gets a clear error response, never a crash', async (t) =
   t.ok(logs.some((l) => l.msg === 'admission review' && l.outcome === 'injected' && l.namespace === 'shop'), 'injections are logged with the namespace');
 });
 
+t.test('a review\'s warnings are in the injector\'s log line, at warn: for a controller\'s pod they reach nobody else', async (t) => {
+  const logs: LogRecord[] = [];
+  const injector = await start(false, logs);
+  // No container declares 8080, where driftguard would forward: a warning.
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { containers: [{ name: 'app', image: 'x', ports: [{ containerPort: 9000 }] }] } });
+  const { got } = await review(t, injector, pod);
+  t.ok(got.response.warnings?.length, 'the review carries a warning');
+  const line = logs.find((l) => l.msg === 'admission review');
+  t.match(line, { level: 'warn', outcome: 'injected', warnings: got.response.warnings }, 'logged with it, at warn');
+});
+
+t.test('an idle connection from the API server is kept past Node\'s 5 s: a review sent on it later is answered, not lost to the close', async (t) => {
+  const { Agent, request } = await import('node:https');
+  // As the API server's transport: one pooled connection, reused after an idle gap.
+  const agent = new Agent({ keepAlive: true, maxSockets: 1, ca: tls.cert });
+  t.teardown(() => agent.destroy());
+  const sockets = new Set<unknown>();
+  const send = () => new Promise<number>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port: regular.address.port, method: 'POST', path: '/mutate', agent, headers: { 'content-type': 'application/json' } }, (res) => { sockets.add(res.socket); res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)); });
+    req.on('error', reject);
+    req.end(JSON.stringify(admissionReview(appPod({ labels: { 'driftguard.io/inject': 'true' } }))));
+  });
+  t.equal(await send(), 200);
+  await new Promise((r) => setTimeout(r, 6_500));
+  t.equal(await send(), 200, 'the second review, on the same connection');
+  t.equal(sockets.size, 1, 'one connection: it was still open after 6.5 s idle (Node closes at 5 s)');
+});
+
+t.test('a sidecar port below 1024 is injected with a warning: a non-root user binds it only where the runtime allows', async (t) => {
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, annotations: { 'driftguard.io/listen-port': '80' } });
+  const { got } = await review(t, regular, pod);
+  t.equal(got.response.allowed, true);
+  t.match(got.response.warnings, [/the driftguard listen port 80 is below 1024: .*ip_unprivileged_port_start.*EACCES/]);
+  const high = await review(t, regular, appPod({ labels: { 'driftguard.io/inject': 'true' } }));
+  t.notOk(high.got.response.warnings?.some((w) => w.includes('below 1024')), 'none for the default ports');
+});
+
 t.test('a rotated certificate is picked up without a restart', async (t) => {
   const rotDir = mkdtempSync(join(tmpdir(), 'driftguard-inject-rot-'));
   const first = selfSignedCertificate();
@@ -625,6 +662,13 @@ t.test('the sidecar\'s grace period fits in the pod\'s terminationGracePeriodSec
   t.teardown(() => longer.close());
   t.same(await graceOf(longer, 60), { grace: '40s', warning: undefined }, 'the configured grace where the pod leaves room');
   t.equal((await graceOf(longer, undefined)).grace, '25s', 'cut in a pod of the default 30 s');
+  // Below a second: kept as written (it was rounded down to 0s, no grace at all, unsaid).
+  const brief = await startInjectorServer({
+    config: buildConfig({ image: IMAGE, grace: '1500ms' }),
+    tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {},
+  });
+  t.teardown(() => brief.close());
+  t.same(await graceOf(brief, undefined), { grace: '1500ms', warning: undefined }, 'a grace in milliseconds is kept to the millisecond');
   // Reinvoked, the pod already carries the sidecar it was given: still taken for the injector's.
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { terminationGracePeriodSeconds: 10 } });
   const once = patched(pod, (await review(t, native, pod)).got.response);
@@ -643,6 +687,8 @@ t.test('the exporter\'s headers as a literal are refused, naming the entry and n
     t.doesNotThrow(() => buildConfig({ image: IMAGE, env: [{ name, valueFrom: { secretKeyRef: { name: 'otel-auth', key: 'headers' } } }] }), `${name} from a Secret is taken`);
   }
   t.doesNotThrow(() => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'https://collector:4318' }] }), 'other literals are taken');
+  // A ConfigMap's key is as readable as a literal: a Secret only.
+  t.throws(() => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom: { configMapKeyRef: { name: 'otel', key: 'headers' } } }] }), /env\[0\] \(OTEL_EXPORTER_OTLP_HEADERS\): the collector's credentials come from a Secret only: give it with valueFrom\.secretKeyRef, not configMapKeyRef/);
 });
 
 t.test('an env variable listed twice is refused, naming the second (the later would win in the pod, unsaid)', async (t) => {
@@ -651,7 +697,7 @@ t.test('an env variable listed twice is refused, naming the second (the later wo
 });
 
 t.test('an env entry\'s valueFrom must be a core/v1 EnvVarSource: the API server would refuse every pod injected otherwise', async (t) => {
-  const start = (valueFrom: unknown) => () => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom }] });
+  const start = (valueFrom: unknown) => () => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name: 'OTEL_EXPORTER_OTLP_CERTIFICATE', valueFrom }] });
   const refused: [string, unknown, RegExp][] = [
     ['empty', {}, /exactly one source .*not none/],
     ['misspelt', { secretKeyref: { name: 'otel-auth', key: 'headers' } }, /valueFrom\.secretKeyref is not a source/],
@@ -662,7 +708,7 @@ t.test('an env entry\'s valueFrom must be a core/v1 EnvVarSource: the API server
     ['resourceFieldRef with an unknown field', { resourceFieldRef: { resource: 'limits.memory', unit: 'Mi' } }, /valueFrom\.resourceFieldRef: must NOT have additional properties \(unit\)/],
   ];
   for (const [name, valueFrom, why] of refused) {
-    t.throws(start(valueFrom), { message: /env\[1\] \(OTEL_EXPORTER_OTLP_HEADERS\): / }, `${name}: the message names the entry`);
+    t.throws(start(valueFrom), { message: /env\[1\] \(OTEL_EXPORTER_OTLP_CERTIFICATE\): / }, `${name}: the message names the entry`);
     t.throws(start(valueFrom), { message: why }, `${name}: and what is wrong`);
     t.throws(start(valueFrom), { message: /the API server would refuse every pod injected with it/ }, `${name}: and why it matters`);
   }

@@ -126,6 +126,9 @@ an M can only be minutes: the schema allows no months.
 {{- if and (has $e.name (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS")) (hasKey $e "value") -}}
 {{- fail (printf "sidecar.env[%d] (%s): a literal value would put the collector's credentials in this chart's ConfigMap and in the spec of every injected pod, readable by whoever can read pods: give it with valueFrom.secretKeyRef (a Secret)" $i $e.name) -}}
 {{- end -}}
+{{- if and (has $e.name (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS")) (hasKey $e "valueFrom") (not (hasKey $e.valueFrom "secretKeyRef")) -}}
+{{- fail (printf "sidecar.env[%d] (%s): the collector's credentials come from a Secret only: give it with valueFrom.secretKeyRef" $i $e.name) -}}
+{{- end -}}
 {{- end -}}
 image: {{ include "driftguard.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
