@@ -102,6 +102,7 @@ for (const kubeVersion of ['1.28', '1.30', '1.32']) {
       const pod = deployment.spec.template;
       t.same(deployment.spec.selector.matchLabels, service.spec.selector, 'Service selects the injector pods');
       t.same(pdb.spec.selector.matchLabels, service.spec.selector, 'PDB covers the injector pods');
+      t.equal(pdb.spec.unhealthyPodEvictionPolicy, 'AlwaysAllow', 'replicas not ready do not hold a node drain');
       for (const [k, v] of Object.entries(service.spec.selector)) t.equal(pod.metadata.labels[k], v);
       t.equal(pod.metadata.labels['driftguard.io/inject'], 'false', 'the injector is never injected');
       t.equal(deployment.spec.replicas, 2);
