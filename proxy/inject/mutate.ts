@@ -12,7 +12,7 @@
 //   injected   allowed: true with the JSONPatch that adds the sidecar.
 
 import { posix } from 'node:path';
-import type { InjectorConfig } from './config.ts';
+import { quantityValue, type InjectorConfig } from './config.ts';
 import { sidecarContainer, sidecarVolumes, IMAGE_CLI, SIDECAR_NAME, SIDECAR_PORT_NAMES, RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, ADMIN_VOLUME, type SidecarSettings } from './sidecar.ts';
 import { isDnsSubdomain } from '../lib/kubernetes.ts';
 import { parseDuration } from '../rules/durations.ts';
@@ -364,6 +364,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   } else {
     patch.push({ op: 'add', path: '/spec/containers/-', value: container });
   }
+  podResources(spec, container, patch, warnings);
   const newVolumes = sidecarVolumes(sidecarConfig, settings);
   if (spec.volumes === undefined) patch.push({ op: 'add', path: '/spec/volumes', value: newVolumes });
   else for (const v of newVolumes) patch.push({ op: 'add', path: '/spec/volumes/-', value: v });
@@ -375,6 +376,44 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
     ...(warnings.length ? { warnings } : {}),
   };
   return answer('injected', `${status} rules=${settings.rulesConfigMap} listen=${settings.listenPort} upstream=${settings.upstreamPort}`, response, podName, patch);
+}
+
+/**
+ * Pod-level resources (spec.resources) must hold every container's requests and each
+ * container's limits: the sidecar's are added to those the pod sets (a limit the pod does not
+ * set stays unset), said in a warning. Left as they were, the API server refused the pod with a
+ * message about spec.resources that did not name driftguard. A quantity this cannot read is
+ * left alone, and said.
+ */
+function podResources(spec: Obj, container: Obj, patch: JsonPatchOp[], warnings: string[]): void {
+  const pod = spec.resources;
+  if (!isObj(pod)) return;
+  const own = isObj(container.resources) ? container.resources : {};
+  const changed: string[] = [];
+  for (const kind of ['requests', 'limits'] as const) {
+    const set = pod[kind];
+    const add = own[kind];
+    if (!isObj(set) || !isObj(add)) continue;
+    for (const [name, extra] of Object.entries(add)) {
+      const current = set[name];
+      if (current === undefined) continue;
+      const sum = addQuantities(String(current), String(extra), name);
+      if (sum === undefined) { warnings.push(`the pod's spec.resources.${kind}.${name} (${String(current)}) could not be read: the driftguard sidecar's ${String(extra)} was not added to it, and the API server refuses the pod if it no longer holds it`); continue; }
+      patch.push({ op: 'replace', path: `/spec/resources/${kind}/${pointerEscape(name)}`, value: sum });
+      changed.push(`${kind}.${name} ${String(current)} -> ${sum}`);
+    }
+  }
+  if (changed.length) warnings.push(`the pod sets pod-level resources: the driftguard sidecar's were added to them (${changed.join(', ')})`);
+}
+
+/** `a` + `b` as a quantity (cpu in millicores, the rest in bytes, Mi when whole), or undefined when either cannot be read. */
+function addQuantities(a: string, b: string, name: string): string | undefined {
+  const sum = quantityValue(a) + quantityValue(b);
+  if (!Number.isFinite(sum)) return undefined;
+  // Rounded to a millionth first: 0.1 + 0.05 cores is 0.15000000000000002.
+  if (name === 'cpu') return `${Math.ceil(Math.round(sum * 1e6) / 1e3)}m`;
+  const mi = sum / (1024 * 1024);
+  return Number.isInteger(mi) ? `${mi}Mi` : String(Math.ceil(sum));
 }
 
 /** What the sidecar needs after its grace period: the last telemetry flush (3 s at most) and a margin. */

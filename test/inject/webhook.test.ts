@@ -570,6 +570,21 @@ t.test('a sidecar port below 1024 is injected with a warning: a non-root user bi
   t.notOk(high.got.response.warnings?.some((w) => w.includes('below 1024')), 'none for the default ports');
 });
 
+t.test('a pod with pod-level resources gets the sidecar\'s added to them, with a warning: the API server refused it otherwise', async (t) => {
+  // spec.resources (Kubernetes 1.34, beta): it must hold every container's requests, and each container's limits.
+  // kubernetes-models knows no spec.resources here, so the result is checked field by field.
+  for (const [name, server] of [['native', native], ['regular', regular]] as const) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '256Mi' } } } });
+    const { got } = await review(t, server, pod);
+    t.equal(got.response.allowed, true);
+    const out = patched(pod, got.response) as Pod & { spec: { resources: Record<string, Record<string, string>> } };
+    t.same(out.spec.resources, { requests: { cpu: '150m', memory: '256Mi' }, limits: { memory: '576Mi' } }, `${name}: the sidecar's 50m / 128Mi requests and 320Mi limit added; no cpu limit made up`);
+    t.match(got.response.warnings, [/pod-level resources: the driftguard sidecar's were added to them \(requests\.cpu 100m -> 150m, requests\.memory 128Mi -> 256Mi, limits\.memory 256Mi -> 576Mi\)/]);
+  }
+  const plain = await review(t, regular, appPod({ labels: { 'driftguard.io/inject': 'true' } }));
+  t.notOk(decodePatch(plain.got.response).some((op: { path: string }) => op.path.startsWith('/spec/resources')), 'a pod without them: untouched');
+});
+
 t.test('a rotated certificate is picked up without a restart', async (t) => {
   const rotDir = mkdtempSync(join(tmpdir(), 'driftguard-inject-rot-'));
   const first = selfSignedCertificate();
