@@ -188,6 +188,15 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   for (const name of ['DRIFTGUARD_UPSTREAM', 'NODE_OPTIONS', 'OTEL_RESOURCE_ATTRIBUTES']) {
     t.throws(() => config([`sidecar.env[0].name=${name}`, 'sidecar.env[0].value=x']), { message: new RegExp(`env\\[0\\]\\.name: ${name} is set by the injector itself`) }, name);
   }
+  // Refused at install too, as every refusal of the injector's start: a fresh install would have no injector.
+  for (const name of [...INJECTED_ENV, 'DRIFTGUARD_ANYTHING']) {
+    const r = helm(['template', 'dg', CHART, '--namespace', NS, '--set', `sidecar.env[0].name=${name}`, '--set', 'sidecar.env[0].value=x']);
+    t.not(r.status, 0, `${name}: refused at install`);
+    t.match(r.stderr, new RegExp(`sidecar\\.env\\[0\\]\\.name: ${name} is set by the injector itself \\(${INJECTED_ENV.join(', ')}\\)`), `${name}: naming the list, which is the injector's`);
+  }
+  const twice = helm(['template', 'dg', CHART, '--namespace', NS, '--set', 'sidecar.env[0].name=OTEL_SERVICE_NAME', '--set', 'sidecar.env[0].value=a', '--set', 'sidecar.env[1].name=OTEL_SERVICE_NAME', '--set', 'sidecar.env[1].value=b']);
+  t.not(twice.status, 0, 'a name listed twice: refused at install');
+  t.match(twice.stderr, /sidecar\.env\[1\]\.name: OTEL_SERVICE_NAME is listed twice/);
   const r = helm(['template', 'dg', CHART, '--set', 'sidecar.env[0].name=X', '--namespace', NS]);
   t.not(r.status, 0, 'an entry with neither value nor valueFrom is refused by the chart\'s schema');
   // Literal values are checked as every injected sidecar would check them at its start.

@@ -121,6 +121,18 @@ an M can only be minutes: the schema allows no months.
 {{- if gt (include "driftguard.graceMs" . | float64) (mulf 24 86400000) -}}
 {{- fail (printf "sidecar.grace %q is longer than 24d, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.grace) -}}
 {{- end -}}
+{{- /* As the injector does at its start (INJECTED_ENV in proxy/inject/config.ts): a variable it sets itself, set again, would win and could send traffic elsewhere; one listed twice, the later would win unsaid. Refused here, or a fresh install has no injector and every opted-in pod is refused. */ -}}
+{{- $injected := list "DRIFTGUARD_LISTEN" "DRIFTGUARD_UPSTREAM" "DRIFTGUARD_ADMIN" "DRIFTGUARD_PROBES" "DRIFTGUARD_GRACE" "NODE_OPTIONS" "POD_NAME" "POD_NAMESPACE" "OTEL_RESOURCE_ATTRIBUTES" -}}
+{{- $names := dict -}}
+{{- range $i, $e := .Values.sidecar.env -}}
+{{- if or (has $e.name $injected) (hasPrefix "DRIFTGUARD_" $e.name) -}}
+{{- fail (printf "sidecar.env[%d].name: %s is set by the injector itself (%s)" $i $e.name (join ", " $injected)) -}}
+{{- end -}}
+{{- if hasKey $names $e.name -}}
+{{- fail (printf "sidecar.env[%d].name: %s is listed twice" $i $e.name) -}}
+{{- end -}}
+{{- $_ := set $names $e.name true -}}
+{{- end -}}
 {{- /* As the injector does: a literal exporter header (a collector's API key) would be in every injected pod's spec. */ -}}
 {{- range $i, $e := .Values.sidecar.env -}}
 {{- if and (has $e.name (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS")) (hasKey $e "value") -}}
