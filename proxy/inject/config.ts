@@ -200,6 +200,22 @@ function envVarSourceProblem(valueFrom: Record<string, unknown>): string | undef
   return `valueFrom${e.instancePath.replaceAll('/', '.')}: ${e.message ?? 'invalid'}${extra}`;
 }
 
+/**
+ * Quantities written as numbers (`cpu: 1`, `cpu: 0.5`: YAML reads them so, and Kubernetes takes
+ * them) as the strings they stand for, in place. A number that is no quantity then fails the
+ * pattern, as any string would.
+ */
+function numericQuantities(config: Record<string, unknown>): void {
+  const resources = config.resources;
+  if (resources !== null && typeof resources === 'object' && !Array.isArray(resources)) {
+    for (const list of Object.values(resources as Record<string, unknown>)) {
+      if (list === null || typeof list !== 'object' || Array.isArray(list)) continue;
+      for (const [k, v] of Object.entries(list)) if (typeof v === 'number') (list as Record<string, unknown>)[k] = String(v);
+    }
+  }
+  if (typeof config.tmpSizeLimit === 'number') config.tmpSizeLimit = String(config.tmpSizeLimit);
+}
+
 /** Line of a top-level key in the config file, for messages (undefined for flags). */
 export type LineOf = (key: string) => number | undefined;
 
@@ -211,6 +227,7 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   /** `FILE:LINE` of a top-level key, or the source alone (a flag has no line). */
   const where = (key: string) => { const line = lineOf(key); return `${source}${line !== undefined ? `:${line}` : ''}`; };
   const copy = structuredClone(input) as Record<string, unknown>;
+  numericQuantities(copy);
   if (!validate(copy)) {
     const lines = (validate.errors ?? []).map((e) => {
       const field = e.instancePath.replace(/^\//, '').replaceAll('/', '.') || '(top level)';

@@ -229,6 +229,9 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   for (const valueFrom of [{ fieldRef: { fieldPath: 'status.hostIP' } }, { fieldRef: { apiVersion: 'v1', fieldPath: 'status.hostIP' } }, { resourceFieldRef: { resource: 'limits.memory', divisor: '1Mi' } }, { configMapKeyRef: { name: 'c', key: 'k', optional: true } }, { secretKeyRef: { name: 'a', key: 'b' } }]) {
     t.equal(withValueFrom(valueFrom).status, 0, `valueFrom ${JSON.stringify(valueFrom)} installs`);
   }
+  // Quantities as numbers (cpu: 1, as Kubernetes takes them, and as README's Guaranteed-pod advice writes them).
+  const numeric = config(['sidecar.resources.limits.cpu=1', 'sidecar.resources.requests.cpu=1', 'sidecar.resources.requests.memory=320Mi']);
+  t.same(numeric.resources, { requests: { cpu: '1', memory: '320Mi' }, limits: { cpu: '1', memory: '320Mi' } }, 'numeric quantities install, and the injector takes them as their strings');
   t.equal(config(['sidecar.grace=45s']).grace, '45s', 'sidecar.grace reaches the injector');
   t.not(helm(['template', 'dg', CHART, '--set', 'sidecar.grace=soon', '--namespace', NS]).status, 0, 'a grace that is not a duration is refused at install');
   // The chart refuses at install every grace the injector would refuse at start (it would
