@@ -262,6 +262,24 @@ t.test('only the injector\'s own sidecar counts as injected: a look-alike is ref
   }
 });
 
+t.test('a sidecar whose image a later webhook moved to a mirror is still the injector\'s at the second review', async (t) => {
+  for (const [name, server] of [['native', native], ['regular', regular]] as const) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+    const injected = patched(pod, (await review(t, server, pod)).got.response);
+    for (const mirror of ['mirror.corp/ghcr.io/driftguard/driftguard:0.1.0', 'mirror.corp:5000/driftguard/driftguard:0.1.0']) {
+      const moved = structuredClone(injected);
+      sidecarOf(moved).image = mirror;
+      const { got } = await review(t, server, moved);
+      t.equal(got.response.allowed, true, `${name}, ${mirror}: allowed`);
+      t.equal(got.response.patch, undefined, `${name}, ${mirror}: taken for the injector's own sidecar, left alone (it was refused as a foreign container)`);
+    }
+    // Another repository is not: a container named driftguard of some other image is still refused.
+    const other = structuredClone(injected);
+    sidecarOf(other).image = 'mirror.corp/other/driftguard:0.1.0';
+    t.equal((await review(t, server, other)).got.response.allowed, false, `${name}: another repository is refused`);
+  }
+});
+
 t.test('a container with the injector\'s image and command but other rules, ports or listeners is refused, not taken for the sidecar', async (t) => {
   for (const server of [native, regular]) {
     const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
