@@ -86,6 +86,24 @@ function repository(image: unknown): string | undefined {
  * label in a namespace that opts in too is reviewed twice, and during an upgrade the second
  * review may reach a replica of the new image, which refused the old one's sidecar.
  */
+/** The OS labels a Windows node carries, the current one and the one before it. */
+const OS_LABELS = ['kubernetes.io/os', 'beta.kubernetes.io/os'];
+
+/**
+ * A pod that can only run on Windows nodes: by spec.os, by a node selector, or by a required
+ * node affinity whose every term asks for Windows (the Linux sidecar would not start there).
+ */
+function isWindowsPod(spec: Obj): boolean {
+  if (isObj(spec.os) && spec.os.name === 'windows') return true;
+  if (isObj(spec.nodeSelector) && OS_LABELS.some((l) => (spec.nodeSelector as Obj)[l] === 'windows')) return true;
+  const required = isObj(spec.affinity) && isObj(spec.affinity.nodeAffinity) ? spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution : undefined;
+  const terms = isObj(required) && Array.isArray(required.nodeSelectorTerms) ? required.nodeSelectorTerms.filter(isObj) : [];
+  // Terms are ORed, a term's expressions ANDed: Windows only when every term has an expression
+  // that admits windows alone.
+  return terms.length > 0 && terms.every((term) => (Array.isArray(term.matchExpressions) ? term.matchExpressions.filter(isObj) : []).some((e) =>
+    OS_LABELS.includes(String(e.key)) && e.operator === 'In' && Array.isArray(e.values) && e.values.length > 0 && e.values.every((v) => v === 'windows')));
+}
+
 function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
   const command = c.command;
   return sameRepository(c.image, config.image) && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
@@ -278,7 +296,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // The sidecar's securityContext (seccomp, runAsUser, capabilities) is Linux's: the API
   // server would refuse the injected Windows pod.
   // Windows by spec.os, or by the node selector that is all older manifests set.
-  if ((isObj(spec.os) && spec.os.name === 'windows') || (isObj(spec.nodeSelector) && spec.nodeSelector['kubernetes.io/os'] === 'windows')) {
+  if (isWindowsPod(spec)) {
     return answer('skipped', 'windows', { allowed: true, warnings: ['driftguard sidecar not injected: Windows pods are not supported'] }, podName);
   }
 

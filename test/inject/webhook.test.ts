@@ -417,13 +417,18 @@ t.test('init containers: beside a native sidecar their ports conflict; before a 
 
 t.test('Windows pods are not injected, with a warning', async (t) => {
   // By spec.os, or by the node selector alone, as older manifests choose Windows nodes.
-  for (const spec of [{ os: { name: 'windows' } }, { nodeSelector: { 'kubernetes.io/os': 'windows' } }]) {
+  // Or by the label before it, or by a required node affinity that admits Windows nodes only.
+  const windowsOnly = (values: string[]) => ({ affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'kubernetes.io/os', operator: 'In', values }] }] } } } });
+  for (const spec of [{ os: { name: 'windows' } }, { nodeSelector: { 'kubernetes.io/os': 'windows' } }, { nodeSelector: { 'beta.kubernetes.io/os': 'windows' } }, windowsOnly(['windows'])]) {
     const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec });
     const { got } = await review(t, native, pod);
     t.equal(got.response.allowed, true);
     t.equal(got.response.patch, undefined, `${JSON.stringify(spec)}: the Linux sidecar would not run there`);
     t.match(got.response.warnings?.[0], /Windows/);
   }
+  // An affinity that admits Linux too is no Windows pod: injected.
+  const either = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: windowsOnly(['windows', 'linux']) });
+  t.ok((await review(t, native, either)).got.response.patch, 'an affinity for Windows or Linux: injected');
 });
 
 t.test('hostNetwork pods are not injected, with a warning', async (t) => {
