@@ -216,6 +216,24 @@ function numericQuantities(config: Record<string, unknown>): void {
   if (typeof config.tmpSizeLimit === 'number') config.tmpSizeLimit = String(config.tmpSizeLimit);
 }
 
+/** The divisors the API server takes for a resourceFieldRef (by value), and how it spells each when it stores the pod. */
+const DIVISORS = {
+  cpu: { 0.001: '1m', 1: '1' },
+  bytes: { 1: '1', 1e3: '1k', 1e6: '1M', 1e9: '1G', 1e12: '1T', [1024]: '1Ki', [1024 ** 2]: '1Mi', [1024 ** 3]: '1Gi', [1024 ** 4]: '1Ti' },
+} as const;
+
+function divisorKind(resource: string): keyof typeof DIVISORS {
+  return /(^|\.)cpu$/.test(resource) ? 'cpu' : 'bytes';
+}
+
+/** A divisor as the API server stores it (`1000` is `1k`, `1000m` is `1`), or undefined when it refuses it (`2`, `3Mi`). */
+function divisorAsStored(resource: string, divisor: unknown): string | undefined {
+  const value = quantityValue(String(divisor));
+  if (!Number.isFinite(value)) return undefined;
+  for (const [v, spelled] of Object.entries(DIVISORS[divisorKind(resource)])) if (Math.abs(Number(v) - value) < 1e-9) return spelled;
+  return undefined;
+}
+
 /** Line of a top-level key in the config file, for messages (undefined for flags). */
 export type LineOf = (key: string) => number | undefined;
 
@@ -264,6 +282,13 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
     if (CREDENTIAL_ENV.includes(e.name) && e.value !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): a literal value would put the collector's credentials in the spec of every injected pod, readable by whoever can read pods; give it with valueFrom.secretKeyRef (a Secret)`);
     const problem = e.valueFrom === undefined ? undefined : envVarSourceProblem(e.valueFrom);
     if (problem !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): ${problem}; the API server would refuse every pod injected with it`);
+    const field = e.valueFrom?.resourceFieldRef as { resource: string; divisor?: unknown } | undefined;
+    if (field?.divisor !== undefined && field.divisor !== 0 && field.divisor !== '0') {
+      const stored = divisorAsStored(field.resource, field.divisor);
+      if (stored === undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): valueFrom.resourceFieldRef.divisor ${JSON.stringify(field.divisor)} is none the API server takes for ${field.resource} (${Object.values(DIVISORS[divisorKind(field.resource)]).join(', ')}); it would refuse every pod injected with it`);
+      // As the API server stores it: the sidecar at a pod's second review is compared as stored.
+      field.divisor = stored;
+    }
     // Nor a ConfigMap's key or the pod's own fields: readable as widely.
     if (CREDENTIAL_ENV.includes(e.name) && e.valueFrom !== undefined && e.valueFrom.secretKeyRef === undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): the collector's credentials come from a Secret only: give it with valueFrom.secretKeyRef, not ${Object.keys(e.valueFrom).join(', ')}`);
   }

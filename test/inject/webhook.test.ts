@@ -729,6 +729,25 @@ t.test('the exporter\'s headers as a literal are refused, naming the entry and n
   t.throws(() => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_EXPORTER_OTLP_HEADERS', valueFrom: { configMapKeyRef: { name: 'otel', key: 'headers' } } }] }), /env\[0\] \(OTEL_EXPORTER_OTLP_HEADERS\): the collector's credentials come from a Secret only: give it with valueFrom\.secretKeyRef, not configMapKeyRef/);
 });
 
+t.test('a resourceFieldRef divisor: one the API server refuses stops the injector; one it re-spells is given as it stores it', async (t) => {
+  const env = (divisor: unknown, resource = 'limits.memory') => [{ name: 'MEMORY_LIMIT', valueFrom: { resourceFieldRef: { resource, divisor } } }];
+  for (const [divisor, resource] of [['3Mi', 'limits.memory'], [2, 'limits.memory'], ['1Mi', 'limits.cpu'], ['0.5', 'requests.cpu']] as const) {
+    t.throws(() => buildConfig({ image: IMAGE, env: env(divisor, resource) }), /env\[0\] \(MEMORY_LIMIT\): valueFrom\.resourceFieldRef\.divisor .* is none the API server takes for/, `${JSON.stringify(divisor)} for ${resource}: refused`);
+  }
+  for (const [divisor, stored] of [[1000, '1k'], ['1000000', '1M'], ['1Mi', '1Mi'], [1, '1']] as const) {
+    t.equal((buildConfig({ image: IMAGE, env: env(divisor) }).env[0]!.valueFrom as { resourceFieldRef: { divisor: string } }).resourceFieldRef.divisor, stored, `${JSON.stringify(divisor)} is given as ${stored}`);
+  }
+  t.equal((buildConfig({ image: IMAGE, env: env('1000m', 'limits.cpu') }).env[0]!.valueFrom as { resourceFieldRef: { divisor: string } }).resourceFieldRef.divisor, '1', 'cpu 1000m is 1');
+  // The pod as the API server stores it after the first review, asked about again: still the injector's sidecar.
+  const injector = await startInjectorServer({ config: buildConfig({ image: IMAGE, env: env(1000) }), tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {} });
+  t.teardown(() => injector.close());
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' } });
+  const stored = patched(pod, (await review(t, injector, pod)).got.response);
+  const variable = sidecarOf(stored).env.find((e: { name: string }) => e.name === 'MEMORY_LIMIT');
+  variable.valueFrom.resourceFieldRef.divisor = '1k';
+  t.equal((await review(t, injector, stored)).got.response.patch, undefined, 'left alone at the second review (it was refused: 1000 came back as 1k)');
+});
+
 t.test('an env variable listed twice is refused, naming the second (the later would win in the pod, unsaid)', async (t) => {
   t.throws(() => buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name: 'OTEL_SERVICE_NAME', value: 'payments' }] }),
     /env\[1\]\.name: OTEL_SERVICE_NAME is listed twice/);
