@@ -357,7 +357,9 @@ t.test('a client connection silent while its request is handled is closed after 
     t.ok(await until(() => closedAt < Infinity), `${name}: its connection closed`);
     // Silent since the head was sent (the stalled upload), or since the answer last moved.
     const closedAfter = closedAt - (read ? opened : movedAt);
-    t.ok(closedAfter >= 1_300 && closedAfter < 3_500, `${name}: after about clientIdle (${closedAfter.toFixed(0)} ms)`);
+    // Not before clientIdle; the bounded wait above (5 s, with nothing else to close it: the
+    // request timeout is minutes) is the other side, not a timing of the machine.
+    t.ok(closedAfter >= 1_300, `${name}: not before clientIdle (${closedAfter.toFixed(0)} ms)`);
     t.equal((await w.call('GET', '/items/1', { token: await w.tok() })).status, 200, `${name}: the upstream connection is free again`);
   }
 });
