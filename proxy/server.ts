@@ -1145,10 +1145,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       for (const k of shared) if (!kept.has(k)) k.retire();
       generation = g;
       traffic.timeout = next.proxy.timeouts.clientIdleMs;
-      // Node gives a connection the server's timeout once, as it is accepted: the keep-alive
-      // connections already open (most of a sidecar's traffic) kept the old one, for requests
-      // decided under the new rules too. Not a socket handed over for a handshake or a tunnel.
-      for (const s of sockets) if (!tunnels.has(s) && !handshakes.has(s)) s.setTimeout(next.proxy.timeouts.clientIdleMs);
+      // Node gives a connection the server's timeout as it is accepted, and again as a request
+      // follows an idle spell (it reads server.timeout then, updated above). A connection with
+      // a request under way, or none yet, kept the old value. One idle between requests runs
+      // Node's keep-alive close on the same timer, and is left to it (given clientIdle, it stayed
+      // open that long, or for ever with 0s, after every reload). Not a handshake's or a tunnel's.
+      for (const s of sockets) {
+        const line = pipelines.get(s);
+        if (tunnels.has(s) || handshakes.has(s) || (line && line.last !== undefined && line.open === 0)) continue;
+        s.setTimeout(next.proxy.timeouts.clientIdleMs);
+      }
       traffic.maxConnections = next.proxy.clientConnections;
       // The checking interval was set at start: a reload to a much shorter limit is checked less often.
       requestMs = next.proxy.timeouts.requestMs;

@@ -225,6 +225,29 @@ t.test('a reload\'s clientIdle reaches the keep-alive connections already open, 
   t.pass('closed by the new clientIdle');
 });
 
+t.test('a connection idle between requests at a reload keeps Node\'s keep-alive close, not the reload\'s clientIdle', async (t) => {
+  const { rules, dg, reload } = await setup(t);
+  const next = structuredClone(rules);
+  next.proxy.timeouts = { ...next.proxy.timeouts, clientIdle: '1h' };
+  writeFileSync(dg.file, stringify(next));
+  await reload.reload('test');
+  t.equal(dg.dg.generation.rules.proxy.timeouts.clientIdleMs, 3_600_000);
+  const { connect } = await import('node:net');
+  const socket = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  socket.on('error', () => {});
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  let got = '';
+  const answered = new Promise<void>((resolve) => socket.on('data', (b: Buffer) => { got += b.toString('latin1'); if (got.includes('\r\n\r\n')) resolve(); }));
+  socket.write('GET /status HTTP/1.1\r\nhost: x\r\n\r\n');
+  await answered;
+  // Idle between requests now; any reload (the same clientIdle of an hour).
+  writeFileSync(dg.file, stringify(withProbe(next, 9)));
+  await reload.reload('test');
+  // Node's keep-alive close (5 s, and 1 s more) ends it; given the hour, it outlasted the test.
+  await closed;
+  t.pass('closed by the keep-alive timeout');
+});
+
 t.test('a change to the listeners is refused: they cannot move without a restart', async (t) => {
   const { rules, dg, reload } = await setup(t);
   const hash = dg.dg.generation.rules.hash;
