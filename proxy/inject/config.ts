@@ -35,6 +35,11 @@ export interface InjectorConfig {
    * the driftguard.io/admin-credential-secret annotation); none when unset.
    */
   readonly adminCredentialSecret?: string;
+  /**
+   * Registries (a host, a host:port, or a host and path) a webhook after the injector may move
+   * the sidecar's image to: `mirror.corp/<image repository>` or `mirror.corp/<its path>`.
+   */
+  readonly imageMirrors: readonly string[];
   /** Traffic port of the sidecar when the pod has no driftguard.io/listen-port annotation. */
   readonly listenPort: number;
   /** Port of the app (on 127.0.0.1) when the pod has no driftguard.io/upstream-port annotation. */
@@ -140,6 +145,11 @@ export const configSchema = {
       type: 'string', default: 'driftguard-rules', maxLength: 253,
       pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$',
       description: 'Default rules ConfigMap (overridden per pod by the driftguard.io/rules annotation).',
+    },
+    imageMirrors: {
+      type: 'array', default: [], maxItems: 32,
+      items: { type: 'string', pattern: '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([-._a-z0-9]*[a-z0-9])?)*$' },
+      description: 'Registries a later webhook may move the sidecar\'s image to (mirror.corp, mirror.corp:5000, mirror.corp/cache): a sidecar pulled from one is still the injector\'s at a pod\'s second review.',
     },
     adminCredentialSecret: {
       type: 'string', maxLength: 253,

@@ -106,26 +106,23 @@ function isWindowsPod(spec: Obj): boolean {
 
 function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
   const command = c.command;
-  return sameRepository(c.image, config.image) && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
+  return ownRepository(c.image, config) && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
 }
 
 /**
- * Whether two images are of one repository, whatever registry they are pulled from: a webhook
- * that runs after the injector may rewrite every image to a mirror (`mirror.corp/ghcr.io/x`,
- * or `mirror.corp/x` for `ghcr.io/x`: pull-through caches, image swappers), and the sidecar it
- * rewrote was refused as a foreign container named driftguard, for every pod. The rest of the
- * sidecar is still compared whole (sameSidecar).
+ * Whether an image is of the injector's repository: as configured, or moved to one of the
+ * mirrors the operator names (imageMirrors). A webhook that runs after the injector may rewrite
+ * every image to a mirror (`mirror.corp/ghcr.io/x`, or `mirror.corp/x` for `ghcr.io/x`), and the
+ * sidecar it rewrote was refused as a foreign container, for every pod. Only named mirrors: a
+ * repository of any registry would let a pod bring its own image as the guard, taken for the
+ * injector's. The rest of the sidecar is still compared whole (sameSidecar).
  */
-function sameRepository(a: unknown, b: unknown): boolean {
-  const [x, y] = [repository(a), repository(b)];
-  return x !== undefined && y !== undefined && (x === y || withoutRegistries(x) === withoutRegistries(y));
-}
-
-/** A repository without the registry hosts in front of its path (a name with a dot or a port, or localhost, as Docker reads it). */
-function withoutRegistries(repo: string): string {
-  const parts = repo.split('/');
-  while (parts.length > 1 && (/[.:]/.test(parts[0]!) || parts[0] === 'localhost')) parts.shift();
-  return parts.join('/');
+function ownRepository(image: unknown, config: InjectorConfig): boolean {
+  const [found, own] = [repository(image), repository(config.image)];
+  if (found === undefined || own === undefined) return false;
+  if (found === own) return true;
+  const path = own.split('/').slice(/[.:]/.test(own.split('/')[0]!) || own.startsWith('localhost/') ? 1 : 0).join('/');
+  return config.imageMirrors.some((mirror) => found === `${mirror}/${own}` || found === `${mirror}/${path}`);
 }
 
 /**

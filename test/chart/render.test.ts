@@ -233,6 +233,8 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   const numeric = config(['sidecar.resources.limits.cpu=1', 'sidecar.resources.requests.cpu=1', 'sidecar.resources.requests.memory=320Mi']);
   t.same(numeric.resources, { requests: { cpu: '1', memory: '320Mi' }, limits: { cpu: '1', memory: '320Mi' } }, 'numeric quantities install, and the injector takes them as their strings');
   t.equal(config(['sidecar.grace=45s']).grace, '45s', 'sidecar.grace reaches the injector');
+  t.same(config(['image.mirrors[0]=mirror.corp', 'image.mirrors[1]=cache.corp:5000/hub']).imageMirrors, ['mirror.corp', 'cache.corp:5000/hub'], 'image.mirrors reach the injector');
+  t.same(config([]).imageMirrors, [], 'none by default');
   t.not(helm(['template', 'dg', CHART, '--set', 'sidecar.grace=soon', '--namespace', NS]).status, 0, 'a grace that is not a duration is refused at install');
   // The chart refuses at install every grace the injector would refuse at start (it would
   // crash-loop, and with failurePolicy Fail every opted-in pod be refused), and no other.

@@ -146,6 +146,10 @@ image: {{ include "driftguard.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 nativeSidecar: {{ include "driftguard.nativeSidecar" . }}
 rulesConfigMap: {{ .Values.sidecar.rulesConfigMap | quote }}
+{{- with .Values.image.mirrors }}
+imageMirrors:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- with .Values.sidecar.adminCredentialSecret }}
 adminCredentialSecret: {{ . | quote }}
 {{- end }}
