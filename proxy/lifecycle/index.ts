@@ -313,14 +313,18 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         const c = configOf(next).revocation;
         const current = sources.find((s) => s.kind === 'file');
         if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now(), c.maxEntries);
-        // A list URL the reload names anew, with no list read from a URL to stay in force
-        // meanwhile: enforced unread, it would refuse every credential, on every pod the reload
-        // reaches. Read first, as a new issuer's keys are; refused while it cannot be, and tried
-        // again (transient) until it can or the file changes.
+        // A list URL the reload names anew, or turns enforce on for, with no list read from a
+        // URL to stay in force meanwhile: enforced unread, it would refuse every credential, on
+        // every pod the reload reaches. Read first, as a new issuer's keys are; refused while it
+        // cannot be, and tried again (transient) until it can or the file changes.
         const url = sources.find((s) => s.kind === 'url');
-        if (c.mode === 'enforce' && c.url !== undefined && (!url || settings.get(url) !== settingsOf(c, 'url')) && url?.status.lastSuccessAt === undefined) {
+        const anew = !url || settings.get(url) !== settingsOf(c, 'url') || state.config.revocation.mode !== 'enforce';
+        if (c.mode === 'enforce' && c.url !== undefined && anew && url?.status.lastSuccessAt === undefined) {
           const problem = await listUrlProblem(c.url, c.timeoutMs, c.maxEntries, now());
           if (problem !== undefined) throw new RulesError([problemInFile(next.source, ['revocation', 'url'], `the revocation list cannot be read (${problem}): taken unread, every request with a credential would be refused until it is; the reload is tried again`)], { transient: true });
+          // The same source, unread so far (audit turned to enforce): read by it now, so that the
+          // rules taken do not find it unread. Reading the URL it already reads changes nothing else.
+          if (url && settings.get(url) === settingsOf(c, 'url')) await url.refresh();
         }
         const journal = c.journal !== undefined && c.journal !== config.revocation.journal ? journalProblem(next, c.journal, true) : undefined;
         if (journal) throw new RulesError([journal]);

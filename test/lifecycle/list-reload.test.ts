@@ -89,6 +89,27 @@ t.test('a reload naming a list URL anew, with no list read to stay in force, is 
   t.equal(await ready(), 200);
 });
 
+t.test('a reload that turns revocation.mode from audit to enforce while the list URL is unread reads it first, and is refused while it cannot be', async (t) => {
+  let serving = false;
+  const lists = createServer((_req, res) => {
+    if (!serving) { res.writeHead(503).end(); return; }
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{"revocations":[]}');
+  });
+  const up = await listen(lists);
+  const w = await world();
+  // Audit first, then enforce: the usual way to roll it out. Under audit the pod started with the list unread.
+  const rules = (mode: string) => w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.revocation = { mode, url: `${up}/list.json`, interval: '10m', timeout: '300ms' }; });
+  const dg = await startLifecycle(rules('audit'));
+  t.teardown(async () => { await dg.close(); await w.close(); lists.close(); });
+  const call = async () => { const r = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }); await r.text(); return r.status; };
+  await t.rejects(dg.dg.swap(loadRules(writeRules(rules('enforce')))), { transient: true, message: /revocation\.url: the revocation list cannot be read \(HTTP 503\)/ }, 'refused, not taken unread');
+  t.equal(await call(), 200, 'the rules in force serve on');
+  serving = true;
+  await dg.dg.swap(loadRules(writeRules(rules('enforce'))));
+  await sleep(100);
+  t.equal(await call(), 200, 'readable: taken, and served');
+});
+
 t.test('a reload to a list URL that fails keeps the list read before in force, and the pod ready', async (t) => {
   const lists = createServer((_req, res) => {
     res.writeHead(200, { 'content-type': 'application/json' });
