@@ -3,7 +3,8 @@
 // A RulesError stops start-up (or a reload); it is never a request-time denial.
 
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
-import { getHeapStatistics } from 'node:v8';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { createHash } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { resolve, dirname } from 'node:path';
@@ -312,11 +313,26 @@ const ALWAYS_ROOM_BYTES = 256 * 1024;
  */
 function roomFor(size: number): string | undefined {
   if (size <= ALWAYS_ROOM_BYTES) return undefined;
-  const { heap_size_limit: limit, used_heap_size: used } = getHeapStatistics();
   const need = size * HEAP_PER_FILE_BYTE;
+  let { heap_size_limit: limit, used_heap_size: used } = getHeapStatistics();
+  if (need <= limit - used) return undefined;
+  // The used heap counts garbage not collected yet (tens of MiB under load, between major
+  // collections): a file that fits was refused on a busy pod. Collected, then weighed again;
+  // a major collection only for a large file that seemed not to fit.
+  collectGarbage();
+  ({ heap_size_limit: limit, used_heap_size: used } = getHeapStatistics());
   if (need <= limit - used) return undefined;
   const mib = (n: number) => Math.ceil(n / 1024 / 1024);
   return `the rules file is ${Math.ceil(size / 1024)} KiB: loading it takes about ${mib(need)} MiB of heap, and ${mib(Math.max(0, limit - used))} of the heap's ${mib(limit)} MiB are free; make the file smaller, or raise the heap (--max-old-space-size in NODE_OPTIONS, the chart's sidecar.nodeOptions) and the memory limit with it`;
+}
+
+let gc: (() => void) | undefined;
+/** A full garbage collection: V8's `gc`, exposed once for it (Node's flag, set at run time). */
+function collectGarbage(): void {
+  try {
+    if (!gc) { setFlagsFromString('--expose-gc'); gc = runInNewContext('gc') as () => void; }
+    gc();
+  } catch { /* not exposed: weighed as it is */ }
 }
 
 export interface LoadOptions {
