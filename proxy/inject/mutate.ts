@@ -484,7 +484,10 @@ function readSettings(annotations: Obj, config: InjectorConfig): Omit<SidecarSet
   if (listenPort === upstreamPort) return `${ANNOTATION_LISTEN_PORT} and ${ANNOTATION_UPSTREAM_PORT} are both ${listenPort}: driftguard would forward to itself`;
   if (listenPort === config.adminPort || listenPort === config.adminLocalPort) return `${ANNOTATION_LISTEN_PORT} ${listenPort} is driftguard's admin port`;
   if (upstreamPort === config.adminPort || upstreamPort === config.adminLocalPort) return `${ANNOTATION_UPSTREAM_PORT} ${upstreamPort} is driftguard's admin port`;
-  const secret = annotations[ANNOTATION_ADMIN_SECRET] ?? config.adminCredentialSecret;
+  // An empty annotation says none, as it does to a default elsewhere in Kubernetes: a pod
+  // whose namespace lacks the chart's default Secret would otherwise never start (it is required).
+  const annotated = annotations[ANNOTATION_ADMIN_SECRET];
+  const secret = annotated === '' ? undefined : annotated ?? config.adminCredentialSecret;
   if (secret !== undefined && !isDnsSubdomain(secret)) {
     return `annotation ${ANNOTATION_ADMIN_SECRET}=${JSON.stringify(secret)} is not a Secret name (lowercase letters, digits, '-' and '.')`;
   }

@@ -478,6 +478,10 @@ t.test('a Secret of admin credentials named by the pod (or the chart) is mounted
   t.teardown(() => configured.close());
   const fromConfig = patched(appPod(), (await review(t, configured, appPod())).got.response);
   t.equal(fromConfig.spec.volumes.find((v: { name: string }) => v.name === 'driftguard-admin')?.secret.secretName, 'fleet-admin', 'the configured Secret');
+  const optedOut = appPod({ annotations: { 'driftguard.io/admin-credential-secret': '' } });
+  const none = (await review(t, configured, optedOut)).got;
+  t.equal(none.response.allowed, true, 'an empty annotation is allowed');
+  t.notOk(patched(optedOut, none.response).spec.volumes.some((v: { name: string }) => v.name === 'driftguard-admin'), 'and says none, whatever the default');
   t.throws(() => buildConfig({ image: IMAGE, adminCredentialSecret: 'Not A Name' }), /adminCredentialSecret/, 'a configured name that is no Secret name stops the injector');
 });
 
