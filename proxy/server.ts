@@ -273,7 +273,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   });
 
   const traffic = createServer({
-    maxHeaderSize: 16 * 1024, keepAliveTimeout: 5_000,
+    maxHeaderSize: 16 * 1024, keepAliveTimeout: rules.proxy.timeouts.clientKeepAliveMs,
     // A missing Host is refused by the canonical-path check, as a decision with a problem
     // body, instead of Node's bare 400.
     requireHostHeader: false,
@@ -1145,6 +1145,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       for (const k of shared) if (!kept.has(k)) k.retire();
       generation = g;
       traffic.timeout = next.proxy.timeouts.clientIdleMs;
+      traffic.keepAliveTimeout = next.proxy.timeouts.clientKeepAliveMs;
       // Node gives a connection the server's timeout as it is accepted, and again as a request
       // follows an idle spell (it reads server.timeout then, updated above). A connection with
       // a request under way, or none yet, kept the old value. One idle between requests runs

@@ -509,7 +509,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
 
 // ---- the shape the schema guarantees (defaults applied) ----
 interface RawRules {
-  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; request: string; clientRead: string; tunnelIdle: string; upstreamIdle: string }; connections: number; clientConnections: number };
+  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; clientKeepAlive: string; request: string; clientRead: string; tunnelIdle: string; upstreamIdle: string }; connections: number; clientConnections: number };
   identity: {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string; insecureHttp?: boolean } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
@@ -812,6 +812,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
           : Math.min(MAX_TIMER_MS, Math.max(60_000, 2 * parseDurationOr0(raw.proxy.timeouts.response))),
         requestMs: timer(['proxy', 'timeouts', 'request'], raw.proxy.timeouts.request, true),
         clientReadMs: timer(['proxy', 'timeouts', 'clientRead'], raw.proxy.timeouts.clientRead, true),
+        clientKeepAliveMs: timer(['proxy', 'timeouts', 'clientKeepAlive'], raw.proxy.timeouts.clientKeepAlive),
         tunnelIdleMs: timer(['proxy', 'timeouts', 'tunnelIdle'], raw.proxy.timeouts.tunnelIdle, true),
         upstreamIdleMs: timer(['proxy', 'timeouts', 'upstreamIdle'], raw.proxy.timeouts.upstreamIdle),
       }),

@@ -25,6 +25,8 @@ export interface ProxyRules {
     readonly requestMs: number;
     /** Longest an answer may wait, in all, for its client to read it (0: no limit). */
     readonly clientReadMs: number;
+    /** How long a client connection idle between requests is kept (Node's keepAliveTimeout). */
+    readonly clientKeepAliveMs: number;
     /** Longest silence in both directions of a WebSocket tunnel before it is closed; 0: none. */
     readonly tunnelIdleMs: number;
     /** How long an idle keep-alive connection to the upstream is kept. */

@@ -248,6 +248,30 @@ t.test('a connection idle between requests at a reload keeps Node\'s keep-alive 
   t.pass('closed by the keep-alive timeout');
 });
 
+t.test('proxy.timeouts.clientKeepAlive keeps a connection idle between requests for the next one, past Node\'s 5 s', async (t) => {
+  const { rules, dg, reload } = await setup(t);
+  // As a caller that pools connections (Go keeps them 90 s): a request, a pause, another on the same connection.
+  const next = structuredClone(rules);
+  next.proxy.timeouts = { ...next.proxy.timeouts, clientKeepAlive: '30s' };
+  writeFileSync(dg.file, stringify(next));
+  await reload.reload('test');
+  t.equal(dg.dg.generation.rules.proxy.timeouts.clientKeepAliveMs, 30_000);
+  const { Agent } = await import('node:http');
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const { request } = await import('node:http');
+  const sockets = new Set<unknown>();
+  const send = () => new Promise<number>((resolve, reject) => {
+    const req = request(`${dg.url}/status`, { agent }, (res) => { sockets.add(res.socket); res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)); });
+    req.on('error', reject);
+    req.end();
+  });
+  t.not(await send(), 0);
+  await new Promise((r) => setTimeout(r, 6_500));
+  t.not(await send(), 0, 'the second request, after 6.5 s idle');
+  t.equal(sockets.size, 1, 'on the same connection: still open (Node closes at 5 s, and 1 s more)');
+});
+
 t.test('a change to the listeners is refused: they cannot move without a restart', async (t) => {
   const { rules, dg, reload } = await setup(t);
   const hash = dg.dg.generation.rules.hash;
