@@ -145,10 +145,10 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   // event meanwhile starts the wait again. (SIGHUP and POST /reload apply at once: an operator
   // asked.) Writers should still replace the file whole: a temp file and a rename, as
   // Kubernetes does with a ConfigMap.
-  const contents = (): string => { try { return readRegularFile(file).toString('latin1'); } catch (err) { return `unreadable: ${(err as NodeJS.ErrnoException).code}`; } };
+  const contents = (f: string): string => { try { return readRegularFile(f).toString('latin1'); } catch (err) { return `unreadable: ${(err as NodeJS.ErrnoException).code}`; } };
   function settle(): void {
-    const before = contents();
-    timer = setTimeout(() => { if (contents() === before) void reload('file change'); else settle(); }, SETTLE_MS);
+    const before = contents(file);
+    timer = setTimeout(() => { if (contents(file) === before) void reload('file change'); else settle(); }, SETTLE_MS);
   }
   // Only events for the rules file, the ConfigMap's `..data` symlink, or a JWKS file next to
   // the rules count: a decision log or anything else written into the same directory must
@@ -157,7 +157,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   const dir = resolve(dirname(file));
   // And those the last refused rules named (RulesError.files): written after the rules (a key
   // set copied in second), one lets the refused rules load, and nothing else would reload them.
-  const jwksFiles = () => [
+  const besideRules = () => [
     ...dg.generation.rules.identity.issuers.flatMap((i) => ('file' in i.jwks && dirname(i.jwks.file) === dir ? [i.jwks.file] : [])),
     ...awaited.filter((f) => dirname(f) === dir),
   ];
@@ -165,7 +165,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
   // tool's layout): an edit of that file is named by its own name. Looked up at each event, as
   // the link may have moved.
   const target = (): string | undefined => { try { const real = realpathSync(file); return dirname(real) === realpathSync(dir) ? basename(real) : undefined; } catch { return undefined; } };
-  const interesting = (name: string) => name === basename(file) || name === '..data' || jwksFiles().some((f) => basename(f) === name) || name === target();
+  const interesting = (name: string) => name === basename(file) || name === '..data' || besideRules().some((f) => basename(f) === name) || name === target();
   const changed = () => { clearTimeout(timer); timer = setTimeout(settle, 150); };
   // Without events, a change was never applied and nothing said so: the files are read every
   // POLL_MS instead, and /readyz shows `watching: polling`.
@@ -176,7 +176,7 @@ export function reloader(file: string, overrides: Overrides, dg: Driftguard, log
     if (polling !== undefined || closed) return;
     status.watching = 'polling';
     log({ level: 'warn', msg: `the rules directory cannot be watched; its files are read every ${POLL_MS / 1000}s for changes instead`, dir, error: (err as NodeJS.ErrnoException).code ?? (err as Error).message });
-    const snapshot = () => [file, ...jwksFiles()].map((f) => { try { return readRegularFile(f).toString('latin1'); } catch (e) { return `unreadable: ${(e as NodeJS.ErrnoException).code}`; } }).join('\0');
+    const snapshot = () => [file, ...besideRules()].map((f) => contents(f)).join('\0');
     let last = snapshot();
     polling = setInterval(() => { const now = snapshot(); if (now !== last) { last = now; changed(); } }, POLL_MS).unref();
   };

@@ -537,14 +537,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   }
 
   /**
-   * The forwarder for a request decided under `g`: its own, unless a reload has since closed it
-   * (30 s after the swap): a decision that took longer (keys being fetched, a slow body read by
-   * the monitors) then goes out on the pool in force, instead of failing as a 502 it never was.
-   */
-  /**
    * The pool a request decided under `g` goes out on: its own, or once that one is closed
    * (RETIRED_POOL_MS after the reload that replaced it: a decision that took longer, a body read
-   * slowly, keys fetched) the pool in force, if that reaches the same upstream. undefined when
+   * slowly, keys fetched) the pool in force, if that reaches the same upstream, instead of
+   * failing as a 502 it never was. undefined when
    * the reload moved proxy.upstream: sent there, it would reach an upstream its rules never
    * named, under rules that did not decide it (MOVED).
    */

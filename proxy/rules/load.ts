@@ -296,7 +296,6 @@ function wholeSecond(ms: number): number {
   return Math.floor(ms / 1000) * 1000;
 }
 
-/** Load, validate and freeze the rules in `file`. Throws RulesError with every problem found. */
 /**
  * Heap a rules file takes while it loads, per byte of the file: the YAML document (kept so that
  * every problem names its line) holds about 51-56 times the file, measured (README, Memory
@@ -340,6 +339,7 @@ export interface LoadOptions {
   readonly pipe?: boolean;
 }
 
+/** Load, validate and freeze the rules in `file`. Throws RulesError with every problem found. */
 export function loadRules(file: string, overrides: Overrides = {}, options: LoadOptions = {}): Rules {
   const source = resolve(file);
   let bytes: Buffer;
