@@ -125,7 +125,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   // revocation
   const r = raw.revocation;
   const file = r.file !== undefined ? resolve(base, r.file) : undefined;
-  if (file !== undefined) readable(['revocation', 'file'], file);
+  if (file !== undefined) read(['revocation', 'file'], file);
   const journal = r.journal !== undefined ? resolve(base, r.journal) : undefined;
   const adminCredentialFile = r.adminCredentialFile !== undefined ? resolve(base, r.adminCredentialFile) : undefined;
   if (journal !== undefined) {
@@ -141,8 +141,9 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
       } catch (err) { fail(['revocation', 'journal'], `directory ${dirname(journal)} cannot be used: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`); }
     }
   }
-  if (adminCredentialFile !== undefined && readable(['revocation', 'adminCredentialFile'], adminCredentialFile)) {
-    const { credentials, malformed } = parseAdminCredentials(readRegularFile(adminCredentialFile).toString('utf8'));
+  const adminText = adminCredentialFile !== undefined ? read(['revocation', 'adminCredentialFile'], adminCredentialFile) : undefined;
+  if (adminCredentialFile !== undefined && adminText !== undefined) {
+    const { credentials, malformed } = parseAdminCredentials(adminText);
     if (malformed.length) fail(['revocation', 'adminCredentialFile'], malformedCredentialLines(adminCredentialFile, malformed));
     else if (credentials.length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
   }
@@ -197,13 +198,13 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   const longestTokenMs = Math.max(parseDurationOr0(kindLimits.automation), parseDurationOr0(kindLimits.human)) + 2 * parseDurationOr0(raw.identity.clockSkew);
   return Object.freeze({ credentials, revocation, delegation, monitors, longestTokenMs });
 
-  function readable(path: Path, file: string): boolean {
+  /** The file's text, or undefined with the problem at `path` when it cannot be read. */
+  function read(path: Path, file: string): string | undefined {
     try {
-      readRegularFile(file);
-      return true;
+      return readRegularFile(file).toString('utf8');
     } catch (err) {
       fail(path, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-      return false;
+      return undefined;
     }
   }
 }

@@ -224,6 +224,8 @@ export const MAX_LIST_BYTES = 4 * 1024 * 1024;
 /** How soon a list URL that has never been read is tried again (at most its interval). */
 export const UNREAD_RETRY_MS = 5_000;
 const TOO_LARGE = `the list is larger than ${MAX_LIST_BYTES / 2 ** 20} MiB`;
+/** How a list URL is fetched, by its source and by a reload's check of a new one (listUrlProblem). */
+const LIST_FETCH = { accept: 'application/json, application/yaml;q=0.9', maxBytes: MAX_LIST_BYTES, tooLarge: () => new Error(TOO_LARGE) } as const;
 
 function isProblems(x: Revocation[] | RulesProblem[]): x is RulesProblem[] {
   return x.length > 0 && 'line' in x[0]!;
@@ -245,7 +247,7 @@ export interface SourceStatus {
  */
 export async function listUrlProblem(url: string, timeoutMs: number, maxEntries: number, now: number): Promise<string | undefined> {
   try {
-    const { status, text } = await getDocument(new URL(url), { accept: 'application/json, application/yaml;q=0.9', timeoutMs, maxBytes: MAX_LIST_BYTES, tooLarge: () => new Error(TOO_LARGE) });
+    const { status, text } = await getDocument(new URL(url), { ...LIST_FETCH, timeoutMs });
     if (text === undefined) return `HTTP ${status}`;
     const parsed = parseList(text, redactUrl(url), 'url', now, maxEntries);
     return isProblems(parsed) ? parsed.map(formatProblem).join('; ') : undefined;
@@ -260,10 +262,16 @@ export async function listUrlProblem(url: string, timeoutMs: number, maxEntries:
  * while the old list silently stays in force. Throws a RulesError.
  */
 export function checkListFile(file: string, now: number, maxEntries: number): void {
-  let st;
-  try { st = statSync(file); } catch (err) { throw new RulesError([{ file, line: 1, column: 1, field: '', message: `cannot read the revocation list: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]); }
-  if (st.size > MAX_LIST_BYTES) throw new RulesError([{ file, line: 1, column: 1, field: '', message: TOO_LARGE }]);
-  const parsed = parseList(readRegularFile(file).toString('utf8'), file, 'file', now, maxEntries);
+  const problem = (message: string) => new RulesError([{ file, line: 1, column: 1, field: '', message }]);
+  let text: string;
+  try {
+    // Weighed as it is opened, and read once.
+    text = readRegularFile(file, (size) => { if (size > MAX_LIST_BYTES) throw problem(TOO_LARGE); }).toString('utf8');
+  } catch (err) {
+    if (err instanceof RulesError) throw err;
+    throw problem(`cannot read the revocation list: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const parsed = parseList(text, file, 'file', now, maxEntries);
   if (isProblems(parsed)) throw new RulesError(parsed);
 }
 
@@ -375,11 +383,9 @@ export class ListSource {
     const open = !this.#closed;
     const known = this.#broken ?? this.#etag;
     const { status, headers, text } = await getDocument(new URL(this.#target), {
-      accept: 'application/json, application/yaml;q=0.9',
+      ...LIST_FETCH,
       ...(known ? { headers: { 'if-none-match': known } } : {}),
       timeoutMs: this.#timeoutMs,
-      maxBytes: MAX_LIST_BYTES,
-      tooLarge: () => new Error(TOO_LARGE),
     });
     // Retired by a reload while this fetch ran: the old location's list must not replace (or
     // bring back) what the rules now name.
@@ -438,10 +444,13 @@ export class ListSource {
     if (this.#kind === 'url' && this.status.lastSuccessAt === undefined) {
       // Said as the mode in force makes it: under off nothing is refused, and an error line
       // claiming every request was, every 5 s, would page someone for nothing.
-      const mode = this.#mode();
-      if (mode === 'enforce') this.#log({ level: 'error', msg: `revocation list not read yet: every request with a credential is refused with 503 revocation-list-unavailable until it is; tried again within ${UNREAD_RETRY_MS / 1000} s`, source: this.#kind, location: this.status.location, error });
-      else if (mode === 'audit') this.#log({ level: 'warn', msg: `revocation list not read yet: every request with a credential is a would-deny (revocation-list-unavailable, revocation.mode audit) until it is; tried again within ${UNREAD_RETRY_MS / 1000} s`, source: this.#kind, location: this.status.location, error });
-      else this.#log({ level: 'warn', msg: 'revocation list not read yet (revocation.mode off: nothing is refused for it); tried again every interval', source: this.#kind, location: this.status.location, error });
+      const retry = `tried again within ${UNREAD_RETRY_MS / 1000} s`;
+      const [level, msg] = {
+        enforce: ['error', `revocation list not read yet: every request with a credential is refused with 503 revocation-list-unavailable until it is; ${retry}`],
+        audit: ['warn', `revocation list not read yet: every request with a credential is a would-deny (revocation-list-unavailable, revocation.mode audit) until it is; ${retry}`],
+        off: ['warn', 'revocation list not read yet (revocation.mode off: nothing is refused for it); tried again every interval'],
+      }[this.#mode()];
+      this.#log({ level, msg, source: this.#kind, location: this.status.location, error });
       return;
     }
     this.#log({ level: 'warn', msg: 'revocation list not refreshed; the last good list stays in force', source: this.#kind, location: this.status.location, entries: this.status.entries, error });
