@@ -113,6 +113,8 @@ const resourceList = {
 } as const;
 
 const name = { type: 'string', minLength: 1 } as const;
+/** A ConfigMap's or a Secret's name (DNS-1123 subdomain). */
+const dnsSubdomain = { type: 'string', maxLength: 253, pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$' } as const;
 const keyRef = { type: 'object', additionalProperties: false, required: ['name', 'key'], properties: { name, key: name, optional: { type: 'boolean' } } } as const;
 /** The sources of core/v1 EnvVarSource, each with the fields the API server requires and no others. */
 const ENV_SOURCES = {
@@ -142,8 +144,7 @@ export const configSchema = {
     imagePullPolicy: { enum: ['Always', 'IfNotPresent', 'Never'], default: 'IfNotPresent' },
     nativeSidecar: { type: 'boolean', default: false, description: 'Inject a native sidecar (Kubernetes >= 1.29).' },
     rulesConfigMap: {
-      type: 'string', default: 'driftguard-rules', maxLength: 253,
-      pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$',
+      ...dnsSubdomain, default: 'driftguard-rules',
       description: 'Default rules ConfigMap (overridden per pod by the driftguard.io/rules annotation).',
     },
     imageMirrors: {
@@ -152,8 +153,7 @@ export const configSchema = {
       description: 'Registries a later webhook may move the sidecar\'s image to (mirror.corp, mirror.corp:5000, mirror.corp/cache): a sidecar pulled from one is still the injector\'s at a pod\'s second review.',
     },
     adminCredentialSecret: {
-      type: 'string', maxLength: 253,
-      pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$',
+      ...dnsSubdomain,
       description: 'Secret of the pod\'s namespace mounted read-only in the sidecar at /etc/driftguard/admin, for revocation.adminCredentialFile (overridden per pod by the driftguard.io/admin-credential-secret annotation). Unset: none.',
     },
     rulesFile: { type: 'string', default: 'rules.yaml', pattern: '^\\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$', description: 'Key of the rules file in the ConfigMap: not ., .. or a name starting with .. (the kubelet\'s own ..data).' },
@@ -287,9 +287,6 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
     if (INJECTED_ENV.includes(e.name) || e.name.startsWith('DRIFTGUARD_')) throw new InjectorConfigError(`${at}: ${e.name} is set by the injector itself (${INJECTED_ENV.join(', ')})`);
     if (names.has(e.name)) throw new InjectorConfigError(`${at}: ${e.name} is listed twice`);
     names.add(e.name);
-    // The exporter's headers are where a collector's API key goes: as a literal it would be in
-    // the injector's ConfigMap and in every injected pod's spec, for whoever can read pods.
-    if (CREDENTIAL_ENV.includes(e.name) && e.value !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): a literal value would put the collector's credentials in the spec of every injected pod, readable by whoever can read pods; give it with valueFrom.secretKeyRef (a Secret)`);
     const problem = e.valueFrom === undefined ? undefined : envVarSourceProblem(e.valueFrom);
     if (problem !== undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): ${problem}; the API server would refuse every pod injected with it`);
     const field = e.valueFrom?.resourceFieldRef as { resource: string; divisor?: unknown } | undefined;
@@ -299,8 +296,14 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
       // As the API server stores it: the sidecar at a pod's second review is compared as stored.
       field.divisor = stored;
     }
-    // Nor a ConfigMap's key or the pod's own fields: readable as widely.
-    if (CREDENTIAL_ENV.includes(e.name) && e.valueFrom !== undefined && e.valueFrom.secretKeyRef === undefined) throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): the collector's credentials come from a Secret only: give it with valueFrom.secretKeyRef, not ${Object.keys(e.valueFrom).join(', ')}`);
+    // The exporter's headers are where a collector's API key goes: as a literal it would be in
+    // the injector's ConfigMap and in every injected pod's spec, for whoever can read pods, and
+    // a ConfigMap's key or the pod's own fields are readable as widely. A Secret only.
+    if (CREDENTIAL_ENV.includes(e.name) && e.valueFrom?.secretKeyRef === undefined) {
+      throw new InjectorConfigError(`${where('env')}: env[${i}] (${e.name}): ${e.valueFrom === undefined
+        ? 'a literal value would put the collector\'s credentials in the spec of every injected pod, readable by whoever can read pods; give it with valueFrom.secretKeyRef (a Secret)'
+        : `the collector's credentials come from a Secret only: give it with valueFrom.secretKeyRef, not ${Object.keys(e.valueFrom).join(', ')}`}`);
+    }
   }
   // Literal values go into every injected sidecar as they are: one that driftguard refuses at
   // start-up would crash-loop every opted-in pod. Checked as the sidecar will, naming the

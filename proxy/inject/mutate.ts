@@ -80,12 +80,6 @@ function repository(image: unknown): string | undefined {
   return colon > slash ? bare.slice(0, colon) : bare;
 }
 
-/**
- * The sidecar an injector of this image adds (its repository, its command), as opposed to a
- * container that only bears the name. Any tag of the repository: a pod that opts in by its
- * label in a namespace that opts in too is reviewed twice, and during an upgrade the second
- * review may reach a replica of the new image, which refused the old one's sidecar.
- */
 /** The OS labels a Windows node carries, the current one and the one before it. */
 const OS_LABELS = ['kubernetes.io/os', 'beta.kubernetes.io/os'];
 
@@ -104,6 +98,12 @@ function isWindowsPod(spec: Obj): boolean {
     OS_LABELS.includes(String(e.key)) && e.operator === 'In' && Array.isArray(e.values) && e.values.length > 0 && e.values.every((v) => v === 'windows')));
 }
 
+/**
+ * The sidecar an injector of this image adds (its repository, its command), as opposed to a
+ * container that only bears the name. Any tag of the repository: a pod that opts in by its
+ * label in a namespace that opts in too is reviewed twice, and during an upgrade the second
+ * review may reach a replica of the new image, which refused the old one's sidecar.
+ */
 function isOwnSidecar(c: Obj, config: InjectorConfig): boolean {
   const command = c.command;
   return ownRepository(c.image, config) && Array.isArray(command) && command[0] === 'node' && command[1] === IMAGE_CLI && command[2] === 'run';
@@ -121,7 +121,9 @@ function ownRepository(image: unknown, config: InjectorConfig): boolean {
   const [found, own] = [repository(image), repository(config.image)];
   if (found === undefined || own === undefined) return false;
   if (found === own) return true;
-  const path = own.split('/').slice(/[.:]/.test(own.split('/')[0]!) || own.startsWith('localhost/') ? 1 : 0).join('/');
+  // Its path without the registry host (a first part with a dot or a port, or localhost).
+  const [first, ...rest] = own.split('/');
+  const path = /[.:]/.test(first!) || first === 'localhost' ? rest.join('/') : own;
   return config.imageMirrors.some((mirror) => found === `${mirror}/${own}` || found === `${mirror}/${path}`);
 }
 
