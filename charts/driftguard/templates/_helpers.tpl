@@ -121,7 +121,7 @@ an M can only be minutes: the schema allows no months.
 {{- if gt (include "driftguard.graceMs" . | float64) (mulf 24 86400000) -}}
 {{- fail (printf "sidecar.grace %q is longer than 24d, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.grace) -}}
 {{- end -}}
-{{- /* As the injector does at its start (INJECTED_ENV in proxy/inject/config.ts): a variable it sets itself, set again, would win and could send traffic elsewhere; one listed twice, the later would win unsaid. Refused here, or a fresh install has no injector and every opted-in pod is refused. */ -}}
+{{- /* As the injector does at its start (proxy/inject/config.ts): a variable it sets itself (INJECTED_ENV), set again, would win and could send traffic elsewhere; one listed twice, the later would win unsaid. Refused here, or a fresh install has no injector and every opted-in pod is refused. */ -}}
 {{- $injected := list "DRIFTGUARD_LISTEN" "DRIFTGUARD_UPSTREAM" "DRIFTGUARD_ADMIN" "DRIFTGUARD_PROBES" "DRIFTGUARD_GRACE" "NODE_OPTIONS" "POD_NAME" "POD_NAMESPACE" "OTEL_RESOURCE_ATTRIBUTES" -}}
 {{- $names := dict -}}
 {{- range $i, $e := .Values.sidecar.env -}}
@@ -132,14 +132,13 @@ an M can only be minutes: the schema allows no months.
 {{- fail (printf "sidecar.env[%d].name: %s is listed twice" $i $e.name) -}}
 {{- end -}}
 {{- $_ := set $names $e.name true -}}
-{{- end -}}
-{{- /* As the injector does: a literal exporter header (a collector's API key) would be in every injected pod's spec. */ -}}
-{{- range $i, $e := .Values.sidecar.env -}}
-{{- if and (has $e.name (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS")) (hasKey $e "value") -}}
+{{- /* As the injector does: the exporter's headers (a collector's API key) from a Secret only; as a literal they would be in every injected pod's spec. */ -}}
+{{- if has $e.name (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS") -}}
+{{- if hasKey $e "value" -}}
 {{- fail (printf "sidecar.env[%d] (%s): a literal value would put the collector's credentials in this chart's ConfigMap and in the spec of every injected pod, readable by whoever can read pods: give it with valueFrom.secretKeyRef (a Secret)" $i $e.name) -}}
-{{- end -}}
-{{- if and (has $e.name (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS")) (hasKey $e "valueFrom") (not (hasKey $e.valueFrom "secretKeyRef")) -}}
+{{- else if not (hasKey $e.valueFrom "secretKeyRef") -}}
 {{- fail (printf "sidecar.env[%d] (%s): the collector's credentials come from a Secret only: give it with valueFrom.secretKeyRef" $i $e.name) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 image: {{ include "driftguard.image" . | quote }}
