@@ -225,12 +225,18 @@ t.test('a reload\'s clientIdle reaches the keep-alive connections already open, 
   t.pass('closed by the new clientIdle');
 });
 
+/** `rules` with `timeouts` in proxy.timeouts, written over the rules file and reloaded. */
+async function reloadTimeouts(file: string, reload: Reloader, rules: Record<string, any>, timeouts: Record<string, string>): Promise<Record<string, any>> {
+  const next = structuredClone(rules);
+  next.proxy.timeouts = { ...next.proxy.timeouts, ...timeouts };
+  writeFileSync(file, stringify(next));
+  await reload.reload('test');
+  return next;
+}
+
 t.test('a connection idle between requests at a reload keeps Node\'s keep-alive close, not the reload\'s clientIdle', async (t) => {
   const { rules, dg, reload } = await setup(t);
-  const next = structuredClone(rules);
-  next.proxy.timeouts = { ...next.proxy.timeouts, clientIdle: '1h' };
-  writeFileSync(dg.file, stringify(next));
-  await reload.reload('test');
+  const next = await reloadTimeouts(dg.file, reload, rules, { clientIdle: '1h' });
   t.equal(dg.dg.generation.rules.proxy.timeouts.clientIdleMs, 3_600_000);
   const { connect } = await import('node:net');
   const socket = connect(Number(new URL(dg.url).port), '127.0.0.1');
@@ -251,10 +257,7 @@ t.test('a connection idle between requests at a reload keeps Node\'s keep-alive 
 t.test('proxy.timeouts.clientKeepAlive keeps a connection idle between requests for the next one, past Node\'s 5 s', async (t) => {
   const { rules, dg, reload } = await setup(t);
   // As a caller that pools connections (Go keeps them 90 s): a request, a pause, another on the same connection.
-  const next = structuredClone(rules);
-  next.proxy.timeouts = { ...next.proxy.timeouts, clientKeepAlive: '30s' };
-  writeFileSync(dg.file, stringify(next));
-  await reload.reload('test');
+  await reloadTimeouts(dg.file, reload, rules, { clientKeepAlive: '30s' });
   t.equal(dg.dg.generation.rules.proxy.timeouts.clientKeepAliveMs, 30_000);
   const { Agent } = await import('node:http');
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
