@@ -105,7 +105,7 @@ export class InjectorConfigError extends Error {
 }
 
 const port = { type: 'integer', minimum: 1, maximum: 65535 } as const;
-const quantity = { type: 'string', pattern: '^[0-9]+(\\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$' } as const;
+const quantity = { type: 'string', pattern: '^[0-9]+(\\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$' } as const;
 const resourceList = {
   type: 'object',
   additionalProperties: false,
@@ -229,7 +229,7 @@ function numericQuantities(config: Record<string, unknown>): void {
 /** The divisors the API server takes for a resourceFieldRef (by value), and how it spells each when it stores the pod. */
 const DIVISORS = {
   cpu: { 0.001: '1m', 1: '1' },
-  bytes: { 1: '1', 1e3: '1k', 1e6: '1M', 1e9: '1G', 1e12: '1T', [1024]: '1Ki', [1024 ** 2]: '1Mi', [1024 ** 3]: '1Gi', [1024 ** 4]: '1Ti' },
+  bytes: { 1: '1', 1e3: '1k', 1e6: '1M', 1e9: '1G', 1e12: '1T', 1e15: '1P', 1e18: '1E', [1024]: '1Ki', [1024 ** 2]: '1Mi', [1024 ** 3]: '1Gi', [1024 ** 4]: '1Ti', [1024 ** 5]: '1Pi', [1024 ** 6]: '1Ei' },
 } as const;
 
 function divisorKind(resource: string): keyof typeof DIVISORS {
@@ -324,11 +324,11 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   return deepFreeze(cfg);
 }
 
-const QUANTITY_FACTORS: Record<string, number> = { '': 1, m: 1e-3, k: 1e3, M: 1e6, G: 1e9, T: 1e12, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40 };
+const QUANTITY_FACTORS: Record<string, number> = { '': 1, m: 1e-3, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60 };
 
 /** A Kubernetes quantity as the schema's pattern admits it (`128Mi`, `0.5`, `50m`), as a number. */
 export function quantityValue(q: string): number {
-  const m = /^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$/.exec(q);
+  const m = /^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$/.exec(q);
   return m ? Number(m[1]) * QUANTITY_FACTORS[m[2] ?? '']! : Number.NaN;
 }
 

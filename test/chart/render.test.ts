@@ -226,7 +226,7 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
     t.not(r.status, 0, `valueFrom ${name}: refused at install`);
     t.match(r.stderr, /\/sidecar\/env\/0\/valueFrom/, `valueFrom ${name}: the error names the entry`);
   }
-  for (const valueFrom of [{ fieldRef: { fieldPath: 'status.hostIP' } }, { fieldRef: { apiVersion: 'v1', fieldPath: 'status.hostIP' } }, { resourceFieldRef: { resource: 'limits.memory', divisor: '1Mi' } }, { configMapKeyRef: { name: 'c', key: 'k', optional: true } }, { secretKeyRef: { name: 'a', key: 'b' } }]) {
+  for (const valueFrom of [{ fieldRef: { fieldPath: 'status.hostIP' } }, { fieldRef: { apiVersion: 'v1', fieldPath: 'status.hostIP' } }, { resourceFieldRef: { resource: 'limits.memory', divisor: '1Mi' } }, { resourceFieldRef: { resource: 'limits.memory', divisor: '1Ei' } }, { resourceFieldRef: { resource: 'requests.ephemeral-storage', divisor: '1P' } }, { configMapKeyRef: { name: 'c', key: 'k', optional: true } }, { secretKeyRef: { name: 'a', key: 'b' } }]) {
     t.equal(withValueFrom(valueFrom).status, 0, `valueFrom ${JSON.stringify(valueFrom)} installs`);
   }
   // Quantities as numbers (cpu: 1, as Kubernetes takes them, and as README's Guaranteed-pod advice writes them).

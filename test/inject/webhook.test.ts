@@ -740,7 +740,7 @@ t.test('a resourceFieldRef divisor: one the API server refuses stops the injecto
   for (const [divisor, resource] of [['3Mi', 'limits.memory'], [2, 'limits.memory'], ['1Mi', 'limits.cpu'], ['0.5', 'requests.cpu']] as const) {
     t.throws(() => buildConfig({ image: IMAGE, env: env(divisor, resource) }), /env\[0\] \(MEMORY_LIMIT\): valueFrom\.resourceFieldRef\.divisor .* is none the API server takes for/, `${JSON.stringify(divisor)} for ${resource}: refused`);
   }
-  for (const [divisor, stored] of [[1000, '1k'], ['1000000', '1M'], ['1Mi', '1Mi'], [1, '1']] as const) {
+  for (const [divisor, stored] of [[1000, '1k'], ['1000000', '1M'], ['1Mi', '1Mi'], [1, '1'], ['1Pi', '1Pi'], ['1Ei', '1Ei'], ['1000T', '1P'], ['1024Pi', '1Ei'], [1e18, '1E']] as const) {
     t.equal((buildConfig({ image: IMAGE, env: env(divisor) }).env[0]!.valueFrom as { resourceFieldRef: { divisor: string } }).resourceFieldRef.divisor, stored, `${JSON.stringify(divisor)} is given as ${stored}`);
   }
   t.equal((buildConfig({ image: IMAGE, env: env('1000m', 'limits.cpu') }).env[0]!.valueFrom as { resourceFieldRef: { divisor: string } }).resourceFieldRef.divisor, '1', 'cpu 1000m is 1');
