@@ -233,6 +233,23 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   const numeric = config(['sidecar.resources.limits.cpu=1', 'sidecar.resources.requests.cpu=1', 'sidecar.resources.requests.memory=320Mi']);
   t.same(numeric.resources, { requests: { cpu: '1', memory: '320Mi' }, limits: { cpu: '1', memory: '320Mi' } }, 'numeric quantities install, and the injector takes them as their strings');
   t.equal(config(['sidecar.grace=45s']).grace, '45s', 'sidecar.grace reaches the injector');
+  // A request above its limit: the API server would refuse every injected pod. The chart refuses
+  // at install exactly what the injector refuses at its start (with the chart's default limit of 320Mi).
+  for (const [sets, refused] of [
+    [['requests.memory=400Mi'], true], [['requests.memory=320Mi'], false], [['requests.memory=335544321'], true], [['requests.memory=0.3Gi'], false],
+    [['requests.cpu=2', 'limits.cpu=1500m'], true], [['requests.cpu=1', 'limits.cpu=1000m'], false], [['requests.cpu=250m', 'limits.cpu=0.25'], false],
+    [['requests.ephemeral-storage=1Ei', 'limits.ephemeral-storage=1E'], true], [['requests.cpu=4'], false],
+  ] as const) {
+    const flags = sets.flatMap((v) => ['--set', `sidecar.resources.${v}`]);
+    const r = helm(['template', 'dg', CHART, '--namespace', NS, ...flags]);
+    const requests: Record<string, string> = { cpu: '50m', memory: '128Mi' }; const limits: Record<string, string> = { memory: '320Mi' };
+    for (const v of sets) { const [path, value] = v.split('='); const [list, name] = path!.split('.'); (list === 'requests' ? requests : limits)[name!] = value!; }
+    let injectorRefused = false;
+    try { buildConfig({ image: 'ghcr.io/x/driftguard:1', resources: { requests, limits } }); } catch { injectorRefused = true; }
+    t.equal(injectorRefused, refused, `${sets.join(' ')}: the injector ${refused ? 'refuses' : 'takes'} it`);
+    t.equal(r.status !== 0, refused, `${sets.join(' ')}: helm ${refused ? 'refuses' : 'takes'} it`);
+    if (refused) t.match(r.stderr, /sidecar\.resources\.requests\.[a-z-]+: \S+ is above sidecar\.resources\.limits\.[a-z-]+ \(\S+\); the API server refuses/, `${sets.join(' ')}: the message names both`);
+  }
   t.same(config(['image.mirrors[0]=mirror.corp', 'image.mirrors[1]=cache.corp:5000/hub']).imageMirrors, ['mirror.corp', 'cache.corp:5000/hub'], 'image.mirrors reach the injector');
   t.same(config([]).imageMirrors, [], 'none by default');
   t.not(helm(['template', 'dg', CHART, '--set', 'sidecar.grace=soon', '--namespace', NS]).status, 0, 'a grace that is not a duration is refused at install');

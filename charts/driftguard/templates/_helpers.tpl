@@ -105,6 +105,20 @@ an M can only be minutes: the schema allows no months.
 {{- end -}}
 {{- end -}}
 
+{{/*
+A resource quantity as a number (cores or bytes), as the injector reads it (quantityValue in
+proxy/inject/config.ts): a string the schema let through (128Mi, 50m, 1.5) or a number.
+*/}}
+{{- define "driftguard.quantity" -}}
+{{- if kindIs "string" . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" . -}}
+{{- $factor := dict "" 1.0 "m" 0.001 "k" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 "P" 1000000000000000.0 "E" 1000000000000000000.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 -}}
+{{- mulf ($number | float64) (get $factor (trimPrefix $number .)) -}}
+{{- else -}}
+{{- . | float64 -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The injector's configuration file (proxy/inject/config.ts). */}}
 {{- define "driftguard.injectorConfig" -}}
 {{- /* The injector refuses two of its ports alike at start, and with failurePolicy Fail every opted-in pod would then be refused: say so at install time. */ -}}
@@ -138,6 +152,16 @@ an M can only be minutes: the schema allows no months.
 {{- fail (printf "sidecar.env[%d] (%s): a literal value would put the collector's credentials in this chart's ConfigMap and in the spec of every injected pod, readable by whoever can read pods: give it with valueFrom.secretKeyRef (a Secret)" $i $e.name) -}}
 {{- else if not (hasKey $e.valueFrom "secretKeyRef") -}}
 {{- fail (printf "sidecar.env[%d] (%s): the collector's credentials come from a Secret only: give it with valueFrom.secretKeyRef" $i $e.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* As the injector does at its start: the API server refuses a container whose request is above its limit, so every opted-in pod would be refused. */ -}}
+{{- $requests := .Values.sidecar.resources.requests | default dict -}}
+{{- $limits := .Values.sidecar.resources.limits | default dict -}}
+{{- range $name := list "cpu" "memory" "ephemeral-storage" -}}
+{{- if and (hasKey $requests $name) (hasKey $limits $name) -}}
+{{- if gt (include "driftguard.quantity" (get $requests $name) | float64) (include "driftguard.quantity" (get $limits $name) | float64) -}}
+{{- fail (printf "sidecar.resources.requests.%s: %v is above sidecar.resources.limits.%s (%v); the API server refuses a container so, and every pod injected with it" $name (get $requests $name) $name (get $limits $name)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
