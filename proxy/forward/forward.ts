@@ -52,6 +52,17 @@ function isEventStream(type: string | string[] | undefined): boolean {
   return typeof type === 'string' && /^\s*text\/event-stream\s*(;|$)/i.test(type);
 }
 
+/**
+ * Whether the client says it takes an event stream (`Accept: text/event-stream`, as an
+ * EventSource and MCP's clients send): its answer may be quiet between events for as long as
+ * a tunnel may, not only proxy.timeouts.response. Read from the request because undici sets a
+ * request's body timeout from its options before the answer's head reaches the handler.
+ */
+function asksForEventStream(req: IncomingMessage): boolean {
+  const accept = req.headers.accept;
+  return accept !== undefined && /text\/event-stream/i.test(accept);
+}
+
 /** The tunnel of each WebSocket handshake's client socket, while it is forwarded. */
 const tunnels = new WeakMap<Socket, Tunnel>();
 
@@ -208,6 +219,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     }
     this.#eventStream = isEventStream(headers['content-type']);
     this.#head = { status: statusCode, headers: head };
+    // An event stream's head goes out at once: its first event may be minutes away, and an
+    // EventSource takes the stream as open only when it has the 200.
+    if (this.#eventStream) { this.#writeHead(); this.#res.flushHeaders(); }
   }
 
   #writeHead(): void {
@@ -324,6 +338,8 @@ export class Forwarder {
         // A check that read the (small) body whole hands its bytes on; otherwise stream it.
         body: body ?? (hasBody(req) ? req : null),
       };
+      // tunnelIdle, 0 for none (undici's 0 is no limit too).
+      if (asksForEventStream(req)) options.bodyTimeout = this.#tunnelIdleMs;
       if (sendAgain(req, body)) exchange.mayRetry(() => { this.#dispatch(options, exchange); });
       this.#dispatch(options, exchange);
     });

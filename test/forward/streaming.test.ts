@@ -99,6 +99,42 @@ t.test('a response body that stalls longer than the response timeout is cut, nev
   await t.rejects(within(res.text(), 5_000, 'the stalled body'), { name: 'TypeError', message: 'terminated' }, 'the client sees the connection cut (not the 5 s guard)');
 });
 
+t.test('an event stream: its head reaches the client before its first event, and one asked for with Accept may be quiet for longer than the response timeout', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '500ms'; });
+  let release!: () => void;
+  const released = new Promise<void>((r) => { release = r; });
+  w.up.handler = (req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.flushHeaders();
+    // The first event only once the client has the head, after a pause over the response timeout.
+    void released.then(() => setTimeout(() => { res.write('data: first\n\n'); setTimeout(() => res.end('data: last\n\n'), 900); }, 900));
+  };
+  const tok = await w.tok();
+  const seen = await new Promise<{ status: number; body: string; cut: boolean }>((resolve) => {
+    const req = request(`${w.dg.url}/items/1`, { headers: { authorization: `Bearer ${tok}`, accept: 'text/event-stream' } }, (res) => {
+      const out = { status: res.statusCode!, body: '', cut: false };
+      release();
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { out.body += d; });
+      res.on('end', () => resolve(out));
+      res.on('error', () => { out.cut = true; resolve(out); });
+    });
+    req.end();
+  });
+  t.equal(seen.status, 200, 'the head came before any event (held back, the pause would have been a 504)');
+  t.equal(seen.body, 'data: first\n\ndata: last\n\n', 'both events, each after a pause longer than proxy.timeouts.response');
+  t.notOk(seen.cut, 'the stream ended as the upstream ended it');
+});
+
+t.test('an event stream not asked for with Accept keeps the response timeout between chunks', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '300ms'; });
+  w.up.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/event-stream' }); res.write('data: 1\n\n'); };
+  const res = await fetch(`${w.dg.url}/items/1`, { headers: { authorization: `Bearer ${await w.tok()}`, accept: 'application/json' } });
+  t.equal(res.status, 200);
+  await t.rejects(within(res.text(), 5_000, 'the stalled stream'), { name: 'TypeError', message: 'terminated' }, 'cut after the response timeout (not the 5 s guard)');
+});
+
 t.test('a client that goes away mid-upload does not wedge the proxy', async (t) => {
   const w = await world(t);
   let upstreamClosed!: () => void;
