@@ -135,6 +135,27 @@ t.test('an event stream not asked for with Accept keeps the response timeout bet
   await t.rejects(within(res.text(), 5_000, 'the stalled stream'), { name: 'TypeError', message: 'terminated' }, 'cut after the response timeout (not the 5 s guard)');
 });
 
+t.test('by default, more event streams than the old pool of 64 stay open and a short request is still answered', async (t) => {
+  const w = await world(t);
+  const streams: ServerResponse[] = [];
+  w.up.handler = (req, res) => {
+    req.resume();
+    if (req.url === '/items/1') { res.writeHead(200, { 'content-type': 'text/event-stream' }); res.write('data: open\n\n'); streams.push(res); return; }
+    res.writeHead(200, { 'content-type': 'application/json' }); res.end('{}');
+  };
+  const tok = await w.tok();
+  const clients: IncomingMessage[] = [];
+  await Promise.all(Array.from({ length: 80 }, () => new Promise<void>((resolve, reject) => {
+    const req = request(`${w.dg.url}/items/1`, { agent: false, headers: { authorization: `Bearer ${tok}`, accept: 'text/event-stream' } }, (res) => { clients.push(res); res.once('data', () => resolve()); });
+    req.on('error', reject);
+    req.end();
+  })));
+  t.teardown(() => { for (const c of clients) c.destroy(); for (const s of streams) s.destroy(); });
+  t.equal(streams.length, 80, '80 event streams open through driftguard at once');
+  const short = await fetch(`${w.dg.url}/items/2`, { headers: { authorization: `Bearer ${tok}` } });
+  t.equal(short.status, 200, 'a short request beside them is answered (with a pool of 64 it waited for the connect timeout: 504)');
+});
+
 t.test('a client that goes away mid-upload does not wedge the proxy', async (t) => {
   const w = await world(t);
   let upstreamClosed!: () => void;
