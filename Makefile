@@ -50,8 +50,14 @@ build: deps
 
 # The load generator is wrk from Debian (C, one thread: it leaves the second core to the
 # proxy; autocannon, in Node, would need a core of its own). Installed when missing.
+# wrk from Debian's packages: as root, or through sudo without a password; otherwise say how.
 wrk:
-	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null; then \
+	    echo "make bench needs wrk (the load generator): install it (Debian, Ubuntu: apt-get install wrk, as root) and run make bench again" >&2; exit 1; \
+	  fi; \
+	  $$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
 
 bench: deps wrk
 	$(BIN)/node test/bench/run.ts

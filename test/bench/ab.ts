@@ -25,6 +25,7 @@ import { cpuSeconds, spawnNode, type Child } from './proc.ts';
 import { jwksServer, otlpReceiver } from './receivers.ts';
 import { mintToken, requestMix, rulesFor, signingKey, wrkLines } from './scenario.ts';
 import { wrk } from './wrk.ts';
+import { median } from './report.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const { values: args, positionals: revs } = parseArgs({
@@ -71,7 +72,6 @@ function build(rev: string, work: string, i: number): string {
   return join(out, 'proxy/cli.js');
 }
 
-const median = (x: number[]): number => [...x].sort((p, q) => p - q)[Math.floor(x.length / 2)]!;
 
 async function main(): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'driftguard-ab-'));

@@ -10,7 +10,7 @@ import { stringify } from 'yaml';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { signingKey, mintToken, rulesFor, requestMix, wrkLines, PLACEHOLDER, FIRST_STALE, CONSUMERS, ISSUER, AUDIENCE, OPERATIONS } from './scenario.ts';
-import { summarise, median } from './report.ts';
+import { summarise, median, invalidRun, addedRatio } from './report.ts';
 import { countLogLines } from './log-lines.ts';
 
 t.test('the mix is 85% allowed, 10% warned, 5% denied, and only stale consumers are denied', async (t) => {
@@ -104,4 +104,45 @@ t.test('decision-log lines are counted in chunks, a line split across chunks onc
   // Chunks of 7 bytes split every line; one large chunk holds them all.
   for (const chunk of [7, 64, 1 << 20]) t.same(countLogLines(file, chunk), { lines: 5, decisionLines: 3 }, `chunks of ${chunk} bytes`);
   t.same(countLogLines(join(dir, 'missing')), { lines: 0, decisionLines: 0 });
+});
+
+t.test('a ratio whose floor added nothing, and a cold round that replayed its tokens, never pass', async (t) => {
+  type Report = { budget: { id: string; value: number | null; pass: boolean; excluded?: string[] }[] };
+  t.equal(addedRatio(300, 100, 200), 2);
+  t.equal(addedRatio(300, 100, 90), Infinity, 'the floor under direct and driftguard over it: the worst, not a negative pass');
+  t.equal(addedRatio(300, 100, 100), Infinity, 'the floor equal to direct: infinite, not dropped');
+  t.ok(Number.isNaN(addedRatio(90, 100, 100)), 'neither added anything: no figure');
+  t.equal(addedRatio(90, 100, 200), 0, 'driftguard under direct added nothing');
+  t.equal(median([1.4, Infinity, 1.6]), 1.6, 'an infinite round counts in the median');
+  t.equal(median([1.4, NaN, 1.6]), 1.5, 'a round with no figure does not');
+  const samples = {
+    direct: { throughputRps: [30000, 30000, 30000], oneConnectionP50Us: [100, 100, 100], oneConnectionP99Us: [200, 200, 200] },
+    bare: { throughputRps: [10000, 10000, 10000], oneConnectionP50Us: [90, 200, 200], oneConnectionP99Us: [1000, 1000, 1000] },
+    driftguard: { throughputRps: [9000, 9000, 9000], oneConnectionP50Us: [400, 240, 280], oneConnectionP99Us: [1200, 1200, 1200], cpuSecondsPer1000AtFixedRate: [0.08, 0.08, 0.08], coldRps: [4000, 4000, 4000], coldReplays: [3, 3, 0] },
+    jose: { verifyRate: [5000, 5000, 5000] },
+  };
+  const r = summarise(samples, { bare: 150, 'bare-limited': 100, driftguard: 180, 'driftguard-limited': 120 }, {}, {}) as Report;
+  const by = Object.fromEntries(r.budget.map((b) => [b.id, b]));
+  t.equal(by.addedP50OneConnection!.value, 1.8, 'rounds 1.4, 1.8 and infinite (the floor under direct): median 1.8');
+  t.equal(by.addedP50OneConnection!.pass, false);
+  t.equal(by.coldPath!.value, 0.8, 'the replayed rounds left out');
+  t.same(by.coldPath!.excluded, ['round 1: the cold tokens ran out (replayed 3x)', 'round 2: the cold tokens ran out (replayed 3x)']);
+  samples.driftguard.coldReplays = [1, 1, 1];
+  const none = Object.fromEntries((summarise(samples, { bare: 150, 'bare-limited': 100, driftguard: 180, 'driftguard-limited': 120 }, {}, {}) as Report).budget.map((b) => [b.id, b]));
+  t.equal(none.coldPath!.pass, false, 'every cold round replayed: no figure, not a pass');
+});
+
+t.test('a run whose answers are not the target\'s work is refused: errors, stalls, refusals the mix does not call for', async (t) => {
+  const run = (over: Partial<{ requests: number; issued: number; status: number; read: number; timeout: number }>) => {
+    const o = { requests: 10_000, issued: 10_033, status: 500, read: 0, timeout: 0, ...over };
+    return { requests: o.requests, issued: o.issued, errors: { connect: 0, read: o.read, write: 0, status: o.status, timeout: o.timeout } };
+  };
+  t.equal(invalidRun(run({}), 32, 0.05), undefined, '5% refused as the mix says, one request in flight per connection at the end (and wrk\'s own check of request())');
+  t.match(invalidRun(run({ status: 10_000 }), 32, 0.05), /100\.0% of the answers were refusals .* the mix calls for 5\.0%/, 'everything refused (a 503 storm): refused');
+  t.match(invalidRun(run({ status: 500 }), 32, 0), /5\.0% of the answers were refusals/, 'the floor refusing anything: refused');
+  t.match(invalidRun(run({ issued: 10_041 }), 32, 0.05), /8 requests written were never answered/, 'stalled requests');
+  t.match(invalidRun(run({ read: 2 }), 32, 0.05), /2 socket errors/);
+  t.match(invalidRun(run({ timeout: 1 }), 32, 0.05), /1 socket errors or timeouts/);
+  t.match(invalidRun(run({ requests: 0, issued: 2, status: 0 }), 1, 0.05), /no request was answered/);
+  t.equal(invalidRun(run({ requests: 200, issued: 202, status: 14 }), 1, 0.05), undefined, 'a short run may hold a few more refusals than the mix\'s share');
 });

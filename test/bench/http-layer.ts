@@ -13,6 +13,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cpuSeconds, runNodeJson, spawnNode } from './proc.ts';
+import { median } from './report.ts';
 
 const LAYER = fileURLToPath(new URL('./targets/layer.ts', import.meta.url));
 const { values: args } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '8' } } });
@@ -51,7 +52,6 @@ async function client(mode: 'client-undici' | 'client-net'): Promise<Figure> {
   } finally { await upstream.stop(); }
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const runs: Record<string, Figure[]> = { 'server-http': [], 'server-net': [], 'client-undici': [], 'client-net': [] };
 for (let round = 0; round < ROUNDS; round++) {
   const servers = ['server-http', 'server-net'] as const;

@@ -3,6 +3,8 @@
 // between measurements made minutes apart on the same machine, then their median: that is
 // what lets the noise of a shared machine cancel.
 
+import type { WrkResult } from './wrk.ts';
+
 /** samples[target][metric] = one value per round. */
 export type Samples = Record<string, Record<string, number[]>>;
 
@@ -13,18 +15,58 @@ export interface BudgetLine {
   readonly limit: number;
   readonly comparison: '>=' | '<=';
   readonly pass: boolean;
-  /** The per-round values the median was taken of. */
-  readonly rounds: number[];
+  /** The per-round values the median was taken of (null: a round that gave no figure, in `excluded`). */
+  readonly rounds: (number | null)[];
+  /** Rounds left out, and why. */
+  readonly excluded?: string[];
 }
 
+/**
+ * The median of the values that are figures: NaN (a round that gave none) is left out, an
+ * infinite ratio (a floor that added nothing in that round) is kept, as the worst.
+ */
 export function median(values: readonly number[]): number {
-  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  const v = values.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
   if (v.length === 0) return NaN;
   const m = Math.floor(v.length / 2);
   return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
 }
 
 const round = (x: number, digits = 3) => Number.isFinite(x) ? Number(x.toFixed(digits)) : null;
+
+/**
+ * Why a wrk run's figures are not the target's work, or undefined: socket errors or timeouts,
+ * requests written and never answered (beyond one in flight per connection as wrk stopped),
+ * or a share of refusals (4xx, 5xx) other than the mix's. wrk counts every answer in its
+ * throughput whatever its status: a target that answered everything 503 would be fast.
+ */
+export function invalidRun(r: Pick<WrkResult, 'requests' | 'issued' | 'errors'>, connections: number, expectedRefused: number): string | undefined {
+  const socket = r.errors.connect + r.errors.read + r.errors.write + r.errors.timeout;
+  if (socket > 0) return `${socket} socket errors or timeouts ${JSON.stringify(r.errors)}`;
+  if (r.requests === 0) return 'no request was answered';
+  // wrk calls request() once before it starts, to check what it returns (script_verify_request).
+  const stalled = r.issued - 1 - r.requests - connections;
+  if (stalled > 0) return `${stalled} requests written were never answered`;
+  const refused = r.errors.status / r.requests;
+  // The mix spreads its refusals evenly, 5 in every 100: a short run may hold a few more or fewer.
+  if (Math.abs(refused - expectedRefused) > Math.max(0.01, 10 / r.requests)) {
+    return `${(refused * 100).toFixed(1)}% of the answers were refusals (4xx or 5xx), the mix calls for ${(expectedRefused * 100).toFixed(1)}%`;
+  }
+  return undefined;
+}
+
+/**
+ * (driftguard − direct) / (floor − direct) for one round. A floor that added no latency in a
+ * round (its p50 at or under direct's, noise on a shared host) gives no ratio: infinite when
+ * driftguard added some (the worst), NaN (no figure) when it did not either. driftguard under
+ * direct is an addition of 0.
+ */
+export function addedRatio(driftguard: number, direct: number, floor: number): number {
+  const added = Math.max(0, driftguard - direct);
+  const floorAdded = floor - direct;
+  if (floorAdded <= 0) return added > 0 ? Infinity : NaN;
+  return added / floorAdded;
+}
 
 function perRound(samples: Samples, f: (at: (target: string, metric: string) => number) => number): number[] {
   const n = Math.max(...Object.values(samples).flatMap((m) => Object.values(m).map((v) => v.length)));
@@ -42,16 +84,25 @@ export function summarise(samples: Samples, peakRssMiB: Record<string, number>, 
     targets[target] = t;
   }
 
-  const line = (id: string, meaning: string, values: number[], comparison: '>=' | '<=', limit: number): BudgetLine => {
+  const line = (id: string, meaning: string, values: number[], comparison: '>=' | '<=', limit: number, excluded: string[] = []): BudgetLine => {
     const value = median(values);
-    return { id, meaning, value: round(value, 3)!, limit, comparison, pass: comparison === '>=' ? value >= limit : value <= limit, rounds: values.map((v) => round(v, 3)!) };
+    // A line with no figure at all fails: NaN compares false either way.
+    const shown = value === Infinity ? Infinity : round(value, 3)!;
+    return { id, meaning, value: shown, limit, comparison, pass: comparison === '>=' ? value >= limit : value <= limit, rounds: values.map((v) => (v === Infinity ? Infinity : round(v, 3))), ...(excluded.length ? { excluded } : {}) };
   };
   const dg = 'driftguard';
+  // A round whose cold tokens ran out measured the verified-token cache, not the cold path.
+  const coldExcluded: string[] = [];
+  const cold = perRound(samples, (at) => at(dg, 'coldRps') / at('jose', 'verifyRate')).map((v, i) => {
+    const replays = samples[dg]?.coldReplays?.[i] ?? 0;
+    if (replays > 0) { coldExcluded.push(`round ${i + 1}: the cold tokens ran out (replayed ${replays}x)`); return NaN; }
+    return v;
+  });
   const budget: BudgetLine[] = [
     line('throughput', 'driftguard throughput / bare passthrough throughput, same connections, same mix',
       perRound(samples, (at) => at(dg, 'throughputRps') / at('bare', 'throughputRps')), '>=', 0.8),
     line('addedP50OneConnection', '(driftguard p50 - direct p50) / (bare p50 - direct p50), one connection',
-      perRound(samples, (at) => (at(dg, 'oneConnectionP50Us') - at('direct', 'oneConnectionP50Us')) / (at('bare', 'oneConnectionP50Us') - at('direct', 'oneConnectionP50Us'))), '<=', 1.5),
+      perRound(samples, (at) => addedRatio(at(dg, 'oneConnectionP50Us'), at('direct', 'oneConnectionP50Us'), at('bare', 'oneConnectionP50Us'))), '<=', 1.5),
     line('p99OneConnection', 'driftguard p99 / bare p99, one connection',
       perRound(samples, (at) => at(dg, 'oneConnectionP99Us') / at('bare', 'oneConnectionP99Us')), '<=', 1.5),
     line('cpuPer1000Rps', 'driftguard vCPU per 1000 req/s (= CPU seconds per 1000 requests) at the fixed rate',
@@ -61,7 +112,7 @@ export function summarise(samples: Samples, peakRssMiB: Record<string, number>, 
     line('peakRssLimitedMiB', 'driftguard-limited peak RSS (VmHWM) under the chart\'s NODE_OPTIONS, MiB (the budget\'s container size, 128 MiB; the chart\'s default limit, in charts/driftguard/values.yaml, is above it)',
       [peakRssMiB['driftguard-limited'] ?? NaN], '<=', 128),
     line('coldPath', 'driftguard req/s with a never-seen token per request / raw jose ES256 verify rate',
-      perRound(samples, (at) => at(dg, 'coldRps') / at('jose', 'verifyRate')), '>=', 0.6),
+      cold, '>=', 0.6, coldExcluded),
   ];
   // Not a budget line: the floor under the same limits, so the limited figure can be read as
   // what driftguard holds beyond a bare Node proxy in the same container.

@@ -9,12 +9,17 @@ import { fileURLToPath } from 'node:url';
 const SCRIPT = fileURLToPath(new URL('./mix.lua', import.meta.url));
 
 export interface WrkResult {
+  /** Answered. */
   readonly requests: number;
+  /** Written: beyond one in flight per connection at the end, the rest stalled unanswered. */
+  readonly issued: number;
   readonly durationUs: number;
   readonly bytes: number;
   readonly errors: { connect: number; read: number; write: number; status: number; timeout: number };
   /** Microseconds. */
   readonly latencyUs: { p50: number; p90: number; p99: number; max: number; mean: number };
+  /** One connection with `raw`: each request's time from its write to its answer, uncorrected (microseconds). */
+  readonly rawUs: { n: number; p50: number; p90: number; p99: number; max: number } | null;
   /** How often the request list was replayed from the start. */
   readonly wraps: number;
 }
@@ -39,11 +44,13 @@ export interface WrkRun {
   readonly seconds: number;
   /** Pause in ms before each request on a connection (fixed-rate runs). */
   readonly delayMs?: number;
+  /** Time each request on a monotonic clock (one connection only: rawUs). */
+  readonly raw?: boolean;
 }
 
 export async function wrk(run: WrkRun): Promise<WrkResult> {
   const args = ['-t1', `-c${run.connections}`, `-d${run.seconds}s`, '--timeout', '5s', '-s', SCRIPT, run.url, '--', run.requestsFile];
-  const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BENCH_DELAY_MS: String(run.delayMs ?? 0), BENCH_RUN: (Math.random() * 36 ** 4 | 0).toString(36).padStart(4, '0') } });
+  const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BENCH_DELAY_MS: String(run.delayMs ?? 0), BENCH_RAW: run.raw && run.connections === 1 ? '1' : '0', BENCH_RUN: (Math.random() * 36 ** 4 | 0).toString(36).padStart(4, '0') } });
   let out = '';
   child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
   child.stderr.on('data', (c: Buffer) => { out += c.toString(); });
