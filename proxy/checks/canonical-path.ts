@@ -9,7 +9,7 @@
 
 import { isIPv6 } from 'node:net';
 import type { Check } from '../pipeline/types.ts';
-import { canonicalTarget } from '../pipeline/canonical.ts';
+import { canonicalTarget, targetProblem } from '../pipeline/canonical.ts';
 import { connectionNamed } from '../forward/headers.ts';
 
 /**
@@ -116,7 +116,7 @@ export function canonicalPath(decisive: readonly string[]): Check {
       const named = names && decisive.find((n) => names.has(n));
       if (named !== undefined) return { reason: 'malformed-request', detail: `the Connection header names ${named}, which driftguard decides requests by: the upstream would not get it` };
       const target = canonicalTarget(ctx.req.url);
-      if (!target) return { reason: 'malformed-request', detail: 'the request-target is not origin-form and canonical' };
+      if (!target) return { reason: 'malformed-request', detail: `the request-target is not origin-form and canonical: ${targetProblem(ctx.req.url)}` };
       const override = methodOverrideParameter(target.query);
       if (override !== undefined) return { reason: 'malformed-request', detail: `a method override in the query (${override}) is not served: send the method itself` };
       ctx.target = target;

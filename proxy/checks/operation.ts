@@ -153,7 +153,7 @@ export function operationLookup(rules: Rules): Check {
       const op = match(ctx.req.method ?? '', ctx.target!.segments);
       if (op && !('by' in op)) { ctx.operation = op; return undefined; }
       const why = op === undefined ? ''
-        : op.by === 'case' ? `: path segment ${op.index + 1} differs from the contract's only in case, and paths are matched exactly`
+        : op.by === 'case' ? `: path segment ${op.index + 1} differs from the contract's only in case or percent-encoding, and paths are matched exactly`
         : `: path segment ${op.index + 1} is another operation's with a format suffix (.json), which some routers take to that operation`;
       return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract version ${rules.contract.current}${why}` };
     },

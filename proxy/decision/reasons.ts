@@ -21,7 +21,7 @@ const table = {
   'headers-too-large': { status: 431, title: 'Request header fields too large', action: 'Send less than 16 KiB of request line and headers together, in at most 100 header lines (a token that large is refused anyway); a long path or query counts too.' },
   'request-timeout': { status: 408, title: 'Request timeout', action: 'Send the request head without pausing: driftguard answers this when a head has not arrived within 60 s (or its request timeout, if shorter), and closes the connection.' },
   'target-too-long': { status: 414, title: 'URI too long', action: 'Send a shorter path and query: driftguard reads at most 16 KiB of request line and headers together.' },
-  'malformed-request': { status: 400, title: 'Malformed request', action: 'Send an origin-form, canonical request-target (no dot segments, encoded slashes, empty segments, path parameters or control characters), no method override in the query (_method), single Authorization and Host headers (Host a DNS name or IP address and an optional port), and no transfer coding other than chunked.' },
+  'malformed-request': { status: 400, title: 'Malformed request', action: 'Send an origin-form, canonical request-target (no dot segments, encoded slashes, empty segments, path parameters or control characters: the detail names the segment and what is wrong with it), no method override in the query (_method), single Authorization and Host headers (Host a DNS name or IP address and an optional port), and no transfer coding other than chunked.' },
 
   // --- operation ---
   'unknown-operation': { status: 403, title: 'Unknown operation', action: 'Call only operations of the current contract; check method and path against the API description.' },

@@ -1,7 +1,7 @@
 // Operation path templates: literal segments and {variables}. A literal segment must be
 // in the canonical form that the canonical-path check lets through, or it could never match.
 
-import { isCanonicalSegment } from '../pipeline/canonical.ts';
+import { segmentProblem } from '../pipeline/canonical.ts';
 
 export type Segment = { readonly literal: string } | { readonly variable: string };
 
@@ -26,8 +26,9 @@ export function parseTemplate(path: string): Template | string {
       segments.push({ variable: variable[1]! });
     } else if (part.includes('{') || part.includes('}')) {
       return `"${part}": a variable must be a whole segment, like {id}`;
-    } else if (!isCanonicalSegment(part)) {
-      return `"${part}" is not a canonical path segment (empty, dot segment, ';', encoded '/' or '\\', a character that must be percent-encoded, one percent-encoded that need not be: write ':' for %3A, or percent-encoding in lowercase hex: write %C3%A9)`;
+    } else if (segmentProblem(part) !== undefined) {
+      // A request that could match it could never be canonical: say what to write instead.
+      return `"${part}" is not a canonical path segment: it ${segmentProblem(part)}`;
     } else {
       segments.push({ literal: part });
     }

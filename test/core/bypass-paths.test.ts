@@ -31,7 +31,22 @@ const REFUSED: Record<string, string[]> = {
   'double encoding': ['/items/%252e%252e/admin', '/items/1%252F', '/items/1%252f', '/items/%255C1', '/items/1%2541', '/items/1%25ab'],
   'invalid percent-encoding': ['/items/%zz', '/items/1%', '/items/1%2', '/items/1%g0', '/items/%%30', '/items/1%2G'],
   'non-ASCII': ['/items/caf\u00e9', '/items/\u0430dmin', '/items/caf%c3%a9', '/items/%C3', '/items/%FF', '/items/%ED%A0%80'],
-  'second spellings of allowed characters': ['/items/%31', '/items/a%3Ab', '/items/a%40b', '/items/%41', '/items/a%2Bb', '/items/a%7E'],
+  'second spellings of unreserved characters': ['/items/%31', '/items/%41', '/items/a%7E', '/items/a%2D', '/items/a%5Fb', '/items/a%2Eb'],
+};
+
+// What each category's detail says of the segment (or the query) it names.
+const DETAIL: Record<string, RegExp> = {
+  'dot segments': /is a dot segment|percent-encodes a letter|lowercase hex|not UTF-8/,
+  'encoded slash and backslash': /encoded \/, \\, ;, # or control|lowercase hex/,
+  'raw backslash': /must be percent-encoded/,
+  'NUL and control characters': /encoded \/, \\, ;, # or control|must be percent-encoded|lowercase hex|could not be parsed/,
+  'path parameters': /a ; \(a path parameter|encoded \/, \\, ;, #|lowercase hex/,
+  'fragments': /must be percent-encoded|encoded \/, \\, ;, #|the query holds/,
+  'empty segments': /is empty/,
+  'double encoding': /encoded twice|lowercase hex/,
+  'invalid percent-encoding': /a % that is not followed by two hex digits/,
+  'non-ASCII': /must be percent-encoded|lowercase hex|not UTF-8|could not be parsed/,
+  'second spellings of unreserved characters': /percent-encodes a letter, a digit or one of - \. _ ~: write it as it is/,
 };
 
 function bytes(target: string, headers: string[] = [], method = 'GET'): Buffer {
@@ -51,6 +66,9 @@ t.test('every non-canonical request-target is refused with 400 malformed-request
       t.equal(a.status, 400, name);
       t.equal(a.headers['content-type'], 'application/problem+json', `${name}: problem+json`);
       t.equal(a.json().code, 'malformed-request', `${name}: code`);
+      // Node's parser refuses raw controls and raw non-ASCII bytes before any check sees them.
+      t.match(a.json().detail, /^(the request-target is not origin-form and canonical: (path segment \d+ |the query )|the request could not be parsed$)/, `${name}: the detail names the segment or the query`);
+      t.match(a.json().detail, DETAIL[category]!, `${name}: and says what is wrong`);
     }
   }
   t.equal(w.up.seen.length, 0, 'the upstream saw none of them');
@@ -68,13 +86,31 @@ t.test('non-canonical targets are refused in audit mode too, and on public opera
 t.test('canonical spellings of unusual characters pass and are forwarded exactly as sent', async (t) => {
   const w = await world(t);
   const auth = `Authorization: Bearer ${await w.tok()}`;
-  const fine = ['/items/caf%C3%A9', '/items/a%20b', '/items/a:b@c', '/items/a!$&\'()*+,=b', '/items/%25zz', '/items/%F0%9F%98%80', '/items/v1.2', '/items/...'];
+  const fine = ['/items/caf%C3%A9', '/items/a%20b', '/items/a:b@c', '/items/a!$&\'()*+,=b', '/items/%25zz', '/items/%F0%9F%98%80', '/items/v1.2', '/items/...',
+    // Sub-delims, : and @ as encodeURIComponent and Python's quote(safe='') write them.
+    '/items/alice%40example.com', '/items/2026-01-01T00%3A00%3A00Z', '/items/a%2Cb', '/items/c%2B%2B', '/items/k%3Dv', '/items/%21%24%26%27%28%29%2A'];
   for (const target of fine) {
     const before = w.up.seen.length;
     const a = await raw(w.port, bytes(target, [auth]));
     t.equal(a.status, 200, target);
     t.equal(w.up.seen[before]?.url, target, `${target}: forwarded unchanged`);
   }
+});
+
+t.test('an encoded character that decodes onto a literal of another operation is refused, as a case that folds onto one is', async (t) => {
+  const w = await world(t, (r) => { r.contract.operations.push({ id: 'pairItem', method: 'GET', path: '/items/a:b', scopes: ['items.read'], sensitivity: 'low' }); });
+  const auth = `Authorization: Bearer ${await w.tok()}`;
+  const plain = await raw(w.port, bytes('/items/a:b', [auth]));
+  t.equal(plain.status, 200, '/items/a:b is pairItem');
+  const before = w.up.seen.length;
+  // getItem(id=a%3Ab) here; a router that decodes would run pairItem.
+  const encoded = await raw(w.port, bytes('/items/a%3Ab', [auth]));
+  t.equal(encoded.status, 403);
+  t.match(encoded.json(), { code: 'unknown-operation', detail: /path segment 2 differs from the contract's only in case or percent-encoding/ });
+  t.equal(w.up.seen.length, before, 'not forwarded');
+  const other = await raw(w.port, bytes('/items/a%3Ac', [auth]));
+  t.equal(other.status, 200, 'a segment that decodes onto no literal is the variable\'s, as sent');
+  t.equal(w.up.seen.at(-1)?.url, '/items/a%3Ac');
 });
 
 t.test('request-targets that are not origin-form are refused', async (t) => {
@@ -92,6 +128,7 @@ t.test('request-targets that are not origin-form are refused', async (t) => {
     const a = await raw(w.port, head);
     t.equal(a.status, 400, head.split('\r\n')[0]!);
     t.equal(a.json().code, 'malformed-request');
+    t.match(a.json().detail, /not origin-form \(a path from \/: not an absolute URL, an authority or \*\)|could not be parsed/);
   }
   t.equal(w.up.seen.length, 0);
 });

@@ -115,7 +115,7 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'non-canonical literal in a template (path parameter)', text: edit('path: /items/{id}', 'path: /items;v=1/{id}'), line: 23, field: 'contract.operations[0].path' },
   { name: 'non-canonical literal in a template (encoded slash)', text: edit('path: /items/{id}', 'path: /a%2Fb/{id}'), line: 23, field: 'contract.operations[0].path' },
   { name: 'non-canonical literal in a template (empty segment)', text: edit('path: /items/{id}', 'path: /items//{id}'), line: 23, field: 'contract.operations[0].path' },
-  { name: 'non-canonical literal in a template (encoded where it need not be)', text: edit('path: /items/{id}', 'path: /a%3Ab/{id}'), line: 23, field: 'contract.operations[0].path', message: /one percent-encoded that need not be: write ':' for %3A/ },
+  { name: 'non-canonical literal in a template (encoded where it need not be)', text: edit('path: /items/{id}', 'path: /a%41b/{id}'), line: 23, field: 'contract.operations[0].path', message: /"a%41b" is not a canonical path segment: it percent-encodes a letter, a digit or one of - \. _ ~: write it as it is/ },
   { name: 'non-canonical literal in a template (lowercase hex)', text: edit('path: /items/{id}', 'path: /caf%c3%a9/{id}'), line: 23, field: 'contract.operations[0].path', message: /lowercase hex/ },
   // Sent in headers: a version with a character outside Latin-1 made every request declaring it a 502.
   { name: 'a contract version with a space or a character headers cannot carry', text: edit('  versions: ["2026-01", "2026-06"]', '  versions: ["2026-01", "2026-06", "v2 ✓"]'), line: 19, field: 'contract.versions[2]', message: /is not valid: A contract version: printable ASCII without spaces/ },
