@@ -26,7 +26,7 @@ interface Node {
  * The segment at `index` would take another router to another operation: one that ignores
  * case (`case`), or one that reads a format suffix from the last segment's first dot on (`suffix`).
  */
-export interface Mismatch { readonly by: 'case' | 'suffix'; readonly index: number }
+export interface Mismatch { readonly by: 'case' | 'suffix' | 'slash'; readonly index: number }
 
 const node = (): Node => ({ literals: new Map(), folded: new Map() });
 
@@ -57,6 +57,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   let foldingLiterals = false;
   /** Operations whose last segment is a variable: a value with a dot may be a format suffix. */
   const endsInVariable = new Set<Operation>();
+  /** Some template ends in a slash: a router that ignores one may take a path to its twin. */
+  let trailingSlashes = false;
   for (const op of operations) {
     const template = parseTemplate(op.path);
     if (typeof template === 'string') throw new TypeError(`operation ${op.id}: ${template}`); // the loader already refused it
@@ -78,6 +80,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       }
     }
     at.operation = op;
+    const lastSegment = template.segments.at(-1);
+    if (lastSegment && 'literal' in lastSegment && lastSegment.literal === '') trailingSlashes = true;
     if (template.segments.length > 0 && !('literal' in template.segments.at(-1)!)) endsInVariable.add(op);
   }
   /** Exact: literals before variables at every level, backtracking to the variable. */
@@ -88,7 +92,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       const found = walk(literal, segments, i + 1);
       if (found) return found;
     }
-    return at.variable ? walk(at.variable, segments, i + 1) : undefined;
+    // A variable takes no empty segment: /items/ is not /items/{id} with an empty id.
+    return at.variable && segments[i] !== '' ? walk(at.variable, segments, i + 1) : undefined;
   }
 
   /**
@@ -104,7 +109,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       const found = walkFolded(literal, segments, i + 1, exact || first >= 0 ? first : i);
       if (found) return found;
     }
-    return at.variable ? walkFolded(at.variable, segments, i + 1, first) : undefined;
+    return at.variable && segment !== '' ? walkFolded(at.variable, segments, i + 1, first) : undefined;
   }
 
   function decideCase(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
@@ -116,8 +121,23 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     return found;
   }
 
-  function decide(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
+  /**
+   * With a template that ends in a slash in the contract, a router that ignores trailing
+   * slashes (Express's default, Spring before 6) may take /items/ to /items's operation, or
+   * /items to /items/'s: a path whose twin, with or without the slash, is another operation's
+   * is refused.
+   */
+  function decideSlash(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
     const found = decideCase(root, segments);
+    if (!trailingSlashes || found === undefined || 'by' in found || segments.length === 0) return found;
+    const slashed = segments.at(-1) === '';
+    const twin = decideCase(root, slashed ? segments.slice(0, -1) : [...segments, '']);
+    if (twin !== undefined && twin !== found) return { by: 'slash', index: segments.length - (slashed ? 2 : 1) };
+    return found;
+  }
+
+  function decide(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
+    const found = decideSlash(root, segments);
     const last = segments.length - 1;
     if (found === undefined || 'by' in found || !endsInVariable.has(found) || !segments[last]!.includes('.')) return found;
     // A variable took the last segment, dot and all. Without its suffix, from each dot on
@@ -152,9 +172,13 @@ export function operationLookup(rules: Rules): Check {
     run(ctx) {
       const op = match(ctx.req.method ?? '', ctx.target!.segments);
       if (op && !('by' in op)) { ctx.operation = op; return undefined; }
-      const why = op === undefined ? ''
+      const segments = ctx.target!.segments;
+      // A trailing slash is part of the path: say so when the path without it is an operation.
+      const unslashed = op === undefined && segments.at(-1) === '' ? match(ctx.req.method ?? '', segments.slice(0, -1)) : undefined;
+      const why = op === undefined ? (unslashed && !('by' in unslashed) ? ': the contract names it without the trailing / (paths are matched with theirs)' : '')
         : op.by === 'case' ? `: path segment ${op.index + 1} differs from the contract's only in case or percent-encoding, and paths are matched exactly`
-        : `: path segment ${op.index + 1} is another operation's with a format suffix (.json), which some routers take to that operation`;
+        : op.by === 'suffix' ? `: path segment ${op.index + 1} is another operation's with a format suffix (.json), which some routers take to that operation`
+        : ': it differs from another operation\'s path only by a trailing /, which some routers ignore';
       return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract version ${rules.contract.current}${why}` };
     },
   };

@@ -32,7 +32,7 @@ function upperHex(code: number): number {
 }
 
 // What is wrong with a segment, as the 400's detail says it (README, Canonical paths).
-const EMPTY = 'is empty (// or a trailing /)';
+const EMPTY = 'is empty (//)';
 const DOTS = 'is a dot segment (. or ..), which the upstream would resolve';
 const BAD_PERCENT = 'holds a % that is not followed by two hex digits';
 const LOWER_HEX = 'spells a percent-encoded byte in lowercase hex: write %C3%A9, not %c3%a9';
@@ -100,7 +100,7 @@ function utf8(bytes: number[]): boolean {
 
 export interface Target {
   readonly path: string;
-  /** Path split into segments (no leading empty segment); [] for `/`. */
+  /** Path split into segments (no leading empty segment; a trailing slash is a last empty one); [] for `/`. */
   readonly segments: readonly string[];
   /** Query string including its leading `?`, or ''. */
   readonly query: string;
@@ -127,7 +127,11 @@ export function canonicalTarget(url: string | undefined): Target | undefined {
   if (!plainQuery(query)) return undefined;
   if (path === '/') return { path, segments: [], query };
   const segments = path.slice(1).split('/');
-  for (const s of segments) if (!isCanonicalSegment(s)) return undefined;
+  // The last segment may be empty: a trailing slash (/api/users/, Django's routes), which
+  // matches only a template that ends in one.
+  const last = segments.length - 1;
+  for (let i = 0; i < last; i++) if (!isCanonicalSegment(segments[i]!)) return undefined;
+  if (segments[last] !== '' && !isCanonicalSegment(segments[last]!)) return undefined;
   return { path, segments, query };
 }
 
@@ -141,6 +145,7 @@ export function targetProblem(url: string | undefined): string {
   if (q >= 0 && !plainQuery(url.slice(q))) return 'the query holds a character other than visible ASCII, or a # or \\';
   const segments = (q < 0 ? url : url.slice(0, q)).slice(1).split('/');
   for (let i = 0; i < segments.length; i++) {
+    if (i === segments.length - 1 && segments[i] === '') break;
     const problem = segmentProblem(segments[i]!);
     if (problem !== undefined) return `path segment ${i + 1} ${problem}`;
   }

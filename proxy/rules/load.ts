@@ -702,7 +702,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   if (!rank.has(minimum)) fail(['contract', 'minimum'], `"${minimum}" is not one of contract.versions`);
   const ids = new Set<string>();
   const routes = new Map<string, number>();
-  const foldedRoutes = new Map<string, number>();
+  const foldedRoutes = new Map<string, { i: number; slashed: boolean }>();
   const operations: Operation[] = [];
   raw.contract.operations.forEach((op, i) => {
     const here: Path = ['contract', 'operations', i];
@@ -718,10 +718,18 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       // Literals that differ only in case (/items/{id} and /Items/{id}): an upstream router that
       // ignores case (Express, Spring's default) may run the other's handler, whose scopes and
       // sensitivity driftguard did not apply.
-      const folded = `${op.method} ${template.shape.toLowerCase()}`;
+      // And paths that differ only by a trailing slash (/items and /items/): a router that
+      // ignores one (Express's default) may run either for both, and the operation check would
+      // refuse both (proxy/checks/operation.ts, decideSlash).
+      const slashed = template.shape.length > 1 && template.shape.endsWith('/');
+      const folded = `${op.method} ${(slashed ? template.shape.slice(0, -1) : template.shape).toLowerCase()}`;
       const twin = foldedRoutes.get(folded);
-      if (other === undefined && twin !== undefined) fail([...here, 'path'], `${op.method} ${op.path} differs only in case from contract.operations[${twin}]'s path: an upstream that ignores case would take one for the other`);
-      foldedRoutes.set(folded, i);
+      if (other === undefined && twin !== undefined) {
+        fail([...here, 'path'], twin.slashed !== slashed
+          ? `${op.method} ${op.path} differs only by a trailing / from contract.operations[${twin.i}]'s path: an upstream that ignores trailing slashes would take one for the other, and driftguard refuses both`
+          : `${op.method} ${op.path} differs only in case from contract.operations[${twin.i}]'s path: an upstream that ignores case would take one for the other`);
+      }
+      foldedRoutes.set(folded, { i, slashed });
     }
     if (op.public && op.scopes.length > 0) fail([...here, 'scopes'], 'a public operation needs no credential, so its scopes would never be checked: drop public, or the scopes');
     if (op.changedIn !== undefined && !rank.has(op.changedIn)) fail([...here, 'changedIn'], `"${op.changedIn}" is not one of contract.versions`);

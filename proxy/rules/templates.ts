@@ -18,7 +18,10 @@ export function parseTemplate(path: string): Template | string {
   const parts = path.slice(1).split('/');
   const segments: Segment[] = [];
   const names = new Set<string>();
-  for (const part of parts) {
+  for (const [i, part] of parts.entries()) {
+    // A trailing slash (/api/users/, as Django REST framework's routers write them): a last
+    // empty literal, which only a request ending in a slash matches.
+    if (part === '' && i === parts.length - 1 && i > 0) { segments.push({ literal: '' }); continue; }
     const variable = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(part);
     if (variable) {
       if (names.has(variable[1]!)) return `variable {${variable[1]}} appears twice`;

@@ -27,7 +27,7 @@ const REFUSED: Record<string, string[]> = {
   ],
   'path parameters': ['/items/1;x=1', '/items;/1', '/items;jsessionid=1/1', '/items/1%3Bx=1', '/items/1%3bx=1', '/items%3B/1'],
   'fragments': ['/items/1#x', '/items/1#/../../admin', '/items/1%23x', '/items/1?q=1#x'],
-  'empty segments': ['//items/1', '/items//1', '/items/1/', '/items/1//', '///items/1'],
+  'empty segments': ['//items/1', '/items//1', '/items/1//', '///items/1', '/items//'],
   'double encoding': ['/items/%252e%252e/admin', '/items/1%252F', '/items/1%252f', '/items/%255C1', '/items/1%2541', '/items/1%25ab'],
   'invalid percent-encoding': ['/items/%zz', '/items/1%', '/items/1%2', '/items/1%g0', '/items/%%30', '/items/1%2G'],
   'non-ASCII': ['/items/caf\u00e9', '/items/\u0430dmin', '/items/caf%c3%a9', '/items/%C3', '/items/%FF', '/items/%ED%A0%80'],
@@ -111,6 +111,37 @@ t.test('an encoded character that decodes onto a literal of another operation is
   const other = await raw(w.port, bytes('/items/a%3Ac', [auth]));
   t.equal(other.status, 200, 'a segment that decodes onto no literal is the variable\'s, as sent');
   t.equal(w.up.seen.at(-1)?.url, '/items/a%3Ac');
+});
+
+t.test('a trailing slash is part of the path: templates that end in one (Django REST framework) match only requests that do', async (t) => {
+  const w = await world(t, (r) => {
+    r.contract.operations.push(
+      { id: 'listUsers', method: 'GET', path: '/api/users/', scopes: ['items.read'], sensitivity: 'low' },
+      { id: 'getUser', method: 'GET', path: '/api/users/{pk}/', scopes: ['items.read'], sensitivity: 'low' },
+      { id: 'exportItems', method: 'GET', path: '/items/export/', scopes: ['items.read'], sensitivity: 'low' },
+    );
+  });
+  const auth = `Authorization: Bearer ${await w.tok()}`;
+  for (const target of ['/api/users/', '/api/users/7/']) {
+    const a = await raw(w.port, bytes(target, [auth]));
+    t.equal(a.status, 200, `${target}: its operation`);
+    t.equal(w.up.seen.at(-1)?.url, target, `${target}: forwarded with its slash`);
+  }
+  const before = w.up.seen.length;
+  const bare = await raw(w.port, bytes('/api/users', [auth]));
+  t.match(bare.json(), { code: 'unknown-operation' }, '/api/users: no operation without the slash');
+  const emptyId = await raw(w.port, bytes('/api/users//', [auth]));
+  t.equal(emptyId.status, 400, '/api/users//: an empty segment in the middle is malformed still');
+  // /items/export is getItem(id=export) here and /items/export/ exportItems, but a router that
+  // ignores trailing slashes runs one for the other: both refused.
+  for (const target of ['/items/export', '/items/export/']) {
+    const twin = await raw(w.port, bytes(target, [auth]));
+    t.equal(twin.status, 403, target);
+    t.match(twin.json(), { code: 'unknown-operation', detail: /differs from another operation's path only by a trailing \/, which some routers ignore/ });
+  }
+  const slashed = await raw(w.port, bytes('/items/1/', [auth]));
+  t.match(slashed.json(), { code: 'unknown-operation', detail: /the contract names it without the trailing \/ \(paths are matched with theirs\)/ }, '/items/1/: the detail says /items/1 is the operation');
+  t.equal(w.up.seen.length, before, 'none of the refused ones forwarded');
 });
 
 t.test('request-targets that are not origin-form are refused', async (t) => {

@@ -138,6 +138,7 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // `check` said valid; `run` failed with EADDRINUSE.
   { name: 'admin on the traffic listener\'s port', text: edit('listen: 127.0.0.1:0', 'listen: 0.0.0.0:18080').replace('admin: 127.0.0.1:0', 'admin: 127.0.0.1:18080'), line: 4, field: 'proxy.admin', message: /must differ from proxy\.listen: both listen on port 18080/ },
   { name: 'a public operation with scopes (never checked)', text: edit('      sensitivity: low\n', '      sensitivity: low\n      public: true\n      scopes: [items.read]\n'), line: 26, field: 'contract.operations[0].scopes', message: /never be checked/ },
+  { name: 'two templates that differ only by a trailing slash', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /items/{other}/\n'), line: 27, field: 'contract.operations[1].path', message: /differs only by a trailing \/ from contract\.operations\[0\]'s path: an upstream that ignores trailing slashes/ },
   { name: 'two templates that differ only in case', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /Items/{other}\n'), line: 27, field: 'contract.operations[1].path', message: /differs only in case from contract\.operations\[0\]/ },
   { name: 'listen not host:port', text: edit('listen: 127.0.0.1:0', 'listen: localhost'), line: 2, field: 'proxy.listen' },
   // A deprecation link goes into a Link header as <…>: it must not end it early, nor carry a
