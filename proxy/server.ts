@@ -17,8 +17,8 @@ import { movingOn } from './checks/deprecation.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
-import { Forwarder, hasBody, isWebSocketHandshake, eventStreamAnswer, sentUpstream, withdraw } from './forward/forward.ts';
-import { UNPARSED_BODY, CLIENT_CLOSED, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
+import { Forwarder, hasBody, isWebSocketHandshake, eventStreamAnswer, sentUpstream, streamSockets, withdraw } from './forward/forward.ts';
+import { UNPARSED_BODY, CLIENT_CLOSED, idleClosed, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, cutAnswer, endAndClose } from './forward/wire.ts';
@@ -456,6 +456,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // what the client had read look whole (cutAnswer).
     const res = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
     if (res?.headersSent && !res.writableFinished) cutAnswer(res);
+    idleClosed.add(socket);
     socket.destroy();
   });
   // A connection whose head is still arriving holds up to about 20 KiB of heap: thousands of
@@ -1149,7 +1150,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // open that long, or for ever with 0s, after every reload). Not a handshake's or a tunnel's.
       for (const s of sockets) {
         const line = pipelines.get(s);
-        if (tunnels.has(s) || handshakes.has(s) || (line && line.last !== undefined && line.open === 0)) continue;
+        if (tunnels.has(s) || handshakes.has(s) || streamSockets.has(s) || (line && line.last !== undefined && line.open === 0)) continue;
         s.setTimeout(next.proxy.timeouts.clientIdleMs);
       }
       traffic.maxConnections = next.proxy.clientConnections;

@@ -11,7 +11,7 @@ import { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { CLIENT_CLOSED, CLIENT_TOO_SLOW, CLOSED_UNDER, connectionWaitTimeout, errorCode, expireIfWaiting, failed, statusError, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, CLIENT_IDLE, CLIENT_TOO_SLOW, CLOSED_UNDER, idleClosed, connectionWaitTimeout, errorCode, expireIfWaiting, failed, statusError, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
 import { cutAnswer } from './wire.ts';
 import { ClientRead } from './client-read.ts';
@@ -62,6 +62,12 @@ function asksForEventStream(req: IncomingMessage): boolean {
   const accept = req.headers.accept;
   return accept !== undefined && /text\/event-stream/i.test(accept);
 }
+
+/**
+ * Client sockets carrying an event stream their request asked for, idle-timed at tunnelIdle
+ * instead of clientIdle while it runs: a reload leaves their timeout alone (server.ts).
+ */
+export const streamSockets = new WeakSet<Socket>();
 
 /** The tunnel of each WebSocket handshake's client socket, while it is forwarded. */
 const tunnels = new WeakMap<Socket, Tunnel>();
@@ -120,9 +126,12 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   readonly #clientReadMs: number;
   /** The answer's waits for its client, from the first: cut once they add up to clientRead. */
   #reads?: ClientRead;
+  /** tunnelIdle, when the request asked for an event stream (asksForEventStream); else undefined. */
+  readonly #streamIdleMs: number | undefined;
 
-  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, clientReadMs: number, answering?: Answering) {
+  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, clientReadMs: number, answering?: Answering, streamIdleMs?: number) {
     this.#req = req;
+    this.#streamIdleMs = streamIdleMs;
     this.#res = res;
     this.#clientReadMs = clientReadMs;
     this.#responseHeaders = responseHeaders;
@@ -147,7 +156,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // Before the upstream answered: abort the upstream request (the pool reuses or closes the
     // connection). After: stop reading the body, and report the cut, first: the abort calls
     // onResponseError at once, which would report it as an upstream error.
-    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: this.#reads?.slow ? CLIENT_TOO_SLOW : CLIENT_CLOSED });
+    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: this.#reads?.slow ? CLIENT_TOO_SLOW : idleClosed.has(this.#req.socket) ? CLIENT_IDLE : CLIENT_CLOSED });
     // Still waiting for a pool connection: nothing was sent, and nothing will be (onRequestStart
     // aborts it), so its idempotency key is free at once, not kept for a write never made.
     else if (!this.#controller) this.#finish({ aborted: true, error: CLIENT_CLOSED, notSent: true });
@@ -160,6 +169,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     clearTimeout(this.#wait);
     this.#reads?.stop();
     this.#res.off('close', this.#onClose);
+    // The connection's next request gets the server's clientIdle again (Node sets it then).
+    streamSockets.delete(this.#req.socket);
     // Out of the map as soon as it ends: an entry left until the answer is collected keeps the
     // exchange (and through it the request) alive in a weak map's table, which every garbage
     // collection must walk: about 8 µs of CPU a request at saturation (make bench, A/B). Nothing
@@ -221,7 +232,13 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     this.#head = { status: statusCode, headers: head };
     // An event stream's head goes out at once: its first event may be minutes away, and an
     // EventSource takes the stream as open only when it has the 200.
-    if (this.#eventStream) { this.#writeHead(); this.#res.flushHeaders(); }
+    if (this.#eventStream) {
+      this.#writeHead();
+      this.#res.flushHeaders();
+      // Asked for, it may be quiet for tunnelIdle, on the client's side too: the connection's
+      // idle timeout (clientIdle) would close it first.
+      if (this.#streamIdleMs !== undefined) { this.#req.socket.setTimeout(this.#streamIdleMs); streamSockets.add(this.#req.socket); }
+    }
   }
 
   #writeHead(): void {
@@ -330,7 +347,8 @@ export class Forwarder {
     // already fired, so nothing would abort the request; send nobody's request upstream.
     if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     return new Promise((resolve) => {
-      const exchange = new Exchange(req, res, responseHeaders, resolve, this.#clientReadMs, answering);
+      const stream = asksForEventStream(req);
+      const exchange = new Exchange(req, res, responseHeaders, resolve, this.#clientReadMs, answering, stream ? this.#tunnelIdleMs : undefined);
       const options: Dispatcher.DispatchOptions = {
         path,
         method: req.method as 'GET',
@@ -338,8 +356,10 @@ export class Forwarder {
         // A check that read the (small) body whole hands its bytes on; otherwise stream it.
         body: body ?? (hasBody(req) ? req : null),
       };
-      // tunnelIdle, 0 for none (undici's 0 is no limit too).
-      if (asksForEventStream(req)) options.bodyTimeout = this.#tunnelIdleMs;
+      // No body timeout of undici's: the client connection's idle timeout bounds the pauses,
+      // tunnelIdle once the answer is an event stream (Exchange), clientIdle if it is not. One
+      // limit, not two timers racing to cut the same stream under two names.
+      if (stream) options.bodyTimeout = 0;
       if (sendAgain(req, body)) exchange.mayRetry(() => { this.#dispatch(options, exchange); });
       this.#dispatch(options, exchange);
     });

@@ -29,6 +29,14 @@ export interface ForwardOutcome {
 export const CLIENT_CLOSED = 'client closed';
 /** Its `error` when driftguard cut an answer whose client kept the upstream waiting longer than proxy.timeouts.clientRead. */
 export const CLIENT_TOO_SLOW = 'client too slow';
+/**
+ * Its `error` when driftguard closed a client connection that carried no byte either way for
+ * proxy.timeouts.clientIdle (tunnelIdle for an event stream the request asked for) while its
+ * answer streamed: driftguard's close, not the client leaving.
+ */
+export const CLIENT_IDLE = 'client idle';
+/** Client sockets the traffic server closed for their idle time (server.ts), so that the close is told from the client's. */
+export const idleClosed = new WeakSet<object>();
 /** Its `error` when driftguard's drain cut the connection at the end of its grace period. */
 export const DRAIN_CUT = 'drain';
 /** Its `error` when driftguard cut an answer because its credential was revoked or its consumer quarantined meanwhile. */

@@ -127,6 +127,34 @@ t.test('an event stream: its head reaches the client before its first event, and
   t.notOk(seen.cut, 'the stream ended as the upstream ended it');
 });
 
+t.test('an event stream asked for with Accept may be quiet for longer than clientIdle, up to tunnelIdle; past it driftguard closes it, recorded as its own cut', async (t) => {
+  const w = await lifecycleWorld();
+  let quiet = 2500;
+  w.up.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/event-stream' }); res.flushHeaders(); const timer = setTimeout(() => { res.end('data: x\n\n'); }, quiet); res.on('close', () => clearTimeout(timer)); };
+  const dg = await startLifecycle(w.rules((r) => { r.proxy.timeouts = { response: '300ms', clientIdle: '1s', tunnelIdle: '4s' }; r.monitors = monitorsOnly({}); }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const tok = await w.token();
+  const read = (path: string) => new Promise<{ body: string; cut: boolean }>((resolve) => {
+    const req = request(`${dg.url}${path}`, { headers: { authorization: `Bearer ${tok}`, accept: 'text/event-stream' } }, (res) => {
+      const out = { body: '', cut: false };
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { out.body += d; });
+      res.on('end', () => resolve(out));
+      res.on('error', () => { out.cut = true; resolve(out); });
+    });
+    req.on('error', () => resolve({ body: '', cut: true }));
+    req.end();
+  });
+  const kept = await read('/items/1');
+  t.same(kept, { body: 'data: x\n\n', cut: false }, 'quiet 2.5 s, over clientIdle (1 s) and under tunnelIdle (4 s): whole');
+  quiet = 10_000;
+  const closed = await read('/items/2');
+  t.ok(closed.cut, 'quiet past tunnelIdle: closed');
+  const record = () => dg.seen.find((s) => s.ctx.req.url === '/items/2');
+  await until(() => record()?.forwarded !== undefined, 3000);
+  t.match(record()?.forwarded, { status: 200, aborted: true, error: 'client idle' }, 'driftguard closed it for its idle time, not the client');
+});
+
 t.test('an event stream not asked for with Accept keeps the response timeout between chunks', async (t) => {
   const w = await world(t, (r) => { r.proxy.timeouts.response = '300ms'; });
   w.up.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/event-stream' }); res.write('data: 1\n\n'); };
