@@ -16,8 +16,12 @@ import { redactPath } from '../lib/redact.ts';
 
 interface Node {
   readonly literals: Map<string, Node>;
-  /** The literals by their case fold: what a router that ignores case compares. */
-  readonly folded: Map<string, Node>;
+  /**
+   * The literals by their fold (decoded, case-folded): what a router that decodes or ignores
+   * case compares. Every literal of a fold, not the first: `A:B` and `a:b` both fold to `a:b`,
+   * and a walk that followed only the first missed the second's subtree.
+   */
+  readonly folded: Map<string, Node[]>;
   variable?: Node;
   operation?: Operation;
 }
@@ -70,7 +74,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
         if (!next) {
           at.literals.set(s.literal, (next = node()));
           const folded = fold(s.literal);
-          if (!at.folded.has(folded)) at.folded.set(folded, next);
+          const same = at.folded.get(folded);
+          if (same) same.push(next); else at.folded.set(folded, [next]);
           longestLiteral = Math.max(longestLiteral, s.literal.length, folded.length);
           if (folded !== s.literal) foldingLiterals = true;
         }
@@ -81,8 +86,12 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     }
     at.operation = op;
     const lastSegment = template.segments.at(-1);
-    if (lastSegment && 'literal' in lastSegment && lastSegment.literal === '') trailingSlashes = true;
-    if (template.segments.length > 0 && !('literal' in template.segments.at(-1)!)) endsInVariable.add(op);
+    const slashed = lastSegment !== undefined && 'literal' in lastSegment && lastSegment.literal === '';
+    if (slashed) trailingSlashes = true;
+    // Its last segment before any trailing slash (/users/{pk}/: Django REST framework's suffix
+    // patterns read /users/export.json/ too).
+    const named = slashed ? template.segments.at(-2) : lastSegment;
+    if (named !== undefined && !('literal' in named)) endsInVariable.add(op);
   }
   /** Exact: literals before variables at every level, backtracking to the variable. */
   function walk(at: Node, segments: readonly string[], i: number): Operation | undefined {
@@ -104,9 +113,13 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     if (i === segments.length) return at.operation ? { op: at.operation, index: first } : undefined;
     const segment = segments[i]!;
     const exact = at.literals.get(segment);
-    const literal = exact ?? at.folded.get(fold(segment));
-    if (literal) {
-      const found = walkFolded(literal, segments, i + 1, exact || first >= 0 ? first : i);
+    if (exact) {
+      const found = walkFolded(exact, segments, i + 1, first);
+      if (found) return found;
+    }
+    for (const literal of at.folded.get(fold(segment)) ?? []) {
+      if (literal === exact) continue;
+      const found = walkFolded(literal, segments, i + 1, first >= 0 ? first : i);
       if (found) return found;
     }
     return at.variable && segment !== '' ? walkFolded(at.variable, segments, i + 1, first) : undefined;
@@ -138,8 +151,10 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
 
   function decide(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
     const found = decideSlash(root, segments);
-    const last = segments.length - 1;
-    if (found === undefined || 'by' in found || !endsInVariable.has(found) || !segments[last]!.includes('.')) return found;
+    const slashed = segments.at(-1) === '';
+    // The segment a suffix router reads the format from: the last, or the one before a trailing slash.
+    const last = segments.length - (slashed ? 2 : 1);
+    if (found === undefined || 'by' in found || last < 0 || !endsInVariable.has(found) || !segments[last]!.includes('.')) return found;
     // A variable took the last segment, dot and all. Without its suffix, from each dot on
     // (Rails and Django take the stem up to the first dot, Spring's suffix patterns any stem),
     // it may be another operation's, or fold onto one: where such a router goes. Only a stem
@@ -149,8 +164,14 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     const segment = segments[last]!;
     const longestStem = ENCODED_PER_FOLDED * longestLiteral;
     for (let dot = segment.indexOf('.'); dot > 0 && dot <= longestStem; dot = segment.indexOf('.', dot + 1)) {
-      const stem = decideCase(root, [...segments.slice(0, last), segment.slice(0, dot)]);
+      const stemmed = [...segments.slice(0, last), segment.slice(0, dot)];
+      const stem = decideCase(root, slashed ? [...stemmed, ''] : stemmed);
       if (stem !== undefined && stem !== found) return { by: 'suffix', index: last };
+      // Suffix routers that take the slash after the format as optional (Django REST
+      // framework's `\.(?P<format>…)/?$`), or ignore it (Rails): the stem's twin too.
+      if (!trailingSlashes) continue;
+      const twin = decideCase(root, slashed ? stemmed : [...stemmed, '']);
+      if (twin !== undefined && twin !== found) return { by: 'suffix', index: last };
     }
     return found;
   }
@@ -159,7 +180,11 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     const root = roots.get(method);
     const found = root ? decide(root, segments) : undefined;
     if (found || method !== 'HEAD') return found;
-    // HEAD is a GET without a body: without an operation of its own it needs the GET's permission.
+    // HEAD is a GET without a body: without an operation of its own it needs the GET's
+    // permission, unless its slash twin is a HEAD operation a slash-ignoring router would run.
+    if (root && trailingSlashes && segments.length > 0 && decideCase(root, segments.at(-1) === '' ? segments.slice(0, -1) : [...segments, '']) !== undefined) {
+      return { by: 'slash', index: segments.length - 1 };
+    }
     const get = roots.get('GET');
     return get ? decide(get, segments) : undefined;
   };

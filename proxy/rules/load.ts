@@ -507,6 +507,11 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   return build(data as unknown as RawRules, source, bytes, at);
 }
 
+/** A template's shape decoded, as a router that decodes compares it (canonical literals decode). */
+function decodedShape(shape: string): string {
+  try { return decodeURIComponent(shape); } catch { return shape; }
+}
+
 // ---- the shape the schema guarantees (defaults applied) ----
 interface RawRules {
   proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; clientKeepAlive: string; request: string; clientRead: string; tunnelIdle: string; upstreamIdle: string }; connections: number; clientConnections: number };
@@ -721,13 +726,14 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       // And paths that differ only by a trailing slash (/items and /items/): a router that
       // ignores one (Express's default) may run either for both, and the operation check would
       // refuse both (proxy/checks/operation.ts, decideSlash).
+      // Decoded too: /p/a:b and /p/a%3Ab are one path to a router that decodes (Django, Spring).
       const slashed = template.shape.length > 1 && template.shape.endsWith('/');
-      const folded = `${op.method} ${(slashed ? template.shape.slice(0, -1) : template.shape).toLowerCase()}`;
+      const folded = `${op.method} ${decodedShape(slashed ? template.shape.slice(0, -1) : template.shape).toLowerCase()}`;
       const twin = foldedRoutes.get(folded);
       if (other === undefined && twin !== undefined) {
         fail([...here, 'path'], twin.slashed !== slashed
           ? `${op.method} ${op.path} differs only by a trailing / from contract.operations[${twin.i}]'s path: an upstream that ignores trailing slashes would take one for the other, and driftguard refuses both`
-          : `${op.method} ${op.path} differs only in case from contract.operations[${twin.i}]'s path: an upstream that ignores case would take one for the other`);
+          : `${op.method} ${op.path} differs only in case or percent-encoding from contract.operations[${twin.i}]'s path: an upstream that ignores case or decodes would take one for the other`);
       }
       foldedRoutes.set(folded, { i, slashed });
     }

@@ -144,6 +144,68 @@ t.test('a trailing slash is part of the path: templates that end in one (Django 
   t.equal(w.up.seen.length, before, 'none of the refused ones forwarded');
 });
 
+// Found by a review of the slash and encoding changes (each was forwarded before its fix).
+t.test('a format suffix before a trailing slash: /api/users/export.json/ is refused, as Django REST framework runs exportUsers for it', async (t) => {
+  const w = await world(t, (r) => {
+    r.contract.operations.push(
+      { id: 'getUser', method: 'GET', path: '/api/users/{pk}/', scopes: ['items.read'], sensitivity: 'low' },
+      { id: 'exportUsers', method: 'GET', path: '/api/users/export/', scopes: ['items.admin'], sensitivity: 'critical' },
+      { id: 'pubPage', method: 'GET', path: '/pub/{slug}/', sensitivity: 'low', public: true },
+      { id: 'pubAdmin', method: 'GET', path: '/pub/admin/', scopes: ['items.admin'], sensitivity: 'critical' },
+    );
+  });
+  const auth = `Authorization: Bearer ${await w.tok({ scope: 'items.read' })}`;
+  const direct = await raw(w.port, bytes('/api/users/export/', [auth]));
+  t.equal(direct.status, 403, 'control: exportUsers needs items.admin');
+  const before = w.up.seen.length;
+  const suffixed = await raw(w.port, bytes('/api/users/export.json/', [auth]));
+  // DRF format_suffix_patterns: ^api/users/export\.(?P<format>[a-z0-9]+)/?$ is exportUsers (pk is [^/.]+).
+  t.equal(suffixed.status, 403, '/api/users/export.json/ must be refused (a suffix router runs exportUsers)');
+  t.equal(w.up.seen.length, before, 'not forwarded');
+  const anon = await raw(w.port, bytes('/pub/admin.json/'));
+  t.equal(anon.status, 403, 'without any credential, /pub/admin.json/ must not reach pubAdmin through the public pubPage');
+  t.equal(w.up.seen.length, before, 'not forwarded');
+});
+
+t.test('a format suffix onto a slashed literal: /items/export.json is refused, as a suffix router with an optional slash runs exportItems (/items/export/)', async (t) => {
+  const w = await world(t, (r) => {
+    r.contract.operations.push({ id: 'exportItems', method: 'GET', path: '/items/export/', scopes: ['items.admin'], sensitivity: 'critical' });
+  });
+  const auth = `Authorization: Bearer ${await w.tok({ scope: 'items.read' })}`;
+  const before = w.up.seen.length;
+  const a = await raw(w.port, bytes('/items/export.json', [auth]));
+  t.equal(a.status, 403, '/items/export.json must be refused as /items/export.json/ would be');
+  t.equal(w.up.seen.length, before, 'not forwarded');
+});
+
+t.test('an encoded segment that decodes onto a literal whose fold another literal shares is refused', async (t) => {
+  const w = await world(t, (r) => {
+    r.contract.operations.push(
+      { id: 'anyX', method: 'GET', path: '/r/{t}/x', scopes: ['items.read'], sensitivity: 'low' },
+      { id: 'upperY', method: 'GET', path: '/r/A:B/y', scopes: ['items.read'], sensitivity: 'low' },
+      { id: 'pairX', method: 'GET', path: '/r/a:b/x', scopes: ['items.admin'], sensitivity: 'critical' },
+    );
+  });
+  const auth = `Authorization: Bearer ${await w.tok({ scope: 'items.read' })}`;
+  t.equal((await raw(w.port, bytes('/r/a:b/x', [auth]))).status, 403, 'control: pairX needs items.admin');
+  const before = w.up.seen.length;
+  // Django, Starlette, Spring, Go's ServeMux decode %3A and match case-sensitively: pairX.
+  const a = await raw(w.port, bytes('/r/a%3Ab/x', [auth]));
+  t.equal(a.status, 403, '/r/a%3Ab/x must be refused (decodes onto pairX)');
+  t.equal(w.up.seen.length, before, 'not forwarded');
+});
+
+t.test('HEAD falls back to GET only when its slash twin is no HEAD operation', async (t) => {
+  const w = await world(t, (r) => {
+    r.contract.operations.push({ id: 'headAdmin', method: 'HEAD', path: '/items/', scopes: ['items.admin'], sensitivity: 'critical' });
+  });
+  const auth = `Authorization: Bearer ${await w.tok({ scope: 'items.read' })}`;
+  const before = w.up.seen.length;
+  // fetch, not raw(): an answer to HEAD has a Content-Length and no body.
+  const a = await fetch(`${w.dg.url}/items`, { method: 'HEAD', headers: { authorization: auth.slice('Authorization: '.length) } });
+  t.equal(a.status, 403, 'HEAD /items: a router that ignores trailing slashes runs HEAD /items/ (headAdmin); refused as the slash twin');
+  t.equal(w.up.seen.length, before, 'not forwarded');
+});
 t.test('request-targets that are not origin-form are refused', async (t) => {
   const w = await world(t);
   const auth = `Authorization: Bearer ${await w.tok()}`;
