@@ -318,7 +318,7 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   const { requests, limits } = cfg.resources;
   for (const name of ['cpu', 'memory', 'ephemeral-storage'] as const) {
     const [request, limit] = [requests?.[name], limits?.[name]];
-    if (request === undefined || limit === undefined || quantityValue(request) <= quantityValue(limit)) continue;
+    if (request === undefined || limit === undefined || compareQuantities(request, limit) <= 0) continue;
     throw new InjectorConfigError(`${where('resources')}: resources.requests.${name}: ${request} is above resources.limits.${name} (${limit}); the API server refuses a container so (and every pod injected with it)`);
   }
   return deepFreeze(cfg);
@@ -330,6 +330,32 @@ const QUANTITY_FACTORS: Record<string, number> = { '': 1, m: 1e-3, k: 1e3, M: 1e
 export function quantityValue(q: string): number {
   const m = /^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$/.exec(q);
   return m ? Number(m[1]) * QUANTITY_FACTORS[m[2] ?? '']! : Number.NaN;
+}
+
+/**
+ * A quantity as an exact fraction (numerator, denominator): `700m` is 7/10, as `0.7` is. In
+ * floating point 700 × 0.001 is 0.7000000000000001, above 0.7, and a request equal to its
+ * limit was refused as above it, while the API server (and Helm) take it.
+ */
+function quantityFraction(q: string): [bigint, bigint] {
+  const m = /^([0-9]+)(?:\.([0-9]+))?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$/.exec(q);
+  if (!m) return [0n, 0n];
+  const fraction = m[2] ?? '';
+  let num = BigInt(m[1]! + fraction);
+  let den = 10n ** BigInt(fraction.length);
+  const suffix = m[3] ?? '';
+  if (suffix === 'm') den *= 1000n;
+  else if (suffix !== '') num *= BigInt(QUANTITY_FACTORS[suffix]!);
+  return [num, den];
+}
+
+/** Sign of a − b, exactly; NaN when either is no quantity. */
+export function compareQuantities(a: string, b: string): number {
+  const [an, ad] = quantityFraction(a);
+  const [bn, bd] = quantityFraction(b);
+  if (ad === 0n || bd === 0n) return Number.NaN;
+  const d = an * bd - bn * ad;
+  return d > 0n ? 1 : d < 0n ? -1 : 0;
 }
 
 /** Reads a YAML (or JSON) config file (an empty file is an empty mapping) and where each top-level key stands in it. */

@@ -239,6 +239,8 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
     [['requests.memory=400Mi'], true], [['requests.memory=320Mi'], false], [['requests.memory=335544321'], true], [['requests.memory=0.3Gi'], false],
     [['requests.cpu=2', 'limits.cpu=1500m'], true], [['requests.cpu=1', 'limits.cpu=1000m'], false], [['requests.cpu=250m', 'limits.cpu=0.25'], false],
     [['requests.ephemeral-storage=1Ei', 'limits.ephemeral-storage=1E'], true], [['requests.cpu=4'], false],
+    // Equal, spelt two ways: in floating point 700 × 0.001 is above 0.7.
+    [['requests.cpu=700m', 'limits.cpu=0.7'], false], [['requests.cpu=2300m', 'limits.cpu=2.3'], false], [['requests.memory=0.5Gi', 'limits.memory=512Mi'], false],
   ] as const) {
     const flags = sets.flatMap((v) => ['--set', `sidecar.resources.${v}`]);
     const r = helm(['template', 'dg', CHART, '--namespace', NS, ...flags]);
