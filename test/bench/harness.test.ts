@@ -107,7 +107,7 @@ t.test('decision-log lines are counted in chunks, a line split across chunks onc
 });
 
 t.test('a ratio whose floor added nothing, and a cold round that replayed its tokens, never pass', async (t) => {
-  type Report = { budget: { id: string; value: number | null; pass: boolean; excluded?: string[] }[] };
+  type Report = { budget: { id: string; value: number | null; pass: boolean; excluded?: string[]; notes?: string[] }[] };
   t.equal(addedRatio(300, 100, 200), 2);
   t.equal(addedRatio(300, 100, 90), Infinity, 'the floor under direct and driftguard over it: the worst, not a negative pass');
   t.equal(addedRatio(300, 100, 100), Infinity, 'the floor equal to direct: infinite, not dropped');
@@ -127,6 +127,7 @@ t.test('a ratio whose floor added nothing, and a cold round that replayed its to
   t.equal(by.addedP50OneConnection!.pass, false);
   t.equal(by.coldPath!.value, 0.8, 'the replayed rounds left out');
   t.same(by.coldPath!.excluded, ['round 1: the cold tokens ran out (replayed 3x)', 'round 2: the cold tokens ran out (replayed 3x)']);
+  t.same(by.addedP50OneConnection!.notes, ['round 1: infinite (the floor added nothing in that round, driftguard did)'], 'the infinite round is named: the JSON writes it null');
   samples.driftguard.coldReplays = [1, 1, 1];
   const none = Object.fromEntries((summarise(samples, { bare: 150, 'bare-limited': 100, driftguard: 180, 'driftguard-limited': 120 }, {}, {}) as Report).budget.map((b) => [b.id, b]));
   t.equal(none.coldPath!.pass, false, 'every cold round replayed: no figure, not a pass');
@@ -137,7 +138,7 @@ t.test('a run whose answers are not the target\'s work is refused: errors, stall
     const o = { requests: 10_000, issued: 10_033, status: 500, read: 0, timeout: 0, ...over };
     return { requests: o.requests, issued: o.issued, errors: { connect: 0, read: o.read, write: 0, status: o.status, timeout: o.timeout } };
   };
-  t.equal(invalidRun(run({}), 32, 0.05), undefined, '5% refused as the mix says, one request in flight per connection at the end (and wrk\'s own check of request())');
+  t.equal(invalidRun(run({}), 32, 0.05), undefined, '5% refused as the mix says, one request in flight per connection at the end and one more');
   t.match(invalidRun(run({ status: 10_000 }), 32, 0.05), /100\.0% of the answers were refusals .* the mix calls for 5\.0%/, 'everything refused (a 503 storm): refused');
   t.match(invalidRun(run({ status: 500 }), 32, 0), /5\.0% of the answers were refusals/, 'the floor refusing anything: refused');
   t.match(invalidRun(run({ issued: 10_041 }), 32, 0.05), /8 requests written were never answered/, 'stalled requests');

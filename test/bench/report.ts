@@ -15,10 +15,16 @@ export interface BudgetLine {
   readonly limit: number;
   readonly comparison: '>=' | '<=';
   readonly pass: boolean;
-  /** The per-round values the median was taken of (null: a round that gave no figure, in `excluded`). */
+  /**
+   * The per-round values the median was taken of. In the JSON an infinite one, and an infinite
+   * median, are written null (JSON has no Infinity): `notes` says which; a round left out
+   * (NaN, also null) is in `excluded`.
+   */
   readonly rounds: (number | null)[];
   /** Rounds left out, and why. */
   readonly excluded?: string[];
+  /** Rounds whose ratio was infinite (the floor added nothing there), which count as the worst. */
+  readonly notes?: string[];
 }
 
 /**
@@ -44,8 +50,9 @@ export function invalidRun(r: Pick<WrkResult, 'requests' | 'issued' | 'errors'>,
   const socket = r.errors.connect + r.errors.read + r.errors.write + r.errors.timeout;
   if (socket > 0) return `${socket} socket errors or timeouts ${JSON.stringify(r.errors)}`;
   if (r.requests === 0) return 'no request was answered';
-  // wrk calls request() once before it starts, to check what it returns (script_verify_request).
-  const stalled = r.issued - 1 - r.requests - connections;
+  // One request in flight per connection as wrk stops, and one more: measured at 32 connections
+  // against the bare upstream (at 1 and 4 connections there was none more).
+  const stalled = r.issued - r.requests - connections - 1;
   if (stalled > 0) return `${stalled} requests written were never answered`;
   const refused = r.errors.status / r.requests;
   // The mix spreads its refusals evenly, 5 in every 100: a short run may hold a few more or fewer.
@@ -88,7 +95,8 @@ export function summarise(samples: Samples, peakRssMiB: Record<string, number>, 
     const value = median(values);
     // A line with no figure at all fails: NaN compares false either way.
     const shown = value === Infinity ? Infinity : round(value, 3)!;
-    return { id, meaning, value: shown, limit, comparison, pass: comparison === '>=' ? value >= limit : value <= limit, rounds: values.map((v) => (v === Infinity ? Infinity : round(v, 3))), ...(excluded.length ? { excluded } : {}) };
+    const notes = values.flatMap((v, i) => (v === Infinity ? [`round ${i + 1}: infinite (the floor added nothing in that round, driftguard did)`] : []));
+    return { id, meaning, value: shown, limit, comparison, pass: comparison === '>=' ? value >= limit : value <= limit, rounds: values.map((v) => (v === Infinity ? Infinity : round(v, 3))), ...(excluded.length ? { excluded } : {}), ...(notes.length ? { notes } : {}) };
   };
   const dg = 'driftguard';
   // A round whose cold tokens ran out measured the verified-token cache, not the cold path.
