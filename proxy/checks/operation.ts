@@ -11,7 +11,7 @@
 
 import type { Check } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
-import { parseTemplate } from '../rules/templates.ts';
+import { foldSegment, parseTemplate } from '../rules/templates.ts';
 import { redactPath } from '../lib/redact.ts';
 
 interface Node {
@@ -34,15 +34,7 @@ export interface Mismatch { readonly by: 'case' | 'suffix' | 'slash'; readonly i
 
 const node = (): Node => ({ literals: new Map(), folded: new Map() });
 
-/**
- * A segment as a case-ignoring router may compare it: decoded, then upper- and lower-cased,
- * which also folds the characters such routers map onto ASCII (ſ to s, the Kelvin sign to k).
- */
-function fold(segment: string): string {
-  let text = segment;
-  try { text = decodeURIComponent(segment); } catch { /* canonical paths decode; keep it as it is */ }
-  return text.toUpperCase().toLowerCase();
-}
+const fold = foldSegment;
 
 /** A segment whose fold may differ from itself: an ASCII capital, or an encoded character. */
 const MAY_FOLD = /[A-Z%]/;
@@ -59,6 +51,19 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   let longestLiteral = 0;
   /** Some literal folds to something else (/v1/Items): any request may then fold onto one. */
   let foldingLiterals = false;
+  /**
+   * The folds of one match's segments, each folded once: the suffix check walks a path once
+   * per dot, and folding every segment again each time made a long dotted path cost
+   * milliseconds of the one thread (before any credential was looked at). Made on the first
+   * fold a match needs, dropped as it ends.
+   */
+  let folds: Map<string, string> | undefined;
+  const foldOf = (segment: string): string => {
+    folds ??= new Map();
+    let f = folds.get(segment);
+    if (f === undefined) { f = fold(segment); folds.set(segment, f); }
+    return f;
+  };
   /** Operations whose last segment is a variable: a value with a dot may be a format suffix. */
   const endsInVariable = new Set<Operation>();
   /** Some template ends in a slash: a router that ignores one may take a path to its twin. */
@@ -117,7 +122,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       const found = walkFolded(exact, segments, i + 1, first);
       if (found) return found;
     }
-    for (const literal of at.folded.get(fold(segment)) ?? []) {
+    for (const literal of at.folded.get(foldOf(segment)) ?? []) {
       if (literal === exact) continue;
       const found = walkFolded(literal, segments, i + 1, first >= 0 ? first : i);
       if (found) return found;
@@ -177,6 +182,10 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   }
 
   return (method, segments) => {
+    try { return match(method, segments); } finally { folds = undefined; }
+  };
+
+  function match(method: string, segments: readonly string[]): Operation | Mismatch | undefined {
     const root = roots.get(method);
     const found = root ? decide(root, segments) : undefined;
     if (found || method !== 'HEAD') return found;
@@ -187,7 +196,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     }
     const get = roots.get('GET');
     return get ? decide(get, segments) : undefined;
-  };
+  }
 }
 
 export function operationLookup(rules: Rules): Check {

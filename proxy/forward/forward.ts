@@ -169,8 +169,10 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     clearTimeout(this.#wait);
     this.#reads?.stop();
     this.#res.off('close', this.#onClose);
-    // The connection's next request gets the server's clientIdle again (Node sets it then).
-    streamSockets.delete(this.#req.socket);
+    // Back to the server's clientIdle: a request pipelined behind the stream gets the socket
+    // as it is (Node resets the timeout only for one that follows an idle spell).
+    const socket = this.#req.socket;
+    if (streamSockets.delete(socket) && !socket.destroyed) socket.setTimeout((socket as Socket & { server?: { timeout?: number } }).server?.timeout ?? 0);
     // Out of the map as soon as it ends: an entry left until the answer is collected keeps the
     // exchange (and through it the request) alive in a weak map's table, which every garbage
     // collection must walk: about 8 µs of CPU a request at saturation (make bench, A/B). Nothing

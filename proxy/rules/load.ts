@@ -12,7 +12,7 @@ import { isScalar, parseDocument, visit, LineCounter, type Document } from 'yaml
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
 import { MAX_TIMER_MS, boundedDuration, parseDurationOr0, parseTime } from './durations.ts';
-import { parseTemplate } from './templates.ts';
+import { foldSegment, parseTemplate } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { NOT_A_REGULAR_FILE, readRegularFile } from '../lib/files.ts';
 import { parseAddress } from '../lib/address.ts';
@@ -708,6 +708,8 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   const ids = new Set<string>();
   const routes = new Map<string, number>();
   const foldedRoutes = new Map<string, { i: number; slashed: boolean }>();
+  /** Literals by method, the path before them (as written) and their fold: `GET /|admin` → `Admin` of operation 3. */
+  const foldedLiterals = new Map<string, { literal: string; i: number }>();
   const operations: Operation[] = [];
   raw.contract.operations.forEach((op, i) => {
     const here: Path = ['contract', 'operations', i];
@@ -736,6 +738,22 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
           : `${op.method} ${op.path} differs only in case or percent-encoding from contract.operations[${twin.i}]'s path: an upstream that ignores case or decodes would take one for the other`);
       }
       foldedRoutes.set(folded, { i, slashed });
+      // Two literals of one fold at one place (/Admin/{page} and /admin/view; /p/a:b/{x} and
+      // /p/a%3Ab/view): a router that ignores case or decodes cannot tell which the request
+      // names, and the operation check cannot say which it would run.
+      let prefix = '';
+      for (const segment of template.segments) {
+        if ('literal' in segment) {
+          const key = `${op.method} ${prefix}\u0000${foldSegment(segment.literal)}`;
+          const seen = foldedLiterals.get(key);
+          if (seen && seen.literal !== segment.literal && twin === undefined) {
+            fail([...here, 'path'], `${op.method} ${op.path}: its segment "${segment.literal}" differs only in case or percent-encoding from "${seen.literal}" of contract.operations[${seen.i}] at the same place: an upstream that ignores case or decodes could run either for both`);
+            break;
+          }
+          if (!seen) foldedLiterals.set(key, { literal: segment.literal, i });
+          prefix += `/${segment.literal}`;
+        } else prefix += '/{}';
+      }
     }
     if (op.public && op.scopes.length > 0) fail([...here, 'scopes'], 'a public operation needs no credential, so its scopes would never be checked: drop public, or the scopes');
     if (op.changedIn !== undefined && !rank.has(op.changedIn)) fail([...here, 'changedIn'], `"${op.changedIn}" is not one of contract.versions`);

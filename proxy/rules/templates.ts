@@ -11,6 +11,17 @@ export interface Template {
   readonly shape: string;
 }
 
+/**
+ * A segment as a router that decodes or ignores case may compare it: decoded, then upper- and
+ * lower-cased, which also folds the characters such routers map onto ASCII (ſ to s, the
+ * Kelvin sign to k).
+ */
+export function foldSegment(segment: string): string {
+  let text = segment;
+  try { text = decodeURIComponent(segment); } catch { /* canonical paths decode; keep it as it is */ }
+  return text.toUpperCase().toLowerCase();
+}
+
 /** Parse a template, or return a message saying what is wrong with it. */
 export function parseTemplate(path: string): Template | string {
   if (path === '/') return { segments: [], shape: '/' };

@@ -155,6 +155,30 @@ t.test('an event stream asked for with Accept may be quiet for longer than clien
   t.match(record()?.forwarded, { status: 200, aborted: true, error: 'client idle' }, 'driftguard closed it for its idle time, not the client');
 });
 
+t.test('a request pipelined behind an event stream is held to clientIdle again, not the stream\'s tunnelIdle', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts = { response: '300ms', clientIdle: '1s', tunnelIdle: '20s', request: '60s' }; });
+  w.up.handler = (req, res) => {
+    req.resume();
+    if (req.url === '/items/1') { res.writeHead(200, { 'content-type': 'text/event-stream' }); res.write('data: x\n\n'); setTimeout(() => res.end('data: y\n\n'), 300); return; }
+    req.on('end', () => res.end('ok'));
+  };
+  const tok = await w.tok();
+  const stream = `GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nAccept: text/event-stream\r\n\r\n`;
+  // An upload that stalls after one byte of its thousand, pipelined behind the stream.
+  const stall = 'GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nA';
+  const socket = connect(w.port, '127.0.0.1');
+  t.teardown(() => socket.destroy());
+  let got = '';
+  socket.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+  socket.on('error', () => {});
+  await new Promise((r) => socket.once('connect', r));
+  socket.write(stream + stall);
+  await until(() => got.includes('0\r\n\r\n'), 5000);
+  const ended = Date.now();
+  await within(new Promise((r) => socket.once('close', r)), 15_000, 'the stalled upload\'s close');
+  t.ok(Date.now() - ended < 10_000, `closed ${Date.now() - ended} ms after the stream ended: near clientIdle (1 s), not tunnelIdle (20 s)`);
+});
+
 t.test('an event stream not asked for with Accept keeps the response timeout between chunks', async (t) => {
   const w = await world(t, (r) => { r.proxy.timeouts.response = '300ms'; });
   w.up.handler = (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'text/event-stream' }); res.write('data: 1\n\n'); };
