@@ -11,7 +11,7 @@ import { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { CLIENT_CLOSED, CLIENT_IDLE, CLIENT_TOO_SLOW, CLOSED_UNDER, idleClosed, connectionWaitTimeout, errorCode, expireIfWaiting, failed, statusError, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, CLOSED_UNDER, clientCut, connectionWaitTimeout, errorCode, expireIfWaiting, failed, statusError, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
 import { cutAnswer } from './wire.ts';
 import { ClientRead } from './client-read.ts';
@@ -156,7 +156,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     // Before the upstream answered: abort the upstream request (the pool reuses or closes the
     // connection). After: stop reading the body, and report the cut, first: the abort calls
     // onResponseError at once, which would report it as an upstream error.
-    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: this.#reads?.slow ? CLIENT_TOO_SLOW : idleClosed.has(this.#req.socket) ? CLIENT_IDLE : CLIENT_CLOSED });
+    if (this.#res.headersSent) this.#finish({ status: this.#res.statusCode, aborted: true, error: clientCut(this.#req.socket, this.#reads?.slow) });
     // Still waiting for a pool connection: nothing was sent, and nothing will be (onRequestStart
     // aborts it), so its idempotency key is free at once, not kept for a write never made.
     else if (!this.#controller) this.#finish({ aborted: true, error: CLIENT_CLOSED, notSent: true });

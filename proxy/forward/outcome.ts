@@ -37,6 +37,15 @@ export const CLIENT_TOO_SLOW = 'client too slow';
 export const CLIENT_IDLE = 'client idle';
 /** Client sockets the traffic server closed for their idle time (server.ts), so that the close is told from the client's. */
 export const idleClosed = new WeakSet<object>();
+
+/**
+ * The `error` of an answer whose client connection closed under it: driftguard's cut when its
+ * waits for the client added up to clientRead (`slow`) or the connection sat idle past its
+ * limit, else the client leaving.
+ */
+export function clientCut(client: object, slow: boolean | undefined): string {
+  return slow ? CLIENT_TOO_SLOW : idleClosed.has(client) ? CLIENT_IDLE : CLIENT_CLOSED;
+}
 /** Its `error` when driftguard's drain cut the connection at the end of its grace period. */
 export const DRAIN_CUT = 'drain';
 /** Its `error` when driftguard cut an answer because its credential was revoked or its consumer quarantined meanwhile. */

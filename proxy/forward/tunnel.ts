@@ -12,7 +12,7 @@ import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { cutAnswer, endAndClose, responseHead } from './wire.ts';
 import { GrowingBuffer } from '../lib/bounded.ts';
 import { ClientRead } from './client-read.ts';
-import { CLIENT_CLOSED, CLIENT_IDLE, CLIENT_TOO_SLOW, connectionWaitTimeout, idleClosed, errorCode, expireIfWaiting, failed, statusError, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, clientCut, connectionWaitTimeout, idleClosed, errorCode, expireIfWaiting, failed, statusError, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
 
 /**
  * How long a tunnel may carry no byte once one side has ended its half (sent its FIN) and the
@@ -110,7 +110,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     // Finished first: the abort calls onResponseError at once, which recorded the client's
     // leaving as an upstream error (UNKNOWN), counted as an upstream cut.
-    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: this.#reads?.slow ? CLIENT_TOO_SLOW : idleClosed.has(this.#client) ? CLIENT_IDLE : CLIENT_CLOSED });
+    this.#finish({ ...(this.#status !== undefined ? { status: this.#status } : {}), aborted: true, error: clientCut(this.#client, this.#reads?.slow) });
     this.#controller?.abort(new Error('the client closed the connection'));
   };
 
