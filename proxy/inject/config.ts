@@ -326,10 +326,13 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
 
 const QUANTITY_FACTORS: Record<string, number> = { '': 1, m: 1e-3, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60 };
 
+/** A quantity as the schema's pattern admits it: whole part, fraction, suffix. */
+const QUANTITY = /^([0-9]+)(?:\.([0-9]+))?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$/;
+
 /** A Kubernetes quantity as the schema's pattern admits it (`128Mi`, `0.5`, `50m`), as a number. */
 export function quantityValue(q: string): number {
-  const m = /^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$/.exec(q);
-  return m ? Number(m[1]) * QUANTITY_FACTORS[m[2] ?? '']! : Number.NaN;
+  const m = QUANTITY.exec(q);
+  return m ? Number(m[2] === undefined ? m[1] : `${m[1]}.${m[2]}`) * QUANTITY_FACTORS[m[3] ?? '']! : Number.NaN;
 }
 
 /**
@@ -338,7 +341,7 @@ export function quantityValue(q: string): number {
  * limit was refused as above it, while the API server (and Helm) take it.
  */
 function quantityFraction(q: string): [bigint, bigint] {
-  const m = /^([0-9]+)(?:\.([0-9]+))?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$/.exec(q);
+  const m = QUANTITY.exec(q);
   if (!m) return [0n, 0n];
   const fraction = m[2] ?? '';
   let num = BigInt(m[1]! + fraction);
