@@ -34,7 +34,10 @@ export interface Mismatch { readonly by: 'case' | 'suffix' | 'slash'; readonly i
 
 const node = (): Node => ({ literals: new Map(), folded: new Map() });
 
-const fold = foldSegment;
+/** The same path with a trailing slash if it has none, without it if it has one. */
+function slashTwin(segments: readonly string[]): readonly string[] {
+  return segments.at(-1) === '' ? segments.slice(0, -1) : [...segments, ''];
+}
 
 /** A segment whose fold may differ from itself: an ASCII capital, or an encoded character. */
 const MAY_FOLD = /[A-Z%]/;
@@ -61,7 +64,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   const foldOf = (segment: string): string => {
     folds ??= new Map();
     let f = folds.get(segment);
-    if (f === undefined) { f = fold(segment); folds.set(segment, f); }
+    if (f === undefined) { f = foldSegment(segment); folds.set(segment, f); }
     return f;
   };
   /** Operations whose last segment is a variable: a value with a dot may be a format suffix. */
@@ -78,7 +81,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
         let next = at.literals.get(s.literal);
         if (!next) {
           at.literals.set(s.literal, (next = node()));
-          const folded = fold(s.literal);
+          const folded = foldSegment(s.literal);
           const same = at.folded.get(folded);
           if (same) same.push(next); else at.folded.set(folded, [next]);
           longestLiteral = Math.max(longestLiteral, s.literal.length, folded.length);
@@ -148,9 +151,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   function decideSlash(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
     const found = decideCase(root, segments);
     if (!trailingSlashes || found === undefined || 'by' in found || segments.length === 0) return found;
-    const slashed = segments.at(-1) === '';
-    const twin = decideCase(root, slashed ? segments.slice(0, -1) : [...segments, '']);
-    if (twin !== undefined && twin !== found) return { by: 'slash', index: segments.length - (slashed ? 2 : 1) };
+    const twin = decideCase(root, slashTwin(segments));
+    if (twin !== undefined && twin !== found) return { by: 'slash', index: segments.length - (segments.at(-1) === '' ? 2 : 1) };
     return found;
   }
 
@@ -170,12 +172,13 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     const longestStem = ENCODED_PER_FOLDED * longestLiteral;
     for (let dot = segment.indexOf('.'); dot > 0 && dot <= longestStem; dot = segment.indexOf('.', dot + 1)) {
       const stemmed = [...segments.slice(0, last), segment.slice(0, dot)];
-      const stem = decideCase(root, slashed ? [...stemmed, ''] : stemmed);
+      const path = slashed ? [...stemmed, ''] : stemmed;
+      const stem = decideCase(root, path);
       if (stem !== undefined && stem !== found) return { by: 'suffix', index: last };
       // Suffix routers that take the slash after the format as optional (Django REST
       // framework's `\.(?P<format>…)/?$`), or ignore it (Rails): the stem's twin too.
       if (!trailingSlashes) continue;
-      const twin = decideCase(root, slashed ? stemmed : [...stemmed, '']);
+      const twin = decideCase(root, slashTwin(path));
       if (twin !== undefined && twin !== found) return { by: 'suffix', index: last };
     }
     return found;
@@ -191,7 +194,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     if (found || method !== 'HEAD') return found;
     // HEAD is a GET without a body: without an operation of its own it needs the GET's
     // permission, unless its slash twin is a HEAD operation a slash-ignoring router would run.
-    if (root && trailingSlashes && segments.length > 0 && decideCase(root, segments.at(-1) === '' ? segments.slice(0, -1) : [...segments, '']) !== undefined) {
+    if (root && trailingSlashes && segments.length > 0 && decideCase(root, slashTwin(segments)) !== undefined) {
       return { by: 'slash', index: segments.length - 1 };
     }
     const get = roots.get('GET');

@@ -40,10 +40,10 @@ export function parseTemplate(path: string): Template | string {
       segments.push({ variable: variable[1]! });
     } else if (part.includes('{') || part.includes('}')) {
       return `"${part}": a variable must be a whole segment, like {id}`;
-    } else if (segmentProblem(part) !== undefined) {
-      // A request that could match it could never be canonical: say what to write instead.
-      return `"${part}" is not a canonical path segment: it ${segmentProblem(part)}`;
     } else {
+      // A request that could match a literal that is not canonical would be refused: say what to write instead.
+      const problem = segmentProblem(part);
+      if (problem !== undefined) return `"${part}" is not a canonical path segment: it ${problem}`;
       segments.push({ literal: part });
     }
   }
