@@ -22,7 +22,7 @@ Commands:
 
 Run 'driftguard <command> --help' for a command's options.`,
   run: `Usage: driftguard run --config FILE [--listen HOST:PORT] [--upstream URL] [--admin HOST:PORT]
-                             [--probes HOST:PORT] [--grace DURATION]
+                             [--probes HOST:PORT] [--grace DURATION] [--drain-delay DURATION]
 
 Runs the sidecar. --listen, --upstream, --admin and --probes (or DRIFTGUARD_LISTEN,
 DRIFTGUARD_UPSTREAM, DRIFTGUARD_ADMIN, DRIFTGUARD_PROBES) override proxy.listen, proxy.upstream,
@@ -30,7 +30,9 @@ proxy.admin and proxy.probes from the rules file.
 The rules are reloaded on SIGHUP, on POST /reload to the admin listener, and when the file
 (or the Kubernetes ConfigMap symlink it is mounted through) changes; an invalid file keeps
 the last good rules. SIGTERM stops accepting, lets in-flight requests finish within --grace
-(default 20s, or DRIFTGUARD_GRACE), flushes telemetry and exits 0.
+(default 20s, or DRIFTGUARD_GRACE), flushes telemetry and exits 0. With --drain-delay (or
+DRIFTGUARD_DRAIN_DELAY; default 0s) it first goes on taking requests for that long, not ready
+and closing each connection after its answer, while the pod's endpoints are withdrawn.
 Exit: 1 when the rules are invalid or a listener cannot start.`,
   check: `Usage: driftguard check FILE
 
@@ -72,6 +74,29 @@ function print(text: string): void {
     });
   }
   process.stdout.write(text);
+}
+
+/**
+ * A stop duration from its flag, else its DRIFTGUARD_* variable (an empty one is unset, as for
+ * the other DRIFTGUARD_* variables), else the default; or the exit code of its refusal. Blamed
+ * on where the value came from: a bad flag is a usage error (2, with the usage); a bad variable
+ * is invalid configuration (1), and a manifest author must be told it is the variable, not a
+ * flag the pod spec lacks.
+ */
+function stopDuration(flag: string | undefined, name: 'grace' | 'drain-delay', fallback: string): number | { ms: number; text: string; source: string; bad(message: string): number } {
+  const variableName = `DRIFTGUARD_${name.toUpperCase().replace('-', '_')}`;
+  const variable = process.env[variableName] || undefined;
+  const text = flag ?? variable ?? fallback;
+  const source = flag === undefined && variable !== undefined ? variableName : `--${name}`;
+  const bad = (message: string): number => {
+    if (source.startsWith('--')) return usageError(message, 'run');
+    process.stderr.write(`driftguard: invalid configuration\n${message}\n`);
+    return 1;
+  };
+  let ms: number;
+  try { ms = parseDuration(text); } catch (err) { return bad(`${source}: ${(err as Error).message}`); }
+  if (ms > MAX_GRACE_MS) return bad(`${source} ${text}: must be at most 24d`);
+  return { ms, text, source, bad };
 }
 
 function usageError(message: string, command: string): number {
@@ -132,7 +157,7 @@ async function main(argv: string[]): Promise<number> {
       }
       case 'run': {
         const { values } = parse(rest, {
-          config: { type: 'string', short: 'c' }, listen: { type: 'string' }, upstream: { type: 'string' }, admin: { type: 'string' }, probes: { type: 'string' }, grace: { type: 'string' },
+          config: { type: 'string', short: 'c' }, listen: { type: 'string' }, upstream: { type: 'string' }, admin: { type: 'string' }, probes: { type: 'string' }, grace: { type: 'string' }, 'drain-delay': { type: 'string' },
         });
         if (values.help) { print(USAGE.run + '\n'); return 0; }
         if (!values.config) return usageError('run needs --config FILE', 'run');
@@ -149,24 +174,14 @@ async function main(argv: string[]): Promise<number> {
           from[key] = flag !== undefined ? `--${key}` : variable;
         }
         overrides.from = from;
-        // An empty variable counts as unset, as for the other DRIFTGUARD_* variables.
-        const graceFlag = values.grace as string | undefined;
-        const graceVariable = process.env.DRIFTGUARD_GRACE || undefined;
-        const graceText = graceFlag ?? graceVariable ?? '20s';
-        // Blamed on where the value came from: a bad flag is a usage error (2, with the usage); a
-        // bad variable is invalid configuration (1), as for the other DRIFTGUARD_* variables, and
-        // a manifest author must be told it is the variable, not a flag the pod spec lacks.
-        const graceSource = graceFlag === undefined && graceVariable !== undefined ? 'DRIFTGUARD_GRACE' : '--grace';
-        const badGrace = (message: string): number => {
-          if (graceSource === '--grace') return usageError(message, 'run');
-          process.stderr.write(`driftguard: invalid configuration\n${message}\n`);
-          return 1;
-        };
-        let graceMs: number;
-        try { graceMs = parseDuration(graceText); } catch (err) { return badGrace(`${graceSource}: ${(err as Error).message}`); }
+        const grace = stopDuration(values.grace as string | undefined, 'grace', '20s');
+        if (typeof grace === 'number') return grace;
+        const delay = stopDuration(values['drain-delay'] as string | undefined, 'drain-delay', '0s');
+        if (typeof delay === 'number') return delay;
+        // One stop deadline covers both (a Node.js timer, at most about 24.8 days).
+        if (grace.ms + delay.ms > MAX_GRACE_MS) return delay.bad(`${delay.source} ${delay.text} and ${grace.source} ${grace.text}: together must be at most 24d`);
         const { run } = await import('./run.ts');
-        if (graceMs > MAX_GRACE_MS) return badGrace(`${graceSource} ${graceText}: must be at most 24d`);
-        try { return await run(values.config as string, overrides, { graceMs }); } catch (err) { return reportRulesError(err); }
+        try { return await run(values.config as string, overrides, { graceMs: grace.ms, drainDelayMs: delay.ms }); } catch (err) { return reportRulesError(err); }
       }
       case 'demo': {
         const { values } = parse(rest, { rules: { type: 'string' } });

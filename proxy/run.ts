@@ -1,7 +1,9 @@
 // `driftguard run` and `driftguard demo`: start, reload, and stop gracefully.
-// On SIGTERM: stop accepting, let in-flight requests finish within the grace period,
-// flush telemetry, exit 0. Kubernetes sends SIGTERM to a native sidecar only after the app
-// container has stopped, so in-flight requests are the app's last answers.
+// On SIGTERM: go on taking requests for the drain delay (not ready, each answer closing its
+// connection), stop accepting, let in-flight requests finish within the grace period, flush
+// telemetry, exit 0. Kubernetes sends SIGTERM to a native sidecar only after the app
+// container has stopped, so in-flight requests are the app's last answers and it needs no
+// delay; a regular container gets it as the pod starts terminating, with traffic still routed to it.
 
 import { loadRules, type Overrides } from './rules/load.ts';
 import type { Rules } from './rules/types.ts';
@@ -19,6 +21,8 @@ function bound(server: Server): string {
 
 export interface RunOptions {
   readonly graceMs: number;
+  /** How long to go on taking requests after SIGTERM before the drain (0: none). */
+  readonly drainDelayMs?: number;
 }
 
 // The log's reader may go away (EPIPE on a closed pipe): that must not end the sidecar. The
@@ -37,7 +41,7 @@ for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) {
   process.on(signal, () => logLine({ level: 'warn', msg: 'signal ignored', signal }));
 }
 
-export async function start(rules: Rules, file: string | undefined, overrides: Overrides): Promise<{ dg: Driftguard; reload?: Reloader; shutdown(graceMs: number): Promise<void> }> {
+export async function start(rules: Rules, file: string | undefined, overrides: Overrides): Promise<{ dg: Driftguard; reload?: Reloader; shutdown(graceMs: number, delayMs?: number): Promise<void> }> {
   const wired = await features(rules, logLine);
   const dg = startDriftguard(rules, { observer: wired.observer, deps: wired.deps, log: logLine });
   // The reloader exists before features attach, so that telemetry finds dg.reloadStatus there.
@@ -72,9 +76,9 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
   }
   return {
     dg, ...(reload ? { reload } : {}),
-    async shutdown(graceMs: number) {
+    async shutdown(graceMs: number, delayMs = 0) {
       reload?.close();
-      await dg.drain(graceMs);
+      await dg.drain(graceMs, delayMs);
       // Telemetry last: the drained requests' spans and metrics are in what it flushes.
       await wired.shutdown();
     },
@@ -88,7 +92,7 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
 const FLUSH_MS = 8_000;
 
 
-function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) | 'stop'; deadlineMs: number }): Promise<number> {
+function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) | 'stop'; deadlineMs: number; drainDelayMs?: number }): Promise<number> {
   return new Promise((resolve) => {
     let stopping = false;
     const done = (code: number) => {
@@ -104,8 +108,9 @@ function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) |
         process.exit(1);
       }
       stopping = true;
-      logLine({ level: 'info', msg: 'stopping', signal, graceMs: handlers.deadlineMs - FLUSH_MS });
-      // Shutdown itself must not hang past the grace period plus the flush allowance.
+      const drainDelayMs = handlers.drainDelayMs ?? 0;
+      logLine({ level: 'info', msg: 'stopping', signal, graceMs: handlers.deadlineMs - FLUSH_MS - drainDelayMs, ...(drainDelayMs ? { drainDelayMs } : {}) });
+      // Shutdown itself must not hang past the drain delay and grace period plus the flush allowance.
       const deadline = setTimeout(() => {
         logLine({ level: 'error', msg: 'shutdown did not finish in time; exiting', deadlineMs: handlers.deadlineMs });
         process.exit(1);
@@ -155,9 +160,10 @@ export async function run(file: string, overrides: Overrides, options: RunOption
   // The bound addresses, not the configured ones: with port 0 this is the only way to learn them.
   logLine({ level: 'info', msg: 'driftguard listening', listen: bound(s.dg.traffic), admin: bound(s.dg.admin), ...(s.dg.probes ? { probes: bound(s.dg.probes) } : {}), upstream: rules.proxy.upstream, mode: rules.proxy.mode, rules: rules.hash });
   const stopped = untilSignal({
-    term: () => s.shutdown(options.graceMs),
+    term: () => s.shutdown(options.graceMs, options.drainDelayMs),
     hup: () => { void s.reload?.reload('SIGHUP'); },
-    deadlineMs: options.graceMs + FLUSH_MS,
+    deadlineMs: (options.drainDelayMs ?? 0) + options.graceMs + FLUSH_MS,
+    ...(options.drainDelayMs ? { drainDelayMs: options.drainDelayMs } : {}),
   });
   // The handlers are in place now: replay what came during start-up, a stop before a reload.
   const first = early.has('SIGTERM') ? 'SIGTERM' : early.has('SIGINT') ? 'SIGINT' : early.has('SIGHUP') ? 'SIGHUP' : undefined;

@@ -137,8 +137,13 @@ export interface Driftguard {
    * of each were closed.
    */
   closeFor(which: (ctx: RequestContext) => ReasonCode | undefined): { tunnels: number; answers: number };
-  /** Stop accepting, let in-flight requests finish within graceMs, then close everything. */
-  drain(graceMs: number): Promise<void>;
+  /**
+   * Stop: for delayMs, go on taking requests while saying not ready and closing each
+   * connection after its answer (the drain delay: the pod's endpoints reach every client's
+   * route only after a while); then stop accepting, let in-flight requests finish within
+   * graceMs, and close everything.
+   */
+  drain(graceMs: number, delayMs?: number): Promise<void>;
   /** Close at once (tests). */
   close(): Promise<void>;
 }
@@ -260,11 +265,19 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * at the end of an event stream (followStreams).
    */
   const handshakes = new Map<Socket, RequestContext>();
+  /**
+   * A stop was asked: /readyz says shutting down and every answer closes its connection, so
+   * keep-alive clients reconnect (through the Service, to another pod). During the drain delay
+   * new connections are still taken; `draining` refuses them.
+   */
+  let leaving = false;
   let draining = false;
   /** The drain's grace period is over and it is cutting what still runs: those cuts are its own. */
   let cutting = false;
   let closing: Promise<void> | undefined;
   let idle: (() => void) | undefined;
+  /** Ends the drain delay early (close()). */
+  let delayEnds: (() => void) | undefined;
 
   generation.identity.start().catch((err: Error) => {
     // Closed meanwhile (a listener that could not bind stops the start): nothing retries.
@@ -422,10 +435,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const then = turn.then;
     turn.then = undefined;
     then?.();
-    // Draining, and the connection's last answer is done: an answer whose head went out before
-    // the drain said keep-alive, and the client would go on sending requests on it (a WebSocket
+    // Stopping, and the connection's last answer is done: an answer whose head went out before
+    // the stop said keep-alive, and the client would go on sending requests on it (a WebSocket
     // handshake too, whose tunnel would hold the drain to its grace). end(): buffered bytes go first.
-    if (draining && line && line.open === 0) turn.socket.end();
+    if (leaving && line && line.open === 0) turn.socket.end();
   }
 
   function onSocketRequest(req: IncomingMessage, socket: Socket, head: Buffer): void {
@@ -615,8 +628,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   async function handle(g: Generation, ctx: RequestContext, observation: Observation, res: ServerResponse): Promise<void> {
     const req = ctx.req;
     responses.add(res);
-    // While draining, every answer closes its connection so keep-alive clients reconnect elsewhere.
-    if (draining) res.setHeader('connection', 'close');
+    // While stopping, every answer closes its connection so keep-alive clients reconnect elsewhere.
+    if (leaving) res.setHeader('connection', 'close');
     // The request is reported ended once it is handled, whichever comes last: the close or the
     // end of this function. A client that leaves while its decision is being made (keys being
     // fetched, a body being read) still gets that decision recorded, with status 0; reported at
@@ -1023,7 +1036,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const prepareListeners: ((rules: Rules) => void | Promise<void>)[] = [];
   const notReady = (): string[] => {
     const why: string[] = [];
-    if (draining) why.push('shutting down');
+    if (leaving) why.push('shutting down');
     // One reason per key set not in yet, named as the logs and metrics name it (the issuer, and
     // the set by origin and path: a query or userinfo may carry a credential), with its last
     // error: with several issuers, "signing keys not fetched yet" said neither which nor why.
@@ -1135,9 +1148,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
         const reason = (started[failed] as PromiseRejectedResult).reason as Error;
         throw new RulesError([problemInFile(next.source, ['identity', 'issuers', i, 'jwks'], reason.message)], { transient: true });
       }
-      // Draining began while the key sets loaded: the drain closes the generation in force,
-      // and would never close this one.
-      if (draining) { discard(); throw new ShuttingDown(); }
+      // A stop began while the key sets loaded (its drain delay included): the drain closes the
+      // generation in force, and would never close this one.
+      if (leaving) { discard(); throw new ShuttingDown(); }
       const kept = new Set(keySets.values());
       for (const k of shared) if (!kept.has(k)) k.retire();
       generation = g;
@@ -1161,14 +1174,25 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       if (old.forwarder !== g.forwarder) closeLater(old.forwarder);
       void redecideOpen(g);
     },
-    async drain(graceMs: number) {
+    async drain(graceMs: number, delayMs = 0) {
+      leaving = true;
+      // Answers in flight that have not started yet close their connection once sent; a
+      // connection idle between requests is closed now (a client reconnects, elsewhere).
+      for (const r of responses) if (!r.headersSent) r.setHeader('connection', 'close');
+      traffic.closeIdleConnections();
+      if (delayMs > 0 && !closing) {
+        // As a regular container, the sidecar gets SIGTERM as the pod starts terminating, while
+        // kube-proxy, ingresses and meshes still route new connections to it for a moment:
+        // refusing them then fails calls that another pod would have taken.
+        log({ level: 'info', msg: 'drain delay: still accepting; each answer closes its connection', inFlight: self.inFlight, delayMs });
+        await new Promise<void>((resolve) => { delayEnds = resolve; setTimeout(resolve, delayMs).unref(); });
+        delayEnds = undefined;
+      }
       draining = true;
       // Stop accepting (new connections are refused) and close connections idle between requests.
       const closed = new Promise<void>((resolve) => traffic.close(() => resolve()));
       traffic.closeIdleConnections();
       log({ level: 'info', msg: 'draining: new connections are refused', inFlight: self.inFlight, graceMs });
-      // Answers in flight that have not started yet close their connection once sent.
-      for (const r of responses) if (!r.headersSent) r.setHeader('connection', 'close');
       // WebSocket tunnels count too: they get the grace period to finish, then are cut.
       if (self.inFlight > 0) {
         await new Promise<void>((resolve) => {
@@ -1191,7 +1215,9 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     close() {
       // Once: drain ends with a close, and a caller may close again.
       closing ??= (async () => {
+        leaving = true;
         draining = true;
+        delayEnds?.();
         const stopped = [traffic, admin, probes].filter((s) => s?.listening).map((s) => new Promise<void>((resolve) => { s!.close(() => resolve()); s!.closeAllConnections(); }));
         // A server's close waits for every connection, and a WebSocket tunnel is one that
         // closeAllConnections does not know (Node handed its socket over): cut them all.

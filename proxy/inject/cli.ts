@@ -38,7 +38,8 @@ listenPort (15080), upstreamPort (8080), adminPort (15021, probes), adminLocalPo
 nodeOptions (--max-old-space-size=112 --max-semi-space-size=4), resources.requests (cpu 50m, memory 128Mi),
 resources.limits (memory 320Mi), tmpSizeLimit (16Mi), serviceAccountToken (true),
 ipFamily (IPv4; IPv6: the sidecar listens on [::]), grace (20s; less in a pod whose
-terminationGracePeriodSeconds leaves less), env (more environment of the sidecar: OTEL_*).
+terminationGracePeriodSeconds leaves less), drainDelay (5s, a regular container's: requests
+still taken after SIGTERM, before the drain), env (more environment of the sidecar: OTEL_*).
 Flags override the file.
 
 Pod annotations: driftguard.io/rules (ConfigMap name), driftguard.io/listen-port,

@@ -81,6 +81,13 @@ export interface InjectorConfig {
    * at most: a pod whose terminationGracePeriodSeconds leaves less gets less (mutate.ts).
    */
   readonly grace: string;
+  /**
+   * How long a sidecar injected as a regular container goes on taking requests after SIGTERM,
+   * not ready, before its drain (its `DRIFTGUARD_DRAIN_DELAY`): it gets SIGTERM as the pod starts
+   * terminating, while the endpoints still send it traffic. A native sidecar gets none: it is
+   * stopped after the app.
+   */
+  readonly drainDelay: string;
 }
 
 /** One entry of a container's env, as in core/v1 EnvVar: a value, or valueFrom (a Secret's key, say). */
@@ -94,7 +101,7 @@ export interface SidecarEnv {
 const CREDENTIAL_ENV = ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS'];
 
 /** The variables the injector sets on the sidecar: sidecar.env may not set them again. */
-export const INJECTED_ENV = ['DRIFTGUARD_LISTEN', 'DRIFTGUARD_UPSTREAM', 'DRIFTGUARD_ADMIN', 'DRIFTGUARD_PROBES', 'DRIFTGUARD_GRACE', 'NODE_OPTIONS', 'POD_NAME', 'POD_NAMESPACE', 'OTEL_RESOURCE_ATTRIBUTES'];
+export const INJECTED_ENV = ['DRIFTGUARD_LISTEN', 'DRIFTGUARD_UPSTREAM', 'DRIFTGUARD_ADMIN', 'DRIFTGUARD_PROBES', 'DRIFTGUARD_GRACE', 'DRIFTGUARD_DRAIN_DELAY', 'NODE_OPTIONS', 'POD_NAME', 'POD_NAMESPACE', 'OTEL_RESOURCE_ATTRIBUTES'];
 
 export class InjectorConfigError extends Error {
   readonly code = 'ERR_INJECTOR_CONFIG';
@@ -176,6 +183,7 @@ export const configSchema = {
     serviceAccountToken: { type: 'boolean', default: true, description: 'Mount a projected service-account token and the cluster CA for cluster-issuer JWKS discovery.' },
     ipFamily: { enum: ['IPv4', 'IPv6'], default: 'IPv4', description: 'IPv4: the sidecar listens on 0.0.0.0; IPv6: on [::] (IPv4 too where the node has it), for IPv6-only and IPv6-first clusters.' },
     grace: { type: 'string', default: '20s', description: 'How long the sidecar lets requests in flight finish after SIGTERM (15s, PT15S); less in a pod whose terminationGracePeriodSeconds leaves less.' },
+    drainDelay: { type: 'string', default: '5s', description: 'How long a sidecar injected as a regular container goes on taking requests after SIGTERM, not ready, before its drain, while the pod\'s endpoints are withdrawn (0s: none). A native sidecar is stopped after the app and gets none.' },
     env: {
       type: 'array', default: [],
       description: 'More environment of the sidecar (the OTEL_* variables of a collector, an API key from a Secret by valueFrom).',
@@ -279,6 +287,10 @@ export function buildConfig(input: unknown, source = 'injector config', lineOf: 
   // As the sidecar's own --grace: a longer one would stop it at its start in every pod.
   const grace = typeof bounded === 'number' && bounded > MAX_GRACE_MS ? 'must be at most 24d (the sidecar refuses a longer grace)' : bounded;
   if (typeof grace === 'string') throw new InjectorConfigError(`${where('grace')}: grace: ${grace}`);
+  const delay = boundedDuration(cfg.drainDelay, true);
+  // One stop deadline covers the delay and the grace (the sidecar refuses more than 24d in all).
+  const drainDelay = typeof delay === 'number' && delay + grace > MAX_GRACE_MS ? `must be at most 24d with grace (${cfg.grace}): the sidecar refuses more in all` : delay;
+  if (typeof drainDelay === 'string') throw new InjectorConfigError(`${where('drainDelay')}: drainDelay: ${drainDelay}`);
   // A variable the injector sets itself, set again: the later would win, and DRIFTGUARD_UPSTREAM
   // or DRIFTGUARD_LISTEN so could take traffic around the checks.
   const names = new Set<string>();

@@ -311,9 +311,9 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // Per-pod settings from annotations, each validated with a message naming it.
   const settingsOrError = readSettings(annotations, config);
   if (typeof settingsOrError === 'string') return reject(settingsOrError, podName);
-  const grace = podGrace(spec, config);
-  if (grace.warning !== undefined) warnings.push(grace.warning);
-  const settings: SidecarSettings = { ...settingsOrError, grace: grace.value };
+  const stop = podStop(spec, config);
+  if (stop.warning !== undefined) warnings.push(stop.warning);
+  const settings: SidecarSettings = { ...settingsOrError, grace: stop.grace, ...(stop.drainDelay !== undefined ? { drainDelay: stop.drainDelay } : {}) };
   // A pod that turned the token off (automountServiceAccountToken: false) gets none in the
   // sidecar either: its owner chose that no container holds the pod's API credential. The
   // service account's own setting is not visible here (the webhook reads no API objects).
@@ -455,22 +455,37 @@ function addQuantities(a: string, b: string, name: string): string | undefined {
 /** What the sidecar needs after its grace period: the last telemetry flush (3 s at most) and a margin. */
 const AFTER_GRACE_S = 5;
 
+/** A duration in milliseconds as the sidecar's variables take it: whole seconds, else milliseconds. */
+function durationText(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
 /**
- * The sidecar's grace period in this pod: the configured one, cut so that the drain and the last
- * flush end before the kubelet's SIGKILL (terminationGracePeriodSeconds, 30 s by default). A
- * drain the kill cuts short loses the decision-log lines and spans of its last requests.
+ * How the sidecar stops in this pod: its drain delay (a regular container only) and its grace
+ * period, the configured ones, cut so that the delay, the drain and the last flush end before
+ * the kubelet's SIGKILL (terminationGracePeriodSeconds, 30 s by default), the delay first: the
+ * requests in flight run on through it. A drain the kill cuts short loses the decision-log lines
+ * and spans of its last requests.
  */
-function podGrace(spec: Obj, config: InjectorConfig): { value: string; warning?: string } {
+function podStop(spec: Obj, config: InjectorConfig): { grace: string; drainDelay?: string; warning?: string } {
   // In milliseconds: whole seconds, `500ms` became `0s`, a grace of nothing, and nothing said.
-  const configuredMs = parseDuration(config.grace);
-  const configured = configuredMs % 1000 === 0 ? `${configuredMs / 1000}s` : `${configuredMs}ms`;
+  const graceMs = parseDuration(config.grace);
+  // A native sidecar gets SIGTERM once the app has stopped: nothing is left to route to it.
+  const delayMs = config.nativeSidecar ? 0 : parseDuration(config.drainDelay);
   const period = spec.terminationGracePeriodSeconds;
   const podSeconds = typeof period === 'number' && Number.isFinite(period) && period >= 0 ? Math.floor(period) : 30;
-  if (configuredMs + AFTER_GRACE_S * 1000 <= podSeconds * 1000) return { value: configured };
-  const cut = Math.max(0, podSeconds - AFTER_GRACE_S);
+  const room = Math.max(0, podSeconds - AFTER_GRACE_S) * 1000;
+  const delay = Math.min(delayMs, room);
+  const grace = Math.min(graceMs, room - delay);
+  const stop = { grace: durationText(grace), ...(delayMs > 0 ? { drainDelay: durationText(delay) } : {}) };
+  if (delay === delayMs && grace === graceMs) return stop;
+  const cuts = [
+    ...(delay < delayMs ? [`drain delay is cut from ${durationText(delayMs)} to ${durationText(delay)}`] : []),
+    ...(grace < graceMs ? [`grace period is cut from ${durationText(graceMs)} to ${durationText(grace)}`] : []),
+  ];
   return {
-    value: `${cut}s`,
-    warning: `terminationGracePeriodSeconds is ${podSeconds}: the driftguard sidecar's grace period is cut from ${configured} to ${cut}s so that it drains and flushes its telemetry (up to ${AFTER_GRACE_S}s more) before the kubelet's SIGKILL; requests still in flight then are cut`,
+    ...stop,
+    warning: `terminationGracePeriodSeconds is ${podSeconds}: the driftguard sidecar's ${cuts.join(' and its ')} so that it drains and flushes its telemetry (up to ${AFTER_GRACE_S}s more) before the kubelet's SIGKILL; requests still in flight then are cut`,
   };
 }
 

@@ -29,8 +29,10 @@ export interface SidecarSettings {
   readonly rulesConfigMap: string;
   readonly listenPort: number;
   readonly upstreamPort: number;
-  /** The sidecar's DRIFTGUARD_GRACE for this pod (podGrace in mutate.ts). */
+  /** The sidecar's DRIFTGUARD_GRACE for this pod (podStop in mutate.ts). */
   readonly grace: string;
+  /** Its DRIFTGUARD_DRAIN_DELAY, when it has one (a regular container: podStop). */
+  readonly drainDelay?: string;
   /** A Secret of the pod's namespace mounted at ADMIN_DIR, for revocation.adminCredentialFile. */
   readonly adminCredentialSecret?: string;
 }
@@ -56,6 +58,7 @@ export function sidecarContainer(config: InjectorConfig, settings: SidecarSettin
       { name: 'DRIFTGUARD_ADMIN', value: `127.0.0.1:${config.adminLocalPort}` },
       { name: 'DRIFTGUARD_PROBES', value: `${anyAddress(config)}:${config.adminPort}` },
       { name: 'DRIFTGUARD_GRACE', value: settings.grace },
+      ...(settings.drainDelay !== undefined ? [{ name: 'DRIFTGUARD_DRAIN_DELAY', value: settings.drainDelay }] : []),
       { name: 'NODE_OPTIONS', value: config.nodeOptions },
       // In the form the API server stores (apiVersion defaulted), as the next review sees it.
       { name: 'POD_NAME', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } } },

@@ -182,7 +182,7 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   t.same(container.env.at(-1), { name: 'OTEL_SERVICE_NAME', value: 'orders-sidecar' }, 'after the injector\'s own');
   t.equal(config([]).env.length, 0, 'none by default');
   // The list sidecar.env may not set is the one the sidecar's env sets: two lists that must agree.
-  const own = (sidecarContainer(config([]), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r', grace: '20s' }) as { env: { name: string }[] }).env.map((e) => e.name);
+  const own = (sidecarContainer(config([]), { listenPort: 15080, upstreamPort: 8080, rulesConfigMap: 'r', grace: '20s', drainDelay: '5s' }) as { env: { name: string }[] }).env.map((e) => e.name);
   t.same(own.sort(), [...INJECTED_ENV].sort(), 'INJECTED_ENV names what the injector sets');
   // The later of two would win: DRIFTGUARD_UPSTREAM set again could send traffic elsewhere.
   for (const name of ['DRIFTGUARD_UPSTREAM', 'NODE_OPTIONS', 'OTEL_RESOURCE_ATTRIBUTES']) {
@@ -264,6 +264,16 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
     t.equal(r.status === 0 ? 'starts' : 'refused at install', injector === 'starts' ? 'starts' : 'refused at install', `sidecar.grace=${grace}: the injector ${injector}`);
   }
   t.match(helm(['template', 'dg', CHART, '--set', 'sidecar.grace=25d', '--namespace', NS]).stderr, /sidecar\.grace "25d" is longer than 24d/, 'above 24d: the message names the value');
+  t.equal(config([]).drainDelay, '5s', 'a drain delay of 5s by default');
+  t.equal(config(['sidecar.drainDelay=0s']).drainDelay, '0s', 'sidecar.drainDelay reaches the injector');
+  // The drain delay likewise, alone and with the grace (one stop deadline: at most 24d in all).
+  for (const [drainDelay, grace] of [['soon', '20s'], ['PT', '20s'], ['25d', '20s'], ['0s', '24d'], ['1ms', '24d'], ['4d', '20d'], ['4.5d', '20d'], ['PT5S', '20s'], ['500ms', '1.5h']]) {
+    let injector: string;
+    try { buildConfig({ image: 'x:1', grace, drainDelay }); injector = 'starts'; } catch (e) { injector = `refuses: ${(e as Error).message}`; }
+    const r = helm(['template', 'dg', CHART, '--set', `sidecar.drainDelay=${drainDelay}`, '--set', `sidecar.grace=${grace}`, '--namespace', NS]);
+    t.equal(r.status === 0 ? 'starts' : 'refused at install', injector === 'starts' ? 'starts' : 'refused at install', `sidecar.drainDelay=${drainDelay} with grace ${grace}: the injector ${injector}`);
+  }
+  t.match(helm(['template', 'dg', CHART, '--set', 'sidecar.drainDelay=4.5d', '--set', 'sidecar.grace=20d', '--namespace', NS]).stderr, /sidecar\.drainDelay "4\.5d" and sidecar\.grace "20d" are longer than 24d in all/, 'the message names both');
 });
 
 t.test('cert-manager mode: a Certificate and the cainjector annotation instead of a generated CA', async (t) => {

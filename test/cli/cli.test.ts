@@ -248,6 +248,23 @@ t.test('a bad DRIFTGUARD_GRACE is named and is invalid configuration (1); a bad 
   t.match(flag.stderr, /^driftguard: --grace: not a duration: "20"/);
 });
 
+t.test('--drain-delay and DRIFTGUARD_DRAIN_DELAY are read as --grace is, and with it share one stop deadline', async (t) => {
+  const good = writeRules(GOOD);
+  const flag = await cli(['run', '--config', good, '--drain-delay', 'soon']);
+  t.equal(flag.code, 2, 'a bad --drain-delay is a usage error');
+  t.match(flag.stderr, /^driftguard: --drain-delay: not a duration: "soon"/);
+  const variable = await cli(['run', '--config', good], { env: { DRIFTGUARD_DRAIN_DELAY: '5' } });
+  t.equal(variable.code, 1, 'a bad DRIFTGUARD_DRAIN_DELAY is invalid configuration');
+  t.match(variable.stderr, /^driftguard: invalid configuration\nDRIFTGUARD_DRAIN_DELAY: not a duration: "5"/);
+  // Each within 24d, together not: the stop's deadline is one timer.
+  const together = await cli(['run', '--config', good, '--grace', '20d', '--drain-delay', '5d']);
+  t.equal(together.code, 2);
+  t.match(together.stderr, '--drain-delay 5d and --grace 20d: together must be at most 24d');
+  const empty = await cli(['run', '--config', '/nonexistent/rules.yaml'], { env: { DRIFTGUARD_DRAIN_DELAY: '' } });
+  t.equal(empty.code, 1, 'an empty variable is unset');
+  t.match(empty.stderr, /cannot read the rules file/);
+});
+
 /** The CLI with stdout's reader gone before it writes (`| true`), or stdout on a full device. */
 function printTo(args: string[], stdout: 'closed' | number): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve, reject) => {

@@ -723,6 +723,36 @@ t.test('the sidecar\'s grace period fits in the pod\'s terminationGracePeriodSec
   t.throws(() => buildConfig({ image: IMAGE, grace: '24.5d' }), /grace: must be at most 24d \(the sidecar refuses a longer grace\)/);
 });
 
+t.test('a sidecar injected as a regular container gets a drain delay (it is stopped with the app, while traffic is still routed to it); a native one none', async (t) => {
+  const stopOf = async (server: InjectorServer, seconds: number | undefined) => {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: seconds === undefined ? {} : { terminationGracePeriodSeconds: seconds } });
+    const { got } = await review(t, server, pod);
+    const env = envOf(sidecarOf(patched(pod, got.response)));
+    return { delay: env.DRIFTGUARD_DRAIN_DELAY, grace: env.DRIFTGUARD_GRACE, warning: got.response.warnings?.find((w) => w.includes('terminationGracePeriodSeconds')) };
+  };
+  t.same(await stopOf(regular, undefined), { delay: '5s', grace: '20s', warning: undefined }, 'the default 5s and 20s in the default 30 s');
+  t.same(await stopOf(native, undefined), { delay: undefined, grace: '20s', warning: undefined }, 'a native sidecar: no delay');
+  const short = await stopOf(regular, 20);
+  t.same([short.delay, short.grace], ['5s', '10s'], 'in 20 s: the delay, then what is left for the grace');
+  t.match(short.warning, /terminationGracePeriodSeconds is 20: the driftguard sidecar's grace period is cut from 20s to 10s so that/);
+  const shorter = await stopOf(regular, 8);
+  t.same([shorter.delay, shorter.grace], ['3s', '0s'], 'in 8 s: both cut, the delay first');
+  t.match(shorter.warning, /drain delay is cut from 5s to 3s and its grace period is cut from 20s to 0s/);
+  const none = await startInjectorServer({
+    config: buildConfig({ image: IMAGE, nativeSidecar: false, drainDelay: '0s' }),
+    tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {},
+  });
+  t.teardown(() => none.close());
+  t.same(await stopOf(none, undefined), { delay: undefined, grace: '20s', warning: undefined }, 'drainDelay 0s: none');
+  // Reinvoked, the pod already carries the sidecar it was given: still taken for the injector's.
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { terminationGracePeriodSeconds: 8 } });
+  const once = patched(pod, (await review(t, regular, pod)).got.response);
+  t.equal((await review(t, regular, once)).got.response.patch, undefined, 'an injected pod with a cut delay is left alone');
+  t.throws(() => buildConfig({ image: IMAGE, drainDelay: 'soon' }), /drainDelay: not a duration/);
+  t.throws(() => buildConfig({ image: IMAGE, grace: '20d', drainDelay: '5d' }), /drainDelay: must be at most 24d with grace \(20d\)/);
+  t.throws(() => buildConfig({ image: IMAGE, env: [{ name: 'DRIFTGUARD_DRAIN_DELAY', value: '1s' }] }), /DRIFTGUARD_DRAIN_DELAY is set by the injector itself/);
+});
+
 t.test('the exporter\'s headers as a literal are refused, naming the entry and never its value: they would be in every injected pod\'s spec', async (t) => {
   for (const name of ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS']) {
     const err = (() => { try { buildConfig({ image: IMAGE, env: [{ name: 'OTEL_SERVICE_NAME', value: 'orders' }, { name, value: 'api-key=s3cr3t-collector-key' }] }); } catch (e) { return e as Error; } return undefined; })();

@@ -57,6 +57,17 @@ function get(url: string): Promise<{ status?: number; connection?: string; body?
   });
 }
 
+/** A keep-alive connection left idle after one answer (the first chunk of it), and its close. */
+async function keptAlive(url: string, path: string): Promise<{ answer: string; closed: Promise<void> }> {
+  const socket = connect(Number(new URL(url).port), '127.0.0.1');
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  socket.on('error', () => {});
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  const answered = new Promise<string>((resolve) => socket.once('data', (c: Buffer) => resolve(c.toString('latin1'))));
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+  return { answer: await answered, closed };
+}
+
 function tryConnect(url: string): Promise<string> {
   const { hostname, port } = new URL(url);
   return new Promise((resolve) => {
@@ -96,13 +107,9 @@ t.test('SIGTERM: in-flight requests complete, new connections are refused, exit 
 
   // A keep-alive connection idle after one answer (a denial: it never reaches the upstream):
   // closed at once on SIGTERM, not held for the grace period.
-  const idle = connect(Number(new URL(dg.url).port), '127.0.0.1');
-  const idleClosed = new Promise<void>((resolve) => idle.once('close', () => resolve()));
-  idle.on('error', () => {});
-  await new Promise<void>((resolve) => idle.once('connect', () => resolve()));
-  const answered = new Promise<string>((resolve) => idle.once('data', (c: Buffer) => resolve(c.toString('latin1'))));
-  idle.write('GET /not-an-operation HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
-  t.match(await answered, /^HTTP\/1\.1 4\d\d /, 'one answer on the keep-alive connection');
+  const idle = await keptAlive(dg.url, '/not-an-operation');
+  t.match(idle.answer, /^HTTP\/1\.1 4\d\d /, 'one answer on the keep-alive connection');
+  const idleClosed = idle.closed;
 
   const inFlight = [get(`${dg.url}/status`), get(`${dg.url}/status`), get(`${dg.url}/status`)];
   await until('three requests at the upstream', () => slow.held.length === 3);
@@ -131,6 +138,51 @@ t.test('SIGTERM: in-flight requests complete, new connections are refused, exit 
   t.equal(otlp.spans.filter((s) => s.kind === 2).length, 4, 'and the earlier one\'s');
   t.ok(dg.lines.some((l) => l.msg === 'stopped'));
   t.notOk(dg.lines.some((l) => l.msg?.startsWith('grace period over')), 'nothing was cut');
+});
+
+t.test('--drain-delay: after SIGTERM new connections are still served, not ready, each answer closing its connection; then the drain', async (t) => {
+  const up = await upstream();
+  t.teardown(() => up.close());
+  const held: ServerResponse[] = [];
+  up.handler = (req, res) => {
+    req.resume();
+    if (req.url?.includes('hold')) held.push(res);
+    else res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+  };
+  const dg = await runDriftguard(slowRules(up.origin), ['--grace', '10s', '--drain-delay', '3s'], { OTEL_TRACES_EXPORTER: 'none' });
+  t.teardown(() => dg.kill());
+
+  // A keep-alive connection idle after one answer: closed as the stop begins (its client
+  // reconnects, through the Service, to another pod), not left for the delay.
+  const idle = await keptAlive(dg.url, '/status');
+  t.match(idle.answer, /^HTTP\/1\.1 200 /, 'one answer on the keep-alive connection');
+  const idleClosed = idle.closed;
+  const inFlight = get(`${dg.url}/status?hold=1`);
+  await until('the request at the upstream', () => held.length === 1);
+
+  dg.child.kill('SIGTERM');
+  const stopping = await dg.waitFor((l) => l.msg === 'stopping');
+  t.match(stopping, { graceMs: 10_000, drainDelayMs: 3_000 }, 'the stop names its grace and its delay');
+  await dg.waitFor((l) => l.msg?.startsWith('drain delay'));
+  await idleClosed;
+  t.pass('the idle keep-alive connection was closed');
+  // Before the drain, a new connection (routed here before the endpoints caught up) is served.
+  // (A drain line already written would mean the delay ran out before this: the test says so.)
+  const during = await get(`${dg.url}/status`);
+  t.notOk(dg.lines.some((l) => l.msg?.startsWith('draining')), 'still in the drain delay when that request was answered');
+  t.same(during, { status: 200, connection: 'close', body: '{"ok":true}' }, 'a new connection during the delay is answered, and told to reconnect elsewhere');
+  const ready = await fetch(`${dg.admin}/readyz`);
+  t.equal(ready.status, 503, 'not ready during the delay');
+  t.ok(((await ready.json()) as any).reasons.includes('shutting down'));
+
+  // Then the drain, as without a delay: new connections refused, in flight finished.
+  await dg.waitFor((l) => l.msg?.startsWith('draining'));
+  t.equal(await tryConnect(dg.url), 'ECONNREFUSED', 'after the delay new connections are refused');
+  for (const res of held.splice(0)) res.writeHead(200, { 'content-type': 'application/json' }).end('{"slow":true}');
+  t.same(await inFlight, { status: 200, connection: 'close', body: '{"slow":true}' }, 'the request in flight since before the stop completed');
+  t.same(await dg.exited, { code: 0, signal: null }, 'exit code 0');
+  const order = dg.lines.map((l) => l.msg).filter((m) => m === 'stopping' || m?.startsWith('drain delay') || m?.startsWith('draining') || m === 'stopped');
+  t.same(order.map((m) => m.split(':')[0]), ['stopping', 'drain delay', 'draining', 'stopped'], 'in that order');
 });
 
 t.test('SIGTERM with a request whose body was read in flight: it completes, is recorded, exit 0', async (t) => {

@@ -86,12 +86,12 @@ fixed for Endpoints and EndpointSlices in 1.32).
 {{- end -}}
 
 {{/*
-sidecar.grace in milliseconds, rounded as the injector does (proxy/rules/durations.ts): 20s,
-1.5h, 500ms or ISO 8601 PnDTnHnMnS, the only shapes the schema lets through. In an ISO value
-an M can only be minutes: the schema allows no months.
+A duration (sidecar.grace, sidecar.drainDelay) in milliseconds, rounded as the injector does
+(proxy/rules/durations.ts): 20s, 1.5h, 500ms or ISO 8601 PnDTnHnMnS, the only shapes the
+schema lets through. In an ISO value an M can only be minutes: the schema allows no months.
 */}}
-{{- define "driftguard.graceMs" -}}
-{{- $grace := toString .Values.sidecar.grace -}}
+{{- define "driftguard.durationMs" -}}
+{{- $grace := toString . -}}
 {{- $part := dict "D" 0.0 "H" 0.0 "M" 0.0 "S" 0.0 -}}
 {{- if hasPrefix "P" $grace -}}
 {{- range $unit := list "D" "H" "M" "S" -}}
@@ -131,12 +131,16 @@ proxy/inject/config.ts): a string the schema let through (128Mi, 50m, 1.5) or a 
 {{- end -}}
 {{- $_ := set $seen $port $name -}}
 {{- end -}}
-{{- /* So does it a grace above 24d (the sidecar's stop deadline is a Node.js timer); the schema checked the shape. */ -}}
-{{- if gt (include "driftguard.graceMs" . | float64) (mulf 24 86400000) -}}
+{{- /* So does it a grace above 24d, or a drain delay and grace above 24d in all (the sidecar's stop deadline is a Node.js timer); the schema checked the shapes. */ -}}
+{{- $graceMs := include "driftguard.durationMs" .Values.sidecar.grace | float64 -}}
+{{- if gt $graceMs (mulf 24 86400000) -}}
 {{- fail (printf "sidecar.grace %q is longer than 24d, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.grace) -}}
 {{- end -}}
+{{- if gt (addf $graceMs (include "driftguard.durationMs" .Values.sidecar.drainDelay | float64)) (mulf 24 86400000) -}}
+{{- fail (printf "sidecar.drainDelay %q and sidecar.grace %q are longer than 24d in all, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.drainDelay .Values.sidecar.grace) -}}
+{{- end -}}
 {{- /* As the injector does at its start (proxy/inject/config.ts): a variable it sets itself (INJECTED_ENV), set again, would win and could send traffic elsewhere; one listed twice, the later would win unsaid. Refused here, or a fresh install has no injector and every opted-in pod is refused. */ -}}
-{{- $injected := list "DRIFTGUARD_LISTEN" "DRIFTGUARD_UPSTREAM" "DRIFTGUARD_ADMIN" "DRIFTGUARD_PROBES" "DRIFTGUARD_GRACE" "NODE_OPTIONS" "POD_NAME" "POD_NAMESPACE" "OTEL_RESOURCE_ATTRIBUTES" -}}
+{{- $injected := list "DRIFTGUARD_LISTEN" "DRIFTGUARD_UPSTREAM" "DRIFTGUARD_ADMIN" "DRIFTGUARD_PROBES" "DRIFTGUARD_GRACE" "DRIFTGUARD_DRAIN_DELAY" "NODE_OPTIONS" "POD_NAME" "POD_NAMESPACE" "OTEL_RESOURCE_ATTRIBUTES" -}}
 {{- $names := dict -}}
 {{- range $i, $e := .Values.sidecar.env -}}
 {{- if or (has $e.name $injected) (hasPrefix "DRIFTGUARD_" $e.name) -}}
@@ -188,6 +192,7 @@ resources:
 tmpSizeLimit: {{ .Values.sidecar.tmpSizeLimit | quote }}
 serviceAccountToken: {{ .Values.sidecar.serviceAccountToken }}
 grace: {{ .Values.sidecar.grace | quote }}
+drainDelay: {{ .Values.sidecar.drainDelay | quote }}
 ipFamily: {{ .Values.ipFamily }}
 env:
   {{- toYaml .Values.sidecar.env | nindent 2 }}
