@@ -4,7 +4,7 @@
 // failed refresh, and an unknown kid costing at most one refetch per cooldown.
 
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
-import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
+import { createLocalJWKSet, type JSONWebKeySet, type JWK, type JWTVerifyGetKey } from 'jose';
 import { Agent } from 'undici';
 import { LRUCache } from 'lru-cache';
 import { getDocument } from '../lib/bounded.ts';
@@ -38,6 +38,12 @@ export interface KeySetStatus {
 /** One key of a set, alone, behind jose's own selection: whether it could verify a token. */
 export interface SingleKey {
   readonly kid?: string;
+  /**
+   * Every kid the set gives this key's material, its own first: a set may list one key twice
+   * (under a second kid, or once without one), and a revoked kid must revoke the key, whichever
+   * entry a token names.
+   */
+  readonly kids: readonly string[];
   readonly getKey: JWTVerifyGetKey;
 }
 
@@ -84,9 +90,22 @@ interface Loaded {
 }
 
 function load(jwks: JSONWebKeySet): Loaded {
+  // A public key's material, as its RFC 7638 thumbprint reads it (the required members of its kty).
+  const material = (k: JWK): string => JSON.stringify([k.kty, k.crv, k.x, k.y, k.n, k.e]);
+  const kidsOf = new Map<string, string[]>();
+  for (const k of jwks.keys) {
+    if (typeof k.kid !== 'string') continue;
+    const kids = kidsOf.get(material(k));
+    if (!kids) kidsOf.set(material(k), [k.kid]);
+    else if (!kids.includes(k.kid)) kids.push(k.kid);
+  }
   return {
     getKey: createLocalJWKSet(jwks),
-    each: jwks.keys.map((k) => ({ ...(typeof k.kid === 'string' ? { kid: k.kid } : {}), getKey: createLocalJWKSet({ keys: [k] }) })),
+    each: jwks.keys.map((k) => {
+      const all = kidsOf.get(material(k)) ?? [];
+      const kid = typeof k.kid === 'string' ? k.kid : undefined;
+      return { ...(kid !== undefined ? { kid } : {}), kids: kid !== undefined ? [kid, ...all.filter((other) => other !== kid)] : all, getKey: createLocalJWKSet({ keys: [k] }) };
+    }),
   };
 }
 

@@ -192,7 +192,7 @@ export class Identity {
     const profile = issuer.rules.profile;
     // Read before verifying: a set that changes meanwhile makes this entry stale, not current.
     const version = issuer.keys.version;
-    const { payload, protectedHeader: header, kid } = await verifyJwt(token, issuer.keys, { ...issuer.options, currentDate: new Date(now) });
+    const { payload, protectedHeader: header, kid, kids } = await verifyJwt(token, issuer.keys, { ...issuer.options, currentDate: new Date(now) });
     if (typeof payload.sub !== 'string' || payload.sub.length === 0) return { reason: 'invalid-credential', detail: 'sub must be a non-empty string' };
     // The consumer subject, as the issuer's profile defines it.
     const mapped = profile === 'kubernetes' ? kubernetesSubject(payload)
@@ -213,6 +213,7 @@ export class Identity {
       claims: Object.freeze(payload),
       cached: false,
       ...(kid !== undefined ? { kid } : {}),
+      ...(kids.length > 0 ? { kids } : {}),
       ...(act ? { act } : {}),
     };
     return { credential, keys: issuer.keys, version };
@@ -252,7 +253,10 @@ class TooManyCandidateKeys extends Error {
  * refuses such a token outright. Knowing the key matters: a revoked kid must revoke the tokens
  * that key signed, with or without a kid in their header.
  */
-async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions): Promise<JWTVerifyResult & { readonly kid?: string }> {
+/** A verified token, with the kid of the key that verified it and every kid the set gives that key. */
+type Verified = JWTVerifyResult & { readonly kid?: string; readonly kids: readonly string[] };
+
+async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions): Promise<Verified> {
   let header: ReturnType<typeof decodeProtectedHeader>;
   try {
     header = decodeProtectedHeader(token);
@@ -309,7 +313,7 @@ function canonical(token: string): boolean {
 }
 
 /** The first key of `each` that fits the token's alg and verifies it; undefined when none fits. */
-async function byEachKey(token: string, each: readonly SingleKey[], header: ReturnType<typeof decodeProtectedHeader>, jws: FlattenedJWSInput, options: JWTVerifyOptions): Promise<(JWTVerifyResult & { readonly kid?: string }) | undefined> {
+async function byEachKey(token: string, each: readonly SingleKey[], header: ReturnType<typeof decodeProtectedHeader>, jws: FlattenedJWSInput, options: JWTVerifyOptions): Promise<Verified | undefined> {
   // Counted before any signature is checked: a forged token without kid costs no more than
   // MAX_CANDIDATE_KEYS checks, and whether a good one passes does not depend on where its key
   // sits in the set (counted as the keys were tried, the first three passed, the fourth not).
@@ -330,7 +334,7 @@ async function byEachKey(token: string, each: readonly SingleKey[], header: Retu
   for (const [k, key] of candidates) {
     try {
       const result = await jwtVerify(token, key, options);
-      return { ...result, ...(k.kid !== undefined ? { kid: k.kid } : {}) };
+      return { ...result, ...(k.kid !== undefined ? { kid: k.kid } : {}), kids: k.kids };
     } catch (err) {
       if ((err as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw err;
     }

@@ -197,8 +197,17 @@ export class RevocationStore {
       ?? this.#find('subject', credential.subject, now)
       ?? this.#ofIssuer('subject', credential.issuer, credential.subject, now)
       ?? this.#actor(credential, now)
-      ?? this.#find('kid', credential.kid, now)
-      ?? this.#ofIssuer('kid', credential.issuer, credential.kid, now);
+      ?? this.#key(credential, now);
+  }
+
+  /** A revoked kid of the key that verified the token, under whichever kid the set lists it. */
+  #key(credential: Credential, now: number): Revocation | undefined {
+    if (!this.#index.get('kid')!.size) return undefined;
+    for (const kid of credential.kids ?? (credential.kid !== undefined ? [credential.kid] : [])) {
+      const hit = this.#find('kid', kid, now) ?? this.#ofIssuer('kid', credential.issuer, kid, now);
+      if (hit) return hit;
+    }
+    return undefined;
   }
 
   /**

@@ -19,8 +19,10 @@ export interface Credential {
   readonly claims: Readonly<Record<string, unknown>>;
   /** true when the signature check was skipped because the token was in the verified-token cache. */
   readonly cached: boolean;
-  /** Key id the token was signed with, where the header names one. */
+  /** Key id of the key that verified the token (the header's, or the set's for a token without one). */
   readonly kid?: string;
+  /** Every kid the key set gives that key (it may list one key twice): what a kid revocation matches. */
+  readonly kids?: readonly string[];
   /** The token's delegation chain (act claim), read once when it was verified; cached with it. */
   readonly act?: ActChain;
 }

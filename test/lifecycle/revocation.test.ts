@@ -13,8 +13,8 @@ import { configOf } from '../../proxy/lifecycle/config.ts';
 import { loadRules, RulesError } from '../../proxy/rules/load.ts';
 import { isLoopback } from '../../proxy/admin/server.ts';
 import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
-import { writeRules, AGENT } from '../support/driftguard.ts';
-import { listen, close, jwksServer } from '../support/servers.ts';
+import { writeRules, baseRules, AGENT } from '../support/driftguard.ts';
+import { listen, close, jwksServer, upstream } from '../support/servers.ts';
 import { runDriftguard } from '../support/subprocess.ts';
 import { world, startLifecycle, problem, bearer, until, trustAlso } from './support.ts';
 import { ISSUER, testKey, jwks, token } from '../support/keys.ts';
@@ -834,5 +834,30 @@ t.test('a write with an unnamed credential is recorded by its line, never by a h
   for (const text of [listed, JSON.stringify(dg.logs)]) {
     t.notOk(text.includes(digest.slice(0, 8)), 'no part of the secret\'s hash');
     t.notOk(text.includes(weak), 'nor the secret');
+  }
+});
+
+t.test('a revoked kid revokes the key: a token naming the other kid of a key the set lists twice, or none, is refused', async (t) => {
+  for (const alias of ['es-alias', undefined]) {
+    await t.test(alias === undefined ? 'a kid-less twin listed first' : 'a second kid', async (t) => {
+      const key = await testKey('ES256', 'es-leaked');
+      const up = await upstream();
+      const twin: Record<string, unknown> = { ...key.publicJwk };
+      if (alias) twin.kid = alias; else delete twin.kid;
+      // The same key twice (an issuer publishing a key under a thumbprint kid and a legacy one),
+      // the twin first: a token without kid is verified by the first entry that fits.
+      const keys = await jwksServer({ keys: [twin, key.publicJwk] });
+      const dir = mkdtempSync(join(tmpdir(), 'dg-kid-'));
+      const dg = await startLifecycle(baseRules(up.origin, keys.url, (r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal: join(dir, 'journal') }; }), { dir });
+      t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); });
+      const other = await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09', header: { kid: alias } });
+      t.equal((await fetch(`${dg.url}/items/1`, { headers: bearer(other) }).then(async (r) => { await r.text(); return r.status; })), 200, 'before the revocation: forwarded');
+      t.equal((await revoke(dg.admin, { kind: 'kid', value: 'es-leaked', reason: 'key leaked' })).status, 201);
+      const named = await fetch(`${dg.url}/items/1`, { headers: bearer(await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' })) });
+      await problem(t, named, 'credential-revoked', 401);
+      // The key's other entry too, for a token in the verified-token cache.
+      await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(other) }), 'credential-revoked', 401);
+      t.equal(up.seen.length, 1, 'only the request before the revocation reached the upstream');
+    });
   }
 });
