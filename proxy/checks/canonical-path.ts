@@ -36,13 +36,20 @@ function validHost(value: string): boolean {
  * line, so POST /items/1?_method=DELETE would reach a refused DELETE as the POST it allowed.
  */
 const METHOD_OVERRIDE_PARAMS = new Set(['_method', 'x-http-method-override', 'x-http-method', 'x-method-override']);
+/**
+ * The query parameter a bearer token may travel in (RFC 6750 §2.3), which upstreams read
+ * (ASP.NET Core's SignalR hook, over the header's token; Spring's allowUriQueryParameter):
+ * driftguard decides by the Authorization header, so a second token there would be the one the
+ * upstream authenticates, a consumer driftguard never judged. RFC 6750 §2: one method only.
+ * (A token in the query alone is no credential to driftguard: refused as missing.)
+ */
+const CREDENTIAL_PARAMS = new Set(['access_token']);
 
-/** The method-override parameter a query carries, if any (its name as a framework decodes it). */
-function methodOverrideParameter(query: string): string | undefined {
-  // Cheap for the usual query: a name can only spell `method` openly or percent-encoded.
-  if (query.length < 2 || !/method|%/i.test(query)) return undefined;
+/** The parameter of `names` a query carries, if any (its name as a framework decodes it). */
+function namedParameter(query: string, names: ReadonlySet<string>): string | undefined {
   for (const name of new URLSearchParams(query.slice(1)).keys()) {
-    if (METHOD_OVERRIDE_PARAMS.has(asFrameworksRead(name))) return asFrameworksRead(name);
+    const read = asFrameworksRead(name);
+    if (names.has(read)) return read;
   }
   return undefined;
 }
@@ -117,8 +124,16 @@ export function canonicalPath(decisive: readonly string[]): Check {
       if (named !== undefined) return { reason: 'malformed-request', detail: `the Connection header names ${named}, which driftguard decides requests by: the upstream would not get it` };
       const target = canonicalTarget(ctx.req.url);
       if (!target) return { reason: 'malformed-request', detail: `the request-target is not origin-form and canonical: ${targetProblem(ctx.req.url)}` };
-      const override = methodOverrideParameter(target.query);
-      if (override !== undefined) return { reason: 'malformed-request', detail: `a method override in the query (${override}) is not served: send the method itself` };
+      // Cheap for the usual query: a name can only spell these openly or percent-encoded.
+      const query = target.query;
+      if (query.length > 1 && /method|token|%/i.test(query)) {
+        const override = namedParameter(query, METHOD_OVERRIDE_PARAMS);
+        if (override !== undefined) return { reason: 'malformed-request', detail: `a method override in the query (${override}) is not served: send the method itself` };
+        // Beside an Authorization header: two credentials. Alone, the query's is never read, and
+        // the credential check answers 401 missing-credential with its challenge.
+        const credential = authorization > 0 ? namedParameter(query, CREDENTIAL_PARAMS) : undefined;
+        if (credential !== undefined) return { reason: 'malformed-request', detail: `a credential in the query (${credential}) is not served: send it in the Authorization header only` };
+      }
       ctx.target = target;
       return undefined;
     },

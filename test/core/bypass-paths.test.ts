@@ -270,6 +270,24 @@ t.test('a method override in the query (_method, as Rails, Laravel, Symfony and 
   }
 });
 
+t.test('a second credential in the query (access_token, RFC 6750 §2.3) is refused, never forwarded: the upstream may read it over the header', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  // A token for a subject no rule names: alone in the header, refused.
+  const stranger = await w.tok({ sub: 'spiffe://example.org/ns/x/sa/stranger' });
+  for (const query of ['?access_token=', '?a=1&access_token=', '?ACCESS_TOKEN=', '?access%5Ftoken=', '?access.token=', '?access_token[]=']) {
+    const a = await raw(w.port, `GET /items/1${query}${query.endsWith('=') ? stranger : ''} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nConnection: close\r\n\r\n`);
+    t.equal(a.status, 400, query);
+    t.match(a.json(), { reason: 'malformed-request', detail: 'a credential in the query (access_token) is not served: send it in the Authorization header only' }, query);
+    t.notMatch(a.body, stranger.split('.')[2]!, `${query}: the token is not in the answer`);
+  }
+  t.equal(w.up.seen.length, 0, 'none reached the upstream');
+  for (const query of ['?token_type=bearer', '?next_token=abc', '?q=%25token']) {
+    const a = await raw(w.port, `GET /items/1${query} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nConnection: close\r\n\r\n`);
+    t.equal(a.status, 200, `${query}: other parameters pass`);
+  }
+});
+
 t.test('a transfer coding other than chunked: 400, never forwarded decoded halfway', async (t) => {
   const w = await world(t);
   const gz = gzipSync('hello');
