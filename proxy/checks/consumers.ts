@@ -57,6 +57,9 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
   if (!chain) return undefined;
   for (const [i, subject] of chain.actors.entries()) {
     const issuer = actorIssuer(credential, i);
+    // A level's iss the rules do not trust vouches for nobody: each such iss would otherwise
+    // be a fresh consumer (monitors, quarantine) of the same agent.
+    if (!trustedIssuer(rules, issuer)) return { subject };
     const actor = resolveConsumer(rules, { subject, issuer });
     if (!actor) return { subject };
     if (actor.kind === 'automation') return { subject, key: actor.key, issuer, ...(actor.owner !== undefined ? { owner: actor.owner } : {}) };
@@ -64,6 +67,11 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
   // A level past the well-formed ones: its actor is unknown.
   if (chain.depth > chain.actors.length) return { subject: chain.named[chain.actors.length] ?? '(malformed act level)' };
   return undefined;
+}
+
+/** Whether the rules trust `issuer` (one of identity.issuers). */
+function trustedIssuer(rules: Rules, issuer: string): boolean {
+  return rules.identity.issuers.some((i) => i.issuer === issuer);
 }
 
 /**
@@ -79,13 +87,16 @@ export function actorIssuer(credential: Pick<Credential, 'issuer' | 'act'>, i: n
 /**
  * Every consumer that `named[i]` of a token's act chain could be, for the checks that restrict
  * (declared operations, quarantine): in the well-formed prefix, the one its issuer vouches for;
- * below a malformed level, where nothing vouches for the level's iss, both the one its iss
- * names and the one the token's issuer would (only the latter was looked at, and an actor of
- * another issuer there escaped its declaration).
+ * below a malformed level, or where the level's iss is not trusted, where nothing vouches for
+ * it, both the one its iss names and the one the token's issuer would (only the latter was
+ * looked at, and an actor of another issuer there escaped its declaration).
  */
 export function namedActorConsumers(rules: Rules, credential: Pick<Credential, 'issuer' | 'act'>, subject: string, i: number): Consumer[] {
   const chain = credential.act;
-  if (!chain || i < chain.actors.length) { const c = actorConsumer(rules, credential, subject, i); return c ? [c] : []; }
+  if (!chain || (i < chain.actors.length && trustedIssuer(rules, actorIssuer(credential, i)))) { const c = actorConsumer(rules, credential, subject, i); return c ? [c] : []; }
+  // Below a malformed level, or named by an iss the rules do not trust: nothing vouches for
+  // the level's iss, so the token issuer's consumer of that name is looked at too (a
+  // quarantined agent must not go free by naming another iss).
   const iss = chain.namedIssuers[i];
   const issuers = typeof iss === 'string' && iss !== credential.issuer ? [iss, credential.issuer] : [credential.issuer];
   return issuers.flatMap((issuer) => { const c = resolveConsumer(rules, { subject, issuer }); return c ? [c] : []; });

@@ -232,6 +232,7 @@ t.test('a quarantined automation may not act for others: its refusals record it 
   const dg = await startLifecycle(w.rules((r) => {
     r.delegation = { consumers: [{ subject: AGENT, actors: [BOT] }] };
     r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+    trustAlso(r, 'https://second.test');
   }));
   t.teardown(async () => { await dg.close(); await w.close(); });
   // BOT declares getItem and deleteItem only: two calls to /items quarantine it.
@@ -248,13 +249,38 @@ t.test('a quarantined automation may not act for others: its refusals record it 
     t.equal(dg.seen.at(-1)!.ctx.extra['quarantine.actor'], BOT, 'the quarantined actor is recorded');
   }
   t.equal(w.up.seen.length, before, 'none reached the upstream');
-  // The same name from another issuer is another consumer: not BOT, and not quarantined.
-  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: BOT, iss: 'https://elsewhere.test' } } })) }), 'actor-not-allowed', 403);
+  // The same name from another trusted issuer is another consumer: not BOT, and not quarantined.
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: BOT, iss: 'https://second.test' } } })) }), 'actor-not-allowed', 403);
+  // From an issuer the rules do not trust, nobody vouches that it is another: it may be BOT.
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: { sub: BOT, iss: 'https://elsewhere.test' } } })) }), 'consumer-quarantined', 403);
   const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
   t.equal(own.status, 200, 'AGENT\'s own calls go on: the refusals through its actor did not quarantine it');
   await own.text();
   const listed = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] };
   t.same(listed.quarantined.map((q) => q.subject), [BOT], 'only BOT is quarantined');
+});
+
+t.test('an actor named by an issuer the rules do not trust is nobody\'s: its calls count as the person\'s, whatever iss it names', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    trustAlso(r, 'https://second.test');
+    r.consumers.unknown = 'allow';
+    r.delegation = { unlisted: 'allow' };
+    r.monitors = monitorsOnly({ quarantine: { denials: 2, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const AGENT_X = 'spiffe://example.org/ns/tools/sa/agent-x';
+  // agent-x, unregistered, as the token's issuer vouches for it: two refusals quarantine it.
+  for (let i = 0; i < 2; i++) await problem(t, await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN, scope: 'items.read', claims: { act: { sub: AGENT_X } } }), { 'idempotency-key': `k${i}` }), body: '{}' }), 'insufficient-scope', 403);
+  const quarantined = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] };
+  t.same(quarantined.quarantined.map((q) => q.subject), [JSON.stringify([ISSUER, AGENT_X])], 'agent-x is quarantined, as the token\'s issuer names it');
+  // Naming an iss nobody trusts does not make it another consumer that is free to act.
+  for (const iss of ['https://attacker-1.example', 'https://attacker-2.example']) {
+    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, scope: ALL_SCOPES, claims: { act: { sub: AGENT_X, iss } } })) });
+    await problem(t, res, 'consumer-quarantined', 403);
+  }
+  const consumers = await (await fetch(`${dg.admin}/consumers`)).json() as { consumers: { subject: string }[] };
+  t.notOk(consumers.consumers.some((c) => c.subject.includes('attacker')), 'no consumer was made of an untrusted iss');
 });
 
 t.test('an automation acting for a person: its denials quarantine the automation, not the person', async (t) => {
