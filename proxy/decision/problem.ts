@@ -82,6 +82,9 @@ export function problemAnswer(p: Problem, headers: Record<string, string | strin
 export function sendProblem(res: ServerResponse, p: Problem, headers: Record<string, string | string[]> = {}): void {
   if (res.headersSent) { res.destroy(); return; }
   const answer = problemAnswer(p, headers);
+  // A HEAD's Content-Length must be what a GET's would be (RFC 9110 §8.6), and a detail may
+  // name the method (`HEAD /nope is not an operation`): none, which a HEAD may always send.
+  if (res.req?.method === 'HEAD') delete answer.headers['content-length'];
   // Its own reason phrase: a writeHead of the upstream's answer that failed (a header Node
   // refused) has left its statusMessage, and the 502 went out as `502 OK`.
   res.writeHead(answer.status, STATUS_CODES[answer.status] ?? '', answer.headers);

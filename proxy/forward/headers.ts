@@ -48,8 +48,9 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
     if (lower === 'host') { host = raw[i + 1]!; out.push(name, raw[i + 1]!); continue; }
     if (lower === 'x-forwarded-for') { forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]; continue; }
     // The scheme a TLS-terminating proxy in front says the client used: an app that redirects
-    // plain http to https (Rails' force_ssl) looped when driftguard said http. Only the two values.
-    if (lower === 'x-forwarded-proto') { const v = raw[i + 1]!.trim().toLowerCase(); if (proto === undefined && (v === 'https' || v === 'http')) proto = v; continue; }
+    // plain http to https (Rails' force_ssl) looped when driftguard said http. Its lines are
+    // one comma list (RFC 9110 §5.3), read below.
+    if (lower === 'x-forwarded-proto') { proto = proto === undefined ? raw[i + 1]! : `${proto},${raw[i + 1]}`; continue; }
     // A header driftguard sets itself (traceparent, tracestate) replaces the caller's.
     // A name with `_` or `.`: CGI-style upstreams read both as `-` (Driftguard.Consumer).
     if (HOP_BY_HOP.has(lower) || OVERRIDE.has(lower) || REWRITTEN.has(lower) || lower.startsWith('driftguard-') || lower.includes('_') || lower.includes('.') || named?.has(lower) || Object.hasOwn(own, lower) || (ownTrace && lower === 'tracestate')) continue;
@@ -57,7 +58,10 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
   }
   const client = remoteAddress ?? 'unknown';
   out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client);
-  out.push('x-forwarded-proto', proto ?? 'http');
+  // Only a single value, and only the two schemes: in a list (`https, http`, on one line or
+  // two), the first may be the client's own and the last a proxy's, and nothing says which.
+  const scheme = proto?.trim().toLowerCase();
+  out.push('x-forwarded-proto', scheme === 'https' || scheme === 'http' ? scheme : 'http');
   if (host !== undefined) out.push('x-forwarded-host', host);
   for (const [name, value] of Object.entries(own)) out.push(name, value);
   return out;
@@ -89,6 +93,8 @@ export function clientResponseHeaders(headers: Record<string, string | string[] 
  *   contract version, which decided the answer), or `*` if the upstream says so.
  * - Sunset and Deprecation are dates: the earlier one stands, so a client learns the soonest
  *   point at which its call stops working, whichever side knows it (RFC 8594 §3, RFC 9745).
+ * - Cache-Control, on an answer whose Vary names Authorization (one that depends on the
+ *   caller's credential, driftguard's decision among it): see privateCacheControl.
  */
 export function withOwnHeaders(upstream: Record<string, string | string[]>, own: Record<string, string | string[]>): Record<string, string | string[]> {
   const head = { ...upstream, ...own };
@@ -96,6 +102,10 @@ export function withOwnHeaders(upstream: Record<string, string | string[]>, own:
   const ours = own['link'];
   if (theirs !== undefined && ours !== undefined) head['link'] = [...list(theirs), ...list(ours)];
   if (upstream['vary'] !== undefined && own['vary'] !== undefined) head['vary'] = varyUnion(upstream['vary'], own['vary']);
+  if (upstream['cache-control'] !== undefined && own['vary'] !== undefined && BY_CREDENTIAL.test(list(own['vary']).join(','))) {
+    const cc = privateCacheControl(upstream['cache-control']);
+    if (cc !== undefined) head['cache-control'] = cc;
+  }
   for (const name of ['sunset', 'deprecation'] as const) {
     const their = upstream[name];
     const our = own[name];
@@ -110,6 +120,29 @@ export function withOwnHeaders(upstream: Record<string, string | string[]>, own:
 
 function list(v: string | string[]): string[] { return Array.isArray(v) ? v : [v]; }
 
+const BY_CREDENTIAL = /(?:^|,)\s*authorization\s*(?:,|$)/i;
+/** Cache directives that let a shared cache store an answer to a request with Authorization (RFC 9111 §3.5). */
+const SHARED_STORE = new Set(['public', 's-maxage', 'must-revalidate']);
+/** Cache-Control's directives, split at commas outside quoted strings (`no-cache="a, b"`). */
+const DIRECTIVE = /(?:[^,"]|"(?:[^"\\]|\\.)*")+/g;
+
+/**
+ * The upstream's Cache-Control for an answer driftguard decided on the caller's credential:
+ * unchanged, unless it lets a shared cache store the answer (`public`, `s-maxage`,
+ * `must-revalidate`), which that cache would then serve to the same token for as long as it
+ * is fresh, past a revocation, a quarantine or a reload that refuses the call. Then `public`,
+ * `s-maxage` and any `private` are dropped and a bare `private` added (a shared cache MUST NOT
+ * store it, RFC 9111 §5.2.2.7; the caller's own cache still may), unless `no-store` says more.
+ */
+function privateCacheControl(value: string | string[]): string | undefined {
+  const directives = list(value).join(',').match(DIRECTIVE)?.map((d) => d.trim()).filter((d) => d !== '') ?? [];
+  const name = (d: string) => d.split('=', 1)[0]!.trim().toLowerCase();
+  if (!directives.some((d) => SHARED_STORE.has(name(d)))) return undefined;
+  const kept = directives.filter((d) => !['public', 's-maxage', 'private'].includes(name(d)));
+  if (!kept.some((d) => name(d) === 'no-store')) kept.push('private');
+  return kept.join(', ');
+}
+
 function varyUnion(theirs: string | string[], ours: string | string[]): string {
   const names: string[] = [];
   const seen = new Set<string>();
@@ -123,17 +156,44 @@ function varyUnion(theirs: string | string[], ours: string | string[]): string {
   return names.join(', ');
 }
 
-/** IMF-fixdate (RFC 9110 §5.6.7), the one HTTP-date form a sender must generate. */
-const IMF_FIXDATE = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT$/;
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+/** The three HTTP-date forms (RFC 9110 §5.6.7): IMF-fixdate, and the obsolete rfc850-date and asctime-date. */
+const IMF_FIXDATE = /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d{2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT$/;
+const RFC850_DATE = /^(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (\d{2})-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT$/;
+const ASCTIME_DATE = /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4})$/;
 
 /**
- * A Deprecation (`@<unix seconds>`, RFC 9745) or Sunset (an IMF-fixdate) value as epoch ms;
- * anything else is unreadable. Not Date.parse, which reads `1` or `see changelog 2` as a
- * date in 2001 and would let such a value replace the rules' date.
+ * An HTTP-date in any of its three forms as epoch ms, as a recipient must read them (RFC 9110
+ * §5.6.7); anything else is unreadable. Not Date.parse, which reads `1` or `see changelog 2`
+ * as a date in 2001, and an asctime date (no zone) in the machine's local time.
  */
+export function httpDate(v: string, nowMs = Date.now()): number | undefined {
+  let m = IMF_FIXDATE.exec(v);
+  if (m) return utc(Number(m[3]), m[2]!, m[1]!, m[4]!, m[5]!, m[6]!);
+  m = RFC850_DATE.exec(v);
+  if (m) {
+    // A two-digit year more than 50 years ahead is the latest past year that ends so (§5.6.7).
+    const thisYear = new Date(nowMs).getUTCFullYear();
+    let year = Math.floor(thisYear / 100) * 100 + Number(m[3]);
+    if (year > thisYear + 50) year -= 100;
+    return utc(year, m[2]!, m[1]!, m[4]!, m[5]!, m[6]!);
+  }
+  m = ASCTIME_DATE.exec(v);
+  if (m) return utc(Number(m[6]), m[1]!, m[2]!.trim(), m[3]!, m[4]!, m[5]!);
+  return undefined;
+}
+
+function utc(year: number, month: string, day: string, h: string, min: string, sec: string): number | undefined {
+  const ms = Date.UTC(year, MONTHS.indexOf(month), Number(day), Number(h), Number(min), Number(sec));
+  // A day or time out of range (31 Feb, 25:00) names no date: Date.UTC would roll it over.
+  const d = new Date(ms);
+  return d.getUTCDate() === Number(day) && d.getUTCHours() === Number(h) && d.getUTCMinutes() === Number(min) && d.getUTCSeconds() === Number(sec) ? ms : undefined;
+}
+
+/** A Deprecation (`@<unix seconds>`, RFC 9745) or Sunset (an HTTP-date, RFC 8594) value as epoch ms; anything else is unreadable. */
 function dateOf(name: 'sunset' | 'deprecation', value: string): number | undefined {
   const v = value.trim();
-  const ms = name === 'deprecation' ? (/^@-?\d{1,15}$/.test(v) ? Number(v.slice(1)) * 1000 : NaN) : IMF_FIXDATE.test(v) ? Date.parse(v) : NaN;
+  const ms = name === 'deprecation' ? (/^@-?\d{1,15}$/.test(v) ? Number(v.slice(1)) * 1000 : NaN) : httpDate(v) ?? NaN;
   return Number.isFinite(ms) ? ms : undefined;
 }
 

@@ -183,10 +183,12 @@ t.test('hop-by-hop, Connection-named and method-override headers never reach the
   t.equal(h['x-forwarded-proto'], 'http');
   t.equal(h['authorization'], `Bearer ${tok}`, 'the credential itself is the upstream\'s to see');
   // The scheme a TLS-terminating proxy in front says: https or http, nothing else.
-  for (const [sent, seen] of [['https', 'https'], ['HTTPS', 'https'], ['javascript', 'http'], ['https, http', 'http']] as const) {
+  // Its lines are one comma list (RFC 9110 §5.3): a proxy in front that adds a line of its own
+  // after a client's forged `https` makes the same list as `https, http` on one line.
+  for (const [sent, seen] of [['https', 'https'], ['HTTPS', 'https'], ['javascript', 'http'], ['https, http', 'http'], ['https\r\nX-Forwarded-Proto: http', 'http'], ['https\r\nX-Forwarded-Proto: https', 'http'], [' https ', 'https']] as const) {
     const before = w.up.seen.length;
     t.equal((await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nX-Forwarded-Proto: ${sent}\r\n\r\n`)).status, 200);
-    t.equal(w.up.seen[before]!.headers['x-forwarded-proto'], seen, `X-Forwarded-Proto: ${sent}`);
+    t.equal(w.up.seen[before]!.headers['x-forwarded-proto'], seen, `X-Forwarded-Proto: ${JSON.stringify(sent)}`);
   }
 
   // Method overrides: a GET the agent may do cannot become a DELETE behind driftguard's back.
@@ -407,4 +409,19 @@ t.test('a request a case-ignoring router would take to another operation is refu
   const other = await w.call('GET', '/acme/ITEMS', { token: reader });
   t.equal(other.status, 200, 'capitals that fold onto no other operation are the variables\'');
   t.equal(w.up.seen[0]?.headers['driftguard-operation'], 'tenantCollection');
+});
+
+t.test('a HEAD refusal carries no Content-Length: its detail may name the method, and a GET\'s body would differ (RFC 9110 §8.6)', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  for (const path of ['/nope', '/items/1/nothing-here', '/items/1']) {
+    const auth = path === '/items/1' ? '' : `Authorization: Bearer ${tok}\r\n`;
+    const head = await raw(w.port, `HEAD ${path} HTTP/1.1\r\nHost: api.test\r\n${auth}Connection: close\r\n\r\n`);
+    const getA = await raw(w.port, `GET ${path} HTTP/1.1\r\nHost: api.test\r\n${auth}Connection: close\r\n\r\n`);
+    t.equal(head.status, getA.status, `${path}: refused alike (${head.status})`);
+    t.ok(head.status >= 400);
+    t.notOk('content-length' in head.headers, `${path}: HEAD, no Content-Length`);
+    t.equal(getA.headers['content-length'], String(Buffer.byteLength(getA.body)), `${path}: GET, its body's length`);
+  }
+  t.equal(w.up.seen.length, 0);
 });
