@@ -296,7 +296,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     const key = url.searchParams.get('key') ?? '';
     const q = state.monitors.liftKey(key, state.now());
     if (!q) { routes.problem(res, 404, 'Not Found', 'no quarantine has this key (?key= as GET /quarantine shows it)'); return; }
-    log({ level: 'info', msg: 'quarantine lifted', subject: q.subject, key, by: who });
+    log({ level: 'info', msg: 'quarantine lifted', consumer: q.subject, key, by: who });
     routes.json(res, 200, { lifted: quarantineView(q) });
   });
 
@@ -307,7 +307,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     try { subject = decodeURIComponent(url.pathname.slice('/quarantine/'.length)); } catch { routes.problem(res, 400, 'Bad Request', 'subject is not valid percent-encoding'); return; }
     const q = state.monitors.lift(subject, state.now());
     if (!q) { routes.problem(res, 404, 'Not Found', `${redactText(subject)} is not quarantined`); return; }
-    log({ level: 'info', msg: 'quarantine lifted', subject, by: who });
+    log({ level: 'info', msg: 'quarantine lifted', consumer: subject, by: who });
     routes.json(res, 200, { lifted: quarantineView(q) });
   });
 

@@ -288,8 +288,10 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // were not enforced, and a reload to enforce must not turn it into refusals.
     const mode = q.mode === 'enforce' && s.denialsEnforced.every(Boolean) ? 'enforce' : 'audit';
     m.quarantineFor(key, { sinceMs: at, untilMs: at + q.periodMs, mode, reasons, origin: p.origin });
+    // The denials counted in the window (at least monitors.quarantine.denials) and their reasons, as GET /quarantine shows them.
+    const denials = s.denials.length;
     forgetDenials(s);
-    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: key, owner: p.owner ?? null, until: new Date(at + q.periodMs).toISOString(), denials: q.denials });
+    log({ level: 'warn', msg: mode === 'enforce' ? 'consumer quarantined' : 'consumer would be quarantined (audit)', consumer: key, ...(p.owner !== undefined ? { owner: p.owner } : {}), until: new Date(at + q.periodMs).toISOString(), denials, reasons });
   }
 
   return {

@@ -178,6 +178,7 @@ t.test('retry storm: the same request more than maxRepeats times in the window i
   t.equal(res.headers.get('retry-after'), '7');
   t.equal(body.retryAfter, 7);
   t.equal(body.detail, 'the same request was sent more than 3 times within 10s', 'the limit, not the count of the earlier ones');
+  t.equal(dg.seen.at(-1)!.ctx.extra['retry_storm.repeats'], 4, 'recorded: sent four times, this one included (not the limit)');
   // Another query is another request.
   const other = await fetch(`${dg.url}/items/1?q=b`, { headers: bearer(tok) });
   t.equal(other.status, 200);
@@ -411,6 +412,7 @@ t.test('endpoint traversal: more distinct operations than allowed in the window'
     await r.text();
   }
   await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok), body: '{}' }), 'endpoint-traversal', 403);
+  t.equal(dg.seen.at(-1)!.ctx.extra['traversal.operations'], 3, 'recorded: the third distinct operation, this one (not the limit, 2)');
   const known = await fetch(`${dg.url}/items/3`, { headers: bearer(tok) });
   t.equal(known.status, 200, 'operations already called in the window still work');
   await known.text();
@@ -526,7 +528,8 @@ t.test('quarantine: K denials in the window refuse everything for the period; li
   t.equal(listed.quarantined[0].subject, AGENT);
   t.equal(listed.quarantined[0].mode, 'enforce');
   t.same(listed.quarantined[0].reasons, ['insufficient-scope']);
-  t.ok(dg.logs.some((l) => l.msg === 'consumer quarantined' && l.consumer === AGENT && l.owner === 'team-app'));
+  const placed = dg.logs.find((l) => l.msg === 'consumer quarantined');
+  t.match(placed, { consumer: AGENT, owner: 'team-app', denials: 3, reasons: ['insufficient-scope'] }, 'logged: the consumer, its owner, the denials counted and why');
 
   // Another consumer is not affected.
   const bot = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: BOT, scope: 'items.read', now: c.now() })) });
@@ -552,6 +555,7 @@ t.test('quarantine: K denials in the window refuse everything for the period; li
   const lift = await fetch(`${dg.admin}/quarantine/${encodeURIComponent(AGENT)}`, { method: 'DELETE' });
   t.equal(lift.status, 200);
   await lift.text();
+  t.match(dg.logs.find((l) => l.msg === 'quarantine lifted'), { consumer: AGENT, by: 'loopback' }, 'the lift names the consumer as the placing line does');
   const ok = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
   t.equal(ok.status, 200, 'lifted');
   await ok.text();
