@@ -45,9 +45,12 @@ const METHOD_OVERRIDE_PARAMS = new Set(['_method', 'x-http-method-override', 'x-
  */
 const CREDENTIAL_PARAMS = new Set(['access_token']);
 
-/** The parameter of `names` a query carries, if any (its name as a framework decodes it). */
+/**
+ * The parameter of `names` a query carries, if any (its name as a framework decodes it). Split
+ * at `;` too, as Rack 2, Django before 3.2 and Python's parse_qs before 3.9.2 split it.
+ */
 function namedParameter(query: string, names: ReadonlySet<string>): string | undefined {
-  for (const name of new URLSearchParams(query.slice(1)).keys()) {
+  for (const name of new URLSearchParams(query.slice(1).replaceAll(';', '&')).keys()) {
     const read = asFrameworksRead(name);
     if (names.has(read)) return read;
   }

@@ -123,8 +123,25 @@ function list(v: string | string[]): string[] { return Array.isArray(v) ? v : [v
 const BY_CREDENTIAL = /(?:^|,)\s*authorization\s*(?:,|$)/i;
 /** Cache directives that let a shared cache store an answer to a request with Authorization (RFC 9111 §3.5). */
 const SHARED_STORE = new Set(['public', 's-maxage', 'must-revalidate']);
-/** Cache-Control's directives, split at commas outside quoted strings (`no-cache="a, b"`). */
-const DIRECTIVE = /(?:[^,"]|"(?:[^"\\]|\\.)*")+/g;
+/**
+ * Cache-Control's directives, split at commas outside quoted strings (`no-cache="a, b"`), in one
+ * pass: a quote left open runs to the end of the value as one directive (undici reads it so).
+ */
+function directives(value: string): string[] {
+  const out: string[] = [];
+  let start = 0;
+  let quoted = false;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (quoted) {
+      if (c === 0x5c) i++; // a quoted-pair: the next character is taken as it is
+      else if (c === 0x22) quoted = false;
+    } else if (c === 0x22) quoted = true;
+    else if (c === 0x2c) { out.push(value.slice(start, i)); start = i + 1; }
+  }
+  out.push(value.slice(start));
+  return out.map((d) => d.trim()).filter((d) => d !== '');
+}
 
 /**
  * The upstream's Cache-Control for an answer driftguard decided on the caller's credential:
@@ -135,10 +152,10 @@ const DIRECTIVE = /(?:[^,"]|"(?:[^"\\]|\\.)*")+/g;
  * store it, RFC 9111 §5.2.2.7; the caller's own cache still may), unless `no-store` says more.
  */
 function privateCacheControl(value: string | string[]): string | undefined {
-  const directives = list(value).join(',').match(DIRECTIVE)?.map((d) => d.trim()).filter((d) => d !== '') ?? [];
+  const all = directives(list(value).join(','));
   const name = (d: string) => d.split('=', 1)[0]!.trim().toLowerCase();
-  if (!directives.some((d) => SHARED_STORE.has(name(d)))) return undefined;
-  const kept = directives.filter((d) => !['public', 's-maxage', 'private'].includes(name(d)));
+  if (!all.some((d) => SHARED_STORE.has(name(d)))) return undefined;
+  const kept = all.filter((d) => !['public', 's-maxage', 'private'].includes(name(d)));
   if (!kept.some((d) => name(d) === 'no-store')) kept.push('private');
   return kept.join(', ');
 }

@@ -195,8 +195,12 @@ function sameSidecar(c: Obj, expected: Record<string, unknown>): boolean {
   const mounts = (Array.isArray(expected.volumeMounts) ? expected.volumeMounts : []).filter(isObj).map((m) => String(m.mountPath));
   const addedEnv = (e: Obj) => typeof e.name === 'string' && !GUARDED_ENV.test(e.name);
   const addedMount = (m: Obj) => typeof m.mountPath === 'string' && m.mountPath.startsWith('/') && ![...mounts, ...IMAGE_TREES].some((p) => overlaps(p, m.mountPath as string));
+  // A sidecar injected before drain delays existed (no DRIFTGUARD_DRAIN_DELAY: none, the safe
+  // default) is still the injector's own: during an upgrade its pods are reviewed again.
+  const env = Array.isArray(expected.env) ? expected.env : [];
+  const withoutDelay = env.filter((e) => !(isObj(e) && e.name === 'DRIFTGUARD_DRAIN_DELAY'));
   return JSON.stringify(c.command) === JSON.stringify(expected.command) && ports(c.ports) === ports(expected.ports)
-    && holds(c.env, expected.env, (e) => e.name, addedEnv)
+    && (holds(c.env, env, (e) => e.name, addedEnv) || (withoutDelay.length < env.length && holds(c.env, withoutDelay, (e) => e.name, addedEnv)))
     && holds(c.volumeMounts, expected.volumeMounts, (m) => m.mountPath, addedMount)
     && c.args === undefined && c.envFrom === undefined && c.lifecycle === undefined;
 }
@@ -463,9 +467,10 @@ function durationText(ms: number): string {
 /**
  * How the sidecar stops in this pod: its drain delay (a regular container only) and its grace
  * period, the configured ones, cut so that the delay, the drain and the last flush end before
- * the kubelet's SIGKILL (terminationGracePeriodSeconds, 30 s by default), the delay first: the
- * requests in flight run on through it. A drain the kill cuts short loses the decision-log lines
- * and spans of its last requests.
+ * the kubelet's SIGKILL (terminationGracePeriodSeconds, 30 s by default). The delay takes at
+ * most half of what the flush leaves, the grace the rest: a delay with no grace after it would
+ * reset the requests it took in (a safe refusal traded for an unsafe cut). A drain the kill cuts
+ * short loses the decision-log lines and spans of its last requests.
  */
 function podStop(spec: Obj, config: InjectorConfig): { grace: string; drainDelay?: string; warning?: string } {
   // In milliseconds: whole seconds, `500ms` became `0s`, a grace of nothing, and nothing said.
@@ -475,7 +480,7 @@ function podStop(spec: Obj, config: InjectorConfig): { grace: string; drainDelay
   const period = spec.terminationGracePeriodSeconds;
   const podSeconds = typeof period === 'number' && Number.isFinite(period) && period >= 0 ? Math.floor(period) : 30;
   const room = Math.max(0, podSeconds - AFTER_GRACE_S) * 1000;
-  const delay = Math.min(delayMs, room);
+  const delay = Math.min(delayMs, room / 2);
   const grace = Math.min(graceMs, room - delay);
   const stop = { grace: durationText(grace), ...(delayMs > 0 ? { drainDelay: durationText(delay) } : {}) };
   if (delay === delayMs && grace === graceMs) return stop;

@@ -4,7 +4,7 @@
 
 import t from 'tap';
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -274,6 +274,16 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
     t.equal(r.status === 0 ? 'starts' : 'refused at install', injector === 'starts' ? 'starts' : 'refused at install', `sidecar.drainDelay=${drainDelay} with grace ${grace}: the injector ${injector}`);
   }
   t.match(helm(['template', 'dg', CHART, '--set', 'sidecar.drainDelay=4.5d', '--set', 'sidecar.grace=20d', '--namespace', NS]).stderr, /sidecar\.drainDelay "4\.5d" and sidecar\.grace "20d" are longer than 24d in all/, 'the message names both');
+  // `helm upgrade --reuse-values` from a release before drainDelay renders with that release's
+  // values, which have none: the schema does not require it, and the injector gets 5s.
+  const chart = join(mkdtempSync(join(tmpdir(), 'dg-chart-')), 'driftguard');
+  cpSync(CHART, chart, { recursive: true });
+  const values = readFileSync(join(CHART, 'values.yaml'), 'utf8');
+  writeFileSync(join(chart, 'values.yaml'), values.replace(/\n  drainDelay: [^\n]*/, ''));
+  t.notMatch(readFileSync(join(chart, 'values.yaml'), 'utf8'), /drainDelay: /, 'values without drainDelay (its comment aside)');
+  const reused = helm(['template', 'dg', chart, '--namespace', NS]);
+  t.equal(reused.status, 0, `a release's values without drainDelay install: ${reused.stderr}`);
+  t.match(reused.stdout, /drainDelay: "5s"/, 'and the injector gets the default');
 });
 
 t.test('cert-manager mode: a Certificate and the cainjector annotation instead of a generated CA', async (t) => {

@@ -42,6 +42,9 @@ t.test('Cache-Control is rewritten only for an answer that depends on the creden
     ['no-cache="set-cookie, x-a", must-revalidate', 'no-cache="set-cookie, x-a", must-revalidate, private'],
     ['private="x-user", public', 'private'],
     ['public, no-store', 'no-store'],
+    // A quote left open runs to the end as one directive: nothing of it is split or lost.
+    ['public, no-cache="a, b', 'no-cache="a, b, private'],
+    ['must-revalidate, x="a\\", b"', 'must-revalidate, x="a\\", b", private'],
     ['max-age=60', 'max-age=60'],
     ['no-store', 'no-store'],
   ];
@@ -49,6 +52,9 @@ t.test('Cache-Control is rewritten only for an answer that depends on the creden
   t.equal(withOwnHeaders({ 'cache-control': ['public', 'max-age=60'] }, gated)['cache-control'], 'max-age=60, private', 'over two lines');
   t.equal(withOwnHeaders({ 'cache-control': 'public, max-age=60' }, { vary: 'Contract-Version' })['cache-control'], 'public, max-age=60', 'a public operation\'s answer is left as the upstream made it');
   t.notOk('cache-control' in withOwnHeaders({}, gated), 'none is added where the upstream sent none (a shared cache stores no answer to a request with Authorization without one)');
+  // One pass: an open quote followed by many escapes (an upstream's 15 KiB head) is read once.
+  const long = `public, x="${'\\"'.repeat(7_000)}`;
+  t.equal(withOwnHeaders({ 'cache-control': long }, gated)['cache-control'], `${long.slice('public, '.length)}, private`, 'a long open quote kept whole');
 });
 
 t.test('an upstream\'s earlier Sunset in any of the three HTTP-date forms stands against the rules\' later one (RFC 9110 §5.6.7)', async (t) => {

@@ -735,9 +735,10 @@ t.test('a sidecar injected as a regular container gets a drain delay (it is stop
   const short = await stopOf(regular, 20);
   t.same([short.delay, short.grace], ['5s', '10s'], 'in 20 s: the delay, then what is left for the grace');
   t.match(short.warning, /terminationGracePeriodSeconds is 20: the driftguard sidecar's grace period is cut from 20s to 10s so that/);
-  const shorter = await stopOf(regular, 8);
-  t.same([shorter.delay, shorter.grace], ['3s', '0s'], 'in 8 s: both cut, the delay first');
-  t.match(shorter.warning, /drain delay is cut from 5s to 3s and its grace period is cut from 20s to 0s/);
+  const shorter = await stopOf(regular, 10);
+  t.same([shorter.delay, shorter.grace], ['2500ms', '2500ms'], 'in 10 s: both cut, the delay to half of what the flush leaves');
+  t.match(shorter.warning, /drain delay is cut from 5s to 2500ms and its grace period is cut from 20s to 2500ms/);
+  t.same(await stopOf(regular, 5).then((s) => [s.delay, s.grace]), ['0s', '0s'], 'in 5 s: no room for either');
   const none = await startInjectorServer({
     config: buildConfig({ image: IMAGE, nativeSidecar: false, drainDelay: '0s' }),
     tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {},
@@ -745,9 +746,18 @@ t.test('a sidecar injected as a regular container gets a drain delay (it is stop
   t.teardown(() => none.close());
   t.same(await stopOf(none, undefined), { delay: undefined, grace: '20s', warning: undefined }, 'drainDelay 0s: none');
   // Reinvoked, the pod already carries the sidecar it was given: still taken for the injector's.
-  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { terminationGracePeriodSeconds: 8 } });
+  const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { terminationGracePeriodSeconds: 9 } });
   const once = patched(pod, (await review(t, regular, pod)).got.response);
   t.equal((await review(t, regular, once)).got.response.patch, undefined, 'an injected pod with a cut delay is left alone');
+  // The previous release's sidecar had no drain delay: during an upgrade its pods are reviewed again.
+  const older = structuredClone(once);
+  const sidecar = (older.spec.containers as Record<string, any>[]).find((c) => c.name === 'driftguard')!;
+  sidecar.env = sidecar.env.filter((e: { name: string }) => e.name !== 'DRIFTGUARD_DRAIN_DELAY');
+  const again = (await review(t, regular, older)).got.response;
+  t.equal(again.allowed, true, 'a sidecar injected without a drain delay is still the injector\'s own');
+  t.equal(again.patch, undefined, 'and is left alone');
+  sidecar.env.push({ name: 'DRIFTGUARD_DRAIN_DELAY', value: '1h' });
+  t.equal((await review(t, regular, older)).got.response.allowed, false, 'one with another drain delay is not');
   t.throws(() => buildConfig({ image: IMAGE, drainDelay: 'soon' }), /drainDelay: not a duration/);
   t.throws(() => buildConfig({ image: IMAGE, grace: '20d', drainDelay: '5d' }), /drainDelay: must be at most 24d with grace \(20d\)/);
   t.throws(() => buildConfig({ image: IMAGE, env: [{ name: 'DRIFTGUARD_DRAIN_DELAY', value: '1s' }] }), /DRIFTGUARD_DRAIN_DELAY is set by the injector itself/);

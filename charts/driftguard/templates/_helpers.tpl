@@ -106,6 +106,14 @@ schema lets through. In an ISO value an M can only be minutes: the schema allows
 {{- end -}}
 
 {{/*
+sidecar.drainDelay, 5s when absent: `helm upgrade --reuse-values` from a release before it keeps
+that release's values, which have none.
+*/}}
+{{- define "driftguard.drainDelay" -}}
+{{- .Values.sidecar.drainDelay | default "5s" -}}
+{{- end -}}
+
+{{/*
 A resource quantity as a number (cores or bytes), as the injector reads it (quantityValue in
 proxy/inject/config.ts): a string the schema let through (128Mi, 50m, 1.5) or a number.
 */}}
@@ -136,8 +144,8 @@ proxy/inject/config.ts): a string the schema let through (128Mi, 50m, 1.5) or a 
 {{- if gt $graceMs (mulf 24 86400000) -}}
 {{- fail (printf "sidecar.grace %q is longer than 24d, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.grace) -}}
 {{- end -}}
-{{- if gt (addf $graceMs (include "driftguard.durationMs" .Values.sidecar.drainDelay | float64)) (mulf 24 86400000) -}}
-{{- fail (printf "sidecar.drainDelay %q and sidecar.grace %q are longer than 24d in all, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.drainDelay .Values.sidecar.grace) -}}
+{{- if gt (addf $graceMs (include "driftguard.durationMs" (include "driftguard.drainDelay" .) | float64)) (mulf 24 86400000) -}}
+{{- fail (printf "sidecar.drainDelay %q and sidecar.grace %q are longer than 24d in all, which the sidecar refuses (its stop deadline is a timer): the injector would not start" (include "driftguard.drainDelay" .) .Values.sidecar.grace) -}}
 {{- end -}}
 {{- /* As the injector does at its start (proxy/inject/config.ts): a variable it sets itself (INJECTED_ENV), set again, would win and could send traffic elsewhere; one listed twice, the later would win unsaid. Refused here, or a fresh install has no injector and every opted-in pod is refused. */ -}}
 {{- $injected := list "DRIFTGUARD_LISTEN" "DRIFTGUARD_UPSTREAM" "DRIFTGUARD_ADMIN" "DRIFTGUARD_PROBES" "DRIFTGUARD_GRACE" "DRIFTGUARD_DRAIN_DELAY" "NODE_OPTIONS" "POD_NAME" "POD_NAMESPACE" "OTEL_RESOURCE_ATTRIBUTES" -}}
@@ -192,7 +200,7 @@ resources:
 tmpSizeLimit: {{ .Values.sidecar.tmpSizeLimit | quote }}
 serviceAccountToken: {{ .Values.sidecar.serviceAccountToken }}
 grace: {{ .Values.sidecar.grace | quote }}
-drainDelay: {{ .Values.sidecar.drainDelay | quote }}
+drainDelay: {{ include "driftguard.drainDelay" . | quote }}
 ipFamily: {{ .Values.ipFamily }}
 env:
   {{- toYaml .Values.sidecar.env | nindent 2 }}
