@@ -70,7 +70,7 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
 }
 
 /** Whether the rules trust `issuer` (one of identity.issuers). */
-function trustedIssuer(rules: Rules, issuer: string): boolean {
+export function trustedIssuer(rules: Rules, issuer: string): boolean {
   return rules.identity.issuers.some((i) => i.issuer === issuer);
 }
 

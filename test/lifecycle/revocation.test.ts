@@ -772,6 +772,11 @@ t.test('an actor revoked as ["<issuer>","<subject>"] is refused in the chains th
   t.equal(await call({ sub: 'spiffe://tools/a', act: { sub: 'spiffe://tools/bad', iss: ISSUER } }), 401, 'an inner level of that issuer');
   t.equal(await call({ sub: 'spiffe://tools/bad', iss: OTHER }), 200, 'the same sub vouched for by another issuer is not revoked');
   t.equal(await call({ sub: 'spiffe://tools/a' }), 200, 'a chain without it passes');
+  // An iss the rules do not trust vouches for nobody: the token's issuer's consumer of that
+  // name is weighed too, as the quarantine check weighs it (before: forwarded, the revoked
+  // agent acting on by naming any other iss).
+  t.equal(await call({ sub: 'spiffe://tools/bad', iss: 'https://attacker.example' }), 401, 'named by an untrusted iss: still the revoked agent');
+  t.equal(await call({ sub: 'spiffe://tools/a', act: { sub: 'spiffe://tools/bad', iss: 'https://attacker.example' } }), 401, 'at an inner level too');
 });
 
 t.test('one journal, one writer: a second driftguard on it is refused before it rewrites it; a stale lock is taken over; a replaced file is not written to', async (t) => {
