@@ -18,6 +18,7 @@ export class Instruments {
   readonly decisions = this.registry.add(new Counter('driftguard_decisions_total', 'Decisions made, by decision, whether enforced (false: audit mode, forwarded anyway), reason code, operation and consumer kind.', ['decision', 'enforced', 'reason', 'operation', 'consumer_kind']));
   readonly stale = this.registry.add(new Counter('driftguard_stale_contract_calls_total', 'Calls declaring a contract version older than the operation\'s changedIn or the minimum, by consumer, owner, operation and what staleness decided (deny, would-deny in audit mode, or warn, even when another check then denied the call).', ['consumer', 'owner', 'operation', 'decision']));
   readonly deprecated = this.registry.add(new Counter('driftguard_deprecated_calls_total', 'Calls to a deprecated operation, by consumer, owner, operation and what the deprecation decided (deny, would-deny in audit mode, or warn, even when another check then denied the call).', ['consumer', 'owner', 'operation', 'decision']));
+  readonly wouldDeny = this.registry.add(new Counter('driftguard_would_deny_total', 'Would-denies, as GET /consumers counts them: a denial proxy.mode audit forwarded (enforced false) and each reason a feature in audit mode would have refused for (lifecycle.would_deny), by reason code, operation and consumer kind. What enforcing would refuse.', ['reason', 'operation', 'consumer_kind']));
   readonly added = this.registry.add(new Histogram('driftguard_added_latency_seconds', 'Time driftguard itself added to a request: the whole request minus the time spent on the upstream.', ['decision'], ADDED_BUCKETS));
   readonly upstream = this.registry.add(new Histogram('driftguard_upstream_duration_seconds', 'Time from forwarding a request to the end of the upstream\'s response, for forwarded requests.', [], UPSTREAM_BUCKETS));
   readonly upstreamFailures = this.registry.add(new Counter('driftguard_upstream_failures_total', 'Forwarded requests that got no upstream response, by reason code.', ['reason']));
@@ -71,6 +72,14 @@ export class Instruments {
       const owner = r.registered && r.owner !== undefined ? r.owner : 'none';
       if (stale) this.stale.inc([consumer, owner, operation, verdict(r, 'stale-contract', decided)]);
       if (deprecated) this.deprecated.inc([consumer, owner, operation, verdict(r, 'deprecated-operation', decided)]);
+    }
+    const audited = r.extra?.['lifecycle.would_deny'];
+    const forwardedDenial = r.decision === 'deny' && !r.enforced;
+    if (forwardedDenial || Array.isArray(audited)) {
+      // Each reason once: a feature's would-deny that is also the audit-mode denial's reason is one.
+      const reasons = new Set(Array.isArray(audited) ? audited.filter((x): x is string => typeof x === 'string') : []);
+      if (forwardedDenial) reasons.add(decided);
+      for (const reason of reasons) this.wouldDeny.inc([reason, operation, r.consumerKind ?? 'none']);
     }
     if (r.addedMs !== undefined) this.added.observe([r.decision], r.addedMs / 1000);
     if (forwarded) this.upstream.observe([], upstreamSeconds);

@@ -56,3 +56,22 @@ t.test('deprecated calls the same way', async (t) => {
   t.equal(sample(m, 'driftguard_deprecated_calls_total', { decision: 'warn' }), 1);
   t.equal(sample(m, 'driftguard_deprecated_calls_total', { decision: 'deny' }), 1);
 });
+
+t.test('driftguard_would_deny_total counts every would-deny once, as GET /consumers does: an audit-mode denial and each feature would-deny', async (t) => {
+  const i = new Instruments();
+  // A feature in audit mode named a would-deny behind a warning that decided (before: no metric had it).
+  i.record(record({ decision: 'warn', reason: 'deprecated-operation', warnings: ['deprecated-operation', 'task-binding-required'], extra: { 'lifecycle.would_deny': ['task-binding-required'] } }), true, 0.001, undefined);
+  // proxy.mode audit: a denial forwarded, whose reason a feature also named.
+  i.record(record({ decision: 'deny', enforced: false, reason: 'retry-storm', extra: { 'lifecycle.would_deny': ['retry-storm'] } }), true, 0.001, undefined);
+  // Forwarded, and the upstream failed: counted under the decision's reason, not the failure's.
+  i.record(failed, true, 0.001, 'upstream-unavailable', 'stale-contract');
+  // Neither: a plain allow and an enforced denial.
+  i.record(record({}), true, 0.001, undefined);
+  i.record(record({ decision: 'deny', reason: 'stale-contract' }), false, 0, undefined);
+  const m = parsePrometheus(i.registry.text());
+  t.equal(sample(m, 'driftguard_would_deny_total', { reason: 'task-binding-required', operation: 'pay', consumer_kind: 'automation' }), 1, 'the feature\'s would-deny behind a warning');
+  t.equal(sample(m, 'driftguard_would_deny_total', { reason: 'retry-storm' }), 1, 'once, though both kinds named it');
+  t.equal(sample(m, 'driftguard_would_deny_total', { reason: 'stale-contract' }), 1, 'the audit-mode denial whose forwarding failed, by its own reason');
+  t.equal(sample(m, 'driftguard_would_deny_total', { reason: 'upstream-unavailable' }), undefined);
+  t.equal(sample(m, 'driftguard_would_deny_total', { reason: 'deprecated-operation' }), undefined, 'a warning is no would-deny');
+});
