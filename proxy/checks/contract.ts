@@ -4,10 +4,25 @@
 // decision would rest on the claim while the upstream, which gets the header as sent, could
 // act on the other version.
 
-import type { Check, Denial } from '../pipeline/types.ts';
+import type { Check, Denial, RequestContext } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import { blocks } from './staleness.ts';
 import { movingOn } from './deprecation.ts';
+
+/**
+ * The contract version the caller declares, read as the contract check reads it but not
+ * judged (a published version, claim and header agreeing): for the record of a call refused
+ * before that check ran (revoked, quarantined, out of scope), which would otherwise name the
+ * version that changed its operation and not the one its caller was built against.
+ */
+export function declaredVersion(ctx: Pick<RequestContext, 'credential' | 'req' | 'rules'>): string | undefined {
+  const { claim, header } = ctx.rules.contract.declared;
+  const fromClaim = ctx.credential?.claims[claim];
+  const fromHeader = ctx.req.headers[header.toLowerCase()];
+  if (fromClaim !== undefined && fromHeader !== undefined && fromHeader !== fromClaim) return undefined;
+  const declared = fromClaim ?? fromHeader;
+  return typeof declared === 'string' && ctx.rules.contract.rank.has(declared) ? declared : undefined;
+}
 
 export function contract(rules: Rules): Check {
   const { claim, header } = rules.contract.declared;

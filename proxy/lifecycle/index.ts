@@ -22,6 +22,7 @@ import { forgetDenials, fromNow, quarantineMode, recordDenial, type ConsumerStat
 import type { Monitored } from './state.ts';
 import { REVOKED_ACTOR, WOULD_DENY, countForwarded, forgetNotes, forwardedRepeat, quarantineOf } from './checks.ts';
 import { resolveConsumer, subjectKind, trustedIssuer } from '../checks/consumers.ts';
+import { declaredVersion } from '../checks/contract.ts';
 import { lruFill } from '../lib/heap.ts';
 
 type ListKind = 'file' | 'url';
@@ -256,7 +257,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const key = state.consumerKey(ctx)!;
     const m = state.monitors;
     const s = m.consumer(key, subjectKind(c), c.owner, ctx.now, ctx.credential);
-    if (ctx.declaredContract !== undefined) m.sawContract(s, ctx.declaredContract);
+    const declared = ctx.declaredContract ?? declaredVersion(ctx);
+    if (declared !== undefined) m.sawContract(s, declared);
     // Both kinds of would-deny count as one (README): proxy.mode audit's (a deny, not
     // enforced) and a feature's in audit mode (a warning, named in lifecycle.would_deny), also
     // when it is the decision's own reason.

@@ -6,6 +6,7 @@
 import { redactPath } from '../lib/redact.ts';
 import { CLIENT_IDLE, CLIENT_TOO_SLOW, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, UNPARSED_BODY } from '../forward/outcome.ts';
 import type { Decision, RequestContext, CheckRecord } from '../pipeline/types.ts';
+import { declaredVersion } from '../checks/contract.ts';
 
 export type ExtraValue = string | number | boolean | string[];
 
@@ -190,7 +191,8 @@ export function buildRecord(ctx: RequestContext, d: Decision, traceId: string, s
     r.issuer = cred.issuer;
     if (cred.jti !== undefined) r.jti = cred.jti.length > 256 ? cred.jti.slice(0, 256) : cred.jti;
   }
-  const declared = ctx.declaredContract ?? d.declaredContract;
+  // Refused before the contract check ran: what the caller declares all the same.
+  const declared = ctx.declaredContract ?? d.declaredContract ?? declaredVersion(ctx);
   if (declared !== undefined) r.declaredContract = declared;
   const extra = extraFields(ctx.extra);
   if (extra) r.extra = extra;
