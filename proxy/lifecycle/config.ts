@@ -9,7 +9,7 @@ import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { addRulesValidator, plainHttpElsewhere, readByRules, reservedHeader, RulesError } from '../rules/load.ts';
 import { boundedDuration, parseDurationOr0 } from '../rules/durations.ts';
-import { SENSITIVITY_RANK, type ConsumerKind, type Rules, type Sensitivity } from '../rules/types.ts';
+import { thresholdRank, type ConsumerKind, type Rules, type Sensitivity, type Threshold } from '../rules/types.ts';
 import { readRegularFile } from '../lib/files.ts';
 
 export type FeatureMode = 'enforce' | 'audit' | 'off';
@@ -73,13 +73,13 @@ export interface LifecycleConfig {
 interface Raw {
   identity: { clockSkew: string; maxTokenLifetime: Record<ConsumerKind, string> };
   consumers: { registry: { subject: string }[] };
-  credentials: { mode: FeatureMode; kinds: ConsumerKind[]; requireJti: boolean; taskClaim: string; taskBindingAt: Sensitivity | 'never'; maxTokenLifetime: Partial<Record<Sensitivity, string>> };
+  credentials: { mode: FeatureMode; kinds: ConsumerKind[]; requireJti: boolean; taskClaim: string; taskBindingAt: Threshold; maxTokenLifetime: Partial<Record<Sensitivity, string>> };
   revocation: { mode: FeatureMode; file?: string; url?: string; insecureHttp: boolean; interval: string; timeout: string; journal?: string; adminCredentialFile?: string; maxEntries: number };
   delegation: { mode: FeatureMode; maxDelegationDepth: number; consumers: { subject: string; actors: string[] }[]; unlisted: 'deny' | 'allow' };
   monitors: {
     kinds: ConsumerKind[]; maxConsumers: number; maxBodyBytes: number; bodyTimeout: string;
     retryStorm: { mode: FeatureMode; counts: 'unsuccessful' | 'all'; maxRepeats: number; window: string; maxFingerprints: number; maxFingerprintsPerConsumer?: number };
-    idempotency: { mode: FeatureMode; at: Sensitivity; header: string; window: string; maxKeys: number; maxKeysPerConsumer?: number };
+    idempotency: { mode: FeatureMode; at: Threshold; header: string; window: string; maxKeys: number; maxKeysPerConsumer?: number };
     traversal: { mode: FeatureMode; maxOperations: number; window: string };
     quarantine: { mode: FeatureMode; denials: number; window: string; period: string; maxQuarantined: number };
   };
@@ -118,7 +118,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   }
   const credentials: CredentialsConfig = Object.freeze({
     mode: c.mode, kinds: new Set(c.kinds), requireJti: c.requireJti, taskClaim: c.taskClaim,
-    taskBindingRank: c.taskBindingAt === 'never' ? Infinity : SENSITIVITY_RANK[c.taskBindingAt],
+    taskBindingRank: thresholdRank(c.taskBindingAt),
     maxTokenLifetimeMs: Object.freeze(maxTokenLifetimeMs),
   });
 
@@ -187,7 +187,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
     kinds: new Set(m.kinds), maxConsumers: m.maxConsumers, maxBodyBytes: m.maxBodyBytes,
     bodyTimeoutMs: timer(['monitors', 'bodyTimeout'], m.bodyTimeout),
     retryStorm: Object.freeze({ mode: m.retryStorm.mode, counts: m.retryStorm.counts, maxRepeats: m.retryStorm.maxRepeats, windowMs: duration(['monitors', 'retryStorm', 'window'], m.retryStorm.window), maxFingerprints: m.retryStorm.maxFingerprints, maxFingerprintsPerConsumer: m.retryStorm.maxFingerprintsPerConsumer ?? share(m.retryStorm.maxFingerprints) }),
-    idempotency: Object.freeze({ mode: m.idempotency.mode, atRank: SENSITIVITY_RANK[m.idempotency.at], header: m.idempotency.header.toLowerCase(), windowMs: duration(['monitors', 'idempotency', 'window'], m.idempotency.window), maxKeys: m.idempotency.maxKeys, maxKeysPerConsumer: m.idempotency.maxKeysPerConsumer ?? share(m.idempotency.maxKeys) }),
+    idempotency: Object.freeze({ mode: m.idempotency.mode, atRank: thresholdRank(m.idempotency.at), header: m.idempotency.header.toLowerCase(), windowMs: duration(['monitors', 'idempotency', 'window'], m.idempotency.window), maxKeys: m.idempotency.maxKeys, maxKeysPerConsumer: m.idempotency.maxKeysPerConsumer ?? share(m.idempotency.maxKeys) }),
     traversal: Object.freeze({ mode: m.traversal.mode, maxOperations: m.traversal.maxOperations, windowMs: duration(['monitors', 'traversal', 'window'], m.traversal.window) }),
     quarantine: Object.freeze({
       mode: m.quarantine.mode, denials: m.quarantine.denials, windowMs: duration(['monitors', 'quarantine', 'window'], m.quarantine.window),

@@ -17,7 +17,7 @@ import { deepFreeze } from '../lib/freeze.ts';
 import { NOT_A_REGULAR_FILE, readRegularFile } from '../lib/files.ts';
 import { parseAddress } from '../lib/address.ts';
 import { pathAt, positionOf } from '../lib/yaml-position.ts';
-import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, IssuerProfile, JwksSource } from './types.ts';
+import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, Threshold, IssuerProfile, JwksSource } from './types.ts';
 import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, DEFAULT_CA_FILE } from '../identity/cluster.ts';
 import { SVID_ALGORITHMS, jwtSvidKeys, parseSpiffeId } from '../identity/spiffe.ts';
 import { parseJwks, readJwksFile } from '../identity/jwks.ts';
@@ -521,7 +521,7 @@ interface RawRules {
   };
   consumers: { unknown: 'deny' | 'allow'; defaultKind: ConsumerKind; registry: { subject: string; issuer?: string; kind: ConsumerKind; owner?: string; operations?: string[] }[] };
   contract: {
-    versions: string[]; minimum?: string; declared: { claim: string; header: string }; blockAt: Sensitivity;
+    versions: string[]; minimum?: string; declared: { claim: string; header: string }; blockAt: Threshold;
     operations: { id: string; method: string; path: string; scopes: string[]; sensitivity: Sensitivity; changedIn?: string; public: boolean; deprecated?: { since: string; sunset?: string; replacement?: string; link?: string } }[];
   };
 }

@@ -8,6 +8,12 @@ export type ConsumerKind = 'automation' | 'human';
 export type Sensitivity = 'low' | 'medium' | 'high' | 'critical';
 
 export const SENSITIVITY_RANK: Readonly<Record<Sensitivity, number>> = { low: 0, medium: 1, high: 2, critical: 3 };
+/** The lowest sensitivity a policy applies from (contract.blockAt, credentials.taskBindingAt, monitors.idempotency.at); never: none. */
+export type Threshold = Sensitivity | 'never';
+/** A threshold's rank, to compare with SENSITIVITY_RANK: never is above every sensitivity. */
+export function thresholdRank(at: Threshold): number {
+  return at === 'never' ? Infinity : SENSITIVITY_RANK[at];
+}
 
 export interface ProxyRules {
   readonly listen: string;
@@ -113,7 +119,7 @@ export interface ContractRules {
   readonly current: string;
   readonly minimum: string;
   readonly declared: { readonly claim: string; readonly header: string };
-  readonly blockAt: Sensitivity;
+  readonly blockAt: Threshold;
   readonly operations: readonly Operation[];
 }
 

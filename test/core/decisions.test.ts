@@ -99,6 +99,11 @@ t.test('automation is blocked from blockAt up and warned below it', async (t) =>
   const del = await critical.call('DELETE', '/items/1', { token: await critical.tok() });
   t.equal(del.status, 200);
   t.equal(del.headers.get('driftguard-warning'), 'deprecated-operation');
+  // blockAt never: even a critical stale call is only warned (as taskBindingAt takes never).
+  const never = await world(t, (r) => { r.contract.blockAt = 'never'; });
+  const pay = await never.call('POST', '/payments', { token: await never.tok({ contract: '2026-06' }), body: '{}' });
+  t.equal(pay.status, 200, 'blockAt never: a stale critical call is forwarded');
+  t.equal(pay.headers.get('driftguard-warning'), 'stale-contract');
 });
 
 t.test('an unregistered caller gets consumers.defaultKind, and human callers are not blocked', async (t) => {

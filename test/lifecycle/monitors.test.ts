@@ -232,6 +232,15 @@ t.test('retry storm in audit mode forwards and records', async (t) => {
   t.same(agent.decisions.allow, { allowed: 1 });
 });
 
+t.test('idempotency.at never: no write needs a key (the threshold every policy takes)', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(only(w, { idempotency: { at: 'never', window: '1m' } }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const res = await fetch(`${dg.url}/payments`, { method: 'POST', headers: bearer(await w.token({ claims: { task_id: 't' } })), body: '{}' });
+  t.equal(res.status, 200, 'a critical write without a key is forwarded');
+  await res.text();
+});
+
 t.test('idempotency: key required, reused key, duplicate write in flight and within the window', async (t) => {
   const w = await world();
   const c = clock();
