@@ -71,11 +71,11 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   const endsInVariable = new Set<Operation>();
   /** Some template ends in a slash: a router that ignores one may take a path to its twin. */
   let trailingSlashes = false;
-  for (const op of operations) {
+  const insert = (method: string, op: Operation): void => {
     const template = parseTemplate(op.path);
     if (typeof template === 'string') throw new TypeError(`operation ${op.id}: ${template}`); // the loader already refused it
-    let at = roots.get(op.method) ?? node();
-    roots.set(op.method, at);
+    let at = roots.get(method) ?? node();
+    roots.set(method, at);
     for (const s of template.segments) {
       if ('literal' in s) {
         let next = at.literals.get(s.literal);
@@ -92,6 +92,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
         at = at.variable ??= node();
       }
     }
+    // HEAD's tree takes the GET operations too, where no HEAD operation has the template.
+    if (at.operation !== undefined) return;
     at.operation = op;
     const lastSegment = template.segments.at(-1);
     const slashed = lastSegment !== undefined && 'literal' in lastSegment && lastSegment.literal === '';
@@ -100,7 +102,14 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     // patterns read /users/export.json/ too).
     const named = slashed ? template.segments.at(-2) : lastSegment;
     if (named !== undefined && !('literal' in named)) endsInVariable.add(op);
-  }
+  };
+  for (const op of operations) insert(op.method, op);
+  // HEAD is a GET without a body, and routers pick its handler by path among both (Spring's
+  // best match, Django's and Rails' path-first routing, a GET route serving HEAD): with
+  // HEAD /items/{id} and GET /items/export, HEAD /items/export runs the export. One tree of
+  // both, a HEAD operation first where both have the template, walked as any other: the most
+  // specific path wins, and the suffix, slash and case checks weigh both methods' templates.
+  if (roots.has('HEAD')) for (const op of operations) if (op.method === 'GET') insert('HEAD', op);
   /** Exact: literals before variables at every level, backtracking to the variable. */
   function walk(at: Node, segments: readonly string[], i: number): Operation | undefined {
     if (i === segments.length) return at.operation;
@@ -189,16 +198,9 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   };
 
   function match(method: string, segments: readonly string[]): Operation | Mismatch | undefined {
-    const root = roots.get(method);
-    const found = root ? decide(root, segments) : undefined;
-    if (found || method !== 'HEAD') return found;
-    // HEAD is a GET without a body: without an operation of its own it needs the GET's
-    // permission, unless its slash twin is a HEAD operation a slash-ignoring router would run.
-    if (root && trailingSlashes && segments.length > 0 && decideCase(root, slashTwin(segments)) !== undefined) {
-      return { by: 'slash', index: segments.length - 1 };
-    }
-    const get = roots.get('GET');
-    return get ? decide(get, segments) : undefined;
+    // Without HEAD operations, HEAD's tree is GET's: it needs the GET's permission.
+    const root = roots.get(method) ?? (method === 'HEAD' ? roots.get('GET') : undefined);
+    return root ? decide(root, segments) : undefined;
   }
 }
 

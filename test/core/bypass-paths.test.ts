@@ -189,6 +189,29 @@ t.test('HEAD falls back to GET only when its slash twin is no HEAD operation', a
   t.equal(a.status, 403, 'HEAD /items: a router that ignores trailing slashes runs HEAD /items/ (headAdmin); refused as the slash twin');
   t.equal(w.up.seen.length, before, 'not forwarded');
 });
+
+t.test('HEAD is decided among the HEAD and GET operations together, the most specific path first, as routers pick its handler', async (t) => {
+  const w = await world(t, (r) => {
+    // A HEAD operation by a variable beside a GET literal (Spring's best match, Django's and
+    // Rails' path-first routing run the GET literal's handler for HEAD /items/export).
+    r.contract.operations.push({ id: 'headItem', method: 'HEAD', path: '/items/{id}', scopes: ['items.read'], sensitivity: 'low' });
+    r.contract.operations.push({ id: 'exportItems', method: 'GET', path: '/items/export', scopes: ['items.admin'], sensitivity: 'high' });
+    r.contract.operations.push({ id: 'headReport', method: 'HEAD', path: '/reports/export', scopes: ['items.admin'], sensitivity: 'high' });
+    r.contract.operations.push({ id: 'getReport', method: 'GET', path: '/reports/{id}', scopes: ['items.read'], sensitivity: 'low' });
+  });
+  const reader = await w.tok({ scope: 'items.read' });
+  const head = async (path: string) => {
+    const before = w.up.seen.length;
+    const a = await fetch(`${w.dg.url}${path}`, { method: 'HEAD', headers: { authorization: `Bearer ${reader}` } });
+    return { status: a.status, forwarded: w.up.seen.length > before };
+  };
+  t.same(await head('/items/7'), { status: 200, forwarded: true }, 'HEAD /items/7: headItem');
+  // Before: headItem (items.read), while the upstream ran the export.
+  t.same(await head('/items/export'), { status: 403, forwarded: false }, 'HEAD /items/export: exportItems, which items.read may not call');
+  // Before: getReport by its variable, past HEAD /reports/export that a suffix router runs.
+  t.same(await head('/reports/export.json'), { status: 403, forwarded: false }, 'HEAD /reports/export.json: a suffix router runs headReport; refused');
+  t.same(await head('/reports/9'), { status: 200, forwarded: true }, 'HEAD /reports/9: getReport, as before');
+});
 t.test('request-targets that are not origin-form are refused', async (t) => {
   const w = await world(t);
   const auth = `Authorization: Bearer ${await w.tok()}`;
