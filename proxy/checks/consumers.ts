@@ -85,29 +85,31 @@ export function actorIssuer(credential: Pick<Credential, 'issuer' | 'act'>, i: n
 }
 
 /**
- * Every consumer that `named[i]` of a token's act chain could be, for the checks that restrict
- * (declared operations, quarantine): in the well-formed prefix, the one its issuer vouches for;
- * below a malformed level, or where the level's iss is not trusted, where nothing vouches for
- * it, both the one its iss names and the one the token's issuer would (only the latter was
- * looked at, and an actor of another issuer there escaped its declaration).
+ * The issuers whose consumer of `named[i]` (`subject`) of a token's act chain the checks that
+ * restrict (declared operations, quarantine, revocation) weigh. In the well-formed prefix, where
+ * a trusted iss (or the token's issuer) vouches for a subject registered to it or to none: that
+ * issuer alone. Where nobody vouches (below a malformed level, an iss the rules do not trust, a
+ * subject registered to another issuer): every consumer it could be, the level's iss's, the
+ * token issuer's and the registered one's, so that a quarantined or revoked agent does not go
+ * free by naming another iss (and an actor of another issuer does not escape its declaration).
  */
-export function namedActorConsumers(rules: Rules, credential: Pick<Credential, 'issuer' | 'act'>, subject: string, i: number): Consumer[] {
+export function actorIssuers(rules: Rules, credential: Pick<Credential, 'issuer' | 'act'>, subject: string, i: number): readonly string[] {
   const chain = credential.act;
-  if (!chain || (i < chain.actors.length && trustedIssuer(rules, actorIssuer(credential, i)))) { const c = actorConsumer(rules, credential, subject, i); return c ? [c] : []; }
-  // Below a malformed level, or named by an iss the rules do not trust: nothing vouches for
-  // the level's iss, so the token issuer's consumer of that name is looked at too (a
-  // quarantined agent must not go free by naming another iss).
+  const own = actorIssuer(credential, i);
+  const registered = rules.consumers.registry.get(subject)?.issuer;
+  if (!chain || (i < chain.actors.length && trustedIssuer(rules, own) && (registered === undefined || registered === own))) return [own];
   const iss = chain.namedIssuers[i];
-  const issuers = typeof iss === 'string' && iss !== credential.issuer ? [iss, credential.issuer] : [credential.issuer];
-  return issuers.flatMap((issuer) => { const c = resolveConsumer(rules, { subject, issuer }); return c ? [c] : []; });
+  return [...new Set([own, ...(typeof iss === 'string' ? [iss] : []), credential.issuer, ...(registered !== undefined ? [registered] : [])])];
 }
 
-/**
- * The consumer that level `i` of a token's act chain names (`subject`), as the issuer that
- * vouches for that level reads it; undefined when it is registered to another issuer.
- */
-export function actorConsumer(rules: Rules, credential: Pick<Credential, 'issuer' | 'act'>, subject: string, i: number): Consumer | undefined {
-  return resolveConsumer(rules, { subject, issuer: actorIssuer(credential, i) });
+/** Every consumer that `named[i]` of a token's act chain could be (actorIssuers), each once. */
+export function namedActorConsumers(rules: Rules, credential: Pick<Credential, 'issuer' | 'act'>, subject: string, i: number): Consumer[] {
+  const found = new Map<string, Consumer>();
+  for (const issuer of actorIssuers(rules, credential, subject, i)) {
+    const c = resolveConsumer(rules, { subject, issuer });
+    if (c && !found.has(c.key)) found.set(c.key, c);
+  }
+  return [...found.values()];
 }
 
 /** The subject's own kind: a call's kind is automation when an automation acts for it (Consumer.actor). */

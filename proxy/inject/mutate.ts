@@ -195,12 +195,8 @@ function sameSidecar(c: Obj, expected: Record<string, unknown>): boolean {
   const mounts = (Array.isArray(expected.volumeMounts) ? expected.volumeMounts : []).filter(isObj).map((m) => String(m.mountPath));
   const addedEnv = (e: Obj) => typeof e.name === 'string' && !GUARDED_ENV.test(e.name);
   const addedMount = (m: Obj) => typeof m.mountPath === 'string' && m.mountPath.startsWith('/') && ![...mounts, ...IMAGE_TREES].some((p) => overlaps(p, m.mountPath as string));
-  // A sidecar injected before drain delays existed (no DRIFTGUARD_DRAIN_DELAY: none, the safe
-  // default) is still the injector's own: during an upgrade its pods are reviewed again.
-  const env = Array.isArray(expected.env) ? expected.env : [];
-  const withoutDelay = env.filter((e) => !(isObj(e) && e.name === 'DRIFTGUARD_DRAIN_DELAY'));
   return JSON.stringify(c.command) === JSON.stringify(expected.command) && ports(c.ports) === ports(expected.ports)
-    && (holds(c.env, env, (e) => e.name, addedEnv) || (withoutDelay.length < env.length && holds(c.env, withoutDelay, (e) => e.name, addedEnv)))
+    && holds(c.env, expected.env, (e) => e.name, addedEnv)
     && holds(c.volumeMounts, expected.volumeMounts, (m) => m.mountPath, addedMount)
     && c.args === undefined && c.envFrom === undefined && c.lifecycle === undefined;
 }
@@ -327,7 +323,11 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // rules, ports, environment or mounts: `--config /dev/null`, a port named driftguard on the
   // app's own port (a Service's targetPort would reach the app around the checks), a
   // NODE_OPTIONS that runs code first.
-  if (injected && !sameSidecar(named[0]!, sidecarContainer(sidecarConfig, settings))) {
+  // A regular container injected before drain delays existed (no DRIFTGUARD_DRAIN_DELAY, and
+  // the whole period's room for its grace) is still the injector's own: during an upgrade its
+  // pods are reviewed again.
+  const older = (): Record<string, unknown> => sidecarContainer(sidecarConfig, { ...settingsOrError, grace: podStop(spec, { ...config, drainDelay: '0s' }).grace });
+  if (injected && !sameSidecar(named[0]!, sidecarContainer(sidecarConfig, settings)) && (config.nativeSidecar || !sameSidecar(named[0]!, older()))) {
     return reject(`the pod's ${SIDECAR_NAME} container is not the sidecar the injector adds for it (its command, ports, environment or mounts differ): remove it, the injector adds the sidecar`, podName);
   }
 
@@ -467,10 +467,11 @@ function durationText(ms: number): string {
 /**
  * How the sidecar stops in this pod: its drain delay (a regular container only) and its grace
  * period, the configured ones, cut so that the delay, the drain and the last flush end before
- * the kubelet's SIGKILL (terminationGracePeriodSeconds, 30 s by default). The delay takes at
- * most half of what the flush leaves, the grace the rest: a delay with no grace after it would
- * reset the requests it took in (a safe refusal traded for an unsafe cut). A drain the kill cuts
- * short loses the decision-log lines and spans of its last requests.
+ * the kubelet's SIGKILL (terminationGracePeriodSeconds, 30 s by default). Where both do not
+ * fit, the delay takes at most half of what the flush leaves (more only if the grace needs
+ * less), the grace the rest: a delay with no grace after it would reset the requests it took in
+ * (a safe refusal traded for an unsafe cut). A drain the kill cuts short loses the
+ * decision-log lines and spans of its last requests.
  */
 function podStop(spec: Obj, config: InjectorConfig): { grace: string; drainDelay?: string; warning?: string } {
   // In milliseconds: whole seconds, `500ms` became `0s`, a grace of nothing, and nothing said.
@@ -480,7 +481,9 @@ function podStop(spec: Obj, config: InjectorConfig): { grace: string; drainDelay
   const period = spec.terminationGracePeriodSeconds;
   const podSeconds = typeof period === 'number' && Number.isFinite(period) && period >= 0 ? Math.floor(period) : 30;
   const room = Math.max(0, podSeconds - AFTER_GRACE_S) * 1000;
-  const delay = Math.min(delayMs, room / 2);
+  // Cut only when both do not fit: then the delay to at most half of the room (or what the
+  // grace leaves, if more), the grace to the rest.
+  const delay = delayMs + graceMs <= room ? delayMs : Math.min(delayMs, Math.max(room / 2, room - graceMs));
   const grace = Math.min(graceMs, room - delay);
   const stop = { grace: durationText(grace), ...(delayMs > 0 ? { drainDelay: durationText(delay) } : {}) };
   if (delay === delayMs && grace === graceMs) return stop;

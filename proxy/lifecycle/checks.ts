@@ -14,7 +14,7 @@ import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record, fromNow, quarantineMode, type Quarantine } from './monitors.ts';
-import { actorIssuer, namedActorConsumers, trustedIssuer } from '../checks/consumers.ts';
+import { actorIssuer, actorIssuers, namedActorConsumers } from '../checks/consumers.ts';
 import { revokesSubjectItself, taskOf } from './revocations.ts';
 import { MAX_LEVELS } from '../identity/act.ts';
 import { bodyFingerprint } from './body.ts';
@@ -76,7 +76,6 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
   const { revocation: r, credentials } = configOf(rules);
   if (r.mode === 'off') return undefined;
   const words = { jti: 'token', task: 'task', subject: 'consumer', kid: 'signing key' } as const;
-  const trusted = (issuer: string) => trustedIssuer(rules, issuer);
   return {
     name: 'revocation',
     run(ctx) {
@@ -90,7 +89,7 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       }
       // Refused here too, whatever credentials.mode says: the revocation must not be escapable.
       if (taskOf(c.claims[credentials.taskClaim]) === null) return verdict(ctx, r.mode, namesNoTask(credentials.taskClaim));
-      const hit = state.revocations.match(c, credentials.taskClaim, ctx.now, trusted);
+      const hit = state.revocations.match(c, credentials.taskClaim, ctx.now, (actor, i) => actorIssuers(rules, c, actor, i));
       if (!hit) {
         // And so is a chain that could hide a revoked actor, whatever delegation.mode says.
         const hides = hidesActors(c);

@@ -21,7 +21,7 @@ import { adminRoutes } from './admin.ts';
 import { forgetDenials, fromNow, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import type { Monitored } from './state.ts';
 import { REVOKED_ACTOR, WOULD_DENY, countForwarded, forgetNotes, forwardedRepeat, quarantineOf } from './checks.ts';
-import { resolveConsumer, subjectKind, trustedIssuer } from '../checks/consumers.ts';
+import { actorIssuers, resolveConsumer, subjectKind } from '../checks/consumers.ts';
 import { declaredVersion } from '../checks/contract.ts';
 import { lruFill } from '../lib/heap.ts';
 
@@ -365,7 +365,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         const closed = dg.closeFor((ctx) => {
           const c = ctx.credential;
           if (!c) return undefined;
-          if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now, (issuer) => trustedIssuer(ctx.rules, issuer))) return 'credential-revoked';
+          if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now, (actor, i) => actorIssuers(ctx.rules, c, actor, i))) return 'credential-revoked';
           const key = state.consumerKey(ctx);
           const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, c, monitors.quarantine.mode, now)?.held : undefined;
           return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce' ? 'consumer-quarantined' : undefined;

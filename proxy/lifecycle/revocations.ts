@@ -189,14 +189,14 @@ export class RevocationStore {
    * revoked by subject is refused as an actor too: a revocation is the kill switch for a
    * compromised automation, which must not go on acting for others through delegated tokens.
    */
-  match(credential: Credential, taskClaim: string, now: number, trusted?: (issuer: string) => boolean): Revocation | undefined {
+  match(credential: Credential, taskClaim: string, now: number, issuersOf?: (actor: string, i: number) => readonly string[]): Revocation | undefined {
     const task = taskOf(credential.claims[taskClaim]);
     return this.#find('jti', credential.jti, now)
       ?? this.#ofIssuer('jti', credential.issuer, credential.jti, now)
       ?? this.#find('task', task ?? undefined, now)
       ?? this.#find('subject', credential.subject, now)
       ?? this.#ofIssuer('subject', credential.issuer, credential.subject, now)
-      ?? this.#actor(credential, now, trusted)
+      ?? this.#actor(credential, now, issuersOf)
       ?? this.#key(credential, now);
   }
 
@@ -222,18 +222,17 @@ export class RevocationStore {
     return this.#find(kind, issuerSubjectKey(issuer, value), now);
   }
 
-  #actor(credential: Credential, now: number, trusted?: (issuer: string) => boolean): Revocation | undefined {
+  #actor(credential: Credential, now: number, issuersOf?: (actor: string, i: number) => readonly string[]): Revocation | undefined {
     if (credential.act === undefined || !this.#index.get('subject')!.size) return undefined;
     // Every sub in the chain, a malformed level's neighbours included: the delegation check may
     // be off or in audit mode, and a broken level must not hide a revoked actor behind it.
     // Each by its plain sub, and as `["<issuer>","<subject>"]` of the issuer vouching for its level.
-    // A level whose iss the rules do not trust vouches for nobody: the consumer the token's
-    // issuer would make of its name is weighed too (a revoked agent must not act on by naming
-    // another iss), as the quarantine check does (namedActorConsumers).
+    // Each issuer that may vouch for the level (actorIssuers: where nobody does, every consumer
+    // it could be), so that a revoked agent does not act on by naming another iss, as the
+    // quarantine check weighs them; without the rules, the issuer the level names.
     for (const [i, actor] of credential.act.named.entries()) {
-      const iss = actorIssuer(credential, i);
-      const hit = this.#find('subject', actor, now) ?? this.#find('subject', issuerSubjectKey(iss, actor), now)
-        ?? (iss !== credential.issuer && trusted !== undefined && !trusted(iss) ? this.#find('subject', issuerSubjectKey(credential.issuer, actor), now) : undefined);
+      let hit = this.#find('subject', actor, now);
+      for (const issuer of issuersOf ? issuersOf(actor, i) : [actorIssuer(credential, i)]) hit ??= this.#find('subject', issuerSubjectKey(issuer, actor), now);
       if (hit) return hit;
     }
     return undefined;

@@ -749,15 +749,28 @@ t.test('a sidecar injected as a regular container gets a drain delay (it is stop
   const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { terminationGracePeriodSeconds: 9 } });
   const once = patched(pod, (await review(t, regular, pod)).got.response);
   t.equal((await review(t, regular, once)).got.response.patch, undefined, 'an injected pod with a cut delay is left alone');
-  // The previous release's sidecar had no drain delay: during an upgrade its pods are reviewed again.
+  // The previous release's sidecar had no drain delay, and the whole room of the period for its
+  // grace (9 s: 4s): during an upgrade its pods are reviewed again.
   const older = structuredClone(once);
   const sidecar = (older.spec.containers as Record<string, any>[]).find((c) => c.name === 'driftguard')!;
+  t.same(sidecar.env.filter((e: { name: string }) => e.name.startsWith('DRIFTGUARD_DRAIN') || e.name === 'DRIFTGUARD_GRACE').map((e: { value: string }) => e.value), ['2s', '2s'], 'now: 2s of grace, 2s of delay in 9 s');
   sidecar.env = sidecar.env.filter((e: { name: string }) => e.name !== 'DRIFTGUARD_DRAIN_DELAY');
+  sidecar.env.find((e: { name: string }) => e.name === 'DRIFTGUARD_GRACE').value = '4s';
   const again = (await review(t, regular, older)).got.response;
   t.equal(again.allowed, true, 'a sidecar injected without a drain delay is still the injector\'s own');
   t.equal(again.patch, undefined, 'and is left alone');
+  sidecar.env.find((e: { name: string }) => e.name === 'DRIFTGUARD_GRACE').value = '2s';
+  t.equal((await review(t, regular, older)).got.response.allowed, false, 'one with another grace and no delay is not');
   sidecar.env.push({ name: 'DRIFTGUARD_DRAIN_DELAY', value: '1h' });
-  t.equal((await review(t, regular, older)).got.response.allowed, false, 'one with another drain delay is not');
+  t.equal((await review(t, regular, older)).got.response.allowed, false, 'nor one with another drain delay');
+  // Where both fit, nothing is cut: a long delay beside a short grace stays as configured.
+  const longDelay = await startInjectorServer({
+    config: buildConfig({ image: IMAGE, nativeSidecar: false, grace: '2s', drainDelay: '15s' }),
+    tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {},
+  });
+  t.teardown(() => longDelay.close());
+  t.same(await stopOf(longDelay, undefined), { delay: '15s', grace: '2s', warning: undefined }, '15 s and 2 s fit in the default 30 s: not cut');
+  t.same(await stopOf(longDelay, 15).then((s) => [s.delay, s.grace]), ['8s', '2s'], 'in 15 s: the delay gets what the grace leaves, above half');
   t.throws(() => buildConfig({ image: IMAGE, drainDelay: 'soon' }), /drainDelay: not a duration/);
   t.throws(() => buildConfig({ image: IMAGE, grace: '20d', drainDelay: '5d' }), /drainDelay: must be at most 24d with grace \(20d\)/);
   t.throws(() => buildConfig({ image: IMAGE, env: [{ name: 'DRIFTGUARD_DRAIN_DELAY', value: '1s' }] }), /DRIFTGUARD_DRAIN_DELAY is set by the injector itself/);
