@@ -8,6 +8,17 @@ import { AGENT, BOT } from '../support/driftguard.ts';
 
 const OTHER = 'https://other.test.local';
 
+/** AGENT's calls with BOT as its actor: named plainly, under an untrusted iss, under OTHER; each `status reason`. */
+async function asBotFor(url: string, w: Awaited<ReturnType<typeof world>>): Promise<string[]> {
+  const out: string[] = [];
+  for (const act of [{ sub: BOT }, { sub: BOT, iss: 'https://attacker.example' }, { sub: BOT, iss: OTHER }]) {
+    const res = await fetch(`${url}/items/1`, { headers: bearer(await w.token({ sub: AGENT, claims: { act } })) });
+    const text = await res.text();
+    out.push(`${res.status} ${res.status === 200 ? '' : JSON.parse(text).reason}`);
+  }
+  return out;
+}
+
 for (const [label, delegation] of [['unlisted: allow', { mode: 'enforce', unlisted: 'allow', consumers: [] }], ['defaults, AGENT lists BOT as its actor', { consumers: [{ subject: AGENT, actors: [BOT] }] }]] as const)
 t.test(`a quarantined registered agent named under another trusted iss (delegation ${label})`, async (t) => {
   const w = await world();
@@ -22,14 +33,7 @@ t.test(`a quarantined registered agent named under another trusted iss (delegati
   for (let i = 0; i < 2; i++) await (await fetch(`${dg.url}/items`, { headers: bearer(await w.token({ sub: BOT })) })).text();
   const q = await (await fetch(`${dg.admin}/quarantine`)).json() as any;
   t.comment('quarantined: ' + JSON.stringify(q.quarantined.map((x: any) => x.subject)));
-  const call = async (act: Record<string, unknown>) => {
-    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: AGENT, claims: { act } })) });
-    const text = await res.text();
-    return `${res.status} ${res.status === 200 ? '' : JSON.parse(text).reason}`;
-  };
-  const plain = await call({ sub: BOT });
-  const untrusted = await call({ sub: BOT, iss: 'https://attacker.example' });
-  const trustedOther = await call({ sub: BOT, iss: OTHER });
+  const [plain, untrusted, trustedOther] = await asBotFor(dg.url, w);
   t.comment(`act {sub: BOT} -> ${plain}; act {sub: BOT, iss: attacker} -> ${untrusted}; act {sub: BOT, iss: OTHER (trusted, BOT registered to ISSUER)} -> ${trustedOther}`);
   t.match(plain, /^403/);
   t.match(untrusted, /^403/);
@@ -58,14 +62,7 @@ t.test('a registered agent revoked as ["<its issuer>","<subject>"], named under 
   t.comment(`POST /revocations -> ${posted.status} ${await posted.text()}`);
   const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: BOT })) });
   await own.text();
-  const call = async (act: Record<string, unknown>) => {
-    const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: AGENT, claims: { act } })) });
-    const text = await res.text();
-    return `${res.status} ${res.status === 200 ? '' : JSON.parse(text).reason}`;
-  };
-  const plain = await call({ sub: BOT });
-  const untrusted = await call({ sub: BOT, iss: 'https://attacker.example' });
-  const trustedOther = await call({ sub: BOT, iss: OTHER });
+  const [plain, untrusted, trustedOther] = await asBotFor(dg.url, w);
   t.comment(`BOT's own call -> ${own.status}; act {sub: BOT} -> ${plain}; act {sub: BOT, iss: attacker} -> ${untrusted}; act {sub: BOT, iss: OTHER} -> ${trustedOther}`);
   t.equal(own.status, 401);
   t.match(plain, /^401/);
