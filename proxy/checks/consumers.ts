@@ -3,6 +3,7 @@
 
 import type { ConsumerKind, Rules } from '../rules/types.ts';
 import type { Actor, Consumer, Credential } from '../pipeline/types.ts';
+import { foreignSubject } from '../identity/subjects.ts';
 
 /**
  * One issuer's subject, named apart from another issuer's same string: `["<issuer>","<subject>"]`.
@@ -57,9 +58,9 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
   if (!chain) return undefined;
   for (const [i, subject] of chain.actors.entries()) {
     const issuer = actorIssuer(credential, i);
-    // A level's iss the rules do not trust vouches for nobody: each such iss would otherwise
-    // be a fresh consumer (monitors, quarantine) of the same agent.
-    if (!trustedIssuer(rules, issuer)) return { subject };
+    // A level nobody vouches for (vouches) counts as the person's: each iss that cannot vouch
+    // would otherwise be a fresh consumer (monitors, quarantine) of the same agent.
+    if (!vouches(rules, issuer, subject)) return { subject };
     const actor = resolveConsumer(rules, { subject, issuer });
     if (!actor) return { subject };
     if (actor.kind === 'automation') return { subject, key: actor.key, issuer, ...(actor.owner !== undefined ? { owner: actor.owner } : {}) };
@@ -69,9 +70,25 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
   return undefined;
 }
 
-/** Whether the rules trust `issuer` (one of identity.issuers). */
-export function trustedIssuer(rules: Rules, issuer: string): boolean {
-  return rules.identity.issuers.some((i) => i.issuer === issuer);
+/**
+ * Whether `issuer` vouches for `subject` named in a chain: one of identity.issuers, the subject
+ * registered to it or to none, and a name its profile may vouch for (foreignSubject: a SPIFFE
+ * ID only its trust domain's spiffe issuer, a service account only a kubernetes issuer, as for
+ * a token's own subject).
+ */
+function vouches(rules: Rules, issuer: string, subject: string): boolean {
+  const own = rules.identity.issuers.find((i) => i.issuer === issuer);
+  if (!own) return false;
+  const registered = rules.consumers.registry.get(subject)?.issuer;
+  if (registered !== undefined && registered !== issuer) return false;
+  return foreignSubject(own, subject, rules.identity.issuers) === undefined;
+}
+
+/** The issuers that could vouch for `subject`: the one it is registered to, else each whose profile may. */
+function possibleIssuers(rules: Rules, subject: string): string[] {
+  const registered = rules.consumers.registry.get(subject)?.issuer;
+  if (registered !== undefined) return registered === '' ? [] : [registered];
+  return rules.identity.issuers.filter((i) => foreignSubject(i, subject, rules.identity.issuers) === undefined).map((i) => i.issuer);
 }
 
 /**
@@ -87,19 +104,19 @@ export function actorIssuer(credential: Pick<Credential, 'issuer' | 'act'>, i: n
 /**
  * The issuers whose consumer of `named[i]` (`subject`) of a token's act chain the checks that
  * restrict (declared operations, quarantine, revocation) weigh. In the well-formed prefix, where
- * a trusted iss (or the token's issuer) vouches for a subject registered to it or to none: that
- * issuer alone. Where nobody vouches (below a malformed level, an iss the rules do not trust, a
- * subject registered to another issuer): every consumer it could be, the level's iss's, the
- * token issuer's and the registered one's, so that a quarantined or revoked agent does not go
- * free by naming another iss (and an actor of another issuer does not escape its declaration).
+ * the level's issuer (its iss, else the token's) vouches for the name: that issuer alone. Where
+ * nobody does (below a malformed level, an iss the rules do not trust, a subject registered to
+ * another issuer, a name the issuer's profile cannot vouch for: an OAuth issuer naming a SPIFFE
+ * ID): every consumer it could be, the level's iss's, the token issuer's and each issuer's that
+ * could vouch for the name, so that a quarantined or revoked agent does not go free by being
+ * named under another iss, or none (and an actor does not escape its declaration).
  */
 export function actorIssuers(rules: Rules, credential: Pick<Credential, 'issuer' | 'act'>, subject: string, i: number): readonly string[] {
   const chain = credential.act;
   const own = actorIssuer(credential, i);
-  const registered = rules.consumers.registry.get(subject)?.issuer;
-  if (!chain || (i < chain.actors.length && trustedIssuer(rules, own) && (registered === undefined || registered === own))) return [own];
+  if (!chain || (i < chain.actors.length && vouches(rules, own, subject))) return [own];
   const iss = chain.namedIssuers[i];
-  return [...new Set([own, ...(typeof iss === 'string' ? [iss] : []), credential.issuer, ...(registered !== undefined ? [registered] : [])])];
+  return [...new Set([own, ...(typeof iss === 'string' ? [iss] : []), credential.issuer, ...possibleIssuers(rules, subject)])];
 }
 
 /** Every consumer that `named[i]` of a token's act chain could be (actorIssuers), each once. */

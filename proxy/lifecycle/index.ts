@@ -365,7 +365,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
         const closed = dg.closeFor((ctx) => {
           const c = ctx.credential;
           if (!c) return undefined;
-          if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now, (actor, i) => actorIssuers(ctx.rules, c, actor, i))) return 'credential-revoked';
+          if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now, (actor, i) => actorIssuers(state.rules, c, actor, i))) return 'credential-revoked';
           const key = state.consumerKey(ctx);
           const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, c, monitors.quarantine.mode, now)?.held : undefined;
           return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce' ? 'consumer-quarantined' : undefined;
