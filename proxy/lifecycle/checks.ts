@@ -89,7 +89,8 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       }
       // Refused here too, whatever credentials.mode says: the revocation must not be escapable.
       if (taskOf(c.claims[credentials.taskClaim]) === null) return verdict(ctx, r.mode, namesNoTask(credentials.taskClaim));
-      const hit = state.revocations.match(c, credentials.taskClaim, ctx.now, (actor, i) => actorIssuers(rules, c, actor, i));
+      // Who vouches for each actor is asked only of a token with a chain (no closure per request otherwise).
+      const hit = state.revocations.match(c, credentials.taskClaim, ctx.now, c.act && ((actor, i) => actorIssuers(rules, c, actor, i)));
       if (!hit) {
         // And so is a chain that could hide a revoked actor, whatever delegation.mode says.
         const hides = hidesActors(c);
