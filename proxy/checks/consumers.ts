@@ -58,9 +58,13 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
   if (!chain) return undefined;
   for (const [i, subject] of chain.actors.entries()) {
     const issuer = actorIssuer(credential, i);
-    // A level nobody vouches for (vouches) counts as the person's: each iss that cannot vouch
-    // would otherwise be a fresh consumer (monitors, quarantine) of the same agent.
-    if (!vouches(rules, issuer, subject)) return { subject };
+    // An iss the rules do not trust counts as the person's: each such iss would otherwise be a
+    // fresh consumer (monitors, quarantine) of the same agent. A trusted issuer naming what its
+    // profile cannot vouch for (an OAuth provider's exchange naming a SPIFFE ID) keys it as its
+    // own consumer of the name: counted towards that (which the restricting checks weigh with
+    // the others it could be, actorIssuers), neither towards the person's nor, for a stranger's
+    // tokens, towards the agent's own.
+    if (!rules.identity.issuers.some((x) => x.issuer === issuer)) return { subject };
     const actor = resolveConsumer(rules, { subject, issuer });
     if (!actor) return { subject };
     if (actor.kind === 'automation') return { subject, key: actor.key, issuer, ...(actor.owner !== undefined ? { owner: actor.owner } : {}) };
@@ -84,10 +88,13 @@ function vouches(rules: Rules, issuer: string, subject: string): boolean {
   return foreignSubject(own, subject, rules.identity.issuers) === undefined;
 }
 
-/** The issuers that could vouch for `subject`: the one it is registered to, else each whose profile may. */
+/**
+ * The issuers that could vouch for `subject`: the one it is registered to (an entry bound to
+ * none, `''`, too: its declared operations still restrict it), else each whose profile may.
+ */
 function possibleIssuers(rules: Rules, subject: string): string[] {
   const registered = rules.consumers.registry.get(subject)?.issuer;
-  if (registered !== undefined) return registered === '' ? [] : [registered];
+  if (registered !== undefined) return [registered];
   return rules.identity.issuers.filter((i) => foreignSubject(i, subject, rules.identity.issuers) === undefined).map((i) => i.issuer);
 }
 

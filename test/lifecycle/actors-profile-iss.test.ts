@@ -2,7 +2,7 @@
 // can never vouch for the subject it names is a level nobody vouches for: the agent quarantined
 // or revoked as ["<token issuer>","agent-x"] is held there too.
 import t from 'tap';
-import { world, startLifecycle, bearer, trustAlso, monitorsOnly } from './support.ts';
+import { world, startLifecycle, bearer, trustAlso, monitorsOnly, withSpire, SPIRE } from './support.ts';
 import { HUMAN } from '../support/driftguard.ts';
 import { ISSUER } from '../support/keys.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
@@ -10,7 +10,6 @@ import { writeRules, baseRules } from '../support/driftguard.ts';
 import { actorIssuers } from '../../proxy/checks/consumers.ts';
 import { actChain } from '../../proxy/identity/act.ts';
 
-const SPIRE = 'https://spire.example';
 const X = 'agent-x';
 const status = async (res: Response) => { const text = await res.text(); return `${res.status}${res.status === 200 ? '' : ' ' + JSON.parse(text).code}`; };
 
@@ -18,11 +17,7 @@ for (const kind of ['quarantine', 'revocation'] as const)
 t.test(`agent-x (${kind} as ["ISSUER","agent-x"]) named under the spiffe issuer's iss`, async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
-    trustAlso(r, SPIRE);
-    Object.assign(r.identity.issuers[1], { profile: 'spiffe', trustDomain: 'spire.example', algorithms: ['ES256'] });
-    r.consumers.unknown = 'allow';
-    r.consumers.defaultKind = 'automation';
-    r.delegation = { mode: 'enforce', unlisted: 'allow', consumers: [] };
+    withSpire(r);
     if (kind === 'quarantine') r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 2, window: '1m', period: '5m' } });
     else r.revocation = { mode: 'enforce' };
   }));

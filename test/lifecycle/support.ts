@@ -54,6 +54,20 @@ export function trustAlso(r: Record<string, any>, issuer: string): void {
   for (const c of r.consumers.registry) c.issuer = ISSUER;
 }
 
+/**
+ * Rules for agents exchanged at an OAuth provider: the test issuer and a spiffe issuer of trust
+ * domain spire.example (the same keys), unregistered subjects allowed as automations, any
+ * actor for anybody: only the checks that restrict (quarantine, revocation) hold a chain.
+ */
+export const SPIRE = 'https://spire.example';
+export function withSpire(r: Record<string, any>): void {
+  trustAlso(r, SPIRE);
+  Object.assign(r.identity.issuers[1], { profile: 'spiffe', trustDomain: 'spire.example', algorithms: ['ES256'] });
+  r.consumers.unknown = 'allow';
+  r.consumers.defaultKind = 'automation';
+  r.delegation = { mode: 'enforce', unlisted: 'allow', consumers: [] };
+}
+
 export const ALL_SCOPES = 'items.read items.write items.admin payments.write';
 
 export async function world(): Promise<World> {
