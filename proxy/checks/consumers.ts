@@ -57,18 +57,14 @@ export function automationActor(rules: Rules, consumer: Consumer, credential: Pi
   const chain = credential.act;
   if (!chain) return undefined;
   for (const [i, subject] of chain.actors.entries()) {
-    const named = actorIssuer(credential, i);
+    const issuer = actorIssuer(credential, i);
     // An iss the rules do not trust counts as the person's: each such iss would otherwise be a
-    // fresh consumer (monitors, quarantine) of the same agent.
-    if (!rules.identity.issuers.some((x) => x.issuer === named)) return { subject };
-    // A trusted issuer that cannot vouch for the name itself (a subject registered to another
-    // issuer, or an OAuth provider's exchange naming a SPIFFE ID) still says that agent acted:
-    // its behaviour is that agent's where the name can be only one consumer (the registered
-    // one, or its profile's issuer's), else the naming issuer's consumer of the name. Never the
-    // person's: the person's own calls go on, and the agent is stopped for everyone. The
-    // restricting checks weigh this consumer among the others it could be (actorIssuers).
-    const possible = vouches(rules, named, subject) ? [named] : possibleIssuers(rules, subject);
-    const issuer = possible.length === 1 ? possible[0]! : named;
+    // fresh consumer (monitors, quarantine) of the same agent. A trusted issuer naming what its
+    // profile cannot vouch for (an OAuth provider's exchange naming a SPIFFE ID) keys it as its
+    // own consumer of the name: counted towards that (which the restricting checks weigh with
+    // the others it could be, actorIssuers), neither towards the person's nor, for a stranger's
+    // tokens, towards the agent's own.
+    if (!rules.identity.issuers.some((x) => x.issuer === issuer)) return { subject };
     const actor = resolveConsumer(rules, { subject, issuer });
     if (!actor) return { subject };
     if (actor.kind === 'automation') return { subject, key: actor.key, issuer, ...(actor.owner !== undefined ? { owner: actor.owner } : {}) };

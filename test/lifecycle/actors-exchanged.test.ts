@@ -44,21 +44,3 @@ t.test('the agent spreads its denials over people: never quarantined', async (t)
   t.comment(`after 4 denials: quarantined ${JSON.stringify(q.quarantined.map((x: any) => x.key ?? x.subject))}; the agent for p5 -> ${next}`);
   t.match(next, /^403 consumer-quarantined/, 'four denials (threshold 2) quarantine the agent');
 });
-
-t.test('an agent registered to the spiffe issuer, exchanged at the IdP: its denials are the registered agent\'s, not the person\'s', async (t) => {
-  const w = await world();
-  const dg = await startLifecycle(w.rules((r) => {
-    withSpire(r);
-    r.consumers.registry = r.consumers.registry.filter((c: any) => !c.subject.startsWith('spiffe://'));
-    r.consumers.registry.push({ subject: SVC, issuer: SPIRE, kind: 'automation', owner: 'team-ai' });
-    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 2, window: '1m', period: '5m' } });
-  }));
-  t.teardown(async () => { await dg.close(); await w.close(); });
-  for (let i = 0; i < 2; i++) t.match(await status(await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, scope: '', claims: { act: { sub: SVC } } })) })), /^403 insufficient-scope/);
-  const q = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string }[] };
-  t.same(q.quarantined.map((x) => x.subject), [SVC], 'the registered agent is quarantined (before: alice)');
-  t.match(await status(await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN })) })), /^200/, "the person's own calls go on");
-  t.match(await status(await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: BOB, claims: { act: { sub: SVC } } })) })), /^403 consumer-quarantined/, 'and the agent is stopped for everyone it acts for');
-  const view = await (await fetch(`${dg.admin}/consumers`)).json() as { consumers: { subject: string; owner?: string }[] };
-  t.equal(view.consumers.find((c) => c.subject === SVC)?.owner, 'team-ai', 'under its owner');
-});
