@@ -92,7 +92,10 @@ export async function start(rules: Rules, file: string | undefined, overrides: O
 const FLUSH_MS = 8_000;
 
 
-function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) | 'stop'; deadlineMs: number; drainDelayMs?: number }): Promise<number> {
+function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) | 'stop'; graceMs: number; drainDelayMs?: number }): Promise<number> {
+  const drainDelayMs = handlers.drainDelayMs ?? 0;
+  // Shutdown itself must not hang past the drain delay and grace period plus the flush allowance.
+  const deadlineMs = drainDelayMs + handlers.graceMs + FLUSH_MS;
   return new Promise((resolve) => {
     let stopping = false;
     const done = (code: number) => {
@@ -108,13 +111,11 @@ function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) |
         process.exit(1);
       }
       stopping = true;
-      const drainDelayMs = handlers.drainDelayMs ?? 0;
-      logLine({ level: 'info', msg: 'stopping', signal, graceMs: handlers.deadlineMs - FLUSH_MS - drainDelayMs, ...(drainDelayMs ? { drainDelayMs } : {}) });
-      // Shutdown itself must not hang past the drain delay and grace period plus the flush allowance.
+      logLine({ level: 'info', msg: 'stopping', signal, graceMs: handlers.graceMs, ...(drainDelayMs ? { drainDelayMs } : {}) });
       const deadline = setTimeout(() => {
-        logLine({ level: 'error', msg: 'shutdown did not finish in time; exiting', deadlineMs: handlers.deadlineMs });
+        logLine({ level: 'error', msg: 'shutdown did not finish in time; exiting', deadlineMs });
         process.exit(1);
-      }, handlers.deadlineMs);
+      }, deadlineMs);
       deadline.unref();
       handlers.term().then(
         () => { clearTimeout(deadline); logLine({ level: 'info', msg: 'stopped' }); done(0); },
@@ -162,7 +163,7 @@ export async function run(file: string, overrides: Overrides, options: RunOption
   const stopped = untilSignal({
     term: () => s.shutdown(options.graceMs, options.drainDelayMs),
     hup: () => { void s.reload?.reload('SIGHUP'); },
-    deadlineMs: (options.drainDelayMs ?? 0) + options.graceMs + FLUSH_MS,
+    graceMs: options.graceMs,
     ...(options.drainDelayMs ? { drainDelayMs: options.drainDelayMs } : {}),
   });
   // The handlers are in place now: replay what came during start-up, a stop before a reload.
@@ -171,6 +172,9 @@ export async function run(file: string, overrides: Overrides, options: RunOption
   return stopped;
 }
 
+/** The demo's grace period: a terminal's Ctrl-C, not a pod's rollout. */
+const DEMO_GRACE_MS = 2_000;
+
 export async function demo(): Promise<number> {
   // The demo has no collector: without a choice of exporter it would log a failed export a
   // minute. OTEL_TRACES_EXPORTER=console (or otlp with a collector) shows the spans.
@@ -178,11 +182,11 @@ export async function demo(): Promise<number> {
   if (!tracesChosen) process.env.OTEL_TRACES_EXPORTER = 'none';
   const stop = await runDemo(async (rules, file) => {
     const s = await start(rules, file, {});
-    return { close: () => s.shutdown(2_000) };
+    return { close: () => s.shutdown(DEMO_GRACE_MS) };
   });
   if (!tracesChosen) console.log('Traces: not exported (no collector here). Run OTEL_TRACES_EXPORTER=console make demo to print them, or set OTEL_EXPORTER_OTLP_ENDPOINT with OTEL_TRACES_EXPORTER=otlp.');
   // The demo runs in a terminal: SIGHUP is its hang-up, a graceful stop, so that a closed
   // terminal does not leave it holding its ports (Node's default action exited 129 without
   // one). A --rules file reloads when it changes and on POST /reload.
-  return untilSignal({ term: stop, hup: 'stop', deadlineMs: 2_000 + FLUSH_MS });
+  return untilSignal({ term: stop, hup: 'stop', graceMs: DEMO_GRACE_MS });
 }
