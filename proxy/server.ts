@@ -1176,14 +1176,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     },
     async drain(graceMs: number, delayMs = 0) {
       leaving = true;
-      // Answers in flight that have not started yet close their connection once sent; a
-      // connection idle between requests is closed now (a client reconnects, elsewhere).
+      // Answers in flight that have not started yet close their connection once sent.
       for (const r of responses) if (!r.headersSent) r.setHeader('connection', 'close');
-      traffic.closeIdleConnections();
       if (delayMs > 0 && !closing) {
         // As a regular container, the sidecar gets SIGTERM as the pod starts terminating, while
         // kube-proxy, ingresses and meshes still route new connections to it for a moment:
-        // refusing them then fails calls that another pod would have taken.
+        // refusing them then fails calls that another pod would have taken. A connection idle
+        // between requests is closed now (its client reconnects, elsewhere), and again below.
+        traffic.closeIdleConnections();
         log({ level: 'info', msg: 'drain delay: still accepting; each answer closes its connection', inFlight: self.inFlight, delayMs });
         await new Promise<void>((resolve) => { delayEnds = resolve; setTimeout(resolve, delayMs).unref(); });
         delayEnds = undefined;
