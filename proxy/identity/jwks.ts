@@ -95,8 +95,9 @@ function load(jwks: JSONWebKeySet): Loaded {
   const kidsOf = new Map<string, string[]>();
   for (const k of jwks.keys) {
     if (typeof k.kid !== 'string') continue;
-    const kids = kidsOf.get(material(k));
-    if (!kids) kidsOf.set(material(k), [k.kid]);
+    const m = material(k);
+    const kids = kidsOf.get(m);
+    if (!kids) kidsOf.set(m, [k.kid]);
     else if (!kids.includes(k.kid)) kids.push(k.kid);
   }
   return {

@@ -421,7 +421,7 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
       counts(state, ctx).repeats = { times, max: r.maxRepeats, unsuccessful: r.counts === 'unsuccessful' };
       if (freeAt !== undefined) {
         const retryAfter = Math.max(1, Math.ceil((freeAt - ctx.now) / 1000));
-        // Sent this often within the window, this one included: what went past maxRepeats.
+        // maxRepeats + 1: this request, past the repeats the window holds (at most maxRepeats).
         ctx.extra['retry_storm.repeats'] = times.length + 1;
         const denial: Denial = { reason: 'retry-storm', detail: `the same request was sent more than ${r.maxRepeats} times within ${r.windowMs / 1000}s`, retryAfter };
         return verdict(ctx, r.mode, denial);
@@ -451,7 +451,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
     // Counted once the decision lets it through (audit mode included): state.counts.
     counts(state, ctx).operation = { consumer, id, max: t.maxOperations };
     if (!ops.has(id) && ops.size >= t.maxOperations) {
-      // Distinct operations within the window, this one included: what went past maxOperations.
+      // maxOperations + 1: this operation, past the ones the window holds (at most maxOperations).
       ctx.extra['traversal.operations'] = ops.size + 1;
       return verdict(ctx, t.mode, { reason: 'endpoint-traversal', detail: `more than ${t.maxOperations} distinct operations within ${t.windowMs / 1000}s` });
     }

@@ -226,10 +226,10 @@ export class RevocationStore {
     if (credential.act === undefined || !this.#index.get('subject')!.size) return undefined;
     // Every sub in the chain, a malformed level's neighbours included: the delegation check may
     // be off or in audit mode, and a broken level must not hide a revoked actor behind it.
-    // Each by its plain sub, and as `["<issuer>","<subject>"]` of the issuer vouching for its level.
-    // Each issuer that may vouch for the level (actorIssuers: where nobody does, every consumer
-    // it could be), so that a revoked agent does not act on by naming another iss, as the
-    // quarantine check weighs them; without the rules, the issuer the level names.
+    // Each by its plain sub, and as `["<issuer>","<subject>"]` of each issuer that may vouch for
+    // its level (actorIssuers: where nobody does, every consumer it could be, as the quarantine
+    // check weighs them), so that a revoked agent does not act on by naming another iss;
+    // without the rules, the issuer the level names.
     for (const [i, actor] of credential.act.named.entries()) {
       let hit = this.#find('subject', actor, now);
       for (const issuer of issuersOf ? issuersOf(actor, i) : [actorIssuer(credential, i)]) hit ??= this.#find('subject', issuerSubjectKey(issuer, actor), now);
