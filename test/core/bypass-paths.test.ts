@@ -178,7 +178,7 @@ t.test('a format suffix onto a slashed literal: /items/export.json is refused, a
   t.equal(w.up.seen.length, before, 'not forwarded');
 });
 
-t.test('HEAD falls back to GET only when its slash twin is no HEAD operation', async (t) => {
+t.test('HEAD /items is refused when its slash twin is a HEAD operation (HEAD and GET are one tree)', async (t) => {
   const w = await world(t, (r) => {
     r.contract.operations.push({ id: 'headAdmin', method: 'HEAD', path: '/items/', scopes: ['items.admin'], sensitivity: 'critical' });
   });

@@ -3,22 +3,28 @@
 // denials count under ["<idp>","<SPIFFE ID>"], which the quarantine check weighs for such a level,
 // never towards the person's: the person's own calls go on, and an agent that misbehaves for
 // several people is quarantined for all of them.
-import t from 'tap';
-import { world, startLifecycle, bearer, trustAlso, monitorsOnly, withSpire, SPIRE } from './support.ts';
+import t, { type Test } from 'tap';
+import { world, startLifecycle, bearer, monitorsOnly, withSpire } from './support.ts';
 import { HUMAN } from '../support/driftguard.ts';
 
 const SVC = 'spiffe://spire.example/ns/ai/sa/agent';
 const BOB = 'bob@test.local';
 
-const status = async (res: Response) => { const text = await res.text(); return `${res.status} ${res.status === 200 ? '' : JSON.parse(text).code}`; };
-
-t.test('an SVID agent exchanged at the IdP: whose quarantine do its denials fill?', async (t) => {
+/** Agents exchanged at the IdP (withSpire), quarantined after two denials. */
+async function exchanged(t: Test) {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
     withSpire(r);
     r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 2, window: '1m', period: '5m' } });
   }));
   t.teardown(async () => { await dg.close(); await w.close(); });
+  return { w, dg };
+}
+
+const status = async (res: Response) => { const text = await res.text(); return `${res.status} ${res.status === 200 ? '' : JSON.parse(text).code}`; };
+
+t.test('an SVID agent exchanged at the IdP: whose quarantine do its denials fill?', async (t) => {
+  const { w, dg } = await exchanged(t);
   // The agent, acting for alice, twice calls what the token's scope does not allow.
   for (let i = 0; i < 2; i++) t.comment('agent for alice: ' + await status(await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, scope: '', claims: { act: { sub: SVC } } })) })));
   const q = await (await fetch(`${dg.admin}/quarantine`)).json() as any;
@@ -30,13 +36,8 @@ t.test('an SVID agent exchanged at the IdP: whose quarantine do its denials fill
   t.match(agentForBob, /^403 consumer-quarantined/, 'the agent is stopped for everyone it acts for');
 });
 
-t.test('the agent spreads its denials over people: never quarantined', async (t) => {
-  const w = await world();
-  const dg = await startLifecycle(w.rules((r) => {
-    withSpire(r);
-    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 2, window: '1m', period: '5m' } });
-  }));
-  t.teardown(async () => { await dg.close(); await w.close(); });
+t.test('an agent that spreads its denials over several people is quarantined for all of them', async (t) => {
+  const { w, dg } = await exchanged(t);
   const people = ['p1@test.local', 'p2@test.local', 'p3@test.local', 'p4@test.local'];
   for (const p of people) t.comment(`agent for ${p}: ` + await status(await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: p, scope: '', claims: { act: { sub: SVC } } })) })));
   const q = await (await fetch(`${dg.admin}/quarantine`)).json() as any;
