@@ -91,17 +91,17 @@ A duration (sidecar.grace, sidecar.drainDelay) in milliseconds, rounded as the i
 schema lets through. In an ISO value an M can only be minutes: the schema allows no months.
 */}}
 {{- define "driftguard.durationMs" -}}
-{{- $grace := toString . -}}
+{{- $text := toString . -}}
 {{- $part := dict "D" 0.0 "H" 0.0 "M" 0.0 "S" 0.0 -}}
-{{- if hasPrefix "P" $grace -}}
+{{- if hasPrefix "P" $text -}}
 {{- range $unit := list "D" "H" "M" "S" -}}
-{{- $_ := set $part $unit (regexFind (printf "[0-9.]+%s" $unit) $grace | trimSuffix $unit | default "0" | float64) -}}
+{{- $_ := set $part $unit (regexFind (printf "[0-9.]+%s" $unit) $text | trimSuffix $unit | default "0" | float64) -}}
 {{- end -}}
 {{- round (addf (mulf $part.D 86400000) (mulf $part.H 3600000) (mulf $part.M 60000) (mulf $part.S 1000)) 0 -}}
 {{- else -}}
-{{- $number := regexFind "^[0-9.]+" $grace -}}
+{{- $number := regexFind "^[0-9.]+" $text -}}
 {{- $unitMs := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
-{{- round (mulf ($number | float64) (get $unitMs (trimPrefix $number $grace))) 0 -}}
+{{- round (mulf ($number | float64) (get $unitMs (trimPrefix $number $text))) 0 -}}
 {{- end -}}
 {{- end -}}
 
