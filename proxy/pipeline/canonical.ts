@@ -36,7 +36,7 @@ const EMPTY = 'is empty (//)';
 const DOTS = 'is a dot segment (. or ..), which the upstream would resolve';
 const BAD_PERCENT = 'holds a % that is not followed by two hex digits';
 const LOWER_HEX = 'spells a percent-encoded byte in lowercase hex: write %C3%A9, not %c3%a9';
-const ENCODED_SEPARATOR = 'holds an encoded /, \\, ;, # or control character, which a decoder reads as another path';
+const ENCODED_SEPARATOR = 'holds an encoded /, \\, ;, #, ? or control character, which a decoder reads as another path';
 const DOUBLE = 'is encoded twice (%25 followed by two hex digits)';
 const ENCODED_UNRESERVED = 'percent-encodes a letter, a digit or one of - . _ ~: write it as it is';
 const NOT_UTF8 = 'holds percent-encoded bytes that are not UTF-8';
@@ -45,7 +45,8 @@ const RAW = 'holds a character that must be percent-encoded (a space, a quote, \
 
 /**
  * What keeps `segment` (one path segment, without slashes) from being canonical, or
- * undefined. Refused: empty, `.` or `..` in any spelling, `;` and `#` in any spelling, `\`,
+ * undefined. Refused: empty, `.` or `..` in any spelling, `;` and `#` in any spelling, `%3F`
+ * (a decoder that reads the path again ends it there, as at a decoded `#`), `\`,
  * control and raw non-ASCII characters, malformed `%`, lowercase hex in `%xx` (a second
  * spelling of the same byte), percent-encoded `/` `\` `%XX` (double encoding) and controls,
  * percent-encoded unreserved characters (letters, digits, `-._~`: one plain spelling), and
@@ -68,7 +69,7 @@ export function segmentProblem(segment: string): string | undefined {
       const lo = upperHex(b);
       if (hi < 0 || lo < 0) return hex(a) >= 0 && hex(b) >= 0 ? LOWER_HEX : BAD_PERCENT;
       const byte = hi * 16 + lo;
-      if (byte < 0x20 || byte === 0x7f || byte === 0x2f || byte === 0x5c || byte === 0x3b || byte === 0x23) return ENCODED_SEPARATOR;
+      if (byte < 0x20 || byte === 0x7f || byte === 0x2f || byte === 0x5c || byte === 0x3b || byte === 0x23 || byte === 0x3f) return ENCODED_SEPARATOR;
       if (byte === 0x25 && hex(segment.charCodeAt(i + 3)) >= 0 && hex(segment.charCodeAt(i + 4)) >= 0) return DOUBLE;
       if (byte < 0x80 && UNRESERVED[byte]) return ENCODED_UNRESERVED;
       if (byte >= 0x80) (nonAscii ??= []).push(byte);

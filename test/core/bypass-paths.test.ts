@@ -27,6 +27,9 @@ const REFUSED: Record<string, string[]> = {
   ],
   'path parameters': ['/items/1;x=1', '/items;/1', '/items;jsessionid=1/1', '/items/1%3Bx=1', '/items/1%3bx=1', '/items%3B/1'],
   'fragments': ['/items/1#x', '/items/1#/../../admin', '/items/1%23x', '/items/1?q=1#x'],
+  // A hop that decodes the path and reads it again ends it at a decoded `?` (nginx's
+  // `proxy_pass http://app$uri`, an app that decodes req.url before routing).
+  'encoded query': ['/items/export%3Fx', '/items/1%3F', '/items%3F/1'],
   'empty segments': ['//items/1', '/items//1', '/items/1//', '///items/1', '/items//'],
   'double encoding': ['/items/%252e%252e/admin', '/items/1%252F', '/items/1%252f', '/items/%255C1', '/items/1%2541', '/items/1%25ab'],
   'invalid percent-encoding': ['/items/%zz', '/items/1%', '/items/1%2', '/items/1%g0', '/items/%%30', '/items/1%2G'],
@@ -37,11 +40,12 @@ const REFUSED: Record<string, string[]> = {
 // What each category's detail says of the segment (or the query) it names.
 const DETAIL: Record<string, RegExp> = {
   'dot segments': /is a dot segment|percent-encodes a letter|lowercase hex|not UTF-8/,
-  'encoded slash and backslash': /encoded \/, \\, ;, # or control|lowercase hex/,
+  'encoded slash and backslash': /encoded \/, \\, ;, #, \? or control|lowercase hex/,
   'raw backslash': /must be percent-encoded/,
-  'NUL and control characters': /encoded \/, \\, ;, # or control|must be percent-encoded|lowercase hex|could not be parsed/,
+  'NUL and control characters': /encoded \/, \\, ;, #, \? or control|must be percent-encoded|lowercase hex|could not be parsed/,
   'path parameters': /a ; \(a path parameter|encoded \/, \\, ;, #|lowercase hex/,
   'fragments': /must be percent-encoded|encoded \/, \\, ;, #|the query holds/,
+  'encoded query': /encoded \/, \\, ;, #, \? or control/,
   'empty segments': /is empty/,
   'double encoding': /encoded twice|lowercase hex/,
   'invalid percent-encoding': /a % that is not followed by two hex digits/,
