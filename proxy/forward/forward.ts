@@ -291,7 +291,11 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     } else if (this.#clientGone) {
       this.#finish({ aborted: true, error: CLIENT_CLOSED });
     } else {
-      this.#finish(failed(code));
+      // undici calls onRequestStart before it writes the request's first byte: without it,
+      // nothing reached the upstream, whatever the error (a certificate it does not trust is
+      // no code of NEVER_SENT's), and a write may be sent again. After a resend, the first
+      // attempt was sent.
+      this.#finish(failed(code, !this.#sent));
     }
   }
 }

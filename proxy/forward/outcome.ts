@@ -23,6 +23,12 @@ export interface ForwardOutcome {
   readonly resent?: boolean;
   /** Nothing was sent upstream: the caller had left before forwarding began. */
   readonly notSent?: boolean;
+  /**
+   * The upstream call failed before undici wrote a byte of the request (no onRequestStart: a
+   * TLS handshake the upstream's certificate failed, a connection never made), whatever the
+   * error's code: the call is recorded, and a write's idempotency key is free (neverSent).
+   */
+  readonly unwritten?: boolean;
 }
 
 /** A ForwardOutcome's `error` when the client left first (an error code otherwise). */
@@ -123,7 +129,7 @@ function failureDetail(outcome: ForwardOutcome): string {
     : outcome.error === UPSTREAM_UNREADABLE ? 'the upstream sent an answer that cannot be read (an interim 100 Continue it was not asked for, a protocol switch, or a status outside 100-599)'
     : outcome.error === CONNECTION_WAIT_TIMEOUT ? 'no upstream connection was free in time: every one of proxy.connections was busy'
     : outcome.failure === 'upstream-timeout' ? 'the upstream did not answer in time'
-    : outcome.error === undefined || NEVER_SENT.has(outcome.error) ? 'the upstream could not be reached'
+    : outcome.error === undefined || outcome.unwritten || NEVER_SENT.has(outcome.error) ? 'the upstream could not be reached'
     : CUT.has(outcome.error) ? 'the upstream closed the connection before its answer was complete'
     : REFUSED_ANSWER.has(outcome.error) ? 'the upstream\'s answer could not be passed on'
     : 'the upstream failed';
@@ -146,7 +152,7 @@ const REFUSED_ANSWER = new Set(['UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT
 
 /** Whether a failed forwarding surely never reached the upstream (a write may then be sent again). */
 export function neverSent(outcome: ForwardOutcome): boolean {
-  return outcome.notSent === true || (outcome.failure !== undefined && outcome.error !== undefined && NEVER_SENT.has(outcome.error));
+  return outcome.notSent === true || outcome.unwritten === true || (outcome.failure !== undefined && outcome.error !== undefined && NEVER_SENT.has(outcome.error));
 }
 
 /** A 101 to another protocol than the WebSocket the client asked for (RFC 9110 §7.8): never tunneled. */
@@ -166,7 +172,7 @@ export function transferCodingError(coding: string | string[] | undefined): Erro
 }
 
 /** The outcome of an upstream error before any response started: a timeout is a 504, anything else a 502. */
-export function failed(code: string): ForwardOutcome {
-  const outcome = { failure: TIMEOUTS.has(code) ? 'upstream-timeout' : 'upstream-unavailable', error: code } as const;
+export function failed(code: string, unwritten = false): ForwardOutcome {
+  const outcome = { failure: TIMEOUTS.has(code) ? 'upstream-timeout' : 'upstream-unavailable', error: code, ...(unwritten ? { unwritten } : {}) } as const;
   return { ...outcome, detail: failureDetail(outcome) };
 }

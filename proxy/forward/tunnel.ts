@@ -239,7 +239,8 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     } else if (this.#client.destroyed) {
       this.#finish({ aborted: true, error: CLIENT_CLOSED });
     } else {
-      this.#finish(failed(code));
+      // No onRequestStart: undici wrote nothing of the handshake (see Exchange.onResponseError).
+      this.#finish(failed(code, this.#controller === undefined));
     }
   }
 }

@@ -2,7 +2,9 @@
 // traversal and quarantine, each in enforce and audit mode; the owner view.
 
 import t from 'tap';
-import { connect } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
+import { createServer as createHttpsServer } from 'node:https';
+import { selfSignedCertificate } from '../support/tls.ts';
 import { AGENT, BOT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, problem, bearer, until, monitorsOnly, type World } from './support.ts';
 import { record, windowFull } from '../../proxy/lifecycle/monitors.ts';
@@ -88,6 +90,30 @@ t.test('idempotency: a write whose upstream connection was refused frees its key
     t.equal(r.status, 502, `${attempt}: forwarded, and refused by the upstream`);
     t.match(body.detail, /ECONNREFUSED/);
   }
+});
+
+t.test('idempotency: a write refused at the upstream\'s TLS handshake was never sent: it frees its key, and its retries are no duplicate-write', async (t) => {
+  const w = await world();
+  // An https upstream whose certificate driftguard does not trust: undici fails the call before
+  // it writes a byte of the request, with a code (DEPTH_ZERO_SELF_SIGNED_CERT) no list of
+  // connection failures names.
+  const cert = selfSignedCertificate({ ips: ['127.0.0.1'] });
+  let received = 0;
+  const server = createHttpsServer({ key: cert.key, cert: cert.cert }, (req, res) => { received++; req.resume(); res.end('{}'); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const dg = await startLifecycle(only(w, { idempotency: { at: 'medium', window: '1h' }, quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } }, (r) => {
+    r.proxy.upstream = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); server.close(); });
+  const tok = await w.token();
+  for (const attempt of [1, 2, 3, 4, 5]) {
+    const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': 'pay-1', 'content-type': 'application/json' }), body: '{"amount":100}' });
+    const body = await r.json() as { reason: string; detail: string };
+    t.equal(r.status, 502, `attempt ${attempt}: a 502, not a duplicate-write or a quarantine`);
+    t.equal(body.reason, 'upstream-unavailable');
+    t.match(body.detail, /^the upstream could not be reached \(DEPTH_ZERO_SELF_SIGNED_CERT\)/);
+  }
+  t.equal(received, 0, 'the upstream received nothing');
 });
 
 t.test('idempotency: a write the upstream answered it did not process (503, 429, 408, 425) frees its key; after a 500 the key stays', async (t) => {
