@@ -12,7 +12,7 @@ import { isScalar, parseDocument, visit, LineCounter, type Document } from 'yaml
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
 import { MAX_TIMER_MS, boundedDuration, parseDurationOr0, parseTime } from './durations.ts';
-import { foldSegment, parseTemplate } from './templates.ts';
+import { foldSegment, parseTemplate, type Segment } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { NOT_A_REGULAR_FILE, readRegularFile } from '../lib/files.ts';
 import { parseAddress } from '../lib/address.ts';
@@ -507,6 +507,65 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   return build(data as unknown as RawRules, source, bytes, at);
 }
 
+/**
+ * Refuse two templates that match one request where neither is the more specific: at some
+ * place one has a literal and the other a variable, and at another the reverse
+ * (`/items/{id}` and `/{collection}/export`, both of `/items/export`). driftguard decides such
+ * a request by the first literal from the left (getItem); Spring and JAX-RS rank by literal
+ * characters, and Express and Django by the order the app declared them (exportAll): the
+ * upstream may run the operation whose scopes, sensitivity and contract driftguard did not
+ * judge. Go's ServeMux refuses such a pair at registration; so does the loader. Where one is
+ * a literal wherever the other is (`/items/export` and `/items/{id}`), every router runs the
+ * more specific one, as driftguard decides. A HEAD request is decided among HEAD and GET
+ * operations together (checks/operation.ts), so those two methods are weighed together too.
+ */
+function crossingTemplates(operations: readonly { method: string; path: string }[], fail: (path: Path, message: string) => void): void {
+  const byTree = new Map<string, { i: number; segments: readonly Segment[] }[]>();
+  operations.forEach((op, i) => {
+    const template = parseTemplate(op.path);
+    if (typeof template === 'string') return;
+    const trees = op.method === 'GET' ? ['GET', 'HEAD'] : [op.method];
+    for (const tree of trees) {
+      const key = `${tree} ${template.segments.length}`;
+      const others = byTree.get(key) ?? [];
+      for (const other of others) {
+        // Both GET: met in the GET tree already.
+        if (tree === 'HEAD' && op.method === 'GET' && operations[other.i]!.method === 'GET') continue;
+        const example = crossing(template.segments, other.segments);
+        if (example === undefined) continue;
+        const them = operations[other.i]!;
+        fail(['contract', 'operations', i, 'path'], `${op.method} ${op.path} and contract.operations[${other.i}] (${them.method} ${them.path}) both match ${example}, and neither is the more specific: upstream routers rank such routes differently (Spring and JAX-RS by their literals, Express and Django by the order they were declared), so the upstream may run the other operation; give one a literal wherever the other has one`);
+        return;
+      }
+      byTree.set(key, [...others, { i, segments: template.segments }]);
+    }
+  });
+}
+
+/** A request path two templates of one length both match, where neither refines the other; else undefined. */
+function crossing(a: readonly Segment[], b: readonly Segment[]): string | undefined {
+  let aMoreSpecific = false;
+  let bMoreSpecific = false;
+  const example: string[] = [];
+  for (let k = 0; k < a.length; k++) {
+    const [x, y] = [a[k]!, b[k]!];
+    if ('literal' in x && 'literal' in y) {
+      if (x.literal !== y.literal) return undefined;
+      example.push(x.literal);
+    } else if ('literal' in x) {
+      // A variable never takes an empty segment (a trailing slash).
+      if (x.literal === '') return undefined;
+      aMoreSpecific = true;
+      example.push(x.literal);
+    } else if ('literal' in y) {
+      if (y.literal === '') return undefined;
+      bMoreSpecific = true;
+      example.push(y.literal);
+    } else example.push('x');
+  }
+  return aMoreSpecific && bMoreSpecific ? '/' + example.join('/') : undefined;
+}
+
 /** A template's shape decoded, as a router that decodes compares it (canonical literals decode). */
 function decodedShape(shape: string): string {
   try { return decodeURIComponent(shape); } catch { return shape; }
@@ -773,6 +832,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       ...(op.changedIn !== undefined ? { changedIn: op.changedIn } : {}), public: op.public, ...(deprecated ? { deprecated } : {}),
     }));
   });
+  crossingTemplates(raw.contract.operations, fail);
   raw.contract.operations.forEach((op, i) => {
     const r = op.deprecated?.replacement;
     if (r !== undefined && !ids.has(r)) fail(['contract', 'operations', i, 'deprecated', 'replacement'], `"${r}" is not an operation id`);

@@ -61,6 +61,12 @@ function edit(from: string, to: string): string {
 t.test('the baseline is valid', async (t) => {
   t.same(problems(VALID).problems, []);
   t.same(problems(edit('changedIn: "2026-06"\n', `changedIn: "2026-06"\n${DEPRECATED('https://docs.example/changes/%E2%82%ACuro?v=2&x=(1)#section-3')}`)).problems, [], 'and so is a percent-encoded link');
+  // Templates that overlap where one is more specific at every place (every router runs it),
+  // or that a variable cannot take the other's empty last segment, are taken.
+  const second = (method: string, path: string) => edit('      method: POST\n      path: /items\n', `      method: ${method}\n      path: ${path}\n`);
+  for (const [method, path] of [['GET', '/items/export'], ['HEAD', '/items/export'], ['GET', '/{collection}/'], ['POST', '/{collection}/export']]) {
+    t.same(problems(second(method!, path!)).problems, [], `${method} ${path} beside GET /items/{id}`);
+  }
 });
 
 const cases: { name: string; text: string; line: number | number[]; field: string | RegExp; message?: RegExp }[] = [
@@ -143,6 +149,11 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   { name: 'two literals of one fold at one place (case)', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /Items/view\n'), line: 27, field: 'contract.operations[1].path', message: /its segment "Items" differs only in case or percent-encoding from "items" of contract\.operations\[0\] at the same place/ },
   { name: 'two literals of one fold at one place (encoding)', text: edit('path: /items/{id}', 'path: /p/a:b/{id}').replace('      method: POST\n      path: /items\n', '      method: GET\n      path: /p/a%3Ab/view\n'), line: 27, field: 'contract.operations[1].path', message: /its segment "a%3Ab" differs only in case or percent-encoding from "a:b"/ },
   { name: 'two templates that are one path decoded', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /it%40ems/{other}\n').replace('path: /items/{id}', 'path: /it@ems/{id}'), line: 27, field: 'contract.operations[1].path', message: /differs only in case or percent-encoding from contract\.operations\[0\]'s path: an upstream that ignores case or decodes/ },
+  // driftguard decides /items/export as getItem (the first literal from the left); Spring and
+  // JAX-RS (by their literals) and Express (by declaration order) may run the other.
+  { name: 'two templates that cross (each more specific at one place)', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /{collection}/export\n'), line: 27, field: 'contract.operations[1].path', message: /GET \/\{collection\}\/export and contract\.operations\[0\] \(GET \/items\/\{id\}\) both match \/items\/export, and neither is the more specific/ },
+  // A HEAD request is decided among HEAD and GET operations together.
+  { name: 'a HEAD template that crosses a GET one', text: edit('      method: POST\n      path: /items\n', '      method: HEAD\n      path: /{collection}/export\n'), line: 27, field: 'contract.operations[1].path', message: /both match \/items\/export, and neither is the more specific/ },
   { name: 'listen not host:port', text: edit('listen: 127.0.0.1:0', 'listen: localhost'), line: 2, field: 'proxy.listen' },
   // A deprecation link goes into a Link header as <…>: it must not end it early, nor carry a
   // character Node refuses to write (which made every answer for the operation fail).
