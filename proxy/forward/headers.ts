@@ -115,6 +115,14 @@ export function withOwnHeaders(upstream: Record<string, string | string[]>, own:
     const ourMs = dateOf(name, list(our)[0]!);
     if (theirMs !== undefined && ourMs !== undefined && theirMs < ourMs) head[name] = their;
   }
+  // The earlier of each may make a pair out of order: an upstream's Sunset before the rules'
+  // Deprecation. A Sunset MUST NOT be earlier than the Deprecation (RFC 9745 §4): the
+  // operation is deprecated at the latest when it goes.
+  if (own['deprecation'] !== undefined && typeof head['sunset'] === 'string' && typeof head['deprecation'] === 'string') {
+    const sunsetMs = dateOf('sunset', head['sunset']);
+    const deprecationMs = dateOf('deprecation', head['deprecation']);
+    if (sunsetMs !== undefined && deprecationMs !== undefined && sunsetMs < deprecationMs) head['deprecation'] = `@${Math.floor(sunsetMs / 1000)}`;
+  }
   return head;
 }
 

@@ -304,6 +304,12 @@ t.test('Vary names the credential and the contract header; the earlier Sunset an
   const twice = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
   t.equal(twice.headers.get('sunset'), new Date(Date.UTC(2099, 0, 1)).toUTCString(), 'two Sunset fields: the rules\' stands, alone');
   t.equal(twice.headers.get('deprecation'), `@${Date.UTC(2026, 0, 1) / 1000}`, 'two Deprecation fields: the rules\' stands, alone');
+  // An upstream's Sunset before the rules' Deprecation (the app's own removal plan): the pair
+  // stays in order (RFC 9745 §4), the Deprecation no later than the Sunset.
+  upstreamHeaders = { sunset: 'Wed, 01 Jan 2025 00:00:00 GMT' };
+  const early = await w.call('DELETE', '/items/1', { token: await w.tok({ sub: HUMAN }) });
+  t.equal(early.headers.get('sunset'), 'Wed, 01 Jan 2025 00:00:00 GMT', 'the upstream\'s earlier sunset stands');
+  t.equal(early.headers.get('deprecation'), `@${Date.UTC(2025, 0, 1) / 1000}`, 'and the deprecation is moved back to it');
 });
 
 t.test('the upstream\'s own Link header stays, and the deprecation links are added to it', async (t) => {
