@@ -280,7 +280,12 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const m = state.monitors;
     const q = state.config.monitors.quarantine;
     const key = p.key;
-    if (m.quarantine(key, at)) return;
+    // Held already: no count. But an audit quarantine left from before a reload to enforce
+    // (placed by would-denies, which the reload does not turn into refusals) must not shield
+    // the consumer from its enforced denials since: those count, and enough of them place an
+    // enforced quarantine over it.
+    const held = m.quarantine(key, at);
+    if (held && (held.mode === 'enforce' || q.mode !== 'enforce' || !d.enforced)) return;
     fromNow(s.denials, now());
     if (recordDenial(s, at, d.reason, d.enforced, q.windowMs, q.denials)) m.grew(s);
     if (s.denials.length < q.denials) return;

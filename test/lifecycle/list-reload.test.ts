@@ -6,7 +6,7 @@ import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules, AGENT, HUMAN } from '../support/driftguard.ts';
-import { world, startLifecycle, bearer, monitorsOnly, trustAlso } from './support.ts';
+import { world, startLifecycle, bearer, monitorsOnly, trustAlso, problem } from './support.ts';
 import { ISSUER } from '../support/keys.ts';
 
 async function listen(server: Server): Promise<string> {
@@ -156,6 +156,32 @@ t.test('a quarantine placed by would-denies (proxy.mode audit) is an audit one: 
   // Before: 403 consumer-quarantined, for a consumer nothing had ever been refused to.
   t.equal(after.status, 200, 'still a would-deny until it ends');
   t.match(after.headers.get('driftguard-warning'), /consumer-quarantined/);
+  // But it shields nothing: enforced denials since the reload count (before, none was counted
+  // while the audit quarantine held, for up to its period), and quarantine it for real.
+  for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); t.equal(r.status, 403, 'an enforced denial'); }
+  const now = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { mode: string; reasons: string[] }[] };
+  t.same(now.quarantined.map((q) => q.mode), ['enforce'], 'the enforced denials placed an enforced quarantine over the audit one');
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }), 'consumer-quarantined', 403);
+});
+
+t.test('an audit quarantine (monitors.quarantine.mode audit) does not shield the consumer after a reload to enforce', async (t) => {
+  const w = await world();
+  const rules = (mode: string) => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = monitorsOnly({ quarantine: { mode, denials: 3, window: '1m', period: '15m' } });
+  });
+  const dg = await startLifecycle(rules('audit'));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read' });
+  const write = async () => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); return r.status; };
+  for (let i = 0; i < 5; i++) t.equal(await write(), 403, 'refused (its quarantine only audited)');
+  t.same((await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { mode: string }[] }).quarantined.map((q) => q.mode), ['audit'], 'audit quarantine; denials under it not counted towards another');
+  await dg.dg.swap(loadRules(writeRules(rules('enforce'))));
+  for (let i = 0; i < 3; i++) await write();
+  t.same((await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { mode: string }[] }).quarantined.map((q) => q.mode), ['enforce'], 'three enforced denials after the reload: enforced');
+  const good = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) });
+  await good.text();
+  t.equal(good.status, 403, 'and the consumer is refused');
 });
 
 t.test('a quarantine counted from would-denies and one enforced denial is an audit one too', async (t) => {
