@@ -318,17 +318,19 @@ async function requestFingerprint(ctx: RequestContext, m: Monitors): Promise<str
 const fingerprints = new WeakMap<RequestContext, string>();
 
 /**
- * Whose fingerprints and idempotency keys these are: issuer and subject, which no reload
- * changes (a consumer's key does when it is registered while several issuers are trusted,
- * and a retried write would then have gone through twice); as JSON, so that no subject's
- * newline can pass for the fields after it.
+ * Whose fingerprints and idempotency keys these are, from the token alone, which no reload
+ * changes: its issuer and subject (a consumer's key changes when it is registered while
+ * several issuers are trusted), and the agent acting for it as the token names it (its act's
+ * outermost sub and iss, else the token's issuer), whether or not the rules in force vouch for
+ * it: a reload that trusts, registers or stops trusting the agent would otherwise move a kept
+ * key, and a retried write would go through twice; and two agents nobody vouches for, acting
+ * for one person, would share its keys. As JSON, so that no subject's newline can pass for
+ * the fields after it.
  */
 function holder(ctx: RequestContext): string {
   const c = ctx.credential!;
-  // An agent acting for a person: the agent's writes for that person. One nobody vouches for
-  // (no key) counts as the person, as in monitored().
-  const a = ctx.consumer?.actor;
-  return a?.key !== undefined ? JSON.stringify([c.issuer, c.subject, a.issuer ?? null, a.subject]) : JSON.stringify([c.issuer, c.subject]);
+  const agent = c.act?.actors[0];
+  return agent !== undefined ? JSON.stringify([c.issuer, c.subject, actorIssuer(c, 0), agent]) : JSON.stringify([c.issuer, c.subject]);
 }
 
 /**

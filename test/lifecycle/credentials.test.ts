@@ -496,7 +496,10 @@ t.test('a person\'s audit-mode quarantine does not hide the enforced quarantine 
   await own.text();
 });
 
-t.test('an actor nobody vouches for: its writes are the person\'s for idempotency', async (t) => {
+// Until 2026-11-29 such an agent's writes shared the person's keys, so that renaming the agent
+// would not escape a duplicate; but the key is the client's own choice (a new key escapes as
+// well), and the shared keys moved with a reload that vouched for the agent (key-holder.test.ts).
+t.test('an actor nobody vouches for holds its own idempotency keys for the person, as the token names it', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
     r.delegation = { mode: 'off' };
@@ -507,6 +510,9 @@ t.test('an actor nobody vouches for: its writes are the person\'s for idempotenc
   const first = await write({});
   t.equal(first.status, 200);
   await first.text();
+  const agent = await write({ act: { sub: AGENT, iss: 'https://elsewhere.test' } });
+  t.equal(agent.status, 200, 'the agent\'s write is not the person\'s own');
+  await agent.text();
   await problem(t, await write({ act: { sub: AGENT, iss: 'https://elsewhere.test' } }), 'duplicate-write', 409);
 });
 
