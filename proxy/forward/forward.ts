@@ -11,7 +11,7 @@ import { Socket } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
-import { CLIENT_CLOSED, CLOSED_UNDER, clientCut, connectionWaitTimeout, errorCode, expireIfWaiting, failed, statusError, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, CLOSED_UNDER, clientCut, connectionWaitTimeout, errorCode, expireIfWaiting, failed, InterimWait, statusError, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
 import { Tunnel, type EarlyBytes } from './tunnel.ts';
 import { cutAnswer } from './wire.ts';
 import { ClientRead } from './client-read.ts';
@@ -129,11 +129,15 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   /** tunnelIdle, when the request asked for an event stream (asksForEventStream); else undefined. */
   readonly #streamIdleMs: number | undefined;
 
-  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, clientReadMs: number, answering?: Answering, streamIdleMs?: number) {
+  /** The final head's wait once an interim answer came (undici's restarts at each). */
+  readonly #interim: InterimWait;
+
+  constructor(req: IncomingMessage, res: ServerResponse, responseHeaders: Record<string, string | string[]>, resolve: Resolve, limits: { readonly clientReadMs: number; readonly responseMs: number }, answering?: Answering, streamIdleMs?: number) {
     this.#req = req;
     this.#streamIdleMs = streamIdleMs;
     this.#res = res;
-    this.#clientReadMs = clientReadMs;
+    this.#clientReadMs = limits.clientReadMs;
+    this.#interim = new InterimWait(limits.responseMs);
     this.#responseHeaders = responseHeaders;
     this.#resolve = resolve;
     this.#answering = answering;
@@ -167,6 +171,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#wait);
+    this.#interim.stop();
     this.#reads?.stop();
     this.#res.off('close', this.#onClose);
     // Back to the server's clientIdle: a request pipelined behind the stream gets the socket
@@ -205,7 +210,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     this.#answered = true;
-    if (statusCode < 200) return; // 1xx: informational, the final answer follows
+    // 1xx: informational, the final answer follows, within proxy.timeouts.response.
+    if (statusCode < 200) { this.#interim.interim(controller); return; }
+    this.#interim.stop();
     const odd = statusError(statusCode);
     if (odd) { controller.abort(odd); return; }
     // An answer without content (to HEAD, a 204, a 304) may name the codings a GET's would
@@ -321,12 +328,14 @@ export class Forwarder {
   /** Longest wait for a free connection of the pool: the connect timeout's. */
   readonly #connectMs: number;
   readonly #clientReadMs: number;
+  readonly #responseMs: number;
 
   constructor(rules: ProxyRules) {
     this.#tunnelIdleMs = rules.timeouts.tunnelIdleMs;
     this.#clientIdleMs = rules.timeouts.clientIdleMs;
     this.#connectMs = rules.timeouts.connectMs;
     this.#clientReadMs = rules.timeouts.clientReadMs;
+    this.#responseMs = rules.timeouts.responseMs;
     this.#pool = new Pool(rules.upstream, {
       connections: rules.connections,
       connectTimeout: rules.timeouts.connectMs,
@@ -354,7 +363,7 @@ export class Forwarder {
     if (res.destroyed || req.socket.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED, notSent: true });
     return new Promise((resolve) => {
       const stream = asksForEventStream(req);
-      const exchange = new Exchange(req, res, responseHeaders, resolve, this.#clientReadMs, answering, stream ? this.#tunnelIdleMs : undefined);
+      const exchange = new Exchange(req, res, responseHeaders, resolve, { clientReadMs: this.#clientReadMs, responseMs: this.#responseMs }, answering, stream ? this.#tunnelIdleMs : undefined);
       const options: Dispatcher.DispatchOptions = {
         path,
         method: req.method as 'GET',
@@ -379,7 +388,7 @@ export class Forwarder {
   tunnel(req: IncomingMessage, client: Socket, early: EarlyBytes, path: string, own: Record<string, string>, responseHeaders: Record<string, string | string[]>): Promise<ForwardOutcome> {
     if (client.destroyed) return Promise.resolve({ aborted: true, error: CLIENT_CLOSED });
     return new Promise((resolve) => {
-      const tunnel = new Tunnel(client, early, responseHeaders, { tunnelIdleMs: this.#tunnelIdleMs, clientIdleMs: this.#clientIdleMs, clientReadMs: this.#clientReadMs }, (outcome) => { tunnels.delete(client); resolve(outcome); });
+      const tunnel = new Tunnel(client, early, responseHeaders, { tunnelIdleMs: this.#tunnelIdleMs, clientIdleMs: this.#clientIdleMs, clientReadMs: this.#clientReadMs, responseMs: this.#responseMs }, (outcome) => { tunnels.delete(client); resolve(outcome); });
       tunnels.set(client, tunnel);
       this.#dispatch({
         path,

@@ -176,3 +176,28 @@ export function failed(code: string, unwritten = false): ForwardOutcome {
   const outcome = { failure: TIMEOUTS.has(code) ? 'upstream-timeout' : 'upstream-unavailable', error: code, ...(unwritten ? { unwritten } : {}) } as const;
   return { ...outcome, detail: failureDetail(outcome) };
 }
+
+/**
+ * Bounds the wait for an answer's final head once the upstream has sent an interim one.
+ * undici restarts its wait for the head (headersTimeout, proxy.timeouts.response) at every
+ * 1xx: an upstream sending 102 or 103 every few seconds, and never a final answer, held the
+ * request, its client and its pool connection until the client's idle limit cut them (for
+ * ever with clientIdle 0s), unanswered and recorded as the client leaving. From the first
+ * interim answer, the final head must come within `ms` more: else 504 upstream-timeout.
+ */
+export class InterimWait {
+  #timer?: NodeJS.Timeout;
+  readonly #ms: number;
+
+  constructor(ms: number) { this.#ms = ms; }
+
+  /** An interim answer came: start the wait, once (0 ms: no limit, as for undici's). */
+  interim(controller: { abort(reason: Error): void }): void {
+    if (this.#timer !== undefined || this.#ms <= 0) return;
+    this.#timer = setTimeout(() => controller.abort(Object.assign(new Error('the upstream sent only interim (1xx) answers within proxy.timeouts.response'), { code: 'UND_ERR_HEADERS_TIMEOUT' })), this.#ms);
+    this.#timer.unref();
+  }
+
+  /** The final head came, or the exchange ended. */
+  stop(): void { clearTimeout(this.#timer); }
+}

@@ -12,7 +12,7 @@ import { clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { cutAnswer, endAndClose, responseHead } from './wire.ts';
 import { GrowingBuffer } from '../lib/bounded.ts';
 import { ClientRead } from './client-read.ts';
-import { CLIENT_CLOSED, clientCut, connectionWaitTimeout, idleClosed, errorCode, expireIfWaiting, failed, statusError, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
+import { CLIENT_CLOSED, clientCut, connectionWaitTimeout, idleClosed, errorCode, expireIfWaiting, failed, InterimWait, statusError, transferCodingError, UPSTREAM_UPGRADE_MISMATCH, type ForwardOutcome, type Queued } from './outcome.ts';
 
 /**
  * How long a tunnel may carry no byte once one side has ended its half (sent its FIN) and the
@@ -78,6 +78,8 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   readonly #clientIdleMs: number;
   /** proxy.timeouts.clientRead (0: no limit). */
   readonly #clientReadMs: number;
+  /** The final answer's wait once an interim one came (forward.ts, Exchange). */
+  readonly #interim: InterimWait;
   /**
    * A refusal's waits for its client, from the first: cut once they add up to clientRead. An
    * Upgrade header was a way around it, a slow reader of a large refusal (or of a stream an
@@ -92,13 +94,14 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   #wait?: NodeJS.Timeout;
   #expired = false;
 
-  constructor(client: Socket, early: EarlyBytes, responseHeaders: Record<string, string | string[]>, idle: { readonly tunnelIdleMs: number; readonly clientIdleMs: number; readonly clientReadMs: number }, resolve: (outcome: ForwardOutcome) => void) {
+  constructor(client: Socket, early: EarlyBytes, responseHeaders: Record<string, string | string[]>, idle: { readonly tunnelIdleMs: number; readonly clientIdleMs: number; readonly clientReadMs: number; readonly responseMs: number }, resolve: (outcome: ForwardOutcome) => void) {
     this.#client = client;
     this.#early = early;
     this.#responseHeaders = responseHeaders;
     this.#idleMs = idle.tunnelIdleMs;
     this.#clientIdleMs = idle.clientIdleMs;
     this.#clientReadMs = idle.clientReadMs;
+    this.#interim = new InterimWait(idle.responseMs);
     this.#resolve = resolve;
     client.once('close', this.#onClose);
     // An answer the upstream gave without switching runs to the close: cut while it streams, it
@@ -118,6 +121,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#wait);
+    this.#interim.stop();
     this.#reads?.stop();
     this.#client.off('close', this.#onClose);
     this.#resolve(outcome);
@@ -152,6 +156,7 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   }
 
   onRequestUpgrade(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, upstream: Duplex): void {
+    this.#interim.stop();
     const client = this.#client;
     if (this.#done || client.destroyed) { upstream.destroy(); return; }
     // Only to what was asked (RFC 9110 §7.8): a 101 to h2c, say, would open a channel of
@@ -201,7 +206,9 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
-    if (statusCode < 200) return; // 1xx: informational, the final answer follows
+    // 1xx: informational, the final answer follows, within proxy.timeouts.response.
+    if (statusCode < 200) { this.#interim.interim(controller); return; }
+    this.#interim.stop();
     const odd = statusError(statusCode);
     if (odd) { controller.abort(odd); return; }
     // A 502, as for any request: the refusal's body would reach the client still coded.
