@@ -113,6 +113,10 @@ export function errorCode(err: unknown): string {
   // will not read (an interim 100 Continue it did not ask for, an answer to no request): the
   // upstream answered, it closed nothing, and a request sent again would be acted on twice.
   if (e.code === 'UND_ERR_SOCKET' && (e.message === 'bad response' || e.message === 'bad upgrade')) return UPSTREAM_UNREADABLE;
+  // undici's parser asserts on what it cannot take of an answer rather than failing it: a status
+  // below 100 (000, 099), a 101 without Upgrade to a handshake. An assertion of undici's, on
+  // the upstream's bytes: the upstream's answer cannot be read (not "the upstream failed").
+  if (e.code === 'ERR_ASSERTION') return UPSTREAM_UNREADABLE;
   // undici's HTTPParserError often has no code: named, so a responder is not left with UNKNOWN.
   return e.code ?? e.cause?.code ?? (e.name === 'HTTPParserError' ? UPSTREAM_UNPARSABLE : 'UNKNOWN');
 }
