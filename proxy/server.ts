@@ -696,6 +696,20 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       return;
     }
 
+    // A check may have waited (a key fetch, a small body a monitor reads, as slowly as the
+    // client sends it) past an instant that ends what the request was decided with: its
+    // token's expiry, its operation's sunset, a deprecation that refuses it. Sent now, it
+    // would reach the upstream after the instant its Sunset header names: refused as it would
+    // be now, as an unanswered handshake is at its dates, and never sent (its key is free).
+    const end = g.rules.proxy.mode === 'enforce' ? endOf(ctx, g.rules) : undefined;
+    if (end && end.at <= now()) {
+      const outcome: ForwardOutcome = { failure: end.reason, detail: `${EXPIRED[end.reason as keyof typeof EXPIRED]} while the request was being decided: it was not sent`, notSent: true };
+      try { observation.forwarded(outcome); } catch { /* ignore */ }
+      if (ctx.sendContinue) headers.connection = 'close';
+      else drain(req);
+      sendProblem(res, forwardingFailed(ctx, decision, end.reason, outcome, observation, headers), headers);
+      return;
+    }
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
     ctx.sendContinue?.();

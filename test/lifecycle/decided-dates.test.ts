@@ -1,0 +1,78 @@
+// What a request was decided with must still hold when it is sent. The retry-storm monitor
+// reads a small body (as slowly as the client sends it) after the sunset, deprecation and
+// credential checks have run: an operation's sunset, a deprecation that refuses the caller, or
+// the token's expiry that comes during that wait refuses the request as it would be refused
+// now, and it is never sent. The clock is the server's own (injected), moved while the body
+// is still coming.
+
+import t, { type Test } from 'tap';
+import { connect } from 'node:net';
+import { world, startLifecycle, monitorsOnly, type World } from './support.ts';
+
+/** Send the head and the body's first byte; `advance` the clock; then the rest. The answer's text. */
+async function acrossTheDate(port: number, token: string, advance: () => void): Promise<string> {
+  const body = '{"amount":1}';
+  const head = `POST /payments HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
+  return new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1');
+    let got = '';
+    s.setEncoding('latin1');
+    s.on('data', (c: string) => { got += c; });
+    s.on('end', () => resolve(got));
+    s.on('error', reject);
+    s.write(head + body.slice(0, 1));
+    // The checks before the monitor have run by then; it waits for the body.
+    setTimeout(() => { advance(); s.write(body.slice(1)); }, 300);
+  });
+}
+
+/** A world whose payments operation has `deprecated`, the monitor that reads bodies, and a clock the test moves. */
+async function started(t: Test, deprecated: Record<string, unknown> | undefined, more: (r: Record<string, any>) => void = () => {}): Promise<{ w: World; url: string; advance: (ms: number) => () => void; seen: () => number; port: number }> {
+  let offset = 0;
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.monitors = monitorsOnly({ retryStorm: { mode: 'enforce' } });
+    r.credentials = { mode: 'off' };
+    const pay = r.contract.operations.find((o: { id: string }) => o.id === 'pay');
+    delete pay.changedIn;
+    if (deprecated) pay.deprecated = deprecated;
+    more(r);
+  }), { now: () => Date.now() + offset });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  return { w, url: dg.url, port: Number(new URL(dg.url).port), advance: (ms) => () => { offset += ms; }, seen: () => w.up.seen.length };
+}
+
+const iso = (ms: number) => new Date(Math.ceil(ms / 1000) * 1000).toISOString();
+
+t.test('a sunset that comes while the body is read: 410 operation-sunset, never sent', async (t) => {
+  const { w, port, advance, seen } = await started(t, { since: '2026-01-01', sunset: iso(Date.now() + 60_000) }, (r) => { r.contract.blockAt = 'never'; });
+  const answer = await acrossTheDate(port, await w.token(), advance(120_000));
+  t.match(answer, /^HTTP\/1\.1 410 /, `410 (got ${answer.split('\r\n')[0]})`);
+  t.match(answer, /"reason":"operation-sunset"/);
+  t.match(answer, /the operation's sunset came while the request was being decided: it was not sent/);
+  t.equal(seen(), 0, 'the upstream got nothing');
+});
+
+t.test('a deprecation that refuses an automation\'s critical write, in force while the body is read: 403 deprecated-operation', async (t) => {
+  const { w, port, advance, seen } = await started(t, { since: iso(Date.now() + 60_000) });
+  const answer = await acrossTheDate(port, await w.token(), advance(120_000));
+  t.match(answer, /^HTTP\/1\.1 403 /, `403 (got ${answer.split('\r\n')[0]})`);
+  t.match(answer, /"reason":"deprecated-operation"/);
+  t.equal(seen(), 0, 'the upstream got nothing');
+});
+
+t.test('a token that expires (past the clock skew) while the body is read: 401, never sent', async (t) => {
+  const { w, port, advance, seen } = await started(t, undefined);
+  const answer = await acrossTheDate(port, await w.token({ ttl: 60 }), advance(120_000));
+  t.match(answer, /^HTTP\/1\.1 401 /, `401 (got ${answer.split('\r\n')[0]})`);
+  t.match(answer, /"reason":"invalid-credential"/);
+  t.match(answer, /www-authenticate: Bearer realm="driftguard", error="invalid_token"/i);
+  t.equal(seen(), 0, 'the upstream got nothing');
+});
+
+t.test('no date passed during the wait: forwarded', async (t) => {
+  const { w, port, advance, seen } = await started(t, { since: iso(Date.now() + 600_000) });
+  const answer = await acrossTheDate(port, await w.token(), advance(120_000));
+  t.match(answer, /^HTTP\/1\.1 200 /, `200 (got ${answer.split('\r\n')[0]})`);
+  t.equal(seen(), 1);
+});
