@@ -8,7 +8,7 @@ import { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
-import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES } from './lib/incoming.ts';
+import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES, MAX_TINY_PIECES } from './lib/incoming.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { REASONS, type ReasonCode } from './decision/reasons.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
@@ -173,6 +173,9 @@ const MOVED: ForwardOutcome = Object.freeze({
 /** The refusals a request still waiting for an upstream connection is withdrawn for (closeFor), and what its problem says. */
 const WITHDRAWN = { 'credential-revoked': 'the credential was revoked', 'consumer-quarantined': 'the consumer was quarantined' } as const;
 
+/** The clientError code of a body cut for its tiny pieces (lib/incoming.ts): handled as Node's parser errors (HPE_) are. */
+const TINY_PIECES = 'HPE_TINY_PIECES';
+
 /** What an event stream or a handshake ended at its dates (endOf) is refused for, as its problem says it. */
 const EXPIRED = { 'invalid-credential': 'the credential expired', 'operation-sunset': 'the operation\'s sunset came', 'deprecated-operation': 'the operation\'s deprecation began' } as const;
 
@@ -224,6 +227,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const streaming = new Map<ServerResponse, RequestContext>();
   /** Requests whose body Node's parser refused (an HPE_ error), not a connection that failed: a 400, not a client that left. */
   const badFraming = new WeakSet<IncomingMessage>();
+  /** Requests whose body came in too many tiny pieces (lib/incoming.ts): cut as a body Node could not parse is. */
+  const tinyPieces = new WeakSet<IncomingMessage>();
   /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
   const cutBy = new WeakMap<ServerResponse | Socket, DriftguardCut | typeof UNPARSED_BODY>();
   /**
@@ -319,7 +324,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
     const body = hasBody(req);
     // Its chunks kept as a few buffers, not one Buffer object each (lib/incoming.ts).
-    if (body) gatherSmallChunks(req);
+    if (body) gatherSmallChunks(req, () => { tinyPieces.add(req); traffic.emit('clientError', Object.assign(new Error('the request body came in too many tiny pieces'), { code: TINY_PIECES }), socket); });
     const run = () => { start(turn, body, expectsContinue, line); };
     if (!line) { run(); return; }
     const before = line.last;
@@ -678,7 +683,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       }
       // A bad chunk: the forward stage refuses it, 400, and the connection ends (what follows
       // cannot be framed). Before, it was cut unanswered and recorded as a client that left.
-      const outcome: ForwardOutcome = { failure: 'malformed-request', detail: 'the request body could not be parsed (its chunked framing is broken): nothing was forwarded', error: UNPARSED_BODY, notSent: true };
+      const outcome: ForwardOutcome = { failure: 'malformed-request', detail: tinyPieces.has(req) ? `the request body came in too many tiny pieces (over ${MAX_TINY_PIECES} averaging under 16 bytes): nothing was forwarded; send it in larger chunks` : 'the request body could not be parsed (its chunked framing is broken): nothing was forwarded', error: UNPARSED_BODY, notSent: true };
       try { observation.forwarded(outcome); } catch { /* ignore */ }
       headers.connection = 'close';
       sendProblem(res, forwardingFailed(ctx, decision, outcome.failure!, outcome, observation, headers), headers);
