@@ -96,6 +96,12 @@ export interface DriftguardOptions {
   readonly log?: (line: Record<string, unknown>) => void;
 }
 
+/** A refusal closeFor withdraws or cuts for, with the seconds it lasts where it ends (a quarantine). */
+export interface Withdrawal {
+  readonly reason: ReasonCode;
+  readonly retryAfter?: number;
+}
+
 export interface Driftguard {
   readonly traffic: Server;
   readonly admin: Server;
@@ -136,7 +142,7 @@ export interface Driftguard {
    * download), is decided once and would otherwise outlive what was decided. Returns how many
    * of each were closed.
    */
-  closeFor(which: (ctx: RequestContext) => ReasonCode | undefined): { tunnels: number; answers: number };
+  closeFor(which: (ctx: RequestContext) => ReasonCode | Withdrawal | undefined): { tunnels: number; answers: number };
   /**
    * Stop: for delayMs, go on taking requests while saying not ready and closing each
    * connection after its answer (the drain delay: the pod's endpoints reach every client's
@@ -624,6 +630,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     return {
       reason: failure,
       detail: outcome.detail ?? failure,
+      ...(outcome.retryAfter !== undefined ? { retryAfter: outcome.retryAfter } : {}),
       warnings: warned(decision),
       ...(ctx.operation ? { operation: ctx.operation.id } : {}),
       ...(observation.traceId ? { traceId: observation.traceId } : {}),
@@ -1109,7 +1116,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     get tunnels() { return tunnels.size; },
     closeFor(which) {
       // Fail closed: a check that fails closes.
-      const picks = (ctx: RequestContext): ReasonCode | undefined => { try { return which(ctx); } catch { return 'internal-error'; } };
+      const picks = (ctx: RequestContext): Withdrawal | undefined => {
+        try {
+          const picked = which(ctx);
+          return typeof picked === 'string' ? { reason: picked } : picked;
+        } catch { return { reason: 'internal-error' }; }
+      };
       let tunnels = 0;
       let answers = 0;
       for (const [socket, t] of open) if (picks(t.ctx)) { socket.destroy(); tunnels++; }
@@ -1120,18 +1132,19 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // request still waiting for an upstream connection: nothing was acted on, nothing will be.
       for (const [res, ctx] of streaming) {
         const unsent = !sentUpstream(res);
-        const reason = res.headersSent || !ctx.req.complete || unsent ? picks(ctx) : undefined;
-        if (!reason) continue;
+        const picked = res.headersSent || !ctx.req.complete || unsent ? picks(ctx) : undefined;
+        if (!picked) continue;
+        const { reason, retryAfter } = picked;
         answers++;
         // Not sent yet, and no answer begun: withdrawn, and the client is told why, as its
         // next request would be (a reset hid whether a write was made).
         const why = WITHDRAWN[reason as keyof typeof WITHDRAWN] as string | undefined;
-        if (why !== undefined && unsent && !res.headersSent && ctx.req.complete && withdraw(res, reason as keyof typeof WITHDRAWN, `${why} while the request waited for an upstream connection: it was not sent`)) continue;
+        if (why !== undefined && unsent && !res.headersSent && ctx.req.complete && withdraw(res, reason as keyof typeof WITHDRAWN, `${why} while the request waited for an upstream connection: it was not sent`, retryAfter)) continue;
         cut(res, ctx, REVOKED_CUT, reason);
       }
       for (const [socket, ctx] of handshakes) {
-        const reason = picks(ctx);
-        if (reason) { cut(socket, ctx, REVOKED_CUT, reason); answers++; }
+        const picked = picks(ctx);
+        if (picked) { cut(socket, ctx, REVOKED_CUT, picked.reason); answers++; }
       }
       return { tunnels, answers };
     },

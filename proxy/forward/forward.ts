@@ -78,9 +78,10 @@ const tunnels = new WeakMap<Socket, Tunnel>();
  * connection yet), nothing sent. A WebSocket handshake (its client socket): before the
  * upstream's answer began. false when it is under way already, or done.
  */
-export function withdraw(target: ServerResponse | Socket, refused: NonNullable<ForwardOutcome['failure']>, detail: string): boolean {
-  if (target instanceof Socket) return tunnels.get(target)?.withdraw({ failure: refused, detail }) ?? false;
-  return exchanges.get(target)?.withdraw({ failure: refused, detail, notSent: true }) ?? false;
+export function withdraw(target: ServerResponse | Socket, refused: NonNullable<ForwardOutcome['failure']>, detail: string, retryAfter?: number): boolean {
+  const more = retryAfter !== undefined ? { retryAfter } : {};
+  if (target instanceof Socket) return tunnels.get(target)?.withdraw({ failure: refused, detail, ...more }) ?? false;
+  return exchanges.get(target)?.withdraw({ failure: refused, detail, notSent: true, ...more }) ?? false;
 }
 
 /**

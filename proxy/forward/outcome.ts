@@ -16,6 +16,8 @@ export interface ForwardOutcome {
   readonly failure?: ReasonCode;
   /** With a failure: what the caller's problem and the decision record say of it (failureDetail). */
   readonly detail?: string;
+  /** With a withdrawal for a quarantine: the seconds it lasts, the answer's Retry-After. */
+  readonly retryAfter?: number;
   /** The response had started and was cut. */
   readonly aborted?: boolean;
   readonly error?: string;

@@ -373,7 +373,9 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now, (actor, i) => actorIssuers(state.rules, c, actor, i))) return 'credential-revoked';
           const key = state.consumerKey(ctx);
           const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, c, monitors.quarantine.mode, now)?.held : undefined;
-          return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce' ? 'consumer-quarantined' : undefined;
+          // With its Retry-After, as the quarantine check's refusal has it: a request withdrawn
+          // while it waited for a connection is told how long to wait, as its next one would be.
+          return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce' ? { reason: 'consumer-quarantined', retryAfter: Math.max(1, Math.ceil((held.untilMs - now) / 1000)) } : undefined;
         });
         if (closed.tunnels + closed.answers > 0) log({ level: 'info', msg: 'WebSocket tunnels and answers in flight closed: their credential was revoked or their consumer quarantined', ...closed });
       }, TUNNEL_SWEEP_MS).unref();

@@ -10,7 +10,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { AGENT, BOT, baseRules, writeRules } from '../support/driftguard.ts';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { echoServer, eventStream, open, readStream, within } from '../support/tunnels.ts';
-import { world, startLifecycle, bearer, monitorsOnly, until } from './support.ts';
+import { world, startLifecycle, bearer, monitorsOnly, until, problem } from './support.ts';
 
 t.test('a revocation closes the consumer\'s open tunnels, and only theirs', async (t) => {
   const w = await world();
@@ -383,6 +383,36 @@ t.test('an answer not started to a request wholly sent is delivered after its cr
   const next = await fetch(`${dg.url}/items/1/blob`, { method: 'PUT', headers: { ...bearer(tok), 'content-type': 'application/octet-stream' }, body: 'blob-2' });
   await next.text();
   t.equal(next.status, 401, 'the next request is refused');
+});
+
+t.test('a request withdrawn for a quarantine placed while it waited for an upstream connection is told when to come back (Retry-After)', async (t) => {
+  const w = await world();
+  let release = () => {};
+  const held = new Promise<void>((r) => { release = r; });
+  let arrived = 0;
+  w.up.handler = (req, res) => { arrived++; void held.then(() => res.end('{}')); };
+  const dg = await startLifecycle(w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = monitorsOnly({ quarantine: { mode: 'enforce', denials: 2, window: '1m', period: '15m' } });
+    r.proxy.connections = 1; r.proxy.timeouts.connect = '10s'; r.proxy.timeouts.response = '10s';
+  }));
+  t.teardown(async () => { release(); await dg.close(); await w.close(); });
+  const first = fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }).then((r) => r.text());
+  t.ok(await until(() => arrived === 1), 'a request holds the only connection');
+  const waiting = fetch(`${dg.url}/items/2`, { headers: bearer(await w.token({ sub: BOT })) });
+  t.ok(await until(() => dg.seen.length === 2 && dg.seen[1]!.decision !== undefined), 'the bot\'s request is decided and waits for the pool');
+  // Two refusals quarantine the bot.
+  const weak = await w.token({ sub: BOT, scope: 'items.read' });
+  for (let i = 0; i < 2; i++) await (await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' })).text();
+  const withdrawn = await waiting;
+  // Before: the 403 with no Retry-After, where every other quarantine refusal has one.
+  const body = await problem(t, withdrawn, 'consumer-quarantined', 403);
+  t.match(body.detail, /waited for an upstream connection: it was not sent/);
+  t.ok(Number(withdrawn.headers.get('retry-after')) > 890, `Retry-After: the quarantine's seconds (${withdrawn.headers.get('retry-after')})`);
+  t.equal(body.retryAfter, Number(withdrawn.headers.get('retry-after')), 'and retryAfter in the problem');
+  release();
+  await first;
+  t.equal(arrived, 1, 'never sent');
 });
 
 t.test('a request still waiting for an upstream connection when its credential is revoked is never sent', async (t) => {
