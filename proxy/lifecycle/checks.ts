@@ -13,7 +13,7 @@ import type { Check, CheckResult, Credential, Denial, RequestContext } from '../
 import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
-import { windowFull, record, fromNow, quarantineMode, type Quarantine } from './monitors.ts';
+import { windowFull, record, fromNow, quarantineMode, type Quarantine, type IdempotencyEntry } from './monitors.ts';
 import { actorIssuer, actorIssuers, namedActorConsumers } from '../checks/consumers.ts';
 import { revokesSubjectItself, taskOf } from './revocations.ts';
 import { MAX_LEVELS } from '../identity/act.ts';
@@ -299,6 +299,24 @@ function watched(m: Monitors, ctx: RequestContext): boolean {
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
+/** The body's declared length, as bodyFingerprint reads it: 0 without one, -1 chunked (never read). */
+function bodySize(ctx: RequestContext): number {
+  return ctx.req.headers['transfer-encoding'] !== undefined ? -1 : Number(ctx.req.headers['content-length'] ?? 0);
+}
+
+/**
+ * Whether a key's write, remembered under another monitors.maxBodyBytes, may be this one though
+ * the payloads differ: where the limit moved across the body's size, one was fingerprinted by
+ * its hash and the other by its length, so the same write would be 422 "use a new key", which
+ * invites the duplicate the monitor stops. Then the same operation with a body of the same
+ * length is taken for it (409), as a body fingerprinted by its length always is.
+ */
+function sameUnderAnotherLimit(seen: IdempotencyEntry, ctx: RequestContext, maxBodyBytes: number): boolean {
+  const size = bodySize(ctx);
+  if (seen.maxBodyBytes === maxBodyBytes || size <= 0 || seen.bodySize !== size) return false;
+  return seen.operation === ctx.operation?.id && (size <= seen.maxBodyBytes) !== (size <= maxBodyBytes);
+}
+
 /**
  * Consumer, method, canonical path, query and body hash, as one short key. The subject is
  * hashed in rather than prefixed, so an entry of the fingerprint table costs the same
@@ -507,12 +525,12 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       const current = state.now();
       if (seen && !seen.inFlight && seen.atMs > current) seen.atMs = current;
       if (seen && (seen.inFlight || seen.atMs > ctx.now - i.windowMs)) {
-        if (seen.payload !== fingerprint) {
+        if (seen.payload !== fingerprint && !sameUnderAnotherLimit(seen, ctx, m.maxBodyBytes)) {
           return verdict(ctx, i.mode, { reason: 'idempotency-key-reused', detail: 'this idempotency key was used for a different request' });
         }
         return verdict(ctx, i.mode, { reason: 'duplicate-write', detail: seen.inFlight ? 'the same write with this idempotency key is still in flight' : 'the same write with this idempotency key was already sent' });
       }
-      state.monitors.rememberKey(key, { payload: fingerprint, operation: ctx.operation!.id, inFlight: true, atMs: ctx.now }, owner, i.maxKeysPerConsumer);
+      state.monitors.rememberKey(key, { payload: fingerprint, operation: ctx.operation!.id, bodySize: bodySize(ctx), maxBodyBytes: m.maxBodyBytes, inFlight: true, atMs: ctx.now }, owner, i.maxKeysPerConsumer);
       state.reserved.set(ctx, key);
       return undefined;
     },

@@ -160,6 +160,13 @@ export interface IdempotencyEntry {
   owner: string;
   readonly payload: string;
   readonly operation: string;
+  /**
+   * The body's Content-Length (0 without one, -1 chunked) and the monitors.maxBodyBytes it was
+   * fingerprinted under: a reload that moves the limit across the body's size changes how the
+   * same write is fingerprinted (hashed, or by its length), so the payloads cannot be compared.
+   */
+  readonly bodySize: number;
+  readonly maxBodyBytes: number;
   inFlight: boolean;
   /** When the write finished (or was sent, while in flight). */
   atMs: number;

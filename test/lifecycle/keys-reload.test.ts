@@ -1,7 +1,10 @@
-// Whose idempotency keys a delegated write holds is read from the token alone: the person and
-// the agent as its act claim names it, vouched for by the rules in force or not. A reload that
-// trusts or registers the agent moves no kept key (a retried write would reach the upstream
-// twice), and agents nobody vouches for do not share a person's keys.
+// A kept idempotency key survives reloads: the retried write is still a duplicate-write.
+// Whose keys a delegated write holds is read from the token alone: the person and the agent as
+// its act claim names it, vouched for by the rules in force or not. A reload that trusts or
+// registers the agent moves no kept key (a retried write would reach the upstream twice), and
+// agents nobody vouches for do not share a person's keys. A reload that moves
+// monitors.maxBodyBytes across the body's size changes how it is fingerprinted (hashed, or by
+// length), and does not make the same write another payload (422, "use a new key").
 
 import t from 'tap';
 import { loadRules } from '../../proxy/rules/load.ts';
@@ -54,4 +57,26 @@ t.test('two agents nobody vouches for, acting for one person, each hold their ow
   t.equal(await post(dg.url, await as('agent-b'), '{"n":"from b"}'), '200', 'another agent\'s own write under the same key');
   t.equal(await post(dg.url, await as('agent-a'), '{"n":"from a"}'), '409 duplicate-write', 'the first agent\'s retry is still its duplicate');
   t.equal(await post(dg.url, await as('agent-a'), '{"n":"other"}'), '422 idempotency-key-reused', 'and its key with another payload is reused');
+});
+
+t.test('a write kept after a 500 is still a duplicate-write after a reload that moved maxBodyBytes across its size', async (t) => {
+  const w = await world();
+  const limited = (maxBodyBytes: number) => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = monitorsOnly({ maxBodyBytes, idempotency: { at: 'medium', window: '1h' } });
+  });
+  const dg = await startLifecycle(limited(65536));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  let received = 0;
+  w.up.handler = (req, res) => { req.resume(); req.on('end', () => { received++; res.writeHead(500); res.end('{}'); }); };
+  const token = await w.token();
+  const body = JSON.stringify({ amount: 100, note: 'x'.repeat(100) });
+  t.equal(await post(dg.url, token, body), '500', 'hashed under 65536: kept after the 500');
+  await dg.dg.swap(loadRules(writeRules(limited(16))));
+  // Before: 422 idempotency-key-reused, whose action says to send it again under a new key.
+  t.equal(await post(dg.url, token, body), '409 duplicate-write', 'by its length now, still the same write');
+  t.equal(await post(dg.url, token, JSON.stringify({ amount: 1 })), '422 idempotency-key-reused', 'a body of another length is another payload');
+  await dg.dg.swap(loadRules(writeRules(limited(65536))));
+  t.equal(await post(dg.url, token, body), '409 duplicate-write', 'and back');
+  t.equal(received, 1, 'the upstream received the write once');
 });
