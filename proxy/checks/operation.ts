@@ -23,6 +23,8 @@ interface Node {
    */
   readonly folded: Map<string, Node[]>;
   variable?: Node;
+  /** Variables that end the path with a custom method (`{id}:cancel`), by the method. */
+  verbs?: Map<string, Node>;
   operation?: Operation;
 }
 
@@ -30,7 +32,14 @@ interface Node {
  * The segment at `index` would take another router to another operation: one that ignores
  * case (`case`), or one that reads a format suffix from the last segment's first dot on (`suffix`).
  */
-export interface Mismatch { readonly by: 'case' | 'suffix' | 'slash'; readonly index: number }
+export interface Mismatch { readonly by: 'case' | 'suffix' | 'slash' | 'verb'; readonly index: number }
+
+/** The custom method a last segment ends with (`1:cancel`, or `1%3Acancel` as a decoding gateway reads it), if any. */
+function verbOf(segment: string, decoded = false): string | undefined {
+  const text = decoded ? segment.replaceAll('%3A', ':') : segment;
+  const colon = text.lastIndexOf(':');
+  return colon > 0 && colon < text.length - 1 ? text.slice(colon + 1) : undefined;
+}
 
 const node = (): Node => ({ literals: new Map(), folded: new Map() });
 
@@ -71,6 +80,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   const endsInVariable = new Set<Operation>();
   /** Some template ends in a slash: a router that ignores one may take a path to its twin. */
   let trailingSlashes = false;
+  /** The custom methods the contract declares, by method tree (AIP-136). */
+  const declaredVerbs = new Map<string, Set<string>>();
   const insert = (method: string, op: Operation): void => {
     const template = parseTemplate(op.path);
     if (typeof template === 'string') throw new TypeError(`operation ${op.id}: ${template}`); // the loader already refused it
@@ -88,6 +99,13 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
           if (folded !== s.literal) foldingLiterals = true;
         }
         at = next;
+      } else if (s.verb !== undefined) {
+        const verbs = at.verbs ??= new Map();
+        let next = verbs.get(s.verb);
+        if (!next) verbs.set(s.verb, (next = node()));
+        const declared = declaredVerbs.get(method) ?? new Set();
+        declaredVerbs.set(method, declared.add(s.verb));
+        at = next;
       } else {
         at = at.variable ??= node();
       }
@@ -101,7 +119,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     // Its last segment before any trailing slash (/users/{pk}/: Django REST framework's suffix
     // patterns read /users/export.json/ too).
     const named = slashed ? template.segments.at(-2) : lastSegment;
-    if (named !== undefined && !('literal' in named)) endsInVariable.add(op);
+    if (named !== undefined && !('literal' in named) && named.verb === undefined) endsInVariable.add(op);
   };
   for (const op of operations) insert(op.method, op);
   // HEAD is a GET without a body, and routers pick its handler by path among both (Spring's
@@ -118,8 +136,17 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       const found = walk(literal, segments, i + 1);
       if (found) return found;
     }
+    const custom = customMethod(at, segments, i);
+    if (custom) return custom;
     // A variable takes no empty segment: /items/ is not /items/{id} with an empty id.
     return at.variable && segments[i] !== '' ? walk(at.variable, segments, i + 1) : undefined;
+  }
+
+  /** After the literals, before the variable: a last segment that ends in a custom method declared here (`1:cancel`). */
+  function customMethod(at: Node, segments: readonly string[], i: number): Operation | undefined {
+    if (at.verbs === undefined || i !== segments.length - 1) return undefined;
+    const verb = verbOf(segments[i]!);
+    return verb === undefined ? undefined : at.verbs.get(verb)?.operation;
   }
 
   /**
@@ -139,6 +166,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       const found = walkFolded(literal, segments, i + 1, first >= 0 ? first : i);
       if (found) return found;
     }
+    const custom = customMethod(at, segments, i);
+    if (custom) return { op: custom, index: first };
     return at.variable && segment !== '' ? walkFolded(at.variable, segments, i + 1, first) : undefined;
   }
 
@@ -165,8 +194,17 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     return found;
   }
 
-  function decide(root: Node, segments: readonly string[]): Operation | Mismatch | undefined {
+  function decide(root: Node, segments: readonly string[], method: string): Operation | Mismatch | undefined {
     const found = decideSlash(root, segments);
+    // A plain variable took a last segment that ends in a custom method the contract declares
+    // elsewhere (`/orders/1:export` for GET /orders/{id}, with GET /carts/{id}:export): a
+    // gateway that routes custom methods (grpc-gateway, AIP-136) runs the method, not this
+    // operation. Decoded too, as such a gateway may read `%3A`.
+    const verbs = declaredVerbs.get(method);
+    if (verbs !== undefined && found !== undefined && !('by' in found) && endsInVariable.has(found) && segments.length > 0) {
+      const verb = verbOf(segments.at(-1)!, true);
+      if (verb !== undefined && verbs.has(verb)) return { by: 'verb', index: segments.length - 1 };
+    }
     const slashed = segments.at(-1) === '';
     // The segment a suffix router reads the format from: the last, or the one before a trailing slash.
     const last = segments.length - (slashed ? 2 : 1);
@@ -200,7 +238,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   function match(method: string, segments: readonly string[]): Operation | Mismatch | undefined {
     // Without HEAD operations, HEAD's tree is GET's: it needs the GET's permission.
     const root = roots.get(method) ?? (method === 'HEAD' ? roots.get('GET') : undefined);
-    return root ? decide(root, segments) : undefined;
+    return root ? decide(root, segments, roots.has(method) ? method : 'GET') : undefined;
   }
 }
 
@@ -217,6 +255,7 @@ export function operationLookup(rules: Rules): Check {
       const why = op === undefined ? (unslashed && !('by' in unslashed) ? ': the contract names it without the trailing / (paths are matched with theirs)' : '')
         : op.by === 'case' ? `: path segment ${op.index + 1} differs from the contract's only in case or percent-encoding, and paths are matched exactly`
         : op.by === 'suffix' ? `: path segment ${op.index + 1} is another operation's with a format suffix (.json), which some routers take to that operation`
+        : op.by === 'verb' ? `: path segment ${op.index + 1} ends in a custom method the contract declares for another path, which a gateway that routes custom methods would run`
         : ': it differs from another operation\'s path only by a trailing /, which some routers ignore';
       return { reason: 'unknown-operation', detail: `${ctx.req.method} ${shortened(ctx.target!.path)} is not an operation of contract version ${rules.contract.current}${why}` };
     },

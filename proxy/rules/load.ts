@@ -549,21 +549,35 @@ function crossing(a: readonly Segment[], b: readonly Segment[]): string | undefi
   const example: string[] = [];
   for (let k = 0; k < a.length; k++) {
     const [x, y] = [a[k]!, b[k]!];
-    if ('literal' in x && 'literal' in y) {
-      if (x.literal !== y.literal) return undefined;
-      example.push(x.literal);
-    } else if ('literal' in x) {
-      // A variable never takes an empty segment (a trailing slash).
-      if (x.literal === '') return undefined;
-      aMoreSpecific = true;
-      example.push(x.literal);
-    } else if ('literal' in y) {
-      if (y.literal === '') return undefined;
-      bMoreSpecific = true;
-      example.push(y.literal);
-    } else example.push('x');
+    // Of two segments, the one that matches fewer: a literal, then a variable with a custom
+    // method (`{id}:cancel`, which takes only segments ending in `:cancel`), then a plain one.
+    const rank = (s: Segment) => ('literal' in s ? 0 : s.verb !== undefined ? 1 : 2);
+    const [rx, ry] = [rank(x), rank(y)];
+    const taken = takes(rx <= ry ? y : x, rx <= ry ? x : y);
+    if (taken === undefined) return undefined;
+    if (rx < ry) aMoreSpecific = true;
+    else if (ry < rx) bMoreSpecific = true;
+    example.push(taken);
   }
   return aMoreSpecific && bMoreSpecific ? '/' + example.join('/') : undefined;
+}
+
+/**
+ * A segment both match, `wide` matching at least as many as `narrow` (crossing's rank); else
+ * undefined. A variable takes no empty segment (a trailing slash), and one with a custom method
+ * only a segment that ends in it.
+ */
+function takes(wide: Segment, narrow: Segment): string | undefined {
+  if ('literal' in narrow) {
+    if ('literal' in wide) return wide.literal === narrow.literal ? narrow.literal : undefined;
+    if (narrow.literal === '') return undefined;
+    if (wide.verb === undefined) return narrow.literal;
+    const colon = narrow.literal.lastIndexOf(':');
+    return colon > 0 && narrow.literal.slice(colon + 1) === wide.verb ? narrow.literal : undefined;
+  }
+  if ('literal' in wide) return undefined;
+  if (narrow.verb !== undefined) return wide.verb === undefined || wide.verb === narrow.verb ? `x:${narrow.verb}` : undefined;
+  return 'x';
 }
 
 /** A template's shape decoded, as a router that decodes compares it (canonical literals decode). */

@@ -3,7 +3,12 @@
 
 import { segmentProblem } from '../pipeline/canonical.ts';
 
-export type Segment = { readonly literal: string } | { readonly variable: string };
+/**
+ * A literal, or a variable; the last may carry a custom method (`{name}:cancel`, Google's
+ * AIP-136, as grpc-gateway and Envoy's gRPC-JSON transcoder route them): it takes a segment
+ * that ends in `:cancel`, its value the part before.
+ */
+export type Segment = { readonly literal: string } | { readonly variable: string; readonly verb?: string };
 
 export interface Template {
   readonly segments: readonly Segment[];
@@ -33,13 +38,15 @@ export function parseTemplate(path: string): Template | string {
     // A trailing slash (/api/users/, as Django REST framework's routers write them): a last
     // empty literal, which only a request ending in a slash matches.
     if (part === '' && i === parts.length - 1 && i > 0) { segments.push({ literal: '' }); continue; }
-    const variable = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(part);
+    const variable = /^\{([A-Za-z_][A-Za-z0-9_]*)\}(?::([A-Za-z][A-Za-z0-9]*))?$/.exec(part);
     if (variable) {
       if (names.has(variable[1]!)) return `variable {${variable[1]}} appears twice`;
+      const verb = variable[2];
+      if (verb !== undefined && i !== parts.length - 1) return `"${part}": a custom method (:${verb}) ends the path`;
       names.add(variable[1]!);
-      segments.push({ variable: variable[1]! });
+      segments.push(verb !== undefined ? { variable: variable[1]!, verb } : { variable: variable[1]! });
     } else if (part.includes('{') || part.includes('}')) {
-      return `"${part}": a variable must be a whole segment, like {id}`;
+      return `"${part}": a variable must be a whole segment, like {id}, or end it with a custom method, like {id}:cancel`;
     } else {
       // A request that could match a literal that is not canonical would be refused: say what to write instead.
       const problem = segmentProblem(part);
@@ -47,5 +54,5 @@ export function parseTemplate(path: string): Template | string {
       segments.push({ literal: part });
     }
   }
-  return { segments, shape: '/' + segments.map((s) => ('literal' in s ? s.literal : '{}')).join('/') };
+  return { segments, shape: '/' + segments.map((s) => ('literal' in s ? s.literal : s.verb !== undefined ? `{}:${s.verb}` : '{}')).join('/') };
 }

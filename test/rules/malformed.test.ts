@@ -64,7 +64,7 @@ t.test('the baseline is valid', async (t) => {
   // Templates that overlap where one is more specific at every place (every router runs it),
   // or that a variable cannot take the other's empty last segment, are taken.
   const second = (method: string, path: string) => edit('      method: POST\n      path: /items\n', `      method: ${method}\n      path: ${path}\n`);
-  for (const [method, path] of [['GET', '/items/export'], ['HEAD', '/items/export'], ['GET', '/{collection}/'], ['POST', '/{collection}/export']]) {
+  for (const [method, path] of [['GET', '/items/export'], ['HEAD', '/items/export'], ['GET', '/{collection}/'], ['POST', '/{collection}/export'], ['GET', '/items/{id}:export'], ['GET', '/items/a:export']]) {
     t.same(problems(second(method!, path!)).problems, [], `${method} ${path} beside GET /items/{id}`);
   }
 });
@@ -152,6 +152,7 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // driftguard decides /items/export as getItem (the first literal from the left); Spring and
   // JAX-RS (by their literals) and Express (by declaration order) may run the other.
   { name: 'two templates that cross (each more specific at one place)', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /{collection}/export\n'), line: 27, field: 'contract.operations[1].path', message: /GET \/\{collection\}\/export and contract\.operations\[0\] \(GET \/items\/\{id\}\) both match \/items\/export, and neither is the more specific/ },
+  { name: 'a literal that crosses a custom method', text: edit('      method: POST\n      path: /items\n', '      method: GET\n      path: /{collection}/1:export\n').replace('path: /items/{id}', 'path: /items/{id}:export'), line: 27, field: 'contract.operations[1].path', message: /both match \/items\/1:export, and neither is the more specific/ },
   // A HEAD request is decided among HEAD and GET operations together.
   { name: 'a HEAD template that crosses a GET one', text: edit('      method: POST\n      path: /items\n', '      method: HEAD\n      path: /{collection}/export\n'), line: 27, field: 'contract.operations[1].path', message: /both match \/items\/export, and neither is the more specific/ },
   { name: 'listen not host:port', text: edit('listen: 127.0.0.1:0', 'listen: localhost'), line: 2, field: 'proxy.listen' },

@@ -1,0 +1,64 @@
+// Custom methods (Google's AIP-136: `POST /v1/orders/{id}:cancel`, as grpc-gateway and Envoy's
+// gRPC-JSON transcoder route them) can be declared: a last segment `{id}:verb` takes a segment
+// that ends in `:verb`. Where the contract declares a custom method, a plain variable that takes
+// a last segment ending in it (`/v1/carts/1:export` for GET /v1/carts/{id}, with GET
+// /v1/orders/{id}:export declared) is refused: such a gateway would run the custom method,
+// whose scopes and sensitivity driftguard did not judge. Before, `{id}:export` could not be
+// declared, and `/v1/orders/1:export` was decided as getOrder.
+
+import t from 'tap';
+import { buildMatcher } from '../../proxy/checks/operation.ts';
+import { parseTemplate } from '../../proxy/rules/templates.ts';
+import type { Operation } from '../../proxy/rules/types.ts';
+import { world } from './world.ts';
+
+const op = (id: string, path: string, method = 'GET'): Operation => ({ id, method, path, scopes: [], sensitivity: 'low', public: false } as Operation);
+const getOrder = op('getOrder', '/v1/orders/{id}');
+const exportOrder = op('exportOrder', '/v1/orders/{id}:export');
+const cancelOrder = op('cancelOrder', '/v1/orders/{id}:cancel', 'POST');
+const getCart = op('getCart', '/v1/carts/{id}');
+const special = op('special', '/v1/orders/special:export');
+
+t.test('templates: a custom method ends the path, after a whole variable', async (t) => {
+  t.same(parseTemplate('/v1/orders/{id}:export'), { segments: [{ literal: 'v1' }, { literal: 'orders' }, { variable: 'id', verb: 'export' }], shape: '/v1/orders/{}:export' });
+  t.match(parseTemplate('/v1/orders/{id}:export/items'), /a custom method \(:export\) ends the path/);
+  t.match(parseTemplate('/v1/orders/{id}:ex-port'), /a variable must be a whole segment, like \{id\}, or end it with a custom method/);
+  t.match(parseTemplate('/v1/orders/x{id}'), /a variable must be a whole segment/);
+});
+
+t.test('the matcher: a declared custom method, before the plain variable, after a literal', async (t) => {
+  const match = buildMatcher([getOrder, exportOrder, cancelOrder, getCart, special]);
+  t.equal(match('GET', ['v1', 'orders', '1']), getOrder);
+  t.equal(match('GET', ['v1', 'orders', '1:export']), exportOrder);
+  t.equal(match('GET', ['v1', 'orders', 'urn:isbn:1:export']), exportOrder, 'the value is what comes before the last colon');
+  t.equal(match('GET', ['v1', 'orders', 'special:export']), special, 'a literal wins');
+  t.equal(match('POST', ['v1', 'orders', '1:cancel']), cancelOrder);
+  t.equal(match('GET', ['v1', 'orders', '1:cancel']), getOrder, 'a custom method of another method tree is no concern of GET\'s');
+  t.equal(match('GET', ['v1', 'orders', ':export']), getOrder, 'no value before the colon: no custom method (the plain variable)');
+  // Declared for orders, reached through the carts' variable: refused.
+  t.same(match('GET', ['v1', 'carts', '1:export']), { by: 'verb', index: 2 });
+  t.same(match('GET', ['v1', 'carts', '1%3Aexport']), { by: 'verb', index: 2 }, 'encoded, as a gateway that decodes reads it');
+  t.same(match('HEAD', ['v1', 'carts', '1:export']), { by: 'verb', index: 2 }, 'HEAD, decided among the GET operations');
+  t.equal(match('GET', ['v1', 'carts', 'urn:x']), getCart, 'a colon in an id, with no declared custom method after it, is an id');
+  // A contract with no custom method keeps ids with colons whatever they end in.
+  t.equal(buildMatcher([getCart])('GET', ['v1', 'carts', '1:export']), getCart);
+});
+
+t.test('over HTTP: the custom method is its own operation, with its own scopes', async (t) => {
+  const w = await world(t, (r) => {
+    r.contract.operations.push(
+      { id: 'getOrder', method: 'GET', path: '/v1/orders/{id}', scopes: ['items.read'], sensitivity: 'low' },
+      { id: 'exportOrder', method: 'GET', path: '/v1/orders/{id}:export', scopes: ['items.admin'], sensitivity: 'critical' },
+      { id: 'getCart', method: 'GET', path: '/v1/carts/{id}', scopes: ['items.read'], sensitivity: 'low' },
+    );
+  });
+  const reader = await w.tok({ scope: 'items.read' });
+  t.equal((await w.call('GET', '/v1/orders/1', { token: reader })).status, 200);
+  const exported = await w.call('GET', '/v1/orders/1:export', { token: reader });
+  t.equal(exported.status, 403, 'the export needs its own scope');
+  t.equal(exported.json?.reason, 'insufficient-scope');
+  const cart = await w.call('GET', '/v1/carts/1:export', { token: reader });
+  t.equal(cart.status, 403);
+  t.equal(cart.json?.reason, 'unknown-operation');
+  t.match(cart.json?.detail, /path segment 3 ends in a custom method the contract declares for another path/);
+});
