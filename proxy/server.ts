@@ -37,7 +37,7 @@ export const MAX_PIPELINED = 32;
  * Pipelined requests waiting for their turn, on all connections together. A waiting request's
  * head is parsed and held (up to about 16 KiB of heap): 32 on each of 256 connections would be
  * 130 MiB, and 200 connections of them ran the chart's 96 MiB heap out. Past this, the
- * connection that would add one is cut as a flood.
+ * connection holding the most is cut as a flood (the one that would add one, if it is that one).
  */
 export const MAX_WAITING = 128;
 /** A kind of dropped connection is said in a warn line at most this often: one line per connection would let anybody flood the log. */
@@ -355,7 +355,17 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line, MAX_PIPELINED); return; }
     if (!before || before.done) { run(); return; }
     if (body && line.bodies > 0) { floodCut(socket, turn, line, 1); return; }
-    if (waiting >= MAX_WAITING) { floodCut(socket, turn, line, MAX_WAITING); return; }
+    // All places taken: the connection holding the most is the flood, not this one. Its
+    // waiting requests go when the answer before them ends (at once, for its cut upstream
+    // call), so this one may wait meanwhile: at most one more per connection cut, each of
+    // which held many.
+    if (waiting >= MAX_WAITING) {
+      const flood = heaviest();
+      if (!flood || flood.line === line || flood.line.open <= line.open + 1) { floodCut(socket, turn, line, MAX_WAITING); return; }
+      flood.line.cut = true;
+      flood.socket.destroy();
+      dropped('traffic', 'pipelining-flood', MAX_WAITING);
+    }
     // A drain waits for it as for a request in flight.
     responses.add(res);
     if (body) line.bodies++;
@@ -368,6 +378,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       if (socket.destroyed || !socket.writable) { responses.delete(res); settled(); finish(turn, line); return; }
       run();
     };
+  }
+
+  /** The connection, not yet cut, with the most requests open (waiting, and the one answered before them). */
+  function heaviest(): { socket: Socket; line: Pipeline } | undefined {
+    let most: { socket: Socket; line: Pipeline } | undefined;
+    for (const socket of sockets) {
+      const line = pipelines.get(socket);
+      if (line && !line.cut && !socket.destroyed && (!most || line.open > most.line.open)) most = { socket, line };
+    }
+    return most;
   }
 
   /**

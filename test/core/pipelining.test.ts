@@ -131,6 +131,29 @@ t.test('up to MAX_PIPELINED waiting are all answered', async (t) => {
   c.s.destroy();
 });
 
+t.test('past MAX_WAITING on all connections, the connection holding the most is cut, not a newcomer pipelining two', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '10s'; });
+  let release = () => {};
+  const held = new Promise<void>((r) => { release = r; });
+  w.up.handler = (req, res) => { req.resume(); if (req.url === '/items/slow') void held.then(() => { if (!res.destroyed) res.end('late'); }); else res.end('ok'); };
+  t.teardown(() => release());
+  const token = await w.tok();
+  // Four connections, each a slow call and MAX_PIPELINED waiting behind it: every place taken.
+  const floods = await Promise.all([0, 1, 2, 3].map(() => socketTo(w.port)));
+  for (const f of floods) f.s.write(`GET /items/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n` + 'GET /status HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(MAX_PIPELINED));
+  await until('the slow calls upstream', () => w.up.seen.filter((r) => r.url === '/items/slow').length === 4);
+  await new Promise((r) => setTimeout(r, 200));
+  const newcomer = await socketTo(w.port);
+  newcomer.s.write('GET /status HTTP/1.1\r\nHost: x\r\n\r\nGET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  await newcomer.closed;
+  // Before: the newcomer's connection was cut unanswered, and counted as its flood.
+  t.same(statuses(newcomer.text()), [200, 200], 'both of the newcomer\'s requests answered');
+  const cut = await Promise.race([Promise.any(floods.map((f) => f.closed)).then(() => true), new Promise((r) => setTimeout(() => r(false), 2_000))]);
+  t.ok(cut, 'a flooding connection was cut instead');
+  t.match(w.logs.find((l) => l.msg === 'connections closed: too many pipelined requests'), { limit: 128 });
+  release();
+});
+
 t.test('a client that leaves with requests waiting leaves nothing in flight', async (t) => {
   const w = await world(t);
   let release: (() => void) | undefined;
