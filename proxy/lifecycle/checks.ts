@@ -354,13 +354,16 @@ function holder(ctx: RequestContext): string {
 /**
  * Whose share of the fingerprint and key tables a request counts in, hashed: the one sending
  * it. An agent's requests for every person it acts for are one share (by pair, an agent acting
- * for ten people had ten, and pushed other consumers' keys out).
+ * for ten people had ten, and pushed other consumers' keys out). Agents nobody vouches for
+ * share the person's: their names are no issuer's word, so each new name must not be a new
+ * share of the table (their keys are still their own, holder()).
  */
 function writer(ctx: RequestContext): string {
   let w = writers.get(ctx);
   if (w !== undefined) return w;
   const a = ctx.consumer?.actor;
-  w = hash('sha256', a?.key !== undefined ? JSON.stringify(['actor', a.issuer ?? null, a.subject]) : holder(ctx), 'base64');
+  const c = ctx.credential!;
+  w = hash('sha256', a?.key !== undefined ? JSON.stringify(['actor', a.issuer ?? null, a.subject]) : JSON.stringify([c.issuer, c.subject]), 'base64');
   // A write both monitors watch asks twice; the second gets the first's digest.
   writers.set(ctx, w);
   return w;

@@ -798,6 +798,25 @@ t.test('idempotency: an agent acting for many people is one consumer under maxKe
   t.equal(w.up.seen.length, before, 'and was not sent again');
 });
 
+t.test('idempotency: agents nobody vouches for, under many names for one person, are that person\'s share of the table', async (t) => {
+  const VICTIM = 'spiffe://test.local/ns/pay/sa/settlement';
+  const w = await world();
+  const dg = await startLifecycle(w.rules(sharing(VICTIM, { idempotency: { at: 'medium', window: '1h', maxKeys: 20, maxKeysPerConsumer: 2 } })));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const post = async (tok: string, key: string, body = '{"amount":100}') => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': key, 'content-type': 'application/json' }), body }); await r.text(); return r.status; };
+  const victim = await w.token({ sub: VICTIM });
+  t.equal(await post(victim, 'settle-1'), 200);
+  // One person, twenty agent names under an iss nobody trusts: each holds its own keys, but
+  // they are no issuer's word, so they share the person's two places, not twenty shares.
+  for (let a = 0; a < 20; a++) {
+    const tok = await w.token({ sub: 'user-1@test.local', claims: { act: { sub: `agent-${a}`, iss: 'https://untrusted.example' } } });
+    t.equal(await post(tok, 'k-1', `{"a":${a}}`), 200);
+  }
+  const before = w.up.seen.length;
+  t.equal(await post(victim, 'settle-1'), 409, 'the victim\'s retry is still a duplicate-write');
+  t.equal(w.up.seen.length, before, 'and was not sent again');
+});
+
 t.test('retry storm: one consumer\'s many distinct requests push out its own fingerprints under maxFingerprintsPerConsumer, never another\'s retry storm', async (t) => {
   const VICTIM = 'spiffe://test.local/ns/pay/sa/poller';
   const w = await world();
