@@ -1,7 +1,7 @@
 // Behaviour monitors over real HTTP with a frozen clock: retry storm, idempotency, endpoint
 // traversal and quarantine, each in enforce and audit mode; the owner view.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { connect, type AddressInfo } from 'node:net';
 import { createServer as createHttpsServer } from 'node:https';
 import { selfSignedCertificate } from '../support/tls.ts';
@@ -779,7 +779,11 @@ const sharing = (victim: string, monitors: Record<string, unknown>) => (r: Recor
   r.monitors = monitorsOnly(monitors);
 };
 
-t.test('idempotency: an agent acting for many people is one consumer under maxKeysPerConsumer, and cannot push another\'s keys out', async (t) => {
+/**
+ * A key table of 20 places, 2 a consumer, where a registered automation (the victim) has kept
+ * one write's key; `victimRetried` asserts that its retry is still a duplicate-write, not sent.
+ */
+async function keyTable(t: Test) {
   const VICTIM = 'spiffe://test.local/ns/pay/sa/settlement';
   const w = await world();
   const dg = await startLifecycle(w.rules(sharing(VICTIM, { idempotency: { at: 'medium', window: '1h', maxKeys: 20, maxKeysPerConsumer: 2 } })));
@@ -787,34 +791,36 @@ t.test('idempotency: an agent acting for many people is one consumer under maxKe
   const post = async (tok: string, key: string, body = '{"amount":100}') => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': key, 'content-type': 'application/json' }), body }); await r.text(); return r.status; };
   const victim = await w.token({ sub: VICTIM });
   t.equal(await post(victim, 'settle-1'), 200);
+  return {
+    w, post,
+    async victimRetried() {
+      const before = w.up.seen.length;
+      t.equal(await post(victim, 'settle-1'), 409, 'the victim\'s retry is still a duplicate-write');
+      t.equal(w.up.seen.length, before, 'and was not sent again');
+    },
+  };
+}
+
+t.test('idempotency: an agent acting for many people is one consumer under maxKeysPerConsumer, and cannot push another\'s keys out', async (t) => {
+  const { w, post, victimRetried } = await keyTable(t);
   // Ten people, four writes each, by one agent: 40 keys, which by (agent, person) were ten
   // buckets of two, twenty keys, the whole table.
   for (let p = 0; p < 10; p++) {
     const tok = await w.token({ sub: `user-${p}@test.local`, claims: { act: { sub: AGENT } } });
     for (let i = 0; i < 4; i++) t.equal(await post(tok, `k-${i}`, `{"i":${i}}`), 200);
   }
-  const before = w.up.seen.length;
-  t.equal(await post(victim, 'settle-1'), 409, 'the victim\'s retry is still a duplicate-write');
-  t.equal(w.up.seen.length, before, 'and was not sent again');
+  await victimRetried();
 });
 
 t.test('idempotency: agents nobody vouches for, under many names for one person, are that person\'s share of the table', async (t) => {
-  const VICTIM = 'spiffe://test.local/ns/pay/sa/settlement';
-  const w = await world();
-  const dg = await startLifecycle(w.rules(sharing(VICTIM, { idempotency: { at: 'medium', window: '1h', maxKeys: 20, maxKeysPerConsumer: 2 } })));
-  t.teardown(async () => { await dg.close(); await w.close(); });
-  const post = async (tok: string, key: string, body = '{"amount":100}') => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(tok, { 'idempotency-key': key, 'content-type': 'application/json' }), body }); await r.text(); return r.status; };
-  const victim = await w.token({ sub: VICTIM });
-  t.equal(await post(victim, 'settle-1'), 200);
+  const { w, post, victimRetried } = await keyTable(t);
   // One person, twenty agent names under an iss nobody trusts: each holds its own keys, but
   // they are no issuer's word, so they share the person's two places, not twenty shares.
   for (let a = 0; a < 20; a++) {
     const tok = await w.token({ sub: 'user-1@test.local', claims: { act: { sub: `agent-${a}`, iss: 'https://untrusted.example' } } });
     t.equal(await post(tok, 'k-1', `{"a":${a}}`), 200);
   }
-  const before = w.up.seen.length;
-  t.equal(await post(victim, 'settle-1'), 409, 'the victim\'s retry is still a duplicate-write');
-  t.equal(w.up.seen.length, before, 'and was not sent again');
+  await victimRetried();
 });
 
 t.test('retry storm: one consumer\'s many distinct requests push out its own fingerprints under maxFingerprintsPerConsumer, never another\'s retry storm', async (t) => {
