@@ -12,7 +12,7 @@ import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES,
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { REASONS, type ReasonCode } from './decision/reasons.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
-import { blocks } from './checks/staleness.ts';
+import { endOf, ENDED } from './checks/dates.ts';
 import { movingOn } from './checks/deprecation.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
@@ -182,13 +182,11 @@ const WITHDRAWN = { 'credential-revoked': 'the credential was revoked', 'consume
 /** The clientError code of a body cut for its tiny pieces (lib/incoming.ts): handled as Node's parser errors (HPE_) are. */
 const TINY_PIECES = 'HPE_TINY_PIECES';
 
-/** What an event stream or a handshake ended at its dates (endOf) is refused for, as its problem says it. */
-const EXPIRED = { 'invalid-credential': 'the credential expired', 'operation-sunset': 'the operation\'s sunset came', 'deprecated-operation': 'the operation\'s deprecation began' } as const;
 
 /** What driftguard's own cut refuses a request for, `by` whom, in a problem's words. */
 function refusedFor(by: DriftguardCut, reason: ReasonCode, detail: string | undefined): string {
   if (by === RELOAD_CUT) return `the reloaded rules refuse it${detail ? ` (${detail})` : ''}`;
-  const known: Record<string, string> = by === EXPIRED_CUT ? EXPIRED : WITHDRAWN;
+  const known: Record<string, string> = by === EXPIRED_CUT ? ENDED : WITHDRAWN;
   return known[reason] ?? `it was refused (${reason})`;
 }
 
@@ -225,7 +223,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     }
     return g;
   };
-  let generation = watchKeySets(buildGeneration(rules, undefined, options.deps, onTokenCache));
+  let generation = watchKeySets(buildGeneration(rules, undefined, { ...options.deps, now }, onTokenCache));
   const sockets = new Set<Socket>();
   /** Responses not yet finished (the requests in flight): drain marks those not yet started to close their connection. */
   const responses = new Set<ServerResponse>();
@@ -728,20 +726,6 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       return;
     }
 
-    // A check may have waited (a key fetch, a small body a monitor reads, as slowly as the
-    // client sends it) past an instant that ends what the request was decided with: its
-    // token's expiry, its operation's sunset, a deprecation that refuses it. Sent now, it
-    // would reach the upstream after the instant its Sunset header names: refused as it would
-    // be now, as an unanswered handshake is at its dates, and never sent (its key is free).
-    const end = g.rules.proxy.mode === 'enforce' ? endOf(ctx, g.rules) : undefined;
-    if (end && end.at <= now()) {
-      const outcome: ForwardOutcome = { failure: end.reason, detail: `${EXPIRED[end.reason as keyof typeof EXPIRED]} while the request was being decided: it was not sent`, notSent: true };
-      try { observation.forwarded(outcome); } catch { /* ignore */ }
-      if (ctx.sendContinue) headers.connection = 'close';
-      else drain(req);
-      sendProblem(res, forwardingFailed(ctx, decision, end.reason, outcome, observation, headers), headers);
-      return;
-    }
     const own = upstreamHeaders(ctx, decision, observation);
     try { observation.forwarding(); } catch { /* ignore */ }
     ctx.sendContinue?.();
@@ -858,26 +842,6 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     }
   }
 
-  /**
-   * When the decision a tunnel (or an event stream) was opened with stops holding, and the
-   * tunnel with it, and the reason a new request would be refused for then: the handshake's
-   * credential expires (a client that keeps a WebSocket longer reconnects with a fresh token
-   * and is decided again); in enforce mode, the operation's sunset, and the start of a
-   * deprecation that will block this consumer. A reload re-arms it with its own dates
-   * (redecideTunnel).
-   */
-  function endOf(ctx: RequestContext, rules: Rules): { readonly at: number; readonly reason: ReasonCode } | undefined {
-    let end: { at: number; reason: ReasonCode } | undefined;
-    const until = (at: number, reason: ReasonCode) => { if (!end || at < end.at) end = { at, reason }; };
-    if (ctx.credential) until(ctx.credential.expiresAtMs + rules.identity.clockSkewMs, 'invalid-credential');
-    const op = ctx.operation;
-    const dep = op?.deprecated;
-    if (op && dep && rules.proxy.mode === 'enforce') {
-      if (dep.sunsetMs !== undefined) until(dep.sunsetMs, 'operation-sunset');
-      if (dep.sinceMs > ctx.now && blocks(rules, op, ctx.consumer)) until(dep.sinceMs, 'deprecated-operation');
-    }
-    return end;
-  }
 
   /**
    * Once a second while answers are forwarded: an event stream (text/event-stream, as
@@ -1177,7 +1141,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     async swap(next: Rules) {
       for (const prepare of prepareListeners) await prepare(next);
       const old = generation;
-      const g = watchKeySets(buildGeneration(next, old, options.deps, onTokenCache));
+      const g = watchKeySets(buildGeneration(next, old, { ...options.deps, now }, onTokenCache));
       const shared = new Set(old.identity.keySets().values());
       // Only new key sets must load before the swap: a shared one already serves the old
       // generation, and a failed refetch of it (keys kept) must not block an unrelated change.

@@ -20,10 +20,13 @@ import { deprecation } from '../checks/deprecation.ts';
 import { revocation, quarantine, taskBinding, delegation, retryStorm, traversal, idempotency, recheck, taskRecorder } from '../lifecycle/checks.ts';
 import type { LifecycleState } from '../lifecycle/state.ts';
 import { configOf } from '../lifecycle/config.ts';
+import { datesAgain } from '../checks/dates.ts';
 
 /** What checks need beyond the rules. Feature modules add their long-lived state here. */
 export interface CheckDeps {
   readonly identity: Identity;
+  /** The server's clock (tests set it); Date.now without one. */
+  readonly now?: () => number;
   /** Revocations and behaviour monitors (proxy/lifecycle); without it their checks are left out. */
   readonly lifecycle?: LifecycleState;
 }
@@ -60,5 +63,6 @@ export function checks(rules: Rules, deps: CheckDeps): readonly Check[] {
     traversal(rules, l),                  // too many distinct operations in a window
     idempotency(rules, l),                // it reserves the key, which only a forwarded write may do
     recheck(rules, l),                    // revocation and quarantine again if either changed meanwhile (a refusal frees the key)
+    datesAgain(rules, deps.now ?? Date.now), // sunset, deprecation and token expiry again if a check waited past one
   ].filter((c): c is Check => c !== undefined));
 }

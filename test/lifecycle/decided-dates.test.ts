@@ -2,12 +2,12 @@
 // reads a small body (as slowly as the client sends it) after the sunset, deprecation and
 // credential checks have run: an operation's sunset, a deprecation that refuses the caller, or
 // the token's expiry that comes during that wait refuses the request as it would be refused
-// now, and it is never sent. The clock is the server's own (injected), moved while the body
-// is still coming.
+// now (the last check, `dates`), and it is never sent. The clock is the server's own
+// (injected), moved while the body is still coming.
 
 import t, { type Test } from 'tap';
 import { connect } from 'node:net';
-import { world, startLifecycle, monitorsOnly, type World } from './support.ts';
+import { world, startLifecycle, monitorsOnly, type World, type Lifecycled } from './support.ts';
 
 /** Send the head and the body's first byte; `advance` the clock; then the rest. The answer's text. */
 async function acrossTheDate(port: number, token: string, advance: () => void): Promise<string> {
@@ -27,7 +27,7 @@ async function acrossTheDate(port: number, token: string, advance: () => void): 
 }
 
 /** A world whose payments operation has `deprecated`, the monitor that reads bodies, and a clock the test moves. */
-async function started(t: Test, deprecated: Record<string, unknown> | undefined, more: (r: Record<string, any>) => void = () => {}): Promise<{ w: World; url: string; advance: (ms: number) => () => void; seen: () => number; port: number }> {
+async function started(t: Test, deprecated: Record<string, unknown> | undefined, more: (r: Record<string, any>) => void = () => {}): Promise<{ w: World; url: string; advance: (ms: number) => () => void; seen: () => number; port: number; last: () => Lifecycled['seen'][number] | undefined }> {
   let offset = 0;
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
@@ -39,26 +39,31 @@ async function started(t: Test, deprecated: Record<string, unknown> | undefined,
     more(r);
   }), { now: () => Date.now() + offset });
   t.teardown(async () => { await dg.close(); await w.close(); });
-  return { w, url: dg.url, port: Number(new URL(dg.url).port), advance: (ms) => () => { offset += ms; }, seen: () => w.up.seen.length };
+  return { w, url: dg.url, port: Number(new URL(dg.url).port), advance: (ms) => () => { offset += ms; }, seen: () => w.up.seen.length, last: () => dg.seen.at(-1) };
 }
 
 const iso = (ms: number) => new Date(Math.ceil(ms / 1000) * 1000).toISOString();
 
 t.test('a sunset that comes while the body is read: 410 operation-sunset, never sent', async (t) => {
-  const { w, port, advance, seen } = await started(t, { since: '2026-01-01', sunset: iso(Date.now() + 60_000) }, (r) => { r.contract.blockAt = 'never'; });
+  const { w, port, advance, seen, last } = await started(t, { since: '2026-01-01', sunset: iso(Date.now() + 60_000) }, (r) => { r.contract.blockAt = 'never'; });
   const answer = await acrossTheDate(port, await w.token(), advance(120_000));
   t.match(answer, /^HTTP\/1\.1 410 /, `410 (got ${answer.split('\r\n')[0]})`);
   t.match(answer, /"reason":"operation-sunset"/);
-  t.match(answer, /the operation's sunset came while the request was being decided: it was not sent/);
+  t.match(answer, /the operation's sunset came while the request was being decided \([-0-9T:.Z]+\): it was not sent/);
   t.equal(seen(), 0, 'the upstream got nothing');
+  // A decision of the checks, recorded as the refusal it is (the last check's), not an allow.
+  t.match(last()?.decision, { decision: 'deny', enforced: true, reason: 'operation-sunset' });
+  t.match(last()?.ctx.checks.at(-1), { check: 'dates', outcome: 'deny', reason: 'operation-sunset' });
+  t.match(answer, /"sunset":"[-0-9T:.Z]+"/, 'the problem names the sunset, as any refusal of a deprecated operation does');
 });
 
 t.test('a deprecation that refuses an automation\'s critical write, in force while the body is read: 403 deprecated-operation', async (t) => {
-  const { w, port, advance, seen } = await started(t, { since: iso(Date.now() + 60_000) });
+  const { w, port, advance, seen, last } = await started(t, { since: iso(Date.now() + 60_000) });
   const answer = await acrossTheDate(port, await w.token(), advance(120_000));
   t.match(answer, /^HTTP\/1\.1 403 /, `403 (got ${answer.split('\r\n')[0]})`);
   t.match(answer, /"reason":"deprecated-operation"/);
   t.equal(seen(), 0, 'the upstream got nothing');
+  t.match(last()?.decision, { decision: 'deny', reason: 'deprecated-operation' });
 });
 
 t.test('a token that expires (past the clock skew) while the body is read: 401, never sent', async (t) => {
