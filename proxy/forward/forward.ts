@@ -209,6 +209,9 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
     else this.#sent = true;
   }
 
+  /** undici wrote the request's last byte. */
+  onRequestSent(): void { this.#interim.sent(); }
+
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     this.#answered = true;
     // 1xx: informational, the final answer follows, within proxy.timeouts.response.

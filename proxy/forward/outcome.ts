@@ -189,17 +189,35 @@ export function failed(code: string, unwritten = false): ForwardOutcome {
  * 1xx: an upstream sending 102 or 103 every few seconds, and never a final answer, held the
  * request, its client and its pool connection until the client's idle limit cut them (for
  * ever with clientIdle 0s), unanswered and recorded as the client leaving. From the first
- * interim answer, the final head must come within `ms` more: else 504 upstream-timeout.
+ * interim answer, or from the request's last byte if it came first, the final head must come
+ * within `ms` more: else 504 upstream-timeout. Not while the request is still being sent: an
+ * upstream may send 103 or 102 as soon as it has an upload's head, and undici's own wait does
+ * not run while it writes the body either (the upload is as slow as its client).
  */
 export class InterimWait {
   #timer?: NodeJS.Timeout;
   readonly #ms: number;
+  #controller?: { abort(reason: Error): void };
+  #sent = false;
 
   constructor(ms: number) { this.#ms = ms; }
 
-  /** An interim answer came: start the wait, once (0 ms: no limit, as for undici's). */
+  /** An interim answer came: the wait starts now, or once the request is sent. */
   interim(controller: { abort(reason: Error): void }): void {
+    this.#controller ??= controller;
+    if (this.#sent) this.#start();
+  }
+
+  /** undici wrote the request's last byte (onRequestSent). */
+  sent(): void {
+    this.#sent = true;
+    if (this.#controller) this.#start();
+  }
+
+  /** Once (0 ms: no limit, as for undici's). */
+  #start(): void {
     if (this.#timer !== undefined || this.#ms <= 0) return;
+    const controller = this.#controller!;
     this.#timer = setTimeout(() => controller.abort(Object.assign(new Error('the upstream sent only interim (1xx) answers within proxy.timeouts.response'), { code: 'UND_ERR_HEADERS_TIMEOUT' })), this.#ms);
     this.#timer.unref();
   }

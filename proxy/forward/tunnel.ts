@@ -205,6 +205,9 @@ export class Tunnel implements Dispatcher.DispatchHandler, Queued {
     this.#finish({ status: statusCode });
   }
 
+  /** undici wrote the handshake's last byte. */
+  onRequestSent(): void { this.#interim.sent(); }
+
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     // 1xx: informational, the final answer follows, within proxy.timeouts.response.
     if (statusCode < 200) { this.#interim.interim(controller); return; }

@@ -72,3 +72,34 @@ t.test('interim answers followed by the final one within proxy.timeouts.response
   t.match(a.text, /^HTTP\/1\.1 200 /, `the upstream's 200 (got ${JSON.stringify(a.text.slice(0, 40))})`);
   t.notMatch(a.text, /102 Processing/, 'no interim answer passed on');
 });
+
+t.test('an interim answer while an upload is still being sent does not start the wait: the upload is as slow as its client', async (t) => {
+  const w = await world(t, limits);
+  let read = '';
+  w.up.handler = (req, res) => {
+    // As soon as it has the head, as Node's writeEarlyHints at a handler's start sends it.
+    res.writeEarlyHints({ link: '</a.css>; rel=preload' });
+    req.setEncoding('utf8');
+    req.on('data', (d: string) => { read += d; });
+    req.on('end', () => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"ok":true}'); });
+  };
+  const body = '{"n":"abcd"}';
+  const token = await w.tok();
+  const started = Date.now();
+  const text = await new Promise<string>((resolve) => {
+    const s = connect(w.port, '127.0.0.1');
+    let got = '';
+    const done = () => { s.destroy(); resolve(got); };
+    s.setEncoding('latin1');
+    s.on('data', (d: string) => { got += d; if (/\r\n\r\n[\s\S]*\}/.test(got)) done(); });
+    s.on('error', () => {});
+    s.on('close', done);
+    s.write(`POST /items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n`);
+    // A byte every 300 ms: the body takes 3.6 s, over proxy.timeouts.response (1 s).
+    let i = 0;
+    const tick = setInterval(() => { if (i < body.length && !s.destroyed) s.write(body[i++]!); else clearInterval(tick); }, 300);
+  });
+  // Before: 504 after about a second, the upstream holding a truncated write.
+  t.match(text, /^HTTP\/1\.1 200 /, `the upstream's 200 (got ${JSON.stringify(text.slice(0, 40))} after ${Date.now() - started} ms)`);
+  t.equal(read, body, 'the whole body reached the upstream');
+});
