@@ -8,7 +8,7 @@ import { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
-import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES, MAX_TINY_PIECES } from './lib/incoming.ts';
+import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES, Discarded } from './lib/incoming.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { REASONS, type ReasonCode } from './decision/reasons.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
@@ -68,6 +68,8 @@ interface Pipeline {
   bodies: number;
   /** Cut (a flood, or a request read after the drain began): nothing more of it is handled. */
   cut: boolean;
+  /** Pieces of the refused bodies it sent, read to be discarded (lib/incoming.ts, MAX_TINY_PIECES). */
+  discarded?: Discarded;
 }
 
 /** An established WebSocket tunnel (closeFor, a reload's new decision). */
@@ -231,8 +233,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const streaming = new Map<ServerResponse, RequestContext>();
   /** Requests whose body Node's parser refused (an HPE_ error), not a connection that failed: a 400, not a client that left. */
   const badFraming = new WeakSet<IncomingMessage>();
-  /** Requests whose body came in too many tiny pieces (lib/incoming.ts): cut as a body Node could not parse is. */
-  const tinyPieces = new WeakSet<IncomingMessage>();
+  /** Refused requests whose body is read to be discarded (drain): their connection is cut past MAX_TINY_PIECES tiny pieces. */
+  const discarding = new WeakSet<IncomingMessage>();
   /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
   const cutBy = new WeakMap<ServerResponse | Socket, DriftguardCut | typeof UNPARSED_BODY>();
   /**
@@ -328,7 +330,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
     const body = hasBody(req);
     // Its chunks kept as a few buffers, not one Buffer object each (lib/incoming.ts).
-    if (body) gatherSmallChunks(req, () => { tinyPieces.add(req); traffic.emit('clientError', Object.assign(new Error('the request body came in too many tiny pieces'), { code: TINY_PIECES }), socket); });
+    if (body) {
+      const discarded = line ? (line.discarded ??= new Discarded()) : new Discarded();
+      gatherSmallChunks(req, (bytes) => {
+        // Only a body read to be discarded (a refusal's): one forwarded upstream is its allowed caller's.
+        if (!discarding.has(req) || !discarded.tooTiny(bytes)) return false;
+        traffic.emit('clientError', Object.assign(new Error('refused request bodies came in too many tiny pieces'), { code: TINY_PIECES }), socket);
+        return true;
+      });
+    }
     const run = () => { start(turn, body, expectsContinue, line); };
     if (!line) { run(); return; }
     const before = line.last;
@@ -708,7 +718,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       }
       // A bad chunk: the forward stage refuses it, 400, and the connection ends (what follows
       // cannot be framed). Before, it was cut unanswered and recorded as a client that left.
-      const outcome: ForwardOutcome = { failure: 'malformed-request', detail: tinyPieces.has(req) ? `the request body came in too many tiny pieces (over ${MAX_TINY_PIECES} averaging under 16 bytes): nothing was forwarded; send it in larger chunks` : 'the request body could not be parsed (its chunked framing is broken): nothing was forwarded', error: UNPARSED_BODY, notSent: true };
+      const outcome: ForwardOutcome = { failure: 'malformed-request', detail: 'the request body could not be parsed (its chunked framing is broken): nothing was forwarded', error: UNPARSED_BODY, notSent: true };
       try { observation.forwarded(outcome); } catch { /* ignore */ }
       headers.connection = 'close';
       sendProblem(res, forwardingFailed(ctx, decision, outcome.failure!, outcome, observation, headers), headers);
@@ -721,7 +731,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // a request driftguard could not read as the upstream would: its framing may be wrong too
       // (Transfer-Encoding in HTTP/1.0, RFC 9112 §6.1), and one whose body Node could not parse.
       if (ctx.sendContinue || decision.reason === 'malformed-request' || broken) headers.connection = 'close';
-      else drain(req);
+      else { discarding.add(req); drain(req); }
       sendProblem(res, denial(ctx, decision, observation), headers);
       return;
     }

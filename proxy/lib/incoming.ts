@@ -44,16 +44,31 @@ const GATHER = 16 * 1024;
 const MIN_FLUSH_MS = 5;
 
 /**
- * A body past this many pieces (chunks of a chunked body, or reads of one with a length) whose
- * pieces average under TINY_BYTES is cut (tooTiny): Node's parser hands each piece to
- * JavaScript alone, so a body sent a byte a chunk (`1\r\na\r\n`) cost the one thread about 13
- * times what the same bytes cost in one piece (1.4 s for 6 MB against 0.1 s), and a refused
- * request's body, read to its end, needs no token: four such connections held every other
- * caller's answers for hundreds of milliseconds. No client that sends a body with any purpose
- * comes near it (16,384 pieces under 16 bytes on average).
+ * Pieces (chunks of a chunked body, or reads of one with a length) of the bodies driftguard
+ * reads only to discard them (a refused request's, read to its end so that its connection
+ * stays open) that one connection may send, past which, if they average under TINY_BYTES, it
+ * is closed (Discarded). Node's parser hands each piece to JavaScript alone, so a body sent a
+ * byte a chunk (`1\r\na\r\n`) cost the one thread about 13 times what the same bytes cost in
+ * one piece (1.4 s for 6 MB against 0.1 s), with no token needed: four such connections held
+ * every other caller's answers for hundreds of milliseconds. Counted per connection, not per
+ * request: refused request after refused request, each under the bound, cost the same. A body
+ * forwarded to the upstream is not counted: its caller was allowed, and a stream of short rows
+ * (fetch with a ReadableStream, a generator) is a chunk a row.
  */
 export const MAX_TINY_PIECES = 16 * 1024;
 const TINY_BYTES = 16;
+
+/** One connection's pieces of discarded bodies (MAX_TINY_PIECES). */
+export class Discarded {
+  #pieces = 0;
+  #bytes = 0;
+
+  /** Count one piece of `bytes`; whether the connection has now sent too many tiny ones. */
+  tooTiny(bytes: number): boolean {
+    this.#bytes += bytes;
+    return ++this.#pieces > MAX_TINY_PIECES && this.#bytes < this.#pieces * TINY_BYTES;
+  }
+}
 
 const push = Readable.prototype.push;
 
@@ -79,23 +94,16 @@ class Gatherer {
    */
   #wanted = false;
 
-  /** Pieces and their bytes so far, and what to call once they are too many and too small. */
-  #pieces = 0;
-  #bytes = 0;
-  #tooTiny: (() => void) | undefined;
+  /** Told of each piece, until it says to stop: the piece is then dropped (the connection is cut). */
+  #onPiece: ((bytes: number) => boolean) | undefined;
 
-  constructor(req: IncomingMessage, tooTiny?: () => void) { this.#req = req; this.#tooTiny = tooTiny; }
+  constructor(req: IncomingMessage, onPiece?: (bytes: number) => boolean) { this.#req = req; this.#onPiece = onPiece; }
 
   push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
     const req = this.#req;
-    if (Buffer.isBuffer(chunk) && this.#tooTiny) {
-      this.#bytes += chunk.length;
-      if (++this.#pieces > MAX_TINY_PIECES && this.#bytes < this.#pieces * TINY_BYTES) {
-        const cut = this.#tooTiny;
-        this.#tooTiny = undefined;
-        cut();
-        return false;
-      }
+    if (this.#onPiece && Buffer.isBuffer(chunk) && this.#onPiece(chunk.length)) {
+      this.#onPiece = undefined;
+      return false;
     }
     if (!Buffer.isBuffer(chunk) || chunk.length >= SMALL) {
       this.#flush();
@@ -161,10 +169,10 @@ class Gatherer {
 
 /**
  * From now on, `req`'s small body chunks are gathered into few buffers (call it as the request
- * arrives); `tooTiny` is called once if its body comes in too many tiny pieces (MAX_TINY_PIECES).
+ * arrives); `onPiece` is told of each piece, until it returns true (the connection is cut).
  */
-export function gatherSmallChunks(req: IncomingMessage, tooTiny?: () => void): void {
-  const gatherer = new Gatherer(req, tooTiny);
+export function gatherSmallChunks(req: IncomingMessage, onPiece?: (bytes: number) => boolean): void {
+  const gatherer = new Gatherer(req, onPiece);
   req.push = gatherer.push;
   const read = req._read;
   req._read = (size: number) => { gatherer.want(); read.call(req, size); };
