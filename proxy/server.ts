@@ -37,9 +37,12 @@ export const MAX_PIPELINED = 32;
  * Pipelined requests waiting for their turn, on all connections together. A waiting request's
  * head is parsed and held (up to about 16 KiB of heap): 32 on each of 256 connections would be
  * 130 MiB, and 200 connections of them ran the chart's 96 MiB heap out. Past this, the
- * connection holding the most is cut as a flood (the one that would add one, if it is that one).
+ * connection holding the most is cut as a flood, if it holds FLOOD_SHARE of them; else the one
+ * that would add one.
  */
 export const MAX_WAITING = 128;
+/** Waiting requests of one connection that make it the flood to cut when all MAX_WAITING places are taken. */
+const FLOOD_SHARE = MAX_WAITING / 8;
 /** A kind of dropped connection is said in a warn line at most this often: one line per connection would let anybody flood the log. */
 const DROP_LOG_MS = 60_000;
 const DROP_MESSAGE: Readonly<Record<DropCause, string>> = {
@@ -363,13 +366,15 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line, MAX_PIPELINED); return; }
     if (!before || before.done) { run(); return; }
     if (body && line.bodies > 0) { floodCut(socket, turn, line, 1); return; }
-    // All places taken: the connection holding the most is the flood, not this one. Its
-    // waiting requests go when the answer before them ends (at once, for its cut upstream
-    // call), so this one may wait meanwhile: at most one more per connection cut, each of
-    // which held many.
+    // All places taken: a connection holding a flood's share of them (FLOOD_SHARE) is the
+    // flood, not this one. Its waiting requests go when the answer before them ends (at once,
+    // for its cut upstream call), so this one may wait meanwhile: at most one more per
+    // connection cut, each of which held many. Places filled thinly, by many connections of a
+    // few each, cut the newcomer, as any flood without a heavy connection: else each newcomer
+    // would cut whichever established client pipelines a few more than it.
     if (waiting >= MAX_WAITING) {
       const flood = heaviest();
-      if (!flood || flood.line === line || flood.line.open <= line.open + 1) { floodCut(socket, turn, line, MAX_WAITING); return; }
+      if (!flood || flood.line === line || flood.line.open - 1 < FLOOD_SHARE || flood.line.open <= line.open + 1) { floodCut(socket, turn, line, MAX_WAITING); return; }
       flood.line.cut = true;
       flood.socket.destroy();
       dropped('traffic', 'pipelining-flood', MAX_WAITING);

@@ -6,7 +6,7 @@
 import t from 'tap';
 import { connect, type Socket } from 'node:net';
 import { world } from './world.ts';
-import { MAX_PIPELINED } from '../../proxy/server.ts';
+import { MAX_PIPELINED, MAX_WAITING } from '../../proxy/server.ts';
 import { noopObserver, type Observer } from '../../proxy/observe.ts';
 
 /** Open a raw connection; `text()` is everything read so far. */
@@ -152,6 +152,35 @@ t.test('past MAX_WAITING on all connections, the connection holding the most is 
   t.ok(cut, 'a flooding connection was cut instead');
   t.match(w.logs.find((l) => l.msg === 'connections closed: too many pipelined requests'), { limit: 128 });
   release();
+});
+
+t.test('places filled thinly, by many connections of one waiting request each: the newcomer is cut, not an established client that pipelines a few', async (t) => {
+  const w = await world(t, (r) => { r.proxy.timeouts.response = '20s'; r.proxy.timeouts.connect = '20s'; });
+  let release = () => {};
+  const held = new Promise<void>((r) => { release = r; });
+  w.up.handler = (req, res) => { req.resume(); if (req.url === '/items/slow') void held.then(() => { if (!res.destroyed) res.end('{}'); }); else res.end('{}'); };
+  t.teardown(() => release());
+  const token = await w.tok();
+  const slow = `GET /items/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n`;
+  const status = 'GET /status HTTP/1.1\r\nHost: x\r\n\r\n';
+  const established = await socketTo(w.port);
+  established.s.write(slow + status.repeat(4));
+  const thin = await Promise.all(Array.from({ length: MAX_WAITING - 4 }, () => socketTo(w.port)));
+  t.teardown(() => { for (const c of [established, ...thin]) c.s.destroy(); });
+  for (const c of thin) c.s.write(slow + status);
+  await until('every slow call upstream', () => w.up.seen.filter((r) => r.url === '/items/slow').length === MAX_WAITING - 3, 10_000);
+  await new Promise((r) => setTimeout(r, 200));
+  const newcomer = await socketTo(w.port);
+  newcomer.s.write(slow + status);
+  await newcomer.closed;
+  let closed = false;
+  void established.closed.then(() => { closed = true; });
+  await new Promise((r) => setTimeout(r, 300));
+  // Before (since 0fc6767): the established client's connection was cut in the newcomer's place.
+  t.notOk(closed, 'the client pipelining four keeps its connection');
+  release();
+  await until('the established client\'s five answers', () => statuses(established.text()).length === 5, 10_000);
+  t.same(statuses(established.text()), [200, 200, 200, 200, 200]);
 });
 
 t.test('a client that leaves with requests waiting leaves nothing in flight', async (t) => {
