@@ -520,50 +520,80 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
  * operations together (checks/operation.ts), so those two methods are weighed together too.
  */
 function crossingTemplates(operations: readonly { method: string; path: string }[], fail: (path: Path, message: string) => void): void {
-  const byTree = new Map<string, { i: number; segments: readonly Segment[] }[]>();
+  // One trie of templates per method tree, walked for each new template along the children
+  // that can take its segments: only templates that overlap it are met (every pair compared
+  // took seconds of the request thread at a reload of 5,000 operations).
+  const trees = new Map<string, CrossNode>();
   operations.forEach((op, i) => {
     const template = parseTemplate(op.path);
     if (typeof template === 'string') return;
-    const trees = op.method === 'GET' ? ['GET', 'HEAD'] : [op.method];
-    for (const tree of trees) {
-      const key = `${tree} ${template.segments.length}`;
-      const others = byTree.get(key) ?? [];
-      for (const other of others) {
-        // Both GET: met in the GET tree already.
-        if (tree === 'HEAD' && op.method === 'GET' && operations[other.i]!.method === 'GET') continue;
-        const example = crossing(template.segments, other.segments);
-        if (example === undefined) continue;
-        const them = operations[other.i]!;
-        fail(['contract', 'operations', i, 'path'], `${op.method} ${op.path} and contract.operations[${other.i}] (${them.method} ${them.path}) both match ${example}, and neither is the more specific: upstream routers rank such routes differently (Spring and JAX-RS by their literals, Express and Django by the order they were declared), so the upstream may run the other operation; give one a literal wherever the other has one`);
+    for (const tree of op.method === 'GET' ? ['GET', 'HEAD'] : [op.method]) {
+      const root = trees.get(tree) ?? crossNode();
+      trees.set(tree, root);
+      // Both GET: met in the GET tree already.
+      const skip = tree === 'HEAD' && op.method === 'GET' ? (j: number) => operations[j]!.method === 'GET' : () => false;
+      const found = crossingIn(root, template.segments, 0, false, false, [], skip);
+      if (found) {
+        const them = operations[found.other]!;
+        fail(['contract', 'operations', i, 'path'], `${op.method} ${op.path} and contract.operations[${found.other}] (${them.method} ${them.path}) both match ${found.example}, and neither is the more specific: upstream routers rank such routes differently (Spring and JAX-RS by their literals, Express and Django by the order they were declared), so the upstream may run the other operation; give one a literal wherever the other has one`);
         return;
       }
-      byTree.set(key, [...others, { i, segments: template.segments }]);
+      let at = root;
+      for (const segment of template.segments) {
+        const [children, key] = 'literal' in segment ? [at.literals, segment.literal] : [at.variables, segment.verb ?? ''];
+        let next = children.get(key);
+        if (!next) children.set(key, (next = { ...crossNode(), segment }));
+        at = next;
+      }
+      at.operations.push(i);
     }
   });
 }
 
-/** A request path two templates of one length both match, where neither refines the other; else undefined. */
-function crossing(a: readonly Segment[], b: readonly Segment[]): string | undefined {
-  let aMoreSpecific = false;
-  let bMoreSpecific = false;
-  const example: string[] = [];
-  for (let k = 0; k < a.length; k++) {
-    const [x, y] = [a[k]!, b[k]!];
-    // Of two segments, the one that matches fewer: a literal, then a variable with a custom
-    // method (`{id}:cancel`, which takes only segments ending in `:cancel`), then a plain one.
-    const rank = (s: Segment) => ('literal' in s ? 0 : s.verb !== undefined ? 1 : 2);
-    const [rx, ry] = [rank(x), rank(y)];
-    const taken = takes(rx <= ry ? y : x, rx <= ry ? x : y);
-    if (taken === undefined) return undefined;
-    if (rx < ry) aMoreSpecific = true;
-    else if (ry < rx) bMoreSpecific = true;
-    example.push(taken);
+interface CrossNode {
+  /** Literal segments by their text. */
+  readonly literals: Map<string, CrossChild>;
+  /** Variables by their custom method ('' for a plain one). */
+  readonly variables: Map<string, CrossChild>;
+  /** The operations whose template ends here. */
+  readonly operations: number[];
+}
+type CrossChild = CrossNode & { readonly segment: Segment };
+const crossNode = (): CrossNode => ({ literals: new Map(), variables: new Map(), operations: [] });
+
+/** Of two segments, the one that matches fewer: a literal, then a variable with a custom method (`{id}:cancel`), then a plain one. */
+const specificity = (s: Segment): number => ('literal' in s ? 0 : s.verb !== undefined ? 1 : 2);
+
+/**
+ * A template under `at` that `segments` (from `k` on) crosses: both match one request, each
+ * more specific at some place (`newer`: the new template's, `older`: the other's so far).
+ */
+function crossingIn(at: CrossNode, segments: readonly Segment[], k: number, newer: boolean, older: boolean, example: string[], skip: (i: number) => boolean): { other: number; example: string } | undefined {
+  if (k === segments.length) {
+    const other = newer && older ? at.operations.find((j) => !skip(j)) : undefined;
+    return other === undefined ? undefined : { other, example: '/' + example.join('/') };
   }
-  return aMoreSpecific && bMoreSpecific ? '/' + example.join('/') : undefined;
+  const x = segments[k]!;
+  const rx = specificity(x);
+  // A literal meets only its own literal among the literals: looked up, not walked.
+  const candidates = 'literal' in x
+    ? [at.literals.get(x.literal), ...at.variables.values()]
+    : [...at.literals.values(), ...at.variables.values()];
+  for (const child of candidates) {
+    if (!child) continue;
+    const ry = specificity(child.segment);
+    const taken = takes(rx <= ry ? child.segment : x, rx <= ry ? x : child.segment);
+    if (taken === undefined) continue;
+    example.push(taken);
+    const found = crossingIn(child, segments, k + 1, newer || rx < ry, older || ry < rx, example, skip);
+    example.pop();
+    if (found) return found;
+  }
+  return undefined;
 }
 
 /**
- * A segment both match, `wide` matching at least as many as `narrow` (crossing's rank); else
+ * A segment both match, `wide` matching at least as many as `narrow` (specificity); else
  * undefined. A variable takes no empty segment (a trailing slash), and one with a custom method
  * only a segment that ends in it.
  */
