@@ -18,7 +18,7 @@ import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, hasBody, isWebSocketHandshake, eventStreamAnswer, sentUpstream, streamSockets, withdraw } from './forward/forward.ts';
-import { UNPARSED_BODY, CLIENT_CLOSED, idleClosed, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
+import { UNPARSED_BODY, FLOOD_CUT, CLIENT_CLOSED, idleClosed, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, cutAnswer, endAndClose } from './forward/wire.ts';
@@ -239,7 +239,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   /** Refused requests whose body is read to be discarded (drain): their connection is cut past MAX_TINY_PIECES tiny pieces. */
   const discarding = new WeakSet<IncomingMessage>();
   /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
-  const cutBy = new WeakMap<ServerResponse | Socket, DriftguardCut | typeof UNPARSED_BODY>();
+  const cutBy = new WeakMap<ServerResponse | Socket, DriftguardCut | typeof UNPARSED_BODY | typeof FLOOD_CUT>();
   /**
    * Answers a reload decided again and kept: the context they were decided with then, whose
    * rules' dates an event stream now ends at (followStreams). Where none, the request's own.
@@ -376,7 +376,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const flood = heaviest();
       if (!flood || flood.line === line || flood.line.open - 1 < FLOOD_SHARE || flood.line.open <= line.open + 1) { floodCut(socket, turn, line, MAX_WAITING); return; }
       flood.line.cut = true;
-      flood.socket.destroy();
+      cutAsFlood(flood.socket);
       dropped('traffic', 'pipelining-flood', MAX_WAITING);
     }
     // A drain waits for it as for a request in flight.
@@ -422,8 +422,17 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     line.cut = true;
     // The rest of what was read still arrives, one request at a time.
     if (socket.destroyed) return;
-    socket.destroy();
+    cutAsFlood(socket);
     dropped('traffic', 'pipelining-flood', limit);
+  }
+
+  /**
+   * Destroy a flood's connection. A request of it already forwarded (the upstream has it, and
+   * may have acted on it) is recorded as cut for the flood, not as a client that left.
+   */
+  function cutAsFlood(socket: Socket): void {
+    for (const res of streaming.keys()) if (res.socket === socket) cutBy.set(res, FLOOD_CUT);
+    socket.destroy();
   }
 
   /** A connection closed unanswered: counted, and said in a warn line at most once a minute for each listener and cause. */

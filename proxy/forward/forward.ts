@@ -300,7 +300,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
       cutAnswer(res);
       this.#finish({ status: res.statusCode, aborted: true, error: code });
     } else if (this.#clientGone) {
-      this.#finish({ aborted: true, error: CLIENT_CLOSED });
+      // The client left, or driftguard closed its connection idle (an upload that stalled).
+      this.#finish({ aborted: true, error: clientCut(this.#req.socket, false) });
     } else {
       // undici calls onRequestStart before it writes the request's first byte: without it,
       // nothing reached the upstream, whatever the error (a certificate it does not trust is

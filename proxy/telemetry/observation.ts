@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { SpanKind } from '@opentelemetry/api';
 import type { Observation } from '../observe.ts';
 import type { Decision, RequestContext } from '../pipeline/types.ts';
-import { CLIENT_CLOSED, DRIFTGUARD_CUTS, type ForwardOutcome } from '../forward/outcome.ts';
+import { CLIENT_CLOSED, RECORDED_CUTS, type ForwardOutcome } from '../forward/outcome.ts';
 import { buildRecord, forwardingFailed, logLine } from './record.ts';
 import { traceRef, type TraceStart, type Tracing } from './tracing.ts';
 import type { RequestFacts, Upstream, UpstreamCall } from './spans.ts';
@@ -180,7 +180,7 @@ export class RequestObservation implements Observation {
       // says the caller did not get the whole answer. Cut by driftguard before it (the drain's
       // end, a revocation): status 0, as for a client that left, so only this tells them apart;
       // and the upstream may have acted on the request.
-      if (outcome.aborted && (outcome.status !== undefined || DRIFTGUARD_CUTS.has(outcome.error!))) this.#cut = outcome.error === CLIENT_CLOSED ? 'client' : outcome.error ?? 'aborted';
+      if (outcome.aborted && (outcome.status !== undefined || RECORDED_CUTS.has(outcome.error!))) this.#cut = outcome.error === CLIENT_CLOSED ? 'client' : outcome.error ?? 'aborted';
     }
     if (this.#pendingStatus !== undefined) this.end(this.#pendingStatus);
   }
