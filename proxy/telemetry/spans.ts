@@ -8,7 +8,9 @@
 // Attribute limits are kept by construction, not by truncation at export: every value is
 // a fixed vocabulary, a rules value, or capped where it is read from the request (the path
 // at 2,048 characters, Host at 256, User-Agent at 512, feature values at 1,024), well under
-// the OpenTelemetry default of unlimited and the 4,096 driftguard used to set.
+// the OpenTelemetry default of unlimited and the 4,096 driftguard used to set. One exception:
+// the consumer's subject, a verified token's `sub`, is recorded whole (it is what responders
+// and /decisions?consumer= match on), bounded only by the 16 KiB a request head may have.
 
 import { SpanKind, SpanStatusCode, TraceFlags, type Attributes, type AttributeValue, type HrTime, type SpanContext, type SpanStatus } from '@opentelemetry/api';
 import { TraceState, type InstrumentationScope } from '@opentelemetry/core';
