@@ -8,7 +8,7 @@ import { Socket } from 'node:net';
 import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
-import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES, Discarded } from './lib/incoming.ts';
+import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES, Discarded, Tally } from './lib/incoming.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { REASONS, type ReasonCode } from './decision/reasons.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
@@ -18,7 +18,7 @@ import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
 import { Forwarder, hasBody, isWebSocketHandshake, eventStreamAnswer, sentUpstream, streamSockets, withdraw } from './forward/forward.ts';
-import { UNPARSED_BODY, FLOOD_CUT, CLIENT_CLOSED, idleClosed, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
+import { UNPARSED_BODY, FLOOD_CUT, REQUEST_TIMEOUT_CUT, CLIENT_CLOSED, idleClosed, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
 import { closingResponse, cutAnswer, endAndClose } from './forward/wire.ts';
@@ -238,8 +238,18 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const badFraming = new WeakSet<IncomingMessage>();
   /** Refused requests whose body is read to be discarded (drain): their connection is cut past MAX_TINY_PIECES tiny pieces. */
   const discarding = new WeakSet<IncomingMessage>();
+  /** Each request's body pieces until it is refused (lib/incoming.ts Tally). */
+  const tallies = new WeakMap<IncomingMessage, Tally>();
+  /** Cut a connection whose refused bodies came in too many tiny pieces: handled as Node's parser errors are. */
+  const tooTiny = (socket: Socket): void => { traffic.emit('clientError', Object.assign(new Error('refused request bodies came in too many tiny pieces'), { code: TINY_PIECES }), socket); };
+  /** A refused request's body is discarded from now on: what of it came while it was decided counts too. */
+  const refusedBody = (req: IncomingMessage): void => {
+    discarding.add(req);
+    const tally = tallies.get(req);
+    if (tally && tally.pieces > 0 && tally.discarded.tooTiny(tally.bytes, tally.pieces) && req.socket) tooTiny(req.socket);
+  };
   /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
-  const cutBy = new WeakMap<ServerResponse | Socket, DriftguardCut | typeof UNPARSED_BODY | typeof FLOOD_CUT>();
+  const cutBy = new WeakMap<ServerResponse | Socket, DriftguardCut | typeof UNPARSED_BODY | typeof FLOOD_CUT | typeof REQUEST_TIMEOUT_CUT>();
   /**
    * Answers a reload decided again and kept: the context they were decided with then, whose
    * rules' dates an event stream now ends at (followStreams). Where none, the request's own.
@@ -334,11 +344,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const body = hasBody(req);
     // Its chunks kept as a few buffers, not one Buffer object each (lib/incoming.ts).
     if (body) {
-      const discarded = line ? (line.discarded ??= new Discarded()) : new Discarded();
+      const tally = new Tally(line ? (line.discarded ??= new Discarded()) : new Discarded());
+      tallies.set(req, tally);
       gatherSmallChunks(req, (bytes) => {
-        // Only a body read to be discarded (a refusal's): one forwarded upstream is its allowed caller's.
-        if (!discarding.has(req) || !discarded.tooTiny(bytes)) return false;
-        traffic.emit('clientError', Object.assign(new Error('refused request bodies came in too many tiny pieces'), { code: TINY_PIECES }), socket);
+        // Counted towards the connection's only once refused (refusedBody): a body forwarded
+        // upstream is its allowed caller's.
+        if (!discarding.has(req)) { tally.pieces++; tally.bytes += bytes; return false; }
+        if (!tally.discarded.tooTiny(bytes)) return false;
+        tooTiny(socket);
         return true;
       });
     }
@@ -462,7 +475,12 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       const socket = req.socket;
       // Until the body has all been read, whoever reads it (the forward, or the drain after a
       // refusal, which a client could otherwise trickle forever): cleared when the request closes.
-      const deadline = setTimeout(() => { if (!req.complete) socket?.destroy(); }, limit).unref();
+      const deadline = setTimeout(() => {
+        if (req.complete) return;
+        // Forwarded: recorded as cut for its time, not as a client that left.
+        if (streaming.has(res)) cutBy.set(res, REQUEST_TIMEOUT_CUT);
+        socket?.destroy();
+      }, limit).unref();
       // Or the connection closes first (a refusal that closed it, the body never sent): the
       // request then never closes, and the timer would hold it and its socket for the limit.
       const gone = () => { clearTimeout(deadline); };
@@ -745,8 +763,10 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // a request driftguard could not read as the upstream would: its framing may be wrong too
       // (Transfer-Encoding in HTTP/1.0, RFC 9112 §6.1), and one whose body Node could not parse.
       if (ctx.sendContinue || decision.reason === 'malformed-request' || broken) headers.connection = 'close';
-      else { discarding.add(req); drain(req); }
+      else drain(req);
       sendProblem(res, denial(ctx, decision, observation), headers);
+      // Its answer written first: a connection cut for tiny pieces then ends after it.
+      if (headers.connection !== 'close') refusedBody(req);
       return;
     }
 

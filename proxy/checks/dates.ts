@@ -49,7 +49,7 @@ export function datesAgain(rules: Rules, now: () => number): Check {
       const end = endOf(ctx, rules, true);
       if (!end || end.at > at) return undefined;
       const reason: ReasonCode = end.reason;
-      return { reason, detail: `${ENDED[end.reason]} while the request was being decided (${new Date(end.at).toISOString()}): it was not sent` };
+      return { reason, detail: `${ENDED[end.reason]} while the request was being decided (${new Date(end.at).toISOString()})` };
     },
   };
 }

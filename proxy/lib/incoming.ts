@@ -63,11 +63,20 @@ export class Discarded {
   #pieces = 0;
   #bytes = 0;
 
-  /** Count one piece of `bytes`; whether the connection has now sent too many tiny ones. */
-  tooTiny(bytes: number): boolean {
+  /** Count `pieces` pieces of `bytes` in all; whether the connection has now sent too many tiny ones. */
+  tooTiny(bytes: number, pieces = 1): boolean {
     this.#bytes += bytes;
-    return ++this.#pieces > MAX_TINY_PIECES && this.#bytes < this.#pieces * TINY_BYTES;
+    this.#pieces += pieces;
+    return this.#pieces > MAX_TINY_PIECES && this.#bytes < this.#pieces * TINY_BYTES;
   }
+}
+
+/** One request's body pieces before it is refused: added to its connection's Discarded when it is (all of them may come while it is decided). */
+export class Tally {
+  pieces = 0;
+  bytes = 0;
+  readonly discarded: Discarded;
+  constructor(discarded: Discarded) { this.discarded = discarded; }
 }
 
 const push = Readable.prototype.push;

@@ -54,6 +54,33 @@ t.test('refused request after refused request, each under the bound, on one conn
   t.ok(statuses.every((s) => s === 'HTTP/1.1 401'), 'each answered one a refusal');
 });
 
+t.test('pieces that came while a refusal was decided count too: a token whose signature fails, refused after a verify', async (t) => {
+  const w = await world(t);
+  const good = await w.tok();
+  // The signature's last characters changed: refused (401) only once its verify has run,
+  // while the body arrives.
+  const forged = good.slice(0, -4) + (good.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+  // One request at a time on one connection (pipelined, a second waiting body is a flood).
+  const s = connect(w.port, '127.0.0.1');
+  let got = '';
+  let closed = false;
+  s.setEncoding('latin1');
+  s.on('data', (c: string) => { got += c; });
+  s.on('error', () => {});
+  s.on('close', () => { closed = true; });
+  await new Promise((r) => s.once('connect', r));
+  let sent = 0;
+  for (; sent < 8 && !closed; sent++) {
+    s.write(Buffer.concat([Buffer.from(put(forged)), pieces(8_000, 1)]));
+    for (const end = Date.now() + 5_000; answers(got).length <= sent && !closed && Date.now() < end;) await new Promise((r) => setTimeout(r, 10));
+  }
+  for (const end = Date.now() + 2_000; !closed && Date.now() < end;) await new Promise((r) => setTimeout(r, 10));
+  s.destroy();
+  // Before: none of them counted (each body came while its decision waited): all eight answered, the connection open.
+  t.ok(closed && sent < 8, `the connection was closed after ${answers(got).length} refusals`);
+  t.ok(answers(got).every((x) => x === 'HTTP/1.1 401'), 'each answered one a refusal');
+});
+
 t.test('an allowed request\'s body, forwarded, is its caller\'s: a byte a chunk reaches the upstream whole', async (t) => {
   const w = await world(t);
   let received = 0;

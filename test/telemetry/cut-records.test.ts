@@ -73,3 +73,16 @@ t.test('a forwarded request on a connection cut as a pipelining flood: cut "pipe
   t.match(await (await fetch(`${dg.admin}/metrics`)).text(), /driftguard_answers_cut_total\{by="client"\} 1/);
   s.destroy();
 });
+
+t.test('an upload trickled past proxy.timeouts.request after it reached the upstream: cut "request timeout"', async (t) => {
+  const { dg, up, tok, client } = await started(t, { request: '1s' });
+  up.handler = (req) => { req.resume(); };
+  const s = client();
+  s.write(`PUT /items/7/blob HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok}\r\nContent-Length: 100000\r\n\r\nhello`);
+  // A byte every 200 ms: never idle, never done.
+  const trickle = setInterval(() => { if (!s.destroyed) s.write('x'); }, 200);
+  t.teardown(() => clearInterval(trickle));
+  await until(() => up.seen.length === 1);
+  t.match(await lineFor(dg, '/items/7/blob'), { decision: 'allow', status: 0, cut: 'request timeout' });
+  s.destroy();
+});
