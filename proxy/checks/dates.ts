@@ -35,8 +35,8 @@ export function endOf(ctx: RequestContext, rules: Rules, everyMode = false): End
 
 /**
  * Last of the checks: the dates again, when the clock has passed one of them since the request
- * began. Refused as a request that arrives now would be, and never sent (a write's key is then
- * free, as for any refusal).
+ * began. Refused as a request that arrives now would be: enforced, never sent (a write's key is
+ * then free, as for any refusal); in audit mode, a would-deny.
  */
 export function datesAgain(rules: Rules, now: () => number): Check {
   return {

@@ -73,8 +73,9 @@ export const REQUEST_TIMEOUT_CUT = 'request timeout';
 /**
  * The cuts the record names whether or not the answer had started: driftguard's own, and the
  * connections it closed for the client's doing (its body broke, it sat idle, it read too slowly,
- * it pipelined a flood, its body did not come in time). Without a `cut`, a request cut before its answer started is recorded as
- * a client that left (status 0), sampled as any allow, and counted nowhere.
+ * it pipelined a flood, its body did not come in time). Without a `cut`, a request cut before
+ * its answer started is recorded as a client that left (status 0), sampled as any allow, and
+ * counted nowhere.
  */
 export const RECORDED_CUTS: ReadonlySet<string> = new Set([...DRIFTGUARD_CUTS, UNPARSED_BODY, CLIENT_IDLE, CLIENT_TOO_SLOW, FLOOD_CUT, REQUEST_TIMEOUT_CUT]);
 /** The ctx.extra key (span `driftguard.cut.reason`) naming the reason code of a revoked, reload or expired cut. */
@@ -199,9 +200,9 @@ export function failed(code: string, unwritten = false): ForwardOutcome {
  * undici restarts its wait for the head (headersTimeout, proxy.timeouts.response) at every
  * 1xx: an upstream sending 102 or 103 every few seconds, and never a final answer, held the
  * request, its client and its pool connection until the client's idle limit cut them (for
- * ever with clientIdle 0s), unanswered and recorded as the client leaving. From the first
- * interim answer, or from the request's last byte if it came first, the final head must come
- * within `ms` more: else 504 upstream-timeout. Not while the request is still being sent: an
+ * ever with clientIdle 0s), unanswered and recorded as the client leaving. From the later of
+ * the first interim answer and the request's last byte, the final head must come within `ms`
+ * more: else 504 upstream-timeout. Not while the request is still being sent: an
  * upstream may send 103 or 102 as soon as it has an upload's head, and undici's own wait does
  * not run while it writes the body either (the upload is as slow as its client).
  */
