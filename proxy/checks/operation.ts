@@ -11,7 +11,7 @@
 
 import type { Check } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
-import { foldSegment, parseTemplate } from '../rules/templates.ts';
+import { foldSegment, parseTemplate, verbOf } from '../rules/templates.ts';
 import { redactPath } from '../lib/redact.ts';
 
 interface Node {
@@ -33,13 +33,6 @@ interface Node {
  * case (`case`), or one that reads a format suffix from the last segment's first dot on (`suffix`).
  */
 export interface Mismatch { readonly by: 'case' | 'suffix' | 'slash' | 'verb'; readonly index: number }
-
-/** The custom method a last segment ends with (`1:cancel`, or `1%3Acancel` as a decoding gateway reads it), if any. */
-function verbOf(segment: string, decoded = false): string | undefined {
-  const text = decoded ? segment.replaceAll('%3A', ':') : segment;
-  const colon = text.lastIndexOf(':');
-  return colon > 0 && colon < text.length - 1 ? text.slice(colon + 1) : undefined;
-}
 
 const node = (): Node => ({ literals: new Map(), folded: new Map() });
 

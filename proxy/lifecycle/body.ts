@@ -11,15 +11,21 @@ import type { RequestContext } from '../pipeline/types.ts';
 import { hasBody } from '../forward/forward.ts';
 import { BODY_UNPARSABLE, unparsableBodies } from '../lib/incoming.ts';
 
+/**
+ * A body's declared length: -1 chunked (never read here), else its Content-Length as a number
+ * (0 without one). Node accepts only digits there, but leading zeros too: as a number, a retry
+ * cannot look new by re-spelling it (`Content-Length: 0041`, or `00` for none).
+ */
+export function declaredSize(req: RequestContext['req']): number {
+  return req.headers['transfer-encoding'] !== undefined ? -1 : Number(req.headers['content-length'] ?? 0);
+}
+
 /** Read at most once per request (the caller memoizes). A sha256 of the body, `len:N` or `chunked` when it was not read, or `''` when there is none; undefined when the body could not be read. */
 export async function bodyFingerprint(ctx: RequestContext, maxBytes: number, timeoutMs: number): Promise<string | undefined> {
   const req = ctx.req;
-  const length = req.headers['content-length'];
   let fingerprint: string | undefined;
-  // Node accepts only digits here, but leading zeros too: the length as a number, so that a
-  // retry cannot look new by re-spelling it (`Content-Length: 0041`, or `00` for none).
-  const size = Number(length ?? 0);
-  if (req.headers['transfer-encoding'] !== undefined) fingerprint = 'chunked';
+  const size = declaredSize(req);
+  if (size < 0) fingerprint = 'chunked';
   else if (!hasBody(req) || size === 0) fingerprint = '';
   else if (size > maxBytes) fingerprint = `len:${size}`;
   else {

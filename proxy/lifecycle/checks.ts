@@ -17,7 +17,7 @@ import { windowFull, record, fromNow, quarantineMode, type Quarantine, type Idem
 import { actorIssuer, actorIssuers, namedActorConsumers } from '../checks/consumers.ts';
 import { revokesSubjectItself, taskOf } from './revocations.ts';
 import { MAX_LEVELS } from '../identity/act.ts';
-import { bodyFingerprint } from './body.ts';
+import { bodyFingerprint, declaredSize } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
 import { UNREAD_RETRY_MS } from './lists.ts';
 import type { ForwardOutcome } from '../forward/outcome.ts';
@@ -299,11 +299,6 @@ function watched(m: Monitors, ctx: RequestContext): boolean {
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
-/** The body's declared length, as bodyFingerprint reads it: 0 without one, -1 chunked (never read). */
-function bodySize(ctx: RequestContext): number {
-  return ctx.req.headers['transfer-encoding'] !== undefined ? -1 : Number(ctx.req.headers['content-length'] ?? 0);
-}
-
 /**
  * Whether a key's write, remembered under another monitors.maxBodyBytes, may be this one though
  * the payloads differ: where the limit moved across the body's size, one was fingerprinted by
@@ -312,7 +307,7 @@ function bodySize(ctx: RequestContext): number {
  * length is taken for it (409), as a body fingerprinted by its length always is.
  */
 function sameUnderAnotherLimit(seen: IdempotencyEntry, ctx: RequestContext, maxBodyBytes: number): boolean {
-  const size = bodySize(ctx);
+  const size = declaredSize(ctx.req);
   if (seen.maxBodyBytes === maxBodyBytes || size <= 0 || seen.bodySize !== size) return false;
   return seen.operation === ctx.operation?.id && (size <= seen.maxBodyBytes) !== (size <= maxBodyBytes);
 }
@@ -533,7 +528,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
         }
         return verdict(ctx, i.mode, { reason: 'duplicate-write', detail: seen.inFlight ? 'the same write with this idempotency key is still in flight' : 'the same write with this idempotency key was already sent' });
       }
-      state.monitors.rememberKey(key, { payload: fingerprint, operation: ctx.operation!.id, bodySize: bodySize(ctx), maxBodyBytes: m.maxBodyBytes, inFlight: true, atMs: ctx.now }, owner, i.maxKeysPerConsumer);
+      state.monitors.rememberKey(key, { payload: fingerprint, operation: ctx.operation!.id, bodySize: declaredSize(ctx.req), maxBodyBytes: m.maxBodyBytes, inFlight: true, atMs: ctx.now }, owner, i.maxKeysPerConsumer);
       state.reserved.set(ctx, key);
       return undefined;
     },

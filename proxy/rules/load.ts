@@ -12,7 +12,7 @@ import { isScalar, parseDocument, visit, LineCounter, type Document } from 'yaml
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
 import { MAX_TIMER_MS, boundedDuration, parseDurationOr0, parseTime } from './durations.ts';
-import { foldSegment, parseTemplate, type Segment } from './templates.ts';
+import { foldSegment, parseTemplate, verbOf, type Segment } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { NOT_A_REGULAR_FILE, readRegularFile } from '../lib/files.ts';
 import { parseAddress } from '../lib/address.ts';
@@ -602,8 +602,7 @@ function takes(wide: Segment, narrow: Segment): string | undefined {
     if ('literal' in wide) return wide.literal === narrow.literal ? narrow.literal : undefined;
     if (narrow.literal === '') return undefined;
     if (wide.verb === undefined) return narrow.literal;
-    const colon = narrow.literal.lastIndexOf(':');
-    return colon > 0 && narrow.literal.slice(colon + 1) === wide.verb ? narrow.literal : undefined;
+    return verbOf(narrow.literal) === wide.verb ? narrow.literal : undefined;
   }
   if ('literal' in wide) return undefined;
   if (narrow.verb !== undefined) return wide.verb === undefined || wide.verb === narrow.verb ? `x:${narrow.verb}` : undefined;

@@ -27,6 +27,13 @@ export function foldSegment(segment: string): string {
   return text.toUpperCase().toLowerCase();
 }
 
+/** The custom method a last segment ends with (`1:cancel`, or `1%3Acancel` as a decoding gateway reads it), if any. */
+export function verbOf(segment: string, decoded = false): string | undefined {
+  const text = decoded ? segment.replaceAll('%3A', ':') : segment;
+  const colon = text.lastIndexOf(':');
+  return colon > 0 && colon < text.length - 1 ? text.slice(colon + 1) : undefined;
+}
+
 /** Parse a template, or return a message saying what is wrong with it. */
 export function parseTemplate(path: string): Template | string {
   if (path === '/') return { segments: [], shape: '/' };
