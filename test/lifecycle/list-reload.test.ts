@@ -1,7 +1,7 @@
 // Revocation lists and quarantine across a reload: what the new rules name is what is in
 // force. Real list servers on loopback, a real driftguard with the lifecycle feature.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { loadRules } from '../../proxy/rules/load.ts';
@@ -164,15 +164,20 @@ t.test('a quarantine placed by would-denies (proxy.mode audit) is an audit one: 
   await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }), 'consumer-quarantined', 403);
 });
 
-t.test('an audit quarantine (monitors.quarantine.mode audit) does not shield the consumer after a reload to enforce', async (t) => {
+/** Rules with the quarantine monitor alone (3 denials a minute) in `mode`, started; `rules(mode)` for a reload; `weak` a token whose writes are refused. */
+async function quarantining(t: Test, mode: string, period: string) {
   const w = await world();
-  const rules = (mode: string) => w.rules((r) => {
+  const rules = (m: string) => w.rules((r) => {
     r.credentials = { taskBindingAt: 'never' };
-    r.monitors = monitorsOnly({ quarantine: { mode, denials: 3, window: '1m', period: '15m' } });
+    r.monitors = monitorsOnly({ quarantine: { mode: m, denials: 3, window: '1m', period } });
   });
-  const dg = await startLifecycle(rules('audit'));
+  const dg = await startLifecycle(rules(mode));
   t.teardown(async () => { await dg.close(); await w.close(); });
-  const weak = await w.token({ scope: 'items.read' });
+  return { w, dg, rules, weak: await w.token({ scope: 'items.read' }) };
+}
+
+t.test('an audit quarantine (monitors.quarantine.mode audit) does not shield the consumer after a reload to enforce', async (t) => {
+  const { w, dg, rules, weak } = await quarantining(t, 'audit', '15m');
   const write = async () => { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); return r.status; };
   for (let i = 0; i < 5; i++) t.equal(await write(), 403, 'refused (its quarantine only audited)');
   t.same((await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { mode: string }[] }).quarantined.map((q) => q.mode), ['audit'], 'audit quarantine; denials under it not counted towards another');
@@ -212,14 +217,7 @@ t.test('a quarantine counted from would-denies and one enforced denial is an aud
 });
 
 t.test('a reload to quarantine mode audit stops enforcing a quarantine at once', async (t) => {
-  const w = await world();
-  const rules = (mode: string) => w.rules((r) => {
-    r.credentials = { taskBindingAt: 'never' };
-    r.monitors = monitorsOnly({ quarantine: { mode, denials: 3, window: '1m', period: '5m' } });
-  });
-  const dg = await startLifecycle(rules('enforce'));
-  t.teardown(async () => { await dg.close(); await w.close(); });
-  const weak = await w.token({ scope: 'items.read' });
+  const { w, dg, rules, weak } = await quarantining(t, 'enforce', '5m');
   for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); t.equal(r.status, 403, 'insufficient scope'); }
   const good = await w.token();
   const before = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
