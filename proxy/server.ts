@@ -236,16 +236,14 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const streaming = new Map<ServerResponse, RequestContext>();
   /** Requests whose body Node's parser refused (an HPE_ error), not a connection that failed: a 400, not a client that left. */
   const badFraming = new WeakSet<IncomingMessage>();
-  /** Refused requests whose body is read to be discarded (drain): their connection is cut past MAX_TINY_PIECES tiny pieces. */
-  const discarding = new WeakSet<IncomingMessage>();
-  /** Each request's body pieces until it is refused (lib/incoming.ts Tally). */
+  /** Each request's body pieces until it is refused, then discarded (lib/incoming.ts Tally): its connection is cut past MAX_TINY_PIECES tiny pieces. */
   const tallies = new WeakMap<IncomingMessage, Tally>();
   /** Cut a connection whose refused bodies came in too many tiny pieces: handled as Node's parser errors are. */
   const tooTiny = (socket: Socket): void => { traffic.emit('clientError', Object.assign(new Error('refused request bodies came in too many tiny pieces'), { code: TINY_PIECES }), socket); };
   /** A refused request's body is discarded from now on: what of it came while it was decided counts too. */
   const refusedBody = (req: IncomingMessage): void => {
-    discarding.add(req);
     const tally = tallies.get(req);
+    if (tally) tally.refused = true;
     if (tally && tally.pieces > 0 && tally.discarded.tooTiny(tally.bytes, tally.pieces) && req.socket) tooTiny(req.socket);
   };
   /** Answers driftguard cut (closeFor, a reload's new decision, a body that broke): their record says who, not that the client left. */
@@ -349,7 +347,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       gatherSmallChunks(req, (bytes) => {
         // Counted towards the connection's only once refused (refusedBody): a body forwarded
         // upstream is its allowed caller's.
-        if (!discarding.has(req)) { tally.pieces++; tally.bytes += bytes; return false; }
+        if (!tally.refused) { tally.pieces++; tally.bytes += bytes; return false; }
         if (!tally.discarded.tooTiny(bytes)) return false;
         tooTiny(socket);
         return true;

@@ -75,6 +75,8 @@ export class Discarded {
 export class Tally {
   pieces = 0;
   bytes = 0;
+  /** Refused: its pieces from now on are counted in `discarded` as they come. */
+  refused = false;
   readonly discarded: Discarded;
   constructor(discarded: Discarded) { this.discarded = discarded; }
 }
