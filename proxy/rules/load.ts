@@ -12,7 +12,7 @@ import { isScalar, parseDocument, visit, LineCounter, type Document } from 'yaml
 import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../rules/schema.json' with { type: 'json' };
 import { MAX_TIMER_MS, boundedDuration, parseDurationOr0, parseTime } from './durations.ts';
-import { foldSegment, parseTemplate, verbOf, type Segment } from './templates.ts';
+import { foldSegment, parseTemplate, verbOf, type Segment, type Template } from './templates.ts';
 import { deepFreeze } from '../lib/freeze.ts';
 import { NOT_A_REGULAR_FILE, readRegularFile } from '../lib/files.ts';
 import { parseAddress } from '../lib/address.ts';
@@ -519,14 +519,14 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
  * more specific one, as driftguard decides. A HEAD request is decided among HEAD and GET
  * operations together (checks/operation.ts), so those two methods are weighed together too.
  */
-function crossingTemplates(operations: readonly { method: string; path: string }[], fail: (path: Path, message: string) => void): void {
+function crossingTemplates(operations: readonly { method: string; path: string }[], templates: readonly (Template | undefined)[], fail: (path: Path, message: string) => void): void {
   // One trie of templates per method tree, walked for each new template along the children
   // that can take its segments: only templates that overlap it are met (every pair compared
   // took seconds of the request thread at a reload of 5,000 operations).
   const trees = new Map<string, CrossNode>();
   operations.forEach((op, i) => {
-    const template = parseTemplate(op.path);
-    if (typeof template === 'string') return;
+    const template = templates[i];
+    if (template === undefined) return;
     for (const tree of op.method === 'GET' ? ['GET', 'HEAD'] : [op.method]) {
       const root = trees.get(tree) ?? crossNode();
       trees.set(tree, root);
@@ -813,11 +813,14 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   /** Literals by method, the path before them (as written) and their fold: `GET /|admin` → `Admin` of operation 3. */
   const foldedLiterals = new Map<string, { literal: string; i: number }>();
   const operations: Operation[] = [];
+  /** Each operation's parsed template (undefined where it was refused), for the crossing check. */
+  const templates: (Template | undefined)[] = [];
   raw.contract.operations.forEach((op, i) => {
     const here: Path = ['contract', 'operations', i];
     if (ids.has(op.id)) fail([...here, 'id'], `operation id "${op.id}" is used twice`);
     ids.add(op.id);
     const template = parseTemplate(op.path);
+    templates[i] = typeof template === 'string' ? undefined : template;
     if (typeof template === 'string') fail([...here, 'path'], template);
     else {
       const key = `${op.method} ${template.shape}`;
@@ -875,7 +878,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       ...(op.changedIn !== undefined ? { changedIn: op.changedIn } : {}), public: op.public, ...(deprecated ? { deprecated } : {}),
     }));
   });
-  crossingTemplates(raw.contract.operations, fail);
+  crossingTemplates(raw.contract.operations, templates, fail);
   raw.contract.operations.forEach((op, i) => {
     const r = op.deprecated?.replacement;
     if (r !== undefined && !ids.has(r)) fail(['contract', 'operations', i, 'deprecated', 'replacement'], `"${r}" is not an operation id`);
