@@ -9,6 +9,7 @@ import type { Rules } from './rules/types.ts';
 import { parseAddress } from './lib/address.ts';
 import { MAX_TIMER_MS } from './rules/durations.ts';
 import { BODY_UNPARSABLE, unparsableBodies, gatherSmallChunks, MAX_HEADER_LINES, Discarded, Tally } from './lib/incoming.ts';
+import { Pipelining, type Pipeline, type Turn } from './lib/pipelining.ts';
 import type { RequestContext, Decision } from './pipeline/types.ts';
 import { REASONS, type ReasonCode } from './decision/reasons.ts';
 import { checks, type CheckDeps } from './pipeline/checks.ts';
@@ -31,49 +32,12 @@ import type { TableFill } from './lib/heap.ts';
 
 /** What the probe listener serves. */
 const PROBE_PATHS: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
-/** Pipelined requests of one connection that may wait for the answer before theirs (onRequest). */
-export const MAX_PIPELINED = 32;
-/**
- * Pipelined requests waiting for their turn, on all connections together. A waiting request's
- * head is parsed and held (up to about 16 KiB of heap): 32 on each of 256 connections would be
- * 130 MiB, and 200 connections of them ran the chart's 96 MiB heap out. Past this, the
- * connection holding the most is cut as a flood, if it holds FLOOD_SHARE of them; else the one
- * that would add one.
- */
-export const MAX_WAITING = 128;
-/** Waiting requests of one connection that make it the flood to cut when all MAX_WAITING places are taken. */
-const FLOOD_SHARE = MAX_WAITING / 8;
 /** A kind of dropped connection is said in a warn line at most this often: one line per connection would let anybody flood the log. */
 const DROP_LOG_MS = 60_000;
 const DROP_MESSAGE: Readonly<Record<DropCause, string>> = {
   'connection-limit': 'connections refused: the listener holds as many as it may',
   'pipelining-flood': 'connections closed: too many pipelined requests',
 };
-
-/** One request of a connection, in the order they arrived. */
-interface Turn {
-  readonly req: IncomingMessage;
-  readonly res: ServerResponse;
-  /** Its connection, kept here: Node takes it off a request whose body it has read (req.socket is null then). */
-  readonly socket: Socket;
-  /** Its answer is done, or it was dropped: the request after it may start. */
-  done: boolean;
-  /** Starts the request after it, once it is done. */
-  then?: () => void;
-}
-
-interface Pipeline {
-  /** The latest request to arrive. */
-  last?: Turn;
-  /** Requests arrived and not done: being answered or waiting. */
-  open: number;
-  /** Requests with a body waiting for the answer before theirs (at most one). */
-  bodies: number;
-  /** Cut (a flood, or a request read after the drain began): nothing more of it is handled. */
-  cut: boolean;
-  /** Pieces of the refused bodies it sent, read to be discarded (lib/incoming.ts, MAX_TINY_PIECES). */
-  discarded?: Discarded;
-}
 
 /** An established WebSocket tunnel (closeFor, a reload's new decision). */
 interface OpenTunnel {
@@ -270,11 +234,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
    * Each connection's requests in order (onRequest). Its latest: while that request's body has
    * not all arrived, a clientError is that request's.
    */
-  const pipelines = new WeakMap<Socket, Pipeline>();
+  const pipelining = new Pipelining(sockets, {
+    cut: (socket, limit) => { cutAsFlood(socket); dropped('traffic', 'pipelining-flood', limit); },
+  });
   /** Requests whose decision is being made (decideAndAnswer). */
   const deciding = new WeakSet<IncomingMessage>();
-  /** Requests waiting for their turn, on every connection (MAX_WAITING). */
-  let waiting = 0;
   /** Connections dropped since the last line said so, and when that was (performance.now), by listener and cause. */
   const drops = new Map<string, { count: number; at: number }>();
   /** The tunnels established (101 passed on), with their handshake's context. */
@@ -332,7 +296,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   function onRequest(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
     const socket = req.socket;
-    const line = pipelines.get(socket);
+    const line = pipelining.of(socket);
     const turn: Turn = { req, res, socket, done: false };
     // An Upgrade declined (h2c, a WebSocket Upgrade on a POST): Node's parser drops whatever
     // was read after its head, so a request pipelined behind it would never be answered, and
@@ -355,86 +319,17 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     }
     const run = () => { start(turn, body, expectsContinue, line); };
     if (!line) { run(); return; }
-    const before = line.last;
-    // Until its body has arrived, a parser error or timeout on this connection belongs to this
-    // request, which has (or will have) its own answer: the connection is then cut, not answered twice.
-    line.last = turn;
-    // Cut as a flood: what else was read with it is not decided either.
-    if (line.cut) return;
-    // Read after the drain began (the rest of a head that was arriving, or a request on a
-    // connection kept alive by an answer sent before): nobody will be left to answer it.
-    if (draining) { lateForDrain(socket, line, before); return; }
-    line.open++;
-    // HTTP/1.1 pipelining: Node hands over every request of what it has read, and answers them
-    // in order. Handled all at once, one connection that never read its answers held the
-    // whole upstream pool and ran the heap out (an unauthenticated GET of a public operation
-    // repeated 12,000 times in one write). Each waits for the answer before its own instead,
-    // so a connection holds one upstream call at most; more than MAX_PIPELINED waiting is a
-    // flood, and is cut. Node goes on reading meanwhile, and buffers each waiting body whole
-    // up to its stream's high-water mark (64 KiB): so one waiting request with a body at most
-    // (RFC 9112 §9.3.2: a client does not pipeline after a non-idempotent request), or 32 of
-    // them held 2 MB per connection, unauthenticated.
-    if (line.open > MAX_PIPELINED + 1) { floodCut(socket, turn, line, MAX_PIPELINED); return; }
-    if (!before || before.done) { run(); return; }
-    if (body && line.bodies > 0) { floodCut(socket, turn, line, 1); return; }
-    // All places taken: a connection holding a flood's share of them (FLOOD_SHARE) is the
-    // flood, not this one. Its waiting requests go when the answer before them ends (at once,
-    // for its cut upstream call), so this one may wait meanwhile: at most one more per
-    // connection cut, each of which held many. Places filled thinly, by many connections of a
-    // few each, cut the newcomer, as any flood without a heavy connection: else each newcomer
-    // would cut whichever established client pipelines a few more than it.
-    if (waiting >= MAX_WAITING) {
-      const flood = heaviest();
-      if (!flood || flood.line === line || flood.line.open - 1 < FLOOD_SHARE || flood.line.open <= line.open + 1) { floodCut(socket, turn, line, MAX_WAITING); return; }
-      flood.line.cut = true;
-      cutAsFlood(flood.socket);
-      dropped('traffic', 'pipelining-flood', MAX_WAITING);
-    }
-    // A drain waits for it as for a request in flight.
-    responses.add(res);
-    if (body) line.bodies++;
-    waiting++;
-    before.then = () => {
-      waiting--;
-      if (body) line.bodies--;
+    // HTTP/1.1 pipelining: each request waits for the answer before its own, within the
+    // flood bounds (lib/pipelining.ts).
+    const arrival = pipelining.arrive(line, turn, body, draining, () => {
       // Destroyed, or ending after an answer that closed it (draining, HTTP/1.0, Connection:
       // close, a malformed request): nobody would get this answer, so it is not decided.
       if (socket.destroyed || !socket.writable) { responses.delete(res); settled(); finish(turn, line); return; }
       run();
-    };
-  }
-
-  /** The connection, not yet cut, with the most requests open (waiting, and the one answered before them). */
-  function heaviest(): { socket: Socket; line: Pipeline } | undefined {
-    let most: { socket: Socket; line: Pipeline } | undefined;
-    for (const socket of sockets) {
-      const line = pipelines.get(socket);
-      if (line && !line.cut && !socket.destroyed && (!most || line.open > most.line.open)) most = { socket, line };
-    }
-    return most;
-  }
-
-  /**
-   * A request read while draining is not decided: its connection is closed at once when it has
-   * nothing else in flight, else when the answer in flight is done (finish).
-   */
-  function lateForDrain(socket: Socket, line: Pipeline, before: Turn | undefined): void {
-    line.cut = true;
-    if (!before || before.done) socket.destroy();
-  }
-
-  /**
-   * A pipelining flood: the connection is cut; at most a line a minute says how many were.
-   * `limit`: the one it went past (waiting on the connection, waiting bodies, waiting on all connections).
-   */
-  function floodCut(socket: Socket, turn: Turn, line: Pipeline, limit: number): void {
-    turn.done = true;
-    line.open--;
-    line.cut = true;
-    // The rest of what was read still arrives, one request at a time.
-    if (socket.destroyed) return;
-    cutAsFlood(socket);
-    dropped('traffic', 'pipelining-flood', limit);
+    });
+    if (arrival === 'now') run();
+    // A drain waits for it as for a request in flight.
+    else if (arrival === 'waits') responses.add(res);
   }
 
   /**
@@ -498,23 +393,17 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
 
   /** A request's answer is done (or it was dropped): the one after it goes on. */
   function finish(turn: Turn, line: Pipeline | undefined): void {
-    if (turn.done) return;
-    turn.done = true;
-    if (line) line.open--;
-    const then = turn.then;
-    turn.then = undefined;
-    then?.();
     // Stopping, and the connection's last answer is done: an answer whose head went out before
     // the stop said keep-alive, and the client would go on sending requests on it (a WebSocket
     // handshake too, whose tunnel would hold the drain to its grace). end(): buffered bytes go first.
-    if (leaving && line && line.open === 0) turn.socket.end();
+    if (pipelining.finish(turn, line) && leaving) turn.socket.end();
   }
 
   function onSocketRequest(req: IncomingMessage, socket: Socket, head: Buffer): void {
     // A handshake (or CONNECT) pipelined behind requests still being answered: Node hands the
     // socket over at once, and its answer would go out before theirs, or theirs into the
     // tunnel. Nothing can be answered in order: the connection is closed.
-    const before = pipelines.get(socket)?.last;
+    const before = pipelining.of(socket)?.last;
     if (before && !before.done) { socket.destroy(); return; }
     // Read after the drain began: a tunnel opened now would hold the drain to its grace.
     if (draining) { socket.destroy(); return; }
@@ -549,7 +438,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('drop', () => { dropped('traffic', 'connection-limit', traffic.maxConnections); });
   traffic.on('connection', (s: Socket) => {
     sockets.add(s);
-    pipelines.set(s, { open: 0, bodies: 0, cut: false });
+    pipelining.connected(s);
     s.once('close', () => { sockets.delete(s); });
   });
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -562,7 +451,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // A request still being decided whose body Node could not parse (a transfer coding other
     // than chunked, a bad chunk): its decision's answer still goes out, and the connection ends
     // with it (decideAndAnswer); destroyed now, the client got nothing while the record said 400.
-    const last = pipelines.get(socket)?.last;
+    const last = pipelining.of(socket)?.last;
     // Node's parser refused the bytes; otherwise the connection failed (a client's reset: it left).
     const parseError = err.code?.startsWith('HPE_') === true;
     // A whole request, and the bytes after it are no request: the fault is the next one's, of
@@ -1220,7 +1109,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // Node's keep-alive close on the same timer, and is left to it (given clientIdle, it stayed
       // open that long, or for ever with 0s, after every reload). Not a handshake's or a tunnel's.
       for (const s of sockets) {
-        const line = pipelines.get(s);
+        const line = pipelining.of(s);
         if (tunnels.has(s) || handshakes.has(s) || streamSockets.has(s) || (line && line.last !== undefined && line.open === 0)) continue;
         s.setTimeout(next.proxy.timeouts.clientIdleMs);
       }

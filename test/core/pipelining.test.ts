@@ -6,7 +6,7 @@
 import t from 'tap';
 import { connect, type Socket } from 'node:net';
 import { world } from './world.ts';
-import { MAX_PIPELINED, MAX_WAITING } from '../../proxy/server.ts';
+import { MAX_PIPELINED, MAX_WAITING } from '../../proxy/lib/pipelining.ts';
 import { noopObserver, type Observer } from '../../proxy/observe.ts';
 
 /** Open a raw connection; `text()` is everything read so far. */

@@ -10,7 +10,7 @@ import { upstream, jwksServer, type Upstream } from '../support/servers.ts';
 import { testKey, jwks, token } from '../support/keys.ts';
 import { baseRules, writeRules, AGENT } from '../support/driftguard.ts';
 import { runDriftguard, type Subprocess } from '../support/subprocess.ts';
-import { MAX_PIPELINED } from '../../proxy/server.ts';
+import { MAX_PIPELINED } from '../../proxy/lib/pipelining.ts';
 
 async function started(t: Test, timeouts: Record<string, string> = {}): Promise<{ dg: Subprocess; up: Upstream; tok: string; client: () => Socket }> {
   const key = await testKey('ES256');
