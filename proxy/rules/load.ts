@@ -874,7 +874,11 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     ...(Object.keys(at.overridden).length > 0 ? { overridden: at.overridden } : {}),
   };
   const named = [source, ...rules.identity.issuers.flatMap((i) => i.jwks.kind === 'file' ? [i.jwks.file] : i.jwks.kind === 'discovery' ? [i.jwks.tokenFile, i.jwks.caFile].filter((f) => f !== undefined) : [])];
-  for (const validate of validators) validate(raw as unknown as Record<string, unknown>, fail, base, named);
+  for (const validate of validators) {
+    // A validator that throws is a defect: still a problem of this file, beside the others
+    // found, never a crash of `check`, the start or a reload.
+    try { validate(raw as unknown as Record<string, unknown>, fail, base, named); } catch (err) { fail([], `could not be checked (${(err as Error).name}: ${(err as Error).message}); this is a defect of driftguard's, please report it`); }
+  }
   if (problems.length > 0) {
     const revocation = (raw as unknown as { revocation?: Record<string, unknown> }).revocation ?? {};
     const lists = ['file', 'adminCredentialFile'].flatMap((k) => typeof revocation[k] === 'string' ? [resolve(base, revocation[k])] : []);

@@ -227,6 +227,11 @@ function endpointVariable(env: Env, name: string, protocol: OtlpProtocol): void 
  * no file behind; DecisionLog opens it at start.
  */
 function unwritable(file: string): string | undefined {
+  // A path too long, a loop of links, a parent that cannot be searched: a problem, not a throw.
+  try { return unwritableAt(file); } catch (err) { return `${file} cannot be used (${(err as NodeJS.ErrnoException).code ?? (err as Error).name})`; }
+}
+
+function unwritableAt(file: string): string | undefined {
   const at = statSync(file, { throwIfNoEntry: false });
   if (at?.isDirectory()) return `${file} is a directory`;
   // Opening a named pipe for writing waits for a reader: start-up hung there, deaf to SIGTERM,
@@ -252,7 +257,10 @@ function validateTelemetry(raw: Readonly<Record<string, unknown>>, fail: (path: 
   ];
   for (const [path, text, exportTimeout] of delays) {
     if (text === undefined) continue;
-    const problem = delayProblem(parseDuration(text), exportTimeout);
+    // The schema's pattern lets through what only the parser refuses (`PT`, `P1DT`).
+    let ms: number;
+    try { ms = parseDuration(text); } catch (err) { fail(path, (err as Error).message); continue; }
+    const problem = delayProblem(ms, exportTimeout);
     if (problem !== undefined) fail(path, problem);
   }
   const endpoint = section.traces?.endpoint;
