@@ -321,7 +321,11 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       dg.onPrepare(async (next) => {
         const c = configOf(next).revocation;
         const current = sources.find((s) => s.kind === 'file');
-        if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) checkListFile(c.file, now(), c.maxEntries);
+        if (c.file !== undefined && (!current || settings.get(current) !== settingsOf(c, 'file'))) {
+          // Refused for the list's content: the reloader watches the list too (RulesError.files),
+          // so that the rules load once it is written right, as when it was missing.
+          try { checkListFile(c.file, now(), c.maxEntries); } catch (err) { throw err instanceof RulesError ? new RulesError(err.problems, { files: [c.file] }) : err; }
+        }
         // A list URL the reload names anew, or turns enforce on for, with no list read from a
         // URL to stay in force meanwhile: enforced unread, it would refuse every credential, on
         // every pod the reload reaches. Read first, as a new issuer's keys are; refused while it
