@@ -9,7 +9,7 @@ export function redactUrl(url: string): string {
 }
 
 /**
- * Anything shaped like a JWT, replaced: three runs of base64url characters (`+` and `=` too, as
+ * Anything shaped like a JWT, replaced: three runs (five for an encrypted one: tokenEnd) of base64url characters (`+` and `=` too, as
  * a careless encoder writes them) joined by single dots, the first from an `eyJ` (a JSON
  * object's encoding) and each as long as a real token's part at least. Anywhere in a
  * segment, not only as a whole one (`/id_token=eyJ…`, `/Bearer%20eyJ…`, `/a<token>`); not a
@@ -23,19 +23,33 @@ function replaceJwts(s: string): string {
   let copied = 0;
   while (at !== -1) {
     const header = runEnd(s, at);
-    const payload = s.charCodeAt(header) === DOT ? runEnd(s, header + 1) : header;
-    // -1 when there is no second dot: two parts are not a token.
-    const signature = payload > header + 1 && s.charCodeAt(payload) === DOT ? runEnd(s, payload + 1) : payload - 1;
-    if (header - at >= MIN_HEADER && payload - header - 1 >= MIN_PAYLOAD && signature - payload - 1 >= MIN_SIGNATURE) {
+    const end = header - at >= MIN_HEADER ? tokenEnd(s, header) : -1;
+    if (end !== -1) {
       out += s.slice(copied, at) + '(redacted)';
-      copied = signature;
-      at = s.indexOf('eyJ', signature);
+      copied = end;
+      at = s.indexOf('eyJ', end);
     } else {
       // The next `eyJ` after this one's header: each character is looked at a bounded number of times.
       at = s.indexOf('eyJ', Math.max(at + 1, header));
     }
   }
   return copied === 0 ? s : out + s.slice(copied);
+}
+
+/**
+ * Where the token whose header ends at `header` ends, or -1: a JWS (header.payload.signature)
+ * or a JWE (RFC 7516 §7.1: header.key.iv.ciphertext.tag, the encrypted key empty under direct
+ * encryption, `alg: dir`), whose five parts are replaced whole.
+ */
+function tokenEnd(s: string, header: number): number {
+  if (s.charCodeAt(header) !== DOT) return -1;
+  const second = runEnd(s, header + 1);
+  if (s.charCodeAt(second) !== DOT) return -1;
+  const third = runEnd(s, second + 1);
+  const fourth = s.charCodeAt(third) === DOT ? runEnd(s, third + 1) : -1;
+  const fifth = fourth > third + 1 && s.charCodeAt(fourth) === DOT ? runEnd(s, fourth + 1) : -1;
+  if (third > second + 1 && fifth > fourth + 1) return fifth;
+  return second - header - 1 >= MIN_PAYLOAD && third - second - 1 >= MIN_SIGNATURE ? third : -1;
 }
 
 const DOT = 46;
@@ -155,6 +169,22 @@ export function jsonFault(err: unknown): string {
   // property value in JSON at position 9"); a message that quotes is not repeated.
   const said = message.replace(/ in JSON at position \d+.*$/, '');
   return said !== '' && !said.includes('"') ? `not valid JSON${where} (${said})` : `not valid JSON${where}`;
+}
+
+/**
+ * What the yaml package says of a fault, without the text it quotes: its messages may end with
+ * the source at fault (`Unexpected scalar token in YAML stream: "<a line's value>"`, a value
+ * left at column 0 of a list; `Unresolved alias …: *<name>`; `Unknown directive %<text>`), and
+ * what they print is logged and served on /readyz and GET /revocations. The line and column
+ * still say where. The first line only: the rest is the quoted source.
+ */
+export function yamlFault(message: string, code?: string): string {
+  // A tag named as a word (`!env`, `!!python/object`) is what the reader needs to find it.
+  if (code === 'TAG_RESOLVE_FAILED') return /^Unresolved tag: !{1,2}[A-Za-z][\w./:-]{0,31}$/.test(message) ? message : 'a tag that is not resolved';
+  if (code === 'BAD_DIRECTIVE') return 'a directive that is unknown or unsupported';
+  const first = message.split('\n')[0]!;
+  const cut = first.indexOf(': ');
+  return cut === -1 ? first : first.slice(0, cut);
 }
 
 /** The line and column JSON.parse names for a fault (Node 24), where it names them. */

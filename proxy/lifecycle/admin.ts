@@ -215,6 +215,8 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     // claim, not the token), and the live token went into the log, the journal and the list.
     else if (holdsToken(value)) problems.push(`value holds a whole token, not a ${isRevocationKind(kind) ? kind : 'value'}: driftguard never stores a token. Revoke what it names instead${namedBy(value)}`);
     if (typeof reason !== 'string' || reason === '' || reason.length > 1024) problems.push('reason must be a non-empty string (at most 1024 characters)');
+    // Told not to paste the token as the value, an operator pastes it as the evidence.
+    else if (holdsToken(reason)) problems.push('reason holds a whole token: driftguard never stores a token. Say where it leaked instead (a ticket, a log)');
     let endMs = now + config.longestTokenMs;
     if (end !== undefined) {
       try { endMs = parseTime(String(end)); } catch (err) { problems.push(`end: ${(err as Error).message}`); }

@@ -11,11 +11,11 @@ import { createHash } from 'node:crypto';
 import { parseDocument, LineCounter, isMap, isSeq, type Node } from 'yaml';
 import { isRevocationKind, REVOCATION_KINDS, type Revocation, type RevocationStore } from './revocations.ts';
 import { parseTime } from '../rules/durations.ts';
-import { RulesError, firstProblems, formatProblem, type RulesProblem } from '../rules/load.ts';
+import { RulesError, fieldName, firstProblems, formatProblem, keyText, type RulesProblem } from '../rules/load.ts';
 import type { Log } from '../features.ts';
 import type { FeatureMode } from './config.ts';
 import { getDocument } from '../lib/bounded.ts';
-import { holdsToken, jsonFault, jsonFaultAt, redactUrl } from '../lib/redact.ts';
+import { holdsToken, jsonFault, jsonFaultAt, redactUrl, yamlFault } from '../lib/redact.ts';
 import { readRegularFile } from '../lib/files.ts';
 
 const ENTRY_FIELDS: ReadonlySet<string> = new Set(['kind', 'value', 'reason', 'end', 'id']);
@@ -91,7 +91,7 @@ function parse(text: string, name: string, source: 'file' | 'url', now: number, 
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   // A tag the parser does not know is only a warning to it: the value is loaded as its text.
   const faults = [...doc.errors, ...doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED')];
-  if (faults.length) return faults.map((e) => { const p = lines.linePos(e.pos[0]); return { file: name, line: p.line, column: p.col, field: '', message: `YAML: ${e.message.split('\n')[0]}${e.code === 'TAG_RESOLVE_FAILED' ? ': tags are not expanded; write the value itself' : ''}` }; });
+  if (faults.length) return faults.map((e) => { const p = lines.linePos(e.pos[0]); return { file: name, line: p.line, column: p.col, field: '', message: `YAML: ${yamlFault(e.message, e.code)}${e.code === 'TAG_RESOLVE_FAILED' ? ': tags are not expanded; write the value itself' : ''}` }; });
   const entries = readEntries(doc.toJS(), source, now, maxEntries);
   if (!isEntryProblems(entries)) return entries;
   let seq: unknown = doc.contents;
@@ -152,10 +152,11 @@ function readEntries(data: unknown, source: 'file' | 'url', now: number, maxEntr
   const out: Revocation[] = [];
   const ids = new Set<string>();
   list.forEach((item: unknown, index) => {
-    const field = (f: string) => `revocations[${index}]${f ? '.' + f : ''}`;
-    const problem = (key: string | undefined, message: string, atKey = false) => problems.push({ index, ...(key !== undefined ? { key } : {}), atKey, field: field(key ?? ''), message });
+    const problem = (key: string | undefined, message: string, atKey = false) => problems.push({ index, ...(key !== undefined ? { key } : {}), atKey, field: fieldName(['revocations', index, ...(key !== undefined ? [key] : [])]), message });
     if (!isRecord(item)) { problem(undefined, 'must be a mapping with kind, value and reason'); return; }
-    for (const key of Object.keys(item)) if (!ENTRY_FIELDS.has(key)) problem(key, `unknown field "${key}"`, true);
+    // Never the key's text unless it is a word (keyText): a token whose `value:` was left out
+    // of an entry is read as a key.
+    for (const key of Object.keys(item)) if (!ENTRY_FIELDS.has(key)) problem(key, `unknown field ${keyText(key)}`, true);
     const { kind, value, reason, end, id: given } = item;
     if (!isRevocationKind(kind)) { problem('kind', `must be one of ${REVOCATION_KINDS.join(', ')}`); return; }
     if (typeof value !== 'string' || value === '') { problem('value', 'must be a non-empty string'); return; }
@@ -163,6 +164,9 @@ function readEntries(data: unknown, source: 'file' | 'url', now: number, maxEntr
     // would be listed by GET /revocations: the entry is refused, and the value never quoted.
     if (holdsToken(value)) { problem('value', 'holds a whole token: driftguard never stores a token; name what it names instead (its jti, its subject or its key id)'); return; }
     if (typeof reason !== 'string' || reason === '') { problem('reason', 'must be a non-empty string (why, for operators)'); return; }
+    // Told not to paste the token as the value, an operator pastes it as the evidence.
+    if (holdsToken(reason)) { problem('reason', 'holds a whole token: driftguard never stores a token; say where it leaked instead'); return; }
+    if (given !== undefined && holdsToken(String(given))) { problem('id', 'holds a whole token: driftguard never stores a token'); return; }
     let endMs = Infinity;
     if (end !== undefined) {
       // A Date is a YAML timestamp (a %YAML 1.1 document, a !!timestamp tag), which the parser

@@ -18,6 +18,7 @@ import { deepFreeze } from '../lib/freeze.ts';
 import { NOT_A_REGULAR_FILE, readRegularFile } from '../lib/files.ts';
 import { parseAddress } from '../lib/address.ts';
 import { pathAt, positionOf } from '../lib/yaml-position.ts';
+import { yamlFault } from '../lib/redact.ts';
 import type { Rules, Operation, ConsumerRules, IssuerRules, ConsumerKind, Sensitivity, Threshold, IssuerProfile, JwksSource } from './types.ts';
 import { inClusterApiServer, discoveryUrl, refusedAudience, DEFAULT_TOKEN_FILE, DEFAULT_CA_FILE } from '../identity/cluster.ts';
 import { SVID_ALGORITHMS, jwtSvidKeys, parseSpiffeId } from '../identity/spiffe.ts';
@@ -462,9 +463,9 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
       const name = fieldName(path);
       const field = name === '' ? '' : named ? name : `near ${name}`;
       const message = e.code === 'DUPLICATE_KEY' ? 'written twice in the same mapping: the second would silently replace the first'
-        : e.code === 'TAG_RESOLVE_FAILED' ? `YAML: ${e.message.split('\n')[0]}: driftguard does not expand tags; write the value itself`
+        : e.code === 'TAG_RESOLVE_FAILED' ? `YAML: ${yamlFault(e.message, e.code)}: driftguard does not expand tags; write the value itself`
         : e.code === 'MULTIPLE_DOCS' ? 'YAML: a second document starts here (---): the rules file holds one'
-        : `YAML: ${e.message.split('\n')[0]}`;
+        : `YAML: ${yamlFault(e.message, e.code)}`;
       return { file: source, line: pos.line, column: pos.col, field, message };
     }).concat(merges.map(({ offset, message }) => {
       const pos = lines.linePos(offset);
@@ -487,7 +488,7 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
     const offset = at ?? first ?? 0;
     const pos = lines.linePos(offset);
     const path = pathAt(doc, offset);
-    throw new RulesError([{ file: source, line: pos.line, column: pos.col, field: path.length > 0 ? fieldName(path) : '', message: `YAML: ${(err as Error).message}` }]);
+    throw new RulesError([{ file: source, line: pos.line, column: pos.col, field: path.length > 0 ? fieldName(path) : '', message: `YAML: ${yamlFault((err as Error).message)}` }]);
   }
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new RulesError([{ file: source, line: 1, column: 1, field: '', message: 'the rules file must be a YAML mapping' }]);

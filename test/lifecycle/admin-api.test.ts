@@ -77,6 +77,12 @@ t.test('a whole token pasted as the value is refused, never stored or quoted, an
     t.notOk(text.includes(signature), `kind ${kind}: the answer does not quote the token`);
     t.match(JSON.parse(text).detail, `value holds a whole token, not a ${kind}: driftguard never stores a token`);
   }
+  // Told not to paste it as the value, the evidence: refused too.
+  const evidence = await post(dg.admin, { kind: 'jti', value: jti, reason: `leaked in OPS-1: Bearer ${leaked}` });
+  const evidenceText = await evidence.text();
+  t.equal(evidence.status, 400, 'a token in the reason: refused');
+  t.match(JSON.parse(evidenceText).detail, 'reason holds a whole token');
+  t.notOk(evidenceText.includes(signature), 'the answer does not quote it');
   const told = (await (await post(dg.admin, { kind: 'jti', value: leaked, reason: 'leaked' })).json() as { detail: string }).detail;
   t.match(told, `kind jti, value "${jti}"`, 'the answer names its jti');
   t.match(told, `kind subject, value "${AGENT}"`, 'and its subject');

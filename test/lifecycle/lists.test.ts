@@ -56,6 +56,31 @@ t.test('an entry whose value holds a whole token is a problem that does not quot
   t.notOk(JSON.stringify(problems).includes('S'.repeat(86)), 'the token is not quoted');
 });
 
+t.test('a token in an entry\'s reason or id is a problem that does not quote it; an unknown key that is no word is not quoted', async (t) => {
+  const token = 'eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhZ2VudCIsImp0aSI6ImFiYyJ9.' + 'S'.repeat(86);
+  const text = JSON.stringify({ revocations: [
+    { kind: 'jti', value: 'abc', reason: `leaked in OPS-1: Bearer ${token}` },
+    { kind: 'jti', value: 'def', reason: 'r', id: token },
+  ] }, null, 1);
+  const problems = parseList(text, 'list.json', 'file', NOW, MAX) as RulesProblem[];
+  t.same(problems.map((p) => [p.field, p.line]), [['revocations[0].reason', 6], ['revocations[1].id', 12]]);
+  t.ok(problems.every((p) => p.message.includes('holds a whole token')));
+  // `value: ` left out of a flow entry: YAML reads the token as a key with no value.
+  const yaml = `revocations:\n  - { kind: jti, value: abc, reason: r }\n  - { kind: jti, reason: leaked in OPS-1, ${token} }\n`;
+  const keyed = parseList(yaml, 'list.yaml', 'file', NOW, MAX) as RulesProblem[];
+  t.match(keyed, [{ field: 'revocations[1]', line: 3, message: 'unknown field (a key that is no field name)' }]);
+  t.notOk(JSON.stringify([problems, keyed]).includes('S'.repeat(86)), 'the token is not quoted');
+});
+
+t.test('a YAML list\'s syntax error does not quote the line it is on', async (t) => {
+  // A line that lost its indentation: the yaml package's message ends with the line's value.
+  const yaml = '- kind: jti\n  reason: leaked in OPS-1\nvalue: sk-live-0123456789abcdef\n';
+  const problems = parseList(yaml, 'list.yaml', 'file', NOW, MAX) as RulesProblem[];
+  t.ok(problems.length > 0, 'refused');
+  t.match(problems[0], { line: 3, message: /^YAML: / });
+  t.notOk(JSON.stringify(problems).includes('sk-live'), `not quoted: ${problems.map((p) => p.message).join(' | ')}`);
+});
+
 t.test('an end that is not an ISO 8601 time that exists is a problem, not a date Date.parse guessed', async (t) => {
   // Date.parse took 1 as 2001 (the revocation ended long ago: never enforced), read
   // '2027-12-01 10:00' in the process's time zone, and rolled 2027-02-30 over to March 2.

@@ -3,6 +3,7 @@
 
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
+import { parse } from 'yaml';
 import { writeRules } from '../support/driftguard.ts';
 import { loadRules, RulesError, type RulesProblem } from '../../proxy/rules/load.ts';
 
@@ -427,4 +428,18 @@ t.test('a problem never prints a key that is no field name: a value the broken Y
   const two = problems(withUrl.replace(`url: ${url}`, `url: http://127.0.0.1:9/jwks.json\n        ${url}: 1\n        ${url}&more: 2`)).problems;
   t.equal(two.length, 2, 'both reported');
   t.not(two[0]?.line, two[1]?.line, 'each at its own line');
+});
+
+t.test('a YAML syntax error does not quote the text it is at: a value left after a JSON-form file, an alias, a tag', async (t) => {
+  const json = JSON.stringify(parse(VALID), null, 2);
+  for (const [what, text] of [
+    ['a stray line after a rules file written as JSON', `${json}\nupstreamAuth: Bearer sk-live-0123456789abcdef\n`],
+    ['an alias whose anchor is not set before it', VALID.replace('owner: team-a', 'owner: *sk-live-0123456789abcdef')],
+    ['a tag that is no word', VALID.replace('owner: team-a', 'owner: !<sk-live-0123456789abcdef> team-a')],
+  ] as const) {
+    const found = problems(text).problems;
+    t.ok(found.length > 0, `${what}: refused`);
+    t.ok(found.every((p) => p.line > 0), `${what}: at a line`);
+    t.notOk(JSON.stringify(found).includes('sk-live'), `${what}: not quoted (${found.map((p) => p.message).join(' | ')})`);
+  }
 });

@@ -72,3 +72,15 @@ t.test('free text and fetched URLs', async (t) => {
   t.equal(redactText('invoice-agent/3.1'), 'invoice-agent/3.1');
   t.equal(redactUrl('https://user:pw@keys.example/jwks;sess=S3CR3T?token=Q'), 'https://keys.example/jwks;(redacted)');
 });
+
+t.test('an encrypted token (JWE, five parts) is replaced whole, its encrypted key empty or not', async (t) => {
+  const b64 = (text: string) => Buffer.from(text).toString('base64url');
+  const dir = `${b64('{"alg":"dir","enc":"A256GCM","kid":"k1"}')}..${b64('iv-twelve-b')}.${b64('ciphertext '.repeat(12))}.${b64('tag-sixteen-byte')}`;
+  const rsa = `${b64('{"alg":"RSA-OAEP-256","enc":"A256GCM"}')}.${b64('encrypted key '.repeat(16))}.${b64('iv-twelve-b')}.${b64('ciphertext '.repeat(12))}.${b64('tag-sixteen-byte')}`;
+  for (const [name, jwe] of [['alg dir', dir], ['RSA-OAEP', rsa]] as const) {
+    t.equal(redactPath(`/callback/${jwe}/next`), '/callback/(redacted)/next', `${name}: in a path`);
+    t.equal(redactText(`agent/1.0 ${jwe} x`), 'agent/1.0 (redacted) x', `${name}: in free text`);
+  }
+  // A header followed by an empty part and no more: no token.
+  t.equal(redactText(`${b64('{"alg":"dir","enc":"A256GCM"}')}..x`), `${b64('{"alg":"dir","enc":"A256GCM"}')}..x`);
+});
