@@ -34,6 +34,8 @@ export class DecisionLog {
   #reopen?: NodeJS.Timeout;
   #closed = false;
   #pending: string[] = [];
+  /** A line taken from #pending is being written alone (#probe). */
+  #probing = false;
   #bytes = 0;
   #timer?: NodeJS.Timeout;
   /** The output refused more (back-pressure): wait for 'drain' before the next write. */
@@ -175,7 +177,9 @@ export class DecisionLog {
     const batch = (this.#resumed ? '\n' : '') + line + '\n';
     this.#resumed = false;
     const out = this.#out!;
+    this.#probing = true;
     out.write(batch, (err) => {
+      this.#probing = false;
       if (err) {
         // The stream's 'error' blocks the output and opens it again later (#fail).
         if (!this.#closed) { this.#pending.unshift(line); this.#bytes += size; this.#resumed = true; } else this.dropped++;
@@ -191,9 +195,9 @@ export class DecisionLog {
     });
   }
 
-  /** Lines waiting for the output, and their share of maxBufferBytes. */
+  /** Lines waiting for the output (the one a probe is trying too: it waits again if it fails), and their share of maxBufferBytes. */
   fill(): TableFill {
-    return { entries: this.#pending.length, fill: this.#bytes / this.#maxBytes };
+    return { entries: this.#pending.length + (this.#probing ? 1 : 0), fill: this.#bytes / this.#maxBytes };
   }
 
   /** `utf8`: the line's UTF-8 length, if the caller has it. */
