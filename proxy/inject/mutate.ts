@@ -328,7 +328,7 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   // pods are reviewed again.
   const older = (): Record<string, unknown> => sidecarContainer(sidecarConfig, { ...settingsOrError, grace: podStop(spec, { ...config, drainDelay: '0s' }).grace });
   if (injected && !sameSidecar(named[0]!, sidecarContainer(sidecarConfig, settings)) && (config.nativeSidecar || !sameSidecar(named[0]!, older()))) {
-    return reject(`the pod's ${SIDECAR_NAME} container is not the sidecar the injector adds for it (its command, ports, environment or mounts differ): remove it, the injector adds the sidecar`, podName);
+    return reject(`the pod's ${SIDECAR_NAME} container is not the sidecar the injector adds for it (its command, ports, environment or mounts differ, or it has args, envFrom or lifecycle hooks: a policy that adds a preStop hook to every container must leave ${SIDECAR_NAME} out): remove it, the injector adds the sidecar`, podName);
   }
 
   // The sidecar shares the pod's network namespace: its ports must be free.
@@ -375,6 +375,14 @@ export function mutate(body: unknown, config: InjectorConfig): MutationResult {
   const volumeNames = new Set(volumes.map((v) => v.name));
   for (const name of [RULES_VOLUME, TMP_VOLUME, IDENTITY_VOLUME, ADMIN_VOLUME]) {
     if (volumeNames.has(name)) return reject(`the pod already has a volume named ${name}`, podName);
+  }
+  // One process namespace: a container running as the sidecar's user reads its files through
+  // /proc/<pid>/root (the admin credential) and its environment through /proc/<pid>/environ,
+  // and can signal it. Said, not refused: a debugging pod may want it, and the cluster admin
+  // can tell whether its containers share the user.
+  const shared = spec.shareProcessNamespace === true ? 'shareProcessNamespace' : spec.hostPID === true ? 'hostPID' : undefined;
+  if (shared) {
+    warnings.push(`the pod sets ${shared}: true, so any container running as the driftguard sidecar's user (${sidecarConfig.runAsUser}) can read its admin credential and environment through /proc and stop it; run the app as another user, or do not share the process namespace`);
   }
   if (!config.nativeSidecar && (spec.restartPolicy === 'Never' || spec.restartPolicy === 'OnFailure')) {
     warnings.push('driftguard runs as a regular container on this cluster: a pod that is meant to complete (a Job) will keep running until driftguard is stopped');
@@ -432,7 +440,10 @@ function podResources(spec: Obj, container: Obj, patch: JsonPatchOp[], warnings:
   const changed: string[] = [];
   for (const kind of ['requests', 'limits'] as const) {
     const set = pod[kind];
-    const add = own[kind];
+    // A pod limit for what the sidecar has no limit on (cpu, by default): its request is added
+    // there too, or the pod's requests would pass its limits (the API server fills a request
+    // from a limit the pod sets alone, so a limits-only or Guaranteed pod was refused).
+    const add = kind === 'limits' ? { ...(isObj(own.requests) ? own.requests : {}), ...(isObj(own.limits) ? own.limits : {}) } : own[kind];
     if (!isObj(set) || !isObj(add)) continue;
     for (const [name, extra] of Object.entries(add)) {
       const current = set[name];
@@ -479,7 +490,8 @@ function podStop(spec: Obj, config: InjectorConfig): { grace: string; drainDelay
   // A native sidecar gets SIGTERM once the app has stopped: nothing is left to route to it.
   const delayMs = config.nativeSidecar ? 0 : parseDuration(config.drainDelay);
   const period = spec.terminationGracePeriodSeconds;
-  const podSeconds = typeof period === 'number' && Number.isFinite(period) && period >= 0 ? Math.floor(period) : 30;
+  // A negative period (stored as written before Kubernetes 1.27) is the API server's 1 s.
+  const podSeconds = typeof period === 'number' && Number.isFinite(period) ? (period < 0 ? 1 : Math.floor(period)) : 30;
   const room = Math.max(0, podSeconds - AFTER_GRACE_S) * 1000;
   // Cut only when both do not fit: then the delay to at most half of the room (or what the
   // grace leaves, if more), the grace to the rest.
@@ -493,7 +505,7 @@ function podStop(spec: Obj, config: InjectorConfig): { grace: string; drainDelay
   ];
   return {
     ...stop,
-    warning: `terminationGracePeriodSeconds is ${podSeconds}: the driftguard sidecar's ${cuts.join(' and its ')} so that it drains and flushes its telemetry (up to ${AFTER_GRACE_S}s more) before the kubelet's SIGKILL; requests still in flight then are cut`,
+    warning: `terminationGracePeriodSeconds is ${typeof period === 'number' && period < 0 ? `${period}, which the kubelet takes as 1` : podSeconds}: the driftguard sidecar's ${cuts.join(' and its ')} so that it drains and flushes its telemetry (up to ${AFTER_GRACE_S}s more) before the kubelet's SIGKILL; requests still in flight then are cut`,
   };
 }
 

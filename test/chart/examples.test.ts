@@ -19,6 +19,11 @@ t.test('every example object is valid', async (t) => {
   t.same(objects.map((o) => o.kind), ['Namespace', 'ConfigMap', 'Deployment', 'Service', 'NetworkPolicy']);
   for (const o of objects) t.doesNotThrow(() => validateObject(o), `${o.kind} ${o.metadata.name}`);
   t.equal(one(objects, 'Namespace').metadata.labels?.['driftguard.io/inject'], 'true', 'the namespace opts in');
+  // As a regular container the sidecar takes new connections for its drain delay after the
+  // app's SIGTERM: the app waits at least as long (README, Route traffic through the sidecar).
+  const app = one(objects, 'Deployment').spec.template.spec.containers.find((c: { name: string }) => c.name === 'app');
+  const delay = parseYaml(readFileSync(join(CHART, 'values.yaml'), 'utf8')).sidecar.drainDelay as string;
+  t.ok(app.lifecycle?.preStop?.sleep?.seconds >= Number.parseInt(delay, 10), `the app sleeps before its SIGTERM at least the drain delay (${delay})`);
 });
 
 t.test('the example rules are valid driftguard rules', async (t) => {

@@ -304,8 +304,19 @@ t.test('a container with the injector\'s image and command but other rules, port
       const { got } = await review(t, server, fake);
       t.equal(got.response.allowed, false, `refused: ${what}`);
       t.match(got.response.status?.message, /is not the sidecar the injector adds for it/);
+      if (what === 'a lifecycle hook') t.match(got.response.status?.message, /lifecycle hooks: a policy that adds a preStop hook to every container must leave driftguard out/, 'the message names hooks');
     }
   }
+});
+
+t.test('a pod that shares its process namespace is injected with a warning: a container of the sidecar\'s user reads its credential and environment', async (t) => {
+  for (const [field, spec] of [['shareProcessNamespace', { shareProcessNamespace: true }], ['hostPID', { hostPID: true }]] as const) {
+    const { got } = await review(t, regular, appPod({ labels: { 'driftguard.io/inject': 'true' }, spec }));
+    t.equal(got.response.allowed, true, `${field}: injected`);
+    t.match(got.response.warnings, [new RegExp(`the pod sets ${field}: true, so any container running as the driftguard sidecar's user \\(65532\\) can read its admin credential`)]);
+  }
+  const plain = await review(t, regular, appPod({ labels: { 'driftguard.io/inject': 'true' } }));
+  t.notOk(plain.got.response.warnings?.some((w) => w.includes('process')), 'none for a pod of its own namespaces');
 });
 
 /** What the API server does to a pod after each webhook's patch: fieldRef apiVersion defaulted to v1, empty values and false readOnly dropped (omitempty). */
@@ -610,6 +621,15 @@ t.test('a pod with pod-level resources gets the sidecar\'s added to them, with a
     t.same(out.spec.resources, { requests: { cpu: '150m', memory: '256Mi' }, limits: { memory: '576Mi' } }, `${name}: the sidecar's 50m / 128Mi requests and 320Mi limit added; no cpu limit made up`);
     t.match(got.response.warnings, [/pod-level resources: the driftguard sidecar's were added to them \(requests\.cpu 100m -> 150m, requests\.memory 128Mi -> 256Mi, limits\.memory 256Mi -> 576Mi\)/]);
   }
+  // A pod-level cpu limit (a Guaranteed pod, or limits alone, whose requests the API server
+  // filled from them): the sidecar has no cpu limit, so its request is added to the pod's limit
+  // too, or the pod's cpu requests would pass its limit.
+  for (const [name, server] of [['native', native], ['regular', regular]] as const) {
+    const pod = appPod({ labels: { 'driftguard.io/inject': 'true' }, spec: { resources: { requests: { cpu: '1', memory: '1Gi' }, limits: { cpu: '1', memory: '1Gi' } } } });
+    const { got } = await review(t, server, pod);
+    const out = patched(pod, got.response) as Pod & { spec: { resources: Record<string, Record<string, string>> } };
+    t.same(out.spec.resources, { requests: { cpu: '1050m', memory: '1152Mi' }, limits: { cpu: '1050m', memory: '1344Mi' } }, `${name}: requests stay within limits`);
+  }
   const plain = await review(t, regular, appPod({ labels: { 'driftguard.io/inject': 'true' } }));
   t.notOk(decodePatch(plain.got.response).some((op: { path: string }) => op.path.startsWith('/spec/resources')), 'a pod without them: untouched');
 });
@@ -699,6 +719,10 @@ t.test('the sidecar\'s grace period fits in the pod\'s terminationGracePeriodSec
   t.equal(short.grace, '5s', 'cut to leave 5 s for the last flush before SIGKILL');
   t.match(short.warning, /terminationGracePeriodSeconds is 10: .* cut from 20s to 5s/);
   t.equal((await graceOf(regular, 3)).grace, '0s', 'a period too short for any drain: none');
+  // Stored as written before Kubernetes 1.27, and taken by the kubelet as 1 s (not the default 30).
+  const negative = await graceOf(regular, -1);
+  t.equal(negative.grace, '0s', 'a negative period is 1 s: no drain');
+  t.match(negative.warning, /terminationGracePeriodSeconds is -1/);
   const longer = await startInjectorServer({
     config: buildConfig({ image: IMAGE, nativeSidecar: true, grace: '40s' }),
     tlsCertFile: join(dir, 'tls.crt'), tlsKeyFile: join(dir, 'tls.key'), host: '127.0.0.1', port: 0, certCheckIntervalMs: 0, log: () => {},
