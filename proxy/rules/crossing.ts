@@ -31,7 +31,7 @@ export function crossingTemplates(operations: readonly { method: string; path: s
       const found = crossingIn(root, template.segments, 0, false, false, [], skip);
       if (found) {
         const them = operations[found.other]!;
-        fail(['contract', 'operations', i, 'path'], `${op.method} ${op.path} and contract.operations[${found.other}] (${them.method} ${them.path}) both match ${found.example}, and neither is the more specific: upstream routers rank such routes differently (Spring and JAX-RS by their literals, Express and Django by the order they were declared), so the upstream may run the other operation; give one a literal wherever the other has one`);
+        fail(['contract', 'operations', i, 'path'], `${op.method} ${op.path} and contract.operations[${found.other}] (${them.method} ${them.path}) both match ${them.method !== op.method ? `${tree} ` : ''}${found.example}, and neither is the more specific: upstream routers rank such routes differently (Spring and JAX-RS by their literals, Express and Django by the order they were declared), so the upstream may run the other operation; give one a literal wherever the other has one`);
         return;
       }
       let at = root;
