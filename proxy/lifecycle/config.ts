@@ -93,10 +93,13 @@ function share(max: number): number {
 
 export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail: Fail, base: string, named: readonly string[] = []): LifecycleConfig {
   const raw = document as unknown as Raw;
+  // One problem per field: a refused value is NaN, which every later bound of its field lets
+  // pass unsaid (it was 1 ms, and "30d: must be at most 24d" was followed by "must be at least 1s").
+  // The rules are refused, so it is never used.
   const duration = (path: Path, text: string, positive = true, isTimer = false): number => {
     const ms = boundedDuration(text, isTimer);
-    if (typeof ms === 'string') { fail(path, ms); return 1; }
-    if (positive && ms <= 0) fail(path, 'must be longer than 0');
+    if (typeof ms === 'string') { fail(path, ms); return NaN; }
+    if (positive && ms <= 0) { fail(path, 'must be longer than 0'); return NaN; }
     return ms;
   };
   /** A duration that becomes a timer: at most MAX_TIMER_MS. */
