@@ -142,6 +142,8 @@ const validateSchema = ajv.compile(schema);
 
 /** Field name as a platform engineer reads it: contract.operations[3].method */
 /** identity.clockSkew at most: more would accept tokens that long after they expired. */
+/** proxy.connections' schema maximum: its default follows clientConnections up to it. */
+const MAX_UPSTREAM_CONNECTIONS = 1024;
 const MAX_CLOCK_SKEW_MS = 5 * 60_000;
 
 /**
@@ -516,7 +518,7 @@ function decodedShape(shape: string): string {
 
 // ---- the shape the schema guarantees (defaults applied) ----
 interface RawRules {
-  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; clientKeepAlive: string; request: string; clientRead: string; tunnelIdle: string; upstreamIdle: string }; connections: number; clientConnections: number };
+  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; clientKeepAlive: string; request: string; clientRead: string; tunnelIdle: string; upstreamIdle: string }; connections?: number; clientConnections: number };
   identity: {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string; insecureHttp?: boolean } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
@@ -854,7 +856,8 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
         tunnelIdleMs: timer(['proxy', 'timeouts', 'tunnelIdle'], raw.proxy.timeouts.tunnelIdle, true),
         upstreamIdleMs: timer(['proxy', 'timeouts', 'upstreamIdle'], raw.proxy.timeouts.upstreamIdle),
       }),
-      connections: raw.proxy.connections,
+      // Each client connection forwards one request at a time: by default the pool is never the limit.
+      connections: raw.proxy.connections ?? Math.min(MAX_UPSTREAM_CONNECTIONS, raw.proxy.clientConnections),
       clientConnections: raw.proxy.clientConnections,
     }),
     identity: Object.freeze({
