@@ -10,7 +10,7 @@
 
 import { hash } from 'node:crypto';
 import type { Check, CheckResult, Credential, Denial, RequestContext } from '../pipeline/types.ts';
-import { SENSITIVITY_RANK, type Rules } from '../rules/types.ts';
+import { SENSITIVITY_RANK, type ConsumerKind, type Rules } from '../rules/types.ts';
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record, fromNow, quarantineMode, type Quarantine, type IdempotencyEntry } from './monitors.ts';
@@ -119,7 +119,7 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
       const key = state.consumerKey(ctx);
       if (key === undefined) return undefined;
       see(state, ctx);
-      const found = quarantineOf(state, key, ctx.credential, q.mode, ctx.now);
+      const found = quarantineOf(state, key, ctx.consumer?.kind, ctx.credential, q.mode, ctx.now, configOf(rules).monitors.kinds);
       if (!found) {
         // A chain that could hide a quarantined actor, whatever delegation.mode says.
         const hides = hidesActors(ctx.credential);
@@ -141,10 +141,12 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
  * act chain, an enforced one before one in audit mode, so that a person's audit quarantine
  * does not hide the enforced one of the agent acting for it.
  */
-export function quarantineOf(state: LifecycleState, key: string, credential: Credential | undefined, mode: FeatureMode, now: number): { held: Quarantine; actor?: string } | undefined {
-  const own = state.monitors.quarantine(key, now);
+export function quarantineOf(state: LifecycleState, key: string, kind: ConsumerKind | undefined, credential: Credential | undefined, mode: FeatureMode, now: number, watched: ReadonlySet<ConsumerKind>): { held: Quarantine; actor?: string } | undefined {
+  // A kind no longer watched (a reload narrowed monitors.kinds) is not held by what the
+  // monitors placed while it was, as no quarantine holds anyone once quarantine.mode is off.
+  const own = kind !== undefined && watched.has(kind) ? state.monitors.quarantine(key, now) : undefined;
   if (own && quarantineMode(mode, own) === 'enforce') return { held: own };
-  const actor = credential ? quarantinedActor(state, credential, mode, now) : undefined;
+  const actor = credential ? quarantinedActor(state, credential, mode, now, watched) : undefined;
   if (actor && (!own || quarantineMode(mode, actor.held) === 'enforce')) return { held: actor.held, actor: actor.subject };
   return own ? { held: own } : undefined;
 }
@@ -155,7 +157,7 @@ export function quarantineOf(state: LifecycleState, key: string, credential: Cre
  * issuer vouches for (the level's iss, else the token's, as the delegation check reads it),
  * a malformed level's sub included.
  */
-export function quarantinedActor(state: LifecycleState, c: Credential, mode: FeatureMode, now: number): { subject: string; held: Quarantine } | undefined {
+export function quarantinedActor(state: LifecycleState, c: Credential, mode: FeatureMode, now: number, watched: ReadonlySet<ConsumerKind>): { subject: string; held: Quarantine } | undefined {
   const chain = c.act;
   if (!chain || state.monitors.quarantined.size === 0) return undefined;
   let first: { subject: string; held: Quarantine } | undefined;
@@ -163,6 +165,7 @@ export function quarantinedActor(state: LifecycleState, c: Credential, mode: Fea
   // holds the subs that remain, whose iss nothing vouches for (namedActorConsumers).
   for (const [i, subject] of chain.named.entries()) {
     for (const actor of namedActorConsumers(state.rules, c, subject, i)) {
+      if (!watched.has(actor.kind)) continue;
       const held = state.monitors.quarantine(actor.key, now);
       if (!held) continue;
       // An enforced one anywhere in the chain, before an audit one nearer the front.

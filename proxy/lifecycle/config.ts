@@ -110,7 +110,7 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   const kindLimits = raw.identity.maxTokenLifetime;
   const maxTokenLifetimeMs: Partial<Record<Sensitivity, number>> = {};
   for (const [sensitivity, text] of Object.entries(c.maxTokenLifetime) as [Sensitivity, string][]) {
-    const ms = duration(['credentials', 'maxTokenLifetime', sensitivity], text);
+    const ms = duration(['credentials', 'maxTokenLifetime', sensitivity], text, false);
     // As identity.maxTokenLifetime: a token's times are whole seconds, so under 1s no token
     // passes and every call at that sensitivity is refused (500ms for 500s, say).
     if (ms < 1000) fail(['credentials', 'maxTokenLifetime', sensitivity], `${text} is less than 1s, the unit of the times in a token: no token could pass`);
@@ -156,7 +156,8 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
     // As for a key set: the list replaces the last one, so whoever can answer for it lifts revocations.
     if (plainHttpElsewhere(r.url) && !r.insecureHttp) fail(['revocation', 'url'], 'is plain http to a host that is not loopback: anyone on the path could serve an empty list and lift every revocation it carried; use https, or set revocation.insecureHttp: true where the path is protected (a mesh\'s mTLS)');
   }
-  const intervalMs = timer(['revocation', 'interval'], r.interval);
+  // Its own bound (1s) says more of 0 than "longer than 0".
+  const intervalMs = duration(['revocation', 'interval'], r.interval, false, true);
   if (intervalMs < 1000) fail(['revocation', 'interval'], 'must be at least 1s');
   const revocation: RevocationConfig = Object.freeze({
     mode: r.mode, ...(file !== undefined ? { file } : {}), ...(r.url !== undefined ? { url: r.url } : {}),

@@ -376,7 +376,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           if (!c) return undefined;
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now, (actor, i) => actorIssuers(state.rules, c, actor, i))) return 'credential-revoked';
           const key = state.consumerKey(ctx);
-          const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, c, monitors.quarantine.mode, now)?.held : undefined;
+          const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, ctx.consumer?.kind, c, monitors.quarantine.mode, now, monitors.kinds)?.held : undefined;
           // With its Retry-After, as the quarantine check's refusal has it: a request withdrawn
           // while it waited for a connection is told how long to wait, as its next one would be.
           return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce' ? { reason: 'consumer-quarantined', retryAfter: Math.max(1, Math.ceil((held.untilMs - now) / 1000)) } : undefined;

@@ -1,0 +1,30 @@
+// A reload that stops watching a kind of consumer (monitors.kinds) lifts that kind's
+// quarantines, as a reload to quarantine.mode: off lifts them all.
+import t from 'tap';
+import { loadRules } from '../../proxy/rules/load.ts';
+import { writeRules } from '../support/driftguard.ts';
+import { world, startLifecycle, monitorsOnly, bearer } from './support.ts';
+
+t.test('monitors.kinds narrowed by a reload: the kind no longer watched is no longer quarantined; watched again, it is', async (t) => {
+  const w = await world();
+  const rules = (kinds: string[]) => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = { kinds, ...monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } }) };
+  });
+  const dg = await startLifecycle(rules(['automation']));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); }
+  const good = await w.token();
+  const before = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  t.equal((await before.json() as { code: string }).code, 'consumer-quarantined', 'quarantined while automations are watched');
+  // The operator stops watching automations (only humans now).
+  await dg.dg.swap(loadRules(writeRules(rules(['human']))));
+  const after = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  const body = await after.text();
+  t.equal(after.status, 200, `an automation is no longer watched: not refused as quarantined (got ${after.status} ${body.slice(0, 120)})`);
+  // Watched again while the quarantine lasts: it holds again.
+  await dg.dg.swap(loadRules(writeRules(rules(['automation', 'human']))));
+  const again = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
+  t.equal((await again.json() as { code: string }).code, 'consumer-quarantined', 'watched again: quarantined for the rest of its period');
+});
