@@ -34,10 +34,12 @@ the last good rules. SIGTERM stops accepting, lets in-flight requests finish wit
 DRIFTGUARD_DRAIN_DELAY; default 0s) it first goes on taking requests for that long, not ready
 and closing each connection after its answer, while the pod's endpoints are withdrawn.
 Exit: 1 when the rules are invalid or a listener cannot start.`,
-  check: `Usage: driftguard check FILE
+  check: `Usage: driftguard check FILE [--listen HOST:PORT] [--upstream URL] [--admin HOST:PORT] [--probes HOST:PORT]
 
-Validates FILE against rules/schema.json and the cross-field rules. Prints every problem as
-FILE:LINE:COLUMN: FIELD: MESSAGE. Exit 0 when valid, 1 otherwise.`,
+Validates FILE against rules/schema.json and the cross-field rules, as run takes it: --listen,
+--upstream, --admin and --probes (or DRIFTGUARD_LISTEN, DRIFTGUARD_UPSTREAM, DRIFTGUARD_ADMIN,
+DRIFTGUARD_PROBES, which the injector sets in the pod) override the file's. Prints every problem
+as FILE:LINE:COLUMN: FIELD: MESSAGE. Exit 0 when valid, 1 otherwise.`,
   demo: `Usage: driftguard demo [--rules FILE]
 
 Starts a demo API and a JWKS on loopback, then driftguard with rules/demo.yaml in front of
@@ -106,6 +108,29 @@ function usageError(message: string, command: string): number {
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
+/** --listen, --upstream, --admin, --probes: run's and check's. */
+const OVERRIDE_FLAGS = Object.fromEntries(OVERRIDE_KEYS.map((key) => [key, { type: 'string' as const }]));
+
+/**
+ * The overrides of proxy.listen, upstream, admin and probes: the flag, else the variable; an
+ * empty variable is unset (a manifest's `value: ""`), not an override to refuse. A problem with
+ * one of these names the flag or the variable, not the file's line.
+ */
+function overridesOf(values: Values): Overrides {
+  const overrides: { -readonly [K in keyof Overrides]: Overrides[K] } = {};
+  const from: Record<string, string> = {};
+  for (const key of OVERRIDE_KEYS) {
+    const variable = `DRIFTGUARD_${key.toUpperCase()}`;
+    const flag = values[key] as string | undefined;
+    const value = flag ?? (process.env[variable] || undefined);
+    if (value === undefined) continue;
+    overrides[key] = value;
+    from[key] = flag !== undefined ? `--${key}` : variable;
+  }
+  overrides.from = from;
+  return overrides;
+}
+
 function parse(argv: string[], options: ParseArgsConfig['options'], allowPositionals = false): { values: Values; positionals: string[] } {
   const { values, positionals } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals, strict: true });
   return { values: values as Values, positionals };
@@ -138,7 +163,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     switch (command) {
       case 'check': {
-        const { values, positionals } = parse(rest, {}, true);
+        const { values, positionals } = parse(rest, OVERRIDE_FLAGS, true);
         if (values.help) { print(USAGE.check + '\n'); return 0; }
         if (positionals.length !== 1) return usageError('check takes exactly one FILE', 'check');
         const { loadRules } = await import('./rules/load.ts');
@@ -147,7 +172,9 @@ async function main(argv: string[]): Promise<number> {
         await import('./lifecycle/config.ts');
         await import('./telemetry/config.ts');
         try {
-          const rules = loadRules(positionals[0]!, {}, { pipe: true });
+          // As `run` takes it in the pod: the injector sets every DRIFTGUARD_* override, and a
+          // file shared by many deployments may leave proxy.upstream to it.
+          const rules = loadRules(positionals[0]!, overridesOf(values), { pipe: true });
           // What start-up reads beside the rules: the revocation list file and journal.
           const { checkLifecycleFiles } = await import('./lifecycle/index.ts');
           checkLifecycleFiles(rules, Date.now());
@@ -157,23 +184,11 @@ async function main(argv: string[]): Promise<number> {
       }
       case 'run': {
         const { values } = parse(rest, {
-          config: { type: 'string', short: 'c' }, listen: { type: 'string' }, upstream: { type: 'string' }, admin: { type: 'string' }, probes: { type: 'string' }, grace: { type: 'string' }, 'drain-delay': { type: 'string' },
+          config: { type: 'string', short: 'c' }, ...OVERRIDE_FLAGS, grace: { type: 'string' }, 'drain-delay': { type: 'string' },
         });
         if (values.help) { print(USAGE.run + '\n'); return 0; }
         if (!values.config) return usageError('run needs --config FILE', 'run');
-        // The flag, else the variable; an empty variable is unset (a manifest's `value: ""`), not an override to refuse.
-        // A problem with one of these names the flag or the variable, not the file's line.
-        const overrides: { -readonly [K in keyof Overrides]: Overrides[K] } = {};
-        const from: Record<string, string> = {};
-        for (const key of OVERRIDE_KEYS) {
-          const variable = `DRIFTGUARD_${key.toUpperCase()}`;
-          const flag = values[key] as string | undefined;
-          const value = flag ?? (process.env[variable] || undefined);
-          if (value === undefined) continue;
-          overrides[key] = value;
-          from[key] = flag !== undefined ? `--${key}` : variable;
-        }
-        overrides.from = from;
+        const overrides = overridesOf(values);
         const grace = stopDuration(values.grace as string | undefined, 'grace', '20s');
         if (typeof grace === 'number') return grace;
         const delay = stopDuration(values['drain-delay'] as string | undefined, 'drain-delay', '0s');

@@ -145,6 +145,22 @@ t.test('a bad flag or DRIFTGUARD_* value is blamed on the flag or the variable, 
   t.match(missing.stderr, /^\/nonexistent\/rules\.yaml: \(top level\): cannot read the rules file: ENOENT$/m);
 });
 
+t.test('check takes the file as run does in the pod: the same overrides, flags or DRIFTGUARD_* variables', async (t) => {
+  // A file shared by many deployments leaves proxy.upstream to the injector's DRIFTGUARD_UPSTREAM.
+  const shared = writeRules(baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/jwks.json', (r) => { delete r.proxy.upstream; }));
+  const bare = await cli(['check', shared]);
+  t.equal(bare.code, 1, 'without an override: proxy.upstream is missing');
+  t.match(bare.stderr, /missing required field "upstream"/);
+  const variable = await cli(['check', shared], { env: { DRIFTGUARD_UPSTREAM: 'http://127.0.0.1:8080' } });
+  t.equal(variable.code, 0, `with the variable the injector sets: valid (${variable.stderr.trim()})`);
+  const flag = await cli(['check', shared, '--upstream', 'http://127.0.0.1:8080']);
+  t.equal(flag.code, 0, 'or the flag');
+  // A bad override is blamed on it, as run blames it.
+  const bad = await cli(['check', writeRules(GOOD), '--listen', 'nonsense']);
+  t.equal(bad.code, 1);
+  t.match(bad.stderr, /^--listen: proxy\.listen: "nonsense" is not host:port$/m);
+});
+
 t.test('a start that fails while the key server hangs exits at once, and says nothing of retrying', async (t) => {
   // A key server that accepts and never answers, within a fetch timeout of 10 minutes: a start
   // that waited for the fetch would not end within cli()'s 20 s, and the test fails so, with
