@@ -14,7 +14,8 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { loopbackOnly, refusedFromWebPage, type AdminRoutes } from '../admin/server.ts';
-import type { Rules } from '../rules/types.ts';
+import type { ConsumerKind, Rules } from '../rules/types.ts';
+import type { Quarantine } from './monitors.ts';
 import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
 import { malformedCredentialLines, parseAdminCredentials, type AdminCredential } from './config.ts';
@@ -288,7 +289,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     if (refusedParameters(res, url)) return;
     const now = state.now();
     const list = state.monitors.quarantines(now);
-    routes.json(res, 200, { quarantined: list.map(quarantineView) });
+    routes.json(res, 200, { quarantined: list.map((q) => quarantineView(q, state.config.monitors.kinds)) });
   });
 
   // A long subject's quarantine, by the key GET /quarantine shows for it.
@@ -299,7 +300,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     const q = state.monitors.liftKey(key, state.now());
     if (!q) { routes.problem(res, 404, 'Not Found', 'no quarantine has this key (?key= as GET /quarantine shows it)'); return; }
     log({ level: 'info', msg: 'quarantine lifted', consumer: q.subject, key, by: who });
-    routes.json(res, 200, { lifted: quarantineView(q) });
+    routes.json(res, 200, { lifted: quarantineView(q, state.config.monitors.kinds) });
   });
 
   routes.add('DELETE', /^\/quarantine\/.+$/, (req, res, url) => {
@@ -310,7 +311,7 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     const q = state.monitors.lift(subject, state.now());
     if (!q) { routes.problem(res, 404, 'Not Found', `${redactText(subject)} is not quarantined`); return; }
     log({ level: 'info', msg: 'quarantine lifted', consumer: subject, by: who });
-    routes.json(res, 200, { lifted: quarantineView(q) });
+    routes.json(res, 200, { lifted: quarantineView(q, state.config.monitors.kinds) });
   });
 
   routes.add('GET', '/consumers', async (_req, res, url) => {
@@ -349,13 +350,18 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
         lastSeen: seen ? new Date(seen.lastSeenMs).toISOString() : null,
         decisions: seen ? Object.fromEntries([...seen.decisions].map(([outcome, byReason]) => [outcome, Object.fromEntries(byReason)])) : {},
         revocations: revocationsOf(subject, known, seen).sort((a, b) => a.createdMs - b.createdMs).map(revocationView),
-        quarantine: q ? quarantineView(q) : null,
+        quarantine: q ? quarantineView(q, state.config.monitors.kinds) : null,
       };
     };
     await routes.jsonList(res, { tracked: state.monitors.consumers.size, maxTracked: state.monitors.consumers.max }, 'consumers', [...subjects].sort(), view);
   });
 }
 
-function quarantineView(q: { subject: string; key?: string; sinceMs: number; untilMs: number; mode: string; reasons: readonly string[] }): Record<string, unknown> {
-  return { subject: q.subject, ...(q.key !== undefined ? { key: q.key } : {}), since: new Date(q.sinceMs).toISOString(), until: new Date(q.untilMs).toISOString(), mode: q.mode, reasons: q.reasons };
+/**
+ * A quarantine as the admin API shows it: `kind`, the kind of the calls that placed it, and
+ * `watched`, whether monitors.kinds watches it now (a quarantine of a kind a reload stopped
+ * watching holds nobody until that kind is watched again, or it ends).
+ */
+function quarantineView(q: Quarantine, watched: ReadonlySet<ConsumerKind>): Record<string, unknown> {
+  return { subject: q.subject, ...(q.key !== undefined ? { key: q.key } : {}), kind: q.kind, watched: watched.has(q.kind), since: new Date(q.sinceMs).toISOString(), until: new Date(q.untilMs).toISOString(), mode: q.mode, reasons: q.reasons };
 }

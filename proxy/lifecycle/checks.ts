@@ -119,7 +119,7 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
       const key = state.consumerKey(ctx);
       if (key === undefined) return undefined;
       see(state, ctx);
-      const found = quarantineOf(state, key, ctx.consumer?.kind, ctx.credential, q.mode, ctx.now, configOf(rules).monitors.kinds);
+      const found = quarantineOf(state, key, ctx.credential, q.mode, ctx.now, configOf(rules).monitors.kinds);
       if (!found) {
         // A chain that could hide a quarantined actor, whatever delegation.mode says.
         const hides = hidesActors(ctx.credential);
@@ -141,14 +141,20 @@ export function quarantine(rules: Rules, state: LifecycleState | undefined): Che
  * act chain, an enforced one before one in audit mode, so that a person's audit quarantine
  * does not hide the enforced one of the agent acting for it.
  */
-export function quarantineOf(state: LifecycleState, key: string, kind: ConsumerKind | undefined, credential: Credential | undefined, mode: FeatureMode, now: number, watched: ReadonlySet<ConsumerKind>): { held: Quarantine; actor?: string } | undefined {
-  // A kind no longer watched (a reload narrowed monitors.kinds) is not held by what the
-  // monitors placed while it was, as no quarantine holds anyone once quarantine.mode is off.
-  const own = kind !== undefined && watched.has(kind) ? state.monitors.quarantine(key, now) : undefined;
+export function quarantineOf(state: LifecycleState, key: string, credential: Credential | undefined, mode: FeatureMode, now: number, watched: ReadonlySet<ConsumerKind>): { held: Quarantine; actor?: string } | undefined {
+  // A quarantine placed for a kind no longer watched (a reload narrowed monitors.kinds) holds
+  // nobody, as none does once quarantine.mode is off. The kind it was placed for, not the
+  // call's: a person's holds its calls through an agent too.
+  const own = holding(state.monitors.quarantine(key, now), watched);
   if (own && quarantineMode(mode, own) === 'enforce') return { held: own };
   const actor = credential ? quarantinedActor(state, credential, mode, now, watched) : undefined;
   if (actor && (!own || quarantineMode(mode, actor.held) === 'enforce')) return { held: actor.held, actor: actor.subject };
   return own ? { held: own } : undefined;
+}
+
+/** `q` if it holds: placed for a kind monitors.kinds watches. */
+export function holding(q: Quarantine | undefined, watched: ReadonlySet<ConsumerKind>): Quarantine | undefined {
+  return q !== undefined && watched.has(q.kind) ? q : undefined;
 }
 
 /**
@@ -165,8 +171,7 @@ export function quarantinedActor(state: LifecycleState, c: Credential, mode: Fea
   // holds the subs that remain, whose iss nothing vouches for (namedActorConsumers).
   for (const [i, subject] of chain.named.entries()) {
     for (const actor of namedActorConsumers(state.rules, c, subject, i)) {
-      if (!watched.has(actor.kind)) continue;
-      const held = state.monitors.quarantine(actor.key, now);
+      const held = holding(state.monitors.quarantine(actor.key, now), watched);
       if (!held) continue;
       // An enforced one anywhere in the chain, before an audit one nearer the front.
       if (quarantineMode(mode, held) === 'enforce') return { subject, held };

@@ -6,7 +6,7 @@
 // per consumer (owner view, quarantine) and completes idempotency keys when a write ends;
 // `attach` adds the admin endpoints (proxy/lifecycle/admin.ts).
 
-import type { Rules } from '../rules/types.ts';
+import type { ConsumerKind, Rules } from '../rules/types.ts';
 import { RulesError, problemInFile, type RulesProblem } from '../rules/load.ts';
 import type { Feature, Log } from '../features.ts';
 import type { Observation, Observer } from '../observe.ts';
@@ -272,11 +272,14 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // An automation acting for a person: its denials are its own (its quarantine then refuses
     // every token that names it), not the person's.
     const p = state.monitored(ctx)!;
-    quarantineOnDenials(p.key === key ? s : m.consumer(p.key, p.kind, p.owner, ctx.now, p.origin), p, ctx.now, d);
+    quarantineOnDenials(p.key === key ? s : m.consumer(p.key, p.kind, p.owner, ctx.now, p.origin), p, c.kind, ctx.now, d);
   }
 
-  /** Count a denial of the party kept under `p.key`; enough of them within the window quarantine it. */
-  function quarantineOnDenials(s: ConsumerState, p: Monitored, at: number, d: Decision): void {
+  /**
+   * Count a denial of the party kept under `p.key`; enough of them within the window quarantine
+   * it, for `watched`, the kind of the calls that placed it (monitors.kinds).
+   */
+  function quarantineOnDenials(s: ConsumerState, p: Monitored, watched: ConsumerKind, at: number, d: Decision): void {
     const m = state.monitors;
     const q = state.config.monitors.quarantine;
     const key = p.key;
@@ -294,7 +297,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // Placed in part by would-denies (proxy.mode audit), a quarantine is an audit one: those
     // were not enforced, and a reload to enforce must not turn it into refusals.
     const mode = q.mode === 'enforce' && s.denialsEnforced.every(Boolean) ? 'enforce' : 'audit';
-    m.quarantineFor(key, { sinceMs: at, untilMs: at + q.periodMs, mode, reasons, origin: p.origin });
+    m.quarantineFor(key, { kind: watched, sinceMs: at, untilMs: at + q.periodMs, mode, reasons, origin: p.origin });
     // The denials counted in the window (at least monitors.quarantine.denials) and their reasons, as GET /quarantine shows them.
     const denials = s.denials.length;
     forgetDenials(s);
@@ -376,7 +379,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           if (!c) return undefined;
           if (r.mode === 'enforce' && state.revocations.match(c, credentials.taskClaim, now, (actor, i) => actorIssuers(state.rules, c, actor, i))) return 'credential-revoked';
           const key = state.consumerKey(ctx);
-          const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, ctx.consumer?.kind, c, monitors.quarantine.mode, now, monitors.kinds)?.held : undefined;
+          const held = key !== undefined && monitors.quarantine.mode !== 'off' ? quarantineOf(state, key, c, monitors.quarantine.mode, now, monitors.kinds)?.held : undefined;
           // With its Retry-After, as the quarantine check's refusal has it: a request withdrawn
           // while it waited for a connection is told how long to wait, as its next one would be.
           return held !== undefined && quarantineMode(monitors.quarantine.mode, held) === 'enforce' ? { reason: 'consumer-quarantined', retryAfter: Math.max(1, Math.ceil((held.untilMs - now) / 1000)) } : undefined;

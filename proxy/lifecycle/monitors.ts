@@ -96,6 +96,12 @@ export interface Quarantine {
   readonly key?: string;
   /** Who it is, as its token said (rekey); not shown. Not kept for a subject kept by hash. */
   readonly origin?: Origin;
+  /**
+   * The kind of the calls whose denials placed it (an agent's acting for a person are an
+   * automation's): it holds only while monitors.kinds watches that kind (a reload that stops
+   * watching it lifts it in effect; watched again, it holds again).
+   */
+  readonly kind: ConsumerKind;
   readonly sinceMs: number;
   readonly untilMs: number;
   /** enforce: requests are refused; audit: recorded only. */

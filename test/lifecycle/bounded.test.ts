@@ -157,7 +157,7 @@ t.test('a subject that is another\'s key lifts its own quarantine, not the other
   // A subject can be any string, a long subject's key included: read as a key, lifting it
   // by subject would lift the other (found by a review helper).
   const { monitors: m } = await harness(t, String);
-  const q = { sinceMs: 0, untilMs: Infinity, mode: 'enforce' as const, reasons: [] };
+  const q = { kind: 'automation' as const, sinceMs: 0, untilMs: Infinity, mode: 'enforce' as const, reasons: [] };
   const victim = 'spiffe://example.test/' + 'v'.repeat(200);
   m.quarantineFor(victim, q);
   const key = m.quarantines(1)[0]!.key!;
@@ -172,7 +172,7 @@ t.test('a subject that is another\'s key lifts its own quarantine, not the other
 t.test('a subject too large for the whole table is still kept: alone', async (t) => {
   const { monitors: m } = await harness(t, String);
   const huge = 'spiffe://attacker.example/' + 'a'.repeat(3_000_000);
-  m.quarantineFor(huge, { sinceMs: 0, untilMs: Infinity, mode: 'enforce', reasons: [] });
+  m.quarantineFor(huge, { kind: 'automation', sinceMs: 0, untilMs: Infinity, mode: 'enforce', reasons: [] });
   t.ok(m.quarantine(huge, 1), 'quarantined');
   t.ok(m.lift(huge, 1) && !m.quarantine(huge, 1), 'and lifted by the same subject');
   m.consumer('short', 'automation', undefined, 0);

@@ -478,7 +478,7 @@ t.test('delegation in audit mode forwards and records', async (t) => {
 function quarantine(dg: Lifecycled, modes: Record<string, 'audit' | 'enforce'>): void {
   const m = (dg.feature.deps!.lifecycle as LifecycleState).monitors;
   const now = Date.now();
-  for (const [subject, mode] of Object.entries(modes)) m.quarantineFor(subject, { sinceMs: now, untilMs: now + 300_000, mode, reasons: ['insufficient-scope'] });
+  for (const [subject, mode] of Object.entries(modes)) m.quarantineFor(subject, { kind: 'automation', sinceMs: now, untilMs: now + 300_000, mode, reasons: ['insufficient-scope'] });
 }
 
 t.test('a person\'s audit-mode quarantine does not hide the enforced quarantine of the agent acting for it', async (t) => {

@@ -2,7 +2,7 @@
 // quarantines, as a reload to quarantine.mode: off lifts them all.
 import t from 'tap';
 import { loadRules } from '../../proxy/rules/load.ts';
-import { writeRules } from '../support/driftguard.ts';
+import { writeRules, AGENT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, monitorsOnly, bearer } from './support.ts';
 
 t.test('monitors.kinds narrowed by a reload: the kind no longer watched is no longer quarantined; watched again, it is', async (t) => {
@@ -27,4 +27,38 @@ t.test('monitors.kinds narrowed by a reload: the kind no longer watched is no lo
   await dg.dg.swap(loadRules(writeRules(rules(['automation', 'human']))));
   const again = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
   t.equal((await again.json() as { code: string }).code, 'consumer-quarantined', 'watched again: quarantined for the rest of its period');
+});
+
+for (const kinds of [['human'], ['human', 'automation']]) {
+  t.test(`monitors.kinds ${JSON.stringify(kinds)}: a person quarantined for its own calls is quarantined through its agent too`, async (t) => {
+    const w = await world();
+    const dg = await startLifecycle(w.rules((r) => {
+      r.credentials = { taskBindingAt: 'never' };
+      r.delegation = { mode: 'enforce', consumers: [{ subject: HUMAN, actors: [AGENT] }] };
+      r.monitors = { kinds, ...monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } }) };
+    }));
+    t.teardown(async () => { await dg.close(); await w.close(); });
+    const weak = await w.token({ sub: HUMAN, scope: 'items.read' });
+    for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); }
+    const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN })) });
+    t.equal((await own.json() as { code: string }).code, 'consumer-quarantined', 'its own call');
+    const viaAgent = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, claims: { act: { sub: AGENT } } })) });
+    t.equal((await viaAgent.json() as { code: string }).code, 'consumer-quarantined', 'through its agent: the quarantine was placed for a person\'s calls, which are watched');
+  });
+}
+
+t.test('GET /quarantine shows the kind a quarantine was placed for, and whether it is watched now', async (t) => {
+  const w = await world();
+  const rules = (kinds: string[]) => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.monitors = { kinds, ...monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } }) };
+  });
+  const dg = await startLifecycle(rules(['automation']));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const weak = await w.token({ scope: 'items.read' });
+  for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); }
+  const listed = async () => (await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string; kind: string; watched: boolean }[] }).quarantined;
+  t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: true }]);
+  await dg.dg.swap(loadRules(writeRules(rules(['human']))));
+  t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: false }], 'kept, and shown as holding nobody');
 });
