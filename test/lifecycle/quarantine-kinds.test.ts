@@ -1,20 +1,12 @@
 // A reload that stops watching a kind of consumer (monitors.kinds) lifts that kind's
 // quarantines, as a reload to quarantine.mode: off lifts them all.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules, AGENT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, monitorsOnly, bearer } from './support.ts';
 
 t.test('monitors.kinds narrowed by a reload: the kind no longer watched is no longer quarantined; watched again, it is', async (t) => {
-  const w = await world();
-  const rules = (kinds: string[]) => w.rules((r) => {
-    r.credentials = { taskBindingAt: 'never' };
-    r.monitors = { kinds, ...monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } }) };
-  });
-  const dg = await startLifecycle(rules(['automation']));
-  t.teardown(async () => { await dg.close(); await w.close(); });
-  const weak = await w.token({ scope: 'items.read' });
-  for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); }
+  const { w, dg, rules } = await agentQuarantined(t);
   const good = await w.token();
   const before = await fetch(`${dg.url}/items/1`, { headers: bearer(good) });
   t.equal((await before.json() as { code: string }).code, 'consumer-quarantined', 'quarantined while automations are watched');
@@ -48,6 +40,15 @@ for (const kinds of [['human'], ['human', 'automation']]) {
 }
 
 t.test('GET /quarantine shows the kind a quarantine was placed for, and whether it is watched now', async (t) => {
+  const { w, dg, rules } = await agentQuarantined(t);
+  const listed = async () => (await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string; kind: string; watched: boolean }[] }).quarantined;
+  t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: true }]);
+  await dg.dg.swap(loadRules(writeRules(rules(['human']))));
+  t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: false }], 'kept, and shown as holding nobody');
+});
+
+/** A world whose agent is quarantined (three refusals) while monitors.kinds is [automation]; `rules(kinds)` for a reload. */
+async function agentQuarantined(t: Test) {
   const w = await world();
   const rules = (kinds: string[]) => w.rules((r) => {
     r.credentials = { taskBindingAt: 'never' };
@@ -57,8 +58,5 @@ t.test('GET /quarantine shows the kind a quarantine was placed for, and whether 
   t.teardown(async () => { await dg.close(); await w.close(); });
   const weak = await w.token({ scope: 'items.read' });
   for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); }
-  const listed = async () => (await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string; kind: string; watched: boolean }[] }).quarantined;
-  t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: true }]);
-  await dg.dg.swap(loadRules(writeRules(rules(['human']))));
-  t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: false }], 'kept, and shown as holding nobody');
-});
+  return { w, dg, rules };
+}
