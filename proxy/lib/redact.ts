@@ -48,11 +48,18 @@ function tokenEnd(s: string, header: number): number {
   const third = runEnd(s, second + 1);
   const fourth = s.charCodeAt(third) === DOT ? runEnd(s, third + 1) : -1;
   const fifth = fourth > third + 1 && s.charCodeAt(fourth) === DOT ? runEnd(s, fourth + 1) : -1;
-  if (third > second + 1 && fifth > fourth + 1) return fifth;
+  // Each part as long as a real JWE's at least (a 96-bit IV, a 128-bit tag, a key empty or of
+  // 128 bits): `monkeyJarWidget.1.2.3.js` is a file name.
+  const key = second - header - 1;
+  if ((key === 0 || key >= JWE_MIN_KEY) && third - second - 1 >= JWE_MIN_IV && fourth > third + 1 && fifth - fourth - 1 >= JWE_MIN_TAG) return fifth;
   return second - header - 1 >= MIN_PAYLOAD && third - second - 1 >= MIN_SIGNATURE ? third : -1;
 }
 
 const DOT = 46;
+/** base64url characters of a JWE's shortest IV (96 bits), tag and encrypted key (128 bits). */
+const JWE_MIN_IV = 16;
+const JWE_MIN_TAG = 22;
+const JWE_MIN_KEY = 22;
 /**
  * The shortest header, `{"alg":"x"}`, is 15 characters; the shortest payload, `{}`, is `e30`;
  * an unsecured token (`alg: none`) has an empty signature.

@@ -75,12 +75,14 @@ t.test('free text and fetched URLs', async (t) => {
 
 t.test('an encrypted token (JWE, five parts) is replaced whole, its encrypted key empty or not', async (t) => {
   const b64 = (text: string) => Buffer.from(text).toString('base64url');
-  const dir = `${b64('{"alg":"dir","enc":"A256GCM","kid":"k1"}')}..${b64('iv-twelve-b')}.${b64('ciphertext '.repeat(12))}.${b64('tag-sixteen-byte')}`;
-  const rsa = `${b64('{"alg":"RSA-OAEP-256","enc":"A256GCM"}')}.${b64('encrypted key '.repeat(16))}.${b64('iv-twelve-b')}.${b64('ciphertext '.repeat(12))}.${b64('tag-sixteen-byte')}`;
+  const dir = `${b64('{"alg":"dir","enc":"A256GCM","kid":"k1"}')}..${b64('iv-twelve-by')}.${b64('ciphertext '.repeat(12))}.${b64('tag-sixteen-byte')}`;
+  const rsa = `${b64('{"alg":"RSA-OAEP-256","enc":"A256GCM"}')}.${b64('encrypted key '.repeat(16))}.${b64('iv-twelve-by')}.${b64('ciphertext '.repeat(12))}.${b64('tag-sixteen-byte')}`;
   for (const [name, jwe] of [['alg dir', dir], ['RSA-OAEP', rsa]] as const) {
     t.equal(redactPath(`/callback/${jwe}/next`), '/callback/(redacted)/next', `${name}: in a path`);
     t.equal(redactText(`agent/1.0 ${jwe} x`), 'agent/1.0 (redacted) x', `${name}: in free text`);
   }
+  // Parts shorter than a real JWE's: a versioned file name whose word holds `eyJ` is kept.
+  for (const path of ['/static/monkeyJarWidget.1.2.3.js', '/pkg/heyJudeRemaster.1.0.0.tar.gz']) t.equal(redactPath(path), path, `${path} kept`);
   // A header followed by an empty part and no more: no token.
   t.equal(redactText(`${b64('{"alg":"dir","enc":"A256GCM"}')}..x`), `${b64('{"alg":"dir","enc":"A256GCM"}')}..x`);
 });
