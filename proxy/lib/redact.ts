@@ -190,8 +190,10 @@ export function yamlFault(message: string, code?: string): string {
   if (code === 'TAG_RESOLVE_FAILED') return /^Unresolved tag: !{1,2}[A-Za-z][\w./:-]{0,31}$/.test(message) ? message : 'a tag that is not resolved';
   if (code === 'BAD_DIRECTIVE') return 'a directive that is unknown or unsupported';
   const first = message.split('\n')[0]!;
-  const cut = first.indexOf(': ');
-  return cut === -1 ? first : first.slice(0, cut);
+  // A label's colon (`…in YAML stream: "<source>"`), not the `:` indicator a message names
+  // with a space before it (`Missing , or : between flow sequence items`).
+  const cut = /[^ ]: /.exec(first);
+  return cut === null ? first : first.slice(0, cut.index + 1);
 }
 
 /** The line and column JSON.parse names for a fault (Node 24), where it names them. */

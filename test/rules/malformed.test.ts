@@ -442,4 +442,7 @@ t.test('a YAML syntax error does not quote the text it is at: a value left after
     t.ok(found.every((p) => p.line > 0), `${what}: at a line`);
     t.notOk(JSON.stringify(found).includes('sk-live'), `${what}: not quoted (${found.map((p) => p.message).join(' | ')})`);
   }
+  // A message that names the `:` indicator, with nothing quoted after it, is kept whole.
+  const comma = problems(VALID.replace('owner: team-a', 'owner: ["a" "b"]')).problems;
+  t.ok(comma.some((p) => p.message === 'YAML: Missing , or : between flow sequence items'), `kept whole (${comma.map((p) => p.message).join(' | ')})`);
 });
