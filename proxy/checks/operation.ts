@@ -25,6 +25,8 @@ interface Node {
   variable?: Node;
   /** Variables that end the path with a custom method (`{id}:cancel`), by the method. */
   verbs?: Map<string, Node>;
+  /** The same by the method's fold: a router that ignores case runs `{id}:cancel` for `1:CANCEL`. */
+  foldedVerbs?: Map<string, Node[]>;
   operation?: Operation;
 }
 
@@ -73,7 +75,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   const endsInVariable = new Set<Operation>();
   /** Some template ends in a slash: a router that ignores one may take a path to its twin. */
   let trailingSlashes = false;
-  /** The custom methods the contract declares, by method tree (AIP-136). */
+  /** The custom methods the contract declares, by method tree (AIP-136), folded (foldSegment). */
   const declaredVerbs = new Map<string, Set<string>>();
   const insert = (method: string, op: Operation): void => {
     const template = parseTemplate(op.path);
@@ -95,9 +97,15 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       } else if (s.verb !== undefined) {
         const verbs = at.verbs ??= new Map();
         let next = verbs.get(s.verb);
-        if (!next) verbs.set(s.verb, (next = node()));
+        if (!next) {
+          verbs.set(s.verb, (next = node()));
+          const folded = foldSegment(s.verb);
+          const same = (at.foldedVerbs ??= new Map()).get(folded);
+          if (same) same.push(next); else at.foldedVerbs.set(folded, [next]);
+          if (folded !== s.verb) foldingLiterals = true;
+        }
         const declared = declaredVerbs.get(method) ?? new Set();
-        declaredVerbs.set(method, declared.add(s.verb));
+        declaredVerbs.set(method, declared.add(foldSegment(s.verb)));
         at = next;
       } else {
         at = at.variable ??= node();
@@ -161,6 +169,11 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     }
     const custom = customMethod(at, segments, i);
     if (custom) return { op: custom, index: first };
+    // A custom method by its fold (`1:CANCEL`, `1%3Acancel` decoded): the segment reached it only so.
+    const verb = at.foldedVerbs !== undefined && i === segments.length - 1 ? verbOf(foldOf(segment)) : undefined;
+    for (const method of (verb !== undefined && at.foldedVerbs!.get(verb)) || []) {
+      if (method.operation !== undefined && method.operation !== custom) return { op: method.operation, index: first >= 0 ? first : i };
+    }
     return at.variable && segment !== '' ? walkFolded(at.variable, segments, i + 1, first) : undefined;
   }
 
@@ -195,7 +208,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     // operation. Decoded too, as such a gateway may read `%3A`.
     const verbs = declaredVerbs.get(method);
     if (verbs !== undefined && found !== undefined && !('by' in found) && endsInVariable.has(found) && segments.length > 0) {
-      const verb = verbOf(segments.at(-1)!, true);
+      // By its fold: decoded and case-folded, as a router that ignores case compares it.
+      const verb = verbOf(foldOf(segments.at(-1)!));
       if (verb !== undefined && verbs.has(verb)) return { by: 'verb', index: segments.length - 1 };
     }
     const slashed = segments.at(-1) === '';

@@ -62,3 +62,27 @@ t.test('over HTTP: the custom method is its own operation, with its own scopes',
   t.equal(cart.json?.reason, 'unknown-operation');
   t.match(cart.json?.detail, /path segment 3 ends in a custom method the contract declares for another path/);
 });
+
+// A router that ignores case (ASP.NET Core's complex segments, Express's default) runs the
+// custom method for `1:EXPORT`: refused, as a literal in another case is (found by a fuzz review).
+t.test('a custom method in another case or encoded is refused, not decided as the plain variable', async (t) => {
+  const w = await world(t, (r) => {
+    r.contract.operations.push(
+      { id: 'getOrder', method: 'GET', path: '/v1/orders/{id}', scopes: ['items.read'], sensitivity: 'low' },
+      { id: 'exportOrder', method: 'GET', path: '/v1/orders/{id}:export', scopes: ['items.admin'], sensitivity: 'critical' },
+      { id: 'updateOrder', method: 'POST', path: '/v1/orders/{id}', scopes: ['items.write'], sensitivity: 'low' },
+      { id: 'cancelOrder', method: 'POST', path: '/v1/orders/{id}:cancel', scopes: ['items.admin'], sensitivity: 'critical' },
+      { id: 'getCart', method: 'GET', path: '/v1/carts/{id}', scopes: ['items.read'], sensitivity: 'low' },
+    );
+  });
+  const reader = await w.tok({ scope: 'items.read items.write' });
+  // Sanity: the lower-case spelling is judged as the export and refused for its scope.
+  t.equal((await w.call('GET', '/v1/orders/1:export', { token: reader })).status, 403, 'baseline: 1:export needs items.admin');
+  t.equal((await w.call('GET', '/v1/carts/1:export', { token: reader })).status, 403, 'baseline: carts/1:export refused (verb)');
+  for (const [method, path] of [['GET', '/v1/orders/1:EXPORT'], ['GET', '/v1/orders/1:Export'], ['GET', '/v1/orders/1%3AEXPORT'], ['POST', '/v1/orders/1:CANCEL'], ['GET', '/v1/carts/1:EXPORT'], ['GET', '/v1/orders/1%3Aexport.json']] as const) {
+    const before = w.up.seen.length;
+    const a = await w.call(method, path, { token: reader, ...(method === 'POST' ? { body: '{}', headers: { 'content-type': 'application/json' } } : {}) });
+    t.equal(a.status, 403, `${method} ${path}: refused (got ${a.status} ${a.json?.code ?? ''})`);
+    t.equal(w.up.seen.length - before, 0, `${method} ${path}: not forwarded`);
+  }
+});
