@@ -75,7 +75,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   const endsInVariable = new Set<Operation>();
   /** Some template ends in a slash: a router that ignores one may take a path to its twin. */
   let trailingSlashes = false;
-  /** The custom methods the contract declares, by method tree (AIP-136), folded (foldSegment). */
+  /** The custom methods the contract declares, by method tree (AIP-136). */
   const declaredVerbs = new Map<string, Set<string>>();
   const insert = (method: string, op: Operation): void => {
     const template = parseTemplate(op.path);
@@ -105,7 +105,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
           if (folded !== s.verb) foldingLiterals = true;
         }
         const declared = declaredVerbs.get(method) ?? new Set();
-        declaredVerbs.set(method, declared.add(foldSegment(s.verb)));
+        declaredVerbs.set(method, declared.add(s.verb));
         at = next;
       } else {
         at = at.variable ??= node();
@@ -208,8 +208,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     // operation. Decoded too, as such a gateway may read `%3A`.
     const verbs = declaredVerbs.get(method);
     if (verbs !== undefined && found !== undefined && !('by' in found) && endsInVariable.has(found) && segments.length > 0) {
-      // By its fold: decoded and case-folded, as a router that ignores case compares it.
-      const verb = verbOf(foldOf(segments.at(-1)!));
+      // Case as written: such gateways compare the method exactly.
+      const verb = verbOf(segments.at(-1)!, true);
       if (verb !== undefined && verbs.has(verb)) return { by: 'verb', index: segments.length - 1 };
     }
     const slashed = segments.at(-1) === '';

@@ -79,10 +79,13 @@ t.test('a custom method in another case or encoded is refused, not decided as th
   // Sanity: the lower-case spelling is judged as the export and refused for its scope.
   t.equal((await w.call('GET', '/v1/orders/1:export', { token: reader })).status, 403, 'baseline: 1:export needs items.admin');
   t.equal((await w.call('GET', '/v1/carts/1:export', { token: reader })).status, 403, 'baseline: carts/1:export refused (verb)');
-  for (const [method, path] of [['GET', '/v1/orders/1:EXPORT'], ['GET', '/v1/orders/1:Export'], ['GET', '/v1/orders/1%3AEXPORT'], ['POST', '/v1/orders/1:CANCEL'], ['GET', '/v1/carts/1:EXPORT'], ['GET', '/v1/orders/1%3Aexport.json']] as const) {
+  for (const [method, path] of [['GET', '/v1/orders/1:EXPORT'], ['GET', '/v1/orders/1:Export'], ['GET', '/v1/orders/1%3AEXPORT'], ['POST', '/v1/orders/1:CANCEL'], ['GET', '/v1/orders/1%3Aexport.json']] as const) {
     const before = w.up.seen.length;
     const a = await w.call(method, path, { token: reader, ...(method === 'POST' ? { body: '{}', headers: { 'content-type': 'application/json' } } : {}) });
     t.equal(a.status, 403, `${method} ${path}: refused (got ${a.status} ${a.json?.code ?? ''})`);
     t.equal(w.up.seen.length - before, 0, `${method} ${path}: not forwarded`);
   }
+  // Another path, without the custom method: a gateway that routes custom methods compares
+  // them as written, so an id that ends in one in another case is an id.
+  t.equal((await w.call('GET', '/v1/carts/1:EXPORT', { token: reader })).status, 200, 'carts/1:EXPORT: getCart');
 });
