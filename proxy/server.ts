@@ -324,7 +324,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const arrival = pipelining.arrive(line, turn, body, draining, () => {
       // Destroyed, or ending after an answer that closed it (draining, HTTP/1.0, Connection:
       // close, a malformed request): nobody would get this answer, so it is not decided.
-      if (socket.destroyed || !socket.writable) { responses.delete(res); settled(); finish(turn, line); return; }
+      // Or dropped while it waited (its own bytes could not be parsed: clientError).
+      if (socket.destroyed || !socket.writable || turn.dropped === true) { responses.delete(res); settled(); finish(turn, line); return; }
       run();
     });
     if (arrival === 'now') run();
@@ -461,6 +462,18 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (parseError && socket.writable && last && last.req.complete && !last.res.writableFinished) {
       if (!last.res.headersSent) last.res.setHeader('connection', 'close');
       else last.res.once('finish', () => { socket.destroySoon(); });
+      return;
+    }
+    // A request waiting its turn whose bytes Node could not parse (its body's chunks, its
+    // Transfer-Encoding): the fault is that request's, of which nothing was handled. It is
+    // dropped (its turn does not handle it), and the answer in progress, a whole request's,
+    // goes out with Connection: close; destroyed here, that answer was lost, a write the
+    // upstream had done included.
+    const current = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (parseError && socket.writable && last?.waiting === true && current && !current.writableFinished) {
+      last.dropped = true;
+      if (!current.headersSent) current.setHeader('connection', 'close');
+      else current.once('finish', () => { socket.destroySoon(); });
       return;
     }
     if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) {

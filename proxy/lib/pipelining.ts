@@ -31,6 +31,10 @@ export interface Turn {
   readonly socket: Socket;
   /** Its answer is done, or it was dropped: the request after it may start. */
   done: boolean;
+  /** It waits for the answer before its own: nothing of it has been handled yet. */
+  waiting?: boolean;
+  /** Dropped while it waited (its own bytes could not be parsed): its turn does not handle it. */
+  dropped?: boolean;
   /** Starts the request after it, once it is done. */
   then?: () => void;
 }
@@ -131,9 +135,11 @@ export class Pipelining {
     }
     if (body) line.bodies++;
     this.#waiting++;
+    request.waiting = true;
     before.then = () => {
       this.#waiting--;
       if (body) line.bodies--;
+      request.waiting = false;
       turn();
     };
     return 'waits';
