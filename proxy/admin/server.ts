@@ -170,18 +170,29 @@ export const ADMIN_MAX_CONNECTIONS = 64;
 export const SILENT_MS = 10_000;
 
 export function createAdminServer(routes: AdminRoutes, log: Log, only?: ReadonlySet<string>): Server {
+  /** Connections with an answer under way: one at a time each. */
+  const answering = new WeakSet<Socket>();
   const server = createServer({
     maxHeaderSize: 16 * 1024,
     // A head within 10 s (the kubelet's and Prometheus's come at once, checked every 2 s), the
-    // whole request within 30 s; between requests a connection stays 5 s (Node's keepAliveTimeout).
+    // whole request within 30 s; each answer closes its connection.
     headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 2_000,
   }, async (req, res) => {
+    // Node calls this for every request of what it read before any answer is written: one
+    // write of 1,400 pipelined `GET /metrics` built and queued 1,400 whole texts, and a few
+    // such connections ran the heap out. No admin or probe client pipelines: a second request
+    // while an answer is under way ends the connection, and what it queued with it.
+    const socket = req.socket;
+    if (answering.has(socket)) { socket.destroy(); return; }
+    answering.add(socket);
+    res.once('close', () => { answering.delete(socket); });
     gatherSmallChunks(req);
-    // The probe listener is on the pod's IP: a connection kept alive between requests would
-    // let anybody who reaches it hold its places with a request every few seconds (a 404 as
-    // well as a 200), and the kubelet's probes would find none (they open a connection each
-    // time anyway). So every answer there closes its connection.
-    if (only) res.setHeader('connection', 'close');
+    // A connection kept alive between requests would let anybody who reaches the listener
+    // hold its places with a request every few seconds (a 404 as well as a 200): the app, on
+    // the admin listener's loopback, kept an operator's POST /revocations out; anybody who
+    // reaches the pod, the kubelet's probes (which open a connection each time anyway). So
+    // every answer closes its connection.
+    res.setHeader('connection', 'close');
     let url: URL;
     try {
       url = new URL(req.url ?? '/', 'http://admin.invalid');

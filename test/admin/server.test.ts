@@ -4,7 +4,7 @@
 
 import t from 'tap';
 import { request } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { AdminRoutes, createAdminServer } from '../../proxy/admin/server.ts';
 
 const routes = new AdminRoutes();
@@ -89,4 +89,35 @@ t.test('the probe listener closes each connection after its answer; Allow names 
   const wrong = await send('POST', '/numbers');
   t.equal(wrong.status, 405);
   t.equal(wrong.headers?.allow, 'GET, HEAD', 'a GET route serves HEAD too');
+});
+
+t.test('one answer at a time: pipelined requests end their connection, and every answer closes it (admin and probe listeners)', async (t) => {
+  let built = 0;
+  const big = new AdminRoutes();
+  // As /metrics builds its whole text for each request.
+  big.add('GET', '/text', async (_req, res) => { built++; res.setHeader('content-type', 'text/plain'); res.end('x'.repeat(10_000)); });
+  for (const only of [undefined, new Set(['/text'])]) {
+    const listener = createAdminServer(big, () => {}, only);
+    await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+    t.teardown(() => listener.close());
+    const at = (listener.address() as AddressInfo).port;
+    const name = only ? 'probe listener' : 'admin listener';
+    // Kept alive, a connection asking every few seconds held a place for good: the app, on the
+    // admin listener's loopback, held all 64 and an operator's POST /revocations was dropped.
+    const one = await send('GET', '/text', {}, at);
+    t.equal(one.headers?.connection, 'close', `${name}: the answer closes its connection`);
+    // One write of 500 pipelined requests: each built and queued its whole answer (a few such
+    // connections of GET /metrics ran the heap out).
+    built = 0;
+    const text = await new Promise<string>((resolve) => {
+      const s = connect(at, '127.0.0.1');
+      const got: Buffer[] = [];
+      s.on('data', (c: Buffer) => got.push(c));
+      s.on('error', () => {});
+      s.on('close', () => resolve(Buffer.concat(got).toString('latin1')));
+      s.write('GET /text HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.repeat(500));
+    });
+    t.ok((text.match(/HTTP\/1\.1 200 /g) ?? []).length <= 1, `${name}: at most the first answered`);
+    t.ok(built <= 1, `${name}: at most one answer built (${built})`);
+  }
 });
