@@ -18,7 +18,7 @@ interface Route { readonly method: string; readonly path: string | RegExp; reado
  * Origin or Sec-Fetch-Site, which no admin client (curl, a script, an operator) sends. Admin
  * writes refuse it.
  */
-function fromWebPage(req: IncomingMessage): boolean {
+export function fromWebPage(req: IncomingMessage): boolean {
   return req.headers.origin !== undefined || (req.headers['sec-fetch-site'] !== undefined && req.headers['sec-fetch-site'] !== 'none');
 }
 

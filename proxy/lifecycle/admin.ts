@@ -13,7 +13,7 @@
 
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { loopbackOnly, refusedFromWebPage, type AdminRoutes } from '../admin/server.ts';
+import { fromWebPage, loopbackOnly, refusedFromWebPage, type AdminRoutes } from '../admin/server.ts';
 import type { ConsumerKind, Rules } from '../rules/types.ts';
 import type { Quarantine } from './monitors.ts';
 import type { Log } from '../features.ts';
@@ -25,7 +25,7 @@ import type { Journal } from './journal.ts';
 import type { ListSource } from './lists.ts';
 import type { LifecycleState } from './state.ts';
 import { boundedText } from '../lib/bounded.ts';
-import { holdsToken, redactText } from '../lib/redact.ts';
+import { holdsToken, redactPath, redactText } from '../lib/redact.ts';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
 import { readRegularFile } from '../lib/files.ts';
 
@@ -89,8 +89,34 @@ function skippedLines(ctx: AdminContext, problem: string): void {
   ctx.log({ level: 'warn', msg: 'admin credential file lines skipped: no write can present their secret', problem });
 }
 
-/** Who is writing, or undefined (the response is already sent). */
+/** Refused admin writes since the last line said so, and when that was, by lifecycle state. */
+const refusals = new WeakMap<LifecycleState, { count: number; at: number }>();
+
+/**
+ * A refused admin write, said in a warn line at most once a minute with how many since (never
+ * the credential sent): guesses at the admin secret, or the app trying to lift a revocation of
+ * its own, are otherwise invisible.
+ */
+function refusedWrite(ctx: AdminContext, req: IncomingMessage, status: number): void {
+  let r = refusals.get(ctx.state);
+  if (!r) refusals.set(ctx.state, r = { count: 0, at: -Infinity });
+  r.count++;
+  const now = performance.now();
+  if (now - r.at < 60_000) return;
+  const credential = fromWebPage(req) ? 'from a web page' : req.headers.authorization === undefined ? 'none' : 'not recognised';
+  ctx.log({ level: 'warn', msg: 'admin writes refused', method: req.method, path: redactPath(new URL(req.url ?? '/', 'http://admin.invalid').pathname), status, credential, refused: r.count });
+  r.count = 0;
+  r.at = now;
+}
+
+/** Who is writing, or undefined (the response is already sent, and the refusal counted). */
 export function authorize(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
+  const who = writer(ctx, req, res, routes);
+  if (who === undefined) refusedWrite(ctx, req, res.statusCode);
+  return who;
+}
+
+function writer(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, routes: AdminRoutes): string | undefined {
   const file = ctx.state.config.revocation.adminCredentialFile;
   if (file === undefined) return loopbackOnly(req, res, routes);
   if (refusedFromWebPage(req, res, routes)) return undefined;

@@ -241,3 +241,18 @@ t.test('an admin credential line of more than two words (a trailing # comment) i
   t.match(String(warned[0]?.problem), /admin-credentials line 2: expected "name secret" or "secret"/);
   t.notMatch(JSON.stringify(dg.logs), 'other-secret', 'never the secret');
 });
+
+t.test('refused admin writes are said in a warn line at most once a minute, with how many, never the credential sent', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-refused-'));
+  writeFileSync(join(dir, 'admin'), 'oncall s3cret-oncall-0123456789\n');
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { adminCredentialFile: join(dir, 'admin') }; }), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const refuse = async (headers: Record<string, string>) => { const r = await fetch(`${dg.admin}/revocations/x`, { method: 'DELETE', headers }); await r.text(); return r.status; };
+  t.equal(await refuse({ authorization: 'Bearer guess-0' }), 401);
+  for (let i = 1; i < 50; i++) await refuse({ authorization: `Bearer guess-${i}` });
+  t.equal(await refuse({ origin: 'http://evil.example', authorization: 'Bearer guess-x' }), 403);
+  const lines = dg.logs.filter((l) => l.msg === 'admin writes refused');
+  t.match(lines, [{ level: 'warn', method: 'DELETE', path: '/revocations/x', status: 401, credential: 'not recognised', refused: 1 }], 'the first at once; the rest counted for the next line');
+  t.notMatch(JSON.stringify(dg.logs), /guess-/, 'no credential quoted');
+});
