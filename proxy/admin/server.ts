@@ -62,8 +62,8 @@ export class AdminRoutes {
 
   /** Every admin write asks this first (WriteGuard): loopbackOnly, unless a feature sets a stricter one. */
   authorizeWrite: WriteGuard = (req, res) => loopbackOnly(req, res, this);
-  /** List answers being written (jsonList): each holds the list it began with. */
-  #lists = 0;
+  /** List answers being written (jsonList), by list: each holds the list it began with. */
+  #lists = new Map<string, number>();
 
   /** Add a route; a RegExp path matches the whole pathname. Later routes cannot shadow earlier ones. */
   add(method: string, path: string | RegExp, handler: AdminHandler): void {
@@ -104,12 +104,15 @@ export class AdminRoutes {
     // until its client has read it: clients that never read, one per turn of the ring, held a
     // ring's worth each and ran the chart's heap out. So LIST_ANSWERS at once, each given
     // LIST_STALL_MS to take more and LIST_MS in all.
-    if (this.#lists >= LIST_ANSWERS) {
+    // Places by list: clients that never read a large /decisions page, asking again as each
+    // is cut, held both places, and the responder's GET /revocations was 503 nearly always.
+    const writing = this.#lists.get(key) ?? 0;
+    if (writing >= LIST_ANSWERS) {
       res.setHeader('retry-after', '1');
-      this.problem(res, 503, 'Service Unavailable', `already ${LIST_ANSWERS} list answers being written: try again`);
+      this.problem(res, 503, 'Service Unavailable', `already ${LIST_ANSWERS} ${key} answers being written: try again`);
       return;
     }
-    this.#lists++;
+    this.#lists.set(key, writing + 1);
     const deadline = setTimeout(() => res.destroy(), LIST_MS);
     try {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
@@ -126,7 +129,7 @@ export class AdminRoutes {
       res.end(i === 0 ? ']}\n' : '\n]}\n');
     } finally {
       clearTimeout(deadline);
-      this.#lists--;
+      this.#lists.set(key, this.#lists.get(key)! - 1);
     }
   }
 
@@ -139,7 +142,7 @@ export class AdminRoutes {
 
 /** Items of a list answer written between two turns of the event loop. */
 const ITEMS_PER_TURN = 256;
-/** List answers written at once (jsonList). */
+/** Answers of one list written at once (jsonList). */
 export const LIST_ANSWERS = 2;
 /** How long a list answer's client may take nothing before it is cut, and how long it may take in all. */
 export const LIST_STALL_MS = 10_000;

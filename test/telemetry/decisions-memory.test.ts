@@ -38,7 +38,7 @@ t.test(`a full ring of long-path denials, and the largest page, under NODE_OPTIO
     const res = await fetch(dg.admin + '/decisions?limit=10000');
     return { status: res.status, retryAfter: res.headers.get('retry-after'), body: JSON.parse(await res.text()) as { count: number; held: number; decisions: { path: string; reason: string }[] } };
   }));
-  // Two list answers are written at once (LIST_ANSWERS); one asked for meanwhile gets 503.
+  // Two answers of a list are written at once (LIST_ANSWERS); one asked for meanwhile gets 503.
   t.ok(pages.filter((p) => p.status === 200).length >= 2, `two pages at least: ${pages.map((p) => p.status).join(' ')}`);
   for (const { status, retryAfter, body } of pages) {
     t.ok(status === 200 || status === 503, `200 or 503: ${status}`);
@@ -76,6 +76,10 @@ t.test('clients that never read their page hold two places at most, for 10 s: th
     await r.text();
   }
   t.equal(busy, 503, 'a third list answer waits its turn');
+  // Places are by list: an incident responder's GET /revocations is not held up by them.
+  const revocations = await fetch(dg.admin + '/revocations');
+  await revocations.text();
+  t.equal(revocations.status, 200, 'another list has places of its own');
   // Cut once they took nothing for 10 s (LIST_STALL_MS): their places are free again. (The
   // clients, paused, see no end of their connection: the server's side is what is checked.)
   let status = 0;
