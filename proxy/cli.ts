@@ -38,8 +38,9 @@ Exit: 1 when the rules are invalid or a listener cannot start.`,
 
 Validates FILE against rules/schema.json and the cross-field rules, as run takes it: --listen,
 --upstream, --admin and --probes (or DRIFTGUARD_LISTEN, DRIFTGUARD_UPSTREAM, DRIFTGUARD_ADMIN,
-DRIFTGUARD_PROBES, which the injector sets in the pod) override the file's. Prints every problem
-as FILE:LINE:COLUMN: FIELD: MESSAGE. Exit 0 when valid, 1 otherwise.`,
+DRIFTGUARD_PROBES, which the injector sets in the pod) override the file's, each named on the
+valid line. Prints every problem as FILE:LINE:COLUMN: FIELD: MESSAGE. Exit 0 when valid, 1
+otherwise.`,
   demo: `Usage: driftguard demo [--rules FILE]
 
 Starts a demo API and a JWKS on loopback, then driftguard with rules/demo.yaml in front of
@@ -174,11 +175,14 @@ async function main(argv: string[]): Promise<number> {
         try {
           // As `run` takes it in the pod: the injector sets every DRIFTGUARD_* override, and a
           // file shared by many deployments may leave proxy.upstream to it.
-          const rules = loadRules(positionals[0]!, overridesOf(values), { pipe: true });
+          const overrides = overridesOf(values);
+          const rules = loadRules(positionals[0]!, overrides, { pipe: true });
           // What start-up reads beside the rules: the revocation list file and journal.
           const { checkLifecycleFiles } = await import('./lifecycle/index.ts');
           checkLifecycleFiles(rules, Date.now());
-          print(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract version ${rules.contract.current})\n`);
+          // Said, so that a variable left in a CI job's environment cannot pass a file unnoticed.
+          const taken = Object.entries(overrides.from ?? {}).map(([key, from]) => `proxy.${key} from ${from}`);
+          print(`${rules.source}: valid (rules ${rules.hash}, ${rules.contract.operations.length} operations, ${rules.consumers.registry.size} consumers, contract version ${rules.contract.current}${taken.length ? `; ${taken.join(', ')}` : ''})\n`);
           return 0;
         } catch (err) { return reportRulesError(err); }
       }

@@ -153,8 +153,10 @@ t.test('check takes the file as run does in the pod: the same overrides, flags o
   t.match(bare.stderr, /missing required field "upstream"/);
   const variable = await cli(['check', shared], { env: { DRIFTGUARD_UPSTREAM: 'http://127.0.0.1:8080' } });
   t.equal(variable.code, 0, `with the variable the injector sets: valid (${variable.stderr.trim()})`);
+  t.match(variable.stdout, /: valid \(.*; proxy\.upstream from DRIFTGUARD_UPSTREAM\)$/m, 'and says which value came from outside the file');
   const flag = await cli(['check', shared, '--upstream', 'http://127.0.0.1:8080']);
   t.equal(flag.code, 0, 'or the flag');
+  t.match(flag.stdout, /; proxy\.upstream from --upstream\)$/m);
   // A bad override is blamed on it, as run blames it.
   const bad = await cli(['check', writeRules(GOOD), '--listen', 'nonsense']);
   t.equal(bad.code, 1);
