@@ -77,6 +77,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   let trailingSlashes = false;
   /** The custom methods the contract declares, by method tree (AIP-136). */
   const declaredVerbs = new Map<string, Set<string>>();
+  /** The same, folded (foldSegment): a format suffix after one is looked for by them (decide). */
+  const foldedDeclaredVerbs = new Map<string, Set<string>>();
   const insert = (method: string, op: Operation): void => {
     const template = parseTemplate(op.path);
     if (typeof template === 'string') throw new TypeError(`operation ${op.id}: ${template}`); // the loader already refused it
@@ -106,6 +108,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
         }
         const declared = declaredVerbs.get(method) ?? new Set();
         declaredVerbs.set(method, declared.add(s.verb));
+        const folded = foldedDeclaredVerbs.get(method) ?? new Set();
+        foldedDeclaredVerbs.set(method, folded.add(foldSegment(s.verb)));
         at = next;
       } else {
         at = at.variable ??= node();
@@ -234,6 +238,20 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       if (!trailingSlashes) continue;
       const twin = decideCase(root, slashTwin(path));
       if (twin !== undefined && twin !== found) return { by: 'suffix', index: last };
+    }
+    // A custom method before the suffix (`<id>:export.json`, Spring's suffix patterns run
+    // `{id}:export` for it): its stem is as long as its id, past the bound above. Looked for by
+    // the declared methods, not walked per dot: the first `:<method>.` after some id.
+    const folded = foldedDeclaredVerbs.get(method);
+    if (folded !== undefined) {
+      const text = foldOf(segment);
+      for (const verb of folded) {
+        const at = text.indexOf(`:${verb}.`);
+        if (at <= 0) continue;
+        const stemmed = [...segments.slice(0, last), text.slice(0, at + 1 + verb.length)];
+        const stem = decideCase(root, slashed ? [...stemmed, ''] : stemmed);
+        if (stem !== undefined && stem !== found) return { by: 'suffix', index: last };
+      }
     }
     return found;
   }

@@ -89,3 +89,18 @@ t.test('a custom method in another case or encoded is refused, not decided as th
   // them as written, so an id that ends in one in another case is an id.
   t.equal((await w.call('GET', '/v1/carts/1:EXPORT', { token: reader })).status, 200, 'carts/1:EXPORT: getCart');
 });
+
+// A format suffix after a custom method: the stem is as long as its id, so it is looked for by
+// the method, not by the bounded walk per dot (found by a review: a 120-character id was
+// forwarded as getOrder).
+t.test('a custom method with a format suffix is refused whatever the length of its id', async (t) => {
+  const getOrder = op('getOrder', '/v1/orders/{id}');
+  const match = buildMatcher([getOrder, op('exportOrder', '/v1/orders/{id}:export')]);
+  for (const id of ['1', 'x'.repeat(60), 'x'.repeat(200), 'a.b'.repeat(100)]) {
+    for (const last of [`${id}:export.json`, `${id}:EXPORT.json`, `${id}%3Aexport.json`]) {
+      t.match(match('GET', ['v1', 'orders', last]), { by: 'suffix' }, `${last.length} characters, ${last.slice(-16)}`);
+    }
+  }
+  t.equal(match('GET', ['v1', 'orders', `${'x'.repeat(200)}.json`]), getOrder, 'an id with a suffix and no custom method: the plain operation');
+  t.equal(match('GET', ['v1', 'orders', ':export.json']), getOrder, 'no id before the method: no custom method');
+});
