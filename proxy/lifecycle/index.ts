@@ -20,7 +20,7 @@ import { configOf, type RevocationConfig } from './config.ts';
 import { adminRoutes } from './admin.ts';
 import { forgetDenials, fromNow, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import type { Monitored } from './state.ts';
-import { REVOKED_ACTOR, WOULD_DENY, countForwarded, forgetNotes, forwardedRepeat, quarantineOf } from './checks.ts';
+import { REVOKED_ACTOR, WOULD_DENY, countForwarded, forgetNotes, forwardedRepeat, holding, quarantineOf } from './checks.ts';
 import { actorIssuers, resolveConsumer, subjectKind } from '../checks/consumers.ts';
 import { declaredVersion } from '../checks/contract.ts';
 import { lruFill } from '../lib/heap.ts';
@@ -287,7 +287,9 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     // (placed by would-denies, which the reload does not turn into refusals) must not shield
     // the consumer from its enforced denials since: those count, and enough of them place an
     // enforced quarantine over it.
-    const held = m.quarantine(key, at);
+    // One that holds: placed for a kind no longer watched, it holds nobody, and must not keep
+    // a new one from being placed.
+    const held = holding(m.quarantine(key, at), state.config.monitors.kinds);
     if (held && (held.mode === 'enforce' || q.mode !== 'enforce' || !d.enforced)) return;
     fromNow(s.denials, now());
     if (recordDenial(s, at, d.reason, d.enforced, q.windowMs, q.denials)) m.grew(s);

@@ -47,6 +47,33 @@ t.test('GET /quarantine shows the kind a quarantine was placed for, and whether 
   t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: false }], 'kept, and shown as holding nobody');
 });
 
+// A quarantine that holds nobody (its kind no longer watched) does not keep a new one from being
+// placed for the calls now watched (found by a review).
+t.test('person quarantined through an unvouched agent (automation), kinds then [human]: its own denials never quarantine it', async (t) => {
+  const w = await world();
+  const rules = (kinds: string[]) => w.rules((r) => {
+    r.credentials = { taskBindingAt: 'never' };
+    r.delegation = { mode: 'enforce', unlisted: 'allow', consumers: [] };
+    r.monitors = { kinds, ...monitorsOnly({ quarantine: { mode: 'enforce', denials: 3, window: '1m', period: '15m' } }) };
+  });
+  const dg = await startLifecycle(rules(['automation']));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // The person's calls through an agent whose iss nobody trusts: the person's share, an automation's calls.
+  const viaStranger = await w.token({ sub: HUMAN, scope: 'items.read', claims: { act: { sub: 'spiffe://x/bot', iss: 'https://untrusted.example' } } });
+  for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(viaStranger), body: '{}' }); t.equal(r.status, 403, `denial ${i}: ${(await r.text()).slice(0, 80)}`); }
+  const q1 = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: unknown[] };
+  t.match(q1.quarantined, [{ subject: HUMAN, kind: 'automation', watched: true }], 'quarantined for the automation calls');
+  // The operator now watches people only.
+  await dg.dg.swap(loadRules(writeRules(rules(['human']))));
+  const weak = await w.token({ sub: HUMAN, scope: 'items.read' });
+  for (let i = 0; i < 6; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(weak), body: '{}' }); await r.text(); }
+  const own = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN })) });
+  const body = await own.text();
+  t.equal(own.status, 403, `six watched (human) denials in a minute, denials: 3: the person is quarantined (got ${own.status} ${body.slice(0, 100)})`);
+  const q2 = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: unknown[] };
+  t.match(q2.quarantined, [{ subject: HUMAN, kind: 'human', watched: true }], 'a quarantine of its own kind now, placed over the one that held nobody');
+});
+
 /** A world whose agent is quarantined (three refusals) while monitors.kinds is [automation]; `rules(kinds)` for a reload. */
 async function agentQuarantined(t: Test) {
   const w = await world();
