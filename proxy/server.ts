@@ -237,6 +237,8 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   const pipelining = new Pipelining(sockets, {
     cut: (socket, limit) => { cutAsFlood(socket); dropped('traffic', 'pipelining-flood', limit); },
   });
+  /** Connections whose parser failed after a whole request: they end after its answer (endAfter). */
+  const ending = new WeakSet<Socket>();
   /** Requests whose decision is being made (decideAndAnswer). */
   const deciding = new WeakSet<IncomingMessage>();
   /** Connections dropped since the last line said so, and when that was (performance.now), by listener and cause. */
@@ -442,7 +444,21 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     pipelining.connected(s);
     s.once('close', () => { sockets.delete(s); });
   });
+  /**
+   * The connection ends after `res`, the answer under way, with nothing more read from it: Node's
+   * parser has failed, and would report each chunk the client sends after as another error (a
+   * byte a write added a listener each time, without bound, while the answer streamed).
+   */
+  function endAfter(socket: Socket, res: ServerResponse): void {
+    if (ending.has(socket)) return;
+    ending.add(socket);
+    socket.pause();
+    if (!res.headersSent) res.setHeader('connection', 'close');
+    else res.once('finish', () => { socket.destroySoon(); });
+  }
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // Already ending after its answer under way: what the client sent since is not read.
+    if (ending.has(socket) && err.code?.startsWith('HPE_') === true) return;
     // Bytes after a request that said Connection: close (RFC 9112 §9.6): that request is
     // answered, and the connection then ends; nothing after it is read. Cut here, its answer was lost.
     if (err.code === 'HPE_CLOSED_CONNECTION' && (socket as Socket & { _httpMessage?: unknown })._httpMessage) return;
@@ -460,8 +476,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // it. Taken for its own body's fault, a GET was refused for a body it never had, and an
     // answer under way (a write sent upstream) was cut, its client told nothing.
     if (parseError && socket.writable && last && last.req.complete && !last.res.writableFinished) {
-      if (!last.res.headersSent) last.res.setHeader('connection', 'close');
-      else last.res.once('finish', () => { socket.destroySoon(); });
+      endAfter(socket, last.res);
       return;
     }
     // A request waiting its turn whose bytes Node could not parse (its body's chunks, its
@@ -472,8 +487,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const current = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
     if (parseError && socket.writable && last?.waiting === true && current && !current.writableFinished) {
       last.dropped = true;
-      if (!current.headersSent) current.setHeader('connection', 'close');
-      else current.once('finish', () => { socket.destroySoon(); });
+      endAfter(socket, current);
       return;
     }
     if (socket.writable && last && deciding.has(last.req) && !last.res.headersSent) {

@@ -3,6 +3,7 @@
 // is answered as itself, with Connection: close; the broken one is dropped (found by a fuzz review).
 import t from 'tap';
 import { connect } from 'node:net';
+import type { ServerResponse } from 'node:http';
 import { world } from './world.ts';
 
 function raw(port: number, bytes: string, waitMs = 1500): Promise<string> {
@@ -61,3 +62,31 @@ t.test('a write in flight: the second request arrives (bad chunk) while the firs
   const executed = w.up.seen.filter((s) => s.method === 'POST').length;
   t.match(text, /^HTTP\/1\.1 201 /, `the POST gets its answer (got ${JSON.stringify(text.slice(0, 40))}; the upstream executed it ${executed} time(s))`);
 });
+
+// Node's parser reports each chunk sent after its first error as another: read on, each added a
+// listener to the streaming answer, without bound (found by a review).
+for (const [what, broken] of [['a pipelined request with a bad chunk', 'GET /items/2 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n'], ['bytes that are no request', 'BAD REQUEST LINE\r\n\r\n']] as const) {
+  t.test(`${what} while an event stream is answered: nothing the client sends after is read`, async (t) => {
+    const w = await world(t);
+    const tok = await w.tok();
+    let upstreamAnswer: ServerResponse | undefined;
+    w.up.handler = (_req, res) => { upstreamAnswer = res; res.writeHead(200, { 'content-type': 'text/event-stream' }); res.write('data: 1\n\n'); };
+    let errors = 0;
+    w.dg.dg.traffic.on('clientError', () => { errors++; });
+    const s = connect(w.port, '127.0.0.1');
+    const got: Buffer[] = [];
+    s.on('data', (c: Buffer) => got.push(c));
+    s.on('error', () => {});
+    s.write(`GET /items/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${tok}\r\nAccept: text/event-stream\r\n\r\n`);
+    for (let i = 0; i < 50 && !Buffer.concat(got).includes('data: 1'); i++) await new Promise((r) => setTimeout(r, 20));
+    s.write(broken);
+    await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 500; i++) { s.write('x'); await new Promise((r) => setImmediate(r)); }
+    await new Promise((r) => setTimeout(r, 200));
+    t.ok(errors <= 2, `the parser's failure handled once, not once a chunk (${errors})`);
+    upstreamAnswer?.end('data: 2\n\n');
+    const closed = await new Promise<boolean>((resolve) => { s.once('close', () => resolve(true)); setTimeout(() => resolve(false), 3000); });
+    t.ok(closed, 'the connection ends after the stream');
+    t.match(Buffer.concat(got).toString('latin1'), /^HTTP\/1\.1 200 [\s\S]*data: 2/, 'the stream was answered whole');
+  });
+}
