@@ -89,24 +89,35 @@ function skippedLines(ctx: AdminContext, problem: string): void {
   ctx.log({ level: 'warn', msg: 'admin credential file lines skipped: no write can present their secret', problem });
 }
 
-/** Refused admin writes since the last line said so, and when that was, by lifecycle state. */
-const refusals = new WeakMap<LifecycleState, { count: number; at: number }>();
+/** Refused admin writes not yet said, by lifecycle state: how many, by credential sent, the latest, and when a line last said them. */
+interface Refusals { count: number; credentials: Record<string, number>; latest?: Record<string, unknown>; at: number; timer?: NodeJS.Timeout }
+const refusals = new WeakMap<LifecycleState, Refusals>();
+const REFUSED_LINE_MS = 60_000;
 
 /**
- * A refused admin write, said in a warn line at most once a minute with how many since (never
- * the credential sent): guesses at the admin secret, or the app trying to lift a revocation of
- * its own, are otherwise invisible.
+ * A refused admin write, said in a warn line at most once a minute (the first at once, the rest
+ * when the minute ends), with how many, by the credential sent (`none`, `not recognised`, `from
+ * a web page`: never what was sent): guesses at the admin secret, or the app trying to lift a
+ * revocation of its own, are otherwise invisible.
  */
 function refusedWrite(ctx: AdminContext, req: IncomingMessage, status: number): void {
   let r = refusals.get(ctx.state);
-  if (!r) refusals.set(ctx.state, r = { count: 0, at: -Infinity });
-  r.count++;
-  const now = performance.now();
-  if (now - r.at < 60_000) return;
+  if (!r) refusals.set(ctx.state, r = { count: 0, credentials: {}, at: -Infinity });
   const credential = fromWebPage(req) ? 'from a web page' : req.headers.authorization === undefined ? 'none' : 'not recognised';
-  ctx.log({ level: 'warn', msg: 'admin writes refused', method: req.method, path: redactPath(new URL(req.url ?? '/', 'http://admin.invalid').pathname), status, credential, refused: r.count });
+  r.count++;
+  r.credentials[credential] = (r.credentials[credential] ?? 0) + 1;
+  r.latest = { method: req.method, path: redactPath(new URL(req.url ?? '/', 'http://admin.invalid').pathname), status };
+  const since = performance.now() - r.at;
+  if (since >= REFUSED_LINE_MS) { sayRefused(ctx, r); return; }
+  const held = r;
+  held.timer ??= setTimeout(() => { held.timer = undefined; if (held.count > 0) sayRefused(ctx, held); }, REFUSED_LINE_MS - since).unref();
+}
+
+function sayRefused(ctx: AdminContext, r: Refusals): void {
+  ctx.log({ level: 'warn', msg: 'admin writes refused', ...r.latest, refused: r.count, credentials: r.credentials });
   r.count = 0;
-  r.at = now;
+  r.credentials = {};
+  r.at = performance.now();
 }
 
 /** Who is writing, or undefined (the response is already sent, and the refusal counted). */

@@ -253,6 +253,6 @@ t.test('refused admin writes are said in a warn line at most once a minute, with
   for (let i = 1; i < 50; i++) await refuse({ authorization: `Bearer guess-${i}` });
   t.equal(await refuse({ origin: 'http://evil.example', authorization: 'Bearer guess-x' }), 403);
   const lines = dg.logs.filter((l) => l.msg === 'admin writes refused');
-  t.match(lines, [{ level: 'warn', method: 'DELETE', path: '/revocations/x', status: 401, credential: 'not recognised', refused: 1 }], 'the first at once; the rest counted for the next line');
+  t.match(lines, [{ level: 'warn', method: 'DELETE', path: '/revocations/x', status: 401, refused: 1, credentials: { 'not recognised': 1 } }], 'the first at once; the rest counted for the line at the end of the minute');
   t.notMatch(JSON.stringify(dg.logs), /guess-/, 'no credential quoted');
 });
