@@ -38,6 +38,9 @@ export interface Mismatch { readonly by: 'case' | 'suffix' | 'slash' | 'verb'; r
 
 const node = (): Node => ({ literals: new Map(), folded: new Map() });
 
+/** Custom methods a last segment may name before a format suffix and still be walked (decide). */
+const MAX_VERB_STEMS = 8;
+
 /** The same path with a trailing slash if it has none, without it if it has one. */
 function slashTwin(segments: readonly string[]): readonly string[] {
   return segments.at(-1) === '' ? segments.slice(0, -1) : [...segments, ''];
@@ -79,6 +82,8 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
   const declaredVerbs = new Map<string, Set<string>>();
   /** The same, folded (foldSegment): a format suffix after one is looked for by them (decide). */
   const foldedDeclaredVerbs = new Map<string, Set<string>>();
+  /** The longest of them, folded. */
+  let longestVerb = 0;
   const insert = (method: string, op: Operation): void => {
     const template = parseTemplate(op.path);
     if (typeof template === 'string') throw new TypeError(`operation ${op.id}: ${template}`); // the loader already refused it
@@ -110,6 +115,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
         declaredVerbs.set(method, declared.add(s.verb));
         const folded = foldedDeclaredVerbs.get(method) ?? new Set();
         foldedDeclaredVerbs.set(method, folded.add(foldSegment(s.verb)));
+        longestVerb = Math.max(longestVerb, foldSegment(s.verb).length);
         at = next;
       } else {
         at = at.variable ??= node();
@@ -240,17 +246,32 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
       if (twin !== undefined && twin !== found) return { by: 'suffix', index: last };
     }
     // A custom method before the suffix (`<id>:export.json`, Spring's suffix patterns run
-    // `{id}:export` for it): its stem is as long as its id, past the bound above. Looked for by
-    // the declared methods, not walked per dot: the first `:<method>.` after some id.
+    // `{id}:export` for it): its stem is as long as its id, past the bound above. Looked for in
+    // one pass over the colons after some id, each followed by a declared method and a dot;
+    // each method met walked once, and a segment that names more than MAX_VERB_STEMS of them
+    // refused: no id does, and a walk each cost milliseconds with hundreds declared.
     const folded = foldedDeclaredVerbs.get(method);
     if (folded !== undefined) {
       const text = foldOf(segment);
-      for (const verb of folded) {
-        const at = text.indexOf(`:${verb}.`);
-        if (at <= 0) continue;
-        const stemmed = [...segments.slice(0, last), text.slice(0, at + 1 + verb.length)];
-        const stem = decideCase(root, slashed ? [...stemmed, ''] : stemmed);
+      const met = new Set<string>();
+      for (let colon = text.indexOf(':', 1); colon !== -1; colon = text.indexOf(':', colon + 1)) {
+        // Within a method's length of the colon: a search to the end from each colon was
+        // quadratic in a segment of colons.
+        const window = text.slice(colon + 1, colon + 2 + longestVerb);
+        const end = window.indexOf('.');
+        if (end <= 0) continue;
+        const verb = window.slice(0, end);
+        const dot = colon + 1 + end;
+        if (!folded.has(verb) || met.has(verb)) continue;
+        if (met.size === MAX_VERB_STEMS) return { by: 'suffix', index: last };
+        met.add(verb);
+        const stemmed = [...segments.slice(0, last), text.slice(0, dot)];
+        const path = slashed ? [...stemmed, ''] : stemmed;
+        const stem = decideCase(root, path);
         if (stem !== undefined && stem !== found) return { by: 'suffix', index: last };
+        if (!trailingSlashes) continue;
+        const twin = decideCase(root, slashTwin(path));
+        if (twin !== undefined && twin !== found) return { by: 'suffix', index: last };
       }
     }
     return found;

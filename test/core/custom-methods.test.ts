@@ -104,3 +104,26 @@ t.test('a custom method with a format suffix is refused whatever the length of i
   t.equal(match('GET', ['v1', 'orders', `${'x'.repeat(200)}.json`]), getOrder, 'an id with a suffix and no custom method: the plain operation');
   t.equal(match('GET', ['v1', 'orders', ':export.json']), getOrder, 'no id before the method: no custom method');
 });
+
+// Found by a review of the check above: a method at the start hid a later one; the stem's slash twin.
+{
+  const getOrder = op('getOrder', '/v1/orders/{id}');
+  const exportOrder = op('exportOrder', '/v1/orders/{id}:export');
+  t.test('an earlier `:export.` at position 0 hides the later one (long ids only)', async (t) => {
+    const match = buildMatcher([getOrder, exportOrder]);
+    // short: the per-dot walk finds the stem `:export.x:export`
+    t.match(match('GET', ['v1', 'orders', ':export.x:export.json']), { by: 'suffix' }, 'short id: refused');
+    const long = `:export.${'x'.repeat(120)}:export.json`;
+    t.match(match('GET', ['v1', 'orders', long]), { by: 'suffix' }, `long id (${long.length}): refused (got ${JSON.stringify((match('GET', ['v1', 'orders', long]) as any)?.id ?? match('GET', ['v1', 'orders', long]))})`);
+    t.match(match('GET', ['v1', 'orders', `%3Aexport.${'x'.repeat(120)}:EXPORT.json`]), { by: 'suffix' }, 'encoded, capitals: refused');
+  });
+
+  t.test('trailing-slash twin of a long id with a custom method and a suffix', async (t) => {
+    const getSlashed = op('getOrderSlash', '/v1/orders/{id}/');
+    const match = buildMatcher([getSlashed, exportOrder]);
+    t.match(match('GET', ['v1', 'orders', '1:export.json', '']), { by: 'suffix' }, 'short id: refused (the per-dot walk tries the stem\'s twin)');
+    const long = `${'x'.repeat(120)}:export.json`;
+    const got = match('GET', ['v1', 'orders', long, '']);
+    t.match(got, { by: 'suffix' }, `long id: refused (got ${JSON.stringify((got as any)?.id ?? got)})`);
+  });
+}
