@@ -452,13 +452,16 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   function endAfter(socket: Socket, res: ServerResponse): void {
     if (ending.has(socket)) return;
     ending.add(socket);
-    socket.pause();
+    // Read and discarded, not paused: a paused socket does not see its client leave.
+    const discard = (): void => {};
+    socket.on('data', discard); // Node unconsumes its parser: the bytes now come as 'data'
+    for (const l of socket.listeners('data')) if (l !== discard) socket.off('data', l as never);
     if (!res.headersSent) res.setHeader('connection', 'close');
     else res.once('finish', () => { socket.destroySoon(); });
   }
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // Already ending after its answer under way: what the client sent since is not read.
-    if (ending.has(socket) && err.code?.startsWith('HPE_') === true) return;
+    if (ending.has(socket) && (err.code?.startsWith('HPE_') === true || TIMED_OUT.has(err.code ?? ''))) return;
     // Bytes after a request that said Connection: close (RFC 9112 §9.6): that request is
     // answered, and the connection then ends; nothing after it is read. Cut here, its answer was lost.
     if (err.code === 'HPE_CLOSED_CONNECTION' && (socket as Socket & { _httpMessage?: unknown })._httpMessage) return;
