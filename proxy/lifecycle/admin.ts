@@ -113,7 +113,16 @@ function refusedWrite(ctx: AdminContext, req: IncomingMessage, status: number): 
   held.timer ??= setTimeout(() => { held.timer = undefined; if (held.count > 0) sayRefused(ctx, held); }, REFUSED_LINE_MS - since).unref();
 }
 
-function sayRefused(ctx: AdminContext, r: Refusals): void {
+/** At shutdown: the minute's refusals not yet said are said now, and no timer outlives the lifecycle. */
+export function sayRefusedAtStop(state: LifecycleState, log: Log): void {
+  const r = refusals.get(state);
+  if (!r) return;
+  clearTimeout(r.timer);
+  r.timer = undefined;
+  if (r.count > 0) sayRefused({ log }, r);
+}
+
+function sayRefused(ctx: Pick<AdminContext, 'log'>, r: Refusals): void {
   ctx.log({ level: 'warn', msg: 'admin writes refused', ...r.latest, refused: r.count, credentials: r.credentials });
   r.count = 0;
   r.credentials = {};

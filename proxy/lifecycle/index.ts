@@ -17,7 +17,7 @@ import { Journal, probeDirectory, readJournal, replay } from './journal.ts';
 import { dirname } from 'node:path';
 import { ListSource, checkListFile, listUrlProblem } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
-import { adminRoutes } from './admin.ts';
+import { adminRoutes, sayRefusedAtStop } from './admin.ts';
 import { forgetDenials, fromNow, quarantineMode, recordDenial, type ConsumerState } from './monitors.ts';
 import type { Monitored } from './state.ts';
 import { REVOKED_ACTOR, WOULD_DENY, countForwarded, forgetNotes, forwardedRepeat, holding, quarantineOf } from './checks.ts';
@@ -398,6 +398,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     },
     async shutdown() {
       clearInterval(sweeper);
+      sayRefusedAtStop(state, log);
       for (const s of sources) s.close();
       journal?.close();
     },

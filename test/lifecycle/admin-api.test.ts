@@ -256,3 +256,35 @@ t.test('refused admin writes are said in a warn line at most once a minute, with
   t.match(lines, [{ level: 'warn', method: 'DELETE', path: '/revocations/x', status: 401, refused: 1, credentials: { 'not recognised': 1 } }], 'the first at once; the rest counted for the line at the end of the minute');
   t.notMatch(JSON.stringify(dg.logs), /guess-/, 'no credential quoted');
 });
+
+t.test('refused admin writes of a minute are said when it ends, and at the stop; no timer outlives the lifecycle', async (t) => {
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-refused-'));
+  writeFileSync(join(dir, 'admin'), 'oncall s3cret-oncall-0123456789\n');
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { adminCredentialFile: join(dir, 'admin') }; }), { dir });
+  t.teardown(async () => { await w.close(); });
+  // The minute's timer, caught to be fired by hand (a minute is too long for a test).
+  const realSetTimeout = globalThis.setTimeout;
+  const minute: { fn: () => void; timer: NodeJS.Timeout }[] = [];
+  (globalThis as { setTimeout: unknown }).setTimeout = (fn: () => void, ms?: number, ...rest: unknown[]) => {
+    const timer = (realSetTimeout as (...a: unknown[]) => NodeJS.Timeout)(fn, ms, ...rest);
+    if (ms !== undefined && ms > 50_000 && ms <= 60_000) minute.push({ fn, timer });
+    return timer;
+  };
+  t.teardown(() => { globalThis.setTimeout = realSetTimeout; });
+  const refuse = async (headers: Record<string, string>) => { const r = await fetch(`${dg.admin}/revocations/x`, { method: 'DELETE', headers }); await r.text(); };
+  const said = () => dg.logs.filter((l) => l.msg === 'admin writes refused').map((l) => l.refused as number);
+  for (let i = 0; i < 50; i++) await refuse({ authorization: `Bearer guess-${i}` });
+  t.same(said(), [1], 'the first at once');
+  t.equal(minute.length, 1, 'one timer for the rest of the minute');
+  minute.shift()!.fn();
+  t.same(said(), [1, 49], 'the rest when the minute ends');
+  t.match(dg.logs.filter((l) => l.msg === 'admin writes refused').at(-1), { credentials: { 'not recognised': 49 } });
+  for (let i = 0; i < 3; i++) await refuse({});
+  globalThis.setTimeout = realSetTimeout;
+  await dg.close();
+  t.same(said(), [1, 49, 3], 'those of the last minute at the stop');
+  t.equal((minute[0]?.timer as unknown as { _destroyed?: boolean })?._destroyed, true, 'its timer cleared');
+  minute[0]?.fn();
+  t.same(said(), [1, 49, 3], 'nothing said after the stop');
+});
