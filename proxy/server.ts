@@ -445,22 +445,26 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     s.once('close', () => { sockets.delete(s); });
   });
   /**
-   * The connection ends after `res`, the answer under way, with nothing more read from it: Node's
-   * parser has failed, and would report each chunk the client sends after as another error (a
-   * byte a write added a listener each time, without bound, while the answer streamed).
+   * The connection ends after `res`, the answer under way, and what the client sends meanwhile
+   * is discarded unparsed: Node's parser has failed, and reported each later chunk as another
+   * error (a byte a write added a listener each time, without bound, while the answer streamed).
+   * Read and discarded, not paused: a paused socket did not see its client leave, and the
+   * upstream call of its stream was held until the upstream spoke.
    */
   function endAfter(socket: Socket, res: ServerResponse): void {
     if (ending.has(socket)) return;
     ending.add(socket);
-    // Read and discarded, not paused: a paused socket does not see its client leave.
+    // Node took its parser off the socket at the error: the bytes come as 'data', to Node's
+    // listener, which would hand them to the failed parser. Only the discarding one is left.
     const discard = (): void => {};
-    socket.on('data', discard); // Node unconsumes its parser: the bytes now come as 'data'
+    socket.on('data', discard);
     for (const l of socket.listeners('data')) if (l !== discard) socket.off('data', l as never);
     if (!res.headersSent) res.setHeader('connection', 'close');
     else res.once('finish', () => { socket.destroySoon(); });
   }
   traffic.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    // Already ending after its answer under way: what the client sent since is not read.
+    // Already ending after its answer under way: what the client sent since is not read, and a
+    // head timeout of it (it was never a head) does not cut that answer.
     if (ending.has(socket) && (err.code?.startsWith('HPE_') === true || TIMED_OUT.has(err.code ?? ''))) return;
     // Bytes after a request that said Connection: close (RFC 9112 §9.6): that request is
     // answered, and the connection then ends; nothing after it is read. Cut here, its answer was lost.
