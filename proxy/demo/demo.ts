@@ -133,8 +133,8 @@ export function jwksServer(publicJwk: JWK): Server {
 
 /**
  * How long the printed tokens live: as long as an automation's token would (rules/demo.yaml
- * allows 1h). After that every line with a token answers 401 "token expired", so the banner
- * says when.
+ * allows 1h). After that (and the rules' 30 s of clock skew) a line that needs a valid token
+ * answers 401 "token expired", so the banner says when.
  */
 export const DEMO_TOKEN_SECONDS = 900;
 
@@ -241,7 +241,7 @@ export async function runDemo(start: (rules: Rules, file: string | undefined) =>
   const now = Date.now();
   const expiry = new Date((Math.floor(now / 1000) + DEMO_TOKEN_SECONDS) * 1000).toISOString();
   // The tokens' exp, as mint() sets it: the lines stop giving their "expect" after it.
-  out(`# The tokens below expire at ${expiry.slice(11, 19)} UTC (${expiry.slice(0, 10)}, ${DEMO_TOKEN_SECONDS / 60} minutes from now): then they answer 401 invalid-credential "token expired". For fresh lines restart the demo; for one token, use the "More tokens" line at the end.`);
+  out(`# The tokens below expire at ${expiry.slice(11, 19)} UTC (${expiry.slice(0, 10)}, ${DEMO_TOKEN_SECONDS / 60} minutes from now): then (and 30 s of clock skew) the lines that need a valid token answer 401 invalid-credential "token expired". For fresh lines restart the demo; for one token, use the "More tokens" line at the end.`);
   out('');
   for (const e of await examples(rules, privateJwk, now)) {
     out(`# ${e.title}  -> expect ${e.expect} ${e.reason}`);
