@@ -8,7 +8,7 @@ import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { helm, helmAsync, render, one, CHART, type K8sObject } from './helm.ts';
+import { helm, helmAsync, render, one, parseManifests, CHART, type K8sObject } from './helm.ts';
 import { fakeKube } from '../support/fakekube.ts';
 import { validateObject } from '../support/k8s.ts';
 import { buildConfig, INJECTED_ENV } from '../../proxy/inject/config.ts';
@@ -284,6 +284,16 @@ t.test('sidecar.env reaches the injected sidecar after its own variables; one th
   const reused = helm(['template', 'dg', chart, '--namespace', NS]);
   t.equal(reused.status, 0, `a release's values without drainDelay install: ${reused.stderr}`);
   t.match(reused.stdout, /drainDelay: "5s"/, 'and the injector gets the default');
+  // The same for every value added after the chart's first values (found by a review: a
+  // release from before sidecar.grace failed the schema on --reuse-values).
+  const older = values.replace(/\n  (drainDelay|grace|adminLocalPort|serviceAccountToken): [^\n]*/g, '').replace(/\nipFamily: [^\n]*/, '');
+  writeFileSync(join(chart, 'values.yaml'), older);
+  t.notMatch(older, /\n\s*(grace|adminLocalPort|serviceAccountToken|ipFamily): /, 'values without the later ones');
+  const first = helm(['template', 'dg', chart, '--namespace', NS]);
+  t.equal(first.status, 0, `the first values install: ${first.stderr}`);
+  const fromFirst = buildConfig(parseYaml(one(parseManifests(first.stdout), 'ConfigMap', 'dg-driftguard-injector').data['injector.yaml']));
+  const fromNow = config([]);
+  t.same([fromFirst.grace, fromFirst.adminLocalPort, fromFirst.serviceAccountToken, fromFirst.ipFamily], [fromNow.grace, fromNow.adminLocalPort, fromNow.serviceAccountToken, fromNow.ipFamily], 'and the injector the same defaults as values.yaml gives');
 });
 
 t.test('cert-manager mode: a Certificate and the cainjector annotation instead of a generated CA', async (t) => {

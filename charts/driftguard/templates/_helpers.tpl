@@ -106,11 +106,25 @@ schema lets through. In an ISO value an M can only be minutes: the schema allows
 {{- end -}}
 
 {{/*
-sidecar.drainDelay, 5s when absent: `helm upgrade --reuse-values` from a release before it keeps
-that release's values, which have none.
+Values added after the chart's first values, each its values.yaml default when absent:
+`helm upgrade --reuse-values` from a release before it keeps that release's values, which have
+none (the schema does not require them).
 */}}
 {{- define "driftguard.drainDelay" -}}
 {{- .Values.sidecar.drainDelay | default "5s" -}}
+{{- end -}}
+{{- define "driftguard.grace" -}}
+{{- .Values.sidecar.grace | default "20s" -}}
+{{- end -}}
+{{- define "driftguard.adminLocalPort" -}}
+{{- .Values.sidecar.adminLocalPort | default 15000 -}}
+{{- end -}}
+{{- define "driftguard.ipFamily" -}}
+{{- .Values.ipFamily | default "IPv4" -}}
+{{- end -}}
+{{- /* A boolean: `default` would take false for absent. */ -}}
+{{- define "driftguard.serviceAccountToken" -}}
+{{- if hasKey .Values.sidecar "serviceAccountToken" }}{{ .Values.sidecar.serviceAccountToken }}{{ else }}true{{ end -}}
 {{- end -}}
 
 {{/*
@@ -130,7 +144,7 @@ proxy/inject/config.ts): a string the schema let through (128Mi, 50m, 1.5) or a 
 {{/* The injector's configuration file (proxy/inject/config.ts). */}}
 {{- define "driftguard.injectorConfig" -}}
 {{- /* The injector refuses two of its ports alike at start, and with failurePolicy Fail every opted-in pod would then be refused: say so at install time. */ -}}
-{{- $ports := dict "sidecar.listenPort" .Values.sidecar.listenPort "sidecar.upstreamPort" .Values.sidecar.upstreamPort "sidecar.adminPort" .Values.sidecar.adminPort "sidecar.adminLocalPort" .Values.sidecar.adminLocalPort -}}
+{{- $ports := dict "sidecar.listenPort" .Values.sidecar.listenPort "sidecar.upstreamPort" .Values.sidecar.upstreamPort "sidecar.adminPort" .Values.sidecar.adminPort "sidecar.adminLocalPort" (include "driftguard.adminLocalPort" .) -}}
 {{- $seen := dict -}}
 {{- range $name := keys $ports | sortAlpha -}}
 {{- $port := toString (get $ports $name) -}}
@@ -140,12 +154,12 @@ proxy/inject/config.ts): a string the schema let through (128Mi, 50m, 1.5) or a 
 {{- $_ := set $seen $port $name -}}
 {{- end -}}
 {{- /* So does it a grace above 24d, or a drain delay and grace above 24d in all (the sidecar's stop deadline is a Node.js timer); the schema checked the shapes. */ -}}
-{{- $graceMs := include "driftguard.durationMs" .Values.sidecar.grace | float64 -}}
+{{- $graceMs := include "driftguard.durationMs" (include "driftguard.grace" .) | float64 -}}
 {{- if gt $graceMs (mulf 24 86400000) -}}
-{{- fail (printf "sidecar.grace %q is longer than 24d, which the sidecar refuses (its stop deadline is a timer): the injector would not start" .Values.sidecar.grace) -}}
+{{- fail (printf "sidecar.grace %q is longer than 24d, which the sidecar refuses (its stop deadline is a timer): the injector would not start" (include "driftguard.grace" .)) -}}
 {{- end -}}
 {{- if gt (addf $graceMs (include "driftguard.durationMs" (include "driftguard.drainDelay" .) | float64)) (mulf 24 86400000) -}}
-{{- fail (printf "sidecar.drainDelay %q and sidecar.grace %q are longer than 24d in all, which the sidecar refuses (its stop deadline is a timer): the injector would not start" (include "driftguard.drainDelay" .) .Values.sidecar.grace) -}}
+{{- fail (printf "sidecar.drainDelay %q and sidecar.grace %q are longer than 24d in all, which the sidecar refuses (its stop deadline is a timer): the injector would not start" (include "driftguard.drainDelay" .) (include "driftguard.grace" .)) -}}
 {{- end -}}
 {{- /* As the injector does at its start (proxy/inject/config.ts): a variable it sets itself (INJECTED_ENV), set again, would win and could send traffic elsewhere; one listed twice, the later would win unsaid. Refused here, or a fresh install has no injector and every opted-in pod is refused. */ -}}
 {{- $injected := list "DRIFTGUARD_LISTEN" "DRIFTGUARD_UPSTREAM" "DRIFTGUARD_ADMIN" "DRIFTGUARD_PROBES" "DRIFTGUARD_GRACE" "DRIFTGUARD_DRAIN_DELAY" "NODE_OPTIONS" "POD_NAME" "POD_NAMESPACE" "OTEL_RESOURCE_ATTRIBUTES" -}}
@@ -192,21 +206,21 @@ rulesFile: {{ .Values.sidecar.rulesFile | quote }}
 listenPort: {{ .Values.sidecar.listenPort }}
 upstreamPort: {{ .Values.sidecar.upstreamPort }}
 adminPort: {{ .Values.sidecar.adminPort }}
-adminLocalPort: {{ .Values.sidecar.adminLocalPort }}
+adminLocalPort: {{ include "driftguard.adminLocalPort" . }}
 runAsUser: {{ .Values.sidecar.runAsUser }}
 nodeOptions: {{ .Values.sidecar.nodeOptions | quote }}
 resources:
   {{- toYaml .Values.sidecar.resources | nindent 2 }}
 tmpSizeLimit: {{ .Values.sidecar.tmpSizeLimit | quote }}
-serviceAccountToken: {{ .Values.sidecar.serviceAccountToken }}
-grace: {{ .Values.sidecar.grace | quote }}
+serviceAccountToken: {{ include "driftguard.serviceAccountToken" . }}
+grace: {{ include "driftguard.grace" . | quote }}
 drainDelay: {{ include "driftguard.drainDelay" . | quote }}
-ipFamily: {{ .Values.ipFamily }}
+ipFamily: {{ include "driftguard.ipFamily" . }}
 env:
   {{- toYaml .Values.sidecar.env | nindent 2 }}
 {{- end -}}
 
 {{- /* Every address of the pod network's family, as a listen address's host part. */ -}}
 {{- define "driftguard.anyAddress" -}}
-{{- if eq .Values.ipFamily "IPv6" }}[::]{{ else }}0.0.0.0{{ end -}}
+{{- if eq (include "driftguard.ipFamily" .) "IPv6" }}[::]{{ else }}0.0.0.0{{ end -}}
 {{- end -}}
