@@ -102,20 +102,18 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
         }
         at = next;
       } else if (s.verb !== undefined) {
+        const foldedVerb = foldSegment(s.verb);
         const verbs = at.verbs ??= new Map();
         let next = verbs.get(s.verb);
         if (!next) {
           verbs.set(s.verb, (next = node()));
-          const folded = foldSegment(s.verb);
-          const same = (at.foldedVerbs ??= new Map()).get(folded);
-          if (same) same.push(next); else at.foldedVerbs.set(folded, [next]);
-          if (folded !== s.verb) foldingLiterals = true;
+          const same = (at.foldedVerbs ??= new Map()).get(foldedVerb);
+          if (same) same.push(next); else at.foldedVerbs.set(foldedVerb, [next]);
+          if (foldedVerb !== s.verb) foldingLiterals = true;
         }
-        const declared = declaredVerbs.get(method) ?? new Set();
-        declaredVerbs.set(method, declared.add(s.verb));
-        const folded = foldedDeclaredVerbs.get(method) ?? new Set();
-        foldedDeclaredVerbs.set(method, folded.add(foldSegment(s.verb)));
-        longestVerb = Math.max(longestVerb, foldSegment(s.verb).length);
+        declaredVerbs.set(method, (declaredVerbs.get(method) ?? new Set()).add(s.verb));
+        foldedDeclaredVerbs.set(method, (foldedDeclaredVerbs.get(method) ?? new Set()).add(foldedVerb));
+        longestVerb = Math.max(longestVerb, foldedVerb.length);
         at = next;
       } else {
         at = at.variable ??= node();
@@ -233,17 +231,21 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
     // variable the whole segment took. Without that bound, a segment of thousands of dots cost
     // a walk per dot, each over the stem: a quarter of a second of the one thread for 16 KiB.
     const segment = segments[last]!;
-    const longestStem = ENCODED_PER_FOLDED * longestLiteral;
-    for (let dot = segment.indexOf('.'); dot > 0 && dot <= longestStem; dot = segment.indexOf('.', dot + 1)) {
-      const stemmed = [...segments.slice(0, last), segment.slice(0, dot)];
+    /** The path with `stem` for the segment would be another operation's, or its slash twin would. */
+    const elsewhere = (stem: string): boolean => {
+      const stemmed = [...segments.slice(0, last), stem];
       const path = slashed ? [...stemmed, ''] : stemmed;
-      const stem = decideCase(root, path);
-      if (stem !== undefined && stem !== found) return { by: 'suffix', index: last };
+      const other = decideCase(root, path);
+      if (other !== undefined && other !== found) return true;
       // Suffix routers that take the slash after the format as optional (Django REST
       // framework's `\.(?P<format>…)/?$`), or ignore it (Rails): the stem's twin too.
-      if (!trailingSlashes) continue;
+      if (!trailingSlashes) return false;
       const twin = decideCase(root, slashTwin(path));
-      if (twin !== undefined && twin !== found) return { by: 'suffix', index: last };
+      return twin !== undefined && twin !== found;
+    };
+    const longestStem = ENCODED_PER_FOLDED * longestLiteral;
+    for (let dot = segment.indexOf('.'); dot > 0 && dot <= longestStem; dot = segment.indexOf('.', dot + 1)) {
+      if (elsewhere(segment.slice(0, dot))) return { by: 'suffix', index: last };
     }
     // A custom method before the suffix (`<id>:export.json`, Spring's suffix patterns run
     // `{id}:export` for it): its stem is as long as its id, past the bound above. Looked for in
@@ -265,13 +267,7 @@ export function buildMatcher(operations: readonly Operation[]): (method: string,
         if (!folded.has(verb) || met.has(verb)) continue;
         if (met.size === MAX_VERB_STEMS) return { by: 'suffix', index: last };
         met.add(verb);
-        const stemmed = [...segments.slice(0, last), text.slice(0, dot)];
-        const path = slashed ? [...stemmed, ''] : stemmed;
-        const stem = decideCase(root, path);
-        if (stem !== undefined && stem !== found) return { by: 'suffix', index: last };
-        if (!trailingSlashes) continue;
-        const twin = decideCase(root, slashTwin(path));
-        if (twin !== undefined && twin !== found) return { by: 'suffix', index: last };
+        if (elsewhere(text.slice(0, dot))) return { by: 'suffix', index: last };
       }
     }
     return found;
