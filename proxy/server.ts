@@ -428,7 +428,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
   traffic.on('timeout', (socket: Socket) => {
     // An answer under way that runs to the close (to HTTP/1.0) is reset, not ended: a FIN made
     // what the client had read look whole (cutAnswer).
-    const res = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    const res = answerOn(socket);
     if (res?.headersSent && !res.writableFinished) cutAnswer(res);
     idleClosed.add(socket);
     socket.destroy();
@@ -468,7 +468,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     if (ending.has(socket) && (err.code?.startsWith('HPE_') === true || TIMED_OUT.has(err.code ?? ''))) return;
     // Bytes after a request that said Connection: close (RFC 9112 §9.6): that request is
     // answered, and the connection then ends; nothing after it is read. Cut here, its answer was lost.
-    if (err.code === 'HPE_CLOSED_CONNECTION' && (socket as Socket & { _httpMessage?: unknown })._httpMessage) return;
+    if (err.code === 'HPE_CLOSED_CONNECTION' && answerOn(socket)) return;
     // Node refused to parse the request (header overflow, bad framing) or it did not arrive in
     // time: answer in kind if no answer is or was due on it (a request whose body was still
     // arriving after its answer was sent would otherwise get a second, unasked-for one).
@@ -491,7 +491,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     // dropped (its turn does not handle it), and the answer in progress, a whole request's,
     // goes out with Connection: close; destroyed here, that answer was lost, a write the
     // upstream had done included.
-    const current = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    const current = answerOn(socket);
     if (parseError && socket.writable && last?.waiting === true && current && !current.writableFinished) {
       last.dropped = true;
       endAfter(socket, current);
@@ -503,7 +503,7 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       last.req.emit(BODY_UNPARSABLE);
       return;
     }
-    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage || last?.req.complete === false) {
+    if (!socket.writable || answerOn(socket) || last?.req.complete === false) {
       // A body that broke while it was forwarded: its record says so, not that the client left.
       if (parseError && last && last.req.complete === false && !deciding.has(last.req)) cutBy.set(last.res, UNPARSED_BODY);
       socket.destroy();
@@ -1219,6 +1219,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
  * let one through, this throws and the request is answered 500 (server's unexpected()),
  * rather than forwarded to a path of "undefined".
  */
+/** The answer Node is writing on a client connection (its `_httpMessage`): the first of its requests not yet answered whole. */
+function answerOn(socket: Socket): ServerResponse | undefined {
+  return (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined;
+}
+
 function upstreamTarget(ctx: RequestContext): string {
   const t = ctx.target;
   if (!t) throw new Error('no canonical request-target');
