@@ -351,7 +351,12 @@ const fingerprints = new WeakMap<RequestContext, string>();
 function holder(ctx: RequestContext): string {
   const c = ctx.credential!;
   const agent = c.act?.actors[0];
-  return agent !== undefined ? JSON.stringify([c.issuer, c.subject, actorIssuer(c, 0), agent]) : JSON.stringify([c.issuer, c.subject]);
+  return agent !== undefined ? JSON.stringify([c.issuer, c.subject, actorIssuer(c, 0), agent]) : person(c);
+}
+
+/** The person a token names, by its issuer: the part of holder() and writer() without an agent. */
+function person(c: Credential): string {
+  return JSON.stringify([c.issuer, c.subject]);
 }
 
 /**
@@ -365,8 +370,7 @@ function writer(ctx: RequestContext): string {
   let w = writers.get(ctx);
   if (w !== undefined) return w;
   const a = ctx.consumer?.actor;
-  const c = ctx.credential!;
-  w = hash('sha256', a?.key !== undefined ? JSON.stringify(['actor', a.issuer ?? null, a.subject]) : JSON.stringify([c.issuer, c.subject]), 'base64');
+  w = hash('sha256', a?.key !== undefined ? JSON.stringify(['actor', a.issuer ?? null, a.subject]) : person(ctx.credential!), 'base64');
   // A write both monitors watch asks twice; the second gets the first's digest.
   writers.set(ctx, w);
   return w;
