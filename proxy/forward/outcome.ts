@@ -71,13 +71,16 @@ export const FLOOD_CUT = 'pipelining flood';
 /** Its `error` when driftguard cut the connection of a forwarded request whose body had not all come within proxy.timeouts.request. */
 export const REQUEST_TIMEOUT_CUT = 'request timeout';
 /**
- * The cuts the record names whether or not the answer had started: driftguard's own, and the
- * connections it closed for the client's doing (its body broke, it sat idle, it read too slowly,
- * it pipelined a flood, its body did not come in time). Without a `cut`, a request cut before
- * its answer started is recorded as a client that left (status 0), sampled as any allow, and
- * counted nowhere.
+ * The connections driftguard closed for the client's doing (its body broke, it sat idle, it read
+ * too slowly, it pipelined a flood, its body did not come in time): counted as the client's.
  */
-export const RECORDED_CUTS: ReadonlySet<string> = new Set([...DRIFTGUARD_CUTS, UNPARSED_BODY, CLIENT_IDLE, CLIENT_TOO_SLOW, FLOOD_CUT, REQUEST_TIMEOUT_CUT]);
+export const CLIENT_CUTS: ReadonlySet<string> = new Set([UNPARSED_BODY, CLIENT_IDLE, CLIENT_TOO_SLOW, FLOOD_CUT, REQUEST_TIMEOUT_CUT]);
+/**
+ * The cuts the record names whether or not the answer had started: driftguard's own, and the
+ * client's doing. Without a `cut`, a request cut before its answer started is recorded as a
+ * client that left (status 0), sampled as any allow, and counted nowhere.
+ */
+export const RECORDED_CUTS: ReadonlySet<string> = new Set([...DRIFTGUARD_CUTS, ...CLIENT_CUTS]);
 /** The ctx.extra key (span `driftguard.cut.reason`) naming the reason code of a revoked, reload or expired cut. */
 export const CUT_REASON = 'cut.reason';
 

@@ -4,7 +4,7 @@
 // Nothing secret is ever copied here: no token, no Authorization, no cookie, no query string.
 
 import { redactPath } from '../lib/redact.ts';
-import { CLIENT_IDLE, CLIENT_TOO_SLOW, DRAIN_CUT, EXPIRED_CUT, FLOOD_CUT, RELOAD_CUT, REQUEST_TIMEOUT_CUT, REVOKED_CUT, UNPARSED_BODY } from '../forward/outcome.ts';
+import { CLIENT_CUTS, DRIFTGUARD_CUTS } from '../forward/outcome.ts';
 import type { Decision, RequestContext, CheckRecord } from '../pipeline/types.ts';
 import { declaredVersion } from '../checks/contract.ts';
 
@@ -98,8 +98,8 @@ export const FIELDS: readonly (readonly [FieldKey, string])[] = [
  */
 export function cutBy(r: DecisionRecord): 'client' | 'drain' | 'revoked' | 'reload' | 'expired' | 'upstream' | undefined {
   if (r.cut === undefined) return undefined;
-  if (r.cut === UNPARSED_BODY || r.cut === CLIENT_TOO_SLOW || r.cut === CLIENT_IDLE || r.cut === FLOOD_CUT || r.cut === REQUEST_TIMEOUT_CUT) return 'client';
-  return r.cut === 'client' || r.cut === DRAIN_CUT || r.cut === REVOKED_CUT || r.cut === RELOAD_CUT || r.cut === EXPIRED_CUT ? r.cut : 'upstream';
+  if (CLIENT_CUTS.has(r.cut)) return 'client';
+  return r.cut === 'client' || DRIFTGUARD_CUTS.has(r.cut) ? r.cut as 'client' | 'drain' | 'revoked' | 'reload' | 'expired' : 'upstream';
 }
 
 /** Keys of ctx.extra must look like `delegation.chain`: they become attribute and field names. */
