@@ -44,14 +44,19 @@ t.test('the matcher: a declared custom method, before the plain variable, after 
   t.equal(buildMatcher([getCart])('GET', ['v1', 'carts', '1:export']), getCart);
 });
 
+/** Orders with custom methods (an export, a cancel) beside their plain operations, and carts without. */
+const withOrders = (r: Record<string, any>): void => {
+  r.contract.operations.push(
+    { id: 'getOrder', method: 'GET', path: '/v1/orders/{id}', scopes: ['items.read'], sensitivity: 'low' },
+    { id: 'exportOrder', method: 'GET', path: '/v1/orders/{id}:export', scopes: ['items.admin'], sensitivity: 'critical' },
+    { id: 'updateOrder', method: 'POST', path: '/v1/orders/{id}', scopes: ['items.write'], sensitivity: 'low' },
+    { id: 'cancelOrder', method: 'POST', path: '/v1/orders/{id}:cancel', scopes: ['items.admin'], sensitivity: 'critical' },
+    { id: 'getCart', method: 'GET', path: '/v1/carts/{id}', scopes: ['items.read'], sensitivity: 'low' },
+  );
+};
+
 t.test('over HTTP: the custom method is its own operation, with its own scopes', async (t) => {
-  const w = await world(t, (r) => {
-    r.contract.operations.push(
-      { id: 'getOrder', method: 'GET', path: '/v1/orders/{id}', scopes: ['items.read'], sensitivity: 'low' },
-      { id: 'exportOrder', method: 'GET', path: '/v1/orders/{id}:export', scopes: ['items.admin'], sensitivity: 'critical' },
-      { id: 'getCart', method: 'GET', path: '/v1/carts/{id}', scopes: ['items.read'], sensitivity: 'low' },
-    );
-  });
+  const w = await world(t, withOrders);
   const reader = await w.tok({ scope: 'items.read' });
   t.equal((await w.call('GET', '/v1/orders/1', { token: reader })).status, 200);
   const exported = await w.call('GET', '/v1/orders/1:export', { token: reader });
@@ -66,15 +71,7 @@ t.test('over HTTP: the custom method is its own operation, with its own scopes',
 // A router that ignores case (ASP.NET Core's complex segments, Express's default) runs the
 // custom method for `1:EXPORT`: refused, as a literal in another case is (found by a fuzz review).
 t.test('a custom method in another case or encoded is refused, not decided as the plain variable', async (t) => {
-  const w = await world(t, (r) => {
-    r.contract.operations.push(
-      { id: 'getOrder', method: 'GET', path: '/v1/orders/{id}', scopes: ['items.read'], sensitivity: 'low' },
-      { id: 'exportOrder', method: 'GET', path: '/v1/orders/{id}:export', scopes: ['items.admin'], sensitivity: 'critical' },
-      { id: 'updateOrder', method: 'POST', path: '/v1/orders/{id}', scopes: ['items.write'], sensitivity: 'low' },
-      { id: 'cancelOrder', method: 'POST', path: '/v1/orders/{id}:cancel', scopes: ['items.admin'], sensitivity: 'critical' },
-      { id: 'getCart', method: 'GET', path: '/v1/carts/{id}', scopes: ['items.read'], sensitivity: 'low' },
-    );
-  });
+  const w = await world(t, withOrders);
   const reader = await w.tok({ scope: 'items.read items.write' });
   // Sanity: the lower-case spelling is judged as the export and refused for its scope.
   t.equal((await w.call('GET', '/v1/orders/1:export', { token: reader })).status, 403, 'baseline: 1:export needs items.admin');
