@@ -86,7 +86,7 @@ function skippedLines(ctx: AdminContext, problem: string): void {
   const now = Date.now();
   if ((reported.get(problem) ?? -Infinity) > now - 60_000) return;
   reported.set(problem, now);
-  ctx.log({ level: 'warn', msg: 'admin credential file lines skipped: no write can present their secret', problem });
+  ctx.log({ level: 'warn', msg: 'admin credential file lines skipped: no write can use them', problem });
 }
 
 /** Refused admin writes not yet said, by lifecycle state: how many, by credential sent, the latest, and when a line last said them. */
@@ -146,7 +146,7 @@ function writer(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, ro
     const parsed = parseAdminCredentials(readRegularFile(file).toString('utf8'));
     credentials = parsed.credentials;
     // Rewritten since the rules were loaded (which refuses such a line): the others still work.
-    if (parsed.malformed.length) skippedLines(ctx, malformedCredentialLines(file, parsed.malformed));
+    if (parsed.malformed.length || parsed.short.length) skippedLines(ctx, malformedCredentialLines(file, parsed.malformed, parsed.short));
   } catch (err) {
     credentials = [];
     unusable(ctx, file, `cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`);

@@ -236,10 +236,41 @@ t.test('an admin credential line of more than two words (a trailing # comment) i
   };
   t.equal(await write(SECRET), 201, 'a good line still works');
   t.equal(await write('other-secret-0123456789'), 401, 'the line with a comment is no credential');
-  const warned = dg.logs.filter((l) => l.msg === 'admin credential file lines skipped: no write can present their secret');
+  const warned = dg.logs.filter((l) => l.msg === 'admin credential file lines skipped: no write can use them');
   t.equal(warned.length, 1, 'said once');
   t.match(String(warned[0]?.problem), /admin-credentials line 2: expected "name secret" or "secret"/);
   t.notMatch(JSON.stringify(dg.logs), 'other-secret', 'never the secret');
+});
+
+t.test('an admin secret of fewer than 16 characters is refused at load and skipped, said, when the file changes', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-short-'));
+  const file = join(dir, 'admin-credentials');
+  const SECRET = 's3cret-value-0123456789';
+  // Both forms of a line: `name secret` and `secret`; 15 characters each, one short of the bound.
+  writeFileSync(file, `oncall ${SECRET}\nbackup changeme-012345\nchangeme-543210\n`);
+  const rules = w.rules((r) => { r.revocation = { adminCredentialFile: file }; });
+  const err = t.throws(() => loadRules(writeRules(rules, dir))) as RulesError;
+  t.ok(err instanceof RulesError);
+  t.match(err.message, /revocation\.adminCredentialFile: .*admin-credentials lines 2, 3: a secret of fewer than 16 characters/, 'names the file and lines');
+  t.notMatch(err.message, 'changeme', 'never the secret');
+
+  writeFileSync(file, `oncall ${SECRET}\n`);
+  const dg = await startLifecycle(rules, { dir });
+  t.teardown(() => dg.close());
+  writeFileSync(file, `oncall ${SECRET}\nbackup changeme-012345\nbackup2 changeme-0123456\n`);
+  const write = async (secret: string) => {
+    const r = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: JSON.stringify({ kind: 'jti', value: 'x', reason: 'y' }) });
+    await r.text();
+    return r.status;
+  };
+  t.equal(await write('changeme-012345'), 401, 'a secret one character short is no credential');
+  t.equal(await write('changeme-0123456'), 201, 'one of 16 is');
+  const warned = dg.logs.filter((l) => l.msg === 'admin credential file lines skipped: no write can use them');
+  t.equal(warned.length, 1, 'said once');
+  t.match(String(warned[0]?.problem), /admin-credentials line 2: a secret of fewer than 16 characters/);
+  t.notMatch(JSON.stringify(dg.logs), 'changeme', 'never the secret');
 });
 
 t.test('refused admin writes are said in a warn line at most once a minute, with how many, never the credential sent', async (t) => {
