@@ -359,6 +359,45 @@ t.test('an actor\'s declared operations hold below a level with no sub, whatever
   t.equal(w.up.seen.length, 0, 'nothing reached the upstream');
 });
 
+t.test('an act level that cannot be read (a list, past the 64th) is refused when an actor may have declared its operations, whatever the modes', async (t) => {
+  // Only the revocation and quarantine checks refused such a chain: with them and delegation
+  // off (or in audit), BOT, which declared getItem and deleteItem, wrote through one.
+  const deep = (): Record<string, unknown> => {
+    const top: Record<string, unknown> = { sub: 'relay-top' };
+    let n = top;
+    for (let i = 0; i < 64; i++) { const next = { sub: `relay-${i}` }; n.act = next; n = next; }
+    n.act = { sub: BOT };
+    return top;
+  };
+  for (const mode of ['off', 'audit']) {
+    const w = await world();
+    const dg = await startLifecycle(w.rules((r) => {
+      r.delegation = { mode };
+      r.revocation = { mode };
+      r.monitors = monitorsOnly({ quarantine: { mode } });
+    }));
+    for (const [label, act] of [['a list level', [{ sub: BOT }]], ['a list level under an actor', { sub: 'relay', act: [{ sub: BOT }] }], ['past the 64th level', deep()]] as const) {
+      const body = await problem(t, await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN, claims: { act } }), { 'content-type': 'application/json' }), body: '{}' }), 'invalid-credential', 401);
+      t.match(body.detail, /act claim must be an object with a string sub at every level/, `${mode}, ${label}`);
+    }
+    t.equal(w.up.seen.length, 0, `${mode}: nothing reached the upstream`);
+    await dg.close();
+    await w.close();
+  }
+  // With no consumer that declares its operations, nothing can hide there: as before.
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { mode: 'off' };
+    r.revocation = { mode: 'off' };
+    r.monitors = monitorsOnly({ quarantine: { mode: 'off' } });
+    for (const c of r.consumers.registry) delete c.operations;
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const res = await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ sub: HUMAN, claims: { act: [{ sub: BOT }] } })) });
+  await res.text();
+  t.equal(res.status, 200, 'forwarded');
+});
+
 t.test('an actor that declared its operations may call only those, whoever it acts for', async (t) => {
   const w = await world();
   const dg = await startLifecycle(w.rules((r) => {
