@@ -7,6 +7,9 @@
 import type { IssuerRules } from '../rules/types.ts';
 
 const SERVICE_ACCOUNT = 'system:serviceaccount:';
+/** What a URL parser removes wherever it is, and at either end (WHATWG URL, basic URL parser). */
+const URL_IGNORED = /[\t\n\r]/g;
+const URL_TRIMMED = /^[\x00-\x20]+|[\x00-\x20]+$/g;
 
 /** The trust domain a spiffe:// subject names, lowercased, whether or not it is a valid SPIFFE ID. */
 function namedTrustDomain(subject: string): string | undefined {
@@ -22,13 +25,17 @@ export function foreignSubject(issuer: IssuerRules, subject: string, all: readon
   if (issuer.profile === 'kubernetes') {
     return subject.startsWith(SERVICE_ACCOUNT) ? undefined : 'it vouches only for system:serviceaccount:<namespace>:<name>';
   }
+  // As a URL parser reads it (WHATWG, Node's `new URL`): it drops every tab and line break, and
+  // controls and spaces at either end, so `\tspiffe://td/…` is td's ID to an upstream that
+  // parses it; and so is a service account's name to one that trims it.
+  const parsed = subject.replace(URL_IGNORED, '').replace(URL_TRIMMED, '');
   // Its host, as a URL parser would read it: `spiffe://x@td:443/…` is read as trust domain td
   // by an upstream that parses the ID, and must not pass for a name outside td.
-  const domain = namedTrustDomain(subject)?.replace(/^.*@/, '').replace(/:\d*$/, '');
+  const domain = namedTrustDomain(parsed)?.replace(/^.*@/, '').replace(/:\d*$/, '');
   if (domain !== undefined && all.some((i) => i.profile === 'spiffe' && i.trustDomain === domain)) {
     return `the subject is a SPIFFE ID of trust domain ${domain}, which only that domain's spiffe issuer vouches for`;
   }
-  if (subject.toLowerCase().startsWith(SERVICE_ACCOUNT) && all.some((i) => i.profile === 'kubernetes')) {
+  if (parsed.toLowerCase().startsWith(SERVICE_ACCOUNT) && all.some((i) => i.profile === 'kubernetes')) {
     return 'the subject is a Kubernetes service account, which only a kubernetes issuer vouches for';
   }
   return undefined;
