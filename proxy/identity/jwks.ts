@@ -90,8 +90,15 @@ interface Loaded {
 }
 
 function load(jwks: JSONWebKeySet): Loaded {
-  // A public key's material, as its RFC 7638 thumbprint reads it (the required members of its kty).
-  const material = (k: JWK): string => JSON.stringify([k.kty, k.crv, k.x, k.y, k.n, k.e]);
+  // A public key's material: the key itself, as imported, not its members' text. One RSA key
+  // has many texts (leading zero octets in `n` or `e`, which RFC 7518 §6.3.1.1 says some
+  // libraries write, and WebCrypto imports as the same key): a twin so written was another key,
+  // whose kids a revocation of the first's missed. The members' text only for a key Node does
+  // not import (jose refuses it at verify anyway).
+  const material = (k: JWK): string => {
+    try { return createPublicKey({ key: k as JsonWebKey, format: 'jwk' }).export({ type: 'spki', format: 'der' }).toString('base64'); }
+    catch { return JSON.stringify([k.kty, k.crv, k.x, k.y, k.n, k.e]); }
+  };
   const kidsOf = new Map<string, string[]>();
   for (const k of jwks.keys) {
     if (typeof k.kid !== 'string') continue;

@@ -843,27 +843,33 @@ t.test('a write with an unnamed credential is recorded by its line, never by a h
   }
 });
 
-t.test('a revoked kid revokes the key: a token naming the other kid of a key the set lists twice, or none, is refused', async (t) => {
-  for (const alias of ['es-alias', undefined]) {
-    await t.test(alias === undefined ? 'a kid-less twin listed first' : 'a second kid', async (t) => {
-      const key = await testKey('ES256', 'es-leaked');
-      const up = await upstream();
-      const twin: Record<string, unknown> = { ...key.publicJwk };
-      if (alias) twin.kid = alias; else delete twin.kid;
-      // The same key twice (an issuer publishing a key under a thumbprint kid and a legacy one),
-      // the twin first: a token without kid is verified by the first entry that fits.
-      const keys = await jwksServer({ keys: [twin, key.publicJwk] });
-      const dir = mkdtempSync(join(tmpdir(), 'dg-kid-'));
-      const dg = await startLifecycle(baseRules(up.origin, keys.url, (r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal: join(dir, 'journal') }; }), { dir });
-      t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); });
-      const other = await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09', header: { kid: alias } });
-      t.equal((await fetch(`${dg.url}/items/1`, { headers: bearer(other) }).then(async (r) => { await r.text(); return r.status; })), 200, 'before the revocation: forwarded');
-      t.equal((await revoke(dg.admin, { kind: 'kid', value: 'es-leaked', reason: 'key leaked' })).status, 201);
-      const named = await fetch(`${dg.url}/items/1`, { headers: bearer(await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' })) });
-      await problem(t, named, 'credential-revoked', 401);
-      // The key's other entry too, for a token in the verified-token cache.
-      await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(other) }), 'credential-revoked', 401);
-      t.equal(up.seen.length, 1, 'only the request before the revocation reached the upstream');
-    });
+t.test('a revoked kid revokes the key: a token naming the other kid of a key the set lists twice, or none, is refused, however the twin writes the key', async (t) => {
+  // The same key's text as written, or an RSA modulus with a leading zero octet (RFC 7518
+  // §6.3.1.1: some libraries write one; WebCrypto imports it as the same key): the second was
+  // taken for another key, and a token naming its kid, or none, went through.
+  const leadingZero = (jwk: Record<string, unknown>): Record<string, unknown> => ({ ...jwk, n: Buffer.concat([Buffer.alloc(1), Buffer.from(jwk.n as string, 'base64url')]).toString('base64url') });
+  for (const [alg, leaked, twinOf] of [['ES256', 'es-leaked', (jwk: Record<string, unknown>) => ({ ...jwk })], ['RS256', 'rs-leaked', leadingZero]] as const) {
+    for (const alias of [`${alg}-alias`, undefined]) {
+      await t.test(`${alg}: ${alias === undefined ? 'a kid-less twin listed first' : 'a second kid'}`, async (t) => {
+        const key = await testKey(alg, leaked);
+        const up = await upstream();
+        const twin: Record<string, unknown> = twinOf(key.publicJwk as Record<string, unknown>);
+        if (alias) twin.kid = alias; else delete twin.kid;
+        // The same key twice (an issuer publishing a key under a thumbprint kid and a legacy one),
+        // the twin first: a token without kid is verified by the first entry that fits.
+        const keys = await jwksServer({ keys: [twin, key.publicJwk] });
+        const dir = mkdtempSync(join(tmpdir(), 'dg-kid-'));
+        const dg = await startLifecycle(baseRules(up.origin, keys.url, (r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal: join(dir, 'journal') }; }), { dir });
+        t.teardown(async () => { await dg.close(); await up.close(); await keys.close(); });
+        const other = await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09', header: { kid: alias } });
+        t.equal((await fetch(`${dg.url}/items/1`, { headers: bearer(other) }).then(async (r) => { await r.text(); return r.status; })), 200, 'before the revocation: forwarded');
+        t.equal((await revoke(dg.admin, { kind: 'kid', value: leaked, reason: 'key leaked' })).status, 201);
+        const named = await fetch(`${dg.url}/items/1`, { headers: bearer(await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' })) });
+        await problem(t, named, 'credential-revoked', 401);
+        // The key's other entry too, for a token in the verified-token cache.
+        await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(other) }), 'credential-revoked', 401);
+        t.equal(up.seen.length, 1, 'only the request before the revocation reached the upstream');
+      });
+    }
   }
 });
