@@ -314,6 +314,29 @@ t.test('a second credential in the query (access_token, RFC 6750 §2.3) is refus
     t.equal(a.status, 200, `${query}: other parameters pass`);
   }
 });
+t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authorization is refused, never forwarded; other cookies and subprotocols pass', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  const stranger = await w.tok({ sub: 'spiffe://example.org/ns/x/sa/stranger' });
+  for (const [name, value, said] of [
+    ['Cookie', `theme=dark; access_token=${stranger}`, 'Cookie'],
+    ['Cookie', `session=${encodeURIComponent(stranger)}`, 'Cookie'],
+    // The Kubernetes API server's bearer subprotocol: the token base64url-encoded again.
+    ['Sec-WebSocket-Protocol', `base64url.bearer.authorization.k8s.io.${Buffer.from(stranger).toString('base64url')}, v4.channel.k8s.io`, 'Sec-WebSocket-Protocol'],
+    ['Sec-WebSocket-Protocol', `access_token, ${stranger}`, 'Sec-WebSocket-Protocol'],
+  ] as const) {
+    const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\n${name}: ${value}\r\nConnection: close\r\n\r\n`);
+    t.equal(a.status, 400, `${name}: ${value.slice(0, 30)}`);
+    t.match(a.json(), { reason: 'malformed-request', detail: `a credential in the ${said} header is not served beside the Authorization header: send one, in the Authorization header only` });
+    t.notMatch(a.body, stranger.split('.')[2]!, 'the token is not in the answer');
+  }
+  t.equal(w.up.seen.length, 0, 'none reached the upstream');
+  for (const [name, value] of [['Cookie', 'theme=dark; lb=app-2.a1b2c3'], ['Sec-WebSocket-Protocol', 'v4.channel.k8s.io, graphql-ws']] as const) {
+    const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\n${name}: ${value}\r\nConnection: close\r\n\r\n`);
+    t.equal(a.status, 200, `${name}: ${value}: passes`);
+  }
+});
+
 
 t.test('a transfer coding other than chunked: 400, never forwarded decoded halfway', async (t) => {
   const w = await world(t);
