@@ -143,26 +143,21 @@ export class Identity {
       // One-shot hash: no Hash object per request.
       const key = cacheable ? hash('sha256', token, 'base64') : '';
       if (cacheable) {
-        const hit = this.#cache!.get(key);
-        const current = hit !== undefined && hit.version === hit.keys.version && this.#keySetsInUse.has(hit.keys);
-        this.#onCache?.(current);
-        if (current) {
-          if (hit.credential.expiresAtMs + this.#rules.clockSkewMs <= now) {
-            this.#cache!.delete(key);
-            return { reason: 'invalid-credential', detail: 'token expired' };
-          }
-          // As jose checks it: only a clock set back since the token was verified gets here.
-          const nbf = hit.credential.claims.nbf;
-          if (typeof nbf === 'number' && nbf * 1000 - this.#rules.clockSkewMs > now) {
-            return { reason: 'invalid-credential', detail: 'token not valid yet (nbf is in the future)' };
-          }
-          return hit.credential;
-        }
+        const hit = this.#cached(key, now);
+        this.#onCache?.(hit !== undefined);
+        if (hit !== undefined) return hit;
       }
       // One token, one text: jose also takes a signature with `==` after it or another last
       // character whose spare bits it drops, 32 texts for one token, each a signature check
       // and a cache entry of its own. Checked on a miss only: such a text is never cached.
       if (!canonical(token)) return { reason: 'invalid-credential', detail: 'malformed token' };
+      // And an ECDSA signature (r, s) has a twin, (r, n - s), valid whenever it is: the twin of
+      // a cached token is that token, not another check and another entry.
+      const twin = cacheable ? ecdsaTwin(token) : undefined;
+      if (twin !== undefined) {
+        const hit = this.#cached(hash('sha256', twin, 'base64'), now);
+        if (hit !== undefined) return hit;
+      }
       const verified = await this.#verify(token, now);
       if ('reason' in verified) return verified;
       const { credential, keys, version } = verified;
@@ -180,6 +175,22 @@ export class Identity {
       if (err instanceof IdentityUnavailableError) return { reason: 'identity-unavailable', detail: 'signing keys unavailable', retryAfter: Math.ceil(err.retryAfterMs / 1000) };
       return { reason: 'invalid-credential', detail: describeJoseError(err) };
     }
+  }
+
+  /** The cache's answer for the token of `key` at `now`: its credential, or why it no longer holds; undefined when none is current. */
+  #cached(key: string, now: number): Credential | VerifyFailure | undefined {
+    const hit = this.#cache!.get(key);
+    if (hit === undefined || hit.version !== hit.keys.version || !this.#keySetsInUse.has(hit.keys)) return undefined;
+    if (hit.credential.expiresAtMs + this.#rules.clockSkewMs <= now) {
+      this.#cache!.delete(key);
+      return { reason: 'invalid-credential', detail: 'token expired' };
+    }
+    // As jose checks it: only a clock set back since the token was verified gets here.
+    const nbf = hit.credential.claims.nbf;
+    if (typeof nbf === 'number' && nbf * 1000 - this.#rules.clockSkewMs > now) {
+      return { reason: 'invalid-credential', detail: 'token not valid yet (nbf is in the future)' };
+    }
+    return hit.credential;
   }
 
   async #verify(token: string, now: number): Promise<Cached | VerifyFailure> {
@@ -301,6 +312,34 @@ async function verifyJwt(token: string, keys: KeySet, options: JWTVerifyOptions)
   const refetched = await byEachKey(token, keys.eachKey(), header, jws, options);
   if (refetched) return refetched;
   throw new errors.JWKSNoMatchingKey();
+}
+
+/** The order of each ECDSA curve's group, by its JWS alg: a signature's s and n - s both verify. */
+const ECDSA_ORDER: Readonly<Record<string, { bytes: number; n: bigint }>> = {
+  ES256: { bytes: 32, n: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551n },
+  ES384: { bytes: 48, n: 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973n },
+  ES512: { bytes: 66, n: 0x01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409n },
+};
+
+/**
+ * The other text of an ECDSA-signed token: its signature's s replaced by n - s (ECDSA is
+ * malleable so, and WebCrypto takes either). Undefined for any other token, or a signature
+ * of the wrong size (jose refuses it).
+ */
+export function ecdsaTwin(token: string): string | undefined {
+  const dot = token.lastIndexOf('.');
+  // Only a signature of an ECDSA size (86, 128 or 176 characters) has its header read.
+  const length = token.length - dot - 1;
+  if (length !== 86 && length !== 128 && length !== 176) return undefined;
+  let alg: unknown;
+  try { alg = decodeProtectedHeader(token).alg; } catch { return undefined; }
+  const curve = typeof alg === 'string' ? ECDSA_ORDER[alg] : undefined;
+  const signature = Buffer.from(token.slice(dot + 1), 'base64url');
+  if (curve === undefined || signature.length !== 2 * curve.bytes) return undefined;
+  const s = BigInt(`0x${signature.subarray(curve.bytes).toString('hex') || '0'}`);
+  if (s === 0n || s >= curve.n) return undefined;
+  const other = Buffer.from((curve.n - s).toString(16).padStart(2 * curve.bytes, '0'), 'hex');
+  return `${token.slice(0, dot + 1)}${Buffer.concat([signature.subarray(0, curve.bytes), other]).toString('base64url')}`;
 }
 
 /** A compact JWS whose three parts are base64url as an encoder writes it: no padding, no spare bits set. */

@@ -3,12 +3,13 @@
 // invalid-credential before anything reaches the upstream.
 
 import t, { type Test } from 'tap';
-import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, sign as rawSign } from 'node:crypto';
+import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, sign as rawSign, verify as cryptoVerify } from 'node:crypto';
 import { SignJWT, exportJWK } from 'jose';
 import { world, AGENT, HUMAN, type World } from '../core/world.ts';
 import { ISSUER, AUDIENCE, testKey } from '../support/keys.ts';
 import { jwksServer } from '../support/servers.ts';
 import { noopObserver, type Observer } from '../../proxy/observe.ts';
+import { ecdsaTwin } from '../../proxy/identity/verify.ts';
 
 const b64 = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
 
@@ -80,6 +81,52 @@ t.test('one token is one text: padding or spare bits in its base64url are a malf
   const sparePayload = spare(p);
   if (sparePayload) variants.push(`${h}.${sparePayload}.${sig}`);
   for (const v of variants) await refused(t, w, v, `variant ${v.slice(-12)}`);
+});
+
+t.test('an ECDSA token\'s twin text, its signature (r, n - s), is the cached token: no second check, no second entry; a forged s is refused', async (t) => {
+  const w = await world(t);
+  const tok = await w.tok();
+  t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200, 'the token');
+  const entries = () => w.dg.dg.tables.get('token_cache')!().entries;
+  const before = entries();
+  const twin = ecdsaTwin(tok)!;
+  t.not(twin, tok);
+  const a = await w.call('GET', '/items/1', { token: twin });
+  t.equal(a.status, 200, 'the twin is the same token, and valid');
+  t.equal(entries(), before, 'answered from the token\'s entry: no second');
+  // s + 1 is no signature: never answered from the cache.
+  const [h, p, sig] = tok.split('.') as [string, string, string];
+  const raw = Buffer.from(sig, 'base64url');
+  const s = BigInt(`0x${raw.subarray(32).toString('hex')}`) + 1n;
+  const forged = `${h}.${p}.${Buffer.concat([raw.subarray(0, 32), Buffer.from(s.toString(16).padStart(64, '0'), 'hex')]).toString('base64url')}`;
+  await refused(t, w, forged, 'a signature with s + 1');
+  t.equal(entries(), before, 'and not cached');
+});
+
+t.test('ecdsaTwin: for each curve, the twin verifies with the key and its twin is the token; other algorithms have none', async (t) => {
+  const jws = (alg: string, key: Parameters<typeof rawSign>[2], digest: string | null) => {
+    const head = `${b64({ alg })}.${b64(claims())}`;
+    return `${head}.${rawSign(digest, Buffer.from(head), key).toString('base64url')}`;
+  };
+  for (const [alg, namedCurve, digest] of [['ES256', 'P-256', 'sha256'], ['ES384', 'P-384', 'sha384'], ['ES512', 'P-521', 'sha512']] as const) {
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve });
+    for (let i = 0; i < 8; i++) {
+      const token = jws(alg, { key: privateKey, dsaEncoding: 'ieee-p1363' }, digest);
+      const twin = ecdsaTwin(token);
+      if (twin === undefined) { t.fail(`${alg}: no twin`); break; }
+      const [h, p, sig] = twin.split('.') as [string, string, string];
+      t.not(twin, token, `${alg}: another text`);
+      t.ok(cryptoVerify(digest, Buffer.from(`${h}.${p}`), { key: publicKey, dsaEncoding: 'ieee-p1363' }, Buffer.from(sig, 'base64url')), `${alg}: the twin verifies`);
+      t.equal(ecdsaTwin(twin), token, `${alg}: the twin's twin is the token`);
+    }
+  }
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  t.equal(ecdsaTwin(jws('RS256', rsa.privateKey, 'sha256')), undefined, 'RS256: none');
+  // Ed25519's 64-byte signature is as long as ES256's: told apart by the header's alg.
+  const ed = generateKeyPairSync('ed25519');
+  t.equal(ecdsaTwin(jws('EdDSA', ed.privateKey, null)), undefined, 'EdDSA: none');
+  // An ES256 header on a signature of another size: jose's to refuse.
+  t.equal(ecdsaTwin(`${b64({ alg: 'ES256' })}.${b64(claims())}.${Buffer.alloc(96).toString('base64url')}`), undefined, 'a 96-byte signature under ES256: none');
 });
 
 t.test('alg none, HS256 keyed with the public key, and an embedded jwk are refused', async (t) => {
