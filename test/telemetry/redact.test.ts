@@ -8,13 +8,15 @@ import type { RequestContext } from '../../proxy/pipeline/types.ts';
 
 const J = 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ';
 const ENC = J.replaceAll('.', '%2E');
+// As a careless encoder writes one: standard base64, `+` in the payload ({"sub":"a>>>?"}) and `=` padding.
+const PLUS = `eyJhbGciOiJub25lIn0.${Buffer.from('{"sub":"a>>>?"}').toString('base64')}.c2lnbmF0dXJl+c2ln==`;
 
 t.test('a token in a path is replaced, in any spelling and wherever it sits in a segment', async (t) => {
   for (const [path, want] of [
     [`/items/${J}`, '/items/(redacted)'],
     [`/x/id_token=${J}`, '/x/id_token=(redacted)'],
     [`/x/a${J}/more`, '/x/a(redacted)/more'],
-    [`/x/${J.replace(/_/g, '+')}`, '/x/(redacted)'],
+    [`/x/${PLUS}`, '/x/(redacted)'],
     [`/x/Bearer%20${J}`, '/x/(redacted)'],
     [`/x/${ENC}`, '/x/(redacted)'],
     [`/x/%65${J.slice(1)}`, '/x/(redacted)'],
@@ -32,6 +34,11 @@ t.test('a token in a path is replaced, in any spelling and wherever it sits in a
     ['/x/eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0./y', '/x/(redacted)/y'],
     ['/x/eyJhbGciOiJIUzI1NiJ9.e30.ZRrHA1JJJW8opsbCGfG_HACGpVUMN_a9IV7pAx_Zmeo', '/x/(redacted)'],
   ]) t.equal(redactPath(path), want, path.slice(0, 40));
+});
+
+t.test('a token written with `+` and `=` is replaced whole in free text too', async (t) => {
+  t.match(PLUS, /\+.*\+.*==$/, 'the token holds a + in its payload and signature, and padding');
+  t.equal(redactText(`agent/1 ${PLUS} end`), 'agent/1 (redacted) end');
 });
 
 t.test('a target that is not a path: its path, or its authority, never its userinfo', async (t) => {
