@@ -81,6 +81,8 @@ export interface ExportThreadOptions {
   readonly restartMs?: number;
   /** Longest wait for the collector at shutdown (SHUTDOWN_FLUSH_MS); tests give a shorter one. */
   readonly shutdownFlushMs?: number;
+  /** The clock restartMs is counted on (performance.now); tests give one they move. */
+  readonly now?: () => number;
 }
 
 export class ExportThread {
@@ -101,6 +103,7 @@ export class ExportThread {
   /** Resolves shutdown's wait once the thread says its last export is done. */
   #flushed?: () => void;
   readonly #shutdownFlushMs: number;
+  readonly #now: () => number;
 
   constructor(config: TracesConfig, warn: (message: string, about: WarningAbout) => void, options: ExportThreadOptions = {}) {
     this.#config = config;
@@ -108,6 +111,7 @@ export class ExportThread {
     this.#entry = options.entry ?? ENTRY;
     this.#restartMs = options.restartMs ?? RESTART_MS;
     this.#shutdownFlushMs = options.shutdownFlushMs ?? SHUTDOWN_FLUSH_MS;
+    this.#now = options.now ?? (() => performance.now());
     // The thread starts with the first spans: none is started where none are sampled.
   }
 
@@ -149,7 +153,7 @@ export class ExportThread {
   }
 
   #start(): Worker | undefined {
-    const now = performance.now();
+    const now = this.#now();
     if (now - this.#startedAt < this.#restartMs) return undefined;
     this.#startedAt = now;
     const config = this.#config;
