@@ -11,7 +11,7 @@ import { isIPv6 } from 'node:net';
 import type { Check } from '../pipeline/types.ts';
 import { canonicalTarget, targetProblem } from '../pipeline/canonical.ts';
 import { connectionNamed } from '../forward/headers.ts';
-import { holdsToken } from '../lib/redact.ts';
+import { secondCredential } from './second-credential.ts';
 
 /**
  * uri-host [ ":" port ] (RFC 9110 §7.2), the host an IP literal, an IPv4 address or a DNS name
@@ -45,22 +45,6 @@ const METHOD_OVERRIDE_PARAMS = new Set(['_method', 'x-http-method-override', 'x-
  * (A token in the query alone is no credential to driftguard: refused as missing.)
  */
 const CREDENTIAL_PARAMS = new Set(['access_token']);
-
-/** The subprotocol the Kubernetes API server reads a bearer token from, for a WebSocket that cannot set Authorization. */
-const K8S_BEARER_PROTOCOL = 'base64url.bearer.authorization.k8s.io.';
-
-/**
- * The header other than Authorization that carries a token, as the query's `access_token` does:
- * a Cookie (a session token an upstream authenticates before the header's: Django REST
- * framework's default order) or Sec-WebSocket-Protocol (the Kubernetes API server's bearer
- * subprotocol; `access_token, <jwt>` from browsers' WebSocket clients). Either would be the
- * credential the upstream acts on, one driftguard never judged.
- */
-function secondCredential(cookie: string | undefined, protocols: string | undefined): string | undefined {
-  if (cookie !== undefined && holdsToken(cookie)) return 'Cookie';
-  if (protocols !== undefined && (protocols.toLowerCase().includes(K8S_BEARER_PROTOCOL) || holdsToken(protocols))) return 'Sec-WebSocket-Protocol';
-  return undefined;
-}
 
 /**
  * The parameter of `names` a query carries, if any (its name as a framework decodes it). Split
@@ -118,7 +102,7 @@ export function canonicalPath(decisive: readonly string[]): Check {
       if (ctx.req.method === 'CONNECT') return { reason: 'malformed-request', detail: 'CONNECT is not served: driftguard is not a forward proxy' };
       if (authorization > 1) return { reason: 'malformed-request', detail: 'more than one Authorization header' };
       if (authorization > 0) {
-        const second = secondCredential(ctx.req.headers.cookie, ctx.req.headers['sec-websocket-protocol']);
+        const second = secondCredential(ctx.req.headers);
         if (second !== undefined) return { reason: 'malformed-request', detail: `a credential in the ${second} header is not served beside the Authorization header: send one, in the Authorization header only` };
       }
       if (host > 1) return { reason: 'malformed-request', detail: 'more than one Host header' };
