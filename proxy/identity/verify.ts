@@ -142,22 +142,22 @@ export class Identity {
       const cacheable = this.#cache !== undefined && token.length <= this.#rules.cache.maxTokenBytes;
       // One-shot hash: no Hash object per request.
       const key = cacheable ? hash('sha256', token, 'base64') : '';
-      if (cacheable) {
-        const hit = this.#cached(key, now);
-        this.#onCache?.(hit !== undefined);
-        if (hit !== undefined) return hit;
-      }
       // One token, one text: jose also takes a signature with `==` after it or another last
       // character whose spare bits it drops, 32 texts for one token, each a signature check
       // and a cache entry of its own. Checked on a miss only: such a text is never cached.
-      if (!canonical(token)) return { reason: 'invalid-credential', detail: 'malformed token' };
       // And an ECDSA signature (r, s) has a twin, (r, n - s), valid whenever it is: the twin of
-      // a cached token is that token, not another check and another entry.
-      const twin = cacheable ? ecdsaTwin(token) : undefined;
-      if (twin !== undefined) {
-        const hit = this.#cached(hash('sha256', twin, 'base64'), now);
+      // a cached token is that token, not another check and another entry (a hit).
+      let wellFormed: boolean | undefined;
+      if (cacheable) {
+        let hit = this.#cached(key, now);
+        if (hit === undefined && (wellFormed = canonical(token))) {
+          const twin = ecdsaTwin(token);
+          if (twin !== undefined) hit = this.#cached(hash('sha256', twin, 'base64'), now);
+        }
+        this.#onCache?.(hit !== undefined);
         if (hit !== undefined) return hit;
       }
+      if (!(wellFormed ?? canonical(token))) return { reason: 'invalid-credential', detail: 'malformed token' };
       const verified = await this.#verify(token, now);
       if ('reason' in verified) return verified;
       const { credential, keys, version } = verified;

@@ -84,7 +84,9 @@ t.test('one token is one text: padding or spare bits in its base64url are a malf
 });
 
 t.test('an ECDSA token\'s twin text, its signature (r, n - s), is the cached token: no second check, no second entry; a forged s is refused', async (t) => {
-  const w = await world(t);
+  const results: boolean[] = [];
+  const counting: Observer = { begin: () => noopObserver.begin(undefined as never), tokenCache: (hit) => { results.push(hit); } };
+  const w = await world(t, () => {}, { observer: counting });
   const tok = await w.tok();
   t.equal((await w.call('GET', '/items/1', { token: tok })).status, 200, 'the token');
   const entries = () => w.dg.dg.tables.get('token_cache')!().entries;
@@ -94,6 +96,7 @@ t.test('an ECDSA token\'s twin text, its signature (r, n - s), is the cached tok
   const a = await w.call('GET', '/items/1', { token: twin });
   t.equal(a.status, 200, 'the twin is the same token, and valid');
   t.equal(entries(), before, 'answered from the token\'s entry: no second');
+  t.same(results, [false, true], 'a miss for the token, a hit for its twin: no signature checked');
   // s + 1 is no signature: never answered from the cache.
   const [h, p, sig] = tok.split('.') as [string, string, string];
   const raw = Buffer.from(sig, 'base64url');
