@@ -35,7 +35,9 @@ export function foreignSubject(issuer: IssuerRules, subject: string, all: readon
   if (domain !== undefined && all.some((i) => i.profile === 'spiffe' && i.trustDomain === domain)) {
     return `the subject is a SPIFFE ID of trust domain ${domain}, which only that domain's spiffe issuer vouches for`;
   }
-  if (parsed.toLowerCase().startsWith(SERVICE_ACCOUNT) && all.some((i) => i.profile === 'kubernetes')) {
+  // Past any space, control or format character before it too: the trims of JavaScript, Java,
+  // Python and .NET also take U+00A0, U+FEFF and U+3000 off a name.
+  if (parsed.replace(/^[\s\p{C}]+/u, '').toLowerCase().startsWith(SERVICE_ACCOUNT) && all.some((i) => i.profile === 'kubernetes')) {
     return 'the subject is a Kubernetes service account, which only a kubernetes issuer vouches for';
   }
   return undefined;

@@ -106,7 +106,7 @@ t.test('a token from another issuer is not the registered consumer', async (t) =
   // So it does with a tab or line break anywhere, or controls and spaces at either end, which it
   // drops (they went through too); a name an upstream trims is the service account's.
   for (const sub of [AGENT, 'SPIFFE://A.Example/ns/pay/sa/agent', 'spiffe://a.example:443/ns/pay/sa/agent', 'spiffe://x@a.example/ns/pay/sa/agent', CHECKOUT, 'System:ServiceAccount:shop:checkout',
-    `\t${AGENT}`, ` ${AGENT}`, `\u0000${AGENT}\u001f`, 'spiffe://a.exa\tmple/ns/pay/sa/agent', 'spiffe:/\n/a.example/ns/pay/sa/agent', ` ${CHECKOUT}`, `\t${CHECKOUT}`, `${CHECKOUT}\n`]) {
+    `\t${AGENT}`, ` ${AGENT}`, `\u0000${AGENT}\u001f`, 'spiffe://a.exa\tmple/ns/pay/sa/agent', 'spiffe:/\n/a.example/ns/pay/sa/agent', ` ${CHECKOUT}`, `\t${CHECKOUT}`, `${CHECKOUT}\n`, `\u00a0${CHECKOUT}`, `\ufeff${CHECKOUT}`, `\u3000\u200b${CHECKOUT}`]) {
     const r = await call(await mint(keys.oauth, { iss: OAUTH, sub }));
     t.match(r, { status: 401, body: { code: 'invalid-credential', detail: /^this issuer cannot vouch for the subject: / }, consumer: undefined }, `an OAuth token with sub ${JSON.stringify(sub)}`);
   }
