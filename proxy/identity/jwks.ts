@@ -89,28 +89,33 @@ interface Loaded {
   readonly each: readonly SingleKey[];
 }
 
+/** A base64url member as the number it is (hex, no leading zeros); anything else as it is. */
+function integer(member: unknown): unknown {
+  if (typeof member !== 'string') return member;
+  const hex = Buffer.from(member, 'base64url').toString('hex').replace(/^(00)+/, '');
+  return hex === '' ? '0' : hex;
+}
+
 function load(jwks: JSONWebKeySet): Loaded {
-  // A public key's material: the key itself, as imported, not its members' text. One RSA key
-  // has many texts (leading zero octets in `n` or `e`, which RFC 7518 §6.3.1.1 says some
-  // libraries write, and WebCrypto imports as the same key): a twin so written was another key,
-  // whose kids a revocation of the first's missed. The members' text only for a key Node does
-  // not import (jose refuses it at verify anyway).
-  const material = (k: JWK): string => {
-    try { return createPublicKey({ key: k as JsonWebKey, format: 'jwk' }).export({ type: 'spki', format: 'der' }).toString('base64'); }
-    catch { return JSON.stringify([k.kty, k.crv, k.x, k.y, k.n, k.e]); }
-  };
+  // A public key's material: its numbers, not its members' text. One RSA key has many texts
+  // (leading zero octets in `n` or `e`, which RFC 7518 §6.3.1.1 says some libraries write, and
+  // WebCrypto imports as the same key): a twin so written was another key, whose kids a
+  // revocation of the first's missed. Read as integers, without importing each key (a set of
+  // 256 keys imported twice held the thread for 50 ms).
+  const material = (k: JWK): string => JSON.stringify([k.kty, k.crv, integer(k.x), integer(k.y), integer(k.n), integer(k.e)]);
+  const materials = jwks.keys.map(material);
   const kidsOf = new Map<string, string[]>();
-  for (const k of jwks.keys) {
+  for (const [i, k] of jwks.keys.entries()) {
     if (typeof k.kid !== 'string') continue;
-    const m = material(k);
+    const m = materials[i]!;
     const kids = kidsOf.get(m);
     if (!kids) kidsOf.set(m, [k.kid]);
     else if (!kids.includes(k.kid)) kids.push(k.kid);
   }
   return {
     getKey: createLocalJWKSet(jwks),
-    each: jwks.keys.map((k) => {
-      const all = kidsOf.get(material(k)) ?? [];
+    each: jwks.keys.map((k, i) => {
+      const all = kidsOf.get(materials[i]!) ?? [];
       const kid = typeof k.kid === 'string' ? k.kid : undefined;
       return { ...(kid !== undefined ? { kid } : {}), kids: kid !== undefined ? [kid, ...all.filter((other) => other !== kid)] : all, getKey: createLocalJWKSet({ keys: [k] }) };
     }),
