@@ -121,6 +121,7 @@ t.test('the client resets the connection after the garbage: noticed (the upstrea
   upReq()?.socket.once('close', () => { upClosed = true; });
   upReq()?.once('close', () => { upClosed = true; });
   s.resetAndDestroy();
-  await new Promise((r) => setTimeout(r, 1500));
-  t.ok(upClosed, 'the upstream request ends within 1.5 s of the client\'s reset (else it is held until the upstream ends or tunnelIdle, 1 h)');
+  // A bound on the wait, not a timing: held, it would be held until the upstream ends or tunnelIdle (1 h).
+  for (let i = 0; i < 200 && !upClosed; i++) await new Promise((r) => setTimeout(r, 50));
+  t.ok(upClosed, 'the upstream request ends after the client\'s reset');
 });

@@ -13,6 +13,7 @@ import { MAX_JWKS_KEYS, RemoteKeySet, UNLOADED_RETRY_MS } from '../../proxy/iden
 import { discoveredKeySet } from '../../proxy/identity/cluster.ts';
 import { until } from '../lifecycle/support.ts';
 import { startWithTelemetry } from '../telemetry/support.ts';
+import { matchEach } from '../support/lists.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -266,7 +267,7 @@ t.test('a JWKS server that goes down later: last good keys keep working, unknown
   t.equal(ready.status, 200, 'still ready: it has keys');
   // Said once for the outage, not per failed refresh (before: only counted in metrics).
   const said = () => w.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('signing keys'));
-  t.match(said(), [{ level: 'warn', msg: 'signing keys could not be refreshed; the last good keys stay in force', issuer: 'https://issuer.test.local', source: w.jwks.url, error: 'HTTP 503' }]);
+  matchEach(t, said(), [{ level: 'warn', msg: 'signing keys could not be refreshed; the last good keys stay in force', issuer: 'https://issuer.test.local', source: w.jwks.url, error: 'HTTP 503' }]);
   w.jwks.down = false;
   await until(() => said().length === 2);
   t.match(said()[1], { level: 'info', msg: 'signing keys fetched again', source: w.jwks.url });

@@ -4,6 +4,7 @@
 import t from 'tap';
 import { parseList } from '../../proxy/lifecycle/lists.ts';
 import type { RulesProblem } from '../../proxy/rules/load.ts';
+import { matchEach } from '../support/lists.ts';
 
 const NOW = Date.parse('2026-11-26T00:00:00Z');
 
@@ -14,12 +15,12 @@ t.test('an id used twice is a problem at the second entry (one of the two revoca
   ] }, null, 1);
   const problems = parseList(text, 'list.json', 'file', NOW, 20_000) as RulesProblem[];
   t.ok(Array.isArray(problems) && problems.length === 1 && 'field' in problems[0]!, 'refused, not two revocations under one id');
-  t.match(problems, [{ field: 'revocations[1].id', message: /id "INC-1" is used twice/ }]);
+  matchEach(t, problems, [{ field: 'revocations[1].id', message: /id "INC-1" is used twice/ }]);
 });
 
 t.test('an empty reason is a problem', async (t) => {
   const problems = parseList(JSON.stringify({ revocations: [{ kind: 'jti', value: 'a', reason: '' }] }), 'list.json', 'file', NOW, 20_000) as RulesProblem[];
-  t.match(problems, [{ field: 'revocations[0].reason', message: /must be a non-empty string/ }]);
+  matchEach(t, problems, [{ field: 'revocations[0].reason', message: /must be a non-empty string/ }]);
 });
 
 t.test('a name written twice in one JSON object is a problem at the second (JSON.parse kept it and dropped the first)', async (t) => {
@@ -40,5 +41,5 @@ t.test('a name written twice in one JSON object is a problem at the second (JSON
 
 t.test('a YAML tag the parser does not define is a problem, not its literal text revoked', async (t) => {
   const problems = parseList('revocations:\n  - { kind: task, value: !env TASK, reason: r }\n', 'list.yaml', 'file', NOW, 20_000);
-  t.match(problems, [{ line: 2, field: '', message: /^YAML: Unresolved tag: !env: tags are not expanded; write the value itself$/ }]);
+  matchEach(t, problems, [{ line: 2, field: '', message: /^YAML: Unresolved tag: !env: tags are not expanded; write the value itself$/ }]);
 });

@@ -279,6 +279,8 @@ t.test('idempotency: key required, reused key, duplicate write in flight and wit
   await problem(t, await post(' ', '{"a":1}'), 'idempotency-key-required', 400);
   // A no-break space is no visible character: it was trimmed here, and the upstream got another key.
   await problem(t, await post('\u00a0key-1\u00a0', '{"a":1}'), 'idempotency-key-required', 400);
+  // At most 255 characters: a longer key is held per consumer in the keys table.
+  await problem(t, await post('k'.repeat(256), '{"a":1}'), 'idempotency-key-required', 400);
   const first = await post('key-1', '{"a":1}');
   t.equal(first.status, 200);
   await first.text();
@@ -290,6 +292,9 @@ t.test('idempotency: key required, reused key, duplicate write in flight and wit
   const read = await fetch(`${dg.url}/items/1`, { headers: bearer(tok) });
   t.equal(read.status, 200);
   await read.text();
+  const longest = await post('k'.repeat(255), '{"a":1}');
+  t.equal(longest.status, 200, 'a key of 255 characters is taken');
+  await longest.text();
   // Another consumer's identical key is its own.
   const bot = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(await w.token({ sub: HUMAN, now: c.now() }), { 'idempotency-key': 'key-1' }), body: '{"a":1}' });
   t.equal(bot.status, 200, 'humans are not watched by default, and keys are per consumer');

@@ -4,6 +4,7 @@ import t, { type Test } from 'tap';
 import { loadRules } from '../../proxy/rules/load.ts';
 import { writeRules, AGENT, HUMAN } from '../support/driftguard.ts';
 import { world, startLifecycle, monitorsOnly, bearer } from './support.ts';
+import { matchEach } from '../support/lists.ts';
 
 t.test('monitors.kinds narrowed by a reload: the kind no longer watched is no longer quarantined; watched again, it is', async (t) => {
   const { w, dg, rules } = await agentQuarantined(t);
@@ -42,9 +43,9 @@ for (const kinds of [['human'], ['human', 'automation']]) {
 t.test('GET /quarantine shows the kind a quarantine was placed for, and whether it is watched now', async (t) => {
   const { w, dg, rules } = await agentQuarantined(t);
   const listed = async () => (await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: { subject: string; kind: string; watched: boolean }[] }).quarantined;
-  t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: true }]);
+  matchEach(t, await listed(), [{ subject: AGENT, kind: 'automation', watched: true }]);
   await dg.dg.swap(loadRules(writeRules(rules(['human']))));
-  t.match(await listed(), [{ subject: AGENT, kind: 'automation', watched: false }], 'kept, and shown as holding nobody');
+  matchEach(t, await listed(), [{ subject: AGENT, kind: 'automation', watched: false }], 'kept, and shown as holding nobody');
 });
 
 // A quarantine that holds nobody (its kind no longer watched) does not keep a new one from being
@@ -62,7 +63,7 @@ t.test('person quarantined through an unvouched agent (automation), kinds then [
   const viaStranger = await w.token({ sub: HUMAN, scope: 'items.read', claims: { act: { sub: 'spiffe://x/bot', iss: 'https://untrusted.example' } } });
   for (let i = 0; i < 3; i++) { const r = await fetch(`${dg.url}/items`, { method: 'POST', headers: bearer(viaStranger), body: '{}' }); t.equal(r.status, 403, `denial ${i}: ${(await r.text()).slice(0, 80)}`); }
   const q1 = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: unknown[] };
-  t.match(q1.quarantined, [{ subject: HUMAN, kind: 'automation', watched: true }], 'quarantined for the automation calls');
+  matchEach(t, q1.quarantined, [{ subject: HUMAN, kind: 'automation', watched: true }], 'quarantined for the automation calls');
   // The operator now watches people only.
   await dg.dg.swap(loadRules(writeRules(rules(['human']))));
   const weak = await w.token({ sub: HUMAN, scope: 'items.read' });
@@ -71,7 +72,7 @@ t.test('person quarantined through an unvouched agent (automation), kinds then [
   const body = await own.text();
   t.equal(own.status, 403, `six watched (human) denials in a minute, denials: 3: the person is quarantined (got ${own.status} ${body.slice(0, 100)})`);
   const q2 = await (await fetch(`${dg.admin}/quarantine`)).json() as { quarantined: unknown[] };
-  t.match(q2.quarantined, [{ subject: HUMAN, kind: 'human', watched: true }], 'a quarantine of its own kind now, placed over the one that held nobody');
+  matchEach(t, q2.quarantined, [{ subject: HUMAN, kind: 'human', watched: true }], 'a quarantine of its own kind now, placed over the one that held nobody');
 });
 
 /** A world whose agent is quarantined (three refusals) while monitors.kinds is [automation]; `rules(kinds)` for a reload. */

@@ -6,6 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { parse } from 'yaml';
 import { writeRules } from '../support/driftguard.ts';
 import { loadRules, RulesError, type RulesProblem } from '../../proxy/rules/load.ts';
+import { matchEach } from '../support/lists.ts';
 
 // Line numbers below refer to this text (line 1 is "proxy:").
 const VALID = `proxy:
@@ -222,7 +223,7 @@ t.test('a proxy that is not a mapping is one problem at its line, with the DRIFT
     // Before: a TypeError (cannot create property 'listen' on string 'oops') with no file, line or field.
     const err = t.throws(() => loadRules(file, overrides)) as RulesError;
     t.ok(err instanceof RulesError, `${Object.keys(overrides).join(', ') || 'no overrides'}: a rules problem`);
-    t.match(err.problems, [{ file, line: 1, field: 'proxy' }]);
+    matchEach(t, err.problems, [{ file, line: 1, field: 'proxy' }]);
   }
 });
 
@@ -251,7 +252,7 @@ t.test('a field named like an Object.prototype member is an unknown field at its
   for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
     const { file, problems: found } = problems(VALID + `${name}: 1\n`);
     // Before: `function Object() { [native code] }: constructor: unknown field`, no line.
-    t.match(found, [{ file, line: 30, field: name }], name);
+    matchEach(t, found, [{ file, line: 30, field: name }], name);
   }
 });
 
@@ -260,12 +261,12 @@ t.test('YAML the loader does not read as written: an unknown tag, a second docum
   // `---` told the operator to call YAML.parseAllDocuments(); `<<: *a` was three problems
   // about missing fields and a field named "<<".
   const tag = problems(edit('owner: team-a', 'owner: !env TEAM_OWNER'));
-  t.match(tag.problems, [{ line: 17, field: 'consumers.registry[0].owner', message: /Unresolved tag: !env.*does not expand tags/ }]);
+  matchEach(t, tag.problems, [{ line: 17, field: 'consumers.registry[0].owner', message: /Unresolved tag: !env.*does not expand tags/ }]);
   const second = problems(VALID + '---\n');
-  t.match(second.problems, [{ line: 30, field: '', message: /second document/ }]);
+  matchEach(t, second.problems, [{ line: 30, field: '', message: /second document/ }]);
   const merged = problems(edit('  registry:\n    - subject: spiffe://test/agent\n      kind: automation\n      owner: team-a\n', '  registry:\n    - &a { subject: spiffe://test/agent, kind: automation, owner: team-a }\n    - { <<: *a, subject: spiffe://test/bot }\n'));
   t.equal(merged.problems.length, 1, 'one problem');
-  t.match(merged.problems, [{ line: 16, field: 'consumers.registry[1].<<', message: /merge keys/ }]);
+  matchEach(t, merged.problems, [{ line: 16, field: 'consumers.registry[1].<<', message: /merge keys/ }]);
 });
 
 t.test('a key that is no word (a list, a mapping, an alias, null) is named at its own line, and no warning is printed', async (t) => {
@@ -277,7 +278,7 @@ t.test('a key that is no word (a list, a mapping, an alias, null) is named at it
     const text = edit('  clockSkew: 30s', `  clockSkew: &k 30s\n  ${key}`);
     const line = text.split('\n').findIndex((l) => l.startsWith(`  ${key.split('\n')[0]}`)) + 1;
     const { problems: found } = problems(text);
-    t.match(found, [{ line, field: 'identity', message: 'a key must be a word: not a list, a mapping, an alias or null' }], `${what}: at line ${line} (it was the parent's, identity:)`);
+    matchEach(t, found, [{ line, field: 'identity', message: 'a key must be a word: not a list, a mapping, an alias or null' }], `${what}: at line ${line} (it was the parent's, identity:)`);
   }
   await new Promise((r) => setImmediate(r));
   t.same(warnings, [], 'the yaml package printed nothing of its own (it warned of collection keys)');
@@ -325,7 +326,7 @@ t.test('two listeners on one port: refused where they would clash, not where the
   // A clash a flag or variable made is blamed on it, not on the file's line for the other.
   const file = writeRules(edit('admin: 127.0.0.1:0', 'admin: "127.0.0.1:18021"'));
   const err = t.throws(() => loadRules(file, { listen: '127.0.0.1:18021', from: { listen: 'DRIFTGUARD_LISTEN' } })) as RulesError;
-  t.match(err.problems, [{ file: 'DRIFTGUARD_LISTEN', field: 'proxy.listen', message: /must differ from proxy\.admin: both listen on port 18021/ }]);
+  matchEach(t, err.problems, [{ file: 'DRIFTGUARD_LISTEN', field: 'proxy.listen', message: /must differ from proxy\.admin: both listen on port 18021/ }]);
 });
 
 t.test('an unreadable file names the file', async (t) => {
@@ -377,7 +378,7 @@ t.test('a key set file that is missing, not JSON, or has no key for the algorith
   ftruncateSync(fd, 300 * 1024 * 1024);
   closeSync(fd);
   const { problems: found } = problems(edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', `jwks: { file: "${big}" }`));
-  t.match(found, [{ field: 'identity.issuers[0].jwks.file', message: /big\.json is 307200 KiB: a key set file may be at most 1 MiB/ }], 'a key set file over 1 MiB is refused unread');
+  matchEach(t, found, [{ field: 'identity.issuers[0].jwks.file', message: /big\.json is 307200 KiB: a key set file may be at most 1 MiB/ }], 'a key set file over 1 MiB is refused unread');
 });
 
 t.test('inside each issuer\'s jwks, its own field is named, whatever the other issuers\' say', async (t) => {
@@ -423,7 +424,7 @@ t.test('a problem never prints a key that is no field name: a value the broken Y
     t.ok(found.every((p) => p.line > 0), 'each at its line');
   }
   const unknown = problems(variants[2]!).problems;
-  t.match(unknown, [{ field: 'identity.issuers[0].jwks', message: 'unknown field (a key that is no field name)' }]);
+  matchEach(t, unknown, [{ field: 'identity.issuers[0].jwks', message: 'unknown field (a key that is no field name)' }]);
   // Two such keys in one mapping are two problems, each at its line (before: one, the second lost).
   const two = problems(withUrl.replace(`url: ${url}`, `url: http://127.0.0.1:9/jwks.json\n        ${url}: 1\n        ${url}&more: 2`)).problems;
   t.equal(two.length, 2, 'both reported');

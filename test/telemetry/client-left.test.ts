@@ -14,6 +14,7 @@ import { baseRules, AGENT } from '../support/driftguard.ts';
 import { startWithTelemetry, eventually } from './support.ts';
 import { parsePrometheus, sample } from './prometheus.ts';
 import { startLifecycle, bearer, monitorsOnly, ALL_SCOPES } from '../lifecycle/support.ts';
+import { matchEach } from '../support/lists.ts';
 
 /** Send `request` and hang up after `ms`, before any answer. */
 function leaveAfter(port: number, request: string, ms: number): Promise<void> {
@@ -70,7 +71,7 @@ t.test('a drain waits for the decision of a client that left, so that shutdown f
   // A SIGTERM now: before, the drain found nothing in flight and the log was closed before the decision came.
   await dg.dg.drain(5_000);
   const log = (await dg.stop()).trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-  t.match(log, [{ decision: 'allow', status: 0 }], 'the decision is in the flushed log');
+  matchEach(t, log, [{ decision: 'allow', status: 0 }], 'the decision is in the flushed log');
 });
 
 t.test('an idempotent write whose caller left before forwarding frees its key', async (t) => {
