@@ -103,7 +103,8 @@ export function canonicalPath(decisive: readonly string[]): Check {
       if (authorization > 1) return { reason: 'malformed-request', detail: 'more than one Authorization header' };
       if (authorization > 0) {
         const second = secondCredential(ctx.req.headers);
-        if (second !== undefined) return { reason: 'malformed-request', detail: `a credential in the ${second} header is not served beside the Authorization header: send one, in the Authorization header only` };
+        if (second?.found === 'token') return { reason: 'malformed-request', detail: `a credential in the ${second.header} header is not served beside the Authorization header: send one, in the Authorization header only` };
+        if (second !== undefined) return { reason: 'malformed-request', detail: `the ${second.header} header holds more token-like values than any request carries` };
       }
       if (host > 1) return { reason: 'malformed-request', detail: 'more than one Host header' };
       // HTTP/1.1 requires one (RFC 9112 §3.2); Node's own check would answer a bare 400 with no

@@ -4,69 +4,110 @@
 // (the Kubernetes API server's bearer subprotocol; `access_token, <jwt>` from WebSocket
 // clients that cannot set headers). That token would be the credential the upstream acts on,
 // one driftguard never judged: refused, as a second token in the query is (canonical-path.ts).
-// The header's own token there is no second credential, and a value that is no token (a
-// random cookie that happens to hold `eyJ` and two dots) is none either: a value counts only
-// when it is a compact JWS or JWE as a JWT library reads it.
+//
+// Cookie parsers split and decode a header in many ways (Python's SimpleCookie ends a value at
+// a space and splits at commas, Express's cookie-parser reads `j:"…"` as JSON, Rack reads `+` as
+// a space), so no one parser is modelled: the header is scanned for a token wherever it sits,
+// as sent and percent-decoded. A run of dotted base64url counts only when it is a compact JWS
+// or JWE as a JWT library reads it (its first part a JSON object with a string `alg`): random
+// values that hold `eyJ` and two dots (Cloudflare's cookies) are no token. The Authorization
+// header's own token there is no second credential.
 
 import type { IncomingHttpHeaders } from 'node:http';
 
-/** The subprotocol the Kubernetes API server reads a bearer token from, base64url-encoded after it. */
+/** The subprotocol the Kubernetes API server reads a bearer token from, base64url-encoded after it (a JWT or not). */
 const K8S_BEARER_PROTOCOL = 'base64url.bearer.authorization.k8s.io.';
+/**
+ * Runs of base64url and dots: where a compact token can sit. One character class, so a match
+ * never backtracks (`[…]*(\.[…]*)+` took 0.1 s for 16 KiB without a dot).
+ */
+const RUN = /[A-Za-z0-9._-]+/g;
+/**
+ * Candidate headers decoded and parsed at most, per request. Only one that decodes to text
+ * holding `"alg"` is parsed, so no client reaches it; without a bound, a 16 KiB header of such
+ * junk cost milliseconds of the one thread for each request.
+ */
+const MAX_PARSED = 16;
+/** `{"alg":""}` encoded: no JWS or JWE header is shorter. */
+const MIN_HEADER = 14;
 
-/** Whether `text` is a compact JWS or JWE: three or five parts, the first a JSON object with a string `alg`. */
-function isToken(text: string): boolean {
-  const first = text.indexOf('.');
-  if (first <= 0) return false;
-  let parts = 1;
-  for (let i = first; i !== -1; i = text.indexOf('.', i + 1)) parts++;
-  if (parts !== 3 && parts !== 5) return false;
+type Found = 'token' | 'too many' | undefined;
+
+/**
+ * What `part` is as a token's first part: `jws` (a JSON object with a string alg), `jwe` (and a
+ * string enc), or not one. `budget.parsed` counts the parses.
+ */
+function headerKind(part: string, budget: { parsed: number }): 'jws' | 'jwe' | 'too many' | undefined {
+  if (part.length < MIN_HEADER || !part.startsWith('ey')) return undefined;
+  const text = Buffer.from(part, 'base64url').toString('utf8');
+  if (!text.includes('"alg"')) return undefined;
+  if (++budget.parsed > MAX_PARSED) return 'too many';
   try {
-    const header: unknown = JSON.parse(Buffer.from(text.slice(0, first), 'base64url').toString('utf8'));
-    return typeof header === 'object' && header !== null && typeof (header as { alg?: unknown }).alg === 'string';
+    const header = JSON.parse(text) as { alg?: unknown; enc?: unknown } | null;
+    if (typeof header !== 'object' || header === null || typeof header.alg !== 'string') return undefined;
+    return typeof header.enc === 'string' ? 'jwe' : 'jws';
   } catch {
-    return false;
+    return undefined;
   }
 }
 
-/** `value` as a reader may take a token from it: as sent, percent-decoded, after a `Bearer ` prefix. */
-function asRead(value: string): string[] {
-  const read = [value];
-  if (value.includes('%')) {
-    try { read.push(decodeURIComponent(value)); } catch { /* not percent-encoding: as sent only */ }
+/** A token in `text` other than `judged`: a part of a dotted run that is a header starts one, of three parts (JWS) or five (JWE). */
+function scan(text: string, judged: string | undefined, budget: { parsed: number }): Found {
+  for (const [run] of text.matchAll(RUN)) {
+    // A header part starts `ey` (`{` encoded) and is followed by a dot.
+    if (run.length < MIN_HEADER + 2 || !run.includes('ey') || !run.includes('.')) continue;
+    const parts = run.split('.');
+    for (let i = 0; i + 2 < parts.length; i++) {
+      const kind = headerKind(parts[i]!, budget);
+      if (kind === 'too many') return 'too many';
+      const n = kind === 'jws' ? 3 : kind === 'jwe' ? 5 : 0;
+      if (n === 0 || i + n > parts.length) continue;
+      if (parts.slice(i, i + n).join('.') !== judged) return 'token';
+    }
   }
-  return read.map((v) => v.replace(/^bearer\s+/i, '').trim());
+  return undefined;
 }
 
-/** A token among `values` other than `judged` (the Authorization header's). */
-function another(values: readonly string[], judged: string | undefined): boolean {
-  return values.some((v) => v !== judged && isToken(v));
+/** `text` with each run of valid percent-escapes decoded (one that is not UTF-8 left as it is). */
+function percentDecoded(text: string): string {
+  // Whole, at once, where it decodes (most text); else each run of escapes on its own.
+  try { return decodeURIComponent(text); } catch { /* a stray % or bytes that are not UTF-8 */ }
+  return text.replace(/(?:%[0-9A-Fa-f]{2})+/g, (escaped) => {
+    try { return decodeURIComponent(escaped); } catch { return escaped; }
+  });
 }
 
-/** The name of the header that carries a token other than the Authorization header's, if any. */
-export function secondCredential(headers: IncomingHttpHeaders): string | undefined {
+/** A token in `text`, as sent or percent-decoded, other than `judged`. */
+function carries(text: string, judged: string | undefined, budget: { parsed: number }): Found {
+  return scan(text, judged, budget) ?? (text.includes('%') ? scan(percentDecoded(text), judged, budget) : undefined);
+}
+
+/**
+ * The name of the header that carries a token other than the Authorization header's, if any,
+ * and why (`too many`: more candidate token headers than any request has).
+ */
+export function secondCredential(headers: IncomingHttpHeaders): { header: string; found: 'token' | 'too many' } | undefined {
   const { cookie } = headers;
   const protocols = headers['sec-websocket-protocol'];
   if (cookie === undefined && protocols === undefined) return undefined;
   const judged = /^\s*bearer\s+(\S+)\s*$/i.exec(headers.authorization ?? '')?.[1];
+  const budget = { parsed: 0 };
   if (cookie !== undefined) {
-    for (const pair of cookie.split(';')) {
-      let value = pair.slice(pair.indexOf('=') + 1).trim();
-      if (value.length > 1 && value.startsWith('"') && value.endsWith('"')) {
-        value = value.slice(1, -1);
-        // Python's http.cookies (Django's parser) unescapes `\X` and `\ooo` in a quoted value:
-        // `"\eyJ…\.…"` is a token there. No browser writes a backslash in a cookie.
-        if (value.includes('\\')) return 'Cookie';
-      }
-      if (another(asRead(value), judged)) return 'Cookie';
-    }
+    // A cookie's octets exclude the backslash (RFC 6265 §4.1.1), and parsers unescape one where
+    // it is: Python's in a quoted value (`"\145yJ…"`), cookie-parser's JSON cookies (`j:"\u0065yJ…"`).
+    if (cookie.includes('\\')) return { header: 'Cookie', found: 'token' };
+    const found = carries(cookie, judged, budget);
+    if (found) return { header: 'Cookie', found };
   }
   if (protocols !== undefined) {
     for (const element of protocols.split(',')) {
       const protocol = element.trim();
-      const k8s = protocol.toLowerCase().startsWith(K8S_BEARER_PROTOCOL)
-        ? Buffer.from(protocol.slice(K8S_BEARER_PROTOCOL.length), 'base64url').toString('utf8') : undefined;
-      if (another(k8s !== undefined ? [k8s] : asRead(protocol), judged)) return 'Sec-WebSocket-Protocol';
+      // The prefix says a bearer credential follows, a JWT or an opaque token.
+      if (protocol.toLowerCase().startsWith(K8S_BEARER_PROTOCOL)
+        && Buffer.from(protocol.slice(K8S_BEARER_PROTOCOL.length), 'base64url').toString('utf8') !== judged) return { header: 'Sec-WebSocket-Protocol', found: 'token' };
     }
+    const found = carries(protocols, judged, budget);
+    if (found) return { header: 'Sec-WebSocket-Protocol', found };
   }
   return undefined;
 }

@@ -326,6 +326,19 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     ['Cookie', `jwt="${stranger}"`],
     ['Cookie', `token="${escaped}"`],
     ['Cookie', `token="${stranger.replaceAll('.', '\\056')}"`],
+    // However a cookie parser splits and decodes: Python's SimpleCookie ends a value at a space
+    // and splits at commas (Rack 2 too); Express's cookie-parser reads `j:"…"` as JSON; Rack and
+    // Java's URLDecoder read `+` as a space; a quoted, escaped value before another pair.
+    ['Cookie', `theme=dark access_token=${stranger}`],
+    ['Cookie', `theme=dark, access_token=${stranger}`],
+    ['Cookie', `access_token=j:"${stranger}"`],
+    ['Cookie', `access_token=${encodeURIComponent(`j:"${stranger}"`)}`],
+    ['Cookie', `access_token=j:"\\u0065${stranger.slice(1)}"`],
+    ['Cookie', `access_token="\\145${stranger.slice(1).replaceAll('.', '\\056')}" theme=dark`],
+    ['Cookie', `access_token=Bearer+${stranger}`],
+    ['Cookie', `lb=GA1.2.${stranger}.3`],
+    // An opaque bearer token in the Kubernetes subprotocol (a bootstrap token): the prefix says what it is.
+    ['Sec-WebSocket-Protocol', `base64url.bearer.authorization.k8s.io.${Buffer.from('abcdef.0123456789abcdef').toString('base64url')}, v4.channel.k8s.io`],
     // The Kubernetes API server's bearer subprotocol: the token base64url-encoded again.
     ['Sec-WebSocket-Protocol', `base64url.bearer.authorization.k8s.io.${Buffer.from(stranger).toString('base64url')}, v4.channel.k8s.io`],
     ['Sec-WebSocket-Protocol', `access_token, ${stranger}`],
@@ -336,8 +349,14 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     t.notMatch(a.body, stranger.split('.')[2]!, 'the token is not in the answer');
   }
   t.equal(w.up.seen.length, 0, 'none reached the upstream');
+  // Junk shaped to be parsed (`{"alg" "xx"}` encoded, 2,000 times in 16 KiB): refused once
+  // more candidates are parsed than any request carries, not parsed 2,000 times.
+  const junk = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${';eyJhbGciICJ4eCJ9.b.c'.repeat(700)}\r\nConnection: close\r\n\r\n`);
+  t.equal(junk.status, 400);
+  t.match(junk.json(), { reason: 'malformed-request', detail: 'the Cookie header holds more token-like values than any request carries' });
   for (const [name, value] of [
     ['Cookie', 'theme=dark; lb=app-2.a1b2c3'],
+    ['Cookie', `x=${';a.b.c'.repeat(10)}`],
     // Random values that hold `eyJ` and two dots, but are no token (Cloudflare's, by shape), and a
     // cookie name that does (auth0-spa-js names one after the application's client id).
     ['Cookie', '__cf_bm=Q2mGcj.1fTbU7KfPvy5YHQpxwxqBo1uHnZV.k1sorkO-1730000000-1.0.1.1-g.g8Djx2ixsUmEmZb3O9UNM64cueyJmeAuVSuzjBeE4T8I.tUum8tAx8W5BDwUIQRpXCOziP.L3lx3oNqGiy0S'],
