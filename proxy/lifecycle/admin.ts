@@ -146,7 +146,7 @@ function writer(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, ro
     const parsed = parseAdminCredentials(readRegularFile(file).toString('utf8'));
     credentials = parsed.credentials;
     // Rewritten since the rules were loaded (which refuses such a line): the others still work.
-    if (parsed.malformed.length || parsed.badSecrets.length) skippedLines(ctx, malformedCredentialLines(file, parsed.malformed, parsed.badSecrets));
+    if (parsed.malformed.length || parsed.short.length || parsed.notAscii.length) skippedLines(ctx, malformedCredentialLines(file, parsed));
   } catch (err) {
     credentials = [];
     unusable(ctx, file, `cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`);

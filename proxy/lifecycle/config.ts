@@ -146,8 +146,8 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   }
   const adminText = adminCredentialFile !== undefined ? read(['revocation', 'adminCredentialFile'], adminCredentialFile) : undefined;
   if (adminCredentialFile !== undefined && adminText !== undefined) {
-    const { credentials, malformed, badSecrets } = parseAdminCredentials(adminText);
-    if (malformed.length || badSecrets.length) fail(['revocation', 'adminCredentialFile'], malformedCredentialLines(adminCredentialFile, malformed, badSecrets));
+    const { credentials, ...lines } = parseAdminCredentials(adminText);
+    if (lines.malformed.length || lines.short.length || lines.notAscii.length) fail(['revocation', 'adminCredentialFile'], malformedCredentialLines(adminCredentialFile, lines));
     else if (credentials.length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
   }
   if (r.url !== undefined) {
@@ -227,14 +227,16 @@ export interface AdminCredential {
  * its secret could never be presented (a bearer credential is one word), so it is no
  * credential, and its line number is returned in `malformed` for the caller to report
  * (the line itself is never quoted: it holds a secret). So is a line whose secret is shorter
- * than MIN_ADMIN_SECRET, or is not visible ASCII, in `badSecrets`: the admin listener is on the
- * pod's loopback, which the app shares, and an SSRF or a compromised app may guess at it as fast
- * as it can send.
+ * than MIN_ADMIN_SECRET, in `short` (the admin listener is on the pod's loopback, which the app
+ * shares, and an SSRF or a compromised app may guess at it as fast as it can send), or has a
+ * character other than visible ASCII, in `notAscii` (clients send those in different encodings,
+ * and Node reads a header as latin1: a secret that works from one client fails from another).
  */
-export function parseAdminCredentials(text: string): { credentials: AdminCredential[]; malformed: number[]; badSecrets: number[] } {
+export function parseAdminCredentials(text: string): { credentials: AdminCredential[]; malformed: number[]; short: number[]; notAscii: number[] } {
   const credentials: AdminCredential[] = [];
   const malformed: number[] = [];
-  const badSecrets: number[] = [];
+  const short: number[] = [];
+  const notAscii: number[] = [];
   text.split('\n').forEach((line, i) => {
     const trimmed = line.trim();
     if (!trimmed || trimmed.startsWith('#')) return;
@@ -242,10 +244,11 @@ export function parseAdminCredentials(text: string): { credentials: AdminCredent
     if (parts.length > 2) malformed.push(i + 1);
     // Only visible ASCII can be sent as it is written: Node reads a header as latin1, so a
     // secret with `é` never matched, whatever a client sent.
-    else if (parts.at(-1)!.length < MIN_ADMIN_SECRET || !/^[\x21-\x7e]+$/.test(parts.at(-1)!)) badSecrets.push(i + 1);
+    else if (!/^[\x21-\x7e]+$/.test(parts.at(-1)!)) notAscii.push(i + 1);
+    else if (parts.at(-1)!.length < MIN_ADMIN_SECRET) short.push(i + 1);
     else credentials.push({ name: parts.length === 2 ? parts[0]! : '', secret: parts.at(-1)!, line: i + 1 });
   });
-  return { credentials, malformed, badSecrets };
+  return { credentials, malformed, short, notAscii };
 }
 
 /**
@@ -258,10 +261,11 @@ export const MIN_ADMIN_SECRET = 16;
 const lineList = (lines: readonly number[]) => `line${lines.length > 1 ? 's' : ''} ${lines.slice(0, 5).join(', ')}${lines.length > 5 ? ', ...' : ''}`;
 
 /** What is wrong with the lines of an admin credential file, for an operator (no secret quoted). */
-export function malformedCredentialLines(file: string, lines: readonly number[], badSecrets: readonly number[] = []): string {
+export function malformedCredentialLines(file: string, lines: { malformed: readonly number[]; short: readonly number[]; notAscii: readonly number[] }): string {
   const said: string[] = [];
-  if (lines.length) said.push(`${file} ${lineList(lines)}: expected "name secret" or "secret" (a # comment goes on a line of its own)`);
-  if (badSecrets.length) said.push(`${file} ${lineList(badSecrets)}: a secret of fewer than ${MIN_ADMIN_SECRET} characters, which the app beside the sidecar could guess at over the shared loopback, or with a character other than visible ASCII, which no client can send as written: use at least ${MIN_ADMIN_SECRET} random characters (\`openssl rand -hex 16\`)`);
+  if (lines.malformed.length) said.push(`${file} ${lineList(lines.malformed)}: expected "name secret" or "secret" (a # comment goes on a line of its own)`);
+  if (lines.short.length) said.push(`${file} ${lineList(lines.short)}: a secret of fewer than ${MIN_ADMIN_SECRET} characters, which the app beside the sidecar could guess at over the shared loopback: use at least ${MIN_ADMIN_SECRET} random characters (\`openssl rand -hex 16\`)`);
+  if (lines.notAscii.length) said.push(`${file} ${lineList(lines.notAscii)}: a secret with a character other than visible ASCII, which clients send in different encodings: use visible ASCII (\`openssl rand -hex 16\`)`);
   return said.join('; ');
 }
 

@@ -254,7 +254,7 @@ t.test('an admin secret of fewer than 16 characters is refused at load and skipp
   const rules = w.rules((r) => { r.revocation = { adminCredentialFile: file }; });
   const err = t.throws(() => loadRules(writeRules(rules, dir))) as RulesError;
   t.ok(err instanceof RulesError);
-  t.match(err.message, /revocation\.adminCredentialFile: .*admin-credentials lines 2, 3, 4: a secret of fewer than 16 characters.*or with a character other than visible ASCII/, 'names the file and lines');
+  t.match(err.message, /revocation\.adminCredentialFile: .*admin-credentials lines 2, 3: a secret of fewer than 16 characters.*admin-credentials line 4: a secret with a character other than visible ASCII/, 'names the file and lines, each for what is wrong');
   t.notMatch(err.message, 'changeme', 'never the secret');
   t.notMatch(err.message, 'mot-de-passe');
 
