@@ -83,9 +83,10 @@ function connectionNames(value: string | undefined): Set<string> | undefined {
 
 /**
  * `decisive`: the request headers a decision reads (the credential, the contract version, the
- * idempotency key), lowercased.
+ * idempotency key), lowercased; `ignoredCookies`: cookies the upstream never authenticates from
+ * (proxy.ignoredCookies).
  */
-export function canonicalPath(decisive: readonly string[]): Check {
+export function canonicalPath(decisive: readonly string[], ignoredCookies: ReadonlySet<string> = new Set()): Check {
   return {
     name: 'canonical-path',
     always: true,
@@ -102,8 +103,9 @@ export function canonicalPath(decisive: readonly string[]): Check {
       if (ctx.req.method === 'CONNECT') return { reason: 'malformed-request', detail: 'CONNECT is not served: driftguard is not a forward proxy' };
       if (authorization > 1) return { reason: 'malformed-request', detail: 'more than one Authorization header' };
       if (authorization > 0) {
-        const second = secondCredential(ctx.req.headers);
+        const second = secondCredential(ctx.req.headers, ignoredCookies);
         if (second?.found === 'token') return { reason: 'malformed-request', detail: `a credential in the ${second.header} header is not served beside the Authorization header: send one, in the Authorization header only` };
+        if (second?.found === 'backslash') return { reason: 'malformed-request', detail: 'the Cookie header holds a backslash, which no cookie value may (RFC 6265 §4.1.1) and cookie parsers unescape: a credential could hide there' };
         if (second !== undefined) return { reason: 'malformed-request', detail: `the ${second.header} header holds more token-like values than any request carries` };
       }
       if (host > 1) return { reason: 'malformed-request', detail: 'more than one Host header' };

@@ -30,6 +30,12 @@ const RUN = /[A-Za-z0-9._-]+/g;
 const MAX_PARSED = 16;
 /** `{"alg":""}` encoded: no JWS or JWE header is shorter. */
 const MIN_HEADER = 14;
+/** JSON text that opens an object, and text that may still (blank so far). */
+const OPENS = /^\uFEFF?[ \t\n\r]*\{/;
+const BLANK = /^\uFEFF?[ \t\n\r]*$/;
+
+/** Percent-decodings searched at most: as sent, decoded, decoded again, and a third time. */
+const MAX_DECODES = 3;
 
 type Found = 'token' | 'too many' | undefined;
 
@@ -38,12 +44,16 @@ type Found = 'token' | 'too many' | undefined;
  * string enc), or not one. `budget.parsed` counts the parses.
  */
 function headerKind(part: string, budget: { parsed: number }): 'jws' | 'jwe' | 'too many' | undefined {
-  if (part.length < MIN_HEADER || !part.startsWith('ey')) return undefined;
-  const text = Buffer.from(part, 'base64url').toString('utf8');
-  if (!text.includes('"alg"')) return undefined;
+  if (part.length < MIN_HEADER) return undefined;
+  // JSON may start with whitespace (and TextDecoder drops a BOM), and spell a key's letters as
+  // \u escapes. Its first 18 bytes first: most dotted text is no JSON, and is not decoded whole.
+  const start = Buffer.from(part.slice(0, 24), 'base64url').toString('utf8');
+  if (!OPENS.test(start) && !BLANK.test(start)) return undefined;
+  const text = part.length <= 24 ? start : Buffer.from(part, 'base64url').toString('utf8');
+  if (!OPENS.test(text) || !(text.includes('alg') || text.includes('\\u'))) return undefined;
   if (++budget.parsed > MAX_PARSED) return 'too many';
   try {
-    const header = JSON.parse(text) as { alg?: unknown; enc?: unknown } | null;
+    const header = JSON.parse(text.replace(/^\uFEFF/, '')) as { alg?: unknown; enc?: unknown } | null;
     if (typeof header !== 'object' || header === null || typeof header.alg !== 'string') return undefined;
     return typeof header.enc === 'string' ? 'jwe' : 'jws';
   } catch {
@@ -54,13 +64,13 @@ function headerKind(part: string, budget: { parsed: number }): 'jws' | 'jwe' | '
 /** A token in `text` other than `judged`: a part of a dotted run that is a header starts one, of three parts (JWS) or five (JWE). */
 function scan(text: string, judged: string | undefined, budget: { parsed: number }): Found {
   for (const [run] of text.matchAll(RUN)) {
-    // A header part starts `ey` (`{` encoded) and is followed by a dot.
-    if (run.length < MIN_HEADER + 2 || !run.includes('ey') || !run.includes('.')) continue;
+    // A header part is followed by a dot.
+    if (run.length < MIN_HEADER + 2 || !run.includes('.')) continue;
     const parts = run.split('.');
     for (let i = 0; i + 2 < parts.length; i++) {
       const kind = headerKind(parts[i]!, budget);
       if (kind === 'too many') return 'too many';
-      const n = kind === 'jws' ? 3 : kind === 'jwe' ? 5 : 0;
+      const n = kind === 'jwe' && i + 5 <= parts.length ? 5 : kind ? 3 : 0;
       if (n === 0 || i + n > parts.length) continue;
       if (parts.slice(i, i + n).join('.') !== judged) return 'token';
     }
@@ -68,25 +78,50 @@ function scan(text: string, judged: string | undefined, budget: { parsed: number
   return undefined;
 }
 
-/** `text` with each run of valid percent-escapes decoded (one that is not UTF-8 left as it is). */
+/** `text` with every percent-escape decoded, bytes that are not UTF-8 as U+FFFD. */
 function percentDecoded(text: string): string {
-  // Whole, at once, where it decodes (most text); else each run of escapes on its own.
+  // Every escape decoded, bytes that are not UTF-8 as U+FFFD (outside RUN), as lenient decoders
+  // (Python's unquote, PHP's urldecode, Java's URLDecoder) read them: none is left as sent.
+  // Whole, at once, where it decodes (most text: the same result); else each run of escapes.
   try { return decodeURIComponent(text); } catch { /* a stray % or bytes that are not UTF-8 */ }
   return text.replace(/(?:%[0-9A-Fa-f]{2})+/g, (escaped) => {
-    try { return decodeURIComponent(escaped); } catch { return escaped; }
+    const byte = escaped.length === 3 ? parseInt(escaped.slice(1), 16) : 0x80;
+    return byte < 0x80 ? String.fromCharCode(byte) : Buffer.from(escaped.replaceAll('%', ''), 'hex').toString('utf8');
   });
 }
 
 /** A token in `text`, as sent or percent-decoded, other than `judged`. */
 function carries(text: string, judged: string | undefined, budget: { parsed: number }): Found {
-  return scan(text, judged, budget) ?? (text.includes('%') ? scan(percentDecoded(text), judged, budget) : undefined);
+  let found = scan(text, judged, budget);
+  // Decoded again while escapes remain (up to MAX_DECODES): an app that decodes a cookie its
+  // framework already decoded reads `%252E` as a dot.
+  for (let decodes = 0, read = text; !found && decodes < MAX_DECODES && read.includes('%'); decodes++) {
+    const decoded = percentDecoded(read);
+    if (decoded === read) break;
+    read = decoded;
+    found = scan(read, judged, budget);
+  }
+  return found;
+}
+
+/**
+ * `cookie` without the cookies the upstream never reads (proxy.ignoredCookies). Split wherever
+ * any parser splits (`;`, `,`, whitespace), so that a cookie another parser reads cannot hide
+ * inside an ignored one's value: what is left of such a value is searched like the rest.
+ */
+function withoutIgnored(cookie: string, ignored: ReadonlySet<string>): string {
+  return cookie.split(/[;,\s]+/).filter((piece) => {
+    const eq = piece.indexOf('=');
+    return eq <= 0 || !ignored.has(piece.slice(0, eq));
+  }).join(';');
 }
 
 /**
  * The name of the header that carries a token other than the Authorization header's, if any,
- * and why (`too many`: more candidate token headers than any request has).
+ * and why (`too many`: more candidate token headers than any request has; `backslash`: a Cookie
+ * with one, which parsers unescape).
  */
-export function secondCredential(headers: IncomingHttpHeaders): { header: string; found: 'token' | 'too many' } | undefined {
+export function secondCredential(headers: IncomingHttpHeaders, ignoredCookies: ReadonlySet<string> = new Set()): { header: string; found: 'token' | 'too many' | 'backslash' } | undefined {
   const { cookie } = headers;
   const protocols = headers['sec-websocket-protocol'];
   if (cookie === undefined && protocols === undefined) return undefined;
@@ -95,8 +130,8 @@ export function secondCredential(headers: IncomingHttpHeaders): { header: string
   if (cookie !== undefined) {
     // A cookie's octets exclude the backslash (RFC 6265 §4.1.1), and parsers unescape one where
     // it is: Python's in a quoted value (`"\145yJ…"`), cookie-parser's JSON cookies (`j:"\u0065yJ…"`).
-    if (cookie.includes('\\')) return { header: 'Cookie', found: 'token' };
-    const found = carries(cookie, judged, budget);
+    if (cookie.includes('\\')) return { header: 'Cookie', found: 'backslash' };
+    const found = carries(ignoredCookies.size ? withoutIgnored(cookie, ignoredCookies) : cookie, judged, budget);
     if (found) return { header: 'Cookie', found };
   }
   if (protocols !== undefined) {

@@ -237,13 +237,15 @@ export function parseAdminCredentials(text: string): { credentials: AdminCredent
   const malformed: number[] = [];
   const short: number[] = [];
   const notAscii: number[] = [];
-  text.split('\n').forEach((line, i) => {
-    const trimmed = line.trim();
+  // Split and trimmed at ASCII blanks only: a no-break space pasted into a secret split it into a
+  // name and a shorter secret, silently; kept, it is a secret that is not visible ASCII. A
+  // byte-order mark before the first line is no part of it.
+  text.replace(/^\uFEFF/, '').split('\n').forEach((line, i) => {
+    const trimmed = line.replace(/^[ \t\r]+|[ \t\r]+$/g, '');
     if (!trimmed || trimmed.startsWith('#')) return;
-    const parts = trimmed.split(/\s+/);
+    const parts = trimmed.split(/[ \t]+/);
     if (parts.length > 2) malformed.push(i + 1);
-    // Only visible ASCII can be sent as it is written: Node reads a header as latin1, so a
-    // secret with `é` never matched, whatever a client sent.
+    // Only visible ASCII is sent alike by every client (Node reads a header as latin1).
     else if (!/^[\x21-\x7e]+$/.test(parts.at(-1)!)) notAscii.push(i + 1);
     else if (parts.at(-1)!.length < MIN_ADMIN_SECRET) short.push(i + 1);
     else credentials.push({ name: parts.length === 2 ? parts[0]! : '', secret: parts.at(-1)!, line: i + 1 });

@@ -42,7 +42,7 @@ function decisiveHeaders(rules: Rules, lifecycle: LifecycleState | undefined): s
 export function checks(rules: Rules, deps: CheckDeps): readonly Check[] {
   const l = deps.lifecycle;
   return Object.freeze([
-    canonicalPath(decisiveHeaders(rules, l)), // must be first: every later check reads ctx.target
+    canonicalPath(decisiveHeaders(rules, l), new Set(rules.proxy.ignoredCookies)), // must be first: every later check reads ctx.target
     operationLookup(rules),               // unknown-operation, before any credential work
     sunset(),                             // gone for everybody, credential or not
     credential(rules, deps.identity, taskRecorder(rules, l)), // verified identity, lifetime by consumer kind

@@ -41,6 +41,8 @@ export interface ProxyRules {
   readonly connections: number;
   /** Client connections the traffic listener holds at once. */
   readonly clientConnections: number;
+  /** Cookies the upstream never authenticates from: not searched for a second credential. */
+  readonly ignoredCookies: readonly string[];
 }
 
 export type JwksSource =

@@ -324,8 +324,7 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     ['Cookie', `theme=dark; access_token=${stranger}`],
     ['Cookie', `session=${encodeURIComponent(`Bearer ${stranger}`)}`],
     ['Cookie', `jwt="${stranger}"`],
-    ['Cookie', `token="${escaped}"`],
-    ['Cookie', `token="${stranger.replaceAll('.', '\\056')}"`],
+
     // However a cookie parser splits and decodes: Python's SimpleCookie ends a value at a space
     // and splits at commas (Rack 2 too); Express's cookie-parser reads `j:"…"` as JSON; Rack and
     // Java's URLDecoder read `+` as a space; a quoted, escaped value before another pair.
@@ -333,10 +332,19 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     ['Cookie', `theme=dark, access_token=${stranger}`],
     ['Cookie', `access_token=j:"${stranger}"`],
     ['Cookie', `access_token=${encodeURIComponent(`j:"${stranger}"`)}`],
-    ['Cookie', `access_token=j:"\\u0065${stranger.slice(1)}"`],
-    ['Cookie', `access_token="\\145${stranger.slice(1).replaceAll('.', '\\056')}" theme=dark`],
+
     ['Cookie', `access_token=Bearer+${stranger}`],
     ['Cookie', `lb=GA1.2.${stranger}.3`],
+    // Escapes that are not UTF-8 beside an encoded dot, or after a token sent all encoded:
+    // Python's unquote, PHP's urldecode and Java's URLDecoder still read the token.
+    ['Cookie', `access_token=${stranger.split('.').slice(0, 2).join('.')}%2E%FF%FF%FF%FF${stranger.split('.')[2]}`],
+    ['Cookie', `access_token=${[...stranger].map((c) => `%${c.charCodeAt(0).toString(16)}`).join('')}%FF%FF%FF%FF`],
+    // Encoded twice: an app that decodes what its framework decoded.
+    ['Cookie', `access_token=${stranger.replaceAll('.', '%252E')}`],
+    // Headers JSON allows that do not start `{"`, which jose reads: whitespace, pretty-printed,
+    // an escaped key, a byte-order mark; and a three-part token whose header names an enc.
+    ...[' {"alg":"HS256"}', '{\n  "alg": "HS256",\n  "typ": "JWT"\n}', '{"\\u0061lg":"HS256"}', '\ufeff{"alg":"HS256"}', '{"alg":"HS256","enc":"none"}']
+      .map((header) => ['Cookie', `access_token=${Buffer.from(header).toString('base64url')}.${stranger.split('.').slice(1).join('.')}`] as const),
     // An opaque bearer token in the Kubernetes subprotocol (a bootstrap token): the prefix says what it is.
     ['Sec-WebSocket-Protocol', `base64url.bearer.authorization.k8s.io.${Buffer.from('abcdef.0123456789abcdef').toString('base64url')}, v4.channel.k8s.io`],
     // The Kubernetes API server's bearer subprotocol: the token base64url-encoded again.
@@ -347,6 +355,14 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     t.equal(a.status, 400, `${name}: ${value.slice(0, 30)}`);
     t.match(a.json(), { reason: 'malformed-request', detail: `a credential in the ${name} header is not served beside the Authorization header: send one, in the Authorization header only` });
     t.notMatch(a.body, stranger.split('.')[2]!, 'the token is not in the answer');
+  }
+  // A backslash, which no cookie value may hold and parsers unescape (Python's in a quoted
+  // value, cookie-parser's JSON cookies): said as such, whatever it hides.
+  for (const value of [`token="${escaped}"`, `token="${stranger.replaceAll('.', '\\056')}"`, `access_token=j:"\\u0065${stranger.slice(1)}"`,
+    `access_token="\\145${stranger.slice(1).replaceAll('.', '\\056')}" theme=dark`, 'prefs="{\\"theme\\":\\"dark\\"}"']) {
+    const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${value}\r\nConnection: close\r\n\r\n`);
+    t.equal(a.status, 400, `Cookie: ${value.slice(0, 30)}`);
+    t.match(a.json(), { reason: 'malformed-request', detail: /^the Cookie header holds a backslash/ });
   }
   t.equal(w.up.seen.length, 0, 'none reached the upstream');
   // Junk shaped to be parsed (`{"alg" "xx"}` encoded, 2,000 times in 16 KiB): refused once
@@ -370,6 +386,22 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\n${name}: ${value}\r\nConnection: close\r\n\r\n`);
     t.equal(a.status, 200, `${name}: ${value.slice(0, 40)}: passes`);
   }
+});
+
+t.test('proxy.ignoredCookies: an identity proxy\'s cookies the upstream never reads are left out of the search, and nothing can hide in them', async (t) => {
+  const w = await world(t, (r) => { r.proxy.ignoredCookies = ['CF_Authorization', 'next-auth.session-token']; });
+  const tok = await w.tok();
+  const stranger = await w.tok({ sub: 'spiffe://example.org/ns/x/sa/stranger' });
+  const send = (cookie: string) => raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${cookie}\r\nConnection: close\r\n\r\n`);
+  // Cloudflare Access's JWT of the same user, and Auth.js's session (a JWE), on every browser request.
+  t.equal((await send(`CF_Authorization=${stranger}; theme=dark`)).status, 200, 'an ignored cookie\'s token: forwarded');
+  t.equal((await send(`next-auth.session-token=${stranger}`)).status, 200);
+  // Another cookie beside it, or inside its value as other parsers split it: still searched.
+  for (const cookie of [`CF_Authorization=x; access_token=${stranger}`, `CF_Authorization=x, access_token=${stranger}`, `CF_Authorization=x access_token=${stranger}`, `cf_authorization=${stranger}`]) {
+    const a = await send(cookie);
+    t.equal(a.status, 400, cookie.slice(0, 40));
+  }
+  t.equal(w.up.seen.length, 2, 'only the two with ignored cookies reached the upstream');
 });
 
 t.test('a transfer coding other than chunked: 400, never forwarded decoded halfway', async (t) => {

@@ -250,11 +250,11 @@ t.test('an admin secret of fewer than 16 characters is refused at load and skipp
   const file = join(dir, 'admin-credentials');
   const SECRET = 's3cret-value-0123456789';
   // Both forms of a line: `name secret` and `secret`; 15 characters each, one short of the bound.
-  writeFileSync(file, `oncall ${SECRET}\nbackup changeme-012345\nchangeme-543210\nlatin élève-mot-de-passe-2026\n`);
+  writeFileSync(file, `oncall ${SECRET}\nbackup changeme-012345\nchangeme-543210\nlatin élève-mot-de-passe-2026\npass\u00a0word-0123456789abcdef\n`);
   const rules = w.rules((r) => { r.revocation = { adminCredentialFile: file }; });
   const err = t.throws(() => loadRules(writeRules(rules, dir))) as RulesError;
   t.ok(err instanceof RulesError);
-  t.match(err.message, /revocation\.adminCredentialFile: .*admin-credentials lines 2, 3: a secret of fewer than 16 characters.*admin-credentials line 4: a secret with a character other than visible ASCII/, 'names the file and lines, each for what is wrong');
+  t.match(err.message, /revocation\.adminCredentialFile: .*admin-credentials lines 2, 3: a secret of fewer than 16 characters.*admin-credentials lines 4, 5: a secret with a character other than visible ASCII/, 'names the file and lines, each for what is wrong (a no-break space is in a secret, not between a name and one)');
   t.notMatch(err.message, 'changeme', 'never the secret');
   t.notMatch(err.message, 'mot-de-passe');
 
