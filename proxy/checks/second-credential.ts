@@ -30,6 +30,14 @@ const RUN = /[A-Za-z0-9._-]+/g;
 const MAX_PARSED = 16;
 /** `{"alg":""}` encoded: no JWS or JWE header is shorter. */
 const MIN_HEADER = 14;
+/**
+ * The first base64url character of text that opens with `{` (e), a byte-order mark (7), a space
+ * (I), a tab or line feed (C) or a carriage return (D): no other part is decoded.
+ */
+const OPENING_CHARACTERS = new Set(['e', '7', 'I', 'C', 'D']);
+/** An alg key as a lenient JSON reader takes it: quoted either way or bare. */
+const LENIENT_ALG = /["']?alg["']?\s*:/;
+const MAY_OPEN = /(?:^|\.)[e7ICD]/;
 /** JSON text that opens an object, and text that may still (blank so far). */
 const OPENS = /^\uFEFF?[ \t\n\r]*\{/;
 const BLANK = /^\uFEFF?[ \t\n\r]*$/;
@@ -38,34 +46,48 @@ const BLANK = /^\uFEFF?[ \t\n\r]*$/;
 const MAX_DECODES = 3;
 
 type Found = 'token' | 'too many' | undefined;
+/** Parses spent on this request's headers, and what each header text parsed was. */
+interface Budget { parsed: number; readonly kinds: Map<string, 'jws' | 'jwe' | false> }
 
 /**
  * What `part` is as a token's first part: `jws` (a JSON object with a string alg), `jwe` (and a
- * string enc), or not one. `budget.parsed` counts the parses.
+ * string enc), or not one. `budget` counts the parses, each text once.
  */
-function headerKind(part: string, budget: { parsed: number }): 'jws' | 'jwe' | 'too many' | undefined {
-  if (part.length < MIN_HEADER) return undefined;
+function headerKind(part: string, budget: Budget): 'jws' | 'jwe' | 'too many' | undefined {
+  if (part.length < MIN_HEADER || !OPENING_CHARACTERS.has(part[0]!)) return undefined;
   // JSON may start with whitespace (and TextDecoder drops a BOM), and spell a key's letters as
   // \u escapes. Its first 18 bytes first: most dotted text is no JSON, and is not decoded whole.
   const start = Buffer.from(part.slice(0, 24), 'base64url').toString('utf8');
   if (!OPENS.test(start) && !BLANK.test(start)) return undefined;
   const text = part.length <= 24 ? start : Buffer.from(part, 'base64url').toString('utf8');
   if (!OPENS.test(text) || !(text.includes('alg') || text.includes('\\u'))) return undefined;
+  // A part met again (in another decoding of the header, or the judged token's own) is not parsed again.
+  const known = budget.kinds.get(text);
+  if (known !== undefined) return known || undefined;
   if (++budget.parsed > MAX_PARSED) return 'too many';
+  const kind = parsedKind(text);
+  budget.kinds.set(text, kind ?? false);
+  return kind;
+}
+
+/** What `text`, which opens an object, is as a token's header (headerKind). */
+function parsedKind(text: string): 'jws' | 'jwe' | undefined {
   try {
     const header = JSON.parse(text.replace(/^\uFEFF/, '')) as { alg?: unknown; enc?: unknown } | null;
     if (typeof header !== 'object' || header === null || typeof header.alg !== 'string') return undefined;
     return typeof header.enc === 'string' ? 'jwe' : 'jws';
   } catch {
-    return undefined;
+    // Not JSON to JSON.parse, yet an object with an alg key to a lenient parser (Python's json
+    // takes NaN, Gson unquoted keys and single quotes): a header all the same.
+    return LENIENT_ALG.test(text) ? 'jws' : undefined;
   }
 }
 
 /** A token in `text` other than `judged`: a part of a dotted run that is a header starts one, of three parts (JWS) or five (JWE). */
-function scan(text: string, judged: string | undefined, budget: { parsed: number }): Found {
+function scan(text: string, judged: string | undefined, budget: Budget): Found {
   for (const [run] of text.matchAll(RUN)) {
-    // A header part is followed by a dot.
-    if (run.length < MIN_HEADER + 2 || !run.includes('.')) continue;
+    // A header part is followed by a dot, and starts as OPENING_CHARACTERS say.
+    if (run.length < MIN_HEADER + 2 || !run.includes('.') || !MAY_OPEN.test(run)) continue;
     const parts = run.split('.');
     for (let i = 0; i + 2 < parts.length; i++) {
       const kind = headerKind(parts[i]!, budget);
@@ -82,16 +104,18 @@ function scan(text: string, judged: string | undefined, budget: { parsed: number
 function percentDecoded(text: string): string {
   // Every escape decoded, bytes that are not UTF-8 as U+FFFD (outside RUN), as lenient decoders
   // (Python's unquote, PHP's urldecode, Java's URLDecoder) read them: none is left as sent.
+  // And `%uXXXX`, as JavaScript's unescape() and .NET's HttpUtility.UrlDecode read it.
+  const unicode = text.includes('%u') || text.includes('%U') ? text.replace(/%u([0-9A-Fa-f]{4})/gi, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))) : text;
   // Whole, at once, where it decodes (most text: the same result); else each run of escapes.
-  try { return decodeURIComponent(text); } catch { /* a stray % or bytes that are not UTF-8 */ }
-  return text.replace(/(?:%[0-9A-Fa-f]{2})+/g, (escaped) => {
+  try { return decodeURIComponent(unicode); } catch { /* a stray % or bytes that are not UTF-8 */ }
+  return unicode.replace(/(?:%[0-9A-Fa-f]{2})+/g, (escaped) => {
     const byte = escaped.length === 3 ? parseInt(escaped.slice(1), 16) : 0x80;
     return byte < 0x80 ? String.fromCharCode(byte) : Buffer.from(escaped.replaceAll('%', ''), 'hex').toString('utf8');
   });
 }
 
 /** A token in `text`, as sent or percent-decoded, other than `judged`. */
-function carries(text: string, judged: string | undefined, budget: { parsed: number }): Found {
+function carries(text: string, judged: string | undefined, budget: Budget): Found {
   let found = scan(text, judged, budget);
   // Decoded again while escapes remain (up to MAX_DECODES): an app that decodes a cookie its
   // framework already decoded reads `%252E` as a dot.
@@ -112,7 +136,10 @@ function carries(text: string, judged: string | undefined, budget: { parsed: num
 function withoutIgnored(cookie: string, ignored: ReadonlySet<string>): string {
   return cookie.split(/[;,\s]+/).filter((piece) => {
     const eq = piece.indexOf('=');
-    return eq <= 0 || !ignored.has(piece.slice(0, eq));
+    if (eq <= 0) return true;
+    // A cookie split into chunks (`NAME.0`, `NAME.1`: Auth.js's sessions over 4 KiB) is the named one.
+    const name = piece.slice(0, eq);
+    return !ignored.has(name) && !ignored.has(name.replace(/\.\d{1,3}$/, ''));
   }).join(';');
 }
 
@@ -126,7 +153,7 @@ export function secondCredential(headers: IncomingHttpHeaders, ignoredCookies: R
   const protocols = headers['sec-websocket-protocol'];
   if (cookie === undefined && protocols === undefined) return undefined;
   const judged = /^\s*bearer\s+(\S+)\s*$/i.exec(headers.authorization ?? '')?.[1];
-  const budget = { parsed: 0 };
+  const budget: Budget = { parsed: 0, kinds: new Map() };
   if (cookie !== undefined) {
     // A cookie's octets exclude the backslash (RFC 6265 §4.1.1), and parsers unescape one where
     // it is: Python's in a quoted value (`"\145yJ…"`), cookie-parser's JSON cookies (`j:"\u0065yJ…"`).

@@ -339,11 +339,16 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     // Python's unquote, PHP's urldecode and Java's URLDecoder still read the token.
     ['Cookie', `access_token=${stranger.split('.').slice(0, 2).join('.')}%2E%FF%FF%FF%FF${stranger.split('.')[2]}`],
     ['Cookie', `access_token=${[...stranger].map((c) => `%${c.charCodeAt(0).toString(16)}`).join('')}%FF%FF%FF%FF`],
-    // Encoded twice: an app that decodes what its framework decoded.
+    // Encoded twice, or three times: an app that decodes what its framework decoded; and
+    // `%uXXXX`, which JavaScript's unescape() and .NET's HttpUtility.UrlDecode read.
     ['Cookie', `access_token=${stranger.replaceAll('.', '%252E')}`],
+    ['Cookie', `access_token=${stranger.replaceAll('.', '%25252E')}`],
+    ['Cookie', `access_token=${stranger.replaceAll('.', '%u002E')}`],
     // Headers JSON allows that do not start `{"`, which jose reads: whitespace, pretty-printed,
     // an escaped key, a byte-order mark; and a three-part token whose header names an enc.
-    ...[' {"alg":"HS256"}', '{\n  "alg": "HS256",\n  "typ": "JWT"\n}', '{"\\u0061lg":"HS256"}', '\ufeff{"alg":"HS256"}', '{"alg":"HS256","enc":"none"}']
+    // And headers a lenient JSON reader takes (Python's json: NaN; Gson: bare keys, single quotes).
+    ...[' {"alg":"HS256"}', `${' '.repeat(20)}{"alg":"HS256"}`, '{\n  "alg": "HS256",\n  "typ": "JWT"\n}', '{"\\u0061lg":"HS256"}', '\ufeff{"alg":"HS256"}', '{"alg":"HS256","enc":"none"}',
+      '{"alg":"HS256","x":NaN}', "{alg:'HS256'}"]
       .map((header) => ['Cookie', `access_token=${Buffer.from(header).toString('base64url')}.${stranger.split('.').slice(1).join('.')}`] as const),
     // An opaque bearer token in the Kubernetes subprotocol (a bootstrap token): the prefix says what it is.
     ['Sec-WebSocket-Protocol', `base64url.bearer.authorization.k8s.io.${Buffer.from('abcdef.0123456789abcdef').toString('base64url')}, v4.channel.k8s.io`],
@@ -365,11 +370,17 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     t.match(a.json(), { reason: 'malformed-request', detail: /^the Cookie header holds a backslash/ });
   }
   t.equal(w.up.seen.length, 0, 'none reached the upstream');
-  // Junk shaped to be parsed (`{"alg" "xx"}` encoded, 2,000 times in 16 KiB): refused once
-  // more candidates are parsed than any request carries, not parsed 2,000 times.
-  const junk = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${';eyJhbGciICJ4eCJ9.b.c'.repeat(700)}\r\nConnection: close\r\n\r\n`);
+  // Junk shaped to be parsed (`{"alg" "<n>"}` encoded, 500 of them): refused once
+  // more candidates are parsed than any request carries, not parsed 500 times.
+  // Each different (one text is parsed once, however often it comes).
+  const junkCookie = Array.from({ length: 500 }, (_, i) => `;${Buffer.from(`{"alg" "${i}"}`).toString('base64url')}.b.c`).join('');
+  const junk = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${junkCookie}\r\nConnection: close\r\n\r\n`);
   t.equal(junk.status, 400);
   t.match(junk.json(), { reason: 'malformed-request', detail: 'the Cookie header holds more token-like values than any request carries' });
+  // The header's own token five times and a harmless value encoded three times: each text is
+  // parsed once, not once per decoding (counted so, it was refused as too many).
+  const own = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${[1, 2, 3, 4, 5].map((i) => `t${i}=${tok}`).join('; ')}; x=a%25252Eb\r\nConnection: close\r\n\r\n`);
+  t.equal(own.status, 200, 'the judged token many times over');
   for (const [name, value] of [
     ['Cookie', 'theme=dark; lb=app-2.a1b2c3'],
     ['Cookie', `x=${';a.b.c'.repeat(10)}`],
@@ -396,12 +407,16 @@ t.test('proxy.ignoredCookies: an identity proxy\'s cookies the upstream never re
   // Cloudflare Access's JWT of the same user, and Auth.js's session (a JWE), on every browser request.
   t.equal((await send(`CF_Authorization=${stranger}; theme=dark`)).status, 200, 'an ignored cookie\'s token: forwarded');
   t.equal((await send(`next-auth.session-token=${stranger}`)).status, 200);
+  // Auth.js splits a session over 4 KiB into chunks, NAME.0, NAME.1: the same cookie.
+  // The first chunk holds the header, the payload and part of the rest: a token to the search.
+  const [h, p, sig] = stranger.split('.') as [string, string, string];
+  t.equal((await send(`next-auth.session-token.0=${h}.${p}.${sig.slice(0, 20)}; next-auth.session-token.1=${sig.slice(20)}`)).status, 200, 'its chunks too');
   // Another cookie beside it, or inside its value as other parsers split it: still searched.
-  for (const cookie of [`CF_Authorization=x; access_token=${stranger}`, `CF_Authorization=x, access_token=${stranger}`, `CF_Authorization=x access_token=${stranger}`, `cf_authorization=${stranger}`]) {
+  for (const cookie of [`CF_Authorization=x; access_token=${stranger}`, `CF_Authorization=x, access_token=${stranger}`, `CF_Authorization=x,access_token=${stranger}`, `CF_Authorization=x access_token=${stranger}`, `cf_authorization=${stranger}`]) {
     const a = await send(cookie);
     t.equal(a.status, 400, cookie.slice(0, 40));
   }
-  t.equal(w.up.seen.length, 2, 'only the two with ignored cookies reached the upstream');
+  t.equal(w.up.seen.length, 3, 'only the three with ignored cookies reached the upstream');
 });
 
 t.test('a transfer coding other than chunked: 400, never forwarded decoded halfway', async (t) => {
