@@ -7,8 +7,8 @@ import type { Rules } from '../rules/types.ts';
 import type { Identity } from '../identity/verify.ts';
 import { automationActor, resolveConsumer } from './consumers.ts';
 
-function bearer(ctx: RequestContext): string | undefined | null {
-  const header = ctx.req.headers.authorization;
+/** The bearer token of an Authorization header: undefined without one, null when it is not a bearer token. */
+export function bearerToken(header: string | undefined): string | undefined | null {
   if (header === undefined) return undefined;
   // RFC 9110: the scheme is case-insensitive; one or more spaces before the token.
   const m = /^bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header);
@@ -33,7 +33,7 @@ export function credential(rules: Rules, identity: Identity, recordVerified?: (c
     name: 'credential',
     async run(ctx) {
       if (ctx.operation?.public) return undefined;
-      const token = bearer(ctx);
+      const token = bearerToken(ctx.req.headers.authorization);
       if (token === undefined) return { reason: 'missing-credential', detail: 'send a bearer token in the Authorization header' };
       if (token === null) {
         const scheme = /^[^ \t]*/.exec(ctx.req.headers.authorization!)![0].toLowerCase();

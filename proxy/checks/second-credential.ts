@@ -14,6 +14,7 @@
 // header's own token there is no second credential.
 
 import type { IncomingHttpHeaders } from 'node:http';
+import { bearerToken } from './credential.ts';
 
 /** The subprotocol the Kubernetes API server reads a bearer token from, base64url-encoded after it (a JWT or not). */
 const K8S_BEARER_PROTOCOL = 'base64url.bearer.authorization.k8s.io.';
@@ -23,9 +24,10 @@ const K8S_BEARER_PROTOCOL = 'base64url.bearer.authorization.k8s.io.';
  */
 const RUN = /[A-Za-z0-9._-]+/g;
 /**
- * Candidate headers decoded and parsed at most, per request. Only one that decodes to text
- * holding `"alg"` is parsed, so no client reaches it; without a bound, a 16 KiB header of such
- * junk cost milliseconds of the one thread for each request.
+ * Candidate headers parsed at most, per request, each text once. Only one that decodes to text
+ * opening an object and holding `alg` (or a `\u` escape) is parsed, so no client reaches it;
+ * without a bound, a 16 KiB header of such junk cost milliseconds of the one thread for each
+ * request.
  */
 const MAX_PARSED = 16;
 /** `{"alg":""}` encoded: no JWS or JWE header is shorter. */
@@ -34,10 +36,11 @@ const MIN_HEADER = 14;
  * The first base64url character of text that opens with `{` (e), a byte-order mark (7), a space
  * (I), a tab or line feed (C) or a carriage return (D): no other part is decoded.
  */
-const OPENING_CHARACTERS = new Set(['e', '7', 'I', 'C', 'D']);
+const OPENING_CHARACTERS = 'e7ICD';
+/** A run with a part that starts so. */
+const MAY_OPEN = new RegExp(`(?:^|\\.)[${OPENING_CHARACTERS}]`);
 /** An alg key as a lenient JSON reader takes it: quoted either way or bare. */
 const LENIENT_ALG = /["']?alg["']?\s*:/;
-const MAY_OPEN = /(?:^|\.)[e7ICD]/;
 /** JSON text that opens an object, and text that may still (blank so far). */
 const OPENS = /^\uFEFF?[ \t\n\r]*\{/;
 const BLANK = /^\uFEFF?[ \t\n\r]*$/;
@@ -54,7 +57,7 @@ interface Budget { parsed: number; readonly kinds: Map<string, 'jws' | 'jwe' | f
  * string enc), or not one. `budget` counts the parses, each text once.
  */
 function headerKind(part: string, budget: Budget): 'jws' | 'jwe' | 'too many' | undefined {
-  if (part.length < MIN_HEADER || !OPENING_CHARACTERS.has(part[0]!)) return undefined;
+  if (part.length < MIN_HEADER || !OPENING_CHARACTERS.includes(part[0]!)) return undefined;
   // JSON may start with whitespace (and TextDecoder drops a BOM), and spell a key's letters as
   // \u escapes. Its first 18 bytes first: most dotted text is no JSON, and is not decoded whole.
   const start = Buffer.from(part.slice(0, 24), 'base64url').toString('utf8');
@@ -152,7 +155,8 @@ export function secondCredential(headers: IncomingHttpHeaders, ignoredCookies: R
   const { cookie } = headers;
   const protocols = headers['sec-websocket-protocol'];
   if (cookie === undefined && protocols === undefined) return undefined;
-  const judged = /^\s*bearer\s+(\S+)\s*$/i.exec(headers.authorization ?? '')?.[1];
+  // The token the credential check judges (none when the header is no bearer token: refused there).
+  const judged = bearerToken(headers.authorization) ?? undefined;
   const budget: Budget = { parsed: 0, kinds: new Map() };
   if (cookie !== undefined) {
     // A cookie's octets exclude the backslash (RFC 6265 §4.1.1), and parsers unescape one where
