@@ -146,7 +146,8 @@ function writer(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, ro
     const parsed = parseAdminCredentials(readRegularFile(file).toString('utf8'));
     credentials = parsed.credentials;
     // Rewritten since the rules were loaded (which refuses such a line): the others still work.
-    if (parsed.malformed.length || parsed.short.length || parsed.notAscii.length) skippedLines(ctx, malformedCredentialLines(file, parsed));
+    const wrong = malformedCredentialLines(file, parsed);
+    if (wrong !== undefined) skippedLines(ctx, wrong);
   } catch (err) {
     credentials = [];
     unusable(ctx, file, `cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`);

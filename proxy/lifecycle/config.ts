@@ -146,9 +146,10 @@ export function parseLifecycle(document: Readonly<Record<string, unknown>>, fail
   }
   const adminText = adminCredentialFile !== undefined ? read(['revocation', 'adminCredentialFile'], adminCredentialFile) : undefined;
   if (adminCredentialFile !== undefined && adminText !== undefined) {
-    const { credentials, ...lines } = parseAdminCredentials(adminText);
-    if (lines.malformed.length || lines.short.length || lines.notAscii.length) fail(['revocation', 'adminCredentialFile'], malformedCredentialLines(adminCredentialFile, lines));
-    else if (credentials.length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
+    const parsed = parseAdminCredentials(adminText);
+    const wrong = malformedCredentialLines(adminCredentialFile, parsed);
+    if (wrong !== undefined) fail(['revocation', 'adminCredentialFile'], wrong);
+    else if (parsed.credentials.length === 0) fail(['revocation', 'adminCredentialFile'], `${adminCredentialFile} holds no credential`);
   }
   if (r.url !== undefined) {
     // Not quoted: a URL that does not parse may still carry a credential (user:pass@, ?token=).
@@ -262,13 +263,13 @@ export const MIN_ADMIN_SECRET = 16;
 
 const lineList = (lines: readonly number[]) => `line${lines.length > 1 ? 's' : ''} ${lines.slice(0, 5).join(', ')}${lines.length > 5 ? ', ...' : ''}`;
 
-/** What is wrong with the lines of an admin credential file, for an operator (no secret quoted). */
-export function malformedCredentialLines(file: string, lines: { malformed: readonly number[]; short: readonly number[]; notAscii: readonly number[] }): string {
+/** What is wrong with the lines of an admin credential file, for an operator (no secret quoted); undefined when nothing is. */
+export function malformedCredentialLines(file: string, lines: { malformed: readonly number[]; short: readonly number[]; notAscii: readonly number[] }): string | undefined {
   const said: string[] = [];
   if (lines.malformed.length) said.push(`${file} ${lineList(lines.malformed)}: expected "name secret" or "secret" (a # comment goes on a line of its own)`);
   if (lines.short.length) said.push(`${file} ${lineList(lines.short)}: a secret of fewer than ${MIN_ADMIN_SECRET} characters, which the app beside the sidecar could guess at over the shared loopback: use at least ${MIN_ADMIN_SECRET} random characters (\`openssl rand -hex 16\`)`);
   if (lines.notAscii.length) said.push(`${file} ${lineList(lines.notAscii)}: a secret with a character other than visible ASCII, which clients send in different encodings: use visible ASCII (\`openssl rand -hex 16\`)`);
-  return said.join('; ');
+  return said.length ? said.join('; ') : undefined;
 }
 
 // Registered once at import: the loader then checks these sections on every load and reload.
