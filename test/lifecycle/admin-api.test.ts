@@ -1,7 +1,7 @@
 // The lifecycle admin API as an operator reads and writes it: what GET /consumers,
 // GET /revocations and GET /quarantine show, and what POST and DELETE /revocations answer.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,8 +13,28 @@ import { matchEach } from '../support/lists.ts';
 
 const OTHER = 'https://other.test.local';
 
-async function post(admin: string, body: Record<string, unknown>): Promise<Response> {
-  return fetch(`${admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+async function post(admin: string, body: Record<string, unknown>, secret?: string): Promise<Response> {
+  return fetch(`${admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json', ...(secret !== undefined ? { authorization: `Bearer ${secret}` } : {}) }, body: JSON.stringify(body) });
+}
+
+/** The status of a revocation written with `secret`. */
+async function writeWith(admin: string, secret: string): Promise<number> {
+  const r = await post(admin, { kind: 'jti', value: 'x', reason: 'y' }, secret);
+  await r.text();
+  return r.status;
+}
+
+/** Rules naming an admin credential file that holds `text`, and the error loading them gives. */
+async function credentialFileRefused(t: Test, text: string) {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-cred-'));
+  const file = join(dir, 'admin-credentials');
+  writeFileSync(file, text);
+  const rules = w.rules((r) => { r.revocation = { adminCredentialFile: file }; });
+  const err = t.throws(() => loadRules(writeRules(rules, dir))) as RulesError;
+  t.ok(err instanceof RulesError);
+  return { dir, file, rules, err };
 }
 
 t.test('GET /consumers lists every subject revocation that refuses a consumer, however it is spelled', async (t) => {
@@ -212,15 +232,8 @@ t.test('POST and GET /revocations say revocation.mode, and the log says it: unde
 });
 
 t.test('an admin credential line of more than two words (a trailing # comment) is refused at load and skipped, said, when the file changes', async (t) => {
-  const w = await world();
-  t.teardown(() => w.close());
-  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-cred-'));
-  const file = join(dir, 'admin-credentials');
   const SECRET = 's3cret-value-0123456789';
-  writeFileSync(file, `# operators\noncall ${SECRET}   # rotated 2026-11-01\n`);
-  const rules = w.rules((r) => { r.revocation = { adminCredentialFile: file }; });
-  const err = t.throws(() => loadRules(writeRules(rules, dir))) as RulesError;
-  t.ok(err instanceof RulesError);
+  const { dir, file, rules, err } = await credentialFileRefused(t, `# operators\noncall ${SECRET}   # rotated 2026-11-01\n`);
   t.match(err.message, /revocation\.adminCredentialFile: .*admin-credentials line 2: expected "name secret" or "secret"/, 'names the file and line');
   t.notMatch(err.message, SECRET, 'never the secret');
   t.notMatch(err.message, 'rotated');
@@ -230,11 +243,7 @@ t.test('an admin credential line of more than two words (a trailing # comment) i
   const dg = await startLifecycle(rules, { dir });
   t.teardown(() => dg.close());
   writeFileSync(file, `oncall ${SECRET}\nbackup other-secret-0123456789 # spare\n`);
-  const write = async (secret: string) => {
-    const r = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: JSON.stringify({ kind: 'jti', value: 'x', reason: 'y' }) });
-    await r.text();
-    return r.status;
-  };
+  const write = (secret: string) => writeWith(dg.admin, secret);
   t.equal(await write(SECRET), 201, 'a good line still works');
   t.equal(await write('other-secret-0123456789'), 401, 'the line with a comment is no credential');
   const warned = dg.logs.filter((l) => l.msg === 'admin credential file lines skipped: no write can use them');
@@ -244,16 +253,9 @@ t.test('an admin credential line of more than two words (a trailing # comment) i
 });
 
 t.test('an admin secret of fewer than 16 characters is refused at load and skipped, said, when the file changes', async (t) => {
-  const w = await world();
-  t.teardown(() => w.close());
-  const dir = mkdtempSync(join(tmpdir(), 'dg-admin-short-'));
-  const file = join(dir, 'admin-credentials');
   const SECRET = 's3cret-value-0123456789';
   // Both forms of a line: `name secret` and `secret`; 15 characters each, one short of the bound.
-  writeFileSync(file, `oncall ${SECRET}\nbackup changeme-012345\nchangeme-543210\nlatin élève-mot-de-passe-2026\npass\u00a0word-0123456789abcdef\n`);
-  const rules = w.rules((r) => { r.revocation = { adminCredentialFile: file }; });
-  const err = t.throws(() => loadRules(writeRules(rules, dir))) as RulesError;
-  t.ok(err instanceof RulesError);
+  const { dir, file, rules, err } = await credentialFileRefused(t, `oncall ${SECRET}\nbackup changeme-012345\nchangeme-543210\nlatin élève-mot-de-passe-2026\npass\u00a0word-0123456789abcdef\n`);
   t.match(err.message, /revocation\.adminCredentialFile: .*admin-credentials lines 2, 3: a secret of fewer than 16 characters.*admin-credentials lines 4, 5: a secret with a character other than visible ASCII/, 'names the file and lines, each for what is wrong (a no-break space is in a secret, not between a name and one)');
   t.notMatch(err.message, 'changeme', 'never the secret');
   t.notMatch(err.message, 'mot-de-passe');
@@ -262,11 +264,7 @@ t.test('an admin secret of fewer than 16 characters is refused at load and skipp
   const dg = await startLifecycle(rules, { dir });
   t.teardown(() => dg.close());
   writeFileSync(file, `oncall ${SECRET}\nbackup changeme-012345\nbackup2 changeme-0123456\n`);
-  const write = async (secret: string) => {
-    const r = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: JSON.stringify({ kind: 'jti', value: 'x', reason: 'y' }) });
-    await r.text();
-    return r.status;
-  };
+  const write = (secret: string) => writeWith(dg.admin, secret);
   t.equal(await write('changeme-012345'), 401, 'a secret one character short is no credential');
   t.equal(await write('changeme-0123456'), 201, 'one of 16 is');
   const warned = dg.logs.filter((l) => l.msg === 'admin credential file lines skipped: no write can use them');
