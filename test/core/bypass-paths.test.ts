@@ -53,6 +53,11 @@ const DETAIL: Record<string, RegExp> = {
   'second spellings of unreserved characters': /percent-encodes a letter, a digit or one of - \. _ ~: write it as it is/,
 };
 
+/** A request with the Authorization header's token `tok` and one more header, `name: value`. */
+function beside(port: number, tok: string, name: string, value: string): ReturnType<typeof raw> {
+  return raw(port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\n${name}: ${value}\r\nConnection: close\r\n\r\n`);
+}
+
 function bytes(target: string, headers: string[] = [], method = 'GET'): Buffer {
   // latin1 for controls, UTF-8 for the non-ASCII cases: both kinds of raw byte must be refused.
   const head = get('PLACEHOLDER', headers, method);
@@ -356,7 +361,7 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     ['Sec-WebSocket-Protocol', `base64url.bearer.authorization.k8s.io.${Buffer.from(stranger).toString('base64url')}, v4.channel.k8s.io`],
     ['Sec-WebSocket-Protocol', `access_token, ${stranger}`],
   ] as const) {
-    const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\n${name}: ${value}\r\nConnection: close\r\n\r\n`);
+    const a = await beside(w.port, tok, name, value);
     t.equal(a.status, 400, `${name}: ${value.slice(0, 30)}`);
     t.match(a.json(), { reason: 'malformed-request', detail: `a credential in the ${name} header is not served beside the Authorization header: send one, in the Authorization header only` });
     t.notMatch(a.body, stranger.split('.')[2]!, 'the token is not in the answer');
@@ -365,7 +370,7 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
   // value, cookie-parser's JSON cookies): said as such, whatever it hides.
   for (const value of [`token="${escaped}"`, `token="${stranger.replaceAll('.', '\\056')}"`, `access_token=j:"\\u0065${stranger.slice(1)}"`,
     `access_token="\\145${stranger.slice(1).replaceAll('.', '\\056')}" theme=dark`, 'prefs="{\\"theme\\":\\"dark\\"}"']) {
-    const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${value}\r\nConnection: close\r\n\r\n`);
+    const a = await beside(w.port, tok, 'Cookie', value);
     t.equal(a.status, 400, `Cookie: ${value.slice(0, 30)}`);
     t.match(a.json(), { reason: 'malformed-request', detail: /^the Cookie header holds a backslash/ });
   }
@@ -374,12 +379,12 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
   // more candidates are parsed than any request carries, not parsed 500 times.
   // Each different (one text is parsed once, however often it comes).
   const junkCookie = Array.from({ length: 500 }, (_, i) => `;${Buffer.from(`{"alg" "${i}"}`).toString('base64url')}.b.c`).join('');
-  const junk = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${junkCookie}\r\nConnection: close\r\n\r\n`);
+  const junk = await beside(w.port, tok, 'Cookie', junkCookie);
   t.equal(junk.status, 400);
   t.match(junk.json(), { reason: 'malformed-request', detail: 'the Cookie header holds more token-like values than any request carries' });
   // The header's own token five times and a harmless value encoded three times: each text is
   // parsed once, not once per decoding (counted so, it was refused as too many).
-  const own = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${[1, 2, 3, 4, 5].map((i) => `t${i}=${tok}`).join('; ')}; x=a%25252Eb\r\nConnection: close\r\n\r\n`);
+  const own = await beside(w.port, tok, 'Cookie', `${[1, 2, 3, 4, 5].map((i) => `t${i}=${tok}`).join('; ')}; x=a%25252Eb`);
   t.equal(own.status, 200, 'the judged token many times over');
   for (const [name, value] of [
     ['Cookie', 'theme=dark; lb=app-2.a1b2c3'],
@@ -394,7 +399,7 @@ t.test('a second credential in a Cookie or Sec-WebSocket-Protocol beside Authori
     ['Sec-WebSocket-Protocol', `access_token, ${tok}`],
     ['Sec-WebSocket-Protocol', 'v4.channel.k8s.io, graphql-ws'],
   ] as const) {
-    const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\n${name}: ${value}\r\nConnection: close\r\n\r\n`);
+    const a = await beside(w.port, tok, name, value);
     t.equal(a.status, 200, `${name}: ${value.slice(0, 40)}: passes`);
   }
 });
@@ -403,7 +408,7 @@ t.test('proxy.ignoredCookies: an identity proxy\'s cookies the upstream never re
   const w = await world(t, (r) => { r.proxy.ignoredCookies = ['CF_Authorization', 'next-auth.session-token']; });
   const tok = await w.tok();
   const stranger = await w.tok({ sub: 'spiffe://example.org/ns/x/sa/stranger' });
-  const send = (cookie: string) => raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${tok}\r\nCookie: ${cookie}\r\nConnection: close\r\n\r\n`);
+  const send = (cookie: string) => beside(w.port, tok, 'Cookie', cookie);
   // Cloudflare Access's JWT of the same user, and Auth.js's session (a JWE), on every browser request.
   t.equal((await send(`CF_Authorization=${stranger}; theme=dark`)).status, 200, 'an ignored cookie\'s token: forwarded');
   t.equal((await send(`next-auth.session-token=${stranger}`)).status, 200);
