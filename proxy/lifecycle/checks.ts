@@ -14,7 +14,7 @@ import { SENSITIVITY_RANK, type ConsumerKind, type Rules } from '../rules/types.
 import { configOf, type FeatureMode, type LifecycleConfig } from './config.ts';
 import type { Counts, LifecycleState } from './state.ts';
 import { windowFull, record, fromNow, quarantineMode, type Quarantine, type IdempotencyEntry } from './monitors.ts';
-import { actorIssuer, actorIssuers, namedActorConsumers } from '../checks/consumers.ts';
+import { actorIssuer, actorIssuers, issuerSubjectOf, namedActorConsumers } from '../checks/consumers.ts';
 import { revokesSubjectItself, taskOf } from './revocations.ts';
 import { MAX_LEVELS } from '../identity/act.ts';
 import { bodyFingerprint, declaredSize } from './body.ts';
@@ -101,7 +101,9 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
       // The operator's reason stays with the operator; the caller gets the id to quote.
       const byActor = hit.kind === 'subject' && !revokesSubjectItself(hit, c);
       // The actor's doing, not the consumer's: the quarantine does not count it (index.ts).
-      if (byActor) ctx.extra[REVOKED_ACTOR] = hit.value;
+      // Recorded as the actor's sub, as quarantine.actor and delegation.chain name it, not as
+      // the revocation's value (`["<issuer>","<subject>"]`, spaced as the operator wrote it).
+      if (byActor) ctx.extra[REVOKED_ACTOR] = issuerSubjectOf(hit.value)?.[1] ?? hit.value;
       const what = byActor ? 'an actor in this token\'s delegation chain' : `this ${words[hit.kind]}`;
       return verdict(ctx, r.mode, { reason: 'credential-revoked', detail: `${what} was revoked (revocation ${hit.id})` });
     },

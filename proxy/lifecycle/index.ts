@@ -266,7 +266,9 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     const wouldDeny = (d.decision === 'deny' && !d.enforced) || (d.decision === 'warn' && audited?.includes(d.reason) === true);
     m.count(s, wouldDeny ? 'would-deny' : d.decision, d.reason);
     if (audited) for (const reason of audited) if (reason !== d.reason) m.count(s, 'would-deny', reason);
-    if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason) || ctx.extra[REVOKED_ACTOR] !== undefined) return;
+    // A revoked actor's refusal is the actor's doing; in revocation's audit mode the actor is
+    // recorded and another check may refuse the call: that refusal is the consumer's own.
+    if (d.decision !== 'deny' || NOT_BEHAVIOUR.has(d.reason) || (d.reason === 'credential-revoked' && ctx.extra[REVOKED_ACTOR] !== undefined)) return;
     const q = state.config.monitors.quarantine;
     if (q.mode === 'off' || !state.config.monitors.kinds.has(c.kind)) return;
     // An automation acting for a person: its denials are its own (its quarantine then refuses

@@ -220,6 +220,28 @@ t.test('a revoked actor: its refusals do not quarantine the consumer it acted fo
   await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ claims: { act: chain(64, 'spiffe://tools/bad') } })) }), 'credential-revoked', 401);
 });
 
+t.test('a revoked actor in audit mode: recorded by its sub, and the consumer\'s own refusals still quarantine it', async (t) => {
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => {
+    r.delegation = { mode: 'off' };
+    r.revocation = { mode: 'audit' };
+    r.consumers.defaultKind = 'human'; // the actor is no automation: the calls are AGENT's own
+    r.monitors = monitorsOnly({ quarantine: { denials: 3, window: '1m', period: '5m' } });
+  }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  // Named with its issuer, spaced as an operator may write it.
+  const value = `[ "${ISSUER}" ,  "spiffe://tools/bad" ]`;
+  const revoked = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value, reason: 'compromised' }) });
+  t.equal(revoked.status, 201);
+  await revoked.text();
+  // The scope refusal is the consumer's own doing, whatever actor the token names.
+  for (let i = 0; i < 3; i++) {
+    await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token({ scope: 'payments.write', claims: { act: { sub: 'spiffe://tools/bad' } } })) }), 'insufficient-scope', 403);
+    t.equal(dg.seen.at(-1)!.ctx.extra['revocation.actor'], 'spiffe://tools/bad', 'the actor, as delegation.chain names it, not the revocation\'s value');
+  }
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }), 'consumer-quarantined', 403);
+});
+
 /** An act chain `levels` deep whose innermost level names `last`, the others spiffe://tools/a. */
 function chain(levels: number, last: string): Record<string, unknown> {
   let act: Record<string, unknown> = { sub: last };
