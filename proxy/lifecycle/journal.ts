@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { isRevocationKind, type Revocation } from './revocations.ts';
 import { readRegularFile } from '../lib/files.ts';
+import { holdsToken, redactText } from '../lib/redact.ts';
 
 export type JournalRecord =
   | { readonly op: 'add'; readonly revocation: Revocation }
@@ -49,25 +50,39 @@ export function readJournal(file: string): { live: Revocation[]; skipped: { line
   const lines = complete.split('\n');
   lines.pop(); // the empty string after the last newline
   let records = 0;
+  /** Lines of zero bytes only: a crash tore an append, as it may tear the last line. */
+  let zeroed = 0;
   lines.forEach((line, i) => {
     if (line.trim() === '') return;
+    if (ZEROS.test(line)) { zeroed++; skipped.push({ line: i + 1, problem: `zero bytes (${line.length}), as a crash leaves an append it tore` }); return; }
     const record = parseRecord(line);
     if (typeof record === 'string') { skipped.push({ line: i + 1, problem: record }); return; }
     records++;
+    // An older version journaled a token pasted as the value (the admin API refuses it now): it
+    // matched nothing (a jti is the claim, not the token), and replayed it would be listed by
+    // GET /revocations and written back by the compaction. Dropped, never quoted.
+    if (record.op === 'add' && holdsToken(record.revocation.value)) {
+      skipped.push({ line: i + 1, problem: `revocation ${record.revocation.id}'s value holds a whole token (journaled by an older version; it matched no request): dropped. Revoke what the token names instead (its jti, sub or kid)` });
+      return;
+    }
     if (record.op === 'add') live.set(record.revocation.id, record.revocation);
     else live.delete(record.id);
   });
   const torn = bytes.length - lastNewline - 1;
+  const tail = bytes.subarray(lastNewline + 1);
   // Text of which no line is a record is some other file (named by mistake): replaying would
   // cut its last line and compacting rewrite it empty. Refused, and left as it is. Not a
   // journal compacted empty (start leaves it so when nothing is revoked) whose first append a
-  // crash tore: its only text is the start of a record.
-  if (records === 0 && (skipped.length > 0 || torn > 0 && !startsRecord(bytes.subarray(lastNewline + 1)))) {
+  // crash tore: its only text is the start of a record, or zero bytes (a file grown before
+  // its data reached the disk).
+  if (records === 0 && (skipped.length > zeroed || torn > 0 && !startsRecord(tail) && !ZEROS.test(tail.toString('latin1')))) {
     throw new Error(`${file} is not a revocation journal (no line of it is a journal record); it is left as it is`);
   }
   if (torn > 0) skipped.push({ line: lines.length + 1, problem: `torn last line (${torn} bytes without a newline), cut off` });
   return { live: [...live.values()], skipped, whole: lastNewline + 1, torn };
 }
+
+const ZEROS = /^\0+$/;
 
 /** How every record's line starts (JSON.stringify of a JournalRecord). */
 const RECORD_START = Buffer.from('{"op":');
@@ -86,7 +101,9 @@ function parseRecord(line: string): JournalRecord | string {
   const r = v?.revocation as Record<string, unknown> | undefined;
   if (v?.op === 'add' && r && typeof r.id === 'string' && isRevocationKind(r.kind) && typeof r.value === 'string' && typeof r.reason === 'string'
       && typeof r.endMs === 'number' && typeof r.createdMs === 'number') {
-    return { op: 'add', revocation: { id: r.id, kind: r.kind, value: r.value, reason: r.reason, endMs: r.endMs, createdMs: r.createdMs, source: 'admin', ...(typeof r.by === 'string' ? { by: r.by } : {}) } };
+    // A token an older version journaled in the reason (pasted as the evidence) is replaced:
+    // the revocation itself stands.
+    return { op: 'add', revocation: { id: r.id, kind: r.kind, value: r.value, reason: redactText(r.reason), endMs: r.endMs, createdMs: r.createdMs, source: 'admin', ...(typeof r.by === 'string' ? { by: redactText(r.by) } : {}) } };
   }
   return 'not a journal record';
 }

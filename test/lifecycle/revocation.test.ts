@@ -658,15 +658,38 @@ t.test('a journal compacted empty whose first append a crash tore is a journal: 
   // Started with nothing revoked: the journal is compacted to an empty file.
   await (await startLifecycle({ file })).close();
   t.equal(readFileSync(journal, 'utf8'), '');
-  for (const torn of ['{"op":"add","revocation":{"id":"a', '{"o']) {
+  // A file grown before its data reached the disk reads as zero bytes, with or without the newline.
+  for (const torn of ['{"op":"add","revocation":{"id":"a', '{"o', '\0'.repeat(300), `${'\0'.repeat(300)}\n`]) {
     writeFileSync(journal, torn);
     // Before: "is not a revocation journal", at this start and every one after it.
     const dg = await startLifecycle({ file });
-    t.match(dg.logs.find((l) => l.msg === 'revocation journal line skipped'), { problem: /torn last line/ }, `${torn}: reported`);
+    t.match(dg.logs.find((l) => l.msg === 'revocation journal line skipped'), { problem: /torn last line|zero bytes/ }, `${JSON.stringify(torn).slice(0, 20)}: reported`);
     t.equal((await revoke(dg.admin, { kind: 'task', value: 'task-a', reason: 'incident' })).status, 201, 'and the journal takes the next record');
     await dg.close();
     t.match(readFileSync(journal, 'utf8'), /^\{"op":"add".*"task-a".*\n$/, 'on a line of its own');
   }
+});
+
+t.test('a token an older version journaled as a value is dropped and one in a reason replaced: never listed or written back', async (t) => {
+  const w = await world();
+  t.teardown(() => w.close());
+  const dir = mkdtempSync(join(tmpdir(), 'dg-journal-'));
+  const journal = join(dir, 'revocations.journal');
+  const file = writeRules(w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal }; }), dir);
+  const leaked = await w.token({ claims: { task_id: 'task-l' } });
+  const add = (id: string, kind: string, value: string, reason: string) => JSON.stringify({ op: 'add', revocation: { id, kind, value, reason, endMs: Date.now() + 3_600_000, createdMs: Date.now(), by: 'ops' } });
+  writeFileSync(journal, `${add('by-value', 'jti', leaked, 'leaked')}\n${add('by-reason', 'task', 'task-l', `seen in a log: ${leaked}`)}\n`);
+  const dg = await startLifecycle({ file });
+  t.teardown(() => dg.close());
+  const skipped = dg.logs.filter((l) => l.msg === 'revocation journal line skipped');
+  t.equal(skipped.length, 1, 'the value holding a token is reported');
+  t.match(String(skipped[0]!.problem), /^revocation by-value's value holds a whole token/);
+  const listed = await (await fetch(`${dg.admin}/revocations`)).text();
+  t.notMatch(listed, leaked.split('.')[2]!, 'GET /revocations holds no token');
+  t.match(JSON.parse(listed).revocations, [{ id: 'by-reason', reason: /^seen in a log: / }], 'the revocation with the token in its reason stands');
+  t.notMatch(readFileSync(journal, 'utf8'), leaked.split('.')[2]!, 'the compacted journal holds no token');
+  t.notMatch(JSON.stringify(dg.logs), leaked.split('.')[2]!, 'nor does the log');
+  await problem(t, await fetch(`${dg.url}/items/1`, { headers: bearer(leaked) }), 'credential-revoked', 401);
 });
 
 t.test('a subject revoked as ["<issuer>","<subject>"] (as /consumers names it) is revoked from that issuer only', async (t) => {
