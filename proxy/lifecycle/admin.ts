@@ -267,7 +267,9 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     else if (holdsToken(reason)) problems.push('reason holds a whole token: driftguard never stores a token. Say where it leaked instead (a ticket, a log)');
     let endMs = now + config.longestTokenMs;
     if (end !== undefined) {
-      try { endMs = parseTime(String(end)); } catch (err) { problems.push(`end: ${(err as Error).message}`); }
+      // A string only: String() read ["2099-01-01"] as the date inside it.
+      if (typeof end !== 'string') problems.push('end must be a string: an ISO 8601 date or date-time with an offset');
+      else try { endMs = parseTime(end); } catch (err) { problems.push(`end: ${(err as Error).message}`); }
       if (endMs <= now) problems.push('end must be in the future');
     }
     if (problems.length) { routes.problem(res, 400, 'Bad Request', problems.join('; ')); return; }

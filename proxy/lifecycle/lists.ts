@@ -166,13 +166,16 @@ function readEntries(data: unknown, source: 'file' | 'url', now: number, maxEntr
     if (typeof reason !== 'string' || reason === '') { problem('reason', 'must be a non-empty string (why, for operators)'); return; }
     // Told not to paste the token as the value, an operator pastes it as the evidence.
     if (holdsToken(reason)) { problem('reason', 'holds a whole token: driftguard never stores a token; say where it leaked instead'); return; }
+    // A string or a number (an incident number written bare); String() made every object "[object Object]".
+    if (given !== undefined && !(typeof given === 'string' && given !== '') && !(typeof given === 'number' && Number.isFinite(given))) { problem('id', 'must be a non-empty string or a number'); return; }
     if (given !== undefined && holdsToken(String(given))) { problem('id', 'holds a whole token: driftguard never stores a token'); return; }
     let endMs = Infinity;
     if (end !== undefined) {
       // A Date is a YAML timestamp (a %YAML 1.1 document, a !!timestamp tag), which the parser
       // read without an offset as UTC and rolled 2027-02-30 over to March: quoted, as the rules file wants it.
       if (end instanceof Date) { problem('end', 'must be a quoted string, as in the rules file: a YAML timestamp is read as UTC, and 2027-02-30 as March 2'); return; }
-      try { endMs = parseTime(String(end)); } catch (err) { problem('end', (err as Error).message); return; }
+      if (typeof end !== 'string') { problem('end', 'must be a string: an ISO 8601 date or date-time with an offset'); return; }
+      try { endMs = parseTime(end); } catch (err) { problem('end', (err as Error).message); return; }
     }
     const id = given !== undefined ? String(given) : `${source}-${createHash('sha256').update(`${kind}\n${value}`).digest('hex').slice(0, 16)}`;
     if (ids.has(id)) { problem('id', `id "${id}" is used twice`); return; }

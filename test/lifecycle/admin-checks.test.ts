@@ -18,6 +18,9 @@ t.test('each mistake alone is refused with what is wrong', async (t) => {
     ['an end in the past (a typo in the year)', { kind: 'subject', value: 'spiffe://x', reason: 'y', end: '2000-01-01T00:00:00Z' }, /end must be in the future/],
     ['an empty reason', { kind: 'jti', value: 'x', reason: '' }, /reason must be a non-empty string/],
     ['a reason past 1024 characters', { kind: 'jti', value: 'x', reason: 'r'.repeat(1025) }, /reason must be a non-empty string/],
+    // String() read the date inside a list as the end.
+    ['an end in a list', { kind: 'jti', value: 'x', reason: 'y', end: ['2099-01-01'] }, /end must be a string/],
+    ['an end as a number', { kind: 'jti', value: 'x', reason: 'y', end: 4102444800000 }, /end must be a string/],
   ];
   for (const [what, body, said] of cases) {
     const r = await post(body);

@@ -18,6 +18,20 @@ t.test('an id used twice is a problem at the second entry (one of the two revoca
   matchEach(t, problems, [{ field: 'revocations[1].id', message: /id "INC-1" is used twice/ }]);
 });
 
+t.test('an end or an id of the wrong type is a problem (String() read ["2099-01-01"] as the date, and every object as "[object Object]")', async (t) => {
+  const problems = parseList(JSON.stringify({ revocations: [
+    { kind: 'jti', value: 'a', reason: 'r', end: ['2099-01-01'] },
+    { kind: 'jti', value: 'b', reason: 'r', id: { n: 1 } },
+    { kind: 'jti', value: 'c', reason: 'r', id: 4711 },
+  ] }), 'list.json', 'file', NOW, 20_000) as RulesProblem[];
+  matchEach(t, problems, [
+    { field: 'revocations[0].end', message: /^must be a string/ },
+    { field: 'revocations[1].id', message: /^must be a non-empty string or a number/ },
+  ]);
+  const numbered = parseList(JSON.stringify({ revocations: [{ kind: 'jti', value: 'c', reason: 'r', id: 4711 }] }), 'list.json', 'file', NOW, 20_000);
+  t.match(numbered, [{ id: '4711' }], 'an incident number written bare is its id');
+});
+
 t.test('an empty reason is a problem', async (t) => {
   const problems = parseList(JSON.stringify({ revocations: [{ kind: 'jti', value: 'a', reason: '' }] }), 'list.json', 'file', NOW, 20_000) as RulesProblem[];
   matchEach(t, problems, [{ field: 'revocations[0].reason', message: /must be a non-empty string/ }]);
