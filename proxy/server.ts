@@ -18,7 +18,7 @@ import { movingOn } from './checks/deprecation.ts';
 import { decider, type Decide } from './pipeline/decide.ts';
 import { Identity, keySetKey } from './identity/verify.ts';
 import { RulesError, StartError, formatProblem, problemInFile, problemWith } from './rules/load.ts';
-import { Forwarder, hasBody, isWebSocketHandshake, eventStreamAnswer, sentUpstream, streamSockets, withdraw } from './forward/forward.ts';
+import { Forwarder, hasBody, isWebSocketHandshake, eventStreamAnswer, sentUpstream, streamSockets, whollySentUpstream, withdraw } from './forward/forward.ts';
 import { UNPARSED_BODY, FLOOD_CUT, REQUEST_TIMEOUT_CUT, CLIENT_CLOSED, idleClosed, CUT_REASON, DRAIN_CUT, EXPIRED_CUT, RELOAD_CUT, REVOKED_CUT, type ForwardOutcome } from './forward/outcome.ts';
 import { EarlyBytes } from './forward/tunnel.ts';
 import { headerSafe } from './forward/headers.ts';
@@ -1077,18 +1077,20 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
       // An answer not started to a request wholly sent upstream is left to finish: the upstream
       // is acting on what was decided before, and cutting it would only hide the outcome (a
       // client then retries a write it does not know happened). Once its head is sent it
-      // streams, and the next sweep cuts it. An upload still arriving is cut now, and so is a
-      // request still waiting for an upstream connection: nothing was acted on, nothing will be.
+      // streams, and the next sweep cuts it. An upload not yet wholly written upstream is cut
+      // now (the client may have sent it all into a slow upstream's buffers: the upstream has
+      // not read it), and a request still waiting for an upstream connection is withdrawn:
+      // nothing was acted on, nothing will be.
       for (const [res, ctx] of streaming) {
         const unsent = !sentUpstream(res);
-        const picked = res.headersSent || !ctx.req.complete || unsent ? picks(ctx) : undefined;
+        const picked = res.headersSent || !whollySentUpstream(res) || unsent ? picks(ctx) : undefined;
         if (!picked) continue;
         const { reason, retryAfter } = picked;
         answers++;
         // Not sent yet, and no answer begun: withdrawn, and the client is told why, as its
         // next request would be (a reset hid whether a write was made).
         const why = WITHDRAWN[reason as keyof typeof WITHDRAWN] as string | undefined;
-        if (why !== undefined && unsent && !res.headersSent && ctx.req.complete && withdraw(res, reason as keyof typeof WITHDRAWN, `${why} while the request waited for an upstream connection: it was not sent`, retryAfter)) continue;
+        if (why !== undefined && unsent && !res.headersSent && withdraw(res, reason as keyof typeof WITHDRAWN, `${why} while the request waited for an upstream connection: it was not sent`, retryAfter)) continue;
         cut(res, ctx, REVOKED_CUT, reason);
       }
       for (const [socket, ctx] of handshakes) {

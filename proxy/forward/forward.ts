@@ -42,6 +42,12 @@ const exchanges = new WeakMap<ServerResponse, Exchange>();
 export function sentUpstream(res: ServerResponse): boolean { return exchanges.get(res)?.sent ?? false; }
 
 /**
+ * Whether undici wrote the request's last byte upstream: not whether the client sent it all
+ * (req.complete), which a slow upstream may still be far from reading.
+ */
+export function whollySentUpstream(res: ServerResponse): boolean { return exchanges.get(res)?.whollySent ?? false; }
+
+/**
  * Whether the upstream answers `res` with an event stream (`text/event-stream`, whatever its
  * parameters: HTML's server-sent events, MCP's streamable HTTP): a channel held open, which
  * ends when what it was decided with stops holding (server.ts followStreams).
@@ -121,6 +127,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   #withdrawn = false;
   /** undici began writing the request upstream (sentUpstream). */
   #sent = false;
+  /** undici wrote the request's last byte upstream (whollySentUpstream). */
+  #whollySent = false;
   /** The upstream's answer is an event stream (eventStreamAnswer). */
   #eventStream = false;
   /** proxy.timeouts.clientRead (0: no limit). */
@@ -191,6 +199,8 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
 
   get sent(): boolean { return this.#sent; }
 
+  get whollySent(): boolean { return this.#whollySent; }
+
   get eventStream(): boolean { return this.#eventStream; }
 
   /** `again` sends the request once more, should its connection turn out closed (CLOSED_UNDER). */
@@ -210,7 +220,7 @@ class Exchange implements Dispatcher.DispatchHandler, Queued {
   }
 
   /** undici wrote the request's last byte. */
-  onRequestSent(): void { this.#interim.sent(); }
+  onRequestSent(): void { this.#whollySent = true; this.#interim.sent(); }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     this.#answered = true;

@@ -415,6 +415,41 @@ t.test('a request withdrawn for a quarantine placed while it waited for an upstr
   t.equal(arrived, 1, 'never sent');
 });
 
+t.test('an upload whose body is still arriving while it waits for an upstream connection is withdrawn with 401 when its credential is revoked, and the connection closed', async (t) => {
+  const w = await world();
+  const arrived: string[] = [];
+  let release = () => {};
+  const held = new Promise<void>((r) => { release = r; });
+  w.up.handler = (req, res) => { arrived.push(req.url!); req.resume(); if (req.url === '/items/1') void held.then(() => res.end('one')); else req.on('end', () => res.end('two')); };
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; r.monitors = monitorsOnly({}); r.proxy.connections = 1; r.proxy.timeouts.connect = '10s'; r.proxy.timeouts.response = '10s'; }));
+  t.teardown(async () => { release(); await dg.close(); await w.close(); });
+  const first = fetch(`${dg.url}/items/1`, { headers: bearer(await w.token()) }).then((r) => r.text());
+  t.ok(await until(() => arrived.length === 1), 'a request holds the only connection');
+  const s = connect(Number(new URL(dg.url).port), '127.0.0.1');
+  t.teardown(() => { s.destroy(); });
+  let got = '';
+  let closed = false;
+  s.on('data', (c: Buffer) => { got += c.toString('latin1'); });
+  s.on('error', () => {});
+  s.on('close', () => { closed = true; });
+  await new Promise((r) => s.once('connect', r));
+  // A tenth of the body: the rest never comes.
+  s.write(`PUT /items/2/blob HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${await w.token({ scope: 'items.write', omit: ['jti'], claims: { jti: 'upload-1' } })}\r\nContent-Length: 10000\r\n\r\n${'x'.repeat(1000)}`);
+  t.ok(await until(() => dg.seen.length === 2 && dg.seen[1]!.decision !== undefined), 'the upload is decided and waits for the pool');
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'jti', value: 'upload-1', reason: 'compromised' }) });
+  t.equal(made.status, 201);
+  await made.text();
+  t.ok(await until(() => closed, 3_000), 'the connection is closed (the rest of the body is never read)');
+  // Before: closed with no answer at all, so the client could not tell whether its write was made.
+  t.match(got, /^HTTP\/1\.1 401 /, 'answered 401');
+  t.match(got, /\r\nconnection: close\r\n/i, 'saying the connection closes');
+  t.match(got, /waited for an upstream connection: it was not sent/);
+  release();
+  t.equal(await first, 'one');
+  await new Promise((r) => setTimeout(r, 200));
+  t.same(arrived, ['/items/1'], 'the upload never reached the upstream');
+});
+
 t.test('a request still waiting for an upstream connection when its credential is revoked is never sent', async (t) => {
   // Decided before the revocation but queued for the pool's only connection: nothing was
   // acted on, so the sweep stops it (before, it was left as "wholly sent" and went upstream
