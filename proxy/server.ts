@@ -326,8 +326,11 @@ export function startDriftguard(rules: Rules, options: DriftguardOptions = {}): 
     const arrival = pipelining.arrive(line, turn, body, draining, () => {
       // Destroyed, or ending after an answer that closed it (draining, HTTP/1.0, Connection:
       // close, a malformed request): nobody would get this answer, so it is not decided.
-      // Or dropped while it waited (its own bytes could not be parsed: clientError).
-      if (socket.destroyed || !socket.writable || turn.dropped === true) { responses.delete(res); settled(); finish(turn, line); return; }
+      // Or dropped while it waited (its own bytes could not be parsed: clientError). Or the
+      // drain began while it waited behind an answer whose head had said keep-alive: a request
+      // not yet decided when the drain begins is not decided (README, Graceful shutdown), and
+      // the connection ends once that answer is done.
+      if (socket.destroyed || !socket.writable || turn.dropped === true || draining) { responses.delete(res); settled(); finish(turn, line); return; }
       run();
     });
     if (arrival === 'now') run();

@@ -73,6 +73,35 @@ t.test('a connection kept alive by an answer sent before the drain is closed onc
   t.notMatch(c.text(), /late/);
 });
 
+t.test('a request pipelined before the drain behind an answer that said keep-alive is not decided once the drain begins', async (t) => {
+  const w = await world(t);
+  let finishStream: (() => void) | undefined;
+  w.up.handler = (req, res) => {
+    req.resume();
+    if (req.url === '/status?stream') {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first part;');
+      finishStream = () => res.end('last part');
+    } else {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('second answered');
+    }
+  };
+  const c = await open(w.port);
+  // Both in one write: the second is read before the drain, and waits its turn.
+  c.s.write('GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\nGET /status?second HTTP/1.1\r\nHost: a\r\n\r\n');
+  t.ok(await until(() => c.text().includes('first part;')), 'the stream started');
+  t.match(c.text(), /connection: keep-alive/i, 'its head went out saying keep-alive');
+  const drained = w.dg.dg.drain(3_000);
+  await new Promise((r) => setTimeout(r, 50));
+  finishStream!();
+  await c.ended;
+  await drained;
+  t.match(c.text(), /last part/, 'the answer in flight was finished');
+  // Before: its turn came as the first answer ended, and it was decided and forwarded.
+  t.same(w.up.seen.map((s) => s.url), ['/status?stream'], 'the waiting request never reached the upstream');
+  t.notMatch(c.text(), /second answered/);
+});
+
 t.test('a request read behind an answer in flight during the drain is not decided; the answer still finishes', async (t) => {
   const w = await world(t);
   let finishStream: (() => void) | undefined;
