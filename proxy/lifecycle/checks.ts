@@ -443,7 +443,7 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
     name: 'retry-storm',
     once: true,
     async run(ctx) {
-      if (!watched(m, ctx)) return undefined;
+      if (!watched(m, ctx) || keyRefused(rules, ctx)) return undefined;
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return BODY_UNREADABLE;
       const times = state.monitors.repeatsOf(fingerprint, writer(ctx), r.maxFingerprintsPerConsumer);
@@ -499,7 +499,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
       // each pass this count before any is recorded: it is read first, so that nothing waits
       // between this count and that record. (The retry-storm check, when on, has read it.)
       // Only then a promise: most requests are counted at once.
-      if (!idempotencyReads(m, ctx)) return count(ctx);
+      if (!idempotencyReads(m, ctx) || keyRefused(rules, ctx)) return count(ctx);
       return requestFingerprint(ctx, m).then((f) => (f === undefined ? BODY_UNREADABLE : count(ctx)));
     },
   };
@@ -509,6 +509,23 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
 function idempotencyReads(m: Monitors, ctx: RequestContext): boolean {
   const i = m.idempotency;
   return i.mode !== 'off' && watched(m, ctx) && BODY_METHODS.has(ctx.req.method ?? '') && SENSITIVITY_RANK[ctx.operation!.sensitivity] >= i.atRank;
+}
+
+/** The idempotency check's refusal of a write without a usable key, which needs no body; undefined when the key is usable. */
+function keyMissing(i: Monitors['idempotency'], ctx: RequestContext): Denial | undefined {
+  const raw = ctx.req.headers[i.header];
+  if (typeof raw === 'string' && /^[\x21-\x7e]{1,255}$/.test(raw)) return undefined;
+  return { reason: 'idempotency-key-required', detail: `send one ${i.header} header of 1 to 255 visible characters with this write` };
+}
+
+/**
+ * Whether the idempotency check will refuse this request, enforced, for its key alone: the
+ * checks before it then leave its body unread, so that the refusal comes instead of a
+ * `100 Continue` and an upload that nobody reads (README, What the caller sees).
+ */
+function keyRefused(rules: Rules, ctx: RequestContext): boolean {
+  const m = configOf(rules).monitors;
+  return rules.proxy.mode === 'enforce' && m.idempotency.mode === 'enforce' && idempotencyReads(m, ctx) && keyMissing(m.idempotency, ctx) !== undefined;
 }
 
 /** Idempotency-Key on sensitive writes; reused keys and duplicates refused. Last: it reserves the key. */
@@ -522,10 +539,9 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
     once: true,
     async run(ctx) {
       if (!idempotencyReads(m, ctx)) return undefined;
-      const raw = ctx.req.headers[i.header];
-      if (typeof raw !== 'string' || !/^[\x21-\x7e]{1,255}$/.test(raw)) {
-        return verdict(ctx, i.mode, { reason: 'idempotency-key-required', detail: `send one ${i.header} header of 1 to 255 visible characters with this write` });
-      }
+      const missing = keyMissing(i, ctx);
+      if (missing) return verdict(ctx, i.mode, missing);
+      const raw = ctx.req.headers[i.header] as string;
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return BODY_UNREADABLE;
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.

@@ -87,3 +87,25 @@ t.test('a check that reads the body (the monitors\' fingerprint) sends the 100 b
   c.socket.write('{"a":1}');
   t.ok(await c.waitFor(/HTTP\/1\.1 200 [^]*"bodyBytes":7/), 'hashed, then forwarded whole');
 });
+
+t.test('a write refused for its missing idempotency key gets the 400 instead of the 100, though the monitors read bodies', async (t) => {
+  const w = await lifecycleWorld();
+  // The monitors at their defaults: retry-storm and traversal read a payment's body before the
+  // idempotency check looks at its key.
+  const dg = await startLifecycle(w.rules((r) => { r.credentials = { taskBindingAt: 'never' }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const port = Number(new URL(dg.url).port);
+  const c = rawClient(port, head({ port }, 'POST', '/payments', { authorization: `Bearer ${await w.token()}`, expect: '100-continue', 'content-length': '12', 'content-type': 'application/json' }));
+  t.teardown(() => c.socket.destroy());
+  t.ok(await c.waitFor(/\r\n\r\n\{.*\}$/s), 'a final answer arrived');
+  // Before: 100 Continue, the client's upload read, then the 400.
+  t.match(c.text(), /^HTTP\/1\.1 400 [^]*"code":"idempotency-key-required"/, 'the refusal, first');
+  t.notMatch(c.text(), /100 Continue/, 'the client was never told to send the body');
+  t.equal(w.up.seen.length, 0, 'the upstream saw nothing');
+  // With a key, the body is wanted: the 100 comes.
+  const keyed = rawClient(port, head({ port }, 'POST', '/payments', { authorization: `Bearer ${await w.token()}`, 'idempotency-key': 'k-1', expect: '100-continue', 'content-length': '12', 'content-type': 'application/json' }));
+  t.teardown(() => keyed.socket.destroy());
+  t.ok(await keyed.waitFor(/^HTTP\/1\.1 100 Continue\r\n\r\n/), '100 Continue with a key');
+  keyed.socket.write('{"amount":1}');
+  t.ok(await keyed.waitFor(/HTTP\/1\.1 20\d /), 'then forwarded');
+});
