@@ -344,8 +344,11 @@ export class Forwarder {
   readonly #connectMs: number;
   readonly #clientReadMs: number;
   readonly #responseMs: number;
+  /** proxy.upstreamHost: the Host every forwarded request carries; undefined: the client's. */
+  readonly #upstreamHost: string | undefined;
 
   constructor(rules: ProxyRules) {
+    this.#upstreamHost = rules.upstreamHost;
     this.#tunnelIdleMs = rules.timeouts.tunnelIdleMs;
     this.#clientIdleMs = rules.timeouts.clientIdleMs;
     this.#connectMs = rules.timeouts.connectMs;
@@ -382,7 +385,7 @@ export class Forwarder {
       const options: Dispatcher.DispatchOptions = {
         path,
         method: req.method as 'GET',
-        headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
+        headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own, this.#upstreamHost),
         // A check that read the (small) body whole hands its bytes on; otherwise stream it.
         body: body ?? (hasBody(req) ? req : null),
       };
@@ -410,7 +413,7 @@ export class Forwarder {
         method: 'GET',
         // Upgrade and Connection are hop-by-hop and dropped with the rest; undici writes this
         // hop's pair from `upgrade`. The Sec-WebSocket-* headers are end to end and go on.
-        headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own),
+        headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own, this.#upstreamHost),
         upgrade: req.headers.upgrade as string,
         body: null,
       }, tunnel);

@@ -32,7 +32,7 @@ export function connectionNamed(value: string | string[] | undefined): Set<strin
  * Request headers for the upstream as a flat [name, value, ...] list (duplicates kept, in
  * order), plus driftguard's own. `raw` is req.rawHeaders.
  */
-export function upstreamRequestHeaders(raw: readonly string[], connection: string | string[] | undefined, remoteAddress: string | undefined, own: Record<string, string>): string[] {
+export function upstreamRequestHeaders(raw: readonly string[], connection: string | string[] | undefined, remoteAddress: string | undefined, own: Record<string, string>, upstreamHost?: string): string[] {
   const named = connectionNamed(connection);
   // A tracestate belongs to the traceparent it came with (W3C Trace Context §3.3): when
   // driftguard sends its own traceparent, the caller's tracestate goes only if driftguard
@@ -45,7 +45,9 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const lower = name.toLowerCase();
-    if (lower === 'host') { host = raw[i + 1]!; out.push(name, raw[i + 1]!); continue; }
+    // proxy.upstreamHost, where set, replaces it (below): an upstream that routes by Host
+    // serves the app the rules describe, whatever Host the caller named.
+    if (lower === 'host') { host = raw[i + 1]!; if (upstreamHost === undefined) out.push(name, raw[i + 1]!); continue; }
     if (lower === 'x-forwarded-for') { forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]; continue; }
     // The scheme a TLS-terminating proxy in front says the client used: an app that redirects
     // plain http to https (Rails' force_ssl) looped when driftguard said http. Its lines are
@@ -62,6 +64,7 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
   // two), the first may be the client's own and the last a proxy's, and nothing says which.
   const scheme = proto?.trim().toLowerCase();
   out.push('x-forwarded-proto', scheme === 'https' || scheme === 'http' ? scheme : 'http');
+  if (upstreamHost !== undefined) out.push('host', upstreamHost);
   if (host !== undefined) out.push('x-forwarded-host', host);
   for (const [name, value] of Object.entries(own)) out.push(name, value);
   return out;

@@ -518,7 +518,7 @@ function decodedShape(shape: string): string {
 
 // ---- the shape the schema guarantees (defaults applied) ----
 interface RawRules {
-  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; clientKeepAlive: string; request: string; clientRead: string; tunnelIdle: string; upstreamIdle: string }; connections?: number; clientConnections: number; ignoredCookies: string[] };
+  proxy: { listen: string; upstream: string; admin: string; probes?: string; mode: 'enforce' | 'audit'; timeouts: { connect: string; response: string; clientIdle?: string; clientKeepAlive: string; request: string; clientRead: string; tunnelIdle: string; upstreamIdle: string }; connections?: number; clientConnections: number; ignoredCookies: string[]; upstreamHost?: string };
   identity: {
     issuers: { issuer: string; profile: IssuerProfile; trustDomain?: string; audiences: string[]; algorithms: string[]; typ?: string; jwks?: { file?: string; url?: string; discovery?: string; tokenFile?: string; caFile?: string; refresh?: string; cooldown?: string; timeout?: string; insecureHttp?: boolean } }[];
     clockSkew: string; maxTokenLifetime: { automation: string; human: string }; cache: { maxEntries: number; maxTokenBytes: number; maxBytes: number };
@@ -860,6 +860,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       connections: raw.proxy.connections ?? Math.min(MAX_UPSTREAM_CONNECTIONS, raw.proxy.clientConnections),
       clientConnections: raw.proxy.clientConnections,
       ignoredCookies: Object.freeze([...raw.proxy.ignoredCookies]),
+      ...(raw.proxy.upstreamHost !== undefined ? { upstreamHost: raw.proxy.upstreamHost } : {}),
     }),
     identity: Object.freeze({
       issuers: Object.freeze(issuers),

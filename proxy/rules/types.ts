@@ -43,6 +43,8 @@ export interface ProxyRules {
   readonly clientConnections: number;
   /** Cookies the upstream never authenticates from: not searched for a second credential. */
   readonly ignoredCookies: readonly string[];
+  /** The Host every forwarded request carries (the client's then only in X-Forwarded-Host); unset: the client's. */
+  readonly upstreamHost?: string;
 }
 
 export type JwksSource =

@@ -5,6 +5,11 @@ import t from 'tap';
 import { raw, get } from '../support/raw.ts';
 import { world, AGENT, HUMAN } from './world.ts';
 import { ISSUER } from '../support/keys.ts';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { baseRules, writeRules } from '../support/driftguard.ts';
+import { loadRules } from '../../proxy/rules/load.ts';
 
 t.test('warn: a deprecated low-sensitivity operation is forwarded and flagged', async (t) => {
   const w = await world(t);
@@ -170,6 +175,28 @@ t.test('the upstream gets driftguard\'s headers, never the client\'s spoofed one
   const r = await raw(w.port, get('/status', ['DrIfTgUaRd-Consumer: a', 'driftguard-consumer: b']));
   t.equal(r.status, 200);
   t.notOk('driftguard-consumer' in w.up.seen[2]!.headers);
+});
+
+t.test('proxy.upstreamHost: every forwarded request carries it as Host, the client\'s Host in X-Forwarded-Host only', async (t) => {
+  // An upstream that routes by Host (virtual hosts) would otherwise serve whichever app the
+  // caller names, judged as the operation its path matched.
+  const w = await world(t, (r) => { r.proxy.upstreamHost = 'api.internal:8080'; });
+  const tok = await w.tok();
+  for (const host of ['api.test', 'admin.internal']) {
+    const before = w.up.seen.length;
+    const a = await raw(w.port, `GET /items/1 HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${tok}\r\n\r\n`);
+    t.equal(a.status, 200);
+    const seen = w.up.seen[before]!;
+    t.equal(seen.headers['host'], 'api.internal:8080', `Host: ${host} goes upstream as the pinned host`);
+    t.equal(seen.headers['x-forwarded-host'], host, 'the client\'s in X-Forwarded-Host');
+    t.equal(seen.rawHeaders.filter((n, i) => i % 2 === 0 && n.toLowerCase() === 'host').length, 1, 'one Host line');
+  }
+});
+
+t.test('proxy.upstreamHost that is no host[:port] stops the rules load, naming the field', async (t) => {
+  for (const bad of ['api internal', 'a/b', 'x:65536', '']) {
+    t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks', (r) => { r.proxy.upstreamHost = bad; }), mkdtempSync(join(tmpdir(), 'dg-host-')))), /proxy\.upstreamHost/, JSON.stringify(bad));
+  }
 });
 
 t.test('hop-by-hop, Connection-named and method-override headers never reach the upstream', async (t) => {
