@@ -7,8 +7,8 @@
 // found its kept-alive connection closed under it is sent once more.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Socket } from 'node:net';
-import { Pool, type Dispatcher } from 'undici';
+import { Socket, isIP } from 'node:net';
+import { Pool, buildConnector, type Dispatcher } from 'undici';
 import type { ProxyRules } from '../rules/types.ts';
 import { upstreamRequestHeaders, clientResponseHeaders, withOwnHeaders } from './headers.ts';
 import { CLIENT_CLOSED, CLOSED_UNDER, clientCut, connectionWaitTimeout, errorCode, expireIfWaiting, failed, InterimWait, statusError, transferCodingError, type ForwardOutcome, type Queued } from './outcome.ts';
@@ -335,6 +335,24 @@ function sendAgain(req: IncomingMessage, body: Buffer | undefined): boolean {
   return (req.method === 'GET' || req.method === 'HEAD' || req.method === 'OPTIONS') && body === undefined && !hasBody(req);
 }
 
+/**
+ * An https upstream's TLS server name, and the connector that sends it. undici takes the SNI,
+ * and the name the upstream's certificate is checked against, from each request's Host, which
+ * the caller chooses: an upstream routing by SNI would serve the backend a caller named, and a
+ * caller varying its Host made the pool drop its connections ("servername changed"). Pinned
+ * to proxy.upstreamHost's host, else proxy.upstream's; an IP address is sent as no SNI (RFC
+ * 6066), the certificate then checked against the address connected to.
+ */
+function upstreamServerName(rules: ProxyRules): { servername: string; connect: buildConnector.connector } | undefined {
+  const origin = new URL(rules.upstream);
+  if (origin.protocol !== 'https:') return undefined;
+  const servername = new URL(`https://${rules.upstreamHost ?? origin.host}`).hostname.replace(/^\[(.*)\]$/, '$1');
+  const base = buildConnector({ timeout: rules.timeouts.connectMs });
+  // The same name on every request, so that undici never drops a connection for a change of name.
+  const connect: buildConnector.connector = (options, callback) => { base({ ...options, servername: isIP(servername) ? '' : servername }, callback); };
+  return { servername, connect };
+}
+
 export class Forwarder {
   readonly #pool: Pool;
   readonly #tunnelIdleMs: number;
@@ -346,6 +364,8 @@ export class Forwarder {
   readonly #responseMs: number;
   /** proxy.upstreamHost: the Host every forwarded request carries; undefined: the client's. */
   readonly #upstreamHost: string | undefined;
+  /** An https upstream's server name, the same for every request (upstreamServerName); undefined for http. */
+  readonly #servername: string | undefined;
 
   constructor(rules: ProxyRules) {
     this.#upstreamHost = rules.upstreamHost;
@@ -354,7 +374,10 @@ export class Forwarder {
     this.#connectMs = rules.timeouts.connectMs;
     this.#clientReadMs = rules.timeouts.clientReadMs;
     this.#responseMs = rules.timeouts.responseMs;
+    const tls = upstreamServerName(rules);
+    this.#servername = tls?.servername;
     this.#pool = new Pool(rules.upstream, {
+      ...(tls ? { connect: tls.connect } : {}),
       connections: rules.connections,
       connectTimeout: rules.timeouts.connectMs,
       headersTimeout: rules.timeouts.responseMs,
@@ -386,6 +409,7 @@ export class Forwarder {
         path,
         method: req.method as 'GET',
         headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own, this.#upstreamHost),
+        ...(this.#servername !== undefined ? { servername: this.#servername } : {}),
         // A check that read the (small) body whole hands its bytes on; otherwise stream it.
         body: body ?? (hasBody(req) ? req : null),
       };
@@ -414,6 +438,7 @@ export class Forwarder {
         // Upgrade and Connection are hop-by-hop and dropped with the rest; undici writes this
         // hop's pair from `upgrade`. The Sec-WebSocket-* headers are end to end and go on.
         headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own, this.#upstreamHost),
+        ...(this.#servername !== undefined ? { servername: this.#servername } : {}),
         upgrade: req.headers.upgrade as string,
         body: null,
       }, tunnel);

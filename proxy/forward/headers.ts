@@ -64,8 +64,10 @@ export function upstreamRequestHeaders(raw: readonly string[], connection: strin
   // two), the first may be the client's own and the last a proxy's, and nothing says which.
   const scheme = proto?.trim().toLowerCase();
   out.push('x-forwarded-proto', scheme === 'https' || scheme === 'http' ? scheme : 'http');
-  if (upstreamHost !== undefined) out.push('host', upstreamHost);
-  if (host !== undefined) out.push('x-forwarded-host', host);
+  // Pinned, it is X-Forwarded-Host too: Rails, and Express or Django when told to trust a
+  // proxy, take the host from X-Forwarded-Host first, and would route by the caller's.
+  if (upstreamHost !== undefined) out.push('host', upstreamHost, 'x-forwarded-host', upstreamHost);
+  else if (host !== undefined) out.push('x-forwarded-host', host);
   for (const [name, value] of Object.entries(own)) out.push(name, value);
   return out;
 }
