@@ -672,7 +672,11 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
     // with them every token forged (OpenID Connect Discovery: jwks_uri MUST be https). On
     // loopback, or where the operator says the path is protected (a mesh's mTLS), allowed.
     const fetched = j.url ?? j.discovery;
-    if (fetched !== undefined && plainHttpElsewhere(fetched) && j.insecureHttp !== true) {
+    // Not quoted, as proxy.upstream: a URL that does not parse may still carry a credential. A
+    // bad one was taken, and every token then refused as identity-unavailable for good (its
+    // fetch failed, read as a passing outage, and a reload to it retried every 30 s).
+    if (fetched !== undefined && !URL.canParse(fetched)) fail([...here, 'jwks', j.url !== undefined ? 'url' : 'discovery'], 'is not a URL');
+    else if (fetched !== undefined && plainHttpElsewhere(fetched) && j.insecureHttp !== true) {
       fail([...here, 'jwks', j.url !== undefined ? 'url' : 'discovery'], 'is plain http to a host that is not loopback: anyone on the path could substitute the keys and forge any token; use https, or set insecureHttp: true where the path is protected (a mesh\'s mTLS)');
     }
     if (jwks.kind === 'discovery' && jwks.tokenFile !== undefined && !jwks.discovery.startsWith('https://')) {

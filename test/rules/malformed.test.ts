@@ -133,6 +133,9 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // A password without a user name is a credential too; and a URL that does not parse is not quoted: it may carry one.
   { name: 'upstream with a password only', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://:PWSECRET@127.0.0.1:9"'), line: 3, field: 'proxy.upstream', message: /^must be an origin only/ },
   { name: 'upstream that is not a URL', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://ops:PWSECRET@127.0.0.1:99999/?token=QSECRET"'), line: 3, field: 'proxy.upstream', message: /^is not a URL$/ },
+  // Taken before: every token then refused as identity-unavailable, for good.
+  { name: 'key set URL that is not a URL', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://ops:PWSECRET@127.0.0.1:99999/jwks.json" }'), line: 11, field: 'identity.issuers[0].jwks.url', message: /^is not a URL$/ },
+  { name: 'discovery URL that is not a URL', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { discovery: "https://issuer example.com" }'), line: 11, field: 'identity.issuers[0].jwks.discovery', message: /^is not a URL$/ },
   { name: 'revocation list URL that is not a URL', text: VALID + 'revocation:\n  url: "https://ops:PWSECRET@lists.example:99999/r?token=QSECRET"\n', line: 31, field: 'revocation.url', message: /^is not a URL$/ },
   { name: 'idempotency key header that is the credential', text: VALID + 'monitors:\n  idempotency: { header: Authorization }\n', line: 31, field: 'monitors.idempotency.header', message: /has a meaning of its own/ },
   { name: 'idempotency key header that is the contract version\'s', text: VALID + 'monitors:\n  idempotency: { header: contract-version }\n', line: 31, field: 'monitors.idempotency.header', message: /has a meaning of its own/ },
