@@ -452,6 +452,12 @@ export function parseRules(text: string, source: string, overrides: Overrides = 
   // value was loaded as its literal text: an owner or an audience other than the one written.
   const unresolved = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
   const merges = oddKeys(doc);
+  // A %YAML 1.1 directive makes the parser read the file as YAML 1.1: merge keys applied (the
+  // refusal above looks for the 1.2 reading's `<<` field), `yes` and `y` booleans, 4:16 the
+  // number 256. The rules are YAML 1.2, as the schema and this reference describe them.
+  if (doc.directives?.yaml.explicit === true && doc.directives.yaml.version !== '1.2') {
+    merges.unshift({ offset: Math.max(0, text.search(/^%YAML/m)), message: `a %YAML ${doc.directives.yaml.version} directive: the rules are read as YAML 1.2 only (1.1 reads yes as true, 4:16 as 256 and applies merge keys); remove the directive` });
+  }
   if (doc.errors.length > 0 || unresolved.length > 0 || merges.length > 0) {
     throw new RulesError([...doc.errors, ...unresolved].map((e) => {
       const pos = lines.linePos(e.pos[0]);

@@ -133,6 +133,8 @@ const cases: { name: string; text: string; line: number | number[]; field: strin
   // A password without a user name is a credential too; and a URL that does not parse is not quoted: it may carry one.
   { name: 'upstream with a password only', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://:PWSECRET@127.0.0.1:9"'), line: 3, field: 'proxy.upstream', message: /^must be an origin only/ },
   { name: 'upstream that is not a URL', text: edit('upstream: http://127.0.0.1:9', 'upstream: "http://ops:PWSECRET@127.0.0.1:99999/?token=QSECRET"'), line: 3, field: 'proxy.upstream', message: /^is not a URL$/ },
+  // Read as YAML 1.1 before: merge keys applied past their refusal, `yes` a boolean, 4:16 the number 256.
+  { name: 'a %YAML 1.1 directive', text: '%YAML 1.1\n---\n' + edit('upstream: http://127.0.0.1:9', 'upstream: http://127.0.0.1:9\n  clientConnections: 4:16'), line: 1, field: '', message: /^a %YAML 1\.1 directive: the rules are read as YAML 1\.2 only/ },
   // Taken before: every token then refused as identity-unavailable, for good.
   { name: 'key set URL that is not a URL', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { url: "http://ops:PWSECRET@127.0.0.1:99999/jwks.json" }'), line: 11, field: 'identity.issuers[0].jwks.url', message: /^is not a URL$/ },
   { name: 'discovery URL that is not a URL', text: edit('jwks: { url: "http://127.0.0.1:9/jwks.json" }', 'jwks: { discovery: "https://issuer example.com" }'), line: 11, field: 'identity.issuers[0].jwks.discovery', message: /^is not a URL$/ },
