@@ -195,6 +195,11 @@ function exporterVariables(env: Env, readFiles: boolean): void {
     if (v === undefined || !readFiles) continue;
     try { accessSync(v, constants.R_OK); } catch (err) { throw new TypeError(`${name}: cannot read ${v}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`); }
   }
+  // The exporter drops any other value with a warning nobody sees, and sends uncompressed.
+  for (const name of ['OTEL_EXPORTER_OTLP_COMPRESSION', 'OTEL_EXPORTER_OTLP_TRACES_COMPRESSION']) {
+    const v = str(env, name);
+    if (v !== undefined && v.trim() !== 'gzip' && v.trim() !== 'none') throw new TypeError(`${name}=${JSON.stringify(v.slice(0, 32))}: must be gzip or none (lowercase)`);
+  }
   const { bad } = resourceAttributes(env);
   if (bad !== undefined) throw new TypeError(`OTEL_RESOURCE_ATTRIBUTES: entry ${bad} is not key=value (one =, percent-encoded, at most 255 characters each): the SDK would drop every attribute of the variable`);
 }

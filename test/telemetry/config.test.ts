@@ -50,6 +50,11 @@ t.test('bad values stop start-up, naming what is wrong', async (t) => {
   t.throws(() => telemetryConfig(rules((r) => { r.telemetry = { traces: { exportTimeout: '24d' } }; }), {}), /exportTimeout.*must be at most 1h/);
   t.throws(() => loadRules(writeRules(baseRules('http://127.0.0.1:1', 'http://127.0.0.1:2/jwks.json', (r) => { r.telemetry = { traces: { exportTimeout: '61m' } }; }))), /:\d+:\d+: telemetry\.traces\.exportTimeout: must be at most 1h/);
   t.equal(telemetryConfig(rules((r) => { r.telemetry = { traces: { exportTimeout: '1h' } }; }), {}).traces.exportTimeoutMs, 3_600_000, '1h is taken');
+  // A compression the exporter does not know was dropped with a warning nobody saw, and spans went out uncompressed.
+  for (const name of ['OTEL_EXPORTER_OTLP_COMPRESSION', 'OTEL_EXPORTER_OTLP_TRACES_COMPRESSION']) {
+    for (const bad of ['gzp', 'GZIP', 'br']) t.throws(() => telemetryConfig(rules(), { [name]: bad }), new RegExp(`^${name}=".*": must be gzip or none`), `${name}=${bad}`);
+    for (const good of ['gzip', 'none', ' gzip ']) t.doesNotThrow(() => telemetryConfig(rules(), { [name]: good }), `${name}=${good} is taken`);
+  }
   // The collector's address from the environment is checked as the rules' own is: not left to
   // fail every export, or to send spans to the default endpoint.
   for (const name of ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT']) {
