@@ -2,7 +2,7 @@
 // line, column and field it concerns, all at once, so one edit-run cycle fixes them all.
 // A RulesError stops start-up (or a reload); it is never a request-time denial.
 
-import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createHash } from 'node:crypto';
@@ -329,6 +329,31 @@ function roomFor(size: number): string | undefined {
   return `the rules file is ${Math.ceil(size / 1024)} KiB: loading it takes about ${mib(need)} MiB of heap, and ${mib(Math.max(0, limit - used))} of the heap's ${mib(limit)} MiB are free; make the file smaller, or raise the heap (--max-old-space-size in NODE_OPTIONS, the chart's sidecar.nodeOptions) and the memory limit with it`;
 }
 
+/**
+ * A file of unknown size (`check`'s pipe, a device), read a piece at a time and weighed each
+ * time what was read doubles: read whole first, one that never ends (/dev/zero, `<(yes)`)
+ * grew until the kernel killed the process, with no message.
+ */
+function readWeighed(source: string, weigh: (size: number) => void): Buffer {
+  const fd = openSync(source, 'r');
+  try {
+    const pieces: Buffer[] = [];
+    let size = 0;
+    let next = ALWAYS_ROOM_BYTES;
+    for (;;) {
+      const piece = Buffer.allocUnsafe(64 * 1024);
+      const n = readSync(fd, piece, 0, piece.length, null);
+      if (n === 0) break;
+      pieces.push(n === piece.length ? piece : piece.subarray(0, n));
+      size += n;
+      if (size > next) { weigh(size); next *= 2; }
+    }
+    return Buffer.concat(pieces, size);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 let gc: (() => void) | undefined;
 /** A full garbage collection: V8's `gc`, exposed once for it (Node's flag, set at run time). */
 function collectGarbage(): void {
@@ -349,7 +374,7 @@ export function loadRules(file: string, overrides: Overrides = {}, options: Load
   let bytes: Buffer;
   const tooLarge = (size: number) => { const m = roomFor(size); if (m !== undefined) throw new RulesError([{ file: source, line: 0, column: 0, field: '', message: m }]); };
   try {
-    bytes = options.pipe ? readFileSync(source) : readRegularFile(source, tooLarge);
+    bytes = options.pipe ? readWeighed(source, tooLarge) : readRegularFile(source, tooLarge);
   } catch (err) {
     if (err instanceof RulesError) throw err;
     const code = (err as NodeJS.ErrnoException).code;

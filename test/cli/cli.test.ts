@@ -354,6 +354,13 @@ t.test('run refuses a rules file that is a named pipe: each reload would hold th
   t.match(r.stderr, /rules\.yaml: \(top level\): is not a regular file \(a named pipe, a socket, a device or a folder\): driftguard run reads its rules file again at each reload/);
 });
 
+t.test('check weighs a file of unknown size as it reads it: one that never ends (/dev/zero) is refused, not read until the kernel kills the process', async (t) => {
+  // Under a small heap, so that the refusal comes after a few MiB. Before: read whole first.
+  const r = await cli(['check', '/dev/zero'], { env: { NODE_OPTIONS: '--max-old-space-size=64' } });
+  t.equal(r.code, 1);
+  t.match(r.stderr, /\/dev\/zero: \(top level\): the rules file is \d+ KiB: loading it takes about \d+ MiB of heap/);
+});
+
 t.test('run on a rules path that cannot be looked at (a symlink loop) says so as check does, without a stack trace', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'dg-loop-'));
   symlinkSync(join(dir, 'b.yaml'), join(dir, 'a.yaml'));
