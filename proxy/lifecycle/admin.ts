@@ -19,7 +19,7 @@ import type { Quarantine } from './monitors.ts';
 import type { Log } from '../features.ts';
 import { parseTime } from '../rules/durations.ts';
 import { malformedCredentialLines, parseAdminCredentials, type AdminCredential } from './config.ts';
-import { isRevocationKind, matchedValue, revocationView, subjectKey, REVOCATION_KINDS, type Revocation } from './revocations.ts';
+import { isRevocationKind, matchedValue, revocationView, subjectKey, unitsOf, REVOCATION_KINDS, type Revocation } from './revocations.ts';
 import { issuerSubjectKey, issuerSubjectOf } from '../checks/consumers.ts';
 import type { Journal } from './journal.ts';
 import type { ListSource } from './lists.ts';
@@ -299,9 +299,14 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
       routes.json(res, 200, { ...revocationView(extended), mode });
       return;
     }
-    // Counted in force: ended revocations are dropped lazily and must not take the room.
-    if (state.revocations.prune(now) >= config.revocation.maxEntries) { routes.problem(res, 507, 'Insufficient Storage', `already ${config.revocation.maxEntries} revocations (revocation.maxEntries)`); return; }
     const revocation: Revocation = { id: randomUUID(), kind: kind as Revocation['kind'], value: value as string, reason: reason as string, endMs, createdMs: now, source: 'admin', by: who };
+    // Counted in force (ended revocations are dropped lazily and must not take the room), and
+    // by the heap each holds: a revocation of more than 1 KiB takes a unit per KiB (unitsOf).
+    const taken = state.revocations.units(now);
+    if (taken + unitsOf(revocation) > config.revocation.maxEntries) {
+      routes.problem(res, 507, 'Insufficient Storage', `the revocations in force take ${taken} of revocation.maxEntries (${config.revocation.maxEntries}), and this one ${unitsOf(revocation)} (a revocation takes one per KiB of its value, reason and name)`);
+      return;
+    }
     // Journal first: the API says "revoked" only once the revocation survives a crash.
     try { ctx.journal?.append({ op: 'add', revocation }); } catch (err) {
       log({ level: 'error', msg: 'revocation journal write failed; revocation not made', error: (err as Error).message });

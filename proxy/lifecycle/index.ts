@@ -320,7 +320,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       // In force only (ended ones are dropped lazily), and at most 1 when a reload lowered the bound.
       dg.tables.set('revocations', () => {
         const entries = state.revocations.prune(state.now());
-        return { entries, fill: Math.min(1, entries / state.config.revocation.maxEntries) };
+        // Filled by units: an admin revocation takes one per KiB it holds (unitsOf).
+        return { entries, fill: Math.min(1, state.revocations.units(state.now()) / state.config.revocation.maxEntries) };
       });
       // A new list file must be readable before the reload is taken (checkListFile), and a new
       // journal must be one, as start-up requires: it takes effect at the next start, which a

@@ -421,9 +421,10 @@ export class ListSource {
     // Memory follows the number of entries, not the list's bytes: 8 MiB of short entries is
     // about 200,000 of them, which under the chart's 96 MiB heap ended the process at start.
     // Only revocations in force count: ended ones are dropped lazily.
-    const others = this.#store.prune(this.#now()) - this.#store.countSource(this.#kind);
+    // The admin API's take a unit per KiB they hold (unitsOf); this list's entries one each.
+    const others = this.#store.units(this.#now()) - this.#store.countSource(this.#kind);
     if (parsed.length + others > this.#maxEntries) {
-      return [{ file: this.status.location, line: 1, column: 1, field: '', message: `the list has ${parsed.length} entries; with the ${others} of the other sources, that is more than revocation.maxEntries (${this.#maxEntries})` }];
+      return [{ file: this.status.location, line: 1, column: 1, field: '', message: `the list has ${parsed.length} entries; with the ${others} the other sources take, that is more than revocation.maxEntries (${this.#maxEntries})` }];
     }
     const list = parsed.map((r) => {
       const before = this.#last.get(r.id);

@@ -88,6 +88,24 @@ export function matchedValue(r: Pick<Revocation, 'kind' | 'value'>): string {
   return ISSUER_SCOPED.has(r.kind) ? subjectKey(r.value) : r.value;
 }
 
+/** Heap a revocation holds beyond its strings, measured (`--expose-gc`): its object, its two map entries, its key. */
+const REVOCATION_OVERHEAD_BYTES = 800;
+const UNIT_BYTES = 1024;
+
+/**
+ * How many of revocation.maxEntries an admin revocation takes: one per KiB of heap it holds,
+ * estimated from above (its strings at two bytes a character once one is beyond Latin-1, as V8
+ * holds them). Counted by entries alone, admin writes of 4 KiB values in Cyrillic held 12 KiB
+ * each, and 8,000 of them (of the 20,000 allowed) ran the chart's heap out. A list's entries
+ * count one each: a list is the operator's, and read up to 4 MiB of text.
+ */
+export function unitsOf(r: Revocation): number {
+  if (r.source !== 'admin') return 1;
+  let bytes = REVOCATION_OVERHEAD_BYTES;
+  for (const text of [r.id, r.value, r.reason, r.by ?? '']) bytes += text.length * (/[^\x00-\xff]/.test(text) ? 2 : 1);
+  return Math.max(1, Math.ceil(bytes / UNIT_BYTES));
+}
+
 export class RevocationStore {
   readonly #byKey = new Map<string, Revocation>();
   /**
@@ -103,6 +121,15 @@ export class RevocationStore {
   readonly #read = new Set<Exclude<RevocationSource, 'admin'>>();
 
   get size(): number { return this.#byKey.size; }
+
+  /** unitsOf every revocation held (ended ones included until pruned). */
+  #units = 0;
+
+  /** The units of revocation.maxEntries the revocations in force take (unitsOf; ended ones are dropped first). */
+  units(now: number): number {
+    this.prune(now);
+    return this.#units;
+  }
 
   /** Counts the changes that can refuse more (a revocation added, a list expected): see LifecycleState.version. */
   #changes = 0;
@@ -133,6 +160,7 @@ export class RevocationStore {
     const before = this.#removeKey(key);
     if (!before || before.kind !== r.kind || before.value !== r.value) this.#changes++;
     this.#byKey.set(key, r);
+    this.#units += unitsOf(r);
     const byValue = this.#index.get(r.kind)!;
     const value = matchedValue(r);
     const keys = byValue.get(value);
@@ -149,6 +177,7 @@ export class RevocationStore {
     const r = this.#byKey.get(key);
     if (!r) return undefined;
     this.#byKey.delete(key);
+    this.#units -= unitsOf(r);
     const byValue = this.#index.get(r.kind)!;
     const value = matchedValue(r);
     const keys = byValue.get(value);

@@ -42,7 +42,28 @@ t.test('an admin revocation past revocation.maxEntries is 507, and not held', as
   for (const v of ['a', 'b', 'c']) t.equal((await post(v)).status, 201, `${v}: within the bound`);
   const over = await post('d');
   t.equal(over.status, 507, 'the fourth is refused');
-  t.match(over.text, /already 3 revocations \(revocation\.maxEntries\)/);
+  t.match(over.text, /the revocations in force take 3 of revocation\.maxEntries \(3\), and this one 1/);
   const listed = await (await fetch(`${dg.admin}/revocations`)).json() as { revocations: unknown[] };
   t.equal(listed.revocations.length, 3, 'three held');
+});
+
+t.test('an admin revocation takes a unit of revocation.maxEntries per KiB it holds: large ones cannot fill the heap by count', async (t) => {
+  // Counted by entries alone, 8,000 writes of 4 KiB Cyrillic values (12 KiB of heap each) ran
+  // the chart's heap out, under the 20,000 allowed.
+  const w = await world();
+  const dg = await startLifecycle(w.rules((r) => { r.revocation = { maxEntries: 30 }; }));
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const post = async (value: string, reason = 'test') => {
+    const r = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value, reason }) });
+    return { status: r.status, text: await r.text() };
+  };
+  // 4,096 characters beyond Latin-1 and a 1,024-character reason: about 11 KiB, 11 units.
+  t.equal((await post('ж'.repeat(4095) + '1', 'ж'.repeat(1024))).status, 201, 'the first large one');
+  t.equal((await post('ж'.repeat(4095) + '2', 'ж'.repeat(1024))).status, 201, 'the second');
+  const third = await post('ж'.repeat(4095) + '3', 'ж'.repeat(1024));
+  t.equal(third.status, 507, 'the third would pass 30 units');
+  t.match(third.text, /the revocations in force take 22 of revocation\.maxEntries \(30\), and this one 11/);
+  for (let i = 0; i < 8; i++) t.equal((await post(`small-${i}`)).status, 201, `a usual one takes one unit (${i + 1})`);
+  t.equal((await post('small-9')).status, 507, 'and the bound holds for them too');
+  t.match(dg.dg.tables.get('revocations')?.(), { entries: 10, fill: 1 }, 'ten revocations fill the table: it reports itself full by units');
 });

@@ -29,7 +29,7 @@ t.test('a file list refused for the other sources\' entries is applied once they
   writeFileSync(file, list(8));
   await source.refresh();
   t.equal(store.countSource('file'), 3, '8 + 5 > 10: refused, the last good list stays');
-  t.match(source.status.lastError, /the list has 8 entries; with the 5 of the other sources, that is more than revocation\.maxEntries \(10\)/);
+  t.match(source.status.lastError, /the list has 8 entries; with the 5 the other sources take, that is more than revocation\.maxEntries \(10\)/);
   for (let i = 0; i < 5; i++) store.remove('admin', `a${i}`);
   await source.refresh();
   t.equal(store.countSource('file'), 8, 'read and counted again: applied (before: skipped as broken until the file changed)');
