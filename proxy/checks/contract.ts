@@ -8,6 +8,7 @@ import type { Check, Denial, RequestContext } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import { blocks } from './staleness.ts';
 import { movingOn } from './deprecation.ts';
+import { claimOf } from '../identity/claim.ts';
 
 /**
  * The contract version the caller declares, read as the contract check reads it but not
@@ -17,7 +18,7 @@ import { movingOn } from './deprecation.ts';
  */
 export function declaredVersion(ctx: Pick<RequestContext, 'credential' | 'req' | 'rules'>): string | undefined {
   const { claim, header } = ctx.rules.contract.declared;
-  const fromClaim = ctx.credential?.claims[claim];
+  const fromClaim = claimOf(ctx.credential, claim);
   const fromHeader = ctx.req.headers[header.toLowerCase()];
   if (fromClaim !== undefined && fromHeader !== undefined && fromHeader !== fromClaim) return undefined;
   const declared = fromClaim ?? fromHeader;
@@ -33,7 +34,7 @@ export function contract(rules: Rules): Check {
     name: 'contract',
     run(ctx) {
       const op = ctx.operation!;
-      const fromClaim = ctx.credential?.claims[claim];
+      const fromClaim = claimOf(ctx.credential, claim);
       const fromHeader = ctx.req.headers[headerName];
       // A list: the header sent twice (Node joins the lines with ", "), or its values joined
       // on one line, as RFC 9110 §5.3 lets a sender do: two declarations, whatever they say.

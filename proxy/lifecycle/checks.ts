@@ -21,6 +21,7 @@ import { bodyFingerprint, declaredSize } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
 import { UNREAD_RETRY_MS } from './lists.ts';
 import type { ForwardOutcome } from '../forward/outcome.ts';
+import { claimOf } from '../identity/claim.ts';
 
 export const WOULD_DENY = 'lifecycle.would_deny';
 /** The revoked actor through which a token was refused (a subject revocation matched in its act chain). */
@@ -65,7 +66,7 @@ export function taskRecorder(rules: Rules, state: LifecycleState | undefined): (
   const claim = configOf(rules).credentials.taskClaim;
   return (ctx) => {
     // A number is its decimal string, as revocation reads it (task_id: 4711).
-    const task = taskOf(ctx.credential!.claims[claim]);
+    const task = taskOf(claimOf(ctx.credential, claim));
     if (typeof task === 'string') ctx.extra['credential.task'] = task.slice(0, 256);
   };
 }
@@ -88,7 +89,7 @@ export function revocation(rules: Rules, state: LifecycleState | undefined): Che
         return verdict(ctx, r.mode, { reason: 'revocation-list-unavailable', detail: 'the revocation list has not been read yet', retryAfter: Math.ceil(Math.min(r.intervalMs, UNREAD_RETRY_MS) / 1000) });
       }
       // Refused here too, whatever credentials.mode says: the revocation must not be escapable.
-      if (taskOf(c.claims[credentials.taskClaim]) === null) return verdict(ctx, r.mode, namesNoTask(credentials.taskClaim));
+      if (taskOf(claimOf(c, credentials.taskClaim)) === null) return verdict(ctx, r.mode, namesNoTask(credentials.taskClaim));
       // Who vouches for each actor is asked only of a token with a chain (no closure per request otherwise).
       const hit = state.revocations.match(c, credentials.taskClaim, ctx.now, c.act && ((actor, i) => actorIssuers(rules, c, actor, i)));
       if (!hit) {
@@ -239,7 +240,7 @@ export function taskBinding(rules: Rules, state: LifecycleState | undefined): Ch
       if (!cred || !consumer) return undefined;
       // A task claim is one task's name or nothing, whoever presents it and whatever the
       // operation (the task it names was recorded as the token was verified: taskRecorder).
-      const task = taskOf(cred.claims[c.taskClaim]);
+      const task = taskOf(claimOf(cred, c.taskClaim));
       if (task === null) return verdict(ctx, c.mode, namesNoTask(c.taskClaim));
       if (!c.kinds.has(consumer.kind)) return undefined;
       if (c.requireJti && cred.jti === undefined) {

@@ -5,6 +5,7 @@
 
 import type { Credential } from '../pipeline/types.ts';
 import { actorIssuer, issuerSubjectKey, issuerSubjectOf } from '../checks/consumers.ts';
+import { claimOf } from '../identity/claim.ts';
 
 export const REVOCATION_KINDS = ['jti', 'task', 'subject', 'kid'] as const;
 export type RevocationKind = (typeof REVOCATION_KINDS)[number];
@@ -219,7 +220,7 @@ export class RevocationStore {
    * compromised automation, which must not go on acting for others through delegated tokens.
    */
   match(credential: Credential, taskClaim: string, now: number, issuersOf?: (actor: string, i: number) => readonly string[]): Revocation | undefined {
-    const task = taskOf(credential.claims[taskClaim]);
+    const task = taskOf(claimOf(credential, taskClaim));
     return this.#find('jti', credential.jti, now)
       ?? this.#ofIssuer('jti', credential.issuer, credential.jti, now)
       ?? this.#find('task', task ?? undefined, now)

@@ -200,6 +200,18 @@ t.test('proxy.upstreamHost that is no host[:port] stops the rules load, naming t
   }
 });
 
+t.test('a claim named as a property every object has (constructor) is read from the token\'s own claims only', async (t) => {
+  // Read from the prototype before: Object's constructor function, which is no version, so
+  // every credentialed request was refused.
+  const w = await world(t, (r) => { r.contract.declared = { claim: 'constructor' }; });
+  const header = await w.call('GET', '/items/1', { token: await w.tok({ contract: undefined }), headers: { 'contract-version': '2026-09' } });
+  t.equal(header.status, 200, 'declared in the header: forwarded (before: 400 unknown-contract-version)');
+  const claimed = await w.call('GET', '/items/1', { token: await w.tok({ contract: undefined, claims: { constructor: '2026-09' } }) });
+  t.equal(claimed.status, 200, 'declared in an own claim of that name: forwarded');
+  const none = await w.call('GET', '/items/1', { token: await w.tok({ contract: undefined }) });
+  t.equal(none.json?.code, 'contract-version-required', 'declared nowhere: said so');
+});
+
 t.test('hop-by-hop, Connection-named and method-override headers never reach the upstream', async (t) => {
   const w = await world(t);
   const tok = await w.tok();
