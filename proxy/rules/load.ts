@@ -406,7 +406,9 @@ function sameSocket(x: string, y: string): boolean {
     const bare = h.replace(/^\[|\]$/g, '').toLowerCase();
     // Node binds localhost to what it resolves to first here: 127.0.0.1.
     if (bare === 'localhost') return '127.0.0.1';
-    if (!isIPv6(bare)) return bare;
+    // An IPv4 address however written (127.1, 0, 0x7f.0.0.1), as the resolver that binds it
+    // reads it: the URL parser reads them alike.
+    if (!isIPv6(bare)) { try { return new URL(`http://${bare}`).hostname; } catch { return bare; } }
     const v6 = new URL(`http://[${bare}]`).hostname.slice(1, -1);
     // An IPv4-mapped address is that IPv4 address's socket.
     const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(bare);
