@@ -440,11 +440,12 @@ export function retryStorm(rules: Rules, state: LifecycleState | undefined): Che
   const m = configOf(rules).monitors;
   const r = m.retryStorm;
   if (r.mode === 'off') return undefined;
+  const keyRefused = keyRefusal(rules);
   return {
     name: 'retry-storm',
     once: true,
     async run(ctx) {
-      if (!watched(m, ctx) || keyRefused(rules, ctx)) return undefined;
+      if (!watched(m, ctx) || keyRefused(ctx)) return undefined;
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return BODY_UNREADABLE;
       const times = state.monitors.repeatsOf(fingerprint, writer(ctx), r.maxFingerprintsPerConsumer);
@@ -490,6 +491,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
     }
     return undefined;
   };
+  const keyRefused = keyRefusal(rules);
   return {
     name: 'traversal',
     once: true,
@@ -500,7 +502,7 @@ export function traversal(rules: Rules, state: LifecycleState | undefined): Chec
       // each pass this count before any is recorded: it is read first, so that nothing waits
       // between this count and that record. (The retry-storm check, when on, has read it.)
       // Only then a promise: most requests are counted at once.
-      if (!idempotencyReads(m, ctx) || keyRefused(rules, ctx)) return count(ctx);
+      if (!idempotencyReads(m, ctx) || keyRefused(ctx)) return count(ctx);
       return requestFingerprint(ctx, m).then((f) => (f === undefined ? BODY_UNREADABLE : count(ctx)));
     },
   };
@@ -520,13 +522,14 @@ function keyMissing(i: Monitors['idempotency'], ctx: RequestContext): Denial | u
 }
 
 /**
- * Whether the idempotency check will refuse this request, enforced, for its key alone: the
+ * For the rules in force, whether the idempotency check will refuse a request, enforced, for its key alone: the
  * checks before it then leave its body unread, so that the refusal comes instead of a
  * `100 Continue` and an upload that nobody reads (README, What the caller sees).
  */
-function keyRefused(rules: Rules, ctx: RequestContext): boolean {
+function keyRefusal(rules: Rules): (ctx: RequestContext) => boolean {
   const m = configOf(rules).monitors;
-  return rules.proxy.mode === 'enforce' && m.idempotency.mode === 'enforce' && idempotencyReads(m, ctx) && keyMissing(m.idempotency, ctx) !== undefined;
+  if (rules.proxy.mode !== 'enforce' || m.idempotency.mode !== 'enforce') return () => false;
+  return (ctx) => idempotencyReads(m, ctx) && keyMissing(m.idempotency, ctx) !== undefined;
 }
 
 /** Idempotency-Key on sensitive writes; reused keys and duplicates refused. Last: it reserves the key. */
