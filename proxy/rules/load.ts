@@ -748,7 +748,7 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
   if (!rank.has(minimum)) fail(['contract', 'minimum'], `"${minimum}" is not one of contract.versions`);
   const ids = new Set<string>();
   const routes = new Map<string, number>();
-  const foldedRoutes = new Map<string, { i: number; slashed: boolean }>();
+  const foldedRoutes = new Map<string, { i: number; slashed: boolean; shape: string }>();
   /** Literals by method, the path before them (as written) and their fold: `GET /|admin` → `Admin` of operation 3. */
   const foldedLiterals = new Map<string, { literal: string; i: number }>();
   const operations: Operation[] = [];
@@ -773,22 +773,26 @@ function build(raw: RawRules, source: string, bytes: Buffer, at: Locator): Rules
       // ignores one (Express's default) may run either for both, and the operation check would
       // refuse both (proxy/checks/operation.ts, decideSlash).
       // Decoded too: /p/a:b and /p/a%3Ab are one path to a router that decodes (Django, Spring).
+      // HEAD is decided among the HEAD and GET operations together (operation.ts), and
+      // routers serve HEAD from GET routes: the two are weighed as one method here. A HEAD and
+      // a GET of the very same path are two operations, not twins.
+      const weighedAs = op.method === 'HEAD' ? 'GET' : op.method;
       const slashed = template.shape.length > 1 && template.shape.endsWith('/');
-      const folded = `${op.method} ${decodedShape(slashed ? template.shape.slice(0, -1) : template.shape).toLowerCase()}`;
+      const folded = `${weighedAs} ${decodedShape(slashed ? template.shape.slice(0, -1) : template.shape).toLowerCase()}`;
       const twin = foldedRoutes.get(folded);
-      if (other === undefined && twin !== undefined) {
+      if (other === undefined && twin !== undefined && twin.shape !== template.shape) {
         fail([...here, 'path'], twin.slashed !== slashed
           ? `${op.method} ${op.path} differs only by a trailing / from contract.operations[${twin.i}]'s path: an upstream that ignores trailing slashes would take one for the other, and driftguard refuses both`
           : `${op.method} ${op.path} differs only in case or percent-encoding from contract.operations[${twin.i}]'s path: an upstream that ignores case or decodes would take one for the other`);
       }
-      foldedRoutes.set(folded, { i, slashed });
+      foldedRoutes.set(folded, { i, slashed, shape: template.shape });
       // Two literals of one fold at one place (/Admin/{page} and /admin/view; /p/a:b/{x} and
       // /p/a%3Ab/view): a router that ignores case or decodes cannot tell which the request
       // names, and the operation check cannot say which it would run.
       let prefix = '';
       for (const segment of template.segments) {
         if ('literal' in segment) {
-          const key = `${op.method} ${prefix}\u0000${foldSegment(segment.literal)}`;
+          const key = `${weighedAs} ${prefix}\u0000${foldSegment(segment.literal)}`;
           const seen = foldedLiterals.get(key);
           if (seen && seen.literal !== segment.literal && twin === undefined) {
             fail([...here, 'path'], `${op.method} ${op.path}: its segment "${segment.literal}" differs only in case or percent-encoding from "${seen.literal}" of contract.operations[${seen.i}] at the same place: an upstream that ignores case or decodes could run either for both`);
