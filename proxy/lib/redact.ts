@@ -87,7 +87,7 @@ const ENCODED_QUERY = /%3[Ff][^/]*/g;
  * (/items/1%3Faccess_token=…), path parameters (/items/1;jsessionid=…), a fragment
  * (/cb#access_token=…), or an absolute-form
  * or authority-form target's userinfo (http://user:pass@host/…, CONNECT user:pass@host:443,
- * //user:pass@host/…).
+ * //user:pass@host/…, ///user:pass@host/…, /\user:pass@host/…).
  * Those parts are replaced; the rest is kept.
  */
 export function redactPath(target: string): string {
@@ -101,13 +101,18 @@ export function redactPath(target: string): string {
     }
     // Absolute form: its path only, never its userinfo or host.
     try { path = new URL(path).pathname; } catch { return '(not a path)'; }
-  } else if (path.startsWith('//')) {
+  } else {
     // A network-path reference (`//user:pw@host/…`, a base URL joined with a scheme-relative
-    // one): its first segment is an authority, whose userinfo is replaced.
-    const end = path.indexOf('/', 2);
-    const authority = end === -1 ? path.slice(2) : path.slice(2, end);
-    const at = authority.lastIndexOf('@');
-    if (at !== -1) path = '//(redacted)@' + path.slice(2 + at + 1);
+    // one): its first segment is an authority, whose userinfo is replaced. As the WHATWG URL
+    // parser reads it (Node's, browsers'): any run of two or more slashes or backslashes
+    // before it (`///`, `/\`), the authority ending at the next slash, backslash, ? or #.
+    const lead = /^[/\\]{2,}/.exec(path);
+    if (lead) {
+      const rest = path.slice(lead[0].length);
+      const end = rest.search(/[/\\?#]/);
+      const at = (end === -1 ? rest : rest.slice(0, end)).lastIndexOf('@');
+      if (at !== -1) path = `${lead[0]}(redacted)@${rest.slice(at + 1)}`;
+    }
   }
   // A fragment never belongs in a request target (RFC 9112 §3.2), but a client may send one,
   // and OAuth's implicit flow carries its token there (#access_token=…).

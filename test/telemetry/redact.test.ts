@@ -54,6 +54,12 @@ t.test('a target that is not a path: its path, or its authority, never its useri
     ['//alice:pw-SECRET@api.example.com/items/1', '//(redacted)@api.example.com/items/1'],
     ['//ghp_SECRETTOKEN@github.com', '//(redacted)@github.com'],
     ['//api.example.com/users/a@b.example', '//api.example.com/users/a@b.example'],
+    // Any run of slashes and backslashes before the authority, as the WHATWG URL parser skips them.
+    ['///svc:pw-SECRET@api.internal/v1/items', '///(redacted)@api.internal/v1/items'],
+    ['/\\svc:pw-SECRET@api.internal/v1/items', '/\\(redacted)@api.internal/v1/items'],
+    ['//\\//svc:pw-SECRET@api.internal\\x', '//\\//(redacted)@api.internal\\x'],
+    ['//svc:pw-SECRET@api.internal?q=1', '//(redacted)@api.internal?q=1'],
+    ['///api.example.com/users/a@b.example', '///api.example.com/users/a@b.example'],
     ['*', '(not a path)'],
     ['user:1234?x@h:443', 'h:443'],
     ['a b:1', '(not a path)'],
