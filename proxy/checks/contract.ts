@@ -8,7 +8,7 @@ import type { Check, Denial, RequestContext } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import { blocks } from './staleness.ts';
 import { movingOn } from './deprecation.ts';
-import { claimOf } from '../identity/claim.ts';
+import { claimOf, headerOf } from '../pipeline/named.ts';
 
 /**
  * The contract version the caller declares, read as the contract check reads it but not
@@ -19,7 +19,7 @@ import { claimOf } from '../identity/claim.ts';
 export function declaredVersion(ctx: Pick<RequestContext, 'credential' | 'req' | 'rules'>): string | undefined {
   const { claim, header } = ctx.rules.contract.declared;
   const fromClaim = claimOf(ctx.credential, claim);
-  const fromHeader = ctx.req.headers[header.toLowerCase()];
+  const fromHeader = headerOf(ctx.req, header.toLowerCase());
   if (fromClaim !== undefined && fromHeader !== undefined && fromHeader !== fromClaim) return undefined;
   const declared = fromClaim ?? fromHeader;
   return typeof declared === 'string' && ctx.rules.contract.rank.has(declared) ? declared : undefined;
@@ -35,7 +35,7 @@ export function contract(rules: Rules): Check {
     run(ctx) {
       const op = ctx.operation!;
       const fromClaim = claimOf(ctx.credential, claim);
-      const fromHeader = ctx.req.headers[headerName];
+      const fromHeader = headerOf(ctx.req, headerName);
       // A list: the header sent twice (Node joins the lines with ", "), or its values joined
       // on one line, as RFC 9110 §5.3 lets a sender do: two declarations, whatever they say.
       if (typeof fromHeader === 'string' && fromHeader.includes(',') && !rank.has(fromHeader)) {

@@ -21,7 +21,7 @@ import { bodyFingerprint, declaredSize } from './body.ts';
 import { lifetimeExceeded } from '../checks/credential.ts';
 import { UNREAD_RETRY_MS } from './lists.ts';
 import type { ForwardOutcome } from '../forward/outcome.ts';
-import { claimOf } from '../identity/claim.ts';
+import { claimOf, headerOf } from '../pipeline/named.ts';
 
 export const WOULD_DENY = 'lifecycle.would_deny';
 /** The revoked actor through which a token was refused (a subject revocation matched in its act chain). */
@@ -516,7 +516,7 @@ function idempotencyReads(m: Monitors, ctx: RequestContext): boolean {
 
 /** The idempotency check's refusal of a write without a usable key, which needs no body; undefined when the key is usable. */
 function keyMissing(i: Monitors['idempotency'], ctx: RequestContext): Denial | undefined {
-  const raw = ctx.req.headers[i.header];
+  const raw = headerOf(ctx.req, i.header);
   if (typeof raw === 'string' && /^[\x21-\x7e]{1,255}$/.test(raw)) return undefined;
   return { reason: 'idempotency-key-required', detail: `send one ${i.header} header of 1 to 255 visible characters with this write` };
 }
@@ -545,7 +545,7 @@ export function idempotency(rules: Rules, state: LifecycleState | undefined): Ch
       if (!idempotencyReads(m, ctx)) return undefined;
       const missing = keyMissing(i, ctx);
       if (missing) return verdict(ctx, i.mode, missing);
-      const raw = ctx.req.headers[i.header] as string;
+      const raw = headerOf(ctx.req, i.header) as string;
       const fingerprint = await requestFingerprint(ctx, m);
       if (fingerprint === undefined) return BODY_UNREADABLE;
       // Hashed, like the fingerprint: 44 characters whatever the subject's and key's length.

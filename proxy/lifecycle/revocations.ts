@@ -5,7 +5,7 @@
 
 import type { Credential } from '../pipeline/types.ts';
 import { actorIssuer, issuerSubjectKey, issuerSubjectOf } from '../checks/consumers.ts';
-import { claimOf } from '../identity/claim.ts';
+import { claimOf } from '../pipeline/named.ts';
 
 export const REVOCATION_KINDS = ['jti', 'task', 'subject', 'kid'] as const;
 export type RevocationKind = (typeof REVOCATION_KINDS)[number];

@@ -212,6 +212,18 @@ t.test('a claim named as a property every object has (constructor) is read from 
   t.equal(none.json?.code, 'contract-version-required', 'declared nowhere: said so');
 });
 
+t.test('a header named as a property every object has (Constructor) is read from the request\'s own headers only', async (t) => {
+  // Node's request headers inherit Object's prototype: without the header, its constructor was
+  // read as the declared version, and a claim's version "conflicted" with it.
+  const w = await world(t, (r) => { r.contract.declared = { header: 'Constructor' }; });
+  const claimed = await w.call('GET', '/items/1', { token: await w.tok() });
+  t.equal(claimed.status, 200, 'declared in the claim only: forwarded (before: 400 contract-version-conflict)');
+  const header = await w.call('GET', '/items/1', { token: await w.tok({ contract: undefined }), headers: { constructor: '2026-09' } });
+  t.equal(header.status, 200, 'declared in the header: forwarded');
+  const none = await w.call('GET', '/items/1', { token: await w.tok({ contract: undefined }) });
+  t.equal(none.json?.code, 'contract-version-required', 'declared nowhere: said so (before: unknown-contract-version)');
+});
+
 t.test('hop-by-hop, Connection-named and method-override headers never reach the upstream', async (t) => {
   const w = await world(t);
   const tok = await w.tok();
