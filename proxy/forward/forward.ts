@@ -346,7 +346,9 @@ function sendAgain(req: IncomingMessage, body: Buffer | undefined): boolean {
 function upstreamServerName(rules: ProxyRules): { servername: string; connect: buildConnector.connector } | undefined {
   const origin = new URL(rules.upstream);
   if (origin.protocol !== 'https:') return undefined;
-  const servername = new URL(`https://${rules.upstreamHost ?? origin.host}`).hostname.replace(/^\[(.*)\]$/, '$1');
+  // Without a trailing dot (RFC 6066: `api.internal.` is sent as `api.internal`), which SNI
+  // routers that match names exactly would not match.
+  const servername = new URL(`https://${rules.upstreamHost ?? origin.host}`).hostname.replace(/^\[(.*)\]$/, '$1').replace(/\.$/, '');
   const base = buildConnector({ timeout: rules.timeouts.connectMs });
   // The same name on every request, so that undici never drops a connection for a change of name.
   const connect: buildConnector.connector = (options, callback) => { base({ ...options, servername: isIP(servername) ? '' : servername }, callback); };

@@ -340,11 +340,13 @@ function readWeighed(source: string, weigh: (size: number) => void): Buffer {
     const pieces: Buffer[] = [];
     let size = 0;
     let next = ALWAYS_ROOM_BYTES;
+    // One buffer read into, and only what each read brought copied out: a slow writer's ten
+    // bytes a read kept a 64 KiB buffer each, hundreds of MiB for 2 MB of text.
+    const piece = Buffer.allocUnsafe(64 * 1024);
     for (;;) {
-      const piece = Buffer.allocUnsafe(64 * 1024);
       const n = readSync(fd, piece, 0, piece.length, null);
       if (n === 0) break;
-      pieces.push(n === piece.length ? piece : piece.subarray(0, n));
+      pieces.push(Buffer.from(piece.subarray(0, n)));
       size += n;
       if (size > next) { weigh(size); next *= 2; }
     }
@@ -410,9 +412,12 @@ function sameSocket(x: string, y: string): boolean {
     // reads it: the URL parser reads them alike.
     if (!isIPv6(bare)) { try { return new URL(`http://${bare}`).hostname; } catch { return bare; } }
     const v6 = new URL(`http://[${bare}]`).hostname.slice(1, -1);
-    // An IPv4-mapped address is that IPv4 address's socket.
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(bare);
-    return mapped ? mapped[1]! : v6;
+    // An IPv4-mapped address is that IPv4 address's socket, however written (::ffff:7f00:1,
+    // 0:0:0:0:0:ffff:127.0.0.1): read from the URL parser's form, ::ffff: and two hex groups.
+    const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);
+    if (!mapped) return v6;
+    const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
   };
   const [a, b] = [norm(x), norm(y)];
   if (a === b || a === '::' || b === '::') return true;

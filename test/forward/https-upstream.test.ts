@@ -36,7 +36,8 @@ t.test('an https upstream gets the same server name whatever Host the caller sen
   t.teardown(() => keys.close());
   const tok = await token({ key, sub: AGENT, scope: 'items.read', contract: '2026-09' });
 
-  for (const upstreamHost of [undefined, 'api.internal']) {
+  // With a trailing dot, sent without it (RFC 6066): an SNI router matching names exactly would miss it.
+  for (const upstreamHost of [undefined, 'api.internal', 'api.internal.']) {
     const dg = await runDriftguard(writeRules(baseRules(origin, keys.url, (r) => { if (upstreamHost) r.proxy.upstreamHost = upstreamHost; }), dir), [], { NODE_EXTRA_CA_CERTS: ca });
     t.teardown(() => dg.kill());
     const port = Number(new URL(dg.url).port);
@@ -50,7 +51,8 @@ t.test('an https upstream gets the same server name whatever Host the caller sen
     }
     const mine = seen.slice(before);
     t.equal(mine.length, 4);
-    t.same([...new Set(mine.map((s) => s.sni))], [upstreamHost ?? false], `the server name is ${upstreamHost ?? 'none (an address)'} every time`);
+    const sni = upstreamHost?.replace(/\.$/, '') ?? false;
+    t.same([...new Set(mine.map((s) => s.sni))], [sni], `the server name is ${sni || 'none (an address)'} every time`);
     t.equal(new Set(mine.map((s) => s.socket)).size, 1, 'one upstream connection for all four: never dropped for a change of name');
     dg.kill();
     await dg.exited;

@@ -57,13 +57,24 @@ t.test('an admin revocation takes a unit of revocation.maxEntries per KiB it hol
     const r = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'subject', value, reason }) });
     return { status: r.status, text: await r.text() };
   };
-  // 4,096 characters beyond Latin-1 and a 1,024-character reason: about 11 KiB, 11 units.
+  // 4,096 characters beyond Latin-1 and a 1,024-character reason: about 12 KiB of heap, 13 units.
   t.equal((await post('ж'.repeat(4095) + '1', 'ж'.repeat(1024))).status, 201, 'the first large one');
   t.equal((await post('ж'.repeat(4095) + '2', 'ж'.repeat(1024))).status, 201, 'the second');
   const third = await post('ж'.repeat(4095) + '3', 'ж'.repeat(1024));
   t.equal(third.status, 507, 'the third would pass 30 units');
-  t.match(third.text, /the revocations in force take 22 of revocation\.maxEntries \(30\), and this one 11/);
-  for (let i = 0; i < 8; i++) t.equal((await post(`small-${i}`)).status, 201, `a usual one takes one unit (${i + 1})`);
-  t.equal((await post('small-9')).status, 507, 'and the bound holds for them too');
-  t.match(dg.dg.tables.get('revocations')?.(), { entries: 10, fill: 1 }, 'ten revocations fill the table: it reports itself full by units');
+  t.match(third.text, /the revocations in force take 26 of revocation\.maxEntries \(30\), and this one 13/);
+  for (let i = 0; i < 4; i++) t.equal((await post(`small-${i}`)).status, 201, `a usual one takes one unit (${i + 1})`);
+  t.equal((await post('small-5')).status, 507, 'and the bound holds for them too');
+  t.match(dg.dg.tables.get('revocations')?.(), { entries: 6, fill: 1 }, 'six revocations fill the table: it reports itself full by units');
+});
+
+t.test('unitsOf: a usual admin revocation takes one unit; a pair-valued one is weighed with the copy its index holds; a list entry one', async (t) => {
+  const { unitsOf } = await import('../../proxy/lifecycle/revocations.ts');
+  const r = (value: string, o: Record<string, unknown> = {}) => ({ id: '5f0c6e7a-0d4b-4d2e-9c55-1a2b3c4d5e6f', kind: 'subject' as const, value, reason: 'leaked in ticket OPS-4711', endMs: 1, createdMs: 0, source: 'admin' as const, by: 'ops', ...o });
+  t.equal(unitsOf(r('spiffe://example.org/ns/billing/sa/invoice-agent')), 1, 'a usual one');
+  const plain = unitsOf(r('ж'.repeat(4096)));
+  const pair = unitsOf(r(JSON.stringify(['https://issuer.example', 'ж'.repeat(4090)])));
+  t.ok(plain >= 10, `4,096 characters beyond Latin-1: ${plain} units (8 KiB of text)`);
+  t.ok(pair >= plain + 9, `the same as an issuer pair, indexed as a second copy: ${pair} units`);
+  t.equal(unitsOf(r('ж'.repeat(4096), { source: 'file' })), 1, 'a list\'s entry: one');
 });
