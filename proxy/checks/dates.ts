@@ -8,6 +8,7 @@ import type { Check, RequestContext } from '../pipeline/types.ts';
 import type { Rules } from '../rules/types.ts';
 import type { ReasonCode } from '../decision/reasons.ts';
 import { blocks } from './staleness.ts';
+import { deprecationFinding, movingOn } from './deprecation.ts';
 
 /** What ended at a date refuses a request for, in a problem's words. */
 export const ENDED = { 'invalid-credential': 'the credential expired', 'operation-sunset': 'the operation\'s sunset came', 'deprecated-operation': 'the operation\'s deprecation began' } as const;
@@ -46,10 +47,22 @@ export function datesAgain(rules: Rules, now: () => number): Check {
     run(ctx) {
       const at = now();
       if (at <= ctx.now) return undefined;
+      const op = ctx.operation;
+      const dep = op?.deprecated;
+      // A deprecation that only warns this caller, begun meanwhile: warned, as a request that
+      // arrives now is (it went out as a plain allow, its answer's Deprecation date past).
+      if (op && dep && dep.sinceMs > ctx.now && dep.sinceMs <= at && !blocks(rules, op, ctx.consumer)) {
+        ctx.warnings.push(deprecationFinding(rules, op, ctx, at, `${op.id} is deprecated since ${new Date(dep.sinceMs).toISOString()}`));
+      }
       const end = endOf(ctx, rules, true);
       if (!end || end.at > at) return undefined;
       const reason: ReasonCode = end.reason;
-      return { reason, detail: `${ENDED[end.reason]} while the request was being decided (${new Date(end.at).toISOString()})` };
+      const detail = `${ENDED[end.reason]} while the request was being decided (${new Date(end.at).toISOString()})`;
+      // Where to move and by when, as the deprecation and sunset checks' refusals say it: the
+      // problem's own (server.ts, movingOn) is read at the request's start, before the date.
+      if (reason === 'deprecated-operation') return deprecationFinding(rules, op!, ctx, at, detail);
+      if (reason === 'operation-sunset') return { reason, detail, ...movingOn(rules, op!, ctx.consumer, at) };
+      return { reason, detail };
     },
   };
 }

@@ -2,7 +2,7 @@
 // contract.blockAt sensitivity up and warned to everybody else. Its Deprecation, Sunset and
 // Link headers are added to every answer by the response writer, allowed or not.
 
-import type { Check, Consumer, DecisionDetails } from '../pipeline/types.ts';
+import type { Check, Consumer, DecisionDetails, Denial, RequestContext } from '../pipeline/types.ts';
 import type { Operation, Rules } from '../rules/types.ts';
 import { blocks, blocksAutomations } from './staleness.ts';
 
@@ -13,18 +13,27 @@ export function deprecation(rules: Rules): Check {
       const op = ctx.operation!;
       const d = op.deprecated;
       if (!d || d.sinceMs > ctx.now) return undefined;
-      const next = movingOn(rules, op, ctx.consumer, ctx.now);
-      const finding = {
-        reason: 'deprecated-operation' as const,
-        detail: `${op.id} is deprecated since ${new Date(d.sinceMs).toISOString()}` + (next.replacement ? `; use ${next.replacement}` : ''),
-        ...next,
-        ...(ctx.declaredContract ? { declaredContract: ctx.declaredContract } : {}),
-        currentContract: rules.contract.current,
-      };
+      const finding = deprecationFinding(rules, op, ctx, ctx.now, `${op.id} is deprecated since ${new Date(d.sinceMs).toISOString()}`);
       if (blocks(rules, op, ctx.consumer)) return finding;
       ctx.warnings.push(finding);
       return undefined;
     },
+  };
+}
+
+/**
+ * A deprecation in force at `now`, as a denial or a warning says it: `detail`, then where to
+ * move (movingOn) and the contract versions. The dates check says it too, for a deprecation
+ * that began while the request was being decided.
+ */
+export function deprecationFinding(rules: Rules, op: Operation, ctx: Pick<RequestContext, 'consumer' | 'declaredContract'>, now: number, detail: string): Denial {
+  const next = movingOn(rules, op, ctx.consumer, now);
+  return {
+    reason: 'deprecated-operation',
+    detail: detail + (next.replacement ? `; use ${next.replacement}` : ''),
+    ...next,
+    ...(ctx.declaredContract ? { declaredContract: ctx.declaredContract } : {}),
+    currentContract: rules.contract.current,
   };
 }
 

@@ -66,6 +66,26 @@ t.test('a deprecation that refuses an automation\'s critical write, in force whi
   t.match(last()?.decision, { decision: 'deny', reason: 'deprecated-operation' });
 });
 
+t.test('such a refusal says where to move, as the deprecation check\'s does: its replacement, sunset and contract versions', async (t) => {
+  // The problem's own movingOn is read at the request's start, before the date: it was left out.
+  const { w, port, advance } = await started(t, { since: iso(Date.now() + 60_000), sunset: iso(Date.now() + 3_600_000), replacement: 'createItem' });
+  const answer = await acrossTheDate(port, await w.token(), advance(120_000));
+  const problem = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as Record<string, unknown>;
+  t.match(problem, { reason: 'deprecated-operation', replacement: 'createItem', sunset: /^[-0-9T:.]+Z$/, declaredContract: '2026-09', currentContract: '2026-09' });
+  t.match(problem.detail, /while the request was being decided \([-0-9T:.Z]+\); use createItem$/);
+});
+
+t.test('a deprecation that only warns this caller, begun while the body is read: forwarded with its warning, not as a plain allow', async (t) => {
+  const { w, port, advance, seen, last } = await started(t, { since: iso(Date.now() + 60_000), replacement: 'createItem' }, (r) => { r.contract.blockAt = 'never'; });
+  const answer = await acrossTheDate(port, await w.token(), advance(120_000));
+  t.match(answer, /^HTTP\/1\.1 200 /);
+  t.match(answer, /\r\ndriftguard-warning: [^\r]*deprecated-operation/i, 'the warning, as a request arriving now gets');
+  t.equal(seen(), 1);
+  t.equal(w.up.seen[0]!.headers['driftguard-decision'], 'warn', 'the upstream is told warn');
+  t.match(last()?.decision, { decision: 'warn', reason: 'deprecated-operation', replacement: 'createItem' });
+  t.match(last()?.ctx.checks.at(-1), { check: 'dates', outcome: 'warn', reason: 'deprecated-operation' });
+});
+
 t.test('a token that expires (past the clock skew) while the body is read: 401, never sent', async (t) => {
   const { w, port, advance, seen } = await started(t, undefined);
   const answer = await acrossTheDate(port, await w.token({ ttl: 60 }), advance(120_000));
