@@ -14,6 +14,7 @@ import type { Decision, RequestContext } from '../pipeline/types.ts';
 import { neverSent, type ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
 import { Journal, probeDirectory, readJournal, replay } from './journal.ts';
+import { unitsOf } from './revocations.ts';
 import { dirname } from 'node:path';
 import { ListSource, checkListFile, listUrlProblem } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
@@ -81,9 +82,15 @@ export function checkLifecycleFiles(rules: Rules, now: number): void {
     if (problem) problems.push(problem);
   }
   if (r.file !== undefined) {
-    try { checkListFile(r.file, now, r.maxEntries); } catch (err) { if (err instanceof RulesError) problems.push(...err.problems); else throw err; }
+    try { checkListFile(r.file, now, r.maxEntries, journalUnits(r.journal, now)); } catch (err) { if (err instanceof RulesError) problems.push(...err.problems); else throw err; }
   }
   if (problems.length > 0) throw new RulesError(problems);
+}
+
+/** The units of revocation.maxEntries the journal's revocations in force take (unitsOf); 0 without one, or one that cannot be read (said apart). */
+function journalUnits(journal: string | undefined, now: number): number {
+  if (journal === undefined) return 0;
+  try { return readJournal(journal).live.filter((r) => r.endMs > now).reduce((n, r) => n + unitsOf(r), 0); } catch { return 0; }
 }
 
 /**
@@ -128,7 +135,13 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
     } catch (err) {
       throw new RulesError([problemInFile(rules.source, ['revocation', 'journal'], cannotBeWritten(err))]);
     }
-    if (replayed.revocations.length) log({ level: 'info', msg: 'revocations replayed from the journal', journal: journal.file, revocations: replayed.revocations.length });
+    if (replayed.revocations.length) {
+      const units = replayed.revocations.reduce((n, r) => n + unitsOf(r), 0);
+      log({ level: 'info', msg: 'revocations replayed from the journal', journal: journal.file, revocations: replayed.revocations.length, units });
+      // Written by a version that counted each revocation once: kept, since lifting any would
+      // let revoked tokens back in; they end by themselves.
+      if (units > config.revocation.maxEntries) log({ level: 'warn', msg: 'the journal\'s revocations take more than revocation.maxEntries (an admin revocation takes about one per KiB of heap): admin writes are refused (507), and a revocation list needs room, until enough of them end', journal: journal.file, units, maxEntries: config.revocation.maxEntries });
+    }
   } else {
     log({ level: 'info', msg: 'no revocation.journal: admin API revocations last until the process ends' });
   }

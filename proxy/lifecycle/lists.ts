@@ -268,7 +268,7 @@ export async function listUrlProblem(url: string, timeoutMs: number, maxEntries:
  * is broken is refused with the list's file:line, as start-up is, instead of being taken
  * while the old list silently stays in force. Throws a RulesError.
  */
-export function checkListFile(file: string, now: number, maxEntries: number): void {
+export function checkListFile(file: string, now: number, maxEntries: number, others = 0): void {
   const problem = (message: string) => new RulesError([{ file, line: 1, column: 1, field: '', message }]);
   let text: string;
   try {
@@ -280,6 +280,8 @@ export function checkListFile(file: string, now: number, maxEntries: number): vo
   }
   const parsed = parseList(text, file, 'file', now, maxEntries);
   if (isProblems(parsed)) throw new RulesError(parsed);
+  // As start-up weighs it: beside what the journal's revocations take (ListSource's #apply).
+  if (parsed.length + others > maxEntries) throw problem(`the list has ${parsed.length} entries; with the ${others} the other sources take, that is more than revocation.maxEntries (${maxEntries})`);
 }
 
 /** Keep a list source's revocations in the store, refreshed every interval. */

@@ -72,3 +72,28 @@ t.test('ended revocations take no room', async (t) => {
   t.equal(store.countSource('file'), 8, 'the five ended admin revocations do not count (before: start-up refused)');
   t.equal(store.size, 8, 'and they are gone');
 });
+
+t.test('check weighs a list file beside the journal\'s admin revocations, as start-up does', async (t) => {
+  // A journal of large admin revocations (written by a version that counted each once) left
+  // no room for the list: start-up stopped, and check said the rules were valid.
+  const { checkListFile } = await import('../../proxy/lifecycle/lists.ts');
+  const { unitsOf } = await import('../../proxy/lifecycle/revocations.ts');
+  const file = join(mkdtempSync(join(tmpdir(), 'dg-limit-')), 'list.json');
+  writeFileSync(file, list(3));
+  const heavy: Revocation = { ...admin(0), value: 'ж'.repeat(4096), reason: 'ж'.repeat(1024) };
+  t.ok(unitsOf(heavy) > 7, `a 4 KiB value beyond Latin-1 takes ${unitsOf(heavy)} units`);
+  t.doesNotThrow(() => checkListFile(file, Date.now(), 10), 'alone, the list fits');
+  t.throws(() => checkListFile(file, Date.now(), 10, unitsOf(heavy)), /the list has 3 entries; with the \d+ the other sources take, that is more than revocation\.maxEntries \(10\)/);
+});
+
+t.test('driftguard check counts the journal\'s admin revocations when it weighs the list file', async (t) => {
+  const { checkLifecycleFiles } = await import('../../proxy/lifecycle/index.ts');
+  const { loadRules } = await import('../../proxy/rules/load.ts');
+  const { baseRules, writeRules } = await import('../support/driftguard.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'dg-limit-'));
+  writeFileSync(join(dir, 'list.json'), list(3));
+  const heavy = { ...admin(0), value: 'ж'.repeat(4096), reason: 'ж'.repeat(1024), endMs: Date.now() + 3_600_000 };
+  writeFileSync(join(dir, 'revocations.journal'), `${JSON.stringify({ op: 'add', revocation: heavy })}\n`);
+  const rules = loadRules(writeRules(baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/jwks.json', (r) => { r.revocation = { file: 'list.json', journal: 'revocations.journal', maxEntries: 10 }; }), dir));
+  t.throws(() => checkLifecycleFiles(rules, Date.now()), /list\.json:1:1.*the list has 3 entries; with the \d+ the other sources take/);
+});
