@@ -97,3 +97,21 @@ t.test('driftguard check counts the journal\'s admin revocations when it weighs 
   const rules = loadRules(writeRules(baseRules('http://127.0.0.1:9', 'http://127.0.0.1:9/jwks.json', (r) => { r.revocation = { file: 'list.json', journal: 'revocations.journal', maxEntries: 10 }; }), dir));
   t.throws(() => checkLifecycleFiles(rules, Date.now()), /list\.json:1:1.*the list has 3 entries; with the \d+ the other sources take/);
 });
+
+t.test('a reload naming a new list file weighs it beside the admin API\'s revocations, as start-up and check do', async (t) => {
+  // Weighed alone, the reload was taken, the new list then refused for room when applied, and
+  // the previous list stayed in force: what only the new one revoked went on being forwarded.
+  const { world, startLifecycle } = await import('./support.ts');
+  const { loadRules } = await import('../../proxy/rules/load.ts');
+  const { writeRules } = await import('../support/driftguard.ts');
+  const w = await world();
+  const dir = mkdtempSync(join(tmpdir(), 'dg-limit-'));
+  writeFileSync(join(dir, 'a.json'), list(1));
+  writeFileSync(join(dir, 'b.json'), list(2));
+  const rules = (file: string) => w.rules((r) => { r.revocation = { file: join(dir, file), maxEntries: 15 }; });
+  const dg = await startLifecycle(rules('a.json'), { dir });
+  t.teardown(async () => { await dg.close(); await w.close(); });
+  const made = await fetch(`${dg.admin}/revocations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'jti', value: 'ж'.repeat(4096), reason: 'ж'.repeat(1000) }) });
+  t.equal(made.status, 201, 'one large admin revocation: 14 units');
+  await t.rejects(dg.dg.swap(loadRules(writeRules(rules('b.json'), dir))), /b\.json:1:1: \(top level\): the list has 2 entries; with the 14 the other sources take, that is more than revocation\.maxEntries \(15\)/);
+});
