@@ -98,13 +98,20 @@ function untilSignal(handlers: { term: () => Promise<void>; hup?: (() => void) |
   const deadlineMs = drainDelayMs + handlers.graceMs + FLUSH_MS;
   return new Promise((resolve) => {
     let stopping = false;
+    /** The stop's exit code, once it has finished ("stopped" is logged). */
+    let stopped: number | undefined;
     const done = (code: number) => {
+      stopped = code;
       resolve(code);
       // A handle someone forgot to close must not keep a stopped sidecar alive: exit anyway
       // once the event loop has had a moment (unref: a clean loop exits before this fires).
       setTimeout(() => process.exit(code), 1_000).unref();
     };
     const stop = (signal: string) => {
+      // Already stopped, only not yet exited: nothing is left to cut short. Ctrl-C under make
+      // reaches driftguard twice (the terminal's, then make's own to its child), and the second
+      // turned a clean stop into "exiting without waiting" and exit 1.
+      if (stopped !== undefined) process.exit(stopped);
       if (stopping) {
         // A second signal (Ctrl-C twice) means now.
         logLine({ level: 'warn', msg: 'second signal; exiting without waiting', signal });
