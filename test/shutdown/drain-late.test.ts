@@ -29,6 +29,26 @@ async function open(port: number): Promise<Conn> {
   return { s, text: () => Buffer.concat(chunks).toString('latin1'), ended, closed };
 }
 
+/**
+ * A world whose upstream streams /status?stream (its first part at once, the rest when the
+ * test calls finishStream) and answers anything else `text` at once.
+ */
+async function streamAndAnother(t: Parameters<typeof world>[0], text: string): Promise<{ w: Awaited<ReturnType<typeof world>>; finishStream: () => void }> {
+  const w = await world(t);
+  let finish: (() => void) | undefined;
+  w.up.handler = (req, res) => {
+    req.resume();
+    if (req.url === '/status?stream') {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first part;');
+      finish = () => res.end('last part');
+    } else {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end(text);
+    }
+  };
+  return { w, finishStream: () => finish!() };
+}
+
 t.test('the rest of a head that was arriving when the drain began is neither decided nor forwarded', async (t) => {
   const w = await world(t);
   const c = await open(w.port);
@@ -44,25 +64,14 @@ t.test('the rest of a head that was arriving when the drain began is neither dec
 });
 
 t.test('a connection kept alive by an answer sent before the drain is closed once that answer is done', async (t) => {
-  const w = await world(t);
-  let finishStream: (() => void) | undefined;
-  w.up.handler = (req, res) => {
-    req.resume();
-    if (req.url === '/status?stream') {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.write('first part;');
-      finishStream = () => res.end('last part');
-    } else {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('late');
-    }
-  };
+  const { w, finishStream } = await streamAndAnother(t, 'late');
   const c = await open(w.port);
   c.s.write('GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\n');
   t.ok(await until(() => c.text().includes('first part;')), 'the stream started');
   t.match(c.text(), /connection: keep-alive/i, 'its head went out saying keep-alive');
   const drained = w.dg.dg.drain(3_000);
   await new Promise((r) => setTimeout(r, 50));
-  finishStream!();
+  finishStream();
   await c.ended;
   t.match(c.text(), /last part/, 'the answer in flight was finished');
   // A client that had not seen the FIN yet sends its next request (before: forwarded, answered).
@@ -74,18 +83,7 @@ t.test('a connection kept alive by an answer sent before the drain is closed onc
 });
 
 t.test('a request pipelined before the drain behind an answer that said keep-alive is not decided once the drain begins', async (t) => {
-  const w = await world(t);
-  let finishStream: (() => void) | undefined;
-  w.up.handler = (req, res) => {
-    req.resume();
-    if (req.url === '/status?stream') {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.write('first part;');
-      finishStream = () => res.end('last part');
-    } else {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('second answered');
-    }
-  };
+  const { w, finishStream } = await streamAndAnother(t, 'second answered');
   const c = await open(w.port);
   // Both in one write: the second is read before the drain, and waits its turn.
   c.s.write('GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\nGET /status?second HTTP/1.1\r\nHost: a\r\n\r\n');
@@ -93,7 +91,7 @@ t.test('a request pipelined before the drain behind an answer that said keep-ali
   t.match(c.text(), /connection: keep-alive/i, 'its head went out saying keep-alive');
   const drained = w.dg.dg.drain(3_000);
   await new Promise((r) => setTimeout(r, 50));
-  finishStream!();
+  finishStream();
   await c.ended;
   await drained;
   t.match(c.text(), /last part/, 'the answer in flight was finished');
