@@ -49,13 +49,15 @@ export function datesAgain(rules: Rules, now: () => number): Check {
       if (at <= ctx.now) return undefined;
       const op = ctx.operation;
       const dep = op?.deprecated;
-      // A deprecation that only warns this caller, begun meanwhile: warned, as a request that
-      // arrives now is (it went out as a plain allow, its answer's Deprecation date past).
-      if (op && dep && dep.sinceMs > ctx.now && dep.sinceMs <= at && !blocks(rules, op, ctx.consumer)) {
-        ctx.warnings.push(deprecationFinding(rules, op, ctx, at, `${op.id} is deprecated since ${new Date(dep.sinceMs).toISOString()}`));
-      }
       const end = endOf(ctx, rules, true);
-      if (!end || end.at > at) return undefined;
+      if (!end || end.at > at) {
+        // A deprecation that only warns this caller, begun meanwhile: warned, as a request
+        // that arrives now is (it went out as a plain allow, its answer's Deprecation date past).
+        if (op && dep && dep.sinceMs > ctx.now && dep.sinceMs <= at && !blocks(rules, op, ctx.consumer)) {
+          ctx.warnings.push(deprecationFinding(rules, op, ctx, at, `${op.id} is deprecated since ${new Date(dep.sinceMs).toISOString()}`));
+        }
+        return undefined;
+      }
       const reason: ReasonCode = end.reason;
       const detail = `${ENDED[end.reason]} while the request was being decided (${new Date(end.at).toISOString()})`;
       // Where to move and by when, as the deprecation and sunset checks' refusals say it: the

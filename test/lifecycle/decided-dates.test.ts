@@ -101,3 +101,12 @@ t.test('no date passed during the wait: forwarded', async (t) => {
   t.match(answer, /^HTTP\/1\.1 200 /, `200 (got ${answer.split('\r\n')[0]})`);
   t.equal(seen(), 1);
 });
+
+t.test('a warn-only deprecation and the sunset both come during the wait: the 410 alone, no deprecation warning beside it', async (t) => {
+  // A request arriving after both is refused by the sunset check before any warning.
+  const { w, port, advance, last } = await started(t, { since: iso(Date.now() + 60_000), sunset: iso(Date.now() + 90_000) }, (r) => { r.contract.blockAt = 'never'; });
+  const answer = await acrossTheDate(port, await w.token(), advance(120_000));
+  t.match(answer, /^HTTP\/1\.1 410 /);
+  t.notMatch(answer, /driftguard-warning/i, 'no warning header');
+  t.match(last()?.decision, { decision: 'deny', reason: 'operation-sunset', warnings: [] });
+});
