@@ -348,8 +348,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           // Weighed beside what the other sources take now (the admin API's, a URL list's), as
           // the list source will when it applies it: taken otherwise, the reload left the
           // previous list in force, and what only the new one revokes went on being forwarded.
-          const others = state.revocations.units(now()) - state.revocations.countSource('file');
-          try { checkListFile(c.file, now(), c.maxEntries, others); } catch (err) { throw err instanceof RulesError ? new RulesError(err.problems, { files: [c.file] }) : err; }
+          try { checkListFile(c.file, now(), c.maxEntries, state.revocations.unitsBeside('file', now())); } catch (err) { throw err instanceof RulesError ? new RulesError(err.problems, { files: [c.file] }) : err; }
         }
         // A list URL the reload names anew, or turns enforce on for, with no list read from a
         // URL to stay in force meanwhile: enforced unread, it would refuse every credential, on

@@ -281,7 +281,13 @@ export function checkListFile(file: string, now: number, maxEntries: number, oth
   const parsed = parseList(text, file, 'file', now, maxEntries);
   if (isProblems(parsed)) throw new RulesError(parsed);
   // As start-up weighs it: beside what the journal's revocations take (ListSource's #apply).
-  if (parsed.length + others > maxEntries) throw problem(`the list has ${parsed.length} entries; with the ${others} the other sources take, that is more than revocation.maxEntries (${maxEntries})`);
+  const noRoom = noRoomFor(parsed.length, others, maxEntries);
+  if (noRoom !== undefined) throw problem(noRoom);
+}
+
+/** Why a list of `entries` has no room beside the `others` units the other sources take; undefined when it has. */
+function noRoomFor(entries: number, others: number, maxEntries: number): string | undefined {
+  return entries + others > maxEntries ? `the list has ${entries} entries; with the ${others} the other sources take, that is more than revocation.maxEntries (${maxEntries})` : undefined;
 }
 
 /** Keep a list source's revocations in the store, refreshed every interval. */
@@ -424,10 +430,8 @@ export class ListSource {
     // about 200,000 of them, which under the chart's 96 MiB heap ended the process at start.
     // Only revocations in force count: ended ones are dropped lazily.
     // The admin API's take a unit per KiB they hold (unitsOf); this list's entries one each.
-    const others = this.#store.units(this.#now()) - this.#store.countSource(this.#kind);
-    if (parsed.length + others > this.#maxEntries) {
-      return [{ file: this.status.location, line: 1, column: 1, field: '', message: `the list has ${parsed.length} entries; with the ${others} the other sources take, that is more than revocation.maxEntries (${this.#maxEntries})` }];
-    }
+    const noRoom = noRoomFor(parsed.length, this.#store.unitsBeside(this.#kind, this.#now()), this.#maxEntries);
+    if (noRoom !== undefined) return [{ file: this.status.location, line: 1, column: 1, field: '', message: noRoom }];
     const list = parsed.map((r) => {
       const before = this.#last.get(r.id);
       return before && before.kind === r.kind && before.value === r.value && before.endMs === r.endMs ? before : r;

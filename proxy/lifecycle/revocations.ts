@@ -142,6 +142,14 @@ export class RevocationStore {
     return this.#units;
   }
 
+  /**
+   * The units the revocations in force take beside a list source's own: the room its next
+   * list is weighed against (a list's entries take one each).
+   */
+  unitsBeside(source: Exclude<RevocationSource, 'admin'>, now: number): number {
+    return this.units(now) - this.countSource(source);
+  }
+
   /** Counts the changes that can refuse more (a revocation added, a list expected): see LifecycleState.version. */
   #changes = 0;
   get changes(): number { return this.#changes; }
