@@ -54,7 +54,7 @@ export function datesAgain(rules: Rules, now: () => number): Check {
         // A deprecation that only warns this caller, begun meanwhile: warned, as a request
         // that arrives now is (it went out as a plain allow, its answer's Deprecation date past).
         if (op && dep && dep.sinceMs > ctx.now && dep.sinceMs <= at && !blocks(rules, op, ctx.consumer)) {
-          ctx.warnings.push(deprecationFinding(rules, op, ctx, at, `${op.id} is deprecated since ${new Date(dep.sinceMs).toISOString()}`));
+          ctx.warnings.push(deprecationFinding(rules, op, ctx, at));
         }
         return undefined;
       }

@@ -13,7 +13,7 @@ export function deprecation(rules: Rules): Check {
       const op = ctx.operation!;
       const d = op.deprecated;
       if (!d || d.sinceMs > ctx.now) return undefined;
-      const finding = deprecationFinding(rules, op, ctx, ctx.now, `${op.id} is deprecated since ${new Date(d.sinceMs).toISOString()}`);
+      const finding = deprecationFinding(rules, op, ctx, ctx.now);
       if (blocks(rules, op, ctx.consumer)) return finding;
       ctx.warnings.push(finding);
       return undefined;
@@ -22,11 +22,11 @@ export function deprecation(rules: Rules): Check {
 }
 
 /**
- * A deprecation in force at `now`, as a denial or a warning says it: `detail`, then where to
- * move (movingOn) and the contract versions. The dates check says it too, for a deprecation
- * that began while the request was being decided.
+ * A deprecation in force at `now`, as a denial or a warning says it: `detail` (by default, since
+ * when), then where to move (movingOn) and the contract versions. The dates check says it too,
+ * for a deprecation that began while the request was being decided.
  */
-export function deprecationFinding(rules: Rules, op: Operation, ctx: Pick<RequestContext, 'consumer' | 'declaredContract'>, now: number, detail: string): Denial {
+export function deprecationFinding(rules: Rules, op: Operation, ctx: Pick<RequestContext, 'consumer' | 'declaredContract'>, now: number, detail = `${op.id} is deprecated since ${new Date(op.deprecated!.sinceMs).toISOString()}`): Denial {
   const next = movingOn(rules, op, ctx.consumer, now);
   return {
     reason: 'deprecated-operation',
