@@ -30,10 +30,12 @@ async function open(port: number): Promise<Conn> {
 }
 
 /**
- * A world whose upstream streams /status?stream (its first part at once, the rest when the
- * test calls finishStream) and answers anything else `text` at once.
+ * An answer streaming when the drain begins, to `sent` (whose first request is GET
+ * /status?stream), its head saying keep-alive: the upstream sends its first part at once and the
+ * rest after the drain began, and answers anything else `text` at once. Returns once that answer
+ * is done and driftguard has ended the connection, with the drain's promise.
  */
-async function streamAndAnother(t: Parameters<typeof world>[0], text: string): Promise<{ w: Awaited<ReturnType<typeof world>>; finishStream: () => void }> {
+async function drainAcrossStream(t: Parameters<typeof world>[0], sent: string, text: string): Promise<{ w: Awaited<ReturnType<typeof world>>; c: Conn; drained: Promise<unknown> }> {
   const w = await world(t);
   let finish: (() => void) | undefined;
   w.up.handler = (req, res) => {
@@ -46,7 +48,16 @@ async function streamAndAnother(t: Parameters<typeof world>[0], text: string): P
       res.writeHead(200, { 'content-type': 'text/plain' }).end(text);
     }
   };
-  return { w, finishStream: () => finish!() };
+  const c = await open(w.port);
+  c.s.write(sent);
+  t.ok(await until(() => c.text().includes('first part;')), 'the stream started');
+  t.match(c.text(), /connection: keep-alive/i, 'its head went out saying keep-alive');
+  const drained = w.dg.dg.drain(3_000);
+  await new Promise((r) => setTimeout(r, 50));
+  finish!();
+  await c.ended;
+  t.match(c.text(), /last part/, 'the answer in flight was finished');
+  return { w, c, drained };
 }
 
 t.test('the rest of a head that was arriving when the drain began is neither decided nor forwarded', async (t) => {
@@ -64,16 +75,7 @@ t.test('the rest of a head that was arriving when the drain began is neither dec
 });
 
 t.test('a connection kept alive by an answer sent before the drain is closed once that answer is done', async (t) => {
-  const { w, finishStream } = await streamAndAnother(t, 'late');
-  const c = await open(w.port);
-  c.s.write('GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\n');
-  t.ok(await until(() => c.text().includes('first part;')), 'the stream started');
-  t.match(c.text(), /connection: keep-alive/i, 'its head went out saying keep-alive');
-  const drained = w.dg.dg.drain(3_000);
-  await new Promise((r) => setTimeout(r, 50));
-  finishStream();
-  await c.ended;
-  t.match(c.text(), /last part/, 'the answer in flight was finished');
+  const { w, c, drained } = await drainAcrossStream(t, 'GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\n', 'late');
   // A client that had not seen the FIN yet sends its next request (before: forwarded, answered).
   c.s.write('GET /status?late HTTP/1.1\r\nHost: a\r\n\r\n');
   await drained;
@@ -83,18 +85,9 @@ t.test('a connection kept alive by an answer sent before the drain is closed onc
 });
 
 t.test('a request pipelined before the drain behind an answer that said keep-alive is not decided once the drain begins', async (t) => {
-  const { w, finishStream } = await streamAndAnother(t, 'second answered');
-  const c = await open(w.port);
   // Both in one write: the second is read before the drain, and waits its turn.
-  c.s.write('GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\nGET /status?second HTTP/1.1\r\nHost: a\r\n\r\n');
-  t.ok(await until(() => c.text().includes('first part;')), 'the stream started');
-  t.match(c.text(), /connection: keep-alive/i, 'its head went out saying keep-alive');
-  const drained = w.dg.dg.drain(3_000);
-  await new Promise((r) => setTimeout(r, 50));
-  finishStream();
-  await c.ended;
+  const { w, c, drained } = await drainAcrossStream(t, 'GET /status?stream HTTP/1.1\r\nHost: a\r\n\r\nGET /status?second HTTP/1.1\r\nHost: a\r\n\r\n', 'second answered');
   await drained;
-  t.match(c.text(), /last part/, 'the answer in flight was finished');
   // Before: its turn came as the first answer ended, and it was decided and forwarded.
   t.same(w.up.seen.map((s) => s.url), ['/status?stream'], 'the waiting request never reached the upstream');
   t.notMatch(c.text(), /second answered/);
