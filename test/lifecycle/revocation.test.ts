@@ -2,7 +2,7 @@
 // API needs the admin credential; journal replay across restarts, torn last line; list file
 // and list URL (real loopback server), a failing URL keeping the last good list.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, mkdirSync, writeFileSync, appendFileSync, readFileSync, readdirSync, rmSync, renameSync, existsSync, symlinkSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -16,7 +16,7 @@ import { MAX_LIST_BYTES } from '../../proxy/lifecycle/lists.ts';
 import { writeRules, baseRules, AGENT } from '../support/driftguard.ts';
 import { listen, close, jwksServer, upstream } from '../support/servers.ts';
 import { runDriftguard } from '../support/subprocess.ts';
-import { world, startLifecycle, problem, bearer, until, trustAlso } from './support.ts';
+import { world, startLifecycle, problem, bearer, until, trustAlso, type World } from './support.ts';
 import { ISSUER, testKey, jwks, token } from '../support/keys.ts';
 
 const ADMIN_SECRET = 'adm1n-s3cret-value-for-tests-only';
@@ -194,13 +194,18 @@ t.test('an unusable admin credential file refuses every write and says why, once
   t.notMatch(JSON.stringify(dg.logs), ADMIN_SECRET);
 });
 
-t.test('admin API revocations survive a restart; a torn journal line is skipped and reported', async (t) => {
+/** A world whose rules keep admin revocations in a journal of their own (an admin credential file beside it). */
+async function journaled(t: Test): Promise<{ w: World; journal: string; file: string }> {
   const w = await world();
   t.teardown(() => w.close());
   const dir = mkdtempSync(join(tmpdir(), 'dg-journal-'));
   const journal = join(dir, 'revocations.journal');
-  const rules = w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal }; });
-  const file = writeRules(rules, dir);
+  const file = writeRules(w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal }; }), dir);
+  return { w, journal, file };
+}
+
+t.test('admin API revocations survive a restart; a torn journal line is skipped and reported', async (t) => {
+  const { w, journal, file } = await journaled(t);
   const tokA = await w.token({ claims: { task_id: 'task-a' } });
   const tokB = await w.token({ claims: { task_id: 'task-b' } });
 
@@ -650,11 +655,7 @@ t.test('revocation.journal must be a journal of its own: a file the rules read, 
 });
 
 t.test('a journal compacted empty whose first append a crash tore is a journal: the torn record is cut off and start-up goes on', async (t) => {
-  const w = await world();
-  t.teardown(() => w.close());
-  const dir = mkdtempSync(join(tmpdir(), 'dg-journal-'));
-  const journal = join(dir, 'revocations.journal');
-  const file = writeRules(w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal }; }), dir);
+  const { w, journal, file } = await journaled(t);
   // Started with nothing revoked: the journal is compacted to an empty file.
   await (await startLifecycle({ file })).close();
   t.equal(readFileSync(journal, 'utf8'), '');
@@ -671,11 +672,7 @@ t.test('a journal compacted empty whose first append a crash tore is a journal: 
 });
 
 t.test('a token an older version journaled as a value is dropped and one in a reason replaced: never listed or written back', async (t) => {
-  const w = await world();
-  t.teardown(() => w.close());
-  const dir = mkdtempSync(join(tmpdir(), 'dg-journal-'));
-  const journal = join(dir, 'revocations.journal');
-  const file = writeRules(w.rules((r) => { r.revocation = { adminCredentialFile: adminFile(dir), journal }; }), dir);
+  const { w, journal, file } = await journaled(t);
   const leaked = await w.token({ claims: { task_id: 'task-l' } });
   const add = (id: string, kind: string, value: string, reason: string) => JSON.stringify({ op: 'add', revocation: { id, kind, value, reason, endMs: Date.now() + 3_600_000, createdMs: Date.now(), by: 'ops' } });
   writeFileSync(journal, `${add('by-value', 'jti', leaked, 'leaked')}\n${add('by-reason', 'task', 'task-l', `seen in a log: ${leaked}`)}\n`);
