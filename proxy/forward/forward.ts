@@ -395,6 +395,12 @@ export class Forwarder {
     });
   }
 
+  /** The request's headers for the upstream, and an https upstream's fixed server name. */
+  #upstreamHead(req: IncomingMessage, own: Record<string, string>): { headers: string[]; servername?: string } {
+    const headers = upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own, this.#upstreamHost);
+    return this.#servername !== undefined ? { headers, servername: this.#servername } : { headers };
+  }
+
   /**
    * Forward `req` as `path` (the canonical target) and stream the answer into `res`.
    * `own` are driftguard's request headers for the upstream; `responseHeaders` are added to
@@ -410,8 +416,7 @@ export class Forwarder {
       const options: Dispatcher.DispatchOptions = {
         path,
         method: req.method as 'GET',
-        headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own, this.#upstreamHost),
-        ...(this.#servername !== undefined ? { servername: this.#servername } : {}),
+        ...this.#upstreamHead(req, own),
         // A check that read the (small) body whole hands its bytes on; otherwise stream it.
         body: body ?? (hasBody(req) ? req : null),
       };
@@ -439,8 +444,7 @@ export class Forwarder {
         method: 'GET',
         // Upgrade and Connection are hop-by-hop and dropped with the rest; undici writes this
         // hop's pair from `upgrade`. The Sec-WebSocket-* headers are end to end and go on.
-        headers: upstreamRequestHeaders(req.rawHeaders, req.headers.connection, req.socket.remoteAddress, own, this.#upstreamHost),
-        ...(this.#servername !== undefined ? { servername: this.#servername } : {}),
+        ...this.#upstreamHead(req, own),
         upgrade: req.headers.upgrade as string,
         body: null,
       }, tunnel);
