@@ -303,8 +303,9 @@ export function adminRoutes(routes: AdminRoutes, ctx: AdminContext): void {
     // Counted in force (ended revocations are dropped lazily and must not take the room), and
     // by the heap each holds: a revocation of more than 1 KiB takes a unit per KiB (unitsOf).
     const taken = state.revocations.units(now);
-    if (taken + unitsOf(revocation) > config.revocation.maxEntries) {
-      routes.problem(res, 507, 'Insufficient Storage', `the revocations in force take ${taken} of revocation.maxEntries (${config.revocation.maxEntries}), and this one ${unitsOf(revocation)} (a revocation takes about one per KiB of heap it holds: its value, reason and name)`);
+    const units = unitsOf(revocation);
+    if (taken + units > config.revocation.maxEntries) {
+      routes.problem(res, 507, 'Insufficient Storage', `the revocations in force take ${taken} of revocation.maxEntries (${config.revocation.maxEntries}), and this one ${units} (a revocation takes about one per KiB of heap it holds: its value, reason and name)`);
       return;
     }
     // Journal first: the API says "revoked" only once the revocation survives a crash.
