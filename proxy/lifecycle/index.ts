@@ -14,7 +14,7 @@ import type { Decision, RequestContext } from '../pipeline/types.ts';
 import { neverSent, type ForwardOutcome } from '../forward/outcome.ts';
 import { LifecycleState } from './state.ts';
 import { Journal, probeDirectory, readJournal, replay } from './journal.ts';
-import { unitsOf } from './revocations.ts';
+import { unitsOfAll, type Revocation } from './revocations.ts';
 import { dirname } from 'node:path';
 import { ListSource, checkListFile, listUrlProblem } from './lists.ts';
 import { configOf, type RevocationConfig } from './config.ts';
@@ -77,33 +77,32 @@ function startOnly(c: LifecycleState['config']): Record<string, unknown> {
 export function checkLifecycleFiles(rules: Rules, now: number): void {
   const r = configOf(rules).revocation;
   const problems: RulesProblem[] = [];
+  // The journal read once: checked, and what its revocations in force take (the list's room).
+  let journalUnits = 0;
   if (r.journal !== undefined) {
-    const problem = journalProblem(rules, r.journal);
-    if (problem) problems.push(problem);
+    const read = readJournalAt(rules, r.journal);
+    if ('problem' in read) problems.push(read.problem);
+    else journalUnits = unitsOfAll(read.live.filter((j) => j.endMs > now));
   }
   if (r.file !== undefined) {
-    try { checkListFile(r.file, now, r.maxEntries, journalUnits(r.journal, now)); } catch (err) { if (err instanceof RulesError) problems.push(...err.problems); else throw err; }
+    try { checkListFile(r.file, now, r.maxEntries, journalUnits); } catch (err) { if (err instanceof RulesError) problems.push(...err.problems); else throw err; }
   }
   if (problems.length > 0) throw new RulesError(problems);
 }
 
-/** The units of revocation.maxEntries the journal's revocations in force take (unitsOf); 0 without one, or one that cannot be read (said apart). */
-function journalUnits(journal: string | undefined, now: number): number {
-  if (journal === undefined) return 0;
-  try { return readJournal(journal).live.filter((r) => r.endMs > now).reduce((n, r) => n + unitsOf(r), 0); } catch { return 0; }
-}
-
 /**
- * What is wrong with `journal` as the journal of `rules` (a file that is no journal), at its
- * field. `writable`: also whether a start could write it, which only the pod's own filesystem
+ * `journal` read as the journal of `rules`: its revocations, or what is wrong with it (a file
+ * that is no journal), at its field. `writable`: also whether a start could write it, which only the pod's own filesystem
  * can say (a reload's check; not `driftguard check`, run elsewhere): a start rewrites the
  * journal beside itself and takes its lock there, so its directory must take new files.
  */
-function journalProblem(rules: Rules, journal: string, writable = false): RulesProblem | undefined {
-  try { readJournal(journal); } catch (err) { return problemInFile(rules.source, ['revocation', 'journal'], (err as Error).message); }
-  if (!writable) return undefined;
-  try { probeDirectory(dirname(journal)); } catch (err) { return problemInFile(rules.source, ['revocation', 'journal'], cannotBeWritten(err)); }
-  return undefined;
+function readJournalAt(rules: Rules, journal: string, writable = false): { readonly problem: RulesProblem } | { readonly live: Revocation[] } {
+  let live: Revocation[];
+  try { ({ live } = readJournal(journal)); } catch (err) { return { problem: problemInFile(rules.source, ['revocation', 'journal'], (err as Error).message) }; }
+  if (writable) {
+    try { probeDirectory(dirname(journal)); } catch (err) { return { problem: problemInFile(rules.source, ['revocation', 'journal'], cannotBeWritten(err)) }; }
+  }
+  return { live };
 }
 
 /** The problem a journal start-up cannot open says, and a reload that names one. */
@@ -136,7 +135,7 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
       throw new RulesError([problemInFile(rules.source, ['revocation', 'journal'], cannotBeWritten(err))]);
     }
     if (replayed.revocations.length) {
-      const units = replayed.revocations.reduce((n, r) => n + unitsOf(r), 0);
+      const units = unitsOfAll(replayed.revocations);
       log({ level: 'info', msg: 'revocations replayed from the journal', journal: journal.file, revocations: replayed.revocations.length, units });
       // Written by a version that counted each revocation once: kept, since lifting any would
       // let revoked tokens back in; they end by themselves.
@@ -363,8 +362,8 @@ export async function lifecycle(rules: Rules, log: Log, options: LifecycleOption
           // rules taken do not find it unread. Reading the URL it already reads changes nothing else.
           if (url && settings.get(url) === settingsOf(c, 'url')) await url.refresh();
         }
-        const journal = c.journal !== undefined && c.journal !== config.revocation.journal ? journalProblem(next, c.journal, true) : undefined;
-        if (journal) throw new RulesError([journal]);
+        const journal = c.journal !== undefined && c.journal !== config.revocation.journal ? readJournalAt(next, c.journal, true) : undefined;
+        if (journal !== undefined && 'problem' in journal) throw new RulesError([journal.problem]);
       });
       // Settings follow the rules in force: a reload that is rejected changes nothing here.
       dg.onSwap((g) => {

@@ -117,6 +117,11 @@ export function unitsOf(r: Revocation): number {
   return Math.ceil(bytes / UNIT_BYTES);
 }
 
+/** unitsOf all of `revocations`. */
+export function unitsOfAll(revocations: readonly Revocation[]): number {
+  return revocations.reduce((n, r) => n + unitsOf(r), 0);
+}
+
 export class RevocationStore {
   readonly #byKey = new Map<string, Revocation>();
   /**
